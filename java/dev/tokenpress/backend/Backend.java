@@ -1,0 +1,108 @@
+package dev.tokenpress.backend;
+
+import dev.tokenpress.io.TensorData;
+import dev.tokenpress.kv.AttentionStats;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.SlotSelection;
+
+/**
+ * The op contract between orchestration ({@code Llama}) and math. Activations are f32 tensors [rows, cols] that
+ * a backend allocates once at their maximum row count; every op takes {@code n}, the number of leading rows in
+ * use. One op has one name in every layer: {@code Backend.decodeAttention}-style names map to
+ * {@code tp_<op>} in cuda/include/tokenpress.h and to a parity test case.
+ *
+ * <p>Shapes in comments: n = rows in use, D = hidden size, H/Hkv = q/KV heads, hd = head dim, F = MLP width,
+ * V = vocabulary, O/I = matmul output/input width.
+ */
+public interface Backend extends AutoCloseable {
+
+    /** "cpu" or "cuda". */
+    String name();
+
+    /** One line for stderr, e.g. "CPU: 2 threads, Vector API 256-bit". */
+    String description();
+
+    // ---- memory -------------------------------------------------------------------------------------------
+
+    /** Makes a weight usable by this backend: 2-D [O, I] matrices and 1-D [n] vectors (norms, biases). */
+    Tensor weight(TensorData data);
+
+    /** A zeroed f32 activation tensor [rows, cols]. */
+    Tensor allocate(int rows, int cols);
+
+    /** Copies {@code src} into the first src.length elements (row-major) of {@code dst}. */
+    void upload(Tensor dst, float[] src);
+
+    /** Copies {@code rows} rows starting at {@code row0} of an f32 tensor to the host. */
+    float[] download(Tensor src, int row0, int rows);
+
+    /** dst[dstRow + i] = src[srcRow + i] for i in [0, rows). */
+    void copyRows(Tensor dst, int dstRow, Tensor src, int srcRow, int rows);
+
+    /** A KV cache whose storage lives in this backend's memory. */
+    KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity);
+
+    // ---- ops ----------------------------------------------------------------------------------------------
+
+    /** out[i] = table[tokens[i]]; out [n, D], table [V, D] (any weight dtype). */
+    void embedding(Tensor out, Tensor table, int[] tokens, int n);
+
+    /** out[i] = x[i] / rms(x[i]) * w; out [n, D] may be x; w [D]. */
+    void rmsnorm(Tensor out, Tensor x, Tensor w, float eps, int n);
+
+    /** out[i] = w · x[i] + bias; out [n, O], x [n, I], w [O, I] (HF Linear layout), bias [O] or null. */
+    void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n);
+
+    /**
+     * Rotary embedding in place on x [n, heads*hd] (HF rotate_half pairing i with i + hd/2), token i at
+     * positions[i]; angle = positions[i] * invFreq[j] computed in f32.
+     */
+    void rope(Tensor x, int heads, RopeTable rope, int[] positions, int n);
+
+    /** out = silu(gate) * up elementwise; out, gate, up [n, F]; out may be gate. */
+    void swiglu(Tensor out, Tensor gate, Tensor up, int n);
+
+    /** x += y elementwise over [n, cols]. */
+    void add(Tensor x, Tensor y, int n);
+
+    /**
+     * Writes keys k [n, Hkv*hd] (already rotated) and values v [n, Hkv*hd] of {@code layer} into the slots
+     * slots[g][i] of each KV head g (allocated beforehand with {@link KvCache#allocate}).
+     */
+    void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n);
+
+    /**
+     * Attention of q [n, H*hd] (rotated) against the cache's {@code layer}; query i sits at queryPositions[i]
+     * and sees the slots whose position lies in [0, queryPositions[i]]. Candidate slots per KV head g are
+     * {@code select.slots[g][0..count[g])} or, when select is null, [0, highWater). Scale 1/sqrt(hd). A query
+     * with no visible slot outputs zeros. out [n, H*hd]. {@code stats} (nullable) receives per-slot statistics.
+     */
+    void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
+                   SlotSelection select, AttentionStats stats);
+
+    /** Index of the largest element of row {@code row} of an f32 tensor (ties: lowest index). */
+    int argmax(Tensor x, int row);
+
+    /**
+     * The k largest elements of row {@code row} of an f32 tensor, without a full sort: indices ordered by
+     * descending value (ties: lowest index first). Only k indices and values cross to the host.
+     *
+     * @return indices[k]; values are written to {@code valuesOut[k]} when it is not null
+     */
+    int[] topK(Tensor x, int row, int k, float[] valuesOut);
+
+    /**
+     * Runs one decode step. {@code body} issues the step's ops (the forward pass for {@code step}); a backend
+     * may instead replay a previously captured body with the new step values (CUDA graphs). The default runs
+     * the body. Host arrays the body passes to ops are derived only from {@code step}.
+     */
+    default void runDecodeStep(DecodeStep step, Runnable body) {
+        body.run();
+    }
+
+    /** Waits until all queued work has finished (no-op on CPU). */
+    default void synchronize() {}
+
+    @Override
+    void close();
+}

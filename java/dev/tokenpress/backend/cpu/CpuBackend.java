@@ -1,0 +1,355 @@
+package dev.tokenpress.backend.cpu;
+
+import dev.tokenpress.backend.Backend;
+import dev.tokenpress.backend.RopeTable;
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.io.TensorData;
+import dev.tokenpress.kv.AttentionStats;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.SlotSelection;
+
+import java.util.Arrays;
+
+/**
+ * The CPU backend and the specification every other backend is tested against: f32 activations, weights read in
+ * place from the memory-mapped checkpoint (bf16 pairs unpacked in registers; never an f32 copy of the model),
+ * multi-threaded over output rows / heads, Vector API inner loops with a scalar fallback.
+ */
+public final class CpuBackend implements Backend {
+    private final Parallel par;
+    private final Kernels k;
+
+    public CpuBackend() {
+        this(Runtime.getRuntime().availableProcessors());
+    }
+
+    public CpuBackend(int threads) {
+        this.par = new Parallel(threads);
+        this.k = Kernels.best();
+    }
+
+    @Override
+    public String name() { return "cpu"; }
+
+    @Override
+    public String description() {
+        return "CPU: " + par.threads() + " thread" + (par.threads() == 1 ? "" : "s") + ", " + k.describe();
+    }
+
+    public int threads() { return par.threads(); }
+
+    // ---- memory ---------------------------------------------------------------------------------------------
+
+    @Override
+    public Tensor weight(TensorData data) {
+        if (data.shape().length == 1) return new CpuTensor(data.toFloats(), 1, (int) data.shape()[0]);
+        if (data.shape().length != 2) throw new IllegalArgumentException(data.name() + ": expected a 1-D or 2-D tensor, got " + data.shapeString());
+        return new CpuWeight(data);
+    }
+
+    @Override
+    public Tensor allocate(int rows, int cols) { return new CpuTensor(rows, cols); }
+
+    @Override
+    public void upload(Tensor dst, float[] src) {
+        System.arraycopy(src, 0, f(dst).data, 0, src.length);
+    }
+
+    @Override
+    public float[] download(Tensor src, int row0, int rows) {
+        CpuTensor t = f(src);
+        return Arrays.copyOfRange(t.data, row0 * t.cols, (row0 + rows) * t.cols);
+    }
+
+    @Override
+    public void copyRows(Tensor dst, int dstRow, Tensor src, int srcRow, int rows) {
+        CpuTensor d = f(dst), s = f(src);
+        System.arraycopy(s.data, srcRow * s.cols, d.data, dstRow * d.cols, rows * s.cols);
+    }
+
+    @Override
+    public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity) {
+        return new CpuKvCache(layers, kvHeads, headDim, capacity);
+    }
+
+    private static CpuTensor f(Tensor t) {
+        if (t instanceof CpuTensor c) return c;
+        throw new IllegalArgumentException("expected an f32 CPU tensor, got " + t.getClass().getSimpleName());
+    }
+
+    // ---- ops ------------------------------------------------------------------------------------------------
+
+    @Override
+    public void embedding(Tensor out, Tensor table, int[] tokens, int n) {
+        CpuTensor o = f(out);
+        if (table instanceof CpuWeight w) {
+            short[] scratch = new short[w.cols];
+            for (int i = 0; i < n; i++) {
+                checkToken(tokens[i], w.rows);
+                w.rowFloats(tokens[i], o.data, i * o.cols, scratch);
+            }
+        } else {
+            CpuTensor t = f(table);
+            for (int i = 0; i < n; i++) {
+                checkToken(tokens[i], t.rows);
+                System.arraycopy(t.data, tokens[i] * t.cols, o.data, i * o.cols, t.cols);
+            }
+        }
+    }
+
+    private static void checkToken(int token, int vocab) {
+        if (token < 0 || token >= vocab) throw new IllegalArgumentException("token id " + token + " is outside the vocabulary [0, " + vocab + ")");
+    }
+
+    @Override
+    public void rmsnorm(Tensor out, Tensor x, Tensor w, float eps, int n) {
+        CpuTensor o = f(out), xi = f(x), wt = f(w);
+        int d = xi.cols;
+        par.forRange(n, 8, (from, to) -> {
+            for (int r = from; r < to; r++) {
+                int off = r * d;
+                float ss = k.sumSquares(xi.data, off, d) / d;
+                float inv = (float) (1.0 / Math.sqrt(ss + eps));
+                for (int i = 0; i < d; i++) o.data[off + i] = wt.data[i] * (xi.data[off + i] * inv);
+            }
+        });
+    }
+
+    @Override
+    public void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n) {
+        CpuTensor o = f(out), xi = f(x);
+        float[] b = bias == null ? null : f(bias).data;
+        if (w instanceof CpuTensor wf) { // small f32 matrices (tests)
+            matmulF32(o, xi, wf.data, wf.rows, wf.cols, b, n);
+            return;
+        }
+        CpuWeight wt = (CpuWeight) w;
+        int in = wt.cols, outDim = wt.rows;
+        if (xi.cols != in) throw new IllegalArgumentException("matmul: x has " + xi.cols + " columns, weight expects " + in);
+        if (wt.packedBf16()) {
+            int pairs = in / 2;
+            float[] xe = new float[n * pairs], xo = new float[n * pairs];
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < pairs; j++) {
+                    xe[r * pairs + j] = xi.data[r * in + 2 * j];
+                    xo[r * pairs + j] = xi.data[r * in + 2 * j + 1];
+                }
+            par.forRange(outDim, 64, (from, to) -> {
+                int[] row = new int[pairs];
+                for (int oi = from; oi < to; oi++) {
+                    wt.rowPairs(oi, row);
+                    float bb = b == null ? 0f : b[oi];
+                    for (int r = 0; r < n; r++) o.data[r * o.cols + oi] = k.dotBf16(row, xe, xo, r * pairs, pairs) + bb;
+                }
+            });
+        } else {
+            par.forRange(outDim, 64, (from, to) -> {
+                float[] row = new float[in];
+                short[] scratch = new short[in];
+                for (int oi = from; oi < to; oi++) {
+                    wt.rowFloats(oi, row, 0, scratch);
+                    float bb = b == null ? 0f : b[oi];
+                    for (int r = 0; r < n; r++) o.data[r * o.cols + oi] = k.dot(row, 0, xi.data, r * in, in) + bb;
+                }
+            });
+        }
+    }
+
+    private void matmulF32(CpuTensor o, CpuTensor xi, float[] w, int outDim, int in, float[] b, int n) {
+        par.forRange(outDim, 64, (from, to) -> {
+            for (int oi = from; oi < to; oi++)
+                for (int r = 0; r < n; r++)
+                    o.data[r * o.cols + oi] = k.dot(w, oi * in, xi.data, r * in, in) + (b == null ? 0f : b[oi]);
+        });
+    }
+
+    @Override
+    public void rope(Tensor x, int heads, RopeTable rope, int[] positions, int n) {
+        CpuTensor t = f(x);
+        int hd = rope.headDim(), half = hd / 2;
+        float[] inv = rope.invFreq();
+        for (int r = 0; r < n; r++) {
+            float pos = positions[r];
+            float[] cos = new float[half], sin = new float[half];
+            for (int j = 0; j < half; j++) {
+                float angle = pos * inv[j];
+                cos[j] = (float) Math.cos(angle);
+                sin[j] = (float) Math.sin(angle);
+            }
+            for (int h = 0; h < heads; h++) {
+                int base = r * t.cols + h * hd;
+                for (int j = 0; j < half; j++) {
+                    float a = t.data[base + j], b = t.data[base + j + half];
+                    t.data[base + j] = a * cos[j] - b * sin[j];
+                    t.data[base + j + half] = b * cos[j] + a * sin[j];
+                }
+            }
+        }
+    }
+
+    @Override
+    public void swiglu(Tensor out, Tensor gate, Tensor up, int n) {
+        CpuTensor o = f(out), g = f(gate), u = f(up);
+        int len = n * g.cols;
+        par.forRange(len, 4096, (from, to) -> {
+            for (int i = from; i < to; i++) {
+                float a = g.data[i];
+                o.data[i] = a / (1f + (float) Math.exp(-a)) * u.data[i];
+            }
+        });
+    }
+
+    @Override
+    public void add(Tensor x, Tensor y, int n) {
+        CpuTensor a = f(x), b = f(y);
+        int len = n * a.cols;
+        for (int i = 0; i < len; i++) a.data[i] += b.data[i];
+    }
+
+    @Override
+    public void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n) {
+        CpuKvCache c = (CpuKvCache) cache;
+        CpuTensor kt = f(k), vt = f(v);
+        int hd = c.headDim();
+        for (int g = 0; g < c.kvHeads(); g++) {
+            float[] kd = c.keys[layer][g], vd = c.values[layer][g];
+            for (int i = 0; i < n; i++) {
+                int slot = slots[g][i];
+                System.arraycopy(kt.data, i * kt.cols + g * hd, kd, slot * hd, hd);
+                System.arraycopy(vt.data, i * vt.cols + g * hd, vd, slot * hd, hd);
+            }
+        }
+    }
+
+    @Override
+    public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
+                          SlotSelection select, AttentionStats stats) {
+        CpuKvCache c = (CpuKvCache) cache;
+        CpuTensor o = f(out), qt = f(q);
+        int hd = c.headDim(), kvHeads = c.kvHeads();
+        int heads = qt.cols / hd, group = heads / kvHeads;
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        if (stats != null) {
+            // statistics accumulate per KV head: one task per KV head keeps the sums race-free and deterministic
+            par.forRange(kvHeads, 1, (g0, g1) -> {
+                for (int g = g0; g < g1; g++)
+                    for (int r = 0; r < n; r++)
+                        for (int h = g * group; h < (g + 1) * group; h++)
+                            attendOne(c, layer, o, qt, r, h, g, hd, scale, queryPositions[r], select, stats, n);
+            });
+        } else {
+            par.forRange(n * heads, 1, (from, to) -> {
+                for (int idx = from; idx < to; idx++) {
+                    int r = idx / heads, h = idx % heads;
+                    attendOne(c, layer, o, qt, r, h, h / group, hd, scale, queryPositions[r], select, null, n);
+                }
+            });
+        }
+    }
+
+    private void attendOne(CpuKvCache c, int layer, CpuTensor o, CpuTensor qt, int r, int h, int g, int hd,
+                           float scale, int qpos, SlotSelection select, AttentionStats stats, int n) {
+        int[] pos = c.positions(layer, g);
+        int m = select == null ? c.highWater(layer, g) : select.count()[g];
+        int[] list = select == null ? null : select.slots()[g];
+        float[] keys = c.keys[layer][g], values = c.values[layer][g];
+        int qOff = r * qt.cols + h * hd, oOff = r * o.cols + h * hd;
+        float[] scores = new float[m];
+        float max = Float.NEGATIVE_INFINITY;
+        boolean lastRow = r == n - 1;
+        for (int j = 0; j < m; j++) {
+            int slot = list == null ? j : list[j];
+            int p = pos[slot];
+            if (p < 0 || p > qpos) {
+                scores[j] = Float.NEGATIVE_INFINITY;
+                continue;
+            }
+            float raw = k.dot(qt.data, qOff, keys, slot * hd, hd);
+            if (stats != null && stats.rawScores != null && lastRow) stats.rawScores[h][slot] = raw;
+            scores[j] = raw * scale;
+            if (scores[j] > max) max = scores[j];
+        }
+        Arrays.fill(o.data, oOff, oOff + hd, 0f);
+        if (max == Float.NEGATIVE_INFINITY) return; // nothing visible
+        double sum = 0;
+        for (int j = 0; j < m; j++) {
+            float e = scores[j] == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(scores[j] - max);
+            scores[j] = e;
+            sum += e;
+        }
+        float inv = (float) (1.0 / sum);
+        boolean collect = stats != null && stats.probSums != null && r >= stats.fromRow;
+        for (int j = 0; j < m; j++) {
+            if (scores[j] == 0f) continue;
+            int slot = list == null ? j : list[j];
+            float p = scores[j] * inv;
+            k.axpy(p, values, slot * hd, o.data, oOff, hd);
+            if (collect) stats.probSums[g][slot] += p;
+        }
+    }
+
+    @Override
+    public int argmax(Tensor x, int row) {
+        CpuTensor t = f(x);
+        int best = 0, off = row * t.cols;
+        for (int i = 1; i < t.cols; i++) if (t.data[off + i] > t.data[off + best]) best = i;
+        return best;
+    }
+
+    @Override
+    public int[] topK(Tensor x, int row, int kk, float[] valuesOut) {
+        CpuTensor t = f(x);
+        int off = row * t.cols, len = t.cols;
+        kk = Math.min(kk, len);
+        // a min-heap of the best kk (value, index); ties prefer the lower index
+        int[] heap = new int[kk];
+        int size = 0;
+        for (int i = 0; i < len; i++) {
+            if (size < kk) {
+                heap[size] = i;
+                siftUp(heap, size++, t.data, off);
+            } else if (better(t.data, off, i, heap[0])) {
+                heap[0] = i;
+                siftDown(heap, size, t.data, off);
+            }
+        }
+        Integer[] idx = new Integer[size];
+        for (int i = 0; i < size; i++) idx[i] = heap[i];
+        Arrays.sort(idx, (a, b) -> better(t.data, off, a, b) ? -1 : better(t.data, off, b, a) ? 1 : 0);
+        int[] res = new int[size];
+        for (int i = 0; i < size; i++) {
+            res[i] = idx[i];
+            if (valuesOut != null) valuesOut[i] = t.data[off + idx[i]];
+        }
+        return res;
+    }
+
+    /** a ranks before b: larger value, or equal value and lower index. */
+    private static boolean better(float[] d, int off, int a, int b) {
+        float va = d[off + a], vb = d[off + b];
+        return va > vb || (va == vb && a < b);
+    }
+
+    private static void siftUp(int[] h, int i, float[] d, int off) {
+        while (i > 0) {
+            int p = (i - 1) / 2;
+            if (better(d, off, h[p], h[i])) { int t = h[p]; h[p] = h[i]; h[i] = t; i = p; } else break;
+        }
+    }
+
+    private static void siftDown(int[] h, int size, float[] d, int off) {
+        int i = 0;
+        while (true) {
+            int l = 2 * i + 1, r = l + 1, w = i;
+            if (l < size && better(d, off, h[w], h[l])) w = l;
+            if (r < size && better(d, off, h[w], h[r])) w = r;
+            if (w == i) return;
+            int t = h[w]; h[w] = h[i]; h[i] = t; i = w;
+        }
+    }
+
+    @Override
+    public void close() {
+        par.close();
+    }
+}

@@ -1,0 +1,185 @@
+package dev.tokenpress.model;
+
+import dev.tokenpress.backend.Backend;
+import dev.tokenpress.backend.DecodeStep;
+import dev.tokenpress.backend.RopeTable;
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.kv.AttentionStats;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.KvPolicy;
+import dev.tokenpress.kv.SlotSelection;
+
+import java.util.function.IntConsumer;
+
+/**
+ * A Llama-family decoder (Llama 2/3, Mistral, Qwen2) over the {@link Backend} op contract. {@link #prefill} and
+ * {@link #decodeStep} both run {@link #forward}, which reads top to bottom like the architecture figure:
+ * embed → L × (norm, qkv, rope, cache, attention, o-proj, residual, norm, SwiGLU MLP, residual) → norm → LM head.
+ */
+public final class Llama implements AutoCloseable {
+    public final LlamaConfig config;
+    public final Backend backend;
+    private final Weights w;
+    private final RopeTable rope;
+    private final int maxChunk;
+
+    // activations, allocated once for maxChunk rows
+    private final Tensor x;      // [C, D] residual stream
+    private final Tensor xb;     // [C, D] normed input / projection output
+    private final Tensor q;      // [C, H*hd]
+    private final Tensor k;      // [C, Hkv*hd]
+    private final Tensor v;      // [C, Hkv*hd]
+    private final Tensor att;    // [C, H*hd] attention output
+    private final Tensor gate;   // [C, F]
+    private final Tensor up;     // [C, F]
+    private final Tensor last;   // [1, D] final hidden state of the last row
+    private final Tensor logits; // [1, V]
+    private Tensor allLogits;    // [C, V], only when all-position logits are asked for
+
+    private KvPolicy policy = KvPolicy.FULL;
+
+    public Llama(LlamaConfig config, Weights weights, Backend backend, int maxChunk) {
+        this.config = config;
+        this.backend = backend;
+        this.w = weights;
+        this.rope = RopeTable.of(config);
+        this.maxChunk = Math.max(1, maxChunk);
+        int c = this.maxChunk, d = config.hiddenSize(), f = config.intermediateSize();
+        x = backend.allocate(c, d);
+        xb = backend.allocate(c, d);
+        q = backend.allocate(c, config.qDim());
+        k = backend.allocate(c, config.kvDim());
+        v = backend.allocate(c, config.kvDim());
+        att = backend.allocate(c, config.qDim());
+        gate = backend.allocate(c, f);
+        up = backend.allocate(c, f);
+        last = backend.allocate(1, d);
+        logits = backend.allocate(1, config.vocabSize());
+    }
+
+    public Weights weights() { return w; }
+
+    public int maxChunk() { return maxChunk; }
+
+    public KvPolicy policy() { return policy; }
+
+    public void setPolicy(KvPolicy policy) { this.policy = policy == null ? KvPolicy.FULL : policy; }
+
+    /** A KV cache for this model in the backend's memory, {@code capacity} slots per layer and KV head. */
+    public KvCache newCache(int capacity) {
+        return backend.newKvCache(config.numLayers(), config.numKvHeads(), config.headDim(), capacity);
+    }
+
+    /**
+     * Runs tokens at positions startPos.. through the model in chunks of at most {@link #maxChunk()} rows,
+     * appending them to the cache. Afterwards {@link #logits()} holds the last token's logits.
+     *
+     * @param allLogits when true, returns the logits of every token [n * V]; otherwise null
+     * @param progress  receives the number of tokens processed so far (nullable)
+     */
+    public float[] prefill(KvCache cache, int[] tokens, int startPos, boolean allLogits, IntConsumer progress) {
+        int n = tokens.length;
+        float[] out = allLogits ? new float[Math.multiplyExact(n, config.vocabSize())] : null;
+        for (int done = 0; done < n; ) {
+            int m = Math.min(maxChunk, n - done);
+            int[] chunk = new int[m], positions = new int[m];
+            for (int i = 0; i < m; i++) {
+                chunk[i] = tokens[done + i];
+                positions[i] = startPos + done + i;
+            }
+            forward(cache, chunk, positions, m, allocateSlots(cache, positions, m), allLogits);
+            if (allLogits) {
+                float[] part = backend.download(allLogits(), 0, m);
+                System.arraycopy(part, 0, out, done * config.vocabSize(), part.length);
+            }
+            done += m;
+            if (progress != null) progress.accept(done);
+        }
+        return out;
+    }
+
+    /** Runs one token at {@code position}; afterwards {@link #logits()} / {@link #argmax()} read its logits. */
+    public void decodeStep(KvCache cache, int token, int position) {
+        int[] positions = {position};
+        int[] tokens = {token};
+        int[][][] slots = allocateSlots(cache, positions, 1);
+        int[][] stepSlots = new int[config.numLayers()][config.numKvHeads()];
+        for (int l = 0; l < stepSlots.length; l++)
+            for (int g = 0; g < stepSlots[l].length; g++) stepSlots[l][g] = slots[l][g][0];
+        DecodeStep step = new DecodeStep(token, position, stepSlots, cache);
+        backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
+    }
+
+    /** Logits of the last token processed, [V]. */
+    public float[] logits() {
+        return backend.download(logits, 0, 1);
+    }
+
+    /** The device-side logits of the last token, [1, V] (for on-device argmax / top-k). */
+    public Tensor logitsTensor() {
+        return logits;
+    }
+
+    /** Greedy token of the last position, computed where the logits live. */
+    public int argmax() {
+        return backend.argmax(logits, 0);
+    }
+
+    /** Lets the policy evict, then allocates one slot per (layer, KV head, token): [L][Hkv][n]. */
+    private int[][][] allocateSlots(KvCache cache, int[] positions, int n) {
+        policy.beforeAppend(cache, positions, n);
+        int[][][] slots = new int[config.numLayers()][config.numKvHeads()][];
+        for (int l = 0; l < slots.length; l++)
+            for (int g = 0; g < slots[l].length; g++) slots[l][g] = cache.allocate(l, g, positions, n);
+        return slots;
+    }
+
+    /** The forward pass over n tokens (rows) at the given positions, whose cache slots are already allocated. */
+    private void forward(KvCache cache, int[] tokens, int[] positions, int n, int[][][] slots, boolean allRows) {
+        Backend b = backend;
+        LlamaConfig c = config;
+        float eps = c.rmsNormEps();
+        b.embedding(x, w.embed(), tokens, n);                        // x [n, D]
+        for (int l = 0; l < c.numLayers(); l++) {
+            Weights.Layer lw = w.layers()[l];
+            // --- attention block ---
+            b.rmsnorm(xb, x, lw.attnNorm(), eps, n);                  // xb [n, D]
+            b.matmul(q, xb, lw.wq(), lw.bq(), n);                     // q  [n, H*hd]
+            b.matmul(k, xb, lw.wk(), lw.bk(), n);                     // k  [n, Hkv*hd]
+            b.matmul(v, xb, lw.wv(), lw.bv(), n);                     // v  [n, Hkv*hd]
+            b.rope(q, c.numHeads(), rope, positions, n);
+            b.rope(k, c.numKvHeads(), rope, positions, n);
+            b.storeKv(cache, l, k, v, slots[l], n);                   // cache[l] <- k, v
+            SlotSelection sel = policy.select(cache, l, n);
+            AttentionStats stats = policy.stats(cache, l, n);
+            b.attention(att, q, cache, l, positions, n, sel, stats);  // att [n, H*hd]
+            policy.afterAttention(cache, l, n, stats);
+            b.matmul(xb, att, lw.wo(), null, n);                      // xb [n, D]
+            b.add(x, xb, n);                                          // x += attn
+            // --- MLP block ---
+            b.rmsnorm(xb, x, lw.mlpNorm(), eps, n);                   // xb [n, D]
+            b.matmul(gate, xb, lw.wGate(), null, n);                  // gate [n, F]
+            b.matmul(up, xb, lw.wUp(), null, n);                      // up   [n, F]
+            b.swiglu(gate, gate, up, n);                              // gate = silu(gate) * up
+            b.matmul(xb, gate, lw.wDown(), null, n);                  // xb [n, D]
+            b.add(x, xb, n);                                          // x += mlp
+        }
+        b.copyRows(last, 0, x, n - 1, 1);                             // last [1, D]
+        b.rmsnorm(last, last, w.finalNorm(), eps, 1);
+        b.matmul(logits, last, w.lmHead(), null, 1);                  // logits [1, V]
+        if (allRows) {
+            b.rmsnorm(xb, x, w.finalNorm(), eps, n);
+            b.matmul(allLogits(), xb, w.lmHead(), null, n);           // allLogits [n, V]
+        }
+    }
+
+    private Tensor allLogits() {
+        if (allLogits == null) allLogits = backend.allocate(maxChunk, config.vocabSize());
+        return allLogits;
+    }
+
+    @Override
+    public void close() {
+        backend.close();
+    }
+}
