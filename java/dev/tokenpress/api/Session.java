@@ -1,0 +1,148 @@
+package dev.tokenpress.api;
+
+import dev.tokenpress.io.StreamingDecoder;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.KvPolicy;
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.sample.SamplerChain;
+import dev.tokenpress.sample.SamplingOptions;
+
+import java.util.Arrays;
+import java.util.HashSet;
+import java.util.Set;
+
+/**
+ * One sequence being decoded: a KV cache plus the tokens it holds. Not thread-safe; one model serves one
+ * session at a time (they share activation buffers).
+ */
+public final class Session implements AutoCloseable {
+    private final TokenPress tp;
+    private final Llama model;
+    private final KvCache cache;
+    private int position;
+    private final Set<Integer> eos;
+
+    Session(TokenPress tp, int contextSize) {
+        this.tp = tp;
+        this.model = tp.model();
+        this.cache = model.newCache(contextSize);
+        this.eos = new HashSet<>(tp.config().eosTokenIds());
+    }
+
+    public KvCache cache() { return cache; }
+
+    /** Tokens processed so far (the next token's position). */
+    public int position() { return position; }
+
+    public int contextSize() { return cache.capacity(); }
+
+    /** Uses a KV policy for this session's model from now on. */
+    public void setPolicy(KvPolicy policy) { model.setPolicy(policy); }
+
+    /** Forgets all tokens. */
+    public void reset() {
+        cache.clear();
+        position = 0;
+    }
+
+    /**
+     * Encodes the prompt (with the tokenizer's own special tokens, e.g. BOS), runs it and samples up to
+     * {@code maxTokens} tokens, streaming text to {@code listener}. Stops at an EOS token, at maxTokens, or
+     * when the KV cache is full.
+     */
+    public GenerationResult generate(String prompt, int maxTokens, SamplingOptions options, TokenListener listener) {
+        return generate(tp.tokenizer().encode(prompt), maxTokens, options, listener);
+    }
+
+    public GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener) {
+        if (promptTokens.length == 0) throw new IllegalArgumentException("the prompt is empty: give at least one token");
+        if (position + promptTokens.length > cache.capacity())
+            throw new IllegalArgumentException("the prompt has " + promptTokens.length + " tokens but the context holds "
+                    + (cache.capacity() - position) + ": raise the context size (-c)");
+        SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize());
+        boolean greedy = options.temp() <= 0 && options.repeatPenalty() == 1f && options.presencePenalty() == 0f
+                && options.frequencyPenalty() == 0f;
+        StreamingDecoder text = tp.tokenizer().streaming();
+        StringBuilder out = new StringBuilder();
+        for (int t : promptTokens) chain.accept(t);
+
+        long t0 = System.nanoTime();
+        model.prefill(cache, promptTokens, position, false, null);
+        tp.backend().synchronize();
+        long t1 = System.nanoTime();
+        position += promptTokens.length;
+
+        int[] generated = new int[Math.max(0, maxTokens)];
+        int count = 0, steps = 0;
+        String stop = "length";
+        double ttft = 0;
+        long decodeStart = 0;
+        while (count < maxTokens) {
+            int next = greedy ? model.argmax() : chain.sample(model.logits());
+            if (count == 0) {
+                ttft = (System.nanoTime() - t0) / 1e6;
+                decodeStart = System.nanoTime();
+            }
+            if (eos.contains(next)) {
+                stop = "eos";
+                break;
+            }
+            chain.accept(next);
+            generated[count++] = next;
+            String piece = text.push(next);
+            if (!piece.isEmpty()) {
+                out.append(piece);
+                if (listener != null) listener.onText(piece);
+            }
+            if (count == maxTokens) break;
+            if (position >= cache.capacity() && model.policy() == KvPolicy.FULL) {
+                stop = "context";
+                break;
+            }
+            model.decodeStep(cache, next, position++);
+            steps++;
+        }
+        tp.backend().synchronize();
+        double decodeMs = steps == 0 ? 0 : (System.nanoTime() - decodeStart) / 1e6;
+        String tail = text.flush();
+        if (!tail.isEmpty()) {
+            out.append(tail);
+            if (listener != null) listener.onText(tail);
+        }
+        return new GenerationResult(out.toString(), Arrays.copyOf(generated, count), promptTokens.length, stop,
+                (t1 - t0) / 1e6, steps, decodeMs, ttft, cache.bytes(), chain.seed());
+    }
+
+    /**
+     * Teacher-forced log-probabilities: for tokens t0..t(n-1) returns log p(t_i | t_<i) for i = 1..n-1
+     * (array of n-1), computed with one prefill from the start of this (reset) session.
+     */
+    public float[] logProbs(int[] tokens) {
+        reset();
+        float[] logits = model.prefill(cache, tokens, 0, true, null);
+        position = tokens.length;
+        int v = tp.config().vocabSize();
+        float[] lp = new float[tokens.length - 1];
+        for (int i = 0; i + 1 < tokens.length; i++) {
+            double max = Double.NEGATIVE_INFINITY;
+            for (int j = 0; j < v; j++) max = Math.max(max, logits[i * v + j]);
+            double sum = 0;
+            for (int j = 0; j < v; j++) sum += Math.exp(logits[i * v + j] - max);
+            lp[i] = (float) (logits[i * v + tokens[i + 1]] - max - Math.log(sum));
+        }
+        return lp;
+    }
+
+    /** Logits of every position [n * V] for the given tokens, from the start of this (reset) session. */
+    public float[] logits(int[] tokens) {
+        reset();
+        float[] logits = model.prefill(cache, tokens, 0, true, null);
+        position = tokens.length;
+        return logits;
+    }
+
+    @Override
+    public void close() {
+        cache.close();
+    }
+}

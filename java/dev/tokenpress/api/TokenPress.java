@@ -1,0 +1,90 @@
+package dev.tokenpress.api;
+
+import dev.tokenpress.backend.Backend;
+import dev.tokenpress.backend.Backends;
+import dev.tokenpress.io.ConfigLoader;
+import dev.tokenpress.io.HfTokenizer;
+import dev.tokenpress.io.SafeTensors;
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LlamaConfig;
+import dev.tokenpress.model.Weights;
+
+import java.nio.file.Path;
+
+/**
+ * A loaded model: the entry point for JVM applications.
+ * <pre>{@code
+ * try (TokenPress tp = TokenPress.load(Path.of("models/tokenpress-tiny"), LoadOptions.defaults());
+ *      Session s = tp.newSession(2048)) {
+ *     GenerationResult r = s.generate("def fib(n):", 64, SamplingOptions.greedy(), System.out::print);
+ * }
+ * }</pre>
+ */
+public final class TokenPress implements AutoCloseable {
+    private final Path dir;
+    private final LlamaConfig config;
+    private final SafeTensors tensors;
+    private final HfTokenizer tokenizer;
+    private final Llama model;
+    private final long loadMillis;
+
+    private TokenPress(Path dir, LlamaConfig config, SafeTensors tensors, HfTokenizer tokenizer, Llama model, long loadMillis) {
+        this.dir = dir;
+        this.config = config;
+        this.tensors = tensors;
+        this.tokenizer = tokenizer;
+        this.model = model;
+        this.loadMillis = loadMillis;
+    }
+
+    /**
+     * Loads a Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+     *
+     * @throws dev.tokenpress.io.ModelLoadException for a missing or malformed file (one-line message)
+     * @throws dev.tokenpress.backend.DeviceUnavailableException for device "cuda" without a usable GPU
+     */
+    public static TokenPress load(Path dir, LoadOptions options) {
+        long t0 = System.nanoTime();
+        LlamaConfig config = ConfigLoader.load(dir);
+        HfTokenizer tok = HfTokenizer.load(dir);
+        SafeTensors st = SafeTensors.open(dir);
+        Backend backend = null;
+        try {
+            backend = Backends.create(options.device(), options.threads(), options.log());
+            Weights w = Weights.load(st, config, backend, null);
+            Llama model = new Llama(config, w, backend, options.maxChunk());
+            long ms = (System.nanoTime() - t0) / 1_000_000;
+            return new TokenPress(dir, config, st, tok, model, ms);
+        } catch (RuntimeException | Error e) {
+            if (backend != null) backend.close();
+            st.close();
+            tok.close();
+            throw e;
+        }
+    }
+
+    public Path directory() { return dir; }
+
+    public LlamaConfig config() { return config; }
+
+    public HfTokenizer tokenizer() { return tokenizer; }
+
+    public Llama model() { return model; }
+
+    public Backend backend() { return model.backend; }
+
+    public long loadMillis() { return loadMillis; }
+
+    /** A new conversation state with a KV cache of {@code contextSize} tokens (<= 0: min(model max, 4096)). */
+    public Session newSession(int contextSize) {
+        int ctx = contextSize > 0 ? contextSize : Math.min(config.maxPositionEmbeddings(), 4096);
+        return new Session(this, ctx);
+    }
+
+    @Override
+    public void close() {
+        model.close();
+        tensors.close();
+        tokenizer.close();
+    }
+}

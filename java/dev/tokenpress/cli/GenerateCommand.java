@@ -1,0 +1,121 @@
+package dev.tokenpress.cli;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.tokenpress.api.GenerationResult;
+import dev.tokenpress.api.Session;
+import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.sample.SamplingOptions;
+import picocli.CommandLine.ArgGroup;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+import picocli.CommandLine.Model.CommandSpec;
+
+import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Locale;
+import java.util.concurrent.Callable;
+
+/** {@code tokenpress generate}: prompt → streamed completion, timings on stderr (or one JSON object). */
+@Command(name = "generate", mixinStandardHelpOptions = true,
+        description = "Generate text from a prompt; the text streams to stdout, timings go to stderr.")
+public final class GenerateCommand implements Callable<Integer> {
+    @Spec
+    CommandSpec spec;
+
+    @Mixin
+    ModelOptions modelOptions;
+
+    @Mixin
+    SamplingOptionsMixin sampling;
+
+    static final class PromptSource {
+        @Option(names = {"-p", "--prompt"}, paramLabel = "TEXT", description = "The prompt text.")
+        String prompt;
+
+        @Option(names = {"-f", "--file"}, paramLabel = "FILE", description = "Read the prompt from a file.")
+        Path file;
+    }
+
+    @ArgGroup(exclusive = true, multiplicity = "0..1")
+    PromptSource source;
+
+    @Option(names = {"-n", "--n-predict"}, defaultValue = "128", description = "Tokens to generate (default: ${DEFAULT-VALUE}).")
+    int nPredict;
+
+    @Option(names = {"-c", "--ctx-size"}, defaultValue = "0",
+            description = "KV cache size in tokens (0 = min(model maximum, 4096)).")
+    int ctx;
+
+    @Option(names = "--json", description = "Print one JSON object (text and figures) on stdout instead of streaming.")
+    boolean json;
+
+    static final String DEFAULT_PROMPT = "def fibonacci(n):";
+
+    @Override
+    public Integer call() throws Exception {
+        PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
+        if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
+        SamplingOptions so = sampling.toOptions();
+        String prompt;
+        if (source != null && source.file != null) {
+            if (!Files.isRegularFile(source.file)) throw new Main.UsageException("prompt file not found: " + source.file);
+            prompt = Files.readString(source.file, StandardCharsets.UTF_8);
+        } else if (source != null && source.prompt != null) {
+            prompt = source.prompt;
+        } else {
+            prompt = DEFAULT_PROMPT;
+            err.println("prompt: \"" + DEFAULT_PROMPT + "\" (default; use -p or -f)");
+        }
+        Path dir = modelOptions.resolveModel(err);
+        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
+             Session session = tp.newSession(ctx)) {
+            err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
+                    tp.config().numLayers(), tp.loadMillis());
+            err.flush();
+            if (!json) {
+                out.print(prompt);
+                out.flush();
+            }
+            GenerationResult r = session.generate(prompt, nPredict, so, json ? null : piece -> {
+                out.print(piece);
+                out.flush();
+            });
+            if (json) {
+                ObjectMapper om = new ObjectMapper();
+                ObjectNode o = om.createObjectNode();
+                o.put("model", dir.toString());
+                o.put("backend", tp.backend().description());
+                o.put("prompt", prompt);
+                o.put("text", r.text());
+                o.put("prompt_tokens", r.promptTokens());
+                o.put("generated_tokens", r.tokens().length);
+                o.put("stop_reason", r.stopReason());
+                o.put("load_ms", tp.loadMillis());
+                o.put("prefill_ms", r.prefillMillis());
+                o.put("prompt_tokens_per_s", r.prefillTokensPerSecond());
+                o.put("ttft_ms", r.ttftMillis());
+                o.put("decode_steps", r.decodeSteps());
+                o.put("decode_ms", r.decodeMillis());
+                o.put("decode_tokens_per_s", r.decodeTokensPerSecond());
+                o.put("kv_bytes", r.kvBytes());
+                o.put("ctx_size", session.contextSize());
+                o.put("seed", r.seed());
+                o.put("sampler", so.toString());
+                out.println(om.writeValueAsString(o));
+            } else {
+                out.println();
+                err.printf(Locale.ROOT, "load %d ms | prompt %d tokens, %.1f tokens/s | ttft %.1f ms | decode %d tokens, %.2f tokens/s | KV %s (%d tokens) | stop: %s | seed %d%n",
+                        tp.loadMillis(), r.promptTokens(), r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),
+                        r.decodeTokensPerSecond(), Bytes.human(r.kvBytes()), session.contextSize(), r.stopReason(), r.seed());
+            }
+            out.flush();
+            err.flush();
+        }
+        return ExitCodes.OK;
+    }
+}

@@ -1,0 +1,60 @@
+package dev.tokenpress.cli;
+
+import dev.tokenpress.api.LoadOptions;
+import dev.tokenpress.io.ModelWriter;
+import picocli.CommandLine.Option;
+
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+/** Options shared by every command that loads a model (a picocli mixin). */
+public final class ModelOptions {
+    @Option(names = {"-m", "--model"}, paramLabel = "DIR",
+            description = "Hugging Face model directory (config.json, *.safetensors, tokenizer.json). "
+                    + "Default: the embedded model (models/tokenpress-tiny), else a generated tiny model.")
+    Path model;
+
+    @Option(names = "--device", defaultValue = "auto", paramLabel = "auto|cpu|cuda",
+            description = "Where to run: auto picks CUDA when a GPU and the native library are present (default: ${DEFAULT-VALUE}).")
+    String device;
+
+    @Option(names = {"-t", "--threads"}, defaultValue = "0", description = "CPU threads (0 = all cores).")
+    int threads;
+
+    @Option(names = {"-b", "--batch-size"}, defaultValue = "256", description = "Prefill chunk size in tokens (default: ${DEFAULT-VALUE}).")
+    int chunk;
+
+    LoadOptions toLoadOptions(PrintWriter err) {
+        if (!device.equals("auto") && !device.equals("cpu") && !device.equals("cuda"))
+            throw new Main.UsageException("--device must be auto, cpu or cuda, not '" + device + "'");
+        if (chunk < 1) throw new Main.UsageException("--batch-size must be at least 1");
+        return new LoadOptions(device, threads, chunk, line -> {
+            err.println(line);
+            err.flush();
+        });
+    }
+
+    /**
+     * The model directory: -m, else the embedded trained model next to the installation, else a generated
+     * random tiny model under ~/.cache/tokenpress (created on first use).
+     */
+    Path resolveModel(PrintWriter err) {
+        if (model != null) return model;
+        String home = System.getProperty("tokenpress.home");
+        for (Path p : new Path[]{home == null ? null : Path.of(home, "models", "tokenpress-tiny"), Path.of("models", "tokenpress-tiny")}) {
+            if (p != null && Files.isRegularFile(p.resolve("config.json"))) {
+                err.println("model: " + p + " (embedded default)");
+                return p;
+            }
+        }
+        Path gen = Path.of(System.getProperty("user.home"), ".cache", "tokenpress", "models", "tiny-random");
+        if (!Files.isRegularFile(gen.resolve("model.safetensors"))) {
+            err.println("model: generating a random tiny model in " + gen + " (no embedded model found)");
+            ModelWriter.write(gen, ModelWriter.Preset.TINY, 42, s -> {});
+        } else {
+            err.println("model: " + gen + " (generated random tiny model)");
+        }
+        return gen;
+    }
+}

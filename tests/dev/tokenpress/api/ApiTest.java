@@ -1,0 +1,59 @@
+package dev.tokenpress.api;
+
+import dev.tokenpress.io.ModelWriter;
+import dev.tokenpress.sample.SamplingOptions;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/** The Java facade as another JVM application would use it. */
+class ApiTest {
+    @TempDir
+    Path tmp;
+
+    @Test
+    void loadGenerateAndScore() {
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        List<String> log = new ArrayList<>();
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cpu").withLog(log::add));
+             Session s = tp.newSession(128)) {
+            assertTrue(log.stream().anyMatch(l -> l.startsWith("backend: CPU")), log.toString());
+            StringBuilder streamed = new StringBuilder();
+            GenerationResult r = s.generate("The cat", 12, SamplingOptions.greedy(), streamed::append);
+            assertEquals(r.text(), streamed.toString());
+            assertTrue(r.tokens().length > 0 && r.tokens().length <= 12);
+            assertEquals(r.promptTokens() + r.tokens().length - (r.stopReason().equals("length") ? 1 : 0), s.position());
+
+            int[] toks = tp.tokenizer().encode("def f(x): return x + 1");
+            float[] lp = s.logProbs(toks);
+            float[] logits = s.logits(toks);
+            int v = tp.config().vocabSize();
+            assertEquals(toks.length - 1, lp.length);
+            for (int i = 0; i < lp.length; i++) {
+                assertTrue(lp[i] <= 0);
+                double max = Double.NEGATIVE_INFINITY, sum = 0;
+                for (int j = 0; j < v; j++) max = Math.max(max, logits[i * v + j]);
+                for (int j = 0; j < v; j++) sum += Math.exp(logits[i * v + j] - max);
+                assertEquals(logits[i * v + toks[i + 1]] - max - Math.log(sum), lp[i], 1e-4);
+            }
+        }
+    }
+
+    @Test
+    void sameSeedSameSample() {
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        SamplingOptions o = SamplingOptions.defaults().withSeed(99);
+        String[] out = new String[2];
+        for (int i = 0; i < 2; i++) {
+            try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cpu")); Session s = tp.newSession(64)) {
+                out[i] = s.generate("Once", 16, o, null).text();
+            }
+        }
+        assertEquals(out[0], out[1]);
+    }
+}

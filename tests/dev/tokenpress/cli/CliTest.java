@@ -1,0 +1,135 @@
+package dev.tokenpress.cli;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import dev.tokenpress.io.ModelWriter;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/** The CLI end to end, through Main.newCommandLine with captured streams: outputs and every exit code. */
+class CliTest {
+    @TempDir
+    static Path tmp;
+    static Path model;
+
+    record Run(int code, String out, String err) {}
+
+    static Run run(String... args) {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int code = Main.run(args, new PrintWriter(out, true), new PrintWriter(err, true));
+        return new Run(code, out.toString(), err.toString());
+    }
+
+    @BeforeAll
+    static void makeModel() {
+        model = tmp.resolve("tiny");
+        Run r = run("make-model", "--preset", "tiny", "-o", model.toString(), "--seed", "3");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(Files.isRegularFile(model.resolve("model.safetensors")));
+    }
+
+    @Test
+    void generateStreamsTextAndReportsFiguresOnStderr() {
+        Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--device", "cpu");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.out().startsWith("Hello"), r.out());
+        assertTrue(r.err().contains("tokens/s"), r.err());
+        assertTrue(r.err().contains("backend: CPU"), r.err());
+        // greedy is deterministic
+        assertEquals(r.out(), run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--device", "cpu").out());
+    }
+
+    @Test
+    void generateJsonIsOneObject() throws Exception {
+        Run r = run("generate", "-m", model.toString(), "-p", "abc", "-n", "5", "--json", "--seed", "7");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        JsonNode j = new ObjectMapper().readTree(r.out());
+        assertEquals(5, j.get("generated_tokens").asInt() + (j.get("stop_reason").asText().equals("eos") ? 5 - j.get("generated_tokens").asInt() : 0));
+        assertTrue(j.get("kv_bytes").asLong() > 0);
+        assertTrue(j.has("decode_tokens_per_s") && j.has("ttft_ms") && j.has("prompt_tokens_per_s"));
+        assertEquals(7, j.get("seed").asLong());
+    }
+
+    @Test
+    void infoDescribesTheModel() {
+        Run r = run("info", "-m", model.toString());
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.out().contains("LlamaForCausalLM"));
+        assertTrue(r.out().contains("KV bytes/token"));
+    }
+
+    @Test
+    void usageErrorsExitWith2() {
+        assertEquals(ExitCodes.USAGE, run("generate", "--no-such-flag").code());
+        assertEquals(ExitCodes.USAGE, run("make-model", "--preset", "huge", "-o", tmp.resolve("x").toString()).code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--top-p", "1.5").code());
+        Run r = run("generate", "-m", model.toString(), "-p", "a", "-f", "b");
+        assertEquals(ExitCodes.USAGE, r.code());
+    }
+
+    @Test
+    void modelErrorsExitWith3InOneLine() throws Exception {
+        Run r = run("generate", "-m", tmp.resolve("missing").toString(), "-p", "x");
+        assertEquals(ExitCodes.MODEL, r.code());
+        assertEquals(1, r.err().strip().lines().filter(l -> l.startsWith("error:")).count(), r.err());
+        assertFalse(r.err().contains("\tat "), "no stack trace without --verbose");
+        Path broken = tmp.resolve("broken");
+        Files.createDirectories(broken);
+        for (String f : new String[]{"config.json", "tokenizer.json"}) Files.copy(model.resolve(f), broken.resolve(f));
+        Files.write(broken.resolve("model.safetensors"), new byte[]{1, 2, 3});
+        Run b = run("info", "-m", broken.toString());
+        assertEquals(ExitCodes.MODEL, b.code(), b.err());
+        assertTrue(b.err().contains("model.safetensors"), b.err());
+        Run v = run("info", "-m", broken.toString(), "--verbose");
+        assertTrue(v.err().contains("\tat "), "--verbose adds the stack trace");
+    }
+
+    @Test
+    void cudaWithoutAGpuExitsWith4() {
+        org.junit.jupiter.api.Assumptions.assumeFalse(cudaUsable(), "a GPU is present");
+        Run r = run("generate", "-m", model.toString(), "-p", "x", "-n", "1", "--device", "cuda");
+        assertEquals(ExitCodes.DEVICE, r.code(), r.err());
+        assertTrue(r.err().startsWith("error:"), r.err());
+    }
+
+    @Test
+    void runtimeFailuresExitWith1() {
+        // a prompt longer than the context the user asked for
+        Run r = run("generate", "-m", model.toString(), "-p", "a b c d e f g h", "-c", "2", "-n", "1", "--device", "cpu");
+        assertEquals(ExitCodes.RUNTIME, r.code(), r.err());
+        assertTrue(r.err().contains("-c"), r.err());
+    }
+
+    static boolean cudaUsable() {
+        try {
+            dev.tokenpress.backend.Backends.openCuda().close();
+            return true;
+        } catch (RuntimeException e) {
+            return false;
+        }
+    }
+
+    @Test
+    void benchPrintsRooflineTable() {
+        Run r = run("bench", "-m", model.toString(), "-p", "8", "-n", "4", "-r", "1", "--bandwidth-mib", "64", "--device", "cpu");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.out().contains("| pp8 |"), r.out());
+        assertTrue(r.out().contains("| tg4 |"), r.out());
+        assertTrue(r.out().contains("% of roofline"), r.out());
+    }
+
+    @Test
+    void makeModelWritesTheHfLayout() {
+        for (String f : new String[]{"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"})
+            assertTrue(Files.isRegularFile(model.resolve(f)), f);
+        assertEquals(0, ModelWriter.Preset.TINY.ordinal());
+    }
+}
