@@ -1,0 +1,90 @@
+package dev.tokenpress.cli;
+
+import dev.tokenpress.sample.SamplingOptions;
+import picocli.CommandLine;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+
+/**
+ * Sampling flags with llama.cpp's names and defaults; add to a command with
+ * {@code @Mixin SamplingOptionsMixin sampling;} and call {@link #toOptions()} in the command body.
+ */
+public class SamplingOptionsMixin {
+
+    @Spec(Spec.Target.MIXEE)
+    CommandSpec mixee;
+
+    @Option(names = "--temp", paramLabel = "N", defaultValue = "0.8",
+            description = "Temperature, applied after the truncation samplers; <= 0 always picks the most likely "
+                    + "token (default: ${DEFAULT-VALUE}).")
+    double temp;
+
+    @Option(names = "--top-k", paramLabel = "N", defaultValue = "40",
+            description = "Top-k sampling: keep the N most likely tokens (default: ${DEFAULT-VALUE}, 0 = disabled).")
+    int topK;
+
+    @Option(names = "--top-p", paramLabel = "N", defaultValue = "0.95",
+            description = "Top-p (nucleus) sampling: keep the smallest set of tokens with total probability >= N "
+                    + "(default: ${DEFAULT-VALUE}, 1.0 = disabled).")
+    double topP;
+
+    @Option(names = "--min-p", paramLabel = "N", defaultValue = "0.05",
+            description = "Min-p sampling: keep tokens with probability >= N times that of the most likely one "
+                    + "(default: ${DEFAULT-VALUE}, 0.0 = disabled).")
+    double minP;
+
+    @Option(names = "--typical", paramLabel = "N", defaultValue = "1.0",
+            description = "Locally typical sampling, parameter p (default: ${DEFAULT-VALUE}, 1.0 = disabled).")
+    double typicalP;
+
+    @Option(names = "--repeat-last-n", paramLabel = "N", defaultValue = "64",
+            description = "Last N tokens the penalties look at (default: ${DEFAULT-VALUE}, 0 = disabled, "
+                    + "-1 = all tokens).")
+    int repeatLastN;
+
+    @Option(names = "--repeat-penalty", paramLabel = "N", defaultValue = "1.0",
+            description = "Penalise repeated tokens: divide positive logits, multiply negative ones "
+                    + "(default: ${DEFAULT-VALUE}, 1.0 = disabled).")
+    double repeatPenalty;
+
+    @Option(names = "--presence-penalty", paramLabel = "N", defaultValue = "0.0",
+            description = "Repeat alpha presence penalty (default: ${DEFAULT-VALUE}, 0.0 = disabled).")
+    double presencePenalty;
+
+    @Option(names = "--frequency-penalty", paramLabel = "N", defaultValue = "0.0",
+            description = "Repeat alpha frequency penalty (default: ${DEFAULT-VALUE}, 0.0 = disabled).")
+    double frequencyPenalty;
+
+    @Option(names = "--mirostat", paramLabel = "N", defaultValue = "0",
+            description = "Use Mirostat sampling; top-k, top-p, min-p, typical and the penalties are ignored when "
+                    + "it is on (default: ${DEFAULT-VALUE}, 0 = disabled, 1 = Mirostat, 2 = Mirostat 2.0).")
+    int mirostat;
+
+    @Option(names = "--mirostat-lr", paramLabel = "N", defaultValue = "0.1",
+            description = "Mirostat learning rate, parameter eta (default: ${DEFAULT-VALUE}).")
+    double mirostatLr;
+
+    @Option(names = "--mirostat-ent", paramLabel = "N", defaultValue = "5.0",
+            description = "Mirostat target entropy, parameter tau, in bits (default: ${DEFAULT-VALUE}).")
+    double mirostatEnt;
+
+    @Option(names = {"-s", "--seed"}, paramLabel = "SEED", defaultValue = "-1",
+            description = "RNG seed (default: ${DEFAULT-VALUE}, -1 = random seed; the seed used is reported).")
+    long seed;
+
+    /** The parsed flags as options; throws {@link CommandLine.ParameterException} for an out-of-range value. */
+    public SamplingOptions toOptions() {
+        CommandLine cl = mixee != null ? mixee.commandLine() : null;
+        return toOptions(cl != null ? cl : new CommandLine(CommandSpec.create()));
+    }
+
+    /** As {@link #toOptions()}, reporting errors against the given command line. */
+    public SamplingOptions toOptions(CommandLine commandLine) {
+        SamplingOptions o = new SamplingOptions(temp, topK, topP, minP, typicalP, repeatLastN, repeatPenalty,
+                presencePenalty, frequencyPenalty, mirostat, mirostatLr, mirostatEnt, seed);
+        String err = o.validationError();
+        if (err != null) throw new CommandLine.ParameterException(commandLine, err);
+        return o;
+    }
+}

@@ -1,0 +1,221 @@
+package dev.tokenpress.sample;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.List;
+import java.util.concurrent.ThreadLocalRandom;
+
+/**
+ * A sampling pipeline with llama.cpp's default order ({@code common_sampler_init}):
+ * {@code penalties -> top-k -> typical -> top-p -> min-p -> temp -> dist}; with Mirostat on, the chain is
+ * {@code temp -> mirostat} (or {@code mirostat-v2}) and top-k, typical, top-p, min-p and the penalties are ignored.
+ * Temperature comes last, so the truncations see temperature-1 probabilities.
+ * <p>
+ * Usage in a generation loop: {@link #accept} every prompt token, then repeatedly {@code t = sample(logits)},
+ * {@code accept(t)}. Not thread-safe; one chain per sequence. Buffers are allocated once for the vocabulary.
+ */
+public final class SamplerChain {
+    /** k of the trace's top-k indicators when the chain has no top-k. */
+    public static final int DEFAULT_TRACE_TOP_K = 40;
+
+    private final int vocabSize;
+    private final long seed;
+    private final SamplingOptions options;
+    private final List<Sampler> samplers;
+    private final Sampler[] stages;
+    private final TokenDataArray cur;
+    private final int traceAt;       // stage index before which the trace statistics are taken
+    private final int traceTopK;
+    private boolean trace;
+    private StepTrace lastTrace;
+    private double tEntropy, tTopKEntropy, tTopKMass;
+
+    private SamplerChain(int vocabSize, long seed, SamplingOptions options, List<Sampler> samplers, int traceTopK) {
+        if (vocabSize < 1) throw new IllegalArgumentException("vocabSize must be >= 1, got " + vocabSize);
+        if (samplers.isEmpty()) throw new IllegalArgumentException("a chain needs at least one sampler");
+        this.vocabSize = vocabSize;
+        this.seed = seed;
+        this.options = options;
+        this.samplers = Collections.unmodifiableList(new ArrayList<>(samplers));
+        this.stages = samplers.toArray(new Sampler[0]);
+        this.cur = new TokenDataArray(vocabSize);
+        int at = 0;
+        while (at < stages.length && stages[at] instanceof PenaltiesSampler) at++;
+        this.traceAt = at;
+        this.traceTopK = traceTopK > 0 ? traceTopK : DEFAULT_TRACE_TOP_K;
+    }
+
+    /** Builds llama.cpp's default chain for the options (validated; a seed of -1 becomes a random seed). */
+    public static SamplerChain create(SamplingOptions o, int vocabSize) {
+        o.validate();
+        long s = resolveSeed(o.seed());
+        List<Sampler> list = new ArrayList<>();
+        if (o.mirostat() == 0) {
+            list.add(new PenaltiesSampler(vocabSize, o.repeatLastN(), o.repeatPenalty(), o.presencePenalty(),
+                    o.frequencyPenalty()));
+            list.add(new TopKSampler(o.topK()));
+            list.add(new TypicalSampler(o.typicalP()));
+            list.add(new TopPSampler(o.topP()));
+            list.add(new MinPSampler(o.minP()));
+            list.add(new TemperatureSampler(o.temp()));
+            list.add(new DistSampler(s));
+        } else if (o.mirostat() == 1) {
+            list.add(new TemperatureSampler(o.temp()));
+            list.add(new MirostatSampler(vocabSize, s, o.mirostatEnt(), o.mirostatLr(), 100));
+        } else {
+            list.add(new TemperatureSampler(o.temp()));
+            list.add(new MirostatV2Sampler(s, o.mirostatEnt(), o.mirostatLr()));
+        }
+        return new SamplerChain(vocabSize, s, o, list, o.topK());
+    }
+
+    /**
+     * A custom chain, applied in the given order. The last stage should select a token (dist, greedy, mirostat);
+     * when none selected, {@link #sample} falls back to the first remaining candidate. The seed is only reported.
+     */
+    public static SamplerChain of(int vocabSize, long seed, Sampler... samplers) {
+        return new SamplerChain(vocabSize, seed, null, List.of(samplers), DEFAULT_TRACE_TOP_K);
+    }
+
+    /** -1 -> a random non-negative 32-bit seed (reportable and reusable with --seed); others unchanged. */
+    static long resolveSeed(long seed) {
+        return seed == SamplingOptions.RANDOM_SEED ? ThreadLocalRandom.current().nextLong(0, 0xFFFF_FFFFL) : seed;
+    }
+
+    /** Samples a token from one position's logits ({@code logits.length >= vocabSize}; only read, never modified). */
+    public int sample(float[] logits) {
+        if (logits.length < vocabSize)
+            throw new IllegalArgumentException("logits has " + logits.length + " entries, vocabulary is " + vocabSize);
+        return sample(logits, 0);
+    }
+
+    /** Samples from the row starting at {@code offset} of a larger logits buffer. */
+    public int sample(float[] logits, int offset) {
+        cur.load(logits, offset, vocabSize);
+        for (int i = 0; i < stages.length; i++) {
+            if (trace && i == traceAt) traceStats();
+            stages[i].apply(cur);
+        }
+        if (trace && traceAt == stages.length) traceStats();
+        if (cur.selected < 0 || cur.selected >= cur.size) {
+            cur.selected = 0;
+            if (cur.size == 0) throw new IllegalStateException("the sampler chain left no candidates");
+        }
+        int token = cur.ids[cur.selected];
+        if (trace) {
+            float p = cur.probs[cur.selected];
+            double surprise = p > 0 ? -MirostatSampler.log2(p) : Double.POSITIVE_INFINITY;
+            lastTrace = new StepTrace(token, tEntropy, tTopKEntropy, tTopKMass, surprise, mirostatMu());
+        }
+        return token;
+    }
+
+    /** Sample, then accept the token. */
+    public int sampleAndAccept(float[] logits) {
+        int t = sample(logits);
+        accept(t);
+        return t;
+    }
+
+    /** Records a token that became part of the context (penalty history). */
+    public void accept(int token) {
+        for (Sampler s : stages) s.accept(token);
+    }
+
+    /** Clears the history and Mirostat state, and restarts the RNG from {@link #seed()}. */
+    public void reset() {
+        for (Sampler s : stages) s.reset();
+        lastTrace = null;
+    }
+
+    /** The seed in use (the drawn one when the options asked for -1). */
+    public long seed() {
+        return seed;
+    }
+
+    public int vocabSize() {
+        return vocabSize;
+    }
+
+    /** The options this chain was created from (null for {@link #of}). */
+    public SamplingOptions options() {
+        return options;
+    }
+
+    public List<Sampler> samplers() {
+        return samplers;
+    }
+
+    /** The chain as llama.cpp prints it, e.g. {@code logits -> penalties -> top-k -> ... -> dist}. */
+    public String describe() {
+        StringBuilder sb = new StringBuilder("logits");
+        for (Sampler s : stages) sb.append(" -> ").append(s.name());
+        return sb.toString();
+    }
+
+    @Override
+    public String toString() {
+        return describe();
+    }
+
+    /**
+     * The candidate list as the last {@link #sample} left it: the set the token was drawn from (with normalised
+     * probabilities) and the selected index. Reused by the next call.
+     */
+    public TokenDataArray lastCandidates() {
+        return cur;
+    }
+
+    /** Turns the per-step diagnostics on or off (costs one extra pass over the vocabulary per step). */
+    public void setTrace(boolean on) {
+        trace = on;
+        if (!on) lastTrace = null;
+    }
+
+    public boolean isTrace() {
+        return trace;
+    }
+
+    /** Diagnostics of the last step, or null when tracing is off or nothing was sampled yet. */
+    public StepTrace lastTrace() {
+        return lastTrace;
+    }
+
+    private double mirostatMu() {
+        for (Sampler s : stages) {
+            if (s instanceof MirostatSampler m) return m.mu();
+            if (s instanceof MirostatV2Sampler m) return m.mu();
+        }
+        return Double.NaN;
+    }
+
+    /** Entropy and top-k indicators of the current (untruncated, temperature-1) candidates. */
+    private void traceStats() {
+        int n = cur.size;
+        float[] lg = cur.logits;
+        float maxL = lg[cur.argmax()];
+        double z = 0, zl = 0;
+        for (int i = 0; i < n; i++) {
+            double d = lg[i] - maxL;
+            double e = Math.exp(d);
+            if (e > 0) {
+                z += e;
+                zl += e * d;
+            }
+        }
+        tEntropy = Math.log(z) - zl / z;
+        int k = Math.min(traceTopK, n);
+        int[] top = cur.topIndices(k);
+        double zk = 0, zkl = 0;
+        for (int j = 0; j < k; j++) {
+            double d = lg[top[j]] - maxL;
+            double e = Math.exp(d);
+            if (e > 0) {
+                zk += e;
+                zkl += e * d;
+            }
+        }
+        tTopKMass = zk / z;
+        tTopKEntropy = Math.log(zk) - zkl / zk;
+    }
+}
