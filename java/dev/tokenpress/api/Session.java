@@ -67,7 +67,9 @@ public final class Session implements AutoCloseable {
         for (int t : promptTokens) chain.accept(t);
 
         long t0 = System.nanoTime();
-        model.prefill(cache, promptTokens, position, false, null);
+        int total = promptTokens.length;
+        boolean report = total > 2 * model.maxChunk();
+        model.prefill(cache, promptTokens, position, false, report ? done -> tp.progress().update("prefill", done, total) : null);
         tp.backend().synchronize();
         long t1 = System.nanoTime();
         position += promptTokens.length;

@@ -27,8 +27,11 @@ public final class TokenPress implements AutoCloseable {
     private final HfTokenizer tokenizer;
     private final Llama model;
     private final long loadMillis;
+    private final ProgressListener progress;
 
-    private TokenPress(Path dir, LlamaConfig config, SafeTensors tensors, HfTokenizer tokenizer, Llama model, long loadMillis) {
+    private TokenPress(Path dir, LlamaConfig config, SafeTensors tensors, HfTokenizer tokenizer, Llama model, long loadMillis,
+                       ProgressListener progress) {
+        this.progress = progress;
         this.dir = dir;
         this.config = config;
         this.tensors = tensors;
@@ -51,10 +54,13 @@ public final class TokenPress implements AutoCloseable {
         Backend backend = null;
         try {
             backend = Backends.create(options.device(), options.threads(), options.log());
-            Weights w = Weights.load(st, config, backend, null);
+            int layers = config.numLayers();
+            ProgressListener pl = options.progress();
+            pl.update("load", 0, layers);
+            Weights w = Weights.load(st, config, backend, i -> pl.update("load", i, layers));
             Llama model = new Llama(config, w, backend, options.maxChunk());
             long ms = (System.nanoTime() - t0) / 1_000_000;
-            return new TokenPress(dir, config, st, tok, model, ms);
+            return new TokenPress(dir, config, st, tok, model, ms, pl);
         } catch (RuntimeException | Error e) {
             if (backend != null) backend.close();
             st.close();
@@ -74,6 +80,9 @@ public final class TokenPress implements AutoCloseable {
     public Backend backend() { return model.backend; }
 
     public long loadMillis() { return loadMillis; }
+
+    /** The progress listener given at load time (sessions report long prefills to it). */
+    public ProgressListener progress() { return progress; }
 
     /** A new conversation state with a KV cache of {@code contextSize} tokens (<= 0: min(model max, 4096)). */
     public Session newSession(int contextSize) {

@@ -32,7 +32,7 @@ public final class ModelOptions {
         return new LoadOptions(device, threads, chunk, line -> {
             err.println(line);
             err.flush();
-        });
+        }, TerminalProgress.forStderr());
     }
 
     /**
