@@ -1,0 +1,366 @@
+// Flash-decoding for one query token, GQA-native: a block handles one KV head and (up to GT of) the q-heads
+// of its group, so each key/value row is read from memory once per group. The candidate list of a KV head is
+// split across gridDim.x blocks; each block leaves a partial (max, sum, acc) state that a second kernel
+// merges. Also home of the statistics pass shared with prefill attention.
+//
+// Thread layout of the split kernel: LPR = hd/8 lanes own one key row (16-byte loads, 8 bf16 per lane),
+// so a warp covers 32/LPR rows per step and each lane keeps GT online-softmax states of 8 output dims.
+#include "attention_common.cuh"
+
+namespace {
+
+using namespace tp;
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxSplits = 256;
+
+__device__ __forceinline__ uint4 ldg16(const uint16_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+template <int HD, int GT>
+__global__ void __launch_bounds__(kThreads)
+decode_split_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
+                    const int* __restrict__ pc, int layer, int H, int Hkv, int C, const int* __restrict__ qpos_ptr,
+                    const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
+                    const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
+                    float2* __restrict__ part_md) {
+    constexpr int LPR = HD / 8;          // lanes per key row
+    constexpr int SUB = 32 / LPR;        // rows per warp step
+    constexpr int NSG = kWarps * SUB;    // rows per block step
+    constexpr int U = GT >= 8 ? 2 : 4;   // block steps in flight per iteration
+    __shared__ float sm_o[kWarps][GT][HD];
+    __shared__ float sm_m[kWarps][GT], sm_d[kWarps][GT];
+
+    const int G = H / Hkv;
+    const int chunks = (G + GT - 1) / GT;
+    const int kh = blockIdx.y / chunks, c = blockIdx.y % chunks;
+    const int h0 = kh * G + c * GT;
+    const int nh = min(GT, G - c * GT);
+    const int split = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane / LPR, lr = lane % LPR;
+
+    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
+    const int qp = qpos_ptr[0];
+    int per = (int)ceil_div(len, splits);
+    per = (int)ceil_div(per, NSG) * NSG;
+    const int begin = split * per;
+    const int end = min(len, begin + per);
+
+    float qr[GT][8];
+#pragma unroll
+    for (int g = 0; g < GT; g++) {
+        if (g < nh) {
+            const float4* src = reinterpret_cast<const float4*>(q + (int64_t)(h0 + g) * HD + lr * 8);
+            float4 a = src[0], b = src[1];
+            qr[g][0] = a.x * scale_log2; qr[g][1] = a.y * scale_log2; qr[g][2] = a.z * scale_log2;
+            qr[g][3] = a.w * scale_log2; qr[g][4] = b.x * scale_log2; qr[g][5] = b.y * scale_log2;
+            qr[g][6] = b.z * scale_log2; qr[g][7] = b.w * scale_log2;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) qr[g][j] = 0.f;
+        }
+    }
+    SoftmaxState<8> st[GT];
+#pragma unroll
+    for (int g = 0; g < GT; g++) st[g].init();
+
+    const int64_t base = ((int64_t)layer * Hkv + kh) * C;
+    const uint16_t* kb = kc + base * HD + lr * 8;
+    const uint16_t* vb = vc + base * HD + lr * 8;
+    const int* pb = pc + base;
+
+    // tb is warp-uniform, so the shuffles below run with the whole warp converged.
+    for (int tb = begin + warp * SUB; tb < end; tb += NSG * U) {
+        uint4 kr[U], vr[U];
+        bool vis[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int idx = tb + u * NSG + sub;
+            int slot = idx < end ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
+            vis[u] = false;
+            kr[u] = make_uint4(0, 0, 0, 0);
+            vr[u] = make_uint4(0, 0, 0, 0);
+            if (slot >= 0) {
+                int pos = __ldg(pb + slot);
+                vis[u] = pos >= 0 && pos <= qp;
+                if (vis[u]) {
+                    kr[u] = ldg16(kb + (int64_t)slot * HD);
+                    vr[u] = ldg16(vb + (int64_t)slot * HD);
+                }
+            }
+        }
+        float s[U][GT];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[8];
+            bf16x8_to_f32(kr[u], kf);
+#pragma unroll
+            for (int g = 0; g < GT; g++) {
+                float a = 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) a = fmaf(qr[g][j], kf[j], a);
+#pragma unroll
+                for (int o = LPR / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                s[u][g] = vis[u] ? a : kNegInf;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GT; g++) {
+            float mx = s[0][g];
+#pragma unroll
+            for (int u = 1; u < U; u++) mx = fmaxf(mx, s[u][g]);
+            if (mx == kNegInf) continue;
+            st[g].rescale_to(fmaxf(st[g].m, mx));
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float vf[8];
+            bf16x8_to_f32(vr[u], vf);
+#pragma unroll
+            for (int g = 0; g < GT; g++) {
+                float p = exp2_diff(s[u][g], st[g].m);
+                st[g].d += p;
+#pragma unroll
+                for (int j = 0; j < 8; j++) st[g].o[j] = fmaf(p, vf[j], st[g].o[j]);
+            }
+        }
+    }
+
+    // Merge the row groups of the warp (lanes with equal lr), then the warps through shared memory.
+#pragma unroll
+    for (int g = 0; g < GT; g++) {
+#pragma unroll
+        for (int off = LPR; off < 32; off <<= 1) st[g].merge_xor(off);
+    }
+    if (sub == 0) {
+#pragma unroll
+        for (int g = 0; g < GT; g++) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) sm_o[warp][g][lr * 8 + j] = st[g].o[j];
+            if (lr == 0) {
+                sm_m[warp][g] = st[g].m;
+                sm_d[warp][g] = st[g].d;
+            }
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nh * HD; e += kThreads) {
+        int g = e / HD, j = e % HD;
+        float M = kNegInf;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) M = fmaxf(M, sm_m[w][g]);
+        float D = 0.f, O = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) {
+            float f = exp2_diff(sm_m[w][g], M);
+            D += sm_d[w][g] * f;
+            O += sm_o[w][g][j] * f;
+        }
+        int64_t ps = (int64_t)(h0 + g) * splits + split;
+        part_o[ps * HD + j] = O;
+        if (j == 0) part_md[ps] = make_float2(M, D);
+    }
+}
+
+// One block per q-head, one thread per output dim: merges the splits' partial states.
+template <int HD>
+__global__ void __launch_bounds__(HD)
+decode_merge_kernel(float* __restrict__ out, const float* __restrict__ part_o, const float2* __restrict__ part_md,
+                    int splits, float* __restrict__ lse2) {
+    int h = blockIdx.x, j = threadIdx.x;
+    const float2* md = part_md + (int64_t)h * splits;
+    float M = kNegInf;
+    for (int s = 0; s < splits; s++) M = fmaxf(M, md[s].x);
+    float D = 0.f, O = 0.f;
+    for (int s = 0; s < splits; s++) {
+        float f = exp2_diff(md[s].x, M);
+        D += md[s].y * f;
+        O += part_o[((int64_t)h * splits + s) * HD + j] * f;
+    }
+    out[(int64_t)h * HD + j] = D > 0.f ? O / D : 0.f;
+    if (j == 0 && lse2) lse2[h] = D > 0.f ? M + log2f(D) : kNegInf;
+}
+
+// Statistics pass: LPR lanes per candidate slot; loops over the rows of interest and the group's q-heads.
+template <int HD>
+__global__ void __launch_bounds__(kThreads)
+attention_stats_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const int* __restrict__ pc,
+                       int layer, int H, int Hkv, int C, int n, const int* __restrict__ qpos, int from_row,
+                       const float* __restrict__ lse2, const int* __restrict__ sel, int sel_stride,
+                       const int* __restrict__ sel_counts, const int* __restrict__ hw, float scale_log2,
+                       float* __restrict__ raw, float* __restrict__ prob) {
+    constexpr int LPR = HD / 8;
+    constexpr int SUB = 32 / LPR;
+    constexpr int NSG = kWarps * SUB;
+    const int kh = blockIdx.y;
+    const int G = H / Hkv;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane / LPR, lr = lane % LPR;
+    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
+    const int64_t base = ((int64_t)layer * Hkv + kh) * C;
+    const int r_first = prob ? min(max(from_row, 0), n - 1) : n - 1;
+
+    for (int tb = blockIdx.x * NSG + warp * SUB; tb < len; tb += gridDim.x * NSG) {
+        int idx = tb + sub;
+        int slot = idx < len ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
+        int pos = slot >= 0 ? pc[base + slot] : -1;
+        float kf[8];
+        uint4 kr = make_uint4(0, 0, 0, 0);
+        if (slot >= 0) kr = ldg16(kc + (base + slot) * HD + lr * 8);
+        bf16x8_to_f32(kr, kf);
+        float acc = 0.f;
+        for (int r = r_first; r < n; r++) {
+            int qp = qpos[r];
+            bool vis = pos >= 0 && pos <= qp;
+            for (int g = 0; g < G; g++) {
+                int h = kh * G + g;
+                const float* qv = q + ((int64_t)r * H + h) * HD + lr * 8;
+                float a = 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) a = fmaf(qv[j], kf[j], a);
+#pragma unroll
+                for (int o = LPR / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                if (vis && lr == 0) {
+                    if (raw && r == n - 1) raw[(int64_t)h * C + slot] = a;
+                    if (prob && r >= from_row) {
+                        float l = lse2[(int64_t)r * H + h];
+                        if (l != kNegInf) acc += exp2f(a * scale_log2 - l);
+                    }
+                }
+            }
+        }
+        if (prob && slot >= 0 && lr == 0) prob[(int64_t)kh * C + slot] += acc;
+    }
+}
+
+template <int HD, int GT>
+int launch_split(dim3 grid, const float* q, const uint16_t* kc, const uint16_t* vc, const int* pc, int layer, int H,
+                 int Hkv, int C, const int* qpos, const int* sel, int sel_stride, const int* sel_counts,
+                 const int* hw, float scale_log2, int splits, float* part_o, float2* part_md, cudaStream_t stream) {
+    decode_split_kernel<HD, GT><<<grid, kThreads, 0, stream>>>(q, kc, vc, pc, layer, H, Hkv, C, qpos, sel,
+                                                               sel_stride, sel_counts, hw, scale_log2, splits,
+                                                               part_o, part_md);
+    TP_LAUNCHED("decode_split_kernel");
+    return TP_OK;
+}
+
+template <int HD>
+int launch_split_hd(int gt, dim3 grid, const float* q, const uint16_t* kc, const uint16_t* vc, const int* pc,
+                    int layer, int H, int Hkv, int C, const int* qpos, const int* sel, int sel_stride,
+                    const int* sel_counts, const int* hw, float scale_log2, int splits, float* part_o,
+                    float2* part_md, cudaStream_t stream) {
+    switch (gt) {
+        case 1: return launch_split<HD, 1>(grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, stream);
+        case 2: return launch_split<HD, 2>(grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, stream);
+        case 4: return launch_split<HD, 4>(grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, stream);
+        default: return launch_split<HD, 8>(grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, stream);
+    }
+}
+
+int group_tile(int G) { return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8; }
+
+// Splits per (KV head, head chunk): enough blocks to fill the machine ~4 times over, but at least 2 block
+// steps of rows per split.
+int pick_splits(int blocks_per_split, int max_len, int rows_per_step) {
+    int target = (int)ceil_div(4 * sm_count(), blocks_per_split);
+    int by_len = (int)ceil_div(max_len < 1 ? 1 : max_len, 2 * rows_per_step);
+    int s = target < by_len ? target : by_len;
+    return s < 1 ? 1 : (s > kMaxSplits ? kMaxSplits : s);
+}
+
+}  // namespace
+
+namespace tp {
+
+int launch_attention_stats(const float* q, const uint16_t* kc, const int* pc, int layer, int H, int Hkv, int hd,
+                           int C, int n, const int* qpos, int from_row, const float* lse2, const int* sel,
+                           int sel_stride, const int* sel_counts, const int* hw, float scale_log2, float* raw,
+                           float* prob, cudaStream_t stream) {
+    if (!raw && !prob) return TP_OK;
+    if (prob && !raw && from_row >= n) return TP_OK;
+    dim3 grid(sm_count() * 2 / (Hkv < 1 ? 1 : Hkv) + 1, Hkv);
+    if (hd == 64)
+        attention_stats_kernel<64><<<grid, kThreads, 0, stream>>>(q, kc, pc, layer, H, Hkv, C, n, qpos, from_row, lse2,
+                                                                  sel, sel_stride, sel_counts, hw, scale_log2, raw, prob);
+    else
+        attention_stats_kernel<128><<<grid, kThreads, 0, stream>>>(q, kc, pc, layer, H, Hkv, C, n, qpos, from_row, lse2,
+                                                                   sel, sel_stride, sel_counts, hw, scale_log2, raw, prob);
+    TP_LAUNCHED("attention_stats_kernel");
+    return TP_OK;
+}
+
+}  // namespace tp
+
+extern "C" {
+
+uint64_t tp_decode_attention_workspace_bytes(int num_heads, int head_dim) {
+    if (num_heads <= 0 || head_dim <= 0) return 0;
+    uint64_t parts = (uint64_t)num_heads * kMaxSplits;
+    return parts * head_dim * 4 + parts * 8 + (uint64_t)num_heads * 4 + 256;
+}
+
+int tp_decode_attention(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                        int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
+                        uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
+                        int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
+                        uint64_t workspace, uint64_t workspace_bytes, uint64_t stream) {
+    const char* fn = "tp_decode_attention";
+    if (head_dim != 64 && head_dim != 128)
+        return fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not supported (CUDA attention supports 64 and 128)",
+                    fn, head_dim);
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(key_cache != 0, fn, "key_cache");
+    TP_REQUIRE(value_cache != 0, fn, "value_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(query_pos != 0, fn, "query_pos");
+    TP_REQUIRE(sel_slots == 0 || (sel_counts != 0 && sel_stride > 0), fn, "sel_counts/sel_stride");
+    TP_REQUIRE(sel_slots != 0 || high_water != 0, fn, "high_water");
+    TP_REQUIRE(max_len >= 0, fn, "max_len");
+    TP_REQUIRE(workspace != 0 && workspace_bytes >= tp_decode_attention_workspace_bytes(num_heads, head_dim), fn,
+               "workspace");
+    cudaStream_t s = TP_STREAM(stream);
+    const int G = num_heads / kv_heads;
+    const int gt = group_tile(G);
+    const int chunks = (G + gt - 1) / gt;
+    TP_REQUIRE((int64_t)kv_heads * chunks <= 65535, fn, "kv_heads");
+    const int rows_per_step = kWarps * (32 / (head_dim / 8));
+    const int splits = pick_splits(kv_heads * chunks, max_len, rows_per_step);
+    float* part_o = TP_PTR(float, workspace);
+    uint64_t parts = (uint64_t)num_heads * kMaxSplits;
+    float2* part_md = reinterpret_cast<float2*>(part_o + parts * head_dim);
+    float* lse2 = reinterpret_cast<float*>(part_md + parts);
+    const float scale_log2 = scale * kLog2e;
+    const int* sel = TP_PTR(const int, sel_slots);
+    const int* cnt = TP_PTR(const int, sel_counts);
+    const int* hw = TP_PTR(const int, high_water);
+    const int* qpos = TP_PTR(const int, query_pos);
+    const uint16_t* kc = TP_PTR(const uint16_t, key_cache);
+    const int* pc = TP_PTR(const int, pos_cache);
+    dim3 grid(splits, kv_heads * chunks);
+    int rc = head_dim == 64
+        ? launch_split_hd<64>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
+                              num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
+                              part_o, part_md, s)
+        : launch_split_hd<128>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
+                               num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
+                               part_o, part_md, s);
+    if (rc != TP_OK) return rc;
+    bool stats = raw_scores != 0 || prob_sums != 0;
+    if (head_dim == 64)
+        decode_merge_kernel<64><<<num_heads, 64, 0, s>>>(TP_PTR(float, out), part_o, part_md, splits, stats ? lse2 : nullptr);
+    else
+        decode_merge_kernel<128><<<num_heads, 128, 0, s>>>(TP_PTR(float, out), part_o, part_md, splits, stats ? lse2 : nullptr);
+    TP_LAUNCHED("decode_merge_kernel");
+    if (!stats) return TP_OK;
+    return launch_attention_stats(TP_PTR(const float, q), kc, pc, layer, num_heads, kv_heads, head_dim, capacity, 1,
+                                  qpos, 0, lse2, sel, sel_stride, cnt, hw, scale_log2, TP_PTR(float, raw_scores),
+                                  TP_PTR(float, prob_sums), s);
+}
+
+}  // extern "C"

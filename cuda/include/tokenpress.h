@@ -1,0 +1,171 @@
+/*
+ * tokenpress native ABI: the only interface between Java (dev.tokenpress.backend.cuda.TpNative) and the CUDA
+ * kernels. Plain C, no CUDA types, so the JNI glue compiles with g++.
+ *
+ * Conventions
+ *  - Every function returns an int status: TP_OK (0) or one of the TP_ERR_* codes below; after an error
+ *    tp_last_error_message() (thread-local) names the bad argument or the failing CUDA call.
+ *  - Device memory and host (pinned) memory are passed as raw addresses (uint64_t); a CUDA stream is the
+ *    cudaStream_t value as uint64_t (0 = legacy default stream).
+ *  - Activations are f32; weights, keys and values are bf16 (stored as uint16 bit patterns).
+ *  - Shapes in comments: n = rows in use, D = hidden size, H / Hkv = q / KV heads, hd = head dim,
+ *    C = KV capacity (slots per layer and KV head), L = layers, V = vocabulary.
+ *  - KV cache layout: keys/values bf16 [L][Hkv][C][hd]; positions int32 [L][Hkv][C] (-1 = free slot).
+ *    A slot is visible to a query at position p iff 0 <= position[slot] <= p.
+ *  - All launches are asynchronous on the given stream; step-varying values (token ids, positions, slot
+ *    lists, counts, high-water marks) are always read from device memory, so launches can be captured into a
+ *    CUDA graph and replayed after the host rewrites those buffers.
+ */
+#ifndef TOKENPRESS_H
+#define TOKENPRESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TP_OK 0
+#define TP_ERR_BAD_ARGUMENT 1          /* an argument is out of range; the message names it */
+#define TP_ERR_UNSUPPORTED_HEAD_DIM 2  /* attention kernels exist for hd 64 and 128 only */
+#define TP_ERR_CUDA 3                  /* a CUDA runtime call failed; tp_last_cuda_error() has its code */
+#define TP_ERR_OUT_OF_MEMORY 4         /* cudaMalloc / cudaMallocHost failed */
+#define TP_ERR_UNSUPPORTED 5           /* another unsupported shape (e.g. top-k with k > 1024) */
+
+/** Message of the last error on this thread ("" when none). */
+const char* tp_last_error_message(void);
+/** cudaError_t of the last TP_ERR_CUDA / TP_ERR_OUT_OF_MEMORY on this thread. */
+int tp_last_cuda_error(void);
+/** Library version, e.g. 1. */
+int tp_version(void);
+
+/* ---- device, memory, streams, events, graphs (runtime linked statically) ------------------------------ */
+
+/** cudaGetDeviceCount; returns TP_ERR_CUDA with the CUDA code in tp_last_cuda_error() (35: no/old driver). */
+int tp_device_count(int* count);
+/** Selects the device and creates its primary context. */
+int tp_set_device(int device);
+/** props[8] = {sm count, major, minor, total MiB, l2 bytes, max smem per block optin, mem clock kHz, bus bits}. */
+int tp_device_props(int device, int* props);
+/** Device name into buf[len] (NUL-terminated). */
+int tp_device_name(int device, char* buf, int len);
+/** Driver and runtime versions (e.g. 13000). */
+int tp_versions(int* driver, int* runtime);
+int tp_mem_get_info(uint64_t* free_bytes, uint64_t* total_bytes);
+int tp_malloc(uint64_t* ptr, uint64_t bytes);
+int tp_free(uint64_t ptr);
+int tp_malloc_host(uint64_t* ptr, uint64_t bytes);  /* pinned */
+int tp_free_host(uint64_t ptr);
+int tp_memset_async(uint64_t dst, int byte_value, uint64_t bytes, uint64_t stream);
+/** Copies between any two addresses (host pageable/pinned or device), cudaMemcpyDefault, on the stream. */
+int tp_memcpy_async(uint64_t dst, uint64_t src, uint64_t bytes, uint64_t stream);
+/** Host array (pageable, any type) to device, then waits for the stream. */
+int tp_memcpy_h2d(uint64_t dst, const void* src, uint64_t bytes, uint64_t stream);
+/** Device to host array (pageable, any type); waits for the stream first. */
+int tp_memcpy_d2h(void* dst, uint64_t src, uint64_t bytes, uint64_t stream);
+int tp_stream_create(uint64_t* stream);
+int tp_stream_destroy(uint64_t stream);
+int tp_stream_synchronize(uint64_t stream);
+int tp_device_synchronize(void);
+int tp_event_create(uint64_t* event);
+int tp_event_destroy(uint64_t event);
+int tp_event_record(uint64_t event, uint64_t stream);
+int tp_event_synchronize(uint64_t event);
+int tp_event_elapsed_ms(float* ms, uint64_t start, uint64_t end);
+/** Begins capturing the stream (thread-local capture mode). */
+int tp_graph_begin_capture(uint64_t stream);
+/** Ends the capture and instantiates it; *graph_exec = 0 on failure (the capture is discarded). */
+int tp_graph_end_capture(uint64_t stream, uint64_t* graph_exec);
+int tp_graph_launch(uint64_t graph_exec, uint64_t stream);
+int tp_graph_destroy(uint64_t graph_exec);
+
+/* ---- fused small ops (norm_rope_act.cu) -------------------------------------------------------------- */
+
+/** out[i, :] = f32(table[tokens[i], :]); out f32 [n, D], table bf16 [V, D], tokens int32 [n] (device). */
+int tp_embedding(uint64_t out, uint64_t table, uint64_t tokens, int n, int dim, int vocab, uint64_t stream);
+/** out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * w; out, x f32 [n, D] (out may be x), w f32 [D]. */
+int tp_rmsnorm(uint64_t out, uint64_t x, uint64_t w, float eps, int n, int dim, uint64_t stream);
+/**
+ * Rotary embedding in place, HF rotate_half pairing (i, i + hd/2); x f32 [n, heads*hd]; positions int32 [n]
+ * (device); inv_freq f32 [hd/2]; angle = (float) position * inv_freq[i] in f32.
+ */
+int tp_rope(uint64_t x, int n, int heads, int head_dim, uint64_t positions, uint64_t inv_freq, uint64_t stream);
+/** out = silu(gate) * up over count elements (f32); out may be gate. */
+int tp_swiglu(uint64_t out, uint64_t gate, uint64_t up, int64_t count, uint64_t stream);
+/** x += y over count f32 elements. */
+int tp_add(uint64_t x, uint64_t y, int64_t count, uint64_t stream);
+/** out[i, :] += bias; out f32 [n, cols], bias f32 [cols]. */
+int tp_add_bias(uint64_t out, uint64_t bias, int n, int cols, uint64_t stream);
+/** dst bf16 [count] = round-to-nearest-even(src f32 [count]). */
+int tp_f32_to_bf16(uint64_t dst, uint64_t src, int64_t count, uint64_t stream);
+/** dst f32 [count] = src bf16 [count]. */
+int tp_bf16_to_f32(uint64_t dst, uint64_t src, int64_t count, uint64_t stream);
+/** dst f32 [count] = value. */
+int tp_fill_f32(uint64_t dst, float value, int64_t count, uint64_t stream);
+/** dst int32[idx[i]] = vals[i] for i < count; idx, vals int32 [count] (device). */
+int tp_scatter_i32(uint64_t dst, uint64_t idx, uint64_t vals, int count, uint64_t stream);
+/**
+ * KV store: for each KV head g and token i < n: keys[layer][g][slots[g][i]] = bf16(k[i, g*hd : (g+1)*hd]),
+ * same for values, and positions[layer][g][slots[g][i]] = token_pos[g][i].
+ * k, v f32 [n, Hkv*hd]; slots, token_pos int32 [Hkv][n] (device).
+ */
+int tp_store_kv(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t k, uint64_t v,
+                uint64_t slots, uint64_t token_pos, int layer, int kv_heads, int head_dim, int capacity, int n,
+                uint64_t stream);
+
+/* ---- attention (decode_attention.cu, prefill_attention.cu) ------------------------------------------- */
+
+/** Bytes of workspace tp_decode_attention needs for num_heads q-heads of head_dim (any context length). */
+uint64_t tp_decode_attention_workspace_bytes(int num_heads, int head_dim);
+
+/**
+ * Flash-decoding for one query token. out f32 [H*hd]; q f32 [H*hd] (rotated); q-head h uses KV head
+ * h / (H/Hkv). query_pos int32 [1] (device). Candidate slots of KV head g: sel_slots[g*sel_stride + j] for
+ * j < min(sel_counts[g], sel_stride) when sel_slots != 0 (int32, device), else [0, high_water[g]) (int32
+ * [Hkv], device). max_len: an upper bound hint of the candidate count, used only to pick the split count
+ * (the kernels read the real counts from device memory). scale: softmax scale (1/sqrt(hd)).
+ * Optional (0 = not wanted): raw_scores f32 [H][C] receives q·k (unscaled) at each attended slot (others
+ * untouched); prob_sums f32 [Hkv][C] += post-softmax probability summed over the group's q-heads.
+ * workspace: tp_decode_attention_workspace_bytes(H, hd) bytes of device memory.
+ * Returns TP_ERR_UNSUPPORTED_HEAD_DIM for hd not in {64, 128}.
+ */
+int tp_decode_attention(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                        int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
+                        uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
+                        int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
+                        uint64_t workspace, uint64_t workspace_bytes, uint64_t stream);
+
+/** Bytes of workspace tp_prefill_attention needs for n queries of num_heads heads. */
+uint64_t tp_prefill_attention_workspace_bytes(int n, int num_heads);
+
+/**
+ * Causal attention for n queries at query_pos int32 [n] (device), tiled with online softmax. out, q f32
+ * [n, H*hd]. Candidates, cache layout and stats as for tp_decode_attention, except: raw_scores are written
+ * for the last query row (n-1) only, prob_sums accumulate over query rows [from_row, n).
+ */
+int tp_prefill_attention(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                         int layer, int num_heads, int kv_heads, int head_dim, int capacity, int n,
+                         uint64_t query_pos, uint64_t sel_slots, int sel_stride, uint64_t sel_counts,
+                         uint64_t high_water, int max_len, float scale, int from_row, uint64_t raw_scores,
+                         uint64_t prob_sums, uint64_t workspace, uint64_t workspace_bytes, uint64_t stream);
+
+/* ---- selection over the vocabulary (topk_select.cu) -------------------------------------------------- */
+
+/** Bytes of workspace for tp_argmax / tp_topk over count elements with k results. */
+uint64_t tp_topk_workspace_bytes(int count, int k);
+/** out_index int32 [1], out_value f32 [1] (device) = argmax of x f32 [count] (ties: lowest index). */
+int tp_argmax(uint64_t x, int count, uint64_t out_index, uint64_t out_value, uint64_t workspace,
+              uint64_t workspace_bytes, uint64_t stream);
+/**
+ * The k largest of x f32 [count] without a full sort (per-block bitonic top-k, then merge passes):
+ * out_index int32 [k], out_value f32 [k] (device), descending, ties lowest index first. k <= 1024.
+ */
+int tp_topk(uint64_t x, int count, int k, uint64_t out_index, uint64_t out_value, uint64_t workspace,
+            uint64_t workspace_bytes, uint64_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TOKENPRESS_H */

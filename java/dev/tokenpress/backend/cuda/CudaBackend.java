@@ -1,0 +1,845 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.Backend;
+import dev.tokenpress.backend.DecodeStep;
+import dev.tokenpress.backend.DeviceUnavailableException;
+import dev.tokenpress.backend.RopeTable;
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
+import dev.tokenpress.io.DType;
+import dev.tokenpress.io.Half;
+import dev.tokenpress.io.TensorData;
+import dev.tokenpress.kv.AttentionStats;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.SlotSelection;
+import org.bytedeco.cuda.cublas.cublasContext;
+import org.bytedeco.cuda.cudart.CUstream_st;
+import org.bytedeco.javacpp.BytePointer;
+import org.bytedeco.javacpp.FloatPointer;
+
+import java.nio.ByteBuffer;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.IdentityHashMap;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+import static org.bytedeco.cuda.global.cublas.CUBLAS_COMPUTE_32F;
+import static org.bytedeco.cuda.global.cublas.CUBLAS_GEMM_DEFAULT;
+import static org.bytedeco.cuda.global.cublas.CUBLAS_OP_N;
+import static org.bytedeco.cuda.global.cublas.CUBLAS_OP_T;
+import static org.bytedeco.cuda.global.cublas.cublasCreate_v2;
+import static org.bytedeco.cuda.global.cublas.cublasDestroy_v2;
+import static org.bytedeco.cuda.global.cublas.cublasGemmEx;
+import static org.bytedeco.cuda.global.cublas.cublasSetStream_v2;
+import static org.bytedeco.cuda.global.cublas.cublasSetWorkspace_v2;
+import static org.bytedeco.cuda.global.cudart.CUDA_R_16BF;
+import static org.bytedeco.cuda.global.cudart.CUDA_R_32F;
+
+/**
+ * The CUDA backend: f32 activations and bf16 weights/KV in device memory, hand-written kernels through
+ * {@link TpNative} and matmuls through cuBLAS ({@code cublasGemmEx}: bf16 A and B, f32 compute and output; the
+ * f32 activations are converted to bf16 first). Everything runs in order on one stream; only the ops that return
+ * host data (download, argmax, topK, attention statistics) wait for it.
+ *
+ * <p>Step values (token ids, positions, slot lists, counts, high-water marks) always travel through a pinned
+ * staging buffer and an async copy, and every kernel reads them from device memory. That makes a decode step
+ * replayable as a CUDA graph: {@link #runDecodeStep} runs the first step eagerly (warm-up), captures the next one
+ * into a graph, and for later steps re-runs the Java body in a "dry" mode that only rewrites the pinned step
+ * values and checks that the op sequence (a signature of every op's addresses and shapes) is unchanged; then it
+ * replays the graph. A changed signature (e.g. the context crossed a power of two, which changes the split
+ * count of decode attention) triggers a re-capture; an op that cannot be captured (statistics, downloads) makes
+ * the backend fall back to eager launches and {@link #graphStatus()} says why.
+ */
+public final class CudaBackend implements Backend {
+    private static final long EAGER_ARENA_BYTES = 32L << 20;
+    private static final long GRAPH_ARENA_BYTES = 8L << 20;
+    private static final long CUBLAS_WORKSPACE_BYTES = 32L << 20;
+
+    private enum Mode { EAGER, CAPTURE, DRY }
+
+    private final int device;
+    private final String deviceName;
+    private final int[] props = new int[8];
+    private final int driverVersion;
+    private final long stream;
+    private final cublasContext cublas;
+    private final CUstream_st cublasStream;
+    private final long cublasWorkspace;
+    private final FloatPointer one = new FloatPointer(1f);
+    private final FloatPointer zero = new FloatPointer(0f);
+    private final RawPointer pA = new RawPointer(0, 0), pB = new RawPointer(0, 0), pC = new RawPointer(0, 0);
+    private final Set<Long> allocations = new LinkedHashSet<>();
+    private final List<CudaKvCache> caches = new ArrayList<>();
+    private final Map<float[], Long> invFreqs = new IdentityHashMap<>();
+
+    private StageArena eagerArena;
+    private final StageArena graphArena;
+    private long eagerArenaHost, eagerArenaDev;
+    private final long graphArenaHost, graphArenaDev;
+
+    // scratch, grown only in eager mode
+    private long xBf16;
+    private long xBf16Bytes;
+    private long attnWs;
+    private long attnWsBytes;
+    private long statRaw, statRawBytes, statProb, statProbBytes;
+    private long selWs, selWsBytes;
+    private long selOut;              // int32[1024] + f32[1024]
+
+    // graphs
+    private Mode mode = Mode.EAGER;
+    private boolean graphsEnabled;
+    private String graphsOffReason;
+    private long graph;
+    private long[] graphSig;
+    private final LongList sig = new LongList();
+    private final long replayEvent;
+    private boolean replayPending;
+    private int decodeCalls, captures, replays, captureFailures, eagerSteps;
+    private boolean closed;
+
+    /** Opens device 0; throws {@link DeviceUnavailableException} with the reason when CUDA cannot be used. */
+    public static CudaBackend open() {
+        if (!Cuda.available()) throw new DeviceUnavailableException(Cuda.unavailableReason());
+        return new CudaBackend(0);
+    }
+
+    private CudaBackend(int device) {
+        this.device = device;
+        check(TpNative.tp_set_device(device), "cudaSetDevice");
+        check(TpNative.tp_device_props(device, props), "device properties");
+        byte[] name = new byte[256];
+        check(TpNative.tp_device_name(device, name, name.length), "device name");
+        int len = 0;
+        while (len < name.length && name[len] != 0) len++;
+        this.deviceName = new String(name, 0, len, StandardCharsets.UTF_8);
+        int[] drv = {0}, rt = {0};
+        TpNative.tp_versions(drv, rt);
+        this.driverVersion = drv[0];
+        long[] s = {0};
+        check(TpNative.tp_stream_create(s), "stream");
+        this.stream = s[0];
+        this.cublas = new cublasContext();
+        int st = cublasCreate_v2(cublas);
+        if (st != 0) throw new CudaException("cublasCreate failed with status " + st, st);
+        this.cublasStream = new CUstream_st(new RawPointer(stream, 0));
+        cublasSetStream_v2(cublas, cublasStream);
+        this.cublasWorkspace = malloc(CUBLAS_WORKSPACE_BYTES, "cuBLAS workspace");
+        st = cublasSetWorkspace_v2(cublas, new RawPointer(cublasWorkspace, CUBLAS_WORKSPACE_BYTES), CUBLAS_WORKSPACE_BYTES);
+        if (st != 0) throw new CudaException("cublasSetWorkspace failed with status " + st, st);
+        this.eagerArenaHost = mallocHost(EAGER_ARENA_BYTES);
+        this.eagerArenaDev = malloc(EAGER_ARENA_BYTES, "staging buffer");
+        this.eagerArena = new StageArena(eagerArenaHost, eagerArenaDev, EAGER_ARENA_BYTES);
+        this.graphArenaHost = mallocHost(GRAPH_ARENA_BYTES);
+        this.graphArenaDev = malloc(GRAPH_ARENA_BYTES, "graph staging buffer");
+        this.graphArena = new StageArena(graphArenaHost, graphArenaDev, GRAPH_ARENA_BYTES);
+        this.selOut = malloc(8 * 1024, "top-k output");
+        long[] ev = {0};
+        check(TpNative.tp_event_create(ev), "event");
+        this.replayEvent = ev[0];
+        String prop = System.getProperty("tokenpress.cuda.graphs", System.getenv().getOrDefault("TOKENPRESS_CUDA_GRAPHS", "true"));
+        this.graphsEnabled = !"false".equalsIgnoreCase(prop) && !"0".equals(prop);
+        if (!graphsEnabled) graphsOffReason = "disabled by tokenpress.cuda.graphs=false";
+    }
+
+    // ---- info -------------------------------------------------------------------------------------------------
+
+    @Override
+    public String name() { return "cuda"; }
+
+    @Override
+    public String description() {
+        return String.format("CUDA: %s (sm_%d%d, %d SMs, %.1f GiB, driver %d.%d), cuBLAS bf16 GEMM, %s",
+                deviceName, props[1], props[2], props[0], props[3] / 1024.0, driverVersion / 1000,
+                (driverVersion % 1000) / 10, graphsEnabled ? "CUDA graphs" : "eager launches");
+    }
+
+    public String deviceName() { return deviceName; }
+
+    /** Multiprocessor count. */
+    public int smCount() { return props[0]; }
+
+    /** Peak DRAM bandwidth from the memory clock and bus width (bytes/s), 0 when unknown. */
+    public double theoreticalBandwidth() {
+        return props[6] <= 0 || props[7] <= 0 ? 0 : 2.0 * props[6] * 1e3 * (props[7] / 8.0);
+    }
+
+    /** The CUDA stream all work runs on (a cudaStream_t as a number). */
+    public long stream() { return stream; }
+
+    /** Graph use so far, one line (for logs and the benchmark). */
+    public String graphStatus() {
+        String base = "captures=" + captures + " replays=" + replays + " eagerSteps=" + eagerSteps
+                + " captureFailures=" + captureFailures;
+        return graphsEnabled ? "graphs on (" + base + ")" : "graphs off: " + graphsOffReason + " (" + base + ")";
+    }
+
+    public int graphReplays() { return replays; }
+
+    /** Turns graph capture of decode steps on or off (off: every step runs eagerly). */
+    public void setGraphsEnabled(boolean on) {
+        dropGraph();
+        graphsEnabled = on;
+        graphsOffReason = on ? null : "turned off by the caller";
+    }
+
+    // ---- memory -----------------------------------------------------------------------------------------------
+
+    long malloc(long bytes, String what) {
+        long[] p = {0};
+        int rc = TpNative.tp_malloc(p, bytes);
+        if (rc == TpNative.TP_ERR_OUT_OF_MEMORY) {
+            long[] free = {-1}, total = {-1};
+            TpNative.tp_mem_get_info(free, total);
+            throw new CudaOutOfMemoryException(what, bytes, free[0], total[0]);
+        }
+        check(rc, "cudaMalloc(" + what + ")");
+        allocations.add(p[0]);
+        return p[0];
+    }
+
+    void free(long ptr) {
+        if (ptr != 0 && allocations.remove(ptr)) TpNative.tp_free(ptr);
+    }
+
+    private long mallocHost(long bytes) {
+        long[] p = {0};
+        int rc = TpNative.tp_malloc_host(p, bytes);
+        if (rc != TpNative.TP_OK) throw new CudaException("cudaMallocHost(" + bytes + " bytes) failed: " + lastError(), rc);
+        return p[0];
+    }
+
+    void memsetNow(long ptr, int value, long bytes) {
+        check(TpNative.tp_memset_async(ptr, value, bytes, stream), "cudaMemset");
+    }
+
+    void memsetAsync(long ptr, int value, long bytes) {
+        if (mode != Mode.EAGER) throw abort("KV cache clear inside a decode step", true);
+        check(TpNative.tp_memset_async(ptr, value, bytes, stream), "cudaMemset");
+    }
+
+    @Override
+    public Tensor weight(TensorData data) {
+        requireEager("weight upload");
+        long[] shape = data.shape();
+        if (shape.length == 1) {
+            float[] f = data.toFloats();
+            long p = malloc(4L * f.length, data.name());
+            check(TpNative.tp_memcpy_h2d(p, f, 4L * f.length, stream), "upload " + data.name());
+            return new CudaTensor(1, f.length, false, p, 4L * f.length, data.name());
+        }
+        if (shape.length != 2)
+            throw new IllegalArgumentException(data.name() + ": expected a 1-D or 2-D tensor, got " + data.shapeString());
+        int rows = Math.toIntExact(shape[0]), cols = Math.toIntExact(shape[1]);
+        long bytes = 2L * rows * cols;
+        long p = malloc(bytes, data.name() + " " + data.shapeString());
+        ByteBuffer b = data.buffer();
+        if (data.dtype() == DType.BF16 && b.isDirect()) {
+            BytePointer host = new BytePointer(b);
+            long addr = host.address() + host.position();
+            long chunk = 64L << 20;
+            for (long off = 0; off < bytes; off += chunk)
+                check(TpNative.tp_memcpy_async(p + off, addr + off, Math.min(chunk, bytes - off), stream), "upload " + data.name());
+            check(TpNative.tp_stream_synchronize(stream), "upload " + data.name());
+        } else {
+            int rowsPerChunk = Math.max(1, (int) Math.min(rows, (8L << 20) / Math.max(1, cols)));
+            short[] tmp = new short[rowsPerChunk * cols];
+            for (int r0 = 0; r0 < rows; r0 += rowsPerChunk) {
+                int nr = Math.min(rowsPerChunk, rows - r0);
+                long base = (long) r0 * cols;
+                for (int i = 0; i < nr * cols; i++) {
+                    long e = base + i;
+                    tmp[i] = switch (data.dtype()) {
+                        case BF16 -> b.getShort((int) (e * 2));
+                        case F16 -> Half.floatToBf16(Half.toFloat(b.getShort((int) (e * 2))));
+                        case F32 -> Half.floatToBf16(b.getFloat((int) (e * 4)));
+                    };
+                }
+                check(TpNative.tp_memcpy_h2d(p + base * 2, tmp, 2L * nr * cols, stream), "upload " + data.name());
+            }
+        }
+        return new CudaTensor(rows, cols, true, p, bytes, data.name());
+    }
+
+    @Override
+    public Tensor allocate(int rows, int cols) {
+        requireEager("allocate");
+        long bytes = 4L * rows * cols;
+        long p = malloc(bytes, "activation [" + rows + ", " + cols + "]");
+        check(TpNative.tp_memset_async(p, 0, bytes, stream), "cudaMemset");
+        return new CudaTensor(rows, cols, false, p, bytes, null);
+    }
+
+    @Override
+    public void upload(Tensor dst, float[] src) {
+        requireEager("upload");
+        CudaTensor d = act(dst);
+        if (src.length > (long) d.rows * d.cols) throw new IllegalArgumentException("upload: " + src.length + " floats do not fit " + d);
+        check(TpNative.tp_memcpy_h2d(d.ptr, src, 4L * src.length, stream), "upload");
+    }
+
+    @Override
+    public float[] download(Tensor src, int row0, int rows) {
+        requireEager("download");
+        CudaTensor s = act(src);
+        if (row0 < 0 || rows < 0 || row0 + rows > s.rows) throw new IllegalArgumentException("download: rows [" + row0 + ", " + (row0 + rows) + ") outside " + s);
+        float[] out = new float[rows * s.cols];
+        check(TpNative.tp_memcpy_d2h(out, s.row(row0), 4L * out.length, stream), "download");
+        return out;
+    }
+
+    @Override
+    public void copyRows(Tensor dst, int dstRow, Tensor src, int srcRow, int rows) {
+        CudaTensor d = act(dst), s = act(src);
+        if (d.cols != s.cols) throw new IllegalArgumentException("copyRows: " + d + " vs " + s);
+        sig(1, d.ptr, dstRow, s.ptr, srcRow, rows);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_memcpy_async(d.row(dstRow), s.row(srcRow), 4L * rows * s.cols, stream), "copyRows");
+    }
+
+    @Override
+    public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity) {
+        requireEager("newKvCache");
+        checkHeadDim(headDim);
+        CudaKvCache c = new CudaKvCache(this, layers, kvHeads, headDim, capacity);
+        caches.add(c);
+        return c;
+    }
+
+    void releaseCache(CudaKvCache c) {
+        if (closed) return;
+        synchronize();
+        dropGraph();
+        caches.remove(c);
+        free(c.keys);
+        free(c.values);
+        free(c.pos);
+    }
+
+    // ---- ops --------------------------------------------------------------------------------------------------
+
+    @Override
+    public void embedding(Tensor out, Tensor table, int[] tokens, int n) {
+        CudaTensor o = act(out), t = (CudaTensor) table;
+        if (!t.bf16) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
+        for (int i = 0; i < n; i++)
+            if (tokens[i] < 0 || tokens[i] >= t.rows)
+                throw new IllegalArgumentException("token id " + tokens[i] + " is outside the vocabulary [0, " + t.rows + ")");
+        long d = stage(tokens, n);
+        sig(2, o.ptr, t.ptr, n);
+        if (mode != Mode.DRY) check(TpNative.tp_embedding(o.ptr, t.ptr, d, n, t.cols, t.rows, stream), "embedding");
+    }
+
+    @Override
+    public void rmsnorm(Tensor out, Tensor x, Tensor w, float eps, int n) {
+        CudaTensor o = act(out), xi = act(x), wt = (CudaTensor) w;
+        if (wt.bf16 || (long) wt.rows * wt.cols != xi.cols) throw new IllegalArgumentException("rmsnorm: weight " + wt + " for " + xi);
+        sig(3, o.ptr, xi.ptr, wt.ptr, Float.floatToIntBits(eps), n);
+        if (mode != Mode.DRY) check(TpNative.tp_rmsnorm(o.ptr, xi.ptr, wt.ptr, eps, n, xi.cols, stream), "rmsnorm");
+    }
+
+    @Override
+    public void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n) {
+        CudaTensor o = act(out), xi = act(x), wt = (CudaTensor) w;
+        CudaTensor b = (CudaTensor) bias;
+        int in = wt.cols, outDim = wt.rows;
+        if (xi.cols != in) throw new IllegalArgumentException("matmul: x has " + xi.cols + " columns, weight expects " + in);
+        if (o.cols != outDim) throw new IllegalArgumentException("matmul: out has " + o.cols + " columns, weight gives " + outDim);
+        if (n <= 0) return;
+        long need = 2L * n * in;
+        if (wt.bf16 && need > xBf16Bytes) {
+            if (mode != Mode.EAGER) throw abort("matmul scratch growth", false);
+            free(xBf16);
+            xBf16 = 0;
+            xBf16Bytes = 0;
+            long sz = Math.max(need, 2L * 8 * in);
+            xBf16 = malloc(sz, "matmul input scratch");
+            xBf16Bytes = sz;
+        }
+        sig(4, o.ptr, xi.ptr, wt.ptr, b == null ? 0 : b.ptr, n);
+        if (mode == Mode.DRY) return;
+        int st;
+        if (wt.bf16) {
+            check(TpNative.tp_f32_to_bf16(xBf16, xi.ptr, (long) n * in, stream), "matmul: convert x");
+            st = cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, outDim, n, in, one, pA.at(wt.ptr), CUDA_R_16BF, in,
+                    pB.at(xBf16), CUDA_R_16BF, in, zero, pC.at(o.ptr), CUDA_R_32F, outDim, CUBLAS_COMPUTE_32F,
+                    CUBLAS_GEMM_DEFAULT);
+        } else {
+            st = cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, outDim, n, in, one, pA.at(wt.ptr), CUDA_R_32F, in,
+                    pB.at(xi.ptr), CUDA_R_32F, in, zero, pC.at(o.ptr), CUDA_R_32F, outDim, CUBLAS_COMPUTE_32F,
+                    CUBLAS_GEMM_DEFAULT);
+        }
+        if (st != 0) throw new CudaException("cublasGemmEx failed with status " + st + " (" + outDim + "x" + in + " x n=" + n + ")", st);
+        if (b != null) check(TpNative.tp_add_bias(o.ptr, b.ptr, n, outDim, stream), "matmul: bias");
+    }
+
+    @Override
+    public void rope(Tensor x, int heads, RopeTable rope, int[] positions, int n) {
+        CudaTensor t = act(x);
+        int hd = rope.headDim();
+        if ((long) heads * hd > t.cols) throw new IllegalArgumentException("rope: " + heads + " heads of " + hd + " do not fit " + t);
+        Long inv = invFreqs.get(rope.invFreq());
+        if (inv == null) {
+            if (mode != Mode.EAGER) throw abort("rope table upload", false);
+            float[] f = rope.invFreq();
+            long p = malloc(4L * f.length, "rope table");
+            check(TpNative.tp_memcpy_h2d(p, f, 4L * f.length, stream), "rope table");
+            invFreqs.put(f, p);
+            inv = p;
+        }
+        long d = stage(positions, n);
+        sig(5, t.ptr, heads, hd, inv, n);
+        if (mode != Mode.DRY) check(TpNative.tp_rope(t.ptr, n, heads, hd, d, inv, stream), "rope");
+    }
+
+    @Override
+    public void swiglu(Tensor out, Tensor gate, Tensor up, int n) {
+        CudaTensor o = act(out), g = act(gate), u = act(up);
+        sig(6, o.ptr, g.ptr, u.ptr, n);
+        if (mode != Mode.DRY) check(TpNative.tp_swiglu(o.ptr, g.ptr, u.ptr, (long) n * g.cols, stream), "swiglu");
+    }
+
+    @Override
+    public void add(Tensor x, Tensor y, int n) {
+        CudaTensor a = act(x), b = act(y);
+        sig(7, a.ptr, b.ptr, n);
+        if (mode != Mode.DRY) check(TpNative.tp_add(a.ptr, b.ptr, (long) n * a.cols, stream), "add");
+    }
+
+    @Override
+    public void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n) {
+        CudaKvCache c = (CudaKvCache) cache;
+        CudaTensor kt = act(k), vt = act(v);
+        int hkv = c.kvHeads(), hd = c.headDim();
+        flushFrees(c);
+        int[] a = new int[2 * hkv * n];
+        for (int g = 0; g < hkv; g++)
+            for (int i = 0; i < n; i++) {
+                int slot = slots[g][i];
+                if (slot < 0 || slot >= c.capacity()) throw new IllegalArgumentException("storeKv: slot " + slot + " outside [0, " + c.capacity() + ")");
+                a[g * n + i] = slot;
+                a[hkv * n + g * n + i] = c.position(layer, g, slot);
+            }
+        long d = stage(a, a.length);
+        sig(8, c.keys, kt.ptr, vt.ptr, layer, n);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_store_kv(c.keys, c.values, c.pos, kt.ptr, vt.ptr, d, d + 4L * hkv * n, layer, hkv, hd,
+                    c.capacity(), n, stream), "storeKv");
+    }
+
+    @Override
+    public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
+                          SlotSelection select, AttentionStats stats) {
+        CudaKvCache c = (CudaKvCache) cache;
+        CudaTensor o = act(out), qt = act(q);
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        checkHeadDim(hd);
+        int heads = qt.cols / hd;
+        if (heads % hkv != 0) throw new IllegalArgumentException("attention: " + heads + " q-heads for " + hkv + " KV heads");
+        if (n <= 0) return;
+        if (stats != null && mode != Mode.EAGER) throw abort("attention statistics", true);
+        flushFrees(c);
+        // staged ints: qpos[n] | highWater[hkv] | counts[hkv] | slots[hkv * stride]
+        int maxLen = 0, stride = 0;
+        if (select != null) {
+            for (int g = 0; g < hkv; g++) maxLen = Math.max(maxLen, select.count()[g]);
+            stride = Integer.highestOneBit(Math.max(1, maxLen - 1)) << 1;
+            if (stride < maxLen) stride = maxLen;
+        } else {
+            for (int g = 0; g < hkv; g++) maxLen = Math.max(maxLen, c.highWater(layer, g));
+        }
+        int[] a = new int[n + 2 * hkv + hkv * stride];
+        System.arraycopy(queryPositions, 0, a, 0, n);
+        for (int g = 0; g < hkv; g++) a[n + g] = c.highWater(layer, g);
+        if (select != null) {
+            for (int g = 0; g < hkv; g++) {
+                int cnt = select.count()[g];
+                a[n + hkv + g] = cnt;
+                System.arraycopy(select.slots()[g], 0, a, n + 2 * hkv + g * stride, cnt);
+            }
+        }
+        long d = stage(a, a.length);
+        long dq = d, dhw = d + 4L * n, dcnt = dhw + 4L * hkv, dsel = dcnt + 4L * hkv;
+        int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        sig(9, o.ptr, qt.ptr, c.keys, layer, n, heads, stride, lenHint, select == null ? 0 : 1);
+        if (mode == Mode.DRY) return;
+
+        long raw = 0, prob = 0;
+        boolean wantRaw = stats != null && stats.rawScores != null;
+        boolean wantProb = stats != null && stats.probSums != null && stats.fromRow < n;
+        if (wantRaw) {
+            if (4L * heads * cap > statRawBytes) {
+                free(statRaw);
+                statRaw = 0;
+                statRawBytes = 0;
+                statRaw = malloc(4L * heads * cap, "attention raw-score buffer");
+                statRawBytes = 4L * heads * cap;
+            }
+            raw = statRaw;
+            for (int h = 0; h < heads; h++)
+                check(TpNative.tp_memcpy_h2d(raw + 4L * h * cap, stats.rawScores[h], 4L * cap, stream), "stats upload");
+        }
+        if (wantProb) {
+            if (4L * hkv * cap > statProbBytes) {
+                free(statProb);
+                statProb = 0;
+                statProbBytes = 0;
+                statProb = malloc(4L * hkv * cap, "attention probability-sum buffer");
+                statProbBytes = 4L * hkv * cap;
+            }
+            prob = statProb;
+            for (int g = 0; g < hkv; g++)
+                check(TpNative.tp_memcpy_h2d(prob + 4L * g * cap, stats.probSums[g], 4L * cap, stream), "stats upload");
+        }
+        long selSlots = select == null ? 0 : dsel, selCounts = select == null ? 0 : dcnt;
+        int rc;
+        if (n == 1) {
+            long ws = TpNative.tp_decode_attention_workspace_bytes(heads, hd);
+            if (ws > attnWsBytes) {
+                if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
+                growAttnWs(ws);
+            }
+            rc = TpNative.tp_decode_attention(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap, dq,
+                    selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, raw, prob, attnWs, attnWsBytes, stream);
+        } else {
+            long ws = TpNative.tp_prefill_attention_workspace_bytes(n, heads);
+            if ((raw != 0 || prob != 0) && ws > attnWsBytes) {
+                if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
+                growAttnWs(ws);
+            }
+            rc = TpNative.tp_prefill_attention(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap, n,
+                    dq, selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, stats == null ? 0 : stats.fromRow,
+                    raw, prob, attnWs, attnWsBytes, stream);
+        }
+        check(rc, n == 1 ? "decode attention" : "prefill attention");
+        if (wantRaw)
+            for (int h = 0; h < heads; h++)
+                check(TpNative.tp_memcpy_d2h(stats.rawScores[h], raw + 4L * h * cap, 4L * cap, stream), "stats download");
+        if (wantProb)
+            for (int g = 0; g < hkv; g++)
+                check(TpNative.tp_memcpy_d2h(stats.probSums[g], prob + 4L * g * cap, 4L * cap, stream), "stats download");
+    }
+
+    private void growAttnWs(long bytes) {
+        free(attnWs);
+        attnWs = 0;
+        attnWsBytes = 0;
+        long sz = Math.max(bytes, 1L << 20);
+        attnWs = malloc(sz, "attention workspace");
+        attnWsBytes = sz;
+    }
+
+    @Override
+    public int argmax(Tensor x, int row) {
+        requireEager("argmax");
+        CudaTensor t = act(x);
+        ensureSelWs(t.cols, 1);
+        check(TpNative.tp_argmax(t.row(row), t.cols, selOut, selOut + 4096, selWs, selWsBytes, stream), "argmax");
+        int[] idx = new int[1];
+        check(TpNative.tp_memcpy_d2h(idx, selOut, 4, stream), "argmax download");
+        return idx[0];
+    }
+
+    @Override
+    public int[] topK(Tensor x, int row, int k, float[] valuesOut) {
+        requireEager("topK");
+        CudaTensor t = act(x);
+        k = Math.min(k, t.cols);
+        if (k <= 0) return new int[0];
+        if (k > 1024) return hostTopK(download(t, row, 1), k, valuesOut);
+        ensureSelWs(t.cols, k);
+        check(TpNative.tp_topk(t.row(row), t.cols, k, selOut, selOut + 4096, selWs, selWsBytes, stream), "topK");
+        int[] idx = new int[k];
+        check(TpNative.tp_memcpy_d2h(idx, selOut, 4L * k, stream), "topK download");
+        if (valuesOut != null) {
+            float[] v = new float[k];
+            check(TpNative.tp_memcpy_d2h(v, selOut + 4096, 4L * k, stream), "topK download");
+            System.arraycopy(v, 0, valuesOut, 0, k);
+        }
+        return idx;
+    }
+
+    private static int[] hostTopK(float[] d, int k, float[] valuesOut) {
+        Integer[] idx = new Integer[d.length];
+        for (int i = 0; i < d.length; i++) idx[i] = i;
+        Arrays.sort(idx, (a, b) -> d[a] > d[b] ? -1 : d[a] < d[b] ? 1 : Integer.compare(a, b));
+        int[] res = new int[k];
+        for (int i = 0; i < k; i++) {
+            res[i] = idx[i];
+            if (valuesOut != null) valuesOut[i] = d[idx[i]];
+        }
+        return res;
+    }
+
+    private void ensureSelWs(int count, int k) {
+        long need = TpNative.tp_topk_workspace_bytes(count, k);
+        if (need > selWsBytes) {
+            free(selWs);
+            selWs = 0;
+            selWsBytes = 0;
+            selWs = malloc(need, "top-k workspace");
+            selWsBytes = need;
+        }
+    }
+
+    @Override
+    public void synchronize() {
+        check(TpNative.tp_stream_synchronize(stream), "synchronize");
+    }
+
+    // ---- decode steps as CUDA graphs ----------------------------------------------------------------------------
+
+    @Override
+    public void runDecodeStep(DecodeStep step, Runnable body) {
+        if (mode != Mode.EAGER) throw new IllegalStateException("runDecodeStep inside a decode step");
+        decodeCalls++;
+        if (!graphsEnabled || decodeCalls == 1) { // the first step runs eagerly: lazy module loads, scratch sizing
+            eagerSteps++;
+            body.run();
+            return;
+        }
+        if (step != null && step.cache() instanceof CudaKvCache c) flushFrees(c);
+        for (CudaKvCache c : caches) flushFrees(c);
+        if (graph != 0) {
+            waitReplay();
+            mode = Mode.DRY;
+            sig.clear();
+            graphArena.reset();
+            GraphAbort abort = null;
+            try {
+                body.run();
+            } catch (GraphAbort a) {
+                abort = a;
+            } finally {
+                mode = Mode.EAGER;
+            }
+            if (abort == null && Arrays.equals(sig.toArray(), graphSig)) {
+                launchGraph();
+                return;
+            }
+            dropGraph();
+            if (abort != null) {
+                onAbort(abort);
+                eagerSteps++;
+                body.run();
+                return;
+            }
+        }
+        capture(body);
+    }
+
+    private void capture(Runnable body) {
+        synchronize();
+        graphArena.reset();
+        sig.clear();
+        int rc = TpNative.tp_graph_begin_capture(stream);
+        if (rc != TpNative.TP_OK) {
+            disableGraphs("cudaStreamBeginCapture failed: " + lastError());
+            eagerSteps++;
+            body.run();
+            return;
+        }
+        mode = Mode.CAPTURE;
+        GraphAbort abort = null;
+        RuntimeException failure = null;
+        try {
+            body.run();
+        } catch (GraphAbort a) {
+            abort = a;
+        } catch (RuntimeException e) {
+            failure = e;
+        } finally {
+            mode = Mode.EAGER;
+        }
+        long[] ge = {0};
+        rc = TpNative.tp_graph_end_capture(stream, ge);
+        if (abort != null || failure != null || rc != TpNative.TP_OK || ge[0] == 0) {
+            if (ge[0] != 0) TpNative.tp_graph_destroy(ge[0]);
+            String endMsg = rc != TpNative.TP_OK ? lastError() : null;
+            if (abort != null) onAbort(abort);
+            else if (failure != null) disableGraphs("an op failed under stream capture: " + failure.getMessage());
+            else disableGraphs("graph capture failed: " + endMsg);
+            eagerSteps++;
+            body.run(); // eager re-run: real errors surface here
+            return;
+        }
+        graph = ge[0];
+        graphSig = sig.toArray();
+        captures++;
+        launchGraph();
+    }
+
+    private void launchGraph() {
+        check(TpNative.tp_graph_launch(graph, stream), "cudaGraphLaunch");
+        check(TpNative.tp_event_record(replayEvent, stream), "event record");
+        replayPending = true;
+        replays++;
+    }
+
+    private void waitReplay() {
+        if (replayPending) {
+            check(TpNative.tp_event_synchronize(replayEvent), "graph replay");
+            replayPending = false;
+        }
+    }
+
+    private void dropGraph() {
+        if (graph != 0) {
+            waitReplay();
+            TpNative.tp_graph_destroy(graph);
+            graph = 0;
+            graphSig = null;
+        }
+    }
+
+    private void onAbort(GraphAbort a) {
+        captureFailures++;
+        if (a.permanent || captureFailures >= 3) disableGraphs("a decode step uses " + a.getMessage() + ", which cannot be captured");
+    }
+
+    private void disableGraphs(String why) {
+        dropGraph();
+        graphsEnabled = false;
+        graphsOffReason = why;
+    }
+
+    private static final class GraphAbort extends RuntimeException {
+        final boolean permanent;
+
+        GraphAbort(String what, boolean permanent) {
+            super(what, null, false, false);
+            this.permanent = permanent;
+        }
+    }
+
+    private GraphAbort abort(String what, boolean permanent) {
+        return new GraphAbort(what, permanent);
+    }
+
+    private void requireEager(String op) {
+        if (mode != Mode.EAGER) throw abort(op, true);
+    }
+
+    // ---- staging ------------------------------------------------------------------------------------------------
+
+    /** Stages a[0..count) for the kernels of the current op; returns the device address of the copy. */
+    private long stage(int[] a, int count) {
+        int cnt = Math.max(count, 1);
+        if (mode == Mode.EAGER) {
+            if (!eagerArena.fits(cnt)) {
+                synchronize();
+                eagerArena.reset();
+                if (!eagerArena.fits(cnt)) growEagerArena(4L * cnt);
+            }
+            long off = eagerArena.put(a, count);
+            check(TpNative.tp_memcpy_async(eagerArena.dev + off, eagerArena.host + off, 4L * cnt, stream), "stage");
+            return eagerArena.dev + off;
+        }
+        if (!graphArena.fits(cnt)) throw abort("more step values than the graph staging buffer holds", true);
+        long off = graphArena.put(a, count);
+        sig.add(-7, off, count);
+        if (mode == Mode.CAPTURE)
+            check(TpNative.tp_memcpy_async(graphArena.dev + off, graphArena.host + off, 4L * cnt, stream), "stage");
+        return graphArena.dev + off;
+    }
+
+    private void growEagerArena(long bytes) {
+        long size = Math.max(bytes * 2, EAGER_ARENA_BYTES);
+        synchronize();
+        TpNative.tp_free_host(eagerArenaHost);
+        free(eagerArenaDev);
+        eagerArenaHost = mallocHost(size);
+        eagerArenaDev = malloc(size, "staging buffer");
+        eagerArena = new StageArena(eagerArenaHost, eagerArenaDev, size);
+    }
+
+    private void flushFrees(CudaKvCache c) {
+        if (c.pendingCount() == 0) return;
+        if (mode != Mode.EAGER) throw abort("KV slot frees inside a decode step", true);
+        int[] idx = c.takePending();
+        int[] a = new int[2 * idx.length];
+        System.arraycopy(idx, 0, a, 0, idx.length);
+        Arrays.fill(a, idx.length, a.length, -1);
+        long d = stage(a, a.length);
+        check(TpNative.tp_scatter_i32(c.pos, d, d + 4L * idx.length, idx.length, stream), "KV free");
+    }
+
+    private void sig(long... v) {
+        if (mode != Mode.EAGER) sig.add(v);
+    }
+
+    // ---- helpers ------------------------------------------------------------------------------------------------
+
+    private static CudaTensor act(Tensor t) {
+        if (t instanceof CudaTensor c && !c.bf16) return c;
+        throw new IllegalArgumentException("expected an f32 CUDA activation tensor, got " + t);
+    }
+
+    private static void checkHeadDim(int hd) {
+        if (hd != 64 && hd != 128)
+            throw new UnsupportedOpException("CUDA attention supports head dims 64 and 128, not " + hd + ": use --device cpu");
+    }
+
+    static String lastError() {
+        return TpNative.tp_last_error_message().getString();
+    }
+
+    private void check(int rc, String op) {
+        if (rc == TpNative.TP_OK) return;
+        String msg = lastError();
+        switch (rc) {
+            case TpNative.TP_ERR_UNSUPPORTED_HEAD_DIM, TpNative.TP_ERR_UNSUPPORTED ->
+                    throw new UnsupportedOpException(op + ": " + msg);
+            case TpNative.TP_ERR_OUT_OF_MEMORY -> {
+                long[] free = {-1}, total = {-1};
+                TpNative.tp_mem_get_info(free, total);
+                throw new CudaOutOfMemoryException(op, -1, free[0], total[0]);
+            }
+            case TpNative.TP_ERR_BAD_ARGUMENT -> throw new IllegalArgumentException(op + ": " + msg);
+            default -> throw new CudaException(op + ": " + msg, rc);
+        }
+    }
+
+    @Override
+    public void close() {
+        if (closed) return;
+        TpNative.tp_stream_synchronize(stream);
+        dropGraph();
+        closed = true;
+        for (long p : new ArrayList<>(allocations)) TpNative.tp_free(p);
+        allocations.clear();
+        caches.clear();
+        TpNative.tp_free_host(eagerArenaHost);
+        TpNative.tp_free_host(graphArenaHost);
+        TpNative.tp_event_destroy(replayEvent);
+        cublasDestroy_v2(cublas);
+        TpNative.tp_stream_destroy(stream);
+        one.close();
+        zero.close();
+    }
+
+    /** A growable list of longs (the op signature of a captured step). */
+    private static final class LongList {
+        private long[] a = new long[1024];
+        private int n;
+
+        void add(long... v) {
+            if (n + v.length > a.length) a = Arrays.copyOf(a, Math.max(a.length * 2, n + v.length));
+            System.arraycopy(v, 0, a, n, v.length);
+            n += v.length;
+        }
+
+        void clear() {
+            n = 0;
+        }
+
+        long[] toArray() {
+            return Arrays.copyOf(a, n);
+        }
+    }
+}

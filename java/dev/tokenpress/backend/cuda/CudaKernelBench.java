@@ -1,0 +1,123 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.kv.KvCache;
+
+import java.util.SplittableRandom;
+
+/**
+ * Device-side measurements for {@code eval.KernelBench} and {@code tokenpress bench}: device-to-device copy
+ * bandwidth and decode-attention throughput, timed with CUDA events on the backend's stream.
+ */
+public final class CudaKernelBench {
+    private CudaKernelBench() {}
+
+    /** Result of one decode-attention measurement. */
+    public record AttentionResult(int context, int layersRotated, double microseconds, double bytesPerCall,
+                                  double gbPerSecond) {}
+
+    /**
+     * cudaMemcpyAsync device-to-device bandwidth (bytes read + bytes written per second) over a buffer of
+     * {@code bytes}, best of {@code reps} timed batches.
+     */
+    public static double copyBandwidth(CudaBackend b, long bytes, int reps) {
+        long src = b.malloc(bytes, "bandwidth source");
+        long dst = b.malloc(bytes, "bandwidth destination");
+        long[] e0 = {0}, e1 = {0};
+        try {
+            TpNative.tp_memset_async(src, 1, bytes, b.stream());
+            TpNative.tp_event_create(e0);
+            TpNative.tp_event_create(e1);
+            TpNative.tp_memcpy_async(dst, src, bytes, b.stream()); // warm-up
+            double best = 0;
+            for (int r = 0; r < reps; r++) {
+                int inner = 5;
+                TpNative.tp_event_record(e0[0], b.stream());
+                for (int i = 0; i < inner; i++) TpNative.tp_memcpy_async(dst, src, bytes, b.stream());
+                TpNative.tp_event_record(e1[0], b.stream());
+                TpNative.tp_event_synchronize(e1[0]);
+                float[] ms = {0};
+                TpNative.tp_event_elapsed_ms(ms, e0[0], e1[0]);
+                best = Math.max(best, 2.0 * bytes * inner / (ms[0] * 1e-3));
+            }
+            return best;
+        } finally {
+            TpNative.tp_event_destroy(e0[0]);
+            TpNative.tp_event_destroy(e1[0]);
+            b.free(src);
+            b.free(dst);
+        }
+    }
+
+    /**
+     * Decode attention for one token over {@code context} cached tokens of shape (heads, kvHeads, headDim).
+     * Several layers are rotated so that the KV bytes read per call exceed the L2 cache (256 MiB in total at
+     * least); bytes per call = keys + values + slot positions of one layer.
+     */
+    public static AttentionResult decodeAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
+                                                  int iters) {
+        long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
+        int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
+        KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
+        CudaKvCache c = (CudaKvCache) kv;
+        int chunk = Math.min(context, 8192);
+        Tensor k = b.allocate(chunk, kvHeads * headDim), v = b.allocate(chunk, kvHeads * headDim);
+        SplittableRandom r = new SplittableRandom(42);
+        float[] data = new float[chunk * kvHeads * headDim];
+        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(k, data);
+        b.upload(v, data);
+        for (int done = 0; done < context; done += chunk) {
+            int m = Math.min(chunk, context - done);
+            int[] pos = new int[m];
+            for (int i = 0; i < m; i++) pos[i] = done + i;
+            for (int l = 0; l < layers; l++) {
+                int[][] slots = new int[kvHeads][];
+                for (int g = 0; g < kvHeads; g++) slots[g] = kv.allocate(l, g, pos, m);
+                b.storeKv(kv, l, k, v, slots, m);
+            }
+        }
+        Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
+        float[] qd = new float[heads * headDim];
+        for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(q, qd);
+        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, headDim);
+        long wsPtr = b.malloc(ws, "bench attention workspace");
+        long ints = b.malloc(4L * (1 + kvHeads), "bench step values");
+        int[] host = new int[1 + kvHeads];
+        host[0] = context - 1;
+        for (int g = 0; g < kvHeads; g++) host[1 + g] = context;
+        TpNative.tp_memcpy_h2d(ints, host, 4L * host.length, b.stream());
+        CudaTensor qt = (CudaTensor) q, ot = (CudaTensor) out;
+        float scale = (float) (1.0 / Math.sqrt(headDim));
+        long[] e0 = {0}, e1 = {0};
+        TpNative.tp_event_create(e0);
+        TpNative.tp_event_create(e1);
+        try {
+            for (int i = 0; i < 3; i++) launch(b, c, qt, ot, heads, kvHeads, headDim, context, i % layers, ints, scale, wsPtr, ws);
+            TpNative.tp_stream_synchronize(b.stream());
+            TpNative.tp_event_record(e0[0], b.stream());
+            for (int i = 0; i < iters; i++) launch(b, c, qt, ot, heads, kvHeads, headDim, context, i % layers, ints, scale, wsPtr, ws);
+            TpNative.tp_event_record(e1[0], b.stream());
+            TpNative.tp_event_synchronize(e1[0]);
+            float[] ms = {0};
+            TpNative.tp_event_elapsed_ms(ms, e0[0], e1[0]);
+            double us = ms[0] * 1e3 / iters;
+            double bytes = (double) context * kvHeads * (headDim * 4.0 + 4);
+            return new AttentionResult(context, layers, us, bytes, bytes / (us * 1e-6) / 1e9);
+        } finally {
+            TpNative.tp_event_destroy(e0[0]);
+            TpNative.tp_event_destroy(e1[0]);
+            b.free(wsPtr);
+            b.free(ints);
+            kv.close();
+        }
+    }
+
+    private static void launch(CudaBackend b, CudaKvCache c, CudaTensor q, CudaTensor out, int heads, int kvHeads,
+                               int hd, int context, int layer, long ints, float scale, long ws, long wsBytes) {
+        int rc = TpNative.tp_decode_attention(out.ptr, q.ptr, c.keys, c.values, c.pos, layer, heads, kvHeads, hd,
+                context, ints, 0, 1, 0, ints + 4, context, scale, 0, 0, ws, wsBytes, b.stream());
+        if (rc != 0) throw new CudaException("decode attention: " + CudaBackend.lastError(), rc);
+    }
+}

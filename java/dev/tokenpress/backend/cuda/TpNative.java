@@ -1,0 +1,192 @@
+package dev.tokenpress.backend.cuda;
+
+import org.bytedeco.javacpp.BytePointer;
+import org.bytedeco.javacpp.Loader;
+import org.bytedeco.javacpp.annotation.Cast;
+import org.bytedeco.javacpp.annotation.Platform;
+
+/**
+ * JavaCPP binding of cuda/include/tokenpress.h. It only converts types: device and pinned-host addresses and
+ * streams are {@code long}s passed as uint64_t; every function returns the C status code (0 = ok, see
+ * {@link #TP_ERR_BAD_ARGUMENT} …). The native library {@code libjniTpNative.so} embeds the kernels (static
+ * lib built by native-build/build-kernels.sh) and a static CUDA runtime, so it loads on machines without CUDA
+ * and reports "no driver" through {@link #tp_device_count}. Do not touch this class directly: go through
+ * {@link Cuda#available()} first, which loads it once and remembers a failure.
+ */
+@Platform(value = "linux-x86_64", include = "tokenpress.h",
+        link = {"dl#", "rt#", "pthread#", "cudart_static#", "tokenpress_kernels#"})
+public final class TpNative {
+    static {
+        Loader.load();
+    }
+
+    private TpNative() {}
+
+    public static final int TP_OK = 0;
+    public static final int TP_ERR_BAD_ARGUMENT = 1;
+    public static final int TP_ERR_UNSUPPORTED_HEAD_DIM = 2;
+    public static final int TP_ERR_CUDA = 3;
+    public static final int TP_ERR_OUT_OF_MEMORY = 4;
+    public static final int TP_ERR_UNSUPPORTED = 5;
+
+    public static native @Cast("const char*") BytePointer tp_last_error_message();
+
+    public static native int tp_last_cuda_error();
+
+    public static native int tp_version();
+
+    // ---- device, memory, streams, events, graphs ----------------------------------------------------------
+
+    public static native int tp_device_count(int[] count);
+
+    public static native int tp_set_device(int device);
+
+    public static native int tp_device_props(int device, int[] props);
+
+    public static native int tp_device_name(int device, @Cast("char*") byte[] buf, int len);
+
+    public static native int tp_versions(int[] driver, int[] runtime);
+
+    public static native int tp_mem_get_info(@Cast("uint64_t*") long[] freeBytes, @Cast("uint64_t*") long[] totalBytes);
+
+    public static native int tp_malloc(@Cast("uint64_t*") long[] ptr, @Cast("uint64_t") long bytes);
+
+    public static native int tp_free(@Cast("uint64_t") long ptr);
+
+    public static native int tp_malloc_host(@Cast("uint64_t*") long[] ptr, @Cast("uint64_t") long bytes);
+
+    public static native int tp_free_host(@Cast("uint64_t") long ptr);
+
+    public static native int tp_memset_async(@Cast("uint64_t") long dst, int byteValue, @Cast("uint64_t") long bytes,
+                                             @Cast("uint64_t") long stream);
+
+    public static native int tp_memcpy_async(@Cast("uint64_t") long dst, @Cast("uint64_t") long src,
+                                             @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_memcpy_h2d(@Cast("uint64_t") long dst, @Cast("const void*") float[] src,
+                                           @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_memcpy_h2d(@Cast("uint64_t") long dst, @Cast("const void*") int[] src,
+                                           @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_memcpy_h2d(@Cast("uint64_t") long dst, @Cast("const void*") short[] src,
+                                           @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_memcpy_d2h(@Cast("void*") float[] dst, @Cast("uint64_t") long src,
+                                           @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_memcpy_d2h(@Cast("void*") int[] dst, @Cast("uint64_t") long src,
+                                           @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_memcpy_d2h(@Cast("void*") short[] dst, @Cast("uint64_t") long src,
+                                           @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_stream_create(@Cast("uint64_t*") long[] stream);
+
+    public static native int tp_stream_destroy(@Cast("uint64_t") long stream);
+
+    public static native int tp_stream_synchronize(@Cast("uint64_t") long stream);
+
+    public static native int tp_device_synchronize();
+
+    public static native int tp_event_create(@Cast("uint64_t*") long[] event);
+
+    public static native int tp_event_destroy(@Cast("uint64_t") long event);
+
+    public static native int tp_event_record(@Cast("uint64_t") long event, @Cast("uint64_t") long stream);
+
+    public static native int tp_event_synchronize(@Cast("uint64_t") long event);
+
+    public static native int tp_event_elapsed_ms(float[] ms, @Cast("uint64_t") long start, @Cast("uint64_t") long end);
+
+    public static native int tp_graph_begin_capture(@Cast("uint64_t") long stream);
+
+    public static native int tp_graph_end_capture(@Cast("uint64_t") long stream, @Cast("uint64_t*") long[] graphExec);
+
+    public static native int tp_graph_launch(@Cast("uint64_t") long graphExec, @Cast("uint64_t") long stream);
+
+    public static native int tp_graph_destroy(@Cast("uint64_t") long graphExec);
+
+    // ---- fused small ops ----------------------------------------------------------------------------------
+
+    public static native int tp_embedding(@Cast("uint64_t") long out, @Cast("uint64_t") long table,
+                                          @Cast("uint64_t") long tokens, int n, int dim, int vocab,
+                                          @Cast("uint64_t") long stream);
+
+    public static native int tp_rmsnorm(@Cast("uint64_t") long out, @Cast("uint64_t") long x, @Cast("uint64_t") long w,
+                                        float eps, int n, int dim, @Cast("uint64_t") long stream);
+
+    public static native int tp_rope(@Cast("uint64_t") long x, int n, int heads, int headDim,
+                                     @Cast("uint64_t") long positions, @Cast("uint64_t") long invFreq,
+                                     @Cast("uint64_t") long stream);
+
+    public static native int tp_swiglu(@Cast("uint64_t") long out, @Cast("uint64_t") long gate,
+                                       @Cast("uint64_t") long up, @Cast("int64_t") long count,
+                                       @Cast("uint64_t") long stream);
+
+    public static native int tp_add(@Cast("uint64_t") long x, @Cast("uint64_t") long y, @Cast("int64_t") long count,
+                                    @Cast("uint64_t") long stream);
+
+    public static native int tp_add_bias(@Cast("uint64_t") long out, @Cast("uint64_t") long bias, int n, int cols,
+                                         @Cast("uint64_t") long stream);
+
+    public static native int tp_f32_to_bf16(@Cast("uint64_t") long dst, @Cast("uint64_t") long src,
+                                            @Cast("int64_t") long count, @Cast("uint64_t") long stream);
+
+    public static native int tp_bf16_to_f32(@Cast("uint64_t") long dst, @Cast("uint64_t") long src,
+                                            @Cast("int64_t") long count, @Cast("uint64_t") long stream);
+
+    public static native int tp_fill_f32(@Cast("uint64_t") long dst, float value, @Cast("int64_t") long count,
+                                         @Cast("uint64_t") long stream);
+
+    public static native int tp_scatter_i32(@Cast("uint64_t") long dst, @Cast("uint64_t") long idx,
+                                            @Cast("uint64_t") long vals, int count, @Cast("uint64_t") long stream);
+
+    public static native int tp_store_kv(@Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache,
+                                         @Cast("uint64_t") long posCache, @Cast("uint64_t") long k,
+                                         @Cast("uint64_t") long v, @Cast("uint64_t") long slots,
+                                         @Cast("uint64_t") long tokenPos, int layer, int kvHeads, int headDim,
+                                         int capacity, int n, @Cast("uint64_t") long stream);
+
+    // ---- attention ----------------------------------------------------------------------------------------
+
+    public static native @Cast("uint64_t") long tp_decode_attention_workspace_bytes(int numHeads, int headDim);
+
+    public static native int tp_decode_attention(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                                 @Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache,
+                                                 @Cast("uint64_t") long posCache, int layer, int numHeads,
+                                                 int kvHeads, int headDim, int capacity,
+                                                 @Cast("uint64_t") long queryPos, @Cast("uint64_t") long selSlots,
+                                                 int selStride, @Cast("uint64_t") long selCounts,
+                                                 @Cast("uint64_t") long highWater, int maxLen, float scale,
+                                                 @Cast("uint64_t") long rawScores, @Cast("uint64_t") long probSums,
+                                                 @Cast("uint64_t") long workspace,
+                                                 @Cast("uint64_t") long workspaceBytes,
+                                                 @Cast("uint64_t") long stream);
+
+    public static native @Cast("uint64_t") long tp_prefill_attention_workspace_bytes(int n, int numHeads);
+
+    public static native int tp_prefill_attention(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                                  @Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache,
+                                                  @Cast("uint64_t") long posCache, int layer, int numHeads,
+                                                  int kvHeads, int headDim, int capacity, int n,
+                                                  @Cast("uint64_t") long queryPos, @Cast("uint64_t") long selSlots,
+                                                  int selStride, @Cast("uint64_t") long selCounts,
+                                                  @Cast("uint64_t") long highWater, int maxLen, float scale,
+                                                  int fromRow, @Cast("uint64_t") long rawScores,
+                                                  @Cast("uint64_t") long probSums, @Cast("uint64_t") long workspace,
+                                                  @Cast("uint64_t") long workspaceBytes,
+                                                  @Cast("uint64_t") long stream);
+
+    // ---- selection ----------------------------------------------------------------------------------------
+
+    public static native @Cast("uint64_t") long tp_topk_workspace_bytes(int count, int k);
+
+    public static native int tp_argmax(@Cast("uint64_t") long x, int count, @Cast("uint64_t") long outIndex,
+                                       @Cast("uint64_t") long outValue, @Cast("uint64_t") long workspace,
+                                       @Cast("uint64_t") long workspaceBytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_topk(@Cast("uint64_t") long x, int count, int k, @Cast("uint64_t") long outIndex,
+                                     @Cast("uint64_t") long outValue, @Cast("uint64_t") long workspace,
+                                     @Cast("uint64_t") long workspaceBytes, @Cast("uint64_t") long stream);
+}

@@ -1,0 +1,173 @@
+package dev.tokenpress.eval;
+
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.cuda.CudaBackend;
+import dev.tokenpress.backend.cuda.CudaKernelBench;
+import dev.tokenpress.io.ConfigLoader;
+import dev.tokenpress.io.ModelWriter;
+import dev.tokenpress.io.SafeTensors;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LlamaConfig;
+import dev.tokenpress.model.Weights;
+
+import java.io.PrintStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Locale;
+import java.util.SplittableRandom;
+
+/**
+ * GPU benchmarks (CUDA events / wall clock on the device's stream):
+ * <ul>
+ *   <li>{@code attention}: decode attention at 1K/8K/32K/128K context for the Llama-3.2-1B shape (32 q-heads, 8 KV
+ *       heads, hd 64): achieved GB/s of KV read and its share of the device-to-device copy bandwidth measured in
+ *       the same run.</li>
+ *   <li>{@code e2e DIR}: decode tokens/s of the {@code llama-1b-shape} model in DIR (generated there when absent)
+ *       at short context and at 32K context (the 32K of context is written into the KV cache directly, synthetic
+ *       keys/values, so no 32K prefill is timed), with the bandwidth roofline (weight + KV bytes per token ÷
+ *       measured copy bandwidth) beside it.</li>
+ * </ul>
+ * Every number is printed as a {@code RESULT key value unit} line (parsed by scripts/gpu-check.sh) plus a table.
+ */
+public final class KernelBench {
+    private KernelBench() {}
+
+    public static void main(String[] args) throws Exception {
+        Locale.setDefault(Locale.ROOT);
+        if (args.length == 0) {
+            System.err.println("usage: KernelBench generate <model-dir> | attention | e2e <model-dir> [short-steps] [long-steps] | all <model-dir>");
+            System.exit(2);
+        }
+        PrintStream out = System.out;
+        if (args[0].equals("generate")) { // CPU only: writes the llama-1b-shape model
+            Path dir = Path.of(args[1]);
+            long t0 = System.nanoTime();
+            ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
+            result(out, "model_generate_s", (System.nanoTime() - t0) / 1e9, "s");
+            return;
+        }
+        try (CudaBackend gpu = CudaBackend.open()) {
+            out.println("device: " + gpu.description());
+            double bw = CudaKernelBench.copyBandwidth(gpu, 1L << 30, 5);
+            result(out, "copy_bandwidth", bw / 1e9, "GB/s");
+            if (gpu.theoreticalBandwidth() > 0) result(out, "theoretical_bandwidth", gpu.theoreticalBandwidth() / 1e9, "GB/s");
+            String what = args[0];
+            if (what.equals("attention") || what.equals("all")) attention(gpu, bw, out);
+            if (what.equals("e2e") || what.equals("all")) {
+                Path dir = Path.of(args[1]);
+                int shortSteps = args.length > 2 ? Integer.parseInt(args[2]) : 128;
+                int longSteps = args.length > 3 ? Integer.parseInt(args[3]) : 64;
+                endToEnd(gpu, bw, dir, shortSteps, longSteps, out);
+            }
+        }
+    }
+
+    /** Decode attention GB/s for the llama-1b shape at 1K..128K. */
+    public static void attention(CudaBackend gpu, double copyBw, PrintStream out) {
+        out.println("| context | layers rotated | µs/call | KV MB/call | GB/s | % of copy bw |");
+        out.println("|---|---|---|---|---|---|");
+        for (int ctx : new int[] {1024, 8192, 32768, 131072}) {
+            CudaKernelBench.AttentionResult r = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, ctx >= 65536 ? 50 : 200);
+            double pct = 100 * r.gbPerSecond() * 1e9 / copyBw;
+            out.printf("| %d | %d | %.2f | %.2f | %.0f | %.1f%% |%n", ctx, r.layersRotated(), r.microseconds(),
+                    r.bytesPerCall() / 1e6, r.gbPerSecond(), pct);
+            result(out, "attn_" + ctx + "_us", r.microseconds(), "us");
+            result(out, "attn_" + ctx + "_gbps", r.gbPerSecond(), "GB/s");
+            result(out, "attn_" + ctx + "_pct_copy_bw", pct, "%");
+        }
+    }
+
+    /** Decode tokens/s of the llama-1b-shape model at short and 32K context. */
+    public static void endToEnd(CudaBackend gpu, double copyBw, Path dir, int shortSteps, int longSteps, PrintStream out) {
+        if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE))) {
+            long t0 = System.nanoTime();
+            ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
+            result(out, "model_generate_s", (System.nanoTime() - t0) / 1e9, "s");
+        }
+        LlamaConfig cfg = ConfigLoader.load(dir);
+        int longCtx = 32768;
+        try (SafeTensors st = SafeTensors.open(dir)) {
+            long t0 = System.nanoTime();
+            Weights w = Weights.load(st, cfg, gpu, null);
+            result(out, "model_upload_s", (System.nanoTime() - t0) / 1e9, "s");
+            long weightBytes = st.totalBytes();
+            if (!cfg.tieWordEmbeddings()) weightBytes -= (long) cfg.vocabSize() * cfg.hiddenSize() * 2; // embedding rows are gathered, not streamed
+            Llama m = new Llama(cfg, w, gpu, 256);
+            // short context
+            try (KvCache cache = m.newCache(64 + shortSteps + 16)) {
+                int[] prompt = new int[32];
+                for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
+                m.prefill(cache, prompt, 0, false, null);
+                double tps = decode(gpu, m, cache, m.argmax(), prompt.length, shortSteps);
+                double kvBytes = (double) cfg.kvBytesPerToken(2) * (prompt.length + shortSteps / 2.0);
+                double roof = copyBw / (weightBytes + kvBytes);
+                out.printf("e2e short context (32-token prompt, %d decode steps): %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
+                        shortSteps, tps, roof, 100 * tps / roof, gpu.graphStatus());
+                result(out, "e2e_short_tps", tps, "tokens/s");
+                result(out, "e2e_short_roofline_tps", roof, "tokens/s");
+                result(out, "e2e_short_pct_roofline", 100 * tps / roof, "%");
+            }
+            // 32K context, written directly into the cache
+            try (KvCache cache = m.newCache(longCtx + longSteps + 16)) {
+                long f0 = System.nanoTime();
+                fillSynthetic(gpu, cfg, cache, longCtx);
+                gpu.synchronize();
+                result(out, "e2e_32k_fill_s", (System.nanoTime() - f0) / 1e9, "s");
+                double tps = decode(gpu, m, cache, 1, longCtx, longSteps);
+                double kvBytes = (double) cfg.kvBytesPerToken(2) * (longCtx + longSteps / 2.0)
+                        + (double) cfg.numLayers() * cfg.numKvHeads() * (longCtx + longSteps / 2.0) * 4;
+                double roof = copyBw / (weightBytes + kvBytes);
+                out.printf("e2e 32K context (%d decode steps): %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
+                        longSteps, tps, roof, 100 * tps / roof, gpu.graphStatus());
+                result(out, "e2e_32k_tps", tps, "tokens/s");
+                result(out, "e2e_32k_roofline_tps", roof, "tokens/s");
+                result(out, "e2e_32k_pct_roofline", 100 * tps / roof, "%");
+            }
+            result(out, "weight_bytes_per_token", weightBytes / 1e9, "GB");
+        }
+    }
+
+    /** Greedy decode of `steps` tokens after a few warm-up steps; returns tokens/s (wall clock incl. argmax). */
+    private static double decode(CudaBackend gpu, Llama m, KvCache cache, int token, int pos, int steps) {
+        int warm = 4;
+        for (int i = 0; i < warm; i++) {
+            m.decodeStep(cache, token, pos++);
+            token = m.argmax();
+        }
+        gpu.synchronize();
+        long t0 = System.nanoTime();
+        for (int i = 0; i < steps; i++) {
+            m.decodeStep(cache, token, pos++);
+            token = m.argmax();
+        }
+        gpu.synchronize();
+        return steps / ((System.nanoTime() - t0) / 1e9);
+    }
+
+    /** Positions 0..ctx-1 in every layer and KV head, random bf16 keys/values. */
+    private static void fillSynthetic(CudaBackend gpu, LlamaConfig cfg, KvCache cache, int ctx) {
+        int chunk = 4096, kvDim = cfg.kvDim();
+        Tensor k = gpu.allocate(chunk, kvDim), v = gpu.allocate(chunk, kvDim);
+        SplittableRandom r = new SplittableRandom(7);
+        float[] data = new float[chunk * kvDim];
+        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
+        gpu.upload(k, data);
+        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
+        gpu.upload(v, data);
+        for (int done = 0; done < ctx; done += chunk) {
+            int m = Math.min(chunk, ctx - done);
+            int[] pos = new int[m];
+            for (int i = 0; i < m; i++) pos[i] = done + i;
+            for (int l = 0; l < cfg.numLayers(); l++) {
+                int[][] slots = new int[cfg.numKvHeads()][];
+                for (int g = 0; g < cfg.numKvHeads(); g++) slots[g] = cache.allocate(l, g, pos, m);
+                gpu.storeKv(cache, l, k, v, slots, m);
+            }
+        }
+    }
+
+    private static void result(PrintStream out, String key, double value, String unit) {
+        out.printf("RESULT %s %.4f %s%n", key, value, unit);
+    }
+}

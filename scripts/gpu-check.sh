@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# GPU check for the CUDA backend, in two halves.
+#
+#   bash scripts/gpu-check.sh                 # HERE (build machine): builds bundle/ (< 64 MiB)
+#   bash scripts/gpu-check.sh --run "$OUT"    # ON THE GPU MACHINE, from the repo root, with bundle/ carried along
+#
+# bundle/: the project jar (with libjniTpNative.so), runtime deps (minus the tokenizer jar the checks do not need),
+# the test classes, junit-platform-console-standalone 1.14.1 and a jlinked Temurin 25 runtime as jre.tgz.
+# --run: prints nvidia-smi, puts the pip CUDA 13 libraries on LD_LIBRARY_PATH, runs the CUDA JUnit tests
+# (op parity + whole-model parity), the kernel and end-to-end benchmarks and the PyTorch peer benchmark, each
+# stage under its own timeout; a failing stage does not stop the next. Writes $OUT/gpu-summary.txt (every
+# number, every pass/fail), $OUT/junit/*.xml and one log per stage.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUNDLE="$ROOT/bundle"
+JUNIT_VERSION=1.14.1
+TEMURIN=${TEMURIN:-/usr/lib/jvm/temurin-25-jdk-amd64}
+
+build_bundle() {
+  set -e
+  cd "$ROOT"
+  echo "[bundle] mvn package (tests are not run here)"
+  mvn -B -o -q package -DskipTests
+  rm -rf "$BUNDLE"
+  mkdir -p "$BUNDLE/lib" "$BUNDLE/test"
+  cp target/tokenpress-*.jar "$BUNDLE/lib/"
+  if ! unzip -l "$BUNDLE"/lib/tokenpress-*.jar | grep -q 'libjniTpNative.so'; then
+    echo "[bundle] WARNING: the jar has no libjniTpNative.so (built without nvcc?)" >&2
+  fi
+  for j in target/lib/*.jar; do
+    case "$(basename "$j")" in
+      tokenizers-*|api-0.*|commons-compress-*|commons-io-*|commons-codec-*|gson-*|jna-*|jline-*) ;; # DJL tokenizer stack: not used by the checks
+      *) cp "$j" "$BUNDLE/lib/" ;;
+    esac
+  done
+  (cd target/test-classes && jar cf "$BUNDLE/test/tokenpress-tests.jar" .)
+  local console="$HOME/.m2/repository/org/junit/platform/junit-platform-console-standalone/$JUNIT_VERSION/junit-platform-console-standalone-$JUNIT_VERSION.jar"
+  if [[ ! -f "$console" ]]; then
+    echo "[bundle] fetching junit-platform-console-standalone $JUNIT_VERSION"
+    mvn -B -q dependency:copy -Dartifact=org.junit.platform:junit-platform-console-standalone:$JUNIT_VERSION \
+      -DoutputDirectory="$BUNDLE/test" || mvn -B -q dependency:get -Dartifact=org.junit.platform:junit-platform-console-standalone:$JUNIT_VERSION
+  fi
+  [[ -f "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" ]] || cp "$console" "$BUNDLE/test/"
+  echo "[bundle] jlink Temurin 25"
+  local tmp
+  tmp=$(mktemp -d)
+  "$TEMURIN/bin/jlink" --add-modules java.base,jdk.unsupported,jdk.incubator.vector,java.logging,java.xml,jdk.zipfs \
+    --strip-debug --no-header-files --no-man-pages --compress=zip-6 --output "$tmp/jre"
+  tar -C "$tmp" -czf "$BUNDLE/jre.tgz" jre
+  rm -rf "$tmp"
+  cp "$ROOT/scripts/hf_peer_bench.py" "$BUNDLE/"
+  local size
+  size=$(du -sb "$BUNDLE" | cut -f1)
+  echo "[bundle] $BUNDLE: $((size / 1048576)) MiB"
+  du -sh "$BUNDLE"/* "$BUNDLE"/lib/* | sort -h | tail -8
+  if (( size >= 64 * 1048576 )); then
+    echo "[bundle] ERROR: bundle is ${size} bytes, over 64 MiB" >&2
+    exit 1
+  fi
+  echo "[bundle] ok. On the GPU machine: bash scripts/gpu-check.sh --run \"\$OUT\" (carry: bundle)"
+}
+
+run_checks() {
+  local OUT=${1:?output dir}
+  mkdir -p "$OUT"
+  OUT=$(cd "$OUT" && pwd)
+  local SUMMARY="$OUT/gpu-summary.txt"
+  local WORK=${TP_WORK:-/tmp/tokenpress-gpu}
+  mkdir -p "$WORK"
+  : > "$SUMMARY"
+  say() { echo "$*" | tee -a "$SUMMARY"; }
+  stage_rc() { say "STAGE $1: $( [[ $2 -eq 0 ]] && echo PASS || echo "FAIL (rc=$2$( [[ $2 -eq 124 ]] && echo ', timed out'))")"; }
+  local T0=$SECONDS
+  say "tokenpress gpu-check $(date -u +%FT%TZ) on $(hostname)"
+
+  # -- stage 0: device
+  { nvidia-smi; nvidia-smi --query-gpu=name,memory.total,clocks.max.memory,driver_version --format=csv; } > "$OUT/nvidia-smi.txt" 2>&1
+  say "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+
+  # -- stage 1: runtime: CUDA 13 libs from pip wheels, jlinked JRE
+  local VENV=${VENV:-/opt/torch/.venv} libdirs=""
+  for d in "$VENV"/lib/python3*/site-packages/nvidia/cu13/lib; do [[ -d "$d" ]] && libdirs="$d"; done
+  if [[ -z "$libdirs" ]]; then
+    for so in libcublas.so.13 libcublasLt.so.13 libcudart.so.13; do
+      local f
+      f=$(find "$VENV"/lib/python3*/site-packages/nvidia -name "$so" 2>/dev/null | head -1)
+      [[ -n "$f" ]] && libdirs="$libdirs:$(dirname "$f")"
+    done
+    libdirs=${libdirs#:}
+  fi
+  export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  say "CUDA libs: ${libdirs:-NOT FOUND}"
+  rm -rf "$WORK/jre"
+  tar -C "$WORK" -xzf "$BUNDLE/jre.tgz"
+  local JAVA="$WORK/jre/bin/java"
+  "$JAVA" -version > "$OUT/java-version.txt" 2>&1
+  say "java: $(head -1 "$OUT/java-version.txt")"
+  local CP
+  CP=$(ls "$BUNDLE"/lib/*.jar | tr '\n' ':')
+  local JOPTS=(--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -Xmx24g
+               -Dorg.bytedeco.javacpp.cachedir="$WORK/javacpp-cache")
+
+  # the 2.5 GB llama-1b-shape model is generated on the CPU cores while the GPU runs the tests
+  local MODEL=${TP_MODEL_DIR:-$WORK/llama-1b-shape}
+  local GEN_PID=""
+  local HAVE_GPU=1
+  command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1 || HAVE_GPU=0
+  [[ $HAVE_GPU -eq 0 ]] && say "no GPU here: the CUDA tests report skipped; model generation, e2e and peer stages are skipped"
+  if [[ $HAVE_GPU -eq 1 && ! -f "$MODEL/model.safetensors" ]]; then
+    timeout 200 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench generate "$MODEL" > "$OUT/make-model.log" 2>&1 &
+    GEN_PID=$!
+  fi
+
+  # -- stage 2: JUnit (op parity, whole-model parity, native lib)
+  timeout 150 "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
+    --disable-banner --details=tree --disable-ansi-colors \
+    --class-path "$BUNDLE/test/tokenpress-tests.jar:$CP" \
+    --select-class dev.tokenpress.backend.cuda.CudaNativeLibTest \
+    --select-class dev.tokenpress.backend.cuda.CudaParityTest \
+    --select-class dev.tokenpress.backend.cuda.CudaModelParityTest \
+    --reports-dir "$OUT/junit" > "$OUT/junit.log" 2>&1
+  local rc=$?
+  stage_rc junit $rc
+  grep -E "tests (successful|failed|aborted|skipped|found)|containers failed" "$OUT/junit.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  grep -E "\[parity\]|\[model-parity\]" "$OUT/junit.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  grep -E "✘|MethodSource .*FAILED|=> " "$OUT/junit.log" | head -40 | sed 's/^/  /' | tee -a "$SUMMARY"
+
+  # -- stage 3: kernel benchmark (decode attention GB/s vs measured copy bandwidth)
+  timeout 60 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench attention > "$OUT/bench-attention.log" 2>&1
+  rc=$?
+  stage_rc bench-attention $rc
+  grep -E "^(device|RESULT|\|)" "$OUT/bench-attention.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-attention.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+
+  # -- stage 4: end-to-end decode tokens/s of llama-1b-shape (model generated here once)
+  if [[ -n "$GEN_PID" ]]; then
+    wait "$GEN_PID"
+    rc=$?
+    stage_rc make-model $rc
+    grep -E "^RESULT" "$OUT/make-model.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+    [[ $rc -ne 0 ]] && tail -5 "$OUT/make-model.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  fi
+  if [[ $HAVE_GPU -eq 1 ]]; then
+    timeout 120 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench e2e "$MODEL" 128 64 > "$OUT/bench-e2e.log" 2>&1
+    rc=$?
+    stage_rc bench-e2e $rc
+    grep -E "^(device|RESULT|e2e)" "$OUT/bench-e2e.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+    [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-e2e.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  else
+    say "STAGE bench-e2e: SKIPPED (no GPU)"
+  fi
+
+  # -- stage 5: PyTorch/transformers peer on the same model
+  local PY="$VENV/bin/python"
+  if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" && -x "$PY" ]]; then
+    timeout 100 "$PY" "$BUNDLE/hf_peer_bench.py" "$MODEL" --steps 128 --long-context 32768 --long-steps 32 > "$OUT/bench-peer.log" 2>&1
+    rc=$?
+    stage_rc bench-peer $rc
+    grep -E "^RESULT|^peer" "$OUT/bench-peer.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+    [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-peer.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  else
+    say "STAGE bench-peer: SKIPPED (model or $PY missing)"
+  fi
+  say "total $((SECONDS - T0)) s"
+}
+
+case "${1:-}" in
+  --run) shift; run_checks "$@" ;;
+  ""|--build) build_bundle ;;
+  *) echo "usage: $0 [--build] | --run OUT_DIR" >&2; exit 2 ;;
+esac

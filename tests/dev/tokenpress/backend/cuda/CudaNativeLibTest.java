@@ -1,0 +1,80 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.DeviceUnavailableException;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Runs everywhere: the native library is part of the build when nvcc exists, the availability probe answers
+ * (false with a reason on a machine without a GPU), and the C ABI validates arguments before touching CUDA.
+ */
+class CudaNativeLibTest {
+
+    private static boolean nvccPresent() {
+        return Files.isExecutable(Path.of("/usr/local/cuda/bin/nvcc"));
+    }
+
+    private static boolean gpuDevicePresent() {
+        return Files.exists(Path.of("/dev/nvidiactl")) || Files.exists(Path.of("/dev/nvidia0"));
+    }
+
+    @Test
+    void nativeLibraryIsBuiltWhenNvccExists() {
+        Assumptions.assumeTrue(nvccPresent() || Cuda.nativeLibraryPresent(), "no nvcc here: the native build was skipped");
+        assertTrue(Cuda.nativeLibraryPresent(), "libjniTpNative.so missing from dev/tokenpress/backend/cuda/linux-x86_64");
+        assertTrue(Cuda.nativeLibraryLoaded(), "the JNI library must load even without a GPU: " + Cuda.unavailableReason());
+    }
+
+    @Test
+    void availabilityProbeGivesAReason() {
+        boolean ok = Cuda.available();
+        if (ok) {
+            assertNull(Cuda.unavailableReason());
+            assertTrue(Cuda.deviceCount() > 0);
+        } else {
+            String why = Cuda.unavailableReason();
+            assertNotNull(why);
+            assertFalse(why.isBlank());
+            assertEquals(0, Cuda.deviceCount());
+            assertThrows(DeviceUnavailableException.class, CudaBackend::open);
+        }
+        if (!gpuDevicePresent()) assertFalse(ok, "no /dev/nvidia* here, yet CUDA reports available");
+        // a second probe gives the same answer without touching native code again
+        assertEquals(ok, Cuda.available());
+    }
+
+    @Test
+    void abiRejectsUnsupportedHeadDimAndNamesBadArguments() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        int rc = TpNative.tp_decode_attention(8, 8, 8, 8, 8, 0, 8, 2, 96, 16, 8, 0, 1, 0, 8, 16, 0.1f, 0, 0, 8, 1 << 20, 0);
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED_HEAD_DIM, rc);
+        assertTrue(TpNative.tp_last_error_message().getString().contains("head_dim 96"));
+        rc = TpNative.tp_prefill_attention(8, 8, 8, 8, 8, 0, 8, 2, 80, 16, 4, 8, 0, 1, 0, 8, 16, 0.1f, 0, 0, 0, 8, 1 << 20, 0);
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED_HEAD_DIM, rc);
+
+        rc = TpNative.tp_rmsnorm(0, 8, 8, 1e-5f, 1, 64, 0);
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc);
+        assertTrue(TpNative.tp_last_error_message().getString().contains("'out'"), TpNative.tp_last_error_message().getString());
+
+        rc = TpNative.tp_decode_attention(8, 8, 8, 8, 8, 0, 12, 8, 64, 16, 8, 0, 1, 0, 8, 16, 0.1f, 0, 0, 8, 1 << 30, 0);
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc);
+        assertTrue(TpNative.tp_last_error_message().getString().contains("num_heads"));
+
+        rc = TpNative.tp_topk(8, 5000, 2000, 8, 8, 8, 1 << 30, 0);
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED, rc);
+        rc = TpNative.tp_topk(8, 10, 11, 8, 8, 8, 1 << 30, 0);
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc);
+        assertTrue(TpNative.tp_last_error_message().getString().contains("'k'"));
+        assertTrue(TpNative.tp_decode_attention_workspace_bytes(32, 64) > 0);
+    }
+}

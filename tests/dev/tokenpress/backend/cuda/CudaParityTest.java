@@ -1,0 +1,421 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.Backend;
+import dev.tokenpress.backend.RopeTable;
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
+import dev.tokenpress.backend.cpu.CpuBackend;
+import dev.tokenpress.io.DType;
+import dev.tokenpress.io.Half;
+import dev.tokenpress.io.TensorData;
+import dev.tokenpress.kv.AttentionStats;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.SlotSelection;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+/**
+ * Every CUDA op against the CPU backend (the specification), in the spirit of ggml's test-backend-ops: normalized
+ * MSE plus an {@code atol + rtol·|ref|} check, on lengths that are not tile multiples (1, 9, 81, 729, 4097, 33001),
+ * GQA ratios 1/4/8 and head dims 64/128, with empty/single/full slot lists and the statistics outputs. Inputs the
+ * GPU stores in bf16 (weights, keys, values) are generated bf16-exact so both sides see identical values.
+ * Skipped (not failed) where CUDA is unavailable.
+ */
+class CudaParityTest {
+    static Backend cpu;
+    static Backend gpu;
+
+    @BeforeAll
+    static void open() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        cpu = new CpuBackend();
+        gpu = CudaBackend.open();
+        System.out.println("[parity] " + gpu.description());
+    }
+
+    @AfterAll
+    static void close() {
+        if (gpu != null) gpu.close();
+        if (cpu != null) cpu.close();
+    }
+
+    // ---- helpers ------------------------------------------------------------------------------------------------
+
+    static float[] randn(SplittableRandom r, int n, double std) {
+        float[] f = new float[n];
+        for (int i = 0; i < n; i++) {
+            double u1 = r.nextDouble(), u2 = r.nextDouble();
+            f[i] = (float) (std * Math.sqrt(-2 * Math.log(1 - u1)) * Math.cos(2 * Math.PI * u2));
+        }
+        return f;
+    }
+
+    static float[] bf16Exact(float[] f) {
+        float[] o = new float[f.length];
+        for (int i = 0; i < f.length; i++) o[i] = Half.bf16ToFloat(Half.floatToBf16(f[i]));
+        return o;
+    }
+
+    static TensorData bf16Weight(String name, int rows, int cols, float[] values) {
+        ByteBuffer b = ByteBuffer.allocateDirect(2 * rows * cols).order(ByteOrder.LITTLE_ENDIAN);
+        for (float v : values) b.putShort(Half.floatToBf16(v));
+        b.flip();
+        return new TensorData(name, DType.BF16, new long[] {rows, cols}, b, null);
+    }
+
+    static TensorData f32Vector(String name, float[] values) {
+        ByteBuffer b = ByteBuffer.allocateDirect(4 * values.length).order(ByteOrder.LITTLE_ENDIAN);
+        for (float v : values) b.putFloat(v);
+        b.flip();
+        return new TensorData(name, DType.F32, new long[] {values.length}, b, null);
+    }
+
+    static Tensor act(Backend b, int rows, int cols, float[] data) {
+        Tensor t = b.allocate(rows, cols);
+        if (data != null) b.upload(t, data);
+        return t;
+    }
+
+    /** Normalized MSE Σ(ref-got)² / Σref² (0 when both are zero). */
+    static double nmse(float[] ref, float[] got) {
+        double num = 0, den = 0;
+        for (int i = 0; i < ref.length; i++) {
+            double d = (double) ref[i] - got[i];
+            num += d * d;
+            den += (double) ref[i] * ref[i];
+        }
+        return den == 0 ? num : num / den;
+    }
+
+    static void assertClose(String what, float[] ref, float[] got, double maxNmse, double atol, double rtol) {
+        assertEquals(ref.length, got.length, what + ": length");
+        for (int i = 0; i < ref.length; i++) {
+            if (Float.isNaN(got[i]) && !Float.isNaN(ref[i])) fail(what + ": NaN at " + i);
+            if (Float.isInfinite(ref[i]) || Float.isInfinite(got[i])) {
+                assertEquals(ref[i], got[i], what + ": infinity mismatch at " + i);
+                continue;
+            }
+            double tol = atol + rtol * Math.abs(ref[i]);
+            if (Math.abs(ref[i] - got[i]) > tol)
+                fail(String.format("%s: element %d: ref %.7g got %.7g (tol %.3g, nmse %.3g)", what, i, ref[i], got[i], tol, nmse(ref, got)));
+        }
+        double e = nmse(finite(ref), finite(got));
+        assertTrue(e <= maxNmse, what + ": nmse " + e + " > " + maxNmse);
+    }
+
+    static float[] finite(float[] a) {
+        float[] o = a.clone();
+        for (int i = 0; i < o.length; i++) if (Float.isInfinite(o[i])) o[i] = 0;
+        return o;
+    }
+
+    // ---- small ops ----------------------------------------------------------------------------------------------
+
+    @Test
+    void embedding() {
+        SplittableRandom r = new SplittableRandom(1);
+        int vocab = 1000, d = 333, n = 7;
+        float[] table = randn(r, vocab * d, 1);
+        TensorData td = bf16Weight("embed", vocab, d, table);
+        Tensor tc = cpu.weight(td), tg = gpu.weight(td);
+        int[] tokens = {0, 999, 5, 5, 123, 456, 789};
+        Tensor oc = act(cpu, n, d, null), og = act(gpu, n, d, null);
+        cpu.embedding(oc, tc, tokens, n);
+        gpu.embedding(og, tg, tokens, n);
+        assertArrayEquals(cpu.download(oc, 0, n), gpu.download(og, 0, n));
+        assertThrows(IllegalArgumentException.class, () -> gpu.embedding(og, tg, new int[] {1000}, 1));
+    }
+
+    @Test
+    void rmsnormSwigluAdd() {
+        SplittableRandom r = new SplittableRandom(2);
+        int n = 5, d = 2051;
+        float[] x = randn(r, n * d, 1), w = randn(r, d, 1), y = randn(r, n * d, 1);
+        Tensor wc = cpu.weight(f32Vector("norm", w)), wg = gpu.weight(f32Vector("norm", w));
+        Tensor xc = act(cpu, n, d, x), xg = act(gpu, n, d, x);
+        Tensor oc = act(cpu, n, d, null), og = act(gpu, n, d, null);
+        cpu.rmsnorm(oc, xc, wc, 1e-5f, n);
+        gpu.rmsnorm(og, xg, wg, 1e-5f, n);
+        assertClose("rmsnorm", cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-11, 1e-5, 1e-5);
+        cpu.rmsnorm(xc, xc, wc, 1e-5f, n); // in place
+        gpu.rmsnorm(xg, xg, wg, 1e-5f, n);
+        assertClose("rmsnorm in place", cpu.download(xc, 0, n), gpu.download(xg, 0, n), 1e-11, 1e-5, 1e-5);
+
+        Tensor yc = act(cpu, n, d, y), yg = act(gpu, n, d, y);
+        cpu.swiglu(oc, xc, yc, n);
+        gpu.swiglu(og, xg, yg, n);
+        assertClose("swiglu", cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-11, 1e-6, 1e-5);
+        cpu.add(oc, yc, n - 1);
+        gpu.add(og, yg, n - 1);
+        assertClose("add", cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-12, 1e-6, 1e-6);
+        cpu.copyRows(oc, 0, yc, 3, 2);
+        gpu.copyRows(og, 0, yg, 3, 2);
+        assertArrayEquals(cpu.download(oc, 0, n), gpu.download(og, 0, n));
+    }
+
+    @ParameterizedTest(name = "rope hd={0}")
+    @MethodSource("headDims")
+    void rope(int hd) {
+        SplittableRandom r = new SplittableRandom(3 + hd);
+        int n = 9, heads = 5;
+        float[] inv = new float[hd / 2];
+        for (int i = 0; i < inv.length; i++) inv[i] = (float) (1.0 / Math.pow(500000, 2.0 * i / hd));
+        RopeTable rt = new RopeTable(hd, inv);
+        int[] pos = {0, 1, 2, 17, 511, 4096, 8191, 33000, 131071};
+        float[] x = randn(r, n * heads * hd, 1);
+        Tensor xc = act(cpu, n, heads * hd, x), xg = act(gpu, n, heads * hd, x);
+        cpu.rope(xc, heads, rt, pos, n);
+        gpu.rope(xg, heads, rt, pos, n);
+        assertClose("rope", cpu.download(xc, 0, n), gpu.download(xg, 0, n), 1e-11, 2e-5, 2e-5);
+    }
+
+    @ParameterizedTest(name = "matmul n={0} bias={1}")
+    @MethodSource("matmulCases")
+    void matmul(int n, boolean bias) {
+        SplittableRandom r = new SplittableRandom(4 + n);
+        int out = 300, in = 520;
+        float[] w = randn(r, out * in, 0.05), x = randn(r, n * in, 1), b = randn(r, out, 1);
+        TensorData wd = bf16Weight("w", out, in, w);
+        Tensor wc = cpu.weight(wd), wg = gpu.weight(wd);
+        Tensor bc = bias ? cpu.weight(f32Vector("b", b)) : null, bg = bias ? gpu.weight(f32Vector("b", b)) : null;
+        Tensor xc = act(cpu, n, in, x), xg = act(gpu, n, in, x);
+        Tensor oc = act(cpu, n, out, null), og = act(gpu, n, out, null);
+        cpu.matmul(oc, xc, wc, bc, n);
+        gpu.matmul(og, xg, wg, bg, n);
+        // the GPU rounds x to bf16 before the GEMM: ~2^-9 relative error per product
+        assertClose("matmul", cpu.download(oc, 0, n), gpu.download(og, 0, n), 2e-5, 0.05, 0.02);
+    }
+
+    static Stream<Arguments> matmulCases() {
+        return Stream.of(Arguments.of(1, false), Arguments.of(1, true), Arguments.of(7, true), Arguments.of(64, false));
+    }
+
+    static Stream<Integer> headDims() {
+        return Stream.of(64, 128);
+    }
+
+    @Test
+    void argmaxAndTopK() {
+        SplittableRandom r = new SplittableRandom(5);
+        int v = 128256;
+        float[] x = randn(r, 2 * v, 3);
+        x[v + 77] = 50f;
+        x[v + 99_000] = 50f; // tie: lower index first
+        for (int i = 0; i < 2000; i++) x[v + 1000 + i] = 20f; // a block of ties
+        Tensor xc = act(cpu, 2, v, x), xg = act(gpu, 2, v, x);
+        assertEquals(cpu.argmax(xc, 0), gpu.argmax(xg, 0));
+        assertEquals(77, gpu.argmax(xg, 1));
+        for (int k : new int[] {1, 5, 40, 1000, 1024, 1500}) {
+            for (int row = 0; row < 2; row++) {
+                float[] vc = new float[k], vg = new float[k];
+                int[] ic = cpu.topK(xc, row, k, vc), ig = gpu.topK(xg, row, k, vg);
+                assertArrayEquals(ic, ig, "topK k=" + k + " row " + row);
+                assertArrayEquals(vc, vg, "topK values k=" + k);
+            }
+        }
+        Tensor small = act(gpu, 1, 10, new float[] {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+        assertEquals(10, gpu.topK(small, 0, 50, null).length);
+    }
+
+    @Test
+    void unsupportedHeadDim() {
+        assertThrows(UnsupportedOpException.class, () -> gpu.newKvCache(1, 2, 96, 16));
+    }
+
+    // ---- attention ------------------------------------------------------------------------------------------------
+
+    /** A CPU and a GPU cache holding the same bf16-exact keys/values at positions 0..len-1 (layer 1 of 2). */
+    record Pair(KvCache c, KvCache g, int hkv, int hd, int len) {}
+
+    static Pair filledCaches(int hkv, int hd, int len, int capacity, long seed) {
+        SplittableRandom r = new SplittableRandom(seed);
+        KvCache cc = cpu.newKvCache(2, hkv, hd, capacity), cg = gpu.newKvCache(2, hkv, hd, capacity);
+        int chunk = 4096;
+        Tensor kc = cpu.allocate(chunk, hkv * hd), vc = cpu.allocate(chunk, hkv * hd);
+        Tensor kg = gpu.allocate(chunk, hkv * hd), vg = gpu.allocate(chunk, hkv * hd);
+        for (int done = 0; done < len; done += chunk) {
+            int m = Math.min(chunk, len - done);
+            int[] pos = new int[m];
+            for (int i = 0; i < m; i++) pos[i] = done + i;
+            float[] k = bf16Exact(randn(r, m * hkv * hd, 1)), v = bf16Exact(randn(r, m * hkv * hd, 1));
+            cpu.upload(kc, k);
+            cpu.upload(vc, v);
+            gpu.upload(kg, k);
+            gpu.upload(vg, v);
+            for (int layer = 0; layer < 2; layer++) {
+                int[][] sc = new int[hkv][], sg = new int[hkv][];
+                for (int g = 0; g < hkv; g++) {
+                    sc[g] = cc.allocate(layer, g, pos, m);
+                    sg[g] = cg.allocate(layer, g, pos, m);
+                    assertArrayEquals(sc[g], sg[g]);
+                }
+                cpu.storeKv(cc, layer, kc, vc, sc, m);
+                gpu.storeKv(cg, layer, kg, vg, sg, m);
+            }
+        }
+        return new Pair(cc, cg, hkv, hd, len);
+    }
+
+    static Stream<Arguments> decodeCases() {
+        List<Arguments> a = new ArrayList<>();
+        for (int hd : new int[] {64, 128})
+            for (int group : new int[] {1, 4, 8})
+                for (int len : new int[] {0, 1, 9, 81, 729, 4097, 33001}) a.add(Arguments.of(hd, group, len));
+        return a.stream();
+    }
+
+    @ParameterizedTest(name = "decode hd={0} group={1} len={2}")
+    @MethodSource("decodeCases")
+    void decodeAttention(int hd, int group, int len) {
+        int hkv = 2, heads = hkv * group, layer = 1;
+        Pair p = filledCaches(hkv, hd, len, Math.max(len, 1) + 3, 100L * hd + 10L * group + len);
+        try {
+            SplittableRandom r = new SplittableRandom(len + 7L);
+            float[] q = randn(r, heads * hd, 1);
+            Tensor qc = act(cpu, 1, heads * hd, q), qg = act(gpu, 1, heads * hd, q);
+            Tensor oc = act(cpu, 1, heads * hd, null), og = act(gpu, 1, heads * hd, null);
+            int last = Math.max(len - 1, 0);
+            // (1) everything visible, no selection
+            check(p, qc, qg, oc, og, heads, layer, new int[] {last}, 1, null, false, "full");
+            if (len == 0) {
+                float[] z = gpu.download(og, 0, 1);
+                for (float f : z) assertEquals(0f, f, "len 0 must give zeros");
+                return;
+            }
+            // (2) causal cut in the middle, with statistics
+            check(p, qc, qg, oc, og, heads, layer, new int[] {len / 2}, 1, null, true, "causal");
+            // (3) selections: empty, single, full (shuffled)
+            int[][] empty = new int[hkv][0];
+            check(p, qc, qg, oc, og, heads, layer, new int[] {last}, 1, SlotSelection.of(empty), false, "empty sel");
+            int[][] single = new int[hkv][];
+            for (int g = 0; g < hkv; g++) single[g] = new int[] {(g * 7919) % len};
+            check(p, qc, qg, oc, og, heads, layer, new int[] {last}, 1, SlotSelection.of(single), true, "single sel");
+            int[][] full = new int[hkv][];
+            for (int g = 0; g < hkv; g++) {
+                full[g] = new int[len];
+                for (int i = 0; i < len; i++) full[g][i] = i;
+                for (int i = len - 1; i > 0; i--) {
+                    int j = r.nextInt(i + 1), t = full[g][i];
+                    full[g][i] = full[g][j];
+                    full[g][j] = t;
+                }
+            }
+            check(p, qc, qg, oc, og, heads, layer, new int[] {last}, 1, SlotSelection.of(full), true, "full sel");
+            // (4) freed slots are skipped
+            if (len >= 9) {
+                for (int g = 0; g < hkv; g++)
+                    for (int s = 1; s < len; s += 3) {
+                        p.c.free(layer, g, s);
+                        p.g.free(layer, g, s);
+                    }
+                check(p, qc, qg, oc, og, heads, layer, new int[] {last}, 1, null, true, "after free");
+            }
+        } finally {
+            p.c.close();
+            p.g.close();
+        }
+    }
+
+    static Stream<Arguments> prefillCases() {
+        List<Arguments> a = new ArrayList<>();
+        for (int hd : new int[] {64, 128})
+            for (int group : new int[] {1, 4, 8})
+                for (int len : new int[] {9, 81, 729, 4097}) a.add(Arguments.of(hd, group, len));
+        return a.stream();
+    }
+
+    @ParameterizedTest(name = "prefill hd={0} group={1} len={2}")
+    @MethodSource("prefillCases")
+    void prefillAttention(int hd, int group, int len) {
+        int hkv = 2, heads = hkv * group, layer = 1;
+        Pair p = filledCaches(hkv, hd, len, len + 5, 7L * hd + group + 3L * len);
+        try {
+            int n = Math.min(len, 37);
+            SplittableRandom r = new SplittableRandom(len);
+            float[] q = randn(r, n * heads * hd, 1);
+            Tensor qc = act(cpu, n, heads * hd, q), qg = act(gpu, n, heads * hd, q);
+            Tensor oc = act(cpu, n, heads * hd, null), og = act(gpu, n, heads * hd, null);
+            int[] qpos = new int[n];
+            for (int i = 0; i < n; i++) qpos[i] = len - n + i;
+            qpos[0] = -1; // a query that sees nothing
+            check(p, qc, qg, oc, og, heads, layer, qpos, n, null, false, "prefill");
+            check(p, qc, qg, oc, og, heads, layer, qpos, n, null, true, "prefill stats");
+            int[][] sel = new int[hkv][];
+            for (int g = 0; g < hkv; g++) {
+                sel[g] = new int[Math.max(1, len / 3)];
+                for (int i = 0; i < sel[g].length; i++) sel[g][i] = (i * 3 + g) % len;
+            }
+            check(p, qc, qg, oc, og, heads, layer, qpos, n, SlotSelection.of(sel), true, "prefill sel");
+        } finally {
+            p.c.close();
+            p.g.close();
+        }
+    }
+
+    static void check(Pair p, Tensor qc, Tensor qg, Tensor oc, Tensor og, int heads, int layer, int[] qpos, int n,
+                      SlotSelection sel, boolean stats, String what) {
+        int cap = p.c.capacity();
+        AttentionStats sc = null, sg = null;
+        if (stats) {
+            sc = AttentionStats.allocate(heads, p.hkv, cap);
+            sg = AttentionStats.allocate(heads, p.hkv, cap);
+            sc.clear();
+            sg.clear();
+            sc.fromRow = Math.max(0, n - 5);
+            sg.fromRow = sc.fromRow;
+        }
+        cpu.attention(oc, qc, p.c, layer, qpos, n, sel, sc);
+        gpu.attention(og, qg, p.g, layer, qpos, n, sel, sg);
+        String tag = what + " hd=" + p.hd + " len=" + p.len;
+        assertClose(tag + " out", cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-9, 2e-5, 1e-4);
+        if (stats) {
+            for (int h = 0; h < heads; h++)
+                assertClose(tag + " rawScores[" + h + "]", sc.rawScores[h], sg.rawScores[h], 1e-10, 1e-4, 1e-5);
+            for (int g = 0; g < p.hkv; g++)
+                assertClose(tag + " probSums[" + g + "]", sc.probSums[g], sg.probSums[g], 1e-9, 1e-6, 1e-4);
+        }
+    }
+
+    @Test
+    void kvCacheClearResetsPositions() {
+        Pair p = filledCaches(2, 64, 81, 100, 9);
+        try {
+            p.c.clear();
+            p.g.clear();
+            SplittableRandom r = new SplittableRandom(1);
+            float[] q = randn(r, 4 * 64, 1);
+            Tensor qg = act(gpu, 1, 4 * 64, q), og = act(gpu, 1, 4 * 64, null);
+            gpu.attention(og, qg, p.g, 1, new int[] {80}, 1, SlotSelection.of(new int[][] {{0, 1, 2}, {5, 6}}), null);
+            float[] o = gpu.download(og, 0, 1);
+            assertTrue(Arrays.stream(box(o)).allMatch(f -> f == 0f), "cleared cache must attend to nothing");
+        } finally {
+            p.c.close();
+            p.g.close();
+        }
+    }
+
+    static Float[] box(float[] a) {
+        Float[] o = new Float[a.length];
+        for (int i = 0; i < a.length; i++) o[i] = a[i];
+        return o;
+    }
+}
