@@ -73,8 +73,11 @@ public final class BenchCommand implements Callable<Integer> {
                 err.println("measuring sequential read bandwidth (" + bandwidthMib + " MiB buffer)...");
                 int threads = modelOptions.threads > 0 ? modelOptions.threads : Runtime.getRuntime().availableProcessors();
                 bw = Bandwidth.sequentialRead((long) bandwidthMib << 20, threads, 3);
+            } else if (tp.backend() instanceof dev.tokenpress.backend.cuda.CudaBackend gpu) {
+                err.println("measuring device copy bandwidth...");
+                bw = dev.tokenpress.backend.cuda.CudaKernelBench.copyBandwidth(gpu, 1L << 30, 10);
             } else {
-                bw = Double.NaN; // the CUDA roofline comes from the kernel benchmark's measured copy bandwidth
+                bw = Double.NaN;
             }
             int maxCtx = 1;
             for (int p : nPrompt) maxCtx = Math.max(maxCtx, p);
