@@ -1,0 +1,260 @@
+package dev.tokenpress.io;
+
+import ai.djl.huggingface.tokenizers.Encoding;
+import ai.djl.huggingface.tokenizers.HuggingFaceTokenizer;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+
+import java.io.ByteArrayInputStream;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.Iterator;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * A Hugging Face fast tokenizer ({@code tokenizer.json}) run by the native {@code tokenizers} library through DJL.
+ *
+ * <p>Truncation and padding are switched off (DJL would otherwise truncate to 512 tokens). {@link #encode} applies the
+ * tokenizer's own post-processor (for Llama-style tokenizers: one BOS token, never two, even if the text already
+ * starts with the BOS string); {@link #decode} keeps special tokens. No {@code tokenizer_config.json} is consulted,
+ * so decoding is exact (no "clean up tokenization spaces").
+ *
+ * <p>DJL's native library is bundled in the tokenizers jar and extracted to {@code ~/.djl.ai/tokenizers/...}. On a
+ * machine with CUDA, DJL would instead look for a CUDA build and try to download it; this class therefore turns on
+ * DJL's offline mode (system property {@code ai.djl.offline=true}, which selects the bundled CPU build and disables
+ * DJL's usage tracking) unless the user has set {@code DJL_OFFLINE}/{@code ai.djl.offline} or {@code RUST_FLAVOR}.
+ */
+public final class HfTokenizer implements AutoCloseable {
+
+    public static final String TOKENIZER_FILE = "tokenizer.json";
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    static {
+        configureDjl();
+    }
+
+    /** Makes DJL use the CPU native library bundled in its jar, without network access. */
+    static void configureDjl() {
+        if (System.getenv("DJL_OFFLINE") == null && System.getProperty("ai.djl.offline") == null
+                && System.getenv("RUST_FLAVOR") == null && System.getProperty("RUST_FLAVOR") == null) {
+            System.setProperty("ai.djl.offline", "true");
+        }
+        if (System.getenv("OPT_OUT_TRACKING") == null && System.getProperty("OPT_OUT_TRACKING") == null) {
+            System.setProperty("OPT_OUT_TRACKING", "true");
+        }
+        // DJL extracts the native library under ~/.djl.ai; fall back to the temp dir if home is not writable.
+        if (System.getenv("DJL_CACHE_DIR") == null && System.getProperty("DJL_CACHE_DIR") == null
+                && System.getenv("ENGINE_CACHE_DIR") == null && System.getProperty("ENGINE_CACHE_DIR") == null) {
+            String home = System.getProperty("user.home");
+            Path base = home == null ? null : Path.of(home);
+            boolean ok = base != null && (Files.isWritable(base.resolve(".djl.ai"))
+                    || (!Files.exists(base.resolve(".djl.ai")) && Files.isWritable(base)));
+            if (!ok) {
+                System.setProperty("DJL_CACHE_DIR",
+                        Path.of(System.getProperty("java.io.tmpdir"), "djl-cache-" + System.getProperty("user.name"))
+                                .toString());
+            }
+        }
+    }
+
+    private final HuggingFaceTokenizer tok;
+    private final Path file;
+    private final int vocabSize;
+    private final int[] prefixIds;           // what the post-processor puts before the text (e.g. [BOS])
+    private final Map<String, Integer> vocab; // token string -> id (model vocab + added tokens)
+    private final Map<Integer, Boolean> specialIds;
+    private volatile boolean closed;
+
+    private HfTokenizer(HuggingFaceTokenizer tok, Path file, int vocabSize, int[] prefixIds, Map<String, Integer> vocab,
+                        Map<Integer, Boolean> specialIds) {
+        this.tok = tok;
+        this.file = file;
+        this.vocabSize = vocabSize;
+        this.prefixIds = prefixIds;
+        this.vocab = vocab;
+        this.specialIds = specialIds;
+    }
+
+    /** Loads {@code tokenizer.json} from a model directory (or the file itself when given a file). */
+    public static HfTokenizer load(Path modelDir) {
+        Path file = Files.isDirectory(modelDir) ? modelDir.resolve(TOKENIZER_FILE) : modelDir;
+        if (!Files.isRegularFile(file)) {
+            throw new ModelLoadException(file + ": not found; tokenpress needs the Hugging Face fast-tokenizer file "
+                    + "tokenizer.json in the model directory (download it with the weights)");
+        }
+        byte[] bytes;
+        JsonNode root;
+        try {
+            bytes = Files.readAllBytes(file);
+            root = JSON.readTree(bytes);
+        } catch (IOException e) {
+            throw new ModelLoadException(file + ": invalid JSON (" + ModelLoadException.firstLine(e)
+                    + "); re-download tokenizer.json", e);
+        }
+        if (root == null || !root.isObject() || !root.path("model").isObject()) {
+            throw new ModelLoadException(file + ": not a Hugging Face tokenizer (no \"model\" object); "
+                    + "re-download tokenizer.json");
+        }
+        Map<String, Integer> vocab = new HashMap<>();
+        Map<Integer, Boolean> special = new HashMap<>();
+        int maxId = -1;
+        JsonNode v = root.path("model").path("vocab");
+        if (v.isObject()) {
+            for (Iterator<Map.Entry<String, JsonNode>> it = v.fields(); it.hasNext(); ) {
+                Map.Entry<String, JsonNode> e = it.next();
+                int id = e.getValue().asInt();
+                vocab.put(e.getKey(), id);
+                maxId = Math.max(maxId, id);
+            }
+        } else if (v.isArray()) {           // Unigram: [[piece, score], ...]
+            for (int i = 0; i < v.size(); i++) {
+                JsonNode piece = v.get(i);
+                if (piece.isArray() && piece.size() > 0) vocab.put(piece.get(0).asText(), i);
+            }
+            maxId = v.size() - 1;
+        }
+        for (JsonNode a : root.path("added_tokens")) {
+            int id = a.path("id").asInt(-1);
+            if (id < 0) continue;
+            vocab.put(a.path("content").asText(), id);
+            if (a.path("special").asBoolean(false)) special.put(id, Boolean.TRUE);
+            maxId = Math.max(maxId, id);
+        }
+        int[] prefix = postProcessorPrefix(root.path("post_processor"));
+
+        Map<String, String> opts = new HashMap<>();
+        opts.put("truncation", "false");
+        opts.put("padding", "false");
+        opts.put("addSpecialTokens", "true");
+        opts.put("withOverflowingTokens", "false");
+        HuggingFaceTokenizer t;
+        try {
+            t = HuggingFaceTokenizer.newInstance(new ByteArrayInputStream(bytes), opts);
+        } catch (IOException | RuntimeException | UnsatisfiedLinkError e) {
+            String msg = ModelLoadException.firstLine(e);
+            if (e instanceof UnsatisfiedLinkError || e.getClass().getName().contains("EngineException")) {
+                throw new ModelLoadException(file + ": the Hugging Face tokenizers native library failed to load ("
+                        + msg + "); check that ~/.djl.ai (or DJL_CACHE_DIR) is writable", e);
+            }
+            throw new ModelLoadException(file + ": HF tokenizers cannot parse it (" + msg
+                    + "); re-download tokenizer.json", e);
+        }
+        return new HfTokenizer(t, file, maxId + 1, prefix, vocab, special);
+    }
+
+    /** Ids that the post-processor inserts in front of a single sequence (BOS for Llama/Mistral, none for Qwen2). */
+    private static int[] postProcessorPrefix(JsonNode pp) {
+        if (pp == null || pp.isMissingNode() || pp.isNull()) return new int[0];
+        String type = pp.path("type").asText("");
+        switch (type) {
+            case "Sequence": {
+                for (JsonNode p : pp.path("processors")) {
+                    int[] r = postProcessorPrefix(p);
+                    if (r.length > 0) return r;
+                }
+                return new int[0];
+            }
+            case "TemplateProcessing": {
+                List<Integer> out = new ArrayList<>();
+                for (JsonNode piece : pp.path("single")) {
+                    JsonNode st = piece.get("SpecialToken");
+                    if (st == null) break;
+                    JsonNode ids = pp.path("special_tokens").path(st.path("id").asText()).path("ids");
+                    for (JsonNode id : ids) out.add(id.asInt());
+                }
+                return out.stream().mapToInt(Integer::intValue).toArray();
+            }
+            case "BertProcessing":
+            case "RobertaProcessing": {
+                JsonNode cls = pp.path("cls");
+                return cls.isArray() && cls.size() == 2 ? new int[] {cls.get(1).asInt()} : new int[0];
+            }
+            default:
+                return new int[0];
+        }
+    }
+
+    /** Tokenizes with the tokenizer's special-token post-processing (e.g. a leading BOS), never doubling the BOS. */
+    public int[] encode(String text) {
+        int[] ids = toInts(encoding(text, true).getIds());
+        int p = prefixIds.length;
+        if (p > 0 && ids.length >= 2 * p
+                && Arrays.equals(ids, 0, p, prefixIds, 0, p) && Arrays.equals(ids, p, 2 * p, prefixIds, 0, p)) {
+            ids = Arrays.copyOfRange(ids, p, ids.length);   // the text itself already started with BOS
+        }
+        return ids;
+    }
+
+    /** Tokenizes without adding any special tokens. */
+    public int[] encodeNoSpecial(String text) {
+        return toInts(encoding(text, false).getIds());
+    }
+
+    private Encoding encoding(String text, boolean special) {
+        checkOpen();
+        return tok.encode(text, special, false);
+    }
+
+    /** Decodes ids to text, keeping special tokens. */
+    public String decode(int[] ids) {
+        checkOpen();
+        if (ids.length == 0) return "";
+        long[] l = new long[ids.length];
+        for (int i = 0; i < ids.length; i++) l[i] = ids[i];
+        return tok.decode(l, false);
+    }
+
+    /** Number of token ids (largest id in the vocabulary or added tokens, plus one). */
+    public int vocabSize() {
+        return vocabSize;
+    }
+
+    /** Id of a token string (vocabulary entry or added token), or -1. */
+    public int tokenId(String token) {
+        Integer id = vocab.get(token);
+        return id == null ? -1 : id;
+    }
+
+    /** Whether {@code id} is a special added token (BOS, EOS, reserved...). */
+    public boolean isSpecial(int id) {
+        return specialIds.containsKey(id);
+    }
+
+    /** Ids the post-processor puts before the text (usually just BOS); empty when none. */
+    public int[] prefixIds() {
+        return prefixIds.clone();
+    }
+
+    /** The tokenizer.json this was loaded from. */
+    public Path file() {
+        return file;
+    }
+
+    /** A fresh incremental decoder for streaming generated tokens. */
+    public StreamingDecoder streaming() {
+        return new StreamingDecoder(this::decode);
+    }
+
+    private void checkOpen() {
+        if (closed) throw new IllegalStateException(file + ": tokenizer already closed");
+    }
+
+    @Override
+    public void close() {
+        if (!closed) {
+            closed = true;
+            tok.close();
+        }
+    }
+
+    private static int[] toInts(long[] l) {
+        int[] r = new int[l.length];
+        for (int i = 0; i < l.length; i++) r[i] = (int) l[i];
+        return r;
+    }
+}
