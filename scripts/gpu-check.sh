@@ -67,8 +67,11 @@ run_checks() {
   local SUMMARY="$OUT/gpu-summary.txt"
   local WORK=${TP_WORK:-/tmp/tokenpress-gpu}
   mkdir -p "$WORK"
-  : > "$SUMMARY"
+  [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
+  # STAGES (default all): any of junit,attention,e2e,peer; T_JUNIT/T_ATT/T_E2E/T_PEER override stage timeouts
+  local STAGES=${STAGES:-junit,attention,e2e,peer}
+  want() { [[ ",$STAGES," == *",$1,"* ]]; }
   stage_rc() { say "STAGE $1: $( [[ $2 -eq 0 ]] && echo PASS || echo "FAIL (rc=$2$( [[ $2 -eq 124 ]] && echo ', timed out'))")"; }
   local T0=$SECONDS
   say "tokenpress gpu-check $(date -u +%FT%TZ) on $(hostname)"
@@ -102,7 +105,7 @@ run_checks() {
 
   # the 2.5 GB llama-1b-shape model is generated on the CPU cores while the GPU runs the tests
   local MODEL=${TP_MODEL_DIR:-$WORK/llama-1b-shape}
-  local GEN_PID=""
+  local GEN_PID="" rc=0
   local HAVE_GPU=1
   command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1 || HAVE_GPU=0
   [[ $HAVE_GPU -eq 0 ]] && say "no GPU here: the CUDA tests report skipped; model generation, e2e and peer stages are skipped"
@@ -112,25 +115,29 @@ run_checks() {
   fi
 
   # -- stage 2: JUnit (op parity, whole-model parity, native lib)
-  timeout 150 "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
+  if want junit; then
+  timeout "${T_JUNIT:-150}" "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
     --disable-banner --details=tree --disable-ansi-colors \
     --class-path "$BUNDLE/test/tokenpress-tests.jar:$CP" \
     --select-class dev.tokenpress.backend.cuda.CudaNativeLibTest \
     --select-class dev.tokenpress.backend.cuda.CudaParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaModelParityTest \
     --reports-dir "$OUT/junit" > "$OUT/junit.log" 2>&1
-  local rc=$?
+  rc=$?
   stage_rc junit $rc
   grep -E "tests (successful|failed|aborted|skipped|found)|containers failed" "$OUT/junit.log" | sed 's/^/  /' | tee -a "$SUMMARY"
   grep -E "\[parity\]|\[model-parity\]" "$OUT/junit.log" | sed 's/^/  /' | tee -a "$SUMMARY"
   grep -E "✘|MethodSource .*FAILED|=> " "$OUT/junit.log" | head -40 | sed 's/^/  /' | tee -a "$SUMMARY"
+  fi
 
   # -- stage 3: kernel benchmark (decode attention GB/s vs measured copy bandwidth)
-  timeout 60 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench attention > "$OUT/bench-attention.log" 2>&1
+  if want attention; then
+  timeout "${T_ATT:-60}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench attention > "$OUT/bench-attention.log" 2>&1
   rc=$?
   stage_rc bench-attention $rc
   grep -E "^(device|RESULT|\|)" "$OUT/bench-attention.log" | sed 's/^/  /' | tee -a "$SUMMARY"
   [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-attention.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  fi
 
   # -- stage 4: end-to-end decode tokens/s of llama-1b-shape (model generated here once)
   if [[ -n "$GEN_PID" ]]; then
@@ -140,8 +147,8 @@ run_checks() {
     grep -E "^RESULT" "$OUT/make-model.log" | sed 's/^/  /' | tee -a "$SUMMARY"
     [[ $rc -ne 0 ]] && tail -5 "$OUT/make-model.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
   fi
-  if [[ $HAVE_GPU -eq 1 ]]; then
-    timeout 120 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench e2e "$MODEL" 128 64 > "$OUT/bench-e2e.log" 2>&1
+  if [[ $HAVE_GPU -eq 1 ]] && want e2e; then
+    timeout "${T_E2E:-120}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench e2e "$MODEL" 128 64 > "$OUT/bench-e2e.log" 2>&1
     rc=$?
     stage_rc bench-e2e $rc
     grep -E "^(device|RESULT|e2e)" "$OUT/bench-e2e.log" | sed 's/^/  /' | tee -a "$SUMMARY"
@@ -152,8 +159,8 @@ run_checks() {
 
   # -- stage 5: PyTorch/transformers peer on the same model
   local PY="$VENV/bin/python"
-  if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" && -x "$PY" ]]; then
-    timeout 100 "$PY" "$BUNDLE/hf_peer_bench.py" "$MODEL" --steps 128 --long-context 32768 --long-steps 32 > "$OUT/bench-peer.log" 2>&1
+  if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" && -x "$PY" ]] && want peer; then
+    timeout "${T_PEER:-100}" "$PY" "$BUNDLE/hf_peer_bench.py" "$MODEL" --steps 128 --long-context 32768 --long-steps 32 > "$OUT/bench-peer.log" 2>&1
     rc=$?
     stage_rc bench-peer $rc
     grep -E "^RESULT|^peer" "$OUT/bench-peer.log" | sed 's/^/  /' | tee -a "$SUMMARY"
