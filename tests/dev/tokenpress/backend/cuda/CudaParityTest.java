@@ -169,7 +169,7 @@ class CudaParityTest {
         assertClose("add", cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-12, 1e-6, 1e-6);
         cpu.copyRows(oc, 0, yc, 3, 2);
         gpu.copyRows(og, 0, yg, 3, 2);
-        assertArrayEquals(cpu.download(oc, 0, n), gpu.download(og, 0, n));
+        assertArrayEquals(cpu.download(oc, 0, 2), gpu.download(og, 0, 2), "copied rows are bit-identical");
     }
 
     @ParameterizedTest(name = "rope hd={0}")
@@ -389,7 +389,7 @@ class CudaParityTest {
         assertClose(tag + " out", cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-9, 2e-5, 1e-4);
         if (stats) {
             for (int h = 0; h < heads; h++)
-                assertClose(tag + " rawScores[" + h + "]", sc.rawScores[h], sg.rawScores[h], 1e-10, 1e-4, 1e-5);
+                assertClose(tag + " rawScores[" + h + "]", sc.rawScores[h], sg.rawScores[h], 1e-8, 1e-4, 1e-5);
             for (int g = 0; g < p.hkv; g++)
                 assertClose(tag + " probSums[" + g + "]", sc.probSums[g], sg.probSums[g], 1e-9, 1e-6, 1e-4);
         }
