@@ -80,6 +80,41 @@ public interface Backend extends AutoCloseable {
     void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
                    SlotSelection select, AttentionStats stats);
 
+    // ---- ops for KV compression policies (optional: a backend without them reports them as unsupported) ----
+
+    /**
+     * Raw (unscaled) q·k of query row {@code row} of q [n, H*hd] against the cache's {@code layer}, for the
+     * query at {@code queryPosition}: out[h][slot] for every q-head h and slot in [0, highWater) of KV head
+     * h / (H / Hkv); -infinity for a slot that is free or not visible (position outside [0, queryPosition]).
+     * out [H][>= capacity]; entries at and above the head's high-water mark are set to -infinity. Used by
+     * TokenSelect (selection before attention) and by the per-row scores of Keyformer, A2SF and the
+     * RazorAttention head probe.
+     */
+    default void queryKeyScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer) {
+        throw new UnsupportedOpException("the " + name() + " backend has no queryKeyScores op (needed by this --kv policy): use --device cpu");
+    }
+
+    /**
+     * Quest's per-page upper bound of q·k: pages are runs of {@code pageSize} slots, page p = slots
+     * [p*pageSize, (p+1)*pageSize) of a KV head. With M and m the elementwise max and min of the keys of the
+     * page's occupied slots visible to {@code queryPosition}, out[h][p] = sum_i max(q_i*M_i, q_i*m_i) for q-head
+     * h and query row {@code row}; -infinity for a page without such a slot. Covers the pages below
+     * ceil(highWater / pageSize); out [H][>= that many pages].
+     */
+    default void questPageScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize) {
+        throw new UnsupportedOpException("the " + name() + " backend has no questPageScores op (needed by --kv quest): use --device cpu");
+    }
+
+    /** Copies the key and value stored in {@code slot} of (layer, KV head) to the host: key[hd], value[hd]. */
+    default void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        throw new UnsupportedOpException("the " + name() + " backend has no readKv op (needed by this --kv policy): use --device cpu");
+    }
+
+    /** Writes a key and value (key[hd], value[hd], already rotated) into {@code slot} of (layer, KV head). */
+    default void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        throw new UnsupportedOpException("the " + name() + " backend has no writeKv op (needed by this --kv policy): use --device cpu");
+    }
+
     /** Index of the largest element of row {@code row} of an f32 tensor (ties: lowest index). */
     int argmax(Tensor x, int row);
 

@@ -6,6 +6,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.eval.Bandwidth;
 import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.model.Llama;
 import dev.tokenpress.model.LlamaConfig;
 import picocli.CommandLine.Command;
@@ -34,6 +35,9 @@ public final class BenchCommand implements Callable<Integer> {
     @Mixin
     ModelOptions modelOptions;
 
+    @Mixin
+    KvOptionsMixin kvOptions;
+
     @Option(names = {"-p", "--n-prompt"}, split = ",", defaultValue = "512", description = "Prompt lengths for ppN tests (0 = none; default: ${DEFAULT-VALUE}).")
     int[] nPrompt;
 
@@ -52,11 +56,16 @@ public final class BenchCommand implements Callable<Integer> {
     @Option(names = "--bandwidth-mib", defaultValue = "1024", description = "Buffer size for the CPU read-bandwidth measurement (default: ${DEFAULT-VALUE}).")
     int bandwidthMib;
 
-    record Row(String test, int tokens, int depth, double mean, double stdev, double rooflineTps) {}
+    record Row(String test, String kv, int tokens, int depth, double mean, double stdev, double rooflineTps) {}
 
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
+        if (kvOptions.helpRequested()) {
+            kvOptions.printHelp(out);
+            return ExitCodes.OK;
+        }
+        kvOptions.validate(true);
         if (!List.of("md", "csv", "json").contains(format)) throw new Main.UsageException("-o must be md, csv or json");
         if (reps < 1) throw new Main.UsageException("-r must be >= 1");
         var dir = modelOptions.resolveModel(err);
@@ -82,53 +91,60 @@ public final class BenchCommand implements Callable<Integer> {
             int maxCtx = 1;
             for (int p : nPrompt) maxCtx = Math.max(maxCtx, p);
             for (int d : depth) for (int g : nGen) maxCtx = Math.max(maxCtx, d + g + 1);
-            SplittableRandom rnd = new SplittableRandom(1234);
-            try (var cacheHolder = new CacheHolder(m.newCache(maxCtx))) {
-                KvCache cache = cacheHolder.cache;
-                for (int p : nPrompt) {
-                    if (p <= 0) continue;
-                    double[] tps = new double[reps];
-                    for (int r = 0; r < reps + 1; r++) {
-                        cache.clear();
-                        int[] toks = randomTokens(rnd, p, c.vocabSize());
-                        long t0 = System.nanoTime();
-                        m.prefill(cache, toks, 0, false, null);
-                        tp.backend().synchronize();
-                        double sec = (System.nanoTime() - t0) / 1e9;
-                        if (r > 0) tps[r - 1] = p / sec; // first run warms up
-                    }
-                    rows.add(new Row("pp" + p, p, 0, mean(tps), stdev(tps), Double.NaN));
-                    err.printf(Locale.ROOT, "pp%d: %.2f t/s%n", p, mean(tps));
-                }
-                for (int d : depth) {
-                    for (int g : nGen) {
-                        if (g <= 0) continue;
+            List<String> kvSpecs = kvOptions.specs();
+            for (String kvSpec : kvSpecs) {
+                m.setPolicy(KvOptionsMixin.policy(kvSpec, c));
+                String kv = m.policy().spec();
+                String tag = kvSpecs.size() > 1 ? " [" + kv + "]" : "";
+                SplittableRandom rnd = new SplittableRandom(1234); // the same tokens for every policy
+                try (var cacheHolder = new CacheHolder(m.newCache(maxCtx))) {
+                    KvCache cache = cacheHolder.cache;
+                    for (int p : nPrompt) {
+                        if (p <= 0) continue;
                         double[] tps = new double[reps];
                         for (int r = 0; r < reps + 1; r++) {
                             cache.clear();
-                            int pos = 0;
-                            if (d > 0) {
-                                m.prefill(cache, randomTokens(rnd, d, c.vocabSize()), 0, false, null);
-                                pos = d;
-                            }
-                            int tok = rnd.nextInt(c.vocabSize());
-                            int steps = r == 0 ? Math.min(g, 4) : g;
-                            tp.backend().synchronize();
+                            int[] toks = randomTokens(rnd, p, c.vocabSize());
                             long t0 = System.nanoTime();
-                            for (int i = 0; i < steps; i++) {
-                                m.decodeStep(cache, tok, pos++);
-                                tok = m.argmax();
-                            }
+                            m.prefill(cache, toks, 0, false, null);
                             tp.backend().synchronize();
                             double sec = (System.nanoTime() - t0) / 1e9;
-                            if (r > 0) tps[r - 1] = steps / sec;
+                            if (r > 0) tps[r - 1] = p / sec; // first run warms up
                         }
-                        String name = "tg" + g + (d > 0 ? " @ d" + d : "");
-                        rows.add(new Row(name, g, d, mean(tps), stdev(tps), bw / weightBytes));
-                        err.printf(Locale.ROOT, "%s: %.2f t/s%n", name, mean(tps));
+                        rows.add(new Row("pp" + p, kv, p, 0, mean(tps), stdev(tps), Double.NaN));
+                        err.printf(Locale.ROOT, "pp%d%s: %.2f t/s%n", p, tag, mean(tps));
+                    }
+                    for (int d : depth) {
+                        for (int g : nGen) {
+                            if (g <= 0) continue;
+                            double[] tps = new double[reps];
+                            for (int r = 0; r < reps + 1; r++) {
+                                cache.clear();
+                                int pos = 0;
+                                if (d > 0) {
+                                    m.prefill(cache, randomTokens(rnd, d, c.vocabSize()), 0, false, null);
+                                    pos = d;
+                                }
+                                int tok = rnd.nextInt(c.vocabSize());
+                                int steps = r == 0 ? Math.min(g, 4) : g;
+                                tp.backend().synchronize();
+                                long t0 = System.nanoTime();
+                                for (int i = 0; i < steps; i++) {
+                                    m.decodeStep(cache, tok, pos++);
+                                    tok = m.argmax();
+                                }
+                                tp.backend().synchronize();
+                                double sec = (System.nanoTime() - t0) / 1e9;
+                                if (r > 0) tps[r - 1] = steps / sec;
+                            }
+                            String name = "tg" + g + (d > 0 ? " @ d" + d : "");
+                            rows.add(new Row(name, kv, g, d, mean(tps), stdev(tps), bw / weightBytes));
+                            err.printf(Locale.ROOT, "%s%s: %.2f t/s%n", name, tag, mean(tps));
+                        }
                     }
                 }
             }
+            m.setPolicy(KvPolicy.FULL);
         }
         print(out, dir.toString(), backendDesc, weightBytes, bw, rows);
         return ExitCodes.OK;
@@ -161,6 +177,7 @@ public final class BenchCommand implements Callable<Integer> {
                 for (Row r : rows) {
                     ObjectNode n = a.addObject();
                     n.put("test", r.test());
+                    n.put("kv", r.kv());
                     n.put("tokens", r.tokens());
                     n.put("depth", r.depth());
                     n.put("tokens_per_s", r.mean());
@@ -177,22 +194,22 @@ public final class BenchCommand implements Callable<Integer> {
                 }
             }
             case "csv" -> {
-                out.println("model,backend,test,tokens,depth,tokens_per_s,stdev,roofline_tokens_per_s,fraction_of_roofline");
+                out.println("model,backend,test,tokens,depth,tokens_per_s,stdev,roofline_tokens_per_s,fraction_of_roofline,kv");
                 for (Row r : rows)
-                    out.printf(Locale.ROOT, "%s,%s,%s,%d,%d,%.3f,%.3f,%s,%s%n", model, backend.replace(',', ';'), r.test(), r.tokens(), r.depth(),
+                    out.printf(Locale.ROOT, "%s,%s,%s,%d,%d,%.3f,%.3f,%s,%s,\"%s\"%n", model, backend.replace(',', ';'), r.test(), r.tokens(), r.depth(),
                             r.mean(), r.stdev(), Double.isNaN(r.rooflineTps()) ? "" : String.format(Locale.ROOT, "%.3f", r.rooflineTps()),
-                            Double.isNaN(r.rooflineTps()) ? "" : String.format(Locale.ROOT, "%.3f", r.mean() / r.rooflineTps()));
+                            Double.isNaN(r.rooflineTps()) ? "" : String.format(Locale.ROOT, "%.3f", r.mean() / r.rooflineTps()), r.kv());
             }
             default -> {
                 out.printf(Locale.ROOT, "model: %s | backend: %s | machine: %s%n", model, backend, machine);
                 out.printf(Locale.ROOT, "weights streamed per token: %s | measured read bandwidth: %s%n%n",
                         Bytes.human(weightBytes), Double.isNaN(bw) ? "n/a" : String.format(Locale.ROOT, "%.2f GB/s", bw / 1e9));
-                out.println("| test | t/s | roofline t/s | % of roofline |");
-                out.println("| --- | ---: | ---: | ---: |");
+                out.println("| test | t/s | roofline t/s | % of roofline | kv |");
+                out.println("| --- | ---: | ---: | ---: | --- |");
                 for (Row r : rows)
-                    out.printf(Locale.ROOT, "| %s | %.2f ± %.2f | %s | %s |%n", r.test(), r.mean(), r.stdev(),
+                    out.printf(Locale.ROOT, "| %s | %.2f ± %.2f | %s | %s | %s |%n", r.test(), r.mean(), r.stdev(),
                             Double.isNaN(r.rooflineTps()) ? "" : String.format(Locale.ROOT, "%.2f", r.rooflineTps()),
-                            Double.isNaN(r.rooflineTps()) ? "" : String.format(Locale.ROOT, "%.1f%%", 100 * r.mean() / r.rooflineTps()));
+                            Double.isNaN(r.rooflineTps()) ? "" : String.format(Locale.ROOT, "%.1f%%", 100 * r.mean() / r.rooflineTps()), r.kv());
             }
         }
         out.flush();

@@ -5,6 +5,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.tokenpress.api.GenerationResult;
 import dev.tokenpress.api.Session;
 import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.sample.SamplingOptions;
 import picocli.CommandLine.ArgGroup;
 import picocli.CommandLine.Command;
@@ -33,6 +34,9 @@ public final class GenerateCommand implements Callable<Integer> {
     @Mixin
     SamplingOptionsMixin sampling;
 
+    @Mixin
+    KvOptionsMixin kvOptions;
+
     static final class PromptSource {
         @Option(names = {"-p", "--prompt"}, paramLabel = "TEXT", description = "The prompt text.")
         String prompt;
@@ -59,6 +63,11 @@ public final class GenerateCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
+        if (kvOptions.helpRequested()) {
+            kvOptions.printHelp(out);
+            return ExitCodes.OK;
+        }
+        kvOptions.validate(false);
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
         SamplingOptions so = sampling.toOptions();
         String prompt;
@@ -74,8 +83,10 @@ public final class GenerateCommand implements Callable<Integer> {
         Path dir = modelOptions.resolveModel(err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              Session session = tp.newSession(ctx)) {
+            session.setPolicy(kvOptions.policy(tp.config()));
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
                     tp.config().numLayers(), tp.loadMillis());
+            if (tp.model().policy() != KvPolicy.FULL) err.println("kv policy: " + tp.model().policy().spec());
             err.flush();
             if (!json) {
                 out.print(prompt);
@@ -103,6 +114,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("decode_ms", r.decodeMillis());
                 o.put("decode_tokens_per_s", r.decodeTokensPerSecond());
                 o.put("kv_bytes", r.kvBytes());
+                o.put("kv", tp.model().policy().spec());
                 o.put("ctx_size", session.contextSize());
                 o.put("seed", r.seed());
                 o.put("sampler", so.toString());

@@ -63,7 +63,10 @@ public final class Llama implements AutoCloseable {
 
     public KvPolicy policy() { return policy; }
 
-    public void setPolicy(KvPolicy policy) { this.policy = policy == null ? KvPolicy.FULL : policy; }
+    public void setPolicy(KvPolicy policy) {
+        this.policy = policy == null ? KvPolicy.FULL : policy;
+        this.policy.attach(this);
+    }
 
     /** A KV cache for this model in the backend's memory, {@code capacity} slots per layer and KV head. */
     public KvCache newCache(int capacity) {
@@ -80,6 +83,7 @@ public final class Llama implements AutoCloseable {
     public float[] prefill(KvCache cache, int[] tokens, int startPos, boolean allLogits, IntConsumer progress) {
         int n = tokens.length;
         float[] out = allLogits ? new float[Math.multiplyExact(n, config.vocabSize())] : null;
+        policy.beginPrefill(cache, startPos, n);
         for (int done = 0; done < n; ) {
             int m = Math.min(maxChunk, n - done);
             int[] chunk = new int[m], positions = new int[m];
@@ -95,6 +99,7 @@ public final class Llama implements AutoCloseable {
             done += m;
             if (progress != null) progress.accept(done);
         }
+        policy.endPrefill(cache);
         return out;
     }
 
@@ -150,6 +155,7 @@ public final class Llama implements AutoCloseable {
             b.rope(q, c.numHeads(), rope, positions, n);
             b.rope(k, c.numKvHeads(), rope, positions, n);
             b.storeKv(cache, l, k, v, slots[l], n);                   // cache[l] <- k, v
+            policy.beforeAttention(cache, l, q, positions, n);
             SlotSelection sel = policy.select(cache, l, n);
             AttentionStats stats = policy.stats(cache, l, n);
             b.attention(att, q, cache, l, positions, n, sel, stats);  // att [n, H*hd]

@@ -288,6 +288,87 @@ public final class CpuBackend implements Backend {
         }
     }
 
+    // ---- ops for KV compression policies ----------------------------------------------------------------------
+
+    @Override
+    public void queryKeyScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer) {
+        CpuKvCache c = (CpuKvCache) cache;
+        CpuTensor qt = f(q);
+        int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
+        par.forRange(heads, 1, (h0, h1) -> {
+            for (int h = h0; h < h1; h++) {
+                int g = h / group, hw = c.highWater(layer, g), qOff = row * qt.cols + h * hd;
+                int[] pos = c.positions(layer, g);
+                float[] keys = c.keys[layer][g], o = out[h];
+                for (int s = 0; s < hw; s++) {
+                    int p = pos[s];
+                    o[s] = p < 0 || p > queryPosition ? Float.NEGATIVE_INFINITY : k.dot(qt.data, qOff, keys, s * hd, hd);
+                }
+                Arrays.fill(o, hw, Math.min(o.length, c.capacity()), Float.NEGATIVE_INFINITY);
+            }
+        });
+    }
+
+    @Override
+    public void questPageScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize) {
+        if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
+        CpuKvCache c = (CpuKvCache) cache;
+        CpuTensor qt = f(q);
+        int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
+        // one task per KV head: the page bounds (elementwise key max/min) are built once and shared by the group
+        par.forRange(c.kvHeads(), 1, (g0, g1) -> {
+            float[] max = new float[hd], min = new float[hd];
+            for (int g = g0; g < g1; g++) {
+                int hw = c.highWater(layer, g), pages = (hw + pageSize - 1) / pageSize;
+                int[] pos = c.positions(layer, g);
+                float[] keys = c.keys[layer][g];
+                for (int p = 0; p < pages; p++) {
+                    boolean any = false;
+                    Arrays.fill(max, Float.NEGATIVE_INFINITY);
+                    Arrays.fill(min, Float.POSITIVE_INFINITY);
+                    for (int s = p * pageSize, end = Math.min(hw, (p + 1) * pageSize); s < end; s++) {
+                        if (pos[s] < 0 || pos[s] > queryPosition) continue;
+                        any = true;
+                        for (int i = 0, off = s * hd; i < hd; i++) {
+                            float v = keys[off + i];
+                            if (v > max[i]) max[i] = v;
+                            if (v < min[i]) min[i] = v;
+                        }
+                    }
+                    for (int h = g * group; h < (g + 1) * group; h++) {
+                        if (!any) {
+                            out[h][p] = Float.NEGATIVE_INFINITY;
+                            continue;
+                        }
+                        int qOff = row * qt.cols + h * hd;
+                        float sum = 0f;
+                        for (int i = 0; i < hd; i++) {
+                            float qi = qt.data[qOff + i];
+                            sum += Math.max(qi * max[i], qi * min[i]);
+                        }
+                        out[h][p] = sum;
+                    }
+                }
+            }
+        });
+    }
+
+    @Override
+    public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        CpuKvCache c = (CpuKvCache) cache;
+        int hd = c.headDim();
+        System.arraycopy(c.keys[layer][head], slot * hd, key, 0, hd);
+        System.arraycopy(c.values[layer][head], slot * hd, value, 0, hd);
+    }
+
+    @Override
+    public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        CpuKvCache c = (CpuKvCache) cache;
+        int hd = c.headDim();
+        System.arraycopy(key, 0, c.keys[layer][head], slot * hd, hd);
+        System.arraycopy(value, 0, c.values[layer][head], slot * hd, hd);
+    }
+
     @Override
     public int argmax(Tensor x, int row) {
         CpuTensor t = f(x);

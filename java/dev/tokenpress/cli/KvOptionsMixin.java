@@ -1,0 +1,71 @@
+package dev.tokenpress.cli;
+
+import dev.tokenpress.kv.KvPolicies;
+import dev.tokenpress.kv.KvPolicy;
+import dev.tokenpress.model.LlamaConfig;
+import picocli.CommandLine.Option;
+
+import java.io.PrintWriter;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * The {@code --kv SPEC} option (KV cache compression policy); add with {@code @Mixin KvOptionsMixin kv;}.
+ * {@code --kv help} prints every policy; a bad spec is a usage error.
+ */
+public class KvOptionsMixin {
+
+    @Option(names = "--kv", paramLabel = "SPEC", defaultValue = "full",
+            description = "KV cache policy NAME[:key=value,...], e.g. window:sink=4,budget=512, h2o:budget=0.2, tidal:k=128, "
+                    + "snapkv, keyformer, a2sf, quest, tokenselect, razor; join an evicting and a selecting one with '+'. "
+                    + "'--kv help' lists all with their parameters (default: ${DEFAULT-VALUE}).")
+    String kv;
+
+    /** True for {@code --kv help}: the command prints {@link #printHelp} and exits 0. */
+    public boolean helpRequested() {
+        return kv != null && kv.trim().equalsIgnoreCase("help");
+    }
+
+    public void printHelp(PrintWriter out) {
+        out.print(KvPolicies.help());
+        out.flush();
+    }
+
+    /** The raw spec text. */
+    public String spec() {
+        return kv == null ? "full" : kv.trim();
+    }
+
+    /**
+     * Checks the spec's syntax and values before a model is loaded; throws a usage error.
+     *
+     * @param list whether the command takes a comma-separated list of specs (bench)
+     */
+    public void validate(boolean list) {
+        if (list) for (String s : specs()) policy(s, null);
+        else policy(spec(), null);
+    }
+
+    /** The policy for one spec and model. */
+    public static KvPolicy policy(String spec, LlamaConfig config) {
+        try {
+            return KvPolicies.parse(spec, config);
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException(e.getMessage());
+        }
+    }
+
+    /** The single policy of a command that runs one (generate). */
+    public KvPolicy policy(LlamaConfig config) {
+        return policy(spec(), config);
+    }
+
+    /** The comma-separated list of specs of a command that compares several (bench). */
+    public List<String> specs() {
+        try {
+            return new ArrayList<>(KvPolicies.splitList(spec()));
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException(e.getMessage());
+        }
+    }
+}

@@ -1,0 +1,286 @@
+package dev.tokenpress.kv;
+
+import dev.tokenpress.kv.policy.A2sfPolicy;
+import dev.tokenpress.kv.policy.BasePolicy;
+import dev.tokenpress.kv.policy.Budget;
+import dev.tokenpress.kv.policy.CompositePolicy;
+import dev.tokenpress.kv.policy.H2OPolicy;
+import dev.tokenpress.kv.policy.KeyformerPolicy;
+import dev.tokenpress.kv.policy.PolicyArgs;
+import dev.tokenpress.kv.policy.PolicyArgs.Param;
+import dev.tokenpress.kv.policy.QuestPolicy;
+import dev.tokenpress.kv.policy.RazorPolicy;
+import dev.tokenpress.kv.policy.SnapKvPolicy;
+import dev.tokenpress.kv.policy.TidalPolicy;
+import dev.tokenpress.kv.policy.TokenSelectPolicy;
+import dev.tokenpress.kv.policy.WindowPolicy;
+import dev.tokenpress.model.LlamaConfig;
+
+import java.util.ArrayList;
+import java.util.EnumSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * KV policies from llama.cpp-style spec strings: {@code NAME[:key=value,...]}, several joined with '+'
+ * (one evicting and one selecting policy, e.g. {@code h2o:budget=512+tidal:k=64}). Budgets are token counts
+ * ({@code budget=256}) or ratios of the sequence length seen so far ({@code budget=0.25}, {@code budget=25%}).
+ * {@link #help()} lists every policy with its parameters and defaults.
+ */
+public final class KvPolicies {
+    private KvPolicies() {}
+
+    @FunctionalInterface
+    private interface Factory {
+        KvPolicy make(String spec, PolicyArgs a, LlamaConfig config);
+    }
+
+    private record Info(String name, String description, List<Param> params, Factory factory) {}
+
+    private static final Map<String, Info> POLICIES = new LinkedHashMap<>();
+    private static final Map<String, String> ALIASES = Map.of("streamingllm", "window", "streaming", "window",
+            "tidaldecode", "tidal", "razorattention", "razor", "heavy-hitter", "h2o");
+
+    private static void add(String name, String description, List<Param> params, Factory f) {
+        POLICIES.put(name, new Info(name, description, params, f));
+    }
+
+    private static Param p(String name, String def, String help) {
+        return new Param(name, def, help);
+    }
+
+    static {
+        add("full", "keep and attend to every token (no compression)", List.of(), (s, a, c) -> KvPolicy.FULL);
+
+        add("window", "StreamingLLM: attention sinks + a window of recent tokens; older tokens are evicted", List.of(
+                p("sink", "4", "first tokens always kept (attention sinks)"),
+                p("recent", "2000", "recent window (tokens or ratio); ignored when budget is given"),
+                p("budget", "", "sink + recent window in all (tokens or ratio); replaces recent")), (s, a, c) -> {
+            int sink = a.integer("sink", 0, Integer.MAX_VALUE);
+            if (a.has("budget") && a.has("recent")) throw a.error("window: give budget or recent, not both");
+            if (a.has("budget")) {
+                Budget b = a.positiveBudget("budget");
+                if (!b.ratio() && b.value() <= sink) throw a.bad("budget", "must exceed sink=" + sink);
+                return new WindowPolicy(s, sink, null, b);
+            }
+            return new WindowPolicy(s, sink, a.positiveBudget("recent"), null);
+        });
+
+        add("h2o", "H2O: heavy hitters by accumulated attention probability + a recent window; evicts every step", List.of(
+                p("budget", "0.2", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0.5", "recent window within the budget (tokens, or ratio of the budget)")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            return new H2OPolicy(s, b, r);
+        });
+
+        add("a2sf", "A2SF: accumulated attention with a forgetting factor + sinks + recent window; evicts every step", List.of(
+                p("budget", "256", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "16", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", "0", "first tokens always kept"),
+                p("alpha", "0.95", "forgetting factor in (0, 1] (alias: forget)")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            int sink = a.integer("sink", 0, Integer.MAX_VALUE);
+            double alpha = a.real("alpha", 0, 1);
+            if (alpha <= 0) throw a.bad("alpha", "must be above 0");
+            if (!b.ratio() && !r.ratio() && sink + r.value() > b.value()) throw a.error("a2sf: sink + recent must not exceed budget");
+            return new A2sfPolicy(s, b, r, sink, (float) alpha);
+        });
+
+        add("snapkv", "SnapKV: compresses the prompt once from an observation window's votes; decoding appends", List.of(
+                p("budget", "2048", "prompt tokens kept, window included (tokens or ratio of the prompt)"),
+                p("window", "32", "observation window: the last prompt tokens whose queries vote"),
+                p("kernel", "7", "pooling width (odd)"),
+                p("pool", "max", "pooling: max or avg")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget");
+            int w = a.integer("window", 1, Integer.MAX_VALUE);
+            int k = a.integer("kernel", 1, 1023);
+            if (k % 2 == 0) throw a.bad("kernel", "must be odd");
+            String pool = a.choice("pool", "max", "avg");
+            if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
+            return new SnapKvPolicy(s, b, w, k, pool.equals("max"));
+        });
+
+        add("keyformer", "Keyformer: key tokens by accumulated Gumbel-softmax scores + a recent window; evicts every step", List.of(
+                p("budget", "0.6", "tokens attention sees (tokens or ratio of the sequence)"),
+                p("recent", "0.3", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("tau_init", "1.0", "Gumbel-softmax temperature at the prompt"),
+                p("tau_end", "2.0", "temperature after `steps` decode steps"),
+                p("steps", "0", "decode steps of the linear temperature ramp (0 = the context left after the prompt)"),
+                p("seed", "0", "seed of the Gumbel noise")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            double ti = a.real("tau_init", 1e-6, 1e6), te = a.real("tau_end", 1e-6, 1e6);
+            return new KeyformerPolicy(s, b, r, ti, te, a.integer("steps", 0, Integer.MAX_VALUE), a.longValue("seed"));
+        });
+
+        add("tidal", "TidalDecode: top-k tokens chosen at 2 layers, reused by all sparse layers (no eviction)", List.of(
+                p("k", "256", "tokens each sparse layer attends to (the current token included)"),
+                p("full_layers", "2", "first layers with full attention; the next one selects (>= layers: all dense)"),
+                p("reselect", "auto", "layer that selects again (auto = round(13/32 * layers); -1 = none)"),
+                p("group", "max", "GQA: rank a slot by the max or sum of its q-heads' raw scores")), (s, a, c) -> {
+            int k = a.integer("k", 1, Integer.MAX_VALUE);
+            int full = a.integer("full_layers", 0, Integer.MAX_VALUE);
+            int re = a.raw("reselect").trim().equalsIgnoreCase("auto") ? -2 : a.integer("reselect", -1, Integer.MAX_VALUE);
+            if (c != null && re >= 0 && (re <= full || re >= c.numLayers()))
+                throw a.bad("reselect", "must lie in (" + full + ", " + c.numLayers() + ") or be -1/auto");
+            return new TidalPolicy(s, k, full, re, a.choice("group", "max", "sum").equals("sum"));
+        });
+
+        add("quest", "Quest: query-aware selection of pages by min/max key bounds (no eviction)", List.of(
+                p("budget", "1024", "tokens attended per layer, the current page included"),
+                p("page", "16", "page size in slots"),
+                p("dense_layers", "2", "first layers with full attention"),
+                p("group", "max", "GQA: rank a page by the max or sum of its q-heads' bounds")), (s, a, c) -> {
+            int page = a.integer("page", 1, 1 << 20);
+            int budget = a.integer("budget", 1, Integer.MAX_VALUE);
+            return new QuestPolicy(s, budget, page, a.integer("dense_layers", 0, Integer.MAX_VALUE),
+                    a.choice("group", "max", "sum").equals("sum"));
+        });
+
+        add("tokenselect", "TokenSelect: per-head soft voting over q.k picks one token set for all heads (no eviction)", List.of(
+                p("k", "2048", "tokens selected by the vote"),
+                p("init", "128", "first tokens always attended"),
+                p("local", "512", "last tokens always attended"),
+                p("reuse", "0", "selection cache: reuse a layer's top-k while cos(q, cached q) >= reuse (0 = off; paper 0.9)")), (s, a, c) ->
+                new TokenSelectPolicy(s, a.integer("k", 1, Integer.MAX_VALUE), a.integer("init", 0, Integer.MAX_VALUE),
+                        a.integer("local", 1, Integer.MAX_VALUE), a.real("reuse", 0, 1)));
+
+        add("razor", "RazorAttention: retrieval heads (echo/induction probe) keep all; others keep sinks + window + 1 compensation token", List.of(
+                p("heads", "0.15", "fraction of KV heads that keep the full cache (induction + echo)"),
+                p("echo", "0.01", "part of `heads` chosen by echo score (capped at heads)"),
+                p("sink", "4", "first tokens kept by the other heads"),
+                p("recent", "4000", "minimum recent window S0 of the other heads (tokens)"),
+                p("ratio", "0.2", "recent window as a fraction of the sequence (1/C); the window is max(recent, ratio*N)"),
+                p("probe", "256", "random tokens per repeat of the head probe"),
+                p("repeats", "4", "repeats of the probe block"),
+                p("seed", "0", "seed of the probe tokens")), (s, a, c) -> {
+            double heads = a.real("heads", 0, 1), echo = a.real("echo", 0, 1);
+            echo = Math.min(echo, heads); // the echo heads are part of `heads`
+            return new RazorPolicy(s, heads, echo, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("recent", 1, Integer.MAX_VALUE),
+                    a.real("ratio", 0, 1), a.integer("probe", 2, 1 << 20), a.integer("repeats", 2, 1024), a.longValue("seed"));
+        });
+    }
+
+    private static void checkRecent(PolicyArgs a, Budget budget, Budget recent) {
+        if (!budget.ratio() && !recent.ratio() && recent.value() > budget.value())
+            throw a.bad("recent", "must not exceed budget=" + budget);
+    }
+
+    /** The names of all policies, in help order. */
+    public static List<String> names() {
+        return List.copyOf(POLICIES.keySet());
+    }
+
+    /**
+     * Parses a spec such as {@code h2o:budget=0.2,recent=0.5} or {@code window:sink=4,budget=256+tidal:k=64}.
+     *
+     * @param config the model, for checks that depend on its depth (null: syntax and values only)
+     * @throws IllegalArgumentException one line naming the bad policy, key or value and the valid ones
+     */
+    public static KvPolicy parse(String spec, LlamaConfig config) {
+        if (spec == null || spec.isBlank()) throw new IllegalArgumentException("empty --kv spec (valid policies: " + String.join(", ", names()) + ")");
+        String whole = spec.trim();
+        String[] parts = whole.split("\\+", -1);
+        List<KvPolicy> policies = new ArrayList<>();
+        Set<BasePolicy.Kind> kinds = EnumSet.noneOf(BasePolicy.Kind.class);
+        for (String part : parts) {
+            KvPolicy p = parseOne(part.trim(), whole, config);
+            if (p == KvPolicy.FULL && parts.length > 1) continue;
+            if (p instanceof BasePolicy b && !kinds.add(b.kind()))
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, snapkv, keyformer, razor) "
+                        + "and one selecting policy (tidal, quest, tokenselect)");
+            policies.add(p);
+        }
+        if (policies.isEmpty()) return KvPolicy.FULL;
+        return policies.size() == 1 ? policies.get(0) : new CompositePolicy(policies);
+    }
+
+    private static KvPolicy parseOne(String part, String whole, LlamaConfig config) {
+        if (part.isEmpty()) throw new IllegalArgumentException("bad --kv spec '" + whole + "': empty policy between '+'");
+        int colon = part.indexOf(':');
+        String name = (colon < 0 ? part : part.substring(0, colon)).trim().toLowerCase(Locale.ROOT);
+        name = ALIASES.getOrDefault(name, name);
+        Info info = POLICIES.get(name);
+        if (info == null)
+            throw new IllegalArgumentException("unknown KV policy '" + (colon < 0 ? part : part.substring(0, colon)).trim() + "' in --kv spec '"
+                    + whole + "' (valid: " + String.join(", ", names()) + "; see --kv help)");
+        Map<String, String> given = new LinkedHashMap<>();
+        if (colon >= 0) {
+            String body = part.substring(colon + 1).trim();
+            if (!body.isEmpty())
+                for (String kv : body.split(",", -1)) {
+                    int eq = kv.indexOf('=');
+                    String key = (eq < 0 ? kv : kv.substring(0, eq)).trim().toLowerCase(Locale.ROOT);
+                    if (eq < 0 || key.isEmpty() || kv.substring(eq + 1).trim().isEmpty())
+                        throw new IllegalArgumentException("bad --kv spec '" + whole + "': '" + kv.trim() + "' is not key=value (" + name + " keys: "
+                                + keys(info) + ")");
+                    if (name.equals("a2sf") && key.equals("forget")) key = "alpha";
+                    if (given.put(key, kv.substring(eq + 1).trim()) != null)
+                        throw new IllegalArgumentException("bad --kv spec '" + whole + "': " + name + " key '" + key + "' given twice");
+                }
+        }
+        PolicyArgs args = new PolicyArgs(name, whole, info.params(), given);
+        return info.factory().make(canonical(info, args), args, config);
+    }
+
+    private static String keys(Info info) {
+        List<String> k = new ArrayList<>();
+        for (Param p : info.params()) k.add(p.name());
+        return k.isEmpty() ? "none" : String.join(", ", k);
+    }
+
+    /** name:key=value,... with every parameter that has a value (given or default), in declared order. */
+    private static String canonical(Info info, PolicyArgs a) {
+        StringBuilder sb = new StringBuilder(info.name());
+        String sep = ":";
+        for (Param p : info.params()) {
+            if (info.name().equals("window") && ((p.name().equals("recent") && a.has("budget")) || (p.name().equals("budget") && !a.has("budget"))))
+                continue;
+            String v = a.raw(p.name());
+            if (v.isEmpty()) continue;
+            Budget b = Budget.parse(v);
+            if (b != null && b.ratio()) v = b.toString();
+            sb.append(sep).append(p.name()).append('=').append(v.trim());
+            sep = ",";
+        }
+        return sb.toString();
+    }
+
+    /**
+     * Splits a comma-separated list of specs (the bench's {@code --kv full,window:budget=256,sink=4,h2o}):
+     * an item with '=' but no ':' continues the previous spec's parameters.
+     */
+    public static List<String> splitList(String list) {
+        List<String> out = new ArrayList<>();
+        for (String item : list.split(",", -1)) {
+            String t = item.trim();
+            if (t.isEmpty()) throw new IllegalArgumentException("bad --kv list '" + list + "': empty item");
+            if (t.contains("=") && !t.contains(":") && !t.contains("+") && !out.isEmpty())
+                out.set(out.size() - 1, out.get(out.size() - 1) + "," + t);
+            else out.add(t);
+        }
+        return out;
+    }
+
+    /** The text of {@code --kv help}: every policy with its parameters, defaults and a one-line description. */
+    public static String help() {
+        StringBuilder sb = new StringBuilder();
+        sb.append("KV cache policies: --kv NAME[:key=value,...]; join one evicting and one selecting policy with '+'.\n");
+        sb.append("Budgets are token counts (budget=256) or ratios of the sequence length seen so far\n");
+        sb.append("(budget=0.25 or budget=25%; 1 is one token, 1.0 is everything).\n\n");
+        for (Info i : POLICIES.values()) {
+            sb.append(String.format(Locale.ROOT, "%-12s %s%n", i.name(), i.description()));
+            for (Param p : i.params())
+                sb.append(String.format(Locale.ROOT, "    %-13s %-8s %s%n", p.name(), p.defaultValue().isEmpty() ? "-" : p.defaultValue(), p.help()));
+        }
+        sb.append("\nExamples: --kv window:sink=4,budget=512   --kv h2o:budget=0.2   --kv tidal:k=128\n");
+        sb.append("          --kv snapkv:budget=1024,window=32,kernel=7,pool=max   --kv h2o:budget=1024+tidal:k=128\n");
+        sb.append("Details and deviations from the papers: docs/KV_POLICIES.md\n");
+        return sb.toString();
+    }
+}

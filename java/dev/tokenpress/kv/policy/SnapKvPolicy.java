@@ -1,0 +1,111 @@
+package dev.tokenpress.kv.policy;
+
+import dev.tokenpress.kv.AttentionStats;
+import dev.tokenpress.kv.KvCache;
+
+/**
+ * SnapKV: prompt compression once, when the prefill ends. The last {@code window} prompt tokens form the
+ * observation window; their queries' post-softmax probabilities over the older prompt tokens are summed
+ * (per KV head: also over the group's q-heads), smoothed with a 1-D pooling of width {@code kernel} (stride 1,
+ * padding kernel/2: max pooling, or average pooling that counts the padding), and the (budget - window)
+ * best older tokens are kept with the window. Nothing is compressed when the prompt holds at most
+ * {@code budget} tokens, and decoding appends without eviction, as in the paper.
+ */
+public final class SnapKvPolicy extends EvictingPolicy {
+    private final Budget budget;
+    private final int window, kernel;
+    private final boolean maxPool;
+    private AttentionStats[] prompt; // per layer: probabilities of the observation-window rows, accumulated over chunks
+    private int windowStart;
+
+    public SnapKvPolicy(String spec, Budget budget, int window, int kernel, boolean maxPool) {
+        super(spec);
+        this.budget = budget;
+        this.window = window;
+        this.kernel = kernel;
+        this.maxPool = maxPool;
+    }
+
+    @Override
+    protected boolean scored() { return false; }
+
+    @Override
+    protected void reset() {
+        super.reset();
+        prompt = new AttentionStats[layers];
+    }
+
+    @Override
+    protected int keepBefore(int layer, int head, int n) { return Integer.MAX_VALUE; }
+
+    @Override
+    protected int protectRecent(int n) { return 0; }
+
+    @Override
+    protected void onBeginPrefill() {
+        windowStart = prefillStart + prefillTotal - window;
+        for (AttentionStats s : prompt) if (s != null) s.clear();
+    }
+
+    @Override
+    public AttentionStats stats(KvCache c, int layer, int n) {
+        if (!inPrefill) return null;
+        int last = callStart + n - 1;
+        if (last < windowStart) return null;
+        if (prompt[layer] == null) prompt[layer] = new AttentionStats(null, new float[kvHeads][capacity], 0);
+        prompt[layer].fromRow = Math.max(0, windowStart - callStart);
+        return prompt[layer];
+    }
+
+    @Override
+    protected void onEndPrefill() {
+        int keepTotal = Math.max(1, budget.tokens(seqLen));
+        for (int l = 0; l < layers; l++) {
+            if (prompt[l] == null) continue;
+            for (int g = 0; g < kvHeads; g++) {
+                if (cache.occupied(l, g) <= keepTotal) continue;
+                int[] bySlot = slotsByPosition(l, g);
+                int old = 0; // tokens before the observation window
+                int[] pos = cache.positions(l, g);
+                while (old < bySlot.length && pos[bySlot[old]] < windowStart) old++;
+                int keepOld = Math.max(0, keepTotal - (bySlot.length - old));
+                if (old <= keepOld) continue;
+                float[] vote = new float[old];
+                for (int i = 0; i < old; i++) vote[i] = prompt[l].probSums[g][bySlot[i]];
+                float[] pooled = pool(vote);
+                int[] victims = new int[old - keepOld];
+                boolean[] keep = new boolean[old];
+                for (int i : topIndices(pooled, keepOld)) keep[i] = true;
+                int v = 0;
+                for (int i = 0; i < old; i++) if (!keep[i]) victims[v++] = bySlot[i];
+                evict(l, g, victims);
+            }
+            prompt[l].clear();
+        }
+    }
+
+    /** 1-D pooling with stride 1 and padding kernel/2 (max: padding never wins; avg: padding counts as 0). */
+    float[] pool(float[] x) {
+        int n = x.length, pad = kernel / 2;
+        float[] out = new float[n];
+        for (int i = 0; i < n; i++) {
+            float acc = maxPool ? Float.NEGATIVE_INFINITY : 0f;
+            for (int j = i - pad; j <= i + pad; j++) {
+                if (j < 0 || j >= n) continue;
+                acc = maxPool ? Math.max(acc, x[j]) : acc + x[j];
+            }
+            out[i] = maxPool ? acc : acc / kernel;
+        }
+        return out;
+    }
+
+    /** Indices of the k largest values (ties: lower index). */
+    static int[] topIndices(float[] x, int k) {
+        Integer[] idx = new Integer[x.length];
+        for (int i = 0; i < x.length; i++) idx[i] = i;
+        java.util.Arrays.sort(idx, (a, b) -> x[a] != x[b] ? Float.compare(x[b], x[a]) : Integer.compare(a, b));
+        int[] out = new int[Math.min(k, x.length)];
+        for (int i = 0; i < out.length; i++) out[i] = idx[i];
+        return out;
+    }
+}

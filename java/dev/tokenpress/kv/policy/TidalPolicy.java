@@ -1,0 +1,181 @@
+package dev.tokenpress.kv.policy;
+
+import dev.tokenpress.kv.AttentionStats;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.SlotSelection;
+
+import java.util.Arrays;
+
+/**
+ * TidalDecode: position-persistent sparse attention for decode steps (prefill stays dense). Layers below
+ * {@code full_layers} attend to everything. Layer {@code full_layers} (the selection layer) and layer
+ * {@code reselect} attend to everything and pick the top-k tokens by raw q·k; every other layer attends only
+ * to the positions picked by the latest selection layer above it, so all sparse layers between two selections
+ * read the same positions. As in the authors' kernels, the current token is always kept and the other k-1
+ * are the best of the rest. Nothing is evicted: memory is kept, attention reads less.
+ *
+ * <p>GQA: one selection per KV head, ranking a slot by the max (or sum) of its raw scores over the group's
+ * q-heads, so the attention reads each selected slot once per group (the reference selects per q-head on MHA).
+ */
+public final class TidalPolicy extends BasePolicy {
+    private final int k;
+    private final int fullLayers;
+    private final int reselectSpec; // -2 = auto, -1 = none
+    private final boolean sum;
+    private int reselect;
+    private AttentionStats stats;
+    private int[][] selSlots;      // [kvHead][k] selection in the selecting layer's slots, ascending
+    private int[][] selPositions;  // [kvHead][k] their positions
+    private int[] selCount;
+    private int selLayer = -1;
+    private SlotSelection selection;
+
+    /** @param reselect the re-selection layer; -2 = auto (13/32 of the depth, the authors' default for 32 layers), -1 = none */
+    public TidalPolicy(String spec, int k, int fullLayers, int reselect, boolean sum) {
+        super(spec);
+        this.k = k;
+        this.fullLayers = fullLayers;
+        this.reselectSpec = reselect;
+        this.sum = sum;
+    }
+
+    @Override
+    public Kind kind() { return Kind.SELECTION; }
+
+    /** The re-selection layer for a model of {@code layers} layers given the spec value; -1 = none. */
+    public static int resolveReselect(int spec, int fullLayers, int layers) {
+        int r = spec == -2 ? (int) Math.round(layers * 13.0 / 32.0) : spec;
+        return r > fullLayers && r < layers ? r : -1;
+    }
+
+    @Override
+    protected void onAttach() {
+        reselect = resolveReselect(reselectSpec, fullLayers, layers);
+    }
+
+    /** The layer that selects (full_layers) and the re-selection layer (-1 = none), as resolved for the model. */
+    public int selectionLayer() { return fullLayers; }
+
+    public int reselectionLayer() { return reselect; }
+
+    @Override
+    protected void reset() {
+        stats = new AttentionStats(new float[heads][capacity], null, 0);
+        selSlots = new int[kvHeads][];
+        selPositions = new int[kvHeads][];
+        selCount = new int[kvHeads];
+        selection = null;
+        selLayer = -1;
+    }
+
+    private boolean selecting(int layer) { return layer == fullLayers || layer == reselect; }
+
+    @Override
+    public SlotSelection select(KvCache c, int layer, int n) {
+        if (!decoding(n) || layer <= fullLayers || layer == reselect || selection == null) return null;
+        return translate(layer);
+    }
+
+    @Override
+    public AttentionStats stats(KvCache c, int layer, int n) {
+        if (!decoding(n) || !selecting(layer)) return null;
+        stats.clear();
+        return stats;
+    }
+
+    @Override
+    public void afterAttention(KvCache c, int layer, int n, AttentionStats s) {
+        if (s == null || !decoding(n) || !selecting(layer)) return;
+        int current = callStart;
+        for (int g = 0; g < kvHeads; g++) {
+            int hw = c.highWater(layer, g);
+            int[] pos = c.positions(layer, g);
+            float[] score = new float[hw];
+            int cur = -1, visible = 0;
+            for (int slot = 0; slot < hw; slot++) {
+                float v = sum ? 0f : Float.NEGATIVE_INFINITY;
+                boolean any = false;
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    float r = s.rawScores[h][slot];
+                    if (r == Float.NEGATIVE_INFINITY) continue;
+                    any = true;
+                    v = sum ? v + r : Math.max(v, r);
+                }
+                score[slot] = any ? v : Float.NEGATIVE_INFINITY;
+                if (any) visible++;
+                if (pos[slot] == current) cur = slot;
+            }
+            int[] chosen = new int[Math.min(k, visible)];
+            int m = 0;
+            if (cur >= 0 && score[cur] != Float.NEGATIVE_INFINITY && chosen.length > 0) {
+                chosen[m++] = cur;
+                score[cur] = Float.NEGATIVE_INFINITY;
+            }
+            for (int slot : topSlots(score, chosen.length - m)) chosen[m++] = slot;
+            Arrays.sort(chosen, 0, m);
+            selSlots[g] = Arrays.copyOf(chosen, m);
+            selCount[g] = m;
+            selPositions[g] = new int[m];
+            for (int i = 0; i < m; i++) selPositions[g][i] = pos[chosen[i]];
+        }
+        selLayer = layer;
+        selection = new SlotSelection(selSlots.clone(), selCount.clone());
+    }
+
+    /** The current selection in the slots of {@code layer}: the same slots when they hold the same positions. */
+    private SlotSelection translate(int layer) {
+        boolean same = true;
+        for (int g = 0; g < kvHeads && same; g++) {
+            int[] pos = cache.positions(layer, g);
+            for (int i = 0; i < selCount[g]; i++)
+                if (selSlots[g][i] >= capacity || pos[selSlots[g][i]] != selPositions[g][i]) {
+                    same = false;
+                    break;
+                }
+        }
+        if (same) return selection;
+        int[][] slots = new int[kvHeads][];
+        int[] count = new int[kvHeads];
+        for (int g = 0; g < kvHeads; g++) {
+            int[] pos = cache.positions(layer, g);
+            int hw = cache.highWater(layer, g);
+            java.util.HashMap<Integer, Integer> at = new java.util.HashMap<>();
+            for (int s = 0; s < hw; s++) if (pos[s] >= 0) at.put(pos[s], s);
+            int[] out = new int[selCount[g]];
+            int m = 0;
+            for (int i = 0; i < selCount[g]; i++) {
+                Integer s = at.get(selPositions[g][i]);
+                if (s != null) out[m++] = s;
+            }
+            Arrays.sort(out, 0, m);
+            slots[g] = out;
+            count[g] = m;
+        }
+        return new SlotSelection(slots, count);
+    }
+
+    /** The m slots with the largest finite scores (ties: lower slot). */
+    static int[] topSlots(float[] score, int m) {
+        if (m <= 0) return new int[0];
+        int c = 0;
+        for (float v : score) if (v != Float.NEGATIVE_INFINITY) c++;
+        Integer[] idx = new Integer[c];
+        c = 0;
+        for (int i = 0; i < score.length; i++) if (score[i] != Float.NEGATIVE_INFINITY) idx[c++] = i;
+        if (m < c) Arrays.sort(idx, (a, b) -> score[a] != score[b] ? Float.compare(score[b], score[a]) : Integer.compare(a, b));
+        int[] out = new int[Math.min(m, c)];
+        for (int i = 0; i < out.length; i++) out[i] = idx[i];
+        return out;
+    }
+
+    /** Positions per KV head of the latest selection (for tests and logs); null before the first decode step. */
+    public int[][] selectedPositions() {
+        if (selection == null) return null;
+        int[][] out = new int[kvHeads][];
+        for (int g = 0; g < kvHeads; g++) out[g] = selPositions[g].clone();
+        return out;
+    }
+
+    /** The layer that made the latest selection (-1 = none yet). */
+    public int selectionSource() { return selLayer; }
+}

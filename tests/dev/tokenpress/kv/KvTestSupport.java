@@ -1,0 +1,106 @@
+package dev.tokenpress.kv;
+
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.cpu.CpuBackend;
+import dev.tokenpress.io.DType;
+import dev.tokenpress.io.ModelWriter;
+import dev.tokenpress.io.SafeTensors;
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LlamaConfig;
+import dev.tokenpress.model.Weights;
+
+import java.nio.file.Path;
+import java.util.List;
+import java.util.SplittableRandom;
+
+/** Small generated models and a recording policy wrapper for the KV policy tests. */
+final class KvTestSupport {
+    private KvTestSupport() {}
+
+    /** A GQA (4 q-heads, 2 KV heads) Llama with {@code layers} layers, head dim 16. */
+    static LlamaConfig config(int layers) {
+        return new LlamaConfig("LlamaForCausalLM", "llama", 64, 96, layers, 4, 2, 16, 300, 1e-5f, 10000f, null, 4096,
+                true, false, null, 298, List.of(299), "float32");
+    }
+
+    static Llama model(Path dir, LlamaConfig c, int chunk) {
+        ModelWriter.write(dir, c, DType.F32, 17, s -> {});
+        SafeTensors st = SafeTensors.open(dir);
+        CpuBackend b = new CpuBackend(2);
+        return new Llama(c, Weights.load(st, c, b, null), b, chunk);
+    }
+
+    static int[] tokens(int n, int vocab, long seed) {
+        SplittableRandom r = new SplittableRandom(seed);
+        int[] t = new int[n];
+        for (int i = 0; i < n; i++) t[i] = r.nextInt(vocab - 2);
+        return t;
+    }
+
+    /** Called when a layer is about to attend: the cache already holds the call's tokens. */
+    interface Observer {
+        void onSelect(KvCache cache, int layer, int n, SlotSelection selection);
+    }
+
+    /** Called before a layer attends, with its rotated queries. */
+    interface QueryObserver {
+        void onQuery(KvCache cache, int layer, Tensor q, int[] positions, int n);
+    }
+
+    /** Delegates every hook to {@code inner} and reports each layer's selection to an observer. */
+    static KvPolicy recording(KvPolicy inner, Observer observer) {
+        return recording(inner, observer, (c, l, q, p, n) -> {});
+    }
+
+    /** As {@link #recording(KvPolicy, Observer)}, also reporting each layer's queries. */
+    static KvPolicy recording(KvPolicy inner, Observer observer, QueryObserver queries) {
+        return new KvPolicy() {
+            @Override
+            public void attach(Llama model) { inner.attach(model); }
+
+            @Override
+            public void beginPrefill(KvCache cache, int startPos, int total) { inner.beginPrefill(cache, startPos, total); }
+
+            @Override
+            public void endPrefill(KvCache cache) { inner.endPrefill(cache); }
+
+            @Override
+            public void beforeAppend(KvCache cache, int[] positions, int n) { inner.beforeAppend(cache, positions, n); }
+
+            @Override
+            public void beforeAttention(KvCache cache, int layer, Tensor q, int[] positions, int n) {
+                queries.onQuery(cache, layer, q, positions, n);
+                inner.beforeAttention(cache, layer, q, positions, n);
+            }
+
+            @Override
+            public SlotSelection select(KvCache cache, int layer, int n) {
+                SlotSelection s = inner.select(cache, layer, n);
+                observer.onSelect(cache, layer, n, s);
+                return s;
+            }
+
+            @Override
+            public AttentionStats stats(KvCache cache, int layer, int n) { return inner.stats(cache, layer, n); }
+
+            @Override
+            public void afterAttention(KvCache cache, int layer, int n, AttentionStats stats) {
+                inner.afterAttention(cache, layer, n, stats);
+            }
+
+            @Override
+            public String spec() { return inner.spec(); }
+        };
+    }
+
+    /** The positions held by (layer, head), sorted. */
+    static int[] positions(KvCache c, int layer, int head) {
+        int[] pos = c.positions(layer, head);
+        return java.util.Arrays.stream(pos, 0, c.highWater(layer, head)).filter(p -> p >= 0).sorted().toArray();
+    }
+
+    /** Bytes the CPU cache allocates: f32 keys + values and an int position per slot. */
+    static long cpuBytes(LlamaConfig c, int capacity) {
+        return 2L * c.numLayers() * c.numKvHeads() * capacity * c.headDim() * 4 + (long) c.numLayers() * c.numKvHeads() * capacity * 4;
+    }
+}

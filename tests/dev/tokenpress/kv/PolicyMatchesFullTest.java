@@ -1,0 +1,106 @@
+package dev.tokenpress.kv;
+
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LlamaConfig;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * With a budget that covers the whole context every policy must reproduce full attention bit for bit: the same
+ * prompt (prefilled in chunks) and 24 greedy steps give identical logits, and the cache reports the same bytes.
+ */
+class PolicyMatchesFullTest {
+    static final int PROMPT = 20, STEPS = 24, CAPACITY = 64;
+
+    @TempDir
+    static Path dir;
+    static Llama model;
+    static LlamaConfig config;
+    static int[] prompt;
+    static List<float[]> fullLogits;
+    static int[] greedy;
+
+    @BeforeAll
+    static void runFull() {
+        config = KvTestSupport.config(6);
+        model = KvTestSupport.model(dir, config, 8);
+        prompt = KvTestSupport.tokens(PROMPT, config.vocabSize(), 5);
+        greedy = new int[STEPS];
+        fullLogits = run(KvPolicy.FULL, true);
+    }
+
+    @AfterAll
+    static void close() {
+        model.close();
+    }
+
+    /** Prefills the prompt and decodes STEPS tokens (greedy on the first run, the same tokens afterwards). */
+    static List<float[]> run(KvPolicy policy, boolean chooseTokens) {
+        model.setPolicy(policy);
+        List<float[]> out = new ArrayList<>();
+        try (KvCache cache = model.newCache(CAPACITY)) {
+            long bytes = cache.bytes();
+            model.prefill(cache, prompt, 0, false, null);
+            out.add(model.logits());
+            for (int i = 0; i < STEPS; i++) {
+                if (chooseTokens) greedy[i] = model.argmax();
+                model.decodeStep(cache, greedy[i], PROMPT + i);
+                out.add(model.logits());
+            }
+            assertEquals(bytes, cache.bytes(), "policies never change the allocated bytes");
+            assertEquals(KvTestSupport.cpuBytes(config, CAPACITY), cache.bytes());
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+        return out;
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {
+            "full",
+            "window:sink=4,recent=64",
+            "window:sink=4,budget=1.0",
+            "h2o:budget=64,recent=8",
+            "h2o:budget=1.0,recent=0.5",
+            "a2sf:budget=64,recent=4,sink=2,alpha=0.9",
+            "snapkv:budget=64,window=8,kernel=3,pool=avg",
+            "snapkv:budget=1.0,window=8",
+            "keyformer:budget=1.0,recent=0.3,seed=3",
+            "tidal:k=64,full_layers=2,reselect=4",
+            "tidal:k=64,full_layers=2,reselect=4,group=sum",
+            "quest:budget=64,page=4,dense_layers=1",
+            "tokenselect:k=64,init=2,local=4",
+            "tokenselect:k=40,init=2,local=4,reuse=0.9",
+            "razor:heads=0.25,echo=0.1,sink=2,recent=64,ratio=0,probe=8,repeats=3",
+            "h2o:budget=64,recent=8+tidal:k=64,reselect=4",
+            "razor:heads=0.25,sink=2,recent=64,ratio=0,probe=8,repeats=3+tidal:k=64,reselect=4",
+            "window:sink=2,recent=64+quest:budget=64,page=4"})
+    void reproducesFullAttentionExactly(String spec) {
+        KvPolicy policy = KvPolicies.parse(spec, config);
+        List<float[]> got = run(policy, false);
+        assertEquals(fullLogits.size(), got.size());
+        for (int i = 0; i < got.size(); i++)
+            assertArrayEquals(fullLogits.get(i), got.get(i), spec + ": logits differ at step " + i);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"window:sink=2,recent=6", "h2o:budget=8,recent=2", "a2sf:budget=8,recent=2",
+            "snapkv:budget=8,window=4,kernel=3", "keyformer:budget=8,recent=2", "tidal:k=4,reselect=4",
+            "quest:budget=8,page=4", "tokenselect:k=4,init=1,local=2", "razor:heads=0,sink=2,recent=4,ratio=0",
+            "razor:heads=0.25,sink=2,recent=6,ratio=0,probe=8,repeats=3+tidal:k=4,reselect=4"})
+    void aTightBudgetChangesTheLogits(String spec) {
+        List<float[]> got = run(KvPolicies.parse(spec, config), false);
+        boolean differs = false;
+        for (int i = 0; i < got.size() && !differs; i++) differs = !java.util.Arrays.equals(fullLogits.get(i), got.get(i));
+        assertTrue(differs, spec + " should attend to fewer tokens than full attention");
+    }
+}
