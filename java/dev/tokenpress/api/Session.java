@@ -2,6 +2,7 @@ package dev.tokenpress.api;
 
 import dev.tokenpress.io.StreamingDecoder;
 import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.KvCacheFullException;
 import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.model.Llama;
 import dev.tokenpress.sample.SamplerChain;
@@ -101,7 +102,13 @@ public final class Session implements AutoCloseable {
                 stop = "context";
                 break;
             }
-            model.decodeStep(cache, next, position++);
+            try {
+                model.decodeStep(cache, next, position);
+            } catch (KvCacheFullException e) {
+                stop = "context"; // a non-evicting policy filled the cache
+                break;
+            }
+            position++;
             steps++;
         }
         tp.backend().synchronize();
