@@ -2,6 +2,7 @@ package dev.tokenpress.api;
 
 import dev.tokenpress.backend.Backend;
 import dev.tokenpress.backend.Backends;
+import dev.tokenpress.backend.UnsupportedOpException;
 import dev.tokenpress.io.ConfigLoader;
 import dev.tokenpress.io.HfTokenizer;
 import dev.tokenpress.io.SafeTensors;
@@ -54,6 +55,17 @@ public final class TokenPress implements AutoCloseable {
         Backend backend = null;
         try {
             backend = Backends.create(options.device(), options.threads(), options.log());
+            if (!backend.name().equals("cpu") && "auto".equalsIgnoreCase(options.device())) {
+                // under auto, a model the GPU kernels cannot run (e.g. head dim 32) falls back to the CPU
+                try {
+                    backend.newKvCache(1, 1, config.headDim(), 1).close();
+                } catch (UnsupportedOpException e) {
+                    options.log().accept("backend: falling back to CPU: " + e.getMessage());
+                    backend.close();
+                    backend = null;
+                    backend = Backends.create("cpu", options.threads(), options.log());
+                }
+            }
             int layers = config.numLayers();
             ProgressListener pl = options.progress();
             pl.update("load", 0, layers);
