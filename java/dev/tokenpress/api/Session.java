@@ -7,10 +7,12 @@ import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.model.Llama;
 import dev.tokenpress.sample.SamplerChain;
 import dev.tokenpress.sample.SamplingOptions;
+import dev.tokenpress.sample.StepTrace;
 
 import java.util.Arrays;
 import java.util.HashSet;
 import java.util.Set;
+import java.util.function.Consumer;
 
 /**
  * One sequence being decoded: a KV cache plus the tokens it holds. Not thread-safe; one model serves one
@@ -24,9 +26,14 @@ public final class Session implements AutoCloseable {
     private final Set<Integer> eos;
 
     Session(TokenPress tp, int contextSize) {
+        this(tp, contextSize, null);
+    }
+
+    /** A session whose KV cache is stored as {@code quant} says (null or none: f32). */
+    Session(TokenPress tp, int contextSize, dev.tokenpress.kv.quant.KvQuantSpec quant) {
         this.tp = tp;
         this.model = tp.model();
-        this.cache = model.newCache(contextSize);
+        this.cache = quant == null || quant.isNone() ? model.newCache(contextSize) : model.newCache(contextSize, quant);
         this.eos = new HashSet<>(tp.config().eosTokenIds());
     }
 
@@ -56,13 +63,24 @@ public final class Session implements AutoCloseable {
     }
 
     public GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener) {
+        return generate(promptTokens, maxTokens, options, listener, null);
+    }
+
+    /**
+     * As {@link #generate(int[], int, SamplingOptions, TokenListener)}, also passing each sampling step's
+     * diagnostics ({@link StepTrace}: entropy, top-k entropy and mass, surprise, Mirostat mu) to {@code trace}
+     * (null: no tracing). With a trace, greedy decoding also goes through the sampler chain (same tokens).
+     */
+    public GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener,
+                                     Consumer<StepTrace> trace) {
         if (promptTokens.length == 0) throw new IllegalArgumentException("the prompt is empty: give at least one token");
         if (position + promptTokens.length > cache.capacity())
             throw new IllegalArgumentException("the prompt has " + promptTokens.length + " tokens but the context holds "
                     + (cache.capacity() - position) + ": raise the context size (-c)");
         SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize());
-        boolean greedy = options.temp() <= 0 && options.repeatPenalty() == 1f && options.presencePenalty() == 0f
+        boolean greedy = trace == null && options.temp() <= 0 && options.repeatPenalty() == 1f && options.presencePenalty() == 0f
                 && options.frequencyPenalty() == 0f;
+        if (trace != null) chain.setTrace(true);
         StreamingDecoder text = tp.tokenizer().streaming();
         StringBuilder out = new StringBuilder();
         for (int t : promptTokens) chain.accept(t);
@@ -82,6 +100,7 @@ public final class Session implements AutoCloseable {
         long decodeStart = 0;
         while (count < maxTokens) {
             int next = greedy ? model.argmax() : chain.sample(model.logits());
+            if (trace != null) trace.accept(chain.lastTrace());
             if (count == 0) {
                 ttft = (System.nanoTime() - t0) / 1e6;
                 decodeStart = System.nanoTime();

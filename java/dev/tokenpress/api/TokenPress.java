@@ -102,6 +102,12 @@ public final class TokenPress implements AutoCloseable {
         return new Session(this, ctx);
     }
 
+    /** As {@link #newSession(int)}, with the KV cache quantized as {@code quant} says (KIVI, ZipCache, MiKV, GEAR). */
+    public Session newSession(int contextSize, dev.tokenpress.kv.quant.KvQuantSpec quant) {
+        int ctx = contextSize > 0 ? contextSize : Math.min(config.maxPositionEmbeddings(), 4096);
+        return new Session(this, ctx, quant);
+    }
+
     @Override
     public void close() {
         model.close();

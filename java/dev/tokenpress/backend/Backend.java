@@ -42,6 +42,15 @@ public interface Backend extends AutoCloseable {
     /** A KV cache whose storage lives in this backend's memory. */
     KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity);
 
+    /**
+     * A KV cache whose keys/values are stored as {@code quant} says (KIVI, ZipCache, MiKV, GEAR), with the
+     * dequantization fused into {@link #attention}. A backend without quantized caches supports only {@code none}.
+     */
+    default KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {
+        if (quant == null || quant.isNone()) return newKvCache(layers, kvHeads, headDim, capacity);
+        throw new UnsupportedOpException("the " + name() + " backend has no quantized KV cache (--kv-quant " + quant.spec() + "): use --device cpu");
+    }
+
     // ---- ops ----------------------------------------------------------------------------------------------
 
     /** out[i] = table[tokens[i]]; out [n, D], table [V, D] (any weight dtype). */

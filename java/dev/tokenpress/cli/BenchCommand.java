@@ -65,7 +65,12 @@ public final class BenchCommand implements Callable<Integer> {
             kvOptions.printHelp(out);
             return ExitCodes.OK;
         }
+        if (kvOptions.quantHelpRequested()) {
+            kvOptions.printQuantHelp(out);
+            return ExitCodes.OK;
+        }
         kvOptions.validate(true);
+        var quant = kvOptions.quant();
         if (!List.of("md", "csv", "json").contains(format)) throw new Main.UsageException("-o must be md, csv or json");
         if (reps < 1) throw new Main.UsageException("-r must be >= 1");
         var dir = modelOptions.resolveModel(err);
@@ -97,7 +102,7 @@ public final class BenchCommand implements Callable<Integer> {
                 String kv = m.policy().spec();
                 String tag = kvSpecs.size() > 1 ? " [" + kv + "]" : "";
                 SplittableRandom rnd = new SplittableRandom(1234); // the same tokens for every policy
-                try (var cacheHolder = new CacheHolder(m.newCache(maxCtx))) {
+                try (var cacheHolder = new CacheHolder(quant.isNone() ? m.newCache(maxCtx) : m.newCache(maxCtx, quant))) {
                     KvCache cache = cacheHolder.cache;
                     for (int p : nPrompt) {
                         if (p <= 0) continue;

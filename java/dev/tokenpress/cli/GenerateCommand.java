@@ -58,6 +58,10 @@ public final class GenerateCommand implements Callable<Integer> {
     @Option(names = "--json", description = "Print one JSON object (text and figures) on stdout instead of streaming.")
     boolean json;
 
+    @Option(names = "--trace", description = "With --json: add a \"trace\" array, one record per sampled token (entropy and top-k "
+            + "entropy in nats, top-k mass, surprise in bits, Mirostat mu).")
+    boolean trace;
+
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
 
     @Override
@@ -67,8 +71,14 @@ public final class GenerateCommand implements Callable<Integer> {
             kvOptions.printHelp(out);
             return ExitCodes.OK;
         }
+        if (kvOptions.quantHelpRequested()) {
+            kvOptions.printQuantHelp(out);
+            return ExitCodes.OK;
+        }
         kvOptions.validate(false);
+        var quant = kvOptions.quant();
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
+        if (trace && !json) throw new Main.UsageException("--trace needs --json (the trace is part of the JSON object)");
         SamplingOptions so = sampling.toOptions();
         String prompt;
         if (source != null && source.file != null) {
@@ -82,20 +92,22 @@ public final class GenerateCommand implements Callable<Integer> {
         }
         Path dir = modelOptions.resolveModel(err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
-             Session session = tp.newSession(ctx)) {
+             Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
                     tp.config().numLayers(), tp.loadMillis());
             if (tp.model().policy() != KvPolicy.FULL) err.println("kv policy: " + tp.model().policy().spec());
+            if (!quant.isNone()) err.println("kv quant: " + quant.spec());
             err.flush();
             if (!json) {
                 out.print(prompt);
                 out.flush();
             }
-            GenerationResult r = session.generate(prompt, nPredict, so, json ? null : piece -> {
+            java.util.List<dev.tokenpress.sample.StepTrace> steps = new java.util.ArrayList<>();
+            GenerationResult r = session.generate(tp.tokenizer().encode(prompt), nPredict, so, json ? null : piece -> {
                 out.print(piece);
                 out.flush();
-            });
+            }, trace ? steps::add : null);
             if (json) {
                 ObjectMapper om = new ObjectMapper();
                 ObjectNode o = om.createObjectNode();
@@ -115,9 +127,25 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("decode_tokens_per_s", r.decodeTokensPerSecond());
                 o.put("kv_bytes", r.kvBytes());
                 o.put("kv", tp.model().policy().spec());
+                o.put("kv_quant", quant.spec());
                 o.put("ctx_size", session.contextSize());
                 o.put("seed", r.seed());
                 o.put("sampler", so.toString());
+                if (trace) {
+                    com.fasterxml.jackson.databind.node.ArrayNode a = o.putArray("trace");
+                    for (dev.tokenpress.sample.StepTrace t : steps) {
+                        ObjectNode n = a.addObject();
+                        n.put("token", t.token());
+                        n.put("piece", tp.tokenizer().decode(new int[]{t.token()}));
+                        n.put("entropy", t.entropy());
+                        n.put("top_k_entropy", t.topKEntropy());
+                        n.put("top_k_mass", t.topKMass());
+                        if (Double.isInfinite(t.surprise())) n.putNull("surprise");
+                        else n.put("surprise", t.surprise());
+                        if (Double.isNaN(t.mirostatMu())) n.putNull("mirostat_mu");
+                        else n.put("mirostat_mu", t.mirostatMu());
+                    }
+                }
                 out.println(om.writeValueAsString(o));
             } else {
                 out.println();

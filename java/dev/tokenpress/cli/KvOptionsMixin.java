@@ -21,6 +21,30 @@ public class KvOptionsMixin {
                     + "'--kv help' lists all with their parameters (default: ${DEFAULT-VALUE}).")
     String kv;
 
+    @Option(names = "--kv-quant", paramLabel = "SPEC", defaultValue = "none",
+            description = "KV cache quantization NAME[:key=value,...]: none, int8, int4, int2 (KIVI), zipcache, mikv, gear; "
+                    + "composes with --kv. '--kv-quant help' lists all with their parameters (default: ${DEFAULT-VALUE}).")
+    String kvQuant;
+
+    /** True for {@code --kv-quant help}: the command prints {@link #printQuantHelp} and exits 0. */
+    public boolean quantHelpRequested() {
+        return kvQuant != null && kvQuant.trim().equalsIgnoreCase("help");
+    }
+
+    public void printQuantHelp(PrintWriter out) {
+        out.print(dev.tokenpress.kv.quant.KvQuantSpec.help());
+        out.flush();
+    }
+
+    /** The {@code --kv-quant} spec; a malformed one is a usage error. */
+    public dev.tokenpress.kv.quant.KvQuantSpec quant() {
+        try {
+            return dev.tokenpress.kv.quant.KvQuantSpec.parse(kvQuant);
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException(e.getMessage());
+        }
+    }
+
     /** True for {@code --kv help}: the command prints {@link #printHelp} and exits 0. */
     public boolean helpRequested() {
         return kv != null && kv.trim().equalsIgnoreCase("help");

@@ -73,6 +73,11 @@ public final class Llama implements AutoCloseable {
         return backend.newKvCache(config.numLayers(), config.numKvHeads(), config.headDim(), capacity);
     }
 
+    /** A KV cache stored as {@code quant} says ({@code --kv-quant}); none = {@link #newCache(int)}. */
+    public KvCache newCache(int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {
+        return backend.newKvCache(config.numLayers(), config.numKvHeads(), config.headDim(), capacity, quant);
+    }
+
     /**
      * Runs tokens at positions startPos.. through the model in chunks of at most {@link #maxChunk()} rows,
      * appending them to the cache. Afterwards {@link #logits()} holds the last token's logits.

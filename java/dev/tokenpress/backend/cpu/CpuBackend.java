@@ -72,6 +72,12 @@ public final class CpuBackend implements Backend {
         return new CpuKvCache(layers, kvHeads, headDim, capacity);
     }
 
+    @Override
+    public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {
+        if (quant == null || quant.isNone()) return newKvCache(layers, kvHeads, headDim, capacity);
+        return new QuantKvCache(layers, kvHeads, headDim, capacity, quant);
+    }
+
     private static CpuTensor f(Tensor t) {
         if (t instanceof CpuTensor c) return c;
         throw new IllegalArgumentException("expected an f32 CPU tensor, got " + t.getClass().getSimpleName());
@@ -208,6 +214,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n) {
+        if (cache instanceof QuantKvCache qc) { QuantOps.storeKv(qc, layer, f(k), f(v), slots, n); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor kt = f(k), vt = f(v);
         int hd = c.headDim();
@@ -224,6 +231,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
                           SlotSelection select, AttentionStats stats) {
+        if (cache instanceof QuantKvCache qc) { QuantOps.attention(par, k, f(out), f(q), qc, layer, queryPositions, n, select, stats); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor o = f(out), qt = f(q);
         int hd = c.headDim(), kvHeads = c.kvHeads();
@@ -292,6 +300,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void queryKeyScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer) {
+        if (cache instanceof QuantKvCache qc) { QuantOps.queryKeyScores(par, k, out, f(q), row, queryPosition, qc, layer); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor qt = f(q);
         int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
@@ -311,6 +320,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void questPageScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize) {
+        if (cache instanceof QuantKvCache qc) { QuantOps.questPageScores(out, f(q), row, queryPosition, qc, layer, pageSize); return; }
         if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor qt = f(q);
@@ -355,6 +365,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        if (cache instanceof QuantKvCache qc) { qc.read(layer, head, slot, key, value); return; }
         CpuKvCache c = (CpuKvCache) cache;
         int hd = c.headDim();
         System.arraycopy(c.keys[layer][head], slot * hd, key, 0, hd);
@@ -363,6 +374,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        if (cache instanceof QuantKvCache qc) { qc.store(layer, head, slot, key, 0, value, 0); return; }
         CpuKvCache c = (CpuKvCache) cache;
         int hd = c.headDim();
         System.arraycopy(key, 0, c.keys[layer][head], slot * hd, hd);
