@@ -17,13 +17,19 @@ constexpr int kMaxSplits = 256;
 
 __device__ __forceinline__ uint4 ldg16(const uint16_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
+// Resident blocks per SM the split kernel is compiled for (register cap through __launch_bounds__): 4 (<= 128
+// registers per thread) up to GT = 4; GT = 8 needs ~230 registers without spilling, so 2. The launcher sizes the
+// grid to one wave of exactly this many blocks per SM.
+constexpr int split_blocks_per_sm(int gt) { return gt >= 8 ? 2 : 4; }
+
 template <int HD, int GT>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, split_blocks_per_sm(GT))
 decode_split_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
                     const int* __restrict__ pc, int layer, int H, int Hkv, int C, const int* __restrict__ qpos_ptr,
                     const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
                     const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
-                    float2* __restrict__ part_md) {
+                    float2* __restrict__ part_md, int* __restrict__ counters, float* __restrict__ out,
+                    float* __restrict__ lse2) {
     constexpr int LPR = HD / 8;          // lanes per key row
     constexpr int SUB = 32 / LPR;        // rows per warp step
     constexpr int NSG = kWarps * SUB;    // rows per block step
@@ -73,21 +79,30 @@ decode_split_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc
     // tb is warp-uniform, so the shuffles below run with the whole warp converged.
     for (int tb = begin + warp * SUB; tb < end; tb += NSG * U) {
         uint4 kr[U], vr[U];
+        int pos[U];
         bool vis[U];
+        // The position, key and value loads of every candidate slot in [0, C) are issued together (no
+        // dependent round trip through the position); visibility is applied afterwards.
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int idx = tb + u * NSG + sub;
             int slot = idx < end ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
-            vis[u] = false;
+            pos[u] = -1;
             kr[u] = make_uint4(0, 0, 0, 0);
             vr[u] = make_uint4(0, 0, 0, 0);
             if (slot >= 0) {
-                int pos = __ldg(pb + slot);
-                vis[u] = pos >= 0 && pos <= qp;
-                if (vis[u]) {
-                    kr[u] = ldg16(kb + (int64_t)slot * HD);
-                    vr[u] = ldg16(vb + (int64_t)slot * HD);
-                }
+                pos[u] = __ldg(pb + slot);
+                kr[u] = ldg16(kb + (int64_t)slot * HD);
+                vr[u] = ldg16(vb + (int64_t)slot * HD);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            vis[u] = pos[u] >= 0 && pos[u] <= qp;
+            // a free or future slot may hold any bits (NaN included): its value must not reach p * v
+            if (!vis[u]) {
+                kr[u] = make_uint4(0, 0, 0, 0);
+                vr[u] = make_uint4(0, 0, 0, 0);
             }
         }
         float s[U][GT];
@@ -161,6 +176,85 @@ decode_split_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc
         part_o[ps * HD + j] = O;
         if (j == 0) part_md[ps] = make_float2(M, D);
     }
+    if (counters == nullptr) return;  // a separate merge kernel follows
+
+    // Fused merge: the last block of this (KV head, head chunk) to finish combines every split's partial state.
+    __shared__ int sm_last;
+    __shared__ float sm_M[GT], sm_D[GT];
+    __shared__ float4 sm_acc[kThreads];
+    __threadfence();  // this block's partials are visible device-wide before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) sm_last = atomicAdd(counters + blockIdx.y, 1) == splits - 1;
+    __syncthreads();
+    if (!sm_last) return;
+    __threadfence();
+    // sm_o is free now: it holds kWarps * GT * HD >= GT * kMaxSplits floats (HD >= 64), used as the per-split
+    // rescale factors f[g][s].
+    float* sm_f = &sm_o[0][0][0];
+    for (int g = warp; g < nh; g += kWarps) {
+        const float2* md = part_md + (int64_t)(h0 + g) * splits;
+        float M = kNegInf;
+        for (int s2 = lane; s2 < splits; s2 += 32) M = fmaxf(M, __ldcg(md + s2).x);
+        M = warp_max(M);
+        float D = 0.f;
+        for (int s2 = lane; s2 < splits; s2 += 32) {
+            float2 v = __ldcg(md + s2);
+            float f = exp2_diff(v.x, M);
+            sm_f[g * kMaxSplits + s2] = f;
+            D += v.y * f;
+        }
+        D = warp_sum(D);
+        if (lane == 0) {
+            sm_M[g] = M;
+            sm_D[g] = D;
+        }
+    }
+    __syncthreads();
+    constexpr int Q = HD / 4;
+    const int items = nh * Q;
+    const int ways = items >= kThreads ? 1 : kThreads / items;  // splits are shared by `ways` threads per item
+    for (int e = threadIdx.x; e < items * ways; e += kThreads) {
+        const int it = e % items, way = e / items;
+        const int g = it / Q, j4 = it % Q;
+        const float4* po = reinterpret_cast<const float4*>(part_o) + (int64_t)(h0 + g) * splits * Q + j4;
+        const float* f = sm_f + g * kMaxSplits;
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+        for (int s2 = way; s2 < splits; s2 += ways) {
+            float4 v = __ldcg(po + (int64_t)s2 * Q);
+            float c2 = f[s2];
+            a.x = fmaf(v.x, c2, a.x);
+            a.y = fmaf(v.y, c2, a.y);
+            a.z = fmaf(v.z, c2, a.z);
+            a.w = fmaf(v.w, c2, a.w);
+        }
+        if (ways == 1) {
+            float D = sm_D[g];
+            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
+                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            sm_acc[e] = a;  // items * ways <= kThreads: one e per thread
+        }
+    }
+    if (ways > 1) {
+        __syncthreads();
+        for (int it = threadIdx.x; it < items; it += kThreads) {
+            const int g = it / Q, j4 = it % Q;
+            float4 a = sm_acc[it];
+            for (int w2 = 1; w2 < ways; w2++) {
+                float4 b = sm_acc[w2 * items + it];
+                a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+            }
+            float D = sm_D[g];
+            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
+                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    if (lse2 && threadIdx.x < nh) {
+        float D = sm_D[threadIdx.x];
+        lse2[h0 + threadIdx.x] = D > 0.f ? sm_M[threadIdx.x] + log2f(D) : kNegInf;
+    }
+    if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next call (stream order)
 }
 
 // One block per q-head, one thread per output dim: merges the splits' partial states.
@@ -237,10 +331,11 @@ attention_stats_kernel(const float* __restrict__ q, const uint16_t* __restrict__
 template <int HD, int GT>
 int launch_split(dim3 grid, const float* q, const uint16_t* kc, const uint16_t* vc, const int* pc, int layer, int H,
                  int Hkv, int C, const int* qpos, const int* sel, int sel_stride, const int* sel_counts,
-                 const int* hw, float scale_log2, int splits, float* part_o, float2* part_md, cudaStream_t stream) {
+                 const int* hw, float scale_log2, int splits, float* part_o, float2* part_md, int* counters,
+                 float* out, float* lse2, cudaStream_t stream) {
     decode_split_kernel<HD, GT><<<grid, kThreads, 0, stream>>>(q, kc, vc, pc, layer, H, Hkv, C, qpos, sel,
                                                                sel_stride, sel_counts, hw, scale_log2, splits,
-                                                               part_o, part_md);
+                                                               part_o, part_md, counters, out, lse2);
     TP_LAUNCHED("decode_split_kernel");
     return TP_OK;
 }
@@ -249,21 +344,24 @@ template <int HD>
 int launch_split_hd(int gt, dim3 grid, const float* q, const uint16_t* kc, const uint16_t* vc, const int* pc,
                     int layer, int H, int Hkv, int C, const int* qpos, const int* sel, int sel_stride,
                     const int* sel_counts, const int* hw, float scale_log2, int splits, float* part_o,
-                    float2* part_md, cudaStream_t stream) {
+                    float2* part_md, int* counters, float* out, float* lse2, cudaStream_t stream) {
+#define TP_SPLIT_ARGS grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, \
+                      splits, part_o, part_md, counters, out, lse2, stream
     switch (gt) {
-        case 1: return launch_split<HD, 1>(grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, stream);
-        case 2: return launch_split<HD, 2>(grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, stream);
-        case 4: return launch_split<HD, 4>(grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, stream);
-        default: return launch_split<HD, 8>(grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, stream);
+        case 1: return launch_split<HD, 1>(TP_SPLIT_ARGS);
+        case 2: return launch_split<HD, 2>(TP_SPLIT_ARGS);
+        case 4: return launch_split<HD, 4>(TP_SPLIT_ARGS);
+        default: return launch_split<HD, 8>(TP_SPLIT_ARGS);
     }
+#undef TP_SPLIT_ARGS
 }
 
 int group_tile(int G) { return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8; }
 
-// Splits per (KV head, head chunk): enough blocks to fill the machine ~4 times over, but at least 2 block
-// steps of rows per split.
-int pick_splits(int blocks_per_split, int max_len, int rows_per_step) {
-    int target = (int)ceil_div(4 * sm_count(), blocks_per_split);
+// Splits per (KV head, head chunk): one full wave of resident blocks (blocks_per_sm on every SM; rounded down so
+// the grid never spills into a second wave), but at least 2 block steps of rows per split.
+int pick_splits(int blocks_per_split, int max_len, int rows_per_step, int blocks_per_sm) {
+    int target = (blocks_per_sm * sm_count()) / blocks_per_split;
     int by_len = (int)ceil_div(max_len < 1 ? 1 : max_len, 2 * rows_per_step);
     int s = target < by_len ? target : by_len;
     return s < 1 ? 1 : (s > kMaxSplits ? kMaxSplits : s);
@@ -300,11 +398,28 @@ uint64_t tp_decode_attention_workspace_bytes(int num_heads, int head_dim) {
     return parts * head_dim * 4 + parts * 8 + (uint64_t)num_heads * 4 + 256;
 }
 
+int tp_decode_attention_counters(int num_heads, int kv_heads) {
+    if (num_heads <= 0 || kv_heads <= 0 || num_heads % kv_heads != 0) return 0;
+    const int G = num_heads / kv_heads;
+    const int gt = group_tile(G);
+    return kv_heads * ((G + gt - 1) / gt);
+}
+
 int tp_decode_attention(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
                         int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
                         uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
                         int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
                         uint64_t workspace, uint64_t workspace_bytes, uint64_t stream) {
+    return tp_decode_attention_ex(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads, head_dim,
+                                  capacity, query_pos, sel_slots, sel_stride, sel_counts, high_water, max_len, scale,
+                                  raw_scores, prob_sums, workspace, workspace_bytes, 0, stream);
+}
+
+int tp_decode_attention_ex(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                           int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
+                           uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
+                           int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
+                           uint64_t workspace, uint64_t workspace_bytes, uint64_t counters, uint64_t stream) {
     const char* fn = "tp_decode_attention";
     if (head_dim != 64 && head_dim != 128)
         return fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not supported (CUDA attention supports 64 and 128)",
@@ -324,13 +439,14 @@ int tp_decode_attention(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t v
     TP_REQUIRE(max_len >= 0, fn, "max_len");
     TP_REQUIRE(workspace != 0 && workspace_bytes >= tp_decode_attention_workspace_bytes(num_heads, head_dim), fn,
                "workspace");
+    TP_REQUIRE(counters == 0 || (counters & 3) == 0, fn, "counters");
     cudaStream_t s = TP_STREAM(stream);
     const int G = num_heads / kv_heads;
     const int gt = group_tile(G);
     const int chunks = (G + gt - 1) / gt;
     TP_REQUIRE((int64_t)kv_heads * chunks <= 65535, fn, "kv_heads");
     const int rows_per_step = kWarps * (32 / (head_dim / 8));
-    const int splits = pick_splits(kv_heads * chunks, max_len, rows_per_step);
+    const int splits = pick_splits(kv_heads * chunks, max_len, rows_per_step, split_blocks_per_sm(gt));
     float* part_o = TP_PTR(float, workspace);
     uint64_t parts = (uint64_t)num_heads * kMaxSplits;
     float2* part_md = reinterpret_cast<float2*>(part_o + parts * head_dim);
@@ -342,21 +458,27 @@ int tp_decode_attention(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t v
     const int* qpos = TP_PTR(const int, query_pos);
     const uint16_t* kc = TP_PTR(const uint16_t, key_cache);
     const int* pc = TP_PTR(const int, pos_cache);
+    bool stats = raw_scores != 0 || prob_sums != 0;
+    // the fused merge writes float4s of out and reads float4s of the workspace
+    bool fused = counters != 0 && (workspace & 15) == 0 && (out & 15) == 0;
+    int* ctr = fused ? TP_PTR(int, counters) : nullptr;
+    float* o = TP_PTR(float, out);
     dim3 grid(splits, kv_heads * chunks);
     int rc = head_dim == 64
         ? launch_split_hd<64>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
                               num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
-                              part_o, part_md, s)
+                              part_o, part_md, ctr, o, stats ? lse2 : nullptr, s)
         : launch_split_hd<128>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
                                num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
-                               part_o, part_md, s);
+                               part_o, part_md, ctr, o, stats ? lse2 : nullptr, s);
     if (rc != TP_OK) return rc;
-    bool stats = raw_scores != 0 || prob_sums != 0;
-    if (head_dim == 64)
-        decode_merge_kernel<64><<<num_heads, 64, 0, s>>>(TP_PTR(float, out), part_o, part_md, splits, stats ? lse2 : nullptr);
-    else
-        decode_merge_kernel<128><<<num_heads, 128, 0, s>>>(TP_PTR(float, out), part_o, part_md, splits, stats ? lse2 : nullptr);
-    TP_LAUNCHED("decode_merge_kernel");
+    if (!fused) {
+        if (head_dim == 64)
+            decode_merge_kernel<64><<<num_heads, 64, 0, s>>>(o, part_o, part_md, splits, stats ? lse2 : nullptr);
+        else
+            decode_merge_kernel<128><<<num_heads, 128, 0, s>>>(o, part_o, part_md, splits, stats ? lse2 : nullptr);
+        TP_LAUNCHED("decode_merge_kernel");
+    }
     if (!stats) return TP_OK;
     return launch_attention_stats(TP_PTR(const float, q), kc, pc, layer, num_heads, kv_heads, head_dim, capacity, 1,
                                   qpos, 0, lse2, sel, sel_stride, cnt, hw, scale_log2, TP_PTR(float, raw_scores),

@@ -31,6 +31,25 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* __restri
     for (int j = threadIdx.x; j < dim; j += blockDim.x) orow[j] = xr[j] * inv * w[j];
 }
 
+// Residual add + RMSNorm in one pass per row: x += y (written back), then out = x * rsqrt(mean(x^2) + eps) * w
+// with the same f32 arithmetic as add_kernel followed by rmsnorm_kernel. out must not alias x or y.
+__global__ void add_rmsnorm_kernel(float* __restrict__ out, float* __restrict__ x, const float* __restrict__ y,
+                                   const float* __restrict__ w, float eps, int dim) {
+    float* xr = x + (int64_t)blockIdx.x * dim;
+    const float* yr = y + (int64_t)blockIdx.x * dim;
+    float* orow = out + (int64_t)blockIdx.x * dim;
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float v = xr[j] + yr[j];
+        xr[j] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss);
+    float inv = 1.f / sqrtf(ss / (float)dim + eps);
+    // each thread re-reads only the elements it wrote itself
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) orow[j] = xr[j] * inv * w[j];
+}
+
 // x [n, heads*hd]; thread per (row, head, i < hd/2) pair.
 __global__ void rope_kernel(float* x, int n, int heads, int hd, const int* __restrict__ positions,
                             const float* __restrict__ inv_freq) {
@@ -142,6 +161,23 @@ int tp_rmsnorm(uint64_t out, uint64_t x, uint64_t w, float eps, int n, int dim, 
     rmsnorm_kernel<<<n, threads, 0, TP_STREAM(stream)>>>(TP_PTR(float, out), TP_PTR(const float, x),
                                                          TP_PTR(const float, w), eps, dim);
     TP_LAUNCHED("rmsnorm_kernel");
+    return TP_OK;
+}
+
+int tp_add_rmsnorm(uint64_t out, uint64_t x, uint64_t y, uint64_t w, float eps, int n, int dim, uint64_t stream) {
+    const char* fn = "tp_add_rmsnorm";
+    TP_REQUIRE(out != 0 && out != x && out != y, fn, "out");
+    TP_REQUIRE(x != 0, fn, "x");
+    TP_REQUIRE(y != 0 && y != x, fn, "y");
+    TP_REQUIRE(w != 0, fn, "w");
+    TP_REQUIRE(n >= 0, fn, "n");
+    TP_REQUIRE(dim > 0, fn, "dim");
+    if (n == 0) return TP_OK;
+    int threads = dim >= 1024 ? 1024 : (dim >= 512 ? 512 : 256);
+    add_rmsnorm_kernel<<<n, threads, 0, TP_STREAM(stream)>>>(TP_PTR(float, out), TP_PTR(float, x),
+                                                             TP_PTR(const float, y), TP_PTR(const float, w), eps,
+                                                             dim);
+    TP_LAUNCHED("add_rmsnorm_kernel");
     return TP_OK;
 }
 

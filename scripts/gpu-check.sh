@@ -122,6 +122,7 @@ run_checks() {
     --select-class dev.tokenpress.backend.cuda.CudaNativeLibTest \
     --select-class dev.tokenpress.backend.cuda.CudaParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaModelParityTest \
+    --select-class dev.tokenpress.backend.cuda.CudaGemvParityTest \
     --reports-dir "$OUT/junit" > "$OUT/junit.log" 2>&1
   rc=$?
   stage_rc junit $rc

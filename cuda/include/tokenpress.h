@@ -114,6 +114,23 @@ int tp_store_kv(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, ui
                 uint64_t slots, uint64_t token_pos, int layer, int kv_heads, int head_dim, int capacity, int n,
                 uint64_t stream);
 
+/**
+ * Fused residual add + RMSNorm: x += y, then out = x / sqrt(mean(x^2) + eps) * w, one pass per row.
+ * out, x, y f32 [n, D] (out must not alias x or y), w f32 [D].
+ */
+int tp_add_rmsnorm(uint64_t out, uint64_t x, uint64_t y, uint64_t w, float eps, int n, int dim, uint64_t stream);
+
+/* ---- decode GEMV (gemv.cu) --------------------------------------------------------------------------- */
+
+/**
+ * out[r, o] = sum_i w[o, i] * x[r, i] (+ bias[o]) for r < n, in f32 with bf16 weights read directly:
+ * out f32 [n, O], x f32 [n, I], w bf16 [O, I] row-major, bias f32 [O] or 0. out must not alias x.
+ * Returns TP_ERR_UNSUPPORTED (nothing launched) unless n <= 4, I % 8 == 0 and x and w are 16-byte aligned;
+ * callers then use a GEMM.
+ */
+int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim, int in_dim,
+                 uint64_t stream);
+
 /* ---- attention (decode_attention.cu, prefill_attention.cu) ------------------------------------------- */
 
 /** Bytes of workspace tp_decode_attention needs for num_heads q-heads of head_dim (any context length). */
@@ -135,6 +152,22 @@ int tp_decode_attention(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t v
                         uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
                         int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
                         uint64_t workspace, uint64_t workspace_bytes, uint64_t stream);
+
+/** Number of int32 counters tp_decode_attention_ex may use for num_heads q-heads over kv_heads KV heads. */
+int tp_decode_attention_counters(int num_heads, int kv_heads);
+
+/**
+ * tp_decode_attention with the split merge fused into the split kernel: the last block of each (KV head,
+ * head chunk) to finish merges the partial states of all splits (no second kernel). counters: int32
+ * [tp_decode_attention_counters(H, Hkv)] of device memory, zeroed once by the caller before its first use and
+ * left zeroed by every completed call (the merging block resets its counter); not shared between calls that
+ * may run concurrently. counters == 0 is exactly tp_decode_attention (separate merge kernel).
+ */
+int tp_decode_attention_ex(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                           int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
+                           uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
+                           int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
+                           uint64_t workspace, uint64_t workspace_bytes, uint64_t counters, uint64_t stream);
 
 /** Bytes of workspace tp_prefill_attention needs for n queries of num_heads heads. */
 uint64_t tp_prefill_attention_workspace_bytes(int n, int num_heads);

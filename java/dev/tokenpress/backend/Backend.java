@@ -75,6 +75,15 @@ public interface Backend extends AutoCloseable {
     void add(Tensor x, Tensor y, int n);
 
     /**
+     * The residual add fused with the next RMSNorm: x += y, then out = rmsnorm(x) * w; out, x, y [n, D]
+     * distinct. Same result as {@link #add} then {@link #rmsnorm}; a backend may do it in one pass.
+     */
+    default void addRmsnorm(Tensor out, Tensor x, Tensor y, Tensor w, float eps, int n) {
+        add(x, y, n);
+        rmsnorm(out, x, w, eps, n);
+    }
+
+    /**
      * Writes keys k [n, Hkv*hd] (already rotated) and values v [n, Hkv*hd] of {@code layer} into the slots
      * slots[g][i] of each KV head g (allocated beforehand with {@link KvCache#allocate}).
      */

@@ -63,22 +63,42 @@ public final class KernelBench {
         }
     }
 
-    /** Decode attention GB/s for the llama-1b shape at 1K..128K. */
+    /**
+     * Decode attention GB/s for the llama-1b shape at 1K..128K, with the split merge fused into the split kernel
+     * (the default; keys attn_*) and as a separate merge kernel (keys attn_*_sepmerge), same run.
+     */
     public static void attention(CudaBackend gpu, double copyBw, PrintStream out) {
-        out.println("| context | layers rotated | µs/call | KV MB/call | GB/s | % of copy bw |");
-        out.println("|---|---|---|---|---|---|");
+        out.println("| context | merge | layers rotated | µs/call | KV MB/call | GB/s | % of copy bw |");
+        out.println("|---|---|---|---|---|---|---|");
         for (int ctx : new int[] {1024, 8192, 32768, 131072}) {
-            CudaKernelBench.AttentionResult r = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, ctx >= 65536 ? 50 : 200);
-            double pct = 100 * r.gbPerSecond() * 1e9 / copyBw;
-            out.printf("| %d | %d | %.2f | %.2f | %.0f | %.1f%% |%n", ctx, r.layersRotated(), r.microseconds(),
-                    r.bytesPerCall() / 1e6, r.gbPerSecond(), pct);
-            result(out, "attn_" + ctx + "_us", r.microseconds(), "us");
-            result(out, "attn_" + ctx + "_gbps", r.gbPerSecond(), "GB/s");
-            result(out, "attn_" + ctx + "_pct_copy_bw", pct, "%");
+            for (boolean fused : new boolean[] {true, false}) {
+                CudaKernelBench.AttentionResult r = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, ctx >= 65536 ? 50 : 200, fused);
+                double pct = 100 * r.gbPerSecond() * 1e9 / copyBw;
+                out.printf("| %d | %s | %d | %.2f | %.2f | %.0f | %.1f%% |%n", ctx, fused ? "fused" : "separate",
+                        r.layersRotated(), r.microseconds(), r.bytesPerCall() / 1e6, r.gbPerSecond(), pct);
+                String k = "attn_" + ctx, sfx = fused ? "" : "_sepmerge";
+                result(out, k + "_us" + sfx, r.microseconds(), "us");
+                result(out, k + "_gbps" + sfx, r.gbPerSecond(), "GB/s");
+                result(out, k + "_pct_copy_bw" + sfx, pct, "%");
+            }
         }
     }
 
-    /** Decode tokens/s of the llama-1b-shape model at short and 32K context. */
+    /** The kernel paths e2e compares in one run: the default, then the previous one (cuBLAS, separate merge). */
+    private record Paths(String suffix, boolean gemv, boolean fusedMerge) {}
+
+    private static final Paths[] E2E_PATHS = {new Paths("", true, true), new Paths("_cublas", false, false)};
+
+    private static void usePaths(CudaBackend gpu, Paths p) {
+        gpu.setGemvEnabled(p.gemv());
+        gpu.setFusedAttnMerge(p.fusedMerge());
+    }
+
+    /**
+     * Decode tokens/s of the llama-1b-shape model at short and 32K context, for each of {@link #E2E_PATHS} on the
+     * same model and cache (keys e2e_* for the default path, e2e_*_cublas for cuBLAS matmuls + separate attention
+     * merge); the paths run back to back on one cache, so the second sees a context longer by one run's steps.
+     */
     public static void endToEnd(CudaBackend gpu, double copyBw, Path dir, int shortSteps, int longSteps, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE))) {
             long t0 = System.nanoTime();
@@ -95,42 +115,57 @@ public final class KernelBench {
             if (!cfg.tieWordEmbeddings()) weightBytes -= (long) cfg.vocabSize() * cfg.hiddenSize() * 2; // embedding rows are gathered, not streamed
             Llama m = new Llama(cfg, w, gpu, 256);
             // short context
-            try (KvCache cache = m.newCache(64 + shortSteps + 16)) {
+            int runs = E2E_PATHS.length;
+            try (KvCache cache = m.newCache(64 + runs * (shortSteps + DECODE_WARMUP) + 16)) {
                 int[] prompt = new int[32];
                 for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
                 m.prefill(cache, prompt, 0, false, null);
-                double tps = decode(gpu, m, cache, m.argmax(), prompt.length, shortSteps);
-                double kvBytes = (double) cfg.kvBytesPerToken(2) * (prompt.length + shortSteps / 2.0);
-                double roof = copyBw / (weightBytes + kvBytes);
-                out.printf("e2e short context (32-token prompt, %d decode steps): %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
-                        shortSteps, tps, roof, 100 * tps / roof, gpu.graphStatus());
-                result(out, "e2e_short_tps", tps, "tokens/s");
-                result(out, "e2e_short_roofline_tps", roof, "tokens/s");
-                result(out, "e2e_short_pct_roofline", 100 * tps / roof, "%");
+                int token = m.argmax(), pos = prompt.length;
+                for (Paths p : E2E_PATHS) {
+                    usePaths(gpu, p);
+                    double tps = decode(gpu, m, cache, token, pos, shortSteps);
+                    pos += shortSteps + DECODE_WARMUP;
+                    double kvBytes = (double) cfg.kvBytesPerToken(2) * (pos - shortSteps / 2.0);
+                    double roof = copyBw / (weightBytes + kvBytes);
+                    out.printf("e2e short context (32-token prompt, %d decode steps) [%s]: %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
+                            shortSteps, gpu.kernelPaths(), tps, roof, 100 * tps / roof, gpu.graphStatus());
+                    result(out, "e2e_short_tps" + p.suffix(), tps, "tokens/s");
+                    result(out, "e2e_short_roofline_tps" + p.suffix(), roof, "tokens/s");
+                    result(out, "e2e_short_pct_roofline" + p.suffix(), 100 * tps / roof, "%");
+                }
             }
             // 32K context, written directly into the cache
-            try (KvCache cache = m.newCache(longCtx + longSteps + 16)) {
+            try (KvCache cache = m.newCache(longCtx + runs * (longSteps + DECODE_WARMUP) + 16)) {
                 long f0 = System.nanoTime();
                 fillSynthetic(gpu, cfg, cache, longCtx);
                 gpu.synchronize();
                 result(out, "e2e_32k_fill_s", (System.nanoTime() - f0) / 1e9, "s");
-                double tps = decode(gpu, m, cache, 1, longCtx, longSteps);
-                double kvBytes = (double) cfg.kvBytesPerToken(2) * (longCtx + longSteps / 2.0)
-                        + (double) cfg.numLayers() * cfg.numKvHeads() * (longCtx + longSteps / 2.0) * 4;
-                double roof = copyBw / (weightBytes + kvBytes);
-                out.printf("e2e 32K context (%d decode steps): %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
-                        longSteps, tps, roof, 100 * tps / roof, gpu.graphStatus());
-                result(out, "e2e_32k_tps", tps, "tokens/s");
-                result(out, "e2e_32k_roofline_tps", roof, "tokens/s");
-                result(out, "e2e_32k_pct_roofline", 100 * tps / roof, "%");
+                int pos = longCtx;
+                for (Paths p : E2E_PATHS) {
+                    usePaths(gpu, p);
+                    double tps = decode(gpu, m, cache, 1, pos, longSteps);
+                    pos += longSteps + DECODE_WARMUP;
+                    double ctx = pos - longSteps / 2.0;
+                    double kvBytes = (double) cfg.kvBytesPerToken(2) * ctx
+                            + (double) cfg.numLayers() * cfg.numKvHeads() * ctx * 4;
+                    double roof = copyBw / (weightBytes + kvBytes);
+                    out.printf("e2e 32K context (%d decode steps) [%s]: %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
+                            longSteps, gpu.kernelPaths(), tps, roof, 100 * tps / roof, gpu.graphStatus());
+                    result(out, "e2e_32k_tps" + p.suffix(), tps, "tokens/s");
+                    result(out, "e2e_32k_roofline_tps" + p.suffix(), roof, "tokens/s");
+                    result(out, "e2e_32k_pct_roofline" + p.suffix(), 100 * tps / roof, "%");
+                }
             }
+            usePaths(gpu, E2E_PATHS[0]);
             result(out, "weight_bytes_per_token", weightBytes / 1e9, "GB");
         }
     }
 
     /** Greedy decode of `steps` tokens after a few warm-up steps; returns tokens/s (wall clock incl. argmax). */
+    private static final int DECODE_WARMUP = 4;
+
     private static double decode(CudaBackend gpu, Llama m, KvCache cache, int token, int pos, int steps) {
-        int warm = 4;
+        int warm = DECODE_WARMUP;
         for (int i = 0; i < warm; i++) {
             m.decodeStep(cache, token, pos++);
             token = m.argmax();

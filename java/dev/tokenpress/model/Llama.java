@@ -25,7 +25,8 @@ public final class Llama implements AutoCloseable {
 
     // activations, allocated once for maxChunk rows
     private final Tensor x;      // [C, D] residual stream
-    private final Tensor xb;     // [C, D] normed input / projection output
+    private final Tensor xn;     // [C, D] RMS-normed residual stream (input of the projections)
+    private final Tensor xb;     // [C, D] projection output added to the residual stream
     private final Tensor q;      // [C, H*hd]
     private final Tensor k;      // [C, Hkv*hd]
     private final Tensor v;      // [C, Hkv*hd]
@@ -46,6 +47,7 @@ public final class Llama implements AutoCloseable {
         this.maxChunk = Math.max(1, maxChunk);
         int c = this.maxChunk, d = config.hiddenSize(), f = config.intermediateSize();
         x = backend.allocate(c, d);
+        xn = backend.allocate(c, d);
         xb = backend.allocate(c, d);
         q = backend.allocate(c, config.qDim());
         k = backend.allocate(c, config.kvDim());
@@ -150,13 +152,13 @@ public final class Llama implements AutoCloseable {
         LlamaConfig c = config;
         float eps = c.rmsNormEps();
         b.embedding(x, w.embed(), tokens, n);                        // x [n, D]
+        b.rmsnorm(xn, x, w.layers()[0].attnNorm(), eps, n);          // xn [n, D] = norm(x)
         for (int l = 0; l < c.numLayers(); l++) {
             Weights.Layer lw = w.layers()[l];
-            // --- attention block ---
-            b.rmsnorm(xb, x, lw.attnNorm(), eps, n);                  // xb [n, D]
-            b.matmul(q, xb, lw.wq(), lw.bq(), n);                     // q  [n, H*hd]
-            b.matmul(k, xb, lw.wk(), lw.bk(), n);                     // k  [n, Hkv*hd]
-            b.matmul(v, xb, lw.wv(), lw.bv(), n);                     // v  [n, Hkv*hd]
+            // --- attention block (its input norm was fused into the previous residual add) ---
+            b.matmul(q, xn, lw.wq(), lw.bq(), n);                     // q  [n, H*hd]
+            b.matmul(k, xn, lw.wk(), lw.bk(), n);                     // k  [n, Hkv*hd]
+            b.matmul(v, xn, lw.wv(), lw.bv(), n);                     // v  [n, Hkv*hd]
             b.rope(q, c.numHeads(), rope, positions, n);
             b.rope(k, c.numKvHeads(), rope, positions, n);
             b.storeKv(cache, l, k, v, slots[l], n);                   // cache[l] <- k, v
@@ -166,14 +168,16 @@ public final class Llama implements AutoCloseable {
             b.attention(att, q, cache, l, positions, n, sel, stats);  // att [n, H*hd]
             policy.afterAttention(cache, l, n, stats);
             b.matmul(xb, att, lw.wo(), null, n);                      // xb [n, D]
-            b.add(x, xb, n);                                          // x += attn
+            b.addRmsnorm(xn, x, xb, lw.mlpNorm(), eps, n);            // x += attn; xn = norm(x)
             // --- MLP block ---
-            b.rmsnorm(xb, x, lw.mlpNorm(), eps, n);                   // xb [n, D]
-            b.matmul(gate, xb, lw.wGate(), null, n);                  // gate [n, F]
-            b.matmul(up, xb, lw.wUp(), null, n);                      // up   [n, F]
+            b.matmul(gate, xn, lw.wGate(), null, n);                  // gate [n, F]
+            b.matmul(up, xn, lw.wUp(), null, n);                      // up   [n, F]
             b.swiglu(gate, gate, up, n);                              // gate = silu(gate) * up
             b.matmul(xb, gate, lw.wDown(), null, n);                  // xb [n, D]
-            b.add(x, xb, n);                                          // x += mlp
+            if (l + 1 < c.numLayers())
+                b.addRmsnorm(xn, x, xb, w.layers()[l + 1].attnNorm(), eps, n); // x += mlp; xn = next layer's norm(x)
+            else
+                b.add(x, xb, n);                                      // x += mlp
         }
         b.copyRows(last, 0, x, n - 1, 1);                             // last [1, D]
         b.rmsnorm(last, last, w.finalNorm(), eps, 1);

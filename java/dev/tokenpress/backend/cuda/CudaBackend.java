@@ -58,6 +58,9 @@ public final class CudaBackend implements Backend {
     private static final long EAGER_ARENA_BYTES = 32L << 20;
     private static final long GRAPH_ARENA_BYTES = 8L << 20;
     private static final long CUBLAS_WORKSPACE_BYTES = 32L << 20;
+    /** Largest row count the GEMV kernel takes (tp_gemv_bf16); more rows go to cuBLAS. */
+    public static final int GEMV_MAX_ROWS = 4;
+    private static final int ATTN_COUNTERS = 65536;
 
     private enum Mode { EAGER, CAPTURE, DRY }
 
@@ -89,6 +92,12 @@ public final class CudaBackend implements Backend {
     private long statRaw, statRawBytes, statProb, statProbBytes;
     private long selWs, selWsBytes;
     private long selOut;              // int32[1024] + f32[1024]
+    private long attnCounters;        // int32[ATTN_COUNTERS], zeroed once; the fused decode-attention merge
+                                      // leaves it zeroed after every call
+
+    // kernel paths (system properties, or the setters below)
+    private boolean gemvEnabled;
+    private boolean fusedAttnMerge;
 
     // graphs
     private Mode mode = Mode.EAGER;
@@ -144,6 +153,14 @@ public final class CudaBackend implements Backend {
         String prop = System.getProperty("tokenpress.cuda.graphs", System.getenv().getOrDefault("TOKENPRESS_CUDA_GRAPHS", "true"));
         this.graphsEnabled = !"false".equalsIgnoreCase(prop) && !"0".equals(prop);
         if (!graphsEnabled) graphsOffReason = "disabled by tokenpress.cuda.graphs=false";
+        this.gemvEnabled = flag("tokenpress.cuda.gemv", "TOKENPRESS_CUDA_GEMV");
+        this.fusedAttnMerge = flag("tokenpress.cuda.fusedAttnMerge", "TOKENPRESS_CUDA_FUSED_ATTN_MERGE");
+    }
+
+    /** A switch that is on unless the system property (or else the environment variable) says false or 0. */
+    private static boolean flag(String property, String env) {
+        String v = System.getProperty(property, System.getenv().getOrDefault(env, "true"));
+        return !"false".equalsIgnoreCase(v) && !"0".equals(v);
     }
 
     // ---- info -------------------------------------------------------------------------------------------------
@@ -153,9 +170,9 @@ public final class CudaBackend implements Backend {
 
     @Override
     public String description() {
-        return String.format("CUDA: %s (sm_%d%d, %d SMs, %.1f GiB, driver %d.%d), cuBLAS bf16 GEMM, %s",
+        return String.format("CUDA: %s (sm_%d%d, %d SMs, %.1f GiB, driver %d.%d), %s, %s",
                 deviceName, props[1], props[2], props[0], props[3] / 1024.0, driverVersion / 1000,
-                (driverVersion % 1000) / 10, graphsEnabled ? "CUDA graphs" : "eager launches");
+                (driverVersion % 1000) / 10, kernelPaths(), graphsEnabled ? "CUDA graphs" : "eager launches");
     }
 
     public String deviceName() { return deviceName; }
@@ -179,6 +196,37 @@ public final class CudaBackend implements Backend {
     }
 
     public int graphReplays() { return replays; }
+
+    /**
+     * Decode GEMV kernel ({@code tp_gemv_bf16}) for matmuls of at most {@link #GEMV_MAX_ROWS} rows with bf16
+     * weights (default on; {@code -Dtokenpress.cuda.gemv=false} or this setter turns it off: every matmul then
+     * goes through the f32→bf16 conversion and cuBLAS). Drops a captured graph.
+     */
+    public void setGemvEnabled(boolean on) {
+        requireEager("setGemvEnabled");
+        dropGraph();
+        gemvEnabled = on;
+    }
+
+    public boolean gemvEnabled() { return gemvEnabled; }
+
+    /**
+     * Decode attention merges the splits inside the split kernel (the last block per KV head; default on) or in
+     * a second kernel ({@code -Dtokenpress.cuda.fusedAttnMerge=false} or this setter). Drops a captured graph.
+     */
+    public void setFusedAttnMerge(boolean on) {
+        requireEager("setFusedAttnMerge");
+        dropGraph();
+        fusedAttnMerge = on;
+    }
+
+    public boolean fusedAttnMerge() { return fusedAttnMerge; }
+
+    /** Kernel paths in use, one line (for logs and the benchmark). */
+    public String kernelPaths() {
+        return "matmul " + (gemvEnabled ? "GEMV for n<=" + GEMV_MAX_ROWS + " + cuBLAS" : "cuBLAS only")
+                + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel");
+    }
 
     /** Turns graph capture of decode steps on or off (off: every step runs eagerly). */
     public void setGraphsEnabled(boolean on) {
@@ -350,6 +398,12 @@ public final class CudaBackend implements Backend {
         if (xi.cols != in) throw new IllegalArgumentException("matmul: x has " + xi.cols + " columns, weight expects " + in);
         if (o.cols != outDim) throw new IllegalArgumentException("matmul: out has " + o.cols + " columns, weight gives " + outDim);
         if (n <= 0) return;
+        if (gemvEnabled && gemvEligible(o, xi, wt, n, in, outDim)) {
+            sig(4, o.ptr, xi.ptr, wt.ptr, b == null ? 0 : b.ptr, n, 1);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_gemv_bf16(o.ptr, xi.ptr, wt.ptr, b == null ? 0 : b.ptr, n, outDim, in, stream), "matmul (GEMV)");
+            return;
+        }
         long need = 2L * n * in;
         if (wt.bf16 && need > xBf16Bytes) {
             if (mode != Mode.EAGER) throw abort("matmul scratch growth", false);
@@ -360,7 +414,7 @@ public final class CudaBackend implements Backend {
             xBf16 = malloc(sz, "matmul input scratch");
             xBf16Bytes = sz;
         }
-        sig(4, o.ptr, xi.ptr, wt.ptr, b == null ? 0 : b.ptr, n);
+        sig(4, o.ptr, xi.ptr, wt.ptr, b == null ? 0 : b.ptr, n, 0);
         if (mode == Mode.DRY) return;
         int st;
         if (wt.bf16) {
@@ -375,6 +429,35 @@ public final class CudaBackend implements Backend {
         }
         if (st != 0) throw new CudaException("cublasGemmEx failed with status " + st + " (" + outDim + "x" + in + " x n=" + n + ")", st);
         if (b != null) check(TpNative.tp_add_bias(o.ptr, b.ptr, n, outDim, stream), "matmul: bias");
+    }
+
+    /**
+     * What tp_gemv_bf16 accepts: bf16 weight, n <= GEMV_MAX_ROWS, I % 8 == 0, 16-byte aligned x and weight, and
+     * an output that does not overlap x.
+     */
+    private static boolean gemvEligible(CudaTensor o, CudaTensor x, CudaTensor w, int n, int in, int outDim) {
+        if (!w.bf16 || n > GEMV_MAX_ROWS || in % 8 != 0 || (w.ptr & 15) != 0 || (x.ptr & 15) != 0) return false;
+        long xEnd = x.ptr + 4L * n * in, oEnd = o.ptr + 4L * n * outDim;
+        return oEnd <= x.ptr || xEnd <= o.ptr;
+    }
+
+    /**
+     * Fused residual add + RMSNorm: x += y, then out = rmsnorm(x) * w (= {@link #add} then {@link #rmsnorm}, one
+     * kernel). out must be a different tensor from x and y; otherwise this runs the two ops.
+     */
+    @Override
+    public void addRmsnorm(Tensor out, Tensor x, Tensor y, Tensor w, float eps, int n) {
+        CudaTensor o = act(out), xi = act(x), yi = act(y), wt = (CudaTensor) w;
+        if (o.ptr == xi.ptr || o.ptr == yi.ptr || xi.ptr == yi.ptr) {
+            add(x, y, n);
+            rmsnorm(out, x, w, eps, n);
+            return;
+        }
+        if (wt.bf16 || (long) wt.rows * wt.cols != xi.cols) throw new IllegalArgumentException("addRmsnorm: weight " + wt + " for " + xi);
+        if (yi.cols != xi.cols || o.cols != xi.cols) throw new IllegalArgumentException("addRmsnorm: " + o + ", " + xi + ", " + yi);
+        sig(10, o.ptr, xi.ptr, yi.ptr, wt.ptr, Float.floatToIntBits(eps), n);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_add_rmsnorm(o.ptr, xi.ptr, yi.ptr, wt.ptr, eps, n, xi.cols, stream), "addRmsnorm");
     }
 
     @Override
@@ -466,7 +549,14 @@ public final class CudaBackend implements Backend {
         long dq = d, dhw = d + 4L * n, dcnt = dhw + 4L * hkv, dsel = dcnt + 4L * hkv;
         int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
         float scale = (float) (1.0 / Math.sqrt(hd));
-        sig(9, o.ptr, qt.ptr, c.keys, layer, n, heads, stride, lenHint, select == null ? 0 : 1);
+        boolean fused = n == 1 && fusedAttnMerge;
+        if (fused && attnCounters == 0) {
+            if (mode != Mode.EAGER) throw abort("attention counter allocation", false);
+            attnCounters = malloc(4L * ATTN_COUNTERS, "attention split counters");
+            memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
+        }
+        if (fused && TpNative.tp_decode_attention_counters(heads, hkv) > ATTN_COUNTERS) fused = false;
+        sig(9, o.ptr, qt.ptr, c.keys, layer, n, heads, stride, lenHint, select == null ? 0 : 1, fused ? 1 : 0);
         if (mode == Mode.DRY) return;
 
         long raw = 0, prob = 0;
@@ -504,8 +594,9 @@ public final class CudaBackend implements Backend {
                 if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
                 growAttnWs(ws);
             }
-            rc = TpNative.tp_decode_attention(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap, dq,
-                    selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, raw, prob, attnWs, attnWsBytes, stream);
+            rc = TpNative.tp_decode_attention_ex(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap, dq,
+                    selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, raw, prob, attnWs, attnWsBytes,
+                    fused ? attnCounters : 0, stream);
         } else {
             long ws = TpNative.tp_prefill_attention_workspace_bytes(n, heads);
             if ((raw != 0 || prob != 0) && ws > attnWsBytes) {

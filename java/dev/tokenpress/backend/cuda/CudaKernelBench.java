@@ -56,6 +56,15 @@ public final class CudaKernelBench {
      */
     public static AttentionResult decodeAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
                                                   int iters) {
+        return decodeAttention(b, heads, kvHeads, headDim, context, iters, true);
+    }
+
+    /**
+     * As {@link #decodeAttention(CudaBackend, int, int, int, int, int)}; {@code fusedMerge} picks the split merge
+     * inside the split kernel (tp_decode_attention_ex with counters) or the separate merge kernel.
+     */
+    public static AttentionResult decodeAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
+                                                  int iters, boolean fusedMerge) {
         long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
         int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
         KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
@@ -84,6 +93,10 @@ public final class CudaKernelBench {
         long ws = TpNative.tp_decode_attention_workspace_bytes(heads, headDim);
         long wsPtr = b.malloc(ws, "bench attention workspace");
         long ints = b.malloc(4L * (1 + kvHeads), "bench step values");
+        int nCounters = Math.max(1, TpNative.tp_decode_attention_counters(heads, kvHeads));
+        long counters = b.malloc(4L * nCounters, "bench attention counters");
+        b.memsetNow(counters, 0, 4L * nCounters);
+        long ctr = fusedMerge ? counters : 0;
         int[] host = new int[1 + kvHeads];
         host[0] = context - 1;
         for (int g = 0; g < kvHeads; g++) host[1 + g] = context;
@@ -94,10 +107,10 @@ public final class CudaKernelBench {
         TpNative.tp_event_create(e0);
         TpNative.tp_event_create(e1);
         try {
-            for (int i = 0; i < 3; i++) launch(b, c, qt, ot, heads, kvHeads, headDim, context, i % layers, ints, scale, wsPtr, ws);
+            for (int i = 0; i < 3; i++) launch(b, c, qt, ot, heads, kvHeads, headDim, context, i % layers, ints, scale, wsPtr, ws, ctr);
             TpNative.tp_stream_synchronize(b.stream());
             TpNative.tp_event_record(e0[0], b.stream());
-            for (int i = 0; i < iters; i++) launch(b, c, qt, ot, heads, kvHeads, headDim, context, i % layers, ints, scale, wsPtr, ws);
+            for (int i = 0; i < iters; i++) launch(b, c, qt, ot, heads, kvHeads, headDim, context, i % layers, ints, scale, wsPtr, ws, ctr);
             TpNative.tp_event_record(e1[0], b.stream());
             TpNative.tp_event_synchronize(e1[0]);
             float[] ms = {0};
@@ -110,14 +123,16 @@ public final class CudaKernelBench {
             TpNative.tp_event_destroy(e1[0]);
             b.free(wsPtr);
             b.free(ints);
+            b.free(counters);
             kv.close();
         }
     }
 
     private static void launch(CudaBackend b, CudaKvCache c, CudaTensor q, CudaTensor out, int heads, int kvHeads,
-                               int hd, int context, int layer, long ints, float scale, long ws, long wsBytes) {
-        int rc = TpNative.tp_decode_attention(out.ptr, q.ptr, c.keys, c.values, c.pos, layer, heads, kvHeads, hd,
-                context, ints, 0, 1, 0, ints + 4, context, scale, 0, 0, ws, wsBytes, b.stream());
+                               int hd, int context, int layer, long ints, float scale, long ws, long wsBytes,
+                               long counters) {
+        int rc = TpNative.tp_decode_attention_ex(out.ptr, q.ptr, c.keys, c.values, c.pos, layer, heads, kvHeads, hd,
+                context, ints, 0, 1, 0, ints + 4, context, scale, 0, 0, ws, wsBytes, counters, b.stream());
         if (rc != 0) throw new CudaException("decode attention: " + CudaBackend.lastError(), rc);
     }
 }

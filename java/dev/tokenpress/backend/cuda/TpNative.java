@@ -148,6 +148,16 @@ public final class TpNative {
                                          @Cast("uint64_t") long tokenPos, int layer, int kvHeads, int headDim,
                                          int capacity, int n, @Cast("uint64_t") long stream);
 
+    public static native int tp_add_rmsnorm(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
+                                            @Cast("uint64_t") long y, @Cast("uint64_t") long w, float eps, int n,
+                                            int dim, @Cast("uint64_t") long stream);
+
+    // ---- decode GEMV --------------------------------------------------------------------------------------
+
+    public static native int tp_gemv_bf16(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
+                                          @Cast("uint64_t") long w, @Cast("uint64_t") long bias, int n, int outDim,
+                                          int inDim, @Cast("uint64_t") long stream);
+
     // ---- attention ----------------------------------------------------------------------------------------
 
     public static native @Cast("uint64_t") long tp_decode_attention_workspace_bytes(int numHeads, int headDim);
@@ -163,6 +173,23 @@ public final class TpNative {
                                                  @Cast("uint64_t") long workspace,
                                                  @Cast("uint64_t") long workspaceBytes,
                                                  @Cast("uint64_t") long stream);
+
+    public static native int tp_decode_attention_counters(int numHeads, int kvHeads);
+
+    public static native int tp_decode_attention_ex(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                                    @Cast("uint64_t") long keyCache,
+                                                    @Cast("uint64_t") long valueCache,
+                                                    @Cast("uint64_t") long posCache, int layer, int numHeads,
+                                                    int kvHeads, int headDim, int capacity,
+                                                    @Cast("uint64_t") long queryPos, @Cast("uint64_t") long selSlots,
+                                                    int selStride, @Cast("uint64_t") long selCounts,
+                                                    @Cast("uint64_t") long highWater, int maxLen, float scale,
+                                                    @Cast("uint64_t") long rawScores,
+                                                    @Cast("uint64_t") long probSums,
+                                                    @Cast("uint64_t") long workspace,
+                                                    @Cast("uint64_t") long workspaceBytes,
+                                                    @Cast("uint64_t") long counters,
+                                                    @Cast("uint64_t") long stream);
 
     public static native @Cast("uint64_t") long tp_prefill_attention_workspace_bytes(int n, int numHeads);
 

@@ -77,4 +77,29 @@ class CudaNativeLibTest {
         assertTrue(TpNative.tp_last_error_message().getString().contains("'k'"));
         assertTrue(TpNative.tp_decode_attention_workspace_bytes(32, 64) > 0);
     }
+
+    @Test
+    void abiGemvFusedOpsAndCountersWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        // GEMV: shapes it does not take are refused before any launch, so callers can fall back to cuBLAS
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED, TpNative.tp_gemv_bf16(16, 16, 16, 0, 1, 4, 12, 0));   // I % 8 != 0
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED, TpNative.tp_gemv_bf16(16, 16, 16, 0, 5, 4, 64, 0));   // n > 4
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED, TpNative.tp_gemv_bf16(16, 8, 16, 0, 1, 4, 64, 0));    // x unaligned
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED, TpNative.tp_gemv_bf16(16, 16, 24, 0, 1, 4, 64, 0));   // w unaligned
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_gemv_bf16(0, 16, 16, 0, 1, 4, 64, 0));
+        assertTrue(TpNative.tp_last_error_message().getString().contains("'out'"));
+        assertEquals(TpNative.TP_OK, TpNative.tp_gemv_bf16(16, 16, 16, 0, 0, 4, 64, 0));               // n = 0: nothing to do
+        // fused add + RMSNorm refuses aliasing
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_add_rmsnorm(8, 8, 16, 24, 1e-5f, 1, 64, 0));
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_add_rmsnorm(8, 16, 16, 24, 1e-5f, 1, 64, 0));
+        // split counters: one per (KV head, chunk of <= 8 q-heads)
+        assertEquals(8, TpNative.tp_decode_attention_counters(32, 8));
+        assertEquals(4, TpNative.tp_decode_attention_counters(32, 4));
+        assertEquals(2, TpNative.tp_decode_attention_counters(16, 1));
+        assertEquals(0, TpNative.tp_decode_attention_counters(12, 8));
+        int rc = TpNative.tp_decode_attention_ex(8, 8, 8, 8, 8, 0, 8, 2, 64, 16, 8, 0, 1, 0, 8, 16, 0.1f, 0, 0, 16,
+                1 << 30, 6, 0);
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc);
+        assertTrue(TpNative.tp_last_error_message().getString().contains("counters"));
+    }
 }

@@ -335,6 +335,28 @@ class CudaParityTest {
         }
     }
 
+    static Stream<Arguments> separateMergeCases() {
+        List<Arguments> a = new ArrayList<>();
+        for (int hd : new int[] {64, 128})
+            for (int group : new int[] {1, 8})
+                for (int len : new int[] {0, 81, 4097}) a.add(Arguments.of(hd, group, len));
+        return a.stream();
+    }
+
+    /** The same cases through the separate merge kernel (the fused in-kernel merge is the default). */
+    @ParameterizedTest(name = "decode separate merge hd={0} group={1} len={2}")
+    @MethodSource("separateMergeCases")
+    void decodeAttentionSeparateMerge(int hd, int group, int len) {
+        CudaBackend g = (CudaBackend) gpu;
+        assertTrue(g.fusedAttnMerge(), "fused merge is the default");
+        g.setFusedAttnMerge(false);
+        try {
+            decodeAttention(hd, group, len);
+        } finally {
+            g.setFusedAttnMerge(true);
+        }
+    }
+
     static Stream<Arguments> prefillCases() {
         List<Arguments> a = new ArrayList<>();
         for (int hd : new int[] {64, 128})

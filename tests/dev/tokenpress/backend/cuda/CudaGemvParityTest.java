@@ -1,0 +1,155 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.cpu.CpuBackend;
+import dev.tokenpress.io.TensorData;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+
+import static dev.tokenpress.backend.cuda.CudaParityTest.act;
+import static dev.tokenpress.backend.cuda.CudaParityTest.assertClose;
+import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Exact;
+import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Weight;
+import static dev.tokenpress.backend.cuda.CudaParityTest.f32Vector;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * The decode GEMV kernel (tp_gemv_bf16, used by CudaBackend.matmul for n <= 4 rows with bf16 weights) against
+ * the CPU matmul and against an exact host reference (double sums of the same bf16 weights and f32 inputs),
+ * on odd output widths (1, 7, 333, 4097) and input widths (8, 64, 2056, 8192), with and without bias, n = 1..4;
+ * the cuBLAS fallbacks (I % 8 != 0, n > 4, GEMV turned off); and the fused add + RMSNorm op.
+ * Skipped (not failed) where CUDA is unavailable.
+ */
+class CudaGemvParityTest {
+    static CpuBackend cpu;
+    static CudaBackend gpu;
+
+    @BeforeAll
+    static void open() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        cpu = new CpuBackend();
+        gpu = CudaBackend.open();
+        System.out.println("[gemv parity] " + gpu.description());
+    }
+
+    @AfterAll
+    static void close() {
+        if (gpu != null) gpu.close();
+        if (cpu != null) cpu.close();
+    }
+
+    static float[] uniform(SplittableRandom r, int n, double scale) {
+        float[] f = new float[n];
+        for (int i = 0; i < n; i++) f[i] = (float) ((r.nextDouble() * 2 - 1) * scale);
+        return f;
+    }
+
+    /** out[r][o] = sum_i w[o][i] * x[r][i] + bias[o], in double. */
+    static float[] reference(float[] w, float[] x, float[] bias, int n, int out, int in) {
+        float[] y = new float[n * out];
+        for (int r = 0; r < n; r++)
+            for (int o = 0; o < out; o++) {
+                double s = bias == null ? 0 : bias[o];
+                for (int i = 0; i < in; i++) s += (double) w[o * in + i] * x[r * in + i];
+                y[r * out + o] = (float) s;
+            }
+        return y;
+    }
+
+    /** Runs matmul on CPU and GPU; returns {cpu, gpu, exact}. */
+    static float[][] run(int n, int out, int in, boolean bias, long seed) {
+        SplittableRandom r = new SplittableRandom(seed);
+        float[] w = bf16Exact(uniform(r, out * in, 0.08)), x = uniform(r, n * in, 1), b = uniform(r, out, 1);
+        TensorData wd = bf16Weight("w", out, in, w);
+        Tensor wc = cpu.weight(wd), wg = gpu.weight(wd);
+        Tensor bc = bias ? cpu.weight(f32Vector("b", b)) : null, bg = bias ? gpu.weight(f32Vector("b", b)) : null;
+        Tensor xc = act(cpu, n, in, x), xg = act(gpu, n, in, x);
+        Tensor oc = act(cpu, n, out, null), og = act(gpu, n, out, null);
+        cpu.matmul(oc, xc, wc, bc, n);
+        gpu.matmul(og, xg, wg, bg, n);
+        return new float[][] {cpu.download(oc, 0, n), gpu.download(og, 0, n), reference(w, x, bias ? b : null, n, out, in)};
+    }
+
+    static Stream<Arguments> gemvCases() {
+        List<Arguments> a = new ArrayList<>();
+        boolean bias = false;
+        for (int out : new int[] {1, 7, 333, 4097})
+            for (int in : new int[] {8, 64, 2056, 8192}) {
+                a.add(Arguments.of(1, out, in, bias));
+                bias = !bias;
+            }
+        for (int n = 2; n <= CudaBackend.GEMV_MAX_ROWS; n++) {
+            a.add(Arguments.of(n, 7, 64, true));
+            a.add(Arguments.of(n, 333, 2056, n % 2 == 0));
+            a.add(Arguments.of(n, 1, 8192, false));
+        }
+        return a.stream();
+    }
+
+    @ParameterizedTest(name = "gemv n={0} O={1} I={2} bias={3}")
+    @MethodSource("gemvCases")
+    void gemvMatchesCpuAndExactReference(int n, int out, int in, boolean bias) {
+        assertTrue(gpu.gemvEnabled(), "GEMV is on by default");
+        float[][] res = run(n, out, in, bias, 31L * out + in + n);
+        String what = "gemv n=" + n + " O=" + out + " I=" + in + " bias=" + bias;
+        // f32 products of the same bf16 weights and f32 inputs: only the summation order differs
+        assertClose(what + " vs exact", res[2], res[1], 1e-9, 2e-4 * Math.sqrt(in / 64.0 + 1), 1e-4);
+        assertClose(what + " vs cpu", res[0], res[1], 1e-8, 1e-3 * Math.sqrt(in / 64.0 + 1), 1e-3);
+    }
+
+    static Stream<Arguments> fallbackCases() {
+        return Stream.of(Arguments.of(1, 300, 20, true),     // I % 8 != 0
+                Arguments.of(1, 17, 1030, false),           // I % 8 != 0 (rows not 16-byte aligned)
+                Arguments.of(5, 333, 2056, true),           // n > 4
+                Arguments.of(7, 300, 520, true));
+    }
+
+    @ParameterizedTest(name = "cuBLAS fallback n={0} O={1} I={2} bias={3}")
+    @MethodSource("fallbackCases")
+    void cublasFallback(int n, int out, int in, boolean bias) {
+        float[][] res = run(n, out, in, bias, 7L * out + in + n);
+        // cuBLAS rounds x to bf16 first: ~2^-9 relative error per product
+        assertClose("fallback n=" + n + " O=" + out + " I=" + in, res[2], res[1], 2e-5, 0.05, 0.02);
+    }
+
+    @Test
+    void gemvOffUsesCublasAndAgrees() {
+        try {
+            gpu.setGemvEnabled(false);
+            float[][] res = run(1, 4097, 2056, true, 99);
+            assertClose("gemv off", res[2], res[1], 2e-5, 0.05, 0.02);
+        } finally {
+            gpu.setGemvEnabled(true);
+        }
+        float[][] res = run(1, 4097, 2056, true, 99);
+        assertClose("gemv on", res[2], res[1], 1e-9, 2e-4 * Math.sqrt(2056 / 64.0 + 1), 1e-4);
+    }
+
+    @Test
+    void addRmsnormMatchesAddThenRmsnorm() {
+        for (int d : new int[] {64, 333, 2048, 4096}) {
+            for (int n : new int[] {1, 3}) {
+                SplittableRandom r = new SplittableRandom(d + n);
+                float[] x = uniform(r, n * d, 2), y = uniform(r, n * d, 2), w = uniform(r, d, 1.5);
+                Tensor wc = cpu.weight(f32Vector("w", w)), wg = gpu.weight(f32Vector("w", w));
+                Tensor xc = act(cpu, n, d, x), yc = act(cpu, n, d, y), oc = act(cpu, n, d, null);
+                Tensor xg = act(gpu, n, d, x), yg = act(gpu, n, d, y), og = act(gpu, n, d, null);
+                cpu.add(xc, yc, n);
+                cpu.rmsnorm(oc, xc, wc, 1e-5f, n);
+                gpu.addRmsnorm(og, xg, yg, wg, 1e-5f, n);
+                assertClose("addRmsnorm x d=" + d, cpu.download(xc, 0, n), gpu.download(xg, 0, n), 1e-12, 1e-6, 1e-6);
+                assertClose("addRmsnorm out d=" + d, cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-10, 1e-5, 1e-5);
+            }
+        }
+    }
+}
