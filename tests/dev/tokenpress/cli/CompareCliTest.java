@@ -1,0 +1,91 @@
+package dev.tokenpress.cli;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import javax.imageio.ImageIO;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/** {@code tokenpress compare}: its rows are separate perplexity runs; plot, CSV and exit codes. */
+class CompareCliTest {
+    @TempDir
+    static Path tmp;
+    static Path model, text;
+    static final ObjectMapper JSON = new ObjectMapper();
+
+    record Run(int code, String out, String err) {}
+
+    static Run run(String... args) {
+        StringWriter out = new StringWriter(), err = new StringWriter();
+        int code = Main.run(args, new PrintWriter(out, true), new PrintWriter(err, true));
+        return new Run(code, out.toString(), err.toString());
+    }
+
+    @BeforeAll
+    static void makeModel() throws Exception {
+        model = tmp.resolve("tiny");
+        assertEquals(ExitCodes.OK, run("make-model", "--preset", "tiny", "-o", model.toString(), "--seed", "4").code());
+        text = tmp.resolve("text.txt");
+        StringBuilder sb = new StringBuilder();
+        for (int i = 0; i < 40; i++) sb.append("for i in range(").append(i).append("):\n    total += i * ").append(i % 7).append("\n");
+        Files.writeString(text, sb.toString());
+    }
+
+    @Test
+    void rowsEqualSeparatePerplexityRunsAndThePlotIsAPng() throws Exception {
+        Path png = tmp.resolve("out/plot.png");
+        String[] specs = {"full", "window:budget=24", "h2o:budget=24,recent=8", "tidal:k=16"};
+        Run c = run("compare", "-m", model.toString(), "-f", text.toString(), "-c", "72", "--prefill", "8",
+                "--kv", String.join(",", specs), "--json", "--plot", png.toString(), "--device", "cpu");
+        assertEquals(ExitCodes.OK, c.code(), c.err());
+        JsonNode rows = JSON.readTree(c.out()).get("results");
+        assertEquals(specs.length, rows.size());
+        for (int i = 0; i < specs.length; i++) {
+            Run p = run("perplexity", "-m", model.toString(), "-f", text.toString(), "-c", "72", "--prefill", "8",
+                    "--kv", specs[i], "--json", "--device", "cpu");
+            assertEquals(ExitCodes.OK, p.code(), p.err());
+            JsonNode a = rows.get(i), b = JSON.readTree(p.out()).get("results").get(0);
+            for (String f : new String[]{"kv", "baseline", "tokens", "scored", "ppl", "mean_nll", "baseline_ppl", "delta_ppl",
+                    "mean_kld", "kld_p99", "max_kld", "top1_agreement", "mean_delta_p", "kv_bytes", "full_kv_bytes", "peak_slots",
+                    "slot_ratio", "byte_ratio", "decode_steps"})
+                assertEquals(b.get(f), a.get(f), specs[i] + " " + f);
+        }
+        assertEquals(0.0, rows.get(0).get("delta_ppl").asDouble(), 1e-3, "full vs the full-prefill baseline");
+        assertTrue(rows.get(1).get("byte_ratio").asDouble() > 2);
+        byte[] head = Files.readAllBytes(png);
+        assertEquals((byte) 0x89, head[0]);
+        assertEquals('P', head[1]);
+        assertNotNull(ImageIO.read(png.toFile()));
+        assertTrue(c.err().contains("plot: "), c.err());
+    }
+
+    @Test
+    void csvAndTable() {
+        Run csv = run("compare", "-m", model.toString(), "-f", text.toString(), "-c", "48", "--kv", "full,window:budget=20", "--csv");
+        assertEquals(ExitCodes.OK, csv.code(), csv.err());
+        String[] lines = csv.out().trim().split("\n");
+        assertEquals(3, lines.length, csv.out());
+        assertTrue(lines[0].startsWith("kv,baseline,tokens,prefill,scored,kv_bytes"));
+        assertTrue(lines[2].startsWith("\"window:sink=4,budget=20\",\"full\",48,32,16,"), lines[2]);
+        Run md = run("compare", "-m", model.toString(), "-f", text.toString(), "-c", "48", "--kv", "full,window:budget=20,sink=2");
+        assertEquals(ExitCodes.OK, md.code(), md.err());
+        assertTrue(md.out().contains("| window:sink=2,budget=20 |"), md.out());
+    }
+
+    @Test
+    void badInputsAreUsageErrors() {
+        assertEquals(ExitCodes.USAGE, run("compare", "-m", model.toString()).code());
+        assertEquals(ExitCodes.USAGE, run("compare", "-m", model.toString(), "-f", tmp.resolve("missing.py").toString()).code());
+        assertEquals(ExitCodes.USAGE, run("compare", "-m", model.toString(), "-f", text.toString(), "--kv", "full,bogus").code());
+        assertEquals(ExitCodes.USAGE, run("compare", "-m", model.toString(), "-f", text.toString(), "--kv", "full,,h2o").code());
+        assertEquals(ExitCodes.USAGE, run("compare", "-m", model.toString(), "-f", text.toString(), "--json", "--csv").code());
+    }
+}
