@@ -158,6 +158,29 @@ run_checks() {
     say "STAGE bench-e2e: SKIPPED (no GPU)"
   fi
 
+  # -- stage 6 (only when STAGES names it): where a decode step's time goes. Step wall times with and without
+  # CUDA graphs, then Nsight Compute over about one eager decode step (graphs off so each kernel is attributed).
+  if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" ]] && want profile; then
+    for g in true false; do
+      timeout 60 "$JAVA" "${JOPTS[@]}" -Dtokenpress.cuda.graphs=$g -cp "$CP" dev.tokenpress.eval.DecodeProfile "$MODEL" 24 \
+        > "$OUT/profile-graphs-$g.log" 2>&1
+      say "  decode step ms with graphs=$g (steps 12..23): $(grep -E '^step (1[2-9]|2[0-3]):' "$OUT/profile-graphs-$g.log" | awk '{s+=$3; n++} END {if (n) printf "%.3f", s/n; else print "n/a"}')"
+    done
+    local NCU
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [[ -n "$NCU" ]]; then
+      timeout "${T_PROF:-150}" "$NCU" --target-processes all --launch-skip "${PROF_SKIP:-1500}" --launch-count "${PROF_COUNT:-240}" \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum --csv --log-file "$OUT/ncu.csv" \
+        "$JAVA" "${JOPTS[@]}" -Dtokenpress.cuda.graphs=false -cp "$CP" dev.tokenpress.eval.DecodeProfile "$MODEL" 16 \
+        > "$OUT/ncu-run.log" 2>&1
+      rc=$?
+      stage_rc profile $rc
+      "${VENV}/bin/python" "$ROOT/scripts/ncu_summary.py" "$OUT/ncu.csv" 2>&1 | tee -a "$SUMMARY" | head -40
+    else
+      say "STAGE profile: SKIPPED (ncu not found)"
+    fi
+  fi
+
   # -- stage 5: PyTorch/transformers peer on the same model
   local PY="$VENV/bin/python"
   if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" && -x "$PY" ]] && want peer; then
