@@ -69,8 +69,8 @@ run_checks() {
   mkdir -p "$WORK"
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
-  # STAGES (default all): any of junit,attention,e2e,peer; T_JUNIT/T_ATT/T_E2E/T_PEER override stage timeouts
-  local STAGES=${STAGES:-junit,attention,e2e,peer}
+  # STAGES (default all): any of junit,attention,cce,e2e,peer; T_JUNIT/T_ATT/T_CCE/T_E2E/T_PEER override stage timeouts
+  local STAGES=${STAGES:-junit,attention,cce,e2e,peer}
   want() { [[ ",$STAGES," == *",$1,"* ]]; }
   stage_rc() { say "STAGE $1: $( [[ $2 -eq 0 ]] && echo PASS || echo "FAIL (rc=$2$( [[ $2 -eq 124 ]] && echo ', timed out'))")"; }
   local T0=$SECONDS
@@ -123,6 +123,9 @@ run_checks() {
     --select-class dev.tokenpress.backend.cuda.CudaParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaModelParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaGemvParityTest \
+    --select-class dev.tokenpress.backend.cuda.CudaPolicyOpsParityTest \
+    --select-class dev.tokenpress.backend.cuda.CudaPolicyModelParityTest \
+    --select-class dev.tokenpress.backend.cuda.CudaCceParityTest \
     --reports-dir "$OUT/junit" > "$OUT/junit.log" 2>&1
   rc=$?
   stage_rc junit $rc
@@ -138,6 +141,15 @@ run_checks() {
   stage_rc bench-attention $rc
   grep -E "^(device|RESULT|\|)" "$OUT/bench-attention.log" | sed 's/^/  /' | tee -a "$SUMMARY"
   [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-attention.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  fi
+
+  # -- stage 3b: CCE log-sum-exp vs cuBLAS logits + naive log-softmax (N=8192, D=2048, V=128256)
+  if want cce; then
+  timeout "${T_CCE:-60}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench cce > "$OUT/bench-cce.log" 2>&1
+  rc=$?
+  stage_rc bench-cce $rc
+  grep -E "^(device|RESULT|cce|\|)" "$OUT/bench-cce.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-cce.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
   fi
 
   # -- stage 4: end-to-end decode tokens/s of llama-1b-shape (model generated here once)
@@ -162,7 +174,7 @@ run_checks() {
   # CUDA graphs, then Nsight Compute over about one eager decode step (graphs off so each kernel is attributed).
   if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" ]] && want profile; then
     for g in true false; do
-      timeout 60 "$JAVA" "${JOPTS[@]}" -Dtokenpress.cuda.graphs=$g -cp "$CP" dev.tokenpress.eval.DecodeProfile "$MODEL" 24 \
+      timeout "${T_DP:-60}" "$JAVA" "${JOPTS[@]}" -Dtokenpress.cuda.graphs=$g -cp "$CP" dev.tokenpress.eval.DecodeProfile "$MODEL" 24 \
         > "$OUT/profile-graphs-$g.log" 2>&1
       say "  decode step ms with graphs=$g (steps 12..23): $(grep -E '^step (1[2-9]|2[0-3]):' "$OUT/profile-graphs-$g.log" | awk '{s+=$3; n++} END {if (n) printf "%.3f", s/n; else print "n/a"}')"
     done

@@ -183,6 +183,43 @@ int tp_prefill_attention(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t 
                          uint64_t high_water, int max_len, float scale, int from_row, uint64_t raw_scores,
                          uint64_t prob_sums, uint64_t workspace, uint64_t workspace_bytes, uint64_t stream);
 
+/* ---- ops for KV compression policies (policy_ops.cu) ------------------------------------------------ */
+/* Their results go back to host-side policy logic, so callers run them eagerly (not inside a captured graph);
+ * the query position is therefore a plain int. Cache layout and visibility as above. */
+
+/**
+ * Raw (unscaled) q·k of one query row against every slot below the high-water mark: out f32 [H][out_stride],
+ * out[h*out_stride + s] for s < max_high_water = q_h · key[layer][h / (H/Hkv)][s], or -inf when s >= high_water[g]
+ * or the slot is not visible to query_pos. q f32 [H*hd] (one row, rotated); high_water int32 [Hkv] (device),
+ * max_high_water = max over g (<= capacity, <= out_stride). head_dim % 8 == 0 (else TP_ERR_UNSUPPORTED_HEAD_DIM),
+ * (H/Hkv)*hd*4 <= 48 KiB (else TP_ERR_UNSUPPORTED); key_cache 16-byte aligned.
+ */
+int tp_query_key_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer,
+                        int num_heads, int kv_heads, int head_dim, int capacity, int query_pos, uint64_t high_water,
+                        int max_high_water, uint64_t stream);
+
+/**
+ * Quest's per-page bound: pages are runs of page_size slots; with M and m the elementwise max and min of the keys
+ * of the page's visible slots (below high_water[g]), out[h*out_stride + p] = sum_i max(q_i*M_i, q_i*m_i) for
+ * p < max_pages, -inf for a page without a visible slot (pages at or after ceil(high_water[g] / page_size)
+ * included). Computed on the fly from the bf16 keys (no page metadata is kept). out f32 [H][out_stride];
+ * q f32 [H*hd]; high_water int32 [Hkv] (device); max_pages <= ceil(capacity / page_size); head_dim <= 256.
+ */
+int tp_quest_page_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer,
+                         int num_heads, int kv_heads, int head_dim, int capacity, int query_pos, uint64_t high_water,
+                         int page_size, int max_pages, uint64_t stream);
+
+/** out f32 [2*hd] (device) = key then value of slot of (layer, head), converted from bf16 (exact). */
+int tp_kv_read_slot(uint64_t out, uint64_t key_cache, uint64_t value_cache, int layer, int head, int kv_heads,
+                    int head_dim, int capacity, int slot, uint64_t stream);
+
+/**
+ * Slot of (layer, head) = src f32 [2*hd] (device; key then value), rounded to bf16 (nearest even), and its
+ * position entry = position.
+ */
+int tp_kv_write_slot(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t src, int layer, int head,
+                     int kv_heads, int head_dim, int capacity, int slot, int position, uint64_t stream);
+
 /* ---- selection over the vocabulary (topk_select.cu) -------------------------------------------------- */
 
 /** Bytes of workspace for tp_argmax / tp_topk over count elements with k results. */
@@ -196,6 +233,30 @@ int tp_argmax(uint64_t x, int count, uint64_t out_index, uint64_t out_value, uin
  */
 int tp_topk(uint64_t x, int count, int k, uint64_t out_index, uint64_t out_value, uint64_t workspace,
             uint64_t workspace_bytes, uint64_t stream);
+
+/* ---- Cut-Cross-Entropy log-sum-exp (cce_lse.cu) ---------------------------------------------------- */
+
+/** Bytes of workspace tp_cce_lse needs for n rows (n * 64 splits * 2 floats; any vocabulary). */
+uint64_t tp_cce_lse_workspace_bytes(int n);
+/** Vocabulary splits tp_cce_lse uses for n rows over vocab entries on the current device (informational). */
+int tp_cce_lse_splits(int n, int vocab);
+/**
+ * lse f32 [n] = log sum_v exp(h_i . W_v) and target_logit f32 [n] = h_i . W_{t_i} (NaN where t_i < 0 or
+ * t_i >= vocab) for hidden f32 [n, dim] and lm_head bf16 [vocab, dim] (row-major), without materialising the
+ * [n, vocab] logits (tensor-core tiles, online softmax per vocabulary split, then a merge kernel).
+ * targets int32 [n] (device) or 0 (no targets); target_logit 0 = not wanted. precise = 1: h split into
+ * bf16 hi + lo (about f32 accuracy, two MMAs per product); 0: h rounded to bf16 (as the cuBLAS matmul path).
+ * workspace: tp_cce_lse_workspace_bytes(n) bytes of device memory. Returns TP_ERR_UNSUPPORTED (nothing
+ * launched) unless dim % 8 == 0 and hidden and lm_head are 16-byte aligned.
+ */
+int tp_cce_lse(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm_head, uint64_t targets, int n,
+               int vocab, int dim, int precise, uint64_t workspace, uint64_t workspace_bytes, uint64_t stream);
+/**
+ * Naive baseline over materialised logits f32 [n, vocab]: lse f32 [n] (row max, then sum of exp) and
+ * target_logit f32 [n] (gathered; NaN for ignored targets; 0 = not wanted). targets int32 [n] or 0.
+ */
+int tp_lse_rows(uint64_t lse, uint64_t target_logit, uint64_t logits, uint64_t targets, int n, int vocab,
+                uint64_t stream);
 
 #ifdef __cplusplus
 }

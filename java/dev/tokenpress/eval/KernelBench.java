@@ -2,6 +2,7 @@ package dev.tokenpress.eval;
 
 import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.backend.cuda.CudaBackend;
+import dev.tokenpress.backend.cuda.CudaCce;
 import dev.tokenpress.backend.cuda.CudaKernelBench;
 import dev.tokenpress.io.ConfigLoader;
 import dev.tokenpress.io.ModelWriter;
@@ -27,6 +28,9 @@ import java.util.SplittableRandom;
  *       at short context and at 32K context (the 32K of context is written into the KV cache directly, synthetic
  *       keys/values, so no 32K prefill is timed), with the bandwidth roofline (weight + KV bytes per token ÷
  *       measured copy bandwidth) beside it.</li>
+ *   <li>{@code cce [N D V]}: Cut-Cross-Entropy log-sum-exp ({@code tp_cce_lse}, default N=8192, D=2048,
+ *       V=128256, bf16 LM head) against cuBLAS f32 logits [N, V] plus a naive log-softmax kernel: time and device
+ *       memory of both paths.</li>
  * </ul>
  * Every number is printed as a {@code RESULT key value unit} line (parsed by scripts/gpu-check.sh) plus a table.
  */
@@ -36,7 +40,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | e2e <model-dir> [short-steps] [long-steps] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | e2e <model-dir> [short-steps] [long-steps] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -54,6 +58,12 @@ public final class KernelBench {
             if (gpu.theoreticalBandwidth() > 0) result(out, "theoretical_bandwidth", gpu.theoreticalBandwidth() / 1e9, "GB/s");
             String what = args[0];
             if (what.equals("attention") || what.equals("all")) attention(gpu, bw, out);
+            if (what.equals("cce")) {
+                int n = args.length > 1 ? Integer.parseInt(args[1]) : 8192;
+                int d = args.length > 2 ? Integer.parseInt(args[2]) : 2048;
+                int v = args.length > 3 ? Integer.parseInt(args[3]) : 128256;
+                cce(gpu, n, d, v, out);
+            }
             if (what.equals("e2e") || what.equals("all")) {
                 Path dir = Path.of(args[1]);
                 int shortSteps = args.length > 2 ? Integer.parseInt(args[2]) : 128;
@@ -82,6 +92,39 @@ public final class KernelBench {
                 result(out, k + "_pct_copy_bw" + sfx, pct, "%");
             }
         }
+    }
+
+    /**
+     * CCE log-sum-exp of N rows of hidden size D over a V-entry bf16 LM head (tp_cce_lse, h rounded to bf16: keys
+     * cce_*; split hi + lo h: cce_precise_*) against cuBLAS f32 logits (CudaBackend.matmul: h → bf16 + GEMM, key
+     * gemm_ms) plus tp_lse_rows over them (naive_lsm_ms). Memory: bytes allocated per path (cce_bytes,
+     * naive_bytes) and the cudaMemGetInfo drop (cce_meminfo_bytes, naive_meminfo_bytes).
+     */
+    public static void cce(CudaBackend gpu, int n, int d, int v, PrintStream out) {
+        CudaCce.BenchResult r = CudaCce.bench(gpu, n, d, v, 3);
+        double flop = 2.0 * n * d * v;
+        out.printf("cce N=%d D=%d V=%d (%d vocabulary splits)%n", n, d, v, r.splits());
+        out.println("| path | ms | TFLOP/s | device bytes |");
+        out.println("|---|---|---|---|");
+        out.printf("| tp_cce_lse (bf16 h) | %.3f | %.1f | %d |%n", r.cceMs(), flop / r.cceMs() / 1e9, r.cceBytes());
+        out.printf("| tp_cce_lse precise (hi+lo h) | %.3f | %.1f | %d |%n", r.ccePreciseMs(), flop / r.ccePreciseMs() / 1e9, r.cceBytes());
+        out.printf("| cuBLAS GEMM f32 logits | %.3f | %.1f | %d |%n", r.gemmMs(), flop / r.gemmMs() / 1e9, r.naiveBytes());
+        out.printf("| + naive log-softmax | %.3f | | |%n", r.naiveLsmMs());
+        result(out, "cce_ms", r.cceMs(), "ms");
+        result(out, "cce_precise_ms", r.ccePreciseMs(), "ms");
+        result(out, "gemm_ms", r.gemmMs(), "ms");
+        result(out, "naive_lsm_ms", r.naiveLsmMs(), "ms");
+        result(out, "cce_vs_gemm", r.cceMs() / r.gemmMs(), "x");
+        result(out, "cce_precise_vs_gemm", r.ccePreciseMs() / r.gemmMs(), "x");
+        result(out, "cce_vs_gemm_plus_lsm", r.cceMs() / (r.gemmMs() + r.naiveLsmMs()), "x");
+        result(out, "cce_tflops", flop / r.cceMs() / 1e9, "TFLOP/s");
+        result(out, "gemm_tflops", flop / r.gemmMs() / 1e9, "TFLOP/s");
+        result(out, "cce_bytes", r.cceBytes(), "B");
+        result(out, "naive_bytes", r.naiveBytes(), "B");
+        result(out, "cce_meminfo_bytes", r.cceMemDelta(), "B");
+        result(out, "naive_meminfo_bytes", r.naiveMemDelta(), "B");
+        result(out, "cce_vs_naive_max_lse_diff", r.maxLseDiff(), "");
+        result(out, "cce_vs_naive_max_target_diff", r.maxTargetDiff(), "");
     }
 
     /** The kernel paths e2e compares in one run: the default, then the previous one (cuBLAS, separate merge). */

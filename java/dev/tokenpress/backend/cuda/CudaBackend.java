@@ -91,6 +91,8 @@ public final class CudaBackend implements Backend {
     private long attnWsBytes;
     private long statRaw, statRawBytes, statProb, statProbBytes;
     private long selWs, selWsBytes;
+    private long policyBuf, policyBufBytes;       // scores of queryKeyScores / questPageScores, one slot of readKv
+    private float[] policyHostBuf = new float[0];  // their host copy
     private long selOut;              // int32[1024] + f32[1024]
     private long attnCounters;        // int32[ATTN_COUNTERS], zeroed once; the fused decode-attention merge
                                       // leaves it zeroed after every call
@@ -623,6 +625,142 @@ public final class CudaBackend implements Backend {
         long sz = Math.max(bytes, 1L << 20);
         attnWs = malloc(sz, "attention workspace");
         attnWsBytes = sz;
+    }
+
+    // ---- ops for KV compression policies (policy_ops.cu) ----------------------------------------------------------
+    // Host-side policy logic consumes their results, so they run eagerly: inside a decode step they abort the
+    // graph capture (the backend then stays eager, as for attention statistics). Positions are read from the
+    // device copy, so queued frees are flushed first. Keys are the bf16 cache contents.
+
+    @Override
+    public void queryKeyScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer) {
+        requireEager("queryKeyScores");
+        CudaKvCache c = cudaCache(cache, "queryKeyScores");
+        CudaTensor qt = act(q);
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        int heads = qt.cols / hd;
+        checkPolicyArgs("queryKeyScores", c, layer, qt, row, heads, out);
+        int[] hw = new int[hkv];
+        int maxHw = 0;
+        for (int g = 0; g < hkv; g++) maxHw = Math.max(maxHw, hw[g] = c.highWater(layer, g));
+        flushFrees(c);
+        if (maxHw > 0) {
+            long dhw = stage(hw, hkv);
+            long buf = policyScratch(4L * heads * maxHw);
+            check(TpNative.tp_query_key_scores(buf, maxHw, qt.row(row), c.keys, c.pos, layer, heads, hkv, hd, cap,
+                    queryPosition, dhw, maxHw, stream), "queryKeyScores");
+            float[] host = policyHost(heads * maxHw);
+            check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxHw, stream), "queryKeyScores download");
+            for (int h = 0; h < heads; h++) System.arraycopy(host, h * maxHw, out[h], 0, Math.min(maxHw, out[h].length));
+        }
+        // entries in [hw_g, maxHw) are -inf from the kernel; the rest up to the capacity here (as the CPU op)
+        for (int h = 0; h < heads; h++)
+            if (out[h].length > maxHw) Arrays.fill(out[h], maxHw, Math.min(out[h].length, cap), Float.NEGATIVE_INFINITY);
+    }
+
+    @Override
+    public void questPageScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize) {
+        requireEager("questPageScores");
+        if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
+        CudaKvCache c = cudaCache(cache, "questPageScores");
+        CudaTensor qt = act(q);
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        int heads = qt.cols / hd;
+        checkPolicyArgs("questPageScores", c, layer, qt, row, heads, out);
+        int group = heads / hkv;
+        int[] hw = new int[hkv], pages = new int[hkv];
+        int maxPages = 0;
+        for (int g = 0; g < hkv; g++) {
+            hw[g] = c.highWater(layer, g);
+            pages[g] = (int) ((hw[g] + (long) pageSize - 1) / pageSize);
+            maxPages = Math.max(maxPages, pages[g]);
+        }
+        if (maxPages == 0) return;
+        flushFrees(c);
+        long dhw = stage(hw, hkv);
+        long buf = policyScratch(4L * heads * maxPages);
+        check(TpNative.tp_quest_page_scores(buf, maxPages, qt.row(row), c.keys, c.pos, layer, heads, hkv, hd, cap,
+                queryPosition, dhw, pageSize, maxPages, stream), "questPageScores");
+        float[] host = policyHost(heads * maxPages);
+        check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxPages, stream), "questPageScores download");
+        // the CPU op writes the pages below ceil(highWater / pageSize) of each head's KV head and nothing else
+        for (int h = 0; h < heads; h++) System.arraycopy(host, h * maxPages, out[h], 0, pages[h / group]);
+    }
+
+    /** Copies one slot's key and value to the host (the bf16 contents, exactly). */
+    @Override
+    public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        requireEager("readKv");
+        CudaKvCache c = cudaCache(cache, "readKv");
+        int hd = c.headDim();
+        checkSlot("readKv", c, layer, head, slot, key, value);
+        long buf = policyScratch(8L * hd);
+        check(TpNative.tp_kv_read_slot(buf, c.keys, c.values, layer, head, c.kvHeads(), hd, c.capacity(), slot, stream), "readKv");
+        float[] host = policyHost(2 * hd);
+        check(TpNative.tp_memcpy_d2h(host, buf, 8L * hd, stream), "readKv download");
+        System.arraycopy(host, 0, key, 0, hd);
+        System.arraycopy(host, hd, value, 0, hd);
+    }
+
+    /**
+     * Writes one slot's key and value, rounded to bf16 (nearest even) like every cached key/value on this backend
+     * (the CPU cache keeps f32: a {@link #readKv} after this returns the rounded values), and sets the slot's
+     * device position to the host bookkeeping's position (the slot may just have been allocated).
+     */
+    @Override
+    public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        requireEager("writeKv");
+        CudaKvCache c = cudaCache(cache, "writeKv");
+        int hd = c.headDim();
+        checkSlot("writeKv", c, layer, head, slot, key, value);
+        flushFrees(c); // a queued free of this slot must not land after the write
+        int[] bits = new int[2 * hd];
+        for (int i = 0; i < hd; i++) {
+            bits[i] = Float.floatToRawIntBits(key[i]);
+            bits[hd + i] = Float.floatToRawIntBits(value[i]);
+        }
+        long src = stage(bits, bits.length);
+        check(TpNative.tp_kv_write_slot(c.keys, c.values, c.pos, src, layer, head, c.kvHeads(), hd, c.capacity(), slot,
+                c.position(layer, head, slot), stream), "writeKv");
+    }
+
+    private static CudaKvCache cudaCache(KvCache cache, String op) {
+        if (cache instanceof CudaKvCache c) return c;
+        throw new IllegalArgumentException(op + ": expected a CUDA KV cache, got " + (cache == null ? "null" : cache.getClass().getSimpleName()));
+    }
+
+    private static void checkPolicyArgs(String op, CudaKvCache c, int layer, CudaTensor q, int row, int heads, float[][] out) {
+        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException(op + ": layer " + layer + " outside [0, " + c.layers() + ")");
+        if (row < 0 || row >= q.rows) throw new IllegalArgumentException(op + ": row " + row + " outside " + q);
+        if (heads <= 0 || heads % c.kvHeads() != 0 || (long) heads * c.headDim() > q.cols)
+            throw new IllegalArgumentException(op + ": " + q + " does not hold q-heads of " + c.headDim() + " for " + c.kvHeads() + " KV heads");
+        if (out.length < heads) throw new IllegalArgumentException(op + ": out has " + out.length + " rows for " + heads + " q-heads");
+    }
+
+    private static void checkSlot(String op, CudaKvCache c, int layer, int head, int slot, float[] key, float[] value) {
+        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException(op + ": layer " + layer + " outside [0, " + c.layers() + ")");
+        if (head < 0 || head >= c.kvHeads()) throw new IllegalArgumentException(op + ": KV head " + head + " outside [0, " + c.kvHeads() + ")");
+        if (slot < 0 || slot >= c.capacity()) throw new IllegalArgumentException(op + ": slot " + slot + " outside [0, " + c.capacity() + ")");
+        if (key.length < c.headDim() || value.length < c.headDim())
+            throw new IllegalArgumentException(op + ": key/value arrays shorter than the head dim " + c.headDim());
+    }
+
+    /** Device scratch of the policy ops (scores, one slot), grown on demand. */
+    private long policyScratch(long bytes) {
+        if (bytes > policyBufBytes) {
+            free(policyBuf);
+            policyBuf = 0;
+            policyBufBytes = 0;
+            long sz = Math.max(bytes, 64L << 10);
+            policyBuf = malloc(sz, "KV-policy scratch");
+            policyBufBytes = sz;
+        }
+        return policyBuf;
+    }
+
+    private float[] policyHost(int floats) {
+        if (policyHostBuf.length < floats) policyHostBuf = new float[Math.max(floats, 2 * policyHostBuf.length)];
+        return policyHostBuf;
     }
 
     @Override

@@ -205,6 +205,29 @@ public final class TpNative {
                                                   @Cast("uint64_t") long workspaceBytes,
                                                   @Cast("uint64_t") long stream);
 
+    // ---- ops for KV compression policies (policy_ops.cu) ---------------------------------------------------
+
+    public static native int tp_query_key_scores(@Cast("uint64_t") long out, int outStride, @Cast("uint64_t") long q,
+                                                 @Cast("uint64_t") long keyCache, @Cast("uint64_t") long posCache,
+                                                 int layer, int numHeads, int kvHeads, int headDim, int capacity,
+                                                 int queryPos, @Cast("uint64_t") long highWater, int maxHighWater,
+                                                 @Cast("uint64_t") long stream);
+
+    public static native int tp_quest_page_scores(@Cast("uint64_t") long out, int outStride, @Cast("uint64_t") long q,
+                                                  @Cast("uint64_t") long keyCache, @Cast("uint64_t") long posCache,
+                                                  int layer, int numHeads, int kvHeads, int headDim, int capacity,
+                                                  int queryPos, @Cast("uint64_t") long highWater, int pageSize,
+                                                  int maxPages, @Cast("uint64_t") long stream);
+
+    public static native int tp_kv_read_slot(@Cast("uint64_t") long out, @Cast("uint64_t") long keyCache,
+                                             @Cast("uint64_t") long valueCache, int layer, int head, int kvHeads,
+                                             int headDim, int capacity, int slot, @Cast("uint64_t") long stream);
+
+    public static native int tp_kv_write_slot(@Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache,
+                                              @Cast("uint64_t") long posCache, @Cast("uint64_t") long src, int layer,
+                                              int head, int kvHeads, int headDim, int capacity, int slot,
+                                              int position, @Cast("uint64_t") long stream);
+
     // ---- selection ----------------------------------------------------------------------------------------
 
     public static native @Cast("uint64_t") long tp_topk_workspace_bytes(int count, int k);
@@ -216,4 +239,20 @@ public final class TpNative {
     public static native int tp_topk(@Cast("uint64_t") long x, int count, int k, @Cast("uint64_t") long outIndex,
                                      @Cast("uint64_t") long outValue, @Cast("uint64_t") long workspace,
                                      @Cast("uint64_t") long workspaceBytes, @Cast("uint64_t") long stream);
+
+    // ---- Cut-Cross-Entropy log-sum-exp ----------------------------------------------------------------------
+
+    public static native @Cast("uint64_t") long tp_cce_lse_workspace_bytes(int n);
+
+    public static native int tp_cce_lse_splits(int n, int vocab);
+
+    public static native int tp_cce_lse(@Cast("uint64_t") long lse, @Cast("uint64_t") long targetLogit,
+                                        @Cast("uint64_t") long hidden, @Cast("uint64_t") long lmHead,
+                                        @Cast("uint64_t") long targets, int n, int vocab, int dim, int precise,
+                                        @Cast("uint64_t") long workspace, @Cast("uint64_t") long workspaceBytes,
+                                        @Cast("uint64_t") long stream);
+
+    public static native int tp_lse_rows(@Cast("uint64_t") long lse, @Cast("uint64_t") long targetLogit,
+                                         @Cast("uint64_t") long logits, @Cast("uint64_t") long targets, int n,
+                                         int vocab, @Cast("uint64_t") long stream);
 }

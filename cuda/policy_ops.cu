@@ -1,0 +1,244 @@
+// Ops for KV compression policies: raw q·k of one query row against every slot (TokenSelect, the per-row scores
+// of A2SF / Keyformer, the RazorAttention head probe), Quest's per-page upper bound of q·k, and reading / writing
+// one slot of one KV head (RazorAttention's compensation token). Their results go back to host-side policy
+// logic, so they run eagerly (never inside a captured graph); the scalar query position is therefore passed by
+// value, while high-water marks are read from device memory like every other op.
+#include "common.cuh"
+
+namespace {
+
+using namespace tp;
+
+constexpr int kThreads = 128;
+constexpr int kHeadChunk = 8;     // q-heads scored per pass over a key row
+constexpr int kMaxDimsPerThread = 2;  // quest: hd <= kThreads * kMaxDimsPerThread
+
+// out[(g*group + j) * out_stride + s] = q_(g*group+j) · key[layer][g][s] for s < max_hw: -inf when s >= hw[g] or
+// the slot is free / not visible (0 <= position <= query_pos fails). One thread per slot, the group's q vectors
+// in shared memory (every lane reads the same element: broadcast), key rows as 16-byte loads of 8 bf16.
+__global__ void __launch_bounds__(kThreads) query_key_scores_kernel(
+        float* __restrict__ out, int out_stride, const float* __restrict__ q, const uint16_t* __restrict__ kc,
+        const int* __restrict__ pc, int layer, int kv_heads, int group, int hd, int capacity, int query_pos,
+        const int* __restrict__ high_water, int max_hw) {
+    extern __shared__ float qs[];  // [group * hd]
+    int g = blockIdx.y;
+    const float* qg = q + (int64_t)g * group * hd;
+    for (int i = threadIdx.x; i < group * hd; i += blockDim.x) qs[i] = qg[i];
+    __syncthreads();
+    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= max_hw) return;
+    int64_t base = ((int64_t)layer * kv_heads + g) * capacity;
+    int p = s < high_water[g] ? pc[base + s] : -1;
+    float* o = out + (int64_t)g * group * out_stride + s;
+    if (p < 0 || p > query_pos) {
+        for (int j = 0; j < group; j++) o[(int64_t)j * out_stride] = kNegInf;
+        return;
+    }
+    const uint4* krow = reinterpret_cast<const uint4*>(kc + (base + s) * hd);
+    int chunks = hd >> 3;
+    for (int h0 = 0; h0 < group; h0 += kHeadChunk) {
+        float acc[kHeadChunk];
+#pragma unroll
+        for (int j = 0; j < kHeadChunk; j++) acc[j] = 0.f;
+        for (int c = 0; c < chunks; c++) {
+            uint4 u = __ldg(krow + c);
+            float k[8];
+            bf16x8_to_f32(u, k);
+#pragma unroll
+            for (int j = 0; j < kHeadChunk; j++) {
+                if (h0 + j < group) {
+                    const float* qq = qs + (h0 + j) * hd + c * 8;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[j] = fmaf(qq[e], k[e], acc[j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < kHeadChunk; j++)
+            if (h0 + j < group) o[(int64_t)(h0 + j) * out_stride] = acc[j];
+    }
+}
+
+// One block per (page p, KV head g): M and m, the elementwise max and min of the keys of the page's visible
+// slots (slots [p*page, min((p+1)*page, hw[g])) with 0 <= position <= query_pos), thread t owning dims t and
+// t + 128; then for each q-head j of the group out[(g*group + j) * out_stride + p] = sum_i max(q_i M_i, q_i m_i)
+// (block reduction). -inf for a page without a visible slot or at/after ceil(hw[g] / page).
+__global__ void __launch_bounds__(kThreads) quest_page_scores_kernel(
+        float* __restrict__ out, int out_stride, const float* __restrict__ q, const uint16_t* __restrict__ kc,
+        const int* __restrict__ pc, int layer, int kv_heads, int group, int hd, int capacity, int query_pos,
+        const int* __restrict__ high_water, int page_size) {
+    int p = blockIdx.x, g = blockIdx.y;
+    int64_t hw = high_water[g];
+    int64_t s0 = (int64_t)p * page_size, s1 = s0 + page_size < hw ? s0 + page_size : hw;
+    int64_t base = ((int64_t)layer * kv_heads + g) * capacity;
+    float* o = out + (int64_t)g * group * out_stride + p;
+    float mx[kMaxDimsPerThread], mn[kMaxDimsPerThread];
+#pragma unroll
+    for (int d = 0; d < kMaxDimsPerThread; d++) {
+        mx[d] = kNegInf;
+        mn[d] = INFINITY;
+    }
+    bool any = false;  // identical in every thread: all threads walk the same positions
+#pragma unroll 4
+    for (int64_t s = s0; s < s1; s++) {
+        int ps = pc[base + s];
+        if (ps < 0 || ps > query_pos) continue;
+        any = true;
+        const uint16_t* kr = kc + (base + s) * hd;
+#pragma unroll
+        for (int d = 0; d < kMaxDimsPerThread; d++) {
+            int i = threadIdx.x + d * kThreads;
+            if (i < hd) {
+                float v = __uint_as_float(((uint32_t)kr[i]) << 16);
+                mx[d] = fmaxf(mx[d], v);
+                mn[d] = fminf(mn[d], v);
+            }
+        }
+    }
+    if (!any) {  // uniform over the block
+        for (int j = threadIdx.x; j < group; j += blockDim.x) o[(int64_t)j * out_stride] = kNegInf;
+        return;
+    }
+    for (int j = 0; j < group; j++) {
+        const float* qh = q + (int64_t)(g * group + j) * hd;
+        float part = 0.f;
+#pragma unroll
+        for (int d = 0; d < kMaxDimsPerThread; d++) {
+            int i = threadIdx.x + d * kThreads;
+            if (i < hd) {
+                float qi = qh[i];
+                part += fmaxf(qi * mx[d], qi * mn[d]);
+            }
+        }
+        float total = block_sum(part);
+        if (threadIdx.x == 0) o[(int64_t)j * out_stride] = total;
+    }
+}
+
+// out f32 [2*hd] = key then value of one slot (bf16 -> f32, exact).
+__global__ void kv_read_slot_kernel(float* __restrict__ out, const uint16_t* __restrict__ kc,
+                                    const uint16_t* __restrict__ vc, int64_t off, int hd) {
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        out[i] = __uint_as_float(((uint32_t)kc[off + i]) << 16);
+        out[hd + i] = __uint_as_float(((uint32_t)vc[off + i]) << 16);
+    }
+}
+
+// key/value of one slot = bf16(src[0..hd)), bf16(src[hd..2hd)) (round to nearest even), its position = position.
+__global__ void kv_write_slot_kernel(uint16_t* __restrict__ kc, uint16_t* __restrict__ vc, int* __restrict__ pc,
+                                     const float* __restrict__ src, int64_t off, int64_t pos_off, int hd,
+                                     int position) {
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        kc[off + i] = f32_to_bf16_bits(src[i]);
+        vc[off + i] = f32_to_bf16_bits(src[hd + i]);
+    }
+    if (threadIdx.x == 0) pc[pos_off] = position;
+}
+
+}  // namespace
+
+extern "C" {
+
+int tp_query_key_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer,
+                        int num_heads, int kv_heads, int head_dim, int capacity, int query_pos, uint64_t high_water,
+                        int max_high_water, uint64_t stream) {
+    const char* fn = "tp_query_key_scores";
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(key_cache != 0 && key_cache % 16 == 0, fn, "key_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
+    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(high_water != 0, fn, "high_water");
+    TP_REQUIRE(max_high_water >= 0 && max_high_water <= capacity, fn, "max_high_water");
+    TP_REQUIRE(out_stride >= max_high_water, fn, "out_stride");
+    int group = num_heads / kv_heads;
+    if (head_dim % 8 != 0)
+        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not a multiple of 8", fn, head_dim);
+    size_t smem = (size_t)group * head_dim * sizeof(float);
+    if (smem > 48 * 1024)
+        return tp::fail(TP_ERR_UNSUPPORTED, "%s: %d q-heads per KV head x head_dim %d exceed 48 KiB of shared memory",
+                        fn, group, head_dim);
+    if (max_high_water == 0) return TP_OK;
+    dim3 grid((unsigned)ceil_div(max_high_water, kThreads), kv_heads);
+    query_key_scores_kernel<<<grid, kThreads, smem, TP_STREAM(stream)>>>(
+        TP_PTR(float, out), out_stride, TP_PTR(const float, q), TP_PTR(const uint16_t, key_cache),
+        TP_PTR(const int, pos_cache), layer, kv_heads, group, head_dim, capacity, query_pos,
+        TP_PTR(const int, high_water), max_high_water);
+    TP_LAUNCHED("query_key_scores_kernel");
+    return TP_OK;
+}
+
+int tp_quest_page_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer,
+                         int num_heads, int kv_heads, int head_dim, int capacity, int query_pos, uint64_t high_water,
+                         int page_size, int max_pages, uint64_t stream) {
+    const char* fn = "tp_quest_page_scores";
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(key_cache != 0, fn, "key_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
+    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(high_water != 0, fn, "high_water");
+    TP_REQUIRE(page_size >= 1, fn, "page_size");
+    TP_REQUIRE(max_pages >= 0 && max_pages <= ceil_div(capacity, page_size), fn, "max_pages");
+    TP_REQUIRE(out_stride >= max_pages, fn, "out_stride");
+    if (head_dim > kThreads * kMaxDimsPerThread)
+        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d > %d", fn, head_dim, kThreads * kMaxDimsPerThread);
+    if (max_pages == 0) return TP_OK;
+    dim3 grid(max_pages, kv_heads);
+    quest_page_scores_kernel<<<grid, kThreads, 0, TP_STREAM(stream)>>>(
+        TP_PTR(float, out), out_stride, TP_PTR(const float, q), TP_PTR(const uint16_t, key_cache),
+        TP_PTR(const int, pos_cache), layer, kv_heads, num_heads / kv_heads, head_dim, capacity, query_pos,
+        TP_PTR(const int, high_water), page_size);
+    TP_LAUNCHED("quest_page_scores_kernel");
+    return TP_OK;
+}
+
+int tp_kv_read_slot(uint64_t out, uint64_t key_cache, uint64_t value_cache, int layer, int head, int kv_heads,
+                    int head_dim, int capacity, int slot, uint64_t stream) {
+    const char* fn = "tp_kv_read_slot";
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(key_cache != 0, fn, "key_cache");
+    TP_REQUIRE(value_cache != 0, fn, "value_cache");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head >= 0 && head < kv_heads, fn, "head");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(slot >= 0 && slot < capacity, fn, "slot");
+    int64_t off = (((int64_t)layer * kv_heads + head) * capacity + slot) * head_dim;
+    kv_read_slot_kernel<<<1, kThreads, 0, TP_STREAM(stream)>>>(TP_PTR(float, out), TP_PTR(const uint16_t, key_cache),
+                                                                TP_PTR(const uint16_t, value_cache), off, head_dim);
+    TP_LAUNCHED("kv_read_slot_kernel");
+    return TP_OK;
+}
+
+int tp_kv_write_slot(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t src, int layer, int head,
+                     int kv_heads, int head_dim, int capacity, int slot, int position, uint64_t stream) {
+    const char* fn = "tp_kv_write_slot";
+    TP_REQUIRE(key_cache != 0, fn, "key_cache");
+    TP_REQUIRE(value_cache != 0, fn, "value_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(src != 0, fn, "src");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head >= 0 && head < kv_heads, fn, "head");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(slot >= 0 && slot < capacity, fn, "slot");
+    int64_t pos_off = ((int64_t)layer * kv_heads + head) * capacity + slot;
+    kv_write_slot_kernel<<<1, kThreads, 0, TP_STREAM(stream)>>>(
+        TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache), TP_PTR(int, pos_cache), TP_PTR(const float, src),
+        pos_off * head_dim, pos_off, head_dim, position);
+    TP_LAUNCHED("kv_write_slot_kernel");
+    return TP_OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,236 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
+import dev.tokenpress.eval.CceLse;
+import dev.tokenpress.io.DType;
+import dev.tokenpress.io.Half;
+import dev.tokenpress.io.TensorData;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.ShortBuffer;
+import java.util.Arrays;
+import java.util.SplittableRandom;
+
+/**
+ * Cut-Cross-Entropy log-sum-exp on the GPU ({@code tp_cce_lse}, cuda/cce_lse.cu): for the final normed hidden
+ * states {@code h [n, D]} (f32 activation) and the LM head {@code W [V, D]} (bf16 weight as uploaded by
+ * {@link CudaBackend#weight}), {@code lse[i] = log sum_v exp(h_i . W_v)} and {@code targetLogit[i] = h_i . W_{t_i}}
+ * (NaN for a negative target) without materialising the [n, V] logits: only O(n) floats cross the bus (targets up,
+ * lse and target logits down) and the device workspace is O(n) ({@link #workspaceBytes(int)}). Same result type
+ * as the CPU {@link CceLse}.
+ * <p>
+ * {@code precise = true} (the default) splits h into bf16 hi + lo parts (two tensor-core products, about f32
+ * accuracy: parity with {@link CceLse} to ~1e-5 relative); {@code false} rounds h to bf16 like the cuBLAS matmul
+ * path (half the tensor-core work). Needs D % 8 == 0 ({@link UnsupportedOpException} otherwise). Eager only (not
+ * inside a captured decode step).
+ */
+public final class CudaCce {
+    private CudaCce() {}
+
+    /** Device workspace bytes {@code tp_cce_lse} needs for n rows. */
+    public static long workspaceBytes(int n) {
+        return TpNative.tp_cce_lse_workspace_bytes(n);
+    }
+
+    /** LSE and target logits (precise mode); {@code targets} may be null (then every target logit is NaN). */
+    public static CceLse.Result compute(CudaBackend b, Tensor hidden, int n, Tensor lmHead, int[] targets) {
+        return compute(b, hidden, n, lmHead, targets, true);
+    }
+
+    public static CceLse.Result compute(CudaBackend b, Tensor hidden, int n, Tensor lmHead, int[] targets,
+                                        boolean precise) {
+        if (!(hidden instanceof CudaTensor h) || h.bf16)
+            throw new IllegalArgumentException("cce: hidden must be an f32 CUDA activation tensor, got " + hidden);
+        if (!(lmHead instanceof CudaTensor w) || !w.bf16)
+            throw new IllegalArgumentException("cce: LM head must be a bf16 CUDA weight tensor, got " + lmHead);
+        int d = h.cols, v = w.rows;
+        if (w.cols != d)
+            throw new IllegalArgumentException("cce: LM head " + w + " does not match hidden size " + d);
+        if (n < 0 || n > h.rows) throw new IllegalArgumentException("cce: n=" + n + " outside hidden " + h);
+        if (targets != null) {
+            if (targets.length < n)
+                throw new IllegalArgumentException("cce: targets has " + targets.length + " entries, need " + n);
+            for (int i = 0; i < n; i++)
+                if (targets[i] >= v)
+                    throw new IllegalArgumentException("cce: target " + targets[i] + " at row " + i
+                            + " outside vocabulary of " + v);
+        }
+        float[] lse = new float[n], tgt = new float[n];
+        Arrays.fill(tgt, Float.NaN);
+        if (n == 0) return new CceLse.Result(lse, tgt);
+        if (d % 8 != 0 || (h.ptr & 15) != 0 || (w.ptr & 15) != 0)
+            throw new UnsupportedOpException("CUDA cce needs a hidden size divisible by 8 (got " + d
+                    + "): use CceLse on the CPU");
+        long wsBytes = workspaceBytes(n);
+        long ws = 0, out = 0, tdev = 0;
+        try {
+            ws = b.malloc(wsBytes, "cce workspace");
+            out = b.malloc(8L * n, "cce outputs");
+            if (targets != null) {
+                tdev = b.malloc(4L * n, "cce targets");
+                check(TpNative.tp_memcpy_h2d(tdev, targets, 4L * n, b.stream()), "cce targets upload");
+            }
+            computeDevice(b, out, out + 4L * n, h.ptr, w.ptr, tdev, n, v, d, precise, ws, wsBytes);
+            check(TpNative.tp_memcpy_d2h(lse, out, 4L * n, b.stream()), "cce download");
+            if (targets != null) check(TpNative.tp_memcpy_d2h(tgt, out + 4L * n, 4L * n, b.stream()), "cce download");
+        } finally {
+            b.free(ws);
+            b.free(out);
+            b.free(tdev);
+        }
+        return new CceLse.Result(lse, tgt);
+    }
+
+    /**
+     * Device-pointer variant (no transfers, no allocation, asynchronous on the backend's stream): lse f32 [n],
+     * targetLogit f32 [n] (0 = not wanted), hidden f32 [n, dim], lmHead bf16 [vocab, dim], targets int32 [n]
+     * (0 = none), workspace of {@link #workspaceBytes(int)} bytes.
+     */
+    public static void computeDevice(CudaBackend b, long lse, long targetLogit, long hidden, long lmHead, long targets,
+                                     int n, int vocab, int dim, boolean precise, long workspace, long workspaceBytes) {
+        check(TpNative.tp_cce_lse(lse, targetLogit, hidden, lmHead, targets, n, vocab, dim, precise ? 1 : 0,
+                workspace, workspaceBytes, b.stream()), "tp_cce_lse");
+    }
+
+    private static void check(int rc, String op) {
+        if (rc == TpNative.TP_OK) return;
+        String msg = CudaBackend.lastError();
+        switch (rc) {
+            case TpNative.TP_ERR_UNSUPPORTED, TpNative.TP_ERR_UNSUPPORTED_HEAD_DIM ->
+                    throw new UnsupportedOpException(op + ": " + msg);
+            case TpNative.TP_ERR_BAD_ARGUMENT -> throw new IllegalArgumentException(op + ": " + msg);
+            default -> throw new CudaException(op + ": " + msg, rc);
+        }
+    }
+
+    // ---- benchmark ------------------------------------------------------------------------------------------
+
+    /**
+     * One {@code KernelBench cce} run (times in ms, best of the timed repetitions, CUDA events on the stream).
+     *
+     * @param cceMs          tp_cce_lse, h rounded to bf16 (the same products as the GEMM path)
+     * @param ccePreciseMs   tp_cce_lse, split hi + lo h (the default of {@link #compute})
+     * @param gemmMs         CudaBackend.matmul with n rows = f32 → bf16 conversion of h + cublasGemmEx to f32 [n, V]
+     * @param naiveLsmMs     tp_lse_rows over the materialised logits (row max, sum of exp, target gather)
+     * @param cceBytes       bytes allocated for the CCE path (workspace + outputs + targets)
+     * @param naiveBytes     bytes allocated for the GEMM path (logits + bf16 copy of h + outputs + targets)
+     * @param cceMemDelta    cudaMemGetInfo free-bytes drop across the CCE allocations
+     * @param naiveMemDelta  the same for the GEMM path (matmul scratch included)
+     * @param maxLseDiff     max |lse_cce - lse_naive| (both from bf16-rounded h)
+     * @param maxTargetDiff  max |target_cce - target_naive| over rows with a target
+     * @param splits         vocabulary splits tp_cce_lse used
+     */
+    public record BenchResult(double cceMs, double ccePreciseMs, double gemmMs, double naiveLsmMs, long cceBytes,
+                              long naiveBytes, long cceMemDelta, long naiveMemDelta, double maxLseDiff,
+                              double maxTargetDiff, int splits) {}
+
+    /** Random h [n, d] (f32) and W [v, d] (bf16), random targets with every 17th row ignored. */
+    public static BenchResult bench(CudaBackend b, int n, int d, int v, int reps) {
+        SplittableRandom r = new SplittableRandom(11);
+        // W: a random 8 MiB bf16 pattern repeated (timing does not depend on the values)
+        long wElems = (long) v * d;
+        ByteBuffer wb = ByteBuffer.allocateDirect(Math.toIntExact(2 * wElems)).order(ByteOrder.LITTLE_ENDIAN);
+        short[] pattern = new short[1 << 22];
+        float ws = (float) (2.0 / Math.sqrt(d));
+        for (int i = 0; i < pattern.length; i++)
+            pattern[i] = Half.floatToBf16((float) ((r.nextDouble() * 2 - 1) * ws));
+        ShortBuffer sb = wb.asShortBuffer();
+        for (long done = 0; done < wElems; done += pattern.length)
+            sb.put(pattern, 0, (int) Math.min(pattern.length, wElems - done));
+        CudaTensor w = (CudaTensor) b.weight(new TensorData("bench lm_head", DType.BF16, new long[] {v, d}, wb, null));
+        wb = null;
+        CudaTensor h = (CudaTensor) b.allocate(n, d);
+        float[] hv = new float[n * d];
+        for (int i = 0; i < hv.length; i++) hv[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(h, hv);
+        int[] targets = new int[n];
+        for (int i = 0; i < n; i++) targets[i] = i % 17 == 16 ? CceLse.IGNORE_INDEX : r.nextInt(v);
+        b.synchronize();
+
+        long[] e0 = {0}, e1 = {0};
+        check(TpNative.tp_event_create(e0), "event");
+        check(TpNative.tp_event_create(e1), "event");
+        long cceWs = 0, cceOut = 0, tdev = 0, nOut = 0;
+        CudaTensor logits = null;
+        try {
+            // -- CCE path
+            long free0 = memFree();
+            long wsBytes = workspaceBytes(n);
+            cceWs = b.malloc(wsBytes, "bench cce workspace");
+            cceOut = b.malloc(8L * n, "bench cce outputs");
+            tdev = b.malloc(4L * n, "bench targets");
+            long cceMemDelta = free0 - memFree();
+            long cceBytes = wsBytes + 8L * n + 4L * n;
+            check(TpNative.tp_memcpy_h2d(tdev, targets, 4L * n, b.stream()), "targets upload");
+            final long fWs = cceWs, fOut = cceOut, fT = tdev;
+            double ccePrecise = time(b, e0[0], e1[0], reps, () ->
+                    computeDevice(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v, d, true, fWs, wsBytes));
+            double cceFast = time(b, e0[0], e1[0], reps, () ->
+                    computeDevice(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v, d, false, fWs, wsBytes));
+            float[] lseC = new float[n], tgtC = new float[n];
+            check(TpNative.tp_memcpy_d2h(lseC, cceOut, 4L * n, b.stream()), "download");
+            check(TpNative.tp_memcpy_d2h(tgtC, cceOut + 4L * n, 4L * n, b.stream()), "download");
+            b.free(cceWs);
+            cceWs = 0;
+
+            // -- naive path: cuBLAS logits [n, V] f32, then log-softmax statistics
+            long free1 = memFree();
+            logits = (CudaTensor) b.allocate(n, v);
+            nOut = b.malloc(8L * n, "bench naive outputs");
+            final CudaTensor lg = logits;
+            double gemm = time(b, e0[0], e1[0], reps, () -> b.matmul(lg, h, w, null, n));
+            long naiveMemDelta = free1 - memFree(); // after the first matmul: its bf16 input scratch is in
+            long naiveBytes = 4L * n * v + 2L * n * d + 8L * n + 4L * n;
+            final long fN = nOut;
+            double lsm = time(b, e0[0], e1[0], reps, () ->
+                    check(TpNative.tp_lse_rows(fN, fN + 4L * n, lg.ptr, fT, n, v, b.stream()), "tp_lse_rows"));
+            float[] lseN = new float[n], tgtN = new float[n];
+            check(TpNative.tp_memcpy_d2h(lseN, nOut, 4L * n, b.stream()), "download");
+            check(TpNative.tp_memcpy_d2h(tgtN, nOut + 4L * n, 4L * n, b.stream()), "download");
+            double dl = 0, dt = 0;
+            for (int i = 0; i < n; i++) {
+                dl = Math.max(dl, Math.abs((double) lseC[i] - lseN[i]));
+                if (targets[i] >= 0) dt = Math.max(dt, Math.abs((double) tgtC[i] - tgtN[i]));
+                else if (!Float.isNaN(tgtC[i])) dt = Double.POSITIVE_INFINITY; // ignored target must be NaN
+            }
+            if (Double.isNaN(dl)) dl = Double.POSITIVE_INFINITY;
+            return new BenchResult(cceFast, ccePrecise, gemm, lsm, cceBytes, naiveBytes, cceMemDelta, naiveMemDelta,
+                    dl, dt, TpNative.tp_cce_lse_splits(n, v));
+        } finally {
+            TpNative.tp_event_destroy(e0[0]);
+            TpNative.tp_event_destroy(e1[0]);
+            b.free(cceWs);
+            b.free(cceOut);
+            b.free(tdev);
+            b.free(nOut);
+            if (logits != null) b.free(logits.ptr);
+            b.free(h.ptr);
+            b.free(w.ptr);
+        }
+    }
+
+    private static long memFree() {
+        long[] free = {0}, total = {0};
+        check(TpNative.tp_mem_get_info(free, total), "cudaMemGetInfo");
+        return free[0];
+    }
+
+    /** One warm-up call, then best of {@code reps} single timed calls (ms). */
+    private static double time(CudaBackend b, long e0, long e1, int reps, Runnable call) {
+        call.run();
+        check(TpNative.tp_stream_synchronize(b.stream()), "synchronize");
+        double best = Double.POSITIVE_INFINITY;
+        for (int i = 0; i < reps; i++) {
+            check(TpNative.tp_event_record(e0, b.stream()), "event record");
+            call.run();
+            check(TpNative.tp_event_record(e1, b.stream()), "event record");
+            check(TpNative.tp_event_synchronize(e1), "event synchronize");
+            float[] ms = {0};
+            check(TpNative.tp_event_elapsed_ms(ms, e0, e1), "event elapsed");
+            best = Math.min(best, ms[0]);
+        }
+        return best;
+    }
+}

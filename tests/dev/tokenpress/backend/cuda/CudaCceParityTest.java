@@ -1,0 +1,167 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
+import dev.tokenpress.eval.CceLse;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.IntStream;
+
+import static dev.tokenpress.backend.cuda.CudaParityTest.act;
+import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Exact;
+import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Weight;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * tp_cce_lse (CudaCce) against a naive double-precision computation over the full [N, V] logits and against the
+ * CPU CceLse, on sizes that are not tile multiples: N in {1, 7, 33, 300}, D in {64, 200, 2048}, V in
+ * {1, 257, 5000, 32003} (the 300 x 2048 x 32003 case is left out: its host reference alone takes too long).
+ * The weights are bf16 on both sides and h is f32, so in precise mode (h = bf16 hi + bf16 lo) only the
+ * accumulation order and the 2^-18 split residual differ: |got - want| <= 2e-5 * max(1, |want|) for lse and the
+ * target logit. Fast mode (h rounded to bf16) is compared with the double reference over bf16-rounded h, same
+ * tolerance. Ignored targets (negative) must come back NaN; without targets every target logit is NaN.
+ * Skipped (not failed) where CUDA is unavailable.
+ */
+class CudaCceParityTest {
+    static final double RTOL = 2e-5;
+    static CudaBackend gpu;
+
+    @BeforeAll
+    static void open() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        gpu = CudaBackend.open();
+        System.out.println("[cce parity] " + gpu.description());
+    }
+
+    @AfterAll
+    static void close() {
+        if (gpu != null) gpu.close();
+    }
+
+    static float[] gaussian(SplittableRandom r, int n, double scale) {
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            double u = r.nextDouble(), v = r.nextDouble();
+            x[i] = (float) (Math.sqrt(-2 * Math.log(1 - u)) * Math.cos(2 * Math.PI * v) * scale);
+        }
+        return x;
+    }
+
+    /** Uniform values with standard deviation {@code scale} (cheaper than gaussian for the large weights). */
+    static float[] uniform(SplittableRandom r, int n, double scale) {
+        float[] x = new float[n];
+        double a = scale * Math.sqrt(3);
+        for (int i = 0; i < n; i++) x[i] = (float) ((r.nextDouble() * 2 - 1) * a);
+        return x;
+    }
+
+    /** {lse, target logit} from the full logits in double (NaN target for t < 0). */
+    static double[][] naive(float[] h, int n, int d, float[] w, int v, int[] t) {
+        double[] lse = new double[n], tg = new double[n];
+        IntStream.range(0, n).parallel().forEach(i -> {
+            double[] logits = new double[v];
+            double mx = Double.NEGATIVE_INFINITY;
+            for (int j = 0; j < v; j++) {
+                double s = 0;
+                for (int k = 0; k < d; k++) s += (double) h[i * d + k] * w[j * d + k];
+                logits[j] = s;
+                mx = Math.max(mx, s);
+            }
+            double z = 0;
+            for (double x : logits) z += Math.exp(x - mx);
+            lse[i] = mx + Math.log(z);
+            tg[i] = t[i] >= 0 ? logits[t[i]] : Double.NaN;
+        });
+        return new double[][] {lse, tg};
+    }
+
+    static void near(double want, float got, double rtol, String what, List<String> bad) {
+        if (Double.isNaN(want)) {
+            if (!Float.isNaN(got)) bad.add(what + ": want NaN got " + got);
+            return;
+        }
+        if (!(Math.abs(want - got) <= rtol * Math.max(1, Math.abs(want))))
+            bad.add(what + ": want " + want + " got " + got + " (diff " + Math.abs(want - got) + ")");
+    }
+
+    @Test
+    void matchesNaiveAndCpuOnOddSizes() {
+        List<int[]> shapes = new ArrayList<>();
+        for (int n : new int[] {1, 7, 33, 300})
+            for (int d : new int[] {64, 200, 2048})
+                for (int v : new int[] {1, 257, 5000, 32003})
+                    if (!(n == 300 && d == 2048 && v == 32003)) shapes.add(new int[] {n, d, v});
+        List<String> bad = new ArrayList<>();
+        long seed = 1;
+        double worst = 0;
+        for (int[] s : shapes) {
+            int n = s[0], d = s[1], v = s[2];
+            SplittableRandom r = new SplittableRandom(seed++);
+            float[] h = gaussian(r, n * d, 1.0);
+            float[] w = bf16Exact(uniform(r, v * d, 1.5 / Math.sqrt(d)));
+            int[] t = new int[n];
+            for (int i = 0; i < n; i++) t[i] = i % 5 == 3 ? CceLse.IGNORE_INDEX : (i == 0 ? v - 1 : r.nextInt(v));
+            Tensor hg = act(gpu, n, d, h);
+            Tensor wg = gpu.weight(bf16Weight("lm_head", v, d, w));
+            String at = "n=" + n + " d=" + d + " v=" + v;
+
+            double[][] ref = naive(h, n, d, w, v, t);
+            CceLse.Result g = CudaCce.compute(gpu, hg, n, wg, t);
+            CceLse.Result c = CceLse.compute(h, n, d, w, t);
+            for (int i = 0; i < n; i++) {
+                near(ref[0][i], g.lse()[i], RTOL, "precise lse " + at + " row " + i, bad);
+                near(ref[1][i], g.targetLogit()[i], RTOL, "precise target " + at + " row " + i, bad);
+                near(c.lse()[i], g.lse()[i], 2 * RTOL, "precise lse vs CceLse " + at + " row " + i, bad);
+                near(c.targetLogit()[i], g.targetLogit()[i], 2 * RTOL, "precise target vs CceLse " + at + " row " + i, bad);
+                worst = Math.max(worst, Math.abs(ref[0][i] - g.lse()[i]) / Math.max(1, Math.abs(ref[0][i])));
+            }
+
+            float[] hb = bf16Exact(h);
+            double[][] refB = naive(hb, n, d, w, v, t);
+            CceLse.Result f = CudaCce.compute(gpu, hg, n, wg, t, false);
+            for (int i = 0; i < n; i++) {
+                near(refB[0][i], f.lse()[i], RTOL, "fast lse " + at + " row " + i, bad);
+                near(refB[1][i], f.targetLogit()[i], RTOL, "fast target " + at + " row " + i, bad);
+            }
+            gpu.free(((CudaTensor) hg).ptr);
+            gpu.free(((CudaTensor) wg).ptr);
+        }
+        System.out.printf("[parity] cce: %d shapes, worst precise lse relative error %.3g%n", shapes.size(), worst);
+        assertTrue(bad.isEmpty(), bad.size() + " mismatches, first: " + bad.subList(0, Math.min(10, bad.size())));
+    }
+
+    @Test
+    void noTargetsGivesNaNTargetLogits() {
+        int n = 9, d = 72, v = 300;
+        SplittableRandom r = new SplittableRandom(99);
+        float[] h = gaussian(r, n * d, 1.0), w = bf16Exact(gaussian(r, v * d, 0.2));
+        Tensor hg = act(gpu, n, d, h), wg = gpu.weight(bf16Weight("lm_head", v, d, w));
+        CceLse.Result g = CudaCce.compute(gpu, hg, n, wg, null);
+        double[][] ref = naive(h, n, d, w, v, new int[n]);
+        List<String> bad = new ArrayList<>();
+        for (int i = 0; i < n; i++) {
+            near(ref[0][i], g.lse()[i], RTOL, "lse row " + i, bad);
+            if (!Float.isNaN(g.targetLogit()[i])) bad.add("target row " + i + " not NaN");
+        }
+        assertTrue(bad.isEmpty(), bad.toString());
+        // n = 0 launches nothing; a target outside the vocabulary is refused like on the CPU
+        assertTrue(CudaCce.compute(gpu, hg, 0, wg, new int[0]).size() == 0);
+        assertThrows(IllegalArgumentException.class, () -> CudaCce.compute(gpu, hg, 1, wg, new int[] {v}));
+    }
+
+    @Test
+    void hiddenSizeNotDivisibleBy8IsUnsupported() {
+        int n = 2, d = 100, v = 10;
+        SplittableRandom r = new SplittableRandom(7);
+        Tensor hg = act(gpu, n, d, gaussian(r, n * d, 1.0));
+        Tensor wg = gpu.weight(bf16Weight("lm_head", v, d, bf16Exact(gaussian(r, v * d, 0.1))));
+        assertThrows(UnsupportedOpException.class, () -> CudaCce.compute(gpu, hg, n, wg, new int[] {1, 2}));
+    }
+}
