@@ -14,7 +14,7 @@ BYTES = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1
 
 
 def short(name):
-    name = name.replace("(anonymous namespace)::", "")
+    name = name.replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
     name = re.sub(r"^void ", "", name)
     name = re.sub(r"\(.*", "", name)          # drop the parameter list
     return re.sub(r"<.*>", "<>", name)        # collapse template arguments
