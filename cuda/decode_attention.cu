@@ -29,7 +29,7 @@ decode_split_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc
                     const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
                     const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
                     float2* __restrict__ part_md, int* __restrict__ counters, float* __restrict__ out,
-                    float* __restrict__ lse2) {
+                    float* __restrict__ lse2, bool direct) {
     constexpr int LPR = HD / 8;          // lanes per key row
     constexpr int SUB = 32 / LPR;        // rows per warp step
     constexpr int NSG = kWarps * SUB;    // rows per block step
@@ -172,11 +172,16 @@ decode_split_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc
             D += sm_d[w][g] * f;
             O += sm_o[w][g][j] * f;
         }
+        if (direct) {  // one split: this block saw every candidate, the result is final
+            out[(int64_t)(h0 + g) * HD + j] = D > 0.f ? O / D : 0.f;
+            if (j == 0 && lse2) lse2[h0 + g] = D > 0.f ? M + log2f(D) : kNegInf;
+            continue;
+        }
         int64_t ps = (int64_t)(h0 + g) * splits + split;
         part_o[ps * HD + j] = O;
         if (j == 0) part_md[ps] = make_float2(M, D);
     }
-    if (counters == nullptr) return;  // a separate merge kernel follows
+    if (direct || counters == nullptr) return;  // done, or a separate merge kernel follows
 
     // Fused merge: the last block of this (KV head, head chunk) to finish combines every split's partial state.
     __shared__ int sm_last;
@@ -332,10 +337,10 @@ template <int HD, int GT>
 int launch_split(dim3 grid, const float* q, const uint16_t* kc, const uint16_t* vc, const int* pc, int layer, int H,
                  int Hkv, int C, const int* qpos, const int* sel, int sel_stride, const int* sel_counts,
                  const int* hw, float scale_log2, int splits, float* part_o, float2* part_md, int* counters,
-                 float* out, float* lse2, cudaStream_t stream) {
+                 float* out, float* lse2, bool direct, cudaStream_t stream) {
     decode_split_kernel<HD, GT><<<grid, kThreads, 0, stream>>>(q, kc, vc, pc, layer, H, Hkv, C, qpos, sel,
                                                                sel_stride, sel_counts, hw, scale_log2, splits,
-                                                               part_o, part_md, counters, out, lse2);
+                                                               part_o, part_md, counters, out, lse2, direct);
     TP_LAUNCHED("decode_split_kernel");
     return TP_OK;
 }
@@ -344,9 +349,9 @@ template <int HD>
 int launch_split_hd(int gt, dim3 grid, const float* q, const uint16_t* kc, const uint16_t* vc, const int* pc,
                     int layer, int H, int Hkv, int C, const int* qpos, const int* sel, int sel_stride,
                     const int* sel_counts, const int* hw, float scale_log2, int splits, float* part_o,
-                    float2* part_md, int* counters, float* out, float* lse2, cudaStream_t stream) {
+                    float2* part_md, int* counters, float* out, float* lse2, bool direct, cudaStream_t stream) {
 #define TP_SPLIT_ARGS grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, \
-                      splits, part_o, part_md, counters, out, lse2, stream
+                      splits, part_o, part_md, counters, out, lse2, direct, stream
     switch (gt) {
         case 1: return launch_split<HD, 1>(TP_SPLIT_ARGS);
         case 2: return launch_split<HD, 2>(TP_SPLIT_ARGS);
@@ -420,6 +425,17 @@ int tp_decode_attention_ex(uint64_t out, uint64_t q, uint64_t key_cache, uint64_
                            uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
                            int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
                            uint64_t workspace, uint64_t workspace_bytes, uint64_t counters, uint64_t stream) {
+    return tp_decode_attention_ex2(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads, head_dim,
+                                   capacity, query_pos, sel_slots, sel_stride, sel_counts, high_water, max_len, scale,
+                                   raw_scores, prob_sums, workspace, workspace_bytes, counters, 0, stream);
+}
+
+int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                            int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
+                            uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
+                            int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
+                            uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
+                            int single_split_max_len, uint64_t stream) {
     const char* fn = "tp_decode_attention";
     if (head_dim != 64 && head_dim != 128)
         return fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not supported (CUDA attention supports 64 and 128)",
@@ -446,7 +462,12 @@ int tp_decode_attention_ex(uint64_t out, uint64_t q, uint64_t key_cache, uint64_
     const int chunks = (G + gt - 1) / gt;
     TP_REQUIRE((int64_t)kv_heads * chunks <= 65535, fn, "kv_heads");
     const int rows_per_step = kWarps * (32 / (head_dim / 8));
-    const int splits = pick_splits(kv_heads * chunks, max_len, rows_per_step, split_blocks_per_sm(gt));
+    // Short contexts: one block per (KV head, chunk) that writes out directly. A split's fixed cost (partial
+    // state write, fence, counter atomic, the merging block's dependent reads) exceeds a few block iterations.
+    const int rows_per_iter = rows_per_step * (gt >= 8 ? 2 : 4);
+    const int single_max = single_split_max_len < 0 ? 4 * rows_per_iter : single_split_max_len;
+    const bool direct = single_split_max_len != 0 && max_len <= single_max;
+    const int splits = direct ? 1 : pick_splits(kv_heads * chunks, max_len, rows_per_step, split_blocks_per_sm(gt));
     float* part_o = TP_PTR(float, workspace);
     uint64_t parts = (uint64_t)num_heads * kMaxSplits;
     float2* part_md = reinterpret_cast<float2*>(part_o + parts * head_dim);
@@ -467,12 +488,12 @@ int tp_decode_attention_ex(uint64_t out, uint64_t q, uint64_t key_cache, uint64_
     int rc = head_dim == 64
         ? launch_split_hd<64>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
                               num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
-                              part_o, part_md, ctr, o, stats ? lse2 : nullptr, s)
+                              part_o, part_md, ctr, o, stats ? lse2 : nullptr, direct, s)
         : launch_split_hd<128>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
                                num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
-                               part_o, part_md, ctr, o, stats ? lse2 : nullptr, s);
+                               part_o, part_md, ctr, o, stats ? lse2 : nullptr, direct, s);
     if (rc != TP_OK) return rc;
-    if (!fused) {
+    if (!fused && !direct) {
         if (head_dim == 64)
             decode_merge_kernel<64><<<num_heads, 64, 0, s>>>(o, part_o, part_md, splits, stats ? lse2 : nullptr);
         else

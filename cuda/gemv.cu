@@ -126,6 +126,199 @@ int pick_wpr(int O, int I) {
     return wpr;
 }
 
+
+// ---- fused decode GEMVs (tp_gemv_bf16_multi, tp_gemv_bf16_swiglu) ---------------------------------------------
+
+// Dot products of one weight row with NX rows of x over this warp's share of the row (chunks part*32+lane,
+// stride 32*WPR): U 16-byte weight loads in flight per lane, as in gemv_bf16_kernel. The lane-local sums are
+// added to acc (the caller reduces across the warp).
+template <int NX, int WPR, int U>
+__device__ __forceinline__ void gemv_row_partial(const uint16_t* __restrict__ wr, const float* __restrict__ x,
+                                                 int I, int part, int lane, float (&acc)[NX]) {
+    constexpr int S = 32 * WPR;
+    const int nch = I >> 3;
+    for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
+        uint4 wv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) wv[u] = ld_stream16(wr + (int64_t)min(c0 + u * S, nch - 1) * 8);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = c0 + u * S;
+            if (c < nch) {
+                float wf[8];
+                bf16x8_to_f32(wv[u], wf);
+#pragma unroll
+                for (int r = 0; r < NX; r++) {
+                    const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 8);
+                    float4 a = __ldg(xp), b = __ldg(xp + 1);
+                    float s = acc[r];
+                    s = fmaf(wf[0], a.x, s); s = fmaf(wf[1], a.y, s);
+                    s = fmaf(wf[2], a.z, s); s = fmaf(wf[3], a.w, s);
+                    s = fmaf(wf[4], b.x, s); s = fmaf(wf[5], b.y, s);
+                    s = fmaf(wf[6], b.z, s); s = fmaf(wf[7], b.w, s);
+                    acc[r] = s;
+                }
+            }
+        }
+    }
+}
+
+// Sums the per-lane partials of the WPR warps of each row; returns true on the thread that owns the result
+// of x row `r` (then *sum holds it): lane 0 of the row's only warp (WPR == 1, every r), or lane r of the
+// row's first warp (WPR > 1). red: [kGemvWarps][NX] shared scratch. Must be called by the whole block.
+template <int NX, int WPR>
+__device__ __forceinline__ void gemv_reduce(float (&acc)[NX], float (*red)[NX], int warp, int lane) {
+#pragma unroll
+    for (int r = 0; r < NX; r++) acc[r] = warp_sum(acc[r]);
+    if (WPR == 1) return;
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < NX; r++) red[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (warp % WPR == 0) {
+#pragma unroll
+        for (int r = 0; r < NX; r++) {
+            float s = 0.f;
+#pragma unroll
+            for (int p = 0; p < WPR; p++) s += red[warp + p][r];
+            acc[r] = s;
+        }
+    }
+}
+
+// Up to three matrices with the same input x [n, I], concatenated row-wise over one grid: blocks
+// [block_end[m-1], block_end[m]) cover the rows of matrix m (every block belongs to one matrix), so q, k and v
+// of a layer are one launch instead of three (the small k/v launches were latency-bound).
+struct GemvSegs {
+    float* out0; float* out1; float* out2;
+    const uint16_t* w0; const uint16_t* w1; const uint16_t* w2;
+    const float* b0; const float* b1; const float* b2;
+    int rows0, rows1, rows2;
+    int end0, end1;  // first block of matrix 1 and of matrix 2
+};
+
+template <int NX, int WPR>
+__global__ void __launch_bounds__(kGemvThreads)
+gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I) {
+    constexpr int RPB = kGemvWarps / WPR;
+    constexpr int U = NX == 1 ? 8 : 4;
+    __shared__ float red[kGemvWarps][NX];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int b = blockIdx.x;
+    const int m = b < sg.end0 ? 0 : (b < sg.end1 ? 1 : 2);  // block-uniform
+    float* out = m == 0 ? sg.out0 : (m == 1 ? sg.out1 : sg.out2);
+    const uint16_t* w = m == 0 ? sg.w0 : (m == 1 ? sg.w1 : sg.w2);
+    const float* bias = m == 0 ? sg.b0 : (m == 1 ? sg.b1 : sg.b2);
+    const int O = m == 0 ? sg.rows0 : (m == 1 ? sg.rows1 : sg.rows2);
+    const int first = m == 0 ? 0 : (m == 1 ? sg.end0 : sg.end1);
+    const int row = (b - first) * RPB + warp / WPR;
+
+    float acc[NX];
+#pragma unroll
+    for (int r = 0; r < NX; r++) acc[r] = 0.f;
+    if (row < O) gemv_row_partial<NX, WPR, U>(w + (int64_t)row * I, x, I, warp % WPR, lane, acc);
+    gemv_reduce<NX, WPR>(acc, red, warp, lane);
+    if (row >= O || warp % WPR != 0) return;
+    const float bb = bias ? bias[row] : 0.f;
+#pragma unroll
+    for (int r = 0; r < NX; r++)
+        if (lane == r) out[(int64_t)r * O + row] = acc[r] + bb;
+}
+
+// Gate/up GEMV + SwiGLU: the WPR warps of row o read gate row o and up row o together (one x load serves
+// both) and write out[r, o] = silu(g) * u with the f32 formula of swiglu_kernel. No bias (Llama's MLP has none).
+template <int NX, int WPR>
+__global__ void __launch_bounds__(kGemvThreads)
+gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const uint16_t* __restrict__ wg,
+                   const uint16_t* __restrict__ wu, int O, int I) {
+    constexpr int RPB = kGemvWarps / WPR;
+    constexpr int U = NX == 1 ? 4 : 2;   // per matrix: 2U loads in flight per lane (8 for n = 1, as gemv_bf16)
+    constexpr int S = 32 * WPR;
+    __shared__ float red[kGemvWarps][2 * NX];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row = blockIdx.x * RPB + warp / WPR;
+    const int part = warp % WPR;
+    const int nch = I >> 3;
+
+    float acc[2 * NX];  // [0, NX): gate, [NX, 2NX): up
+#pragma unroll
+    for (int r = 0; r < 2 * NX; r++) acc[r] = 0.f;
+    if (row < O) {
+        const uint16_t* gr = wg + (int64_t)row * I;
+        const uint16_t* ur = wu + (int64_t)row * I;
+        for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
+            uint4 gv[U], uv[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int64_t off = (int64_t)min(c0 + u * S, nch - 1) * 8;
+                gv[u] = ld_stream16(gr + off);
+                uv[u] = ld_stream16(ur + off);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int c = c0 + u * S;
+                if (c < nch) {
+                    float gf[8], uf[8];
+                    bf16x8_to_f32(gv[u], gf);
+                    bf16x8_to_f32(uv[u], uf);
+#pragma unroll
+                    for (int r = 0; r < NX; r++) {
+                        const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 8);
+                        float4 a = __ldg(xp), b = __ldg(xp + 1);
+                        float s = acc[r], t = acc[NX + r];
+                        s = fmaf(gf[0], a.x, s); t = fmaf(uf[0], a.x, t);
+                        s = fmaf(gf[1], a.y, s); t = fmaf(uf[1], a.y, t);
+                        s = fmaf(gf[2], a.z, s); t = fmaf(uf[2], a.z, t);
+                        s = fmaf(gf[3], a.w, s); t = fmaf(uf[3], a.w, t);
+                        s = fmaf(gf[4], b.x, s); t = fmaf(uf[4], b.x, t);
+                        s = fmaf(gf[5], b.y, s); t = fmaf(uf[5], b.y, t);
+                        s = fmaf(gf[6], b.z, s); t = fmaf(uf[6], b.z, t);
+                        s = fmaf(gf[7], b.w, s); t = fmaf(uf[7], b.w, t);
+                        acc[r] = s;
+                        acc[NX + r] = t;
+                    }
+                }
+            }
+        }
+    }
+    gemv_reduce<2 * NX, WPR>(acc, red, warp, lane);
+    if (row >= O || part != 0) return;
+#pragma unroll
+    for (int r = 0; r < NX; r++) {
+        if (lane == r) {
+            float g = acc[r];
+            out[(int64_t)r * O + row] = g / (1.f + expf(-g)) * acc[NX + r];
+        }
+    }
+}
+
+template <int NX>
+int launch_gemv_multi_nx(int wpr, dim3 grid, const GemvSegs& sg, const float* x, int I, cudaStream_t s) {
+    switch (wpr) {
+        case 1: gemv_multi_kernel<NX, 1><<<grid, kGemvThreads, 0, s>>>(sg, x, I); break;
+        case 2: gemv_multi_kernel<NX, 2><<<grid, kGemvThreads, 0, s>>>(sg, x, I); break;
+        case 4: gemv_multi_kernel<NX, 4><<<grid, kGemvThreads, 0, s>>>(sg, x, I); break;
+        default: gemv_multi_kernel<NX, 8><<<grid, kGemvThreads, 0, s>>>(sg, x, I); break;
+    }
+    TP_LAUNCHED("gemv_multi_kernel");
+    return TP_OK;
+}
+
+template <int NX>
+int launch_gemv_swiglu_nx(int wpr, float* out, const float* x, const uint16_t* wg, const uint16_t* wu, int O, int I,
+                          cudaStream_t s) {
+    dim3 grid((unsigned)ceil_div(O, kGemvWarps / wpr));
+    switch (wpr) {
+        case 1: gemv_swiglu_kernel<NX, 1><<<grid, kGemvThreads, 0, s>>>(out, x, wg, wu, O, I); break;
+        case 2: gemv_swiglu_kernel<NX, 2><<<grid, kGemvThreads, 0, s>>>(out, x, wg, wu, O, I); break;
+        case 4: gemv_swiglu_kernel<NX, 4><<<grid, kGemvThreads, 0, s>>>(out, x, wg, wu, O, I); break;
+        default: gemv_swiglu_kernel<NX, 8><<<grid, kGemvThreads, 0, s>>>(out, x, wg, wu, O, I); break;
+    }
+    TP_LAUNCHED("gemv_swiglu_kernel");
+    return TP_OK;
+}
+
 }  // namespace
 
 extern "C" {
@@ -154,6 +347,71 @@ int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int
         case 2: return launch_gemv_nx<2>(wpr, op, xp, wp, bp, out_dim, in_dim, s);
         case 3: return launch_gemv_nx<3>(wpr, op, xp, wp, bp, out_dim, in_dim, s);
         default: return launch_gemv_nx<4>(wpr, op, xp, wp, bp, out_dim, in_dim, s);
+    }
+}
+
+int tp_gemv_bf16_multi(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
+                       uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t bias2, int rows2, uint64_t x,
+                       int n, int in_dim, uint64_t stream) {
+    const char* fn = "tp_gemv_bf16_multi";
+    TP_REQUIRE(out0 != 0, fn, "out0");
+    TP_REQUIRE(w0 != 0, fn, "w0");
+    TP_REQUIRE(rows0 > 0, fn, "rows0");
+    TP_REQUIRE(rows1 >= 0 && (rows1 == 0 || (out1 != 0 && w1 != 0)), fn, "rows1");
+    TP_REQUIRE(rows2 >= 0 && (rows2 == 0 || (out2 != 0 && w2 != 0 && rows1 > 0)), fn, "rows2");
+    TP_REQUIRE(x != 0, fn, "x");
+    TP_REQUIRE(in_dim > 0, fn, "in_dim");
+    TP_REQUIRE(n >= 0, fn, "n");
+    if (n == 0) return TP_OK;
+    if (n > kGemvMaxRows || in_dim % 8 != 0 || (x & 15) != 0 || (w0 & 15) != 0 || (rows1 > 0 && (w1 & 15) != 0) ||
+        (rows2 > 0 && (w2 & 15) != 0))
+        return fail(TP_ERR_UNSUPPORTED, "%s: needs n <= %d, in_dim %% 8 == 0 and 16-byte aligned x and weights "
+                    "(n %d, in_dim %d)", fn, kGemvMaxRows, n, in_dim);
+    int wpr = pick_wpr(rows0 + rows1 + rows2, in_dim);
+    int rpb = kGemvWarps / wpr;
+    GemvSegs sg;
+    sg.out0 = TP_PTR(float, out0); sg.out1 = TP_PTR(float, out1); sg.out2 = TP_PTR(float, out2);
+    sg.w0 = TP_PTR(const uint16_t, w0); sg.w1 = TP_PTR(const uint16_t, w1); sg.w2 = TP_PTR(const uint16_t, w2);
+    sg.b0 = TP_PTR(const float, bias0); sg.b1 = TP_PTR(const float, bias1); sg.b2 = TP_PTR(const float, bias2);
+    sg.rows0 = rows0; sg.rows1 = rows1; sg.rows2 = rows2;
+    sg.end0 = (int)ceil_div(rows0, rpb);
+    sg.end1 = sg.end0 + (int)ceil_div(rows1, rpb);
+    dim3 grid((unsigned)(sg.end1 + ceil_div(rows2, rpb)));
+    cudaStream_t s = TP_STREAM(stream);
+    const float* xp = TP_PTR(const float, x);
+    switch (n) {
+        case 1: return launch_gemv_multi_nx<1>(wpr, grid, sg, xp, in_dim, s);
+        case 2: return launch_gemv_multi_nx<2>(wpr, grid, sg, xp, in_dim, s);
+        case 3: return launch_gemv_multi_nx<3>(wpr, grid, sg, xp, in_dim, s);
+        default: return launch_gemv_multi_nx<4>(wpr, grid, sg, xp, in_dim, s);
+    }
+}
+
+int tp_gemv_bf16_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t w_up, int n, int out_dim, int in_dim,
+                        uint64_t stream) {
+    const char* fn = "tp_gemv_bf16_swiglu";
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(x != 0, fn, "x");
+    TP_REQUIRE(w_gate != 0, fn, "w_gate");
+    TP_REQUIRE(w_up != 0, fn, "w_up");
+    TP_REQUIRE(out_dim > 0, fn, "out_dim");
+    TP_REQUIRE(in_dim > 0, fn, "in_dim");
+    TP_REQUIRE(n >= 0, fn, "n");
+    if (n == 0) return TP_OK;
+    if (n > kGemvMaxRows || in_dim % 8 != 0 || (x & 15) != 0 || (w_gate & 15) != 0 || (w_up & 15) != 0)
+        return fail(TP_ERR_UNSUPPORTED, "%s: needs n <= %d, in_dim %% 8 == 0 and 16-byte aligned x and weights "
+                    "(n %d, in_dim %d)", fn, kGemvMaxRows, n, in_dim);
+    cudaStream_t s = TP_STREAM(stream);
+    const float* xp = TP_PTR(const float, x);
+    const uint16_t* gp = TP_PTR(const uint16_t, w_gate);
+    const uint16_t* up = TP_PTR(const uint16_t, w_up);
+    float* op = TP_PTR(float, out);
+    int wpr = pick_wpr(out_dim, in_dim);
+    switch (n) {
+        case 1: return launch_gemv_swiglu_nx<1>(wpr, op, xp, gp, up, out_dim, in_dim, s);
+        case 2: return launch_gemv_swiglu_nx<2>(wpr, op, xp, gp, up, out_dim, in_dim, s);
+        case 3: return launch_gemv_swiglu_nx<3>(wpr, op, xp, gp, up, out_dim, in_dim, s);
+        default: return launch_gemv_swiglu_nx<4>(wpr, op, xp, gp, up, out_dim, in_dim, s);
     }
 }
 

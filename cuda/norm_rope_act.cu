@@ -124,6 +124,50 @@ __global__ void store_kv_kernel(uint16_t* __restrict__ kc, uint16_t* __restrict_
     if (threadIdx.x == 0) pc[((int64_t)layer * kv_heads + g) * capacity + slot] = token_pos[g * n + i];
 }
 
+// RoPE of q and k + KV store (= rope_kernel on q, rope_kernel on k, store_kv_kernel) in one launch. Grid
+// (ceil((heads + kv_heads) * hd/2 / blockDim), n); thread t of row i owns the pair (j, j + hd/2) of head t / (hd/2):
+// q-heads are rotated in place; for KV head g the rotated key pair is written back to k and, with the value
+// pair, stored as bf16 into slot slots[g][i] (skipped when outside [0, capacity)); thread j == 0 writes the
+// slot's position. Same f32 arithmetic as rope_kernel, so the stored bits equal those of the separate ops.
+__global__ void rope_store_kv_kernel(float* __restrict__ q, int heads, float* __restrict__ k,
+                                     const float* __restrict__ v, const int* __restrict__ positions,
+                                     const float* __restrict__ inv_freq, uint16_t* __restrict__ kc,
+                                     uint16_t* __restrict__ vc, int* __restrict__ pc, const int* __restrict__ slots,
+                                     const int* __restrict__ token_pos, int layer, int kv_heads, int hd,
+                                     int capacity, int n) {
+    const int half = hd >> 1;
+    const int i = blockIdx.y;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int head = t / half, j = t % half;
+    if (head >= heads + kv_heads) return;
+    float angle = (float)positions[i] * inv_freq[j];
+    float s, c;
+    sincosf(angle, &s, &c);
+    if (head < heads) {
+        float* base = q + ((int64_t)i * heads + head) * hd;
+        float a = base[j], b = base[j + half];
+        base[j] = a * c - b * s;
+        base[j + half] = b * c + a * s;
+        return;
+    }
+    const int g = head - heads;
+    float* kb = k + ((int64_t)i * kv_heads + g) * hd;
+    const float* vb = v + ((int64_t)i * kv_heads + g) * hd;
+    float a = kb[j], b = kb[j + half];
+    float k0 = a * c - b * s, k1 = b * c + a * s;
+    kb[j] = k0;
+    kb[j + half] = k1;
+    int slot = slots[g * n + i];
+    if (slot < 0 || slot >= capacity) return;
+    int64_t row = ((int64_t)layer * kv_heads + g) * capacity + slot;
+    int64_t dst = row * hd;
+    kc[dst + j] = f32_to_bf16_bits(k0);
+    kc[dst + j + half] = f32_to_bf16_bits(k1);
+    vc[dst + j] = f32_to_bf16_bits(vb[j]);
+    vc[dst + j + half] = f32_to_bf16_bits(vb[j + half]);
+    if (j == 0) pc[row] = token_pos[g * n + i];
+}
+
 inline int grid_for(int64_t count, int threads) {
     int64_t b = ceil_div(count, threads);
     int64_t cap = (int64_t)sm_count() * 16;
@@ -301,6 +345,39 @@ int tp_store_kv(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, ui
         TP_PTR(const float, v), TP_PTR(const int, slots), TP_PTR(const int, token_pos), layer, kv_heads, head_dim,
         capacity, n);
     TP_LAUNCHED("store_kv_kernel");
+    return TP_OK;
+}
+
+int tp_rope_store_kv(uint64_t q, int heads, uint64_t k, uint64_t v, uint64_t positions, uint64_t inv_freq,
+                     uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
+                     uint64_t token_pos, int layer, int kv_heads, int head_dim, int capacity, int n,
+                     uint64_t stream) {
+    const char* fn = "tp_rope_store_kv";
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(heads > 0, fn, "heads");
+    TP_REQUIRE(k != 0, fn, "k");
+    TP_REQUIRE(v != 0, fn, "v");
+    TP_REQUIRE(positions != 0, fn, "positions");
+    TP_REQUIRE(inv_freq != 0, fn, "inv_freq");
+    TP_REQUIRE(key_cache != 0, fn, "key_cache");
+    TP_REQUIRE(value_cache != 0, fn, "value_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(slots != 0, fn, "slots");
+    TP_REQUIRE(token_pos != 0, fn, "token_pos");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head_dim > 0 && head_dim % 2 == 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(n >= 0 && n <= 65535, fn, "n");
+    if (n == 0) return TP_OK;
+    int64_t pairs = (int64_t)(heads + kv_heads) * (head_dim / 2);
+    dim3 grid((unsigned)ceil_div(pairs, 128), n);
+    rope_store_kv_kernel<<<grid, 128, 0, TP_STREAM(stream)>>>(
+        TP_PTR(float, q), heads, TP_PTR(float, k), TP_PTR(const float, v), TP_PTR(const int, positions),
+        TP_PTR(const float, inv_freq), TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache),
+        TP_PTR(int, pos_cache), TP_PTR(const int, slots), TP_PTR(const int, token_pos), layer, kv_heads, head_dim,
+        capacity, n);
+    TP_LAUNCHED("rope_store_kv_kernel");
     return TP_OK;
 }
 

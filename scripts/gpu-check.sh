@@ -123,6 +123,7 @@ run_checks() {
     --select-class dev.tokenpress.backend.cuda.CudaParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaModelParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaGemvParityTest \
+    --select-class dev.tokenpress.backend.cuda.CudaFusedDecodeParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaPolicyOpsParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaPolicyModelParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaCceParityTest \

@@ -120,6 +120,17 @@ int tp_store_kv(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, ui
  */
 int tp_add_rmsnorm(uint64_t out, uint64_t x, uint64_t y, uint64_t w, float eps, int n, int dim, uint64_t stream);
 
+/**
+ * RoPE of q and k + KV store in one kernel (= tp_rope(q), tp_rope(k), tp_store_kv): q f32 [n, heads*hd] and
+ * k f32 [n, Hkv*hd] are rotated in place (angle positions[i] * inv_freq[j] in f32, rotate_half pairing), then
+ * the rotated k and v are stored as in tp_store_kv. positions int32 [n]; slots, token_pos int32 [Hkv][n]
+ * (device); a slot outside [0, capacity) is skipped (k is still rotated).
+ */
+int tp_rope_store_kv(uint64_t q, int heads, uint64_t k, uint64_t v, uint64_t positions, uint64_t inv_freq,
+                     uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
+                     uint64_t token_pos, int layer, int kv_heads, int head_dim, int capacity, int n,
+                     uint64_t stream);
+
 /* ---- decode GEMV (gemv.cu) --------------------------------------------------------------------------- */
 
 /**
@@ -130,6 +141,23 @@ int tp_add_rmsnorm(uint64_t out, uint64_t x, uint64_t y, uint64_t w, float eps, 
  */
 int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim, int in_dim,
                  uint64_t stream);
+
+/**
+ * Up to three tp_gemv_bf16 products of the same x [n, I] in one launch (q, k, v projections): out_m f32
+ * [n, rows_m] = x · w_m^T (+ bias_m), m = 0, 1, 2; rows1 / rows2 = 0 leave matrix 1 / 2 out (rows2 > 0 needs
+ * rows1 > 0). Blocks cover the rows of all matrices; no out_m may alias x. Same limits as tp_gemv_bf16.
+ */
+int tp_gemv_bf16_multi(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
+                       uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t bias2, int rows2, uint64_t x,
+                       int n, int in_dim, uint64_t stream);
+
+/**
+ * Gate/up GEMV + SwiGLU: out[r, o] = silu(g) * u with g = w_gate[o] · x[r], u = w_up[o] · x[r] (f32, bf16
+ * weights [O, I]); each row o of both matrices is read by the same warp(s). out f32 [n, O] must not alias x.
+ * Same limits as tp_gemv_bf16.
+ */
+int tp_gemv_bf16_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t w_up, int n, int out_dim, int in_dim,
+                        uint64_t stream);
 
 /* ---- attention (decode_attention.cu, prefill_attention.cu) ------------------------------------------- */
 
@@ -168,6 +196,19 @@ int tp_decode_attention_ex(uint64_t out, uint64_t q, uint64_t key_cache, uint64_
                            uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
                            int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
                            uint64_t workspace, uint64_t workspace_bytes, uint64_t counters, uint64_t stream);
+
+/**
+ * tp_decode_attention_ex with a short-context path: when max_len <= single_split_max_len, one block per (KV
+ * head, head chunk) walks all candidates and writes out directly (no partial states, no merge, no counters).
+ * single_split_max_len < 0: the built-in threshold (4 block iterations of rows: 256 rows for hd 64 with
+ * GQA groups <= 4); 0: never (= tp_decode_attention_ex).
+ */
+int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                            int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
+                            uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
+                            int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
+                            uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
+                            int single_split_max_len, uint64_t stream);
 
 /** Bytes of workspace tp_prefill_attention needs for n queries of num_heads heads. */
 uint64_t tp_prefill_attention_workspace_bytes(int n, int num_heads);

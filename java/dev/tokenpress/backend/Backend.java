@@ -84,6 +84,40 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * The q, k and v projections of one input: q = wq · x + bq, k = wk · x + bk, v = wv · x + bv (biases may be
+     * null); q [n, H*hd], k and v [n, Hkv*hd], x [n, D]. Same result as the three {@link #matmul} calls; a
+     * backend may do them in one pass.
+     */
+    default void matmulQkv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk,
+                           Tensor wv, Tensor bv, int n) {
+        matmul(q, x, wq, bq, n);
+        matmul(k, x, wk, bk, n);
+        matmul(v, x, wv, bv, n);
+    }
+
+    /**
+     * The gate/up projections and SwiGLU: out = silu(wGate · x) * (wUp · x); out [n, F], x [n, D] distinct.
+     * {@code up} [n, F] is scratch (its contents afterwards are unspecified). Same result as matmul into out,
+     * matmul into up, {@link #swiglu}(out, out, up); a backend may do it in one pass without {@code up}.
+     */
+    default void matmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor wGate, Tensor wUp, int n) {
+        matmul(out, x, wGate, null, n);
+        matmul(up, x, wUp, null, n);
+        swiglu(out, out, up, n);
+    }
+
+    /**
+     * Rotary embedding of q [n, heads*hd] and k [n, Hkv*hd] in place, then {@link #storeKv} of the rotated k
+     * and v; same result as {@link #rope}(q), {@link #rope}(k), {@link #storeKv}. A backend may do it in one pass.
+     */
+    default void ropeStoreKv(Tensor q, int heads, Tensor k, Tensor v, int kvHeads, RopeTable rope, int[] positions,
+                             KvCache cache, int layer, int[][] slots, int n) {
+        rope(q, heads, rope, positions, n);
+        rope(k, kvHeads, rope, positions, n);
+        storeKv(cache, layer, k, v, slots, n);
+    }
+
+    /**
      * Writes keys k [n, Hkv*hd] (already rotated) and values v [n, Hkv*hd] of {@code layer} into the slots
      * slots[g][i] of each KV head g (allocated beforehand with {@link KvCache#allocate}).
      */

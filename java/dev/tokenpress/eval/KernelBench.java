@@ -127,20 +127,26 @@ public final class KernelBench {
         result(out, "cce_vs_naive_max_target_diff", r.maxTargetDiff(), "");
     }
 
-    /** The kernel paths e2e compares in one run: the default, then the previous one (cuBLAS, separate merge). */
-    private record Paths(String suffix, boolean gemv, boolean fusedMerge) {}
+    /**
+     * The kernel paths e2e compares in one run: the default; the previous default with the decode fusions off
+     * (separate q/k/v GEMVs, gate/up GEMVs + swiglu, rope + rope + storeKv, split attention at short contexts);
+     * the first one (cuBLAS, separate merge, no decode fusions).
+     */
+    private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions) {}
 
-    private static final Paths[] E2E_PATHS = {new Paths("", true, true), new Paths("_cublas", false, false)};
+    private static final Paths[] E2E_PATHS = {new Paths("", true, true, true), new Paths("_unfused", true, true, false),
+            new Paths("_cublas", false, false, false)};
 
     private static void usePaths(CudaBackend gpu, Paths p) {
         gpu.setGemvEnabled(p.gemv());
         gpu.setFusedAttnMerge(p.fusedMerge());
+        gpu.setDecodeFusions(p.decodeFusions());
     }
 
     /**
      * Decode tokens/s of the llama-1b-shape model at short and 32K context, for each of {@link #E2E_PATHS} on the
-     * same model and cache (keys e2e_* for the default path, e2e_*_cublas for cuBLAS matmuls + separate attention
-     * merge); the paths run back to back on one cache, so the second sees a context longer by one run's steps.
+     * same model and cache (keys e2e_* for the default path, e2e_*_unfused for the decode fusions off,
+     * e2e_*_cublas for cuBLAS matmuls + separate attention merge); the paths run back to back on one cache, so the second sees a context longer by one run's steps.
      */
     public static void endToEnd(CudaBackend gpu, double copyBw, Path dir, int shortSteps, int longSteps, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE))) {

@@ -156,12 +156,10 @@ public final class Llama implements AutoCloseable {
         for (int l = 0; l < c.numLayers(); l++) {
             Weights.Layer lw = w.layers()[l];
             // --- attention block (its input norm was fused into the previous residual add) ---
-            b.matmul(q, xn, lw.wq(), lw.bq(), n);                     // q  [n, H*hd]
-            b.matmul(k, xn, lw.wk(), lw.bk(), n);                     // k  [n, Hkv*hd]
-            b.matmul(v, xn, lw.wv(), lw.bv(), n);                     // v  [n, Hkv*hd]
-            b.rope(q, c.numHeads(), rope, positions, n);
-            b.rope(k, c.numKvHeads(), rope, positions, n);
-            b.storeKv(cache, l, k, v, slots[l], n);                   // cache[l] <- k, v
+            b.matmulQkv(q, k, v, xn, lw.wq(), lw.bq(), lw.wk(), lw.bk(), // q [n, H*hd], k [n, Hkv*hd],
+                    lw.wv(), lw.bv(), n);                             // v [n, Hkv*hd]
+            b.ropeStoreKv(q, c.numHeads(), k, v, c.numKvHeads(),      // q [n, H*hd], k [n, Hkv*hd] rotated;
+                    rope, positions, cache, l, slots[l], n);          // cache[l] <- k, v
             policy.beforeAttention(cache, l, q, positions, n);
             SlotSelection sel = policy.select(cache, l, n);
             AttentionStats stats = policy.stats(cache, l, n);
@@ -170,9 +168,7 @@ public final class Llama implements AutoCloseable {
             b.matmul(xb, att, lw.wo(), null, n);                      // xb [n, D]
             b.addRmsnorm(xn, x, xb, lw.mlpNorm(), eps, n);            // x += attn; xn = norm(x)
             // --- MLP block ---
-            b.matmul(gate, xn, lw.wGate(), null, n);                  // gate [n, F]
-            b.matmul(up, xn, lw.wUp(), null, n);                      // up   [n, F]
-            b.swiglu(gate, gate, up, n);                              // gate = silu(gate) * up
+            b.matmulSwiglu(gate, up, xn, lw.wGate(), lw.wUp(), n);    // gate [n, F] = silu(xn·Wg) * (xn·Wu); up [n, F] scratch
             b.matmul(xb, gate, lw.wDown(), null, n);                  // xb [n, D]
             if (l + 1 < c.numLayers())
                 b.addRmsnorm(xn, x, xb, w.layers()[l + 1].attnNorm(), eps, n); // x += mlp; xn = next layer's norm(x)

@@ -100,6 +100,10 @@ public final class CudaBackend implements Backend {
     // kernel paths (system properties, or the setters below)
     private boolean gemvEnabled;
     private boolean fusedAttnMerge;
+    private boolean fusedQkv;          // matmulQkv: one GEMV launch for q, k, v
+    private boolean fusedSwiglu;       // matmulSwiglu: gate/up GEMV + SwiGLU in one kernel
+    private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
+    private boolean shortAttn;         // decode attention: one split that writes out directly for short contexts
 
     // graphs
     private Mode mode = Mode.EAGER;
@@ -157,6 +161,10 @@ public final class CudaBackend implements Backend {
         if (!graphsEnabled) graphsOffReason = "disabled by tokenpress.cuda.graphs=false";
         this.gemvEnabled = flag("tokenpress.cuda.gemv", "TOKENPRESS_CUDA_GEMV");
         this.fusedAttnMerge = flag("tokenpress.cuda.fusedAttnMerge", "TOKENPRESS_CUDA_FUSED_ATTN_MERGE");
+        this.fusedQkv = flag("tokenpress.cuda.fusedQkv", "TOKENPRESS_CUDA_FUSED_QKV");
+        this.fusedSwiglu = flag("tokenpress.cuda.fusedSwiglu", "TOKENPRESS_CUDA_FUSED_SWIGLU");
+        this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
+        this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
     }
 
     /** A switch that is on unless the system property (or else the environment variable) says false or 0. */
@@ -224,10 +232,77 @@ public final class CudaBackend implements Backend {
 
     public boolean fusedAttnMerge() { return fusedAttnMerge; }
 
+    /**
+     * {@link #matmulQkv} as one GEMV launch over the rows of wq, wk and wv ({@code tp_gemv_bf16_multi}; default
+     * on, needs the GEMV path; {@code -Dtokenpress.cuda.fusedQkv=false} or this setter: three matmuls). Drops a
+     * captured graph.
+     */
+    public void setFusedQkv(boolean on) {
+        requireEager("setFusedQkv");
+        dropGraph();
+        fusedQkv = on;
+    }
+
+    public boolean fusedQkv() { return fusedQkv; }
+
+    /**
+     * {@link #matmulSwiglu} as one gate/up GEMV + SwiGLU kernel ({@code tp_gemv_bf16_swiglu}; default on, needs
+     * the GEMV path; {@code -Dtokenpress.cuda.fusedSwiglu=false} or this setter: two matmuls and swiglu). Drops a
+     * captured graph.
+     */
+    public void setFusedSwiglu(boolean on) {
+        requireEager("setFusedSwiglu");
+        dropGraph();
+        fusedSwiglu = on;
+    }
+
+    public boolean fusedSwiglu() { return fusedSwiglu; }
+
+    /**
+     * {@link #ropeStoreKv} as one kernel ({@code tp_rope_store_kv}; default on;
+     * {@code -Dtokenpress.cuda.fusedRopeStoreKv=false} or this setter: rope, rope, storeKv). Drops a captured graph.
+     */
+    public void setFusedRopeStoreKv(boolean on) {
+        requireEager("setFusedRopeStoreKv");
+        dropGraph();
+        fusedRopeStoreKv = on;
+    }
+
+    public boolean fusedRopeStoreKv() { return fusedRopeStoreKv; }
+
+    /**
+     * Decode attention over short contexts (length hint up to 4 block iterations of rows: 256 for hd 64 with
+     * GQA groups up to 4) runs one block per KV head that writes the output directly, with no split merge
+     * (default on; {@code -Dtokenpress.cuda.shortAttn=false} or this setter: the split count as before). Drops a
+     * captured graph.
+     */
+    public void setShortAttn(boolean on) {
+        requireEager("setShortAttn");
+        dropGraph();
+        shortAttn = on;
+    }
+
+    public boolean shortAttn() { return shortAttn; }
+
+    /** Turns all four decode fusions above (QKV, gate/up + SwiGLU, RoPE + KV store, short attention) on or off. */
+    public void setDecodeFusions(boolean on) {
+        setFusedQkv(on);
+        setFusedSwiglu(on);
+        setFusedRopeStoreKv(on);
+        setShortAttn(on);
+    }
+
     /** Kernel paths in use, one line (for logs and the benchmark). */
     public String kernelPaths() {
         return "matmul " + (gemvEnabled ? "GEMV for n<=" + GEMV_MAX_ROWS + " + cuBLAS" : "cuBLAS only")
-                + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel");
+                + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel")
+                + (shortAttn ? " (single split for short contexts)" : "")
+                + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
+                + ", fused rope+kv store " + onOff(fusedRopeStoreKv);
+    }
+
+    private static String onOff(boolean on) {
+        return on ? "on" : "off";
     }
 
     /** Turns graph capture of decode steps on or off (off: every step runs eagerly). */
@@ -443,6 +518,48 @@ public final class CudaBackend implements Backend {
         return oEnd <= x.ptr || xEnd <= o.ptr;
     }
 
+    @Override
+    public void matmulQkv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk,
+                          Tensor wv, Tensor bv, int n) {
+        CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
+        CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
+        int in = xi.cols;
+        boolean fuse = fusedQkv && gemvEnabled && n > 0
+                && wqt.cols == in && wkt.cols == in && wvt.cols == in
+                && qo.cols == wqt.rows && ko.cols == wkt.rows && vo.cols == wvt.rows
+                && gemvEligible(qo, xi, wqt, n, in, wqt.rows) && gemvEligible(ko, xi, wkt, n, in, wkt.rows)
+                && gemvEligible(vo, xi, wvt, n, in, wvt.rows);
+        if (!fuse) {
+            Backend.super.matmulQkv(q, k, v, x, wq, bq, wk, bk, wv, bv, n);
+            return;
+        }
+        long pbq = ptrOrZero(bq), pbk = ptrOrZero(bk), pbv = ptrOrZero(bv);
+        sig(11, qo.ptr, ko.ptr, vo.ptr, xi.ptr, wqt.ptr, wkt.ptr, wvt.ptr, pbq, pbk, pbv, n);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_gemv_bf16_multi(qo.ptr, wqt.ptr, pbq, wqt.rows, ko.ptr, wkt.ptr, pbk, wkt.rows, vo.ptr,
+                    wvt.ptr, pbv, wvt.rows, xi.ptr, n, in, stream), "matmulQkv (GEMV)");
+    }
+
+    @Override
+    public void matmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor wGate, Tensor wUp, int n) {
+        CudaTensor o = act(out), xi = act(x), wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
+        int in = xi.cols, f = wg.rows;
+        boolean fuse = fusedSwiglu && gemvEnabled && n > 0
+                && wg.cols == in && wu.cols == in && wu.rows == f && o.cols == f
+                && gemvEligible(o, xi, wg, n, in, f) && gemvEligible(o, xi, wu, n, in, f);
+        if (!fuse) {
+            Backend.super.matmulSwiglu(out, up, x, wGate, wUp, n);
+            return;
+        }
+        sig(12, o.ptr, xi.ptr, wg.ptr, wu.ptr, n);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_gemv_bf16_swiglu(o.ptr, xi.ptr, wg.ptr, wu.ptr, n, f, in, stream), "matmulSwiglu (GEMV)");
+    }
+
+    private static long ptrOrZero(Tensor t) {
+        return t == null ? 0 : ((CudaTensor) t).ptr;
+    }
+
     /**
      * Fused residual add + RMSNorm: x += y, then out = rmsnorm(x) * w (= {@link #add} then {@link #rmsnorm}, one
      * kernel). out must be a different tensor from x and y; otherwise this runs the two ops.
@@ -467,6 +584,14 @@ public final class CudaBackend implements Backend {
         CudaTensor t = act(x);
         int hd = rope.headDim();
         if ((long) heads * hd > t.cols) throw new IllegalArgumentException("rope: " + heads + " heads of " + hd + " do not fit " + t);
+        long inv = ropeTable(rope);
+        long d = stage(positions, n);
+        sig(5, t.ptr, heads, hd, inv, n);
+        if (mode != Mode.DRY) check(TpNative.tp_rope(t.ptr, n, heads, hd, d, inv, stream), "rope");
+    }
+
+    /** Device copy of the rope table's inverse frequencies (uploaded once, eagerly). */
+    private long ropeTable(RopeTable rope) {
         Long inv = invFreqs.get(rope.invFreq());
         if (inv == null) {
             if (mode != Mode.EAGER) throw abort("rope table upload", false);
@@ -476,9 +601,39 @@ public final class CudaBackend implements Backend {
             invFreqs.put(f, p);
             inv = p;
         }
-        long d = stage(positions, n);
-        sig(5, t.ptr, heads, hd, inv, n);
-        if (mode != Mode.DRY) check(TpNative.tp_rope(t.ptr, n, heads, hd, d, inv, stream), "rope");
+        return inv;
+    }
+
+    @Override
+    public void ropeStoreKv(Tensor q, int heads, Tensor k, Tensor v, int kvHeads, RopeTable rope, int[] positions,
+                            KvCache cache, int layer, int[][] slots, int n) {
+        CudaTensor qt = act(q), kt = act(k), vt = act(v);
+        int hd = rope.headDim();
+        boolean fuse = fusedRopeStoreKv && n > 0 && cache instanceof CudaKvCache cc && cc.headDim() == hd
+                && cc.kvHeads() == kvHeads && heads > 0 && (long) heads * hd == qt.cols
+                && (long) kvHeads * hd == kt.cols && kt.cols == vt.cols;
+        if (!fuse) {
+            Backend.super.ropeStoreKv(q, heads, k, v, kvHeads, rope, positions, cache, layer, slots, n);
+            return;
+        }
+        CudaKvCache c = (CudaKvCache) cache;
+        long inv = ropeTable(rope);
+        flushFrees(c);
+        // staged ints: positions[n] | slots[hkv][n] | token positions[hkv][n]
+        int[] a = new int[n + 2 * kvHeads * n];
+        System.arraycopy(positions, 0, a, 0, n);
+        for (int g = 0; g < kvHeads; g++)
+            for (int i = 0; i < n; i++) {
+                int slot = slots[g][i];
+                if (slot < 0 || slot >= c.capacity()) throw new IllegalArgumentException("storeKv: slot " + slot + " outside [0, " + c.capacity() + ")");
+                a[n + g * n + i] = slot;
+                a[n + kvHeads * n + g * n + i] = c.position(layer, g, slot);
+            }
+        long d = stage(a, a.length);
+        sig(13, qt.ptr, heads, kt.ptr, vt.ptr, inv, c.keys, layer, n);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_rope_store_kv(qt.ptr, heads, kt.ptr, vt.ptr, d, inv, c.keys, c.values, c.pos,
+                    d + 4L * n, d + 4L * (n + kvHeads * n), layer, kvHeads, hd, c.capacity(), n, stream), "ropeStoreKv");
     }
 
     @Override
@@ -558,7 +713,8 @@ public final class CudaBackend implements Backend {
             memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
         }
         if (fused && TpNative.tp_decode_attention_counters(heads, hkv) > ATTN_COUNTERS) fused = false;
-        sig(9, o.ptr, qt.ptr, c.keys, layer, n, heads, stride, lenHint, select == null ? 0 : 1, fused ? 1 : 0);
+        sig(9, o.ptr, qt.ptr, c.keys, layer, n, heads, stride, lenHint, select == null ? 0 : 1, fused ? 1 : 0,
+                shortAttn ? 1 : 0);
         if (mode == Mode.DRY) return;
 
         long raw = 0, prob = 0;
@@ -596,9 +752,9 @@ public final class CudaBackend implements Backend {
                 if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
                 growAttnWs(ws);
             }
-            rc = TpNative.tp_decode_attention_ex(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap, dq,
-                    selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, raw, prob, attnWs, attnWsBytes,
-                    fused ? attnCounters : 0, stream);
+            rc = TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap,
+                    dq, selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, raw, prob, attnWs, attnWsBytes,
+                    fused ? attnCounters : 0, shortAttn ? -1 : 0, stream);
         } else {
             long ws = TpNative.tp_prefill_attention_workspace_bytes(n, heads);
             if ((raw != 0 || prob != 0) && ws > attnWsBytes) {

@@ -148,6 +148,14 @@ public final class TpNative {
                                          @Cast("uint64_t") long tokenPos, int layer, int kvHeads, int headDim,
                                          int capacity, int n, @Cast("uint64_t") long stream);
 
+    public static native int tp_rope_store_kv(@Cast("uint64_t") long q, int heads, @Cast("uint64_t") long k,
+                                              @Cast("uint64_t") long v, @Cast("uint64_t") long positions,
+                                              @Cast("uint64_t") long invFreq, @Cast("uint64_t") long keyCache,
+                                              @Cast("uint64_t") long valueCache, @Cast("uint64_t") long posCache,
+                                              @Cast("uint64_t") long slots, @Cast("uint64_t") long tokenPos,
+                                              int layer, int kvHeads, int headDim, int capacity, int n,
+                                              @Cast("uint64_t") long stream);
+
     public static native int tp_add_rmsnorm(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
                                             @Cast("uint64_t") long y, @Cast("uint64_t") long w, float eps, int n,
                                             int dim, @Cast("uint64_t") long stream);
@@ -157,6 +165,17 @@ public final class TpNative {
     public static native int tp_gemv_bf16(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
                                           @Cast("uint64_t") long w, @Cast("uint64_t") long bias, int n, int outDim,
                                           int inDim, @Cast("uint64_t") long stream);
+
+    public static native int tp_gemv_bf16_multi(@Cast("uint64_t") long out0, @Cast("uint64_t") long w0,
+                                                @Cast("uint64_t") long bias0, int rows0, @Cast("uint64_t") long out1,
+                                                @Cast("uint64_t") long w1, @Cast("uint64_t") long bias1, int rows1,
+                                                @Cast("uint64_t") long out2, @Cast("uint64_t") long w2,
+                                                @Cast("uint64_t") long bias2, int rows2, @Cast("uint64_t") long x,
+                                                int n, int inDim, @Cast("uint64_t") long stream);
+
+    public static native int tp_gemv_bf16_swiglu(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
+                                                 @Cast("uint64_t") long wGate, @Cast("uint64_t") long wUp, int n,
+                                                 int outDim, int inDim, @Cast("uint64_t") long stream);
 
     // ---- attention ----------------------------------------------------------------------------------------
 
@@ -190,6 +209,21 @@ public final class TpNative {
                                                     @Cast("uint64_t") long workspaceBytes,
                                                     @Cast("uint64_t") long counters,
                                                     @Cast("uint64_t") long stream);
+
+    public static native int tp_decode_attention_ex2(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                                     @Cast("uint64_t") long keyCache,
+                                                     @Cast("uint64_t") long valueCache,
+                                                     @Cast("uint64_t") long posCache, int layer, int numHeads,
+                                                     int kvHeads, int headDim, int capacity,
+                                                     @Cast("uint64_t") long queryPos, @Cast("uint64_t") long selSlots,
+                                                     int selStride, @Cast("uint64_t") long selCounts,
+                                                     @Cast("uint64_t") long highWater, int maxLen, float scale,
+                                                     @Cast("uint64_t") long rawScores,
+                                                     @Cast("uint64_t") long probSums,
+                                                     @Cast("uint64_t") long workspace,
+                                                     @Cast("uint64_t") long workspaceBytes,
+                                                     @Cast("uint64_t") long counters, int singleSplitMaxLen,
+                                                     @Cast("uint64_t") long stream);
 
     public static native @Cast("uint64_t") long tp_prefill_attention_workspace_bytes(int n, int numHeads);
 

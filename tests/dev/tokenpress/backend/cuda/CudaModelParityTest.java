@@ -62,13 +62,16 @@ class CudaModelParityTest {
                 ref[s + 1] = m.logits();
             }
         }
-        float[][][] got = new float[2][][];
-        String[] status = new String[2];
-        for (int pass = 0; pass < 2; pass++) {
+        // pass 0: graphs, 1: eager, 2: graphs with the decode fusions off (QKV, gate/up + SwiGLU, RoPE + KV
+        // store, short-context attention)
+        float[][][] got = new float[3][][];
+        String[] status = new String[3];
+        for (int pass = 0; pass < 3; pass++) {
             try (SafeTensors st = SafeTensors.open(dir)) {
                 CudaBackend gpu = CudaBackend.open();
                 try {
-                    gpu.setGraphsEnabled(pass == 0);
+                    gpu.setGraphsEnabled(pass != 1);
+                    if (pass == 2) gpu.setDecodeFusions(false);
                     Llama m = new Llama(cfg, Weights.load(st, cfg, gpu, null), gpu, 64);
                     KvCache cache = m.newCache(ctx);
                     got[pass] = new float[steps + 1][];
@@ -85,11 +88,18 @@ class CudaModelParityTest {
                 }
             }
         }
-        double worst = 0, worstGraphVsEager = 0;
+        double worst = 0, worstGraphVsEager = 0, worstUnfused = 0, worstFusedVsUnfused = 0;
         for (int s = 0; s <= steps; s++) {
             worst = Math.max(worst, CudaParityTest.nmse(ref[s], got[0][s]));
             worstGraphVsEager = Math.max(worstGraphVsEager, CudaParityTest.nmse(got[1][s], got[0][s]));
+            worstUnfused = Math.max(worstUnfused, CudaParityTest.nmse(ref[s], got[2][s]));
+            worstFusedVsUnfused = Math.max(worstFusedVsUnfused, CudaParityTest.nmse(got[2][s], got[0][s]));
         }
+        System.out.printf("[model-parity] %s: fusions off: worst nmse cuda-vs-cpu %.3g, fused-vs-unfused %.3g; %s%n",
+                name, worstUnfused, worstFusedVsUnfused, status[2]);
+        assertTrue(worstUnfused < 5e-3, name + ": CUDA logits (fusions off) differ from CPU, worst nmse " + worstUnfused);
+        // only the GEMV summation order and the split count of attention differ
+        assertTrue(worstFusedVsUnfused < 1e-4, name + ": fused and unfused decode differ, nmse " + worstFusedVsUnfused);
         System.out.printf("[model-parity] %s: worst nmse cuda-vs-cpu %.3g, graph-vs-eager %.3g; %s%n", name, worst,
                 worstGraphVsEager, status[0]);
         assertTrue(worst < 5e-3, name + ": CUDA logits differ from CPU, worst nmse " + worst);

@@ -357,6 +357,43 @@ class CudaParityTest {
         }
     }
 
+    static Stream<Arguments> shortAttnCases() {
+        List<Arguments> a = new ArrayList<>();
+        for (int hd : new int[] {64, 128})
+            for (int group : new int[] {1, 4, 8})
+                for (int len : new int[] {50, 64, 65, 128, 129, 256, 257}) a.add(Arguments.of(hd, group, len));
+        return a.stream();
+    }
+
+    /** Lengths around the single-split threshold of the short-context decode path (on by default). */
+    @ParameterizedTest(name = "decode short-path boundary hd={0} group={1} len={2}")
+    @MethodSource("shortAttnCases")
+    void decodeAttentionShortBoundary(int hd, int group, int len) {
+        assertTrue(((CudaBackend) gpu).shortAttn(), "the short-context path is the default");
+        decodeAttention(hd, group, len);
+    }
+
+    /** Short contexts through the split path (short-context path off), fused and separate merge. */
+    @ParameterizedTest(name = "decode short-path off hd={0} group={1} len={2}")
+    @MethodSource("shortAttnCases")
+    void decodeAttentionShortOff(int hd, int group, int len) {
+        CudaBackend g = (CudaBackend) gpu;
+        g.setShortAttn(false);
+        try {
+            decodeAttention(hd, group, len);
+            if (len == 50) {
+                g.setFusedAttnMerge(false);
+                try {
+                    decodeAttention(hd, group, len);
+                } finally {
+                    g.setFusedAttnMerge(true);
+                }
+            }
+        } finally {
+            g.setShortAttn(true);
+        }
+    }
+
     static Stream<Arguments> prefillCases() {
         List<Arguments> a = new ArrayList<>();
         for (int hd : new int[] {64, 128})
