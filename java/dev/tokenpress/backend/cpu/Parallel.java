@@ -1,65 +1,111 @@
 package dev.tokenpress.backend.cpu;
 
-import java.util.concurrent.ForkJoinPool;
-import java.util.concurrent.RecursiveAction;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.LockSupport;
 
-/** A fixed pool and a static-partition parallel-for used by every CPU op. */
+/**
+ * The thread team behind every CPU op: {@code threads - 1} persistent workers plus the calling thread. A decode
+ * step issues dozens of short parallel loops (tens of microseconds each), so waking parked pool threads for each
+ * would cost more than the work: workers spin briefly on a job counter before parking, and the caller takes part
+ * in every loop. Deterministic: each index range is computed by exactly one thread, and which thread does it never
+ * changes the result. One loop at a time (a backend is used by one thread).
+ */
 final class Parallel {
-    private final ForkJoinPool pool;
+    /** How long an idle worker spins for the next loop before it parks (decode steps come back to back). */
+    private static final long SPIN_NANOS = 200_000;
+
+    interface Range {
+        void run(int from, int to);
+    }
+
+    /** One parallel loop; workers that arrive late find every range claimed and do nothing. */
+    private static final class Job {
+        final Range body;
+        final int n, tasks;
+        final AtomicInteger next = new AtomicInteger();
+        final AtomicInteger pending;
+        volatile Throwable failure;
+
+        Job(Range body, int n, int tasks) {
+            this.body = body;
+            this.n = n;
+            this.tasks = tasks;
+            this.pending = new AtomicInteger(tasks);
+        }
+
+        void run() {
+            for (int i; (i = next.getAndIncrement()) < tasks; ) {
+                try {
+                    int from = (int) ((long) n * i / tasks), to = (int) ((long) n * (i + 1) / tasks);
+                    if (from < to) body.run(from, to);
+                } catch (Throwable e) {
+                    failure = e;
+                } finally {
+                    pending.decrementAndGet();
+                }
+            }
+        }
+    }
+
     private final int threads;
+    private final Thread[] workers;
+    private volatile boolean closed;
+    private volatile Job job;
 
     Parallel(int threads) {
         this.threads = Math.max(1, threads);
-        this.pool = this.threads == 1 ? null : new ForkJoinPool(this.threads);
+        this.workers = new Thread[this.threads - 1];
+        for (int i = 0; i < workers.length; i++) {
+            Thread t = new Thread(this::workerLoop, "tokenpress-cpu-" + (i + 1));
+            t.setDaemon(true);
+            workers[i] = t;
+            t.start();
+        }
     }
 
     int threads() {
         return threads;
     }
 
-    interface Range {
-        void run(int from, int to);
-    }
-
     /**
-     * Runs body over [0, n) split into contiguous ranges, at least {@code grain} items each. Deterministic:
-     * each index is handled by exactly one range, and results never depend on the split.
+     * Runs body over [0, n) split into contiguous ranges of at least {@code grain} items (up to 4 per thread),
+     * claimed dynamically by the caller and the workers; returns when all are done.
      */
     void forRange(int n, int grain, Range body) {
         if (n <= 0) return;
-        int tasks = Math.min(threads * 4, Math.max(1, n / Math.max(1, grain)));
-        if (tasks <= 1 || pool == null) {
+        int t = Math.min(threads * 4, Math.max(1, n / Math.max(1, grain)));
+        if (t <= 1 || workers.length == 0) {
             body.run(0, n);
             return;
         }
-        pool.invoke(new Split(body, n, tasks, 0, tasks));
+        Job j = new Job(body, n, t);
+        job = j;
+        for (Thread w : workers) LockSupport.unpark(w);
+        j.run();
+        while (j.pending.get() > 0) Thread.onSpinWait();
+        Throwable f = j.failure;
+        if (f instanceof RuntimeException re) throw re;
+        if (f instanceof Error e) throw e;
+        if (f != null) throw new IllegalStateException(f);
     }
 
-    private static final class Split extends RecursiveAction {
-        final Range body;
-        final int n, tasks, t0, t1;
-
-        Split(Range body, int n, int tasks, int t0, int t1) {
-            this.body = body;
-            this.n = n;
-            this.tasks = tasks;
-            this.t0 = t0;
-            this.t1 = t1;
-        }
-
-        @Override
-        protected void compute() {
-            if (t1 - t0 == 1) {
-                int from = (int) ((long) n * t0 / tasks), to = (int) ((long) n * t1 / tasks);
-                if (from < to) body.run(from, to);
-                return;
+    private void workerLoop() {
+        Job seen = null;
+        while (!closed) {
+            Job j = job;
+            if (j != seen) {
+                seen = j;
+                j.run();
+                continue;
             }
-            int mid = (t0 + t1) >>> 1;
-            invokeAll(new Split(body, n, tasks, t0, mid), new Split(body, n, tasks, mid, t1));
+            long start = System.nanoTime();
+            while (job == seen && !closed && System.nanoTime() - start < SPIN_NANOS) Thread.onSpinWait();
+            if (job == seen && !closed) LockSupport.parkNanos(this, 5_000_000);
         }
     }
 
     void close() {
-        if (pool != null) pool.shutdown();
+        closed = true;
+        for (Thread w : workers) LockSupport.unpark(w);
     }
 }
