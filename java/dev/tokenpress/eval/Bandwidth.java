@@ -15,6 +15,48 @@ import java.util.concurrent.Future;
 public final class Bandwidth {
     private Bandwidth() {}
 
+    /** Whether the Vector API is usable (the sum must not be the bottleneck of a bandwidth measurement). */
+    private static final boolean VECTOR = probe();
+
+    private static boolean probe() {
+        try {
+            return VectorSum.sum(new int[64], 64) == 0;
+        } catch (Throwable t) {
+            return false;
+        }
+    }
+
+    private static long scalarSum(int[] a, int len) {
+        long s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int j = 0;
+        for (; j + 3 < len; j += 4) {
+            s0 += a[j];
+            s1 += a[j + 1];
+            s2 += a[j + 2];
+            s3 += a[j + 3];
+        }
+        for (; j < len; j++) s0 += a[j];
+        return s0 + s1 + s2 + s3;
+    }
+
+    /** Lane-wise int sums (wrapping) with four accumulators; only the total's use matters, not its value. */
+    private static final class VectorSum {
+        private static final jdk.incubator.vector.VectorSpecies<Integer> I = jdk.incubator.vector.IntVector.SPECIES_PREFERRED;
+
+        static long sum(int[] a, int len) {
+            int l = I.length(), j = 0;
+            var v0 = jdk.incubator.vector.IntVector.zero(I);
+            var v1 = v0;
+            for (; j + 2 * l <= len; j += 2 * l) {
+                v0 = v0.add(jdk.incubator.vector.IntVector.fromArray(I, a, j));
+                v1 = v1.add(jdk.incubator.vector.IntVector.fromArray(I, a, j + l));
+            }
+            long s = v0.add(v1).reduceLanes(jdk.incubator.vector.VectorOperators.ADD);
+            for (; j < len; j++) s += a[j];
+            return s;
+        }
+    }
+
     /**
      * @param bytes   buffer size (use well above the last-level cache, e.g. 1 GiB)
      * @param threads reader threads
@@ -43,7 +85,7 @@ public final class Bandwidth {
                         for (int i = from; i < to; i += row.length) {
                             int len = Math.min(row.length, to - i);
                             ib.get(i, row, 0, len);
-                            for (int j = 0; j < len; j++) s += row[j];
+                            s += VECTOR ? VectorSum.sum(row, len) : scalarSum(row, len);
                         }
                         sums[tt] = s;
                     });
