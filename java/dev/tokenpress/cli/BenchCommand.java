@@ -86,7 +86,7 @@ public final class BenchCommand implements Callable<Integer> {
             if (tp.backend().name().equals("cpu")) {
                 err.println("measuring sequential read bandwidth (" + bandwidthMib + " MiB buffer)...");
                 int threads = modelOptions.threads > 0 ? modelOptions.threads : Runtime.getRuntime().availableProcessors();
-                bw = Bandwidth.sequentialRead((long) bandwidthMib << 20, threads, 3);
+                bw = Bandwidth.sequentialRead((long) bandwidthMib << 20, threads, 7);
             } else if (tp.backend() instanceof dev.tokenpress.backend.cuda.CudaBackend gpu) {
                 err.println("measuring device copy bandwidth...");
                 bw = dev.tokenpress.backend.cuda.CudaKernelBench.copyBandwidth(gpu, 1L << 30, 10);
