@@ -9,7 +9,7 @@
 #      OUT/tiny-model.tgz, OUT/gpu-logs.tgz (every log and JUnit XML) -- six files.
 #
 #   bash scripts/gpu-all.sh OUT_DIR [DEADLINE_SECONDS (default 540)]
-# Needs bundle/ from `bash scripts/gpu-check.sh` (built on the development machine) carried along.
+# Needs bundle/ from `bash scripts/gpu-check.sh` (built on the development machine) copied beside the checkout.
 set -u -o pipefail
 OUT=${1:?usage: bash scripts/gpu-all.sh OUT_DIR [DEADLINE_SECONDS]}
 DEADLINE=${2:-540}

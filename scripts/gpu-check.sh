@@ -2,7 +2,7 @@
 # GPU check for the CUDA backend, in two halves.
 #
 #   bash scripts/gpu-check.sh                 # HERE (build machine): builds bundle/ (< 64 MiB)
-#   bash scripts/gpu-check.sh --run "$OUT"    # ON THE GPU MACHINE, from the repo root, with bundle/ carried along
+#   bash scripts/gpu-check.sh --run "$OUT"    # ON THE GPU MACHINE, from the repo root, with bundle/ copied beside it
 #
 # bundle/: the project jar (with libjniTpNative.so), runtime deps (minus the tokenizer jar the checks do not need),
 # the test classes, junit-platform-console-standalone 1.14.1 and a jlinked Temurin 25 runtime as jre.tgz.
@@ -57,7 +57,7 @@ build_bundle() {
     echo "[bundle] ERROR: bundle is ${size} bytes, over 64 MiB" >&2
     exit 1
   fi
-  echo "[bundle] ok. On the GPU machine: bash scripts/gpu-check.sh --run \"\$OUT\" (carry: bundle)"
+  echo "[bundle] ok. On the GPU machine: bash scripts/gpu-check.sh --run \"\$OUT\" (copy bundle/ there first)"
 }
 
 run_checks() {
