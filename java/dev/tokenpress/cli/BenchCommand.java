@@ -61,14 +61,7 @@ public final class BenchCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
-        if (kvOptions.helpRequested()) {
-            kvOptions.printHelp(out);
-            return ExitCodes.OK;
-        }
-        if (kvOptions.quantHelpRequested()) {
-            kvOptions.printQuantHelp(out);
-            return ExitCodes.OK;
-        }
+        if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(true);
         var quant = kvOptions.quant();
         if (!List.of("md", "csv", "json").contains(format)) throw new Main.UsageException("-o must be md, csv or json");

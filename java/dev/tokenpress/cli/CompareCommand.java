@@ -56,10 +56,7 @@ public final class CompareCommand implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
         KvOptionsMixin kvOptions = new KvOptionsMixin();
         kvOptions.kv = kv;
-        if (kvOptions.helpRequested()) {
-            kvOptions.printHelp(out);
-            return ExitCodes.OK;
-        }
+        if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         if (json && csv) throw new Main.UsageException("--json and --csv exclude each other");
         kvOptions.validate(true);
         List<String> specs = kvOptions.specs();

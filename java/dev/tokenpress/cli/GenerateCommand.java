@@ -67,14 +67,7 @@ public final class GenerateCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
-        if (kvOptions.helpRequested()) {
-            kvOptions.printHelp(out);
-            return ExitCodes.OK;
-        }
-        if (kvOptions.quantHelpRequested()) {
-            kvOptions.printQuantHelp(out);
-            return ExitCodes.OK;
-        }
+        if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(false);
         var quant = kvOptions.quant();
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");

@@ -26,6 +26,17 @@ public class KvOptionsMixin {
                     + "composes with --kv. '--kv-quant help' lists all with their parameters (default: ${DEFAULT-VALUE}).")
     String kvQuant;
 
+    /**
+     * Prints the policy list for {@code --kv help} or the method list for {@code --kv-quant help}; a command
+     * returns {@link ExitCodes#OK} right away when this returns true.
+     */
+    public boolean printHelpIfAsked(PrintWriter out) {
+        if (helpRequested()) printHelp(out);
+        else if (quantHelpRequested()) printQuantHelp(out);
+        else return false;
+        return true;
+    }
+
     /** True for {@code --kv-quant help}: the command prints {@link #printQuantHelp} and exits 0. */
     public boolean quantHelpRequested() {
         return kvQuant != null && kvQuant.trim().equalsIgnoreCase("help");

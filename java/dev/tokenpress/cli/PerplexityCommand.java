@@ -103,10 +103,7 @@ public final class PerplexityCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
-        if (kvOptions.helpRequested()) {
-            kvOptions.printHelp(out);
-            return ExitCodes.OK;
-        }
+        if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(false);
         String text = eval.validateAndRead();
         Path dir = modelOptions.resolveModel(err);
