@@ -39,6 +39,11 @@ public final class CompareCommand implements Callable<Integer> {
                     + "'--kv help' lists the policies; default: ${DEFAULT-VALUE}).")
     String kv;
 
+    @Option(names = "--kv-quant", paramLabel = "SPEC", defaultValue = "none",
+            description = "KV cache quantization for every policy row (the baseline stays unquantized); "
+                    + "'--kv-quant help' lists the methods (default: ${DEFAULT-VALUE}).")
+    String kvQuant;
+
     @Mixin
     PerplexityCommand.EvalOptions eval;
 
@@ -56,6 +61,7 @@ public final class CompareCommand implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
         KvOptionsMixin kvOptions = new KvOptionsMixin();
         kvOptions.kv = kv;
+        kvOptions.kvQuant = kvQuant;
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         if (json && csv) throw new Main.UsageException("--json and --csv exclude each other");
         kvOptions.validate(true);
@@ -69,7 +75,7 @@ public final class CompareCommand implements Callable<Integer> {
             int[] tokens = eval.limit(all, tp.config(), err);
             Perplexity.warmUp(tp.model(), tokens, PerplexityCommand.WARM_UP_STEPS);
             for (String s : specs)
-                rows.add(PerplexityCommand.evaluate(tp, tokens, KvOptionsMixin.policy(s, tp.config()), eval, err));
+                rows.add(PerplexityCommand.evaluate(tp, tokens, KvOptionsMixin.policy(s, tp.config()), kvOptions.quant(), eval, err));
             meta = new CompareReport.Meta(dir.toString(), tp.backend().description(), CompareReport.machine(), eval.file.toString(), all.length);
         }
         if (plot != null) {

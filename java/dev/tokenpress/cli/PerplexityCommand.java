@@ -5,6 +5,7 @@ import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.eval.CompareReport;
 import dev.tokenpress.eval.Perplexity;
 import dev.tokenpress.kv.KvPolicy;
+import dev.tokenpress.kv.quant.KvQuantSpec;
 import dev.tokenpress.model.LlamaConfig;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
@@ -112,7 +113,7 @@ public final class PerplexityCommand implements Callable<Integer> {
             int[] tokens = eval.limit(all, tp.config(), err);
             KvPolicy policy = kvOptions.policy(tp.config());
             Perplexity.warmUp(tp.model(), tokens, WARM_UP_STEPS);
-            Perplexity.Result r = evaluate(tp, tokens, policy, eval, err);
+            Perplexity.Result r = evaluate(tp, tokens, policy, kvOptions.quant(), eval, err);
             CompareReport.Meta meta = new CompareReport.Meta(dir.toString(), tp.backend().description(), CompareReport.machine(),
                     eval.file.toString(), all.length);
             if (json) CompareReport.json(out, meta, List.of(r));
@@ -122,7 +123,8 @@ public final class PerplexityCommand implements Callable<Integer> {
     }
 
     /** Runs one policy against a fresh baseline, with progress and timings on stderr. */
-    static Perplexity.Result evaluate(TokenPress tp, int[] tokens, KvPolicy policy, EvalOptions eval, PrintWriter err) {
+    static Perplexity.Result evaluate(TokenPress tp, int[] tokens, KvPolicy policy, KvQuantSpec quant, EvalOptions eval,
+                                      PrintWriter err) {
         KvPolicy baseline = eval.baselinePolicy(tp.config());
         String name = policy.spec();
         ProgressListener bar = TerminalProgress.forStderr();
@@ -130,7 +132,7 @@ public final class PerplexityCommand implements Callable<Integer> {
         long t0 = System.nanoTime();
         int[] lastDecile = {0};
         Perplexity.Result r = Perplexity.run(tp.model(), tokens, policy, baseline, Math.min(eval.prefill, tokens.length - 1),
-                (done, total, ppl) -> {
+                0, quant, (done, total, ppl) -> {
                     if (terminal) {
                         bar.update("ppl " + name, done, total);
                         return;

@@ -3,6 +3,7 @@ package dev.tokenpress.eval;
 import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.quant.KvQuantSpec;
 import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.kv.SlotSelection;
 import dev.tokenpress.model.Llama;
@@ -106,6 +107,16 @@ public final class Perplexity {
      */
     public static Result run(Llama model, int[] tokens, KvPolicy policy, KvPolicy baseline, int prefill, int cacheSlots,
                              Progress progress) {
+        return run(model, tokens, policy, baseline, prefill, cacheSlots, null, progress);
+    }
+
+    /**
+     * As {@link #run(Llama, int[], KvPolicy, KvPolicy, int, int, Progress)} with the policy's cache stored as
+     * {@code quant} says (null or none: unquantized); the baseline's cache is never quantized. A quantized run is
+     * labelled {@code "<policy spec> q:<quant spec>"}.
+     */
+    public static Result run(Llama model, int[] tokens, KvPolicy policy, KvPolicy baseline, int prefill, int cacheSlots,
+                             KvQuantSpec quant, Progress progress) {
         int n = tokens.length;
         if (n < 2) throw new IllegalArgumentException("perplexity needs at least 2 tokens, got " + n);
         if (prefill < 1 || prefill >= n)
@@ -117,7 +128,7 @@ public final class Perplexity {
         int scored = n - prefill;
         KvCache pc = null, bc = null;
         try {
-            pc = model.newCache(cacheSlots > 0 ? cacheSlots : n);
+            pc = newCache(model, cacheSlots > 0 ? cacheSlots : n, quant);
             Rows pol = new DecodeRows(model, once(policy), pc, tokens, prefill);
             Rows base = null;
             if (baseline != null) {
@@ -137,9 +148,10 @@ public final class Perplexity {
                 if (done % every == 0 || done == scored) progress.update(done, scored, Math.exp(st.meanNll()));
             }
             int hw = highWater(pc);
-            long kvBytes = bytesOf(model, hw), fullBytes = bytesOf(model, n - 1);
+            long kvBytes = bytesOf(model, hw, quant), fullBytes = bytesOf(model, n - 1, null);
             DecodeRows dp = (DecodeRows) pol;
-            return new Result(policy.spec(), baseline == null ? null : baseline.spec(), n, prefill, scored,
+            String label = quant == null || quant.isNone() ? policy.spec() : policy.spec() + " q:" + quant.spec();
+            return new Result(label, baseline == null ? null : baseline.spec(), n, prefill, scored,
                     st.meanNll(), st.nllStderr(), st.meanBaselineNll(), st.baselineNllStderr(),
                     st.meanKld(), st.kldQuantile(0.99), st.maxKld(), st.top1Agreement(), st.meanDeltaP(), st.rmsDeltaP(),
                     peakSlots, (long) (n - 1) * pc.layers() * pc.kvHeads(), hw, kvBytes, fullBytes,
@@ -168,10 +180,14 @@ public final class Perplexity {
     }
 
     /** cache.bytes() of a cache with {@code slots} slots per head, allocated for the measurement. */
-    private static long bytesOf(Llama model, int slots) {
-        try (KvCache c = model.newCache(Math.max(1, slots))) {
+    private static long bytesOf(Llama model, int slots, KvQuantSpec quant) {
+        try (KvCache c = newCache(model, Math.max(1, slots), quant)) {
             return c.bytes();
         }
+    }
+
+    private static KvCache newCache(Llama model, int slots, KvQuantSpec quant) {
+        return quant == null || quant.isNone() ? model.newCache(slots) : model.newCache(slots, quant);
     }
 
     private static long occupied(KvCache c) {
