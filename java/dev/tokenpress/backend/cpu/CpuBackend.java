@@ -141,11 +141,21 @@ public final class CpuBackend implements Backend {
                     xo[r * pairs + j] = xi.data[r * in + 2 * j + 1];
                 }
             par.forRange(outDim, 64, (from, to) -> {
-                int[] row = new int[pairs];
-                for (int oi = from; oi < to; oi++) {
-                    wt.rowPairs(oi, row);
+                int[] rows = new int[4 * pairs];
+                float[] four = new float[4];
+                int oi = from;
+                // four weight rows at a time: each x row is loaded once for four outputs (same per-row sums)
+                for (; n > 1 && oi + 4 <= to; oi += 4) {
+                    wt.rowsPairs(oi, 4, rows);
+                    for (int r = 0; r < n; r++) {
+                        k.dotBf16x4(rows, pairs, xe, xo, r * pairs, four, 0, 1);
+                        for (int i = 0; i < 4; i++) o.data[r * o.cols + oi + i] = four[i] + (b == null ? 0f : b[oi + i]);
+                    }
+                }
+                for (; oi < to; oi++) {
+                    wt.rowPairs(oi, rows);
                     float bb = b == null ? 0f : b[oi];
-                    for (int r = 0; r < n; r++) o.data[r * o.cols + oi] = k.dotBf16(row, xe, xo, r * pairs, pairs) + bb;
+                    for (int r = 0; r < n; r++) o.data[r * o.cols + oi] = k.dotBf16(rows, xe, xo, r * pairs, pairs) + bb;
                 }
             });
         } else {

@@ -41,6 +41,11 @@ final class CpuWeight implements Tensor {
         ints.get(r * (cols / 2), dst, 0, cols / 2);
     }
 
+    /** Copies rows [r, r+count) as packed bf16 pairs into dst[0, count*cols/2) (rows are contiguous). */
+    void rowsPairs(int r, int count, int[] dst) {
+        ints.get(r * (cols / 2), dst, 0, count * (cols / 2));
+    }
+
     /** Converts row r to f32 into dst[off, off+cols); scratch must hold cols shorts. */
     void rowFloats(int r, float[] dst, int off, short[] scratch) {
         switch (dtype) {

@@ -12,6 +12,19 @@ interface Kernels {
      */
     float dotBf16(int[] w, float[] xe, float[] xo, int xOff, int pairs);
 
+    /**
+     * Four dots at once: rows 0..3 of {@code w} (packed bf16 pairs, row i at w[i*pairs, (i+1)*pairs)) with the same
+     * x; out[outOff + i*outStride] = dot(row i, x). Same per-row sum order as {@link #dotBf16}, so the results are
+     * bit-identical to four separate calls.
+     */
+    default void dotBf16x4(int[] w, int pairs, float[] xe, float[] xo, int xOff, float[] out, int outOff, int outStride) {
+        int[] row = new int[pairs];
+        for (int i = 0; i < 4; i++) {
+            System.arraycopy(w, i * pairs, row, 0, pairs);
+            out[outOff + i * outStride] = dotBf16(row, xe, xo, xOff, pairs);
+        }
+    }
+
     /** y[yOff+i] += a·x[xOff+i], i < len. */
     void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len);
 

@@ -58,6 +58,57 @@ final class VectorKernels implements Kernels {
     }
 
     @Override
+    public void dotBf16x4(int[] w, int pairs, float[] xe, float[] xo, int xOff, float[] out, int outOff, int outStride) {
+        int l = I.length();
+        int upper = pairs - pairs % (2 * l);
+        int o1 = pairs, o2 = 2 * pairs, o3 = 3 * pairs;
+        FloatVector z = FloatVector.zero(F);
+        FloatVector a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+        FloatVector a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+        int j = 0;
+        for (; j < upper; j += 2 * l) {
+            FloatVector e0 = FloatVector.fromArray(F, xe, xOff + j), d0 = FloatVector.fromArray(F, xo, xOff + j);
+            FloatVector e1 = FloatVector.fromArray(F, xe, xOff + j + l), d1 = FloatVector.fromArray(F, xo, xOff + j + l);
+            IntVector p = IntVector.fromArray(I, w, j), q = IntVector.fromArray(I, w, j + l);
+            a00 = p.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().fma(e0, a00);
+            a01 = p.and(0xFFFF0000).reinterpretAsFloats().fma(d0, a01);
+            a02 = q.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().fma(e1, a02);
+            a03 = q.and(0xFFFF0000).reinterpretAsFloats().fma(d1, a03);
+            p = IntVector.fromArray(I, w, o1 + j);
+            q = IntVector.fromArray(I, w, o1 + j + l);
+            a10 = p.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().fma(e0, a10);
+            a11 = p.and(0xFFFF0000).reinterpretAsFloats().fma(d0, a11);
+            a12 = q.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().fma(e1, a12);
+            a13 = q.and(0xFFFF0000).reinterpretAsFloats().fma(d1, a13);
+            p = IntVector.fromArray(I, w, o2 + j);
+            q = IntVector.fromArray(I, w, o2 + j + l);
+            a20 = p.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().fma(e0, a20);
+            a21 = p.and(0xFFFF0000).reinterpretAsFloats().fma(d0, a21);
+            a22 = q.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().fma(e1, a22);
+            a23 = q.and(0xFFFF0000).reinterpretAsFloats().fma(d1, a23);
+            p = IntVector.fromArray(I, w, o3 + j);
+            q = IntVector.fromArray(I, w, o3 + j + l);
+            a30 = p.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().fma(e0, a30);
+            a31 = p.and(0xFFFF0000).reinterpretAsFloats().fma(d0, a31);
+            a32 = q.lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats().fma(e1, a32);
+            a33 = q.and(0xFFFF0000).reinterpretAsFloats().fma(d1, a33);
+        }
+        // same reduction order per row as dotBf16, so each result is bit-identical to a single-row call
+        out[outOff] = tail(w, 0, xe, xo, xOff, j, pairs, a00.add(a01).add(a02.add(a03)).reduceLanes(VectorOperators.ADD));
+        out[outOff + outStride] = tail(w, o1, xe, xo, xOff, j, pairs, a10.add(a11).add(a12.add(a13)).reduceLanes(VectorOperators.ADD));
+        out[outOff + 2 * outStride] = tail(w, o2, xe, xo, xOff, j, pairs, a20.add(a21).add(a22.add(a23)).reduceLanes(VectorOperators.ADD));
+        out[outOff + 3 * outStride] = tail(w, o3, xe, xo, xOff, j, pairs, a30.add(a31).add(a32.add(a33)).reduceLanes(VectorOperators.ADD));
+    }
+
+    private static float tail(int[] w, int wOff, float[] xe, float[] xo, int xOff, int j, int pairs, float s) {
+        for (; j < pairs; j++) {
+            int p = w[wOff + j];
+            s += Float.intBitsToFloat(p << 16) * xe[xOff + j] + Float.intBitsToFloat(p & 0xFFFF0000) * xo[xOff + j];
+        }
+        return s;
+    }
+
+    @Override
     public void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len) {
         int l = F.length();
         int upper = len - len % l;
