@@ -69,8 +69,9 @@ run_checks() {
   mkdir -p "$WORK"
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
-  # STAGES (default all): any of junit,attention,cce,e2e,peer; T_JUNIT/T_ATT/T_CCE/T_E2E/T_PEER override stage timeouts
-  local STAGES=${STAGES:-junit,attention,cce,e2e,peer}
+  # STAGES (default all): any of junit,attention,policies,cce,e2e,peer; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
+  # stage timeouts; POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model)
+  local STAGES=${STAGES:-junit,attention,policies,cce,e2e,peer}
   want() { [[ ",$STAGES," == *",$1,"* ]]; }
   stage_rc() { say "STAGE $1: $( [[ $2 -eq 0 ]] && echo PASS || echo "FAIL (rc=$2$( [[ $2 -eq 124 ]] && echo ', timed out'))")"; }
   local T0=$SECONDS
@@ -127,6 +128,8 @@ run_checks() {
     --select-class dev.tokenpress.backend.cuda.CudaPolicyOpsParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaPolicyModelParityTest \
     --select-class dev.tokenpress.backend.cuda.CudaCceParityTest \
+    --select-class dev.tokenpress.backend.cuda.CudaKvQuantParityTest \
+    --select-class dev.tokenpress.backend.cuda.CudaTidalSelectParityTest \
     --reports-dir "$OUT/junit" > "$OUT/junit.log" 2>&1
   rc=$?
   stage_rc junit $rc
@@ -142,6 +145,17 @@ run_checks() {
   stage_rc bench-attention $rc
   grep -E "^(device|RESULT|\|)" "$OUT/bench-attention.log" | sed 's/^/  /' | tee -a "$SUMMARY"
   [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-attention.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  fi
+
+  # -- stage 3a: KV-policy kernels (full vs TidalDecode device selection k=2048 at 8K/32K/128K)
+  if want policies; then
+  local POL_ARGS=()
+  [[ -n "${POL_E2E:-}" && -f "$MODEL/model.safetensors" ]] && POL_ARGS=("$MODEL")
+  timeout "${T_POL:-120}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench policies ${POL_ARGS[@]+"${POL_ARGS[@]}"} > "$OUT/bench-policies.log" 2>&1
+  rc=$?
+  stage_rc bench-policies $rc
+  grep -E "^(device|RESULT|e2e|\|)" "$OUT/bench-policies.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-policies.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
   fi
 
   # -- stage 3b: CCE log-sum-exp vs cuBLAS logits + naive log-softmax (N=8192, D=2048, V=128256)

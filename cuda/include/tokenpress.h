@@ -261,6 +261,22 @@ int tp_kv_read_slot(uint64_t out, uint64_t key_cache, uint64_t value_cache, int 
 int tp_kv_write_slot(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t src, int layer, int head,
                      int kv_heads, int head_dim, int capacity, int slot, int position, uint64_t stream);
 
+/* ---- TidalDecode token selection on the device (tidal_select.cu) ------------------------------------ */
+
+/**
+ * Per KV head g of one layer: score(slot) = max (sum_group = 0) or sum (1, in q-head order) over the group's
+ * q-heads of the raw q·k (q f32 [num_heads * head_dim], one row) for the visible slots below high_water[g]; keeps
+ * the last slot holding keep_pos when it is visible, plus the best min(k, visible) - 1 other visible slots (ties:
+ * lower slot; +0 and -0 tie). out_slots int32 [kv_heads][out_stride] ascending, out_counts int32 [kv_heads] =
+ * min(k, visible): the sel_slots / sel_counts of tp_decode_attention_ex2. params int32 (device): high_water[kv_heads]
+ * | query_pos | keep_pos. keys_ws uint32 [kv_heads][len] scratch, len >= max high water (grid extent).
+ * cur_slot int32 [kv_heads] must hold -1 before the first call (each call leaves it at -1).
+ */
+int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
+                    int len, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer, int num_heads,
+                    int kv_heads, int head_dim, int capacity, uint64_t params, int k, int sum_group,
+                    uint64_t stream);
+
 /* ---- selection over the vocabulary (topk_select.cu) -------------------------------------------------- */
 
 /** Bytes of workspace for tp_argmax / tp_topk over count elements with k results. */
@@ -298,6 +314,43 @@ int tp_cce_lse(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm
  */
 int tp_lse_rows(uint64_t lse, uint64_t target_logit, uint64_t logits, uint64_t targets, int n, int vocab,
                 uint64_t stream);
+
+/* ---- quantized KV cache: KIVI int8 / int4 / int2 (kv_quant.cu) ------------------------------------------
+ * Only used by a cache made with a KvQuantSpec (Java: CudaQuantKvCache); the bf16 cache above is unaffected.
+ * Per (layer, KV head): window keys/values f32 [L][Hkv][res_cap][hd] (the residual window, exact), a block pool
+ * u8 [L][Hkv][max_blocks][tp_kvq_block_bytes] (one record per G tokens: f16 key zero[hd], key scale[hd], value
+ * zero[G][ng], value scale[G][ng], key codes [hd][ceil(G*b/8)] packed along tokens, value codes [G][ceil(hd*b/8)]
+ * packed along channels; ng = hd / min(G, hd); padded to 16 bytes), positions int32 [L][Hkv][C] (-1 free) and
+ * loc int32 [L][Hkv][C] (block*G + lane, or -(window entry + 1)). The quantizer is bit-identical to the CPU's
+ * dev.tokenpress.kv.quant.Quant (f16 zero rounded down, scale rounded up, round-half-up codes).
+ */
+
+/** Bytes of one block record (0 for bad arguments: bits not 2/4/8, group outside [1, 4096]). */
+uint64_t tp_kvq_block_bytes(int head_dim, int group, int bits);
+/**
+ * Quantizes num_blocks new blocks. plan int32 (device): g[nb] | block id[nb] | src[nb][group], src >= 0 = row of
+ * k / v f32 [n, kv_stride] (head g at column g*hd), src < 0 = window entry -src-1 (its current contents). Lanes
+ * in the order given (the host sorts them by position). Must run before tp_kvq_window_write of the same step.
+ */
+int tp_kvq_encode(uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t k, uint64_t v, int kv_stride,
+                  uint64_t plan, int num_blocks, int layer, int kv_heads, int head_dim, int group, int bits,
+                  int res_cap, int max_blocks, uint64_t stream);
+/** Window entries <- rows of k / v. plan int32 (device): g[count] | entry[count] | row[count]. */
+int tp_kvq_window_write(uint64_t window_k, uint64_t window_v, uint64_t k, uint64_t v, int kv_stride, uint64_t plan,
+                        int count, int layer, int kv_heads, int head_dim, int res_cap, uint64_t stream);
+/** Workspace bytes tp_kvq_attention needs (0 when it runs one split: n > 1 or a short max_len). */
+uint64_t tp_kvq_attention_workspace_bytes(int n, int num_heads, int head_dim, int max_len);
+/**
+ * Attention of q f32 [n, H*hd] over the quantized cache of one layer, dequantization fused into q·k and the value
+ * accumulation; candidates, visibility, query_pos, selection and high-water marks as tp_prefill_attention.
+ * n == 1: ceil(max_len / 128) splits (<= 64) and a merge kernel; n > 1: one split. hd 64 / 128 only
+ * (else TP_ERR_UNSUPPORTED_HEAD_DIM). No statistics outputs.
+ */
+int tp_kvq_attention(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t pos_cache,
+                     uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim, int capacity, int group,
+                     int bits, int res_cap, int max_blocks, int n, uint64_t query_pos, uint64_t sel_slots,
+                     int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len, float scale,
+                     uint64_t workspace, uint64_t workspace_bytes, uint64_t stream);
 
 #ifdef __cplusplus
 }

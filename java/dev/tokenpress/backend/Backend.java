@@ -167,6 +167,30 @@ public interface Backend extends AutoCloseable {
         throw new UnsupportedOpException("the " + name() + " backend has no writeKv op (needed by this --kv policy): use --device cpu");
     }
 
+    /**
+     * TidalDecode's token selection for query row {@code row} of q [n, H*hd] (the query at {@code queryPosition})
+     * against the cache's {@code layer}, one list per KV head g: score(slot) = the max ({@code sumGroup} false) or
+     * the sum (in q-head order) over the q-heads of g's group of the raw q·k as {@link #queryKeyScores} computes
+     * it, for the visible slots in [0, highWater); the selection is the last slot holding {@code keepPosition}
+     * when it is visible, plus the best min(k, visible) − 1 other visible slots (ties: lower slot; +0 and −0 tie),
+     * in ascending slot order; count[g] = min(k, visible).
+     *
+     * <p>The result is meant for {@link #attention} of the same cache on this backend. With {@code hostCopy} false
+     * a backend may keep it in its own memory and return an opaque selection whose {@code slots()} and
+     * {@code count()} are null (only this backend's attention and {@link #hostSelection} can read it, and only
+     * until the next call for the same cache and layer); with {@code hostCopy} true the host arrays are filled.
+     * A backend without the op (or without it for this cache type) throws {@link UnsupportedOpException}.
+     */
+    default SlotSelection selectTopSlots(Tensor q, int row, int queryPosition, KvCache cache, int layer, int k,
+                                         boolean sumGroup, int keepPosition, boolean hostCopy) {
+        throw new UnsupportedOpException("the " + name() + " backend has no selectTopSlots op");
+    }
+
+    /** The host arrays of a selection {@link #selectTopSlots} returned (a copy when it lives in device memory). */
+    default SlotSelection hostSelection(SlotSelection selection) {
+        return selection;
+    }
+
     /** Index of the largest element of row {@code row} of an f32 tensor (ties: lowest index). */
     int argmax(Tensor x, int row);
 

@@ -28,6 +28,11 @@ import java.util.SplittableRandom;
  *       at short context and at 32K context (the 32K of context is written into the KV cache directly, synthetic
  *       keys/values, so no 32K prefill is timed), with the bandwidth roofline (weight + KV bytes per token ÷
  *       measured copy bandwidth) beside it.</li>
+ *   <li>{@code policies [model-dir]}: TidalDecode on the device for the llama-1b attention shape at 8K/32K/128K:
+ *       decode attention over everything vs over a device-resident selection of k=2048 slots per KV head, the
+ *       selection op (group scores + top-k) alone and with the sparse attention, KV bytes per layer as
+ *       {@code cache.bytes()} reports them (tidal evicts nothing: the same as full); with a model dir, decode
+ *       tokens/s of the llama-1b-shape model with {@code full} vs {@code tidal:k=2048} at 32K and 128K.</li>
  *   <li>{@code cce [N D V]}: Cut-Cross-Entropy log-sum-exp ({@code tp_cce_lse}, default N=8192, D=2048,
  *       V=128256, bf16 LM head) against cuBLAS f32 logits [N, V] plus a naive log-softmax kernel: time and device
  *       memory of both paths.</li>
@@ -40,7 +45,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | e2e <model-dir> [short-steps] [long-steps] | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -58,6 +63,11 @@ public final class KernelBench {
             if (gpu.theoreticalBandwidth() > 0) result(out, "theoretical_bandwidth", gpu.theoreticalBandwidth() / 1e9, "GB/s");
             String what = args[0];
             if (what.equals("attention") || what.equals("all")) attention(gpu, bw, out);
+            if (what.equals("policies")) {
+                System.setProperty("tokenpress.cuda.deviceSelect", "true"); // opt-in until validated on a GPU
+                policies(gpu, out);
+                if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), out);
+            }
             if (what.equals("cce")) {
                 int n = args.length > 1 ? Integer.parseInt(args[1]) : 8192;
                 int d = args.length > 2 ? Integer.parseInt(args[2]) : 2048;
@@ -91,6 +101,69 @@ public final class KernelBench {
                 result(out, k + "_gbps" + sfx, r.gbPerSecond(), "GB/s");
                 result(out, k + "_pct_copy_bw" + sfx, pct, "%");
             }
+        }
+    }
+
+    /** TidalDecode's k for the policies mode (the target: tidal:k=2048). */
+    static final int POLICY_K = 2048;
+
+    /**
+     * Decode attention for the llama-1b shape (32 q, 8 KV heads, hd 64) at 8K/32K/128K: full vs a device selection
+     * of k=2048 per KV head (keys pol_<ctx>_full_us, pol_<ctx>_tidal_attn_us, pol_<ctx>_tidal_select_us,
+     * pol_<ctx>_tidal_total_us, the speed-ups and KV bytes per layer per policy).
+     */
+    public static void policies(CudaBackend gpu, PrintStream out) {
+        out.println("| context | full µs | tidal k=" + POLICY_K + " attention µs | selection µs | selection + attention µs | attention speed-up | KV bytes/layer full | KV bytes/layer tidal |");
+        out.println("|---|---|---|---|---|---|---|---|");
+        for (int ctx : new int[] {8192, 32768, 131072}) {
+            CudaKernelBench.PolicyAttentionResult r = CudaKernelBench.tidalAttention(gpu, 32, 8, 64, ctx, POLICY_K, ctx >= 65536 ? 50 : 200);
+            out.printf("| %d | %.2f | %.2f | %.2f | %.2f | %.1fx | %d | %d |%n", ctx, r.fullUs(), r.sparseUs(), r.selectUs(),
+                    r.selectPlusSparseUs(), r.fullUs() / r.sparseUs(), r.kvBytesPerLayer(), r.kvBytesPerLayer());
+            String k = "pol_" + ctx;
+            result(out, k + "_full_us", r.fullUs(), "us");
+            result(out, k + "_tidal_attn_us", r.sparseUs(), "us");
+            result(out, k + "_tidal_select_us", r.selectUs(), "us");
+            result(out, k + "_tidal_total_us", r.selectPlusSparseUs(), "us");
+            result(out, k + "_tidal_attn_speedup", r.fullUs() / r.sparseUs(), "x");
+            result(out, k + "_tidal_total_speedup", r.fullUs() / r.selectPlusSparseUs(), "x");
+            result(out, k + "_kv_bytes_full", r.kvBytesPerLayer(), "B");
+            result(out, k + "_kv_bytes_tidal", r.kvBytesPerLayer(), "B");
+            result(out, k + "_read_bytes_full", r.fullReadBytes(), "B");
+            result(out, k + "_read_bytes_tidal", r.sparseReadBytes(), "B");
+        }
+    }
+
+    /**
+     * Decode tokens/s of the llama-1b-shape model in {@code dir} (generated when absent) with {@code full} and
+     * {@code tidal:k=2048} at 32K and 128K of synthetic context (keys e2e_pol_<ctx>_full_tps,
+     * e2e_pol_<ctx>_tidal_tps, e2e_pol_<ctx>_tidal_speedup), graphs as configured.
+     */
+    public static void policiesEndToEnd(CudaBackend gpu, Path dir, PrintStream out) {
+        if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
+            ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
+        LlamaConfig cfg = ConfigLoader.load(dir);
+        int steps = 32;
+        try (SafeTensors st = SafeTensors.open(dir)) {
+            Weights w = Weights.load(st, cfg, gpu, null);
+            Llama m = new Llama(cfg, w, gpu, 256);
+            for (int ctx : new int[] {32768, 131072}) {
+                double full = 0;
+                for (String spec : new String[] {"full", "tidal:k=" + POLICY_K}) {
+                    m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
+                    try (KvCache cache = m.newCache(ctx + steps + DECODE_WARMUP + 16)) {
+                        fillSynthetic(gpu, cfg, cache, ctx);
+                        gpu.synchronize();
+                        double tps = decode(gpu, m, cache, 1, ctx, steps);
+                        String name = spec.equals("full") ? "full" : "tidal";
+                        if (name.equals("full")) full = tps;
+                        out.printf("e2e %dK context, --kv %s: %.1f tokens/s; KV %d bytes; %s%n", ctx / 1024, spec, tps, cache.bytes(), gpu.graphStatus());
+                        result(out, "e2e_pol_" + ctx + "_" + name + "_tps", tps, "tokens/s");
+                        result(out, "e2e_pol_" + ctx + "_" + name + "_kv_bytes", cache.bytes(), "B");
+                        if (!name.equals("full")) result(out, "e2e_pol_" + ctx + "_tidal_speedup", tps / full, "x");
+                    }
+                }
+            }
+            m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
         }
     }
 

@@ -3,6 +3,7 @@ package dev.tokenpress.backend.cpu;
 import dev.tokenpress.backend.Backend;
 import dev.tokenpress.backend.RopeTable;
 import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
 import dev.tokenpress.io.TensorData;
 import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.KvCache;
@@ -326,6 +327,77 @@ public final class CpuBackend implements Backend {
                 Arrays.fill(o, hw, Math.min(o.length, c.capacity()), Float.NEGATIVE_INFINITY);
             }
         });
+    }
+
+    /**
+     * TidalDecode's selection (see {@link Backend#selectTopSlots}): the same raw q·k as {@link #attention}'s
+     * statistics (one dot per q-head and visible slot), reduced over the group in q-head order, top-k by
+     * (score descending, slot ascending). Always returns host arrays of exactly count[g] entries.
+     */
+    @Override
+    public SlotSelection selectTopSlots(Tensor q, int row, int queryPosition, KvCache cache, int layer, int topK,
+                                        boolean sumGroup, int keepPosition, boolean hostCopy) {
+        if (!(cache instanceof CpuKvCache c))
+            throw new UnsupportedOpException("selectTopSlots: no CPU op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
+        if (topK < 0) throw new IllegalArgumentException("selectTopSlots: k must be >= 0, got " + topK);
+        CpuTensor qt = f(q);
+        int hd = c.headDim(), hkv = c.kvHeads(), heads = qt.cols / hd, group = heads / hkv;
+        if (row < 0 || row >= qt.rows) throw new IllegalArgumentException("selectTopSlots: row " + row + " outside " + qt);
+        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException("selectTopSlots: layer " + layer + " outside [0, " + c.layers() + ")");
+        int[][] slots = new int[hkv][];
+        int[] count = new int[hkv];
+        par.forRange(hkv, 1, (g0, g1) -> {
+            for (int g = g0; g < g1; g++) {
+                int hw = c.highWater(layer, g);
+                int[] pos = c.positions(layer, g);
+                float[] keys = c.keys[layer][g];
+                float[] score = new float[hw];
+                int cur = -1, visible = 0;
+                for (int s = 0; s < hw; s++) {
+                    int p = pos[s];
+                    if (p == keepPosition) cur = s;
+                    if (p < 0 || p > queryPosition) {
+                        score[s] = Float.NEGATIVE_INFINITY;
+                        continue;
+                    }
+                    float v = sumGroup ? 0f : Float.NEGATIVE_INFINITY;
+                    boolean any = false;
+                    for (int h = g * group; h < (g + 1) * group; h++) {
+                        float r = k.dot(qt.data, row * qt.cols + h * hd, keys, s * hd, hd);
+                        if (r == Float.NEGATIVE_INFINITY) continue;
+                        any = true;
+                        v = sumGroup ? v + r : Math.max(v, r);
+                    }
+                    score[s] = any ? v : Float.NEGATIVE_INFINITY;
+                    if (any) visible++;
+                }
+                int total = Math.min(topK, visible), m = 0;
+                int[] chosen = new int[total];
+                if (cur >= 0 && score[cur] != Float.NEGATIVE_INFINITY && total > 0) {
+                    chosen[m++] = cur;
+                    score[cur] = Float.NEGATIVE_INFINITY;
+                }
+                int rest = total - m;
+                if (rest > 0) {
+                    // (score descending, slot ascending) as one long: 32-bit order key (±0 equal) above 31 slot bits
+                    long[] order = new long[hw];
+                    int c2 = 0;
+                    for (int s = 0; s < hw; s++) {
+                        float v = score[s];
+                        if (v == Float.NEGATIVE_INFINITY) continue;
+                        int bits = v == 0f ? 0 : Float.floatToIntBits(v);
+                        long key = (bits < 0 ? ~bits : bits | 0x80000000) & 0xFFFFFFFFL;
+                        order[c2++] = ((0xFFFFFFFFL - key) << 31) | s;
+                    }
+                    if (rest < c2) Arrays.sort(order, 0, c2);
+                    for (int i = 0; i < rest; i++) chosen[m++] = (int) (order[i] & 0x7FFFFFFFL);
+                }
+                Arrays.sort(chosen, 0, m);
+                slots[g] = chosen;
+                count[g] = m;
+            }
+        });
+        return new SlotSelection(slots, count);
     }
 
     @Override

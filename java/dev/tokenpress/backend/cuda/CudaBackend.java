@@ -167,6 +167,15 @@ public final class CudaBackend implements Backend {
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
     }
 
+    /**
+     * A switch for code that has not yet run on a GPU: off unless the system property (or else the environment
+     * variable) says true or 1. Read at each use, so tests can opt in.
+     */
+    static boolean experimental(String property, String env) {
+        String v = System.getProperty(property, System.getenv().getOrDefault(env, "false"));
+        return "true".equalsIgnoreCase(v) || "1".equals(v);
+    }
+
     /** A switch that is on unless the system property (or else the environment variable) says false or 0. */
     private static boolean flag(String property, String env) {
         String v = System.getProperty(property, System.getenv().getOrDefault(env, "true"));
@@ -435,6 +444,41 @@ public final class CudaBackend implements Backend {
         return c;
     }
 
+    /**
+     * A KIVI-quantized KV cache (int8 / int4 / int2) in device memory ({@link CudaQuantKvCache}, kernels in
+     * cuda/kv_quant.cu); {@code none} is the bf16 cache. Other methods (ZipCache, MiKV, GEAR) are CPU only.
+     */
+    @Override
+    public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {
+        if (quant == null || quant.isNone()) return newKvCache(layers, kvHeads, headDim, capacity);
+        if (quant.method() != dev.tokenpress.kv.quant.KvQuantSpec.Method.KIVI)
+            throw new UnsupportedOpException("the cuda backend quantizes the KV cache with int8/int4/int2 only, not --kv-quant " + quant.spec() + ": use --device cpu");
+        if (!experimental("tokenpress.cuda.quantKv", "TOKENPRESS_CUDA_QUANT_KV"))
+            throw new UnsupportedOpException("--kv-quant on CUDA has not been validated on a GPU yet: use --device cpu, or opt in with -Dtokenpress.cuda.quantKv=true");
+        requireEager("newKvCache");
+        checkHeadDim(headDim);
+        return new CudaQuantKvCache(this, layers, kvHeads, headDim, capacity, quant);
+    }
+
+    void releaseQuantCache(CudaQuantKvCache c) {
+        if (closed) return;
+        synchronize();
+        free(c.winK);
+        free(c.winV);
+        free(c.pool);
+        free(c.pos);
+        free(c.loc);
+    }
+
+    /** Device to host copy of raw bytes (waits for the stream). */
+    void downloadRaw(float[] dst, long src, long bytes) {
+        check(TpNative.tp_memcpy_d2h(dst, src, bytes, stream), "download");
+    }
+
+    void downloadRaw(byte[] dst, long src, long bytes) {
+        check(TpNative.tp_memcpy_d2h(dst, src, bytes, stream), "download");
+    }
+
     void releaseCache(CudaKvCache c) {
         if (closed) return;
         synchronize();
@@ -652,6 +696,10 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n) {
+        if (cache instanceof CudaQuantKvCache qc) {
+            storeKvQuant(qc, layer, act(k), act(v), slots, n);
+            return;
+        }
         CudaKvCache c = (CudaKvCache) cache;
         CudaTensor kt = act(k), vt = act(v);
         int hkv = c.kvHeads(), hd = c.headDim();
@@ -674,6 +722,11 @@ public final class CudaBackend implements Backend {
     @Override
     public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
                           SlotSelection select, AttentionStats stats) {
+        if (select != null && attentionOnDeviceSelection(out, q, cache, layer, queryPositions, n, select, stats)) return;
+        if (cache instanceof CudaQuantKvCache qc) {
+            attentionQuant(act(out), act(q), qc, layer, queryPositions, n, select, stats);
+            return;
+        }
         CudaKvCache c = (CudaKvCache) cache;
         CudaTensor o = act(out), qt = act(q);
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
@@ -774,6 +827,93 @@ public final class CudaBackend implements Backend {
                 check(TpNative.tp_memcpy_d2h(stats.probSums[g], prob + 4L * g * cap, 4L * cap, stream), "stats download");
     }
 
+    // ---- quantized KV cache (kv_quant.cu); reached only for a CudaQuantKvCache, always eager -----------------------
+
+    private void storeKvQuant(CudaQuantKvCache c, int layer, CudaTensor kt, CudaTensor vt, int[][] slots, int n) {
+        requireEager("storeKv into a quantized KV cache");
+        int hkv = c.kvHeads(), hd = c.headDim();
+        if (kt.cols != vt.cols || kt.cols < hkv * hd) throw new IllegalArgumentException("storeKv: " + kt + " / " + vt + " for " + hkv + " KV heads of " + hd);
+        if (n <= 0) return;
+        for (int g = 0; g < hkv; g++)
+            for (int i = 0; i < n; i++)
+                if (slots[g][i] < 0 || slots[g][i] >= c.capacity())
+                    throw new IllegalArgumentException("storeKv: slot " + slots[g][i] + " outside [0, " + c.capacity() + ")");
+        flushQuantFrees(c);
+        CudaQuantKvCache.Plan p = c.plan(layer, slots, n);
+        if (p.blocks > 0) {
+            long d = stage(p.encode, p.encode.length);
+            check(TpNative.tp_kvq_encode(c.pool, c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.blocks, layer, hkv, hd,
+                    c.group, c.bits, c.resCap, c.maxBlocks, stream), "storeKv (quantize blocks)");
+        }
+        if (p.writes > 0) {
+            long d = stage(p.write, p.write.length);
+            check(TpNative.tp_kvq_window_write(c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.writes, layer, hkv, hd,
+                    c.resCap, stream), "storeKv (window)");
+        }
+        if (p.updates > 0) {
+            int[] a = new int[2 * p.updates];
+            System.arraycopy(p.locIdx, 0, a, 0, p.updates);
+            System.arraycopy(p.locVal, 0, a, p.updates, p.updates);
+            long d = stage(a, a.length);
+            check(TpNative.tp_scatter_i32(c.loc, d, d + 4L * p.updates, p.updates, stream), "storeKv (locations)");
+        }
+        if (p.posUpdates > 0) {
+            int[] a = new int[2 * p.posUpdates];
+            System.arraycopy(p.posIdx, 0, a, 0, p.posUpdates);
+            System.arraycopy(p.posVal, 0, a, p.posUpdates, p.posUpdates);
+            long d = stage(a, a.length);
+            check(TpNative.tp_scatter_i32(c.pos, d, d + 4L * p.posUpdates, p.posUpdates, stream), "storeKv (positions)");
+        }
+    }
+
+    private void attentionQuant(CudaTensor o, CudaTensor qt, CudaQuantKvCache c, int layer, int[] queryPositions, int n,
+                                SlotSelection select, AttentionStats stats) {
+        requireEager("attention over a quantized KV cache");
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        checkHeadDim(hd);
+        int heads = qt.cols / hd;
+        if (heads % hkv != 0) throw new IllegalArgumentException("attention: " + heads + " q-heads for " + hkv + " KV heads");
+        if (o.cols != qt.cols) throw new IllegalArgumentException("attention: out " + o + " for q " + qt);
+        if (stats != null && (stats.rawScores != null || stats.probSums != null))
+            throw new UnsupportedOpException("attention statistics are not implemented for a quantized CUDA KV cache (needed by this --kv policy): use --device cpu");
+        if (n <= 0) return;
+        flushQuantFrees(c);
+        int maxLen = 0, stride = 0;
+        if (select != null) {
+            for (int g = 0; g < hkv; g++) maxLen = Math.max(maxLen, select.count()[g]);
+            stride = Math.max(1, maxLen);
+        } else {
+            for (int g = 0; g < hkv; g++) maxLen = Math.max(maxLen, c.highWater(layer, g));
+        }
+        int[] a = new int[n + 2 * hkv + hkv * stride];
+        System.arraycopy(queryPositions, 0, a, 0, n);
+        for (int g = 0; g < hkv; g++) a[n + g] = c.highWater(layer, g);
+        if (select != null)
+            for (int g = 0; g < hkv; g++) {
+                int cnt = select.count()[g];
+                a[n + hkv + g] = cnt;
+                System.arraycopy(select.slots()[g], 0, a, n + 2 * hkv + g * stride, cnt);
+            }
+        long d = stage(a, a.length);
+        long dq = d, dhw = d + 4L * n, dcnt = dhw + 4L * hkv, dsel = dcnt + 4L * hkv;
+        long ws = TpNative.tp_kvq_attention_workspace_bytes(n, heads, hd, maxLen);
+        if (ws > attnWsBytes) growAttnWs(ws);
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        check(TpNative.tp_kvq_attention(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
+                c.group, c.bits, c.resCap, c.maxBlocks, n, dq, select == null ? 0 : dsel, Math.max(stride, 1),
+                select == null ? 0 : dcnt, dhw, maxLen, scale, attnWs, attnWsBytes, stream), n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
+    }
+
+    private void flushQuantFrees(CudaQuantKvCache c) {
+        if (c.pendingFreeCount() == 0) return;
+        int[] idx = c.takePendingFrees();
+        int[] a = new int[2 * idx.length];
+        System.arraycopy(idx, 0, a, 0, idx.length);
+        Arrays.fill(a, idx.length, a.length, -1);
+        long d = stage(a, a.length);
+        check(TpNative.tp_scatter_i32(c.pos, d, d + 4L * idx.length, idx.length, stream), "KV free (quantized cache)");
+    }
+
     private void growAttnWs(long bytes) {
         free(attnWs);
         attnWs = 0;
@@ -781,6 +921,193 @@ public final class CudaBackend implements Backend {
         long sz = Math.max(bytes, 1L << 20);
         attnWs = malloc(sz, "attention workspace");
         attnWsBytes = sz;
+    }
+
+    // ---- TidalDecode token selection on the device (tidal_select.cu) -----------------------------------------------
+    // The selection stays in device memory (one slot-list buffer per cache and layer) and decode attention reads it
+    // there, so a selecting decode step needs no host round trip and can be captured into a CUDA graph: every step
+    // value (high-water marks, query and current positions) is staged, the score grid spans a power-of-two bucket
+    // of the largest high-water mark (part of the op signature, like the attention split count).
+
+    /** One layer's device selection: slot lists [Hkv][stride], counts [Hkv], current-slot scratch [Hkv] (-1). */
+    private static final class DeviceSelection {
+        final CudaKvCache cache;
+        final int layer, k, stride, kvHeads;
+        final long slots, counts, cur;
+        SlotSelection handle;
+
+        DeviceSelection(CudaKvCache cache, int layer, int k, int stride, int kvHeads, long slots, long counts, long cur) {
+            this.cache = cache;
+            this.layer = layer;
+            this.k = k;
+            this.stride = stride;
+            this.kvHeads = kvHeads;
+            this.slots = slots;
+            this.counts = counts;
+            this.cur = cur;
+        }
+    }
+
+    private final List<DeviceSelection> deviceSelections = new ArrayList<>();
+    private long tidalKeys, tidalKeysBytes;  // uint32 score keys [Hkv][len], grown only in eager mode
+
+    @Override
+    public SlotSelection selectTopSlots(Tensor q, int row, int queryPosition, KvCache cache, int layer, int k,
+                                        boolean sumGroup, int keepPosition, boolean hostCopy) {
+        if (!experimental("tokenpress.cuda.deviceSelect", "TOKENPRESS_CUDA_DEVICE_SELECT"))
+            throw new UnsupportedOpException("selectTopSlots: the device selection has not been validated on a GPU yet (opt in with -Dtokenpress.cuda.deviceSelect=true)");
+        if (cache == null || cache.getClass() != CudaKvCache.class)
+            throw new UnsupportedOpException("selectTopSlots: no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
+        if (hostCopy) requireEager("selectTopSlots with a host copy");
+        CudaKvCache c = (CudaKvCache) cache;
+        CudaTensor qt = act(q);
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        checkHeadDim(hd);
+        int heads = qt.cols / hd;
+        if (k < 0) throw new IllegalArgumentException("selectTopSlots: k must be >= 0, got " + k);
+        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException("selectTopSlots: layer " + layer + " outside [0, " + c.layers() + ")");
+        if (row < 0 || row >= qt.rows) throw new IllegalArgumentException("selectTopSlots: row " + row + " outside " + qt);
+        if (heads <= 0 || heads % hkv != 0 || (long) heads * hd != qt.cols)
+            throw new IllegalArgumentException("selectTopSlots: " + qt + " does not hold q-heads of " + hd + " for " + hkv + " KV heads");
+        flushFrees(c);
+        DeviceSelection ds = deviceSelection(c, layer, k);
+        // staged ints: highWater[hkv] | queryPosition | keepPosition
+        int[] a = new int[hkv + 2];
+        int maxHw = 0;
+        for (int g = 0; g < hkv; g++) maxHw = Math.max(maxHw, a[g] = c.highWater(layer, g));
+        a[hkv] = queryPosition;
+        a[hkv + 1] = keepPosition;
+        int len = Math.min(cap, maxHw <= 1 ? 1 : Integer.highestOneBit(maxHw - 1) << 1);
+        long need = 4L * hkv * len;
+        if (need > tidalKeysBytes) {
+            if (mode != Mode.EAGER) throw abort("selectTopSlots scratch growth", false);
+            free(tidalKeys);
+            tidalKeys = 0;
+            tidalKeysBytes = 0;
+            long sz = Math.max(need, 4L * hkv * cap); // the whole capacity at once: no growth (graph abort) later
+            tidalKeys = malloc(sz, "tidal selection scores");
+            tidalKeysBytes = sz;
+        }
+        long d = stage(a, a.length);
+        sig(40, qt.ptr, row, c.keys, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, len, qt.row(row), c.keys,
+                    c.pos, layer, heads, hkv, hd, cap, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots");
+        SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
+        ds.handle = handle;
+        return handle;
+    }
+
+    @Override
+    public SlotSelection hostSelection(SlotSelection selection) {
+        if (selection == null || selection.slots() != null) return selection;
+        DeviceSelection ds = findDeviceSelection(selection);
+        if (ds == null) throw new IllegalArgumentException("hostSelection: a device selection that is no longer current (a later selectTopSlots for the same cache and layer replaced it)");
+        requireEager("hostSelection");
+        return download(ds);
+    }
+
+    /** For CudaKernelBench: {slots, counts, stride, cur, score scratch, scratch bytes} of a device selection. */
+    long[] deviceSelectionBuffers(SlotSelection s) {
+        DeviceSelection ds = findDeviceSelection(s);
+        if (ds == null) throw new IllegalArgumentException("not a current device selection");
+        return new long[] {ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, tidalKeysBytes};
+    }
+
+    /** The selection buffers of (cache, layer), allocated on first use (eagerly) and when k grows. */
+    private DeviceSelection deviceSelection(CudaKvCache c, int layer, int k) {
+        DeviceSelection old = null;
+        for (DeviceSelection ds : deviceSelections)
+            if (ds.cache == c && ds.layer == layer) {
+                if (ds.k == k) return ds;
+                old = ds;
+            }
+        if (mode != Mode.EAGER) throw abort("selection buffer allocation", false);
+        if (old != null) {
+            synchronize();
+            dropGraph();
+            deviceSelections.remove(old);
+            free(old.slots);
+            free(old.counts);
+            free(old.cur);
+        }
+        int hkv = c.kvHeads(), stride = Math.max(1, k);
+        long slots = malloc(4L * hkv * stride, "tidal selection slots");
+        long counts = malloc(4L * hkv, "tidal selection counts");
+        long cur = malloc(4L * hkv, "tidal selection current slot");
+        memsetNow(counts, 0, 4L * hkv);
+        memsetNow(cur, 0xFF, 4L * hkv); // -1
+        DeviceSelection ds = new DeviceSelection(c, layer, k, stride, hkv, slots, counts, cur);
+        deviceSelections.add(ds);
+        return ds;
+    }
+
+    private DeviceSelection findDeviceSelection(SlotSelection s) {
+        for (DeviceSelection ds : deviceSelections) if (ds.handle == s) return ds;
+        return null;
+    }
+
+    /** Host arrays of a device selection: counts, then each KV head's first count[g] slots. */
+    private SlotSelection download(DeviceSelection ds) {
+        int hkv = ds.kvHeads;
+        int[] count = new int[hkv];
+        check(TpNative.tp_memcpy_d2h(count, ds.counts, 4L * hkv, stream), "selection download");
+        int[] all = new int[hkv * ds.stride];
+        check(TpNative.tp_memcpy_d2h(all, ds.slots, 4L * all.length, stream), "selection download");
+        int[][] slots = new int[hkv][];
+        for (int g = 0; g < hkv; g++) slots[g] = Arrays.copyOfRange(all, g * ds.stride, g * ds.stride + count[g]);
+        return new SlotSelection(slots, count);
+    }
+
+    /**
+     * Attention over a selection made by {@link #selectTopSlots} on this backend: a decode step without statistics
+     * reads the slot lists and counts in device memory (no upload); anything else runs the regular path with the
+     * host arrays (downloaded when the selection has none). Returns false for any other selection.
+     */
+    private boolean attentionOnDeviceSelection(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions,
+                                               int n, SlotSelection select, AttentionStats stats) {
+        DeviceSelection ds = select.slots() == null || !deviceSelections.isEmpty() ? findDeviceSelection(select) : null;
+        if (ds == null) {
+            if (select.slots() == null)
+                throw new IllegalArgumentException("attention: a device selection that is no longer current (a later selectTopSlots for the same cache and layer replaced it)");
+            return false;
+        }
+        if (n != 1 || stats != null || ds.cache != cache) {
+            SlotSelection host = select.slots() != null ? select : hostSelection(select);
+            attention(out, q, cache, layer, queryPositions, n, new SlotSelection(host.slots(), host.count()), stats);
+            return true;
+        }
+        CudaKvCache c = ds.cache;
+        CudaTensor o = act(out), qt = act(q);
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        int heads = qt.cols / hd;
+        if (heads % hkv != 0) throw new IllegalArgumentException("attention: " + heads + " q-heads for " + hkv + " KV heads");
+        flushFrees(c);
+        // staged ints: qpos[1] | highWater[hkv]
+        int[] a = new int[1 + hkv];
+        a[0] = queryPositions[0];
+        for (int g = 0; g < hkv; g++) a[1 + g] = c.highWater(layer, g);
+        long d = stage(a, a.length);
+        int lenHint = ds.k <= 1 ? 1 : Integer.highestOneBit(ds.k - 1) << 1;
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        boolean fused = fusedAttnMerge;
+        if (fused && attnCounters == 0) {
+            if (mode != Mode.EAGER) throw abort("attention counter allocation", false);
+            attnCounters = malloc(4L * ATTN_COUNTERS, "attention split counters");
+            memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
+        }
+        if (fused && TpNative.tp_decode_attention_counters(heads, hkv) > ATTN_COUNTERS) fused = false;
+        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, hd);
+        if (ws > attnWsBytes) {
+            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
+            growAttnWs(ws);
+        }
+        sig(41, o.ptr, qt.ptr, c.keys, layer, heads, ds.slots, ds.stride, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0);
+        if (mode == Mode.DRY) return true;
+        check(TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap,
+                d, ds.slots, ds.stride, ds.counts, d + 4, lenHint, scale, 0, 0, attnWs, attnWsBytes,
+                fused ? attnCounters : 0, shortAttn ? -1 : 0, stream), "decode attention (device selection)");
+        return true;
     }
 
     // ---- ops for KV compression policies (policy_ops.cu) ----------------------------------------------------------
@@ -882,6 +1209,8 @@ public final class CudaBackend implements Backend {
 
     private static CudaKvCache cudaCache(KvCache cache, String op) {
         if (cache instanceof CudaKvCache c) return c;
+        if (cache instanceof CudaQuantKvCache)
+            throw new UnsupportedOpException(op + " is not implemented for a quantized CUDA KV cache (needed by this --kv policy): use --device cpu");
         throw new IllegalArgumentException(op + ": expected a CUDA KV cache, got " + (cache == null ? "null" : cache.getClass().getSimpleName()));
     }
 

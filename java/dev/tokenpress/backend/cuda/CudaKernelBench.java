@@ -135,4 +135,124 @@ public final class CudaKernelBench {
                 context, ints, 0, 1, 0, ints + 4, context, scale, 0, 0, ws, wsBytes, counters, b.stream());
         if (rc != 0) throw new CudaException("decode attention: " + CudaBackend.lastError(), rc);
     }
+
+    /** Result of {@link #tidalAttention}: µs per call of each path and bytes. */
+    public record PolicyAttentionResult(int context, int k, int layersRotated, double fullUs, double sparseUs,
+                                        double selectUs, double selectPlusSparseUs, long kvBytesPerLayer,
+                                        double fullReadBytes, double sparseReadBytes) {}
+
+    /**
+     * Decode attention of one token over {@code context} tokens (shape heads / kvHeads / headDim, layers rotated
+     * past the L2 cache as in {@link #decodeAttention}) over everything ({@code full}) and over a device-resident
+     * TidalDecode selection of k slots per KV head ({@code sparse}), the selection op itself
+     * ({@code tp_tidal_select}: group scores + top-k) and selection + sparse attention back to back. Kernel launches
+     * straight through TpNative on pre-staged step values (no per-call staging), timed with CUDA events.
+     */
+    public static PolicyAttentionResult tidalAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
+                                                       int k, int iters) {
+        long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
+        int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
+        KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
+        CudaKvCache c = (CudaKvCache) kv;
+        int chunk = Math.min(context, 8192);
+        Tensor kt = b.allocate(chunk, kvHeads * headDim), vt = b.allocate(chunk, kvHeads * headDim);
+        SplittableRandom r = new SplittableRandom(42);
+        float[] data = new float[chunk * kvHeads * headDim];
+        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(kt, data);
+        b.upload(vt, data);
+        for (int done = 0; done < context; done += chunk) {
+            int m = Math.min(chunk, context - done);
+            int[] pos = new int[m];
+            for (int i = 0; i < m; i++) pos[i] = done + i;
+            for (int l = 0; l < layers; l++) {
+                int[][] slots = new int[kvHeads][];
+                for (int g = 0; g < kvHeads; g++) slots[g] = kv.allocate(l, g, pos, m);
+                b.storeKv(kv, l, kt, vt, slots, m);
+            }
+        }
+        Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
+        float[] qd = new float[heads * headDim];
+        for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(q, qd);
+        CudaTensor qt = (CudaTensor) q, ot = (CudaTensor) out;
+        // one device selection per rotated layer (allocates the buffers; later calls reuse them)
+        long[][] sel = new long[layers][];
+        for (int l = 0; l < layers; l++) sel[l] = b.deviceSelectionBuffers(b.selectTopSlots(q, 0, context - 1, kv, l, k, false, context - 1, false));
+        b.synchronize();
+        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, headDim);
+        long wsPtr = b.malloc(ws, "bench attention workspace");
+        // step values: attention qpos | hw[kvHeads]; selection hw[kvHeads] | qpos | keep
+        long ints = b.malloc(4L * (2 + 2 * kvHeads + 2), "bench step values");
+        int[] host = new int[1 + kvHeads + kvHeads + 2];
+        host[0] = context - 1;
+        for (int g = 0; g < kvHeads; g++) {
+            host[1 + g] = context;
+            host[1 + kvHeads + g] = context;
+        }
+        host[1 + 2 * kvHeads] = context - 1;
+        host[2 + 2 * kvHeads] = context - 1;
+        TpNative.tp_memcpy_h2d(ints, host, 4L * host.length, b.stream());
+        long attnInts = ints, selParams = ints + 4L * (1 + kvHeads);
+        int nCounters = Math.max(1, TpNative.tp_decode_attention_counters(heads, kvHeads));
+        long counters = b.malloc(4L * nCounters, "bench attention counters");
+        b.memsetNow(counters, 0, 4L * nCounters);
+        float scale = (float) (1.0 / Math.sqrt(headDim));
+        int fullHint = context <= 1 ? 1 : Integer.highestOneBit(context - 1) << 1;
+        int kHint = k <= 1 ? 1 : Integer.highestOneBit(k - 1) << 1;
+        int len = Math.min(context, fullHint);
+        long[] e0 = {0}, e1 = {0};
+        TpNative.tp_event_create(e0);
+        TpNative.tp_event_create(e1);
+        try {
+            IntConsumerEx full = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l, heads,
+                    kvHeads, headDim, context, attnInts, 0, 1, 0, attnInts + 4, fullHint, scale, 0, 0, wsPtr, ws, counters, -1,
+                    b.stream()), "full attention");
+            IntConsumerEx sparse = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l,
+                    heads, kvHeads, headDim, context, attnInts, sel[l][0], (int) sel[l][2], sel[l][1], attnInts + 4, kHint,
+                    scale, 0, 0, wsPtr, ws, counters, -1, b.stream()), "sparse attention");
+            IntConsumerEx select = l -> check(TpNative.tp_tidal_select(sel[l][0], sel[l][1], (int) sel[l][2], sel[l][3],
+                    sel[l][4], len, qt.ptr, c.keys, c.pos, l, heads, kvHeads, headDim, context, selParams, k, 0,
+                    b.stream()), "tidal select");
+            IntConsumerEx both = l -> {
+                select.accept(l);
+                sparse.accept(l);
+            };
+            double fullUs = time(b, full, layers, iters, e0[0], e1[0]);
+            double sparseUs = time(b, sparse, layers, iters, e0[0], e1[0]);
+            double selectUs = time(b, select, layers, iters, e0[0], e1[0]);
+            double bothUs = time(b, both, layers, iters, e0[0], e1[0]);
+            long kvBytes = kv.bytes() / layers;
+            double fullRead = (double) context * kvHeads * (headDim * 4.0 + 4);
+            double sparseRead = (double) Math.min(k, context) * kvHeads * (headDim * 4.0 + 8);
+            return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead);
+        } finally {
+            TpNative.tp_event_destroy(e0[0]);
+            TpNative.tp_event_destroy(e1[0]);
+            b.free(wsPtr);
+            b.free(ints);
+            b.free(counters);
+            kv.close();
+        }
+    }
+
+    private interface IntConsumerEx {
+        void accept(int layer);
+    }
+
+    private static double time(CudaBackend b, IntConsumerEx op, int layers, int iters, long e0, long e1) {
+        for (int i = 0; i < 3; i++) op.accept(i % layers);
+        TpNative.tp_stream_synchronize(b.stream());
+        TpNative.tp_event_record(e0, b.stream());
+        for (int i = 0; i < iters; i++) op.accept(i % layers);
+        TpNative.tp_event_record(e1, b.stream());
+        TpNative.tp_event_synchronize(e1);
+        float[] ms = {0};
+        TpNative.tp_event_elapsed_ms(ms, e0, e1);
+        return ms[0] * 1e3 / iters;
+    }
+
+    private static void check(int rc, String what) {
+        if (rc != 0) throw new CudaException(what + ": " + CudaBackend.lastError(), rc);
+    }
 }

@@ -262,6 +262,16 @@ public final class TpNative {
                                               int head, int kvHeads, int headDim, int capacity, int slot,
                                               int position, @Cast("uint64_t") long stream);
 
+    // ---- TidalDecode token selection on the device (tidal_select.cu) ------------------------------------
+
+    public static native int tp_tidal_select(@Cast("uint64_t") long outSlots, @Cast("uint64_t") long outCounts,
+                                             int outStride, @Cast("uint64_t") long curSlot,
+                                             @Cast("uint64_t") long keysWs, int len, @Cast("uint64_t") long q,
+                                             @Cast("uint64_t") long keyCache, @Cast("uint64_t") long posCache,
+                                             int layer, int numHeads, int kvHeads, int headDim, int capacity,
+                                             @Cast("uint64_t") long params, int k, int sumGroup,
+                                             @Cast("uint64_t") long stream);
+
     // ---- selection ----------------------------------------------------------------------------------------
 
     public static native @Cast("uint64_t") long tp_topk_workspace_bytes(int count, int k);
@@ -289,4 +299,37 @@ public final class TpNative {
     public static native int tp_lse_rows(@Cast("uint64_t") long lse, @Cast("uint64_t") long targetLogit,
                                          @Cast("uint64_t") long logits, @Cast("uint64_t") long targets, int n,
                                          int vocab, @Cast("uint64_t") long stream);
+
+    // ---- quantized KV cache: KIVI int8 / int4 / int2 (kv_quant.cu) -----------------------------------------
+
+    /** Device to host byte array (reads back block records of the quantized cache). */
+    public static native int tp_memcpy_d2h(@Cast("void*") byte[] dst, @Cast("uint64_t") long src,
+                                           @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
+    public static native @Cast("uint64_t") long tp_kvq_block_bytes(int headDim, int group, int bits);
+
+    public static native int tp_kvq_encode(@Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
+                                           @Cast("uint64_t") long windowV, @Cast("uint64_t") long k,
+                                           @Cast("uint64_t") long v, int kvStride, @Cast("uint64_t") long plan,
+                                           int numBlocks, int layer, int kvHeads, int headDim, int group, int bits,
+                                           int resCap, int maxBlocks, @Cast("uint64_t") long stream);
+
+    public static native int tp_kvq_window_write(@Cast("uint64_t") long windowK, @Cast("uint64_t") long windowV,
+                                                 @Cast("uint64_t") long k, @Cast("uint64_t") long v, int kvStride,
+                                                 @Cast("uint64_t") long plan, int count, int layer, int kvHeads,
+                                                 int headDim, int resCap, @Cast("uint64_t") long stream);
+
+    public static native @Cast("uint64_t") long tp_kvq_attention_workspace_bytes(int n, int numHeads, int headDim,
+                                                                                  int maxLen);
+
+    public static native int tp_kvq_attention(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                              @Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
+                                              @Cast("uint64_t") long windowV, @Cast("uint64_t") long posCache,
+                                              @Cast("uint64_t") long locCache, int layer, int numHeads, int kvHeads,
+                                              int headDim, int capacity, int group, int bits, int resCap,
+                                              int maxBlocks, int n, @Cast("uint64_t") long queryPos,
+                                              @Cast("uint64_t") long selSlots, int selStride,
+                                              @Cast("uint64_t") long selCounts, @Cast("uint64_t") long highWater,
+                                              int maxLen, float scale, @Cast("uint64_t") long workspace,
+                                              @Cast("uint64_t") long workspaceBytes, @Cast("uint64_t") long stream);
 }

@@ -1,5 +1,7 @@
 package dev.tokenpress.kv.policy;
 
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
 import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.SlotSelection;
@@ -16,6 +18,12 @@ import java.util.Arrays;
  *
  * <p>GQA: one selection per KV head, ranking a slot by the max (or sum) of its raw scores over the group's
  * q-heads, so the attention reads each selected slot once per group (the reference selects per q-head on MHA).
+ *
+ * <p>Where the backend has {@link dev.tokenpress.backend.Backend#selectTopSlots} (CPU, CUDA) a selection layer
+ * selects through it before its attention and asks for no statistics; on CUDA the selection then stays in device
+ * memory when every layer holds the same positions in the same slots (this policy alone: nothing is ever freed),
+ * otherwise it is downloaded to be translated per layer. Other backends use the raw-score statistics of the
+ * selection layer's attention. Both paths select the same slots.
  */
 public final class TidalPolicy extends BasePolicy {
     private final int k;
@@ -29,6 +37,9 @@ public final class TidalPolicy extends BasePolicy {
     private int[] selCount;
     private int selLayer = -1;
     private SlotSelection selection;
+    private boolean useOp = true;      // the backend's selectTopSlots (false after it reported unsupported)
+    private boolean opSelected;        // the current layer's selection was made by the op (no statistics)
+    private boolean deviceOnly;        // selection has no host arrays (selSlots/selPositions not filled)
 
     /** @param reselect the re-selection layer; -2 = auto (13/32 of the depth, the authors' default for 32 layers), -1 = none */
     public TidalPolicy(String spec, int k, int fullLayers, int reselect, boolean sum) {
@@ -66,6 +77,55 @@ public final class TidalPolicy extends BasePolicy {
         selCount = new int[kvHeads];
         selection = null;
         selLayer = -1;
+        deviceOnly = false;
+        opSelected = false;
+    }
+
+    /** Whether selection layers use the backend's selectTopSlots op when it has one (default on; tests compare both). */
+    public void setBackendSelect(boolean on) {
+        useOp = on;
+    }
+
+    @Override
+    public void beforeAttention(KvCache c, int layer, Tensor q, int[] positions, int n) {
+        opSelected = false;
+        if (!useOp || !decoding(n) || !selecting(layer)) return;
+        boolean aligned = alignedLayout(c);
+        SlotSelection s;
+        try {
+            s = backend.selectTopSlots(q, n - 1, positions[n - 1], c, layer, k, sum, callStart, !aligned);
+        } catch (UnsupportedOpException e) {
+            useOp = false;
+            return;
+        }
+        opSelected = true;
+        selLayer = layer;
+        selection = s;
+        deviceOnly = s.slots() == null;
+        if (deviceOnly) return;
+        for (int g = 0; g < kvHeads; g++) {
+            int m = s.count()[g];
+            int[] pos = c.positions(layer, g);
+            selSlots[g] = java.util.Arrays.copyOf(s.slots()[g], m);
+            selCount[g] = m;
+            selPositions[g] = new int[m];
+            for (int i = 0; i < m; i++) selPositions[g][i] = pos[selSlots[g][i]];
+        }
+    }
+
+    /**
+     * True when every layer holds the same positions in the same slots, so a selection in the selecting layer's
+     * slots applies to every layer as is: this policy runs alone (nothing frees slots, and every layer allocates
+     * the same slots for the same tokens) and no KV head has a freed slot below its high-water mark.
+     */
+    private boolean alignedLayout(KvCache c) {
+        if (model == null || model.policy() != this) return false;
+        for (int g = 0; g < kvHeads; g++) {
+            int hw = c.highWater(0, g);
+            for (int l = 0; l < layers; l++)
+                if (c.highWater(l, g) != hw || c.occupied(l, g) != hw) return false;
+        }
+        return true;
     }
 
     private boolean selecting(int layer) { return layer == fullLayers || layer == reselect; }
@@ -78,14 +138,15 @@ public final class TidalPolicy extends BasePolicy {
 
     @Override
     public AttentionStats stats(KvCache c, int layer, int n) {
-        if (!decoding(n) || !selecting(layer)) return null;
+        if (!decoding(n) || !selecting(layer) || opSelected) return null;
         stats.clear();
         return stats;
     }
 
     @Override
     public void afterAttention(KvCache c, int layer, int n, AttentionStats s) {
-        if (s == null || !decoding(n) || !selecting(layer)) return;
+        if (s == null || !decoding(n) || !selecting(layer) || opSelected) return;
+        deviceOnly = false;
         int current = callStart;
         for (int g = 0; g < kvHeads; g++) {
             int hw = c.highWater(layer, g);
@@ -124,6 +185,7 @@ public final class TidalPolicy extends BasePolicy {
 
     /** The current selection in the slots of {@code layer}: the same slots when they hold the same positions. */
     private SlotSelection translate(int layer) {
+        if (deviceOnly) return selection; // every layer holds the same positions in the same slots
         boolean same = true;
         for (int g = 0; g < kvHeads && same; g++) {
             int[] pos = cache.positions(layer, g);
@@ -171,6 +233,16 @@ public final class TidalPolicy extends BasePolicy {
     /** Positions per KV head of the latest selection (for tests and logs); null before the first decode step. */
     public int[][] selectedPositions() {
         if (selection == null) return null;
+        if (deviceOnly) {
+            SlotSelection h = backend.hostSelection(selection);
+            int[][] out = new int[kvHeads][];
+            for (int g = 0; g < kvHeads; g++) {
+                int[] pos = cache.positions(selLayer, g);
+                out[g] = new int[h.count()[g]];
+                for (int i = 0; i < out[g].length; i++) out[g][i] = pos[h.slots()[g][i]];
+            }
+            return out;
+        }
         int[][] out = new int[kvHeads][];
         for (int g = 0; g < kvHeads; g++) out[g] = selPositions[g].clone();
         return out;

@@ -1,0 +1,528 @@
+// Quantized KV cache (KIVI int8 / int4 / int2) on the device: quantize-on-append of a completed block of G tokens
+// and attention that reads the packed cache directly (dequantization inside the q·k dot products and the value
+// accumulation; no dequantized copy). Only reached for a cache made with a KvQuantSpec (CudaQuantKvCache); the bf16
+// cache and its kernels are untouched.
+//
+// Storage per (layer, KV head), all device memory (see tokenpress.h, "quantized KV cache"):
+//   window keys / values f32 [L][Hkv][R_cap][hd]  the residual window (the most recent tokens, exact f32)
+//   block pool  u8 [L][Hkv][max_blocks][block_bytes], one record per block of G tokens:
+//     f16 key zero [hd] | f16 key scale [hd] | f16 value zero [G][ng] | f16 value scale [G][ng] |
+//     key codes [hd][ceil(G*b/8)] (per channel, packed along tokens) | value codes [G][ceil(hd*b/8)] (per token,
+//     packed along channels); padded to 16 bytes. ng = hd / gs, gs = min(G, hd).
+//   positions int32 [L][Hkv][C] (-1 free), loc int32 [L][Hkv][C]: block*G + lane (>= 0) or -(window entry + 1).
+// Packing: element e of a packed row at byte e*b/8, shift (e*b) mod 8 (first element in the low bits).
+// The quantizer replicates dev.tokenpress.kv.quant.Quant bit for bit: zero = min rounded down to f16,
+// scale = ((max - zero)/(2^b - 1)) rounded up to f16 (+1 ulp if zero + levels*scale < max), code =
+// clamp(round-half-up((x - zero)/scale), 0, 2^b - 1); every float operation of that chain is an explicit
+// round-to-nearest intrinsic (no FMA contraction), min/max are taken sequentially in lane order (as the CPU).
+#include "common.cuh"
+#include "attention_common.cuh"
+
+namespace {
+
+using namespace tp;
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxGt = 8;          // q-heads per attention block (larger GQA groups use several chunks)
+constexpr int kMaxSplits = 64;
+constexpr int kRowsPerSplit = 128; // candidate slots per split of decode attention (32 per warp)
+
+struct Layout {  // byte offsets inside one block record
+    int hd, G, bits, gs, ng, rbk, rbv;
+    int off_kz, off_ks, off_vz, off_vs, off_kc, off_vc, bytes;
+};
+
+__host__ __device__ inline Layout make_layout(int hd, int G, int bits) {
+    Layout L;
+    L.hd = hd;
+    L.G = G;
+    L.bits = bits;
+    L.gs = G < hd ? G : hd;
+    L.ng = hd / L.gs;
+    L.rbk = (G * bits + 7) / 8;
+    L.rbv = (hd * bits + 7) / 8;
+    L.off_kz = 0;
+    L.off_ks = 2 * hd;
+    L.off_vz = 4 * hd;
+    L.off_vs = 4 * hd + 2 * G * L.ng;
+    L.off_kc = 4 * hd + 4 * G * L.ng;
+    L.off_vc = L.off_kc + hd * L.rbk;
+    L.bytes = (L.off_vc + G * L.rbv + 15) & ~15;
+    return L;
+}
+
+// ---- f16 (bit-exact ports of dev.tokenpress.io.Half and dev.tokenpress.kv.quant.Quant) -------------------------
+
+__device__ __forceinline__ float h2f(uint32_t h) {
+    uint32_t sign = h & 0x8000u;
+    uint32_t exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+    float v;
+    if (exp == 0) v = (float)mant * 5.9604644775390625e-8f;  // mant * 2^-24, exact
+    else if (exp == 31) v = mant == 0 ? INFINITY : NAN;
+    else return __uint_as_float((sign << 16) | ((exp + 112u) << 23) | (mant << 13));
+    return sign ? -v : v;
+}
+
+// Half.fromFloat: round to nearest even, overflow to inf, NaN -> 0x7E00.
+__device__ __forceinline__ uint32_t f2h(float f) {
+    uint32_t bits = __float_as_uint(f);
+    uint32_t sign = (bits >> 16) & 0x8000u;
+    uint32_t val = bits & 0x7FFFFFFFu;
+    if (val >= 0x7F800000u) return sign | (val > 0x7F800000u ? 0x7E00u : 0x7C00u);
+    if (val >= 0x477FF000u) return sign | 0x7C00u;
+    if (val < 0x38800000u) {
+        if (val < 0x33000000u) return sign;
+        uint32_t e = val >> 23;
+        uint32_t m = (val & 0x7FFFFFu) | 0x800000u;
+        uint32_t shift = 126u - e;
+        uint32_t rounded = m >> shift;
+        uint32_t rem = m & ((1u << shift) - 1u);
+        uint32_t half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (rounded & 1u) == 1u)) rounded++;
+        return sign | rounded;
+    }
+    uint32_t out = (((val >> 23) - 112u) << 10) | ((val >> 13) & 0x3FFu);
+    uint32_t rem = val & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (out & 1u) == 1u)) out++;
+    return sign | out;
+}
+
+__device__ __forceinline__ uint32_t f16_down(float v) {
+    uint32_t h = f2h(v);
+    if (h2f(h) > v) {
+        if (h == 0) h = 0x8001u;
+        else if ((h & 0x8000u) == 0) h = h - 1u;
+        else h = h + 1u;
+    }
+    return h & 0xFFFFu;
+}
+
+__device__ __forceinline__ uint32_t f16_up(float v) {  // v >= 0
+    uint32_t h = f2h(v);
+    if (h2f(h) < v) h = h + 1u;
+    return h & 0xFFFFu;
+}
+
+// Quant.params: f16 (zero, scale) of a group with range [mn, mx].
+__device__ __forceinline__ void quant_params(float mn, float mx, int bits, uint32_t& z, uint32_t& s) {
+    float lv = (float)((1 << bits) - 1);
+    z = f16_down(mn);
+    float zf = h2f(z);
+    float r = __fdiv_rn(__fsub_rn(mx, zf), lv);
+    s = f16_up(r > 0.f ? r : 0.f);
+    if (__fadd_rn(zf, __fmul_rn(lv, h2f(s))) < mx) s = (s + 1u) & 0xFFFFu;
+}
+
+// Quant.code: clamp(Math.round((x - zero) / scale), 0, levels); Math.round = nearest, ties toward +inf.
+__device__ __forceinline__ uint32_t quant_code(float x, float z, float s, int bits) {
+    if (s == 0.f) return 0;
+    int levels = (1 << bits) - 1;
+    float d = __fdiv_rn(__fsub_rn(x, z), s);
+    if (!(d >= 0.f)) return 0;  // negative (rounds to <= 0) or NaN (Math.round(NaN) = 0)
+    if (d >= (float)levels) return (uint32_t)levels;
+    float fl = floorf(d);
+    return (uint32_t)fl + (__fsub_rn(d, fl) >= 0.5f ? 1u : 0u);
+}
+
+// ---- quantize-on-append ------------------------------------------------------------------------------------------
+
+// Source row of lane t of a new block: src >= 0 = row of the step's k/v tensors, else window entry -src - 1
+// (its contents before this call).
+__device__ __forceinline__ const float* src_row(int src, const float* x, int x_stride, int g, int hd,
+                                                const float* win, int64_t wbase) {
+    return src >= 0 ? x + (int64_t)src * x_stride + (int64_t)g * hd : win + (wbase + (-src - 1)) * hd;
+}
+
+// One CUDA block per new quantized block. plan int32: g[nb] | block id[nb] | src[nb][G]. Keys: one thread per
+// channel (min/max over the G lanes in lane order, then the packed code row); values: one thread per lane (per
+// channel group min/max in channel order, then the packed code row).
+__global__ void __launch_bounds__(kThreads) kvq_encode_kernel(
+        uint8_t* __restrict__ pool, const float* __restrict__ wk, const float* __restrict__ wv,
+        const float* __restrict__ k, const float* __restrict__ v, int kv_stride, const int* __restrict__ plan,
+        int nb, int layer, int kv_heads, int res_cap, int max_blocks, Layout L) {
+    int b = blockIdx.x;
+    int g = plan[b], blk = plan[nb + b];
+    const int* src = plan + 2 * nb + (int64_t)b * L.G;
+    int64_t hb = (int64_t)layer * kv_heads + g;
+    uint8_t* rec = pool + (hb * max_blocks + blk) * (int64_t)L.bytes;
+    int64_t wbase = hb * res_cap;
+    int hd = L.hd, G = L.G, bits = L.bits;
+    uint16_t* kz = reinterpret_cast<uint16_t*>(rec + L.off_kz);
+    uint16_t* ks = reinterpret_cast<uint16_t*>(rec + L.off_ks);
+    uint16_t* vz = reinterpret_cast<uint16_t*>(rec + L.off_vz);
+    uint16_t* vs = reinterpret_cast<uint16_t*>(rec + L.off_vs);
+    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+        float mn = INFINITY, mx = -INFINITY;
+        for (int t = 0; t < G; t++) {
+            float x = src_row(src[t], k, kv_stride, g, hd, wk, wbase)[c];
+            if (x < mn) mn = x;
+            if (x > mx) mx = x;
+        }
+        if (mn > mx) mn = mx = 0.f;
+        uint32_t z, s;
+        quant_params(mn, mx, bits, z, s);
+        kz[c] = (uint16_t)z;
+        ks[c] = (uint16_t)s;
+        float zf = h2f(z), sf = h2f(s);
+        uint8_t* row = rec + L.off_kc + (int64_t)c * L.rbk;
+        uint32_t acc = 0;
+        int nbits = 0, byte = 0;
+        for (int t = 0; t < G; t++) {
+            float x = src_row(src[t], k, kv_stride, g, hd, wk, wbase)[c];
+            acc |= quant_code(x, zf, sf, bits) << nbits;
+            nbits += bits;
+            if (nbits == 8) {
+                row[byte++] = (uint8_t)acc;
+                acc = 0;
+                nbits = 0;
+            }
+        }
+        if (nbits) row[byte] = (uint8_t)acc;
+    }
+    for (int t = threadIdx.x; t < G; t += blockDim.x) {
+        const float* x = src_row(src[t], v, kv_stride, g, hd, wv, wbase);
+        uint8_t* row = rec + L.off_vc + (int64_t)t * L.rbv;
+        uint32_t acc = 0;
+        int nbits = 0, byte = 0;
+        for (int gi = 0; gi < L.ng; gi++) {
+            float mn = INFINITY, mx = -INFINITY;
+            for (int c = gi * L.gs; c < (gi + 1) * L.gs; c++) {
+                float e = x[c];
+                if (e < mn) mn = e;
+                if (e > mx) mx = e;
+            }
+            if (mn > mx) mn = mx = 0.f;
+            uint32_t z, s;
+            quant_params(mn, mx, bits, z, s);
+            vz[t * L.ng + gi] = (uint16_t)z;
+            vs[t * L.ng + gi] = (uint16_t)s;
+            float zf = h2f(z), sf = h2f(s);
+            for (int c = gi * L.gs; c < (gi + 1) * L.gs; c++) {
+                acc |= quant_code(x[c], zf, sf, bits) << nbits;
+                nbits += bits;
+                if (nbits == 8) {
+                    row[byte++] = (uint8_t)acc;
+                    acc = 0;
+                    nbits = 0;
+                }
+            }
+        }
+        if (nbits) row[byte] = (uint8_t)acc;
+    }
+}
+
+// Window entries <- rows of the step's k/v tensors. plan int32: g[m] | entry[m] | row[m].
+__global__ void kvq_window_write_kernel(float* __restrict__ wk, float* __restrict__ wv, const float* __restrict__ k,
+                                        const float* __restrict__ v, int kv_stride, const int* __restrict__ plan,
+                                        int m, int layer, int kv_heads, int hd, int res_cap) {
+    int i = blockIdx.x;
+    int g = plan[i], e = plan[m + i], r = plan[2 * m + i];
+    int64_t dst = (((int64_t)layer * kv_heads + g) * res_cap + e) * hd;
+    int64_t src = (int64_t)r * kv_stride + (int64_t)g * hd;
+    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+        wk[dst + c] = k[src + c];
+        wv[dst + c] = v[src + c];
+    }
+}
+
+// ---- attention over the packed cache ------------------------------------------------------------------------------
+
+// grid (splits, Hkv * chunks, n). Each warp takes every 4th candidate of the block's split range; a lane owns HD/32
+// consecutive channels. Per visible slot: the key is rebuilt in registers (window: f32 row; block: s_c·code + z_c
+// per channel) and dotted with each q-head of the chunk (warp sum), the value likewise (s_g·code + z_g per token
+// group) and accumulated into the online-softmax state. The 4 warps merge in shared memory; splits == 1 writes
+// out, otherwise the partial (m, d, o) go to the workspace for kvq_merge_kernel.
+template <int HD, int BITS>
+__global__ void __launch_bounds__(kThreads) kvq_attention_kernel(
+        float* __restrict__ out, float* __restrict__ ws, const float* __restrict__ q, const uint8_t* __restrict__ pool,
+        const float* __restrict__ wk, const float* __restrict__ wv, const int* __restrict__ pc,
+        const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap, int max_blocks, Layout L,
+        const int* __restrict__ qpos, const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
+        const int* __restrict__ hw, int splits, float scale_log2) {
+    constexpr int CPL = HD / 32;
+    constexpr uint32_t MASK = (1u << BITS) - 1u;
+    __shared__ float sm_m[kWarps][kMaxGt], sm_d[kWarps][kMaxGt];
+    __shared__ float sm_o[kWarps][kMaxGt][HD];
+    int group = H / kv_heads, chunks = (group + kMaxGt - 1) / kMaxGt;
+    int split = blockIdx.x, g = blockIdx.y / chunks, chunk = blockIdx.y % chunks, r = blockIdx.z;
+    int h0 = g * group + chunk * kMaxGt;
+    int gt = min(kMaxGt, group - chunk * kMaxGt);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int c0 = lane * CPL;
+
+    float qr[kMaxGt][CPL];
+#pragma unroll
+    for (int j = 0; j < kMaxGt; j++)
+#pragma unroll
+        for (int i = 0; i < CPL; i++) qr[j][i] = j < gt ? q[((int64_t)r * H + h0 + j) * HD + c0 + i] : 0.f;
+    SoftmaxState<CPL> st[kMaxGt];
+#pragma unroll
+    for (int j = 0; j < kMaxGt; j++) st[j].init();
+
+    int p = qpos[r];
+    int len = candidate_count(sel, sel_stride, sel_counts, hw, g, C);
+    int per = (len + splits - 1) / splits;
+    int i0 = split * per, i1 = min(len, i0 + per);
+    int64_t hb = (int64_t)layer * kv_heads + g;
+    const int* pcg = pc + hb * C;
+    const int* lcg = lc + hb * C;
+    const uint8_t* poolg = pool + hb * max_blocks * (int64_t)L.bytes;
+
+    for (int idx = i0 + warp; idx < i1; idx += kWarps) {
+        int s = candidate_slot(sel, sel_stride, g, idx, C);
+        if (s < 0) continue;
+        int ps = pcg[s];
+        if (ps < 0 || ps > p) continue;
+        int l = lcg[s];
+        float kf[CPL], vf[CPL];
+        if (l < 0) {
+            int64_t off = (hb * res_cap + (-l - 1)) * HD + c0;
+#pragma unroll
+            for (int i = 0; i < CPL; i++) {
+                kf[i] = wk[off + i];
+                vf[i] = wv[off + i];
+            }
+        } else {
+            int blk = l / L.G, t = l - blk * L.G;
+            const uint8_t* rec = poolg + (int64_t)blk * L.bytes;
+            const uint16_t* kz = reinterpret_cast<const uint16_t*>(rec + L.off_kz);
+            const uint16_t* ks = reinterpret_cast<const uint16_t*>(rec + L.off_ks);
+            const uint16_t* vz = reinterpret_cast<const uint16_t*>(rec + L.off_vz) + t * L.ng;
+            const uint16_t* vs = reinterpret_cast<const uint16_t*>(rec + L.off_vs) + t * L.ng;
+            const uint8_t* kcode = rec + L.off_kc + ((t * BITS) >> 3);
+            int ksh = (t * BITS) & 7;
+            const uint8_t* vcode = rec + L.off_vc + (int64_t)t * L.rbv;
+#pragma unroll
+            for (int i = 0; i < CPL; i++) {
+                int c = c0 + i;
+                uint32_t kc = (kcode[c * L.rbk] >> ksh) & MASK;
+                kf[i] = h2f(ks[c]) * (float)kc + h2f(kz[c]);
+                int gi = c / L.gs;
+                uint32_t vc = (vcode[(c * BITS) >> 3] >> ((c * BITS) & 7)) & MASK;
+                vf[i] = (float)vc * h2f(vs[gi]) + h2f(vz[gi]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < kMaxGt; j++) {
+            if (j < gt) {
+                float dot = 0.f;
+#pragma unroll
+                for (int i = 0; i < CPL; i++) dot = fmaf(qr[j][i], kf[i], dot);
+                float sc = warp_sum(dot) * scale_log2;
+                if (sc > st[j].m) st[j].rescale_to(sc);
+                float e = exp2f(sc - st[j].m);
+                st[j].d += e;
+#pragma unroll
+                for (int i = 0; i < CPL; i++) st[j].o[i] = fmaf(e, vf[i], st[j].o[i]);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxGt; j++) {
+        if (j < gt) {
+            if (lane == 0) {
+                sm_m[warp][j] = st[j].m;
+                sm_d[warp][j] = st[j].d;
+            }
+#pragma unroll
+            for (int i = 0; i < CPL; i++) sm_o[warp][j][c0 + i] = st[j].o[i];
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < gt * HD; e += kThreads) {
+        int j = e / HD, c = e - j * HD;
+        float m = kNegInf;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) m = fmaxf(m, sm_m[w][j]);
+        float d = 0.f, o = 0.f;
+        if (m != kNegInf) {
+#pragma unroll
+            for (int w = 0; w < kWarps; w++) {
+                float a = exp2_diff(sm_m[w][j], m);
+                d += sm_d[w][j] * a;
+                o += sm_o[w][j][c] * a;
+            }
+        }
+        int64_t rh = (int64_t)r * H + h0 + j;
+        if (splits == 1) {
+            out[rh * HD + c] = d > 0.f ? o / d : 0.f;
+        } else {
+            int64_t part = rh * splits + split;
+            ws[(int64_t)gridDim.z * H * splits * 2 + part * HD + c] = o;
+            if (c == 0) {
+                ws[part * 2] = m;
+                ws[part * 2 + 1] = d;
+            }
+        }
+    }
+}
+
+// out[r, h] = merge of the splits' partial states. grid n*H, block HD threads.
+__global__ void kvq_merge_kernel(float* __restrict__ out, const float* __restrict__ ws, int rows_heads, int splits,
+                                 int hd) {
+    int rh = blockIdx.x;
+    const float* ml = ws + (int64_t)rh * splits * 2;
+    const float* po = ws + (int64_t)rows_heads * splits * 2 + (int64_t)rh * splits * hd;
+    float m = kNegInf;
+    for (int s = 0; s < splits; s++) m = fmaxf(m, ml[2 * s]);
+    for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+        float d = 0.f, o = 0.f;
+        if (m != kNegInf)
+            for (int s = 0; s < splits; s++) {
+                float a = exp2_diff(ml[2 * s], m);
+                d += ml[2 * s + 1] * a;
+                o += po[(int64_t)s * hd + c] * a;
+            }
+        out[(int64_t)rh * hd + c] = d > 0.f ? o / d : 0.f;
+    }
+}
+
+int kvq_splits(int n, int max_len) {
+    if (n != 1) return 1;
+    int s = (max_len + kRowsPerSplit - 1) / kRowsPerSplit;
+    return s < 1 ? 1 : (s > kMaxSplits ? kMaxSplits : s);
+}
+
+template <int HD, int BITS>
+void launch_attention(dim3 grid, cudaStream_t st, float* out, float* ws, const float* q, const uint8_t* pool,
+                      const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv, int C,
+                      int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel, int sel_stride,
+                      const int* sel_counts, const int* hw, int splits, float scale_log2) {
+    kvq_attention_kernel<HD, BITS><<<grid, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C,
+                                                              res_cap, max_blocks, L, qpos, sel, sel_stride,
+                                                              sel_counts, hw, splits, scale_log2);
+}
+
+bool valid_bits(int bits) { return bits == 2 || bits == 4 || bits == 8; }
+
+}  // namespace
+
+extern "C" {
+
+uint64_t tp_kvq_block_bytes(int head_dim, int group, int bits) {
+    if (head_dim <= 0 || group <= 0 || group > 4096 || !valid_bits(bits)) return 0;
+    return (uint64_t)make_layout(head_dim, group, bits).bytes;
+}
+
+int tp_kvq_encode(uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t k, uint64_t v, int kv_stride,
+                  uint64_t plan, int num_blocks, int layer, int kv_heads, int head_dim, int group, int bits,
+                  int res_cap, int max_blocks, uint64_t stream) {
+    const char* fn = "tp_kvq_encode";
+    TP_REQUIRE(pool != 0, fn, "pool");
+    TP_REQUIRE(window_k != 0 && window_v != 0, fn, "window");
+    TP_REQUIRE(k != 0 && v != 0, fn, "k/v");
+    TP_REQUIRE(plan != 0, fn, "plan");
+    TP_REQUIRE(num_blocks >= 0, fn, "num_blocks");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head_dim > 0 && kv_stride >= kv_heads * head_dim, fn, "kv_stride");
+    TP_REQUIRE(group > 0 && group <= 4096, fn, "group");
+    TP_REQUIRE(valid_bits(bits), fn, "bits");
+    TP_REQUIRE(head_dim % (group < head_dim ? group : head_dim) == 0, fn, "group");
+    TP_REQUIRE(res_cap > 0 && max_blocks > 0, fn, "res_cap/max_blocks");
+    if (num_blocks == 0) return TP_OK;
+    Layout L = make_layout(head_dim, group, bits);
+    kvq_encode_kernel<<<num_blocks, kThreads, 0, TP_STREAM(stream)>>>(
+        TP_PTR(uint8_t, pool), TP_PTR(const float, window_k), TP_PTR(const float, window_v), TP_PTR(const float, k),
+        TP_PTR(const float, v), kv_stride, TP_PTR(const int, plan), num_blocks, layer, kv_heads, res_cap, max_blocks, L);
+    TP_LAUNCHED("kvq_encode_kernel");
+    return TP_OK;
+}
+
+int tp_kvq_window_write(uint64_t window_k, uint64_t window_v, uint64_t k, uint64_t v, int kv_stride, uint64_t plan,
+                        int count, int layer, int kv_heads, int head_dim, int res_cap, uint64_t stream) {
+    const char* fn = "tp_kvq_window_write";
+    TP_REQUIRE(window_k != 0 && window_v != 0, fn, "window");
+    TP_REQUIRE(k != 0 && v != 0, fn, "k/v");
+    TP_REQUIRE(plan != 0, fn, "plan");
+    TP_REQUIRE(count >= 0, fn, "count");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head_dim > 0 && kv_stride >= kv_heads * head_dim, fn, "kv_stride");
+    TP_REQUIRE(res_cap > 0, fn, "res_cap");
+    if (count == 0) return TP_OK;
+    kvq_window_write_kernel<<<count, kThreads, 0, TP_STREAM(stream)>>>(
+        TP_PTR(float, window_k), TP_PTR(float, window_v), TP_PTR(const float, k), TP_PTR(const float, v), kv_stride,
+        TP_PTR(const int, plan), count, layer, kv_heads, head_dim, res_cap);
+    TP_LAUNCHED("kvq_window_write_kernel");
+    return TP_OK;
+}
+
+uint64_t tp_kvq_attention_workspace_bytes(int n, int num_heads, int head_dim, int max_len) {
+    int splits = kvq_splits(n, max_len);
+    if (splits == 1 || n <= 0 || num_heads <= 0 || head_dim <= 0) return 0;
+    return (uint64_t)n * num_heads * splits * (head_dim + 2) * sizeof(float);
+}
+
+int tp_kvq_attention(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t pos_cache,
+                     uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim, int capacity, int group,
+                     int bits, int res_cap, int max_blocks, int n, uint64_t query_pos, uint64_t sel_slots,
+                     int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len, float scale,
+                     uint64_t workspace, uint64_t workspace_bytes, uint64_t stream) {
+    const char* fn = "tp_kvq_attention";
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(pool != 0, fn, "pool");
+    TP_REQUIRE(window_k != 0 && window_v != 0, fn, "window");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(loc_cache != 0, fn, "loc_cache");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0 && kv_heads <= 8192, fn, "kv_heads");
+    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(group > 0 && group <= 4096, fn, "group");
+    TP_REQUIRE(valid_bits(bits), fn, "bits");
+    TP_REQUIRE(res_cap > 0 && max_blocks > 0, fn, "res_cap/max_blocks");
+    TP_REQUIRE(n >= 0 && n <= 65535, fn, "n");
+    TP_REQUIRE(query_pos != 0, fn, "query_pos");
+    TP_REQUIRE(high_water != 0, fn, "high_water");
+    TP_REQUIRE(sel_slots == 0 || (sel_counts != 0 && sel_stride > 0), fn, "sel_slots");
+    if (head_dim != 64 && head_dim != 128)
+        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d (supported: 64, 128)", fn, head_dim);
+    TP_REQUIRE(head_dim % (group < head_dim ? group : head_dim) == 0, fn, "group");
+    if (n == 0) return TP_OK;
+    int splits = kvq_splits(n, max_len);
+    if (splits > 1) {
+        TP_REQUIRE(workspace != 0 && workspace_bytes >= tp_kvq_attention_workspace_bytes(n, num_heads, head_dim, max_len),
+                   fn, "workspace");
+    }
+    Layout L = make_layout(head_dim, group, bits);
+    int group_h = num_heads / kv_heads, chunks = (group_h + kMaxGt - 1) / kMaxGt;
+    dim3 grid(splits, kv_heads * chunks, n);
+    cudaStream_t st = TP_STREAM(stream);
+    float scale_log2 = scale * kLog2e;
+    float* o = TP_PTR(float, out);
+    float* ws = splits > 1 ? TP_PTR(float, workspace) : nullptr;
+    const float* qq = TP_PTR(const float, q);
+    const uint8_t* pl = TP_PTR(const uint8_t, pool);
+    const float* wk = TP_PTR(const float, window_k);
+    const float* wv = TP_PTR(const float, window_v);
+    const int* pc = TP_PTR(const int, pos_cache);
+    const int* lc = TP_PTR(const int, loc_cache);
+    const int* qp = TP_PTR(const int, query_pos);
+    const int* sl = TP_PTR(const int, sel_slots);
+    const int* sc = TP_PTR(const int, sel_counts);
+    const int* hw = TP_PTR(const int, high_water);
+#define TP_KVQ_LAUNCH(HD, B)                                                                                        \
+    launch_attention<HD, B>(grid, st, o, ws, qq, pl, wk, wv, pc, lc, layer, num_heads, kv_heads, capacity, res_cap, \
+                            max_blocks, L, qp, sl, sel_stride, sc, hw, splits, scale_log2)
+    if (head_dim == 64) {
+        if (bits == 8) TP_KVQ_LAUNCH(64, 8);
+        else if (bits == 4) TP_KVQ_LAUNCH(64, 4);
+        else TP_KVQ_LAUNCH(64, 2);
+    } else {
+        if (bits == 8) TP_KVQ_LAUNCH(128, 8);
+        else if (bits == 4) TP_KVQ_LAUNCH(128, 4);
+        else TP_KVQ_LAUNCH(128, 2);
+    }
+#undef TP_KVQ_LAUNCH
+    TP_LAUNCHED("kvq_attention_kernel");
+    if (splits > 1) {
+        kvq_merge_kernel<<<n * num_heads, head_dim, 0, st>>>(o, ws, n * num_heads, splits, head_dim);
+        TP_LAUNCHED("kvq_merge_kernel");
+    }
+    return TP_OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,353 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.UnsupportedOpException;
+import dev.tokenpress.io.Half;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.quant.KvQuantSpec;
+import dev.tokenpress.kv.quant.Quant;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+/**
+ * KIVI-quantized KV cache (int8 / int4 / int2) in device memory, the CUDA counterpart of the CPU's
+ * {@code QuantKvCache} (see docs/KV_QUANT.md and cuda/kv_quant.cu). Same slot model: a slot holds one token and
+ * maps to a location, either an entry of the f32 residual window or a lane of a block of G tokens encoded when
+ * the window reaches R + G tokens (its G oldest by position: keys per channel over the block's tokens, values per
+ * token over channel groups, f16 zero/scale, packed codes).
+ *
+ * <p>The host keeps the bookkeeping (which slot sits in which window entry / block lane, block liveness) and
+ * turns each {@code storeKv} into a plan: blocks to encode (lane sources: a row of the step's k/v or a window
+ * entry's current contents) and window entries to write; the device runs the encode kernel first, then the
+ * window writes, then scatters the new locations and positions. Differences from the CPU cache, by design:
+ * <ul>
+ *   <li>window entries are not moved on free (a free list instead of swap-remove), so ties between equal
+ *       positions may order a block's lanes differently (positions are distinct in every normal run);</li>
+ *   <li>a freed block lane is only marked dead: no compaction (re-encoding of partially dead blocks) on the
+ *       device. The block pool is preallocated with ceil(C/G) blocks plus 25% (at least 2) for fragmentation;
+ *       exhausting it throws {@link UnsupportedOpException};</li>
+ *   <li>{@link #bytes()} is the preallocated device memory (window + block pool + positions + locations),
+ *       not the live payload the CPU cache reports.</li>
+ * </ul>
+ * Every op on this cache runs eagerly (decode steps are not captured as CUDA graphs: the plan mutates the host
+ * bookkeeping).
+ */
+public final class CudaQuantKvCache extends KvCache {
+    private static final int NONE = Integer.MIN_VALUE;
+
+    private final CudaBackend backend;
+    final KvQuantSpec spec;
+    final int group, residual, resCap, bits, maxBlocks;
+    final long blockBytes;
+    /** Device memory: window keys/values f32, block pool, positions and locations int32. */
+    final long winK, winV, pool, pos, loc;
+    final long winBytes, poolBytes, slotBytes;
+
+    private final int[][][] hLoc;       // [layer][head][slot]
+    private final int[][][] winSlot;    // [layer][head][entry] slot or -1
+    private final long[][][] winSeq;    // insertion order of each entry (tie-break of equal positions)
+    private final int[][][] winFree;    // free-entry stacks
+    private final int[][] winFreeCount, winCount;
+    private final int[][][] blockAlive; // [layer][head][block] live lanes (0 = free)
+    private long seq;
+    private int[] pendingFree = new int[64];
+    private int pendingFreeCount;
+    private boolean closed;
+
+    CudaQuantKvCache(CudaBackend backend, int layers, int kvHeads, int headDim, int capacity, KvQuantSpec spec) {
+        super(layers, kvHeads, headDim, capacity);
+        if (spec.method() != KvQuantSpec.Method.KIVI)
+            throw new UnsupportedOpException("the cuda backend quantizes the KV cache with KIVI only (int8, int4, int2), not --kv-quant "
+                    + spec.spec() + ": use --device cpu");
+        spec.check(headDim);
+        this.backend = backend;
+        this.spec = spec;
+        this.group = spec.group();
+        this.residual = spec.residual();
+        this.bits = spec.bits();
+        this.resCap = (int) Math.min((long) residual + group, capacity);
+        int full = (capacity + group - 1) / group;
+        this.maxBlocks = full + Math.max(2, (full + 3) / 4);
+        this.blockBytes = TpNative.tp_kvq_block_bytes(headDim, group, bits);
+        if (blockBytes <= 0) throw new IllegalArgumentException("--kv-quant " + spec.spec() + ": no block layout for head dim " + headDim);
+        long lh = (long) layers * kvHeads;
+        this.winBytes = lh * resCap * headDim * 4;
+        this.poolBytes = lh * maxBlocks * blockBytes;
+        this.slotBytes = lh * capacity * 4;
+        long[] p = new long[5];
+        try {
+            p[0] = backend.malloc(winBytes, "quantized KV cache window keys (" + layers + " layers x " + kvHeads + " KV heads x " + resCap + " tokens)");
+            p[1] = backend.malloc(winBytes, "quantized KV cache window values");
+            p[2] = backend.malloc(poolBytes, "quantized KV cache blocks (" + maxBlocks + " blocks of " + blockBytes + " bytes per KV head)");
+            p[3] = backend.malloc(slotBytes, "quantized KV cache positions");
+            p[4] = backend.malloc(slotBytes, "quantized KV cache locations");
+        } catch (RuntimeException e) {
+            for (long a : p) backend.free(a);
+            throw e;
+        }
+        winK = p[0];
+        winV = p[1];
+        pool = p[2];
+        pos = p[3];
+        loc = p[4];
+        backend.memsetNow(winK, 0, winBytes);
+        backend.memsetNow(winV, 0, winBytes);
+        backend.memsetNow(pool, 0, poolBytes);
+        backend.memsetNow(pos, 0xFF, slotBytes);
+        backend.memsetNow(loc, 0xFF, slotBytes);
+        hLoc = new int[layers][kvHeads][capacity];
+        winSlot = new int[layers][kvHeads][resCap];
+        winSeq = new long[layers][kvHeads][resCap];
+        winFree = new int[layers][kvHeads][resCap];
+        winFreeCount = new int[layers][kvHeads];
+        winCount = new int[layers][kvHeads];
+        blockAlive = new int[layers][kvHeads][maxBlocks];
+        resetHost();
+    }
+
+    private void resetHost() {
+        for (int l = 0; l < layers; l++)
+            for (int h = 0; h < kvHeads; h++) {
+                Arrays.fill(hLoc[l][h], NONE);
+                Arrays.fill(winSlot[l][h], -1);
+                for (int e = 0; e < resCap; e++) winFree[l][h][e] = resCap - 1 - e; // pops 0, 1, 2, ...
+                winFreeCount[l][h] = resCap;
+                winCount[l][h] = 0;
+                Arrays.fill(blockAlive[l][h], 0);
+            }
+    }
+
+    public KvQuantSpec spec() { return spec; }
+
+    /**
+     * Device bytes allocated for this cache: window keys and values (f32, L·Hkv·min(R + G, C)·hd each), the block
+     * pool (L·Hkv·maxBlocks·{@code tp_kvq_block_bytes}) and positions + locations (int32 per slot).
+     */
+    @Override
+    public long bytes() { return 2 * winBytes + poolBytes + 2 * slotBytes; }
+
+    /** Tokens of (layer, head) in the f32 window. */
+    public int residentTokens(int layer, int head) { return winCount[layer][head]; }
+
+    /** Bit width of the slot's token: 32 in the window, the spec's bits in a block, 0 when free. */
+    public int bitsOf(int layer, int head, int slot) {
+        int l = hLoc[layer][head][slot];
+        return l == NONE ? 0 : l < 0 ? 32 : bits;
+    }
+
+    // ---- store plan ----------------------------------------------------------------------------------------------
+
+    /** What one storeKv call does on the device (int arrays to stage). */
+    static final class Plan {
+        int blocks;        // number of blocks to encode
+        int[] encode;      // g[nb] | block[nb] | src[nb][G]
+        int writes;        // window entries to write
+        int[] write;       // g[m] | entry[m] | row[m]
+        int updates;       // loc and pos scatters
+        int[] locIdx, locVal, posIdx, posVal;
+        int posUpdates;
+    }
+
+    /**
+     * Applies storeKv(layer, slots, n) to the host bookkeeping (the order of the CPU cache: KV head by KV head,
+     * token by token, flushing whenever the window reaches R + G) and returns the device work.
+     */
+    Plan plan(int layer, int[][] slots, int n) {
+        List<int[]> blocks = new ArrayList<>();   // {g, id, src...}
+        List<int[]> touched = new ArrayList<>();  // {g, slot}
+        int[][] entryRow = new int[kvHeads][resCap];
+        for (int[] r : entryRow) Arrays.fill(r, -1);
+        Plan p = new Plan();
+        p.posIdx = new int[kvHeads * n];
+        p.posVal = new int[kvHeads * n];
+        for (int g = 0; g < kvHeads; g++) {
+            int[] lc = hLoc[layer][g];
+            for (int i = 0; i < n; i++) {
+                int slot = slots[g][i];
+                release(layer, g, slot, entryRow[g]);
+                if (winFreeCount[layer][g] == 0)
+                    throw new IllegalStateException("quantized KV cache: window of layer " + layer + " KV head " + g + " is full");
+                int e = winFree[layer][g][--winFreeCount[layer][g]];
+                winSlot[layer][g][e] = slot;
+                winSeq[layer][g][e] = seq++;
+                entryRow[g][e] = i;
+                winCount[layer][g]++;
+                lc[slot] = -(e + 1);
+                touched.add(new int[]{g, slot});
+                p.posIdx[p.posUpdates] = flat(layer, g, slot);
+                p.posVal[p.posUpdates++] = position(layer, g, slot);
+                if (winCount[layer][g] >= residual + group && winCount[layer][g] >= group)
+                    blocks.add(flush(layer, g, entryRow[g], touched));
+            }
+        }
+        p.blocks = blocks.size();
+        p.encode = new int[p.blocks * (2 + group)];
+        for (int b = 0; b < p.blocks; b++) {
+            int[] blk = blocks.get(b);
+            p.encode[b] = blk[0];
+            p.encode[p.blocks + b] = blk[1];
+            System.arraycopy(blk, 2, p.encode, 2 * p.blocks + b * group, group);
+        }
+        List<int[]> writes = new ArrayList<>();
+        for (int g = 0; g < kvHeads; g++)
+            for (int e = 0; e < resCap; e++)
+                if (entryRow[g][e] >= 0) writes.add(new int[]{g, e, entryRow[g][e]});
+        p.writes = writes.size();
+        p.write = new int[3 * p.writes];
+        for (int w = 0; w < p.writes; w++) {
+            int[] x = writes.get(w);
+            p.write[w] = x[0];
+            p.write[p.writes + w] = x[1];
+            p.write[2 * p.writes + w] = x[2];
+        }
+        p.updates = touched.size();
+        p.locIdx = new int[p.updates];
+        p.locVal = new int[p.updates];
+        for (int u = 0; u < p.updates; u++) {
+            int[] t = touched.get(u);
+            p.locIdx[u] = flat(layer, t[0], t[1]);
+            int v = hLoc[layer][t[0]][t[1]];
+            p.locVal[u] = v == NONE ? -1 : v;
+        }
+        return p;
+    }
+
+    /** Moves the G oldest window tokens (by position) of (layer, g) into a new block; returns {g, id, src[G]}. */
+    private int[] flush(int layer, int g, int[] entryRow, List<int[]> touched) {
+        int[] pp = positions[layer][g];
+        int[] ws = winSlot[layer][g];
+        long[] sq = winSeq[layer][g];
+        List<Integer> live = new ArrayList<>();
+        for (int e = 0; e < resCap; e++) if (ws[e] >= 0) live.add(e);
+        live.sort((a, b) -> pp[ws[a]] != pp[ws[b]] ? Integer.compare(pp[ws[a]], pp[ws[b]]) : Long.compare(sq[a], sq[b]));
+        int id = -1;
+        for (int b = 0; b < maxBlocks; b++)
+            if (blockAlive[layer][g][b] == 0) {
+                id = b;
+                break;
+            }
+        if (id < 0)
+            throw new UnsupportedOpException("quantized CUDA KV cache: block pool of layer " + layer + " KV head " + g + " exhausted ("
+                    + maxBlocks + " blocks; evictions leave partially dead blocks and compaction runs on the CPU only): use --device cpu");
+        int[] out = new int[2 + group];
+        out[0] = g;
+        out[1] = id;
+        for (int t = 0; t < group; t++) {
+            int e = live.get(t);
+            int slot = ws[e];
+            out[2 + t] = entryRow[e] >= 0 ? entryRow[e] : -(e + 1);
+            entryRow[e] = -1;
+            ws[e] = -1;
+            winFree[layer][g][winFreeCount[layer][g]++] = e;
+            winCount[layer][g]--;
+            hLoc[layer][g][slot] = id * group + t;
+            touched.add(new int[]{g, slot});
+        }
+        blockAlive[layer][g][id] = group;
+        return out;
+    }
+
+    private void release(int layer, int g, int slot, int[] entryRow) {
+        int l = hLoc[layer][g][slot];
+        if (l == NONE) return;
+        hLoc[layer][g][slot] = NONE;
+        if (l < 0) {
+            int e = -l - 1;
+            winSlot[layer][g][e] = -1;
+            if (entryRow != null) entryRow[e] = -1;
+            winFree[layer][g][winFreeCount[layer][g]++] = e;
+            winCount[layer][g]--;
+        } else {
+            blockAlive[layer][g][l / group]--;
+        }
+    }
+
+    int flat(int layer, int g, int slot) {
+        return (int) (((long) layer * kvHeads + g) * capacity + slot);
+    }
+
+    @Override
+    protected void onFree(int layer, int head, int slot) {
+        release(layer, head, slot, null);
+        if (pendingFreeCount == pendingFree.length) pendingFree = Arrays.copyOf(pendingFree, pendingFree.length * 2);
+        pendingFree[pendingFreeCount++] = flat(layer, head, slot);
+    }
+
+    @Override
+    protected void onClear() {
+        pendingFreeCount = 0;
+        resetHost();
+        backend.memsetAsync(pos, 0xFF, slotBytes);
+    }
+
+    int pendingFreeCount() { return pendingFreeCount; }
+
+    int[] takePendingFrees() {
+        int[] out = Arrays.copyOf(pendingFree, pendingFreeCount);
+        pendingFreeCount = 0;
+        return out;
+    }
+
+    // ---- reading back (tests) ----------------------------------------------------------------------------------
+
+    /** The stored representation of one slot, downloaded: window row, or the block's codes and f16 parameters. */
+    public record Stored(boolean window, float[] key, float[] value, int[] keyCodes, short[] keyZero, short[] keyScale,
+                         int[] valueCodes, short[] valueZero, short[] valueScale) {}
+
+    /**
+     * Downloads one slot (synchronizes): for a window token its f32 key and value; for a quantized token its
+     * lane's key codes with the per-channel f16 (zero, scale) and its value codes with the per-group (zero, scale),
+     * plus the reconstruction (key: zero + scale·code, value: code·scale + zero, the CPU's float formulas).
+     */
+    public Stored readStored(int layer, int head, int slot) {
+        backend.synchronize();
+        int l = hLoc[layer][head][slot];
+        if (l == NONE) throw new IllegalArgumentException("slot " + slot + " of layer " + layer + " head " + head + " is free");
+        int hd = headDim;
+        long lh = (long) layer * kvHeads + head;
+        if (l < 0) {
+            float[] k = new float[hd], v = new float[hd];
+            long off = (lh * resCap + (-l - 1)) * hd * 4;
+            backend.downloadRaw(k, winK + off, 4L * hd);
+            backend.downloadRaw(v, winV + off, 4L * hd);
+            return new Stored(true, k, v, null, null, null, null, null, null);
+        }
+        int blk = l / group, t = l % group;
+        byte[] rec = new byte[(int) blockBytes];
+        backend.downloadRaw(rec, pool + (lh * maxBlocks + blk) * blockBytes, blockBytes);
+        int gs = spec.valueGroup(hd), ng = hd / gs;
+        int rbk = Quant.rowBytes(group, bits), rbv = Quant.rowBytes(hd, bits);
+        int offKs = 2 * hd, offVz = 4 * hd, offVs = 4 * hd + 2 * group * ng, offKc = 4 * hd + 4 * group * ng;
+        int offVc = offKc + hd * rbk;
+        int[] kc = new int[hd], vc = new int[hd];
+        short[] kz = new short[hd], ks = new short[hd], vz = new short[ng], vs = new short[ng];
+        float[] k = new float[hd], v = new float[hd];
+        for (int c = 0; c < hd; c++) {
+            kz[c] = le16(rec, 2 * c);
+            ks[c] = le16(rec, offKs + 2 * c);
+            kc[c] = Quant.get(rec, offKc + c * rbk, t, bits);
+            k[c] = Half.toFloat(kz[c]) + Half.toFloat(ks[c]) * kc[c];
+        }
+        for (int gi = 0; gi < ng; gi++) {
+            vz[gi] = le16(rec, offVz + 2 * (t * ng + gi));
+            vs[gi] = le16(rec, offVs + 2 * (t * ng + gi));
+        }
+        for (int c = 0; c < hd; c++) {
+            vc[c] = Quant.get(rec, offVc + t * rbv, c, bits);
+            v[c] = vc[c] * Half.toFloat(vs[c / gs]) + Half.toFloat(vz[c / gs]);
+        }
+        return new Stored(false, k, v, kc, kz, ks, vc, vz, vs);
+    }
+
+    private static short le16(byte[] a, int off) {
+        return (short) ((a[off] & 0xFF) | (a[off + 1] & 0xFF) << 8);
+    }
+
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        backend.releaseQuantCache(this);
+    }
+}

@@ -1,0 +1,267 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.Backend;
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
+import dev.tokenpress.backend.cpu.CpuBackend;
+import dev.tokenpress.backend.cpu.QuantKvCache;
+import dev.tokenpress.io.ModelWriter;
+import dev.tokenpress.io.SafeTensors;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.SlotSelection;
+import dev.tokenpress.kv.quant.KvQuantSpec;
+import dev.tokenpress.kv.quant.Quant;
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LlamaConfig;
+import dev.tokenpress.model.Weights;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * The KIVI-quantized CUDA KV cache (cuda/kv_quant.cu, {@link CudaQuantKvCache}) against the CPU
+ * {@link QuantKvCache} with the same spec and the same appended f32 keys/values: both quantize with the same
+ * arithmetic, so the window/block partition, every code and every f16 zero/scale must be identical (checked by
+ * reading the stored slots back: reconstructions compared bit for bit); attention outputs then differ only by
+ * summation order (tolerance 2e-5 + 1e-4·|ref|, NMSE 1e-8). Plus a whole-model run (generated model, prefill + 32
+ * decode steps, CUDA int4 vs CPU int4 logits by NMSE). Skipped where CUDA is unavailable.
+ */
+class CudaKvQuantParityTest {
+    static Backend cpu;
+    static CudaBackend gpu;
+
+    @TempDir
+    Path tmp;
+
+    @BeforeAll
+    static void open() {
+        System.setProperty("tokenpress.cuda.quantKv", "true"); // the code under test is opt-in until it has passed on a GPU
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        cpu = new CpuBackend();
+        gpu = CudaBackend.open();
+        System.out.println("[kvquant-parity] " + gpu.description());
+    }
+
+    @AfterAll
+    static void close() {
+        System.clearProperty("tokenpress.cuda.quantKv");
+        if (gpu != null) gpu.close();
+        if (cpu != null) cpu.close();
+    }
+
+    static Stream<Arguments> cases() {
+        List<Arguments> out = new ArrayList<>();
+        String[] specs = {"int8", "int4", "int2"};
+        String[] params = {":group=8,residual=8", ""};
+        int[] lens = {1, 9, 81, 729, 4097};
+        int[] gqas = {1, 4, 8};
+        int[] hds = {64, 128};
+        for (String s : specs)
+            for (String p : params)
+                for (int len : lens)
+                    for (int gqa : gqas)
+                        for (int hd : hds)
+                            if (len < 4097 || (gqa == 4 && !s.equals("int8"))) out.add(Arguments.of(s + p, len, gqa, hd));
+        return out.stream();
+    }
+
+    @ParameterizedTest(name = "{0} len={1} gqa={2} hd={3}")
+    @MethodSource("cases")
+    void storeAndAttend(String specText, int len, int gqa, int hd) {
+        KvQuantSpec spec = KvQuantSpec.parse(specText);
+        int hkv = 2, heads = hkv * gqa, layers = 2, cap = len + 8;
+        SplittableRandom rnd = new SplittableRandom(len * 31L + gqa * 7L + hd + specText.hashCode());
+        KvCache cc = cpu.newKvCache(layers, hkv, hd, cap, spec);
+        KvCache gc = gpu.newKvCache(layers, hkv, hd, cap, spec);
+        assertTrue(cc instanceof QuantKvCache && gc instanceof CudaQuantKvCache);
+        CudaQuantKvCache g = (CudaQuantKvCache) gc;
+        try {
+            // fill both layers: a large first chunk (several flushes in one call), then chunks of 7
+            int maxChunk = Math.max(7, Math.max(1, (2 * len) / 3));
+            Tensor kc = cpu.allocate(maxChunk, hkv * hd), vc = cpu.allocate(maxChunk, hkv * hd);
+            Tensor kg = gpu.allocate(maxChunk, hkv * hd), vg = gpu.allocate(maxChunk, hkv * hd);
+            for (int layer = 0; layer < layers; layer++) {
+                int done = 0;
+                while (done < len) {
+                    int cnt = done == 0 ? Math.max(1, (2 * len) / 3) : Math.min(7, len - done);
+                    cnt = Math.min(cnt, len - done);
+                    float[] k = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0), v = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0);
+                    int[] pos = new int[cnt];
+                    for (int i = 0; i < cnt; i++) pos[i] = done + i;
+                    int[][] cs = new int[hkv][], gs = new int[hkv][];
+                    for (int h = 0; h < hkv; h++) {
+                        cs[h] = cc.allocate(layer, h, pos, cnt);
+                        gs[h] = gc.allocate(layer, h, pos, cnt);
+                        assertArrayEquals(cs[h], gs[h]);
+                    }
+                    cpu.upload(kc, k);
+                    cpu.upload(vc, v);
+                    gpu.upload(kg, k);
+                    gpu.upload(vg, v);
+                    cpu.storeKv(cc, layer, kc, vc, cs, cnt);
+                    gpu.storeKv(gc, layer, kg, vg, gs, cnt);
+                    done += cnt;
+                }
+            }
+            int layer = 1;
+            // stored representation: same partition, bit-identical reconstruction (same codes and f16 parameters)
+            QuantKvCache q = (QuantKvCache) cc;
+            float[] key = new float[hd], val = new float[hd];
+            int stepSlots = len > 1000 ? 13 : 1;
+            for (int h = 0; h < hkv; h++) {
+                assertEquals(q.residentTokens(layer, h), g.residentTokens(layer, h), "window size of head " + h);
+                for (int s = 0; s < len; s += stepSlots) {
+                    assertEquals(q.bitsOf(layer, h, s), g.bitsOf(layer, h, s), "bits of slot " + s);
+                    cpu.readKv(cc, layer, h, s, key, val);
+                    CudaQuantKvCache.Stored st = g.readStored(layer, h, s);
+                    assertArrayEquals(key, st.key(), "key of slot " + s + " head " + h);
+                    assertArrayEquals(val, st.value(), "value of slot " + s + " head " + h);
+                    if (!st.window())
+                        for (int c = 0; c < hd; c++) {
+                            assertTrue(st.keyCodes()[c] <= Quant.levels(spec.bits()));
+                            assertTrue(st.valueCodes()[c] <= Quant.levels(spec.bits()));
+                        }
+                }
+            }
+            // decode attention: last position, a causal cut, a shuffled slot list
+            float[] qd = CudaParityTest.randn(rnd, heads * hd, 1.0);
+            attend("decode", cc, gc, layer, qd, 1, heads, hd, new int[]{len - 1}, null);
+            attend("decode cut", cc, gc, layer, qd, 1, heads, hd, new int[]{len / 2}, null);
+            int[][] sel = new int[hkv][];
+            for (int h = 0; h < hkv; h++) {
+                List<Integer> l = new ArrayList<>();
+                for (int s = h; s < len; s += 3) l.add(s);
+                java.util.Collections.shuffle(l, new java.util.Random(h + len));
+                sel[h] = l.stream().mapToInt(Integer::intValue).toArray();
+            }
+            attend("decode selection", cc, gc, layer, qd, 1, heads, hd, new int[]{len - 1}, SlotSelection.of(sel));
+            // prefill-style attention: the last rows (n > 1)
+            int n = Math.min(len, 5);
+            int[] qp = new int[n];
+            for (int i = 0; i < n; i++) qp[i] = len - n + i;
+            attend("prefill", cc, gc, layer, CudaParityTest.randn(rnd, n * heads * hd, 1.0), n, heads, hd, qp, null);
+            // free three slots (a block lane when there is one, and window entries), attend again
+            for (int s : new int[]{0, len / 2, len - 1})
+                if (s < len && cc.position(layer, 0, s) >= 0) {
+                    cc.free(layer, 0, s);
+                    gc.free(layer, 0, s);
+                }
+            attend("after frees", cc, gc, layer, qd, 1, heads, hd, new int[]{len - 1}, null);
+        } finally {
+            cc.close();
+            gc.close();
+        }
+    }
+
+    static void attend(String what, KvCache cc, KvCache gc, int layer, float[] qv, int n, int heads, int hd, int[] qpos,
+                       SlotSelection sel) {
+        Tensor qc = CudaParityTest.act(cpu, n, heads * hd, qv), qg = CudaParityTest.act(gpu, n, heads * hd, qv);
+        Tensor oc = cpu.allocate(n, heads * hd), og = gpu.allocate(n, heads * hd);
+        cpu.attention(oc, qc, cc, layer, qpos, n, sel, null);
+        gpu.attention(og, qg, gc, layer, qpos, n, sel, null);
+        float[] ref = cpu.download(oc, 0, n), got = gpu.download(og, 0, n);
+        CudaParityTest.assertClose(what, ref, got, 1e-8, 2e-5, 1e-4);
+    }
+
+    @Test
+    void bytesAreTheDeviceAllocation() {
+        KvQuantSpec spec = KvQuantSpec.parse("int4");
+        int layers = 3, hkv = 2, hd = 128, cap = 1000;
+        try (CudaQuantKvCache c = (CudaQuantKvCache) gpu.newKvCache(layers, hkv, hd, cap, spec)) {
+            int g = spec.group(), ng = hd / spec.valueGroup(hd);
+            long rec = 4L * hd + 4L * g * ng + (long) hd * Quant.rowBytes(g, 4) + (long) g * Quant.rowBytes(hd, 4);
+            rec = (rec + 15) / 16 * 16;
+            assertEquals(rec, TpNative.tp_kvq_block_bytes(hd, g, 4));
+            int full = (cap + g - 1) / g, maxBlocks = full + Math.max(2, (full + 3) / 4);
+            long lh = (long) layers * hkv;
+            long expect = 2 * lh * (g + spec.residual()) * hd * 4 + lh * maxBlocks * rec + 2 * lh * cap * 4;
+            assertEquals(expect, c.bytes());
+        }
+    }
+
+    @Test
+    void unsupportedMethodsAndOpsAreRefused() {
+        assertThrows(UnsupportedOpException.class, () -> gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("zipcache")));
+        assertThrows(UnsupportedOpException.class, () -> gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("gear")));
+        try (KvCache c = gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("int4"))) {
+            assertThrows(UnsupportedOpException.class, () -> gpu.readKv(c, 0, 0, 0, new float[64], new float[64]));
+        }
+        KvCache none = gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.NONE);
+        assertTrue(none instanceof CudaKvCache);
+        none.close();
+    }
+
+    @Test
+    void modelInt4Small() {
+        model("int4:group=8,residual=8");
+    }
+
+    @Test
+    void modelInt4Default() {
+        model("int4");
+    }
+
+    void model(String specText) {
+        KvQuantSpec spec = KvQuantSpec.parse(specText);
+        LlamaConfig cfg = ModelWriter.write(tmp.resolve("m"), CudaModelParityTest.config(512, 8, 2, 64, 4), 11, s -> {});
+        int prompt = 50, steps = 32, ctx = 128;
+        int[] tokens = new int[prompt];
+        for (int i = 0; i < prompt; i++) tokens[i] = (i * 37 + 5) % cfg.vocabSize();
+        float[][] ref = new float[steps + 1][];
+        int[] next = new int[steps];
+        try (SafeTensors st = SafeTensors.open(tmp.resolve("m")); Backend c = new CpuBackend()) {
+            Llama m = new Llama(cfg, Weights.load(st, cfg, c, null), c, 64);
+            KvCache cache = m.newCache(ctx, spec);
+            m.prefill(cache, tokens, 0, false, null);
+            ref[0] = m.logits();
+            for (int s = 0; s < steps; s++) {
+                next[s] = m.argmax();
+                m.decodeStep(cache, next[s], prompt + s);
+                ref[s + 1] = m.logits();
+            }
+        }
+        float[][] got = new float[steps + 1][];
+        String status;
+        try (SafeTensors st = SafeTensors.open(tmp.resolve("m"))) {
+            CudaBackend b = CudaBackend.open();
+            try {
+                Llama m = new Llama(cfg, Weights.load(st, cfg, b, null), b, 64);
+                KvCache cache = m.newCache(ctx, spec);
+                assertTrue(cache instanceof CudaQuantKvCache);
+                m.prefill(cache, tokens, 0, false, null);
+                got[0] = m.logits();
+                for (int s = 0; s < steps; s++) {
+                    m.decodeStep(cache, next[s], prompt + s);
+                    got[s + 1] = m.logits();
+                }
+                status = b.graphStatus();
+                cache.close();
+            } finally {
+                b.close();
+            }
+        }
+        double worst = 0;
+        for (int s = 0; s <= steps; s++) {
+            for (float x : got[s]) assertTrue(Float.isFinite(x), "non-finite logit at step " + s);
+            worst = Math.max(worst, CudaParityTest.nmse(ref[s], got[s]));
+        }
+        System.out.printf("[kvquant-parity] model %s: worst nmse cuda-vs-cpu %.3g; %s%n", specText, worst, status);
+        assertTrue(worst < 5e-3, specText + ": CUDA logits differ from CPU, worst nmse " + worst);
+    }
+}
