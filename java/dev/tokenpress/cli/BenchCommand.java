@@ -92,7 +92,7 @@ public final class BenchCommand implements Callable<Integer> {
             List<String> kvSpecs = kvOptions.specs();
             for (String kvSpec : kvSpecs) {
                 m.setPolicy(KvOptionsMixin.policy(kvSpec, c));
-                String kv = m.policy().spec();
+                String kv = quant.isNone() ? m.policy().spec() : m.policy().spec() + " q:" + quant.spec();
                 String tag = kvSpecs.size() > 1 ? " [" + kv + "]" : "";
                 SplittableRandom rnd = new SplittableRandom(1234); // the same tokens for every policy
                 try (var cacheHolder = new CacheHolder(quant.isNone() ? m.newCache(maxCtx) : m.newCache(maxCtx, quant))) {
