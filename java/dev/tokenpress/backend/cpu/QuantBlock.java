@@ -417,24 +417,73 @@ final class QuantBlock {
 
     /** q · k̂ of a lane, dequantization fused: Σ_c q_c·(z_c + s_c·code) (+ (q·Q)·P_t + sparse). */
     float keyDot(int lane, float[] q, int qOff) {
+        return keyDot(lane, q, qOff, null);
+    }
+
+    /**
+     * Per-query memo of the channel-wise key terms of one block: q[c]·scale[c] per channel and Σ q[c]·zero[c], per
+     * segment. The lanes of a block share them, so a query computes them once per block instead of once per token;
+     * the arithmetic and its order are unchanged, so results are bit-identical to the unmemoized dot.
+     */
+    static final class KeyQuery {
+        private QuantBlock block;
+        private float[] q;
+        private int qOff = -1;
+        private float[][] qs = new float[0][];
+        private float[] zq = new float[0];
+    }
+
+    float keyDot(int lane, float[] q, int qOff, KeyQuery memo) {
         float sum;
         if (kRows != null) sum = kRows.dot(lane, q, qOff);
         else {
-            Seg s = kSeg[kSegOf == null ? 0 : kSegOf[lane]];
+            int si = kSegOf == null ? 0 : kSegOf[lane];
+            Seg s = kSeg[si];
             int pos = kSegPos == null ? lane : kSegPos[lane];
-            float acc = 0f, zs = 0f;
-            for (int c = 0; c < hd; c++) {
-                float qc = q[qOff + c];
-                acc += qc * Half.toFloat(s.scale[c]) * Quant.get(s.codes, c * s.rb, pos, s.bits);
-                zs += qc * Half.toFloat(s.zero[c]);
+            if (memo == null) {
+                float acc = 0f, zs = 0f;
+                for (int c = 0; c < hd; c++) {
+                    float qc = q[qOff + c];
+                    acc += qc * Half.toFloat(s.scale[c]) * Quant.get(s.codes, c * s.rb, pos, s.bits);
+                    zs += qc * Half.toFloat(s.zero[c]);
+                }
+                sum = acc + zs;
+            } else {
+                if (memo.block != this || memo.q != q || memo.qOff != qOff) prepare(memo, q, qOff);
+                float[] qs = memo.qs[si];
+                float acc = 0f;
+                for (int c = 0; c < hd; c++) acc += qs[c] * Quant.get(s.codes, c * s.rb, pos, s.bits);
+                sum = acc + memo.zq[si];
             }
-            sum = acc + zs;
         }
         if (kLr != null) {
             sum += kLr.dot(lane, q, qOff, hd);
             for (int e = kSp.off[lane]; e < kSp.off[lane + 1]; e++) sum += q[qOff + kSp.ch[e]] * Half.toFloat(kSp.val[e]);
         }
         return sum;
+    }
+
+    private void prepare(KeyQuery memo, float[] q, int qOff) {
+        if (memo.qs.length < kSeg.length) {
+            memo.qs = new float[kSeg.length][];
+            memo.zq = new float[kSeg.length];
+        }
+        for (int si = 0; si < kSeg.length; si++) {
+            Seg s = kSeg[si];
+            if (s == null) continue;
+            if (memo.qs[si] == null || memo.qs[si].length < hd) memo.qs[si] = new float[hd];
+            float[] qs = memo.qs[si];
+            float zs = 0f;
+            for (int c = 0; c < hd; c++) {
+                float qc = q[qOff + c];
+                qs[c] = qc * Half.toFloat(s.scale[c]);
+                zs += qc * Half.toFloat(s.zero[c]);
+            }
+            memo.zq[si] = zs;
+        }
+        memo.block = this;
+        memo.q = q;
+        memo.qOff = qOff;
     }
 
     /** out += p · v̂ of a lane, dequantization fused. */

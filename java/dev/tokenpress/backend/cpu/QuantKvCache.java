@@ -304,9 +304,14 @@ public final class QuantKvCache extends KvCache {
 
     /** q · k̂ of a slot (q[qOff..qOff+hd)), dequantizing inside the dot product. */
     float keyDot(int layer, int head, int slot, float[] q, int qOff, Kernels kern) {
+        return keyDot(layer, head, slot, q, qOff, kern, null);
+    }
+
+    /** As above, reusing a query's per-block key terms across the block's tokens ({@code memo} is per thread). */
+    float keyDot(int layer, int head, int slot, float[] q, int qOff, Kernels kern, QuantBlock.KeyQuery memo) {
         int l = loc[layer][head][slot];
         if (l < 0) return kern.dot(q, qOff, rKeys[layer][head], (-l - 1) * headDim, headDim);
-        return blocks(layer, head).get(l / group).keyDot(l % group, q, qOff);
+        return blocks(layer, head).get(l / group).keyDot(l % group, q, qOff, memo);
     }
 
     /** out += p · v̂ of a slot, dequantizing inside the accumulation. */

@@ -41,6 +41,7 @@ final class QuantOps {
         float[] scores = new float[m];
         float max = Float.NEGATIVE_INFINITY;
         boolean lastRow = r == n - 1;
+        QuantBlock.KeyQuery memo = new QuantBlock.KeyQuery();
         for (int j = 0; j < m; j++) {
             int slot = list == null ? j : list[j];
             int p = pos[slot];
@@ -48,7 +49,7 @@ final class QuantOps {
                 scores[j] = Float.NEGATIVE_INFINITY;
                 continue;
             }
-            float raw = c.keyDot(layer, g, slot, qt.data, qOff, k);
+            float raw = c.keyDot(layer, g, slot, qt.data, qOff, k, memo);
             if (stats != null && stats.rawScores != null && lastRow) stats.rawScores[h][slot] = raw;
             scores[j] = raw * scale;
             if (scores[j] > max) max = scores[j];
