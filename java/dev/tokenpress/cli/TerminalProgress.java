@@ -11,8 +11,19 @@ final class TerminalProgress implements ProgressListener {
     private String task;
 
     static ProgressListener forStderr() {
-        return System.console() != null && System.getenv("TERM") != null && !"dumb".equals(System.getenv("TERM"))
+        return interactive() && System.getenv("TERM") != null && !"dumb".equals(System.getenv("TERM"))
                 ? new TerminalProgress() : ProgressListener.NONE;
+    }
+
+    /** A console attached to a terminal (Java 22+ returns a Console even when redirected: ask isTerminal()). */
+    static boolean interactive() {
+        java.io.Console c = System.console();
+        if (c == null) return false;
+        try {
+            return (Boolean) java.io.Console.class.getMethod("isTerminal").invoke(c);
+        } catch (ReflectiveOperationException e) {
+            return true; // before Java 22 a non-null console means a terminal
+        }
     }
 
     @Override
