@@ -875,7 +875,7 @@ public final class CudaBackend implements Backend {
         if (heads % hkv != 0) throw new IllegalArgumentException("attention: " + heads + " q-heads for " + hkv + " KV heads");
         if (o.cols != qt.cols) throw new IllegalArgumentException("attention: out " + o + " for q " + qt);
         if (stats != null && (stats.rawScores != null || stats.probSums != null))
-            throw new UnsupportedOpException("attention statistics are not implemented for a quantized CUDA KV cache (needed by this --kv policy): use --device cpu");
+            throw new UnsupportedOpException("the CUDA backend does not support attention statistics on a quantized KV cache (needed by this --kv policy): use --device cpu");
         if (n <= 0) return;
         flushQuantFrees(c);
         int maxLen = 0, stride = 0;
@@ -1210,7 +1210,7 @@ public final class CudaBackend implements Backend {
     private static CudaKvCache cudaCache(KvCache cache, String op) {
         if (cache instanceof CudaKvCache c) return c;
         if (cache instanceof CudaQuantKvCache)
-            throw new UnsupportedOpException(op + " is not implemented for a quantized CUDA KV cache (needed by this --kv policy): use --device cpu");
+            throw new UnsupportedOpException(op + " is not supported by the CUDA backend on a quantized KV cache (needed by this --kv policy): use --device cpu");
         throw new IllegalArgumentException(op + ": expected a CUDA KV cache, got " + (cache == null ? "null" : cache.getClass().getSimpleName()));
     }
 
