@@ -402,18 +402,33 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void questPageScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize) {
-        if (cache instanceof QuantKvCache qc) { QuantOps.questPageScores(out, f(q), row, queryPosition, qc, layer, pageSize); return; }
         if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
-        CpuKvCache c = (CpuKvCache) cache;
-        CpuTensor qt = f(q);
+        int hd = cache.headDim();
+        KeySource keys;
+        if (cache instanceof QuantKvCache qc) {
+            // bounds from the reconstructed keys, so selection and attention see the same keys
+            keys = (g, slot, dst, scratch) -> qc.read(layer, g, slot, dst, scratch);
+        } else {
+            CpuKvCache c = (CpuKvCache) cache;
+            keys = (g, slot, dst, scratch) -> System.arraycopy(c.keys[layer][g], slot * hd, dst, 0, hd);
+        }
+        questPageScores(out, f(q), row, queryPosition, cache, layer, pageSize, keys);
+    }
+
+    /** Where Quest's page bounds read a slot's key from: dst[0, hd) = key; scratch may receive the value. */
+    private interface KeySource {
+        void key(int head, int slot, float[] dst, float[] scratch);
+    }
+
+    private void questPageScores(float[][] out, CpuTensor qt, int row, int queryPosition, KvCache c, int layer,
+                                 int pageSize, KeySource keys) {
         int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
         // one task per KV head: the page bounds (elementwise key max/min) are built once and shared by the group
         par.forRange(c.kvHeads(), 1, (g0, g1) -> {
-            float[] max = new float[hd], min = new float[hd];
+            float[] max = new float[hd], min = new float[hd], key = new float[hd], scratch = new float[hd];
             for (int g = g0; g < g1; g++) {
                 int hw = c.highWater(layer, g), pages = (hw + pageSize - 1) / pageSize;
                 int[] pos = c.positions(layer, g);
-                float[] keys = c.keys[layer][g];
                 for (int p = 0; p < pages; p++) {
                     boolean any = false;
                     Arrays.fill(max, Float.NEGATIVE_INFINITY);
@@ -421,10 +436,10 @@ public final class CpuBackend implements Backend {
                     for (int s = p * pageSize, end = Math.min(hw, (p + 1) * pageSize); s < end; s++) {
                         if (pos[s] < 0 || pos[s] > queryPosition) continue;
                         any = true;
-                        for (int i = 0, off = s * hd; i < hd; i++) {
-                            float v = keys[off + i];
-                            if (v > max[i]) max[i] = v;
-                            if (v < min[i]) min[i] = v;
+                        keys.key(g, s, key, scratch);
+                        for (int i = 0; i < hd; i++) {
+                            if (key[i] > max[i]) max[i] = key[i];
+                            if (key[i] < min[i]) min[i] = key[i];
                         }
                     }
                     for (int h = g * group; h < (g + 1) * group; h++) {

@@ -93,42 +93,4 @@ final class QuantOps {
             }
         });
     }
-
-    /** Quest page bounds from the reconstructed keys, so selection and attention see the same keys. */
-    static void questPageScores(float[][] out, CpuTensor qt, int row, int queryPosition, QuantKvCache c, int layer, int pageSize) {
-        if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
-        int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
-        float[] max = new float[hd], min = new float[hd], key = new float[hd], val = new float[hd];
-        for (int g = 0; g < c.kvHeads(); g++) {
-            int hw = c.highWater(layer, g), pages = (hw + pageSize - 1) / pageSize;
-            int[] pos = c.positions(layer, g);
-            for (int p = 0; p < pages; p++) {
-                boolean any = false;
-                Arrays.fill(max, Float.NEGATIVE_INFINITY);
-                Arrays.fill(min, Float.POSITIVE_INFINITY);
-                for (int s = p * pageSize, end = Math.min(hw, (p + 1) * pageSize); s < end; s++) {
-                    if (pos[s] < 0 || pos[s] > queryPosition) continue;
-                    any = true;
-                    c.read(layer, g, s, key, val);
-                    for (int i = 0; i < hd; i++) {
-                        if (key[i] > max[i]) max[i] = key[i];
-                        if (key[i] < min[i]) min[i] = key[i];
-                    }
-                }
-                for (int h = g * group; h < (g + 1) * group; h++) {
-                    if (!any) {
-                        out[h][p] = Float.NEGATIVE_INFINITY;
-                        continue;
-                    }
-                    int qOff = row * qt.cols + h * hd;
-                    float sum = 0f;
-                    for (int i = 0; i < hd; i++) {
-                        float qi = qt.data[qOff + i];
-                        sum += Math.max(qi * max[i], qi * min[i]);
-                    }
-                    out[h][p] = sum;
-                }
-            }
-        }
-    }
 }
