@@ -351,6 +351,12 @@ public final class CudaBackend implements Backend {
         check(TpNative.tp_memset_async(ptr, value, bytes, stream), "cudaMemset");
     }
 
+    /** Device-to-device copy in stream order (eager only). */
+    void copyAsync(long dst, long src, long bytes) {
+        requireEager("device copy");
+        check(TpNative.tp_memcpy_async(dst, src, bytes, stream), "cudaMemcpyAsync");
+    }
+
     void memsetAsync(long ptr, int value, long bytes) {
         if (mode != Mode.EAGER) throw abort("KV cache clear inside a decode step", true);
         check(TpNative.tp_memset_async(ptr, value, bytes, stream), "cudaMemset");
@@ -453,8 +459,8 @@ public final class CudaBackend implements Backend {
         if (quant == null || quant.isNone()) return newKvCache(layers, kvHeads, headDim, capacity);
         if (quant.method() != dev.tokenpress.kv.quant.KvQuantSpec.Method.KIVI)
             throw new UnsupportedOpException("the cuda backend quantizes the KV cache with int8/int4/int2 only, not --kv-quant " + quant.spec() + ": use --device cpu");
-        if (!experimental("tokenpress.cuda.quantKv", "TOKENPRESS_CUDA_QUANT_KV"))
-            throw new UnsupportedOpException("--kv-quant on CUDA has not been validated on a GPU yet: use --device cpu, or opt in with -Dtokenpress.cuda.quantKv=true");
+        if (!flag("tokenpress.cuda.quantKv", "TOKENPRESS_CUDA_QUANT_KV"))
+            throw new UnsupportedOpException("--kv-quant on CUDA is switched off (-Dtokenpress.cuda.quantKv=false): use --device cpu, or drop that setting");
         requireEager("newKvCache");
         checkHeadDim(headDim);
         return new CudaQuantKvCache(this, layers, kvHeads, headDim, capacity, quant);
@@ -954,8 +960,8 @@ public final class CudaBackend implements Backend {
     @Override
     public SlotSelection selectTopSlots(Tensor q, int row, int queryPosition, KvCache cache, int layer, int k,
                                         boolean sumGroup, int keepPosition, boolean hostCopy) {
-        if (!experimental("tokenpress.cuda.deviceSelect", "TOKENPRESS_CUDA_DEVICE_SELECT"))
-            throw new UnsupportedOpException("selectTopSlots: the device selection has not been validated on a GPU yet (opt in with -Dtokenpress.cuda.deviceSelect=true)");
+        if (!flag("tokenpress.cuda.deviceSelect", "TOKENPRESS_CUDA_DEVICE_SELECT"))
+            throw new UnsupportedOpException("selectTopSlots: the device selection is switched off (-Dtokenpress.cuda.deviceSelect=false)");
         if (cache == null || cache.getClass() != CudaKvCache.class)
             throw new UnsupportedOpException("selectTopSlots: no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
         if (hostCopy) requireEager("selectTopSlots with a host copy");

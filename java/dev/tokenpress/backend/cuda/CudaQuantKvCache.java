@@ -25,10 +25,12 @@ import java.util.List;
  *   <li>window entries are not moved on free (a free list instead of swap-remove), so ties between equal
  *       positions may order a block's lanes differently (positions are distinct in every normal run);</li>
  *   <li>a freed block lane is only marked dead: no compaction (re-encoding of partially dead blocks) on the
- *       device. The block pool is preallocated with ceil(C/G) blocks plus 25% (at least 2) for fragmentation;
- *       exhausting it throws {@link UnsupportedOpException};</li>
- *   <li>{@link #bytes()} is the preallocated device memory (window + block pool + positions + locations),
- *       not the live payload the CPU cache reports.</li>
+ *       device. The block pool starts with ceil(C/G) + 2 blocks per (layer, KV head), enough for every policy
+ *       that frees whole blocks (full, window); when partially dead blocks leave no free one it grows by a
+ *       quarter (device copy, stream-ordered), up to 2·ceil(C/G) + 2 blocks; beyond that it throws
+ *       {@link UnsupportedOpException};</li>
+ *   <li>{@link #bytes()} is the device memory allocated at the time (window + block pool + positions +
+ *       locations), not the live payload the CPU cache reports.</li>
  * </ul>
  * Every op on this cache runs eagerly (decode steps are not captured as CUDA graphs: the plan mutates the host
  * bookkeeping).
@@ -38,18 +40,21 @@ public final class CudaQuantKvCache extends KvCache {
 
     private final CudaBackend backend;
     final KvQuantSpec spec;
-    final int group, residual, resCap, bits, maxBlocks;
+    final int group, residual, resCap, bits, blockLimit;
+    /** Blocks per (layer, KV head) in the pool now (its row stride); grows on demand up to blockLimit. */
+    int maxBlocks;
     final long blockBytes;
     /** Device memory: window keys/values f32, block pool, positions and locations int32. */
-    final long winK, winV, pool, pos, loc;
-    final long winBytes, poolBytes, slotBytes;
+    final long winK, winV, pos, loc;
+    long pool, poolBytes;
+    final long winBytes, slotBytes;
 
     private final int[][][] hLoc;       // [layer][head][slot]
     private final int[][][] winSlot;    // [layer][head][entry] slot or -1
     private final long[][][] winSeq;    // insertion order of each entry (tie-break of equal positions)
     private final int[][][] winFree;    // free-entry stacks
     private final int[][] winFreeCount, winCount;
-    private final int[][][] blockAlive; // [layer][head][block] live lanes (0 = free)
+    private int[][][] blockAlive;       // [layer][head][block] live lanes (0 = free)
     private long seq;
     private int[] pendingFree = new int[64];
     private int pendingFreeCount;
@@ -68,7 +73,8 @@ public final class CudaQuantKvCache extends KvCache {
         this.bits = spec.bits();
         this.resCap = (int) Math.min((long) residual + group, capacity);
         int full = (capacity + group - 1) / group;
-        this.maxBlocks = full + Math.max(2, (full + 3) / 4);
+        this.maxBlocks = full + 2;
+        this.blockLimit = 2 * full + 2;
         this.blockBytes = TpNative.tp_kvq_block_bytes(headDim, group, bits);
         if (blockBytes <= 0) throw new IllegalArgumentException("--kv-quant " + spec.spec() + ": no block layout for head dim " + headDim);
         long lh = (long) layers * kvHeads;
@@ -227,9 +233,13 @@ public final class CudaQuantKvCache extends KvCache {
                 id = b;
                 break;
             }
-        if (id < 0)
-            throw new UnsupportedOpException("quantized CUDA KV cache: block pool of layer " + layer + " KV head " + g + " exhausted ("
-                    + maxBlocks + " blocks; evictions leave partially dead blocks and compaction runs on the CPU only): use --device cpu");
+        if (id < 0) {
+            if (maxBlocks >= blockLimit)
+                throw new UnsupportedOpException("quantized CUDA KV cache: block pool of layer " + layer + " KV head " + g + " exhausted ("
+                        + maxBlocks + " blocks; evictions leave partially dead blocks and compaction runs on the CPU only): use --device cpu");
+            id = maxBlocks;
+            growPool(Math.min(blockLimit, maxBlocks + Math.max(2, maxBlocks / 4)));
+        }
         int[] out = new int[2 + group];
         out[0] = g;
         out[1] = id;
@@ -246,6 +256,27 @@ public final class CudaQuantKvCache extends KvCache {
         }
         blockAlive[layer][g][id] = group;
         return out;
+    }
+
+    /**
+     * Re-lays the pool out with {@code blocks} blocks per (layer, KV head): a new allocation, one device copy per
+     * (layer, KV head) row in stream order (work already queued on the old pool runs first), the old pool freed.
+     * Block ids, and so every location, stay valid.
+     */
+    private void growPool(int blocks) {
+        long lh = (long) layers * kvHeads;
+        long newBytes = lh * blocks * blockBytes;
+        long np = backend.malloc(newBytes, "quantized KV cache blocks (grown to " + blocks + " blocks of " + blockBytes + " bytes per KV head)");
+        long rowOld = (long) maxBlocks * blockBytes, rowNew = (long) blocks * blockBytes;
+        backend.memsetAsync(np, 0, newBytes);
+        for (long r = 0; r < lh; r++) backend.copyAsync(np + r * rowNew, pool + r * rowOld, rowOld);
+        backend.synchronize();
+        backend.free(pool);
+        pool = np;
+        poolBytes = newBytes;
+        for (int l = 0; l < layers; l++)
+            for (int h = 0; h < kvHeads; h++) blockAlive[l][h] = Arrays.copyOf(blockAlive[l][h], blocks);
+        maxBlocks = blocks;
     }
 
     private void release(int layer, int g, int slot, int[] entryRow) {
