@@ -64,8 +64,8 @@ public final class KernelBench {
             String what = args[0];
             if (what.equals("attention") || what.equals("all")) attention(gpu, bw, out);
             if (what.equals("policies")) {
-                System.setProperty("tokenpress.cuda.deviceSelect", "true"); // opt-in until validated on a GPU
                 policies(gpu, out);
+                quantPolicies(gpu, out);
                 if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), out);
             }
             if (what.equals("cce")) {
@@ -133,10 +133,41 @@ public final class KernelBench {
         }
     }
 
+    /** KV quantization specs of the policies mode's quantized-attention table. */
+    static final String[] QUANT_SPECS = {"int8", "int4", "int2", "int4:group=128"};
+
+    /**
+     * Decode attention over a KIVI-quantized device cache for the llama-1b shape at 8K/32K/128K against the bf16
+     * cache: µs per call, device KV bytes per layer, speed-up and memory ratio vs bf16 (keys
+     * quant_<ctx>_bf16_us, quant_<ctx>_<spec>_us, _kv_bytes, _speedup, _mem_ratio; spec with ':' '=' ',' as '_').
+     */
+    public static void quantPolicies(CudaBackend gpu, PrintStream out) {
+        out.println("| context | KV | attention µs | speed-up vs bf16 | KV bytes/layer | memory vs bf16 |");
+        out.println("|---|---|---|---|---|---|");
+        for (int ctx : new int[] {8192, 32768, 131072}) {
+            int iters = ctx >= 65536 ? 50 : 200;
+            CudaKernelBench.AttentionResult bf = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, iters);
+            long bfBytes = (long) ctx * 8 * (64 * 2 * 2 + 4);
+            out.printf("| %d | bf16 | %.2f | 1.0x | %d | 1.00x |%n", ctx, bf.microseconds(), bfBytes);
+            result(out, "quant_" + ctx + "_bf16_us", bf.microseconds(), "us");
+            result(out, "quant_" + ctx + "_bf16_kv_bytes", bfBytes, "B");
+            for (String spec : QUANT_SPECS) {
+                CudaKernelBench.QuantAttentionResult q = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, iters);
+                double sp = bf.microseconds() / q.microseconds(), mem = (double) bfBytes / q.kvBytesPerLayer();
+                out.printf("| %d | %s | %.2f | %.2fx | %d | %.2fx |%n", ctx, spec, q.microseconds(), sp, q.kvBytesPerLayer(), mem);
+                String k = "quant_" + ctx + "_" + spec.replaceAll("[:=,]", "_");
+                result(out, k + "_us", q.microseconds(), "us");
+                result(out, k + "_kv_bytes", q.kvBytesPerLayer(), "B");
+                result(out, k + "_speedup", sp, "x");
+                result(out, k + "_mem_ratio", mem, "x");
+            }
+        }
+    }
+
     /**
      * Decode tokens/s of the llama-1b-shape model in {@code dir} (generated when absent) with {@code full} and
-     * {@code tidal:k=2048} at 32K and 128K of synthetic context (keys e2e_pol_<ctx>_full_tps,
-     * e2e_pol_<ctx>_tidal_tps, e2e_pol_<ctx>_tidal_speedup), graphs as configured.
+     * {@code tidal:k=2048}, and {@code full} over an int4 cache, at 32K and 128K of synthetic context (keys
+     * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured.
      */
     public static void policiesEndToEnd(CudaBackend gpu, Path dir, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
@@ -148,18 +179,24 @@ public final class KernelBench {
             Llama m = new Llama(cfg, w, gpu, 256);
             for (int ctx : new int[] {32768, 131072}) {
                 double full = 0;
-                for (String spec : new String[] {"full", "tidal:k=" + POLICY_K}) {
+                // {--kv, --kv-quant, result name}
+                String[][] runs = {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"}};
+                for (String[] run : runs) {
+                    String spec = run[0], name = run[2];
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
-                    try (KvCache cache = m.newCache(ctx + steps + DECODE_WARMUP + 16)) {
+                    dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
+                    try (KvCache cache = m.newCache(ctx + steps + DECODE_WARMUP + 16, quant)) {
                         fillSynthetic(gpu, cfg, cache, ctx);
                         gpu.synchronize();
                         double tps = decode(gpu, m, cache, 1, ctx, steps);
-                        String name = spec.equals("full") ? "full" : "tidal";
                         if (name.equals("full")) full = tps;
-                        out.printf("e2e %dK context, --kv %s: %.1f tokens/s; KV %d bytes; %s%n", ctx / 1024, spec, tps, cache.bytes(), gpu.graphStatus());
+                        out.printf("e2e %dK context, --kv %s --kv-quant %s: %.1f tokens/s; KV %d bytes; %s%n", ctx / 1024, spec,
+                                run[1], tps, cache.bytes(), gpu.graphStatus());
                         result(out, "e2e_pol_" + ctx + "_" + name + "_tps", tps, "tokens/s");
                         result(out, "e2e_pol_" + ctx + "_" + name + "_kv_bytes", cache.bytes(), "B");
-                        if (!name.equals("full")) result(out, "e2e_pol_" + ctx + "_tidal_speedup", tps / full, "x");
+                        if (!name.equals("full")) result(out, "e2e_pol_" + ctx + "_" + name + "_speedup", tps / full, "x");
+                    } catch (RuntimeException e) {
+                        out.printf("e2e %dK context, --kv %s --kv-quant %s: FAILED %s%n", ctx / 1024, spec, run[1], e.getMessage());
                     }
                 }
             }

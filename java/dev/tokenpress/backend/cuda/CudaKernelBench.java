@@ -236,6 +236,74 @@ public final class CudaKernelBench {
         }
     }
 
+    /** Result of {@link #quantAttention}: µs per decode-attention call and device bytes per layer of the cache. */
+    public record QuantAttentionResult(int context, String spec, int layersRotated, double microseconds,
+                                       long kvBytesPerLayer) {}
+
+    /**
+     * Decode attention of one token over {@code context} tokens held in a KIVI-quantized device cache
+     * ({@link CudaQuantKvCache}, spec e.g. "int4"), shape heads / kvHeads / headDim, layers rotated past the L2
+     * cache as in {@link #decodeAttention}. The cache is filled through {@code storeKv} (quantize-on-append, the
+     * residual window holding the newest tokens); the kernel ({@code tp_kvq_attention}) is launched straight
+     * through TpNative on pre-staged step values and timed with CUDA events. KV bytes per layer are the cache's
+     * device allocation divided by the layers.
+     */
+    public static QuantAttentionResult quantAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
+                                                      String spec, int iters) {
+        dev.tokenpress.kv.quant.KvQuantSpec qs = dev.tokenpress.kv.quant.KvQuantSpec.parse(spec);
+        long perLayer = (long) context * kvHeads * (headDim + 16L);
+        int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
+        CudaQuantKvCache c = (CudaQuantKvCache) b.newKvCache(layers, kvHeads, headDim, context, qs);
+        int chunk = Math.min(context, 8192);
+        Tensor kt = b.allocate(chunk, kvHeads * headDim), vt = b.allocate(chunk, kvHeads * headDim);
+        SplittableRandom r = new SplittableRandom(42);
+        float[] data = new float[chunk * kvHeads * headDim];
+        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(kt, data);
+        b.upload(vt, data);
+        for (int done = 0; done < context; done += chunk) {
+            int m = Math.min(chunk, context - done);
+            int[] pos = new int[m];
+            for (int i = 0; i < m; i++) pos[i] = done + i;
+            for (int l = 0; l < layers; l++) {
+                int[][] slots = new int[kvHeads][];
+                for (int g = 0; g < kvHeads; g++) slots[g] = c.allocate(l, g, pos, m);
+                b.storeKv(c, l, kt, vt, slots, m);
+            }
+        }
+        Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
+        float[] qd = new float[heads * headDim];
+        for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(q, qd);
+        CudaTensor qt = (CudaTensor) q, ot = (CudaTensor) out;
+        b.synchronize();
+        // step values: query position | high-water marks[kvHeads]
+        long ints = b.malloc(4L * (1 + kvHeads), "bench step values");
+        int[] host = new int[1 + kvHeads];
+        host[0] = context - 1;
+        for (int g = 0; g < kvHeads; g++) host[1 + g] = c.highWater(0, g);
+        TpNative.tp_memcpy_h2d(ints, host, 4L * host.length, b.stream());
+        long wsBytes = Math.max(16, TpNative.tp_kvq_attention_workspace_bytes(1, heads, headDim, context));
+        long ws = b.malloc(wsBytes, "bench quantized attention workspace");
+        float scale = (float) (1.0 / Math.sqrt(headDim));
+        long[] e0 = {0}, e1 = {0};
+        TpNative.tp_event_create(e0);
+        TpNative.tp_event_create(e1);
+        try {
+            IntConsumerEx attn = l -> check(TpNative.tp_kvq_attention(ot.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, l,
+                    heads, kvHeads, headDim, context, c.group, c.bits, c.resCap, c.maxBlocks, 1, ints, 0, 1, 0, ints + 4,
+                    context, scale, ws, wsBytes, b.stream()), "quantized decode attention");
+            double us = time(b, attn, layers, iters, e0[0], e1[0]);
+            return new QuantAttentionResult(context, qs.spec(), layers, us, c.bytes() / layers);
+        } finally {
+            TpNative.tp_event_destroy(e0[0]);
+            TpNative.tp_event_destroy(e1[0]);
+            b.free(ws);
+            b.free(ints);
+            c.close();
+        }
+    }
+
     private interface IntConsumerEx {
         void accept(int layer);
     }
