@@ -17,6 +17,7 @@
 // round-to-nearest intrinsic (no FMA contraction), min/max are taken sequentially in lane order (as the CPU).
 #include "common.cuh"
 #include "attention_common.cuh"
+#include <cuda_fp16.h>
 
 namespace {
 
@@ -27,6 +28,9 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGt = 8;          // q-heads per attention block (larger GQA groups use several chunks)
 constexpr int kMaxSplits = 64;
 constexpr int kRowsPerSplit = 128; // candidate slots per split of decode attention (32 per warp)
+
+// Attention kernel variant (tp_kvq_set_attention_variant): 1 = a warp per candidate, 2 = a lane per candidate.
+int g_attention_variant = 2;
 
 struct Layout {  // byte offsets inside one block record
     int hd, G, bits, gs, ng, rbk, rbv;
@@ -358,6 +362,212 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_kernel(
     }
 }
 
+// f16 bits -> f32 by the hardware conversion (exact for every f16, like h2f).
+__device__ __forceinline__ float hw_h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+// Variant 2 of the quantized attention (same grid, workspace and merge as kvq_attention_kernel): each warp takes
+// tiles of 32 consecutive candidates, one lane per candidate. A lane resolves its slot's position and location
+// once and computes the q·k of every q-head of the chunk from its token's packed key codes (its block's per-channel
+// f16 zero/scale are shared by the lanes of that block, so they come from L1); the warp then updates the online
+// softmax with the tile's scores (one warp max per head) and accumulates p·v with lanes owning output channels
+// (CPL = HD/32 each), the tile's probabilities broadcast by shuffles and each visible token's value codes read as
+// one coalesced row. Loads of every lane's key data are independent, so a tile keeps many requests in flight,
+// where variant 1 walks one candidate per warp through a chain of dependent loads.
+template <int HD, int BITS>
+__global__ void __launch_bounds__(kThreads) kvq_attention_v2_kernel(
+        float* __restrict__ out, float* __restrict__ ws, const float* __restrict__ q, const uint8_t* __restrict__ pool,
+        const float* __restrict__ wk, const float* __restrict__ wv, const int* __restrict__ pc,
+        const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap, int max_blocks, Layout L,
+        const int* __restrict__ qpos, const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
+        const int* __restrict__ hw, int splits, float scale_log2) {
+    constexpr int CPL = HD / 32;
+    constexpr uint32_t MASK = (1u << BITS) - 1u;
+    __shared__ float sm_q[kMaxGt][HD];
+    __shared__ float sm_m[kWarps][kMaxGt], sm_d[kWarps][kMaxGt];
+    __shared__ float sm_o[kWarps][kMaxGt][HD];
+    int group = H / kv_heads, chunks = (group + kMaxGt - 1) / kMaxGt;
+    int split = blockIdx.x, g = blockIdx.y / chunks, chunk = blockIdx.y % chunks, r = blockIdx.z;
+    int h0 = g * group + chunk * kMaxGt;
+    int gt = min(kMaxGt, group - chunk * kMaxGt);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int c0 = lane * CPL;
+
+    for (int e = threadIdx.x; e < kMaxGt * HD; e += kThreads) {
+        int j = e / HD, c = e - j * HD;
+        sm_q[j][c] = j < gt ? q[((int64_t)r * H + h0 + j) * HD + c] * scale_log2 : 0.f;
+    }
+    __syncthreads();
+
+    float m[kMaxGt], dl[kMaxGt], o[kMaxGt][CPL];
+#pragma unroll
+    for (int j = 0; j < kMaxGt; j++) {
+        m[j] = kNegInf;
+        dl[j] = 0.f;
+#pragma unroll
+        for (int i = 0; i < CPL; i++) o[j][i] = 0.f;
+    }
+
+    const int p = qpos[r];
+    const int len = candidate_count(sel, sel_stride, sel_counts, hw, g, C);
+    const int per = (len + splits - 1) / splits;
+    const int i0 = split * per, i1 = min(len, i0 + per);
+    const int64_t hb = (int64_t)layer * kv_heads + g;
+    const int* pcg = pc + hb * C;
+    const int* lcg = lc + hb * C;
+    const uint8_t* poolg = pool + hb * max_blocks * (int64_t)L.bytes;
+    const float* wkg = wk + hb * res_cap * HD;
+    const float* wvg = wv + hb * res_cap * HD;
+
+    for (int base = i0 + warp * 32; base < i1; base += kWarps * 32) {
+        const int idx = base + lane;
+        int s = idx < i1 ? candidate_slot(sel, sel_stride, g, idx, C) : -1;
+        int l = 0;
+        bool vis = false;
+        if (s >= 0) {
+            int ps = pcg[s];
+            l = lcg[s];
+            vis = ps >= 0 && ps <= p;
+        }
+        // this lane's token: q·k for every head of the chunk (log2 domain, scaled)
+        float sc[kMaxGt];
+#pragma unroll
+        for (int j = 0; j < kMaxGt; j++) sc[j] = 0.f;
+        if (vis) {
+            if (l < 0) {
+                const float4* kr = reinterpret_cast<const float4*>(wkg + (int64_t)(-l - 1) * HD);
+#pragma unroll 4
+                for (int c4 = 0; c4 < HD / 4; c4++) {
+                    float4 kv = kr[c4];
+#pragma unroll
+                    for (int j = 0; j < kMaxGt; j++) {
+                        if (j < gt) {
+                            const float* qq = &sm_q[j][c4 * 4];
+                            sc[j] = fmaf(qq[0], kv.x, sc[j]);
+                            sc[j] = fmaf(qq[1], kv.y, sc[j]);
+                            sc[j] = fmaf(qq[2], kv.z, sc[j]);
+                            sc[j] = fmaf(qq[3], kv.w, sc[j]);
+                        }
+                    }
+                }
+            } else {
+                const int blk = l / L.G, t = l - blk * L.G;
+                const uint8_t* rec = poolg + (int64_t)blk * L.bytes;
+                const uint32_t* kz2 = reinterpret_cast<const uint32_t*>(rec + L.off_kz);
+                const uint32_t* ks2 = reinterpret_cast<const uint32_t*>(rec + L.off_ks);
+                const uint8_t* kcode = rec + L.off_kc + ((t * BITS) >> 3);
+                const int ksh = (t * BITS) & 7;
+#pragma unroll 8
+                for (int c2 = 0; c2 < HD / 2; c2++) {
+                    uint32_t zz = kz2[c2], ss = ks2[c2];
+                    int c = 2 * c2;
+                    uint32_t ka = (kcode[c * L.rbk] >> ksh) & MASK, kb = (kcode[(c + 1) * L.rbk] >> ksh) & MASK;
+                    float k0 = hw_h2f((uint16_t)(ss & 0xFFFFu)) * (float)ka + hw_h2f((uint16_t)(zz & 0xFFFFu));
+                    float k1 = hw_h2f((uint16_t)(ss >> 16)) * (float)kb + hw_h2f((uint16_t)(zz >> 16));
+#pragma unroll
+                    for (int j = 0; j < kMaxGt; j++) {
+                        if (j < gt) {
+                            sc[j] = fmaf(sm_q[j][c], k0, sc[j]);
+                            sc[j] = fmaf(sm_q[j][c + 1], k1, sc[j]);
+                        }
+                    }
+                }
+            }
+        }
+        const unsigned vmask = __ballot_sync(0xffffffffu, vis);
+        if (vmask == 0u) continue;
+        // online softmax over the tile: one max per head, every lane's probability
+        float pr[kMaxGt];
+#pragma unroll
+        for (int j = 0; j < kMaxGt; j++) {
+            pr[j] = 0.f;
+            if (j < gt) {
+                float x = vis ? sc[j] : kNegInf;
+                float mx = warp_max(x);
+                float mn = fmaxf(m[j], mx);
+                float a = exp2_diff(m[j], mn);
+                dl[j] *= a;
+#pragma unroll
+                for (int i = 0; i < CPL; i++) o[j][i] *= a;
+                m[j] = mn;
+                pr[j] = vis ? exp2f(x - mn) : 0.f;
+                dl[j] += pr[j];
+            }
+        }
+        // p·v: lanes own channels c0..c0+CPL; visible tokens of the tile in lane order
+#pragma unroll 4
+        for (int u = 0; u < 32; u++) {
+            if (!((vmask >> u) & 1u)) continue;  // warp-uniform
+            const int lu = __shfl_sync(0xffffffffu, l, u);
+            float vf[CPL];
+            if (lu < 0) {
+                const float* vr = wvg + (int64_t)(-lu - 1) * HD + c0;
+#pragma unroll
+                for (int i = 0; i < CPL; i++) vf[i] = vr[i];
+            } else {
+                const int blk = lu / L.G, t = lu - blk * L.G;
+                const uint8_t* rec = poolg + (int64_t)blk * L.bytes;
+                const uint16_t* vz = reinterpret_cast<const uint16_t*>(rec + L.off_vz) + t * L.ng;
+                const uint16_t* vs = reinterpret_cast<const uint16_t*>(rec + L.off_vs) + t * L.ng;
+                const uint8_t* vcode = rec + L.off_vc + (int64_t)t * L.rbv;
+#pragma unroll
+                for (int i = 0; i < CPL; i++) {
+                    int c = c0 + i;
+                    int gi = c / L.gs;
+                    uint32_t vc = (vcode[(c * BITS) >> 3] >> ((c * BITS) & 7)) & MASK;
+                    vf[i] = (float)vc * hw_h2f(vs[gi]) + hw_h2f(vz[gi]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < kMaxGt; j++) {
+                if (j < gt) {
+                    float pu = __shfl_sync(0xffffffffu, pr[j], u);
+#pragma unroll
+                    for (int i = 0; i < CPL; i++) o[j][i] = fmaf(pu, vf[i], o[j][i]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxGt; j++) {
+        if (j < gt) {
+            float d = warp_sum(dl[j]);
+            if (lane == 0) {
+                sm_m[warp][j] = m[j];
+                sm_d[warp][j] = d;
+            }
+#pragma unroll
+            for (int i = 0; i < CPL; i++) sm_o[warp][j][c0 + i] = o[j][i];
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < gt * HD; e += kThreads) {
+        int j = e / HD, c = e - j * HD;
+        float mm = kNegInf;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sm_m[w][j]);
+        float d = 0.f, oo = 0.f;
+        if (mm != kNegInf) {
+#pragma unroll
+            for (int w = 0; w < kWarps; w++) {
+                float a = exp2_diff(sm_m[w][j], mm);
+                d += sm_d[w][j] * a;
+                oo += sm_o[w][j][c] * a;
+            }
+        }
+        int64_t rh = (int64_t)r * H + h0 + j;
+        if (splits == 1) {
+            out[rh * HD + c] = d > 0.f ? oo / d : 0.f;
+        } else {
+            int64_t part = rh * splits + split;
+            ws[(int64_t)gridDim.z * H * splits * 2 + part * HD + c] = oo;
+            if (c == 0) {
+                ws[part * 2] = mm;
+                ws[part * 2 + 1] = d;
+            }
+        }
+    }
+}
+
 // out[r, h] = merge of the splits' partial states. grid n*H, block HD threads.
 __global__ void kvq_merge_kernel(float* __restrict__ out, const float* __restrict__ ws, int rows_heads, int splits,
                                  int hd) {
@@ -389,9 +599,14 @@ void launch_attention(dim3 grid, cudaStream_t st, float* out, float* ws, const f
                       const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv, int C,
                       int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel, int sel_stride,
                       const int* sel_counts, const int* hw, int splits, float scale_log2) {
-    kvq_attention_kernel<HD, BITS><<<grid, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C,
-                                                              res_cap, max_blocks, L, qpos, sel, sel_stride,
-                                                              sel_counts, hw, splits, scale_log2);
+    if (g_attention_variant == 2)
+        kvq_attention_v2_kernel<HD, BITS><<<grid, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv,
+                                                                     C, res_cap, max_blocks, L, qpos, sel, sel_stride,
+                                                                     sel_counts, hw, splits, scale_log2);
+    else
+        kvq_attention_kernel<HD, BITS><<<grid, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C,
+                                                                  res_cap, max_blocks, L, qpos, sel, sel_stride,
+                                                                  sel_counts, hw, splits, scale_log2);
 }
 
 bool valid_bits(int bits) { return bits == 2 || bits == 4 || bits == 8; }
@@ -399,6 +614,15 @@ bool valid_bits(int bits) { return bits == 2 || bits == 4 || bits == 8; }
 }  // namespace
 
 extern "C" {
+
+int tp_kvq_set_attention_variant(int variant) {
+    if (variant != 1 && variant != 2)
+        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_kvq_set_attention_variant: variant %d (1 or 2)", variant);
+    g_attention_variant = variant;
+    return TP_OK;
+}
+
+int tp_kvq_attention_variant(void) { return g_attention_variant; }
 
 uint64_t tp_kvq_block_bytes(int head_dim, int group, int bits) {
     if (head_dim <= 0 || group <= 0 || group > 4096 || !valid_bits(bits)) return 0;

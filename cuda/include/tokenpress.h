@@ -338,6 +338,13 @@ int tp_kvq_encode(uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t 
 /** Window entries <- rows of k / v. plan int32 (device): g[count] | entry[count] | row[count]. */
 int tp_kvq_window_write(uint64_t window_k, uint64_t window_v, uint64_t k, uint64_t v, int kv_stride, uint64_t plan,
                         int count, int layer, int kv_heads, int head_dim, int res_cap, uint64_t stream);
+/**
+ * Picks the kernel of tp_kvq_attention for the whole process: 1 = a warp per candidate slot, 2 (default) = a lane
+ * per candidate slot with the tile's value rows read coalesced. Same results up to summation order.
+ */
+int tp_kvq_set_attention_variant(int variant);
+/** The variant tp_kvq_attention runs now (1 or 2). */
+int tp_kvq_attention_variant(void);
 /** Workspace bytes tp_kvq_attention needs (0 when it runs one split: n > 1 or a short max_len). */
 uint64_t tp_kvq_attention_workspace_bytes(int n, int num_heads, int head_dim, int max_len);
 /**

@@ -160,6 +160,18 @@ public final class KernelBench {
                 result(out, k + "_kv_bytes", q.kvBytesPerLayer(), "B");
                 result(out, k + "_speedup", sp, "x");
                 result(out, k + "_mem_ratio", mem, "x");
+                if (spec.equals("int4")) {  // the warp-per-candidate kernel, for comparison
+                    int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
+                    dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(1);
+                    try {
+                        CudaKernelBench.QuantAttentionResult q1 = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, Math.max(10, iters / 4));
+                        out.printf("| %d | %s (kernel v1) | %.2f | %.2fx | %d | %.2fx |%n", ctx, spec, q1.microseconds(),
+                                bf.microseconds() / q1.microseconds(), q1.kvBytesPerLayer(), (double) bfBytes / q1.kvBytesPerLayer());
+                        result(out, k + "_v1_us", q1.microseconds(), "us");
+                    } finally {
+                        dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
+                    }
+                }
             }
         }
     }

@@ -165,6 +165,8 @@ public final class CudaBackend implements Backend {
         this.fusedSwiglu = flag("tokenpress.cuda.fusedSwiglu", "TOKENPRESS_CUDA_FUSED_SWIGLU");
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
+        String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v2"));
+        check(TpNative.tp_kvq_set_attention_variant("v1".equalsIgnoreCase(qa) || "1".equals(qa) ? 1 : 2), "quantized attention variant");
     }
 
     /**
@@ -307,7 +309,7 @@ public final class CudaBackend implements Backend {
                 + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel")
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
-                + ", fused rope+kv store " + onOff(fusedRopeStoreKv);
+                + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant();
     }
 
     private static String onOff(boolean on) {

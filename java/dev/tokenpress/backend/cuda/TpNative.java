@@ -308,6 +308,10 @@ public final class TpNative {
 
     public static native @Cast("uint64_t") long tp_kvq_block_bytes(int headDim, int group, int bits);
 
+    public static native int tp_kvq_set_attention_variant(int variant);
+
+    public static native int tp_kvq_attention_variant();
+
     public static native int tp_kvq_encode(@Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
                                            @Cast("uint64_t") long windowV, @Cast("uint64_t") long k,
                                            @Cast("uint64_t") long v, int kvStride, @Cast("uint64_t") long plan,

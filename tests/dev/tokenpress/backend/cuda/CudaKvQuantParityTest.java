@@ -51,7 +51,6 @@ class CudaKvQuantParityTest {
 
     @BeforeAll
     static void open() {
-        System.setProperty("tokenpress.cuda.quantKv", "true"); // the code under test is opt-in until it has passed on a GPU
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         cpu = new CpuBackend();
         gpu = CudaBackend.open();
@@ -60,7 +59,6 @@ class CudaKvQuantParityTest {
 
     @AfterAll
     static void close() {
-        System.clearProperty("tokenpress.cuda.quantKv");
         if (gpu != null) gpu.close();
         if (cpu != null) cpu.close();
     }
@@ -174,9 +172,17 @@ class CudaKvQuantParityTest {
         Tensor qc = CudaParityTest.act(cpu, n, heads * hd, qv), qg = CudaParityTest.act(gpu, n, heads * hd, qv);
         Tensor oc = cpu.allocate(n, heads * hd), og = gpu.allocate(n, heads * hd);
         cpu.attention(oc, qc, cc, layer, qpos, n, sel, null);
-        gpu.attention(og, qg, gc, layer, qpos, n, sel, null);
-        float[] ref = cpu.download(oc, 0, n), got = gpu.download(og, 0, n);
-        CudaParityTest.assertClose(what, ref, got, 1e-8, 2e-5, 1e-4);
+        float[] ref = cpu.download(oc, 0, n);
+        int variant = TpNative.tp_kvq_attention_variant();
+        try {
+            for (int v : new int[] {1, 2}) {  // both kernels of tp_kvq_attention
+                assertEquals(0, TpNative.tp_kvq_set_attention_variant(v));
+                gpu.attention(og, qg, gc, layer, qpos, n, sel, null);
+                CudaParityTest.assertClose(what + " (kernel v" + v + ")", ref, gpu.download(og, 0, n), 1e-8, 2e-5, 1e-4);
+            }
+        } finally {
+            TpNative.tp_kvq_set_attention_variant(variant);
+        }
     }
 
     @Test
