@@ -24,7 +24,7 @@ build_bundle() {
   rm -rf "$BUNDLE"
   mkdir -p "$BUNDLE/lib" "$BUNDLE/test"
   cp target/tokenpress-*.jar "$BUNDLE/lib/"
-  if ! unzip -l "$BUNDLE"/lib/tokenpress-*.jar | grep -q 'libjniTpNative.so'; then
+  if [[ $(unzip -l "$BUNDLE"/lib/tokenpress-*.jar | grep -c 'libjniTpNative.so') -eq 0 ]]; then
     echo "[bundle] WARNING: the jar has no libjniTpNative.so (built without nvcc?)" >&2
   fi
   for j in target/lib/*.jar; do
