@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 #include <math.h>
+#include <utility>
 #include "include/tokenpress.h"
 
 namespace tp {
@@ -16,6 +17,34 @@ int fail(int code, const char* fmt, ...);
 int cuda_fail(cudaError_t e, const char* what);
 // Multiprocessor count of the current device (cached per device).
 int sm_count();
+// Whether kernels launched through tp::launch get Programmatic Dependent Launch (process-wide, tp_set_pdl).
+bool pdl_enabled();
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...). With PDL on (tp_set_pdl(1), sm_90+) the launch goes
+// through cudaLaunchKernelEx with programmaticStreamSerializationAllowed = 1: the kernel may start while its
+// stream predecessor is still running (once every block of that predecessor has called pdl_launch_dependents()
+// or exited), so it MUST call pdl_wait() before it reads anything an earlier kernel wrote or writes anything an
+// earlier kernel may still read. Stream capture turns such a launch into a programmatic graph edge (CUDA 12.3+).
+// Returns the launch error (the caller also clears cudaGetLastError: see TP_LAUNCH).
+template <typename... KArgs, typename... Args>
+inline cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          Args&&... args) {
+    if (!pdl_enabled()) {
+        kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+        return cudaSuccess;
+    }
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
 
 }  // namespace tp
 
@@ -30,6 +59,15 @@ int sm_count();
 #define TP_LAUNCHED(name)                                          \
     do {                                                           \
         cudaError_t tp_e_ = cudaGetLastError();                    \
+        if (tp_e_ != cudaSuccess) return tp::cuda_fail(tp_e_, name); \
+    } while (0)
+
+// Launches through tp::launch(kernel, grid, block, smem, stream, args...) and checks it (as TP_LAUNCHED).
+#define TP_LAUNCH(name, ...)                                       \
+    do {                                                           \
+        cudaError_t tp_e_ = tp::launch(__VA_ARGS__);               \
+        cudaError_t tp_l_ = cudaGetLastError();                    \
+        if (tp_e_ == cudaSuccess) tp_e_ = tp_l_;                   \
         if (tp_e_ != cudaSuccess) return tp::cuda_fail(tp_e_, name); \
     } while (0)
 
@@ -87,6 +125,25 @@ __device__ __forceinline__ float block_sum(float v) {
     __syncthreads();
     float t = lane < nw ? red[lane] : 0.f;
     return warp_sum(t);
+}
+
+// Programmatic Dependent Launch, device side (sm_90+; no-ops when compiled for older targets, and no-ops at run
+// time when the kernel was launched without the attribute).
+// pdl_wait: blocks until every prerequisite grid has completed and its memory is visible. Every kernel launched
+// through tp::launch calls it (in every thread, before any early return) before touching memory an earlier
+// kernel writes or reads; only read-only data (weights) may be loaded before it.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// pdl_launch_dependents: this block no longer holds back the launch of the next PDL kernel in the stream (the
+// next kernel starts once every block has called it or exited; it still waits for this grid in pdl_wait).
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

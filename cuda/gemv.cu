@@ -7,6 +7,9 @@
 // each of which walks its share of the row's 16-byte chunks (the warp's 32 lanes read 512 consecutive bytes
 // per step, so every load is coalesced). Partial sums: warp shuffle, then (WPR > 1) shared memory.
 // Requires I % 8 == 0 and 16-byte aligned w and x (then every row and every x row is 16-byte aligned).
+// PDL (tp_set_pdl): each lane issues its first round of weight loads before griddepcontrol.wait, so the
+// weight stream starts while the previous kernel (e.g. add + RMSNorm writing x) finishes; x, bias and out are
+// touched only after the wait. Weights must therefore not be written by the kernels just before.
 #include "common.cuh"
 
 namespace {
@@ -24,6 +27,28 @@ __device__ __forceinline__ uint4 ld_stream16(const uint16_t* p) {
                  : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
                  : "l"(p));
     return r;
+}
+
+// The same load as a volatile asm: the compiler keeps it where it is written, i.e. before the PDL wait (a plain
+// asm without memory operands could be sunk below the wait's memory clobber).
+__device__ __forceinline__ uint4 ld_stream16_early(const uint16_t* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+// One round of U 16-byte weight loads of a lane (chunks c0 + u*S), all issued unconditionally so they are in
+// flight together: a lane past the row end re-reads the row's last chunk (the consumer drops it). Early: the
+// round issued before the PDL wait.
+template <int U, int S, bool Early = false>
+__device__ __forceinline__ void gemv_load_round(uint4 (&wv)[U], const uint16_t* __restrict__ wr, int c0, int nch) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const uint16_t* p = wr + (int64_t)min(c0 + u * S, nch - 1) * 8;
+        wv[u] = Early ? ld_stream16_early(p) : ld_stream16(p);
+    }
 }
 
 template <int NX, int WPR>
@@ -44,17 +69,17 @@ gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uin
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
 
-    if (row < O) {  // warp-uniform
-        const uint16_t* wr = w + (int64_t)row * I;
-        for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
-            // All U loads are issued unconditionally (a lane past the row end re-reads the row's last chunk and
-            // drops it below), so they are in flight together.
-            uint4 wv[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                int c = min(c0 + u * S, nch - 1);
-                wv[u] = ld_stream16(wr + (int64_t)c * 8);
-            }
+    // The first round of weight loads goes out before the PDL wait (weights are read-only), so it overlaps the
+    // previous kernel's tail; x is read only after the wait.
+    const uint16_t* wr = w + (int64_t)min(row, O - 1) * I;
+    int c0 = part * 32 + lane;
+    const bool active = row < O && c0 < nch;  // row < O is warp-uniform
+    uint4 wv[U];
+    if (active) gemv_load_round<U, S, true>(wv, wr, c0, nch);
+    pdl_wait();
+    pdl_launch_dependents();
+    if (active) {
+        while (true) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 int c = c0 + u * S;
@@ -74,6 +99,9 @@ gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uin
                     }
                 }
             }
+            c0 += S * U;
+            if (c0 >= nch) break;
+            gemv_load_round<U, S>(wv, wr, c0, nch);
         }
     }
 #pragma unroll
@@ -106,13 +134,10 @@ int launch_gemv_nx(int wpr, float* out, const float* x, const uint16_t* w, const
                    cudaStream_t s) {
     int rpb = kGemvWarps / wpr;
     dim3 grid((unsigned)ceil_div(O, rpb));
-    switch (wpr) {
-        case 1: gemv_bf16_kernel<NX, 1><<<grid, kGemvThreads, 0, s>>>(out, x, w, bias, O, I); break;
-        case 2: gemv_bf16_kernel<NX, 2><<<grid, kGemvThreads, 0, s>>>(out, x, w, bias, O, I); break;
-        case 4: gemv_bf16_kernel<NX, 4><<<grid, kGemvThreads, 0, s>>>(out, x, w, bias, O, I); break;
-        default: gemv_bf16_kernel<NX, 8><<<grid, kGemvThreads, 0, s>>>(out, x, w, bias, O, I); break;
-    }
-    TP_LAUNCHED("gemv_bf16_kernel");
+    auto k = wpr == 1 ? gemv_bf16_kernel<NX, 1>
+           : wpr == 2 ? gemv_bf16_kernel<NX, 2>
+           : wpr == 4 ? gemv_bf16_kernel<NX, 4> : gemv_bf16_kernel<NX, 8>;
+    TP_LAUNCH("gemv_bf16_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, w, bias, O, I);
     return TP_OK;
 }
 
@@ -131,16 +156,22 @@ int pick_wpr(int O, int I) {
 
 // Dot products of one weight row with NX rows of x over this warp's share of the row (chunks part*32+lane,
 // stride 32*WPR): U 16-byte weight loads in flight per lane, as in gemv_bf16_kernel. The lane-local sums are
-// added to acc (the caller reduces across the warp).
+// added to acc (the caller reduces across the warp). Contains the kernel's PDL wait: every thread of the block
+// must call it (row_ok false: no loads, just the wait); wr must point into the weights even then.
 template <int NX, int WPR, int U>
 __device__ __forceinline__ void gemv_row_partial(const uint16_t* __restrict__ wr, const float* __restrict__ x,
-                                                 int I, int part, int lane, float (&acc)[NX]) {
+                                                 int I, int part, int lane, bool row_ok, float (&acc)[NX]) {
     constexpr int S = 32 * WPR;
     const int nch = I >> 3;
-    for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
-        uint4 wv[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) wv[u] = ld_stream16(wr + (int64_t)min(c0 + u * S, nch - 1) * 8);
+    int c0 = part * 32 + lane;
+    const bool active = row_ok && c0 < nch;
+    uint4 wv[U];
+    // first round of weight loads before the PDL wait (weights are read-only), x only after it
+    if (active) gemv_load_round<U, S, true>(wv, wr, c0, nch);
+    pdl_wait();
+    pdl_launch_dependents();
+    if (!active) return;
+    while (true) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int c = c0 + u * S;
@@ -160,6 +191,9 @@ __device__ __forceinline__ void gemv_row_partial(const uint16_t* __restrict__ wr
                 }
             }
         }
+        c0 += S * U;
+        if (c0 >= nch) break;
+        gemv_load_round<U, S>(wv, wr, c0, nch);
     }
 }
 
@@ -217,7 +251,7 @@ gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I) {
     float acc[NX];
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
-    if (row < O) gemv_row_partial<NX, WPR, U>(w + (int64_t)row * I, x, I, warp % WPR, lane, acc);
+    gemv_row_partial<NX, WPR, U>(w + (int64_t)min(row, O - 1) * I, x, I, warp % WPR, lane, row < O, acc);
     gemv_reduce<NX, WPR>(acc, red, warp, lane);
     if (row >= O || warp % WPR != 0) return;
     const float bb = bias ? bias[row] : 0.f;
@@ -244,17 +278,21 @@ gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const u
     float acc[2 * NX];  // [0, NX): gate, [NX, 2NX): up
 #pragma unroll
     for (int r = 0; r < 2 * NX; r++) acc[r] = 0.f;
-    if (row < O) {
-        const uint16_t* gr = wg + (int64_t)row * I;
-        const uint16_t* ur = wu + (int64_t)row * I;
-        for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
-            uint4 gv[U], uv[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                int64_t off = (int64_t)min(c0 + u * S, nch - 1) * 8;
-                gv[u] = ld_stream16(gr + off);
-                uv[u] = ld_stream16(ur + off);
-            }
+    const int64_t roff = (int64_t)min(row, O - 1) * I;
+    const uint16_t* gr = wg + roff;
+    const uint16_t* ur = wu + roff;
+    int c0 = part * 32 + lane;
+    const bool active = row < O && c0 < nch;
+    uint4 gv[U], uv[U];
+    // first round of gate/up weight loads before the PDL wait (weights are read-only), x only after it
+    if (active) {
+        gemv_load_round<U, S, true>(gv, gr, c0, nch);
+        gemv_load_round<U, S, true>(uv, ur, c0, nch);
+    }
+    pdl_wait();
+    pdl_launch_dependents();
+    if (active) {
+        while (true) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 int c = c0 + u * S;
@@ -280,6 +318,10 @@ gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const u
                     }
                 }
             }
+            c0 += S * U;
+            if (c0 >= nch) break;
+            gemv_load_round<U, S>(gv, gr, c0, nch);
+            gemv_load_round<U, S>(uv, ur, c0, nch);
         }
     }
     gemv_reduce<2 * NX, WPR>(acc, red, warp, lane);
@@ -295,13 +337,10 @@ gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const u
 
 template <int NX>
 int launch_gemv_multi_nx(int wpr, dim3 grid, const GemvSegs& sg, const float* x, int I, cudaStream_t s) {
-    switch (wpr) {
-        case 1: gemv_multi_kernel<NX, 1><<<grid, kGemvThreads, 0, s>>>(sg, x, I); break;
-        case 2: gemv_multi_kernel<NX, 2><<<grid, kGemvThreads, 0, s>>>(sg, x, I); break;
-        case 4: gemv_multi_kernel<NX, 4><<<grid, kGemvThreads, 0, s>>>(sg, x, I); break;
-        default: gemv_multi_kernel<NX, 8><<<grid, kGemvThreads, 0, s>>>(sg, x, I); break;
-    }
-    TP_LAUNCHED("gemv_multi_kernel");
+    auto k = wpr == 1 ? gemv_multi_kernel<NX, 1>
+           : wpr == 2 ? gemv_multi_kernel<NX, 2>
+           : wpr == 4 ? gemv_multi_kernel<NX, 4> : gemv_multi_kernel<NX, 8>;
+    TP_LAUNCH("gemv_multi_kernel", k, grid, dim3(kGemvThreads), 0, s, sg, x, I);
     return TP_OK;
 }
 
@@ -309,13 +348,10 @@ template <int NX>
 int launch_gemv_swiglu_nx(int wpr, float* out, const float* x, const uint16_t* wg, const uint16_t* wu, int O, int I,
                           cudaStream_t s) {
     dim3 grid((unsigned)ceil_div(O, kGemvWarps / wpr));
-    switch (wpr) {
-        case 1: gemv_swiglu_kernel<NX, 1><<<grid, kGemvThreads, 0, s>>>(out, x, wg, wu, O, I); break;
-        case 2: gemv_swiglu_kernel<NX, 2><<<grid, kGemvThreads, 0, s>>>(out, x, wg, wu, O, I); break;
-        case 4: gemv_swiglu_kernel<NX, 4><<<grid, kGemvThreads, 0, s>>>(out, x, wg, wu, O, I); break;
-        default: gemv_swiglu_kernel<NX, 8><<<grid, kGemvThreads, 0, s>>>(out, x, wg, wu, O, I); break;
-    }
-    TP_LAUNCHED("gemv_swiglu_kernel");
+    auto k = wpr == 1 ? gemv_swiglu_kernel<NX, 1>
+           : wpr == 2 ? gemv_swiglu_kernel<NX, 2>
+           : wpr == 4 ? gemv_swiglu_kernel<NX, 4> : gemv_swiglu_kernel<NX, 8>;
+    TP_LAUNCH("gemv_swiglu_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, wg, wu, O, I);
     return TP_OK;
 }
 

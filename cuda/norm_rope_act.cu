@@ -1,5 +1,7 @@
 // Fused small ops: embedding gather, RMSNorm, RoPE, SwiGLU, residual add, bias add, conversions, KV store.
 // All are memory-bound one-pass kernels; step-varying inputs (tokens, positions, slots) come from device memory.
+// PDL (tp_set_pdl): every kernel starts with pdl_wait() (add_rmsnorm first loads its first norm weights, which
+// are read-only) and then releases its successor with pdl_launch_dependents().
 #include "common.cuh"
 
 namespace {
@@ -9,6 +11,8 @@ using namespace tp;
 // out [n, D] f32 <- table [V, D] bf16 at tokens[i]; one block per row. Out-of-range ids give zeros.
 __global__ void embedding_kernel(float* __restrict__ out, const uint16_t* __restrict__ table,
                                  const int* __restrict__ tokens, int dim, int vocab) {
+    pdl_wait();
+    pdl_launch_dependents();
     int row = blockIdx.x;
     int tok = tokens[row];
     float* o = out + (int64_t)row * dim;
@@ -22,6 +26,8 @@ __global__ void embedding_kernel(float* __restrict__ out, const uint16_t* __rest
 
 // One block per row: sum of squares in f32, then out = x * rsqrt(mean + eps) * w.
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* __restrict__ w, float eps, int dim) {
+    pdl_wait();
+    pdl_launch_dependents();
     const float* xr = x + (int64_t)blockIdx.x * dim;
     float* orow = out + (int64_t)blockIdx.x * dim;
     float ss = 0.f;
@@ -38,6 +44,16 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ out, float* __restrict__ 
     float* xr = x + (int64_t)blockIdx.x * dim;
     const float* yr = y + (int64_t)blockIdx.x * dim;
     float* orow = out + (int64_t)blockIdx.x * dim;
+    // the norm weights are read-only: the first kPre per thread are loaded before the PDL wait
+    constexpr int kPre = 4;
+    float wpre[kPre];
+#pragma unroll
+    for (int k = 0; k < kPre; k++) {
+        int j = threadIdx.x + k * blockDim.x;
+        wpre[k] = j < dim ? w[j] : 0.f;
+    }
+    pdl_wait();
+    pdl_launch_dependents();
     float ss = 0.f;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         float v = xr[j] + yr[j];
@@ -47,12 +63,15 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ out, float* __restrict__ 
     ss = block_sum(ss);
     float inv = 1.f / sqrtf(ss / (float)dim + eps);
     // each thread re-reads only the elements it wrote itself
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) orow[j] = xr[j] * inv * w[j];
+    int k = 0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x, k++) orow[j] = xr[j] * inv * (k < kPre ? wpre[k] : w[j]);
 }
 
 // x [n, heads*hd]; thread per (row, head, i < hd/2) pair.
 __global__ void rope_kernel(float* x, int n, int heads, int hd, const int* __restrict__ positions,
                             const float* __restrict__ inv_freq) {
+    pdl_wait();
+    pdl_launch_dependents();
     int half = hd >> 1;
     int64_t total = (int64_t)n * heads * half;
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total; t += (int64_t)gridDim.x * blockDim.x) {
@@ -70,6 +89,8 @@ __global__ void rope_kernel(float* x, int n, int heads, int hd, const int* __res
 }
 
 __global__ void swiglu_kernel(float* out, const float* gate, const float* __restrict__ up, int64_t count) {
+    pdl_wait();
+    pdl_launch_dependents();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
         float g = gate[i];
         out[i] = g / (1.f + expf(-g)) * up[i];
@@ -77,31 +98,43 @@ __global__ void swiglu_kernel(float* out, const float* gate, const float* __rest
 }
 
 __global__ void add_kernel(float* x, const float* __restrict__ y, int64_t count) {
+    pdl_wait();
+    pdl_launch_dependents();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
         x[i] += y[i];
 }
 
 __global__ void add_bias_kernel(float* out, const float* __restrict__ bias, int64_t count, int cols) {
+    pdl_wait();
+    pdl_launch_dependents();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
         out[i] += bias[i % cols];
 }
 
 __global__ void f32_to_bf16_kernel(uint16_t* __restrict__ dst, const float* __restrict__ src, int64_t count) {
+    pdl_wait();
+    pdl_launch_dependents();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = f32_to_bf16_bits(src[i]);
 }
 
 __global__ void bf16_to_f32_kernel(float* __restrict__ dst, const uint16_t* __restrict__ src, int64_t count) {
+    pdl_wait();
+    pdl_launch_dependents();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = __uint_as_float(((uint32_t)src[i]) << 16);
 }
 
 __global__ void fill_kernel(float* dst, float v, int64_t count) {
+    pdl_wait();
+    pdl_launch_dependents();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = v;
 }
 
 __global__ void scatter_kernel(int* dst, const int* __restrict__ idx, const int* __restrict__ vals, int count) {
+    pdl_wait();
+    pdl_launch_dependents();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count) dst[idx[i]] = vals[i];
 }
@@ -111,6 +144,8 @@ __global__ void store_kv_kernel(uint16_t* __restrict__ kc, uint16_t* __restrict_
                                 const float* __restrict__ k, const float* __restrict__ v,
                                 const int* __restrict__ slots, const int* __restrict__ token_pos, int layer,
                                 int kv_heads, int hd, int capacity, int n) {
+    pdl_wait();
+    pdl_launch_dependents();
     int i = blockIdx.x, g = blockIdx.y;
     int slot = slots[g * n + i];
     if (slot < 0 || slot >= capacity) return;
@@ -135,6 +170,8 @@ __global__ void rope_store_kv_kernel(float* __restrict__ q, int heads, float* __
                                      uint16_t* __restrict__ vc, int* __restrict__ pc, const int* __restrict__ slots,
                                      const int* __restrict__ token_pos, int layer, int kv_heads, int hd,
                                      int capacity, int n) {
+    pdl_wait();
+    pdl_launch_dependents();
     const int half = hd >> 1;
     const int i = blockIdx.y;
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
@@ -187,9 +224,8 @@ int tp_embedding(uint64_t out, uint64_t table, uint64_t tokens, int n, int dim, 
     TP_REQUIRE(dim > 0, fn, "dim");
     TP_REQUIRE(vocab > 0, fn, "vocab");
     if (n == 0) return TP_OK;
-    embedding_kernel<<<n, 256, 0, TP_STREAM(stream)>>>(TP_PTR(float, out), TP_PTR(const uint16_t, table),
-                                                       TP_PTR(const int, tokens), dim, vocab);
-    TP_LAUNCHED("embedding_kernel");
+    TP_LAUNCH("embedding_kernel", embedding_kernel, dim3(n), dim3(256), 0, TP_STREAM(stream), TP_PTR(float, out),
+              TP_PTR(const uint16_t, table), TP_PTR(const int, tokens), dim, vocab);
     return TP_OK;
 }
 
@@ -202,9 +238,8 @@ int tp_rmsnorm(uint64_t out, uint64_t x, uint64_t w, float eps, int n, int dim, 
     TP_REQUIRE(dim > 0, fn, "dim");
     if (n == 0) return TP_OK;
     int threads = dim >= 1024 ? 1024 : (dim >= 512 ? 512 : 256);
-    rmsnorm_kernel<<<n, threads, 0, TP_STREAM(stream)>>>(TP_PTR(float, out), TP_PTR(const float, x),
-                                                         TP_PTR(const float, w), eps, dim);
-    TP_LAUNCHED("rmsnorm_kernel");
+    TP_LAUNCH("rmsnorm_kernel", rmsnorm_kernel, dim3(n), dim3(threads), 0, TP_STREAM(stream), TP_PTR(float, out),
+              TP_PTR(const float, x), TP_PTR(const float, w), eps, dim);
     return TP_OK;
 }
 
@@ -218,10 +253,8 @@ int tp_add_rmsnorm(uint64_t out, uint64_t x, uint64_t y, uint64_t w, float eps, 
     TP_REQUIRE(dim > 0, fn, "dim");
     if (n == 0) return TP_OK;
     int threads = dim >= 1024 ? 1024 : (dim >= 512 ? 512 : 256);
-    add_rmsnorm_kernel<<<n, threads, 0, TP_STREAM(stream)>>>(TP_PTR(float, out), TP_PTR(float, x),
-                                                             TP_PTR(const float, y), TP_PTR(const float, w), eps,
-                                                             dim);
-    TP_LAUNCHED("add_rmsnorm_kernel");
+    TP_LAUNCH("add_rmsnorm_kernel", add_rmsnorm_kernel, dim3(n), dim3(threads), 0, TP_STREAM(stream),
+              TP_PTR(float, out), TP_PTR(float, x), TP_PTR(const float, y), TP_PTR(const float, w), eps, dim);
     return TP_OK;
 }
 
@@ -235,9 +268,8 @@ int tp_rope(uint64_t x, int n, int heads, int head_dim, uint64_t positions, uint
     TP_REQUIRE(inv_freq != 0, fn, "inv_freq");
     if (n == 0) return TP_OK;
     int64_t total = (int64_t)n * heads * (head_dim / 2);
-    rope_kernel<<<grid_for(total, 256), 256, 0, TP_STREAM(stream)>>>(
-        TP_PTR(float, x), n, heads, head_dim, TP_PTR(const int, positions), TP_PTR(const float, inv_freq));
-    TP_LAUNCHED("rope_kernel");
+    TP_LAUNCH("rope_kernel", rope_kernel, dim3(grid_for(total, 256)), dim3(256), 0, TP_STREAM(stream), TP_PTR(float, x),
+              n, heads, head_dim, TP_PTR(const int, positions), TP_PTR(const float, inv_freq));
     return TP_OK;
 }
 
@@ -248,9 +280,8 @@ int tp_swiglu(uint64_t out, uint64_t gate, uint64_t up, int64_t count, uint64_t 
     TP_REQUIRE(up != 0, fn, "up");
     TP_REQUIRE(count >= 0, fn, "count");
     if (count == 0) return TP_OK;
-    swiglu_kernel<<<grid_for(count, 256), 256, 0, TP_STREAM(stream)>>>(TP_PTR(float, out), TP_PTR(const float, gate),
-                                                                      TP_PTR(const float, up), count);
-    TP_LAUNCHED("swiglu_kernel");
+    TP_LAUNCH("swiglu_kernel", swiglu_kernel, dim3(grid_for(count, 256)), dim3(256), 0, TP_STREAM(stream),
+              TP_PTR(float, out), TP_PTR(const float, gate), TP_PTR(const float, up), count);
     return TP_OK;
 }
 
@@ -260,8 +291,8 @@ int tp_add(uint64_t x, uint64_t y, int64_t count, uint64_t stream) {
     TP_REQUIRE(y != 0, fn, "y");
     TP_REQUIRE(count >= 0, fn, "count");
     if (count == 0) return TP_OK;
-    add_kernel<<<grid_for(count, 256), 256, 0, TP_STREAM(stream)>>>(TP_PTR(float, x), TP_PTR(const float, y), count);
-    TP_LAUNCHED("add_kernel");
+    TP_LAUNCH("add_kernel", add_kernel, dim3(grid_for(count, 256)), dim3(256), 0, TP_STREAM(stream), TP_PTR(float, x),
+              TP_PTR(const float, y), count);
     return TP_OK;
 }
 
@@ -273,9 +304,8 @@ int tp_add_bias(uint64_t out, uint64_t bias, int n, int cols, uint64_t stream) {
     TP_REQUIRE(cols > 0, fn, "cols");
     int64_t count = (int64_t)n * cols;
     if (count == 0) return TP_OK;
-    add_bias_kernel<<<grid_for(count, 256), 256, 0, TP_STREAM(stream)>>>(TP_PTR(float, out),
-                                                                        TP_PTR(const float, bias), count, cols);
-    TP_LAUNCHED("add_bias_kernel");
+    TP_LAUNCH("add_bias_kernel", add_bias_kernel, dim3(grid_for(count, 256)), dim3(256), 0, TP_STREAM(stream),
+              TP_PTR(float, out), TP_PTR(const float, bias), count, cols);
     return TP_OK;
 }
 
@@ -284,9 +314,8 @@ int tp_f32_to_bf16(uint64_t dst, uint64_t src, int64_t count, uint64_t stream) {
     TP_REQUIRE(src != 0, "tp_f32_to_bf16", "src");
     TP_REQUIRE(count >= 0, "tp_f32_to_bf16", "count");
     if (count == 0) return TP_OK;
-    f32_to_bf16_kernel<<<grid_for(count, 256), 256, 0, TP_STREAM(stream)>>>(TP_PTR(uint16_t, dst),
-                                                                           TP_PTR(const float, src), count);
-    TP_LAUNCHED("f32_to_bf16_kernel");
+    TP_LAUNCH("f32_to_bf16_kernel", f32_to_bf16_kernel, dim3(grid_for(count, 256)), dim3(256), 0, TP_STREAM(stream),
+              TP_PTR(uint16_t, dst), TP_PTR(const float, src), count);
     return TP_OK;
 }
 
@@ -295,9 +324,8 @@ int tp_bf16_to_f32(uint64_t dst, uint64_t src, int64_t count, uint64_t stream) {
     TP_REQUIRE(src != 0, "tp_bf16_to_f32", "src");
     TP_REQUIRE(count >= 0, "tp_bf16_to_f32", "count");
     if (count == 0) return TP_OK;
-    bf16_to_f32_kernel<<<grid_for(count, 256), 256, 0, TP_STREAM(stream)>>>(TP_PTR(float, dst),
-                                                                           TP_PTR(const uint16_t, src), count);
-    TP_LAUNCHED("bf16_to_f32_kernel");
+    TP_LAUNCH("bf16_to_f32_kernel", bf16_to_f32_kernel, dim3(grid_for(count, 256)), dim3(256), 0, TP_STREAM(stream),
+              TP_PTR(float, dst), TP_PTR(const uint16_t, src), count);
     return TP_OK;
 }
 
@@ -305,8 +333,8 @@ int tp_fill_f32(uint64_t dst, float value, int64_t count, uint64_t stream) {
     TP_REQUIRE(dst != 0, "tp_fill_f32", "dst");
     TP_REQUIRE(count >= 0, "tp_fill_f32", "count");
     if (count == 0) return TP_OK;
-    fill_kernel<<<grid_for(count, 256), 256, 0, TP_STREAM(stream)>>>(TP_PTR(float, dst), value, count);
-    TP_LAUNCHED("fill_kernel");
+    TP_LAUNCH("fill_kernel", fill_kernel, dim3(grid_for(count, 256)), dim3(256), 0, TP_STREAM(stream),
+              TP_PTR(float, dst), value, count);
     return TP_OK;
 }
 
@@ -316,9 +344,8 @@ int tp_scatter_i32(uint64_t dst, uint64_t idx, uint64_t vals, int count, uint64_
     TP_REQUIRE(vals != 0, "tp_scatter_i32", "vals");
     TP_REQUIRE(count >= 0, "tp_scatter_i32", "count");
     if (count == 0) return TP_OK;
-    scatter_kernel<<<(int)ceil_div(count, 256), 256, 0, TP_STREAM(stream)>>>(
-        TP_PTR(int, dst), TP_PTR(const int, idx), TP_PTR(const int, vals), count);
-    TP_LAUNCHED("scatter_kernel");
+    TP_LAUNCH("scatter_kernel", scatter_kernel, dim3((int)ceil_div(count, 256)), dim3(256), 0, TP_STREAM(stream),
+              TP_PTR(int, dst), TP_PTR(const int, idx), TP_PTR(const int, vals), count);
     return TP_OK;
 }
 
@@ -340,11 +367,10 @@ int tp_store_kv(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, ui
     TP_REQUIRE(n >= 0, fn, "n");
     if (n == 0) return TP_OK;
     dim3 grid(n, kv_heads);
-    store_kv_kernel<<<grid, head_dim >= 128 ? 128 : 64, 0, TP_STREAM(stream)>>>(
-        TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache), TP_PTR(int, pos_cache), TP_PTR(const float, k),
-        TP_PTR(const float, v), TP_PTR(const int, slots), TP_PTR(const int, token_pos), layer, kv_heads, head_dim,
-        capacity, n);
-    TP_LAUNCHED("store_kv_kernel");
+    TP_LAUNCH("store_kv_kernel", store_kv_kernel, dim3(grid), dim3(head_dim >= 128 ? 128 : 64), 0, TP_STREAM(stream),
+              TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache), TP_PTR(int, pos_cache),
+              TP_PTR(const float, k), TP_PTR(const float, v), TP_PTR(const int, slots), TP_PTR(const int, token_pos),
+              layer, kv_heads, head_dim, capacity, n);
     return TP_OK;
 }
 
@@ -372,12 +398,11 @@ int tp_rope_store_kv(uint64_t q, int heads, uint64_t k, uint64_t v, uint64_t pos
     if (n == 0) return TP_OK;
     int64_t pairs = (int64_t)(heads + kv_heads) * (head_dim / 2);
     dim3 grid((unsigned)ceil_div(pairs, 128), n);
-    rope_store_kv_kernel<<<grid, 128, 0, TP_STREAM(stream)>>>(
-        TP_PTR(float, q), heads, TP_PTR(float, k), TP_PTR(const float, v), TP_PTR(const int, positions),
-        TP_PTR(const float, inv_freq), TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache),
-        TP_PTR(int, pos_cache), TP_PTR(const int, slots), TP_PTR(const int, token_pos), layer, kv_heads, head_dim,
-        capacity, n);
-    TP_LAUNCHED("rope_store_kv_kernel");
+    TP_LAUNCH("rope_store_kv_kernel", rope_store_kv_kernel, dim3(grid), dim3(128), 0, TP_STREAM(stream),
+              TP_PTR(float, q), heads, TP_PTR(float, k), TP_PTR(const float, v), TP_PTR(const int, positions),
+              TP_PTR(const float, inv_freq), TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache),
+              TP_PTR(int, pos_cache), TP_PTR(const int, slots), TP_PTR(const int, token_pos), layer, kv_heads, head_dim,
+              capacity, n);
     return TP_OK;
 }
 

@@ -3,12 +3,14 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <atomic>
 #include "common.cuh"
 
 namespace {
 thread_local char g_msg[512] = "";
 thread_local int g_cuda_err = 0;
 int g_sm_count[64] = {0};
+std::atomic<int> g_pdl{0};  // tp_set_pdl: process-wide, off by default
 }
 
 namespace tp {
@@ -39,6 +41,8 @@ int sm_count() {
     return g_sm_count[dev];
 }
 
+bool pdl_enabled() { return g_pdl.load(std::memory_order_relaxed) != 0; }
+
 }  // namespace tp
 
 extern "C" {
@@ -46,6 +50,33 @@ extern "C" {
 const char* tp_last_error_message(void) { return g_msg; }
 int tp_last_cuda_error(void) { return g_cuda_err; }
 int tp_version(void) { return 1; }
+
+int tp_pdl_supported(void) {
+    int dev = 0, major = 0, driver = 0, runtime = 0;
+    bool ok = cudaGetDevice(&dev) == cudaSuccess &&
+              cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+              cudaDriverGetVersion(&driver) == cudaSuccess && cudaRuntimeGetVersion(&runtime) == cudaSuccess;
+    cudaGetLastError();
+    // griddepcontrol needs sm_90; stream capture of programmatic launches (graph edges) needs CUDA 12.3
+    return ok && major >= 9 && driver >= 12030 && runtime >= 12030 ? 1 : 0;
+}
+
+int tp_set_pdl(int enabled) {
+    if (enabled && !tp_pdl_supported()) {
+        int dev = 0, major = 0, minor = 0, driver = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+        cudaDriverGetVersion(&driver);
+        cudaGetLastError();
+        return tp::fail(TP_ERR_UNSUPPORTED, "tp_set_pdl: programmatic dependent launch needs sm_90+ and CUDA >= 12.3 "
+                        "(device sm_%d%d, driver %d)", major, minor, driver);
+    }
+    g_pdl.store(enabled ? 1 : 0, std::memory_order_relaxed);
+    return TP_OK;
+}
+
+int tp_pdl_enabled(void) { return g_pdl.load(std::memory_order_relaxed); }
 
 int tp_device_count(int* count) {
     TP_REQUIRE(count != nullptr, "tp_device_count", "count");

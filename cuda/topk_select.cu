@@ -3,6 +3,7 @@
 // top-k:  each block bitonic-sorts a chunk of CH = 2048 (value, index) pairs in shared memory and keeps its
 //         first k; merge passes repeat that over the candidates until one block remains (k <= 1024 keeps
 //         every pass shrinking the candidate set by at least 2x). Order: value descending, then index ascending.
+// PDL (tp_set_pdl): every kernel waits for its predecessor at its first line (nothing to prefetch).
 #include "common.cuh"
 
 namespace {
@@ -22,6 +23,8 @@ __device__ __forceinline__ bool before(float va, int ia, float vb, int ib) {
 
 __global__ void __launch_bounds__(kArgmaxThreads)
 argmax_partial_kernel(const float* __restrict__ x, int count, float* __restrict__ pv, int* __restrict__ pi) {
+    pdl_wait();
+    pdl_launch_dependents();
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
@@ -48,6 +51,8 @@ argmax_partial_kernel(const float* __restrict__ x, int count, float* __restrict_
 
 __global__ void argmax_final_kernel(const float* __restrict__ pv, const int* __restrict__ pi, int parts,
                                     int* __restrict__ out_i, float* __restrict__ out_v) {
+    pdl_wait();
+    pdl_launch_dependents();
     if (threadIdx.x != 0) return;
     float bv = pv[0];
     int bi = pi[0];
@@ -63,6 +68,8 @@ __global__ void argmax_final_kernel(const float* __restrict__ pv, const int* __r
 __global__ void __launch_bounds__(kSortThreads)
 topk_chunk_kernel(const float* __restrict__ in_v, const int* __restrict__ in_i, int count, int keep,
                   float* __restrict__ out_v, int* __restrict__ out_i) {
+    pdl_wait();
+    pdl_launch_dependents();
     __shared__ float sv[kCH];
     __shared__ int si[kCH];
     const int64_t start = (int64_t)blockIdx.x * kCH;
@@ -125,10 +132,10 @@ int tp_argmax(uint64_t x, int count, uint64_t out_index, uint64_t out_value, uin
     if (blocks > kArgmaxBlocks) blocks = kArgmaxBlocks;
     float* pv = TP_PTR(float, workspace);
     int* pi = reinterpret_cast<int*>(pv + kArgmaxBlocks);
-    argmax_partial_kernel<<<blocks, kArgmaxThreads, 0, s>>>(TP_PTR(const float, x), count, pv, pi);
-    TP_LAUNCHED("argmax_partial_kernel");
-    argmax_final_kernel<<<1, 32, 0, s>>>(pv, pi, blocks, TP_PTR(int, out_index), TP_PTR(float, out_value));
-    TP_LAUNCHED("argmax_final_kernel");
+    TP_LAUNCH("argmax_partial_kernel", argmax_partial_kernel, dim3(blocks), dim3(kArgmaxThreads), 0, s,
+              TP_PTR(const float, x), count, pv, pi);
+    TP_LAUNCH("argmax_final_kernel", argmax_final_kernel, dim3(1), dim3(32), 0, s, pv, pi, blocks,
+              TP_PTR(int, out_index), TP_PTR(float, out_value));
     return TP_OK;
 }
 
@@ -158,8 +165,8 @@ int tp_topk(uint64_t x, int count, int k, uint64_t out_index, uint64_t out_value
         bool last = blocks == 1;
         float* ov = last ? TP_PTR(float, out_value) : (flip ? v1 : v0);
         int* oi = last ? TP_PTR(int, out_index) : (flip ? i1 : i0);
-        topk_chunk_kernel<<<blocks, kSortThreads, 0, s>>>(in_v, in_i, n, k, ov, oi);
-        TP_LAUNCHED("topk_chunk_kernel");
+        TP_LAUNCH("topk_chunk_kernel", topk_chunk_kernel, dim3(blocks), dim3(kSortThreads), 0, s, in_v, in_i, n, k, ov,
+                  oi);
         if (last) break;
         in_v = ov;
         in_i = oi;

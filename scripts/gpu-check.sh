@@ -188,10 +188,14 @@ run_checks() {
   # -- stage 6 (only when STAGES names it): where a decode step's time goes. Step wall times with and without
   # CUDA graphs, then Nsight Compute over about one eager decode step (graphs off so each kernel is attributed).
   if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" ]] && want profile; then
-    for g in true false; do
-      timeout "${T_DP:-60}" "$JAVA" "${JOPTS[@]}" -Dtokenpress.cuda.graphs=$g -cp "$CP" dev.tokenpress.eval.DecodeProfile "$MODEL" 24 \
-        > "$OUT/profile-graphs-$g.log" 2>&1
-      say "  decode step ms with graphs=$g (steps 12..23): $(grep -E '^step (1[2-9]|2[0-3]):' "$OUT/profile-graphs-$g.log" | awk '{s+=$3; n++} END {if (n) printf "%.3f", s/n; else print "n/a"}')"
+    # graphs on, graphs off, graphs on with Programmatic Dependent Launch (the log's "backend:" line says PDL on/off)
+    for gp in "true false" "false false" "true true"; do
+      local g p tag
+      read -r g p <<< "$gp"
+      tag="graphs-$g"; [[ $p == true ]] && tag="$tag-pdl"
+      timeout "${T_DP:-60}" "$JAVA" "${JOPTS[@]}" -Dtokenpress.cuda.graphs=$g -Dtokenpress.cuda.pdl=$p -cp "$CP" \
+        dev.tokenpress.eval.DecodeProfile "$MODEL" 24 > "$OUT/profile-$tag.log" 2>&1
+      say "  decode step ms with graphs=$g pdl=$p (steps 12..23): $(grep -E '^step (1[2-9]|2[0-3]):' "$OUT/profile-$tag.log" | awk '{s+=$3; n++} END {if (n) printf "%.3f", s/n; else print "n/a"}')"
     done
     local NCU
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -42,6 +42,24 @@ int tp_version(void);
 
 /* ---- device, memory, streams, events, graphs (runtime linked statically) ------------------------------ */
 
+/**
+ * 1 when the current device can use Programmatic Dependent Launch (sm_90+, driver and runtime >= CUDA 12.3,
+ * needed to capture programmatic launches into graphs), else 0.
+ */
+int tp_pdl_supported(void);
+/**
+ * Process-wide switch (default off): with it on, the kernels of norm_rope_act.cu, gemv.cu and topk_select.cu
+ * are launched with programmaticStreamSerializationAllowed (cudaLaunchKernelEx), so each may start while its
+ * stream predecessor finishes; they wait (griddepcontrol.wait) before touching data earlier kernels write or
+ * read. The decode GEMVs load their first weights, and add_rmsnorm its norm weights, before that wait: those
+ * buffers must not be written by the kernels just before them (they are model weights). Other kernels stay
+ * ordinary launches. Affects launches (and captures) after the call. TP_ERR_UNSUPPORTED when enabling it on a
+ * device where tp_pdl_supported() is 0 (the switch stays as it was).
+ */
+int tp_set_pdl(int enabled);
+/** The current state of the switch (0 or 1). */
+int tp_pdl_enabled(void);
+
 /** cudaGetDeviceCount; returns TP_ERR_CUDA with the CUDA code in tp_last_cuda_error() (35: no/old driver). */
 int tp_device_count(int* count);
 /** Selects the device and creates its primary context. */

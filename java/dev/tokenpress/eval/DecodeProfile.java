@@ -15,7 +15,9 @@ import java.util.Locale;
 /**
  * A fixed decode workload for kernel profilers (e.g. Nsight Compute): loads a model, prefills a short prompt, then
  * runs greedy decode steps and prints the wall time of each. With {@code -Dtokenpress.cuda.graphs=false} every
- * kernel is an ordinary launch that a profiler can attribute.
+ * kernel is an ordinary launch that a profiler can attribute; {@code -Dtokenpress.cuda.pdl=true} turns on
+ * Programmatic Dependent Launch (the "backend:" line on stderr says PDL on/off), so running it with and without
+ * gives the PDL A/B of the step time ({@code scripts/gpu-check.sh}, stage {@code profile}, does).
  *
  * <pre>java ... dev.tokenpress.eval.DecodeProfile MODEL_DIR [steps] [device]</pre>
  */

@@ -27,7 +27,8 @@ import java.util.SplittableRandom;
  *   <li>{@code e2e DIR}: decode tokens/s of the {@code llama-1b-shape} model in DIR (generated there when absent)
  *       at short context and at 32K context (the 32K of context is written into the KV cache directly, synthetic
  *       keys/values, so no 32K prefill is timed), with the bandwidth roofline (weight + KV bytes per token ÷
- *       measured copy bandwidth) beside it.</li>
+ *       measured copy bandwidth) beside it; the default kernel paths with Programmatic Dependent Launch off
+ *       (keys e2e_*) and on (e2e_*_pdl, where the device supports it), and the earlier paths.</li>
  *   <li>{@code policies [model-dir]}: TidalDecode on the device for the llama-1b attention shape at 8K/32K/128K:
  *       decode attention over everything vs over a device-resident selection of k=2048 slots per KV head, the
  *       selection op (group scores + top-k) alone and with the sparse attention, KV bytes per layer as
@@ -250,25 +251,34 @@ public final class KernelBench {
     }
 
     /**
-     * The kernel paths e2e compares in one run: the default; the previous default with the decode fusions off
-     * (separate q/k/v GEMVs, gate/up GEMVs + swiglu, rope + rope + storeKv, split attention at short contexts);
-     * the first one (cuBLAS, separate merge, no decode fusions).
+     * The kernel paths e2e compares in one run: the default (PDL off); the default with Programmatic Dependent
+     * Launch on (skipped where unsupported); the previous default with the decode fusions off (separate q/k/v
+     * GEMVs, gate/up GEMVs + swiglu, rope + rope + storeKv, split attention at short contexts); the first one
+     * (cuBLAS, separate merge, no decode fusions).
      */
-    private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions) {}
+    private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl) {}
 
-    private static final Paths[] E2E_PATHS = {new Paths("", true, true, true), new Paths("_unfused", true, true, false),
-            new Paths("_cublas", false, false, false)};
+    private static final Paths[] E2E_PATHS = {new Paths("", true, true, true, false),
+            new Paths("_pdl", true, true, true, true), new Paths("_unfused", true, true, false, false),
+            new Paths("_cublas", false, false, false, false)};
+
+    private static boolean available(CudaBackend gpu, Paths p) {
+        return !p.pdl() || gpu.pdlSupported();
+    }
 
     private static void usePaths(CudaBackend gpu, Paths p) {
         gpu.setGemvEnabled(p.gemv());
         gpu.setFusedAttnMerge(p.fusedMerge());
         gpu.setDecodeFusions(p.decodeFusions());
+        gpu.setPdl(p.pdl());
     }
 
     /**
      * Decode tokens/s of the llama-1b-shape model at short and 32K context, for each of {@link #E2E_PATHS} on the
-     * same model and cache (keys e2e_* for the default path, e2e_*_unfused for the decode fusions off,
-     * e2e_*_cublas for cuBLAS matmuls + separate attention merge); the paths run back to back on one cache, so the second sees a context longer by one run's steps.
+     * same model and cache (keys e2e_* for the default path, e2e_*_pdl for it with PDL on and e2e_*_pdl_speedup
+     * for the ratio, e2e_*_unfused for the decode fusions off, e2e_*_cublas for cuBLAS matmuls + separate
+     * attention merge); the paths run back to back on one cache, so the second sees a context longer by one run's
+     * steps.
      */
     public static void endToEnd(CudaBackend gpu, double copyBw, Path dir, int shortSteps, int longSteps, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE))) {
@@ -292,7 +302,9 @@ public final class KernelBench {
                 for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
                 m.prefill(cache, prompt, 0, false, null);
                 int token = m.argmax(), pos = prompt.length;
+                double base = 0;
                 for (Paths p : E2E_PATHS) {
+                    if (!available(gpu, p)) continue;
                     usePaths(gpu, p);
                     double tps = decode(gpu, m, cache, token, pos, shortSteps);
                     pos += shortSteps + DECODE_WARMUP;
@@ -303,6 +315,8 @@ public final class KernelBench {
                     result(out, "e2e_short_tps" + p.suffix(), tps, "tokens/s");
                     result(out, "e2e_short_roofline_tps" + p.suffix(), roof, "tokens/s");
                     result(out, "e2e_short_pct_roofline" + p.suffix(), 100 * tps / roof, "%");
+                    if (p.suffix().isEmpty()) base = tps;
+                    if (p.pdl() && base > 0) result(out, "e2e_short_pdl_speedup", tps / base, "x");
                 }
             }
             // 32K context, written directly into the cache
@@ -312,7 +326,9 @@ public final class KernelBench {
                 gpu.synchronize();
                 result(out, "e2e_32k_fill_s", (System.nanoTime() - f0) / 1e9, "s");
                 int pos = longCtx;
+                double base = 0;
                 for (Paths p : E2E_PATHS) {
+                    if (!available(gpu, p)) continue;
                     usePaths(gpu, p);
                     double tps = decode(gpu, m, cache, 1, pos, longSteps);
                     pos += longSteps + DECODE_WARMUP;
@@ -325,6 +341,8 @@ public final class KernelBench {
                     result(out, "e2e_32k_tps" + p.suffix(), tps, "tokens/s");
                     result(out, "e2e_32k_roofline_tps" + p.suffix(), roof, "tokens/s");
                     result(out, "e2e_32k_pct_roofline" + p.suffix(), 100 * tps / roof, "%");
+                    if (p.suffix().isEmpty()) base = tps;
+                    if (p.pdl() && base > 0) result(out, "e2e_32k_pdl_speedup", tps / base, "x");
                 }
             }
             usePaths(gpu, E2E_PATHS[0]);

@@ -104,6 +104,7 @@ public final class CudaBackend implements Backend {
     private boolean fusedSwiglu;       // matmulSwiglu: gate/up GEMV + SwiGLU in one kernel
     private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
     private boolean shortAttn;         // decode attention: one split that writes out directly for short contexts
+    private final boolean pdlSupported; // Programmatic Dependent Launch possible (sm_90+, CUDA >= 12.3)
 
     // graphs
     private Mode mode = Mode.EAGER;
@@ -167,6 +168,10 @@ public final class CudaBackend implements Backend {
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v2"));
         check(TpNative.tp_kvq_set_attention_variant("v1".equalsIgnoreCase(qa) || "1".equals(qa) ? 1 : 2), "quantized attention variant");
+        // PDL: off unless asked for (not yet validated on a GPU); a process-wide switch in the native library
+        this.pdlSupported = TpNative.tp_pdl_supported() != 0;
+        boolean pdl = experimental("tokenpress.cuda.pdl", "TOKENPRESS_CUDA_PDL") && pdlSupported;
+        check(TpNative.tp_set_pdl(pdl ? 1 : 0), "tp_set_pdl");
     }
 
     /**
@@ -295,6 +300,26 @@ public final class CudaBackend implements Backend {
 
     public boolean shortAttn() { return shortAttn; }
 
+    /**
+     * Programmatic Dependent Launch for the small-op, GEMV and argmax/top-k kernels ({@code tp_set_pdl}): each
+     * may start while the kernel before it finishes (the GEMVs issue their first weight loads before waiting).
+     * Off by default; {@code -Dtokenpress.cuda.pdl=true} (or {@code TOKENPRESS_CUDA_PDL=1}) turns it on when the
+     * device supports it (sm_90+). The switch is process-wide: it applies to every CudaBackend's later launches
+     * and captures, and each new CudaBackend sets it from the property again. Drops this backend's captured
+     * graph. Turning it on where {@link #pdlSupported()} is false throws {@link UnsupportedOpException}.
+     */
+    public void setPdl(boolean on) {
+        requireEager("setPdl");
+        dropGraph();
+        check(TpNative.tp_set_pdl(on ? 1 : 0), "setPdl");
+    }
+
+    /** Whether kernels are launched with Programmatic Dependent Launch now (process-wide). */
+    public boolean pdl() { return TpNative.tp_pdl_enabled() != 0; }
+
+    /** Whether this device can use Programmatic Dependent Launch (sm_90+, CUDA >= 12.3). */
+    public boolean pdlSupported() { return pdlSupported; }
+
     /** Turns all four decode fusions above (QKV, gate/up + SwiGLU, RoPE + KV store, short attention) on or off. */
     public void setDecodeFusions(boolean on) {
         setFusedQkv(on);
@@ -309,7 +334,8 @@ public final class CudaBackend implements Backend {
                 + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel")
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
-                + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant();
+                + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
+                + ", PDL " + (pdl() ? "on" : pdlSupported ? "off" : "off (unsupported)");
     }
 
     private static String onOff(boolean on) {

@@ -37,6 +37,14 @@ public final class TpNative {
 
     // ---- device, memory, streams, events, graphs ----------------------------------------------------------
 
+    /** 1 when the current device can use Programmatic Dependent Launch (sm_90+, CUDA >= 12.3), else 0. */
+    public static native int tp_pdl_supported();
+
+    /** Process-wide PDL switch for the kernels of norm_rope_act.cu, gemv.cu, topk_select.cu (default off). */
+    public static native int tp_set_pdl(int enabled);
+
+    public static native int tp_pdl_enabled();
+
     public static native int tp_device_count(int[] count);
 
     public static native int tp_set_device(int device);

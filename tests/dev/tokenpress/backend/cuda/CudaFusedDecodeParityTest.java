@@ -20,6 +20,8 @@ import java.util.stream.Stream;
 
 import static dev.tokenpress.backend.cuda.CudaGemvParityTest.reference;
 import static dev.tokenpress.backend.cuda.CudaGemvParityTest.uniform;
+import static dev.tokenpress.backend.cuda.CudaGemvParityTest.usePdl;
+import static dev.tokenpress.backend.cuda.CudaGemvParityTest.withPdl;
 import static dev.tokenpress.backend.cuda.CudaParityTest.act;
 import static dev.tokenpress.backend.cuda.CudaParityTest.assertClose;
 import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Exact;
@@ -32,8 +34,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * The fused decode ops of CudaBackend against the CPU's default (unfused) ops and against the CUDA unfused path
  * (the toggles off): matmulQkv (tp_gemv_bf16_multi: q, k, v rows in one launch, with/without biases, odd row
  * counts), matmulSwiglu (tp_gemv_bf16_swiglu), ropeStoreKv (tp_rope_store_kv: rotated q, k and the stored bf16
- * keys/values/positions bit-identical to rope + rope + storeKv), n = 1..4 (and n > 4: the fallbacks).
- * Skipped (not failed) where CUDA is unavailable.
+ * keys/values/positions bit-identical to rope + rope + storeKv), n = 1..4 (and n > 4: the fallbacks). Every
+ * case runs with Programmatic Dependent Launch off and on (on: skipped where unsupported). Skipped (not failed) where CUDA is unavailable.
  */
 class CudaFusedDecodeParityTest {
     static CpuBackend cpu;
@@ -49,7 +51,10 @@ class CudaFusedDecodeParityTest {
 
     @AfterAll
     static void close() {
-        if (gpu != null) gpu.close();
+        if (gpu != null) {
+            gpu.setPdl(false);
+            gpu.close();
+        }
         if (cpu != null) cpu.close();
     }
 
@@ -61,12 +66,13 @@ class CudaFusedDecodeParityTest {
         a.add(Arguments.of(1, 64, 64, 8192, false));
         for (int n = 2; n <= CudaBackend.GEMV_MAX_ROWS; n++) a.add(Arguments.of(n, 256, 64, 520, n % 2 == 0));
         a.add(Arguments.of(5, 256, 64, 512, true));       // n > 4: three cuBLAS matmuls
-        return a.stream();
+        return withPdl(a.stream());
     }
 
-    @ParameterizedTest(name = "qkv n={0} Oq={1} Okv={2} I={3} bias={4}")
+    @ParameterizedTest(name = "qkv n={0} Oq={1} Okv={2} I={3} bias={4} pdl={5}")
     @MethodSource("qkvCases")
-    void matmulQkv(int n, int oq, int okv, int in, boolean bias) {
+    void matmulQkv(int n, int oq, int okv, int in, boolean bias, boolean pdl) {
+        usePdl(gpu, pdl);
         SplittableRandom r = new SplittableRandom(31L * oq + okv + in + n);
         float[] x = uniform(r, n * in, 1);
         int[] rows = {oq, okv, okv};
@@ -120,12 +126,13 @@ class CudaFusedDecodeParityTest {
         a.add(Arguments.of(1, 7, 8192));
         for (int n = 2; n <= CudaBackend.GEMV_MAX_ROWS; n++) a.add(Arguments.of(n, 1000, 520));
         a.add(Arguments.of(6, 512, 256));      // n > 4: the unfused ops
-        return a.stream();
+        return withPdl(a.stream());
     }
 
-    @ParameterizedTest(name = "swiglu n={0} F={1} D={2}")
+    @ParameterizedTest(name = "swiglu n={0} F={1} D={2} pdl={3}")
     @MethodSource("swigluCases")
-    void matmulSwiglu(int n, int f, int d) {
+    void matmulSwiglu(int n, int f, int d, boolean pdl) {
+        usePdl(gpu, pdl);
         SplittableRandom r = new SplittableRandom(17L * f + d + n);
         float[] x = uniform(r, n * d, 1);
         float[] wgv = bf16Exact(uniform(r, f * d, 0.08)), wuv = bf16Exact(uniform(r, f * d, 0.08));
@@ -161,12 +168,13 @@ class CudaFusedDecodeParityTest {
             for (int n : new int[] {1, 3, 37}) a.add(Arguments.of(hd, n, 4, 32 / (hd / 64) / 4 * 4));
         a.add(Arguments.of(64, 1, 8, 32));
         a.add(Arguments.of(128, 2, 2, 2));
-        return a.stream();
+        return withPdl(a.stream());
     }
 
-    @ParameterizedTest(name = "ropeStoreKv hd={0} n={1} Hkv={2} H={3}")
+    @ParameterizedTest(name = "ropeStoreKv hd={0} n={1} Hkv={2} H={3} pdl={4}")
     @MethodSource("ropeCases")
-    void ropeStoreKv(int hd, int n, int hkv, int heads) {
+    void ropeStoreKv(int hd, int n, int hkv, int heads, boolean pdl) {
+        usePdl(gpu, pdl);
         LlamaConfig cfg = CudaModelParityTest.config(heads * hd, heads, hkv, hd, 2);
         RopeTable rope = RopeTable.of(cfg);
         SplittableRandom r = new SplittableRandom(hd * 1000L + n * 10L + hkv);

@@ -27,7 +27,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * The decode GEMV kernel (tp_gemv_bf16, used by CudaBackend.matmul for n <= 4 rows with bf16 weights) against
  * the CPU matmul and against an exact host reference (double sums of the same bf16 weights and f32 inputs),
  * on odd output widths (1, 7, 333, 4097) and input widths (8, 64, 2056, 8192), with and without bias, n = 1..4;
- * the cuBLAS fallbacks (I % 8 != 0, n > 4, GEMV turned off); and the fused add + RMSNorm op.
+ * the cuBLAS fallbacks (I % 8 != 0, n > 4, GEMV turned off); and the fused add + RMSNorm op. Every case runs
+ * with Programmatic Dependent Launch off and on (the latter skipped where the device does not support it).
  * Skipped (not failed) where CUDA is unavailable.
  */
 class CudaGemvParityTest {
@@ -44,8 +45,31 @@ class CudaGemvParityTest {
 
     @AfterAll
     static void close() {
-        if (gpu != null) gpu.close();
+        if (gpu != null) {
+            gpu.setPdl(false);
+            gpu.close();
+        }
         if (cpu != null) cpu.close();
+    }
+
+    /** Sets the PDL switch for a case; a PDL case is skipped where the device does not support it. */
+    static void usePdl(CudaBackend gpu, boolean pdl) {
+        if (pdl) Assumptions.assumeTrue(gpu.pdlSupported(), "PDL needs sm_90+ and CUDA >= 12.3");
+        gpu.setPdl(pdl);
+    }
+
+    /** The PDL modes a non-parameterized GPU test loops over: off, and on where supported. */
+    static boolean[] pdlModes(CudaBackend gpu) {
+        return gpu.pdlSupported() ? new boolean[] {false, true} : new boolean[] {false};
+    }
+
+    /** Each case once with PDL off and once with PDL on. */
+    static Stream<Arguments> withPdl(Stream<Arguments> cases) {
+        return cases.flatMap(a -> Stream.of(false, true).map(pdl -> {
+            Object[] base = a.get(), args = java.util.Arrays.copyOf(base, base.length + 1);
+            args[base.length] = pdl;
+            return Arguments.of(args);
+        }));
     }
 
     static float[] uniform(SplittableRandom r, int n, double scale) {
@@ -93,12 +117,13 @@ class CudaGemvParityTest {
             a.add(Arguments.of(n, 333, 2056, n % 2 == 0));
             a.add(Arguments.of(n, 1, 8192, false));
         }
-        return a.stream();
+        return withPdl(a.stream());
     }
 
-    @ParameterizedTest(name = "gemv n={0} O={1} I={2} bias={3}")
+    @ParameterizedTest(name = "gemv n={0} O={1} I={2} bias={3} pdl={4}")
     @MethodSource("gemvCases")
-    void gemvMatchesCpuAndExactReference(int n, int out, int in, boolean bias) {
+    void gemvMatchesCpuAndExactReference(int n, int out, int in, boolean bias, boolean pdl) {
+        usePdl(gpu, pdl);
         assertTrue(gpu.gemvEnabled(), "GEMV is on by default");
         float[][] res = run(n, out, in, bias, 31L * out + in + n);
         String what = "gemv n=" + n + " O=" + out + " I=" + in + " bias=" + bias;
@@ -108,15 +133,16 @@ class CudaGemvParityTest {
     }
 
     static Stream<Arguments> fallbackCases() {
-        return Stream.of(Arguments.of(1, 300, 20, true),     // I % 8 != 0
-                Arguments.of(1, 17, 1030, false),           // I % 8 != 0 (rows not 16-byte aligned)
-                Arguments.of(5, 333, 2056, true),           // n > 4
-                Arguments.of(7, 300, 520, true));
+        return withPdl(Stream.of(Arguments.of(1, 300, 20, true), // I % 8 != 0
+                Arguments.of(1, 17, 1030, false),                   // I % 8 != 0 (rows not 16-byte aligned)
+                Arguments.of(5, 333, 2056, true),                   // n > 4
+                Arguments.of(7, 300, 520, true)));
     }
 
-    @ParameterizedTest(name = "cuBLAS fallback n={0} O={1} I={2} bias={3}")
+    @ParameterizedTest(name = "cuBLAS fallback n={0} O={1} I={2} bias={3} pdl={4}")
     @MethodSource("fallbackCases")
-    void cublasFallback(int n, int out, int in, boolean bias) {
+    void cublasFallback(int n, int out, int in, boolean bias, boolean pdl) {
+        usePdl(gpu, pdl); // the f32 -> bf16 conversion kernel before cuBLAS is a PDL launch
         float[][] res = run(n, out, in, bias, 7L * out + in + n);
         // cuBLAS rounds x to bf16 first: ~2^-9 relative error per product
         assertClose("fallback n=" + n + " O=" + out + " I=" + in, res[2], res[1], 2e-5, 0.05, 0.02);
@@ -124,20 +150,35 @@ class CudaGemvParityTest {
 
     @Test
     void gemvOffUsesCublasAndAgrees() {
+        for (boolean pdl : pdlModes(gpu)) {
+            gpu.setPdl(pdl);
+            gemvOffUsesCublasAndAgrees(pdl);
+        }
+    }
+
+    private void gemvOffUsesCublasAndAgrees(boolean pdl) {
         try {
             gpu.setGemvEnabled(false);
             float[][] res = run(1, 4097, 2056, true, 99);
-            assertClose("gemv off", res[2], res[1], 2e-5, 0.05, 0.02);
+            assertClose("gemv off pdl=" + pdl, res[2], res[1], 2e-5, 0.05, 0.02);
         } finally {
             gpu.setGemvEnabled(true);
         }
         float[][] res = run(1, 4097, 2056, true, 99);
-        assertClose("gemv on", res[2], res[1], 1e-9, 2e-4 * Math.sqrt(2056 / 64.0 + 1), 1e-4);
+        assertClose("gemv on pdl=" + pdl, res[2], res[1], 1e-9, 2e-4 * Math.sqrt(2056 / 64.0 + 1), 1e-4);
     }
 
     @Test
     void addRmsnormMatchesAddThenRmsnorm() {
-        for (int d : new int[] {64, 333, 2048, 4096}) {
+        for (boolean pdl : pdlModes(gpu)) {
+            gpu.setPdl(pdl);
+            addRmsnormMatchesAddThenRmsnorm(pdl);
+        }
+    }
+
+    private void addRmsnormMatchesAddThenRmsnorm(boolean pdl) {
+        // d = 8192 with 1024 threads: 8 elements per thread, past the 4 norm weights loaded before the PDL wait
+        for (int d : new int[] {64, 333, 2048, 4096, 8192}) {
             for (int n : new int[] {1, 3}) {
                 SplittableRandom r = new SplittableRandom(d + n);
                 float[] x = uniform(r, n * d, 2), y = uniform(r, n * d, 2), w = uniform(r, d, 1.5);
@@ -147,9 +188,51 @@ class CudaGemvParityTest {
                 cpu.add(xc, yc, n);
                 cpu.rmsnorm(oc, xc, wc, 1e-5f, n);
                 gpu.addRmsnorm(og, xg, yg, wg, 1e-5f, n);
-                assertClose("addRmsnorm x d=" + d, cpu.download(xc, 0, n), gpu.download(xg, 0, n), 1e-12, 1e-6, 1e-6);
-                assertClose("addRmsnorm out d=" + d, cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-10, 1e-5, 1e-5);
+                String what = "addRmsnorm d=" + d + " pdl=" + pdl;
+                assertClose(what + " x", cpu.download(xc, 0, n), gpu.download(xg, 0, n), 1e-12, 1e-6, 1e-6);
+                assertClose(what + " out", cpu.download(oc, 0, n), gpu.download(og, 0, n), 1e-10, 1e-5, 1e-5);
             }
+        }
+    }
+
+    /**
+     * A chain of dependent decode kernels with no host synchronisation in between (the layer pattern: add +
+     * RMSNorm, GEMV, add + RMSNorm, gate/up + SwiGLU GEMV, GEMV, with every buffer both read by one kernel and
+     * rewritten by the next), n = 1 and 3: with PDL on the result must be bit-identical to plain launches. A
+     * kernel that read its input before its predecessor finished, or overwrote a buffer its predecessor still
+     * read, would change it.
+     */
+    @Test
+    void pdlChainIsBitIdenticalToPlainLaunches() {
+        Assumptions.assumeTrue(gpu.pdlSupported(), "PDL needs sm_90+ and CUDA >= 12.3");
+        int d = 2048, f = 4096;
+        SplittableRandom r = new SplittableRandom(2024);
+        float[] wo = bf16Exact(uniform(r, d * d, 0.03)), wgv = bf16Exact(uniform(r, f * d, 0.03));
+        float[] wuv = bf16Exact(uniform(r, f * d, 0.03)), wdv = bf16Exact(uniform(r, d * f, 0.03));
+        float[] wn = uniform(r, d, 1.5);
+        Tensor woT = gpu.weight(bf16Weight("wo", d, d, wo)), wgT = gpu.weight(bf16Weight("wg", f, d, wgv));
+        Tensor wuT = gpu.weight(bf16Weight("wu", f, d, wuv)), wdT = gpu.weight(bf16Weight("wd", d, f, wdv));
+        Tensor wnT = gpu.weight(f32Vector("wn", wn));
+        for (int n : new int[] {1, 3}) {
+            float[] h0 = uniform(r, n * d, 1), t0 = uniform(r, n * d, 1);
+            float[][] res = new float[2][];
+            for (int mode = 0; mode < 2; mode++) {
+                gpu.setPdl(mode == 1);
+                Tensor h = act(gpu, n, d, h0), t = act(gpu, n, d, t0), xn = act(gpu, n, d, null);
+                Tensor a = act(gpu, n, f, null), u = act(gpu, n, f, null);
+                for (int it = 0; it < 8; it++) {
+                    gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);  // h += t; xn = norm(h)
+                    gpu.matmul(t, xn, woT, null, n);           // t = Wo xn
+                    gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);
+                    gpu.matmulSwiglu(a, u, xn, wgT, wuT, n);  // a = silu(Wg xn) * (Wu xn)
+                    gpu.matmul(t, a, wdT, null, n);            // t = Wd a
+                }
+                gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);
+                res[mode] = gpu.download(xn, 0, n);
+            }
+            gpu.setPdl(false);
+            for (float v : res[0]) assertTrue(Float.isFinite(v), "chain output finite");
+            org.junit.jupiter.api.Assertions.assertArrayEquals(res[0], res[1], "PDL chain n=" + n + " differs from plain launches");
         }
     }
 }

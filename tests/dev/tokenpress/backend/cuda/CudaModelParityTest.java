@@ -20,7 +20,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * Whole-model parity: a generated bf16 model (hd 64, GQA 4 and hd 128, GQA 1) through CPU and CUDA, prefill then
  * 32 decode steps fed with the CPU's greedy tokens; logits compared by normalized MSE at every step. The CUDA
- * decode runs once with CUDA graphs (captured/replayed steps) and once eagerly, which must agree almost bitwise.
+ * decode runs once with CUDA graphs (captured/replayed steps) and once eagerly, which must agree almost bitwise;
+ * where the device supports Programmatic Dependent Launch, both again with PDL on, which must equal the PDL-off
+ * runs (the same arithmetic; only the launch overlap differs).
  */
 class CudaModelParityTest {
     @TempDir
@@ -63,15 +65,18 @@ class CudaModelParityTest {
             }
         }
         // pass 0: graphs, 1: eager, 2: graphs with the decode fusions off (QKV, gate/up + SwiGLU, RoPE + KV
-        // store, short-context attention)
-        float[][][] got = new float[3][][];
-        String[] status = new String[3];
-        for (int pass = 0; pass < 3; pass++) {
+        // store, short-context attention); 3: graphs with PDL, 4: eager with PDL (only where PDL is supported)
+        float[][][] got = new float[5][][];
+        String[] status = new String[5];
+        int[] replays = new int[5];
+        for (int pass = 0; pass < 5; pass++) {
             try (SafeTensors st = SafeTensors.open(dir)) {
                 CudaBackend gpu = CudaBackend.open();
                 try {
-                    gpu.setGraphsEnabled(pass != 1);
+                    if (pass >= 3 && !gpu.pdlSupported()) continue;
+                    gpu.setGraphsEnabled(pass != 1 && pass != 4);
                     if (pass == 2) gpu.setDecodeFusions(false);
+                    gpu.setPdl(pass >= 3);
                     Llama m = new Llama(cfg, Weights.load(st, cfg, gpu, null), gpu, 64);
                     KvCache cache = m.newCache(ctx);
                     got[pass] = new float[steps + 1][];
@@ -82,8 +87,10 @@ class CudaModelParityTest {
                         got[pass][s + 1] = m.logits();
                     }
                     status[pass] = gpu.graphStatus();
+                    replays[pass] = gpu.graphReplays();
                     cache.close();
                 } finally {
+                    if (pass >= 3) gpu.setPdl(false);
                     gpu.close();
                 }
             }
@@ -104,5 +111,22 @@ class CudaModelParityTest {
                 worstGraphVsEager, status[0]);
         assertTrue(worst < 5e-3, name + ": CUDA logits differ from CPU, worst nmse " + worst);
         assertTrue(worstGraphVsEager < 1e-6, name + ": graph replay differs from eager launches, nmse " + worstGraphVsEager);
+        if (got[3] == null) {
+            System.out.printf("[model-parity] %s: PDL passes skipped (device does not support PDL)%n", name);
+            return;
+        }
+        double worstPdlGraph = 0, worstPdlEager = 0;
+        int bitDiffSteps = 0;
+        for (int s = 0; s <= steps; s++) {
+            worstPdlGraph = Math.max(worstPdlGraph, CudaParityTest.nmse(got[0][s], got[3][s]));
+            worstPdlEager = Math.max(worstPdlEager, CudaParityTest.nmse(got[1][s], got[4][s]));
+            if (!java.util.Arrays.equals(got[0][s], got[3][s]) || !java.util.Arrays.equals(got[1][s], got[4][s])) bitDiffSteps++;
+        }
+        System.out.printf("[model-parity] %s: PDL on vs off: worst nmse graphs %.3g, eager %.3g, steps not bit-identical %d of %d; %s%n",
+                name, worstPdlGraph, worstPdlEager, bitDiffSteps, steps + 1, status[3]);
+        // the same kernels and arithmetic: anything but (near-)identical logits means a missing PDL wait
+        assertTrue(worstPdlGraph < 1e-12, name + ": graphs with PDL differ from graphs without, nmse " + worstPdlGraph);
+        assertTrue(worstPdlEager < 1e-12, name + ": eager launches with PDL differ from plain ones, nmse " + worstPdlEager);
+        assertTrue(replays[3] > 0, name + ": decode steps with PDL were not replayed as graphs: " + status[3]);
     }
 }

@@ -102,4 +102,18 @@ class CudaNativeLibTest {
         assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc);
         assertTrue(TpNative.tp_last_error_message().getString().contains("counters"));
     }
+
+    @Test
+    void pdlSwitchWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        Assumptions.assumeFalse(Cuda.available(), "a GPU is present: the GPU tests cover PDL");
+        assertEquals(0, TpNative.tp_pdl_supported());
+        assertEquals(0, TpNative.tp_pdl_enabled());
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED, TpNative.tp_set_pdl(1));  // refused, stays off
+        assertTrue(TpNative.tp_last_error_message().getString().contains("sm_90"), TpNative.tp_last_error_message().getString());
+        assertEquals(0, TpNative.tp_pdl_enabled());
+        assertEquals(TpNative.TP_OK, TpNative.tp_set_pdl(0));
+        // with PDL off, launchers still validate arguments before any launch
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_rmsnorm(0, 8, 8, 1e-5f, 1, 64, 0));
+    }
 }
