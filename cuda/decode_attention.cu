@@ -6,6 +6,9 @@
 // Thread layout of the split kernel: LPR = hd/8 lanes own one key row (16-byte loads, 8 bf16 per lane),
 // so a warp covers 32/LPR rows per step and each lane keeps GT online-softmax states of 8 output dims.
 #include "attention_common.cuh"
+#ifdef TP_ATTN_TUNING
+#include <cstdlib>
+#endif
 
 namespace {
 
@@ -262,6 +265,349 @@ decode_split_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc
     if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next call (stream order)
 }
 
+// ---- v2: per-warp cp.async pipeline --------------------------------------------------------------------------
+// Same thread layout and arithmetic per row as decode_split_kernel, but the key, value and position bytes go
+// global -> shared memory with cp.async (16-byte LDGSTS for the rows, 4 bytes for the position), kV2Stages deep,
+// so the loads of the next stages are in flight while the current one is computed. Each lane copies exactly the
+// bytes it later reads itself (its 16 bytes of the key and value row and its own copy of the row's position), so
+// cp.async.wait_group alone orders copy and use: no __syncthreads in the loop, every warp runs its own pipeline.
+// The slot indices of a selection list are loaded one stage ahead into registers (no dependent round trip in the
+// loop). Candidate rows that do not exist (past the end, slot -1 / out of range) issue no copy; a validity bit per
+// (stage, step) keeps their stale buffer contents out of the arithmetic.
+#ifndef TP_V2_STAGES
+#define TP_V2_STAGES 4
+#endif
+#ifndef TP_V2_STEPS
+#define TP_V2_STEPS 2
+#endif
+constexpr int kV2Stages = TP_V2_STAGES;                       // cp.async groups per warp (S - 1 in flight)
+constexpr int kV2Steps = TP_V2_STEPS;                         // warp steps (SUB rows each) per stage
+constexpr int kV2StepBytes = 32 * (16 + 16 + 4);              // keys | values | positions of one warp step
+constexpr int kV2WarpBytes = kV2Stages * kV2Steps * kV2StepBytes;
+constexpr int kV2SmemBytes = kWarps * kV2WarpBytes;           // 36 KiB static: no opt-in needed
+static_assert(kV2WarpBytes >= 8 * 128 * 4, "a warp's pipeline buffer holds its GT x HD partial accumulator");
+static_assert(kV2SmemBytes >= 8 * kMaxSplits * 4 + kThreads * 16, "the pipeline buffer holds the merge factors and sums");
+static_assert(kV2Stages * kV2Steps <= 32, "validity bits");
+
+constexpr int v2_blocks_per_sm(int gt) { return gt >= 8 ? 2 : 4; }
+
+__device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async4(uint32_t smem, const void* gmem) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ uint4 lds16(uint32_t a) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a)
+                 : "memory");
+    return v;
+}
+__device__ __forceinline__ int lds32(uint32_t a) {
+    int v;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(a) : "memory");
+    return v;
+}
+
+template <int HD, int GT>
+__global__ void __launch_bounds__(kThreads, v2_blocks_per_sm(GT))
+decode_split_v2_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
+                       const int* __restrict__ pc, int layer, int H, int Hkv, int C, const int* __restrict__ qpos_ptr,
+                       const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
+                       const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
+                       float2* __restrict__ part_md, int* __restrict__ counters, float* __restrict__ out,
+                       float* __restrict__ lse2, bool direct) {
+    constexpr int LPR = HD / 8;
+    constexpr int SUB = 32 / LPR;
+    constexpr int NSG = kWarps * SUB;
+    constexpr int S = kV2Stages, ST = kV2Steps;
+    __shared__ __align__(16) unsigned char smem[kV2SmemBytes];
+    __shared__ float sm_m[kWarps][GT], sm_d[kWarps][GT];
+
+    const int G = H / Hkv;
+    const int chunks = (G + GT - 1) / GT;
+    const int kh = blockIdx.y / chunks, c = blockIdx.y % chunks;
+    const int h0 = kh * G + c * GT;
+    const int nh = min(GT, G - c * GT);
+    const int split = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane / LPR, lr = lane % LPR;
+
+    const int qp = qpos_ptr[0];
+    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
+    int per = (int)ceil_div(len, splits);
+    per = (int)ceil_div(per, NSG) * NSG;
+    const int begin = split * per;
+    const int end = min(len, begin + per);
+    // warp step k covers candidates begin + (k * kWarps + warp) * SUB + [0, SUB)
+    const int first = begin + warp * SUB;
+    const int nsteps = end > first ? (int)ceil_div(end - first, NSG) : 0;  // warp-uniform
+    const int niter = (nsteps + ST - 1) / ST;
+
+    const int64_t base = ((int64_t)layer * Hkv + kh) * C;
+    const uint16_t* kb = kc + base * HD + lr * 8;
+    const uint16_t* vb = vc + base * HD + lr * 8;
+    const int* pb = pc + base;
+    const uint32_t wbuf = (uint32_t)__cvta_generic_to_shared(smem + warp * kV2WarpBytes);
+    auto slot_of = [&](int k) {  // candidate slot of this lane's row in warp step k, -1 when none
+        int idx = first + k * NSG + sub;
+        return idx < end ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
+    };
+    uint32_t valid = 0;  // bit (stage buffer * ST + step): a copy was issued for this lane's row
+    auto issue = [&](int t, const int* slots) {
+        const int b = t % S;
+#pragma unroll
+        for (int st = 0; st < ST; st++) {
+            const uint32_t a = wbuf + (uint32_t)((b * ST + st) * kV2StepBytes);
+            const int bit = b * ST + st;
+            if (slots[st] >= 0) {
+                cp_async16(a + lane * 16, kb + (int64_t)slots[st] * HD);
+                cp_async16(a + 512 + lane * 16, vb + (int64_t)slots[st] * HD);
+                cp_async4(a + 1024 + lane * 4, pb + slots[st]);
+                valid |= 1u << bit;
+            } else {
+                valid &= ~(1u << bit);
+            }
+        }
+    };
+
+    // Prologue: the slots of the first S stages are loaded together, then S - 1 stages are issued.
+    int pre[S][ST];
+#pragma unroll
+    for (int t = 0; t < S; t++) {
+#pragma unroll
+        for (int st = 0; st < ST; st++) pre[t][st] = t < niter ? slot_of(t * ST + st) : -1;
+    }
+#pragma unroll
+    for (int t = 0; t < S - 1; t++) {
+        if (t < niter) issue(t, pre[t]);
+        cp_async_commit();
+    }
+    int nxt[ST];  // slots of stage t + S - 1, loaded one iteration ahead
+#pragma unroll
+    for (int st = 0; st < ST; st++) nxt[st] = pre[S - 1][st];
+
+    float qr[GT][8];
+#pragma unroll
+    for (int g = 0; g < GT; g++) {
+        if (g < nh) {
+            const float4* src = reinterpret_cast<const float4*>(q + (int64_t)(h0 + g) * HD + lr * 8);
+            float4 a = src[0], b = src[1];
+            qr[g][0] = a.x * scale_log2; qr[g][1] = a.y * scale_log2; qr[g][2] = a.z * scale_log2;
+            qr[g][3] = a.w * scale_log2; qr[g][4] = b.x * scale_log2; qr[g][5] = b.y * scale_log2;
+            qr[g][6] = b.z * scale_log2; qr[g][7] = b.w * scale_log2;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) qr[g][j] = 0.f;
+        }
+    }
+    SoftmaxState<8> st8[GT];
+#pragma unroll
+    for (int g = 0; g < GT; g++) st8[g].init();
+
+    for (int t = 0; t < niter; t++) {
+        cp_async_wait<S - 2>();  // (S - 1 + t) groups committed: group t is complete
+        {
+            const int tn = t + S - 1;  // refills the buffer read in iteration t - 1
+            if (tn < niter) {
+                int cur[ST];
+#pragma unroll
+                for (int st = 0; st < ST; st++) {
+                    cur[st] = nxt[st];
+                    nxt[st] = tn + 1 < niter ? slot_of((tn + 1) * ST + st) : -1;
+                }
+                issue(tn, cur);
+            }
+            cp_async_commit();
+        }
+        const int b = t % S;
+        float s[ST][GT];
+        bool vis[ST];
+#pragma unroll
+        for (int st = 0; st < ST; st++) {
+            const uint32_t a = wbuf + (uint32_t)((b * ST + st) * kV2StepBytes);
+            const bool ok = (valid >> (b * ST + st)) & 1u;
+            const int pos = ok ? lds32(a + 1024 + lane * 4) : -1;
+            vis[st] = pos >= 0 && pos <= qp;
+            uint4 kr = lds16(a + lane * 16);
+            // a free, future or never-copied slot may hold any bits (NaN included): they must not reach the sums
+            if (!vis[st]) kr = make_uint4(0, 0, 0, 0);
+            float kf[8];
+            bf16x8_to_f32(kr, kf);
+#pragma unroll
+            for (int g = 0; g < GT; g++) {
+                float acc = 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) acc = fmaf(qr[g][j], kf[j], acc);
+#pragma unroll
+                for (int o = LPR / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+                s[st][g] = vis[st] ? acc : kNegInf;
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GT; g++) {
+            float mx = s[0][g];
+#pragma unroll
+            for (int st = 1; st < ST; st++) mx = fmaxf(mx, s[st][g]);
+            // rescale only when the running max grows (rare after the first rows): saves the exp2 and 9 multiplies
+            if (mx > st8[g].m) st8[g].rescale_to(mx);
+        }
+#pragma unroll
+        for (int st = 0; st < ST; st++) {
+            const uint32_t a = wbuf + (uint32_t)((b * ST + st) * kV2StepBytes);
+            uint4 vr = lds16(a + 512 + lane * 16);
+            if (!vis[st]) vr = make_uint4(0, 0, 0, 0);
+            float vf[8];
+            bf16x8_to_f32(vr, vf);
+#pragma unroll
+            for (int g = 0; g < GT; g++) {
+                float p = exp2_diff(s[st][g], st8[g].m);
+                st8[g].d += p;
+#pragma unroll
+                for (int j = 0; j < 8; j++) st8[g].o[j] = fmaf(p, vf[j], st8[g].o[j]);
+            }
+        }
+    }
+    cp_async_wait<0>();  // only empty groups can be left; the buffer is reused below
+
+#pragma unroll
+    for (int g = 0; g < GT; g++) {
+#pragma unroll
+        for (int off = LPR; off < 32; off <<= 1) st8[g].merge_xor(off);
+    }
+    // each warp's partial accumulator goes into its own pipeline buffer
+    float* sm_o = reinterpret_cast<float*>(smem + warp * kV2WarpBytes);
+    if (sub == 0) {
+#pragma unroll
+        for (int g = 0; g < GT; g++) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) sm_o[g * HD + lr * 8 + j] = st8[g].o[j];
+            if (lr == 0) {
+                sm_m[warp][g] = st8[g].m;
+                sm_d[warp][g] = st8[g].d;
+            }
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nh * HD; e += kThreads) {
+        int g = e / HD, j = e % HD;
+        float M = kNegInf;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) M = fmaxf(M, sm_m[w][g]);
+        float D = 0.f, O = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) {
+            float f = exp2_diff(sm_m[w][g], M);
+            D += sm_d[w][g] * f;
+            O += reinterpret_cast<const float*>(smem + w * kV2WarpBytes)[g * HD + j] * f;
+        }
+        if (direct) {
+            out[(int64_t)(h0 + g) * HD + j] = D > 0.f ? O / D : 0.f;
+            if (j == 0 && lse2) lse2[h0 + g] = D > 0.f ? M + log2f(D) : kNegInf;
+            continue;
+        }
+        int64_t ps = (int64_t)(h0 + g) * splits + split;
+        part_o[ps * HD + j] = O;
+        if (j == 0) part_md[ps] = make_float2(M, D);
+    }
+    if (direct || counters == nullptr) return;
+
+    // Fused merge. Arrival: barrier, then one thread's fence + atomic (the block's partial stores are ordered
+    // before the count by the barrier and the cumulative fence, as in a cooperative-groups grid barrier).
+    __shared__ int sm_last;
+    __shared__ float sm_M[GT], sm_D[GT];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const int last = atomicAdd(counters + blockIdx.y, 1) == splits - 1;
+        if (last) __threadfence();
+        sm_last = last;
+    }
+    __syncthreads();
+    if (!sm_last) return;
+    float* sm_f = reinterpret_cast<float*>(smem);  // [GT][kMaxSplits] rescale factors (sm_o was read above)
+    float4* sm_acc = reinterpret_cast<float4*>(smem + GT * kMaxSplits * 4);  // [kThreads] partial sums
+    constexpr int PL = kMaxSplits / 32;
+    for (int g = warp; g < nh; g += kWarps) {
+        // every (m, d) of the head in one round of loads
+        const float2* md = part_md + (int64_t)(h0 + g) * splits;
+        float2 v[PL];
+        float M = kNegInf;
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            const int s2 = lane + 32 * i;
+            v[i] = s2 < splits ? __ldcg(md + s2) : make_float2(kNegInf, 0.f);
+        }
+#pragma unroll
+        for (int i = 0; i < PL; i++) M = fmaxf(M, v[i].x);
+        M = warp_max(M);
+        float D = 0.f;
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            const int s2 = lane + 32 * i;
+            if (s2 < splits) {
+                float f = exp2_diff(v[i].x, M);
+                sm_f[g * kMaxSplits + s2] = f;
+                D += v[i].y * f;
+            }
+        }
+        D = warp_sum(D);
+        if (lane == 0) {
+            sm_M[g] = M;
+            sm_D[g] = D;
+        }
+    }
+    __syncthreads();
+    constexpr int Q = HD / 4;
+    const int items = nh * Q;
+    const int ways = items >= kThreads ? 1 : kThreads / items;
+    for (int e = threadIdx.x; e < items * ways; e += kThreads) {
+        const int it = e % items, way = e / items;
+        const int g = it / Q, j4 = it % Q;
+        const float4* po = reinterpret_cast<const float4*>(part_o) + (int64_t)(h0 + g) * splits * Q + j4;
+        const float* f = sm_f + g * kMaxSplits;
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int s2 = way; s2 < splits; s2 += ways) {
+            float4 v = __ldcg(po + (int64_t)s2 * Q);
+            float c2 = f[s2];
+            a.x = fmaf(v.x, c2, a.x);
+            a.y = fmaf(v.y, c2, a.y);
+            a.z = fmaf(v.z, c2, a.z);
+            a.w = fmaf(v.w, c2, a.w);
+        }
+        if (ways == 1) {
+            float D = sm_D[g];
+            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
+                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            sm_acc[e] = a;
+        }
+    }
+    if (ways > 1) {
+        __syncthreads();
+        for (int it = threadIdx.x; it < items; it += kThreads) {
+            const int g = it / Q, j4 = it % Q;
+            float4 a = sm_acc[it];
+            for (int w2 = 1; w2 < ways; w2++) {
+                float4 b = sm_acc[w2 * items + it];
+                a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+            }
+            float D = sm_D[g];
+            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
+                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    if (lse2 && threadIdx.x < nh) {
+        float D = sm_D[threadIdx.x];
+        lse2[h0 + threadIdx.x] = D > 0.f ? sm_M[threadIdx.x] + log2f(D) : kNegInf;
+    }
+    if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next call (stream order)
+}
+
 // One block per q-head, one thread per output dim: merges the splits' partial states.
 template <int HD>
 __global__ void __launch_bounds__(HD)
@@ -345,6 +691,69 @@ int launch_split(dim3 grid, const float* q, const uint16_t* kc, const uint16_t* 
     return TP_OK;
 }
 
+// Resident blocks per SM of a kernel on the current device (occupancy calculator, cached per device).
+template <typename K>
+int resident_blocks(K kernel, int fallback) {
+    static int cache[64] = {0};
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return fallback;
+    if (cache[dev] == 0) {
+        int n = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess || n < 1)
+            n = fallback;
+        cache[dev] = n;
+    }
+    return cache[dev];
+}
+
+template <int HD, int GT>
+int launch_split_v2(int kv_blocks, int max_len, bool direct, dim3 grid, const float* q, const uint16_t* kc,
+                    const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
+                    const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
+                    float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
+                    cudaStream_t stream) {
+    auto kernel = decode_split_v2_kernel<HD, GT>;
+    int splits = 1;
+    if (!direct) {
+        // One wave of resident blocks, but each split at least the rows of S stages of every warp (128 rows for
+        // hd 64), so short candidate lists run few, full splits and the merge has little to combine.
+        constexpr int min_rows = kWarps * kV2Stages * kV2Steps * (32 / (HD / 8));
+        int target = resident_blocks(kernel, v2_blocks_per_sm(GT)) * sm_count() / kv_blocks;
+        int by_len = (int)ceil_div(max_len < 1 ? 1 : max_len, min_rows);
+        splits = target < by_len ? target : by_len;
+        splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
+#ifdef TP_ATTN_TUNING
+        if (const char* e = getenv("TP_V2_SPLITS")) splits = atoi(e) > 0 ? (atoi(e) > kMaxSplits ? kMaxSplits : atoi(e)) : splits;
+#endif
+    }
+    *splits_out = splits;
+    grid.x = splits;
+    kernel<<<grid, kThreads, 0, stream>>>(q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw,
+                                          scale_log2, splits, part_o, part_md, counters, out, lse2, direct);
+    TP_LAUNCHED("decode_split_v2_kernel");
+    return TP_OK;
+}
+
+template <int HD>
+int launch_split_v2_hd(int gt, int kv_blocks, int max_len, bool direct, dim3 grid, const float* q,
+                       const uint16_t* kc, const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C,
+                       const int* qpos, const int* sel, int sel_stride, const int* sel_counts, const int* hw,
+                       float scale_log2, float* part_o, float2* part_md, int* counters, float* out, float* lse2,
+                       int* splits_out, cudaStream_t stream) {
+#define TP_V2_ARGS kv_blocks, max_len, direct, grid, q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, \
+                   sel_counts, hw, scale_log2, part_o, part_md, counters, out, lse2, splits_out, stream
+    switch (gt) {
+        case 1: return launch_split_v2<HD, 1>(TP_V2_ARGS);
+        case 2: return launch_split_v2<HD, 2>(TP_V2_ARGS);
+        case 4: return launch_split_v2<HD, 4>(TP_V2_ARGS);
+        default: return launch_split_v2<HD, 8>(TP_V2_ARGS);
+    }
+#undef TP_V2_ARGS
+}
+
+// Decode attention kernel variant (tp_set_attention_variant): 1 = decode_split_kernel, 2 = the cp.async pipeline.
+int g_attention_variant = 2;
+
 template <int HD>
 int launch_split_hd(int gt, dim3 grid, const float* q, const uint16_t* kc, const uint16_t* vc, const int* pc,
                     int layer, int H, int Hkv, int C, const int* qpos, const int* sel, int sel_stride,
@@ -402,6 +811,15 @@ uint64_t tp_decode_attention_workspace_bytes(int num_heads, int head_dim) {
     uint64_t parts = (uint64_t)num_heads * kMaxSplits;
     return parts * head_dim * 4 + parts * 8 + (uint64_t)num_heads * 4 + 256;
 }
+
+int tp_set_attention_variant(int variant) {
+    if (variant != 1 && variant != 2)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_set_attention_variant: bad argument 'variant' (%d: 1 or 2)", variant);
+    __atomic_store_n(&g_attention_variant, variant, __ATOMIC_RELAXED);
+    return TP_OK;
+}
+
+int tp_get_attention_variant(void) { return __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED); }
 
 int tp_decode_attention_counters(int num_heads, int kv_heads) {
     if (num_heads <= 0 || kv_heads <= 0 || num_heads % kv_heads != 0) return 0;
@@ -467,7 +885,8 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
     const int rows_per_iter = rows_per_step * (gt >= 8 ? 2 : 4);
     const int single_max = single_split_max_len < 0 ? 4 * rows_per_iter : single_split_max_len;
     const bool direct = single_split_max_len != 0 && max_len <= single_max;
-    const int splits = direct ? 1 : pick_splits(kv_heads * chunks, max_len, rows_per_step, split_blocks_per_sm(gt));
+    const int variant = __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED);
+    int splits = direct ? 1 : pick_splits(kv_heads * chunks, max_len, rows_per_step, split_blocks_per_sm(gt));
     float* part_o = TP_PTR(float, workspace);
     uint64_t parts = (uint64_t)num_heads * kMaxSplits;
     float2* part_md = reinterpret_cast<float2*>(part_o + parts * head_dim);
@@ -485,13 +904,25 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
     int* ctr = fused ? TP_PTR(int, counters) : nullptr;
     float* o = TP_PTR(float, out);
     dim3 grid(splits, kv_heads * chunks);
-    int rc = head_dim == 64
-        ? launch_split_hd<64>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
-                              num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
-                              part_o, part_md, ctr, o, stats ? lse2 : nullptr, direct, s)
-        : launch_split_hd<128>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
-                               num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
-                               part_o, part_md, ctr, o, stats ? lse2 : nullptr, direct, s);
+    int rc;
+    if (variant == 2)
+        rc = head_dim == 64
+            ? launch_split_v2_hd<64>(gt, kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
+                                     TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity,
+                                     qpos, sel, sel_stride, cnt, hw, scale_log2, part_o, part_md, ctr, o,
+                                     stats ? lse2 : nullptr, &splits, s)
+            : launch_split_v2_hd<128>(gt, kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
+                                      TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity,
+                                      qpos, sel, sel_stride, cnt, hw, scale_log2, part_o, part_md, ctr, o,
+                                      stats ? lse2 : nullptr, &splits, s);
+    else
+        rc = head_dim == 64
+            ? launch_split_hd<64>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
+                                  num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
+                                  part_o, part_md, ctr, o, stats ? lse2 : nullptr, direct, s)
+            : launch_split_hd<128>(gt, grid, TP_PTR(const float, q), kc, TP_PTR(const uint16_t, value_cache), pc, layer,
+                                   num_heads, kv_heads, capacity, qpos, sel, sel_stride, cnt, hw, scale_log2, splits,
+                                   part_o, part_md, ctr, o, stats ? lse2 : nullptr, direct, s);
     if (rc != TP_OK) return rc;
     if (!fused && !direct) {
         if (head_dim == 64)

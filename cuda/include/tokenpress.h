@@ -228,6 +228,15 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
                             uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
                             int single_split_max_len, uint64_t stream);
 
+/**
+ * Selects the decode attention kernel of tp_decode_attention*: 1 = decode_split_kernel (the register-loaded
+ * flash-decoding kernel), 2 = the cp.async-pipelined kernel (default). Process-wide; launches already captured in
+ * a graph keep the kernel they were captured with. TP_ERR_BAD_ARGUMENT for any other value.
+ */
+int tp_set_attention_variant(int variant);
+/** The variant tp_decode_attention* launches now (1 or 2). */
+int tp_get_attention_variant(void);
+
 /** Bytes of workspace tp_prefill_attention needs for n queries of num_heads heads. */
 uint64_t tp_prefill_attention_workspace_bytes(int n, int num_heads);
 

@@ -86,18 +86,31 @@ public final class KernelBench {
 
     /**
      * Decode attention GB/s for the llama-1b shape at 1K..128K, with the split merge fused into the split kernel
-     * (the default; keys attn_*) and as a separate merge kernel (keys attn_*_sepmerge), same run.
+     * (the default; keys attn_*) and as a separate merge kernel (keys attn_*_sepmerge), same run, for the backend's
+     * attention kernel variant; then the fused merge with each kernel variant (keys attn_*_v1, attn_*_v2).
      */
     public static void attention(CudaBackend gpu, double copyBw, PrintStream out) {
-        out.println("| context | merge | layers rotated | µs/call | KV MB/call | GB/s | % of copy bw |");
-        out.println("|---|---|---|---|---|---|---|");
+        out.println("| context | kernel | merge | layers rotated | µs/call | KV MB/call | GB/s | % of copy bw |");
+        out.println("|---|---|---|---|---|---|---|---|");
         for (int ctx : new int[] {1024, 8192, 32768, 131072}) {
+            int iters = ctx >= 65536 ? 50 : 200;
             for (boolean fused : new boolean[] {true, false}) {
-                CudaKernelBench.AttentionResult r = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, ctx >= 65536 ? 50 : 200, fused);
+                CudaKernelBench.AttentionResult r = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, iters, fused);
                 double pct = 100 * r.gbPerSecond() * 1e9 / copyBw;
-                out.printf("| %d | %s | %d | %.2f | %.2f | %.0f | %.1f%% |%n", ctx, fused ? "fused" : "separate",
-                        r.layersRotated(), r.microseconds(), r.bytesPerCall() / 1e6, r.gbPerSecond(), pct);
+                out.printf("| %d | v%d (default) | %s | %d | %.2f | %.2f | %.0f | %.1f%% |%n", ctx, gpu.attentionVariant(),
+                        fused ? "fused" : "separate", r.layersRotated(), r.microseconds(), r.bytesPerCall() / 1e6,
+                        r.gbPerSecond(), pct);
                 String k = "attn_" + ctx, sfx = fused ? "" : "_sepmerge";
+                result(out, k + "_us" + sfx, r.microseconds(), "us");
+                result(out, k + "_gbps" + sfx, r.gbPerSecond(), "GB/s");
+                result(out, k + "_pct_copy_bw" + sfx, pct, "%");
+            }
+            for (int v = 1; v <= 2; v++) {
+                CudaKernelBench.AttentionResult r = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, iters, true, v);
+                double pct = 100 * r.gbPerSecond() * 1e9 / copyBw;
+                out.printf("| %d | v%d | fused | %d | %.2f | %.2f | %.0f | %.1f%% |%n", ctx, v, r.layersRotated(),
+                        r.microseconds(), r.bytesPerCall() / 1e6, r.gbPerSecond(), pct);
+                String k = "attn_" + ctx, sfx = "_v" + v;
                 result(out, k + "_us" + sfx, r.microseconds(), "us");
                 result(out, k + "_gbps" + sfx, r.gbPerSecond(), "GB/s");
                 result(out, k + "_pct_copy_bw" + sfx, pct, "%");
@@ -131,6 +144,12 @@ public final class KernelBench {
             result(out, k + "_kv_bytes_tidal", r.kvBytesPerLayer(), "B");
             result(out, k + "_read_bytes_full", r.fullReadBytes(), "B");
             result(out, k + "_read_bytes_tidal", r.sparseReadBytes(), "B");
+            for (int v = 1; v <= 2; v++) {
+                double f = v == 1 ? r.fullUsV1() : r.fullUsV2(), s = v == 1 ? r.sparseUsV1() : r.sparseUsV2();
+                out.printf("| %d | attention kernel v%d: full %.2f µs, tidal attention %.2f µs (%.1fx) | | | | | | |%n", ctx, v, f, s, f / s);
+                result(out, k + "_full_us_v" + v, f, "us");
+                result(out, k + "_tidal_attn_us_v" + v, s, "us");
+            }
         }
     }
 

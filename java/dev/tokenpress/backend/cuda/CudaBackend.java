@@ -100,6 +100,7 @@ public final class CudaBackend implements Backend {
     // kernel paths (system properties, or the setters below)
     private boolean gemvEnabled;
     private boolean fusedAttnMerge;
+    private int attentionVariant = 2;  // decode attention kernel (tp_set_attention_variant)
     private boolean fusedQkv;          // matmulQkv: one GEMV launch for q, k, v
     private boolean fusedSwiglu;       // matmulSwiglu: gate/up GEMV + SwiGLU in one kernel
     private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
@@ -172,6 +173,8 @@ public final class CudaBackend implements Backend {
         this.pdlSupported = TpNative.tp_pdl_supported() != 0;
         boolean pdl = experimental("tokenpress.cuda.pdl", "TOKENPRESS_CUDA_PDL") && pdlSupported;
         check(TpNative.tp_set_pdl(pdl ? 1 : 0), "tp_set_pdl");
+        String attn = System.getProperty("tokenpress.cuda.attention", System.getenv().getOrDefault("TOKENPRESS_CUDA_ATTENTION", "v2"));
+        setAttentionVariant("v1".equalsIgnoreCase(attn) || "1".equals(attn) ? 1 : 2);
     }
 
     /**
@@ -247,6 +250,21 @@ public final class CudaBackend implements Backend {
     }
 
     public boolean fusedAttnMerge() { return fusedAttnMerge; }
+
+    /**
+     * Decode attention kernel: 2 = the cp.async-pipelined kernel (default), 1 = the previous register-loaded
+     * kernel ({@code -Dtokenpress.cuda.attention=v1} or this setter). Process-wide in the native library (the
+     * last backend to set it wins). Drops a captured graph.
+     */
+    public void setAttentionVariant(int variant) {
+        if (variant != 1 && variant != 2) throw new IllegalArgumentException("attention variant " + variant + ": 1 or 2");
+        requireEager("setAttentionVariant");
+        dropGraph();
+        check(TpNative.tp_set_attention_variant(variant), "attention variant");
+        attentionVariant = variant;
+    }
+
+    public int attentionVariant() { return attentionVariant; }
 
     /**
      * {@link #matmulQkv} as one GEMV launch over the rows of wq, wk and wv ({@code tp_gemv_bf16_multi}; default
@@ -331,6 +349,7 @@ public final class CudaBackend implements Backend {
     /** Kernel paths in use, one line (for logs and the benchmark). */
     public String kernelPaths() {
         return "matmul " + (gemvEnabled ? "GEMV for n<=" + GEMV_MAX_ROWS + " + cuBLAS" : "cuBLAS only")
+                + ", decode attention v" + attentionVariant
                 + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel")
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)

@@ -65,6 +65,25 @@ public final class CudaKernelBench {
      */
     public static AttentionResult decodeAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
                                                   int iters, boolean fusedMerge) {
+        return decodeAttention(b, heads, kvHeads, headDim, context, iters, fusedMerge, b.attentionVariant());
+    }
+
+    /**
+     * As {@link #decodeAttention(CudaBackend, int, int, int, int, int, boolean)} with the decode attention kernel
+     * {@code variant} (1 or 2, tp_set_attention_variant); the backend's own variant is restored afterwards.
+     */
+    public static AttentionResult decodeAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
+                                                  int iters, boolean fusedMerge, int variant) {
+        check(TpNative.tp_set_attention_variant(variant), "attention variant");
+        try {
+            return decodeAttentionNow(b, heads, kvHeads, headDim, context, iters, fusedMerge);
+        } finally {
+            TpNative.tp_set_attention_variant(b.attentionVariant());
+        }
+    }
+
+    private static AttentionResult decodeAttentionNow(CudaBackend b, int heads, int kvHeads, int headDim, int context,
+                                                      int iters, boolean fusedMerge) {
         long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
         int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
         KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
@@ -136,10 +155,14 @@ public final class CudaKernelBench {
         if (rc != 0) throw new CudaException("decode attention: " + CudaBackend.lastError(), rc);
     }
 
-    /** Result of {@link #tidalAttention}: µs per call of each path and bytes. */
+    /**
+     * Result of {@link #tidalAttention}: µs per call of each path and bytes. fullUs/sparseUs are the backend's
+     * attention variant; fullUsV1/sparseUsV1 and fullUsV2/sparseUsV2 the same calls with kernel variant 1 and 2.
+     */
     public record PolicyAttentionResult(int context, int k, int layersRotated, double fullUs, double sparseUs,
                                         double selectUs, double selectPlusSparseUs, long kvBytesPerLayer,
-                                        double fullReadBytes, double sparseReadBytes) {}
+                                        double fullReadBytes, double sparseReadBytes, double fullUsV1,
+                                        double sparseUsV1, double fullUsV2, double sparseUsV2) {}
 
     /**
      * Decode attention of one token over {@code context} tokens (shape heads / kvHeads / headDim, layers rotated
@@ -218,14 +241,25 @@ public final class CudaKernelBench {
                 select.accept(l);
                 sparse.accept(l);
             };
-            double fullUs = time(b, full, layers, iters, e0[0], e1[0]);
-            double sparseUs = time(b, sparse, layers, iters, e0[0], e1[0]);
+            double[] fullV = new double[3], sparseV = new double[3];
+            for (int v = 1; v <= 2; v++) {
+                check(TpNative.tp_set_attention_variant(v), "attention variant");
+                try {
+                    fullV[v] = time(b, full, layers, iters, e0[0], e1[0]);
+                    sparseV[v] = time(b, sparse, layers, iters, e0[0], e1[0]);
+                } finally {
+                    TpNative.tp_set_attention_variant(b.attentionVariant());
+                }
+            }
+            double fullUs = fullV[b.attentionVariant()];
+            double sparseUs = sparseV[b.attentionVariant()];
             double selectUs = time(b, select, layers, iters, e0[0], e1[0]);
             double bothUs = time(b, both, layers, iters, e0[0], e1[0]);
             long kvBytes = kv.bytes() / layers;
             double fullRead = (double) context * kvHeads * (headDim * 4.0 + 4);
             double sparseRead = (double) Math.min(k, context) * kvHeads * (headDim * 4.0 + 8);
-            return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead);
+            return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead,
+                    fullV[1], sparseV[1], fullV[2], sparseV[2]);
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);

@@ -203,6 +203,11 @@ public final class TpNative {
 
     public static native int tp_decode_attention_counters(int numHeads, int kvHeads);
 
+    /** Decode attention kernel: 1 = decode_split_kernel, 2 = the cp.async-pipelined kernel (process-wide). */
+    public static native int tp_set_attention_variant(int variant);
+
+    public static native int tp_get_attention_variant();
+
     public static native int tp_decode_attention_ex(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
                                                     @Cast("uint64_t") long keyCache,
                                                     @Cast("uint64_t") long valueCache,

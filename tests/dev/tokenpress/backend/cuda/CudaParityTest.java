@@ -335,6 +335,38 @@ class CudaParityTest {
         }
     }
 
+    /**
+     * The decode cases with the other attention kernel variant (the default is 2, the cp.async-pipelined kernel;
+     * the other is 1, the previous kernel), fused merge, and at 81 / 4097 also the separate merge and the split
+     * path without the short-context shortcut, so one GPU run validates both kernels.
+     */
+    @ParameterizedTest(name = "decode other kernel variant hd={0} group={1} len={2}")
+    @MethodSource("decodeCases")
+    void decodeAttentionOtherVariant(int hd, int group, int len) {
+        CudaBackend g = (CudaBackend) gpu;
+        int def = g.attentionVariant();
+        g.setAttentionVariant(3 - def);
+        try {
+            decodeAttention(hd, group, len);
+            if (len == 81 || len == 4097) {
+                g.setFusedAttnMerge(false);
+                try {
+                    decodeAttention(hd, group, len);
+                } finally {
+                    g.setFusedAttnMerge(true);
+                }
+                g.setShortAttn(false);
+                try {
+                    decodeAttention(hd, group, len);
+                } finally {
+                    g.setShortAttn(true);
+                }
+            }
+        } finally {
+            g.setAttentionVariant(def);
+        }
+    }
+
     static Stream<Arguments> separateMergeCases() {
         List<Arguments> a = new ArrayList<>();
         for (int hd : new int[] {64, 128})
