@@ -165,6 +165,8 @@ public final class CudaBackend implements Backend {
         this.fusedSwiglu = flag("tokenpress.cuda.fusedSwiglu", "TOKENPRESS_CUDA_FUSED_SWIGLU");
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
+        String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2, process-wide
+        if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
     }
 
     /**
@@ -949,7 +951,8 @@ public final class CudaBackend implements Backend {
     }
 
     private final List<DeviceSelection> deviceSelections = new ArrayList<>();
-    private long tidalKeys, tidalKeysBytes;  // uint32 score keys [Hkv][len], grown only in eager mode
+    private long tidalKeys, tidalKeysBytes;  // tp_tidal_select workspace (zeroed), grown only in eager mode
+    private int tidalKeysHkv;                // the KV head count it serves
 
     @Override
     public SlotSelection selectTopSlots(Tensor q, int row, int queryPosition, KvCache cache, int layer, int k,
@@ -978,15 +981,18 @@ public final class CudaBackend implements Backend {
         a[hkv] = queryPosition;
         a[hkv + 1] = keepPosition;
         int len = Math.min(cap, maxHw <= 1 ? 1 : Integer.highestOneBit(maxHw - 1) << 1);
-        long need = 4L * hkv * len;
-        if (need > tidalKeysBytes) {
+        long need = TpNative.tp_tidal_select_workspace_bytes(hkv, len);
+        if (need > tidalKeysBytes || hkv != tidalKeysHkv) {
             if (mode != Mode.EAGER) throw abort("selectTopSlots scratch growth", false);
             free(tidalKeys);
             tidalKeys = 0;
             tidalKeysBytes = 0;
-            long sz = Math.max(need, 4L * hkv * cap); // the whole capacity at once: no growth (graph abort) later
+            // the whole capacity at once: no growth (graph abort) later
+            long sz = Math.max(need, TpNative.tp_tidal_select_workspace_bytes(hkv, cap));
             tidalKeys = malloc(sz, "tidal selection scores");
+            memsetNow(tidalKeys, 0, sz); // the per-KV-head state starts (and each call leaves it) zero
             tidalKeysBytes = sz;
+            tidalKeysHkv = hkv;
         }
         long d = stage(a, a.length);
         sig(40, qt.ptr, row, c.keys, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots);
