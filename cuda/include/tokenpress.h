@@ -296,13 +296,25 @@ int tp_kv_write_slot(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cach
  * the last slot holding keep_pos when it is visible, plus the best min(k, visible) - 1 other visible slots (ties:
  * lower slot; +0 and -0 tie). out_slots int32 [kv_heads][out_stride] ascending, out_counts int32 [kv_heads] =
  * min(k, visible): the sel_slots / sel_counts of tp_decode_attention_ex2. params int32 (device): high_water[kv_heads]
- * | query_pos | keep_pos. keys_ws uint32 [kv_heads][len] scratch, len >= max high water (grid extent).
+ * | query_pos | keep_pos. keys_ws: scratch of tp_tidal_select_workspace_bytes(kv_heads, len) bytes (16-byte
+ * aligned), len >= max high water (grid extent); it must be zero-filled before the first call and serves one
+ * kv_heads value (any len up to the one it was sized for): each call leaves its per-KV-head state zero again.
  * cur_slot int32 [kv_heads] must hold -1 before the first call (each call leaves it at -1).
  */
 int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
                     int len, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer, int num_heads,
                     int kv_heads, int head_dim, int capacity, uint64_t params, int k, int sum_group,
                     uint64_t stream);
+/** Bytes of keys_ws tp_tidal_select needs for kv_heads KV heads and a grid extent of len slots (both variants). */
+uint64_t tp_tidal_select_workspace_bytes(int kv_heads, int len);
+/**
+ * Which implementation tp_tidal_select launches from now on (process-wide; identical output): 0 (default) automatic
+ * (2 from len 16384 on, else 1), 1 the first version (one select block per KV head), 2 the multi-block selection
+ * with the first radix histogram fused into the score kernel. A captured graph keeps what it was captured with.
+ */
+int tp_set_tidal_select_variant(int variant);
+/** The setting tp_set_tidal_select_variant made (0, 1 or 2). */
+int tp_get_tidal_select_variant(void);
 
 /* ---- selection over the vocabulary (topk_select.cu) -------------------------------------------------- */
 

@@ -169,12 +169,14 @@ public final class CudaBackend implements Backend {
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v2"));
         check(TpNative.tp_kvq_set_attention_variant("v1".equalsIgnoreCase(qa) || "1".equals(qa) ? 1 : 2), "quantized attention variant");
-        // PDL: off unless asked for (not yet validated on a GPU); a process-wide switch in the native library
+        // PDL: on where supported (sm_90+, CUDA >= 12.3) unless switched off; a process-wide switch in the native library
         this.pdlSupported = TpNative.tp_pdl_supported() != 0;
-        boolean pdl = experimental("tokenpress.cuda.pdl", "TOKENPRESS_CUDA_PDL") && pdlSupported;
+        boolean pdl = flag("tokenpress.cuda.pdl", "TOKENPRESS_CUDA_PDL") && pdlSupported;
         check(TpNative.tp_set_pdl(pdl ? 1 : 0), "tp_set_pdl");
         String attn = System.getProperty("tokenpress.cuda.attention", System.getenv().getOrDefault("TOKENPRESS_CUDA_ATTENTION", "v2"));
         setAttentionVariant("v1".equalsIgnoreCase(attn) || "1".equals(attn) ? 1 : 2);
+        String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2, process-wide
+        if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
     }
 
     /**
@@ -1002,7 +1004,8 @@ public final class CudaBackend implements Backend {
     }
 
     private final List<DeviceSelection> deviceSelections = new ArrayList<>();
-    private long tidalKeys, tidalKeysBytes;  // uint32 score keys [Hkv][len], grown only in eager mode
+    private long tidalKeys, tidalKeysBytes;  // tp_tidal_select workspace (zeroed), grown only in eager mode
+    private int tidalKeysHkv;                // the KV head count it serves
 
     @Override
     public SlotSelection selectTopSlots(Tensor q, int row, int queryPosition, KvCache cache, int layer, int k,
@@ -1031,15 +1034,18 @@ public final class CudaBackend implements Backend {
         a[hkv] = queryPosition;
         a[hkv + 1] = keepPosition;
         int len = Math.min(cap, maxHw <= 1 ? 1 : Integer.highestOneBit(maxHw - 1) << 1);
-        long need = 4L * hkv * len;
-        if (need > tidalKeysBytes) {
+        long need = TpNative.tp_tidal_select_workspace_bytes(hkv, len);
+        if (need > tidalKeysBytes || hkv != tidalKeysHkv) {
             if (mode != Mode.EAGER) throw abort("selectTopSlots scratch growth", false);
             free(tidalKeys);
             tidalKeys = 0;
             tidalKeysBytes = 0;
-            long sz = Math.max(need, 4L * hkv * cap); // the whole capacity at once: no growth (graph abort) later
+            // the whole capacity at once: no growth (graph abort) later
+            long sz = Math.max(need, TpNative.tp_tidal_select_workspace_bytes(hkv, cap));
             tidalKeys = malloc(sz, "tidal selection scores");
+            memsetNow(tidalKeys, 0, sz); // the per-KV-head state starts (and each call leaves it) zero
             tidalKeysBytes = sz;
+            tidalKeysHkv = hkv;
         }
         long d = stage(a, a.length);
         sig(40, qt.ptr, row, c.keys, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots);

@@ -285,6 +285,12 @@ public final class TpNative {
                                              @Cast("uint64_t") long params, int k, int sumGroup,
                                              @Cast("uint64_t") long stream);
 
+    public static native @Cast("uint64_t") long tp_tidal_select_workspace_bytes(int kvHeads, int len);
+
+    public static native int tp_set_tidal_select_variant(int variant);
+
+    public static native int tp_get_tidal_select_variant();
+
     // ---- selection ----------------------------------------------------------------------------------------
 
     public static native @Cast("uint64_t") long tp_topk_workspace_bytes(int count, int k);

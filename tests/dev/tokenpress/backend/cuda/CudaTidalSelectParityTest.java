@@ -51,13 +51,22 @@ class CudaTidalSelectParityTest {
     static Backend cpu;
     static CudaBackend gpu;
 
+    /** Both implementations of tp_tidal_select (cuda/tidal_select.cu): 1 the first, 2 the multi-block one; the default (auto) is restored after. */
+    static final int[] VARIANTS = {1, 2};
+    static int DEFAULT_VARIANT;
+
+    static void setVariant(int v) {
+        assertEquals(0, TpNative.tp_set_tidal_select_variant(v), "tp_set_tidal_select_variant(" + v + ")");
+    }
+
     @BeforeAll
     static void open() {
         System.setProperty("tokenpress.cuda.deviceSelect", "true"); // the code under test is opt-in until it has passed on a GPU
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         cpu = new CpuBackend();
         gpu = CudaBackend.open();
-        System.out.println("[parity] tidal selection on " + gpu.description());
+        DEFAULT_VARIANT = TpNative.tp_get_tidal_select_variant();
+        System.out.println("[parity] tidal selection on " + gpu.description() + " (default variant " + DEFAULT_VARIANT + ")");
     }
 
     @AfterAll
@@ -198,21 +207,25 @@ class CudaTidalSelectParityTest {
                 int qpos = qcase[0], current = qcase[1];
                 for (int k : new int[] {0, 1, 2, 64, 2048, Math.max(1, len - 1), len + 5})
                     for (boolean sum : new boolean[] {false, true}) {
-                        String what = "hd=" + hd + " group=" + group + " len=" + len + " qpos=" + qpos + " current=" + current + " k=" + k + " sum=" + sum;
                         SlotSelection want = cpu.selectTopSlots(qc, 1, qpos, p.c, layer, k, sum, current, true);
-                        assertSameSelection(want, gpu.selectTopSlots(qg, 1, qpos, p.g, layer, k, sum, current, true), what + " (host copy)");
-                        SlotSelection dev = gpu.selectTopSlots(qg, 1, qpos, p.g, layer, k, sum, current, false);
-                        assertNull(dev.slots(), what);
-                        assertSameSelection(want, gpu.hostSelection(dev), what + " (device, downloaded)");
-                        if (k == 0 || k == 64 || k == 2048) {
-                            // decode attention over the device selection (no upload) vs the CPU over the CPU selection
-                            cpu.attention(oc, q1c, p.c, layer, new int[] {qpos}, 1, want, null);
-                            gpu.attention(og, q1g, p.g, layer, new int[] {qpos}, 1, dev, null);
-                            double e = nmse(cpu.download(oc, 0, 1), gpu.download(og, 0, 1));
-                            assertTrue(e < 1e-4, what + ": attention nmse " + e);
+                        for (int variant : VARIANTS) {
+                            setVariant(variant);
+                            String what = "v" + variant + " hd=" + hd + " group=" + group + " len=" + len + " qpos=" + qpos + " current=" + current + " k=" + k + " sum=" + sum;
+                            assertSameSelection(want, gpu.selectTopSlots(qg, 1, qpos, p.g, layer, k, sum, current, true), what + " (host copy)");
+                            SlotSelection dev = gpu.selectTopSlots(qg, 1, qpos, p.g, layer, k, sum, current, false);
+                            assertNull(dev.slots(), what);
+                            assertSameSelection(want, gpu.hostSelection(dev), what + " (device, downloaded)");
+                            if (k == 0 || k == 64 || k == 2048) {
+                                // decode attention over the device selection (no upload) vs the CPU over the CPU selection
+                                cpu.attention(oc, q1c, p.c, layer, new int[] {qpos}, 1, want, null);
+                                gpu.attention(og, q1g, p.g, layer, new int[] {qpos}, 1, dev, null);
+                                double e = nmse(cpu.download(oc, 0, 1), gpu.download(og, 0, 1));
+                                assertTrue(e < 1e-4, what + ": attention nmse " + e);
+                            }
                         }
                     }
             }
+            setVariant(DEFAULT_VARIANT);
             // a replaced device selection is refused, not read
             SlotSelection a = gpu.selectTopSlots(qg, 1, len - 1, p.g, layer, 4, false, len - 1, false);
             gpu.selectTopSlots(qg, 1, len - 1, p.g, layer, 4, false, len - 1, false);
