@@ -117,6 +117,8 @@ public final class CudaBackend implements Backend {
     private final long replayEvent;
     private boolean replayPending;
     private int decodeCalls, captures, replays, captureFailures, eagerSteps;
+    /** Graphs were turned off by a decode step that cannot be captured (not by the caller or a failed capture API). */
+    private boolean graphsOffByStep;
     private boolean closed;
 
     /** Opens device 0; throws {@link DeviceUnavailableException} with the reason when CUDA cannot be used. */
@@ -366,6 +368,7 @@ public final class CudaBackend implements Backend {
     /** Turns graph capture of decode steps on or off (off: every step runs eagerly). */
     public void setGraphsEnabled(boolean on) {
         dropGraph();
+        graphsOffByStep = false;
         graphsEnabled = on;
         graphsOffReason = on ? null : "turned off by the caller";
     }
@@ -494,6 +497,7 @@ public final class CudaBackend implements Backend {
     public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity) {
         requireEager("newKvCache");
         checkHeadDim(headDim);
+        retryGraphs();
         CudaKvCache c = new CudaKvCache(this, layers, kvHeads, headDim, capacity);
         caches.add(c);
         return c;
@@ -512,6 +516,7 @@ public final class CudaBackend implements Backend {
             throw new UnsupportedOpException("--kv-quant on CUDA is switched off (-Dtokenpress.cuda.quantKv=false): use --device cpu, or drop that setting");
         requireEager("newKvCache");
         checkHeadDim(headDim);
+        retryGraphs();
         return new CudaQuantKvCache(this, layers, kvHeads, headDim, capacity, quant);
     }
 
@@ -1472,7 +1477,22 @@ public final class CudaBackend implements Backend {
 
     private void onAbort(GraphAbort a) {
         captureFailures++;
-        if (a.permanent || captureFailures >= 3) disableGraphs("a decode step uses " + a.getMessage() + ", which cannot be captured");
+        if (a.permanent || captureFailures >= 3) {
+            disableGraphs("a decode step uses " + a.getMessage() + ", which cannot be captured");
+            graphsOffByStep = true;
+        }
+    }
+
+    /**
+     * A new KV cache starts a new configuration (cache type, and usually a new KV policy): when graphs were turned
+     * off only because an earlier configuration's decode step could not be captured, they are tried again.
+     */
+    private void retryGraphs() {
+        if (!graphsOffByStep) return;
+        graphsOffByStep = false;
+        graphsEnabled = true;
+        graphsOffReason = null;
+        captureFailures = 0;
     }
 
     private void disableGraphs(String why) {
