@@ -29,7 +29,9 @@ constexpr int kMaxGt = 8;          // q-heads per attention block (larger GQA gr
 constexpr int kMaxSplits = 64;
 constexpr int kRowsPerSplit = 128; // candidate slots per split of decode attention (32 per warp)
 
-// Attention kernel variant (tp_kvq_set_attention_variant): 1 = a warp per candidate, 2 = a lane per candidate.
+// Attention kernel variant (tp_kvq_set_attention_variant): 1 = a warp per candidate, 2 = a lane per candidate,
+// 3 = variant 2 with the key loads of a row in flight together and the tile's value rows staged in shared memory
+// (variant 2 where the layout has more than kV3MaxNg value groups).
 int g_attention_variant = 2;
 
 struct Layout {  // byte offsets inside one block record
@@ -568,6 +570,212 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v2_kernel(
     }
 }
 
+// Variant 3: variant 2's tiles (a lane per candidate, tile-wide online softmax) with the two latency chains of
+// variant 2 removed. Keys: the lane reads its block's per-channel f16 zero/scale 8 channels per 16-byte load and
+// its 8 code bytes, the loop over channels fully unrolled so every load of the row is in flight at once. Values:
+// before the softmax, each lane copies its own token's packed value-code row and per-group (zero, scale) into the
+// warp's shared-memory staging area (one round trip for the whole tile instead of one per token), so the p·v loop
+// reads shared memory only; window tokens (f32 rows, at most R + G per KV head) are read from global memory there.
+// GT q-heads per block (1, 2, 4 or 8: registers sized to the group). Needs hd / gs <= kV3MaxNg value groups.
+constexpr int kV3MaxNg = 16;
+
+template <int HD, int BITS, int GT>
+__global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
+        float* __restrict__ out, float* __restrict__ ws, const float* __restrict__ q, const uint8_t* __restrict__ pool,
+        const float* __restrict__ wk, const float* __restrict__ wv, const int* __restrict__ pc,
+        const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap, int max_blocks, Layout L,
+        const int* __restrict__ qpos, const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
+        const int* __restrict__ hw, int splits, float scale_log2) {
+    constexpr int CPL = HD / 32;
+    constexpr int RBV = HD * BITS / 8;          // value-code bytes per token (16..128, a multiple of 16)
+    constexpr uint32_t MASK = (1u << BITS) - 1u;
+    __shared__ float sm_q[GT][HD];
+    __shared__ __align__(16) uint8_t sm_vc[kWarps][32][RBV];
+    __shared__ uint32_t sm_vzs[kWarps][32][kV3MaxNg];  // f16 zero | f16 scale << 16
+    __shared__ float sm_m[kWarps][GT], sm_d[kWarps][GT];
+    __shared__ float sm_o[kWarps][GT][HD];
+    const int group = H / kv_heads, chunks = (group + GT - 1) / GT;
+    const int split = blockIdx.x, g = blockIdx.y / chunks, chunk = blockIdx.y % chunks, r = blockIdx.z;
+    const int h0 = g * group + chunk * GT;
+    const int gt = min(GT, group - chunk * GT);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int c0 = lane * CPL;
+
+    for (int e = threadIdx.x; e < GT * HD; e += kThreads) {
+        int j = e / HD, c = e - j * HD;
+        sm_q[j][c] = j < gt ? q[((int64_t)r * H + h0 + j) * HD + c] * scale_log2 : 0.f;
+    }
+    __syncthreads();
+
+    float m[GT], dl[GT], o[GT][CPL];
+#pragma unroll
+    for (int j = 0; j < GT; j++) {
+        m[j] = kNegInf;
+        dl[j] = 0.f;
+#pragma unroll
+        for (int i = 0; i < CPL; i++) o[j][i] = 0.f;
+    }
+
+    const int p = qpos[r];
+    const int len = candidate_count(sel, sel_stride, sel_counts, hw, g, C);
+    const int per = (len + splits - 1) / splits;
+    const int i0 = split * per, i1 = min(len, i0 + per);
+    const int64_t hb = (int64_t)layer * kv_heads + g;
+    const int* pcg = pc + hb * C;
+    const int* lcg = lc + hb * C;
+    const uint8_t* poolg = pool + hb * max_blocks * (int64_t)L.bytes;
+    const float* wkg = wk + hb * res_cap * HD;
+    const float* wvg = wv + hb * res_cap * HD;
+    const bool vc16 = (L.off_vc & 15) == 0;  // value-code rows 16-byte aligned (RBV is a multiple of 16)
+
+    for (int base = i0 + warp * 32; base < i1; base += kWarps * 32) {
+        const int idx = base + lane;
+        int s = idx < i1 ? candidate_slot(sel, sel_stride, g, idx, C) : -1;
+        int l = 0;
+        bool vis = false;
+        if (s >= 0) {
+            int ps = pcg[s];
+            l = lcg[s];
+            vis = ps >= 0 && ps <= p;
+        }
+        float sc[GT];
+#pragma unroll
+        for (int j = 0; j < GT; j++) sc[j] = 0.f;
+        if (vis && l >= 0) {
+            const int blk = l / L.G, t = l - blk * L.G;
+            const uint8_t* rec = poolg + (int64_t)blk * L.bytes;
+            // stage this token's value codes and per-group (zero, scale) for the p·v loop
+            const uint8_t* vrow = rec + L.off_vc + (int64_t)t * L.rbv;
+            if (vc16) {
+#pragma unroll
+                for (int b = 0; b < RBV / 16; b++)
+                    reinterpret_cast<uint4*>(&sm_vc[warp][lane][0])[b] = __ldg(reinterpret_cast<const uint4*>(vrow) + b);
+            } else {
+                for (int b = 0; b < RBV; b++) sm_vc[warp][lane][b] = vrow[b];
+            }
+            const uint16_t* vz = reinterpret_cast<const uint16_t*>(rec + L.off_vz) + t * L.ng;
+            const uint16_t* vs = reinterpret_cast<const uint16_t*>(rec + L.off_vs) + t * L.ng;
+            for (int gi = 0; gi < L.ng; gi++) sm_vzs[warp][lane][gi] = (uint32_t)vz[gi] | ((uint32_t)vs[gi] << 16);
+            // q·k from the packed key codes
+            const uint4* kz8 = reinterpret_cast<const uint4*>(rec + L.off_kz);
+            const uint4* ks8 = reinterpret_cast<const uint4*>(rec + L.off_ks);
+            const uint8_t* kcode = rec + L.off_kc + ((t * BITS) >> 3);
+            const int ksh = (t * BITS) & 7;
+#pragma unroll
+            for (int c8 = 0; c8 < HD / 8; c8++) {
+                uint4 zz = __ldg(kz8 + c8), ss = __ldg(ks8 + c8);
+                const uint32_t zw[4] = {zz.x, zz.y, zz.z, zz.w}, sw[4] = {ss.x, ss.y, ss.z, ss.w};
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    const int c = c8 * 8 + e;
+                    uint32_t code = ((uint32_t)__ldg(kcode + c * L.rbk) >> ksh) & MASK;
+                    uint16_t zb = (uint16_t)((e & 1) ? (zw[e >> 1] >> 16) : (zw[e >> 1] & 0xFFFFu));
+                    uint16_t sb = (uint16_t)((e & 1) ? (sw[e >> 1] >> 16) : (sw[e >> 1] & 0xFFFFu));
+                    float kf = hw_h2f(sb) * (float)code + hw_h2f(zb);
+#pragma unroll
+                    for (int j = 0; j < GT; j++) sc[j] = fmaf(sm_q[j][c], kf, sc[j]);
+                }
+            }
+        } else if (vis) {
+            const float4* kr = reinterpret_cast<const float4*>(wkg + (int64_t)(-l - 1) * HD);
+#pragma unroll 4
+            for (int c4 = 0; c4 < HD / 4; c4++) {
+                float4 kv = kr[c4];
+#pragma unroll
+                for (int j = 0; j < GT; j++) {
+                    const float* qq = &sm_q[j][c4 * 4];
+                    sc[j] = fmaf(qq[0], kv.x, sc[j]);
+                    sc[j] = fmaf(qq[1], kv.y, sc[j]);
+                    sc[j] = fmaf(qq[2], kv.z, sc[j]);
+                    sc[j] = fmaf(qq[3], kv.w, sc[j]);
+                }
+            }
+        }
+        const unsigned vmask = __ballot_sync(0xffffffffu, vis);
+        if (vmask == 0u) continue;
+        __syncwarp();
+        float pr[GT];
+#pragma unroll
+        for (int j = 0; j < GT; j++) {
+            float x = vis ? sc[j] : kNegInf;
+            float mx = warp_max(x);
+            float mn = fmaxf(m[j], mx);
+            float a = exp2_diff(m[j], mn);
+            dl[j] *= a;
+#pragma unroll
+            for (int i = 0; i < CPL; i++) o[j][i] *= a;
+            m[j] = mn;
+            pr[j] = vis ? exp2f(x - mn) : 0.f;
+            dl[j] += pr[j];
+        }
+        const int gi0 = c0 / L.gs;  // CPL <= 4 channels; gs >= HD / kV3MaxNg >= 4 keeps them in one group
+#pragma unroll 4
+        for (int u = 0; u < 32; u++) {
+            if (!((vmask >> u) & 1u)) continue;  // warp-uniform
+            const int lu = __shfl_sync(0xffffffffu, l, u);
+            float vf[CPL];
+            if (lu < 0) {
+                const float* vr = wvg + (int64_t)(-lu - 1) * HD + c0;
+#pragma unroll
+                for (int i = 0; i < CPL; i++) vf[i] = vr[i];
+            } else {
+                const uint32_t zs = sm_vzs[warp][u][gi0];
+                const float vsf = hw_h2f((uint16_t)(zs >> 16)), vzf = hw_h2f((uint16_t)(zs & 0xFFFFu));
+#pragma unroll
+                for (int i = 0; i < CPL; i++) {
+                    const int c = c0 + i;
+                    uint32_t vc = ((uint32_t)sm_vc[warp][u][(c * BITS) >> 3] >> ((c * BITS) & 7)) & MASK;
+                    vf[i] = (float)vc * vsf + vzf;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < GT; j++) {
+                float pu = __shfl_sync(0xffffffffu, pr[j], u);
+#pragma unroll
+                for (int i = 0; i < CPL; i++) o[j][i] = fmaf(pu, vf[i], o[j][i]);
+            }
+        }
+        __syncwarp();  // the staging area is rewritten by the next tile
+    }
+#pragma unroll
+    for (int j = 0; j < GT; j++) {
+        float d = warp_sum(dl[j]);
+        if (lane == 0) {
+            sm_m[warp][j] = m[j];
+            sm_d[warp][j] = d;
+        }
+#pragma unroll
+        for (int i = 0; i < CPL; i++) sm_o[warp][j][c0 + i] = o[j][i];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < gt * HD; e += kThreads) {
+        int j = e / HD, c = e - j * HD;
+        float mm = kNegInf;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sm_m[w][j]);
+        float d = 0.f, oo = 0.f;
+        if (mm != kNegInf) {
+#pragma unroll
+            for (int w = 0; w < kWarps; w++) {
+                float a = exp2_diff(sm_m[w][j], mm);
+                d += sm_d[w][j] * a;
+                oo += sm_o[w][j][c] * a;
+            }
+        }
+        int64_t rh = (int64_t)r * H + h0 + j;
+        if (splits == 1) {
+            out[rh * HD + c] = d > 0.f ? oo / d : 0.f;
+        } else {
+            int64_t part = rh * splits + split;
+            ws[(int64_t)gridDim.z * H * splits * 2 + part * HD + c] = oo;
+            if (c == 0) {
+                ws[part * 2] = mm;
+                ws[part * 2 + 1] = d;
+            }
+        }
+    }
+}
+
 // out[r, h] = merge of the splits' partial states. grid n*H, block HD threads.
 __global__ void kvq_merge_kernel(float* __restrict__ out, const float* __restrict__ ws, int rows_heads, int splits,
                                  int hd) {
@@ -599,14 +807,26 @@ void launch_attention(dim3 grid, cudaStream_t st, float* out, float* ws, const f
                       const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv, int C,
                       int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel, int sel_stride,
                       const int* sel_counts, const int* hw, int splits, float scale_log2) {
-    if (g_attention_variant == 2)
+    if (g_attention_variant == 3 && L.ng <= kV3MaxNg) {
+        const int group = H / Hkv;
+        const int gt = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+        dim3 g3(grid.x, Hkv * ((group + gt - 1) / gt), grid.z);
+#define TP_KVQ_V3(GT) kvq_attention_v3_kernel<HD, BITS, GT><<<g3, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, \
+            layer, H, Hkv, C, res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2)
+        if (gt == 1) TP_KVQ_V3(1);
+        else if (gt == 2) TP_KVQ_V3(2);
+        else if (gt == 4) TP_KVQ_V3(4);
+        else TP_KVQ_V3(8);
+#undef TP_KVQ_V3
+    } else if (g_attention_variant >= 2) {
         kvq_attention_v2_kernel<HD, BITS><<<grid, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv,
                                                                      C, res_cap, max_blocks, L, qpos, sel, sel_stride,
                                                                      sel_counts, hw, splits, scale_log2);
-    else
+    } else {
         kvq_attention_kernel<HD, BITS><<<grid, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C,
                                                                   res_cap, max_blocks, L, qpos, sel, sel_stride,
                                                                   sel_counts, hw, splits, scale_log2);
+    }
 }
 
 bool valid_bits(int bits) { return bits == 2 || bits == 4 || bits == 8; }
@@ -616,8 +836,8 @@ bool valid_bits(int bits) { return bits == 2 || bits == 4 || bits == 8; }
 extern "C" {
 
 int tp_kvq_set_attention_variant(int variant) {
-    if (variant != 1 && variant != 2)
-        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_kvq_set_attention_variant: variant %d (1 or 2)", variant);
+    if (variant < 1 || variant > 3)
+        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_kvq_set_attention_variant: variant %d (1, 2 or 3)", variant);
     g_attention_variant = variant;
     return TP_OK;
 }

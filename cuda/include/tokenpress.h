@@ -379,10 +379,12 @@ int tp_kvq_window_write(uint64_t window_k, uint64_t window_v, uint64_t k, uint64
                         int count, int layer, int kv_heads, int head_dim, int res_cap, uint64_t stream);
 /**
  * Picks the kernel of tp_kvq_attention for the whole process: 1 = a warp per candidate slot, 2 (default) = a lane
- * per candidate slot with the tile's value rows read coalesced. Same results up to summation order.
+ * per candidate slot with the tile's value rows read coalesced, 3 = variant 2 with each key row's loads in flight
+ * together and the tile's value rows staged in shared memory (falls back to 2 for layouts with more than 16 value
+ * groups per token). Same results up to summation order.
  */
 int tp_kvq_set_attention_variant(int variant);
-/** The variant tp_kvq_attention runs now (1 or 2). */
+/** The variant tp_kvq_attention runs now (1, 2 or 3). */
 int tp_kvq_attention_variant(void);
 /** Workspace bytes tp_kvq_attention needs (0 when it runs one split: n > 1 or a short max_len). */
 uint64_t tp_kvq_attention_workspace_bytes(int n, int num_heads, int head_dim, int max_len);

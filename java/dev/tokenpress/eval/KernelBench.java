@@ -180,14 +180,18 @@ public final class KernelBench {
                 result(out, k + "_kv_bytes", q.kvBytesPerLayer(), "B");
                 result(out, k + "_speedup", sp, "x");
                 result(out, k + "_mem_ratio", mem, "x");
-                if (spec.equals("int4")) {  // the warp-per-candidate kernel, for comparison
+                if (spec.startsWith("int4")) {  // the other kernels of tp_kvq_attention, for comparison
                     int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
-                    dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(1);
                     try {
-                        CudaKernelBench.QuantAttentionResult q1 = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, Math.max(10, iters / 4));
-                        out.printf("| %d | %s (kernel v1) | %.2f | %.2fx | %d | %.2fx |%n", ctx, spec, q1.microseconds(),
-                                bf.microseconds() / q1.microseconds(), q1.kvBytesPerLayer(), (double) bfBytes / q1.kvBytesPerLayer());
-                        result(out, k + "_v1_us", q1.microseconds(), "us");
+                        for (int v = 1; v <= 3; v++) {
+                            if (v == before || (v == 1 && !spec.equals("int4"))) continue;
+                            dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(v);
+                            CudaKernelBench.QuantAttentionResult qv = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, v == 1 ? Math.max(10, iters / 4) : iters);
+                            out.printf("| %d | %s (kernel v%d) | %.2f | %.2fx | %d | %.2fx |%n", ctx, spec, v, qv.microseconds(),
+                                    bf.microseconds() / qv.microseconds(), qv.kvBytesPerLayer(), (double) bfBytes / qv.kvBytesPerLayer());
+                            result(out, k + "_v" + v + "_us", qv.microseconds(), "us");
+                            result(out, k + "_v" + v + "_speedup", bf.microseconds() / qv.microseconds(), "x");
+                        }
                     } finally {
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
                     }

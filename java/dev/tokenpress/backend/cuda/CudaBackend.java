@@ -170,7 +170,8 @@ public final class CudaBackend implements Backend {
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v2"));
-        check(TpNative.tp_kvq_set_attention_variant("v1".equalsIgnoreCase(qa) || "1".equals(qa) ? 1 : 2), "quantized attention variant");
+        int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v3", "3" -> 3; default -> 2; };
+        check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
         // PDL: on where supported (sm_90+, CUDA >= 12.3) unless switched off; a process-wide switch in the native library
         this.pdlSupported = TpNative.tp_pdl_supported() != 0;
         boolean pdl = flag("tokenpress.cuda.pdl", "TOKENPRESS_CUDA_PDL") && pdlSupported;

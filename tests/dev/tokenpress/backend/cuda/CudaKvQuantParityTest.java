@@ -175,7 +175,7 @@ class CudaKvQuantParityTest {
         float[] ref = cpu.download(oc, 0, n);
         int variant = TpNative.tp_kvq_attention_variant();
         try {
-            for (int v : new int[] {1, 2}) {  // both kernels of tp_kvq_attention
+            for (int v : new int[] {1, 2, 3}) {  // every kernel of tp_kvq_attention
                 assertEquals(0, TpNative.tp_kvq_set_attention_variant(v));
                 gpu.attention(og, qg, gc, layer, qpos, n, sel, null);
                 CudaParityTest.assertClose(what + " (kernel v" + v + ")", ref, gpu.download(og, 0, n), 1e-8, 2e-5, 1e-4);
