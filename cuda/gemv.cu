@@ -51,10 +51,62 @@ __device__ __forceinline__ void gemv_load_round(uint4 (&wv)[U], const uint16_t* 
     }
 }
 
+
+// RMSNorm fused into a GEMV's x operand (tp_gemv_bf16_multi_norm, tp_gemv_bf16_swiglu_norm): inv[r] =
+// 1 / sqrt(mean(x[r]^2) + eps) of each of the NX rows, computed by the whole block after the PDL wait (every
+// thread gets every inv[r]); then x[r, i] is used as x * inv[r] * nw[i], the formula of rmsnorm_kernel (only the
+// sum of squares is added in another order). nw == nullptr: no norm (inv untouched).
+template <int NX>
+__device__ __forceinline__ void block_rms_inv(const float* __restrict__ x, int I, const float* nw, float eps,
+                                              float (&inv)[NX]) {
+    __shared__ float sred[kGemvWarps][NX];
+    __shared__ float sinv[NX];
+    if (nw == nullptr) return;  // block-uniform
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < NX; r++) {
+        const float4* xr = reinterpret_cast<const float4*>(x + (int64_t)r * I);
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < (I >> 2); i += kGemvThreads) {
+            float4 v = xr[i];
+            ss = fmaf(v.x, v.x, ss); ss = fmaf(v.y, v.y, ss);
+            ss = fmaf(v.z, v.z, ss); ss = fmaf(v.w, v.w, ss);
+        }
+        ss = warp_sum(ss);
+        if (lane == 0) sred[warp][r] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x < NX) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < kGemvWarps; w++) t += sred[w][threadIdx.x];
+        sinv[threadIdx.x] = 1.f / sqrtf(t / (float)I + eps);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < NX; r++) inv[r] = sinv[r];
+}
+
+// Elements 8c .. 8c+7 of x row r (float4 a, b), normalized by inv[r] * nw when nw != nullptr.
+template <int NX>
+__device__ __forceinline__ void load_x8(const float* __restrict__ x, int I, int r, int c, const float* nw,
+                                        const float (&inv)[NX], float4& a, float4& b) {
+    const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 8);
+    a = __ldg(xp);
+    b = __ldg(xp + 1);
+    if (nw != nullptr) {
+        const float4* wp = reinterpret_cast<const float4*>(nw + (int64_t)c * 8);
+        const float4 wa = __ldg(wp), wb = __ldg(wp + 1);
+        const float v = inv[r];
+        a.x = a.x * v * wa.x; a.y = a.y * v * wa.y; a.z = a.z * v * wa.z; a.w = a.w * v * wa.w;
+        b.x = b.x * v * wb.x; b.y = b.y * v * wb.y; b.z = b.z * v * wb.z; b.w = b.w * v * wb.w;
+    }
+}
+
 template <int NX, int WPR>
 __global__ void __launch_bounds__(kGemvThreads)
 gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uint16_t* __restrict__ w,
-                 const float* __restrict__ bias, int O, int I) {
+                 const float* __restrict__ bias, int O, int I, int accumulate) {
     constexpr int RPB = kGemvWarps / WPR;   // rows per block
     constexpr int U = NX == 1 ? 8 : 4;      // 16-byte weight loads in flight per lane
     __shared__ float red[kGemvWarps][NX];
@@ -111,7 +163,11 @@ gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uin
         if (row < O && lane == 0) {
             float b = bias ? bias[row] : 0.f;
 #pragma unroll
-            for (int r = 0; r < NX; r++) out[(int64_t)r * O + row] = acc[r] + b;
+            for (int r = 0; r < NX; r++) {
+                float v = acc[r] + b;
+                float* o = out + (int64_t)r * O + row;
+                *o = accumulate ? *o + v : v;  // accumulate: the residual add x += y of the unfused path
+            }
         }
         return;
     }
@@ -125,19 +181,20 @@ gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uin
 #pragma unroll
         for (int p = 0; p < WPR; p++) s += red[warp + p][lane];
         if (bias) s += bias[row];
-        out[(int64_t)lane * O + row] = s;
+        float* o = out + (int64_t)lane * O + row;
+        *o = accumulate ? *o + s : s;
     }
 }
 
 template <int NX>
 int launch_gemv_nx(int wpr, float* out, const float* x, const uint16_t* w, const float* bias, int O, int I,
-                   cudaStream_t s) {
+                   cudaStream_t s, int accumulate = 0) {
     int rpb = kGemvWarps / wpr;
     dim3 grid((unsigned)ceil_div(O, rpb));
     auto k = wpr == 1 ? gemv_bf16_kernel<NX, 1>
            : wpr == 2 ? gemv_bf16_kernel<NX, 2>
            : wpr == 4 ? gemv_bf16_kernel<NX, 4> : gemv_bf16_kernel<NX, 8>;
-    TP_LAUNCH("gemv_bf16_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, w, bias, O, I);
+    TP_LAUNCH("gemv_bf16_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, w, bias, O, I, accumulate);
     return TP_OK;
 }
 
@@ -160,7 +217,8 @@ int pick_wpr(int O, int I) {
 // must call it (row_ok false: no loads, just the wait); wr must point into the weights even then.
 template <int NX, int WPR, int U>
 __device__ __forceinline__ void gemv_row_partial(const uint16_t* __restrict__ wr, const float* __restrict__ x,
-                                                 int I, int part, int lane, bool row_ok, float (&acc)[NX]) {
+                                                 int I, int part, int lane, bool row_ok, float (&acc)[NX],
+                                                 const float* nw, float eps) {
     constexpr int S = 32 * WPR;
     const int nch = I >> 3;
     int c0 = part * 32 + lane;
@@ -170,6 +228,8 @@ __device__ __forceinline__ void gemv_row_partial(const uint16_t* __restrict__ wr
     if (active) gemv_load_round<U, S, true>(wv, wr, c0, nch);
     pdl_wait();
     pdl_launch_dependents();
+    float inv[NX];
+    block_rms_inv<NX>(x, I, nw, eps, inv);  // every thread (block-wide barriers)
     if (!active) return;
     while (true) {
 #pragma unroll
@@ -180,8 +240,8 @@ __device__ __forceinline__ void gemv_row_partial(const uint16_t* __restrict__ wr
                 bf16x8_to_f32(wv[u], wf);
 #pragma unroll
                 for (int r = 0; r < NX; r++) {
-                    const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 8);
-                    float4 a = __ldg(xp), b = __ldg(xp + 1);
+                    float4 a, b;
+                    load_x8<NX>(x, I, r, c, nw, inv, a, b);
                     float s = acc[r];
                     s = fmaf(wf[0], a.x, s); s = fmaf(wf[1], a.y, s);
                     s = fmaf(wf[2], a.z, s); s = fmaf(wf[3], a.w, s);
@@ -234,7 +294,7 @@ struct GemvSegs {
 
 template <int NX, int WPR>
 __global__ void __launch_bounds__(kGemvThreads)
-gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I) {
+gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I, const float* __restrict__ nw, float eps) {
     constexpr int RPB = kGemvWarps / WPR;
     constexpr int U = NX == 1 ? 8 : 4;
     __shared__ float red[kGemvWarps][NX];
@@ -251,7 +311,7 @@ gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I) {
     float acc[NX];
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
-    gemv_row_partial<NX, WPR, U>(w + (int64_t)min(row, O - 1) * I, x, I, warp % WPR, lane, row < O, acc);
+    gemv_row_partial<NX, WPR, U>(w + (int64_t)min(row, O - 1) * I, x, I, warp % WPR, lane, row < O, acc, nw, eps);
     gemv_reduce<NX, WPR>(acc, red, warp, lane);
     if (row >= O || warp % WPR != 0) return;
     const float bb = bias ? bias[row] : 0.f;
@@ -265,7 +325,7 @@ gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I) {
 template <int NX, int WPR>
 __global__ void __launch_bounds__(kGemvThreads)
 gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const uint16_t* __restrict__ wg,
-                   const uint16_t* __restrict__ wu, int O, int I) {
+                   const uint16_t* __restrict__ wu, int O, int I, const float* __restrict__ nw, float eps) {
     constexpr int RPB = kGemvWarps / WPR;
     constexpr int U = NX == 1 ? 4 : 2;   // per matrix: 2U loads in flight per lane (8 for n = 1, as gemv_bf16)
     constexpr int S = 32 * WPR;
@@ -291,6 +351,8 @@ gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const u
     }
     pdl_wait();
     pdl_launch_dependents();
+    float inv[NX];
+    block_rms_inv<NX>(x, I, nw, eps, inv);  // every thread (block-wide barriers)
     if (active) {
         while (true) {
 #pragma unroll
@@ -302,8 +364,8 @@ gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const u
                     bf16x8_to_f32(uv[u], uf);
 #pragma unroll
                     for (int r = 0; r < NX; r++) {
-                        const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 8);
-                        float4 a = __ldg(xp), b = __ldg(xp + 1);
+                        float4 a, b;
+                        load_x8<NX>(x, I, r, c, nw, inv, a, b);
                         float s = acc[r], t = acc[NX + r];
                         s = fmaf(gf[0], a.x, s); t = fmaf(uf[0], a.x, t);
                         s = fmaf(gf[1], a.y, s); t = fmaf(uf[1], a.y, t);
@@ -336,22 +398,23 @@ gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const u
 }
 
 template <int NX>
-int launch_gemv_multi_nx(int wpr, dim3 grid, const GemvSegs& sg, const float* x, int I, cudaStream_t s) {
+int launch_gemv_multi_nx(int wpr, dim3 grid, const GemvSegs& sg, const float* x, int I, cudaStream_t s,
+                         const float* nw = nullptr, float eps = 0.f) {
     auto k = wpr == 1 ? gemv_multi_kernel<NX, 1>
            : wpr == 2 ? gemv_multi_kernel<NX, 2>
            : wpr == 4 ? gemv_multi_kernel<NX, 4> : gemv_multi_kernel<NX, 8>;
-    TP_LAUNCH("gemv_multi_kernel", k, grid, dim3(kGemvThreads), 0, s, sg, x, I);
+    TP_LAUNCH("gemv_multi_kernel", k, grid, dim3(kGemvThreads), 0, s, sg, x, I, nw, eps);
     return TP_OK;
 }
 
 template <int NX>
 int launch_gemv_swiglu_nx(int wpr, float* out, const float* x, const uint16_t* wg, const uint16_t* wu, int O, int I,
-                          cudaStream_t s) {
+                          cudaStream_t s, const float* nw = nullptr, float eps = 0.f) {
     dim3 grid((unsigned)ceil_div(O, kGemvWarps / wpr));
     auto k = wpr == 1 ? gemv_swiglu_kernel<NX, 1>
            : wpr == 2 ? gemv_swiglu_kernel<NX, 2>
            : wpr == 4 ? gemv_swiglu_kernel<NX, 4> : gemv_swiglu_kernel<NX, 8>;
-    TP_LAUNCH("gemv_swiglu_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, wg, wu, O, I);
+    TP_LAUNCH("gemv_swiglu_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, wg, wu, O, I, nw, eps);
     return TP_OK;
 }
 
@@ -359,9 +422,8 @@ int launch_gemv_swiglu_nx(int wpr, float* out, const float* x, const uint16_t* w
 
 extern "C" {
 
-int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim, int in_dim,
-                 uint64_t stream) {
-    const char* fn = "tp_gemv_bf16";
+static int gemv_impl(const char* fn, uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim,
+                     int in_dim, int accumulate, uint64_t stream) {
     TP_REQUIRE(out != 0, fn, "out");
     TP_REQUIRE(x != 0, fn, "x");
     TP_REQUIRE(w != 0, fn, "w");
@@ -379,17 +441,26 @@ int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int
     float* op = TP_PTR(float, out);
     int wpr = pick_wpr(out_dim, in_dim);
     switch (n) {
-        case 1: return launch_gemv_nx<1>(wpr, op, xp, wp, bp, out_dim, in_dim, s);
-        case 2: return launch_gemv_nx<2>(wpr, op, xp, wp, bp, out_dim, in_dim, s);
-        case 3: return launch_gemv_nx<3>(wpr, op, xp, wp, bp, out_dim, in_dim, s);
-        default: return launch_gemv_nx<4>(wpr, op, xp, wp, bp, out_dim, in_dim, s);
+        case 1: return launch_gemv_nx<1>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
+        case 2: return launch_gemv_nx<2>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
+        case 3: return launch_gemv_nx<3>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
+        default: return launch_gemv_nx<4>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
     }
 }
 
-int tp_gemv_bf16_multi(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
-                       uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t bias2, int rows2, uint64_t x,
-                       int n, int in_dim, uint64_t stream) {
-    const char* fn = "tp_gemv_bf16_multi";
+int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim, int in_dim,
+                 uint64_t stream) {
+    return gemv_impl("tp_gemv_bf16", out, x, w, bias, n, out_dim, in_dim, 0, stream);
+}
+
+int tp_gemv_bf16_acc(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim, int in_dim,
+                     uint64_t stream) {
+    return gemv_impl("tp_gemv_bf16_acc", out, x, w, bias, n, out_dim, in_dim, 1, stream);
+}
+
+static int gemv_multi_impl(const char* fn, uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1,
+                           uint64_t w1, uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t bias2,
+                           int rows2, uint64_t x, uint64_t norm_w, float eps, int n, int in_dim, uint64_t stream) {
     TP_REQUIRE(out0 != 0, fn, "out0");
     TP_REQUIRE(w0 != 0, fn, "w0");
     TP_REQUIRE(rows0 > 0, fn, "rows0");
@@ -415,17 +486,32 @@ int tp_gemv_bf16_multi(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, ui
     dim3 grid((unsigned)(sg.end1 + ceil_div(rows2, rpb)));
     cudaStream_t s = TP_STREAM(stream);
     const float* xp = TP_PTR(const float, x);
+    const float* nw = TP_PTR(const float, norm_w);
     switch (n) {
-        case 1: return launch_gemv_multi_nx<1>(wpr, grid, sg, xp, in_dim, s);
-        case 2: return launch_gemv_multi_nx<2>(wpr, grid, sg, xp, in_dim, s);
-        case 3: return launch_gemv_multi_nx<3>(wpr, grid, sg, xp, in_dim, s);
-        default: return launch_gemv_multi_nx<4>(wpr, grid, sg, xp, in_dim, s);
+        case 1: return launch_gemv_multi_nx<1>(wpr, grid, sg, xp, in_dim, s, nw, eps);
+        case 2: return launch_gemv_multi_nx<2>(wpr, grid, sg, xp, in_dim, s, nw, eps);
+        case 3: return launch_gemv_multi_nx<3>(wpr, grid, sg, xp, in_dim, s, nw, eps);
+        default: return launch_gemv_multi_nx<4>(wpr, grid, sg, xp, in_dim, s, nw, eps);
     }
 }
 
-int tp_gemv_bf16_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t w_up, int n, int out_dim, int in_dim,
-                        uint64_t stream) {
-    const char* fn = "tp_gemv_bf16_swiglu";
+int tp_gemv_bf16_multi(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
+                       uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t bias2, int rows2, uint64_t x,
+                       int n, int in_dim, uint64_t stream) {
+    return gemv_multi_impl("tp_gemv_bf16_multi", out0, w0, bias0, rows0, out1, w1, bias1, rows1, out2, w2, bias2,
+                           rows2, x, 0, 0.f, n, in_dim, stream);
+}
+
+int tp_gemv_bf16_multi_norm(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
+                            uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t bias2, int rows2,
+                            uint64_t x, uint64_t norm_w, float eps, int n, int in_dim, uint64_t stream) {
+    TP_REQUIRE(norm_w != 0 && (norm_w & 15) == 0, "tp_gemv_bf16_multi_norm", "norm_w");
+    return gemv_multi_impl("tp_gemv_bf16_multi_norm", out0, w0, bias0, rows0, out1, w1, bias1, rows1, out2, w2,
+                           bias2, rows2, x, norm_w, eps, n, in_dim, stream);
+}
+
+static int gemv_swiglu_impl(const char* fn, uint64_t out, uint64_t x, uint64_t norm_w, float eps, uint64_t w_gate,
+                            uint64_t w_up, int n, int out_dim, int in_dim, uint64_t stream) {
     TP_REQUIRE(out != 0, fn, "out");
     TP_REQUIRE(x != 0, fn, "x");
     TP_REQUIRE(w_gate != 0, fn, "w_gate");
@@ -442,13 +528,26 @@ int tp_gemv_bf16_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t w_up
     const uint16_t* gp = TP_PTR(const uint16_t, w_gate);
     const uint16_t* up = TP_PTR(const uint16_t, w_up);
     float* op = TP_PTR(float, out);
+    const float* nw = TP_PTR(const float, norm_w);
     int wpr = pick_wpr(out_dim, in_dim);
     switch (n) {
-        case 1: return launch_gemv_swiglu_nx<1>(wpr, op, xp, gp, up, out_dim, in_dim, s);
-        case 2: return launch_gemv_swiglu_nx<2>(wpr, op, xp, gp, up, out_dim, in_dim, s);
-        case 3: return launch_gemv_swiglu_nx<3>(wpr, op, xp, gp, up, out_dim, in_dim, s);
-        default: return launch_gemv_swiglu_nx<4>(wpr, op, xp, gp, up, out_dim, in_dim, s);
+        case 1: return launch_gemv_swiglu_nx<1>(wpr, op, xp, gp, up, out_dim, in_dim, s, nw, eps);
+        case 2: return launch_gemv_swiglu_nx<2>(wpr, op, xp, gp, up, out_dim, in_dim, s, nw, eps);
+        case 3: return launch_gemv_swiglu_nx<3>(wpr, op, xp, gp, up, out_dim, in_dim, s, nw, eps);
+        default: return launch_gemv_swiglu_nx<4>(wpr, op, xp, gp, up, out_dim, in_dim, s, nw, eps);
     }
+}
+
+int tp_gemv_bf16_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t w_up, int n, int out_dim, int in_dim,
+                        uint64_t stream) {
+    return gemv_swiglu_impl("tp_gemv_bf16_swiglu", out, x, 0, 0.f, w_gate, w_up, n, out_dim, in_dim, stream);
+}
+
+int tp_gemv_bf16_swiglu_norm(uint64_t out, uint64_t x, uint64_t norm_w, float eps, uint64_t w_gate, uint64_t w_up,
+                             int n, int out_dim, int in_dim, uint64_t stream) {
+    TP_REQUIRE(norm_w != 0 && (norm_w & 15) == 0, "tp_gemv_bf16_swiglu_norm", "norm_w");
+    return gemv_swiglu_impl("tp_gemv_bf16_swiglu_norm", out, x, norm_w, eps, w_gate, w_up, n, out_dim, in_dim,
+                            stream);
 }
 
 }  // extern "C"

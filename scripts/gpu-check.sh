@@ -117,25 +117,19 @@ run_checks() {
 
   # -- stage 2: JUnit (op parity, whole-model parity, native lib)
   if want junit; then
+  # JUNIT_CLASSES: simple names of the test classes to run (default: every CUDA class below)
+  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaTidalSelectParityTest"}
+  local sel=() c
+  for c in $classes; do sel+=(--select-class "dev.tokenpress.backend.cuda.$c"); done
   timeout "${T_JUNIT:-150}" "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
     --disable-banner --details=tree --disable-ansi-colors \
-    --class-path "$BUNDLE/test/tokenpress-tests.jar:$CP" \
-    --select-class dev.tokenpress.backend.cuda.CudaNativeLibTest \
-    --select-class dev.tokenpress.backend.cuda.CudaParityTest \
-    --select-class dev.tokenpress.backend.cuda.CudaModelParityTest \
-    --select-class dev.tokenpress.backend.cuda.CudaGemvParityTest \
-    --select-class dev.tokenpress.backend.cuda.CudaFusedDecodeParityTest \
-    --select-class dev.tokenpress.backend.cuda.CudaPolicyOpsParityTest \
-    --select-class dev.tokenpress.backend.cuda.CudaPolicyModelParityTest \
-    --select-class dev.tokenpress.backend.cuda.CudaCceParityTest \
-    --select-class dev.tokenpress.backend.cuda.CudaKvQuantParityTest \
-    --select-class dev.tokenpress.backend.cuda.CudaTidalSelectParityTest \
-    --reports-dir "$OUT/junit" > "$OUT/junit.log" 2>&1
+    --class-path "$BUNDLE/test/tokenpress-tests.jar:$CP" "${sel[@]}" \
+    --reports-dir "$OUT/junit${JUNIT_TAG:-}" > "$OUT/junit${JUNIT_TAG:-}.log" 2>&1
   rc=$?
   stage_rc junit $rc
-  grep -E "tests (successful|failed|aborted|skipped|found)|containers failed" "$OUT/junit.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-  grep -E "\[parity\]|\[model-parity\]" "$OUT/junit.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-  grep -E "✘|MethodSource .*FAILED|=> " "$OUT/junit.log" | head -40 | sed 's/^/  /' | tee -a "$SUMMARY"
+  grep -E "tests (successful|failed|aborted|skipped|found)|containers failed" "$OUT/junit${JUNIT_TAG:-}.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  grep -E "\[parity\]|\[model-parity\]" "$OUT/junit${JUNIT_TAG:-}.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  grep -E "✘|MethodSource .*FAILED|=> " "$OUT/junit${JUNIT_TAG:-}.log" | head -40 | sed 's/^/  /' | tee -a "$SUMMARY"
   fi
 
   # -- stage 3: kernel benchmark (decode attention GB/s vs measured copy bandwidth)

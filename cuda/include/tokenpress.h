@@ -177,6 +177,26 @@ int tp_gemv_bf16_multi(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, ui
 int tp_gemv_bf16_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t w_up, int n, int out_dim, int in_dim,
                         uint64_t stream);
 
+/**
+ * tp_gemv_bf16 accumulated into out: out[r, o] = out[r, o] + (x[r] · w[o] (+ bias[o])), the residual add of a
+ * projection in the same pass (out is the residual stream; it must not alias x). Same limits as tp_gemv_bf16.
+ */
+int tp_gemv_bf16_acc(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim, int in_dim,
+                     uint64_t stream);
+
+/**
+ * tp_gemv_bf16_multi of RMSNorm(x): every block computes inv[r] = 1/sqrt(mean(x[r]^2) + eps) of the n rows and
+ * uses x[r, i] * inv[r] * norm_w[i] (norm_w f32 [in_dim], 16-byte aligned), so the normalized activations are
+ * never written. Same limits as tp_gemv_bf16_multi.
+ */
+int tp_gemv_bf16_multi_norm(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
+                            uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t bias2, int rows2,
+                            uint64_t x, uint64_t norm_w, float eps, int n, int in_dim, uint64_t stream);
+
+/** tp_gemv_bf16_swiglu of RMSNorm(x), the norm fused as in tp_gemv_bf16_multi_norm. */
+int tp_gemv_bf16_swiglu_norm(uint64_t out, uint64_t x, uint64_t norm_w, float eps, uint64_t w_gate, uint64_t w_up,
+                             int n, int out_dim, int in_dim, uint64_t stream);
+
 /* ---- attention (decode_attention.cu, prefill_attention.cu) ------------------------------------------- */
 
 /** Bytes of workspace tp_decode_attention needs for num_heads q-heads of head_dim (any context length). */

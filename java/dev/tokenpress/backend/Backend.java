@@ -84,6 +84,47 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * Whether the model should call {@link #rmsnormMatmulQkv}, {@link #matmulAdd} and {@link #rmsnormMatmulSwiglu}
+     * (the norm inside the projections, the residual add inside the o/down projections) rather than
+     * {@link #matmulQkv}, {@link #matmul}, {@link #addRmsnorm} and {@link #matmulSwiglu}. Both orders give the
+     * same result with the default implementations; a backend that fuses the former says true.
+     */
+    default boolean fusesNormIntoMatmul() {
+        return false;
+    }
+
+    /**
+     * A projection added into the residual stream: x += a · wᵀ; x [n, D], a [n, I], w [D, I]; {@code y} [n, D] is
+     * scratch (contents afterwards unspecified). Same result as {@link #matmul}(y, a, w, null, n) then
+     * {@link #add}(x, y, n); a backend may do it in one pass.
+     */
+    default void matmulAdd(Tensor x, Tensor y, Tensor a, Tensor w, int n) {
+        matmul(y, a, w, null, n);
+        add(x, y, n);
+    }
+
+    /**
+     * {@link #matmulQkv} of rmsnorm(x) · normW: {@code xn} [n, D] is scratch (contents afterwards unspecified).
+     * Same result as {@link #rmsnorm}(xn, x, normW, eps, n) then matmulQkv(..., xn, ...); a backend may fuse the
+     * norm into the projections.
+     */
+    default void rmsnormMatmulQkv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor normW, float eps, Tensor xn,
+                                  Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, int n) {
+        rmsnorm(xn, x, normW, eps, n);
+        matmulQkv(q, k, v, xn, wq, bq, wk, bk, wv, bv, n);
+    }
+
+    /**
+     * {@link #matmulSwiglu} of rmsnorm(x) · normW: {@code xn} [n, D] and {@code up} [n, F] are scratch. Same
+     * result as {@link #rmsnorm}(xn, x, normW, eps, n) then matmulSwiglu(out, up, xn, ...).
+     */
+    default void rmsnormMatmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor normW, float eps, Tensor xn,
+                                     Tensor wGate, Tensor wUp, int n) {
+        rmsnorm(xn, x, normW, eps, n);
+        matmulSwiglu(out, up, xn, wGate, wUp, n);
+    }
+
+    /**
      * The q, k and v projections of one input: q = wq · x + bq, k = wk · x + bk, v = wv · x + bv (biases may be
      * null); q [n, H*hd], k and v [n, Hkv*hd], x [n, D]. Same result as the three {@link #matmul} calls; a
      * backend may do them in one pass.

@@ -279,11 +279,13 @@ public final class KernelBench {
      * GEMVs, gate/up GEMVs + swiglu, rope + rope + storeKv, split attention at short contexts); the first one
      * (cuBLAS, separate merge, no decode fusions).
      */
-    private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl) {}
+    private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl,
+                         boolean fusedNorm) {}
 
-    private static final Paths[] E2E_PATHS = {new Paths("", true, true, true, true),
-            new Paths("_nopdl", true, true, true, false), new Paths("_unfused", true, true, false, false),
-            new Paths("_cublas", false, false, false, false)};
+    private static final Paths[] E2E_PATHS = {new Paths("", true, true, true, true, false),
+            new Paths("_fusednorm", true, true, true, true, true),
+            new Paths("_nopdl", true, true, true, false, false), new Paths("_unfused", true, true, false, false, false),
+            new Paths("_cublas", false, false, false, false, false)};
 
     private static boolean available(CudaBackend gpu, Paths p) {
         return true;
@@ -294,6 +296,7 @@ public final class KernelBench {
         gpu.setFusedAttnMerge(p.fusedMerge());
         gpu.setDecodeFusions(p.decodeFusions());
         gpu.setPdl(p.pdl() && gpu.pdlSupported());
+        gpu.setFusedNorm(p.fusedNorm());
     }
 
     /**
@@ -340,6 +343,7 @@ public final class KernelBench {
                     result(out, "e2e_short_pct_roofline" + p.suffix(), 100 * tps / roof, "%");
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_short_pdl_speedup", base / tps, "x");
+                    if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_short_fusednorm_speedup", tps / base, "x");
                 }
             }
             // 32K context, written directly into the cache
@@ -366,6 +370,7 @@ public final class KernelBench {
                     result(out, "e2e_32k_pct_roofline" + p.suffix(), 100 * tps / roof, "%");
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_32k_pdl_speedup", base / tps, "x");
+                    if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_32k_fusednorm_speedup", tps / base, "x");
                 }
             }
             usePaths(gpu, E2E_PATHS[0]);

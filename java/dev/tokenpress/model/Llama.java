@@ -146,34 +146,53 @@ public final class Llama implements AutoCloseable {
         return slots;
     }
 
+    /** RoPE + KV store of layer l's q/k/v, the KV policy's hooks and attention into {@code att}. */
+    private void attentionBlock(KvCache cache, int[] positions, int n, int[][][] slots, int l) {
+        LlamaConfig c = config;
+        backend.ropeStoreKv(q, c.numHeads(), k, v, c.numKvHeads(),   // q [n, H*hd], k [n, Hkv*hd] rotated;
+                rope, positions, cache, l, slots[l], n);             // cache[l] <- k, v
+        policy.beforeAttention(cache, l, q, positions, n);
+        SlotSelection sel = policy.select(cache, l, n);
+        AttentionStats stats = policy.stats(cache, l, n);
+        backend.attention(att, q, cache, l, positions, n, sel, stats); // att [n, H*hd]
+        policy.afterAttention(cache, l, n, stats);
+    }
+
     /** The forward pass over n tokens (rows) at the given positions, whose cache slots are already allocated. */
     private void forward(KvCache cache, int[] tokens, int[] positions, int n, int[][][] slots, boolean allRows) {
         Backend b = backend;
         LlamaConfig c = config;
         float eps = c.rmsNormEps();
         b.embedding(x, w.embed(), tokens, n);                        // x [n, D]
-        b.rmsnorm(xn, x, w.layers()[0].attnNorm(), eps, n);          // xn [n, D] = norm(x)
-        for (int l = 0; l < c.numLayers(); l++) {
-            Weights.Layer lw = w.layers()[l];
-            // --- attention block (its input norm was fused into the previous residual add) ---
-            b.matmulQkv(q, k, v, xn, lw.wq(), lw.bq(), lw.wk(), lw.bk(), // q [n, H*hd], k [n, Hkv*hd],
-                    lw.wv(), lw.bv(), n);                             // v [n, Hkv*hd]
-            b.ropeStoreKv(q, c.numHeads(), k, v, c.numKvHeads(),      // q [n, H*hd], k [n, Hkv*hd] rotated;
-                    rope, positions, cache, l, slots[l], n);          // cache[l] <- k, v
-            policy.beforeAttention(cache, l, q, positions, n);
-            SlotSelection sel = policy.select(cache, l, n);
-            AttentionStats stats = policy.stats(cache, l, n);
-            b.attention(att, q, cache, l, positions, n, sel, stats);  // att [n, H*hd]
-            policy.afterAttention(cache, l, n, stats);
-            b.matmul(xb, att, lw.wo(), null, n);                      // xb [n, D]
-            b.addRmsnorm(xn, x, xb, lw.mlpNorm(), eps, n);            // x += attn; xn = norm(x)
-            // --- MLP block ---
-            b.matmulSwiglu(gate, up, xn, lw.wGate(), lw.wUp(), n);    // gate [n, F] = silu(xn·Wg) * (xn·Wu); up [n, F] scratch
-            b.matmul(xb, gate, lw.wDown(), null, n);                  // xb [n, D]
-            if (l + 1 < c.numLayers())
-                b.addRmsnorm(xn, x, xb, w.layers()[l + 1].attnNorm(), eps, n); // x += mlp; xn = next layer's norm(x)
-            else
-                b.add(x, xb, n);                                      // x += mlp
+        if (b.fusesNormIntoMatmul()) {
+            // each RMSNorm inside the projections that read it, each residual add inside the projection that feeds it
+            for (int l = 0; l < c.numLayers(); l++) {
+                Weights.Layer lw = w.layers()[l];
+                b.rmsnormMatmulQkv(q, k, v, x, lw.attnNorm(), eps, xn, // q, k, v of norm(x); xn scratch
+                        lw.wq(), lw.bq(), lw.wk(), lw.bk(), lw.wv(), lw.bv(), n);
+                attentionBlock(cache, positions, n, slots, l);        // att [n, H*hd]
+                b.matmulAdd(x, xb, att, lw.wo(), n);                  // x += att·Wo; xb scratch
+                b.rmsnormMatmulSwiglu(gate, up, x, lw.mlpNorm(), eps, xn, lw.wGate(), lw.wUp(), n);
+                b.matmulAdd(x, xb, gate, lw.wDown(), n);              // x += gate·Wdown
+            }
+        } else {
+            b.rmsnorm(xn, x, w.layers()[0].attnNorm(), eps, n);      // xn [n, D] = norm(x)
+            for (int l = 0; l < c.numLayers(); l++) {
+                Weights.Layer lw = w.layers()[l];
+                // --- attention block (its input norm was fused into the previous residual add) ---
+                b.matmulQkv(q, k, v, xn, lw.wq(), lw.bq(), lw.wk(), lw.bk(), // q [n, H*hd], k [n, Hkv*hd],
+                        lw.wv(), lw.bv(), n);                         // v [n, Hkv*hd]
+                attentionBlock(cache, positions, n, slots, l);        // att [n, H*hd]
+                b.matmul(xb, att, lw.wo(), null, n);                  // xb [n, D]
+                b.addRmsnorm(xn, x, xb, lw.mlpNorm(), eps, n);        // x += attn; xn = norm(x)
+                // --- MLP block ---
+                b.matmulSwiglu(gate, up, xn, lw.wGate(), lw.wUp(), n); // gate [n, F] = silu(xn·Wg) * (xn·Wu); up scratch
+                b.matmul(xb, gate, lw.wDown(), null, n);              // xb [n, D]
+                if (l + 1 < c.numLayers())
+                    b.addRmsnorm(xn, x, xb, w.layers()[l + 1].attnNorm(), eps, n); // x += mlp; xn = next layer's norm(x)
+                else
+                    b.add(x, xb, n);                                  // x += mlp
+            }
         }
         b.copyRows(last, 0, x, n - 1, 1);                             // last [1, D]
         b.rmsnorm(last, last, w.finalNorm(), eps, 1);

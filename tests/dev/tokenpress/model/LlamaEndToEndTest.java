@@ -129,4 +129,46 @@ class LlamaEndToEndTest {
         for (int i = 1; i < len; i++) if (x[off + i] > x[off + best]) best = i;
         return best;
     }
+
+    /**
+     * The two layer orders of Llama.forward — norm inside the projections and residual inside the o/down
+     * projections ({@code fusesNormIntoMatmul}) vs matmul + addRmsnorm — give bit-identical logits on the CPU,
+     * whose default implementations of the fused contract calls run the plain ops in the plain order.
+     */
+    @Test
+    void fusedNormLayerOrderIsBitIdentical() {
+        LlamaConfig c = config("Qwen2ForCausalLM", 8, 2, 8, true, false, null);
+        ModelWriter.write(tmp, c, DType.F32, 5, s -> {});
+        int[] toks = tokens(9, c.vocabSize(), 3);
+        float[][] got = new float[2][];
+        for (int mode = 0; mode < 2; mode++) {
+            CpuBackend cpu = new CpuBackend(2);
+            boolean fused = mode == 1;
+            dev.tokenpress.backend.Backend b = (dev.tokenpress.backend.Backend) java.lang.reflect.Proxy.newProxyInstance(
+                    getClass().getClassLoader(), new Class<?>[] {dev.tokenpress.backend.Backend.class}, (proxy, method, args) -> {
+                        if (method.getName().equals("fusesNormIntoMatmul")) return fused;
+                        if (method.isDefault() && fused && method.getName().matches("rmsnormMatmul.*|matmulAdd"))
+                            return java.lang.reflect.InvocationHandler.invokeDefault(proxy, method, args);
+                        try {
+                            return method.invoke(cpu, args);
+                        } catch (java.lang.reflect.InvocationTargetException e) {
+                            throw e.getCause();
+                        }
+                    });
+            try (SafeTensors st = SafeTensors.open(tmp); Llama m = new Llama(c, Weights.load(st, c, b, null), b, 4)) {
+                KvCache cache = m.newCache(32);
+                m.prefill(cache, toks, 0, false, null);
+                float[] acc = m.logits().clone();
+                for (int s = 0; s < 5; s++) {
+                    m.decodeStep(cache, m.argmax(), toks.length + s);
+                    float[] l = m.logits();
+                    float[] grown = java.util.Arrays.copyOf(acc, acc.length + l.length);
+                    System.arraycopy(l, 0, grown, acc.length, l.length);
+                    acc = grown;
+                }
+                got[mode] = acc;
+            }
+        }
+        assertArrayEquals(got[0], got[1], "logits of the two layer orders");
+    }
 }

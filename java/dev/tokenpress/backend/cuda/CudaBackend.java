@@ -103,6 +103,7 @@ public final class CudaBackend implements Backend {
     private int attentionVariant = 2;  // decode attention kernel (tp_set_attention_variant)
     private boolean fusedQkv;          // matmulQkv: one GEMV launch for q, k, v
     private boolean fusedSwiglu;       // matmulSwiglu: gate/up GEMV + SwiGLU in one kernel
+    private boolean fusedNorm;         // rmsnormMatmul*: RMSNorm inside the GEMV; matmulAdd: residual add in its epilogue
     private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
     private boolean shortAttn;         // decode attention: one split that writes out directly for short contexts
     private final boolean pdlSupported; // Programmatic Dependent Launch possible (sm_90+, CUDA >= 12.3)
@@ -169,6 +170,7 @@ public final class CudaBackend implements Backend {
         this.fusedSwiglu = flag("tokenpress.cuda.fusedSwiglu", "TOKENPRESS_CUDA_FUSED_SWIGLU");
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
+        this.fusedNorm = experimental("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v2"));
         int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v3", "3" -> 3; default -> 2; };
         check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
@@ -298,6 +300,26 @@ public final class CudaBackend implements Backend {
     public boolean fusedSwiglu() { return fusedSwiglu; }
 
     /**
+     * RMSNorm fused into the decode GEMVs that consume it ({@link #rmsnormMatmulQkv}, {@link #rmsnormMatmulSwiglu}:
+     * {@code tp_gemv_bf16_multi_norm} / {@code tp_gemv_bf16_swiglu_norm}, the normalized activations are never
+     * written) and the residual add into the o / down projections ({@link #matmulAdd}: {@code tp_gemv_bf16_acc}),
+     * so a decoder layer runs six kernels instead of eight. Off unless {@code -Dtokenpress.cuda.fusedNorm=true} or
+     * this setter; needs the GEMV path (and fused qkv / gate-up for the norm). Drops a captured graph.
+     */
+    public void setFusedNorm(boolean on) {
+        requireEager("setFusedNorm");
+        dropGraph();
+        fusedNorm = on;
+    }
+
+    public boolean fusedNorm() { return fusedNorm; }
+
+    @Override
+    public boolean fusesNormIntoMatmul() {
+        return fusedNorm && gemvEnabled && fusedQkv && fusedSwiglu;
+    }
+
+    /**
      * {@link #ropeStoreKv} as one kernel ({@code tp_rope_store_kv}; default on;
      * {@code -Dtokenpress.cuda.fusedRopeStoreKv=false} or this setter: rope, rope, storeKv). Drops a captured graph.
      */
@@ -358,7 +380,8 @@ public final class CudaBackend implements Backend {
                 + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel")
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
-                + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
+                + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
+                + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
                 + ", PDL " + (pdl() ? "on" : pdlSupported ? "off" : "off (unsupported)");
     }
 
@@ -659,6 +682,64 @@ public final class CudaBackend implements Backend {
         sig(12, o.ptr, xi.ptr, wg.ptr, wu.ptr, n);
         if (mode != Mode.DRY)
             check(TpNative.tp_gemv_bf16_swiglu(o.ptr, xi.ptr, wg.ptr, wu.ptr, n, f, in, stream), "matmulSwiglu (GEMV)");
+    }
+
+    @Override
+    public void matmulAdd(Tensor x, Tensor y, Tensor a, Tensor w, int n) {
+        CudaTensor xo = act(x), ai = act(a), wt = (CudaTensor) w;
+        int in = wt.cols, outDim = wt.rows;
+        if (fusedNorm && gemvEnabled && n > 0 && ai.cols == in && xo.cols == outDim && gemvEligible(xo, ai, wt, n, in, outDim)) {
+            sig(14, xo.ptr, ai.ptr, wt.ptr, n);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_gemv_bf16_acc(xo.ptr, ai.ptr, wt.ptr, 0, n, outDim, in, stream), "matmulAdd (GEMV)");
+            return;
+        }
+        Backend.super.matmulAdd(x, y, a, w, n);
+    }
+
+    /** An f32 norm weight of exactly {@code dim} elements, 16-byte aligned (what the *_norm GEMVs read). */
+    private static boolean normWeightOk(CudaTensor nw, int dim) {
+        return !nw.bf16 && (long) nw.rows * nw.cols == dim && (nw.ptr & 15) == 0;
+    }
+
+    @Override
+    public void rmsnormMatmulQkv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor normW, float eps, Tensor xn,
+                                 Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, int n) {
+        CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x), nw = (CudaTensor) normW;
+        CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
+        int in = xi.cols;
+        boolean fuse = fusedNorm && fusedQkv && gemvEnabled && n > 0 && normWeightOk(nw, in)
+                && wqt.cols == in && wkt.cols == in && wvt.cols == in
+                && qo.cols == wqt.rows && ko.cols == wkt.rows && vo.cols == wvt.rows
+                && gemvEligible(qo, xi, wqt, n, in, wqt.rows) && gemvEligible(ko, xi, wkt, n, in, wkt.rows)
+                && gemvEligible(vo, xi, wvt, n, in, wvt.rows);
+        if (!fuse) {
+            Backend.super.rmsnormMatmulQkv(q, k, v, x, normW, eps, xn, wq, bq, wk, bk, wv, bv, n);
+            return;
+        }
+        long pbq = ptrOrZero(bq), pbk = ptrOrZero(bk), pbv = ptrOrZero(bv);
+        sig(15, qo.ptr, ko.ptr, vo.ptr, xi.ptr, nw.ptr, Float.floatToIntBits(eps), wqt.ptr, wkt.ptr, wvt.ptr, pbq, pbk, pbv, n);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_gemv_bf16_multi_norm(qo.ptr, wqt.ptr, pbq, wqt.rows, ko.ptr, wkt.ptr, pbk, wkt.rows, vo.ptr,
+                    wvt.ptr, pbv, wvt.rows, xi.ptr, nw.ptr, eps, n, in, stream), "rmsnormMatmulQkv (GEMV)");
+    }
+
+    @Override
+    public void rmsnormMatmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor normW, float eps, Tensor xn,
+                                    Tensor wGate, Tensor wUp, int n) {
+        CudaTensor o = act(out), xi = act(x), nw = (CudaTensor) normW, wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
+        int in = xi.cols, f = wg.rows;
+        boolean fuse = fusedNorm && fusedSwiglu && gemvEnabled && n > 0 && normWeightOk(nw, in)
+                && wg.cols == in && wu.cols == in && wu.rows == f && o.cols == f
+                && gemvEligible(o, xi, wg, n, in, f) && gemvEligible(o, xi, wu, n, in, f);
+        if (!fuse) {
+            Backend.super.rmsnormMatmulSwiglu(out, up, x, normW, eps, xn, wGate, wUp, n);
+            return;
+        }
+        sig(16, o.ptr, xi.ptr, nw.ptr, Float.floatToIntBits(eps), wg.ptr, wu.ptr, n);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_gemv_bf16_swiglu_norm(o.ptr, xi.ptr, nw.ptr, eps, wg.ptr, wu.ptr, n, f, in, stream),
+                    "rmsnormMatmulSwiglu (GEMV)");
     }
 
     private static long ptrOrZero(Tensor t) {

@@ -185,6 +185,23 @@ public final class TpNative {
                                                  @Cast("uint64_t") long wGate, @Cast("uint64_t") long wUp, int n,
                                                  int outDim, int inDim, @Cast("uint64_t") long stream);
 
+    public static native int tp_gemv_bf16_acc(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
+                                              @Cast("uint64_t") long w, @Cast("uint64_t") long bias, int n, int outDim,
+                                              int inDim, @Cast("uint64_t") long stream);
+
+    public static native int tp_gemv_bf16_multi_norm(@Cast("uint64_t") long out0, @Cast("uint64_t") long w0,
+                                                     @Cast("uint64_t") long bias0, int rows0, @Cast("uint64_t") long out1,
+                                                     @Cast("uint64_t") long w1, @Cast("uint64_t") long bias1, int rows1,
+                                                     @Cast("uint64_t") long out2, @Cast("uint64_t") long w2,
+                                                     @Cast("uint64_t") long bias2, int rows2, @Cast("uint64_t") long x,
+                                                     @Cast("uint64_t") long normW, float eps, int n, int inDim,
+                                                     @Cast("uint64_t") long stream);
+
+    public static native int tp_gemv_bf16_swiglu_norm(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
+                                                      @Cast("uint64_t") long normW, float eps,
+                                                      @Cast("uint64_t") long wGate, @Cast("uint64_t") long wUp, int n,
+                                                      int outDim, int inDim, @Cast("uint64_t") long stream);
+
     // ---- attention ----------------------------------------------------------------------------------------
 
     public static native @Cast("uint64_t") long tp_decode_attention_workspace_bytes(int numHeads, int headDim);

@@ -1,6 +1,7 @@
 package dev.tokenpress.backend.cuda;
 
 import dev.tokenpress.backend.RopeTable;
+import dev.tokenpress.backend.Backend;
 import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.backend.cpu.CpuBackend;
 import dev.tokenpress.io.TensorData;
@@ -231,5 +232,78 @@ class CudaFusedDecodeParityTest {
             cf.close();
             cu.close();
         }
+    }
+
+    static Stream<Arguments> normCases() {
+        List<Arguments> a = new ArrayList<>();
+        a.add(Arguments.of(1, 2048, 512, 8192, 2048));  // llama-1b shape
+        a.add(Arguments.of(1, 333, 7, 1000, 2056));     // odd rows
+        for (int n = 2; n <= CudaBackend.GEMV_MAX_ROWS; n++) a.add(Arguments.of(n, 256, 64, 520, 512));
+        a.add(Arguments.of(5, 256, 64, 512, 256));      // n > 4: the unfused ops
+        return withPdl(a.stream());
+    }
+
+    /**
+     * RMSNorm fused into the q/k/v and gate/up GEMVs and the residual add fused into the o/down GEMV
+     * (setFusedNorm): against the same ops unfused on the GPU (the same arithmetic except the order of the
+     * norm's sum of squares) and against the CPU.
+     */
+    @ParameterizedTest(name = "fused norm n={0} Oq={1} Okv={2} F={3} D={4} pdl={5}")
+    @MethodSource("normCases")
+    void fusedNormAndResidual(int n, int oq, int okv, int f, int d, boolean pdl) {
+        usePdl(gpu, pdl);
+        SplittableRandom r = new SplittableRandom(7L * oq + 13L * f + d + n);
+        float[] x = uniform(r, n * d, 2), nw = uniform(r, d, 1.5);
+        TensorData nwd = f32Vector("norm", nw);
+        Tensor nwc = cpu.weight(nwd), nwg = gpu.weight(nwd);
+        int[] rows = {oq, okv, okv};
+        Tensor[] wc = new Tensor[3], wg = new Tensor[3];
+        for (int m = 0; m < 3; m++) {
+            TensorData wd = bf16Weight("w" + m, rows[m], d, bf16Exact(uniform(r, rows[m] * d, 0.08)));
+            wc[m] = cpu.weight(wd);
+            wg[m] = gpu.weight(wd);
+        }
+        TensorData gd = bf16Weight("gate", f, d, bf16Exact(uniform(r, f * d, 0.08)));
+        TensorData ud = bf16Weight("up", f, d, bf16Exact(uniform(r, f * d, 0.08)));
+        TensorData dd = bf16Weight("down", d, f, bf16Exact(uniform(r, d * f, 0.08)));
+        Tensor gc = cpu.weight(gd), uc = cpu.weight(ud), dc = cpu.weight(dd);
+        Tensor gg = gpu.weight(gd), ug = gpu.weight(ud), dg = gpu.weight(dd);
+        float[] a = uniform(r, n * f, 1);
+        String what = "fused norm n=" + n + " D=" + d + " pdl=" + pdl;
+        float[][] res = new float[2][];  // per mode: q | k | v | swiglu | x after matmulAdd, concatenated
+        for (int mode = 0; mode < 2; mode++) {
+            gpu.setFusedNorm(mode == 1);
+            try {
+                res[mode] = fusedNormRun(gpu, n, d, f, rows, x, a, nwg, wg, gg, ug, dg);
+            } finally {
+                gpu.setFusedNorm(false);
+            }
+        }
+        float[] ref = fusedNormRun(cpu, n, d, f, rows, x, a, nwc, wc, gc, uc, dc);
+        boolean gemv = n <= CudaBackend.GEMV_MAX_ROWS;
+        double tol = 4e-4 * Math.sqrt(Math.max(d, f) / 64.0 + 1);
+        assertClose(what + " fused vs unfused", res[0], res[1], 1e-10, tol, 1e-4);
+        assertClose(what + " fused vs cpu", ref, res[1], gemv ? 1e-8 : 2e-5, gemv ? 2 * tol : 0.05, gemv ? 2e-3 : 0.02);
+    }
+
+    private static float[] fusedNormRun(Backend b, int n, int d, int f, int[] rows, float[] x, float[] a, Tensor nw,
+                                        Tensor[] w, Tensor wg, Tensor wu, Tensor wd) {
+        Tensor xt = act(b, n, d, x), xn = act(b, n, d, null), at = act(b, n, f, a), y = act(b, n, d, null);
+        Tensor[] o = {act(b, n, rows[0], null), act(b, n, rows[1], null), act(b, n, rows[2], null)};
+        Tensor sw = act(b, n, f, null), up = act(b, n, f, null);
+        b.rmsnormMatmulQkv(o[0], o[1], o[2], xt, nw, 1e-5f, xn, w[0], null, w[1], null, w[2], null, n);
+        b.rmsnormMatmulSwiglu(sw, up, xt, nw, 1e-5f, xn, wg, wu, n);
+        b.matmulAdd(xt, y, at, wd, n);
+        List<float[]> parts = List.of(b.download(o[0], 0, n), b.download(o[1], 0, n), b.download(o[2], 0, n),
+                b.download(sw, 0, n), b.download(xt, 0, n));
+        int len = 0;
+        for (float[] p : parts) len += p.length;
+        float[] out = new float[len];
+        int off = 0;
+        for (float[] p : parts) {
+            System.arraycopy(p, 0, out, off, p.length);
+            off += p.length;
+        }
+        return out;
     }
 }

@@ -65,18 +65,20 @@ class CudaModelParityTest {
             }
         }
         // pass 0: graphs, 1: eager, 2: graphs with the decode fusions off (QKV, gate/up + SwiGLU, RoPE + KV
-        // store, short-context attention); 3: graphs with PDL, 4: eager with PDL (only where PDL is supported)
-        float[][][] got = new float[5][][];
-        String[] status = new String[5];
-        int[] replays = new int[5];
-        for (int pass = 0; pass < 5; pass++) {
+        // store, short-context attention); 3: graphs with PDL, 4: eager with PDL (only where PDL is supported);
+        // 5: graphs with RMSNorm fused into the GEMVs and the residual add into the o/down GEMVs (fusedNorm)
+        float[][][] got = new float[6][][];
+        String[] status = new String[6];
+        int[] replays = new int[6];
+        for (int pass = 0; pass < 6; pass++) {
             try (SafeTensors st = SafeTensors.open(dir)) {
                 CudaBackend gpu = CudaBackend.open();
                 try {
-                    if (pass >= 3 && !gpu.pdlSupported()) continue;
+                    if ((pass == 3 || pass == 4) && !gpu.pdlSupported()) continue;
                     gpu.setGraphsEnabled(pass != 1 && pass != 4);
                     if (pass == 2) gpu.setDecodeFusions(false);
-                    gpu.setPdl(pass >= 3);
+                    gpu.setPdl(pass == 3 || pass == 4);
+                    gpu.setFusedNorm(pass == 5);
                     Llama m = new Llama(cfg, Weights.load(st, cfg, gpu, null), gpu, 64);
                     KvCache cache = m.newCache(ctx);
                     got[pass] = new float[steps + 1][];
@@ -111,6 +113,16 @@ class CudaModelParityTest {
                 worstGraphVsEager, status[0]);
         assertTrue(worst < 5e-3, name + ": CUDA logits differ from CPU, worst nmse " + worst);
         assertTrue(worstGraphVsEager < 1e-6, name + ": graph replay differs from eager launches, nmse " + worstGraphVsEager);
+        double worstNorm = 0, worstNormVsCpu = 0;
+        for (int s = 0; s <= steps; s++) {
+            worstNorm = Math.max(worstNorm, CudaParityTest.nmse(got[0][s], got[5][s]));
+            worstNormVsCpu = Math.max(worstNormVsCpu, CudaParityTest.nmse(ref[s], got[5][s]));
+        }
+        System.out.printf("[model-parity] %s: fused norm+gemv: worst nmse vs default %.3g, vs cpu %.3g; %s%n", name,
+                worstNorm, worstNormVsCpu, status[5]);
+        assertTrue(worstNormVsCpu < 5e-3, name + ": CUDA logits with fused norm differ from CPU, worst nmse " + worstNormVsCpu);
+        assertTrue(worstNorm < 1e-4, name + ": fused norm differs from the default path, nmse " + worstNorm);
+        assertTrue(replays[5] > 0, name + ": decode steps with fused norm were not replayed as graphs: " + status[5]);
         if (got[3] == null) {
             System.out.printf("[model-parity] %s: PDL passes skipped (device does not support PDL)%n", name);
             return;
