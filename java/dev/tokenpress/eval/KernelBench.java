@@ -198,6 +198,23 @@ public final class KernelBench {
                 }
             }
         }
+        // the Llama-3-8B attention shape (head dim 128) at 32K: metadata is a smaller share of a token there
+        out.println("| context (hd 128) | KV | attention µs | speed-up vs bf16 | KV bytes/layer | memory vs bf16 |");
+        out.println("|---|---|---|---|---|---|");
+        int ctx = 32768;
+        CudaKernelBench.AttentionResult bf = CudaKernelBench.decodeAttention(gpu, 32, 8, 128, ctx, 100);
+        long bfBytes = (long) ctx * 8 * (128 * 2 * 2 + 4);
+        out.printf("| %d | bf16 | %.2f | 1.0x | %d | 1.00x |%n", ctx, bf.microseconds(), bfBytes);
+        result(out, "quant_hd128_" + ctx + "_bf16_us", bf.microseconds(), "us");
+        for (String spec : new String[] {"int4", "int4:group=128"}) {
+            CudaKernelBench.QuantAttentionResult q = CudaKernelBench.quantAttention(gpu, 32, 8, 128, ctx, spec, 100);
+            double sp = bf.microseconds() / q.microseconds(), mem = (double) bfBytes / q.kvBytesPerLayer();
+            out.printf("| %d | %s | %.2f | %.2fx | %d | %.2fx |%n", ctx, spec, q.microseconds(), sp, q.kvBytesPerLayer(), mem);
+            String k = "quant_hd128_" + ctx + "_" + spec.replaceAll("[:=,]", "_");
+            result(out, k + "_us", q.microseconds(), "us");
+            result(out, k + "_speedup", sp, "x");
+            result(out, k + "_mem_ratio", mem, "x");
+        }
     }
 
     /**
