@@ -3,8 +3,8 @@
 // token plus the best k - 1 other visible slots (ties: lower slot), written as an ascending slot list + count
 // that decode attention reads directly (sel_slots / sel_counts). Nothing goes to the host and every step value
 // (high-water marks, query position, current position) is read from device memory, so a decode step that
-// selects can be captured into a CUDA graph. Two implementations with identical output, chosen at run time
-// (tp_set_tidal_select_variant):
+// selects can be captured into a CUDA graph. Three implementations, chosen at run time
+// (tp_set_tidal_select_variant); v1 and v2 have identical output, v3 may differ at near-ties (see there):
 //
 // v1 (the first version, kept for A/B and as the fallback):
 // Kernel 1 (grid (ceil(len / 128), Hkv)): one thread per slot, the group's q vectors in shared memory as in
@@ -32,6 +32,13 @@
 //   of T-equal keys before it (prefix sums over chunks); resets its histogram, list length and ticket.
 // Kernel 3 (same grid): each chunk writes its selected slots at its offset in slot order (as v1's compaction),
 //   taking keys equal to T while their global rank among the T-equal keys is below the wanted count.
+//
+// v3 (only when asked for: tp_set_tidal_select_variant(3)): v2 with another score kernel (tidal_scores_v3_kernel):
+//   hd/8 lanes per key row with 16-byte coalesced loads (decode attention's layout), several rows in flight per
+//   warp, the group's q-heads in registers, lane partial dots reduced with shuffles; then v2's histogram, plan,
+//   collect and compact kernels. The products of a q·k are summed in another order than v1/v2 (and the CPU), so
+//   scores may differ in the last bits and slots within rounding of the threshold may be selected differently.
+//   Head dims 64/128/256 and groups up to 8; anything else runs v2.
 // Workspace (tp_tidal_select_workspace_bytes): per-KV-head state (histograms, tickets, plan) that must be zero
 // before the first call and that every call leaves zero, then the keys (both variants), the candidate lists and
 // the per-chunk arrays. The state of head g sits at a fixed offset, so a workspace serves any len for one Hkv.
@@ -516,6 +523,125 @@ __global__ void __launch_bounds__(kTileRows) tidal_scores_v2_kernel(
     plan_selection(cur + g, key_out, st, n, k);  // the last block of this KV head
 }
 
+// ---- v3 score kernel (then v2's collect and compact kernels) --------------------------------------------------
+
+constexpr int kV3Threads = kTileRows;  // plan_selection is written for blocks of kTileRows threads
+constexpr int kV3Unroll = 4;           // warp steps of key loads in flight per lane
+
+// v2's score kernel with decode attention's lane layout instead of one thread per row: LPR = hd/8 lanes own one
+// key row (one 16-byte load each, 8 bf16), a warp covers SUB = 32/LPR rows per step and issues kV3Unroll steps of
+// loads (key and position) together; each lane keeps its 8 channels of each of the group's q-heads (GT >= group,
+// the extra heads zero and skipped) in registers. A q-head's dot is the lane's fmaf chain over its 8 channels,
+// then a butterfly over the LPR lanes (every lane ends with the same bits); the group is reduced in q-head order
+// (max, or sum with __fadd_rn) and keyed as in v1/v2. The keys of a warp step are gathered into lanes [0, R) for
+// one coalesced store and the shared-memory histogram. Scores may differ from v1/v2 (and the CPU) in the last
+// bits: the products are summed in another order. Each block owns rows_per_block consecutive slots (a multiple of
+// the block step); the last block of a KV head plans the selection as in v2.
+template <int HD, int GT>
+__global__ void __launch_bounds__(kV3Threads, 4) tidal_scores_v3_kernel(
+        uint32_t* __restrict__ keys, int len, int* __restrict__ cur, const float* __restrict__ q,
+        const uint16_t* __restrict__ kc, const int* __restrict__ pc, int layer, int kv_heads, int group,
+        int capacity, const int* __restrict__ params, int sum_group, int rows_per_block,
+        uint32_t* __restrict__ state, int k) {
+    constexpr int LPR = HD / 8, SUB = 32 / LPR, U = kV3Unroll;
+    constexpr int R = SUB * U;                       // rows per warp step
+    constexpr int RB = (kV3Threads / 32) * R;        // rows per block step
+    static_assert(LPR >= 1 && LPR <= 32 && (LPR & (LPR - 1)) == 0, "hd/8 lanes per row: a power of two <= 32");
+    __shared__ uint32_t hist[kBins1];
+    __shared__ int sh_last;
+    int g = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int sub = lane / LPR, lr = lane % LPR;
+    int hw = params[g];
+    int n = hw < len ? hw : len;
+    if (n < 0) n = 0;
+    int query_pos = params[kv_heads], keep_pos = params[kv_heads + 1];
+    int64_t base = ((int64_t)layer * kv_heads + g) * capacity;
+    uint32_t* st = state + (int64_t)g * kStateWords;
+    uint32_t* info = st + kBins1 + kBins2;
+    uint32_t* key_out = keys + (int64_t)g * len;
+    int first = blockIdx.x * rows_per_block;
+    int last = n - first < rows_per_block ? n : first + rows_per_block;
+    if (first < last) {  // uniform over the block
+        for (int i = tid; i < kBins1; i += kV3Threads) hist[i] = 0u;
+        float qr[GT][8];
+#pragma unroll
+        for (int j = 0; j < GT; j++) {
+            if (j < group) {
+                const float4* src = reinterpret_cast<const float4*>(q + ((int64_t)g * group + j) * HD + lr * 8);
+                float4 a = __ldg(src), b = __ldg(src + 1);
+                qr[j][0] = a.x; qr[j][1] = a.y; qr[j][2] = a.z; qr[j][3] = a.w;
+                qr[j][4] = b.x; qr[j][5] = b.y; qr[j][6] = b.z; qr[j][7] = b.w;
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++) qr[j][e] = 0.f;
+            }
+        }
+        __syncthreads();  // hist zeroed
+        const uint4* kb = reinterpret_cast<const uint4*>(kc + base * HD) + lr;  // row s: kb + s * LPR
+        const int* pb = pc + base;
+        // r0 is warp-uniform: the shuffles below run with the whole warp converged
+        for (int r0 = first + warp * R; r0 < last; r0 += RB) {
+            uint4 kr[U];
+            int p[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int s = r0 + u * SUB + sub;
+                p[u] = -1;
+                kr[u] = make_uint4(0u, 0u, 0u, 0u);
+                if (s < last) {
+                    p[u] = __ldg(pb + s);
+                    kr[u] = __ldg(kb + (int64_t)s * LPR);
+                }
+            }
+            uint32_t key[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int s = r0 + u * SUB + sub;
+                if (lr == 0 && s < last && p[u] >= 0 && p[u] == keep_pos) atomicMax(cur + g, s);  // the last one
+                float kf[8];
+                bf16x8_to_f32(kr[u], kf);
+                float v = sum_group ? 0.f : kNegInf;
+#pragma unroll
+                for (int j = 0; j < GT; j++) {
+                    float a = 0.f;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) a = fmaf(qr[j][e], kf[e], a);
+#pragma unroll
+                    for (int o = LPR / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                    if (j < group) v = sum_group ? __fadd_rn(v, a) : fmaxf(v, a);  // in q-head order
+                }
+                key[u] = (p[u] < 0 || p[u] > query_pos) ? 0u : order_key(v);
+            }
+            // lane L < R takes the key of row r0 + L (step L / SUB, row group L % SUB)
+            uint32_t mine = 0u;
+            int src = (lane % SUB) * LPR;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                uint32_t t = __shfl_sync(0xffffffffu, key[u], src);
+                if (lane / SUB == u) mine = t;
+            }
+            int s = r0 + lane;
+            if (lane < R && s < last) {
+                key_out[s] = mine;
+                if (mine != 0u) atomicAdd(&hist[mine >> (32 - kBits1)], 1u);
+            }
+        }
+        __syncthreads();
+        for (int i = tid; i < kBins1; i += kV3Threads) {
+            uint32_t c = hist[i];
+            if (c) atomicAdd(st + i, c);
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) sh_last = atomicAdd(info + kTicket1, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!sh_last) return;
+    __threadfence();
+
+    plan_selection(cur + g, key_out, st, n, k);  // the last block of this KV head
+}
+
 __global__ void __launch_bounds__(kChunkThreads) tidal_collect_kernel(
         const uint32_t* __restrict__ keys, int len, const int* __restrict__ params, uint32_t* __restrict__ state,
         int chunk, uint32_t* __restrict__ cand_key, int* __restrict__ cand_slot, int* __restrict__ blk_gt,
@@ -729,7 +855,7 @@ Layout layout(int kv_heads, int len) {
 }
 
 // 0 = automatic: v2 from len 16384 on (measured on the H100, 1B shape, k = 2048: v1 27.9 / v2 34.5 µs at 8K,
-// v1 78.3 / v2 53.7 µs at 32K, v1 321.6 / v2 116.4 µs at 128K); 1 or 2 forces one.
+// v1 78.3 / v2 53.7 µs at 32K, v1 321.6 / v2 116.4 µs at 128K); 1, 2 or 3 forces one (3 only when asked for).
 int g_variant = 0;
 constexpr int kAutoV2MinLen = 16384;
 
@@ -753,6 +879,48 @@ int score_blocks_per_sm(size_t smem) {
     return v;
 }
 
+using ScoresV3Fn = void (*)(uint32_t*, int, int*, const float*, const uint16_t*, const int*, int, int, int, int,
+                             const int*, int, int, uint32_t*, int);
+
+// The v3 score kernel for (head_dim, group), or null where it has none (v2 then runs instead).
+template <int HD>
+ScoresV3Fn scores_v3_for_group(int group) {
+    if (group <= 1) return tidal_scores_v3_kernel<HD, 1>;
+    if (group <= 2) return tidal_scores_v3_kernel<HD, 2>;
+    if (group <= 4) return tidal_scores_v3_kernel<HD, 4>;
+    if (group <= 8) return tidal_scores_v3_kernel<HD, 8>;
+    return nullptr;
+}
+
+ScoresV3Fn scores_v3(int head_dim, int group) {
+    switch (head_dim) {
+        case 64: return scores_v3_for_group<64>(group);
+        case 128: return scores_v3_for_group<128>(group);
+        case 256: return scores_v3_for_group<256>(group);
+        default: return nullptr;
+    }
+}
+
+// Resident blocks per SM of a v3 score kernel (cached per device and kernel).
+int scores_v3_blocks_per_sm(ScoresV3Fn fn) {
+    static int cache_dev[16], cache_val[16], used = 0, next = 0;
+    static ScoresV3Fn cache_fn[16];
+    int dev = 0;
+    cudaGetDevice(&dev);
+    for (int i = 0; i < used; i++)
+        if (cache_dev[i] == dev && cache_fn[i] == fn) return cache_val[i];
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, fn, kV3Threads, 0) != cudaSuccess || v < 1) v = 1;
+    int i = used < 16 ? used++ : next++ & 15;
+    cache_dev[i] = dev;
+    cache_fn[i] = fn;
+    cache_val[i] = v;
+    return v;
+}
+
+// Rows per warp step of a v3 score kernel x warps per block.
+int scores_v3_block_rows(int head_dim) { return (kV3Threads / 32) * (32 / (head_dim / 8)) * kV3Unroll; }
+
 }  // namespace
 
 extern "C" {
@@ -763,9 +931,9 @@ uint64_t tp_tidal_select_workspace_bytes(int kv_heads, int len) {
 }
 
 int tp_set_tidal_select_variant(int variant) {
-    if (variant < 0 || variant > 2)
-        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_set_tidal_select_variant: bad argument 'variant' (%d: 0, 1 or 2)",
-                        variant);
+    if (variant < 0 || variant > 3)
+        return tp::fail(TP_ERR_BAD_ARGUMENT,
+                        "tp_set_tidal_select_variant: bad argument 'variant' (%d: 0, 1, 2 or 3)", variant);
     g_variant = variant;
     return TP_OK;
 }
@@ -804,8 +972,10 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
     Layout lay = layout(kv_heads, len);
     uint32_t* ws = TP_PTR(uint32_t, keys_ws);
     uint32_t* keys = TP_PTR(uint32_t, keys_ws + lay.keys);
-    if (g_variant == 2 || (g_variant == 0 && len >= kAutoV2MinLen)) {
-        // score kernel shared memory: histogram | q | one or two key tiles
+    if (g_variant == 3 || g_variant == 2 || (g_variant == 0 && len >= kAutoV2MinLen)) {
+        // v3: hd 64/128/256, groups up to 8, q 16-byte aligned (float4 loads); else v2
+        ScoresV3Fn v3 = g_variant == 3 && q % 16 == 0 ? scores_v3(head_dim, group) : nullptr;
+        // v2's score kernel shared memory: histogram | q | one or two key tiles
         size_t tile = (size_t)kTileRows * (head_dim * 2 + 16);
         size_t fixed = kBins1 * 4 + ((qbytes + 15) & ~(size_t)15);
         int stages = 2;
@@ -815,7 +985,7 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
             smem = fixed + tile;
         }
         bool ok = true;
-        if (smem > kSmemDefault) {
+        if (v3 == nullptr && smem > kSmemDefault) {
             int dev = 0, optin = 0;
             TP_CUDA(cudaGetDevice(&dev));
             TP_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
@@ -827,7 +997,22 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
                 if (dev < 64) allowed[dev] = smem;
             }
         }
-        if (ok) {  // else (a very large head_dim on a small-shared-memory GPU) v1 below
+        if (v3 != nullptr) {
+            // one wave of resident blocks over all KV heads, each a whole number of block steps
+            int rb = scores_v3_block_rows(head_dim);
+            int64_t steps = ceil_div(len, rb);
+            int64_t resident = (int64_t)scores_v3_blocks_per_sm(v3) * sm_count();
+            int64_t spb = ceil_div(steps * kv_heads, resident);
+            if (spb < 1) spb = 1;
+            if (spb > steps) spb = steps;
+            int rows = (int)(spb * rb);
+            dim3 grid1((unsigned)ceil_div(len, rows), kv_heads);
+            v3<<<grid1, kV3Threads, 0, TP_STREAM(stream)>>>(
+                keys, len, TP_PTR(int, cur_slot), TP_PTR(const float, q), TP_PTR(const uint16_t, key_cache),
+                TP_PTR(const int, pos_cache), layer, kv_heads, group, capacity, TP_PTR(const int, params), sum_group,
+                rows, ws, k);
+            TP_LAUNCHED("tidal_scores_v3_kernel");
+        } else if (ok) {  // else (a very large head_dim on a small-shared-memory GPU) v1 below
             int64_t tiles = ceil_div(len, kTileRows);
             int64_t resident = (int64_t)score_blocks_per_sm(smem) * sm_count();
             int64_t tpb = ceil_div(tiles * kv_heads, resident);
@@ -839,6 +1024,8 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
                 TP_PTR(const int, pos_cache), layer, kv_heads, group, head_dim, capacity, TP_PTR(const int, params),
                 sum_group, (int)tpb, stages, ws, k);
             TP_LAUNCHED("tidal_scores_v2_kernel");
+        }
+        if (v3 != nullptr || ok) {  // v2's (or v3's) score kernel ran: v2's collect and compact kernels
             dim3 grid2((unsigned)lay.chunks, kv_heads);
             tidal_collect_kernel<<<grid2, kChunkThreads, 0, TP_STREAM(stream)>>>(
                 keys, len, TP_PTR(const int, params), ws, lay.chunk, TP_PTR(uint32_t, keys_ws + lay.cand_key),

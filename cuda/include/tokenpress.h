@@ -328,12 +328,15 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
 /** Bytes of keys_ws tp_tidal_select needs for kv_heads KV heads and a grid extent of len slots (both variants). */
 uint64_t tp_tidal_select_workspace_bytes(int kv_heads, int len);
 /**
- * Which implementation tp_tidal_select launches from now on (process-wide; identical output): 0 (default) automatic
- * (2 from len 16384 on, else 1), 1 the first version (one select block per KV head), 2 the multi-block selection
- * with the first radix histogram fused into the score kernel. A captured graph keeps what it was captured with.
+ * Which implementation tp_tidal_select launches from now on (process-wide): 0 (default) automatic (2 from len 16384
+ * on, else 1), 1 the first version (one select block per KV head), 2 the multi-block selection with the first radix
+ * histogram fused into the score kernel, 3 = 2 with a coalesced score kernel (hd/8 lanes per key row, q in
+ * registers; head_dim 64/128/256, groups <= 8, else 2). 1 and 2 have identical output; 3 sums each q·k in another
+ * order, so slots whose scores are within rounding of the threshold may be chosen differently. A captured graph
+ * keeps what it was captured with.
  */
 int tp_set_tidal_select_variant(int variant);
-/** The setting tp_set_tidal_select_variant made (0, 1 or 2). */
+/** The setting tp_set_tidal_select_variant made (0, 1, 2 or 3). */
 int tp_get_tidal_select_variant(void);
 
 /* ---- selection over the vocabulary (topk_select.cu) -------------------------------------------------- */

@@ -124,7 +124,8 @@ public final class KernelBench {
     /**
      * Decode attention for the llama-1b shape (32 q, 8 KV heads, hd 64) at 8K/32K/128K: full vs a device selection
      * of k=2048 per KV head (keys pol_<ctx>_full_us, pol_<ctx>_tidal_attn_us, pol_<ctx>_tidal_select_us,
-     * pol_<ctx>_tidal_total_us, the speed-ups and KV bytes per layer per policy).
+     * pol_<ctx>_tidal_total_us, the speed-ups and KV bytes per layer per policy; pol_<ctx>_tidal_select_us_v1..v3
+     * the selection op with each tp_tidal_select variant forced).
      */
     public static void policies(CudaBackend gpu, PrintStream out) {
         out.println("| context | full µs | tidal k=" + POLICY_K + " attention µs | selection µs | selection + attention µs | attention speed-up | KV bytes/layer full | KV bytes/layer tidal |");
@@ -150,6 +151,10 @@ public final class KernelBench {
                 result(out, k + "_full_us_v" + v, f, "us");
                 result(out, k + "_tidal_attn_us_v" + v, s, "us");
             }
+            double[] sel = {r.selectUsV1(), r.selectUsV2(), r.selectUsV3()};
+            out.printf("| %d | tidal selection v1 %.2f µs, v2 %.2f µs, v3 %.2f µs | | | | | | |%n", ctx, sel[0], sel[1], sel[2]);
+            for (int v = 1; v <= 3; v++) result(out, k + "_tidal_select_us_v" + v, sel[v - 1], "us");
+            result(out, k + "_tidal_select_v3_diff_slots", r.selectV3DiffSlots(), "slots");
         }
     }
 

@@ -180,8 +180,8 @@ public final class CudaBackend implements Backend {
         check(TpNative.tp_set_pdl(pdl ? 1 : 0), "tp_set_pdl");
         String attn = System.getProperty("tokenpress.cuda.attention", System.getenv().getOrDefault("TOKENPRESS_CUDA_ATTENTION", "v2"));
         setAttentionVariant("v1".equalsIgnoreCase(attn) || "1".equals(attn) ? 1 : 2);
-        String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2, process-wide
-        if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
+        String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
+        if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
     }
 
     /**

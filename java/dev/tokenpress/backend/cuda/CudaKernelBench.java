@@ -2,6 +2,7 @@ package dev.tokenpress.backend.cuda;
 
 import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.SlotSelection;
 
 import java.util.SplittableRandom;
 
@@ -162,7 +163,8 @@ public final class CudaKernelBench {
     public record PolicyAttentionResult(int context, int k, int layersRotated, double fullUs, double sparseUs,
                                         double selectUs, double selectPlusSparseUs, long kvBytesPerLayer,
                                         double fullReadBytes, double sparseReadBytes, double fullUsV1,
-                                        double sparseUsV1, double fullUsV2, double sparseUsV2) {}
+                                        double sparseUsV1, double fullUsV2, double sparseUsV2, double selectUsV1,
+                                        double selectUsV2, double selectUsV3, int selectV3DiffSlots) {}
 
     /**
      * Decode attention of one token over {@code context} tokens (shape heads / kvHeads / headDim, layers rotated
@@ -254,12 +256,39 @@ public final class CudaKernelBench {
             double fullUs = fullV[b.attentionVariant()];
             double sparseUs = sparseV[b.attentionVariant()];
             double selectUs = time(b, select, layers, iters, e0[0], e1[0]);
+            // the selection op with each tp_tidal_select variant forced (the default, usually auto, restored after)
+            double[] selectV = new double[4];
+            int tidalDefault = TpNative.tp_get_tidal_select_variant();
+            for (int v = 1; v <= 3; v++) {
+                check(TpNative.tp_set_tidal_select_variant(v), "tidal select variant");
+                try {
+                    selectV[v] = time(b, select, layers, iters, e0[0], e1[0]);
+                } finally {
+                    TpNative.tp_set_tidal_select_variant(tidalDefault);
+                }
+            }
+            // v3 sums q·k in another order: how many of its slots (layer 0, all KV heads) v2 did not select
+            int v3Diff = 0;
+            try {
+                check(TpNative.tp_set_tidal_select_variant(2), "tidal select variant");
+                SlotSelection s2 = b.selectTopSlots(q, 0, context - 1, kv, 0, k, false, context - 1, true);
+                check(TpNative.tp_set_tidal_select_variant(3), "tidal select variant");
+                SlotSelection s3 = b.selectTopSlots(q, 0, context - 1, kv, 0, k, false, context - 1, true);
+                for (int g = 0; g < kvHeads; g++) {
+                    java.util.Set<Integer> in2 = new java.util.HashSet<>();
+                    for (int i = 0; i < s2.count()[g]; i++) in2.add(s2.slots()[g][i]);
+                    for (int i = 0; i < s3.count()[g]; i++) if (!in2.contains(s3.slots()[g][i])) v3Diff++;
+                    v3Diff += Math.abs(s2.count()[g] - s3.count()[g]);
+                }
+            } finally {
+                TpNative.tp_set_tidal_select_variant(tidalDefault);
+            }
             double bothUs = time(b, both, layers, iters, e0[0], e1[0]);
             long kvBytes = kv.bytes() / layers;
             double fullRead = (double) context * kvHeads * (headDim * 4.0 + 4);
             double sparseRead = (double) Math.min(k, context) * kvHeads * (headDim * 4.0 + 8);
             return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead,
-                    fullV[1], sparseV[1], fullV[2], sparseV[2]);
+                    fullV[1], sparseV[1], fullV[2], sparseV[2], selectV[1], selectV[2], selectV[3], v3Diff);
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
