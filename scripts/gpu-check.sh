@@ -70,7 +70,9 @@ run_checks() {
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
   # STAGES (default all): any of junit,attention,policies,cce,e2e,peer; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
-  # stage timeouts; POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model)
+  # stage timeouts; POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model);
+  # JUNIT_CLASSES (simple class names) and JUNIT_TAG (suffix of junit<TAG>.log) split the JUnit stage into several
+  # JVMs, so one crashing class cannot take the others down; APPEND_SUMMARY=1 appends to gpu-summary.txt
   local STAGES=${STAGES:-junit,attention,policies,cce,e2e,peer}
   want() { [[ ",$STAGES," == *",$1,"* ]]; }
   stage_rc() { say "STAGE $1: $( [[ $2 -eq 0 ]] && echo PASS || echo "FAIL (rc=$2$( [[ $2 -eq 124 ]] && echo ', timed out'))")"; }
@@ -110,7 +112,7 @@ run_checks() {
   local HAVE_GPU=1
   command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1 || HAVE_GPU=0
   [[ $HAVE_GPU -eq 0 ]] && say "no GPU here: the CUDA tests report skipped; model generation, e2e and peer stages are skipped"
-  if [[ $HAVE_GPU -eq 1 && ! -f "$MODEL/model.safetensors" ]]; then
+  if [[ $HAVE_GPU -eq 1 && ! -f "$MODEL/model.safetensors" ]] && { want e2e || want peer || want profile || [[ -n "${POL_E2E:-}" ]]; }; then
     timeout 200 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench generate "$MODEL" > "$OUT/make-model.log" 2>&1 &
     GEN_PID=$!
   fi
@@ -144,6 +146,12 @@ run_checks() {
   # -- stage 3a: KV-policy kernels (full vs TidalDecode device selection k=2048 at 8K/32K/128K)
   if want policies; then
   local POL_ARGS=()
+  if [[ -n "${POL_E2E:-}" && -n "$GEN_PID" ]]; then  # the end-to-end part needs the whole model file
+    wait "$GEN_PID"
+    rc=$?
+    stage_rc make-model $rc
+    GEN_PID=""
+  fi
   [[ -n "${POL_E2E:-}" && -f "$MODEL/model.safetensors" ]] && POL_ARGS=("$MODEL")
   timeout "${T_POL:-120}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench policies ${POL_ARGS[@]+"${POL_ARGS[@]}"} > "$OUT/bench-policies.log" 2>&1
   rc=$?
