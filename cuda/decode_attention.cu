@@ -858,14 +858,15 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
         float mx = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        if (mx > m) {  // quad-uniform; rare after the first rows
-            const float f = exp2_diff(m, mx);
+        const bool grow = mx > m;  // quad-uniform
+        if (__any_sync(0xffffffffu, grow)) {  // warp-uniform branch (the MMAs below need the whole warp); rare later
+            const float f = grow ? exp2_diff(m, mx) : 1.f;
             d *= f;
 #pragma unroll
             for (int j = 0; j < NT; j++) {
                 o[j][0] *= f; o[j][1] *= f; o[j][2] *= f; o[j][3] *= f;
             }
-            m = mx;
+            m = grow ? mx : m;
         }
         float p[2][2];
 #pragma unroll
