@@ -1164,6 +1164,30 @@ int launch_split_v2_hd(int gt, int kv_blocks, int max_len, bool direct, dim3 gri
 #undef TP_V2_ARGS
 }
 
+// Opts decode_split_v3_kernel<HD> into its dynamic shared memory on the current device and returns its resident
+// blocks per SM (both cached per device). tp_set_attention_variant(3) runs it already, outside any graph capture.
+template <int HD>
+cudaError_t v3_prepare(int* blocks_per_sm_out) {
+    static int cache[64] = {0};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
+    if (bps == 0) {
+        auto kernel = decode_split_v3_kernel<HD>;
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, V3Shape<HD>::kSmemBytes);
+        if (e != cudaSuccess) return e;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, V3Shape<HD>::kSmemBytes) !=
+                cudaSuccess || bps < 1) {
+            (void)cudaGetLastError();
+            bps = 1;
+        }
+        if (dev >= 0 && dev < 64) cache[dev] = bps;
+    }
+    *blocks_per_sm_out = bps;
+    return cudaSuccess;
+}
+
 // v3 launch: dynamic shared memory (opted in once per device), one wave of resident blocks (occupancy with that
 // shared memory), at least two block steps of rows per split.
 template <int HD>
@@ -1174,16 +1198,8 @@ int launch_split_v3(int kv_blocks, int max_len, bool direct, dim3 grid, const fl
                     cudaStream_t stream) {
     auto kernel = decode_split_v3_kernel<HD>;
     constexpr int smem = V3Shape<HD>::kSmemBytes;
-    static int blocks_per_sm[64] = {0};
-    int dev = 0;
-    TP_CUDA(cudaGetDevice(&dev));
-    int bps = dev >= 0 && dev < 64 ? blocks_per_sm[dev] : 0;
-    if (bps == 0) {
-        TP_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, smem) != cudaSuccess || bps < 1)
-            bps = 1;
-        if (dev >= 0 && dev < 64) blocks_per_sm[dev] = bps;
-    }
+    int bps = 0;
+    TP_CUDA(v3_prepare<HD>(&bps));
     int splits = 1;
     if (!direct) {
         constexpr int min_rows = 2 * kWarps * kV3Rows;
@@ -1268,6 +1284,10 @@ uint64_t tp_decode_attention_workspace_bytes(int num_heads, int head_dim) {
 int tp_set_attention_variant(int variant) {
     if (variant < 1 || variant > 3)
         return fail(TP_ERR_BAD_ARGUMENT, "tp_set_attention_variant: bad argument 'variant' (%d: 1, 2 or 3)", variant);
+    if (variant == 3) {  // the shared-memory opt-in now, not inside a later graph capture (a failure here, e.g.
+        int bps;         // no device, is retried at the first launch)
+        if (v3_prepare<64>(&bps) != cudaSuccess || v3_prepare<128>(&bps) != cudaSuccess) (void)cudaGetLastError();
+    }
     __atomic_store_n(&g_attention_variant, variant, __ATOMIC_RELAXED);
     return TP_OK;
 }
