@@ -608,6 +608,419 @@ decode_split_v2_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next call (stream order)
 }
 
+// ---- v3: tensor-core scores and p·v ---------------------------------------------------------------------------
+// A block (4 warps) owns one KV head and up to 8 q-heads of its group. Each warp runs its own cp.async pipeline of
+// kV3Rows (16) consecutive candidate rows per stage (warp step k covers candidates first + k * 4 * 16 + [0, 16)):
+// the key rows, value rows (16-byte chunks XOR-swizzled by row so ldmatrix reads are bank-conflict free) and
+// positions go to the warp's shared-memory stage; cp.async.wait_group + __syncwarp order copy and use (the lanes
+// read rows other lanes copied). Per stage, with mma.sync.m16n8k16 bf16 -> f32:
+//   S[16 x 16] = A · K^T with A rows 0..7 = bf16 hi part of x = q·scale·log2(e) (heads of the chunk, zero past
+//     the group) and rows 8..15 = bf16 lo part (x - hi): the score of head g and key n is S[g][n] + S[g + 8][n],
+//     both halves in the same thread (C fragment c0 + c2, c1 + c3); a second MMA per k step adds the third term
+//     bf16(x - hi - lo) (rows 0..7), so q keeps ~24 bits (kV3QTerms = 2 drops it: ~16 bits, 2^-16 relative).
+//   online softmax per head on the fragments (each head's 16 scores spread over the 4 lanes of a quad);
+//   O[16 x hd] += P · V with P rows 0..7 = bf16 hi part of p and rows 8..15 = bf16 lo part (the C fragment of S
+//     maps onto the A fragment of P in registers), so O[g] + O[g + 8] is the head's accumulator.
+// Masking: a row without a candidate (past the end, slot -1 / out of range) is zero-filled by cp.async (src-size
+// 0) and gets position -1; a row whose position is invisible (free -1, future) may hold any bits (NaN included):
+// its score is set to -inf (p = 0) and its value row is zeroed in shared memory before P·V (0 · NaN never occurs).
+// Same workspace, partial-state layout, fused / separate merge, direct path and lse2 as v1/v2.
+#ifndef TP_V3_STAGES_64
+#define TP_V3_STAGES_64 4
+#endif
+#ifndef TP_V3_STAGES_128
+#define TP_V3_STAGES_128 3
+#endif
+constexpr int kV3Rows = 16;     // candidate rows per warp stage (one k16 step of P·V)
+constexpr int kV3MaxHeads = 8;  // q-heads per block (the hi/lo halves fill the 16 MMA rows)
+#ifndef TP_V3_Q_TERMS
+#define TP_V3_Q_TERMS 3
+#endif
+constexpr int kV3QTerms = TP_V3_Q_TERMS;  // bf16 terms of q: 3 (~f32, one more MMA per k step) or 2 (~16 bits)
+static_assert(kV3QTerms == 2 || kV3QTerms == 3, "q terms");
+
+template <int HD>
+struct V3Shape {
+    static constexpr int kStages = HD == 64 ? TP_V3_STAGES_64 : TP_V3_STAGES_128;
+    static constexpr int kRowBytes = HD * 2;
+    static constexpr int kStageBytes = kV3Rows * kRowBytes * 2 + kV3Rows * 4;  // keys | values | positions
+    static constexpr int kWarpBytes = kStages * kStageBytes;
+    static constexpr int kSmemBytes = kWarps * kWarpBytes;                      // dynamic shared memory
+    static constexpr int kMinBlocks = HD == 64 ? 3 : 2;                          // register cap
+    static_assert(kSmemBytes >= kWarps * kV3MaxHeads * HD * 4, "the stages hold the warps' partial outputs");
+    static_assert(kSmemBytes >= kV3MaxHeads * kMaxSplits * 4 + kThreads * 16, "the stages hold the merge factors");
+    static_assert(kStages >= 2, "stages");
+};
+
+__device__ __forceinline__ void cp_async16_zfill(uint32_t smem, const void* gmem, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(ok ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void sts32(uint32_t a, int v) {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(v) : "memory");
+}
+__device__ __forceinline__ void sts_zero16(uint32_t a) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(a), "r"(0) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t a, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(a) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t a, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(a) : "memory");
+}
+__device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// (x0, x1) -> bf16x2 hi = rn(x), lo = rn(x - hi) (x0 in the low half): |x - hi - lo| <= 2^-16 |x|.
+__device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+    float2 hf = __bfloat1622float2(h);
+    __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
+    hi = *reinterpret_cast<uint32_t*>(&h);
+    lo = *reinterpret_cast<uint32_t*>(&l);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads, V3Shape<HD>::kMinBlocks)
+decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
+                       const int* __restrict__ pc, int layer, int H, int Hkv, int C, const int* __restrict__ qpos_ptr,
+                       const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
+                       const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
+                       float2* __restrict__ part_md, int* __restrict__ counters, float* __restrict__ out,
+                       float* __restrict__ lse2, bool direct) {
+    using Shape = V3Shape<HD>;
+    constexpr int S = Shape::kStages;
+    constexpr int RB = Shape::kRowBytes;
+    constexpr int CH = HD / 8;              // 16-byte chunks per row
+    constexpr int NB = kWarps * kV3Rows;    // candidates per block step
+    constexpr int KS = HD / 16;             // k16 steps of q·k
+    constexpr int NT = HD / 8;              // n8 tiles of the output
+    constexpr int CPL = kV3Rows * CH / 32;  // 16-byte copies per lane per stage (keys; values the same)
+    extern __shared__ __align__(128) unsigned char smem[];
+    __shared__ float sm_m[kWarps][kV3MaxHeads], sm_d[kWarps][kV3MaxHeads];
+
+    const int G = H / Hkv;
+    const int chunks = (G + kV3MaxHeads - 1) / kV3MaxHeads;  // = tp_decode_attention_counters' chunks
+    const int kh = blockIdx.y / chunks, c = blockIdx.y % chunks;
+    const int h0 = kh * G + c * kV3MaxHeads;
+    const int nh = min(kV3MaxHeads, G - c * kV3MaxHeads);
+    const int split = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gq = lane >> 2, t4 = lane & 3;  // MMA fragment coordinates: groupID, thread in group
+
+    const int qp = qpos_ptr[0];
+    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
+    int per = (int)ceil_div(len, splits);
+    per = (int)ceil_div(per, NB) * NB;
+    const int begin = split * per;
+    const int end = min(len, begin + per);
+    const int first = begin + warp * kV3Rows;
+    const int niter = end > first ? (int)ceil_div(end - first, NB) : 0;  // warp-uniform
+
+    const int64_t base = ((int64_t)layer * Hkv + kh) * C;
+    const uint16_t* kb = kc + base * HD;
+    const uint16_t* vb = vc + base * HD;
+    const int* pb = pc + base;
+    const uint32_t wbuf = (uint32_t)__cvta_generic_to_shared(smem) + (uint32_t)(warp * Shape::kWarpBytes);
+    // lane r < 16 holds the slot of row r of a stage (-1: no candidate)
+    auto slot_of = [&](int k) {
+        int idx = first + k * NB + lane;
+        return (lane < kV3Rows && idx < end) ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
+    };
+    auto issue = [&](int t, int slot) {
+        const uint32_t a = wbuf + (uint32_t)((t % S) * Shape::kStageBytes);
+#pragma unroll
+        for (int i = 0; i < CPL; i++) {
+            const int e = i * 32 + lane, row = e / CH, ch = e % CH;
+            const int s = __shfl_sync(0xffffffffu, slot, row);
+            const uint32_t off = (uint32_t)(row * RB + ((ch ^ (row & 7)) << 4));
+            const int64_t src = (int64_t)(s < 0 ? 0 : s) * HD + ch * 8;
+            cp_async16_zfill(a + off, kb + src, s >= 0);
+            cp_async16_zfill(a + kV3Rows * RB + off, vb + src, s >= 0);
+        }
+        if (lane < kV3Rows) {
+            const uint32_t pa = a + 2 * kV3Rows * RB + lane * 4;
+            if (slot >= 0)
+                cp_async4(pa, pb + slot);
+            else
+                sts32(pa, -1);
+        }
+    };
+
+    // Prologue: the slots of the first S stages are loaded together, then S - 1 stages are issued.
+    int pre[S];
+#pragma unroll
+    for (int t = 0; t < S; t++) pre[t] = t < niter ? slot_of(t) : -1;
+#pragma unroll
+    for (int t = 0; t < S - 1; t++) {
+        if (t < niter) issue(t, pre[t]);
+        cp_async_commit();
+    }
+    int nxt = pre[S - 1];  // slot of stage t + S - 1, loaded one iteration ahead
+
+    // q fragments (A, row-major 16 x 16 per k step) of x = q[h0 + gq] * scale_log2: rows gq = hi = bf16(x), rows
+    // gq + 8 = lo = bf16(x - hi); with kV3QTerms = 3 a second A with rows gq = lo2 = bf16(x - hi - lo) (rows gq + 8
+    // zero: a1 = a3 = 0, only a0/a2 kept)
+    uint32_t qa[KS][4];
+    uint32_t qb[kV3QTerms == 3 ? KS : 1][2];
+    {
+        const bool hv = gq < nh;
+        const float* qh = q + (int64_t)(h0 + (hv ? gq : 0)) * HD;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            float2 x0 = make_float2(0.f, 0.f), x1 = make_float2(0.f, 0.f);
+            if (hv) {
+                x0 = *reinterpret_cast<const float2*>(qh + ks * 16 + 2 * t4);
+                x1 = *reinterpret_cast<const float2*>(qh + ks * 16 + 8 + 2 * t4);
+            }
+            x0.x *= scale_log2; x0.y *= scale_log2; x1.x *= scale_log2; x1.y *= scale_log2;
+            split_bf16x2(x0.x, x0.y, qa[ks][0], qa[ks][1]);
+            split_bf16x2(x1.x, x1.y, qa[ks][2], qa[ks][3]);
+            if (kV3QTerms == 3) {
+                uint32_t unused;
+                split_bf16x2(x0.x - bf16_lo(qa[ks][0]) - bf16_lo(qa[ks][1]),
+                             x0.y - bf16_hi(qa[ks][0]) - bf16_hi(qa[ks][1]), qb[kV3QTerms == 3 ? ks : 0][0], unused);
+                split_bf16x2(x1.x - bf16_lo(qa[ks][2]) - bf16_lo(qa[ks][3]),
+                             x1.y - bf16_hi(qa[ks][2]) - bf16_hi(qa[ks][3]), qb[kV3QTerms == 3 ? ks : 0][1], unused);
+            }
+        }
+    }
+    float o[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    float m = kNegInf, d = 0.f;  // head gq's running max (equal over the quad) and this lane's share of the sum
+
+    // ldmatrix lane addresses: matrix lane >> 3, its row lane & 7 (the swizzle key: every row index used is
+    // 8-aligned + (lane & 7))
+    const int lr = lane & 7, lm = lane >> 3;
+    for (int t = 0; t < niter; t++) {
+        cp_async_wait<S - 2>();  // (S - 1 + t) groups committed: this lane's group t is complete
+        __syncwarp();            // ... and every lane's; the warp is done reading stage t - 1's buffer
+        {
+            const int tn = t + S - 1;  // refills the buffer read in iteration t - 1
+            if (tn < niter) {
+                const int cur = nxt;
+                nxt = tn + 1 < niter ? slot_of(tn + 1) : -1;
+                issue(tn, cur);
+            }
+            cp_async_commit();
+        }
+        const uint32_t ka = wbuf + (uint32_t)((t % S) * Shape::kStageBytes);
+        const uint32_t va = ka + kV3Rows * RB;
+        const uint32_t pa = va + kV3Rows * RB;
+        // visibility of the stage's 16 rows (bit r = row r is invisible)
+        uint32_t inv;
+        {
+            const int pos = lane < kV3Rows ? lds32(pa + lane * 4) : 0;
+            inv = __ballot_sync(0xffffffffu, lane < kV3Rows && !(pos >= 0 && pos <= qp));
+        }
+        if (inv != 0) {  // zero the value rows of invisible candidates (free / future slots may hold NaN bits)
+#pragma unroll
+            for (int i = 0; i < CPL; i++) {
+                const int e = i * 32 + lane, row = e / CH;
+                if ((inv >> row) & 1u) sts_zero16(va + (uint32_t)(row * RB + ((e % CH) << 4)));
+            }
+            __syncwarp();
+        }
+        // S = Qhl · K^T for two n8 tiles (keys 0..7, 8..15)
+        float s[2][2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            // two chains (even / odd k steps) for hi|lo, one for lo2
+            float acc[3][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            const uint32_t rowa = ka + (uint32_t)((j * 8 + lr) * RB);
+#pragma unroll
+            for (int ks = 0; ks < KS; ks += 2) {
+                uint32_t b0, b1, b2, b3;  // (k step ks: dims +0..7, +8..15), (ks + 1: the same)
+                ldsm_x4(rowa + (uint32_t)(((ks * 2 + lm) ^ lr) << 4), b0, b1, b2, b3);
+                mma_16816(acc[0], qa[ks], b0, b1);
+                mma_16816(acc[1], qa[ks + 1], b2, b3);
+                if (kV3QTerms == 3) {
+                    const uint32_t a2[4] = {qb[ks][0], 0u, qb[ks][1], 0u};
+                    const uint32_t a3[4] = {qb[ks + 1][0], 0u, qb[ks + 1][1], 0u};
+                    mma_16816(acc[2], a2, b0, b1);
+                    mma_16816(acc[2], a3, b2, b3);
+                }
+            }
+            // C fragment: c0/c1 = row gq (hi), keys 2t4, 2t4 + 1; c2/c3 = row gq + 8 (lo), the same keys
+            s[j][0] = (acc[0][0] + acc[1][0]) + ((acc[0][2] + acc[1][2]) + acc[2][0]);
+            s[j][1] = (acc[0][1] + acc[1][1]) + ((acc[0][3] + acc[1][3]) + acc[2][1]);
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                if ((inv >> (j * 8 + 2 * t4 + e)) & 1u) s[j][e] = kNegInf;
+        }
+        float mx = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const bool grow = mx > m;  // quad-uniform
+        if (__any_sync(0xffffffffu, grow)) {  // warp-uniform branch (the MMAs below need the whole warp); rare later
+            const float f = grow ? exp2_diff(m, mx) : 1.f;
+            d *= f;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                o[j][0] *= f; o[j][1] *= f; o[j][2] *= f; o[j][3] *= f;
+            }
+            m = grow ? mx : m;
+        }
+        float p[2][2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            p[j][0] = exp2_diff(s[j][0], m);
+            p[j][1] = exp2_diff(s[j][1], m);
+            d += p[j][0] + p[j][1];
+        }
+        // A fragment of P (16 rows x 16 keys): a0 = hi row gq keys 2t4.., a1 = lo row gq keys 2t4..,
+        // a2 = hi keys 8 + 2t4.., a3 = lo keys 8 + 2t4..
+        uint32_t pa4[4];
+        split_bf16x2(p[0][0], p[0][1], pa4[0], pa4[1]);
+        split_bf16x2(p[1][0], p[1][1], pa4[2], pa4[3]);
+        // O += P · V: ldmatrix.trans of V rows (keys) gives the B fragments (k = key, n = dim)
+        const uint32_t rowv = va + (uint32_t)(((lm & 1) * 8 + lr) * RB);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt += 2) {
+            uint32_t b0, b1, b2, b3;  // (dims nt: keys 0..7, 8..15), (dims nt + 1: the same)
+            ldsm_x4_t(rowv + (uint32_t)(((nt + (lm >> 1)) ^ lr) << 4), b0, b1, b2, b3);
+            mma_16816(o[nt], pa4, b0, b1);
+            mma_16816(o[nt + 1], pa4, b2, b3);
+        }
+    }
+    cp_async_wait<0>();  // only empty groups can be left
+
+    d += __shfl_xor_sync(0xffffffffu, d, 1);
+    d += __shfl_xor_sync(0xffffffffu, d, 2);
+    __syncthreads();  // every warp is done with its stages: the buffer holds the partial outputs now
+    float* sm_o = reinterpret_cast<float*>(smem);  // [kWarps][kV3MaxHeads][HD]
+    if (gq < nh) {
+        float* dst = sm_o + (warp * kV3MaxHeads + gq) * HD + 2 * t4;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            *reinterpret_cast<float2*>(dst + j * 8) = make_float2(o[j][0] + o[j][2], o[j][1] + o[j][3]);
+        if (t4 == 0) {
+            sm_m[warp][gq] = m;
+            sm_d[warp][gq] = d;
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < nh * HD; e += kThreads) {
+        int g = e / HD, j = e % HD;
+        float M = kNegInf;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) M = fmaxf(M, sm_m[w][g]);
+        float D = 0.f, O = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) {
+            float f = exp2_diff(sm_m[w][g], M);
+            D += sm_d[w][g] * f;
+            O += sm_o[(w * kV3MaxHeads + g) * HD + j] * f;
+        }
+        if (direct) {
+            out[(int64_t)(h0 + g) * HD + j] = D > 0.f ? O / D : 0.f;
+            if (j == 0 && lse2) lse2[h0 + g] = D > 0.f ? M + log2f(D) : kNegInf;
+            continue;
+        }
+        int64_t ps = (int64_t)(h0 + g) * splits + split;
+        part_o[ps * HD + j] = O;
+        if (j == 0) part_md[ps] = make_float2(M, D);
+    }
+    if (direct || counters == nullptr) return;
+
+    // Fused merge, as in decode_split_v2_kernel.
+    __shared__ int sm_last;
+    __shared__ float sm_M[kV3MaxHeads], sm_D[kV3MaxHeads];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const int last = atomicAdd(counters + blockIdx.y, 1) == splits - 1;
+        if (last) __threadfence();
+        sm_last = last;
+    }
+    __syncthreads();
+    if (!sm_last) return;
+    float* sm_f = reinterpret_cast<float*>(smem);  // [kV3MaxHeads][kMaxSplits] rescale factors (sm_o was read above)
+    float4* sm_acc = reinterpret_cast<float4*>(smem + kV3MaxHeads * kMaxSplits * 4);  // [kThreads] partial sums
+    constexpr int PL = kMaxSplits / 32;
+    for (int g = warp; g < nh; g += kWarps) {
+        const float2* md = part_md + (int64_t)(h0 + g) * splits;
+        float2 v[PL];
+        float M = kNegInf;
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            const int s2 = lane + 32 * i;
+            v[i] = s2 < splits ? __ldcg(md + s2) : make_float2(kNegInf, 0.f);
+        }
+#pragma unroll
+        for (int i = 0; i < PL; i++) M = fmaxf(M, v[i].x);
+        M = warp_max(M);
+        float D = 0.f;
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            const int s2 = lane + 32 * i;
+            if (s2 < splits) {
+                float f = exp2_diff(v[i].x, M);
+                sm_f[g * kMaxSplits + s2] = f;
+                D += v[i].y * f;
+            }
+        }
+        D = warp_sum(D);
+        if (lane == 0) {
+            sm_M[g] = M;
+            sm_D[g] = D;
+        }
+    }
+    __syncthreads();
+    constexpr int Q = HD / 4;
+    const int items = nh * Q;
+    const int ways = items >= kThreads ? 1 : kThreads / items;
+    for (int e = threadIdx.x; e < items * ways; e += kThreads) {
+        const int it = e % items, way = e / items;
+        const int g = it / Q, j4 = it % Q;
+        const float4* po = reinterpret_cast<const float4*>(part_o) + (int64_t)(h0 + g) * splits * Q + j4;
+        const float* f = sm_f + g * kMaxSplits;
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int s2 = way; s2 < splits; s2 += ways) {
+            float4 v = __ldcg(po + (int64_t)s2 * Q);
+            float c2 = f[s2];
+            a.x = fmaf(v.x, c2, a.x);
+            a.y = fmaf(v.y, c2, a.y);
+            a.z = fmaf(v.z, c2, a.z);
+            a.w = fmaf(v.w, c2, a.w);
+        }
+        if (ways == 1) {
+            float D = sm_D[g];
+            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
+                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            sm_acc[e] = a;
+        }
+    }
+    if (ways > 1) {
+        __syncthreads();
+        for (int it = threadIdx.x; it < items; it += kThreads) {
+            const int g = it / Q, j4 = it % Q;
+            float4 a = sm_acc[it];
+            for (int w2 = 1; w2 < ways; w2++) {
+                float4 b = sm_acc[w2 * items + it];
+                a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+            }
+            float D = sm_D[g];
+            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
+                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    if (lse2 && threadIdx.x < nh) {
+        float D = sm_D[threadIdx.x];
+        lse2[h0 + threadIdx.x] = D > 0.f ? sm_M[threadIdx.x] + log2f(D) : kNegInf;
+    }
+    if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next call (stream order)
+}
+
 // One block per q-head, one thread per output dim: merges the splits' partial states.
 template <int HD>
 __global__ void __launch_bounds__(HD)
@@ -751,7 +1164,63 @@ int launch_split_v2_hd(int gt, int kv_blocks, int max_len, bool direct, dim3 gri
 #undef TP_V2_ARGS
 }
 
-// Decode attention kernel variant (tp_set_attention_variant): 1 = decode_split_kernel, 2 = the cp.async pipeline.
+// Opts decode_split_v3_kernel<HD> into its dynamic shared memory on the current device and returns its resident
+// blocks per SM (both cached per device). tp_set_attention_variant(3) runs it already, outside any graph capture.
+template <int HD>
+cudaError_t v3_prepare(int* blocks_per_sm_out) {
+    static int cache[64] = {0};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
+    if (bps == 0) {
+        auto kernel = decode_split_v3_kernel<HD>;
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, V3Shape<HD>::kSmemBytes);
+        if (e != cudaSuccess) return e;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, V3Shape<HD>::kSmemBytes) !=
+                cudaSuccess || bps < 1) {
+            (void)cudaGetLastError();
+            bps = 1;
+        }
+        if (dev >= 0 && dev < 64) cache[dev] = bps;
+    }
+    *blocks_per_sm_out = bps;
+    return cudaSuccess;
+}
+
+// v3 launch: dynamic shared memory (opted in once per device), one wave of resident blocks (occupancy with that
+// shared memory), at least two block steps of rows per split.
+template <int HD>
+int launch_split_v3(int kv_blocks, int max_len, bool direct, dim3 grid, const float* q, const uint16_t* kc,
+                    const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
+                    const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
+                    float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
+                    cudaStream_t stream) {
+    auto kernel = decode_split_v3_kernel<HD>;
+    constexpr int smem = V3Shape<HD>::kSmemBytes;
+    int bps = 0;
+    TP_CUDA(v3_prepare<HD>(&bps));
+    int splits = 1;
+    if (!direct) {
+        constexpr int min_rows = 2 * kWarps * kV3Rows;
+        int target = bps * sm_count() / kv_blocks;
+        int by_len = (int)ceil_div(max_len < 1 ? 1 : max_len, min_rows);
+        splits = target < by_len ? target : by_len;
+        splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
+#ifdef TP_ATTN_TUNING
+        if (const char* e = getenv("TP_V3_SPLITS")) splits = atoi(e) > 0 ? (atoi(e) > kMaxSplits ? kMaxSplits : atoi(e)) : splits;
+#endif
+    }
+    *splits_out = splits;
+    grid.x = splits;
+    kernel<<<grid, kThreads, smem, stream>>>(q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw,
+                                             scale_log2, splits, part_o, part_md, counters, out, lse2, direct);
+    TP_LAUNCHED("decode_split_v3_kernel");
+    return TP_OK;
+}
+
+// Decode attention kernel variant (tp_set_attention_variant): 1 = decode_split_kernel, 2 = the cp.async pipeline,
+// 3 = the tensor-core kernel.
 int g_attention_variant = 2;
 
 template <int HD>
@@ -813,8 +1282,12 @@ uint64_t tp_decode_attention_workspace_bytes(int num_heads, int head_dim) {
 }
 
 int tp_set_attention_variant(int variant) {
-    if (variant != 1 && variant != 2)
-        return fail(TP_ERR_BAD_ARGUMENT, "tp_set_attention_variant: bad argument 'variant' (%d: 1 or 2)", variant);
+    if (variant < 1 || variant > 3)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_set_attention_variant: bad argument 'variant' (%d: 1, 2 or 3)", variant);
+    if (variant == 3) {  // the shared-memory opt-in now, not inside a later graph capture (a failure here, e.g.
+        int bps;         // no device, is retried at the first launch)
+        if (v3_prepare<64>(&bps) != cudaSuccess || v3_prepare<128>(&bps) != cudaSuccess) (void)cudaGetLastError();
+    }
     __atomic_store_n(&g_attention_variant, variant, __ATOMIC_RELAXED);
     return TP_OK;
 }
@@ -905,7 +1378,17 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
     float* o = TP_PTR(float, out);
     dim3 grid(splits, kv_heads * chunks);
     int rc;
-    if (variant == 2)
+    if (variant == 3)
+        rc = head_dim == 64
+            ? launch_split_v3<64>(kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
+                                  TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity, qpos,
+                                  sel, sel_stride, cnt, hw, scale_log2, part_o, part_md, ctr, o,
+                                  stats ? lse2 : nullptr, &splits, s)
+            : launch_split_v3<128>(kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
+                                   TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity, qpos,
+                                   sel, sel_stride, cnt, hw, scale_log2, part_o, part_md, ctr, o,
+                                   stats ? lse2 : nullptr, &splits, s);
+    else if (variant == 2)
         rc = head_dim == 64
             ? launch_split_v2_hd<64>(gt, kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
                                      TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity,

@@ -250,11 +250,12 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
 
 /**
  * Selects the decode attention kernel of tp_decode_attention*: 1 = decode_split_kernel (the register-loaded
- * flash-decoding kernel), 2 = the cp.async-pipelined kernel (default). Process-wide; launches already captured in
- * a graph keep the kernel they were captured with. TP_ERR_BAD_ARGUMENT for any other value.
+ * flash-decoding kernel), 2 = the cp.async-pipelined kernel (default), 3 = the tensor-core kernel (mma.sync bf16,
+ * sm_80+). Process-wide; launches already captured in a graph keep the kernel they were captured with.
+ * TP_ERR_BAD_ARGUMENT for any other value.
  */
 int tp_set_attention_variant(int variant);
-/** The variant tp_decode_attention* launches now (1 or 2). */
+/** The variant tp_decode_attention* launches now (1, 2 or 3). */
 int tp_get_attention_variant(void);
 
 /** Bytes of workspace tp_prefill_attention needs for n queries of num_heads heads. */

@@ -87,7 +87,7 @@ public final class KernelBench {
     /**
      * Decode attention GB/s for the llama-1b shape at 1K..128K, with the split merge fused into the split kernel
      * (the default; keys attn_*) and as a separate merge kernel (keys attn_*_sepmerge), same run, for the backend's
-     * attention kernel variant; then the fused merge with each kernel variant (keys attn_*_v1, attn_*_v2).
+     * attention kernel variant; then the fused merge with each kernel variant (keys attn_*_v1, attn_*_v2, attn_*_v3).
      */
     public static void attention(CudaBackend gpu, double copyBw, PrintStream out) {
         out.println("| context | kernel | merge | layers rotated | µs/call | KV MB/call | GB/s | % of copy bw |");
@@ -105,7 +105,7 @@ public final class KernelBench {
                 result(out, k + "_gbps" + sfx, r.gbPerSecond(), "GB/s");
                 result(out, k + "_pct_copy_bw" + sfx, pct, "%");
             }
-            for (int v = 1; v <= 2; v++) {
+            for (int v = 1; v <= 3; v++) {
                 CudaKernelBench.AttentionResult r = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, iters, true, v);
                 double pct = 100 * r.gbPerSecond() * 1e9 / copyBw;
                 out.printf("| %d | v%d | fused | %d | %.2f | %.2f | %.0f | %.1f%% |%n", ctx, v, r.layersRotated(),
@@ -145,8 +145,9 @@ public final class KernelBench {
             result(out, k + "_kv_bytes_tidal", r.kvBytesPerLayer(), "B");
             result(out, k + "_read_bytes_full", r.fullReadBytes(), "B");
             result(out, k + "_read_bytes_tidal", r.sparseReadBytes(), "B");
-            for (int v = 1; v <= 2; v++) {
-                double f = v == 1 ? r.fullUsV1() : r.fullUsV2(), s = v == 1 ? r.sparseUsV1() : r.sparseUsV2();
+            for (int v = 1; v <= 3; v++) {
+                double f = v == 1 ? r.fullUsV1() : v == 2 ? r.fullUsV2() : r.fullUsV3();
+                double s = v == 1 ? r.sparseUsV1() : v == 2 ? r.sparseUsV2() : r.sparseUsV3();
                 out.printf("| %d | attention kernel v%d: full %.2f µs, tidal attention %.2f µs (%.1fx) | | | | | | |%n", ctx, v, f, s, f / s);
                 result(out, k + "_full_us_v" + v, f, "us");
                 result(out, k + "_tidal_attn_us_v" + v, s, "us");

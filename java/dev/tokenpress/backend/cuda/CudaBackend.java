@@ -179,7 +179,7 @@ public final class CudaBackend implements Backend {
         boolean pdl = flag("tokenpress.cuda.pdl", "TOKENPRESS_CUDA_PDL") && pdlSupported;
         check(TpNative.tp_set_pdl(pdl ? 1 : 0), "tp_set_pdl");
         String attn = System.getProperty("tokenpress.cuda.attention", System.getenv().getOrDefault("TOKENPRESS_CUDA_ATTENTION", "v2"));
-        setAttentionVariant("v1".equalsIgnoreCase(attn) || "1".equals(attn) ? 1 : 2);
+        setAttentionVariant(switch (attn.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v3", "3" -> 3; default -> 2; });
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
     }
@@ -260,11 +260,11 @@ public final class CudaBackend implements Backend {
 
     /**
      * Decode attention kernel: 2 = the cp.async-pipelined kernel (default), 1 = the previous register-loaded
-     * kernel ({@code -Dtokenpress.cuda.attention=v1} or this setter). Process-wide in the native library (the
+     * kernel ({@code -Dtokenpress.cuda.attention=v1} or this setter), 3 = tensor cores ({@code =v3}). Process-wide in the native library (the
      * last backend to set it wins). Drops a captured graph.
      */
     public void setAttentionVariant(int variant) {
-        if (variant != 1 && variant != 2) throw new IllegalArgumentException("attention variant " + variant + ": 1 or 2");
+        if (variant < 1 || variant > 3) throw new IllegalArgumentException("attention variant " + variant + ": 1, 2 or 3");
         requireEager("setAttentionVariant");
         dropGraph();
         check(TpNative.tp_set_attention_variant(variant), "attention variant");

@@ -71,7 +71,7 @@ public final class CudaKernelBench {
 
     /**
      * As {@link #decodeAttention(CudaBackend, int, int, int, int, int, boolean)} with the decode attention kernel
-     * {@code variant} (1 or 2, tp_set_attention_variant); the backend's own variant is restored afterwards.
+     * {@code variant} (1, 2 or 3, tp_set_attention_variant); the backend's own variant is restored afterwards.
      */
     public static AttentionResult decodeAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
                                                   int iters, boolean fusedMerge, int variant) {
@@ -158,13 +158,15 @@ public final class CudaKernelBench {
 
     /**
      * Result of {@link #tidalAttention}: µs per call of each path and bytes. fullUs/sparseUs are the backend's
-     * attention variant; fullUsV1/sparseUsV1 and fullUsV2/sparseUsV2 the same calls with kernel variant 1 and 2.
+     * attention variant; fullUsV1/sparseUsV1, fullUsV2/sparseUsV2 and fullUsV3/sparseUsV3 the same calls with kernel
+     * variant 1, 2 and 3.
      */
     public record PolicyAttentionResult(int context, int k, int layersRotated, double fullUs, double sparseUs,
                                         double selectUs, double selectPlusSparseUs, long kvBytesPerLayer,
                                         double fullReadBytes, double sparseReadBytes, double fullUsV1,
-                                        double sparseUsV1, double fullUsV2, double sparseUsV2, double selectUsV1,
-                                        double selectUsV2, double selectUsV3, int selectV3DiffSlots) {}
+                                        double sparseUsV1, double fullUsV2, double sparseUsV2, double fullUsV3,
+                                        double sparseUsV3, double selectUsV1, double selectUsV2, double selectUsV3,
+                                        int selectV3DiffSlots) {}
 
     /**
      * Decode attention of one token over {@code context} tokens (shape heads / kvHeads / headDim, layers rotated
@@ -243,8 +245,8 @@ public final class CudaKernelBench {
                 select.accept(l);
                 sparse.accept(l);
             };
-            double[] fullV = new double[3], sparseV = new double[3];
-            for (int v = 1; v <= 2; v++) {
+            double[] fullV = new double[4], sparseV = new double[4];
+            for (int v = 1; v <= 3; v++) {
                 check(TpNative.tp_set_attention_variant(v), "attention variant");
                 try {
                     fullV[v] = time(b, full, layers, iters, e0[0], e1[0]);
@@ -288,7 +290,7 @@ public final class CudaKernelBench {
             double fullRead = (double) context * kvHeads * (headDim * 4.0 + 4);
             double sparseRead = (double) Math.min(k, context) * kvHeads * (headDim * 4.0 + 8);
             return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead,
-                    fullV[1], sparseV[1], fullV[2], sparseV[2], selectV[1], selectV[2], selectV[3], v3Diff);
+                    fullV[1], sparseV[1], fullV[2], sparseV[2], fullV[3], sparseV[3], selectV[1], selectV[2], selectV[3], v3Diff);
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);

@@ -220,7 +220,7 @@ public final class TpNative {
 
     public static native int tp_decode_attention_counters(int numHeads, int kvHeads);
 
-    /** Decode attention kernel: 1 = decode_split_kernel, 2 = the cp.async-pipelined kernel (process-wide). */
+    /** Decode attention kernel: 1 = decode_split_kernel, 2 = the cp.async-pipelined kernel, 3 = tensor cores (process-wide). */
     public static native int tp_set_attention_variant(int variant);
 
     public static native int tp_get_attention_variant();

@@ -101,11 +101,14 @@ class CudaNativeLibTest {
                 1 << 30, 6, 0);
         assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc);
         assertTrue(TpNative.tp_last_error_message().getString().contains("counters"));
-        // decode attention kernel variant: 2 (pipelined) by default, 1 selectable, anything else refused
+        // decode attention kernel variant: 2 (pipelined) by default, 1 and 3 selectable, anything else refused
         assertEquals(2, TpNative.tp_get_attention_variant());
+        assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_variant(3));
+        assertEquals(3, TpNative.tp_get_attention_variant());
         assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_variant(1));
         assertEquals(1, TpNative.tp_get_attention_variant());
-        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_variant(3));
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_variant(4));
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_variant(0));
         assertTrue(TpNative.tp_last_error_message().getString().contains("variant"));
         assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_variant(2));
         assertEquals(2, TpNative.tp_get_attention_variant());

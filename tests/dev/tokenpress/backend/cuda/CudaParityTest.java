@@ -25,6 +25,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.SplittableRandom;
+import java.util.stream.IntStream;
 import java.util.stream.Stream;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
@@ -335,18 +336,40 @@ class CudaParityTest {
         }
     }
 
+    /** The decode attention kernel variants other than the backend's (1 = register loads, 2 = cp.async, 3 = tensor cores). */
+    static int[] otherVariants() {
+        int def = ((CudaBackend) gpu).attentionVariant();
+        return IntStream.rangeClosed(1, 3).filter(v -> v != def).toArray();
+    }
+
+    /** Runs body with each of the other kernel variants (the failure names the variant); restores the backend's. */
+    static void withOtherVariants(Runnable body) {
+        CudaBackend g = (CudaBackend) gpu;
+        int def = g.attentionVariant();
+        try {
+            for (int v : otherVariants()) {
+                g.setAttentionVariant(v);
+                try {
+                    body.run();
+                } catch (AssertionError e) {
+                    throw new AssertionError("decode attention kernel v" + v + ": " + e.getMessage(), e);
+                }
+            }
+        } finally {
+            g.setAttentionVariant(def);
+        }
+    }
+
     /**
-     * The decode cases with the other attention kernel variant (the default is 2, the cp.async-pipelined kernel;
-     * the other is 1, the previous kernel), fused merge, and at 81 / 4097 also the separate merge and the split
-     * path without the short-context shortcut, so one GPU run validates both kernels.
+     * The decode cases with the other attention kernel variants (the default is 2, the cp.async-pipelined kernel;
+     * the others are 1, the previous kernel, and 3, the tensor-core kernel), fused merge, and at 81 / 4097 also the
+     * separate merge and the split path without the short-context shortcut, so one GPU run validates every kernel.
      */
-    @ParameterizedTest(name = "decode other kernel variant hd={0} group={1} len={2}")
+    @ParameterizedTest(name = "decode other kernel variants hd={0} group={1} len={2}")
     @MethodSource("decodeCases")
     void decodeAttentionOtherVariant(int hd, int group, int len) {
         CudaBackend g = (CudaBackend) gpu;
-        int def = g.attentionVariant();
-        g.setAttentionVariant(3 - def);
-        try {
+        withOtherVariants(() -> {
             decodeAttention(hd, group, len);
             if (len == 81 || len == 4097) {
                 g.setFusedAttnMerge(false);
@@ -362,8 +385,33 @@ class CudaParityTest {
                     g.setShortAttn(true);
                 }
             }
+        });
+    }
+
+    static Stream<Arguments> groupCases() {
+        List<Arguments> a = new ArrayList<>();
+        for (int hd : new int[] {64, 128})
+            for (int group : new int[] {2, 3, 12, 16})
+                for (int len : new int[] {81, 4097}) a.add(Arguments.of(hd, group, len));
+        return a.stream();
+    }
+
+    /**
+     * Group sizes outside decodeCases (2, 3: padded head tiles; 12, 16: two head chunks per KV head) with every
+     * kernel variant, fused and separate merge.
+     */
+    @ParameterizedTest(name = "decode more group sizes hd={0} group={1} len={2}")
+    @MethodSource("groupCases")
+    void decodeAttentionGroupSizes(int hd, int group, int len) {
+        CudaBackend g = (CudaBackend) gpu;
+        decodeAttention(hd, group, len);
+        withOtherVariants(() -> decodeAttention(hd, group, len));
+        g.setFusedAttnMerge(false);
+        try {
+            decodeAttention(hd, group, len);
+            withOtherVariants(() -> decodeAttention(hd, group, len));
         } finally {
-            g.setAttentionVariant(def);
+            g.setFusedAttnMerge(true);
         }
     }
 
@@ -424,6 +472,22 @@ class CudaParityTest {
         } finally {
             g.setShortAttn(true);
         }
+    }
+
+    /** The short-context cases (short path on, then off) with the other kernel variants. */
+    @ParameterizedTest(name = "decode short path, other kernel variants hd={0} group={1} len={2}")
+    @MethodSource("shortAttnCases")
+    void decodeAttentionShortOtherVariant(int hd, int group, int len) {
+        CudaBackend g = (CudaBackend) gpu;
+        withOtherVariants(() -> {
+            decodeAttention(hd, group, len);
+            g.setShortAttn(false);
+            try {
+                decodeAttention(hd, group, len);
+            } finally {
+                g.setShortAttn(true);
+            }
+        });
     }
 
     static Stream<Arguments> prefillCases() {
