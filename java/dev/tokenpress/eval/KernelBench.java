@@ -239,9 +239,14 @@ public final class KernelBench {
             for (int ctx : new int[] {32768, 131072}) {
                 double full = 0;
                 // {--kv, --kv-quant, result name}
-                String[][] runs = {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"}};
+                String[][] runs = ctx <= 32768
+                        ? new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"},
+                                {"full", "int4", "int4_kvq3"}}
+                        : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"}};
                 for (String[] run : runs) {
                     String spec = run[0], name = run[2];
+                    int kvqBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
+                    if (name.equals("int4_kvq3")) dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(3);
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
                     try (KvCache cache = m.newCache(ctx + steps + DECODE_WARMUP + 16, quant)) {
@@ -249,13 +254,15 @@ public final class KernelBench {
                         gpu.synchronize();
                         double tps = decode(gpu, m, cache, 1, ctx, steps);
                         if (name.equals("full")) full = tps;
-                        out.printf("e2e %dK context, --kv %s --kv-quant %s: %.1f tokens/s; KV %d bytes; %s%n", ctx / 1024, spec,
-                                run[1], tps, cache.bytes(), gpu.graphStatus());
+                        out.printf("e2e %dK context, --kv %s --kv-quant %s [%s]: %.1f tokens/s; KV %d bytes; %s%n", ctx / 1024, spec,
+                                run[1], name, tps, cache.bytes(), gpu.graphStatus());
                         result(out, "e2e_pol_" + ctx + "_" + name + "_tps", tps, "tokens/s");
                         result(out, "e2e_pol_" + ctx + "_" + name + "_kv_bytes", cache.bytes(), "B");
                         if (!name.equals("full")) result(out, "e2e_pol_" + ctx + "_" + name + "_speedup", tps / full, "x");
                     } catch (RuntimeException e) {
                         out.printf("e2e %dK context, --kv %s --kv-quant %s: FAILED %s%n", ctx / 1024, spec, run[1], e.getMessage());
+                    } finally {
+                        dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
                     }
                 }
             }
@@ -303,12 +310,14 @@ public final class KernelBench {
      * (cuBLAS, separate merge, no decode fusions).
      */
     private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl,
-                         boolean fusedNorm) {}
+                         boolean fusedNorm, int attention) {}
 
-    private static final Paths[] E2E_PATHS = {new Paths("", true, true, true, true, false),
-            new Paths("_fusednorm", true, true, true, true, true),
-            new Paths("_nopdl", true, true, true, false, false), new Paths("_unfused", true, true, false, false, false),
-            new Paths("_cublas", false, false, false, false, false)};
+    private static final Paths[] E2E_PATHS = {new Paths("", true, true, true, true, false, 2),
+            new Paths("_fusednorm", true, true, true, true, true, 2),
+            new Paths("_attnv3", true, true, true, true, false, 3),
+            new Paths("_fusednorm_attnv3", true, true, true, true, true, 3),
+            new Paths("_nopdl", true, true, true, false, false, 2), new Paths("_unfused", true, true, false, false, false, 2),
+            new Paths("_cublas", false, false, false, false, false, 2)};
 
     private static boolean available(CudaBackend gpu, Paths p) {
         return true;
@@ -320,6 +329,7 @@ public final class KernelBench {
         gpu.setDecodeFusions(p.decodeFusions());
         gpu.setPdl(p.pdl() && gpu.pdlSupported());
         gpu.setFusedNorm(p.fusedNorm());
+        gpu.setAttentionVariant(p.attention());
     }
 
     /**
@@ -366,7 +376,8 @@ public final class KernelBench {
                     result(out, "e2e_short_pct_roofline" + p.suffix(), 100 * tps / roof, "%");
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_short_pdl_speedup", base / tps, "x");
-                    if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_short_fusednorm_speedup", tps / base, "x");
+                    if (p.suffix().startsWith("_fusednorm") || p.suffix().equals("_attnv3"))
+                        if (base > 0) result(out, "e2e_short" + p.suffix() + "_speedup", tps / base, "x");
                 }
             }
             // 32K context, written directly into the cache
@@ -393,7 +404,8 @@ public final class KernelBench {
                     result(out, "e2e_32k_pct_roofline" + p.suffix(), 100 * tps / roof, "%");
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_32k_pdl_speedup", base / tps, "x");
-                    if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_32k_fusednorm_speedup", tps / base, "x");
+                    if (p.suffix().startsWith("_fusednorm") || p.suffix().equals("_attnv3"))
+                        if (base > 0) result(out, "e2e_32k" + p.suffix() + "_speedup", tps / base, "x");
                 }
             }
             usePaths(gpu, E2E_PATHS[0]);
