@@ -854,8 +854,9 @@ Layout layout(int kv_heads, int len) {
     return l;
 }
 
-// 0 = automatic: v2 from len 16384 on (measured on the H100, 1B shape, k = 2048: v1 27.9 / v2 34.5 µs at 8K,
-// v1 78.3 / v2 53.7 µs at 32K, v1 321.6 / v2 116.4 µs at 128K); 1, 2 or 3 forces one (3 only when asked for).
+// 0 = automatic: v1 below len 16384, from there v3 where its score kernel applies (else v2). Measured on the H100,
+// 1B shape, k = 2048 (KernelBench policies): v1 29.4 / v2 36.1 / v3 33.7 µs at 8K, 83.4 / 54.3 / 46.7 µs at 32K,
+// 336.2 / 113.3 / 95.0 µs at 128K. 1, 2 or 3 forces one.
 int g_variant = 0;
 constexpr int kAutoV2MinLen = 16384;
 
@@ -974,7 +975,7 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
     uint32_t* keys = TP_PTR(uint32_t, keys_ws + lay.keys);
     if (g_variant == 3 || g_variant == 2 || (g_variant == 0 && len >= kAutoV2MinLen)) {
         // v3: hd 64/128/256, groups up to 8, q 16-byte aligned (float4 loads); else v2
-        ScoresV3Fn v3 = g_variant == 3 && q % 16 == 0 ? scores_v3(head_dim, group) : nullptr;
+        ScoresV3Fn v3 = (g_variant == 3 || g_variant == 0) && q % 16 == 0 ? scores_v3(head_dim, group) : nullptr;
         // v2's score kernel shared memory: histogram | q | one or two key tiles
         size_t tile = (size_t)kTileRows * (head_dim * 2 + 16);
         size_t fixed = kBins1 * 4 + ((qbytes + 15) & ~(size_t)15);

@@ -329,8 +329,8 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
 /** Bytes of keys_ws tp_tidal_select needs for kv_heads KV heads and a grid extent of len slots (both variants). */
 uint64_t tp_tidal_select_workspace_bytes(int kv_heads, int len);
 /**
- * Which implementation tp_tidal_select launches from now on (process-wide): 0 (default) automatic (2 from len 16384
- * on, else 1), 1 the first version (one select block per KV head), 2 the multi-block selection with the first radix
+ * Which implementation tp_tidal_select launches from now on (process-wide): 0 (default) automatic (from len 16384
+ * on 3 where it applies, else 2; below 16384 1), 1 the first version (one select block per KV head), 2 the multi-block selection with the first radix
  * histogram fused into the score kernel, 3 = 2 with a coalesced score kernel (hd/8 lanes per key row, q in
  * registers; head_dim 64/128/256, groups <= 8, else 2). 1 and 2 have identical output; 3 sums each q·k in another
  * order, so slots whose scores are within rounding of the threshold may be chosen differently. A captured graph
@@ -402,7 +402,8 @@ int tp_kvq_encode(uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t 
 int tp_kvq_window_write(uint64_t window_k, uint64_t window_v, uint64_t k, uint64_t v, int kv_stride, uint64_t plan,
                         int count, int layer, int kv_heads, int head_dim, int res_cap, uint64_t stream);
 /**
- * Picks the kernel of tp_kvq_attention for the whole process: 1 = a warp per candidate slot, 2 (default) = a lane
+ * Picks the kernel of tp_kvq_attention for the whole process: 1 = a warp per candidate slot, 2 (the library's
+ * default; CudaBackend sets 3) = a lane
  * per candidate slot with the tile's value rows read coalesced, 3 = variant 2 with each key row's loads in flight
  * together and the tile's value rows staged in shared memory (falls back to 2 for layouts with more than 16 value
  * groups per token). Same results up to summation order.

@@ -171,15 +171,15 @@ public final class CudaBackend implements Backend {
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         this.fusedNorm = experimental("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
-        String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v2"));
-        int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v3", "3" -> 3; default -> 2; };
+        String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v3"));
+        int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; };
         check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
         // PDL: on where supported (sm_90+, CUDA >= 12.3) unless switched off; a process-wide switch in the native library
         this.pdlSupported = TpNative.tp_pdl_supported() != 0;
         boolean pdl = flag("tokenpress.cuda.pdl", "TOKENPRESS_CUDA_PDL") && pdlSupported;
         check(TpNative.tp_set_pdl(pdl ? 1 : 0), "tp_set_pdl");
-        String attn = System.getProperty("tokenpress.cuda.attention", System.getenv().getOrDefault("TOKENPRESS_CUDA_ATTENTION", "v2"));
-        setAttentionVariant(switch (attn.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v3", "3" -> 3; default -> 2; });
+        String attn = System.getProperty("tokenpress.cuda.attention", System.getenv().getOrDefault("TOKENPRESS_CUDA_ATTENTION", "v3"));
+        setAttentionVariant(switch (attn.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; });
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
     }

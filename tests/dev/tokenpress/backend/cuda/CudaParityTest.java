@@ -361,8 +361,8 @@ class CudaParityTest {
     }
 
     /**
-     * The decode cases with the other attention kernel variants (the default is 2, the cp.async-pipelined kernel;
-     * the others are 1, the previous kernel, and 3, the tensor-core kernel), fused merge, and at 81 / 4097 also the
+     * The decode cases with the attention kernel variants other than the backend's default (1 = register loads,
+     * 2 = the cp.async pipeline, 3 = tensor cores), fused merge, and at 81 / 4097 also the
      * separate merge and the split path without the short-context shortcut, so one GPU run validates every kernel.
      */
     @ParameterizedTest(name = "decode other kernel variants hd={0} group={1} len={2}")
