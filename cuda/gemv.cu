@@ -200,8 +200,12 @@ int launch_gemv_nx(int wpr, float* out, const float* x, const uint16_t* w, const
 
 // Warps per row: the fewest (longest runs of loads per warp) that still give about two blocks per SM, but never
 // so many that a warp has less than one 16-byte load per lane.
+// Forced warps per row for every decode GEMV (tp_gemv_set_wpr; 0 = pick_wpr's choice), for tuning sweeps.
+int g_wpr_override = 0;
+
 int pick_wpr(int O, int I) {
     int nch = I / 8;
+    if (g_wpr_override > 0) return g_wpr_override;
     int want_blocks = 2 * sm_count();
     int wpr = 1;
     while (wpr < kGemvWarps && ceil_div(O, kGemvWarps / wpr) < want_blocks && nch >= 32 * wpr * 2) wpr <<= 1;
@@ -446,6 +450,13 @@ static int gemv_impl(const char* fn, uint64_t out, uint64_t x, uint64_t w, uint6
         case 3: return launch_gemv_nx<3>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
         default: return launch_gemv_nx<4>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
     }
+}
+
+int tp_gemv_set_wpr(int warps_per_row) {
+    if (warps_per_row != 0 && warps_per_row != 1 && warps_per_row != 2 && warps_per_row != 4 && warps_per_row != 8)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_gemv_set_wpr: warps_per_row %d (0 = automatic, 1, 2, 4 or 8)", warps_per_row);
+    g_wpr_override = warps_per_row;
+    return TP_OK;
 }
 
 int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim, int in_dim,

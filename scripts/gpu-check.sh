@@ -69,7 +69,7 @@ run_checks() {
   mkdir -p "$WORK"
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
-  # STAGES (default all): any of junit,attention,policies,cce,e2e,peer; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
+  # STAGES (default all but gemv and profile): any of junit,attention,policies,gemv,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
   # stage timeouts; POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model);
   # JUNIT_CLASSES (simple class names) and JUNIT_TAG (suffix of junit<TAG>.log) split the JUnit stage into several
   # JVMs, so one crashing class cannot take the others down; APPEND_SUMMARY=1 appends to gpu-summary.txt
@@ -158,6 +158,15 @@ run_checks() {
   stage_rc bench-policies $rc
   grep -E "^(device|RESULT|e2e|\|)" "$OUT/bench-policies.log" | sed 's/^/  /' | tee -a "$SUMMARY"
   [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-policies.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  fi
+
+  # -- stage 3c (only when STAGES names it): decode GEMV at the 1B shapes, automatic vs forced warps per row
+  if want gemv; then
+  timeout "${T_GEMV:-60}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench gemv > "$OUT/bench-gemv.log" 2>&1
+  rc=$?
+  stage_rc bench-gemv $rc
+  grep -E "^(device|RESULT copy|\|)" "$OUT/bench-gemv.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-gemv.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
   fi
 
   # -- stage 3b: CCE log-sum-exp vs cuBLAS logits + naive log-softmax (N=8192, D=2048, V=128256)

@@ -178,6 +178,13 @@ int tp_gemv_bf16_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t w_up
                         uint64_t stream);
 
 /**
+ * Forces the warps per weight row of every decode GEMV (tp_gemv_bf16*, process-wide): 0 = automatic (the fewest
+ * that still give about two blocks per SM), or 1, 2, 4, 8. For tuning sweeps (KernelBench gemv); results are
+ * the same up to summation order.
+ */
+int tp_gemv_set_wpr(int warps_per_row);
+
+/**
  * tp_gemv_bf16 accumulated into out: out[r, o] = out[r, o] + (x[r] · w[o] (+ bias[o])), the residual add of a
  * projection in the same pass (out is the residual stream; it must not alias x). Same limits as tp_gemv_bf16.
  */

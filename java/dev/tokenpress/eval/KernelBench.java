@@ -29,6 +29,8 @@ import java.util.SplittableRandom;
  *       keys/values, so no 32K prefill is timed), with the bandwidth roofline (weight + KV bytes per token ÷
  *       measured copy bandwidth) beside it; the default kernel paths with Programmatic Dependent Launch
  *       on where the device supports it (keys e2e_*) and off (e2e_*_nopdl), and the earlier paths.</li>
+ *   <li>{@code gemv}: the decode GEMV at the llama-1b shapes with the automatic and each forced warps per row
+ *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
  *   <li>{@code policies [model-dir]}: TidalDecode on the device for the llama-1b attention shape at 8K/32K/128K:
  *       decode attention over everything vs over a device-resident selection of k=2048 slots per KV head, the
  *       selection op (group scores + top-k) alone and with the sparse attention, KV bytes per layer as
@@ -46,7 +48,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -69,6 +71,7 @@ public final class KernelBench {
                 quantPolicies(gpu, out);
                 if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), out);
             }
+            if (what.equals("gemv")) gemvSweep(gpu, bw, out);
             if (what.equals("cce")) {
                 int n = args.length > 1 ? Integer.parseInt(args[1]) : 8192;
                 int d = args.length > 2 ? Integer.parseInt(args[2]) : 2048;
@@ -156,6 +159,28 @@ public final class KernelBench {
             out.printf("| %d | tidal selection v1 %.2f µs, v2 %.2f µs, v3 %.2f µs | | | | | | |%n", ctx, sel[0], sel[1], sel[2]);
             for (int v = 1; v <= 3; v++) result(out, k + "_tidal_select_us_v" + v, sel[v - 1], "us");
             result(out, k + "_tidal_select_v3_diff_slots", r.selectV3DiffSlots(), "slots");
+        }
+    }
+
+    /**
+     * The decode GEMV at the llama-1b decode shapes (q/o 2048×2048, q+k+v 3072×2048, down 2048×8192, gate+up
+     * 16384×2048, LM head 128256×2048) with the automatic and each forced warps per row: µs, GB/s and % of the
+     * copy bandwidth (keys gemv_<O>x<I>_wpr<W>_us / _gbps; W = 0 is the automatic choice).
+     */
+    public static void gemvSweep(CudaBackend gpu, double copyBw, PrintStream out) {
+        out.println("| O × I | warps/row | µs | GB/s | % of copy bw |");
+        out.println("|---|---|---|---|---|");
+        int[][] shapes = {{2048, 2048}, {3072, 2048}, {2048, 8192}, {16384, 2048}, {128256, 2048}};
+        for (int[] sh : shapes) {
+            CudaKernelBench.GemvResult r = CudaKernelBench.gemv(gpu, sh[0], sh[1], sh[0] > 100000 ? 50 : 400);
+            for (int i = 0; i < r.warpsPerRow().length; i++) {
+                int w = r.warpsPerRow()[i];
+                out.printf("| %d × %d | %s | %.2f | %.0f | %.1f%% |%n", sh[0], sh[1], w == 0 ? "auto" : String.valueOf(w),
+                        r.microseconds()[i], r.gbPerSecond()[i], 100 * r.gbPerSecond()[i] * 1e9 / copyBw);
+                String k = "gemv_" + sh[0] + "x" + sh[1] + "_wpr" + w;
+                result(out, k + "_us", r.microseconds()[i], "us");
+                result(out, k + "_gbps", r.gbPerSecond()[i], "GB/s");
+            }
         }
     }
 

@@ -369,6 +369,45 @@ public final class CudaKernelBench {
         }
     }
 
+    /** Result of {@link #gemv}: µs per call and achieved weight GB/s for each forced warps-per-row (0 = automatic). */
+    public record GemvResult(int rows, int cols, int[] warpsPerRow, double[] microseconds, double[] gbPerSecond) {}
+
+    /**
+     * The decode GEMV {@code tp_gemv_bf16} (n = 1) on an O × I bf16 matrix, for the automatic warps per row and each
+     * forced one ({@code tp_gemv_set_wpr} 1, 2, 4, 8), the matrix rotated among copies that together exceed the L2
+     * cache so every call streams its weights from memory; CUDA events over {@code iters} calls.
+     */
+    public static GemvResult gemv(CudaBackend b, int rows, int cols, int iters) {
+        long bytes = 2L * rows * cols;
+        int copies = (int) Math.max(2, Math.min(64, (256L << 20) / bytes + 1));
+        long w = b.malloc(bytes * copies, "bench GEMV weights");
+        long x = b.malloc(4L * cols, "bench GEMV x");
+        long o = b.malloc(4L * rows, "bench GEMV out");
+        b.memsetNow(w, 0, bytes * copies);
+        b.memsetNow(x, 0, 4L * cols);
+        int[] wprs = {0, 1, 2, 4, 8};
+        double[] us = new double[wprs.length], gbs = new double[wprs.length];
+        long[] e0 = {0}, e1 = {0};
+        TpNative.tp_event_create(e0);
+        TpNative.tp_event_create(e1);
+        try {
+            for (int i = 0; i < wprs.length; i++) {
+                check(TpNative.tp_gemv_set_wpr(wprs[i]), "gemv warps per row");
+                IntConsumerEx call = c -> check(TpNative.tp_gemv_bf16(o, x, w + (long) c * bytes, 0, 1, rows, cols, b.stream()), "gemv");
+                us[i] = time(b, call, copies, iters, e0[0], e1[0]);
+                gbs[i] = bytes / (us[i] * 1e3);
+            }
+        } finally {
+            TpNative.tp_gemv_set_wpr(0);
+            TpNative.tp_event_destroy(e0[0]);
+            TpNative.tp_event_destroy(e1[0]);
+            b.free(w);
+            b.free(x);
+            b.free(o);
+        }
+        return new GemvResult(rows, cols, wprs, us, gbs);
+    }
+
     private interface IntConsumerEx {
         void accept(int layer);
     }

@@ -185,6 +185,8 @@ public final class TpNative {
                                                  @Cast("uint64_t") long wGate, @Cast("uint64_t") long wUp, int n,
                                                  int outDim, int inDim, @Cast("uint64_t") long stream);
 
+    public static native int tp_gemv_set_wpr(int warpsPerRow);
+
     public static native int tp_gemv_bf16_acc(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
                                               @Cast("uint64_t") long w, @Cast("uint64_t") long bias, int n, int outDim,
                                               int inDim, @Cast("uint64_t") long stream);

@@ -112,6 +112,11 @@ class CudaNativeLibTest {
         assertTrue(TpNative.tp_last_error_message().getString().contains("variant"));
         assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_variant(2));
         assertEquals(2, TpNative.tp_get_attention_variant());
+        // forced GEMV warps per row (tuning sweeps): 0 (automatic), 1, 2, 4, 8; anything else refused
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_gemv_set_wpr(3));
+        assertTrue(TpNative.tp_last_error_message().getString().contains("warps_per_row"));
+        assertEquals(TpNative.TP_OK, TpNative.tp_gemv_set_wpr(4));
+        assertEquals(TpNative.TP_OK, TpNative.tp_gemv_set_wpr(0));
     }
 
     @Test
