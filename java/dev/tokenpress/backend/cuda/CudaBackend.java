@@ -170,7 +170,7 @@ public final class CudaBackend implements Backend {
         this.fusedSwiglu = flag("tokenpress.cuda.fusedSwiglu", "TOKENPRESS_CUDA_FUSED_SWIGLU");
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
-        this.fusedNorm = experimental("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
+        this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v3"));
         int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; };
         check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
@@ -185,10 +185,10 @@ public final class CudaBackend implements Backend {
     }
 
     /**
-     * A switch for code that has not yet run on a GPU: off unless the system property (or else the environment
-     * variable) says true or 1. Read at each use, so tests can opt in.
+     * A switch that is off unless the system property (or else the environment variable) says true or 1: for paths
+     * that are not (yet) worth being the default. Read at each use, so tests can opt in.
      */
-    static boolean experimental(String property, String env) {
+    static boolean optIn(String property, String env) {
         String v = System.getProperty(property, System.getenv().getOrDefault(env, "false"));
         return "true".equalsIgnoreCase(v) || "1".equals(v);
     }
