@@ -28,6 +28,28 @@ interface Kernels {
     /** y[yOff+i] += a·x[xOff+i], i < len. */
     void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len);
 
+    /**
+     * Dots of a vector with the columns of a row-major matrix: out[outOff+t] = Σ_{c<rows} a[aOff+c]·x[xOff+c·stride+t]
+     * for t < len, each sum taken in c order from 0 with a separate multiply and add (no fused multiply-add), so every
+     * implementation gives the results of the plain scalar loop bit for bit.
+     */
+    default void columnDots(float[] a, int aOff, int rows, float[] x, int xOff, int stride, float[] out, int outOff, int len) {
+        for (int t = 0; t < len; t++) {
+            float acc = 0f;
+            for (int c = 0; c < rows; c++) acc += a[aOff + c] * x[xOff + c * stride + t];
+            out[outOff + t] = acc;
+        }
+    }
+
+    /**
+     * y[yOff+i] += a·x[xOff+i] + b, i < len; with f non-null y[yOff+i] += (a·x[xOff+i] + b)·f[fOff+i]. Separate
+     * multiplies and adds (no fused multiply-add): bit-identical to the scalar loop in every implementation.
+     */
+    default void scaleShiftAdd(float a, float b, float[] x, int xOff, float[] f, int fOff, float[] y, int yOff, int len) {
+        if (f == null) for (int i = 0; i < len; i++) y[yOff + i] += a * x[xOff + i] + b;
+        else for (int i = 0; i < len; i++) y[yOff + i] += (a * x[xOff + i] + b) * f[fOff + i];
+    }
+
     /** Σ x[off+i]², i < len, accumulated in float lanes. */
     float sumSquares(float[] x, int off, int len);
 

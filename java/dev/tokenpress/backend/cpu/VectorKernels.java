@@ -121,6 +121,53 @@ final class VectorKernels implements Kernels {
     }
 
     @Override
+    public void columnDots(float[] a, int aOff, int rows, float[] x, int xOff, int stride, float[] out, int outOff, int len) {
+        int l = F.length();
+        int t = 0;
+        // mul then add, never fma: each lane's sum is the scalar loop's, bit for bit
+        for (; t + 2 * l <= len; t += 2 * l) {
+            FloatVector acc0 = FloatVector.zero(F), acc1 = FloatVector.zero(F);
+            for (int c = 0, xi = xOff + t; c < rows; c++, xi += stride) {
+                float ac = a[aOff + c];
+                acc0 = acc0.add(FloatVector.fromArray(F, x, xi).mul(ac));
+                acc1 = acc1.add(FloatVector.fromArray(F, x, xi + l).mul(ac));
+            }
+            acc0.intoArray(out, outOff + t);
+            acc1.intoArray(out, outOff + t + l);
+        }
+        for (; t + l <= len; t += l) {
+            FloatVector acc = FloatVector.zero(F);
+            for (int c = 0, xi = xOff + t; c < rows; c++, xi += stride) acc = acc.add(FloatVector.fromArray(F, x, xi).mul(a[aOff + c]));
+            acc.intoArray(out, outOff + t);
+        }
+        for (; t < len; t++) {
+            float acc = 0f;
+            for (int c = 0; c < rows; c++) acc += a[aOff + c] * x[xOff + c * stride + t];
+            out[outOff + t] = acc;
+        }
+    }
+
+    @Override
+    public void scaleShiftAdd(float a, float b, float[] x, int xOff, float[] f, int fOff, float[] y, int yOff, int len) {
+        int l = F.length();
+        int upper = len - len % l;
+        int i = 0;
+        if (f == null) {
+            for (; i < upper; i += l) {
+                FloatVector e = FloatVector.fromArray(F, x, xOff + i).mul(a).add(b);
+                FloatVector.fromArray(F, y, yOff + i).add(e).intoArray(y, yOff + i);
+            }
+            for (; i < len; i++) y[yOff + i] += a * x[xOff + i] + b;
+        } else {
+            for (; i < upper; i += l) {
+                FloatVector e = FloatVector.fromArray(F, x, xOff + i).mul(a).add(b).mul(FloatVector.fromArray(F, f, fOff + i));
+                FloatVector.fromArray(F, y, yOff + i).add(e).intoArray(y, yOff + i);
+            }
+            for (; i < len; i++) y[yOff + i] += (a * x[xOff + i] + b) * f[fOff + i];
+        }
+    }
+
+    @Override
     public float sumSquares(float[] x, int off, int len) {
         int l = F.length();
         int upper = len - len % l;
