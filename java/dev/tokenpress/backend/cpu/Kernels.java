@@ -50,6 +50,40 @@ interface Kernels {
         else for (int i = 0; i < len; i++) y[yOff + i] += (a * x[xOff + i] + b) * f[fOff + i];
     }
 
+    /**
+     * Unpacks n codes of b bits (element e at bit e·b of a[base..], first element in the low bits) to floats
+     * out[off..off+n); exact integers, so every implementation gives the same floats.
+     */
+    default void unpackCodes(byte[] a, int base, int n, int bits, float[] out, int off) {
+        int e = 0;
+        switch (bits) {
+            case 8 -> {
+                for (; e < n; e++) out[off + e] = a[base + e] & 0xFF;
+            }
+            case 4 -> {
+                for (int k = base; e + 2 <= n; e += 2, k++) {
+                    int b = a[k] & 0xFF;
+                    out[off + e] = b & 15;
+                    out[off + e + 1] = b >>> 4;
+                }
+            }
+            case 2 -> {
+                for (int k = base; e + 4 <= n; e += 4, k++) {
+                    int b = a[k] & 0xFF;
+                    out[off + e] = b & 3;
+                    out[off + e + 1] = (b >>> 2) & 3;
+                    out[off + e + 2] = (b >>> 4) & 3;
+                    out[off + e + 3] = b >>> 6;
+                }
+            }
+            default -> { }
+        }
+        for (; e < n; e++) {
+            int bit = e * bits;
+            out[off + e] = ((a[base + (bit >>> 3)] & 0xFF) >>> (bit & 7)) & ((1 << bits) - 1);
+        }
+    }
+
     /** Σ x[off+i]², i < len, accumulated in float lanes. */
     float sumSquares(float[] x, int off, int len);
 

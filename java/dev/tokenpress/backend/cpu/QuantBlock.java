@@ -525,37 +525,6 @@ final class QuantBlock {
     }
 
     /**
-     * Unpacks n codes of b bits (element e at bit e·b of a[base..]) to floats out[off..off+n): whole bytes at a time
-     * instead of one shift and mask per element.
-     */
-    static void unpack(byte[] a, int base, int n, int bits, float[] out, int off) {
-        int e = 0;
-        switch (bits) {
-            case 8 -> {
-                for (; e < n; e++) out[off + e] = a[base + e] & 0xFF;
-            }
-            case 4 -> {
-                for (int k = base; e + 2 <= n; e += 2, k++) {
-                    int b = a[k] & 0xFF;
-                    out[off + e] = b & 15;
-                    out[off + e + 1] = b >>> 4;
-                }
-            }
-            case 2 -> {
-                for (int k = base; e + 4 <= n; e += 4, k++) {
-                    int b = a[k] & 0xFF;
-                    out[off + e] = b & 3;
-                    out[off + e + 1] = (b >>> 2) & 3;
-                    out[off + e + 2] = (b >>> 4) & 3;
-                    out[off + e + 3] = b >>> 6;
-                }
-            }
-            default -> { }
-        }
-        for (; e < n; e++) out[off + e] = Quant.get(a, base, e, bits);
-    }
-
-    /**
      * q·k̂ of every lane of the block for nq queries at q[qOff + i·hd], i < nq: out[outOff + i·outStride + lane].
      * Each segment's codes are unpacked once for all queries and the dots run across the segment's tokens (codes
      * are packed along tokens, channel by channel); per lane the arithmetic and its order are those of
@@ -565,7 +534,7 @@ final class QuantBlock {
         if (kRows != null) {
             s.row = Scratch.grow(s.row, hd);
             for (int lane = 0; lane < n; lane++) {
-                unpack(kRows.codes[lane], 0, hd, kRows.bits[lane], s.row, 0);
+                k.unpackCodes(kRows.codes[lane], 0, hd, kRows.bits[lane], s.row, 0);
                 for (int i = 0; i < nq; i++)
                     out[outOff + i * outStride + lane] = corrected(lane, kRows.dot(s.row, 0, q, qOff + i * hd, lane), q, qOff + i * hd);
             }
@@ -580,7 +549,7 @@ final class QuantBlock {
         float[] codes = s.codes, qs = s.qs, acc = s.acc;
         for (int si = 0; si < segs; si++) {
             Seg sg = kSeg[si];
-            for (int c = 0; c < hd; c++) unpack(sg.codes, c * sg.rb, sg.m, sg.bits, codes, si * hd * g + c * sg.m);
+            for (int c = 0; c < hd; c++) k.unpackCodes(sg.codes, c * sg.rb, sg.m, sg.bits, codes, si * hd * g + c * sg.m);
         }
         for (int i = 0; i < nq; i++) {
             int qo = qOff + i * hd;
@@ -622,7 +591,7 @@ final class QuantBlock {
     void valueAxpys(int lane, float[] p, boolean[] skip, int pOff, int nq, float[] out, int oOff, Scratch s, Kernels k) {
         Rows v = vRows;
         s.row = Scratch.grow(s.row, hd);
-        unpack(v.codes[lane], 0, hd, v.bits[lane], s.row, 0);
+        k.unpackCodes(v.codes[lane], 0, hd, v.bits[lane], s.row, 0);
         float[] cf = null;
         if (v.cf != null) {
             s.cf = Scratch.grow(s.cf, hd);

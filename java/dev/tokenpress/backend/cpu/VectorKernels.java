@@ -1,14 +1,43 @@
 package dev.tokenpress.backend.cpu;
 
+import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorMask;
+import jdk.incubator.vector.VectorShape;
+import jdk.incubator.vector.VectorShuffle;
 import jdk.incubator.vector.VectorSpecies;
 
 /** Vector API loops (jdk.incubator.vector), preferred species width, scalar tails. */
 final class VectorKernels implements Kernels {
     private static final VectorSpecies<Float> F = FloatVector.SPECIES_PREFERRED;
     private static final VectorSpecies<Integer> I = IntVector.SPECIES_PREFERRED;
+
+    /** Bytes with one lane per float lane: a chunk of packed codes, spread by a shuffle before widening. */
+    private static final VectorSpecies<Byte> B = VectorSpecies.of(byte.class, VectorShape.forBitSize(F.length() * 8));
+    /** Per code width 2, 4, 8: lane i reads byte i·b/8 and shifts right by (i·b) mod 8. */
+    private static final VectorShuffle<Byte>[] SPREAD = spread();
+    private static final IntVector[] SHIFT = new IntVector[9];
+
+    static {
+        for (int bits : new int[]{2, 4, 8}) {
+            int[] sh = new int[I.length()];
+            for (int i = 0; i < sh.length; i++) sh[i] = (i * bits) & 7;
+            SHIFT[bits] = IntVector.fromArray(I, sh, 0);
+        }
+    }
+
+    @SuppressWarnings("unchecked")
+    private static VectorShuffle<Byte>[] spread() {
+        VectorShuffle<Byte>[] s = new VectorShuffle[9];
+        for (int bits : new int[]{2, 4, 8}) {
+            int[] idx = new int[B.length()];
+            for (int i = 0; i < idx.length; i++) idx[i] = i * bits / 8;
+            s[bits] = VectorShuffle.fromArray(B, idx, 0);
+        }
+        return s;
+    }
 
     VectorKernels() {
         if (F.length() < 4 || F.length() != I.length()) throw new IllegalStateException("no useful vector width");
@@ -165,6 +194,26 @@ final class VectorKernels implements Kernels {
             }
             for (; i < len; i++) y[yOff + i] += (a * x[xOff + i] + b) * f[fOff + i];
         }
+    }
+
+    @Override
+    public void unpackCodes(byte[] a, int base, int n, int bits, float[] out, int off) {
+        if (bits != 2 && bits != 4 && bits != 8) {
+            Kernels.super.unpackCodes(a, base, n, bits, out, off);
+            return;
+        }
+        int l = F.length(), step = l * bits / 8, mask = (1 << bits) - 1;
+        VectorShuffle<Byte> spread = SPREAD[bits];
+        IntVector shift = SHIFT[bits];
+        int e = 0;
+        for (int k = base; e + l <= n; e += l, k += step) {
+            ByteVector bv = k + l <= a.length ? ByteVector.fromArray(B, a, k)
+                    : ByteVector.fromArray(B, a, k, VectorMask.fromLong(B, (1L << (a.length - k)) - 1));
+            if (bits != 8) bv = bv.rearrange(spread);
+            IntVector iv = (IntVector) bv.convertShape(VectorOperators.B2I, I, 0);
+            ((FloatVector) iv.lanewise(VectorOperators.LSHR, shift).and(mask).convert(VectorOperators.I2F, 0)).intoArray(out, off + e);
+        }
+        if (e < n) Kernels.super.unpackCodes(a, base + e * bits / 8, n - e, bits, out, off + e);
     }
 
     @Override

@@ -4,6 +4,8 @@ import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.SlotSelection;
 import dev.tokenpress.kv.quant.KvQuantSpec;
+import dev.tokenpress.kv.quant.Quant;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
@@ -158,5 +160,25 @@ class QuantKeyMemoTest {
             if (r >= stats.fromRow) stats.probSums[g][slot] += p;
             if (c.tracks()) c.observe(0, g, slot, p);
         }
+    }
+
+    @Test
+    void unpackedCodesMatchQuantGet() {
+        SplittableRandom r = new SplittableRandom(7);
+        for (Kernels kern : new Kernels[]{Kernels.best(), new ScalarKernels()})
+            for (int bits : new int[]{1, 2, 4, 8})
+                for (int n : new int[]{1, 7, 8, 16, 31, 32, 33, 64, 100}) {
+                    int bytes = Quant.rowBytes(n, bits);
+                    for (int base : new int[]{0, 3}) {
+                        byte[] a = new byte[base + bytes]; // the row ends the array: no reads past it
+                        for (int i = 0; i < a.length; i++) a[i] = (byte) r.nextInt(256);
+                        float[] out = new float[n + 2];
+                        kern.unpackCodes(a, base, n, bits, out, 1);
+                        for (int e = 0; e < n; e++)
+                            assertEquals((float) Quant.get(a, base, e, bits), out[1 + e], kern.describe() + " bits " + bits + " n " + n + " e " + e);
+                        assertEquals(0f, out[0]);
+                        assertEquals(0f, out[n + 1]);
+                    }
+                }
     }
 }
