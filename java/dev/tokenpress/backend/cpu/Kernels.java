@@ -28,6 +28,62 @@ interface Kernels {
     /** y[yOff+i] += a·x[xOff+i], i < len. */
     void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len);
 
+    /**
+     * Dots of a vector with the columns of a row-major matrix: out[outOff+t] = Σ_{c<rows} a[aOff+c]·x[xOff+c·stride+t]
+     * for t < len, each sum taken in c order from 0 with a separate multiply and add (no fused multiply-add), so every
+     * implementation gives the results of the plain scalar loop bit for bit.
+     */
+    default void columnDots(float[] a, int aOff, int rows, float[] x, int xOff, int stride, float[] out, int outOff, int len) {
+        for (int t = 0; t < len; t++) {
+            float acc = 0f;
+            for (int c = 0; c < rows; c++) acc += a[aOff + c] * x[xOff + c * stride + t];
+            out[outOff + t] = acc;
+        }
+    }
+
+    /**
+     * y[yOff+i] += a·x[xOff+i] + b, i < len; with f non-null y[yOff+i] += (a·x[xOff+i] + b)·f[fOff+i]. Separate
+     * multiplies and adds (no fused multiply-add): bit-identical to the scalar loop in every implementation.
+     */
+    default void scaleShiftAdd(float a, float b, float[] x, int xOff, float[] f, int fOff, float[] y, int yOff, int len) {
+        if (f == null) for (int i = 0; i < len; i++) y[yOff + i] += a * x[xOff + i] + b;
+        else for (int i = 0; i < len; i++) y[yOff + i] += (a * x[xOff + i] + b) * f[fOff + i];
+    }
+
+    /**
+     * Unpacks n codes of b bits (element e at bit e·b of a[base..], first element in the low bits) to floats
+     * out[off..off+n); exact integers, so every implementation gives the same floats.
+     */
+    default void unpackCodes(byte[] a, int base, int n, int bits, float[] out, int off) {
+        int e = 0;
+        switch (bits) {
+            case 8 -> {
+                for (; e < n; e++) out[off + e] = a[base + e] & 0xFF;
+            }
+            case 4 -> {
+                for (int k = base; e + 2 <= n; e += 2, k++) {
+                    int b = a[k] & 0xFF;
+                    out[off + e] = b & 15;
+                    out[off + e + 1] = b >>> 4;
+                }
+            }
+            case 2 -> {
+                for (int k = base; e + 4 <= n; e += 4, k++) {
+                    int b = a[k] & 0xFF;
+                    out[off + e] = b & 3;
+                    out[off + e + 1] = (b >>> 2) & 3;
+                    out[off + e + 2] = (b >>> 4) & 3;
+                    out[off + e + 3] = b >>> 6;
+                }
+            }
+            default -> { }
+        }
+        for (; e < n; e++) {
+            int bit = e * bits;
+            out[off + e] = ((a[base + (bit >>> 3)] & 0xFF) >>> (bit & 7)) & ((1 << bits) - 1);
+        }
+    }
+
     /** Σ x[off+i]², i < len, accumulated in float lanes. */
     float sumSquares(float[] x, int off, int len);
 

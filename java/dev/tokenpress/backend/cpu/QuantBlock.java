@@ -120,6 +120,21 @@ final class QuantBlock {
             return sum;
         }
 
+        /** As {@link #dot}, the lane's codes given unpacked as floats in codes[cOff..cOff+hd): same arithmetic, same result. */
+        float dot(float[] codes, int cOff, float[] q, int qOff, int lane) {
+            float sum = 0f;
+            for (int g = 0; g < ng; g++) {
+                float acc = 0f, qs = 0f;
+                for (int i = g * gs; i < (g + 1) * gs; i++) {
+                    float qi = q[qOff + i] * factor(i);
+                    acc += qi * codes[cOff + i];
+                    qs += qi;
+                }
+                sum += acc * Half.toFloat(scale[lane * ng + g]) + qs * Half.toFloat(zero[lane * ng + g]);
+            }
+            return sum;
+        }
+
         /** out += p · x̂ without forming x̂. */
         void axpy(int lane, float p, float[] out, int oOff) {
             byte[] c = codes[lane];
@@ -492,6 +507,109 @@ final class QuantBlock {
         if (vLr != null) {
             vLr.axpy(lane, p, out, oOff, hd);
             for (int e = vSp.off[lane]; e < vSp.off[lane + 1]; e++) out[oOff + vSp.ch[e]] += p * Half.toFloat(vSp.val[e]);
+        }
+    }
+
+    // ---- reading a whole block at once (attention) -----------------------------------------------------------
+
+    /** Per-thread work arrays of the block-wise reads; they only grow. */
+    static final class Scratch {
+        float[] codes = new float[0]; // unpacked key codes of the block's segments, [seg][hd][m]
+        float[] qs = new float[0];    // q·scale per channel
+        float[] acc = new float[0];   // Σ_c q·scale·code per segment position, [seg][G]
+        float[] zq = new float[0];    // Σ q·zero per segment
+        float[] row = new float[0];   // one unpacked value (or MiKV key) row
+        float[] cf = new float[0];    // ZipCache channel factors as floats
+
+        static float[] grow(float[] a, int n) { return a.length >= n ? a : new float[Math.max(n, a.length * 2)]; }
+    }
+
+    /**
+     * q·k̂ of every lane of the block for nq queries at q[qOff + i·hd], i < nq: out[outOff + i·outStride + lane].
+     * Each segment's codes are unpacked once for all queries and the dots run across the segment's tokens (codes
+     * are packed along tokens, channel by channel); per lane the arithmetic and its order are those of
+     * {@link #keyDot}, so the results are bit-identical to it.
+     */
+    void keyDots(float[] q, int qOff, int nq, float[] out, int outOff, int outStride, Scratch s, Kernels k) {
+        if (kRows != null) {
+            s.row = Scratch.grow(s.row, hd);
+            for (int lane = 0; lane < n; lane++) {
+                k.unpackCodes(kRows.codes[lane], 0, hd, kRows.bits[lane], s.row, 0);
+                for (int i = 0; i < nq; i++)
+                    out[outOff + i * outStride + lane] = corrected(lane, kRows.dot(s.row, 0, q, qOff + i * hd, lane), q, qOff + i * hd);
+            }
+            return;
+        }
+        int segs = kSeg.length, g = 0;
+        for (Seg sg : kSeg) g = Math.max(g, sg.m);
+        s.codes = Scratch.grow(s.codes, segs * hd * g);
+        s.qs = Scratch.grow(s.qs, hd);
+        s.acc = Scratch.grow(s.acc, segs * g);
+        s.zq = Scratch.grow(s.zq, segs);
+        float[] codes = s.codes, qs = s.qs, acc = s.acc;
+        for (int si = 0; si < segs; si++) {
+            Seg sg = kSeg[si];
+            for (int c = 0; c < hd; c++) k.unpackCodes(sg.codes, c * sg.rb, sg.m, sg.bits, codes, si * hd * g + c * sg.m);
+        }
+        for (int i = 0; i < nq; i++) {
+            int qo = qOff + i * hd;
+            for (int si = 0; si < segs; si++) {
+                Seg sg = kSeg[si];
+                if (sg.m == 0) continue;
+                float zs = 0f;
+                for (int c = 0; c < hd; c++) {
+                    float qc = q[qo + c];
+                    qs[c] = qc * Half.toFloat(sg.scale[c]);
+                    zs += qc * Half.toFloat(sg.zero[c]);
+                }
+                s.zq[si] = zs;
+                k.columnDots(qs, 0, hd, codes, si * hd * g, sg.m, acc, si * g, sg.m);
+            }
+            int o = outOff + i * outStride;
+            for (int lane = 0; lane < n; lane++) {
+                int si = kSegOf == null ? 0 : kSegOf[lane];
+                int pos = kSegPos == null ? lane : kSegPos[lane];
+                out[o + lane] = corrected(lane, acc[si * g + pos] + s.zq[si], q, qo);
+            }
+        }
+    }
+
+    /** GEAR's low-rank and sparse key terms added to a lane's dot, in {@link #keyDot}'s order. */
+    private float corrected(int lane, float sum, float[] q, int qOff) {
+        if (kLr != null) {
+            sum += kLr.dot(lane, q, qOff, hd);
+            for (int e = kSp.off[lane]; e < kSp.off[lane + 1]; e++) sum += q[qOff + kSp.ch[e]] * Half.toFloat(kSp.val[e]);
+        }
+        return sum;
+    }
+
+    /**
+     * out += p_i · v̂ of a lane for nq queries: weights p[pOff + i], outputs at out[oOff + i·hd]; a query whose
+     * weight flag skip[pOff + i] is set is left alone. The lane's codes are unpacked once; per query the arithmetic
+     * is {@link #valueAxpy}'s, bit for bit.
+     */
+    void valueAxpys(int lane, float[] p, boolean[] skip, int pOff, int nq, float[] out, int oOff, Scratch s, Kernels k) {
+        Rows v = vRows;
+        s.row = Scratch.grow(s.row, hd);
+        k.unpackCodes(v.codes[lane], 0, hd, v.bits[lane], s.row, 0);
+        float[] cf = null;
+        if (v.cf != null) {
+            s.cf = Scratch.grow(s.cf, hd);
+            cf = s.cf;
+            for (int c = 0; c < hd; c++) cf[c] = Half.toFloat(v.cf[c]);
+        }
+        for (int i = 0; i < nq; i++) {
+            if (skip[pOff + i]) continue;
+            float w = p[pOff + i];
+            int o = oOff + i * hd;
+            for (int g = 0; g < v.ng; g++) {
+                float ps = w * Half.toFloat(v.scale[lane * v.ng + g]), pz = w * Half.toFloat(v.zero[lane * v.ng + g]);
+                k.scaleShiftAdd(ps, pz, s.row, g * v.gs, cf, g * v.gs, out, o + g * v.gs, v.gs);
+            }
+            if (vLr != null) {
+                vLr.axpy(lane, w, out, o, hd);
+                for (int e = vSp.off[lane]; e < vSp.off[lane + 1]; e++) out[o + vSp.ch[e]] += w * Half.toFloat(vSp.val[e]);
+            }
         }
     }
 

@@ -321,6 +321,18 @@ public final class QuantKvCache extends KvCache {
         else blocks(layer, head).get(l / group).valueAxpy(l % group, p, out, oOff);
     }
 
+    // ---- raw views for the block-wise attention of QuantOps (read only) ------------------------------------------
+
+    /** Slot locations of (layer, head): NONE, block·G + lane (>= 0), or −(residual index + 1). */
+    int[] locations(int layer, int head) { return loc[layer][head]; }
+
+    /** Blocks of (layer, head) by id; null entries are free ids. */
+    List<QuantBlock> blockList(int layer, int head) { return blocks(layer, head); }
+
+    float[] residualKeys(int layer, int head) { return rKeys[layer][head]; }
+
+    float[] residualValues(int layer, int head) { return rValues[layer][head]; }
+
     /** Records that a query gave probability p to a slot (ZipCache saliency, MiKV importance). */
     void observe(int layer, int head, int slot, float p) {
         attnSum[layer][head][slot] += p;

@@ -4,6 +4,7 @@ import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.SlotSelection;
 
 import java.util.Arrays;
+import java.util.List;
 
 /**
  * The CPU backend's ops over a {@link QuantKvCache}: same contract as the f32 ops of {@link CpuBackend}; keys and
@@ -18,76 +19,178 @@ final class QuantOps {
             for (int i = 0; i < n; i++) c.store(layer, g, slots[g][i], kt.data, i * kt.cols + g * hd, vt.data, i * vt.cols + g * hd);
     }
 
-    /** Attention; one task per KV head, so statistics (the policy's and the cache's own) are race-free. */
+    /**
+     * Attention; one task per KV head, so statistics (the policy's and the cache's own) are race-free. The query
+     * heads sharing a KV head are handled together: each block's key codes are unpacked once for all of them and
+     * its lanes' scores are computed at once ({@link QuantBlock#keyDots}), each value row is unpacked once
+     * ({@link QuantBlock#valueAxpys}). Per element the arithmetic and the order of the sums are those of the
+     * per-slot {@link QuantKvCache#keyDot} and {@link QuantKvCache#valueAxpy}, so the results are unchanged.
+     */
     static void attention(Parallel par, Kernels k, CpuTensor o, CpuTensor qt, QuantKvCache c, int layer, int[] queryPositions,
                           int n, SlotSelection select, AttentionStats stats) {
         int hd = c.headDim(), kvHeads = c.kvHeads();
         int heads = qt.cols / hd, group = heads / kvHeads;
         float scale = (float) (1.0 / Math.sqrt(hd));
         par.forRange(kvHeads, 1, (g0, g1) -> {
+            Work w = WORK.get();
             for (int g = g0; g < g1; g++)
                 for (int r = 0; r < n; r++)
-                    for (int h = g * group; h < (g + 1) * group; h++)
-                        attendOne(c, k, layer, o, qt, r, h, g, hd, scale, queryPositions[r], select, stats, n);
+                    attendGroup(c, k, layer, o, qt, r, g, group, hd, scale, queryPositions[r], select, stats, n, w);
         });
     }
 
-    private static void attendOne(QuantKvCache c, Kernels k, int layer, CpuTensor o, CpuTensor qt, int r, int h, int g, int hd,
-                                  float scale, int qpos, SlotSelection select, AttentionStats stats, int n) {
-        int[] pos = c.positions(layer, g);
+    /** Per-thread work arrays of the quantized attention; they only grow. */
+    private static final class Work {
+        final QuantBlock.Scratch blk = new QuantBlock.Scratch();
+        float[] scores = new float[0];    // [group][m]
+        float[] keyScores = new float[0]; // [group][blocks·G]: q·k̂ per block lane, valid where stamp[block] == epoch
+        int[] stamp = new int[0];
+        int epoch;
+        float[] p = new float[0], inv = new float[0];
+        boolean[] skip = new boolean[0], dead = new boolean[0];
+
+        /** Makes room and starts a new epoch (every block's key scores stale). */
+        void begin(int group, int m, int lanes, int blocks) {
+            scores = QuantBlock.Scratch.grow(scores, group * m);
+            keyScores = QuantBlock.Scratch.grow(keyScores, group * lanes);
+            if (p.length < group) {
+                p = new float[group];
+                inv = new float[group];
+                skip = new boolean[group];
+                dead = new boolean[group];
+            }
+            if (stamp.length < blocks) stamp = new int[Math.max(blocks, 2 * stamp.length)];
+            if (++epoch == Integer.MAX_VALUE) {
+                java.util.Arrays.fill(stamp, 0);
+                epoch = 1;
+            }
+        }
+    }
+
+    private static final ThreadLocal<Work> WORK = ThreadLocal.withInitial(Work::new);
+
+    /** Scores of every block lane for the query heads of one row (lazily, only blocks a slot of the list touches). */
+    private static void attendGroup(QuantKvCache c, Kernels k, int layer, CpuTensor o, CpuTensor qt, int r, int g, int group,
+                                    int hd, float scale, int qpos, SlotSelection select, AttentionStats stats, int n, Work w) {
+        int[] pos = c.positions(layer, g), loc = c.locations(layer, g);
+        List<QuantBlock> blocks = c.blockList(layer, g);
+        float[] rk = c.residualKeys(layer, g), rv = c.residualValues(layer, g);
+        int bg = c.group, nb = blocks.size(), lanes = nb * bg;
         int m = select == null ? c.highWater(layer, g) : select.count()[g];
         int[] list = select == null ? null : select.slots()[g];
-        int qOff = r * qt.cols + h * hd, oOff = r * o.cols + h * hd;
-        float[] scores = new float[m];
-        float max = Float.NEGATIVE_INFINITY;
-        boolean lastRow = r == n - 1;
-        QuantBlock.KeyQuery memo = new QuantBlock.KeyQuery();
+        int h0 = g * group, qOff = r * qt.cols + h0 * hd, oOff = r * o.cols + h0 * hd;
+        w.begin(group, m, lanes, nb);
+        int epoch = w.epoch;
+        float[] sc = w.scores, ks = w.keyScores;
+        boolean raw = stats != null && stats.rawScores != null && r == n - 1;
         for (int j = 0; j < m; j++) {
             int slot = list == null ? j : list[j];
             int p = pos[slot];
             if (p < 0 || p > qpos) {
-                scores[j] = Float.NEGATIVE_INFINITY;
+                for (int i = 0; i < group; i++) sc[i * m + j] = Float.NEGATIVE_INFINITY;
                 continue;
             }
-            float raw = c.keyDot(layer, g, slot, qt.data, qOff, k, memo);
-            if (stats != null && stats.rawScores != null && lastRow) stats.rawScores[h][slot] = raw;
-            scores[j] = raw * scale;
-            if (scores[j] > max) max = scores[j];
+            int l = loc[slot];
+            if (l < 0) {
+                int ro = (-l - 1) * hd;
+                for (int i = 0; i < group; i++) {
+                    float v = k.dot(qt.data, qOff + i * hd, rk, ro, hd);
+                    if (raw) stats.rawScores[h0 + i][slot] = v;
+                    sc[i * m + j] = v * scale;
+                }
+            } else {
+                int b = l / bg;
+                if (w.stamp[b] != epoch) {
+                    blocks.get(b).keyDots(qt.data, qOff, group, ks, b * bg, lanes, w.blk, k);
+                    w.stamp[b] = epoch;
+                }
+                for (int i = 0; i < group; i++) {
+                    float v = ks[i * lanes + l];
+                    if (raw) stats.rawScores[h0 + i][slot] = v;
+                    sc[i * m + j] = v * scale;
+                }
+            }
         }
-        Arrays.fill(o.data, oOff, oOff + hd, 0f);
-        if (max == Float.NEGATIVE_INFINITY) return;
-        double sum = 0;
-        for (int j = 0; j < m; j++) {
-            float e = scores[j] == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(scores[j] - max);
-            scores[j] = e;
-            sum += e;
+        for (int i = 0; i < group; i++) {
+            int so = i * m;
+            float max = Float.NEGATIVE_INFINITY;
+            for (int j = 0; j < m; j++) if (sc[so + j] > max) max = sc[so + j];
+            Arrays.fill(o.data, oOff + i * hd, oOff + (i + 1) * hd, 0f);
+            w.dead[i] = max == Float.NEGATIVE_INFINITY;
+            if (w.dead[i]) continue;
+            double sum = 0;
+            for (int j = 0; j < m; j++) {
+                float e = sc[so + j] == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(sc[so + j] - max);
+                sc[so + j] = e;
+                sum += e;
+            }
+            w.inv[i] = (float) (1.0 / sum);
         }
-        float inv = (float) (1.0 / sum);
         boolean collect = stats != null && stats.probSums != null && r >= stats.fromRow;
         boolean track = c.tracks();
+        float[] pw = w.p;
+        boolean[] skip = w.skip, dead = w.dead;
         for (int j = 0; j < m; j++) {
             int slot = list == null ? j : list[j];
-            if (scores[j] == 0f) {
-                if (track && pos[slot] >= 0 && pos[slot] <= qpos) c.observe(layer, g, slot, 0f);
-                continue;
+            boolean any = false;
+            for (int i = 0; i < group; i++) {
+                float e = sc[i * m + j];
+                skip[i] = dead[i] || e == 0f;
+                if (!skip[i]) {
+                    pw[i] = e * w.inv[i];
+                    any = true;
+                }
             }
-            float p = scores[j] * inv;
-            c.valueAxpy(layer, g, slot, p, o.data, oOff, k);
-            if (collect) stats.probSums[g][slot] += p;
-            if (track) c.observe(layer, g, slot, p);
+            if (any) {
+                int l = loc[slot];
+                if (l < 0) {
+                    for (int i = 0; i < group; i++)
+                        if (!skip[i]) k.axpy(pw[i], rv, (-l - 1) * hd, o.data, oOff + i * hd, hd);
+                } else blocks.get(l / bg).valueAxpys(l % bg, pw, skip, 0, group, o.data, oOff, w.blk, k);
+            }
+            if (!collect && !track) continue;
+            for (int i = 0; i < group; i++) {
+                if (dead[i]) continue;
+                if (skip[i]) {
+                    if (track && pos[slot] >= 0 && pos[slot] <= qpos) c.observe(layer, g, slot, 0f);
+                    continue;
+                }
+                if (collect) stats.probSums[g][slot] += pw[i];
+                if (track) c.observe(layer, g, slot, pw[i]);
+            }
         }
     }
 
+    /** q·k̂ of every slot for one query row, block-wise as in {@link #attention} (bit-identical to the per-slot dot). */
     static void queryKeyScores(Parallel par, Kernels k, float[][] out, CpuTensor qt, int row, int queryPosition, QuantKvCache c, int layer) {
-        int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
+        int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads(), bg = c.group;
         par.forRange(heads, 1, (h0, h1) -> {
+            Work w = WORK.get();
             for (int h = h0; h < h1; h++) {
                 int g = h / group, hw = c.highWater(layer, g), qOff = row * qt.cols + h * hd;
-                int[] pos = c.positions(layer, g);
-                float[] o = out[h];
+                int[] pos = c.positions(layer, g), loc = c.locations(layer, g);
+                List<QuantBlock> blocks = c.blockList(layer, g);
+                float[] rk = c.residualKeys(layer, g);
+                int nb = blocks.size();
+                w.begin(1, 0, nb * bg, nb);
+                float[] o = out[h], ks = w.keyScores;
                 for (int s = 0; s < hw; s++) {
                     int p = pos[s];
-                    o[s] = p < 0 || p > queryPosition ? Float.NEGATIVE_INFINITY : c.keyDot(layer, g, s, qt.data, qOff, k);
+                    if (p < 0 || p > queryPosition) {
+                        o[s] = Float.NEGATIVE_INFINITY;
+                        continue;
+                    }
+                    int l = loc[s];
+                    if (l < 0) {
+                        o[s] = k.dot(qt.data, qOff, rk, (-l - 1) * hd, hd);
+                        continue;
+                    }
+                    int b = l / bg;
+                    if (w.stamp[b] != w.epoch) {
+                        blocks.get(b).keyDots(qt.data, qOff, 1, ks, b * bg, 0, w.blk, k);
+                        w.stamp[b] = w.epoch;
+                    }
+                    o[s] = ks[l];
                 }
                 Arrays.fill(o, hw, Math.min(o.length, c.capacity()), Float.NEGATIVE_INFINITY);
             }

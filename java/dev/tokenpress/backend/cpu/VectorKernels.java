@@ -1,14 +1,43 @@
 package dev.tokenpress.backend.cpu;
 
+import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorMask;
+import jdk.incubator.vector.VectorShape;
+import jdk.incubator.vector.VectorShuffle;
 import jdk.incubator.vector.VectorSpecies;
 
 /** Vector API loops (jdk.incubator.vector), preferred species width, scalar tails. */
 final class VectorKernels implements Kernels {
     private static final VectorSpecies<Float> F = FloatVector.SPECIES_PREFERRED;
     private static final VectorSpecies<Integer> I = IntVector.SPECIES_PREFERRED;
+
+    /** Bytes with one lane per float lane: a chunk of packed codes, spread by a shuffle before widening. */
+    private static final VectorSpecies<Byte> B = VectorSpecies.of(byte.class, VectorShape.forBitSize(F.length() * 8));
+    /** Per code width 2, 4, 8: lane i reads byte i·b/8 and shifts right by (i·b) mod 8. */
+    private static final VectorShuffle<Byte>[] SPREAD = spread();
+    private static final IntVector[] SHIFT = new IntVector[9];
+
+    static {
+        for (int bits : new int[]{2, 4, 8}) {
+            int[] sh = new int[I.length()];
+            for (int i = 0; i < sh.length; i++) sh[i] = (i * bits) & 7;
+            SHIFT[bits] = IntVector.fromArray(I, sh, 0);
+        }
+    }
+
+    @SuppressWarnings("unchecked")
+    private static VectorShuffle<Byte>[] spread() {
+        VectorShuffle<Byte>[] s = new VectorShuffle[9];
+        for (int bits : new int[]{2, 4, 8}) {
+            int[] idx = new int[B.length()];
+            for (int i = 0; i < idx.length; i++) idx[i] = i * bits / 8;
+            s[bits] = VectorShuffle.fromArray(B, idx, 0);
+        }
+        return s;
+    }
 
     VectorKernels() {
         if (F.length() < 4 || F.length() != I.length()) throw new IllegalStateException("no useful vector width");
@@ -118,6 +147,73 @@ final class VectorKernels implements Kernels {
             FloatVector.fromArray(F, x, xOff + i).fma(av, FloatVector.fromArray(F, y, yOff + i)).intoArray(y, yOff + i);
         }
         for (; i < len; i++) y[yOff + i] += a * x[xOff + i];
+    }
+
+    @Override
+    public void columnDots(float[] a, int aOff, int rows, float[] x, int xOff, int stride, float[] out, int outOff, int len) {
+        int l = F.length();
+        int t = 0;
+        // mul then add, never fma: each lane's sum is the scalar loop's, bit for bit
+        for (; t + 2 * l <= len; t += 2 * l) {
+            FloatVector acc0 = FloatVector.zero(F), acc1 = FloatVector.zero(F);
+            for (int c = 0, xi = xOff + t; c < rows; c++, xi += stride) {
+                float ac = a[aOff + c];
+                acc0 = acc0.add(FloatVector.fromArray(F, x, xi).mul(ac));
+                acc1 = acc1.add(FloatVector.fromArray(F, x, xi + l).mul(ac));
+            }
+            acc0.intoArray(out, outOff + t);
+            acc1.intoArray(out, outOff + t + l);
+        }
+        for (; t + l <= len; t += l) {
+            FloatVector acc = FloatVector.zero(F);
+            for (int c = 0, xi = xOff + t; c < rows; c++, xi += stride) acc = acc.add(FloatVector.fromArray(F, x, xi).mul(a[aOff + c]));
+            acc.intoArray(out, outOff + t);
+        }
+        for (; t < len; t++) {
+            float acc = 0f;
+            for (int c = 0; c < rows; c++) acc += a[aOff + c] * x[xOff + c * stride + t];
+            out[outOff + t] = acc;
+        }
+    }
+
+    @Override
+    public void scaleShiftAdd(float a, float b, float[] x, int xOff, float[] f, int fOff, float[] y, int yOff, int len) {
+        int l = F.length();
+        int upper = len - len % l;
+        int i = 0;
+        if (f == null) {
+            for (; i < upper; i += l) {
+                FloatVector e = FloatVector.fromArray(F, x, xOff + i).mul(a).add(b);
+                FloatVector.fromArray(F, y, yOff + i).add(e).intoArray(y, yOff + i);
+            }
+            for (; i < len; i++) y[yOff + i] += a * x[xOff + i] + b;
+        } else {
+            for (; i < upper; i += l) {
+                FloatVector e = FloatVector.fromArray(F, x, xOff + i).mul(a).add(b).mul(FloatVector.fromArray(F, f, fOff + i));
+                FloatVector.fromArray(F, y, yOff + i).add(e).intoArray(y, yOff + i);
+            }
+            for (; i < len; i++) y[yOff + i] += (a * x[xOff + i] + b) * f[fOff + i];
+        }
+    }
+
+    @Override
+    public void unpackCodes(byte[] a, int base, int n, int bits, float[] out, int off) {
+        if (bits != 2 && bits != 4 && bits != 8) {
+            Kernels.super.unpackCodes(a, base, n, bits, out, off);
+            return;
+        }
+        int l = F.length(), step = l * bits / 8, mask = (1 << bits) - 1;
+        VectorShuffle<Byte> spread = SPREAD[bits];
+        IntVector shift = SHIFT[bits];
+        int e = 0;
+        for (int k = base; e + l <= n; e += l, k += step) {
+            ByteVector bv = k + l <= a.length ? ByteVector.fromArray(B, a, k)
+                    : ByteVector.fromArray(B, a, k, VectorMask.fromLong(B, (1L << (a.length - k)) - 1));
+            if (bits != 8) bv = bv.rearrange(spread);
+            IntVector iv = (IntVector) bv.convertShape(VectorOperators.B2I, I, 0);
+            ((FloatVector) iv.lanewise(VectorOperators.LSHR, shift).and(mask).convert(VectorOperators.I2F, 0)).intoArray(out, off + e);
+        }
+        if (e < n) Kernels.super.unpackCodes(a, base + e * bits / 8, n - e, bits, out, off + e);
     }
 
     @Override
