@@ -332,6 +332,7 @@ constexpr int kV2StageBytes = kV2ABytes + kV2BBytes;
 constexpr int kV2PipeBytes = kV2Stages * kV2StageBytes;
 constexpr int kV2SmemBytes = kV2PipeBytes + kV2BM * 4;  // + the block's targets
 static_assert(kV2Chunks == 4 || kV2Chunks == 8, "swizzle for 64- or 128-byte rows");
+static_assert(kV2KS >= 2, "the last k16 step of a stage reads fragments loaded before the barrier");
 static_assert(kV2BM * kV2Chunks % kV2Threads == 0 && kV2BN * kV2Chunks % kV2Threads == 0, "whole chunks per thread");
 static_assert(kV2PipeBytes >= 2 * 4 * kV2BM * 4, "the pipeline buffers hold the final 4-way merge");
 static_assert(kV2SmemBytes <= 99 * 1024, "fits the opt-in limit of sm_86/sm_89 (99 KiB)");
@@ -458,19 +459,32 @@ cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ 
                     bfr[buf][2 * jp + 1][0], bfr[buf][2 * jp + 1][1]);
     };
 
+    // Pipeline: chunk c lives in stage c % S. Before the MMAs of chunk `it` run out, the last k16 step waits for
+    // chunk it + 1 (cp.async group), passes the block barrier (everyone has also finished reading chunk it - 1's
+    // stage, which the next iteration refills) and loads chunk it + 1's first fragments while chunk it's last MMAs
+    // are issued; the MMAs issued before the barrier keep the tensor cores busy across it.
 #pragma unroll
     for (int s = 0; s < kV2Stages - 1; s++) issue();
+    if (iters > 0) {
+        cp_async_wait<kV2Stages - 2>();  // S - 1 groups committed: chunk 0 is complete
+        __syncthreads();
+        load_frags(0, sbase, 0);
+    }
 
     int tile = tile_begin, kc = 0, stage = 0;
     for (int it = 0; it < iters; it++) {
-        cp_async_wait<kV2Stages - 2>();  // (S - 1 + it) groups committed: group `it` (this stage) is complete
-        __syncthreads();                 // ... for every thread; everyone is done with the stage read at it - 1
-        issue();                         // refills that stage
         const uint32_t sa = sbase + (uint32_t)(stage * kV2StageBytes);
-        load_frags(0, sa, 0);
+        stage = stage + 1 == kV2Stages ? 0 : stage + 1;
+        issue();  // chunk it + S - 1 into the stage of chunk it - 1 (read before the last barrier)
 #pragma unroll
         for (int ks = 0; ks < kV2KS; ks++) {
-            if (ks + 1 < kV2KS) load_frags((ks + 1) & 1, sa, ks + 1);
+            if (ks + 1 < kV2KS) {
+                load_frags((ks + 1) & 1, sa, ks + 1);
+            } else if (it + 1 < iters) {
+                cp_async_wait<kV2Stages - 2>();  // S + it groups committed: chunk it + 1 is complete
+                __syncthreads();                 // ... for every thread; chunk it's stage is no longer read after this
+                load_frags((ks + 1) & 1, sbase + (uint32_t)(stage * kV2StageBytes), 0);
+            }
 #pragma unroll
             for (int i = 0; i < kV2MT; i++)
 #pragma unroll
@@ -478,7 +492,6 @@ cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ 
                     mma_bf16(acc[i][j], af[ks & 1][i][0], af[ks & 1][i][1], af[ks & 1][i][2], af[ks & 1][i][3],
                              bfr[ks & 1][j][0], bfr[ks & 1][j][1]);
         }
-        stage = stage + 1 == kV2Stages ? 0 : stage + 1;
 
         if (++kc == KC) {
             // epilogue of a vocabulary tile: fold the 128 x 256 logits into the per-thread states
