@@ -205,23 +205,6 @@ public final class CudaCce {
             b.free(cceWs);
             cceWs = 0;
 
-            // -- CCE variant 2 (bf16 h only)
-            setVariant(2);
-            long ws2Bytes = workspaceBytes(n, d, 2);
-            cceWs = b.malloc(ws2Bytes, "bench cce v2 workspace");
-            final long fWs2 = cceWs;
-            check(TpNative.tp_memset_async(cceOut, 0xff, 8L * n, b.stream()), "memset"); // NaN: v1 results cannot pass for v2
-            double cceV2 = time(b, e0[0], e1[0], reps, () ->
-                    computeDevice(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v, d, false, fWs2, ws2Bytes));
-            float[] lse2 = new float[n], tgt2 = new float[n];
-            check(TpNative.tp_memcpy_d2h(lse2, cceOut, 4L * n, b.stream()), "download");
-            check(TpNative.tp_memcpy_d2h(tgt2, cceOut + 4L * n, 4L * n, b.stream()), "download");
-            int v2Splits = TpNative.tp_cce_lse_splits(n, v);
-            setVariant(variant0);
-            b.free(cceWs);
-            cceWs = 0;
-            long v2Bytes = ws2Bytes + 8L * n + 4L * n;
-
             // -- naive path: cuBLAS logits [n, V] f32, then log-softmax statistics
             long free1 = memFree();
             logits = (CudaTensor) b.allocate(n, v);
@@ -236,6 +219,31 @@ public final class CudaCce {
             float[] lseN = new float[n], tgtN = new float[n];
             check(TpNative.tp_memcpy_d2h(lseN, nOut, 4L * n, b.stream()), "download");
             check(TpNative.tp_memcpy_d2h(tgtN, nOut + 4L * n, 4L * n, b.stream()), "download");
+
+            // -- CCE variant 2 (bf16 h only), last: a failure there (NaN times) leaves the figures above intact
+            double cceV2 = Double.NaN;
+            long v2Bytes = 0;
+            int v2Splits = 0;
+            float[] lse2 = new float[n], tgt2 = new float[n];
+            Arrays.fill(lse2, Float.NaN);
+            try {
+                setVariant(2);
+                long ws2Bytes = workspaceBytes(n, d, 2);
+                cceWs = b.malloc(ws2Bytes, "bench cce v2 workspace");
+                v2Bytes = ws2Bytes + 8L * n + 4L * n;
+                final long fWs2 = cceWs;
+                check(TpNative.tp_memset_async(cceOut, 0xff, 8L * n, b.stream()), "memset"); // NaN until written
+                cceV2 = time(b, e0[0], e1[0], reps, () ->
+                        computeDevice(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v, d, false, fWs2, ws2Bytes));
+                check(TpNative.tp_memcpy_d2h(lse2, cceOut, 4L * n, b.stream()), "download");
+                check(TpNative.tp_memcpy_d2h(tgt2, cceOut + 4L * n, 4L * n, b.stream()), "download");
+                v2Splits = TpNative.tp_cce_lse_splits(n, v);
+            } catch (RuntimeException e) {
+                System.err.println("cce variant 2 failed: " + e);
+                cceV2 = Double.NaN;
+            } finally {
+                setVariant(variant0);
+            }
             double[] d1 = diffs(lseC, tgtC, lseN, tgtN, targets, n), d2 = diffs(lse2, tgt2, lseN, tgtN, targets, n);
             double d21 = 0;
             for (int i = 0; i < n; i++) d21 = Math.max(d21, Math.abs((double) lse2[i] - lseC[i]));
