@@ -21,6 +21,17 @@
 //                CudaBackend.matmul computes (x converted by tp_f32_to_bf16), twice the MMA throughput.
 // Requirements: D % 8 == 0, h and W 16-byte aligned (else TP_ERR_UNSUPPORTED). N, V and D need not be tile
 // multiples (rows/vocab/D tails are zero-filled and masked).
+//
+// Variant 2 (tp_cce_set_variant(2); default stays 1; h rounded to bf16 only, precise = 1 always runs variant 1):
+// h is first converted to a bf16 copy in the workspace (cce_h_to_bf16_kernel, the same rounding as variant 1), then
+// cce_lse_v2_kernel: a block of 256 threads (8 warps, 2 x 4, warp tile 64 x 64) owns 128 rows of h and a split of
+// 256-wide vocabulary tiles. Both operands stream through a 4-stage cp.async pipeline (chunks of 32 along D) into
+// dynamic shared memory whose 16-byte chunks are XOR-swizzled by row (64-byte rows: chunk c of row r is stored at
+// c ^ ((r >> 1) & 3)), so the ldmatrix.x4 fragment loads are bank-conflict free; fragments of the next k16 step are
+// loaded while the current step's 32 mma.sync.m16n8k16 run. The 128 x 256 logits of a tile stay in registers and
+// are folded into per-thread log2-domain (max, sum) states as in variant 1; at the end of the split the states are
+// merged over the quad and the 4 column warps (shared memory) into the same workspace layout, and the same merge
+// kernel finishes. Splits are chosen to fill whole waves of one block per SM (pick_splits_v2).
 #include "online_softmax.cuh"
 
 namespace {
@@ -301,15 +312,360 @@ int pick_splits(int N, int V) {
     return max(1, min(want, min(tiles, kMaxSplits)));
 }
 
+
+// ---- variant 2: cp.async pipeline, swizzled shared memory, ldmatrix, 128 x 256 block tile ----------------------
+
+constexpr int kV2BM = 128;                            // rows of h per block
+constexpr int kV2BN = 256;                            // vocabulary rows per tile
+constexpr int kV2BK = 32;                             // D per pipeline stage
+constexpr int kV2Stages = 4;
+constexpr int kV2Threads = 256;                       // 8 warps: 2 (rows, 64 each) x 4 (vocab, 64 each)
+constexpr int kV2MT = 4;                              // m16 tiles per warp
+constexpr int kV2NT = 8;                              // n8 tiles per warp
+constexpr int kV2KS = kV2BK / 16;                     // k16 steps per stage
+constexpr int kV2Chunks = kV2BK / 8;                  // 16-byte chunks per shared-memory row
+constexpr int kV2RowBytes = kV2BK * 2;
+constexpr int kV2SwzShift = kV2Chunks == 4 ? 1 : 0;  // rows sharing a 128-byte line get different XOR keys
+constexpr int kV2ABytes = kV2BM * kV2RowBytes;
+constexpr int kV2BBytes = kV2BN * kV2RowBytes;
+constexpr int kV2StageBytes = kV2ABytes + kV2BBytes;
+constexpr int kV2PipeBytes = kV2Stages * kV2StageBytes;
+constexpr int kV2SmemBytes = kV2PipeBytes + kV2BM * 4;  // + the block's targets
+static_assert(kV2Chunks == 4 || kV2Chunks == 8, "swizzle for 64- or 128-byte rows");
+static_assert(kV2KS >= 2, "the last k16 step of a stage reads fragments loaded before the barrier");
+static_assert(kV2BM * kV2Chunks % kV2Threads == 0 && kV2BN * kV2Chunks % kV2Threads == 0, "whole chunks per thread");
+static_assert(kV2PipeBytes >= 2 * 4 * kV2BM * 4, "the pipeline buffers hold the final 4-way merge");
+static_assert(kV2SmemBytes <= 99 * 1024, "fits the opt-in limit of sm_86/sm_89 (99 KiB)");
+
+// byte offset of 16-byte chunk c of row r within an operand tile
+__device__ __forceinline__ uint32_t v2_swz(int r, int c) {
+    return (uint32_t)(r * kV2RowBytes + ((c ^ ((r >> kV2SwzShift) & (kV2Chunks - 1))) << 4));
+}
+__device__ __forceinline__ void cp_async16_zfill(uint32_t smem, const void* gmem, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(ok ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void ldsm_x4(uint32_t a, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(a) : "memory");
+}
+
+// h f32 [count] -> bf16 bits (round to nearest even, as variant 1 stores it); count % 8 == 0, 16-byte aligned
+__global__ void cce_h_to_bf16_kernel(uint16_t* __restrict__ out, const float* __restrict__ h, int64_t count8) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count8; i += (int64_t)gridDim.x * blockDim.x) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(h) + 2 * i);
+        const float4 b = __ldg(reinterpret_cast<const float4*>(h) + 2 * i + 1);
+        uint4 o;
+        o.x = pack_bf16(f32_to_bf16_bits(a.x), f32_to_bf16_bits(a.y));
+        o.y = pack_bf16(f32_to_bf16_bits(a.z), f32_to_bf16_bits(a.w));
+        o.z = pack_bf16(f32_to_bf16_bits(b.x), f32_to_bf16_bits(b.y));
+        o.w = pack_bf16(f32_to_bf16_bits(b.z), f32_to_bf16_bits(b.w));
+        reinterpret_cast<uint4*>(out)[i] = o;
+    }
+}
+
+__global__ void __launch_bounds__(kV2Threads, 1)
+cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ w, const int* __restrict__ targets,
+                  float* __restrict__ target_out, float* __restrict__ ws_m, float* __restrict__ ws_d, int N, int V,
+                  int D, int tiles_per_split, int num_tiles) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
+    int* s_tgt = reinterpret_cast<int*>(smem + kV2PipeBytes);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int warp_m = warp & 1, warp_n = warp >> 1;
+    const int split = blockIdx.x;
+    const int row0 = blockIdx.y * kV2BM;
+    const int tile_begin = split * tiles_per_split;
+    const int tile_end = min(num_tiles, tile_begin + tiles_per_split);
+    const int KC = (D + kV2BK - 1) / kV2BK;
+    const int iters = max(0, tile_end - tile_begin) * KC;
+
+    if (tid < kV2BM) {
+        const int r = row0 + tid;
+        s_tgt[tid] = (targets != nullptr && r < N) ? targets[r] : -1;  // visible after the loop's first barrier
+    }
+
+    // ---- producer: chunk (tile, kc) of both operands into stage `stage` (zero-filled past N, V and D)
+    int ld_tile = tile_begin, ld_kc = 0, ld_stage = 0, ld_count = 0;
+    auto issue = [&]() {
+        if (ld_count < iters) {
+            const uint32_t sa = sbase + (uint32_t)(ld_stage * kV2StageBytes);
+            const uint32_t sb = sa + kV2ABytes;
+            const int k0 = ld_kc * kV2BK;
+#pragma unroll
+            for (int q = 0; q < kV2BM * kV2Chunks / kV2Threads; q++) {
+                const int idx = tid + q * kV2Threads, r = idx / kV2Chunks, c = idx % kV2Chunks;
+                const int gr = row0 + r, k = k0 + c * 8;
+                const bool ok = gr < N && k < D;
+                cp_async16_zfill(sa + v2_swz(r, c), ok ? (const void*)(hb + (int64_t)gr * D + k) : (const void*)hb, ok);
+            }
+            const int v0 = ld_tile * kV2BN;
+#pragma unroll
+            for (int q = 0; q < kV2BN * kV2Chunks / kV2Threads; q++) {
+                const int idx = tid + q * kV2Threads, r = idx / kV2Chunks, c = idx % kV2Chunks;
+                const int gv = v0 + r, k = k0 + c * 8;
+                const bool ok = gv < V && k < D;
+                cp_async16_zfill(sb + v2_swz(r, c), ok ? (const void*)(w + (int64_t)gv * D + k) : (const void*)w, ok);
+            }
+            ld_count++;
+            ld_stage = ld_stage + 1 == kV2Stages ? 0 : ld_stage + 1;
+            if (++ld_kc == KC) {
+                ld_kc = 0;
+                ld_tile++;
+            }
+        }
+        cp_async_commit();  // possibly empty: keeps the group count uniform
+    };
+
+    // ---- ldmatrix lane offsets per k16 step. A (m16 tile i): matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) give
+    // a0..a3; lane row (lane & 15), chunk 2 ks + (lane >> 4). B (n8 tiles 2 jp, 2 jp + 1): matrices (tile) x (k half)
+    // give b[2jp][0], b[2jp][1], b[2jp+1][0], b[2jp+1][1]; lane row ((lane >> 4) << 3) + (lane & 7), chunk
+    // 2 ks + ((lane >> 3) & 1). The swizzle key depends on row & 7 only, so the 16-row steps (i, jp) add a constant.
+    uint32_t a_off[kV2KS], b_off[kV2KS];
+    {
+        const int a_row = warp_m * 64 + (lane & 15), a_ch = lane >> 4;
+        const int b_row = warp_n * 64 + ((lane >> 4) << 3) + (lane & 7), b_ch = (lane >> 3) & 1;
+#pragma unroll
+        for (int ks = 0; ks < kV2KS; ks++) {
+            a_off[ks] = v2_swz(a_row, 2 * ks + a_ch);
+            b_off[ks] = kV2ABytes + v2_swz(b_row, 2 * ks + b_ch);
+        }
+    }
+
+    float acc[kV2MT][kV2NT][4];
+#pragma unroll
+    for (int i = 0; i < kV2MT; i++)
+#pragma unroll
+        for (int j = 0; j < kV2NT; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
+    State st[kV2MT][2];
+#pragma unroll
+    for (int i = 0; i < kV2MT; i++) st[i][0].init(), st[i][1].init();
+
+    uint32_t af[2][kV2MT][4], bfr[2][kV2NT][2];
+    auto load_frags = [&](int buf, uint32_t sa, int ks) {
+#pragma unroll
+        for (int i = 0; i < kV2MT; i++)
+            ldsm_x4(sa + a_off[ks] + i * 16 * kV2RowBytes, af[buf][i][0], af[buf][i][1], af[buf][i][2], af[buf][i][3]);
+#pragma unroll
+        for (int jp = 0; jp < kV2NT / 2; jp++)
+            ldsm_x4(sa + b_off[ks] + jp * 16 * kV2RowBytes, bfr[buf][2 * jp][0], bfr[buf][2 * jp][1],
+                    bfr[buf][2 * jp + 1][0], bfr[buf][2 * jp + 1][1]);
+    };
+
+    // Pipeline: chunk c lives in stage c % S. Before the MMAs of chunk `it` run out, the last k16 step waits for
+    // chunk it + 1 (cp.async group), passes the block barrier (everyone has also finished reading chunk it - 1's
+    // stage, which the next iteration refills) and loads chunk it + 1's first fragments while chunk it's last MMAs
+    // are issued; the MMAs issued before the barrier keep the tensor cores busy across it.
+#pragma unroll
+    for (int s = 0; s < kV2Stages - 1; s++) issue();
+    if (iters > 0) {
+        cp_async_wait<kV2Stages - 2>();  // S - 1 groups committed: chunk 0 is complete
+        __syncthreads();
+        load_frags(0, sbase, 0);
+    }
+
+    int tile = tile_begin, kc = 0, stage = 0;
+    for (int it = 0; it < iters; it++) {
+        const uint32_t sa = sbase + (uint32_t)(stage * kV2StageBytes);
+        stage = stage + 1 == kV2Stages ? 0 : stage + 1;
+        issue();  // chunk it + S - 1 into the stage of chunk it - 1 (read before the last barrier)
+#pragma unroll
+        for (int ks = 0; ks < kV2KS; ks++) {
+            if (ks + 1 < kV2KS) {
+                load_frags((ks + 1) & 1, sa, ks + 1);
+            } else if (it + 1 < iters) {
+                cp_async_wait<kV2Stages - 2>();  // S + it groups committed: chunk it + 1 is complete
+                __syncthreads();                 // ... for every thread; chunk it's stage is no longer read after this
+                load_frags((ks + 1) & 1, sbase + (uint32_t)(stage * kV2StageBytes), 0);
+            }
+#pragma unroll
+            for (int i = 0; i < kV2MT; i++)
+#pragma unroll
+                for (int j = 0; j < kV2NT; j++)
+                    mma_bf16(acc[i][j], af[ks & 1][i][0], af[ks & 1][i][1], af[ks & 1][i][2], af[ks & 1][i][3],
+                             bfr[ks & 1][j][0], bfr[ks & 1][j][1]);
+        }
+
+        if (++kc == KC) {
+            // epilogue of a vocabulary tile: fold the 128 x 256 logits into the per-thread states
+            const int colbase = tile * kV2BN + warp_n * 64 + 2 * t4;  // column of acc[.][j][e*2+u] = colbase + j*8 + u
+            const int lim = V - colbase;                              // columns j*8+u >= lim are past the vocabulary
+#pragma unroll
+            for (int i = 0; i < kV2MT; i++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int rl = warp_m * 64 + i * 16 + e * 8 + g;
+                    const int trel = s_tgt[rl] - colbase;
+                    if ((unsigned)trel < 64u) {
+#pragma unroll
+                        for (int j = 0; j < kV2NT; j++)
+#pragma unroll
+                            for (int u = 0; u < 2; u++)
+                                if (trel == j * 8 + u) target_out[row0 + rl] = acc[i][j][e * 2 + u];  // rl < N
+                    }
+                    float x2[kV2NT * 2];
+                    float mx = kNegInf;
+#pragma unroll
+                    for (int j = 0; j < kV2NT; j++)
+#pragma unroll
+                        for (int u = 0; u < 2; u++) {
+                            const float v = j * 8 + u < lim ? acc[i][j][e * 2 + u] * kLog2e : kNegInf;
+                            x2[j * 2 + u] = v;
+                            mx = fmaxf(mx, v);
+                        }
+                    State& s = st[i][e];
+                    absorb_max(s, mx);
+                    float sum = 0.f;
+#pragma unroll
+                    for (int q = 0; q < kV2NT * 2; q++) sum += exp2_diff(x2[q], s.m);
+                    s.d += sum;
+                }
+#pragma unroll
+            for (int i = 0; i < kV2MT; i++)
+#pragma unroll
+                for (int j = 0; j < kV2NT; j++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
+            kc = 0;
+            tile++;
+        }
+    }
+    cp_async_wait<0>();  // only empty groups can be left; the pipeline buffers are reused below
+    __syncthreads();
+
+    // merge over the quad (the 4 lanes sharing a row), then over the 4 column warps
+    float* red_m = reinterpret_cast<float*>(smem);  // [4][kV2BM]
+    float* red_d = red_m + 4 * kV2BM;
+#pragma unroll
+    for (int i = 0; i < kV2MT; i++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            st[i][e].merge_xor(1);
+            st[i][e].merge_xor(2);
+            if (t4 == 0) {
+                const int r = warp_m * 64 + i * 16 + e * 8 + g;
+                red_m[warp_n * kV2BM + r] = st[i][e].m;
+                red_d[warp_n * kV2BM + r] = st[i][e].d;
+            }
+        }
+    __syncthreads();
+    if (tid < kV2BM) {
+        State s;
+        s.init();
+        float dummy[1] = {0.f};
+#pragma unroll
+        for (int p = 0; p < 4; p++) s.merge(red_m[p * kV2BM + tid], red_d[p * kV2BM + tid], dummy);
+        const int r = row0 + tid;
+        if (r < N) {
+            ws_m[(int64_t)split * N + r] = s.m;
+            ws_d[(int64_t)split * N + r] = s.d;
+        }
+    }
+}
+
+// Splits for variant 2: one resident block per SM, so the time is about (waves) x (tiles per block); the smallest
+// such estimate wins (fewer splits on ties: less workspace traffic, larger merge-free runs).
+int pick_splits_v2(int N, int V) {
+    const int64_t row_blocks = ceil_div(N, kV2BM);
+    const int tiles = (int)ceil_div(V, kV2BN);
+    const int64_t sms = sm_count();
+    int best = 1;
+    int64_t best_cost = INT64_MAX;
+    for (int s = 1; s <= min(tiles, kMaxSplits); s++) {
+        const int per = (int)ceil_div(tiles, s);
+        const int used = (int)ceil_div(tiles, per);
+        if (used != s) continue;  // the same partition as a smaller s
+        const int64_t cost = ceil_div(row_blocks * used, sms) * per;
+        if (cost < best_cost) best_cost = cost, best = s;
+    }
+    return best;
+}
+
+int g_cce_variant = 1;
+
+uint64_t v1_workspace_bytes(int n) { return n <= 0 ? 0 : (uint64_t)n * kMaxSplits * 2 * sizeof(float); }
+
+// *ok = 1 when variant 2 can launch on the current device (its dynamic shared memory opt-in done), 0 when the
+// device cannot give it enough shared memory (variant 1 runs instead). Returns TP_OK or the CUDA failure.
+int v2_ready(int* ok) {
+    static int state[64] = {0};  // per device: 0 unknown, 1 ready, 2 unsupported
+    int dev = 0;
+    TP_CUDA(cudaGetDevice(&dev));
+    if (dev >= 0 && dev < 64 && state[dev] != 0) {
+        *ok = state[dev] == 1;
+        return TP_OK;
+    }
+    int optin = 0;
+    TP_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    *ok = optin >= kV2SmemBytes;
+    if (*ok)
+        TP_CUDA(cudaFuncSetAttribute(cce_lse_v2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kV2SmemBytes));
+    if (dev >= 0 && dev < 64) state[dev] = *ok ? 1 : 2;
+    return TP_OK;
+}
+
+int cce_lse_v2(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm_head, uint64_t targets, int n,
+               int vocab, int dim, uint64_t workspace, cudaStream_t s) {
+    const char* fn = "tp_cce_lse";
+    const int splits = pick_splits_v2(n, vocab);
+    const int tiles = (int)ceil_div(vocab, kV2BN);
+    const int per = (int)ceil_div(tiles, splits);
+    const int used = (int)ceil_div(tiles, per);
+    float* ws_m = TP_PTR(float, workspace);
+    float* ws_d = ws_m + (int64_t)used * n;
+    uint16_t* hb = reinterpret_cast<uint16_t*>(TP_PTR(unsigned char, workspace) + v1_workspace_bytes(n));
+    const int* tg = TP_PTR(const int, targets);
+    float* to = TP_PTR(float, target_logit);
+    const int* kt = to != nullptr ? tg : nullptr;
+    dim3 grid((unsigned)used, (unsigned)ceil_div(n, kV2BM));
+    if (grid.y > 65535u) return fail(TP_ERR_UNSUPPORTED, "%s: n %d too large (at most %d rows)", fn, n, 65535 * kV2BM);
+    const int64_t count8 = (int64_t)n * dim / 8;
+    int64_t cblocks = ceil_div(count8, 256);
+    if (cblocks > 8 * (int64_t)sm_count()) cblocks = 8 * (int64_t)sm_count();
+    cce_h_to_bf16_kernel<<<(unsigned)cblocks, 256, 0, s>>>(hb, TP_PTR(const float, hidden), count8);
+    TP_LAUNCHED("cce_h_to_bf16_kernel");
+    cce_lse_v2_kernel<<<grid, kV2Threads, kV2SmemBytes, s>>>(hb, TP_PTR(const uint16_t, lm_head), kt, to, ws_m, ws_d,
+                                                              n, vocab, dim, per, tiles);
+    TP_LAUNCHED("cce_lse_v2_kernel");
+    cce_merge_kernel<<<(unsigned)ceil_div(n, 256), 256, 0, s>>>(TP_PTR(float, lse), to, tg, ws_m, ws_d, n, vocab,
+                                                                used);
+    TP_LAUNCHED("cce_merge_kernel");
+    return TP_OK;
+}
+
 }  // namespace
 
 extern "C" {
 
-uint64_t tp_cce_lse_workspace_bytes(int n) { return n <= 0 ? 0 : (uint64_t)n * kMaxSplits * 2 * sizeof(float); }
+uint64_t tp_cce_lse_workspace_bytes(int n) { return v1_workspace_bytes(n); }
+
+uint64_t tp_cce_lse_workspace_bytes_for(int n, int dim, int variant) {
+    if (variant == 0) variant = g_cce_variant;
+    if (n <= 0) return 0;
+    uint64_t b = v1_workspace_bytes(n);
+    if (variant == 2 && dim > 0) b += (uint64_t)n * (uint64_t)dim * sizeof(uint16_t);  // bf16 copy of h
+    return b;
+}
+
+int tp_cce_set_variant(int variant) {
+    if (variant != 1 && variant != 2)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_cce_set_variant: bad argument 'variant' (%d: 1 or 2)", variant);
+    g_cce_variant = variant;
+    return TP_OK;
+}
+
+int tp_cce_get_variant(void) { return g_cce_variant; }
 
 int tp_cce_lse_splits(int n, int vocab) {
     if (n <= 0 || vocab <= 0) return 0;
-    return pick_splits(n, vocab);
+    return g_cce_variant == 2 ? pick_splits_v2(n, vocab) : pick_splits(n, vocab);
 }
 
 int tp_cce_lse(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm_head, uint64_t targets, int n,
@@ -328,6 +684,18 @@ int tp_cce_lse(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm
         return fail(TP_ERR_UNSUPPORTED, "%s: needs dim %% 8 == 0 and 16-byte aligned hidden and lm_head (dim %d)",
                     fn, dim);
     cudaStream_t s = TP_STREAM(stream);
+    if (g_cce_variant == 2 && !precise) {
+        const uint64_t need = tp_cce_lse_workspace_bytes_for(n, dim, 2);
+        if (workspace_bytes < need)
+            return fail(TP_ERR_BAD_ARGUMENT,
+                        "%s: variant 2 needs tp_cce_lse_workspace_bytes_for(n, dim, 2) = %llu workspace bytes, got %llu",
+                        fn, (unsigned long long)need, (unsigned long long)workspace_bytes);
+        int ok = 0;
+        const int rc = v2_ready(&ok);
+        if (rc != TP_OK) return rc;
+        if (ok) return cce_lse_v2(lse, target_logit, hidden, lm_head, targets, n, vocab, dim, workspace, s);
+        // else: the device cannot give variant 2 its shared memory: variant 1 below
+    }
     const int splits = pick_splits(n, vocab);
     const int tiles = (int)ceil_div(vocab, kBN);
     const int per = (int)ceil_div(tiles, splits);

@@ -365,7 +365,22 @@ int tp_topk(uint64_t x, int count, int k, uint64_t out_index, uint64_t out_value
 
 /** Bytes of workspace tp_cce_lse needs for n rows (n * 64 splits * 2 floats; any vocabulary). */
 uint64_t tp_cce_lse_workspace_bytes(int n);
-/** Vocabulary splits tp_cce_lse uses for n rows over vocab entries on the current device (informational). */
+/**
+ * Bytes of workspace tp_cce_lse needs for n rows of dim under variant 1 or 2 (0 = the variant set now): variant 1 as
+ * tp_cce_lse_workspace_bytes(n); variant 2 adds a bf16 copy of h (n * dim * 2 bytes). Variant 2 with a smaller
+ * workspace is refused (TP_ERR_BAD_ARGUMENT).
+ */
+uint64_t tp_cce_lse_workspace_bytes_for(int n, int dim, int variant);
+/**
+ * Which tp_cce_lse implementation runs from now on (process-wide): 1 (default) the first tensor-core kernel,
+ * 2 the cp.async / ldmatrix kernel with 128 x 256 block tiles (h rounded to bf16 only: precise = 1 still runs
+ * variant 1; a device without 97 KiB of opt-in shared memory per block also runs variant 1). Same outputs contract.
+ */
+int tp_cce_set_variant(int variant);
+/** The setting tp_cce_set_variant made (1 or 2). */
+int tp_cce_get_variant(void);
+/** Vocabulary splits tp_cce_lse uses for n rows over vocab entries on the current device under the variant set
+ *  now with precise = 0 (informational). */
 int tp_cce_lse_splits(int n, int vocab);
 /**
  * lse f32 [n] = log sum_v exp(h_i . W_v) and target_logit f32 [n] = h_i . W_{t_i} (NaN where t_i < 0 or

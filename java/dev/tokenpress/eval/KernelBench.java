@@ -299,7 +299,9 @@ public final class KernelBench {
      * CCE log-sum-exp of N rows of hidden size D over a V-entry bf16 LM head (tp_cce_lse, h rounded to bf16: keys
      * cce_*; split hi + lo h: cce_precise_*) against cuBLAS f32 logits (CudaBackend.matmul: h → bf16 + GEMM, key
      * gemm_ms) plus tp_lse_rows over them (naive_lsm_ms). Memory: bytes allocated per path (cce_bytes,
-     * naive_bytes) and the cudaMemGetInfo drop (cce_meminfo_bytes, naive_meminfo_bytes).
+     * naive_bytes) and the cudaMemGetInfo drop (cce_meminfo_bytes, naive_meminfo_bytes). Variant 2 of tp_cce_lse
+     * (bf16 h, its h → bf16 conversion included): keys cce_v2_* (time, TFLOP/s, ratios to the GEMM and to variant 1,
+     * bytes, max differences to the naive path and to variant 1).
      */
     public static void cce(CudaBackend gpu, int n, int d, int v, PrintStream out) {
         CudaCce.BenchResult r = CudaCce.bench(gpu, n, d, v, 3);
@@ -309,6 +311,7 @@ public final class KernelBench {
         out.println("|---|---|---|---|");
         out.printf("| tp_cce_lse (bf16 h) | %.3f | %.1f | %d |%n", r.cceMs(), flop / r.cceMs() / 1e9, r.cceBytes());
         out.printf("| tp_cce_lse precise (hi+lo h) | %.3f | %.1f | %d |%n", r.ccePreciseMs(), flop / r.ccePreciseMs() / 1e9, r.cceBytes());
+        out.printf("| tp_cce_lse variant 2 (bf16 h, %d splits) | %.3f | %.1f | %d |%n", r.v2Splits(), r.cceV2Ms(), flop / r.cceV2Ms() / 1e9, r.v2Bytes());
         out.printf("| cuBLAS GEMM f32 logits | %.3f | %.1f | %d |%n", r.gemmMs(), flop / r.gemmMs() / 1e9, r.naiveBytes());
         out.printf("| + naive log-softmax | %.3f | | |%n", r.naiveLsmMs());
         result(out, "cce_ms", r.cceMs(), "ms");
@@ -326,6 +329,15 @@ public final class KernelBench {
         result(out, "naive_meminfo_bytes", r.naiveMemDelta(), "B");
         result(out, "cce_vs_naive_max_lse_diff", r.maxLseDiff(), "");
         result(out, "cce_vs_naive_max_target_diff", r.maxTargetDiff(), "");
+        result(out, "cce_v2_ms", r.cceV2Ms(), "ms");
+        result(out, "cce_v2_tflops", flop / r.cceV2Ms() / 1e9, "TFLOP/s");
+        result(out, "cce_v2_vs_gemm", r.cceV2Ms() / r.gemmMs(), "x");
+        result(out, "cce_v2_vs_v1", r.cceV2Ms() / r.cceMs(), "x");
+        result(out, "cce_v2_bytes", r.v2Bytes(), "B");
+        result(out, "cce_v2_splits", r.v2Splits(), "");
+        result(out, "cce_v2_vs_naive_max_lse_diff", r.v2MaxLseDiff(), "");
+        result(out, "cce_v2_vs_naive_max_target_diff", r.v2MaxTargetDiff(), "");
+        result(out, "cce_v2_vs_v1_max_lse_diff", r.v2VsV1MaxLseDiff(), "");
     }
 
     /**

@@ -18,20 +18,39 @@ import java.util.SplittableRandom;
  * states {@code h [n, D]} (f32 activation) and the LM head {@code W [V, D]} (bf16 weight as uploaded by
  * {@link CudaBackend#weight}), {@code lse[i] = log sum_v exp(h_i . W_v)} and {@code targetLogit[i] = h_i . W_{t_i}}
  * (NaN for a negative target) without materialising the [n, V] logits: only O(n) floats cross the bus (targets up,
- * lse and target logits down) and the device workspace is O(n) ({@link #workspaceBytes(int)}). Same result type
- * as the CPU {@link CceLse}.
+ * lse and target logits down) and the device workspace is O(n) ({@link #workspaceBytes(int, int)}; variant 2 adds
+ * a bf16 copy of h, 2·n·D bytes). Same result type as the CPU {@link CceLse}.
  * <p>
  * {@code precise = true} (the default) splits h into bf16 hi + lo parts (two tensor-core products, about f32
  * accuracy: parity with {@link CceLse} to ~1e-5 relative); {@code false} rounds h to bf16 like the cuBLAS matmul
  * path (half the tensor-core work). Needs D % 8 == 0 ({@link UnsupportedOpException} otherwise). Eager only (not
  * inside a captured decode step).
+ * <p>
+ * Two implementations, chosen process-wide ({@link #setVariant}, or {@code -Dtokenpress.cuda.cceVariant=v1|v2} read
+ * when a {@link CudaBackend} opens): 1 (default) and 2 (cp.async / ldmatrix pipeline with 128 x 256 block tiles,
+ * h rounded to bf16 only: precise mode always runs variant 1). Variant 2 needs a larger workspace (a bf16 copy of h).
  */
 public final class CudaCce {
     private CudaCce() {}
 
-    /** Device workspace bytes {@code tp_cce_lse} needs for n rows. */
-    public static long workspaceBytes(int n) {
-        return TpNative.tp_cce_lse_workspace_bytes(n);
+    /** Device workspace bytes {@code tp_cce_lse} needs for n rows of hidden size dim under the variant set now. */
+    public static long workspaceBytes(int n, int dim) {
+        return TpNative.tp_cce_lse_workspace_bytes_for(n, dim, 0);
+    }
+
+    /** Device workspace bytes for n rows of hidden size dim under variant 1 or 2. */
+    public static long workspaceBytes(int n, int dim, int variant) {
+        return TpNative.tp_cce_lse_workspace_bytes_for(n, dim, variant);
+    }
+
+    /** Selects the implementation of {@code tp_cce_lse} for the whole process: 1 (default) or 2. */
+    public static void setVariant(int variant) {
+        check(TpNative.tp_cce_set_variant(variant), "tp_cce_set_variant");
+    }
+
+    /** The implementation {@code tp_cce_lse} runs now (1 or 2). */
+    public static int variant() {
+        return TpNative.tp_cce_get_variant();
     }
 
     /** LSE and target logits (precise mode); {@code targets} may be null (then every target logit is NaN). */
@@ -63,7 +82,7 @@ public final class CudaCce {
         if (d % 8 != 0 || (h.ptr & 15) != 0 || (w.ptr & 15) != 0)
             throw new UnsupportedOpException("CUDA cce needs a hidden size divisible by 8 (got " + d
                     + "): use CceLse on the CPU");
-        long wsBytes = workspaceBytes(n);
+        long wsBytes = workspaceBytes(n, d);
         long ws = 0, out = 0, tdev = 0;
         try {
             ws = b.malloc(wsBytes, "cce workspace");
@@ -86,7 +105,7 @@ public final class CudaCce {
     /**
      * Device-pointer variant (no transfers, no allocation, asynchronous on the backend's stream): lse f32 [n],
      * targetLogit f32 [n] (0 = not wanted), hidden f32 [n, dim], lmHead bf16 [vocab, dim], targets int32 [n]
-     * (0 = none), workspace of {@link #workspaceBytes(int)} bytes.
+     * (0 = none), workspace of {@link #workspaceBytes(int, int)} bytes (for the variant set when it runs).
      */
     public static void computeDevice(CudaBackend b, long lse, long targetLogit, long hidden, long lmHead, long targets,
                                      int n, int vocab, int dim, boolean precise, long workspace, long workspaceBytes) {
@@ -121,10 +140,18 @@ public final class CudaCce {
      * @param maxLseDiff     max |lse_cce - lse_naive| (both from bf16-rounded h)
      * @param maxTargetDiff  max |target_cce - target_naive| over rows with a target
      * @param splits         vocabulary splits tp_cce_lse used
+     * @param cceV2Ms        tp_cce_lse variant 2 (bf16 h; includes its h → bf16 conversion kernel)
+     * @param v2Bytes        bytes allocated for variant 2 (its larger workspace + outputs + targets)
+     * @param v2MaxLseDiff   max |lse_v2 - lse_naive|
+     * @param v2MaxTargetDiff max |target_v2 - target_naive| over rows with a target (infinite if an ignored one is
+     *                       not NaN)
+     * @param v2VsV1MaxLseDiff max |lse_v2 - lse_v1| (same bf16 products, other summation order)
+     * @param v2Splits       vocabulary splits variant 2 used
      */
     public record BenchResult(double cceMs, double ccePreciseMs, double gemmMs, double naiveLsmMs, long cceBytes,
                               long naiveBytes, long cceMemDelta, long naiveMemDelta, double maxLseDiff,
-                              double maxTargetDiff, int splits) {}
+                              double maxTargetDiff, int splits, double cceV2Ms, long v2Bytes, double v2MaxLseDiff,
+                              double v2MaxTargetDiff, double v2VsV1MaxLseDiff, int v2Splits) {}
 
     /** Random h [n, d] (f32) and W [v, d] (bf16), random targets with every 17th row ignored. */
     public static BenchResult bench(CudaBackend b, int n, int d, int v, int reps) {
@@ -154,10 +181,12 @@ public final class CudaCce {
         check(TpNative.tp_event_create(e1), "event");
         long cceWs = 0, cceOut = 0, tdev = 0, nOut = 0;
         CudaTensor logits = null;
+        int variant0 = variant();
         try {
-            // -- CCE path
+            // -- CCE path (variant 1)
+            setVariant(1);
             long free0 = memFree();
-            long wsBytes = workspaceBytes(n);
+            long wsBytes = workspaceBytes(n, d, 1);
             cceWs = b.malloc(wsBytes, "bench cce workspace");
             cceOut = b.malloc(8L * n, "bench cce outputs");
             tdev = b.malloc(4L * n, "bench targets");
@@ -172,6 +201,7 @@ public final class CudaCce {
             float[] lseC = new float[n], tgtC = new float[n];
             check(TpNative.tp_memcpy_d2h(lseC, cceOut, 4L * n, b.stream()), "download");
             check(TpNative.tp_memcpy_d2h(tgtC, cceOut + 4L * n, 4L * n, b.stream()), "download");
+            int splits = TpNative.tp_cce_lse_splits(n, v);
             b.free(cceWs);
             cceWs = 0;
 
@@ -189,16 +219,39 @@ public final class CudaCce {
             float[] lseN = new float[n], tgtN = new float[n];
             check(TpNative.tp_memcpy_d2h(lseN, nOut, 4L * n, b.stream()), "download");
             check(TpNative.tp_memcpy_d2h(tgtN, nOut + 4L * n, 4L * n, b.stream()), "download");
-            double dl = 0, dt = 0;
-            for (int i = 0; i < n; i++) {
-                dl = Math.max(dl, Math.abs((double) lseC[i] - lseN[i]));
-                if (targets[i] >= 0) dt = Math.max(dt, Math.abs((double) tgtC[i] - tgtN[i]));
-                else if (!Float.isNaN(tgtC[i])) dt = Double.POSITIVE_INFINITY; // ignored target must be NaN
+
+            // -- CCE variant 2 (bf16 h only), last: a failure there (NaN times) leaves the figures above intact
+            double cceV2 = Double.NaN;
+            long v2Bytes = 0;
+            int v2Splits = 0;
+            float[] lse2 = new float[n], tgt2 = new float[n];
+            Arrays.fill(lse2, Float.NaN);
+            try {
+                setVariant(2);
+                long ws2Bytes = workspaceBytes(n, d, 2);
+                cceWs = b.malloc(ws2Bytes, "bench cce v2 workspace");
+                v2Bytes = ws2Bytes + 8L * n + 4L * n;
+                final long fWs2 = cceWs;
+                check(TpNative.tp_memset_async(cceOut, 0xff, 8L * n, b.stream()), "memset"); // NaN until written
+                cceV2 = time(b, e0[0], e1[0], reps, () ->
+                        computeDevice(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v, d, false, fWs2, ws2Bytes));
+                check(TpNative.tp_memcpy_d2h(lse2, cceOut, 4L * n, b.stream()), "download");
+                check(TpNative.tp_memcpy_d2h(tgt2, cceOut + 4L * n, 4L * n, b.stream()), "download");
+                v2Splits = TpNative.tp_cce_lse_splits(n, v);
+            } catch (RuntimeException e) {
+                System.err.println("cce variant 2 failed: " + e);
+                cceV2 = Double.NaN;
+            } finally {
+                setVariant(variant0);
             }
-            if (Double.isNaN(dl)) dl = Double.POSITIVE_INFINITY;
+            double[] d1 = diffs(lseC, tgtC, lseN, tgtN, targets, n), d2 = diffs(lse2, tgt2, lseN, tgtN, targets, n);
+            double d21 = 0;
+            for (int i = 0; i < n; i++) d21 = Math.max(d21, Math.abs((double) lse2[i] - lseC[i]));
+            if (Double.isNaN(d21)) d21 = Double.POSITIVE_INFINITY;
             return new BenchResult(cceFast, ccePrecise, gemm, lsm, cceBytes, naiveBytes, cceMemDelta, naiveMemDelta,
-                    dl, dt, TpNative.tp_cce_lse_splits(n, v));
+                    d1[0], d1[1], splits, cceV2, v2Bytes, d2[0], d2[1], d21, v2Splits);
         } finally {
+            TpNative.tp_cce_set_variant(variant0);
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
             b.free(cceWs);
@@ -209,6 +262,19 @@ public final class CudaCce {
             b.free(h.ptr);
             b.free(w.ptr);
         }
+    }
+
+    /** {max |lse - lse_ref|, max |target - target_ref| over rows with a target}; NaN / a non-NaN ignored target → ∞. */
+    private static double[] diffs(float[] lse, float[] tgt, float[] lseRef, float[] tgtRef, int[] targets, int n) {
+        double dl = 0, dt = 0;
+        for (int i = 0; i < n; i++) {
+            dl = Math.max(dl, Math.abs((double) lse[i] - lseRef[i]));
+            if (targets[i] >= 0) dt = Math.max(dt, Math.abs((double) tgt[i] - tgtRef[i]));
+            else if (!Float.isNaN(tgt[i])) dt = Double.POSITIVE_INFINITY; // ignored target must be NaN
+        }
+        if (Double.isNaN(dl)) dl = Double.POSITIVE_INFINITY;
+        if (Double.isNaN(dt)) dt = Double.POSITIVE_INFINITY;
+        return new double[] {dl, dt};
     }
 
     private static long memFree() {

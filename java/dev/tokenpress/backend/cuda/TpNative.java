@@ -328,6 +328,14 @@ public final class TpNative {
 
     public static native int tp_cce_lse_splits(int n, int vocab);
 
+    /** Workspace bytes for n rows of dim under variant 1 or 2 (0 = the variant set now). */
+    public static native @Cast("uint64_t") long tp_cce_lse_workspace_bytes_for(int n, int dim, int variant);
+
+    /** Process-wide tp_cce_lse implementation: 1 (default) or 2 (h rounded to bf16 only; precise runs 1). */
+    public static native int tp_cce_set_variant(int variant);
+
+    public static native int tp_cce_get_variant();
+
     public static native int tp_cce_lse(@Cast("uint64_t") long lse, @Cast("uint64_t") long targetLogit,
                                         @Cast("uint64_t") long hidden, @Cast("uint64_t") long lmHead,
                                         @Cast("uint64_t") long targets, int n, int vocab, int dim, int precise,

@@ -27,22 +27,30 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * accumulation order and the 2^-18 split residual differ: |got - want| <= 2e-5 * max(1, |want|) for lse and the
  * target logit. Fast mode (h rounded to bf16) is compared with the double reference over bf16-rounded h, same
  * tolerance. Ignored targets (negative) must come back NaN; without targets every target logit is NaN.
- * Skipped (not failed) where CUDA is unavailable.
+ * Every shape runs under both implementations (tp_cce_set_variant 1 and 2; variant 2 only changes the bf16-h mode,
+ * precise runs variant 1 under either setting), plus shapes at the edges of variant 2's 128 x 256 x 32 tiles
+ * (N = 128 / 129, V = 256 / 513, D = 8 / 520). Skipped (not failed) where CUDA is unavailable.
  */
 class CudaCceParityTest {
     static final double RTOL = 2e-5;
+    static final int[] VARIANTS = {1, 2};
     static CudaBackend gpu;
+    static int defaultVariant;
 
     @BeforeAll
     static void open() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         gpu = CudaBackend.open();
-        System.out.println("[cce parity] " + gpu.description());
+        defaultVariant = CudaCce.variant();
+        System.out.println("[cce parity] " + gpu.description() + ", default variant " + defaultVariant);
     }
 
     @AfterAll
     static void close() {
-        if (gpu != null) gpu.close();
+        if (gpu != null) {
+            CudaCce.setVariant(defaultVariant);
+            gpu.close();
+        }
     }
 
     static float[] gaussian(SplittableRandom r, int n, double scale) {
@@ -98,6 +106,10 @@ class CudaCceParityTest {
             for (int d : new int[] {64, 200, 2048})
                 for (int v : new int[] {1, 257, 5000, 32003})
                     if (!(n == 300 && d == 2048 && v == 32003)) shapes.add(new int[] {n, d, v});
+        // the edges of variant 2's tiles: whole and one-past row blocks, vocabulary tiles and D chunks
+        shapes.add(new int[] {128, 8, 256});
+        shapes.add(new int[] {129, 520, 513});
+        shapes.add(new int[] {256, 32, 768});
         List<String> bad = new ArrayList<>();
         long seed = 1;
         double worst = 0;
@@ -113,23 +125,27 @@ class CudaCceParityTest {
             String at = "n=" + n + " d=" + d + " v=" + v;
 
             double[][] ref = naive(h, n, d, w, v, t);
-            CceLse.Result g = CudaCce.compute(gpu, hg, n, wg, t);
             CceLse.Result c = CceLse.compute(h, n, d, w, t);
-            for (int i = 0; i < n; i++) {
-                near(ref[0][i], g.lse()[i], RTOL, "precise lse " + at + " row " + i, bad);
-                near(ref[1][i], g.targetLogit()[i], RTOL, "precise target " + at + " row " + i, bad);
-                near(c.lse()[i], g.lse()[i], 2 * RTOL, "precise lse vs CceLse " + at + " row " + i, bad);
-                near(c.targetLogit()[i], g.targetLogit()[i], 2 * RTOL, "precise target vs CceLse " + at + " row " + i, bad);
-                worst = Math.max(worst, Math.abs(ref[0][i] - g.lse()[i]) / Math.max(1, Math.abs(ref[0][i])));
-            }
-
             float[] hb = bf16Exact(h);
             double[][] refB = naive(hb, n, d, w, v, t);
-            CceLse.Result f = CudaCce.compute(gpu, hg, n, wg, t, false);
-            for (int i = 0; i < n; i++) {
-                near(refB[0][i], f.lse()[i], RTOL, "fast lse " + at + " row " + i, bad);
-                near(refB[1][i], f.targetLogit()[i], RTOL, "fast target " + at + " row " + i, bad);
+            for (int variant : VARIANTS) {
+                CudaCce.setVariant(variant);
+                String atv = at + " v" + variant;
+                CceLse.Result g = CudaCce.compute(gpu, hg, n, wg, t);
+                for (int i = 0; i < n; i++) {
+                    near(ref[0][i], g.lse()[i], RTOL, "precise lse " + atv + " row " + i, bad);
+                    near(ref[1][i], g.targetLogit()[i], RTOL, "precise target " + atv + " row " + i, bad);
+                    near(c.lse()[i], g.lse()[i], 2 * RTOL, "precise lse vs CceLse " + atv + " row " + i, bad);
+                    near(c.targetLogit()[i], g.targetLogit()[i], 2 * RTOL, "precise target vs CceLse " + atv + " row " + i, bad);
+                    worst = Math.max(worst, Math.abs(ref[0][i] - g.lse()[i]) / Math.max(1, Math.abs(ref[0][i])));
+                }
+                CceLse.Result f = CudaCce.compute(gpu, hg, n, wg, t, false);
+                for (int i = 0; i < n; i++) {
+                    near(refB[0][i], f.lse()[i], RTOL, "fast lse " + atv + " row " + i, bad);
+                    near(refB[1][i], f.targetLogit()[i], RTOL, "fast target " + atv + " row " + i, bad);
+                }
             }
+            CudaCce.setVariant(defaultVariant);
             gpu.free(((CudaTensor) hg).ptr);
             gpu.free(((CudaTensor) wg).ptr);
         }
@@ -143,17 +159,54 @@ class CudaCceParityTest {
         SplittableRandom r = new SplittableRandom(99);
         float[] h = gaussian(r, n * d, 1.0), w = bf16Exact(gaussian(r, v * d, 0.2));
         Tensor hg = act(gpu, n, d, h), wg = gpu.weight(bf16Weight("lm_head", v, d, w));
-        CceLse.Result g = CudaCce.compute(gpu, hg, n, wg, null);
         double[][] ref = naive(h, n, d, w, v, new int[n]);
+        double[][] refB = naive(bf16Exact(h), n, d, w, v, new int[n]);
         List<String> bad = new ArrayList<>();
-        for (int i = 0; i < n; i++) {
-            near(ref[0][i], g.lse()[i], RTOL, "lse row " + i, bad);
-            if (!Float.isNaN(g.targetLogit()[i])) bad.add("target row " + i + " not NaN");
+        try {
+            for (int variant : VARIANTS) {
+                CudaCce.setVariant(variant);
+                for (boolean precise : new boolean[] {true, false}) {
+                    CceLse.Result g = CudaCce.compute(gpu, hg, n, wg, null, precise);
+                    String at = "v" + variant + (precise ? " precise" : " fast");
+                    for (int i = 0; i < n; i++) {
+                        near((precise ? ref : refB)[0][i], g.lse()[i], RTOL, at + " lse row " + i, bad);
+                        if (!Float.isNaN(g.targetLogit()[i])) bad.add(at + " target row " + i + " not NaN");
+                    }
+                }
+            }
+        } finally {
+            CudaCce.setVariant(defaultVariant);
         }
         assertTrue(bad.isEmpty(), bad.toString());
         // n = 0 launches nothing; a target outside the vocabulary is refused like on the CPU
         assertTrue(CudaCce.compute(gpu, hg, 0, wg, new int[0]).size() == 0);
         assertThrows(IllegalArgumentException.class, () -> CudaCce.compute(gpu, hg, 1, wg, new int[] {v}));
+    }
+
+    @Test
+    void variantTwoNeedsItsWorkspace() {
+        int n = 5, d = 64, v = 40;
+        SplittableRandom r = new SplittableRandom(3);
+        CudaTensor hg = (CudaTensor) act(gpu, n, d, gaussian(r, n * d, 1.0));
+        CudaTensor wg = (CudaTensor) gpu.weight(bf16Weight("lm_head", v, d, bf16Exact(gaussian(r, v * d, 0.1))));
+        assertTrue(TpNative.tp_cce_set_variant(3) == TpNative.TP_ERR_BAD_ARGUMENT);
+        assertTrue(TpNative.tp_cce_set_variant(0) == TpNative.TP_ERR_BAD_ARGUMENT);
+        long small = CudaCce.workspaceBytes(n, d, 1), big = CudaCce.workspaceBytes(n, d, 2);
+        assertTrue(big == small + 2L * n * d, "variant 2 adds a bf16 copy of h: " + small + " / " + big);
+        long ws = gpu.malloc(big, "test cce workspace"), out = gpu.malloc(8L * n, "test cce out");
+        try {
+            CudaCce.setVariant(2);
+            assertTrue(CudaCce.workspaceBytes(n, d) == big);
+            assertThrows(IllegalArgumentException.class, () -> CudaCce.computeDevice(gpu, out, 0, hg.ptr, wg.ptr, 0, n,
+                    v, d, false, ws, small));
+            CudaCce.computeDevice(gpu, out, 0, hg.ptr, wg.ptr, 0, n, v, d, true, ws, small); // precise: variant 1
+            CudaCce.computeDevice(gpu, out, 0, hg.ptr, wg.ptr, 0, n, v, d, false, ws, big);
+            gpu.synchronize();
+        } finally {
+            CudaCce.setVariant(defaultVariant);
+            gpu.free(ws);
+            gpu.free(out);
+        }
     }
 
     @Test

@@ -120,6 +120,36 @@ class CudaNativeLibTest {
     }
 
     @Test
+    void abiCceVariantAndWorkspaceWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        int v0 = TpNative.tp_cce_get_variant();
+        try {
+            assertEquals(1, v0, "variant 1 stays the default");
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_cce_set_variant(0));
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_cce_set_variant(3));
+            assertTrue(TpNative.tp_last_error_message().getString().contains("variant"));
+            long w1 = TpNative.tp_cce_lse_workspace_bytes(100);
+            assertEquals(w1, TpNative.tp_cce_lse_workspace_bytes_for(100, 64, 1));
+            assertEquals(w1, TpNative.tp_cce_lse_workspace_bytes_for(100, 64, 0));  // the variant set now: 1
+            assertEquals(w1 + 2L * 100 * 64, TpNative.tp_cce_lse_workspace_bytes_for(100, 64, 2));
+            assertEquals(0, TpNative.tp_cce_lse_workspace_bytes_for(0, 64, 2));
+            assertEquals(TpNative.TP_OK, TpNative.tp_cce_set_variant(2));
+            assertEquals(2, TpNative.tp_cce_get_variant());
+            assertEquals(w1 + 2L * 100 * 64, TpNative.tp_cce_lse_workspace_bytes_for(100, 64, 0));
+            // variant 2 (bf16 h) with a variant-1 workspace is refused before anything is launched
+            int rc = TpNative.tp_cce_lse(16, 0, 32, 48, 0, 100, 1000, 64, 0, 64, w1, 0);
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc);
+            assertTrue(TpNative.tp_last_error_message().getString().contains("variant 2"),
+                    TpNative.tp_last_error_message().getString());
+            // its other checks are variant 1's
+            assertEquals(TpNative.TP_ERR_UNSUPPORTED, TpNative.tp_cce_lse(16, 0, 32, 48, 0, 100, 1000, 60, 0, 64,
+                    w1 + 2L * 100 * 64, 0));
+        } finally {
+            TpNative.tp_cce_set_variant(v0);
+        }
+    }
+
+    @Test
     void pdlSwitchWithoutGpu() {
         Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
         Assumptions.assumeFalse(Cuda.available(), "a GPU is present: the GPU tests cover PDL");
