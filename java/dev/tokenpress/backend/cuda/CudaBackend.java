@@ -261,9 +261,9 @@ public final class CudaBackend implements Backend {
     public boolean fusedAttnMerge() { return fusedAttnMerge; }
 
     /**
-     * Decode attention kernel: 2 = the cp.async-pipelined kernel (default), 1 = the previous register-loaded
-     * kernel ({@code -Dtokenpress.cuda.attention=v1} or this setter), 3 = tensor cores ({@code =v3}). Process-wide in the native library (the
-     * last backend to set it wins). Drops a captured graph.
+     * Decode attention kernel: 3 = tensor cores (default), 2 = the cp.async-pipelined kernel
+     * ({@code -Dtokenpress.cuda.attention=v2} or this setter), 1 = the first, register-loaded kernel ({@code =v1}).
+     * Process-wide in the native library (the last backend to set it wins). Drops a captured graph.
      */
     public void setAttentionVariant(int variant) {
         if (variant < 1 || variant > 3) throw new IllegalArgumentException("attention variant " + variant + ": 1, 2 or 3");
