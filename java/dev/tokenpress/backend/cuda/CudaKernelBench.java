@@ -89,23 +89,8 @@ public final class CudaKernelBench {
         int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
         KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
         CudaKvCache c = (CudaKvCache) kv;
-        int chunk = Math.min(context, 8192);
-        Tensor k = b.allocate(chunk, kvHeads * headDim), v = b.allocate(chunk, kvHeads * headDim);
         SplittableRandom r = new SplittableRandom(42);
-        float[] data = new float[chunk * kvHeads * headDim];
-        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
-        b.upload(k, data);
-        b.upload(v, data);
-        for (int done = 0; done < context; done += chunk) {
-            int m = Math.min(chunk, context - done);
-            int[] pos = new int[m];
-            for (int i = 0; i < m; i++) pos[i] = done + i;
-            for (int l = 0; l < layers; l++) {
-                int[][] slots = new int[kvHeads][];
-                for (int g = 0; g < kvHeads; g++) slots[g] = kv.allocate(l, g, pos, m);
-                b.storeKv(kv, l, k, v, slots, m);
-            }
-        }
+        fill(b, kv, layers, kvHeads, headDim, context, r);
         Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
         float[] qd = new float[heads * headDim];
         for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
@@ -181,23 +166,8 @@ public final class CudaKernelBench {
         int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
         KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
         CudaKvCache c = (CudaKvCache) kv;
-        int chunk = Math.min(context, 8192);
-        Tensor kt = b.allocate(chunk, kvHeads * headDim), vt = b.allocate(chunk, kvHeads * headDim);
         SplittableRandom r = new SplittableRandom(42);
-        float[] data = new float[chunk * kvHeads * headDim];
-        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
-        b.upload(kt, data);
-        b.upload(vt, data);
-        for (int done = 0; done < context; done += chunk) {
-            int m = Math.min(chunk, context - done);
-            int[] pos = new int[m];
-            for (int i = 0; i < m; i++) pos[i] = done + i;
-            for (int l = 0; l < layers; l++) {
-                int[][] slots = new int[kvHeads][];
-                for (int g = 0; g < kvHeads; g++) slots[g] = kv.allocate(l, g, pos, m);
-                b.storeKv(kv, l, kt, vt, slots, m);
-            }
-        }
+        fill(b, kv, layers, kvHeads, headDim, context, r);
         Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
         float[] qd = new float[heads * headDim];
         for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
@@ -319,23 +289,8 @@ public final class CudaKernelBench {
         long perLayer = (long) context * kvHeads * (headDim + 16L);
         int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
         CudaQuantKvCache c = (CudaQuantKvCache) b.newKvCache(layers, kvHeads, headDim, context, qs);
-        int chunk = Math.min(context, 8192);
-        Tensor kt = b.allocate(chunk, kvHeads * headDim), vt = b.allocate(chunk, kvHeads * headDim);
         SplittableRandom r = new SplittableRandom(42);
-        float[] data = new float[chunk * kvHeads * headDim];
-        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
-        b.upload(kt, data);
-        b.upload(vt, data);
-        for (int done = 0; done < context; done += chunk) {
-            int m = Math.min(chunk, context - done);
-            int[] pos = new int[m];
-            for (int i = 0; i < m; i++) pos[i] = done + i;
-            for (int l = 0; l < layers; l++) {
-                int[][] slots = new int[kvHeads][];
-                for (int g = 0; g < kvHeads; g++) slots[g] = c.allocate(l, g, pos, m);
-                b.storeKv(c, l, kt, vt, slots, m);
-            }
-        }
+        fill(b, c, layers, kvHeads, headDim, context, r);
         Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
         float[] qd = new float[heads * headDim];
         for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
@@ -406,6 +361,30 @@ public final class CudaKernelBench {
             b.free(o);
         }
         return new GemvResult(rows, cols, wprs, us, gbs);
+    }
+
+    /**
+     * Positions 0..context-1 in every layer and KV head of {@code cache}, appended through {@code storeKv} in chunks
+     * of up to 8192 tokens with uniform random keys (values the same numbers) drawn from {@code r}.
+     */
+    private static void fill(CudaBackend b, KvCache cache, int layers, int kvHeads, int headDim, int context,
+                             SplittableRandom r) {
+        int chunk = Math.min(context, 8192);
+        Tensor kt = b.allocate(chunk, kvHeads * headDim), vt = b.allocate(chunk, kvHeads * headDim);
+        float[] data = new float[chunk * kvHeads * headDim];
+        for (int i = 0; i < data.length; i++) data[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(kt, data);
+        b.upload(vt, data);
+        for (int done = 0; done < context; done += chunk) {
+            int m = Math.min(chunk, context - done);
+            int[] pos = new int[m];
+            for (int i = 0; i < m; i++) pos[i] = done + i;
+            for (int l = 0; l < layers; l++) {
+                int[][] slots = new int[kvHeads][];
+                for (int g = 0; g < kvHeads; g++) slots[g] = cache.allocate(l, g, pos, m);
+                b.storeKv(cache, l, kt, vt, slots, m);
+            }
+        }
     }
 
     private interface IntConsumerEx {
