@@ -312,6 +312,107 @@ __device__ __forceinline__ int lds32(uint32_t a) {
     return v;
 }
 
+// Fused merge of the split partials (decode_split_v2_kernel, decode_split_v3_kernel): every block of a (KV head,
+// head chunk) arrives through a barrier, then one thread's fence + atomic (the block's partial stores are ordered
+// before the count by the barrier and the cumulative fence, as in a cooperative-groups grid barrier); the last one
+// combines every split's (m, d) and partial output for its nh <= NH q-heads (from h0) into out (and lse2), using
+// smem (>= NH * kMaxSplits floats + kThreads float4s, free by now) as scratch, and resets its counter.
+template <int HD, int NH>
+__device__ __forceinline__ void fused_split_merge(unsigned char* smem, int* __restrict__ counters, int splits,
+                                                  const float* __restrict__ part_o,
+                                                  const float2* __restrict__ part_md, float* __restrict__ out,
+                                                  float* __restrict__ lse2, int h0, int nh, int warp, int lane) {
+    __shared__ int sm_last;
+    __shared__ float sm_M[NH], sm_D[NH];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const int last = atomicAdd(counters + blockIdx.y, 1) == splits - 1;
+        if (last) __threadfence();
+        sm_last = last;
+    }
+    __syncthreads();
+    if (!sm_last) return;
+    float* sm_f = reinterpret_cast<float*>(smem);  // [NH][kMaxSplits] rescale factors (sm_o was read above)
+    float4* sm_acc = reinterpret_cast<float4*>(smem + NH * kMaxSplits * 4);  // [kThreads] partial sums
+    constexpr int PL = kMaxSplits / 32;
+    for (int g = warp; g < nh; g += kWarps) {
+        // every (m, d) of the head in one round of loads
+        const float2* md = part_md + (int64_t)(h0 + g) * splits;
+        float2 v[PL];
+        float M = kNegInf;
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            const int s2 = lane + 32 * i;
+            v[i] = s2 < splits ? __ldcg(md + s2) : make_float2(kNegInf, 0.f);
+        }
+#pragma unroll
+        for (int i = 0; i < PL; i++) M = fmaxf(M, v[i].x);
+        M = warp_max(M);
+        float D = 0.f;
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            const int s2 = lane + 32 * i;
+            if (s2 < splits) {
+                float f = exp2_diff(v[i].x, M);
+                sm_f[g * kMaxSplits + s2] = f;
+                D += v[i].y * f;
+            }
+        }
+        D = warp_sum(D);
+        if (lane == 0) {
+            sm_M[g] = M;
+            sm_D[g] = D;
+        }
+    }
+    __syncthreads();
+    constexpr int Q = HD / 4;
+    const int items = nh * Q;
+    const int ways = items >= kThreads ? 1 : kThreads / items;
+    for (int e = threadIdx.x; e < items * ways; e += kThreads) {
+        const int it = e % items, way = e / items;
+        const int g = it / Q, j4 = it % Q;
+        const float4* po = reinterpret_cast<const float4*>(part_o) + (int64_t)(h0 + g) * splits * Q + j4;
+        const float* f = sm_f + g * kMaxSplits;
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int s2 = way; s2 < splits; s2 += ways) {
+            float4 v = __ldcg(po + (int64_t)s2 * Q);
+            float c2 = f[s2];
+            a.x = fmaf(v.x, c2, a.x);
+            a.y = fmaf(v.y, c2, a.y);
+            a.z = fmaf(v.z, c2, a.z);
+            a.w = fmaf(v.w, c2, a.w);
+        }
+        if (ways == 1) {
+            float D = sm_D[g];
+            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
+                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            sm_acc[e] = a;
+        }
+    }
+    if (ways > 1) {
+        __syncthreads();
+        for (int it = threadIdx.x; it < items; it += kThreads) {
+            const int g = it / Q, j4 = it % Q;
+            float4 a = sm_acc[it];
+            for (int w2 = 1; w2 < ways; w2++) {
+                float4 b = sm_acc[w2 * items + it];
+                a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+            }
+            float D = sm_D[g];
+            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
+                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    if (lse2 && threadIdx.x < nh) {
+        float D = sm_D[threadIdx.x];
+        lse2[h0 + threadIdx.x] = D > 0.f ? sm_M[threadIdx.x] + log2f(D) : kNegInf;
+    }
+    if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next call (stream order)
+}
+
 template <int HD, int GT>
 __global__ void __launch_bounds__(kThreads, v2_blocks_per_sm(GT))
 decode_split_v2_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
@@ -515,97 +616,7 @@ decode_split_v2_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     }
     if (direct || counters == nullptr) return;
 
-    // Fused merge. Arrival: barrier, then one thread's fence + atomic (the block's partial stores are ordered
-    // before the count by the barrier and the cumulative fence, as in a cooperative-groups grid barrier).
-    __shared__ int sm_last;
-    __shared__ float sm_M[GT], sm_D[GT];
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const int last = atomicAdd(counters + blockIdx.y, 1) == splits - 1;
-        if (last) __threadfence();
-        sm_last = last;
-    }
-    __syncthreads();
-    if (!sm_last) return;
-    float* sm_f = reinterpret_cast<float*>(smem);  // [GT][kMaxSplits] rescale factors (sm_o was read above)
-    float4* sm_acc = reinterpret_cast<float4*>(smem + GT * kMaxSplits * 4);  // [kThreads] partial sums
-    constexpr int PL = kMaxSplits / 32;
-    for (int g = warp; g < nh; g += kWarps) {
-        // every (m, d) of the head in one round of loads
-        const float2* md = part_md + (int64_t)(h0 + g) * splits;
-        float2 v[PL];
-        float M = kNegInf;
-#pragma unroll
-        for (int i = 0; i < PL; i++) {
-            const int s2 = lane + 32 * i;
-            v[i] = s2 < splits ? __ldcg(md + s2) : make_float2(kNegInf, 0.f);
-        }
-#pragma unroll
-        for (int i = 0; i < PL; i++) M = fmaxf(M, v[i].x);
-        M = warp_max(M);
-        float D = 0.f;
-#pragma unroll
-        for (int i = 0; i < PL; i++) {
-            const int s2 = lane + 32 * i;
-            if (s2 < splits) {
-                float f = exp2_diff(v[i].x, M);
-                sm_f[g * kMaxSplits + s2] = f;
-                D += v[i].y * f;
-            }
-        }
-        D = warp_sum(D);
-        if (lane == 0) {
-            sm_M[g] = M;
-            sm_D[g] = D;
-        }
-    }
-    __syncthreads();
-    constexpr int Q = HD / 4;
-    const int items = nh * Q;
-    const int ways = items >= kThreads ? 1 : kThreads / items;
-    for (int e = threadIdx.x; e < items * ways; e += kThreads) {
-        const int it = e % items, way = e / items;
-        const int g = it / Q, j4 = it % Q;
-        const float4* po = reinterpret_cast<const float4*>(part_o) + (int64_t)(h0 + g) * splits * Q + j4;
-        const float* f = sm_f + g * kMaxSplits;
-        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-        for (int s2 = way; s2 < splits; s2 += ways) {
-            float4 v = __ldcg(po + (int64_t)s2 * Q);
-            float c2 = f[s2];
-            a.x = fmaf(v.x, c2, a.x);
-            a.y = fmaf(v.y, c2, a.y);
-            a.z = fmaf(v.z, c2, a.z);
-            a.w = fmaf(v.w, c2, a.w);
-        }
-        if (ways == 1) {
-            float D = sm_D[g];
-            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
-                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
-        } else {
-            sm_acc[e] = a;
-        }
-    }
-    if (ways > 1) {
-        __syncthreads();
-        for (int it = threadIdx.x; it < items; it += kThreads) {
-            const int g = it / Q, j4 = it % Q;
-            float4 a = sm_acc[it];
-            for (int w2 = 1; w2 < ways; w2++) {
-                float4 b = sm_acc[w2 * items + it];
-                a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
-            }
-            float D = sm_D[g];
-            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
-                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-    }
-    if (lse2 && threadIdx.x < nh) {
-        float D = sm_D[threadIdx.x];
-        lse2[h0 + threadIdx.x] = D > 0.f ? sm_M[threadIdx.x] + log2f(D) : kNegInf;
-    }
-    if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next call (stream order)
+    fused_split_merge<HD, GT>(smem, counters, splits, part_o, part_md, out, lse2, h0, nh, warp, lane);
 }
 
 // ---- v3: tensor-core scores and p·v ---------------------------------------------------------------------------
@@ -930,95 +941,7 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     }
     if (direct || counters == nullptr) return;
 
-    // Fused merge, as in decode_split_v2_kernel.
-    __shared__ int sm_last;
-    __shared__ float sm_M[kV3MaxHeads], sm_D[kV3MaxHeads];
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const int last = atomicAdd(counters + blockIdx.y, 1) == splits - 1;
-        if (last) __threadfence();
-        sm_last = last;
-    }
-    __syncthreads();
-    if (!sm_last) return;
-    float* sm_f = reinterpret_cast<float*>(smem);  // [kV3MaxHeads][kMaxSplits] rescale factors (sm_o was read above)
-    float4* sm_acc = reinterpret_cast<float4*>(smem + kV3MaxHeads * kMaxSplits * 4);  // [kThreads] partial sums
-    constexpr int PL = kMaxSplits / 32;
-    for (int g = warp; g < nh; g += kWarps) {
-        const float2* md = part_md + (int64_t)(h0 + g) * splits;
-        float2 v[PL];
-        float M = kNegInf;
-#pragma unroll
-        for (int i = 0; i < PL; i++) {
-            const int s2 = lane + 32 * i;
-            v[i] = s2 < splits ? __ldcg(md + s2) : make_float2(kNegInf, 0.f);
-        }
-#pragma unroll
-        for (int i = 0; i < PL; i++) M = fmaxf(M, v[i].x);
-        M = warp_max(M);
-        float D = 0.f;
-#pragma unroll
-        for (int i = 0; i < PL; i++) {
-            const int s2 = lane + 32 * i;
-            if (s2 < splits) {
-                float f = exp2_diff(v[i].x, M);
-                sm_f[g * kMaxSplits + s2] = f;
-                D += v[i].y * f;
-            }
-        }
-        D = warp_sum(D);
-        if (lane == 0) {
-            sm_M[g] = M;
-            sm_D[g] = D;
-        }
-    }
-    __syncthreads();
-    constexpr int Q = HD / 4;
-    const int items = nh * Q;
-    const int ways = items >= kThreads ? 1 : kThreads / items;
-    for (int e = threadIdx.x; e < items * ways; e += kThreads) {
-        const int it = e % items, way = e / items;
-        const int g = it / Q, j4 = it % Q;
-        const float4* po = reinterpret_cast<const float4*>(part_o) + (int64_t)(h0 + g) * splits * Q + j4;
-        const float* f = sm_f + g * kMaxSplits;
-        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-        for (int s2 = way; s2 < splits; s2 += ways) {
-            float4 v = __ldcg(po + (int64_t)s2 * Q);
-            float c2 = f[s2];
-            a.x = fmaf(v.x, c2, a.x);
-            a.y = fmaf(v.y, c2, a.y);
-            a.z = fmaf(v.z, c2, a.z);
-            a.w = fmaf(v.w, c2, a.w);
-        }
-        if (ways == 1) {
-            float D = sm_D[g];
-            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
-                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
-        } else {
-            sm_acc[e] = a;
-        }
-    }
-    if (ways > 1) {
-        __syncthreads();
-        for (int it = threadIdx.x; it < items; it += kThreads) {
-            const int g = it / Q, j4 = it % Q;
-            float4 a = sm_acc[it];
-            for (int w2 = 1; w2 < ways; w2++) {
-                float4 b = sm_acc[w2 * items + it];
-                a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
-            }
-            float D = sm_D[g];
-            reinterpret_cast<float4*>(out + (int64_t)(h0 + g) * HD)[j4] = D > 0.f
-                ? make_float4(a.x / D, a.y / D, a.z / D, a.w / D) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-    }
-    if (lse2 && threadIdx.x < nh) {
-        float D = sm_D[threadIdx.x];
-        lse2[h0 + threadIdx.x] = D > 0.f ? sm_M[threadIdx.x] + log2f(D) : kNegInf;
-    }
-    if (threadIdx.x == 0) counters[blockIdx.y] = 0;  // ready for the next call (stream order)
+    fused_split_merge<HD, kV3MaxHeads>(smem, counters, splits, part_o, part_md, out, lse2, h0, nh, warp, lane);
 }
 
 // One block per q-head, one thread per output dim: merges the splits' partial states.
