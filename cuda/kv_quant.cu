@@ -239,6 +239,41 @@ __global__ void kvq_window_write_kernel(float* __restrict__ wk, float* __restric
 // per channel) and dotted with each q-head of the chunk (warp sum), the value likewise (s_g·code + z_g per token
 // group) and accumulated into the online-softmax state. The 4 warps merge in shared memory; splits == 1 writes
 // out, otherwise the partial (m, d, o) go to the workspace for kvq_merge_kernel.
+// The end of a quantized-attention block: merges its warps' partial states (shared memory, [kWarps][NH]...) of
+// the gt q-heads from h0 of query row r and writes the output (one split) or this split's (m, d, o) into ws.
+template <int HD, int NH>
+__device__ __forceinline__ void write_block_result(const float (*sm_m)[NH], const float (*sm_d)[NH],
+                                                   const float (*sm_o)[NH][HD], int gt, int r, int H, int h0,
+                                                   int splits, int split, float* __restrict__ out,
+                                                   float* __restrict__ ws) {
+    for (int e = threadIdx.x; e < gt * HD; e += kThreads) {
+        int j = e / HD, c = e - j * HD;
+        float mm = kNegInf;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sm_m[w][j]);
+        float d = 0.f, oo = 0.f;
+        if (mm != kNegInf) {
+#pragma unroll
+            for (int w = 0; w < kWarps; w++) {
+                float a = exp2_diff(sm_m[w][j], mm);
+                d += sm_d[w][j] * a;
+                oo += sm_o[w][j][c] * a;
+            }
+        }
+        int64_t rh = (int64_t)r * H + h0 + j;
+        if (splits == 1) {
+            out[rh * HD + c] = d > 0.f ? oo / d : 0.f;
+        } else {
+            int64_t part = rh * splits + split;
+            ws[(int64_t)gridDim.z * H * splits * 2 + part * HD + c] = oo;
+            if (c == 0) {
+                ws[part * 2] = mm;
+                ws[part * 2 + 1] = d;
+            }
+        }
+    }
+}
+
 template <int HD, int BITS>
 __global__ void __launch_bounds__(kThreads) kvq_attention_kernel(
         float* __restrict__ out, float* __restrict__ ws, const float* __restrict__ q, const uint8_t* __restrict__ pool,
@@ -336,32 +371,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_kernel(
         }
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < gt * HD; e += kThreads) {
-        int j = e / HD, c = e - j * HD;
-        float m = kNegInf;
-#pragma unroll
-        for (int w = 0; w < kWarps; w++) m = fmaxf(m, sm_m[w][j]);
-        float d = 0.f, o = 0.f;
-        if (m != kNegInf) {
-#pragma unroll
-            for (int w = 0; w < kWarps; w++) {
-                float a = exp2_diff(sm_m[w][j], m);
-                d += sm_d[w][j] * a;
-                o += sm_o[w][j][c] * a;
-            }
-        }
-        int64_t rh = (int64_t)r * H + h0 + j;
-        if (splits == 1) {
-            out[rh * HD + c] = d > 0.f ? o / d : 0.f;
-        } else {
-            int64_t part = rh * splits + split;
-            ws[(int64_t)gridDim.z * H * splits * 2 + part * HD + c] = o;
-            if (c == 0) {
-                ws[part * 2] = m;
-                ws[part * 2 + 1] = d;
-            }
-        }
-    }
+    write_block_result<HD, kMaxGt>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws);
 }
 
 // f16 bits -> f32 by the hardware conversion (exact for every f16, like h2f).
@@ -542,32 +552,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v2_kernel(
         }
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < gt * HD; e += kThreads) {
-        int j = e / HD, c = e - j * HD;
-        float mm = kNegInf;
-#pragma unroll
-        for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sm_m[w][j]);
-        float d = 0.f, oo = 0.f;
-        if (mm != kNegInf) {
-#pragma unroll
-            for (int w = 0; w < kWarps; w++) {
-                float a = exp2_diff(sm_m[w][j], mm);
-                d += sm_d[w][j] * a;
-                oo += sm_o[w][j][c] * a;
-            }
-        }
-        int64_t rh = (int64_t)r * H + h0 + j;
-        if (splits == 1) {
-            out[rh * HD + c] = d > 0.f ? oo / d : 0.f;
-        } else {
-            int64_t part = rh * splits + split;
-            ws[(int64_t)gridDim.z * H * splits * 2 + part * HD + c] = oo;
-            if (c == 0) {
-                ws[part * 2] = mm;
-                ws[part * 2 + 1] = d;
-            }
-        }
-    }
+    write_block_result<HD, kMaxGt>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws);
 }
 
 // Variant 3: variant 2's tiles (a lane per candidate, tile-wide online softmax) with the two latency chains of
@@ -748,32 +733,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
         for (int i = 0; i < CPL; i++) sm_o[warp][j][c0 + i] = o[j][i];
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < gt * HD; e += kThreads) {
-        int j = e / HD, c = e - j * HD;
-        float mm = kNegInf;
-#pragma unroll
-        for (int w = 0; w < kWarps; w++) mm = fmaxf(mm, sm_m[w][j]);
-        float d = 0.f, oo = 0.f;
-        if (mm != kNegInf) {
-#pragma unroll
-            for (int w = 0; w < kWarps; w++) {
-                float a = exp2_diff(sm_m[w][j], mm);
-                d += sm_d[w][j] * a;
-                oo += sm_o[w][j][c] * a;
-            }
-        }
-        int64_t rh = (int64_t)r * H + h0 + j;
-        if (splits == 1) {
-            out[rh * HD + c] = d > 0.f ? oo / d : 0.f;
-        } else {
-            int64_t part = rh * splits + split;
-            ws[(int64_t)gridDim.z * H * splits * 2 + part * HD + c] = oo;
-            if (c == 0) {
-                ws[part * 2] = mm;
-                ws[part * 2 + 1] = d;
-            }
-        }
-    }
+    write_block_result<HD, GT>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws);
 }
 
 // out[r, h] = merge of the splits' partial states. grid n*H, block HD threads.
