@@ -355,10 +355,6 @@ public final class KernelBench {
             new Paths("_nopdl", true, true, true, false, false, 3), new Paths("_unfused", true, true, false, false, false, 3),
             new Paths("_cublas", false, false, false, false, false, 3)};
 
-    private static boolean available(CudaBackend gpu, Paths p) {
-        return true;
-    }
-
     private static void usePaths(CudaBackend gpu, Paths p) {
         gpu.setGemvEnabled(p.gemv());
         gpu.setFusedAttnMerge(p.fusedMerge());
@@ -399,7 +395,6 @@ public final class KernelBench {
                 int token = m.argmax(), pos = prompt.length;
                 double base = 0;
                 for (Paths p : E2E_PATHS) {
-                    if (!available(gpu, p)) continue;
                     usePaths(gpu, p);
                     double tps = decode(gpu, m, cache, token, pos, shortSteps);
                     pos += shortSteps + DECODE_WARMUP;
@@ -425,7 +420,6 @@ public final class KernelBench {
                 int pos = longCtx;
                 double base = 0;
                 for (Paths p : E2E_PATHS) {
-                    if (!available(gpu, p)) continue;
                     usePaths(gpu, p);
                     double tps = decode(gpu, m, cache, 1, pos, longSteps);
                     pos += longSteps + DECODE_WARMUP;

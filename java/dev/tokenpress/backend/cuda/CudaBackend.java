@@ -241,8 +241,7 @@ public final class CudaBackend implements Backend {
      * goes through the f32→bf16 conversion and cuBLAS). Drops a captured graph.
      */
     public void setGemvEnabled(boolean on) {
-        requireEager("setGemvEnabled");
-        dropGraph();
+        reconfigure("setGemvEnabled");
         gemvEnabled = on;
     }
 
@@ -253,8 +252,7 @@ public final class CudaBackend implements Backend {
      * a second kernel ({@code -Dtokenpress.cuda.fusedAttnMerge=false} or this setter). Drops a captured graph.
      */
     public void setFusedAttnMerge(boolean on) {
-        requireEager("setFusedAttnMerge");
-        dropGraph();
+        reconfigure("setFusedAttnMerge");
         fusedAttnMerge = on;
     }
 
@@ -267,8 +265,7 @@ public final class CudaBackend implements Backend {
      */
     public void setAttentionVariant(int variant) {
         if (variant < 1 || variant > 3) throw new IllegalArgumentException("attention variant " + variant + ": 1, 2 or 3");
-        requireEager("setAttentionVariant");
-        dropGraph();
+        reconfigure("setAttentionVariant");
         check(TpNative.tp_set_attention_variant(variant), "attention variant");
         attentionVariant = variant;
     }
@@ -281,8 +278,7 @@ public final class CudaBackend implements Backend {
      * captured graph.
      */
     public void setFusedQkv(boolean on) {
-        requireEager("setFusedQkv");
-        dropGraph();
+        reconfigure("setFusedQkv");
         fusedQkv = on;
     }
 
@@ -294,8 +290,7 @@ public final class CudaBackend implements Backend {
      * captured graph.
      */
     public void setFusedSwiglu(boolean on) {
-        requireEager("setFusedSwiglu");
-        dropGraph();
+        reconfigure("setFusedSwiglu");
         fusedSwiglu = on;
     }
 
@@ -309,8 +304,7 @@ public final class CudaBackend implements Backend {
      * this setter; needs the GEMV path (and fused qkv / gate-up for the norm). Drops a captured graph.
      */
     public void setFusedNorm(boolean on) {
-        requireEager("setFusedNorm");
-        dropGraph();
+        reconfigure("setFusedNorm");
         fusedNorm = on;
     }
 
@@ -326,8 +320,7 @@ public final class CudaBackend implements Backend {
      * {@code -Dtokenpress.cuda.fusedRopeStoreKv=false} or this setter: rope, rope, storeKv). Drops a captured graph.
      */
     public void setFusedRopeStoreKv(boolean on) {
-        requireEager("setFusedRopeStoreKv");
-        dropGraph();
+        reconfigure("setFusedRopeStoreKv");
         fusedRopeStoreKv = on;
     }
 
@@ -340,8 +333,7 @@ public final class CudaBackend implements Backend {
      * captured graph.
      */
     public void setShortAttn(boolean on) {
-        requireEager("setShortAttn");
-        dropGraph();
+        reconfigure("setShortAttn");
         shortAttn = on;
     }
 
@@ -350,14 +342,13 @@ public final class CudaBackend implements Backend {
     /**
      * Programmatic Dependent Launch for the small-op, GEMV and argmax/top-k kernels ({@code tp_set_pdl}): each
      * may start while the kernel before it finishes (the GEMVs issue their first weight loads before waiting).
-     * Off by default; {@code -Dtokenpress.cuda.pdl=true} (or {@code TOKENPRESS_CUDA_PDL=1}) turns it on when the
-     * device supports it (sm_90+). The switch is process-wide: it applies to every CudaBackend's later launches
+     * On by default where the device supports it (sm_90+); {@code -Dtokenpress.cuda.pdl=false} (or
+     * {@code TOKENPRESS_CUDA_PDL=0}) turns it off. The switch is process-wide: it applies to every CudaBackend's later launches
      * and captures, and each new CudaBackend sets it from the property again. Drops this backend's captured
      * graph. Turning it on where {@link #pdlSupported()} is false throws {@link UnsupportedOpException}.
      */
     public void setPdl(boolean on) {
-        requireEager("setPdl");
-        dropGraph();
+        reconfigure("setPdl");
         check(TpNative.tp_set_pdl(on ? 1 : 0), "setPdl");
     }
 
@@ -389,6 +380,12 @@ public final class CudaBackend implements Backend {
 
     private static String onOff(boolean on) {
         return on ? "on" : "off";
+    }
+
+    /** A switch of the kernel paths changes: only between steps, and the captured graph no longer applies. */
+    private void reconfigure(String what) {
+        requireEager(what);
+        dropGraph();
     }
 
     /** Turns graph capture of decode steps on or off (off: every step runs eagerly). */
@@ -654,12 +651,7 @@ public final class CudaBackend implements Backend {
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int in = xi.cols;
-        boolean fuse = fusedQkv && gemvEnabled && n > 0
-                && wqt.cols == in && wkt.cols == in && wvt.cols == in
-                && qo.cols == wqt.rows && ko.cols == wkt.rows && vo.cols == wvt.rows
-                && gemvEligible(qo, xi, wqt, n, in, wqt.rows) && gemvEligible(ko, xi, wkt, n, in, wkt.rows)
-                && gemvEligible(vo, xi, wvt, n, in, wvt.rows);
-        if (!fuse) {
+        if (!qkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n)) {
             Backend.super.matmulQkv(q, k, v, x, wq, bq, wk, bk, wv, bv, n);
             return;
         }
@@ -674,10 +666,7 @@ public final class CudaBackend implements Backend {
     public void matmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor wGate, Tensor wUp, int n) {
         CudaTensor o = act(out), xi = act(x), wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
         int in = xi.cols, f = wg.rows;
-        boolean fuse = fusedSwiglu && gemvEnabled && n > 0
-                && wg.cols == in && wu.cols == in && wu.rows == f && o.cols == f
-                && gemvEligible(o, xi, wg, n, in, f) && gemvEligible(o, xi, wu, n, in, f);
-        if (!fuse) {
+        if (!swigluGemv(o, xi, wg, wu, n)) {
             Backend.super.matmulSwiglu(out, up, x, wGate, wUp, n);
             return;
         }
@@ -699,6 +688,23 @@ public final class CudaBackend implements Backend {
         Backend.super.matmulAdd(x, y, a, w, n);
     }
 
+    /** Whether q/k/v of x run as one fused GEMV launch (switches on, shapes agree, every matrix GEMV-eligible). */
+    private boolean qkvGemv(CudaTensor qo, CudaTensor ko, CudaTensor vo, CudaTensor xi, CudaTensor wq, CudaTensor wk,
+                            CudaTensor wv, int n) {
+        int in = xi.cols;
+        return fusedQkv && gemvEnabled && n > 0 && wq.cols == in && wk.cols == in && wv.cols == in
+                && qo.cols == wq.rows && ko.cols == wk.rows && vo.cols == wv.rows
+                && gemvEligible(qo, xi, wq, n, in, wq.rows) && gemvEligible(ko, xi, wk, n, in, wk.rows)
+                && gemvEligible(vo, xi, wv, n, in, wv.rows);
+    }
+
+    /** Whether gate/up of x + SwiGLU run as one fused GEMV kernel (switches on, shapes agree, GEMV-eligible). */
+    private boolean swigluGemv(CudaTensor o, CudaTensor xi, CudaTensor wg, CudaTensor wu, int n) {
+        int in = xi.cols, f = wg.rows;
+        return fusedSwiglu && gemvEnabled && n > 0 && wg.cols == in && wu.cols == in && wu.rows == f && o.cols == f
+                && gemvEligible(o, xi, wg, n, in, f) && gemvEligible(o, xi, wu, n, in, f);
+    }
+
     /** An f32 norm weight of exactly {@code dim} elements, 16-byte aligned (what the *_norm GEMVs read). */
     private static boolean normWeightOk(CudaTensor nw, int dim) {
         return !nw.bf16 && (long) nw.rows * nw.cols == dim && (nw.ptr & 15) == 0;
@@ -710,12 +716,7 @@ public final class CudaBackend implements Backend {
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x), nw = (CudaTensor) normW;
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int in = xi.cols;
-        boolean fuse = fusedNorm && fusedQkv && gemvEnabled && n > 0 && normWeightOk(nw, in)
-                && wqt.cols == in && wkt.cols == in && wvt.cols == in
-                && qo.cols == wqt.rows && ko.cols == wkt.rows && vo.cols == wvt.rows
-                && gemvEligible(qo, xi, wqt, n, in, wqt.rows) && gemvEligible(ko, xi, wkt, n, in, wkt.rows)
-                && gemvEligible(vo, xi, wvt, n, in, wvt.rows);
-        if (!fuse) {
+        if (!fusedNorm || !normWeightOk(nw, in) || !qkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n)) {
             Backend.super.rmsnormMatmulQkv(q, k, v, x, normW, eps, xn, wq, bq, wk, bk, wv, bv, n);
             return;
         }
@@ -731,10 +732,7 @@ public final class CudaBackend implements Backend {
                                     Tensor wGate, Tensor wUp, int n) {
         CudaTensor o = act(out), xi = act(x), nw = (CudaTensor) normW, wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
         int in = xi.cols, f = wg.rows;
-        boolean fuse = fusedNorm && fusedSwiglu && gemvEnabled && n > 0 && normWeightOk(nw, in)
-                && wg.cols == in && wu.cols == in && wu.rows == f && o.cols == f
-                && gemvEligible(o, xi, wg, n, in, f) && gemvEligible(o, xi, wu, n, in, f);
-        if (!fuse) {
+        if (!fusedNorm || !normWeightOk(nw, in) || !swigluGemv(o, xi, wg, wu, n)) {
             Backend.super.rmsnormMatmulSwiglu(out, up, x, normW, eps, xn, wGate, wUp, n);
             return;
         }
