@@ -6,9 +6,6 @@
 // Thread layout of the split kernel: LPR = hd/8 lanes own one key row (16-byte loads, 8 bf16 per lane),
 // so a warp covers 32/LPR rows per step and each lane keeps GT online-softmax states of 8 output dims.
 #include "attention_common.cuh"
-#ifdef TP_ATTN_TUNING
-#include <cstdlib>
-#endif
 
 namespace {
 
@@ -17,6 +14,15 @@ using namespace tp;
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxSplits = 256;
+
+// Forced splits per (KV head, head chunk) of every split launch (tp_set_attention_splits; 0 = the kernel's own
+// choice), for tuning sweeps. Direct (single-pass) launches are not affected.
+int g_splits_override = 0;
+
+int forced_splits(int splits) {
+    const int f = __atomic_load_n(&g_splits_override, __ATOMIC_RELAXED);
+    return f > 0 ? (f > kMaxSplits ? kMaxSplits : f) : splits;
+}
 
 __device__ __forceinline__ uint4 ldg16(const uint16_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
@@ -1058,9 +1064,7 @@ int launch_split_v2(int kv_blocks, int max_len, bool direct, dim3 grid, const fl
         int by_len = (int)ceil_div(max_len < 1 ? 1 : max_len, min_rows);
         splits = target < by_len ? target : by_len;
         splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
-#ifdef TP_ATTN_TUNING
-        if (const char* e = getenv("TP_V2_SPLITS")) splits = atoi(e) > 0 ? (atoi(e) > kMaxSplits ? kMaxSplits : atoi(e)) : splits;
-#endif
+        splits = forced_splits(splits);
     }
     *splits_out = splits;
     grid.x = splits;
@@ -1130,9 +1134,7 @@ int launch_split_v3(int kv_blocks, int max_len, bool direct, dim3 grid, const fl
         int by_len = (int)ceil_div(max_len < 1 ? 1 : max_len, min_rows);
         splits = target < by_len ? target : by_len;
         splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
-#ifdef TP_ATTN_TUNING
-        if (const char* e = getenv("TP_V3_SPLITS")) splits = atoi(e) > 0 ? (atoi(e) > kMaxSplits ? kMaxSplits : atoi(e)) : splits;
-#endif
+        splits = forced_splits(splits);
     }
     *splits_out = splits;
     grid.x = splits;
@@ -1217,6 +1219,14 @@ int tp_set_attention_variant(int variant) {
 
 int tp_get_attention_variant(void) { return __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED); }
 
+int tp_set_attention_splits(int splits) {
+    if (splits < 0 || splits > kMaxSplits)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_set_attention_splits: bad argument 'splits' (%d: 0 .. %d)", splits,
+                    kMaxSplits);
+    __atomic_store_n(&g_splits_override, splits, __ATOMIC_RELAXED);
+    return TP_OK;
+}
+
 int tp_decode_attention_counters(int num_heads, int kv_heads) {
     if (num_heads <= 0 || kv_heads <= 0 || num_heads % kv_heads != 0) return 0;
     const int G = num_heads / kv_heads;
@@ -1282,7 +1292,8 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
     const int single_max = single_split_max_len < 0 ? 4 * rows_per_iter : single_split_max_len;
     const bool direct = single_split_max_len != 0 && max_len <= single_max;
     const int variant = __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED);
-    int splits = direct ? 1 : pick_splits(kv_heads * chunks, max_len, rows_per_step, split_blocks_per_sm(gt));
+    int splits = direct ? 1 : forced_splits(pick_splits(kv_heads * chunks, max_len, rows_per_step,
+                                                        split_blocks_per_sm(gt)));
     float* part_o = TP_PTR(float, workspace);
     uint64_t parts = (uint64_t)num_heads * kMaxSplits;
     float2* part_md = reinterpret_cast<float2*>(part_o + parts * head_dim);

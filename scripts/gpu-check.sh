@@ -69,7 +69,7 @@ run_checks() {
   mkdir -p "$WORK"
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
-  # STAGES (default all but gemv and profile): any of junit,attention,policies,gemv,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
+  # STAGES (default all but gemv, attnsweep and profile): any of junit,attention,policies,gemv,attnsweep,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
   # stage timeouts; POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model);
   # JUNIT_CLASSES (simple class names) and JUNIT_TAG (suffix of junit<TAG>.log) split the JUnit stage into several
   # JVMs, so one crashing class cannot take the others down; APPEND_SUMMARY=1 appends to gpu-summary.txt
@@ -169,6 +169,15 @@ run_checks() {
   [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-gemv.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
   fi
 
+  # -- stage 3d (only when STAGES names it): decode attention split-count sweep, full and tidal k=2048, graph and eager
+  if want attnsweep; then
+  timeout "${T_SWEEP:-90}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench attnsweep > "$OUT/bench-attnsweep.log" 2>&1
+  rc=$?
+  stage_rc bench-attnsweep $rc
+  grep -E "^(device|RESULT copy|\|)" "$OUT/bench-attnsweep.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-attnsweep.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  fi
+
   # -- stage 3b: CCE log-sum-exp vs cuBLAS logits + naive log-softmax (N=8192, D=2048, V=128256)
   if want cce; then
   timeout "${T_CCE:-60}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench cce > "$OUT/bench-cce.log" 2>&1
@@ -200,7 +209,8 @@ run_checks() {
   # CUDA graphs, then Nsight Compute over about one eager decode step (graphs off so each kernel is attributed).
   if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" ]] && want profile; then
     # graphs on, graphs off, graphs on with Programmatic Dependent Launch (the log's "backend:" line says PDL on/off)
-    for gp in "true false" "false false" "true true"; do
+    # PROF_STEPS=0 skips these step timings (Nsight Compute only)
+    [[ "${PROF_STEPS:-1}" == 0 ]] || for gp in "true false" "false false" "true true"; do
       local g p tag
       read -r g p <<< "$gp"
       tag="graphs-$g"; [[ $p == true ]] && tag="$tag-pdl"

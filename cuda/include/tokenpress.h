@@ -264,6 +264,13 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
 int tp_set_attention_variant(int variant);
 /** The variant tp_decode_attention* launches now (1, 2 or 3). */
 int tp_get_attention_variant(void);
+/**
+ * Forces the number of splits per (KV head, head chunk) of every split decode-attention launch (process-wide):
+ * 0 = the kernel's own choice (one wave of resident blocks), else 1 .. 256. Single-pass launches of short
+ * candidate lists are not affected. For tuning sweeps (KernelBench attnsweep); results are the same up to
+ * summation order. TP_ERR_BAD_ARGUMENT outside 0 .. 256.
+ */
+int tp_set_attention_splits(int splits);
 
 /** Bytes of workspace tp_prefill_attention needs for n queries of num_heads heads. */
 uint64_t tp_prefill_attention_workspace_bytes(int n, int num_heads);

@@ -31,6 +31,8 @@ import java.util.SplittableRandom;
  *       on where the device supports it (keys e2e_*) and off (e2e_*_nopdl), and the earlier paths.</li>
  *   <li>{@code gemv}: the decode GEMV at the llama-1b shapes with the automatic and each forced warps per row
  *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
+ *   <li>{@code attnsweep}: decode attention (full and tidal k=2048) at 8K/32K/128K with each forced split count,
+ *       timed in a CUDA graph and eagerly, for tuning.</li>
  *   <li>{@code policies [model-dir]}: TidalDecode on the device for the llama-1b attention shape at 8K/32K/128K:
  *       decode attention over everything vs over a device-resident selection of k=2048 slots per KV head, the
  *       selection op (group scores + top-k) alone and with the sparse attention, KV bytes per layer as
@@ -41,6 +43,8 @@ import java.util.SplittableRandom;
  *       memory of both paths.</li>
  * </ul>
  * Every number is printed as a {@code RESULT key value unit} line (parsed by scripts/gpu-check.sh) plus a table.
+ * Kernel figures are timed by replaying the calls captured in a CUDA graph, as a decode step runs
+ * ({@code -Dtokenpress.bench.timing=eager} launches each call from the host instead).
  */
 public final class KernelBench {
     private KernelBench() {}
@@ -48,7 +52,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -72,6 +76,7 @@ public final class KernelBench {
                 if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), out);
             }
             if (what.equals("gemv")) gemvSweep(gpu, bw, out);
+            if (what.equals("attnsweep")) splitSweep(gpu, bw, out);
             if (what.equals("cce")) {
                 int n = args.length > 1 ? Integer.parseInt(args[1]) : 8192;
                 int d = args.length > 2 ? Integer.parseInt(args[2]) : 2048;
@@ -159,6 +164,34 @@ public final class KernelBench {
             out.printf("| %d | tidal selection v1 %.2f µs, v2 %.2f µs, v3 %.2f µs | | | | | | |%n", ctx, sel[0], sel[1], sel[2]);
             for (int v = 1; v <= 3; v++) result(out, k + "_tidal_select_us_v" + v, sel[v - 1], "us");
             result(out, k + "_tidal_select_v3_diff_slots", r.selectV3DiffSlots(), "slots");
+        }
+    }
+
+    /**
+     * Split-count sweep of decode attention (the backend's kernel variant) for the llama-1b shape at 8K/32K/128K:
+     * full and tidal k=2048 attention with each forced split count, timed in a CUDA graph and eagerly (keys
+     * sweep_<ctx>_s<S>_{full,sparse}_{graph,eager}_us; S = 0 is the automatic choice).
+     */
+    public static void splitSweep(CudaBackend gpu, double copyBw, PrintStream out) {
+        out.println("| context | splits | full µs graph | full µs eager | full % copy bw (graph) | tidal k=" + POLICY_K
+                + " µs graph | tidal µs eager | full / tidal (graph) |");
+        out.println("|---|---|---|---|---|---|---|---|");
+        int[] splits = {0, 4, 8, 16, 24, 33, 49, 66, 99, 132, 198, 256};
+        for (int ctx : new int[] {8192, 32768, 131072}) {
+            CudaKernelBench.SplitSweepResult r = CudaKernelBench.splitSweep(gpu, 32, 8, 64, ctx, POLICY_K,
+                    ctx >= 65536 ? 50 : 200, splits);
+            double bytes = (double) ctx * 8 * (64 * 4.0 + 4);
+            for (int i = 0; i < splits.length; i++) {
+                out.printf("| %d | %s | %.2f | %.2f | %.1f%% | %.2f | %.2f | %.1fx |%n", ctx,
+                        splits[i] == 0 ? "auto" : String.valueOf(splits[i]), r.fullGraphUs()[i], r.fullEagerUs()[i],
+                        100 * bytes / (r.fullGraphUs()[i] * 1e-6) / copyBw, r.sparseGraphUs()[i], r.sparseEagerUs()[i],
+                        r.fullGraphUs()[i] / r.sparseGraphUs()[i]);
+                String k = "sweep_" + ctx + "_s" + splits[i];
+                result(out, k + "_full_graph_us", r.fullGraphUs()[i], "us");
+                result(out, k + "_full_eager_us", r.fullEagerUs()[i], "us");
+                result(out, k + "_sparse_graph_us", r.sparseGraphUs()[i], "us");
+                result(out, k + "_sparse_eager_us", r.sparseEagerUs()[i], "us");
+            }
         }
     }
 

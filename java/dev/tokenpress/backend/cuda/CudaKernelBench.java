@@ -13,6 +13,25 @@ import java.util.SplittableRandom;
 public final class CudaKernelBench {
     private CudaKernelBench() {}
 
+    /**
+     * How the kernel measurements below are timed: {@code GRAPH} (the default) captures the timed calls into one CUDA
+     * graph and replays it, as a decode step runs, so each figure is the kernels' time on the device without the host's
+     * launch cost; {@code EAGER} launches every call from the host (short kernels then measure the launch rate).
+     * Property {@code tokenpress.bench.timing=graph|eager}.
+     */
+    public enum Timing { GRAPH, EAGER }
+
+    private static volatile Timing timing =
+            "eager".equalsIgnoreCase(System.getProperty("tokenpress.bench.timing", "graph")) ? Timing.EAGER : Timing.GRAPH;
+
+    public static Timing timing() {
+        return timing;
+    }
+
+    public static void setTiming(Timing t) {
+        timing = java.util.Objects.requireNonNull(t);
+    }
+
     /** Result of one decode-attention measurement. */
     public record AttentionResult(int context, int layersRotated, double microseconds, double bytesPerCall,
                                   double gbPerSecond) {}
@@ -271,6 +290,81 @@ public final class CudaKernelBench {
         }
     }
 
+    /**
+     * Result of {@link #splitSweep}: per forced split count ({@code splits[i]}, 0 = automatic) the µs per call of
+     * full and of sparse (k slots per KV head) decode attention, timed in a graph and eagerly.
+     */
+    public record SplitSweepResult(int context, int k, int variant, int[] splits, double[] fullGraphUs,
+                                   double[] fullEagerUs, double[] sparseGraphUs, double[] sparseEagerUs) {}
+
+    /**
+     * Decode attention (the backend's kernel variant) over {@code context} tokens, full and over a device selection
+     * of k slots per KV head, for each forced split count ({@code tp_set_attention_splits}); one cache for all.
+     */
+    public static SplitSweepResult splitSweep(CudaBackend b, int heads, int kvHeads, int headDim, int context, int k,
+                                              int iters, int[] splits) {
+        long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
+        int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
+        KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
+        CudaKvCache c = (CudaKvCache) kv;
+        SplittableRandom r = new SplittableRandom(42);
+        fill(b, kv, layers, kvHeads, headDim, context, r);
+        Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
+        float[] qd = new float[heads * headDim];
+        for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
+        b.upload(q, qd);
+        CudaTensor qt = (CudaTensor) q, ot = (CudaTensor) out;
+        long[][] sel = new long[layers][];
+        for (int l = 0; l < layers; l++) sel[l] = b.deviceSelectionBuffers(b.selectTopSlots(q, 0, context - 1, kv, l, k, false, context - 1, false));
+        b.synchronize();
+        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, headDim);
+        long wsPtr = b.malloc(ws, "bench attention workspace");
+        long ints = b.malloc(4L * (1 + kvHeads), "bench step values");
+        int[] host = new int[1 + kvHeads];
+        host[0] = context - 1;
+        for (int g = 0; g < kvHeads; g++) host[1 + g] = context;
+        TpNative.tp_memcpy_h2d(ints, host, 4L * host.length, b.stream());
+        int nCounters = Math.max(1, TpNative.tp_decode_attention_counters(heads, kvHeads));
+        long counters = b.malloc(4L * nCounters, "bench attention counters");
+        b.memsetNow(counters, 0, 4L * nCounters);
+        float scale = (float) (1.0 / Math.sqrt(headDim));
+        int fullHint = context <= 1 ? 1 : Integer.highestOneBit(context - 1) << 1;
+        int kHint = k <= 1 ? 1 : Integer.highestOneBit(k - 1) << 1;
+        long[] e0 = {0}, e1 = {0};
+        TpNative.tp_event_create(e0);
+        TpNative.tp_event_create(e1);
+        Timing before = timing;
+        int n = splits.length;
+        double[] fg = new double[n], fe = new double[n], sg = new double[n], se = new double[n];
+        try {
+            IntConsumerEx full = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l, heads,
+                    kvHeads, headDim, context, ints, 0, 1, 0, ints + 4, fullHint, scale, 0, 0, wsPtr, ws, counters, -1,
+                    b.stream()), "full attention");
+            IntConsumerEx sparse = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l,
+                    heads, kvHeads, headDim, context, ints, sel[l][0], (int) sel[l][2], sel[l][1], ints + 4, kHint,
+                    scale, 0, 0, wsPtr, ws, counters, -1, b.stream()), "sparse attention");
+            for (int i = 0; i < n; i++) {
+                check(TpNative.tp_set_attention_splits(splits[i]), "attention splits");
+                timing = Timing.GRAPH;
+                fg[i] = time(b, full, layers, iters, e0[0], e1[0]);
+                sg[i] = time(b, sparse, layers, iters, e0[0], e1[0]);
+                timing = Timing.EAGER;
+                fe[i] = time(b, full, layers, iters, e0[0], e1[0]);
+                se[i] = time(b, sparse, layers, iters, e0[0], e1[0]);
+            }
+            return new SplitSweepResult(context, k, b.attentionVariant(), splits.clone(), fg, fe, sg, se);
+        } finally {
+            timing = before;
+            TpNative.tp_set_attention_splits(0);
+            TpNative.tp_event_destroy(e0[0]);
+            TpNative.tp_event_destroy(e1[0]);
+            b.free(wsPtr);
+            b.free(ints);
+            b.free(counters);
+            kv.close();
+        }
+    }
+
     /** Result of {@link #quantAttention}: µs per decode-attention call and device bytes per layer of the cache. */
     public record QuantAttentionResult(int context, String spec, int layersRotated, double microseconds,
                                        long kvBytesPerLayer) {}
@@ -391,9 +485,11 @@ public final class CudaKernelBench {
         void accept(int layer);
     }
 
+    /** µs per call of {@code op} (layer argument rotating over {@code layers}), timed as {@link #timing()} says. */
     private static double time(CudaBackend b, IntConsumerEx op, int layers, int iters, long e0, long e1) {
         for (int i = 0; i < 3; i++) op.accept(i % layers);
         TpNative.tp_stream_synchronize(b.stream());
+        if (timing == Timing.GRAPH) return timeGraph(b, op, layers, iters, e0, e1);
         TpNative.tp_event_record(e0, b.stream());
         for (int i = 0; i < iters; i++) op.accept(i % layers);
         TpNative.tp_event_record(e1, b.stream());
@@ -401,6 +497,44 @@ public final class CudaKernelBench {
         float[] ms = {0};
         TpNative.tp_event_elapsed_ms(ms, e0, e1);
         return ms[0] * 1e3 / iters;
+    }
+
+    /** Graph replays per timed batch of {@link #timeGraph}. */
+    private static final int GRAPH_REPLAYS = 5;
+
+    /**
+     * {@code iters} calls captured into one CUDA graph (at most 512; the layer rotating as in eager timing), one
+     * untimed replay, then {@link #GRAPH_REPLAYS} replays between two events.
+     */
+    private static double timeGraph(CudaBackend b, IntConsumerEx op, int layers, int iters, long e0, long e1) {
+        int n = Math.max(1, Math.min(iters, 512));
+        long[] exec = {0};
+        check(TpNative.tp_graph_begin_capture(b.stream()), "graph capture");
+        RuntimeException failed = null;
+        try {
+            for (int i = 0; i < n; i++) op.accept(i % layers);
+        } catch (RuntimeException e) {
+            failed = e;
+        }
+        int rc = TpNative.tp_graph_end_capture(b.stream(), exec);
+        if (failed != null) {
+            if (exec[0] != 0) TpNative.tp_graph_destroy(exec[0]);
+            throw failed;
+        }
+        if (rc != 0 || exec[0] == 0) throw new CudaException("graph capture of the timed calls: " + CudaBackend.lastError(), rc);
+        try {
+            check(TpNative.tp_graph_launch(exec[0], b.stream()), "graph launch");
+            TpNative.tp_stream_synchronize(b.stream());
+            TpNative.tp_event_record(e0, b.stream());
+            for (int r = 0; r < GRAPH_REPLAYS; r++) check(TpNative.tp_graph_launch(exec[0], b.stream()), "graph launch");
+            TpNative.tp_event_record(e1, b.stream());
+            TpNative.tp_event_synchronize(e1);
+            float[] ms = {0};
+            TpNative.tp_event_elapsed_ms(ms, e0, e1);
+            return ms[0] * 1e3 / ((double) n * GRAPH_REPLAYS);
+        } finally {
+            TpNative.tp_graph_destroy(exec[0]);
+        }
     }
 
     private static void check(int rc, String what) {

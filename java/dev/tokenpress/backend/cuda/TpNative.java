@@ -227,6 +227,9 @@ public final class TpNative {
 
     public static native int tp_get_attention_variant();
 
+    /** Forced splits per (KV head, head chunk) of split decode-attention launches: 0 = automatic, 1 .. 256 (tuning). */
+    public static native int tp_set_attention_splits(int splits);
+
     public static native int tp_decode_attention_ex(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
                                                     @Cast("uint64_t") long keyCache,
                                                     @Cast("uint64_t") long valueCache,
