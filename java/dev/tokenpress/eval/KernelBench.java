@@ -168,29 +168,37 @@ public final class KernelBench {
     }
 
     /**
-     * Split-count sweep of decode attention (the backend's kernel variant) for the llama-1b shape at 8K/32K/128K:
-     * full and tidal k=2048 attention with each forced split count, timed in a CUDA graph and eagerly (keys
-     * sweep_<ctx>_s<S>_{full,sparse}_{graph,eager}_us; S = 0 is the automatic choice).
+     * Split-count sweep of decode attention (the backend's kernel variant, default and deep pipeline) at 8K/32K/128K
+     * for the llama-1b shape (32 q, 8 KV heads, hd 64) and at 32K for the Llama-3-8B (32 q, 8 KV, hd 128) and
+     * Llama-2-7B (32 q, 32 KV, hd 128) shapes: full and tidal k=2048 attention with each forced split count, timed
+     * in a CUDA graph and eagerly (keys sweep_<shape>_<ctx>_<pipe>_s<S>_{full,sparse}_{graph,eager}_us; S = 0 is
+     * the automatic choice).
      */
     public static void splitSweep(CudaBackend gpu, double copyBw, PrintStream out) {
-        out.println("| context | splits | full µs graph | full µs eager | full % copy bw (graph) | tidal k=" + POLICY_K
-                + " µs graph | tidal µs eager | full / tidal (graph) |");
-        out.println("|---|---|---|---|---|---|---|---|");
-        int[] splits = {0, 4, 8, 16, 24, 33, 49, 66, 99, 132, 198, 256};
-        for (int ctx : new int[] {8192, 32768, 131072}) {
-            CudaKernelBench.SplitSweepResult r = CudaKernelBench.splitSweep(gpu, 32, 8, 64, ctx, POLICY_K,
-                    ctx >= 65536 ? 50 : 200, splits);
-            double bytes = (double) ctx * 8 * (64 * 4.0 + 4);
-            for (int i = 0; i < splits.length; i++) {
-                out.printf("| %d | %s | %.2f | %.2f | %.1f%% | %.2f | %.2f | %.1fx |%n", ctx,
-                        splits[i] == 0 ? "auto" : String.valueOf(splits[i]), r.fullGraphUs()[i], r.fullEagerUs()[i],
-                        100 * bytes / (r.fullGraphUs()[i] * 1e-6) / copyBw, r.sparseGraphUs()[i], r.sparseEagerUs()[i],
-                        r.fullGraphUs()[i] / r.sparseGraphUs()[i]);
-                String k = "sweep_" + ctx + "_s" + splits[i];
-                result(out, k + "_full_graph_us", r.fullGraphUs()[i], "us");
-                result(out, k + "_full_eager_us", r.fullEagerUs()[i], "us");
-                result(out, k + "_sparse_graph_us", r.sparseGraphUs()[i], "us");
-                result(out, k + "_sparse_eager_us", r.sparseEagerUs()[i], "us");
+        out.println("| shape | context | pipeline | splits | full µs graph | full µs eager | full % copy bw (graph) | tidal k="
+                + POLICY_K + " µs graph | tidal µs eager | full / tidal (graph) |");
+        out.println("|---|---|---|---|---|---|---|---|---|---|");
+        int[][] cases = {{32, 8, 64, 8192}, {32, 8, 64, 32768}, {32, 8, 64, 131072}, {32, 8, 128, 32768}, {32, 32, 128, 32768}};
+        for (int[] cs : cases) {
+            int heads = cs[0], kvHeads = cs[1], hd = cs[2], ctx = cs[3];
+            int[] splits = kvHeads == 32 ? new int[] {0, 2, 3, 4, 6, 8, 12} : new int[] {0, 8, 12, 16, 20, 24, 33, 49};
+            String shape = heads + "x" + kvHeads + "x" + hd;
+            for (boolean deep : new boolean[] {false, true}) {
+                CudaKernelBench.SplitSweepResult r = CudaKernelBench.splitSweep(gpu, heads, kvHeads, hd, ctx, POLICY_K,
+                        ctx >= 65536 ? 50 : 200, splits, deep);
+                double bytes = (double) ctx * kvHeads * (hd * 4.0 + 4);
+                String pipe = deep ? "deep" : "default";
+                for (int i = 0; i < splits.length; i++) {
+                    out.printf("| %s | %d | %s | %s | %.2f | %.2f | %.1f%% | %.2f | %.2f | %.1fx |%n", shape, ctx, pipe,
+                            splits[i] == 0 ? "auto" : String.valueOf(splits[i]), r.fullGraphUs()[i], r.fullEagerUs()[i],
+                            100 * bytes / (r.fullGraphUs()[i] * 1e-6) / copyBw, r.sparseGraphUs()[i], r.sparseEagerUs()[i],
+                            r.fullGraphUs()[i] / r.sparseGraphUs()[i]);
+                    String k = "sweep_" + shape + "_" + ctx + "_" + pipe + "_s" + splits[i];
+                    result(out, k + "_full_graph_us", r.fullGraphUs()[i], "us");
+                    result(out, k + "_full_eager_us", r.fullEagerUs()[i], "us");
+                    result(out, k + "_sparse_graph_us", r.sparseGraphUs()[i], "us");
+                    result(out, k + "_sparse_eager_us", r.sparseEagerUs()[i], "us");
+                }
             }
         }
     }
@@ -429,7 +437,7 @@ public final class KernelBench {
                 double base = 0;
                 for (Paths p : E2E_PATHS) {
                     usePaths(gpu, p);
-                    double tps = decode(gpu, m, cache, token, pos, shortSteps);
+                    double tps = decode(gpu, m, cache, token, pos, shortSteps, out, "short" + p.suffix());
                     pos += shortSteps + DECODE_WARMUP;
                     double kvBytes = (double) cfg.kvBytesPerToken(2) * (pos - shortSteps / 2.0);
                     double roof = copyBw / (weightBytes + kvBytes);
@@ -454,7 +462,7 @@ public final class KernelBench {
                 double base = 0;
                 for (Paths p : E2E_PATHS) {
                     usePaths(gpu, p);
-                    double tps = decode(gpu, m, cache, 1, pos, longSteps);
+                    double tps = decode(gpu, m, cache, 1, pos, longSteps, out, "32k" + p.suffix());
                     pos += longSteps + DECODE_WARMUP;
                     double ctx = pos - longSteps / 2.0;
                     double kvBytes = (double) cfg.kvBytesPerToken(2) * ctx
@@ -480,19 +488,45 @@ public final class KernelBench {
     private static final int DECODE_WARMUP = 4;
 
     private static double decode(CudaBackend gpu, Llama m, KvCache cache, int token, int pos, int steps) {
+        return decode(gpu, m, cache, token, pos, steps, null, null);
+    }
+
+    /**
+     * As {@link #decode(CudaBackend, Llama, KvCache, int, int, int)}; with {@code out} non-null it also prints where
+     * a step's wall time goes (key prefix {@code key}): the host's decodeStep call (slot bookkeeping, graph dry run,
+     * step values, launch), the argmax call (device argmax, copy, wait for the step), and the device time of one
+     * step from back-to-back replays of its graph.
+     */
+    private static double decode(CudaBackend gpu, Llama m, KvCache cache, int token, int pos, int steps,
+                                 PrintStream out, String key) {
         int warm = DECODE_WARMUP;
         for (int i = 0; i < warm; i++) {
             m.decodeStep(cache, token, pos++);
             token = m.argmax();
         }
         gpu.synchronize();
-        long t0 = System.nanoTime();
+        long t0 = System.nanoTime(), hostNs = 0, argmaxNs = 0;
         for (int i = 0; i < steps; i++) {
+            long a = System.nanoTime();
             m.decodeStep(cache, token, pos++);
+            long b = System.nanoTime();
             token = m.argmax();
+            hostNs += b - a;
+            argmaxNs += System.nanoTime() - b;
         }
         gpu.synchronize();
-        return steps / ((System.nanoTime() - t0) / 1e9);
+        double tps = steps / ((System.nanoTime() - t0) / 1e9);
+        if (out != null) {
+            double replayUs = gpu.timeGraphReplays(32);
+            double stepUs = 1e6 / tps;
+            out.printf("e2e step breakdown [%s]: wall %.1f µs/step = decodeStep call %.1f + argmax call %.1f; graph replay alone %.1f µs (device busy %.0f%% of the wall time)%n",
+                    key, stepUs, hostNs / 1e3 / steps, argmaxNs / 1e3 / steps, replayUs, 100 * replayUs / stepUs);
+            result(out, "e2e_" + key + "_step_us", stepUs, "us");
+            result(out, "e2e_" + key + "_decodestep_call_us", hostNs / 1e3 / steps, "us");
+            result(out, "e2e_" + key + "_argmax_call_us", argmaxNs / 1e3 / steps, "us");
+            result(out, "e2e_" + key + "_graph_replay_us", replayUs, "us");
+        }
+        return tps;
     }
 
     /** Positions 0..ctx-1 in every layer and KV head, random bf16 keys/values. */

@@ -182,7 +182,7 @@ public final class CudaBackend implements Backend {
         setAttentionVariant(switch (attn.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; });
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
-        String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 (native default) | v2, process-wide
+        String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 | v2 (native default), process-wide
         if (cce != null) check(TpNative.tp_cce_set_variant(switch (cce.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> -1; }), "tokenpress.cuda.cceVariant=" + cce);
     }
 
@@ -234,6 +234,31 @@ public final class CudaBackend implements Backend {
     }
 
     public int graphReplays() { return replays; }
+
+    /**
+     * For benchmarks: replays the decode-step graph captured last {@code n} times back to back with the step values
+     * of its last replay (the same token written to the same slots again) and returns the device time per replay in
+     * µs, timed with CUDA events; NaN when no graph is held. Separates a step's device time from the host's share.
+     */
+    public double timeGraphReplays(int n) {
+        if (graph == 0 || n <= 0) return Double.NaN;
+        waitReplay();
+        long[] e0 = {0}, e1 = {0};
+        check(TpNative.tp_event_create(e0), "event create");
+        check(TpNative.tp_event_create(e1), "event create");
+        try {
+            check(TpNative.tp_event_record(e0[0], stream), "event record");
+            for (int i = 0; i < n; i++) check(TpNative.tp_graph_launch(graph, stream), "cudaGraphLaunch");
+            check(TpNative.tp_event_record(e1[0], stream), "event record");
+            check(TpNative.tp_event_synchronize(e1[0]), "event synchronize");
+            float[] ms = {0};
+            check(TpNative.tp_event_elapsed_ms(ms, e0[0], e1[0]), "event elapsed");
+            return ms[0] * 1e3 / n;
+        } finally {
+            TpNative.tp_event_destroy(e0[0]);
+            TpNative.tp_event_destroy(e1[0]);
+        }
+    }
 
     /**
      * Decode GEMV kernel ({@code tp_gemv_bf16}) for matmuls of at most {@link #GEMV_MAX_ROWS} rows with bf16

@@ -27,7 +27,7 @@ import java.util.SplittableRandom;
  * inside a captured decode step).
  * <p>
  * Two implementations, chosen process-wide ({@link #setVariant}, or {@code -Dtokenpress.cuda.cceVariant=v1|v2} read
- * when a {@link CudaBackend} opens): 1 (default) and 2 (cp.async / ldmatrix pipeline with 128 x 256 block tiles,
+ * when a {@link CudaBackend} opens): 1 and 2 (the default: cp.async / ldmatrix pipeline with 128 x 256 block tiles,
  * h rounded to bf16 only: precise mode always runs variant 1). Variant 2 needs a larger workspace (a bf16 copy of h).
  */
 public final class CudaCce {

@@ -300,9 +300,10 @@ public final class CudaKernelBench {
     /**
      * Decode attention (the backend's kernel variant) over {@code context} tokens, full and over a device selection
      * of k slots per KV head, for each forced split count ({@code tp_set_attention_splits}); one cache for all.
+     * {@code deep}: with the v3 kernel's deep pipeline ({@code tp_set_attention_deep_pipeline}).
      */
     public static SplitSweepResult splitSweep(CudaBackend b, int heads, int kvHeads, int headDim, int context, int k,
-                                              int iters, int[] splits) {
+                                              int iters, int[] splits, boolean deep) {
         long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
         int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
         KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
@@ -343,6 +344,7 @@ public final class CudaKernelBench {
             IntConsumerEx sparse = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l,
                     heads, kvHeads, headDim, context, ints, sel[l][0], (int) sel[l][2], sel[l][1], ints + 4, kHint,
                     scale, 0, 0, wsPtr, ws, counters, -1, b.stream()), "sparse attention");
+            check(TpNative.tp_set_attention_deep_pipeline(deep ? 1 : 0), "attention pipeline depth");
             for (int i = 0; i < n; i++) {
                 check(TpNative.tp_set_attention_splits(splits[i]), "attention splits");
                 timing = Timing.GRAPH;
@@ -356,6 +358,7 @@ public final class CudaKernelBench {
         } finally {
             timing = before;
             TpNative.tp_set_attention_splits(0);
+            TpNative.tp_set_attention_deep_pipeline(0);
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
             b.free(wsPtr);

@@ -230,6 +230,9 @@ public final class TpNative {
     /** Forced splits per (KV head, head chunk) of split decode-attention launches: 0 = automatic, 1 .. 256 (tuning). */
     public static native int tp_set_attention_splits(int splits);
 
+    /** Decode attention v3 pipeline depth: 0 = default stages, 1 = twice as many (process-wide, tuning). */
+    public static native int tp_set_attention_deep_pipeline(int enabled);
+
     public static native int tp_decode_attention_ex(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
                                                     @Cast("uint64_t") long keyCache,
                                                     @Cast("uint64_t") long valueCache,

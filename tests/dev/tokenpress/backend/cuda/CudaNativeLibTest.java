@@ -120,11 +120,30 @@ class CudaNativeLibTest {
     }
 
     @Test
+    void abiAttentionTuningSwitchesWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        try {
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_splits(-1));
+            assertTrue(TpNative.tp_last_error_message().getString().contains("splits"));
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_splits(257));
+            assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_splits(256));
+            assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_splits(0));
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_deep_pipeline(2));
+            assertTrue(TpNative.tp_last_error_message().getString().contains("enabled"));
+            assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_deep_pipeline(1));
+        } finally {
+            TpNative.tp_set_attention_splits(0);
+            TpNative.tp_set_attention_deep_pipeline(0);
+        }
+    }
+
+    @Test
     void abiCceVariantAndWorkspaceWithoutGpu() {
         Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
         int v0 = TpNative.tp_cce_get_variant();
         try {
-            assertEquals(1, v0, "variant 1 stays the default");
+            assertEquals(2, v0, "variant 2 is the default");
+            assertEquals(TpNative.TP_OK, TpNative.tp_cce_set_variant(1));
             assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_cce_set_variant(0));
             assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_cce_set_variant(3));
             assertTrue(TpNative.tp_last_error_message().getString().contains("variant"));

@@ -18,6 +18,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.junit.jupiter.params.provider.ValueSource;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -386,6 +387,72 @@ class CudaParityTest {
                 }
             }
         });
+    }
+
+    /**
+     * The decode cases with decode attention v3's deep pipeline (tp_set_attention_deep_pipeline: twice the stages),
+     * the split path (fused merge) and, at 4097, also the separate merge.
+     */
+    @ParameterizedTest(name = "decode v3 deep pipeline hd={0} group={1} len={2}")
+    @MethodSource("decodeCases")
+    void decodeAttentionV3DeepPipeline(int hd, int group, int len) {
+        CudaBackend g = (CudaBackend) gpu;
+        int def = g.attentionVariant();
+        try {
+            g.setAttentionVariant(3);
+            assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_deep_pipeline(1));
+            g.setShortAttn(false);
+            decodeAttention(hd, group, len);
+            if (len == 4097) {
+                g.setFusedAttnMerge(false);
+                try {
+                    decodeAttention(hd, group, len);
+                } finally {
+                    g.setFusedAttnMerge(true);
+                }
+            }
+        } catch (AssertionError e) {
+            throw new AssertionError("decode attention v3, deep pipeline: " + e.getMessage(), e);
+        } finally {
+            g.setShortAttn(true);
+            TpNative.tp_set_attention_deep_pipeline(0);
+            g.setAttentionVariant(def);
+        }
+    }
+
+    /** Forced split counts (tp_set_attention_splits) give the same attention as the automatic choice. */
+    @ParameterizedTest(name = "decode forced splits {0} hd=64 group=4 len=4097")
+    @ValueSource(ints = {1, 3, 7, 64, 256})
+    void decodeAttentionForcedSplits(int splits) {
+        CudaBackend g = (CudaBackend) gpu;
+        try {
+            assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_splits(splits));
+            g.setShortAttn(false);
+            withAllVariants(() -> decodeAttention(64, 4, 4097));
+        } catch (AssertionError e) {
+            throw new AssertionError("forced splits " + splits + ": " + e.getMessage(), e);
+        } finally {
+            g.setShortAttn(true);
+            TpNative.tp_set_attention_splits(0);
+        }
+    }
+
+    /** Runs body with every kernel variant (the failure names the variant); restores the backend's. */
+    static void withAllVariants(Runnable body) {
+        CudaBackend g = (CudaBackend) gpu;
+        int def = g.attentionVariant();
+        try {
+            for (int v = 1; v <= 3; v++) {
+                g.setAttentionVariant(v);
+                try {
+                    body.run();
+                } catch (AssertionError e) {
+                    throw new AssertionError("decode attention kernel v" + v + ": " + e.getMessage(), e);
+                }
+            }
+        } finally {
+            g.setAttentionVariant(def);
+        }
     }
 
     static Stream<Arguments> groupCases() {
