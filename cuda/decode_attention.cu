@@ -55,6 +55,8 @@ decode_split_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LPR, lr = lane % LPR;
 
+    pdl_wait();  // q, the cache, the slot lists and the step values come from earlier kernels
+    pdl_launch_dependents();
     const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
     const int qp = qpos_ptr[0];
     int per = (int)ceil_div(len, splits);
@@ -443,6 +445,8 @@ decode_split_v2_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LPR, lr = lane % LPR;
 
+    pdl_wait();  // q, the cache, the slot lists and the step values come from earlier kernels
+    pdl_launch_dependents();
     const int qp = qpos_ptr[0];
     const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
     int per = (int)ceil_div(len, splits);
@@ -737,6 +741,8 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = lane >> 2, t4 = lane & 3;  // MMA fragment coordinates: groupID, thread in group
 
+    pdl_wait();  // q, the cache, the slot lists and the step values come from earlier kernels
+    pdl_launch_dependents();
     const int qp = qpos_ptr[0];
     const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
     int per = (int)ceil_div(len, splits);
@@ -1032,10 +1038,9 @@ int launch_split(dim3 grid, const float* q, const uint16_t* kc, const uint16_t* 
                  int Hkv, int C, const int* qpos, const int* sel, int sel_stride, const int* sel_counts,
                  const int* hw, float scale_log2, int splits, float* part_o, float2* part_md, int* counters,
                  float* out, float* lse2, bool direct, cudaStream_t stream) {
-    decode_split_kernel<HD, GT><<<grid, kThreads, 0, stream>>>(q, kc, vc, pc, layer, H, Hkv, C, qpos, sel,
-                                                               sel_stride, sel_counts, hw, scale_log2, splits,
-                                                               part_o, part_md, counters, out, lse2, direct);
-    TP_LAUNCHED("decode_split_kernel");
+    TP_LAUNCH("decode_split_kernel", decode_split_kernel<HD, GT>, grid, dim3(kThreads), 0, stream, q, kc, vc, pc,
+              layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, counters,
+              out, lse2, direct);
     return TP_OK;
 }
 
@@ -1074,9 +1079,8 @@ int launch_split_v2(int kv_blocks, int max_len, bool direct, dim3 grid, const fl
     }
     *splits_out = splits;
     grid.x = splits;
-    kernel<<<grid, kThreads, 0, stream>>>(q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw,
-                                          scale_log2, splits, part_o, part_md, counters, out, lse2, direct);
-    TP_LAUNCHED("decode_split_v2_kernel");
+    TP_LAUNCH("decode_split_v2_kernel", kernel, grid, dim3(kThreads), 0, stream, q, kc, vc, pc, layer, H, Hkv, C,
+              qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, counters, out, lse2, direct);
     return TP_OK;
 }
 
@@ -1157,9 +1161,9 @@ int launch_split_v3_s(int kv_blocks, int max_len, bool direct, dim3 grid, const 
     }
     *splits_out = splits;
     grid.x = splits;
-    kernel<<<grid, kThreads, smem, stream>>>(q, kc, vc, pc, layer, H, Hkv, C, qpos, sel, sel_stride, sel_counts, hw,
-                                             scale_log2, splits, part_o, part_md, counters, out, lse2, direct);
-    TP_LAUNCHED("decode_split_v3_kernel");
+    TP_LAUNCH("decode_split_v3_kernel", kernel, grid, dim3(kThreads), smem, stream, q, kc, vc, pc, layer, H, Hkv,
+              C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, counters, out, lse2,
+              direct);
     return TP_OK;
 }
 
