@@ -120,7 +120,7 @@ run_checks() {
   # -- stage 2: JUnit (op parity, whole-model parity, native lib)
   if want junit; then
   # JUNIT_CLASSES: simple names of the test classes to run (default: every CUDA class below)
-  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaTidalSelectParityTest"}
+  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaTidalSelectParityTest CudaDecodeGreedyTest"}
   local sel=() c
   for c in $classes; do sel+=(--select-class "dev.tokenpress.backend.cuda.$c"); done
   timeout "${T_JUNIT:-150}" "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
@@ -201,7 +201,7 @@ run_checks() {
     stage_rc bench-e2e $rc
     grep -E "^(device|RESULT|e2e)" "$OUT/bench-e2e.log" | sed 's/^/  /' | tee -a "$SUMMARY"
     [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-e2e.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
-  else
+  elif want e2e; then
     say "STAGE bench-e2e: SKIPPED (no GPU)"
   fi
 
@@ -241,7 +241,7 @@ run_checks() {
     stage_rc bench-peer $rc
     grep -E "^RESULT|^peer" "$OUT/bench-peer.log" | sed 's/^/  /' | tee -a "$SUMMARY"
     [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-peer.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
-  else
+  elif want peer; then
     say "STAGE bench-peer: SKIPPED (model or $PY missing)"
   fi
   say "total $((SECONDS - T0)) s"

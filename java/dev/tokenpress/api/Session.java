@@ -94,42 +94,76 @@ public final class Session implements AutoCloseable {
         position += promptTokens.length;
 
         int[] generated = new int[Math.max(0, maxTokens)];
-        int count = 0, steps = 0;
-        String stop = "length";
-        double ttft = 0;
-        long decodeStart = 0;
-        while (count < maxTokens) {
-            int next = greedy ? model.argmax() : chain.sample(model.logits());
-            if (trace != null) trace.accept(chain.lastTrace());
-            if (count == 0) {
-                ttft = (System.nanoTime() - t0) / 1e6;
-                decodeStart = System.nanoTime();
+        // the per-token bookkeeping of both loops below: returns whether decoding goes on after `next`
+        var g = new Object() {
+            int count, steps;
+            String stop = "length";
+            double ttft;
+            long decodeStart;
+
+            boolean take(int next) {
+                if (count == 0) {
+                    ttft = (System.nanoTime() - t0) / 1e6;
+                    decodeStart = System.nanoTime();
+                }
+                if (eos.contains(next)) {
+                    stop = "eos";
+                    return false;
+                }
+                chain.accept(next);
+                generated[count++] = next;
+                String piece = text.push(next);
+                if (!piece.isEmpty()) {
+                    out.append(piece);
+                    if (listener != null) listener.onText(piece);
+                }
+                return count < maxTokens;
             }
-            if (eos.contains(next)) {
-                stop = "eos";
-                break;
+        };
+        boolean full = model.policy() == KvPolicy.FULL;
+        if (maxTokens > 0 && greedy) {
+            // pipelined where the backend keeps the token on the device (Llama.decodeGreedy): same tokens
+            int next = model.argmax();
+            if (g.take(next)) {
+                int room = full ? cache.capacity() - position : Integer.MAX_VALUE;
+                if (room <= 0) {
+                    g.stop = "context";
+                } else {
+                    try {
+                        int n = model.decodeGreedy(cache, next, position, room, g::take);
+                        position += n;
+                        g.steps += n;
+                        if (n == room && g.count < maxTokens && !g.stop.equals("eos")) g.stop = "context";
+                    } catch (KvCacheFullException e) {
+                        g.stop = "context"; // a non-evicting policy filled the cache
+                        position += g.count - 1 - g.steps; // the steps that ran before the full cache
+                        g.steps = g.count - 1;
+                    }
+                }
             }
-            chain.accept(next);
-            generated[count++] = next;
-            String piece = text.push(next);
-            if (!piece.isEmpty()) {
-                out.append(piece);
-                if (listener != null) listener.onText(piece);
+        } else {
+            while (g.count < maxTokens) {
+                int next = greedy ? model.argmax() : chain.sample(model.logits());
+                if (trace != null) trace.accept(chain.lastTrace());
+                if (!g.take(next)) break;
+                if (position >= cache.capacity() && full) {
+                    g.stop = "context";
+                    break;
+                }
+                try {
+                    model.decodeStep(cache, next, position);
+                } catch (KvCacheFullException e) {
+                    g.stop = "context"; // a non-evicting policy filled the cache
+                    break;
+                }
+                position++;
+                g.steps++;
             }
-            if (count == maxTokens) break;
-            if (position >= cache.capacity() && model.policy() == KvPolicy.FULL) {
-                stop = "context";
-                break;
-            }
-            try {
-                model.decodeStep(cache, next, position);
-            } catch (KvCacheFullException e) {
-                stop = "context"; // a non-evicting policy filled the cache
-                break;
-            }
-            position++;
-            steps++;
         }
+        int count = g.count, steps = g.steps;
+        String stop = g.stop;
+        double ttft = g.ttft;
+        long decodeStart = g.decodeStart;
         tp.backend().synchronize();
         double decodeMs = steps == 0 ? 0 : (System.nanoTime() - decodeStart) / 1e6;
         String tail = text.flush();

@@ -235,6 +235,40 @@ public interface Backend extends AutoCloseable {
     /** Index of the largest element of row {@code row} of an f32 tensor (ties: lowest index). */
     int argmax(Tensor x, int row);
 
+    // ---- greedy token feedback (Llama.decodeGreedy): the next step is queued before the host has read the token
+
+    /**
+     * Whether this backend keeps a feedback token register where it runs: {@link #argmaxToFeedback} writes the
+     * greedy token of a step there and {@link #embeddingFromFeedback} reads it in the next step, so a greedy decode
+     * loop can queue step t + 1 while step t still runs and read step t's token afterwards. Default: no.
+     */
+    default boolean tokenFeedback() {
+        return false;
+    }
+
+    /** Sets the feedback register to a token the host knows (the first input of a feedback loop); queued, no wait. */
+    default void setFeedbackToken(int token) {
+        throw new UnsupportedOpException("the " + name() + " backend has no token feedback");
+    }
+
+    /**
+     * {@link #argmax} of row {@code row} of x into the feedback register, plus a copy for the host under ticket
+     * {@code slot} (0 or 1); queued, no wait. {@link #feedbackToken} returns it.
+     */
+    default void argmaxToFeedback(Tensor x, int row, int slot) {
+        throw new UnsupportedOpException("the " + name() + " backend has no token feedback");
+    }
+
+    /** Waits for the token {@link #argmaxToFeedback} queued under {@code slot} and returns it. */
+    default int feedbackToken(int slot) {
+        throw new UnsupportedOpException("the " + name() + " backend has no token feedback");
+    }
+
+    /** {@link #embedding} of one row whose token id is the feedback register's (read where it lives). */
+    default void embeddingFromFeedback(Tensor out, Tensor table) {
+        throw new UnsupportedOpException("the " + name() + " backend has no token feedback");
+    }
+
     /**
      * The k largest elements of row {@code row} of an f32 tensor, without a full sort: indices ordered by
      * descending value (ties: lowest index first). Only k indices and values cross to the host.

@@ -315,7 +315,7 @@ public final class KernelBench {
                     if (name.equals("int4_kvq3")) dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(3);
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
-                    try (KvCache cache = m.newCache(ctx + steps + DECODE_WARMUP + 16, quant)) {
+                    try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
                         fillSynthetic(gpu, cfg, cache, ctx);
                         gpu.synchronize();
                         double tps = decode(gpu, m, cache, 1, ctx, steps);
@@ -429,7 +429,7 @@ public final class KernelBench {
             Llama m = new Llama(cfg, w, gpu, 256);
             // short context
             int runs = E2E_PATHS.length;
-            try (KvCache cache = m.newCache(64 + runs * (shortSteps + DECODE_WARMUP) + 16)) {
+            try (KvCache cache = m.newCache(64 + runs * decodeSlots(shortSteps, true) + 16)) {
                 int[] prompt = new int[32];
                 for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
                 m.prefill(cache, prompt, 0, false, null);
@@ -438,7 +438,7 @@ public final class KernelBench {
                 for (Paths p : E2E_PATHS) {
                     usePaths(gpu, p);
                     double tps = decode(gpu, m, cache, token, pos, shortSteps, out, "short" + p.suffix());
-                    pos += shortSteps + DECODE_WARMUP;
+                    pos += decodeSlots(shortSteps, true);
                     double kvBytes = (double) cfg.kvBytesPerToken(2) * (pos - shortSteps / 2.0);
                     double roof = copyBw / (weightBytes + kvBytes);
                     out.printf("e2e short context (32-token prompt, %d decode steps) [%s]: %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
@@ -453,7 +453,7 @@ public final class KernelBench {
                 }
             }
             // 32K context, written directly into the cache
-            try (KvCache cache = m.newCache(longCtx + runs * (longSteps + DECODE_WARMUP) + 16)) {
+            try (KvCache cache = m.newCache(longCtx + runs * decodeSlots(longSteps, true) + 16)) {
                 long f0 = System.nanoTime();
                 fillSynthetic(gpu, cfg, cache, longCtx);
                 gpu.synchronize();
@@ -463,7 +463,7 @@ public final class KernelBench {
                 for (Paths p : E2E_PATHS) {
                     usePaths(gpu, p);
                     double tps = decode(gpu, m, cache, 1, pos, longSteps, out, "32k" + p.suffix());
-                    pos += longSteps + DECODE_WARMUP;
+                    pos += decodeSlots(longSteps, true);
                     double ctx = pos - longSteps / 2.0;
                     double kvBytes = (double) cfg.kvBytesPerToken(2) * ctx
                             + (double) cfg.numLayers() * cfg.numKvHeads() * ctx * 4;
@@ -484,47 +484,75 @@ public final class KernelBench {
         }
     }
 
-    /** Greedy decode of `steps` tokens after a few warm-up steps; returns tokens/s (wall clock incl. argmax). */
+    /** Untimed decode steps before each timed run (graph capture, warm caches). */
     private static final int DECODE_WARMUP = 4;
 
     private static double decode(CudaBackend gpu, Llama m, KvCache cache, int token, int pos, int steps) {
         return decode(gpu, m, cache, token, pos, steps, null, null);
     }
 
+    /** Cache positions {@link #decode} uses for {@code steps} timed steps (with the plain-loop breakdown or not). */
+    private static int decodeSlots(int steps, boolean breakdown) {
+        return (steps + DECODE_WARMUP) * (breakdown ? 2 : 1);
+    }
+
     /**
-     * As {@link #decode(CudaBackend, Llama, KvCache, int, int, int)}; with {@code out} non-null it also prints where
-     * a step's wall time goes (key prefix {@code key}): the host's decodeStep call (slot bookkeeping, graph dry run,
-     * step values, launch), the argmax call (device argmax, copy, wait for the step), and the device time of one
-     * step from back-to-back replays of its graph.
+     * Greedy decode of {@code steps} tokens with {@link Llama#decodeGreedy} (pipelined where the backend keeps the
+     * token on the device) after a few warm-up steps; returns tokens/s (wall clock). With {@code out} non-null it
+     * then runs the plain loop (decodeStep, argmax, one step at a time) and prints where its step time goes (key
+     * prefix {@code key}): the host's decodeStep call (slot bookkeeping, graph dry run, step values, launch), the
+     * argmax call (device argmax, copy, wait for the step), and the device time of one step from back-to-back
+     * replays of its graph, beside the pipelined figure.
      */
     private static double decode(CudaBackend gpu, Llama m, KvCache cache, int token, int pos, int steps,
                                  PrintStream out, String key) {
-        int warm = DECODE_WARMUP;
-        for (int i = 0; i < warm; i++) {
-            m.decodeStep(cache, token, pos++);
-            token = m.argmax();
-        }
+        int[] last = {token};
+        java.util.function.IntPredicate keep = t -> {
+            last[0] = t;
+            return true;
+        };
+        m.decodeGreedy(cache, last[0], pos, DECODE_WARMUP, keep);
+        pos += DECODE_WARMUP;
         gpu.synchronize();
-        long t0 = System.nanoTime(), hostNs = 0, argmaxNs = 0;
-        for (int i = 0; i < steps; i++) {
-            long a = System.nanoTime();
-            m.decodeStep(cache, token, pos++);
-            long b = System.nanoTime();
-            token = m.argmax();
-            hostNs += b - a;
-            argmaxNs += System.nanoTime() - b;
-        }
+        long t0 = System.nanoTime();
+        m.decodeGreedy(cache, last[0], pos, steps, keep);
         gpu.synchronize();
         double tps = steps / ((System.nanoTime() - t0) / 1e9);
-        if (out != null) {
+        pos += steps;
+        if (out == null) return tps;
+
+        m.setPipelinedGreedy(false);
+        try {
+            int tok = last[0];
+            for (int i = 0; i < DECODE_WARMUP; i++) {
+                m.decodeStep(cache, tok, pos++);
+                tok = m.argmax();
+            }
+            gpu.synchronize();
+            long p0 = System.nanoTime(), hostNs = 0, argmaxNs = 0;
+            for (int i = 0; i < steps; i++) {
+                long a = System.nanoTime();
+                m.decodeStep(cache, tok, pos++);
+                long b = System.nanoTime();
+                tok = m.argmax();
+                hostNs += b - a;
+                argmaxNs += System.nanoTime() - b;
+            }
+            gpu.synchronize();
+            double plainTps = steps / ((System.nanoTime() - p0) / 1e9);
             double replayUs = gpu.timeGraphReplays(32);
-            double stepUs = 1e6 / tps;
-            out.printf("e2e step breakdown [%s]: wall %.1f µs/step = decodeStep call %.1f + argmax call %.1f; graph replay alone %.1f µs (device busy %.0f%% of the wall time)%n",
-                    key, stepUs, hostNs / 1e3 / steps, argmaxNs / 1e3 / steps, replayUs, 100 * replayUs / stepUs);
-            result(out, "e2e_" + key + "_step_us", stepUs, "us");
+            double stepUs = 1e6 / plainTps;
+            out.printf("e2e step breakdown [%s]: pipelined %.1f tokens/s (%.1f µs/step); plain loop %.1f tokens/s = decodeStep call %.1f + argmax call %.1f µs/step; graph replay alone %.1f µs (device busy %.0f%% of the plain loop, %.0f%% pipelined)%n",
+                    key, tps, 1e6 / tps, plainTps, hostNs / 1e3 / steps, argmaxNs / 1e3 / steps, replayUs,
+                    100 * replayUs / stepUs, 100 * replayUs * tps / 1e6);
+            result(out, "e2e_" + key + "_plain_tps", plainTps, "tokens/s");
+            result(out, "e2e_" + key + "_pipelined_speedup", tps / plainTps, "x");
+            result(out, "e2e_" + key + "_plain_step_us", stepUs, "us");
             result(out, "e2e_" + key + "_decodestep_call_us", hostNs / 1e3 / steps, "us");
             result(out, "e2e_" + key + "_argmax_call_us", argmaxNs / 1e3 / steps, "us");
             result(out, "e2e_" + key + "_graph_replay_us", replayUs, "us");
+        } finally {
+            m.setPipelinedGreedy(null);
         }
         return tps;
     }

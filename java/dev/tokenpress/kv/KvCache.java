@@ -104,6 +104,15 @@ public abstract class KvCache implements AutoCloseable {
         st[freeCount[layer][head]++] = slot;
     }
 
+    /**
+     * Whether freeing the slots of the newest appended token (every layer and KV head) restores the cache to the
+     * state before that append, so a speculative decode step can be taken back ({@code Llama.decodeGreedy}). True
+     * for plain caches; quantizing caches, whose appends also re-encode earlier tokens, say false.
+     */
+    public boolean appendsReversible() {
+        return true;
+    }
+
     /** Hook for backends that mirror positions elsewhere (device memory). */
     protected void onFree(int layer, int head, int slot) {}
 

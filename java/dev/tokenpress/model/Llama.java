@@ -39,6 +39,13 @@ public final class Llama implements AutoCloseable {
 
     private KvPolicy policy = KvPolicy.FULL;
 
+    // greedy token feedback (decodeGreedy)
+    private Boolean pipelinedGreedy;        // null: where the backend has token feedback; true: always; false: never
+    private boolean feedbackEmbedding;      // forward embeds the backend's feedback token instead of tokens[0]
+    private int emulatedRegister;           // host emulation of the feedback register (backends without one)
+    private final int[] emulatedTickets = new int[2];
+    private int[][] lastStepSlots;          // [layer][kvHead] slots of the last decode step
+
     public Llama(LlamaConfig config, Weights weights, Backend backend, int maxChunk) {
         this.config = config;
         this.backend = backend;
@@ -118,8 +125,110 @@ public final class Llama implements AutoCloseable {
         int[][] stepSlots = new int[config.numLayers()][config.numKvHeads()];
         for (int l = 0; l < stepSlots.length; l++)
             for (int g = 0; g < stepSlots[l].length; g++) stepSlots[l][g] = slots[l][g][0];
+        lastStepSlots = stepSlots;
         DecodeStep step = new DecodeStep(token, position, stepSlots, cache);
         backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
+    }
+
+    /**
+     * Pipelined greedy decoding in {@link #decodeGreedy}: {@code null} (the default) where the backend has token
+     * feedback ({@link Backend#tokenFeedback}), {@code true} also where it has none (the register then lives on the
+     * host: the same control flow without the overlap, for tests), {@code false} never.
+     */
+    public void setPipelinedGreedy(Boolean mode) {
+        this.pipelinedGreedy = mode;
+    }
+
+    /**
+     * Greedy decoding from {@code token} at {@code position}: up to {@code maxSteps} decode steps; after each, the
+     * greedy next token goes to {@code onToken}, and decoding goes on with it while onToken returns true and steps
+     * remain. Returns the number of steps run. Tokens, logits and the cache end as this plain loop leaves them:
+     * <pre>
+     * for (int s = 0; s &lt; maxSteps; ) {
+     *     decodeStep(cache, token, position + s++);
+     *     token = argmax();
+     *     if (!onToken.test(token)) break;
+     * }</pre>
+     * Where the backend has token feedback, the policy is {@code full} and the cache's appends are reversible, the
+     * step for a token is queued before that token reaches the host (its embedding reads the backend's feedback
+     * register), so the host's work for a step (slot bookkeeping, step values, launch) overlaps the device's work
+     * on the previous one; a step queued for a token that onToken refuses is taken back (its slots freed).
+     *
+     * @throws dev.tokenpress.kv.KvCacheFullException when the cache cannot take a token onToken accepted, as the
+     *                                                 plain loop would
+     */
+    public int decodeGreedy(KvCache cache, int token, int position, int maxSteps, java.util.function.IntPredicate onToken) {
+        if (maxSteps <= 0) return 0;
+        boolean device = backend.tokenFeedback();
+        boolean pipe = pipelinedGreedy == null ? device : pipelinedGreedy;
+        if (!pipe || policy != KvPolicy.FULL || !cache.appendsReversible()) {
+            int s = 0;
+            while (s < maxSteps) {
+                decodeStep(cache, token, position + s++);
+                token = argmax();
+                if (!onToken.test(token)) break;
+            }
+            return s;
+        }
+        if (device) backend.setFeedbackToken(token);
+        else emulatedRegister = token;
+        decodeStepFromFeedback(cache, position, device);
+        argmaxToFeedback(0, device);
+        int steps = 1, ticket = 0;
+        while (true) {
+            dev.tokenpress.kv.KvCacheFullException full = null;
+            boolean queued = false;
+            if (steps < maxSteps) {
+                try {
+                    decodeStepFromFeedback(cache, position + steps, device); // input: the token of the step before
+                    argmaxToFeedback(ticket ^ 1, device);
+                    queued = true;
+                } catch (dev.tokenpress.kv.KvCacheFullException e) {
+                    full = e;
+                }
+            }
+            int t = device ? backend.feedbackToken(ticket) : emulatedTickets[ticket];
+            if (!onToken.test(t)) {
+                if (queued) takeBackLastStep(cache, position + steps);
+                return steps;
+            }
+            if (full != null) throw full;
+            if (!queued) return steps;
+            steps++;
+            ticket ^= 1;
+        }
+    }
+
+    /** A decode step at {@code position} whose input token is the feedback register's. */
+    private void decodeStepFromFeedback(KvCache cache, int position, boolean device) {
+        if (!device) {
+            decodeStep(cache, emulatedRegister, position);
+            return;
+        }
+        feedbackEmbedding = true;
+        try {
+            decodeStep(cache, 0, position); // token 0: a placeholder, the embedding reads the register
+        } finally {
+            feedbackEmbedding = false;
+        }
+    }
+
+    private void argmaxToFeedback(int ticket, boolean device) {
+        if (device) {
+            backend.argmaxToFeedback(logits, 0, ticket);
+        } else {
+            emulatedRegister = backend.argmax(logits, 0);
+            emulatedTickets[ticket] = emulatedRegister;
+        }
+    }
+
+    /** Frees the slots of the last decode step (a speculative step at {@code position} nobody asked for). */
+    private void takeBackLastStep(KvCache cache, int position) {
+        for (int l = 0; l < lastStepSlots.length; l++)
+            for (int g = 0; g < lastStepSlots[l].length; g++) {
+                int slot = lastStepSlots[l][g];
+                if (cache.position(l, g, slot) == position) cache.free(l, g, slot);
+            }
     }
 
     /** Logits of the last token processed, [V]. */
@@ -163,7 +272,8 @@ public final class Llama implements AutoCloseable {
         Backend b = backend;
         LlamaConfig c = config;
         float eps = c.rmsNormEps();
-        b.embedding(x, w.embed(), tokens, n);                        // x [n, D]
+        if (feedbackEmbedding && n == 1) b.embeddingFromFeedback(x, w.embed()); // x [1, D] of the register's token
+        else b.embedding(x, w.embed(), tokens, n);                   // x [n, D]
         if (b.fusesNormIntoMatmul()) {
             // each RMSNorm inside the projections that read it, each residual add inside the projection that feeds it
             for (int l = 0; l < c.numLayers(); l++) {

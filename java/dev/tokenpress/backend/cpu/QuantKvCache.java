@@ -23,6 +23,12 @@ import java.util.List;
  * tokens; the error bound then holds against the first reconstruction). A reused slot always starts in the window.
  */
 public final class QuantKvCache extends KvCache {
+    /** Appends also move tokens from the full-precision window into packed blocks: not undone by freeing slots. */
+    @Override
+    public boolean appendsReversible() {
+        return false;
+    }
+
     private static final int NONE = Integer.MIN_VALUE;
 
     final KvQuantSpec spec;

@@ -80,9 +80,22 @@ public final class CudaBackend implements Backend {
     private final Map<float[], Long> invFreqs = new IdentityHashMap<>();
 
     private StageArena eagerArena;
-    private final StageArena graphArena;
     private long eagerArenaHost, eagerArenaDev;
-    private final long graphArenaHost, graphArenaDev;
+    // Graph step values: two pinned host arenas over one device arena. A decode step writes its values into one
+    // host arena (dry run or capture), copies it to the device arena in one async copy right before its graph
+    // launch, and the next step writes the other host arena, so the host can prepare step t + 1 while step t runs.
+    private final long[] graphArenaHosts = new long[2];
+    private final long graphArenaDev;
+    private final StageArena[] graphArenas = new StageArena[2];
+    private final long[] graphArenaCopied = new long[2]; // events after each host arena's last copy
+    private final boolean[] graphArenaPending = new boolean[2];
+    private int graphArenaIdx;
+    private StageArena graphArena;
+    // greedy token feedback: the register the argmax writes and the next step's embedding reads, and two pinned
+    // host tickets with their copy events
+    private final long feedbackDev, feedbackHost;
+    private final java.nio.IntBuffer feedbackTickets;
+    private final long[] feedbackEvents = new long[2];
 
     // scratch, grown only in eager mode
     private long xBf16;
@@ -154,9 +167,20 @@ public final class CudaBackend implements Backend {
         this.eagerArenaHost = mallocHost(EAGER_ARENA_BYTES);
         this.eagerArenaDev = malloc(EAGER_ARENA_BYTES, "staging buffer");
         this.eagerArena = new StageArena(eagerArenaHost, eagerArenaDev, EAGER_ARENA_BYTES);
-        this.graphArenaHost = mallocHost(GRAPH_ARENA_BYTES);
         this.graphArenaDev = malloc(GRAPH_ARENA_BYTES, "graph staging buffer");
-        this.graphArena = new StageArena(graphArenaHost, graphArenaDev, GRAPH_ARENA_BYTES);
+        for (int i = 0; i < 2; i++) {
+            graphArenaHosts[i] = mallocHost(GRAPH_ARENA_BYTES);
+            graphArenas[i] = new StageArena(graphArenaHosts[i], graphArenaDev, GRAPH_ARENA_BYTES);
+            long[] e = {0};
+            check(TpNative.tp_event_create(e), "event");
+            graphArenaCopied[i] = e[0];
+            check(TpNative.tp_event_create(e), "event");
+            feedbackEvents[i] = e[0];
+        }
+        this.graphArena = graphArenas[0];
+        this.feedbackDev = malloc(16, "token feedback register");
+        this.feedbackHost = mallocHost(16);
+        this.feedbackTickets = new RawPointer(feedbackHost, 16).asByteBuffer().order(java.nio.ByteOrder.nativeOrder()).asIntBuffer();
         this.selOut = malloc(8 * 1024, "top-k output");
         long[] ev = {0};
         check(TpNative.tp_event_create(ev), "event");
@@ -1431,6 +1455,44 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
+    public boolean tokenFeedback() {
+        return true;
+    }
+
+    @Override
+    public void setFeedbackToken(int token) {
+        requireEager("setFeedbackToken");
+        long d = stage(new int[] {token}, 1);
+        check(TpNative.tp_memcpy_async(feedbackDev, d, 4, stream), "feedback token");
+    }
+
+    @Override
+    public void argmaxToFeedback(Tensor x, int row, int slot) {
+        requireEager("argmaxToFeedback");
+        if (slot != 0 && slot != 1) throw new IllegalArgumentException("feedback ticket " + slot + " (0 or 1)");
+        CudaTensor t = act(x);
+        ensureSelWs(t.cols, 1);
+        check(TpNative.tp_argmax(t.row(row), t.cols, feedbackDev, feedbackDev + 8, selWs, selWsBytes, stream), "argmax");
+        check(TpNative.tp_memcpy_async(feedbackHost + 4L * slot, feedbackDev, 4, stream), "feedback copy");
+        check(TpNative.tp_event_record(feedbackEvents[slot], stream), "event record");
+    }
+
+    @Override
+    public int feedbackToken(int slot) {
+        if (slot != 0 && slot != 1) throw new IllegalArgumentException("feedback ticket " + slot + " (0 or 1)");
+        check(TpNative.tp_event_synchronize(feedbackEvents[slot]), "feedback token");
+        return feedbackTickets.get(slot);
+    }
+
+    @Override
+    public void embeddingFromFeedback(Tensor out, Tensor table) {
+        CudaTensor o = act(out), t = (CudaTensor) table;
+        if (!t.bf16) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
+        sig(42, o.ptr, t.ptr, 1);
+        if (mode != Mode.DRY) check(TpNative.tp_embedding(o.ptr, t.ptr, feedbackDev, 1, t.cols, t.rows, stream), "embedding");
+    }
+
+    @Override
     public int[] topK(Tensor x, int row, int k, float[] valuesOut) {
         requireEager("topK");
         CudaTensor t = act(x);
@@ -1491,10 +1553,9 @@ public final class CudaBackend implements Backend {
         if (step != null && step.cache() instanceof CudaKvCache c) flushFrees(c);
         for (CudaKvCache c : caches) flushFrees(c);
         if (graph != 0) {
-            waitReplay();
+            nextGraphArena(); // no wait for the replay in flight: it reads the other host arena's copy
             mode = Mode.DRY;
             sig.clear();
-            graphArena.reset();
             GraphAbort abort = null;
             try {
                 body.run();
@@ -1504,6 +1565,7 @@ public final class CudaBackend implements Backend {
                 mode = Mode.EAGER;
             }
             if (abort == null && Arrays.equals(sig.toArray(), graphSig)) {
+                copyGraphArena();
                 launchGraph();
                 return;
             }
@@ -1520,7 +1582,7 @@ public final class CudaBackend implements Backend {
 
     private void capture(Runnable body) {
         synchronize();
-        graphArena.reset();
+        nextGraphArena();
         sig.clear();
         int rc = TpNative.tp_graph_begin_capture(stream);
         if (rc != TpNative.TP_OK) {
@@ -1556,7 +1618,28 @@ public final class CudaBackend implements Backend {
         graph = ge[0];
         graphSig = sig.toArray();
         captures++;
+        copyGraphArena();
         launchGraph();
+    }
+
+    /** Switches to the other host arena of the graph step values, once its last copy to the device is done. */
+    private void nextGraphArena() {
+        graphArenaIdx ^= 1;
+        if (graphArenaPending[graphArenaIdx]) {
+            check(TpNative.tp_event_synchronize(graphArenaCopied[graphArenaIdx]), "step values copy");
+            graphArenaPending[graphArenaIdx] = false;
+        }
+        graphArena = graphArenas[graphArenaIdx];
+        graphArena.reset();
+    }
+
+    /** Queues the copy of the current host arena's step values to the device arena (before the graph launch). */
+    private void copyGraphArena() {
+        long used = graphArena.used();
+        if (used == 0) return;
+        check(TpNative.tp_memcpy_async(graphArenaDev, graphArena.host, used, stream), "step values copy");
+        check(TpNative.tp_event_record(graphArenaCopied[graphArenaIdx], stream), "event record");
+        graphArenaPending[graphArenaIdx] = true;
     }
 
     private void launchGraph() {
@@ -1643,9 +1726,7 @@ public final class CudaBackend implements Backend {
         if (!graphArena.fits(cnt)) throw abort("more step values than the graph staging buffer holds", true);
         long off = graphArena.put(a, count);
         sig.add(-7, off, count);
-        if (mode == Mode.CAPTURE)
-            check(TpNative.tp_memcpy_async(graphArena.dev + off, graphArena.host + off, 4L * cnt, stream), "stage");
-        return graphArena.dev + off;
+        return graphArena.dev + off; // copied with the rest of the step's values before the launch (copyGraphArena)
     }
 
     private void growEagerArena(long bytes) {
@@ -1715,7 +1796,12 @@ public final class CudaBackend implements Backend {
         allocations.clear();
         caches.clear();
         TpNative.tp_free_host(eagerArenaHost);
-        TpNative.tp_free_host(graphArenaHost);
+        for (int i = 0; i < 2; i++) {
+            TpNative.tp_free_host(graphArenaHosts[i]);
+            TpNative.tp_event_destroy(graphArenaCopied[i]);
+            TpNative.tp_event_destroy(feedbackEvents[i]);
+        }
+        TpNative.tp_free_host(feedbackHost);
         TpNative.tp_event_destroy(replayEvent);
         cublasDestroy_v2(cublas);
         TpNative.tp_stream_destroy(stream);

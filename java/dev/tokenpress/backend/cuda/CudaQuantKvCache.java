@@ -36,6 +36,12 @@ import java.util.List;
  * bookkeeping).
  */
 public final class CudaQuantKvCache extends KvCache {
+    /** Appends also move tokens from the full-precision window into packed blocks: not undone by freeing slots. */
+    @Override
+    public boolean appendsReversible() {
+        return false;
+    }
+
     private static final int NONE = Integer.MIN_VALUE;
 
     private final CudaBackend backend;

@@ -1,0 +1,97 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.io.ModelWriter;
+import dev.tokenpress.io.SafeTensors;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LlamaConfig;
+import dev.tokenpress.model.Weights;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Pipelined greedy decoding on CUDA ({@link Llama#decodeGreedy} with the device's token feedback register: each
+ * step's embedding reads the previous step's argmax on the device, the next step is queued before the host reads
+ * the token) against the plain loop on the same backend: the same tokens, the same cache slots and positions, and
+ * bit-identical logits of a following step, with CUDA graphs and eagerly, including a refused token (a queued step
+ * taken back).
+ */
+class CudaDecodeGreedyTest {
+    @TempDir
+    Path tmp;
+
+    private record Run(int steps, List<Integer> tokens, int[][] state, float[] nextLogits, String graphs) {}
+
+    private static Run run(CudaBackend gpu, Llama m, boolean pipelined, int prompt, int maxSteps, int stopAt, int ctx) {
+        KvCache cache = m.newCache(ctx);
+        int[] tokens = new int[prompt];
+        for (int i = 0; i < prompt; i++) tokens[i] = (i * 37 + 5) % m.config.vocabSize();
+        m.prefill(cache, tokens, 0, false, null);
+        int first = m.argmax();
+        List<Integer> seen = new ArrayList<>();
+        int steps;
+        m.setPipelinedGreedy(pipelined);
+        try {
+            steps = m.decodeGreedy(cache, first, prompt, maxSteps, t -> {
+                seen.add(t);
+                return seen.size() != stopAt;
+            });
+        } finally {
+            m.setPipelinedGreedy(null);
+        }
+        gpu.synchronize();
+        int hkv = m.config.numKvHeads();
+        int[][] state = new int[m.config.numLayers() * hkv][];
+        for (int l = 0; l < m.config.numLayers(); l++)
+            for (int g = 0; g < hkv; g++) {
+                int[] pos = cache.positions(l, g);
+                int[] st = Arrays.copyOf(pos, pos.length + 2);
+                st[pos.length] = cache.highWater(l, g);
+                st[pos.length + 1] = cache.occupied(l, g);
+                state[l * hkv + g] = st;
+            }
+        m.setPipelinedGreedy(false);
+        m.decodeStep(cache, seen.get(seen.size() - 1), prompt + steps); // the cache serves the next step alike
+        float[] next = m.logits();
+        m.setPipelinedGreedy(null);
+        String graphs = gpu.graphStatus();
+        cache.close();
+        return new Run(steps, seen, state, next, graphs);
+    }
+
+    @ParameterizedTest(name = "graphs={0} maxSteps={1} stopAt={2}")
+    @CsvSource({"true,40,0", "true,40,17", "false,24,9", "true,1,0"})
+    void pipelinedMatchesPlainLoop(boolean graphs, int maxSteps, int stopAt) {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        LlamaConfig cfg = ModelWriter.write(tmp.resolve("m"), CudaModelParityTest.config(512, 8, 2, 64, 4), 11, s -> {});
+        try (SafeTensors st = SafeTensors.open(tmp.resolve("m"))) {
+            CudaBackend gpu = CudaBackend.open();
+            try {
+                assertTrue(gpu.tokenFeedback());
+                gpu.setGraphsEnabled(graphs);
+                Llama m = new Llama(cfg, Weights.load(st, cfg, gpu, null), gpu, 64);
+                Run plain = run(gpu, m, false, 30, maxSteps, stopAt, 128);
+                Run pipe = run(gpu, m, true, 30, maxSteps, stopAt, 128);
+                System.out.println("[decode-greedy] graphs=" + graphs + " steps " + pipe.steps() + ", tokens agree "
+                        + plain.tokens().equals(pipe.tokens()) + "; " + pipe.graphs());
+                assertEquals(plain.steps(), pipe.steps(), "steps");
+                assertEquals(plain.tokens(), pipe.tokens(), "tokens");
+                assertArrayEquals(plain.state(), pipe.state(), "cache slots and positions");
+                assertArrayEquals(plain.nextLogits(), pipe.nextLogits(), "logits of the following step");
+            } finally {
+                gpu.close();
+            }
+        }
+    }
+}
