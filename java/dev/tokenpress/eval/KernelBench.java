@@ -292,7 +292,8 @@ public final class KernelBench {
     /**
      * Decode tokens/s of the llama-1b-shape model in {@code dir} (generated when absent) with {@code full} and
      * {@code tidal:k=2048}, and {@code full} over an int4 cache, at 32K and 128K of synthetic context (keys
-     * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured.
+     * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured, each with the
+     * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop.
      */
     public static void policiesEndToEnd(CudaBackend gpu, Path dir, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
@@ -307,8 +308,9 @@ public final class KernelBench {
                 // {--kv, --kv-quant, result name}
                 String[][] runs = ctx <= 32768
                         ? new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"},
-                                {"full", "int4", "int4_kvq3"}}
-                        : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"}};
+                                {"full", "int4", "int4_kvq3"}, {"full", "none", "full_pipelined"}}
+                        : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"},
+                                {"full", "none", "full_pipelined"}};
                 for (String[] run : runs) {
                     String spec = run[0], name = run[2];
                     int kvqBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
@@ -318,6 +320,9 @@ public final class KernelBench {
                     try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
                         fillSynthetic(gpu, cfg, cache, ctx);
                         gpu.synchronize();
+                        // the plain loop for every policy (like for like: pipelined greedy decoding needs the full
+                        // policy and a plain cache); full_pipelined: Llama.decodeGreedy's pipelined loop
+                        m.setPipelinedGreedy(name.equals("full_pipelined") ? null : Boolean.FALSE);
                         double tps = decode(gpu, m, cache, 1, ctx, steps);
                         if (name.equals("full")) full = tps;
                         out.printf("e2e %dK context, --kv %s --kv-quant %s [%s]: %.1f tokens/s; KV %d bytes; %s%n", ctx / 1024, spec,
@@ -328,6 +333,7 @@ public final class KernelBench {
                     } catch (RuntimeException e) {
                         out.printf("e2e %dK context, --kv %s --kv-quant %s: FAILED %s%n", ctx / 1024, spec, run[1], e.getMessage());
                     } finally {
+                        m.setPipelinedGreedy(null);
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
                     }
                 }
