@@ -317,30 +317,43 @@ int pick_splits(int N, int V) {
 
 constexpr int kV2BM = 128;                            // rows of h per block
 constexpr int kV2BN = 256;                            // vocabulary rows per tile
-constexpr int kV2BK = 32;                             // D per pipeline stage
-constexpr int kV2Stages = 4;
 constexpr int kV2Threads = 256;                       // 8 warps: 2 (rows, 64 each) x 4 (vocab, 64 each)
 constexpr int kV2MT = 4;                              // m16 tiles per warp
 constexpr int kV2NT = 8;                              // n8 tiles per warp
-constexpr int kV2KS = kV2BK / 16;                     // k16 steps per stage
-constexpr int kV2Chunks = kV2BK / 8;                  // 16-byte chunks per shared-memory row
-constexpr int kV2RowBytes = kV2BK * 2;
-constexpr int kV2SwzShift = kV2Chunks == 4 ? 1 : 0;  // rows sharing a 128-byte line get different XOR keys
-constexpr int kV2ABytes = kV2BM * kV2RowBytes;
-constexpr int kV2BBytes = kV2BN * kV2RowBytes;
-constexpr int kV2StageBytes = kV2ABytes + kV2BBytes;
-constexpr int kV2PipeBytes = kV2Stages * kV2StageBytes;
-constexpr int kV2SmemBytes = kV2PipeBytes + kV2BM * 4;  // + the block's targets
-static_assert(kV2Chunks == 4 || kV2Chunks == 8, "swizzle for 64- or 128-byte rows");
-static_assert(kV2KS >= 2, "the last k16 step of a stage reads fragments loaded before the barrier");
-static_assert(kV2BM * kV2Chunks % kV2Threads == 0 && kV2BN * kV2Chunks % kV2Threads == 0, "whole chunks per thread");
-static_assert(kV2PipeBytes >= 2 * 4 * kV2BM * 4, "the pipeline buffers hold the final 4-way merge");
-static_assert(kV2SmemBytes <= 99 * 1024, "fits the opt-in limit of sm_86/sm_89 (99 KiB)");
 
-// byte offset of 16-byte chunk c of row r within an operand tile
-__device__ __forceinline__ uint32_t v2_swz(int r, int c) {
-    return (uint32_t)(r * kV2RowBytes + ((c ^ ((r >> kV2SwzShift) & (kV2Chunks - 1))) << 4));
-}
+// The pipeline shape of a variant-2-family kernel: D per stage (BK) and stages. Variant 2: 32 x 4 (96.5 KiB of
+// shared memory, fits every sm_80+ opt-in limit); variants 3 and 4: 64 x 3 and 64 x 4 (144.5 / 192.5 KiB, half as
+// many block barriers and cp.async groups per FLOP; devices with at least that much opt-in shared memory).
+template <int BK, int STAGES>
+struct V2Cfg {
+    static constexpr int kBK = BK;
+    static constexpr int kStages = STAGES;
+    static constexpr int kKS = BK / 16;                       // k16 steps per stage
+    static constexpr int kChunks = BK / 8;                    // 16-byte chunks per shared-memory row
+    static constexpr int kRowBytes = BK * 2;
+    static constexpr int kSwzShift = kChunks == 4 ? 1 : 0;   // rows sharing a 128-byte line get different XOR keys
+    static constexpr int kABytes = kV2BM * kRowBytes;
+    static constexpr int kBBytes = kV2BN * kRowBytes;
+    static constexpr int kStageBytes = kABytes + kBBytes;
+    static constexpr int kPipeBytes = STAGES * kStageBytes;
+    static constexpr int kSmemBytes = kPipeBytes + kV2BM * 4;  // + the block's targets
+    static_assert(kChunks == 4 || kChunks == 8, "swizzle for 64- or 128-byte rows");
+    static_assert(kKS >= 2, "the last k16 step of a stage reads fragments loaded before the barrier");
+    static_assert(kV2BM * kChunks % kV2Threads == 0 && kV2BN * kChunks % kV2Threads == 0, "whole chunks per thread");
+    static_assert(kPipeBytes >= 2 * 4 * kV2BM * 4, "the pipeline buffers hold the final 4-way merge");
+    static_assert(STAGES >= 2, "stages");
+    static_assert(kSmemBytes <= 227 * 1024, "fits the sm_90 opt-in limit");
+
+    // byte offset of 16-byte chunk c of row r within an operand tile
+    __device__ static __forceinline__ uint32_t swz(int r, int c) {
+        return (uint32_t)(r * kRowBytes + ((c ^ ((r >> kSwzShift) & (kChunks - 1))) << 4));
+    }
+};
+using V2C2 = V2Cfg<32, 4>;
+using V2C3 = V2Cfg<64, 3>;
+using V2C4 = V2Cfg<64, 4>;
+static_assert(V2C2::kSmemBytes <= 99 * 1024, "variant 2 fits the opt-in limit of sm_86/sm_89 (99 KiB)");
+
 __device__ __forceinline__ void cp_async16_zfill(uint32_t smem, const void* gmem, bool ok) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(ok ? 16 : 0)
                  : "memory");
@@ -367,13 +380,14 @@ __global__ void cce_h_to_bf16_kernel(uint16_t* __restrict__ out, const float* __
     }
 }
 
+template <class C>
 __global__ void __launch_bounds__(kV2Threads, 1)
 cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ w, const int* __restrict__ targets,
                   float* __restrict__ target_out, float* __restrict__ ws_m, float* __restrict__ ws_d, int N, int V,
                   int D, int tiles_per_split, int num_tiles) {
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
-    int* s_tgt = reinterpret_cast<int*>(smem + kV2PipeBytes);
+    int* s_tgt = reinterpret_cast<int*>(smem + C::kPipeBytes);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t4 = lane & 3;
@@ -382,7 +396,7 @@ cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ 
     const int row0 = blockIdx.y * kV2BM;
     const int tile_begin = split * tiles_per_split;
     const int tile_end = min(num_tiles, tile_begin + tiles_per_split);
-    const int KC = (D + kV2BK - 1) / kV2BK;
+    const int KC = (D + C::kBK - 1) / C::kBK;
     const int iters = max(0, tile_end - tile_begin) * KC;
 
     if (tid < kV2BM) {
@@ -394,26 +408,26 @@ cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ 
     int ld_tile = tile_begin, ld_kc = 0, ld_stage = 0, ld_count = 0;
     auto issue = [&]() {
         if (ld_count < iters) {
-            const uint32_t sa = sbase + (uint32_t)(ld_stage * kV2StageBytes);
-            const uint32_t sb = sa + kV2ABytes;
-            const int k0 = ld_kc * kV2BK;
+            const uint32_t sa = sbase + (uint32_t)(ld_stage * C::kStageBytes);
+            const uint32_t sb = sa + C::kABytes;
+            const int k0 = ld_kc * C::kBK;
 #pragma unroll
-            for (int q = 0; q < kV2BM * kV2Chunks / kV2Threads; q++) {
-                const int idx = tid + q * kV2Threads, r = idx / kV2Chunks, c = idx % kV2Chunks;
+            for (int q = 0; q < kV2BM * C::kChunks / kV2Threads; q++) {
+                const int idx = tid + q * kV2Threads, r = idx / C::kChunks, c = idx % C::kChunks;
                 const int gr = row0 + r, k = k0 + c * 8;
                 const bool ok = gr < N && k < D;
-                cp_async16_zfill(sa + v2_swz(r, c), ok ? (const void*)(hb + (int64_t)gr * D + k) : (const void*)hb, ok);
+                cp_async16_zfill(sa + C::swz(r, c), ok ? (const void*)(hb + (int64_t)gr * D + k) : (const void*)hb, ok);
             }
             const int v0 = ld_tile * kV2BN;
 #pragma unroll
-            for (int q = 0; q < kV2BN * kV2Chunks / kV2Threads; q++) {
-                const int idx = tid + q * kV2Threads, r = idx / kV2Chunks, c = idx % kV2Chunks;
+            for (int q = 0; q < kV2BN * C::kChunks / kV2Threads; q++) {
+                const int idx = tid + q * kV2Threads, r = idx / C::kChunks, c = idx % C::kChunks;
                 const int gv = v0 + r, k = k0 + c * 8;
                 const bool ok = gv < V && k < D;
-                cp_async16_zfill(sb + v2_swz(r, c), ok ? (const void*)(w + (int64_t)gv * D + k) : (const void*)w, ok);
+                cp_async16_zfill(sb + C::swz(r, c), ok ? (const void*)(w + (int64_t)gv * D + k) : (const void*)w, ok);
             }
             ld_count++;
-            ld_stage = ld_stage + 1 == kV2Stages ? 0 : ld_stage + 1;
+            ld_stage = ld_stage + 1 == C::kStages ? 0 : ld_stage + 1;
             if (++ld_kc == KC) {
                 ld_kc = 0;
                 ld_tile++;
@@ -426,14 +440,14 @@ cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ 
     // a0..a3; lane row (lane & 15), chunk 2 ks + (lane >> 4). B (n8 tiles 2 jp, 2 jp + 1): matrices (tile) x (k half)
     // give b[2jp][0], b[2jp][1], b[2jp+1][0], b[2jp+1][1]; lane row ((lane >> 4) << 3) + (lane & 7), chunk
     // 2 ks + ((lane >> 3) & 1). The swizzle key depends on row & 7 only, so the 16-row steps (i, jp) add a constant.
-    uint32_t a_off[kV2KS], b_off[kV2KS];
+    uint32_t a_off[C::kKS], b_off[C::kKS];
     {
         const int a_row = warp_m * 64 + (lane & 15), a_ch = lane >> 4;
         const int b_row = warp_n * 64 + ((lane >> 4) << 3) + (lane & 7), b_ch = (lane >> 3) & 1;
 #pragma unroll
-        for (int ks = 0; ks < kV2KS; ks++) {
-            a_off[ks] = v2_swz(a_row, 2 * ks + a_ch);
-            b_off[ks] = kV2ABytes + v2_swz(b_row, 2 * ks + b_ch);
+        for (int ks = 0; ks < C::kKS; ks++) {
+            a_off[ks] = C::swz(a_row, 2 * ks + a_ch);
+            b_off[ks] = C::kABytes + C::swz(b_row, 2 * ks + b_ch);
         }
     }
 
@@ -452,10 +466,10 @@ cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ 
     auto load_frags = [&](int buf, uint32_t sa, int ks) {
 #pragma unroll
         for (int i = 0; i < kV2MT; i++)
-            ldsm_x4(sa + a_off[ks] + i * 16 * kV2RowBytes, af[buf][i][0], af[buf][i][1], af[buf][i][2], af[buf][i][3]);
+            ldsm_x4(sa + a_off[ks] + i * 16 * C::kRowBytes, af[buf][i][0], af[buf][i][1], af[buf][i][2], af[buf][i][3]);
 #pragma unroll
         for (int jp = 0; jp < kV2NT / 2; jp++)
-            ldsm_x4(sa + b_off[ks] + jp * 16 * kV2RowBytes, bfr[buf][2 * jp][0], bfr[buf][2 * jp][1],
+            ldsm_x4(sa + b_off[ks] + jp * 16 * C::kRowBytes, bfr[buf][2 * jp][0], bfr[buf][2 * jp][1],
                     bfr[buf][2 * jp + 1][0], bfr[buf][2 * jp + 1][1]);
     };
 
@@ -464,26 +478,26 @@ cce_lse_v2_kernel(const uint16_t* __restrict__ hb, const uint16_t* __restrict__ 
     // stage, which the next iteration refills) and loads chunk it + 1's first fragments while chunk it's last MMAs
     // are issued; the MMAs issued before the barrier keep the tensor cores busy across it.
 #pragma unroll
-    for (int s = 0; s < kV2Stages - 1; s++) issue();
+    for (int s = 0; s < C::kStages - 1; s++) issue();
     if (iters > 0) {
-        cp_async_wait<kV2Stages - 2>();  // S - 1 groups committed: chunk 0 is complete
+        cp_async_wait<C::kStages - 2>();  // S - 1 groups committed: chunk 0 is complete
         __syncthreads();
         load_frags(0, sbase, 0);
     }
 
     int tile = tile_begin, kc = 0, stage = 0;
     for (int it = 0; it < iters; it++) {
-        const uint32_t sa = sbase + (uint32_t)(stage * kV2StageBytes);
-        stage = stage + 1 == kV2Stages ? 0 : stage + 1;
+        const uint32_t sa = sbase + (uint32_t)(stage * C::kStageBytes);
+        stage = stage + 1 == C::kStages ? 0 : stage + 1;
         issue();  // chunk it + S - 1 into the stage of chunk it - 1 (read before the last barrier)
 #pragma unroll
-        for (int ks = 0; ks < kV2KS; ks++) {
-            if (ks + 1 < kV2KS) {
+        for (int ks = 0; ks < C::kKS; ks++) {
+            if (ks + 1 < C::kKS) {
                 load_frags((ks + 1) & 1, sa, ks + 1);
             } else if (it + 1 < iters) {
-                cp_async_wait<kV2Stages - 2>();  // S + it groups committed: chunk it + 1 is complete
+                cp_async_wait<C::kStages - 2>();  // S + it groups committed: chunk it + 1 is complete
                 __syncthreads();                 // ... for every thread; chunk it's stage is no longer read after this
-                load_frags((ks + 1) & 1, sbase + (uint32_t)(stage * kV2StageBytes), 0);
+                load_frags((ks + 1) & 1, sbase + (uint32_t)(stage * C::kStageBytes), 0);
             }
 #pragma unroll
             for (int i = 0; i < kV2MT; i++)
@@ -588,12 +602,19 @@ int pick_splits_v2(int N, int V) {
     return best;
 }
 
+#define TP_CUDA_OK(call)                 \
+    do {                                 \
+        const int tp_rc_ = (call);       \
+        if (tp_rc_ != TP_OK) return tp_rc_; \
+    } while (0)
+
 int g_cce_variant = 2;  // variant 2 since it passed CudaCceParityTest on an H100 (3.2x faster than 1)
 
 uint64_t v1_workspace_bytes(int n) { return n <= 0 ? 0 : (uint64_t)n * kMaxSplits * 2 * sizeof(float); }
 
-// *ok = 1 when variant 2 can launch on the current device (its dynamic shared memory opt-in done), 0 when the
-// device cannot give it enough shared memory (variant 1 runs instead). Returns TP_OK or the CUDA failure.
+// *ok = 1 when the kernel of config C can launch on the current device (its dynamic shared memory opt-in done), 0
+// when the device cannot give it enough shared memory. Returns TP_OK or the CUDA failure.
+template <class C>
 int v2_ready(int* ok) {
     static int state[64] = {0};  // per device: 0 unknown, 1 ready, 2 unsupported
     int dev = 0;
@@ -604,13 +625,14 @@ int v2_ready(int* ok) {
     }
     int optin = 0;
     TP_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    *ok = optin >= kV2SmemBytes;
+    *ok = optin >= C::kSmemBytes;
     if (*ok)
-        TP_CUDA(cudaFuncSetAttribute(cce_lse_v2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kV2SmemBytes));
+        TP_CUDA(cudaFuncSetAttribute(cce_lse_v2_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
     if (dev >= 0 && dev < 64) state[dev] = *ok ? 1 : 2;
     return TP_OK;
 }
 
+template <class C>
 int cce_lse_v2(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm_head, uint64_t targets, int n,
                int vocab, int dim, uint64_t workspace, cudaStream_t s) {
     const char* fn = "tp_cce_lse";
@@ -631,12 +653,32 @@ int cce_lse_v2(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm
     if (cblocks > 8 * (int64_t)sm_count()) cblocks = 8 * (int64_t)sm_count();
     cce_h_to_bf16_kernel<<<(unsigned)cblocks, 256, 0, s>>>(hb, TP_PTR(const float, hidden), count8);
     TP_LAUNCHED("cce_h_to_bf16_kernel");
-    cce_lse_v2_kernel<<<grid, kV2Threads, kV2SmemBytes, s>>>(hb, TP_PTR(const uint16_t, lm_head), kt, to, ws_m, ws_d,
-                                                              n, vocab, dim, per, tiles);
+    cce_lse_v2_kernel<C><<<grid, kV2Threads, C::kSmemBytes, s>>>(hb, TP_PTR(const uint16_t, lm_head), kt, to, ws_m,
+                                                                  ws_d, n, vocab, dim, per, tiles);
     TP_LAUNCHED("cce_lse_v2_kernel");
     cce_merge_kernel<<<(unsigned)ceil_div(n, 256), 256, 0, s>>>(TP_PTR(float, lse), to, tg, ws_m, ws_d, n, vocab,
                                                                 used);
     TP_LAUNCHED("cce_merge_kernel");
+    return TP_OK;
+}
+
+// Variant v of the tensor-core family (2, 3 or 4) if the device can run it, else the next smaller shape (4 -> 3 ->
+// 2); *launched = 0 when none fits (variant 1 then runs).
+int cce_lse_family(int v, int* launched, uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm_head,
+                   uint64_t targets, int n, int vocab, int dim, uint64_t workspace, cudaStream_t s) {
+    int ok = 0;
+    *launched = 1;
+    if (v >= 4) {
+        TP_CUDA_OK(v2_ready<V2C4>(&ok));
+        if (ok) return cce_lse_v2<V2C4>(lse, target_logit, hidden, lm_head, targets, n, vocab, dim, workspace, s);
+    }
+    if (v >= 3) {
+        TP_CUDA_OK(v2_ready<V2C3>(&ok));
+        if (ok) return cce_lse_v2<V2C3>(lse, target_logit, hidden, lm_head, targets, n, vocab, dim, workspace, s);
+    }
+    TP_CUDA_OK(v2_ready<V2C2>(&ok));
+    if (ok) return cce_lse_v2<V2C2>(lse, target_logit, hidden, lm_head, targets, n, vocab, dim, workspace, s);
+    *launched = 0;
     return TP_OK;
 }
 
@@ -650,13 +692,13 @@ uint64_t tp_cce_lse_workspace_bytes_for(int n, int dim, int variant) {
     if (variant == 0) variant = g_cce_variant;
     if (n <= 0) return 0;
     uint64_t b = v1_workspace_bytes(n);
-    if (variant == 2 && dim > 0) b += (uint64_t)n * (uint64_t)dim * sizeof(uint16_t);  // bf16 copy of h
+    if (variant >= 2 && dim > 0) b += (uint64_t)n * (uint64_t)dim * sizeof(uint16_t);  // bf16 copy of h
     return b;
 }
 
 int tp_cce_set_variant(int variant) {
-    if (variant != 1 && variant != 2)
-        return fail(TP_ERR_BAD_ARGUMENT, "tp_cce_set_variant: bad argument 'variant' (%d: 1 or 2)", variant);
+    if (variant < 1 || variant > 4)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_cce_set_variant: bad argument 'variant' (%d: 1, 2, 3 or 4)", variant);
     g_cce_variant = variant;
     return TP_OK;
 }
@@ -665,7 +707,7 @@ int tp_cce_get_variant(void) { return g_cce_variant; }
 
 int tp_cce_lse_splits(int n, int vocab) {
     if (n <= 0 || vocab <= 0) return 0;
-    return g_cce_variant == 2 ? pick_splits_v2(n, vocab) : pick_splits(n, vocab);
+    return g_cce_variant >= 2 ? pick_splits_v2(n, vocab) : pick_splits(n, vocab);
 }
 
 int tp_cce_lse(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm_head, uint64_t targets, int n,
@@ -684,17 +726,18 @@ int tp_cce_lse(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm
         return fail(TP_ERR_UNSUPPORTED, "%s: needs dim %% 8 == 0 and 16-byte aligned hidden and lm_head (dim %d)",
                     fn, dim);
     cudaStream_t s = TP_STREAM(stream);
-    if (g_cce_variant == 2 && !precise) {
-        const uint64_t need = tp_cce_lse_workspace_bytes_for(n, dim, 2);
+    const int variant = g_cce_variant;
+    if (variant >= 2 && !precise) {
+        const uint64_t need = tp_cce_lse_workspace_bytes_for(n, dim, variant);
         if (workspace_bytes < need)
             return fail(TP_ERR_BAD_ARGUMENT,
-                        "%s: variant 2 needs tp_cce_lse_workspace_bytes_for(n, dim, 2) = %llu workspace bytes, got %llu",
-                        fn, (unsigned long long)need, (unsigned long long)workspace_bytes);
-        int ok = 0;
-        const int rc = v2_ready(&ok);
-        if (rc != TP_OK) return rc;
-        if (ok) return cce_lse_v2(lse, target_logit, hidden, lm_head, targets, n, vocab, dim, workspace, s);
-        // else: the device cannot give variant 2 its shared memory: variant 1 below
+                        "%s: variant %d needs tp_cce_lse_workspace_bytes_for(n, dim, %d) = %llu workspace bytes, got %llu",
+                        fn, variant, variant, (unsigned long long)need, (unsigned long long)workspace_bytes);
+        int launched = 0;
+        const int rc = cce_lse_family(variant, &launched, lse, target_logit, hidden, lm_head, targets, n, vocab, dim,
+                                      workspace, s);
+        if (rc != TP_OK || launched) return rc;
+        // else: the device cannot give the kernel its shared memory: variant 1 below
     }
     const int splits = pick_splits(n, vocab);
     const int tiles = (int)ceil_div(vocab, kBN);

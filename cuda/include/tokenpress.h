@@ -379,18 +379,20 @@ int tp_topk(uint64_t x, int count, int k, uint64_t out_index, uint64_t out_value
 /** Bytes of workspace tp_cce_lse needs for n rows (n * 64 splits * 2 floats; any vocabulary). */
 uint64_t tp_cce_lse_workspace_bytes(int n);
 /**
- * Bytes of workspace tp_cce_lse needs for n rows of dim under variant 1 or 2 (0 = the variant set now): variant 1 as
- * tp_cce_lse_workspace_bytes(n); variant 2 adds a bf16 copy of h (n * dim * 2 bytes). Variant 2 with a smaller
- * workspace is refused (TP_ERR_BAD_ARGUMENT).
+ * Bytes of workspace tp_cce_lse needs for n rows of dim under a variant (1-4; 0 = the variant set now): variant 1
+ * as tp_cce_lse_workspace_bytes(n); variants 2-4 add a bf16 copy of h (n * dim * 2 bytes). Variants 2-4 with a
+ * smaller workspace are refused (TP_ERR_BAD_ARGUMENT).
  */
 uint64_t tp_cce_lse_workspace_bytes_for(int n, int dim, int variant);
 /**
- * Which tp_cce_lse implementation runs from now on (process-wide): 1 the first tensor-core kernel,
- * 2 (default) the cp.async / ldmatrix kernel with 128 x 256 block tiles (h rounded to bf16 only: precise = 1 still runs
- * variant 1; a device without 97 KiB of opt-in shared memory per block also runs variant 1). Same outputs contract.
+ * Which tp_cce_lse implementation runs from now on (process-wide): 1 the first tensor-core kernel, 2 (default) the
+ * cp.async / ldmatrix kernel with 128 x 256 block tiles and D in chunks of 32 through 4 stages, 3 and 4 the same
+ * kernel with D in chunks of 64 through 3 or 4 stages (h rounded to bf16 only: precise = 1 still runs variant 1; a
+ * device without the shared memory a shape needs runs the next smaller one: 4 -> 3 -> 2 -> 1). Same outputs
+ * contract; variants 2-4 need tp_cce_lse_workspace_bytes_for(n, dim, variant). TP_ERR_BAD_ARGUMENT outside 1-4.
  */
 int tp_cce_set_variant(int variant);
-/** The setting tp_cce_set_variant made (1 or 2). */
+/** The setting tp_cce_set_variant made (1 to 4). */
 int tp_cce_get_variant(void);
 /** Vocabulary splits tp_cce_lse uses for n rows over vocab entries on the current device under the variant set
  *  now with precise = 0 (informational). */

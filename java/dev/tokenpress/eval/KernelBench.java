@@ -348,7 +348,8 @@ public final class KernelBench {
      * gemm_ms) plus tp_lse_rows over them (naive_lsm_ms). Memory: bytes allocated per path (cce_bytes,
      * naive_bytes) and the cudaMemGetInfo drop (cce_meminfo_bytes, naive_meminfo_bytes). Variant 2 of tp_cce_lse
      * (bf16 h, its h → bf16 conversion included): keys cce_v2_* (time, TFLOP/s, ratios to the GEMM and to variant 1,
-     * bytes, max differences to the naive path and to variant 1).
+     * bytes, max differences to the naive path and to variant 1); variants 3 and 4 (D chunks of 64, 3 or 4 stages):
+     * keys cce_v3_* and cce_v4_*.
      */
     public static void cce(CudaBackend gpu, int n, int d, int v, PrintStream out) {
         CudaCce.BenchResult r = CudaCce.bench(gpu, n, d, v, 3);
@@ -359,6 +360,8 @@ public final class KernelBench {
         out.printf("| tp_cce_lse (bf16 h) | %.3f | %.1f | %d |%n", r.cceMs(), flop / r.cceMs() / 1e9, r.cceBytes());
         out.printf("| tp_cce_lse precise (hi+lo h) | %.3f | %.1f | %d |%n", r.ccePreciseMs(), flop / r.ccePreciseMs() / 1e9, r.cceBytes());
         out.printf("| tp_cce_lse variant 2 (bf16 h, %d splits) | %.3f | %.1f | %d |%n", r.v2Splits(), r.cceV2Ms(), flop / r.cceV2Ms() / 1e9, r.v2Bytes());
+        out.printf("| tp_cce_lse variant 3 (bf16 h, D chunks of 64, 3 stages) | %.3f | %.1f | %d |%n", r.cceV3Ms(), flop / r.cceV3Ms() / 1e9, r.v2Bytes());
+        out.printf("| tp_cce_lse variant 4 (bf16 h, D chunks of 64, 4 stages) | %.3f | %.1f | %d |%n", r.cceV4Ms(), flop / r.cceV4Ms() / 1e9, r.v2Bytes());
         out.printf("| cuBLAS GEMM f32 logits | %.3f | %.1f | %d |%n", r.gemmMs(), flop / r.gemmMs() / 1e9, r.naiveBytes());
         out.printf("| + naive log-softmax | %.3f | | |%n", r.naiveLsmMs());
         result(out, "cce_ms", r.cceMs(), "ms");
@@ -377,6 +380,12 @@ public final class KernelBench {
         result(out, "cce_vs_naive_max_lse_diff", r.maxLseDiff(), "");
         result(out, "cce_vs_naive_max_target_diff", r.maxTargetDiff(), "");
         result(out, "cce_v2_ms", r.cceV2Ms(), "ms");
+        result(out, "cce_v3_ms", r.cceV3Ms(), "ms");
+        result(out, "cce_v3_vs_gemm", r.cceV3Ms() / r.gemmMs(), "x");
+        result(out, "cce_v3_vs_naive_max_lse_diff", r.v3MaxLseDiff(), "");
+        result(out, "cce_v4_ms", r.cceV4Ms(), "ms");
+        result(out, "cce_v4_vs_gemm", r.cceV4Ms() / r.gemmMs(), "x");
+        result(out, "cce_v4_vs_naive_max_lse_diff", r.v4MaxLseDiff(), "");
         result(out, "cce_v2_tflops", flop / r.cceV2Ms() / 1e9, "TFLOP/s");
         result(out, "cce_v2_vs_gemm", r.cceV2Ms() / r.gemmMs(), "x");
         result(out, "cce_v2_vs_v1", r.cceV2Ms() / r.cceMs(), "x");

@@ -206,8 +206,8 @@ public final class CudaBackend implements Backend {
         setAttentionVariant(switch (attn.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; });
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
-        String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 | v2 (native default), process-wide
-        if (cce != null) check(TpNative.tp_cce_set_variant(switch (cce.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> -1; }), "tokenpress.cuda.cceVariant=" + cce);
+        String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 | v2 (native default) | v3 | v4, process-wide
+        if (cce != null) check(TpNative.tp_cce_set_variant(switch (cce.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; case "v3", "3" -> 3; case "v4", "4" -> 4; default -> -1; }), "tokenpress.cuda.cceVariant=" + cce);
     }
 
     /**

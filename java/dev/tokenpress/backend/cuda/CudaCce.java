@@ -26,9 +26,11 @@ import java.util.SplittableRandom;
  * path (half the tensor-core work). Needs D % 8 == 0 ({@link UnsupportedOpException} otherwise). Eager only (not
  * inside a captured decode step).
  * <p>
- * Two implementations, chosen process-wide ({@link #setVariant}, or {@code -Dtokenpress.cuda.cceVariant=v1|v2} read
- * when a {@link CudaBackend} opens): 1 and 2 (the default: cp.async / ldmatrix pipeline with 128 x 256 block tiles,
- * h rounded to bf16 only: precise mode always runs variant 1). Variant 2 needs a larger workspace (a bf16 copy of h).
+ * Implementations, chosen process-wide ({@link #setVariant}, or {@code -Dtokenpress.cuda.cceVariant=v1|v2|v3|v4}
+ * read when a {@link CudaBackend} opens): 1, and 2 (the default: cp.async / ldmatrix pipeline with 128 x 256 block
+ * tiles, D in chunks of 32 through 4 stages, h rounded to bf16 only: precise mode always runs variant 1); 3 and 4
+ * are variant 2 with D in chunks of 64 through 3 or 4 stages (144.5 / 192.5 KiB of shared memory: on devices with
+ * less, the next smaller shape runs). Variants 2 to 4 need a larger workspace (a bf16 copy of h).
  */
 public final class CudaCce {
     private CudaCce() {}
@@ -43,7 +45,7 @@ public final class CudaCce {
         return TpNative.tp_cce_lse_workspace_bytes_for(n, dim, variant);
     }
 
-    /** Selects the implementation of {@code tp_cce_lse} for the whole process: 1 (default) or 2. */
+    /** Selects the implementation of {@code tp_cce_lse} for the whole process: 1, 2 (default), 3 or 4. */
     public static void setVariant(int variant) {
         check(TpNative.tp_cce_set_variant(variant), "tp_cce_set_variant");
     }
@@ -151,7 +153,8 @@ public final class CudaCce {
     public record BenchResult(double cceMs, double ccePreciseMs, double gemmMs, double naiveLsmMs, long cceBytes,
                               long naiveBytes, long cceMemDelta, long naiveMemDelta, double maxLseDiff,
                               double maxTargetDiff, int splits, double cceV2Ms, long v2Bytes, double v2MaxLseDiff,
-                              double v2MaxTargetDiff, double v2VsV1MaxLseDiff, int v2Splits) {}
+                              double v2MaxTargetDiff, double v2VsV1MaxLseDiff, int v2Splits, double cceV3Ms,
+                              double v3MaxLseDiff, double cceV4Ms, double v4MaxLseDiff) {}
 
     /** Random h [n, d] (f32) and W [v, d] (bf16), random targets with every 17th row ignored. */
     public static BenchResult bench(CudaBackend b, int n, int d, int v, int reps) {
@@ -220,36 +223,47 @@ public final class CudaCce {
             check(TpNative.tp_memcpy_d2h(lseN, nOut, 4L * n, b.stream()), "download");
             check(TpNative.tp_memcpy_d2h(tgtN, nOut + 4L * n, 4L * n, b.stream()), "download");
 
-            // -- CCE variant 2 (bf16 h only), last: a failure there (NaN times) leaves the figures above intact
-            double cceV2 = Double.NaN;
+            // -- CCE variants 2, 3 and 4 (bf16 h only), last: a failure there (NaN times) leaves the figures above
+            // intact
+            double[] famMs = new double[5];
+            float[][] famLse = new float[5][], famTgt = new float[5][];
             long v2Bytes = 0;
             int v2Splits = 0;
-            float[] lse2 = new float[n], tgt2 = new float[n];
-            Arrays.fill(lse2, Float.NaN);
-            try {
-                setVariant(2);
-                long ws2Bytes = workspaceBytes(n, d, 2);
-                cceWs = b.malloc(ws2Bytes, "bench cce v2 workspace");
-                v2Bytes = ws2Bytes + 8L * n + 4L * n;
-                final long fWs2 = cceWs;
-                check(TpNative.tp_memset_async(cceOut, 0xff, 8L * n, b.stream()), "memset"); // NaN until written
-                cceV2 = time(b, e0[0], e1[0], reps, () ->
-                        computeDevice(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v, d, false, fWs2, ws2Bytes));
-                check(TpNative.tp_memcpy_d2h(lse2, cceOut, 4L * n, b.stream()), "download");
-                check(TpNative.tp_memcpy_d2h(tgt2, cceOut + 4L * n, 4L * n, b.stream()), "download");
-                v2Splits = TpNative.tp_cce_lse_splits(n, v);
-            } catch (RuntimeException e) {
-                System.err.println("cce variant 2 failed: " + e);
-                cceV2 = Double.NaN;
-            } finally {
-                setVariant(variant0);
+            for (int fv = 2; fv <= 4; fv++) {
+                famMs[fv] = Double.NaN;
+                famLse[fv] = new float[n];
+                famTgt[fv] = new float[n];
+                Arrays.fill(famLse[fv], Float.NaN);
+                try {
+                    setVariant(fv);
+                    long wsB = workspaceBytes(n, d, fv);
+                    cceWs = b.malloc(wsB, "bench cce v" + fv + " workspace");
+                    if (fv == 2) v2Bytes = wsB + 8L * n + 4L * n;
+                    final long fWs2 = cceWs;
+                    check(TpNative.tp_memset_async(cceOut, 0xff, 8L * n, b.stream()), "memset"); // NaN until written
+                    famMs[fv] = time(b, e0[0], e1[0], reps, () ->
+                            computeDevice(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v, d, false, fWs2, wsB));
+                    check(TpNative.tp_memcpy_d2h(famLse[fv], cceOut, 4L * n, b.stream()), "download");
+                    check(TpNative.tp_memcpy_d2h(famTgt[fv], cceOut + 4L * n, 4L * n, b.stream()), "download");
+                    if (fv == 2) v2Splits = TpNative.tp_cce_lse_splits(n, v);
+                } catch (RuntimeException e) {
+                    System.err.println("cce variant " + fv + " failed: " + e);
+                    famMs[fv] = Double.NaN;
+                } finally {
+                    setVariant(variant0);
+                    if (cceWs != 0) b.free(cceWs);
+                    cceWs = 0;
+                }
             }
+            double cceV2 = famMs[2];
+            float[] lse2 = famLse[2], tgt2 = famTgt[2];
             double[] d1 = diffs(lseC, tgtC, lseN, tgtN, targets, n), d2 = diffs(lse2, tgt2, lseN, tgtN, targets, n);
             double d21 = 0;
             for (int i = 0; i < n; i++) d21 = Math.max(d21, Math.abs((double) lse2[i] - lseC[i]));
             if (Double.isNaN(d21)) d21 = Double.POSITIVE_INFINITY;
+            double[] d3 = diffs(famLse[3], famTgt[3], lseN, tgtN, targets, n), d4 = diffs(famLse[4], famTgt[4], lseN, tgtN, targets, n);
             return new BenchResult(cceFast, ccePrecise, gemm, lsm, cceBytes, naiveBytes, cceMemDelta, naiveMemDelta,
-                    d1[0], d1[1], splits, cceV2, v2Bytes, d2[0], d2[1], d21, v2Splits);
+                    d1[0], d1[1], splits, cceV2, v2Bytes, d2[0], d2[1], d21, v2Splits, famMs[3], d3[0], famMs[4], d4[0]);
         } finally {
             TpNative.tp_cce_set_variant(variant0);
             TpNative.tp_event_destroy(e0[0]);

@@ -27,13 +27,14 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * accumulation order and the 2^-18 split residual differ: |got - want| <= 2e-5 * max(1, |want|) for lse and the
  * target logit. Fast mode (h rounded to bf16) is compared with the double reference over bf16-rounded h, same
  * tolerance. Ignored targets (negative) must come back NaN; without targets every target logit is NaN.
- * Every shape runs under both implementations (tp_cce_set_variant 1 and 2; variant 2 only changes the bf16-h mode,
- * precise runs variant 1 under either setting), plus shapes at the edges of variant 2's 128 x 256 x 32 tiles
+ * Every shape runs under every implementation (tp_cce_set_variant 1 to 4; variants 2-4 only change the bf16-h mode,
+ * precise runs variant 1 under any setting), plus shapes at the edges of variant 2's 128 x 256 x 32 tiles (and of
+ * variants 3 and 4's D chunks of 64)
  * (N = 128 / 129, V = 256 / 513, D = 8 / 520). Skipped (not failed) where CUDA is unavailable.
  */
 class CudaCceParityTest {
     static final double RTOL = 2e-5;
-    static final int[] VARIANTS = {1, 2};
+    static final int[] VARIANTS = {1, 2, 3, 4};
     static CudaBackend gpu;
     static int defaultVariant;
 
@@ -110,6 +111,10 @@ class CudaCceParityTest {
         shapes.add(new int[] {128, 8, 256});
         shapes.add(new int[] {129, 520, 513});
         shapes.add(new int[] {256, 32, 768});
+        // D chunks of 64 (variants 3 and 4): one-past, a half chunk and two whole chunks
+        shapes.add(new int[] {130, 72, 300});
+        shapes.add(new int[] {64, 96, 520});
+        shapes.add(new int[] {200, 128, 1024});
         List<String> bad = new ArrayList<>();
         long seed = 1;
         double worst = 0;
@@ -189,7 +194,7 @@ class CudaCceParityTest {
         SplittableRandom r = new SplittableRandom(3);
         CudaTensor hg = (CudaTensor) act(gpu, n, d, gaussian(r, n * d, 1.0));
         CudaTensor wg = (CudaTensor) gpu.weight(bf16Weight("lm_head", v, d, bf16Exact(gaussian(r, v * d, 0.1))));
-        assertTrue(TpNative.tp_cce_set_variant(3) == TpNative.TP_ERR_BAD_ARGUMENT);
+        assertTrue(TpNative.tp_cce_set_variant(5) == TpNative.TP_ERR_BAD_ARGUMENT);
         assertTrue(TpNative.tp_cce_set_variant(0) == TpNative.TP_ERR_BAD_ARGUMENT);
         long small = CudaCce.workspaceBytes(n, d, 1), big = CudaCce.workspaceBytes(n, d, 2);
         assertTrue(big == small + 2L * n * d, "variant 2 adds a bf16 copy of h: " + small + " / " + big);

@@ -145,7 +145,8 @@ class CudaNativeLibTest {
             assertEquals(2, v0, "variant 2 is the default");
             assertEquals(TpNative.TP_OK, TpNative.tp_cce_set_variant(1));
             assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_cce_set_variant(0));
-            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_cce_set_variant(3));
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_cce_set_variant(5));
+            assertEquals(w1 + 2L * 100 * 64, TpNative.tp_cce_lse_workspace_bytes_for(100, 64, 3));
             assertTrue(TpNative.tp_last_error_message().getString().contains("variant"));
             long w1 = TpNative.tp_cce_lse_workspace_bytes(100);
             assertEquals(w1, TpNative.tp_cce_lse_workspace_bytes_for(100, 64, 1));
