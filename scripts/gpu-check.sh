@@ -69,7 +69,7 @@ run_checks() {
   mkdir -p "$WORK"
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
-  # STAGES (default all but gemv, attnsweep and profile): any of junit,attention,policies,gemv,attnsweep,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
+  # STAGES (default all but gemv, attnsweep, e2epol and profile): any of junit,attention,policies,gemv,attnsweep,e2epol,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
   # stage timeouts; POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model);
   # JUNIT_CLASSES (simple class names) and JUNIT_TAG (suffix of junit<TAG>.log) split the JUnit stage into several
   # JVMs, so one crashing class cannot take the others down; APPEND_SUMMARY=1 appends to gpu-summary.txt
@@ -112,7 +112,7 @@ run_checks() {
   local HAVE_GPU=1
   command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1 || HAVE_GPU=0
   [[ $HAVE_GPU -eq 0 ]] && say "no GPU here: the CUDA tests report skipped; model generation, e2e and peer stages are skipped"
-  if [[ $HAVE_GPU -eq 1 && ! -f "$MODEL/model.safetensors" ]] && { want e2e || want peer || want profile || [[ -n "${POL_E2E:-}" ]]; }; then
+  if [[ $HAVE_GPU -eq 1 && ! -f "$MODEL/model.safetensors" ]] && { want e2e || want e2epol || want peer || want profile || [[ -n "${POL_E2E:-}" ]]; }; then
     timeout 200 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench generate "$MODEL" > "$OUT/make-model.log" 2>&1 &
     GEN_PID=$!
   fi
@@ -158,6 +158,16 @@ run_checks() {
   stage_rc bench-policies $rc
   grep -E "^(device|RESULT|e2e|\|)" "$OUT/bench-policies.log" | sed 's/^/  /' | tee -a "$SUMMARY"
   [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-policies.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  fi
+
+  # -- stage 3e (only when STAGES names it): end-to-end decode per policy (full, tidal, int4) at 32K and 128K alone
+  if want e2epol; then
+    if [[ -n "$GEN_PID" ]]; then wait "$GEN_PID"; stage_rc make-model $?; GEN_PID=""; fi
+    timeout "${T_E2EPOL:-120}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench e2epol "$MODEL" > "$OUT/bench-e2epol.log" 2>&1
+    rc=$?
+    stage_rc bench-e2epol $rc
+    grep -E "^(device|RESULT e2e|e2e)" "$OUT/bench-e2epol.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+    [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-e2epol.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
   fi
 
   # -- stage 3c (only when STAGES names it): decode GEMV at the 1B shapes, automatic vs forced warps per row

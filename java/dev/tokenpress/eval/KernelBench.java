@@ -31,6 +31,7 @@ import java.util.SplittableRandom;
  *       on where the device supports it (keys e2e_*) and off (e2e_*_nopdl), and the earlier paths.</li>
  *   <li>{@code gemv}: the decode GEMV at the llama-1b shapes with the automatic and each forced warps per row
  *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
+ *   <li>{@code e2epol <model-dir>}: only the end-to-end part of {@code policies}.</li>
  *   <li>{@code attnsweep}: decode attention (full and tidal k=2048) at 8K/32K/128K with each forced split count,
  *       timed in a CUDA graph and eagerly, for tuning.</li>
  *   <li>{@code policies [model-dir]}: TidalDecode on the device for the llama-1b attention shape at 8K/32K/128K:
@@ -52,7 +53,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -77,6 +78,7 @@ public final class KernelBench {
             }
             if (what.equals("gemv")) gemvSweep(gpu, bw, out);
             if (what.equals("attnsweep")) splitSweep(gpu, bw, out);
+            if (what.equals("e2epol")) policiesEndToEnd(gpu, Path.of(args[1]), out);
             if (what.equals("cce")) {
                 int n = args.length > 1 ? Integer.parseInt(args[1]) : 8192;
                 int d = args.length > 2 ? Integer.parseInt(args[2]) : 2048;

@@ -127,6 +127,12 @@ public final class CudaBackend implements Backend {
     private String graphsOffReason;
     private long graph;
     private long[] graphSig;
+    // graphs captured earlier for other op sequences (e.g. the step of a quantized cache that also encodes a block),
+    // replayed when a step's signature matches one again; at most SPARE_GRAPHS, the oldest destroyed first
+    private static final int SPARE_GRAPHS = 3;
+    private final java.util.ArrayDeque<long[]> spareSigs = new java.util.ArrayDeque<>();
+    private final java.util.ArrayDeque<Long> spareGraphs = new java.util.ArrayDeque<>();
+    private boolean quantGraphs;       // quantized-KV decode steps are captured into graphs too
     private final LongList sig = new LongList();
     private final long replayEvent;
     private boolean replayPending;
@@ -195,6 +201,7 @@ public final class CudaBackend implements Backend {
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
+        this.quantGraphs = flag("tokenpress.cuda.quantGraphs", "TOKENPRESS_CUDA_QUANT_GRAPHS");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v3"));
         int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; };
         check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
@@ -1018,10 +1025,11 @@ public final class CudaBackend implements Backend {
                 check(TpNative.tp_memcpy_d2h(stats.probSums[g], prob + 4L * g * cap, 4L * cap, stream), "stats download");
     }
 
-    // ---- quantized KV cache (kv_quant.cu); reached only for a CudaQuantKvCache, always eager -----------------------
+    // ---- quantized KV cache (kv_quant.cu); reached only for a CudaQuantKvCache; decode steps are captured into
+    // graphs like the others (-Dtokenpress.cuda.quantGraphs=false: always eager) ------------------------------------
 
     private void storeKvQuant(CudaQuantKvCache c, int layer, CudaTensor kt, CudaTensor vt, int[][] slots, int n) {
-        requireEager("storeKv into a quantized KV cache");
+        if (!quantGraphs) requireEager("storeKv into a quantized KV cache");
         int hkv = c.kvHeads(), hd = c.headDim();
         if (kt.cols != vt.cols || kt.cols < hkv * hd) throw new IllegalArgumentException("storeKv: " + kt + " / " + vt + " for " + hkv + " KV heads of " + hd);
         if (n <= 0) return;
@@ -1030,36 +1038,48 @@ public final class CudaBackend implements Backend {
                 if (slots[g][i] < 0 || slots[g][i] >= c.capacity())
                     throw new IllegalArgumentException("storeKv: slot " + slots[g][i] + " outside [0, " + c.capacity() + ")");
         flushQuantFrees(c);
-        CudaQuantKvCache.Plan p = c.plan(layer, slots, n);
+        // the plan made when the slots were allocated (host bookkeeping done once, even when this body runs again
+        // for a capture); without one (slots not from one append of every head) it is made now, eagerly
+        CudaQuantKvCache.Plan p = c.preparedPlan(layer, slots, n);
+        if (p == null) {
+            if (mode != Mode.EAGER) throw abort("storeKv into a quantized KV cache without a prepared plan", false);
+            p = c.plan(layer, slots, n);
+        }
+        sig(43, c.pool, c.winK, c.winV, c.loc, c.pos, kt.ptr, vt.ptr, kt.cols, layer, p.blocks, p.writes, p.updates,
+                p.posUpdates);
         if (p.blocks > 0) {
             long d = stage(p.encode, p.encode.length);
-            check(TpNative.tp_kvq_encode(c.pool, c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.blocks, layer, hkv, hd,
-                    c.group, c.bits, c.resCap, c.maxBlocks, stream), "storeKv (quantize blocks)");
+            if (mode != Mode.DRY)
+                check(TpNative.tp_kvq_encode(c.pool, c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.blocks, layer, hkv, hd,
+                        c.group, c.bits, c.resCap, c.maxBlocks, stream), "storeKv (quantize blocks)");
         }
         if (p.writes > 0) {
             long d = stage(p.write, p.write.length);
-            check(TpNative.tp_kvq_window_write(c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.writes, layer, hkv, hd,
-                    c.resCap, stream), "storeKv (window)");
+            if (mode != Mode.DRY)
+                check(TpNative.tp_kvq_window_write(c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.writes, layer, hkv, hd,
+                        c.resCap, stream), "storeKv (window)");
         }
         if (p.updates > 0) {
             int[] a = new int[2 * p.updates];
             System.arraycopy(p.locIdx, 0, a, 0, p.updates);
             System.arraycopy(p.locVal, 0, a, p.updates, p.updates);
             long d = stage(a, a.length);
-            check(TpNative.tp_scatter_i32(c.loc, d, d + 4L * p.updates, p.updates, stream), "storeKv (locations)");
+            if (mode != Mode.DRY)
+                check(TpNative.tp_scatter_i32(c.loc, d, d + 4L * p.updates, p.updates, stream), "storeKv (locations)");
         }
         if (p.posUpdates > 0) {
             int[] a = new int[2 * p.posUpdates];
             System.arraycopy(p.posIdx, 0, a, 0, p.posUpdates);
             System.arraycopy(p.posVal, 0, a, p.posUpdates, p.posUpdates);
             long d = stage(a, a.length);
-            check(TpNative.tp_scatter_i32(c.pos, d, d + 4L * p.posUpdates, p.posUpdates, stream), "storeKv (positions)");
+            if (mode != Mode.DRY)
+                check(TpNative.tp_scatter_i32(c.pos, d, d + 4L * p.posUpdates, p.posUpdates, stream), "storeKv (positions)");
         }
     }
 
     private void attentionQuant(CudaTensor o, CudaTensor qt, CudaQuantKvCache c, int layer, int[] queryPositions, int n,
                                 SlotSelection select, AttentionStats stats) {
-        requireEager("attention over a quantized KV cache");
+        if (!quantGraphs) requireEager("attention over a quantized KV cache");
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
         checkHeadDim(hd);
         int heads = qt.cols / hd;
@@ -1087,16 +1107,26 @@ public final class CudaBackend implements Backend {
             }
         long d = stage(a, a.length);
         long dq = d, dhw = d + 4L * n, dcnt = dhw + 4L * hkv, dsel = dcnt + 4L * hkv;
-        long ws = TpNative.tp_kvq_attention_workspace_bytes(n, heads, hd, maxLen);
-        if (ws > attnWsBytes) growAttnWs(ws);
+        // the kernels read every length from device memory; maxLen only sizes the split count: a power of two keeps
+        // a captured step valid until the context doubles
+        int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
+        long ws = TpNative.tp_kvq_attention_workspace_bytes(n, heads, hd, lenHint);
+        if (ws > attnWsBytes) {
+            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
+            growAttnWs(ws);
+        }
+        sig(44, o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hd, n, stride, lenHint,
+                select == null ? 0 : 1, c.maxBlocks);
+        if (mode == Mode.DRY) return;
         float scale = (float) (1.0 / Math.sqrt(hd));
         check(TpNative.tp_kvq_attention(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
                 c.group, c.bits, c.resCap, c.maxBlocks, n, dq, select == null ? 0 : dsel, Math.max(stride, 1),
-                select == null ? 0 : dcnt, dhw, maxLen, scale, attnWs, attnWsBytes, stream), n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
+                select == null ? 0 : dcnt, dhw, lenHint, scale, attnWs, attnWsBytes, stream), n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
     }
 
     private void flushQuantFrees(CudaQuantKvCache c) {
         if (c.pendingFreeCount() == 0) return;
+        if (mode != Mode.EAGER) throw abort("KV slot frees inside a decode step", false);
         int[] idx = c.takePendingFrees();
         int[] a = new int[2 * idx.length];
         System.arraycopy(idx, 0, a, 0, idx.length);
@@ -1551,6 +1581,7 @@ public final class CudaBackend implements Backend {
             return;
         }
         if (step != null && step.cache() instanceof CudaKvCache c) flushFrees(c);
+        if (step != null && step.cache() instanceof CudaQuantKvCache qc) flushQuantFrees(qc);
         for (CudaKvCache c : caches) flushFrees(c);
         if (graph != 0) {
             nextGraphArena(); // no wait for the replay in flight: it reads the other host arena's copy
@@ -1564,12 +1595,19 @@ public final class CudaBackend implements Backend {
             } finally {
                 mode = Mode.EAGER;
             }
-            if (abort == null && Arrays.equals(sig.toArray(), graphSig)) {
+            long[] now = abort == null ? sig.toArray() : null;
+            if (now != null && Arrays.equals(now, graphSig)) {
                 copyGraphArena();
                 launchGraph();
                 return;
             }
-            dropGraph();
+            if (now != null && swapInSpare(now)) {
+                copyGraphArena();
+                launchGraph();
+                return;
+            }
+            if (abort != null) dropGraph();
+            else retireGraph();
             if (abort != null) {
                 onAbort(abort);
                 eagerSteps++;
@@ -1663,6 +1701,44 @@ public final class CudaBackend implements Backend {
             graph = 0;
             graphSig = null;
         }
+        while (!spareGraphs.isEmpty()) TpNative.tp_graph_destroy(spareGraphs.poll());
+        spareSigs.clear();
+    }
+
+    /** Keeps the current graph as a spare (the oldest spare destroyed beyond SPARE_GRAPHS); no current graph after. */
+    private void retireGraph() {
+        if (graph == 0) return;
+        waitReplay();
+        spareGraphs.addLast(graph);
+        spareSigs.addLast(graphSig);
+        graph = 0;
+        graphSig = null;
+        while (spareGraphs.size() > SPARE_GRAPHS) {
+            TpNative.tp_graph_destroy(spareGraphs.pollFirst());
+            spareSigs.pollFirst();
+        }
+    }
+
+    /** Makes the spare graph captured for signature {@code s} the current one (the current one becomes a spare). */
+    private boolean swapInSpare(long[] s) {
+        java.util.Iterator<long[]> is = spareSigs.iterator();
+        java.util.Iterator<Long> ig = spareGraphs.iterator();
+        while (is.hasNext()) {
+            long[] cand = is.next();
+            long g = ig.next();
+            if (Arrays.equals(cand, s)) {
+                is.remove();
+                ig.remove();
+                if (graph != 0) {
+                    spareGraphs.addLast(graph);
+                    spareSigs.addLast(graphSig);
+                }
+                graph = g;
+                graphSig = cand;
+                return true;
+            }
+        }
+        return false;
     }
 
     private void onAbort(GraphAbort a) {

@@ -65,6 +65,13 @@ public final class CudaQuantKvCache extends KvCache {
     private int[] pendingFree = new int[64];
     private int pendingFreeCount;
     private boolean closed;
+    // store plans made when the last KV head of a layer is allocated (outside any graph capture or dry run, so a
+    // decode step that re-runs its body applies the host bookkeeping once): [layer] plan, its slots and count
+    private final Plan[] prepared;
+    private final int[][][] preparedSlots;
+    private final int[] preparedN;
+    private final int[][][] allocating;  // [layer][head] slots of the append under way
+    private final int[] allocatingHeads, allocatingN;
 
     CudaQuantKvCache(CudaBackend backend, int layers, int kvHeads, int headDim, int capacity, KvQuantSpec spec) {
         super(layers, kvHeads, headDim, capacity);
@@ -115,7 +122,50 @@ public final class CudaQuantKvCache extends KvCache {
         winFreeCount = new int[layers][kvHeads];
         winCount = new int[layers][kvHeads];
         blockAlive = new int[layers][kvHeads][maxBlocks];
+        prepared = new Plan[layers];
+        preparedSlots = new int[layers][][];
+        preparedN = new int[layers];
+        allocating = new int[layers][kvHeads][];
+        allocatingHeads = new int[layers];
+        allocatingN = new int[layers];
         resetHost();
+    }
+
+    /**
+     * Allocates as {@link KvCache#allocate}; once every KV head of the layer has its slots for this append, the
+     * store plan of the layer is made (the host bookkeeping applied, pool growth included) and kept for
+     * {@link #preparedPlan}.
+     */
+    @Override
+    public int[] allocate(int layer, int head, int[] tokenPositions, int n) {
+        int[] out = super.allocate(layer, head, tokenPositions, n);
+        if (allocating[layer][head] != null || (allocatingHeads[layer] > 0 && allocatingN[layer] != n)) {
+            java.util.Arrays.fill(allocating[layer], null);  // a head allocated twice: no plan ahead for this append
+            allocatingHeads[layer] = 0;
+        }
+        allocating[layer][head] = out;
+        allocatingN[layer] = n;
+        if (++allocatingHeads[layer] == kvHeads) {
+            int[][] sl = new int[kvHeads][];
+            for (int g = 0; g < kvHeads; g++) sl[g] = allocating[layer][g];
+            java.util.Arrays.fill(allocating[layer], null);
+            allocatingHeads[layer] = 0;
+            prepared[layer] = plan(layer, sl, n);
+            preparedSlots[layer] = sl;
+            preparedN[layer] = n;
+        }
+        return out;
+    }
+
+    /** The plan made ahead for storeKv(layer, slots, n) when these are the slots of the last append, else null. */
+    Plan preparedPlan(int layer, int[][] slots, int n) {
+        Plan p = prepared[layer];
+        if (p == null || preparedN[layer] != n) return null;
+        int[][] ps = preparedSlots[layer];
+        for (int g = 0; g < kvHeads; g++)
+            for (int i = 0; i < n; i++)
+                if (slots[g][i] != ps[g][i]) return null;
+        return p;
     }
 
     private void resetHost() {
@@ -314,6 +364,11 @@ public final class CudaQuantKvCache extends KvCache {
     @Override
     protected void onClear() {
         pendingFreeCount = 0;
+        java.util.Arrays.fill(prepared, null);
+        for (int l = 0; l < layers; l++) {
+            java.util.Arrays.fill(allocating[l], null);
+            allocatingHeads[l] = 0;
+        }
         resetHost();
         backend.memsetAsync(pos, 0xFF, slotBytes);
     }

@@ -318,26 +318,42 @@ class CudaKvQuantParityTest {
                 ref[s + 1] = m.logits();
             }
         }
-        float[][] got = new float[steps + 1][];
-        String status;
-        try (SafeTensors st = SafeTensors.open(tmp.resolve("m"))) {
-            CudaBackend b = CudaBackend.open();
-            try {
-                Llama m = new Llama(cfg, Weights.load(st, cfg, b, null), b, 64);
-                KvCache cache = m.newCache(ctx, spec);
-                assertTrue(cache instanceof CudaQuantKvCache);
-                m.prefill(cache, tokens, 0, false, null);
-                got[0] = m.logits();
-                for (int s = 0; s < steps; s++) {
-                    m.decodeStep(cache, next[s], prompt + s);
-                    got[s + 1] = m.logits();
+        // pass 0: CUDA graphs (the default: quantized decode steps are captured too), pass 1: eager
+        float[][][] runs = new float[2][steps + 1][];
+        String status = null;
+        int replays = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            float[][] g = runs[pass];
+            try (SafeTensors st = SafeTensors.open(tmp.resolve("m"))) {
+                CudaBackend b = CudaBackend.open();
+                try {
+                    b.setGraphsEnabled(pass == 0);
+                    Llama m = new Llama(cfg, Weights.load(st, cfg, b, null), b, 64);
+                    KvCache cache = m.newCache(ctx, spec);
+                    assertTrue(cache instanceof CudaQuantKvCache);
+                    m.prefill(cache, tokens, 0, false, null);
+                    g[0] = m.logits();
+                    for (int s = 0; s < steps; s++) {
+                        m.decodeStep(cache, next[s], prompt + s);
+                        g[s + 1] = m.logits();
+                    }
+                    if (pass == 0) {
+                        status = b.graphStatus();
+                        replays = b.graphReplays();
+                    }
+                    cache.close();
+                } finally {
+                    b.close();
                 }
-                status = b.graphStatus();
-                cache.close();
-            } finally {
-                b.close();
             }
         }
+        float[][] got = runs[0];
+        double graphVsEager = 0;
+        for (int s = 0; s <= steps; s++) graphVsEager = Math.max(graphVsEager, CudaParityTest.nmse(runs[1][s], runs[0][s]));
+        System.out.printf("[kvquant-parity] model %s: graph vs eager worst nmse %.3g, %d graph replays%n", specText,
+                graphVsEager, replays);
+        assertTrue(replays > steps / 2, specText + ": quantized decode steps should replay CUDA graphs: " + status);
+        assertTrue(graphVsEager < 1e-10, specText + ": graph replay differs from eager, worst nmse " + graphVsEager);
         double worst = 0;
         for (int s = 0; s <= steps; s++) {
             for (float x : got[s]) assertTrue(Float.isFinite(x), "non-finite logit at step " + s);
