@@ -76,6 +76,18 @@ run_checks() {
   local STAGES=${STAGES:-junit,attention,policies,cce,e2e,peer}
   want() { [[ ",$STAGES," == *",$1,"* ]]; }
   stage_rc() { say "STAGE $1: $( [[ $2 -eq 0 ]] && echo PASS || echo "FAIL (rc=$2$( [[ $2 -eq 124 ]] && echo ', timed out'))")"; }
+  # kb_stage NAME TIMEOUT PATTERN ARGS...: KernelBench ARGS into bench-NAME.log under TIMEOUT seconds, the stage's
+  # pass/fail and the log lines matching PATTERN (grep -E) in the summary, its tail when it failed
+  kb_stage() {
+    local name=$1 limit=$2 pattern=$3 rc
+    shift 3
+    timeout "$limit" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench "$@" > "$OUT/bench-$name.log" 2>&1
+    rc=$?
+    stage_rc "bench-$name" $rc
+    grep -E "$pattern" "$OUT/bench-$name.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+    [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-$name.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+    return 0
+  }
   local T0=$SECONDS
   say "tokenpress gpu-check $(date -u +%FT%TZ) on $(hostname)"
 
@@ -135,13 +147,7 @@ run_checks() {
   fi
 
   # -- stage 3: kernel benchmark (decode attention GB/s vs measured copy bandwidth)
-  if want attention; then
-  timeout "${T_ATT:-60}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench attention > "$OUT/bench-attention.log" 2>&1
-  rc=$?
-  stage_rc bench-attention $rc
-  grep -E "^(device|RESULT|\|)" "$OUT/bench-attention.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-attention.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
-  fi
+  want attention && kb_stage attention "${T_ATT:-60}" '^(device|RESULT|\|)' attention
 
   # -- stage 3a: KV-policy kernels (full vs TidalDecode device selection k=2048 at 8K/32K/128K)
   if want policies; then
@@ -153,49 +159,23 @@ run_checks() {
     GEN_PID=""
   fi
   [[ -n "${POL_E2E:-}" && -f "$MODEL/model.safetensors" ]] && POL_ARGS=("$MODEL")
-  timeout "${T_POL:-120}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench policies ${POL_ARGS[@]+"${POL_ARGS[@]}"} > "$OUT/bench-policies.log" 2>&1
-  rc=$?
-  stage_rc bench-policies $rc
-  grep -E "^(device|RESULT|e2e|\|)" "$OUT/bench-policies.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-policies.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+  kb_stage policies "${T_POL:-120}" '^(device|RESULT|e2e|\|)' policies ${POL_ARGS[@]+"${POL_ARGS[@]}"}
   fi
 
   # -- stage 3e (only when STAGES names it): end-to-end decode per policy (full, tidal, int4) at 32K and 128K alone
   if want e2epol; then
     if [[ -n "$GEN_PID" ]]; then wait "$GEN_PID"; stage_rc make-model $?; GEN_PID=""; fi
-    timeout "${T_E2EPOL:-120}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench e2epol "$MODEL" > "$OUT/bench-e2epol.log" 2>&1
-    rc=$?
-    stage_rc bench-e2epol $rc
-    grep -E "^(device|RESULT e2e|e2e)" "$OUT/bench-e2epol.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-    [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-e2epol.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+    kb_stage e2epol "${T_E2EPOL:-120}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL"
   fi
 
   # -- stage 3c (only when STAGES names it): decode GEMV at the 1B shapes, automatic vs forced warps per row
-  if want gemv; then
-  timeout "${T_GEMV:-60}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench gemv > "$OUT/bench-gemv.log" 2>&1
-  rc=$?
-  stage_rc bench-gemv $rc
-  grep -E "^(device|RESULT copy|\|)" "$OUT/bench-gemv.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-gemv.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
-  fi
+  want gemv && kb_stage gemv "${T_GEMV:-60}" '^(device|RESULT copy|\|)' gemv
 
   # -- stage 3d (only when STAGES names it): decode attention split-count sweep, full and tidal k=2048, graph and eager
-  if want attnsweep; then
-  timeout "${T_SWEEP:-90}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench attnsweep > "$OUT/bench-attnsweep.log" 2>&1
-  rc=$?
-  stage_rc bench-attnsweep $rc
-  grep -E "^(device|RESULT copy|\|)" "$OUT/bench-attnsweep.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-attnsweep.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
-  fi
+  want attnsweep && kb_stage attnsweep "${T_SWEEP:-90}" '^(device|RESULT copy|\|)' attnsweep
 
   # -- stage 3b: CCE log-sum-exp vs cuBLAS logits + naive log-softmax (N=8192, D=2048, V=128256)
-  if want cce; then
-  timeout "${T_CCE:-60}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench cce > "$OUT/bench-cce.log" 2>&1
-  rc=$?
-  stage_rc bench-cce $rc
-  grep -E "^(device|RESULT|cce|\|)" "$OUT/bench-cce.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-  [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-cce.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
-  fi
+  want cce && kb_stage cce "${T_CCE:-60}" '^(device|RESULT|cce|\|)' cce
 
   # -- stage 4: end-to-end decode tokens/s of llama-1b-shape (model generated here once)
   if [[ -n "$GEN_PID" ]]; then
@@ -206,11 +186,7 @@ run_checks() {
     [[ $rc -ne 0 ]] && tail -5 "$OUT/make-model.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
   fi
   if [[ $HAVE_GPU -eq 1 ]] && want e2e; then
-    timeout "${T_E2E:-120}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench e2e "$MODEL" 128 64 > "$OUT/bench-e2e.log" 2>&1
-    rc=$?
-    stage_rc bench-e2e $rc
-    grep -E "^(device|RESULT|e2e)" "$OUT/bench-e2e.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-    [[ $rc -ne 0 ]] && tail -15 "$OUT/bench-e2e.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+    kb_stage e2e "${T_E2E:-120}" '^(device|RESULT|e2e)' e2e "$MODEL" 128 64
   elif want e2e; then
     say "STAGE bench-e2e: SKIPPED (no GPU)"
   fi

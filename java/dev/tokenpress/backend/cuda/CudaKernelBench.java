@@ -181,55 +181,16 @@ public final class CudaKernelBench {
      */
     public static PolicyAttentionResult tidalAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
                                                        int k, int iters) {
-        long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
-        int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
-        KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
-        CudaKvCache c = (CudaKvCache) kv;
-        SplittableRandom r = new SplittableRandom(42);
-        fill(b, kv, layers, kvHeads, headDim, context, r);
-        Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
-        float[] qd = new float[heads * headDim];
-        for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
-        b.upload(q, qd);
-        CudaTensor qt = (CudaTensor) q, ot = (CudaTensor) out;
-        // one device selection per rotated layer (allocates the buffers; later calls reuse them)
-        long[][] sel = new long[layers][];
-        for (int l = 0; l < layers; l++) sel[l] = b.deviceSelectionBuffers(b.selectTopSlots(q, 0, context - 1, kv, l, k, false, context - 1, false));
-        b.synchronize();
-        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, headDim);
-        long wsPtr = b.malloc(ws, "bench attention workspace");
-        // step values: attention qpos | hw[kvHeads]; selection hw[kvHeads] | qpos | keep
-        long ints = b.malloc(4L * (2 + 2 * kvHeads + 2), "bench step values");
-        int[] host = new int[1 + kvHeads + kvHeads + 2];
-        host[0] = context - 1;
-        for (int g = 0; g < kvHeads; g++) {
-            host[1 + g] = context;
-            host[1 + kvHeads + g] = context;
-        }
-        host[1 + 2 * kvHeads] = context - 1;
-        host[2 + 2 * kvHeads] = context - 1;
-        TpNative.tp_memcpy_h2d(ints, host, 4L * host.length, b.stream());
-        long attnInts = ints, selParams = ints + 4L * (1 + kvHeads);
-        int nCounters = Math.max(1, TpNative.tp_decode_attention_counters(heads, kvHeads));
-        long counters = b.malloc(4L * nCounters, "bench attention counters");
-        b.memsetNow(counters, 0, 4L * nCounters);
-        float scale = (float) (1.0 / Math.sqrt(headDim));
-        int fullHint = context <= 1 ? 1 : Integer.highestOneBit(context - 1) << 1;
-        int kHint = k <= 1 ? 1 : Integer.highestOneBit(k - 1) << 1;
-        int len = Math.min(context, fullHint);
         long[] e0 = {0}, e1 = {0};
         TpNative.tp_event_create(e0);
         TpNative.tp_event_create(e1);
-        try {
-            IntConsumerEx full = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l, heads,
-                    kvHeads, headDim, context, attnInts, 0, 1, 0, attnInts + 4, fullHint, scale, 0, 0, wsPtr, ws, counters, -1,
-                    b.stream()), "full attention");
-            IntConsumerEx sparse = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l,
-                    heads, kvHeads, headDim, context, attnInts, sel[l][0], (int) sel[l][2], sel[l][1], attnInts + 4, kHint,
-                    scale, 0, 0, wsPtr, ws, counters, -1, b.stream()), "sparse attention");
-            IntConsumerEx select = l -> check(TpNative.tp_tidal_select(sel[l][0], sel[l][1], (int) sel[l][2], sel[l][3],
-                    sel[l][4], len, qt.ptr, c.keys, c.pos, l, heads, kvHeads, headDim, context, selParams, k, 0,
-                    b.stream()), "tidal select");
+        try (SparseFixture f = new SparseFixture(b, heads, kvHeads, headDim, context, k)) {
+            int layers = f.layers;
+            int len = Math.min(context, f.fullHint);
+            IntConsumerEx full = f::full, sparse = f::sparse;
+            IntConsumerEx select = l -> check(TpNative.tp_tidal_select(f.sel[l][0], f.sel[l][1], (int) f.sel[l][2],
+                    f.sel[l][3], f.sel[l][4], len, f.qt.ptr, f.c.keys, f.c.pos, l, heads, kvHeads, headDim, context,
+                    f.selParams, k, 0, b.stream()), "tidal select");
             IntConsumerEx both = l -> {
                 select.accept(l);
                 sparse.accept(l);
@@ -262,9 +223,9 @@ public final class CudaKernelBench {
             int v3Diff = 0;
             try {
                 check(TpNative.tp_set_tidal_select_variant(2), "tidal select variant");
-                SlotSelection s2 = b.selectTopSlots(q, 0, context - 1, kv, 0, k, false, context - 1, true);
+                SlotSelection s2 = b.selectTopSlots(f.q, 0, context - 1, f.kv, 0, k, false, context - 1, true);
                 check(TpNative.tp_set_tidal_select_variant(3), "tidal select variant");
-                SlotSelection s3 = b.selectTopSlots(q, 0, context - 1, kv, 0, k, false, context - 1, true);
+                SlotSelection s3 = b.selectTopSlots(f.q, 0, context - 1, f.kv, 0, k, false, context - 1, true);
                 for (int g = 0; g < kvHeads; g++) {
                     java.util.Set<Integer> in2 = new java.util.HashSet<>();
                     for (int i = 0; i < s2.count()[g]; i++) in2.add(s2.slots()[g][i]);
@@ -275,7 +236,7 @@ public final class CudaKernelBench {
                 TpNative.tp_set_tidal_select_variant(tidalDefault);
             }
             double bothUs = time(b, both, layers, iters, e0[0], e1[0]);
-            long kvBytes = kv.bytes() / layers;
+            long kvBytes = f.kv.bytes() / layers;
             double fullRead = (double) context * kvHeads * (headDim * 4.0 + 4);
             double sparseRead = (double) Math.min(k, context) * kvHeads * (headDim * 4.0 + 8);
             return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead,
@@ -283,6 +244,87 @@ public final class CudaKernelBench {
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
+        }
+    }
+
+    /**
+     * The setup of {@link #tidalAttention} and {@link #splitSweep}: a bf16 cache of {@code layers} layers (rotated
+     * past the L2 cache) filled with random keys and values at positions 0..context-1, a random query, one device
+     * TidalDecode selection of k slots per KV head and layer, the attention workspace and split counters, and the step
+     * values (attention: query position | high-water marks; selection: high-water marks | query position | keep).
+     * {@link #full} and {@link #sparse} launch decode attention over everything or over the selection.
+     */
+    private static final class SparseFixture implements AutoCloseable {
+        final CudaBackend b;
+        final int heads, kvHeads, headDim, context, layers, fullHint, kHint;
+        final KvCache kv;
+        final CudaKvCache c;
+        final Tensor q, out;
+        final CudaTensor qt, ot;
+        final long[][] sel;
+        final long ws, wsPtr, ints, attnInts, selParams, counters;
+        final float scale;
+
+        SparseFixture(CudaBackend b, int heads, int kvHeads, int headDim, int context, int k) {
+            this.b = b;
+            this.heads = heads;
+            this.kvHeads = kvHeads;
+            this.headDim = headDim;
+            this.context = context;
+            long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
+            layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
+            kv = b.newKvCache(layers, kvHeads, headDim, context);
+            c = (CudaKvCache) kv;
+            SplittableRandom r = new SplittableRandom(42);
+            fill(b, kv, layers, kvHeads, headDim, context, r);
+            q = b.allocate(1, heads * headDim);
+            out = b.allocate(1, heads * headDim);
+            float[] qd = new float[heads * headDim];
+            for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
+            b.upload(q, qd);
+            qt = (CudaTensor) q;
+            ot = (CudaTensor) out;
+            // one device selection per rotated layer (allocates the buffers; later calls reuse them)
+            sel = new long[layers][];
+            for (int l = 0; l < layers; l++)
+                sel[l] = b.deviceSelectionBuffers(b.selectTopSlots(q, 0, context - 1, kv, l, k, false, context - 1, false));
+            b.synchronize();
+            ws = TpNative.tp_decode_attention_workspace_bytes(heads, headDim);
+            wsPtr = b.malloc(ws, "bench attention workspace");
+            ints = b.malloc(4L * (2 + 2 * kvHeads + 2), "bench step values");
+            int[] host = new int[1 + kvHeads + kvHeads + 2];
+            host[0] = context - 1;
+            for (int g = 0; g < kvHeads; g++) {
+                host[1 + g] = context;
+                host[1 + kvHeads + g] = context;
+            }
+            host[1 + 2 * kvHeads] = context - 1;
+            host[2 + 2 * kvHeads] = context - 1;
+            TpNative.tp_memcpy_h2d(ints, host, 4L * host.length, b.stream());
+            attnInts = ints;
+            selParams = ints + 4L * (1 + kvHeads);
+            int nCounters = Math.max(1, TpNative.tp_decode_attention_counters(heads, kvHeads));
+            counters = b.malloc(4L * nCounters, "bench attention counters");
+            b.memsetNow(counters, 0, 4L * nCounters);
+            scale = (float) (1.0 / Math.sqrt(headDim));
+            fullHint = context <= 1 ? 1 : Integer.highestOneBit(context - 1) << 1;
+            kHint = k <= 1 ? 1 : Integer.highestOneBit(k - 1) << 1;
+        }
+
+        void full(int l) {
+            check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l, heads, kvHeads, headDim,
+                    context, attnInts, 0, 1, 0, attnInts + 4, fullHint, scale, 0, 0, wsPtr, ws, counters, -1, b.stream()),
+                    "full attention");
+        }
+
+        void sparse(int l) {
+            check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l, heads, kvHeads, headDim,
+                    context, attnInts, sel[l][0], (int) sel[l][2], sel[l][1], attnInts + 4, kHint, scale, 0, 0, wsPtr,
+                    ws, counters, -1, b.stream()), "sparse attention");
+        }
+
+        @Override
+        public void close() {
             b.free(wsPtr);
             b.free(ints);
             b.free(counters);
@@ -304,55 +346,23 @@ public final class CudaKernelBench {
      */
     public static SplitSweepResult splitSweep(CudaBackend b, int heads, int kvHeads, int headDim, int context, int k,
                                               int iters, int[] splits, boolean deep) {
-        long perLayer = (long) context * kvHeads * (headDim * 4L + 4);
-        int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
-        KvCache kv = b.newKvCache(layers, kvHeads, headDim, context);
-        CudaKvCache c = (CudaKvCache) kv;
-        SplittableRandom r = new SplittableRandom(42);
-        fill(b, kv, layers, kvHeads, headDim, context, r);
-        Tensor q = b.allocate(1, heads * headDim), out = b.allocate(1, heads * headDim);
-        float[] qd = new float[heads * headDim];
-        for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
-        b.upload(q, qd);
-        CudaTensor qt = (CudaTensor) q, ot = (CudaTensor) out;
-        long[][] sel = new long[layers][];
-        for (int l = 0; l < layers; l++) sel[l] = b.deviceSelectionBuffers(b.selectTopSlots(q, 0, context - 1, kv, l, k, false, context - 1, false));
-        b.synchronize();
-        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, headDim);
-        long wsPtr = b.malloc(ws, "bench attention workspace");
-        long ints = b.malloc(4L * (1 + kvHeads), "bench step values");
-        int[] host = new int[1 + kvHeads];
-        host[0] = context - 1;
-        for (int g = 0; g < kvHeads; g++) host[1 + g] = context;
-        TpNative.tp_memcpy_h2d(ints, host, 4L * host.length, b.stream());
-        int nCounters = Math.max(1, TpNative.tp_decode_attention_counters(heads, kvHeads));
-        long counters = b.malloc(4L * nCounters, "bench attention counters");
-        b.memsetNow(counters, 0, 4L * nCounters);
-        float scale = (float) (1.0 / Math.sqrt(headDim));
-        int fullHint = context <= 1 ? 1 : Integer.highestOneBit(context - 1) << 1;
-        int kHint = k <= 1 ? 1 : Integer.highestOneBit(k - 1) << 1;
         long[] e0 = {0}, e1 = {0};
         TpNative.tp_event_create(e0);
         TpNative.tp_event_create(e1);
         Timing before = timing;
         int n = splits.length;
         double[] fg = new double[n], fe = new double[n], sg = new double[n], se = new double[n];
-        try {
-            IntConsumerEx full = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l, heads,
-                    kvHeads, headDim, context, ints, 0, 1, 0, ints + 4, fullHint, scale, 0, 0, wsPtr, ws, counters, -1,
-                    b.stream()), "full attention");
-            IntConsumerEx sparse = l -> check(TpNative.tp_decode_attention_ex2(ot.ptr, qt.ptr, c.keys, c.values, c.pos, l,
-                    heads, kvHeads, headDim, context, ints, sel[l][0], (int) sel[l][2], sel[l][1], ints + 4, kHint,
-                    scale, 0, 0, wsPtr, ws, counters, -1, b.stream()), "sparse attention");
+        try (SparseFixture f = new SparseFixture(b, heads, kvHeads, headDim, context, k)) {
+            IntConsumerEx full = f::full, sparse = f::sparse;
             check(TpNative.tp_set_attention_deep_pipeline(deep ? 1 : 0), "attention pipeline depth");
             for (int i = 0; i < n; i++) {
                 check(TpNative.tp_set_attention_splits(splits[i]), "attention splits");
                 timing = Timing.GRAPH;
-                fg[i] = time(b, full, layers, iters, e0[0], e1[0]);
-                sg[i] = time(b, sparse, layers, iters, e0[0], e1[0]);
+                fg[i] = time(b, full, f.layers, iters, e0[0], e1[0]);
+                sg[i] = time(b, sparse, f.layers, iters, e0[0], e1[0]);
                 timing = Timing.EAGER;
-                fe[i] = time(b, full, layers, iters, e0[0], e1[0]);
-                se[i] = time(b, sparse, layers, iters, e0[0], e1[0]);
+                fe[i] = time(b, full, f.layers, iters, e0[0], e1[0]);
+                se[i] = time(b, sparse, f.layers, iters, e0[0], e1[0]);
             }
             return new SplitSweepResult(context, k, b.attentionVariant(), splits.clone(), fg, fe, sg, se);
         } finally {
@@ -361,10 +371,6 @@ public final class CudaKernelBench {
             TpNative.tp_set_attention_deep_pipeline(0);
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
-            b.free(wsPtr);
-            b.free(ints);
-            b.free(counters);
-            kv.close();
         }
     }
 

@@ -345,10 +345,15 @@ class CudaParityTest {
 
     /** Runs body with each of the other kernel variants (the failure names the variant); restores the backend's. */
     static void withOtherVariants(Runnable body) {
+        withVariants(otherVariants(), body);
+    }
+
+    /** Runs body with each of the given kernel variants (the failure names the variant); restores the backend's. */
+    static void withVariants(int[] variants, Runnable body) {
         CudaBackend g = (CudaBackend) gpu;
         int def = g.attentionVariant();
         try {
-            for (int v : otherVariants()) {
+            for (int v : variants) {
                 g.setAttentionVariant(v);
                 try {
                     body.run();
@@ -428,30 +433,12 @@ class CudaParityTest {
         try {
             assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_splits(splits));
             g.setShortAttn(false);
-            withAllVariants(() -> decodeAttention(64, 4, 4097));
+            withVariants(new int[] {1, 2, 3}, () -> decodeAttention(64, 4, 4097));
         } catch (AssertionError e) {
             throw new AssertionError("forced splits " + splits + ": " + e.getMessage(), e);
         } finally {
             g.setShortAttn(true);
             TpNative.tp_set_attention_splits(0);
-        }
-    }
-
-    /** Runs body with every kernel variant (the failure names the variant); restores the backend's. */
-    static void withAllVariants(Runnable body) {
-        CudaBackend g = (CudaBackend) gpu;
-        int def = g.attentionVariant();
-        try {
-            for (int v = 1; v <= 3; v++) {
-                g.setAttentionVariant(v);
-                try {
-                    body.run();
-                } catch (AssertionError e) {
-                    throw new AssertionError("decode attention kernel v" + v + ": " + e.getMessage(), e);
-                }
-            }
-        } finally {
-            g.setAttentionVariant(def);
         }
     }
 
