@@ -3,6 +3,7 @@
 #
 #   bash scripts/gpu-check.sh                 # HERE (build machine): builds bundle/ (< 64 MiB)
 #   bash scripts/gpu-check.sh --run "$OUT"    # ON THE GPU MACHINE, from the repo root, with bundle/ copied beside it
+#   bash scripts/gpu-check.sh --run-split "$OUT"  # the same in separate JVMs per test group and stage (see run_split)
 #
 # bundle/: the project jar (with libjniTpNative.so), runtime deps (minus the tokenizer jar the checks do not need),
 # the test classes, junit-platform-console-standalone 1.14.1 and a jlinked Temurin 25 runtime as jre.tgz.
@@ -233,8 +234,33 @@ run_checks() {
   say "total $((SECONDS - T0)) s"
 }
 
+# --run-split OUT: the whole check in separate JVMs — five JUnit groups (a crash or hang in one class cannot take the
+# others down), then every benchmark stage — each under its own limit (about 7 minutes in all on an H100 at most).
+run_split() {
+  local OUT=${1:?output dir}
+  mkdir -p "$OUT"
+  : > "$OUT/gpu-summary.txt"
+  export APPEND_SUMMARY=1
+  local groups=(
+    "a|CudaNativeLibTest CudaGemvParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest|60"
+    "b|CudaParityTest|60"
+    "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest|60"
+    "d|CudaKvQuantParityTest|50"
+    "e|CudaTidalSelectParityTest|50")
+  local g tag classes limit
+  for g in "${groups[@]}"; do
+    IFS='|' read -r tag classes limit <<< "$g"
+    JUNIT_TAG=$tag JUNIT_CLASSES="$classes" STAGES=junit T_JUNIT=$limit run_checks "$OUT" > /dev/null 2>&1
+  done
+  STAGES=attention,cce,e2e T_ATT=${T_ATT:-45} T_CCE=${T_CCE:-45} T_E2E=${T_E2E:-90} run_checks "$OUT" > "$OUT/run-bench.log" 2>&1
+  POL_E2E=1 STAGES=policies T_POL=${T_POL:-140} run_checks "$OUT" > "$OUT/run-policies.log" 2>&1
+  STAGES=peer T_PEER=${T_PEER:-90} run_checks "$OUT" > "$OUT/run-peer.log" 2>&1
+  grep -E "^STAGE|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
+}
+
 case "${1:-}" in
   --run) shift; run_checks "$@" ;;
+  --run-split) shift; run_split "$@" ;;
   ""|--build) build_bundle ;;
-  *) echo "usage: $0 [--build] | --run OUT_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 [--build] | --run OUT_DIR | --run-split OUT_DIR" >&2; exit 2 ;;
 esac
