@@ -65,20 +65,23 @@ class CpuOpsTest {
         }
     }
 
-    @Test
-    void batchedMatmulRowsAreBitIdenticalToSingleRows() {
-        SplittableRandom r = new SplittableRandom(77);
-        int n = 5, in = 2 * 97 + 64, out = 4 * 9 + 3;
+    @ParameterizedTest
+    @CsvSource({"5,258,39", "2,2048,8", "3,33,4", "4,64,7"})
+    void batchedMatmulRowsAreBitIdenticalToSingleRows(int n, int in, int out) {
+        SplittableRandom r = new SplittableRandom(77L * in + out);
         float[] w = randn(r, out * in, 0.5), x = randn(r, n * in, 1.0);
-        Tensor wt = CPU.weight(of("w", DType.BF16, out, in, w));
-        Tensor xt = CPU.allocate(n, in), ot = CPU.allocate(n, out), x1 = CPU.allocate(1, in), o1 = CPU.allocate(1, out);
-        CPU.upload(xt, x);
-        CPU.matmul(ot, xt, wt, null, n); // four-row kernel
-        float[] all = CPU.download(ot, 0, n);
-        for (int i = 0; i < n; i++) {
-            CPU.upload(x1, java.util.Arrays.copyOfRange(x, i * in, (i + 1) * in));
-            CPU.matmul(o1, x1, wt, null, 1); // single-row kernel
-            assertArrayEquals(CPU.download(o1, 0, 1), java.util.Arrays.copyOfRange(all, i * out, (i + 1) * out), "row " + i);
+        for (CpuBackend b : List.of(CPU, SCALAR)) {
+            Tensor wt = b.weight(of("w", DType.BF16, out, in, w));
+            Tensor xt = b.allocate(n, in), ot = b.allocate(n, out), x1 = b.allocate(1, in), o1 = b.allocate(1, out);
+            b.upload(xt, x);
+            b.matmul(ot, xt, wt, null, n); // four-row kernel over f32-converted rows
+            float[] all = b.download(ot, 0, n);
+            for (int i = 0; i < n; i++) {
+                b.upload(x1, java.util.Arrays.copyOfRange(x, i * in, (i + 1) * in));
+                b.matmul(o1, x1, wt, null, 1); // single-row kernel on the packed bf16 pairs
+                assertArrayEquals(b.download(o1, 0, 1), java.util.Arrays.copyOfRange(all, i * out, (i + 1) * out),
+                        b.description() + " row " + i);
+            }
         }
     }
 
