@@ -44,6 +44,39 @@ class ApiTest {
         }
     }
 
+    /**
+     * Greedy generation through the pipelined loop (forced here; the CPU has no device feedback register, so it is
+     * emulated on the host) and the plain loop: the same tokens, stop reasons, decode steps and session positions —
+     * for a length stop, a context stop and a second turn in the same session.
+     */
+    @Test
+    void pipelinedGreedyGenerationMatchesThePlainLoop() {
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        List<List<Object>> runs = new ArrayList<>();
+        for (Boolean pipelined : new Boolean[] {false, true}) {
+            List<Object> got = new ArrayList<>();
+            try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cpu"))) {
+                tp.model().setPipelinedGreedy(pipelined);
+                try (Session s = tp.newSession(64)) {
+                    for (String prompt : new String[] {"The cat", " and then"}) {
+                        GenerationResult r = s.generate(prompt, 9, SamplingOptions.greedy(), null);
+                        got.add(java.util.Arrays.toString(r.tokens()) + " " + r.stopReason() + " " + r.decodeSteps()
+                                + " @" + s.position());
+                    }
+                }
+                int prompt = tp.tokenizer().encode("The cat").length;
+                try (Session s = tp.newSession(prompt + 5)) {  // the context fills before 20 tokens
+                    GenerationResult r = s.generate("The cat", 20, SamplingOptions.greedy(), null);
+                    got.add(java.util.Arrays.toString(r.tokens()) + " " + r.stopReason() + " " + r.decodeSteps()
+                            + " @" + s.position());
+                    assertEquals("context", r.stopReason(), "pipelined=" + pipelined);
+                }
+            }
+            runs.add(got);
+        }
+        assertEquals(runs.get(0), runs.get(1));
+    }
+
     @Test
     void sameSeedSameSample() {
         ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
