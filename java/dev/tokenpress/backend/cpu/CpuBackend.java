@@ -253,57 +253,80 @@ public final class CpuBackend implements Backend {
             par.forRange(kvHeads, 1, (g0, g1) -> {
                 for (int g = g0; g < g1; g++)
                     for (int r = 0; r < n; r++)
-                        for (int h = g * group; h < (g + 1) * group; h++)
-                            attendOne(c, layer, o, qt, r, h, g, hd, scale, queryPositions[r], select, stats, n);
+                        attendGroup(c, layer, o, qt, r, g, g * group, group, hd, scale, queryPositions[r], select, stats, n);
             });
         } else {
-            par.forRange(n * heads, 1, (from, to) -> {
+            // the q-heads of a KV head in one pass over its keys and values (each row read from memory once for all
+            // of them), split into as many chunks as it takes to give every thread a task
+            int chunks = Math.max(1, Math.min(group, (par.threads() + n * kvHeads - 1) / (n * kvHeads)));
+            int per = (group + chunks - 1) / chunks;
+            int tasks = n * kvHeads * chunks;
+            par.forRange(tasks, 1, (from, to) -> {
                 for (int idx = from; idx < to; idx++) {
-                    int r = idx / heads, h = idx % heads;
-                    attendOne(c, layer, o, qt, r, h, h / group, hd, scale, queryPositions[r], select, null, n);
+                    int r = idx / (kvHeads * chunks), rest = idx % (kvHeads * chunks), g = rest / chunks, ch = rest % chunks;
+                    int h0 = g * group + ch * per, hc = Math.min(per, (g + 1) * group - h0);
+                    if (hc > 0) attendGroup(c, layer, o, qt, r, g, h0, hc, hd, scale, queryPositions[r], select, null, n);
                 }
             });
         }
     }
 
-    private void attendOne(CpuKvCache c, int layer, CpuTensor o, CpuTensor qt, int r, int h, int g, int hd,
-                           float scale, int qpos, SlotSelection select, AttentionStats stats, int n) {
+    /**
+     * Attention of query row r for the q-heads h0 .. h0+hc-1, all of KV head g, in one pass over the candidate slots:
+     * each key and value row is used for every one of those heads while it is in cache. Per head the arithmetic is
+     * the one-head formula (the same dots, exponentials, sums and value accumulation, in the same order), so the
+     * results do not depend on how heads are grouped; probSums of a slot gets its heads' shares in head order.
+     */
+    private void attendGroup(CpuKvCache c, int layer, CpuTensor o, CpuTensor qt, int r, int g, int h0, int hc, int hd,
+                             float scale, int qpos, SlotSelection select, AttentionStats stats, int n) {
         int[] pos = c.positions(layer, g);
         int m = select == null ? c.highWater(layer, g) : select.count()[g];
         int[] list = select == null ? null : select.slots()[g];
         float[] keys = c.keys[layer][g], values = c.values[layer][g];
-        int qOff = r * qt.cols + h * hd, oOff = r * o.cols + h * hd;
-        float[] scores = new float[m];
-        float max = Float.NEGATIVE_INFINITY;
+        float[][] scores = new float[hc][m];
+        float[] max = new float[hc];
+        Arrays.fill(max, Float.NEGATIVE_INFINITY);
         boolean lastRow = r == n - 1;
+        boolean raws = stats != null && stats.rawScores != null && lastRow;
+        int qBase = r * qt.cols, oBase = r * o.cols;
         for (int j = 0; j < m; j++) {
             int slot = list == null ? j : list[j];
             int p = pos[slot];
             if (p < 0 || p > qpos) {
-                scores[j] = Float.NEGATIVE_INFINITY;
+                for (int i = 0; i < hc; i++) scores[i][j] = Float.NEGATIVE_INFINITY;
                 continue;
             }
-            float raw = k.dot(qt.data, qOff, keys, slot * hd, hd);
-            if (stats != null && stats.rawScores != null && lastRow) stats.rawScores[h][slot] = raw;
-            scores[j] = raw * scale;
-            if (scores[j] > max) max = scores[j];
+            for (int i = 0; i < hc; i++) {
+                int h = h0 + i;
+                float raw = k.dot(qt.data, qBase + h * hd, keys, slot * hd, hd);
+                if (raws) stats.rawScores[h][slot] = raw;
+                float sc = raw * scale;
+                scores[i][j] = sc;
+                if (sc > max[i]) max[i] = sc;
+            }
         }
-        Arrays.fill(o.data, oOff, oOff + hd, 0f);
-        if (max == Float.NEGATIVE_INFINITY) return; // nothing visible
-        double sum = 0;
-        for (int j = 0; j < m; j++) {
-            float e = scores[j] == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(scores[j] - max);
-            scores[j] = e;
-            sum += e;
+        float[] inv = new float[hc];
+        boolean any = false;
+        for (int i = 0; i < hc; i++) {
+            int oOff = oBase + (h0 + i) * hd;
+            Arrays.fill(o.data, oOff, oOff + hd, 0f);
+            if (max[i] == Float.NEGATIVE_INFINITY) continue; // nothing visible to this head
+            any = true;
+            double sum = k.expShifted(scores[i], 0, m, max[i]);
+            inv[i] = (float) (1.0 / sum);
         }
-        float inv = (float) (1.0 / sum);
+        if (!any) return;
         boolean collect = stats != null && stats.probSums != null && r >= stats.fromRow;
         for (int j = 0; j < m; j++) {
-            if (scores[j] == 0f) continue;
             int slot = list == null ? j : list[j];
-            float p = scores[j] * inv;
-            k.axpy(p, values, slot * hd, o.data, oOff, hd);
-            if (collect) stats.probSums[g][slot] += p;
+            for (int i = 0; i < hc; i++) {
+                if (max[i] == Float.NEGATIVE_INFINITY) continue;
+                float e = scores[i][j];
+                if (e == 0f) continue;
+                float p = e * inv[i];
+                k.axpy(p, values, slot * hd, o.data, oBase + (h0 + i) * hd, hd);
+                if (collect) stats.probSums[g][slot] += p;
+            }
         }
     }
 

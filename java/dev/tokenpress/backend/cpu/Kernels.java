@@ -25,6 +25,22 @@ interface Kernels {
         }
     }
 
+    /**
+     * Softmax numerators in place: x[off+i] = exp(x[off+i] - max) for i < len (-inf gives 0), returning their sum
+     * (accumulated in double). The scalar version rounds Math.exp's double to float; the Vector API version uses the
+     * vector exp (within an ulp or two of it).
+     */
+    default double expShifted(float[] x, int off, int len, float max) {
+        double sum = 0;
+        for (int i = 0; i < len; i++) {
+            float v = x[off + i];
+            float e = v == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(v - max);
+            x[off + i] = e;
+            sum += e;
+        }
+        return sum;
+    }
+
     /** y[yOff+i] += a·x[xOff+i], i < len. */
     void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len);
 
