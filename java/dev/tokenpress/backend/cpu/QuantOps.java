@@ -118,12 +118,7 @@ final class QuantOps {
             Arrays.fill(o.data, oOff + i * hd, oOff + (i + 1) * hd, 0f);
             w.dead[i] = max == Float.NEGATIVE_INFINITY;
             if (w.dead[i]) continue;
-            double sum = 0;
-            for (int j = 0; j < m; j++) {
-                float e = sc[so + j] == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(sc[so + j] - max);
-                sc[so + j] = e;
-                sum += e;
-            }
+            double sum = k.expShifted(sc, so, m, max); // the f32 cache's softmax, element for element
             w.inv[i] = (float) (1.0 / sum);
         }
         boolean collect = stats != null && stats.probSums != null && r >= stats.fromRow;

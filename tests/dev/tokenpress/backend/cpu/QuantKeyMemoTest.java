@@ -142,12 +142,7 @@ class QuantKeyMemoTest {
         }
         Arrays.fill(o, oOff, oOff + hd, 0f);
         if (max == Float.NEGATIVE_INFINITY) return;
-        double sum = 0;
-        for (int j = 0; j < m; j++) {
-            float e = scores[j] == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(scores[j] - max);
-            scores[j] = e;
-            sum += e;
-        }
+        double sum = k.expShifted(scores, 0, m, max); // the kernels' softmax numerators (shared with the f32 cache)
         float inv = (float) (1.0 / sum);
         for (int j = 0; j < m; j++) {
             int slot = list == null ? j : list[j];
