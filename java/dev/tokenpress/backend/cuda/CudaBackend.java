@@ -1695,8 +1695,8 @@ public final class CudaBackend implements Backend {
     }
 
     private void dropGraph() {
+        waitReplay(); // the last replay, of whichever graph, ran after every earlier one
         if (graph != 0) {
-            waitReplay();
             TpNative.tp_graph_destroy(graph);
             graph = 0;
             graphSig = null;
