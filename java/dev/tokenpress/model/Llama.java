@@ -40,7 +40,7 @@ public final class Llama implements AutoCloseable {
     private KvPolicy policy = KvPolicy.FULL;
 
     // greedy token feedback (decodeGreedy)
-    private Boolean pipelinedGreedy;        // null: where the backend has token feedback; true: always; false: never
+    private Boolean pipelinedGreedy = pipelinedDefault(); // null: where the backend has token feedback; true: always; false: never
     private boolean feedbackEmbedding;      // forward embeds the backend's feedback token instead of tokens[0]
     private int emulatedRegister;           // host emulation of the feedback register (backends without one)
     private final int[] emulatedTickets = new int[2];
@@ -128,6 +128,13 @@ public final class Llama implements AutoCloseable {
         lastStepSlots = stepSlots;
         DecodeStep step = new DecodeStep(token, position, stepSlots, cache);
         backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
+    }
+
+    /** {@code -Dtokenpress.pipelinedGreedy=false} turns pipelined greedy decoding off (true forces it); unset: auto. */
+    private static Boolean pipelinedDefault() {
+        String v = System.getProperty("tokenpress.pipelinedGreedy", System.getenv("TOKENPRESS_PIPELINED_GREEDY"));
+        if (v == null || v.isBlank() || v.equalsIgnoreCase("auto")) return null;
+        return !(v.equalsIgnoreCase("false") || v.equals("0"));
     }
 
     /**
