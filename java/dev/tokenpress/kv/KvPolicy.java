@@ -50,6 +50,15 @@ public interface KvPolicy {
     /** Called after the attention of {@code layer}, with the statistics it filled (null when none asked). */
     default void afterAttention(KvCache cache, int layer, int n, AttentionStats stats) {}
 
+    /**
+     * Whether a decode step may be queued before the caller has accepted its token and be taken back afterwards
+     * ({@code Llama.decodeGreedy}'s pipelined loop frees the slots of such a step): true when the policy evicts
+     * nothing and every per-step decision it keeps is made again at each step from that step's data. Default false.
+     */
+    default boolean speculationSafe() {
+        return false;
+    }
+
     /** The spec string that recreates this policy, e.g. "full" or "window:sink=4,recent=252". */
     String spec();
 

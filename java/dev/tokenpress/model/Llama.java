@@ -156,7 +156,8 @@ public final class Llama implements AutoCloseable {
      *     token = argmax();
      *     if (!onToken.test(token)) break;
      * }</pre>
-     * Where the backend has token feedback, the policy is {@code full} and the cache's appends are reversible, the
+     * Where the backend has token feedback, the policy is {@code full} or otherwise {@link KvPolicy#speculationSafe}
+     * (TidalDecode) and the cache's appends are reversible, the
      * step for a token is queued before that token reaches the host (its embedding reads the backend's feedback
      * register), so the host's work for a step (slot bookkeeping, step values, launch) overlaps the device's work
      * on the previous one; a step queued for a token that onToken refuses is taken back (its slots freed).
@@ -168,7 +169,7 @@ public final class Llama implements AutoCloseable {
         if (maxSteps <= 0) return 0;
         boolean device = backend.tokenFeedback();
         boolean pipe = pipelinedGreedy == null ? device : pipelinedGreedy;
-        if (!pipe || policy != KvPolicy.FULL || !cache.appendsReversible()) {
+        if (!pipe || (policy != KvPolicy.FULL && !policy.speculationSafe()) || !cache.appendsReversible()) {
             int s = 0;
             while (s < maxSteps) {
                 decodeStep(cache, token, position + s++);

@@ -115,11 +115,27 @@ class DecodeGreedyTest {
         }
     }
 
+    /** TidalDecode is speculation-safe: pipelined (with a refused token taken back) equals the plain loop. */
+    @ParameterizedTest(name = "tidal maxSteps={0} stopAt={1}")
+    @CsvSource({"12,0", "12,7", "3,2"})
+    void tidalPipelinedMatchesPlainLoop(int maxSteps, int stopAt) {
+        try (Llama m = model()) {
+            m.setPolicy(KvPolicies.parse("tidal:k=4,full_layers=0,reselect=-1", m.config));
+            assertTrue(m.policy().speculationSafe());
+            Run ref = run(m, null, maxSteps, stopAt, 64), got = run(m, true, maxSteps, stopAt, 64);
+            assertEquals(ref.steps(), got.steps());
+            assertEquals(ref.tokens(), got.tokens());
+            assertArrayEquals(ref.state(), got.state());
+            assertArrayEquals(ref.nextLogits(), got.nextLogits());
+        }
+    }
+
     @Test
     void evictingPolicyTakesThePlainLoop() {
         try (Llama m = model()) {
             Run ref = run(m, null, 10, 6, 64);
             m.setPolicy(KvPolicies.parse("window:sink=2,budget=6", m.config));
+            assertFalse(m.policy().speculationSafe());
             Run refWindow = run(m, null, 10, 6, 64), got = run(m, true, 10, 6, 64);
             assertEquals(refWindow.tokens(), got.tokens());
             assertArrayEquals(refWindow.state(), got.state());

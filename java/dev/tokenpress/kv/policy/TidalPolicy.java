@@ -86,6 +86,12 @@ public final class TidalPolicy extends BasePolicy {
         useOp = on;
     }
 
+    /** Evicts nothing, and each step selects anew at its selection layers before any sparse layer reads it. */
+    @Override
+    public boolean speculationSafe() {
+        return true;
+    }
+
     @Override
     public void beforeAttention(KvCache c, int layer, Tensor q, int[] positions, int n) {
         opSelected = false;

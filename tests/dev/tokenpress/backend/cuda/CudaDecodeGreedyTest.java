@@ -25,7 +25,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * step's embedding reads the previous step's argmax on the device, the next step is queued before the host reads
  * the token) against the plain loop on the same backend: the same tokens, the same cache slots and positions, and
  * bit-identical logits of a following step, with CUDA graphs and eagerly, including a refused token (a queued step
- * taken back).
+ * taken back); for the full policy and for TidalDecode (device-side selection).
  */
 class CudaDecodeGreedyTest {
     @TempDir
@@ -70,9 +70,10 @@ class CudaDecodeGreedyTest {
         return new Run(steps, seen, state, next, graphs);
     }
 
-    @ParameterizedTest(name = "graphs={0} maxSteps={1} stopAt={2}")
-    @CsvSource({"true,40,0", "true,40,17", "false,24,9", "true,1,0"})
-    void pipelinedMatchesPlainLoop(boolean graphs, int maxSteps, int stopAt) {
+    @ParameterizedTest(name = "graphs={0} maxSteps={1} stopAt={2} kv={3}")
+    @CsvSource({"true,40,0,full", "true,40,17,full", "false,24,9,full", "true,1,0,full",
+            "true,40,17,'tidal:k=16,full_layers=1,reselect=2'", "false,24,9,'tidal:k=16,full_layers=1,reselect=2'"})
+    void pipelinedMatchesPlainLoop(boolean graphs, int maxSteps, int stopAt, String kv) {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         LlamaConfig cfg = ModelWriter.write(tmp.resolve("m"), CudaModelParityTest.config(512, 8, 2, 64, 4), 11, s -> {});
         try (SafeTensors st = SafeTensors.open(tmp.resolve("m"))) {
@@ -81,9 +82,10 @@ class CudaDecodeGreedyTest {
                 assertTrue(gpu.tokenFeedback());
                 gpu.setGraphsEnabled(graphs);
                 Llama m = new Llama(cfg, Weights.load(st, cfg, gpu, null), gpu, 64);
+                if (!kv.equals("full")) m.setPolicy(dev.tokenpress.kv.KvPolicies.parse(kv, cfg));
                 Run plain = run(gpu, m, false, 30, maxSteps, stopAt, 128);
                 Run pipe = run(gpu, m, true, 30, maxSteps, stopAt, 128);
-                System.out.println("[decode-greedy] graphs=" + graphs + " steps " + pipe.steps() + ", tokens agree "
+                System.out.println("[decode-greedy] " + kv + " graphs=" + graphs + " steps " + pipe.steps() + ", tokens agree "
                         + plain.tokens().equals(pipe.tokens()) + "; " + pipe.graphs());
                 assertEquals(plain.steps(), pipe.steps(), "steps");
                 assertEquals(plain.tokens(), pipe.tokens(), "tokens");
