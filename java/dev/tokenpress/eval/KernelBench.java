@@ -322,8 +322,8 @@ public final class KernelBench {
                     try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
                         fillSynthetic(gpu, cfg, cache, ctx);
                         gpu.synchronize();
-                        // the plain loop for every policy (like for like: pipelined greedy decoding needs the full
-                        // policy and a plain cache); full_pipelined: Llama.decodeGreedy's pipelined loop
+                        // the plain loop for every policy (like for like: pipelined greedy decoding needs a plain
+                        // cache, so int4 cannot use it); full_pipelined: Llama.decodeGreedy's pipelined loop
                         m.setPipelinedGreedy(name.equals("full_pipelined") ? null : Boolean.FALSE);
                         double tps = decode(gpu, m, cache, 1, ctx, steps);
                         if (name.equals("full")) full = tps;
