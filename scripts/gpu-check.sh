@@ -129,6 +129,18 @@ run_checks() {
     timeout 200 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench generate "$MODEL" > "$OUT/make-model.log" 2>&1 &
     GEN_PID=$!
   fi
+  # wait_model: waits for the model generation started above (if still running) and reports it once
+  wait_model() {
+    [[ -n "$GEN_PID" ]] || return 0
+    local grc
+    wait "$GEN_PID"
+    grc=$?
+    GEN_PID=""
+    stage_rc make-model $grc
+    grep -E "^RESULT" "$OUT/make-model.log" | sed 's/^/  /' | tee -a "$SUMMARY"
+    [[ $grc -ne 0 ]] && tail -5 "$OUT/make-model.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
+    return 0
+  }
 
   # -- stage 2: JUnit (op parity, whole-model parity, native lib)
   if want junit; then
@@ -153,19 +165,14 @@ run_checks() {
   # -- stage 3a: KV-policy kernels (full vs TidalDecode device selection k=2048 at 8K/32K/128K)
   if want policies; then
   local POL_ARGS=()
-  if [[ -n "${POL_E2E:-}" && -n "$GEN_PID" ]]; then  # the end-to-end part needs the whole model file
-    wait "$GEN_PID"
-    rc=$?
-    stage_rc make-model $rc
-    GEN_PID=""
-  fi
+  [[ -n "${POL_E2E:-}" ]] && wait_model  # the end-to-end part needs the whole model file
   [[ -n "${POL_E2E:-}" && -f "$MODEL/model.safetensors" ]] && POL_ARGS=("$MODEL")
   kb_stage policies "${T_POL:-120}" '^(device|RESULT|e2e|\|)' policies ${POL_ARGS[@]+"${POL_ARGS[@]}"}
   fi
 
   # -- stage 3e (only when STAGES names it): end-to-end decode per policy (full, tidal, int4) at 32K and 128K alone
   if want e2epol; then
-    if [[ -n "$GEN_PID" ]]; then wait "$GEN_PID"; stage_rc make-model $?; GEN_PID=""; fi
+    wait_model
     kb_stage e2epol "${T_E2EPOL:-120}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL"
   fi
 
@@ -179,13 +186,7 @@ run_checks() {
   want cce && kb_stage cce "${T_CCE:-60}" '^(device|RESULT|cce|\|)' cce
 
   # -- stage 4: end-to-end decode tokens/s of llama-1b-shape (model generated here once)
-  if [[ -n "$GEN_PID" ]]; then
-    wait "$GEN_PID"
-    rc=$?
-    stage_rc make-model $rc
-    grep -E "^RESULT" "$OUT/make-model.log" | sed 's/^/  /' | tee -a "$SUMMARY"
-    [[ $rc -ne 0 ]] && tail -5 "$OUT/make-model.log" | sed 's/^/  ! /' | tee -a "$SUMMARY"
-  fi
+  wait_model
   if [[ $HAVE_GPU -eq 1 ]] && want e2e; then
     kb_stage e2e "${T_E2E:-120}" '^(device|RESULT|e2e)' e2e "$MODEL" 128 64
   elif want e2e; then

@@ -130,8 +130,8 @@ public final class CudaBackend implements Backend {
     // graphs captured earlier for other op sequences (e.g. the step of a quantized cache that also encodes a block),
     // replayed when a step's signature matches one again; at most SPARE_GRAPHS, the oldest destroyed first
     private static final int SPARE_GRAPHS = 3;
-    private final java.util.ArrayDeque<long[]> spareSigs = new java.util.ArrayDeque<>();
-    private final java.util.ArrayDeque<Long> spareGraphs = new java.util.ArrayDeque<>();
+    private record SpareGraph(long[] sig, long exec) {}
+    private final java.util.ArrayDeque<SpareGraph> spares = new java.util.ArrayDeque<>();
     private boolean quantGraphs;       // quantized-KV decode steps are captured into graphs too
     private final LongList sig = new LongList();
     private final long replayEvent;
@@ -396,8 +396,8 @@ public final class CudaBackend implements Backend {
     public boolean shortAttn() { return shortAttn; }
 
     /**
-     * Programmatic Dependent Launch for the small-op, GEMV and argmax/top-k kernels ({@code tp_set_pdl}): each
-     * may start while the kernel before it finishes (the GEMVs issue their first weight loads before waiting).
+     * Programmatic Dependent Launch for the small-op, GEMV, decode-attention and argmax/top-k kernels
+     * ({@code tp_set_pdl}): each may start while the kernel before it finishes (the GEMVs issue their first weight loads before waiting).
      * On by default where the device supports it (sm_90+); {@code -Dtokenpress.cuda.pdl=false} (or
      * {@code TOKENPRESS_CUDA_PDL=0}) turns it off. The switch is process-wide: it applies to every CudaBackend's later launches
      * and captures, and each new CudaBackend sets it from the property again. Drops this backend's captured
@@ -1701,42 +1701,29 @@ public final class CudaBackend implements Backend {
             graph = 0;
             graphSig = null;
         }
-        while (!spareGraphs.isEmpty()) TpNative.tp_graph_destroy(spareGraphs.poll());
-        spareSigs.clear();
+        while (!spares.isEmpty()) TpNative.tp_graph_destroy(spares.poll().exec());
     }
 
     /** Keeps the current graph as a spare (the oldest spare destroyed beyond SPARE_GRAPHS); no current graph after. */
     private void retireGraph() {
         if (graph == 0) return;
         waitReplay();
-        spareGraphs.addLast(graph);
-        spareSigs.addLast(graphSig);
+        spares.addLast(new SpareGraph(graphSig, graph));
         graph = 0;
         graphSig = null;
-        while (spareGraphs.size() > SPARE_GRAPHS) {
-            TpNative.tp_graph_destroy(spareGraphs.pollFirst());
-            spareSigs.pollFirst();
-        }
+        while (spares.size() > SPARE_GRAPHS) TpNative.tp_graph_destroy(spares.pollFirst().exec());
     }
 
     /** Makes the spare graph captured for signature {@code s} the current one (the current one becomes a spare). */
     private boolean swapInSpare(long[] s) {
-        java.util.Iterator<long[]> is = spareSigs.iterator();
-        java.util.Iterator<Long> ig = spareGraphs.iterator();
-        while (is.hasNext()) {
-            long[] cand = is.next();
-            long g = ig.next();
-            if (Arrays.equals(cand, s)) {
-                is.remove();
-                ig.remove();
-                if (graph != 0) {
-                    spareGraphs.addLast(graph);
-                    spareSigs.addLast(graphSig);
-                }
-                graph = g;
-                graphSig = cand;
-                return true;
-            }
+        for (java.util.Iterator<SpareGraph> it = spares.iterator(); it.hasNext(); ) {
+            SpareGraph sp = it.next();
+            if (!Arrays.equals(sp.sig(), s)) continue;
+            it.remove();
+            if (graph != 0) spares.addLast(new SpareGraph(graphSig, graph));
+            graph = sp.exec();
+            graphSig = sp.sig();
+            return true;
         }
         return false;
     }
