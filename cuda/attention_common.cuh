@@ -27,4 +27,12 @@ int launch_attention_stats(const float* q, const uint16_t* kc, const int* pc, in
                            int sel_stride, const int* sel_counts, const int* hw, float scale_log2, float* raw,
                            float* prob, cudaStream_t stream);
 
+// TidalDecode selection (tidal_select.cu), for other score producers (the quantized cache, kv_quant.cu): the keys
+// array inside a tp_tidal_select workspace sized for (kv_heads, len), and its v1 selection kernel, which reads
+// keys [kv_heads][len] (0 = not a candidate, else order_key of the group score) and the params / cur_slot of
+// tp_tidal_select, writes the slot lists and counts and resets cur_slot to -1.
+uint32_t* tidal_select_keys(uint64_t keys_ws, int kv_heads, int len);
+void launch_tidal_select_v1(const uint32_t* keys, int len, int* cur_slot, const int* params, int k, int* out_slots,
+                            int out_stride, int* out_counts, int kv_heads, cudaStream_t stream);
+
 }  // namespace tp

@@ -96,6 +96,15 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float* f) {
     f[6] = bf16_lo(u.w); f[7] = bf16_hi(u.w);
 }
 
+// Order-preserving uint32 key of a score (TidalDecode selection): larger score -> larger key; +0 and -0 map to the
+// same key (the CPU compares scores with ==); every finite score maps to a key >= 0x00800000, so 0 is free to mean
+// "not a candidate".
+__device__ __forceinline__ uint32_t order_key(float f) {
+    uint32_t b = __float_as_uint(f);
+    if ((b & 0x7fffffffu) == 0u) b = 0u;
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
 // f32 -> bf16 bits, round to nearest even, NaN kept NaN (same rule as io.Half.floatToBf16).
 __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
     uint32_t b = __float_as_uint(f);

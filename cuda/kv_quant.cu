@@ -245,7 +245,7 @@ template <int HD, int NH>
 __device__ __forceinline__ void write_block_result(const float (*sm_m)[NH], const float (*sm_d)[NH],
                                                    const float (*sm_o)[NH][HD], int gt, int r, int H, int h0,
                                                    int splits, int split, float* __restrict__ out,
-                                                   float* __restrict__ ws) {
+                                                   float* __restrict__ ws, float* __restrict__ lse2) {
     for (int e = threadIdx.x; e < gt * HD; e += kThreads) {
         int j = e / HD, c = e - j * HD;
         float mm = kNegInf;
@@ -263,6 +263,7 @@ __device__ __forceinline__ void write_block_result(const float (*sm_m)[NH], cons
         int64_t rh = (int64_t)r * H + h0 + j;
         if (splits == 1) {
             out[rh * HD + c] = d > 0.f ? oo / d : 0.f;
+            if (lse2 && c == 0) lse2[rh] = d > 0.f ? mm + log2f(d) : kNegInf;
         } else {
             int64_t part = rh * splits + split;
             ws[(int64_t)gridDim.z * H * splits * 2 + part * HD + c] = oo;
@@ -280,7 +281,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_kernel(
         const float* __restrict__ wk, const float* __restrict__ wv, const int* __restrict__ pc,
         const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap, int max_blocks, Layout L,
         const int* __restrict__ qpos, const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
-        const int* __restrict__ hw, int splits, float scale_log2) {
+        const int* __restrict__ hw, int splits, float scale_log2, float* __restrict__ lse2) {
     constexpr int CPL = HD / 32;
     constexpr uint32_t MASK = (1u << BITS) - 1u;
     __shared__ float sm_m[kWarps][kMaxGt], sm_d[kWarps][kMaxGt];
@@ -371,7 +372,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_kernel(
         }
     }
     __syncthreads();
-    write_block_result<HD, kMaxGt>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws);
+    write_block_result<HD, kMaxGt>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws, lse2);
 }
 
 // f16 bits -> f32 by the hardware conversion (exact for every f16, like h2f).
@@ -391,7 +392,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v2_kernel(
         const float* __restrict__ wk, const float* __restrict__ wv, const int* __restrict__ pc,
         const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap, int max_blocks, Layout L,
         const int* __restrict__ qpos, const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
-        const int* __restrict__ hw, int splits, float scale_log2) {
+        const int* __restrict__ hw, int splits, float scale_log2, float* __restrict__ lse2) {
     constexpr int CPL = HD / 32;
     constexpr uint32_t MASK = (1u << BITS) - 1u;
     __shared__ float sm_q[kMaxGt][HD];
@@ -552,7 +553,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v2_kernel(
         }
     }
     __syncthreads();
-    write_block_result<HD, kMaxGt>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws);
+    write_block_result<HD, kMaxGt>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws, lse2);
 }
 
 // Variant 3: variant 2's tiles (a lane per candidate, tile-wide online softmax) with the two latency chains of
@@ -570,7 +571,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
         const float* __restrict__ wk, const float* __restrict__ wv, const int* __restrict__ pc,
         const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap, int max_blocks, Layout L,
         const int* __restrict__ qpos, const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
-        const int* __restrict__ hw, int splits, float scale_log2) {
+        const int* __restrict__ hw, int splits, float scale_log2, float* __restrict__ lse2) {
     constexpr int CPL = HD / 32;
     constexpr int RBV = HD * BITS / 8;          // value-code bytes per token (16..128, a multiple of 16)
     constexpr uint32_t MASK = (1u << BITS) - 1u;
@@ -733,12 +734,12 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
         for (int i = 0; i < CPL; i++) sm_o[warp][j][c0 + i] = o[j][i];
     }
     __syncthreads();
-    write_block_result<HD, GT>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws);
+    write_block_result<HD, GT>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws, lse2);
 }
 
 // out[r, h] = merge of the splits' partial states. grid n*H, block HD threads.
 __global__ void kvq_merge_kernel(float* __restrict__ out, const float* __restrict__ ws, int rows_heads, int splits,
-                                 int hd) {
+                                 int hd, float* __restrict__ lse2) {
     int rh = blockIdx.x;
     const float* ml = ws + (int64_t)rh * splits * 2;
     const float* po = ws + (int64_t)rows_heads * splits * 2 + (int64_t)rh * splits * hd;
@@ -753,6 +754,7 @@ __global__ void kvq_merge_kernel(float* __restrict__ out, const float* __restric
                 o += po[(int64_t)s * hd + c] * a;
             }
         out[(int64_t)rh * hd + c] = d > 0.f ? o / d : 0.f;
+        if (lse2 && c == 0) lse2[rh] = d > 0.f ? m + log2f(d) : kNegInf;
     }
 }
 
@@ -766,13 +768,13 @@ template <int HD, int BITS>
 void launch_attention(dim3 grid, cudaStream_t st, float* out, float* ws, const float* q, const uint8_t* pool,
                       const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv, int C,
                       int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel, int sel_stride,
-                      const int* sel_counts, const int* hw, int splits, float scale_log2) {
+                      const int* sel_counts, const int* hw, int splits, float scale_log2, float* lse2) {
     if (g_attention_variant == 3 && L.ng <= kV3MaxNg) {
         const int group = H / Hkv;
         const int gt = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
         dim3 g3(grid.x, Hkv * ((group + gt - 1) / gt), grid.z);
 #define TP_KVQ_V3(GT) kvq_attention_v3_kernel<HD, BITS, GT><<<g3, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, \
-            layer, H, Hkv, C, res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2)
+            layer, H, Hkv, C, res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2, lse2)
         if (gt == 1) TP_KVQ_V3(1);
         else if (gt == 2) TP_KVQ_V3(2);
         else if (gt == 4) TP_KVQ_V3(4);
@@ -781,17 +783,235 @@ void launch_attention(dim3 grid, cudaStream_t st, float* out, float* ws, const f
     } else if (g_attention_variant >= 2) {
         kvq_attention_v2_kernel<HD, BITS><<<grid, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv,
                                                                      C, res_cap, max_blocks, L, qpos, sel, sel_stride,
-                                                                     sel_counts, hw, splits, scale_log2);
+                                                                     sel_counts, hw, splits, scale_log2, lse2);
     } else {
         kvq_attention_kernel<HD, BITS><<<grid, kThreads, 0, st>>>(out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C,
                                                                   res_cap, max_blocks, L, qpos, sel, sel_stride,
-                                                                  sel_counts, hw, splits, scale_log2);
+                                                                  sel_counts, hw, splits, scale_log2, lse2);
     }
 }
 
 bool valid_bits(int bits) { return bits == 2 || bits == 4 || bits == 8; }
 
+// ---- ops for KV compression policies over the packed cache -------------------------------------------------------
+// The counterparts of policy_ops.cu / the statistics pass of decode_attention.cu / TidalDecode's score kernel for
+// the bf16 cache: the same outputs, the keys dequantized in registers exactly as the attention kernels do
+// (s_c * code + z_c per channel; window entries are the f32 rows). A slot's location is read only when the slot is
+// occupied (position >= 0).
+
+// Channels c0 .. c0 + N - 1 of the key at location l (loc_cache: block * G + lane >= 0, or -(window entry + 1)) of
+// the KV head whose block records start at poolg and whose window rows start at row wbase of wk.
+template <int BITS, int N>
+__device__ __forceinline__ void kvq_key_part(float* kf, const uint8_t* __restrict__ poolg,
+                                             const float* __restrict__ wk, int64_t wbase, int hd, const Layout& L,
+                                             int l, int c0) {
+    constexpr uint32_t MASK = (1u << BITS) - 1u;
+    if (l < 0) {
+        const float* w = wk + (wbase + (-l - 1)) * hd + c0;
+#pragma unroll
+        for (int i = 0; i < N; i++) kf[i] = w[i];
+        return;
+    }
+    const int blk = l / L.G, t = l - blk * L.G;
+    const uint8_t* rec = poolg + (int64_t)blk * L.bytes;
+    const uint16_t* kz = reinterpret_cast<const uint16_t*>(rec + L.off_kz);
+    const uint16_t* ks = reinterpret_cast<const uint16_t*>(rec + L.off_ks);
+    const uint8_t* kcode = rec + L.off_kc + ((t * BITS) >> 3);
+    const int sh = (t * BITS) & 7;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        const int c = c0 + i;
+        const uint32_t code = (kcode[c * L.rbk] >> sh) & MASK;
+        kf[i] = h2f(ks[c]) * (float)code + h2f(kz[c]);
+    }
+}
+
+// Raw q·k of one query row against slots [0, len) of every KV head g: LPR = HD/8 lanes per slot (8 channels each,
+// partial dots reduced with shuffles), the group's q-heads in turn. params int32: high_water[kv_heads] (then, for
+// TIDAL, query_pos | keep_pos).
+// TIDAL false (Backend.queryKeyScores): out[(g*group + j) * out_stride + s] = q_j·k_s, -inf where s >= hw[g] or the
+//   slot is free / not visible (position outside [0, query_pos]).
+// TIDAL true (TidalDecode selection, the v1 keys of tp_tidal_select): keys[g * len + s] = order_key of the group
+//   score (sum in q-head order, or max), 0 for a non-candidate; cur[g] = the last slot holding keep_pos.
+template <int HD, int BITS, bool TIDAL>
+__global__ void __launch_bounds__(kThreads) kvq_scores_kernel(
+        float* __restrict__ out, int out_stride, uint32_t* __restrict__ keys, int* __restrict__ cur, int len,
+        const float* __restrict__ q, const uint8_t* __restrict__ pool, const float* __restrict__ wk,
+        const int* __restrict__ pc, const int* __restrict__ lc, int layer, int kv_heads, int group, int C,
+        int res_cap, int max_blocks, Layout L, const int* __restrict__ params, int query_pos_arg, int sum_group) {
+    constexpr int LPR = HD / 8, SUB = 32 / LPR;
+    const int g = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane / LPR, lr = lane % LPR;
+    const int s = (blockIdx.x * kWarps + warp) * SUB + sub;
+    const int query_pos = TIDAL ? params[kv_heads] : query_pos_arg;
+    const int64_t hb = (int64_t)layer * kv_heads + g;
+    const int p = s < len && s < params[g] ? pc[hb * C + s] : -1;
+    const bool vis = p >= 0 && p <= query_pos;
+    if (TIDAL && lr == 0 && p >= 0 && p == params[kv_heads + 1]) atomicMax(cur + g, s);
+    float kf[8];
+    if (vis) {
+        kvq_key_part<BITS, 8>(kf, pool + hb * max_blocks * (int64_t)L.bytes, wk, hb * res_cap, HD, L, lc[hb * C + s],
+                              lr * 8);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) kf[i] = 0.f;
+    }
+    float v = sum_group ? 0.f : kNegInf;
+    for (int j = 0; j < group; j++) {  // uniform over the warp: every lane takes part in the shuffles
+        const float* qv = q + ((int64_t)g * group + j) * HD + lr * 8;
+        float a = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) a = fmaf(qv[i], kf[i], a);
+#pragma unroll
+        for (int o = LPR / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+        if (TIDAL)
+            v = sum_group ? __fadd_rn(v, a) : fmaxf(v, a);
+        else if (lr == 0 && s < len)
+            out[((int64_t)g * group + j) * out_stride + s] = vis ? a : kNegInf;
+    }
+    if (TIDAL && lr == 0 && s < len) keys[(int64_t)g * len + s] = vis ? order_key(v) : 0u;
+}
+
+// Statistics of an attention call over the packed cache (decode_attention.cu's attention_stats_kernel, the same
+// grid and outputs): raw[h][slot] = q·k of row n-1 at its visible candidates; prob[g][slot] += the probabilities
+// exp2(q·k * scale_log2 - lse2[r][h]) summed over the group's q-heads and rows [from_row, n). lse2 comes from
+// tp_kvq_attention_ex of the same call.
+template <int HD, int BITS>
+__global__ void __launch_bounds__(kThreads) kvq_attention_stats_kernel(
+        const float* __restrict__ q, const uint8_t* __restrict__ pool, const float* __restrict__ wk,
+        const int* __restrict__ pc, const int* __restrict__ lc, int layer, int H, int Hkv, int C, int res_cap,
+        int max_blocks, Layout L, int n, const int* __restrict__ qpos, int from_row, const float* __restrict__ lse2,
+        const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts, const int* __restrict__ hw,
+        float scale_log2, float* __restrict__ raw, float* __restrict__ prob) {
+    constexpr int LPR = HD / 8, SUB = 32 / LPR, NSG = kWarps * SUB;
+    const int kh = blockIdx.y;
+    const int G = H / Hkv;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane / LPR, lr = lane % LPR;
+    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
+    const int64_t hb = (int64_t)layer * Hkv + kh;
+    const uint8_t* poolg = pool + hb * max_blocks * (int64_t)L.bytes;
+    const int r_first = prob ? min(max(from_row, 0), n - 1) : n - 1;
+
+    for (int tb = blockIdx.x * NSG + warp * SUB; tb < len; tb += gridDim.x * NSG) {  // uniform over the warp
+        const int idx = tb + sub;
+        const int slot = idx < len ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
+        const int pos = slot >= 0 ? pc[hb * C + slot] : -1;
+        float kf[8];
+        if (pos >= 0) {
+            kvq_key_part<BITS, 8>(kf, poolg, wk, hb * res_cap, HD, L, lc[hb * C + slot], lr * 8);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) kf[i] = 0.f;
+        }
+        float acc = 0.f;
+        for (int r = r_first; r < n; r++) {
+            const bool vis = pos >= 0 && pos <= qpos[r];
+            for (int g = 0; g < G; g++) {
+                const int h = kh * G + g;
+                const float* qv = q + ((int64_t)r * H + h) * HD + lr * 8;
+                float a = 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) a = fmaf(qv[j], kf[j], a);
+#pragma unroll
+                for (int o = LPR / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                if (vis && lr == 0) {
+                    if (raw && r == n - 1) raw[(int64_t)h * C + slot] = a;
+                    if (prob && r >= from_row) {
+                        const float l = lse2[(int64_t)r * H + h];
+                        if (l != kNegInf) acc += exp2f(a * scale_log2 - l);
+                    }
+                }
+            }
+        }
+        if (prob && pos >= 0 && lr == 0) prob[(int64_t)kh * C + slot] += acc;
+    }
+}
+
+// Quest's page bounds over the packed cache (policy_ops.cu's quest_page_scores_kernel): one block per (page p, KV
+// head g), thread t owns channel t (HD <= kThreads); M and m = the elementwise max / min of the dequantized keys of
+// the page's visible slots; out[(g*group + j) * out_stride + p] = sum_i max(q_i M_i, q_i m_i), -inf for a page
+// without a visible slot.
+template <int HD, int BITS>
+__global__ void __launch_bounds__(kThreads) kvq_quest_page_scores_kernel(
+        float* __restrict__ out, int out_stride, const float* __restrict__ q, const uint8_t* __restrict__ pool,
+        const float* __restrict__ wk, const int* __restrict__ pc, const int* __restrict__ lc, int layer, int kv_heads,
+        int group, int C, int res_cap, int max_blocks, Layout L, int query_pos, const int* __restrict__ high_water,
+        int page_size) {
+    static_assert(HD <= kThreads, "one channel per thread");
+    const int p = blockIdx.x, g = blockIdx.y;
+    const int64_t hwg = high_water[g];
+    const int64_t s0 = (int64_t)p * page_size, s1 = s0 + page_size < hwg ? s0 + page_size : hwg;
+    const int64_t hb = (int64_t)layer * kv_heads + g;
+    const uint8_t* poolg = pool + hb * max_blocks * (int64_t)L.bytes;
+    const int c = threadIdx.x;
+    float* o = out + (int64_t)g * group * out_stride + p;
+    float mx = kNegInf, mn = INFINITY;
+    bool any = false;  // identical in every thread: all threads walk the same positions
+    for (int64_t s = s0; s < s1; s++) {
+        const int ps = pc[hb * C + s];
+        if (ps < 0 || ps > query_pos) continue;
+        any = true;
+        if (c < HD) {
+            float v;
+            kvq_key_part<BITS, 1>(&v, poolg, wk, hb * res_cap, HD, L, lc[hb * C + s], c);
+            mx = fmaxf(mx, v);
+            mn = fminf(mn, v);
+        }
+    }
+    if (!any) {  // uniform over the block
+        for (int j = threadIdx.x; j < group; j += blockDim.x) o[(int64_t)j * out_stride] = kNegInf;
+        return;
+    }
+    for (int j = 0; j < group; j++) {
+        float part = 0.f;
+        if (c < HD) {
+            const float qi = q[((int64_t)g * group + j) * HD + c];
+            part = fmaxf(qi * mx, qi * mn);
+        }
+        const float total = block_sum(part);
+        if (threadIdx.x == 0) o[(int64_t)j * out_stride] = total;
+    }
+}
+
+// The arguments every packed-cache op shares (tp_kvq_attention's checks).
+int check_packed_cache(const char* fn, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t pos_cache,
+                       uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim, int capacity,
+                       int group, int bits, int res_cap, int max_blocks) {
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(pool != 0, fn, "pool");
+    TP_REQUIRE(window_k != 0, fn, "window_k");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(loc_cache != 0, fn, "loc_cache");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
+    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(group > 0 && group <= 4096, fn, "group");
+    TP_REQUIRE(valid_bits(bits), fn, "bits");
+    TP_REQUIRE(res_cap > 0 && max_blocks > 0, fn, "res_cap/max_blocks");
+    if (head_dim != 64 && head_dim != 128)
+        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d (supported: 64, 128)", fn, head_dim);
+    TP_REQUIRE(head_dim % (group < head_dim ? group : head_dim) == 0, fn, "group");
+    return TP_OK;
+}
+
 }  // namespace
+
+// Instantiates CALL(HD, BITS) for the head dim and bit width of a packed-cache op.
+#define TP_KVQ_DISPATCH(head_dim, bits, CALL)        \
+    do {                                             \
+        if (head_dim == 64) {                        \
+            if (bits == 8) CALL(64, 8);              \
+            else if (bits == 4) CALL(64, 4);         \
+            else CALL(64, 2);                        \
+        } else {                                     \
+            if (bits == 8) CALL(128, 8);             \
+            else if (bits == 4) CALL(128, 4);        \
+            else CALL(128, 2);                       \
+        }                                            \
+    } while (0)
 
 extern "C" {
 
@@ -864,6 +1084,16 @@ int tp_kvq_attention(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k,
                      int bits, int res_cap, int max_blocks, int n, uint64_t query_pos, uint64_t sel_slots,
                      int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len, float scale,
                      uint64_t workspace, uint64_t workspace_bytes, uint64_t stream) {
+    return tp_kvq_attention_ex(out, q, pool, window_k, window_v, pos_cache, loc_cache, layer, num_heads, kv_heads,
+                               head_dim, capacity, group, bits, res_cap, max_blocks, n, query_pos, sel_slots,
+                               sel_stride, sel_counts, high_water, max_len, scale, workspace, workspace_bytes, 0, stream);
+}
+
+int tp_kvq_attention_ex(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t window_v,
+                        uint64_t pos_cache, uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim,
+                        int capacity, int group, int bits, int res_cap, int max_blocks, int n, uint64_t query_pos,
+                        uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len,
+                        float scale, uint64_t workspace, uint64_t workspace_bytes, uint64_t lse2, uint64_t stream) {
     const char* fn = "tp_kvq_attention";
     TP_REQUIRE(out != 0, fn, "out");
     TP_REQUIRE(q != 0, fn, "q");
@@ -908,9 +1138,10 @@ int tp_kvq_attention(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k,
     const int* sl = TP_PTR(const int, sel_slots);
     const int* sc = TP_PTR(const int, sel_counts);
     const int* hw = TP_PTR(const int, high_water);
+    float* ls = TP_PTR(float, lse2);
 #define TP_KVQ_LAUNCH(HD, B)                                                                                        \
     launch_attention<HD, B>(grid, st, o, ws, qq, pl, wk, wv, pc, lc, layer, num_heads, kv_heads, capacity, res_cap, \
-                            max_blocks, L, qp, sl, sel_stride, sc, hw, splits, scale_log2)
+                            max_blocks, L, qp, sl, sel_stride, sc, hw, splits, scale_log2, ls)
     if (head_dim == 64) {
         if (bits == 8) TP_KVQ_LAUNCH(64, 8);
         else if (bits == 4) TP_KVQ_LAUNCH(64, 4);
@@ -923,9 +1154,132 @@ int tp_kvq_attention(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k,
 #undef TP_KVQ_LAUNCH
     TP_LAUNCHED("kvq_attention_kernel");
     if (splits > 1) {
-        kvq_merge_kernel<<<n * num_heads, head_dim, 0, st>>>(o, ws, n * num_heads, splits, head_dim);
+        kvq_merge_kernel<<<n * num_heads, head_dim, 0, st>>>(o, ws, n * num_heads, splits, head_dim, ls);
         TP_LAUNCHED("kvq_merge_kernel");
     }
+    return TP_OK;
+}
+
+int tp_kvq_query_key_scores(uint64_t out, int out_stride, uint64_t q, uint64_t pool, uint64_t window_k,
+                            uint64_t pos_cache, uint64_t loc_cache, int layer, int num_heads, int kv_heads,
+                            int head_dim, int capacity, int group, int bits, int res_cap, int max_blocks,
+                            int query_pos, uint64_t high_water, int max_high_water, uint64_t stream) {
+    const char* fn = "tp_kvq_query_key_scores";
+    int rc = check_packed_cache(fn, q, pool, window_k, pos_cache, loc_cache, layer, num_heads, kv_heads, head_dim,
+                                capacity, group, bits, res_cap, max_blocks);
+    if (rc != TP_OK) return rc;
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(high_water != 0, fn, "high_water");
+    TP_REQUIRE(max_high_water >= 0 && max_high_water <= capacity, fn, "max_high_water");
+    TP_REQUIRE(out_stride >= max_high_water, fn, "out_stride");
+    if (max_high_water == 0) return TP_OK;
+    Layout L = make_layout(head_dim, group, bits);
+    const int per_block = kWarps * (32 / (head_dim / 8));
+    dim3 grid((unsigned)ceil_div(max_high_water, per_block), kv_heads);
+#define TP_KVQ_SCORES(HD, B)                                                                                      \
+    kvq_scores_kernel<HD, B, false><<<grid, kThreads, 0, TP_STREAM(stream)>>>(                                   \
+        TP_PTR(float, out), out_stride, nullptr, nullptr, max_high_water, TP_PTR(const float, q),                 \
+        TP_PTR(const uint8_t, pool), TP_PTR(const float, window_k), TP_PTR(const int, pos_cache),                 \
+        TP_PTR(const int, loc_cache), layer, kv_heads, num_heads / kv_heads, capacity, res_cap, max_blocks, L,    \
+        TP_PTR(const int, high_water), query_pos, 0)
+    TP_KVQ_DISPATCH(head_dim, bits, TP_KVQ_SCORES);
+#undef TP_KVQ_SCORES
+    TP_LAUNCHED("kvq_scores_kernel");
+    return TP_OK;
+}
+
+int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
+                        int len, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t pos_cache, uint64_t loc_cache,
+                        int layer, int num_heads, int kv_heads, int head_dim, int capacity, int group, int bits,
+                        int res_cap, int max_blocks, uint64_t params, int k, int sum_group, uint64_t stream) {
+    const char* fn = "tp_kvq_tidal_select";
+    int rc = check_packed_cache(fn, q, pool, window_k, pos_cache, loc_cache, layer, num_heads, kv_heads, head_dim,
+                                capacity, group, bits, res_cap, max_blocks);
+    if (rc != TP_OK) return rc;
+    TP_REQUIRE(out_slots != 0, fn, "out_slots");
+    TP_REQUIRE(out_counts != 0, fn, "out_counts");
+    TP_REQUIRE(cur_slot != 0, fn, "cur_slot");
+    TP_REQUIRE(keys_ws != 0 && keys_ws % 16 == 0, fn, "keys_ws");
+    TP_REQUIRE(params != 0, fn, "params");
+    TP_REQUIRE(len >= 1 && len <= capacity, fn, "len");
+    TP_REQUIRE(k >= 0, fn, "k");
+    TP_REQUIRE(out_stride >= 1 && out_stride >= k, fn, "out_stride");
+    Layout L = make_layout(head_dim, group, bits);
+    uint32_t* keys = tp::tidal_select_keys(keys_ws, kv_heads, len);
+    const int per_block = kWarps * (32 / (head_dim / 8));
+    dim3 grid((unsigned)ceil_div(len, per_block), kv_heads);
+    cudaStream_t st = TP_STREAM(stream);
+#define TP_KVQ_TIDAL(HD, B)                                                                                       \
+    kvq_scores_kernel<HD, B, true><<<grid, kThreads, 0, st>>>(                                                   \
+        nullptr, 0, keys, TP_PTR(int, cur_slot), len, TP_PTR(const float, q), TP_PTR(const uint8_t, pool),        \
+        TP_PTR(const float, window_k), TP_PTR(const int, pos_cache), TP_PTR(const int, loc_cache), layer,         \
+        kv_heads, num_heads / kv_heads, capacity, res_cap, max_blocks, L, TP_PTR(const int, params), 0, sum_group)
+    TP_KVQ_DISPATCH(head_dim, bits, TP_KVQ_TIDAL);
+#undef TP_KVQ_TIDAL
+    TP_LAUNCHED("kvq_scores_kernel (selection)");
+    tp::launch_tidal_select_v1(keys, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
+                               TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads, st);
+    TP_LAUNCHED("tidal_select_kernel");
+    return TP_OK;
+}
+
+int tp_kvq_attention_stats(uint64_t q, uint64_t pool, uint64_t window_k, uint64_t pos_cache, uint64_t loc_cache,
+                           int layer, int num_heads, int kv_heads, int head_dim, int capacity, int group, int bits,
+                           int res_cap, int max_blocks, int n, uint64_t query_pos, int from_row, uint64_t lse2,
+                           uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water, float scale,
+                           uint64_t raw_scores, uint64_t prob_sums, uint64_t stream) {
+    const char* fn = "tp_kvq_attention_stats";
+    int rc = check_packed_cache(fn, q, pool, window_k, pos_cache, loc_cache, layer, num_heads, kv_heads, head_dim,
+                                capacity, group, bits, res_cap, max_blocks);
+    if (rc != TP_OK) return rc;
+    TP_REQUIRE(n >= 0, fn, "n");
+    TP_REQUIRE(query_pos != 0, fn, "query_pos");
+    TP_REQUIRE(high_water != 0, fn, "high_water");
+    TP_REQUIRE(sel_slots == 0 || (sel_counts != 0 && sel_stride > 0), fn, "sel_slots");
+    TP_REQUIRE(prob_sums == 0 || lse2 != 0, fn, "lse2");
+    if (n == 0 || (raw_scores == 0 && prob_sums == 0)) return TP_OK;
+    if (prob_sums != 0 && raw_scores == 0 && from_row >= n) return TP_OK;
+    Layout L = make_layout(head_dim, group, bits);
+    dim3 grid(sm_count() * 2 / kv_heads + 1, kv_heads);
+    const float scale_log2 = scale * kLog2e;
+#define TP_KVQ_STATS(HD, B)                                                                                       \
+    kvq_attention_stats_kernel<HD, B><<<grid, kThreads, 0, TP_STREAM(stream)>>>(                                 \
+        TP_PTR(const float, q), TP_PTR(const uint8_t, pool), TP_PTR(const float, window_k),                       \
+        TP_PTR(const int, pos_cache), TP_PTR(const int, loc_cache), layer, num_heads, kv_heads, capacity, res_cap, \
+        max_blocks, L, n, TP_PTR(const int, query_pos), from_row, TP_PTR(const float, lse2),                      \
+        TP_PTR(const int, sel_slots), sel_stride, TP_PTR(const int, sel_counts), TP_PTR(const int, high_water),   \
+        scale_log2, TP_PTR(float, raw_scores), TP_PTR(float, prob_sums))
+    TP_KVQ_DISPATCH(head_dim, bits, TP_KVQ_STATS);
+#undef TP_KVQ_STATS
+    TP_LAUNCHED("kvq_attention_stats_kernel");
+    return TP_OK;
+}
+
+int tp_kvq_quest_page_scores(uint64_t out, int out_stride, uint64_t q, uint64_t pool, uint64_t window_k,
+                             uint64_t pos_cache, uint64_t loc_cache, int layer, int num_heads, int kv_heads,
+                             int head_dim, int capacity, int group, int bits, int res_cap, int max_blocks,
+                             int query_pos, uint64_t high_water, int page_size, int max_pages, uint64_t stream) {
+    const char* fn = "tp_kvq_quest_page_scores";
+    int rc = check_packed_cache(fn, q, pool, window_k, pos_cache, loc_cache, layer, num_heads, kv_heads, head_dim,
+                                capacity, group, bits, res_cap, max_blocks);
+    if (rc != TP_OK) return rc;
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(high_water != 0, fn, "high_water");
+    TP_REQUIRE(page_size >= 1, fn, "page_size");
+    TP_REQUIRE(max_pages >= 0 && max_pages <= ceil_div(capacity, page_size), fn, "max_pages");
+    TP_REQUIRE(out_stride >= max_pages, fn, "out_stride");
+    if (max_pages == 0) return TP_OK;
+    Layout L = make_layout(head_dim, group, bits);
+    dim3 grid(max_pages, kv_heads);
+#define TP_KVQ_QUEST(HD, B)                                                                                       \
+    kvq_quest_page_scores_kernel<HD, B><<<grid, kThreads, 0, TP_STREAM(stream)>>>(                               \
+        TP_PTR(float, out), out_stride, TP_PTR(const float, q), TP_PTR(const uint8_t, pool),                      \
+        TP_PTR(const float, window_k), TP_PTR(const int, pos_cache), TP_PTR(const int, loc_cache), layer,         \
+        kv_heads, num_heads / kv_heads, capacity, res_cap, max_blocks, L, query_pos,                              \
+        TP_PTR(const int, high_water), page_size)
+    TP_KVQ_DISPATCH(head_dim, bits, TP_KVQ_QUEST);
+#undef TP_KVQ_QUEST
+    TP_LAUNCHED("kvq_quest_page_scores_kernel");
     return TP_OK;
 }
 

@@ -43,6 +43,7 @@
 // before the first call and that every call leaves zero, then the keys (both variants), the candidate lists and
 // the per-chunk arrays. The state of head g sits at a fixed offset, so a workspace serves any len for one Hkv.
 #include "common.cuh"
+#include "attention_common.cuh"
 
 namespace {
 
@@ -54,14 +55,6 @@ constexpr int kScoreThreads = 128;
 constexpr int kHeadChunk = 8;
 constexpr int kSelThreads = 1024;
 constexpr int kSelWarps = kSelThreads / 32;
-
-// Larger score -> larger key; +0 and -0 map to the same key (the CPU compares scores with ==); every finite
-// score maps to a key >= 0x00800000, so 0 is free to mean "not a candidate".
-__device__ __forceinline__ uint32_t order_key(float f) {
-    uint32_t b = __float_as_uint(f);
-    if ((b & 0x7fffffffu) == 0u) b = 0u;
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
 
 // params int32: high_water[kv_heads] | query_pos | keep_pos
 __global__ void __launch_bounds__(kScoreThreads) tidal_scores_kernel(
@@ -923,6 +916,20 @@ int scores_v3_blocks_per_sm(ScoresV3Fn fn) {
 int scores_v3_block_rows(int head_dim) { return (kV3Threads / 32) * (32 / (head_dim / 8)) * kV3Unroll; }
 
 }  // namespace
+
+namespace tp {
+
+uint32_t* tidal_select_keys(uint64_t keys_ws, int kv_heads, int len) {
+    return TP_PTR(uint32_t, keys_ws + layout(kv_heads, len).keys);
+}
+
+void launch_tidal_select_v1(const uint32_t* keys, int len, int* cur_slot, const int* params, int k, int* out_slots,
+                            int out_stride, int* out_counts, int kv_heads, cudaStream_t stream) {
+    tidal_select_kernel<<<kv_heads, kSelThreads, 0, stream>>>(keys, len, cur_slot, params, k, out_slots, out_stride,
+                                                              out_counts);
+}
+
+}  // namespace tp
 
 extern "C" {
 

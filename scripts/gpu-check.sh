@@ -145,7 +145,7 @@ run_checks() {
   # -- stage 2: JUnit (op parity, whole-model parity, native lib)
   if want junit; then
   # JUNIT_CLASSES: simple names of the test classes to run (default: every CUDA class below)
-  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaTidalSelectParityTest CudaDecodeGreedyTest"}
+  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaQuantPolicyOpsParityTest CudaTidalSelectParityTest CudaDecodeGreedyTest"}
   local sel=() c
   for c in $classes; do sel+=(--select-class "dev.tokenpress.backend.cuda.$c"); done
   timeout "${T_JUNIT:-150}" "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
@@ -246,7 +246,7 @@ run_split() {
     "a|CudaNativeLibTest CudaGemvParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest|60"
     "b|CudaParityTest|60"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest|60"
-    "d|CudaKvQuantParityTest|50"
+    "d|CudaKvQuantParityTest CudaQuantPolicyOpsParityTest|70"
     "e|CudaTidalSelectParityTest|50")
   local g tag classes limit
   for g in "${groups[@]}"; do

@@ -454,13 +454,57 @@ uint64_t tp_kvq_attention_workspace_bytes(int n, int num_heads, int head_dim, in
  * Attention of q f32 [n, H*hd] over the quantized cache of one layer, dequantization fused into q·k and the value
  * accumulation; candidates, visibility, query_pos, selection and high-water marks as tp_prefill_attention.
  * n == 1: ceil(max_len / 128) splits (<= 64) and a merge kernel; n > 1: one split. hd 64 / 128 only
- * (else TP_ERR_UNSUPPORTED_HEAD_DIM). No statistics outputs.
+ * (else TP_ERR_UNSUPPORTED_HEAD_DIM). = tp_kvq_attention_ex with lse2 = 0.
  */
 int tp_kvq_attention(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t pos_cache,
                      uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim, int capacity, int group,
                      int bits, int res_cap, int max_blocks, int n, uint64_t query_pos, uint64_t sel_slots,
                      int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len, float scale,
                      uint64_t workspace, uint64_t workspace_bytes, uint64_t stream);
+/**
+ * tp_kvq_attention plus, when lse2 != 0, lse2 f32 [n, H] = log2 of each row and head's softmax denominator over
+ * the scores in the log2 domain (max + log2(sum of exp2(s - max)), s = q·k * scale * log2(e); -inf without a
+ * visible slot): what tp_kvq_attention_stats turns into probabilities.
+ */
+int tp_kvq_attention_ex(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t window_v,
+                        uint64_t pos_cache, uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim,
+                        int capacity, int group, int bits, int res_cap, int max_blocks, int n, uint64_t query_pos,
+                        uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len,
+                        float scale, uint64_t workspace, uint64_t workspace_bytes, uint64_t lse2, uint64_t stream);
+
+/* Ops for KV compression policies over the quantized cache: the contracts of their bf16-cache counterparts, the
+ * keys dequantized in registers exactly as tp_kvq_attention does (window entries: the f32 rows). The arguments
+ * pool .. max_blocks describe the cache as for tp_kvq_attention (window_v is not needed). hd 64 / 128 only. */
+
+/** tp_query_key_scores over the quantized cache (query_pos by value, high_water int32 [Hkv] in device memory). */
+int tp_kvq_query_key_scores(uint64_t out, int out_stride, uint64_t q, uint64_t pool, uint64_t window_k,
+                            uint64_t pos_cache, uint64_t loc_cache, int layer, int num_heads, int kv_heads,
+                            int head_dim, int capacity, int group, int bits, int res_cap, int max_blocks,
+                            int query_pos, uint64_t high_water, int max_high_water, uint64_t stream);
+/**
+ * tp_tidal_select over the quantized cache (same workspace, params, cur_slot and outputs): the group scores as
+ * keys, then tp_tidal_select's v1 selection kernel (ties resolved as there, lower slot first).
+ */
+int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
+                        int len, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t pos_cache, uint64_t loc_cache,
+                        int layer, int num_heads, int kv_heads, int head_dim, int capacity, int group, int bits,
+                        int res_cap, int max_blocks, uint64_t params, int k, int sum_group, uint64_t stream);
+/**
+ * The statistics outputs of tp_decode_attention / tp_prefill_attention for an attention call over the quantized
+ * cache: raw_scores f32 [H][C] = q·k of row n-1 at its visible candidates (other entries untouched); prob_sums
+ * f32 [Hkv][C] += the attention probabilities summed over the group's q-heads and rows [from_row, n), from lse2
+ * f32 [n, H] written by tp_kvq_attention_ex for the same call (same q, candidates and scale). Either output may be 0.
+ */
+int tp_kvq_attention_stats(uint64_t q, uint64_t pool, uint64_t window_k, uint64_t pos_cache, uint64_t loc_cache,
+                           int layer, int num_heads, int kv_heads, int head_dim, int capacity, int group, int bits,
+                           int res_cap, int max_blocks, int n, uint64_t query_pos, int from_row, uint64_t lse2,
+                           uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water, float scale,
+                           uint64_t raw_scores, uint64_t prob_sums, uint64_t stream);
+/** tp_quest_page_scores over the quantized cache (the page bounds of the dequantized keys). */
+int tp_kvq_quest_page_scores(uint64_t out, int out_stride, uint64_t q, uint64_t pool, uint64_t window_k,
+                             uint64_t pos_cache, uint64_t loc_cache, int layer, int num_heads, int kv_heads,
+                             int head_dim, int capacity, int group, int bits, int res_cap, int max_blocks,
+                             int query_pos, uint64_t high_water, int page_size, int max_pages, uint64_t stream);
 
 #ifdef __cplusplus
 }

@@ -971,30 +971,8 @@ public final class CudaBackend implements Backend {
         long raw = 0, prob = 0;
         boolean wantRaw = stats != null && stats.rawScores != null;
         boolean wantProb = stats != null && stats.probSums != null && stats.fromRow < n;
-        if (wantRaw) {
-            if (4L * heads * cap > statRawBytes) {
-                free(statRaw);
-                statRaw = 0;
-                statRawBytes = 0;
-                statRaw = malloc(4L * heads * cap, "attention raw-score buffer");
-                statRawBytes = 4L * heads * cap;
-            }
-            raw = statRaw;
-            for (int h = 0; h < heads; h++)
-                check(TpNative.tp_memcpy_h2d(raw + 4L * h * cap, stats.rawScores[h], 4L * cap, stream), "stats upload");
-        }
-        if (wantProb) {
-            if (4L * hkv * cap > statProbBytes) {
-                free(statProb);
-                statProb = 0;
-                statProbBytes = 0;
-                statProb = malloc(4L * hkv * cap, "attention probability-sum buffer");
-                statProbBytes = 4L * hkv * cap;
-            }
-            prob = statProb;
-            for (int g = 0; g < hkv; g++)
-                check(TpNative.tp_memcpy_h2d(prob + 4L * g * cap, stats.probSums[g], 4L * cap, stream), "stats upload");
-        }
+        if (wantRaw) raw = statsUpload(true, stats.rawScores, heads, cap);
+        if (wantProb) prob = statsUpload(false, stats.probSums, hkv, cap);
         long selSlots = select == null ? 0 : dsel, selCounts = select == null ? 0 : dcnt;
         int rc;
         if (n == 1) {
@@ -1017,12 +995,8 @@ public final class CudaBackend implements Backend {
                     raw, prob, attnWs, attnWsBytes, stream);
         }
         check(rc, n == 1 ? "decode attention" : "prefill attention");
-        if (wantRaw)
-            for (int h = 0; h < heads; h++)
-                check(TpNative.tp_memcpy_d2h(stats.rawScores[h], raw + 4L * h * cap, 4L * cap, stream), "stats download");
-        if (wantProb)
-            for (int g = 0; g < hkv; g++)
-                check(TpNative.tp_memcpy_d2h(stats.probSums[g], prob + 4L * g * cap, 4L * cap, stream), "stats download");
+        if (wantRaw) statsDownload(stats.rawScores, raw, heads, cap);
+        if (wantProb) statsDownload(stats.probSums, prob, hkv, cap);
     }
 
     // ---- quantized KV cache (kv_quant.cu); reached only for a CudaQuantKvCache; decode steps are captured into
@@ -1085,9 +1059,11 @@ public final class CudaBackend implements Backend {
         int heads = qt.cols / hd;
         if (heads % hkv != 0) throw new IllegalArgumentException("attention: " + heads + " q-heads for " + hkv + " KV heads");
         if (o.cols != qt.cols) throw new IllegalArgumentException("attention: out " + o + " for q " + qt);
-        if (stats != null && (stats.rawScores != null || stats.probSums != null))
-            throw new UnsupportedOpException("the CUDA backend does not support attention statistics on a quantized KV cache (needed by this --kv policy): use --device cpu");
+        boolean wantRaw = stats != null && stats.rawScores != null;
+        boolean wantProb = stats != null && stats.probSums != null && stats.fromRow < n;
+        if (wantRaw || (stats != null && stats.probSums != null)) requireQuantPolicyOps("attention statistics");
         if (n <= 0) return;
+        if ((wantRaw || wantProb) && mode != Mode.EAGER) throw abort("attention statistics", true);
         flushQuantFrees(c);
         int maxLen = 0, stride = 0;
         if (select != null) {
@@ -1119,9 +1095,97 @@ public final class CudaBackend implements Backend {
                 select == null ? 0 : 1, c.maxBlocks);
         if (mode == Mode.DRY) return;
         float scale = (float) (1.0 / Math.sqrt(hd));
-        check(TpNative.tp_kvq_attention(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
+        long lse = 0, raw = 0, prob = 0;
+        if (wantProb) lse = policyScratch(4L * n * heads);
+        if (wantRaw) raw = statsUpload(true, stats.rawScores, heads, cap);
+        if (wantProb) prob = statsUpload(false, stats.probSums, hkv, cap);
+        check(TpNative.tp_kvq_attention_ex(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
                 c.group, c.bits, c.resCap, c.maxBlocks, n, dq, select == null ? 0 : dsel, Math.max(stride, 1),
-                select == null ? 0 : dcnt, dhw, lenHint, scale, attnWs, attnWsBytes, stream), n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
+                select == null ? 0 : dcnt, dhw, lenHint, scale, attnWs, attnWsBytes, lse, stream), n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
+        if (!wantRaw && !wantProb) return;
+        check(TpNative.tp_kvq_attention_stats(qt.ptr, c.pool, c.winK, c.pos, c.loc, layer, heads, hkv, hd, cap, c.group,
+                c.bits, c.resCap, c.maxBlocks, n, dq, stats.fromRow, lse, select == null ? 0 : dsel, Math.max(stride, 1),
+                select == null ? 0 : dcnt, dhw, scale, raw, prob, stream), "attention statistics (quantized KV)");
+        if (wantRaw) statsDownload(stats.rawScores, raw, heads, cap);
+        if (wantProb) statsDownload(stats.probSums, prob, hkv, cap);
+    }
+
+    /**
+     * Attention over a TidalDecode selection made by {@link #selectTopSlots} on a quantized cache: one decode row,
+     * the slot lists and counts read in device memory.
+     */
+    private void attentionQuantOnDeviceSelection(CudaTensor o, CudaTensor qt, CudaQuantKvCache c, int layer, int queryPosition,
+                                                 DeviceSelection ds) {
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        checkHeadDim(hd);
+        int heads = qt.cols / hd;
+        if (heads % hkv != 0) throw new IllegalArgumentException("attention: " + heads + " q-heads for " + hkv + " KV heads");
+        flushQuantFrees(c);
+        // staged ints: qpos[1] | highWater[hkv]
+        int[] a = new int[1 + hkv];
+        a[0] = queryPosition;
+        for (int g = 0; g < hkv; g++) a[1 + g] = c.highWater(layer, g);
+        long d = stage(a, a.length);
+        int lenHint = ds.k <= 1 ? 1 : Integer.highestOneBit(ds.k - 1) << 1;
+        long ws = TpNative.tp_kvq_attention_workspace_bytes(1, heads, hd, lenHint);
+        if (ws > attnWsBytes) {
+            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
+            growAttnWs(ws);
+        }
+        sig(47, o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hd, ds.slots, ds.stride, lenHint, c.maxBlocks);
+        if (mode == Mode.DRY) return;
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        check(TpNative.tp_kvq_attention_ex(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
+                c.group, c.bits, c.resCap, c.maxBlocks, 1, d, ds.slots, ds.stride, ds.counts, d + 4, lenHint, scale,
+                attnWs, attnWsBytes, 0, stream), "decode attention (quantized KV, device selection)");
+    }
+
+    /**
+     * The ops a KV policy needs from a quantized cache (attention statistics, queryKeyScores, questPageScores,
+     * selectTopSlots): their kernels (cuda/kv_quant.cu) are off unless {@code -Dtokenpress.cuda.quantPolicyOps=true}
+     * (or TOKENPRESS_CUDA_QUANT_POLICY_OPS=1), read at each use.
+     */
+    static boolean quantPolicyOps() {
+        return optIn("tokenpress.cuda.quantPolicyOps", "TOKENPRESS_CUDA_QUANT_POLICY_OPS");
+    }
+
+    private static void requireQuantPolicyOps(String op) {
+        if (!quantPolicyOps())
+            throw new UnsupportedOpException(op + " on a quantized CUDA KV cache (needed by this --kv policy) is off by default: "
+                    + "-Dtokenpress.cuda.quantPolicyOps=true turns it on, or use --device cpu");
+    }
+
+    /** Device copy of host statistics rows ([rows][>= cap], the first cap entries): the raw-score or probability buffer. */
+    private long statsUpload(boolean rawBuffer, float[][] rows, int count, int cap) {
+        long bytes = 4L * count * cap;
+        long buf;
+        if (rawBuffer) {
+            if (bytes > statRawBytes) {
+                free(statRaw);
+                statRaw = 0;
+                statRawBytes = 0;
+                statRaw = malloc(bytes, "attention raw-score buffer");
+                statRawBytes = bytes;
+            }
+            buf = statRaw;
+        } else {
+            if (bytes > statProbBytes) {
+                free(statProb);
+                statProb = 0;
+                statProbBytes = 0;
+                statProb = malloc(bytes, "attention probability-sum buffer");
+                statProbBytes = bytes;
+            }
+            buf = statProb;
+        }
+        for (int i = 0; i < count; i++)
+            check(TpNative.tp_memcpy_h2d(buf + 4L * i * cap, rows[i], 4L * cap, stream), "stats upload");
+        return buf;
+    }
+
+    private void statsDownload(float[][] rows, long buf, int count, int cap) {
+        for (int i = 0; i < count; i++)
+            check(TpNative.tp_memcpy_d2h(rows[i], buf + 4L * i * cap, 4L * cap, stream), "stats download");
     }
 
     private void flushQuantFrees(CudaQuantKvCache c) {
@@ -1150,14 +1214,17 @@ public final class CudaBackend implements Backend {
     // value (high-water marks, query and current positions) is staged, the score grid spans a power-of-two bucket
     // of the largest high-water mark (part of the op signature, like the attention split count).
 
-    /** One layer's device selection: slot lists [Hkv][stride], counts [Hkv], current-slot scratch [Hkv] (-1). */
+    /**
+     * One layer's device selection: slot lists [Hkv][stride], counts [Hkv], current-slot scratch [Hkv] (-1); the
+     * cache is a {@link CudaKvCache} or a {@link CudaQuantKvCache}.
+     */
     private static final class DeviceSelection {
-        final CudaKvCache cache;
+        final KvCache cache;
         final int layer, k, stride, kvHeads;
         final long slots, counts, cur;
         SlotSelection handle;
 
-        DeviceSelection(CudaKvCache cache, int layer, int k, int stride, int kvHeads, long slots, long counts, long cur) {
+        DeviceSelection(KvCache cache, int layer, int k, int stride, int kvHeads, long slots, long counts, long cur) {
             this.cache = cache;
             this.layer = layer;
             this.k = k;
@@ -1178,10 +1245,12 @@ public final class CudaBackend implements Backend {
                                         boolean sumGroup, int keepPosition, boolean hostCopy) {
         if (!flag("tokenpress.cuda.deviceSelect", "TOKENPRESS_CUDA_DEVICE_SELECT"))
             throw new UnsupportedOpException("selectTopSlots: the device selection is switched off (-Dtokenpress.cuda.deviceSelect=false)");
-        if (cache == null || cache.getClass() != CudaKvCache.class)
+        if (cache instanceof CudaQuantKvCache) requireQuantPolicyOps("selectTopSlots");
+        else if (cache == null || cache.getClass() != CudaKvCache.class)
             throw new UnsupportedOpException("selectTopSlots: no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
         if (hostCopy) requireEager("selectTopSlots with a host copy");
-        CudaKvCache c = (CudaKvCache) cache;
+        KvCache c = cache;
+        CudaQuantKvCache qc = cache instanceof CudaQuantKvCache x ? x : null;
         CudaTensor qt = act(q);
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
         checkHeadDim(hd);
@@ -1191,7 +1260,8 @@ public final class CudaBackend implements Backend {
         if (row < 0 || row >= qt.rows) throw new IllegalArgumentException("selectTopSlots: row " + row + " outside " + qt);
         if (heads <= 0 || heads % hkv != 0 || (long) heads * hd != qt.cols)
             throw new IllegalArgumentException("selectTopSlots: " + qt + " does not hold q-heads of " + hd + " for " + hkv + " KV heads");
-        flushFrees(c);
+        if (qc != null) flushQuantFrees(qc);
+        else flushFrees((CudaKvCache) c);
         DeviceSelection ds = deviceSelection(c, layer, k);
         // staged ints: highWater[hkv] | queryPosition | keepPosition
         int[] a = new int[hkv + 2];
@@ -1214,10 +1284,19 @@ public final class CudaBackend implements Backend {
             tidalKeysHkv = hkv;
         }
         long d = stage(a, a.length);
-        sig(40, qt.ptr, row, c.keys, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots);
-        if (mode != Mode.DRY)
-            check(TpNative.tp_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, len, qt.row(row), c.keys,
-                    c.pos, layer, heads, hkv, hd, cap, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots");
+        if (qc != null) {
+            sig(46, qt.ptr, row, qc.pool, qc.winK, qc.pos, qc.loc, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots, qc.maxBlocks);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_kvq_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, len, qt.row(row),
+                        qc.pool, qc.winK, qc.pos, qc.loc, layer, heads, hkv, hd, cap, qc.group, qc.bits, qc.resCap,
+                        qc.maxBlocks, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots (quantized KV)");
+        } else {
+            CudaKvCache bc = (CudaKvCache) c;
+            sig(40, qt.ptr, row, bc.keys, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, len, qt.row(row), bc.keys,
+                        bc.pos, layer, heads, hkv, hd, cap, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots");
+        }
         SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
         ds.handle = handle;
         return handle;
@@ -1240,7 +1319,7 @@ public final class CudaBackend implements Backend {
     }
 
     /** The selection buffers of (cache, layer), allocated on first use (eagerly) and when k grows. */
-    private DeviceSelection deviceSelection(CudaKvCache c, int layer, int k) {
+    private DeviceSelection deviceSelection(KvCache c, int layer, int k) {
         DeviceSelection old = null;
         for (DeviceSelection ds : deviceSelections)
             if (ds.cache == c && ds.layer == layer) {
@@ -1302,7 +1381,11 @@ public final class CudaBackend implements Backend {
             attention(out, q, cache, layer, queryPositions, n, new SlotSelection(host.slots(), host.count()), stats);
             return true;
         }
-        CudaKvCache c = ds.cache;
+        if (ds.cache instanceof CudaQuantKvCache qc) {
+            attentionQuantOnDeviceSelection(act(out), act(q), qc, layer, queryPositions[0], ds);
+            return true;
+        }
+        CudaKvCache c = (CudaKvCache) ds.cache;
         CudaTensor o = act(out), qt = act(q);
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
         int heads = qt.cols / hd;
@@ -1343,7 +1426,8 @@ public final class CudaBackend implements Backend {
     @Override
     public void queryKeyScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer) {
         requireEager("queryKeyScores");
-        CudaKvCache c = cudaCache(cache, "queryKeyScores");
+        CudaQuantKvCache qc = quantPolicyCache(cache, "queryKeyScores");
+        KvCache c = qc != null ? qc : cudaCache(cache, "queryKeyScores");
         CudaTensor qt = act(q);
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
         int heads = qt.cols / hd;
@@ -1351,12 +1435,18 @@ public final class CudaBackend implements Backend {
         int[] hw = new int[hkv];
         int maxHw = 0;
         for (int g = 0; g < hkv; g++) maxHw = Math.max(maxHw, hw[g] = c.highWater(layer, g));
-        flushFrees(c);
+        if (qc != null) flushQuantFrees(qc);
+        else flushFrees((CudaKvCache) c);
         if (maxHw > 0) {
             long dhw = stage(hw, hkv);
             long buf = policyScratch(4L * heads * maxHw);
-            check(TpNative.tp_query_key_scores(buf, maxHw, qt.row(row), c.keys, c.pos, layer, heads, hkv, hd, cap,
-                    queryPosition, dhw, maxHw, stream), "queryKeyScores");
+            if (qc != null)
+                check(TpNative.tp_kvq_query_key_scores(buf, maxHw, qt.row(row), qc.pool, qc.winK, qc.pos, qc.loc, layer,
+                        heads, hkv, hd, cap, qc.group, qc.bits, qc.resCap, qc.maxBlocks, queryPosition, dhw, maxHw, stream),
+                        "queryKeyScores (quantized KV)");
+            else
+                check(TpNative.tp_query_key_scores(buf, maxHw, qt.row(row), ((CudaKvCache) c).keys, ((CudaKvCache) c).pos,
+                        layer, heads, hkv, hd, cap, queryPosition, dhw, maxHw, stream), "queryKeyScores");
             float[] host = policyHost(heads * maxHw);
             check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxHw, stream), "queryKeyScores download");
             for (int h = 0; h < heads; h++) System.arraycopy(host, h * maxHw, out[h], 0, Math.min(maxHw, out[h].length));
@@ -1370,7 +1460,8 @@ public final class CudaBackend implements Backend {
     public void questPageScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize) {
         requireEager("questPageScores");
         if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
-        CudaKvCache c = cudaCache(cache, "questPageScores");
+        CudaQuantKvCache qc = quantPolicyCache(cache, "questPageScores");
+        KvCache c = qc != null ? qc : cudaCache(cache, "questPageScores");
         CudaTensor qt = act(q);
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
         int heads = qt.cols / hd;
@@ -1384,11 +1475,17 @@ public final class CudaBackend implements Backend {
             maxPages = Math.max(maxPages, pages[g]);
         }
         if (maxPages == 0) return;
-        flushFrees(c);
+        if (qc != null) flushQuantFrees(qc);
+        else flushFrees((CudaKvCache) c);
         long dhw = stage(hw, hkv);
         long buf = policyScratch(4L * heads * maxPages);
-        check(TpNative.tp_quest_page_scores(buf, maxPages, qt.row(row), c.keys, c.pos, layer, heads, hkv, hd, cap,
-                queryPosition, dhw, pageSize, maxPages, stream), "questPageScores");
+        if (qc != null)
+            check(TpNative.tp_kvq_quest_page_scores(buf, maxPages, qt.row(row), qc.pool, qc.winK, qc.pos, qc.loc, layer,
+                    heads, hkv, hd, cap, qc.group, qc.bits, qc.resCap, qc.maxBlocks, queryPosition, dhw, pageSize,
+                    maxPages, stream), "questPageScores (quantized KV)");
+        else
+            check(TpNative.tp_quest_page_scores(buf, maxPages, qt.row(row), ((CudaKvCache) c).keys, ((CudaKvCache) c).pos,
+                    layer, heads, hkv, hd, cap, queryPosition, dhw, pageSize, maxPages, stream), "questPageScores");
         float[] host = policyHost(heads * maxPages);
         check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxPages, stream), "questPageScores download");
         // the CPU op writes the pages below ceil(highWater / pageSize) of each head's KV head and nothing else
@@ -1432,6 +1529,13 @@ public final class CudaBackend implements Backend {
                 c.position(layer, head, slot), stream), "writeKv");
     }
 
+    /** The quantized cache when {@code cache} is one (and its policy ops are on: else unsupported), else null. */
+    private static CudaQuantKvCache quantPolicyCache(KvCache cache, String op) {
+        if (!(cache instanceof CudaQuantKvCache qc)) return null;
+        requireQuantPolicyOps(op);
+        return qc;
+    }
+
     private static CudaKvCache cudaCache(KvCache cache, String op) {
         if (cache instanceof CudaKvCache c) return c;
         if (cache instanceof CudaQuantKvCache)
@@ -1439,7 +1543,7 @@ public final class CudaBackend implements Backend {
         throw new IllegalArgumentException(op + ": expected a CUDA KV cache, got " + (cache == null ? "null" : cache.getClass().getSimpleName()));
     }
 
-    private static void checkPolicyArgs(String op, CudaKvCache c, int layer, CudaTensor q, int row, int heads, float[][] out) {
+    private static void checkPolicyArgs(String op, KvCache c, int layer, CudaTensor q, int row, int heads, float[][] out) {
         if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException(op + ": layer " + layer + " outside [0, " + c.layers() + ")");
         if (row < 0 || row >= q.rows) throw new IllegalArgumentException(op + ": row " + row + " outside " + q);
         if (heads <= 0 || heads % c.kvHeads() != 0 || (long) heads * c.headDim() > q.cols)

@@ -32,8 +32,11 @@ import java.util.List;
  *   <li>{@link #bytes()} is the device memory allocated at the time (window + block pool + positions +
  *       locations), not the live payload the CPU cache reports.</li>
  * </ul>
- * Every op on this cache runs eagerly (decode steps are not captured as CUDA graphs: the plan mutates the host
- * bookkeeping).
+ * Decode steps over this cache are captured into CUDA graphs like those over the bf16 cache: the store plan is
+ * made when the slots are allocated, outside the captured body, so a body that runs twice applies the host
+ * bookkeeping once. The ops KV policies need beyond attention (statistics, queryKeyScores, questPageScores,
+ * selectTopSlots) have kernels over the packed blocks that are off unless {@code -Dtokenpress.cuda.quantPolicyOps=true};
+ * readKv / writeKv are not supported (RazorAttention's compensation token: CPU).
  */
 public final class CudaQuantKvCache extends KvCache {
     /** Appends also move tokens from the full-precision window into packed blocks: not undone by freeing slots. */

@@ -388,4 +388,54 @@ public final class TpNative {
                                               @Cast("uint64_t") long selCounts, @Cast("uint64_t") long highWater,
                                               int maxLen, float scale, @Cast("uint64_t") long workspace,
                                               @Cast("uint64_t") long workspaceBytes, @Cast("uint64_t") long stream);
+
+    public static native int tp_kvq_attention_ex(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                                 @Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
+                                                 @Cast("uint64_t") long windowV, @Cast("uint64_t") long posCache,
+                                                 @Cast("uint64_t") long locCache, int layer, int numHeads, int kvHeads,
+                                                 int headDim, int capacity, int group, int bits, int resCap,
+                                                 int maxBlocks, int n, @Cast("uint64_t") long queryPos,
+                                                 @Cast("uint64_t") long selSlots, int selStride,
+                                                 @Cast("uint64_t") long selCounts, @Cast("uint64_t") long highWater,
+                                                 int maxLen, float scale, @Cast("uint64_t") long workspace,
+                                                 @Cast("uint64_t") long workspaceBytes, @Cast("uint64_t") long lse2,
+                                                 @Cast("uint64_t") long stream);
+
+    public static native int tp_kvq_query_key_scores(@Cast("uint64_t") long out, int outStride, @Cast("uint64_t") long q,
+                                                     @Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
+                                                     @Cast("uint64_t") long posCache, @Cast("uint64_t") long locCache,
+                                                     int layer, int numHeads, int kvHeads, int headDim, int capacity,
+                                                     int group, int bits, int resCap, int maxBlocks, int queryPos,
+                                                     @Cast("uint64_t") long highWater, int maxHighWater,
+                                                     @Cast("uint64_t") long stream);
+
+    public static native int tp_kvq_tidal_select(@Cast("uint64_t") long outSlots, @Cast("uint64_t") long outCounts,
+                                                 int outStride, @Cast("uint64_t") long curSlot,
+                                                 @Cast("uint64_t") long keysWs, int len, @Cast("uint64_t") long q,
+                                                 @Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
+                                                 @Cast("uint64_t") long posCache, @Cast("uint64_t") long locCache,
+                                                 int layer, int numHeads, int kvHeads, int headDim, int capacity,
+                                                 int group, int bits, int resCap, int maxBlocks,
+                                                 @Cast("uint64_t") long params, int k, int sumGroup,
+                                                 @Cast("uint64_t") long stream);
+
+    public static native int tp_kvq_attention_stats(@Cast("uint64_t") long q, @Cast("uint64_t") long pool,
+                                                    @Cast("uint64_t") long windowK, @Cast("uint64_t") long posCache,
+                                                    @Cast("uint64_t") long locCache, int layer, int numHeads,
+                                                    int kvHeads, int headDim, int capacity, int group, int bits,
+                                                    int resCap, int maxBlocks, int n, @Cast("uint64_t") long queryPos,
+                                                    int fromRow, @Cast("uint64_t") long lse2,
+                                                    @Cast("uint64_t") long selSlots, int selStride,
+                                                    @Cast("uint64_t") long selCounts, @Cast("uint64_t") long highWater,
+                                                    float scale, @Cast("uint64_t") long rawScores,
+                                                    @Cast("uint64_t") long probSums, @Cast("uint64_t") long stream);
+
+    public static native int tp_kvq_quest_page_scores(@Cast("uint64_t") long out, int outStride,
+                                                      @Cast("uint64_t") long q, @Cast("uint64_t") long pool,
+                                                      @Cast("uint64_t") long windowK, @Cast("uint64_t") long posCache,
+                                                      @Cast("uint64_t") long locCache, int layer, int numHeads,
+                                                      int kvHeads, int headDim, int capacity, int group, int bits,
+                                                      int resCap, int maxBlocks, int queryPos,
+                                                      @Cast("uint64_t") long highWater, int pageSize, int maxPages,
+                                                      @Cast("uint64_t") long stream);
 }

@@ -90,33 +90,7 @@ class CudaKvQuantParityTest {
         assertTrue(cc instanceof QuantKvCache && gc instanceof CudaQuantKvCache);
         CudaQuantKvCache g = (CudaQuantKvCache) gc;
         try {
-            // fill both layers: a large first chunk (several flushes in one call), then chunks of 7
-            int maxChunk = Math.max(7, Math.max(1, (2 * len) / 3));
-            Tensor kc = cpu.allocate(maxChunk, hkv * hd), vc = cpu.allocate(maxChunk, hkv * hd);
-            Tensor kg = gpu.allocate(maxChunk, hkv * hd), vg = gpu.allocate(maxChunk, hkv * hd);
-            for (int layer = 0; layer < layers; layer++) {
-                int done = 0;
-                while (done < len) {
-                    int cnt = done == 0 ? Math.max(1, (2 * len) / 3) : Math.min(7, len - done);
-                    cnt = Math.min(cnt, len - done);
-                    float[] k = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0), v = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0);
-                    int[] pos = new int[cnt];
-                    for (int i = 0; i < cnt; i++) pos[i] = done + i;
-                    int[][] cs = new int[hkv][], gs = new int[hkv][];
-                    for (int h = 0; h < hkv; h++) {
-                        cs[h] = cc.allocate(layer, h, pos, cnt);
-                        gs[h] = gc.allocate(layer, h, pos, cnt);
-                        assertArrayEquals(cs[h], gs[h]);
-                    }
-                    cpu.upload(kc, k);
-                    cpu.upload(vc, v);
-                    gpu.upload(kg, k);
-                    gpu.upload(vg, v);
-                    cpu.storeKv(cc, layer, kc, vc, cs, cnt);
-                    gpu.storeKv(gc, layer, kg, vg, gs, cnt);
-                    done += cnt;
-                }
-            }
+            fill(cpu, gpu, cc, gc, layers, hkv, hd, len, rnd);
             int layer = 1;
             // stored representation: same partition, bit-identical reconstruction (same codes and f16 parameters)
             QuantKvCache q = (QuantKvCache) cc;
@@ -164,6 +138,40 @@ class CudaKvQuantParityTest {
         } finally {
             cc.close();
             gc.close();
+        }
+    }
+
+    /**
+     * Appends the same random keys and values (positions 0 .. len-1) to a CPU cache and a CUDA cache of every layer:
+     * a large first chunk (several block flushes in one call), then chunks of 7; the slots allocated must agree.
+     */
+    static void fill(Backend cpu, Backend gpu, KvCache cc, KvCache gc, int layers, int hkv, int hd, int len,
+                     SplittableRandom rnd) {
+        int maxChunk = Math.max(7, Math.max(1, (2 * len) / 3));
+        Tensor kc = cpu.allocate(maxChunk, hkv * hd), vc = cpu.allocate(maxChunk, hkv * hd);
+        Tensor kg = gpu.allocate(maxChunk, hkv * hd), vg = gpu.allocate(maxChunk, hkv * hd);
+        for (int layer = 0; layer < layers; layer++) {
+            int done = 0;
+            while (done < len) {
+                int cnt = done == 0 ? Math.max(1, (2 * len) / 3) : Math.min(7, len - done);
+                cnt = Math.min(cnt, len - done);
+                float[] k = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0), v = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0);
+                int[] pos = new int[cnt];
+                for (int i = 0; i < cnt; i++) pos[i] = done + i;
+                int[][] cs = new int[hkv][], gs = new int[hkv][];
+                for (int h = 0; h < hkv; h++) {
+                    cs[h] = cc.allocate(layer, h, pos, cnt);
+                    gs[h] = gc.allocate(layer, h, pos, cnt);
+                    assertArrayEquals(cs[h], gs[h]);
+                }
+                cpu.upload(kc, k);
+                cpu.upload(vc, v);
+                gpu.upload(kg, k);
+                gpu.upload(vg, v);
+                cpu.storeKv(cc, layer, kc, vc, cs, cnt);
+                gpu.storeKv(gc, layer, kg, vg, gs, cnt);
+                done += cnt;
+            }
         }
     }
 

@@ -13,6 +13,7 @@ import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.KvPolicies;
 import dev.tokenpress.kv.SlotSelection;
 import dev.tokenpress.kv.policy.RazorPolicy;
+import dev.tokenpress.kv.quant.KvQuantSpec;
 import dev.tokenpress.model.Llama;
 import dev.tokenpress.model.LlamaConfig;
 import dev.tokenpress.model.Weights;
@@ -92,12 +93,17 @@ class CudaPolicyModelParityTest {
 
     /** Runs the prompt and STEPS decode steps; feeds {@code feed} or, when null, the greedy token of each step. */
     static Run run(Backend b, String spec, int[] feed) {
+        return run(b, spec, KvQuantSpec.NONE, feed);
+    }
+
+    /** {@link #run(Backend, String, int[])} over a cache stored as {@code quant} says. */
+    static Run run(Backend b, String spec, KvQuantSpec quant, int[] feed) {
         try (SafeTensors st = SafeTensors.open(dir)) {
             Llama m = new Llama(cfg, Weights.load(st, cfg, b, null), b, CHUNK);
             m.setPolicy(KvPolicies.parse(spec, cfg));
             float[][] logits = new float[STEPS + 1][];
             int[] fed = new int[STEPS];
-            try (KvCache cache = m.newCache(CAPACITY)) {
+            try (KvCache cache = m.newCache(CAPACITY, quant)) {
                 m.prefill(cache, prompt, 0, false, null);
                 logits[0] = m.logits();
                 for (int s = 0; s < STEPS; s++) {
@@ -159,6 +165,44 @@ class CudaPolicyModelParityTest {
             gpu.close();
         }
         compare("cuda " + spec + " (" + graphs + ")", ref, got);
+    }
+
+    static final String QUANT = "int4:group=8,residual=8";
+
+    /** Every policy but RazorAttention (its compensation token needs readKv / writeKv: CPU only on a quantized cache). */
+    static Stream<String> quantSpecs() {
+        return specs().filter(s -> !s.startsWith("razor"));
+    }
+
+    /**
+     * The policies over a KIVI int4 cache, CUDA (with the quantized cache's policy ops switched on) against the CPU's
+     * quantized cache, by the same criteria: the two quantize bit-identically, so what differs is the arithmetic of
+     * the activations (which can move a code across a rounding boundary) and near-ties of the policies' scores.
+     */
+    @ParameterizedTest(name = "cuda int4 {0}")
+    @MethodSource("quantSpecs")
+    void cudaQuantMatchesCpu(String spec) {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        KvQuantSpec quant = KvQuantSpec.parse(QUANT);
+        Run ref = cpuRuns.computeIfAbsent(spec + " / " + QUANT, s -> {
+            try (CpuBackend cpu = new CpuBackend()) {
+                return run(cpu, spec, quant, null);
+            }
+        });
+        String before = System.getProperty("tokenpress.cuda.quantPolicyOps");
+        System.setProperty("tokenpress.cuda.quantPolicyOps", "true");
+        Run got;
+        String graphs;
+        CudaBackend gpu = CudaBackend.open();
+        try {
+            got = run(gpu, spec, quant, ref.fed);
+            graphs = gpu.graphStatus();
+        } finally {
+            gpu.close();
+            if (before == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
+            else System.setProperty("tokenpress.cuda.quantPolicyOps", before);
+        }
+        compare("cuda " + spec + " --kv-quant " + QUANT + " (" + graphs + ")", ref, got);
     }
 
     @ParameterizedTest(name = "cpu-bf16-kv {0}")

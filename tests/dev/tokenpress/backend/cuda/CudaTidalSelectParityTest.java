@@ -193,6 +193,11 @@ class CudaTidalSelectParityTest {
      * not visible): queryKeyScores' raw q·k reduced over the group in q-head order (max or sum).
      */
     static float[][] groupScores(Tensor q, int row, int queryPos, KvCache c, int layer, int heads, boolean sum) {
+        return groupScores(cpu, q, row, queryPos, c, layer, heads, sum);
+    }
+
+    /** {@link #groupScores} with the given CPU backend. */
+    static float[][] groupScores(Backend cpu, Tensor q, int row, int queryPos, KvCache c, int layer, int heads, boolean sum) {
         int hkv = c.kvHeads(), group = heads / hkv;
         float[][] raw = new float[heads][c.capacity()];
         cpu.queryKeyScores(raw, q, row, queryPos, c, layer);
