@@ -102,7 +102,8 @@ public final class CudaBackend implements Backend {
     private long xBf16Bytes;
     private long attnWs;
     private long attnWsBytes;
-    private long statRaw, statRawBytes, statProb, statProbBytes;
+    private final Scratch statRaw = new Scratch("attention raw-score buffer"),
+            statProb = new Scratch("attention probability-sum buffer");
     private long selWs, selWsBytes;
     private long policyBuf, policyBufBytes;       // scores of queryKeyScores / questPageScores, one slot of readKv
     private float[] policyHostBuf = new float[0];  // their host copy
@@ -971,8 +972,8 @@ public final class CudaBackend implements Backend {
         long raw = 0, prob = 0;
         boolean wantRaw = stats != null && stats.rawScores != null;
         boolean wantProb = stats != null && stats.probSums != null && stats.fromRow < n;
-        if (wantRaw) raw = statsUpload(true, stats.rawScores, heads, cap);
-        if (wantProb) prob = statsUpload(false, stats.probSums, hkv, cap);
+        if (wantRaw) raw = statsUpload(statRaw, stats.rawScores, heads, cap);
+        if (wantProb) prob = statsUpload(statProb, stats.probSums, hkv, cap);
         long selSlots = select == null ? 0 : dsel, selCounts = select == null ? 0 : dcnt;
         int rc;
         if (n == 1) {
@@ -1097,8 +1098,8 @@ public final class CudaBackend implements Backend {
         float scale = (float) (1.0 / Math.sqrt(hd));
         long lse = 0, raw = 0, prob = 0;
         if (wantProb) lse = policyScratch(4L * n * heads);
-        if (wantRaw) raw = statsUpload(true, stats.rawScores, heads, cap);
-        if (wantProb) prob = statsUpload(false, stats.probSums, hkv, cap);
+        if (wantRaw) raw = statsUpload(statRaw, stats.rawScores, heads, cap);
+        if (wantProb) prob = statsUpload(statProb, stats.probSums, hkv, cap);
         check(TpNative.tp_kvq_attention_ex(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
                 c.group, c.bits, c.resCap, c.maxBlocks, n, dq, select == null ? 0 : dsel, Math.max(stride, 1),
                 select == null ? 0 : dcnt, dhw, lenHint, scale, attnWs, attnWsBytes, lse, stream), n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
@@ -1155,29 +1156,28 @@ public final class CudaBackend implements Backend {
                     + "-Dtokenpress.cuda.quantPolicyOps=true turns it on, or use --device cpu");
     }
 
-    /** Device copy of host statistics rows ([rows][>= cap], the first cap entries): the raw-score or probability buffer. */
-    private long statsUpload(boolean rawBuffer, float[][] rows, int count, int cap) {
-        long bytes = 4L * count * cap;
-        long buf;
-        if (rawBuffer) {
-            if (bytes > statRawBytes) {
-                free(statRaw);
-                statRaw = 0;
-                statRawBytes = 0;
-                statRaw = malloc(bytes, "attention raw-score buffer");
-                statRawBytes = bytes;
-            }
-            buf = statRaw;
-        } else {
-            if (bytes > statProbBytes) {
-                free(statProb);
-                statProb = 0;
-                statProbBytes = 0;
-                statProb = malloc(bytes, "attention probability-sum buffer");
-                statProbBytes = bytes;
-            }
-            buf = statProb;
+    /** A device buffer that grows (never shrinks) to the largest size asked of it. */
+    private static final class Scratch {
+        final String what;
+        long ptr, bytes;
+
+        Scratch(String what) { this.what = what; }
+    }
+
+    private long ensure(Scratch s, long bytes) {
+        if (bytes > s.bytes) {
+            free(s.ptr);
+            s.ptr = 0;
+            s.bytes = 0;
+            s.ptr = malloc(bytes, s.what);
+            s.bytes = bytes;
         }
+        return s.ptr;
+    }
+
+    /** Device copy of host statistics rows ([rows][>= cap], the first cap entries) in {@code into}. */
+    private long statsUpload(Scratch into, float[][] rows, int count, int cap) {
+        long buf = ensure(into, 4L * count * cap);
         for (int i = 0; i < count; i++)
             check(TpNative.tp_memcpy_h2d(buf + 4L * i * cap, rows[i], 4L * cap, stream), "stats upload");
         return buf;
