@@ -295,7 +295,9 @@ public final class KernelBench {
      * Decode tokens/s of the llama-1b-shape model in {@code dir} (generated when absent) with {@code full} and
      * {@code tidal:k=2048}, and {@code full} over an int4 cache, at 32K and 128K of synthetic context (keys
      * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured, each with the
-     * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop.
+     * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop;
+     * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
+     * that run).
      */
     public static void policiesEndToEnd(CudaBackend gpu, Path dir, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
@@ -310,13 +312,17 @@ public final class KernelBench {
                 // {--kv, --kv-quant, result name}
                 String[][] runs = ctx <= 32768
                         ? new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"},
-                                {"full", "int4", "int4_kvq3"}, {"full", "none", "full_pipelined"}}
+                                {"full", "int4", "int4_kvq3"}, {"full", "none", "full_pipelined"},
+                                {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}}
                         : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"},
-                                {"full", "none", "full_pipelined"}};
+                                {"full", "none", "full_pipelined"}, {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}};
                 for (String[] run : runs) {
                     String spec = run[0], name = run[2];
                     int kvqBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
                     if (name.equals("int4_kvq3")) dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(3);
+                    // tidal over int4: the quantized cache's selection op (off by default until it has run on a GPU)
+                    String opsBefore = System.getProperty("tokenpress.cuda.quantPolicyOps");
+                    if (name.equals("tidal_int4")) System.setProperty("tokenpress.cuda.quantPolicyOps", "true");
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
                     try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
@@ -337,6 +343,8 @@ public final class KernelBench {
                     } finally {
                         m.setPipelinedGreedy(null);
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
+                        if (opsBefore == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
+                        else System.setProperty("tokenpress.cuda.quantPolicyOps", opsBefore);
                     }
                 }
             }
