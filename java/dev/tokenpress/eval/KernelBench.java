@@ -233,14 +233,20 @@ public final class KernelBench {
     /**
      * Decode attention over a KIVI-quantized device cache for the llama-1b shape at 8K/32K/128K against the bf16
      * cache: µs per call, device KV bytes per layer, speed-up and memory ratio vs bf16 (keys
-     * quant_<ctx>_bf16_us, quant_<ctx>_<spec>_us, _kv_bytes, _speedup, _mem_ratio; spec with ':' '=' ',' as '_').
+     * quant_<ctx>_bf16_us, quant_<ctx>_<spec>_us, _kv_bytes, _speedup, _mem_ratio; spec with ':' '=' ',' as '_');
+     * then TidalDecode (k = POLICY_K) over int4: selection and sparse attention µs, speed-up of the sparse attention
+     * vs full bf16 attention (quant_<ctx>_tidal_int4_select_us, _sparse_us, _speedup).
      */
     public static void quantPolicies(CudaBackend gpu, PrintStream out) {
         out.println("| context | KV | attention µs | speed-up vs bf16 | KV bytes/layer | memory vs bf16 |");
         out.println("|---|---|---|---|---|---|");
-        for (int ctx : new int[] {8192, 32768, 131072}) {
+        int[] contexts = {8192, 32768, 131072};
+        double[] bfUs = new double[contexts.length];
+        for (int ci = 0; ci < contexts.length; ci++) {
+            int ctx = contexts[ci];
             int iters = ctx >= 65536 ? 50 : 200;
             CudaKernelBench.AttentionResult bf = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, iters);
+            bfUs[ci] = bf.microseconds();
             long bfBytes = (long) ctx * 8 * (64 * 2 * 2 + 4);
             out.printf("| %d | bf16 | %.2f | 1.0x | %d | 1.00x |%n", ctx, bf.microseconds(), bfBytes);
             result(out, "quant_" + ctx + "_bf16_us", bf.microseconds(), "us");
@@ -288,6 +294,21 @@ public final class KernelBench {
             result(out, k + "_us", q.microseconds(), "us");
             result(out, k + "_speedup", sp, "x");
             result(out, k + "_mem_ratio", mem, "x");
+        }
+        // TidalDecode over int4 (last: its kernels are the newest), k = POLICY_K, against full bf16 attention
+        out.println("| context | tidal:k=" + POLICY_K + " over int4 | selection µs | sparse attention µs | speed-up vs full bf16 | memory vs bf16 |");
+        out.println("|---|---|---|---|---|---|");
+        for (int ci = 0; ci < contexts.length; ci++) {
+            int c2 = contexts[ci];
+            long bfBytes2 = (long) c2 * 8 * (64 * 2 * 2 + 4);
+            CudaKernelBench.QuantAttentionResult t = CudaKernelBench.quantAttention(gpu, 32, 8, 64, c2, "int4",
+                    c2 >= 65536 ? 50 : 200, POLICY_K);
+            double sp = bfUs[ci] / t.sparseMicroseconds(), mem = (double) bfBytes2 / t.kvBytesPerLayer();
+            out.printf("| %d | int4 | %.2f | %.2f | %.2fx | %.2fx |%n", c2, t.selectMicroseconds(), t.sparseMicroseconds(), sp, mem);
+            String k = "quant_" + c2 + "_tidal_int4";
+            result(out, k + "_select_us", t.selectMicroseconds(), "us");
+            result(out, k + "_sparse_us", t.sparseMicroseconds(), "us");
+            result(out, k + "_speedup", sp, "x");
         }
     }
 

@@ -374,9 +374,18 @@ public final class CudaKernelBench {
         }
     }
 
-    /** Result of {@link #quantAttention}: µs per decode-attention call and device bytes per layer of the cache. */
+    /**
+     * Result of {@link #quantAttention}: µs per decode-attention call and device bytes per layer of the cache; with a
+     * TidalDecode k, also µs per selection ({@code tp_kvq_tidal_select}) and per attention over the k selected slots
+     * of each KV head (NaN when not measured).
+     */
     public record QuantAttentionResult(int context, String spec, int layersRotated, double microseconds,
-                                       long kvBytesPerLayer) {}
+                                       long kvBytesPerLayer, double selectMicroseconds, double sparseMicroseconds) {}
+
+    public static QuantAttentionResult quantAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
+                                                      String spec, int iters) {
+        return quantAttention(b, heads, kvHeads, headDim, context, spec, iters, 0);
+    }
 
     /**
      * Decode attention of one token over {@code context} tokens held in a KIVI-quantized device cache
@@ -387,7 +396,7 @@ public final class CudaKernelBench {
      * device allocation divided by the layers.
      */
     public static QuantAttentionResult quantAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
-                                                      String spec, int iters) {
+                                                      String spec, int iters, int tidalK) {
         dev.tokenpress.kv.quant.KvQuantSpec qs = dev.tokenpress.kv.quant.KvQuantSpec.parse(spec);
         long perLayer = (long) context * kvHeads * (headDim + 16L);
         int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
@@ -417,13 +426,64 @@ public final class CudaKernelBench {
                     heads, kvHeads, headDim, context, c.group, c.bits, c.resCap, c.maxBlocks, 1, ints, 0, 1, 0, ints + 4,
                     context, scale, ws, wsBytes, b.stream()), "quantized decode attention");
             double us = time(b, attn, layers, iters, e0[0], e1[0]);
-            return new QuantAttentionResult(context, qs.spec(), layers, us, c.bytes() / layers);
+            double selUs = Double.NaN, sparseUs = Double.NaN;
+            if (tidalK > 0) {
+                double[] t = quantTidal(b, c, qt, ot, heads, kvHeads, headDim, context, layers, tidalK, ints, ws, wsBytes,
+                        scale, iters, e0[0], e1[0]);
+                selUs = t[0];
+                sparseUs = t[1];
+            }
+            return new QuantAttentionResult(context, qs.spec(), layers, us, c.bytes() / layers, selUs, sparseUs);
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
             b.free(ws);
             b.free(ints);
             c.close();
+        }
+    }
+
+    /**
+     * TidalDecode over a filled quantized cache: {µs per tp_kvq_tidal_select (max over the group), µs per decode
+     * attention over the k slots it selected per KV head}, layers rotated. ints = query position | high-water marks.
+     */
+    private static double[] quantTidal(CudaBackend b, CudaQuantKvCache c, CudaTensor qt, CudaTensor ot, int heads,
+                                       int kvHeads, int headDim, int context, int layers, int k, long ints, long ws,
+                                       long wsBytes, float scale, int iters, long e0, long e1) {
+        int len = Math.min(context, Integer.highestOneBit(Math.max(1, context - 1)) << 1);
+        long selWsBytes = TpNative.tp_tidal_select_workspace_bytes(kvHeads, len);
+        long selWs = b.malloc(selWsBytes, "bench selection workspace");
+        long slots = b.malloc(4L * kvHeads * k, "bench selection slots");
+        long counts = b.malloc(4L * kvHeads, "bench selection counts");
+        long cur = b.malloc(4L * kvHeads, "bench selection current slot");
+        long params = b.malloc(4L * (kvHeads + 2), "bench selection step values");
+        try {
+            b.memsetNow(selWs, 0, selWsBytes);
+            b.memsetNow(counts, 0, 4L * kvHeads);
+            b.memsetNow(cur, 0xFF, 4L * kvHeads);
+            int[] p = new int[kvHeads + 2];
+            for (int g = 0; g < kvHeads; g++) p[g] = c.highWater(0, g);
+            p[kvHeads] = context - 1;
+            p[kvHeads + 1] = context - 1;
+            TpNative.tp_memcpy_h2d(params, p, 4L * p.length, b.stream());
+            IntConsumerEx select = l -> check(TpNative.tp_kvq_tidal_select(slots, counts, k, cur, selWs, len, qt.ptr, c.pool,
+                    c.winK, c.pos, c.loc, l, heads, kvHeads, headDim, context, c.group, c.bits, c.resCap, c.maxBlocks,
+                    params, k, 0, b.stream()), "quantized TidalDecode selection");
+            double selUs = time(b, select, layers, iters, e0, e1);
+            select.accept(0);  // layer 0's selection, attended in every layer (the same slots hold the same positions)
+            long need = TpNative.tp_kvq_attention_workspace_bytes(1, heads, headDim, k);
+            if (need > wsBytes) throw new IllegalStateException("bench workspace " + wsBytes + " < " + need);
+            IntConsumerEx sparse = l -> check(TpNative.tp_kvq_attention(ot.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, l,
+                    heads, kvHeads, headDim, context, c.group, c.bits, c.resCap, c.maxBlocks, 1, ints, slots, k, counts,
+                    ints + 4, k, scale, ws, wsBytes, b.stream()), "quantized sparse decode attention");
+            double sparseUs = time(b, sparse, layers, iters, e0, e1);
+            return new double[] {selUs, sparseUs};
+        } finally {
+            b.free(selWs);
+            b.free(slots);
+            b.free(counts);
+            b.free(cur);
+            b.free(params);
         }
     }
 
