@@ -24,6 +24,10 @@ int forced_splits(int splits) {
     return f > 0 ? (f > kMaxSplits ? kMaxSplits : f) : splits;
 }
 
+// Rows of its candidate range each block of decode attention v3 prefetches into L2 before pdl_wait
+// (tp_set_attention_prefetch; 0 = none, the default until measured).
+int g_prefetch_rows = 0;
+
 __device__ __forceinline__ uint4 ldg16(const uint16_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
 // Resident blocks per SM the split kernel is compiled for (register cap through __launch_bounds__): 4 (<= 128
@@ -713,6 +717,51 @@ __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t& hi, u
     lo = *reinterpret_cast<uint32_t*>(&l);
 }
 
+// L2 prefetch hints: a contiguous byte range (one bulk prefetch by thread 0 on sm_90, else one prefetch per 128-byte
+// line spread over the block's threads), one line.
+__device__ __forceinline__ void prefetch_range_l2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#else
+    for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
+        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char*>(p) + off));
+#endif
+}
+__device__ __forceinline__ void prefetch_line_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+// Before pdl_wait (tp_set_attention_prefetch): asks L2 for the first rows (at most rows_max) of this block's
+// candidate range, keys and values, so their loads start while the previous kernel (RoPE + KV store) finishes. Only
+// a hint and always safe: the old tokens' rows are not written by that kernel, and where the step values or the
+// slot list read here are not yet final the wrong rows are prefetched (every address stays inside this KV head's
+// cache); the kernel reads everything again after pdl_wait. Same split arithmetic as the kernel.
+template <int HD>
+__device__ __forceinline__ void prefetch_split_rows(const uint16_t* kb, const uint16_t* vb, int C, int kh,
+                                                    const int* sel, int sel_stride, const int* sel_counts,
+                                                    const int* hw, int splits, int split, int nb, int rows_max) {
+    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
+    int per = (int)ceil_div(len, splits);
+    per = (int)ceil_div(per, nb) * nb;
+    const int begin = split * per;
+    const int rows = min(min(len, begin + per) - begin, rows_max);
+    if (rows <= 0) return;
+    if (sel == nullptr) {
+        prefetch_range_l2(kb + (int64_t)begin * HD, (uint32_t)rows * HD * 2u);
+        prefetch_range_l2(vb + (int64_t)begin * HD, (uint32_t)rows * HD * 2u);
+        return;
+    }
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+        int s = sel[(int64_t)kh * sel_stride + begin + i];
+        s = s < 0 ? 0 : (s >= C ? C - 1 : s);
+#pragma unroll
+        for (int off = 0; off < HD * 2; off += 128) {
+            prefetch_line_l2(reinterpret_cast<const char*>(kb + (int64_t)s * HD) + off);
+            prefetch_line_l2(reinterpret_cast<const char*>(vb + (int64_t)s * HD) + off);
+        }
+    }
+}
+
 template <int HD, int STAGES>
 __global__ void __launch_bounds__(kThreads, V3Shape<HD, STAGES>::kMinBlocks)
 decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
@@ -720,7 +769,7 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
                        const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
                        const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
                        float2* __restrict__ part_md, int* __restrict__ counters, float* __restrict__ out,
-                       float* __restrict__ lse2, bool direct) {
+                       float* __restrict__ lse2, bool direct, int prefetch_rows) {
     using Shape = V3Shape<HD, STAGES>;
     constexpr int S = Shape::kStages;
     constexpr int RB = Shape::kRowBytes;
@@ -740,6 +789,12 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     const int split = blockIdx.x;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gq = lane >> 2, t4 = lane & 3;  // MMA fragment coordinates: groupID, thread in group
+    const int64_t base = ((int64_t)layer * Hkv + kh) * C;
+    const uint16_t* kb = kc + base * HD;
+    const uint16_t* vb = vc + base * HD;
+    const int* pb = pc + base;
+    if (prefetch_rows > 0)
+        prefetch_split_rows<HD>(kb, vb, C, kh, sel, sel_stride, sel_counts, hw, splits, split, NB, prefetch_rows);
 
     pdl_wait();  // q, the cache, the slot lists and the step values come from earlier kernels
     pdl_launch_dependents();
@@ -752,10 +807,6 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     const int first = begin + warp * kV3Rows;
     const int niter = end > first ? (int)ceil_div(end - first, NB) : 0;  // warp-uniform
 
-    const int64_t base = ((int64_t)layer * Hkv + kh) * C;
-    const uint16_t* kb = kc + base * HD;
-    const uint16_t* vb = vc + base * HD;
-    const int* pb = pc + base;
     const uint32_t wbuf = (uint32_t)__cvta_generic_to_shared(smem) + (uint32_t)(warp * Shape::kWarpBytes);
     // lane r < 16 holds the slot of row r of a stage (-1: no candidate)
     auto slot_of = [&](int k) {
@@ -1161,9 +1212,10 @@ int launch_split_v3_s(int kv_blocks, int max_len, bool direct, dim3 grid, const 
     }
     *splits_out = splits;
     grid.x = splits;
+    const int prefetch = __atomic_load_n(&g_prefetch_rows, __ATOMIC_RELAXED);
     TP_LAUNCH("decode_split_v3_kernel", kernel, grid, dim3(kThreads), smem, stream, q, kc, vc, pc, layer, H, Hkv,
               C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, counters, out, lse2,
-              direct);
+              direct, prefetch);
     return TP_OK;
 }
 
@@ -1263,6 +1315,15 @@ int tp_set_attention_deep_pipeline(int enabled) {
     __atomic_store_n(&g_v3_deep, enabled == 1, __ATOMIC_RELAXED);
     return TP_OK;
 }
+
+int tp_set_attention_prefetch(int rows) {
+    if (rows < 0 || rows > 65536)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_set_attention_prefetch: bad argument 'rows' (%d: 0 .. 65536)", rows);
+    __atomic_store_n(&g_prefetch_rows, rows, __ATOMIC_RELAXED);
+    return TP_OK;
+}
+
+int tp_get_attention_prefetch(void) { return __atomic_load_n(&g_prefetch_rows, __ATOMIC_RELAXED); }
 
 int tp_set_attention_splits(int splits) {
     if (splits < 0 || splits > kMaxSplits)

@@ -277,6 +277,15 @@ int tp_set_attention_splits(int splits);
  * a graph keep theirs. TP_ERR_BAD_ARGUMENT for any other value.
  */
 int tp_set_attention_deep_pipeline(int enabled);
+/**
+ * L2 prefetch in decode attention v3 (process-wide): before waiting for the previous kernel (Programmatic Dependent
+ * Launch), each block asks L2 for the first `rows` keys and values of its candidate range, so the stream of old
+ * tokens starts while RoPE + KV store finish; 0 = off (the default). A hint only: results are bit-identical with any
+ * value. Launches already captured in a graph keep theirs. TP_ERR_BAD_ARGUMENT outside 0 .. 65536.
+ */
+int tp_set_attention_prefetch(int rows);
+/** The rows tp_set_attention_prefetch set (0 = off). */
+int tp_get_attention_prefetch(void);
 
 /** Bytes of workspace tp_prefill_attention needs for n queries of num_heads heads. */
 uint64_t tp_prefill_attention_workspace_bytes(int n, int num_heads);

@@ -174,7 +174,8 @@ public final class KernelBench {
      * for the llama-1b shape (32 q, 8 KV heads, hd 64) and at 32K for the Llama-3-8B (32 q, 8 KV, hd 128) and
      * Llama-2-7B (32 q, 32 KV, hd 128) shapes: full and tidal k=2048 attention with each forced split count, timed
      * in a CUDA graph and eagerly (keys sweep_<shape>_<ctx>_<pipe>_s<S>_{full,sparse}_{graph,eager}_us; S = 0 is
-     * the automatic choice).
+     * the automatic choice); then, at the automatic split count, v3's L2 prefetch before the PDL wait with 64, 256,
+     * 1024 and 4096 rows per block (pipe = pf<rows>). The deep pipeline (measured no faster) is no longer swept.
      */
     public static void splitSweep(CudaBackend gpu, double copyBw, PrintStream out) {
         out.println("| shape | context | pipeline | splits | full µs graph | full µs eager | full % copy bw (graph) | tidal k="
@@ -185,17 +186,18 @@ public final class KernelBench {
             int heads = cs[0], kvHeads = cs[1], hd = cs[2], ctx = cs[3];
             int[] splits = kvHeads == 32 ? new int[] {0, 2, 3, 4, 6, 8, 12} : new int[] {0, 8, 12, 16, 20, 24, 33, 49};
             String shape = heads + "x" + kvHeads + "x" + hd;
-            for (boolean deep : new boolean[] {false, true}) {
+            for (int prefetch : new int[] {0, 64, 256, 1024, 4096}) {
+                int[] sp = prefetch == 0 ? splits : new int[] {0};
                 CudaKernelBench.SplitSweepResult r = CudaKernelBench.splitSweep(gpu, heads, kvHeads, hd, ctx, POLICY_K,
-                        ctx >= 65536 ? 50 : 200, splits, deep);
+                        ctx >= 65536 ? 50 : 200, sp, false, prefetch);
                 double bytes = (double) ctx * kvHeads * (hd * 4.0 + 4);
-                String pipe = deep ? "deep" : "default";
-                for (int i = 0; i < splits.length; i++) {
+                String pipe = prefetch == 0 ? "default" : "pf" + prefetch;
+                for (int i = 0; i < sp.length; i++) {
                     out.printf("| %s | %d | %s | %s | %.2f | %.2f | %.1f%% | %.2f | %.2f | %.1fx |%n", shape, ctx, pipe,
-                            splits[i] == 0 ? "auto" : String.valueOf(splits[i]), r.fullGraphUs()[i], r.fullEagerUs()[i],
+                            sp[i] == 0 ? "auto" : String.valueOf(sp[i]), r.fullGraphUs()[i], r.fullEagerUs()[i],
                             100 * bytes / (r.fullGraphUs()[i] * 1e-6) / copyBw, r.sparseGraphUs()[i], r.sparseEagerUs()[i],
                             r.fullGraphUs()[i] / r.sparseGraphUs()[i]);
-                    String k = "sweep_" + shape + "_" + ctx + "_" + pipe + "_s" + splits[i];
+                    String k = "sweep_" + shape + "_" + ctx + "_" + pipe + "_s" + sp[i];
                     result(out, k + "_full_graph_us", r.fullGraphUs()[i], "us");
                     result(out, k + "_full_eager_us", r.fullEagerUs()[i], "us");
                     result(out, k + "_sparse_graph_us", r.sparseGraphUs()[i], "us");
@@ -428,15 +430,22 @@ public final class KernelBench {
     }
 
     /**
-     * The kernel paths e2e compares in one run: the default (PDL off); the default with Programmatic Dependent
+     * The kernel paths e2e compares in one run (with _prefetch: the default plus decode attention v3's L2 prefetch of
+     * 256 rows per block before the PDL wait): the default (PDL off); the default with Programmatic Dependent
      * Launch on (skipped where unsupported); the previous default with the decode fusions off (separate q/k/v
      * GEMVs, gate/up GEMVs + swiglu, rope + rope + storeKv, split attention at short contexts); the first one
      * (cuBLAS, separate merge, no decode fusions).
      */
     private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl,
-                         boolean fusedNorm, int attention) {}
+                         boolean fusedNorm, int attention, int prefetch) {
+        Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl, boolean fusedNorm,
+              int attention) {
+            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, 0);
+        }
+    }
 
     private static final Paths[] E2E_PATHS = {new Paths("", true, true, true, true, false, 3),
+            new Paths("_prefetch", true, true, true, true, false, 3, 256),
             new Paths("_fusednorm", true, true, true, true, true, 3),
             new Paths("_attnv2", true, true, true, true, false, 2),
             new Paths("_nopdl", true, true, true, false, false, 3), new Paths("_unfused", true, true, false, false, false, 3),
@@ -449,6 +458,7 @@ public final class KernelBench {
         gpu.setPdl(p.pdl() && gpu.pdlSupported());
         gpu.setFusedNorm(p.fusedNorm());
         gpu.setAttentionVariant(p.attention());
+        gpu.setAttentionPrefetch(p.prefetch());
     }
 
     /**
@@ -496,6 +506,7 @@ public final class KernelBench {
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_short_pdl_speedup", base / tps, "x");
                     if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_short_fusednorm_speedup", tps / base, "x");
                     if (p.suffix().equals("_attnv2") && base > 0) result(out, "e2e_short_attnv3_speedup", base / tps, "x");
+                    if (p.suffix().equals("_prefetch") && base > 0) result(out, "e2e_short_prefetch_speedup", tps / base, "x");
                 }
             }
             // 32K context, written directly into the cache
@@ -523,6 +534,7 @@ public final class KernelBench {
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_32k_pdl_speedup", base / tps, "x");
                     if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_32k_fusednorm_speedup", tps / base, "x");
                     if (p.suffix().equals("_attnv2") && base > 0) result(out, "e2e_32k_attnv3_speedup", base / tps, "x");
+                    if (p.suffix().equals("_prefetch") && base > 0) result(out, "e2e_32k_prefetch_speedup", tps / base, "x");
                 }
             }
             usePaths(gpu, E2E_PATHS[0]);

@@ -212,6 +212,17 @@ public final class CudaBackend implements Backend {
         check(TpNative.tp_set_pdl(pdl ? 1 : 0), "tp_set_pdl");
         String attn = System.getProperty("tokenpress.cuda.attention", System.getenv().getOrDefault("TOKENPRESS_CUDA_ATTENTION", "v3"));
         setAttentionVariant(switch (attn.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; });
+        // rows per block of attention v3 prefetched into L2 before the PDL wait (0 = off, the native default), process-wide
+        String pf = System.getProperty("tokenpress.cuda.attnPrefetch", System.getenv("TOKENPRESS_CUDA_ATTN_PREFETCH"));
+        if (pf != null) {
+            int rows;
+            try {
+                rows = Integer.parseInt(pf.trim());
+            } catch (NumberFormatException e) {
+                rows = -1;
+            }
+            check(TpNative.tp_set_attention_prefetch(rows), "tokenpress.cuda.attnPrefetch=" + pf);
+        }
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
         String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 | v2 (native default) | v3 | v4, process-wide
@@ -330,6 +341,18 @@ public final class CudaBackend implements Backend {
     public int attentionVariant() { return attentionVariant; }
 
     /**
+     * Rows per block that decode attention v3 prefetches into L2 before waiting for the previous kernel
+     * ({@code tp_set_attention_prefetch}, process-wide; 0 = off, the default; {@code -Dtokenpress.cuda.attnPrefetch}).
+     * Results are bit-identical with any value. Drops a captured graph.
+     */
+    public void setAttentionPrefetch(int rows) {
+        reconfigure("setAttentionPrefetch");
+        check(TpNative.tp_set_attention_prefetch(rows), "attention L2 prefetch");
+    }
+
+    public int attentionPrefetch() { return TpNative.tp_get_attention_prefetch(); }
+
+    /**
      * {@link #matmulQkv} as one GEMV launch over the rows of wq, wk and wv ({@code tp_gemv_bf16_multi}; default
      * on, needs the GEMV path; {@code -Dtokenpress.cuda.fusedQkv=false} or this setter: three matmuls). Drops a
      * captured graph.
@@ -427,6 +450,7 @@ public final class CudaBackend implements Backend {
     public String kernelPaths() {
         return "matmul " + (gemvEnabled ? "GEMV for n<=" + GEMV_MAX_ROWS + " + cuBLAS" : "cuBLAS only")
                 + ", decode attention v" + attentionVariant
+                + (attentionVariant == 3 && TpNative.tp_get_attention_prefetch() > 0 ? " (L2 prefetch " + TpNative.tp_get_attention_prefetch() + " rows)" : "")
                 + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel")
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)

@@ -346,15 +346,23 @@ public final class CudaKernelBench {
      */
     public static SplitSweepResult splitSweep(CudaBackend b, int heads, int kvHeads, int headDim, int context, int k,
                                               int iters, int[] splits, boolean deep) {
+        return splitSweep(b, heads, kvHeads, headDim, context, k, iters, splits, deep, 0);
+    }
+
+    /** {@link #splitSweep} with v3's L2 prefetch set to {@code prefetchRows} (tp_set_attention_prefetch) meanwhile. */
+    public static SplitSweepResult splitSweep(CudaBackend b, int heads, int kvHeads, int headDim, int context, int k,
+                                              int iters, int[] splits, boolean deep, int prefetchRows) {
         long[] e0 = {0}, e1 = {0};
         TpNative.tp_event_create(e0);
         TpNative.tp_event_create(e1);
         Timing before = timing;
+        int prefetchBefore = TpNative.tp_get_attention_prefetch();
         int n = splits.length;
         double[] fg = new double[n], fe = new double[n], sg = new double[n], se = new double[n];
         try (SparseFixture f = new SparseFixture(b, heads, kvHeads, headDim, context, k)) {
             IntConsumerEx full = f::full, sparse = f::sparse;
             check(TpNative.tp_set_attention_deep_pipeline(deep ? 1 : 0), "attention pipeline depth");
+            check(TpNative.tp_set_attention_prefetch(prefetchRows), "attention L2 prefetch");
             for (int i = 0; i < n; i++) {
                 check(TpNative.tp_set_attention_splits(splits[i]), "attention splits");
                 timing = Timing.GRAPH;
@@ -369,6 +377,7 @@ public final class CudaKernelBench {
             timing = before;
             TpNative.tp_set_attention_splits(0);
             TpNative.tp_set_attention_deep_pipeline(0);
+            TpNative.tp_set_attention_prefetch(prefetchBefore);
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
         }

@@ -231,6 +231,10 @@ public final class TpNative {
     public static native int tp_set_attention_splits(int splits);
 
     /** Decode attention v3 pipeline depth: 0 = default stages, 1 = twice as many (process-wide, tuning). */
+    public static native int tp_set_attention_prefetch(int rows);
+
+    public static native int tp_get_attention_prefetch();
+
     public static native int tp_set_attention_deep_pipeline(int enabled);
 
     public static native int tp_decode_attention_ex(@Cast("uint64_t") long out, @Cast("uint64_t") long q,

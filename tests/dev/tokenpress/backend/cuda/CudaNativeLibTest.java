@@ -134,6 +134,16 @@ class CudaNativeLibTest {
             assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_deep_pipeline(2));
             assertTrue(TpNative.tp_last_error_message().getString().contains("enabled"));
             assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_deep_pipeline(1));
+            int prefetch = TpNative.tp_get_attention_prefetch();
+            try {
+                assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_prefetch(-1));
+                assertTrue(TpNative.tp_last_error_message().getString().contains("rows"));
+                assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_attention_prefetch(65537));
+                assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_prefetch(256));
+                assertEquals(256, TpNative.tp_get_attention_prefetch());
+            } finally {
+                TpNative.tp_set_attention_prefetch(prefetch);
+            }
         } finally {
             TpNative.tp_set_attention_splits(0);
             TpNative.tp_set_attention_deep_pipeline(0);

@@ -425,6 +425,62 @@ class CudaParityTest {
         }
     }
 
+    /**
+     * Decode attention v3 with the L2 prefetch before pdl_wait (tp_set_attention_prefetch): the decode cases against
+     * the CPU, and bit-identical outputs with and without it (over everything and over a shuffled slot list, split
+     * and single-pass launches).
+     */
+    @ParameterizedTest(name = "decode v3 L2 prefetch hd={0} group={1} len={2}")
+    @MethodSource("decodeCases")
+    void decodeAttentionV3Prefetch(int hd, int group, int len) {
+        CudaBackend g = (CudaBackend) gpu;
+        int def = g.attentionVariant(), before = TpNative.tp_get_attention_prefetch();
+        try {
+            g.setAttentionVariant(3);
+            assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_prefetch(64));
+            decodeAttention(hd, group, len);
+            if (len == 0) return;
+            int hkv = 2, heads = hkv * group, layer = 1;
+            Pair p = filledCaches(hkv, hd, len, len + 3, 31L * hd + group + len);
+            try {
+                SplittableRandom r = new SplittableRandom(len + 11L);
+                Tensor qg = act(gpu, 1, heads * hd, randn(r, heads * hd, 1)), og = act(gpu, 1, heads * hd, null);
+                int[][] sel = new int[hkv][];
+                for (int kh = 0; kh < hkv; kh++) {
+                    sel[kh] = IntStream.range(0, len).toArray();
+                    for (int i = len - 1; i > 0; i--) {
+                        int j = r.nextInt(i + 1), t = sel[kh][i];
+                        sel[kh][i] = sel[kh][j];
+                        sel[kh][j] = t;
+                    }
+                }
+                for (SlotSelection s : new SlotSelection[] {null, SlotSelection.of(sel)})
+                    for (boolean shortAttn : new boolean[] {true, false}) {
+                        g.setShortAttn(shortAttn);
+                        float[][] got = new float[3][];
+                        int[] rows = {0, 64, 65536};
+                        for (int i = 0; i < rows.length; i++) {
+                            assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_prefetch(rows[i]));
+                            gpu.attention(og, qg, p.g, layer, new int[] {len - 1}, 1, s, null);
+                            got[i] = gpu.download(og, 0, 1);
+                        }
+                        String what = "prefetch, " + (s == null ? "no selection" : "shuffled selection") + ", short path " + shortAttn;
+                        assertArrayEquals(got[0], got[1], what + ": 64 rows differ from none");
+                        assertArrayEquals(got[0], got[2], what + ": 65536 rows differ from none");
+                    }
+            } finally {
+                p.c.close();
+                p.g.close();
+            }
+        } catch (AssertionError e) {
+            throw new AssertionError("decode attention v3, L2 prefetch: " + e.getMessage(), e);
+        } finally {
+            g.setShortAttn(true);
+            TpNative.tp_set_attention_prefetch(before);
+            g.setAttentionVariant(def);
+        }
+    }
+
     /** Forced split counts (tp_set_attention_splits) give the same attention as the automatic choice. */
     @ParameterizedTest(name = "decode forced splits {0} hd=64 group=4 len=4097")
     @ValueSource(ints = {1, 3, 7, 64, 256})
