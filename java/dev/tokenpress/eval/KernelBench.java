@@ -97,7 +97,8 @@ public final class KernelBench {
     /**
      * Decode attention GB/s for the llama-1b shape at 1K..128K, with the split merge fused into the split kernel
      * (the default; keys attn_*) and as a separate merge kernel (keys attn_*_sepmerge), same run, for the backend's
-     * attention kernel variant; then the fused merge with each kernel variant (keys attn_*_v1, attn_*_v2, attn_*_v3).
+     * attention kernel variant; then the fused merge with each kernel variant (keys attn_*_v1, attn_*_v2, attn_*_v3)
+     * and v3 with 256 and 2048 rows of L2 prefetch per block before the PDL wait (keys attn_*_pf256, attn_*_pf2048).
      */
     public static void attention(CudaBackend gpu, double copyBw, PrintStream out) {
         out.println("| context | kernel | merge | layers rotated | µs/call | KV MB/call | GB/s | % of copy bw |");
@@ -125,8 +126,25 @@ public final class KernelBench {
                 result(out, k + "_gbps" + sfx, r.gbPerSecond(), "GB/s");
                 result(out, k + "_pct_copy_bw" + sfx, pct, "%");
             }
+            // v3 with its L2 prefetch before the PDL wait (rows per block; keys attn_<ctx>_*_pf<rows>)
+            int before = gpu.attentionPrefetch();
+            try {
+                for (int rows : new int[] {256, 2048}) {
+                    gpu.setAttentionPrefetch(rows);
+                    CudaKernelBench.AttentionResult r = CudaKernelBench.decodeAttention(gpu, 32, 8, 64, ctx, iters, true, 3);
+                    double pct = 100 * r.gbPerSecond() * 1e9 / copyBw;
+                    out.printf("| %d | v3, L2 prefetch %d rows | fused | %d | %.2f | %.2f | %.0f | %.1f%% |%n", ctx, rows,
+                            r.layersRotated(), r.microseconds(), r.bytesPerCall() / 1e6, r.gbPerSecond(), pct);
+                    String k = "attn_" + ctx, sfx = "_pf" + rows;
+                    result(out, k + "_us" + sfx, r.microseconds(), "us");
+                    result(out, k + "_pct_copy_bw" + sfx, pct, "%");
+                }
+            } finally {
+                gpu.setAttentionPrefetch(before);
+            }
         }
     }
+
 
     /** TidalDecode's k for the policies mode (the target: tidal:k=2048). */
     static final int POLICY_K = 2048;
