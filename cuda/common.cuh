@@ -96,6 +96,21 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float* f) {
     f[6] = bf16_lo(u.w); f[7] = bf16_hi(u.w);
 }
 
+// L2 prefetch hints (never a fault, never a change of results): a contiguous byte range, 16-byte aligned and a
+// multiple of 16 bytes (one bulk prefetch by thread 0 on sm_90, else one prefetch per 128-byte line spread over the
+// block's threads), and one line.
+__device__ __forceinline__ void prefetch_range_l2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#else
+    for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
+        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char*>(p) + off));
+#endif
+}
+__device__ __forceinline__ void prefetch_line_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
 // Order-preserving uint32 key of a score (TidalDecode selection): larger score -> larger key; +0 and -0 map to the
 // same key (the CPU compares scores with ==); every finite score maps to a key >= 0x00800000, so 0 is free to mean
 // "not a candidate".

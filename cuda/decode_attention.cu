@@ -717,20 +717,6 @@ __device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t& hi, u
     lo = *reinterpret_cast<uint32_t*>(&l);
 }
 
-// L2 prefetch hints: a contiguous byte range (one bulk prefetch by thread 0 on sm_90, else one prefetch per 128-byte
-// line spread over the block's threads), one line.
-__device__ __forceinline__ void prefetch_range_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (threadIdx.x == 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#else
-    for (uint32_t off = threadIdx.x * 128u; off < bytes; off += blockDim.x * 128u)
-        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char*>(p) + off));
-#endif
-}
-__device__ __forceinline__ void prefetch_line_l2(const void* p) {
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
-
 // Before pdl_wait (tp_set_attention_prefetch): asks L2 for the first rows (at most rows_max) of this block's
 // candidate range, keys and values, so their loads start while the previous kernel (RoPE + KV store) finishes. Only
 // a hint and always safe: the old tokens' rows are not written by that kernel, and where the step values or the

@@ -10,6 +10,9 @@
 // PDL (tp_set_pdl): each lane issues its first round of weight loads before griddepcontrol.wait, so the
 // weight stream starts while the previous kernel (e.g. add + RMSNorm writing x) finishes; x, bias and out are
 // touched only after the wait. Weights must therefore not be written by the kernels just before.
+// Optionally (tp_gemv_set_prefetch) each block also asks L2 for all of its rows before the wait, for launches that
+// read at most a given number of bytes of weights: a block resident while the previous kernel runs then streams
+// its whole share of the matrix during that kernel's latency-bound tail instead of after it.
 #include "common.cuh"
 
 namespace {
@@ -19,6 +22,15 @@ using namespace tp;
 constexpr int kGemvThreads = 256;
 constexpr int kGemvWarps = kGemvThreads / 32;
 constexpr int kGemvMaxRows = 4;
+
+// Largest weight bytes of a launch whose blocks prefetch their rows into L2 before the PDL wait
+// (tp_gemv_set_prefetch; 0 = never, the default).
+int64_t g_prefetch_bytes = 0;
+
+bool want_prefetch(int64_t weight_bytes) {
+    const int64_t lim = __atomic_load_n(&g_prefetch_bytes, __ATOMIC_RELAXED);
+    return lim > 0 && weight_bytes <= lim;
+}
 
 // 16-byte streaming load: read-only path, no L1 allocation (weights are touched exactly once).
 __device__ __forceinline__ uint4 ld_stream16(const uint16_t* p) {
@@ -51,6 +63,12 @@ __device__ __forceinline__ void gemv_load_round(uint4 (&wv)[U], const uint16_t* 
     }
 }
 
+
+// L2 prefetch of rows [r0, r0 + nrows) of a row-major bf16 [O, I] matrix (clipped to O), before the PDL wait.
+__device__ __forceinline__ void gemv_prefetch_rows(const uint16_t* w, int r0, int nrows, int O, int I) {
+    const int r1 = min(r0 + nrows, O);
+    if (r1 > r0) prefetch_range_l2(w + (int64_t)r0 * I, (uint32_t)((int64_t)(r1 - r0) * I * 2));
+}
 
 // RMSNorm fused into a GEMV's x operand (tp_gemv_bf16_multi_norm, tp_gemv_bf16_swiglu_norm): inv[r] =
 // 1 / sqrt(mean(x[r]^2) + eps) of each of the NX rows, computed by the whole block after the PDL wait (every
@@ -106,7 +124,7 @@ __device__ __forceinline__ void load_x8(const float* __restrict__ x, int I, int 
 template <int NX, int WPR>
 __global__ void __launch_bounds__(kGemvThreads)
 gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uint16_t* __restrict__ w,
-                 const float* __restrict__ bias, int O, int I, int accumulate) {
+                 const float* __restrict__ bias, int O, int I, int accumulate, int prefetch) {
     constexpr int RPB = kGemvWarps / WPR;   // rows per block
     constexpr int U = NX == 1 ? 8 : 4;      // 16-byte weight loads in flight per lane
     __shared__ float red[kGemvWarps][NX];
@@ -128,6 +146,7 @@ gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uin
     const bool active = row < O && c0 < nch;  // row < O is warp-uniform
     uint4 wv[U];
     if (active) gemv_load_round<U, S, true>(wv, wr, c0, nch);
+    if (prefetch) gemv_prefetch_rows(w, blockIdx.x * RPB, RPB, O, I);
     pdl_wait();
     pdl_launch_dependents();
     if (active) {
@@ -194,7 +213,8 @@ int launch_gemv_nx(int wpr, float* out, const float* x, const uint16_t* w, const
     auto k = wpr == 1 ? gemv_bf16_kernel<NX, 1>
            : wpr == 2 ? gemv_bf16_kernel<NX, 2>
            : wpr == 4 ? gemv_bf16_kernel<NX, 4> : gemv_bf16_kernel<NX, 8>;
-    TP_LAUNCH("gemv_bf16_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, w, bias, O, I, accumulate);
+    const int pf = want_prefetch((int64_t)O * I * 2) ? 1 : 0;
+    TP_LAUNCH("gemv_bf16_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, w, bias, O, I, accumulate, pf);
     return TP_OK;
 }
 
@@ -222,7 +242,8 @@ int pick_wpr(int O, int I) {
 template <int NX, int WPR, int U>
 __device__ __forceinline__ void gemv_row_partial(const uint16_t* __restrict__ wr, const float* __restrict__ x,
                                                  int I, int part, int lane, bool row_ok, float (&acc)[NX],
-                                                 const float* nw, float eps) {
+                                                 const float* nw, float eps, const uint16_t* pf_w, int pf_r0,
+                                                 int pf_rows, int pf_O) {
     constexpr int S = 32 * WPR;
     const int nch = I >> 3;
     int c0 = part * 32 + lane;
@@ -230,6 +251,7 @@ __device__ __forceinline__ void gemv_row_partial(const uint16_t* __restrict__ wr
     uint4 wv[U];
     // first round of weight loads before the PDL wait (weights are read-only), x only after it
     if (active) gemv_load_round<U, S, true>(wv, wr, c0, nch);
+    if (pf_w != nullptr) gemv_prefetch_rows(pf_w, pf_r0, pf_rows, pf_O, I);
     pdl_wait();
     pdl_launch_dependents();
     float inv[NX];
@@ -298,7 +320,8 @@ struct GemvSegs {
 
 template <int NX, int WPR>
 __global__ void __launch_bounds__(kGemvThreads)
-gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I, const float* __restrict__ nw, float eps) {
+gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I, const float* __restrict__ nw, float eps,
+                  int prefetch) {
     constexpr int RPB = kGemvWarps / WPR;
     constexpr int U = NX == 1 ? 8 : 4;
     __shared__ float red[kGemvWarps][NX];
@@ -315,7 +338,8 @@ gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I, const float* 
     float acc[NX];
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
-    gemv_row_partial<NX, WPR, U>(w + (int64_t)min(row, O - 1) * I, x, I, warp % WPR, lane, row < O, acc, nw, eps);
+    gemv_row_partial<NX, WPR, U>(w + (int64_t)min(row, O - 1) * I, x, I, warp % WPR, lane, row < O, acc, nw, eps,
+                                 prefetch ? w : nullptr, (b - first) * RPB, RPB, O);
     gemv_reduce<NX, WPR>(acc, red, warp, lane);
     if (row >= O || warp % WPR != 0) return;
     const float bb = bias ? bias[row] : 0.f;
@@ -329,7 +353,8 @@ gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I, const float* 
 template <int NX, int WPR>
 __global__ void __launch_bounds__(kGemvThreads)
 gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const uint16_t* __restrict__ wg,
-                   const uint16_t* __restrict__ wu, int O, int I, const float* __restrict__ nw, float eps) {
+                   const uint16_t* __restrict__ wu, int O, int I, const float* __restrict__ nw, float eps,
+                   int prefetch) {
     constexpr int RPB = kGemvWarps / WPR;
     constexpr int U = NX == 1 ? 4 : 2;   // per matrix: 2U loads in flight per lane (8 for n = 1, as gemv_bf16)
     constexpr int S = 32 * WPR;
@@ -352,6 +377,10 @@ gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const u
     if (active) {
         gemv_load_round<U, S, true>(gv, gr, c0, nch);
         gemv_load_round<U, S, true>(uv, ur, c0, nch);
+    }
+    if (prefetch) {
+        gemv_prefetch_rows(wg, blockIdx.x * RPB, RPB, O, I);
+        gemv_prefetch_rows(wu, blockIdx.x * RPB, RPB, O, I);
     }
     pdl_wait();
     pdl_launch_dependents();
@@ -407,7 +436,8 @@ int launch_gemv_multi_nx(int wpr, dim3 grid, const GemvSegs& sg, const float* x,
     auto k = wpr == 1 ? gemv_multi_kernel<NX, 1>
            : wpr == 2 ? gemv_multi_kernel<NX, 2>
            : wpr == 4 ? gemv_multi_kernel<NX, 4> : gemv_multi_kernel<NX, 8>;
-    TP_LAUNCH("gemv_multi_kernel", k, grid, dim3(kGemvThreads), 0, s, sg, x, I, nw, eps);
+    const int pf = want_prefetch(((int64_t)sg.rows0 + sg.rows1 + sg.rows2) * I * 2) ? 1 : 0;
+    TP_LAUNCH("gemv_multi_kernel", k, grid, dim3(kGemvThreads), 0, s, sg, x, I, nw, eps, pf);
     return TP_OK;
 }
 
@@ -418,7 +448,8 @@ int launch_gemv_swiglu_nx(int wpr, float* out, const float* x, const uint16_t* w
     auto k = wpr == 1 ? gemv_swiglu_kernel<NX, 1>
            : wpr == 2 ? gemv_swiglu_kernel<NX, 2>
            : wpr == 4 ? gemv_swiglu_kernel<NX, 4> : gemv_swiglu_kernel<NX, 8>;
-    TP_LAUNCH("gemv_swiglu_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, wg, wu, O, I, nw, eps);
+    const int pf = want_prefetch((int64_t)O * I * 4) ? 1 : 0;
+    TP_LAUNCH("gemv_swiglu_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, wg, wu, O, I, nw, eps, pf);
     return TP_OK;
 }
 
@@ -451,6 +482,15 @@ static int gemv_impl(const char* fn, uint64_t out, uint64_t x, uint64_t w, uint6
         default: return launch_gemv_nx<4>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
     }
 }
+
+int tp_gemv_set_prefetch(int max_mib) {
+    if (max_mib < 0 || max_mib > 65536)
+        return fail(TP_ERR_BAD_ARGUMENT, "tp_gemv_set_prefetch: bad argument 'max_mib' (%d: 0 .. 65536)", max_mib);
+    __atomic_store_n(&g_prefetch_bytes, (int64_t)max_mib << 20, __ATOMIC_RELAXED);
+    return TP_OK;
+}
+
+int tp_gemv_get_prefetch(void) { return (int)(__atomic_load_n(&g_prefetch_bytes, __ATOMIC_RELAXED) >> 20); }
 
 int tp_gemv_set_wpr(int warps_per_row) {
     if (warps_per_row != 0 && warps_per_row != 1 && warps_per_row != 2 && warps_per_row != 4 && warps_per_row != 8)

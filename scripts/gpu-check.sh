@@ -188,7 +188,7 @@ run_checks() {
   # -- stage 4: end-to-end decode tokens/s of llama-1b-shape (model generated here once)
   wait_model
   if [[ $HAVE_GPU -eq 1 ]] && want e2e; then
-    kb_stage e2e "${T_E2E:-120}" '^(device|RESULT|e2e)' e2e "$MODEL" 128 64
+    kb_stage e2e "${T_E2E:-170}" '^(device|RESULT|e2e)' e2e "$MODEL" 128 64
   elif want e2e; then
     say "STAGE bench-e2e: SKIPPED (no GPU)"
   fi
@@ -253,7 +253,7 @@ run_split() {
     IFS='|' read -r tag classes limit <<< "$g"
     JUNIT_TAG=$tag JUNIT_CLASSES="$classes" STAGES=junit T_JUNIT=$limit run_checks "$OUT" > /dev/null 2>&1
   done
-  STAGES=attention,cce,e2e T_ATT=${T_ATT:-45} T_CCE=${T_CCE:-45} T_E2E=${T_E2E:-110} run_checks "$OUT" > "$OUT/run-bench.log" 2>&1
+  STAGES=attention,cce,e2e T_ATT=${T_ATT:-45} T_CCE=${T_CCE:-45} T_E2E=${T_E2E:-120} run_checks "$OUT" > "$OUT/run-bench.log" 2>&1
   POL_E2E=1 STAGES=policies T_POL=${T_POL:-140} run_checks "$OUT" > "$OUT/run-policies.log" 2>&1
   STAGES=peer T_PEER=${T_PEER:-90} run_checks "$OUT" > "$OUT/run-peer.log" 2>&1
   grep -E "^STAGE|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"

@@ -183,6 +183,16 @@ int tp_gemv_bf16_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t w_up
  * the same up to summation order.
  */
 int tp_gemv_set_wpr(int warps_per_row);
+/**
+ * L2 prefetch in the decode GEMVs (process-wide): a launch that reads at most max_mib MiB of weights has each block
+ * ask L2 for all of its weight rows before waiting for the previous kernel (Programmatic Dependent Launch), so
+ * resident blocks stream their rows during that kernel's tail; 0 = never (the default). A hint only: results are
+ * bit-identical with any value. Launches already captured in a graph keep theirs. TP_ERR_BAD_ARGUMENT outside
+ * 0 .. 65536.
+ */
+int tp_gemv_set_prefetch(int max_mib);
+/** The limit tp_gemv_set_prefetch set, in MiB (0 = off). */
+int tp_gemv_get_prefetch(void);
 
 /**
  * tp_gemv_bf16 accumulated into out: out[r, o] = out[r, o] + (x[r] · w[o] (+ bias[o])), the residual add of a

@@ -448,25 +448,25 @@ public final class KernelBench {
     }
 
     /**
-     * The kernel paths e2e compares in one run (with _prefetch: the default plus decode attention v3's L2 prefetch of
-     * 256 rows per block before the PDL wait): the default (PDL off); the default with Programmatic Dependent
-     * Launch on (skipped where unsupported); the previous default with the decode fusions off (separate q/k/v
-     * GEMVs, gate/up GEMVs + swiglu, rope + rope + storeKv, split attention at short contexts); the first one
-     * (cuBLAS, separate merge, no decode fusions).
+     * The kernel paths e2e compares in one run: the default (PDL on where supported); _prefetch: the default plus
+     * decode attention v3's L2 prefetch of 256 rows per block before the PDL wait; _gemvpf16 / _gemvpf64: that plus
+     * the GEMVs' L2 prefetch of their rows for launches of at most 16 / 64 MiB of weights; _fusednorm: RMSNorm
+     * inside the GEMVs; _nopdl: PDL off; _cublas: the first path (cuBLAS, separate merge, no decode fusions).
      */
     private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl,
-                         boolean fusedNorm, int attention, int prefetch) {
+                         boolean fusedNorm, int attention, int prefetch, int gemvPrefetchMib) {
         Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl, boolean fusedNorm,
               int attention) {
-            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, 0);
+            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, 0, 0);
         }
     }
 
     private static final Paths[] E2E_PATHS = {new Paths("", true, true, true, true, false, 3),
-            new Paths("_prefetch", true, true, true, true, false, 3, 256),
+            new Paths("_prefetch", true, true, true, true, false, 3, 256, 0),
+            new Paths("_gemvpf16", true, true, true, true, false, 3, 256, 16),
+            new Paths("_gemvpf64", true, true, true, true, false, 3, 256, 64),
             new Paths("_fusednorm", true, true, true, true, true, 3),
-            new Paths("_attnv2", true, true, true, true, false, 2),
-            new Paths("_nopdl", true, true, true, false, false, 3), new Paths("_unfused", true, true, false, false, false, 3),
+            new Paths("_nopdl", true, true, true, false, false, 3),
             new Paths("_cublas", false, false, false, false, false, 3)};
 
     private static void usePaths(CudaBackend gpu, Paths p) {
@@ -477,12 +477,13 @@ public final class KernelBench {
         gpu.setFusedNorm(p.fusedNorm());
         gpu.setAttentionVariant(p.attention());
         gpu.setAttentionPrefetch(p.prefetch());
+        gpu.setGemvPrefetch(p.gemvPrefetchMib());
     }
 
     /**
      * Decode tokens/s of the llama-1b-shape model at short and 32K context, for each of {@link #E2E_PATHS} on the
      * same model and cache (keys e2e_* for the default path (PDL on where supported), e2e_*_nopdl for it with PDL
-     * off and e2e_*_pdl_speedup for the ratio default / no PDL, e2e_*_unfused for the decode fusions off, e2e_*_cublas for cuBLAS matmuls + separate
+     * off and e2e_*_pdl_speedup for the ratio default / no PDL, e2e_*_cublas for cuBLAS matmuls + separate
      * attention merge); the paths run back to back on one cache, so the second sees a context longer by one run's
      * steps.
      */
@@ -523,8 +524,8 @@ public final class KernelBench {
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_short_pdl_speedup", base / tps, "x");
                     if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_short_fusednorm_speedup", tps / base, "x");
-                    if (p.suffix().equals("_attnv2") && base > 0) result(out, "e2e_short_attnv3_speedup", base / tps, "x");
-                    if (p.suffix().equals("_prefetch") && base > 0) result(out, "e2e_short_prefetch_speedup", tps / base, "x");
+                    if (p.suffix().startsWith("_prefetch") || p.suffix().startsWith("_gemvpf"))
+                        if (base > 0) result(out, "e2e_short" + p.suffix() + "_speedup", tps / base, "x");
                 }
             }
             // 32K context, written directly into the cache
@@ -551,8 +552,8 @@ public final class KernelBench {
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_32k_pdl_speedup", base / tps, "x");
                     if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_32k_fusednorm_speedup", tps / base, "x");
-                    if (p.suffix().equals("_attnv2") && base > 0) result(out, "e2e_32k_attnv3_speedup", base / tps, "x");
-                    if (p.suffix().equals("_prefetch") && base > 0) result(out, "e2e_32k_prefetch_speedup", tps / base, "x");
+                    if (p.suffix().startsWith("_prefetch") || p.suffix().startsWith("_gemvpf"))
+                        if (base > 0) result(out, "e2e_32k" + p.suffix() + "_speedup", tps / base, "x");
                 }
             }
             usePaths(gpu, E2E_PATHS[0]);

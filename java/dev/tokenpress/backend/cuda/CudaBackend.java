@@ -212,17 +212,10 @@ public final class CudaBackend implements Backend {
         check(TpNative.tp_set_pdl(pdl ? 1 : 0), "tp_set_pdl");
         String attn = System.getProperty("tokenpress.cuda.attention", System.getenv().getOrDefault("TOKENPRESS_CUDA_ATTENTION", "v3"));
         setAttentionVariant(switch (attn.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; });
-        // rows per block of attention v3 prefetched into L2 before the PDL wait (0 = off, the native default), process-wide
-        String pf = System.getProperty("tokenpress.cuda.attnPrefetch", System.getenv("TOKENPRESS_CUDA_ATTN_PREFETCH"));
-        if (pf != null) {
-            int rows;
-            try {
-                rows = Integer.parseInt(pf.trim());
-            } catch (NumberFormatException e) {
-                rows = -1;
-            }
-            check(TpNative.tp_set_attention_prefetch(rows), "tokenpress.cuda.attnPrefetch=" + pf);
-        }
+        // L2 prefetch before the PDL wait, process-wide (0 = off, the native default): rows per block of attention v3,
+        // and the largest GEMV launch (MiB of weights) whose blocks prefetch their rows
+        nativeSetting("tokenpress.cuda.attnPrefetch", "TOKENPRESS_CUDA_ATTN_PREFETCH", TpNative::tp_set_attention_prefetch);
+        nativeSetting("tokenpress.cuda.gemvPrefetch", "TOKENPRESS_CUDA_GEMV_PREFETCH", TpNative::tp_gemv_set_prefetch);
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
         String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 | v2 (native default) | v3 | v4, process-wide
@@ -236,6 +229,19 @@ public final class CudaBackend implements Backend {
     static boolean optIn(String property, String env) {
         String v = System.getProperty(property, System.getenv().getOrDefault(env, "false"));
         return "true".equalsIgnoreCase(v) || "1".equals(v);
+    }
+
+    /** Passes an integer system property (or else environment variable), when set, to a native setter; -1 if not a number. */
+    private void nativeSetting(String property, String env, java.util.function.IntUnaryOperator setter) {
+        String v = System.getProperty(property, System.getenv(env));
+        if (v == null) return;
+        int n;
+        try {
+            n = Integer.parseInt(v.trim());
+        } catch (NumberFormatException e) {
+            n = -1;
+        }
+        check(setter.applyAsInt(n), property + "=" + v);
     }
 
     /** A switch that is on unless the system property (or else the environment variable) says false or 0. */
@@ -353,6 +359,18 @@ public final class CudaBackend implements Backend {
     public int attentionPrefetch() { return TpNative.tp_get_attention_prefetch(); }
 
     /**
+     * Decode GEMV launches that read at most {@code maxMib} MiB of weights prefetch each block's rows into L2 before
+     * waiting for the previous kernel ({@code tp_gemv_set_prefetch}, process-wide; 0 = off, the default;
+     * {@code -Dtokenpress.cuda.gemvPrefetch}). Results are bit-identical with any value. Drops a captured graph.
+     */
+    public void setGemvPrefetch(int maxMib) {
+        reconfigure("setGemvPrefetch");
+        check(TpNative.tp_gemv_set_prefetch(maxMib), "GEMV L2 prefetch");
+    }
+
+    public int gemvPrefetch() { return TpNative.tp_gemv_get_prefetch(); }
+
+    /**
      * {@link #matmulQkv} as one GEMV launch over the rows of wq, wk and wv ({@code tp_gemv_bf16_multi}; default
      * on, needs the GEMV path; {@code -Dtokenpress.cuda.fusedQkv=false} or this setter: three matmuls). Drops a
      * captured graph.
@@ -449,6 +467,7 @@ public final class CudaBackend implements Backend {
     /** Kernel paths in use, one line (for logs and the benchmark). */
     public String kernelPaths() {
         return "matmul " + (gemvEnabled ? "GEMV for n<=" + GEMV_MAX_ROWS + " + cuBLAS" : "cuBLAS only")
+                + (gemvEnabled && TpNative.tp_gemv_get_prefetch() > 0 ? " (L2 prefetch up to " + TpNative.tp_gemv_get_prefetch() + " MiB)" : "")
                 + ", decode attention v" + attentionVariant
                 + (attentionVariant == 3 && TpNative.tp_get_attention_prefetch() > 0 ? " (L2 prefetch " + TpNative.tp_get_attention_prefetch() + " rows)" : "")
                 + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel")

@@ -187,6 +187,10 @@ public final class TpNative {
 
     public static native int tp_gemv_set_wpr(int warpsPerRow);
 
+    public static native int tp_gemv_set_prefetch(int maxMib);
+
+    public static native int tp_gemv_get_prefetch();
+
     public static native int tp_gemv_bf16_acc(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
                                               @Cast("uint64_t") long w, @Cast("uint64_t") long bias, int n, int outDim,
                                               int inDim, @Cast("uint64_t") long stream);

@@ -218,21 +218,74 @@ class CudaGemvParityTest {
             float[][] res = new float[2][];
             for (int mode = 0; mode < 2; mode++) {
                 gpu.setPdl(mode == 1);
-                Tensor h = act(gpu, n, d, h0), t = act(gpu, n, d, t0), xn = act(gpu, n, d, null);
-                Tensor a = act(gpu, n, f, null), u = act(gpu, n, f, null);
-                for (int it = 0; it < 8; it++) {
-                    gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);  // h += t; xn = norm(h)
-                    gpu.matmul(t, xn, woT, null, n);           // t = Wo xn
-                    gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);
-                    gpu.matmulSwiglu(a, u, xn, wgT, wuT, n);  // a = silu(Wg xn) * (Wu xn)
-                    gpu.matmul(t, a, wdT, null, n);            // t = Wd a
-                }
-                gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);
-                res[mode] = gpu.download(xn, 0, n);
+                res[mode] = chain(n, d, f, h0, t0, woT, wgT, wuT, wdT, wnT);
             }
             gpu.setPdl(false);
             for (float v : res[0]) assertTrue(Float.isFinite(v), "chain output finite");
             org.junit.jupiter.api.Assertions.assertArrayEquals(res[0], res[1], "PDL chain n=" + n + " differs from plain launches");
+        }
+    }
+
+    /** Eight rounds of add + RMSNorm, GEMV, add + RMSNorm, gate/up + SwiGLU GEMV, GEMV; the final normed state. */
+    private static float[] chain(int n, int d, int f, float[] h0, float[] t0, Tensor woT, Tensor wgT, Tensor wuT,
+                                 Tensor wdT, Tensor wnT) {
+        Tensor h = act(gpu, n, d, h0), t = act(gpu, n, d, t0), xn = act(gpu, n, d, null);
+        Tensor a = act(gpu, n, f, null), u = act(gpu, n, f, null);
+        for (int it = 0; it < 8; it++) {
+            gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);  // h += t; xn = norm(h)
+            gpu.matmul(t, xn, woT, null, n);           // t = Wo xn
+            gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);
+            gpu.matmulSwiglu(a, u, xn, wgT, wuT, n);  // a = silu(Wg xn) * (Wu xn)
+            gpu.matmul(t, a, wdT, null, n);            // t = Wd a
+        }
+        gpu.addRmsnorm(xn, h, t, wnT, 1e-5f, n);
+        return gpu.download(xn, 0, n);
+    }
+
+    /**
+     * The GEMVs' L2 prefetch before the PDL wait (tp_gemv_set_prefetch) is only a hint: the chain above with PDL on
+     * gives bit-identical results with prefetch off, with only the smaller matrices (8 MiB) and with every matrix
+     * prefetched; q/k/v as one launch (matmulQkv) likewise.
+     */
+    @Test
+    void gemvPrefetchIsBitIdentical() {
+        int d = 2048, f = 4096;
+        SplittableRandom r = new SplittableRandom(77);
+        float[] wo = bf16Exact(uniform(r, d * d, 0.03)), wgv = bf16Exact(uniform(r, f * d, 0.03));
+        float[] wuv = bf16Exact(uniform(r, f * d, 0.03)), wdv = bf16Exact(uniform(r, d * f, 0.03));
+        float[] wn = uniform(r, d, 1.5);
+        Tensor woT = gpu.weight(bf16Weight("wo", d, d, wo)), wgT = gpu.weight(bf16Weight("wg", f, d, wgv));
+        Tensor wuT = gpu.weight(bf16Weight("wu", f, d, wuv)), wdT = gpu.weight(bf16Weight("wd", d, f, wdv));
+        Tensor wnT = gpu.weight(f32Vector("wn", wn));
+        int before = gpu.gemvPrefetch();
+        boolean pdlBefore = gpu.pdl();
+        try {
+            gpu.setPdl(gpu.pdlSupported());
+            for (int n : new int[] {1, 3}) {
+                float[] h0 = uniform(r, n * d, 1), t0 = uniform(r, n * d, 1);
+                int[] limits = {0, 8, 65536};
+                float[][] res = new float[limits.length][], qkv = new float[limits.length][];
+                for (int i = 0; i < limits.length; i++) {
+                    gpu.setGemvPrefetch(limits[i]);
+                    res[i] = chain(n, d, f, h0, t0, woT, wgT, wuT, wdT, wnT);
+                    Tensor x = act(gpu, n, d, h0), q = act(gpu, n, d, null), k = act(gpu, n, f, null), v = act(gpu, n, f, null);
+                    gpu.matmulQkv(q, k, v, x, woT, null, wgT, null, wuT, null, n);
+                    float[] all = new float[n * (d + 2 * f)];
+                    System.arraycopy(gpu.download(q, 0, n), 0, all, 0, n * d);
+                    System.arraycopy(gpu.download(k, 0, n), 0, all, n * d, n * f);
+                    System.arraycopy(gpu.download(v, 0, n), 0, all, n * (d + f), n * f);
+                    qkv[i] = all;
+                }
+                for (int i = 1; i < limits.length; i++) {
+                    org.junit.jupiter.api.Assertions.assertArrayEquals(res[0], res[i],
+                            "GEMV prefetch up to " + limits[i] + " MiB, n=" + n + ": chain differs from no prefetch");
+                    org.junit.jupiter.api.Assertions.assertArrayEquals(qkv[0], qkv[i],
+                            "GEMV prefetch up to " + limits[i] + " MiB, n=" + n + ": q/k/v differ from no prefetch");
+                }
+            }
+        } finally {
+            gpu.setGemvPrefetch(before);
+            gpu.setPdl(pdlBefore);
         }
     }
 }

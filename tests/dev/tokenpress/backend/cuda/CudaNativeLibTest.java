@@ -120,6 +120,17 @@ class CudaNativeLibTest {
         assertTrue(TpNative.tp_last_error_message().getString().contains("warps_per_row"));
         assertEquals(TpNative.TP_OK, TpNative.tp_gemv_set_wpr(4));
         assertEquals(TpNative.TP_OK, TpNative.tp_gemv_set_wpr(0));
+        // GEMV L2 prefetch limit in MiB: 0 .. 65536
+        int pf = TpNative.tp_gemv_get_prefetch();
+        try {
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_gemv_set_prefetch(-1));
+            assertTrue(TpNative.tp_last_error_message().getString().contains("max_mib"));
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_gemv_set_prefetch(65537));
+            assertEquals(TpNative.TP_OK, TpNative.tp_gemv_set_prefetch(16));
+            assertEquals(16, TpNative.tp_gemv_get_prefetch());
+        } finally {
+            TpNative.tp_gemv_set_prefetch(pf);
+        }
     }
 
     @Test
