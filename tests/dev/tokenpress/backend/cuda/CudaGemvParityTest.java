@@ -207,12 +207,8 @@ class CudaGemvParityTest {
         Assumptions.assumeTrue(gpu.pdlSupported(), "PDL needs sm_90+ and CUDA >= 12.3");
         int d = 2048, f = 4096;
         SplittableRandom r = new SplittableRandom(2024);
-        float[] wo = bf16Exact(uniform(r, d * d, 0.03)), wgv = bf16Exact(uniform(r, f * d, 0.03));
-        float[] wuv = bf16Exact(uniform(r, f * d, 0.03)), wdv = bf16Exact(uniform(r, d * f, 0.03));
-        float[] wn = uniform(r, d, 1.5);
-        Tensor woT = gpu.weight(bf16Weight("wo", d, d, wo)), wgT = gpu.weight(bf16Weight("wg", f, d, wgv));
-        Tensor wuT = gpu.weight(bf16Weight("wu", f, d, wuv)), wdT = gpu.weight(bf16Weight("wd", d, f, wdv));
-        Tensor wnT = gpu.weight(f32Vector("wn", wn));
+        ChainWeights cw = ChainWeights.random(r, d, f);
+        Tensor woT = cw.wo(), wgT = cw.wg(), wuT = cw.wu(), wdT = cw.wd(), wnT = cw.wn();
         for (int n : new int[] {1, 3}) {
             float[] h0 = uniform(r, n * d, 1), t0 = uniform(r, n * d, 1);
             float[][] res = new float[2][];
@@ -223,6 +219,17 @@ class CudaGemvParityTest {
             gpu.setPdl(false);
             for (float v : res[0]) assertTrue(Float.isFinite(v), "chain output finite");
             org.junit.jupiter.api.Assertions.assertArrayEquals(res[0], res[1], "PDL chain n=" + n + " differs from plain launches");
+        }
+    }
+
+    /** Random bf16 weights of the chain below (o d×d, gate/up f×d, down d×f) and an f32 norm weight, on the GPU. */
+    record ChainWeights(Tensor wo, Tensor wg, Tensor wu, Tensor wd, Tensor wn) {
+        static ChainWeights random(SplittableRandom r, int d, int f) {
+            float[] wo = bf16Exact(uniform(r, d * d, 0.03)), wg = bf16Exact(uniform(r, f * d, 0.03));
+            float[] wu = bf16Exact(uniform(r, f * d, 0.03)), wd = bf16Exact(uniform(r, d * f, 0.03));
+            return new ChainWeights(gpu.weight(bf16Weight("wo", d, d, wo)), gpu.weight(bf16Weight("wg", f, d, wg)),
+                    gpu.weight(bf16Weight("wu", f, d, wu)), gpu.weight(bf16Weight("wd", d, f, wd)),
+                    gpu.weight(f32Vector("wn", uniform(r, d, 1.5))));
         }
     }
 
@@ -251,12 +258,8 @@ class CudaGemvParityTest {
     void gemvPrefetchIsBitIdentical() {
         int d = 2048, f = 4096;
         SplittableRandom r = new SplittableRandom(77);
-        float[] wo = bf16Exact(uniform(r, d * d, 0.03)), wgv = bf16Exact(uniform(r, f * d, 0.03));
-        float[] wuv = bf16Exact(uniform(r, f * d, 0.03)), wdv = bf16Exact(uniform(r, d * f, 0.03));
-        float[] wn = uniform(r, d, 1.5);
-        Tensor woT = gpu.weight(bf16Weight("wo", d, d, wo)), wgT = gpu.weight(bf16Weight("wg", f, d, wgv));
-        Tensor wuT = gpu.weight(bf16Weight("wu", f, d, wuv)), wdT = gpu.weight(bf16Weight("wd", d, f, wdv));
-        Tensor wnT = gpu.weight(f32Vector("wn", wn));
+        ChainWeights cw = ChainWeights.random(r, d, f);
+        Tensor woT = cw.wo(), wgT = cw.wg(), wuT = cw.wu(), wdT = cw.wd(), wnT = cw.wn();
         int before = gpu.gemvPrefetch();
         boolean pdlBefore = gpu.pdl();
         try {
