@@ -173,7 +173,7 @@ run_checks() {
   # -- stage 3e (only when STAGES names it): end-to-end decode per policy (full, tidal, int4) at 32K and 128K alone
   if want e2epol; then
     wait_model
-    kb_stage e2epol "${T_E2EPOL:-120}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL"
+    kb_stage e2epol "${T_E2EPOL:-300}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL"
   fi
 
   # -- stage 3c (only when STAGES names it): decode GEMV at the 1B shapes, automatic vs forced warps per row

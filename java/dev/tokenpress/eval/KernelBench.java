@@ -1,5 +1,6 @@
 package dev.tokenpress.eval;
 
+import dev.tokenpress.backend.Backend;
 import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.backend.cuda.CudaBackend;
 import dev.tokenpress.backend.cuda.CudaCce;
@@ -31,7 +32,8 @@ import java.util.SplittableRandom;
  *       on where the device supports it (keys e2e_*) and off (e2e_*_nopdl), and the earlier paths.</li>
  *   <li>{@code gemv}: the decode GEMV at the llama-1b shapes with the automatic and each forced warps per row
  *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
- *   <li>{@code e2epol <model-dir>}: only the end-to-end part of {@code policies}.</li>
+ *   <li>{@code e2epol <model-dir>}: the end-to-end part of {@code policies}, also at 8K, plus every other policy
+ *       (window, h2o, a2sf, keyformer, quest, tokenselect, razor) with tokens/s and KV bytes.</li>
  *   <li>{@code attnsweep}: decode attention (full and tidal k=2048) at 8K/32K/128K with each forced split count,
  *       timed in a CUDA graph and eagerly, for tuning.</li>
  *   <li>{@code policies [model-dir]}: TidalDecode on the device for the llama-1b attention shape at 8K/32K/128K:
@@ -74,11 +76,11 @@ public final class KernelBench {
             if (what.equals("policies")) {
                 policies(gpu, out);
                 quantPolicies(gpu, out);
-                if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), out);
+                if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), false, out);
             }
             if (what.equals("gemv")) gemvSweep(gpu, bw, out);
             if (what.equals("attnsweep")) splitSweep(gpu, bw, out);
-            if (what.equals("e2epol")) policiesEndToEnd(gpu, Path.of(args[1]), out);
+            if (what.equals("e2epol")) policiesEndToEnd(gpu, Path.of(args[1]), true, out);
             if (what.equals("cce")) {
                 int n = args.length > 1 ? Integer.parseInt(args[1]) : 8192;
                 int d = args.length > 2 ? Integer.parseInt(args[2]) : 2048;
@@ -338,9 +340,10 @@ public final class KernelBench {
      * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured, each with the
      * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop;
      * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
-     * that run).
+     * that run). With {@code everyPolicy} (stage e2epol) also at 8K, each context followed by {@link #policyTable}
+     * for the other policies ({@link #POLICY_TABLE_SPECS}).
      */
-    public static void policiesEndToEnd(CudaBackend gpu, Path dir, PrintStream out) {
+    public static void policiesEndToEnd(CudaBackend gpu, Path dir, boolean everyPolicy, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
             ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
         LlamaConfig cfg = ConfigLoader.load(dir);
@@ -348,7 +351,7 @@ public final class KernelBench {
         try (SafeTensors st = SafeTensors.open(dir)) {
             Weights w = Weights.load(st, cfg, gpu, null);
             Llama m = new Llama(cfg, w, gpu, 256);
-            for (int ctx : new int[] {32768, 131072}) {
+            for (int ctx : everyPolicy ? new int[] {8192, 32768, 131072} : new int[] {32768, 131072}) {
                 double full = 0;
                 // {--kv, --kv-quant, result name}
                 String[][] runs = ctx <= 32768
@@ -388,8 +391,57 @@ public final class KernelBench {
                         else System.setProperty("tokenpress.cuda.quantPolicyOps", opsBefore);
                     }
                 }
+                if (everyPolicy) policyTable(gpu, m, cfg, ctx, POLICY_TABLE_SPECS, steps, full, out);
             }
             m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
+        }
+    }
+
+    /** The other policies of the e2epol table, each with a budget of POLICY_K tokens where it has one. */
+    static final String[] POLICY_TABLE_SPECS = {"window:sink=4,budget=" + POLICY_K, "h2o:budget=" + POLICY_K,
+            "a2sf:budget=" + POLICY_K + ",sink=4", "keyformer:budget=" + POLICY_K, "quest:budget=" + POLICY_K,
+            "tokenselect:k=" + POLICY_K, "razor"};
+
+    /**
+     * Decode tokens/s of each policy in {@code specs} after {@code ctx} tokens of synthetic context written straight
+     * into a cache of ctx + a few slots (the plain decode loop; the evicting policies cut the cache down to their
+     * budget in the first, untimed steps; SnapKV is left out: it compresses a prompt, and a synthetic context has
+     * none), with the KV bytes allocated and the share of them the occupied slots hold after the run (keys
+     * e2e_pol_<ctx>_<policy>_tps, _speedup vs {@code fullTps} when > 0, _kv_bytes, _live_kv_bytes, _occupied_slots).
+     * A policy that fails prints FAILED with its message; the others go on.
+     */
+    public static void policyTable(Backend b, Llama m, LlamaConfig cfg, int ctx, String[] specs, int steps, double fullTps,
+                                   PrintStream out) {
+        for (String spec : specs) {
+            String name = spec.contains(":") ? spec.substring(0, spec.indexOf(':')) : spec;
+            try {
+                m.setPolicy(dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
+                try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16)) {
+                    fillSynthetic(b, cfg, cache, ctx);
+                    b.synchronize();
+                    m.setPipelinedGreedy(Boolean.FALSE);
+                    double tps = decodeTimed(b, m, cache, 1, ctx, steps, new int[1]);
+                    long occupied = 0;
+                    for (int l = 0; l < cache.layers(); l++)
+                        for (int g = 0; g < cache.kvHeads(); g++) occupied += cache.occupied(l, g);
+                    long slots = (long) cache.layers() * cache.kvHeads() * cache.capacity();
+                    long live = (long) ((double) cache.bytes() * occupied / slots);
+                    out.printf(Locale.ROOT, "e2e %dK context, --kv %s: %.1f tokens/s%s; KV %d bytes allocated, %d in the %d occupied slots%n",
+                            ctx / 1024, m.policy().spec(), tps, fullTps > 0 ? String.format(Locale.ROOT, " (%.2fx full)", tps / fullTps) : "",
+                            cache.bytes(), live, occupied);
+                    String k = "e2e_pol_" + ctx + "_" + name;
+                    result(out, k + "_tps", tps, "tokens/s");
+                    if (fullTps > 0) result(out, k + "_speedup", tps / fullTps, "x");
+                    result(out, k + "_kv_bytes", cache.bytes(), "B");
+                    result(out, k + "_live_kv_bytes", live, "B");
+                    result(out, k + "_occupied_slots", occupied, "");
+                }
+            } catch (RuntimeException e) {
+                out.printf("e2e %dK context, --kv %s: FAILED %s%n", ctx / 1024, spec, e.getMessage());
+            } finally {
+                m.setPipelinedGreedy(null);
+                m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
+            }
         }
     }
 
@@ -568,6 +620,26 @@ public final class KernelBench {
         return decode(gpu, m, cache, token, pos, steps, null, null);
     }
 
+    /**
+     * Greedy decode of {@code steps} tokens with {@link Llama#decodeGreedy} after {@link #DECODE_WARMUP} untimed
+     * steps, from {@code token} at {@code pos}; returns tokens/s (wall clock, the backend synchronized) and leaves
+     * the last token in {@code last[0]}.
+     */
+    static double decodeTimed(Backend b, Llama m, KvCache cache, int token, int pos, int steps, int[] last) {
+        last[0] = token;
+        java.util.function.IntPredicate keep = t -> {
+            last[0] = t;
+            return true;
+        };
+        m.decodeGreedy(cache, last[0], pos, DECODE_WARMUP, keep);
+        pos += DECODE_WARMUP;
+        b.synchronize();
+        long t0 = System.nanoTime();
+        m.decodeGreedy(cache, last[0], pos, steps, keep);
+        b.synchronize();
+        return steps / ((System.nanoTime() - t0) / 1e9);
+    }
+
     /** Cache positions {@link #decode} uses for {@code steps} timed steps (with the plain-loop breakdown or not). */
     private static int decodeSlots(int steps, boolean breakdown) {
         return (steps + DECODE_WARMUP) * (breakdown ? 2 : 1);
@@ -584,18 +656,8 @@ public final class KernelBench {
     private static double decode(CudaBackend gpu, Llama m, KvCache cache, int token, int pos, int steps,
                                  PrintStream out, String key) {
         int[] last = {token};
-        java.util.function.IntPredicate keep = t -> {
-            last[0] = t;
-            return true;
-        };
-        m.decodeGreedy(cache, last[0], pos, DECODE_WARMUP, keep);
-        pos += DECODE_WARMUP;
-        gpu.synchronize();
-        long t0 = System.nanoTime();
-        m.decodeGreedy(cache, last[0], pos, steps, keep);
-        gpu.synchronize();
-        double tps = steps / ((System.nanoTime() - t0) / 1e9);
-        pos += steps;
+        double tps = decodeTimed(gpu, m, cache, token, pos, steps, last);
+        pos += DECODE_WARMUP + steps;
         if (out == null) return tps;
 
         m.setPipelinedGreedy(false);
@@ -635,7 +697,7 @@ public final class KernelBench {
     }
 
     /** Positions 0..ctx-1 in every layer and KV head, random bf16 keys/values. */
-    private static void fillSynthetic(CudaBackend gpu, LlamaConfig cfg, KvCache cache, int ctx) {
+    static void fillSynthetic(Backend gpu, LlamaConfig cfg, KvCache cache, int ctx) {
         int chunk = 4096, kvDim = cfg.kvDim();
         Tensor k = gpu.allocate(chunk, kvDim), v = gpu.allocate(chunk, kvDim);
         SplittableRandom r = new SplittableRandom(7);
