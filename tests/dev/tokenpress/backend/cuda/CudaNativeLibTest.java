@@ -78,6 +78,52 @@ class CudaNativeLibTest {
         assertTrue(TpNative.tp_decode_attention_workspace_bytes(32, 64) > 0);
     }
 
+    /** The error message names the bad argument (arguments are checked before any device work). */
+    static void refused(int rc, String argument) {
+        assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc, argument);
+        String msg = TpNative.tp_last_error_message().getString();
+        assertTrue(msg.contains("'" + argument + "'"), "expected '" + argument + "' in: " + msg);
+    }
+
+    /**
+     * The KV-policy ops over the quantized cache refuse bad arguments by name, with distinct values in every
+     * position (a binding that passed two arguments in the wrong order would trip another check), and return
+     * TP_OK without device work when there is nothing to do.
+     */
+    @Test
+    void abiQuantPolicyOpsWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        // q=16 pool=32 window=48 pos=64 loc=80, layer 1, 8 q-heads, 2 KV heads, hd 64, capacity 40, group 8, 4 bits,
+        // res_cap 16, max_blocks 7
+        refused(TpNative.tp_kvq_query_key_scores(96, 40, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 3, 16, 7, 5, 112, 40, 0), "bits");
+        refused(TpNative.tp_kvq_query_key_scores(96, 41, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 41, 0), "max_high_water");
+        refused(TpNative.tp_kvq_query_key_scores(96, 39, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 40, 0), "out_stride");
+        refused(TpNative.tp_kvq_query_key_scores(96, 40, 16, 32, 48, 64, 80, 1, 8, 3, 64, 40, 8, 4, 16, 7, 5, 112, 40, 0), "num_heads");
+        assertEquals(TpNative.TP_ERR_UNSUPPORTED_HEAD_DIM,
+                TpNative.tp_kvq_query_key_scores(96, 40, 16, 32, 48, 64, 80, 1, 8, 2, 96, 40, 8, 4, 16, 7, 5, 112, 40, 0));
+        assertEquals(TpNative.TP_OK, TpNative.tp_kvq_query_key_scores(96, 40, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 0, 0));
+        // selection: slots=128 counts=144 stride 9 cur=160 workspace=176 len 32 ... params=192 k 9
+        refused(TpNative.tp_kvq_tidal_select(128, 144, 9, 160, 184, 32, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 192, 9, 0, 0), "keys_ws");
+        refused(TpNative.tp_kvq_tidal_select(128, 144, 9, 160, 176, 41, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 192, 9, 0, 0), "len");
+        refused(TpNative.tp_kvq_tidal_select(128, 144, 9, 160, 176, 32, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 192, -1, 0, 0), "k");
+        refused(TpNative.tp_kvq_tidal_select(128, 144, 9, 160, 176, 32, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 192, 10, 0, 0), "out_stride");
+        refused(TpNative.tp_kvq_tidal_select(128, 144, 9, 160, 176, 32, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 0, 9, 0, 0), "params");
+        // statistics: n 2, qpos=208, from_row 1, lse=224, no selection, hw=112, raw=240, prob=256
+        refused(TpNative.tp_kvq_attention_stats(16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 2, 208, 1, 0, 0, 1, 0, 112, 0.125f, 240, 256, 0), "lse2");
+        refused(TpNative.tp_kvq_attention_stats(16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 2, 208, 1, 224, 272, 1, 0, 112, 0.125f, 240, 256, 0), "sel_slots");
+        refused(TpNative.tp_kvq_attention_stats(16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 2, 0, 1, 224, 0, 1, 0, 112, 0.125f, 240, 256, 0), "query_pos");
+        assertEquals(TpNative.TP_OK, TpNative.tp_kvq_attention_stats(16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 2, 208, 1, 224, 0, 1, 0, 112, 0.125f, 0, 0, 0));
+        assertEquals(TpNative.TP_OK, TpNative.tp_kvq_attention_stats(16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 0, 208, 1, 224, 0, 1, 0, 112, 0.125f, 240, 256, 0));
+        // quest: page 8 -> at most 5 pages of a 40-slot cache
+        refused(TpNative.tp_kvq_quest_page_scores(96, 5, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 0, 5, 0), "page_size");
+        refused(TpNative.tp_kvq_quest_page_scores(96, 6, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 8, 6, 0), "max_pages");
+        refused(TpNative.tp_kvq_quest_page_scores(96, 4, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 8, 5, 0), "out_stride");
+        assertEquals(TpNative.TP_OK, TpNative.tp_kvq_quest_page_scores(96, 5, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 8, 0, 0));
+        // attention with its log-sum-exp: n checked, n = 0 nothing to do
+        refused(TpNative.tp_kvq_attention_ex(96, 16, 32, 48, 288, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, -1, 208, 0, 1, 0, 112, 40, 0.125f, 0, 0, 224, 0), "n");
+        assertEquals(TpNative.TP_OK, TpNative.tp_kvq_attention_ex(96, 16, 32, 48, 288, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 0, 208, 0, 1, 0, 112, 40, 0.125f, 0, 0, 224, 0));
+    }
+
     @Test
     void abiGemvFusedOpsAndCountersWithoutGpu() {
         Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
