@@ -1195,8 +1195,8 @@ public final class CudaBackend implements Backend {
 
     private static void requireQuantPolicyOps(String op) {
         if (!quantPolicyOps())
-            throw new UnsupportedOpException(op + " on a quantized CUDA KV cache (needed by this --kv policy) is off by default: "
-                    + "-Dtokenpress.cuda.quantPolicyOps=true turns it on, or use --device cpu");
+            throw new UnsupportedOpException(op + " on a quantized CUDA KV cache (needed by this --kv policy) is off until it has run on a GPU: "
+                    + "TOKENPRESS_CUDA_QUANT_POLICY_OPS=1 (or -Dtokenpress.cuda.quantPolicyOps=true) turns it on, or use --device cpu");
     }
 
     /** A device buffer that grows (never shrinks) to the largest size asked of it. */
