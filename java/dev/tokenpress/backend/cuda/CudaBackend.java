@@ -646,6 +646,8 @@ public final class CudaBackend implements Backend {
     void releaseQuantCache(CudaQuantKvCache c) {
         if (closed) return;
         synchronize();
+        dropGraph();  // a later cache at the same addresses must not replay a step captured for this one
+        dropDeviceSelections(c);
         free(c.winK);
         free(c.winV);
         free(c.pool);
@@ -667,9 +669,22 @@ public final class CudaBackend implements Backend {
         synchronize();
         dropGraph();
         caches.remove(c);
+        dropDeviceSelections(c);
         free(c.keys);
         free(c.values);
         free(c.pos);
+    }
+
+    /** Frees the device selections made for a cache being released (their handles stop being current). */
+    private void dropDeviceSelections(KvCache c) {
+        for (java.util.Iterator<DeviceSelection> it = deviceSelections.iterator(); it.hasNext(); ) {
+            DeviceSelection ds = it.next();
+            if (ds.cache != c) continue;
+            free(ds.slots);
+            free(ds.counts);
+            free(ds.cur);
+            it.remove();
+        }
     }
 
     // ---- ops --------------------------------------------------------------------------------------------------

@@ -399,6 +399,19 @@ class CudaTidalSelectParityTest {
         }
     }
 
+    /** Closing a cache frees its device selections: a handle made for it is refused afterwards, not read. */
+    @Test
+    void selectionOfAClosedCacheIsNoLongerCurrent() {
+        int hkv = 2, hd = 64, heads = 8, len = 100;
+        Pair p = filled(hkv, hd, len, len + 4, 5);
+        Tensor qg = gpu.allocate(3, heads * hd);  // queries() gives three rows
+        gpu.upload(qg, queries(new SplittableRandom(6), heads, hkv, hd));
+        SlotSelection s = gpu.selectTopSlots(qg, 0, len - 1, p.g(), 1, 8, false, len - 1, false);
+        assertNotNull(gpu.hostSelection(s).slots());
+        p.close();
+        assertThrows(IllegalArgumentException.class, () -> gpu.hostSelection(s));
+    }
+
     @Test
     void quantizedOrForeignCachesAreUnsupported() {
         try (KvCache c = cpu.newKvCache(1, 1, 64, 8)) {
