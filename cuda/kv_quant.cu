@@ -135,25 +135,31 @@ __device__ __forceinline__ uint32_t quant_code(float x, float z, float s, int bi
 
 // Source row of lane t of a new block: src >= 0 = row of the step's k/v tensors, else window entry -src - 1
 // (its contents before this call).
-__device__ __forceinline__ const float* src_row(int src, const float* x, int x_stride, int g, int hd,
+// (x_off: g * hd for rows of the step's k/v tensors [n, kv_stride], 0 for the rows of a compaction's [m, hd])
+__device__ __forceinline__ const float* src_row(int src, const float* x, int x_stride, int64_t x_off, int hd,
                                                 const float* win, int64_t wbase) {
-    return src >= 0 ? x + (int64_t)src * x_stride + (int64_t)g * hd : win + (wbase + (-src - 1)) * hd;
+    return src >= 0 ? x + (int64_t)src * x_stride + x_off : win + (wbase + (-src - 1)) * hd;
 }
 
-// One CUDA block per new quantized block. plan int32: g[nb] | block id[nb] | src[nb][G]. Keys: one thread per
-// channel (min/max over the G lanes in lane order, then the packed code row); values: one thread per lane (per
-// channel group min/max in channel order, then the packed code row).
+// One CUDA block per new quantized block. plan int32: g[nb] | block id[nb] | src[nb][G] (rows == 0: sources are
+// rows of the step's k/v or window entries) or g[nb] | block id[nb] | lanes[nb] | src[nb][G] (rows == 1: the
+// first lanes[b] sources are rows of k/v [m, hd], a compaction's decoded tokens; the block has that many lanes,
+// the CPU's shorter block). Keys: one thread per channel (min/max over the block's lanes in lane order, then the
+// packed code row); values: one thread per lane (per channel group min/max in channel order, then the packed code
+// row).
 __global__ void __launch_bounds__(kThreads) kvq_encode_kernel(
         uint8_t* __restrict__ pool, const float* __restrict__ wk, const float* __restrict__ wv,
         const float* __restrict__ k, const float* __restrict__ v, int kv_stride, const int* __restrict__ plan,
-        int nb, int layer, int kv_heads, int res_cap, int max_blocks, Layout L) {
+        int nb, int layer, int kv_heads, int res_cap, int max_blocks, Layout L, int rows) {
     int b = blockIdx.x;
     int g = plan[b], blk = plan[nb + b];
-    const int* src = plan + 2 * nb + (int64_t)b * L.G;
+    const int* src = plan + (rows ? 3 : 2) * nb + (int64_t)b * L.G;
     int64_t hb = (int64_t)layer * kv_heads + g;
     uint8_t* rec = pool + (hb * max_blocks + blk) * (int64_t)L.bytes;
     int64_t wbase = hb * res_cap;
-    int hd = L.hd, G = L.G, bits = L.bits;
+    int hd = L.hd, bits = L.bits;
+    const int G = rows ? plan[2 * nb + b] : L.G;  // lanes of this block
+    const int64_t x_off = rows ? 0 : (int64_t)g * hd;
     uint16_t* kz = reinterpret_cast<uint16_t*>(rec + L.off_kz);
     uint16_t* ks = reinterpret_cast<uint16_t*>(rec + L.off_ks);
     uint16_t* vz = reinterpret_cast<uint16_t*>(rec + L.off_vz);
@@ -161,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) kvq_encode_kernel(
     for (int c = threadIdx.x; c < hd; c += blockDim.x) {
         float mn = INFINITY, mx = -INFINITY;
         for (int t = 0; t < G; t++) {
-            float x = src_row(src[t], k, kv_stride, g, hd, wk, wbase)[c];
+            float x = src_row(src[t], k, kv_stride, x_off, hd, wk, wbase)[c];
             if (x < mn) mn = x;
             if (x > mx) mx = x;
         }
@@ -175,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) kvq_encode_kernel(
         uint32_t acc = 0;
         int nbits = 0, byte = 0;
         for (int t = 0; t < G; t++) {
-            float x = src_row(src[t], k, kv_stride, g, hd, wk, wbase)[c];
+            float x = src_row(src[t], k, kv_stride, x_off, hd, wk, wbase)[c];
             acc |= quant_code(x, zf, sf, bits) << nbits;
             nbits += bits;
             if (nbits == 8) {
@@ -187,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) kvq_encode_kernel(
         if (nbits) row[byte] = (uint8_t)acc;
     }
     for (int t = threadIdx.x; t < G; t += blockDim.x) {
-        const float* x = src_row(src[t], v, kv_stride, g, hd, wv, wbase);
+        const float* x = src_row(src[t], v, kv_stride, x_off, hd, wv, wbase);
         uint8_t* row = rec + L.off_vc + (int64_t)t * L.rbv;
         uint32_t acc = 0;
         int nbits = 0, byte = 0;
@@ -215,6 +221,32 @@ __global__ void __launch_bounds__(kThreads) kvq_encode_kernel(
             }
         }
         if (nbits) row[byte] = (uint8_t)acc;
+    }
+}
+
+// Compaction (the CPU cache's, tp_kvq_decode_lanes): rows i of k/v [m, hd] <- the reconstructed key and value of
+// block lane loc[i] of KV head g[i] (plan int32: g[m] | loc[m], loc = block * G + lane), with the CPU's float
+// formulas: key = zero + scale * code, value = code * scale + zero (explicit roundings, no FMA), so re-encoding them
+// gives the CPU's codes. One CUDA block per lane, a thread per channel.
+__global__ void __launch_bounds__(kThreads) kvq_decode_lanes_kernel(
+        float* __restrict__ k, float* __restrict__ v, const uint8_t* __restrict__ pool, const int* __restrict__ plan,
+        int m, int layer, int kv_heads, int max_blocks, Layout L) {
+    const int i = blockIdx.x;
+    const int g = plan[i], l = plan[m + i];
+    const int blk = l / L.G, t = l - blk * L.G;
+    const uint8_t* rec = pool + (((int64_t)layer * kv_heads + g) * max_blocks + blk) * (int64_t)L.bytes;
+    const uint16_t* kz = reinterpret_cast<const uint16_t*>(rec + L.off_kz);
+    const uint16_t* ks = reinterpret_cast<const uint16_t*>(rec + L.off_ks);
+    const uint16_t* vz = reinterpret_cast<const uint16_t*>(rec + L.off_vz) + t * L.ng;
+    const uint16_t* vs = reinterpret_cast<const uint16_t*>(rec + L.off_vs) + t * L.ng;
+    const uint32_t mask = (1u << L.bits) - 1u;
+    const int kbit = t * L.bits;
+    for (int c = threadIdx.x; c < L.hd; c += blockDim.x) {
+        const uint32_t kcode = (rec[L.off_kc + c * L.rbk + (kbit >> 3)] >> (kbit & 7)) & mask;
+        const int vbit = c * L.bits, gi = c / L.gs;
+        const uint32_t vcode = (rec[L.off_vc + t * L.rbv + (vbit >> 3)] >> (vbit & 7)) & mask;
+        k[(int64_t)i * L.hd + c] = __fadd_rn(h2f(kz[c]), __fmul_rn(h2f(ks[c]), (float)kcode));
+        v[(int64_t)i * L.hd + c] = __fadd_rn(__fmul_rn((float)vcode, h2f(vs[gi])), h2f(vz[gi]));
     }
 }
 
@@ -1049,8 +1081,56 @@ int tp_kvq_encode(uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t 
     Layout L = make_layout(head_dim, group, bits);
     kvq_encode_kernel<<<num_blocks, kThreads, 0, TP_STREAM(stream)>>>(
         TP_PTR(uint8_t, pool), TP_PTR(const float, window_k), TP_PTR(const float, window_v), TP_PTR(const float, k),
-        TP_PTR(const float, v), kv_stride, TP_PTR(const int, plan), num_blocks, layer, kv_heads, res_cap, max_blocks, L);
+        TP_PTR(const float, v), kv_stride, TP_PTR(const int, plan), num_blocks, layer, kv_heads, res_cap, max_blocks, L,
+        0);
     TP_LAUNCHED("kvq_encode_kernel");
+    return TP_OK;
+}
+
+int tp_kvq_decode_lanes(uint64_t k, uint64_t v, uint64_t pool, uint64_t plan, int m, int layer, int kv_heads,
+                        int head_dim, int group, int bits, int max_blocks, uint64_t stream) {
+    const char* fn = "tp_kvq_decode_lanes";
+    TP_REQUIRE(k != 0 && v != 0, fn, "k/v");
+    TP_REQUIRE(pool != 0, fn, "pool");
+    TP_REQUIRE(plan != 0, fn, "plan");
+    TP_REQUIRE(m >= 0, fn, "m");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(group > 0 && group <= 4096, fn, "group");
+    TP_REQUIRE(valid_bits(bits), fn, "bits");
+    TP_REQUIRE(head_dim % (group < head_dim ? group : head_dim) == 0, fn, "group");
+    TP_REQUIRE(max_blocks > 0, fn, "max_blocks");
+    if (m == 0) return TP_OK;
+    Layout L = make_layout(head_dim, group, bits);
+    kvq_decode_lanes_kernel<<<m, kThreads, 0, TP_STREAM(stream)>>>(TP_PTR(float, k), TP_PTR(float, v),
+                                                                    TP_PTR(const uint8_t, pool), TP_PTR(const int, plan),
+                                                                    m, layer, kv_heads, max_blocks, L);
+    TP_LAUNCHED("kvq_decode_lanes_kernel");
+    return TP_OK;
+}
+
+int tp_kvq_encode_rows(uint64_t pool, uint64_t k, uint64_t v, uint64_t plan, int num_blocks, int layer, int kv_heads,
+                       int head_dim, int group, int bits, int max_blocks, uint64_t stream) {
+    const char* fn = "tp_kvq_encode_rows";
+    TP_REQUIRE(pool != 0, fn, "pool");
+    TP_REQUIRE(k != 0 && v != 0, fn, "k/v");
+    TP_REQUIRE(plan != 0, fn, "plan");
+    TP_REQUIRE(num_blocks >= 0, fn, "num_blocks");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(group > 0 && group <= 4096, fn, "group");
+    TP_REQUIRE(valid_bits(bits), fn, "bits");
+    TP_REQUIRE(head_dim % (group < head_dim ? group : head_dim) == 0, fn, "group");
+    TP_REQUIRE(max_blocks > 0, fn, "max_blocks");
+    if (num_blocks == 0) return TP_OK;
+    Layout L = make_layout(head_dim, group, bits);
+    // the window is not read in this mode (every source is a row); its pointers are only passed along
+    kvq_encode_kernel<<<num_blocks, kThreads, 0, TP_STREAM(stream)>>>(
+        TP_PTR(uint8_t, pool), TP_PTR(const float, k), TP_PTR(const float, v), TP_PTR(const float, k),
+        TP_PTR(const float, v), head_dim, TP_PTR(const int, plan), num_blocks, layer, kv_heads, 1, max_blocks, L, 1);
+    TP_LAUNCHED("kvq_encode_kernel (compaction)");
     return TP_OK;
 }
 

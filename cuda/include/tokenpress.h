@@ -454,6 +454,19 @@ uint64_t tp_kvq_block_bytes(int head_dim, int group, int bits);
 int tp_kvq_encode(uint64_t pool, uint64_t window_k, uint64_t window_v, uint64_t k, uint64_t v, int kv_stride,
                   uint64_t plan, int num_blocks, int layer, int kv_heads, int head_dim, int group, int bits,
                   int res_cap, int max_blocks, uint64_t stream);
+/**
+ * Compaction of partially dead blocks (the CPU cache's): rows i of k / v f32 [m, hd] <- the reconstructed key and
+ * value of block lane loc[i] of KV head g[i], plan int32 (device): g[m] | loc[m] (block * group + lane); the CPU's
+ * float formulas (key = zero + scale * code, value = code * scale + zero), so re-encoding gives its codes.
+ */
+int tp_kvq_decode_lanes(uint64_t k, uint64_t v, uint64_t pool, uint64_t plan, int m, int layer, int kv_heads,
+                        int head_dim, int group, int bits, int max_blocks, uint64_t stream);
+/**
+ * Encodes num_blocks blocks from rows of k / v f32 [m, hd] (tp_kvq_decode_lanes' output): plan int32 (device):
+ * g[nb] | block id[nb] | lanes[nb] | row[nb][group]; block b gets lanes[b] <= group lanes (min/max over those).
+ */
+int tp_kvq_encode_rows(uint64_t pool, uint64_t k, uint64_t v, uint64_t plan, int num_blocks, int layer, int kv_heads,
+                       int head_dim, int group, int bits, int max_blocks, uint64_t stream);
 /** Window entries <- rows of k / v. plan int32 (device): g[count] | entry[count] | row[count]. */
 int tp_kvq_window_write(uint64_t window_k, uint64_t window_v, uint64_t k, uint64_t v, int kv_stride, uint64_t plan,
                         int count, int layer, int kv_heads, int head_dim, int res_cap, uint64_t stream);

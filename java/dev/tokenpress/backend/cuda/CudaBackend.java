@@ -653,6 +653,7 @@ public final class CudaBackend implements Backend {
         free(c.pool);
         free(c.pos);
         free(c.loc);
+        free(c.scratch);
     }
 
     /** Device to host copy of raw bytes (waits for the stream). */
@@ -1079,12 +1080,24 @@ public final class CudaBackend implements Backend {
             p = c.plan(layer, slots, n);
         }
         sig(43, c.pool, c.winK, c.winV, c.loc, c.pos, kt.ptr, vt.ptr, kt.cols, layer, p.blocks, p.writes, p.updates,
-                p.posUpdates);
+                p.posUpdates, p.decodes, p.compacted, c.scratch);
+        if (p.decodes > 0) {  // compaction sources, read before any encode below can overwrite their blocks
+            long d = stage(p.decode, p.decode.length);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_kvq_decode_lanes(c.scratch, c.scratch + c.scratchValues(), c.pool, d, p.decodes, layer,
+                        hkv, hd, c.group, c.bits, c.maxBlocks, stream), "storeKv (compaction: decode)");
+        }
         if (p.blocks > 0) {
             long d = stage(p.encode, p.encode.length);
             if (mode != Mode.DRY)
                 check(TpNative.tp_kvq_encode(c.pool, c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.blocks, layer, hkv, hd,
                         c.group, c.bits, c.resCap, c.maxBlocks, stream), "storeKv (quantize blocks)");
+        }
+        if (p.compacted > 0) {
+            long d = stage(p.compact, p.compact.length);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_kvq_encode_rows(c.pool, c.scratch, c.scratch + c.scratchValues(), d, p.compacted, layer,
+                        hkv, hd, c.group, c.bits, c.maxBlocks, stream), "storeKv (compaction: encode)");
         }
         if (p.writes > 0) {
             long d = stage(p.write, p.write.length);

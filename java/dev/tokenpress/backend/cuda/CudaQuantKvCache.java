@@ -20,17 +20,19 @@ import java.util.List;
  * <p>The host keeps the bookkeeping (which slot sits in which window entry / block lane, block liveness) and
  * turns each {@code storeKv} into a plan: blocks to encode (lane sources: a row of the step's k/v or a window
  * entry's current contents) and window entries to write; the device runs the encode kernel first, then the
- * window writes, then scatters the new locations and positions. Differences from the CPU cache, by design:
+ * window writes, then scatters the new locations and positions. A freed block lane is marked dead; when dead lanes
+ * add up to two blocks' worth the partially dead blocks are compacted as on the CPU (their live tokens decoded in
+ * position order with the CPU's formulas and re-encoded into full blocks, the last one shorter; not yet run on a
+ * GPU): the plan decodes them into scratch rows before any encode, then encodes the new blocks from there.
+ * Differences from the CPU cache, by design:
  * <ul>
  *   <li>window entries are not moved on free (a free list instead of swap-remove), so ties between equal
  *       positions may order a block's lanes differently (positions are distinct in every normal run);</li>
- *   <li>a freed block lane is only marked dead: no compaction (re-encoding of partially dead blocks) on the
- *       device. The block pool starts with ceil(C/G) + 2 blocks per (layer, KV head), enough for every policy
- *       that frees whole blocks (full, window); when partially dead blocks leave no free one it grows by a
- *       quarter (device copy, stream-ordered), up to 2·ceil(C/G) + 2 blocks; beyond that it throws
- *       {@link UnsupportedOpException};</li>
+ *   <li>the block pool starts with ceil(C/G) + 2 blocks per (layer, KV head) (with compaction the CPU cache never
+ *       needs more); should partially dead blocks leave no free one it grows by a quarter (device copy,
+ *       stream-ordered), up to 2·ceil(C/G) + 2 blocks; beyond that it throws {@link UnsupportedOpException};</li>
  *   <li>{@link #bytes()} is the device memory allocated at the time (window + block pool + positions +
- *       locations), not the live payload the CPU cache reports.</li>
+ *       locations + compaction scratch), not the live payload the CPU cache reports.</li>
  * </ul>
  * Decode steps over this cache are captured into CUDA graphs like those over the bf16 cache: the store plan is
  * made when the slots are allocated, outside the captured body, so a body that runs twice applies the host
@@ -64,6 +66,11 @@ public final class CudaQuantKvCache extends KvCache {
     private final int[][][] winFree;    // free-entry stacks
     private final int[][] winFreeCount, winCount;
     private int[][][] blockAlive;       // [layer][head][block] live lanes (0 = free)
+    private int[][][] blockLanes;       // [layer][head][block] lanes of the block (G, fewer after a compaction; 0 = free)
+    private final int[][] totalLanes, liveLanes;  // [layer][head] sums of blockLanes and blockAlive
+    /** Device scratch for compactions: decoded keys then values, f32 [scratchRows][hd] each. */
+    long scratch;
+    private int scratchRows;
     private long seq;
     private int[] pendingFree = new int[64];
     private int pendingFreeCount;
@@ -125,6 +132,9 @@ public final class CudaQuantKvCache extends KvCache {
         winFreeCount = new int[layers][kvHeads];
         winCount = new int[layers][kvHeads];
         blockAlive = new int[layers][kvHeads][maxBlocks];
+        blockLanes = new int[layers][kvHeads][maxBlocks];
+        totalLanes = new int[layers][kvHeads];
+        liveLanes = new int[layers][kvHeads];
         prepared = new Plan[layers];
         preparedSlots = new int[layers][][];
         preparedN = new int[layers];
@@ -180,6 +190,9 @@ public final class CudaQuantKvCache extends KvCache {
                 winFreeCount[l][h] = resCap;
                 winCount[l][h] = 0;
                 Arrays.fill(blockAlive[l][h], 0);
+                Arrays.fill(blockLanes[l][h], 0);
+                totalLanes[l][h] = 0;
+                liveLanes[l][h] = 0;
             }
     }
 
@@ -187,10 +200,11 @@ public final class CudaQuantKvCache extends KvCache {
 
     /**
      * Device bytes allocated for this cache: window keys and values (f32, L·Hkv·min(R + G, C)·hd each), the block
-     * pool (L·Hkv·maxBlocks·{@code tp_kvq_block_bytes}) and positions + locations (int32 per slot).
+     * pool (L·Hkv·maxBlocks·{@code tp_kvq_block_bytes}), positions + locations (int32 per slot) and, once a
+     * compaction has run, its scratch (f32 keys and values of the tokens it moved).
      */
     @Override
-    public long bytes() { return 2 * winBytes + poolBytes + 2 * slotBytes; }
+    public long bytes() { return 2 * winBytes + poolBytes + 2 * slotBytes + 2L * scratchRows * headDim * 4; }
 
     /** Tokens of (layer, head) in the f32 window. */
     public int residentTokens(int layer, int head) { return winCount[layer][head]; }
@@ -212,6 +226,10 @@ public final class CudaQuantKvCache extends KvCache {
         int updates;       // loc and pos scatters
         int[] locIdx, locVal, posIdx, posVal;
         int posUpdates;
+        int decodes;       // compaction: lanes decoded into the scratch rows (before any encode)
+        int[] decode;      // g[m] | loc[m]
+        int compacted;     // compaction: blocks encoded from the scratch rows (after the other encodes)
+        int[] compact;     // g[nb] | block[nb] | lanes[nb] | row[nb][G]
     }
 
     /**
@@ -221,6 +239,8 @@ public final class CudaQuantKvCache extends KvCache {
     Plan plan(int layer, int[][] slots, int n) {
         List<int[]> blocks = new ArrayList<>();   // {g, id, src...}
         List<int[]> touched = new ArrayList<>();  // {g, slot}
+        List<int[]> decodes = new ArrayList<>();  // {g, loc}: compaction sources, scratch row = list index
+        List<int[]> compacted = new ArrayList<>(); // {g, id, lanes, rows...}
         int[][] entryRow = new int[kvHeads][resCap];
         for (int[] r : entryRow) Arrays.fill(r, -1);
         Plan p = new Plan();
@@ -242,10 +262,28 @@ public final class CudaQuantKvCache extends KvCache {
                 touched.add(new int[]{g, slot});
                 p.posIdx[p.posUpdates] = flat(layer, g, slot);
                 p.posVal[p.posUpdates++] = position(layer, g, slot);
-                if (winCount[layer][g] >= residual + group && winCount[layer][g] >= group)
+                if (winCount[layer][g] >= residual + group && winCount[layer][g] >= group) {
                     blocks.add(flush(layer, g, entryRow[g], touched));
+                    if (totalLanes[layer][g] - liveLanes[layer][g] >= 2 * group) compact(layer, g, decodes, compacted, touched);
+                }
             }
         }
+        p.decodes = decodes.size();
+        p.decode = new int[2 * p.decodes];
+        for (int i = 0; i < p.decodes; i++) {
+            p.decode[i] = decodes.get(i)[0];
+            p.decode[p.decodes + i] = decodes.get(i)[1];
+        }
+        p.compacted = compacted.size();
+        p.compact = new int[p.compacted * (3 + group)];
+        for (int b = 0; b < p.compacted; b++) {
+            int[] blk = compacted.get(b);
+            p.compact[b] = blk[0];
+            p.compact[p.compacted + b] = blk[1];
+            p.compact[2 * p.compacted + b] = blk[2];
+            System.arraycopy(blk, 3, p.compact, 3 * p.compacted + b * group, group);
+        }
+        if (p.decodes > scratchRows) growScratch(p.decodes);
         p.blocks = blocks.size();
         p.encode = new int[p.blocks * (2 + group)];
         for (int b = 0; b < p.blocks; b++) {
@@ -295,7 +333,7 @@ public final class CudaQuantKvCache extends KvCache {
         if (id < 0) {
             if (maxBlocks >= blockLimit)
                 throw new UnsupportedOpException("quantized CUDA KV cache: block pool of layer " + layer + " KV head " + g + " exhausted ("
-                        + maxBlocks + " blocks; evictions leave partially dead blocks and compaction runs on the CPU only): use --device cpu");
+                        + maxBlocks + " blocks): use --device cpu");
             id = maxBlocks;
             growPool(Math.min(blockLimit, maxBlocks + Math.max(2, maxBlocks / 4)));
         }
@@ -314,8 +352,73 @@ public final class CudaQuantKvCache extends KvCache {
             touched.add(new int[]{g, slot});
         }
         blockAlive[layer][g][id] = group;
+        blockLanes[layer][g][id] = group;
+        totalLanes[layer][g] += group;
+        liveLanes[layer][g] += group;
         return out;
     }
+
+    /**
+     * The CPU cache's compaction of (layer, g), run when dead lanes add up to two blocks: the live lanes of every
+     * partially dead block, in position order, are decoded (device: into scratch rows, before this step's encodes
+     * can overwrite a block) and re-encoded into blocks of G lanes (the last one shorter) at the lowest free block
+     * ids; the partially dead blocks are freed. Appends the decode sources {g, loc} and the new blocks
+     * {g, id, lanes, rows[G]} to the plan's lists, the moved slots to {@code touched}.
+     */
+    private void compact(int layer, int g, List<int[]> decodes, List<int[]> compacted, List<int[]> touched) {
+        int[] lc = hLoc[layer][g], alive = blockAlive[layer][g], lanes = blockLanes[layer][g];
+        int hw = highWater(layer, g);
+        List<Integer> moving = new ArrayList<>();
+        for (int s = 0; s < hw; s++) {
+            int l = lc[s];
+            if (l >= 0 && alive[l / group] < lanes[l / group]) moving.add(s);
+        }
+        int[] pp = positions[layer][g];
+        moving.sort(java.util.Comparator.comparingInt(s -> pp[s]));
+        int row0 = decodes.size(), m = moving.size();
+        for (int s : moving) decodes.add(new int[]{g, lc[s]});
+        for (int b = 0; b < maxBlocks; b++)
+            if (alive[b] > 0 && alive[b] < lanes[b]) {
+                totalLanes[layer][g] -= lanes[b];
+                liveLanes[layer][g] -= alive[b];
+                alive[b] = 0;
+                lanes[b] = 0;
+            }
+        for (int from = 0; from < m; from += group) {
+            int n = Math.min(group, m - from), id = -1;
+            for (int b = 0; b < maxBlocks && id < 0; b++) if (alive[b] == 0) id = b;
+            if (id < 0) throw new IllegalStateException("quantized KV cache: no free block for a compaction");  // fewer blocks out than in
+            int[] out = new int[3 + group];
+            out[0] = g;
+            out[1] = id;
+            out[2] = n;
+            for (int t = 0; t < n; t++) {
+                int slot = moving.get(from + t);
+                out[3 + t] = row0 + from + t;
+                lc[slot] = id * group + t;
+                touched.add(new int[]{g, slot});
+            }
+            alive[id] = n;
+            lanes[id] = n;
+            totalLanes[layer][g] += n;
+            liveLanes[layer][g] += n;
+            compacted.add(out);
+        }
+    }
+
+    /** Grows the compaction scratch to at least {@code rows} decoded tokens (keys and values, f32). */
+    private void growScratch(int rows) {
+        int want = Math.max(rows, Math.max(4 * group, scratchRows * 2));
+        long bytes = 2L * want * headDim * 4;
+        long np = backend.malloc(bytes, "quantized KV cache compaction scratch (" + want + " tokens)");
+        backend.synchronize();  // queued work may still read the old scratch
+        backend.free(scratch);
+        scratch = np;
+        scratchRows = want;
+    }
+
+    /** Offset of the value rows in {@link #scratch}. */
+    long scratchValues() { return (long) scratchRows * headDim * 4; }
 
     /**
      * Re-lays the pool out with {@code blocks} blocks per (layer, KV head): a new allocation, one device copy per
@@ -334,7 +437,10 @@ public final class CudaQuantKvCache extends KvCache {
         pool = np;
         poolBytes = newBytes;
         for (int l = 0; l < layers; l++)
-            for (int h = 0; h < kvHeads; h++) blockAlive[l][h] = Arrays.copyOf(blockAlive[l][h], blocks);
+            for (int h = 0; h < kvHeads; h++) {
+                blockAlive[l][h] = Arrays.copyOf(blockAlive[l][h], blocks);
+                blockLanes[l][h] = Arrays.copyOf(blockLanes[l][h], blocks);
+            }
         maxBlocks = blocks;
     }
 
@@ -349,7 +455,12 @@ public final class CudaQuantKvCache extends KvCache {
             winFree[layer][g][winFreeCount[layer][g]++] = e;
             winCount[layer][g]--;
         } else {
-            blockAlive[layer][g][l / group]--;
+            int b = l / group;
+            liveLanes[layer][g]--;
+            if (--blockAlive[layer][g][b] == 0) {
+                totalLanes[layer][g] -= blockLanes[layer][g][b];
+                blockLanes[layer][g][b] = 0;
+            }
         }
     }
 

@@ -378,6 +378,16 @@ public final class TpNative {
                                            int numBlocks, int layer, int kvHeads, int headDim, int group, int bits,
                                            int resCap, int maxBlocks, @Cast("uint64_t") long stream);
 
+    public static native int tp_kvq_decode_lanes(@Cast("uint64_t") long k, @Cast("uint64_t") long v,
+                                                 @Cast("uint64_t") long pool, @Cast("uint64_t") long plan, int m,
+                                                 int layer, int kvHeads, int headDim, int group, int bits,
+                                                 int maxBlocks, @Cast("uint64_t") long stream);
+
+    public static native int tp_kvq_encode_rows(@Cast("uint64_t") long pool, @Cast("uint64_t") long k,
+                                                @Cast("uint64_t") long v, @Cast("uint64_t") long plan, int numBlocks,
+                                                int layer, int kvHeads, int headDim, int group, int bits, int maxBlocks,
+                                                @Cast("uint64_t") long stream);
+
     public static native int tp_kvq_window_write(@Cast("uint64_t") long windowK, @Cast("uint64_t") long windowV,
                                                  @Cast("uint64_t") long k, @Cast("uint64_t") long v, int kvStride,
                                                  @Cast("uint64_t") long plan, int count, int layer, int kvHeads,
