@@ -22,8 +22,10 @@ import java.util.List;
  * entry's current contents) and window entries to write; the device runs the encode kernel first, then the
  * window writes, then scatters the new locations and positions. A freed block lane is marked dead; when dead lanes
  * add up to two blocks' worth the partially dead blocks are compacted as on the CPU (their live tokens decoded in
- * position order with the CPU's formulas and re-encoded into full blocks, the last one shorter; not yet run on a
- * GPU): the plan decodes them into scratch rows before any encode, then encodes the new blocks from there.
+ * position order with the CPU's formulas and re-encoded into full blocks, the last one shorter): the plan decodes
+ * them into scratch rows before any encode, then encodes the new blocks from there. Not yet run on a GPU, so only
+ * with the policy ops over this cache ({@code -Dtokenpress.cuda.quantPolicyOps=true}, read when the cache is made),
+ * which the policies that evict scattered tokens need anyway; without it the pool grows instead.
  * Differences from the CPU cache, by design:
  * <ul>
  *   <li>window entries are not moved on free (a free list instead of swap-remove), so ties between equal
@@ -68,6 +70,8 @@ public final class CudaQuantKvCache extends KvCache {
     private int[][][] blockAlive;       // [layer][head][block] live lanes (0 = free)
     private int[][][] blockLanes;       // [layer][head][block] lanes of the block (G, fewer after a compaction; 0 = free)
     private final int[][] totalLanes, liveLanes;  // [layer][head] sums of blockLanes and blockAlive
+    /** Whether partially dead blocks are compacted (with the policy ops over this cache, {@code quantPolicyOps}). */
+    private final boolean compaction;
     /** Device scratch for compactions: decoded keys then values, f32 [scratchRows][hd] each. */
     long scratch;
     private int scratchRows;
@@ -94,6 +98,7 @@ public final class CudaQuantKvCache extends KvCache {
         this.group = spec.group();
         this.residual = spec.residual();
         this.bits = spec.bits();
+        this.compaction = CudaBackend.quantPolicyOps();
         this.resCap = (int) Math.min((long) residual + group, capacity);
         int full = (capacity + group - 1) / group;
         this.maxBlocks = full + 2;
@@ -264,7 +269,8 @@ public final class CudaQuantKvCache extends KvCache {
                 p.posVal[p.posUpdates++] = position(layer, g, slot);
                 if (winCount[layer][g] >= residual + group && winCount[layer][g] >= group) {
                     blocks.add(flush(layer, g, entryRow[g], touched));
-                    if (totalLanes[layer][g] - liveLanes[layer][g] >= 2 * group) compact(layer, g, decodes, compacted, touched);
+                    if (compaction && totalLanes[layer][g] - liveLanes[layer][g] >= 2 * group)
+                        compact(layer, g, decodes, compacted, touched);
                 }
             }
         }

@@ -221,7 +221,11 @@ class CudaKvQuantParityTest {
         int layers = 1, hkv = 2, hd = 64, heads = 8, cap = 64, layer = 0;
         SplittableRandom rnd = new SplittableRandom(7);
         KvCache cc = cpu.newKvCache(layers, hkv, hd, cap, spec);
+        String switchBefore = System.getProperty("tokenpress.cuda.quantPolicyOps");
+        System.setProperty("tokenpress.cuda.quantPolicyOps", "true");  // compaction comes with the policy ops
         try (CudaQuantKvCache g = (CudaQuantKvCache) gpu.newKvCache(layers, hkv, hd, cap, spec)) {
+            if (switchBefore == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
+            else System.setProperty("tokenpress.cuda.quantPolicyOps", switchBefore);
             int blocks0 = g.maxBlocks;
             Tensor kc = cpu.allocate(8, hkv * hd), vc = cpu.allocate(8, hkv * hd);
             Tensor kg = gpu.allocate(8, hkv * hd), vg = gpu.allocate(8, hkv * hd);

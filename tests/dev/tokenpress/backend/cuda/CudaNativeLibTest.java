@@ -119,6 +119,15 @@ class CudaNativeLibTest {
         refused(TpNative.tp_kvq_quest_page_scores(96, 6, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 8, 6, 0), "max_pages");
         refused(TpNative.tp_kvq_quest_page_scores(96, 4, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 8, 5, 0), "out_stride");
         assertEquals(TpNative.TP_OK, TpNative.tp_kvq_quest_page_scores(96, 5, 16, 32, 48, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 5, 112, 8, 0, 0));
+        // compaction: decode lanes into rows, encode blocks from rows (k=304 v=320 pool=32 plan=336)
+        refused(TpNative.tp_kvq_decode_lanes(304, 320, 32, 336, -1, 1, 2, 64, 8, 4, 7, 0), "m");
+        refused(TpNative.tp_kvq_decode_lanes(304, 320, 32, 336, 3, 1, 2, 64, 8, 5, 7, 0), "bits");
+        refused(TpNative.tp_kvq_decode_lanes(304, 320, 32, 336, 3, 1, 2, 64, 8, 4, 0, 0), "max_blocks");
+        assertEquals(TpNative.TP_OK, TpNative.tp_kvq_decode_lanes(304, 320, 32, 336, 0, 1, 2, 64, 8, 4, 7, 0));
+        refused(TpNative.tp_kvq_encode_rows(32, 304, 320, 336, -1, 1, 2, 64, 8, 4, 7, 0), "num_blocks");
+        refused(TpNative.tp_kvq_encode_rows(32, 304, 320, 336, 2, 1, 2, 64, 4097, 4, 7, 0), "group");
+        refused(TpNative.tp_kvq_encode_rows(32, 304, 320, 0, 2, 1, 2, 64, 8, 4, 7, 0), "plan");
+        assertEquals(TpNative.TP_OK, TpNative.tp_kvq_encode_rows(32, 304, 320, 336, 0, 1, 2, 64, 8, 4, 7, 0));
         // attention with its log-sum-exp: n checked, n = 0 nothing to do
         refused(TpNative.tp_kvq_attention_ex(96, 16, 32, 48, 288, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, -1, 208, 0, 1, 0, 112, 40, 0.125f, 0, 0, 224, 0), "n");
         assertEquals(TpNative.TP_OK, TpNative.tp_kvq_attention_ex(96, 16, 32, 48, 288, 64, 80, 1, 8, 2, 64, 40, 8, 4, 16, 7, 0, 208, 0, 1, 0, 112, 40, 0.125f, 0, 0, 224, 0));
