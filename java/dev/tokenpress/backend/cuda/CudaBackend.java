@@ -1079,7 +1079,16 @@ public final class CudaBackend implements Backend {
             if (mode != Mode.EAGER) throw abort("storeKv into a quantized KV cache without a prepared plan", false);
             p = c.plan(layer, slots, n);
         }
-        sig(43, c.pool, c.winK, c.winV, c.loc, c.pos, kt.ptr, vt.ptr, kt.cols, layer, p.blocks, p.writes, p.updates,
+        runQuantPlan(c, layer, p, kt.ptr, vt.ptr, kt.cols);
+    }
+
+    /**
+     * The device work of a quantized cache's store plan, in order: compaction decodes, block encodes (sources: rows of
+     * k/v [n, kvStride] or window entries), compaction encodes, window writes, location and position scatters.
+     */
+    private void runQuantPlan(CudaQuantKvCache c, int layer, CudaQuantKvCache.Plan p, long kPtr, long vPtr, int kvStride) {
+        int hkv = c.kvHeads(), hd = c.headDim();
+        sig(43, c.pool, c.winK, c.winV, c.loc, c.pos, kPtr, vPtr, kvStride, layer, p.blocks, p.writes, p.updates,
                 p.posUpdates, p.decodes, p.compacted, c.scratch);
         if (p.decodes > 0) {  // compaction sources, read before any encode below can overwrite their blocks
             long d = stage(p.decode, p.decode.length);
@@ -1090,7 +1099,7 @@ public final class CudaBackend implements Backend {
         if (p.blocks > 0) {
             long d = stage(p.encode, p.encode.length);
             if (mode != Mode.DRY)
-                check(TpNative.tp_kvq_encode(c.pool, c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.blocks, layer, hkv, hd,
+                check(TpNative.tp_kvq_encode(c.pool, c.winK, c.winV, kPtr, vPtr, kvStride, d, p.blocks, layer, hkv, hd,
                         c.group, c.bits, c.resCap, c.maxBlocks, stream), "storeKv (quantize blocks)");
         }
         if (p.compacted > 0) {
@@ -1102,7 +1111,7 @@ public final class CudaBackend implements Backend {
         if (p.writes > 0) {
             long d = stage(p.write, p.write.length);
             if (mode != Mode.DRY)
-                check(TpNative.tp_kvq_window_write(c.winK, c.winV, kt.ptr, vt.ptr, kt.cols, d, p.writes, layer, hkv, hd,
+                check(TpNative.tp_kvq_window_write(c.winK, c.winV, kPtr, vPtr, kvStride, d, p.writes, layer, hkv, hd,
                         c.resCap, stream), "storeKv (window)");
         }
         if (p.updates > 0) {
@@ -1567,6 +1576,14 @@ public final class CudaBackend implements Backend {
     @Override
     public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         requireEager("readKv");
+        CudaQuantKvCache qc = quantPolicyCache(cache, "readKv");
+        if (qc != null) {  // the stored reconstruction (the CPU cache's float formulas, bit for bit)
+            checkSlot("readKv", qc, layer, head, slot, key, value);
+            CudaQuantKvCache.Stored st = qc.readStored(layer, head, slot);
+            System.arraycopy(st.key(), 0, key, 0, qc.headDim());
+            System.arraycopy(st.value(), 0, value, 0, qc.headDim());
+            return;
+        }
         CudaKvCache c = cudaCache(cache, "readKv");
         int hd = c.headDim();
         checkSlot("readKv", c, layer, head, slot, key, value);
@@ -1586,6 +1603,11 @@ public final class CudaBackend implements Backend {
     @Override
     public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         requireEager("writeKv");
+        CudaQuantKvCache qc = quantPolicyCache(cache, "writeKv");
+        if (qc != null) {
+            writeKvQuant(qc, layer, head, slot, key, value);
+            return;
+        }
         CudaKvCache c = cudaCache(cache, "writeKv");
         int hd = c.headDim();
         checkSlot("writeKv", c, layer, head, slot, key, value);
@@ -1598,6 +1620,31 @@ public final class CudaBackend implements Backend {
         long src = stage(bits, bits.length);
         check(TpNative.tp_kv_write_slot(c.keys, c.values, c.pos, src, layer, head, c.kvHeads(), hd, c.capacity(), slot,
                 c.position(layer, head, slot), stream), "writeKv");
+    }
+
+    /**
+     * writeKv into a quantized cache, as the CPU cache stores a token (QuantKvCache.store): the slot's old location is
+     * released and the f32 key/value enter the residual window, which may flush (and compact) as an append would.
+     * The key and value are staged as row 0 of a [1, Hkv·hd] tensor in head {@code head}'s columns.
+     */
+    private void writeKvQuant(CudaQuantKvCache c, int layer, int head, int slot, float[] key, float[] value) {
+        int hd = c.headDim(), hkv = c.kvHeads();
+        checkSlot("writeKv", c, layer, head, slot, key, value);
+        flushQuantFrees(c);  // a queued free of this slot must not land after the write
+        c.forgetAppend(layer);
+        int[][] slots = new int[hkv][];
+        int[] counts = new int[hkv];
+        for (int g = 0; g < hkv; g++) slots[g] = new int[0];
+        slots[head] = new int[] {slot};
+        counts[head] = 1;
+        CudaQuantKvCache.Plan p = c.plan(layer, slots, counts);
+        int[] bits = new int[2 * hkv * hd];  // keys row | values row
+        for (int i = 0; i < hd; i++) {
+            bits[head * hd + i] = Float.floatToRawIntBits(key[i]);
+            bits[hkv * hd + head * hd + i] = Float.floatToRawIntBits(value[i]);
+        }
+        long src = stage(bits, bits.length);
+        runQuantPlan(c, layer, p, src, src + 4L * hkv * hd, hkv * hd);
     }
 
     /** The quantized cache when {@code cache} is one (and its policy ops are on: else unsupported), else null. */
@@ -1622,7 +1669,7 @@ public final class CudaBackend implements Backend {
         if (out.length < heads) throw new IllegalArgumentException(op + ": out has " + out.length + " rows for " + heads + " q-heads");
     }
 
-    private static void checkSlot(String op, CudaKvCache c, int layer, int head, int slot, float[] key, float[] value) {
+    private static void checkSlot(String op, KvCache c, int layer, int head, int slot, float[] key, float[] value) {
         if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException(op + ": layer " + layer + " outside [0, " + c.layers() + ")");
         if (head < 0 || head >= c.kvHeads()) throw new IllegalArgumentException(op + ": KV head " + head + " outside [0, " + c.kvHeads() + ")");
         if (slot < 0 || slot >= c.capacity()) throw new IllegalArgumentException(op + ": slot " + slot + " outside [0, " + c.capacity() + ")");

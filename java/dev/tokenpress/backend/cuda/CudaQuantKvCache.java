@@ -39,8 +39,7 @@ import java.util.List;
  * Decode steps over this cache are captured into CUDA graphs like those over the bf16 cache: the store plan is
  * made when the slots are allocated, outside the captured body, so a body that runs twice applies the host
  * bookkeeping once. The ops KV policies need beyond attention (statistics, queryKeyScores, questPageScores,
- * selectTopSlots) have kernels over the packed blocks that are off unless {@code -Dtokenpress.cuda.quantPolicyOps=true};
- * readKv / writeKv are not supported (RazorAttention's compensation token: CPU).
+ * selectTopSlots, readKv / writeKv) work over the packed blocks, off unless {@code -Dtokenpress.cuda.quantPolicyOps=true}.
  */
 public final class CudaQuantKvCache extends KvCache {
     /** Appends also move tokens from the full-precision window into packed blocks: not undone by freeing slots. */
@@ -175,6 +174,17 @@ public final class CudaQuantKvCache extends KvCache {
         return out;
     }
 
+    /**
+     * Forgets the append under way in {@code layer} (its slots allocated for some KV heads, no plan made yet): a
+     * single-head store ({@link CudaBackend#writeKv}) between allocation and storeKv must not be mistaken for part
+     * of it; the next append plans from scratch.
+     */
+    void forgetAppend(int layer) {
+        java.util.Arrays.fill(allocating[layer], null);
+        allocatingHeads[layer] = 0;
+        prepared[layer] = null;
+    }
+
     /** The plan made ahead for storeKv(layer, slots, n) when these are the slots of the last append, else null. */
     Plan preparedPlan(int layer, int[][] slots, int n) {
         Plan p = prepared[layer];
@@ -242,6 +252,18 @@ public final class CudaQuantKvCache extends KvCache {
      * token by token, flushing whenever the window reaches R + G) and returns the device work.
      */
     Plan plan(int layer, int[][] slots, int n) {
+        int[] counts = new int[kvHeads];
+        Arrays.fill(counts, n);
+        return plan(layer, slots, counts);
+    }
+
+    /**
+     * {@link #plan(int, int[][], int)} for counts[g] tokens of each KV head g (slots[g][i] receives row i of the
+     * step's k/v, head g's columns): {@link CudaBackend#writeKv} stores one token of one head this way.
+     */
+    Plan plan(int layer, int[][] slots, int[] counts) {
+        int total = 0;
+        for (int g = 0; g < kvHeads; g++) total += counts[g];
         List<int[]> blocks = new ArrayList<>();   // {g, id, src...}
         List<int[]> touched = new ArrayList<>();  // {g, slot}
         List<int[]> decodes = new ArrayList<>();  // {g, loc}: compaction sources, scratch row = list index
@@ -249,11 +271,11 @@ public final class CudaQuantKvCache extends KvCache {
         int[][] entryRow = new int[kvHeads][resCap];
         for (int[] r : entryRow) Arrays.fill(r, -1);
         Plan p = new Plan();
-        p.posIdx = new int[kvHeads * n];
-        p.posVal = new int[kvHeads * n];
+        p.posIdx = new int[total];
+        p.posVal = new int[total];
         for (int g = 0; g < kvHeads; g++) {
             int[] lc = hLoc[layer][g];
-            for (int i = 0; i < n; i++) {
+            for (int i = 0; i < counts[g]; i++) {
                 int slot = slots[g][i];
                 release(layer, g, slot, entryRow[g]);
                 if (winFreeCount[layer][g] == 0)

@@ -216,6 +216,96 @@ class CudaQuantPolicyOpsParityTest {
             }
     }
 
+    /**
+     * readKv / writeKv over the quantized cache (RazorAttention's compensation token) against the CPU's: writes into
+     * window entries and block lanes, and RazorAttention's pattern (a slot allocated for one KV head and written
+     * before the next append of every head), then appends that flush and compact; after each, the window sizes,
+     * bit widths and every live slot's reconstruction agree bit for bit, and so does attention (within tolerance).
+     */
+    @ParameterizedTest(name = "readKv/writeKv {0} hd={1}")
+    @MethodSource("writeCases")
+    void writeKvLikeTheCpu(String specText, int hd) {
+        KvQuantSpec spec = KvQuantSpec.parse(specText);
+        int hkv = 2, heads = 8, layers = 2, len = 81, cap = 160, layer = 1;
+        SplittableRandom rnd = new SplittableRandom(hd * 7L + specText.hashCode());
+        try (KvCache cc = cpu.newKvCache(layers, hkv, hd, cap, spec); KvCache gc = gpu.newKvCache(layers, hkv, hd, cap, spec)) {
+            CudaKvQuantParityTest.fill(cpu, gpu, cc, gc, layers, hkv, hd, len, rnd);
+            sameStored("after the fill", cc, gc, layer);
+            // overwrite a block lane and a window entry of each head
+            for (int h = 0; h < hkv; h++)
+                for (int s : new int[] {3 + h, len - 2 - h}) {
+                    float[] k = CudaParityTest.randn(rnd, hd, 1.0), v = CudaParityTest.randn(rnd, hd, 1.0);
+                    cpu.writeKv(cc, layer, h, s, k, v);
+                    gpu.writeKv(gc, layer, h, s, k, v);
+                }
+            sameStored("after overwrites", cc, gc, layer);
+            // evict scattered tokens, then RazorAttention's pattern: a new slot for one head, written, then appends
+            int pos = len;
+            for (int round = 0; round < 6; round++) {
+                int h = round % hkv, newest = -1;  // the compensation token takes the newest evicted position
+                for (int g = 0; g < hkv; g++)
+                    for (int s = 5 + round; s < pos && s < cap; s += 4) {
+                        int p0 = cc.position(layer, g, s);
+                        if (p0 >= 0 && p0 < pos - 20) {
+                            cc.free(layer, g, s);
+                            gc.free(layer, g, s);
+                            if (g == h) newest = Math.max(newest, p0);
+                        }
+                    }
+                assertTrue(newest >= 0, "round " + round + " evicted nothing from head " + h);
+                int cs = cc.allocate(layer, h, new int[] {newest}, 1)[0];
+                assertEquals(cs, gc.allocate(layer, h, new int[] {newest}, 1)[0]);
+                float[] k = CudaParityTest.randn(rnd, hd, 1.0), v = CudaParityTest.randn(rnd, hd, 1.0);
+                cpu.writeKv(cc, layer, h, cs, k, v);
+                gpu.writeKv(gc, layer, h, cs, k, v);
+                int n = 12;
+                int[] p = new int[n];
+                for (int i = 0; i < n; i++) p[i] = pos + i;
+                int[][] sc = new int[hkv][], sg = new int[hkv][];
+                for (int g = 0; g < hkv; g++) {
+                    sc[g] = cc.allocate(layer, g, p, n);
+                    sg[g] = gc.allocate(layer, g, p, n);
+                    assertEquals(java.util.Arrays.toString(sc[g]), java.util.Arrays.toString(sg[g]));
+                }
+                float[] kk = CudaParityTest.randn(rnd, n * hkv * hd, 1.0), vv = CudaParityTest.randn(rnd, n * hkv * hd, 1.0);
+                Tensor kc = CudaParityTest.act(cpu, n, hkv * hd, kk), vc = CudaParityTest.act(cpu, n, hkv * hd, vv);
+                Tensor kg = CudaParityTest.act(gpu, n, hkv * hd, kk), vg = CudaParityTest.act(gpu, n, hkv * hd, vv);
+                cpu.storeKv(cc, layer, kc, vc, sc, n);
+                gpu.storeKv(gc, layer, kg, vg, sg, n);
+                pos += n;
+                sameStored("round " + round, cc, gc, layer);
+            }
+            float[] qd = CudaParityTest.randn(rnd, heads * hd, 1.0);
+            CudaKvQuantParityTest.attend("after writes", cc, gc, layer, qd, 1, heads, hd, new int[] {pos - 1}, null);
+        }
+    }
+
+    static Stream<Arguments> writeCases() {
+        return Stream.of(Arguments.of("int4:group=8,residual=8", 64), Arguments.of("int8:group=8,residual=8", 128),
+                Arguments.of("int2", 64));
+    }
+
+    /** Window sizes, positions, bit widths and every live slot's stored key/value (bit for bit) of one layer. */
+    static void sameStored(String what, KvCache cc, KvCache gc, int layer) {
+        dev.tokenpress.backend.cpu.QuantKvCache q = (dev.tokenpress.backend.cpu.QuantKvCache) cc;
+        CudaQuantKvCache g = (CudaQuantKvCache) gc;
+        int hd = cc.headDim();
+        float[] kc = new float[hd], vc = new float[hd], kg = new float[hd], vg = new float[hd];
+        for (int h = 0; h < cc.kvHeads(); h++) {
+            String at = what + ", head " + h;
+            assertEquals(q.residentTokens(layer, h), g.residentTokens(layer, h), at + ": window size");
+            for (int s = 0; s < cc.capacity(); s++) {
+                assertEquals(cc.position(layer, h, s), gc.position(layer, h, s), at + ": position of slot " + s);
+                if (cc.position(layer, h, s) < 0) continue;
+                assertEquals(q.bitsOf(layer, h, s), g.bitsOf(layer, h, s), at + ": bits of slot " + s);
+                cpu.readKv(cc, layer, h, s, kc, vc);
+                gpu.readKv(gc, layer, h, s, kg, vg);
+                org.junit.jupiter.api.Assertions.assertArrayEquals(kc, kg, at + ": key of slot " + s);
+                org.junit.jupiter.api.Assertions.assertArrayEquals(vc, vg, at + ": value of slot " + s);
+            }
+        }
+    }
+
     @Test
     void offUnlessSwitchedOn() {
         String v = System.getProperty("tokenpress.cuda.quantPolicyOps");
