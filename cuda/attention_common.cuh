@@ -34,5 +34,10 @@ int launch_attention_stats(const float* q, const uint16_t* kc, const int* pc, in
 uint32_t* tidal_select_keys(uint64_t keys_ws, int kv_heads, int len);
 void launch_tidal_select_v1(const uint32_t* keys, int len, int* cur_slot, const int* params, int k, int* out_slots,
                             int out_stride, int* out_counts, int kv_heads, cudaStream_t stream);
+// The selection from keys already in a tp_tidal_select workspace (tidal_select_keys): v1's kernel, or from len 16384
+// on (the automatic rule of tp_set_tidal_select_variant; 2 or 3 force it, 1 forbids it) v2's passes: a histogram
+// and plan kernel over the keys, then the collect and compact kernels. Returns a TP_ status.
+int launch_tidal_select_from_keys(uint64_t keys_ws, int len, int* cur_slot, const int* params, int k, int* out_slots,
+                                  int out_stride, int* out_counts, int kv_heads, cudaStream_t stream);
 
 }  // namespace tp

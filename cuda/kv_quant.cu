@@ -1297,10 +1297,8 @@ int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride,
     TP_KVQ_DISPATCH(head_dim, bits, TP_KVQ_TIDAL);
 #undef TP_KVQ_TIDAL
     TP_LAUNCHED("kvq_scores_kernel (selection)");
-    tp::launch_tidal_select_v1(keys, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
-                               TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads, st);
-    TP_LAUNCHED("tidal_select_kernel");
-    return TP_OK;
+    return tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
+                                             TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads, st);
 }
 
 int tp_kvq_attention_stats(uint64_t q, uint64_t pool, uint64_t window_k, uint64_t pos_cache, uint64_t loc_cache,

@@ -635,6 +635,45 @@ __global__ void __launch_bounds__(kV3Threads, 4) tidal_scores_v3_kernel(
     plan_selection(cur + g, key_out, st, n, k);  // the last block of this KV head
 }
 
+// Histogram + plan over keys another kernel wrote (the quantized cache's score kernel, kv_quant.cu): the epilogue
+// of the v2 / v3 score kernels as a kernel of its own. grid (blocks, kv_heads), kTileRows threads, each block a run
+// of rows_per_block keys; the last block of a KV head plans the selection (same state protocol as v2).
+__global__ void __launch_bounds__(kTileRows) tidal_hist_plan_kernel(
+        const uint32_t* __restrict__ keys, int len, int* __restrict__ cur, const int* __restrict__ params,
+        int rows_per_block, uint32_t* __restrict__ state, int k) {
+    __shared__ uint32_t hist[kBins1];
+    __shared__ int sh_last;
+    int g = blockIdx.y, tid = threadIdx.x;
+    int hw = params[g];
+    int n = hw < len ? hw : len;
+    if (n < 0) n = 0;
+    uint32_t* st = state + (int64_t)g * kStateWords;
+    uint32_t* info = st + kBins1 + kBins2;
+    const uint32_t* key_in = keys + (int64_t)g * len;
+    int first = blockIdx.x * rows_per_block;
+    int last = n - first < rows_per_block ? n : first + rows_per_block;
+    if (first < last) {  // uniform over the block
+        for (int i = tid; i < kBins1; i += kTileRows) hist[i] = 0u;
+        __syncthreads();
+        for (int s = first + tid; s < last; s += kTileRows) {
+            uint32_t key = __ldcg(key_in + s);
+            if (key != 0u) atomicAdd(&hist[key >> (32 - kBits1)], 1u);
+        }
+        __syncthreads();
+        for (int i = tid; i < kBins1; i += kTileRows) {
+            uint32_t c = hist[i];
+            if (c) atomicAdd(st + i, c);
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) sh_last = atomicAdd(info + kTicket1, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!sh_last) return;
+    __threadfence();
+    plan_selection(cur + g, key_in, st, n, k);  // the last block of this KV head
+}
+
 __global__ void __launch_bounds__(kChunkThreads) tidal_collect_kernel(
         const uint32_t* __restrict__ keys, int len, const int* __restrict__ params, uint32_t* __restrict__ state,
         int chunk, uint32_t* __restrict__ cand_key, int* __restrict__ cand_slot, int* __restrict__ blk_gt,
@@ -927,6 +966,33 @@ void launch_tidal_select_v1(const uint32_t* keys, int len, int* cur_slot, const 
                             int out_stride, int* out_counts, int kv_heads, cudaStream_t stream) {
     tidal_select_kernel<<<kv_heads, kSelThreads, 0, stream>>>(keys, len, cur_slot, params, k, out_slots, out_stride,
                                                               out_counts);
+}
+
+int launch_tidal_select_from_keys(uint64_t keys_ws, int len, int* cur_slot, const int* params, int k, int* out_slots,
+                                  int out_stride, int* out_counts, int kv_heads, cudaStream_t stream) {
+    Layout lay = layout(kv_heads, len);
+    const uint32_t* keys = TP_PTR(const uint32_t, keys_ws + lay.keys);
+    if (!(g_variant == 2 || g_variant == 3 || (g_variant == 0 && len >= kAutoV2MinLen))) {
+        launch_tidal_select_v1(keys, len, cur_slot, params, k, out_slots, out_stride, out_counts, kv_heads, stream);
+        TP_LAUNCHED("tidal_select_kernel");
+        return TP_OK;
+    }
+    uint32_t* ws = TP_PTR(uint32_t, keys_ws);
+    const int rows_per_block = 16 * kTileRows;
+    dim3 grid1((unsigned)ceil_div(len, rows_per_block), kv_heads);
+    tidal_hist_plan_kernel<<<grid1, kTileRows, 0, stream>>>(keys, len, cur_slot, params, rows_per_block, ws, k);
+    TP_LAUNCHED("tidal_hist_plan_kernel");
+    dim3 grid2((unsigned)lay.chunks, kv_heads);
+    tidal_collect_kernel<<<grid2, kChunkThreads, 0, stream>>>(
+        keys, len, params, ws, lay.chunk, TP_PTR(uint32_t, keys_ws + lay.cand_key), TP_PTR(int, keys_ws + lay.cand_slot),
+        TP_PTR(int, keys_ws + lay.blk_gt), TP_PTR(int, keys_ws + lay.blk_off), TP_PTR(int, keys_ws + lay.blk_eqb),
+        out_counts);
+    TP_LAUNCHED("tidal_collect_kernel");
+    tidal_compact_kernel<<<grid2, kChunkThreads, 0, stream>>>(
+        keys, len, params, ws, lay.chunk, TP_PTR(const int, keys_ws + lay.blk_off), TP_PTR(const int, keys_ws + lay.blk_eqb),
+        out_slots, out_stride);
+    TP_LAUNCHED("tidal_compact_kernel");
+    return TP_OK;
 }
 
 }  // namespace tp

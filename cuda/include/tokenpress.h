@@ -515,7 +515,8 @@ int tp_kvq_query_key_scores(uint64_t out, int out_stride, uint64_t q, uint64_t p
                             int query_pos, uint64_t high_water, int max_high_water, uint64_t stream);
 /**
  * tp_tidal_select over the quantized cache (same workspace, params, cur_slot and outputs): the group scores as
- * keys, then tp_tidal_select's v1 selection kernel (ties resolved as there, lower slot first).
+ * keys, then tp_tidal_select's selection from them (v1's one-block kernel, or from len 16384 on, as
+ * tp_set_tidal_select_variant's automatic rule, v2's histogram / collect / compact passes; ties: lower slot first).
  */
 int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
                         int len, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t pos_cache, uint64_t loc_cache,

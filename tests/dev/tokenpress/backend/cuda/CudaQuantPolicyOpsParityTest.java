@@ -55,6 +55,7 @@ class CudaQuantPolicyOpsParityTest {
 
     @AfterAll
     static void close() {
+        if (gpu != null) TpNative.tp_set_tidal_select_variant(0);  // the library default, whatever a failure left
         if (switchBefore == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
         else System.setProperty("tokenpress.cuda.quantPolicyOps", switchBefore);
         if (gpu != null) gpu.close();
@@ -121,23 +122,28 @@ class CudaQuantPolicyOpsParityTest {
                 // decode attention with statistics, over everything and over a shuffled slot list
                 stats(at + " decode", cc, gc, layer, qv, 1, heads, hd, new int[] {qpos}, 0, null);
                 stats(at + " decode selection", cc, gc, layer, qv, 1, heads, hd, new int[] {qpos}, 0, shuffled(hkv, len));
-                // TidalDecode selection: host copy checked against the CPU, the device-resident one attended
+                // TidalDecode selection (tp_set_tidal_select_variant 1: one-block radix select; 2: v2's histogram,
+                // collect and compact passes over the same keys): host copy checked against the CPU, the
+                // device-resident one attended
                 for (int k : new int[] {1, 7, 64})
-                    for (boolean sum : new boolean[] {false, true}) {
-                        String what = at + " select k=" + k + " sum=" + sum;
-                        float[][] sc = CudaTidalSelectParityTest.groupScores(cpu, qc, 0, qpos, cc, layer, heads, sum);
-                        SlotSelection want = referenceSelection(sc, cc, layer, k, qpos);
-                        SlotSelection got = gpu.selectTopSlots(qg, 0, qpos, gc, layer, k, sum, qpos, true);
-                        CudaTidalSelectParityTest.assertValidSelection(want, got, sc, cc, layer, k, qpos, what);
-                        SlotSelection dev = gpu.selectTopSlots(qg, 0, qpos, gc, layer, k, sum, qpos, false);
-                        assertNull(dev.slots(), what + ": a device-resident selection");
-                        SlotSelection host = gpu.hostSelection(dev);
-                        CudaTidalSelectParityTest.assertSameSelection(got, host, what + " (device, downloaded)");
-                        Tensor oc = cpu.allocate(1, heads * hd), og = gpu.allocate(1, heads * hd);
-                        cpu.attention(oc, qc, cc, layer, new int[] {qpos}, 1, host, null);
-                        gpu.attention(og, qg, gc, layer, new int[] {qpos}, 1, dev, null);
-                        CudaParityTest.assertClose(what + " attention", cpu.download(oc, 0, 1), gpu.download(og, 0, 1), 1e-8, 2e-5, 1e-4);
-                    }
+                    for (boolean sum : new boolean[] {false, true})
+                        for (int variant : new int[] {1, 2}) {
+                            assertEquals(0, TpNative.tp_set_tidal_select_variant(variant));
+                            String what = at + " select k=" + k + " sum=" + sum + " v" + variant;
+                            float[][] sc = CudaTidalSelectParityTest.groupScores(cpu, qc, 0, qpos, cc, layer, heads, sum);
+                            SlotSelection want = referenceSelection(sc, cc, layer, k, qpos);
+                            SlotSelection got = gpu.selectTopSlots(qg, 0, qpos, gc, layer, k, sum, qpos, true);
+                            CudaTidalSelectParityTest.assertValidSelection(want, got, sc, cc, layer, k, qpos, what);
+                            SlotSelection dev = gpu.selectTopSlots(qg, 0, qpos, gc, layer, k, sum, qpos, false);
+                            assertNull(dev.slots(), what + ": a device-resident selection");
+                            SlotSelection host = gpu.hostSelection(dev);
+                            CudaTidalSelectParityTest.assertSameSelection(got, host, what + " (device, downloaded)");
+                            Tensor oc = cpu.allocate(1, heads * hd), og = gpu.allocate(1, heads * hd);
+                            cpu.attention(oc, qc, cc, layer, new int[] {qpos}, 1, host, null);
+                            gpu.attention(og, qg, gc, layer, new int[] {qpos}, 1, dev, null);
+                            CudaParityTest.assertClose(what + " attention", cpu.download(oc, 0, 1), gpu.download(og, 0, 1), 1e-8, 2e-5, 1e-4);
+                        }
+                assertEquals(0, TpNative.tp_set_tidal_select_variant(0));
             }
             // prefill-style rows (n > 1) with probabilities from row 2 on
             int n = Math.min(len, 5);
