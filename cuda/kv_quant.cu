@@ -1007,6 +1007,18 @@ __global__ void __launch_bounds__(kThreads) kvq_quest_page_scores_kernel(
     }
 }
 
+// The block-layout arguments of the compaction entry points.
+int check_block_args(const char* fn, int layer, int kv_heads, int head_dim, int group, int bits, int max_blocks) {
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(group > 0 && group <= 4096, fn, "group");
+    TP_REQUIRE(valid_bits(bits), fn, "bits");
+    TP_REQUIRE(head_dim % (group < head_dim ? group : head_dim) == 0, fn, "group");
+    TP_REQUIRE(max_blocks > 0, fn, "max_blocks");
+    return TP_OK;
+}
+
 // The arguments every packed-cache op shares (tp_kvq_attention's checks).
 int check_packed_cache(const char* fn, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t pos_cache,
                        uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim, int capacity,
@@ -1094,13 +1106,8 @@ int tp_kvq_decode_lanes(uint64_t k, uint64_t v, uint64_t pool, uint64_t plan, in
     TP_REQUIRE(pool != 0, fn, "pool");
     TP_REQUIRE(plan != 0, fn, "plan");
     TP_REQUIRE(m >= 0, fn, "m");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
-    TP_REQUIRE(head_dim > 0, fn, "head_dim");
-    TP_REQUIRE(group > 0 && group <= 4096, fn, "group");
-    TP_REQUIRE(valid_bits(bits), fn, "bits");
-    TP_REQUIRE(head_dim % (group < head_dim ? group : head_dim) == 0, fn, "group");
-    TP_REQUIRE(max_blocks > 0, fn, "max_blocks");
+    int rc = check_block_args(fn, layer, kv_heads, head_dim, group, bits, max_blocks);
+    if (rc != TP_OK) return rc;
     if (m == 0) return TP_OK;
     Layout L = make_layout(head_dim, group, bits);
     kvq_decode_lanes_kernel<<<m, kThreads, 0, TP_STREAM(stream)>>>(TP_PTR(float, k), TP_PTR(float, v),
@@ -1117,13 +1124,8 @@ int tp_kvq_encode_rows(uint64_t pool, uint64_t k, uint64_t v, uint64_t plan, int
     TP_REQUIRE(k != 0 && v != 0, fn, "k/v");
     TP_REQUIRE(plan != 0, fn, "plan");
     TP_REQUIRE(num_blocks >= 0, fn, "num_blocks");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
-    TP_REQUIRE(head_dim > 0, fn, "head_dim");
-    TP_REQUIRE(group > 0 && group <= 4096, fn, "group");
-    TP_REQUIRE(valid_bits(bits), fn, "bits");
-    TP_REQUIRE(head_dim % (group < head_dim ? group : head_dim) == 0, fn, "group");
-    TP_REQUIRE(max_blocks > 0, fn, "max_blocks");
+    int rc = check_block_args(fn, layer, kv_heads, head_dim, group, bits, max_blocks);
+    if (rc != TP_OK) return rc;
     if (num_blocks == 0) return TP_OK;
     Layout L = make_layout(head_dim, group, bits);
     // the window is not read in this mode (every source is a row); its pointers are only passed along
