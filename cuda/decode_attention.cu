@@ -1018,7 +1018,7 @@ decode_merge_kernel(float* __restrict__ out, const float* __restrict__ part_o, c
     if (j == 0 && lse2) lse2[h] = D > 0.f ? M + log2f(D) : kNegInf;
 }
 
-// Statistics pass: LPR lanes per candidate slot; loops over the rows of interest and the group's q-heads.
+// Statistics pass over the bf16 cache (attention_stats_pass): a key row's 8 channels per lane, one 16-byte load.
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
 attention_stats_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const int* __restrict__ pc,
@@ -1026,48 +1026,14 @@ attention_stats_kernel(const float* __restrict__ q, const uint16_t* __restrict__
                        const float* __restrict__ lse2, const int* __restrict__ sel, int sel_stride,
                        const int* __restrict__ sel_counts, const int* __restrict__ hw, float scale_log2,
                        float* __restrict__ raw, float* __restrict__ prob) {
-    constexpr int LPR = HD / 8;
-    constexpr int SUB = 32 / LPR;
-    constexpr int NSG = kWarps * SUB;
-    const int kh = blockIdx.y;
-    const int G = H / Hkv;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int sub = lane / LPR, lr = lane % LPR;
-    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
-    const int64_t base = ((int64_t)layer * Hkv + kh) * C;
-    const int r_first = prob ? min(max(from_row, 0), n - 1) : n - 1;
-
-    for (int tb = blockIdx.x * NSG + warp * SUB; tb < len; tb += gridDim.x * NSG) {
-        int idx = tb + sub;
-        int slot = idx < len ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
-        int pos = slot >= 0 ? pc[base + slot] : -1;
-        float kf[8];
+    const int64_t base = ((int64_t)layer * Hkv + blockIdx.y) * C;
+    auto key8 = [&](int slot, int, int lr, float* kf) {
         uint4 kr = make_uint4(0, 0, 0, 0);
         if (slot >= 0) kr = ldg16(kc + (base + slot) * HD + lr * 8);
         bf16x8_to_f32(kr, kf);
-        float acc = 0.f;
-        for (int r = r_first; r < n; r++) {
-            int qp = qpos[r];
-            bool vis = pos >= 0 && pos <= qp;
-            for (int g = 0; g < G; g++) {
-                int h = kh * G + g;
-                const float* qv = q + ((int64_t)r * H + h) * HD + lr * 8;
-                float a = 0.f;
-#pragma unroll
-                for (int j = 0; j < 8; j++) a = fmaf(qv[j], kf[j], a);
-#pragma unroll
-                for (int o = LPR / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-                if (vis && lr == 0) {
-                    if (raw && r == n - 1) raw[(int64_t)h * C + slot] = a;
-                    if (prob && r >= from_row) {
-                        float l = lse2[(int64_t)r * H + h];
-                        if (l != kNegInf) acc += exp2f(a * scale_log2 - l);
-                    }
-                }
-            }
-        }
-        if (prob && slot >= 0 && lr == 0) prob[(int64_t)kh * C + slot] += acc;
-    }
+    };
+    attention_stats_pass<HD, kThreads>(q, pc, H, Hkv, C, n, qpos, from_row, lse2, sel, sel_stride, sel_counts, hw,
+                                       scale_log2, raw, prob, base, key8);
 }
 
 template <int HD, int GT>

@@ -905,10 +905,9 @@ __global__ void __launch_bounds__(kThreads) kvq_scores_kernel(
     if (TIDAL && lr == 0 && s < len) keys[(int64_t)g * len + s] = vis ? order_key(v) : 0u;
 }
 
-// Statistics of an attention call over the packed cache (decode_attention.cu's attention_stats_kernel, the same
-// grid and outputs): raw[h][slot] = q·k of row n-1 at its visible candidates; prob[g][slot] += the probabilities
-// exp2(q·k * scale_log2 - lse2[r][h]) summed over the group's q-heads and rows [from_row, n). lse2 comes from
-// tp_kvq_attention_ex of the same call.
+// Statistics of an attention call over the packed cache: decode_attention.cu's statistics pass (the same grid and
+// outputs, attention_stats_pass) with the keys rebuilt from the blocks (a slot's location read only when it is
+// occupied). lse2 comes from tp_kvq_attention_ex of the same call.
 template <int HD, int BITS>
 __global__ void __launch_bounds__(kThreads) kvq_attention_stats_kernel(
         const float* __restrict__ q, const uint8_t* __restrict__ pool, const float* __restrict__ wk,
@@ -916,49 +915,18 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_stats_kernel(
         int max_blocks, Layout L, int n, const int* __restrict__ qpos, int from_row, const float* __restrict__ lse2,
         const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts, const int* __restrict__ hw,
         float scale_log2, float* __restrict__ raw, float* __restrict__ prob) {
-    constexpr int LPR = HD / 8, SUB = 32 / LPR, NSG = kWarps * SUB;
-    const int kh = blockIdx.y;
-    const int G = H / Hkv;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int sub = lane / LPR, lr = lane % LPR;
-    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
-    const int64_t hb = (int64_t)layer * Hkv + kh;
+    const int64_t hb = (int64_t)layer * Hkv + blockIdx.y;
     const uint8_t* poolg = pool + hb * max_blocks * (int64_t)L.bytes;
-    const int r_first = prob ? min(max(from_row, 0), n - 1) : n - 1;
-
-    for (int tb = blockIdx.x * NSG + warp * SUB; tb < len; tb += gridDim.x * NSG) {  // uniform over the warp
-        const int idx = tb + sub;
-        const int slot = idx < len ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
-        const int pos = slot >= 0 ? pc[hb * C + slot] : -1;
-        float kf[8];
+    auto key8 = [&](int slot, int pos, int lr, float* kf) {
         if (pos >= 0) {
             kvq_key_part<BITS, 8>(kf, poolg, wk, hb * res_cap, HD, L, lc[hb * C + slot], lr * 8);
         } else {
 #pragma unroll
             for (int i = 0; i < 8; i++) kf[i] = 0.f;
         }
-        float acc = 0.f;
-        for (int r = r_first; r < n; r++) {
-            const bool vis = pos >= 0 && pos <= qpos[r];
-            for (int g = 0; g < G; g++) {
-                const int h = kh * G + g;
-                const float* qv = q + ((int64_t)r * H + h) * HD + lr * 8;
-                float a = 0.f;
-#pragma unroll
-                for (int j = 0; j < 8; j++) a = fmaf(qv[j], kf[j], a);
-#pragma unroll
-                for (int o = LPR / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-                if (vis && lr == 0) {
-                    if (raw && r == n - 1) raw[(int64_t)h * C + slot] = a;
-                    if (prob && r >= from_row) {
-                        const float l = lse2[(int64_t)r * H + h];
-                        if (l != kNegInf) acc += exp2f(a * scale_log2 - l);
-                    }
-                }
-            }
-        }
-        if (prob && pos >= 0 && lr == 0) prob[(int64_t)kh * C + slot] += acc;
-    }
+    };
+    attention_stats_pass<HD, kThreads>(q, pc, H, Hkv, C, n, qpos, from_row, lse2, sel, sel_stride, sel_counts, hw,
+                                       scale_log2, raw, prob, hb * C, key8);
 }
 
 // Quest's page bounds over the packed cache (policy_ops.cu's quest_page_scores_kernel): one block per (page p, KV

@@ -399,6 +399,26 @@ __device__ __forceinline__ void plan_selection(int* cur, const uint32_t* key_out
     }
 }
 
+// The end of every score pass (v2, v3, tidal_hist_plan_kernel): the block's histogram (shared memory the whole
+// block has written; nullptr for a block without rows) is added to the KV head's, then the last block of the KV head
+// (fence + ticket, a grid barrier) plans the selection. Every thread of the block calls it.
+__device__ __forceinline__ void finish_score_block(const uint32_t* hist, uint32_t* st, int* cur, const uint32_t* keys,
+                                                   int n, int k) {
+    __shared__ int sh_last;
+    if (hist != nullptr)
+        for (int i = threadIdx.x; i < kBins1; i += blockDim.x) {
+            uint32_t c = hist[i];
+            if (c) atomicAdd(st + i, c);
+        }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) sh_last = atomicAdd(st + kBins1 + kBins2 + kTicket1, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!sh_last) return;
+    __threadfence();
+    plan_selection(cur, keys, st, n, k);  // the last block of this KV head
+}
+
 // params int32: high_water[kv_heads] | query_pos | keep_pos. Dynamic shared memory: hist [kBins1] u32 |
 // q [group * hd] f32 (16-byte padded) | stages x tile [kTileRows][hd * 2 + 16 bytes].
 __global__ void __launch_bounds__(kTileRows) tidal_scores_v2_kernel(
@@ -407,7 +427,6 @@ __global__ void __launch_bounds__(kTileRows) tidal_scores_v2_kernel(
         int capacity, const int* __restrict__ params, int sum_group, int tiles_per_block, int stages,
         uint32_t* __restrict__ state, int k) {
     extern __shared__ __align__(16) unsigned char smem[];
-    __shared__ int sh_last;
     uint32_t* hist = reinterpret_cast<uint32_t*>(smem);
     float* qs = reinterpret_cast<float*>(smem + kBins1 * 4);
     unsigned char* tiles = smem + kBins1 * 4 + ((group * hd * 4 + 15) & ~15);
@@ -419,7 +438,6 @@ __global__ void __launch_bounds__(kTileRows) tidal_scores_v2_kernel(
     int query_pos = params[kv_heads], keep_pos = params[kv_heads + 1];
     int64_t base = ((int64_t)layer * kv_heads + g) * capacity;
     uint32_t* st = state + (int64_t)g * kStateWords;
-    uint32_t* info = st + kBins1 + kBins2;
     uint32_t* key_out = keys + (int64_t)g * len;
     int first = blockIdx.x * tiles_per_block * kTileRows;
     int ntiles = 0;
@@ -501,19 +519,8 @@ __global__ void __launch_bounds__(kTileRows) tidal_scores_v2_kernel(
             if (stages != 2 && t + 1 < ntiles) TP_TIDAL_LOAD_TILE(t + 1, 0);
         }
 #undef TP_TIDAL_LOAD_TILE
-        for (int i = tid; i < kBins1; i += kTileRows) {
-            uint32_t c = hist[i];
-            if (c) atomicAdd(st + i, c);
-        }
     }
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) sh_last = atomicAdd(info + kTicket1, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!sh_last) return;
-    __threadfence();
-
-    plan_selection(cur + g, key_out, st, n, k);  // the last block of this KV head
+    finish_score_block(ntiles > 0 ? hist : nullptr, st, cur + g, key_out, n, k);
 }
 
 // ---- v3 score kernel (then v2's collect and compact kernels) --------------------------------------------------
@@ -541,7 +548,6 @@ __global__ void __launch_bounds__(kV3Threads, 4) tidal_scores_v3_kernel(
     constexpr int RB = (kV3Threads / 32) * R;        // rows per block step
     static_assert(LPR >= 1 && LPR <= 32 && (LPR & (LPR - 1)) == 0, "hd/8 lanes per row: a power of two <= 32");
     __shared__ uint32_t hist[kBins1];
-    __shared__ int sh_last;
     int g = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int sub = lane / LPR, lr = lane % LPR;
     int hw = params[g];
@@ -550,7 +556,6 @@ __global__ void __launch_bounds__(kV3Threads, 4) tidal_scores_v3_kernel(
     int query_pos = params[kv_heads], keep_pos = params[kv_heads + 1];
     int64_t base = ((int64_t)layer * kv_heads + g) * capacity;
     uint32_t* st = state + (int64_t)g * kStateWords;
-    uint32_t* info = st + kBins1 + kBins2;
     uint32_t* key_out = keys + (int64_t)g * len;
     int first = blockIdx.x * rows_per_block;
     int last = n - first < rows_per_block ? n : first + rows_per_block;
@@ -620,19 +625,8 @@ __global__ void __launch_bounds__(kV3Threads, 4) tidal_scores_v3_kernel(
             }
         }
         __syncthreads();
-        for (int i = tid; i < kBins1; i += kV3Threads) {
-            uint32_t c = hist[i];
-            if (c) atomicAdd(st + i, c);
-        }
     }
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) sh_last = atomicAdd(info + kTicket1, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!sh_last) return;
-    __threadfence();
-
-    plan_selection(cur + g, key_out, st, n, k);  // the last block of this KV head
+    finish_score_block(first < last ? hist : nullptr, st, cur + g, key_out, n, k);
 }
 
 // Histogram + plan over keys another kernel wrote (the quantized cache's score kernel, kv_quant.cu): the epilogue
@@ -642,13 +636,11 @@ __global__ void __launch_bounds__(kTileRows) tidal_hist_plan_kernel(
         const uint32_t* __restrict__ keys, int len, int* __restrict__ cur, const int* __restrict__ params,
         int rows_per_block, uint32_t* __restrict__ state, int k) {
     __shared__ uint32_t hist[kBins1];
-    __shared__ int sh_last;
     int g = blockIdx.y, tid = threadIdx.x;
     int hw = params[g];
     int n = hw < len ? hw : len;
     if (n < 0) n = 0;
     uint32_t* st = state + (int64_t)g * kStateWords;
-    uint32_t* info = st + kBins1 + kBins2;
     const uint32_t* key_in = keys + (int64_t)g * len;
     int first = blockIdx.x * rows_per_block;
     int last = n - first < rows_per_block ? n : first + rows_per_block;
@@ -660,18 +652,8 @@ __global__ void __launch_bounds__(kTileRows) tidal_hist_plan_kernel(
             if (key != 0u) atomicAdd(&hist[key >> (32 - kBits1)], 1u);
         }
         __syncthreads();
-        for (int i = tid; i < kBins1; i += kTileRows) {
-            uint32_t c = hist[i];
-            if (c) atomicAdd(st + i, c);
-        }
     }
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) sh_last = atomicAdd(info + kTicket1, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!sh_last) return;
-    __threadfence();
-    plan_selection(cur + g, key_in, st, n, k);  // the last block of this KV head
+    finish_score_block(first < last ? hist : nullptr, st, cur + g, key_in, n, k);
 }
 
 __global__ void __launch_bounds__(kChunkThreads) tidal_collect_kernel(
@@ -962,18 +944,13 @@ uint32_t* tidal_select_keys(uint64_t keys_ws, int kv_heads, int len) {
     return TP_PTR(uint32_t, keys_ws + layout(kv_heads, len).keys);
 }
 
-void launch_tidal_select_v1(const uint32_t* keys, int len, int* cur_slot, const int* params, int k, int* out_slots,
-                            int out_stride, int* out_counts, int kv_heads, cudaStream_t stream) {
-    tidal_select_kernel<<<kv_heads, kSelThreads, 0, stream>>>(keys, len, cur_slot, params, k, out_slots, out_stride,
-                                                              out_counts);
-}
-
 int launch_tidal_select_from_keys(uint64_t keys_ws, int len, int* cur_slot, const int* params, int k, int* out_slots,
                                   int out_stride, int* out_counts, int kv_heads, cudaStream_t stream) {
     Layout lay = layout(kv_heads, len);
     const uint32_t* keys = TP_PTR(const uint32_t, keys_ws + lay.keys);
     if (!(g_variant == 2 || g_variant == 3 || (g_variant == 0 && len >= kAutoV2MinLen))) {
-        launch_tidal_select_v1(keys, len, cur_slot, params, k, out_slots, out_stride, out_counts, kv_heads, stream);
+        tidal_select_kernel<<<kv_heads, kSelThreads, 0, stream>>>(keys, len, cur_slot, params, k, out_slots,
+                                                                  out_stride, out_counts);
         TP_LAUNCHED("tidal_select_kernel");
         return TP_OK;
     }

@@ -297,41 +297,18 @@ public final class CudaQuantKvCache extends KvCache {
             }
         }
         p.decodes = decodes.size();
-        p.decode = new int[2 * p.decodes];
-        for (int i = 0; i < p.decodes; i++) {
-            p.decode[i] = decodes.get(i)[0];
-            p.decode[p.decodes + i] = decodes.get(i)[1];
-        }
+        p.decode = columns(decodes, 2, 0);
         p.compacted = compacted.size();
-        p.compact = new int[p.compacted * (3 + group)];
-        for (int b = 0; b < p.compacted; b++) {
-            int[] blk = compacted.get(b);
-            p.compact[b] = blk[0];
-            p.compact[p.compacted + b] = blk[1];
-            p.compact[2 * p.compacted + b] = blk[2];
-            System.arraycopy(blk, 3, p.compact, 3 * p.compacted + b * group, group);
-        }
+        p.compact = columns(compacted, 3, group);
         if (p.decodes > scratchRows) growScratch(p.decodes);
         p.blocks = blocks.size();
-        p.encode = new int[p.blocks * (2 + group)];
-        for (int b = 0; b < p.blocks; b++) {
-            int[] blk = blocks.get(b);
-            p.encode[b] = blk[0];
-            p.encode[p.blocks + b] = blk[1];
-            System.arraycopy(blk, 2, p.encode, 2 * p.blocks + b * group, group);
-        }
+        p.encode = columns(blocks, 2, group);
         List<int[]> writes = new ArrayList<>();
         for (int g = 0; g < kvHeads; g++)
             for (int e = 0; e < resCap; e++)
                 if (entryRow[g][e] >= 0) writes.add(new int[]{g, e, entryRow[g][e]});
         p.writes = writes.size();
-        p.write = new int[3 * p.writes];
-        for (int w = 0; w < p.writes; w++) {
-            int[] x = writes.get(w);
-            p.write[w] = x[0];
-            p.write[p.writes + w] = x[1];
-            p.write[2 * p.writes + w] = x[2];
-        }
+        p.write = columns(writes, 3, 0);
         p.updates = touched.size();
         p.locIdx = new int[p.updates];
         p.locVal = new int[p.updates];
@@ -342,6 +319,21 @@ public final class CudaQuantKvCache extends KvCache {
             p.locVal[u] = v == NONE ? -1 : v;
         }
         return p;
+    }
+
+    /**
+     * The device plans' layout of n records {s_0 .. s_{k-1}, t_0 .. t_{m-1}} (k = scalars, m = tail): the columns
+     * s_0[n] | .. | s_{k-1}[n], then the tails [n][m].
+     */
+    private static int[] columns(List<int[]> records, int scalars, int tail) {
+        int n = records.size();
+        int[] out = new int[n * (scalars + tail)];
+        for (int r = 0; r < n; r++) {
+            int[] x = records.get(r);
+            for (int j = 0; j < scalars; j++) out[j * n + r] = x[j];
+            System.arraycopy(x, scalars, out, scalars * n + r * tail, tail);
+        }
+        return out;
     }
 
     /** Moves the G oldest window tokens (by position) of (layer, g) into a new block; returns {g, id, src[G]}. */

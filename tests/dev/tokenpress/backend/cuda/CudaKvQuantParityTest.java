@@ -147,32 +147,48 @@ class CudaKvQuantParityTest {
      */
     static void fill(Backend cpu, Backend gpu, KvCache cc, KvCache gc, int layers, int hkv, int hd, int len,
                      SplittableRandom rnd) {
-        int maxChunk = Math.max(7, Math.max(1, (2 * len) / 3));
-        Tensor kc = cpu.allocate(maxChunk, hkv * hd), vc = cpu.allocate(maxChunk, hkv * hd);
-        Tensor kg = gpu.allocate(maxChunk, hkv * hd), vg = gpu.allocate(maxChunk, hkv * hd);
+        Staging st = Staging.of(cpu, gpu, Math.max(7, Math.max(1, (2 * len) / 3)), hkv * hd);
         for (int layer = 0; layer < layers; layer++) {
             int done = 0;
             while (done < len) {
                 int cnt = done == 0 ? Math.max(1, (2 * len) / 3) : Math.min(7, len - done);
                 cnt = Math.min(cnt, len - done);
-                float[] k = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0), v = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0);
                 int[] pos = new int[cnt];
                 for (int i = 0; i < cnt; i++) pos[i] = done + i;
-                int[][] cs = new int[hkv][], gs = new int[hkv][];
-                for (int h = 0; h < hkv; h++) {
-                    cs[h] = cc.allocate(layer, h, pos, cnt);
-                    gs[h] = gc.allocate(layer, h, pos, cnt);
-                    assertArrayEquals(cs[h], gs[h]);
-                }
-                cpu.upload(kc, k);
-                cpu.upload(vc, v);
-                gpu.upload(kg, k);
-                gpu.upload(vg, v);
-                cpu.storeKv(cc, layer, kc, vc, cs, cnt);
-                gpu.storeKv(gc, layer, kg, vg, gs, cnt);
+                append(cpu, gpu, cc, gc, layer, pos, rnd, st);
                 done += cnt;
             }
         }
+    }
+
+    /** k/v tensors of up to {@code rows} tokens on the CPU and the GPU, for {@link #append}. */
+    record Staging(Tensor kc, Tensor vc, Tensor kg, Tensor vg) {
+        static Staging of(Backend cpu, Backend gpu, int rows, int cols) {
+            return new Staging(cpu.allocate(rows, cols), cpu.allocate(rows, cols), gpu.allocate(rows, cols),
+                    gpu.allocate(rows, cols));
+        }
+    }
+
+    /**
+     * Appends tokens at positions {@code pos} with the same random keys and values (unit normal, from {@code rnd}) to
+     * {@code layer} of a CPU cache and a CUDA cache; the slots the two allocate must agree.
+     */
+    static void append(Backend cpu, Backend gpu, KvCache cc, KvCache gc, int layer, int[] pos, SplittableRandom rnd,
+                       Staging st) {
+        int cnt = pos.length, hkv = cc.kvHeads(), hd = cc.headDim();
+        float[] k = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0), v = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0);
+        int[][] cs = new int[hkv][], gs = new int[hkv][];
+        for (int h = 0; h < hkv; h++) {
+            cs[h] = cc.allocate(layer, h, pos, cnt);
+            gs[h] = gc.allocate(layer, h, pos, cnt);
+            assertArrayEquals(cs[h], gs[h]);
+        }
+        cpu.upload(st.kc(), k);
+        cpu.upload(st.vc(), v);
+        gpu.upload(st.kg(), k);
+        gpu.upload(st.vg(), v);
+        cpu.storeKv(cc, layer, st.kc(), st.vc(), cs, cnt);
+        gpu.storeKv(gc, layer, st.kg(), st.vg(), gs, cnt);
     }
 
     static void attend(String what, KvCache cc, KvCache gc, int layer, float[] qv, int n, int heads, int hd, int[] qpos,
@@ -227,8 +243,7 @@ class CudaKvQuantParityTest {
             if (switchBefore == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
             else System.setProperty("tokenpress.cuda.quantPolicyOps", switchBefore);
             int blocks0 = g.maxBlocks;
-            Tensor kc = cpu.allocate(8, hkv * hd), vc = cpu.allocate(8, hkv * hd);
-            Tensor kg = gpu.allocate(8, hkv * hd), vg = gpu.allocate(8, hkv * hd);
+            Staging stg = Staging.of(cpu, gpu, 8, hkv * hd);
             int next = 0;
             List<Integer>[] freed = new List[hkv];
             for (int h = 0; h < hkv; h++) freed[h] = new ArrayList<>();
@@ -240,19 +255,7 @@ class CudaKvQuantParityTest {
                     int cnt = Math.min(8, todo);
                     int[] pos = new int[cnt];
                     for (int i = 0; i < cnt; i++) pos[i] = next + i;
-                    int[][] cs = new int[hkv][], gs = new int[hkv][];
-                    for (int h = 0; h < hkv; h++) {
-                        cs[h] = cc.allocate(layer, h, pos, cnt);
-                        gs[h] = g.allocate(layer, h, pos, cnt);
-                        assertArrayEquals(cs[h], gs[h]);
-                    }
-                    float[] k = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0), v = CudaParityTest.randn(rnd, cnt * hkv * hd, 1.0);
-                    cpu.upload(kc, k);
-                    cpu.upload(vc, v);
-                    gpu.upload(kg, k);
-                    gpu.upload(vg, v);
-                    cpu.storeKv(cc, layer, kc, vc, cs, cnt);
-                    gpu.storeKv(g, layer, kg, vg, gs, cnt);
+                    append(cpu, gpu, cc, g, layer, pos, rnd, stg);
                     next += cnt;
                     todo -= cnt;
                 }

@@ -245,6 +245,7 @@ class CudaQuantPolicyOpsParityTest {
                     gpu.writeKv(gc, layer, h, s, k, v);
                 }
             sameStored("after overwrites", cc, gc, layer);
+            CudaKvQuantParityTest.Staging stg = CudaKvQuantParityTest.Staging.of(cpu, gpu, 12, hkv * hd);
             // evict scattered tokens, then RazorAttention's pattern: a new slot for one head, written, then appends
             int pos = len;
             for (int round = 0; round < 6; round++) {
@@ -267,17 +268,7 @@ class CudaQuantPolicyOpsParityTest {
                 int n = 12;
                 int[] p = new int[n];
                 for (int i = 0; i < n; i++) p[i] = pos + i;
-                int[][] sc = new int[hkv][], sg = new int[hkv][];
-                for (int g = 0; g < hkv; g++) {
-                    sc[g] = cc.allocate(layer, g, p, n);
-                    sg[g] = gc.allocate(layer, g, p, n);
-                    assertEquals(java.util.Arrays.toString(sc[g]), java.util.Arrays.toString(sg[g]));
-                }
-                float[] kk = CudaParityTest.randn(rnd, n * hkv * hd, 1.0), vv = CudaParityTest.randn(rnd, n * hkv * hd, 1.0);
-                Tensor kc = CudaParityTest.act(cpu, n, hkv * hd, kk), vc = CudaParityTest.act(cpu, n, hkv * hd, vv);
-                Tensor kg = CudaParityTest.act(gpu, n, hkv * hd, kk), vg = CudaParityTest.act(gpu, n, hkv * hd, vv);
-                cpu.storeKv(cc, layer, kc, vc, sc, n);
-                gpu.storeKv(gc, layer, kg, vg, sg, n);
+                CudaKvQuantParityTest.append(cpu, gpu, cc, gc, layer, p, rnd, stg);
                 pos += n;
                 sameStored("round " + round, cc, gc, layer);
             }
