@@ -27,8 +27,8 @@ interface Kernels {
 
     /**
      * Softmax numerators in place: x[off+i] = exp(x[off+i] - max) for i < len (-inf gives 0), returning their sum
-     * (accumulated in double). The scalar version rounds Math.exp's double to float; the Vector API version uses the
-     * vector exp (within an ulp or two of it).
+     * (accumulated in double), each Math.exp rounded to float. Both kernels use this one: the Vector API's exp gave
+     * different bits before and after the JIT compiled it, so decoding was not reproducible within a run.
      */
     default double expShifted(float[] x, int off, int len, float max) {
         double sum = 0;

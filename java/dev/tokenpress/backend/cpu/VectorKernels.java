@@ -129,27 +129,6 @@ final class VectorKernels implements Kernels {
         out[outOff + 3 * outStride] = tail(w, o3, xe, xo, xOff, j, pairs, a30.add(a31).add(a32.add(a33)).reduceLanes(VectorOperators.ADD));
     }
 
-    @Override
-    public double expShifted(float[] x, int off, int len, float max) {
-        int l = F.length();
-        int upper = len - len % l;
-        FloatVector m = FloatVector.broadcast(F, max);
-        double sum = 0;
-        int i = 0;
-        for (; i < upper; i += l) {
-            FloatVector e = FloatVector.fromArray(F, x, off + i).sub(m).lanewise(VectorOperators.EXP);
-            e.intoArray(x, off + i);
-            sum += e.reduceLanes(VectorOperators.ADD);
-        }
-        for (; i < len; i++) {
-            float v = x[off + i];
-            float e = v == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(v - max);
-            x[off + i] = e;
-            sum += e;
-        }
-        return sum;
-    }
-
     private static float tail(int[] w, int wOff, float[] xe, float[] xo, int xOff, int j, int pairs, float s) {
         for (; j < pairs; j++) {
             int p = w[wOff + j];
