@@ -682,6 +682,83 @@ int cce_lse_family(int v, int* launched, uint64_t lse, uint64_t target_logit, ui
     return TP_OK;
 }
 
+
+// ---- chunked log-sum-exp over cuBLAS logits (CudaCce variant "gemm") -----------------------------------------
+// The logits of a (rows x cols) chunk are made by cublasGemmEx into a buffer small enough to stay in L2; these
+// kernels fold each chunk into a running (max, sum of exp) per row (natural base), so the [N, V] logits never
+// exist at once and the tensor-core work is cuBLAS's.
+
+// (m, s) <- the log-sum-exp merge of (m, s) and (m2, s2); empty states have m = -inf and s = 0
+__device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
+    const float nm = fmaxf(m, m2);
+    if (nm == kNegInf) return;
+    s = (m == kNegInf ? 0.f : s * __expf(m - nm)) + (m2 == kNegInf ? 0.f : s2 * __expf(m2 - nm));
+    m = nm;
+}
+
+constexpr int kChunkWarps = 8;  // rows per block (one warp per row)
+
+__global__ void __launch_bounds__(32 * kChunkWarps)
+lse_chunk_kernel(float2* __restrict__ state, float* __restrict__ target_out, const float* __restrict__ logits,
+                 const int* __restrict__ targets, int rows, int cols, int ld, int v0, int first) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * kChunkWarps + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const float* x = logits + (int64_t)row * ld;
+    float m = kNegInf, s = 0.f;
+    const int c4 = cols >> 2;
+    for (int c = lane; c < c4; c += 32) {
+        const float4 q = reinterpret_cast<const float4*>(x)[c];
+        const float nm = fmaxf(m, fmaxf(fmaxf(q.x, q.y), fmaxf(q.z, q.w)));
+        if (nm == kNegInf) continue;
+        s = (m == kNegInf ? 0.f : s * __expf(m - nm)) + __expf(q.x - nm) + __expf(q.y - nm) + __expf(q.z - nm) +
+            __expf(q.w - nm);
+        m = nm;
+    }
+    for (int c = 4 * c4 + lane; c < cols; c += 32) lse_merge(m, s, x[c], 1.f);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_merge(m, s, m2, s2);
+    }
+    if (lane != 0) return;
+    if (first) {
+        state[row] = make_float2(m, s);
+    } else {
+        float2 st = state[row];
+        lse_merge(st.x, st.y, m, s);
+        state[row] = st;
+    }
+    if (targets != nullptr && target_out != nullptr) {
+        const int t = targets[row];
+        if (t >= v0 && t - v0 < cols) target_out[row] = x[t - v0];
+    }
+}
+
+__global__ void lse_chunk_finish_kernel(float* __restrict__ lse, float* __restrict__ target_out,
+                                        const float2* __restrict__ state, const int* __restrict__ targets, int rows,
+                                        int vocab) {
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    const float2 st = state[r];
+    lse[r] = st.x + logf(st.y);
+    if (target_out != nullptr) {
+        const int t = targets != nullptr ? targets[r] : -1;
+        if (t < 0 || t >= vocab) target_out[r] = __int_as_float(0x7fc00000);
+    }
+}
+
+// hi = bf16(x), lo = bf16(x - hi) (round to nearest even): the precise mode's two GEMM operands
+__global__ void f32_split_bf16_kernel(uint16_t* __restrict__ hi, uint16_t* __restrict__ lo,
+                                      const float* __restrict__ x, int64_t count) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
+        const float v = x[i];
+        const uint16_t h = f32_to_bf16_bits(v);
+        hi[i] = h;
+        lo[i] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -776,6 +853,53 @@ int tp_lse_rows(uint64_t lse, uint64_t target_logit, uint64_t logits, uint64_t t
                                                               TP_PTR(const float, logits),
                                                               TP_PTR(const int, targets), vocab);
     TP_LAUNCHED("lse_rows_kernel");
+    return TP_OK;
+}
+
+int tp_lse_chunk(uint64_t state, uint64_t target_logit, uint64_t logits, uint64_t targets, int rows, int cols,
+                 int ld, int v0, int first, uint64_t stream) {
+    const char* fn = "tp_lse_chunk";
+    TP_REQUIRE(state != 0, fn, "state");
+    TP_REQUIRE(logits != 0 && logits % 16 == 0, fn, "logits");
+    TP_REQUIRE(rows >= 0, fn, "rows");
+    TP_REQUIRE(cols > 0, fn, "cols");
+    TP_REQUIRE(ld >= cols && ld % 4 == 0, fn, "ld");
+    TP_REQUIRE(v0 >= 0, fn, "v0");
+    TP_REQUIRE(first == 0 || first == 1, fn, "first");
+    if (rows == 0) return TP_OK;
+    lse_chunk_kernel<<<(unsigned)ceil_div(rows, kChunkWarps), 32 * kChunkWarps, 0, TP_STREAM(stream)>>>(
+        TP_PTR(float2, state), TP_PTR(float, target_logit), TP_PTR(const float, logits), TP_PTR(const int, targets),
+        rows, cols, ld, v0, first);
+    TP_LAUNCHED("lse_chunk_kernel");
+    return TP_OK;
+}
+
+int tp_lse_chunk_finish(uint64_t lse, uint64_t target_logit, uint64_t state, uint64_t targets, int rows, int vocab,
+                        uint64_t stream) {
+    const char* fn = "tp_lse_chunk_finish";
+    TP_REQUIRE(lse != 0, fn, "lse");
+    TP_REQUIRE(state != 0, fn, "state");
+    TP_REQUIRE(rows >= 0, fn, "rows");
+    TP_REQUIRE(vocab > 0, fn, "vocab");
+    if (rows == 0) return TP_OK;
+    lse_chunk_finish_kernel<<<(unsigned)ceil_div(rows, 256), 256, 0, TP_STREAM(stream)>>>(
+        TP_PTR(float, lse), TP_PTR(float, target_logit), TP_PTR(const float2, state), TP_PTR(const int, targets),
+        rows, vocab);
+    TP_LAUNCHED("lse_chunk_finish_kernel");
+    return TP_OK;
+}
+
+int tp_f32_split_bf16(uint64_t hi, uint64_t lo, uint64_t src, int64_t count, uint64_t stream) {
+    const char* fn = "tp_f32_split_bf16";
+    TP_REQUIRE(hi != 0, fn, "hi");
+    TP_REQUIRE(lo != 0, fn, "lo");
+    TP_REQUIRE(src != 0, fn, "src");
+    TP_REQUIRE(count >= 0, fn, "count");
+    if (count == 0) return TP_OK;
+    const int64_t blocks = std::min<int64_t>(ceil_div(count, (int64_t)256), 4096);
+    f32_split_bf16_kernel<<<(unsigned)blocks, 256, 0, TP_STREAM(stream)>>>(TP_PTR(uint16_t, hi), TP_PTR(uint16_t, lo),
+                                                                         TP_PTR(const float, src), count);
+    TP_LAUNCHED("f32_split_bf16_kernel");
     return TP_OK;
 }
 

@@ -433,6 +433,22 @@ int tp_cce_lse(uint64_t lse, uint64_t target_logit, uint64_t hidden, uint64_t lm
  */
 int tp_lse_rows(uint64_t lse, uint64_t target_logit, uint64_t logits, uint64_t targets, int n, int vocab,
                 uint64_t stream);
+/**
+ * Chunked log-sum-exp over materialised logits (CCE through cuBLAS: Java's CudaCce variant "gemm" makes each chunk
+ * of logits with cublasGemmEx into a buffer that stays in L2 and folds it here). Folds the chunk logits f32
+ * [rows][ld] (columns 0..cols-1 are vocabulary entries v0..v0+cols-1) into state f32 [rows][2] = (running max,
+ * sum of exp relative to it; natural base; first = 1 starts the state instead of merging), and writes
+ * target_logit[r] = the chunk's logit of targets[r] where that lies in [v0, v0 + cols) (targets int32 [rows] or 0,
+ * target_logit 0 = not wanted). ld >= cols, ld % 4 == 0, logits 16-byte aligned.
+ */
+int tp_lse_chunk(uint64_t state, uint64_t target_logit, uint64_t logits, uint64_t targets, int rows, int cols,
+                 int ld, int v0, int first, uint64_t stream);
+/** lse f32 [rows] = max + log(sum) of state f32 [rows][2]; target_logit[r] = NaN where targets[r] (0 = none) is
+ *  outside [0, vocab) (target_logit 0 = not wanted). */
+int tp_lse_chunk_finish(uint64_t lse, uint64_t target_logit, uint64_t state, uint64_t targets, int rows, int vocab,
+                        uint64_t stream);
+/** hi bf16 [count] = bf16(src), lo bf16 [count] = bf16(src - hi) (round to nearest even; src f32 [count]). */
+int tp_f32_split_bf16(uint64_t hi, uint64_t lo, uint64_t src, int64_t count, uint64_t stream);
 
 /* ---- quantized KV cache: KIVI int8 / int4 / int2 (kv_quant.cu) ------------------------------------------
  * Only used by a cache made with a KvQuantSpec (Java: CudaQuantKvCache); the bf16 cache above is unaffected.

@@ -452,7 +452,8 @@ public final class KernelBench {
      * naive_bytes) and the cudaMemGetInfo drop (cce_meminfo_bytes, naive_meminfo_bytes). Variant 2 of tp_cce_lse
      * (bf16 h, its h → bf16 conversion included): keys cce_v2_* (time, TFLOP/s, ratios to the GEMM and to variant 1,
      * bytes, max differences to the naive path and to variant 1); variants 3 and 4 (D chunks of 64, 3 or 4 stages):
-     * keys cce_v3_* and cce_v4_*.
+     * keys cce_v3_* and cce_v4_*. The chunked cuBLAS variant (CudaCce.GEMM) per chunk shape: keys
+     * cce_gemm_ROWSxCOLS_* (fast and precise ms, ratio to the GEMM, bytes, max differences), cce_gemm_best_*.
      */
     public static void cce(CudaBackend gpu, int n, int d, int v, PrintStream out) {
         CudaCce.BenchResult r = CudaCce.bench(gpu, n, d, v, 3);
@@ -465,6 +466,9 @@ public final class KernelBench {
         out.printf("| tp_cce_lse variant 2 (bf16 h, %d splits) | %.3f | %.1f | %d |%n", r.v2Splits(), r.cceV2Ms(), flop / r.cceV2Ms() / 1e9, r.v2Bytes());
         out.printf("| tp_cce_lse variant 3 (bf16 h, D chunks of 64, 3 stages) | %.3f | %.1f | %d |%n", r.cceV3Ms(), flop / r.cceV3Ms() / 1e9, r.v2Bytes());
         out.printf("| tp_cce_lse variant 4 (bf16 h, D chunks of 64, 4 stages) | %.3f | %.1f | %d |%n", r.cceV4Ms(), flop / r.cceV4Ms() / 1e9, r.v2Bytes());
+        for (CudaCce.GemmRun g : r.gemm())
+            out.printf("| cuBLAS in %d x %d chunks + tp_lse_chunk (bf16 h; precise %.3f ms) | %.3f | %.1f | %d |%n",
+                    g.rows(), g.cols(), g.preciseMs(), g.ms(), flop / g.ms() / 1e9, g.bytes());
         out.printf("| cuBLAS GEMM f32 logits | %.3f | %.1f | %d |%n", r.gemmMs(), flop / r.gemmMs() / 1e9, r.naiveBytes());
         out.printf("| + naive log-softmax | %.3f | | |%n", r.naiveLsmMs());
         result(out, "cce_ms", r.cceMs(), "ms");
@@ -497,6 +501,22 @@ public final class KernelBench {
         result(out, "cce_v2_vs_naive_max_lse_diff", r.v2MaxLseDiff(), "");
         result(out, "cce_v2_vs_naive_max_target_diff", r.v2MaxTargetDiff(), "");
         result(out, "cce_v2_vs_v1_max_lse_diff", r.v2VsV1MaxLseDiff(), "");
+        CudaCce.GemmRun best = null;
+        for (CudaCce.GemmRun g : r.gemm()) {
+            String k = "cce_gemm_" + g.rows() + "x" + g.cols();
+            result(out, k + "_ms", g.ms(), "ms");
+            result(out, k + "_precise_ms", g.preciseMs(), "ms");
+            result(out, k + "_vs_gemm", g.ms() / r.gemmMs(), "x");
+            result(out, k + "_bytes", g.bytes(), "B");
+            result(out, k + "_vs_naive_max_lse_diff", g.maxLseDiff(), "");
+            result(out, k + "_vs_naive_max_target_diff", g.maxTargetDiff(), "");
+            if (!Double.isNaN(g.ms()) && (best == null || g.ms() < best.ms())) best = g;
+        }
+        if (best != null) {
+            out.printf("cce gemm variant: best chunk %d x %d%n", best.rows(), best.cols());
+            result(out, "cce_gemm_best_ms", best.ms(), "ms");
+            result(out, "cce_gemm_best_vs_gemm", best.ms() / r.gemmMs(), "x");
+        }
     }
 
     /**

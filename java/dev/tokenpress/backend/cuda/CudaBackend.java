@@ -218,8 +218,22 @@ public final class CudaBackend implements Backend {
         nativeSetting("tokenpress.cuda.gemvPrefetch", "TOKENPRESS_CUDA_GEMV_PREFETCH", TpNative::tp_gemv_set_prefetch);
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
-        String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 | v2 (native default) | v3 | v4, process-wide
-        if (cce != null) check(TpNative.tp_cce_set_variant(switch (cce.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; case "v3", "3" -> 3; case "v4", "4" -> 4; default -> -1; }), "tokenpress.cuda.cceVariant=" + cce);
+        String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 | v2 (native default) | v3 | v4 | gemm (CudaCce.GEMM), process-wide
+        if (cce != null) {
+            String c = cce.toLowerCase(java.util.Locale.ROOT);
+            if (c.equals("gemm") || c.equals("v5") || c.equals("5")) CudaCce.setVariant(CudaCce.GEMM);
+            else check(TpNative.tp_cce_set_variant(switch (c) { case "v1", "1" -> 1; case "v2", "2" -> 2; case "v3", "3" -> 3; case "v4", "4" -> 4; default -> -1; }), "tokenpress.cuda.cceVariant=" + cce);
+        }
+        String chunk = System.getProperty("tokenpress.cuda.cceGemmChunk", System.getenv("TOKENPRESS_CUDA_CCE_GEMM_CHUNK")); // ROWSxCOLS
+        if (chunk != null) {
+            String[] rc = chunk.toLowerCase(java.util.Locale.ROOT).split("x");
+            try {
+                if (rc.length != 2) throw new NumberFormatException();
+                CudaCce.setGemmChunk(Integer.parseInt(rc[0].trim()), Integer.parseInt(rc[1].trim()));
+            } catch (RuntimeException e) {
+                throw new IllegalArgumentException("tokenpress.cuda.cceGemmChunk=" + chunk + ": expected ROWSxCOLS, e.g. 2048x2048");
+            }
+        }
     }
 
     /**
@@ -749,6 +763,21 @@ public final class CudaBackend implements Backend {
         }
         if (st != 0) throw new CudaException("cublasGemmEx failed with status " + st + " (" + outDim + "x" + in + " x n=" + n + ")", st);
         if (b != null) check(TpNative.tp_add_bias(o.ptr, b.ptr, n, outDim, stream), "matmul: bias");
+    }
+
+    /**
+     * c f32 row-major [n][ldc] (its first outDim columns) = x bf16 [n, in] · w bf16 [outDim, in]ᵀ, or += with
+     * {@code accumulate}: one cublasGemmEx (f32 compute) on the backend's stream, eager only. For callers that manage
+     * their own device buffers (the chunked CCE of {@link CudaCce}).
+     */
+    void gemmBf16(long c, int ldc, long x, long w, int n, int outDim, int in, boolean accumulate) {
+        if (mode != Mode.EAGER) throw new IllegalStateException("gemmBf16 runs eagerly only");
+        if (n <= 0 || outDim <= 0 || in <= 0 || ldc < outDim)
+            throw new IllegalArgumentException("gemmBf16: n=" + n + " outDim=" + outDim + " in=" + in + " ldc=" + ldc);
+        int st = cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, outDim, n, in, one, pA.at(w), CUDA_R_16BF, in,
+                pB.at(x), CUDA_R_16BF, in, accumulate ? one : zero, pC.at(c), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                CUBLAS_GEMM_DEFAULT);
+        if (st != 0) throw new CudaException("cublasGemmEx failed with status " + st + " (" + outDim + "x" + in + " x n=" + n + ")", st);
     }
 
     /**

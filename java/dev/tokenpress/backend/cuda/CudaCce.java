@@ -10,7 +10,9 @@ import dev.tokenpress.io.TensorData;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.ShortBuffer;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 import java.util.SplittableRandom;
 
 /**
@@ -31,28 +33,70 @@ import java.util.SplittableRandom;
  * tiles, D in chunks of 32 through 4 stages, h rounded to bf16 only: precise mode always runs variant 1); 3 and 4
  * are variant 2 with D in chunks of 64 through 3 or 4 stages (144.5 / 192.5 KiB of shared memory: on devices with
  * less, the next smaller shape runs). Variants 2 to 4 need a larger workspace (a bf16 copy of h).
+ * <p>
+ * Variant {@link #GEMM} (5, {@code -Dtokenpress.cuda.cceVariant=gemm}; Java-side, not a native variant): the logits
+ * are made chunk by chunk with cuBLAS ({@code cublasGemmEx}, bf16 operands, f32 output) into one buffer of
+ * {@link #setGemmChunk rows × vocabulary columns} (2048 × 2048 by default: 16 MiB, small enough to stay in L2 between
+ * the GEMM that writes it and the kernel that reads it), and {@code tp_lse_chunk} folds each chunk into a running
+ * (max, sum) per row; {@code tp_lse_chunk_finish} ends it. The [n, V] logits never exist at once, the workspace is
+ * O(n) plus the fixed chunk, and the tensor-core work is cuBLAS's own. Precise mode runs two GEMMs per chunk (bf16
+ * hi and lo parts of h, the second accumulating), as variant 1 does inside its kernel.
  */
 public final class CudaCce {
     private CudaCce() {}
 
+    /** The chunked cuBLAS implementation's variant number (see the class comment). */
+    public static final int GEMM = 5;
+    /** Default chunk of the {@link #GEMM} variant: rows of h × vocabulary entries (16 MiB of f32 logits). */
+    public static final int GEMM_ROWS = 2048, GEMM_COLS = 2048;
+
+    private static volatile boolean gemm;
+    private static volatile int gemmRows = GEMM_ROWS, gemmCols = GEMM_COLS;
+
     /** Device workspace bytes {@code tp_cce_lse} needs for n rows of hidden size dim under the variant set now. */
     public static long workspaceBytes(int n, int dim) {
-        return TpNative.tp_cce_lse_workspace_bytes_for(n, dim, 0);
+        return workspaceBytes(n, dim, 0);
     }
 
-    /** Device workspace bytes for n rows of hidden size dim under variant 1 or 2. */
+    /**
+     * Device workspace bytes for n rows of hidden size dim under a variant (1 to 5; 0 = the one set now). For
+     * {@link #GEMM}: precise mode's size at the chunk set now (fast mode needs less, see {@link #gemmWorkspaceBytes}).
+     */
     public static long workspaceBytes(int n, int dim, int variant) {
+        if (variant == GEMM || (variant == 0 && gemm)) return gemmWorkspaceBytes(n, dim, true, gemmRows, gemmCols);
         return TpNative.tp_cce_lse_workspace_bytes_for(n, dim, variant);
     }
 
-    /** Selects the implementation of {@code tp_cce_lse} for the whole process: 1, 2 (default), 3 or 4. */
+    /** Selects the implementation for the whole process: 1, 2 (default), 3, 4 (native kernels) or {@link #GEMM}. */
     public static void setVariant(int variant) {
+        if (variant == GEMM) {
+            gemm = true;
+            return;
+        }
         check(TpNative.tp_cce_set_variant(variant), "tp_cce_set_variant");
+        gemm = false;
     }
 
-    /** The implementation {@code tp_cce_lse} runs now (1 or 2). */
+    /** The implementation that runs now (1 to 4, or {@link #GEMM}). */
     public static int variant() {
-        return TpNative.tp_cce_get_variant();
+        return gemm ? GEMM : TpNative.tp_cce_get_variant();
+    }
+
+    /**
+     * The chunk of the {@link #GEMM} variant from now on (process-wide): rows of h and vocabulary entries per cuBLAS
+     * call (columns are rounded up to a multiple of 4).
+     */
+    public static void setGemmChunk(int rows, int cols) {
+        if (rows <= 0 || cols <= 0) throw new IllegalArgumentException("cce gemm chunk " + rows + " x " + cols);
+        gemmRows = rows;
+        gemmCols = roundUp(cols, 4);
+    }
+
+    /** Workspace of the {@link #GEMM} variant: bf16 h (and its lo part if precise), the chunk, and (max, sum) per row. */
+    public static long gemmWorkspaceBytes(int n, int dim, boolean precise, int rowChunk, int colChunk) {
+        if (n <= 0) return 0;
+        long h = align(2L * n * dim);
+        return h * (precise ? 2 : 1) + align(4L * Math.min(rowChunk, n) * roundUp(colChunk, 4)) + align(8L * n);
     }
 
     /** LSE and target logits (precise mode); {@code targets} may be null (then every target logit is NaN). */
@@ -111,8 +155,59 @@ public final class CudaCce {
      */
     public static void computeDevice(CudaBackend b, long lse, long targetLogit, long hidden, long lmHead, long targets,
                                      int n, int vocab, int dim, boolean precise, long workspace, long workspaceBytes) {
+        if (gemm) {
+            computeGemm(b, lse, targetLogit, hidden, lmHead, targets, n, vocab, dim, precise, workspace, workspaceBytes,
+                    gemmRows, gemmCols);
+            return;
+        }
         check(TpNative.tp_cce_lse(lse, targetLogit, hidden, lmHead, targets, n, vocab, dim, precise ? 1 : 0,
                 workspace, workspaceBytes, b.stream()), "tp_cce_lse");
+    }
+
+    /**
+     * The {@link #GEMM} variant with an explicit chunk (rows of h × vocabulary entries per cublasGemmEx): same
+     * arguments as {@link #computeDevice}, workspace of {@link #gemmWorkspaceBytes} bytes. Rows chunk by chunk, and
+     * within a row chunk the vocabulary, so the rows' bf16 h stays in L2 while the LM head streams past it.
+     */
+    public static void computeGemm(CudaBackend b, long lse, long targetLogit, long hidden, long lmHead, long targets,
+                                   int n, int vocab, int dim, boolean precise, long workspace, long workspaceBytes,
+                                   int rowChunk, int colChunk) {
+        if (lse == 0 || hidden == 0 || lmHead == 0 || workspace == 0)
+            throw new IllegalArgumentException("cce gemm: null device pointer");
+        if (n < 0 || vocab <= 0 || dim <= 0 || rowChunk <= 0 || colChunk <= 0)
+            throw new IllegalArgumentException("cce gemm: n=" + n + " vocab=" + vocab + " dim=" + dim + " chunk "
+                    + rowChunk + " x " + colChunk);
+        long need = gemmWorkspaceBytes(n, dim, precise, rowChunk, colChunk);
+        if (workspaceBytes < need)
+            throw new IllegalArgumentException("cce gemm: workspace of " + workspaceBytes + " bytes, needs " + need);
+        if (n == 0) return;
+        int rc = Math.min(rowChunk, n), vc = roundUp(colChunk, 4);
+        long hBytes = align(2L * n * dim);
+        long hi = workspace, lo = precise ? hi + hBytes : 0, chunk = hi + hBytes * (precise ? 2 : 1);
+        long state = chunk + align(4L * rc * vc);
+        long s = b.stream(), elems = (long) n * dim;
+        if (precise) check(TpNative.tp_f32_split_bf16(hi, lo, hidden, elems, s), "cce gemm: split h");
+        else check(TpNative.tp_f32_to_bf16(hi, hidden, elems, s), "cce gemm: convert h");
+        for (int r0 = 0; r0 < n; r0 += rc) {
+            int rows = Math.min(rc, n - r0);
+            for (int v0 = 0; v0 < vocab; v0 += vc) {
+                int cols = Math.min(vc, vocab - v0);
+                long w = lmHead + 2L * v0 * dim;
+                b.gemmBf16(chunk, vc, hi + 2L * r0 * dim, w, rows, cols, dim, false);
+                if (precise) b.gemmBf16(chunk, vc, lo + 2L * r0 * dim, w, rows, cols, dim, true);
+                check(TpNative.tp_lse_chunk(state + 8L * r0, targetLogit == 0 ? 0 : targetLogit + 4L * r0, chunk,
+                        targets == 0 ? 0 : targets + 4L * r0, rows, cols, vc, v0, v0 == 0 ? 1 : 0, s), "tp_lse_chunk");
+            }
+        }
+        check(TpNative.tp_lse_chunk_finish(lse, targetLogit, state, targets, n, vocab, s), "tp_lse_chunk_finish");
+    }
+
+    private static long align(long bytes) {
+        return (bytes + 255) & ~255L;
+    }
+
+    private static int roundUp(int x, int m) {
+        return (x + m - 1) / m * m;
     }
 
     private static void check(int rc, String op) {
@@ -154,7 +249,19 @@ public final class CudaCce {
                               long naiveBytes, long cceMemDelta, long naiveMemDelta, double maxLseDiff,
                               double maxTargetDiff, int splits, double cceV2Ms, long v2Bytes, double v2MaxLseDiff,
                               double v2MaxTargetDiff, double v2VsV1MaxLseDiff, int v2Splits, double cceV3Ms,
-                              double v3MaxLseDiff, double cceV4Ms, double v4MaxLseDiff) {}
+                              double v3MaxLseDiff, double cceV4Ms, double v4MaxLseDiff, List<GemmRun> gemm) {}
+
+    /**
+     * One chunk shape of the {@link #GEMM} variant in {@link #bench}: ms in fast mode (bf16 h, its conversion
+     * included) and precise mode (hi + lo, two GEMMs per chunk), workspace bytes of fast mode, and the fast mode's max
+     * differences to the naive path (NaN times if it failed).
+     */
+    public record GemmRun(int rows, int cols, double ms, double preciseMs, long bytes, double maxLseDiff,
+                          double maxTargetDiff) {}
+
+    /** The chunk shapes {@link #bench} times for the {@link #GEMM} variant (rows of h × vocabulary entries). */
+    public static final int[][] BENCH_GEMM_CHUNKS = {
+            {GEMM_ROWS, GEMM_COLS}, {1024, 4096}, {2048, 4096}, {4096, 2048}, {4096, 4096}, {8192, 1024}, {1024, 1024}};
 
     /** Random h [n, d] (f32) and W [v, d] (bf16), random targets with every 17th row ignored. */
     public static BenchResult bench(CudaBackend b, int n, int d, int v, int reps) {
@@ -255,6 +362,32 @@ public final class CudaCce {
                     cceWs = 0;
                 }
             }
+            // -- the chunked cuBLAS variant over several chunk shapes, last as well
+            List<GemmRun> gemmRuns = new ArrayList<>();
+            for (int[] c : BENCH_GEMM_CHUNKS) {
+                long wsB = gemmWorkspaceBytes(n, d, true, c[0], c[1]), fastB = gemmWorkspaceBytes(n, d, false, c[0], c[1]);
+                float[] lseG = new float[n], tgtG = new float[n];
+                double ms = Double.NaN, pms = Double.NaN;
+                try {
+                    cceWs = b.malloc(wsB, "bench cce gemm workspace");
+                    final long fWs2 = cceWs;
+                    check(TpNative.tp_memset_async(cceOut, 0xff, 8L * n, b.stream()), "memset");
+                    ms = time(b, e0[0], e1[0], reps, () -> computeGemm(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v,
+                            d, false, fWs2, wsB, c[0], c[1]));
+                    check(TpNative.tp_memcpy_d2h(lseG, cceOut, 4L * n, b.stream()), "download");
+                    check(TpNative.tp_memcpy_d2h(tgtG, cceOut + 4L * n, 4L * n, b.stream()), "download");
+                    pms = time(b, e0[0], e1[0], reps, () -> computeGemm(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v,
+                            d, true, fWs2, wsB, c[0], c[1]));
+                } catch (RuntimeException e) {
+                    System.err.println("cce gemm chunk " + c[0] + "x" + c[1] + " failed: " + e);
+                    if (Double.isNaN(ms)) Arrays.fill(lseG, Float.NaN);
+                } finally {
+                    if (cceWs != 0) b.free(cceWs);
+                    cceWs = 0;
+                }
+                double[] dg = diffs(lseG, tgtG, lseN, tgtN, targets, n);
+                gemmRuns.add(new GemmRun(c[0], c[1], ms, pms, fastB, dg[0], dg[1]));
+            }
             double cceV2 = famMs[2];
             float[] lse2 = famLse[2], tgt2 = famTgt[2];
             double[] d1 = diffs(lseC, tgtC, lseN, tgtN, targets, n), d2 = diffs(lse2, tgt2, lseN, tgtN, targets, n);
@@ -263,9 +396,10 @@ public final class CudaCce {
             if (Double.isNaN(d21)) d21 = Double.POSITIVE_INFINITY;
             double[] d3 = diffs(famLse[3], famTgt[3], lseN, tgtN, targets, n), d4 = diffs(famLse[4], famTgt[4], lseN, tgtN, targets, n);
             return new BenchResult(cceFast, ccePrecise, gemm, lsm, cceBytes, naiveBytes, cceMemDelta, naiveMemDelta,
-                    d1[0], d1[1], splits, cceV2, v2Bytes, d2[0], d2[1], d21, v2Splits, famMs[3], d3[0], famMs[4], d4[0]);
+                    d1[0], d1[1], splits, cceV2, v2Bytes, d2[0], d2[1], d21, v2Splits, famMs[3], d3[0], famMs[4], d4[0],
+                    gemmRuns);
         } finally {
-            TpNative.tp_cce_set_variant(variant0);
+            setVariant(variant0);
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
             b.free(cceWs);

@@ -360,6 +360,18 @@ public final class TpNative {
                                          @Cast("uint64_t") long logits, @Cast("uint64_t") long targets, int n,
                                          int vocab, @Cast("uint64_t") long stream);
 
+    public static native int tp_lse_chunk(@Cast("uint64_t") long state, @Cast("uint64_t") long targetLogit,
+                                          @Cast("uint64_t") long logits, @Cast("uint64_t") long targets, int rows,
+                                          int cols, int ld, int v0, int first, @Cast("uint64_t") long stream);
+
+    public static native int tp_lse_chunk_finish(@Cast("uint64_t") long lse, @Cast("uint64_t") long targetLogit,
+                                                 @Cast("uint64_t") long state, @Cast("uint64_t") long targets,
+                                                 int rows, int vocab, @Cast("uint64_t") long stream);
+
+    public static native int tp_f32_split_bf16(@Cast("uint64_t") long hi, @Cast("uint64_t") long lo,
+                                               @Cast("uint64_t") long src, @Cast("int64_t") long count,
+                                               @Cast("uint64_t") long stream);
+
     // ---- quantized KV cache: KIVI int8 / int4 / int2 (kv_quant.cu) -----------------------------------------
 
     /** Device to host byte array (reads back block records of the quantized cache). */

@@ -28,13 +28,13 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * target logit. Fast mode (h rounded to bf16) is compared with the double reference over bf16-rounded h, same
  * tolerance. Ignored targets (negative) must come back NaN; without targets every target logit is NaN.
  * Every shape runs under every implementation (tp_cce_set_variant 1 to 4; variants 2-4 only change the bf16-h mode,
- * precise runs variant 1 under any setting), plus shapes at the edges of variant 2's 128 x 256 x 32 tiles (and of
+ * precise runs variant 1 under any setting; and CudaCce.GEMM, the chunked cuBLAS path, in both modes), plus shapes at the edges of variant 2's 128 x 256 x 32 tiles (and of
  * variants 3 and 4's D chunks of 64)
  * (N = 128 / 129, V = 256 / 513, D = 8 / 520). Skipped (not failed) where CUDA is unavailable.
  */
 class CudaCceParityTest {
     static final double RTOL = 2e-5;
-    static final int[] VARIANTS = {1, 2, 3, 4};
+    static final int[] VARIANTS = {1, 2, 3, 4, CudaCce.GEMM};
     static CudaBackend gpu;
     static int defaultVariant;
 
@@ -212,6 +212,69 @@ class CudaCceParityTest {
             gpu.free(ws);
             gpu.free(out);
         }
+    }
+
+    /**
+     * The chunked cuBLAS variant with chunks far smaller than the shapes (several row and vocabulary chunks, a last
+     * vocabulary chunk of 1 to 3 columns, one vocabulary entry in all), both modes, against the double reference; a
+     * workspace one byte short is refused before anything runs.
+     */
+    @Test
+    void gemmVariantInSmallChunks() {
+        List<String> bad = new ArrayList<>();
+        long seed = 500;
+        int[][] shapes = {{33, 64, 257}, {7, 200, 1}, {300, 72, 1001}, {129, 520, 513}};
+        int[][] chunks = {{7, 250}, {1, 4}, {64, 1000}, {300, 2048}};
+        for (int[] sh : shapes) {
+            int n = sh[0], d = sh[1], v = sh[2];
+            SplittableRandom r = new SplittableRandom(seed++);
+            float[] h = gaussian(r, n * d, 1.0);
+            float[] w = bf16Exact(uniform(r, v * d, 1.5 / Math.sqrt(d)));
+            int[] t = new int[n];
+            for (int i = 0; i < n; i++) t[i] = i % 4 == 1 ? CceLse.IGNORE_INDEX : (i == 0 ? v - 1 : r.nextInt(v));
+            CudaTensor hg = (CudaTensor) act(gpu, n, d, h);
+            CudaTensor wg = (CudaTensor) gpu.weight(bf16Weight("lm_head", v, d, w));
+            double[][] ref = naive(h, n, d, w, v, t), refB = naive(bf16Exact(h), n, d, w, v, t);
+            long tdev = gpu.malloc(4L * n, "test targets"), out = gpu.malloc(8L * n, "test out");
+            check(TpNative.tp_memcpy_h2d(tdev, t, 4L * n, gpu.stream()));
+            try {
+                for (int[] c : chunks) {
+                    for (boolean precise : new boolean[] {true, false}) {
+                        long need = CudaCce.gemmWorkspaceBytes(n, d, precise, c[0], c[1]);
+                        long ws = gpu.malloc(need, "test cce gemm workspace");
+                        try {
+                            assertThrows(IllegalArgumentException.class, () -> CudaCce.computeGemm(gpu, out,
+                                    out + 4L * n, hg.ptr, wg.ptr, tdev, n, v, d, precise, ws, need - 1, c[0], c[1]));
+                            check(TpNative.tp_memset_async(out, 0xff, 8L * n, gpu.stream()));
+                            CudaCce.computeGemm(gpu, out, out + 4L * n, hg.ptr, wg.ptr, tdev, n, v, d, precise, ws,
+                                    need, c[0], c[1]);
+                            float[] lse = new float[n], tg = new float[n];
+                            check(TpNative.tp_memcpy_d2h(lse, out, 4L * n, gpu.stream()));
+                            check(TpNative.tp_memcpy_d2h(tg, out + 4L * n, 4L * n, gpu.stream()));
+                            double[][] want = precise ? ref : refB;
+                            String at = "n=" + n + " d=" + d + " v=" + v + " chunk " + c[0] + "x" + c[1]
+                                    + (precise ? " precise" : " fast");
+                            for (int i = 0; i < n; i++) {
+                                near(want[0][i], lse[i], RTOL, "lse " + at + " row " + i, bad);
+                                near(want[1][i], tg[i], RTOL, "target " + at + " row " + i, bad);
+                            }
+                        } finally {
+                            gpu.free(ws);
+                        }
+                    }
+                }
+            } finally {
+                gpu.free(tdev);
+                gpu.free(out);
+                gpu.free(hg.ptr);
+                gpu.free(wg.ptr);
+            }
+        }
+        assertTrue(bad.isEmpty(), bad.size() + " mismatches, first: " + bad.subList(0, Math.min(10, bad.size())));
+    }
+
+    private static void check(int rc) {
+        assertTrue(rc == TpNative.TP_OK, "native call failed: " + rc + " " + CudaBackend.lastError());
     }
 
     @Test

@@ -216,6 +216,65 @@ class CudaNativeLibTest {
         }
     }
 
+    /**
+     * The chunked cuBLAS CCE's kernels refuse bad arguments by name before launching anything (which checks the Java
+     * bindings' argument order), and its Java side sizes its workspace and refuses a short one without a device.
+     */
+    @Test
+    void abiCceGemmChunksWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        String[][] cases = {
+                {"" + TpNative.tp_lse_chunk(0, 0, 256, 0, 4, 8, 8, 0, 1, 0), "'state'"},
+                {"" + TpNative.tp_lse_chunk(512, 0, 260, 0, 4, 8, 8, 0, 1, 0), "'logits'"},
+                {"" + TpNative.tp_lse_chunk(512, 0, 256, 0, -1, 8, 8, 0, 1, 0), "'rows'"},
+                {"" + TpNative.tp_lse_chunk(512, 0, 256, 0, 4, 0, 8, 0, 1, 0), "'cols'"},
+                {"" + TpNative.tp_lse_chunk(512, 0, 256, 0, 4, 8, 6, 0, 1, 0), "'ld'"},
+                {"" + TpNative.tp_lse_chunk(512, 0, 256, 0, 4, 8, 10, 0, 1, 0), "'ld'"},
+                {"" + TpNative.tp_lse_chunk(512, 0, 256, 0, 4, 8, 8, -4, 1, 0), "'v0'"},
+                {"" + TpNative.tp_lse_chunk(512, 0, 256, 0, 4, 8, 8, 0, 2, 0), "'first'"},
+                {"" + TpNative.tp_lse_chunk_finish(0, 0, 256, 0, 4, 10, 0), "'lse'"},
+                {"" + TpNative.tp_lse_chunk_finish(512, 0, 0, 0, 4, 10, 0), "'state'"},
+                {"" + TpNative.tp_lse_chunk_finish(512, 0, 256, 0, -2, 10, 0), "'rows'"},
+                {"" + TpNative.tp_lse_chunk_finish(512, 0, 256, 0, 4, 0, 0), "'vocab'"},
+                {"" + TpNative.tp_f32_split_bf16(0, 256, 512, 8, 0), "'hi'"},
+                {"" + TpNative.tp_f32_split_bf16(256, 0, 512, 8, 0), "'lo'"},
+                {"" + TpNative.tp_f32_split_bf16(256, 512, 0, 8, 0), "'src'"},
+                {"" + TpNative.tp_f32_split_bf16(256, 512, 768, -1, 0), "'count'"}};
+        for (String[] c : cases)
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, Integer.parseInt(c[0]), c[1]);
+        // the last message names the last refused argument
+        assertTrue(TpNative.tp_last_error_message().getString().contains("tp_f32_split_bf16"),
+                TpNative.tp_last_error_message().getString());
+        // nothing to do is not an error (and launches nothing)
+        assertEquals(TpNative.TP_OK, TpNative.tp_lse_chunk(512, 0, 256, 0, 0, 8, 8, 0, 1, 0));
+        assertEquals(TpNative.TP_OK, TpNative.tp_lse_chunk_finish(512, 0, 256, 0, 0, 10, 0));
+        assertEquals(TpNative.TP_OK, TpNative.tp_f32_split_bf16(256, 512, 768, 0, 0));
+
+        // Java side: bf16 h (twice when precise) + the chunk + (max, sum) per row, each padded to 256 bytes
+        long fast = CudaCce.gemmWorkspaceBytes(100, 64, false, 32, 1001);
+        assertEquals(12800 + 32L * 1004 * 4 + 1024, fast);
+        assertEquals(fast + 12800, CudaCce.gemmWorkspaceBytes(100, 64, true, 32, 1001));
+        assertEquals(12800 + 3328 + 1024, CudaCce.gemmWorkspaceBytes(100, 64, false, 4096, 8), "chunk rows <= n");
+        assertEquals(0, CudaCce.gemmWorkspaceBytes(0, 64, true, 32, 32));
+        assertThrows(IllegalArgumentException.class, () -> CudaCce.computeGemm(null, 256, 0, 512, 768, 0, 100, 1000,
+                64, false, 1024, fast - 1, 32, 1001));
+        assertThrows(IllegalArgumentException.class, () -> CudaCce.computeGemm(null, 0, 0, 512, 768, 0, 100, 1000,
+                64, false, 1024, fast, 32, 1001));
+        assertThrows(IllegalArgumentException.class, () -> CudaCce.computeGemm(null, 256, 0, 512, 768, 0, 100, 1000,
+                64, false, 1024, fast, 0, 1001));
+        int v0 = CudaCce.variant();
+        try {
+            CudaCce.setVariant(CudaCce.GEMM);
+            assertEquals(CudaCce.GEMM, CudaCce.variant());
+            assertEquals(CudaCce.gemmWorkspaceBytes(100, 64, true, CudaCce.GEMM_ROWS, CudaCce.GEMM_COLS),
+                    CudaCce.workspaceBytes(100, 64));
+            assertEquals(v0, TpNative.tp_cce_get_variant(), "the native setting is left as it was");
+        } finally {
+            CudaCce.setVariant(v0);
+        }
+        assertEquals(v0, CudaCce.variant());
+    }
+
     @Test
     void abiCceVariantAndWorkspaceWithoutGpu() {
         Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
