@@ -24,6 +24,8 @@ public final class Session implements AutoCloseable {
     private final KvCache cache;
     private int position;
     private final Set<Integer> eos;
+    private int[] unfed = new int[0];
+    private int stopToken = -1;
 
     Session(TokenPress tp, int contextSize) {
         this(tp, contextSize, null);
@@ -51,6 +53,8 @@ public final class Session implements AutoCloseable {
     public void reset() {
         cache.clear();
         position = 0;
+        unfed = new int[0];
+        stopToken = -1;
     }
 
     /**
@@ -73,6 +77,21 @@ public final class Session implements AutoCloseable {
      */
     public GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener,
                                      Consumer<StepTrace> trace) {
+        return generate(promptTokens, maxTokens, options, listener, trace, Set.of());
+    }
+
+    /**
+     * Generated tokens of the last {@link #generate} that are not in the KV cache yet (the last sampled token is
+     * only fed by the step after it): to be fed before anything else when the sequence goes on.
+     */
+    int[] unfedTokens() { return unfed.clone(); }
+
+    /** The token that ended the last generation with stop reason "eos" (not part of its tokens), else -1. */
+    int lastStopToken() { return stopToken; }
+
+    /** As {@link #generate(int[], int, SamplingOptions, TokenListener, Consumer)}, also stopping at {@code extraStops}. */
+    GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener,
+                              Consumer<StepTrace> trace, Set<Integer> extraStops) {
         if (promptTokens.length == 0) throw new IllegalArgumentException("the prompt is empty: give at least one token");
         if (position + promptTokens.length > cache.capacity())
             throw new IllegalArgumentException("the prompt has " + promptTokens.length + " tokens but the context holds "
@@ -94,6 +113,8 @@ public final class Session implements AutoCloseable {
         position += promptTokens.length;
 
         int[] generated = new int[Math.max(0, maxTokens)];
+        stopToken = -1;
+        unfed = new int[0];
         // the per-token bookkeeping of both loops below: returns whether decoding goes on after `next`
         var g = new Object() {
             int count, steps;
@@ -106,8 +127,9 @@ public final class Session implements AutoCloseable {
                     ttft = (System.nanoTime() - t0) / 1e6;
                     decodeStart = System.nanoTime();
                 }
-                if (eos.contains(next)) {
+                if (eos.contains(next) || extraStops.contains(next)) {
                     stop = "eos";
+                    stopToken = next;
                     return false;
                 }
                 chain.accept(next);
@@ -161,6 +183,7 @@ public final class Session implements AutoCloseable {
             }
         }
         int count = g.count, steps = g.steps;
+        unfed = Arrays.copyOfRange(generated, Math.min(steps, count), count);
         String stop = g.stop;
         double ttft = g.ttft;
         long decodeStart = g.decodeStart;

@@ -47,6 +47,48 @@ class CliTest {
         assertEquals(r.out(), run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--device", "cpu").out());
     }
 
+    /** Scripted turns (-p repeated), a file of messages, stdin with /reset, and the errors of chat. */
+    @Test
+    void chatRepliesTurnByTurn() throws Exception {
+        Run r = run("chat", "-m", model.toString(), "--chat-template", "chatml", "-sys", "Be brief.", "-p", "Hello",
+                "-p", "And then?", "-n", "5", "--temp", "0", "--device", "cpu");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.err().contains("chat format chatml"), r.err());
+        assertTrue(r.err().contains("[turn 1:") && r.err().contains("[turn 2:"), r.err());
+        assertTrue(r.out().endsWith("\n\n"), "a reply ends with a blank line: " + r.out());
+
+        Path msgs = tmp.resolve("messages.txt");
+        Files.writeString(msgs, "Hello\n\nAnd then?\n");
+        Run f = run("chat", "-m", model.toString(), "--chat-template", "chatml", "-sys", "Be brief.", "-f", msgs.toString(),
+                "-n", "5", "--temp", "0", "--device", "cpu");
+        assertEquals(ExitCodes.OK, f.code(), f.err());
+        assertEquals(r.out(), f.out(), "the same conversation from a file (blank lines skipped)");
+
+        java.io.InputStream in0 = ChatCommand.stdin;
+        try {
+            ChatCommand.stdin = new java.io.ByteArrayInputStream("Hello\n/reset\nHello\n/exit\nnot read\n".getBytes(
+                    java.nio.charset.StandardCharsets.UTF_8));
+            Run s = run("chat", "-m", model.toString(), "--chat-template", "chatml", "-sys", "Be brief.", "-n", "5",
+                    "--temp", "0", "--device", "cpu");
+            assertEquals(ExitCodes.OK, s.code(), s.err());
+            assertTrue(s.err().contains("(conversation reset)"), s.err());
+            Run one = run("chat", "-m", model.toString(), "--chat-template", "chatml", "-sys", "Be brief.", "-p", "Hello",
+                    "-n", "5", "--temp", "0", "--device", "cpu");
+            assertEquals(one.out() + one.out(), s.out(), "after /reset the same message gets the same greedy reply");
+            assertTrue(r.out().startsWith(one.out()), "the same as the scripted first turn");
+        } finally {
+            ChatCommand.stdin = in0;
+        }
+
+        Run noTemplate = run("chat", "-m", model.toString(), "-p", "Hello", "--device", "cpu");
+        assertEquals(ExitCodes.MODEL, noTemplate.code(), noTemplate.err());
+        assertTrue(noTemplate.err().contains("--chat-template"), noTemplate.err());
+        Run badName = run("chat", "-m", model.toString(), "-p", "Hello", "--chat-template", "vicuna");
+        assertEquals(ExitCodes.USAGE, badName.code(), badName.err());
+        assertTrue(badName.err().contains("llama3, chatml, llama2, mistral"), badName.err());
+        assertEquals(ExitCodes.USAGE, run("chat", "-m", model.toString(), "-p", "a", "-f", msgs.toString()).code());
+    }
+
     @Test
     void generateJsonIsOneObject() throws Exception {
         Run r = run("generate", "-m", model.toString(), "-p", "abc", "-n", "5", "--json", "--seed", "7");

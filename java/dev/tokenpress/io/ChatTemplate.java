@@ -1,0 +1,260 @@
+package dev.tokenpress.io;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+/**
+ * The chat format of an instruction-tuned model: how a conversation (system, user and assistant messages) becomes
+ * the text the model was trained on, as llama.cpp's built-in templates do it. The model's own Jinja template
+ * ({@code chat_template} in {@code tokenizer_config.json}, or {@code chat_template.jinja} / {@code
+ * chat_template.json}) is not executed: it only identifies the family by its marker tokens ({@link #detect}), and
+ * the family's format is written here. Families:
+ * <ul>
+ *   <li>{@code llama3} (Llama 3.x Instruct): {@code <|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>} per
+ *       message (content trimmed), reply prompt {@code <|start_header_id|>assistant<|end_header_id|>\n\n}. Llama 3.1+
+ *       templates also write "Cutting Knowledge Date / Today Date" lines into the system message; this format does
+ *       not (as llama.cpp's).</li>
+ *   <li>{@code chatml} (Qwen2, Qwen2.5 and other ChatML models): {@code <|im_start|>ROLE\nCONTENT<|im_end|>\n},
+ *       reply prompt {@code <|im_start|>assistant\n}. No default system message is added (Qwen's templates add
+ *       "You are a helpful assistant." or similar when there is none: pass it as the system message).</li>
+ *   <li>{@code llama2} (Llama 2 Chat): {@code [INST] <<SYS>>\nSYSTEM\n<</SYS>>\n\nUSER [/INST]} for the first user
+ *       message (the system block only if there is one), {@code <s>[INST] USER [/INST]} for later ones, a reply is
+ *       followed by {@code </s>}.</li>
+ *   <li>{@code mistral} (Mistral Instruct v0.1-v0.3 style): {@code [INST] USER [/INST]}, the system message (if any)
+ *       in front of the first user message separated by a blank line, a reply followed by {@code </s>}.</li>
+ * </ul>
+ * Rendered text never starts with the BOS token: encode the first piece with the tokenizer's special tokens
+ * ({@link HfTokenizer#encode}), which adds it. Every format is prefix-stable: the rendering of a conversation
+ * followed by a user message starts with the rendering of the conversation, so a chat can feed only the new part.
+ */
+public final class ChatTemplate {
+
+    /** A message of a conversation: role "system", "user" or "assistant". */
+    public record Message(String role, String content) {
+        public Message {
+            if (!role.equals("system") && !role.equals("user") && !role.equals("assistant"))
+                throw new IllegalArgumentException("chat message role must be system, user or assistant, got " + role);
+            if (content == null) throw new IllegalArgumentException("chat message content is null");
+        }
+
+        public static Message system(String content) { return new Message("system", content); }
+
+        public static Message user(String content) { return new Message("user", content); }
+
+        public static Message assistant(String content) { return new Message("assistant", content); }
+    }
+
+    /** The built-in formats. */
+    public enum Format {
+        LLAMA3("llama3", "<|eot_id|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
+        CHATML("chatml", "<|im_end|>\n", "<|im_end|>", "<|endoftext|>"),
+        LLAMA2("llama2", "</s>", "</s>"),
+        MISTRAL("mistral", "</s>", "</s>");
+
+        /** Name used on the command line ({@code --chat-template NAME}). */
+        public final String id;
+        final String endOfReply;
+        final List<String> stopTokens;
+
+        Format(String id, String endOfReply, String... stopTokens) {
+            this.id = id;
+            this.endOfReply = endOfReply;
+            this.stopTokens = List.of(stopTokens);
+        }
+    }
+
+    public static final String TOKENIZER_CONFIG_FILE = "tokenizer_config.json";
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    private final Format format;
+    private final String source;
+
+    private ChatTemplate(Format format, String source) {
+        this.format = format;
+        this.source = source;
+    }
+
+    /** A built-in format by name (llama3, chatml, llama2, mistral; case-insensitive). */
+    public static ChatTemplate named(String name) {
+        for (Format f : Format.values())
+            if (f.id.equalsIgnoreCase(name.trim())) return new ChatTemplate(f, "--chat-template " + f.id);
+        throw new IllegalArgumentException("unknown chat template '" + name + "': use one of " + names());
+    }
+
+    /** The names of the built-in formats, comma-separated. */
+    public static String names() {
+        return String.join(", ", Arrays.stream(Format.values()).map(f -> f.id).toList());
+    }
+
+    /** The family of a Jinja chat template by its marker tokens, or null if none is recognised. */
+    public static Format detect(String jinja) {
+        if (jinja == null) return null;
+        if (jinja.contains("<|start_header_id|>") && jinja.contains("<|end_header_id|>")) return Format.LLAMA3;
+        if (jinja.contains("<|im_start|>")) return Format.CHATML;
+        if (jinja.contains("<<SYS>>")) return Format.LLAMA2;
+        if (jinja.contains("[INST]")) return Format.MISTRAL;
+        return null;
+    }
+
+    /**
+     * The format of the model in {@code dir}, from its chat template ({@code tokenizer_config.json}'s
+     * {@code chat_template}: a string, or a list of named templates of which "default" (else the first) counts;
+     * else {@code chat_template.jinja}; else {@code chat_template.json}).
+     *
+     * @throws ModelLoadException if the model has no chat template (a base model) or one of an unknown family
+     */
+    public static ChatTemplate forModel(Path dir) {
+        String jinja = null, where = null;
+        Path cfg = dir.resolve(TOKENIZER_CONFIG_FILE);
+        if (Files.isRegularFile(cfg)) {
+            jinja = templateText(readJson(cfg).get("chat_template"), cfg);
+            where = cfg.toString();
+        }
+        if (jinja == null && Files.isRegularFile(dir.resolve("chat_template.jinja"))) {
+            where = dir.resolve("chat_template.jinja").toString();
+            try {
+                jinja = Files.readString(dir.resolve("chat_template.jinja"), StandardCharsets.UTF_8);
+            } catch (IOException e) {
+                throw new ModelLoadException(where + ": cannot read it (" + e.getMessage() + ")", e);
+            }
+        }
+        if (jinja == null && Files.isRegularFile(dir.resolve("chat_template.json"))) {
+            Path p = dir.resolve("chat_template.json");
+            jinja = templateText(readJson(p).get("chat_template"), p);
+            where = p.toString();
+        }
+        if (jinja == null)
+            throw new ModelLoadException(dir + " has no chat template (a base model?): pass --chat-template "
+                    + String.join("|", Arrays.stream(Format.values()).map(f -> f.id).toList())
+                    + " to pick a format, or use generate");
+        Format f = detect(jinja);
+        if (f == null)
+            throw new ModelLoadException(where + ": its chat template is not one of the known families (" + names()
+                    + "): pass --chat-template NAME to pick one");
+        return new ChatTemplate(f, where);
+    }
+
+    private static JsonNode readJson(Path p) {
+        try {
+            return JSON.readTree(p.toFile());
+        } catch (IOException e) {
+            throw new ModelLoadException(p + ": not valid JSON (" + ModelLoadException.firstLine(e) + "); fix the file", e);
+        }
+    }
+
+    private static String templateText(JsonNode t, Path file) {
+        if (t == null || t.isNull()) return null;
+        if (t.isTextual()) return t.asText();
+        if (t.isArray()) {
+            String first = null;
+            for (JsonNode e : t) {
+                String text = e.path("template").asText(null);
+                if (first == null) first = text;
+                if ("default".equals(e.path("name").asText())) return text;
+            }
+            return first;
+        }
+        throw new ModelLoadException(file + ": chat_template must be a string or a list of {name, template}");
+    }
+
+    public Format format() { return format; }
+
+    /** Where the format came from (a file, or the command-line name). */
+    public String source() { return source; }
+
+    /** Text that closes an assistant reply in this format (what follows the reply's content). */
+    public String endOfReply() { return format.endOfReply; }
+
+    /** Special tokens that end a reply (the end-of-turn token first); the ones in a vocabulary stop generation. */
+    public List<String> stopTokens() { return format.stopTokens; }
+
+    /**
+     * The text of a conversation (without the leading BOS), followed by the prompt of an assistant reply if
+     * {@code addReplyPrompt}. A system message may only come first; an assistant message follows a user message.
+     */
+    public String render(List<Message> messages, boolean addReplyPrompt) {
+        String system = null;
+        int start = 0;
+        if (!messages.isEmpty() && messages.get(0).role().equals("system")) {
+            system = messages.get(0).content();
+            start = 1;
+        }
+        StringBuilder sb = new StringBuilder();
+        if (format == Format.LLAMA3 && system != null) header(sb, "system", system);
+        if (format == Format.CHATML && system != null) chatml(sb, "system", system);
+        boolean firstUser = true;
+        String prev = "system";
+        for (int i = start; i < messages.size(); i++) {
+            Message m = messages.get(i);
+            if (m.role().equals("system"))
+                throw new IllegalArgumentException("a system message may only be the first message of a conversation");
+            if (m.role().equals("assistant") && !prev.equals("user"))
+                throw new IllegalArgumentException("an assistant message must follow a user message (message " + i + ")");
+            switch (format) {
+                case LLAMA3 -> header(sb, m.role(), m.content());
+                case CHATML -> chatml(sb, m.role(), m.content());
+                case LLAMA2 -> {
+                    if (m.role().equals("user")) {
+                        if (!firstUser) sb.append("<s>");
+                        sb.append("[INST] ");
+                        if (firstUser && system != null) sb.append("<<SYS>>\n").append(system.strip()).append("\n<</SYS>>\n\n");
+                        sb.append(m.content().strip()).append(" [/INST]");
+                    } else {
+                        sb.append(m.content()).append(format.endOfReply);
+                    }
+                }
+                case MISTRAL -> {
+                    if (m.role().equals("user")) {
+                        sb.append("[INST] ");
+                        if (firstUser && system != null) sb.append(system.strip()).append("\n\n");
+                        sb.append(m.content().strip()).append(" [/INST]");
+                    } else {
+                        sb.append(m.content()).append(format.endOfReply);
+                    }
+                }
+            }
+            if (m.role().equals("user")) firstUser = false;
+            prev = m.role();
+        }
+        if (addReplyPrompt) {
+            switch (format) {
+                case LLAMA3 -> sb.append("<|start_header_id|>assistant<|end_header_id|>\n\n");
+                case CHATML -> sb.append("<|im_start|>assistant\n");
+                case LLAMA2, MISTRAL -> { }
+            }
+        }
+        return sb.toString();
+    }
+
+    private static void header(StringBuilder sb, String role, String content) {
+        sb.append("<|start_header_id|>").append(role).append("<|end_header_id|>\n\n").append(content.strip())
+                .append("<|eot_id|>");
+    }
+
+    private static void chatml(StringBuilder sb, String role, String content) {
+        sb.append("<|im_start|>").append(role).append('\n').append(content).append("<|im_end|>\n");
+    }
+
+    /** The ids of {@link #stopTokens} that {@code tokenizer} has (as single tokens). */
+    public int[] stopTokenIds(HfTokenizer tokenizer) {
+        List<Integer> ids = new ArrayList<>();
+        for (String s : format.stopTokens) {
+            int id = tokenizer.tokenId(s);
+            if (id >= 0) ids.add(id);
+        }
+        return ids.stream().mapToInt(Integer::intValue).toArray();
+    }
+
+    @Override
+    public String toString() {
+        return format.id + " (" + source + ")";
+    }
+}
