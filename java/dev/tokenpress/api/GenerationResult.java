@@ -6,7 +6,8 @@ package dev.tokenpress.api;
  * @param text            the generated text (without the prompt)
  * @param tokens          generated token ids
  * @param promptTokens    number of prompt tokens
- * @param stopReason      "eos", "length" (-n reached) or "context" (cache full)
+ * @param stopReason      "eos" (an EOS or stop token), "length" (-n reached), "context" (cache full) or "stop" (the
+ *                        caller's stop request, e.g. a stop string)
  * @param prefillMillis   time of the prompt's forward pass
  * @param decodeSteps     decode forward passes run (each produced one sampled token)
  * @param decodeMillis    time of those decode steps including sampling

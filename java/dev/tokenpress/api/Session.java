@@ -12,6 +12,7 @@ import dev.tokenpress.sample.StepTrace;
 import java.util.Arrays;
 import java.util.HashSet;
 import java.util.Set;
+import java.util.function.BooleanSupplier;
 import java.util.function.Consumer;
 
 /**
@@ -90,8 +91,18 @@ public final class Session implements AutoCloseable {
     int lastStopToken() { return stopToken; }
 
     /** As {@link #generate(int[], int, SamplingOptions, TokenListener, Consumer)}, also stopping at {@code extraStops}. */
-    GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener,
-                              Consumer<StepTrace> trace, Set<Integer> extraStops) {
+    public GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener,
+                                     Consumer<StepTrace> trace, Set<Integer> extraStops) {
+        return generate(promptTokens, maxTokens, options, listener, trace, extraStops, null);
+    }
+
+    /**
+     * The general form: also stops (reason "eos", the token not part of the result) at any of {@code extraStops}
+     * besides the model's EOS tokens, and (reason "stop") as soon as {@code stopRequested} (asked after each token
+     * whose text went to the listener; null = never) says so, e.g. when the text reached a stop string.
+     */
+    public GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener,
+                                     Consumer<StepTrace> trace, Set<Integer> extraStops, BooleanSupplier stopRequested) {
         if (promptTokens.length == 0) throw new IllegalArgumentException("the prompt is empty: give at least one token");
         if (position + promptTokens.length > cache.capacity())
             throw new IllegalArgumentException("the prompt has " + promptTokens.length + " tokens but the context holds "
@@ -139,6 +150,10 @@ public final class Session implements AutoCloseable {
                     out.append(piece);
                     if (listener != null) listener.onText(piece);
                 }
+                if (stopRequested != null && stopRequested.getAsBoolean()) {
+                    stop = "stop";
+                    return false;
+                }
                 return count < maxTokens;
             }
         };
@@ -155,7 +170,7 @@ public final class Session implements AutoCloseable {
                         int n = model.decodeGreedy(cache, next, position, room, g::take);
                         position += n;
                         g.steps += n;
-                        if (n == room && g.count < maxTokens && !g.stop.equals("eos")) g.stop = "context";
+                        if (n == room && g.count < maxTokens && g.stop.equals("length")) g.stop = "context";
                     } catch (KvCacheFullException e) {
                         g.stop = "context"; // a non-evicting policy filled the cache
                         position += g.count - 1 - g.steps; // the steps that ran before the full cache

@@ -1,0 +1,110 @@
+package dev.tokenpress.cli;
+
+import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.io.ChatTemplate;
+import dev.tokenpress.io.ModelLoadException;
+import dev.tokenpress.kv.KvPolicy;
+import dev.tokenpress.server.OpenAiServer;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+
+import java.io.PrintWriter;
+import java.nio.file.Path;
+import java.util.Locale;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.Callable;
+
+/**
+ * {@code tokenpress serve}: the OpenAI API's completion endpoints over one model ({@link OpenAiServer}) until
+ * interrupted; the sampling, {@code --kv} and {@code --kv-quant} options set the server's defaults and cache.
+ */
+@Command(name = "serve", mixinStandardHelpOptions = true,
+        description = "Serve the model over HTTP with OpenAI-compatible /v1/completions and /v1/chat/completions "
+                + "(one request decodes at a time); runs until interrupted.")
+public final class ServeCommand implements Callable<Integer> {
+    @Spec
+    CommandSpec spec;
+
+    @Mixin
+    ModelOptions modelOptions;
+
+    @Mixin
+    SamplingOptionsMixin sampling;
+
+    @Mixin
+    KvOptionsMixin kvOptions;
+
+    @Option(names = "--host", defaultValue = "127.0.0.1", description = "Address to listen on (default: ${DEFAULT-VALUE}; 0.0.0.0 = all).")
+    String host;
+
+    @Option(names = "--port", defaultValue = "8080", description = "TCP port (default: ${DEFAULT-VALUE}).")
+    int port;
+
+    @Option(names = {"-c", "--ctx-size"}, defaultValue = "0",
+            description = "KV cache size in tokens per request (0 = min(model maximum, 4096)).")
+    int ctx;
+
+    @Option(names = {"-n", "--n-predict"}, defaultValue = "256",
+            description = "Tokens generated when a request gives no max_tokens (default: ${DEFAULT-VALUE}).")
+    int nPredict;
+
+    @Option(names = "--chat-template", paramLabel = "NAME",
+            description = "Chat format for /v1/chat/completions: llama3, chatml, llama2 or mistral (default: detected "
+                    + "from the model; without one that endpoint answers 400).")
+    String templateName;
+
+    @Option(names = "--alias", paramLabel = "NAME", description = "Model id reported by the API (default: the directory name).")
+    String alias;
+
+    @Override
+    public Integer call() throws Exception {
+        PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
+        if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
+        kvOptions.validate(false);
+        if (port < 0 || port > 65535) throw new Main.UsageException("--port must be in 0..65535");
+        if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
+        ChatTemplate template = null;
+        if (templateName != null) {
+            try {
+                template = ChatTemplate.named(templateName);
+            } catch (IllegalArgumentException e) {
+                throw new Main.UsageException(e.getMessage());
+            }
+        }
+        var so = sampling.toOptions();
+        Path dir = modelOptions.resolveModel(err);
+        if (template == null) {
+            try {
+                template = ChatTemplate.forModel(dir);
+            } catch (ModelLoadException e) {
+                err.println("chat: " + e.getMessage() + " (/v1/chat/completions answers 400)");
+            }
+        }
+        String name = alias != null ? alias : dir.toAbsolutePath().normalize().getFileName().toString();
+        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {
+            tp.model().setPolicy(kvOptions.policy(tp.config()));
+            var quant = kvOptions.quant();
+            CountDownLatch stopped = new CountDownLatch(1);
+            try (OpenAiServer server = OpenAiServer.start(tp, new OpenAiServer.Options(host, port, ctx, quant, template,
+                    name, so, nPredict, line -> {
+                        synchronized (err) {
+                            err.println(line);
+                            err.flush();
+                        }
+                    }))) {
+                Runtime.getRuntime().addShutdownHook(new Thread(stopped::countDown));
+                err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; context %d tokens; kv %s; kv quant %s; chat %s%n",
+                        dir, tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), server.contextSize(),
+                        tp.model().policy() == KvPolicy.FULL ? "full" : tp.model().policy().spec(), quant.spec(),
+                        template == null ? "none" : template.format().id);
+                err.printf(Locale.ROOT, "listening on http://%s:%d/v1 (Ctrl-C stops)%n", host, server.port());
+                err.flush();
+                stopped.await();
+            }
+        }
+        return ExitCodes.OK;
+    }
+}

@@ -1,0 +1,521 @@
+package dev.tokenpress.server;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import com.sun.net.httpserver.HttpExchange;
+import com.sun.net.httpserver.HttpServer;
+import dev.tokenpress.api.GenerationResult;
+import dev.tokenpress.api.Session;
+import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.io.ChatTemplate;
+import dev.tokenpress.io.ChatTemplate.Message;
+import dev.tokenpress.kv.quant.KvQuantSpec;
+import dev.tokenpress.sample.SamplingOptions;
+
+import java.io.IOException;
+import java.io.OutputStream;
+import java.net.InetSocketAddress;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Locale;
+import java.util.Set;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.locks.ReentrantLock;
+import java.util.function.Consumer;
+
+/**
+ * An HTTP server with the OpenAI API's text endpoints over one loaded model (the JDK's built-in HTTP server, no
+ * other dependency), so that OpenAI clients and tools can use a model with KV-cache compression:
+ * <ul>
+ *   <li>{@code POST /v1/completions}: {@code prompt} (a string, one string in a list, or a list of token ids);</li>
+ *   <li>{@code POST /v1/chat/completions}: {@code messages} (system/developer, user, assistant; content a string
+ *       or a list of text parts) in the model's {@link ChatTemplate} format;</li>
+ *   <li>{@code GET /v1/models}, {@code GET /health}.</li>
+ * </ul>
+ * Request fields: {@code max_tokens} (chat also {@code max_completion_tokens}; default the server's), {@code
+ * temperature}, {@code top_p}, {@code seed}, {@code stop} (a string or a list), {@code stream} (server-sent events
+ * ending with {@code data: [DONE]}), {@code presence_penalty}, {@code frequency_penalty}, and llama.cpp's {@code
+ * top_k}, {@code min_p}, {@code typical_p}, {@code repeat_penalty}, {@code repeat_last_n}, {@code mirostat}, {@code
+ * mirostat_tau}, {@code mirostat_eta}; unset ones take the server's sampling defaults. {@code n} must be 1; {@code
+ * logprobs} and {@code echo} are refused. Responses carry {@code usage} and llama-server's {@code timings}. Errors
+ * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/404/405/500).
+ * <p>
+ * One request decodes at a time (others wait): each starts from an empty KV cache of the server's context size,
+ * with the model's KV policy and the server's cache storage. A client that disconnects while streaming stops its
+ * generation.
+ */
+public final class OpenAiServer implements AutoCloseable {
+
+    /**
+     * @param host             address to bind (e.g. 127.0.0.1; 0.0.0.0 for every interface)
+     * @param port             TCP port (0 = any free one, see {@link #port()})
+     * @param contextSize      KV cache size in tokens (0 = the model's default)
+     * @param quant            how the KV cache is stored (null = full precision)
+     * @param template         chat format for /v1/chat/completions (null = that endpoint answers 400)
+     * @param modelName        the model id the API reports
+     * @param sampling         defaults for the sampling fields a request leaves out
+     * @param defaultMaxTokens tokens generated when a request gives no max_tokens
+     * @param log              one line per request (null = none)
+     */
+    public record Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
+                          String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log) {}
+
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    private final TokenPress tp;
+    private final Options options;
+    private final Session session;
+    private final HttpServer http;
+    private final ExecutorService executor;
+    private final ReentrantLock decoding = new ReentrantLock(true);
+    private final AtomicLong ids = new AtomicLong();
+
+    private OpenAiServer(TokenPress tp, Options options) throws IOException {
+        this.tp = tp;
+        this.options = options;
+        this.session = tp.newSession(options.contextSize(), options.quant());
+        try {
+            this.http = HttpServer.create(new InetSocketAddress(options.host(), options.port()), 64);
+        } catch (IOException e) {
+            session.close();
+            throw new IOException("cannot listen on " + options.host() + ":" + options.port() + " (" + e.getMessage()
+                    + "): pick another --port or --host", e);
+        }
+        this.executor = Executors.newFixedThreadPool(4, r -> {
+            Thread t = new Thread(r, "tokenpress-http");
+            t.setDaemon(true);
+            return t;
+        });
+        http.setExecutor(executor);
+        http.createContext("/", this::handle);
+    }
+
+    /** Binds and starts serving; {@link #close} stops. */
+    public static OpenAiServer start(TokenPress tp, Options options) throws IOException {
+        OpenAiServer s = new OpenAiServer(tp, options);
+        s.http.start();
+        return s;
+    }
+
+    /** The port the server listens on. */
+    public int port() {
+        return http.getAddress().getPort();
+    }
+
+    /** The context size of the server's KV cache, in tokens. */
+    public int contextSize() {
+        return session.contextSize();
+    }
+
+    @Override
+    public void close() {
+        http.stop(0);
+        executor.shutdownNow();
+        decoding.lock();
+        try {
+            session.close();
+        } finally {
+            decoding.unlock();
+        }
+    }
+
+    // ---- routing ----------------------------------------------------------------------------------------------
+
+    /** An error to answer with an OpenAI-shaped body. */
+    static final class ApiException extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+        final int status;
+        final String type, code;
+
+        ApiException(int status, String type, String code, String message) {
+            super(message);
+            this.status = status;
+            this.type = type;
+            this.code = code;
+        }
+
+        static ApiException badRequest(String message) {
+            return new ApiException(400, "invalid_request_error", null, message);
+        }
+    }
+
+    private void handle(HttpExchange ex) throws IOException {
+        long t0 = System.nanoTime();
+        String path = ex.getRequestURI().getPath(), method = ex.getRequestMethod();
+        String note = "";
+        int status = 200;
+        try {
+            ex.getResponseHeaders().set("Access-Control-Allow-Origin", "*");
+            if (method.equals("OPTIONS")) {
+                ex.getResponseHeaders().set("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+                ex.getResponseHeaders().set("Access-Control-Allow-Headers", "Content-Type, Authorization");
+                ex.sendResponseHeaders(204, -1);
+                status = 204;
+                return;
+            }
+            switch (path) {
+                case "/health", "/v1/health" -> {
+                    requireMethod(ex, "GET");
+                    ObjectNode o = JSON.createObjectNode();
+                    o.put("status", "ok");
+                    sendJson(ex, 200, o);
+                }
+                case "/v1/models" -> {
+                    requireMethod(ex, "GET");
+                    sendJson(ex, 200, models());
+                }
+                case "/v1/completions", "/v1/chat/completions" -> {
+                    requireMethod(ex, "POST");
+                    JsonNode body;
+                    try {
+                        body = JSON.readTree(ex.getRequestBody());
+                    } catch (IOException e) {
+                        throw ApiException.badRequest("the request body is not valid JSON: " + firstLine(e));
+                    }
+                    if (body == null || !body.isObject()) throw ApiException.badRequest("the request body must be a JSON object");
+                    note = complete(ex, body, path.equals("/v1/chat/completions"));
+                }
+                default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
+                        + ": use /v1/completions, /v1/chat/completions, /v1/models or /health");
+            }
+        } catch (ApiException e) {
+            status = e.status;
+            note = e.getMessage();
+            sendError(ex, e);
+        } catch (RuntimeException e) {
+            status = 500;
+            note = e.toString();
+            sendError(ex, new ApiException(500, "server_error", null, firstLine(e)));
+        } finally {
+            ex.close();
+            if (options.log() != null)
+                options.log().accept(String.format(Locale.ROOT, "%s %s %d %.0f ms%s", method, path, status,
+                        (System.nanoTime() - t0) / 1e6, note.isEmpty() ? "" : " | " + note));
+        }
+    }
+
+    private static void requireMethod(HttpExchange ex, String method) {
+        if (!ex.getRequestMethod().equals(method))
+            throw new ApiException(405, "invalid_request_error", null, ex.getRequestURI().getPath() + " takes " + method);
+    }
+
+    private ObjectNode models() {
+        ObjectNode o = JSON.createObjectNode();
+        o.put("object", "list");
+        ObjectNode m = o.putArray("data").addObject();
+        m.put("id", options.modelName());
+        m.put("object", "model");
+        m.put("created", 0);
+        m.put("owned_by", "tokenpress");
+        ObjectNode meta = m.putObject("meta");
+        meta.put("architecture", tp.config().architecture());
+        meta.put("n_ctx", session.contextSize());
+        meta.put("n_vocab", tp.config().vocabSize());
+        meta.put("kv", tp.model().policy().spec());
+        meta.put("kv_quant", options.quant() == null ? "none" : options.quant().spec());
+        meta.put("chat_template", options.template() == null ? null : options.template().format().id);
+        return o;
+    }
+
+    // ---- completions ------------------------------------------------------------------------------------------
+
+    /** One parsed request. */
+    private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
+                           Set<Integer> stopTokens) {}
+
+    /** Runs a completion request; returns a note for the log. */
+    private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
+        String id = (chat ? "chatcmpl-" : "cmpl-") + ids.incrementAndGet();
+        long created = System.currentTimeMillis() / 1000;
+        Request req;
+        StopText text;
+        Stream stream;
+        GenerationResult r;
+        decoding.lock();
+        try {
+            req = chat ? chatRequest(body) : completionRequest(body);
+            text = new StopText(req.stop());
+            stream = req.stream() ? new Stream(ex, id, created, chat) : null;
+            if (req.tokens().length + 1 > session.contextSize())
+                throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
+                        + req.tokens().length + " tokens but the server's context holds " + session.contextSize()
+                        + ": shorten it or start the server with a larger -c");
+            session.reset();
+            if (stream != null) stream.begin();
+            StopText st = text;
+            Stream sse = stream;
+            r = session.generate(req.tokens(), req.maxTokens(), req.sampling(), piece -> {
+                String out = st.add(piece);
+                if (sse != null && !out.isEmpty()) sse.text(out);
+            }, null, req.stopTokens(), () -> st.hit() || (sse != null && sse.gone));
+        } finally {
+            decoding.unlock();
+        }
+        String tail = text.hit() ? "" : text.rest();
+        String finish = switch (r.stopReason()) {
+            case "length", "context" -> "length";
+            default -> "stop";
+        };
+        ObjectNode usage = JSON.createObjectNode();
+        usage.put("prompt_tokens", req.tokens().length);
+        usage.put("completion_tokens", r.tokens().length);
+        usage.put("total_tokens", req.tokens().length + r.tokens().length);
+        ObjectNode timings = JSON.createObjectNode();
+        timings.put("prompt_n", r.promptTokens());
+        timings.put("prompt_ms", r.prefillMillis());
+        timings.put("prompt_per_second", r.prefillTokensPerSecond());
+        timings.put("predicted_n", r.decodeSteps());
+        timings.put("predicted_ms", r.decodeMillis());
+        timings.put("predicted_per_second", r.decodeTokensPerSecond());
+        if (stream != null) {
+            if (!tail.isEmpty()) stream.text(tail);
+            stream.end(finish, usage, timings);
+        } else {
+            ObjectNode o = JSON.createObjectNode();
+            o.put("id", id);
+            o.put("object", chat ? "chat.completion" : "text_completion");
+            o.put("created", created);
+            o.put("model", options.modelName());
+            ObjectNode c = o.putArray("choices").addObject();
+            c.put("index", 0);
+            if (chat) {
+                ObjectNode m = c.putObject("message");
+                m.put("role", "assistant");
+                m.put("content", text.text());
+            } else {
+                c.put("text", text.text());
+                c.putNull("logprobs");
+            }
+            c.put("finish_reason", finish);
+            o.set("usage", usage);
+            o.set("timings", timings);
+            sendJson(ex, 200, o);
+        }
+        return String.format(Locale.ROOT, "prompt %d tokens, %d generated, %.1f tokens/s, %s", req.tokens().length,
+                r.tokens().length, r.decodeTokensPerSecond(), finish);
+    }
+
+    private Request completionRequest(JsonNode b) {
+        JsonNode p = b.get("prompt");
+        int[] tokens;
+        if (p != null && p.isArray() && p.size() == 1 && p.get(0).isTextual()) p = p.get(0);
+        if (p != null && p.isTextual()) {
+            tokens = tp.tokenizer().encode(p.asText());
+        } else if (p != null && p.isArray() && p.size() > 0 && allInts(p)) {
+            tokens = new int[p.size()];
+            for (int i = 0; i < tokens.length; i++) {
+                tokens[i] = p.get(i).asInt();
+                if (tokens[i] < 0 || tokens[i] >= tp.config().vocabSize())
+                    throw ApiException.badRequest("prompt token " + tokens[i] + " is outside the vocabulary of "
+                            + tp.config().vocabSize());
+            }
+        } else {
+            throw ApiException.badRequest("'prompt' must be a string, a list with one string, or a list of token ids");
+        }
+        if (tokens.length == 0) throw ApiException.badRequest("the prompt is empty");
+        if (b.path("echo").asBoolean(false)) throw ApiException.badRequest("'echo' is not supported");
+        return common(b, tokens, Set.of());
+    }
+
+    private Request chatRequest(JsonNode b) {
+        ChatTemplate t = options.template();
+        if (t == null)
+            throw ApiException.badRequest("this model has no known chat template: restart the server with "
+                    + "--chat-template " + String.join("|", ChatTemplate.names().split(", ")) + " or use /v1/completions");
+        JsonNode msgs = b.get("messages");
+        if (msgs == null || !msgs.isArray() || msgs.isEmpty())
+            throw ApiException.badRequest("'messages' must be a non-empty list");
+        List<Message> list = new ArrayList<>();
+        for (JsonNode m : msgs) {
+            String role = m.path("role").asText("");
+            if (role.equals("developer")) role = "system";
+            if (!role.equals("system") && !role.equals("user") && !role.equals("assistant"))
+                throw ApiException.badRequest("message role '" + role + "' is not supported: use system, developer, "
+                        + "user or assistant");
+            list.add(new Message(role, content(m.get("content"))));
+        }
+        if (!list.get(list.size() - 1).role().equals("user"))
+            throw ApiException.badRequest("the last message must be a user message");
+        String text;
+        try {
+            text = t.render(list, true);
+        } catch (IllegalArgumentException e) {
+            throw ApiException.badRequest(e.getMessage());
+        }
+        Set<Integer> stops = new HashSet<>();
+        for (int id : t.stopTokenIds(tp.tokenizer())) stops.add(id);
+        return common(b, tp.tokenizer().encode(text), stops);
+    }
+
+    private static String content(JsonNode c) {
+        if (c == null || c.isNull()) return "";
+        if (c.isTextual()) return c.asText();
+        if (c.isArray()) {
+            StringBuilder sb = new StringBuilder();
+            for (JsonNode part : c) {
+                if (!part.path("type").asText("text").equals("text"))
+                    throw ApiException.badRequest("content part type '" + part.path("type").asText()
+                            + "' is not supported: only text");
+                sb.append(part.path("text").asText(""));
+            }
+            return sb.toString();
+        }
+        throw ApiException.badRequest("message content must be a string or a list of text parts");
+    }
+
+    private Request common(JsonNode b, int[] tokens, Set<Integer> stopTokens) {
+        if (b.has("n") && b.get("n").asInt(1) != 1) throw ApiException.badRequest("'n' must be 1");
+        JsonNode lp = b.get("logprobs");
+        if (lp != null && !lp.isNull() && !(lp.isBoolean() && !lp.asBoolean()))
+            throw ApiException.badRequest("'logprobs' is not supported");
+        int max = options.defaultMaxTokens();
+        for (String k : new String[] {"max_tokens", "max_completion_tokens", "n_predict"}) {
+            JsonNode v = b.get(k);
+            if (v != null && !v.isNull()) {
+                if (!v.canConvertToInt() || v.asInt() < 0) throw ApiException.badRequest("'" + k + "' must be an integer >= 0");
+                max = v.asInt();
+            }
+        }
+        SamplingOptions d = options.sampling();
+        SamplingOptions so = new SamplingOptions(
+                num(b, "temperature", d.temp()), (int) num(b, "top_k", d.topK()), num(b, "top_p", d.topP()),
+                num(b, "min_p", d.minP()), num(b, "typical_p", d.typicalP()),
+                (int) num(b, "repeat_last_n", d.repeatLastN()), num(b, "repeat_penalty", d.repeatPenalty()),
+                num(b, "presence_penalty", d.presencePenalty()), num(b, "frequency_penalty", d.frequencyPenalty()),
+                (int) num(b, "mirostat", d.mirostat()), num(b, "mirostat_eta", d.mirostatLr()),
+                num(b, "mirostat_tau", d.mirostatEnt()), (long) num(b, "seed", d.seed()));
+        String err = so.validationError();
+        if (err != null) throw ApiException.badRequest(err.replace("--temp", "temperature").replace("--", ""));
+        List<String> stop = new ArrayList<>();
+        JsonNode s = b.get("stop");
+        if (s != null && s.isTextual()) stop.add(s.asText());
+        else if (s != null && s.isArray()) for (JsonNode x : s) stop.add(x.asText());
+        else if (s != null && !s.isNull()) throw ApiException.badRequest("'stop' must be a string or a list of strings");
+        return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens);
+    }
+
+    private static double num(JsonNode b, String key, double dflt) {
+        JsonNode v = b.get(key);
+        if (v == null || v.isNull()) return dflt;
+        if (!v.isNumber()) throw ApiException.badRequest("'" + key + "' must be a number");
+        return v.asDouble();
+    }
+
+    private static boolean allInts(JsonNode a) {
+        for (JsonNode x : a) if (!x.canConvertToInt() || !x.isIntegralNumber()) return false;
+        return true;
+    }
+
+    // ---- responses --------------------------------------------------------------------------------------------
+
+    /** A server-sent-events response; {@link #gone} once the client stopped reading. */
+    private final class Stream {
+        final HttpExchange ex;
+        final String id;
+        final long created;
+        final boolean chat;
+        OutputStream os;
+        volatile boolean gone;
+
+        Stream(HttpExchange ex, String id, long created, boolean chat) {
+            this.ex = ex;
+            this.id = id;
+            this.created = created;
+            this.chat = chat;
+        }
+
+        void begin() {
+            try {
+                ex.getResponseHeaders().set("Content-Type", "text/event-stream; charset=utf-8");
+                ex.getResponseHeaders().set("Cache-Control", "no-cache");
+                ex.sendResponseHeaders(200, 0);
+                os = ex.getResponseBody();
+            } catch (IOException e) {
+                gone = true;
+            }
+            if (chat) {
+                ObjectNode c = chunk();
+                ObjectNode ch = (ObjectNode) c.get("choices").get(0);
+                ch.putObject("delta").put("role", "assistant");
+                ch.putNull("finish_reason");
+                event(c.toString());
+            }
+        }
+
+        ObjectNode chunk() {
+            ObjectNode o = JSON.createObjectNode();
+            o.put("id", id);
+            o.put("object", chat ? "chat.completion.chunk" : "text_completion");
+            o.put("created", created);
+            o.put("model", options.modelName());
+            o.putArray("choices").addObject().put("index", 0);
+            return o;
+        }
+
+        void text(String piece) {
+            ObjectNode c = chunk();
+            ObjectNode ch = (ObjectNode) c.get("choices").get(0);
+            if (chat) ch.putObject("delta").put("content", piece);
+            else ch.put("text", piece);
+            ch.putNull("finish_reason");
+            event(c.toString());
+        }
+
+        void end(String finish, ObjectNode usage, ObjectNode timings) {
+            ObjectNode c = chunk();
+            ObjectNode ch = (ObjectNode) c.get("choices").get(0);
+            if (chat) ch.putObject("delta");
+            else ch.put("text", "");
+            ch.put("finish_reason", finish);
+            c.set("usage", usage);
+            c.set("timings", timings);
+            event(c.toString());
+            event("[DONE]");
+        }
+
+        void event(String data) {
+            if (gone) return;
+            try {
+                os.write(("data: " + data + "\n\n").getBytes(StandardCharsets.UTF_8));
+                os.flush();
+            } catch (IOException e) {
+                gone = true;
+            }
+        }
+    }
+
+    private static void sendJson(HttpExchange ex, int status, JsonNode body) throws IOException {
+        byte[] bytes = JSON.writeValueAsBytes(body);
+        ex.getResponseHeaders().set("Content-Type", "application/json; charset=utf-8");
+        ex.sendResponseHeaders(status, bytes.length);
+        try (OutputStream os = ex.getResponseBody()) {
+            os.write(bytes);
+        }
+    }
+
+    private static void sendError(HttpExchange ex, ApiException e) {
+        ObjectNode o = JSON.createObjectNode();
+        ObjectNode err = o.putObject("error");
+        err.put("message", e.getMessage());
+        err.put("type", e.type);
+        if (e.code != null) err.put("code", e.code);
+        else err.putNull("code");
+        try {
+            sendJson(ex, e.status, o);
+        } catch (IOException | RuntimeException ignored) {
+            // headers already sent (a failure while streaming) or the client is gone: nothing more to tell it
+        }
+    }
+
+    private static String firstLine(Throwable t) {
+        String m = t.getMessage();
+        if (m == null || m.isBlank()) return t.getClass().getSimpleName();
+        int nl = m.indexOf('\n');
+        return (nl < 0 ? m : m.substring(0, nl)).trim();
+    }
+}

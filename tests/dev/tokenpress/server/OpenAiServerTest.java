@@ -1,0 +1,221 @@
+package dev.tokenpress.server;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import dev.tokenpress.api.GenerationResult;
+import dev.tokenpress.api.LoadOptions;
+import dev.tokenpress.api.Session;
+import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.io.ChatTemplate;
+import dev.tokenpress.io.ChatTemplate.Message;
+import dev.tokenpress.sample.SamplingOptions;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CopyOnWriteArrayList;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * The OpenAI-compatible server end to end over HTTP on a free port: completions and chat completions against the
+ * same generation through the Java API, streaming against non-streaming, stop strings, errors, concurrent requests.
+ */
+class OpenAiServerTest {
+    static final Path MODEL = Path.of("models", "tokenpress-tiny");
+    static final ObjectMapper JSON = new ObjectMapper();
+    static TokenPress tp;
+    static OpenAiServer server;
+    static final List<String> log = new CopyOnWriteArrayList<>();
+    static final HttpClient http = HttpClient.newHttpClient();
+
+    @BeforeAll
+    static void start() throws Exception {
+        Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
+        tp = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
+        server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, ChatTemplate.named("chatml"),
+                "tiny", SamplingOptions.defaults(), 16, log::add));
+    }
+
+    @AfterAll
+    static void stop() {
+        if (server != null) server.close();
+        if (tp != null) tp.close();
+    }
+
+    record Reply(int status, String body) {
+        JsonNode json() throws Exception {
+            return JSON.readTree(body);
+        }
+    }
+
+    static Reply post(String path, String body) throws Exception {
+        HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + path))
+                .header("Content-Type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body)).build(),
+                HttpResponse.BodyHandlers.ofString());
+        return new Reply(r.statusCode(), r.body());
+    }
+
+    static Reply get(String path) throws Exception {
+        HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + path))
+                .GET().build(), HttpResponse.BodyHandlers.ofString());
+        return new Reply(r.statusCode(), r.body());
+    }
+
+    /** The text the Java API generates for these tokens (greedy, n tokens, stop tokens as given). */
+    static GenerationResult direct(int[] tokens, int n, java.util.Set<Integer> stops) {
+        try (Session s = tp.newSession(256)) {
+            return s.generate(tokens, n, SamplingOptions.greedy(), null, null, stops);
+        }
+    }
+
+    /** The data lines of a server-sent-events body, [DONE] last. */
+    static List<JsonNode> events(String body) throws Exception {
+        List<JsonNode> out = new ArrayList<>();
+        String[] blocks = body.split("\n\n");
+        assertEquals("data: [DONE]", blocks[blocks.length - 1].strip(), body);
+        for (int i = 0; i < blocks.length - 1; i++) {
+            assertTrue(blocks[i].startsWith("data: "), blocks[i]);
+            out.add(JSON.readTree(blocks[i].substring(6)));
+        }
+        return out;
+    }
+
+    @Test
+    void completionMatchesTheJavaApi() throws Exception {
+        String prompt = "def add(a, b):";
+        Reply r = post("/v1/completions", "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 12, \"temperature\": 0}");
+        assertEquals(200, r.status(), r.body());
+        JsonNode j = r.json();
+        GenerationResult want = direct(tp.tokenizer().encode(prompt), 12, java.util.Set.of());
+        assertEquals("text_completion", j.get("object").asText());
+        assertEquals("tiny", j.get("model").asText());
+        assertEquals(want.text(), j.at("/choices/0/text").asText());
+        assertEquals(want.stopReason().equals("length") ? "length" : "stop", j.at("/choices/0/finish_reason").asText());
+        assertEquals(tp.tokenizer().encode(prompt).length, j.at("/usage/prompt_tokens").asInt());
+        assertEquals(want.tokens().length, j.at("/usage/completion_tokens").asInt());
+        assertTrue(j.at("/timings/predicted_per_second").asDouble() > 0);
+
+        // token ids as the prompt, and streaming: the same text in pieces, finish reason and usage in the last chunk
+        int[] ids = tp.tokenizer().encode(prompt);
+        StringBuilder list = new StringBuilder();
+        for (int id : ids) list.append(list.length() == 0 ? "" : ",").append(id);
+        Reply s = post("/v1/completions", "{\"prompt\": [" + list + "], \"max_tokens\": 12, \"temperature\": 0, \"stream\": true}");
+        assertEquals(200, s.status(), s.body());
+        List<JsonNode> ev = events(s.body());
+        StringBuilder text = new StringBuilder();
+        for (JsonNode e : ev) text.append(e.at("/choices/0/text").asText());
+        assertEquals(want.text(), text.toString());
+        assertEquals(j.at("/choices/0/finish_reason").asText(), ev.get(ev.size() - 1).at("/choices/0/finish_reason").asText());
+        assertEquals(want.tokens().length, ev.get(ev.size() - 1).at("/usage/completion_tokens").asInt());
+        assertTrue(ev.size() > 2, "streamed in pieces: " + s.body());
+    }
+
+    /** A stop string ends the text just before it, streaming or not; what streams never includes a part of it. */
+    @Test
+    void stopStringsCutTheText() throws Exception {
+        GenerationResult full = direct(tp.tokenizer().encode("import os\n"), 30, java.util.Set.of());
+        String t = full.text();
+        assertTrue(t.length() > 12, t);
+        String stop = t.substring(6, 9);
+        String want = t.substring(0, t.indexOf(stop));
+        String body = JSON.writeValueAsString(java.util.Map.of("prompt", "import os\n", "max_tokens", 30,
+                "temperature", 0, "stop", List.of("\u0001never", stop)));
+        Reply r = post("/v1/completions", body);
+        assertEquals(200, r.status(), r.body());
+        assertEquals(want, r.json().at("/choices/0/text").asText());
+        assertEquals("stop", r.json().at("/choices/0/finish_reason").asText());
+        assertTrue(r.json().at("/usage/completion_tokens").asInt() < full.tokens().length, "generation stopped early");
+
+        Reply s = post("/v1/completions", body.replace("}", ",\"stream\":true}"));
+        StringBuilder text = new StringBuilder();
+        for (JsonNode e : events(s.body())) text.append(e.at("/choices/0/text").asText());
+        assertEquals(want, text.toString());
+    }
+
+    @Test
+    void chatCompletionUsesTheTemplate() throws Exception {
+        String body = "{\"messages\": [{\"role\": \"developer\", \"content\": \"Be brief.\"}, {\"role\": \"user\", "
+                + "\"content\": [{\"type\": \"text\", \"text\": \"Hello\"}, {\"type\": \"text\", \"text\": \" there\"}]}], "
+                + "\"max_completion_tokens\": 10, \"temperature\": 0}";
+        Reply r = post("/v1/chat/completions", body);
+        assertEquals(200, r.status(), r.body());
+        JsonNode j = r.json();
+        ChatTemplate t = ChatTemplate.named("chatml");
+        int[] tokens = tp.tokenizer().encode(t.render(List.of(Message.system("Be brief."), Message.user("Hello there")), true));
+        java.util.Set<Integer> stops = new java.util.HashSet<>();
+        for (int id : t.stopTokenIds(tp.tokenizer())) stops.add(id);
+        GenerationResult want = direct(tokens, 10, stops);
+        assertEquals("chat.completion", j.get("object").asText());
+        assertEquals("assistant", j.at("/choices/0/message/role").asText());
+        assertEquals(want.text(), j.at("/choices/0/message/content").asText());
+        assertEquals(tokens.length, j.at("/usage/prompt_tokens").asInt());
+
+        Reply s = post("/v1/chat/completions", body.replace("\"temperature\": 0", "\"temperature\": 0, \"stream\": true"));
+        List<JsonNode> ev = events(s.body());
+        assertEquals("assistant", ev.get(0).at("/choices/0/delta/role").asText());
+        StringBuilder text = new StringBuilder();
+        for (JsonNode e : ev) text.append(e.at("/choices/0/delta/content").asText(""));
+        assertEquals(want.text(), text.toString());
+        assertEquals("chat.completion.chunk", ev.get(1).get("object").asText());
+    }
+
+    @Test
+    void errorsAreOpenAiShaped() throws Exception {
+        Object[][] cases = {
+                {"/v1/completions", "{not json", 400},
+                {"/v1/completions", "{\"max_tokens\": 3}", 400},
+                {"/v1/completions", "{\"prompt\": \"x\", \"n\": 2}", 400},
+                {"/v1/completions", "{\"prompt\": \"x\", \"temperature\": \"hot\"}", 400},
+                {"/v1/completions", "{\"prompt\": \"x\", \"top_p\": 0}", 400},
+                {"/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 3}", 400},
+                {"/v1/completions", "{\"prompt\": [999999]}", 400},
+                {"/v1/chat/completions", "{\"messages\": []}", 400},
+                {"/v1/chat/completions", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}", 400},
+                {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}", 400},
+                {"/v1/embeddings", "{}", 404}};
+        for (Object[] c : cases) {
+            Reply r = post((String) c[0], (String) c[1]);
+            assertEquals(c[2], r.status(), c[1] + " → " + r.body());
+            assertFalse(r.json().at("/error/message").asText().isEmpty(), r.body());
+        }
+        String longPrompt = "word ".repeat(400);
+        Reply tooLong = post("/v1/completions", "{\"prompt\": \"" + longPrompt + "\"}");
+        assertEquals(400, tooLong.status());
+        assertEquals("context_length_exceeded", tooLong.json().at("/error/code").asText(), tooLong.body());
+        assertEquals(405, get("/v1/completions").status());
+        assertEquals("ok", get("/health").json().get("status").asText());
+        JsonNode models = get("/v1/models").json();
+        assertEquals("tiny", models.at("/data/0/id").asText());
+        assertEquals(256, models.at("/data/0/meta/n_ctx").asInt());
+        assertTrue(log.stream().anyMatch(l -> l.startsWith("POST /v1/completions 400")), log.toString());
+    }
+
+    /** Requests at once are served one after the other, each from an empty cache: the same answers as alone. */
+    @Test
+    void concurrentRequestsGetTheirOwnAnswers() throws Exception {
+        String[] prompts = {"def f(x):", "class A:", "import sys"};
+        List<CompletableFuture<HttpResponse<String>>> futures = new ArrayList<>();
+        for (String p : prompts)
+            futures.add(http.sendAsync(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + "/v1/completions"))
+                    .POST(HttpRequest.BodyPublishers.ofString("{\"prompt\": \"" + p + "\", \"max_tokens\": 8, \"temperature\": 0}"))
+                    .build(), HttpResponse.BodyHandlers.ofString()));
+        CompletableFuture.allOf(futures.toArray(CompletableFuture[]::new)).get(); // the model is free again
+        for (int i = 0; i < prompts.length; i++) {
+            HttpResponse<String> r = futures.get(i).get();
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals(direct(tp.tokenizer().encode(prompts[i]), 8, java.util.Set.of()).text(),
+                    JSON.readTree(r.body()).at("/choices/0/text").asText(), prompts[i]);
+        }
+    }
+}
