@@ -45,7 +45,7 @@ build_bundle() {
   echo "[bundle] jlink Temurin 25"
   local tmp
   tmp=$(mktemp -d)
-  "$TEMURIN/bin/jlink" --add-modules java.base,jdk.unsupported,jdk.incubator.vector,java.logging,java.xml,jdk.zipfs \
+  "$TEMURIN/bin/jlink" --add-modules java.base,jdk.unsupported,jdk.incubator.vector,java.logging,java.xml,jdk.zipfs,jdk.httpserver,java.net.http \
     --strip-debug --no-header-files --no-man-pages --compress=zip-6 --output "$tmp/jre"
   tar -C "$tmp" -czf "$BUNDLE/jre.tgz" jre
   rm -rf "$tmp"
