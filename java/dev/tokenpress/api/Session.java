@@ -27,6 +27,8 @@ public final class Session implements AutoCloseable {
     private final Set<Integer> eos;
     private int[] unfed = new int[0];
     private int stopToken = -1;
+    private int[] fed = new int[64]; // the tokens processed so far, in order (fedCount == position)
+    private int fedCount;
 
     Session(TokenPress tp, int contextSize) {
         this(tp, contextSize, null);
@@ -50,10 +52,52 @@ public final class Session implements AutoCloseable {
     /** Uses a KV policy for this session's model from now on. */
     public void setPolicy(KvPolicy policy) { model.setPolicy(policy); }
 
+    /** The tokens processed so far, in order (prompts and the generated tokens fed back; {@link #position} of them). */
+    public int[] tokens() {
+        return Arrays.copyOf(fed, fedCount);
+    }
+
+    /**
+     * Whether {@link #truncate} works here: the cache holds every processed token (the {@code full} policy) and
+     * freeing the newest tokens restores it exactly (not a quantized cache).
+     */
+    public boolean canTruncate() {
+        return model.policy() == KvPolicy.FULL && cache.appendsReversible();
+    }
+
+    /**
+     * Keeps only the first {@code n} tokens (frees the later ones' slots), so a prompt that shares a prefix with
+     * what was processed only needs its new part fed (prompt caching).
+     *
+     * @throws IllegalStateException    unless {@link #canTruncate}
+     * @throws IllegalArgumentException unless 0 <= n <= {@link #position}
+     */
+    public void truncate(int n) {
+        if (!canTruncate())
+            throw new IllegalStateException("truncate needs the full KV policy and an unquantized cache (policy "
+                    + model.policy().spec() + ")");
+        if (n < 0 || n > position) throw new IllegalArgumentException("truncate to " + n + " of " + position + " tokens");
+        for (int l = 0; l < cache.layers(); l++)
+            for (int h = 0; h < cache.kvHeads(); h++)
+                for (int slot = cache.highWater(l, h) - 1; slot >= 0; slot--)
+                    if (cache.position(l, h, slot) >= n) cache.free(l, h, slot);
+        position = n;
+        fedCount = n;
+        unfed = new int[0];
+        stopToken = -1;
+    }
+
+    private void record(int[] tokens, int n) {
+        if (fedCount + n > fed.length) fed = Arrays.copyOf(fed, Math.max(fed.length * 2, fedCount + n));
+        System.arraycopy(tokens, 0, fed, fedCount, n);
+        fedCount += n;
+    }
+
     /** Forgets all tokens. */
     public void reset() {
         cache.clear();
         position = 0;
+        fedCount = 0;
         unfed = new int[0];
         stopToken = -1;
     }
@@ -113,6 +157,7 @@ public final class Session implements AutoCloseable {
         if (trace != null) chain.setTrace(true);
         StreamingDecoder text = tp.tokenizer().streaming();
         StringBuilder out = new StringBuilder();
+        for (int i = 0; i < fedCount; i++) chain.accept(fed[i]); // the penalties see the whole sequence
         for (int t : promptTokens) chain.accept(t);
 
         long t0 = System.nanoTime();
@@ -199,6 +244,8 @@ public final class Session implements AutoCloseable {
         }
         int count = g.count, steps = g.steps;
         unfed = Arrays.copyOfRange(generated, Math.min(steps, count), count);
+        record(promptTokens, promptTokens.length);
+        record(generated, Math.min(steps, count));
         String stop = g.stop;
         double ttft = g.ttft;
         long decodeStart = g.decodeStart;

@@ -18,6 +18,7 @@ import java.io.OutputStream;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Locale;
@@ -45,9 +46,12 @@ import java.util.function.Consumer;
  * logprobs} and {@code echo} are refused. Responses carry {@code usage} and llama-server's {@code timings}. Errors
  * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/404/405/500).
  * <p>
- * One request decodes at a time (others wait): each starts from an empty KV cache of the server's context size,
- * with the model's KV policy and the server's cache storage. A client that disconnects while streaming stops its
- * generation.
+ * One request decodes at a time (others wait), with the model's KV policy and the server's cache storage in a KV
+ * cache of the server's context size. Prompt caching (llama-server's {@code cache_prompt}, on unless a request says
+ * false): where the cache can be cut back ({@link Session#canTruncate}: the {@code full} policy, unquantized), the
+ * part of the previous request's tokens that begins this prompt stays and only the rest is prefilled (a chat that
+ * resends its history prefills only the new turn); otherwise each request starts from an empty cache. {@code
+ * timings.cache_n} says how many tokens were reused. A client that disconnects while streaming stops its generation.
  */
 public final class OpenAiServer implements AutoCloseable {
 
@@ -226,7 +230,7 @@ public final class OpenAiServer implements AutoCloseable {
 
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
-                           Set<Integer> stopTokens) {}
+                           Set<Integer> stopTokens, boolean cachePrompt) {}
 
     /** Runs a completion request; returns a note for the log. */
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
@@ -236,6 +240,7 @@ public final class OpenAiServer implements AutoCloseable {
         StopText text;
         Stream stream;
         GenerationResult r;
+        int reused;
         decoding.lock();
         try {
             req = chat ? chatRequest(body) : completionRequest(body);
@@ -245,11 +250,19 @@ public final class OpenAiServer implements AutoCloseable {
                 throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
                         + req.tokens().length + " tokens but the server's context holds " + session.contextSize()
                         + ": shorten it or start the server with a larger -c");
-            session.reset();
+            // prompt caching: keep what the cache holds of this prompt's beginning, feed the rest (at least one token)
+            reused = 0;
+            if (req.cachePrompt() && session.canTruncate()) {
+                int[] have = session.tokens();
+                int n = Math.min(have.length, req.tokens().length - 1);
+                while (reused < n && have[reused] == req.tokens()[reused]) reused++;
+            }
+            if (reused > 0) session.truncate(reused);
+            else session.reset();
             if (stream != null) stream.begin();
             StopText st = text;
             Stream sse = stream;
-            r = session.generate(req.tokens(), req.maxTokens(), req.sampling(), piece -> {
+            r = session.generate(Arrays.copyOfRange(req.tokens(), reused, req.tokens().length), req.maxTokens(), req.sampling(), piece -> {
                 String out = st.add(piece);
                 if (sse != null && !out.isEmpty()) sse.text(out);
             }, null, req.stopTokens(), () -> st.hit() || (sse != null && sse.gone));
@@ -266,6 +279,7 @@ public final class OpenAiServer implements AutoCloseable {
         usage.put("completion_tokens", r.tokens().length);
         usage.put("total_tokens", req.tokens().length + r.tokens().length);
         ObjectNode timings = JSON.createObjectNode();
+        timings.put("cache_n", reused);
         timings.put("prompt_n", r.promptTokens());
         timings.put("prompt_ms", r.prefillMillis());
         timings.put("prompt_per_second", r.prefillTokensPerSecond());
@@ -296,8 +310,8 @@ public final class OpenAiServer implements AutoCloseable {
             o.set("timings", timings);
             sendJson(ex, 200, o);
         }
-        return String.format(Locale.ROOT, "prompt %d tokens, %d generated, %.1f tokens/s, %s", req.tokens().length,
-                r.tokens().length, r.decodeTokensPerSecond(), finish);
+        return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s",
+                req.tokens().length, reused, r.tokens().length, r.decodeTokensPerSecond(), finish);
     }
 
     private Request completionRequest(JsonNode b) {
@@ -396,7 +410,8 @@ public final class OpenAiServer implements AutoCloseable {
         if (s != null && s.isTextual()) stop.add(s.asText());
         else if (s != null && s.isArray()) for (JsonNode x : s) stop.add(x.asText());
         else if (s != null && !s.isNull()) throw ApiException.badRequest("'stop' must be a string or a list of strings");
-        return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens);
+        return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
+                b.path("cache_prompt").asBoolean(true));
     }
 
     private static double num(JsonNode b, String key, double dflt) {

@@ -45,6 +45,51 @@ class ApiTest {
     }
 
     /**
+     * truncate keeps a prefix of what a session processed: the tokens, the cache's slots and what decoding from
+     * there gives are those of a session that only ever saw the prefix; policies that evict or select, and quantized
+     * caches, refuse it.
+     */
+    @Test
+    void truncateKeepsAPrefix() {
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cpu"))) {
+            int[] prompt = tp.tokenizer().encode("The cat sat on the mat and then");
+            int[] more = tp.tokenizer().encodeNoSpecial(" a dog came");
+            try (Session s = tp.newSession(128); Session fresh = tp.newSession(128)) {
+                GenerationResult r = s.generate(prompt, 6, SamplingOptions.greedy(), null);
+                int[] all = s.tokens();
+                assertEquals(s.position(), all.length);
+                assertArrayEquals(prompt, java.util.Arrays.copyOf(all, prompt.length));
+                assertArrayEquals(java.util.Arrays.copyOf(r.tokens(), 5), java.util.Arrays.copyOfRange(all, prompt.length, all.length));
+                int keep = prompt.length - 2;
+                assertTrue(s.canTruncate());
+                s.truncate(keep);
+                assertEquals(keep, s.position());
+                assertArrayEquals(java.util.Arrays.copyOf(prompt, keep), s.tokens());
+                for (int l = 0; l < s.cache().layers(); l++)
+                    for (int h = 0; h < s.cache().kvHeads(); h++) {
+                        assertEquals(keep, s.cache().occupied(l, h));
+                        assertEquals(keep, s.cache().highWater(l, h));
+                    }
+                GenerationResult a = s.generate(more, 6, SamplingOptions.greedy(), null);
+                int[] both = new int[keep + more.length];
+                System.arraycopy(prompt, 0, both, 0, keep);
+                System.arraycopy(more, 0, both, keep, more.length);
+                GenerationResult b = fresh.generate(both, 6, SamplingOptions.greedy(), null);
+                assertArrayEquals(b.tokens(), a.tokens());
+                assertThrows(IllegalArgumentException.class, () -> s.truncate(s.position() + 1));
+                s.setPolicy(dev.tokenpress.kv.KvPolicies.parse("window:budget=16", tp.config()));
+                assertFalse(s.canTruncate());
+                assertThrows(IllegalStateException.class, () -> s.truncate(1));
+                s.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
+            }
+            try (Session q = tp.newSession(128, dev.tokenpress.kv.quant.KvQuantSpec.parse("int4"))) {
+                assertFalse(q.canTruncate(), "a quantized cache re-encodes earlier tokens on append");
+            }
+        }
+    }
+
+    /**
      * Greedy generation through the pipelined loop (forced here; the CPU has no device feedback register, so it is
      * emulated on the host) and the plain loop: the same tokens, stop reasons, decode steps and session positions —
      * for a length stop, a context stop and a second turn in the same session.

@@ -201,6 +201,37 @@ class OpenAiServerTest {
         assertTrue(log.stream().anyMatch(l -> l.startsWith("POST /v1/completions 400")), log.toString());
     }
 
+    /**
+     * A prompt that begins with the previous request's tokens reuses them (timings.cache_n) and answers as a fresh
+     * cache would; cache_prompt false starts from an empty cache.
+     */
+    @Test
+    void promptCachingReusesTheSharedBeginning() throws Exception {
+        String first = "def area(r):\n    return", second = first + " 3.14 * r * r\n\ndef";
+        assertEquals(200, post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", first,
+                "max_tokens", 6, "temperature", 0))).status());
+        Reply r = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", second, "max_tokens", 10,
+                "temperature", 0)));
+        assertEquals(200, r.status(), r.body());
+        int[] a = tp.tokenizer().encode(first), b = tp.tokenizer().encode(second);
+        int shared = 0;
+        while (shared < a.length && a[shared] == b[shared]) shared++;
+        assertTrue(shared > 3, "the prompts share their beginning");
+        assertEquals(shared, r.json().at("/timings/cache_n").asInt(), r.body());
+        assertEquals(b.length - shared, r.json().at("/timings/prompt_n").asInt(), r.body());
+        assertEquals(b.length, r.json().at("/usage/prompt_tokens").asInt());
+        assertEquals(direct(b, 10, java.util.Set.of()).text(), r.json().at("/choices/0/text").asText());
+
+        Reply same = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", second, "max_tokens", 10,
+                "temperature", 0)));
+        assertEquals(b.length - 1, same.json().at("/timings/cache_n").asInt(), "all but the last prompt token reused");
+        assertEquals(r.json().at("/choices/0/text").asText(), same.json().at("/choices/0/text").asText());
+        Reply off = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", second, "max_tokens", 10,
+                "temperature", 0, "cache_prompt", false)));
+        assertEquals(0, off.json().at("/timings/cache_n").asInt());
+        assertEquals(r.json().at("/choices/0/text").asText(), off.json().at("/choices/0/text").asText());
+    }
+
     /** Requests at once are served one after the other, each from an empty cache: the same answers as alone. */
     @Test
     void concurrentRequestsGetTheirOwnAnswers() throws Exception {
