@@ -29,6 +29,7 @@ public final class Session implements AutoCloseable {
     private int stopToken = -1;
     private int[] fed = new int[64]; // the tokens processed so far, in order (fedCount == position)
     private int fedCount;
+    private boolean allFull = true;  // every token since the last reset was processed under the full policy
 
     Session(TokenPress tp, int contextSize) {
         this(tp, contextSize, null);
@@ -58,11 +59,12 @@ public final class Session implements AutoCloseable {
     }
 
     /**
-     * Whether {@link #truncate} works here: the cache holds every processed token (the {@code full} policy) and
-     * freeing the newest tokens restores it exactly (not a quantized cache).
+     * Whether {@link #truncate} works here: the cache holds every processed token (the {@code full} policy now and
+     * for everything since the last {@link #reset}) and freeing the newest tokens restores it exactly (not a
+     * quantized cache).
      */
     public boolean canTruncate() {
-        return model.policy() == KvPolicy.FULL && cache.appendsReversible();
+        return allFull && model.policy() == KvPolicy.FULL && cache.appendsReversible();
     }
 
     /**
@@ -98,6 +100,7 @@ public final class Session implements AutoCloseable {
         cache.clear();
         position = 0;
         fedCount = 0;
+        allFull = true;
         unfed = new int[0];
         stopToken = -1;
     }
@@ -158,6 +161,7 @@ public final class Session implements AutoCloseable {
         StreamingDecoder text = tp.tokenizer().streaming();
         StringBuilder out = new StringBuilder();
         for (int i = 0; i < fedCount; i++) chain.accept(fed[i]); // the penalties see the whole sequence
+        if (model.policy() != KvPolicy.FULL) allFull = false;
         for (int t : promptTokens) chain.accept(t);
 
         long t0 = System.nanoTime();

@@ -10,6 +10,8 @@ import dev.tokenpress.api.Session;
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.io.ChatTemplate;
 import dev.tokenpress.io.ChatTemplate.Message;
+import dev.tokenpress.kv.KvPolicies;
+import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.kv.quant.KvQuantSpec;
 import dev.tokenpress.sample.SamplingOptions;
 
@@ -42,7 +44,8 @@ import java.util.function.Consumer;
  * temperature}, {@code top_p}, {@code seed}, {@code stop} (a string or a list), {@code stream} (server-sent events
  * ending with {@code data: [DONE]}), {@code presence_penalty}, {@code frequency_penalty}, and llama.cpp's {@code
  * top_k}, {@code min_p}, {@code typical_p}, {@code repeat_penalty}, {@code repeat_last_n}, {@code mirostat}, {@code
- * mirostat_tau}, {@code mirostat_eta}; unset ones take the server's sampling defaults. {@code n} must be 1; {@code
+ * mirostat_tau}, {@code mirostat_eta}; unset ones take the server's sampling defaults; and tokenpress's {@code kv}: a
+ * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server. {@code n} must be 1; {@code
  * logprobs} and {@code echo} are refused. Responses carry {@code usage} and llama-server's {@code timings}. Errors
  * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/404/405/500).
  * <p>
@@ -78,11 +81,13 @@ public final class OpenAiServer implements AutoCloseable {
     private final ExecutorService executor;
     private final ReentrantLock decoding = new ReentrantLock(true);
     private final AtomicLong ids = new AtomicLong();
+    private final KvPolicy defaultPolicy;
 
     private OpenAiServer(TokenPress tp, Options options) throws IOException {
         this.tp = tp;
         this.options = options;
         this.session = tp.newSession(options.contextSize(), options.quant());
+        this.defaultPolicy = tp.model().policy();
         try {
             this.http = HttpServer.create(new InetSocketAddress(options.host(), options.port()), 64);
         } catch (IOException e) {
@@ -220,7 +225,7 @@ public final class OpenAiServer implements AutoCloseable {
         meta.put("architecture", tp.config().architecture());
         meta.put("n_ctx", session.contextSize());
         meta.put("n_vocab", tp.config().vocabSize());
-        meta.put("kv", tp.model().policy().spec());
+        meta.put("kv", defaultPolicy.spec());
         meta.put("kv_quant", options.quant() == null ? "none" : options.quant().spec());
         meta.put("chat_template", options.template() == null ? null : options.template().format().id);
         return o;
@@ -230,7 +235,7 @@ public final class OpenAiServer implements AutoCloseable {
 
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
-                           Set<Integer> stopTokens, boolean cachePrompt) {}
+                           Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy) {}
 
     /** Runs a completion request; returns a note for the log. */
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
@@ -250,6 +255,7 @@ public final class OpenAiServer implements AutoCloseable {
                 throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
                         + req.tokens().length + " tokens but the server's context holds " + session.contextSize()
                         + ": shorten it or start the server with a larger -c");
+            tp.model().setPolicy(req.policy());
             // prompt caching: keep what the cache holds of this prompt's beginning, feed the rest (at least one token)
             reused = 0;
             if (req.cachePrompt() && session.canTruncate()) {
@@ -410,8 +416,18 @@ public final class OpenAiServer implements AutoCloseable {
         if (s != null && s.isTextual()) stop.add(s.asText());
         else if (s != null && s.isArray()) for (JsonNode x : s) stop.add(x.asText());
         else if (s != null && !s.isNull()) throw ApiException.badRequest("'stop' must be a string or a list of strings");
+        KvPolicy policy = defaultPolicy;
+        JsonNode kv = b.get("kv");
+        if (kv != null && !kv.isNull()) {
+            if (!kv.isTextual()) throw ApiException.badRequest("'kv' must be a policy spec string such as \"tidal:k=256\"");
+            try {
+                policy = KvPolicies.parse(kv.asText(), tp.config());
+            } catch (IllegalArgumentException e) {
+                throw ApiException.badRequest(e.getMessage());
+            }
+        }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
-                b.path("cache_prompt").asBoolean(true));
+                b.path("cache_prompt").asBoolean(true), policy);
     }
 
     private static double num(JsonNode b, String key, double dflt) {

@@ -232,6 +232,39 @@ class OpenAiServerTest {
         assertEquals(r.json().at("/choices/0/text").asText(), off.json().at("/choices/0/text").asText());
     }
 
+    /**
+     * A request's own KV policy decodes as the Java API does under it; the server's policy comes back for the next
+     * request, whose prompt cannot reuse a cache that a window policy has thinned.
+     */
+    @Test
+    void aRequestMayNameItsKvPolicy() throws Exception {
+        String prompt = "import numpy as np\nimport os\n\ndef load(path):\n    with open(path) as f:\n";
+        int[] tokens = tp.tokenizer().encode(prompt);
+        String body = JSON.writeValueAsString(java.util.Map.of("prompt", prompt, "max_tokens", 12, "temperature", 0,
+                "kv", "window:sink=2,budget=12"));
+        Reply r = post("/v1/completions", body);
+        assertEquals(200, r.status(), r.body());
+        GenerationResult want;
+        tp.model().setPolicy(dev.tokenpress.kv.KvPolicies.parse("window:sink=2,budget=12", tp.config()));
+        try {
+            want = direct(tokens, 12, java.util.Set.of());
+        } finally {
+            tp.model().setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
+        }
+        assertEquals(want.text(), r.json().at("/choices/0/text").asText());
+        assertNotEquals(direct(tokens, 12, java.util.Set.of()).text(), want.text(), "the window changes the text here");
+
+        Reply next = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", prompt, "max_tokens", 12,
+                "temperature", 0)));
+        assertEquals(0, next.json().at("/timings/cache_n").asInt(), "nothing reused from a thinned cache");
+        assertEquals(direct(tokens, 12, java.util.Set.of()).text(), next.json().at("/choices/0/text").asText());
+        assertEquals("full", get("/v1/models").json().at("/data/0/meta/kv").asText());
+
+        Reply bad = post("/v1/completions", "{\"prompt\": \"x\", \"kv\": \"lru:budget=3\"}");
+        assertEquals(400, bad.status());
+        assertTrue(bad.json().at("/error/message").asText().contains("window"), bad.body());
+    }
+
     /** Requests at once are served one after the other, each from an empty cache: the same answers as alone. */
     @Test
     void concurrentRequestsGetTheirOwnAnswers() throws Exception {
