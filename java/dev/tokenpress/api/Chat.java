@@ -14,7 +14,8 @@ import java.util.Set;
 /**
  * A conversation with an instruction-tuned model over one {@link Session}: each {@link #send} feeds only what the
  * KV cache does not hold yet (the end of the previous reply and the new user message in the model's
- * {@link ChatTemplate} format) and generates the reply, so earlier turns are never recomputed and the KV policy
+ * {@link ChatTemplate} format; for a template that rewrites earlier text, what follows the tokens the cache shares
+ * with the new rendering, or everything where the cache cannot be cut back) and generates the reply, so earlier turns are never recomputed and the KV policy
  * acts over the whole conversation as it does in one long generation. The tokens in the cache are the rendered
  * conversation's: the prompt pieces as the tokenizer encodes them and each reply's tokens as sampled, closed by the
  * format's end of reply (the end-of-turn token the model emitted, or the format's closing text when the reply
@@ -87,10 +88,23 @@ public final class Chat {
         List<Message> next = new ArrayList<>(history);
         next.add(Message.user(user));
         String text = template.render(next, true);
-        if (!text.startsWith(inCache))
-            throw new IllegalStateException("chat template " + template + " is not prefix-stable"); // cannot happen
-        String delta = text.substring(inCache.length());
-        int[] tokens = session.position() == 0 ? tokenizer.encode(delta) : concat(pending, tokenizer.encodeNoSpecial(delta));
+        int[] tokens;
+        if (text.startsWith(inCache)) {
+            String delta = text.substring(inCache.length());
+            tokens = session.position() == 0 ? tokenizer.encode(delta) : concat(pending, tokenizer.encodeNoSpecial(delta));
+        } else {
+            // the template rewrites earlier text (e.g. the system message moves to the last user message): keep the
+            // tokens the cache shares with the new rendering where it can be cut back, feed the rest
+            int[] all = tokenizer.encode(text), have = session.tokens();
+            int keep = 0, max = Math.min(have.length, all.length - 1);
+            while (keep < max && have[keep] == all[keep]) keep++;
+            if (keep > 0 && session.canTruncate()) session.truncate(keep);
+            else {
+                session.reset();
+                keep = 0;
+            }
+            tokens = java.util.Arrays.copyOfRange(all, keep, all.length);
+        }
         GenerationResult r = session.generate(tokens, maxTokens, options, listener, null, stops);
         history.add(Message.user(user));
         history.add(Message.assistant(r.text()));

@@ -57,8 +57,12 @@ public final class ChatCommand implements Callable<Integer> {
     String system;
 
     @Option(names = "--chat-template", paramLabel = "NAME",
-            description = "Chat format: llama3, chatml, llama2 or mistral (default: detected from the model's chat template).")
+            description = "A built-in chat format instead of the model's template: llama3, chatml, llama2 or mistral.")
     String templateName;
+
+    @Option(names = "--chat-template-file", paramLabel = "FILE",
+            description = "A Jinja chat template to use instead of the model's (as transformers renders it).")
+    Path templateFile;
 
     @Option(names = {"-n", "--n-predict"}, defaultValue = "512", description = "Most tokens per reply (default: ${DEFAULT-VALUE}).")
     int nPredict;
@@ -89,7 +93,12 @@ public final class ChatCommand implements Callable<Integer> {
         }
         SamplingOptions so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
-        ChatTemplate template = explicit != null ? explicit : ChatTemplate.forModel(dir);
+        if (explicit != null && templateFile != null)
+            throw new Main.UsageException("give --chat-template or --chat-template-file, not both");
+        if (templateFile != null && !Files.isRegularFile(templateFile))
+            throw new Main.UsageException("chat template file not found: " + templateFile);
+        ChatTemplate template = explicit != null ? explicit
+                : templateFile != null ? ChatTemplate.fromFile(templateFile, dir) : ChatTemplate.forModel(dir);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));

@@ -52,9 +52,13 @@ public final class ServeCommand implements Callable<Integer> {
     int nPredict;
 
     @Option(names = "--chat-template", paramLabel = "NAME",
-            description = "Chat format for /v1/chat/completions: llama3, chatml, llama2 or mistral (default: detected "
-                    + "from the model; without one that endpoint answers 400).")
+            description = "A built-in chat format for /v1/chat/completions instead of the model's template: llama3, "
+                    + "chatml, llama2 or mistral (without any template that endpoint answers 400).")
     String templateName;
+
+    @Option(names = "--chat-template-file", paramLabel = "FILE",
+            description = "A Jinja chat template to use instead of the model's (as transformers renders it).")
+    Path templateFile;
 
     @Option(names = "--alias", paramLabel = "NAME", description = "Model id reported by the API (default: the directory name).")
     String alias;
@@ -74,8 +78,13 @@ public final class ServeCommand implements Callable<Integer> {
                 throw new Main.UsageException(e.getMessage());
             }
         }
+        if (template != null && templateFile != null)
+            throw new Main.UsageException("give --chat-template or --chat-template-file, not both");
+        if (templateFile != null && !java.nio.file.Files.isRegularFile(templateFile))
+            throw new Main.UsageException("chat template file not found: " + templateFile);
         var so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
+        if (templateFile != null) template = ChatTemplate.fromFile(templateFile, dir);
         if (template == null) {
             try {
                 template = ChatTemplate.forModel(dir);
@@ -99,7 +108,7 @@ public final class ServeCommand implements Callable<Integer> {
                 err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; context %d tokens; kv %s; kv quant %s; chat %s%n",
                         dir, tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), server.contextSize(),
                         tp.model().policy() == KvPolicy.FULL ? "full" : tp.model().policy().spec(), quant.spec(),
-                        template == null ? "none" : template.format().id);
+                        template == null ? "none" : template.toString());
                 err.printf(Locale.ROOT, "listening on http://%s:%d/v1 (Ctrl-C stops)%n", host, server.port());
                 err.flush();
                 stopped.await();

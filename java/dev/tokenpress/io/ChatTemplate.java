@@ -9,31 +9,38 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
  * The chat format of an instruction-tuned model: how a conversation (system, user and assistant messages) becomes
- * the text the model was trained on, as llama.cpp's built-in templates do it. The model's own Jinja template
- * ({@code chat_template} in {@code tokenizer_config.json}, or {@code chat_template.jinja} / {@code
- * chat_template.json}) is not executed: it only identifies the family by its marker tokens ({@link #detect}), and
- * the family's format is written here. Families:
+ * the text the model was trained on.
+ * <p>
+ * A model's own template ({@code chat_template} in {@code tokenizer_config.json}, or {@code chat_template.jinja} /
+ * {@code chat_template.json}) is executed by {@link Jinja} as transformers' {@code apply_chat_template} does (with
+ * {@code messages}, {@code add_generation_prompt}, {@code bos_token}, {@code eos_token} and {@code tools = None}),
+ * so the text is exactly the one the model was trained on (e.g. Llama 3.1's date lines, Qwen's default system
+ * message). Templates that do not parse, and the {@code --chat-template NAME} choices, use a built-in format of
+ * the family (as llama.cpp's built-in templates):
  * <ul>
  *   <li>{@code llama3} (Llama 3.x Instruct): {@code <|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>} per
- *       message (content trimmed), reply prompt {@code <|start_header_id|>assistant<|end_header_id|>\n\n}. Llama 3.1+
- *       templates also write "Cutting Knowledge Date / Today Date" lines into the system message; this format does
- *       not (as llama.cpp's).</li>
+ *       message (content trimmed), reply prompt {@code <|start_header_id|>assistant<|end_header_id|>\n\n} (no date
+ *       lines).</li>
  *   <li>{@code chatml} (Qwen2, Qwen2.5 and other ChatML models): {@code <|im_start|>ROLE\nCONTENT<|im_end|>\n},
- *       reply prompt {@code <|im_start|>assistant\n}. No default system message is added (Qwen's templates add
- *       "You are a helpful assistant." or similar when there is none: pass it as the system message).</li>
+ *       reply prompt {@code <|im_start|>assistant\n} (no default system message).</li>
  *   <li>{@code llama2} (Llama 2 Chat): {@code [INST] <<SYS>>\nSYSTEM\n<</SYS>>\n\nUSER [/INST]} for the first user
  *       message (the system block only if there is one), {@code <s>[INST] USER [/INST]} for later ones, a reply is
  *       followed by {@code </s>}.</li>
  *   <li>{@code mistral} (Mistral Instruct v0.1-v0.3 style): {@code [INST] USER [/INST]}, the system message (if any)
  *       in front of the first user message separated by a blank line, a reply followed by {@code </s>}.</li>
  * </ul>
- * Rendered text never starts with the BOS token: encode the first piece with the tokenizer's special tokens
- * ({@link HfTokenizer#encode}), which adds it. Every format is prefix-stable: the rendering of a conversation
- * followed by a user message starts with the rendering of the conversation, so a chat can feed only the new part.
+ * The built-in formats never start with the BOS token (the tokenizer's {@link HfTokenizer#encode} adds it; a model
+ * template's leading BOS text is not doubled by it) and are prefix-stable: the rendering of a conversation followed
+ * by a user message starts with the rendering of the conversation, so a chat can feed only the new part. A model's
+ * template may not be (Mistral's puts the system message into the last user message); {@code Chat} then reuses what
+ * the cache shares with the new rendering's tokens.
  */
 public final class ChatTemplate {
 
@@ -74,18 +81,35 @@ public final class ChatTemplate {
     public static final String TOKENIZER_CONFIG_FILE = "tokenizer_config.json";
     private static final ObjectMapper JSON = new ObjectMapper();
 
-    private final Format format;
+    private final Format format;          // the family (null: a model template of no known family)
     private final String source;
+    private final Jinja.Template jinja;   // the model's template, or null for a built-in format
+    private final String bos, eos;        // special-token strings the model's template may print
+    private String endOfReply;            // derived once from the model's template
 
-    private ChatTemplate(Format format, String source) {
+    private ChatTemplate(Format format, String source, Jinja.Template jinja, String bos, String eos) {
         this.format = format;
         this.source = source;
+        this.jinja = jinja;
+        this.bos = bos == null ? "" : bos;
+        this.eos = eos == null ? "" : eos;
+        this.endOfReply = jinja == null ? format.endOfReply : null;
+    }
+
+    /**
+     * A model's Jinja template; {@code bos}/{@code eos} are its special-token strings (may be null), {@code where}
+     * names its origin for messages.
+     *
+     * @throws Jinja.TemplateException if the template does not parse
+     */
+    public static ChatTemplate fromJinja(String source, String bos, String eos, String where) {
+        return new ChatTemplate(detect(source), where, Jinja.parse(source), bos, eos);
     }
 
     /** A built-in format by name (llama3, chatml, llama2, mistral; case-insensitive). */
     public static ChatTemplate named(String name) {
         for (Format f : Format.values())
-            if (f.id.equalsIgnoreCase(name.trim())) return new ChatTemplate(f, "--chat-template " + f.id);
+            if (f.id.equalsIgnoreCase(name.trim())) return new ChatTemplate(f, "built-in", null, null, null);
         throw new IllegalArgumentException("unknown chat template '" + name + "': use one of " + names());
     }
 
@@ -107,16 +131,21 @@ public final class ChatTemplate {
     /**
      * The format of the model in {@code dir}, from its chat template ({@code tokenizer_config.json}'s
      * {@code chat_template}: a string, or a list of named templates of which "default" (else the first) counts;
-     * else {@code chat_template.jinja}; else {@code chat_template.json}).
+     * else {@code chat_template.jinja}; else {@code chat_template.json}): the template itself if it parses, else the
+     * built-in format of its family.
      *
-     * @throws ModelLoadException if the model has no chat template (a base model) or one of an unknown family
+     * @throws ModelLoadException if the model has no chat template (a base model), or one that neither parses nor
+     *                            belongs to a known family
      */
     public static ChatTemplate forModel(Path dir) {
-        String jinja = null, where = null;
+        String jinja = null, where = null, bos = null, eos = null;
         Path cfg = dir.resolve(TOKENIZER_CONFIG_FILE);
         if (Files.isRegularFile(cfg)) {
-            jinja = templateText(readJson(cfg).get("chat_template"), cfg);
+            JsonNode root = readJson(cfg);
+            jinja = templateText(root.get("chat_template"), cfg);
             where = cfg.toString();
+            bos = tokenText(root.get("bos_token"));
+            eos = tokenText(root.get("eos_token"));
         }
         if (jinja == null && Files.isRegularFile(dir.resolve("chat_template.jinja"))) {
             where = dir.resolve("chat_template.jinja").toString();
@@ -136,10 +165,48 @@ public final class ChatTemplate {
                     + String.join("|", Arrays.stream(Format.values()).map(f -> f.id).toList())
                     + " to pick a format, or use generate");
         Format f = detect(jinja);
-        if (f == null)
-            throw new ModelLoadException(where + ": its chat template is not one of the known families (" + names()
-                    + "): pass --chat-template NAME to pick one");
-        return new ChatTemplate(f, where);
+        try {
+            return fromJinja(jinja, bos, eos, where);
+        } catch (Jinja.TemplateException e) {
+            if (f == null)
+                throw new ModelLoadException(where + ": its chat template does not parse (" + e.getMessage()
+                        + ") and is not one of the known families (" + names() + "): pass --chat-template NAME");
+            return new ChatTemplate(f, "built-in, as " + where + " does not parse: " + e.getMessage(), null, null, null);
+        }
+    }
+
+    /**
+     * A Jinja template file (e.g. {@code --chat-template-file}); the special-token strings come from the model's
+     * {@code tokenizer_config.json} in {@code modelDir} when it has one.
+     *
+     * @throws ModelLoadException if the file cannot be read or does not parse
+     */
+    public static ChatTemplate fromFile(Path file, Path modelDir) {
+        String text;
+        try {
+            text = Files.readString(file, StandardCharsets.UTF_8);
+        } catch (IOException e) {
+            throw new ModelLoadException(file + ": cannot read the chat template (" + e.getMessage() + ")", e);
+        }
+        String bos = null, eos = null;
+        Path cfg = modelDir == null ? null : modelDir.resolve(TOKENIZER_CONFIG_FILE);
+        if (cfg != null && Files.isRegularFile(cfg)) {
+            JsonNode root = readJson(cfg);
+            bos = tokenText(root.get("bos_token"));
+            eos = tokenText(root.get("eos_token"));
+        }
+        try {
+            return fromJinja(text, bos, eos, file.toString());
+        } catch (Jinja.TemplateException e) {
+            throw new ModelLoadException(file + ": the chat template does not parse: " + e.getMessage());
+        }
+    }
+
+    /** A special token in tokenizer_config.json: a string or an object with "content"; null if absent. */
+    private static String tokenText(JsonNode t) {
+        if (t == null || t.isNull()) return null;
+        if (t.isTextual()) return t.asText();
+        return t.path("content").asText(null);
     }
 
     private static JsonNode readJson(Path p) {
@@ -165,22 +232,83 @@ public final class ChatTemplate {
         throw new ModelLoadException(file + ": chat_template must be a string or a list of {name, template}");
     }
 
+    /** The family (null for a model template of no known family). */
     public Format format() { return format; }
 
-    /** Where the format came from (a file, or the command-line name). */
+    /** The family's name, or "jinja" for a model template of no known family. */
+    public String name() { return format != null ? format.id : "jinja"; }
+
+    /** Whether this runs the model's own Jinja template (else a built-in format). */
+    public boolean isModelTemplate() { return jinja != null; }
+
+    /** Where the format came from (a file, or "built-in"). */
     public String source() { return source; }
 
-    /** Text that closes an assistant reply in this format (what follows the reply's content). */
-    public String endOfReply() { return format.endOfReply; }
-
-    /** Special tokens that end a reply (the end-of-turn token first); the ones in a vocabulary stop generation. */
-    public List<String> stopTokens() { return format.stopTokens; }
+    /**
+     * Text that closes an assistant reply in this format (what follows the reply's content): the family's, or for a
+     * model template what it writes after an assistant message's content.
+     */
+    public synchronized String endOfReply() {
+        if (endOfReply == null) {
+            String marker = "tokenpress-reply-7f3a", close = null;
+            try {
+                String t = render(List.of(Message.user("question"), Message.assistant(marker)), false);
+                int i = t.lastIndexOf(marker);
+                if (i >= 0) close = t.substring(i + marker.length());
+            } catch (IllegalArgumentException e) {
+                close = null;
+            }
+            endOfReply = close != null && !close.isEmpty() ? close : format != null ? format.endOfReply : eos;
+        }
+        return endOfReply;
+    }
 
     /**
-     * The text of a conversation (without the leading BOS), followed by the prompt of an assistant reply if
-     * {@code addReplyPrompt}. A system message may only come first; an assistant message follows a user message.
+     * Special tokens that end a reply: the family's end-of-turn tokens and, for a model template, its EOS token; the
+     * ones in a vocabulary stop generation.
+     */
+    public List<String> stopTokens() {
+        List<String> out = new ArrayList<>(format != null ? format.stopTokens : List.of());
+        if (jinja != null && !eos.isEmpty() && !out.contains(eos)) out.add(eos);
+        return out;
+    }
+
+    /**
+     * The text of a conversation, followed by the prompt of an assistant reply if {@code addReplyPrompt}. A system
+     * message may only come first; an assistant message follows a user message.
+     *
+     * @throws IllegalArgumentException if the conversation breaks those rules or the model's template refuses it
      */
     public String render(List<Message> messages, boolean addReplyPrompt) {
+        if (jinja != null) {
+            for (int i = 0; i < messages.size(); i++)
+                if (i > 0 && messages.get(i).role().equals("system"))
+                    throw new IllegalArgumentException("a system message may only be the first message of a conversation");
+            List<Object> list = new ArrayList<>();
+            for (Message m : messages) {
+                Map<String, Object> mm = new LinkedHashMap<>();
+                mm.put("role", m.role());
+                mm.put("content", m.content());
+                list.add(mm);
+            }
+            Map<String, Object> vars = new HashMap<>();
+            vars.put("messages", list);
+            vars.put("add_generation_prompt", addReplyPrompt);
+            vars.put("bos_token", bos);
+            vars.put("eos_token", eos);
+            vars.put("tools", null);
+            vars.put("documents", null);
+            try {
+                return jinja.render(vars);
+            } catch (Jinja.TemplateException e) {
+                throw new IllegalArgumentException("the chat template (" + source + ") refuses this conversation: "
+                        + e.getMessage());
+            }
+        }
+        return renderBuiltIn(messages, addReplyPrompt);
+    }
+
+    private String renderBuiltIn(List<Message> messages, boolean addReplyPrompt) {
         String system = null;
         int start = 0;
         if (!messages.isEmpty() && messages.get(0).role().equals("system")) {
@@ -246,7 +374,7 @@ public final class ChatTemplate {
     /** The ids of {@link #stopTokens} that {@code tokenizer} has (as single tokens). */
     public int[] stopTokenIds(HfTokenizer tokenizer) {
         List<Integer> ids = new ArrayList<>();
-        for (String s : format.stopTokens) {
+        for (String s : stopTokens()) {
             int id = tokenizer.tokenId(s);
             if (id >= 0) ids.add(id);
         }
@@ -255,6 +383,6 @@ public final class ChatTemplate {
 
     @Override
     public String toString() {
-        return format.id + " (" + source + ")";
+        return name() + (jinja != null ? " (the model's template, " + source + ")" : " (" + source + ")");
     }
 }

@@ -227,7 +227,7 @@ public final class OpenAiServer implements AutoCloseable {
         meta.put("n_vocab", tp.config().vocabSize());
         meta.put("kv", defaultPolicy.spec());
         meta.put("kv_quant", options.quant() == null ? "none" : options.quant().spec());
-        meta.put("chat_template", options.template() == null ? null : options.template().format().id);
+        meta.put("chat_template", options.template() == null ? null : options.template().name());
         return o;
     }
 

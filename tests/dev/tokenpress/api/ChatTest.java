@@ -75,6 +75,29 @@ class ChatTest {
     }
 
     /**
+     * A template that rewrites earlier text (the system message rides with the last user message): the second turn
+     * keeps the tokens the cache shares with the new rendering, feeds the rest, and answers as a fresh session over
+     * the whole rendering does.
+     */
+    @Test
+    void aTemplateThatRewritesEarlierTurns() {
+        try (TokenPress tp = load(); Session s = tp.newSession(512); Session fresh = tp.newSession(512)) {
+            ChatTemplate t = ChatTemplate.fromJinja("{%- for m in messages if m.role != 'system' %}"
+                    + "{%- if m.role == 'user' %}[INST] {% if loop.last and messages[0].role == 'system' %}"
+                    + "{{ messages[0].content }}\n\n{% endif %}{{ m.content }} [/INST]"
+                    + "{%- else %}{{ m.content }}</s>{% endif %}{%- endfor %}", "", "", "test");
+            Chat chat = new Chat(tp, s, t, "Answer in code.");
+            chat.send("def add(a, b):", 5, SamplingOptions.greedy(), null);
+            GenerationResult r2 = chat.send("def sub(a, b):", 5, SamplingOptions.greedy(), null);
+            List<Message> h = chat.history();
+            int[] all = tp.tokenizer().encode(t.render(h.subList(0, 4), true));
+            assertTrue(r2.promptTokens() < all.length, "some tokens were kept: " + r2.promptTokens() + " of " + all.length);
+            assertArrayEquals(all, Arrays.copyOf(s.tokens(), all.length));
+            assertArrayEquals(fresh.generate(all, 5, SamplingOptions.greedy(), null).tokens(), r2.tokens());
+        }
+    }
+
+    /**
      * A stop token ends the reply without becoming part of it and is remembered for the next turn; a reply that
      * fills the context stops the conversation until a reset.
      */

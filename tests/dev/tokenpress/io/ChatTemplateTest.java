@@ -77,6 +77,57 @@ class ChatTemplateTest {
         }
     }
 
+    /** A ChatML-style template with a default system message, in the way model repositories write them. */
+    static final String MODEL_TEMPLATE = """
+            {%- if messages[0]['role'] == 'system' %}
+                {%- set system = messages[0]['content'] %}
+                {%- set rest = messages[1:] %}
+            {%- else %}
+                {%- set system = 'You are helpful.' %}
+                {%- set rest = messages %}
+            {%- endif %}
+            {{- '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}
+            {%- for m in rest %}
+                {%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}
+                    {{- raise_exception('roles must alternate user/assistant') }}
+                {%- endif %}
+                {{- '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}
+            {%- endfor %}
+            {%- if add_generation_prompt %}
+                {{- '<|im_start|>assistant\\n' }}
+            {%- endif %}""";
+
+    /** The model's own template runs as transformers renders it: defaults, errors, the closing text it writes. */
+    @Test
+    void runsTheModelsOwnTemplate() throws Exception {
+        Path dir = Files.createDirectories(tmp.resolve("own"));
+        com.fasterxml.jackson.databind.ObjectMapper om = new com.fasterxml.jackson.databind.ObjectMapper();
+        Files.writeString(dir.resolve("tokenizer_config.json"), om.writeValueAsString(java.util.Map.of(
+                "chat_template", MODEL_TEMPLATE, "eos_token", java.util.Map.of("content", "<|endoftext|>"), "bos_token", "")));
+        ChatTemplate t = ChatTemplate.forModel(dir);
+        assertTrue(t.isModelTemplate());
+        assertEquals(Format.CHATML, t.format());
+        assertEquals("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+                t.render(List.of(Message.user(" Hi ")), true));
+        assertEquals("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n",
+                t.render(List.of(Message.system("Be brief."), Message.user("Hi"), Message.assistant("Yo")), false));
+        assertEquals("<|im_end|>\n", t.endOfReply());
+        assertEquals(List.of("<|im_end|>", "<|endoftext|>"), t.stopTokens());
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> t.render(List.of(Message.user("a"), Message.user("b")), true));
+        assertTrue(e.getMessage().contains("roles must alternate"), e.getMessage());
+
+        Path file = tmp.resolve("custom.jinja");
+        Files.writeString(file, "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                + "{% if add_generation_prompt %}[assistant] {% endif %}");
+        ChatTemplate custom = ChatTemplate.fromFile(file, dir);
+        assertEquals("[user] Hi\n[assistant] ", custom.render(List.of(Message.user("Hi")), true));
+        assertEquals("\n", custom.endOfReply());
+        assertEquals(List.of("<|endoftext|>"), custom.stopTokens(), "the model's EOS from its tokenizer_config.json");
+        Files.writeString(file, "{% if %}");
+        assertThrows(ModelLoadException.class, () -> ChatTemplate.fromFile(file, dir));
+    }
+
     @Test
     void refusesMisplacedMessagesAndUnknownNames() {
         ChatTemplate t = ChatTemplate.named("chatml");
@@ -115,9 +166,23 @@ class ChatTemplateTest {
         ModelLoadException none = assertThrows(ModelLoadException.class, () -> ChatTemplate.forModel(base));
         assertTrue(none.getMessage().contains("--chat-template"), none.getMessage());
 
+        // a template of no known family runs as it is
         Path odd = Files.createDirectories(tmp.resolve("odd"));
-        Files.writeString(odd.resolve("tokenizer_config.json"), "{\"chat_template\": \"{{ messages[0].content }}\"}");
-        ModelLoadException unknown = assertThrows(ModelLoadException.class, () -> ChatTemplate.forModel(odd));
+        Files.writeString(odd.resolve("tokenizer_config.json"), "{\"chat_template\": \"{{ messages[0].content }}!\"}");
+        ChatTemplate generic = ChatTemplate.forModel(odd);
+        assertNull(generic.format());
+        assertEquals("jinja", generic.name());
+        assertEquals("Hi!", generic.render(List.of(Message.user("Hi")), true));
+        // one that does not parse: the built-in format of its family, or an error naming the file
+        Path unparsable = Files.createDirectories(tmp.resolve("unparsable"));
+        Files.writeString(unparsable.resolve("tokenizer_config.json"), "{\"chat_template\": \"{% if %}<|im_start|>\"}");
+        ChatTemplate fallback = ChatTemplate.forModel(unparsable);
+        assertEquals(Format.CHATML, fallback.format());
+        assertFalse(fallback.isModelTemplate());
+        assertTrue(fallback.source().contains("does not parse"), fallback.source());
+        Path bad = Files.createDirectories(tmp.resolve("bad"));
+        Files.writeString(bad.resolve("tokenizer_config.json"), "{\"chat_template\": \"{% for %}\"}");
+        ModelLoadException unknown = assertThrows(ModelLoadException.class, () -> ChatTemplate.forModel(bad));
         assertTrue(unknown.getMessage().contains("tokenizer_config.json") && unknown.getMessage().contains("--chat-template"),
                 unknown.getMessage());
 
