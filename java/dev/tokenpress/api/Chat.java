@@ -36,7 +36,7 @@ public final class Chat {
     private final String system;
     private final Set<Integer> stops = new HashSet<>();
     private final List<Message> history = new ArrayList<>();
-    private String inCache = "";        // the rendered text the cache holds
+    private String inCache = "";        // the text the cache holds: prompts, replies and their closing text
     private int[] pending = new int[0]; // tokens to feed before the next user message
     private boolean full;               // a reply filled the cache
 
@@ -108,7 +108,7 @@ public final class Chat {
         GenerationResult r = session.generate(tokens, maxTokens, options, listener, null, stops);
         history.add(Message.user(user));
         history.add(Message.assistant(r.text()));
-        inCache = template.render(history, false);
+        inCache = text + r.text() + template.endOfReply();  // the text the cache now holds (once pending is fed)
         // close the reply in the cache: the end-of-turn token the model emitted, or the format's closing text
         String close = template.endOfReply();
         int[] closing;
