@@ -1,0 +1,65 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.api.LoadOptions;
+import dev.tokenpress.api.Session;
+import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.io.ModelWriter;
+import dev.tokenpress.sample.SamplingOptions;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.nio.file.Path;
+import java.util.Arrays;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+/**
+ * Session-level operations on the CUDA backend (the prompt caching of the server and of chats): a session cut back
+ * with truncate and fed a continuation gives the logits a fresh session over the same tokens gives, and its cache
+ * holds exactly the kept tokens' slots.
+ */
+class CudaSessionTest {
+    @TempDir
+    Path tmp;
+
+    @Test
+    void truncateThenContinueMatchesAFreshSession() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+            int[] prompt = tp.tokenizer().encode("The cat sat on the mat and then it went to sleep for a while");
+            int[] more = tp.tokenizer().encodeNoSpecial(" until a dog came by");
+            int keep = prompt.length - 3;
+            float[] cut, whole;
+            try (Session s = tp.newSession(256)) {
+                s.generate(prompt, 6, SamplingOptions.greedy(), null);
+                assertTrue(s.canTruncate());
+                s.truncate(keep);
+                for (int l = 0; l < s.cache().layers(); l++)
+                    for (int h = 0; h < s.cache().kvHeads(); h++) {
+                        assertEquals(keep, s.cache().occupied(l, h));
+                        assertEquals(keep, s.cache().highWater(l, h));
+                    }
+                s.generate(more, 0, SamplingOptions.greedy(), null);
+                cut = tp.model().logits().clone();
+                assertArrayEquals(concat(Arrays.copyOf(prompt, keep), more), s.tokens());
+            }
+            try (Session f = tp.newSession(256)) {
+                f.generate(concat(Arrays.copyOf(prompt, keep), more), 0, SamplingOptions.greedy(), null);
+                whole = tp.model().logits().clone();
+            }
+            double nmse = CudaParityTest.nmse(whole, cut);
+            System.out.printf("[cuda session] truncate + continue vs fresh: nmse %.3g%n", nmse);
+            assertTrue(nmse < 1e-4, "logits after truncate + continue differ from a fresh session's: nmse " + nmse);
+        }
+    }
+
+    private static int[] concat(int[] a, int[] b) {
+        int[] c = Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, c, a.length, b.length);
+        return c;
+    }
+}
