@@ -58,8 +58,8 @@ public final class GenerateCommand implements Callable<Integer> {
     @Option(names = "--json", description = "Print one JSON object (text and figures) on stdout instead of streaming.")
     boolean json;
 
-    @Option(names = "--trace", description = "With --json: add a \"trace\" array, one record per sampled token (entropy and top-k "
-            + "entropy in nats, top-k mass, surprise in bits, Mirostat mu).")
+    @Option(names = "--trace", description = "With --json: add a \"trace\" array, one record per sampled token (log-probability, "
+            + "entropy and top-k entropy in nats, top-k mass, surprise in bits, Mirostat mu).")
     boolean trace;
 
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
@@ -130,6 +130,7 @@ public final class GenerateCommand implements Callable<Integer> {
                         ObjectNode n = a.addObject();
                         n.put("token", t.token());
                         n.put("piece", tp.tokenizer().decode(new int[]{t.token()}));
+                        n.put("logprob", t.logprob());
                         n.put("entropy", t.entropy());
                         n.put("top_k_entropy", t.topKEntropy());
                         n.put("top_k_mass", t.topKMass());

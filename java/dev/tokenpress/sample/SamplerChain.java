@@ -17,6 +17,8 @@ import java.util.concurrent.ThreadLocalRandom;
 public final class SamplerChain {
     /** k of the trace's top-k indicators when the chain has no top-k. */
     public static final int DEFAULT_TRACE_TOP_K = 40;
+    /** How many of the most likely tokens a trace lists with their log-probabilities (OpenAI's top_logprobs limit). */
+    public static final int TRACE_TOP_LOGPROBS = 20;
 
     private final int vocabSize;
     private final long seed;
@@ -28,7 +30,10 @@ public final class SamplerChain {
     private final int traceTopK;
     private boolean trace;
     private StepTrace lastTrace;
-    private double tEntropy, tTopKEntropy, tTopKMass;
+    private double tEntropy, tTopKEntropy, tTopKMass, tLogZ;
+    private float[] tModel;          // [vocab] the model-distribution logits of the step being traced
+    private int[] tTopIds;
+    private double[] tTopLp;
 
     private SamplerChain(int vocabSize, long seed, SamplingOptions options, List<Sampler> samplers, int traceTopK) {
         if (vocabSize < 1) throw new IllegalArgumentException("vocabSize must be >= 1, got " + vocabSize);
@@ -105,7 +110,8 @@ public final class SamplerChain {
         if (trace) {
             float p = cur.probs[cur.selected];
             double surprise = p > 0 ? -MirostatSampler.log2(p) : Double.POSITIVE_INFINITY;
-            lastTrace = new StepTrace(token, tEntropy, tTopKEntropy, tTopKMass, surprise, mirostatMu());
+            lastTrace = new StepTrace(token, tEntropy, tTopKEntropy, tTopKMass, surprise, mirostatMu(),
+                    tModel[token] - tLogZ, tTopIds, tTopLp);
         }
         return token;
     }
@@ -217,5 +223,18 @@ public final class SamplerChain {
         }
         tTopKMass = zk / z;
         tTopKEntropy = Math.log(zk) - zkl / zk;
+        // log-probabilities: every token's model logit by id, and the most likely ones
+        tLogZ = maxL + Math.log(z);
+        if (tModel == null) tModel = new float[vocabSize];
+        if (n < vocabSize) java.util.Arrays.fill(tModel, Float.NEGATIVE_INFINITY);
+        for (int i = 0; i < n; i++) tModel[cur.ids[i]] = lg[i];
+        int m = Math.min(TRACE_TOP_LOGPROBS, n);
+        int[] best = cur.topIndices(m);
+        tTopIds = new int[m];
+        tTopLp = new double[m];
+        for (int j = 0; j < m; j++) {
+            tTopIds[j] = cur.ids[best[j]];
+            tTopLp[j] = lg[best[j]] - tLogZ;
+        }
     }
 }

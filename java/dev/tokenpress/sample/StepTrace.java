@@ -14,6 +14,10 @@ package dev.tokenpress.sample;
  * @param topKMass     sum of the (un-renormalised) model probabilities of the top-k tokens
  * @param surprise     {@code -log2 p(token)} under the final distribution the token was drawn from, in bits
  * @param mirostatMu   Mirostat's mu after the step (bits), NaN when Mirostat is off
+ * @param logprob      {@code ln p(token)} under the model distribution
+ * @param topTokens    the {@link SamplerChain#TRACE_TOP_LOGPROBS} most likely tokens of the model distribution (fewer
+ *                     if the vocabulary is smaller), most likely first
+ * @param topLogprobs  their natural-log probabilities under the model distribution
  */
 public record StepTrace(int token, double entropy, double topKEntropy, double topKMass, double surprise,
-                        double mirostatMu) {}
+                        double mirostatMu, double logprob, int[] topTokens, double[] topLogprobs) {}

@@ -2,6 +2,7 @@ package dev.tokenpress.server;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
@@ -13,7 +14,9 @@ import dev.tokenpress.io.ChatTemplate.Message;
 import dev.tokenpress.kv.KvPolicies;
 import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.kv.quant.KvQuantSpec;
+import dev.tokenpress.sample.SamplerChain;
 import dev.tokenpress.sample.SamplingOptions;
+import dev.tokenpress.sample.StepTrace;
 
 import java.io.IOException;
 import java.io.OutputStream;
@@ -38,15 +41,18 @@ import java.util.function.Consumer;
  *   <li>{@code POST /v1/completions}: {@code prompt} (a string, one string in a list, or a list of token ids);</li>
  *   <li>{@code POST /v1/chat/completions}: {@code messages} (system/developer, user, assistant; content a string
  *       or a list of text parts) in the model's {@link ChatTemplate} format;</li>
- *   <li>{@code GET /v1/models}, {@code GET /health}.</li>
+ *   <li>{@code GET /v1/models}, {@code GET /health}; llama-server's {@code POST /tokenize} ({@code content}, {@code
+ *       add_special}, {@code with_pieces}) and {@code POST /detokenize} ({@code tokens}).</li>
  * </ul>
  * Request fields: {@code max_tokens} (chat also {@code max_completion_tokens}; default the server's), {@code
  * temperature}, {@code top_p}, {@code seed}, {@code stop} (a string or a list), {@code stream} (server-sent events
  * ending with {@code data: [DONE]}), {@code presence_penalty}, {@code frequency_penalty}, and llama.cpp's {@code
  * top_k}, {@code min_p}, {@code typical_p}, {@code repeat_penalty}, {@code repeat_last_n}, {@code mirostat}, {@code
- * mirostat_tau}, {@code mirostat_eta}; unset ones take the server's sampling defaults; and tokenpress's {@code kv}: a
+ * mirostat_tau}, {@code mirostat_eta}; unset ones take the server's sampling defaults; {@code logprobs} (completions: the
+ * number of alternatives, 0-20; chat: true with {@code top_logprobs}), without streaming: log-probabilities of the
+ * model distribution (softmax of the logits after the penalties, before truncation and temperature); and tokenpress's {@code kv}: a
  * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server. {@code n} must be 1; {@code
- * logprobs} and {@code echo} are refused. Responses carry {@code usage} and llama-server's {@code timings}. Errors
+ * echo} is refused. Responses carry {@code usage} and llama-server's {@code timings}. Errors
  * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/404/405/500).
  * <p>
  * One request decodes at a time (others wait), with the model's KV policy and the server's cache storage in a KV
@@ -180,17 +186,40 @@ public final class OpenAiServer implements AutoCloseable {
                 }
                 case "/v1/completions", "/v1/chat/completions" -> {
                     requireMethod(ex, "POST");
-                    JsonNode body;
-                    try {
-                        body = JSON.readTree(ex.getRequestBody());
-                    } catch (IOException e) {
-                        throw ApiException.badRequest("the request body is not valid JSON: " + firstLine(e));
+                    note = complete(ex, body(ex), path.equals("/v1/chat/completions"));
+                }
+                case "/tokenize" -> {
+                    requireMethod(ex, "POST");
+                    JsonNode b = body(ex);
+                    JsonNode c = b.get("content");
+                    if (c == null || !c.isTextual()) throw ApiException.badRequest("'content' must be a string");
+                    int[] ids = b.path("add_special").asBoolean(false) ? tp.tokenizer().encode(c.asText())
+                            : tp.tokenizer().encodeNoSpecial(c.asText());
+                    ObjectNode o = JSON.createObjectNode();
+                    var a = o.putArray("tokens");
+                    boolean pieces = b.path("with_pieces").asBoolean(false);
+                    for (int id : ids) {
+                        if (pieces) a.addObject().put("id", id).put("piece", piece(id));
+                        else a.add(id);
                     }
-                    if (body == null || !body.isObject()) throw ApiException.badRequest("the request body must be a JSON object");
-                    note = complete(ex, body, path.equals("/v1/chat/completions"));
+                    sendJson(ex, 200, o);
+                }
+                case "/detokenize" -> {
+                    requireMethod(ex, "POST");
+                    JsonNode t = body(ex).get("tokens");
+                    if (t == null || !t.isArray() || !allInts(t)) throw ApiException.badRequest("'tokens' must be a list of token ids");
+                    int[] ids = new int[t.size()];
+                    for (int i = 0; i < ids.length; i++) {
+                        ids[i] = t.get(i).asInt();
+                        if (ids[i] < 0 || ids[i] >= tp.config().vocabSize())
+                            throw ApiException.badRequest("token " + ids[i] + " is outside the vocabulary of " + tp.config().vocabSize());
+                    }
+                    ObjectNode o = JSON.createObjectNode();
+                    o.put("content", tp.tokenizer().decode(ids));
+                    sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/models or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -206,6 +235,17 @@ public final class OpenAiServer implements AutoCloseable {
                 options.log().accept(String.format(Locale.ROOT, "%s %s %d %.0f ms%s", method, path, status,
                         (System.nanoTime() - t0) / 1e6, note.isEmpty() ? "" : " | " + note));
         }
+    }
+
+    private static JsonNode body(HttpExchange ex) {
+        JsonNode body;
+        try {
+            body = JSON.readTree(ex.getRequestBody());
+        } catch (IOException e) {
+            throw ApiException.badRequest("the request body is not valid JSON: " + firstLine(e));
+        }
+        if (body == null || !body.isObject()) throw ApiException.badRequest("the request body must be a JSON object");
+        return body;
     }
 
     private static void requireMethod(HttpExchange ex, String method) {
@@ -235,7 +275,7 @@ public final class OpenAiServer implements AutoCloseable {
 
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
-                           Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy) {}
+                           Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs) {}
 
     /** Runs a completion request; returns a note for the log. */
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
@@ -246,6 +286,7 @@ public final class OpenAiServer implements AutoCloseable {
         Stream stream;
         GenerationResult r;
         int reused;
+        List<StepTrace> steps = new ArrayList<>();
         decoding.lock();
         try {
             req = chat ? chatRequest(body) : completionRequest(body);
@@ -271,7 +312,7 @@ public final class OpenAiServer implements AutoCloseable {
             r = session.generate(Arrays.copyOfRange(req.tokens(), reused, req.tokens().length), req.maxTokens(), req.sampling(), piece -> {
                 String out = st.add(piece);
                 if (sse != null && !out.isEmpty()) sse.text(out);
-            }, null, req.stopTokens(), () -> st.hit() || (sse != null && sse.gone));
+            }, req.logprobs() >= 0 ? steps::add : null, req.stopTokens(), () -> st.hit() || (sse != null && sse.gone));
         } finally {
             decoding.unlock();
         }
@@ -303,13 +344,17 @@ public final class OpenAiServer implements AutoCloseable {
             o.put("model", options.modelName());
             ObjectNode c = o.putArray("choices").addObject();
             c.put("index", 0);
+            int n = Math.min(steps.size(), r.tokens().length); // the steps of the tokens in the text
             if (chat) {
                 ObjectNode m = c.putObject("message");
                 m.put("role", "assistant");
                 m.put("content", text.text());
+                if (req.logprobs() >= 0) c.set("logprobs", chatLogprobs(steps.subList(0, n), req.logprobs()));
+                else c.putNull("logprobs");
             } else {
                 c.put("text", text.text());
-                c.putNull("logprobs");
+                if (req.logprobs() >= 0) c.set("logprobs", completionLogprobs(steps.subList(0, n), req.logprobs()));
+                else c.putNull("logprobs");
             }
             c.put("finish_reason", finish);
             o.set("usage", usage);
@@ -339,7 +384,14 @@ public final class OpenAiServer implements AutoCloseable {
         }
         if (tokens.length == 0) throw ApiException.badRequest("the prompt is empty");
         if (b.path("echo").asBoolean(false)) throw ApiException.badRequest("'echo' is not supported");
-        return common(b, tokens, Set.of());
+        int logprobs = -1;
+        JsonNode lp = b.get("logprobs");
+        if (lp != null && !lp.isNull()) {
+            if (!lp.canConvertToInt() || lp.asInt() < 0 || lp.asInt() > SamplerChain.TRACE_TOP_LOGPROBS)
+                throw ApiException.badRequest("'logprobs' must be an integer from 0 to " + SamplerChain.TRACE_TOP_LOGPROBS);
+            logprobs = lp.asInt();
+        }
+        return common(b, tokens, Set.of(), logprobs);
     }
 
     private Request chatRequest(JsonNode b) {
@@ -369,7 +421,16 @@ public final class OpenAiServer implements AutoCloseable {
         }
         Set<Integer> stops = new HashSet<>();
         for (int id : t.stopTokenIds(tp.tokenizer())) stops.add(id);
-        return common(b, tp.tokenizer().encode(text), stops);
+        int logprobs = -1;
+        if (b.path("logprobs").asBoolean(false)) {
+            JsonNode top = b.get("top_logprobs");
+            logprobs = top == null || top.isNull() ? 0 : top.asInt(-1);
+            if (logprobs < 0 || logprobs > SamplerChain.TRACE_TOP_LOGPROBS)
+                throw ApiException.badRequest("'top_logprobs' must be an integer from 0 to " + SamplerChain.TRACE_TOP_LOGPROBS);
+        } else if (b.hasNonNull("top_logprobs")) {
+            throw ApiException.badRequest("'top_logprobs' needs 'logprobs': true");
+        }
+        return common(b, tp.tokenizer().encode(text), stops, logprobs);
     }
 
     private static String content(JsonNode c) {
@@ -388,11 +449,10 @@ public final class OpenAiServer implements AutoCloseable {
         throw ApiException.badRequest("message content must be a string or a list of text parts");
     }
 
-    private Request common(JsonNode b, int[] tokens, Set<Integer> stopTokens) {
+    private Request common(JsonNode b, int[] tokens, Set<Integer> stopTokens, int logprobs) {
         if (b.has("n") && b.get("n").asInt(1) != 1) throw ApiException.badRequest("'n' must be 1");
-        JsonNode lp = b.get("logprobs");
-        if (lp != null && !lp.isNull() && !(lp.isBoolean() && !lp.asBoolean()))
-            throw ApiException.badRequest("'logprobs' is not supported");
+        if (logprobs >= 0 && b.path("stream").asBoolean(false))
+            throw ApiException.badRequest("log-probabilities are returned without streaming only: drop 'stream' or 'logprobs'");
         int max = options.defaultMaxTokens();
         for (String k : new String[] {"max_tokens", "max_completion_tokens", "n_predict"}) {
             JsonNode v = b.get(k);
@@ -427,7 +487,7 @@ public final class OpenAiServer implements AutoCloseable {
             }
         }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
-                b.path("cache_prompt").asBoolean(true), policy);
+                b.path("cache_prompt").asBoolean(true), policy, logprobs);
     }
 
     private static double num(JsonNode b, String key, double dflt) {
@@ -440,6 +500,61 @@ public final class OpenAiServer implements AutoCloseable {
     private static boolean allInts(JsonNode a) {
         for (JsonNode x : a) if (!x.canConvertToInt() || !x.isIntegralNumber()) return false;
         return true;
+    }
+
+    // ---- log-probabilities (of the model distribution: softmax of the logits after the penalties) ----------------
+
+    private String piece(int id) {
+        return tp.tokenizer().decode(new int[] {id});
+    }
+
+    private static ArrayNode bytes(String s) {
+        ArrayNode a = JSON.createArrayNode();
+        for (byte x : s.getBytes(StandardCharsets.UTF_8)) a.add(x & 0xff);
+        return a;
+    }
+
+    /** The legacy completions shape: tokens, token_logprobs, top_logprobs (maps), text_offset. */
+    private ObjectNode completionLogprobs(List<StepTrace> steps, int top) {
+        ObjectNode o = JSON.createObjectNode();
+        ArrayNode tokens = o.putArray("tokens"), lps = o.putArray("token_logprobs"), tops = o.putArray("top_logprobs"),
+                offsets = o.putArray("text_offset");
+        int offset = 0;
+        for (StepTrace t : steps) {
+            String p = piece(t.token());
+            tokens.add(p);
+            lps.add(t.logprob());
+            offsets.add(offset);
+            offset += p.length();
+            ObjectNode m = tops.addObject();
+            for (int j = 0; j < Math.min(top, t.topTokens().length); j++) {
+                String q = piece(t.topTokens()[j]);
+                if (!m.has(q)) m.put(q, t.topLogprobs()[j]);
+            }
+        }
+        return o;
+    }
+
+    /** The chat shape: content = [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]. */
+    private ObjectNode chatLogprobs(List<StepTrace> steps, int top) {
+        ObjectNode o = JSON.createObjectNode();
+        ArrayNode content = o.putArray("content");
+        for (StepTrace t : steps) {
+            ObjectNode e = content.addObject();
+            String p = piece(t.token());
+            e.put("token", p);
+            e.put("logprob", t.logprob());
+            e.set("bytes", bytes(p));
+            ArrayNode alts = e.putArray("top_logprobs");
+            for (int j = 0; j < Math.min(top, t.topTokens().length); j++) {
+                ObjectNode a = alts.addObject();
+                String q = piece(t.topTokens()[j]);
+                a.put("token", q);
+                a.put("logprob", t.topLogprobs()[j]);
+                a.set("bytes", bytes(q));
+            }
+        }
+        return o;
     }
 
     // ---- responses --------------------------------------------------------------------------------------------

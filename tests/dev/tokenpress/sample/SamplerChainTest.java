@@ -196,6 +196,9 @@ class SamplerChainTest {
             assertEquals(hk, tr.topKEntropy(), 1e-6);
             assertEquals(t == 0 ? -Math.log(pk0) / Math.log(2) : -Math.log(pk1) / Math.log(2), tr.surprise(), 1e-5);
             assertTrue(Double.isNaN(tr.mirostatMu()));
+            assertEquals(Math.log(p[t]), tr.logprob(), 1e-6, "log p under the model distribution, not the truncated one");
+            assertArrayEquals(new int[] {0, 1, 2, 3}, tr.topTokens());
+            for (int j = 0; j < 4; j++) assertEquals(Math.log(p[j]), tr.topLogprobs()[j], 1e-6);
             saw0 |= t == 0;
             saw1 |= t == 1;
         }
@@ -213,6 +216,9 @@ class SamplerChainTest {
         double hp = 0;
         for (double x : new double[]{0.25 / z, 0.15 / z, 0.1 / z}) hp -= x * Math.log(x);
         assertEquals(hp, tr.entropy(), 1e-6);
+        assertEquals(Math.log(0.25 / z), tr.logprob(), 1e-6, "after the penalties: token 0 is all but out");
+        assertArrayEquals(new int[] {1, 2, 3, 0}, tr.topTokens());
+        assertTrue(tr.topLogprobs()[3] < -90, "the presence penalty of 100 sinks token 0: " + tr.topLogprobs()[3]);
     }
 
     @Test

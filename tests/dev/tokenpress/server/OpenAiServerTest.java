@@ -178,7 +178,6 @@ class OpenAiServerTest {
                 {"/v1/completions", "{\"prompt\": \"x\", \"n\": 2}", 400},
                 {"/v1/completions", "{\"prompt\": \"x\", \"temperature\": \"hot\"}", 400},
                 {"/v1/completions", "{\"prompt\": \"x\", \"top_p\": 0}", 400},
-                {"/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 3}", 400},
                 {"/v1/completions", "{\"prompt\": [999999]}", 400},
                 {"/v1/chat/completions", "{\"messages\": []}", 400},
                 {"/v1/chat/completions", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}", 400},
@@ -263,6 +262,76 @@ class OpenAiServerTest {
         Reply bad = post("/v1/completions", "{\"prompt\": \"x\", \"kv\": \"lru:budget=3\"}");
         assertEquals(400, bad.status());
         assertTrue(bad.json().at("/error/message").asText().contains("window"), bad.body());
+    }
+
+    /**
+     * Log-probabilities are those of the model distribution: the chosen token's equals log-softmax of the logits a
+     * prefill of the prompt and the tokens before it gives, and alternatives come most likely first.
+     */
+    @Test
+    void logprobsAreTheModelDistributions() throws Exception {
+        String prompt = "def mean(xs):\n";
+        Reply r = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", prompt, "max_tokens", 4,
+                "temperature", 0, "logprobs", 3)));
+        assertEquals(200, r.status(), r.body());
+        JsonNode lp = r.json().at("/choices/0/logprobs");
+        int[] ids = tp.tokenizer().encode(prompt);
+        GenerationResult want = direct(ids, 4, java.util.Set.of());
+        assertEquals(want.tokens().length, lp.get("tokens").size());
+        int v = tp.config().vocabSize();
+        int[] all = java.util.Arrays.copyOf(ids, ids.length + want.tokens().length);
+        System.arraycopy(want.tokens(), 0, all, ids.length, want.tokens().length);
+        float[] logits;
+        try (Session s = tp.newSession(256)) {
+            logits = s.logits(all);
+        }
+        StringBuilder text = new StringBuilder();
+        for (int i = 0; i < want.tokens().length; i++) {
+            int row = ids.length - 1 + i;
+            double max = Double.NEGATIVE_INFINITY, z = 0;
+            for (int j = 0; j < v; j++) max = Math.max(max, logits[row * v + j]);
+            for (int j = 0; j < v; j++) z += Math.exp(logits[row * v + j] - max);
+            double expect = logits[row * v + want.tokens()[i]] - max - Math.log(z);
+            assertEquals(expect, lp.at("/token_logprobs/" + i).asDouble(), 1e-3, "token " + i);
+            JsonNode top = lp.at("/top_logprobs/" + i);
+            assertTrue(top.size() >= 1 && top.size() <= 3, top.toString());
+            double first = top.elements().next().asDouble();
+            assertEquals(expect, first, 1e-9, "greedy picks the most likely token");
+            assertEquals(text.length(), lp.at("/text_offset/" + i).asInt());
+            text.append(lp.at("/tokens/" + i).asText());
+        }
+        assertEquals(r.json().at("/choices/0/text").asText(), text.toString());
+
+        Reply chat = post("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], "
+                + "\"max_tokens\": 3, \"temperature\": 0, \"logprobs\": true, \"top_logprobs\": 2}");
+        assertEquals(200, chat.status(), chat.body());
+        JsonNode content = chat.json().at("/choices/0/logprobs/content");
+        assertEquals(chat.json().at("/usage/completion_tokens").asInt(), content.size());
+        for (JsonNode e : content) {
+            assertEquals(2, e.get("top_logprobs").size());
+            assertTrue(e.get("logprob").asDouble() <= 0);
+            assertTrue(e.at("/top_logprobs/0/logprob").asDouble() >= e.at("/top_logprobs/1/logprob").asDouble());
+        }
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 2, \"stream\": true}").status());
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"logprobs\": 21}").status());
+        assertEquals(400, post("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                + "\"top_logprobs\": 2}").status());
+    }
+
+    @Test
+    void tokenizeAndDetokenize() throws Exception {
+        Reply t = post("/tokenize", "{\"content\": \"import os\"}");
+        assertEquals(200, t.status(), t.body());
+        int[] ids = tp.tokenizer().encodeNoSpecial("import os");
+        assertEquals(ids.length, t.json().get("tokens").size());
+        for (int i = 0; i < ids.length; i++) assertEquals(ids[i], t.json().at("/tokens/" + i).asInt());
+        Reply s = post("/tokenize", "{\"content\": \"import os\", \"add_special\": true, \"with_pieces\": true}");
+        assertEquals(tp.tokenizer().encode("import os").length, s.json().get("tokens").size());
+        assertTrue(s.json().at("/tokens/0").has("piece"), s.body());
+        Reply d = post("/detokenize", JSON.writeValueAsString(java.util.Map.of("tokens", ids)));
+        assertEquals("import os", d.json().get("content").asText());
+        assertEquals(400, post("/detokenize", "{\"tokens\": [\"a\"]}").status());
+        assertEquals(400, post("/tokenize", "{}").status());
     }
 
     /** Requests at once are served one after the other, each from an empty cache: the same answers as alone. */
