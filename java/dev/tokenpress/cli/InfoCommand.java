@@ -45,6 +45,12 @@ public final class InfoCommand implements Callable<Integer> {
             }
             fileBytes = st.totalBytes();
         }
+        String chat;
+        try {
+            chat = dev.tokenpress.io.ChatTemplate.forModel(model).toString();
+        } catch (dev.tokenpress.io.ModelLoadException e) {
+            chat = "none";
+        }
         if (json) {
             ObjectMapper om = new ObjectMapper();
             ObjectNode o = om.createObjectNode();
@@ -68,6 +74,8 @@ public final class InfoCommand implements Callable<Integer> {
             o.put("attention_bias", c.attentionBias());
             o.put("kv_bytes_per_token_bf16", c.kvBytesPerToken(2));
             o.put("kv_bytes_per_token_f32", c.kvBytesPerToken(4));
+            if (c.slidingWindow() != null) o.put("sliding_window", c.slidingWindow());
+            o.put("chat_template", chat);
             out.println(om.writerWithDefaultPrettyPrinter().writeValueAsString(o));
         } else {
             out.printf("architecture      %s (%s)%n", c.architecture(), c.modelType());
@@ -84,6 +92,9 @@ public final class InfoCommand implements Callable<Integer> {
                     c.ropeScaling() == null ? "none" : c.ropeScaling().type() + " x" + c.ropeScaling().factor());
             out.printf("tied embeddings   %s, qkv bias %s%n", c.tieWordEmbeddings(), c.attentionBias());
             out.printf("KV bytes/token    %s (bf16), %s (f32)%n", Bytes.human(c.kvBytesPerToken(2)), Bytes.human(c.kvBytesPerToken(4)));
+            if (c.slidingWindow() != null)
+                out.printf("sliding window    %d (trained with it; tokenpress attends to the whole context)%n", c.slidingWindow());
+            out.printf("chat template     %s%n", chat);
         }
         out.flush();
         return ExitCodes.OK;
