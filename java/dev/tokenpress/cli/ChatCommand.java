@@ -56,13 +56,8 @@ public final class ChatCommand implements Callable<Integer> {
     @Option(names = {"-sys", "--system"}, paramLabel = "TEXT", description = "System message.")
     String system;
 
-    @Option(names = "--chat-template", paramLabel = "NAME",
-            description = "A built-in chat format instead of the model's template: llama3, chatml, llama2 or mistral.")
-    String templateName;
-
-    @Option(names = "--chat-template-file", paramLabel = "FILE",
-            description = "A Jinja chat template to use instead of the model's (as transformers renders it).")
-    Path templateFile;
+    @Mixin
+    ChatTemplateOptions chatTemplate;
 
     @Option(names = {"-n", "--n-predict"}, defaultValue = "512", description = "Most tokens per reply (default: ${DEFAULT-VALUE}).")
     int nPredict;
@@ -83,22 +78,10 @@ public final class ChatCommand implements Callable<Integer> {
         if (nPredict <= 0) throw new Main.UsageException("-n must be > 0");
         if (prompts != null && file != null) throw new Main.UsageException("give user messages with -p or with -f, not both");
         if (file != null && !Files.isRegularFile(file)) throw new Main.UsageException("message file not found: " + file);
-        ChatTemplate explicit = null;
-        if (templateName != null) {
-            try {
-                explicit = ChatTemplate.named(templateName);
-            } catch (IllegalArgumentException e) {
-                throw new Main.UsageException(e.getMessage());
-            }
-        }
+        chatTemplate.validate();
         SamplingOptions so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
-        if (explicit != null && templateFile != null)
-            throw new Main.UsageException("give --chat-template or --chat-template-file, not both");
-        if (templateFile != null && !Files.isRegularFile(templateFile))
-            throw new Main.UsageException("chat template file not found: " + templateFile);
-        ChatTemplate template = explicit != null ? explicit
-                : templateFile != null ? ChatTemplate.fromFile(templateFile, dir) : ChatTemplate.forModel(dir);
+        ChatTemplate template = chatTemplate.resolve(dir, false, err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));

@@ -2,7 +2,6 @@ package dev.tokenpress.cli;
 
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.io.ChatTemplate;
-import dev.tokenpress.io.ModelLoadException;
 import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.server.OpenAiServer;
 import picocli.CommandLine.Command;
@@ -51,14 +50,8 @@ public final class ServeCommand implements Callable<Integer> {
             description = "Tokens generated when a request gives no max_tokens (default: ${DEFAULT-VALUE}).")
     int nPredict;
 
-    @Option(names = "--chat-template", paramLabel = "NAME",
-            description = "A built-in chat format for /v1/chat/completions instead of the model's template: llama3, "
-                    + "chatml, llama2 or mistral (without any template that endpoint answers 400).")
-    String templateName;
-
-    @Option(names = "--chat-template-file", paramLabel = "FILE",
-            description = "A Jinja chat template to use instead of the model's (as transformers renders it).")
-    Path templateFile;
+    @Mixin
+    ChatTemplateOptions chatTemplate;
 
     @Option(names = "--alias", paramLabel = "NAME", description = "Model id reported by the API (default: the directory name).")
     String alias;
@@ -70,28 +63,11 @@ public final class ServeCommand implements Callable<Integer> {
         kvOptions.validate(false);
         if (port < 0 || port > 65535) throw new Main.UsageException("--port must be in 0..65535");
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
-        ChatTemplate template = null;
-        if (templateName != null) {
-            try {
-                template = ChatTemplate.named(templateName);
-            } catch (IllegalArgumentException e) {
-                throw new Main.UsageException(e.getMessage());
-            }
-        }
-        if (template != null && templateFile != null)
-            throw new Main.UsageException("give --chat-template or --chat-template-file, not both");
-        if (templateFile != null && !java.nio.file.Files.isRegularFile(templateFile))
-            throw new Main.UsageException("chat template file not found: " + templateFile);
+        chatTemplate.validate();
         var so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
-        if (templateFile != null) template = ChatTemplate.fromFile(templateFile, dir);
-        if (template == null) {
-            try {
-                template = ChatTemplate.forModel(dir);
-            } catch (ModelLoadException e) {
-                err.println("chat: " + e.getMessage() + " (/v1/chat/completions answers 400)");
-            }
-        }
+        ChatTemplate template = chatTemplate.resolve(dir, true, err);
+        if (template == null) err.println("chat: /v1/chat/completions answers 400 (pass --chat-template or --chat-template-file)");
         String name = alias != null ? alias : dir.toAbsolutePath().normalize().getFileName().toString();
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {
             tp.model().setPolicy(kvOptions.policy(tp.config()));
