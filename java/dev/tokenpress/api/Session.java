@@ -29,6 +29,7 @@ public final class Session implements AutoCloseable {
     private int stopToken = -1;
     private int[] fed = new int[64]; // the tokens processed so far, in order (fedCount == position)
     private int fedCount;
+    private int lookup;               // prompt lookup decoding: most drafted tokens per step (0 = off)
     private boolean allFull = true;  // every token since the last reset was processed under the full policy
 
     Session(TokenPress tp, int contextSize) {
@@ -79,10 +80,7 @@ public final class Session implements AutoCloseable {
             throw new IllegalStateException("truncate needs the full KV policy and an unquantized cache (policy "
                     + model.policy().spec() + ")");
         if (n < 0 || n > position) throw new IllegalArgumentException("truncate to " + n + " of " + position + " tokens");
-        for (int l = 0; l < cache.layers(); l++)
-            for (int h = 0; h < cache.kvHeads(); h++)
-                for (int slot = cache.highWater(l, h) - 1; slot >= 0; slot--)
-                    if (cache.position(l, h, slot) >= n) cache.free(l, h, slot);
+        cache.freeFrom(n);
         position = n;
         fedCount = n;
         unfed = new int[0];
@@ -93,6 +91,17 @@ public final class Session implements AutoCloseable {
         if (fedCount + n > fed.length) fed = Arrays.copyOf(fed, Math.max(fed.length * 2, fedCount + n));
         System.arraycopy(tokens, 0, fed, fedCount, n);
         fedCount += n;
+    }
+
+    /**
+     * Prompt lookup decoding for greedy generation from now on: up to {@code maxDraft} tokens per step are drafted from
+     * an earlier occurrence of the sequence's last tokens and checked in one forward pass ({@link
+     * Llama#decodeGreedyLookup}); the tokens are the greedy ones either way. 0 turns it off. It applies where the
+     * policy is {@code full} and the cache unquantized; elsewhere greedy decoding runs as usual.
+     */
+    public void setLookup(int maxDraft) {
+        if (maxDraft < 0) throw new IllegalArgumentException("lookup draft must be >= 0, got " + maxDraft);
+        lookup = maxDraft;
     }
 
     /** Forgets all tokens. */
@@ -216,7 +225,14 @@ public final class Session implements AutoCloseable {
                     g.stop = "context";
                 } else {
                     try {
-                        int n = model.decodeGreedy(cache, next, position, room, g::take);
+                        int n;
+                        if (lookup > 0) {
+                            int[] ctx = Arrays.copyOf(fed, fedCount + promptTokens.length);
+                            System.arraycopy(promptTokens, 0, ctx, fedCount, promptTokens.length);
+                            n = model.decodeGreedyLookup(cache, next, position, room, g::take, ctx, ctx.length, lookup);
+                        } else {
+                            n = model.decodeGreedy(cache, next, position, room, g::take);
+                        }
                         position += n;
                         g.steps += n;
                         if (n == room && g.count < maxTokens && g.stop.equals("length")) g.stop = "context";

@@ -62,6 +62,12 @@ public final class GenerateCommand implements Callable<Integer> {
             + "entropy and top-k entropy in nats, top-k mass, surprise in bits, Mirostat mu).")
     boolean trace;
 
+    @Option(names = "--lookup", paramLabel = "N", defaultValue = "0",
+            description = "Prompt lookup decoding (greedy, full cache): draft up to N tokens per step from an earlier "
+                    + "occurrence of the last tokens and check them in one forward pass; same output, fewer passes "
+                    + "on repetitive text (default: 0 = off).")
+    int lookup;
+
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
 
     @Override
@@ -72,6 +78,7 @@ public final class GenerateCommand implements Callable<Integer> {
         var quant = kvOptions.quant();
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
         if (trace && !json) throw new Main.UsageException("--trace needs --json (the trace is part of the JSON object)");
+        if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
         SamplingOptions so = sampling.toOptions();
         String prompt;
         if (source != null && source.file != null) {
@@ -87,6 +94,8 @@ public final class GenerateCommand implements Callable<Integer> {
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));
+            session.setLookup(lookup);
+            long[] lookup0 = tp.model().lookupCounts();
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
                     tp.config().numLayers(), tp.loadMillis());
             if (tp.model().policy() != KvPolicy.FULL) err.println("kv policy: " + tp.model().policy().spec());
@@ -123,6 +132,11 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("kv_quant", quant.spec());
                 o.put("ctx_size", session.contextSize());
                 o.put("seed", r.seed());
+                if (lookup > 0) {
+                    long[] c = tp.model().lookupCounts();
+                    o.put("lookup_drafted", c[0] - lookup0[0]);
+                    o.put("lookup_accepted", c[1] - lookup0[1]);
+                }
                 o.put("sampler", so.toString());
                 if (trace) {
                     com.fasterxml.jackson.databind.node.ArrayNode a = o.putArray("trace");
@@ -143,6 +157,12 @@ public final class GenerateCommand implements Callable<Integer> {
                 out.println(om.writeValueAsString(o));
             } else {
                 out.println();
+                if (lookup > 0) {
+                    long[] c = tp.model().lookupCounts();
+                    err.printf(Locale.ROOT, "lookup: %d of %d drafted tokens accepted%s%n", c[1] - lookup0[1], c[0] - lookup0[0],
+                            so.isGreedy() && tp.model().policy() == KvPolicy.FULL && quant.isNone() ? ""
+                                    : " (lookup needs --temp 0, the full policy and an unquantized cache)");
+                }
                 err.printf(Locale.ROOT, "load %d ms | prompt %d tokens, %.1f tokens/s | ttft %.1f ms | decode %d tokens, %.2f tokens/s | KV %s (%d tokens) | stop: %s | seed %d%n",
                         tp.loadMillis(), r.promptTokens(), r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),
                         r.decodeTokensPerSecond(), Bytes.human(r.kvBytes()), session.contextSize(), r.stopReason(), r.seed());

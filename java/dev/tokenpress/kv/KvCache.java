@@ -104,6 +104,14 @@ public abstract class KvCache implements AutoCloseable {
         st[freeCount[layer][head]++] = slot;
     }
 
+    /** Frees every slot, in every layer and KV head, that holds a position >= {@code from}. */
+    public void freeFrom(int from) {
+        for (int l = 0; l < layers; l++)
+            for (int h = 0; h < kvHeads; h++)
+                for (int slot = highWater[l][h] - 1; slot >= 0; slot--)
+                    if (positions[l][h][slot] >= from) free(l, h, slot);
+    }
+
     /**
      * Whether freeing the slots of the newest appended token (every layer and KV head) restores the cache to the
      * state before that append, so a speculative decode step can be taken back ({@code Llama.decodeGreedy}). True

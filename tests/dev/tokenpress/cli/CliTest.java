@@ -90,6 +90,21 @@ class CliTest {
     }
 
     @Test
+    void lookupDecodingKeepsTheGreedyText() throws Exception {
+        Run plain = run("generate", "-m", model.toString(), "-p", "a b a b a b", "-n", "12", "--temp", "0", "--device", "cpu");
+        Run look = run("generate", "-m", model.toString(), "-p", "a b a b a b", "-n", "12", "--temp", "0", "--device", "cpu",
+                "--lookup", "4");
+        assertEquals(ExitCodes.OK, look.code(), look.err());
+        assertEquals(plain.out(), look.out());
+        assertTrue(look.err().contains("drafted tokens accepted"), look.err());
+        Run j = run("generate", "-m", model.toString(), "-p", "a b a b a b", "-n", "12", "--temp", "0", "--device", "cpu",
+                "--lookup", "4", "--json");
+        JsonNode o = new ObjectMapper().readTree(j.out());
+        assertTrue(o.get("lookup_accepted").asLong() <= o.get("lookup_drafted").asLong(), j.out());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--lookup", "-1").code());
+    }
+
+    @Test
     void generateJsonIsOneObject() throws Exception {
         Run r = run("generate", "-m", model.toString(), "-p", "abc", "-n", "5", "--json", "--seed", "7");
         assertEquals(ExitCodes.OK, r.code(), r.err());
