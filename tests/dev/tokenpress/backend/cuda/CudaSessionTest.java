@@ -57,6 +57,29 @@ class CudaSessionTest {
         }
     }
 
+    /**
+     * Prompt lookup decoding on the GPU: the checked rows come from the prefill path (GEMM LM head) rather than the
+     * decode path (GEMV), so this checks that the greedy tokens still come out the same on a repetitive prompt.
+     */
+    @Test
+    void lookupDecodingGivesTheGreedyTokens() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+            String prompt = "one two three one two three one two three one two";
+            int[][] got = new int[2][];
+            for (int lookup : new int[] {0, 6}) {
+                try (Session s = tp.newSession(256)) {
+                    s.setLookup(lookup);
+                    got[lookup == 0 ? 0 : 1] = s.generate(prompt, 32, SamplingOptions.greedy(), null).tokens();
+                }
+            }
+            long[] c = tp.model().lookupCounts();
+            System.out.printf("[cuda session] lookup: %d of %d drafted tokens accepted%n", c[1], c[0]);
+            assertArrayEquals(got[0], got[1], "lookup decoding changed the greedy tokens on the GPU");
+        }
+    }
+
     private static int[] concat(int[] a, int[] b) {
         int[] c = Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, c, a.length, b.length);
