@@ -53,6 +53,11 @@ public final class ServeCommand implements Callable<Integer> {
     @Mixin
     ChatTemplateOptions chatTemplate;
 
+    @Option(names = "--lookup", paramLabel = "N", defaultValue = "0",
+            description = "Prompt lookup decoding for greedy requests (full policy, unquantized cache): draft up to N "
+                    + "tokens per step (default: 0 = off; a request's 'lookup' field overrides it).")
+    int lookup;
+
     @Option(names = "--alias", paramLabel = "NAME", description = "Model id reported by the API (default: the directory name).")
     String alias;
 
@@ -63,6 +68,7 @@ public final class ServeCommand implements Callable<Integer> {
         kvOptions.validate(false);
         if (port < 0 || port > 65535) throw new Main.UsageException("--port must be in 0..65535");
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
+        if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
         chatTemplate.validate();
         var so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
@@ -79,7 +85,7 @@ public final class ServeCommand implements Callable<Integer> {
                             err.println(line);
                             err.flush();
                         }
-                    }))) {
+                    }, lookup))) {
                 Runtime.getRuntime().addShutdownHook(new Thread(stopped::countDown));
                 err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; context %d tokens; kv %s; kv quant %s; chat %s%n",
                         dir, tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), server.contextSize(),

@@ -51,7 +51,8 @@ import java.util.function.Consumer;
  * mirostat_tau}, {@code mirostat_eta}; unset ones take the server's sampling defaults; {@code logprobs} (completions: the
  * number of alternatives, 0-20; chat: true with {@code top_logprobs}), without streaming: log-probabilities of the
  * model distribution (softmax of the logits after the penalties, before truncation and temperature); and tokenpress's {@code kv}: a
- * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server. {@code n} must be 1; {@code
+ * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server, and
+ * {@code lookup}: prompt lookup decoding's draft length for a greedy request (default the server's). {@code n} must be 1; {@code
  * echo} is refused. Responses carry {@code usage} and llama-server's {@code timings}. Errors
  * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/404/405/500).
  * <p>
@@ -74,9 +75,11 @@ public final class OpenAiServer implements AutoCloseable {
      * @param sampling         defaults for the sampling fields a request leaves out
      * @param defaultMaxTokens tokens generated when a request gives no max_tokens
      * @param log              one line per request (null = none)
+     * @param lookup           prompt lookup decoding for greedy requests: most drafted tokens per step (0 = off)
      */
     public record Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
-                          String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log) {}
+                          String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
+                          int lookup) {}
 
     private static final ObjectMapper JSON = new ObjectMapper();
 
@@ -275,7 +278,7 @@ public final class OpenAiServer implements AutoCloseable {
 
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
-                           Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs) {}
+                           Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup) {}
 
     /** Runs a completion request; returns a note for the log. */
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
@@ -297,6 +300,7 @@ public final class OpenAiServer implements AutoCloseable {
                         + req.tokens().length + " tokens but the server's context holds " + session.contextSize()
                         + ": shorten it or start the server with a larger -c");
             tp.model().setPolicy(req.policy());
+            session.setLookup(req.lookup());
             // prompt caching: keep what the cache holds of this prompt's beginning, feed the rest (at least one token)
             reused = 0;
             if (req.cachePrompt() && session.canTruncate()) {
@@ -486,8 +490,15 @@ public final class OpenAiServer implements AutoCloseable {
                 throw ApiException.badRequest(e.getMessage());
             }
         }
+        int lookup = options.lookup();
+        JsonNode lk = b.get("lookup");
+        if (lk != null && !lk.isNull()) {
+            if (!lk.canConvertToInt() || lk.asInt() < 0 || lk.asInt() > 64)
+                throw ApiException.badRequest("'lookup' must be an integer from 0 to 64");
+            lookup = lk.asInt();
+        }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
-                b.path("cache_prompt").asBoolean(true), policy, logprobs);
+                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup);
     }
 
     private static double num(JsonNode b, String key, double dflt) {

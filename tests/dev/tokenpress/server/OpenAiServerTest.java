@@ -44,7 +44,7 @@ class OpenAiServerTest {
         Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
         tp = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
         server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, ChatTemplate.named("chatml"),
-                "tiny", SamplingOptions.defaults(), 16, log::add));
+                "tiny", SamplingOptions.defaults(), 16, log::add, 0));
     }
 
     @AfterAll
@@ -105,6 +105,10 @@ class OpenAiServerTest {
         assertEquals(tp.tokenizer().encode(prompt).length, j.at("/usage/prompt_tokens").asInt());
         assertEquals(want.tokens().length, j.at("/usage/completion_tokens").asInt());
         assertTrue(j.at("/timings/predicted_per_second").asDouble() > 0);
+
+        Reply look = post("/v1/completions", "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 12, \"temperature\": 0, \"lookup\": 5}");
+        assertEquals(want.text(), look.json().at("/choices/0/text").asText(), "prompt lookup decoding keeps the greedy text");
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"lookup\": -1}").status());
 
         // token ids as the prompt, and streaming: the same text in pieces, finish reason and usage in the last chunk
         int[] ids = tp.tokenizer().encode(prompt);
