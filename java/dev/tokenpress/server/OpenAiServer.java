@@ -104,7 +104,7 @@ public final class OpenAiServer implements AutoCloseable {
             throw new IOException("cannot listen on " + options.host() + ":" + options.port() + " (" + e.getMessage()
                     + "): pick another --port or --host", e);
         }
-        this.executor = Executors.newFixedThreadPool(4, r -> {
+        this.executor = Executors.newFixedThreadPool(16, r -> { // waiting requests hold a thread each; /health stays answerable
             Thread t = new Thread(r, "tokenpress-http");
             t.setDaemon(true);
             return t;
