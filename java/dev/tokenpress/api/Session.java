@@ -104,6 +104,63 @@ public final class Session implements AutoCloseable {
         lookup = maxDraft;
     }
 
+    /**
+     * One scored position: {@code logprob} = ln p(the next token | everything before) under the model distribution
+     * (softmax of the logits), and the {@code topTokens} most likely tokens there with their {@code topLogprobs}.
+     */
+    public record Score(int token, double logprob, int[] topTokens, double[] topLogprobs) {}
+
+    /**
+     * Feeds {@code tokens[0..n)} after what the session holds (one prefill, chunk by chunk; only one chunk of logits
+     * is kept at a time) and scores every token of {@code tokens} that follows a fed one: entry i is the score of
+     * {@code tokens[i + 1]} (so {@code min(n, tokens.length - 1)} entries; with {@code n < tokens.length} the last is
+     * the first unfed token, e.g. a prompt's last token that generation will feed). {@code top} alternatives per
+     * position (0 = none).
+     */
+    public Score[] score(int[] tokens, int n, int top) {
+        if (n < 1 || n > tokens.length) throw new IllegalArgumentException("score: n=" + n + " of " + tokens.length + " tokens");
+        if (position + n > cache.capacity() && model.policy() == KvPolicy.FULL)
+            throw new IllegalArgumentException("the text has " + n + " tokens but the context holds "
+                    + (cache.capacity() - position) + ": raise the context size (-c)");
+        int v = tp.config().vocabSize();
+        Score[] out = new Score[Math.min(n, tokens.length - 1)];
+        model.prefill(cache, tokens, n, position, (logits, first) -> {
+            int m = logits.length / v;
+            for (int r = 0; r < m && first + r < out.length; r++) out[first + r] = scoreRow(logits, r * v, v, tokens[first + r + 1], top);
+        }, null);
+        if (model.policy() != KvPolicy.FULL) allFull = false;
+        position += n;
+        record(tokens, n);
+        unfed = new int[0];
+        stopToken = -1;
+        return out;
+    }
+
+    private static Score scoreRow(float[] lg, int off, int v, int target, int top) {
+        double max = Double.NEGATIVE_INFINITY, z = 0;
+        for (int j = 0; j < v; j++) max = Math.max(max, lg[off + j]);
+        for (int j = 0; j < v; j++) z += Math.exp(lg[off + j] - max);
+        double logZ = max + Math.log(z);
+        int k = Math.min(top, v);
+        int[] ids = new int[k];
+        double[] lps = new double[k];
+        // a partial selection of the k best (small k): insertion into a sorted prefix
+        int filled = 0;
+        for (int j = 0; j < v && k > 0; j++) {
+            float x = lg[off + j];
+            if (filled == k && x <= lg[off + ids[k - 1]]) continue;
+            int at = Math.min(filled, k - 1);
+            while (at > 0 && lg[off + ids[at - 1]] < x) {
+                ids[at] = ids[at - 1];
+                at--;
+            }
+            ids[at] = j;
+            if (filled < k) filled++;
+        }
+        for (int i = 0; i < k; i++) lps[i] = lg[off + ids[i]] - logZ;
+        return new Score(target, lg[off + target] - logZ, ids, lps);
+    }
+
     /** Forgets all tokens. */
     public void reset() {
         cache.clear();

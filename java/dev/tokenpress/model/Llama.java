@@ -95,8 +95,19 @@ public final class Llama implements AutoCloseable {
      * @param progress  receives the number of tokens processed so far (nullable)
      */
     public float[] prefill(KvCache cache, int[] tokens, int startPos, boolean allLogits, IntConsumer progress) {
-        int n = tokens.length;
-        float[] out = allLogits ? new float[Math.multiplyExact(n, config.vocabSize())] : null;
+        float[] out = allLogits ? new float[Math.multiplyExact(tokens.length, config.vocabSize())] : null;
+        prefill(cache, tokens, tokens.length, startPos, allLogits
+                ? (part, first) -> System.arraycopy(part, 0, out, first * config.vocabSize(), part.length) : null, progress);
+        return out;
+    }
+
+    /**
+     * Prefills {@code tokens[0..n)} from {@code startPos}, chunk by chunk; with {@code rows} non-null each chunk's
+     * logits ([m, V], row-major) go to it with the index of the chunk's first token, so every position's logits can
+     * be used without holding all of them (memory: one chunk).
+     */
+    public void prefill(KvCache cache, int[] tokens, int n, int startPos, java.util.function.ObjIntConsumer<float[]> rows,
+                        IntConsumer progress) {
         policy.beginPrefill(cache, startPos, n);
         for (int done = 0; done < n; ) {
             int m = Math.min(maxChunk, n - done);
@@ -105,16 +116,12 @@ public final class Llama implements AutoCloseable {
                 chunk[i] = tokens[done + i];
                 positions[i] = startPos + done + i;
             }
-            forward(cache, chunk, positions, m, allocateSlots(cache, positions, m), allLogits);
-            if (allLogits) {
-                float[] part = backend.download(allLogits(), 0, m);
-                System.arraycopy(part, 0, out, done * config.vocabSize(), part.length);
-            }
+            forward(cache, chunk, positions, m, allocateSlots(cache, positions, m), rows != null);
+            if (rows != null) rows.accept(backend.download(allLogits(), 0, m), done);
             done += m;
             if (progress != null) progress.accept(done);
         }
         policy.endPrefill(cache);
-        return out;
     }
 
     /** Runs one token at {@code position}; afterwards {@link #logits()} / {@link #argmax()} read its logits. */

@@ -53,7 +53,9 @@ import java.util.function.Consumer;
  * model distribution (softmax of the logits after the penalties, before truncation and temperature); and tokenpress's {@code kv}: a
  * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server, and
  * {@code lookup}: prompt lookup decoding's draft length for a greedy request (default the server's). {@code n} must be 1; {@code
- * echo} is refused. Responses carry {@code usage} and llama-server's {@code timings}. Errors
+ * echo} (without streaming) puts the prompt before the completion, and with {@code logprobs} also the prompt tokens'
+ * log-probabilities, from one prefill of the prompt before any compression acts (the first token's is null): what
+ * loglikelihood evaluations (e.g. lm-evaluation-harness's local-completions) ask for. Responses carry {@code usage} and llama-server's {@code timings}. Errors
  * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/404/405/500).
  * <p>
  * One request decodes at a time (others wait), with the model's KV policy and the server's cache storage in a KV
@@ -278,7 +280,8 @@ public final class OpenAiServer implements AutoCloseable {
 
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
-                           Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup) {}
+                           Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup,
+                           boolean echo) {}
 
     /** Runs a completion request; returns a note for the log. */
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
@@ -290,6 +293,8 @@ public final class OpenAiServer implements AutoCloseable {
         GenerationResult r;
         int reused;
         List<StepTrace> steps = new ArrayList<>();
+        Session.Score[] promptScores = null;
+        double scoreMs = 0;
         decoding.lock();
         try {
             req = chat ? chatRequest(body) : completionRequest(body);
@@ -303,7 +308,8 @@ public final class OpenAiServer implements AutoCloseable {
             session.setLookup(req.lookup());
             // prompt caching: keep what the cache holds of this prompt's beginning, feed the rest (at least one token)
             reused = 0;
-            if (req.cachePrompt() && session.canTruncate()) {
+            boolean scorePrompt = req.echo() && req.logprobs() >= 0; // every prompt position's logits are needed
+            if (req.cachePrompt() && !scorePrompt && session.canTruncate()) {
                 int[] have = session.tokens();
                 int n = Math.min(have.length, req.tokens().length - 1);
                 while (reused < n && have[reused] == req.tokens()[reused]) reused++;
@@ -313,10 +319,21 @@ public final class OpenAiServer implements AutoCloseable {
             if (stream != null) stream.begin();
             StopText st = text;
             Stream sse = stream;
-            r = session.generate(Arrays.copyOfRange(req.tokens(), reused, req.tokens().length), req.maxTokens(), req.sampling(), piece -> {
-                String out = st.add(piece);
-                if (sse != null && !out.isEmpty()) sse.text(out);
-            }, req.logprobs() >= 0 ? steps::add : null, req.stopTokens(), () -> st.hit() || (sse != null && sse.gone));
+            int[] feed = Arrays.copyOfRange(req.tokens(), reused, req.tokens().length);
+            if (scorePrompt) {
+                // the prompt's log-probabilities from one prefill; generation then feeds the last prompt token
+                long t0 = System.nanoTime();
+                int n = req.maxTokens() == 0 ? feed.length : feed.length - 1;
+                promptScores = n > 0 ? session.score(feed, n, req.logprobs()) : new Session.Score[0];
+                if (n > 0) feed = Arrays.copyOfRange(feed, n, feed.length);
+                scoreMs = (System.nanoTime() - t0) / 1e6;
+            }
+            r = feed.length == 0
+                    ? new GenerationResult("", new int[0], 0, "length", 0, 0, 0, 0, session.cache().bytes(), 0)
+                    : session.generate(feed, req.maxTokens(), req.sampling(), piece -> {
+                        String out = st.add(piece);
+                        if (sse != null && !out.isEmpty()) sse.text(out);
+                    }, req.logprobs() >= 0 ? steps::add : null, req.stopTokens(), () -> st.hit() || (sse != null && sse.gone));
         } finally {
             decoding.unlock();
         }
@@ -331,9 +348,10 @@ public final class OpenAiServer implements AutoCloseable {
         usage.put("total_tokens", req.tokens().length + r.tokens().length);
         ObjectNode timings = JSON.createObjectNode();
         timings.put("cache_n", reused);
-        timings.put("prompt_n", r.promptTokens());
-        timings.put("prompt_ms", r.prefillMillis());
-        timings.put("prompt_per_second", r.prefillTokensPerSecond());
+        double promptMs = r.prefillMillis() + scoreMs;
+        timings.put("prompt_n", promptScores == null ? r.promptTokens() : req.tokens().length - reused);
+        timings.put("prompt_ms", promptMs);
+        timings.put("prompt_per_second", promptMs <= 0 ? 0 : (promptScores == null ? r.promptTokens() : req.tokens().length - reused) * 1000.0 / promptMs);
         timings.put("predicted_n", r.decodeSteps());
         timings.put("predicted_ms", r.decodeMillis());
         timings.put("predicted_per_second", r.decodeTokensPerSecond());
@@ -356,8 +374,10 @@ public final class OpenAiServer implements AutoCloseable {
                 if (req.logprobs() >= 0) c.set("logprobs", chatLogprobs(steps.subList(0, n), req.logprobs()));
                 else c.putNull("logprobs");
             } else {
-                c.put("text", text.text());
-                if (req.logprobs() >= 0) c.set("logprobs", completionLogprobs(steps.subList(0, n), req.logprobs()));
+                c.put("text", (req.echo() ? tp.tokenizer().decode(req.tokens()) : "") + text.text());
+                if (req.logprobs() >= 0)
+                    c.set("logprobs", completionLogprobs(req.echo() ? req.tokens() : null, promptScores,
+                            steps.subList(0, n), req.logprobs()));
                 else c.putNull("logprobs");
             }
             c.put("finish_reason", finish);
@@ -387,7 +407,6 @@ public final class OpenAiServer implements AutoCloseable {
             throw ApiException.badRequest("'prompt' must be a string, a list with one string, or a list of token ids");
         }
         if (tokens.length == 0) throw ApiException.badRequest("the prompt is empty");
-        if (b.path("echo").asBoolean(false)) throw ApiException.badRequest("'echo' is not supported");
         int logprobs = -1;
         JsonNode lp = b.get("logprobs");
         if (lp != null && !lp.isNull()) {
@@ -497,8 +516,10 @@ public final class OpenAiServer implements AutoCloseable {
                 throw ApiException.badRequest("'lookup' must be an integer from 0 to 64");
             lookup = lk.asInt();
         }
+        boolean echo = b.path("echo").asBoolean(false);
+        if (echo && b.path("stream").asBoolean(false)) throw ApiException.badRequest("'echo' works without streaming only");
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
-                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup);
+                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo);
     }
 
     private static double num(JsonNode b, String key, double dflt) {
@@ -526,11 +547,32 @@ public final class OpenAiServer implements AutoCloseable {
     }
 
     /** The legacy completions shape: tokens, token_logprobs, top_logprobs (maps), text_offset. */
-    private ObjectNode completionLogprobs(List<StepTrace> steps, int top) {
+    private ObjectNode completionLogprobs(int[] prompt, Session.Score[] promptScores, List<StepTrace> steps, int top) {
         ObjectNode o = JSON.createObjectNode();
         ArrayNode tokens = o.putArray("tokens"), lps = o.putArray("token_logprobs"), tops = o.putArray("top_logprobs"),
                 offsets = o.putArray("text_offset");
         int offset = 0;
+        if (prompt != null) {
+            // echo: the prompt's tokens first; the first has no log-probability (nothing before it)
+            for (int i = 0; i < prompt.length; i++) {
+                String p = piece(prompt[i]);
+                tokens.add(p);
+                offsets.add(offset);
+                offset += p.length();
+                Session.Score sc = i > 0 && i - 1 < promptScores.length ? promptScores[i - 1] : null;
+                if (sc == null) {
+                    lps.addNull();
+                    tops.addNull();
+                    continue;
+                }
+                lps.add(sc.logprob());
+                ObjectNode m = tops.addObject();
+                for (int j = 0; j < Math.min(top, sc.topTokens().length); j++) {
+                    String q = piece(sc.topTokens()[j]);
+                    if (!m.has(q)) m.put(q, sc.topLogprobs()[j]);
+                }
+            }
+        }
         for (StepTrace t : steps) {
             String p = piece(t.token());
             tokens.add(p);

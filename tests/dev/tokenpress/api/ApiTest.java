@@ -45,6 +45,44 @@ class ApiTest {
     }
 
     /**
+     * score gives the log-probabilities logProbs gives, in chunks smaller than the text, with the most likely
+     * alternatives sorted, and it continues a session: scoring the rest after a first part gives the same numbers.
+     */
+    @Test
+    void scoreMatchesLogProbsAndContinues() {
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cpu").withMaxChunk(5))) {
+            int[] toks = tp.tokenizer().encode("def f(x): return x + 1 if x > 0 else -x");
+            float[] want;
+            try (Session s = tp.newSession(128)) {
+                want = s.logProbs(toks);
+            }
+            try (Session s = tp.newSession(128)) {
+                Session.Score[] sc = s.score(toks, toks.length, 3);
+                assertEquals(toks.length - 1, sc.length);
+                assertEquals(toks.length, s.position());
+                assertArrayEquals(toks, s.tokens());
+                for (int i = 0; i < sc.length; i++) {
+                    assertEquals(toks[i + 1], sc[i].token());
+                    assertEquals(want[i], sc[i].logprob(), 1e-4, "token " + (i + 1));
+                    assertEquals(3, sc[i].topTokens().length);
+                    assertTrue(sc[i].topLogprobs()[0] >= sc[i].topLogprobs()[1] && sc[i].topLogprobs()[1] >= sc[i].topLogprobs()[2]);
+                    assertTrue(sc[i].topLogprobs()[0] >= sc[i].logprob() - 1e-9);
+                }
+            }
+            try (Session s = tp.newSession(128)) {
+                int half = toks.length / 2;
+                Session.Score[] a = s.score(java.util.Arrays.copyOf(toks, half + 1), half, 0);
+                assertEquals(half, a.length, "the last entry scores the first unfed token");
+                Session.Score[] b = s.score(java.util.Arrays.copyOfRange(toks, half, toks.length), toks.length - half, 0);
+                for (int i = 0; i < a.length; i++) assertEquals(want[i], a[i].logprob(), 1e-4);
+                for (int i = 0; i < b.length; i++) assertEquals(want[half + i], b[i].logprob(), 1e-4);
+                assertThrows(IllegalArgumentException.class, () -> s.score(toks, 0, 0));
+            }
+        }
+    }
+
+    /**
      * truncate keeps a prefix of what a session processed: the tokens, the cache's slots and what decoding from
      * there gives are those of a session that only ever saw the prefix; policies that evict or select, and quantized
      * caches, refuse it.

@@ -322,6 +322,45 @@ class OpenAiServerTest {
                 + "\"top_logprobs\": 2}").status());
     }
 
+    /**
+     * echo with logprobs: the prompt's log-probabilities equal a prefill's (what loglikelihood evaluations ask for),
+     * the first is null, and a completion after it is the greedy one.
+     */
+    @Test
+    void echoScoresThePrompt() throws Exception {
+        String prompt = "import os\nimport sys\n";
+        int[] ids = tp.tokenizer().encode(prompt);
+        float[] want;
+        try (Session s = tp.newSession(256)) {
+            want = s.logProbs(ids);
+        }
+        Reply r = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", prompt, "max_tokens", 0,
+                "echo", true, "logprobs", 1)));
+        assertEquals(200, r.status(), r.body());
+        JsonNode lp = r.json().at("/choices/0/logprobs");
+        assertEquals(tp.tokenizer().decode(ids), r.json().at("/choices/0/text").asText());
+        assertEquals(ids.length, lp.get("tokens").size());
+        assertTrue(lp.at("/token_logprobs/0").isNull() && lp.at("/top_logprobs/0").isNull(), lp.toString());
+        for (int i = 1; i < ids.length; i++) {
+            assertEquals(want[i - 1], lp.at("/token_logprobs/" + i).asDouble(), 1e-4, "token " + i);
+            assertEquals(1, lp.at("/top_logprobs/" + i).size());
+        }
+        assertEquals(0, r.json().at("/usage/completion_tokens").asInt());
+
+        Reply g = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", prompt, "max_tokens", 6,
+                "temperature", 0, "echo", true, "logprobs", 0)));
+        GenerationResult direct = direct(ids, 6, java.util.Set.of());
+        assertEquals(tp.tokenizer().decode(ids) + direct.text(), g.json().at("/choices/0/text").asText());
+        JsonNode glp = g.json().at("/choices/0/logprobs");
+        assertEquals(ids.length + direct.tokens().length, glp.get("tokens").size());
+        for (int i = 1; i < ids.length; i++)
+            assertEquals(want[i - 1], glp.at("/token_logprobs/" + i).asDouble(), 1e-4, "prompt token " + i);
+        Reply plainEcho = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", prompt, "max_tokens", 6,
+                "temperature", 0, "echo", true)));
+        assertEquals(g.json().at("/choices/0/text").asText(), plainEcho.json().at("/choices/0/text").asText());
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"echo\": true, \"stream\": true}").status());
+    }
+
     @Test
     void tokenizeAndDetokenize() throws Exception {
         Reply t = post("/tokenize", "{\"content\": \"import os\"}");
