@@ -343,17 +343,9 @@ public final class Session implements AutoCloseable {
      */
     public float[] logProbs(int[] tokens) {
         reset();
-        float[] logits = model.prefill(cache, tokens, 0, true, null);
-        position = tokens.length;
-        int v = tp.config().vocabSize();
-        float[] lp = new float[tokens.length - 1];
-        for (int i = 0; i + 1 < tokens.length; i++) {
-            double max = Double.NEGATIVE_INFINITY;
-            for (int j = 0; j < v; j++) max = Math.max(max, logits[i * v + j]);
-            double sum = 0;
-            for (int j = 0; j < v; j++) sum += Math.exp(logits[i * v + j] - max);
-            lp[i] = (float) (logits[i * v + tokens[i + 1]] - max - Math.log(sum));
-        }
+        Score[] sc = score(tokens, tokens.length, 0); // one chunk of logits at a time
+        float[] lp = new float[sc.length];
+        for (int i = 0; i < sc.length; i++) lp[i] = (float) sc[i].logprob();
         return lp;
     }
 
