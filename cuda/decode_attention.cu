@@ -737,7 +737,9 @@ __device__ __forceinline__ void prefetch_split_rows(const uint16_t* kb, const ui
         prefetch_range_l2(vb + (int64_t)begin * HD, (uint32_t)rows * HD * 2u);
         return;
     }
-    for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+    // a slot list costs a dependent load per row before the wait: at most two rows per thread
+    const int list_rows = min(rows, 2 * (int)blockDim.x);
+    for (int i = threadIdx.x; i < list_rows; i += blockDim.x) {
         int s = sel[(int64_t)kh * sel_stride + begin + i];
         s = s < 0 ? 0 : (s >= C ? C - 1 : s);
 #pragma unroll

@@ -1036,7 +1036,8 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
             smem = fixed + tile;
         }
         bool ok = true;
-        if (v3 == nullptr && smem > kSmemDefault) {
+        // the kernel's own static shared memory (160 bytes) counts against the 48 KiB too: opt in with a margin
+        if (v3 == nullptr && smem > kSmemDefault - 1024) {
             int dev = 0, optin = 0;
             TP_CUDA(cudaGetDevice(&dev));
             TP_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));

@@ -177,6 +177,9 @@ class CudaTidalSelectParityTest {
                 for (int len : new int[] {1, 9, 81, 4097, 33001}) a.add(Arguments.of(hd, group, 2, len));
         a.add(Arguments.of(64, 4, 8, 33001));   // the llama-1b shape
         a.add(Arguments.of(64, 4, 2, 131075));  // past 128K
+        // v2's score kernel with exactly 48 KiB of dynamic shared memory (plus its static 160 bytes): opt-in needed
+        a.add(Arguments.of(64, 16, 2, 20000));
+        a.add(Arguments.of(128, 12, 2, 20000));
         return a.stream();
     }
 
