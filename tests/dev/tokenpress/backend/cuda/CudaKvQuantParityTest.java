@@ -231,10 +231,11 @@ class CudaKvQuantParityTest {
      * every round the window sizes, every live slot's bit width and stored reconstruction (bit for bit) agree, the
      * block pool has not grown, and attention over the two caches agrees.
      */
-    @Test
-    void scatteredEvictionsCompactLikeTheCpu() {
-        KvQuantSpec spec = KvQuantSpec.parse("int4:group=8,residual=8");
-        int layers = 1, hkv = 2, hd = 64, heads = 8, cap = 64, layer = 0;
+    @ParameterizedTest(name = "{0} hd={1}")
+    @MethodSource("compactionCases")
+    void scatteredEvictionsCompactLikeTheCpu(String specText, int hd) {
+        KvQuantSpec spec = KvQuantSpec.parse(specText);
+        int layers = 1, hkv = 2, heads = 8, cap = 64, layer = 0;
         SplittableRandom rnd = new SplittableRandom(7);
         KvCache cc = cpu.newKvCache(layers, hkv, hd, cap, spec);
         String switchBefore = System.getProperty("tokenpress.cuda.quantPolicyOps");
@@ -278,7 +279,7 @@ class CudaKvQuantParityTest {
                     freed[h].clear();
                     boolean take = true;
                     for (int s = 0; s < cap; s++)
-                        if (g.position(layer, h, s) >= 0 && g.bitsOf(layer, h, s) == 4) {
+                        if (g.position(layer, h, s) >= 0 && g.bitsOf(layer, h, s) == spec.bits()) {
                             if (take) freed[h].add(s);
                             take = !take;
                         }
@@ -294,6 +295,11 @@ class CudaKvQuantParityTest {
         } finally {
             cc.close();
         }
+    }
+
+    static Stream<Arguments> compactionCases() {
+        return Stream.of(Arguments.of("int4:group=8,residual=8", 64), Arguments.of("int2:group=8,residual=8", 64),
+                Arguments.of("int8:group=8,residual=8", 128));
     }
 
     @Test

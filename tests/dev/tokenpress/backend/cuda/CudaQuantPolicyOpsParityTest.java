@@ -71,6 +71,7 @@ class CudaQuantPolicyOpsParityTest {
                     for (int hd : new int[] {64, 128}) out.add(Arguments.of(s, len, gqa, hd));
         out.add(Arguments.of("int4", 4097, 4, 64));
         out.add(Arguments.of("int4:group=8,residual=8", 4097, 8, 128));
+        out.add(Arguments.of("int4:group=8,residual=8", 729, 12, 64));  // more q-heads per KV head than v3 takes at once
         return out.stream();
     }
 
@@ -121,6 +122,16 @@ class CudaQuantPolicyOpsParityTest {
                 }
                 // decode attention with statistics, over everything and over a shuffled slot list
                 stats(at + " decode", cc, gc, layer, qv, 1, heads, hd, new int[] {qpos}, 0, null);
+                // the statistics' log-sum-exp comes from whichever quantized-attention kernel runs: variants 1 and 2 too
+                int kvq0 = TpNative.tp_kvq_attention_variant();
+                try {
+                    for (int v : new int[] {1, 2}) {
+                        assertEquals(0, TpNative.tp_kvq_set_attention_variant(v));
+                        stats(at + " decode kvq v" + v, cc, gc, layer, qv, 1, heads, hd, new int[] {qpos}, 0, null);
+                    }
+                } finally {
+                    TpNative.tp_kvq_set_attention_variant(kvq0);
+                }
                 stats(at + " decode selection", cc, gc, layer, qv, 1, heads, hd, new int[] {qpos}, 0, shuffled(hkv, len));
                 // TidalDecode selection (tp_set_tidal_select_variant 1: one-block radix select; 2: v2's histogram,
                 // collect and compact passes over the same keys): host copy checked against the CPU, the
