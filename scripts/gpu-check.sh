@@ -236,7 +236,7 @@ run_checks() {
 }
 
 # --run-split OUT: the whole check in separate JVMs — five JUnit groups (a crash or hang in one class cannot take the
-# others down), then every benchmark stage — each under its own limit (the limits add up to about 13 minutes; most
+# others down), then every benchmark stage — each under its own limit (the limits add up to about 14 minutes; most
 # stages end well before theirs). SPLIT_PARTS (default junit,bench,policies,peer) picks the parts, so the check can
 # be spread over two device calls; JUNIT_GROUPS (default abcde) picks the JUnit groups.
 run_split() {
@@ -245,10 +245,10 @@ run_split() {
   : > "$OUT/gpu-summary.txt"
   export APPEND_SUMMARY=1
   local groups=(
-    "a|CudaNativeLibTest CudaGemvParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest|60"
+    "a|CudaNativeLibTest CudaGemvParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest|75"
     "b|CudaParityTest|90"
-    "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|60"
-    "d|CudaKvQuantParityTest CudaQuantPolicyOpsParityTest|70"
+    "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|75"
+    "d|CudaKvQuantParityTest CudaQuantPolicyOpsParityTest|90"
     "e|CudaTidalSelectParityTest|50")
   local parts=",${SPLIT_PARTS:-junit,bench,policies,peer}," only=${JUNIT_GROUPS:-abcde}
   local g tag classes limit
