@@ -249,7 +249,7 @@ run_split() {
     "b|CudaParityTest|90"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|75"
     "d|CudaKvQuantParityTest CudaQuantPolicyOpsParityTest|90"
-    "e|CudaTidalSelectParityTest|50")
+    "e|CudaTidalSelectParityTest|60")
   local parts=",${SPLIT_PARTS:-junit,bench,policies,peer}," only=${JUNIT_GROUPS:-abcde}
   local g tag classes limit
   if [[ $parts == *,junit,* ]]; then
