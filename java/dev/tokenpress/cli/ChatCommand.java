@@ -98,9 +98,9 @@ public final class ChatCommand implements Callable<Integer> {
             int turn = 0, given = 0;
             try {
                 while (true) {
-                    if (interactive) {
-                        err.print("> ");
-                        err.flush();
+                    if (interactive) { // on the terminal's stdout: the launcher filters stderr line by line
+                        out.print("> ");
+                        out.flush();
                     }
                     String msg = reader != null ? reader.readLine() : (given < prompts.size() ? prompts.get(given++) : null);
                     if (msg == null || msg.strip().equals("/exit")) break;
