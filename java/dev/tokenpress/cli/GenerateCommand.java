@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.tokenpress.api.GenerationResult;
 import dev.tokenpress.api.Session;
+import dev.tokenpress.api.StopText;
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.sample.SamplingOptions;
@@ -68,6 +69,10 @@ public final class GenerateCommand implements Callable<Integer> {
                     + "on repetitive text (default: 0 = off).")
     int lookup;
 
+    @Option(names = "--stop", paramLabel = "TEXT",
+            description = "Stop before this text (repeatable); the text is not printed.")
+    java.util.List<String> stops;
+
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
 
     @Override
@@ -106,17 +111,22 @@ public final class GenerateCommand implements Callable<Integer> {
                 out.flush();
             }
             java.util.List<dev.tokenpress.sample.StepTrace> steps = new java.util.ArrayList<>();
-            GenerationResult r = session.generate(tp.tokenizer().encode(prompt), nPredict, so, json ? null : piece -> {
-                out.print(piece);
-                out.flush();
-            }, trace ? steps::add : null);
+            StopText stopText = new StopText(stops == null ? java.util.List.of() : stops);
+            GenerationResult r = session.generate(tp.tokenizer().encode(prompt), nPredict, so, piece -> {
+                String o = stopText.add(piece);
+                if (!json && !o.isEmpty()) {
+                    out.print(o);
+                    out.flush();
+                }
+            }, trace ? steps::add : null, java.util.Set.of(), stopText::hit);
+            if (!json && !stopText.hit()) out.print(stopText.rest());
             if (json) {
                 ObjectMapper om = new ObjectMapper();
                 ObjectNode o = om.createObjectNode();
                 o.put("model", dir.toString());
                 o.put("backend", tp.backend().description());
                 o.put("prompt", prompt);
-                o.put("text", r.text());
+                o.put("text", stopText.hit() ? stopText.text() : r.text());
                 o.put("prompt_tokens", r.promptTokens());
                 o.put("generated_tokens", r.tokens().length);
                 o.put("stop_reason", r.stopReason());

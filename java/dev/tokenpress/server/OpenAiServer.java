@@ -8,6 +8,7 @@ import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
 import dev.tokenpress.api.GenerationResult;
 import dev.tokenpress.api.Session;
+import dev.tokenpress.api.StopText;
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.io.ChatTemplate;
 import dev.tokenpress.io.ChatTemplate.Message;

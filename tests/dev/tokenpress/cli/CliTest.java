@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import dev.tokenpress.io.ModelWriter;
 import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
@@ -87,6 +88,27 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, badName.code(), badName.err());
         assertTrue(badName.err().contains("llama3, chatml, llama2, mistral"), badName.err());
         assertEquals(ExitCodes.USAGE, run("chat", "-m", model.toString(), "-p", "a", "-f", msgs.toString()).code());
+    }
+
+    @Test
+    void stopStringsEndTheText() throws Exception {
+        Path tiny = Path.of("models", "tokenpress-tiny");
+        Assumptions.assumeTrue(Files.isRegularFile(tiny.resolve("model.safetensors")), "no embedded model");
+        Run full = run("generate", "-m", tiny.toString(), "-p", "import os\n", "-n", "40", "--temp", "0", "--device", "cpu");
+        String text = full.out().substring("import os\n".length());
+        assertTrue(text.length() > 12, full.out());
+        String stop = text.substring(8, 11);
+        String want = "import os\n" + text.substring(0, text.indexOf(stop));
+        Run cut = run("generate", "-m", tiny.toString(), "-p", "import os\n", "-n", "40", "--temp", "0", "--device", "cpu",
+                "--stop", "never-there", "--stop", stop);
+        assertEquals(ExitCodes.OK, cut.code(), cut.err());
+        assertEquals(want + "\n", cut.out());
+        assertTrue(cut.err().contains("stop: stop"), cut.err());
+        Run j = run("generate", "-m", tiny.toString(), "-p", "import os\n", "-n", "40", "--temp", "0", "--device", "cpu",
+                "--stop", stop, "--json");
+        JsonNode o = new ObjectMapper().readTree(j.out());
+        assertEquals(want.substring("import os\n".length()), o.get("text").asText());
+        assertEquals("stop", o.get("stop_reason").asText());
     }
 
     @Test

@@ -1,24 +1,26 @@
-package dev.tokenpress.server;
+package dev.tokenpress.api;
 
 import java.util.List;
 
 /**
  * Generated text checked against stop strings as it streams: {@link #add} returns the part of the text that can be
  * sent now, holding back a tail that could still become a stop string; once a stop string appears the text ends
- * just before it ({@link #hit}) and nothing more is returned.
+ * just before it ({@link #hit}) and nothing more is returned. Use {@code add} as the {@link TokenListener} and
+ * {@code hit} as the stop request of {@link Session#generate(int[], int, dev.tokenpress.sample.SamplingOptions,
+ * TokenListener, java.util.function.Consumer, java.util.Set, java.util.function.BooleanSupplier)}.
  */
-final class StopText {
+public final class StopText {
     private final List<String> stops;
     private final StringBuilder text = new StringBuilder();
     private int sent;
     private boolean hit;
 
-    StopText(List<String> stops) {
+    public StopText(List<String> stops) {
         this.stops = stops.stream().filter(s -> !s.isEmpty()).toList();
     }
 
     /** Appends a piece of generated text and returns what can be sent now (possibly empty). */
-    String add(String piece) {
+    public String add(String piece) {
         if (hit) return "";
         text.append(piece);
         int cut = -1;
@@ -47,19 +49,19 @@ final class StopText {
     }
 
     /** Whether a stop string appeared (the text ends before it). */
-    boolean hit() {
+    public boolean hit() {
         return hit;
     }
 
     /** What is still held back, for the end of generation; afterwards everything has been returned. */
-    String rest() {
+    public String rest() {
         String out = text.substring(sent);
         sent = text.length();
         return out;
     }
 
     /** The whole text, cut before the first stop string. */
-    String text() {
+    public String text() {
         return text.toString();
     }
 

@@ -1,4 +1,4 @@
-package dev.tokenpress.server;
+package dev.tokenpress.api;
 
 import org.junit.jupiter.api.Test;
 
