@@ -5,6 +5,7 @@ import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.KvCacheFullException;
 import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.model.Llama;
+import dev.tokenpress.sample.JsonConstraint;
 import dev.tokenpress.sample.SamplerChain;
 import dev.tokenpress.sample.SamplingOptions;
 import dev.tokenpress.sample.StepTrace;
@@ -30,6 +31,7 @@ public final class Session implements AutoCloseable {
     private int[] fed = new int[64]; // the tokens processed so far, in order (fedCount == position)
     private int fedCount;
     private int lookup;               // prompt lookup decoding: most drafted tokens per step (0 = off)
+    private OutputFormat format = OutputFormat.TEXT;
     private boolean allFull = true;  // every token since the last reset was processed under the full policy
 
     Session(TokenPress tp, int contextSize) {
@@ -161,6 +163,26 @@ public final class Session implements AutoCloseable {
         return new Score(target, lg[off + target] - logZ, ids, lps);
     }
 
+    /** What generated text must be. */
+    public enum OutputFormat {
+        /** Anything. */
+        TEXT,
+        /** One JSON value (then an end token). */
+        JSON,
+        /** One JSON object (OpenAI's {@code response_format: {"type": "json_object"}}). */
+        JSON_OBJECT
+    }
+
+    /**
+     * Constrains what {@link #generate} produces from now on: {@link OutputFormat#JSON} / {@link
+     * OutputFormat#JSON_OBJECT} keep the text a valid JSON prefix at every step ({@link JsonConstraint}; sampling goes
+     * through the sampler chain, greedy included) and end it with an end token once the value is complete; the
+     * prompt should ask for JSON, as with any JSON mode.
+     */
+    public void setOutputFormat(OutputFormat f) {
+        format = f == null ? OutputFormat.TEXT : f;
+    }
+
     /** Forgets all tokens. */
     public void reset() {
         cache.clear();
@@ -220,15 +242,22 @@ public final class Session implements AutoCloseable {
         if (position + promptTokens.length > cache.capacity())
             throw new IllegalArgumentException("the prompt has " + promptTokens.length + " tokens but the context holds "
                     + (cache.capacity() - position) + ": raise the context size (-c)");
-        SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize());
-        boolean greedy = trace == null && options.temp() <= 0 && options.repeatPenalty() == 1f && options.presencePenalty() == 0f
-                && options.frequencyPenalty() == 0f;
+        JsonConstraint json = null;
+        if (format != OutputFormat.TEXT) {
+            Set<Integer> ends = new HashSet<>(eos);
+            ends.addAll(extraStops);
+            json = new JsonConstraint(tp.tokenizer().tokenTexts(), ends, format == OutputFormat.JSON_OBJECT);
+        }
+        SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), json);
+        boolean greedy = trace == null && json == null && options.temp() <= 0 && options.repeatPenalty() == 1f
+                && options.presencePenalty() == 0f && options.frequencyPenalty() == 0f;
         if (trace != null) chain.setTrace(true);
         StreamingDecoder text = tp.tokenizer().streaming();
         StringBuilder out = new StringBuilder();
         for (int i = 0; i < fedCount; i++) chain.accept(fed[i]); // the penalties see the whole sequence
         if (model.policy() != KvPolicy.FULL) allFull = false;
         for (int t : promptTokens) chain.accept(t);
+        if (json != null) json.begin(); // what follows is the JSON text
 
         long t0 = System.nanoTime();
         int total = promptTokens.length;

@@ -73,6 +73,11 @@ public final class GenerateCommand implements Callable<Integer> {
             description = "Stop before this text (repeatable); the text is not printed.")
     java.util.List<String> stops;
 
+    @Option(names = "--format", paramLabel = "text|json|json-object", defaultValue = "text",
+            description = "Constrain the output: json keeps it one valid JSON value (json-object: an object) and ends it "
+                    + "there (default: ${DEFAULT-VALUE}).")
+    String format;
+
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
 
     @Override
@@ -84,6 +89,12 @@ public final class GenerateCommand implements Callable<Integer> {
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
         if (trace && !json) throw new Main.UsageException("--trace needs --json (the trace is part of the JSON object)");
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
+        Session.OutputFormat outputFormat = switch (format.toLowerCase(Locale.ROOT)) {
+            case "text" -> Session.OutputFormat.TEXT;
+            case "json" -> Session.OutputFormat.JSON;
+            case "json-object", "json_object" -> Session.OutputFormat.JSON_OBJECT;
+            default -> throw new Main.UsageException("--format must be text, json or json-object, got " + format);
+        };
         SamplingOptions so = sampling.toOptions();
         String prompt;
         if (source != null && source.file != null) {
@@ -100,6 +111,7 @@ public final class GenerateCommand implements Callable<Integer> {
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));
             session.setLookup(lookup);
+            session.setOutputFormat(outputFormat);
             long[] lookup0 = tp.model().lookupCounts();
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
                     tp.config().numLayers(), tp.loadMillis());

@@ -220,6 +220,26 @@ public final class HfTokenizer implements AutoCloseable {
         return id == null ? -1 : id;
     }
 
+    private volatile String[] tokenTexts;
+
+    /**
+     * The text of every token id on its own (built once, cached): null for special tokens and for pieces of a
+     * multi-byte character, whose text only exists together with their neighbours.
+     */
+    public String[] tokenTexts() {
+        String[] t = tokenTexts;
+        if (t == null) {
+            t = new String[vocabSize];
+            for (int id = 0; id < vocabSize; id++) {
+                if (isSpecial(id)) continue;
+                String s = decode(new int[] {id});
+                t[id] = s.indexOf('\uFFFD') >= 0 ? null : s;
+            }
+            tokenTexts = t;
+        }
+        return t;
+    }
+
     /** Whether {@code id} is a special added token (BOS, EOS, reserved...). */
     public boolean isSpecial(int id) {
         return specialIds.containsKey(id);

@@ -45,16 +45,22 @@ public final class SamplerChain {
         this.stages = samplers.toArray(new Sampler[0]);
         this.cur = new TokenDataArray(vocabSize);
         int at = 0;
-        while (at < stages.length && stages[at] instanceof PenaltiesSampler) at++;
+        while (at < stages.length && (stages[at] instanceof PenaltiesSampler || stages[at] instanceof JsonConstraint)) at++;
         this.traceAt = at;
         this.traceTopK = traceTopK > 0 ? traceTopK : DEFAULT_TRACE_TOP_K;
     }
 
     /** Builds llama.cpp's default chain for the options (validated; a seed of -1 becomes a random seed). */
     public static SamplerChain create(SamplingOptions o, int vocabSize) {
+        return create(o, vocabSize, null);
+    }
+
+    /** The default chain with a constraint stage (e.g. {@link JsonConstraint}) first; null = none. */
+    public static SamplerChain create(SamplingOptions o, int vocabSize, Sampler constraint) {
         o.validate();
         long s = resolveSeed(o.seed());
         List<Sampler> list = new ArrayList<>();
+        if (constraint != null) list.add(constraint);
         if (o.mirostat() == 0) {
             list.add(new PenaltiesSampler(vocabSize, o.repeatLastN(), o.repeatPenalty(), o.presencePenalty(),
                     o.frequencyPenalty()));

@@ -53,7 +53,9 @@ import java.util.function.Consumer;
  * number of alternatives, 0-20; chat: true with {@code top_logprobs}), without streaming: log-probabilities of the
  * model distribution (softmax of the logits after the penalties, before truncation and temperature); and tokenpress's {@code kv}: a
  * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server, and
- * {@code lookup}: prompt lookup decoding's draft length for a greedy request (default the server's). {@code n} must be 1; {@code
+ * {@code lookup}: prompt lookup decoding's draft length for a greedy request (default the server's), and {@code
+ * response_format} {@code {"type": "json_object"}} (or tokenpress's {@code "json"} for any JSON value): sampling
+ * keeps the text valid JSON and ends it when the value is complete ({@link Session#setOutputFormat}). {@code n} must be 1; {@code
  * echo} (without streaming) puts the prompt before the completion, and with {@code logprobs} also the prompt tokens'
  * log-probabilities, from one prefill of the prompt before any compression acts (the first token's is null): what
  * loglikelihood evaluations (e.g. lm-evaluation-harness's local-completions) ask for. Responses carry {@code usage} and llama-server's {@code timings}. Errors
@@ -282,7 +284,7 @@ public final class OpenAiServer implements AutoCloseable {
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
                            Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup,
-                           boolean echo) {}
+                           boolean echo, Session.OutputFormat format) {}
 
     /** Runs a completion request; returns a note for the log. */
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
@@ -307,6 +309,7 @@ public final class OpenAiServer implements AutoCloseable {
                         + ": shorten it or start the server with a larger -c");
             tp.model().setPolicy(req.policy());
             session.setLookup(req.lookup());
+            session.setOutputFormat(req.format());
             // prompt caching: keep what the cache holds of this prompt's beginning, feed the rest (at least one token)
             reused = 0;
             boolean scorePrompt = req.echo() && req.logprobs() >= 0; // every prompt position's logits are needed
@@ -519,8 +522,20 @@ public final class OpenAiServer implements AutoCloseable {
         }
         boolean echo = b.path("echo").asBoolean(false);
         if (echo && b.path("stream").asBoolean(false)) throw ApiException.badRequest("'echo' works without streaming only");
+        Session.OutputFormat format = Session.OutputFormat.TEXT;
+        JsonNode rf = b.get("response_format");
+        if (rf != null && !rf.isNull()) {
+            String type = rf.isTextual() ? rf.asText() : rf.path("type").asText("");
+            format = switch (type) {
+                case "text" -> Session.OutputFormat.TEXT;
+                case "json_object" -> Session.OutputFormat.JSON_OBJECT;
+                case "json" -> Session.OutputFormat.JSON;
+                default -> throw ApiException.badRequest("response_format type '" + type + "' is not supported: use text, "
+                        + "json_object (or json for any JSON value); json_schema is not supported");
+            };
+        }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
-                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo);
+                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format);
     }
 
     private static double num(JsonNode b, String key, double dflt) {

@@ -112,6 +112,20 @@ class CliTest {
     }
 
     @Test
+    void formatJsonKeepsTheOutputJson() throws Exception {
+        for (String seed : new String[] {"1", "2", "3"}) {
+            Run r = run("generate", "-m", model.toString(), "-p", "x = ", "-n", "30", "--format", "json-object", "--seed", seed,
+                    "--json", "--device", "cpu");
+            assertEquals(ExitCodes.OK, r.code(), r.err());
+            JsonNode o = new ObjectMapper().readTree(r.out());
+            String text = o.get("text").asText();
+            assertTrue(new dev.tokenpress.sample.JsonPrefix(true).feed(text), text);
+            if (o.get("stop_reason").asText().equals("eos")) assertTrue(new ObjectMapper().readTree(text).isObject(), text);
+        }
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--format", "yaml").code());
+    }
+
+    @Test
     void lookupDecodingKeepsTheGreedyText() throws Exception {
         Run plain = run("generate", "-m", model.toString(), "-p", "a b a b a b", "-n", "12", "--temp", "0", "--device", "cpu");
         Run look = run("generate", "-m", model.toString(), "-p", "a b a b a b", "-n", "12", "--temp", "0", "--device", "cpu",

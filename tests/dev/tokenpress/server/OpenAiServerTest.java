@@ -361,6 +361,28 @@ class OpenAiServerTest {
         assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"echo\": true, \"stream\": true}").status());
     }
 
+    /** response_format json_object: the text is a JSON object prefix at every length, and a whole object when it ends. */
+    @Test
+    void jsonObjectResponses() throws Exception {
+        for (int seed = 0; seed < 4; seed++) {
+            Reply r = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", "settings = ",
+                    "max_tokens", 60, "temperature", 0.8, "seed", seed, "response_format", java.util.Map.of("type", "json_object"))));
+            assertEquals(200, r.status(), r.body());
+            String text = r.json().at("/choices/0/text").asText();
+            assertTrue(new dev.tokenpress.sample.JsonPrefix(true).feed(text), "not a JSON object prefix: " + text);
+            if (r.json().at("/choices/0/finish_reason").asText().equals("stop")) {
+                JsonNode o = JSON.readTree(text);
+                assertTrue(o.isObject(), text);
+            }
+        }
+        Reply greedy = post("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"json please\"}], "
+                + "\"max_tokens\": 40, \"temperature\": 0, \"response_format\": {\"type\": \"json_object\"}}");
+        assertEquals(200, greedy.status(), greedy.body());
+        assertTrue(new dev.tokenpress.sample.JsonPrefix(true).feed(greedy.json().at("/choices/0/message/content").asText()),
+                greedy.body());
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_schema\"}}").status());
+    }
+
     @Test
     void tokenizeAndDetokenize() throws Exception {
         Reply t = post("/tokenize", "{\"content\": \"import os\"}");

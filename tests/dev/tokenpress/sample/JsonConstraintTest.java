@@ -1,0 +1,127 @@
+package dev.tokenpress.sample;
+
+import com.fasterxml.jackson.databind.DeserializationFeature;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import org.junit.jupiter.api.Test;
+
+import java.util.Set;
+import java.util.SplittableRandom;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * The JSON recognizer against Jackson's strict parser (a text is accepted whole iff Jackson parses it as exactly one
+ * value; every prefix of a valid text is accepted), and the JSON sampling stage: whatever the logits, sampling with
+ * it yields one valid JSON value followed by an end token.
+ */
+class JsonConstraintTest {
+    static final ObjectMapper STRICT = new ObjectMapper().enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS);
+
+    static boolean jacksonValue(String s) {
+        try {
+            JsonNode n = STRICT.readTree(s);
+            return n != null && !n.isMissingNode();
+        } catch (Exception e) {
+            return false;
+        }
+    }
+
+    static boolean accepts(String s, boolean objectOnly) {
+        JsonPrefix p = new JsonPrefix(objectOnly);
+        return p.feed(s) && p.complete();
+    }
+
+    @Test
+    void acceptsJsonAndRejectsWhereItBreaks() {
+        String[] valid = {"{}", " { \"a\" : [1, -2.5e+3, true, false, null, \"x\\\\\\\"\\u00e9\"], \"b\": {} } ", "[]", "0",
+                "-0.0", "\"\"", "[[[]]]", "{\"k\":{\"k\":[{\"k\":1E5}]}}", "12", "true"};
+        for (String v : valid) {
+            assertTrue(jacksonValue(v), v);
+            assertTrue(accepts(v, false), v);
+            for (int i = 0; i <= v.length(); i++) assertTrue(new JsonPrefix(false).feed(v.substring(0, i)), "prefix of " + v);
+        }
+        String[] invalid = {"{,}", "[1,]", "01", "1.", "-", "{\"a\"}", "{\"a\":}", "[1 2]", "tru", "truex", "\"\\x\"",
+                "{\"a\":1}}", "]", "{} {}", "\"a\nb\"", "1e", "--1", "{'a':1}"};
+        for (String v : invalid) {
+            assertFalse(jacksonValue(v), v);
+            assertFalse(accepts(v, false), v);
+        }
+        assertFalse(new JsonPrefix(false).feed("[1,]"), "the ] after a comma can never be fixed");
+        assertTrue(new JsonPrefix(false).feed("[1,"), "but [1, still can");
+        assertFalse(new JsonPrefix(true).feed("["), "json_object: the value must be an object");
+        assertTrue(accepts(" {\"a\": 1}\n", true));
+        JsonPrefix p = new JsonPrefix(false);
+        p.feed("{\"a\": [1");
+        JsonPrefix c = p.copy();
+        assertTrue(c.feed("]}"));
+        assertTrue(c.complete() && c.done());
+        assertFalse(p.complete(), "the copy is independent");
+        assertTrue(p.feed(", 2]}"));
+    }
+
+    @Test
+    void generationLimitsWhitespace() {
+        assertTrue(new JsonPrefix(false, 2).feed("[ 1,\n 2 ]"));
+        assertFalse(new JsonPrefix(false, 2).feed("[1,   2]"), "a run of three");
+        assertFalse(new JsonPrefix(false, 2).feed(" 1"), "nothing before the value");
+        assertTrue(new JsonPrefix(false, 2).feed("\"   many   spaces   \""), "inside strings anything goes");
+        assertTrue(new JsonPrefix(false).feed("     [1,      2]"), "the recognizer itself takes any whitespace");
+    }
+
+    /** Random strings over JSON's alphabet: accepted whole exactly when Jackson parses them. */
+    @Test
+    void agreesWithJacksonOnRandomStrings() {
+        SplittableRandom r = new SplittableRandom(3);
+        String alphabet = "{}[]:,\" 01-.eEtrufalsn\\u9a";
+        int valid = 0;
+        for (int round = 0; round < 30000; round++) {
+            StringBuilder sb = new StringBuilder();
+            int n = 1 + r.nextInt(10);
+            for (int i = 0; i < n; i++) sb.append(alphabet.charAt(r.nextInt(alphabet.length())));
+            String s = sb.toString();
+            boolean want = jacksonValue(s);
+            assertEquals(want, accepts(s, false), "'" + s + "'");
+            if (want) valid++;
+        }
+        assertTrue(valid > 100, "enough valid cases: " + valid);
+    }
+
+    /**
+     * A toy vocabulary and random logits: with the constraint first in the chain, every sampled sequence is one JSON
+     * object followed by the end token, and the end token comes only then.
+     */
+    @Test
+    void samplingStaysValidJson() {
+        String[] texts = {"{", "}", "\"a\"", ":", "1", ",", " ", "x", "]", "[", "\"", "true", null, "{\"b\":"};
+        int end = 12, v = texts.length;
+        SplittableRandom r = new SplittableRandom(9);
+        int completed = 0;
+        for (int run = 0; run < 300; run++) {
+            JsonConstraint json = new JsonConstraint(texts, Set.of(end), true);
+            SamplerChain chain = SamplerChain.create(SamplingOptions.defaults().withTopK(0).withTopP(1).withMinP(0)
+                    .withTemp(1.5).withSeed(run), v, json);
+            chain.accept(7); // a prompt token: not part of the JSON
+            json.begin();
+            StringBuilder out = new StringBuilder();
+            boolean ended = false;
+            for (int step = 0; step < 60; step++) {
+                float[] logits = new float[v];
+                for (int i = 0; i < v; i++) logits[i] = (float) (r.nextDouble() * 4 - 2);
+                int t = chain.sample(logits);
+                if (t == end) {
+                    ended = true;
+                    break;
+                }
+                chain.accept(t);
+                out.append(texts[t]);
+                assertTrue(new JsonPrefix(true).feed(out), "run " + run + ": " + out);
+            }
+            if (ended) {
+                completed++;
+                assertTrue(jacksonValue(out.toString()) && out.toString().strip().startsWith("{"), "run " + run + ": " + out);
+            }
+        }
+        assertTrue(completed > 50, "most runs end: " + completed);
+    }
+}
