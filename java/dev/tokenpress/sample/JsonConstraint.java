@@ -16,6 +16,7 @@ public final class JsonConstraint implements Sampler {
     private final Set<Integer> ends;
     private final boolean objectOnly;
     private JsonPrefix state;
+    private final JsonPrefix scratch;
     private boolean following;
 
     /**
@@ -28,6 +29,7 @@ public final class JsonConstraint implements Sampler {
         this.ends = ends;
         this.objectOnly = objectOnly;
         this.state = fresh();
+        this.scratch = fresh();
     }
 
     /** Whitespace runs of at most 20 characters between tokens (none before the value), as llama.cpp's JSON grammar. */
@@ -62,7 +64,8 @@ public final class JsonConstraint implements Sampler {
             } else if (done || id < 0 || id >= texts.length || texts[id] == null || texts[id].isEmpty()) {
                 ok = false;
             } else {
-                ok = state.copy().feed(texts[id]);
+                state.copyInto(scratch);
+                ok = scratch.feed(texts[id]);
             }
             if (!ok) {
                 cur.logits[i] = Float.NEGATIVE_INFINITY;

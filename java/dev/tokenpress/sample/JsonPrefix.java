@@ -55,6 +55,19 @@ public final class JsonPrefix {
         return c;
     }
 
+    /** Makes {@code dst} (same settings) a copy of this, reusing its arrays: no allocation in the sampler's loop. */
+    public void copyInto(JsonPrefix dst) {
+        if (dst.stack.length < depth) dst.stack = new byte[stack.length];
+        System.arraycopy(stack, 0, dst.stack, 0, depth);
+        dst.depth = depth;
+        dst.whitespace = whitespace;
+        dst.state = state;
+        dst.keyString = keyString;
+        dst.hexLeft = hexLeft;
+        dst.literal = literal;
+        dst.literalAt = literalAt;
+    }
+
     /** Whether the text so far is one complete JSON value (followed by nothing but whitespace). */
     public boolean complete() {
         if (state == DONE) return true;
