@@ -249,8 +249,9 @@ public final class Session implements AutoCloseable {
             json = new JsonConstraint(tp.tokenizer().tokenTexts(), ends, format == OutputFormat.JSON_OBJECT);
         }
         SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), json);
-        boolean greedy = trace == null && json == null && options.temp() <= 0 && options.repeatPenalty() == 1f
+        boolean plainGreedy = trace == null && options.temp() <= 0 && options.repeatPenalty() == 1f
                 && options.presencePenalty() == 0f && options.frequencyPenalty() == 0f;
+        boolean greedy = plainGreedy && json == null;
         if (trace != null) chain.setTrace(true);
         StreamingDecoder text = tp.tokenizer().streaming();
         StringBuilder out = new StringBuilder();
@@ -331,7 +332,16 @@ public final class Session implements AutoCloseable {
             }
         } else {
             while (g.count < maxTokens) {
-                int next = greedy ? model.argmax() : chain.sample(model.logits());
+                int next;
+                if (greedy) {
+                    next = model.argmax();
+                } else if (json != null && plainGreedy) {
+                    // the constraint's argmax is the plain argmax whenever that one is allowed: check it first
+                    int a = model.argmax();
+                    next = json.allows(a) ? a : chain.sample(model.logits());
+                } else {
+                    next = chain.sample(model.logits());
+                }
                 if (trace != null) trace.accept(chain.lastTrace());
                 if (!g.take(next)) break;
                 if (position >= cache.capacity() && full) {

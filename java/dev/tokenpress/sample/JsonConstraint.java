@@ -53,6 +53,14 @@ public final class JsonConstraint implements Sampler {
         return state.complete();
     }
 
+    /** Whether {@code id} may come next (what {@link #apply} keeps). */
+    public boolean allows(int id) {
+        if (ends.contains(id)) return state.complete();
+        if (state.done() || id < 0 || id >= texts.length || texts[id] == null || texts[id].isEmpty()) return false;
+        state.copyInto(scratch);
+        return scratch.feed(texts[id]);
+    }
+
     @Override
     public void apply(TokenDataArray cur) {
         boolean complete = state.complete(), done = state.done();

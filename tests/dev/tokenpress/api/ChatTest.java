@@ -98,6 +98,25 @@ class ChatTest {
     }
 
     /**
+     * Greedy JSON output checks the plain argmax first and masks only when it is not allowed: the same tokens as the
+     * sampler chain masking every step (what a trace forces), and valid JSON.
+     */
+    @Test
+    void greedyJsonTakesTheAllowedArgmax() {
+        try (TokenPress tp = load(); Session a = tp.newSession(256); Session b = tp.newSession(256)) {
+            int[] prompt = tp.tokenizer().encode("config = ");
+            a.setOutputFormat(Session.OutputFormat.JSON_OBJECT);
+            b.setOutputFormat(Session.OutputFormat.JSON_OBJECT);
+            GenerationResult fast = a.generate(prompt, 40, SamplingOptions.greedy(), null);
+            java.util.List<dev.tokenpress.sample.StepTrace> steps = new java.util.ArrayList<>();
+            GenerationResult chain = b.generate(prompt, 40, SamplingOptions.greedy(), null, steps::add, java.util.Set.of());
+            assertArrayEquals(chain.tokens(), fast.tokens());
+            assertTrue(new dev.tokenpress.sample.JsonPrefix(true).feed(fast.text()), fast.text());
+            assertTrue(fast.text().startsWith("{"), fast.text());
+        }
+    }
+
+    /**
      * A stop token ends the reply without becoming part of it and is remembered for the next turn; a reply that
      * fills the context stops the conversation until a reset.
      */
