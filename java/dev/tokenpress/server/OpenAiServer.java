@@ -55,10 +55,12 @@ import java.util.function.Consumer;
  * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server, and
  * {@code lookup}: prompt lookup decoding's draft length for a greedy request (default the server's), and {@code
  * response_format} {@code {"type": "json_object"}} (or tokenpress's {@code "json"} for any JSON value): sampling
- * keeps the text valid JSON and ends it when the value is complete ({@link Session#setOutputFormat}). {@code n} must be 1; {@code
- * echo} (without streaming) puts the prompt before the completion, and with {@code logprobs} also the prompt tokens'
- * log-probabilities, from one prefill of the prompt before any compression acts (the first token's is null): what
- * loglikelihood evaluations (e.g. lm-evaluation-harness's local-completions) ask for. Responses carry {@code usage} and llama-server's {@code timings}. Errors
+ * keeps the text valid JSON and ends it when the value is complete ({@link Session#setOutputFormat}). {@code n}: up
+ * to 16 choices without streaming (each after the first reuses the prompt's cache and draws with seed + its index).
+ * {@code echo} (without streaming) puts the prompt before the completion, and with {@code logprobs} also the prompt
+ * tokens' log-probabilities, from one prefill of the prompt before any compression acts (the first token's is null):
+ * what loglikelihood evaluations (e.g. lm-evaluation-harness's local-completions) ask for. Responses carry {@code
+ * usage} and llama-server's {@code timings}. Errors
  * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/404/405/500).
  * <p>
  * One request decodes at a time (others wait), with the model's KV policy and the server's cache storage in a KV
@@ -284,24 +286,22 @@ public final class OpenAiServer implements AutoCloseable {
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
                            Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup,
-                           boolean echo, Session.OutputFormat format) {}
+                           boolean echo, Session.OutputFormat format, int n) {}
+
+    /** One generated choice: the result, its text (cut at a stop string), its sampling steps, and how it began. */
+    private record Choice(GenerationResult r, StopText text, List<StepTrace> steps, Session.Score[] promptScores,
+                          double scoreMs, int reused, String finish) {}
 
     /** Runs a completion request; returns a note for the log. */
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
         String id = (chat ? "chatcmpl-" : "cmpl-") + ids.incrementAndGet();
         long created = System.currentTimeMillis() / 1000;
         Request req;
-        StopText text;
         Stream stream;
-        GenerationResult r;
-        int reused;
-        List<StepTrace> steps = new ArrayList<>();
-        Session.Score[] promptScores = null;
-        double scoreMs = 0;
+        List<Choice> choices = new ArrayList<>();
         decoding.lock();
         try {
             req = chat ? chatRequest(body) : completionRequest(body);
-            text = new StopText(req.stop());
             stream = req.stream() ? new Stream(ex, id, created, chat) : null;
             if (req.tokens().length + 1 > session.contextSize())
                 throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
@@ -310,87 +310,111 @@ public final class OpenAiServer implements AutoCloseable {
             tp.model().setPolicy(req.policy());
             session.setLookup(req.lookup());
             session.setOutputFormat(req.format());
-            // prompt caching: keep what the cache holds of this prompt's beginning, feed the rest (at least one token)
-            reused = 0;
-            boolean scorePrompt = req.echo() && req.logprobs() >= 0; // every prompt position's logits are needed
-            if (req.cachePrompt() && !scorePrompt && session.canTruncate()) {
-                int[] have = session.tokens();
-                int n = Math.min(have.length, req.tokens().length - 1);
-                while (reused < n && have[reused] == req.tokens()[reused]) reused++;
-            }
-            if (reused > 0) session.truncate(reused);
-            else session.reset();
             if (stream != null) stream.begin();
-            StopText st = text;
-            Stream sse = stream;
-            int[] feed = Arrays.copyOfRange(req.tokens(), reused, req.tokens().length);
-            if (scorePrompt) {
-                // the prompt's log-probabilities from one prefill; generation then feeds the last prompt token
-                long t0 = System.nanoTime();
-                int n = req.maxTokens() == 0 ? feed.length : feed.length - 1;
-                promptScores = n > 0 ? session.score(feed, n, req.logprobs()) : new Session.Score[0];
-                if (n > 0) feed = Arrays.copyOfRange(feed, n, feed.length);
-                scoreMs = (System.nanoTime() - t0) / 1e6;
-            }
-            r = feed.length == 0
-                    ? new GenerationResult("", new int[0], 0, "length", 0, 0, 0, 0, session.cache().bytes(), 0)
-                    : session.generate(feed, req.maxTokens(), req.sampling(), piece -> {
-                        String out = st.add(piece);
-                        if (sse != null && !out.isEmpty()) sse.text(out);
-                    }, req.logprobs() >= 0 ? steps::add : null, req.stopTokens(), () -> st.hit() || (sse != null && sse.gone));
+            for (int i = 0; i < req.n(); i++) choices.add(generate(req, i, stream));
         } finally {
             decoding.unlock();
         }
-        String tail = text.hit() ? "" : text.rest();
-        String finish = switch (r.stopReason()) {
-            case "length", "context" -> "length";
-            default -> "stop";
-        };
         ObjectNode usage = JSON.createObjectNode();
+        int completion = 0;
+        for (Choice c : choices) completion += c.r().tokens().length;
         usage.put("prompt_tokens", req.tokens().length);
-        usage.put("completion_tokens", r.tokens().length);
-        usage.put("total_tokens", req.tokens().length + r.tokens().length);
+        usage.put("completion_tokens", completion);
+        usage.put("total_tokens", req.tokens().length + completion);
+        Choice first = choices.get(0);
+        GenerationResult r = first.r();
         ObjectNode timings = JSON.createObjectNode();
-        timings.put("cache_n", reused);
-        double promptMs = r.prefillMillis() + scoreMs;
-        timings.put("prompt_n", promptScores == null ? r.promptTokens() : req.tokens().length - reused);
+        timings.put("cache_n", first.reused());
+        int promptN = first.promptScores() == null ? r.promptTokens() : req.tokens().length - first.reused();
+        double promptMs = r.prefillMillis() + first.scoreMs();
+        timings.put("prompt_n", promptN);
         timings.put("prompt_ms", promptMs);
-        timings.put("prompt_per_second", promptMs <= 0 ? 0 : (promptScores == null ? r.promptTokens() : req.tokens().length - reused) * 1000.0 / promptMs);
+        timings.put("prompt_per_second", promptMs <= 0 ? 0 : promptN * 1000.0 / promptMs);
         timings.put("predicted_n", r.decodeSteps());
         timings.put("predicted_ms", r.decodeMillis());
         timings.put("predicted_per_second", r.decodeTokensPerSecond());
         if (stream != null) {
+            String tail = first.text().hit() ? "" : first.text().rest();
             if (!tail.isEmpty()) stream.text(tail);
-            stream.end(finish, usage, timings);
+            stream.end(first.finish(), usage, timings);
         } else {
             ObjectNode o = JSON.createObjectNode();
             o.put("id", id);
             o.put("object", chat ? "chat.completion" : "text_completion");
             o.put("created", created);
             o.put("model", options.modelName());
-            ObjectNode c = o.putArray("choices").addObject();
-            c.put("index", 0);
-            int n = Math.min(steps.size(), r.tokens().length); // the steps of the tokens in the text
-            if (chat) {
-                ObjectNode m = c.putObject("message");
-                m.put("role", "assistant");
-                m.put("content", text.text());
-                if (req.logprobs() >= 0) c.set("logprobs", chatLogprobs(steps.subList(0, n), req.logprobs()));
-                else c.putNull("logprobs");
-            } else {
-                c.put("text", (req.echo() ? tp.tokenizer().decode(req.tokens()) : "") + text.text());
-                if (req.logprobs() >= 0)
-                    c.set("logprobs", completionLogprobs(req.echo() ? req.tokens() : null, promptScores,
-                            steps.subList(0, n), req.logprobs()));
-                else c.putNull("logprobs");
+            ArrayNode arr = o.putArray("choices");
+            for (int i = 0; i < choices.size(); i++) {
+                Choice ch = choices.get(i);
+                ObjectNode c = arr.addObject();
+                c.put("index", i);
+                String text = ch.text().text();
+                int n = Math.min(ch.steps().size(), ch.r().tokens().length); // the steps of the tokens in the text
+                if (chat) {
+                    ObjectNode m = c.putObject("message");
+                    m.put("role", "assistant");
+                    m.put("content", text);
+                    if (req.logprobs() >= 0) c.set("logprobs", chatLogprobs(ch.steps().subList(0, n), req.logprobs()));
+                    else c.putNull("logprobs");
+                } else {
+                    c.put("text", (req.echo() ? tp.tokenizer().decode(req.tokens()) : "") + text);
+                    if (req.logprobs() >= 0)
+                        c.set("logprobs", completionLogprobs(req.echo() ? req.tokens() : null, ch.promptScores(),
+                                ch.steps().subList(0, n), req.logprobs()));
+                    else c.putNull("logprobs");
+                }
+                c.put("finish_reason", ch.finish());
             }
-            c.put("finish_reason", finish);
             o.set("usage", usage);
             o.set("timings", timings);
             sendJson(ex, 200, o);
         }
-        return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s",
-                req.tokens().length, reused, r.tokens().length, r.decodeTokensPerSecond(), finish);
+        return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s%s",
+                req.tokens().length, first.reused(), completion, r.decodeTokensPerSecond(), first.finish(),
+                choices.size() > 1 ? " (" + choices.size() + " choices)" : "");
+    }
+
+    /**
+     * Generates choice {@code index} of a request (under the lock): prompt caching first (the previous request's or
+     * choice's shared prefix stays), then the prompt's scores if echo asks for them, then generation; choices after
+     * the first draw with seed + index.
+     */
+    private Choice generate(Request req, int index, Stream sse) {
+        int reused = 0;
+        boolean scorePrompt = req.echo() && req.logprobs() >= 0 && index == 0; // every prompt position's logits
+        if ((req.cachePrompt() || index > 0) && !scorePrompt && session.canTruncate()) {
+            int[] have = session.tokens();
+            int n = Math.min(have.length, req.tokens().length - 1);
+            while (reused < n && have[reused] == req.tokens()[reused]) reused++;
+        }
+        if (reused > 0) session.truncate(reused);
+        else session.reset();
+        StopText st = new StopText(req.stop());
+        List<StepTrace> steps = new ArrayList<>();
+        Session.Score[] promptScores = null;
+        double scoreMs = 0;
+        int[] feed = Arrays.copyOfRange(req.tokens(), reused, req.tokens().length);
+        if (scorePrompt) {
+            // the prompt's log-probabilities from one prefill; generation then feeds the last prompt token
+            long t0 = System.nanoTime();
+            int n = req.maxTokens() == 0 ? feed.length : feed.length - 1;
+            promptScores = n > 0 ? session.score(feed, n, req.logprobs()) : new Session.Score[0];
+            if (n > 0) feed = Arrays.copyOfRange(feed, n, feed.length);
+            scoreMs = (System.nanoTime() - t0) / 1e6;
+        }
+        SamplingOptions so = req.sampling();
+        if (index > 0 && so.seed() != SamplingOptions.RANDOM_SEED) so = so.withSeed(so.seed() + index);
+        GenerationResult r = feed.length == 0
+                ? new GenerationResult("", new int[0], 0, "length", 0, 0, 0, 0, session.cache().bytes(), 0)
+                : session.generate(feed, req.maxTokens(), so, piece -> {
+                    String out = st.add(piece);
+                    if (sse != null && !out.isEmpty()) sse.text(out);
+                }, req.logprobs() >= 0 ? steps::add : null, req.stopTokens(), () -> st.hit() || (sse != null && sse.gone));
+        String finish = switch (r.stopReason()) {
+            case "length", "context" -> "length";
+            default -> "stop";
+        };
+        return new Choice(r, st, steps, promptScores, scoreMs, reused, finish);
     }
 
     private Request completionRequest(JsonNode b) {
@@ -477,7 +501,15 @@ public final class OpenAiServer implements AutoCloseable {
     }
 
     private Request common(JsonNode b, int[] tokens, Set<Integer> stopTokens, int logprobs) {
-        if (b.has("n") && b.get("n").asInt(1) != 1) throw ApiException.badRequest("'n' must be 1");
+        int choices = 1;
+        JsonNode nn = b.get("n");
+        if (nn != null && !nn.isNull()) {
+            if (!nn.canConvertToInt() || nn.asInt() < 1 || nn.asInt() > 16)
+                throw ApiException.badRequest("'n' must be an integer from 1 to 16");
+            choices = nn.asInt();
+            if (choices > 1 && b.path("stream").asBoolean(false))
+                throw ApiException.badRequest("'n' > 1 works without streaming only");
+        }
         if (logprobs >= 0 && b.path("stream").asBoolean(false))
             throw ApiException.badRequest("log-probabilities are returned without streaming only: drop 'stream' or 'logprobs'");
         int max = options.defaultMaxTokens();
@@ -535,7 +567,7 @@ public final class OpenAiServer implements AutoCloseable {
             };
         }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
-                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format);
+                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format, choices);
     }
 
     private static double num(JsonNode b, String key, double dflt) {

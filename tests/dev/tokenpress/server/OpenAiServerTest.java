@@ -179,7 +179,8 @@ class OpenAiServerTest {
         Object[][] cases = {
                 {"/v1/completions", "{not json", 400},
                 {"/v1/completions", "{\"max_tokens\": 3}", 400},
-                {"/v1/completions", "{\"prompt\": \"x\", \"n\": 2}", 400},
+                {"/v1/completions", "{\"prompt\": \"x\", \"n\": 2, \"stream\": true}", 400},
+                {"/v1/completions", "{\"prompt\": \"x\", \"n\": 17}", 400},
                 {"/v1/completions", "{\"prompt\": \"x\", \"temperature\": \"hot\"}", 400},
                 {"/v1/completions", "{\"prompt\": \"x\", \"top_p\": 0}", 400},
                 {"/v1/completions", "{\"prompt\": [999999]}", 400},
@@ -381,6 +382,29 @@ class OpenAiServerTest {
         assertTrue(new dev.tokenpress.sample.JsonPrefix(true).feed(greedy.json().at("/choices/0/message/content").asText()),
                 greedy.body());
         assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_schema\"}}").status());
+    }
+
+    /** n choices: each a generation of its own (seed + index), usage summed, the prompt prefilled once. */
+    @Test
+    void severalChoices() throws Exception {
+        Reply r = post("/v1/completions", "{\"prompt\": \"def f(\", \"max_tokens\": 6, \"n\": 3, \"seed\": 5, "
+                + "\"temperature\": 1.0}");
+        assertEquals(200, r.status(), r.body());
+        JsonNode ch = r.json().get("choices");
+        assertEquals(3, ch.size());
+        int total = 0;
+        for (int i = 0; i < 3; i++) {
+            assertEquals(i, ch.get(i).get("index").asInt());
+            Reply one = post("/v1/completions", "{\"prompt\": \"def f(\", \"max_tokens\": 6, \"seed\": " + (5 + i)
+                    + ", \"temperature\": 1.0}");
+            assertEquals(one.json().at("/choices/0/text").asText(), ch.get(i).get("text").asText(), "choice " + i);
+            total += one.json().at("/usage/completion_tokens").asInt();
+        }
+        assertEquals(total, r.json().at("/usage/completion_tokens").asInt());
+        Reply chat = post("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], "
+                + "\"max_tokens\": 4, \"n\": 2, \"temperature\": 0}");
+        assertEquals(chat.json().at("/choices/0/message/content").asText(), chat.json().at("/choices/1/message/content").asText(),
+                "greedy choices agree");
     }
 
     @Test
