@@ -66,6 +66,10 @@ public final class ChatCommand implements Callable<Integer> {
             description = "KV cache size in tokens for the whole conversation (0 = min(model maximum, 4096)).")
     int ctx;
 
+    @Option(names = "--format", paramLabel = "text|json|json-object", defaultValue = "text",
+            description = "Constrain each reply: json keeps it one valid JSON value (json-object: an object) (default: ${DEFAULT-VALUE}).")
+    String format;
+
     /** Standard input; tests replace it. */
     static InputStream stdin = System.in;
 
@@ -79,12 +83,14 @@ public final class ChatCommand implements Callable<Integer> {
         if (prompts != null && file != null) throw new Main.UsageException("give user messages with -p or with -f, not both");
         if (file != null && !Files.isRegularFile(file)) throw new Main.UsageException("message file not found: " + file);
         chatTemplate.validate();
+        Session.OutputFormat outputFormat = GenerateCommand.outputFormat(format);
         SamplingOptions so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
         ChatTemplate template = chatTemplate.resolve(dir, false, err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));
+            session.setOutputFormat(outputFormat);
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; chat format %s%n", dir,
                     tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), template);
             if (tp.model().policy() != KvPolicy.FULL) err.println("kv policy: " + tp.model().policy().spec());

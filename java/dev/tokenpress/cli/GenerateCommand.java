@@ -80,6 +80,16 @@ public final class GenerateCommand implements Callable<Integer> {
 
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
 
+    /** The --format value as an output format (usage error otherwise). */
+    static Session.OutputFormat outputFormat(String format) {
+        return switch (format.toLowerCase(Locale.ROOT)) {
+            case "text" -> Session.OutputFormat.TEXT;
+            case "json" -> Session.OutputFormat.JSON;
+            case "json-object", "json_object" -> Session.OutputFormat.JSON_OBJECT;
+            default -> throw new Main.UsageException("--format must be text, json or json-object, got " + format);
+        };
+    }
+
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
@@ -89,12 +99,7 @@ public final class GenerateCommand implements Callable<Integer> {
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
         if (trace && !json) throw new Main.UsageException("--trace needs --json (the trace is part of the JSON object)");
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
-        Session.OutputFormat outputFormat = switch (format.toLowerCase(Locale.ROOT)) {
-            case "text" -> Session.OutputFormat.TEXT;
-            case "json" -> Session.OutputFormat.JSON;
-            case "json-object", "json_object" -> Session.OutputFormat.JSON_OBJECT;
-            default -> throw new Main.UsageException("--format must be text, json or json-object, got " + format);
-        };
+        Session.OutputFormat outputFormat = outputFormat(format);
         SamplingOptions so = sampling.toOptions();
         String prompt;
         if (source != null && source.file != null) {

@@ -88,6 +88,10 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, badName.code(), badName.err());
         assertTrue(badName.err().contains("llama3, chatml, llama2, mistral"), badName.err());
         assertEquals(ExitCodes.USAGE, run("chat", "-m", model.toString(), "-p", "a", "-f", msgs.toString()).code());
+        Run json = run("chat", "-m", model.toString(), "--chat-template", "chatml", "-p", "Hello", "-n", "12", "--format",
+                "json", "--device", "cpu");
+        assertEquals(ExitCodes.OK, json.code(), json.err());
+        assertTrue(new dev.tokenpress.sample.JsonPrefix(false).feed(json.out().strip()), json.out());
     }
 
     @Test
