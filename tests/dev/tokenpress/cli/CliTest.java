@@ -130,6 +130,25 @@ class CliTest {
     }
 
     @Test
+    void needleReportsEveryPolicyAgainstTheFullCache() throws Exception {
+        Path tiny = Path.of("models", "tokenpress-tiny");
+        Assumptions.assumeTrue(Files.isRegularFile(tiny.resolve("model.safetensors")), "no embedded model");
+        Run r = run("needle", "-m", tiny.toString(), "-f", "tests/resources/eval/sample.py", "-c", "200", "--trials", "1",
+                "--depths", "0.3,0.7", "--kv", "window:sink=4,budget=32", "--json", "--device", "cpu");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        JsonNode o = new ObjectMapper().readTree(r.out());
+        assertEquals(2, o.get("results").size(), "full is added as the reference");
+        assertEquals("full", o.at("/results/0/kv").asText());
+        assertEquals(0.0, o.at("/results/0/delta_nll").asDouble(), 1e-12);
+        assertEquals(2, o.at("/results/1/by_depth").size());
+        assertTrue(o.at("/results/1/kv").asText().startsWith("window"));
+        Run table = run("needle", "-m", tiny.toString(), "-f", "tests/resources/eval/sample.py", "-c", "200", "--trials", "1",
+                "--depths", "0.5", "--kv", "full", "--device", "cpu");
+        assertTrue(table.out().contains("| full |"), table.out());
+        assertEquals(ExitCodes.USAGE, run("needle", "-m", tiny.toString(), "-f", "tests/resources/eval/sample.py", "--depths", "2").code());
+    }
+
+    @Test
     void lookupDecodingKeepsTheGreedyText() throws Exception {
         Run plain = run("generate", "-m", model.toString(), "-p", "a b a b a b", "-n", "12", "--temp", "0", "--device", "cpu");
         Run look = run("generate", "-m", model.toString(), "-p", "a b a b a b", "-n", "12", "--temp", "0", "--device", "cpu",
