@@ -58,6 +58,10 @@ public final class ServeCommand implements Callable<Integer> {
                     + "tokens per step (default: 0 = off; a request's 'lookup' field overrides it).")
     int lookup;
 
+    @Option(names = "--api-key", paramLabel = "KEY",
+            description = "Require Authorization: Bearer KEY on every endpoint but /health (or set TOKENPRESS_API_KEY).")
+    String apiKey;
+
     @Option(names = "--alias", paramLabel = "NAME", description = "Model id reported by the API (default: the directory name).")
     String alias;
 
@@ -85,7 +89,7 @@ public final class ServeCommand implements Callable<Integer> {
                             err.println(line);
                             err.flush();
                         }
-                    }, lookup))) {
+                    }, lookup, apiKey != null ? apiKey : System.getenv("TOKENPRESS_API_KEY")))) {
                 Runtime.getRuntime().addShutdownHook(new Thread(stopped::countDown));
                 err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; context %d tokens; kv %s; kv quant %s; chat %s%n",
                         dir, tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), server.contextSize(),

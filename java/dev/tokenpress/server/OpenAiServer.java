@@ -83,10 +83,11 @@ public final class OpenAiServer implements AutoCloseable {
      * @param defaultMaxTokens tokens generated when a request gives no max_tokens
      * @param log              one line per request (null = none)
      * @param lookup           prompt lookup decoding for greedy requests: most drafted tokens per step (0 = off)
+     * @param apiKey           when not null, every endpoint but /health needs {@code Authorization: Bearer KEY}
      */
     public record Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
                           String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
-                          int lookup) {}
+                          int lookup, String apiKey) {}
 
     private static final ObjectMapper JSON = new ObjectMapper();
 
@@ -183,6 +184,12 @@ public final class OpenAiServer implements AutoCloseable {
                 status = 204;
                 return;
             }
+            if (options.apiKey() != null && !path.equals("/health") && !path.equals("/v1/health")) {
+                String auth = ex.getRequestHeaders().getFirst("Authorization");
+                if (auth == null || !constantTimeEquals(auth.trim(), "Bearer " + options.apiKey()))
+                    throw new ApiException(401, "invalid_request_error", "invalid_api_key",
+                            "missing or wrong API key: send the header Authorization: Bearer KEY");
+            }
             switch (path) {
                 case "/health", "/v1/health" -> {
                     requireMethod(ex, "GET");
@@ -245,6 +252,10 @@ public final class OpenAiServer implements AutoCloseable {
                 options.log().accept(String.format(Locale.ROOT, "%s %s %d %.0f ms%s", method, path, status,
                         (System.nanoTime() - t0) / 1e6, note.isEmpty() ? "" : " | " + note));
         }
+    }
+
+    private static boolean constantTimeEquals(String a, String b) {
+        return java.security.MessageDigest.isEqual(a.getBytes(StandardCharsets.UTF_8), b.getBytes(StandardCharsets.UTF_8));
     }
 
     private static JsonNode body(HttpExchange ex) {

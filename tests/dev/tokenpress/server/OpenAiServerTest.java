@@ -44,7 +44,7 @@ class OpenAiServerTest {
         Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
         tp = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
         server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, ChatTemplate.named("chatml"),
-                "tiny", SamplingOptions.defaults(), 16, log::add, 0));
+                "tiny", SamplingOptions.defaults(), 16, log::add, 0, null));
     }
 
     @AfterAll
@@ -405,6 +405,28 @@ class OpenAiServerTest {
                 + "\"max_tokens\": 4, \"n\": 2, \"temperature\": 0}");
         assertEquals(chat.json().at("/choices/0/message/content").asText(), chat.json().at("/choices/1/message/content").asText(),
                 "greedy choices agree");
+    }
+
+    /** With an API key, every endpoint but /health wants it as a bearer token. */
+    @Test
+    void apiKeyGuardsTheEndpoints() throws Exception {
+        try (OpenAiServer guarded = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 64, null, null, "tiny",
+                SamplingOptions.defaults(), 4, null, 0, "s3cret"))) {
+            String base = "http://127.0.0.1:" + guarded.port();
+            HttpResponse<String> no = http.send(HttpRequest.newBuilder(URI.create(base + "/v1/models")).GET().build(),
+                    HttpResponse.BodyHandlers.ofString());
+            assertEquals(401, no.statusCode());
+            assertEquals("invalid_api_key", JSON.readTree(no.body()).at("/error/code").asText());
+            HttpResponse<String> wrong = http.send(HttpRequest.newBuilder(URI.create(base + "/v1/models"))
+                    .header("Authorization", "Bearer nope").GET().build(), HttpResponse.BodyHandlers.ofString());
+            assertEquals(401, wrong.statusCode());
+            HttpResponse<String> ok = http.send(HttpRequest.newBuilder(URI.create(base + "/v1/models"))
+                    .header("Authorization", "Bearer s3cret").GET().build(), HttpResponse.BodyHandlers.ofString());
+            assertEquals(200, ok.statusCode());
+            HttpResponse<String> health = http.send(HttpRequest.newBuilder(URI.create(base + "/health")).GET().build(),
+                    HttpResponse.BodyHandlers.ofString());
+            assertEquals(200, health.statusCode());
+        }
     }
 
     @Test
