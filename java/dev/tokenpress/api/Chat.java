@@ -39,6 +39,7 @@ public final class Chat {
     private String inCache = "";        // the text the cache holds: prompts, replies and their closing text
     private int[] pending = new int[0]; // tokens to feed before the next user message
     private boolean full;               // a reply filled the cache
+    private boolean resync;             // a turn failed: match the next one by tokens, not by text
 
     /**
      * A conversation on {@code session} (reset here) in {@code template}'s format, with a system message unless
@@ -61,6 +62,7 @@ public final class Chat {
         inCache = "";
         pending = new int[0];
         full = false;
+        resync = false;
     }
 
     /** The conversation so far (system message first if any). */
@@ -89,7 +91,7 @@ public final class Chat {
         next.add(Message.user(user));
         String text = template.render(next, true);
         int[] tokens;
-        if (text.startsWith(inCache)) {
+        if (!resync && text.startsWith(inCache)) {
             String delta = text.substring(inCache.length());
             tokens = session.position() == 0 ? tokenizer.encode(delta) : concat(pending, tokenizer.encodeNoSpecial(delta));
         } else {
@@ -105,7 +107,14 @@ public final class Chat {
             }
             tokens = java.util.Arrays.copyOfRange(all, keep, all.length);
         }
-        GenerationResult r = session.generate(tokens, maxTokens, options, listener, null, stops);
+        GenerationResult r;
+        try {
+            r = session.generate(tokens, maxTokens, options, listener, null, stops);
+        } catch (RuntimeException | Error e) {
+            resync = true; // what the cache holds is known only as tokens now: the next turn compares tokens
+            throw e;
+        }
+        resync = false;
         history.add(Message.user(user));
         history.add(Message.assistant(r.text()));
         inCache = text + r.text() + template.endOfReply();  // the text the cache now holds (once pending is fed)

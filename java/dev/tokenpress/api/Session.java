@@ -89,6 +89,19 @@ public final class Session implements AutoCloseable {
         stopToken = -1;
     }
 
+    /**
+     * After a failure part-way: frees what was appended from {@code from} on where appends can be freed exactly, and
+     * stops prompt caching from trusting the rest.
+     */
+    private void rollBack(int from) {
+        if (cache.appendsReversible()) cache.freeFrom(from);
+        else allFull = false;
+        if (model.policy() != KvPolicy.FULL) allFull = false;
+        position = from;
+        unfed = new int[0];
+        stopToken = -1;
+    }
+
     private void record(int[] tokens, int n) {
         if (fedCount + n > fed.length) fed = Arrays.copyOf(fed, Math.max(fed.length * 2, fedCount + n));
         System.arraycopy(tokens, 0, fed, fedCount, n);
@@ -239,13 +252,16 @@ public final class Session implements AutoCloseable {
     public GenerationResult generate(int[] promptTokens, int maxTokens, SamplingOptions options, TokenListener listener,
                                      Consumer<StepTrace> trace, Set<Integer> extraStops, BooleanSupplier stopRequested) {
         if (promptTokens.length == 0) throw new IllegalArgumentException("the prompt is empty: give at least one token");
-        if (position + promptTokens.length > cache.capacity())
+        // an evicting policy frees room as it goes; everything else needs the prompt to fit
+        if (model.policy() == KvPolicy.FULL && position + promptTokens.length > cache.capacity())
             throw new IllegalArgumentException("the prompt has " + promptTokens.length + " tokens but the context holds "
                     + (cache.capacity() - position) + ": raise the context size (-c)");
         JsonConstraint json = null;
         if (format != OutputFormat.TEXT) {
             Set<Integer> ends = new HashSet<>(eos);
             ends.addAll(extraStops);
+            if (ends.isEmpty())
+                throw new IllegalStateException("JSON output needs an end token, and this model declares no EOS");
             json = new JsonConstraint(tp.tokenizer().tokenTexts(), ends, format == OutputFormat.JSON_OBJECT);
         }
         SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), json);
@@ -263,16 +279,22 @@ public final class Session implements AutoCloseable {
         long t0 = System.nanoTime();
         int total = promptTokens.length;
         boolean report = total > 2 * model.maxChunk();
-        model.prefill(cache, promptTokens, position, false, report ? done -> tp.progress().update("prefill", done, total) : null);
+        try {
+            model.prefill(cache, promptTokens, position, false, report ? done -> tp.progress().update("prefill", done, total) : null);
+        } catch (RuntimeException | Error e) {
+            rollBack(position); // nothing of this prompt stays
+            throw e;
+        }
         tp.backend().synchronize();
         long t1 = System.nanoTime();
         position += promptTokens.length;
 
-        int[] generated = new int[Math.max(0, maxTokens)];
+        int promptEnd = position;
         stopToken = -1;
         unfed = new int[0];
         // the per-token bookkeeping of both loops below: returns whether decoding goes on after `next`
         var g = new Object() {
+            int[] generated = new int[Math.max(0, Math.min(maxTokens, 256))]; // grows: maxTokens may be huge
             int count, steps;
             String stop = "length";
             double ttft;
@@ -289,6 +311,7 @@ public final class Session implements AutoCloseable {
                     return false;
                 }
                 chain.accept(next);
+                if (count == generated.length) generated = Arrays.copyOf(generated, (int) Math.min(maxTokens, 2L * count));
                 generated[count++] = next;
                 String piece = text.push(next);
                 if (!piece.isEmpty()) {
@@ -302,63 +325,71 @@ public final class Session implements AutoCloseable {
                 return count < maxTokens;
             }
         };
-        boolean full = model.policy() == KvPolicy.FULL;
-        if (maxTokens > 0 && greedy) {
-            // pipelined where the backend keeps the token on the device (Llama.decodeGreedy): same tokens
-            int next = model.argmax();
-            if (g.take(next)) {
-                int room = full ? cache.capacity() - position : Integer.MAX_VALUE;
-                if (room <= 0) {
-                    g.stop = "context";
-                } else {
-                    try {
-                        int n;
-                        if (lookup > 0) {
-                            int[] ctx = Arrays.copyOf(fed, fedCount + promptTokens.length);
-                            System.arraycopy(promptTokens, 0, ctx, fedCount, promptTokens.length);
-                            n = model.decodeGreedyLookup(cache, next, position, room, g::take, ctx, ctx.length, lookup);
-                        } else {
-                            n = model.decodeGreedy(cache, next, position, room, g::take);
+        try {
+            boolean full = model.policy() == KvPolicy.FULL;
+            if (maxTokens > 0 && greedy) {
+                // pipelined where the backend keeps the token on the device (Llama.decodeGreedy): same tokens
+                int next = model.argmax();
+                if (g.take(next)) {
+                    int room = full ? cache.capacity() - position : Integer.MAX_VALUE;
+                    if (room <= 0) {
+                        g.stop = "context";
+                    } else {
+                        try {
+                            int n;
+                            if (lookup > 0) {
+                                int[] ctx = Arrays.copyOf(fed, fedCount + promptTokens.length);
+                                System.arraycopy(promptTokens, 0, ctx, fedCount, promptTokens.length);
+                                n = model.decodeGreedyLookup(cache, next, position, room, g::take, ctx, ctx.length, lookup);
+                            } else {
+                                n = model.decodeGreedy(cache, next, position, room, g::take);
+                            }
+                            position += n;
+                            g.steps += n;
+                            if (n == room && g.count < maxTokens && g.stop.equals("length")) g.stop = "context";
+                        } catch (KvCacheFullException e) {
+                            g.stop = "context"; // a non-evicting policy filled the cache
+                            position += g.count - 1 - g.steps; // the steps that ran before the full cache
+                            g.steps = g.count - 1;
                         }
-                        position += n;
-                        g.steps += n;
-                        if (n == room && g.count < maxTokens && g.stop.equals("length")) g.stop = "context";
-                    } catch (KvCacheFullException e) {
-                        g.stop = "context"; // a non-evicting policy filled the cache
-                        position += g.count - 1 - g.steps; // the steps that ran before the full cache
-                        g.steps = g.count - 1;
                     }
                 }
+            } else {
+                while (g.count < maxTokens) {
+                    int next;
+                    if (greedy) {
+                        next = model.argmax();
+                    } else if (json != null && plainGreedy) {
+                        // the constraint's argmax is the plain argmax whenever that one is allowed: check it first
+                        int a = model.argmax();
+                        next = json.allows(a) ? a : chain.sample(model.logits());
+                    } else {
+                        next = chain.sample(model.logits());
+                    }
+                    if (trace != null) trace.accept(chain.lastTrace());
+                    if (!g.take(next)) break;
+                    if (position >= cache.capacity() && full) {
+                        g.stop = "context";
+                        break;
+                    }
+                    try {
+                        model.decodeStep(cache, next, position);
+                    } catch (KvCacheFullException e) {
+                        g.stop = "context"; // a non-evicting policy filled the cache
+                        break;
+                    }
+                    position++;
+                    g.steps++;
+                }
             }
-        } else {
-            while (g.count < maxTokens) {
-                int next;
-                if (greedy) {
-                    next = model.argmax();
-                } else if (json != null && plainGreedy) {
-                    // the constraint's argmax is the plain argmax whenever that one is allowed: check it first
-                    int a = model.argmax();
-                    next = json.allows(a) ? a : chain.sample(model.logits());
-                } else {
-                    next = chain.sample(model.logits());
-                }
-                if (trace != null) trace.accept(chain.lastTrace());
-                if (!g.take(next)) break;
-                if (position >= cache.capacity() && full) {
-                    g.stop = "context";
-                    break;
-                }
-                try {
-                    model.decodeStep(cache, next, position);
-                } catch (KvCacheFullException e) {
-                    g.stop = "context"; // a non-evicting policy filled the cache
-                    break;
-                }
-                position++;
-                g.steps++;
-            }
+        } catch (RuntimeException | Error e) {
+            // a listener, trace or step failed: the session keeps the prompt, not the half-made reply
+            rollBack(promptEnd);
+            record(promptTokens, promptTokens.length);
+            throw e;
         }
         int count = g.count, steps = g.steps;
+        int[] generated = g.generated;
         unfed = Arrays.copyOfRange(generated, Math.min(steps, count), count);
         record(promptTokens, promptTokens.length);
         record(generated, Math.min(steps, count));
@@ -392,7 +423,9 @@ public final class Session implements AutoCloseable {
     public float[] logits(int[] tokens) {
         reset();
         float[] logits = model.prefill(cache, tokens, 0, true, null);
+        if (model.policy() != KvPolicy.FULL) allFull = false;
         position = tokens.length;
+        record(tokens, tokens.length);
         return logits;
     }
 

@@ -72,8 +72,10 @@ public final class NeedleCommand implements Callable<Integer> {
         if (trials < 1) throw new Main.UsageException("--trials must be >= 1");
         if (ctx < 64) throw new Main.UsageException("-c must be >= 64");
         for (double d : depths) if (!(d >= 0 && d <= 1)) throw new Main.UsageException("--depths must lie in [0, 1], got " + d);
+        if (java.util.Arrays.stream(depths).distinct().count() != depths.length)
+            throw new Main.UsageException("--depths lists a depth twice");
         List<String> specs = new ArrayList<>(kvOptions.specs());
-        if (!specs.contains("full")) specs.add(0, "full");
+        if (!specs.contains("full")) specs.add(0, "full"); // (quantized with --kv-quant; the reference is always unquantized)
         String filler = Files.readString(file, StandardCharsets.UTF_8);
         Path dir = modelOptions.resolveModel(err);
         List<Needle.Result> rows = new ArrayList<>();

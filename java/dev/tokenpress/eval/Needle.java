@@ -58,6 +58,9 @@ public final class Needle {
         String[] lines = filler.split("(?<=\n)");
         SplittableRandom r = new SplittableRandom(seed);
         List<Trial> out = new ArrayList<>();
+        for (int i = 0; i < depths.length; i++)
+            for (int j = 0; j < i; j++)
+                if (depths[i] == depths[j]) throw new IllegalArgumentException("depth " + depths[i] + " is given twice");
         for (double depth : depths) {
             if (!(depth >= 0 && depth <= 1)) throw new IllegalArgumentException("depths must lie in [0, 1], got " + depth);
             for (int t = 0; t < trials; t++) {
@@ -108,11 +111,13 @@ public final class Needle {
         int done = 0;
         for (Trial t : trials) {
             KvPolicy p = policy.get();
-            Perplexity.Result res = Perplexity.run(model, t.tokens(), p, p == KvPolicy.FULL ? null : KvPolicy.FULL,
+            // the reference is the full, unquantized cache: a run that is exactly that is its own reference
+            boolean self = p == KvPolicy.FULL && (quant == null || quant.isNone());
+            Perplexity.Result res = Perplexity.run(model, t.tokens(), p, self ? null : KvPolicy.FULL,
                     t.valueStart(), 0, quant, null);
             label = res.kv();
-            double base = p == KvPolicy.FULL ? res.meanNll() : res.baselineNll();
-            double agree = p == KvPolicy.FULL ? 1 : res.top1();
+            double base = self ? res.meanNll() : res.baselineNll();
+            double agree = self ? 1 : res.top1();
             int i = indexOf(depths, t.depth());
             nll[i] += res.meanNll();
             full[i] += base;

@@ -230,9 +230,18 @@ public final class HfTokenizer implements AutoCloseable {
         String[] t = tokenTexts;
         if (t == null) {
             t = new String[vocabSize];
+            // decoded after a plain token, as in running text: a SentencePiece decoder drops the leading space of
+            // a sequence's first piece, which a token in the middle of a text keeps
+            int[] a = encodeNoSpecial("a");
+            int anchor = a.length == 1 ? a[0] : -1;
+            String anchorText = anchor >= 0 ? decode(new int[] {anchor}) : "";
             for (int id = 0; id < vocabSize; id++) {
                 if (isSpecial(id)) continue;
-                String s = decode(new int[] {id});
+                String s = anchor >= 0 ? decode(new int[] {anchor, id}) : decode(new int[] {id});
+                if (anchor >= 0) {
+                    if (!s.startsWith(anchorText)) continue;
+                    s = s.substring(anchorText.length());
+                }
                 t[id] = s.indexOf('\uFFFD') >= 0 ? null : s;
             }
             tokenTexts = t;

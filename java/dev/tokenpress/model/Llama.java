@@ -232,7 +232,8 @@ public final class Llama implements AutoCloseable {
      * feed (at {@code position}), {@code onToken} receives each next token and returns false to stop (that token is
      * not fed), at most {@code maxSteps} tokens are fed; returns how many were. {@code context[0..contextLen)} are the
      * tokens before {@code token}, where drafts are looked up. Needs the full policy and a cache whose appends can be
-     * freed exactly ({@link KvCache#appendsReversible}); otherwise it runs {@link #decodeGreedy}.
+     * freed exactly ({@link KvCache#appendsReversible}); otherwise it runs {@link #decodeGreedy}. Unlike there,
+     * {@link #logits()} afterwards may hold a rejected draft position's logits rather than the last fed token's.
      */
     public int decodeGreedyLookup(KvCache cache, int token, int position, int maxSteps,
                                   java.util.function.IntPredicate onToken, int[] context, int contextLen, int maxDraft) {
@@ -265,7 +266,7 @@ public final class Llama implements AutoCloseable {
             }
             lookupDrafted += draft.length;
             lookupAccepted += acc;
-            cache.freeFrom(position + fed + 1 + acc); // the rejected part of the draft
+            if (acc < draft.length) cache.freeFrom(position + fed + 1 + acc); // the rejected part of the draft
             fed++;                                      // cur
             for (int i = 0; i < acc; i++) {
                 if (!onToken.test(draft[i])) {          // draft[i] is not to be fed after all

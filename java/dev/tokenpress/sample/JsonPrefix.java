@@ -95,6 +95,11 @@ public final class JsonPrefix {
                 whitespace = 0;
             }
         }
+        return step(c);
+    }
+
+    /** The transition for one character (whitespace limits already applied). */
+    private boolean step(char c) {
         switch (state) {
             case DEAD:
                 return false;
@@ -163,7 +168,7 @@ public final class JsonPrefix {
                 }
                 return dead();
             case UNICODE:
-                if (Character.digit(c, 16) < 0) return dead();
+                if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) return dead();
                 if (--hexLeft == 0) state = STRING;
                 return true;
             case LITERAL:
@@ -274,7 +279,7 @@ public final class JsonPrefix {
 
     /** A number ended at {@code c}, which belongs to what follows the value. */
     private boolean endNumber(char c) {
-        return endValue() && feed(c);
+        return endValue() && step(c);
     }
 
     /** A value is complete: continue in its container (or finish). */

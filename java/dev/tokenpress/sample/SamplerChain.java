@@ -45,7 +45,7 @@ public final class SamplerChain {
         this.stages = samplers.toArray(new Sampler[0]);
         this.cur = new TokenDataArray(vocabSize);
         int at = 0;
-        while (at < stages.length && (stages[at] instanceof PenaltiesSampler || stages[at] instanceof JsonConstraint)) at++;
+        while (at < stages.length && stages[at] instanceof PenaltiesSampler) at++;
         this.traceAt = at;
         this.traceTopK = traceTopK > 0 ? traceTopK : DEFAULT_TRACE_TOP_K;
     }
@@ -55,15 +55,18 @@ public final class SamplerChain {
         return create(o, vocabSize, null);
     }
 
-    /** The default chain with a constraint stage (e.g. {@link JsonConstraint}) first; null = none. */
+    /**
+     * The default chain with a constraint stage (e.g. {@link JsonConstraint}) right after the penalties (first when
+     * there are none), so a trace still sees the model's distribution; null = none.
+     */
     public static SamplerChain create(SamplingOptions o, int vocabSize, Sampler constraint) {
         o.validate();
         long s = resolveSeed(o.seed());
         List<Sampler> list = new ArrayList<>();
-        if (constraint != null) list.add(constraint);
         if (o.mirostat() == 0) {
             list.add(new PenaltiesSampler(vocabSize, o.repeatLastN(), o.repeatPenalty(), o.presencePenalty(),
                     o.frequencyPenalty()));
+            if (constraint != null) list.add(constraint);
             list.add(new TopKSampler(o.topK()));
             list.add(new TypicalSampler(o.typicalP()));
             list.add(new TopPSampler(o.topP()));
@@ -71,9 +74,11 @@ public final class SamplerChain {
             list.add(new TemperatureSampler(o.temp()));
             list.add(new DistSampler(s));
         } else if (o.mirostat() == 1) {
+            if (constraint != null) list.add(constraint);
             list.add(new TemperatureSampler(o.temp()));
             list.add(new MirostatSampler(vocabSize, s, o.mirostatEnt(), o.mirostatLr(), 100));
         } else {
+            if (constraint != null) list.add(constraint);
             list.add(new TemperatureSampler(o.temp()));
             list.add(new MirostatV2Sampler(s, o.mirostatEnt(), o.mirostatLr()));
         }

@@ -99,6 +99,7 @@ public final class OpenAiServer implements AutoCloseable {
     private final ReentrantLock decoding = new ReentrantLock(true);
     private final AtomicLong ids = new AtomicLong();
     private final KvPolicy defaultPolicy;
+    private volatile boolean closed;
 
     private OpenAiServer(TokenPress tp, Options options) throws IOException {
         this.tp = tp;
@@ -140,6 +141,7 @@ public final class OpenAiServer implements AutoCloseable {
 
     @Override
     public void close() {
+        closed = true;
         http.stop(0);
         executor.shutdownNow();
         decoding.lock();
@@ -184,9 +186,11 @@ public final class OpenAiServer implements AutoCloseable {
                 status = 204;
                 return;
             }
-            if (options.apiKey() != null && !path.equals("/health") && !path.equals("/v1/health")) {
+            String key = options.apiKey() == null || options.apiKey().isBlank() ? null : options.apiKey().trim();
+            if (key != null && !path.equals("/health") && !path.equals("/v1/health")) {
                 String auth = ex.getRequestHeaders().getFirst("Authorization");
-                if (auth == null || !constantTimeEquals(auth.trim(), "Bearer " + options.apiKey()))
+                String given = auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7) ? auth.substring(7).trim() : "";
+                if (!constantTimeEquals(given, key))
                     throw new ApiException(401, "invalid_request_error", "invalid_api_key",
                             "missing or wrong API key: send the header Authorization: Bearer KEY");
             }
@@ -321,8 +325,14 @@ public final class OpenAiServer implements AutoCloseable {
             tp.model().setPolicy(req.policy());
             session.setLookup(req.lookup());
             session.setOutputFormat(req.format());
+            if (closed) throw new ApiException(503, "server_error", null, "the server is shutting down");
             if (stream != null) stream.begin();
-            for (int i = 0; i < req.n(); i++) choices.add(generate(req, i, stream));
+            try {
+                for (int i = 0; i < req.n(); i++) choices.add(generate(req, i, stream));
+            } catch (RuntimeException | Error e) {
+                session.reset(); // the next request starts from a clean cache
+                throw e;
+            }
         } finally {
             decoding.unlock();
         }
@@ -368,9 +378,9 @@ public final class OpenAiServer implements AutoCloseable {
                     if (req.logprobs() >= 0) c.set("logprobs", chatLogprobs(ch.steps().subList(0, n), req.logprobs()));
                     else c.putNull("logprobs");
                 } else {
-                    c.put("text", (req.echo() ? tp.tokenizer().decode(req.tokens()) : "") + text);
+                    c.put("text", (req.echo() ? promptText(req.tokens()) : "") + text);
                     if (req.logprobs() >= 0)
-                        c.set("logprobs", completionLogprobs(req.echo() ? req.tokens() : null, ch.promptScores(),
+                        c.set("logprobs", completionLogprobs(req.echo() ? req.tokens() : null, first.promptScores(),
                                 ch.steps().subList(0, n), req.logprobs()));
                     else c.putNull("logprobs");
                 }
@@ -538,14 +548,19 @@ public final class OpenAiServer implements AutoCloseable {
                 (int) num(b, "repeat_last_n", d.repeatLastN()), num(b, "repeat_penalty", d.repeatPenalty()),
                 num(b, "presence_penalty", d.presencePenalty()), num(b, "frequency_penalty", d.frequencyPenalty()),
                 (int) num(b, "mirostat", d.mirostat()), num(b, "mirostat_eta", d.mirostatLr()),
-                num(b, "mirostat_tau", d.mirostatEnt()), (long) num(b, "seed", d.seed()));
+                num(b, "mirostat_tau", d.mirostatEnt()), b.path("seed").isIntegralNumber() ? b.get("seed").asLong()
+                        : (long) num(b, "seed", d.seed()));
         String err = so.validationError();
         if (err != null) throw ApiException.badRequest(err.replace("--temp", "temperature").replace("--", ""));
         List<String> stop = new ArrayList<>();
         JsonNode s = b.get("stop");
         if (s != null && s.isTextual()) stop.add(s.asText());
-        else if (s != null && s.isArray()) for (JsonNode x : s) stop.add(x.asText());
-        else if (s != null && !s.isNull()) throw ApiException.badRequest("'stop' must be a string or a list of strings");
+        else if (s != null && s.isArray()) {
+            for (JsonNode x : s) {
+                if (!x.isTextual()) throw ApiException.badRequest("'stop' must be a string or a list of strings");
+                stop.add(x.asText());
+            }
+        } else if (s != null && !s.isNull()) throw ApiException.badRequest("'stop' must be a string or a list of strings");
         KvPolicy policy = defaultPolicy;
         JsonNode kv = b.get("kv");
         if (kv != null && !kv.isNull()) {
@@ -595,6 +610,14 @@ public final class OpenAiServer implements AutoCloseable {
 
     // ---- log-probabilities (of the model distribution: softmax of the logits after the penalties) ----------------
 
+    /** The prompt as text for echo: without the BOS the tokenizer put in front. */
+    private String promptText(int[] tokens) {
+        int[] pre = tp.tokenizer().prefixIds();
+        int skip = pre.length > 0 && tokens.length >= pre.length
+                && Arrays.equals(tokens, 0, pre.length, pre, 0, pre.length) ? pre.length : 0;
+        return tp.tokenizer().decode(Arrays.copyOfRange(tokens, skip, tokens.length));
+    }
+
     private String piece(int id) {
         return tp.tokenizer().decode(new int[] {id});
     }
@@ -627,6 +650,7 @@ public final class OpenAiServer implements AutoCloseable {
                 lps.add(sc.logprob());
                 ObjectNode m = tops.addObject();
                 for (int j = 0; j < Math.min(top, sc.topTokens().length); j++) {
+                    if (!Double.isFinite(sc.topLogprobs()[j])) continue;
                     String q = piece(sc.topTokens()[j]);
                     if (!m.has(q)) m.put(q, sc.topLogprobs()[j]);
                 }
@@ -640,6 +664,7 @@ public final class OpenAiServer implements AutoCloseable {
             offset += p.length();
             ObjectNode m = tops.addObject();
             for (int j = 0; j < Math.min(top, t.topTokens().length); j++) {
+                if (!Double.isFinite(t.topLogprobs()[j])) continue;
                 String q = piece(t.topTokens()[j]);
                 if (!m.has(q)) m.put(q, t.topLogprobs()[j]);
             }
@@ -659,6 +684,7 @@ public final class OpenAiServer implements AutoCloseable {
             e.set("bytes", bytes(p));
             ArrayNode alts = e.putArray("top_logprobs");
             for (int j = 0; j < Math.min(top, t.topTokens().length); j++) {
+                if (!Double.isFinite(t.topLogprobs()[j])) continue;
                 ObjectNode a = alts.addObject();
                 String q = piece(t.topTokens()[j]);
                 a.put("token", q);

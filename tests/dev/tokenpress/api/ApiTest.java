@@ -45,6 +45,48 @@ class ApiTest {
     }
 
     /**
+     * Several generations on one session under an evicting policy go on past the cache's capacity (the policy frees
+     * room); logits() leaves the token history it prefilled; a listener that throws leaves the session holding the
+     * prompt, ready for more.
+     */
+    @Test
+    void sessionsStayConsistent() {
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cpu"))) {
+            try (Session s = tp.newSession(64)) {
+                s.setPolicy(dev.tokenpress.kv.KvPolicies.parse("window:sink=4,budget=48", tp.config()));
+                s.generate("The cat", 100, SamplingOptions.greedy(), null);
+                assertTrue(s.position() > 64, "past the capacity: " + s.position());
+                GenerationResult again = s.generate(tp.tokenizer().encodeNoSpecial(" and"), 20, SamplingOptions.greedy(), null);
+                assertEquals(20, again.tokens().length);
+                assertFalse(s.canTruncate(), "a thinned cache cannot be cut back to a prefix");
+                s.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
+            }
+            try (Session s = tp.newSession(64)) {
+                int[] toks = tp.tokenizer().encode("def f(x): return x");
+                s.generate("abc", 5, SamplingOptions.greedy(), null);
+                s.logits(toks);
+                assertArrayEquals(toks, s.tokens());
+                assertEquals(toks.length, s.position());
+                s.truncate(2);
+                assertArrayEquals(java.util.Arrays.copyOf(toks, 2), s.tokens());
+            }
+            try (Session s = tp.newSession(64)) {
+                int[] prompt = tp.tokenizer().encode("The cat");
+                int[] calls = {0};
+                assertThrows(IllegalStateException.class, () -> s.generate(prompt, 10, SamplingOptions.greedy(), piece -> {
+                    if (++calls[0] == 3) throw new IllegalStateException("listener failed");
+                }));
+                assertEquals(prompt.length, s.position(), "the half-made reply is gone");
+                assertArrayEquals(prompt, s.tokens());
+                assertEquals(prompt.length, s.cache().occupied(0, 0));
+                assertTrue(s.canTruncate());
+                s.generate(tp.tokenizer().encodeNoSpecial(" sat"), 4, SamplingOptions.greedy(), null);
+            }
+        }
+    }
+
+    /**
      * score gives the log-probabilities logProbs gives, in chunks smaller than the text, with the most likely
      * alternatives sorted, and it continues a session: scoring the rest after a first part gives the same numbers.
      */

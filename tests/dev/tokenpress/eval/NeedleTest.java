@@ -41,6 +41,7 @@ class NeedleTest {
                 assertEquals(t.value(), tp.tokenizer().decode(java.util.Arrays.copyOfRange(t.tokens(), t.valueStart(), t.tokens().length)));
             }
             assertThrows(IllegalArgumentException.class, () -> Needle.trials(tp.tokenizer(), filler, 300, new double[] {1.5}, 1, 1));
+            assertThrows(IllegalArgumentException.class, () -> Needle.trials(tp.tokenizer(), filler, 300, new double[] {0.5, 0.5}, 1, 1));
         }
     }
 

@@ -199,4 +199,37 @@ class HfTokenizerTest {
         assertTrue(e.getMessage().contains(wrong.resolve("tokenizer.json").toString()), e.getMessage());
         assertFalse(e.getMessage().contains("\n"), e.getMessage());
     }
+
+    /**
+     * Token texts as they read in running text: a SentencePiece-style tokenizer (▁ for spaces, a decoder that strips
+     * the sequence's leading space) keeps the space of "▁1" in the middle of a text, so its text is " 1".
+     */
+    @Test
+    void tokenTextsKeepTheSpaceOfSentencePiecePieces() throws Exception {
+        Path sp = dir.resolve("sp");
+        Files.createDirectories(sp);
+        String vocab = "{\"<unk>\": 0, \"<s>\": 1, \"</s>\": 2, \"\u2581\": 3, \"1\": 4, \"\u25811\": 5, \"[\": 6, "
+                + "\"]\": 7, \"a\": 8, \"\u2581a\": 9, \"t\": 10, \"u\": 11, \"e\": 12, \"ue\": 13, \"\u2581ue\": 14}";
+        String json = "{\"version\": \"1.0\", \"truncation\": null, \"padding\": null, \"added_tokens\": ["
+                + "{\"id\": 0, \"content\": \"<unk>\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true},"
+                + "{\"id\": 1, \"content\": \"<s>\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true},"
+                + "{\"id\": 2, \"content\": \"</s>\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true}],"
+                + "\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": \"\u2581\"},"
+                + "{\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"\u2581\"}]},"
+                + "\"pre_tokenizer\": null, \"post_processor\": null,"
+                + "\"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": {\"String\": \"\u2581\"}, \"content\": \" \"},"
+                + "{\"type\": \"Fuse\"}, {\"type\": \"Strip\", \"content\": \" \", \"start\": 1, \"stop\": 0}]},"
+                + "\"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": \"<unk>\", \"continuing_subword_prefix\": null,"
+                + "\"end_of_word_suffix\": null, \"fuse_unk\": true, \"byte_fallback\": false, \"vocab\": " + vocab + ","
+                + "\"merges\": [\"\u2581 1\", \"\u2581 a\", \"u e\", \"\u2581 ue\"]}}";
+        Files.writeString(sp.resolve("tokenizer.json"), json);
+        try (HfTokenizer t = HfTokenizer.load(sp)) {
+            String[] texts = t.tokenTexts();
+            assertEquals(" 1", texts[t.tokenId("\u25811")], "the piece's space is part of its text mid-sentence");
+            assertEquals("1", texts[t.tokenId("1")]);
+            assertEquals(" ue", texts[t.tokenId("\u2581ue")]);
+            assertEquals(null, texts[t.tokenId("</s>")], "special tokens have no text of their own");
+            assertEquals("a 1", t.decode(new int[] {t.tokenId("\u2581a"), t.tokenId("\u25811")}));
+        }
+    }
 }

@@ -60,6 +60,24 @@ class JsonConstraintTest {
         assertTrue(p.feed(", 2]}"));
     }
 
+    /** A trace reports the model's distribution, not the masked one the constraint leaves. */
+    @Test
+    void traceSeesTheModelDistribution() {
+        String[] texts = {"{", "x", "}", null};
+        JsonConstraint json = new JsonConstraint(texts, Set.of(3), true);
+        SamplerChain chain = SamplerChain.create(SamplingOptions.greedy(), 4, json);
+        chain.setTrace(true);
+        json.begin();
+        float[] logits = {0f, 2f, 1f, -1f}; // "x" is the most likely token but cannot start an object
+        int t = chain.sample(logits);
+        assertEquals(0, t, "the constraint picks {");
+        StepTrace tr = chain.lastTrace();
+        double z = Math.log(Math.exp(0) + Math.exp(2) + Math.exp(1) + Math.exp(-1));
+        assertEquals(0 - z, tr.logprob(), 1e-6, "ln p({) under the model");
+        assertEquals(1, tr.topTokens()[0], "the model's favourite stays listed first");
+        for (double lp : tr.topLogprobs()) assertTrue(Double.isFinite(lp));
+    }
+
     @Test
     void generationLimitsWhitespace() {
         assertTrue(new JsonPrefix(false, 2).feed("[ 1,\n 2 ]"));
@@ -67,6 +85,9 @@ class JsonConstraintTest {
         assertFalse(new JsonPrefix(false, 2).feed(" 1"), "nothing before the value");
         assertTrue(new JsonPrefix(false, 2).feed("\"   many   spaces   \""), "inside strings anything goes");
         assertTrue(new JsonPrefix(false).feed("     [1,      2]"), "the recognizer itself takes any whitespace");
+        assertTrue(new JsonPrefix(false, 2).feed("[1  ]"), "whitespace after a number counts once");
+        assertFalse(new JsonPrefix(false).feed("\"\\u\u0661\u0662\u0663\u0664\""), "\\u takes ASCII hex digits only");
+        assertFalse(new JsonPrefix(false).feed("\"\\u\uFF21BCD\""), "not fullwidth letters either");
     }
 
     /** Random strings over JSON's alphabet: accepted whole exactly when Jackson parses them. */

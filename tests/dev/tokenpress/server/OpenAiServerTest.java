@@ -339,7 +339,9 @@ class OpenAiServerTest {
                 "echo", true, "logprobs", 1)));
         assertEquals(200, r.status(), r.body());
         JsonNode lp = r.json().at("/choices/0/logprobs");
-        assertEquals(tp.tokenizer().decode(ids), r.json().at("/choices/0/text").asText());
+        String promptText = tp.tokenizer().decode(java.util.Arrays.copyOfRange(ids, tp.tokenizer().prefixIds().length, ids.length));
+        assertEquals(prompt, promptText, "the prompt round-trips");
+        assertEquals(promptText, r.json().at("/choices/0/text").asText(), "echo gives the prompt without the BOS");
         assertEquals(ids.length, lp.get("tokens").size());
         assertTrue(lp.at("/token_logprobs/0").isNull() && lp.at("/top_logprobs/0").isNull(), lp.toString());
         for (int i = 1; i < ids.length; i++) {
@@ -351,7 +353,7 @@ class OpenAiServerTest {
         Reply g = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", prompt, "max_tokens", 6,
                 "temperature", 0, "echo", true, "logprobs", 0)));
         GenerationResult direct = direct(ids, 6, java.util.Set.of());
-        assertEquals(tp.tokenizer().decode(ids) + direct.text(), g.json().at("/choices/0/text").asText());
+        assertEquals(promptText + direct.text(), g.json().at("/choices/0/text").asText());
         JsonNode glp = g.json().at("/choices/0/logprobs");
         assertEquals(ids.length + direct.tokens().length, glp.get("tokens").size());
         for (int i = 1; i < ids.length; i++)
@@ -360,6 +362,24 @@ class OpenAiServerTest {
                 "temperature", 0, "echo", true)));
         assertEquals(g.json().at("/choices/0/text").asText(), plainEcho.json().at("/choices/0/text").asText());
         assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"echo\": true, \"stream\": true}").status());
+        // every choice echoes the prompt with its log-probabilities
+        Reply two = post("/v1/completions", JSON.writeValueAsString(java.util.Map.of("prompt", prompt, "max_tokens", 3,
+                "echo", true, "logprobs", 1, "n", 2)));
+        assertEquals(200, two.status(), two.body());
+        for (int c = 0; c < 2; c++)
+            assertEquals(want[0], two.json().at("/choices/" + c + "/logprobs/token_logprobs/1").asDouble(), 1e-4, "choice " + c);
+    }
+
+    /** A max_tokens far past the context is a request for "until the context is full", not a failure. */
+    @Test
+    void hugeMaxTokensRunsToTheContext() throws Exception {
+        Reply r = post("/v1/completions", "{\"prompt\": \"def f(\", \"max_tokens\": 2000000000, \"temperature\": 0}");
+        assertEquals(200, r.status(), r.body());
+        assertEquals("length", r.json().at("/choices/0/finish_reason").asText());
+        assertTrue(r.json().at("/usage/total_tokens").asInt() <= server.contextSize() + 1, r.body());
+        Reply next = post("/v1/completions", "{\"prompt\": \"def f(\", \"max_tokens\": 3, \"temperature\": 0}");
+        assertEquals(200, next.status(), "the session is fine afterwards: " + next.body());
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"stop\": [1]}").status(), "stop entries are strings");
     }
 
     /** response_format json_object: the text is a JSON object prefix at every length, and a whole object when it ends. */
