@@ -186,9 +186,12 @@ public final class GenerateCommand implements Callable<Integer> {
                 out.println();
                 if (lookup > 0) {
                     long[] c = tp.model().lookupCounts();
+                    boolean applies = so.isGreedy() && so.repeatPenalty() == 1 && so.presencePenalty() == 0
+                            && so.frequencyPenalty() == 0 && outputFormat == Session.OutputFormat.TEXT && !trace
+                            && tp.model().policy() == KvPolicy.FULL && quant.isNone();
                     err.printf(Locale.ROOT, "lookup: %d of %d drafted tokens accepted%s%n", c[1] - lookup0[1], c[0] - lookup0[0],
-                            so.isGreedy() && tp.model().policy() == KvPolicy.FULL && quant.isNone() ? ""
-                                    : " (lookup needs --temp 0, the full policy and an unquantized cache)");
+                            applies ? "" : " (lookup runs with --temp 0 and no penalties, --format text, the full policy "
+                                    + "and an unquantized cache)");
                 }
                 err.printf(Locale.ROOT, "load %d ms | prompt %d tokens, %.1f tokens/s | ttft %.1f ms | decode %d tokens, %.2f tokens/s | KV %s (%d tokens) | stop: %s | seed %d%n",
                         tp.loadMillis(), r.promptTokens(), r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),

@@ -80,6 +80,9 @@ public final class Needle {
                     used += n;
                     if (body.size() > 100_000) break;
                 }
+                if (body.isEmpty())
+                    throw new IllegalArgumentException("no line of the filler fits in " + contextTokens
+                            + " tokens of context: use a larger context or a filler with shorter lines");
                 int insert = (int) Math.round(depth * body.size());
                 StringBuilder ctx = new StringBuilder();
                 for (int i = 0; i < body.size(); i++) {

@@ -331,6 +331,7 @@ public final class OpenAiServer implements AutoCloseable {
                 for (int i = 0; i < req.n(); i++) choices.add(generate(req, i, stream));
             } catch (RuntimeException | Error e) {
                 session.reset(); // the next request starts from a clean cache
+                if (stream != null) stream.error(e instanceof ApiException ? e.getMessage() : firstLine(e));
                 throw e;
             }
         } finally {
@@ -759,6 +760,16 @@ public final class OpenAiServer implements AutoCloseable {
             c.set("usage", usage);
             c.set("timings", timings);
             event(c.toString());
+            event("[DONE]");
+        }
+
+        /** A failure after the stream began: an error event and the end of the stream (headers are gone). */
+        void error(String message) {
+            ObjectNode o = JSON.createObjectNode();
+            ObjectNode err = o.putObject("error");
+            err.put("message", message);
+            err.put("type", "server_error");
+            event(o.toString());
             event("[DONE]");
         }
 
