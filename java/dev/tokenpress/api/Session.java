@@ -9,6 +9,7 @@ import dev.tokenpress.sample.JsonConstraint;
 import dev.tokenpress.sample.SamplerChain;
 import dev.tokenpress.sample.SamplingOptions;
 import dev.tokenpress.sample.StepTrace;
+import dev.tokenpress.sample.TokenDataArray;
 
 import java.util.Arrays;
 import java.util.HashSet;
@@ -139,9 +140,11 @@ public final class Session implements AutoCloseable {
                     + (cache.capacity() - position) + ": raise the context size (-c)");
         int v = tp.config().vocabSize();
         Score[] out = new Score[Math.min(n, tokens.length - 1)];
+        TokenDataArray cand = top > 0 ? new TokenDataArray(v) : null; // the sampler's top-k selection
         model.prefill(cache, tokens, n, position, (logits, first) -> {
             int m = logits.length / v;
-            for (int r = 0; r < m && first + r < out.length; r++) out[first + r] = scoreRow(logits, r * v, v, tokens[first + r + 1], top);
+            for (int r = 0; r < m && first + r < out.length; r++)
+                out[first + r] = scoreRow(logits, r * v, v, tokens[first + r + 1], top, cand);
         }, null);
         if (model.policy() != KvPolicy.FULL) allFull = false;
         position += n;
@@ -151,7 +154,7 @@ public final class Session implements AutoCloseable {
         return out;
     }
 
-    private static Score scoreRow(float[] lg, int off, int v, int target, int top) {
+    private static Score scoreRow(float[] lg, int off, int v, int target, int top, TokenDataArray cand) {
         double max = Double.NEGATIVE_INFINITY, z = 0;
         for (int j = 0; j < v; j++) max = Math.max(max, lg[off + j]);
         for (int j = 0; j < v; j++) z += Math.exp(lg[off + j] - max);
@@ -159,20 +162,14 @@ public final class Session implements AutoCloseable {
         int k = Math.min(top, v);
         int[] ids = new int[k];
         double[] lps = new double[k];
-        // a partial selection of the k best (small k): insertion into a sorted prefix
-        int filled = 0;
-        for (int j = 0; j < v && k > 0; j++) {
-            float x = lg[off + j];
-            if (filled == k && x <= lg[off + ids[k - 1]]) continue;
-            int at = Math.min(filled, k - 1);
-            while (at > 0 && lg[off + ids[at - 1]] < x) {
-                ids[at] = ids[at - 1];
-                at--;
+        if (k > 0) {
+            cand.load(lg, off, v);
+            int[] best = cand.topIndices(k);
+            for (int i = 0; i < k; i++) {
+                ids[i] = cand.ids[best[i]];
+                lps[i] = lg[off + ids[i]] - logZ;
             }
-            ids[at] = j;
-            if (filled < k) filled++;
         }
-        for (int i = 0; i < k; i++) lps[i] = lg[off + ids[i]] - logZ;
         return new Score(target, lg[off + target] - logZ, ids, lps);
     }
 

@@ -59,9 +59,7 @@ public final class CompareCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
-        KvOptionsMixin kvOptions = new KvOptionsMixin();
-        kvOptions.kv = kv;
-        kvOptions.kvQuant = kvQuant;
+        KvOptionsMixin kvOptions = KvOptionsMixin.of(kv, kvQuant);
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         if (json && csv) throw new Main.UsageException("--json and --csv exclude each other");
         kvOptions.validate(true);

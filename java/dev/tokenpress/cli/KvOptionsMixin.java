@@ -30,6 +30,14 @@ public class KvOptionsMixin {
      * Prints the policy list for {@code --kv help} or the method list for {@code --kv-quant help}; a command
      * returns {@link ExitCodes#OK} right away when this returns true.
      */
+    /** Options from a command's own --kv / --kv-quant fields (commands that take a list of policies). */
+    static KvOptionsMixin of(String kv, String kvQuant) {
+        KvOptionsMixin o = new KvOptionsMixin();
+        o.kv = kv;
+        o.kvQuant = kvQuant;
+        return o;
+    }
+
     public boolean printHelpIfAsked(PrintWriter out) {
         if (helpRequested()) printHelp(out);
         else if (quantHelpRequested()) printQuantHelp(out);

@@ -63,9 +63,7 @@ public final class NeedleCommand implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
-        KvOptionsMixin kvOptions = new KvOptionsMixin();
-        kvOptions.kv = kv;
-        kvOptions.kvQuant = kvQuant;
+        KvOptionsMixin kvOptions = KvOptionsMixin.of(kv, kvQuant);
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(true);
         if (!Files.isRegularFile(file)) throw new Main.UsageException("filler text not found: " + file);

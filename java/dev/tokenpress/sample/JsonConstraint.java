@@ -53,7 +53,7 @@ public final class JsonConstraint implements Sampler {
         return state.complete();
     }
 
-    /** Whether {@code id} may come next (what {@link #apply} keeps). */
+    /** Whether {@code id} may come next (what {@link #apply} keeps): end tokens once complete, else a valid continuation. */
     public boolean allows(int id) {
         if (ends.contains(id)) return state.complete();
         if (state.done() || id < 0 || id >= texts.length || texts[id] == null || texts[id].isEmpty()) return false;
@@ -63,19 +63,8 @@ public final class JsonConstraint implements Sampler {
 
     @Override
     public void apply(TokenDataArray cur) {
-        boolean complete = state.complete(), done = state.done();
         for (int i = 0; i < cur.size; i++) {
-            int id = cur.ids[i];
-            boolean ok;
-            if (ends.contains(id)) {
-                ok = complete;
-            } else if (done || id < 0 || id >= texts.length || texts[id] == null || texts[id].isEmpty()) {
-                ok = false;
-            } else {
-                state.copyInto(scratch);
-                ok = scratch.feed(texts[id]);
-            }
-            if (!ok) {
+            if (!allows(cur.ids[i])) {
                 cur.logits[i] = Float.NEGATIVE_INFINITY;
                 cur.sorted = false;
             }

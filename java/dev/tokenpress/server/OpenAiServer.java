@@ -635,39 +635,29 @@ public final class OpenAiServer implements AutoCloseable {
         ArrayNode tokens = o.putArray("tokens"), lps = o.putArray("token_logprobs"), tops = o.putArray("top_logprobs"),
                 offsets = o.putArray("text_offset");
         int offset = 0;
-        if (prompt != null) {
+        int n = (prompt == null ? 0 : prompt.length) + steps.size();
+        for (int i = 0; i < n; i++) {
             // echo: the prompt's tokens first; the first has no log-probability (nothing before it)
-            for (int i = 0; i < prompt.length; i++) {
-                String p = piece(prompt[i]);
-                tokens.add(p);
-                offsets.add(offset);
-                offset += p.length();
-                Session.Score sc = i > 0 && i - 1 < promptScores.length ? promptScores[i - 1] : null;
-                if (sc == null) {
-                    lps.addNull();
-                    tops.addNull();
-                    continue;
-                }
-                lps.add(sc.logprob());
-                ObjectNode m = tops.addObject();
-                for (int j = 0; j < Math.min(top, sc.topTokens().length); j++) {
-                    if (!Double.isFinite(sc.topLogprobs()[j])) continue;
-                    String q = piece(sc.topTokens()[j]);
-                    if (!m.has(q)) m.put(q, sc.topLogprobs()[j]);
-                }
-            }
-        }
-        for (StepTrace t : steps) {
-            String p = piece(t.token());
+            boolean inPrompt = prompt != null && i < prompt.length;
+            Session.Score sc = inPrompt && i > 0 && i - 1 < promptScores.length ? promptScores[i - 1] : null;
+            StepTrace t = inPrompt ? null : steps.get(i - (prompt == null ? 0 : prompt.length));
+            String p = piece(inPrompt ? prompt[i] : t.token());
             tokens.add(p);
-            lps.add(t.logprob());
             offsets.add(offset);
             offset += p.length();
+            if (inPrompt && sc == null) {
+                lps.addNull();
+                tops.addNull();
+                continue;
+            }
+            lps.add(inPrompt ? sc.logprob() : t.logprob());
             ObjectNode m = tops.addObject();
-            for (int j = 0; j < Math.min(top, t.topTokens().length); j++) {
-                if (!Double.isFinite(t.topLogprobs()[j])) continue;
-                String q = piece(t.topTokens()[j]);
-                if (!m.has(q)) m.put(q, t.topLogprobs()[j]);
+            int[] ids = inPrompt ? sc.topTokens() : t.topTokens();
+            double[] alt = inPrompt ? sc.topLogprobs() : t.topLogprobs();
+            for (int j = 0; j < Math.min(top, ids.length); j++) {
+                if (!Double.isFinite(alt[j])) continue;
+                String q = piece(ids[j]);
+                if (!m.has(q)) m.put(q, alt[j]);
             }
         }
         return o;
