@@ -4,7 +4,10 @@ import dev.tokenpress.io.StreamingDecoder;
 import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.KvCacheFullException;
 import dev.tokenpress.kv.KvPolicy;
+import dev.tokenpress.model.Drafter;
 import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LookupDrafter;
+import dev.tokenpress.model.ModelDrafter;
 import dev.tokenpress.sample.JsonConstraint;
 import dev.tokenpress.sample.SamplerChain;
 import dev.tokenpress.sample.SamplingOptions;
@@ -32,6 +35,8 @@ public final class Session implements AutoCloseable {
     private int[] fed = new int[64]; // the tokens processed so far, in order (fedCount == position)
     private int fedCount;
     private int lookup;               // prompt lookup decoding: most drafted tokens per step (0 = off)
+    private ModelDrafter drafter;     // speculative decoding with a draft model (null = off)
+    private int draftMax;             // its most drafted tokens per step
     private OutputFormat format = OutputFormat.TEXT;
     private boolean allFull = true;  // every token since the last reset was processed under the full policy
 
@@ -110,14 +115,81 @@ public final class Session implements AutoCloseable {
     }
 
     /**
-     * Prompt lookup decoding for greedy generation from now on: up to {@code maxDraft} tokens per step are drafted from
-     * an earlier occurrence of the sequence's last tokens and checked in one forward pass ({@link
-     * Llama#decodeGreedyLookup}); the tokens are the greedy ones either way. 0 turns it off. It applies where the
-     * policy is {@code full} and the cache unquantized; elsewhere greedy decoding runs as usual.
+     * Prompt lookup decoding from now on: up to {@code maxDraft} tokens per step are drafted from an earlier
+     * occurrence of the sequence's last tokens and checked in one forward pass ({@link Llama#decodeSpeculative}); the
+     * tokens are those of plain decoding either way (greedy or sampled with the same seed). 0 turns it off. While on,
+     * it is used instead of a draft model ({@link #setDraftModel}), which stays set for when it is off again. It
+     * applies where the policy is {@code full} and the cache unquantized; elsewhere decoding runs as usual.
      */
     public void setLookup(int maxDraft) {
         if (maxDraft < 0) throw new IllegalArgumentException("lookup draft must be >= 0, got " + maxDraft);
         lookup = maxDraft;
+    }
+
+    /**
+     * Speculative decoding with a draft model from now on (llama.cpp's {@code --model-draft}): a smaller model with
+     * the same tokenizer drafts up to {@code maxDraft} tokens per step greedily, stopping early once its top token's
+     * probability is below {@code pMin} (after {@code minDraft} tokens); this session's model checks them in one
+     * forward pass. The tokens are exactly those of plain decoding (greedy or sampled with the same seed); only the
+     * speed changes, with how often the draft is right. Applies where {@link #setLookup} does and turns lookup off. The draft
+     * model keeps its own KV cache of this session's context size; {@code draft} stays open as long as it is used
+     * and is not closed by this session.
+     *
+     * @throws IllegalArgumentException if the draft's tokenizer differs from this model's
+     */
+    public void setDraftModel(TokenPress draft, int maxDraft, int minDraft, float pMin) {
+        checkDraftModel(tp, draft);
+        useDrafter(draft.model(), maxDraft, minDraft, pMin);
+    }
+
+    /** Throws IllegalArgumentException unless {@code draft} can draft for {@code target}: the same tokenizer. */
+    public static void checkDraftModel(TokenPress target, TokenPress draft) {
+        ModelDrafter.checkVocabulary(target.config(), draft.config());
+        if (!target.tokenizer().sameVocabulary(draft.tokenizer()))
+            throw new IllegalArgumentException("the draft model's tokenizer (" + draft.tokenizer().file()
+                    + ") differs from the model's: use a draft model with the same tokenizer");
+    }
+
+    /**
+     * Self-speculative decoding from now on: the draft model is this model's first {@code layers} layers with its
+     * final norm and LM head (an early exit; the weights are shared, nothing is loaded twice); otherwise as {@link
+     * #setDraftModel}.
+     */
+    public void setSelfDraft(int layers, int maxDraft, int minDraft, float pMin) {
+        useDrafter(ModelDrafter.selfDraft(model, layers), maxDraft, minDraft, pMin);
+    }
+
+    private void useDrafter(Llama draftModel, int maxDraft, int minDraft, float pMin) {
+        if (maxDraft < 1) throw new IllegalArgumentException("draft-max must be >= 1, got " + maxDraft);
+        ModelDrafter d = new ModelDrafter(draftModel, cache.capacity(), minDraft, pMin);
+        closeDrafter();
+        drafter = d;
+        draftMax = maxDraft;
+        lookup = 0;
+    }
+
+    /** Turns speculative decoding off (a draft model or prompt lookup). */
+    public void clearDraft() {
+        closeDrafter();
+        lookup = 0;
+    }
+
+    private void closeDrafter() {
+        if (drafter != null) drafter.close();
+        drafter = null;
+    }
+
+    /** Bytes of the draft model's KV cache (0 without a draft model). */
+    public long draftCacheBytes() {
+        return drafter == null ? 0 : drafter.cacheBytes();
+    }
+
+    /**
+     * Whether speculative decoding (a draft model or prompt lookup) would run now: one is set, the policy is {@code
+     * full} and the cache's appends can be freed exactly (not quantized).
+     */
+    public boolean speculativeApplies() {
+        return (drafter != null || lookup > 0) && model.policy() == KvPolicy.FULL && cache.appendsReversible();
     }
 
     /**
@@ -324,9 +396,12 @@ public final class Session implements AutoCloseable {
         };
         try {
             boolean full = model.policy() == KvPolicy.FULL;
-            if (maxTokens > 0 && greedy) {
-                // pipelined where the backend keeps the token on the device (Llama.decodeGreedy): same tokens
-                int next = model.argmax();
+            boolean speculative = speculativeApplies();
+            if (maxTokens > 0 && (greedy || speculative)) {
+                // greedy: pipelined where the backend keeps the token on the device (Llama.decodeGreedy);
+                // speculative: drafts checked a pass at a time (Llama.decodeSpeculative). Same tokens either way.
+                Llama.TokenChooser chooser = greedy ? null : chooser(chain, json, plainGreedy, trace);
+                int next = greedy ? model.argmax() : chooser.choose(model.logits());
                 if (g.take(next)) {
                     int room = full ? cache.capacity() - position : Integer.MAX_VALUE;
                     if (room <= 0) {
@@ -334,10 +409,13 @@ public final class Session implements AutoCloseable {
                     } else {
                         try {
                             int n;
-                            if (lookup > 0) {
+                            if (speculative) {
                                 int[] ctx = Arrays.copyOf(fed, fedCount + promptTokens.length);
                                 System.arraycopy(promptTokens, 0, ctx, fedCount, promptTokens.length);
-                                n = model.decodeGreedyLookup(cache, next, position, room, g::take, ctx, ctx.length, lookup);
+                                Drafter d = drafter != null ? drafter : LookupDrafter.INSTANCE;
+                                // at most maxTokens - 1 tokens are fed (the last taken one is not): no drafts past it
+                                n = model.decodeSpeculative(cache, next, position, Math.min(room, maxTokens - 1), chooser,
+                                        g::take, ctx, ctx.length, d, drafter != null ? draftMax : lookup);
                             } else {
                                 n = model.decodeGreedy(cache, next, position, room, g::take);
                             }
@@ -354,9 +432,7 @@ public final class Session implements AutoCloseable {
             } else {
                 while (g.count < maxTokens) {
                     int next;
-                    if (greedy) {
-                        next = model.argmax();
-                    } else if (json != null && plainGreedy) {
+                    if (json != null && plainGreedy) {
                         // the constraint's argmax is the plain argmax whenever that one is allowed: check it first
                         int a = model.argmax();
                         next = json.allows(a) ? a : chain.sample(model.logits());
@@ -404,6 +480,29 @@ public final class Session implements AutoCloseable {
                 (t1 - t0) / 1e6, steps, decodeMs, ttft, cache.bytes(), chain.seed());
     }
 
+    /** The token choice of sampled (or constrained) decoding from one position's logits, as the one-at-a-time loop makes it. */
+    private static Llama.TokenChooser chooser(SamplerChain chain, JsonConstraint json, boolean plainGreedy,
+                                              Consumer<StepTrace> trace) {
+        return logits -> {
+            int next;
+            if (json != null && plainGreedy) {
+                int a = argmax(logits); // the constraint's argmax is the plain argmax whenever that one is allowed
+                next = json.allows(a) ? a : chain.sample(logits);
+            } else {
+                next = chain.sample(logits);
+            }
+            if (trace != null) trace.accept(chain.lastTrace());
+            return next;
+        };
+    }
+
+    /** Index of the first largest entry (as the backends' argmax). */
+    private static int argmax(float[] v) {
+        int best = 0;
+        for (int i = 1; i < v.length; i++) if (v[i] > v[best]) best = i;
+        return best;
+    }
+
     /**
      * Teacher-forced log-probabilities: for tokens t0..t(n-1) returns log p(t_i | t_<i) for i = 1..n-1
      * (array of n-1), computed with one prefill from the start of this (reset) session.
@@ -428,6 +527,7 @@ public final class Session implements AutoCloseable {
 
     @Override
     public void close() {
+        closeDrafter();
         cache.close();
     }
 }

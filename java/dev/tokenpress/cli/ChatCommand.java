@@ -46,6 +46,9 @@ public final class ChatCommand implements Callable<Integer> {
     @Mixin
     KvOptionsMixin kvOptions;
 
+    @Mixin
+    DraftOptionsMixin draftOptions;
+
     @Option(names = {"-p", "--prompt"}, paramLabel = "TEXT",
             description = "A user message (repeat for several turns); without -p and -f messages are read from stdin.")
     List<String> prompts;
@@ -83,13 +86,16 @@ public final class ChatCommand implements Callable<Integer> {
         if (prompts != null && file != null) throw new Main.UsageException("give user messages with -p or with -f, not both");
         if (file != null && !Files.isRegularFile(file)) throw new Main.UsageException("message file not found: " + file);
         chatTemplate.validate();
+        draftOptions.validate(0);
         Session.OutputFormat outputFormat = GenerateCommand.outputFormat(format);
         SamplingOptions so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
         ChatTemplate template = chatTemplate.resolve(dir, false, err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
+             TokenPress draft = draftOptions.loadDraft(modelOptions, err);
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));
+            draftOptions.apply(session, tp, draft, err);
             session.setOutputFormat(outputFormat);
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; chat format %s%n", dir,
                     tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), template);

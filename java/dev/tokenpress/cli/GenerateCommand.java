@@ -38,6 +38,9 @@ public final class GenerateCommand implements Callable<Integer> {
     @Mixin
     KvOptionsMixin kvOptions;
 
+    @Mixin
+    DraftOptionsMixin draftOptions;
+
     static final class PromptSource {
         @Option(names = {"-p", "--prompt"}, paramLabel = "TEXT", description = "The prompt text.")
         String prompt;
@@ -64,7 +67,7 @@ public final class GenerateCommand implements Callable<Integer> {
     boolean trace;
 
     @Option(names = "--lookup", paramLabel = "N", defaultValue = "0",
-            description = "Prompt lookup decoding (greedy, full cache): draft up to N tokens per step from an earlier "
+            description = "Prompt lookup decoding (full cache): draft up to N tokens per step from an earlier "
                     + "occurrence of the last tokens and check them in one forward pass; same output, fewer passes "
                     + "on repetitive text (default: 0 = off).")
     int lookup;
@@ -99,6 +102,7 @@ public final class GenerateCommand implements Callable<Integer> {
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
         if (trace && !json) throw new Main.UsageException("--trace needs --json (the trace is part of the JSON object)");
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
+        draftOptions.validate(lookup);
         Session.OutputFormat outputFormat = outputFormat(format);
         SamplingOptions so = sampling.toOptions();
         String prompt;
@@ -113,11 +117,15 @@ public final class GenerateCommand implements Callable<Integer> {
         }
         Path dir = modelOptions.resolveModel(err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
+             TokenPress draft = draftOptions.loadDraft(modelOptions, err);
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));
             session.setLookup(lookup);
+            draftOptions.apply(session, tp, draft, err);
             session.setOutputFormat(outputFormat);
-            long[] lookup0 = tp.model().lookupCounts();
+            boolean drafting = lookup > 0 || draftOptions.enabled();
+            String drafter = lookup > 0 ? "lookup" : "draft";
+            long[] lookup0 = tp.model().draftCounts();
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
                     tp.config().numLayers(), tp.loadMillis());
             if (tp.model().policy() != KvPolicy.FULL) err.println("kv policy: " + tp.model().policy().spec());
@@ -159,10 +167,11 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("kv_quant", quant.spec());
                 o.put("ctx_size", session.contextSize());
                 o.put("seed", r.seed());
-                if (lookup > 0) {
-                    long[] c = tp.model().lookupCounts();
-                    o.put("lookup_drafted", c[0] - lookup0[0]);
-                    o.put("lookup_accepted", c[1] - lookup0[1]);
+                if (drafting) {
+                    long[] c = tp.model().draftCounts();
+                    o.put(drafter + "_drafted", c[0] - lookup0[0]);
+                    o.put(drafter + "_accepted", c[1] - lookup0[1]);
+                    if (draftOptions.enabled()) o.put("draft_kv_bytes", session.draftCacheBytes());
                 }
                 o.put("sampler", so.toString());
                 if (trace) {
@@ -184,14 +193,12 @@ public final class GenerateCommand implements Callable<Integer> {
                 out.println(om.writeValueAsString(o));
             } else {
                 out.println();
-                if (lookup > 0) {
-                    long[] c = tp.model().lookupCounts();
-                    boolean applies = so.isGreedy() && so.repeatPenalty() == 1 && so.presencePenalty() == 0
-                            && so.frequencyPenalty() == 0 && outputFormat == Session.OutputFormat.TEXT && !trace
-                            && tp.model().policy() == KvPolicy.FULL && quant.isNone();
-                    err.printf(Locale.ROOT, "lookup: %d of %d drafted tokens accepted%s%n", c[1] - lookup0[1], c[0] - lookup0[0],
-                            applies ? "" : " (lookup runs with --temp 0 and no penalties, --format text, the full policy "
-                                    + "and an unquantized cache)");
+                if (drafting) {
+                    long[] c = tp.model().draftCounts();
+                    long d = c[0] - lookup0[0], a = c[1] - lookup0[1];
+                    err.printf(Locale.ROOT, "%s: %d of %d drafted tokens accepted%s%n", drafter, a, d,
+                            session.speculativeApplies() ? (d > 0 ? String.format(Locale.ROOT, " (%.1f%%)", 100.0 * a / d) : "")
+                                    : " (speculative decoding needs the full policy and an unquantized cache: not used)");
                 }
                 err.printf(Locale.ROOT, "load %d ms | prompt %d tokens, %.1f tokens/s | ttft %.1f ms | decode %d tokens, %.2f tokens/s | KV %s (%d tokens) | stop: %s | seed %d%n",
                         tp.loadMillis(), r.promptTokens(), r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),

@@ -36,6 +36,9 @@ public final class ServeCommand implements Callable<Integer> {
     @Mixin
     KvOptionsMixin kvOptions;
 
+    @Mixin
+    DraftOptionsMixin draftOptions;
+
     @Option(names = "--host", defaultValue = "127.0.0.1", description = "Address to listen on (default: ${DEFAULT-VALUE}; 0.0.0.0 = all).")
     String host;
 
@@ -54,8 +57,8 @@ public final class ServeCommand implements Callable<Integer> {
     ChatTemplateOptions chatTemplate;
 
     @Option(names = "--lookup", paramLabel = "N", defaultValue = "0",
-            description = "Prompt lookup decoding for greedy requests (full policy, unquantized cache): draft up to N "
-                    + "tokens per step (default: 0 = off; a request's 'lookup' field overrides it).")
+            description = "Prompt lookup decoding (full policy, unquantized cache): draft up to N tokens per step "
+                    + "(default: 0 = off; a request's 'lookup' field overrides it).")
     int lookup;
 
     @Option(names = "--api-key", paramLabel = "KEY",
@@ -73,13 +76,15 @@ public final class ServeCommand implements Callable<Integer> {
         if (port < 0 || port > 65535) throw new Main.UsageException("--port must be in 0..65535");
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
+        draftOptions.validate(lookup);
         chatTemplate.validate();
         var so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
         ChatTemplate template = chatTemplate.resolve(dir, true, err);
         if (template == null) err.println("chat: /v1/chat/completions answers 400 (pass --chat-template or --chat-template-file)");
         String name = alias != null ? alias : dir.toAbsolutePath().normalize().getFileName().toString();
-        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {
+        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
+             TokenPress draft = draftOptions.loadDraft(modelOptions, err)) {
             tp.model().setPolicy(kvOptions.policy(tp.config()));
             var quant = kvOptions.quant();
             CountDownLatch stopped = new CountDownLatch(1);
@@ -89,7 +94,8 @@ public final class ServeCommand implements Callable<Integer> {
                             err.println(line);
                             err.flush();
                         }
-                    }, lookup, apiKey != null ? apiKey : System.getenv("TOKENPRESS_API_KEY")))) {
+                    }, lookup, apiKey != null ? apiKey : System.getenv("TOKENPRESS_API_KEY"),
+                    draftOptions.serverDraft(tp, draft)))) {
                 Runtime.getRuntime().addShutdownHook(new Thread(stopped::countDown));
                 err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; context %d tokens; kv %s; kv quant %s; chat %s%n",
                         dir, tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), server.contextSize(),

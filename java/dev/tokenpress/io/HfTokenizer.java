@@ -214,6 +214,11 @@ public final class HfTokenizer implements AutoCloseable {
         return vocabSize;
     }
 
+    /** Whether both tokenizers map the same token strings to the same ids (e.g. a draft model's and its target's). */
+    public boolean sameVocabulary(HfTokenizer other) {
+        return vocabSize == other.vocabSize && vocab.equals(other.vocab);
+    }
+
     /** Id of a token string (vocabulary entry or added token), or -1. */
     public int tokenId(String token) {
         Integer id = vocab.get(token);

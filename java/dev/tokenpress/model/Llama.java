@@ -214,37 +214,67 @@ public final class Llama implements AutoCloseable {
         }
     }
 
-    /** Drafted and accepted tokens of {@link #decodeGreedyLookup} since this model was made. */
-    private long lookupDrafted, lookupAccepted;
+    /** Drafted and accepted tokens of speculative decoding since this model was made. */
+    private long drafted, draftAccepted;
 
-    /** {drafted, accepted} tokens of prompt lookup decoding so far (see {@link #decodeGreedyLookup}). */
-    public long[] lookupCounts() {
-        return new long[] {lookupDrafted, lookupAccepted};
+    /** {drafted, accepted} tokens of speculative decoding ({@link #decodeSpeculative}) so far. */
+    public long[] draftCounts() {
+        return new long[] {drafted, draftAccepted};
+    }
+
+    /** Picks the token that follows a position from its logits ([V], only read): sampling, or a constrained choice. */
+    @FunctionalInterface
+    public interface TokenChooser {
+        int choose(float[] logits);
     }
 
     /**
-     * Greedy decoding with prompt lookup (n-gram speculation, as llama.cpp's lookup decoding): before each step, the
-     * longest suffix (3, 2 or 1 tokens) of the sequence that occurred earlier proposes the up to {@code maxDraft}
-     * tokens that followed it; one forward pass over the current token and the draft checks them all (the argmax
-     * after each position), the agreeing prefix is kept, the rest freed again. Every token is the argmax after the
-     * tokens before it, as in {@link #decodeGreedy}, but a pass can yield several tokens for about the price of one
-     * (weights are read once for all of them). Contract as {@link #decodeGreedy}: {@code token} is the first token to
-     * feed (at {@code position}), {@code onToken} receives each next token and returns false to stop (that token is
-     * not fed), at most {@code maxSteps} tokens are fed; returns how many were. {@code context[0..contextLen)} are the
-     * tokens before {@code token}, where drafts are looked up. Needs the full policy and a cache whose appends can be
-     * freed exactly ({@link KvCache#appendsReversible}); otherwise it runs {@link #decodeGreedy}. Unlike there,
-     * {@link #logits()} afterwards may hold a rejected draft position's logits rather than the last fed token's.
+     * Greedy decoding with prompt lookup: {@link #decodeSpeculative} with the {@link LookupDrafter} and the argmax.
      */
     public int decodeGreedyLookup(KvCache cache, int token, int position, int maxSteps,
                                   java.util.function.IntPredicate onToken, int[] context, int contextLen, int maxDraft) {
-        if (policy != KvPolicy.FULL || !cache.appendsReversible() || maxDraft <= 0)
-            return decodeGreedy(cache, token, position, maxSteps, onToken);
+        return decodeSpeculative(cache, token, position, maxSteps, null, onToken, context, contextLen,
+                LookupDrafter.INSTANCE, maxDraft);
+    }
+
+    /**
+     * Speculative decoding: before each step the drafter proposes up to {@code maxDraft} tokens; one forward pass over
+     * the current token and the draft gives the logits after each of them, and the tokens are chosen from those
+     * rows in order, the draft's tokens kept while they equal the choice, the rest freed again (llama.cpp's
+     * verification: every token is chosen from the target's own logits after the tokens before it). So the tokens
+     * are exactly those of one-token-at-a-time decoding with the same chooser (a seeded sampler draws the same
+     * numbers in the same order), and a pass can yield several tokens for about the price of one: the weights are
+     * read once for all rows.
+     * <p>
+     * Contract as {@link #decodeGreedy}: {@code token} is the first token to feed (at {@code position}),
+     * {@code onToken} receives each next token and returns false to stop (that token is not fed), at most
+     * {@code maxSteps} tokens are fed; returns how many were. {@code chooser} picks a token from a row's logits (null:
+     * the argmax, computed where the logits live). {@code context[0..contextLen)} are the tokens before {@code token}
+     * (token i at position i). Needs the full policy and a cache whose appends can be freed exactly ({@link
+     * KvCache#appendsReversible}); otherwise it decodes one token at a time. Afterwards {@link #logits()} may hold a
+     * rejected draft position's logits rather than the last fed token's.
+     */
+    public int decodeSpeculative(KvCache cache, int token, int position, int maxSteps, TokenChooser chooser,
+                                 java.util.function.IntPredicate onToken, int[] context, int contextLen,
+                                 Drafter drafter, int maxDraft) {
+        if (policy != KvPolicy.FULL || !cache.appendsReversible() || maxDraft <= 0 || drafter == null) {
+            if (chooser == null) return decodeGreedy(cache, token, position, maxSteps, onToken);
+            int fed = 0, cur = token;
+            while (fed < maxSteps) {
+                decodeStep(cache, cur, position + fed);
+                fed++;
+                int next = chooser.choose(logits());
+                if (!onToken.test(next)) return fed;
+                cur = next;
+            }
+            return fed;
+        }
         int[] seq = java.util.Arrays.copyOf(context, Math.max(16, contextLen + 1 + maxSteps + maxDraft));
         int len = contextLen;
         int fed = 0, cur = token;
         while (fed < maxSteps) {
             seq[len++] = cur;
-            int[] draft = lookupDraft(seq, len, Math.min(maxDraft, Math.min(maxSteps - fed - 1, maxChunk - 1)));
+            int[] draft = drafter.draft(seq, len, Math.min(maxDraft, Math.min(maxSteps - fed - 1, maxChunk - 1)));
             int m = 1 + draft.length;
             if (m == 1) {
                 decodeStep(cache, cur, position + fed); // nothing to check: a plain step (graphs, fused decode ops)
@@ -257,46 +287,34 @@ public final class Llama implements AutoCloseable {
                 forward(cache, feed, positions, m, allocateSlots(cache, positions, m), true);
                 policy.endPrefill(cache);
             }
-            // the argmax after each fed token: draft[i] is right iff it equals the argmax after feed[i]
-            int acc = 0;
-            int next = m > 1 ? backend.argmax(allLogits(), 0) : argmax();
-            while (acc < draft.length && next == draft[acc]) {
-                acc++;
-                next = acc + 1 < m ? backend.argmax(allLogits(), acc) : argmax();
-            }
-            lookupDrafted += draft.length;
-            lookupAccepted += acc;
-            if (acc < draft.length) cache.freeFrom(position + fed + 1 + acc); // the rejected part of the draft
-            fed++;                                      // cur
-            for (int i = 0; i < acc; i++) {
-                if (!onToken.test(draft[i])) {          // draft[i] is not to be fed after all
-                    cache.freeFrom(position + fed);
-                    return fed;
+            drafted += draft.length;
+            fed++;                                          // cur is in the cache
+            for (int i = 0; ; i++) {
+                // the token after feed[i]: draft[i] stays iff it is the one chosen there
+                int t = chooser == null ? (m > 1 ? backend.argmax(allLogits(), i) : argmax())
+                        : chooser.choose(m > 1 ? backend.download(allLogits(), i, 1) : logits());
+                if (i < draft.length && t == draft[i]) {
+                    draftAccepted++;
+                    if (!onToken.test(t)) {                 // draft[i] is not to be fed after all
+                        cache.freeFrom(position + fed);
+                        return fed;
+                    }
+                    seq[len++] = t;
+                    fed++;
+                    continue;
                 }
-                seq[len++] = draft[i];
-                fed++;
+                if (i < draft.length) cache.freeFrom(position + fed); // draft[i..] rejected
+                if (!onToken.test(t)) return fed;
+                cur = t;
+                break;
             }
-            if (!onToken.test(next)) return fed;
-            cur = next;
         }
         return fed;
     }
 
     /** The up to {@code max} tokens that followed the latest earlier occurrence of the sequence's longest suffix. */
     public static int[] lookupDraft(int[] seq, int len, int max) {
-        if (max <= 0) return new int[0];
-        for (int n = Math.min(3, len - 1); n >= 1; n--) {
-            // latest start i < len - n with seq[i..i+n) == seq[len-n..len)
-            for (int i = len - n - 1; i >= 0; i--) {
-                boolean same = true;
-                for (int j = 0; j < n && same; j++) same = seq[i + j] == seq[len - n + j];
-                if (same) {
-                    int from = i + n, k = Math.min(max, len - from);
-                    if (k > 0) return java.util.Arrays.copyOfRange(seq, from, from + k);
-                }
-            }
-        }
-        return new int[0];
+        return LookupDrafter.lookup(seq, len, max);
     }
 
     /** A decode step at {@code position} whose input token is the feedback register's. */

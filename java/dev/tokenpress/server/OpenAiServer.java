@@ -53,7 +53,8 @@ import java.util.function.Consumer;
  * number of alternatives, 0-20; chat: true with {@code top_logprobs}), without streaming: log-probabilities of the
  * model distribution (softmax of the logits after the penalties, before truncation and temperature); and tokenpress's {@code kv}: a
  * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server, and
- * {@code lookup}: prompt lookup decoding's draft length for a greedy request (default the server's), and {@code
+ * {@code lookup}: prompt lookup decoding's draft length for this request (default the server's; while above 0 it
+ * drafts instead of the server's draft model, if it has one), and {@code
  * response_format} {@code {"type": "json_object"}} (or tokenpress's {@code "json"} for any JSON value): sampling
  * keeps the text valid JSON and ends it when the value is complete ({@link Session#setOutputFormat}). {@code n}: up
  * to 16 choices without streaming (each after the first reuses the prompt's cache and draws with seed + its index).
@@ -84,10 +85,24 @@ public final class OpenAiServer implements AutoCloseable {
      * @param log              one line per request (null = none)
      * @param lookup           prompt lookup decoding for greedy requests: most drafted tokens per step (0 = off)
      * @param apiKey           when not null, every endpoint but /health needs {@code Authorization: Bearer KEY}
+     * @param draft            speculative decoding with a draft model for requests without {@code lookup} (null = none)
      */
     public record Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
                           String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
-                          int lookup, String apiKey) {}
+                          int lookup, String apiKey, Draft draft) {
+        public Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
+                       String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
+                       int lookup, String apiKey) {
+            this(host, port, contextSize, quant, template, modelName, sampling, defaultMaxTokens, log, lookup, apiKey, null);
+        }
+    }
+
+    /**
+     * The draft of speculative decoding ({@link Session#setDraftModel}, {@link Session#setSelfDraft}): {@code model}
+     * (same tokenizer; the caller keeps it open while the server runs), or when null the served model's first
+     * {@code layers} layers; {@code max}, {@code min} and {@code pMin} as there.
+     */
+    public record Draft(TokenPress model, int layers, int max, int min, float pMin) {}
 
     private static final ObjectMapper JSON = new ObjectMapper();
 
@@ -106,6 +121,14 @@ public final class OpenAiServer implements AutoCloseable {
         this.options = options;
         this.session = tp.newSession(options.contextSize(), options.quant());
         this.defaultPolicy = tp.model().policy();
+        Draft d = options.draft();
+        try {
+            if (d != null && d.model() != null) session.setDraftModel(d.model(), d.max(), d.min(), d.pMin());
+            else if (d != null) session.setSelfDraft(d.layers(), d.max(), d.min(), d.pMin());
+        } catch (RuntimeException e) {
+            session.close();
+            throw e;
+        }
         try {
             this.http = HttpServer.create(new InetSocketAddress(options.host(), options.port()), 64);
         } catch (IOException e) {

@@ -36,7 +36,7 @@ class LookupDecodingTest {
     void sameTokensAsGreedyAndDraftsAccepted() {
         Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
         try (TokenPress tp = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2))) {
-            long[] before = tp.model().lookupCounts();
+            long[] before = tp.model().draftCounts();
             for (int max : new int[] {1, 2, 3, 5, 8, 13, 40}) {
                 Run plain = run(tp, 0, max), look = run(tp, 6, max);
                 String at = "max " + max;
@@ -48,7 +48,7 @@ class LookupDecodingTest {
                 assertEquals(plain.occupied(), look.occupied(), at);
                 assertEquals(look.position(), look.occupied(), "the cache holds exactly the fed tokens, " + at);
             }
-            long[] after = tp.model().lookupCounts();
+            long[] after = tp.model().draftCounts();
             long drafted = after[0] - before[0], accepted = after[1] - before[1];
             System.out.printf("[lookup] drafted %d, accepted %d%n", drafted, accepted);
             assertTrue(accepted > 0 && accepted <= drafted, "drafted " + drafted + ", accepted " + accepted);

@@ -163,6 +163,42 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--lookup", "-1").code());
     }
 
+    /** -md / --draft-layers: the same text as plain decoding (sampled too), figures in --json, one-line errors. */
+    @Test
+    void speculativeDecodingKeepsTheText() throws Exception {
+        String[] base = {"generate", "-m", model.toString(), "-p", "a b a b a b", "-n", "14", "--temp", "0.8", "--seed", "4",
+                "--device", "cpu"};
+        Run plain = run(base);
+        Run self = run(concat(base, "--draft-layers", "1", "--draft-max", "3", "--draft-p-min", "0"));
+        assertEquals(ExitCodes.OK, self.code(), self.err());
+        assertEquals(plain.out(), self.out());
+        assertTrue(self.err().contains("draft: the model's first 1 of 2 layers"), self.err());
+        assertTrue(self.err().contains("drafted tokens accepted"), self.err());
+        Run md = run(concat(base, "-md", model.toString(), "--json"));
+        assertEquals(ExitCodes.OK, md.code(), md.err());
+        JsonNode o = new ObjectMapper().readTree(md.out());
+        assertEquals(new ObjectMapper().readTree(run(concat(base, "--json")).out()).get("text"), o.get("text"));
+        assertTrue(o.get("draft_accepted").asLong() <= o.get("draft_drafted").asLong(), md.out());
+        assertTrue(o.get("draft_kv_bytes").asLong() > 0, md.out());
+
+        Path other = tmp.resolve("other-tokenizer");
+        assertEquals(ExitCodes.OK, run("make-model", "--preset", "small", "-o", other.toString()).code());
+        Run bad = run(concat(base, "-md", other.toString()));
+        assertEquals(ExitCodes.MODEL, bad.code(), bad.err());
+        assertTrue(bad.err().contains("same tokenizer") || bad.err().contains("vocabulary"), bad.err());
+        assertEquals(ExitCodes.USAGE, run(concat(base, "--draft-layers", "2")).code(), "the draft must be smaller");
+        assertEquals(ExitCodes.USAGE, run(concat(base, "--draft-layers", "1", "--lookup", "3")).code());
+        assertEquals(ExitCodes.USAGE, run(concat(base, "--draft-layers", "1", "-md", model.toString())).code());
+        assertEquals(ExitCodes.USAGE, run(concat(base, "-md", tmp.resolve("nope").toString())).code());
+        assertEquals(ExitCodes.USAGE, run(concat(base, "--draft-layers", "1", "--draft-p-min", "2")).code());
+    }
+
+    private static String[] concat(String[] a, String... b) {
+        String[] c = java.util.Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, c, a.length, b.length);
+        return c;
+    }
+
     @Test
     void generateJsonIsOneObject() throws Exception {
         Run r = run("generate", "-m", model.toString(), "-p", "abc", "-n", "5", "--json", "--seed", "7");

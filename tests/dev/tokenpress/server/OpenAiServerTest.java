@@ -427,6 +427,25 @@ class OpenAiServerTest {
                 "greedy choices agree");
     }
 
+    /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
+    @Test
+    void speculativeServerKeepsTheText() throws Exception {
+        String body = "{\"prompt\": \"def add(a, b):\\n    return a + b\\n\\ndef sub(a, b):\", \"max_tokens\": 20, "
+                + "\"temperature\": 0.8, \"seed\": 9}";
+        String want = post("/v1/completions", body).json().at("/choices/0/text").asText();
+        long[] c0 = tp.model().draftCounts();
+        try (OpenAiServer drafted = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "tiny",
+                SamplingOptions.defaults(), 16, null, 0, null, new OpenAiServer.Draft(null, 3, 6, 0, 0f)))) {
+            HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + drafted.port()
+                    + "/v1/completions")).header("Content-Type", "application/json")
+                    .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals(want, JSON.readTree(r.body()).at("/choices/0/text").asText());
+        }
+        long[] c = tp.model().draftCounts();
+        assertTrue(c[0] > c0[0], "the draft drafted");
+    }
+
     /** With an API key, every endpoint but /health wants it as a bearer token. */
     @Test
     void apiKeyGuardsTheEndpoints() throws Exception {

@@ -28,7 +28,7 @@ class CudaSessionTest {
     @Test
     void truncateThenContinueMatchesAFreshSession() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {}); // head dim 64: the kernels' smallest
         try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
             int[] prompt = tp.tokenizer().encode("The cat sat on the mat and then it went to sleep for a while");
             int[] more = tp.tokenizer().encodeNoSpecial(" until a dog came by");
@@ -64,7 +64,7 @@ class CudaSessionTest {
     @Test
     void lookupDecodingGivesTheGreedyTokens() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 5, s -> {});
+        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {}); // head dim 64: the kernels' smallest
         try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
             String prompt = "one two three one two three one two three one two";
             int[][] got = new int[2][];
@@ -74,9 +74,41 @@ class CudaSessionTest {
                     got[lookup == 0 ? 0 : 1] = s.generate(prompt, 32, SamplingOptions.greedy(), null).tokens();
                 }
             }
-            long[] c = tp.model().lookupCounts();
+            long[] c = tp.model().draftCounts();
             System.out.printf("[cuda session] lookup: %d of %d drafted tokens accepted%n", c[1], c[0]);
             assertArrayEquals(got[0], got[1], "lookup decoding changed the greedy tokens on the GPU");
+        }
+    }
+
+    /**
+     * Self-speculative decoding on the GPU: the draft (the first two layers) runs decode steps on the same backend
+     * between the model's verification passes (graphs re-captured or swapped as their op sequences alternate), and
+     * the greedy tokens must stay those of plain decoding; the whole model as its own draft is (nearly) always right.
+     */
+    @Test
+    void selfSpeculativeDecodingGivesTheGreedyTokens() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+            String prompt = "one two three one two three one two three one two";
+            int[] plain;
+            try (Session s = tp.newSession(256)) {
+                plain = s.generate(prompt, 40, SamplingOptions.greedy(), null).tokens();
+            }
+            for (int layers : new int[] {2, 4}) {
+                long[] c0 = tp.model().draftCounts();
+                int[] spec;
+                try (Session s = tp.newSession(256)) {
+                    s.setSelfDraft(layers, 5, 0, 0f);
+                    spec = s.generate(prompt, 40, SamplingOptions.greedy(), null).tokens();
+                }
+                long[] c = tp.model().draftCounts();
+                System.out.printf("[cuda session] self draft, %d layers: %d of %d drafted tokens accepted%n", layers,
+                        c[1] - c0[1], c[0] - c0[0]);
+                assertArrayEquals(plain, spec, "self-speculative decoding (" + layers + " layers) changed the greedy tokens");
+                // the draft's decode path (GEMV) and the check's prefill path (GEMM) round differently: near-ties may flip
+                if (layers == 4) assertTrue(c[1] - c0[1] >= 0.9 * (c[0] - c0[0]), "the whole model as its draft is nearly always right");
+            }
         }
     }
 

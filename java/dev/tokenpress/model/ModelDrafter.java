@@ -1,0 +1,121 @@
+package dev.tokenpress.model;
+
+import dev.tokenpress.kv.KvCache;
+
+import java.util.Arrays;
+
+/**
+ * Drafts with a smaller model that shares the target's vocabulary (speculative decoding, as llama.cpp's
+ * {@code --model-draft}): the draft model decodes greedily in its own KV cache, up to the requested number of tokens,
+ * and stops early once its most likely token's probability falls below {@code pMin} (after at least {@code minDraft}
+ * tokens), since an unsure draft is seldom accepted and costs a draft step each.
+ * <p>
+ * The cache follows the sequence it is asked about: each call keeps the longest prefix it shares with what the cache
+ * holds and feeds the rest, so rejected drafts, truncated or reset sessions need no notice. The last drafted token is
+ * not fed (it is fed with the next call if accepted). {@link #selfDraft} makes a draft model of the target's first
+ * layers (self-speculative decoding with an early exit, as Draft &amp; Verify and LayerSkip; no second model loaded).
+ */
+public final class ModelDrafter implements Drafter, AutoCloseable {
+    private final Llama model;
+    private final KvCache cache;
+    private final int minDraft;
+    private final float pMin;
+    private int[] held = new int[64]; // the tokens in the cache, token i at position i
+    private int heldLen;
+
+    /**
+     * @param model    the draft model (its vocabulary must be the target's; see {@link #checkVocabulary})
+     * @param capacity KV cache size of the draft, at least the target's context
+     * @param minDraft tokens drafted before {@code pMin} may stop a draft
+     * @param pMin     least probability of the draft model's greedy token to go on drafting (0 = always go on)
+     */
+    public ModelDrafter(Llama model, int capacity, int minDraft, float pMin) {
+        if (minDraft < 0) throw new IllegalArgumentException("draft-min must be >= 0, got " + minDraft);
+        if (!(pMin >= 0 && pMin <= 1)) throw new IllegalArgumentException("draft-p-min must be in [0, 1], got " + pMin);
+        this.model = model;
+        this.cache = model.newCache(capacity);
+        this.minDraft = minDraft;
+        this.pMin = pMin;
+    }
+
+    /**
+     * A draft model made of the target's embedding, first {@code layers} layers, final norm and LM head (the same
+     * weight tensors, nothing copied), on the target's backend.
+     */
+    public static Llama selfDraft(Llama target, int layers) {
+        LlamaConfig c = target.config;
+        if (layers < 1 || layers > c.numLayers())
+            throw new IllegalArgumentException("draft layers must be in [1, " + c.numLayers() + "], got " + layers);
+        LlamaConfig dc = new LlamaConfig(c.architecture(), c.modelType(), c.hiddenSize(), c.intermediateSize(), layers,
+                c.numHeads(), c.numKvHeads(), c.headDim(), c.vocabSize(), c.rmsNormEps(), c.ropeTheta(), c.ropeScaling(),
+                c.maxPositionEmbeddings(), c.tieWordEmbeddings(), c.attentionBias(), c.slidingWindow(), c.bosTokenId(),
+                c.eosTokenIds(), c.torchDtype());
+        Weights w = target.weights();
+        Weights dw = new Weights(w.embed(), Arrays.copyOf(w.layers(), layers), w.finalNorm(), w.lmHead());
+        return new Llama(dc, dw, target.backend, target.maxChunk());
+    }
+
+    /** Throws unless a draft model's logits index the target's tokens (same vocabulary size in both configs). */
+    public static void checkVocabulary(LlamaConfig target, LlamaConfig draft) {
+        if (target.vocabSize() != draft.vocabSize())
+            throw new IllegalArgumentException("the draft model's vocabulary has " + draft.vocabSize()
+                    + " tokens, the model's " + target.vocabSize() + ": use a draft model with the same tokenizer");
+    }
+
+    public Llama model() { return model; }
+
+    /** Bytes of the draft model's KV cache. */
+    public long cacheBytes() { return cache.bytes(); }
+
+    @Override
+    public int[] draft(int[] seq, int len, int max) {
+        if (len < 1 || max <= 0) return new int[0];
+        max = Math.min(max, cache.capacity() - len + 1); // drafts 0..max-2 are fed at positions len..len+max-2
+        if (max <= 0) return new int[0];
+        // keep what the cache shares with seq[0..len-1), feed the rest: the draft's logits then follow seq[len-1]
+        int keep = 0, lim = Math.min(heldLen, len - 1);
+        while (keep < lim && held[keep] == seq[keep]) keep++;
+        if (heldLen > keep) cache.freeFrom(keep);
+        heldLen = keep;
+        int[] feed = Arrays.copyOfRange(seq, keep, len);
+        if (feed.length == 1) model.decodeStep(cache, feed[0], keep);
+        else model.prefill(cache, feed, keep, false, null);
+        hold(feed, feed.length);
+        int[] out = new int[max];
+        int n = 0;
+        while (n < max) {
+            int t = model.argmax();
+            if (pMin > 0 && n >= minDraft && probability(model.logits(), t) < pMin) break;
+            out[n++] = t;
+            if (n == max) break;
+            model.decodeStep(cache, t, len - 1 + n); // d_(n-1) at position len + n - 1
+            hold(new int[] {t}, 1);
+        }
+        return Arrays.copyOf(out, n);
+    }
+
+    private void hold(int[] tokens, int n) {
+        if (heldLen + n > held.length) held = Arrays.copyOf(held, Math.max(2 * held.length, heldLen + n));
+        System.arraycopy(tokens, 0, held, heldLen, n);
+        heldLen += n;
+    }
+
+    /** softmax(logits)[t]. */
+    static double probability(float[] logits, int t) {
+        float max = Float.NEGATIVE_INFINITY;
+        for (float l : logits) max = Math.max(max, l);
+        double z = 0;
+        for (float l : logits) z += Math.exp(l - max);
+        return Math.exp(logits[t] - max) / z;
+    }
+
+    @Override
+    public void close() {
+        cache.close();
+    }
+
+    @Override
+    public String toString() {
+        return "draft model (" + model.config.numLayers() + " layers)";
+    }
+}
