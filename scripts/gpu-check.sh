@@ -235,10 +235,10 @@ run_checks() {
   say "total $((SECONDS - T0)) s"
 }
 
-# --run-split OUT: the whole check in separate JVMs — five JUnit groups (a crash or hang in one class cannot take the
+# --run-split OUT: the whole check in separate JVMs — six JUnit groups (a crash or hang in one class cannot take the
 # others down), then every benchmark stage — each under its own limit (the limits add up to about 14 minutes; most
 # stages end well before theirs). SPLIT_PARTS (default junit,bench,policies,peer) picks the parts, so the check can
-# be spread over two device calls; JUNIT_GROUPS (default abcde) picks the JUnit groups.
+# be spread over two device calls; JUNIT_GROUPS (default abcdef) picks the JUnit groups.
 run_split() {
   local OUT=${1:?output dir}
   mkdir -p "$OUT"
@@ -248,9 +248,10 @@ run_split() {
     "a|CudaNativeLibTest CudaGemvParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest|75"
     "b|CudaParityTest|90"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|75"
-    "d|CudaKvQuantParityTest CudaQuantPolicyOpsParityTest|90"
-    "e|CudaTidalSelectParityTest|60")
-  local parts=",${SPLIT_PARTS:-junit,bench,policies,peer}," only=${JUNIT_GROUPS:-abcde}
+    "d|CudaKvQuantParityTest|90"
+    "e|CudaTidalSelectParityTest|60"
+    "f|CudaQuantPolicyOpsParityTest|90")
+  local parts=",${SPLIT_PARTS:-junit,bench,policies,peer}," only=${JUNIT_GROUPS:-abcdef}
   local g tag classes limit
   if [[ $parts == *,junit,* ]]; then
     for g in "${groups[@]}"; do

@@ -1,5 +1,7 @@
 package dev.tokenpress.api;
 
+import dev.tokenpress.backend.WeightType;
+
 import java.util.function.Consumer;
 
 /**
@@ -10,23 +12,35 @@ import java.util.function.Consumer;
  * @param maxChunk rows per prefill chunk (activation buffers are sized for it)
  * @param log      receives diagnostic lines (stderr in the CLI); never null
  * @param progress receives progress of loading and long prefills; never null
+ * @param weights  how the matrices are held: as stored, or quantized to Q8_0 at load time (CPU only)
  */
-public record LoadOptions(String device, int threads, int maxChunk, Consumer<String> log, ProgressListener progress) {
+public record LoadOptions(String device, int threads, int maxChunk, Consumer<String> log, ProgressListener progress,
+                          WeightType weights) {
+    public LoadOptions {
+        if (weights == null) weights = WeightType.AS_STORED;
+    }
+
+    public LoadOptions(String device, int threads, int maxChunk, Consumer<String> log, ProgressListener progress) {
+        this(device, threads, maxChunk, log, progress, WeightType.AS_STORED);
+    }
+
     public static LoadOptions defaults() {
         return new LoadOptions("auto", 0, 256, s -> {}, ProgressListener.NONE);
     }
 
-    public LoadOptions withDevice(String d) { return new LoadOptions(d, threads, maxChunk, log, progress); }
+    public LoadOptions withDevice(String d) { return new LoadOptions(d, threads, maxChunk, log, progress, weights); }
 
-    public LoadOptions withThreads(int t) { return new LoadOptions(device, t, maxChunk, log, progress); }
+    public LoadOptions withThreads(int t) { return new LoadOptions(device, t, maxChunk, log, progress, weights); }
 
-    public LoadOptions withMaxChunk(int c) { return new LoadOptions(device, threads, c, log, progress); }
+    public LoadOptions withMaxChunk(int c) { return new LoadOptions(device, threads, c, log, progress, weights); }
 
     public LoadOptions withLog(Consumer<String> l) {
-        return new LoadOptions(device, threads, maxChunk, l == null ? s -> {} : l, progress);
+        return new LoadOptions(device, threads, maxChunk, l == null ? s -> {} : l, progress, weights);
     }
 
     public LoadOptions withProgress(ProgressListener p) {
-        return new LoadOptions(device, threads, maxChunk, log, p == null ? ProgressListener.NONE : p);
+        return new LoadOptions(device, threads, maxChunk, log, p == null ? ProgressListener.NONE : p, weights);
     }
+
+    public LoadOptions withWeights(WeightType w) { return new LoadOptions(device, threads, maxChunk, log, progress, w); }
 }

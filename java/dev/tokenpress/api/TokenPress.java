@@ -56,9 +56,11 @@ public final class TokenPress implements AutoCloseable {
         try {
             backend = Backends.create(options.device(), options.threads(), options.log());
             if (!backend.name().equals("cpu") && "auto".equalsIgnoreCase(options.device())) {
-                // under auto, a model the GPU kernels cannot run (e.g. head dim 32) falls back to the CPU
+                // under auto, a model the GPU kernels cannot run (e.g. head dim 32) or weights they cannot read
+                // (e.g. q8_0) fall back to the CPU
                 try {
                     backend.newKvCache(1, 1, config.headDim(), 1).close();
+                    backend.setWeightType(options.weights());
                 } catch (UnsupportedOpException e) {
                     options.log().accept("backend: falling back to CPU: " + e.getMessage());
                     backend.close();
@@ -66,10 +68,14 @@ public final class TokenPress implements AutoCloseable {
                     backend = Backends.create("cpu", options.threads(), options.log());
                 }
             }
+            backend.setWeightType(options.weights());
             int layers = config.numLayers();
             ProgressListener pl = options.progress();
             pl.update("load", 0, layers);
             Weights w = Weights.load(st, config, backend, i -> pl.update("load", i, layers));
+            if (options.weights() != dev.tokenpress.backend.WeightType.AS_STORED)
+                options.log().accept(String.format(java.util.Locale.ROOT, "weights: %s, %.1f MiB", options.weights(),
+                        w.allocatedBytes() / 1048576.0));
             Llama model = new Llama(config, w, backend, options.maxChunk());
             long ms = (System.nanoTime() - t0) / 1_000_000;
             return new TokenPress(dir, config, st, tok, model, ms, pl);

@@ -27,6 +27,16 @@ public interface Backend extends AutoCloseable {
     /** Makes a weight usable by this backend: 2-D [O, I] matrices and 1-D [n] vectors (norms, biases). */
     Tensor weight(TensorData data);
 
+    /**
+     * How {@link #weight} holds matrices from now on (before a model is loaded). Backends support {@link
+     * WeightType#AS_STORED}; others throw {@link UnsupportedOpException} with what to do.
+     */
+    default void setWeightType(WeightType type) {
+        if (type != WeightType.AS_STORED)
+            throw new UnsupportedOpException("--weight-type " + type + " is not supported by the " + name()
+                    + " backend: use --device cpu or --weight-type as-stored");
+    }
+
     /** A zeroed f32 activation tensor [rows, cols]. */
     Tensor allocate(int rows, int cols);
 

@@ -145,15 +145,26 @@ public final class BenchCommand implements Callable<Integer> {
         return ExitCodes.OK;
     }
 
-    /** Bytes of weights a decode step streams: every layer matrix plus the LM head (the embedding is one row). */
+    /**
+     * Bytes of weights a decode step streams: every layer matrix plus the LM head (the embedding is one row), as the
+     * backend holds them (a quantized matrix counts its codes and scales; one read in place, its checkpoint bytes).
+     */
     static long weightBytesPerToken(TokenPress tp) {
         LlamaConfig c = tp.config();
         long bytesPerElem = 2;
         String dt = c.torchDtype();
         if (dt != null && dt.contains("float32")) bytesPerElem = 4;
-        long d = c.hiddenSize(), f = c.intermediateSize();
-        long perLayer = d * c.qDim() * 2L + 2L * d * c.kvDim() + 3L * d * f;
-        return bytesPerElem * (c.numLayers() * perLayer + (long) c.vocabSize() * d);
+        var w = tp.model().weights();
+        long sum = matrixBytes(w.lmHead(), bytesPerElem);
+        for (var l : w.layers())
+            for (var t : new dev.tokenpress.backend.Tensor[] {l.wq(), l.wk(), l.wv(), l.wo(), l.wGate(), l.wUp(), l.wDown()})
+                sum += matrixBytes(t, bytesPerElem);
+        return sum;
+    }
+
+    private static long matrixBytes(dev.tokenpress.backend.Tensor t, long bytesPerElem) {
+        long b = t.bytes();
+        return b > 0 ? b : (long) t.rows() * t.cols() * bytesPerElem;
     }
 
     private void print(PrintWriter out, String model, String backend, long weightBytes, double bw, List<Row> rows) {

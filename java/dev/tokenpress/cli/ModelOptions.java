@@ -1,6 +1,7 @@
 package dev.tokenpress.cli;
 
 import dev.tokenpress.api.LoadOptions;
+import dev.tokenpress.backend.WeightType;
 import dev.tokenpress.io.ModelWriter;
 import picocli.CommandLine.Option;
 
@@ -25,14 +26,26 @@ public final class ModelOptions {
     @Option(names = {"-b", "--batch-size"}, defaultValue = "256", description = "Prefill chunk size in tokens (default: ${DEFAULT-VALUE}).")
     int chunk;
 
+    @Option(names = {"-wt", "--weight-type"}, defaultValue = "as-stored", paramLabel = "as-stored|q8_0",
+            description = "How the CPU holds the matrices: as-stored reads the checkpoint in place; q8_0 quantizes them "
+                    + "at load time to llama.cpp's Q8_0 (about 1.1 bytes per weight: decode streams half the bytes of "
+                    + "bf16; needs heap for the whole model) (default: ${DEFAULT-VALUE}).")
+    String weightType;
+
     LoadOptions toLoadOptions(PrintWriter err) {
         if (!device.equals("auto") && !device.equals("cpu") && !device.equals("cuda"))
             throw new Main.UsageException("--device must be auto, cpu or cuda, not '" + device + "'");
         if (chunk < 1) throw new Main.UsageException("--batch-size must be at least 1");
+        WeightType wt;
+        try {
+            wt = WeightType.parse(weightType);
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException("--weight-type: " + e.getMessage());
+        }
         return new LoadOptions(device, threads, chunk, line -> {
             err.println(line);
             err.flush();
-        }, TerminalProgress.forStderr());
+        }, TerminalProgress.forStderr(), wt);
     }
 
     /**

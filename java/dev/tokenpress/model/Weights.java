@@ -32,6 +32,18 @@ public record Weights(Tensor embed, Layer[] layers, Tensor finalNorm, Tensor lmH
     public record Layer(Tensor attnNorm, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, Tensor wo,
                         Tensor mlpNorm, Tensor wGate, Tensor wUp, Tensor wDown) {}
 
+    /** Bytes the backend allocated for the weights (0 for tensors read in place from the memory map). */
+    public long allocatedBytes() {
+        java.util.Set<Tensor> seen = java.util.Collections.newSetFromMap(new java.util.IdentityHashMap<>());
+        java.util.List<Tensor> all = new java.util.ArrayList<>(java.util.List.of(embed, finalNorm, lmHead));
+        for (Layer l : layers)
+            all.addAll(java.util.Arrays.asList(l.attnNorm(), l.wq(), l.bq(), l.wk(), l.bk(), l.wv(), l.bv(), l.wo(),
+                    l.mlpNorm(), l.wGate(), l.wUp(), l.wDown()));
+        long sum = 0;
+        for (Tensor t : all) if (t != null && seen.add(t)) sum += t.bytes();
+        return sum;
+    }
+
     /** Validates every tensor's presence and shape against the config, then hands each to the backend. */
     public static Weights load(SafeTensors st, LlamaConfig c, Backend backend, IntConsumer layerProgress) {
         long d = c.hiddenSize(), f = c.intermediateSize(), v = c.vocabSize(), q = c.qDim(), kv = c.kvDim();

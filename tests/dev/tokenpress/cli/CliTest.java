@@ -193,6 +193,20 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run(concat(base, "--draft-layers", "1", "--draft-p-min", "2")).code());
     }
 
+    /** -wt q8_0: weights quantized at load (a matrix of partial blocks stays bf16), stated on stderr; bad types refused. */
+    @Test
+    void q8WeightsLoadAndGenerate() {
+        Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--temp", "0", "--device", "cpu", "-wt", "q8_0");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.err().contains("weights: q8_0"), r.err());
+        assertTrue(r.out().startsWith("Hello"), r.out());
+        Run bench = run("bench", "-m", model.toString(), "-p", "0", "-n", "4", "-r", "1", "--device", "cpu",
+                "--weight-type", "q8_0", "--bandwidth-mib", "8");
+        assertEquals(ExitCodes.OK, bench.code(), bench.err());
+        assertTrue(bench.out().contains("tg4"), bench.out());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "-wt", "q4").code());
+    }
+
     private static String[] concat(String[] a, String... b) {
         String[] c = java.util.Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, c, a.length, b.length);

@@ -4,6 +4,7 @@ import dev.tokenpress.backend.Backend;
 import dev.tokenpress.backend.RopeTable;
 import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.backend.UnsupportedOpException;
+import dev.tokenpress.backend.WeightType;
 import dev.tokenpress.io.TensorData;
 import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.KvCache;
@@ -19,6 +20,7 @@ import java.util.Arrays;
 public final class CpuBackend implements Backend {
     private final Parallel par;
     private final Kernels k;
+    private WeightType weightType = WeightType.AS_STORED;
 
     public CpuBackend() {
         this(Runtime.getRuntime().availableProcessors());
@@ -45,7 +47,16 @@ public final class CpuBackend implements Backend {
     public Tensor weight(TensorData data) {
         if (data.shape().length == 1) return new CpuTensor(data.toFloats(), 1, (int) data.shape()[0]);
         if (data.shape().length != 2) throw new IllegalArgumentException(data.name() + ": expected a 1-D or 2-D tensor, got " + data.shapeString());
-        return new CpuWeight(data);
+        CpuWeight w = new CpuWeight(data);
+        // a matrix whose rows are not whole Q8_0 blocks stays as stored
+        if (weightType == WeightType.Q8_0 && CpuQ8Weight.fits(w.rows, w.cols)) return CpuQ8Weight.quantize(w, par);
+        return w;
+    }
+
+    /** {@link WeightType#AS_STORED} reads the checkpoint in place; {@link WeightType#Q8_0} quantizes into the heap. */
+    @Override
+    public void setWeightType(WeightType type) {
+        weightType = type == null ? WeightType.AS_STORED : type;
     }
 
     @Override
@@ -89,7 +100,12 @@ public final class CpuBackend implements Backend {
     @Override
     public void embedding(Tensor out, Tensor table, int[] tokens, int n) {
         CpuTensor o = f(out);
-        if (table instanceof CpuWeight w) {
+        if (table instanceof CpuQ8Weight w) {
+            for (int i = 0; i < n; i++) {
+                checkToken(tokens[i], w.rows);
+                w.rowFloats(tokens[i], o.data, i * o.cols);
+            }
+        } else if (table instanceof CpuWeight w) {
             short[] scratch = new short[w.cols];
             for (int i = 0; i < n; i++) {
                 checkToken(tokens[i], w.rows);
@@ -128,6 +144,10 @@ public final class CpuBackend implements Backend {
         float[] b = bias == null ? null : f(bias).data;
         if (w instanceof CpuTensor wf) { // small f32 matrices (tests)
             matmulF32(o, xi, wf.data, wf.rows, wf.cols, b, n);
+            return;
+        }
+        if (w instanceof CpuQ8Weight qw) {
+            matmulQ8(o, xi, qw, b, n);
             return;
         }
         CpuWeight wt = (CpuWeight) w;
@@ -170,6 +190,38 @@ public final class CpuBackend implements Backend {
                 }
             });
         }
+    }
+
+    private void matmulQ8(CpuTensor o, CpuTensor xi, CpuQ8Weight w, float[] b, int n) {
+        int in = w.cols;
+        if (xi.cols != in) throw new IllegalArgumentException("matmul: x has " + xi.cols + " columns, weight expects " + in);
+        par.forRange(w.rows, 64, (from, to) -> {
+            int oi = from;
+            if (n > 4) { // a chunk: four rows' codes widened once, each x row loaded once for the four (same bits)
+                float[] codes = new float[4 * in], eight = new float[8];
+                for (; oi + 4 <= to; oi += 4) {
+                    for (int j = 0, base = oi * in; j < 4 * in; j++) codes[j] = w.q[base + j];
+                    int r = 0;
+                    for (; r + 2 <= n; r += 2) { // two x rows per pass over the four code rows
+                        k.dotQ8fx4x2(codes, w.d, oi * w.blocks, xi.data, r * in, (r + 1) * in, w.blocks, eight);
+                        for (int i = 0; i < 4; i++) {
+                            float bb = b == null ? 0f : b[oi + i];
+                            o.data[r * o.cols + oi + i] = eight[i] + bb;
+                            o.data[(r + 1) * o.cols + oi + i] = eight[4 + i] + bb;
+                        }
+                    }
+                    for (; r < n; r++) {
+                        k.dotQ8fx4(codes, w.d, oi * w.blocks, xi.data, r * in, w.blocks, eight, 0);
+                        for (int i = 0; i < 4; i++) o.data[r * o.cols + oi + i] = eight[i] + (b == null ? 0f : b[oi + i]);
+                    }
+                }
+            }
+            for (; oi < to; oi++) { // decode: the codes widened in registers
+                float bb = b == null ? 0f : b[oi];
+                for (int r = 0; r < n; r++)
+                    o.data[r * o.cols + oi] = k.dotQ8(w.q, oi * in, w.d, oi * w.blocks, xi.data, r * in, w.blocks) + bb;
+            }
+        });
     }
 
     private void matmulF32(CpuTensor o, CpuTensor xi, float[] w, int outDim, int in, float[] b, int n) {

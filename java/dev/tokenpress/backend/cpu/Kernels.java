@@ -45,6 +45,51 @@ interface Kernels {
     void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len);
 
     /**
+     * Σ_b d[dOff + b] · Σ_{j<32} q[qOff + 32b + j] · x[xOff + 32b + j] over {@code blocks} Q8_0 blocks: a row of a
+     * {@link CpuQ8Weight} times an f32 vector (each block's sum taken first, then scaled).
+     */
+    default float dotQ8(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
+        float acc = 0f;
+        for (int b = 0; b < blocks; b++) {
+            int qo = qOff + b * CpuQ8Weight.BLOCK, xo = xOff + b * CpuQ8Weight.BLOCK;
+            float s = 0f;
+            for (int j = 0; j < CpuQ8Weight.BLOCK; j++) s += q[qo + j] * x[xo + j];
+            acc += d[dOff + b] * s;
+        }
+        return acc;
+    }
+
+    /**
+     * Four consecutive rows of widened codes ({@code qf[i·32·blocks ..]}, scales {@code d[dOff + i·blocks ..]}) times
+     * one x: out[outOff + i] = {@link #dotQ8f} of row i, bit-identical to four separate calls (x loaded once).
+     */
+    default void dotQ8fx4(float[] qf, float[] d, int dOff, float[] x, int xOff, int blocks, float[] out, int outOff) {
+        int len = blocks * CpuQ8Weight.BLOCK;
+        for (int i = 0; i < 4; i++) out[outOff + i] = dotQ8f(qf, i * len, d, dOff + i * blocks, x, xOff, blocks);
+    }
+
+    /** {@link #dotQ8fx4} for two x rows: out[0..4) for x at xOff0, out[4..8) for x at xOff1 (each bit-identical). */
+    default void dotQ8fx4x2(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int blocks, float[] out) {
+        dotQ8fx4(qf, d, dOff, x, xOff0, blocks, out, 0);
+        dotQ8fx4(qf, d, dOff, x, xOff1, blocks, out, 4);
+    }
+
+    /**
+     * {@link #dotQ8} over codes already widened to floats ({@code qf}, exact): the same arithmetic in the same order,
+     * so a chunk that widens a row once gets the bits a single row gets.
+     */
+    default float dotQ8f(float[] qf, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
+        float acc = 0f;
+        for (int b = 0; b < blocks; b++) {
+            int qo = qOff + b * CpuQ8Weight.BLOCK, xo = xOff + b * CpuQ8Weight.BLOCK;
+            float s = 0f;
+            for (int j = 0; j < CpuQ8Weight.BLOCK; j++) s += qf[qo + j] * x[xo + j];
+            acc += d[dOff + b] * s;
+        }
+        return acc;
+    }
+
+    /**
      * Dots of a vector with the columns of a row-major matrix: out[outOff+t] = Σ_{c<rows} a[aOff+c]·x[xOff+c·stride+t]
      * for t < len, each sum taken in c order from 0 with a separate multiply and add (no fused multiply-add), so every
      * implementation gives the results of the plain scalar loop bit for bit.

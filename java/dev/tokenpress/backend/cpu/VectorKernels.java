@@ -60,6 +60,119 @@ final class VectorKernels implements Kernels {
         return s;
     }
 
+    // Q8_0 rows: every kernel below does, per row and x, the same operations in the same order: per block a sum
+    // of lane products started from zero (FMA over the block's F.length()-lane chunks), scaled into one accumulator
+    // (FMA), the lanes summed at the end. The codes are exact as floats, so widened-once and in-register codes agree.
+
+    @Override
+    public float dotQ8(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
+        int l = F.length(), bs = CpuQ8Weight.BLOCK;
+        if (bs % l != 0) return Kernels.super.dotQ8(q, qOff, d, dOff, x, xOff, blocks);
+        FloatVector acc = FloatVector.zero(F);
+        for (int b = 0; b < blocks; b++) {
+            int qo = qOff + b * bs, xo = xOff + b * bs;
+            FloatVector s = FloatVector.zero(F);
+            for (int j = 0; j < bs; j += l) s = q8(q, qo + j).fma(FloatVector.fromArray(F, x, xo + j), s);
+            acc = s.fma(FloatVector.broadcast(F, d[dOff + b]), acc);
+        }
+        return acc.reduceLanes(VectorOperators.ADD);
+    }
+
+    @Override
+    public float dotQ8f(float[] qf, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
+        int l = F.length(), bs = CpuQ8Weight.BLOCK;
+        if (bs % l != 0) return Kernels.super.dotQ8f(qf, qOff, d, dOff, x, xOff, blocks);
+        FloatVector acc = FloatVector.zero(F);
+        for (int b = 0; b < blocks; b++) {
+            int qo = qOff + b * bs, xo = xOff + b * bs;
+            FloatVector s = FloatVector.zero(F);
+            for (int j = 0; j < bs; j += l) s = FloatVector.fromArray(F, qf, qo + j).fma(FloatVector.fromArray(F, x, xo + j), s);
+            acc = s.fma(FloatVector.broadcast(F, d[dOff + b]), acc);
+        }
+        return acc.reduceLanes(VectorOperators.ADD);
+    }
+
+    @Override
+    public void dotQ8fx4(float[] qf, float[] d, int dOff, float[] x, int xOff, int blocks, float[] out, int outOff) {
+        int l = F.length(), bs = CpuQ8Weight.BLOCK, len = blocks * bs;
+        if (bs % l != 0) {
+            Kernels.super.dotQ8fx4(qf, d, dOff, x, xOff, blocks, out, outOff);
+            return;
+        }
+        FloatVector a0 = FloatVector.zero(F), a1 = FloatVector.zero(F), a2 = FloatVector.zero(F), a3 = FloatVector.zero(F);
+        for (int b = 0; b < blocks; b++) {
+            int qo = b * bs, xo = xOff + b * bs;
+            FloatVector s0 = FloatVector.zero(F), s1 = FloatVector.zero(F), s2 = FloatVector.zero(F), s3 = FloatVector.zero(F);
+            for (int j = 0; j < bs; j += l) {
+                FloatVector xv = FloatVector.fromArray(F, x, xo + j);
+                s0 = FloatVector.fromArray(F, qf, qo + j).fma(xv, s0);
+                s1 = FloatVector.fromArray(F, qf, len + qo + j).fma(xv, s1);
+                s2 = FloatVector.fromArray(F, qf, 2 * len + qo + j).fma(xv, s2);
+                s3 = FloatVector.fromArray(F, qf, 3 * len + qo + j).fma(xv, s3);
+            }
+            a0 = s0.fma(FloatVector.broadcast(F, d[dOff + b]), a0);
+            a1 = s1.fma(FloatVector.broadcast(F, d[dOff + blocks + b]), a1);
+            a2 = s2.fma(FloatVector.broadcast(F, d[dOff + 2 * blocks + b]), a2);
+            a3 = s3.fma(FloatVector.broadcast(F, d[dOff + 3 * blocks + b]), a3);
+        }
+        out[outOff] = a0.reduceLanes(VectorOperators.ADD);
+        out[outOff + 1] = a1.reduceLanes(VectorOperators.ADD);
+        out[outOff + 2] = a2.reduceLanes(VectorOperators.ADD);
+        out[outOff + 3] = a3.reduceLanes(VectorOperators.ADD);
+    }
+
+    @Override
+    public void dotQ8fx4x2(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int blocks, float[] out) {
+        int l = F.length(), bs = CpuQ8Weight.BLOCK, len = blocks * bs;
+        if (bs % l != 0) {
+            Kernels.super.dotQ8fx4x2(qf, d, dOff, x, xOff0, xOff1, blocks, out);
+            return;
+        }
+        FloatVector a0 = FloatVector.zero(F), a1 = FloatVector.zero(F), a2 = FloatVector.zero(F), a3 = FloatVector.zero(F),
+                c0 = FloatVector.zero(F), c1 = FloatVector.zero(F), c2 = FloatVector.zero(F), c3 = FloatVector.zero(F);
+        for (int b = 0; b < blocks; b++) {
+            int qo = b * bs, xo = xOff0 + b * bs, yo = xOff1 + b * bs;
+            FloatVector s0 = FloatVector.zero(F), s1 = FloatVector.zero(F), s2 = FloatVector.zero(F), s3 = FloatVector.zero(F),
+                    t0 = FloatVector.zero(F), t1 = FloatVector.zero(F), t2 = FloatVector.zero(F), t3 = FloatVector.zero(F);
+            for (int j = 0; j < bs; j += l) {
+                FloatVector xv = FloatVector.fromArray(F, x, xo + j), yv = FloatVector.fromArray(F, x, yo + j);
+                FloatVector w0 = FloatVector.fromArray(F, qf, qo + j), w1 = FloatVector.fromArray(F, qf, len + qo + j);
+                s0 = w0.fma(xv, s0);
+                t0 = w0.fma(yv, t0);
+                s1 = w1.fma(xv, s1);
+                t1 = w1.fma(yv, t1);
+                FloatVector w2 = FloatVector.fromArray(F, qf, 2 * len + qo + j), w3 = FloatVector.fromArray(F, qf, 3 * len + qo + j);
+                s2 = w2.fma(xv, s2);
+                t2 = w2.fma(yv, t2);
+                s3 = w3.fma(xv, s3);
+                t3 = w3.fma(yv, t3);
+            }
+            FloatVector d0 = FloatVector.broadcast(F, d[dOff + b]), d1 = FloatVector.broadcast(F, d[dOff + blocks + b]),
+                    d2 = FloatVector.broadcast(F, d[dOff + 2 * blocks + b]), d3 = FloatVector.broadcast(F, d[dOff + 3 * blocks + b]);
+            a0 = s0.fma(d0, a0);
+            c0 = t0.fma(d0, c0);
+            a1 = s1.fma(d1, a1);
+            c1 = t1.fma(d1, c1);
+            a2 = s2.fma(d2, a2);
+            c2 = t2.fma(d2, c2);
+            a3 = s3.fma(d3, a3);
+            c3 = t3.fma(d3, c3);
+        }
+        out[0] = a0.reduceLanes(VectorOperators.ADD);
+        out[1] = a1.reduceLanes(VectorOperators.ADD);
+        out[2] = a2.reduceLanes(VectorOperators.ADD);
+        out[3] = a3.reduceLanes(VectorOperators.ADD);
+        out[4] = c0.reduceLanes(VectorOperators.ADD);
+        out[5] = c1.reduceLanes(VectorOperators.ADD);
+        out[6] = c2.reduceLanes(VectorOperators.ADD);
+        out[7] = c3.reduceLanes(VectorOperators.ADD);
+    }
+
+    /** F.length() signed bytes from q[off] as floats. */
+    private static FloatVector q8(byte[] q, int off) {
+        return (FloatVector) ByteVector.fromArray(B, q, off).convertShape(VectorOperators.B2F, F, 0);
+    }
+
     @Override
     public float dotBf16(int[] w, float[] xe, float[] xo, int xOff, int pairs) {
         int l = I.length();

@@ -68,7 +68,9 @@ class CudaSessionTest {
         try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
             String prompt = "one two three one two three one two three one two";
             int[][] got = new int[2][];
-            for (int lookup : new int[] {0, 6}) {
+            // drafts of at most 3 tokens: a check of 1 + 3 rows stays on the decode path's GEMV (f32 activations);
+            // more rows go to cuBLAS with bf16 activations, whose rounding may flip a near-tie of a random model
+            for (int lookup : new int[] {0, 3}) {
                 try (Session s = tp.newSession(256)) {
                     s.setLookup(lookup);
                     got[lookup == 0 ? 0 : 1] = s.generate(prompt, 32, SamplingOptions.greedy(), null).tokens();
@@ -99,14 +101,14 @@ class CudaSessionTest {
                 long[] c0 = tp.model().draftCounts();
                 int[] spec;
                 try (Session s = tp.newSession(256)) {
-                    s.setSelfDraft(layers, 5, 0, 0f);
+                    s.setSelfDraft(layers, 3, 0, 0f); // checks of at most 4 rows: the GEMV path, as above
                     spec = s.generate(prompt, 40, SamplingOptions.greedy(), null).tokens();
                 }
                 long[] c = tp.model().draftCounts();
                 System.out.printf("[cuda session] self draft, %d layers: %d of %d drafted tokens accepted%n", layers,
                         c[1] - c0[1], c[0] - c0[0]);
                 assertArrayEquals(plain, spec, "self-speculative decoding (" + layers + " layers) changed the greedy tokens");
-                // the draft's decode path (GEMV) and the check's prefill path (GEMM) round differently: near-ties may flip
+                // the draft's steps and the checks' 4-row passes sum in different orders: near-ties may flip
                 if (layers == 4) assertTrue(c[1] - c0[1] >= 0.9 * (c[0] - c0[0]), "the whole model as its draft is nearly always right");
             }
         }

@@ -1,0 +1,171 @@
+package dev.tokenpress.backend.cpu;
+
+import dev.tokenpress.api.LoadOptions;
+import dev.tokenpress.api.Session;
+import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.backend.WeightType;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.model.Llama;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.SplittableRandom;
+
+import static dev.tokenpress.testutil.TestTensors.randn;
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * Q8_0 weights ({@code --weight-type q8_0}): the quantizer's error bound, the kernels against a double-precision
+ * reference over the dequantized weights, every matmul path (one row, up to four, chunks of two and one x rows over
+ * four code rows, leftover rows) bit-identical to the others, and a model whose logits stay close to bf16's with
+ * prefill and decode steps giving the same bits.
+ */
+class Q8WeightTest {
+    static final Path MODEL = Path.of("models", "tokenpress-tiny");
+
+    @Test
+    void quantizationErrorIsWithinHalfAScaleStep() {
+        SplittableRandom r = new SplittableRandom(1);
+        int rows = 5, cols = 96;
+        float[] m = randn(r, rows * cols, 0.7);
+        m[3] = 0f;
+        for (int j = 32; j < 64; j++) m[j] = 0f; // an all-zero block: scale 0, codes 0
+        CpuQ8Weight w = CpuQ8Weight.quantize(m, rows, cols);
+        float[] back = new float[cols];
+        for (int i = 0; i < rows; i++) {
+            w.rowFloats(i, back, 0);
+            for (int b = 0; b < cols / 32; b++) {
+                float d = w.d[i * w.blocks + b], amax = 0;
+                for (int j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(m[i * cols + b * 32 + j]));
+                assertEquals(amax / 127f, d, 0f);
+                for (int j = 0; j < 32; j++) {
+                    int e = b * 32 + j;
+                    assertTrue(Math.abs(back[e] - m[i * cols + e]) <= d / 2 * (1 + 1e-6f) + 1e-30f, "row " + i + " elem " + e);
+                    assertTrue(Math.abs(w.q[i * cols + e]) <= 127);
+                }
+            }
+        }
+        assertEquals(0f, w.d[1]);
+        assertEquals(rows * cols + 4L * rows * (cols / 32), w.bytes());
+        assertFalse(CpuQ8Weight.fits(4, 48), "48 columns are not whole blocks");
+        assertThrows(IllegalArgumentException.class, () -> CpuQ8Weight.quantize(new float[48], 1, 48));
+    }
+
+    @Test
+    void kernelsMatchTheReferenceAndEachOther() {
+        SplittableRandom r = new SplittableRandom(2);
+        int rows = 9, cols = 160, blocks = cols / 32; // an odd block count and a leftover row
+        CpuQ8Weight w = CpuQ8Weight.quantize(randn(r, rows * cols, 1.0), rows, cols);
+        float[] x = randn(r, 2 * cols, 1.0);
+        float[] deq = new float[cols];
+        for (Kernels k : new Kernels[] {Kernels.best(), new ScalarKernels()}) {
+            for (int i = 0; i < rows; i++) {
+                w.rowFloats(i, deq, 0);
+                double ref = 0;
+                for (int j = 0; j < cols; j++) ref += (double) deq[j] * x[cols + j];
+                float got = k.dotQ8(w.q, i * cols, w.d, i * blocks, x, cols, blocks);
+                assertEquals(ref, got, 1e-4 * (1 + Math.abs(ref)), k.describe() + " row " + i);
+                float[] codes = new float[cols];
+                for (int j = 0; j < cols; j++) codes[j] = w.q[i * cols + j];
+                assertEquals(got, k.dotQ8f(codes, 0, w.d, i * blocks, x, cols, blocks), 0f, "widened codes, same bits");
+            }
+            float[] codes = new float[4 * cols], four = new float[4], eight = new float[8];
+            for (int j = 0; j < 4 * cols; j++) codes[j] = w.q[2 * cols + j]; // rows 2..5
+            k.dotQ8fx4(codes, w.d, 2 * blocks, x, 0, blocks, four, 0);
+            k.dotQ8fx4x2(codes, w.d, 2 * blocks, x, 0, cols, blocks, eight);
+            for (int i = 0; i < 4; i++) {
+                float one0 = k.dotQ8(w.q, (2 + i) * cols, w.d, (2 + i) * blocks, x, 0, blocks);
+                float one1 = k.dotQ8(w.q, (2 + i) * cols, w.d, (2 + i) * blocks, x, cols, blocks);
+                assertEquals(one0, four[i], 0f, k.describe() + " x4 row " + i);
+                assertEquals(one0, eight[i], 0f, k.describe() + " x4x2 row " + i);
+                assertEquals(one1, eight[4 + i], 0f, k.describe() + " x4x2 second x, row " + i);
+            }
+        }
+    }
+
+    @Test
+    void matmulRowCountsGiveTheSameBits() {
+        SplittableRandom r = new SplittableRandom(3);
+        int out = 70, in = 96; // 17 groups of four rows and two left over
+        CpuQ8Weight w = CpuQ8Weight.quantize(randn(r, out * in, 0.5), out, in);
+        float[] bias = randn(r, out, 0.1);
+        try (CpuBackend b = new CpuBackend(2)) {
+            float[] xs = randn(r, 9 * in, 1.0);
+            CpuTensor x9 = new CpuTensor(xs, 9, in), o9 = new CpuTensor(9, out);
+            b.matmul(o9, x9, w, new CpuTensor(bias, 1, out), 9);   // chunk path: pairs of x rows and one left over
+            for (int rows : new int[] {1, 3, 4}) {
+                float[] part = java.util.Arrays.copyOf(xs, rows * in);
+                CpuTensor o = new CpuTensor(rows, out);
+                b.matmul(o, new CpuTensor(part, rows, in), w, new CpuTensor(bias, 1, out), rows); // decode path
+                for (int i = 0; i < rows * out; i++) assertEquals(o9.data[i], o.data[i], 0f, rows + " rows, element " + i);
+            }
+            // embedding rows are the dequantized rows
+            CpuTensor e = new CpuTensor(2, in);
+            b.embedding(e, w, new int[] {5, 69}, 2);
+            float[] row = new float[in];
+            w.rowFloats(69, row, 0);
+            for (int j = 0; j < in; j++) assertEquals(row[j], e.data[in + j], 0f);
+        }
+    }
+
+    @Test
+    void modelLogitsStayCloseAndChunksMatchSteps() {
+        Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
+        LoadOptions cpu = LoadOptions.defaults().withDevice("cpu").withThreads(2);
+        String text = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n";
+        double nllRef, nllQ8;
+        float[] refLast;
+        try (TokenPress tp = TokenPress.load(MODEL, cpu); Session s = tp.newSession(256)) {
+            assertEquals(0, tp.model().weights().allocatedBytes() - normsAndBiases(tp), "bf16 matrices are read in place");
+            nllRef = meanNll(s.logProbs(tp.tokenizer().encode(text)));
+            refLast = tp.model().logits();
+        }
+        try (TokenPress tp = TokenPress.load(MODEL, cpu.withWeights(WeightType.Q8_0)); Session s = tp.newSession(256)) {
+            long params = 0;
+            for (var l : tp.model().weights().layers())
+                params += (long) l.wq().rows() * l.wq().cols() * 2 + 2L * l.wk().rows() * l.wk().cols() + 3L * l.wGate().rows() * l.wGate().cols();
+            params += (long) tp.config().vocabSize() * tp.config().hiddenSize(); // tied embedding / LM head, once
+            long q8 = tp.model().weights().allocatedBytes() - normsAndBiases(tp);
+            assertEquals(params + params / 32 * 4, q8, "one byte per weight plus an f32 scale per 32");
+            int[] tokens = tp.tokenizer().encode(text);
+            nllQ8 = meanNll(s.logProbs(tokens));
+            float[] q8Last = tp.model().logits();
+            double num = 0, den = 0;
+            for (int i = 0; i < q8Last.length; i++) {
+                num += (q8Last[i] - refLast[i]) * (double) (q8Last[i] - refLast[i]);
+                den += refLast[i] * (double) refLast[i];
+            }
+            System.out.printf("[q8_0] mean NLL %.5f vs %.5f (bf16); last-position logits nmse %.3g%n", nllQ8, nllRef, num / den);
+            assertTrue(num / den < 1e-3, "q8_0 logits nmse " + num / den);
+            assertTrue(Math.abs(nllQ8 - nllRef) < 0.02 * nllRef, "q8_0 NLL " + nllQ8 + " vs " + nllRef);
+
+            Llama m = tp.model();
+            KvCache a = m.newCache(64), b = m.newCache(64);
+            float[] all = m.prefill(a, tokens, 0, true, null);
+            int v = tp.config().vocabSize();
+            for (int i = 0; i < tokens.length; i++) {
+                m.decodeStep(b, tokens[i], i);
+                float[] step = m.logits();
+                for (int j = 0; j < v; j++) assertEquals(all[i * v + j], step[j], 0f, "position " + i + " token " + j);
+            }
+        }
+    }
+
+    private static long normsAndBiases(TokenPress tp) {
+        var w = tp.model().weights();
+        long sum = w.finalNorm().bytes();
+        for (var l : w.layers()) {
+            sum += l.attnNorm().bytes() + l.mlpNorm().bytes();
+            for (var t : new dev.tokenpress.backend.Tensor[] {l.bq(), l.bk(), l.bv()}) if (t != null) sum += t.bytes();
+        }
+        return sum;
+    }
+
+    private static double meanNll(float[] lp) {
+        double s = 0;
+        for (float v : lp) s -= v;
+        return s / lp.length;
+    }
+}
