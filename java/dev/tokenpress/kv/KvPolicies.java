@@ -1,6 +1,7 @@
 package dev.tokenpress.kv;
 
 import dev.tokenpress.kv.policy.A2sfPolicy;
+import dev.tokenpress.kv.policy.TovaPolicy;
 import dev.tokenpress.kv.policy.BasePolicy;
 import dev.tokenpress.kv.policy.Budget;
 import dev.tokenpress.kv.policy.CompositePolicy;
@@ -89,6 +90,13 @@ public final class KvPolicies {
             if (alpha <= 0) throw a.bad("alpha", "must be above 0");
             if (!b.ratio() && !r.ratio() && sink + r.value() > b.value()) throw a.error("a2sf: sink + recent must not exceed budget");
             return new A2sfPolicy(s, b, r, sink, (float) alpha);
+        });
+
+        add("tova", "TOVA: drops the tokens the current query attends to least (averaged over the layer's heads); evicts every step", List.of(
+                p("budget", "0.25", "tokens kept (tokens or ratio of the sequence)"),
+                p("heads", "layer", "layer: one ranking per layer, all KV heads keep the same tokens (TOVA); kv: per KV head")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget");
+            return new TovaPolicy(s, b, a.choice("heads", "layer", "kv").equals("layer"));
         });
 
         add("snapkv", "SnapKV: compresses the prompt once from an observation window's votes; decoding appends", List.of(
@@ -192,7 +200,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, snapkv, keyformer, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, keyformer, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

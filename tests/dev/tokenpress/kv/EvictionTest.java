@@ -48,6 +48,9 @@ class EvictionTest {
             "h2o:budget=16,recent=4; 16; 17; 0; 5",
             "h2o:budget=16,recent=0.5; 16; 17; 0; 9",
             "a2sf:budget=16,recent=4,sink=2,alpha=0.9; 16; 17; 2; 5",
+            "tova:budget=16; 16; 17; 0; 1",
+            "tova:budget=16,heads=kv; 16; 17; 0; 1",
+            "tova:budget=16+tidal:k=6,full_layers=0,reselect=-1; 16; 17; 0; 1",
             "keyformer:budget=16,recent=4,seed=7; 16; 16; 0; 4",
             "keyformer:budget=16,recent=0.25,tau_init=0.5,tau_end=3,steps=20; 16; 16; 0; 4",
             "razor:heads=0,sink=2,recent=8,ratio=0; 16; 11; 2; 8",
@@ -172,6 +175,75 @@ class EvictionTest {
             model.setPolicy(KvPolicy.FULL);
         }
         assertEquals(20 * layers * kv, checked[0]);
+    }
+
+    /**
+     * TOVA against a replay of its rule: before each decode step every KV head of a layer holds the same positions,
+     * the {@code budget} with the largest probability from the previous query summed over the layer's heads.
+     */
+    @Test
+    void tovaKeepsWhatTheLastQueryAttendedToAcrossTheLayer() {
+        int budget = 9;
+        KvPolicy tova = KvPolicies.parse("tova:budget=" + budget, config);
+        int layers = config.numLayers(), kv = config.numKvHeads();
+        @SuppressWarnings("unchecked")
+        java.util.Map<Integer, Float>[] last = new java.util.Map[layers];
+        int[] checked = {0};
+        KvPolicy replay = new KvPolicy() {
+            @Override
+            public void attach(Llama m) { tova.attach(m); }
+
+            @Override
+            public void beginPrefill(KvCache c, int s, int t) { tova.beginPrefill(c, s, t); }
+
+            @Override
+            public void endPrefill(KvCache c) { tova.endPrefill(c); }
+
+            @Override
+            public void beforeAppend(KvCache c, int[] positions, int n) {
+                tova.beforeAppend(c, positions, n);
+                if (n != 1 || last[0] == null) return;
+                for (int l = 0; l < layers; l++) {
+                    java.util.Map<Integer, Float> sc = last[l];
+                    java.util.List<Integer> all = new java.util.ArrayList<>(sc.keySet());
+                    all.sort((a, b) -> sc.get(a).equals(sc.get(b)) ? Integer.compare(b, a) : Float.compare(sc.get(b), sc.get(a)));
+                    int[] want = all.subList(0, Math.min(budget, all.size())).stream().mapToInt(Integer::intValue).sorted().toArray();
+                    for (int g = 0; g < kv; g++)
+                        assertArrayEquals(want, KvTestSupport.positions(c, l, g), "layer " + l + " head " + g + " before " + positions[0]);
+                    checked[0]++;
+                }
+            }
+
+            @Override
+            public AttentionStats stats(KvCache c, int layer, int n) { return tova.stats(c, layer, n); }
+
+            @Override
+            public void afterAttention(KvCache c, int layer, int n, AttentionStats st) {
+                java.util.Map<Integer, Float> sc = new java.util.HashMap<>();
+                for (int g = 0; g < kv; g++)
+                    for (int s = 0; s < c.highWater(layer, g); s++) {
+                        int p = c.position(layer, g, s);
+                        if (p >= 0) sc.merge(p, st.probSums[g][s], Float::sum);
+                    }
+                last[layer] = sc;
+                tova.afterAttention(c, layer, n, st);
+            }
+
+            @Override
+            public String spec() { return tova.spec(); }
+        };
+        model.setPolicy(replay);
+        try (KvCache cache = model.newCache(32)) {
+            model.prefill(cache, KvTestSupport.tokens(14, config.vocabSize(), 5), 0, false, null);
+            int tok = model.argmax();
+            for (int i = 0; i < 20; i++) {
+                model.decodeStep(cache, tok, 14 + i);
+                tok = model.argmax();
+            }
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+        assertEquals(20 * layers, checked[0]);
     }
 
     @Test

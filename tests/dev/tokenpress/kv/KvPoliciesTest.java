@@ -33,6 +33,8 @@ class KvPoliciesTest {
             "h2o; h2o:budget=0.2,recent=0.5",
             "h2o:budget=25%; h2o:budget=0.25,recent=0.5",
             "a2sf:forget=0.5; a2sf:budget=256,recent=16,sink=0,alpha=0.5",
+            "tova; tova:budget=0.25,heads=layer",
+            "tova:budget=128,heads=kv; tova:budget=128,heads=kv",
             "snapkv; snapkv:budget=2048,window=32,kernel=7,pool=max",
             "keyformer; keyformer:budget=0.6,recent=0.3,tau_init=1.0,tau_end=2.0,steps=0,seed=0",
             "tidal; tidal:k=256,full_layers=2,reselect=auto,group=max",
@@ -126,7 +128,7 @@ class KvPoliciesTest {
     @Test
     void helpListsEveryPolicyWithItsParametersAndDefaults() {
         String help = KvPolicies.help();
-        assertEquals(List.of("full", "window", "h2o", "a2sf", "snapkv", "keyformer", "tidal", "quest", "tokenselect", "razor"),
+        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "keyformer", "tidal", "quest", "tokenselect", "razor"),
                 KvPolicies.names());
         for (String name : KvPolicies.names()) assertTrue(help.contains("\n" + name + " "), name);
         for (String param : new String[]{"sink", "recent", "budget", "alpha", "window", "kernel", "pool", "tau_init", "tau_end",

@@ -72,6 +72,8 @@ class PolicyMatchesFullTest {
             "h2o:budget=64,recent=8",
             "h2o:budget=1.0,recent=0.5",
             "a2sf:budget=64,recent=4,sink=2,alpha=0.9",
+            "tova:budget=64",
+            "tova:budget=1.0,heads=kv",
             "snapkv:budget=64,window=8,kernel=3,pool=avg",
             "snapkv:budget=1.0,window=8",
             "keyformer:budget=1.0,recent=0.3,seed=3",
@@ -94,7 +96,7 @@ class PolicyMatchesFullTest {
 
     @ParameterizedTest(name = "{0}")
     @ValueSource(strings = {"window:sink=2,recent=6", "h2o:budget=8,recent=2", "a2sf:budget=8,recent=2",
-            "snapkv:budget=8,window=4,kernel=3", "keyformer:budget=8,recent=2", "tidal:k=4,reselect=4",
+            "tova:budget=8", "tova:budget=8,heads=kv", "snapkv:budget=8,window=4,kernel=3", "keyformer:budget=8,recent=2", "tidal:k=4,reselect=4",
             "quest:budget=8,page=4", "tokenselect:k=4,init=1,local=2", "razor:heads=0,sink=2,recent=4,ratio=0",
             "razor:heads=0.25,sink=2,recent=6,ratio=0,probe=8,repeats=3+tidal:k=4,reselect=4"})
     void aTightBudgetChangesTheLogits(String spec) {

@@ -81,6 +81,7 @@ class CudaPolicyModelParityTest {
                 "window:sink=4,budget=24",
                 "h2o:budget=24,recent=8",
                 "a2sf:budget=24,recent=8,sink=2,alpha=0.9",
+                "tova:budget=24",
                 "keyformer:budget=24,recent=8,seed=3",
                 "tidal:k=16,full_layers=1,reselect=2",
                 "quest:budget=32,page=8,dense_layers=1",
