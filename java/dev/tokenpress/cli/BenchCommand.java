@@ -63,7 +63,7 @@ public final class BenchCommand implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(true);
-        var quant = kvOptions.quant();
+        var quants = kvOptions.quants();
         if (!List.of("md", "csv", "json").contains(format)) throw new Main.UsageException("-o must be md, csv or json");
         if (reps < 1) throw new Main.UsageException("-r must be >= 1");
         var dir = modelOptions.resolveModel(err);
@@ -90,10 +90,11 @@ public final class BenchCommand implements Callable<Integer> {
             for (int p : nPrompt) maxCtx = Math.max(maxCtx, p);
             for (int d : depth) for (int g : nGen) maxCtx = Math.max(maxCtx, d + g + 1);
             List<String> kvSpecs = kvOptions.specs();
+            for (var quant : quants)
             for (String kvSpec : kvSpecs) {
                 m.setPolicy(KvOptionsMixin.policy(kvSpec, c));
                 String kv = quant.isNone() ? m.policy().spec() : m.policy().spec() + " q:" + quant.spec();
-                String tag = kvSpecs.size() > 1 ? " [" + kv + "]" : "";
+                String tag = kvSpecs.size() * quants.size() > 1 ? " [" + kv + "]" : "";
                 SplittableRandom rnd = new SplittableRandom(1234); // the same tokens for every policy
                 try (var cacheHolder = new CacheHolder(quant.isNone() ? m.newCache(maxCtx) : m.newCache(maxCtx, quant))) {
                     KvCache cache = cacheHolder.cache;

@@ -39,9 +39,9 @@ public final class CompareCommand implements Callable<Integer> {
                     + "'--kv help' lists the policies; default: ${DEFAULT-VALUE}).")
     String kv;
 
-    @Option(names = "--kv-quant", paramLabel = "SPEC", defaultValue = "none",
-            description = "KV cache quantization for every policy row (the baseline stays unquantized); "
-                    + "'--kv-quant help' lists the methods (default: ${DEFAULT-VALUE}).")
+    @Option(names = "--kv-quant", paramLabel = "SPEC[,SPEC...]", defaultValue = "none",
+            description = "KV cache quantization (comma-separated: every policy row for each, e.g. none,int8,int4; "
+                    + "the baseline stays unquantized); '--kv-quant help' lists the methods (default: ${DEFAULT-VALUE}).")
     String kvQuant;
 
     @Mixin
@@ -64,6 +64,7 @@ public final class CompareCommand implements Callable<Integer> {
         if (json && csv) throw new Main.UsageException("--json and --csv exclude each other");
         kvOptions.validate(true);
         List<String> specs = kvOptions.specs();
+        var quants = kvOptions.quants();
         String text = eval.validateAndRead();
         Path dir = modelOptions.resolveModel(err);
         List<Perplexity.Result> rows = new ArrayList<>();
@@ -72,8 +73,9 @@ public final class CompareCommand implements Callable<Integer> {
             int[] all = tp.tokenizer().encode(text);
             int[] tokens = eval.limit(all, tp.config(), err);
             Perplexity.warmUp(tp.model(), tokens, PerplexityCommand.WARM_UP_STEPS);
-            for (String s : specs)
-                rows.add(PerplexityCommand.evaluate(tp, tokens, KvOptionsMixin.policy(s, tp.config()), kvOptions.quant(), eval, err));
+            for (var q : quants)
+                for (String s : specs)
+                    rows.add(PerplexityCommand.evaluate(tp, tokens, KvOptionsMixin.policy(s, tp.config()), q, eval, err));
             meta = new CompareReport.Meta(dir.toString(), tp.backend().description(), CompareReport.machine(), eval.file.toString(), all.length);
         }
         if (plot != null) {

@@ -17,13 +17,14 @@ public class KvOptionsMixin {
 
     @Option(names = "--kv", paramLabel = "SPEC", defaultValue = "full",
             description = "KV cache policy NAME[:key=value,...], e.g. window:sink=4,budget=512, h2o:budget=0.2, tidal:k=128, "
-                    + "snapkv, keyformer, a2sf, quest, tokenselect, razor; join an evicting and a selecting one with '+'. "
+                    + "snapkv, keyformer, a2sf, tova, quest, tokenselect, razor; join an evicting and a selecting one with '+'. "
                     + "'--kv help' lists all with their parameters (default: ${DEFAULT-VALUE}).")
     String kv;
 
     @Option(names = "--kv-quant", paramLabel = "SPEC", defaultValue = "none",
             description = "KV cache quantization NAME[:key=value,...]: none, int8, int4, int2 (KIVI), zipcache, mikv, gear; "
-                    + "composes with --kv. '--kv-quant help' lists all with their parameters (default: ${DEFAULT-VALUE}).")
+                    + "composes with --kv (bench: a comma-separated list, every --kv spec for each). '--kv-quant help' lists all "
+                    + "with their parameters (default: ${DEFAULT-VALUE}).")
     String kvQuant;
 
     /**
@@ -62,6 +63,21 @@ public class KvOptionsMixin {
         } catch (IllegalArgumentException e) {
             throw new Main.UsageException(e.getMessage());
         }
+    }
+
+    /**
+     * The comma-separated {@code --kv-quant} specs of a command that compares several (compare, bench): an item with
+     * '=' but no ':' continues the previous spec ({@code int4:group=32,residual=64,int8}); usage errors.
+     */
+    public List<dev.tokenpress.kv.quant.KvQuantSpec> quants() {
+        List<dev.tokenpress.kv.quant.KvQuantSpec> out = new ArrayList<>();
+        try {
+            for (String s : KvPolicies.splitList(kvQuant == null ? "none" : kvQuant.trim()))
+                out.add(dev.tokenpress.kv.quant.KvQuantSpec.parse(s));
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException(e.getMessage().replace("--kv list", "--kv-quant list"));
+        }
+        return out;
     }
 
     /** True for {@code --kv help}: the command prints {@link #printHelp} and exits 0. */

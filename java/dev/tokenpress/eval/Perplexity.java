@@ -148,7 +148,9 @@ public final class Perplexity {
                 if (done % every == 0 || done == scored) progress.update(done, scored, Math.exp(st.meanNll()));
             }
             int hw = highWater(pc);
-            long kvBytes = bytesOf(model, hw, quant), fullBytes = bytesOf(model, n - 1, null);
+            // an unquantized cache of the high-water mark; a quantized one as it ends the run (its blocks), resized
+            long kvBytes = quant == null || quant.isNone() ? bytesOf(model, hw, null) : pc.bytesWithCapacity(Math.max(1, hw));
+            long fullBytes = bytesOf(model, n - 1, null);
             DecodeRows dp = (DecodeRows) pol;
             String label = quant == null || quant.isNone() ? policy.spec() : policy.spec() + " q:" + quant.spec();
             return new Result(label, baseline == null ? null : baseline.spec(), n, prefill, scored,
@@ -185,6 +187,7 @@ public final class Perplexity {
             return c.bytes();
         }
     }
+
 
     private static KvCache newCache(Llama model, int slots, KvQuantSpec quant) {
         return quant == null || quant.isNone() ? model.newCache(slots) : model.newCache(slots, quant);

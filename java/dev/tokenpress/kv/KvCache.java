@@ -53,6 +53,16 @@ public abstract class KvCache implements AutoCloseable {
     /** Bytes of key/value storage actually allocated by the backend (plus its bookkeeping buffers). */
     public abstract long bytes();
 
+    /**
+     * The bytes this cache would hold with its current contents but {@code slots} slots per head instead of its
+     * capacity (what a run that never needed more than {@code slots} would have allocated). Default: {@link #bytes()}
+     * scaled by slots / capacity, exact for caches whose every byte is per slot; quantized caches, whose blocks
+     * and window do not scale with the capacity, override it.
+     */
+    public long bytesWithCapacity(int slots) {
+        return bytes() / capacity * slots + bytes() % capacity * slots / capacity;
+    }
+
     /** Slots that may hold tokens for (layer, head): attention scans [0, highWater). */
     public int highWater(int layer, int head) { return highWater[layer][head]; }
 

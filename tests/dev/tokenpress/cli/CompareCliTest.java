@@ -80,6 +80,34 @@ class CompareCliTest {
         assertTrue(md.out().contains("| window:sink=2,budget=20 |"), md.out());
     }
 
+    /** A list of --kv-quant specs: every policy for each, in that order, each row as a separate run labels it. */
+    @Test
+    void quantizationListsGiveEveryCombination() throws Exception {
+        Run c = run("compare", "-m", model.toString(), "-f", text.toString(), "-c", "48", "--kv", "full,window:budget=20",
+                "--kv-quant", "none,int8:group=8,residual=8,int4:group=8,residual=8", "--json", "--device", "cpu");
+        assertEquals(ExitCodes.OK, c.code(), c.err());
+        JsonNode rows = JSON.readTree(c.out()).get("results");
+        String[] want = {"full", "window:sink=4,budget=20", "full q:int8:group=8,residual=8",
+                "window:sink=4,budget=20 q:int8:group=8,residual=8", "full q:int4:group=8,residual=8",
+                "window:sink=4,budget=20 q:int4:group=8,residual=8"};
+        assertEquals(want.length, rows.size(), c.out());
+        for (int i = 0; i < want.length; i++) assertEquals(want[i], rows.get(i).get("kv").asText());
+        // the quantized caches' bytes are what their blocks hold at the end (not an empty cache's): int8 > int4
+        long f32 = rows.get(0).get("kv_bytes").asLong(), i8 = rows.get(2).get("kv_bytes").asLong(),
+                i4 = rows.get(4).get("kv_bytes").asLong();
+        assertTrue(f32 > i8 && i8 > i4, f32 + " / " + i8 + " / " + i4);
+        Run one = run("perplexity", "-m", model.toString(), "-f", text.toString(), "-c", "48", "--kv", "window:budget=20",
+                "--kv-quant", "int4:group=8,residual=8", "--json", "--device", "cpu");
+        JsonNode r1 = JSON.readTree(one.out()).get("results").get(0);
+        for (String f : new String[] {"kv", "ppl", "mean_kld", "kv_bytes"}) assertEquals(r1.get(f), rows.get(5).get(f), f);
+        assertEquals(ExitCodes.USAGE, run("compare", "-m", model.toString(), "-f", text.toString(), "--kv-quant", "none,int5").code());
+        Run b = run("bench", "-m", model.toString(), "-p", "0", "-n", "2", "-r", "1", "--kv-quant", "none,int8",
+                "--bandwidth-mib", "8", "--device", "cpu", "-o", "csv");
+        assertEquals(ExitCodes.OK, b.code(), b.err());
+        assertTrue(b.out().contains(",\"full\""), b.out());
+        assertTrue(b.out().contains("full q:int8"), b.out());
+    }
+
     @Test
     void badInputsAreUsageErrors() {
         assertEquals(ExitCodes.USAGE, run("compare", "-m", model.toString()).code());

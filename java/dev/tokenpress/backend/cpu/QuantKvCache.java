@@ -106,6 +106,15 @@ public final class QuantKvCache extends KvCache {
         return b;
     }
 
+    /** {@link #bytes()} with the per-slot bookkeeping of {@code slots} slots and a window of min(R + G, slots). */
+    @Override
+    public long bytesWithCapacity(int slots) {
+        long lh = (long) layers * kvHeads;
+        long perSlot = 8 + (attnSum != null ? 8 : 0);
+        long win = Math.min((long) residual + group, Math.max(1, slots));
+        return bytes() - lh * ((long) capacity - slots) * perSlot - lh * (resCap - win) * ((long) headDim * 4 * 2 + 4);
+    }
+
     private List<QuantBlock> blocks(int layer, int head) { return blocks.get(layer * kvHeads + head); }
 
     // ---- writing ---------------------------------------------------------------------------------------------

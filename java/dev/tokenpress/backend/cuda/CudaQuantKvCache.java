@@ -221,6 +221,18 @@ public final class CudaQuantKvCache extends KvCache {
     @Override
     public long bytes() { return 2 * winBytes + poolBytes + 2 * slotBytes + 2L * scratchRows * headDim * 4; }
 
+    /**
+     * What a cache of {@code slots} slots per head would allocate: its window and positions/locations, a pool of
+     * ceil(slots/G) + 2 blocks per head (or this one's, if it grew past that) and this one's compaction scratch.
+     */
+    @Override
+    public long bytesWithCapacity(int slots) {
+        long lh = (long) layers() * kvHeads();
+        long win = Math.min((long) residual + group, Math.max(1, slots));
+        long blocks = Math.max((slots + group - 1) / group + 2L, maxBlocks > (capacity() + group - 1) / group + 2 ? maxBlocks : 0);
+        return 2 * lh * win * headDim() * 4 + lh * blocks * blockBytes + 2 * lh * slots * 4L + 2L * scratchRows * headDim() * 4;
+    }
+
     /** Tokens of (layer, head) in the f32 window. */
     public int residentTokens(int layer, int head) { return winCount[layer][head]; }
 
