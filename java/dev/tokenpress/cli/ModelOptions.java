@@ -26,10 +26,10 @@ public final class ModelOptions {
     @Option(names = {"-b", "--batch-size"}, defaultValue = "256", description = "Prefill chunk size in tokens (default: ${DEFAULT-VALUE}).")
     int chunk;
 
-    @Option(names = {"-wt", "--weight-type"}, defaultValue = "as-stored", paramLabel = "as-stored|q8_0",
-            description = "How the CPU holds the matrices: as-stored reads the checkpoint in place; q8_0 quantizes them "
-                    + "at load time to llama.cpp's Q8_0 (about 1.1 bytes per weight: decode streams half the bytes of "
-                    + "bf16; needs heap for the whole model) (default: ${DEFAULT-VALUE}).")
+    @Option(names = {"-wt", "--weight-type"}, defaultValue = "as-stored", paramLabel = "as-stored|q8_0|q4_0",
+            description = "How the CPU holds the matrices: as-stored reads the checkpoint in place; q8_0 / q4_0 quantize "
+                    + "them at load time to llama.cpp's Q8_0 / Q4_0 (about 1.1 / 0.63 bytes per weight: decode streams "
+                    + "1/2 / 1/3 of bf16's bytes; needs heap for the whole model) (default: ${DEFAULT-VALUE}).")
     String weightType;
 
     LoadOptions toLoadOptions(PrintWriter err) {

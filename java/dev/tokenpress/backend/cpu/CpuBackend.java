@@ -49,11 +49,12 @@ public final class CpuBackend implements Backend {
         if (data.shape().length != 2) throw new IllegalArgumentException(data.name() + ": expected a 1-D or 2-D tensor, got " + data.shapeString());
         CpuWeight w = new CpuWeight(data);
         // a matrix whose rows are not whole Q8_0 blocks stays as stored
-        if (weightType == WeightType.Q8_0 && CpuQ8Weight.fits(w.rows, w.cols)) return CpuQ8Weight.quantize(w, par);
+        if (weightType != WeightType.AS_STORED && CpuBlockWeight.fits(w.rows, w.cols))
+            return weightType == WeightType.Q8_0 ? CpuQ8Weight.quantize(w, par) : CpuQ4Weight.quantize(w, par);
         return w;
     }
 
-    /** {@link WeightType#AS_STORED} reads the checkpoint in place; {@link WeightType#Q8_0} quantizes into the heap. */
+    /** {@link WeightType#AS_STORED} reads the checkpoint in place; Q8_0 and Q4_0 quantize into the heap. */
     @Override
     public void setWeightType(WeightType type) {
         weightType = type == null ? WeightType.AS_STORED : type;
@@ -100,7 +101,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void embedding(Tensor out, Tensor table, int[] tokens, int n) {
         CpuTensor o = f(out);
-        if (table instanceof CpuQ8Weight w) {
+        if (table instanceof CpuBlockWeight w) {
             for (int i = 0; i < n; i++) {
                 checkToken(tokens[i], w.rows);
                 w.rowFloats(tokens[i], o.data, i * o.cols);
@@ -146,8 +147,8 @@ public final class CpuBackend implements Backend {
             matmulF32(o, xi, wf.data, wf.rows, wf.cols, b, n);
             return;
         }
-        if (w instanceof CpuQ8Weight qw) {
-            matmulQ8(o, xi, qw, b, n);
+        if (w instanceof CpuBlockWeight qw) {
+            matmulBlocks(o, xi, qw, b, n);
             return;
         }
         CpuWeight wt = (CpuWeight) w;
@@ -192,7 +193,7 @@ public final class CpuBackend implements Backend {
         }
     }
 
-    private void matmulQ8(CpuTensor o, CpuTensor xi, CpuQ8Weight w, float[] b, int n) {
+    private void matmulBlocks(CpuTensor o, CpuTensor xi, CpuBlockWeight w, float[] b, int n) {
         int in = w.cols;
         if (xi.cols != in) throw new IllegalArgumentException("matmul: x has " + xi.cols + " columns, weight expects " + in);
         par.forRange(w.rows, 64, (from, to) -> {
@@ -200,7 +201,7 @@ public final class CpuBackend implements Backend {
             if (n > 4) { // a chunk: four rows' codes widened once, each x row loaded once for the four (same bits)
                 float[] codes = new float[4 * in], eight = new float[8];
                 for (; oi + 4 <= to; oi += 4) {
-                    for (int j = 0, base = oi * in; j < 4 * in; j++) codes[j] = w.q[base + j];
+                    w.widenRows(oi, 4, codes, 0);
                     int r = 0;
                     for (; r + 2 <= n; r += 2) { // two x rows per pass over the four code rows
                         k.dotQ8fx4x2(codes, w.d, oi * w.blocks, xi.data, r * in, (r + 1) * in, w.blocks, eight);
@@ -218,8 +219,7 @@ public final class CpuBackend implements Backend {
             }
             for (; oi < to; oi++) { // decode: the codes widened in registers
                 float bb = b == null ? 0f : b[oi];
-                for (int r = 0; r < n; r++)
-                    o.data[r * o.cols + oi] = k.dotQ8(w.q, oi * in, w.d, oi * w.blocks, xi.data, r * in, w.blocks) + bb;
+                for (int r = 0; r < n; r++) o.data[r * o.cols + oi] = w.dotRow(k, oi, xi.data, r * in) + bb;
             }
         });
     }

@@ -51,9 +51,9 @@ interface Kernels {
     default float dotQ8(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
         float acc = 0f;
         for (int b = 0; b < blocks; b++) {
-            int qo = qOff + b * CpuQ8Weight.BLOCK, xo = xOff + b * CpuQ8Weight.BLOCK;
+            int qo = qOff + b * CpuBlockWeight.BLOCK, xo = xOff + b * CpuBlockWeight.BLOCK;
             float s = 0f;
-            for (int j = 0; j < CpuQ8Weight.BLOCK; j++) s += q[qo + j] * x[xo + j];
+            for (int j = 0; j < CpuBlockWeight.BLOCK; j++) s += q[qo + j] * x[xo + j];
             acc += d[dOff + b] * s;
         }
         return acc;
@@ -64,7 +64,7 @@ interface Kernels {
      * one x: out[outOff + i] = {@link #dotQ8f} of row i, bit-identical to four separate calls (x loaded once).
      */
     default void dotQ8fx4(float[] qf, float[] d, int dOff, float[] x, int xOff, int blocks, float[] out, int outOff) {
-        int len = blocks * CpuQ8Weight.BLOCK;
+        int len = blocks * CpuBlockWeight.BLOCK;
         for (int i = 0; i < 4; i++) out[outOff + i] = dotQ8f(qf, i * len, d, dOff + i * blocks, x, xOff, blocks);
     }
 
@@ -75,15 +75,33 @@ interface Kernels {
     }
 
     /**
+     * {@link #dotQ8} for Q4_0 codes ({@link CpuQ4Weight}: 16 bytes per block, code j − 8 of a block in the low nibble
+     * of byte j for j < 16, the high nibble of byte j − 16 otherwise): the same operations as {@link #dotQ8f} over
+     * the widened codes.
+     */
+    default float dotQ4(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
+        float acc = 0f;
+        int half = CpuBlockWeight.BLOCK / 2;
+        for (int b = 0; b < blocks; b++) {
+            int qo = qOff + b * half, xo = xOff + b * CpuBlockWeight.BLOCK;
+            float s = 0f;
+            for (int j = 0; j < half; j++) s += ((q[qo + j] & 0x0F) - 8) * x[xo + j];
+            for (int j = 0; j < half; j++) s += (((q[qo + j] & 0xFF) >>> 4) - 8) * x[xo + half + j];
+            acc += d[dOff + b] * s;
+        }
+        return acc;
+    }
+
+    /**
      * {@link #dotQ8} over codes already widened to floats ({@code qf}, exact): the same arithmetic in the same order,
      * so a chunk that widens a row once gets the bits a single row gets.
      */
     default float dotQ8f(float[] qf, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
         float acc = 0f;
         for (int b = 0; b < blocks; b++) {
-            int qo = qOff + b * CpuQ8Weight.BLOCK, xo = xOff + b * CpuQ8Weight.BLOCK;
+            int qo = qOff + b * CpuBlockWeight.BLOCK, xo = xOff + b * CpuBlockWeight.BLOCK;
             float s = 0f;
-            for (int j = 0; j < CpuQ8Weight.BLOCK; j++) s += qf[qo + j] * x[xo + j];
+            for (int j = 0; j < CpuBlockWeight.BLOCK; j++) s += qf[qo + j] * x[xo + j];
             acc += d[dOff + b] * s;
         }
         return acc;

@@ -66,7 +66,7 @@ final class VectorKernels implements Kernels {
 
     @Override
     public float dotQ8(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
-        int l = F.length(), bs = CpuQ8Weight.BLOCK;
+        int l = F.length(), bs = CpuBlockWeight.BLOCK;
         if (bs % l != 0) return Kernels.super.dotQ8(q, qOff, d, dOff, x, xOff, blocks);
         FloatVector acc = FloatVector.zero(F);
         for (int b = 0; b < blocks; b++) {
@@ -80,7 +80,7 @@ final class VectorKernels implements Kernels {
 
     @Override
     public float dotQ8f(float[] qf, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
-        int l = F.length(), bs = CpuQ8Weight.BLOCK;
+        int l = F.length(), bs = CpuBlockWeight.BLOCK;
         if (bs % l != 0) return Kernels.super.dotQ8f(qf, qOff, d, dOff, x, xOff, blocks);
         FloatVector acc = FloatVector.zero(F);
         for (int b = 0; b < blocks; b++) {
@@ -94,7 +94,7 @@ final class VectorKernels implements Kernels {
 
     @Override
     public void dotQ8fx4(float[] qf, float[] d, int dOff, float[] x, int xOff, int blocks, float[] out, int outOff) {
-        int l = F.length(), bs = CpuQ8Weight.BLOCK, len = blocks * bs;
+        int l = F.length(), bs = CpuBlockWeight.BLOCK, len = blocks * bs;
         if (bs % l != 0) {
             Kernels.super.dotQ8fx4(qf, d, dOff, x, xOff, blocks, out, outOff);
             return;
@@ -123,7 +123,7 @@ final class VectorKernels implements Kernels {
 
     @Override
     public void dotQ8fx4x2(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int blocks, float[] out) {
-        int l = F.length(), bs = CpuQ8Weight.BLOCK, len = blocks * bs;
+        int l = F.length(), bs = CpuBlockWeight.BLOCK, len = blocks * bs;
         if (bs % l != 0) {
             Kernels.super.dotQ8fx4x2(qf, d, dOff, x, xOff0, xOff1, blocks, out);
             return;
@@ -166,6 +166,43 @@ final class VectorKernels implements Kernels {
         out[5] = c1.reduceLanes(VectorOperators.ADD);
         out[6] = c2.reduceLanes(VectorOperators.ADD);
         out[7] = c3.reduceLanes(VectorOperators.ADD);
+    }
+
+    @Override
+    public float dotQ4(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
+        int l = F.length(), bs = CpuBlockWeight.BLOCK, half = bs / 2;
+        if (half % l != 0) return Kernels.super.dotQ4(q, qOff, d, dOff, x, xOff, blocks);
+        // the 16-byte groups widened to int lanes, where the nibbles are split with single-uop shifts and masks
+        // (byte-lane shifts are emulated on x86), then converted; low nibbles are elements j, high nibbles
+        // elements 16 + j, added in dotQ8f's order (all low chunks, then all high chunks)
+        FloatVector eight = FloatVector.broadcast(F, 8f);
+        FloatVector acc = FloatVector.zero(F);
+        for (int b = 0; b < blocks; b++) {
+            int qo = qOff + b * half, xo = xOff + b * bs;
+            FloatVector s = FloatVector.zero(F);
+            if (l == half) { // 512-bit: one group per block, loaded once
+                IntVector v = (IntVector) ByteVector.fromArray(B, q, qo).convertShape(VectorOperators.B2I, I, 0);
+                FloatVector lo = ((FloatVector) v.and(0x0F).convert(VectorOperators.I2F, 0)).sub(eight);
+                s = lo.fma(FloatVector.fromArray(F, x, xo), s);
+                FloatVector hi = ((FloatVector) v.lanewise(VectorOperators.LSHR, 4).and(0x0F)
+                        .convert(VectorOperators.I2F, 0)).sub(eight);
+                s = hi.fma(FloatVector.fromArray(F, x, xo + half), s);
+            } else {
+                for (int j = 0; j < half; j += l) {
+                    IntVector v = (IntVector) ByteVector.fromArray(B, q, qo + j).convertShape(VectorOperators.B2I, I, 0);
+                    FloatVector lo = ((FloatVector) v.and(0x0F).convert(VectorOperators.I2F, 0)).sub(eight);
+                    s = lo.fma(FloatVector.fromArray(F, x, xo + j), s);
+                }
+                for (int j = 0; j < half; j += l) {
+                    IntVector v = (IntVector) ByteVector.fromArray(B, q, qo + j).convertShape(VectorOperators.B2I, I, 0);
+                    FloatVector hi = ((FloatVector) v.lanewise(VectorOperators.LSHR, 4).and(0x0F)
+                            .convert(VectorOperators.I2F, 0)).sub(eight);
+                    s = hi.fma(FloatVector.fromArray(F, x, xo + half + j), s);
+                }
+            }
+            acc = s.fma(FloatVector.broadcast(F, d[dOff + b]), acc);
+        }
+        return acc.reduceLanes(VectorOperators.ADD);
     }
 
     /** F.length() signed bytes from q[off] as floats. */

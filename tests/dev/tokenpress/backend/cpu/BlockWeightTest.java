@@ -17,12 +17,12 @@ import static dev.tokenpress.testutil.TestTensors.randn;
 import static org.junit.jupiter.api.Assertions.*;
 
 /**
- * Q8_0 weights ({@code --weight-type q8_0}): the quantizer's error bound, the kernels against a double-precision
+ * Q8_0 and Q4_0 weights ({@code --weight-type q8_0|q4_0}): the quantizers' error bounds, the kernels against a double-precision
  * reference over the dequantized weights, every matmul path (one row, up to four, chunks of two and one x rows over
  * four code rows, leftover rows) bit-identical to the others, and a model whose logits stay close to bf16's with
  * prefill and decode steps giving the same bits.
  */
-class Q8WeightTest {
+class BlockWeightTest {
     static final Path MODEL = Path.of("models", "tokenpress-tiny");
 
     @Test
@@ -51,6 +51,49 @@ class Q8WeightTest {
         assertEquals(rows * cols + 4L * rows * (cols / 32), w.bytes());
         assertFalse(CpuQ8Weight.fits(4, 48), "48 columns are not whole blocks");
         assertThrows(IllegalArgumentException.class, () -> CpuQ8Weight.quantize(new float[48], 1, 48));
+    }
+
+    @Test
+    void q4QuantizationFollowsLlamaCpp() {
+        SplittableRandom r = new SplittableRandom(4);
+        int rows = 3, cols = 64;
+        float[] m = randn(r, rows * cols, 0.3);
+        for (int j = 32; j < 64; j++) m[j] = 0f; // an all-zero block
+        m[5] = 2f;                                 // the largest magnitude of its block: code 0 exactly
+        CpuQ4Weight w = CpuQ4Weight.quantize(m, rows, cols);
+        float[] back = new float[cols];
+        for (int i = 0; i < rows; i++) {
+            w.rowFloats(i, back, 0);
+            for (int e = 0; e < cols; e++) {
+                float d = Math.abs(w.d[i * w.blocks + e / 32]);
+                float err = Math.abs(back[e] - m[i * cols + e]);
+                assertTrue(err <= d * (1 + 1e-6f) + 1e-30f, "row " + i + " elem " + e + ": " + err + " > " + d);
+            }
+        }
+        assertEquals(-0.25f, w.d[0], 0f, "d = max / -8");
+        w.rowFloats(0, back, 0);
+        assertEquals(2f, back[5], 0f, "the block's largest value is exact");
+        assertEquals(0f, Math.abs(w.d[1]), "an all-zero block has scale 0");
+        assertEquals(rows * cols / 2 + 4L * rows * (cols / 32), w.bytes());
+    }
+
+    @Test
+    void q4KernelsMatchTheWidenedCodes() {
+        SplittableRandom r = new SplittableRandom(5);
+        int rows = 6, cols = 160, blocks = cols / 32;
+        CpuQ4Weight w = CpuQ4Weight.quantize(randn(r, rows * cols, 1.0), rows, cols);
+        float[] x = randn(r, cols, 1.0), codes = new float[cols], deq = new float[cols];
+        for (Kernels k : new Kernels[] {Kernels.best(), new ScalarKernels()}) {
+            for (int i = 0; i < rows; i++) {
+                w.widenRows(i, 1, codes, 0);
+                float got = w.dotRow(k, i, x, 0);
+                assertEquals(k.dotQ8f(codes, 0, w.d, i * blocks, x, 0, blocks), got, 0f, k.describe() + " row " + i);
+                w.rowFloats(i, deq, 0);
+                double ref = 0;
+                for (int j = 0; j < cols; j++) ref += (double) deq[j] * x[j];
+                assertEquals(ref, got, 1e-4 * (1 + Math.abs(ref)), k.describe() + " row " + i);
+            }
+        }
     }
 
     @Test
@@ -89,7 +132,13 @@ class Q8WeightTest {
     void matmulRowCountsGiveTheSameBits() {
         SplittableRandom r = new SplittableRandom(3);
         int out = 70, in = 96; // 17 groups of four rows and two left over
-        CpuQ8Weight w = CpuQ8Weight.quantize(randn(r, out * in, 0.5), out, in);
+        float[] m = randn(r, out * in, 0.5);
+        matmulRowCounts(CpuQ8Weight.quantize(m, out, in), r);
+        matmulRowCounts(CpuQ4Weight.quantize(m, out, in), r);
+    }
+
+    private static void matmulRowCounts(CpuBlockWeight w, SplittableRandom r) {
+        int out = w.rows, in = w.cols;
         float[] bias = randn(r, out, 0.1);
         try (CpuBackend b = new CpuBackend(2)) {
             float[] xs = randn(r, 9 * in, 1.0);
@@ -115,40 +164,45 @@ class Q8WeightTest {
         Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
         LoadOptions cpu = LoadOptions.defaults().withDevice("cpu").withThreads(2);
         String text = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n";
-        double nllRef, nllQ8;
+        double nllRef;
         float[] refLast;
         try (TokenPress tp = TokenPress.load(MODEL, cpu); Session s = tp.newSession(256)) {
             assertEquals(0, tp.model().weights().allocatedBytes() - normsAndBiases(tp), "bf16 matrices are read in place");
             nllRef = meanNll(s.logProbs(tp.tokenizer().encode(text)));
             refLast = tp.model().logits();
         }
-        try (TokenPress tp = TokenPress.load(MODEL, cpu.withWeights(WeightType.Q8_0)); Session s = tp.newSession(256)) {
-            long params = 0;
-            for (var l : tp.model().weights().layers())
-                params += (long) l.wq().rows() * l.wq().cols() * 2 + 2L * l.wk().rows() * l.wk().cols() + 3L * l.wGate().rows() * l.wGate().cols();
-            params += (long) tp.config().vocabSize() * tp.config().hiddenSize(); // tied embedding / LM head, once
-            long q8 = tp.model().weights().allocatedBytes() - normsAndBiases(tp);
-            assertEquals(params + params / 32 * 4, q8, "one byte per weight plus an f32 scale per 32");
-            int[] tokens = tp.tokenizer().encode(text);
-            nllQ8 = meanNll(s.logProbs(tokens));
-            float[] q8Last = tp.model().logits();
-            double num = 0, den = 0;
-            for (int i = 0; i < q8Last.length; i++) {
-                num += (q8Last[i] - refLast[i]) * (double) (q8Last[i] - refLast[i]);
-                den += refLast[i] * (double) refLast[i];
-            }
-            System.out.printf("[q8_0] mean NLL %.5f vs %.5f (bf16); last-position logits nmse %.3g%n", nllQ8, nllRef, num / den);
-            assertTrue(num / den < 1e-3, "q8_0 logits nmse " + num / den);
-            assertTrue(Math.abs(nllQ8 - nllRef) < 0.02 * nllRef, "q8_0 NLL " + nllQ8 + " vs " + nllRef);
+        // type, bytes per 32 weights (codes + an f32 scale), largest logits nmse, largest relative NLL change
+        Object[][] cases = {{WeightType.Q8_0, 36L, 1e-3, 0.02}, {WeightType.Q4_0, 20L, 3e-2, 0.10}};
+        for (Object[] c : cases) {
+            WeightType type = (WeightType) c[0];
+            try (TokenPress tp = TokenPress.load(MODEL, cpu.withWeights(type)); Session s = tp.newSession(256)) {
+                long params = 0;
+                for (var l : tp.model().weights().layers())
+                    params += (long) l.wq().rows() * l.wq().cols() * 2 + 2L * l.wk().rows() * l.wk().cols() + 3L * l.wGate().rows() * l.wGate().cols();
+                params += (long) tp.config().vocabSize() * tp.config().hiddenSize(); // tied embedding / LM head, once
+                long held = tp.model().weights().allocatedBytes() - normsAndBiases(tp);
+                assertEquals(params / 32 * (long) c[1], held, type + ": codes plus an f32 scale per 32 weights");
+                int[] tokens = tp.tokenizer().encode(text);
+                double nll = meanNll(s.logProbs(tokens));
+                float[] last = tp.model().logits();
+                double num = 0, den = 0;
+                for (int i = 0; i < last.length; i++) {
+                    num += (last[i] - refLast[i]) * (double) (last[i] - refLast[i]);
+                    den += refLast[i] * (double) refLast[i];
+                }
+                System.out.printf("[%s] mean NLL %.5f vs %.5f (bf16); last-position logits nmse %.3g%n", type, nll, nllRef, num / den);
+                assertTrue(num / den < (double) c[2], type + " logits nmse " + num / den);
+                assertTrue(Math.abs(nll - nllRef) < (double) c[3] * nllRef, type + " NLL " + nll + " vs " + nllRef);
 
-            Llama m = tp.model();
-            KvCache a = m.newCache(64), b = m.newCache(64);
-            float[] all = m.prefill(a, tokens, 0, true, null);
-            int v = tp.config().vocabSize();
-            for (int i = 0; i < tokens.length; i++) {
-                m.decodeStep(b, tokens[i], i);
-                float[] step = m.logits();
-                for (int j = 0; j < v; j++) assertEquals(all[i * v + j], step[j], 0f, "position " + i + " token " + j);
+                Llama m = tp.model();
+                KvCache a = m.newCache(64), b = m.newCache(64);
+                float[] all = m.prefill(a, tokens, 0, true, null);
+                int v = tp.config().vocabSize();
+                for (int i = 0; i < tokens.length; i++) {
+                    m.decodeStep(b, tokens[i], i);
+                    float[] step = m.logits();
+                    for (int j = 0; j < v; j++) assertEquals(all[i * v + j], step[j], 0f, type + " position " + i + " token " + j);
+                }
             }
         }
     }

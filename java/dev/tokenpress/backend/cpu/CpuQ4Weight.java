@@ -1,0 +1,74 @@
+package dev.tokenpress.backend.cpu;
+
+/**
+ * llama.cpp's Q4_0: each block 16 bytes of 4-bit codes and one scale; weight j of a block is {@code (c_j − 8) · d}
+ * with c_j in the low nibble of byte j for j < 16 and in the high nibble of byte j − 16 for j >= 16; {@code d =
+ * m / −8} where m is the block's value of largest magnitude (so m itself is code 0 exactly), codes
+ * {@code min(15, (int) (w / d + 8.5))} (llama.cpp's rounding; scale f32 here, f16 in Q4_0 files). About 0.63 bytes
+ * per weight.
+ */
+final class CpuQ4Weight extends CpuBlockWeight {
+    final byte[] q; // [rows * cols / 2]
+
+    private CpuQ4Weight(int rows, int cols) {
+        super(rows, cols);
+        this.q = new byte[Math.toIntExact((long) rows * cols / 2)];
+    }
+
+    static CpuQ4Weight quantize(CpuWeight src, Parallel par) {
+        return fill(new CpuQ4Weight(src.rows, src.cols), src, par);
+    }
+
+    /** Quantizes an f32 matrix [rows, cols] (tests). */
+    static CpuQ4Weight quantize(float[] m, int rows, int cols) {
+        if (!fits(rows, cols)) throw new IllegalArgumentException("Q4_0 needs cols % 32 == 0, got " + cols);
+        CpuQ4Weight w = new CpuQ4Weight(rows, cols);
+        for (int r = 0; r < rows; r++) w.setRow(r, m, r * cols);
+        return w;
+    }
+
+    @Override
+    void setRow(int r, float[] src, int off) {
+        for (int b = 0; b < blocks; b++) {
+            int base = off + b * BLOCK;
+            float amax = 0, max = 0;
+            for (int j = 0; j < BLOCK; j++) {
+                float v = src[base + j];
+                if (Math.abs(v) > amax) {
+                    amax = Math.abs(v);
+                    max = v;
+                }
+            }
+            float scale = max / -8f, inv = scale != 0 ? 1f / scale : 0f;
+            d[r * blocks + b] = scale;
+            int qo = (r * cols + b * BLOCK) / 2;
+            for (int j = 0; j < BLOCK / 2; j++) {
+                int lo = Math.min(15, (int) (src[base + j] * inv + 8.5f));
+                int hi = Math.min(15, (int) (src[base + j + BLOCK / 2] * inv + 8.5f));
+                q[qo + j] = (byte) (lo | (hi << 4));
+            }
+        }
+    }
+
+    @Override
+    void widenRows(int row, int count, float[] dst, int off) {
+        int half = BLOCK / 2;
+        for (int b = 0, nb = count * blocks, qo = row * cols / 2; b < nb; b++) {
+            int o = off + b * BLOCK, qb = qo + b * half;
+            for (int j = 0; j < half; j++) {
+                int v = q[qb + j] & 0xFF;
+                dst[o + j] = (v & 0x0F) - 8;
+                dst[o + j + half] = (v >>> 4) - 8;
+            }
+        }
+    }
+
+    @Override
+    float dotRow(Kernels k, int row, float[] x, int xOff) {
+        return k.dotQ4(q, row * cols / 2, d, row * blocks, x, xOff, blocks);
+    }
+
+    /** Heap bytes of the codes and scales. */
+    @Override
+    public long bytes() { return q.length + 4L * d.length; }
+}
