@@ -8,7 +8,11 @@ import dev.tokenpress.model.Drafter;
 import dev.tokenpress.model.Llama;
 import dev.tokenpress.model.LookupDrafter;
 import dev.tokenpress.model.ModelDrafter;
+import dev.tokenpress.sample.Grammar;
+import dev.tokenpress.sample.GrammarConstraint;
 import dev.tokenpress.sample.JsonConstraint;
+import dev.tokenpress.sample.JsonSchemaGrammar;
+import dev.tokenpress.sample.TokenConstraint;
 import dev.tokenpress.sample.SamplerChain;
 import dev.tokenpress.sample.SamplingOptions;
 import dev.tokenpress.sample.StepTrace;
@@ -38,6 +42,8 @@ public final class Session implements AutoCloseable {
     private ModelDrafter drafter;     // speculative decoding with a draft model (null = off)
     private int draftMax;             // its most drafted tokens per step
     private OutputFormat format = OutputFormat.TEXT;
+    private Grammar grammar;          // constrained output (GBNF or a JSON schema); null = none
+    private String grammarName;
     private boolean allFull = true;  // every token since the last reset was processed under the full policy
 
     Session(TokenPress tp, int contextSize) {
@@ -265,6 +271,30 @@ public final class Session implements AutoCloseable {
         format = f == null ? OutputFormat.TEXT : f;
     }
 
+    /**
+     * Constrains what {@link #generate} produces from now on to the sentences of a grammar in llama.cpp's GBNF
+     * notation ({@link Grammar}; null = none): every step keeps the text a prefix of a sentence, the end tokens come
+     * only once it is one, and once no rule can go on, generation ends. Takes precedence over {@link
+     * #setOutputFormat}.
+     *
+     * @throws IllegalArgumentException for a malformed grammar (one line: what and where)
+     */
+    public void setGrammar(String gbnf) {
+        grammar = gbnf == null ? null : Grammar.parse(gbnf);
+        grammarName = "grammar";
+    }
+
+    /**
+     * Constrains what {@link #generate} produces to JSON that the schema accepts (structured output, {@link
+     * JsonSchemaGrammar}; null = none); as {@link #setGrammar}.
+     *
+     * @throws IllegalArgumentException for invalid JSON or a schema feature that is not supported
+     */
+    public void setJsonSchema(String schema) {
+        grammar = schema == null ? null : JsonSchemaGrammar.compile(schema);
+        grammarName = "json-schema";
+    }
+
     /** Forgets all tokens. */
     public void reset() {
         cache.clear();
@@ -325,13 +355,14 @@ public final class Session implements AutoCloseable {
         if (model.policy() == KvPolicy.FULL && position + promptTokens.length > cache.capacity())
             throw new IllegalArgumentException("the prompt has " + promptTokens.length + " tokens but the context holds "
                     + (cache.capacity() - position) + ": raise the context size (-c)");
-        JsonConstraint json = null;
-        if (format != OutputFormat.TEXT) {
+        TokenConstraint json = null;
+        if (format != OutputFormat.TEXT || grammar != null) {
             Set<Integer> ends = new HashSet<>(eos);
             ends.addAll(extraStops);
             if (ends.isEmpty())
-                throw new IllegalStateException("JSON output needs an end token, and this model declares no EOS");
-            json = new JsonConstraint(tp.tokenizer().tokenTexts(), ends, format == OutputFormat.JSON_OBJECT);
+                throw new IllegalStateException("constrained output needs an end token, and this model declares no EOS");
+            json = grammar != null ? new GrammarConstraint(grammar, tp.tokenizer().tokenTexts(), ends, grammarName)
+                    : new JsonConstraint(tp.tokenizer().tokenTexts(), ends, format == OutputFormat.JSON_OBJECT);
         }
         SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), json);
         boolean plainGreedy = trace == null && options.temp() <= 0 && options.repeatPenalty() == 1f
@@ -481,7 +512,7 @@ public final class Session implements AutoCloseable {
     }
 
     /** The token choice of sampled (or constrained) decoding from one position's logits, as the one-at-a-time loop makes it. */
-    private static Llama.TokenChooser chooser(SamplerChain chain, JsonConstraint json, boolean plainGreedy,
+    private static Llama.TokenChooser chooser(SamplerChain chain, TokenConstraint json, boolean plainGreedy,
                                               Consumer<StepTrace> trace) {
         return logits -> {
             int next;

@@ -49,6 +49,9 @@ public final class ChatCommand implements Callable<Integer> {
     @Mixin
     DraftOptionsMixin draftOptions;
 
+    @Mixin
+    GrammarOptionsMixin grammarOptions;
+
     @Option(names = {"-p", "--prompt"}, paramLabel = "TEXT",
             description = "A user message (repeat for several turns); without -p and -f messages are read from stdin.")
     List<String> prompts;
@@ -97,6 +100,7 @@ public final class ChatCommand implements Callable<Integer> {
             session.setPolicy(kvOptions.policy(tp.config()));
             draftOptions.apply(session, tp, draft, err);
             session.setOutputFormat(outputFormat);
+            grammarOptions.apply(session, outputFormat);
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; chat format %s%n", dir,
                     tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), template);
             if (tp.model().policy() != KvPolicy.FULL) err.println("kv policy: " + tp.model().policy().spec());

@@ -41,6 +41,9 @@ public final class GenerateCommand implements Callable<Integer> {
     @Mixin
     DraftOptionsMixin draftOptions;
 
+    @Mixin
+    GrammarOptionsMixin grammarOptions;
+
     static final class PromptSource {
         @Option(names = {"-p", "--prompt"}, paramLabel = "TEXT", description = "The prompt text.")
         String prompt;
@@ -123,6 +126,7 @@ public final class GenerateCommand implements Callable<Integer> {
             session.setLookup(lookup);
             draftOptions.apply(session, tp, draft, err);
             session.setOutputFormat(outputFormat);
+            grammarOptions.apply(session, outputFormat);
             boolean drafting = lookup > 0 || draftOptions.enabled();
             String drafter = lookup > 0 ? "lookup" : "draft";
             long[] lookup0 = tp.model().draftCounts();

@@ -11,7 +11,7 @@ import java.util.Set;
  * tokens it is told about after {@link #begin}: the prompt before it is not JSON. Whitespace outside strings comes
  * in runs of at most 20 characters and not before the value, so a model cannot spend its budget on blanks.
  */
-public final class JsonConstraint implements Sampler {
+public final class JsonConstraint implements TokenConstraint {
     private final String[] texts;
     private final Set<Integer> ends;
     private final boolean objectOnly;
@@ -43,6 +43,7 @@ public final class JsonConstraint implements Sampler {
     }
 
     /** From now on, accepted tokens are the JSON text (call after the prompt). */
+    @Override
     public void begin() {
         state = fresh();
         following = true;
@@ -54,6 +55,7 @@ public final class JsonConstraint implements Sampler {
     }
 
     /** Whether {@code id} may come next (what {@link #apply} keeps): end tokens once complete, else a valid continuation. */
+    @Override
     public boolean allows(int id) {
         if (ends.contains(id)) return state.complete();
         if (state.done() || id < 0 || id >= texts.length || texts[id] == null || texts[id].isEmpty()) return false;

@@ -55,7 +55,9 @@ import java.util.function.Consumer;
  * {@code --kv} policy spec for this request (default the server's), so policies can be compared on one server, and
  * {@code lookup}: prompt lookup decoding's draft length for this request (default the server's; while above 0 it
  * drafts instead of the server's draft model, if it has one), and {@code
- * response_format} {@code {"type": "json_object"}} (or tokenpress's {@code "json"} for any JSON value): sampling
+ * response_format} {@code {"type": "json_object"}} (or tokenpress's {@code "json"} for any JSON value), {@code
+ * {"type": "json_schema", "json_schema": {"schema": ...}}} (structured output; also llama-server's {@code json_schema}
+ * field and {@code json_object} with a {@code schema}), llama-server's {@code grammar} (GBNF): sampling
  * keeps the text valid JSON and ends it when the value is complete ({@link Session#setOutputFormat}). {@code n}: up
  * to 16 choices without streaming (each after the first reuses the prompt's cache and draws with seed + its index).
  * {@code echo} (without streaming) puts the prompt before the completion, and with {@code logprobs} also the prompt
@@ -324,7 +326,7 @@ public final class OpenAiServer implements AutoCloseable {
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
                            Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup,
-                           boolean echo, Session.OutputFormat format, int n) {}
+                           boolean echo, Session.OutputFormat format, int n, String grammar, String schema) {}
 
     /** One generated choice: the result, its text (cut at a stop string), its sampling steps, and how it began. */
     private record Choice(GenerationResult r, StopText text, List<StepTrace> steps, Session.Score[] promptScores,
@@ -348,6 +350,8 @@ public final class OpenAiServer implements AutoCloseable {
             tp.model().setPolicy(req.policy());
             session.setLookup(req.lookup());
             session.setOutputFormat(req.format());
+            session.setGrammar(req.grammar()); // null: none
+            if (req.schema() != null) session.setJsonSchema(req.schema());
             if (closed) throw new ApiException(503, "server_error", null, "the server is shutting down");
             if (stream != null) stream.begin();
             try {
@@ -605,19 +609,46 @@ public final class OpenAiServer implements AutoCloseable {
         boolean echo = b.path("echo").asBoolean(false);
         if (echo && b.path("stream").asBoolean(false)) throw ApiException.badRequest("'echo' works without streaming only");
         Session.OutputFormat format = Session.OutputFormat.TEXT;
+        String schema = null, grammar = null;
         JsonNode rf = b.get("response_format");
         if (rf != null && !rf.isNull()) {
             String type = rf.isTextual() ? rf.asText() : rf.path("type").asText("");
-            format = switch (type) {
-                case "text" -> Session.OutputFormat.TEXT;
-                case "json_object" -> Session.OutputFormat.JSON_OBJECT;
-                case "json" -> Session.OutputFormat.JSON;
+            switch (type) {
+                case "text" -> format = Session.OutputFormat.TEXT;
+                case "json_object" -> {
+                    if (rf.has("schema")) schema = rf.get("schema").toString(); // llama-server's form
+                    else format = Session.OutputFormat.JSON_OBJECT;
+                }
+                case "json" -> format = Session.OutputFormat.JSON;
+                case "json_schema" -> {
+                    JsonNode js = rf.path("json_schema");
+                    JsonNode sc = js.has("schema") ? js.get("schema") : rf.get("schema");
+                    if (sc == null || sc.isNull()) throw ApiException.badRequest("response_format json_schema needs json_schema.schema");
+                    schema = sc.toString();
+                }
                 default -> throw ApiException.badRequest("response_format type '" + type + "' is not supported: use text, "
-                        + "json_object (or json for any JSON value); json_schema is not supported");
-            };
+                        + "json_object, json_schema (or json for any JSON value)");
+            }
+        }
+        JsonNode js = b.get("json_schema"), gr = b.get("grammar");
+        if (js != null && !js.isNull()) {
+            if (schema != null) throw ApiException.badRequest("give the schema once: 'json_schema' or response_format");
+            schema = js.toString();
+        }
+        if (gr != null && !gr.isNull()) {
+            if (!gr.isTextual()) throw ApiException.badRequest("'grammar' must be a string (GBNF)");
+            if (schema != null || format != Session.OutputFormat.TEXT)
+                throw ApiException.badRequest("'grammar' excludes a schema or a JSON response_format");
+            grammar = gr.asText();
+        }
+        try { // refuse a bad grammar or schema now, with the reason
+            if (schema != null) dev.tokenpress.sample.JsonSchemaGrammar.compile(schema);
+            if (grammar != null) dev.tokenpress.sample.Grammar.parse(grammar);
+        } catch (IllegalArgumentException e) {
+            throw ApiException.badRequest(e.getMessage());
         }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
-                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format, choices);
+                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format, choices, grammar, schema);
     }
 
     private static double num(JsonNode b, String key, double dflt) {

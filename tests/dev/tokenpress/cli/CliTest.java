@@ -207,6 +207,27 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "-wt", "q4").code());
     }
 
+    /** --grammar / -j / -jf constrain the text; conflicts, missing files and bad grammars are usage errors. */
+    @Test
+    void grammarAndSchemaOptions() throws Exception {
+        Run g = run("generate", "-m", model.toString(), "-p", "", "-n", "10", "--device", "cpu", "--seed", "2",
+                "--grammar", "root ::= \"(\" [a-z]{1,3} \")\"", "--json");
+        assertEquals(ExitCodes.OK, g.code(), g.err());
+        assertTrue(new ObjectMapper().readTree(g.out()).get("text").asText().matches("\\([a-z]{1,3}\\)"), g.out());
+        Path schema = tmp.resolve("schema.json");
+        Files.writeString(schema, "{\"enum\": [\"yes\", \"no\"]}");
+        Run j = run("generate", "-m", model.toString(), "-p", "", "-n", "10", "--device", "cpu", "-jf", schema.toString(), "--json");
+        assertEquals(ExitCodes.OK, j.code(), j.err());
+        String text = new ObjectMapper().readTree(j.out()).get("text").asText().strip();
+        assertTrue(text.equals("\"yes\"") || text.equals("\"no\""), j.out());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "--grammar", "root ::= x").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "-j", "{\"type\": \"date\"}").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "-jf", tmp.resolve("none.json").toString()).code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "--grammar", "root ::= \"a\"",
+                "-j", "{}").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "-j", "{}", "--format", "json").code());
+    }
+
     private static String[] concat(String[] a, String... b) {
         String[] c = java.util.Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, c, a.length, b.length);

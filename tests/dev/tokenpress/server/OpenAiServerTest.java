@@ -427,6 +427,29 @@ class OpenAiServerTest {
                 "greedy choices agree");
     }
 
+    /** Structured output: OpenAI's json_schema response format, llama-server's json_schema and grammar fields. */
+    @Test
+    void structuredOutputFollowsTheSchemaOrGrammar() throws Exception {
+        String schema = "{\"type\": \"object\", \"properties\": {\"ok\": {\"type\": \"boolean\"}}, \"required\": [\"ok\"]}";
+        Reply r = post("/v1/completions", "{\"prompt\": \"x = \", \"max_tokens\": 100, \"temperature\": 0, "
+                + "\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"t\", \"schema\": " + schema + "}}}");
+        assertEquals(200, r.status(), r.body());
+        JsonNode j = JSON.readTree(r.json().at("/choices/0/text").asText());
+        assertTrue(j.get("ok").isBoolean(), r.body());
+        assertEquals("stop", r.json().at("/choices/0/finish_reason").asText());
+        Reply f = post("/v1/completions", "{\"prompt\": \"x = \", \"max_tokens\": 100, \"seed\": 3, \"json_schema\": " + schema + "}");
+        assertTrue(JSON.readTree(f.json().at("/choices/0/text").asText()).get("ok").isBoolean(), f.body());
+        Reply g = post("/v1/completions", "{\"prompt\": \"x = \", \"max_tokens\": 20, \"seed\": 3, \"grammar\": \"root ::= [0-9]{2} \\\"!\\\"\"}");
+        assertEquals(200, g.status(), g.body());
+        assertTrue(g.json().at("/choices/0/text").asText().matches("[0-9]{2}!"), g.body());
+        Reply bad = post("/v1/completions", "{\"prompt\": \"x\", \"grammar\": \"root ::= nope\"}");
+        assertEquals(400, bad.status());
+        assertTrue(bad.json().at("/error/message").asText().contains("'nope'"), bad.body());
+        Reply badSchema = post("/v1/completions", "{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_schema\", "
+                + "\"json_schema\": {\"schema\": {\"type\": \"string\", \"pattern\": \"a\"}}}}");
+        assertEquals(400, badSchema.status(), badSchema.body());
+    }
+
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
     @Test
     void speculativeServerKeepsTheText() throws Exception {

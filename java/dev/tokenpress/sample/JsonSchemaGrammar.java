@@ -1,0 +1,303 @@
+package dev.tokenpress.sample;
+
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.Iterator;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * Turns a JSON Schema into a {@link Grammar} (GBNF) whose sentences are the JSON texts the schema accepts, for
+ * structured output ({@code generate --json-schema}, OpenAI's {@code response_format: json_schema}), in the style of
+ * llama.cpp's {@code json_schema_to_grammar}. Supported: {@code type} (object, array, string, number, integer,
+ * boolean, null, or a list of them), {@code properties} / {@code required} (properties come in the schema's order,
+ * the required ones first; no other keys unless the object has no {@code properties}, when {@code
+ * additionalProperties} gives the values' schema), {@code items}, {@code minItems} / {@code maxItems}, {@code
+ * minLength} / {@code maxLength}, {@code enum}, {@code const}, {@code anyOf} / {@code oneOf}, {@code $ref} into
+ * {@code $defs} / {@code definitions} (recursion allowed), and {@code {}} / {@code true} for any value. Keywords that
+ * would change what is accepted but are not supported ({@code pattern}, {@code allOf}, {@code not}, {@code
+ * prefixItems}, {@code additionalProperties} beside {@code properties}, ...) are refused with an error, never ignored;
+ * annotations ({@code title}, {@code description}, {@code format}, {@code default}, {@code examples}) are ignored.
+ * Whitespace between tokens follows llama.cpp's JSON grammar: one space, or a newline and up to 20 blanks.
+ */
+public final class JsonSchemaGrammar {
+    private static final ObjectMapper JSON = new ObjectMapper();
+    private static final Set<String> IGNORED = Set.of("title", "description", "format", "default", "examples",
+            "$schema", "$id", "$comment", "$defs", "definitions", "strict", "name", "readOnly", "writeOnly", "deprecated");
+
+    private static final Map<String, String> PRIMITIVES = new LinkedHashMap<>();
+
+    static {
+        PRIMITIVES.put("ws", "| \" \" | \"\\n\" [ \\t]{0,20}");
+        PRIMITIVES.put("char", "[^\"\\\\\\x7F\\x00-\\x1F] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})");
+        PRIMITIVES.put("string", "\"\\\"\" char* \"\\\"\" ws");
+        PRIMITIVES.put("integer", "\"-\"? ([0-9] | [1-9] [0-9]{0,15}) ws");
+        PRIMITIVES.put("number", "\"-\"? ([0-9] | [1-9] [0-9]{0,15}) (\".\" [0-9]{1,16})? ([eE] [-+]? [0-9]{1,15})? ws");
+        PRIMITIVES.put("boolean", "(\"true\" | \"false\") ws");
+        PRIMITIVES.put("null", "\"null\" ws");
+        PRIMITIVES.put("value", "object | array | string | number | boolean | null");
+        PRIMITIVES.put("object", "\"{\" ws ( string \":\" ws value ( \",\" ws string \":\" ws value )* )? \"}\" ws");
+        PRIMITIVES.put("array", "\"[\" ws ( value ( \",\" ws value )* )? \"]\" ws");
+    }
+
+    private final JsonNode root;
+    private final Map<String, String> rules = new LinkedHashMap<>();
+    private final Set<String> primitivesUsed = new HashSet<>();
+    private int counter;
+
+    private JsonSchemaGrammar(JsonNode root) {
+        this.root = root;
+    }
+
+    /** Compiles a schema given as JSON text. */
+    public static Grammar compile(String schemaJson) {
+        return Grammar.parse(toGbnf(schemaJson));
+    }
+
+    /** The GBNF text for a schema given as JSON text; IllegalArgumentException for bad JSON or unsupported parts. */
+    public static String toGbnf(String schemaJson) {
+        JsonNode n;
+        try {
+            n = JSON.readTree(schemaJson);
+        } catch (JsonProcessingException e) {
+            throw new IllegalArgumentException("JSON schema: not valid JSON (" + e.getOriginalMessage() + ")");
+        }
+        if (n == null) throw new IllegalArgumentException("JSON schema: empty");
+        return toGbnf(n);
+    }
+
+    /** The GBNF text for a schema. */
+    public static String toGbnf(JsonNode schema) {
+        JsonSchemaGrammar g = new JsonSchemaGrammar(schema);
+        String top = g.visit(schema, "root-value", "#");
+        StringBuilder sb = new StringBuilder("root ::= ").append(top).append('\n');
+        for (var e : g.rules.entrySet()) sb.append(e.getKey()).append(" ::= ").append(e.getValue()).append('\n');
+        // primitives, with everything they use
+        Set<String> need = new HashSet<>(g.primitivesUsed);
+        boolean grew = true;
+        while (grew) {
+            grew = false;
+            for (String p : PRIMITIVES.keySet())
+                if (need.contains(p))
+                    for (String q : PRIMITIVES.keySet())
+                        if (!need.contains(q) && PRIMITIVES.get(p).matches(".*(^|[ (|])" + q + "([ )*+?{]|$).*")) {
+                            need.add(q);
+                            grew = true;
+                        }
+        }
+        need.add("ws");
+        for (var e : PRIMITIVES.entrySet())
+            if (need.contains(e.getKey())) sb.append(e.getKey()).append(" ::= ").append(e.getValue()).append('\n');
+        return sb.toString();
+    }
+
+    private String prim(String name) {
+        primitivesUsed.add(name);
+        return name;
+    }
+
+    private String newRule(String hint, String body) {
+        String name = sanitize(hint) + "-" + (counter++);
+        rules.put(name, body);
+        return name;
+    }
+
+    private static String sanitize(String s) {
+        String t = s.replaceAll("[^A-Za-z0-9-]", "-");
+        return t.isEmpty() ? "r" : t.length() > 40 ? t.substring(0, 40) : t;
+    }
+
+    /** A GBNF expression (a rule name) for the values the schema accepts. */
+    private String visit(JsonNode s, String hint, String path) {
+        if (s.isBoolean()) {
+            if (!s.asBoolean()) throw unsupported(path, "the schema false (nothing is allowed)");
+            return prim("value");
+        }
+        if (!s.isObject()) throw new IllegalArgumentException("JSON schema: " + path + " is not a schema object");
+        for (Iterator<String> it = s.fieldNames(); it.hasNext(); ) {
+            String k = it.next();
+            if (IGNORED.contains(k)) continue;
+            if (!Set.of("type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+                    "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "$ref").contains(k))
+                throw unsupported(path, "the keyword '" + k + "'");
+        }
+        if (s.has("$ref")) return ref(s.get("$ref").asText(), path);
+        if (s.has("const")) return literalValue(s.get("const"));
+        if (s.has("enum")) {
+            JsonNode e = s.get("enum");
+            if (!e.isArray() || e.isEmpty()) throw unsupported(path, "an empty or non-list enum");
+            List<String> alts = new ArrayList<>();
+            for (JsonNode v : e) alts.add(literalValue(v));
+            return newRule(hint, String.join(" | ", alts));
+        }
+        for (String k : new String[] {"anyOf", "oneOf"})
+            if (s.has(k)) {
+                List<String> alts = new ArrayList<>();
+                int i = 0;
+                for (JsonNode sub : s.get(k)) alts.add(visit(sub, hint + "-" + i, path + "/" + k + "/" + i++));
+                if (alts.isEmpty()) throw unsupported(path, "an empty " + k);
+                return newRule(hint, String.join(" | ", alts));
+            }
+        JsonNode type = s.get("type");
+        if (type == null) {
+            if (s.has("properties")) return object(s, hint, path);
+            if (s.has("items")) return array(s, hint, path);
+            return prim("value");
+        }
+        if (type.isArray()) {
+            List<String> alts = new ArrayList<>();
+            for (JsonNode t : type) alts.add(typed(t.asText(), s, hint + "-" + t.asText(), path));
+            if (alts.isEmpty()) throw unsupported(path, "an empty type list");
+            return newRule(hint, String.join(" | ", alts));
+        }
+        return typed(type.asText(), s, hint, path);
+    }
+
+    private String typed(String type, JsonNode s, String hint, String path) {
+        return switch (type) {
+            case "object" -> object(s, hint, path);
+            case "array" -> array(s, hint, path);
+            case "string" -> string(s, hint, path);
+            case "number" -> prim("number");
+            case "integer" -> prim("integer");
+            case "boolean" -> prim("boolean");
+            case "null" -> prim("null");
+            default -> throw unsupported(path, "the type '" + type + "'");
+        };
+    }
+
+    private String string(JsonNode s, String hint, String path) {
+        int min = nonNegative(s, "minLength", 0, path), max = nonNegative(s, "maxLength", -1, path);
+        if (min == 0 && max < 0) return prim("string");
+        if (max >= 0 && max < min) throw unsupported(path, "maxLength below minLength");
+        prim("char");
+        prim("ws");
+        String rep = max < 0 ? "{" + min + ",}" : "{" + min + "," + max + "}";
+        return newRule(hint, "\"\\\"\" char" + rep + " \"\\\"\" ws");
+    }
+
+    private String array(JsonNode s, String hint, String path) {
+        String item = s.has("items") ? visit(s.get("items"), hint + "-item", path + "/items") : prim("value");
+        int min = nonNegative(s, "minItems", 0, path), max = nonNegative(s, "maxItems", -1, path);
+        if (max >= 0 && max < min) throw unsupported(path, "maxItems below minItems");
+        prim("ws");
+        String body;
+        if (max == 0) body = "\"[\" ws \"]\" ws";
+        else {
+            String more = max < 0 ? "{" + Math.max(0, min - 1) + ",}" : "{" + Math.max(0, min - 1) + "," + (max - 1) + "}";
+            String list = item + " ( \",\" ws " + item + " )" + more;
+            body = min == 0 ? "\"[\" ws ( " + list + " )? \"]\" ws" : "\"[\" ws " + list + " \"]\" ws";
+        }
+        return newRule(hint, body);
+    }
+
+    private String object(JsonNode s, String hint, String path) {
+        JsonNode props = s.get("properties"), additional = s.get("additionalProperties");
+        prim("ws");
+        if (props == null || props.isEmpty()) {
+            if (additional == null || additional.isBoolean() && additional.asBoolean()) {
+                if (props != null && additional == null) return newRule(hint, "\"{\" ws \"}\" ws");
+                return prim("object");
+            }
+            if (additional.isBoolean()) return newRule(hint, "\"{\" ws \"}\" ws");
+            String v = visit(additional, hint + "-value", path + "/additionalProperties");
+            prim("string");
+            return newRule(hint, "\"{\" ws ( string \":\" ws " + v + " ( \",\" ws string \":\" ws " + v + " )* )? \"}\" ws");
+        }
+        if (additional != null && !(additional.isBoolean() && !additional.asBoolean()))
+            throw unsupported(path, "additionalProperties beside properties (give additionalProperties: false)");
+        Set<String> required = new HashSet<>();
+        if (s.has("required")) for (JsonNode r : s.get("required")) required.add(r.asText());
+        for (String r : required)
+            if (!props.has(r)) throw unsupported(path, "the required property '" + r + "' without a schema in properties");
+        List<String> req = new ArrayList<>(), opt = new ArrayList<>();
+        for (Iterator<Map.Entry<String, JsonNode>> it = props.fields(); it.hasNext(); ) {
+            var e = it.next();
+            String kv = newRule(hint + "-" + e.getKey() + "-kv", literalString(e.getKey()) + " ws \":\" ws "
+                    + visit(e.getValue(), hint + "-" + e.getKey(), path + "/properties/" + e.getKey()));
+            (required.contains(e.getKey()) ? req : opt).add(kv);
+        }
+        String tail = null; // a non-empty, comma-separated, in-order subsequence of the optional properties
+        for (int i = opt.size() - 1; i >= 0; i--)
+            tail = tail == null ? newRule(hint + "-opt", opt.get(i))
+                    : newRule(hint + "-opt", opt.get(i) + " ( \",\" ws " + tail + " )? | " + tail);
+        StringBuilder b = new StringBuilder("\"{\" ws ");
+        for (int i = 0; i < req.size(); i++) b.append(i == 0 ? "" : "\",\" ws ").append(req.get(i)).append(' ');
+        if (tail != null) b.append(req.isEmpty() ? "( " + tail + " )? " : "( \",\" ws " + tail + " )? ");
+        b.append("\"}\" ws");
+        return newRule(hint, b.toString());
+    }
+
+    private final Map<String, String> refs = new LinkedHashMap<>();
+
+    private String ref(String ref, String path) {
+        String name = refs.get(ref);
+        if (name != null) return name;
+        JsonNode target;
+        if (ref.equals("#")) target = root;
+        else if (ref.startsWith("#/")) target = root.at(ref.substring(1));
+        else throw unsupported(path, "the $ref '" + ref + "' (only references into this schema, '#/...')");
+        if (target == null || target.isMissingNode()) throw new IllegalArgumentException("JSON schema: " + path + ": $ref '" + ref + "' points nowhere");
+        name = sanitize("ref-" + ref.substring(ref.lastIndexOf('/') + 1)) + "-" + (counter++);
+        refs.put(ref, name);
+        rules.put(name, ""); // placeholder: recursion refers to the name
+        String body = visit(target, name + "-body", ref);
+        rules.put(name, body);
+        return name;
+    }
+
+    private static int nonNegative(JsonNode s, String key, int dflt, String path) {
+        if (!s.has(key)) return dflt;
+        JsonNode v = s.get(key);
+        if (!v.canConvertToInt() || v.asInt() < 0) throw unsupported(path, key + " " + v);
+        return v.asInt();
+    }
+
+    /** A JSON value's compact text as a GBNF literal, then whitespace. */
+    private String literalValue(JsonNode v) {
+        prim("ws");
+        try {
+            return gbnfLiteral(JSON.writeValueAsString(v)) + " ws";
+        } catch (JsonProcessingException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    /** A JSON string (quoted, escaped) as a GBNF literal. */
+    private static String literalString(String s) {
+        try {
+            return gbnfLiteral(JSON.writeValueAsString(s));
+        } catch (JsonProcessingException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    /** Text as a GBNF string literal. */
+    static String gbnfLiteral(String text) {
+        StringBuilder b = new StringBuilder("\"");
+        text.codePoints().forEach(cp -> {
+            switch (cp) {
+                case '"' -> b.append("\\\"");
+                case '\\' -> b.append("\\\\");
+                case '\n' -> b.append("\\n");
+                case '\r' -> b.append("\\r");
+                case '\t' -> b.append("\\t");
+                default -> {
+                    if (cp < 0x20 || cp == 0x7F) b.append(String.format("\\x%02X", cp));
+                    else b.appendCodePoint(cp);
+                }
+            }
+        });
+        return b.append('"').toString();
+    }
+
+    private static IllegalArgumentException unsupported(String path, String what) {
+        return new IllegalArgumentException("JSON schema: " + path + ": " + what + " is not supported");
+    }
+}
