@@ -59,6 +59,13 @@ abstract class CpuBlockWeight implements Tensor {
         return w;
     }
 
+    /** Quantizes an f32 matrix [rows, cols] into {@code w} (null: the shape is not whole blocks). */
+    static <W extends CpuBlockWeight> W fill(W w, float[] m, int rows, int cols) {
+        if (w == null) throw new IllegalArgumentException("block quantization needs cols % " + BLOCK + " == 0, got " + cols);
+        for (int r = 0; r < rows; r++) w.setRow(r, m, r * cols);
+        return w;
+    }
+
     @Override
     public int rows() { return rows; }
 

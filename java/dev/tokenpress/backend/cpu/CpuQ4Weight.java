@@ -21,10 +21,7 @@ final class CpuQ4Weight extends CpuBlockWeight {
 
     /** Quantizes an f32 matrix [rows, cols] (tests). */
     static CpuQ4Weight quantize(float[] m, int rows, int cols) {
-        if (!fits(rows, cols)) throw new IllegalArgumentException("Q4_0 needs cols % 32 == 0, got " + cols);
-        CpuQ4Weight w = new CpuQ4Weight(rows, cols);
-        for (int r = 0; r < rows; r++) w.setRow(r, m, r * cols);
-        return w;
+        return fill(fits(rows, cols) ? new CpuQ4Weight(rows, cols) : null, m, rows, cols);
     }
 
     @Override

@@ -19,10 +19,7 @@ final class CpuQ8Weight extends CpuBlockWeight {
 
     /** Quantizes an f32 matrix [rows, cols] (tests). */
     static CpuQ8Weight quantize(float[] m, int rows, int cols) {
-        if (!fits(rows, cols)) throw new IllegalArgumentException("Q8_0 needs cols % 32 == 0, got " + cols);
-        CpuQ8Weight w = new CpuQ8Weight(rows, cols);
-        for (int r = 0; r < rows; r++) w.setRow(r, m, r * cols);
-        return w;
+        return fill(fits(rows, cols) ? new CpuQ8Weight(rows, cols) : null, m, rows, cols);
     }
 
     @Override
