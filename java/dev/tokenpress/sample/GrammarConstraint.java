@@ -105,8 +105,21 @@ public final class GrammarConstraint implements TokenConstraint {
         return !grammar.advance(state, texts[id]).dead();
     }
 
+    private int topK;
+
+    /**
+     * Tells the stage that the chain keeps only the {@code k} largest remaining candidates next (top-k; 0 = no
+     * such stage): {@link #apply} may then check candidates from the largest logit down until it has k allowed ones
+     * (and every candidate tied with the k-th), and drop the rest unchecked; the top-k stage keeps exactly what it
+     * would keep after a full mask.
+     */
+    public void limitTo(int k) {
+        topK = Math.max(0, k);
+    }
+
     @Override
     public void apply(TokenDataArray cur) {
+        if (topK > 0 && topK < cur.size && applyTopK(cur)) return;
         boolean[] ok = mask();
         for (int i = 0; i < cur.size; i++) {
             int id = cur.ids[i];
@@ -116,6 +129,31 @@ public final class GrammarConstraint implements TokenConstraint {
                 cur.sorted = false;
             }
         }
+    }
+
+    /** The best candidates checked one by one; false when they do not decide the top k (then mask everything). */
+    private boolean applyTopK(TokenDataArray cur) {
+        int m = Math.min(cur.size, 4 * topK + 64);
+        int[] idx = cur.topIndices(m);
+        boolean[] ok = new boolean[m];
+        int found = 0, i = 0;
+        float kth = Float.NaN;
+        for (; i < m; i++) {
+            if (found == topK && cur.logits[idx[i]] != kth) break; // every tie with the k-th is decided too
+            ok[i] = allows(cur.ids[idx[i]]);
+            if (ok[i] && ++found == topK) kth = cur.logits[idx[i]];
+        }
+        // undecided: few of the best are allowed, so few tokens are allowed at all here, and the sorted walk of
+        // mask() (which skips whole dead prefixes) is the cheaper way
+        if (i == m && m < cur.size) return false;
+        boolean[] keep = new boolean[cur.size]; // decided: the kept ones are allowed and among the checked
+        for (int j = 0; j < i; j++) if (ok[j]) keep[idx[j]] = true;
+        for (int j = 0; j < cur.size; j++)
+            if (!keep[j]) {
+                cur.logits[j] = Float.NEGATIVE_INFINITY;
+                cur.sorted = false;
+            }
+        return true;
     }
 
     /** Which token ids may come next (end tokens aside), for the current state. */

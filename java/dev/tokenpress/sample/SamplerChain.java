@@ -63,6 +63,7 @@ public final class SamplerChain {
         o.validate();
         long s = resolveSeed(o.seed());
         List<Sampler> list = new ArrayList<>();
+        if (o.mirostat() == 0 && constraint instanceof GrammarConstraint g) g.limitTo(o.topK());
         if (o.mirostat() == 0) {
             list.add(new PenaltiesSampler(vocabSize, o.repeatLastN(), o.repeatPenalty(), o.presencePenalty(),
                     o.frequencyPenalty()));

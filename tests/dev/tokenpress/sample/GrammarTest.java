@@ -141,6 +141,56 @@ class GrammarTest {
         }
     }
 
+    /** Checking candidates best-first up to top-k keeps exactly what a full mask followed by top-k keeps (ties too). */
+    @Test
+    void topKShortcutKeepsWhatTheFullMaskKeeps() {
+        SplittableRandom r = new SplittableRandom(11);
+        String alphabet = "{}[]\",:0123456789 -.eantrufls";
+        String[] texts = new String[2000];
+        for (int i = 0; i < alphabet.length(); i++) texts[1 + i] = String.valueOf(alphabet.charAt(i));
+        for (int i = 1 + alphabet.length(); i < texts.length; i++) {
+            StringBuilder sb = new StringBuilder();
+            for (int j = 0, len = 1 + r.nextInt(4); j < len; j++) sb.append(alphabet.charAt(r.nextInt(alphabet.length())));
+            texts[i] = sb.toString();
+        }
+        Grammar g = JsonSchemaGrammar.compile("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"array\",\"items\":{\"type\":\"number\"}},"
+                + "\"b\":{\"type\":\"string\"}},\"required\":[\"a\",\"b\"]}");
+        for (String p : new String[] {"", "{", "{\"a\": [", "{\"a\": [1, 2", "{\"a\": [], \"b\": \"xy"}) {
+            for (int k : new int[] {1, 5, 40}) {
+                for (int trial = 0; trial < 20; trial++) {
+                    float[] logits = new float[texts.length];
+                    for (int i = 0; i < logits.length; i++) logits[i] = (float) Math.round(r.nextGaussian() * 4) / 2f; // many ties
+                    TokenDataArray a = new TokenDataArray(texts.length), b = new TokenDataArray(texts.length);
+                    a.load(logits, 0, logits.length);
+                    b.load(logits, 0, logits.length);
+                    GrammarConstraint lazy = constraint(g, texts, p), full = constraint(g, texts, p);
+                    lazy.limitTo(k);
+                    lazy.apply(a);
+                    full.apply(b);
+                    new TopKSampler(k).apply(a);
+                    new TopKSampler(k).apply(b);
+                    assertEquals(b.size, a.size, p + " k " + k);
+                    for (int i = 0; i < a.size; i++) {
+                        assertEquals(b.ids[i], a.ids[i], p + " k " + k + " rank " + i);
+                        assertEquals(b.logits[i], a.logits[i], 0f);
+                    }
+                }
+            }
+        }
+    }
+
+    private static GrammarConstraint constraint(Grammar g, String[] texts, String fed) {
+        GrammarConstraint c = new GrammarConstraint(g, texts, Set.of(0), "json-schema");
+        c.begin();
+        for (char ch : fed.toCharArray())
+            for (int i = 1; i < texts.length; i++)
+                if (texts[i].equals(String.valueOf(ch))) {
+                    c.accept(i);
+                    break;
+                }
+        return c;
+    }
+
     static final String PERSON = """
             {"type": "object",
              "properties": {
