@@ -29,9 +29,11 @@ public final class TokenPress implements AutoCloseable {
     private final Llama model;
     private final long loadMillis;
     private final ProgressListener progress;
+    private final boolean ownsBackend;
 
     private TokenPress(Path dir, LlamaConfig config, SafeTensors tensors, HfTokenizer tokenizer, Llama model, long loadMillis,
-                       ProgressListener progress) {
+                       ProgressListener progress, boolean ownsBackend) {
+        this.ownsBackend = ownsBackend;
         this.progress = progress;
         this.dir = dir;
         this.config = config;
@@ -48,14 +50,28 @@ public final class TokenPress implements AutoCloseable {
      * @throws dev.tokenpress.backend.DeviceUnavailableException for device "cuda" without a usable GPU
      */
     public static TokenPress load(Path dir, LoadOptions options) {
+        return load(dir, options, null);
+    }
+
+    /**
+     * Loads a model onto the backend of another loaded model (e.g. a draft model for speculative decoding beside its
+     * target: one CPU thread team or one CUDA stream for both, used one after the other by one thread). The returned
+     * object does not own the backend: closing it leaves the backend open (its device weights are freed when the
+     * backend closes); options' device and threads are ignored.
+     */
+    public static TokenPress loadOn(Path dir, LoadOptions options, TokenPress host) {
+        return load(dir, options, host.backend());
+    }
+
+    private static TokenPress load(Path dir, LoadOptions options, Backend shared) {
         long t0 = System.nanoTime();
         LlamaConfig config = ConfigLoader.load(dir);
         HfTokenizer tok = HfTokenizer.load(dir);
         SafeTensors st = SafeTensors.open(dir);
-        Backend backend = null;
+        Backend backend = shared;
         try {
-            backend = Backends.create(options.device(), options.threads(), options.log());
-            if (!backend.name().equals("cpu") && "auto".equalsIgnoreCase(options.device())) {
+            if (shared == null) backend = Backends.create(options.device(), options.threads(), options.log());
+            if (shared == null && !backend.name().equals("cpu") && "auto".equalsIgnoreCase(options.device())) {
                 // under auto, a model the GPU kernels cannot run (e.g. head dim 32) or weights they cannot read
                 // (e.g. q8_0) fall back to the CPU
                 try {
@@ -78,9 +94,9 @@ public final class TokenPress implements AutoCloseable {
                         w.allocatedBytes() / 1048576.0));
             Llama model = new Llama(config, w, backend, options.maxChunk());
             long ms = (System.nanoTime() - t0) / 1_000_000;
-            return new TokenPress(dir, config, st, tok, model, ms, pl);
+            return new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
         } catch (RuntimeException | Error e) {
-            if (backend != null) backend.close();
+            if (backend != null && shared == null) backend.close();
             st.close();
             tok.close();
             throw e;
@@ -116,7 +132,7 @@ public final class TokenPress implements AutoCloseable {
 
     @Override
     public void close() {
-        model.close();
+        if (ownsBackend) model.close();
         tensors.close();
         tokenizer.close();
     }

@@ -95,7 +95,7 @@ public final class ChatCommand implements Callable<Integer> {
         Path dir = modelOptions.resolveModel(err);
         ChatTemplate template = chatTemplate.resolve(dir, false, err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
-             TokenPress draft = draftOptions.loadDraft(modelOptions, err);
+             TokenPress draft = draftOptions.loadDraft(modelOptions, tp, err);
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));
             draftOptions.apply(session, tp, draft, err);

@@ -51,10 +51,13 @@ final class DraftOptionsMixin {
             throw new Main.UsageException("draft model directory not found: " + modelDraft);
     }
 
-    /** Loads the --model-draft model as the main one is loaded (null without one); the caller closes it. */
-    TokenPress loadDraft(ModelOptions modelOptions, PrintWriter err) {
+    /**
+     * Loads the --model-draft model onto the model's backend (one thread team or CUDA stream for both; null without
+     * one); the caller closes it.
+     */
+    TokenPress loadDraft(ModelOptions modelOptions, TokenPress host, PrintWriter err) {
         if (modelDraft == null) return null;
-        TokenPress d = TokenPress.load(modelDraft, modelOptions.toLoadOptions(err));
+        TokenPress d = TokenPress.loadOn(modelDraft, modelOptions.toLoadOptions(err), host);
         err.printf(Locale.ROOT, "draft model: %s (%d layers) in %d ms%n", modelDraft, d.config().numLayers(), d.loadMillis());
         return d;
     }

@@ -120,7 +120,7 @@ public final class GenerateCommand implements Callable<Integer> {
         }
         Path dir = modelOptions.resolveModel(err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
-             TokenPress draft = draftOptions.loadDraft(modelOptions, err);
+             TokenPress draft = draftOptions.loadDraft(modelOptions, tp, err);
              Session session = tp.newSession(ctx, quant)) {
             session.setPolicy(kvOptions.policy(tp.config()));
             session.setLookup(lookup);

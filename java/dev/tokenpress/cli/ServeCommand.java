@@ -84,7 +84,7 @@ public final class ServeCommand implements Callable<Integer> {
         if (template == null) err.println("chat: /v1/chat/completions answers 400 (pass --chat-template or --chat-template-file)");
         String name = alias != null ? alias : dir.toAbsolutePath().normalize().getFileName().toString();
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
-             TokenPress draft = draftOptions.loadDraft(modelOptions, err)) {
+             TokenPress draft = draftOptions.loadDraft(modelOptions, tp, err)) {
             tp.model().setPolicy(kvOptions.policy(tp.config()));
             var quant = kvOptions.quant();
             CountDownLatch stopped = new CountDownLatch(1);

@@ -146,6 +146,16 @@ class SpeculativeDecodingTest {
             }
             assertTrue(tp.model().draftCounts()[1] > before[1], "drafts accepted");
         }
+        // the draft on the model's own backend: one thread team; closing the draft leaves the model usable
+        try (TokenPress tp = load()) {
+            Run plain = run(tp, s -> {}, PROMPT, 20, SamplingOptions.greedy(), false);
+            try (TokenPress draft = TokenPress.loadOn(copy, LoadOptions.defaults(), tp)) {
+                assertTrue(tp.backend() == draft.backend(), "one backend");
+                assertSame(plain, run(tp, s -> s.setDraftModel(draft, 4, 0, 0f), PROMPT, 20, SamplingOptions.greedy(), false),
+                        "draft on the shared backend");
+            }
+            assertSame(plain, run(tp, s -> {}, PROMPT, 20, SamplingOptions.greedy(), false), "after the draft closed");
+        }
     }
 
     @Test
