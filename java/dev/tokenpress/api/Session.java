@@ -43,6 +43,8 @@ public final class Session implements AutoCloseable {
     private int draftMax;             // its most drafted tokens per step
     private OutputFormat format = OutputFormat.TEXT;
     private Grammar grammar;          // constrained output (GBNF or a JSON schema); null = none
+    private java.util.Map<Integer, Float> logitBias = java.util.Map.of();
+    private boolean ignoreEos;
     private String grammarName;
     private boolean allFull = true;  // every token since the last reset was processed under the full policy
 
@@ -272,6 +274,20 @@ public final class Session implements AutoCloseable {
     }
 
     /**
+     * Adds these biases to the logits before sampling from now on (token id → bias; {@code -infinity} bans the
+     * token; null or empty = none), llama.cpp's {@code --logit-bias} and OpenAI's {@code logit_bias}. Greedy decoding
+     * then goes through the sampler chain.
+     */
+    public void setLogitBias(java.util.Map<Integer, Float> bias) {
+        logitBias = bias == null ? java.util.Map.of() : java.util.Map.copyOf(bias);
+    }
+
+    /** Bans the end-of-sequence tokens from now on, so generation runs to its token limit (llama.cpp's {@code --ignore-eos}). */
+    public void setIgnoreEos(boolean on) {
+        ignoreEos = on;
+    }
+
+    /**
      * Constrains what {@link #generate} produces from now on to the sentences of a grammar in llama.cpp's GBNF
      * notation ({@link Grammar}; null = none): every step keeps the text a prefix of a sentence, the end tokens come
      * only once it is one, and once no rule can go on, generation ends. Takes precedence over {@link
@@ -364,9 +380,14 @@ public final class Session implements AutoCloseable {
             json = grammar != null ? new GrammarConstraint(grammar, tp.tokenizer().tokenTexts(), ends, grammarName)
                     : new JsonConstraint(tp.tokenizer().tokenTexts(), ends, format == OutputFormat.JSON_OBJECT);
         }
-        SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), json);
+        java.util.Map<Integer, Float> bias = new java.util.HashMap<>(logitBias);
+        if (ignoreEos) {
+            if (json != null) throw new IllegalStateException("ignoring EOS and constrained output exclude each other (the text ends with EOS)");
+            for (int e : eos) bias.put(e, Float.NEGATIVE_INFINITY);
+        }
+        SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), bias, json);
         boolean plainGreedy = trace == null && options.temp() <= 0 && options.repeatPenalty() == 1f
-                && options.presencePenalty() == 0f && options.frequencyPenalty() == 0f;
+                && options.presencePenalty() == 0f && options.frequencyPenalty() == 0f && bias.isEmpty();
         boolean greedy = plainGreedy && json == null;
         if (trace != null) chain.setTrace(true);
         StreamingDecoder text = tp.tokenizer().streaming();

@@ -101,6 +101,7 @@ public final class ChatCommand implements Callable<Integer> {
             draftOptions.apply(session, tp, draft, err);
             session.setOutputFormat(outputFormat);
             grammarOptions.apply(session, outputFormat);
+            sampling.applyTo(session, tp.config().vocabSize());
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; chat format %s%n", dir,
                     tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), template);
             if (tp.model().policy() != KvPolicy.FULL) err.println("kv policy: " + tp.model().policy().spec());

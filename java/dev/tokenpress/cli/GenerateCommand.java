@@ -106,7 +106,10 @@ public final class GenerateCommand implements Callable<Integer> {
         if (trace && !json) throw new Main.UsageException("--trace needs --json (the trace is part of the JSON object)");
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
         draftOptions.validate(lookup);
+        sampling.logitBias(); // malformed values fail before the model loads
         Session.OutputFormat outputFormat = outputFormat(format);
+        if (sampling.ignoreEos && (outputFormat != Session.OutputFormat.TEXT || grammarOptions.enabled()))
+            throw new Main.UsageException("--ignore-eos and constrained output exclude each other (the text ends with EOS)");
         SamplingOptions so = sampling.toOptions();
         String prompt;
         if (source != null && source.file != null) {
@@ -127,6 +130,7 @@ public final class GenerateCommand implements Callable<Integer> {
             draftOptions.apply(session, tp, draft, err);
             session.setOutputFormat(outputFormat);
             grammarOptions.apply(session, outputFormat);
+            sampling.applyTo(session, tp.config().vocabSize());
             boolean drafting = lookup > 0 || draftOptions.enabled();
             String drafter = lookup > 0 ? "lookup" : "draft";
             long[] lookup0 = tp.model().draftCounts();

@@ -73,6 +73,36 @@ public class SamplingOptionsMixin {
             description = "RNG seed (default: ${DEFAULT-VALUE}, -1 = random seed; the seed used is reported).")
     long seed;
 
+    @Option(names = {"-l", "--logit-bias"}, paramLabel = "TOKEN_ID(+/-)BIAS",
+            description = "Add BIAS to a token's logit, e.g. 15043+1 or 15043-inf to ban it (repeatable).")
+    java.util.List<String> logitBias;
+
+    @Option(names = "--ignore-eos", description = "Ban the end-of-sequence tokens: generate until the token limit.")
+    boolean ignoreEos;
+
+    /** The --logit-bias values by token id (summed when a token repeats); usage errors for malformed ones. */
+    public java.util.Map<Integer, Float> logitBias() {
+        java.util.Map<Integer, Float> m = new java.util.LinkedHashMap<>();
+        if (logitBias == null) return m;
+        for (String item : logitBias) {
+            java.util.regex.Matcher x = java.util.regex.Pattern.compile("\\s*(\\d+)\\s*([+-])\\s*(inf|[0-9]*\\.?[0-9]+)\\s*",
+                    java.util.regex.Pattern.CASE_INSENSITIVE).matcher(item);
+            if (!x.matches()) throw new Main.UsageException("--logit-bias " + item + ": use TOKEN_ID+BIAS or TOKEN_ID-BIAS, e.g. 15043+1 or 15043-inf");
+            float v = x.group(3).equalsIgnoreCase("inf") ? Float.POSITIVE_INFINITY : Float.parseFloat(x.group(3));
+            m.merge(Integer.parseInt(x.group(1)), x.group(2).equals("-") ? -v : v, Float::sum);
+        }
+        return m;
+    }
+
+    /** Puts --logit-bias and --ignore-eos on the session; usage errors for ids outside the vocabulary. */
+    public void applyTo(dev.tokenpress.api.Session session, int vocabSize) {
+        var m = logitBias();
+        for (int id : m.keySet())
+            if (id >= vocabSize) throw new Main.UsageException("--logit-bias: token " + id + " is outside the vocabulary [0, " + vocabSize + ")");
+        session.setLogitBias(m);
+        session.setIgnoreEos(ignoreEos);
+    }
+
     /** The parsed flags as options; throws {@link CommandLine.ParameterException} for an out-of-range value. */
     public SamplingOptions toOptions() {
         CommandLine cl = mixee != null ? mixee.commandLine() : null;

@@ -45,7 +45,7 @@ public final class SamplerChain {
         this.stages = samplers.toArray(new Sampler[0]);
         this.cur = new TokenDataArray(vocabSize);
         int at = 0;
-        while (at < stages.length && stages[at] instanceof PenaltiesSampler) at++;
+        while (at < stages.length && (stages[at] instanceof PenaltiesSampler || stages[at] instanceof LogitBiasSampler)) at++;
         this.traceAt = at;
         this.traceTopK = traceTopK > 0 ? traceTopK : DEFAULT_TRACE_TOP_K;
     }
@@ -60,9 +60,18 @@ public final class SamplerChain {
      * there are none), so a trace still sees the model's distribution; null = none.
      */
     public static SamplerChain create(SamplingOptions o, int vocabSize, Sampler constraint) {
+        return create(o, vocabSize, null, constraint);
+    }
+
+    /**
+     * The default chain with a logit bias first (llama.cpp's order; null or empty = none) and a constraint stage
+     * after the penalties (null = none).
+     */
+    public static SamplerChain create(SamplingOptions o, int vocabSize, java.util.Map<Integer, Float> bias, Sampler constraint) {
         o.validate();
         long s = resolveSeed(o.seed());
         List<Sampler> list = new ArrayList<>();
+        if (bias != null && !bias.isEmpty()) list.add(new LogitBiasSampler(bias, vocabSize));
         if (o.mirostat() == 0 && constraint instanceof GrammarConstraint g) g.limitTo(o.topK());
         if (o.mirostat() == 0) {
             list.add(new PenaltiesSampler(vocabSize, o.repeatLastN(), o.repeatPenalty(), o.presencePenalty(),

@@ -28,6 +28,7 @@ import java.util.Arrays;
 import java.util.HashSet;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -57,7 +58,8 @@ import java.util.function.Consumer;
  * drafts instead of the server's draft model, if it has one), and {@code
  * response_format} {@code {"type": "json_object"}} (or tokenpress's {@code "json"} for any JSON value), {@code
  * {"type": "json_schema", "json_schema": {"schema": ...}}} (structured output; also llama-server's {@code json_schema}
- * field and {@code json_object} with a {@code schema}), llama-server's {@code grammar} (GBNF): sampling
+ * field and {@code json_object} with a {@code schema}), llama-server's {@code grammar} (GBNF), {@code logit_bias}
+ * (OpenAI's object, -100 bans; or llama-server's list) and {@code ignore_eos}: sampling
  * keeps the text valid JSON and ends it when the value is complete ({@link Session#setOutputFormat}). {@code n}: up
  * to 16 choices without streaming (each after the first reuses the prompt's cache and draws with seed + its index).
  * {@code echo} (without streaming) puts the prompt before the completion, and with {@code logprobs} also the prompt
@@ -326,7 +328,8 @@ public final class OpenAiServer implements AutoCloseable {
     /** One parsed request. */
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
                            Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup,
-                           boolean echo, Session.OutputFormat format, int n, String grammar, String schema) {}
+                           boolean echo, Session.OutputFormat format, int n, String grammar, String schema,
+                           Map<Integer, Float> logitBias, boolean ignoreEos) {}
 
     /** One generated choice: the result, its text (cut at a stop string), its sampling steps, and how it began. */
     private record Choice(GenerationResult r, StopText text, List<StepTrace> steps, Session.Score[] promptScores,
@@ -351,6 +354,8 @@ public final class OpenAiServer implements AutoCloseable {
             session.setLookup(req.lookup());
             session.setOutputFormat(req.format());
             session.setGrammar(req.grammar()); // null: none
+            session.setLogitBias(req.logitBias());
+            session.setIgnoreEos(req.ignoreEos());
             if (req.schema() != null) session.setJsonSchema(req.schema());
             if (closed) throw new ApiException(503, "server_error", null, "the server is shutting down");
             if (stream != null) stream.begin();
@@ -641,6 +646,10 @@ public final class OpenAiServer implements AutoCloseable {
                 throw ApiException.badRequest("'grammar' excludes a schema or a JSON response_format");
             grammar = gr.asText();
         }
+        Map<Integer, Float> bias = logitBias(b.get("logit_bias"));
+        boolean ignoreEos = b.path("ignore_eos").asBoolean(false);
+        if (ignoreEos && (schema != null || grammar != null || format != Session.OutputFormat.TEXT))
+            throw ApiException.badRequest("'ignore_eos' and constrained output exclude each other");
         try { // refuse a bad grammar or schema now, with the reason
             if (schema != null) dev.tokenpress.sample.JsonSchemaGrammar.compile(schema);
             if (grammar != null) dev.tokenpress.sample.Grammar.parse(grammar);
@@ -648,7 +657,40 @@ public final class OpenAiServer implements AutoCloseable {
             throw ApiException.badRequest(e.getMessage());
         }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
-                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format, choices, grammar, schema);
+                b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format, choices, grammar, schema,
+                bias, ignoreEos);
+    }
+
+    /**
+     * OpenAI's {@code logit_bias} ({@code {"15043": -100}}; -100 or less bans the token) or llama-server's list form
+     * ({@code [[15043, -1.5], [2, false]]}, false bans).
+     */
+    private Map<Integer, Float> logitBias(JsonNode lb) {
+        Map<Integer, Float> m = new java.util.HashMap<>();
+        if (lb == null || lb.isNull()) return m;
+        int v = tp.config().vocabSize();
+        java.util.function.BiConsumer<String, JsonNode> put = (id, val) -> {
+            int t;
+            try {
+                t = Integer.parseInt(id.trim());
+            } catch (NumberFormatException e) {
+                throw ApiException.badRequest("logit_bias: '" + id + "' is not a token id");
+            }
+            if (t < 0 || t >= v) throw ApiException.badRequest("logit_bias: token " + t + " is outside the vocabulary [0, " + v + ")");
+            float bias;
+            if (val.isBoolean() && !val.asBoolean()) bias = Float.NEGATIVE_INFINITY;
+            else if (val.isNumber()) bias = val.asDouble() <= -100 ? Float.NEGATIVE_INFINITY : (float) val.asDouble();
+            else throw ApiException.badRequest("logit_bias: the bias of token " + t + " must be a number (or false)");
+            m.merge(t, bias, Float::sum);
+        };
+        if (lb.isObject()) lb.fields().forEachRemaining(e -> put.accept(e.getKey(), e.getValue()));
+        else if (lb.isArray()) {
+            for (JsonNode pair : lb) {
+                if (!pair.isArray() || pair.size() != 2) throw ApiException.badRequest("logit_bias: list items are [token id, bias]");
+                put.accept(pair.get(0).asText(), pair.get(1));
+            }
+        } else throw ApiException.badRequest("logit_bias must be an object or a list");
+        return m;
     }
 
     private static double num(JsonNode b, String key, double dflt) {

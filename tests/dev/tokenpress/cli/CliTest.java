@@ -228,6 +228,19 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "-j", "{}", "--format", "json").code());
     }
 
+    @Test
+    void logitBiasAndIgnoreEos() throws Exception {
+        Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--temp", "0", "--device", "cpu",
+                "-l", "7+1000", "--logit-bias", "3-inf", "--ignore-eos", "--json");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        JsonNode o = new ObjectMapper().readTree(r.out());
+        assertEquals("length", o.get("stop_reason").asText());
+        assertEquals(6, o.get("generated_tokens").asInt());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "-l", "7*2").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "-l", "99999+1", "--device", "cpu").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "--ignore-eos", "--format", "json").code());
+    }
+
     private static String[] concat(String[] a, String... b) {
         String[] c = java.util.Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, c, a.length, b.length);

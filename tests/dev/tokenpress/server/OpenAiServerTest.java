@@ -450,6 +450,24 @@ class OpenAiServerTest {
         assertEquals(400, badSchema.status(), badSchema.body());
     }
 
+    /** OpenAI's logit_bias (-100 bans) and llama-server's list form and ignore_eos. */
+    @Test
+    void logitBiasAndIgnoreEos() throws Exception {
+        int[] greedy = direct(tp.tokenizer().encode("def add(a, b):"), 4, java.util.Set.of()).tokens();
+        Reply r = post("/v1/completions", "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 4, \"temperature\": 0, "
+                + "\"logit_bias\": {\"" + greedy[0] + "\": -100}}");
+        assertEquals(200, r.status(), r.body());
+        assertNotEquals(tp.tokenizer().decode(greedy), r.json().at("/choices/0/text").asText());
+        Reply list = post("/v1/completions", "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 3, \"temperature\": 0, "
+                + "\"logit_bias\": [[42, 1000]]}");
+        assertEquals(tp.tokenizer().decode(new int[] {42, 42, 42}), list.json().at("/choices/0/text").asText());
+        Reply ie = post("/v1/completions", "{\"prompt\": \"import numpy as np\\n\\n\\nclass LinearRegression:\\n    def __init__(self, lr=0.01):\\n\", "
+                + "\"max_tokens\": 5, \"temperature\": 0, \"ignore_eos\": true}");
+        assertEquals("length", ie.json().at("/choices/0/finish_reason").asText(), ie.body());
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"logit_bias\": {\"x\": 1}}").status());
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"logit_bias\": {\"999999\": 1}}").status());
+    }
+
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
     @Test
     void speculativeServerKeepsTheText() throws Exception {
