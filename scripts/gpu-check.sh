@@ -145,7 +145,7 @@ run_checks() {
   # -- stage 2: JUnit (op parity, whole-model parity, native lib)
   if want junit; then
   # JUNIT_CLASSES: simple names of the test classes to run (default: every CUDA class below)
-  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaQuantPolicyOpsParityTest CudaTidalSelectParityTest CudaDecodeGreedyTest CudaSessionTest"}
+  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaQ8ParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaQuantPolicyOpsParityTest CudaTidalSelectParityTest CudaDecodeGreedyTest CudaSessionTest"}
   local sel=() c
   for c in $classes; do sel+=(--select-class "dev.tokenpress.backend.cuda.$c"); done
   timeout "${T_JUNIT:-150}" "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
@@ -245,7 +245,7 @@ run_split() {
   : > "$OUT/gpu-summary.txt"
   export APPEND_SUMMARY=1
   local groups=(
-    "a|CudaNativeLibTest CudaGemvParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest|75"
+    "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest|90"
     "b|CudaParityTest|90"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|75"
     "d|CudaKvQuantParityTest|90"

@@ -161,6 +161,18 @@ int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int
                  uint64_t stream);
 
 /**
+ * Decode GEMV over Q8_0 weights (--weight-type q8_0): out f32 [n, out_dim] (=, or += with accumulate != 0)
+ * x f32 [n, in_dim] · w^T (+ bias f32 [out_dim] or 0), w int8 codes [out_dim, in_dim] with scales f32
+ * [out_dim, in_dim / 32] (weight = code * scale). n <= 4, in_dim % 32 == 0, x and w 16-byte aligned.
+ */
+int tp_gemv_q8(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t bias, int n, int out_dim, int in_dim,
+               int accumulate, uint64_t stream);
+/** dst bf16 [rows, in_dim] = Q8_0 rows (codes w int8 [rows, in_dim], scales f32 [rows, in_dim / 32]) dequantized. */
+int tp_dequant_q8_bf16(uint64_t dst, uint64_t w, uint64_t scales, int rows, int in_dim, uint64_t stream);
+/** tp_embedding over a Q8_0 table (codes int8 [vocab, dim], scales f32 [vocab, dim / 32]); dim % 32 == 0. */
+int tp_embedding_q8(uint64_t out, uint64_t table, uint64_t scales, uint64_t tokens, int n, int dim, int vocab,
+                    uint64_t stream);
+/**
  * Up to three tp_gemv_bf16 products of the same x [n, I] in one launch (q, k, v projections): out_m f32
  * [n, rows_m] = x · w_m^T (+ bias_m), m = 0, 1, 2; rows1 / rows2 = 0 leave matrix 1 / 2 out (rows2 > 0 needs
  * rows1 > 0). Blocks cover the rows of all matrices; no out_m may alias x. Same limits as tp_gemv_bf16.

@@ -9,7 +9,7 @@ public enum WeightType {
     /**
      * llama.cpp's Q8_0: blocks of 32 weights along a row, each 32 signed bytes {@code round(w / d)} with
      * {@code d = max|w| / 127}; about 1.1 bytes per weight instead of 2, so a decode step streams half the bytes.
-     * Quantized once at load time into memory (CPU only).
+     * Quantized once at load time (the CPU holds it in the heap; CUDA reads the codes with its own GEMV).
      */
     Q8_0("q8_0"),
     /**

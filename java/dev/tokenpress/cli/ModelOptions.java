@@ -27,9 +27,9 @@ public final class ModelOptions {
     int chunk;
 
     @Option(names = {"-wt", "--weight-type"}, defaultValue = "as-stored", paramLabel = "as-stored|q8_0|q4_0",
-            description = "How the CPU holds the matrices: as-stored reads the checkpoint in place; q8_0 / q4_0 quantize "
-                    + "them at load time to llama.cpp's Q8_0 / Q4_0 (about 1.1 / 0.63 bytes per weight: decode streams "
-                    + "1/2 / 1/3 of bf16's bytes; needs heap for the whole model) (default: ${DEFAULT-VALUE}).")
+            description = "How the matrices are held: as-stored reads the checkpoint (bf16 on the GPU); q8_0 / q4_0 "
+                    + "quantize them at load time to llama.cpp's Q8_0 / Q4_0 (about 1.1 / 0.63 bytes per weight: decode "
+                    + "streams 1/2 / 1/3 of bf16's bytes; on the CPU in the heap; q4_0 is CPU only) (default: ${DEFAULT-VALUE}).")
     String weightType;
 
     LoadOptions toLoadOptions(PrintWriter err) {

@@ -24,16 +24,7 @@ final class CpuQ8Weight extends CpuBlockWeight {
 
     @Override
     void setRow(int r, float[] src, int off) {
-        for (int b = 0; b < blocks; b++) {
-            int base = off + b * BLOCK;
-            float amax = 0;
-            for (int j = 0; j < BLOCK; j++) amax = Math.max(amax, Math.abs(src[base + j]));
-            float scale = amax / 127f, inv = scale != 0 ? 1f / scale : 0f;
-            d[r * blocks + b] = scale;
-            int qo = r * cols + b * BLOCK;
-            for (int j = 0; j < BLOCK; j++)
-                q[qo + j] = (byte) Math.max(-127, Math.min(127, Math.round(src[base + j] * inv)));
-        }
+        dev.tokenpress.backend.Q8Codec.quantizeRow(src, off, cols, q, r * cols, d, r * blocks);
     }
 
     @Override

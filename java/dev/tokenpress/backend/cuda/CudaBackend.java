@@ -99,6 +99,8 @@ public final class CudaBackend implements Backend {
 
     // scratch, grown only in eager mode
     private long xBf16;
+    private dev.tokenpress.backend.WeightType weightType = dev.tokenpress.backend.WeightType.AS_STORED;
+    private long q8Scratch, q8ScratchBytes;  // bf16 rows of a Q8_0 matrix for the cuBLAS GEMM of a prefill chunk
     private long xBf16Bytes;
     private long attnWs;
     private long attnWsBytes;
@@ -564,6 +566,8 @@ public final class CudaBackend implements Backend {
         if (shape.length != 2)
             throw new IllegalArgumentException(data.name() + ": expected a 1-D or 2-D tensor, got " + data.shapeString());
         int rows = Math.toIntExact(shape[0]), cols = Math.toIntExact(shape[1]);
+        if (weightType == dev.tokenpress.backend.WeightType.Q8_0 && cols % dev.tokenpress.backend.Q8Codec.BLOCK == 0)
+            return uploadQ8(data, rows, cols);
         long bytes = 2L * rows * cols;
         long p = malloc(bytes, data.name() + " " + data.shapeString());
         ByteBuffer b = data.buffer();
@@ -592,6 +596,47 @@ public final class CudaBackend implements Backend {
             }
         }
         return new CudaTensor(rows, cols, true, p, bytes, data.name());
+    }
+
+    /**
+     * Q8_0 weights ({@code --weight-type q8_0}; not yet run on a GPU): matrices whose rows are whole blocks of 32 are
+     * quantized on the host with the CPU's quantizer ({@link dev.tokenpress.backend.Q8Codec}, the same codes) and
+     * uploaded as int8 codes and f32 scales; others stay bf16. Decode matmuls of at most 4 rows read them with the
+     * Q8 GEMV ({@code tp_gemv_q8}); larger chunks dequantize row slices to bf16 for cuBLAS.
+     */
+    @Override
+    public void setWeightType(dev.tokenpress.backend.WeightType type) {
+        if (type == dev.tokenpress.backend.WeightType.Q4_0)
+            throw new UnsupportedOpException("--weight-type q4_0 is not supported by the cuda backend: use q8_0, as-stored or --device cpu");
+        weightType = type == null ? dev.tokenpress.backend.WeightType.AS_STORED : type;
+    }
+
+    private Tensor uploadQ8(TensorData data, int rows, int cols) {
+        int nb = cols / dev.tokenpress.backend.Q8Codec.BLOCK;
+        long codeBytes = (long) rows * cols, scaleBytes = 4L * rows * nb;
+        long p = malloc(codeBytes, data.name() + " " + data.shapeString() + " (q8_0 codes)");
+        long sc;
+        try {
+            sc = malloc(scaleBytes, data.name() + " (q8_0 scales)");
+        } catch (RuntimeException e) {
+            free(p);
+            throw e;
+        }
+        java.nio.ByteBuffer buf = data.buffer();
+        int rowsPerChunk = Math.max(1, (int) Math.min(rows, (16L << 20) / Math.max(1, cols)));
+        float[] row = new float[cols];
+        byte[] q = new byte[rowsPerChunk * cols];
+        float[] d = new float[rowsPerChunk * nb];
+        for (int r0 = 0; r0 < rows; r0 += rowsPerChunk) {
+            int nr = Math.min(rowsPerChunk, rows - r0);
+            for (int i = 0; i < nr; i++) {
+                dev.tokenpress.backend.Q8Codec.rowFloats(data, buf, r0 + i, cols, row);
+                dev.tokenpress.backend.Q8Codec.quantizeRow(row, 0, cols, q, i * cols, d, i * nb);
+            }
+            check(TpNative.tp_memcpy_h2d(p + (long) r0 * cols, q, (long) nr * cols, stream), "upload " + data.name());
+            check(TpNative.tp_memcpy_h2d(sc + 4L * r0 * nb, d, 4L * nr * nb, stream), "upload " + data.name());
+        }
+        return new CudaTensor(rows, cols, false, p, codeBytes + scaleBytes, data.name(), true, sc);
     }
 
     @Override
@@ -707,13 +752,15 @@ public final class CudaBackend implements Backend {
     @Override
     public void embedding(Tensor out, Tensor table, int[] tokens, int n) {
         CudaTensor o = act(out), t = (CudaTensor) table;
-        if (!t.bf16) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
+        if (!t.bf16 && !t.q8) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
         for (int i = 0; i < n; i++)
             if (tokens[i] < 0 || tokens[i] >= t.rows)
                 throw new IllegalArgumentException("token id " + tokens[i] + " is outside the vocabulary [0, " + t.rows + ")");
         long d = stage(tokens, n);
         sig(2, o.ptr, t.ptr, n);
-        if (mode != Mode.DRY) check(TpNative.tp_embedding(o.ptr, t.ptr, d, n, t.cols, t.rows, stream), "embedding");
+        if (mode == Mode.DRY) return;
+        if (t.q8) check(TpNative.tp_embedding_q8(o.ptr, t.ptr, t.scales, d, n, t.cols, t.rows, stream), "embedding (q8_0)");
+        else check(TpNative.tp_embedding(o.ptr, t.ptr, d, n, t.cols, t.rows, stream), "embedding");
     }
 
     @Override
@@ -732,6 +779,10 @@ public final class CudaBackend implements Backend {
         if (xi.cols != in) throw new IllegalArgumentException("matmul: x has " + xi.cols + " columns, weight expects " + in);
         if (o.cols != outDim) throw new IllegalArgumentException("matmul: out has " + o.cols + " columns, weight gives " + outDim);
         if (n <= 0) return;
+        if (wt.q8) {
+            matmulQ8(o, xi, wt, b, n, false);
+            return;
+        }
         if (gemvEnabled && gemvEligible(o, xi, wt, n, in, outDim)) {
             sig(4, o.ptr, xi.ptr, wt.ptr, b == null ? 0 : b.ptr, n, 1);
             if (mode != Mode.DRY)
@@ -763,6 +814,52 @@ public final class CudaBackend implements Backend {
         }
         if (st != 0) throw new CudaException("cublasGemmEx failed with status " + st + " (" + outDim + "x" + in + " x n=" + n + ")", st);
         if (b != null) check(TpNative.tp_add_bias(o.ptr, b.ptr, n, outDim, stream), "matmul: bias");
+    }
+
+    /**
+     * o (=, or += with accumulate) x · wᵀ (+ bias) for a Q8_0 weight: the Q8 GEMV for at most {@link #GEMV_MAX_ROWS}
+     * rows; otherwise the rows of w dequantized to bf16 a slice at a time (a scratch of at most 64 MiB) and cuBLAS.
+     */
+    private void matmulQ8(CudaTensor o, CudaTensor xi, CudaTensor wt, CudaTensor b, int n, boolean accumulate) {
+        int in = wt.cols, outDim = wt.rows;
+        if (n <= GEMV_MAX_ROWS && (xi.ptr & 15) == 0) {
+            sig(60, o.ptr, xi.ptr, wt.ptr, wt.scales, b == null ? 0 : b.ptr, n, accumulate ? 1 : 0);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_gemv_q8(o.ptr, xi.ptr, wt.ptr, wt.scales, b == null ? 0 : b.ptr, n, outDim, in,
+                        accumulate ? 1 : 0, stream), "matmul (q8_0 GEMV)");
+            return;
+        }
+        if (mode != Mode.EAGER) throw abort("q8_0 prefill matmul", false); // chunks run eagerly
+        long needX = 2L * n * in;
+        if (needX > xBf16Bytes) {
+            free(xBf16);
+            xBf16 = 0;
+            xBf16Bytes = 0;
+            long sz = Math.max(needX, 2L * 8 * in);
+            xBf16 = malloc(sz, "matmul input scratch");
+            xBf16Bytes = sz;
+        }
+        int sliceRows = (int) Math.max(1, Math.min(outDim, (64L << 20) / (2L * in)));
+        long needW = 2L * sliceRows * in;
+        if (needW > q8ScratchBytes) {
+            free(q8Scratch);
+            q8Scratch = 0;
+            q8ScratchBytes = 0;
+            q8Scratch = malloc(needW, "q8_0 dequantized weight slice");
+            q8ScratchBytes = needW;
+        }
+        check(TpNative.tp_f32_to_bf16(xBf16, xi.ptr, (long) n * in, stream), "matmul: convert x");
+        // o is row-major [n][outDim]: each slice of weight rows fills columns [r0, r0 + nr) of every row (ldc outDim)
+        for (int r0 = 0; r0 < outDim; r0 += sliceRows) {
+            int nr = Math.min(sliceRows, outDim - r0);
+            check(TpNative.tp_dequant_q8_bf16(q8Scratch, wt.ptr + (long) r0 * in, wt.scales + 4L * r0 * (in / 32), nr, in,
+                    stream), "matmul: dequantize q8_0");
+            gemmBf16(o.ptr + 4L * r0, outDim, xBf16, q8Scratch, n, nr, in, accumulate);
+        }
+        if (b != null) {
+            if (accumulate) throw new IllegalStateException("q8_0 matmul: bias with accumulate");
+            check(TpNative.tp_add_bias(o.ptr, b.ptr, n, outDim, stream), "matmul: bias");
+        }
     }
 
     /**
@@ -824,6 +921,10 @@ public final class CudaBackend implements Backend {
     public void matmulAdd(Tensor x, Tensor y, Tensor a, Tensor w, int n) {
         CudaTensor xo = act(x), ai = act(a), wt = (CudaTensor) w;
         int in = wt.cols, outDim = wt.rows;
+        if (wt.q8 && n > 0 && ai.cols == in && xo.cols == outDim) { // x += a · wᵀ in the matmul itself
+            matmulQ8(xo, ai, wt, null, n, true);
+            return;
+        }
         if (fusedNorm && gemvEnabled && n > 0 && ai.cols == in && xo.cols == outDim && gemvEligible(xo, ai, wt, n, in, outDim)) {
             sig(14, xo.ptr, ai.ptr, wt.ptr, n);
             if (mode != Mode.DRY)
@@ -1768,9 +1869,11 @@ public final class CudaBackend implements Backend {
     @Override
     public void embeddingFromFeedback(Tensor out, Tensor table) {
         CudaTensor o = act(out), t = (CudaTensor) table;
-        if (!t.bf16) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
+        if (!t.bf16 && !t.q8) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
         sig(42, o.ptr, t.ptr, 1);
-        if (mode != Mode.DRY) check(TpNative.tp_embedding(o.ptr, t.ptr, feedbackDev, 1, t.cols, t.rows, stream), "embedding");
+        if (mode == Mode.DRY) return;
+        if (t.q8) check(TpNative.tp_embedding_q8(o.ptr, t.ptr, t.scales, feedbackDev, 1, t.cols, t.rows, stream), "embedding (q8_0)");
+        else check(TpNative.tp_embedding(o.ptr, t.ptr, feedbackDev, 1, t.cols, t.rows, stream), "embedding");
     }
 
     @Override
@@ -2071,7 +2174,7 @@ public final class CudaBackend implements Backend {
     // ---- helpers ------------------------------------------------------------------------------------------------
 
     private static CudaTensor act(Tensor t) {
-        if (t instanceof CudaTensor c && !c.bf16) return c;
+        if (t instanceof CudaTensor c && !c.bf16 && !c.q8) return c;
         throw new IllegalArgumentException("expected an f32 CUDA activation tensor, got " + t);
     }
 

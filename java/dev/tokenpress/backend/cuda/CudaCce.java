@@ -108,6 +108,8 @@ public final class CudaCce {
                                         boolean precise) {
         if (!(hidden instanceof CudaTensor h) || h.bf16)
             throw new IllegalArgumentException("cce: hidden must be an f32 CUDA activation tensor, got " + hidden);
+        if (lmHead instanceof CudaTensor q && q.q8)
+            throw new dev.tokenpress.backend.UnsupportedOpException("cce: the CUDA log-sum-exp reads a bf16 LM head, not q8_0: load with --weight-type as-stored");
         if (!(lmHead instanceof CudaTensor w) || !w.bf16)
             throw new IllegalArgumentException("cce: LM head must be a bf16 CUDA weight tensor, got " + lmHead);
         int d = h.cols, v = w.rows;

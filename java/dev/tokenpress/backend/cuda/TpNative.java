@@ -80,6 +80,9 @@ public final class TpNative {
     public static native int tp_memcpy_h2d(@Cast("uint64_t") long dst, @Cast("const void*") short[] src,
                                            @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
 
+    public static native int tp_memcpy_h2d(@Cast("uint64_t") long dst, @Cast("const void*") byte[] src,
+                                           @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
+
     public static native int tp_memcpy_d2h(@Cast("void*") float[] dst, @Cast("uint64_t") long src,
                                            @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
 
@@ -169,6 +172,19 @@ public final class TpNative {
                                             int dim, @Cast("uint64_t") long stream);
 
     // ---- decode GEMV --------------------------------------------------------------------------------------
+
+    public static native int tp_gemv_q8(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
+                                        @Cast("uint64_t") long w, @Cast("uint64_t") long scales,
+                                        @Cast("uint64_t") long bias, int n, int outDim, int inDim, int accumulate,
+                                        @Cast("uint64_t") long stream);
+
+    public static native int tp_dequant_q8_bf16(@Cast("uint64_t") long dst, @Cast("uint64_t") long w,
+                                                @Cast("uint64_t") long scales, int rows, int inDim,
+                                                @Cast("uint64_t") long stream);
+
+    public static native int tp_embedding_q8(@Cast("uint64_t") long out, @Cast("uint64_t") long table,
+                                             @Cast("uint64_t") long scales, @Cast("uint64_t") long tokens, int n,
+                                             int dim, int vocab, @Cast("uint64_t") long stream);
 
     public static native int tp_gemv_bf16(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
                                           @Cast("uint64_t") long w, @Cast("uint64_t") long bias, int n, int outDim,
