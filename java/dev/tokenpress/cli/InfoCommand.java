@@ -72,6 +72,10 @@ public final class InfoCommand implements Callable<Integer> {
             o.put("rope_scaling", c.ropeScaling() == null ? "none" : c.ropeScaling().type());
             o.put("tied_embeddings", c.tieWordEmbeddings());
             o.put("attention_bias", c.attentionBias());
+            long[] wb = decodeWeightBytes(c);
+            o.put("weight_bytes_per_token_bf16", wb[0]);
+            o.put("weight_bytes_per_token_q8_0", wb[1]);
+            o.put("weight_bytes_per_token_q4_0", wb[2]);
             o.put("kv_bytes_per_token_bf16", c.kvBytesPerToken(2));
             o.put("kv_bytes_per_token_f32", c.kvBytesPerToken(4));
             if (c.slidingWindow() != null) o.put("sliding_window", c.slidingWindow());
@@ -91,6 +95,9 @@ public final class InfoCommand implements Callable<Integer> {
             out.printf("context           %d (rope theta %.0f, scaling %s)%n", c.maxPositionEmbeddings(), c.ropeTheta(),
                     c.ropeScaling() == null ? "none" : c.ropeScaling().type() + " x" + c.ropeScaling().factor());
             out.printf("tied embeddings   %s, qkv bias %s%n", c.tieWordEmbeddings(), c.attentionBias());
+            long[] wb = decodeWeightBytes(c);
+            out.printf("decode weights    %s bf16, %s q8_0, %s q4_0 (read per token: layer matrices + LM head)%n",
+                    Bytes.human(wb[0]), Bytes.human(wb[1]), Bytes.human(wb[2]));
             out.printf("KV bytes/token    %s (bf16), %s (f32)%n", Bytes.human(c.kvBytesPerToken(2)), Bytes.human(c.kvBytesPerToken(4)));
             if (c.slidingWindow() != null)
                 out.printf("sliding window    %d (trained with it; tokenpress attends to the whole context)%n", c.slidingWindow());
@@ -98,5 +105,15 @@ public final class InfoCommand implements Callable<Integer> {
         }
         out.flush();
         return ExitCodes.OK;
+    }
+
+    /**
+     * Bytes of the matrices a decode step reads (every layer matrix and the LM head) as bf16, Q8_0 (a byte per weight
+     * and an f32 scale per 32, as tokenpress holds them) and Q4_0 (half a byte and the scale).
+     */
+    static long[] decodeWeightBytes(LlamaConfig c) {
+        long d = c.hiddenSize(), f = c.intermediateSize();
+        long params = c.numLayers() * (2L * d * c.qDim() + 2L * d * c.kvDim() + 3L * d * f) + (long) c.vocabSize() * d;
+        return new long[] {2 * params, params / 32 * 36, params / 32 * 20};
     }
 }

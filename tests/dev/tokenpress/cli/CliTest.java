@@ -264,6 +264,11 @@ class CliTest {
         assertEquals(ExitCodes.OK, r.code(), r.err());
         assertTrue(r.out().contains("LlamaForCausalLM"));
         assertTrue(r.out().contains("KV bytes/token"));
+        assertTrue(r.out().contains("decode weights") && r.out().contains("q8_0"), r.out());
+        // tiny preset: 2 layers, D 64, F 172, 4 heads of 16, 2 KV heads, vocab 512
+        long params = 2L * (2L * 64 * 64 + 2L * 64 * 32 + 3L * 64 * 172) + 512L * 64;
+        long[] wb = InfoCommand.decodeWeightBytes(dev.tokenpress.io.ConfigLoader.load(model));
+        assertArrayEquals(new long[] {2 * params, params / 32 * 36, params / 32 * 20}, wb);
     }
 
     @Test
