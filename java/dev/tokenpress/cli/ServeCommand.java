@@ -101,6 +101,9 @@ public final class ServeCommand implements Callable<Integer> {
                         dir, tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), server.contextSize(),
                         tp.model().policy() == KvPolicy.FULL ? "full" : tp.model().policy().spec(), quant.spec(),
                         template == null ? "none" : template.toString());
+                if (draftOptions.draftLayers != null)
+                    err.printf(Locale.ROOT, "draft: the model's first %d of %d layers (requests without 'lookup')%n",
+                            draftOptions.draftLayers, tp.config().numLayers());
                 err.printf(Locale.ROOT, "listening on http://%s:%d/v1 (Ctrl-C stops)%n", host, server.port());
                 err.flush();
                 stopped.await();
