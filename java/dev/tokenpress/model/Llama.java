@@ -269,12 +269,16 @@ public final class Llama implements AutoCloseable {
             }
             return fed;
         }
-        int[] seq = java.util.Arrays.copyOf(context, Math.max(16, contextLen + 1 + maxSteps + maxDraft));
+        int[] seq = java.util.Arrays.copyOf(context, Math.max(16, contextLen + 64));
         int len = contextLen;
         int fed = 0, cur = token;
         while (fed < maxSteps) {
+            int want = Math.min(maxDraft, Math.min(maxSteps - fed - 1, maxChunk - 1));
+            if (len + 2 + want > seq.length) seq = java.util.Arrays.copyOf(seq, (int) Math.min(Integer.MAX_VALUE - 8,
+                    Math.max(2L * seq.length, (long) len + 2 + want)));
             seq[len++] = cur;
-            int[] draft = drafter.draft(seq, len, Math.min(maxDraft, Math.min(maxSteps - fed - 1, maxChunk - 1)));
+            int[] draft = drafter.draft(seq, len, want);
+            if (draft.length > want) draft = java.util.Arrays.copyOf(draft, want); // a drafter may not widen the pass
             int m = 1 + draft.length;
             if (m == 1) {
                 decodeStep(cache, cur, position + fed); // nothing to check: a plain step (graphs, fused decode ops)

@@ -78,8 +78,13 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
         if (heldLen > keep) cache.freeFrom(keep);
         heldLen = keep;
         int[] feed = Arrays.copyOfRange(seq, keep, len);
-        if (feed.length == 1) model.decodeStep(cache, feed[0], keep);
-        else model.prefill(cache, feed, keep, false, null);
+        try {
+            if (feed.length == 1) model.decodeStep(cache, feed[0], keep);
+            else model.prefill(cache, feed, keep, false, null);
+        } catch (RuntimeException | Error e) {
+            cache.freeFrom(keep); // whatever part of the feed got in: the cache holds exactly held[0, keep) again
+            throw e;
+        }
         hold(feed, feed.length);
         int[] out = new int[max];
         int n = 0;
@@ -88,7 +93,12 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
             if (pMin > 0 && n >= minDraft && probability(model.logits(), t) < pMin) break;
             out[n++] = t;
             if (n == max) break;
-            model.decodeStep(cache, t, len - 1 + n); // d_(n-1) at position len + n - 1
+            try {
+                model.decodeStep(cache, t, len - 1 + n); // d_(n-1) at position len + n - 1
+            } catch (RuntimeException | Error e) {
+                cache.freeFrom(heldLen);
+                throw e;
+            }
             hold(new int[] {t}, 1);
         }
         return Arrays.copyOf(out, n);

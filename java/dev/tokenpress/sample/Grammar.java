@@ -105,7 +105,7 @@ public final class Grammar {
         public boolean dead() { return stacks.length == 0 && !accepting; }
     }
 
-    private static final int MAX_EXPANSION_DEPTH = 2000;
+    private static final int MAX_EXPANSION_STEPS = 1_000_000;
     private static final int MAX_MEMO = 1 << 20;
 
     private final Elem[][] seqs;      // every sequence of elements
@@ -122,7 +122,7 @@ public final class Grammar {
         this.names = names;
         Set<Stack> out = new LinkedHashSet<>();
         boolean acc = false;
-        for (int a : alts[root]) acc |= expand(new Stack(a, 0, null), out, 0);
+        for (int a : alts[root]) acc |= expand(new Stack(a, 0, null), out);
         this.initial = intern(out, acc);
     }
 
@@ -143,7 +143,7 @@ public final class Grammar {
         boolean acc = false;
         for (Stack st : s.stacks) {
             Elem e = seqs[st.seq][st.pos];
-            if (e.matches(cp)) acc |= expand(new Stack(st.seq, st.pos + 1, st.next), out, 0);
+            if (e.matches(cp)) acc |= expand(new Stack(st.seq, st.pos + 1, st.next), out);
         }
         t = out.isEmpty() && !acc ? deadState : intern(out, acc);
         if (++memo > MAX_MEMO) { // bound the memo: forget every transition (states stay valid)
@@ -182,20 +182,36 @@ public final class Grammar {
         return !advance(initial, text).dead();
     }
 
-    /** Pushes the stack's expansion: stacks whose top is a character class go to out; true when one is empty. */
-    private boolean expand(Stack s, Set<Stack> out, int depth) {
-        if (depth > MAX_EXPANSION_DEPTH)
-            throw new IllegalArgumentException("grammar: rule '" + ruleOf(s) + "' is left-recursive (or nests too deeply)");
-        while (s != null && s.pos == seqs[s.seq].length) s = s.next;
-        if (s == null) return true;
-        Elem e = seqs[s.seq][s.pos];
-        if (e.rule < 0) {
-            out.add(s);
-            return false;
-        }
-        Stack cont = new Stack(s.seq, s.pos + 1, s.next);
+    /**
+     * Adds the stack's expansion to out (stacks whose top is a character class); true when one of its expansions is
+     * empty (the text may end here). Iterative, and each distinct stack is expanded once, so deep but finite
+     * nesting ({@code ("a"?){0,5000}}) costs linear work; left recursion is refused when the grammar is parsed.
+     */
+    private boolean expand(Stack start, Set<Stack> out) {
         boolean acc = false;
-        for (int a : alts[e.rule]) acc |= expand(new Stack(a, 0, cont), out, depth + 1);
+        java.util.ArrayDeque<Stack> work = new java.util.ArrayDeque<>();
+        Set<Stack> seen = new java.util.HashSet<>();
+        work.push(start);
+        long steps = 0;
+        while (!work.isEmpty()) {
+            Stack s = work.pop();
+            while (s != null && s.pos == seqs[s.seq].length) s = s.next;
+            if (s == null) {
+                acc = true;
+                continue;
+            }
+            if (!seen.add(s)) continue;
+            if (++steps > MAX_EXPANSION_STEPS)
+                throw new IllegalArgumentException("grammar: rule '" + ruleOf(s) + "' expands into too many alternatives");
+            Elem e = seqs[s.seq][s.pos];
+            if (e.rule < 0) {
+                out.add(s);
+                continue;
+            }
+            Stack cont = new Stack(s.seq, s.pos + 1, s.next);
+            int[] as = alts[e.rule];
+            for (int i = as.length - 1; i >= 0; i--) work.push(new Stack(as[i], 0, cont));
+        }
         return acc;
     }
 
@@ -269,7 +285,70 @@ public final class Grammar {
             if (root == null) throw new IllegalArgumentException("grammar: no 'root' rule");
             int[][] alts = new int[ruleAlts.size()][];
             for (int i = 0; i < alts.length; i++) alts[i] = ruleAlts.get(i).stream().mapToInt(Integer::intValue).toArray();
-            return new Grammar(seqs.toArray(new Elem[0][]), alts, names.toArray(new String[0]), root);
+            Elem[][] sq = seqs.toArray(new Elem[0][]);
+            checkLeftRecursion(sq, alts);
+            return new Grammar(sq, alts, names.toArray(new String[0]), root);
+        }
+
+        /**
+         * Refuses a rule that can reach itself before consuming a character (as llama.cpp's
+         * {@code detect_left_recursion}): a cycle through the rules each alternative may begin with, where a rule may
+         * also begin with what follows a prefix of rules that match empty text (e.g. {@code ("a"?)*}).
+         */
+        private void checkLeftRecursion(Elem[][] sq, int[][] alts) {
+            int n = alts.length;
+            boolean[] nullable = new boolean[n];
+            for (boolean changed = true; changed; ) {
+                changed = false;
+                for (int r = 0; r < n; r++) {
+                    if (nullable[r]) continue;
+                    for (int a : alts[r]) {
+                        boolean all = true;
+                        for (Elem e : sq[a]) if (e.rule < 0 || !nullable[e.rule]) { all = false; break; }
+                        if (all) {
+                            nullable[r] = true;
+                            changed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            List<List<Integer>> begins = new ArrayList<>();
+            for (int r = 0; r < n; r++) {
+                List<Integer> b = new ArrayList<>();
+                for (int a : alts[r])
+                    for (Elem e : sq[a]) {
+                        if (e.rule < 0) break;
+                        b.add(e.rule);
+                        if (!nullable[e.rule]) break;
+                    }
+                begins.add(b);
+            }
+            int[] color = new int[n]; // 0 new, 1 on the path, 2 done
+            for (int r = 0; r < n; r++) if (color[r] == 0) visit(r, begins, color);
+        }
+
+        private void visit(int start, List<List<Integer>> begins, int[] color) {
+            java.util.ArrayDeque<int[]> st = new java.util.ArrayDeque<>(); // {rule, next edge}
+            st.push(new int[] {start, 0});
+            color[start] = 1;
+            while (!st.isEmpty()) {
+                int[] top = st.peek();
+                List<Integer> b = begins.get(top[0]);
+                if (top[1] < b.size()) {
+                    int nx = b.get(top[1]++);
+                    if (color[nx] == 1)
+                        throw new IllegalArgumentException("grammar: rule '" + names.get(nx) + "' is left-recursive "
+                                + "(it can reach itself before matching a character)");
+                    if (color[nx] == 0) {
+                        color[nx] = 1;
+                        st.push(new int[] {nx, 0});
+                    }
+                } else {
+                    color[top[0]] = 2;
+                    st.pop();
+                }
+            }
         }
 
         private int symbol(String name) {
@@ -283,7 +362,7 @@ public final class Grammar {
         }
 
         private int generated(String base) {
-            String n = base + "-" + names.size();
+            String n = base + "~" + names.size(); // '~' cannot appear in a written rule name: no collisions
             int id = names.size();
             names.add(n);
             ruleAlts.add(new ArrayList<>());
@@ -372,6 +451,7 @@ public final class Grammar {
                         space(nested);
                         min = integer();
                         space(nested);
+                        if (pos >= src.length()) throw error("expected '}'");
                         if (src.charAt(pos) == ',') {
                             pos++;
                             space(nested);
@@ -455,7 +535,8 @@ public final class Grammar {
         }
 
         private int hex(int n) {
-            if (pos + n > src.length()) throw error("expected " + n + " hex digits");
+            if (pos + n > src.length() || !src.substring(pos, pos + n).matches("[0-9a-fA-F]+"))
+                throw error("expected " + n + " hex digits");
             try {
                 int v = Integer.parseUnsignedInt(src.substring(pos, pos + n), 16);
                 pos += n;

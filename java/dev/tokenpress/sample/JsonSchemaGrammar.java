@@ -103,8 +103,15 @@ public final class JsonSchemaGrammar {
     }
 
     private String newRule(String hint, String body) {
-        String name = sanitize(hint) + "-" + (counter++);
+        String name = unique(sanitize(hint));
         rules.put(name, body);
+        return name;
+    }
+
+    /** base-N with the first N that no rule (nor primitive) has taken. */
+    private String unique(String base) {
+        String name;
+        do name = base + "-" + (counter++); while (rules.containsKey(name) || PRIMITIVES.containsKey(name));
         return name;
     }
 
@@ -127,17 +134,34 @@ public final class JsonSchemaGrammar {
                     "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "$ref").contains(k))
                 throw unsupported(path, "the keyword '" + k + "'");
         }
-        if (s.has("$ref")) return ref(s.get("$ref").asText(), path);
-        if (s.has("const")) return literalValue(s.get("const"));
-        if (s.has("enum")) {
-            JsonNode e = s.get("enum");
-            if (!e.isArray() || e.isEmpty()) throw unsupported(path, "an empty or non-list enum");
+        if (s.has("$ref")) {
+            onlyWith(s, path, "$ref");
+            return ref(s.get("$ref").asText(), path);
+        }
+        if (s.has("const") || s.has("enum")) {
+            onlyWith(s, path, "const", "enum", "type");
+            List<JsonNode> values = new ArrayList<>();
+            if (s.has("const")) values.add(s.get("const"));
+            if (s.has("enum")) {
+                JsonNode e = s.get("enum");
+                if (!e.isArray() || e.isEmpty()) throw unsupported(path, "an empty or non-list enum");
+                if (s.has("const")) throw unsupported(path, "const beside enum");
+                e.forEach(values::add);
+            }
+            if (s.has("type")) { // the values the type also allows
+                Set<String> types = new HashSet<>();
+                if (s.get("type").isArray()) s.get("type").forEach(t -> types.add(t.asText()));
+                else types.add(s.get("type").asText());
+                values.removeIf(v -> !types.contains(jsonType(v)) && !(types.contains("number") && v.isNumber()));
+                if (values.isEmpty()) throw unsupported(path, "an enum/const none of whose values has the type " + s.get("type"));
+            }
             List<String> alts = new ArrayList<>();
-            for (JsonNode v : e) alts.add(literalValue(v));
+            for (JsonNode v : values) alts.add(literalValue(v));
             return newRule(hint, String.join(" | ", alts));
         }
         for (String k : new String[] {"anyOf", "oneOf"})
             if (s.has(k)) {
+                onlyWith(s, path, k);
                 List<String> alts = new ArrayList<>();
                 int i = 0;
                 for (JsonNode sub : s.get(k)) alts.add(visit(sub, hint + "-" + i, path + "/" + k + "/" + i++));
@@ -157,6 +181,26 @@ public final class JsonSchemaGrammar {
             return newRule(hint, String.join(" | ", alts));
         }
         return typed(type.asText(), s, hint, path);
+    }
+
+    /** Refuses keywords (other than annotations) beside the given ones: they would otherwise be ignored. */
+    private static void onlyWith(JsonNode s, String path, String... allowed) {
+        Set<String> ok = Set.of(allowed);
+        for (Iterator<String> it = s.fieldNames(); it.hasNext(); ) {
+            String k = it.next();
+            if (!IGNORED.contains(k) && !ok.contains(k))
+                throw unsupported(path, "the keyword '" + k + "' beside " + String.join("/", allowed));
+        }
+    }
+
+    /** The JSON Schema type name of a value ("integer" for integral numbers). */
+    private static String jsonType(JsonNode v) {
+        if (v.isIntegralNumber()) return "integer";
+        if (v.isNumber()) return "number";
+        if (v.isTextual()) return "string";
+        if (v.isBoolean()) return "boolean";
+        if (v.isNull()) return "null";
+        return v.isArray() ? "array" : "object";
     }
 
     private String typed(String type, JsonNode s, String hint, String path) {
@@ -201,6 +245,9 @@ public final class JsonSchemaGrammar {
         JsonNode props = s.get("properties"), additional = s.get("additionalProperties");
         prim("ws");
         if (props == null || props.isEmpty()) {
+            if (s.has("required") && !s.get("required").isEmpty())
+                throw unsupported(path, "the required property '" + s.get("required").get(0).asText()
+                        + "' without a schema in properties");
             if (additional == null || additional.isBoolean() && additional.asBoolean()) {
                 if (props != null && additional == null) return newRule(hint, "\"{\" ws \"}\" ws");
                 return prim("object");
@@ -244,7 +291,7 @@ public final class JsonSchemaGrammar {
         else if (ref.startsWith("#/")) target = root.at(ref.substring(1));
         else throw unsupported(path, "the $ref '" + ref + "' (only references into this schema, '#/...')");
         if (target == null || target.isMissingNode()) throw new IllegalArgumentException("JSON schema: " + path + ": $ref '" + ref + "' points nowhere");
-        name = sanitize("ref-" + ref.substring(ref.lastIndexOf('/') + 1)) + "-" + (counter++);
+        name = unique(sanitize("ref-" + ref.substring(ref.lastIndexOf('/') + 1)));
         refs.put(ref, name);
         rules.put(name, ""); // placeholder: recursion refers to the name
         String body = visit(target, name + "-body", ref);

@@ -197,6 +197,41 @@ class SpeculativeDecodingTest {
         }
     }
 
+    /** A drafter that returns more than asked is cut to the request; an unbounded step count is fine. */
+    @Test
+    void oversizedDraftsAreCutAndStepCountsMayBeHuge() {
+        try (TokenPress tp = load()) {
+            var m = tp.model();
+            int[] prompt = tp.tokenizer().encode(PROMPT);
+            java.util.List<Integer> plain = new java.util.ArrayList<>(), spec = new java.util.ArrayList<>();
+            int[] occ = new int[2];
+            for (int pass = 0; pass < 2; pass++) {
+                try (var cache = m.newCache(256)) {
+                    m.prefill(cache, prompt, 0, false, null);
+                    int first = m.argmax();
+                    var out = pass == 0 ? plain : spec;
+                    out.add(first);
+                    java.util.function.IntPredicate take = t -> {
+                        out.add(t);
+                        return out.size() < 12;
+                    };
+                    if (pass == 0) {
+                        m.decodeGreedy(cache, first, prompt.length, Integer.MAX_VALUE, take);
+                    } else {
+                        ModelDrafter self = new ModelDrafter(ModelDrafter.selfDraft(m, tp.config().numLayers()), 256, 0, 0f);
+                        dev.tokenpress.model.Drafter greedy = (seq, len, max) -> self.draft(seq, len, max + 5); // asks for more
+                        m.decodeSpeculative(cache, first, prompt.length, Integer.MAX_VALUE, null, take, prompt, prompt.length,
+                                greedy, 3);
+                        self.close();
+                    }
+                    occ[pass] = cache.occupied(0, 0);
+                }
+            }
+            assertEquals(plain, spec);
+            assertEquals(occ[0], occ[1], "the cache holds exactly the fed tokens");
+        }
+    }
+
     @Test
     void draftsFollowTheSequence() {
         try (TokenPress tp = load()) {

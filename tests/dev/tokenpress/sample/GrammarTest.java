@@ -73,6 +73,10 @@ class GrammarTest {
                 Arguments.of("root ::= * \"a\"", "follows nothing"),
                 Arguments.of("root ::= \"a\"{3,1}", "max < min"),
                 Arguments.of("root ::= root \"a\" | \"b\"", "left-recursive"),
+                Arguments.of("root ::= \"x\" (\"a\"?)*", "left-recursive"),
+                Arguments.of("root ::= a\na ::= b? \"x\"\nb ::= \"\" | a", "left-recursive"),
+                Arguments.of("root ::= \"a\"{3", "expected '}'"),
+                Arguments.of("root ::= \"\\x+1\"", "hex digits"),
                 Arguments.of("root := \"a\"", "expected '::='"),
                 Arguments.of("root ::= \"\\q\"", "unknown escape"));
     }
@@ -82,6 +86,16 @@ class GrammarTest {
     void badGrammarsAreRefusedWithAReason(String gbnf, String message) {
         var e = assertThrows(IllegalArgumentException.class, () -> Grammar.parse(gbnf).matches("ab"));
         assertTrue(e.getMessage().contains(message), e.getMessage());
+    }
+
+    @Test
+    void deepFiniteNestingAndGeneratedNamesAreFine() {
+        Grammar deep = Grammar.parse("root ::= (\"a\"?){0,3000} \"b\"");
+        assertTrue(deep.matches("aaab"));
+        assertTrue(deep.matches("b"));
+        assertFalse(deep.matches("ba"));
+        Grammar named = Grammar.parse("root ::= (\"a\") root-1\nroot-1 ::= \"b\"");
+        assertTrue(named.matches("ab"));
     }
 
     @Test
@@ -260,7 +274,11 @@ class GrammarTest {
                 Arguments.of("{\"$ref\": \"#/$defs/missing\"}", "points nowhere"),
                 Arguments.of("{\"$ref\": \"http://x/s.json\"}", "only references into this schema"),
                 Arguments.of("{\"type\": \"object\", \"required\": [\"a\"], \"properties\": {\"b\": {}}}", "required property 'a'"),
-                Arguments.of("not json", "not valid JSON"));
+                Arguments.of("not json", "not valid JSON"),
+                Arguments.of("{\"type\": \"object\", \"required\": [\"a\"]}", "required property 'a'"),
+                Arguments.of("{\"$ref\": \"#/$defs/a\", \"type\": \"string\", \"$defs\": {\"a\": {}}}", "beside $ref"),
+                Arguments.of("{\"anyOf\": [{}], \"type\": \"object\", \"properties\": {}}", "beside anyOf"),
+                Arguments.of("{\"enum\": [1, 2], \"type\": \"string\"}", "none of whose values"));
     }
 
     @ParameterizedTest(name = "{1}")
@@ -268,6 +286,18 @@ class GrammarTest {
     void unsupportedSchemasAreRefused(String schema, String message) {
         var e = assertThrows(IllegalArgumentException.class, () -> JsonSchemaGrammar.compile(schema));
         assertTrue(e.getMessage().contains(message), e.getMessage());
+    }
+
+    @Test
+    void enumsFollowTheirTypeAndRefNamesDoNotCollide() {
+        Grammar typed = JsonSchemaGrammar.compile("{\"type\": \"string\", \"enum\": [\"a\", 1]}");
+        assertTrue(typed.matches("\"a\""));
+        assertFalse(typed.matches("1"));
+        Grammar refs = JsonSchemaGrammar.compile("{\"anyOf\":[{\"$ref\":\"#/$defs/a\"},{\"enum\":[0]},{\"enum\":[1]},{\"enum\":[2]},"
+                + "{\"$ref\":\"#/$defs/a-0-body-1\"}],\"$defs\":{\"a\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}},"
+                + "\"a-0-body-1\":{\"type\":\"boolean\"}}}");
+        for (String ok : new String[] {"[1, 2]", "0", "2", "true"}) assertTrue(refs.matches(ok), ok);
+        assertFalse(refs.matches("3"));
     }
 
     @Test
