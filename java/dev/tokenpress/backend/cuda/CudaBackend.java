@@ -789,16 +789,7 @@ public final class CudaBackend implements Backend {
                 check(TpNative.tp_gemv_bf16(o.ptr, xi.ptr, wt.ptr, b == null ? 0 : b.ptr, n, outDim, in, stream), "matmul (GEMV)");
             return;
         }
-        long need = 2L * n * in;
-        if (wt.bf16 && need > xBf16Bytes) {
-            if (mode != Mode.EAGER) throw abort("matmul scratch growth", false);
-            free(xBf16);
-            xBf16 = 0;
-            xBf16Bytes = 0;
-            long sz = Math.max(need, 2L * 8 * in);
-            xBf16 = malloc(sz, "matmul input scratch");
-            xBf16Bytes = sz;
-        }
+        if (wt.bf16) growXBf16(n, in);
         sig(4, o.ptr, xi.ptr, wt.ptr, b == null ? 0 : b.ptr, n, 0);
         if (mode == Mode.DRY) return;
         int st;
@@ -830,15 +821,7 @@ public final class CudaBackend implements Backend {
             return;
         }
         if (mode != Mode.EAGER) throw abort("q8_0 prefill matmul", false); // chunks run eagerly
-        long needX = 2L * n * in;
-        if (needX > xBf16Bytes) {
-            free(xBf16);
-            xBf16 = 0;
-            xBf16Bytes = 0;
-            long sz = Math.max(needX, 2L * 8 * in);
-            xBf16 = malloc(sz, "matmul input scratch");
-            xBf16Bytes = sz;
-        }
+        growXBf16(n, in);
         int sliceRows = (int) Math.max(1, Math.min(outDim, (64L << 20) / (2L * in)));
         long needW = 2L * sliceRows * in;
         if (needW > q8ScratchBytes) {
@@ -860,6 +843,19 @@ public final class CudaBackend implements Backend {
             if (accumulate) throw new IllegalStateException("q8_0 matmul: bias with accumulate");
             check(TpNative.tp_add_bias(o.ptr, b.ptr, n, outDim, stream), "matmul: bias");
         }
+    }
+
+    /** Grows the bf16 copy of x (the cuBLAS operand) to n rows of in (eager only; a capture aborts instead). */
+    private void growXBf16(int n, int in) {
+        long need = 2L * n * in;
+        if (need <= xBf16Bytes) return;
+        if (mode != Mode.EAGER) throw abort("matmul scratch growth", false);
+        free(xBf16);
+        xBf16 = 0;
+        xBf16Bytes = 0;
+        long sz = Math.max(need, 2L * 8 * in);
+        xBf16 = malloc(sz, "matmul input scratch");
+        xBf16Bytes = sz;
     }
 
     /**
