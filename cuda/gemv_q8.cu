@@ -4,8 +4,8 @@
 //
 // - tp_gemv_q8: decode GEMV for n <= 4 rows of x: out[r, o] = sum_b d[o, b] * (sum_j q[o, 32b + j] * x[r, 32b + j])
 //   (+ bias[o]), or accumulated into out. A block of 256 threads covers 8 / WPR rows, each row owned by WPR warps;
-//   a lane reads 16-byte chunks of codes (half a block) with streaming loads, widens them to floats, and adds
-//   scale * (chunk dot x) to its partial sums (the scale read once per chunk through L1). Warp shuffles, then shared
+//   a lane reads 16-byte chunks of codes (half a block) with streaming loads, several issued before any is used,
+//   widens them to floats, and adds scale * (chunk dot x) to its partial sums (the scale read through L1). Warp shuffles, then shared
 //   memory when WPR > 1. Bandwidth: 1.125 bytes per weight instead of bf16's 2.
 // - tp_dequant_q8_bf16: rows [r0, r0 + rows) as bf16 (round to nearest even), the weight operand of the cuBLAS
 //   GEMM of a prefill chunk (the caller walks the matrix in row slices through a scratch buffer).
@@ -44,6 +44,7 @@ gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8
                const float* __restrict__ scales, const float* __restrict__ bias, int O, int I, int accumulate) {
     constexpr int RPB = kQ8Warps / WPR;
     constexpr int S = 32 * WPR;             // chunk stride between a lane's consecutive chunks
+    constexpr int U = NX == 1 ? 8 : 4;      // chunks loaded per round (loads in flight), as the bf16 GEMV
     __shared__ float red[kQ8Warps][NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row = blockIdx.x * RPB + warp / WPR;
@@ -59,27 +60,38 @@ gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8
     if (row < O) {
         const uint8_t* wr = w + (int64_t)row * I;
         const float* sr = scales + (int64_t)row * nb;
-        for (int c = part * 32 + lane; c < nch; c += S) {
-            uint4 q = ld_stream16_q8(wr + (int64_t)c * 16);
-            float wf[16];
-            s8x4_to_f32(q.x, wf);
-            s8x4_to_f32(q.y, wf + 4);
-            s8x4_to_f32(q.z, wf + 8);
-            s8x4_to_f32(q.w, wf + 12);
-            const float d = __ldg(sr + (c >> 1));
+        // U chunks per lane per round, all loads issued before any is used (several 16-byte loads in flight)
+        for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
+            uint4 q[U];
 #pragma unroll
-            for (int r = 0; r < NX; r++) {
-                const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 16);
-                float s = 0.f;
+            for (int u = 0; u < U; u++) {
+                const int c = c0 + u * S;
+                q[u] = c < nch ? ld_stream16_q8(wr + (int64_t)c * 16) : make_uint4(0, 0, 0, 0);
+            }
 #pragma unroll
-                for (int v = 0; v < 4; v++) {
-                    float4 a = __ldg(xp + v);
-                    s = fmaf(wf[4 * v], a.x, s);
-                    s = fmaf(wf[4 * v + 1], a.y, s);
-                    s = fmaf(wf[4 * v + 2], a.z, s);
-                    s = fmaf(wf[4 * v + 3], a.w, s);
+            for (int u = 0; u < U; u++) {
+                const int c = c0 + u * S;
+                if (c >= nch) break;
+                float wf[16];
+                s8x4_to_f32(q[u].x, wf);
+                s8x4_to_f32(q[u].y, wf + 4);
+                s8x4_to_f32(q[u].z, wf + 8);
+                s8x4_to_f32(q[u].w, wf + 12);
+                const float d = __ldg(sr + (c >> 1));
+#pragma unroll
+                for (int r = 0; r < NX; r++) {
+                    const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 16);
+                    float s = 0.f;
+#pragma unroll
+                    for (int v = 0; v < 4; v++) {
+                        float4 a = __ldg(xp + v);
+                        s = fmaf(wf[4 * v], a.x, s);
+                        s = fmaf(wf[4 * v + 1], a.y, s);
+                        s = fmaf(wf[4 * v + 2], a.z, s);
+                        s = fmaf(wf[4 * v + 3], a.w, s);
+                    }
+                    acc[r] = fmaf(d, s, acc[r]);
                 }
-                acc[r] = fmaf(d, s, acc[r]);
             }
         }
     }

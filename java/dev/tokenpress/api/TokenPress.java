@@ -73,7 +73,7 @@ public final class TokenPress implements AutoCloseable {
             if (shared == null) backend = Backends.create(options.device(), options.threads(), options.log());
             if (shared == null && !backend.name().equals("cpu") && "auto".equalsIgnoreCase(options.device())) {
                 // under auto, a model the GPU kernels cannot run (e.g. head dim 32) or weights they cannot read
-                // (e.g. q8_0) fall back to the CPU
+                // (q4_0) fall back to the CPU
                 try {
                     backend.newKvCache(1, 1, config.headDim(), 1).close();
                     backend.setWeightType(options.weights());

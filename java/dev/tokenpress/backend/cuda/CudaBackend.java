@@ -101,6 +101,13 @@ public final class CudaBackend implements Backend {
     private long xBf16;
     private dev.tokenpress.backend.WeightType weightType = dev.tokenpress.backend.WeightType.AS_STORED;
     private long q8Scratch, q8ScratchBytes;  // bf16 rows of a Q8_0 matrix for the cuBLAS GEMM of a prefill chunk
+    private long q8SliceBytes = 64L << 20;   // the most bytes of one such slice
+
+    /** The most bytes of dequantized Q8_0 weight rows one cuBLAS call of a prefill chunk takes (tests: small slices). */
+    void setQ8SliceBytes(long bytes) {
+        if (bytes < 2) throw new IllegalArgumentException("q8 slice bytes " + bytes);
+        q8SliceBytes = bytes;
+    }
     private long xBf16Bytes;
     private long attnWs;
     private long attnWsBytes;
@@ -622,19 +629,24 @@ public final class CudaBackend implements Backend {
             free(p);
             throw e;
         }
-        java.nio.ByteBuffer buf = data.buffer();
         int rowsPerChunk = Math.max(1, (int) Math.min(rows, (16L << 20) / Math.max(1, cols)));
-        float[] row = new float[cols];
         byte[] q = new byte[rowsPerChunk * cols];
         float[] d = new float[rowsPerChunk * nb];
-        for (int r0 = 0; r0 < rows; r0 += rowsPerChunk) {
-            int nr = Math.min(rowsPerChunk, rows - r0);
-            for (int i = 0; i < nr; i++) {
-                dev.tokenpress.backend.Q8Codec.rowFloats(data, buf, r0 + i, cols, row);
-                dev.tokenpress.backend.Q8Codec.quantizeRow(row, 0, cols, q, i * cols, d, i * nb);
+        try {
+            for (int r0 = 0; r0 < rows; r0 += rowsPerChunk) {
+                int nr = Math.min(rowsPerChunk, rows - r0), first = r0;
+                java.util.stream.IntStream.range(0, nr).parallel().forEach(i -> { // rows are independent
+                    float[] row = new float[cols];
+                    dev.tokenpress.backend.Q8Codec.rowFloats(data, data.buffer(), first + i, cols, row);
+                    dev.tokenpress.backend.Q8Codec.quantizeRow(row, 0, cols, q, i * cols, d, i * nb);
+                });
+                check(TpNative.tp_memcpy_h2d(p + (long) r0 * cols, q, (long) nr * cols, stream), "upload " + data.name());
+                check(TpNative.tp_memcpy_h2d(sc + 4L * r0 * nb, d, 4L * nr * nb, stream), "upload " + data.name());
             }
-            check(TpNative.tp_memcpy_h2d(p + (long) r0 * cols, q, (long) nr * cols, stream), "upload " + data.name());
-            check(TpNative.tp_memcpy_h2d(sc + 4L * r0 * nb, d, 4L * nr * nb, stream), "upload " + data.name());
+        } catch (RuntimeException | Error e) {
+            free(p);
+            free(sc);
+            throw e;
         }
         return new CudaTensor(rows, cols, false, p, codeBytes + scaleBytes, data.name(), true, sc);
     }
@@ -813,7 +825,9 @@ public final class CudaBackend implements Backend {
      */
     private void matmulQ8(CudaTensor o, CudaTensor xi, CudaTensor wt, CudaTensor b, int n, boolean accumulate) {
         int in = wt.cols, outDim = wt.rows;
-        if (n <= GEMV_MAX_ROWS && (xi.ptr & 15) == 0) {
+        long xEnd = xi.ptr + 4L * n * in, oEnd = o.ptr + 4L * n * outDim;
+        boolean disjoint = oEnd <= xi.ptr || xEnd <= o.ptr; // the GEMV reads x while it writes o
+        if (n <= GEMV_MAX_ROWS && (xi.ptr & 15) == 0 && disjoint) {
             sig(60, o.ptr, xi.ptr, wt.ptr, wt.scales, b == null ? 0 : b.ptr, n, accumulate ? 1 : 0);
             if (mode != Mode.DRY)
                 check(TpNative.tp_gemv_q8(o.ptr, xi.ptr, wt.ptr, wt.scales, b == null ? 0 : b.ptr, n, outDim, in,
@@ -822,7 +836,7 @@ public final class CudaBackend implements Backend {
         }
         if (mode != Mode.EAGER) throw abort("q8_0 prefill matmul", false); // chunks run eagerly
         growXBf16(n, in);
-        int sliceRows = (int) Math.max(1, Math.min(outDim, (64L << 20) / (2L * in)));
+        int sliceRows = (int) Math.max(1, Math.min(outDim, q8SliceBytes / (2L * in)));
         long needW = 2L * sliceRows * in;
         if (needW > q8ScratchBytes) {
             free(q8Scratch);
