@@ -38,88 +38,169 @@ __device__ __forceinline__ void s8x4_to_f32(uint32_t w, float* f) {
     f[3] = (float)(int8_t)(w >> 24);
 }
 
+// Adds this warp's share of weight row `wr` (codes) / `sr` (scales) times the NX rows of x to acc (lane-local
+// partial sums): chunks part*32 + lane + k*32*WPR of 16 codes, U chunk loads issued per round before any is used.
+template <int NX, int WPR>
+__device__ __forceinline__ void q8_row_partial(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
+                                               const float* __restrict__ x, int I, int part, int lane,
+                                               float (&acc)[NX]) {
+    constexpr int S = 32 * WPR;             // chunk stride between a lane's consecutive chunks
+    constexpr int U = NX == 1 ? 8 : 4;      // chunks loaded per round (loads in flight), as the bf16 GEMV
+    const int nch = I >> 4;                 // 16-byte chunks (16 codes) per row
+    for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
+        uint4 q[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = c0 + u * S;
+            q[u] = c < nch ? ld_stream16_q8(wr + (int64_t)c * 16) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = c0 + u * S;
+            if (c >= nch) break;
+            float wf[16];
+            s8x4_to_f32(q[u].x, wf);
+            s8x4_to_f32(q[u].y, wf + 4);
+            s8x4_to_f32(q[u].z, wf + 8);
+            s8x4_to_f32(q[u].w, wf + 12);
+            const float d = __ldg(sr + (c >> 1));
+#pragma unroll
+            for (int r = 0; r < NX; r++) {
+                const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 16);
+                float s = 0.f;
+#pragma unroll
+                for (int v = 0; v < 4; v++) {
+                    float4 a = __ldg(xp + v);
+                    s = fmaf(wf[4 * v], a.x, s);
+                    s = fmaf(wf[4 * v + 1], a.y, s);
+                    s = fmaf(wf[4 * v + 2], a.z, s);
+                    s = fmaf(wf[4 * v + 3], a.w, s);
+                }
+                acc[r] = fmaf(d, s, acc[r]);
+            }
+        }
+    }
+}
+
+// Sums the lane partials of the WPR warps of a row; afterwards every lane of the row's first warp (part 0) holds
+// the row's K sums in acc. red: [kQ8Warps][K] shared. Must be called by the whole block.
+template <int K, int WPR>
+__device__ __forceinline__ void q8_reduce(float (&acc)[K], float (*red)[K], int warp, int lane) {
+#pragma unroll
+    for (int r = 0; r < K; r++) acc[r] = warp_sum(acc[r]);
+    if (WPR == 1) return;
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < K; r++) red[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (warp % WPR == 0) {
+#pragma unroll
+        for (int r = 0; r < K; r++) {
+            float t = 0.f;
+#pragma unroll
+            for (int p = 0; p < WPR; p++) t += red[warp + p][r];
+            acc[r] = t;
+        }
+    }
+}
+
 template <int NX, int WPR>
 __global__ void __launch_bounds__(kQ8Threads)
 gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8_t* __restrict__ w,
                const float* __restrict__ scales, const float* __restrict__ bias, int O, int I, int accumulate) {
     constexpr int RPB = kQ8Warps / WPR;
-    constexpr int S = 32 * WPR;             // chunk stride between a lane's consecutive chunks
-    constexpr int U = NX == 1 ? 8 : 4;      // chunks loaded per round (loads in flight), as the bf16 GEMV
     __shared__ float red[kQ8Warps][NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row = blockIdx.x * RPB + warp / WPR;
-    const int part = warp % WPR;
-    const int nch = I >> 4;                 // 16-byte chunks (16 codes) per row
-    const int nb = I / kQ8Block;
-
     pdl_wait();
     pdl_launch_dependents();
     float acc[NX];
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
+    if (row < O)
+        q8_row_partial<NX, WPR>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), x, I, warp % WPR, lane, acc);
+    q8_reduce<NX, WPR>(acc, red, warp, lane);
+    if (row >= O || warp % WPR != 0 || lane != 0) return;
+    const float b = bias ? bias[row] : 0.f;
+#pragma unroll
+    for (int r = 0; r < NX; r++) {
+        float* o = out + (int64_t)r * O + row;
+        *o = accumulate ? *o + (acc[r] + b) : acc[r] + b;
+    }
+}
+
+// Up to three Q8_0 matrices with the same x in one launch (q, k, v): blocks [0, end0) cover matrix 0,
+// [end0, end1) matrix 1, [end1, ...) matrix 2.
+struct Q8Segs {
+    float* out0; float* out1; float* out2;
+    const uint8_t* w0; const uint8_t* w1; const uint8_t* w2;
+    const float* s0; const float* s1; const float* s2;
+    const float* b0; const float* b1; const float* b2;
+    int rows0, rows1, rows2;
+    int end0, end1;
+};
+
+template <int NX, int WPR>
+__global__ void __launch_bounds__(kQ8Threads)
+gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I) {
+    constexpr int RPB = kQ8Warps / WPR;
+    __shared__ float red[kQ8Warps][NX];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int b = blockIdx.x;
+    const int m = b < sg.end0 ? 0 : (b < sg.end1 ? 1 : 2);  // block-uniform
+    float* out = m == 0 ? sg.out0 : (m == 1 ? sg.out1 : sg.out2);
+    const uint8_t* w = m == 0 ? sg.w0 : (m == 1 ? sg.w1 : sg.w2);
+    const float* sc = m == 0 ? sg.s0 : (m == 1 ? sg.s1 : sg.s2);
+    const float* bias = m == 0 ? sg.b0 : (m == 1 ? sg.b1 : sg.b2);
+    const int O = m == 0 ? sg.rows0 : (m == 1 ? sg.rows1 : sg.rows2);
+    const int first = m == 0 ? 0 : (m == 1 ? sg.end0 : sg.end1);
+    const int row = (b - first) * RPB + warp / WPR;
+    pdl_wait();
+    pdl_launch_dependents();
+    float acc[NX];
+#pragma unroll
+    for (int r = 0; r < NX; r++) acc[r] = 0.f;
+    if (row < O)
+        q8_row_partial<NX, WPR>(w + (int64_t)row * I, sc + (int64_t)row * (I / kQ8Block), x, I, warp % WPR, lane, acc);
+    q8_reduce<NX, WPR>(acc, red, warp, lane);
+    if (row >= O || warp % WPR != 0 || lane != 0) return;
+    const float bb = bias ? bias[row] : 0.f;
+#pragma unroll
+    for (int r = 0; r < NX; r++) out[(int64_t)r * O + row] = acc[r] + bb;
+}
+
+// Gate/up Q8_0 GEMVs + SwiGLU: out[r, o] = silu(x·g_o) * (x·u_o), the formula of swiglu_kernel. No bias.
+template <int NX, int WPR>
+__global__ void __launch_bounds__(kQ8Threads)
+gemv_q8_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8_t* __restrict__ wg,
+                      const float* __restrict__ sg, const uint8_t* __restrict__ wu, const float* __restrict__ su,
+                      int O, int I) {
+    constexpr int RPB = kQ8Warps / WPR;
+    __shared__ float red[kQ8Warps][2 * NX];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row = blockIdx.x * RPB + warp / WPR;
+    pdl_wait();
+    pdl_launch_dependents();
+    float ag[NX], au[NX], acc[2 * NX];
+#pragma unroll
+    for (int r = 0; r < NX; r++) ag[r] = au[r] = 0.f;
     if (row < O) {
-        const uint8_t* wr = w + (int64_t)row * I;
-        const float* sr = scales + (int64_t)row * nb;
-        // U chunks per lane per round, all loads issued before any is used (several 16-byte loads in flight)
-        for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
-            uint4 q[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int c = c0 + u * S;
-                q[u] = c < nch ? ld_stream16_q8(wr + (int64_t)c * 16) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int c = c0 + u * S;
-                if (c >= nch) break;
-                float wf[16];
-                s8x4_to_f32(q[u].x, wf);
-                s8x4_to_f32(q[u].y, wf + 4);
-                s8x4_to_f32(q[u].z, wf + 8);
-                s8x4_to_f32(q[u].w, wf + 12);
-                const float d = __ldg(sr + (c >> 1));
-#pragma unroll
-                for (int r = 0; r < NX; r++) {
-                    const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 16);
-                    float s = 0.f;
-#pragma unroll
-                    for (int v = 0; v < 4; v++) {
-                        float4 a = __ldg(xp + v);
-                        s = fmaf(wf[4 * v], a.x, s);
-                        s = fmaf(wf[4 * v + 1], a.y, s);
-                        s = fmaf(wf[4 * v + 2], a.z, s);
-                        s = fmaf(wf[4 * v + 3], a.w, s);
-                    }
-                    acc[r] = fmaf(d, s, acc[r]);
-                }
-            }
-        }
+        const int64_t ro = (int64_t)row * I, so = (int64_t)row * (I / kQ8Block);
+        q8_row_partial<NX, WPR>(wg + ro, sg + so, x, I, warp % WPR, lane, ag);
+        q8_row_partial<NX, WPR>(wu + ro, su + so, x, I, warp % WPR, lane, au);
     }
 #pragma unroll
-    for (int r = 0; r < NX; r++) acc[r] = warp_sum(acc[r]);
-    if (WPR == 1) {
-        if (row < O && lane == 0) {
-            const float b = bias ? bias[row] : 0.f;
-#pragma unroll
-            for (int r = 0; r < NX; r++) {
-                float* o = out + (int64_t)r * O + row;
-                *o = accumulate ? *o + (acc[r] + b) : acc[r] + b;
-            }
-        }
-        return;
+    for (int r = 0; r < NX; r++) {
+        acc[r] = ag[r];
+        acc[NX + r] = au[r];
     }
-    if (lane == 0) {
+    q8_reduce<2 * NX, WPR>(acc, red, warp, lane);
+    if (row >= O || warp % WPR != 0 || lane != 0) return;
 #pragma unroll
-        for (int r = 0; r < NX; r++) red[warp][r] = acc[r];
-    }
-    __syncthreads();
-    if (row < O && part == 0 && lane < NX) {
-        float s = 0.f;
-#pragma unroll
-        for (int p = 0; p < WPR; p++) s += red[warp + p][lane];
-        if (bias) s += bias[row];
-        float* o = out + (int64_t)lane * O + row;
-        *o = accumulate ? *o + s : s;
+    for (int r = 0; r < NX; r++) {
+        const float g = acc[r];
+        out[(int64_t)r * O + row] = g / (1.f + expf(-g)) * acc[NX + r];
     }
 }
 
@@ -131,6 +212,24 @@ int launch_q8(int wpr, float* out, const float* x, const uint8_t* w, const float
     auto k = wpr == 1 ? gemv_q8_kernel<NX, 1> : wpr == 2 ? gemv_q8_kernel<NX, 2>
            : wpr == 4 ? gemv_q8_kernel<NX, 4> : gemv_q8_kernel<NX, 8>;
     TP_LAUNCH("gemv_q8_kernel", k, grid, dim3(kQ8Threads), 0, s, out, x, w, scales, bias, O, I, accumulate);
+    return TP_OK;
+}
+
+template <int NX>
+int launch_q8_multi(int wpr, dim3 grid, const Q8Segs& sg, const float* x, int I, cudaStream_t s) {
+    auto k = wpr == 1 ? gemv_q8_multi_kernel<NX, 1> : wpr == 2 ? gemv_q8_multi_kernel<NX, 2>
+           : wpr == 4 ? gemv_q8_multi_kernel<NX, 4> : gemv_q8_multi_kernel<NX, 8>;
+    TP_LAUNCH("gemv_q8_multi_kernel", k, grid, dim3(kQ8Threads), 0, s, sg, x, I);
+    return TP_OK;
+}
+
+template <int NX>
+int launch_q8_swiglu(int wpr, float* out, const float* x, const uint8_t* wg, const float* sg, const uint8_t* wu,
+                     const float* su, int O, int I, cudaStream_t s) {
+    dim3 grid((unsigned)ceil_div(O, kQ8Warps / wpr));
+    auto k = wpr == 1 ? gemv_q8_swiglu_kernel<NX, 1> : wpr == 2 ? gemv_q8_swiglu_kernel<NX, 2>
+           : wpr == 4 ? gemv_q8_swiglu_kernel<NX, 4> : gemv_q8_swiglu_kernel<NX, 8>;
+    TP_LAUNCH("gemv_q8_swiglu_kernel", k, grid, dim3(kQ8Threads), 0, s, out, x, wg, sg, wu, su, O, I);
     return TP_OK;
 }
 
@@ -203,6 +302,67 @@ int tp_gemv_q8(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t b
         case 2: return launch_q8<2>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
         case 3: return launch_q8<3>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
         default: return launch_q8<4>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
+    }
+}
+
+int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
+                     uint64_t s1, uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t s2, uint64_t bias2,
+                     int rows2, uint64_t x, int n, int in_dim, uint64_t stream) {
+    const char* fn = "tp_gemv_q8_multi";
+    TP_REQUIRE(out0 != 0 && w0 != 0 && s0 != 0, fn, "out0/w0/s0");
+    TP_REQUIRE(rows0 > 0, fn, "rows0");
+    TP_REQUIRE(rows1 >= 0 && (rows1 == 0 || (out1 != 0 && w1 != 0 && s1 != 0)), fn, "rows1");
+    TP_REQUIRE(rows2 >= 0 && (rows2 == 0 || (out2 != 0 && w2 != 0 && s2 != 0 && rows1 > 0)), fn, "rows2");
+    TP_REQUIRE(x != 0 && (x & 15) == 0, fn, "x (16-byte aligned)");
+    TP_REQUIRE(n >= 0 && n <= kQ8MaxRows, fn, "n");
+    TP_REQUIRE(in_dim > 0 && in_dim % kQ8Block == 0, fn, "in_dim");
+    TP_REQUIRE((w0 & 15) == 0 && (w1 & 15) == 0 && (w2 & 15) == 0, fn, "w (16-byte aligned)");
+    if (n == 0) return TP_OK;
+    const int wpr = pick_wpr_q8(rows0 + rows1 + rows2, in_dim);
+    const int rpb = kQ8Warps / wpr;
+    Q8Segs sg;
+    sg.out0 = TP_PTR(float, out0); sg.out1 = TP_PTR(float, out1); sg.out2 = TP_PTR(float, out2);
+    sg.w0 = TP_PTR(const uint8_t, w0); sg.w1 = TP_PTR(const uint8_t, w1); sg.w2 = TP_PTR(const uint8_t, w2);
+    sg.s0 = TP_PTR(const float, s0); sg.s1 = TP_PTR(const float, s1); sg.s2 = TP_PTR(const float, s2);
+    sg.b0 = TP_PTR(const float, bias0); sg.b1 = TP_PTR(const float, bias1); sg.b2 = TP_PTR(const float, bias2);
+    sg.rows0 = rows0; sg.rows1 = rows1; sg.rows2 = rows2;
+    sg.end0 = ceil_div(rows0, rpb);
+    sg.end1 = sg.end0 + (rows1 > 0 ? ceil_div(rows1, rpb) : 0);
+    const int blocks = sg.end1 + (rows2 > 0 ? ceil_div(rows2, rpb) : 0);
+    const float* xi = TP_PTR(const float, x);
+    cudaStream_t s = TP_STREAM(stream);
+    switch (n) {
+        case 1: return launch_q8_multi<1>(wpr, dim3(blocks), sg, xi, in_dim, s);
+        case 2: return launch_q8_multi<2>(wpr, dim3(blocks), sg, xi, in_dim, s);
+        case 3: return launch_q8_multi<3>(wpr, dim3(blocks), sg, xi, in_dim, s);
+        default: return launch_q8_multi<4>(wpr, dim3(blocks), sg, xi, in_dim, s);
+    }
+}
+
+int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate, uint64_t w_up, uint64_t s_up, int n,
+                      int out_dim, int in_dim, uint64_t stream) {
+    const char* fn = "tp_gemv_q8_swiglu";
+    TP_REQUIRE(out != 0, fn, "out");
+    TP_REQUIRE(x != 0 && (x & 15) == 0, fn, "x (16-byte aligned)");
+    TP_REQUIRE(w_gate != 0 && s_gate != 0 && (w_gate & 15) == 0, fn, "w_gate/s_gate");
+    TP_REQUIRE(w_up != 0 && s_up != 0 && (w_up & 15) == 0, fn, "w_up/s_up");
+    TP_REQUIRE(n >= 0 && n <= kQ8MaxRows, fn, "n");
+    TP_REQUIRE(out_dim > 0, fn, "out_dim");
+    TP_REQUIRE(in_dim > 0 && in_dim % kQ8Block == 0, fn, "in_dim");
+    if (n == 0) return TP_OK;
+    const int wpr = pick_wpr_q8(out_dim, in_dim);
+    float* o = TP_PTR(float, out);
+    const float* xi = TP_PTR(const float, x);
+    const uint8_t* wg = TP_PTR(const uint8_t, w_gate);
+    const uint8_t* wu = TP_PTR(const uint8_t, w_up);
+    const float* sg = TP_PTR(const float, s_gate);
+    const float* su = TP_PTR(const float, s_up);
+    cudaStream_t s = TP_STREAM(stream);
+    switch (n) {
+        case 1: return launch_q8_swiglu<1>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
+        case 2: return launch_q8_swiglu<2>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
+        case 3: return launch_q8_swiglu<3>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
+        default: return launch_q8_swiglu<4>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
     }
 }
 

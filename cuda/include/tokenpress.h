@@ -167,6 +167,13 @@ int tp_gemv_bf16(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int
  */
 int tp_gemv_q8(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t bias, int n, int out_dim, int in_dim,
                int accumulate, uint64_t stream);
+/** tp_gemv_bf16_multi for Q8_0 matrices (codes w_m, scales s_m): up to three products of the same x in one launch. */
+int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
+                     uint64_t s1, uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t s2, uint64_t bias2,
+                     int rows2, uint64_t x, int n, int in_dim, uint64_t stream);
+/** tp_gemv_bf16_swiglu for Q8_0 gate/up matrices: out f32 [n, out_dim] = silu(x · gate^T) * (x · up^T). */
+int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate, uint64_t w_up, uint64_t s_up, int n,
+                      int out_dim, int in_dim, uint64_t stream);
 /** dst bf16 [rows, in_dim] = Q8_0 rows (codes w int8 [rows, in_dim], scales f32 [rows, in_dim / 32]) dequantized. */
 int tp_dequant_q8_bf16(uint64_t dst, uint64_t w, uint64_t scales, int rows, int in_dim, uint64_t stream);
 /** tp_embedding over a Q8_0 table (codes int8 [vocab, dim], scales f32 [vocab, dim / 32]); dim % 32 == 0. */

@@ -903,6 +903,15 @@ public final class CudaBackend implements Backend {
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int in = xi.cols;
+        if (q8Gemv(xi, n, in, wqt, wkt, wvt) && wqt.rows == qo.cols && wkt.rows == ko.cols && wvt.rows == vo.cols
+                && disjoint(qo, xi, n) && disjoint(ko, xi, n) && disjoint(vo, xi, n)) {
+            long pbq = ptrOrZero(bq), pbk = ptrOrZero(bk), pbv = ptrOrZero(bv);
+            sig(61, qo.ptr, ko.ptr, vo.ptr, xi.ptr, wqt.ptr, wkt.ptr, wvt.ptr, pbq, pbk, pbv, n);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_gemv_q8_multi(qo.ptr, wqt.ptr, wqt.scales, pbq, wqt.rows, ko.ptr, wkt.ptr, wkt.scales, pbk,
+                        wkt.rows, vo.ptr, wvt.ptr, wvt.scales, pbv, wvt.rows, xi.ptr, n, in, stream), "matmulQkv (q8_0 GEMV)");
+            return;
+        }
         if (!qkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n)) {
             Backend.super.matmulQkv(q, k, v, x, wq, bq, wk, bk, wv, bv, n);
             return;
@@ -918,6 +927,13 @@ public final class CudaBackend implements Backend {
     public void matmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor wGate, Tensor wUp, int n) {
         CudaTensor o = act(out), xi = act(x), wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
         int in = xi.cols, f = wg.rows;
+        if (q8Gemv(xi, n, in, wg, wu) && wu.rows == f && o.cols == f && disjoint(o, xi, n)) {
+            sig(62, o.ptr, xi.ptr, wg.ptr, wu.ptr, n);
+            if (mode != Mode.DRY)
+                check(TpNative.tp_gemv_q8_swiglu(o.ptr, xi.ptr, wg.ptr, wg.scales, wu.ptr, wu.scales, n, f, in, stream),
+                        "matmulSwiglu (q8_0 GEMV)");
+            return;
+        }
         if (!swigluGemv(o, xi, wg, wu, n)) {
             Backend.super.matmulSwiglu(out, up, x, wGate, wUp, n);
             return;
@@ -942,6 +958,19 @@ public final class CudaBackend implements Backend {
             return;
         }
         Backend.super.matmulAdd(x, y, a, w, n);
+    }
+
+    /** Whether the fused Q8_0 GEMVs take these: every matrix Q8_0 with the input width, n <= 4, x 16-byte aligned. */
+    private static boolean q8Gemv(CudaTensor x, int n, int in, CudaTensor... ws) {
+        if (n <= 0 || n > GEMV_MAX_ROWS || (x.ptr & 15) != 0) return false;
+        for (CudaTensor w : ws) if (!w.q8 || w.cols != in) return false;
+        return true;
+    }
+
+    /** An output of n rows that does not overlap x's n rows. */
+    private static boolean disjoint(CudaTensor o, CudaTensor x, int n) {
+        long xEnd = x.ptr + 4L * n * x.cols, oEnd = o.ptr + 4L * n * o.cols;
+        return oEnd <= x.ptr || xEnd <= o.ptr;
     }
 
     /** Whether q/k/v of x run as one fused GEMV launch (switches on, shapes agree, every matrix GEMV-eligible). */

@@ -178,6 +178,19 @@ public final class TpNative {
                                         @Cast("uint64_t") long bias, int n, int outDim, int inDim, int accumulate,
                                         @Cast("uint64_t") long stream);
 
+    public static native int tp_gemv_q8_multi(@Cast("uint64_t") long out0, @Cast("uint64_t") long w0,
+                                              @Cast("uint64_t") long s0, @Cast("uint64_t") long bias0, int rows0,
+                                              @Cast("uint64_t") long out1, @Cast("uint64_t") long w1,
+                                              @Cast("uint64_t") long s1, @Cast("uint64_t") long bias1, int rows1,
+                                              @Cast("uint64_t") long out2, @Cast("uint64_t") long w2,
+                                              @Cast("uint64_t") long s2, @Cast("uint64_t") long bias2, int rows2,
+                                              @Cast("uint64_t") long x, int n, int inDim, @Cast("uint64_t") long stream);
+
+    public static native int tp_gemv_q8_swiglu(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
+                                               @Cast("uint64_t") long wGate, @Cast("uint64_t") long sGate,
+                                               @Cast("uint64_t") long wUp, @Cast("uint64_t") long sUp, int n,
+                                               int outDim, int inDim, @Cast("uint64_t") long stream);
+
     public static native int tp_dequant_q8_bf16(@Cast("uint64_t") long dst, @Cast("uint64_t") long w,
                                                 @Cast("uint64_t") long scales, int rows, int inDim,
                                                 @Cast("uint64_t") long stream);

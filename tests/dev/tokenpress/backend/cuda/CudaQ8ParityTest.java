@@ -103,6 +103,42 @@ class CudaQ8ParityTest {
         else assertClose(what, ref, got, 2e-5, 0.05, 0.02);
     }
 
+    /** The fused decode GEMVs over Q8_0: q/k/v in one launch (with biases) and gate/up + SwiGLU. */
+    @Test
+    void fusedQkvAndSwigluMatchTheCpu() {
+        SplittableRandom r = new SplittableRandom(12);
+        int in = 256, qd = 256, kvd = 64, f = 704;
+        String[] names = {"wq", "wk", "wv", "wg", "wu"};
+        int[] rows = {qd, kvd, kvd, f, f};
+        Tensor[] wc = new Tensor[5], wg = new Tensor[5];
+        for (int i = 0; i < 5; i++) {
+            TensorData d = bf16Weight(names[i], rows[i], in, CudaGemvParityTest.uniform(r, rows[i] * in, 0.3));
+            wc[i] = cpu.weight(d);
+            wg[i] = gpu.weight(d);
+        }
+        Tensor[] bc = new Tensor[3], bg = new Tensor[3];
+        for (int i = 0; i < 3; i++) {
+            TensorData d = f32Vector("b" + i, CudaGemvParityTest.uniform(r, rows[i], 0.1));
+            bc[i] = cpu.weight(d);
+            bg[i] = gpu.weight(d);
+        }
+        for (int n = 1; n <= 4; n++) {
+            float[] x = CudaGemvParityTest.uniform(r, n * in, 1.0);
+            Tensor xc = act(cpu, n, in, x), xg = act(gpu, n, in, x);
+            Tensor[] oc = {act(cpu, n, qd, null), act(cpu, n, kvd, null), act(cpu, n, kvd, null)};
+            Tensor[] og = {act(gpu, n, qd, null), act(gpu, n, kvd, null), act(gpu, n, kvd, null)};
+            cpu.matmulQkv(oc[0], oc[1], oc[2], xc, wc[0], bc[0], wc[1], bc[1], wc[2], bc[2], n);
+            gpu.matmulQkv(og[0], og[1], og[2], xg, wg[0], bg[0], wg[1], bg[1], wg[2], bg[2], n);
+            Tensor sc = act(cpu, n, f, null), sg = act(gpu, n, f, null), uc = act(cpu, n, f, null), ug = act(gpu, n, f, null);
+            cpu.matmulSwiglu(sc, uc, xc, wc[3], wc[4], n);
+            gpu.matmulSwiglu(sg, ug, xg, wg[3], wg[4], n);
+            gpu.synchronize();
+            for (int i = 0; i < 3; i++)
+                assertQ8Close("qkv " + i + " n=" + n, n, cpu.download(oc[i], 0, n), gpu.download(og[i], 0, n));
+            assertQ8Close("swiglu n=" + n, n, cpu.download(sc, 0, n), gpu.download(sg, 0, n));
+        }
+    }
+
     /** The prefill path in many weight-row slices: offsets into the output, the codes and the scales. */
     @Test
     void slicedGemmMatchesTheCpu() {
