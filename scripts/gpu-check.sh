@@ -260,7 +260,7 @@ run_split() {
       JUNIT_TAG=$tag JUNIT_CLASSES="$classes" STAGES=junit T_JUNIT=$limit run_checks "$OUT" > /dev/null 2>&1
     done
   fi
-  [[ $parts == *,bench,* ]] && STAGES=attention,cce,e2e T_ATT=${T_ATT:-45} T_CCE=${T_CCE:-45} T_E2E=${T_E2E:-120} \
+  [[ $parts == *,bench,* ]] && STAGES=attention,cce,e2e T_ATT=${T_ATT:-45} T_CCE=${T_CCE:-45} T_E2E=${T_E2E:-150} \
     run_checks "$OUT" > "$OUT/run-bench.log" 2>&1
   [[ $parts == *,policies,* ]] && POL_E2E=1 STAGES=policies T_POL=${T_POL:-140} run_checks "$OUT" > "$OUT/run-policies.log" 2>&1
   [[ $parts == *,peer,* ]] && STAGES=peer T_PEER=${T_PEER:-90} run_checks "$OUT" > "$OUT/run-peer.log" 2>&1
