@@ -122,7 +122,8 @@ public final class Grammar {
         this.names = names;
         Set<Stack> out = new LinkedHashSet<>();
         boolean acc = false;
-        for (int a : alts[root]) acc |= expand(new Stack(a, 0, null), out);
+        Set<Stack> seen = new java.util.HashSet<>();
+        for (int a : alts[root]) acc |= expand(node(a, 0, null), out, seen);
         this.initial = intern(out, acc);
     }
 
@@ -141,9 +142,10 @@ public final class Grammar {
         if (s.stacks.length == 0) return deadState;
         Set<Stack> out = new LinkedHashSet<>();
         boolean acc = false;
+        Set<Stack> seen = new java.util.HashSet<>(); // shared: the stacks' expansions overlap (nested optionals)
         for (Stack st : s.stacks) {
             Elem e = seqs[st.seq][st.pos];
-            if (e.matches(cp)) acc |= expand(new Stack(st.seq, st.pos + 1, st.next), out);
+            if (e.matches(cp)) acc |= expand(node(st.seq, st.pos + 1, st.next), out, seen);
         }
         t = out.isEmpty() && !acc ? deadState : intern(out, acc);
         if (++memo > MAX_MEMO) { // bound the memo: forget every transition (states stay valid)
@@ -184,13 +186,14 @@ public final class Grammar {
 
     /**
      * Adds the stack's expansion to out (stacks whose top is a character class); true when one of its expansions is
-     * empty (the text may end here). Iterative, and each distinct stack is expanded once, so deep but finite
-     * nesting ({@code ("a"?){0,5000}}) costs linear work; left recursion is refused when the grammar is parsed.
+     * empty (the text may end here). Iterative, and a stack in {@code seen} (shared by the expansions of one step)
+     * is not expanded again: what it adds is already in out, and its empty expansion already counted; so deep but
+     * finite nesting ({@code ("a"?){0,1000}}) costs work linear in the nesting per character. Left recursion is
+     * refused when the grammar is parsed.
      */
-    private boolean expand(Stack start, Set<Stack> out) {
+    private boolean expand(Stack start, Set<Stack> out, Set<Stack> seen) {
         boolean acc = false;
         java.util.ArrayDeque<Stack> work = new java.util.ArrayDeque<>();
-        Set<Stack> seen = new java.util.HashSet<>();
         work.push(start);
         long steps = 0;
         while (!work.isEmpty()) {
@@ -208,11 +211,36 @@ public final class Grammar {
                 out.add(s);
                 continue;
             }
-            Stack cont = new Stack(s.seq, s.pos + 1, s.next);
+            Stack cont = node(s.seq, s.pos + 1, s.next);
             int[] as = alts[e.rule];
-            for (int i = as.length - 1; i >= 0; i--) work.push(new Stack(as[i], 0, cont));
+            for (int i = as.length - 1; i >= 0; i--) work.push(node(as[i], 0, cont));
         }
         return acc;
+    }
+
+    /** A stack node given its (interned) tail; its next is identity-keyed. */
+    private record NodeKey(int seq, int pos, Stack next) {
+        @Override
+        public boolean equals(Object o) {
+            return o instanceof NodeKey k && k.seq == seq && k.pos == pos && k.next == next;
+        }
+
+        @Override
+        public int hashCode() {
+            return (31 * seq + pos) * 31 + System.identityHashCode(next);
+        }
+    }
+
+    private final Map<NodeKey, Stack> nodes = new HashMap<>();
+
+    /**
+     * The stack (seq, pos) :: next, hash-consed: structurally equal stacks built from interned tails are one object,
+     * so comparing them (state keys, the expansion's seen-set) stops at the first identical node instead of walking
+     * whole chains, which matters for deeply nested, ambiguous grammars.
+     */
+    private Stack node(int seq, int pos, Stack next) {
+        if (nodes.size() > MAX_MEMO) nodes.clear(); // old nodes stay valid, merely no longer shared
+        return nodes.computeIfAbsent(new NodeKey(seq, pos, next), k -> new Stack(seq, pos, next));
     }
 
     private String ruleOf(Stack s) {
