@@ -40,6 +40,10 @@ public final class Session implements AutoCloseable {
     private int fedCount;
     private int lookup;               // prompt lookup decoding: most drafted tokens per step (0 = off)
     private ModelDrafter drafter;     // speculative decoding with a draft model (null = off)
+    private ModelDrafter eadSmall;    // entropy-adaptive decoding: the small model (null = off)
+    private double eadTau;
+    private int eadWindow;
+    private final long[] eadCounts = new long[3]; // tokens from the small model, from this model, switches
     private int draftMax;             // its most drafted tokens per step
     private OutputFormat format = OutputFormat.TEXT;
     private Grammar grammar;          // constrained output (GBNF or a JSON schema); null = none
@@ -171,9 +175,57 @@ public final class Session implements AutoCloseable {
         if (maxDraft < 1) throw new IllegalArgumentException("draft-max must be >= 1, got " + maxDraft);
         ModelDrafter d = new ModelDrafter(draftModel, cache.capacity(), minDraft, pMin);
         closeDrafter();
+        closeEad();
         drafter = d;
         draftMax = maxDraft;
         lookup = 0;
+    }
+
+    /**
+     * Entropy-adaptive decoding from now on (Entropy Adaptive Decoding, arXiv 2502.06833): every token comes from
+     * {@code small} (same tokenizer, its own KV cache kept in step) unless the mean entropy of the small model's
+     * next-token distributions over the last {@code window} steps, in bits before temperature, exceeds {@code
+     * tauBits}; then this session's model produces it, after prefilling the tokens it has not seen. Deviation from
+     * the paper: the switch always looks at the small model's entropy (computed at every step), so the rule has no
+     * state beyond that window. {@code Double.POSITIVE_INFINITY} = always the small model, {@code
+     * Double.NEGATIVE_INFINITY} = always this one. Replaces drafting (speculative decoding). The caller keeps
+     * {@code small} open.
+     */
+    public void setEntropyAdaptive(TokenPress small, double tauBits, int window) {
+        checkDraftModel(tp, small);
+        if (window < 1) throw new IllegalArgumentException("entropy window must be >= 1, got " + window);
+        if (Double.isNaN(tauBits)) throw new IllegalArgumentException("entropy threshold is NaN");
+        ModelDrafter d = new ModelDrafter(small.model(), cache.capacity(), 0, 0f);
+        clearDraft();
+        closeEad();
+        eadSmall = d;
+        eadTau = tauBits;
+        eadWindow = window;
+    }
+
+    /** {tokens from the small model, tokens from this model, switches} of entropy-adaptive decoding so far. */
+    public long[] entropyAdaptiveCounts() {
+        return eadCounts.clone();
+    }
+
+    private void closeEad() {
+        if (eadSmall != null) eadSmall.close();
+        eadSmall = null;
+    }
+
+    /** H = -Σ p log2 p of softmax(logits), in bits. */
+    static double entropyBits(float[] logits) {
+        double max = Double.NEGATIVE_INFINITY;
+        for (float l : logits) max = Math.max(max, l);
+        double z = 0, s = 0;
+        for (float l : logits) {
+            if (l == Float.NEGATIVE_INFINITY) continue;
+            double e = Math.exp(l - max);
+            z += e;
+            s += e * (l - max);
+        }
+        // H = log z - E[l - max] (nats), in bits
+        return (Math.log(z) - s / z) / Math.log(2);
     }
 
     /** Turns speculative decoding off (a draft model or prompt lookup). */
@@ -449,7 +501,48 @@ public final class Session implements AutoCloseable {
         try {
             boolean full = model.policy() == KvPolicy.FULL;
             boolean speculative = speculativeApplies();
-            if (maxTokens > 0 && (greedy || speculative)) {
+            if (maxTokens > 0 && eadSmall != null) {
+                // entropy-adaptive: every token from the small model unless its recent entropy is high
+                Llama.TokenChooser choose = chooser(chain, json, plainGreedy, trace);
+                int[] seq = Arrays.copyOf(fed, fedCount + promptTokens.length + 64);
+                System.arraycopy(promptTokens, 0, seq, fedCount, promptTokens.length);
+                int len = fedCount + promptTokens.length;
+                double[] recent = new double[eadWindow];
+                int seen = 0;
+                boolean wasLarge = false;
+                while (true) {
+                    float[] small = eadSmall.logitsAfter(seq, len);
+                    recent[seen++ % eadWindow] = entropyBits(small);
+                    double mean = 0;
+                    for (int i = 0; i < Math.min(seen, eadWindow); i++) mean += recent[i];
+                    mean /= Math.min(seen, eadWindow);
+                    boolean large = mean > eadTau;
+                    float[] logits = small;
+                    if (large) { // the model catches up with what the small one produced, then decides
+                        if (position < len) {
+                            model.prefill(cache, Arrays.copyOfRange(seq, position, len), position, false, null);
+                            position = len;
+                        }
+                        logits = model.logits();
+                    }
+                    if (seen > 1 && large != wasLarge) eadCounts[2]++;
+                    wasLarge = large;
+                    eadCounts[large ? 1 : 0]++;
+                    int next = choose.choose(logits);
+                    if (!g.take(next)) break;
+                    if (len >= cache.capacity()) {
+                        g.stop = "context";
+                        break;
+                    }
+                    if (len == seq.length) seq = Arrays.copyOf(seq, 2 * seq.length);
+                    seq[len++] = next;
+                }
+                if (position < len) { // the cache holds every fed token, as after plain decoding
+                    model.prefill(cache, Arrays.copyOfRange(seq, position, len), position, false, null);
+                    position = len;
+                }
+                g.steps = len - promptEnd;
+            } else if (maxTokens > 0 && (greedy || speculative)) {
                 // greedy: pipelined where the backend keeps the token on the device (Llama.decodeGreedy);
                 // speculative: drafts checked a pass at a time (Llama.decodeSpeculative). Same tokens either way.
                 Llama.TokenChooser chooser = greedy ? null : chooser(chain, json, plainGreedy, trace);
@@ -580,6 +673,7 @@ public final class Session implements AutoCloseable {
     @Override
     public void close() {
         closeDrafter();
+        closeEad();
         cache.close();
     }
 }

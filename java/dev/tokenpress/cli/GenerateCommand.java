@@ -84,6 +84,19 @@ public final class GenerateCommand implements Callable<Integer> {
                     + "there (default: ${DEFAULT-VALUE}).")
     String format;
 
+    @Option(names = "--ead-model", paramLabel = "DIR",
+            description = "Entropy-adaptive decoding: a smaller model with the same tokenizer produces every token "
+                    + "unless its recent entropy exceeds --ead-threshold; then this model does.")
+    Path eadModel;
+
+    @Option(names = "--ead-threshold", paramLabel = "BITS", defaultValue = "3.0",
+            description = "Mean entropy (bits, over --ead-window steps) above which the model takes over (default: ${DEFAULT-VALUE}).")
+    double eadThreshold;
+
+    @Option(names = "--ead-window", paramLabel = "N", defaultValue = "5",
+            description = "Steps of the entropy's rolling mean (default: ${DEFAULT-VALUE}).")
+    int eadWindow;
+
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
 
     /** The --format value as an output format (usage error otherwise). */
@@ -106,6 +119,12 @@ public final class GenerateCommand implements Callable<Integer> {
         if (trace && !json) throw new Main.UsageException("--trace needs --json (the trace is part of the JSON object)");
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
         draftOptions.validate(lookup);
+        if (eadModel != null) {
+            if (lookup > 0 || draftOptions.enabled())
+                throw new Main.UsageException("--ead-model and speculative decoding (--lookup, -md, --draft-layers) exclude each other");
+            if (eadWindow < 1) throw new Main.UsageException("--ead-window must be >= 1");
+            if (!Files.isDirectory(eadModel)) throw new Main.UsageException("--ead-model directory not found: " + eadModel);
+        }
         sampling.logitBias(); // malformed values fail before the model loads
         Session.OutputFormat outputFormat = outputFormat(format);
         if (sampling.ignoreEos && (outputFormat != Session.OutputFormat.TEXT || grammarOptions.enabled()))
@@ -124,7 +143,17 @@ public final class GenerateCommand implements Callable<Integer> {
         Path dir = modelOptions.resolveModel(err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              TokenPress draft = draftOptions.loadDraft(modelOptions, tp, err);
+             TokenPress ead = eadModel == null ? null : TokenPress.loadOn(eadModel, modelOptions.toLoadOptions(err), tp);
              Session session = tp.newSession(ctx, quant)) {
+            if (ead != null) {
+                try {
+                    session.setEntropyAdaptive(ead, eadThreshold, eadWindow);
+                } catch (IllegalArgumentException e) {
+                    throw new dev.tokenpress.io.ModelLoadException(eadModel + ": " + e.getMessage());
+                }
+                err.printf(Locale.ROOT, "entropy-adaptive: %s (%d layers) below %.2f bits over %d steps, this model above%n",
+                        eadModel, ead.config().numLayers(), eadThreshold, eadWindow);
+            }
             session.setPolicy(kvOptions.policy(tp.config()));
             session.setLookup(lookup);
             draftOptions.apply(session, tp, draft, err);
@@ -175,6 +204,12 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("kv_quant", quant.spec());
                 o.put("ctx_size", session.contextSize());
                 o.put("seed", r.seed());
+                if (ead != null) {
+                    long[] c = session.entropyAdaptiveCounts();
+                    o.put("ead_small_tokens", c[0]);
+                    o.put("ead_model_tokens", c[1]);
+                    o.put("ead_switches", c[2]);
+                }
                 if (drafting) {
                     long[] c = tp.model().draftCounts();
                     o.put(drafter + "_drafted", c[0] - lookup0[0]);
@@ -201,6 +236,11 @@ public final class GenerateCommand implements Callable<Integer> {
                 out.println(om.writeValueAsString(o));
             } else {
                 out.println();
+                if (ead != null) {
+                    long[] c = session.entropyAdaptiveCounts();
+                    err.printf(Locale.ROOT, "entropy-adaptive: %d tokens from the small model, %d from this model, %d switches%n",
+                            c[0], c[1], c[2]);
+                }
                 if (drafting) {
                     long[] c = tp.model().draftCounts();
                     long d = c[0] - lookup0[0], a = c[1] - lookup0[1];

@@ -72,20 +72,7 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
         if (len < 1 || max <= 0) return new int[0];
         max = Math.min(max, cache.capacity() - len + 1); // drafts 0..max-2 are fed at positions len..len+max-2
         if (max <= 0) return new int[0];
-        // keep what the cache shares with seq[0..len-1), feed the rest: the draft's logits then follow seq[len-1]
-        int keep = 0, lim = Math.min(heldLen, len - 1);
-        while (keep < lim && held[keep] == seq[keep]) keep++;
-        if (heldLen > keep) cache.freeFrom(keep);
-        heldLen = keep;
-        int[] feed = Arrays.copyOfRange(seq, keep, len);
-        try {
-            if (feed.length == 1) model.decodeStep(cache, feed[0], keep);
-            else model.prefill(cache, feed, keep, false, null);
-        } catch (RuntimeException | Error e) {
-            cache.freeFrom(keep); // whatever part of the feed got in: the cache holds exactly held[0, keep) again
-            throw e;
-        }
-        hold(feed, feed.length);
+        sync(seq, len);
         int[] out = new int[max];
         int n = 0;
         while (n < max) {
@@ -102,6 +89,34 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
             hold(new int[] {t}, 1);
         }
         return Arrays.copyOf(out, n);
+    }
+
+    /**
+     * The draft model's logits after {@code seq[0..len)} ([V]): its cache is brought to that sequence first (the
+     * common prefix kept, the rest fed). For methods that consult the smaller model at every step (entropy-adaptive
+     * decoding).
+     */
+    public float[] logitsAfter(int[] seq, int len) {
+        if (len < 1 || len > cache.capacity()) throw new IllegalArgumentException("sequence of " + len + " tokens for a cache of " + cache.capacity());
+        sync(seq, len);
+        return model.logits();
+    }
+
+    /** Keeps what the cache shares with seq[0..len-1), feeds the rest: the model's logits then follow seq[len-1]. */
+    private void sync(int[] seq, int len) {
+        int keep = 0, lim = Math.min(heldLen, len - 1);
+        while (keep < lim && held[keep] == seq[keep]) keep++;
+        if (heldLen > keep) cache.freeFrom(keep);
+        heldLen = keep;
+        int[] feed = Arrays.copyOfRange(seq, keep, len);
+        try {
+            if (feed.length == 1) model.decodeStep(cache, feed[0], keep);
+            else model.prefill(cache, feed, keep, false, null);
+        } catch (RuntimeException | Error e) {
+            cache.freeFrom(keep); // whatever part of the feed got in: the cache holds exactly held[0, keep) again
+            throw e;
+        }
+        hold(feed, feed.length);
     }
 
     private void hold(int[] tokens, int n) {

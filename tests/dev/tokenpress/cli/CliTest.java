@@ -241,6 +241,19 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "2", "--ignore-eos", "--format", "json").code());
     }
 
+    @Test
+    void entropyAdaptiveDecoding() throws Exception {
+        Run r = run("generate", "-m", model.toString(), "--ead-model", model.toString(), "--ead-threshold", "-1",
+                "-p", "Hello", "-n", "6", "--temp", "0", "--device", "cpu", "--json");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        JsonNode o = new ObjectMapper().readTree(r.out());
+        assertEquals(0, o.get("ead_small_tokens").asInt(), "below every entropy: always the model");
+        assertEquals(new ObjectMapper().readTree(run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--temp", "0",
+                "--device", "cpu", "--json").out()).get("text"), o.get("text"));
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--ead-model", model.toString(), "--lookup", "2").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--ead-model", tmp.resolve("none").toString()).code());
+    }
+
     private static String[] concat(String[] a, String... b) {
         String[] c = java.util.Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, c, a.length, b.length);
