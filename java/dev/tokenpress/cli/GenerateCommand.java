@@ -202,6 +202,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("kv_bytes", r.kvBytes());
                 o.put("kv", tp.model().policy().spec());
                 o.put("kv_quant", quant.spec());
+                o.put("weight_type", modelOptions.weightType);
                 o.put("ctx_size", session.contextSize());
                 o.put("seed", r.seed());
                 if (ead != null) {

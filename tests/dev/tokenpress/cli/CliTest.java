@@ -195,11 +195,13 @@ class CliTest {
 
     /** -wt q8_0: weights quantized at load (a matrix of partial blocks stays bf16), stated on stderr; bad types refused. */
     @Test
-    void q8WeightsLoadAndGenerate() {
+    void q8WeightsLoadAndGenerate() throws Exception {
         Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--temp", "0", "--device", "cpu", "-wt", "q8_0");
         assertEquals(ExitCodes.OK, r.code(), r.err());
         assertTrue(r.err().contains("weights: q8_0"), r.err());
         assertTrue(r.out().startsWith("Hello"), r.out());
+        Run j = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "2", "--device", "cpu", "-wt", "q4_0", "--json");
+        assertEquals("q4_0", new ObjectMapper().readTree(j.out()).get("weight_type").asText(), j.out());
         Run bench = run("bench", "-m", model.toString(), "-p", "0", "-n", "4", "-r", "1", "--device", "cpu",
                 "--weight-type", "q8_0", "--bandwidth-mib", "8");
         assertEquals(ExitCodes.OK, bench.code(), bench.err());
