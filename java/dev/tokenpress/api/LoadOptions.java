@@ -12,7 +12,7 @@ import java.util.function.Consumer;
  * @param maxChunk rows per prefill chunk (activation buffers are sized for it)
  * @param log      receives diagnostic lines (stderr in the CLI); never null
  * @param progress receives progress of loading and long prefills; never null
- * @param weights  how the matrices are held: as stored, or quantized to Q8_0 at load time (CPU only)
+ * @param weights  how the matrices are held: as stored, or quantized to Q8_0 or Q4_0 at load time (Q4_0: CPU only)
  */
 public record LoadOptions(String device, int threads, int maxChunk, Consumer<String> log, ProgressListener progress,
                           WeightType weights) {
