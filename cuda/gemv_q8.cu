@@ -11,6 +11,8 @@
 //   GEMM of a prefill chunk (the caller walks the matrix in row slices through a scratch buffer).
 // - tp_embedding_q8: rows of a Q8_0 embedding table as f32 (tokens on the device: staged ids or the feedback
 //   register of pipelined greedy decoding).
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace {
@@ -233,6 +235,17 @@ int launch_q8_swiglu(int wpr, float* out, const float* x, const uint8_t* wg, con
     return TP_OK;
 }
 
+// Calls f(std::integral_constant<int, NX>{}) for the row count n in 1..4 (the kernels are templated on it).
+template <typename F>
+int by_rows(int n, F f) {
+    switch (n) {
+        case 1: return f(std::integral_constant<int, 1>{});
+        case 2: return f(std::integral_constant<int, 2>{});
+        case 3: return f(std::integral_constant<int, 3>{});
+        default: return f(std::integral_constant<int, 4>{});
+    }
+}
+
 // Warps per row: the fewest that still give about two blocks per SM, with at least two chunks per lane.
 int pick_wpr_q8(int O, int I) {
     const int nch = I / 16;
@@ -297,12 +310,9 @@ int tp_gemv_q8(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t b
     const float* si = TP_PTR(const float, scales);
     const float* bi = TP_PTR(const float, bias);
     cudaStream_t s = TP_STREAM(stream);
-    switch (n) {
-        case 1: return launch_q8<1>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
-        case 2: return launch_q8<2>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
-        case 3: return launch_q8<3>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
-        default: return launch_q8<4>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
-    }
+    return by_rows(n, [&](auto nx) {
+        return launch_q8<decltype(nx)::value>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
+    });
 }
 
 int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
@@ -331,12 +341,7 @@ int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, in
     const int blocks = sg.end1 + (rows2 > 0 ? ceil_div(rows2, rpb) : 0);
     const float* xi = TP_PTR(const float, x);
     cudaStream_t s = TP_STREAM(stream);
-    switch (n) {
-        case 1: return launch_q8_multi<1>(wpr, dim3(blocks), sg, xi, in_dim, s);
-        case 2: return launch_q8_multi<2>(wpr, dim3(blocks), sg, xi, in_dim, s);
-        case 3: return launch_q8_multi<3>(wpr, dim3(blocks), sg, xi, in_dim, s);
-        default: return launch_q8_multi<4>(wpr, dim3(blocks), sg, xi, in_dim, s);
-    }
+    return by_rows(n, [&](auto nx) { return launch_q8_multi<decltype(nx)::value>(wpr, dim3(blocks), sg, xi, in_dim, s); });
 }
 
 int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate, uint64_t w_up, uint64_t s_up, int n,
@@ -358,12 +363,9 @@ int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate
     const float* sg = TP_PTR(const float, s_gate);
     const float* su = TP_PTR(const float, s_up);
     cudaStream_t s = TP_STREAM(stream);
-    switch (n) {
-        case 1: return launch_q8_swiglu<1>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
-        case 2: return launch_q8_swiglu<2>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
-        case 3: return launch_q8_swiglu<3>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
-        default: return launch_q8_swiglu<4>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
-    }
+    return by_rows(n, [&](auto nx) {
+        return launch_q8_swiglu<decltype(nx)::value>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
+    });
 }
 
 int tp_dequant_q8_bf16(uint64_t dst, uint64_t w, uint64_t scales, int rows, int in_dim, uint64_t stream) {

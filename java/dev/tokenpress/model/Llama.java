@@ -229,15 +229,6 @@ public final class Llama implements AutoCloseable {
     }
 
     /**
-     * Greedy decoding with prompt lookup: {@link #decodeSpeculative} with the {@link LookupDrafter} and the argmax.
-     */
-    public int decodeGreedyLookup(KvCache cache, int token, int position, int maxSteps,
-                                  java.util.function.IntPredicate onToken, int[] context, int contextLen, int maxDraft) {
-        return decodeSpeculative(cache, token, position, maxSteps, null, onToken, context, contextLen,
-                LookupDrafter.INSTANCE, maxDraft);
-    }
-
-    /**
      * Speculative decoding: before each step the drafter proposes up to {@code maxDraft} tokens; one forward pass over
      * the current token and the draft gives the logits after each of them, and the tokens are chosen from those
      * rows in order, the draft's tokens kept while they equal the choice, the rest freed again (llama.cpp's
@@ -314,11 +305,6 @@ public final class Llama implements AutoCloseable {
             }
         }
         return fed;
-    }
-
-    /** The up to {@code max} tokens that followed the latest earlier occurrence of the sequence's longest suffix. */
-    public static int[] lookupDraft(int[] seq, int len, int max) {
-        return LookupDrafter.lookup(seq, len, max);
     }
 
     /** A decode step at {@code position} whose input token is the feedback register's. */

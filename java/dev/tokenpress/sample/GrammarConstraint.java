@@ -113,6 +113,7 @@ public final class GrammarConstraint implements TokenConstraint {
      * (and every candidate tied with the k-th), and drop the rest unchecked; the top-k stage keeps exactly what it
      * would keep after a full mask.
      */
+    @Override
     public void limitTo(int k) {
         topK = Math.max(0, k);
     }

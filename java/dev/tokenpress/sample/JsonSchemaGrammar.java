@@ -48,7 +48,6 @@ public final class JsonSchemaGrammar {
 
     private final JsonNode root;
     private final Map<String, String> rules = new LinkedHashMap<>();
-    private final Set<String> primitivesUsed = new HashSet<>();
     private int counter;
 
     private JsonSchemaGrammar(JsonNode root) {
@@ -78,28 +77,9 @@ public final class JsonSchemaGrammar {
         String top = g.visit(schema, "root-value", "#");
         StringBuilder sb = new StringBuilder("root ::= ").append(top).append('\n');
         for (var e : g.rules.entrySet()) sb.append(e.getKey()).append(" ::= ").append(e.getValue()).append('\n');
-        // primitives, with everything they use
-        Set<String> need = new HashSet<>(g.primitivesUsed);
-        boolean grew = true;
-        while (grew) {
-            grew = false;
-            for (String p : PRIMITIVES.keySet())
-                if (need.contains(p))
-                    for (String q : PRIMITIVES.keySet())
-                        if (!need.contains(q) && PRIMITIVES.get(p).matches(".*(^|[ (|])" + q + "([ )*+?{]|$).*")) {
-                            need.add(q);
-                            grew = true;
-                        }
-        }
-        need.add("ws");
-        for (var e : PRIMITIVES.entrySet())
-            if (need.contains(e.getKey())) sb.append(e.getKey()).append(" ::= ").append(e.getValue()).append('\n');
+        // the primitive rules, all of them (those the schema does not reach are never entered)
+        for (var e : PRIMITIVES.entrySet()) sb.append(e.getKey()).append(" ::= ").append(e.getValue()).append('\n');
         return sb.toString();
-    }
-
-    private String prim(String name) {
-        primitivesUsed.add(name);
-        return name;
     }
 
     private String newRule(String hint, String body) {
@@ -124,7 +104,7 @@ public final class JsonSchemaGrammar {
     private String visit(JsonNode s, String hint, String path) {
         if (s.isBoolean()) {
             if (!s.asBoolean()) throw unsupported(path, "the schema false (nothing is allowed)");
-            return prim("value");
+            return "value";
         }
         if (!s.isObject()) throw new IllegalArgumentException("JSON schema: " + path + " is not a schema object");
         for (Iterator<String> it = s.fieldNames(); it.hasNext(); ) {
@@ -172,7 +152,7 @@ public final class JsonSchemaGrammar {
         if (type == null) {
             if (s.has("properties")) return object(s, hint, path);
             if (s.has("items")) return array(s, hint, path);
-            return prim("value");
+            return "value";
         }
         if (type.isArray()) {
             List<String> alts = new ArrayList<>();
@@ -208,29 +188,26 @@ public final class JsonSchemaGrammar {
             case "object" -> object(s, hint, path);
             case "array" -> array(s, hint, path);
             case "string" -> string(s, hint, path);
-            case "number" -> prim("number");
-            case "integer" -> prim("integer");
-            case "boolean" -> prim("boolean");
-            case "null" -> prim("null");
+            case "number" -> "number";
+            case "integer" -> "integer";
+            case "boolean" -> "boolean";
+            case "null" -> "null";
             default -> throw unsupported(path, "the type '" + type + "'");
         };
     }
 
     private String string(JsonNode s, String hint, String path) {
         int min = nonNegative(s, "minLength", 0, path), max = nonNegative(s, "maxLength", -1, path);
-        if (min == 0 && max < 0) return prim("string");
+        if (min == 0 && max < 0) return "string";
         if (max >= 0 && max < min) throw unsupported(path, "maxLength below minLength");
-        prim("char");
-        prim("ws");
         String rep = max < 0 ? "{" + min + ",}" : "{" + min + "," + max + "}";
         return newRule(hint, "\"\\\"\" char" + rep + " \"\\\"\" ws");
     }
 
     private String array(JsonNode s, String hint, String path) {
-        String item = s.has("items") ? visit(s.get("items"), hint + "-item", path + "/items") : prim("value");
+        String item = s.has("items") ? visit(s.get("items"), hint + "-item", path + "/items") : "value";
         int min = nonNegative(s, "minItems", 0, path), max = nonNegative(s, "maxItems", -1, path);
         if (max >= 0 && max < min) throw unsupported(path, "maxItems below minItems");
-        prim("ws");
         String body;
         if (max == 0) body = "\"[\" ws \"]\" ws";
         else {
@@ -243,18 +220,16 @@ public final class JsonSchemaGrammar {
 
     private String object(JsonNode s, String hint, String path) {
         JsonNode props = s.get("properties"), additional = s.get("additionalProperties");
-        prim("ws");
         if (props == null || props.isEmpty()) {
             if (s.has("required") && !s.get("required").isEmpty())
                 throw unsupported(path, "the required property '" + s.get("required").get(0).asText()
                         + "' without a schema in properties");
             if (additional == null || additional.isBoolean() && additional.asBoolean()) {
                 if (props != null && additional == null) return newRule(hint, "\"{\" ws \"}\" ws");
-                return prim("object");
+                return "object";
             }
             if (additional.isBoolean()) return newRule(hint, "\"{\" ws \"}\" ws");
             String v = visit(additional, hint + "-value", path + "/additionalProperties");
-            prim("string");
             return newRule(hint, "\"{\" ws ( string \":\" ws " + v + " ( \",\" ws string \":\" ws " + v + " )* )? \"}\" ws");
         }
         if (additional != null && !(additional.isBoolean() && !additional.asBoolean()))
@@ -308,7 +283,6 @@ public final class JsonSchemaGrammar {
 
     /** A JSON value's compact text as a GBNF literal, then whitespace. */
     private String literalValue(JsonNode v) {
-        prim("ws");
         try {
             return gbnfLiteral(JSON.writeValueAsString(v)) + " ws";
         } catch (JsonProcessingException e) {

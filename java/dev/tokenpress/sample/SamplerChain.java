@@ -59,7 +59,7 @@ public final class SamplerChain {
      * The default chain with a constraint stage (e.g. {@link JsonConstraint}) right after the penalties (first when
      * there are none), so a trace still sees the model's distribution; null = none.
      */
-    public static SamplerChain create(SamplingOptions o, int vocabSize, Sampler constraint) {
+    public static SamplerChain create(SamplingOptions o, int vocabSize, TokenConstraint constraint) {
         return create(o, vocabSize, null, constraint);
     }
 
@@ -67,12 +67,12 @@ public final class SamplerChain {
      * The default chain with a logit bias first (llama.cpp's order; null or empty = none) and a constraint stage
      * after the penalties (null = none).
      */
-    public static SamplerChain create(SamplingOptions o, int vocabSize, java.util.Map<Integer, Float> bias, Sampler constraint) {
+    public static SamplerChain create(SamplingOptions o, int vocabSize, java.util.Map<Integer, Float> bias, TokenConstraint constraint) {
         o.validate();
         long s = resolveSeed(o.seed());
         List<Sampler> list = new ArrayList<>();
         if (bias != null && !bias.isEmpty()) list.add(new LogitBiasSampler(bias, vocabSize));
-        if (o.mirostat() == 0 && constraint instanceof GrammarConstraint g) g.limitTo(o.topK());
+        if (o.mirostat() == 0 && constraint != null) constraint.limitTo(o.topK());
         if (o.mirostat() == 0) {
             list.add(new PenaltiesSampler(vocabSize, o.repeatLastN(), o.repeatPenalty(), o.presencePenalty(),
                     o.frequencyPenalty()));

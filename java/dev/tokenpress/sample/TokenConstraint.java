@@ -10,4 +10,10 @@ public interface TokenConstraint extends Sampler {
 
     /** Whether token {@code id} may come next (what {@link #apply} keeps). */
     boolean allows(int id);
+
+    /**
+     * Tells the stage that the chain keeps only the {@code k} largest remaining candidates after it (top-k; 0 = no
+     * such stage), so it may check candidates best-first and stop once k are allowed. Default: ignored.
+     */
+    default void limitTo(int k) {}
 }

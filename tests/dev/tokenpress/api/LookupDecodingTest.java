@@ -1,6 +1,6 @@
 package dev.tokenpress.api;
 
-import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LookupDrafter;
 import dev.tokenpress.sample.SamplingOptions;
 import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
@@ -58,16 +58,16 @@ class LookupDecodingTest {
     @Test
     void draftsFollowTheLatestEarlierOccurrenceOfTheLongestSuffix() {
         int[] seq = {1, 2, 3, 4, 9, 2, 3, 7, 8, 1, 2, 3};
-        assertArrayEquals(new int[] {4, 9}, Llama.lookupDraft(seq, seq.length, 2), "1 2 3 (the longest suffix) was followed by 4 9");
-        assertArrayEquals(new int[] {4, 9, 2, 3}, Llama.lookupDraft(seq, seq.length, 4));
+        assertArrayEquals(new int[] {4, 9}, LookupDrafter.lookup(seq, seq.length, 2), "1 2 3 (the longest suffix) was followed by 4 9");
+        assertArrayEquals(new int[] {4, 9, 2, 3}, LookupDrafter.lookup(seq, seq.length, 4));
         int[] two = {1, 2, 3, 4, 9, 2, 3, 7, 8, 5, 2, 3};
-        assertArrayEquals(new int[] {7, 8}, Llama.lookupDraft(two, two.length, 2), "2 3: its latest earlier occurrence");
-        assertArrayEquals(new int[] {4, 9, 2}, Llama.lookupDraft(seq, 4 + 0 + 3, 3), "prefix 1 2 3 4 9 2 3: '2 3' after 1");
-        assertArrayEquals(new int[0], Llama.lookupDraft(new int[] {5, 6, 7}, 3, 4), "no earlier occurrence");
-        assertArrayEquals(new int[] {5}, Llama.lookupDraft(new int[] {5, 5}, 2, 4), "a repeat drafts itself");
-        assertArrayEquals(new int[0], Llama.lookupDraft(seq, seq.length, 0));
-        assertArrayEquals(new int[0], Llama.lookupDraft(new int[] {1}, 1, 3));
+        assertArrayEquals(new int[] {7, 8}, LookupDrafter.lookup(two, two.length, 2), "2 3: its latest earlier occurrence");
+        assertArrayEquals(new int[] {4, 9, 2}, LookupDrafter.lookup(seq, 4 + 0 + 3, 3), "prefix 1 2 3 4 9 2 3: '2 3' after 1");
+        assertArrayEquals(new int[0], LookupDrafter.lookup(new int[] {5, 6, 7}, 3, 4), "no earlier occurrence");
+        assertArrayEquals(new int[] {5}, LookupDrafter.lookup(new int[] {5, 5}, 2, 4), "a repeat drafts itself");
+        assertArrayEquals(new int[0], LookupDrafter.lookup(seq, seq.length, 0));
+        assertArrayEquals(new int[0], LookupDrafter.lookup(new int[] {1}, 1, 3));
         int[] longer = Arrays.copyOf(seq, 20);
-        assertArrayEquals(new int[] {4, 9, 2}, Llama.lookupDraft(longer, seq.length, 3), "only [0, len) counts");
+        assertArrayEquals(new int[] {4, 9, 2}, LookupDrafter.lookup(longer, seq.length, 3), "only [0, len) counts");
     }
 }

@@ -825,9 +825,7 @@ public final class CudaBackend implements Backend {
      */
     private void matmulQ8(CudaTensor o, CudaTensor xi, CudaTensor wt, CudaTensor b, int n, boolean accumulate) {
         int in = wt.cols, outDim = wt.rows;
-        long xEnd = xi.ptr + 4L * n * in, oEnd = o.ptr + 4L * n * outDim;
-        boolean disjoint = oEnd <= xi.ptr || xEnd <= o.ptr; // the GEMV reads x while it writes o
-        if (n <= GEMV_MAX_ROWS && (xi.ptr & 15) == 0 && disjoint) {
+        if (n <= GEMV_MAX_ROWS && (xi.ptr & 15) == 0 && disjoint(o, xi, n)) { // the GEMV reads x while it writes o
             sig(60, o.ptr, xi.ptr, wt.ptr, wt.scales, b == null ? 0 : b.ptr, n, accumulate ? 1 : 0);
             if (mode != Mode.DRY)
                 check(TpNative.tp_gemv_q8(o.ptr, xi.ptr, wt.ptr, wt.scales, b == null ? 0 : b.ptr, n, outDim, in,
