@@ -5,6 +5,9 @@ import dev.tokenpress.kv.policy.TovaPolicy;
 import dev.tokenpress.kv.policy.BasePolicy;
 import dev.tokenpress.kv.policy.Budget;
 import dev.tokenpress.kv.policy.CompositePolicy;
+import dev.tokenpress.kv.policy.EvictingPolicy;
+import dev.tokenpress.kv.policy.ExpectedAttentionPolicy;
+import dev.tokenpress.kv.policy.KnormPolicy;
 import dev.tokenpress.kv.policy.H2OPolicy;
 import dev.tokenpress.kv.policy.KeyformerPolicy;
 import dev.tokenpress.kv.policy.PolicyArgs;
@@ -43,7 +46,8 @@ public final class KvPolicies {
 
     private static final Map<String, Info> POLICIES = new LinkedHashMap<>();
     private static final Map<String, String> ALIASES = Map.of("streamingllm", "window", "streaming", "window",
-            "tidaldecode", "tidal", "razorattention", "razor", "heavy-hitter", "h2o");
+            "tidaldecode", "tidal", "razorattention", "razor", "heavy-hitter", "h2o", "expected_attention", "expected",
+            "expectedattention", "expected");
 
     private static void add(String name, String description, List<Param> params, Factory f) {
         POLICIES.put(name, new Info(name, description, params, f));
@@ -70,15 +74,15 @@ public final class KvPolicies {
             return new WindowPolicy(s, sink, a.positiveBudget("recent"), null);
         });
 
-        add("h2o", "H2O: heavy hitters by accumulated attention probability + a recent window; evicts every step", List.of(
+        add("h2o", "H2O: heavy hitters by accumulated attention probability + a recent window; evicts every step", shaped(true, "", 
                 p("budget", "0.2", "tokens kept (tokens or ratio of the sequence)"),
                 p("recent", "0.5", "recent window within the budget (tokens, or ratio of the budget)")), (s, a, c) -> {
             Budget b = a.positiveBudget("budget"), r = a.budget("recent");
             checkRecent(a, b, r);
-            return new H2OPolicy(s, b, r);
+            return shape(new H2OPolicy(s, b, r), a);
         });
 
-        add("a2sf", "A2SF: accumulated attention with a forgetting factor + sinks + recent window; evicts every step", List.of(
+        add("a2sf", "A2SF: accumulated attention with a forgetting factor + sinks + recent window; evicts every step", shaped(true, "", 
                 p("budget", "256", "tokens kept (tokens or ratio of the sequence)"),
                 p("recent", "16", "recent window within the budget (tokens, or ratio of the budget)"),
                 p("sink", "0", "first tokens always kept"),
@@ -89,17 +93,17 @@ public final class KvPolicies {
             double alpha = a.real("alpha", 0, 1);
             if (alpha <= 0) throw a.bad("alpha", "must be above 0");
             if (!b.ratio() && !r.ratio() && sink + r.value() > b.value()) throw a.error("a2sf: sink + recent must not exceed budget");
-            return new A2sfPolicy(s, b, r, sink, (float) alpha);
+            return shape(new A2sfPolicy(s, b, r, sink, (float) alpha), a);
         });
 
-        add("tova", "TOVA: drops the tokens the current query attends to least (averaged over the layer's heads); evicts every step", List.of(
+        add("tova", "TOVA: drops the tokens the current query attends to least (averaged over the layer's heads); evicts every step", shaped(true, "", 
                 p("budget", "0.25", "tokens kept (tokens or ratio of the sequence)"),
                 p("heads", "layer", "layer: one ranking per layer, all KV heads keep the same tokens (TOVA); kv: per KV head")), (s, a, c) -> {
             Budget b = a.positiveBudget("budget");
-            return new TovaPolicy(s, b, a.choice("heads", "layer", "kv").equals("layer"));
+            return shape(new TovaPolicy(s, b, a.choice("heads", "layer", "kv").equals("layer")), a);
         });
 
-        add("snapkv", "SnapKV: compresses the prompt once from an observation window's votes; decoding appends", List.of(
+        add("snapkv", "SnapKV: compresses the prompt once from an observation window's votes; decoding appends", shaped(false, null, 
                 p("budget", "2048", "prompt tokens kept, window included (tokens or ratio of the prompt)"),
                 p("window", "32", "observation window: the last prompt tokens whose queries vote"),
                 p("kernel", "7", "pooling width (odd)"),
@@ -110,10 +114,27 @@ public final class KvPolicies {
             if (k % 2 == 0) throw a.bad("kernel", "must be odd");
             String pool = a.choice("pool", "max", "avg");
             if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
-            return new SnapKvPolicy(s, b, w, k, pool.equals("max"));
+            return shape(new SnapKvPolicy(s, b, w, k, pool.equals("max")), a);
         });
 
-        add("keyformer", "Keyformer: key tokens by accumulated Gumbel-softmax scores + a recent window; evicts every step", List.of(
+        add("pyramidkv", "PyramidKV: SnapKV with layer budgets in a pyramid (more tokens in lower layers, the same total)", List.of(
+                p("budget", "2048", "mean prompt tokens kept per layer, window included (tokens or ratio of the prompt)"),
+                p("window", "64", "observation window: the last prompt tokens whose queries vote"),
+                p("kernel", "5", "pooling width (odd)"),
+                p("pool", "avg", "pooling: max or avg"),
+                p("beta", "20", "pyramid steepness >= 1: the top layer keeps (budget - window) / beta + window")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget");
+            int w = a.integer("window", 1, Integer.MAX_VALUE);
+            int k = a.integer("kernel", 1, 1023);
+            if (k % 2 == 0) throw a.bad("kernel", "must be odd");
+            String pool = a.choice("pool", "max", "avg");
+            if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
+            SnapKvPolicy snap = new SnapKvPolicy(s, b, w, k, pool.equals("max"));
+            snap.shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), -1));
+            return snap;
+        });
+
+        add("keyformer", "Keyformer: key tokens by accumulated Gumbel-softmax scores + a recent window; evicts every step", shaped(true, "", 
                 p("budget", "0.6", "tokens attention sees (tokens or ratio of the sequence)"),
                 p("recent", "0.3", "recent window within the budget (tokens, or ratio of the budget)"),
                 p("tau_init", "1.0", "Gumbel-softmax temperature at the prompt"),
@@ -123,7 +144,31 @@ public final class KvPolicies {
             Budget b = a.positiveBudget("budget"), r = a.budget("recent");
             checkRecent(a, b, r);
             double ti = a.real("tau_init", 1e-6, 1e6), te = a.real("tau_end", 1e-6, 1e6);
-            return new KeyformerPolicy(s, b, r, ti, te, a.integer("steps", 0, Integer.MAX_VALUE), a.longValue("seed"));
+            return shape(new KeyformerPolicy(s, b, r, ti, te, a.integer("steps", 0, Integer.MAX_VALUE), a.longValue("seed")), a);
+        });
+
+        add("knorm", "Knorm: drops the tokens whose keys have the largest L2 norm (kvpress KnormPress); evicts every step", shaped(true, "",
+                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", "0", "first tokens always kept")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            return shape(new KnormPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE)), a);
+        });
+
+        add("expected", "Expected Attention: keeps the tokens future queries are expected to attend to (query mean/covariance, averaged RoPE) x value norm", shaped(true, "64",
+                p("budget", "0.25", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", "4", "first tokens always kept, and left out of the query statistics"),
+                p("future", "512", "future positions RoPE is averaged over"),
+                p("cov", "true", "use the queries' covariance (false: the mean only)"),
+                p("vnorm", "true", "scale the expected attention by the value norm"),
+                p("eps", "0", "added to the expected attention before the value-norm scaling")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            return shape(new ExpectedAttentionPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("future", 1, 1 << 20),
+                    a.choice("cov", "true", "false").equals("true"), a.choice("vnorm", "true", "false").equals("true"),
+                    a.real("eps", 0, 1e6)), a);
         });
 
         add("tidal", "TidalDecode: top-k tokens chosen at 2 layers, reused by all sparse layers (no eviction)", List.of(
@@ -174,6 +219,28 @@ public final class KvPolicies {
         });
     }
 
+    /**
+     * The keys every budgeted evicting policy takes besides its own: interval (kvpress's DecodingPress), pyramid
+     * (PyramidKV's layer budgets) and, for scored policies that evict while decoding, ada (AdaKV's head-wise budget).
+     * {@code interval} null: a prompt-only policy, pyramid alone.
+     */
+    private static List<Param> shaped(boolean ada, String interval, Param... own) {
+        List<Param> out = new ArrayList<>(List.of(own));
+        if (interval != null)
+            out.add(p("interval", interval, "tokens a head may hold past the budget before it is cut back to it in one go (kvpress DecodingPress; 0 = every step)"));
+        out.add(p("pyramid", "", "PyramidKV beta >= 1: layer budgets fall linearly from the first layer to the last, same mean (off unless given; paper 20)"));
+        if (ada) out.add(p("ada", "", "AdaKV: a layer's KV heads share its budget, lowest scores go first, each keeps >= this fraction (off unless given; kvpress 0.2)"));
+        return out;
+    }
+
+    /** Applies the interval/pyramid/ada keys to an evicting policy. */
+    private static KvPolicy shape(EvictingPolicy p, PolicyArgs a) {
+        int interval = a.declares("interval") && !a.raw("interval").isEmpty() ? a.integer("interval", 0, Integer.MAX_VALUE) : 0;
+        double pyramid = a.declares("pyramid") && a.has("pyramid") ? a.real("pyramid", 1, 1e6) : 0;
+        double ada = a.declares("ada") && a.has("ada") ? a.real("ada", 0, 1) : -1;
+        return p.shaping(new EvictingPolicy.Shaping(interval, pyramid, ada));
+    }
+
     private static void checkRecent(PolicyArgs a, Budget budget, Budget recent) {
         if (!budget.ratio() && !recent.ratio() && recent.value() > budget.value())
             throw a.bad("recent", "must not exceed budget=" + budget);
@@ -200,7 +267,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, keyformer, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

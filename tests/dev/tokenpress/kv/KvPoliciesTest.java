@@ -36,6 +36,13 @@ class KvPoliciesTest {
             "tova; tova:budget=0.25,heads=layer",
             "tova:budget=128,heads=kv; tova:budget=128,heads=kv",
             "snapkv; snapkv:budget=2048,window=32,kernel=7,pool=max",
+            "snapkv:pyramid=20; snapkv:budget=2048,window=32,kernel=7,pool=max,pyramid=20",
+            "pyramidkv; pyramidkv:budget=2048,window=64,kernel=5,pool=avg,beta=20",
+            "knorm; knorm:budget=0.5,recent=0,sink=0",
+            "expected:budget=128,cov=false; expected:budget=128,recent=0,sink=4,future=512,cov=false,vnorm=true,eps=0,interval=64",
+            "expected_attention:interval=0; expected:budget=0.25,recent=0,sink=4,future=512,cov=true,vnorm=true,eps=0,interval=0",
+            "h2o:ada=0.2,budget=64,interval=8; h2o:budget=64,recent=0.5,interval=8,ada=0.2",
+            "tova:pyramid=4; tova:budget=0.25,heads=layer,pyramid=4",
             "keyformer; keyformer:budget=0.6,recent=0.3,tau_init=1.0,tau_end=2.0,steps=0,seed=0",
             "tidal; tidal:k=256,full_layers=2,reselect=auto,group=max",
             "quest:budget=512; quest:budget=512,page=16,dense_layers=2,group=max",
@@ -87,6 +94,13 @@ class KvPoliciesTest {
             "tidal:group=mean; group=mean is not one of max, sum; tidal",
             "keyformer:tau_init=-1; tau_init=-1 must be in; keyformer",
             "h2o+a2sf; at most one evicting policy; tidal",
+            "h2o:ada=1.5; ada=1.5 must be in [0, 1]; h2o",
+            "h2o:pyramid=0.5; pyramid=0.5 must be in [1, ; h2o",
+            "h2o:interval=-1; interval=-1 must be in [0, inf]; h2o",
+            "snapkv:ada=0.2; snapkv has no key 'ada'; pyramid",
+            "window:interval=4; window has no key 'interval'; window",
+            "expected:cov=maybe; cov=maybe is not one of true, false; expected",
+            "knorm+expected; at most one evicting policy; knorm",
             "tidal+quest; at most one evicting policy; selecting",
             "h2o+; empty policy; h2o",
             "full:x=1; full has no key 'x' (valid: none); full"})
@@ -128,7 +142,8 @@ class KvPoliciesTest {
     @Test
     void helpListsEveryPolicyWithItsParametersAndDefaults() {
         String help = KvPolicies.help();
-        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "keyformer", "tidal", "quest", "tokenselect", "razor"),
+        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "keyformer", "knorm", "expected", "tidal", "quest",
+                        "tokenselect", "razor"),
                 KvPolicies.names());
         for (String name : KvPolicies.names()) assertTrue(help.contains("\n" + name + " "), name);
         for (String param : new String[]{"sink", "recent", "budget", "alpha", "window", "kernel", "pool", "tau_init", "tau_end",

@@ -10,11 +10,43 @@ import java.util.Arrays;
  * the sink tokens (positions below {@link #sinkCount}) and the newest {@link #protectRecent} tokens already in
  * the cache. Eviction is per KV head: heads of one layer may keep different tokens. Inside a prefill only what
  * the cache cannot hold is evicted unless {@link #budgetDuringPrefill()}.
+ *
+ * <p>{@link Shaping} changes when and where the budget applies, for the policies that declare its keys:
+ * {@code interval} (kvpress's DecodingPress: let the cache grow {@code interval} tokens past the budget, then evict
+ * down to it in one go, so a costly scorer runs once per interval), {@code pyramid} (PyramidKV: lower layers keep
+ * more, upper layers less, the same total) and {@code ada} (AdaKV: the layer's budget is shared by its KV heads,
+ * the lowest scores across heads go first, each head keeping at least the fraction {@code ada} of its budget).
  */
 public abstract class EvictingPolicy extends BasePolicy {
 
     /** [layer][kvHead][slot] eviction score (higher = keep), for scored policies; null for positional ones. */
     protected float[][][] score;
+
+    /**
+     * When and where the budget applies (the keys {@code interval}, {@code pyramid} and {@code ada} of a spec).
+     *
+     * @param interval tokens a head may hold past its budget before it is brought back down to it (0 = every call)
+     * @param pyramid  PyramidKV's beta (>= 1): layer l keeps w + round(max - l * (max - min) / (L - 1)) tokens, with w
+     *                 the protected tokens, min = (B - w) / beta and max = 2 (B - w) - min (capped at the tokens there
+     *                 are, min raised to keep the mean); 0 = every layer keeps B
+     * @param ada      AdaKV's safeguard alpha in [0, 1]: the KV heads of a layer share heads * B slots, the lowest
+     *                 scores across the heads are evicted first, each head keeps at least ceil(alpha * B) tokens;
+     *                 negative = off (every head keeps B)
+     */
+    public record Shaping(int interval, double pyramid, double ada) {
+        public static final Shaping NONE = new Shaping(0, 0, -1);
+    }
+
+    private Shaping shaping = Shaping.NONE;
+
+    /** Sets how the budget is applied; returns this. */
+    public EvictingPolicy shaping(Shaping s) {
+        if (s.ada() >= 0 && !scored()) throw new IllegalArgumentException("ada needs a scored policy");
+        this.shaping = s;
+        return this;
+    }
+
+    public Shaping shaping() { return shaping; }
 
     protected EvictingPolicy(String spec) {
         super(spec);
@@ -56,21 +88,152 @@ public abstract class EvictingPolicy extends BasePolicy {
      */
     protected boolean budgetDuringPrefill() { return false; }
 
+    /**
+     * Called once per layer and eviction, before the victims of the layer are chosen: a policy whose scores depend on
+     * the moment (they are recomputed from the cache rather than accumulated) computes them here.
+     */
+    protected void beforeEviction(int layer) {}
+
     @Override
     protected void onBeforeAppend(int[] positions, int n) {
-        int recentFrom = callStart - Math.max(0, protectRecent(n));
-        for (int l = 0; l < layers; l++)
+        int protect = Math.max(0, protectRecent(n));
+        int recentFrom = callStart - protect;
+        boolean budgeted = !inPrefill || budgetDuringPrefill();
+        for (int l = 0; l < layers; l++) {
+            if (budgeted && shaping.ada() >= 0) {
+                int keep = keepBefore(l, 0, n);
+                if (keep != Integer.MAX_VALUE) {
+                    evictAcrossHeads(l, n, layerBudget(l, keep, protect, callStart), recentFrom);
+                    continue;
+                }
+            }
+            boolean scored = false;
             for (int g = 0; g < kvHeads; g++) {
                 int keep = keepBefore(l, g, n);
                 if (keep == Integer.MAX_VALUE) continue;
                 int room = capacity - n - reserve(l, g);
-                keep = Math.max(0, inPrefill && !budgetDuringPrefill() ? room : Math.min(keep, room));
+                keep = Math.max(0, budgeted ? Math.min(layerBudget(l, keep, protect, callStart), room) : room);
                 int occ = cache.occupied(l, g);
-                if (occ > keep) evict(l, g, victims(l, g, occ - keep, recentFrom));
-                if (cache.occupied(l, g) + n + reserve(l, g) > capacity)
-                    throw new KvCacheFullException("KV cache of " + capacity + " slots per head cannot hold the tokens --kv "
-                            + spec() + " protects plus " + n + " new ones (layer " + l + "): raise the context size (-c) or lower the policy's recent window/budget");
+                if (occ > room || occ > keep + (budgeted ? shaping.interval() : 0)) {
+                    if (!scored) {
+                        beforeEviction(l);
+                        scored = true;
+                    }
+                    evict(l, g, victims(l, g, occ - keep, recentFrom));
+                }
+                checkFits(l, g, n);
             }
+        }
+    }
+
+    private void checkFits(int l, int g, int n) {
+        if (cache.occupied(l, g) + n + reserve(l, g) > capacity)
+            throw new KvCacheFullException("KV cache of " + capacity + " slots per head cannot hold the tokens --kv "
+                    + spec() + " protects plus " + n + " new ones (layer " + l + "): raise the context size (-c) or lower the policy's recent window/budget");
+    }
+
+    /**
+     * The budget of {@code layer} (PyramidKV) for a policy budget {@code keep} with {@code protect} protected recent
+     * tokens, when the sequence holds {@code tokens} tokens.
+     */
+    protected int layerBudget(int layer, int keep, int protect, int tokens) {
+        double beta = shaping.pyramid();
+        if (beta <= 0 || layers < 2) return keep;
+        int w = Math.min(keep, protect + Math.min(sinkCount(), tokens));
+        double base = keep - w;
+        if (base <= 0) return keep;
+        double min = base / beta, max = 2 * base - min;
+        double avail = Math.max(0, tokens - w);
+        if (max > avail) {
+            max = avail;
+            min = 2 * base - max;
+        }
+        if (min < 0 || max < min) return keep;
+        return (int) Math.max(0, w + Math.round(max - layer * (max - min) / (layers - 1)));
+    }
+
+    /**
+     * AdaKV: the heads of {@code layer} keep {@code keep} tokens each on average; the lowest-scored unprotected
+     * slots across all heads go first, but a head never drops below ceil(alpha * keep) tokens by this sharing, and
+     * every head keeps room for the n new tokens.
+     */
+    private void evictAcrossHeads(int layer, int n, int keep, int recentFrom) {
+        int total = 0;
+        boolean overRoom = false;
+        for (int g = 0; g < kvHeads; g++) {
+            int occ = cache.occupied(layer, g);
+            total += occ;
+            if (occ + n + reserve(layer, g) > capacity) overRoom = true;
+        }
+        long target = (long) kvHeads * keep;
+        if (!overRoom && total <= target + (long) kvHeads * shaping.interval()) {
+            for (int g = 0; g < kvHeads; g++) checkFits(layer, g, n);
+            return;
+        }
+        beforeEviction(layer);
+        int safe = (int) Math.ceil(shaping.ada() * keep - 1e-9);
+        // every unprotected slot of the layer, ordered by (score, position) ascending: the eviction order
+        int sinks = sinkCount();
+        int count = 0;
+        for (int g = 0; g < kvHeads; g++) count += cache.highWater(layer, g);
+        long[] byPos = new long[count];
+        int[] head = new int[count], slot = new int[count];
+        int m = 0;
+        int[] candidates = new int[kvHeads];
+        for (int g = 0; g < kvHeads; g++) {
+            int[] pos = cache.positions(layer, g);
+            int skip = excluded(layer, g);
+            for (int s = 0, hw = cache.highWater(layer, g); s < hw; s++) {
+                int p = pos[s];
+                if (p < sinks || p >= recentFrom || s == skip) continue;
+                head[m] = g;
+                slot[m] = s;
+                byPos[m] = ((long) p << 32) | m;
+                m++;
+                candidates[g]++;
+            }
+        }
+        byPos = Arrays.copyOf(byPos, m);
+        Arrays.sort(byPos);
+        long[] order = new long[m];
+        for (int i = 0; i < m; i++) {
+            int e = (int) byPos[i];
+            order[i] = (sortable(score[layer][head[e]][slot[e]]) << 32) | i;  // ties: older first
+        }
+        Arrays.sort(order);
+        int[] occ = new int[kvHeads], evicted = new int[kvHeads];
+        for (int g = 0; g < kvHeads; g++) occ[g] = cache.occupied(layer, g);
+        boolean[] gone = new boolean[m];
+        long need = Math.max(0, total - target);
+        for (int pass = 0; pass < 2; pass++)
+            for (int i = 0; i < m; i++) {
+                int e = (int) byPos[(int) order[i]];
+                int g = head[e];
+                if (gone[e]) continue;
+                boolean take;
+                if (pass == 0) take = need > 0 && occ[g] - evicted[g] > safe && occ[g] - evicted[g] > 0;
+                else take = occ[g] - evicted[g] + n + reserve(layer, g) > capacity;  // room for the new tokens
+                if (!take) continue;
+                gone[e] = true;
+                evicted[g]++;
+                if (pass == 0) need--;
+            }
+        for (int g = 0; g < kvHeads; g++) {
+            if (evicted[g] > 0) {
+                int[] v = new int[evicted[g]];
+                int k = 0;
+                for (int e = 0; e < m; e++) if (gone[e] && head[e] == g) v[k++] = slot[e];
+                evict(layer, g, v);
+            }
+            checkFits(layer, g, n);
+        }
+    }
+
+    /** A float's order as an unsigned 32-bit key (NaN last). */
+    private static long sortable(float f) {
+        int b = Float.floatToIntBits(f);
+        b ^= (b >> 31) & 0x7fffffff;
+        return (b ^ 0x80000000L) & 0xffffffffL;
     }
 
     /** Frees the given slots of (layer, head) and clears their scores. */

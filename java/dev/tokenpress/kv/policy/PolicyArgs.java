@@ -47,6 +47,9 @@ public final class PolicyArgs {
 
     public boolean has(String key) { return given.containsKey(key); }
 
+    /** Whether the policy declares the key. */
+    public boolean declares(String key) { return params.stream().anyMatch(p -> p.name().equals(key)); }
+
     /** The value as written, else the declared default. */
     public String raw(String key) {
         String v = given.get(key);

@@ -9,7 +9,9 @@ import dev.tokenpress.kv.KvCache;
  * (per KV head: also over the group's q-heads), smoothed with a 1-D pooling of width {@code kernel} (stride 1,
  * padding kernel/2: max pooling, or average pooling that counts the padding), and the (budget - window)
  * best older tokens are kept with the window. Nothing is compressed when the prompt holds at most
- * {@code budget} tokens, and decoding appends without eviction, as in the paper.
+ * {@code budget} tokens, and decoding appends without eviction, as in the paper. With a pyramid ({@code pyramidkv},
+ * or {@code snapkv:pyramid=BETA}) layer l keeps its own budget, the window plus a share of (budget - window) that
+ * falls linearly with depth (PyramidKV; kvpress's PyramidKVPress), the mean over the layers staying the budget.
  */
 public final class SnapKvPolicy extends EvictingPolicy {
     private final Budget budget;
@@ -62,13 +64,14 @@ public final class SnapKvPolicy extends EvictingPolicy {
         int keepTotal = Math.max(1, budget.tokens(seqLen));
         for (int l = 0; l < layers; l++) {
             if (prompt[l] == null) continue;
+            int keepLayer = Math.max(1, layerBudget(l, keepTotal, window, seqLen));  // PyramidKV: per-layer budgets
             for (int g = 0; g < kvHeads; g++) {
-                if (cache.occupied(l, g) <= keepTotal) continue;
+                if (cache.occupied(l, g) <= keepLayer) continue;
                 int[] bySlot = slotsByPosition(l, g);
                 int old = 0; // tokens before the observation window
                 int[] pos = cache.positions(l, g);
                 while (old < bySlot.length && pos[bySlot[old]] < windowStart) old++;
-                int keepOld = Math.max(0, keepTotal - (bySlot.length - old));
+                int keepOld = Math.max(0, keepLayer - (bySlot.length - old));
                 if (old <= keepOld) continue;
                 float[] vote = new float[old];
                 for (int i = 0; i < old; i++) vote[i] = prompt[l].probSums[g][bySlot[i]];

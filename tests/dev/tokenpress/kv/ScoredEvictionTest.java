@@ -1,0 +1,340 @@
+package dev.tokenpress.kv;
+
+import dev.tokenpress.backend.RopeTable;
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.model.LlamaConfig;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeSet;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * Knorm, Expected Attention and the budget shaping keys (interval, pyramid, ada) against brute-force replays of
+ * their rules. Layer 0 is checked where a rule depends on keys or queries: its keys and queries depend only on the
+ * tokens and positions fed, which every run here fixes.
+ */
+class ScoredEvictionTest {
+    static final int PROMPT = 30, STEPS = 24, CAPACITY = 64;
+
+    @TempDir
+    static Path dir;
+    static Llama model;
+    static LlamaConfig config;
+    static int[] tokens;
+
+    @BeforeAll
+    static void load() {
+        config = KvTestSupport.config(3);
+        model = KvTestSupport.model(dir, config, 8);
+        tokens = KvTestSupport.tokens(PROMPT + STEPS, config.vocabSize(), 11);
+    }
+
+    @AfterAll
+    static void close() {
+        model.close();
+    }
+
+    /** What one run saw at each attention call: per layer, the positions per KV head and the call's n and start. */
+    record Call(int layer, int n, int start, int[][] positions) {}
+
+    /** Runs the prompt in chunks and STEPS decode steps over fixed tokens; reports each call per layer. */
+    static List<Call> run(String spec, KvTestSupport.Observer extra, KvTestSupport.QueryObserver queries) {
+        List<Call> calls = new ArrayList<>();
+        KvPolicy policy = KvTestSupport.recording(KvPolicies.parse(spec, config), (cache, layer, n, sel) -> {
+            int[][] pos = new int[config.numKvHeads()][];
+            int start = Integer.MAX_VALUE;
+            for (int g = 0; g < pos.length; g++) pos[g] = KvTestSupport.positions(cache, layer, g);
+            for (int[] p : pos) start = Math.min(start, p[p.length - 1] - n + 1);
+            calls.add(new Call(layer, n, start, pos));
+            extra.onSelect(cache, layer, n, sel);
+        }, queries);
+        model.setPolicy(policy);
+        try (KvCache cache = model.newCache(CAPACITY)) {
+            model.prefill(cache, java.util.Arrays.copyOf(tokens, PROMPT), 0, false, null);
+            for (int i = 0; i < STEPS; i++) model.decodeStep(cache, tokens[PROMPT + i], PROMPT + i);
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+        return calls;
+    }
+
+    static List<Call> run(String spec) {
+        return run(spec, (c, l, n, s) -> {}, (c, l, q, p, n) -> {});
+    }
+
+    /** Records the L2 norm of every layer-0 key per (KV head, position) when the token is first seen. */
+    static KvTestSupport.Observer keyNorms(Map<Long, Double> norms) {
+        float[] k = new float[config.headDim()], v = new float[config.headDim()];
+        return (cache, layer, n, sel) -> {
+            if (layer != 0) return;
+            for (int g = 0; g < config.numKvHeads(); g++) {
+                int[] pos = cache.positions(0, g);
+                for (int s = 0; s < cache.highWater(0, g); s++) {
+                    if (pos[s] < 0 || norms.containsKey(key(g, pos[s]))) continue;
+                    model.backend.readKv(cache, 0, g, s, k, v);
+                    double sum = 0;
+                    for (float x : k) sum += (double) x * x;
+                    norms.put(key(g, pos[s]), Math.sqrt(sum));
+                }
+            }
+        };
+    }
+
+    static long key(int g, int p) { return ((long) g << 32) | p; }
+
+    /** Knorm's score of a layer-0 token: -||k||. */
+    static double knorm(Map<Long, Double> norms, int g, int p) { return -norms.get(key(g, p)); }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"knorm:budget=10", "knorm:budget=10,interval=5"})
+    void knormKeepsTheSmallestKeysOfAllTokensSeenAtEachCut(String spec) {
+        Map<Long, Double> norms = new HashMap<>();
+        List<Call> calls = run(spec, keyNorms(norms), (c, l, q, p, n) -> {});
+        int interval = spec.contains("interval=5") ? 5 : 0, cuts = 0;
+        int[][] before = null;
+        for (Call c : calls) {
+            if (c.layer != 0) continue;
+            if (c.n == 1) {
+                for (int g = 0; g < config.numKvHeads(); g++) {
+                    int old = c.positions[g].length - 1;  // the call's own token is the newest
+                    assertEquals(c.start, c.positions[g][old], "the new token is present");
+                    assertTrue(old <= 10 + interval, spec + ": " + old + " older tokens at position " + c.start);
+                    if (old != before[g].length) {  // a cut: the 10 best of every token seen so far, however long ago
+                        cuts++;
+                        assertEquals(10, old);
+                        int gg = g;
+                        List<Integer> all = new ArrayList<>();
+                        for (int p = 0; p < c.start; p++) all.add(p);
+                        all.sort((a, b) -> knorm(norms, gg, a) != knorm(norms, gg, b)
+                                ? Double.compare(knorm(norms, gg, b), knorm(norms, gg, a)) : Integer.compare(b, a));
+                        TreeSet<Integer> want = new TreeSet<>(all.subList(0, 10));
+                        TreeSet<Integer> got = new TreeSet<>();
+                        for (int i = 0; i < old; i++) got.add(c.positions[g][i]);
+                        assertEquals(want, got, spec + ": head " + g + " at position " + c.start);
+                    } else {
+                        for (int i = 0; i < old; i++) assertEquals(before[g][i], c.positions[g][i], "no cut: nothing evicted");
+                    }
+                }
+            }
+            before = c.positions;
+        }
+        assertTrue(cuts >= (interval == 0 ? STEPS : STEPS / (interval + 1)) * config.numKvHeads() / 2, spec + ": " + cuts + " cuts");
+    }
+
+    @Test
+    void intervalLetsTheCacheGrowPastTheBudgetThenCutsItBack() {
+        List<Integer> sizes = new ArrayList<>();
+        for (Call c : run("h2o:budget=10,recent=2,interval=4"))
+            if (c.n == 1 && c.layer == 1) sizes.add(c.positions[0].length);
+        assertEquals(11, sizes.get(0), "the first decode step cuts the prompt to the budget");
+        for (int i = 1; i < sizes.size(); i++)
+            assertEquals(sizes.get(i - 1) == 15 ? 11 : sizes.get(i - 1) + 1, sizes.get(i), "steps " + sizes);
+    }
+
+    @Test
+    void pyramidGivesLowerLayersMoreTokensWithTheSameMean() {
+        // budget 16, window 4, beta 2: the pyramid share 12 runs from 18 (layer 0) to 6 (layer 2)
+        int[] want = {4 + 18 + 1, 4 + 12 + 1, 4 + 6 + 1};
+        for (String spec : new String[]{"h2o:budget=16,recent=4,pyramid=2", "pyramidkv:budget=16,window=4,kernel=3,beta=2",
+                "snapkv:budget=16,window=4,kernel=3,pyramid=2"}) {
+            int[] seen = new int[3];
+            for (Call c : run(spec))
+                if (c.n == 1 && c.start == PROMPT)
+                    for (int g = 0; g < config.numKvHeads(); g++) {
+                        assertEquals(want[c.layer], c.positions[g].length, spec + ": layer " + c.layer);
+                        seen[c.layer]++;
+                    }
+            for (int s : seen) assertEquals(config.numKvHeads(), s, spec);
+        }
+    }
+
+    @Test
+    void adaSharesTheLayerBudgetAcrossHeadsByScore() {
+        Map<Long, Double> norms = new HashMap<>();
+        int budget = 10, safe = 3, heads = config.numKvHeads();  // ada=0.3: each head keeps >= ceil(0.3 * 10)
+        List<Call> calls = run("knorm:budget=10,ada=0.3", keyNorms(norms), (c, l, q, p, n) -> {});
+        int[][] before = null;
+        boolean uneven = false;
+        int cuts = 0;
+        for (Call c : calls) {
+            if (c.layer != 0) continue;
+            if (c.n == 1) {
+                int total = 0;
+                List<long[]> kept = new ArrayList<>(), evicted = new ArrayList<>();
+                for (int g = 0; g < heads; g++) {
+                    TreeSet<Integer> now = new TreeSet<>();
+                    for (int i = 0; i < c.positions[g].length - 1; i++) now.add(c.positions[g][i]);
+                    total += now.size();
+                    assertTrue(now.size() >= safe, "head " + g + " keeps its safeguard");
+                    for (int p : before[g]) (now.contains(p) ? kept : evicted).add(new long[]{g, p, now.size()});
+                    uneven |= now.size() != budget;
+                }
+                assertEquals(heads * budget, total, "the heads share heads * budget slots at position " + c.start);
+                if (!evicted.isEmpty()) cuts++;
+                for (long[] e : evicted)
+                    for (long[] k : kept) {
+                        if (k[0] != e[0] && k[2] <= safe) continue;  // a head at its safeguard keeps its best regardless
+                        double ks = knorm(norms, (int) k[0], (int) k[1]), es = knorm(norms, (int) e[0], (int) e[1]);
+                        assertTrue(ks >= es, "kept (head " + k[0] + ", pos " + k[1] + ") scores " + ks + " below evicted (head "
+                                + e[0] + ", pos " + e[1] + ") " + es + " at position " + c.start);
+                    }
+            }
+            before = c.positions;
+        }
+        assertTrue(uneven, "the heads' shares differ at some step");
+        assertEquals(STEPS, cuts);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"expected:budget=12,sink=2,future=8,interval=0", "expected:budget=12,sink=2,future=3,cov=false,vnorm=false,interval=0",
+            "expected:budget=12,sink=0,recent=2,future=64,interval=2"})
+    void expectedAttentionKeepsTheTokensItsFormulaRanksHighest(String spec) {
+        int hd = config.headDim(), half = hd / 2, heads = config.numHeads(), kvHeads = config.numKvHeads(), group = heads / kvHeads;
+        int sink = Integer.parseInt(spec.replaceAll(".*sink=(\\d+).*", "$1"));
+        int future = Integer.parseInt(spec.replaceAll(".*future=(\\d+).*", "$1"));
+        int recent = spec.contains("recent=2") ? 2 : 0;
+        boolean cov = !spec.contains("cov=false"), vnorm = !spec.contains("vnorm=false");
+        float[] inv = RopeTable.of(config).invFreq();
+        List<double[][]> queries = new ArrayList<>();   // layer-0 queries before RoPE, [head][hd], positions >= sink
+        Map<Long, float[][]> keys = new HashMap<>();    // layer-0 (KV head, position) -> {key, value}
+        float[] k = new float[hd], v = new float[hd];
+        int[] checked = {0};
+        int[][][] before = {null};
+        int[] queriesBefore = {0};
+        List<Call> calls = run(spec, (cache, layer, n, sel) -> {
+            if (layer != 0) return;
+            int start = Integer.MAX_VALUE;
+            int[][] now = new int[kvHeads][];
+            for (int g = 0; g < kvHeads; g++) {
+                now[g] = KvTestSupport.positions(cache, 0, g);
+                start = Math.min(start, now[g][now[g].length - 1] - n + 1);
+            }
+            if (n == 1 && before[0] != null) {
+                // the cut of this call used the queries of the earlier calls and the tokens present at the last one
+                double[][][] stat = statistics(queries.subList(0, queriesBefore[0]), start, future, inv, hd, cov);
+                for (int g = 0; g < kvHeads; g++) {
+                    int[] old = before[0][g];
+                    TreeSet<Integer> keptNow = new TreeSet<>();
+                    for (int p : now[g]) if (p < start) keptNow.add(p);
+                    if (keptNow.size() == old.length) continue;  // no cut in this head
+                    double[] p = new double[old.length];
+                    for (int i = 0; i < group; i++) {
+                        int h = g * group + i;
+                        double[] z = new double[old.length];
+                        double max = Double.NEGATIVE_INFINITY;
+                        for (int j = 0; j < old.length; j++) {
+                            if (old[j] < sink) continue;
+                            float[] kk = keys.get(key(g, old[j]))[0];
+                            double dot = 0, quad = 0;
+                            for (int a = 0; a < hd; a++) {
+                                dot += kk[a] * stat[h][0][a];
+                                for (int b = 0; b < hd; b++) quad += kk[a] * stat[h][1 + a][b] * kk[b];
+                            }
+                            z[j] = dot / Math.sqrt(hd) + (cov ? quad / (2.0 * hd) : 0);
+                            max = Math.max(max, z[j]);
+                        }
+                        double sum = 0;
+                        for (int j = 0; j < old.length; j++) if (old[j] >= sink) sum += Math.exp(z[j] - max);
+                        for (int j = 0; j < old.length; j++) if (old[j] >= sink) p[j] += Math.exp(z[j] - max) / sum / group;
+                    }
+                    double keptMin = Double.POSITIVE_INFINITY, evictedMax = Double.NEGATIVE_INFINITY;
+                    for (int j = 0; j < old.length; j++) {
+                        int pos = old[j];
+                        boolean prot = pos < sink || pos >= start - recent;
+                        if (prot) {
+                            assertTrue(keptNow.contains(pos), spec + ": protected token " + pos + " evicted");
+                            continue;
+                        }
+                        float[] vv = keys.get(key(g, pos))[1];
+                        double vn = 0;
+                        for (float x : vv) vn += (double) x * x;
+                        double score = vnorm ? p[j] * Math.sqrt(vn) : p[j];
+                        if (keptNow.contains(pos)) keptMin = Math.min(keptMin, score);
+                        else evictedMax = Math.max(evictedMax, score);
+                    }
+                    assertEquals(12, keptNow.size(), spec + ": cut to the budget");
+                    assertTrue(keptMin >= evictedMax - 1e-5 * Math.abs(evictedMax), spec + ": head " + g + " at position " + start
+                            + " kept a token scoring " + keptMin + " and evicted one scoring " + evictedMax);
+                    checked[0]++;
+                }
+            }
+            for (int g = 0; g < kvHeads; g++) {
+                int[] pos = cache.positions(0, g);
+                for (int s = 0; s < cache.highWater(0, g); s++) {
+                    if (pos[s] < 0 || keys.containsKey(key(g, pos[s]))) continue;
+                    model.backend.readKv(cache, 0, g, s, k, v);
+                    keys.put(key(g, pos[s]), new float[][]{k.clone(), v.clone()});
+                }
+            }
+            before[0] = now;
+            queriesBefore[0] = queries.size();
+        }, (cache, layer, q, positions, n) -> {
+            if (layer != 0) return;
+            float[] rows = model.backend.download(q, 0, n);
+            for (int r = 0; r < n; r++) {
+                if (positions[r] < sink) continue;
+                double[][] pre = new double[heads][];
+                double[][] rot = rotation(positions[r], inv, hd);
+                for (int h = 0; h < heads; h++) {
+                    double[] post = new double[hd];
+                    for (int a = 0; a < hd; a++) post[a] = rows[r * heads * hd + h * hd + a];
+                    pre[h] = new double[hd];
+                    for (int a = 0; a < hd; a++)  // R^T q: R is orthogonal
+                        for (int b = 0; b < hd; b++) pre[h][a] += rot[b][a] * post[b];
+                }
+                queries.add(pre);
+            }
+        });
+        assertFalse(calls.isEmpty());
+        assertTrue(checked[0] >= 4, spec + ": " + checked[0] + " cuts checked");
+    }
+
+    /** The RoPE matrix of a position, cos(t w) I + sin(t w) P with P the rotate_half matrix (f32 angles as the model). */
+    static double[][] rotation(int t, float[] inv, int hd) {
+        int half = hd / 2;
+        double[][] r = new double[hd][hd];
+        for (int i = 0; i < hd; i++) {
+            float angle = (float) t * inv[i % half];
+            r[i][i] = Math.cos(angle);
+            if (i < half) r[i][i + half] = -Math.sin(angle);
+            else r[i][i - half] = Math.sin(angle);
+        }
+        return r;
+    }
+
+    /** Per q-head {R mu, R Sigma R^T rows} with R the mean rotation over [start, start + future). */
+    static double[][][] statistics(List<double[][]> qs, int start, int future, float[] inv, int hd, boolean cov) {
+        int heads = config.numHeads();
+        double[][] rbar = new double[hd][hd];
+        for (int t = start; t < start + future; t++) {
+            double[][] r = rotation(t, inv, hd);
+            for (int a = 0; a < hd; a++) for (int b = 0; b < hd; b++) rbar[a][b] += r[a][b] / future;
+        }
+        double[][][] out = new double[heads][1 + hd][hd];
+        for (int h = 0; h < heads; h++) {
+            double[] mu = new double[hd];
+            for (double[][] q : qs) for (int a = 0; a < hd; a++) mu[a] += q[h][a] / qs.size();
+            double[][] sigma = new double[hd][hd];
+            if (cov)
+                for (double[][] q : qs)
+                    for (int a = 0; a < hd; a++)
+                        for (int b = 0; b < hd; b++) sigma[a][b] += (q[h][a] - mu[a]) * (q[h][b] - mu[b]) / qs.size();
+            for (int a = 0; a < hd; a++) for (int b = 0; b < hd; b++) out[h][0][a] += rbar[a][b] * mu[b];
+            double[][] rs = new double[hd][hd];
+            for (int a = 0; a < hd; a++) for (int b = 0; b < hd; b++) for (int c = 0; c < hd; c++) rs[a][b] += rbar[a][c] * sigma[c][b];
+            for (int a = 0; a < hd; a++) for (int b = 0; b < hd; b++) for (int c = 0; c < hd; c++) out[h][1 + a][b] += rs[a][c] * rbar[b][c];
+        }
+        return out;
+    }
+}
