@@ -47,6 +47,11 @@ public final class BenchCommand implements Callable<Integer> {
     @Option(names = {"-d", "--n-depth"}, split = ",", defaultValue = "0", description = "Context depths before tgN (default: ${DEFAULT-VALUE}).")
     int[] depth;
 
+    @Option(names = {"-np", "--parallel"}, split = ",", defaultValue = "1", paramLabel = "N[,N...]",
+            description = "Sequences decoded together in tgN tests (tgN x S: S sequences of N tokens each, one forward "
+                    + "pass per step for all; t/s counts every sequence's tokens; at most -b) (default: ${DEFAULT-VALUE}).")
+    int[] parallel;
+
     @Option(names = {"-r", "--repetitions"}, defaultValue = "3", description = "Repetitions per test (default: ${DEFAULT-VALUE}).")
     int reps;
 
@@ -66,6 +71,10 @@ public final class BenchCommand implements Callable<Integer> {
         var quants = kvOptions.quants();
         if (!List.of("md", "csv", "json").contains(format)) throw new Main.UsageException("-o must be md, csv or json");
         if (reps < 1) throw new Main.UsageException("-r must be >= 1");
+        for (int np : parallel) {
+            if (np < 1) throw new Main.UsageException("-np must be >= 1");
+            if (np > modelOptions.chunk) throw new Main.UsageException("-np " + np + " exceeds the batch size -b " + modelOptions.chunk + ": raise -b");
+        }
         var dir = modelOptions.resolveModel(err);
         List<Row> rows = new ArrayList<>();
         double bw;
@@ -116,6 +125,12 @@ public final class BenchCommand implements Callable<Integer> {
                     for (int d : depth) {
                         for (int g : nGen) {
                             if (g <= 0) continue;
+                            for (int np : parallel) {
+                                if (np == 1) continue;
+                                double t = batchedDecode(tp, kvSpec, quant, maxCtx, d, g, np, rnd, rows, kv, bw / weightBytes);
+                                err.printf(Locale.ROOT, "tg%d%s x%d%s: %.2f t/s%n", g, d > 0 ? " @ d" + d : "", np, tag, t);
+                            }
+                            if (java.util.Arrays.stream(parallel).noneMatch(x -> x == 1)) continue;
                             double[] tps = new double[reps];
                             for (int r = 0; r < reps + 1; r++) {
                                 cache.clear();
@@ -144,6 +159,50 @@ public final class BenchCommand implements Callable<Integer> {
         }
         print(out, dir.toString(), backendDesc, weightBytes, bw, rows);
         return ExitCodes.OK;
+    }
+
+    /**
+     * tgN x S: S sequences, each with its own cache (and policy) after d random tokens of context, decoded together for
+     * g steps with {@link Llama#decodeBatch}, greedy on the device; returns the mean tokens/s of all sequences and adds
+     * the row (roofline: S tokens per weight pass).
+     */
+    private double batchedDecode(TokenPress tp, String kvSpec, dev.tokenpress.kv.quant.KvQuantSpec quant, int maxCtx, int d, int g,
+                                 int np, SplittableRandom rnd, List<Row> rows, String kv, double roofline) {
+        Llama m = tp.model();
+        LlamaConfig c = tp.config();
+        KvCache[] caches = new KvCache[np];
+        KvPolicy[] policies = new KvPolicy[np];
+        try {
+            for (int i = 0; i < np; i++) {
+                caches[i] = quant.isNone() ? m.newCache(maxCtx) : m.newCache(maxCtx, quant);
+                policies[i] = KvOptionsMixin.policy(kvSpec, c);
+                policies[i].attach(m);
+            }
+            double[] tps = new double[reps];
+            for (int r = 0; r < reps + 1; r++) {
+                Llama.BatchRow[] batch = new Llama.BatchRow[np];
+                for (int i = 0; i < np; i++) {
+                    caches[i].clear();
+                    if (d > 0) m.prefillWith(policies[i], caches[i], randomTokens(rnd, d, c.vocabSize()), 0, null);
+                    batch[i] = new Llama.BatchRow(caches[i], policies[i], rnd.nextInt(c.vocabSize()), d);
+                }
+                int steps = r == 0 ? Math.min(g, 4) : g;
+                tp.backend().synchronize();
+                long t0 = System.nanoTime();
+                for (int s = 0; s < steps; s++) {
+                    m.decodeBatch(batch);
+                    for (int i = 0; i < np; i++)
+                        batch[i] = new Llama.BatchRow(caches[i], policies[i], m.batchArgmax(i), d + s + 1);
+                }
+                tp.backend().synchronize();
+                double sec = (System.nanoTime() - t0) / 1e9;
+                if (r > 0) tps[r - 1] = (double) steps * np / sec;
+            }
+            rows.add(new Row("tg" + g + (d > 0 ? " @ d" + d : "") + " x" + np, kv, g, d, mean(tps), stdev(tps), roofline * np));
+            return mean(tps);
+        } finally {
+            for (KvCache kc : caches) if (kc != null) kc.close();
+        }
     }
 
     /**

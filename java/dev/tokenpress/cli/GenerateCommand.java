@@ -3,6 +3,7 @@ package dev.tokenpress.cli;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.tokenpress.api.GenerationResult;
+import dev.tokenpress.api.Parallel;
 import dev.tokenpress.api.Session;
 import dev.tokenpress.api.StopText;
 import dev.tokenpress.api.TokenPress;
@@ -84,6 +85,11 @@ public final class GenerateCommand implements Callable<Integer> {
                     + "there (default: ${DEFAULT-VALUE}).")
     String format;
 
+    @Option(names = {"-np", "--parallel"}, paramLabel = "N", defaultValue = "1",
+            description = "Decode N sequences of the prompt together, one forward pass per step for all of them (seeds "
+                    + "seed, seed+1, ...; llama.cpp's llama-batched); each is printed when all have ended (at most -b).")
+    int parallel;
+
     @Option(names = "--ead-model", paramLabel = "DIR",
             description = "Entropy-adaptive decoding: a smaller model with the same tokenizer produces every token "
                     + "unless its recent entropy exceeds --ead-threshold; then this model does.")
@@ -141,6 +147,16 @@ public final class GenerateCommand implements Callable<Integer> {
             err.println("prompt: \"" + DEFAULT_PROMPT + "\" (default; use -p or -f)");
         }
         Path dir = modelOptions.resolveModel(err);
+        if (parallel < 1) throw new Main.UsageException("-np must be >= 1");
+        if (parallel > 1) {
+            if (lookup > 0 || draftOptions.enabled() || eadModel != null || trace || outputFormat != Session.OutputFormat.TEXT
+                    || grammarOptions.enabled())
+                throw new Main.UsageException("-np decodes plain sequences: it does not combine with --lookup, -md, --draft-layers, "
+                        + "--ead-model, --trace, --format or grammars");
+            if (parallel > modelOptions.chunk)
+                throw new Main.UsageException("-np " + parallel + " exceeds the batch size -b " + modelOptions.chunk + ": raise -b");
+            return runParallel(out, err, dir, prompt, so, quant);
+        }
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              TokenPress draft = draftOptions.loadDraft(modelOptions, tp, err);
              TokenPress ead = eadModel == null ? null : TokenPress.loadOn(eadModel, modelOptions.toLoadOptions(err), tp);
@@ -252,6 +268,77 @@ public final class GenerateCommand implements Callable<Integer> {
                 err.printf(Locale.ROOT, "load %d ms | prompt %d tokens, %.1f tokens/s | ttft %.1f ms | decode %d tokens, %.2f tokens/s | KV %s (%d tokens) | stop: %s | seed %d%n",
                         tp.loadMillis(), r.promptTokens(), r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),
                         r.decodeTokensPerSecond(), Bytes.human(r.kvBytes()), session.contextSize(), r.stopReason(), r.seed());
+            }
+            out.flush();
+            err.flush();
+        }
+        return ExitCodes.OK;
+    }
+
+    /** -np N: N sequences of the prompt through {@link Parallel}, printed one after the other. */
+    private int runParallel(PrintWriter out, PrintWriter err, Path dir, String prompt, SamplingOptions so,
+                            dev.tokenpress.kv.quant.KvQuantSpec quant) throws Exception {
+        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
+             Parallel par = new Parallel(tp, ctx, quant, kvOptions.spec())) {
+            err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
+                    tp.config().numLayers(), tp.loadMillis());
+            if (!kvOptions.spec().equals("full")) err.println("kv policy: " + kvOptions.policy(tp.config()).spec());
+            if (!quant.isNone()) err.println("kv quant: " + quant.spec());
+            java.util.Map<Integer, Float> bias = new java.util.HashMap<>(sampling.logitBias());
+            for (int id : bias.keySet())
+                if (id >= tp.config().vocabSize())
+                    throw new Main.UsageException("--logit-bias: token " + id + " is outside the vocabulary [0, " + tp.config().vocabSize() + ")");
+            if (sampling.ignoreEos) for (int e : tp.config().eosTokenIds()) bias.put(e, Float.NEGATIVE_INFINITY);
+            int[] ids = tp.tokenizer().encode(prompt);
+            java.util.List<Parallel.Request> reqs = new java.util.ArrayList<>();
+            for (int i = 0; i < parallel; i++) {
+                SamplingOptions o = so.seed() == SamplingOptions.RANDOM_SEED ? so : so.withSeed(so.seed() + i);
+                reqs.add(new Parallel.Request(ids, nPredict, o, stops == null ? java.util.List.of() : stops, null, bias));
+            }
+            long t0 = System.nanoTime();
+            java.util.List<GenerationResult> rs = par.generate(reqs, parallel);
+            double sec = (System.nanoTime() - t0) / 1e9;
+            long generated = 0;
+            for (GenerationResult r : rs) generated += r.tokens().length;
+            long[] counts = par.stepCounts();
+            if (json) {
+                ObjectMapper om = new ObjectMapper();
+                ObjectNode o = om.createObjectNode();
+                o.put("model", dir.toString());
+                o.put("backend", tp.backend().description());
+                o.put("prompt", prompt);
+                o.put("prompt_tokens", ids.length);
+                o.put("parallel", parallel);
+                o.put("seconds", sec);
+                o.put("generated_tokens", generated);
+                o.put("tokens_per_s", generated / sec);
+                o.put("decode_steps", counts[0]);
+                o.put("kv", kvOptions.policy(tp.config()).spec());
+                o.put("kv_quant", quant.spec());
+                o.put("sampler", so.toString());
+                com.fasterxml.jackson.databind.node.ArrayNode a = o.putArray("sequences");
+                for (GenerationResult r : rs) {
+                    ObjectNode n = a.addObject();
+                    n.put("text", r.text());
+                    n.put("generated_tokens", r.tokens().length);
+                    n.put("stop_reason", r.stopReason());
+                    n.put("seed", r.seed());
+                    n.put("ttft_ms", r.ttftMillis());
+                    n.put("kv_bytes", r.kvBytes());
+                }
+                out.println(om.writeValueAsString(o));
+            } else {
+                for (int i = 0; i < rs.size(); i++) {
+                    out.println("sequence " + i + ":");
+                    out.println();
+                    out.println(prompt + rs.get(i).text());
+                    out.println();
+                }
+                err.printf(Locale.ROOT, "load %d ms | %d sequences, prompt %d tokens each | %d tokens generated in %.2f s, %.2f tokens/s "
+                                + "(%d decode steps, %.2f sequences per step) | seeds %s%n",
+                        tp.loadMillis(), parallel, ids.length, generated, sec, generated / sec, counts[0],
+                        counts[0] == 0 ? 0.0 : (double) counts[1] / counts[0],
+                        rs.stream().map(r -> Long.toString(r.seed())).collect(java.util.stream.Collectors.joining(",")));
             }
             out.flush();
             err.flush();

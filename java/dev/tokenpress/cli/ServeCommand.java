@@ -61,6 +61,12 @@ public final class ServeCommand implements Callable<Integer> {
                     + "(default: 0 = off; a request's 'lookup' field overrides it).")
     int lookup;
 
+    @Option(names = {"-np", "--parallel"}, paramLabel = "N", defaultValue = "1",
+            description = "Decode up to N requests together (continuous batching: one forward pass per step for all; each "
+                    + "sequence has its own KV cache of -c tokens; at most -b). Requests with logprobs, echo, JSON/grammar "
+                    + "output or lookup run alone between steps (default: ${DEFAULT-VALUE}).")
+    int parallel;
+
     @Option(names = "--api-key", paramLabel = "KEY",
             description = "Require Authorization: Bearer KEY on every endpoint but /health (or set TOKENPRESS_API_KEY).")
     String apiKey;
@@ -77,6 +83,10 @@ public final class ServeCommand implements Callable<Integer> {
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
         draftOptions.validate(lookup);
+        if (parallel < 1) throw new Main.UsageException("-np must be >= 1");
+        if (parallel > modelOptions.chunk) throw new Main.UsageException("-np " + parallel + " exceeds the batch size -b " + modelOptions.chunk + ": raise -b");
+        if (parallel > 1 && draftOptions.enabled())
+            throw new Main.UsageException("-np and speculative decoding (-md, --draft-layers) exclude each other");
         chatTemplate.validate();
         var so = sampling.toOptions();
         Path dir = modelOptions.resolveModel(err);
@@ -95,7 +105,7 @@ public final class ServeCommand implements Callable<Integer> {
                             err.flush();
                         }
                     }, lookup, apiKey != null ? apiKey : System.getenv("TOKENPRESS_API_KEY"),
-                    draftOptions.serverDraft(tp, draft)))) {
+                    draftOptions.serverDraft(tp, draft), parallel))) {
                 Runtime.getRuntime().addShutdownHook(new Thread(stopped::countDown));
                 err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; context %d tokens; kv %s; kv quant %s; chat %s%n",
                         dir, tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), server.contextSize(),
@@ -104,6 +114,9 @@ public final class ServeCommand implements Callable<Integer> {
                 if (draftOptions.draftLayers != null)
                     err.printf(Locale.ROOT, "draft: the model's first %d of %d layers (requests without 'lookup')%n",
                             draftOptions.draftLayers, tp.config().numLayers());
+                if (parallel > 1)
+                    err.printf(Locale.ROOT, "parallel: up to %d requests decoded together, each with a KV cache of %d tokens%n",
+                            parallel, server.contextSize());
                 err.printf(Locale.ROOT, "listening on http://%s:%d/v1 (Ctrl-C stops)%n", host, server.port());
                 err.flush();
                 stopped.await();

@@ -46,6 +46,11 @@ public final class Llama implements AutoCloseable {
     private final int[] emulatedTickets = new int[2];
     private int[][] lastStepSlots;          // [layer][kvHead] slots of the last decode step
 
+    // batched decoding (decodeBatch): the step's rows, their slots [row][layer][kvHead][1], one-row scratch
+    private BatchRow[] batchRows;
+    private int[][][][] batchSlots;
+    private Tensor q1, k1, v1, att1;
+
     public Llama(LlamaConfig config, Weights weights, Backend backend, int maxChunk) {
         this.config = config;
         this.backend = backend;
@@ -135,6 +140,87 @@ public final class Llama implements AutoCloseable {
         lastStepSlots = stepSlots;
         DecodeStep step = new DecodeStep(token, position, stepSlots, cache);
         backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
+    }
+
+    /**
+     * One row of a batched decode step: {@code token} at {@code position} of the sequence whose KV cache is
+     * {@code cache}, under {@code policy} (attached to this model, one instance per sequence; null = full).
+     */
+    public record BatchRow(KvCache cache, KvPolicy policy, int token, int position) {}
+
+    /**
+     * One decode step for several sequences at once (continuous batching): the projections, MLPs and LM head run once
+     * over all rows, so the weights are read once per step for the whole batch; RoPE, the KV store, the policy's
+     * hooks and attention run per row over the row's own cache. Each row's logits are those of
+     * {@link #decodeStep} on its cache alone (the same ops; the matmuls over several rows may round differently).
+     * Afterwards {@link #batchLogits(int)} reads row i's logits. The model's own policy ({@link #setPolicy}) is not
+     * used. Rows: 1 to {@link #maxChunk()}, each with its own cache. When a row's cache cannot take its token
+     * ({@link dev.tokenpress.kv.KvCacheFullException}) no row keeps a slot of the step.
+     */
+    public void decodeBatch(BatchRow[] rows) {
+        int n = rows.length;
+        if (n < 1 || n > maxChunk)
+            throw new IllegalArgumentException("a batch holds 1 to " + maxChunk + " rows (the prefill chunk, -b), not " + n);
+        java.util.Set<KvCache> seen = java.util.Collections.newSetFromMap(new java.util.IdentityHashMap<>());
+        for (BatchRow r : rows)
+            if (!seen.add(r.cache())) throw new IllegalArgumentException("two rows of a batch share a KV cache: one row per sequence");
+        int[] tokens = new int[n], positions = new int[n];
+        int[][][][] slots = new int[n][][][];
+        for (int i = 0; i < n; i++) {
+            BatchRow r = rows[i];
+            tokens[i] = r.token();
+            positions[i] = r.position();
+            int[] pos = {r.position()};
+            KvPolicy p = r.policy() == null ? KvPolicy.FULL : r.policy();
+            try {
+                p.beforeAppend(r.cache(), pos, 1);
+                slots[i] = new int[config.numLayers()][config.numKvHeads()][];
+                for (int l = 0; l < config.numLayers(); l++)
+                    for (int g = 0; g < config.numKvHeads(); g++) slots[i][l][g] = r.cache().allocate(l, g, pos, 1);
+            } catch (RuntimeException e) {
+                // e.g. a full cache: the rows before keep nothing of this step, so the step can run again without this row
+                for (int j = 0; j <= i; j++) rows[j].cache().freeFrom(rows[j].position());
+                throw e;
+            }
+        }
+        if (q1 == null) {
+            q1 = backend.allocate(1, config.qDim());
+            k1 = backend.allocate(1, config.kvDim());
+            v1 = backend.allocate(1, config.kvDim());
+            att1 = backend.allocate(1, config.qDim());
+        }
+        batchRows = rows;
+        batchSlots = slots;
+        try {
+            forward(null, tokens, positions, n, null, true);
+        } finally {
+            batchRows = null;
+            batchSlots = null;
+        }
+    }
+
+    /** Logits [V] of row {@code row} of the last {@link #decodeBatch}. */
+    public float[] batchLogits(int row) {
+        return backend.download(allLogits(), row, 1);
+    }
+
+    /** Greedy token of row {@code row} of the last {@link #decodeBatch}, computed where the logits live. */
+    public int batchArgmax(int row) {
+        return backend.argmax(allLogits(), row);
+    }
+
+    /**
+     * {@link #prefill(KvCache, int[], int, boolean, IntConsumer)} under {@code policy} (attached to this model) instead of
+     * the model's own policy, for a sequence decoded with {@link #decodeBatch}.
+     */
+    public void prefillWith(KvPolicy policy, KvCache cache, int[] tokens, int startPos, IntConsumer progress) {
+        KvPolicy own = this.policy;
+        this.policy = policy == null ? KvPolicy.FULL : policy;
+        try {
+            prefill(cache, tokens, startPos, false, progress);
+        } finally {
+            this.policy = own;
+        }
     }
 
     /** {@code -Dtokenpress.pipelinedGreedy=false} turns pipelined greedy decoding off (true forces it); unset: auto. */
@@ -365,6 +451,10 @@ public final class Llama implements AutoCloseable {
 
     /** RoPE + KV store of layer l's q/k/v, the KV policy's hooks and attention into {@code att}. */
     private void attentionBlock(KvCache cache, int[] positions, int n, int[][][] slots, int l) {
+        if (batchRows != null) {
+            batchAttention(l);
+            return;
+        }
         LlamaConfig c = config;
         backend.ropeStoreKv(q, c.numHeads(), k, v, c.numKvHeads(),   // q [n, H*hd], k [n, Hkv*hd] rotated;
                 rope, positions, cache, l, slots[l], n);             // cache[l] <- k, v
@@ -373,6 +463,26 @@ public final class Llama implements AutoCloseable {
         AttentionStats stats = policy.stats(cache, l, n);
         backend.attention(att, q, cache, l, positions, n, sel, stats); // att [n, H*hd]
         policy.afterAttention(cache, l, n, stats);
+    }
+
+    /** {@link #attentionBlock} of a batched step: row by row, each over its own cache under its own policy. */
+    private void batchAttention(int l) {
+        LlamaConfig c = config;
+        for (int i = 0; i < batchRows.length; i++) {
+            BatchRow r = batchRows[i];
+            KvPolicy p = r.policy() == null ? KvPolicy.FULL : r.policy();
+            int[] pos = {r.position()};
+            backend.copyRows(q1, 0, q, i, 1);
+            backend.copyRows(k1, 0, k, i, 1);
+            backend.copyRows(v1, 0, v, i, 1);
+            backend.ropeStoreKv(q1, c.numHeads(), k1, v1, c.numKvHeads(), rope, pos, r.cache(), l, batchSlots[i][l], 1);
+            p.beforeAttention(r.cache(), l, q1, pos, 1);
+            SlotSelection sel = p.select(r.cache(), l, 1);
+            AttentionStats stats = p.stats(r.cache(), l, 1);
+            backend.attention(att1, q1, r.cache(), l, pos, 1, sel, stats);
+            p.afterAttention(r.cache(), l, 1, stats);
+            backend.copyRows(att, i, att1, 0, 1);
+        }
     }
 
     /** The forward pass over n tokens (rows) at the given positions, whose cache slots are already allocated. */

@@ -7,6 +7,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
 import dev.tokenpress.api.GenerationResult;
+import dev.tokenpress.api.Parallel;
 import dev.tokenpress.api.Session;
 import dev.tokenpress.api.StopText;
 import dev.tokenpress.api.TokenPress;
@@ -90,14 +91,22 @@ public final class OpenAiServer implements AutoCloseable {
      * @param lookup           prompt lookup decoding for greedy requests: most drafted tokens per step (0 = off)
      * @param apiKey           when not null, every endpoint but /health needs {@code Authorization: Bearer KEY}
      * @param draft            speculative decoding with a draft model for requests without {@code lookup} (null = none)
+     * @param parallel         sequences decoded together (continuous batching, {@link Parallel}; each with its own KV
+     *                         cache of {@code contextSize}); 1 = one request at a time through one session
      */
     public record Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
                           String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
-                          int lookup, String apiKey, Draft draft) {
+                          int lookup, String apiKey, Draft draft, int parallel) {
         public Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
                        String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
                        int lookup, String apiKey) {
-            this(host, port, contextSize, quant, template, modelName, sampling, defaultMaxTokens, log, lookup, apiKey, null);
+            this(host, port, contextSize, quant, template, modelName, sampling, defaultMaxTokens, log, lookup, apiKey, null, 1);
+        }
+
+        public Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
+                       String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
+                       int lookup, String apiKey, Draft draft) {
+            this(host, port, contextSize, quant, template, modelName, sampling, defaultMaxTokens, log, lookup, apiKey, draft, 1);
         }
     }
 
@@ -118,6 +127,8 @@ public final class OpenAiServer implements AutoCloseable {
     private final ReentrantLock decoding = new ReentrantLock(true);
     private final AtomicLong ids = new AtomicLong();
     private final KvPolicy defaultPolicy;
+    private final Parallel batcher;   // continuous batching (options.parallel > 1), else null
+    private final Thread batchWorker;
     private volatile boolean closed;
 
     private OpenAiServer(TokenPress tp, Options options) throws IOException {
@@ -129,9 +140,22 @@ public final class OpenAiServer implements AutoCloseable {
         try {
             if (d != null && d.model() != null) session.setDraftModel(d.model(), d.max(), d.min(), d.pMin());
             else if (d != null) session.setSelfDraft(d.layers(), d.max(), d.min(), d.pMin());
+            if (options.parallel() < 1 || options.parallel() > tp.model().maxChunk())
+                throw new IllegalArgumentException("parallel sequences must be 1 to " + tp.model().maxChunk()
+                        + " (the prefill chunk, -b), not " + options.parallel());
+            if (options.parallel() > 1 && d != null)
+                throw new IllegalArgumentException("parallel decoding and a draft model exclude each other");
         } catch (RuntimeException e) {
             session.close();
             throw e;
+        }
+        if (options.parallel() > 1) {
+            this.batcher = new Parallel(tp, session.contextSize(), options.quant(), defaultPolicy.spec());
+            this.batchWorker = new Thread(this::batchLoop, "tokenpress-batch");
+            batchWorker.setDaemon(true);
+        } else {
+            this.batcher = null;
+            this.batchWorker = null;
         }
         try {
             this.http = HttpServer.create(new InetSocketAddress(options.host(), options.port()), 64);
@@ -152,8 +176,33 @@ public final class OpenAiServer implements AutoCloseable {
     /** Binds and starts serving; {@link #close} stops. */
     public static OpenAiServer start(TokenPress tp, Options options) throws IOException {
         OpenAiServer s = new OpenAiServer(tp, options);
+        if (s.batchWorker != null) s.batchWorker.start();
         s.http.start();
         return s;
+    }
+
+    /**
+     * The continuous-batching worker: under the decoding lock, one {@link Parallel#step} at a time (waiting requests
+     * join, every active sequence advances a token), so requests outside the batch (log-probabilities, grammars,
+     * prompt lookup) take the lock between two steps.
+     */
+    private void batchLoop() {
+        while (!closed) {
+            try {
+                boolean more;
+                decoding.lock();
+                try {
+                    more = !closed && batcher.step(options.parallel());
+                } finally {
+                    decoding.unlock();
+                }
+                if (!more) batcher.awaitWork(200);
+            } catch (InterruptedException e) {
+                return;
+            } catch (RuntimeException | Error e) { // step fails the sequences concerned; the worker goes on
+                if (options.log() != null) options.log().accept("batch step failed: " + firstLine(e));
+            }
+        }
     }
 
     /** The port the server listens on. */
@@ -171,8 +220,17 @@ public final class OpenAiServer implements AutoCloseable {
         closed = true;
         http.stop(0);
         executor.shutdownNow();
+        if (batchWorker != null) {
+            batchWorker.interrupt();
+            try {
+                batchWorker.join(10_000);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
         decoding.lock();
         try {
+            if (batcher != null) batcher.close();
             session.close();
         } finally {
             decoding.unlock();
@@ -342,6 +400,7 @@ public final class OpenAiServer implements AutoCloseable {
         Request req;
         Stream stream;
         List<Choice> choices = new ArrayList<>();
+        boolean batched = false;
         decoding.lock();
         try {
             req = chat ? chatRequest(body) : completionRequest(body);
@@ -350,25 +409,12 @@ public final class OpenAiServer implements AutoCloseable {
                 throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
                         + req.tokens().length + " tokens but the server's context holds " + session.contextSize()
                         + ": shorten it or start the server with a larger -c");
-            tp.model().setPolicy(req.policy());
-            session.setLookup(req.lookup());
-            session.setOutputFormat(req.format());
-            session.setGrammar(req.grammar()); // null: none
-            session.setLogitBias(req.logitBias());
-            session.setIgnoreEos(req.ignoreEos());
-            if (req.schema() != null) session.setJsonSchema(req.schema());
-            if (closed) throw new ApiException(503, "server_error", null, "the server is shutting down");
-            if (stream != null) stream.begin();
-            try {
-                for (int i = 0; i < req.n(); i++) choices.add(generate(req, i, stream));
-            } catch (RuntimeException | Error e) {
-                session.reset(); // the next request starts from a clean cache
-                if (stream != null) stream.error(e instanceof ApiException ? e.getMessage() : firstLine(e));
-                throw e;
-            }
+            batched = batcher != null && batchable(req);
+            if (!batched) choices.addAll(generateAlone(req, stream));
         } finally {
             decoding.unlock();
         }
+        if (batched) choices.addAll(generateBatched(req, stream));
         ObjectNode usage = JSON.createObjectNode();
         int completion = 0;
         for (Choice c : choices) completion += c.r().tokens().length;
@@ -423,9 +469,85 @@ public final class OpenAiServer implements AutoCloseable {
             o.set("timings", timings);
             sendJson(ex, 200, o);
         }
-        return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s%s",
+        return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s%s%s",
                 req.tokens().length, first.reused(), completion, r.decodeTokensPerSecond(), first.finish(),
-                choices.size() > 1 ? " (" + choices.size() + " choices)" : "");
+                choices.size() > 1 ? " (" + choices.size() + " choices)" : "", batched ? " (batched)" : "");
+    }
+
+    /** The request through the server's session, under the decoding lock: every choice one after the other. */
+    private List<Choice> generateAlone(Request req, Stream stream) {
+        tp.model().setPolicy(req.policy());
+        session.setLookup(req.lookup());
+        session.setOutputFormat(req.format());
+        session.setGrammar(req.grammar()); // null: none
+        session.setLogitBias(req.logitBias());
+        session.setIgnoreEos(req.ignoreEos());
+        if (req.schema() != null) session.setJsonSchema(req.schema());
+        if (closed) throw new ApiException(503, "server_error", null, "the server is shutting down");
+        if (stream != null) stream.begin();
+        List<Choice> choices = new ArrayList<>();
+        try {
+            for (int i = 0; i < req.n(); i++) choices.add(generate(req, i, stream));
+        } catch (RuntimeException | Error e) {
+            session.reset(); // the next request starts from a clean cache
+            if (stream != null) stream.error(e instanceof ApiException ? e.getMessage() : firstLine(e));
+            throw e;
+        }
+        return choices;
+    }
+
+    /**
+     * What continuous batching decodes: plain sampled text (no log-probabilities or echo, no JSON mode or grammar, no
+     * prompt lookup); other requests go through the session.
+     */
+    private static boolean batchable(Request req) {
+        return req.logprobs() < 0 && !req.echo() && req.format() == Session.OutputFormat.TEXT && req.grammar() == null
+                && req.schema() == null && req.lookup() == 0;
+    }
+
+    /**
+     * The request's choices as sequences of the continuous batch (choice i samples with seed + i), waited for outside
+     * the decoding lock; a streamed choice's text goes out as the worker produces it.
+     */
+    private List<Choice> generateBatched(Request req, Stream stream) {
+        if (closed) throw new ApiException(503, "server_error", null, "the server is shutting down");
+        if (stream != null) stream.begin();
+        Map<Integer, Float> bias = new java.util.HashMap<>(req.logitBias());
+        if (req.ignoreEos()) for (int e : tp.config().eosTokenIds()) bias.put(e, Float.NEGATIVE_INFINITY);
+        List<java.util.concurrent.CompletableFuture<GenerationResult>> results = new ArrayList<>();
+        try {
+            for (int i = 0; i < req.n(); i++) {
+                SamplingOptions so = req.sampling();
+                if (i > 0 && so.seed() != SamplingOptions.RANDOM_SEED) so = so.withSeed(so.seed() + i);
+                results.add(batcher.submit(new Parallel.Request(req.tokens(), req.maxTokens(), so, req.stop(),
+                        stream != null ? stream::text : null, bias, req.stopTokens(),
+                        () -> closed || (stream != null && stream.gone), req.policy().spec())));
+            }
+            List<Choice> choices = new ArrayList<>();
+            for (var f : results) {
+                GenerationResult r;
+                try {
+                    r = f.join();
+                } catch (java.util.concurrent.CompletionException e) {
+                    Throwable c = e.getCause() != null ? e.getCause() : e;
+                    if (c instanceof RuntimeException re) throw re;
+                    if (c instanceof Error er) throw er;
+                    throw e;
+                }
+                StopText st = new StopText(List.of());
+                st.add(r.text()); // cut at its stop string already, and streamed
+                String finish = r.stopReason().equals("length") || r.stopReason().equals("context") ? "length" : "stop";
+                choices.add(new Choice(r, st, List.of(), null, 0, 0, finish));
+            }
+            return choices;
+        } catch (IllegalStateException e) { // the batch closed under the request
+            ApiException a = new ApiException(503, "server_error", null, "the server is shutting down");
+            if (stream != null) stream.error(a.getMessage());
+            throw a;
+        } catch (RuntimeException | Error e) {
+            if (stream != null) stream.error(e instanceof ApiException ? e.getMessage() : firstLine(e));
+            throw e;
+        }
     }
 
     /**

@@ -37,6 +37,36 @@ class CliTest {
         assertTrue(Files.isRegularFile(model.resolve("model.safetensors")));
     }
 
+    /** -np N decodes N sequences of the prompt together: sequence i is what generate gives with seed + i. */
+    @Test
+    void parallelGenerationPrintsEverySequence() throws Exception {
+        Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--temp", "0.9", "--seed", "4", "-np", "3",
+                "--device", "cpu", "-b", "8");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        assertTrue(r.err().contains("3 sequences") && r.err().contains("seeds 4,5,6"), r.err());
+        for (int i = 0; i < 3; i++) {
+            Run one = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--temp", "0.9", "--seed", Integer.toString(4 + i),
+                    "--device", "cpu");
+            String text = one.out().endsWith("\n") ? one.out().substring(0, one.out().length() - 1) : one.out(); // generate ends with a newline
+            assertTrue(r.out().contains("sequence " + i + ":\n\n" + text + "\n"), "sequence " + i + ": " + r.out() + " vs " + one.out());
+        }
+        Run j = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--temp", "0", "-np", "2", "--json", "--device", "cpu");
+        assertEquals(ExitCodes.OK, j.code(), j.err());
+        JsonNode o = new ObjectMapper().readTree(j.out());
+        assertEquals(2, o.get("sequences").size());
+        assertEquals(o.at("/sequences/0/text"), o.at("/sequences/1/text"), "greedy: the same text twice");
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-np", "0").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-np", "9", "-b", "8").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-np", "2", "--lookup", "4").code());
+        Run bench = run("bench", "-m", model.toString(), "-p", "0", "-n", "3", "-r", "1", "-np", "1,3", "--bandwidth-mib", "64",
+                "--device", "cpu", "-o", "json");
+        assertEquals(ExitCodes.OK, bench.code(), bench.err());
+        JsonNode b = new ObjectMapper().readTree(bench.out());
+        assertEquals("tg3 x3", b.at("/results/0/test").asText());
+        assertEquals("tg3", b.at("/results/1/test").asText());
+        assertTrue(b.at("/results/0/tokens_per_s").asDouble() > 0);
+    }
+
     @Test
     void generateStreamsTextAndReportsFiguresOnStderr() {
         Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--device", "cpu");

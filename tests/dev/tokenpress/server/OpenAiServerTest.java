@@ -468,6 +468,63 @@ class OpenAiServerTest {
         assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"logit_bias\": {\"999999\": 1}}").status());
     }
 
+    /**
+     * A server with -np 4 decodes concurrent requests together (continuous batching) and answers each as the one-at-a-time
+     * server does: completions greedy and seeded, a stop string, a chat turn, n choices, a streamed reply; a request the
+     * batch does not take (logprobs) runs alone between its steps.
+     */
+    @Test
+    void parallelServerBatchesConcurrentRequests() throws Exception {
+        String[] bodies = {
+                "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 14, \"temperature\": 0, \"cache_prompt\": false}",
+                "{\"prompt\": \"import os\\n\", \"max_tokens\": 16, \"temperature\": 0.8, \"seed\": 3, \"cache_prompt\": false}",
+                "{\"prompt\": \"for i in range(10):\\n\", \"max_tokens\": 30, \"temperature\": 0, \"stop\": \"License\", \"cache_prompt\": false}",
+                "{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 10, \"temperature\": 0, \"cache_prompt\": false}",
+                "{\"prompt\": \"class A:\", \"max_tokens\": 8, \"temperature\": 0.9, \"seed\": 11, \"n\": 3, \"cache_prompt\": false}",
+                "{\"prompt\": \"x = [\", \"max_tokens\": 12, \"temperature\": 0, \"logprobs\": 2, \"cache_prompt\": false}"};
+        String[] paths = {"/v1/completions", "/v1/completions", "/v1/completions", "/v1/chat/completions", "/v1/completions", "/v1/completions"};
+        List<JsonNode> want = new ArrayList<>();
+        for (int i = 0; i < bodies.length; i++) {
+            Reply r = post(paths[i], bodies[i]);
+            assertEquals(200, r.status(), r.body());
+            want.add(r.json());
+        }
+        List<String> plog = new CopyOnWriteArrayList<>();
+        try (OpenAiServer par = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, ChatTemplate.named("chatml"),
+                "tiny", SamplingOptions.defaults(), 16, plog::add, 0, null, null, 4))) {
+            String base = "http://127.0.0.1:" + par.port();
+            List<java.util.concurrent.CompletableFuture<HttpResponse<String>>> sent = new ArrayList<>();
+            for (int i = 0; i < bodies.length; i++)
+                sent.add(http.sendAsync(HttpRequest.newBuilder(URI.create(base + paths[i])).header("Content-Type", "application/json")
+                        .POST(HttpRequest.BodyPublishers.ofString(bodies[i])).build(), HttpResponse.BodyHandlers.ofString()));
+            HttpResponse<String> streamed = http.send(HttpRequest.newBuilder(URI.create(base + paths[0])).header("Content-Type", "application/json")
+                    .POST(HttpRequest.BodyPublishers.ofString(bodies[0].replace("}", ", \"stream\": true}"))).build(),
+                    HttpResponse.BodyHandlers.ofString());
+            for (int i = 0; i < bodies.length; i++) {
+                HttpResponse<String> r = sent.get(i).get();
+                assertEquals(200, r.statusCode(), r.body());
+                JsonNode got = JSON.readTree(r.body());
+                assertEquals(want.get(i).at("/choices").size(), got.at("/choices").size(), bodies[i]);
+                for (int c = 0; c < got.at("/choices").size(); c++) {
+                    String field = paths[i].contains("chat") ? "/message/content" : "/text";
+                    assertEquals(want.get(i).at("/choices/" + c + field).asText(), got.at("/choices/" + c + field).asText(), bodies[i] + " choice " + c);
+                    assertEquals(want.get(i).at("/choices/" + c + "/finish_reason").asText(), got.at("/choices/" + c + "/finish_reason").asText(), bodies[i]);
+                }
+                assertEquals(want.get(i).at("/usage"), got.at("/usage"), bodies[i]);
+            }
+            assertEquals("stop", want.get(2).at("/choices/0/finish_reason").asText(), "the stop string ends the text");
+            assertTrue(want.get(5).at("/choices/0/logprobs").isObject(), "logprobs ran alone");
+            StringBuilder text = new StringBuilder();
+            for (JsonNode e : events(streamed.body())) text.append(e.at("/choices/0/text").asText());
+            assertEquals(want.get(0).at("/choices/0/text").asText(), text.toString(), "streamed from the batch");
+            long batchedLines = plog.stream().filter(l -> l.contains("(batched)")).count();
+            assertEquals(6, batchedLines, plog.toString());
+            assertTrue(plog.stream().anyMatch(l -> l.contains("/v1/completions 200") && !l.contains("(batched)")), plog.toString());
+        }
+        assertThrows(IllegalArgumentException.class, () -> OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 64,
+                null, null, "tiny", SamplingOptions.defaults(), 4, null, 0, null, new OpenAiServer.Draft(null, 2, 4, 0, 0f), 2)));
+    }
+
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
     @Test
     void speculativeServerKeepsTheText() throws Exception {

@@ -1,0 +1,387 @@
+package dev.tokenpress.api;
+
+import dev.tokenpress.io.StreamingDecoder;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.KvCacheFullException;
+import dev.tokenpress.kv.KvPolicies;
+import dev.tokenpress.kv.KvPolicy;
+import dev.tokenpress.kv.quant.KvQuantSpec;
+import dev.tokenpress.model.Llama;
+import dev.tokenpress.sample.SamplerChain;
+import dev.tokenpress.sample.SamplingOptions;
+
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionException;
+import java.util.function.BooleanSupplier;
+
+/**
+ * Several sequences decoded together (continuous batching, as llama.cpp's {@code llama-batched} / {@code llama-parallel}
+ * and vLLM do): each step feeds one token of every active sequence through one forward pass
+ * ({@link Llama#decodeBatch}), so the weights, which dominate a decode step's memory traffic, are read once for the
+ * whole batch. Each sequence has its own KV cache (and, with {@code --kv}, its own policy instance) and its own
+ * sampler; a sequence that finishes leaves the batch and the next waiting request joins it (its prompt is prefilled
+ * between two steps). Every sequence gets the tokens it would get decoded alone with the same options and seed, up to
+ * the rounding of matmuls over several rows.
+ *
+ * <p>Two ways to drive it: {@link #generate} runs a list of requests to completion; a server {@link #submit}s requests
+ * from any thread and one worker thread calls {@link #step} (which joins waiting requests and runs one batched step)
+ * while work remains. The model is used only inside {@code generate} and {@code step}; the caller keeps other users of
+ * the model out while they run. The model's own policy ({@code Session.setPolicy}) is not used.
+ */
+public final class Parallel implements AutoCloseable {
+
+    /**
+     * One generation request.
+     *
+     * @param prompt        prompt token ids (at least one)
+     * @param maxTokens     tokens to generate at most
+     * @param options       sampling options (a seed of -1 draws one; the result reports it)
+     * @param stops         stop strings: the text ends before the first one (empty: none)
+     * @param listener      receives the text as it is produced, on the thread that steps (nullable)
+     * @param bias          logit bias by token id, first in the sampler chain (-infinity bans; empty: none)
+     * @param stopTokens    token ids that end the text like EOS (e.g. a chat format's end of turn; empty: none)
+     * @param stopRequested polled after every token: true ends the text (stop reason "stop"; nullable)
+     * @param kvSpec        this request's {@code --kv} policy (null: the one this object was made with)
+     */
+    public record Request(int[] prompt, int maxTokens, SamplingOptions options, List<String> stops, TokenListener listener,
+                          Map<Integer, Float> bias, Set<Integer> stopTokens, BooleanSupplier stopRequested, String kvSpec) {
+        public Request {
+            if (prompt == null || prompt.length == 0) throw new IllegalArgumentException("the prompt is empty: give at least one token");
+            if (maxTokens < 0) throw new IllegalArgumentException("maxTokens must be >= 0");
+            if (options == null) throw new IllegalArgumentException("sampling options are required");
+            stops = stops == null ? List.of() : List.copyOf(stops);
+            bias = bias == null ? Map.of() : Map.copyOf(bias);
+            stopTokens = stopTokens == null ? Set.of() : Set.copyOf(stopTokens);
+        }
+
+        /** A request with stop strings and a listener, without bias, stop tokens, stop request or its own policy. */
+        public Request(int[] prompt, int maxTokens, SamplingOptions options, List<String> stops, TokenListener listener) {
+            this(prompt, maxTokens, options, stops, listener, null, null, null, null);
+        }
+
+        /** As the five-argument form, with a logit bias. */
+        public Request(int[] prompt, int maxTokens, SamplingOptions options, List<String> stops, TokenListener listener,
+                       Map<Integer, Float> bias) {
+            this(prompt, maxTokens, options, stops, listener, bias, null, null, null);
+        }
+    }
+
+    private record Pending(Request req, CompletableFuture<GenerationResult> result) {}
+
+    private final TokenPress tp;
+    private final Llama model;
+    private final int contextSize;
+    private final KvQuantSpec quant;
+    private final String kvSpec;
+    private final KvPolicy[] policies;  // per batch lane, made on first use, reused across requests
+    private final boolean[] laneBusy;
+    private final Set<Integer> eos;
+    private final ArrayDeque<Pending> waiting = new ArrayDeque<>();
+    private List<Lane> active = new ArrayList<>();
+    private volatile long steps, rows;
+    private boolean closed;
+
+    /**
+     * @param contextSize KV cache slots per sequence (<= 0: min(model max, 4096))
+     * @param quant       how each sequence's cache is stored (null = f32)
+     * @param kvSpec      the {@code --kv} policy of every sequence (null = full); each lane parses its own instance
+     */
+    public Parallel(TokenPress tp, int contextSize, KvQuantSpec quant, String kvSpec) {
+        this.tp = tp;
+        this.model = tp.model();
+        this.contextSize = contextSize > 0 ? contextSize : Math.min(tp.config().maxPositionEmbeddings(), 4096);
+        this.quant = quant == null ? KvQuantSpec.NONE : quant;
+        this.kvSpec = kvSpec == null ? "full" : kvSpec;
+        KvPolicies.parse(this.kvSpec, tp.config()); // a bad spec fails here
+        this.policies = new KvPolicy[model.maxChunk()];
+        this.laneBusy = new boolean[model.maxChunk()];
+        this.eos = new HashSet<>(tp.config().eosTokenIds());
+    }
+
+    /** The most sequences one step can hold: the model's prefill chunk ({@code -b}). */
+    public int maxWidth() { return model.maxChunk(); }
+
+    /** KV cache slots per sequence. */
+    public int contextSize() { return contextSize; }
+
+    /** Decode steps run so far and the sequence-tokens they produced (their ratio is the mean batch width). */
+    public long[] stepCounts() { return new long[]{steps, rows}; }
+
+    /** Sequences being decoded now (for the thread that steps). */
+    public int activeCount() { return active.size(); }
+
+    private final class Lane {
+        final Pending pending;
+        final Request req;
+        final int lane;
+        final KvCache cache;
+        final KvPolicy policy;
+        final SamplerChain chain;
+        final StreamingDecoder text;
+        final StopText stopText;
+        final StringBuilder out = new StringBuilder();
+        int[] generated = new int[16];
+        int count, position, next = -1, decodeSteps;
+        String stop = "length";
+        long t0, decodeStart;
+        double prefillMs, ttftMs;
+
+        Lane(Pending pending, int lane) {
+            this.pending = pending;
+            this.req = pending.req();
+            this.lane = lane;
+            this.chain = SamplerChain.create(req.options(), tp.config().vocabSize(), req.bias(), null);
+            KvPolicy p;
+            if (req.kvSpec() == null || req.kvSpec().equals(kvSpec)) {
+                if (policies[lane] == null) {
+                    KvPolicy made = KvPolicies.parse(kvSpec, tp.config());
+                    made.attach(model);
+                    policies[lane] = made;
+                }
+                p = policies[lane];
+            } else {
+                p = KvPolicies.parse(req.kvSpec(), tp.config());
+                p.attach(model);
+            }
+            this.policy = p;
+            this.text = tp.tokenizer().streaming();
+            this.stopText = new StopText(req.stops());
+            this.cache = model.newCache(contextSize, quant);
+        }
+
+        /** Takes a sampled token; returns whether the sequence goes on. */
+        boolean take(int token) {
+            if (count == 0) {
+                ttftMs = (System.nanoTime() - t0) / 1e6;
+                decodeStart = System.nanoTime();
+            }
+            if (eos.contains(token) || req.stopTokens().contains(token)) {
+                stop = "eos";
+                return false;
+            }
+            chain.accept(token);
+            if (count == generated.length) generated = Arrays.copyOf(generated, 2 * count);
+            generated[count++] = token;
+            String piece = stopText.add(text.push(token));
+            if (!piece.isEmpty()) {
+                out.append(piece);
+                if (req.listener() != null) req.listener().onText(piece);
+            }
+            if (stopText.hit() || (req.stopRequested() != null && req.stopRequested().getAsBoolean())) {
+                stop = "stop";
+                return false;
+            }
+            if (count >= req.maxTokens()) return false;
+            if (policy == KvPolicy.FULL && position >= cache.capacity()) {
+                stop = "context";
+                return false;
+            }
+            next = token;
+            return true;
+        }
+
+        /** Ends the sequence: the result goes to its future, the cache is freed, the lane is free again. */
+        void finish() {
+            try {
+                String tail = stopText.hit() ? "" : stopText.add(text.flush()) + stopText.rest();
+                if (!tail.isEmpty()) {
+                    out.append(tail);
+                    if (req.listener() != null) req.listener().onText(tail);
+                }
+                double decodeMs = decodeSteps == 0 ? 0 : (System.nanoTime() - decodeStart) / 1e6;
+                pending.result().complete(new GenerationResult(out.toString(), Arrays.copyOf(generated, count),
+                        req.prompt().length, stop, prefillMs, decodeSteps, decodeMs, ttftMs, cache.bytes(), chain.seed()));
+            } catch (RuntimeException | Error e) {
+                pending.result().completeExceptionally(e);
+            } finally {
+                release();
+            }
+        }
+
+        void fail(Throwable e) {
+            pending.result().completeExceptionally(e);
+            release();
+        }
+
+        private void release() {
+            cache.close();
+            laneBusy[lane] = false;
+        }
+    }
+
+    /** Queues a request (any thread); its result completes when the sequence ends, or with the error that ended it. */
+    public CompletableFuture<GenerationResult> submit(Request r) {
+        CompletableFuture<GenerationResult> f = new CompletableFuture<>();
+        synchronized (waiting) {
+            if (closed) throw new IllegalStateException("this batch is closed");
+            waiting.add(new Pending(r, f));
+            waiting.notifyAll();
+        }
+        return f;
+    }
+
+    /** Waits up to {@code millis} for a request to be queued; returns whether one is waiting. */
+    public boolean awaitWork(long millis) throws InterruptedException {
+        synchronized (waiting) {
+            if (waiting.isEmpty() && !closed) waiting.wait(millis);
+            return !waiting.isEmpty();
+        }
+    }
+
+    /**
+     * One round (one thread at a time): waiting requests join free lanes (up to {@code width} sequences; each prompt
+     * is prefilled and its first token sampled), then one batched decode step for every active sequence; sequences
+     * that end complete their futures. A request that fails alone (its prompt does not fit) completes exceptionally;
+     * a failing step fails every active sequence. Returns whether requests are active or waiting afterwards.
+     */
+    public boolean step(int width) {
+        if (width < 1 || width > maxWidth())
+            throw new IllegalArgumentException("parallel width must be 1 to " + maxWidth() + " (the prefill chunk, -b), not " + width);
+        while (active.size() < width) {
+            Pending p;
+            synchronized (waiting) {
+                p = waiting.poll();
+            }
+            if (p == null) break;
+            admit(p);
+        }
+        if (!active.isEmpty()) decodeStep();
+        synchronized (waiting) {
+            return !active.isEmpty() || !waiting.isEmpty();
+        }
+    }
+
+    private void admit(Pending p) {
+        int lane = 0;
+        while (laneBusy[lane]) lane++;
+        Lane s;
+        try {
+            s = new Lane(p, lane);
+        } catch (RuntimeException | Error e) {
+            p.result().completeExceptionally(e);
+            return;
+        }
+        laneBusy[lane] = true;
+        try {
+            Request r = p.req();
+            s.t0 = System.nanoTime();
+            if (s.policy == KvPolicy.FULL && r.prompt().length > s.cache.capacity())
+                throw new IllegalArgumentException("a prompt has " + r.prompt().length + " tokens but the context holds "
+                        + s.cache.capacity() + ": raise the context size (-c)");
+            for (int t : r.prompt()) s.chain.accept(t);
+            model.prefillWith(s.policy, s.cache, r.prompt(), 0, null);
+            s.position = r.prompt().length;
+            s.prefillMs = (System.nanoTime() - s.t0) / 1e6;
+            if (r.maxTokens() > 0 && s.take(s.chain.sample(model.logits()))) active.add(s);
+            else s.finish();
+        } catch (RuntimeException | Error e) {
+            s.fail(e);
+        }
+    }
+
+    private void decodeStep() {
+        Llama.BatchRow[] batch = new Llama.BatchRow[active.size()];
+        for (int i = 0; i < batch.length; i++) {
+            Lane s = active.get(i);
+            batch[i] = new Llama.BatchRow(s.cache, s.policy, s.next, s.position);
+        }
+        try {
+            model.decodeBatch(batch);
+        } catch (KvCacheFullException e) {
+            // a non-evicting policy filled some caches: those sequences end; the others run in the next step
+            List<Lane> still = new ArrayList<>();
+            for (Lane s : active) {
+                if (s.policy != KvPolicy.FULL && !fits(s)) {
+                    s.stop = "context";
+                    s.finish();
+                } else {
+                    still.add(s);
+                }
+            }
+            if (still.size() == active.size()) failAll(e);
+            else active = still;
+            return;
+        } catch (RuntimeException | Error e) {
+            failAll(e);
+            return;
+        }
+        steps++;
+        rows += batch.length;
+        List<Lane> still = new ArrayList<>();
+        try {
+            for (int i = 0; i < batch.length; i++) {
+                Lane s = active.get(i);
+                s.position++;
+                s.decodeSteps++;
+                if (s.take(s.chain.sample(model.batchLogits(i)))) still.add(s);
+                else s.finish();
+            }
+        } catch (RuntimeException | Error e) {
+            for (Lane s : active) if (!s.pending.result().isDone()) s.fail(e);
+            active = new ArrayList<>();
+            return;
+        }
+        active = still;
+    }
+
+    private void failAll(Throwable e) {
+        for (Lane s : active) s.fail(e);
+        active = new ArrayList<>();
+    }
+
+    /** Whether a cache could still take a token (a free slot in every layer and KV head). */
+    private static boolean fits(Lane s) {
+        for (int l = 0; l < s.cache.layers(); l++)
+            for (int g = 0; g < s.cache.kvHeads(); g++) if (s.cache.occupied(l, g) >= s.cache.capacity()) return false;
+        return true;
+    }
+
+    /**
+     * Runs every request to its end, at most {@code width} at a time (1 .. {@link #maxWidth()}); returns the results
+     * in the requests' order. The first request that failed throws its error after all have ended.
+     */
+    public List<GenerationResult> generate(List<Request> requests, int width) {
+        if (width < 1 || width > maxWidth())
+            throw new IllegalArgumentException("parallel width must be 1 to " + maxWidth() + " (the prefill chunk, -b), not " + width);
+        List<CompletableFuture<GenerationResult>> fs = new ArrayList<>();
+        for (Request r : requests) fs.add(submit(r));
+        while (step(width)) {
+            // every request runs to its end
+        }
+        tp.backend().synchronize();
+        List<GenerationResult> out = new ArrayList<>();
+        for (CompletableFuture<GenerationResult> f : fs) {
+            try {
+                out.add(f.join());
+            } catch (CompletionException e) {
+                if (e.getCause() instanceof RuntimeException re) throw re;
+                if (e.getCause() instanceof Error er) throw er;
+                throw e;
+            }
+        }
+        return out;
+    }
+
+    /** Fails whatever is waiting or active (for the thread that steps, or when none does); later submits are refused. */
+    @Override
+    public void close() {
+        List<Pending> left;
+        synchronized (waiting) {
+            closed = true;
+            left = new ArrayList<>(waiting);
+            waiting.clear();
+            waiting.notifyAll();
+        }
+        IllegalStateException e = new IllegalStateException("the batch was closed before this request ended");
+        for (Pending p : left) p.result().completeExceptionally(e);
+        failAll(e);
+        Arrays.fill(policies, null);
+    }
+}

@@ -1,0 +1,96 @@
+package dev.tokenpress.api;
+
+import dev.tokenpress.kv.KvPolicies;
+import dev.tokenpress.sample.SamplingOptions;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+import java.nio.file.Files;
+import java.util.ArrayList;
+import java.util.List;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * {@link Parallel} on the embedded model: requests decoded together, joining and leaving the batch, produce what
+ * each produces alone through a {@link Session} with the same options and seed (greedy and sampled, EOS, stop
+ * strings, token limits, a KV policy).
+ */
+class ParallelTest {
+    static final String[] PROMPTS = {"def add(a, b):", "import os\n\n\ndef main():\n", "class Stack:\n    def __init__(self):\n",
+            LogitBiasTest.ENDS_AT_ONCE, "for i in range(10):\n", "# compute the mean\ndef mean(xs):"};
+
+    static TokenPress load() {
+        Assumptions.assumeTrue(Files.isRegularFile(LookupDecodingTest.MODEL.resolve("model.safetensors")), "no embedded model");
+        return TokenPress.load(LookupDecodingTest.MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
+    }
+
+    static SamplingOptions options(int i) {
+        return i % 2 == 0 ? SamplingOptions.greedy() : SamplingOptions.defaults().withTemp(0.8).withSeed(100 + i);
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"full", "window:sink=4,budget=24", "h2o:budget=20,recent=4"})
+    void everySequenceGetsWhatItGetsAlone(String kv) {
+        try (TokenPress tp = load()) {
+            List<Parallel.Request> reqs = new ArrayList<>();
+            List<StringBuilder> streamed = new ArrayList<>();
+            for (int i = 0; i < PROMPTS.length; i++) {
+                StringBuilder sb = new StringBuilder();
+                streamed.add(sb);
+                List<String> stops = i == 4 ? List.of("License") : List.of();
+                reqs.add(new Parallel.Request(tp.tokenizer().encode(PROMPTS[i]), 20 + 5 * i, options(i), stops, sb::append));
+            }
+            List<GenerationResult> got;
+            try (Parallel p = new Parallel(tp, 128, null, kv)) {
+                got = p.generate(reqs, 3);
+                long[] c = p.stepCounts();
+                assertTrue(c[1] >= 1.5 * c[0], "the batch holds 1.5 sequences or more on average: " + c[0] + " steps, " + c[1] + " tokens");
+            }
+            assertEquals(PROMPTS.length, got.size());
+            for (int i = 0; i < PROMPTS.length; i++) {
+                try (Session s = tp.newSession(128)) {
+                    s.setPolicy(KvPolicies.parse(kv, tp.config()));
+                    StopText st = new StopText(reqs.get(i).stops());
+                    StringBuilder alone = new StringBuilder();
+                    GenerationResult ref = s.generate(reqs.get(i).prompt(), reqs.get(i).maxTokens(), options(i),
+                            piece -> alone.append(st.add(piece)), null, java.util.Set.of(), st::hit);
+                    if (!st.hit()) alone.append(st.rest());
+                    String what = kv + ", request " + i;
+                    assertArrayEquals(ref.tokens(), got.get(i).tokens(), what);
+                    assertEquals(alone.toString(), got.get(i).text(), what);
+                    assertEquals(got.get(i).text(), streamed.get(i).toString(), what + ": the listener saw the text");
+                    assertEquals(ref.stopReason(), got.get(i).stopReason(), what);
+                    if (i % 2 == 1) assertEquals(100 + i, got.get(i).seed(), what);
+                    assertEquals(reqs.get(i).prompt().length, got.get(i).promptTokens());
+                }
+            }
+            assertEquals("eos", got.get(3).stopReason(), "the request that ends at once");
+            assertEquals("stop", got.get(4).stopReason(), "the stop string");
+            assertFalse(got.get(4).text().contains("License"));
+            assertEquals("length", got.get(0).stopReason());
+            assertEquals(20, got.get(0).tokens().length);
+        }
+    }
+
+    @Test
+    void widthAndRequestsAreChecked() {
+        try (TokenPress tp = load(); Parallel p = new Parallel(tp, 64, null, null)) {
+            int max = p.maxWidth();
+            assertTrue(max >= 2);
+            Parallel.Request r = new Parallel.Request(new int[]{1, 2}, 2, SamplingOptions.greedy(), null, null);
+            assertTrue(assertThrows(IllegalArgumentException.class, () -> p.generate(List.of(r), max + 1)).getMessage().contains("1 to " + max));
+            assertThrows(IllegalArgumentException.class, () -> p.generate(List.of(r), 0));
+            assertThrows(IllegalArgumentException.class, () -> new Parallel.Request(new int[0], 2, SamplingOptions.greedy(), null, null));
+            assertThrows(IllegalArgumentException.class, () -> new Parallel(tp, 64, null, "nosuch"));
+            Parallel.Request big = new Parallel.Request(new int[100], 2, SamplingOptions.greedy(), null, null);
+            assertTrue(assertThrows(IllegalArgumentException.class, () -> p.generate(List.of(r, big), 2)).getMessage().contains("raise the context size"));
+            // zero tokens asked: the prompt runs, nothing is generated
+            GenerationResult none = p.generate(List.of(new Parallel.Request(new int[]{5, 6, 7}, 0, SamplingOptions.greedy(), null, null)), 1).get(0);
+            assertEquals(0, none.tokens().length);
+            assertEquals("length", none.stopReason());
+        }
+    }
+}

@@ -1,0 +1,128 @@
+package dev.tokenpress.model;
+
+import dev.tokenpress.io.DType;
+import dev.tokenpress.io.ModelWriter;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.KvPolicies;
+import dev.tokenpress.kv.KvPolicy;
+import dev.tokenpress.kv.quant.KvQuantSpec;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+import java.nio.file.Path;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * {@link Llama#decodeBatch}: sequences of different lengths decoded together give each sequence's logits of decoding
+ * it alone (same cache contents, same policy decisions), whatever joins or leaves the batch between steps.
+ */
+class DecodeBatchTest {
+    @TempDir
+    Path tmp;
+
+    static final int SEQS = 4, STEPS = 12;
+
+    private Llama model(int chunk) {
+        LlamaConfig c = LlamaEndToEndTest.config("LlamaForCausalLM", 8, 2, 8, false, false, null);
+        ModelWriter.write(tmp, c, DType.F32, 3, s -> {});
+        return LlamaEndToEndTest.load(tmp, c, chunk);
+    }
+
+    private static int[] prompt(int i, int vocab) {
+        return LlamaEndToEndTest.tokens(5 + 7 * i, vocab, 40 + i); // lengths 5, 12, 19, 26
+    }
+
+    /** Logits of each step [STEPS][V] of sequence i decoded alone, feeding token (step * 31 + i) % V. */
+    private static float[][] alone(Llama m, int i, String policy, KvQuantSpec quant) {
+        int v = m.config.vocabSize();
+        KvPolicy p = KvPolicies.parse(policy, m.config);
+        p.attach(m);
+        float[][] out = new float[STEPS][];
+        try (KvCache cache = m.newCache(64, quant)) {
+            int[] pr = prompt(i, v);
+            m.prefillWith(p, cache, pr, 0, null);
+            for (int s = 0; s < STEPS; s++) {
+                m.decodeBatch(new Llama.BatchRow[]{new Llama.BatchRow(cache, p, (s * 31 + i) % v, pr.length + s)});
+                out[s] = m.batchLogits(0);
+            }
+        }
+        return out;
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"full", "h2o:budget=10,recent=3", "window:sink=2,budget=9", "tidal:k=6,full_layers=0,reselect=-1",
+            "knorm:budget=8,recent=2", "full|int4"})
+    void aBatchGivesEverySequenceItsOwnLogits(String spec) {
+        String policy = spec.split("\\|")[0];
+        KvQuantSpec quant = spec.contains("|") ? KvQuantSpec.parse(spec.split("\\|")[1]) : KvQuantSpec.NONE;
+        try (Llama m = model(SEQS)) {
+            int v = m.config.vocabSize();
+            float[][][] ref = new float[SEQS][][];
+            for (int i = 0; i < SEQS; i++) ref[i] = alone(m, i, policy, quant);
+            // the same single-row steps through decodeStep under the model's policy: decodeBatch of one row is decodeStep
+            KvPolicy own = KvPolicies.parse(policy, m.config);
+            m.setPolicy(own);
+            try (KvCache cache = m.newCache(64, quant)) {
+                int[] pr = prompt(2, v);
+                m.prefill(cache, pr, 0, false, null);
+                for (int s = 0; s < STEPS; s++) {
+                    m.decodeStep(cache, (s * 31 + 2) % v, pr.length + s);
+                    assertArrayEquals(ref[2][s], m.logits(), 1e-6f, spec + ": one row is decodeStep, step " + s);
+                }
+            } finally {
+                m.setPolicy(KvPolicy.FULL);
+            }
+            // all four together; sequence 3 joins two steps late and sequence 0 leaves after 8 steps
+            KvCache[] caches = new KvCache[SEQS];
+            KvPolicy[] policies = new KvPolicy[SEQS];
+            int[] done = new int[SEQS];
+            try {
+                for (int i = 0; i < SEQS; i++) {
+                    caches[i] = m.newCache(64, quant);
+                    policies[i] = KvPolicies.parse(policy, m.config);
+                    policies[i].attach(m);
+                }
+                for (int t = 0; t < STEPS + 2; t++) {
+                    java.util.List<Integer> in = new java.util.ArrayList<>();
+                    for (int i = 0; i < SEQS; i++) {
+                        if (i == 3 && t < 2) continue;
+                        if (i == 0 && done[0] == 8) continue;
+                        if (done[i] == STEPS) continue;
+                        if (done[i] == 0) m.prefillWith(policies[i], caches[i], prompt(i, v), 0, null);
+                        in.add(i);
+                    }
+                    Llama.BatchRow[] rows = new Llama.BatchRow[in.size()];
+                    for (int r = 0; r < rows.length; r++) {
+                        int i = in.get(r);
+                        rows[r] = new Llama.BatchRow(caches[i], policies[i], (done[i] * 31 + i) % v, prompt(i, v).length + done[i]);
+                    }
+                    m.decodeBatch(rows);
+                    for (int r = 0; r < rows.length; r++) {
+                        int i = in.get(r);
+                        assertArrayEquals(ref[i][done[i]], m.batchLogits(r), 2e-5f, spec + ": sequence " + i + ", step " + done[i]
+                                + " in a batch of " + rows.length);
+                        done[i]++;
+                    }
+                }
+                assertArrayEquals(new int[]{8, STEPS, STEPS, STEPS}, done);
+            } finally {
+                for (KvCache c : caches) if (c != null) c.close();
+            }
+        }
+    }
+
+    @Test
+    void batchesAreCheckedForSizeAndSharedCaches() {
+        try (Llama m = model(2); KvCache a = m.newCache(8); KvCache b = m.newCache(8); KvCache c = m.newCache(8)) {
+            Llama.BatchRow ra = new Llama.BatchRow(a, null, 1, 0), rb = new Llama.BatchRow(b, null, 2, 0);
+            assertTrue(assertThrows(IllegalArgumentException.class, () -> m.decodeBatch(new Llama.BatchRow[]{ra, rb, new Llama.BatchRow(c, null, 3, 0)}))
+                    .getMessage().contains("1 to 2 rows"));
+            assertTrue(assertThrows(IllegalArgumentException.class, () -> m.decodeBatch(new Llama.BatchRow[]{ra, new Llama.BatchRow(a, null, 2, 1)}))
+                    .getMessage().contains("share a KV cache"));
+            assertThrows(IllegalArgumentException.class, () -> m.decodeBatch(new Llama.BatchRow[0]));
+        }
+    }
+}
