@@ -600,6 +600,7 @@ public final class KernelBench {
                         if (base > 0) result(out, "e2e_short" + p.suffix() + "_speedup", tps / base, "x");
                 }
             }
+            endToEndBatch(gpu, copyBw, m, cfg, weightBytes, shortSteps, out);
             // 32K context, written directly into the cache
             try (KvCache cache = m.newCache(longCtx + runs * decodeSlots(longSteps, true) + 16)) {
                 long f0 = System.nanoTime();
@@ -631,6 +632,51 @@ public final class KernelBench {
             usePaths(gpu, E2E_PATHS[0]);
             result(out, "weight_bytes_per_token", weightBytes / 1e9, "GB");
             endToEndQ8(gpu, copyBw, st, cfg, shortSteps, out);
+        }
+    }
+
+    /**
+     * Continuous batching at short context (keys e2e_batch{S}_*): S sequences with their own caches after a 32-token
+     * prompt each, decoded together with {@link Llama#decodeBatch} (greedy on the device) for {@code steps} steps;
+     * tokens/s counts every sequence's tokens; the roofline is S tokens per pass over the weights. Eager launches
+     * (no CUDA graph). A failure is reported, not thrown.
+     */
+    private static void endToEndBatch(CudaBackend gpu, double copyBw, Llama m, LlamaConfig cfg, long weightBytes, int steps,
+                                      PrintStream out) {
+        for (int seqs : new int[]{4, 16, 64}) {
+            KvCache[] caches = new KvCache[seqs];
+            try {
+                Llama.BatchRow[] batch = new Llama.BatchRow[seqs];
+                int[] prompt = new int[32];
+                for (int i = 0; i < seqs; i++) {
+                    caches[i] = m.newCache(prompt.length + steps + DECODE_WARMUP + 8);
+                    for (int j = 0; j < prompt.length; j++) prompt[j] = (j * 97 + 13 * i + 5) % cfg.vocabSize();
+                    m.prefill(caches[i], prompt, 0, false, null);
+                    batch[i] = new Llama.BatchRow(caches[i], null, m.argmax(), prompt.length);
+                }
+                long t0 = 0;
+                for (int s = 0; s < DECODE_WARMUP + steps; s++) {
+                    if (s == DECODE_WARMUP) {
+                        gpu.synchronize();
+                        t0 = System.nanoTime();
+                    }
+                    m.decodeBatch(batch);
+                    for (int i = 0; i < seqs; i++)
+                        batch[i] = new Llama.BatchRow(caches[i], null, m.batchArgmax(i), batch[i].position() + 1);
+                }
+                gpu.synchronize();
+                double tps = (double) steps * seqs / ((System.nanoTime() - t0) / 1e9);
+                double roof = copyBw / weightBytes * seqs;
+                out.printf("e2e continuous batching, %d sequences (%d steps): %.1f tokens/s (%.1f per sequence), weight roofline %.1f tokens/s%n",
+                        seqs, steps, tps, tps / seqs, roof);
+                result(out, "e2e_batch" + seqs + "_tps", tps, "tokens/s");
+                result(out, "e2e_batch" + seqs + "_per_seq_tps", tps / seqs, "tokens/s");
+                result(out, "e2e_batch" + seqs + "_pct_roofline", 100 * tps / roof, "%");
+            } catch (RuntimeException e) {
+                out.println("e2e continuous batching, " + seqs + " sequences: FAILED " + e.getMessage());
+            } finally {
+                for (KvCache c : caches) if (c != null) c.close();
+            }
         }
     }
 
