@@ -27,7 +27,8 @@ import java.util.function.BooleanSupplier;
  * ({@link Llama#decodeBatch}), so the weights, which dominate a decode step's memory traffic, are read once for the
  * whole batch. Each sequence has its own KV cache (and, with {@code --kv}, its own policy instance) and its own
  * sampler; a sequence that finishes leaves the batch and the next waiting request joins it (its prompt is prefilled
- * between two steps). Every sequence gets the tokens it would get decoded alone with the same options and seed, up to
+ * between two steps; requests with one prompt that join together under the full policy share one prefill, the others
+ * copying its cache). Every sequence gets the tokens it would get decoded alone with the same options and seed, up to
  * the rounding of matmuls over several rows.
  *
  * <p>Two ways to drive it: {@link #generate} runs a list of requests to completion; a server {@link #submit}s requests
@@ -85,7 +86,7 @@ public final class Parallel implements AutoCloseable {
     private final Set<Integer> eos;
     private final ArrayDeque<Pending> waiting = new ArrayDeque<>();
     private List<Lane> active = new ArrayList<>();
-    private volatile long steps, rows;
+    private volatile long steps, rows, prefills, shared;
     private boolean closed;
 
     /**
@@ -111,8 +112,11 @@ public final class Parallel implements AutoCloseable {
     /** KV cache slots per sequence. */
     public int contextSize() { return contextSize; }
 
-    /** Decode steps run so far and the sequence-tokens they produced (their ratio is the mean batch width). */
-    public long[] stepCounts() { return new long[]{steps, rows}; }
+    /**
+     * Decode steps run so far, the sequence-tokens they produced (their ratio is the mean batch width), prompts
+     * prefilled, and prompts that copied the cache of a lane with the same prompt instead.
+     */
+    public long[] stepCounts() { return new long[]{steps, rows, prefills, shared}; }
 
     /** Sequences being decoded now (for the thread that steps). */
     public int activeCount() { return active.size(); }
@@ -132,6 +136,7 @@ public final class Parallel implements AutoCloseable {
         String stop = "length";
         long t0, decodeStart;
         double prefillMs, ttftMs;
+        float[] firstLogits;  // the logits after the prompt (shared with a lane forked from this one)
 
         Lane(Pending pending, int lane) {
             this.pending = pending;
@@ -244,13 +249,14 @@ public final class Parallel implements AutoCloseable {
     public boolean step(int width) {
         if (width < 1 || width > maxWidth())
             throw new IllegalArgumentException("parallel width must be 1 to " + maxWidth() + " (the prefill chunk, -b), not " + width);
+        Map<java.nio.IntBuffer, Lane> fresh = new java.util.HashMap<>(); // prompts prefilled this round (full policy)
         while (active.size() < width) {
             Pending p;
             synchronized (waiting) {
                 p = waiting.poll();
             }
             if (p == null) break;
-            admit(p);
+            admit(p, fresh);
         }
         if (!active.isEmpty()) decodeStep();
         synchronized (waiting) {
@@ -258,7 +264,11 @@ public final class Parallel implements AutoCloseable {
         }
     }
 
-    private void admit(Pending p) {
+    /**
+     * A request joins lane: its prompt is prefilled, or, when a lane that joined in the same round under the full
+     * policy has the same prompt, that lane's cache is copied ({@code Backend.copyKvCache}) and its logits reused.
+     */
+    private void admit(Pending p, Map<java.nio.IntBuffer, Lane> fresh) {
         int lane = 0;
         while (laneBusy[lane]) lane++;
         Lane s;
@@ -276,11 +286,32 @@ public final class Parallel implements AutoCloseable {
                 throw new IllegalArgumentException("a prompt has " + r.prompt().length + " tokens but the context holds "
                         + s.cache.capacity() + ": raise the context size (-c)");
             for (int t : r.prompt()) s.chain.accept(t);
-            model.prefillWith(s.policy, s.cache, r.prompt(), 0, null);
+            java.nio.IntBuffer key = java.nio.IntBuffer.wrap(r.prompt());
+            Lane twin = s.policy == KvPolicy.FULL ? fresh.get(key) : null;
+            boolean copied = false;
+            if (twin != null) {
+                try {
+                    tp.backend().copyKvCache(twin.cache, s.cache);
+                    s.firstLogits = twin.firstLogits;
+                    copied = true;
+                    shared++;
+                } catch (dev.tokenpress.backend.UnsupportedOpException e) {
+                    // a cache the backend cannot copy (quantized): prefill instead
+                }
+            }
+            if (!copied) {
+                model.prefillWith(s.policy, s.cache, r.prompt(), 0, null);
+                s.firstLogits = model.logits();
+                prefills++;
+            }
             s.position = r.prompt().length;
             s.prefillMs = (System.nanoTime() - s.t0) / 1e6;
-            if (r.maxTokens() > 0 && s.take(s.chain.sample(model.logits()))) active.add(s);
-            else s.finish();
+            if (r.maxTokens() > 0 && s.take(s.chain.sample(s.firstLogits))) {
+                active.add(s);
+                if (s.policy == KvPolicy.FULL) fresh.putIfAbsent(key, s);
+            } else {
+                s.finish();
+            }
         } catch (RuntimeException | Error e) {
             s.fail(e);
         }

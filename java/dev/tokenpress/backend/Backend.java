@@ -208,6 +208,14 @@ public interface Backend extends AutoCloseable {
         throw new UnsupportedOpException("the " + name() + " backend has no questPageScores op (needed by --kv quest): use --device cpu");
     }
 
+    /**
+     * Makes {@code dst} a copy of {@code src} (same shape, both of this backend, unquantized): every stored key and
+     * value and the slot bookkeeping, so a sequence can be forked after a shared prompt.
+     */
+    default void copyKvCache(KvCache src, KvCache dst) {
+        throw new UnsupportedOpException("the " + name() + " backend cannot copy a KV cache");
+    }
+
     /** Copies the key and value stored in {@code slot} of (layer, KV head) to the host: key[hd], value[hd]. */
     default void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         throw new UnsupportedOpException("the " + name() + " backend has no readKv op (needed by this --kv policy): use --device cpu");

@@ -148,6 +148,27 @@ public abstract class KvCache implements AutoCloseable {
 
     protected void onClear() {}
 
+    /** Whether {@code other} has this cache's shape (layers, KV heads, head dim, capacity). */
+    public boolean sameShape(KvCache other) {
+        return other.layers == layers && other.kvHeads == kvHeads && other.headDim == headDim && other.capacity == capacity;
+    }
+
+    /**
+     * Makes this cache's bookkeeping (positions, high-water marks, free slots) a copy of {@code src}'s, for a backend
+     * copying the key/value storage alongside ({@code Backend.copyKvCache}).
+     */
+    protected void copyBookkeepingFrom(KvCache src) {
+        if (!sameShape(src)) throw new IllegalArgumentException("KV caches of different shapes");
+        for (int l = 0; l < layers; l++)
+            for (int h = 0; h < kvHeads; h++) {
+                System.arraycopy(src.positions[l][h], 0, positions[l][h], 0, capacity);
+                highWater[l][h] = src.highWater[l][h];
+                occupied[l][h] = src.occupied[l][h];
+                freeCount[l][h] = src.freeCount[l][h];
+                freeStack[l][h] = src.freeStack[l][h] == null ? null : src.freeStack[l][h].clone();
+            }
+    }
+
     @Override
     public void close() {}
 }

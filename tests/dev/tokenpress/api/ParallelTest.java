@@ -75,6 +75,38 @@ class ParallelTest {
         }
     }
 
+    /** One prompt, several seeds: one prefill, the other lanes copy its cache, and each text is its seed's. */
+    @Test
+    void requestsWithOnePromptShareItsPrefill() {
+        try (TokenPress tp = load(); Parallel p = new Parallel(tp, 96, null, null)) {
+            int[] prompt = tp.tokenizer().encode(PROMPTS[1]);
+            List<Parallel.Request> reqs = new ArrayList<>();
+            for (int i = 0; i < 4; i++)
+                reqs.add(new Parallel.Request(prompt, 12, SamplingOptions.defaults().withTemp(1.0).withSeed(20 + i), null, null));
+            List<GenerationResult> got = p.generate(reqs, 4);
+            long[] c = p.stepCounts();
+            assertEquals(1, c[2], "one prefill");
+            assertEquals(3, c[3], "three copies");
+            java.util.Set<String> texts = new java.util.HashSet<>();
+            for (int i = 0; i < 4; i++) {
+                try (Session s = tp.newSession(96)) {
+                    GenerationResult ref = s.generate(prompt, 12, reqs.get(i).options(), null);
+                    assertArrayEquals(ref.tokens(), got.get(i).tokens(), "seed " + (20 + i));
+                }
+                texts.add(got.get(i).text());
+            }
+            assertTrue(texts.size() > 1, "the seeds differ");
+        }
+        // a policy with state prefills every lane
+        try (TokenPress tp = load(); Parallel p = new Parallel(tp, 96, null, "h2o:budget=16")) {
+            int[] prompt = tp.tokenizer().encode(PROMPTS[1]);
+            p.generate(List.of(new Parallel.Request(prompt, 4, SamplingOptions.greedy(), null, null),
+                    new Parallel.Request(prompt, 4, SamplingOptions.greedy(), null, null)), 2);
+            assertEquals(2, p.stepCounts()[2]);
+            assertEquals(0, p.stepCounts()[3]);
+        }
+    }
+
     @Test
     void widthAndRequestsAreChecked() {
         try (TokenPress tp = load(); Parallel p = new Parallel(tp, 64, null, null)) {

@@ -125,4 +125,27 @@ class DecodeBatchTest {
             assertThrows(IllegalArgumentException.class, () -> m.decodeBatch(new Llama.BatchRow[0]));
         }
     }
+
+    /** A cache copied after a prompt (and a freed slot) continues exactly as the original. */
+    @Test
+    void aCopiedCacheContinuesAsTheOriginal() {
+        try (Llama m = model(4); KvCache a = m.newCache(32); KvCache b = m.newCache(32); KvCache small = m.newCache(16)) {
+            int[] pr = prompt(2, m.config.vocabSize());
+            m.prefill(a, pr, 0, false, null);
+            a.free(1, 0, 3);
+            m.backend.copyKvCache(a, b);
+            for (int s = 0; s < 4; s++) {
+                m.decodeStep(a, 5 + s, pr.length + s);
+                float[] la = m.logits();
+                m.decodeStep(b, 5 + s, pr.length + s);
+                assertArrayEquals(la, m.logits(), "step " + s);
+            }
+            for (int l = 0; l < m.config.numLayers(); l++)
+                for (int g = 0; g < m.config.numKvHeads(); g++) {
+                    assertEquals(a.occupied(l, g), b.occupied(l, g));
+                    assertArrayEquals(a.positions(l, g), b.positions(l, g));
+                }
+            assertThrows(dev.tokenpress.backend.UnsupportedOpException.class, () -> m.backend.copyKvCache(a, small));
+        }
+    }
 }

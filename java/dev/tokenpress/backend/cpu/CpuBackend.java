@@ -536,6 +536,19 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void copyKvCache(KvCache src, KvCache dst) {
+        if (!(src instanceof CpuKvCache s) || !(dst instanceof CpuKvCache d) || !s.sameShape(d))
+            throw new UnsupportedOpException("copyKvCache needs two unquantized CPU caches of one shape");
+        for (int l = 0; l < s.layers(); l++)
+            for (int g = 0; g < s.kvHeads(); g++) {
+                int n = s.highWater(l, g) * s.headDim();
+                System.arraycopy(s.keys[l][g], 0, d.keys[l][g], 0, n);
+                System.arraycopy(s.values[l][g], 0, d.values[l][g], 0, n);
+            }
+        d.copyFrom(s);
+    }
+
+    @Override
     public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         if (cache instanceof QuantKvCache qc) { qc.read(layer, head, slot, key, value); return; }
         CpuKvCache c = (CpuKvCache) cache;

@@ -20,4 +20,9 @@ final class CpuKvCache extends KvCache {
         // f32 keys + values, plus the int32 position of every slot
         return 2L * layers * kvHeads * capacity * headDim * 4 + (long) layers * kvHeads * capacity * 4;
     }
+
+    /** The bookkeeping of {@code src} (its keys and values are copied by the backend). */
+    void copyFrom(CpuKvCache src) {
+        copyBookkeepingFrom(src);
+    }
 }

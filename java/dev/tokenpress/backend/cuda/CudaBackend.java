@@ -1763,6 +1763,23 @@ public final class CudaBackend implements Backend {
     }
 
     /**
+     * Copies a bf16 cache into another of the same shape: keys, values and device positions as three device copies in
+     * stream order (the source's queued frees applied first, the destination's dropped), the host bookkeeping alongside.
+     */
+    @Override
+    public void copyKvCache(KvCache src, KvCache dst) {
+        requireEager("copyKvCache");
+        if (!(src instanceof CudaKvCache s) || !(dst instanceof CudaKvCache d) || !s.sameShape(d))
+            throw new UnsupportedOpException("copyKvCache needs two unquantized CUDA caches of one shape");
+        flushFrees(s);
+        d.takePending();
+        copyAsync(d.keys, s.keys, s.kvBytes);
+        copyAsync(d.values, s.values, s.kvBytes);
+        copyAsync(d.pos, s.pos, s.posBytes);
+        d.copyFrom(s);
+    }
+
+    /**
      * Writes one slot's key and value, rounded to bf16 (nearest even) like every cached key/value on this backend
      * (the CPU cache keeps f32: a {@link #readKv} after this returns the rounded values), and sets the slot's
      * device position to the host bookkeeping's position (the slot may just have been allocated).

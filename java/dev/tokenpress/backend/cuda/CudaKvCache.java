@@ -65,6 +65,11 @@ public final class CudaKvCache extends KvCache {
         backend.memsetAsync(pos, 0xFF, posBytes);
     }
 
+    /** The bookkeeping of {@code src} (its device buffers are copied by the backend). */
+    void copyFrom(CudaKvCache src) {
+        copyBookkeepingFrom(src);
+    }
+
     int pendingCount() {
         return pendingCount;
     }
