@@ -142,7 +142,8 @@ public final class Parallel implements AutoCloseable {
             this.pending = pending;
             this.req = pending.req();
             this.lane = lane;
-            this.chain = SamplerChain.create(req.options(), tp.config().vocabSize(), req.bias(), null);
+            this.chain = SamplerChain.create(req.options(), tp.config().vocabSize(), req.bias(), null,
+                    Session.dryBreakers(tp, req.options()));
             KvPolicy p;
             if (req.kvSpec() == null || req.kvSpec().equals(kvSpec)) {
                 if (policies[lane] == null) {

@@ -437,9 +437,10 @@ public final class Session implements AutoCloseable {
             if (json != null) throw new IllegalStateException("ignoring EOS and constrained output exclude each other (the text ends with EOS)");
             for (int e : eos) bias.put(e, Float.NEGATIVE_INFINITY);
         }
-        SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), bias, json);
+        SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), bias, json, dryBreakers(tp, options));
         boolean plainGreedy = trace == null && options.temp() <= 0 && options.repeatPenalty() == 1f
-                && options.presencePenalty() == 0f && options.frequencyPenalty() == 0f && bias.isEmpty();
+                && options.presencePenalty() == 0f && options.frequencyPenalty() == 0f && bias.isEmpty()
+                && !options.dryEnabled() && options.dynatempRange() == 0 && !(options.xtcProbability() > 0 && options.xtcThreshold() <= 0.5);
         boolean greedy = plainGreedy && json == null;
         if (trace != null) chain.setTrace(true);
         StreamingDecoder text = tp.tokenizer().streaming();
@@ -623,6 +624,13 @@ public final class Session implements AutoCloseable {
         }
         return new GenerationResult(out.toString(), Arrays.copyOf(generated, count), promptTokens.length, stop,
                 (t1 - t0) / 1e6, steps, decodeMs, ttft, cache.bytes(), chain.seed());
+    }
+
+    /** DRY's sequence breakers for the model's vocabulary (none when DRY is off). */
+    static dev.tokenpress.sample.DrySampler.Breakers dryBreakers(TokenPress tp, SamplingOptions o) {
+        if (!o.dryEnabled() || o.drySequenceBreakers().isEmpty()) return dev.tokenpress.sample.DrySampler.Breakers.NONE;
+        return dev.tokenpress.sample.DrySampler.Breakers.of(o.drySequenceBreakers(), tp.tokenizer().tokenTexts(),
+                tp.tokenizer()::encodeNoSpecial);
     }
 
     /** The token choice of sampled (or constrained) decoding from one position's logits, as the one-at-a-time loop makes it. */

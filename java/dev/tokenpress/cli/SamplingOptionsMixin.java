@@ -69,6 +69,51 @@ public class SamplingOptionsMixin {
             description = "Mirostat target entropy, parameter tau, in bits (default: ${DEFAULT-VALUE}).")
     double mirostatEnt;
 
+    @Option(names = "--dynatemp-range", paramLabel = "N", defaultValue = "0.0",
+            description = "Dynamic temperature: each step's temperature lies in [temp - N, temp + N] by the normalized "
+                    + "entropy of the candidates (default: ${DEFAULT-VALUE}, 0.0 = disabled).")
+    double dynatempRange;
+
+    @Option(names = "--dynatemp-exp", paramLabel = "N", defaultValue = "1.0",
+            description = "Dynamic temperature exponent (default: ${DEFAULT-VALUE}).")
+    double dynatempExp;
+
+    @Option(names = "--xtc-probability", paramLabel = "N", defaultValue = "0.0",
+            description = "XTC: chance per step of removing the top tokens above --xtc-threshold but the least likely "
+                    + "of them (default: ${DEFAULT-VALUE}, 0.0 = disabled).")
+    double xtcProbability;
+
+    @Option(names = "--xtc-threshold", paramLabel = "N", defaultValue = "0.1",
+            description = "XTC probability threshold (default: ${DEFAULT-VALUE}, above 0.5 = disabled).")
+    double xtcThreshold;
+
+    @Option(names = "--top-nsigma", paramLabel = "N", defaultValue = "-1.0",
+            description = "Top-n-sigma: keep tokens whose logit is within N standard deviations of the largest "
+                    + "(default: ${DEFAULT-VALUE}, <= 0 = disabled).")
+    double topNSigma;
+
+    @Option(names = "--dry-multiplier", paramLabel = "N", defaultValue = "0.0",
+            description = "DRY sampling: penalty multiplier for tokens that would extend a repeated sequence "
+                    + "(default: ${DEFAULT-VALUE}, 0.0 = disabled).")
+    double dryMultiplier;
+
+    @Option(names = "--dry-base", paramLabel = "N", defaultValue = "1.75",
+            description = "DRY base: the penalty grows as base^(length - allowed length) (default: ${DEFAULT-VALUE}).")
+    double dryBase;
+
+    @Option(names = "--dry-allowed-length", paramLabel = "N", defaultValue = "2",
+            description = "DRY: repeats up to N tokens are not penalized (default: ${DEFAULT-VALUE}).")
+    int dryAllowedLength;
+
+    @Option(names = "--dry-penalty-last-n", paramLabel = "N", defaultValue = "-1",
+            description = "DRY: last N tokens scanned for repeats (default: ${DEFAULT-VALUE}, 0 = disabled, -1 = the whole context).")
+    int dryPenaltyLastN;
+
+    @Option(names = "--dry-sequence-breaker", paramLabel = "STRING",
+            description = "DRY: a string that ends repeated sequences (repeatable; replaces the defaults \\n : \" *; "
+                    + "'none' = no breakers).")
+    java.util.List<String> drySequenceBreakers;
+
     @Option(names = {"-s", "--seed"}, paramLabel = "SEED", defaultValue = "-1",
             description = "RNG seed (default: ${DEFAULT-VALUE}, -1 = random seed; the seed used is reported).")
     long seed;
@@ -111,10 +156,39 @@ public class SamplingOptionsMixin {
 
     /** As {@link #toOptions()}, reporting errors against the given command line. */
     public SamplingOptions toOptions(CommandLine commandLine) {
+        java.util.List<String> breakers = drySequenceBreakers == null ? SamplingOptions.DEFAULT_DRY_BREAKERS
+                : drySequenceBreakers.size() == 1 && drySequenceBreakers.get(0).equals("none") ? java.util.List.of()
+                : unescape(drySequenceBreakers);
         SamplingOptions o = new SamplingOptions(temp, topK, topP, minP, typicalP, repeatLastN, repeatPenalty,
-                presencePenalty, frequencyPenalty, mirostat, mirostatLr, mirostatEnt, seed);
+                presencePenalty, frequencyPenalty, mirostat, mirostatLr, mirostatEnt, seed, dynatempRange, dynatempExp,
+                xtcProbability, xtcThreshold, topNSigma, dryMultiplier, dryBase, dryAllowedLength, dryPenaltyLastN, breakers);
         String err = o.validationError();
         if (err != null) throw new CommandLine.ParameterException(commandLine, err);
         return o;
+    }
+
+    /** Breakers as typed on a command line: backslash-n, backslash-t, backslash-quote and two backslashes name characters. */
+    private static java.util.List<String> unescape(java.util.List<String> raw) {
+        java.util.List<String> out = new java.util.ArrayList<>();
+        for (String r : raw) {
+            StringBuilder b = new StringBuilder();
+            for (int i = 0; i < r.length(); i++) {
+                char c = r.charAt(i);
+                if (c == '\\' && i + 1 < r.length()) {
+                    char n = r.charAt(++i);
+                    switch (n) {
+                        case 'n' -> b.append('\n');
+                        case 't' -> b.append('\t');
+                        case '"' -> b.append('"');
+                        case '\\' -> b.append('\\');
+                        default -> b.append('\\').append(n);
+                    }
+                } else {
+                    b.append(c);
+                }
+            }
+            out.add(b.toString());
+        }
+        return out;
     }
 }

@@ -45,7 +45,8 @@ public final class SamplerChain {
         this.stages = samplers.toArray(new Sampler[0]);
         this.cur = new TokenDataArray(vocabSize);
         int at = 0;
-        while (at < stages.length && (stages[at] instanceof PenaltiesSampler || stages[at] instanceof LogitBiasSampler)) at++;
+        while (at < stages.length && (stages[at] instanceof PenaltiesSampler || stages[at] instanceof LogitBiasSampler
+                || stages[at] instanceof DrySampler)) at++;
         this.traceAt = at;
         this.traceTopK = traceTopK > 0 ? traceTopK : DEFAULT_TRACE_TOP_K;
     }
@@ -68,6 +69,16 @@ public final class SamplerChain {
      * after the penalties (null = none).
      */
     public static SamplerChain create(SamplingOptions o, int vocabSize, java.util.Map<Integer, Float> bias, TokenConstraint constraint) {
+        return create(o, vocabSize, bias, constraint, DrySampler.Breakers.NONE);
+    }
+
+    /**
+     * llama.cpp's default chain: logit bias, penalties, DRY (with the vocabulary's sequence breakers, from
+     * {@link DrySampler.Breakers#of}), the constraint, top-n-sigma, top-k, typical, top-p, min-p, XTC, temperature
+     * (dynamic when a range is set), dist; with Mirostat: the constraint, temperature, Mirostat.
+     */
+    public static SamplerChain create(SamplingOptions o, int vocabSize, java.util.Map<Integer, Float> bias, TokenConstraint constraint,
+                                      DrySampler.Breakers dryBreakers) {
         o.validate();
         long s = resolveSeed(o.seed());
         List<Sampler> list = new ArrayList<>();
@@ -76,12 +87,16 @@ public final class SamplerChain {
         if (o.mirostat() == 0) {
             list.add(new PenaltiesSampler(vocabSize, o.repeatLastN(), o.repeatPenalty(), o.presencePenalty(),
                     o.frequencyPenalty()));
+            if (o.dryEnabled())
+                list.add(new DrySampler(o.dryMultiplier(), o.dryBase(), o.dryAllowedLength(), o.dryPenaltyLastN(), dryBreakers));
             if (constraint != null) list.add(constraint);
+            if (o.topNSigma() > 0) list.add(new TopNSigmaSampler(o.topNSigma()));
             list.add(new TopKSampler(o.topK()));
             list.add(new TypicalSampler(o.typicalP()));
             list.add(new TopPSampler(o.topP()));
             list.add(new MinPSampler(o.minP()));
-            list.add(new TemperatureSampler(o.temp()));
+            if (o.xtcProbability() > 0 && o.xtcThreshold() <= 0.5) list.add(new XtcSampler(o.xtcProbability(), o.xtcThreshold(), s));
+            list.add(new TemperatureSampler(o.temp(), o.dynatempRange(), o.dynatempExp()));
             list.add(new DistSampler(s));
         } else if (o.mirostat() == 1) {
             if (constraint != null) list.add(constraint);

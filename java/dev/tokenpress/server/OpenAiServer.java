@@ -704,7 +704,12 @@ public final class OpenAiServer implements AutoCloseable {
                 num(b, "presence_penalty", d.presencePenalty()), num(b, "frequency_penalty", d.frequencyPenalty()),
                 (int) num(b, "mirostat", d.mirostat()), num(b, "mirostat_eta", d.mirostatLr()),
                 num(b, "mirostat_tau", d.mirostatEnt()), b.path("seed").isIntegralNumber() ? b.get("seed").asLong()
-                        : (long) num(b, "seed", d.seed()));
+                        : (long) num(b, "seed", d.seed()),
+                num(b, "dynatemp_range", d.dynatempRange()), num(b, "dynatemp_exponent", d.dynatempExp()),
+                num(b, "xtc_probability", d.xtcProbability()), num(b, "xtc_threshold", d.xtcThreshold()),
+                num(b, "top_n_sigma", d.topNSigma()), num(b, "dry_multiplier", d.dryMultiplier()), num(b, "dry_base", d.dryBase()),
+                (int) num(b, "dry_allowed_length", d.dryAllowedLength()), (int) num(b, "dry_penalty_last_n", d.dryPenaltyLastN()),
+                strings(b, "dry_sequence_breakers", d.drySequenceBreakers()));
         String err = so.validationError();
         if (err != null) throw ApiException.badRequest(err.replace("--temp", "temperature").replace("--", ""));
         List<String> stop = new ArrayList<>();
@@ -813,6 +818,19 @@ public final class OpenAiServer implements AutoCloseable {
             }
         } else throw ApiException.badRequest("logit_bias must be an object or a list");
         return m;
+    }
+
+    /** A list of strings field, or the default when absent. */
+    private static List<String> strings(JsonNode b, String key, List<String> dflt) {
+        JsonNode v = b.get(key);
+        if (v == null || v.isNull()) return dflt;
+        if (!v.isArray()) throw ApiException.badRequest("'" + key + "' must be a list of strings");
+        List<String> out = new ArrayList<>();
+        for (JsonNode x : v) {
+            if (!x.isTextual()) throw ApiException.badRequest("'" + key + "' must be a list of strings");
+            out.add(x.asText());
+        }
+        return out;
     }
 
     private static double num(JsonNode b, String key, double dflt) {

@@ -60,4 +60,39 @@ class LogitBiasTest {
             assertThrows(IllegalStateException.class, () -> s.generate("x", 5, SamplingOptions.greedy(), null));
         }
     }
+
+    /**
+     * DRY on the model: greedy decoding of a repetitive prompt repeats it; with DRY the longest stretch of the output
+     * that copies an earlier stretch of the context is shorter, and the chain is exactly that of the options.
+     */
+    @Test
+    void dryBreaksRepetitionOnTheModel() {
+        Assumptions.assumeTrue(Files.isRegularFile(LookupDecodingTest.MODEL.resolve("model.safetensors")), "no embedded model");
+        String prompt = "x = 1\ny = 2\nx = 1\ny = 2\nx = 1\ny = 2\n";
+        try (TokenPress tp = TokenPress.load(LookupDecodingTest.MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
+             Session s = tp.newSession(256)) {
+            int[] ids = tp.tokenizer().encode(prompt);
+            int[] plain = s.generate(ids, 40, SamplingOptions.greedy(), null).tokens();
+            s.reset();
+            int[] dry = s.generate(ids, 40, SamplingOptions.greedy().withDry(2.0, 1.75, 2, -1, java.util.List.of()), null).tokens();
+            int plainRun = longestCopy(ids, plain), dryRun = longestCopy(ids, dry);
+            assertTrue(dryRun < plainRun, "longest copied stretch: " + plainRun + " plain, " + dryRun + " with DRY");
+            assertTrue(dryRun <= 4, "DRY stops repeats past its allowed length soon: " + dryRun);
+        }
+    }
+
+    /** The longest run of generated tokens that equals a stretch ending earlier in prompt + output. */
+    static int longestCopy(int[] prompt, int[] out) {
+        int[] all = new int[prompt.length + out.length];
+        System.arraycopy(prompt, 0, all, 0, prompt.length);
+        System.arraycopy(out, 0, all, prompt.length, out.length);
+        int best = 0;
+        for (int end = prompt.length; end < all.length; end++)
+            for (int k = 1; k <= end; k++) {
+                int len = 0;
+                while (end - len >= prompt.length && end - len - k >= 0 && all[end - len] == all[end - len - k]) len++;
+                best = Math.max(best, len);
+            }
+        return best;
+    }
 }

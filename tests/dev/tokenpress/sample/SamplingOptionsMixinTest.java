@@ -69,4 +69,25 @@ class SamplingOptionsMixinTest {
         assertTrue(usage.contains("-s, --seed=SEED"), usage);
         assertTrue(usage.contains("default: 0.95"), usage);
     }
+
+    @Test
+    void parsesDryXtcTopNSigmaAndDynatempFlags() {
+        SamplingOptions o = parse("--dry-multiplier", "0.8", "--dry-base", "2", "--dry-allowed-length", "3",
+                "--dry-penalty-last-n", "128", "--dry-sequence-breaker", "\\n", "--dry-sequence-breaker", "###",
+                "--xtc-probability", "0.5", "--xtc-threshold", "0.2", "--top-nsigma", "1.5", "--dynatemp-range", "0.3",
+                "--dynatemp-exp", "1.2");
+        assertEquals(0.8, o.dryMultiplier(), 1e-12);
+        assertEquals(2.0, o.dryBase(), 1e-12);
+        assertEquals(3, o.dryAllowedLength());
+        assertEquals(128, o.dryPenaltyLastN());
+        assertEquals(java.util.List.of("\n", "###"), o.drySequenceBreakers());
+        assertEquals(0.5, o.xtcProbability(), 1e-12);
+        assertEquals(0.2, o.xtcThreshold(), 1e-12);
+        assertEquals(1.5, o.topNSigma(), 1e-12);
+        assertEquals(0.3, o.dynatempRange(), 1e-12);
+        assertEquals(1.2, o.dynatempExp(), 1e-12);
+        assertEquals(java.util.List.of(), parse("--dry-sequence-breaker", "none").drySequenceBreakers());
+        assertThrows(CommandLine.ParameterException.class, () -> parse("--dry-base", "0.5"));
+        assertThrows(CommandLine.ParameterException.class, () -> parse("--xtc-probability", "2"));
+    }
 }

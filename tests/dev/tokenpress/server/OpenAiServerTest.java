@@ -525,6 +525,28 @@ class OpenAiServerTest {
                 null, null, "tiny", SamplingOptions.defaults(), 4, null, 0, null, new OpenAiServer.Draft(null, 2, 4, 0, 0f), 2)));
     }
 
+    /** llama-server's DRY, XTC, top-n-sigma and dynamic-temperature fields reach the sampler chain. */
+    @Test
+    void extraSamplerFieldsAreHonoured() throws Exception {
+        String prompt = "x = 1\\ny = 2\\nx = 1\\ny = 2\\nx = 1\\ny = 2\\n";
+        String base = "{\"prompt\": \"" + prompt + "\", \"max_tokens\": 24, \"temperature\": 0, \"cache_prompt\": false";
+        Reply plain = post("/v1/completions", base + "}");
+        Reply dry = post("/v1/completions", base + ", \"dry_multiplier\": 2.0, \"dry_sequence_breakers\": []}");
+        assertEquals(200, dry.status(), dry.body());
+        assertNotEquals(plain.json().at("/choices/0/text").asText(), dry.json().at("/choices/0/text").asText());
+        GenerationResult want;
+        try (Session s = tp.newSession(256)) {
+            want = s.generate(tp.tokenizer().encode(prompt.replace("\\n", "\n")), 24,
+                    SamplingOptions.greedy().withDry(2.0, 1.75, 2, -1, List.of()), null);
+        }
+        assertEquals(want.text(), dry.json().at("/choices/0/text").asText());
+        Reply sampled = post("/v1/completions", base.replace("\"temperature\": 0", "\"temperature\": 0.9, \"seed\": 4")
+                + ", \"xtc_probability\": 1.0, \"xtc_threshold\": 0.05, \"top_n_sigma\": 2.0, \"dynatemp_range\": 0.5}");
+        assertEquals(200, sampled.status(), sampled.body());
+        assertEquals(400, post("/v1/completions", base + ", \"dry_base\": 0.5}").status());
+        assertEquals(400, post("/v1/completions", base + ", \"dry_sequence_breakers\": \"x\"}").status());
+    }
+
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
     @Test
     void speculativeServerKeepsTheText() throws Exception {
