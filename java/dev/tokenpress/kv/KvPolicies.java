@@ -7,6 +7,7 @@ import dev.tokenpress.kv.policy.Budget;
 import dev.tokenpress.kv.policy.CompositePolicy;
 import dev.tokenpress.kv.policy.EvictingPolicy;
 import dev.tokenpress.kv.policy.ExpectedAttentionPolicy;
+import dev.tokenpress.kv.policy.KeyDiffPolicy;
 import dev.tokenpress.kv.policy.KnormPolicy;
 import dev.tokenpress.kv.policy.H2OPolicy;
 import dev.tokenpress.kv.policy.KeyformerPolicy;
@@ -156,6 +157,15 @@ public final class KvPolicies {
             return shape(new KnormPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE)), a);
         });
 
+        add("keydiff", "KeyDiff: drops the tokens whose keys are most similar to the mean key direction (kvpress KeyDiffPress); evicts every step", shaped(true, "",
+                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", "0", "first tokens always kept")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            return shape(new KeyDiffPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE)), a);
+        });
+
         add("expected", "Expected Attention: keeps the tokens future queries are expected to attend to (query mean/covariance, averaged RoPE) x value norm", shaped(true, "64",
                 p("budget", "0.25", "tokens kept (tokens or ratio of the sequence)"),
                 p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
@@ -267,7 +277,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, expected, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, keydiff, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

@@ -53,6 +53,7 @@ class EvictionTest {
             "tova:budget=16+tidal:k=6,full_layers=0,reselect=-1; 16; 17; 0; 1",
             "keyformer:budget=16,recent=4,seed=7; 16; 16; 0; 4",
             "knorm:budget=16; 16; 17; 0; 1",
+            "keydiff:budget=16,recent=2,sink=1; 16; 17; 1; 3",
             "knorm:budget=16,recent=4,sink=2; 16; 17; 2; 5",
             "expected:budget=16,interval=0; 16; 17; 4; 1",
             "expected:budget=16,recent=3,sink=1,cov=false,interval=2; 16; 19; 1; 4",

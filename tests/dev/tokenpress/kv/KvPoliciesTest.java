@@ -142,7 +142,7 @@ class KvPoliciesTest {
     @Test
     void helpListsEveryPolicyWithItsParametersAndDefaults() {
         String help = KvPolicies.help();
-        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "keyformer", "knorm", "expected", "tidal", "quest",
+        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "keyformer", "knorm", "keydiff", "expected", "tidal", "quest",
                         "tokenselect", "razor"),
                 KvPolicies.names());
         for (String name : KvPolicies.names()) assertTrue(help.contains("\n" + name + " "), name);

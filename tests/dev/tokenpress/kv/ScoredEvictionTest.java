@@ -196,6 +196,69 @@ class ScoredEvictionTest {
         assertEquals(STEPS, cuts);
     }
 
+    /** KeyDiff: at each cut the kept tokens are those least similar to the mean normalized key of the cache before it. */
+    @Test
+    void keyDiffKeepsTheKeysLeastLikeTheMeanDirection() {
+        int hd = config.headDim(), kvHeads = config.numKvHeads();
+        Map<Long, float[]> keys = new HashMap<>();
+        float[] k = new float[hd], v = new float[hd];
+        int[][][] before = {null};
+        int[] checked = {0};
+        run("keydiff:budget=10,sink=1", (cache, layer, n, sel) -> {
+            if (layer != 0) return;
+            int[][] now = new int[kvHeads][];
+            int start = Integer.MAX_VALUE;
+            for (int g = 0; g < kvHeads; g++) {
+                now[g] = KvTestSupport.positions(cache, 0, g);
+                start = Math.min(start, now[g][now[g].length - 1] - n + 1);
+            }
+            if (n == 1 && before[0] != null)
+                for (int g = 0; g < kvHeads; g++) {
+                    int[] old = before[0][g];
+                    TreeSet<Integer> kept = new TreeSet<>();
+                    for (int p : now[g]) if (p < start) kept.add(p);
+                    if (kept.size() == old.length) continue;
+                    double[] anchor = new double[hd];
+                    for (int p : old) {
+                        float[] kk = keys.get(key(g, p));
+                        double norm = 0;
+                        for (float x : kk) norm += x * x;
+                        for (int d = 0; d < hd; d++) anchor[d] += kk[d] / Math.sqrt(norm) / old.length;
+                    }
+                    double keptMin = Double.POSITIVE_INFINITY, evictedMax = Double.NEGATIVE_INFINITY;
+                    for (int p : old) {
+                        if (p < 1) {
+                            assertTrue(kept.contains(p), "the sink stays");
+                            continue;
+                        }
+                        float[] kk = keys.get(key(g, p));
+                        double dot = 0, kn = 0, an = 0;
+                        for (int d = 0; d < hd; d++) {
+                            dot += kk[d] * anchor[d];
+                            kn += kk[d] * kk[d];
+                            an += anchor[d] * anchor[d];
+                        }
+                        double score = -dot / Math.sqrt(kn * an);
+                        if (kept.contains(p)) keptMin = Math.min(keptMin, score);
+                        else evictedMax = Math.max(evictedMax, score);
+                    }
+                    assertEquals(10, kept.size());
+                    assertTrue(keptMin >= evictedMax - 1e-5, "head " + g + " at " + start + ": kept " + keptMin + " < evicted " + evictedMax);
+                    checked[0]++;
+                }
+            for (int g = 0; g < kvHeads; g++) {
+                int[] pos = cache.positions(0, g);
+                for (int s = 0; s < cache.highWater(0, g); s++) {
+                    if (pos[s] < 0 || keys.containsKey(key(g, pos[s]))) continue;
+                    model.backend.readKv(cache, 0, g, s, k, v);
+                    keys.put(key(g, pos[s]), k.clone());
+                }
+            }
+            before[0] = now;
+        }, (c, l, q, p, n) -> {});
+        assertTrue(checked[0] >= STEPS, checked[0] + " cuts checked");
+    }
+
     @ParameterizedTest(name = "{0}")
     @ValueSource(strings = {"expected:budget=12,sink=2,future=8,interval=0", "expected:budget=12,sink=2,future=3,cov=false,vnorm=false,interval=0",
             "expected:budget=12,sink=0,recent=2,future=64,interval=2"})

@@ -84,6 +84,7 @@ class CudaPolicyModelParityTest {
                 "tova:budget=24",
                 "keyformer:budget=24,recent=8,seed=3",
                 "knorm:budget=24,ada=0.2",
+                "keydiff:budget=24,sink=2",
                 "expected:budget=24,interval=4",
                 "h2o:budget=24,recent=8,pyramid=4,interval=2",
                 "pyramidkv:budget=24,window=8,kernel=3",
