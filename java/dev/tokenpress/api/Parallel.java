@@ -2,7 +2,6 @@ package dev.tokenpress.api;
 
 import dev.tokenpress.io.StreamingDecoder;
 import dev.tokenpress.kv.KvCache;
-import dev.tokenpress.kv.KvCacheFullException;
 import dev.tokenpress.kv.KvPolicies;
 import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.kv.quant.KvQuantSpec;
@@ -180,7 +179,8 @@ public final class Parallel implements AutoCloseable {
                 out.append(piece);
                 if (req.listener() != null) req.listener().onText(piece);
             }
-            if (stopText.hit() || (req.stopRequested() != null && req.stopRequested().getAsBoolean())) {
+            if (stopText.hit() || pending.result().isDone()
+                    || (req.stopRequested() != null && req.stopRequested().getAsBoolean())) {
                 stop = "stop";
                 return false;
             }
@@ -216,17 +216,35 @@ public final class Parallel implements AutoCloseable {
             release();
         }
 
+        private boolean released;
+
         private void release() {
+            if (released) return;
+            released = true;
             cache.close();
             laneBusy[lane] = false;
         }
     }
 
-    /** Queues a request (any thread); its result completes when the sequence ends, or with the error that ended it. */
+    /** The batch was closed before a request could run or end. */
+    public static final class ClosedException extends IllegalStateException {
+        private static final long serialVersionUID = 1L;
+
+        ClosedException(String message) {
+            super(message);
+        }
+    }
+
+    /**
+     * Queues a request (any thread); its result completes when the sequence ends, or with the error that ended it.
+     * Cancelling the future stops the sequence at its next token.
+     *
+     * @throws ClosedException when the batch is closed
+     */
     public CompletableFuture<GenerationResult> submit(Request r) {
         CompletableFuture<GenerationResult> f = new CompletableFuture<>();
         synchronized (waiting) {
-            if (closed) throw new IllegalStateException("this batch is closed");
+            if (closed) throw new ClosedException("this batch is closed");
             waiting.add(new Pending(r, f));
             waiting.notifyAll();
         }
@@ -324,41 +342,33 @@ public final class Parallel implements AutoCloseable {
             Lane s = active.get(i);
             batch[i] = new Llama.BatchRow(s.cache, s.policy, s.next, s.position);
         }
+        int[] left;
         try {
-            model.decodeBatch(batch);
-        } catch (KvCacheFullException e) {
-            // a non-evicting policy filled some caches: those sequences end; the others run in the next step
-            List<Lane> still = new ArrayList<>();
-            for (Lane s : active) {
-                if (s.policy != KvPolicy.FULL && !fits(s)) {
-                    s.stop = "context";
-                    s.finish();
-                } else {
-                    still.add(s);
-                }
-            }
-            if (still.size() == active.size()) failAll(e);
-            else active = still;
-            return;
+            left = model.decodeBatch(batch);
         } catch (RuntimeException | Error e) {
             failAll(e);
             return;
         }
+        boolean[] full = new boolean[batch.length];
+        for (int i : left) full[i] = true;
         steps++;
-        rows += batch.length;
+        rows += batch.length - left.length;
         List<Lane> still = new ArrayList<>();
-        try {
-            for (int i = 0; i < batch.length; i++) {
-                Lane s = active.get(i);
-                s.position++;
-                s.decodeSteps++;
+        for (int i = 0; i < batch.length; i++) {
+            Lane s = active.get(i);
+            if (full[i]) { // a non-evicting policy filled the cache: the sequence ends where it is
+                s.stop = "context";
+                s.finish();
+                continue;
+            }
+            s.position++;
+            s.decodeSteps++;
+            try {
                 if (s.take(s.chain.sample(model.batchLogits(i)))) still.add(s);
                 else s.finish();
+            } catch (RuntimeException | Error e) { // e.g. its listener failed: that sequence alone ends
+                s.fail(e);
             }
-        } catch (RuntimeException | Error e) {
-            for (Lane s : active) if (!s.pending.result().isDone()) s.fail(e);
-            active = new ArrayList<>();
-            return;
         }
         active = still;
     }
@@ -366,13 +376,6 @@ public final class Parallel implements AutoCloseable {
     private void failAll(Throwable e) {
         for (Lane s : active) s.fail(e);
         active = new ArrayList<>();
-    }
-
-    /** Whether a cache could still take a token (a free slot in every layer and KV head). */
-    private static boolean fits(Lane s) {
-        for (int l = 0; l < s.cache.layers(); l++)
-            for (int g = 0; g < s.cache.kvHeads(); g++) if (s.cache.occupied(l, g) >= s.cache.capacity()) return false;
-        return true;
     }
 
     /**
@@ -411,7 +414,7 @@ public final class Parallel implements AutoCloseable {
             waiting.clear();
             waiting.notifyAll();
         }
-        IllegalStateException e = new IllegalStateException("the batch was closed before this request ended");
+        ClosedException e = new ClosedException("the batch was closed before this request ended");
         for (Pending p : left) p.result().completeExceptionally(e);
         failAll(e);
         Arrays.fill(policies, null);

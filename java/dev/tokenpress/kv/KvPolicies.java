@@ -237,7 +237,7 @@ public final class KvPolicies {
     private static List<Param> shaped(boolean ada, String interval, Param... own) {
         List<Param> out = new ArrayList<>(List.of(own));
         if (interval != null)
-            out.add(p("interval", interval, "tokens a head may hold past the budget before it is cut back to it in one go (kvpress DecodingPress; 0 = every step)"));
+            out.add(p("interval", interval, "a head grows to budget + interval tokens, then is cut back to the budget in one go (kvpress DecodingPress: every interval steps; 0 = every step)"));
         out.add(p("pyramid", "", "PyramidKV beta >= 1: layer budgets fall linearly from the first layer to the last, same mean (off unless given; paper 20)"));
         if (ada) out.add(p("ada", "", "AdaKV: a layer's KV heads share its budget, lowest scores go first, each keeps >= this fraction (off unless given; kvpress 0.2)"));
         return out;

@@ -49,6 +49,7 @@ public final class Llama implements AutoCloseable {
     // batched decoding (decodeBatch): the step's rows, their slots [row][layer][kvHead][1], one-row scratch
     private BatchRow[] batchRows;
     private int[][][][] batchSlots;
+    private int[] batchRowOf;   // the last batch: row -> its row of the logits, -1 when left out
     private Tensor q1, k1, v1, att1;
 
     public Llama(LlamaConfig config, Weights weights, Backend backend, int maxChunk) {
@@ -154,34 +155,56 @@ public final class Llama implements AutoCloseable {
      * hooks and attention run per row over the row's own cache. Each row's logits are those of
      * {@link #decodeStep} on its cache alone (the same ops; the matmuls over several rows may round differently).
      * Afterwards {@link #batchLogits(int)} reads row i's logits. The model's own policy ({@link #setPolicy}) is not
-     * used. Rows: 1 to {@link #maxChunk()}, each with its own cache. When a row's cache cannot take its token
-     * ({@link dev.tokenpress.kv.KvCacheFullException}) no row keeps a slot of the step.
+     * used. Rows: 1 to {@link #maxChunk()}, each with its own cache.
+     *
+     * <p>A row whose cache cannot take its token (its policy's {@code beforeAppend} throws
+     * {@link dev.tokenpress.kv.KvCacheFullException}, or a layer and KV head has no free slot) is left out of the step
+     * before any slot is allocated, so its cache keeps its state; the others run.
+     *
+     * @return the indices of the rows left out (empty when all ran)
      */
-    public void decodeBatch(BatchRow[] rows) {
+    public int[] decodeBatch(BatchRow[] rows) {
         int n = rows.length;
         if (n < 1 || n > maxChunk)
             throw new IllegalArgumentException("a batch holds 1 to " + maxChunk + " rows (the prefill chunk, -b), not " + n);
         java.util.Set<KvCache> seen = java.util.Collections.newSetFromMap(new java.util.IdentityHashMap<>());
         for (BatchRow r : rows)
             if (!seen.add(r.cache())) throw new IllegalArgumentException("two rows of a batch share a KV cache: one row per sequence");
-        int[] tokens = new int[n], positions = new int[n];
-        int[][][][] slots = new int[n][][][];
+        int[] rowOf = new int[n];
+        int m = 0;
+        java.util.List<Integer> dropped = new java.util.ArrayList<>();
         for (int i = 0; i < n; i++) {
             BatchRow r = rows[i];
-            tokens[i] = r.token();
-            positions[i] = r.position();
-            int[] pos = {r.position()};
             KvPolicy p = r.policy() == null ? KvPolicy.FULL : r.policy();
+            boolean fits;
             try {
-                p.beforeAppend(r.cache(), pos, 1);
-                slots[i] = new int[config.numLayers()][config.numKvHeads()][];
-                for (int l = 0; l < config.numLayers(); l++)
-                    for (int g = 0; g < config.numKvHeads(); g++) slots[i][l][g] = r.cache().allocate(l, g, pos, 1);
-            } catch (RuntimeException e) {
-                // e.g. a full cache: the rows before keep nothing of this step, so the step can run again without this row
-                for (int j = 0; j <= i; j++) rows[j].cache().freeFrom(rows[j].position());
-                throw e;
+                p.beforeAppend(r.cache(), new int[]{r.position()}, 1);
+                fits = hasFreeSlot(r.cache());
+            } catch (dev.tokenpress.kv.KvCacheFullException e) {
+                fits = false;
             }
+            if (fits) rowOf[i] = m++;
+            else {
+                rowOf[i] = -1;
+                dropped.add(i);
+            }
+        }
+        batchRowOf = rowOf;
+        if (m == 0) return dropped.stream().mapToInt(Integer::intValue).toArray();
+        BatchRow[] run = new BatchRow[m];
+        int[] tokens = new int[m], positions = new int[m];
+        int[][][][] slots = new int[m][][][];
+        for (int i = 0; i < n; i++) {
+            if (rowOf[i] < 0) continue;
+            BatchRow r = rows[i];
+            int j = rowOf[i];
+            run[j] = r;
+            tokens[j] = r.token();
+            positions[j] = r.position();
+            int[] pos = {r.position()};
+            slots[j] = new int[config.numLayers()][config.numKvHeads()][];
+            for (int l = 0; l < config.numLayers(); l++)
+                for (int g = 0; g < config.numKvHeads(); g++) slots[j][l][g] = r.cache().allocate(l, g, pos, 1);
         }
         if (q1 == null) {
             q1 = backend.allocate(1, config.qDim());
@@ -189,24 +212,39 @@ public final class Llama implements AutoCloseable {
             v1 = backend.allocate(1, config.kvDim());
             att1 = backend.allocate(1, config.qDim());
         }
-        batchRows = rows;
+        batchRows = run;
         batchSlots = slots;
         try {
-            forward(null, tokens, positions, n, null, true);
+            forward(null, tokens, positions, m, null, true);
         } finally {
             batchRows = null;
             batchSlots = null;
         }
+        return dropped.stream().mapToInt(Integer::intValue).toArray();
     }
 
-    /** Logits [V] of row {@code row} of the last {@link #decodeBatch}. */
+    /** Whether every layer and KV head of the cache has a free slot. */
+    private static boolean hasFreeSlot(KvCache c) {
+        for (int l = 0; l < c.layers(); l++)
+            for (int g = 0; g < c.kvHeads(); g++) if (c.occupied(l, g) >= c.capacity()) return false;
+        return true;
+    }
+
+    /** Logits [V] of row {@code row} of the last {@link #decodeBatch} (a row it left out has none). */
     public float[] batchLogits(int row) {
-        return backend.download(allLogits(), row, 1);
+        return backend.download(allLogits(), batchRow(row), 1);
     }
 
     /** Greedy token of row {@code row} of the last {@link #decodeBatch}, computed where the logits live. */
     public int batchArgmax(int row) {
-        return backend.argmax(allLogits(), row);
+        return backend.argmax(allLogits(), batchRow(row));
+    }
+
+    private int batchRow(int row) {
+        if (batchRowOf == null || row < 0 || row >= batchRowOf.length)
+            throw new IllegalArgumentException("row " + row + " is not a row of the last batch");
+        if (batchRowOf[row] < 0) throw new IllegalStateException("row " + row + " was left out of the last batch: its cache is full");
+        return batchRowOf[row];
     }
 
     /**

@@ -164,7 +164,8 @@ public final class OpenAiServer implements AutoCloseable {
             throw new IOException("cannot listen on " + options.host() + ":" + options.port() + " (" + e.getMessage()
                     + "): pick another --port or --host", e);
         }
-        this.executor = Executors.newFixedThreadPool(16, r -> { // waiting requests hold a thread each; /health stays answerable
+        // waiting requests hold a thread each (batched ones until their sequence ends); /health stays answerable
+        this.executor = Executors.newFixedThreadPool(16 + Math.max(0, options.parallel()), r -> {
             Thread t = new Thread(r, "tokenpress-http");
             t.setDaemon(true);
             return t;
@@ -540,7 +541,7 @@ public final class OpenAiServer implements AutoCloseable {
                 choices.add(new Choice(r, st, List.of(), null, 0, 0, finish));
             }
             return choices;
-        } catch (IllegalStateException e) { // the batch closed under the request
+        } catch (Parallel.ClosedException e) { // the batch closed under the request
             ApiException a = new ApiException(503, "server_error", null, "the server is shutting down");
             if (stream != null) stream.error(a.getMessage());
             throw a;

@@ -107,6 +107,45 @@ class ParallelTest {
         }
     }
 
+    /** A failing listener ends its own sequence only; a cancelled future stops its sequence and frees its lane. */
+    @Test
+    void failuresAndCancellationsStayWithTheirSequence() {
+        try (TokenPress tp = load(); Parallel p = new Parallel(tp, 96, null, null)) {
+            int[] a = tp.tokenizer().encode(PROMPTS[4]), b = tp.tokenizer().encode(PROMPTS[0]);
+            int[] seen = {0};
+            var bad = p.submit(new Parallel.Request(a, 20, SamplingOptions.greedy(), null, piece -> {
+                if (++seen[0] == 3) throw new IllegalStateException("listener broke");
+            }));
+            var good = p.submit(new Parallel.Request(b, 20, SamplingOptions.greedy(), null, null));
+            var cancelled = p.submit(new Parallel.Request(a, 50, SamplingOptions.greedy(), null, null));
+            int rounds = 0;
+            while (p.step(3)) {
+                if (++rounds == 4) cancelled.cancel(false);
+            }
+            assertTrue(bad.isCompletedExceptionally());
+            assertEquals(20, good.join().tokens().length, "the other sequence ran to its end");
+            assertTrue(cancelled.isCancelled());
+            assertTrue(rounds < 25, "the cancelled sequence stopped: " + rounds + " rounds");
+            assertEquals(0, p.activeCount());
+            // every lane is free again: three more requests run at width 3
+            List<Parallel.Request> more = new ArrayList<>();
+            for (int i = 0; i < 3; i++) more.add(new Parallel.Request(b, 4, SamplingOptions.greedy(), null, null));
+            assertEquals(3, p.generate(more, 3).size());
+        }
+    }
+
+    /** RazorAttention's head probe runs under its own hooks when a lane installs it: the same tokens as a Session. */
+    @Test
+    void razorCalibratesInALane() {
+        String kv = "razor:heads=0.25,sink=2,recent=8,ratio=0,probe=16,repeats=3";
+        try (TokenPress tp = load(); Parallel p = new Parallel(tp, 96, null, kv); Session s = tp.newSession(96)) {
+            int[] prompt = tp.tokenizer().encode(PROMPTS[5]);
+            GenerationResult got = p.generate(List.of(new Parallel.Request(prompt, 16, SamplingOptions.greedy(), null, null)), 1).get(0);
+            s.setPolicy(KvPolicies.parse(kv, tp.config()));
+            assertArrayEquals(s.generate(prompt, 16, SamplingOptions.greedy(), null).tokens(), got.tokens());
+        }
+    }
+
     @Test
     void widthAndRequestsAreChecked() {
         try (TokenPress tp = load(); Parallel p = new Parallel(tp, 64, null, null)) {

@@ -148,4 +148,27 @@ class DecodeBatchTest {
             assertThrows(dev.tokenpress.backend.UnsupportedOpException.class, () -> m.backend.copyKvCache(a, small));
         }
     }
+
+    /** A row whose cache is full is left out before anything is allocated; the other rows run as before. */
+    @Test
+    void aFullCacheLeavesItsRowOutOfTheStep() {
+        try (Llama m = model(4); KvCache small = m.newCache(6); KvCache big = m.newCache(32); KvCache ref = m.newCache(32)) {
+            int v = m.config.vocabSize();
+            int[] pr = prompt(0, v); // 5 tokens
+            m.prefill(small, pr, 0, false, null);
+            m.prefill(big, pr, 0, false, null);
+            m.prefill(ref, pr, 0, false, null);
+            int[] left = m.decodeBatch(new Llama.BatchRow[]{new Llama.BatchRow(small, null, 7, 5), new Llama.BatchRow(big, null, 7, 5)});
+            assertArrayEquals(new int[0], left);
+            int[] before = small.positions(0, 0).clone();
+            left = m.decodeBatch(new Llama.BatchRow[]{new Llama.BatchRow(small, null, 8, 6), new Llama.BatchRow(big, null, 8, 6)});
+            assertArrayEquals(new int[]{0}, left, "the full cache's row is left out");
+            assertArrayEquals(before, small.positions(0, 0), "and its cache is untouched");
+            assertThrows(IllegalStateException.class, () -> m.batchLogits(0));
+            float[] got = m.batchLogits(1);
+            m.decodeStep(ref, 7, 5);
+            m.decodeStep(ref, 8, 6);
+            assertArrayEquals(m.logits(), got, 2e-5f, "the other row ran as usual");
+        }
+    }
 }

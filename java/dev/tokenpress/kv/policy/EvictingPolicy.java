@@ -25,7 +25,8 @@ public abstract class EvictingPolicy extends BasePolicy {
     /**
      * When and where the budget applies (the keys {@code interval}, {@code pyramid} and {@code ada} of a spec).
      *
-     * @param interval tokens a head may hold past its budget before it is brought back down to it (0 = every call)
+     * @param interval a head grows to budget + interval tokens, then is cut back to the budget (kvpress's DecodingPress:
+     *                 every interval steps); 0 = every call
      * @param pyramid  PyramidKV's beta (>= 1): layer l keeps w + round(max - l * (max - min) / (L - 1)) tokens, with w
      *                 the protected tokens, min = (B - w) / beta and max = 2 (B - w) - min (capped at the tokens there
      *                 are, min raised to keep the mean); 0 = every layer keeps B
@@ -114,7 +115,9 @@ public abstract class EvictingPolicy extends BasePolicy {
                 int room = capacity - n - reserve(l, g);
                 keep = Math.max(0, budgeted ? Math.min(layerBudget(l, keep, protect, callStart), room) : room);
                 int occ = cache.occupied(l, g);
-                if (occ > room || occ > keep + (budgeted ? shaping.interval() : 0)) {
+                // with an interval, the cut comes when the append would take the head past budget + interval (kvpress's
+                // DecodingPress: every interval steps); without one, whenever the head holds more than its budget
+                if (occ > room || occ > keep && occ + n > keep + (budgeted ? shaping.interval() : 0)) {
                     if (!scored) {
                         beforeEviction(l);
                         scored = true;
@@ -166,7 +169,7 @@ public abstract class EvictingPolicy extends BasePolicy {
             if (occ + n + reserve(layer, g) > capacity) overRoom = true;
         }
         long target = (long) kvHeads * keep;
-        if (!overRoom && total <= target + (long) kvHeads * shaping.interval()) {
+        if (!overRoom && (total <= target || total + (long) kvHeads * n <= target + (long) kvHeads * shaping.interval())) {
             for (int g = 0; g < kvHeads; g++) checkFits(layer, g, n);
             return;
         }
@@ -198,7 +201,7 @@ public abstract class EvictingPolicy extends BasePolicy {
         long[] order = new long[m];
         for (int i = 0; i < m; i++) {
             int e = (int) byPos[i];
-            order[i] = (sortable(score[layer][head[e]][slot[e]]) << 32) | i;  // ties: older first
+            order[i] = ((long) orderKey(score[layer][head[e]][slot[e]]) << 32) | i;  // ties: older first
         }
         Arrays.sort(order);
         int[] occ = new int[kvHeads], evicted = new int[kvHeads];
@@ -229,11 +232,10 @@ public abstract class EvictingPolicy extends BasePolicy {
         }
     }
 
-    /** A float's order as an unsigned 32-bit key (NaN last). */
-    private static long sortable(float f) {
+    /** An int whose signed order is the float's order (-0 just below +0, NaN last). */
+    static int orderKey(float f) {
         int b = Float.floatToIntBits(f);
-        b ^= (b >> 31) & 0x7fffffff;
-        return (b ^ 0x80000000L) & 0xffffffffL;
+        return b ^ ((b >> 31) & 0x7fffffff);
     }
 
     /** Frees the given slots of (layer, head) and clears their scores. */

@@ -128,7 +128,7 @@ public final class RazorPolicy extends EvictingPolicy {
         probeEcho = new double[layers][heads];
         probing = true;
         try (KvCache pc = model.newCache(total)) {
-            model.prefill(pc, tokens, 0, false, null);
+            model.prefillWith(this, pc, tokens, 0, null); // this policy's hooks score the probe, whatever the model's policy
         } finally {
             probing = false;
         }
