@@ -508,7 +508,7 @@ public final class OpenAiServer implements AutoCloseable {
 
     /**
      * The request's choices as sequences of the continuous batch (choice i samples with seed + i), waited for outside
-     * the decoding lock; a streamed choice's text goes out as the worker produces it.
+     * the decoding lock; a streamed choice's text is queued by the worker and written by this request's thread.
      */
     private List<Choice> generateBatched(Request req, Stream stream) {
         if (closed) throw new ApiException(503, "server_error", null, "the server is shutting down");
@@ -516,13 +516,29 @@ public final class OpenAiServer implements AutoCloseable {
         Map<Integer, Float> bias = new java.util.HashMap<>(req.logitBias());
         if (req.ignoreEos()) for (int e : tp.config().eosTokenIds()) bias.put(e, Float.NEGATIVE_INFINITY);
         List<java.util.concurrent.CompletableFuture<GenerationResult>> results = new ArrayList<>();
+        java.util.concurrent.LinkedBlockingQueue<String> pieces = new java.util.concurrent.LinkedBlockingQueue<>();
         try {
             for (int i = 0; i < req.n(); i++) {
                 SamplingOptions so = req.sampling();
                 if (i > 0 && so.seed() != SamplingOptions.RANDOM_SEED) so = so.withSeed(so.seed() + i);
                 results.add(batcher.submit(new Parallel.Request(req.tokens(), req.maxTokens(), so, req.stop(),
-                        stream != null ? stream::text : null, bias, req.stopTokens(),
+                        stream != null ? pieces::add : null, bias, req.stopTokens(),
                         () -> closed || (stream != null && stream.gone), req.policy().spec())));
+            }
+            if (stream != null) { // this thread writes the pieces, so a slow client never holds up the batch
+                var f = results.get(0);
+                while (!f.isDone()) {
+                    String piece;
+                    try {
+                        piece = pieces.poll(50, java.util.concurrent.TimeUnit.MILLISECONDS);
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                        f.cancel(false);
+                        break;
+                    }
+                    if (piece != null) stream.text(piece);
+                }
+                for (String piece; (piece = pieces.poll()) != null; ) stream.text(piece);
             }
             List<Choice> choices = new ArrayList<>();
             for (var f : results) {
