@@ -249,7 +249,8 @@ public final class Session implements AutoCloseable {
      * full} and the cache's appends can be freed exactly (not quantized).
      */
     public boolean speculativeApplies() {
-        return (drafter != null || lookup > 0) && model.policy() == KvPolicy.FULL && cache.appendsReversible();
+        return (drafter != null || lookup > 0) && model.policy() == KvPolicy.FULL && cache.appendsReversible()
+                && model.slidingWindow() == 0; // a checked draft runs several rows, which a sliding window forbids
     }
 
     /**

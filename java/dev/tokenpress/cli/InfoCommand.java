@@ -100,7 +100,8 @@ public final class InfoCommand implements Callable<Integer> {
                     Bytes.human(wb[0]), Bytes.human(wb[1]), Bytes.human(wb[2]));
             out.printf("KV bytes/token    %s (bf16), %s (f32)%n", Bytes.human(c.kvBytesPerToken(2)), Bytes.human(c.kvBytesPerToken(4)));
             if (c.slidingWindow() != null)
-                out.printf("sliding window    %d (trained with it; tokenpress attends to the whole context)%n", c.slidingWindow());
+                out.printf("sliding window    %d (attention sees the last %d tokens; prompt tokens past it run one at a time)%n",
+                        c.slidingWindow(), c.slidingWindow());
             out.printf("chat template     %s%n", chat);
         }
         out.flush();

@@ -38,6 +38,8 @@ public final class Llama implements AutoCloseable {
     private Tensor allLogits;    // [C, V], only when all-position logits are asked for
 
     private KvPolicy policy = KvPolicy.FULL;
+    /** Mistral's sliding window W (0 = none): a query at position p attends to positions (p - W, p]. */
+    private final int window;
 
     // greedy token feedback (decodeGreedy)
     private Boolean pipelinedGreedy = pipelinedDefault(); // null: where the backend has token feedback; true: always; false: never
@@ -58,6 +60,7 @@ public final class Llama implements AutoCloseable {
         this.w = weights;
         this.rope = RopeTable.of(config);
         this.maxChunk = Math.max(1, maxChunk);
+        this.window = config.slidingWindow() == null ? 0 : config.slidingWindow();
         int c = this.maxChunk, d = config.hiddenSize(), f = config.intermediateSize();
         x = backend.allocate(c, d);
         xn = backend.allocate(c, d);
@@ -117,6 +120,9 @@ public final class Llama implements AutoCloseable {
         policy.beginPrefill(cache, startPos, n);
         for (int done = 0; done < n; ) {
             int m = Math.min(maxChunk, n - done);
+            // sliding window: the tokens of a chunk share its keys, so past the window each token runs alone
+            // (row r of a chunk from p0 may only see positions > p0 + r - W; the cache drops those <= p0 - W)
+            if (window > 0) m = Math.max(1, Math.min(m, window - (startPos + done)));
             int[] chunk = new int[m], positions = new int[m];
             for (int i = 0; i < m; i++) {
                 chunk[i] = tokens[done + i];
@@ -179,6 +185,7 @@ public final class Llama implements AutoCloseable {
             boolean fits;
             try {
                 p.beforeAppend(r.cache(), new int[]{r.position()}, 1);
+                dropOutsideWindow(r.cache(), r.position());
                 fits = hasFreeSlot(r.cache());
             } catch (dev.tokenpress.kv.KvCacheFullException e) {
                 fits = false;
@@ -222,6 +229,21 @@ public final class Llama implements AutoCloseable {
         }
         return dropped.stream().mapToInt(Integer::intValue).toArray();
     }
+
+    /** Mistral's sliding window: frees the slots no query from {@code position} on can see (positions <= p - W). */
+    private void dropOutsideWindow(KvCache cache, int position) {
+        int floor = position - window;
+        if (window <= 0 || floor < 0) return;
+        for (int l = 0; l < cache.layers(); l++)
+            for (int g = 0; g < cache.kvHeads(); g++) {
+                int[] pos = cache.positions(l, g);
+                for (int s = cache.highWater(l, g) - 1; s >= 0; s--)
+                    if (pos[s] >= 0 && pos[s] <= floor) cache.free(l, g, s);
+            }
+    }
+
+    /** The model's sliding window in tokens (Mistral's {@code sliding_window}), 0 when attention sees everything. */
+    public int slidingWindow() { return window; }
 
     /** Whether every layer and KV head of the cache has a free slot. */
     private static boolean hasFreeSlot(KvCache c) {
@@ -372,7 +394,7 @@ public final class Llama implements AutoCloseable {
     public int decodeSpeculative(KvCache cache, int token, int position, int maxSteps, TokenChooser chooser,
                                  java.util.function.IntPredicate onToken, int[] context, int contextLen,
                                  Drafter drafter, int maxDraft) {
-        if (policy != KvPolicy.FULL || !cache.appendsReversible() || maxDraft <= 0 || drafter == null) {
+        if (policy != KvPolicy.FULL || window > 0 || !cache.appendsReversible() || maxDraft <= 0 || drafter == null) {
             if (chooser == null) return decodeGreedy(cache, token, position, maxSteps, onToken);
             int fed = 0, cur = token;
             while (fed < maxSteps) {
@@ -481,6 +503,7 @@ public final class Llama implements AutoCloseable {
     /** Lets the policy evict, then allocates one slot per (layer, KV head, token): [L][Hkv][n]. */
     private int[][][] allocateSlots(KvCache cache, int[] positions, int n) {
         policy.beforeAppend(cache, positions, n);
+        dropOutsideWindow(cache, positions[0]);
         int[][][] slots = new int[config.numLayers()][config.numKvHeads()][];
         for (int l = 0; l < slots.length; l++)
             for (int g = 0; g < slots[l].length; g++) slots[l][g] = cache.allocate(l, g, positions, n);

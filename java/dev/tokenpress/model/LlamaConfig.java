@@ -20,7 +20,8 @@ import java.util.List;
  * @param maxPositionEmbeddings {@code max_position_embeddings}
  * @param tieWordEmbeddings     {@code tie_word_embeddings}: LM head reuses {@code model.embed_tokens.weight}
  * @param attentionBias         q/k/v projections carry biases (Qwen2 always; Llama when {@code attention_bias})
- * @param slidingWindow         Mistral {@code sliding_window} (null/0 = none); informational
+ * @param slidingWindow         Mistral {@code sliding_window} (null/0 = none): a query at position p attends to positions
+ *                              (p - W, p] ({@code Llama} drops older slots and runs prompt tokens past W one at a time)
  * @param bosTokenId            {@code bos_token_id} or -1
  * @param eosTokenIds           {@code eos_token_id} (int or list) merged with generation_config.json
  * @param torchDtype            {@code torch_dtype} / {@code dtype} as written, informational

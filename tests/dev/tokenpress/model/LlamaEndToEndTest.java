@@ -77,6 +77,54 @@ class LlamaEndToEndTest {
         }
     }
 
+    /**
+     * Mistral's sliding window (HF: a query at position i sees keys j > i - W): prefill in chunks, token-by-token
+     * decoding and a batch all give the naive reference's logits with the window, which differ from full attention.
+     */
+    @org.junit.jupiter.params.ParameterizedTest(name = "chunk {0}")
+    @org.junit.jupiter.params.provider.ValueSource(ints = {1, 4, 16})
+    void slidingWindowMatchesTheReference(int chunk) {
+        LlamaConfig full = config("MistralForCausalLM", 4, 2, 16, false, false, null);
+        LlamaConfig c = new LlamaConfig(full.architecture(), full.modelType(), full.hiddenSize(), full.intermediateSize(),
+                full.numLayers(), full.numHeads(), full.numKvHeads(), full.headDim(), full.vocabSize(), full.rmsNormEps(),
+                full.ropeTheta(), full.ropeScaling(), full.maxPositionEmbeddings(), full.tieWordEmbeddings(), full.attentionBias(),
+                6, full.bosTokenId(), full.eosTokenIds(), full.torchDtype());
+        ModelWriter.write(tmp, c, DType.F32, 7, s -> {});
+        int n = 17, v = c.vocabSize();
+        int[] toks = tokens(n, v, 23);
+        double[][] ref, noWindow;
+        try (SafeTensors st = SafeTensors.open(tmp)) {
+            ref = NaiveLlama.logits(c, st, toks);
+            noWindow = NaiveLlama.logits(full, st, toks);
+        }
+        double differs = 0;
+        for (int j = 0; j < v; j++) differs = Math.max(differs, Math.abs(ref[n - 1][j] - noWindow[n - 1][j]));
+        assertTrue(differs > 1e-3, "the window changes the last logits: " + differs);
+        try (Llama m = load(tmp, c, chunk)) {
+            assertEquals(6, m.slidingWindow());
+            KvCache cache = m.newCache(32);
+            float[] all = m.prefill(cache, toks, 0, true, null);
+            double worst = 0;
+            for (int i = 0; i < n; i++) for (int j = 0; j < v; j++) worst = Math.max(worst, Math.abs(all[i * v + j] - ref[i][j]));
+            assertTrue(worst < 1e-4, "prefill vs the windowed reference: " + worst);
+            for (int l = 0; l < c.numLayers(); l++)
+                for (int g = 0; g < c.numKvHeads(); g++) assertTrue(cache.occupied(l, g) <= 6, "slots past the window are freed");
+            cache.clear();
+            m.prefill(cache, java.util.Arrays.copyOf(toks, 3), 0, false, null);
+            for (int i = 3; i < n; i++) {
+                m.decodeStep(cache, toks[i], i);
+                float[] lg = m.logits();
+                for (int j = 0; j < v; j++) assertEquals(ref[i][j], lg[j], 1e-4, "decode at " + i);
+            }
+            try (KvCache b = m.newCache(32)) {
+                m.prefill(b, java.util.Arrays.copyOf(toks, 10), 0, false, null);
+                assertArrayEquals(new int[0], m.decodeBatch(new Llama.BatchRow[]{new Llama.BatchRow(b, null, toks[10], 10)}));
+                float[] lg = m.batchLogits(0);
+                for (int j = 0; j < v; j++) assertEquals(ref[10][j], lg[j], 1e-4, "batched decode at 10");
+            }
+        }
+    }
+
     @Test
     void chunkSizeDoesNotChangeLogits() {
         LlamaConfig c = config("LlamaForCausalLM", 4, 2, 16, false, true, null);

@@ -28,14 +28,16 @@ final class NaiveLlama {
                     int g = hh / (H / Hkv);
                     double[] s = new double[i + 1];
                     double max = Double.NEGATIVE_INFINITY;
-                    for (int j = 0; j <= i; j++) {
+                    int from = c.slidingWindow() == null ? 0 : Math.max(0, i - c.slidingWindow() + 1); // HF: key j > i - W
+                    for (int j = 0; j < from; j++) s[j] = Double.NEGATIVE_INFINITY;
+                    for (int j = from; j <= i; j++) {
                         double dot = 0;
                         for (int e = 0; e < hd; e++) dot += q[i][hh * hd + e] * k[j][g * hd + e];
                         s[j] = dot / Math.sqrt(hd);
                         max = Math.max(max, s[j]);
                     }
                     double sum = 0;
-                    for (int j = 0; j <= i; j++) { s[j] = Math.exp(s[j] - max); sum += s[j]; }
+                    for (int j = 0; j <= i; j++) { s[j] = j < from ? 0 : Math.exp(s[j] - max); sum += s[j]; }
                     for (int j = 0; j <= i; j++) for (int e = 0; e < hd; e++) att[i][hh * hd + e] += s[j] / sum * v[j][g * hd + e];
                 }
             add(x, linear(att, st.get(p + "self_attn.o_proj.weight"), null));
