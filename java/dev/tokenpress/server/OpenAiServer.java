@@ -266,7 +266,7 @@ public final class OpenAiServer implements AutoCloseable {
         try {
             ex.getResponseHeaders().set("Access-Control-Allow-Origin", "*");
             if (method.equals("OPTIONS")) {
-                ex.getResponseHeaders().set("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+                ex.getResponseHeaders().set("Access-Control-Allow-Methods", "GET, POST, PUT, OPTIONS");
                 ex.getResponseHeaders().set("Access-Control-Allow-Headers", "Content-Type, Authorization");
                 ex.sendResponseHeaders(204, -1);
                 status = 204;
@@ -294,6 +294,11 @@ public final class OpenAiServer implements AutoCloseable {
                 case "/v1/completions", "/v1/chat/completions" -> {
                     requireMethod(ex, "POST");
                     note = complete(ex, body(ex), path.equals("/v1/chat/completions"));
+                }
+                case "/generate" -> {
+                    if (!method.equals("PUT") && !method.equals("POST"))
+                        throw new ApiException(405, "invalid_request_error", null, "/generate takes PUT or POST");
+                    note = generateNative(ex, body(ex));
                 }
                 case "/tokenize" -> {
                     requireMethod(ex, "POST");
@@ -326,7 +331,7 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/models, /generate, /tokenize, /detokenize or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -406,10 +411,7 @@ public final class OpenAiServer implements AutoCloseable {
         try {
             req = chat ? chatRequest(body) : completionRequest(body);
             stream = req.stream() ? new Stream(ex, id, created, chat) : null;
-            if (req.tokens().length + 1 > session.contextSize())
-                throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
-                        + req.tokens().length + " tokens but the server's context holds " + session.contextSize()
-                        + ": shorten it or start the server with a larger -c");
+            checkContext(req);
             batched = batcher != null && batchable(req);
             if (!batched) choices.addAll(generateAlone(req, stream));
         } finally {
@@ -473,6 +475,64 @@ public final class OpenAiServer implements AutoCloseable {
         return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s%s%s",
                 req.tokens().length, first.reused(), completion, r.decodeTokensPerSecond(), first.finish(),
                 choices.size() > 1 ? " (" + choices.size() + " choices)" : "", batched ? " (batched)" : "");
+    }
+
+    private void checkContext(Request req) {
+        if (req.tokens().length + 1 > session.contextSize())
+            throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
+                    + req.tokens().length + " tokens but the server's context holds " + session.contextSize()
+                    + ": shorten it or start the server with a larger -c");
+    }
+
+    /**
+     * {@code PUT|POST /generate}, the native endpoints of vLLM's legacy API server ({@code {"prompt": ..., "max_tokens":
+     * ..., "temperature": ..., "top_k": ..., "top_p": ..., "stop": [...]}} answered with {@code {"text": [completion]}})
+     * and of SGLang ({@code {"text": ..., "sampling_params": {"max_new_tokens": ..., ...}}} answered with
+     * {@code {"text": completion, "meta_info": {...}}}), which benchmark harnesses such as RULER call: every other field
+     * of a completions request ({@code kv}, {@code seed}, penalties) is taken as well.
+     */
+    private String generateNative(HttpExchange ex, JsonNode body) throws IOException {
+        boolean sglang = body.has("text") && !body.has("prompt");
+        ObjectNode b = JSON.createObjectNode();
+        if (sglang) {
+            b.set("prompt", body.get("text"));
+            JsonNode sp = body.path("sampling_params");
+            if (sp.isObject())
+                sp.fields().forEachRemaining(e -> b.set(e.getKey().equals("max_new_tokens") ? "max_tokens" : e.getKey(), e.getValue()));
+        } else {
+            body.fields().forEachRemaining(e -> b.set(e.getKey(), e.getValue()));
+        }
+        if (b.path("stream").asBoolean(false)) throw ApiException.badRequest("/generate answers without streaming: drop 'stream'");
+        b.remove("stream");
+        if (b.path("top_k").isNumber() && b.get("top_k").asInt() < 0) b.put("top_k", 0); // vLLM's -1 = off
+        Request req;
+        List<Choice> choices = new ArrayList<>();
+        boolean batched;
+        decoding.lock();
+        try {
+            req = completionRequest(b);
+            checkContext(req);
+            batched = batcher != null && batchable(req);
+            if (!batched) choices.addAll(generateAlone(req, null));
+        } finally {
+            decoding.unlock();
+        }
+        if (batched) choices.addAll(generateBatched(req, null));
+        ObjectNode o = JSON.createObjectNode();
+        GenerationResult r = choices.get(0).r();
+        if (sglang) {
+            o.put("text", choices.get(0).text().text());
+            ObjectNode meta = o.putObject("meta_info");
+            meta.put("prompt_tokens", req.tokens().length);
+            meta.put("completion_tokens", r.tokens().length);
+            meta.put("finish_reason", choices.get(0).finish());
+        } else {
+            ArrayNode a = o.putArray("text");
+            for (Choice c : choices) a.add(c.text().text());
+        }
+        sendJson(ex, 200, o);
+        return String.format(Locale.ROOT, "prompt %d tokens, %d generated, %s%s", req.tokens().length, r.tokens().length,
+                choices.get(0).finish(), batched ? " (batched)" : "");
     }
 
     /** The request through the server's session, under the decoding lock: every choice one after the other. */

@@ -547,6 +547,28 @@ class OpenAiServerTest {
         assertEquals(400, post("/v1/completions", base + ", \"dry_sequence_breakers\": \"x\"}").status());
     }
 
+    /** vLLM's and SGLang's native /generate, as RULER's clients call them (PUT), answer the completions text. */
+    @Test
+    void nativeGenerateEndpointsAnswerAsVllmAndSglang() throws Exception {
+        String want = post("/v1/completions", "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 10, \"temperature\": 0, "
+                + "\"stop\": [\"\\n\\n\"]}").json().at("/choices/0/text").asText();
+        HttpResponse<String> v = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + "/generate"))
+                .header("Content-Type", "application/json").PUT(HttpRequest.BodyPublishers.ofString(
+                        "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 10, \"temperature\": 0, \"top_k\": -1, \"top_p\": 1.0, "
+                                + "\"stop\": [\"\\n\\n\"]}")).build(), HttpResponse.BodyHandlers.ofString());
+        assertEquals(200, v.statusCode(), v.body());
+        assertEquals(want, JSON.readTree(v.body()).at("/text/0").asText());
+        Reply g = post("/generate", "{\"text\": \"def add(a, b):\", \"sampling_params\": {\"max_new_tokens\": 10, "
+                + "\"temperature\": 0, \"stop\": [\"\\n\\n\"]}}");
+        assertEquals(200, g.status(), g.body());
+        assertEquals(want, g.json().get("text").asText());
+        int n = g.json().at("/meta_info/completion_tokens").asInt();
+        assertTrue(n > 0 && n <= 10, g.body());
+        assertEquals(n == 10 ? "length" : "stop", g.json().at("/meta_info/finish_reason").asText(), g.body());
+        assertEquals(400, post("/generate", "{\"prompt\": \"x\", \"stream\": true}").status());
+        assertEquals(405, get("/generate").status());
+    }
+
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
     @Test
     void speculativeServerKeepsTheText() throws Exception {
