@@ -126,6 +126,13 @@ public final class OpenAiServer implements AutoCloseable {
     private final ExecutorService executor;
     private final ReentrantLock decoding = new ReentrantLock(true);
     private final AtomicLong ids = new AtomicLong();
+    // Prometheus counters (/metrics)
+    private final java.util.concurrent.ConcurrentHashMap<String, java.util.concurrent.atomic.LongAdder> requestCounts =
+            new java.util.concurrent.ConcurrentHashMap<>();
+    private final java.util.concurrent.atomic.LongAdder promptTokens = new java.util.concurrent.atomic.LongAdder(),
+            generatedTokens = new java.util.concurrent.atomic.LongAdder(), promptMicros = new java.util.concurrent.atomic.LongAdder(),
+            decodeMicros = new java.util.concurrent.atomic.LongAdder(), cachedTokens = new java.util.concurrent.atomic.LongAdder();
+    private final java.util.concurrent.atomic.AtomicInteger processing = new java.util.concurrent.atomic.AtomicInteger();
     private final KvPolicy defaultPolicy;
     private final Parallel batcher;   // continuous batching (options.parallel > 1), else null
     private final Thread batchWorker;
@@ -293,12 +300,26 @@ public final class OpenAiServer implements AutoCloseable {
                 }
                 case "/v1/completions", "/v1/chat/completions" -> {
                     requireMethod(ex, "POST");
-                    note = complete(ex, body(ex), path.equals("/v1/chat/completions"));
+                    processing.incrementAndGet();
+                    try {
+                        note = complete(ex, body(ex), path.equals("/v1/chat/completions"));
+                    } finally {
+                        processing.decrementAndGet();
+                    }
+                }
+                case "/metrics" -> {
+                    requireMethod(ex, "GET");
+                    metrics(ex);
                 }
                 case "/generate" -> {
                     if (!method.equals("PUT") && !method.equals("POST"))
                         throw new ApiException(405, "invalid_request_error", null, "/generate takes PUT or POST");
-                    note = generateNative(ex, body(ex));
+                    processing.incrementAndGet();
+                    try {
+                        note = generateNative(ex, body(ex));
+                    } finally {
+                        processing.decrementAndGet();
+                    }
                 }
                 case "/tokenize" -> {
                     requireMethod(ex, "POST");
@@ -331,7 +352,7 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/models, /generate, /tokenize, /detokenize or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/models, /generate, /tokenize, /detokenize, /metrics or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -343,6 +364,12 @@ public final class OpenAiServer implements AutoCloseable {
             sendError(ex, new ApiException(500, "server_error", null, firstLine(e)));
         } finally {
             ex.close();
+            String endpoint = switch (path) {
+                case "/health", "/v1/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/tokenize",
+                     "/detokenize", "/metrics" -> path;
+                default -> "other";
+            };
+            requestCounts.computeIfAbsent(endpoint + "|" + status, k -> new java.util.concurrent.atomic.LongAdder()).increment();
             if (options.log() != null)
                 options.log().accept(String.format(Locale.ROOT, "%s %s %d %.0f ms%s", method, path, status,
                         (System.nanoTime() - t0) / 1e6, note.isEmpty() ? "" : " | " + note));
@@ -418,6 +445,7 @@ public final class OpenAiServer implements AutoCloseable {
             decoding.unlock();
         }
         if (batched) choices.addAll(generateBatched(req, stream));
+        account(req, choices);
         ObjectNode usage = JSON.createObjectNode();
         int completion = 0;
         for (Choice c : choices) completion += c.r().tokens().length;
@@ -477,6 +505,65 @@ public final class OpenAiServer implements AutoCloseable {
                 choices.size() > 1 ? " (" + choices.size() + " choices)" : "", batched ? " (batched)" : "");
     }
 
+    /** Adds a request's figures to the /metrics counters. */
+    private void account(Request req, List<Choice> choices) {
+        promptTokens.add(req.tokens().length);
+        for (Choice c : choices) {
+            generatedTokens.add(c.r().tokens().length);
+            promptMicros.add((long) ((c.r().prefillMillis() + c.scoreMs()) * 1000));
+            decodeMicros.add((long) (c.r().decodeMillis() * 1000));
+            cachedTokens.add(c.reused());
+        }
+    }
+
+    /** {@code GET /metrics}: Prometheus text format, names in the spirit of llama-server's and vLLM's. */
+    private void metrics(HttpExchange ex) throws IOException {
+        StringBuilder b = new StringBuilder();
+        b.append("# HELP tokenpress_requests_total Requests answered, by endpoint and HTTP status.\n");
+        b.append("# TYPE tokenpress_requests_total counter\n");
+        new java.util.TreeMap<>(requestCounts).forEach((k, v) -> {
+            int bar = k.lastIndexOf('|');
+            b.append("tokenpress_requests_total{endpoint=\"").append(k, 0, bar).append("\",status=\"").append(k.substring(bar + 1))
+                    .append("\"} ").append(v.sum()).append('\n');
+        });
+        counter(b, "tokenpress_prompt_tokens_total", "Prompt tokens of generation requests.", promptTokens.sum());
+        counter(b, "tokenpress_prompt_tokens_cached_total", "Prompt tokens taken from the previous request's cache.", cachedTokens.sum());
+        counter(b, "tokenpress_generated_tokens_total", "Tokens generated.", generatedTokens.sum());
+        counter(b, "tokenpress_prompt_seconds_total", "Time spent on prompts.", promptMicros.sum() / 1e6);
+        counter(b, "tokenpress_decode_seconds_total", "Time spent decoding, per sequence (batched sequences overlap).", decodeMicros.sum() / 1e6);
+        gauge(b, "tokenpress_requests_processing", "Generation requests being answered.", processing.get());
+        if (batcher != null) {
+            long[] c = batcher.stepCounts();
+            gauge(b, "tokenpress_batch_sequences", "Sequences in the continuous batch.", batcher.activeCount());
+            gauge(b, "tokenpress_batch_width", "Most sequences decoded together (-np).", options.parallel());
+            counter(b, "tokenpress_batch_steps_total", "Batched decode steps.", c[0]);
+            counter(b, "tokenpress_batch_tokens_total", "Sequence tokens the batched steps produced.", c[1]);
+            counter(b, "tokenpress_batch_prefills_total", "Prompts prefilled for the batch.", c[2]);
+            counter(b, "tokenpress_batch_shared_prefills_total", "Prompts that copied the cache of a lane with the same prompt.", c[3]);
+        }
+        gauge(b, "tokenpress_kv_cache_bytes", "Bytes allocated for the session's KV cache.", session.cache().bytes());
+        byte[] bytes = b.toString().getBytes(StandardCharsets.UTF_8);
+        ex.getResponseHeaders().set("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+        ex.sendResponseHeaders(200, bytes.length);
+        try (OutputStream os = ex.getResponseBody()) {
+            os.write(bytes);
+        }
+    }
+
+    private static void counter(StringBuilder b, String name, String help, double v) {
+        b.append("# HELP ").append(name).append(' ').append(help).append('\n').append("# TYPE ").append(name).append(" counter\n")
+                .append(name).append(' ').append(num(v)).append('\n');
+    }
+
+    private static void gauge(StringBuilder b, String name, String help, double v) {
+        b.append("# HELP ").append(name).append(' ').append(help).append('\n').append("# TYPE ").append(name).append(" gauge\n")
+                .append(name).append(' ').append(num(v)).append('\n');
+    }
+
+    private static String num(double v) {
+        return v == Math.rint(v) && Math.abs(v) < 1e15 ? Long.toString((long) v) : Double.toString(v);
+    }
+
     private void checkContext(Request req) {
         if (req.tokens().length + 1 > session.contextSize())
             throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
@@ -518,6 +605,7 @@ public final class OpenAiServer implements AutoCloseable {
             decoding.unlock();
         }
         if (batched) choices.addAll(generateBatched(req, null));
+        account(req, choices);
         ObjectNode o = JSON.createObjectNode();
         GenerationResult r = choices.get(0).r();
         if (sglang) {

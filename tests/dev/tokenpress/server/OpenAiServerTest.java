@@ -517,6 +517,10 @@ class OpenAiServerTest {
             StringBuilder text = new StringBuilder();
             for (JsonNode e : events(streamed.body())) text.append(e.at("/choices/0/text").asText());
             assertEquals(want.get(0).at("/choices/0/text").asText(), text.toString(), "streamed from the batch");
+            HttpResponse<String> metrics = http.send(HttpRequest.newBuilder(URI.create(base + "/metrics")).GET().build(),
+                    HttpResponse.BodyHandlers.ofString());
+            assertTrue(metrics.body().contains("tokenpress_batch_width 4"), metrics.body());
+            assertTrue(metrics.body().matches("(?s).*tokenpress_batch_steps_total [1-9].*"), metrics.body());
             long batchedLines = plog.stream().filter(l -> l.contains("(batched)")).count();
             assertEquals(6, batchedLines, plog.toString());
             assertTrue(plog.stream().anyMatch(l -> l.contains("/v1/completions 200") && !l.contains("(batched)")), plog.toString());
@@ -567,6 +571,28 @@ class OpenAiServerTest {
         assertEquals(n == 10 ? "length" : "stop", g.json().at("/meta_info/finish_reason").asText(), g.body());
         assertEquals(400, post("/generate", "{\"prompt\": \"x\", \"stream\": true}").status());
         assertEquals(405, get("/generate").status());
+    }
+
+    /** /metrics answers Prometheus text with the requests and tokens served so far. */
+    @Test
+    void metricsCountRequestsAndTokens() throws Exception {
+        Reply r = post("/v1/completions", "{\"prompt\": \"x = \", \"max_tokens\": 5, \"temperature\": 0, \"cache_prompt\": false}");
+        assertEquals(200, r.status(), r.body());
+        Reply m = get("/metrics");
+        assertEquals(200, m.status());
+        java.util.Map<String, Double> v = new java.util.HashMap<>();
+        for (String line : m.body().split("\n")) {
+            if (line.startsWith("#") || line.isBlank()) continue;
+            int sp = line.lastIndexOf(' ');
+            v.put(line.substring(0, sp), Double.parseDouble(line.substring(sp + 1)));
+        }
+        assertTrue(v.getOrDefault("tokenpress_requests_total{endpoint=\"/v1/completions\",status=\"200\"}", 0.0) >= 1, m.body());
+        assertTrue(v.get("tokenpress_generated_tokens_total") >= r.json().at("/usage/completion_tokens").asInt(), m.body());
+        assertTrue(v.get("tokenpress_prompt_tokens_total") >= 1, m.body());
+        assertEquals(0.0, v.get("tokenpress_requests_processing"), m.body());
+        assertTrue(v.get("tokenpress_kv_cache_bytes") > 0);
+        assertFalse(v.containsKey("tokenpress_batch_steps_total"), "no batch without -np");
+        assertTrue(m.body().contains("# TYPE tokenpress_generated_tokens_total counter"));
     }
 
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
