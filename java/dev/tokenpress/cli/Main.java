@@ -14,7 +14,7 @@ import java.nio.file.NoSuchFileException;
 /** The {@code tokenpress} command: the only place that calls System.exit. */
 @Command(name = "tokenpress", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Compressed decoding of Llama-family models (CPU and CUDA).",
-        subcommands = {GenerateCommand.class, ChatCommand.class, ServeCommand.class, InfoCommand.class, MakeModelCommand.class, BenchCommand.class, PerplexityCommand.class, CompareCommand.class, NeedleCommand.class,
+        subcommands = {GenerateCommand.class, ChatCommand.class, ServeCommand.class, EmbedCommand.class, InfoCommand.class, MakeModelCommand.class, BenchCommand.class, PerplexityCommand.class, CompareCommand.class, NeedleCommand.class,
                 CommandLine.HelpCommand.class})
 public final class Main {
 

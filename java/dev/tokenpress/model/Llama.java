@@ -586,10 +586,41 @@ public final class Llama implements AutoCloseable {
         b.copyRows(last, 0, x, n - 1, 1);                             // last [1, D]
         b.rmsnorm(last, last, w.finalNorm(), eps, 1);
         b.matmul(logits, last, w.lmHead(), null, 1);                  // logits [1, V]
+        if (hiddenOut != null) {
+            b.rmsnorm(xb, x, w.finalNorm(), eps, n);                  // the final hidden states, [n, D]
+            hiddenOut.accept(b.download(xb, 0, n));
+            return;                                                   // no logits asked for
+        }
         if (allRows) {
             b.rmsnorm(xb, x, w.finalNorm(), eps, n);
             b.matmul(allLogits(), xb, w.lmHead(), null, n);           // allLogits [n, V]
         }
+    }
+
+    private java.util.function.Consumer<float[]> hiddenOut;  // hiddenStates: receives each chunk's final hidden states
+
+    /**
+     * The final hidden states (after the last RMSNorm, before the LM head) of {@code tokens} at positions 0.., [n * D]
+     * row-major, from a prefill into {@code cache} under the full policy (what embedding models pool). The cache holds
+     * the tokens afterwards; {@link #logits()} is not updated.
+     */
+    public float[] hiddenStates(KvCache cache, int[] tokens) {
+        int d = config.hiddenSize();
+        float[] out = new float[Math.multiplyExact(tokens.length, d)];
+        int[] at = {0};
+        KvPolicy own = policy;
+        policy = KvPolicy.FULL;
+        hiddenOut = rows -> {
+            System.arraycopy(rows, 0, out, at[0], rows.length);
+            at[0] += rows.length;
+        };
+        try {
+            prefill(cache, tokens, tokens.length, 0, null, null);
+        } finally {
+            hiddenOut = null;
+            policy = own;
+        }
+        return out;
     }
 
     private Tensor allLogits() {

@@ -6,6 +6,7 @@ import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
+import dev.tokenpress.api.Embeddings;
 import dev.tokenpress.api.GenerationResult;
 import dev.tokenpress.api.Parallel;
 import dev.tokenpress.api.Session;
@@ -307,6 +308,10 @@ public final class OpenAiServer implements AutoCloseable {
                         processing.decrementAndGet();
                     }
                 }
+                case "/v1/embeddings", "/embeddings" -> {
+                    requireMethod(ex, "POST");
+                    note = embeddings(ex, body(ex));
+                }
                 case "/metrics" -> {
                     requireMethod(ex, "GET");
                     metrics(ex);
@@ -352,7 +357,7 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/models, /generate, /tokenize, /detokenize, /metrics or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /generate, /tokenize, /detokenize, /metrics or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -366,7 +371,7 @@ public final class OpenAiServer implements AutoCloseable {
             ex.close();
             String endpoint = switch (path) {
                 case "/health", "/v1/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/tokenize",
-                     "/detokenize", "/metrics" -> path;
+                     "/detokenize", "/metrics", "/v1/embeddings", "/embeddings" -> path;
                 default -> "other";
             };
             requestCounts.computeIfAbsent(endpoint + "|" + status, k -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -503,6 +508,88 @@ public final class OpenAiServer implements AutoCloseable {
         return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s%s%s",
                 req.tokens().length, first.reused(), completion, r.decodeTokensPerSecond(), first.finish(),
                 choices.size() > 1 ? " (" + choices.size() + " choices)" : "", batched ? " (batched)" : "");
+    }
+
+    /**
+     * {@code POST /v1/embeddings}: OpenAI's shape ({@code input}: a string, a list of strings, a list of token ids or a
+     * list of such lists; {@code encoding_format} float or base64), pooled as {@code pooling} says (last, mean, cls;
+     * default last) and L2-normalized unless {@code normalize} is false ({@link Embeddings}).
+     */
+    private String embeddings(HttpExchange ex, JsonNode b) throws IOException {
+        JsonNode in = b.get("input");
+        List<int[]> inputs = new ArrayList<>();
+        if (in != null && in.isTextual()) inputs.add(tp.tokenizer().encode(in.asText()));
+        else if (in != null && in.isArray() && in.size() > 0 && allInts(in)) inputs.add(ids(in));
+        else if (in != null && in.isArray() && in.size() > 0) {
+            for (JsonNode x : in) {
+                if (x.isTextual()) inputs.add(tp.tokenizer().encode(x.asText()));
+                else if (x.isArray() && x.size() > 0 && allInts(x)) inputs.add(ids(x));
+                else throw ApiException.badRequest("'input' must be a string, a list of strings, a list of token ids or a list of such lists");
+            }
+        } else {
+            throw ApiException.badRequest("'input' must be a string, a list of strings, a list of token ids or a list of such lists");
+        }
+        Embeddings.Pooling pooling;
+        try {
+            pooling = Embeddings.Pooling.parse(b.path("pooling").asText("last"));
+        } catch (IllegalArgumentException e) {
+            throw ApiException.badRequest(e.getMessage());
+        }
+        boolean normalize = b.path("normalize").asBoolean(true);
+        String format = b.path("encoding_format").asText("float");
+        if (!format.equals("float") && !format.equals("base64")) throw ApiException.badRequest("'encoding_format' must be float or base64");
+        for (int[] t : inputs) {
+            if (t.length == 0) throw ApiException.badRequest("an input is empty");
+            if (t.length > session.contextSize())
+                throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "an input has " + t.length
+                        + " tokens but the server's context holds " + session.contextSize());
+        }
+        List<float[]> vectors = new ArrayList<>();
+        int tokens = 0;
+        decoding.lock();
+        try {
+            Embeddings e = new Embeddings(tp);
+            for (int[] t : inputs) {
+                vectors.add(e.embed(t, pooling, normalize));
+                tokens += t.length;
+            }
+        } finally {
+            decoding.unlock();
+        }
+        ObjectNode o = JSON.createObjectNode();
+        o.put("object", "list");
+        ArrayNode data = o.putArray("data");
+        for (int i = 0; i < vectors.size(); i++) {
+            ObjectNode d = data.addObject();
+            d.put("object", "embedding");
+            d.put("index", i);
+            float[] v = vectors.get(i);
+            if (format.equals("base64")) {
+                java.nio.ByteBuffer buf = java.nio.ByteBuffer.allocate(4 * v.length).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+                for (float x : v) buf.putFloat(x);
+                d.put("embedding", java.util.Base64.getEncoder().encodeToString(buf.array()));
+            } else {
+                ArrayNode a = d.putArray("embedding");
+                for (float x : v) a.add(x);
+            }
+        }
+        o.put("model", options.modelName());
+        ObjectNode usage = o.putObject("usage");
+        usage.put("prompt_tokens", tokens);
+        usage.put("total_tokens", tokens);
+        promptTokens.add(tokens);
+        sendJson(ex, 200, o);
+        return inputs.size() + " inputs, " + tokens + " tokens, " + pooling.name().toLowerCase(Locale.ROOT) + " pooling";
+    }
+
+    private int[] ids(JsonNode a) {
+        int[] t = new int[a.size()];
+        for (int i = 0; i < t.length; i++) {
+            t[i] = a.get(i).asInt();
+            if (t[i] < 0 || t[i] >= tp.config().vocabSize())
+                throw ApiException.badRequest("token " + t[i] + " is outside the vocabulary of " + tp.config().vocabSize());
+        }
+        return t;
     }
 
     /** Adds a request's figures to the /metrics counters. */

@@ -67,6 +67,23 @@ class CliTest {
         assertTrue(b.at("/results/0/tokens_per_s").asDouble() > 0);
     }
 
+    /** embed prints one JSON object per text with an L2-normalized vector of the model's hidden size. */
+    @Test
+    void embedPrintsOneVectorPerText() throws Exception {
+        Run r = run("embed", "-m", model.toString(), "-p", "Hello", "-p", "world", "--device", "cpu");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        String[] lines = r.out().strip().split("\n");
+        assertEquals(2, lines.length);
+        JsonNode o = new ObjectMapper().readTree(lines[0]);
+        assertEquals("Hello", o.get("text").asText());
+        double n = 0;
+        for (JsonNode x : o.get("embedding")) n += x.asDouble() * x.asDouble();
+        assertEquals(1.0, n, 1e-4);
+        assertTrue(r.err().contains("embedded 2 texts"), r.err());
+        assertEquals(ExitCodes.USAGE, run("embed", "-m", model.toString()).code());
+        assertEquals(ExitCodes.USAGE, run("embed", "-m", model.toString(), "-p", "x", "--pooling", "max").code());
+    }
+
     @Test
     void generateStreamsTextAndReportsFiguresOnStderr() {
         Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--device", "cpu");

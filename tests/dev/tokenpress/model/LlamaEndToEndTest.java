@@ -125,6 +125,29 @@ class LlamaEndToEndTest {
         }
     }
 
+    /** The final hidden states (what embeddings pool) equal the naive reference's, whatever the chunk size. */
+    @org.junit.jupiter.params.ParameterizedTest(name = "chunk {0}")
+    @org.junit.jupiter.params.provider.ValueSource(ints = {1, 5, 64})
+    void hiddenStatesMatchTheReference(int chunk) {
+        LlamaConfig c = config("Qwen2ForCausalLM", 4, 2, 16, true, false, null);
+        ModelWriter.write(tmp, c, DType.F32, 13, s -> {});
+        int[] toks = tokens(11, c.vocabSize(), 8);
+        double[][] ref;
+        try (SafeTensors st = SafeTensors.open(tmp)) {
+            ref = NaiveLlama.hidden(c, st, toks);
+        }
+        try (Llama m = load(tmp, c, chunk); KvCache cache = m.newCache(16)) {
+            m.setPolicy(dev.tokenpress.kv.KvPolicies.parse("window:sink=1,budget=4", c)); // not used: embeddings attend to all
+            float[] h = m.hiddenStates(cache, toks);
+            int d = c.hiddenSize();
+            assertEquals(toks.length * d, h.length);
+            double worst = 0;
+            for (int i = 0; i < toks.length; i++) for (int j = 0; j < d; j++) worst = Math.max(worst, Math.abs(h[i * d + j] - ref[i][j]));
+            assertTrue(worst < 1e-4, "hidden states vs reference: " + worst);
+            assertEquals("window:sink=1,budget=4", m.policy().spec(), "the model's policy is back");
+        }
+    }
+
     @Test
     void chunkSizeDoesNotChangeLogits() {
         LlamaConfig c = config("LlamaForCausalLM", 4, 2, 16, false, true, null);

@@ -9,6 +9,13 @@ final class NaiveLlama {
 
     /** Logits [n][V] of a full causal forward pass over tokens. */
     static double[][] logits(LlamaConfig c, SafeTensors st, int[] tokens) {
+        TensorData emb = st.get("model.embed_tokens.weight");
+        TensorData head = st.has("lm_head.weight") ? st.get("lm_head.weight") : emb;
+        return linear(hidden(c, st, tokens), head, null);
+    }
+
+    /** The final hidden states [n][D] (after the last RMSNorm) of a full causal forward pass over tokens. */
+    static double[][] hidden(LlamaConfig c, SafeTensors st, int[] tokens) {
         int n = tokens.length, d = c.hiddenSize(), hd = c.headDim(), H = c.numHeads(), Hkv = c.numKvHeads();
         double[][] x = new double[n][d];
         TensorData emb = st.get("model.embed_tokens.weight");
@@ -47,9 +54,7 @@ final class NaiveLlama {
             for (int i = 0; i < n; i++) for (int j = 0; j < gate[i].length; j++) gate[i][j] = gate[i][j] / (1 + Math.exp(-gate[i][j])) * up[i][j];
             add(x, linear(gate, st.get(p + "mlp.down_proj.weight"), null));
         }
-        double[][] h = norm(x, st.get("model.norm.weight"), c.rmsNormEps());
-        TensorData head = st.has("lm_head.weight") ? st.get("lm_head.weight") : emb;
-        return linear(h, head, null);
+        return norm(x, st.get("model.norm.weight"), c.rmsNormEps());
     }
 
     private static double[][] norm(double[][] x, TensorData w, double eps) {

@@ -187,7 +187,8 @@ class OpenAiServerTest {
                 {"/v1/chat/completions", "{\"messages\": []}", 400},
                 {"/v1/chat/completions", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}", 400},
                 {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}", 400},
-                {"/v1/embeddings", "{}", 404}};
+                {"/v1/embeddings", "{}", 400},
+                {"/v1/rerank", "{}", 404}};
         for (Object[] c : cases) {
             Reply r = post((String) c[0], (String) c[1]);
             assertEquals(c[2], r.status(), c[1] + " → " + r.body());
@@ -593,6 +594,37 @@ class OpenAiServerTest {
         assertTrue(v.get("tokenpress_kv_cache_bytes") > 0);
         assertFalse(v.containsKey("tokenpress_batch_steps_total"), "no batch without -np");
         assertTrue(m.body().contains("# TYPE tokenpress_generated_tokens_total counter"));
+    }
+
+    /** /v1/embeddings: OpenAI's shape, float and base64, one vector per input, as the Java API computes them. */
+    @Test
+    void embeddingsAnswerInOpenAisShape() throws Exception {
+        Reply r = post("/v1/embeddings", "{\"input\": [\"def add(a, b):\", \"import os\"], \"model\": \"tiny\"}");
+        assertEquals(200, r.status(), r.body());
+        JsonNode j = r.json();
+        assertEquals("list", j.get("object").asText());
+        assertEquals(2, j.get("data").size());
+        float[] want = new dev.tokenpress.api.Embeddings(tp).embed("def add(a, b):", dev.tokenpress.api.Embeddings.Pooling.LAST, true);
+        JsonNode e0 = j.at("/data/0/embedding");
+        assertEquals(want.length, e0.size());
+        double norm = 0;
+        for (int i = 0; i < want.length; i++) {
+            assertEquals(want[i], e0.get(i).floatValue(), 1e-6);
+            norm += e0.get(i).doubleValue() * e0.get(i).doubleValue();
+        }
+        assertEquals(1.0, norm, 1e-4, "L2-normalized");
+        assertEquals(1, j.at("/data/1/index").asInt());
+        assertTrue(j.at("/usage/prompt_tokens").asInt() > 2);
+        Reply b64 = post("/v1/embeddings", "{\"input\": \"def add(a, b):\", \"encoding_format\": \"base64\"}");
+        byte[] raw = java.util.Base64.getDecoder().decode(b64.json().at("/data/0/embedding").asText());
+        java.nio.FloatBuffer fb = java.nio.ByteBuffer.wrap(raw).order(java.nio.ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
+        for (int i = 0; i < want.length; i++) assertEquals(want[i], fb.get(i), 0f);
+        Reply mean = post("/v1/embeddings", "{\"input\": [5, 6, 7], \"pooling\": \"mean\", \"normalize\": false}");
+        assertEquals(200, mean.status(), mean.body());
+        assertFalse(mean.json().at("/data/0/embedding/0").asDouble() == j.at("/data/0/embedding/0").asDouble());
+        assertEquals(400, post("/v1/embeddings", "{\"input\": 3}").status());
+        assertEquals(400, post("/v1/embeddings", "{\"input\": \"x\", \"pooling\": \"max\"}").status());
+        assertEquals(400, post("/v1/embeddings", "{\"input\": \"x\", \"encoding_format\": \"int8\"}").status());
     }
 
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
