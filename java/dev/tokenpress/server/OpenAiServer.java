@@ -316,6 +316,15 @@ public final class OpenAiServer implements AutoCloseable {
                     requireMethod(ex, "GET");
                     metrics(ex);
                 }
+                case "/completion", "/completions" -> {
+                    requireMethod(ex, "POST");
+                    processing.incrementAndGet();
+                    try {
+                        note = completeLlama(ex, body(ex));
+                    } finally {
+                        processing.decrementAndGet();
+                    }
+                }
                 case "/generate" -> {
                     if (!method.equals("PUT") && !method.equals("POST"))
                         throw new ApiException(405, "invalid_request_error", null, "/generate takes PUT or POST");
@@ -357,7 +366,7 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /generate, /tokenize, /detokenize, /metrics or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /completion, /generate, /tokenize, /detokenize, /metrics or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -371,7 +380,7 @@ public final class OpenAiServer implements AutoCloseable {
             ex.close();
             String endpoint = switch (path) {
                 case "/health", "/v1/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/tokenize",
-                     "/detokenize", "/metrics", "/v1/embeddings", "/embeddings" -> path;
+                     "/detokenize", "/metrics", "/v1/embeddings", "/embeddings", "/completion", "/completions" -> path;
                 default -> "other";
             };
             requestCounts.computeIfAbsent(endpoint + "|" + status, k -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -656,6 +665,85 @@ public final class OpenAiServer implements AutoCloseable {
             throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
                     + req.tokens().length + " tokens but the server's context holds " + session.contextSize()
                     + ": shorten it or start the server with a larger -c");
+    }
+
+    /**
+     * {@code POST /completion}, llama-server's native completion endpoint: the request takes llama.cpp's field names
+     * ({@code prompt} text or token ids, {@code n_predict}, the sampling fields, {@code stop}, {@code stream},
+     * {@code cache_prompt}, grammars and the rest that /v1/completions takes); the answer is
+     * {@code {"content", "stop": true, "stop_type", "stopping_word", "tokens_predicted", "tokens_evaluated", "tokens_cached",
+     * "timings", ...}}, or with {@code stream} events {@code {"content": piece, "stop": false}} then that final object.
+     */
+    private String completeLlama(HttpExchange ex, JsonNode body) throws IOException {
+        ObjectNode b = JSON.createObjectNode();
+        body.fields().forEachRemaining(e -> b.set(e.getKey(), e.getValue()));
+        if (b.path("n_predict").isNumber() && b.get("n_predict").asInt() < 0) b.remove("n_predict"); // -1: the server's default
+        b.remove("logprobs");
+        String id = "cmpl-" + ids.incrementAndGet();
+        Request req;
+        Stream stream;
+        List<Choice> choices = new ArrayList<>();
+        boolean batched;
+        decoding.lock();
+        try {
+            req = completionRequest(b);
+            if (req.n() > 1) throw ApiException.badRequest("/completion makes one completion: use /v1/completions for 'n'");
+            stream = req.stream() ? new Stream(ex, id, System.currentTimeMillis() / 1000, false) : null;
+            if (stream != null) stream.llama = true;
+            checkContext(req);
+            batched = batcher != null && batchable(req);
+            if (!batched) choices.addAll(generateAlone(req, stream));
+        } finally {
+            decoding.unlock();
+        }
+        if (batched) choices.addAll(generateBatched(req, stream));
+        account(req, choices);
+        Choice c = choices.get(0);
+        GenerationResult r = c.r();
+        ObjectNode o = JSON.createObjectNode();
+        o.put("content", stream != null ? "" : c.text().text());
+        o.put("id_slot", 0);
+        o.put("stop", true);
+        o.put("model", options.modelName());
+        o.put("tokens_predicted", r.tokens().length);
+        o.put("tokens_evaluated", req.tokens().length);
+        o.put("tokens_cached", c.reused());
+        String type = c.text().hit() ? "word" : r.stopReason().equals("eos") ? "eos" : r.stopReason().equals("stop") ? "word" : "limit";
+        o.put("stop_type", type);
+        o.put("stopping_word", c.text().hit() || type.equals("word") ? firstHit(req.stop(), tp.tokenizer().decode(r.tokens()), c.text().text()) : "");
+        o.put("truncated", false);
+        ObjectNode timings = o.putObject("timings");
+        int promptN = req.tokens().length - c.reused();
+        timings.put("prompt_n", promptN);
+        timings.put("prompt_ms", r.prefillMillis());
+        timings.put("prompt_per_second", r.prefillMillis() <= 0 ? 0 : promptN * 1000.0 / r.prefillMillis());
+        timings.put("predicted_n", r.decodeSteps());
+        timings.put("predicted_ms", r.decodeMillis());
+        timings.put("predicted_per_second", r.decodeTokensPerSecond());
+        if (stream != null) {
+            String tail = c.text().hit() ? "" : c.text().rest();
+            if (!tail.isEmpty()) stream.text(tail);
+            stream.event(o.toString());
+        } else {
+            sendJson(ex, 200, o);
+        }
+        return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %s%s", req.tokens().length, c.reused(),
+                r.tokens().length, type, batched ? " (batched)" : "");
+    }
+
+    /** The stop string that ended a text: the one found earliest from where the kept text ends ("" when none is). */
+    private static String firstHit(List<String> stops, String whole, String kept) {
+        String best = "";
+        int at = Integer.MAX_VALUE;
+        for (String st : stops) {
+            if (st.isEmpty()) continue;
+            int i = whole.indexOf(st, Math.max(0, kept.length() - st.length()));
+            if (i >= 0 && i < at) {
+                at = i;
+                best = st;
+            }
+        }
+        return best;
     }
 
     /**
@@ -1182,6 +1270,7 @@ public final class OpenAiServer implements AutoCloseable {
         final String id;
         final long created;
         final boolean chat;
+        boolean llama;  // llama-server's /completion events ({"content": ..., "stop": false}) instead of OpenAI chunks
         OutputStream os;
         volatile boolean gone;
 
@@ -1201,7 +1290,7 @@ public final class OpenAiServer implements AutoCloseable {
             } catch (IOException e) {
                 gone = true;
             }
-            if (chat) {
+            if (chat && !llama) {
                 ObjectNode c = chunk();
                 ObjectNode ch = (ObjectNode) c.get("choices").get(0);
                 ch.putObject("delta").put("role", "assistant");
@@ -1221,6 +1310,13 @@ public final class OpenAiServer implements AutoCloseable {
         }
 
         void text(String piece) {
+            if (llama) {
+                ObjectNode o = JSON.createObjectNode();
+                o.put("content", piece);
+                o.put("stop", false);
+                event(o.toString());
+                return;
+            }
             ObjectNode c = chunk();
             ObjectNode ch = (ObjectNode) c.get("choices").get(0);
             if (chat) ch.putObject("delta").put("content", piece);
@@ -1248,7 +1344,7 @@ public final class OpenAiServer implements AutoCloseable {
             err.put("message", message);
             err.put("type", "server_error");
             event(o.toString());
-            event("[DONE]");
+            if (!llama) event("[DONE]");
         }
 
         void event(String data) {

@@ -627,6 +627,36 @@ class OpenAiServerTest {
         assertEquals(400, post("/v1/embeddings", "{\"input\": \"x\", \"encoding_format\": \"int8\"}").status());
     }
 
+    /** llama-server's native /completion: its field names in, {"content", "stop_type", "timings", ...} out, streamed too. */
+    @Test
+    void llamaServerCompletionEndpoint() throws Exception {
+        String want = post("/v1/completions", "{\"prompt\": \"for i in range(10):\\n\", \"max_tokens\": 30, \"temperature\": 0, "
+                + "\"stop\": [\"License\"], \"cache_prompt\": false}").json().at("/choices/0/text").asText();
+        Reply r = post("/completion", "{\"prompt\": \"for i in range(10):\\n\", \"n_predict\": 30, \"temperature\": 0, "
+                + "\"stop\": [\"License\"], \"cache_prompt\": false}");
+        assertEquals(200, r.status(), r.body());
+        JsonNode j = r.json();
+        assertEquals(want, j.get("content").asText());
+        assertTrue(j.get("stop").asBoolean());
+        assertEquals("word", j.get("stop_type").asText(), r.body());
+        assertEquals("License", j.get("stopping_word").asText(), r.body());
+        assertTrue(j.get("tokens_evaluated").asInt() > 3);
+        assertTrue(j.at("/timings/predicted_n").asInt() > 0);
+        Reply limit = post("/completion", "{\"prompt\": \"def f(x):\", \"n_predict\": 3, \"temperature\": 0}");
+        assertEquals("limit", limit.json().get("stop_type").asText(), limit.body());
+        assertEquals(3, limit.json().get("tokens_predicted").asInt());
+        Reply s = post("/completion", "{\"prompt\": \"for i in range(10):\\n\", \"n_predict\": 30, \"temperature\": 0, "
+                + "\"stop\": [\"License\"], \"cache_prompt\": false, \"stream\": true}");
+        StringBuilder text = new StringBuilder();
+        String[] blocks = s.body().split("\n\n");
+        for (int i = 0; i < blocks.length; i++) {
+            JsonNode e = JSON.readTree(blocks[i].substring(6));
+            text.append(e.get("content").asText());
+            assertEquals(i == blocks.length - 1, e.get("stop").asBoolean(), blocks[i]);
+        }
+        assertEquals(want, text.toString());
+    }
+
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
     @Test
     void speculativeServerKeepsTheText() throws Exception {
