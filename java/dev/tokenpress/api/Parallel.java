@@ -84,7 +84,7 @@ public final class Parallel implements AutoCloseable {
     private final boolean[] laneBusy;
     private final Set<Integer> eos;
     private final ArrayDeque<Pending> waiting = new ArrayDeque<>();
-    private List<Lane> active = new ArrayList<>();
+    private volatile List<Lane> active = new ArrayList<>();
     private volatile long steps, rows, prefills, shared;
     private boolean closed;
 

@@ -85,7 +85,13 @@ public final class Session implements AutoCloseable {
      * quantized cache).
      */
     public boolean canTruncate() {
-        return allFull && model.policy() == KvPolicy.FULL && cache.appendsReversible();
+        return allFull && model.policy() == KvPolicy.FULL && cache.appendsReversible() && !windowDropped();
+    }
+
+    /** Whether a sliding window has freed tokens of this sequence, which a truncation could not bring back. */
+    private boolean windowDropped() {
+        int w = model.slidingWindow();
+        return w > 0 && position > w;
     }
 
     /**
@@ -97,8 +103,9 @@ public final class Session implements AutoCloseable {
      */
     public void truncate(int n) {
         if (!canTruncate())
-            throw new IllegalStateException("truncate needs the full KV policy and an unquantized cache (policy "
-                    + model.policy().spec() + ")");
+            throw new IllegalStateException(windowDropped()
+                    ? "truncate cannot bring back the tokens the model's sliding window dropped: reset and feed the prefix again"
+                    : "truncate needs the full KV policy and an unquantized cache (policy " + model.policy().spec() + ")");
         if (n < 0 || n > position) throw new IllegalArgumentException("truncate to " + n + " of " + position + " tokens");
         cache.freeFrom(n);
         position = n;
@@ -112,6 +119,10 @@ public final class Session implements AutoCloseable {
      * stops prompt caching from trusting the rest.
      */
     private void rollBack(int from) {
+        if (windowDropped()) { // the window freed tokens a rollback would need: start over
+            reset();
+            return;
+        }
         if (cache.appendsReversible()) cache.freeFrom(from);
         else allFull = false;
         if (model.policy() != KvPolicy.FULL) allFull = false;

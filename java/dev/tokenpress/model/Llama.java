@@ -184,8 +184,8 @@ public final class Llama implements AutoCloseable {
             KvPolicy p = r.policy() == null ? KvPolicy.FULL : r.policy();
             boolean fits;
             try {
-                p.beforeAppend(r.cache(), new int[]{r.position()}, 1);
                 dropOutsideWindow(r.cache(), r.position());
+                p.beforeAppend(r.cache(), new int[]{r.position()}, 1);
                 fits = hasFreeSlot(r.cache());
             } catch (dev.tokenpress.kv.KvCacheFullException e) {
                 fits = false;
@@ -502,8 +502,8 @@ public final class Llama implements AutoCloseable {
 
     /** Lets the policy evict, then allocates one slot per (layer, KV head, token): [L][Hkv][n]. */
     private int[][][] allocateSlots(KvCache cache, int[] positions, int n) {
+        dropOutsideWindow(cache, positions[0]); // first: the policy then sees (and budgets) only what stays visible
         policy.beforeAppend(cache, positions, n);
-        dropOutsideWindow(cache, positions[0]);
         int[][][] slots = new int[config.numLayers()][config.numKvHeads()][];
         for (int l = 0; l < slots.length; l++)
             for (int g = 0; g < slots[l].length; g++) slots[l][g] = cache.allocate(l, g, positions, n);

@@ -106,6 +106,11 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
     private void sync(int[] seq, int len) {
         int keep = 0, lim = Math.min(heldLen, len - 1);
         while (keep < lim && held[keep] == seq[keep]) keep++;
+        int w = model.slidingWindow();
+        if (heldLen > keep && w > 0 && heldLen > w) { // the window freed tokens a rollback would need: feed again
+            cache.clear();
+            keep = 0;
+        }
         if (heldLen > keep) cache.freeFrom(keep);
         heldLen = keep;
         int[] feed = Arrays.copyOfRange(seq, keep, len);

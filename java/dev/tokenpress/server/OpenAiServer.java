@@ -134,6 +134,7 @@ public final class OpenAiServer implements AutoCloseable {
             generatedTokens = new java.util.concurrent.atomic.LongAdder(), promptMicros = new java.util.concurrent.atomic.LongAdder(),
             decodeMicros = new java.util.concurrent.atomic.LongAdder(), cachedTokens = new java.util.concurrent.atomic.LongAdder();
     private final java.util.concurrent.atomic.AtomicInteger processing = new java.util.concurrent.atomic.AtomicInteger();
+    private volatile long kvBytes;
     private final KvPolicy defaultPolicy;
     private final Parallel batcher;   // continuous batching (options.parallel > 1), else null
     private final Thread batchWorker;
@@ -637,7 +638,14 @@ public final class OpenAiServer implements AutoCloseable {
             counter(b, "tokenpress_batch_prefills_total", "Prompts prefilled for the batch.", c[2]);
             counter(b, "tokenpress_batch_shared_prefills_total", "Prompts that copied the cache of a lane with the same prompt.", c[3]);
         }
-        gauge(b, "tokenpress_kv_cache_bytes", "Bytes allocated for the session's KV cache.", session.cache().bytes());
+        if (decoding.tryLock()) { // the cache is the decoding thread's: read it between two of its steps, else the last figure
+            try {
+                kvBytes = session.cache().bytes();
+            } finally {
+                decoding.unlock();
+            }
+        }
+        gauge(b, "tokenpress_kv_cache_bytes", "Bytes allocated for the session's KV cache.", kvBytes);
         byte[] bytes = b.toString().getBytes(StandardCharsets.UTF_8);
         ex.getResponseHeaders().set("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
         ex.sendResponseHeaders(200, bytes.length);
@@ -757,6 +765,9 @@ public final class OpenAiServer implements AutoCloseable {
         boolean sglang = body.has("text") && !body.has("prompt");
         ObjectNode b = JSON.createObjectNode();
         if (sglang) {
+            body.fields().forEachRemaining(e -> {
+                if (!e.getKey().equals("text") && !e.getKey().equals("sampling_params")) b.set(e.getKey(), e.getValue());
+            });
             b.set("prompt", body.get("text"));
             JsonNode sp = body.path("sampling_params");
             if (sp.isObject())
@@ -788,7 +799,7 @@ public final class OpenAiServer implements AutoCloseable {
             ObjectNode meta = o.putObject("meta_info");
             meta.put("prompt_tokens", req.tokens().length);
             meta.put("completion_tokens", r.tokens().length);
-            meta.put("finish_reason", choices.get(0).finish());
+            meta.putObject("finish_reason").put("type", choices.get(0).finish());
         } else {
             ArrayNode a = o.putArray("text");
             for (Choice c : choices) a.add(c.text().text());
@@ -1051,7 +1062,7 @@ public final class OpenAiServer implements AutoCloseable {
                 (int) num(b, "dry_allowed_length", d.dryAllowedLength()), (int) num(b, "dry_penalty_last_n", d.dryPenaltyLastN()),
                 strings(b, "dry_sequence_breakers", d.drySequenceBreakers()));
         String err = so.validationError();
-        if (err != null) throw ApiException.badRequest(err.replace("--temp", "temperature").replace("--", ""));
+        if (err != null) throw ApiException.badRequest(fieldNames(err));
         List<String> stop = new ArrayList<>();
         JsonNode s = b.get("stop");
         if (s != null && s.isTextual()) stop.add(s.asText());
@@ -1158,6 +1169,18 @@ public final class OpenAiServer implements AutoCloseable {
             }
         } else throw ApiException.badRequest("logit_bias must be an object or a list");
         return m;
+    }
+
+    /** A sampling validation message with the command-line flags it names replaced by the request's field names. */
+    private static String fieldNames(String err) {
+        String[][] names = {{"--temp", "temperature"}, {"--top-nsigma", "top_n_sigma"}, {"--dynatemp-exp", "dynatemp_exponent"},
+                {"--mirostat-lr", "mirostat_eta"}, {"--mirostat-ent", "mirostat_tau"}, {"--typical", "typical_p"}};
+        for (String[] n : names) err = err.replace(n[0], n[1]);
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("--([a-z]+(?:-[a-z]+)*)").matcher(err);
+        StringBuilder out = new StringBuilder();
+        while (m.find()) m.appendReplacement(out, m.group(1).replace('-', '_'));
+        m.appendTail(out);
+        return out.toString();
     }
 
     /** A list of strings field, or the default when absent. */

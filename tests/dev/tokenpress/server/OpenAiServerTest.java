@@ -550,6 +550,11 @@ class OpenAiServerTest {
         assertEquals(200, sampled.status(), sampled.body());
         assertEquals(400, post("/v1/completions", base + ", \"dry_base\": 0.5}").status());
         assertEquals(400, post("/v1/completions", base + ", \"dry_sequence_breakers\": \"x\"}").status());
+        Reply named = post("/v1/completions", base + ", \"dynatemp_exponent\": -1}");
+        assertEquals(400, named.status());
+        assertTrue(named.json().at("/error/message").asText().startsWith("dynatemp_exponent"), named.body());
+        assertTrue(post("/v1/completions", base + ", \"dry_penalty_last_n\": -5}").json().at("/error/message").asText()
+                .startsWith("dry_penalty_last_n"));
     }
 
     /** vLLM's and SGLang's native /generate, as RULER's clients call them (PUT), answer the completions text. */
@@ -569,8 +574,11 @@ class OpenAiServerTest {
         assertEquals(want, g.json().get("text").asText());
         int n = g.json().at("/meta_info/completion_tokens").asInt();
         assertTrue(n > 0 && n <= 10, g.body());
-        assertEquals(n == 10 ? "length" : "stop", g.json().at("/meta_info/finish_reason").asText(), g.body());
+        assertEquals(n == 10 ? "length" : "stop", g.json().at("/meta_info/finish_reason/type").asText(), g.body());
         assertEquals(400, post("/generate", "{\"prompt\": \"x\", \"stream\": true}").status());
+        assertEquals(400, post("/generate", "{\"text\": \"x\", \"stream\": true}").status(), "SGLang's shape too");
+        assertEquals("length", post("/generate", "{\"text\": \"x\", \"sampling_params\": {\"max_new_tokens\": 2, \"temperature\": 0}, "
+                + "\"ignore_eos\": true}").json().at("/meta_info/finish_reason/type").asText(), "top-level fields count");
         assertEquals(405, get("/generate").status());
     }
 

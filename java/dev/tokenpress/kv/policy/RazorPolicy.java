@@ -41,6 +41,7 @@ public final class RazorPolicy extends EvictingPolicy {
     private float[] probs;
 
     private int[][] comp;       // [layer][kvHead] compensation slot, -1 = none yet
+    private int[][] compPos;    // [layer][kvHead] the position the compensation token was stored at
     private long[][] compCount; // tokens folded into it
     private float[] kBuf, vBuf, kSum, vSum;
 
@@ -101,6 +102,7 @@ public final class RazorPolicy extends EvictingPolicy {
         comp = new int[layers][kvHeads];
         for (int[] c : comp) Arrays.fill(c, -1);
         compCount = new long[layers][kvHeads];
+        compPos = new int[layers][kvHeads];
         kBuf = new float[headDim];
         vBuf = new float[headDim];
         kSum = new float[headDim];
@@ -201,6 +203,11 @@ public final class RazorPolicy extends EvictingPolicy {
         for (int l = 0; l < layers; l++)
             for (int g = 0; g < kvHeads; g++) {
                 if (retrieval[l][g]) continue;
+                int c0 = comp[l][g];
+                if (c0 >= 0 && cache.position(l, g, c0) != compPos[l][g]) { // freed under us (a sliding window): start over
+                    comp[l][g] = -1;
+                    compCount[l][g] = 0;
+                }
                 // the prompt runs densely and is compressed by the first decode step (or when the cache is full)
                 if (inPrefill && cache.occupied(l, g) + n + (comp[l][g] < 0 ? 1 : 0) <= capacity) continue;
                 // newest tokens kept before the append; shrunk if the cache cannot hold sinks + window + compensation
@@ -241,6 +248,7 @@ public final class RazorPolicy extends EvictingPolicy {
         if (cs < 0) {
             cs = cache.allocate(layer, head, new int[]{newestPosition}, 1)[0];
             comp[layer][head] = cs;
+            compPos[layer][head] = newestPosition;
             for (int i = 0; i < headDim; i++) {
                 kBuf[i] = kSum[i] / total;
                 vBuf[i] = vSum[i] / total;
