@@ -109,13 +109,7 @@ public final class KvPolicies {
                 p("window", "32", "observation window: the last prompt tokens whose queries vote"),
                 p("kernel", "7", "pooling width (odd)"),
                 p("pool", "max", "pooling: max or avg")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget");
-            int w = a.integer("window", 1, Integer.MAX_VALUE);
-            int k = a.integer("kernel", 1, 1023);
-            if (k % 2 == 0) throw a.bad("kernel", "must be odd");
-            String pool = a.choice("pool", "max", "avg");
-            if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
-            return shape(new SnapKvPolicy(s, b, w, k, pool.equals("max")), a);
+            return shape(snapKv(s, a), a);
         });
 
         add("pyramidkv", "PyramidKV: SnapKV with layer budgets in a pyramid (more tokens in lower layers, the same total)", List.of(
@@ -124,15 +118,7 @@ public final class KvPolicies {
                 p("kernel", "5", "pooling width (odd)"),
                 p("pool", "avg", "pooling: max or avg"),
                 p("beta", "20", "pyramid steepness >= 1: the top layer keeps (budget - window) / beta + window")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget");
-            int w = a.integer("window", 1, Integer.MAX_VALUE);
-            int k = a.integer("kernel", 1, 1023);
-            if (k % 2 == 0) throw a.bad("kernel", "must be odd");
-            String pool = a.choice("pool", "max", "avg");
-            if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
-            SnapKvPolicy snap = new SnapKvPolicy(s, b, w, k, pool.equals("max"));
-            snap.shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), -1));
-            return snap;
+            return snapKv(s, a).shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), -1));
         });
 
         add("keyformer", "Keyformer: key tokens by accumulated Gumbel-softmax scores + a recent window; evicts every step", shaped(true, "", 
@@ -249,6 +235,17 @@ public final class KvPolicies {
         double pyramid = a.declares("pyramid") && a.has("pyramid") ? a.real("pyramid", 1, 1e6) : 0;
         double ada = a.declares("ada") && a.has("ada") ? a.real("ada", 0, 1) : -1;
         return p.shaping(new EvictingPolicy.Shaping(interval, pyramid, ada));
+    }
+
+    /** SnapKV from its keys (budget, window, kernel, pool), shared by snapkv and pyramidkv. */
+    private static SnapKvPolicy snapKv(String s, PolicyArgs a) {
+        Budget b = a.positiveBudget("budget");
+        int w = a.integer("window", 1, Integer.MAX_VALUE);
+        int k = a.integer("kernel", 1, 1023);
+        if (k % 2 == 0) throw a.bad("kernel", "must be odd");
+        String pool = a.choice("pool", "max", "avg");
+        if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
+        return new SnapKvPolicy(s, b, w, k, pool.equals("max"));
     }
 
     private static void checkRecent(PolicyArgs a, Budget budget, Budget recent) {

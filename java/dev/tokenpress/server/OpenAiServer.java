@@ -445,22 +445,12 @@ public final class OpenAiServer implements AutoCloseable {
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
         String id = (chat ? "chatcmpl-" : "cmpl-") + ids.incrementAndGet();
         long created = System.currentTimeMillis() / 1000;
-        Request req;
-        Stream stream;
-        List<Choice> choices = new ArrayList<>();
-        boolean batched = false;
-        decoding.lock();
-        try {
-            req = chat ? chatRequest(body) : completionRequest(body);
-            stream = req.stream() ? new Stream(ex, id, created, chat) : null;
-            checkContext(req);
-            batched = batcher != null && batchable(req);
-            if (!batched) choices.addAll(generateAlone(req, stream));
-        } finally {
-            decoding.unlock();
-        }
-        if (batched) choices.addAll(generateBatched(req, stream));
-        account(req, choices);
+        Run run = run(() -> chat ? chatRequest(body) : completionRequest(body),
+                rq -> rq.stream() ? new Stream(ex, id, created, chat) : null);
+        Request req = run.req();
+        Stream stream = run.stream();
+        List<Choice> choices = run.choices();
+        boolean batched = run.batched();
         ObjectNode usage = JSON.createObjectNode();
         int completion = 0;
         for (Choice c : choices) completion += c.r().tokens().length;
@@ -668,6 +658,33 @@ public final class OpenAiServer implements AutoCloseable {
         return v == Math.rint(v) && Math.abs(v) < 1e15 ? Long.toString((long) v) : Double.toString(v);
     }
 
+    /** A generation request as it ran: the parsed request, its stream (null = none), its choices, whether batched. */
+    private record Run(Request req, Stream stream, List<Choice> choices, boolean batched) {}
+
+    /**
+     * Parses a generation request under the decoding lock and runs it: alone through the session there, or, when the
+     * server batches and the request is plain, as sequences of the continuous batch waited for outside the lock.
+     */
+    private Run run(java.util.function.Supplier<Request> parse, java.util.function.Function<Request, Stream> streamOf) {
+        Request req;
+        Stream stream;
+        List<Choice> choices = new ArrayList<>();
+        boolean batched;
+        decoding.lock();
+        try {
+            req = parse.get();
+            stream = streamOf.apply(req);
+            checkContext(req);
+            batched = batcher != null && batchable(req);
+            if (!batched) choices.addAll(generateAlone(req, stream));
+        } finally {
+            decoding.unlock();
+        }
+        if (batched) choices.addAll(generateBatched(req, stream));
+        account(req, choices);
+        return new Run(req, stream, choices, batched);
+    }
+
     private void checkContext(Request req) {
         if (req.tokens().length + 1 > session.contextSize())
             throw new ApiException(400, "invalid_request_error", "context_length_exceeded", "the prompt has "
@@ -688,24 +705,20 @@ public final class OpenAiServer implements AutoCloseable {
         if (b.path("n_predict").isNumber() && b.get("n_predict").asInt() < 0) b.remove("n_predict"); // -1: the server's default
         b.remove("logprobs");
         String id = "cmpl-" + ids.incrementAndGet();
-        Request req;
-        Stream stream;
-        List<Choice> choices = new ArrayList<>();
-        boolean batched;
-        decoding.lock();
-        try {
-            req = completionRequest(b);
-            if (req.n() > 1) throw ApiException.badRequest("/completion makes one completion: use /v1/completions for 'n'");
-            stream = req.stream() ? new Stream(ex, id, System.currentTimeMillis() / 1000, false) : null;
-            if (stream != null) stream.llama = true;
-            checkContext(req);
-            batched = batcher != null && batchable(req);
-            if (!batched) choices.addAll(generateAlone(req, stream));
-        } finally {
-            decoding.unlock();
-        }
-        if (batched) choices.addAll(generateBatched(req, stream));
-        account(req, choices);
+        Run run = run(() -> {
+            Request rq = completionRequest(b);
+            if (rq.n() > 1) throw ApiException.badRequest("/completion makes one completion: use /v1/completions for 'n'");
+            return rq;
+        }, rq -> {
+            if (!rq.stream()) return null;
+            Stream st = new Stream(ex, id, System.currentTimeMillis() / 1000, false);
+            st.llama = true;
+            return st;
+        });
+        Request req = run.req();
+        Stream stream = run.stream();
+        List<Choice> choices = run.choices();
+        boolean batched = run.batched();
         Choice c = choices.get(0);
         GenerationResult r = c.r();
         ObjectNode o = JSON.createObjectNode();
@@ -778,20 +791,10 @@ public final class OpenAiServer implements AutoCloseable {
         if (b.path("stream").asBoolean(false)) throw ApiException.badRequest("/generate answers without streaming: drop 'stream'");
         b.remove("stream");
         if (b.path("top_k").isNumber() && b.get("top_k").asInt() < 0) b.put("top_k", 0); // vLLM's -1 = off
-        Request req;
-        List<Choice> choices = new ArrayList<>();
-        boolean batched;
-        decoding.lock();
-        try {
-            req = completionRequest(b);
-            checkContext(req);
-            batched = batcher != null && batchable(req);
-            if (!batched) choices.addAll(generateAlone(req, null));
-        } finally {
-            decoding.unlock();
-        }
-        if (batched) choices.addAll(generateBatched(req, null));
-        account(req, choices);
+        Run run = run(() -> completionRequest(b), rq -> null);
+        Request req = run.req();
+        List<Choice> choices = run.choices();
+        boolean batched = run.batched();
         ObjectNode o = JSON.createObjectNode();
         GenerationResult r = choices.get(0).r();
         if (sglang) {

@@ -14,20 +14,14 @@ import dev.tokenpress.kv.KvCache;
  * <p>Decode steps read the probabilities from the attention (probSums); prefill chunks need each row's own
  * weight, so their rows are scored separately with {@code Backend.queryKeyScores}.
  */
-public final class A2sfPolicy extends EvictingPolicy {
-    private final Budget budget;
-    private final Budget recent;
-    private final int sink;
+public final class A2sfPolicy extends BudgetedPolicy {
     private final float alpha;
     private AttentionStats stats;
     private float[][] raw, add;
     private boolean added;
 
     public A2sfPolicy(String spec, Budget budget, Budget recent, int sink, float alpha) {
-        super(spec);
-        this.budget = budget;
-        this.recent = recent;
-        this.sink = sink;
+        super(spec, budget, recent, sink);
         this.alpha = alpha;
     }
 
@@ -38,17 +32,6 @@ public final class A2sfPolicy extends EvictingPolicy {
         raw = new float[heads][capacity];
         add = new float[kvHeads][capacity];
     }
-
-    private int budgetNow() { return Math.max(1, budget.tokens(callStart)); }
-
-    @Override
-    protected int keepBefore(int layer, int head, int n) { return budgetNow(); }
-
-    @Override
-    protected int sinkCount() { return sink; }
-
-    @Override
-    protected int protectRecent(int n) { return Math.min(budgetNow(), recent.of(budgetNow())); }
 
     @Override
     public void beforeAttention(KvCache c, int layer, Tensor q, int[] positions, int n) {

@@ -18,10 +18,8 @@ import dev.tokenpress.kv.KvCache;
  * or the last 256 during decoding) and are kept as running sums; the averaged rotation starts at the current
  * position (kvpress's decoding press starts it at its buffer length).
  */
-public final class ExpectedAttentionPolicy extends EvictingPolicy {
-    private final Budget budget;
-    private final Budget recent;
-    private final int sink, future;
+public final class ExpectedAttentionPolicy extends BudgetedPolicy {
+    private final int future;
     private final boolean covariance, vnorm;
     private final float epsilon;
     private RopeTable rope;
@@ -35,10 +33,7 @@ public final class ExpectedAttentionPolicy extends EvictingPolicy {
 
     public ExpectedAttentionPolicy(String spec, Budget budget, Budget recent, int sink, int future, boolean covariance,
                                    boolean vnorm, double epsilon) {
-        super(spec);
-        this.budget = budget;
-        this.recent = recent;
-        this.sink = sink;
+        super(spec, budget, recent, sink);
         this.future = future;
         this.covariance = covariance;
         this.vnorm = vnorm;
@@ -63,17 +58,6 @@ public final class ExpectedAttentionPolicy extends EvictingPolicy {
         sigma = covariance ? new float[heads][headDim * headDim] : null;
         rotatedAt = -1;
     }
-
-    private int budgetNow() { return Math.max(1, budget.tokens(callStart)); }
-
-    @Override
-    protected int keepBefore(int layer, int head, int n) { return budgetNow(); }
-
-    @Override
-    protected int sinkCount() { return sink; }
-
-    @Override
-    protected int protectRecent(int n) { return Math.min(budgetNow(), recent.of(budgetNow())); }
 
     /** Adds the call's queries (rotated at their positions) to the layer's statistics, un-rotated. */
     @Override

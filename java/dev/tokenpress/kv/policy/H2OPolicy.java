@@ -10,15 +10,11 @@ import dev.tokenpress.kv.KvCache;
  * the (budget - recent) highest-scored older ones. Scores are per KV head: the probabilities of the group's
  * q-heads are summed (the reference is MHA-only).
  */
-public final class H2OPolicy extends EvictingPolicy {
-    private final Budget budget;
-    private final Budget recent; // a count, or a fraction of the budget
+public final class H2OPolicy extends BudgetedPolicy {
     private AttentionStats stats;
 
     public H2OPolicy(String spec, Budget budget, Budget recent) {
-        super(spec);
-        this.budget = budget;
-        this.recent = recent;
+        super(spec, budget, recent, 0);
     }
 
     @Override
@@ -26,14 +22,6 @@ public final class H2OPolicy extends EvictingPolicy {
         super.reset();
         stats = new AttentionStats(null, new float[kvHeads][capacity], 0);
     }
-
-    private int budgetNow() { return Math.max(1, budget.tokens(callStart)); }
-
-    @Override
-    protected int keepBefore(int layer, int head, int n) { return budgetNow(); }
-
-    @Override
-    protected int protectRecent(int n) { return Math.min(budgetNow(), recent.of(budgetNow())); }
 
     @Override
     public AttentionStats stats(KvCache c, int layer, int n) {

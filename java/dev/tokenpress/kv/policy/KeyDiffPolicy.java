@@ -10,18 +10,12 @@ import dev.tokenpress.kv.KvCache;
  * makes this the paper's block-wise iterative form with blocks of one token. Optional sinks and a recent window are
  * protected (kvpress has neither: the defaults are 0).
  */
-public final class KeyDiffPolicy extends EvictingPolicy {
-    private final Budget budget;
-    private final Budget recent;
-    private final int sink;
+public final class KeyDiffPolicy extends BudgetedPolicy {
     private float[] k, v;
     private float[][] unit;  // per slot of the head being scored: the normalized key
 
     public KeyDiffPolicy(String spec, Budget budget, Budget recent, int sink) {
-        super(spec);
-        this.budget = budget;
-        this.recent = recent;
-        this.sink = sink;
+        super(spec, budget, recent, sink);
     }
 
     @Override
@@ -31,17 +25,6 @@ public final class KeyDiffPolicy extends EvictingPolicy {
         v = new float[headDim];
         unit = new float[capacity][];
     }
-
-    private int budgetNow() { return Math.max(1, budget.tokens(callStart)); }
-
-    @Override
-    protected int keepBefore(int layer, int head, int n) { return budgetNow(); }
-
-    @Override
-    protected int sinkCount() { return sink; }
-
-    @Override
-    protected int protectRecent(int n) { return Math.min(budgetNow(), recent.of(budgetNow())); }
 
     @Override
     protected void beforeEviction(int layer) {

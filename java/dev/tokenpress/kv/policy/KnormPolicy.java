@@ -11,17 +11,11 @@ import dev.tokenpress.kv.KvCache;
  * read back through {@code Backend.readKv} right after they are stored. Optional sinks and a recent window are
  * protected (kvpress has neither: the defaults are 0).
  */
-public final class KnormPolicy extends EvictingPolicy {
-    private final Budget budget;
-    private final Budget recent;
-    private final int sink;
+public final class KnormPolicy extends BudgetedPolicy {
     private float[] k, v;
 
     public KnormPolicy(String spec, Budget budget, Budget recent, int sink) {
-        super(spec);
-        this.budget = budget;
-        this.recent = recent;
-        this.sink = sink;
+        super(spec, budget, recent, sink);
     }
 
     @Override
@@ -30,17 +24,6 @@ public final class KnormPolicy extends EvictingPolicy {
         k = new float[headDim];
         v = new float[headDim];
     }
-
-    private int budgetNow() { return Math.max(1, budget.tokens(callStart)); }
-
-    @Override
-    protected int keepBefore(int layer, int head, int n) { return budgetNow(); }
-
-    @Override
-    protected int sinkCount() { return sink; }
-
-    @Override
-    protected int protectRecent(int n) { return Math.min(budgetNow(), recent.of(budgetNow())); }
 
     @Override
     public void afterAttention(KvCache c, int layer, int n, AttentionStats s) {
