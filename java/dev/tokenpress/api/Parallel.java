@@ -27,7 +27,8 @@ import java.util.function.BooleanSupplier;
  * whole batch. Each sequence has its own KV cache (and, with {@code --kv}, its own policy instance) and its own
  * sampler; a sequence that finishes leaves the batch and the next waiting request joins it (its prompt is prefilled
  * between two steps; requests with one prompt that join together under the full policy share one prefill, the others
- * copying its cache). Every sequence gets the tokens it would get decoded alone with the same options and seed, up to
+ * copying its cache, and a prompt that shares a prefix of 8 tokens or more with a running sequence's prompt copies that
+ * sequence's cache, cut back to the prefix, and prefills only the rest). Every sequence gets the tokens it would get decoded alone with the same options and seed, up to
  * the rounding of matmuls over several rows.
  *
  * <p>Two ways to drive it: {@link #generate} runs a list of requests to completion; a server {@link #submit}s requests
@@ -85,7 +86,7 @@ public final class Parallel implements AutoCloseable {
     private final Set<Integer> eos;
     private final ArrayDeque<Pending> waiting = new ArrayDeque<>();
     private volatile List<Lane> active = new ArrayList<>();
-    private volatile long steps, rows, prefills, shared;
+    private volatile long steps, rows, prefills, shared, prefixTokens;
     private boolean closed;
 
     /**
@@ -113,9 +114,10 @@ public final class Parallel implements AutoCloseable {
 
     /**
      * Decode steps run so far, the sequence-tokens they produced (their ratio is the mean batch width), prompts
-     * prefilled, and prompts that copied the cache of a lane with the same prompt instead.
+     * prefilled, prompts that copied the cache of a lane with the same prompt instead, and prompt tokens taken from
+     * another lane's cache (a shared prefix) rather than prefilled.
      */
-    public long[] stepCounts() { return new long[]{steps, rows, prefills, shared}; }
+    public long[] stepCounts() { return new long[]{steps, rows, prefills, shared, prefixTokens}; }
 
     /** Sequences being decoded now (for the thread that steps). */
     public int activeCount() { return active.size(); }
@@ -319,9 +321,13 @@ public final class Parallel implements AutoCloseable {
                 }
             }
             if (!copied) {
-                model.prefillWith(s.policy, s.cache, r.prompt(), 0, null);
+                // prefix sharing: the longest prompt prefix an active lane's cache holds is copied, the rest prefilled
+                int keep = s.policy == KvPolicy.FULL ? sharePrefix(s, r.prompt()) : 0;
+                model.prefillWith(s.policy, s.cache, keep == 0 ? r.prompt() : Arrays.copyOfRange(r.prompt(), keep, r.prompt().length),
+                        keep, null);
                 s.firstLogits = model.logits();
                 prefills++;
+                prefixTokens += keep;
             }
             s.position = r.prompt().length;
             s.prefillMs = (System.nanoTime() - s.t0) / 1e6;
@@ -334,6 +340,38 @@ public final class Parallel implements AutoCloseable {
         } catch (RuntimeException | Error e) {
             s.fail(e);
         }
+    }
+
+    /** Shortest prompt prefix worth copying from another lane instead of prefilling it. */
+    private static final int MIN_SHARED_PREFIX = 8;
+
+    /**
+     * Copies into {@code s}'s cache the cache of the active full-policy lane whose prompt shares the longest prefix with
+     * {@code prompt} (at least {@link #MIN_SHARED_PREFIX} tokens), cut back to that prefix, keeping at least the last
+     * prompt token to prefill; returns the tokens kept (0 = none shared).
+     */
+    private int sharePrefix(Lane s, int[] prompt) {
+        int w = model.slidingWindow();
+        Lane best = null;
+        int bestLen = 0;
+        for (Lane a : active) {
+            if (a.policy != KvPolicy.FULL || (w > 0 && a.position > w)) continue; // a window's drops cannot be cut back
+            int[] q = a.req.prompt();
+            int n = Math.min(Math.min(q.length, prompt.length - 1), a.position), l = 0;
+            while (l < n && q[l] == prompt[l]) l++;
+            if (l > bestLen) {
+                bestLen = l;
+                best = a;
+            }
+        }
+        if (best == null || bestLen < MIN_SHARED_PREFIX) return 0;
+        try {
+            tp.backend().copyKvCache(best.cache, s.cache);
+        } catch (dev.tokenpress.backend.UnsupportedOpException e) {
+            return 0; // a cache the backend cannot copy (quantized)
+        }
+        s.cache.freeFrom(bestLen);
+        return bestLen;
     }
 
     private void decodeStep() {

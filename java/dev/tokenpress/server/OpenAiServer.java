@@ -627,6 +627,7 @@ public final class OpenAiServer implements AutoCloseable {
             counter(b, "tokenpress_batch_tokens_total", "Sequence tokens the batched steps produced.", c[1]);
             counter(b, "tokenpress_batch_prefills_total", "Prompts prefilled for the batch.", c[2]);
             counter(b, "tokenpress_batch_shared_prefills_total", "Prompts that copied the cache of a lane with the same prompt.", c[3]);
+            counter(b, "tokenpress_batch_prefix_tokens_total", "Prompt tokens copied from another sequence's cache (shared prefixes).", c[4]);
         }
         if (decoding.tryLock()) { // the cache is the decoding thread's: read it between two of its steps, else the last figure
             try {

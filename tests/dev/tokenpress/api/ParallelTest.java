@@ -146,6 +146,31 @@ class ParallelTest {
         }
     }
 
+    /** A prompt that shares a prefix with a running sequence's prompt copies that cache and prefills only the rest. */
+    @Test
+    void aSharedPrefixIsCopiedNotPrefilled() {
+        try (TokenPress tp = load(); Parallel p = new Parallel(tp, 128, null, null)) {
+            String system = "# A helper module for parsing configuration files and writing reports.\n";
+            int[] a = tp.tokenizer().encode(system + "def load(path):"), b = tp.tokenizer().encode(system + "class Report:");
+            var first = p.submit(new Parallel.Request(a, 30, SamplingOptions.greedy(), null, null));
+            assertTrue(p.step(2), "A joins and runs a step");
+            var second = p.submit(new Parallel.Request(b, 12, SamplingOptions.defaults().withSeed(5), null, null));
+            while (p.step(2)) {
+                // both run to their ends
+            }
+            long[] c = p.stepCounts();
+            int shared = 0;
+            while (shared < Math.min(a.length, b.length) && a[shared] == b[shared]) shared++;
+            assertTrue(shared >= 8, "the prompts share " + shared + " tokens");
+            assertEquals(shared, c[4], "the shared prefix was copied, not prefilled");
+            try (Session s = tp.newSession(128)) {
+                assertArrayEquals(s.generate(b, 12, SamplingOptions.defaults().withSeed(5), null).tokens(), second.join().tokens());
+                s.reset();
+                assertArrayEquals(s.generate(a, 30, SamplingOptions.greedy(), null).tokens(), first.join().tokens());
+            }
+        }
+    }
+
     @Test
     void widthAndRequestsAreChecked() {
         try (TokenPress tp = load(); Parallel p = new Parallel(tp, 64, null, null)) {
