@@ -28,8 +28,10 @@ import java.util.function.BooleanSupplier;
  * sampler; a sequence that finishes leaves the batch and the next waiting request joins it (its prompt is prefilled
  * between two steps; requests with one prompt that join together under the full policy share one prefill, the others
  * copying its cache, and a prompt that shares a prefix of 8 tokens or more with a running sequence's prompt copies that
- * sequence's cache, cut back to the prefix, and prefills only the rest). Every sequence gets the tokens it would get decoded alone with the same options and seed, up to
- * the rounding of matmuls over several rows.
+ * sequence's cache, cut back to the prefix, and prefills only the rest). A long prompt (more than the prefill chunk,
+ * {@code -b}, under the full policy) that joins while others decode is prefilled a chunk per round, between their
+ * steps, so they are not held up for the whole prompt (vLLM's chunked prefill). Every sequence gets the tokens it
+ * would get decoded alone with the same options and seed, up to the rounding of matmuls over several rows.
  *
  * <p>Two ways to drive it: {@link #generate} runs a list of requests to completion; a server {@link #submit}s requests
  * from any thread and one worker thread calls {@link #step} (which joins waiting requests and runs one batched step)
@@ -86,6 +88,8 @@ public final class Parallel implements AutoCloseable {
     private final Set<Integer> eos;
     private final ArrayDeque<Pending> waiting = new ArrayDeque<>();
     private volatile List<Lane> active = new ArrayList<>();
+    /** Lanes whose prompt is being prefilled a chunk per round while the active ones decode (full policy). */
+    private final List<Lane> prefilling = new ArrayList<>();
     private volatile long steps, rows, prefills, shared, prefixTokens;
     private boolean closed;
 
@@ -119,8 +123,8 @@ public final class Parallel implements AutoCloseable {
      */
     public long[] stepCounts() { return new long[]{steps, rows, prefills, shared, prefixTokens}; }
 
-    /** Sequences being decoded now (for the thread that steps). */
-    public int activeCount() { return active.size(); }
+    /** Sequences being decoded now, or whose prompt is being prefilled between their steps. */
+    public int activeCount() { return active.size() + prefilling.size(); }
 
     private final class Lane {
         final Pending pending;
@@ -138,6 +142,7 @@ public final class Parallel implements AutoCloseable {
         long t0, decodeStart;
         double prefillMs, ttftMs;
         float[] firstLogits;  // the logits after the prompt (shared with a lane forked from this one)
+        int prefilled;        // prompt tokens in the cache so far (a prompt prefilled chunk by chunk)
 
         Lane(Pending pending, int lane) {
             this.pending = pending;
@@ -271,7 +276,7 @@ public final class Parallel implements AutoCloseable {
         if (width < 1 || width > maxWidth())
             throw new IllegalArgumentException("parallel width must be 1 to " + maxWidth() + " (the prefill chunk, -b), not " + width);
         Map<java.nio.IntBuffer, Lane> fresh = new java.util.HashMap<>(); // prompts prefilled this round (full policy)
-        while (active.size() < width) {
+        while (active.size() + prefilling.size() < width) {
             Pending p;
             synchronized (waiting) {
                 p = waiting.poll();
@@ -279,9 +284,10 @@ public final class Parallel implements AutoCloseable {
             if (p == null) break;
             admit(p, fresh);
         }
+        advancePrefills();
         if (!active.isEmpty()) decodeStep();
         synchronized (waiting) {
-            return !active.isEmpty() || !waiting.isEmpty();
+            return !active.isEmpty() || !prefilling.isEmpty() || !waiting.isEmpty();
         }
     }
 
@@ -323,22 +329,60 @@ public final class Parallel implements AutoCloseable {
             if (!copied) {
                 // prefix sharing: the longest prompt prefix an active lane's cache holds is copied, the rest prefilled
                 int keep = s.policy == KvPolicy.FULL ? sharePrefix(s, r.prompt()) : 0;
+                prefills++;
+                prefixTokens += keep;
+                s.prefilled = keep;
+                if (s.policy == KvPolicy.FULL && !active.isEmpty() && r.prompt().length - keep > model.maxChunk()) {
+                    // a long prompt while others decode: a chunk per round, so their steps go on in between
+                    prefilling.add(s);
+                    return;
+                }
                 model.prefillWith(s.policy, s.cache, keep == 0 ? r.prompt() : Arrays.copyOfRange(r.prompt(), keep, r.prompt().length),
                         keep, null);
                 s.firstLogits = model.logits();
-                prefills++;
-                prefixTokens += keep;
             }
-            s.position = r.prompt().length;
-            s.prefillMs = (System.nanoTime() - s.t0) / 1e6;
-            if (r.maxTokens() > 0 && s.take(s.chain.sample(s.firstLogits))) {
-                active.add(s);
-                if (s.policy == KvPolicy.FULL) fresh.putIfAbsent(key, s);
-            } else {
-                s.finish();
-            }
+            if (promptDone(s)) fresh.putIfAbsent(key, s);
         } catch (RuntimeException | Error e) {
             s.fail(e);
+        }
+    }
+
+    /** The prompt is in the cache: the first token is sampled; returns whether the lane decodes on (active). */
+    private boolean promptDone(Lane s) {
+        Request r = s.req;
+        s.position = r.prompt().length;
+        s.prefillMs = (System.nanoTime() - s.t0) / 1e6;
+        if (r.maxTokens() > 0 && s.take(s.chain.sample(s.firstLogits))) {
+            active.add(s);
+            return s.policy == KvPolicy.FULL;
+        }
+        s.finish();
+        return false;
+    }
+
+    /**
+     * Prefills the next chunk of the oldest lane that is prefilling (all of them when nothing decodes, as no one waits);
+     * a lane whose prompt completes samples its first token and joins the decoding lanes.
+     */
+    private void advancePrefills() {
+        boolean once = !active.isEmpty();
+        while (!prefilling.isEmpty()) {
+            Lane s = prefilling.get(0);
+            int[] prompt = s.req.prompt();
+            int n = Math.min(model.maxChunk(), prompt.length - s.prefilled);
+            try {
+                model.prefillWith(s.policy, s.cache, Arrays.copyOfRange(prompt, s.prefilled, s.prefilled + n), s.prefilled, null);
+                s.prefilled += n;
+                if (s.prefilled == prompt.length) {
+                    prefilling.remove(0);
+                    s.firstLogits = model.logits();
+                    promptDone(s);
+                }
+            } catch (RuntimeException | Error e) {
+                prefilling.remove(0);
+                s.fail(e);
+            }
+            if (once) return;
         }
     }
 
@@ -416,6 +460,11 @@ public final class Parallel implements AutoCloseable {
         active = new ArrayList<>();
     }
 
+    private void failPrefilling(Throwable e) {
+        for (Lane s : prefilling) s.fail(e);
+        prefilling.clear();
+    }
+
     /**
      * Runs every request to its end, at most {@code width} at a time (1 .. {@link #maxWidth()}); returns the results
      * in the requests' order. The first request that failed throws its error after all have ended.
@@ -455,6 +504,7 @@ public final class Parallel implements AutoCloseable {
         ClosedException e = new ClosedException("the batch was closed before this request ended");
         for (Pending p : left) p.result().completeExceptionally(e);
         failAll(e);
+        failPrefilling(e);
         Arrays.fill(policies, null);
     }
 }

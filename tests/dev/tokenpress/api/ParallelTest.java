@@ -171,6 +171,35 @@ class ParallelTest {
         }
     }
 
+    /** A long prompt joining running sequences is prefilled a chunk per round: they keep decoding meanwhile. */
+    @Test
+    void aLongPromptIsPrefilledBetweenTheOthersSteps() {
+        try (TokenPress tp = TokenPress.load(LookupDecodingTest.MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2).withMaxChunk(8));
+             Parallel p = new Parallel(tp, 256, null, null)) {
+            int[] shortPrompt = tp.tokenizer().encode(PROMPTS[0]);
+            int[] longPrompt = tp.tokenizer().encode(LogitBiasTest.ENDS_AT_ONCE.repeat(3) + "def main():\n");
+            assertTrue(longPrompt.length > 5 * 8, "a prompt of " + longPrompt.length + " tokens: several chunks of 8");
+            List<Integer> texts = new ArrayList<>();
+            var a = p.submit(new Parallel.Request(shortPrompt, 40, SamplingOptions.greedy(), null, piece -> texts.add(0)));
+            assertTrue(p.step(2));
+            var b = p.submit(new Parallel.Request(longPrompt, 6, SamplingOptions.defaults().withSeed(2), null, piece -> texts.add(1)));
+            int rounds = 0, firstB = -1;
+            while (p.step(2)) {
+                rounds++;
+                if (firstB < 0 && texts.contains(1)) firstB = texts.indexOf(1);
+            }
+            int chunks = (longPrompt.length + 7) / 8;
+            assertTrue(firstB >= chunks - 1, "the short sequence produced " + firstB + " pieces while the prompt's " + chunks
+                    + " chunks ran");
+            try (Session s = tp.newSession(256)) {
+                assertArrayEquals(s.generate(longPrompt, 6, SamplingOptions.defaults().withSeed(2), null).tokens(), b.join().tokens());
+                s.reset();
+                assertArrayEquals(s.generate(shortPrompt, 40, SamplingOptions.greedy(), null).tokens(), a.join().tokens());
+            }
+            assertTrue(rounds > chunks);
+        }
+    }
+
     @Test
     void widthAndRequestsAreChecked() {
         try (TokenPress tp = load(); Parallel p = new Parallel(tp, 64, null, null)) {
