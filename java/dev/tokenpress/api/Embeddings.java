@@ -7,29 +7,37 @@ import java.util.Locale;
 /**
  * Text embeddings from the model's final hidden states (after the last RMSNorm), pooled over the tokens: {@code last}
  * (the last token's state, what decoder-based embedding models such as gte-Qwen2 or e5-mistral use, and vLLM's default
- * for them), {@code mean} or {@code cls} (the first token's); L2-normalized unless asked otherwise. Each text runs
- * through a fresh cache of its own length under the full attention; the model's KV policy does not apply. The
+ * for them) or {@code mean}; L2-normalized unless asked otherwise. (No first-token pooling: under causal attention the
+ * first token's state depends on that token alone, the same BOS for every text.) Each text runs under full attention
+ * in a cache this object keeps and grows as needed (close it to free it); the model's KV policy does not apply. The
  * tokenizer's post-processor decides the special tokens (a BOS, or an EOS some embedding models expect at the end).
  */
-public final class Embeddings {
+public final class Embeddings implements AutoCloseable {
     /** How the token states become one vector. */
     public enum Pooling {
-        LAST, MEAN, CLS;
+        LAST, MEAN;
 
-        /** "last", "mean" or "cls". */
+        /** "last" or "mean". */
         public static Pooling parse(String s) {
             try {
                 return valueOf(s.trim().toUpperCase(Locale.ROOT));
             } catch (IllegalArgumentException e) {
-                throw new IllegalArgumentException("pooling must be last, mean or cls, not '" + s + "'");
+                throw new IllegalArgumentException("pooling must be last or mean, not '" + s + "'");
             }
         }
     }
 
     private final TokenPress tp;
+    private KvCache cache;
 
     public Embeddings(TokenPress tp) {
         this.tp = tp;
+    }
+
+    @Override
+    public void close() {
+        if (cache != null) cache.close();
+        cache = null;
     }
 
     /** The embedding of a text (tokenized with the model's tokenizer). */
@@ -41,14 +49,17 @@ public final class Embeddings {
     public float[] embed(int[] tokens, Pooling pooling, boolean normalize) {
         if (tokens.length == 0) throw new IllegalArgumentException("nothing to embed: the input has no tokens");
         int d = tp.config().hiddenSize();
-        float[] h;
-        try (KvCache cache = tp.model().newCache(tokens.length)) {
-            h = tp.model().hiddenStates(cache, tokens);
+        if (cache == null || cache.capacity() < tokens.length) {
+            if (cache != null) cache.close();
+            cache = null;
+            cache = tp.model().newCache(Math.max(tokens.length, 256));
+        } else {
+            cache.clear();
         }
+        float[] h = tp.model().hiddenStates(cache, tokens);
         float[] out = new float[d];
         switch (pooling) {
             case LAST -> System.arraycopy(h, (tokens.length - 1) * d, out, 0, d);
-            case CLS -> System.arraycopy(h, 0, out, 0, d);
             case MEAN -> {
                 double[] acc = new double[d];
                 for (int t = 0; t < tokens.length; t++) for (int i = 0; i < d; i++) acc[i] += h[t * d + i];

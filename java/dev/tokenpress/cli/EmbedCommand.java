@@ -22,7 +22,7 @@ import java.util.concurrent.Callable;
 
 /** {@code tokenpress embed}: text embeddings from the model's final hidden states, one JSON line per text. */
 @Command(name = "embed", mixinStandardHelpOptions = true,
-        description = "Embed texts: the final hidden states pooled (last token, mean or first), L2-normalized; one JSON object per line.")
+        description = "Embed texts: the final hidden states pooled (last token or mean), L2-normalized; one JSON object per line.")
 public final class EmbedCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
@@ -36,7 +36,7 @@ public final class EmbedCommand implements Callable<Integer> {
     @Option(names = {"-f", "--file"}, paramLabel = "FILE", description = "Embed every non-empty line of a file.")
     Path file;
 
-    @Option(names = "--pooling", paramLabel = "last|mean|cls", defaultValue = "last",
+    @Option(names = "--pooling", paramLabel = "last|mean", defaultValue = "last",
             description = "How the token states are pooled (default: ${DEFAULT-VALUE}).")
     String pooling;
 
@@ -61,8 +61,7 @@ public final class EmbedCommand implements Callable<Integer> {
         if (texts.isEmpty()) throw new Main.UsageException("nothing to embed: give -p TEXT or -f FILE");
         Path dir = modelOptions.resolveModel(err);
         ObjectMapper om = new ObjectMapper();
-        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {
-            Embeddings e = new Embeddings(tp);
+        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err)); Embeddings e = new Embeddings(tp)) {
             long t0 = System.nanoTime();
             int tokens = 0;
             for (String t : texts) {

@@ -583,14 +583,14 @@ public final class Llama implements AutoCloseable {
                     b.add(x, xb, n);                                  // x += mlp
             }
         }
-        b.copyRows(last, 0, x, n - 1, 1);                             // last [1, D]
-        b.rmsnorm(last, last, w.finalNorm(), eps, 1);
-        b.matmul(logits, last, w.lmHead(), null, 1);                  // logits [1, V]
         if (hiddenOut != null) {
             b.rmsnorm(xb, x, w.finalNorm(), eps, n);                  // the final hidden states, [n, D]
             hiddenOut.accept(b.download(xb, 0, n));
-            return;                                                   // no logits asked for
+            return;                                                   // no logits asked for (logits() stays as it was)
         }
+        b.copyRows(last, 0, x, n - 1, 1);                             // last [1, D]
+        b.rmsnorm(last, last, w.finalNorm(), eps, 1);
+        b.matmul(logits, last, w.lmHead(), null, 1);                  // logits [1, V]
         if (allRows) {
             b.rmsnorm(xb, x, w.finalNorm(), eps, n);
             b.matmul(allLogits(), xb, w.lmHead(), null, n);           // allLogits [n, V]

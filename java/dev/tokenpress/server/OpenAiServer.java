@@ -135,6 +135,7 @@ public final class OpenAiServer implements AutoCloseable {
             decodeMicros = new java.util.concurrent.atomic.LongAdder(), cachedTokens = new java.util.concurrent.atomic.LongAdder();
     private final java.util.concurrent.atomic.AtomicInteger processing = new java.util.concurrent.atomic.AtomicInteger();
     private volatile long kvBytes;
+    private final Embeddings embedder;  // its cache is reused across requests (under the decoding lock)
     private final KvPolicy defaultPolicy;
     private final Parallel batcher;   // continuous batching (options.parallel > 1), else null
     private final Thread batchWorker;
@@ -145,6 +146,7 @@ public final class OpenAiServer implements AutoCloseable {
         this.options = options;
         this.session = tp.newSession(options.contextSize(), options.quant());
         this.defaultPolicy = tp.model().policy();
+        this.embedder = new Embeddings(tp);
         Draft d = options.draft();
         try {
             if (d != null && d.model() != null) session.setDraftModel(d.model(), d.max(), d.min(), d.pMin());
@@ -241,6 +243,7 @@ public final class OpenAiServer implements AutoCloseable {
         decoding.lock();
         try {
             if (batcher != null) batcher.close();
+            embedder.close();
             session.close();
         } finally {
             decoding.unlock();
@@ -512,7 +515,7 @@ public final class OpenAiServer implements AutoCloseable {
 
     /**
      * {@code POST /v1/embeddings}: OpenAI's shape ({@code input}: a string, a list of strings, a list of token ids or a
-     * list of such lists; {@code encoding_format} float or base64), pooled as {@code pooling} says (last, mean, cls;
+     * list of such lists; {@code encoding_format} float or base64), pooled as {@code pooling} says (last or mean;
      * default last) and L2-normalized unless {@code normalize} is false ({@link Embeddings}).
      */
     private String embeddings(HttpExchange ex, JsonNode b) throws IOException {
@@ -546,15 +549,15 @@ public final class OpenAiServer implements AutoCloseable {
         }
         List<float[]> vectors = new ArrayList<>();
         int tokens = 0;
-        decoding.lock();
-        try {
-            Embeddings e = new Embeddings(tp);
-            for (int[] t : inputs) {
-                vectors.add(e.embed(t, pooling, normalize));
-                tokens += t.length;
+        for (int[] t : inputs) { // one input at a time under the lock, so batched sequences step in between
+            decoding.lock();
+            try {
+                if (closed) throw new ApiException(503, "server_error", null, "the server is shutting down");
+                vectors.add(embedder.embed(t, pooling, normalize));
+            } finally {
+                decoding.unlock();
             }
-        } finally {
-            decoding.unlock();
+            tokens += t.length;
         }
         ObjectNode o = JSON.createObjectNode();
         o.put("object", "list");
@@ -729,17 +732,18 @@ public final class OpenAiServer implements AutoCloseable {
         o.put("model", options.modelName());
         o.put("tokens_predicted", r.tokens().length);
         o.put("tokens_evaluated", req.tokens().length);
-        o.put("tokens_cached", c.reused());
+        o.put("tokens_cached", req.tokens().length + r.tokens().length); // llama-server: the tokens the cache now holds
         String type = c.text().hit() ? "word" : r.stopReason().equals("eos") ? "eos" : r.stopReason().equals("stop") ? "word" : "limit";
         o.put("stop_type", type);
         o.put("stopping_word", c.text().hit() || type.equals("word") ? firstHit(req.stop(), tp.tokenizer().decode(r.tokens()), c.text().text()) : "");
         o.put("truncated", false);
         ObjectNode timings = o.putObject("timings");
         int promptN = req.tokens().length - c.reused();
+        timings.put("cache_n", c.reused());
         timings.put("prompt_n", promptN);
         timings.put("prompt_ms", r.prefillMillis());
         timings.put("prompt_per_second", r.prefillMillis() <= 0 ? 0 : promptN * 1000.0 / r.prefillMillis());
-        timings.put("predicted_n", r.decodeSteps());
+        timings.put("predicted_n", r.tokens().length);
         timings.put("predicted_ms", r.decodeMillis());
         timings.put("predicted_per_second", r.decodeTokensPerSecond());
         if (stream != null) {

@@ -145,6 +145,14 @@ class LlamaEndToEndTest {
             for (int i = 0; i < toks.length; i++) for (int j = 0; j < d; j++) worst = Math.max(worst, Math.abs(h[i * d + j] - ref[i][j]));
             assertTrue(worst < 1e-4, "hidden states vs reference: " + worst);
             assertEquals("window:sink=1,budget=4", m.policy().spec(), "the model's policy is back");
+            try (KvCache other = m.newCache(16)) {
+                m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
+                m.prefill(other, java.util.Arrays.copyOf(toks, 4), 0, false, null);
+                float[] before = m.logits();
+                cache.clear();
+                m.hiddenStates(cache, toks);
+                assertArrayEquals(before, m.logits(), "hiddenStates leaves logits() alone");
+            }
         }
     }
 

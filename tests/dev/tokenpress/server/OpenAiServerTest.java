@@ -612,7 +612,10 @@ class OpenAiServerTest {
         JsonNode j = r.json();
         assertEquals("list", j.get("object").asText());
         assertEquals(2, j.get("data").size());
-        float[] want = new dev.tokenpress.api.Embeddings(tp).embed("def add(a, b):", dev.tokenpress.api.Embeddings.Pooling.LAST, true);
+        float[] want;
+        try (dev.tokenpress.api.Embeddings e = new dev.tokenpress.api.Embeddings(tp)) {
+            want = e.embed("def add(a, b):", dev.tokenpress.api.Embeddings.Pooling.LAST, true);
+        }
         JsonNode e0 = j.at("/data/0/embedding");
         assertEquals(want.length, e0.size());
         double norm = 0;
@@ -632,6 +635,7 @@ class OpenAiServerTest {
         assertFalse(mean.json().at("/data/0/embedding/0").asDouble() == j.at("/data/0/embedding/0").asDouble());
         assertEquals(400, post("/v1/embeddings", "{\"input\": 3}").status());
         assertEquals(400, post("/v1/embeddings", "{\"input\": \"x\", \"pooling\": \"max\"}").status());
+        assertEquals(400, post("/v1/embeddings", "{\"input\": \"x\", \"pooling\": \"cls\"}").status(), "meaningless under causal attention");
         assertEquals(400, post("/v1/embeddings", "{\"input\": \"x\", \"encoding_format\": \"int8\"}").status());
     }
 
@@ -649,7 +653,10 @@ class OpenAiServerTest {
         assertEquals("word", j.get("stop_type").asText(), r.body());
         assertEquals("License", j.get("stopping_word").asText(), r.body());
         assertTrue(j.get("tokens_evaluated").asInt() > 3);
-        assertTrue(j.at("/timings/predicted_n").asInt() > 0);
+        assertEquals(j.get("tokens_predicted").asInt(), j.at("/timings/predicted_n").asInt());
+        assertEquals(j.get("tokens_evaluated").asInt() + j.get("tokens_predicted").asInt(), j.get("tokens_cached").asInt(),
+                "llama-server: the tokens the cache holds");
+        assertEquals(0, j.at("/timings/cache_n").asInt(), "cache_prompt false");
         Reply limit = post("/completion", "{\"prompt\": \"def f(x):\", \"n_predict\": 3, \"temperature\": 0}");
         assertEquals("limit", limit.json().get("stop_type").asText(), limit.body());
         assertEquals(3, limit.json().get("tokens_predicted").asInt());
