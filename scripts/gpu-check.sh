@@ -235,23 +235,24 @@ run_checks() {
   say "total $((SECONDS - T0)) s"
 }
 
-# --run-split OUT: the whole check in separate JVMs — six JUnit groups (a crash or hang in one class cannot take the
+# --run-split OUT: the whole check in separate JVMs — seven JUnit groups (a crash or hang in one class cannot take the
 # others down), then every benchmark stage — each under its own limit (the limits add up to about 14 minutes; most
 # stages end well before theirs). SPLIT_PARTS (default junit,bench,policies,peer) picks the parts, so the check can
-# be spread over two device calls; JUNIT_GROUPS (default abcdef) picks the JUnit groups.
+# be spread over two device calls; JUNIT_GROUPS (default abcdefg) picks the JUnit groups.
 run_split() {
   local OUT=${1:?output dir}
   mkdir -p "$OUT"
   : > "$OUT/gpu-summary.txt"
   export APPEND_SUMMARY=1
   local groups=(
-    "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest|90"
+    "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaCceParityTest|90"
     "b|CudaParityTest|90"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|75"
     "d|CudaKvQuantParityTest|90"
     "e|CudaTidalSelectParityTest|60"
-    "f|CudaQuantPolicyOpsParityTest|90")
-  local parts=",${SPLIT_PARTS:-junit,bench,policies,peer}," only=${JUNIT_GROUPS:-abcdef}
+    "f|CudaQuantPolicyOpsParityTest|90"
+    "g|CudaPolicyModelParityTest|90")
+  local parts=",${SPLIT_PARTS:-junit,bench,policies,peer}," only=${JUNIT_GROUPS:-abcdefg}
   local g tag classes limit
   if [[ $parts == *,junit,* ]]; then
     for g in "${groups[@]}"; do
