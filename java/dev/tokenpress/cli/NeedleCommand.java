@@ -113,17 +113,18 @@ public final class NeedleCommand implements Callable<Integer> {
                 n.put("full_needle_nll", r.meanFullNll());
                 n.put("delta_nll", r.deltaNll());
                 n.put("top1_vs_full", r.meanTop1());
+                n.put("exact_match", r.meanExact());
                 ArrayNode per = n.putArray("by_depth");
                 for (int i = 0; i < depths.length; i++)
                     per.addObject().put("depth", depths[i]).put("needle_nll", r.nll()[i]).put("full_needle_nll", r.fullNll()[i])
-                            .put("top1_vs_full", r.top1()[i]);
+                            .put("top1_vs_full", r.top1()[i]).put("exact_match", r.exact()[i]);
             }
             out.println(om.writerWithDefaultPrettyPrinter().writeValueAsString(o));
         } else {
             out.printf(Locale.ROOT, "needle: %s, %s, ~%d tokens of context, %d needles per depth, seed %d (%s)%n", dir,
                     file, tokens, trials, seed, backend);
-            StringBuilder head = new StringBuilder("| kv | needle NLL | ΔNLL vs full | top-1 vs full |");
-            StringBuilder rule = new StringBuilder("| --- | ---: | ---: | ---: |");
+            StringBuilder head = new StringBuilder("| kv | exact | needle NLL | ΔNLL vs full | top-1 vs full |");
+            StringBuilder rule = new StringBuilder("| --- | ---: | ---: | ---: | ---: |");
             for (double d : depths) {
                 head.append(String.format(Locale.ROOT, " NLL @ %.2f |", d));
                 rule.append(" ---: |");
@@ -131,8 +132,8 @@ public final class NeedleCommand implements Callable<Integer> {
             out.println(head);
             out.println(rule);
             for (Needle.Result r : rows) {
-                StringBuilder line = new StringBuilder(String.format(Locale.ROOT, "| %s | %.3f | %+.3f | %.2f |", r.kv(),
-                        r.meanNll(), r.deltaNll(), r.meanTop1()));
+                StringBuilder line = new StringBuilder(String.format(Locale.ROOT, "| %s | %.2f | %.3f | %+.3f | %.2f |", r.kv(),
+                        r.meanExact(), r.meanNll(), r.deltaNll(), r.meanTop1()));
                 for (int i = 0; i < depths.length; i++) line.append(String.format(Locale.ROOT, " %.3f |", r.nll()[i]));
                 out.println(line);
             }

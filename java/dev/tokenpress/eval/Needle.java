@@ -39,9 +39,12 @@ public final class Needle {
      * @param meanNll     over all trials
      * @param meanFullNll over all trials
      * @param meanTop1    over all trials
+     * @param exact       fraction of trials whose greedy continuation of the cue is exactly the value, per depth
+     *                    (RULER's string match: the policy compresses the context, then the answer is generated)
+     * @param meanExact   over all trials
      */
     public record Result(String kv, double[] depths, double[] nll, double[] fullNll, double[] top1, double meanNll,
-                         double meanFullNll, double meanTop1) {
+                         double meanFullNll, double meanTop1, double[] exact, double meanExact) {
         public double deltaNll() {
             return meanNll - meanFullNll;
         }
@@ -107,9 +110,9 @@ public final class Needle {
     public static Result run(Llama model, List<Trial> trials, double[] depths, Supplier<KvPolicy> policy, KvQuantSpec quant,
                              Perplexity.Progress progress) {
         int d = depths.length;
-        double[] nll = new double[d], full = new double[d], top1 = new double[d];
+        double[] nll = new double[d], full = new double[d], top1 = new double[d], exact = new double[d];
         int[] count = new int[d];
-        double sum = 0, sumFull = 0, sumTop1 = 0;
+        double sum = 0, sumFull = 0, sumTop1 = 0, sumExact = 0;
         String label = null;
         int done = 0;
         for (Trial t : trials) {
@@ -122,13 +125,16 @@ public final class Needle {
             double base = self ? res.meanNll() : res.baselineNll();
             double agree = self ? 1 : res.top1();
             int i = indexOf(depths, t.depth());
+            double hit = generatesValue(model, t, policy.get(), quant) ? 1 : 0;
             nll[i] += res.meanNll();
             full[i] += base;
             top1[i] += agree;
+            exact[i] += hit;
             count[i]++;
             sum += res.meanNll();
             sumFull += base;
             sumTop1 += agree;
+            sumExact += hit;
             if (progress != null) progress.update(++done, trials.size(), Math.exp(sum / done));
         }
         for (int i = 0; i < d; i++) {
@@ -136,9 +142,32 @@ public final class Needle {
             nll[i] /= count[i];
             full[i] /= count[i];
             top1[i] /= count[i];
+            exact[i] /= count[i];
         }
         int n = Math.max(1, trials.size());
-        return new Result(label, depths.clone(), nll, full, top1, sum / n, sumFull / n, sumTop1 / n);
+        return new Result(label, depths.clone(), nll, full, top1, sum / n, sumFull / n, sumTop1 / n, exact, sumExact / n);
+    }
+
+    /**
+     * Whether greedy decoding after the context (prefilled under the policy, which then acts at every decode step as in
+     * generation) produces exactly the value's tokens.
+     */
+    static boolean generatesValue(Llama model, Trial t, KvPolicy policy, KvQuantSpec quant) {
+        int start = t.valueStart(), len = t.tokens().length - start;
+        KvPolicy own = model.policy();
+        model.setPolicy(policy);
+        try (dev.tokenpress.kv.KvCache cache = quant == null || quant.isNone() ? model.newCache(t.tokens().length + 1)
+                : model.newCache(t.tokens().length + 1, quant)) {
+            model.prefill(cache, Arrays.copyOf(t.tokens(), start), 0, false, null);
+            for (int i = 0; i < len; i++) {
+                int tok = model.argmax();
+                if (tok != t.tokens()[start + i]) return false;
+                if (i + 1 < len) model.decodeStep(cache, tok, start + i);
+            }
+            return true;
+        } finally {
+            model.setPolicy(own);
+        }
     }
 
     private static int indexOf(double[] depths, double d) {

@@ -58,6 +58,23 @@ class NeedleTest {
             System.out.printf("[needle] full %.3f, window 32 %.3f, window 1024 %.3f%n", full.meanNll(), small.meanNll(), wide.meanNll());
             assertEquals(full.meanNll(), full.meanFullNll(), 1e-12, "the full cache is its own reference");
             assertEquals(1.0, full.meanTop1(), 0);
+            // exact match: a trial counts when greedy decoding reproduces every value token, which the top-1 agreement
+            // and a teacher-forced argmax check bound: the full cache's hits are the trials its argmax gets all right
+            int v = tp.config().vocabSize();
+            for (Needle.Trial t : ts) {
+                boolean hit = Needle.generatesValue(tp.model(), t, KvPolicy.FULL, null);
+                boolean allArgmax = true;
+                try (dev.tokenpress.kv.KvCache c = tp.model().newCache(t.tokens().length)) {
+                    float[] lg = tp.model().prefill(c, t.tokens(), 0, true, null);
+                    for (int i = t.valueStart(); i < t.tokens().length; i++) {
+                        int best = 0, off = (i - 1) * v;
+                        for (int j = 1; j < v; j++) if (lg[off + j] > lg[off + best]) best = j;
+                        allArgmax &= best == t.tokens()[i];
+                    }
+                }
+                assertEquals(allArgmax, hit, "trial " + t.key());
+            }
+            assertTrue(small.meanExact() <= full.meanExact(), "evicting the needle does not help: " + small.meanExact() + " vs " + full.meanExact());
             assertEquals(full.meanNll(), small.meanFullNll(), 1e-9, "every row is compared with the same full-cache score");
             assertTrue(small.meanNll() > full.meanNll() + 1.0, "a 32-token window loses the needle: " + small.meanNll() + " vs " + full.meanNll());
             assertTrue(small.meanTop1() < 1.0);
