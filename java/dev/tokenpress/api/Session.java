@@ -376,6 +376,96 @@ public final class Session implements AutoCloseable {
     }
 
     /** Forgets all tokens. */
+    private static final int CACHE_MAGIC = 0x54504B56; // "TPKV"
+
+    /**
+     * Writes the tokens this session has processed and their keys and values to {@code file} (llama.cpp's prompt
+     * cache): a later session of the same model restores them with {@link #loadCache} instead of prefilling them
+     * again. Needs what {@link #truncate} needs (the full policy, an unquantized cache, no tokens dropped by a sliding
+     * window). The file is written next to its destination and moved into place.
+     */
+    public void saveCache(java.nio.file.Path file) throws java.io.IOException {
+        if (!canTruncate())
+            throw new IllegalStateException("a prompt cache holds every token: it needs the full KV policy and an unquantized cache "
+                    + "(policy " + model.policy().spec() + ")");
+        int hd = cache.headDim();
+        java.nio.file.Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
+        float[] k = new float[hd], v = new float[hd];
+        try (java.io.DataOutputStream out = new java.io.DataOutputStream(new java.io.BufferedOutputStream(
+                java.nio.file.Files.newOutputStream(tmp), 1 << 16))) {
+            out.writeInt(CACHE_MAGIC);
+            out.writeInt(1);
+            out.writeLong(tp.fingerprint());
+            out.writeInt(cache.layers());
+            out.writeInt(cache.kvHeads());
+            out.writeInt(hd);
+            out.writeInt(fedCount);
+            for (int i = 0; i < fedCount; i++) out.writeInt(fed[i]);
+            for (int l = 0; l < cache.layers(); l++)
+                for (int g = 0; g < cache.kvHeads(); g++) {
+                    int[] pos = cache.positions(l, g);
+                    int hw = cache.highWater(l, g), count = cache.occupied(l, g);
+                    out.writeInt(count);
+                    for (int slot = 0; slot < hw; slot++) {
+                        if (pos[slot] < 0) continue;
+                        tp.backend().readKv(cache, l, g, slot, k, v);
+                        out.writeInt(pos[slot]);
+                        for (float x : k) out.writeFloat(x);
+                        for (float x : v) out.writeFloat(x);
+                    }
+                }
+        }
+        java.nio.file.Files.move(tmp, file, java.nio.file.StandardCopyOption.REPLACE_EXISTING,
+                java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+    }
+
+    /**
+     * Restores a file written by {@link #saveCache}: the session starts over holding those tokens (see {@link #tokens})
+     * and their keys and values, ready for {@link #truncate} to the prefix a prompt shares with them and
+     * {@code generate} of the rest.
+     *
+     * @throws IllegalArgumentException when the file is not a prompt cache of this model or does not fit this session
+     */
+    public int[] loadCache(java.nio.file.Path file) throws java.io.IOException {
+        reset();
+        int hd = cache.headDim();
+        try (java.io.DataInputStream in = new java.io.DataInputStream(new java.io.BufferedInputStream(
+                java.nio.file.Files.newInputStream(file), 1 << 16))) {
+            if (in.readInt() != CACHE_MAGIC || in.readInt() != 1)
+                throw new IllegalArgumentException(file + " is not a tokenpress prompt cache");
+            if (in.readLong() != tp.fingerprint())
+                throw new IllegalArgumentException(file + " was saved with another model: delete it or give another file");
+            if (in.readInt() != cache.layers() || in.readInt() != cache.kvHeads() || in.readInt() != hd)
+                throw new IllegalArgumentException(file + ": the cache's shape differs from this model's");
+            int n = in.readInt();
+            if (n < 0 || n > cache.capacity())
+                throw new IllegalArgumentException(file + " holds " + n + " tokens, more than the context (" + cache.capacity() + "): raise -c");
+            int[] tokens = new int[n];
+            for (int i = 0; i < n; i++) tokens[i] = in.readInt();
+            float[] k = new float[hd], v = new float[hd];
+            int[] p = new int[1];
+            for (int l = 0; l < cache.layers(); l++)
+                for (int g = 0; g < cache.kvHeads(); g++) {
+                    int count = in.readInt();
+                    if (count < 0 || count > cache.capacity()) throw new IllegalArgumentException(file + " is damaged");
+                    for (int i = 0; i < count; i++) {
+                        p[0] = in.readInt();
+                        for (int d = 0; d < hd; d++) k[d] = in.readFloat();
+                        for (int d = 0; d < hd; d++) v[d] = in.readFloat();
+                        int slot = cache.allocate(l, g, p, 1)[0];
+                        tp.backend().writeKv(cache, l, g, slot, k, v);
+                    }
+                }
+            record(tokens, n);
+            position = n;
+            return tokens;
+        } catch (RuntimeException | java.io.IOException e) {
+            reset();
+            if (e instanceof java.io.EOFException) throw new IllegalArgumentException(file + " is truncated");
+            throw e;
+        }
+    }
+
     public void reset() {
         cache.clear();
         position = 0;

@@ -115,6 +115,34 @@ public final class TokenPress implements AutoCloseable {
 
     public long loadMillis() { return loadMillis; }
 
+    private long fingerprint = -1;
+
+    /**
+     * A fingerprint of the checkpoint: CRC-32 of config.json and of the first MiB of every .safetensors file (their
+     * headers and first tensors), so a saved KV cache ({@link Session#saveCache}) is not restored into another model.
+     */
+    public synchronized long fingerprint() {
+        if (fingerprint >= 0) return fingerprint;
+        java.util.zip.CRC32 crc = new java.util.zip.CRC32();
+        try {
+            crc.update(java.nio.file.Files.readAllBytes(dir.resolve("config.json")));
+            java.util.List<java.nio.file.Path> files;
+            try (var list = java.nio.file.Files.list(dir)) {
+                files = list.filter(f -> f.getFileName().toString().endsWith(".safetensors")).sorted().toList();
+            }
+            byte[] buf = new byte[1 << 20];
+            for (java.nio.file.Path f : files)
+                try (var in = java.nio.file.Files.newInputStream(f)) {
+                    int n = in.readNBytes(buf, 0, buf.length);
+                    crc.update(buf, 0, n);
+                }
+        } catch (java.io.IOException e) {
+            throw new dev.tokenpress.io.ModelLoadException(dir + ": cannot read the checkpoint for its fingerprint: " + e.getMessage());
+        }
+        fingerprint = crc.getValue();
+        return fingerprint;
+    }
+
     /** The progress listener given at load time (sessions report long prefills to it). */
     public ProgressListener progress() { return progress; }
 

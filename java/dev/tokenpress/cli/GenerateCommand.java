@@ -85,6 +85,14 @@ public final class GenerateCommand implements Callable<Integer> {
                     + "there (default: ${DEFAULT-VALUE}).")
     String format;
 
+    @Option(names = "--prompt-cache", paramLabel = "FILE",
+            description = "Reuse the KV cache saved in FILE for the prompt's shared beginning (llama.cpp's prompt cache; "
+                    + "full policy, unquantized cache) and save the cache there afterwards.")
+    Path promptCache;
+
+    @Option(names = "--prompt-cache-ro", description = "With --prompt-cache: read the file, never write it.")
+    boolean promptCacheReadOnly;
+
     @Option(names = {"-np", "--parallel"}, paramLabel = "N", defaultValue = "1",
             description = "Decode N sequences of the prompt together, one forward pass per step for all of them (seeds "
                     + "seed, seed+1, ...; llama.cpp's llama-batched); each is printed when all have ended (at most -b).")
@@ -148,6 +156,9 @@ public final class GenerateCommand implements Callable<Integer> {
         }
         Path dir = modelOptions.resolveModel(err);
         if (parallel < 1) throw new Main.UsageException("-np must be >= 1");
+        if (promptCacheReadOnly && promptCache == null) throw new Main.UsageException("--prompt-cache-ro needs --prompt-cache FILE");
+        if (promptCache != null && (parallel > 1 || !kvOptions.spec().equals("full") || !quant.isNone()))
+            throw new Main.UsageException("--prompt-cache keeps every token: it needs the full --kv policy, no --kv-quant and no -np");
         if (parallel > 1) {
             if (lookup > 0 || draftOptions.enabled() || eadModel != null || trace || outputFormat != Session.OutputFormat.TEXT
                     || grammarOptions.enabled())
@@ -190,7 +201,21 @@ public final class GenerateCommand implements Callable<Integer> {
             }
             java.util.List<dev.tokenpress.sample.StepTrace> steps = new java.util.ArrayList<>();
             StopText stopText = new StopText(stops == null ? java.util.List.of() : stops);
-            GenerationResult r = session.generate(tp.tokenizer().encode(prompt), nPredict, so, piece -> {
+            int[] ids = tp.tokenizer().encode(prompt);
+            int reused = 0;
+            if (promptCache != null && Files.isRegularFile(promptCache)) {
+                try {
+                    int[] held = session.loadCache(promptCache);
+                    int lcp = 0;
+                    while (lcp < Math.min(held.length, ids.length) && held[lcp] == ids[lcp]) lcp++;
+                    reused = Math.min(lcp, ids.length - 1); // the last prompt token runs again for its logits
+                    session.truncate(reused);
+                } catch (IllegalArgumentException e) {
+                    err.println("prompt cache: " + e.getMessage() + " (going on without it)");
+                    session.reset();
+                }
+            }
+            GenerationResult r = session.generate(java.util.Arrays.copyOfRange(ids, reused, ids.length), nPredict, so, piece -> {
                 String o = stopText.add(piece);
                 if (!json && !o.isEmpty()) {
                     out.print(o);
@@ -198,6 +223,18 @@ public final class GenerateCommand implements Callable<Integer> {
                 }
             }, trace ? steps::add : null, java.util.Set.of(), stopText::hit);
             if (!json && !stopText.hit()) out.print(stopText.rest());
+            if (promptCache != null) {
+                String saved = "";
+                if (!promptCacheReadOnly) {
+                    if (session.canTruncate()) {
+                        session.saveCache(promptCache);
+                        saved = ", " + session.tokens().length + " tokens saved to " + promptCache;
+                    } else {
+                        saved = ", not saved (the model's sliding window dropped tokens)";
+                    }
+                }
+                err.printf(Locale.ROOT, "prompt cache: %d of %d prompt tokens reused%s%n", reused, ids.length, saved);
+            }
             if (json) {
                 ObjectMapper om = new ObjectMapper();
                 ObjectNode o = om.createObjectNode();
@@ -220,6 +257,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("kv_quant", quant.spec());
                 o.put("weight_type", modelOptions.weightType);
                 o.put("ctx_size", session.contextSize());
+                if (promptCache != null) o.put("prompt_cache_reused", reused);
                 o.put("seed", r.seed());
                 if (ead != null) {
                     long[] c = session.entropyAdaptiveCounts();

@@ -84,6 +84,24 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run("embed", "-m", model.toString(), "-p", "x", "--pooling", "max").code());
     }
 
+    /** --prompt-cache: the second run restores the saved prompt and prints the same text. */
+    @Test
+    void promptCacheIsReusedAcrossRuns() throws Exception {
+        Path file = tmp.resolve("p.cache");
+        String[] args = {"generate", "-m", model.toString(), "-p", "Hello there, a longer prompt", "-n", "6", "--temp", "0",
+                "--device", "cpu", "--prompt-cache", file.toString()};
+        Run first = run(args);
+        assertEquals(ExitCodes.OK, first.code(), first.err());
+        assertTrue(first.err().contains("prompt cache: 0 of"), first.err());
+        assertTrue(Files.isRegularFile(file));
+        Run second = run(args);
+        assertEquals(ExitCodes.OK, second.code(), second.err());
+        assertEquals(first.out(), second.out());
+        assertTrue(second.err().matches("(?s).*prompt cache: [1-9][0-9]* of [0-9]+ prompt tokens reused.*"), second.err());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--prompt-cache", file.toString(), "--kv", "h2o").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--prompt-cache-ro").code());
+    }
+
     @Test
     void generateStreamsTextAndReportsFiguresOnStderr() {
         Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--device", "cpu");
