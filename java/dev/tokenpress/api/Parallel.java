@@ -124,7 +124,21 @@ public final class Parallel implements AutoCloseable {
     public long[] stepCounts() { return new long[]{steps, rows, prefills, shared, prefixTokens}; }
 
     /** Sequences being decoded now, or whose prompt is being prefilled between their steps. */
-    public int activeCount() { return active.size() + prefilling.size(); }
+    public int activeCount() { return active.size() + waitingLanes(); }
+
+    /** Lanes holding a KV cache now (0 once every request has ended). */
+    public int busyLanes() {
+        int n = 0;
+        for (boolean b : laneBusy) if (b) n++;
+        return n;
+    }
+
+    /** Lanes prefilling or waiting for an identical prompt's prefill. */
+    private int waitingLanes() {
+        int n = 0;
+        for (Lane s : prefilling) n += 1 + s.followers.size();
+        return n;
+    }
 
     private final class Lane {
         final Pending pending;
@@ -143,6 +157,7 @@ public final class Parallel implements AutoCloseable {
         double prefillMs, ttftMs;
         float[] firstLogits;  // the logits after the prompt (shared with a lane forked from this one)
         int prefilled;        // prompt tokens in the cache so far (a prompt prefilled chunk by chunk)
+        final List<Lane> followers = new ArrayList<>(); // lanes with the same prompt waiting for this one's prefill
 
         Lane(Pending pending, int lane) {
             this.pending = pending;
@@ -276,7 +291,7 @@ public final class Parallel implements AutoCloseable {
         if (width < 1 || width > maxWidth())
             throw new IllegalArgumentException("parallel width must be 1 to " + maxWidth() + " (the prefill chunk, -b), not " + width);
         Map<java.nio.IntBuffer, Lane> fresh = new java.util.HashMap<>(); // prompts prefilled this round (full policy)
-        while (active.size() + prefilling.size() < width) {
+        while (active.size() + waitingLanes() < width) {
             Pending p;
             synchronized (waiting) {
                 p = waiting.poll();
@@ -333,7 +348,13 @@ public final class Parallel implements AutoCloseable {
                 prefixTokens += keep;
                 s.prefilled = keep;
                 if (s.policy == KvPolicy.FULL && !active.isEmpty() && r.prompt().length - keep > model.maxChunk()) {
-                    // a long prompt while others decode: a chunk per round, so their steps go on in between
+                    // a long prompt while others decode: a chunk per round, so their steps go on in between; the same
+                    // prompt already going in: wait for it and copy its cache
+                    for (Lane o : prefilling)
+                        if (Arrays.equals(o.req.prompt(), r.prompt())) {
+                            o.followers.add(s);
+                            return;
+                        }
                     prefilling.add(s);
                     return;
                 }
@@ -368,22 +389,58 @@ public final class Parallel implements AutoCloseable {
         boolean once = !active.isEmpty();
         while (!prefilling.isEmpty()) {
             Lane s = prefilling.get(0);
+            if (s.pending.result().isDone() || (s.req.stopRequested() != null && s.req.stopRequested().getAsBoolean())) {
+                prefilling.remove(0); // cancelled or stopped while its prompt was going in: no need to go on
+                s.stop = "stop";
+                s.finish();
+                releaseFollowers(s);
+                continue;
+            }
             int[] prompt = s.req.prompt();
             int n = Math.min(model.maxChunk(), prompt.length - s.prefilled);
+            boolean done = false;
             try {
                 model.prefillWith(s.policy, s.cache, Arrays.copyOfRange(prompt, s.prefilled, s.prefilled + n), s.prefilled, null);
                 s.prefilled += n;
                 if (s.prefilled == prompt.length) {
                     prefilling.remove(0);
+                    done = true;
                     s.firstLogits = model.logits();
+                    for (Lane f : s.followers) follow(f, s); // before the leader's first decode step changes its cache
+                    s.followers.clear();
                     promptDone(s);
                 }
             } catch (RuntimeException | Error e) {
-                prefilling.remove(0);
+                if (!done) prefilling.remove(0);
                 s.fail(e);
+                releaseFollowers(s);
             }
             if (once) return;
         }
+    }
+
+    /** A lane that waited for an identical prompt's prefill copies its cache and logits, then samples its first token. */
+    private void follow(Lane f, Lane leader) {
+        try {
+            if (f.pending.result().isDone()) {
+                f.stop = "stop";
+                f.finish();
+                return;
+            }
+            tp.backend().copyKvCache(leader.cache, f.cache);
+            f.firstLogits = leader.firstLogits;
+            shared++;
+            prefills--; // counted when it joined; it did not prefill after all
+            promptDone(f);
+        } catch (RuntimeException | Error e) {
+            f.fail(e);
+        }
+    }
+
+    /** The leader of identical prompts ended before its prompt was in: its followers prefill their own. */
+    private void releaseFollowers(Lane leader) {
+        prefilling.addAll(leader.followers);
+        leader.followers.clear();
     }
 
     /** Shortest prompt prefix worth copying from another lane instead of prefilling it. */
@@ -461,7 +518,10 @@ public final class Parallel implements AutoCloseable {
     }
 
     private void failPrefilling(Throwable e) {
-        for (Lane s : prefilling) s.fail(e);
+        for (Lane s : prefilling) {
+            for (Lane f : s.followers) f.fail(e);
+            s.fail(e);
+        }
         prefilling.clear();
     }
 

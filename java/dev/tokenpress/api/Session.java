@@ -427,6 +427,9 @@ public final class Session implements AutoCloseable {
      * @throws IllegalArgumentException when the file is not a prompt cache of this model or does not fit this session
      */
     public int[] loadCache(java.nio.file.Path file) throws java.io.IOException {
+        if (model.policy() != KvPolicy.FULL || !cache.appendsReversible())
+            throw new IllegalStateException("a prompt cache restores every token: it needs the full KV policy and an unquantized cache "
+                    + "(policy " + model.policy().spec() + ")");
         reset();
         int hd = cache.headDim();
         try (java.io.DataInputStream in = new java.io.DataInputStream(new java.io.BufferedInputStream(
@@ -447,9 +450,10 @@ public final class Session implements AutoCloseable {
             for (int l = 0; l < cache.layers(); l++)
                 for (int g = 0; g < cache.kvHeads(); g++) {
                     int count = in.readInt();
-                    if (count < 0 || count > cache.capacity()) throw new IllegalArgumentException(file + " is damaged");
+                    if (count != n) throw new IllegalArgumentException(file + " is damaged (" + count + " keys for " + n + " tokens)");
                     for (int i = 0; i < count; i++) {
                         p[0] = in.readInt();
+                        if (p[0] < 0 || p[0] >= n) throw new IllegalArgumentException(file + " is damaged (position " + p[0] + ")");
                         for (int d = 0; d < hd; d++) k[d] = in.readFloat();
                         for (int d = 0; d < hd; d++) v[d] = in.readFloat();
                         int slot = cache.allocate(l, g, p, 1)[0];

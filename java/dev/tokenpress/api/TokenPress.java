@@ -30,6 +30,7 @@ public final class TokenPress implements AutoCloseable {
     private final long loadMillis;
     private final ProgressListener progress;
     private final boolean ownsBackend;
+    private dev.tokenpress.backend.WeightType weights = dev.tokenpress.backend.WeightType.AS_STORED;
 
     private TokenPress(Path dir, LlamaConfig config, SafeTensors tensors, HfTokenizer tokenizer, Llama model, long loadMillis,
                        ProgressListener progress, boolean ownsBackend) {
@@ -94,7 +95,9 @@ public final class TokenPress implements AutoCloseable {
                         w.allocatedBytes() / 1048576.0));
             Llama model = new Llama(config, w, backend, options.maxChunk());
             long ms = (System.nanoTime() - t0) / 1_000_000;
-            return new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
+            TokenPress tp = new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
+            tp.weights = options.weights();
+            return tp;
         } catch (RuntimeException | Error e) {
             if (backend != null && shared == null) backend.close();
             st.close();
@@ -119,12 +122,14 @@ public final class TokenPress implements AutoCloseable {
 
     /**
      * A fingerprint of the checkpoint: CRC-32 of config.json and of the first MiB of every .safetensors file (their
-     * headers and first tensors), so a saved KV cache ({@link Session#saveCache}) is not restored into another model.
+     * headers and first tensors) and the weight type loaded ({@code --weight-type}), so a saved KV cache
+     * ({@link Session#saveCache}) is not restored into another model.
      */
     public synchronized long fingerprint() {
         if (fingerprint >= 0) return fingerprint;
         java.util.zip.CRC32 crc = new java.util.zip.CRC32();
         try {
+            crc.update(weights.name().getBytes(java.nio.charset.StandardCharsets.UTF_8)); // q8_0 / q4_0 change the keys too
             crc.update(java.nio.file.Files.readAllBytes(dir.resolve("config.json")));
             java.util.List<java.nio.file.Path> files;
             try (var list = java.nio.file.Files.list(dir)) {

@@ -242,7 +242,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("backend", tp.backend().description());
                 o.put("prompt", prompt);
                 o.put("text", stopText.hit() ? stopText.text() : r.text());
-                o.put("prompt_tokens", r.promptTokens());
+                o.put("prompt_tokens", ids.length);
                 o.put("generated_tokens", r.tokens().length);
                 o.put("stop_reason", r.stopReason());
                 o.put("load_ms", tp.loadMillis());
@@ -304,7 +304,7 @@ public final class GenerateCommand implements Callable<Integer> {
                                     : " (speculative decoding needs the full policy and an unquantized cache: not used)");
                 }
                 err.printf(Locale.ROOT, "load %d ms | prompt %d tokens, %.1f tokens/s | ttft %.1f ms | decode %d tokens, %.2f tokens/s | KV %s (%d tokens) | stop: %s | seed %d%n",
-                        tp.loadMillis(), r.promptTokens(), r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),
+                        tp.loadMillis(), ids.length, r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),
                         r.decodeTokensPerSecond(), Bytes.human(r.kvBytes()), session.contextSize(), r.stopReason(), r.seed());
             }
             out.flush();

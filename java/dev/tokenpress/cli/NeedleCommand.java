@@ -88,7 +88,7 @@ public final class NeedleCommand implements Callable<Integer> {
             for (String s : specs) {
                 long t0 = System.nanoTime();
                 Needle.Result r = Needle.run(tp.model(), ts, depths, () -> KvOptionsMixin.policy(s, tp.config()),
-                        kvOptions.quant(), null);
+                        kvOptions.quant(), null, tp.tokenizer()::decode);
                 rows.add(r);
                 err.printf(Locale.ROOT, "needle: %s done in %.1f s%n", r.kv(), (System.nanoTime() - t0) / 1e9);
                 err.flush();

@@ -109,6 +109,17 @@ public final class Needle {
      */
     public static Result run(Llama model, List<Trial> trials, double[] depths, Supplier<KvPolicy> policy, KvQuantSpec quant,
                              Perplexity.Progress progress) {
+        return run(model, trials, depths, policy, quant, progress, null);
+    }
+
+    /**
+     * As {@link #run(Llama, List, double[], Supplier, KvQuantSpec, Perplexity.Progress)}, with exact match judged on
+     * text: the greedy continuation, decoded with {@code decode}, must contain the value (RULER's string match; with
+     * SentencePiece vocabularies the model may spell the value with other tokens than the encoding of the value
+     * alone). {@code decode} null: the continuation must be the value's tokens.
+     */
+    public static Result run(Llama model, List<Trial> trials, double[] depths, Supplier<KvPolicy> policy, KvQuantSpec quant,
+                             Perplexity.Progress progress, java.util.function.Function<int[], String> decode) {
         int d = depths.length;
         double[] nll = new double[d], full = new double[d], top1 = new double[d], exact = new double[d];
         int[] count = new int[d];
@@ -125,7 +136,7 @@ public final class Needle {
             double base = self ? res.meanNll() : res.baselineNll();
             double agree = self ? 1 : res.top1();
             int i = indexOf(depths, t.depth());
-            double hit = generatesValue(model, t, policy.get(), quant) ? 1 : 0;
+            double hit = generatesValue(model, t, policy.get(), quant, decode) ? 1 : 0;
             nll[i] += res.meanNll();
             full[i] += base;
             top1[i] += agree;
@@ -153,18 +164,27 @@ public final class Needle {
      * generation) produces exactly the value's tokens.
      */
     static boolean generatesValue(Llama model, Trial t, KvPolicy policy, KvQuantSpec quant) {
+        return generatesValue(model, t, policy, quant, null);
+    }
+
+    static boolean generatesValue(Llama model, Trial t, KvPolicy policy, KvQuantSpec quant,
+                                  java.util.function.Function<int[], String> decode) {
         int start = t.valueStart(), len = t.tokens().length - start;
+        int steps = decode == null ? len : len + 3; // text: room for another spelling of the value
         KvPolicy own = model.policy();
-        model.setPolicy(policy);
-        try (dev.tokenpress.kv.KvCache cache = quant == null || quant.isNone() ? model.newCache(t.tokens().length + 1)
-                : model.newCache(t.tokens().length + 1, quant)) {
-            model.prefill(cache, Arrays.copyOf(t.tokens(), start), 0, false, null);
-            for (int i = 0; i < len; i++) {
-                int tok = model.argmax();
-                if (tok != t.tokens()[start + i]) return false;
-                if (i + 1 < len) model.decodeStep(cache, tok, start + i);
+        try {
+            model.setPolicy(policy);
+            try (dev.tokenpress.kv.KvCache cache = quant == null || quant.isNone() ? model.newCache(start + steps + 1)
+                    : model.newCache(start + steps + 1, quant)) {
+                model.prefill(cache, Arrays.copyOf(t.tokens(), start), 0, false, null);
+                int[] out = new int[steps];
+                for (int i = 0; i < steps; i++) {
+                    out[i] = model.argmax();
+                    if (decode == null && out[i] != t.tokens()[start + i]) return false;
+                    if (i + 1 < steps) model.decodeStep(cache, out[i], start + i);
+                }
+                return decode == null || decode.apply(out).contains(t.value());
             }
-            return true;
         } finally {
             model.setPolicy(own);
         }

@@ -127,6 +127,7 @@ class ParallelTest {
             assertTrue(cancelled.isCancelled());
             assertTrue(rounds < 25, "the cancelled sequence stopped: " + rounds + " rounds");
             assertEquals(0, p.activeCount());
+            assertEquals(0, p.busyLanes());
             // every lane is free again: three more requests run at width 3
             List<Parallel.Request> more = new ArrayList<>();
             for (int i = 0; i < 3; i++) more.add(new Parallel.Request(b, 4, SamplingOptions.greedy(), null, null));
@@ -197,6 +198,60 @@ class ParallelTest {
                 assertArrayEquals(s.generate(shortPrompt, 40, SamplingOptions.greedy(), null).tokens(), a.join().tokens());
             }
             assertTrue(rounds > chunks);
+        }
+    }
+
+    /**
+     * Chunked prefill under failures: a listener that throws when the long prompt's first token comes ends that
+     * sequence alone; a request cancelled while its prompt goes in stops there; identical long prompts prefill once
+     * (the others wait and copy the cache); every lane is free afterwards.
+     */
+    @Test
+    void chunkedPrefillsFailCancelAndShareAlone() {
+        try (TokenPress tp = TokenPress.load(LookupDecodingTest.MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2).withMaxChunk(8));
+             Parallel p = new Parallel(tp, 256, null, null)) {
+            int[] shortPrompt = tp.tokenizer().encode(PROMPTS[0]);
+            int[] longPrompt = tp.tokenizer().encode(LogitBiasTest.ENDS_AT_ONCE.repeat(3) + "def main():\n");
+            var runner = p.submit(new Parallel.Request(shortPrompt, 60, SamplingOptions.greedy(), null, null));
+            assertTrue(p.step(4));
+            var broken = p.submit(new Parallel.Request(longPrompt, 5, SamplingOptions.greedy(), null, piece -> {
+                throw new IllegalStateException("listener broke");
+            }));
+            var cancelled = p.submit(new Parallel.Request(tp.tokenizer().encode(PROMPTS[2].repeat(6)), 5, SamplingOptions.greedy(), null, null));
+            assertTrue(p.step(4));
+            cancelled.cancel(false);
+            while (p.step(4)) {
+                // to the end
+            }
+            assertTrue(broken.isCompletedExceptionally());
+            assertTrue(cancelled.isCancelled());
+            assertEquals(60, runner.join().tokens().length, "the running sequence was not touched");
+            assertEquals(0, p.activeCount());
+            assertEquals(0, p.busyLanes(), "every lane was released");
+            // identical long prompts joining a running sequence: one prefill, two copies
+            long[] before = p.stepCounts();
+            var again = p.submit(new Parallel.Request(shortPrompt, 40, SamplingOptions.greedy(), null, null));
+            assertTrue(p.step(4));
+            List<java.util.concurrent.CompletableFuture<GenerationResult>> same = new ArrayList<>();
+            for (int i = 0; i < 3; i++)
+                same.add(p.submit(new Parallel.Request(longPrompt, 6, SamplingOptions.defaults().withSeed(30 + i), null, null)));
+            while (p.step(4)) {
+                // to the end
+            }
+            long[] after = p.stepCounts();
+            assertEquals(2, after[2] - before[2], "the short prompt and one long prompt were prefilled");
+            assertEquals(2, after[3] - before[3], "the other two copied its cache");
+            try (Session s = tp.newSession(256)) {
+                for (int i = 0; i < 3; i++) {
+                    s.reset();
+                    assertArrayEquals(s.generate(longPrompt, 6, SamplingOptions.defaults().withSeed(30 + i), null).tokens(), same.get(i).join().tokens());
+                }
+            }
+            assertEquals(40, again.join().tokens().length);
+            assertEquals(3, p.generate(List.of(new Parallel.Request(shortPrompt, 2, SamplingOptions.greedy(), null, null),
+                    new Parallel.Request(shortPrompt, 2, SamplingOptions.greedy(), null, null),
+                    new Parallel.Request(shortPrompt, 2, SamplingOptions.greedy(), null, null)), 4).size(), "every lane is free");
+            assertEquals(0, p.busyLanes());
         }
     }
 

@@ -54,6 +54,7 @@ class PromptCacheTest {
                 Files.writeString(cut, "not a cache at all");
                 assertThrows(IllegalArgumentException.class, () -> s.loadCache(cut));
                 s.setPolicy(dev.tokenpress.kv.KvPolicies.parse("h2o:budget=16", tp.config()));
+                assertThrows(IllegalStateException.class, () -> s.loadCache(file), "a policy that evicts never saw those keys");
                 s.generate(prompt, 0, SamplingOptions.greedy(), null);
                 assertThrows(IllegalStateException.class, () -> s.saveCache(tmp.resolve("h2o.cache")), "a policy that evicts");
             }

@@ -73,6 +73,7 @@ class NeedleTest {
                     }
                 }
                 assertEquals(allArgmax, hit, "trial " + t.key());
+                if (hit) assertTrue(Needle.generatesValue(tp.model(), t, KvPolicy.FULL, null, tp.tokenizer()::decode), "the text matches too");
             }
             assertTrue(small.meanExact() <= full.meanExact(), "evicting the needle does not help: " + small.meanExact() + " vs " + full.meanExact());
             assertEquals(full.meanNll(), small.meanFullNll(), 1e-9, "every row is compared with the same full-cache score");
