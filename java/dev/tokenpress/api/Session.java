@@ -390,7 +390,6 @@ public final class Session implements AutoCloseable {
                     + "(policy " + model.policy().spec() + ")");
         int hd = cache.headDim();
         java.nio.file.Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
-        float[] k = new float[hd], v = new float[hd];
         try (java.io.DataOutputStream out = new java.io.DataOutputStream(new java.io.BufferedOutputStream(
                 java.nio.file.Files.newOutputStream(tmp), 1 << 16))) {
             out.writeInt(CACHE_MAGIC);
@@ -401,17 +400,18 @@ public final class Session implements AutoCloseable {
             out.writeInt(hd);
             out.writeInt(fedCount);
             for (int i = 0; i < fedCount; i++) out.writeInt(fed[i]);
+            float[] keys = new float[cache.capacity() * hd], values = new float[cache.capacity() * hd];
             for (int l = 0; l < cache.layers(); l++)
                 for (int g = 0; g < cache.kvHeads(); g++) {
                     int[] pos = cache.positions(l, g);
                     int hw = cache.highWater(l, g), count = cache.occupied(l, g);
                     out.writeInt(count);
+                    tp.backend().readKvHead(cache, l, g, keys, values);
                     for (int slot = 0; slot < hw; slot++) {
                         if (pos[slot] < 0) continue;
-                        tp.backend().readKv(cache, l, g, slot, k, v);
                         out.writeInt(pos[slot]);
-                        for (float x : k) out.writeFloat(x);
-                        for (float x : v) out.writeFloat(x);
+                        for (int d = 0; d < hd; d++) out.writeFloat(keys[slot * hd + d]);
+                        for (int d = 0; d < hd; d++) out.writeFloat(values[slot * hd + d]);
                     }
                 }
         }

@@ -221,6 +221,23 @@ public interface Backend extends AutoCloseable {
         throw new UnsupportedOpException("the " + name() + " backend has no readKv op (needed by this --kv policy): use --device cpu");
     }
 
+    /**
+     * The keys and values of every slot below the high-water mark of (layer, KV head), in slot order:
+     * keys[slot * hd ..], values[slot * hd ..] (at least highWater * hd each; a free slot's entries are unspecified).
+     * For the policies that score the whole cache and for saving it. Default: {@link #readKv} per occupied slot.
+     */
+    default void readKvHead(KvCache cache, int layer, int head, float[] keys, float[] values) {
+        int hd = cache.headDim();
+        float[] k = new float[hd], v = new float[hd];
+        int[] pos = cache.positions(layer, head);
+        for (int s = 0, hw = cache.highWater(layer, head); s < hw; s++) {
+            if (pos[s] < 0) continue;
+            readKv(cache, layer, head, s, k, v);
+            System.arraycopy(k, 0, keys, s * hd, hd);
+            System.arraycopy(v, 0, values, s * hd, hd);
+        }
+    }
+
     /** Writes a key and value (key[hd], value[hd], already rotated) into {@code slot} of (layer, KV head). */
     default void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         throw new UnsupportedOpException("the " + name() + " backend has no writeKv op (needed by this --kv policy): use --device cpu");

@@ -171,4 +171,29 @@ class DecodeBatchTest {
             assertArrayEquals(m.logits(), got, 2e-5f, "the other row ran as usual");
         }
     }
+
+    /** readKvHead reads every slot of a head as readKv reads them one by one (f32 and quantized caches). */
+    @Test
+    void aHeadReadInBulkEqualsSlotBySlot() {
+        try (Llama m = model(4)) {
+            for (String q : new String[]{"none", "int4"}) {
+                try (KvCache c = m.newCache(32, KvQuantSpec.parse(q))) {
+                    m.prefill(c, prompt(3, m.config.vocabSize()), 0, false, null);
+                    c.free(1, 1, 2);
+                    int hd = c.headDim();
+                    float[] keys = new float[32 * hd], values = new float[32 * hd], k = new float[hd], v = new float[hd];
+                    for (int l = 0; l < c.layers(); l++)
+                        for (int g = 0; g < c.kvHeads(); g++) {
+                            m.backend.readKvHead(c, l, g, keys, values);
+                            for (int s = 0; s < c.highWater(l, g); s++) {
+                                if (c.position(l, g, s) < 0) continue;
+                                m.backend.readKv(c, l, g, s, k, v);
+                                assertArrayEquals(k, java.util.Arrays.copyOfRange(keys, s * hd, (s + 1) * hd), q + " key " + l + "/" + g + "/" + s);
+                                assertArrayEquals(v, java.util.Arrays.copyOfRange(values, s * hd, (s + 1) * hd), q + " value");
+                            }
+                        }
+                }
+            }
+        }
+    }
 }

@@ -558,6 +558,17 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void readKvHead(KvCache cache, int layer, int head, float[] keys, float[] values) {
+        if (!(cache instanceof CpuKvCache c)) {
+            Backend.super.readKvHead(cache, layer, head, keys, values);
+            return;
+        }
+        int n = c.highWater(layer, head) * c.headDim();
+        System.arraycopy(c.keys[layer][head], 0, keys, 0, n);
+        System.arraycopy(c.values[layer][head], 0, values, 0, n);
+    }
+
+    @Override
     public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         if (cache instanceof QuantKvCache qc) { qc.store(layer, head, slot, key, 0, value, 0); return; }
         CpuKvCache c = (CpuKvCache) cache;

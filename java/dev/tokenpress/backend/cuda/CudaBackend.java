@@ -1763,6 +1763,26 @@ public final class CudaBackend implements Backend {
     }
 
     /**
+     * A bf16 cache's keys and values of (layer, head) below the high-water mark: two device-to-host copies of the bf16
+     * rows, widened on the host (no kernel); other caches slot by slot ({@link #readKv}).
+     */
+    @Override
+    public void readKvHead(KvCache cache, int layer, int head, float[] keys, float[] values) {
+        if (!(cache instanceof CudaKvCache c)) {
+            Backend.super.readKvHead(cache, layer, head, keys, values);
+            return;
+        }
+        requireEager("readKvHead");
+        int n = c.highWater(layer, head) * c.headDim();
+        if (n == 0) return;
+        short[] buf = new short[n];
+        check(TpNative.tp_memcpy_d2h(buf, c.keysAddress(layer, head), 2L * n, stream), "readKvHead keys");
+        for (int i = 0; i < n; i++) keys[i] = Float.intBitsToFloat((buf[i] & 0xFFFF) << 16);
+        check(TpNative.tp_memcpy_d2h(buf, c.valuesAddress(layer, head), 2L * n, stream), "readKvHead values");
+        for (int i = 0; i < n; i++) values[i] = Float.intBitsToFloat((buf[i] & 0xFFFF) << 16);
+    }
+
+    /**
      * Copies a bf16 cache into another of the same shape: keys, values and device positions as three device copies in
      * stream order (the source's queued frees applied first, the destination's dropped), the host bookkeeping alongside.
      */

@@ -53,6 +53,11 @@ public final class CudaKvCache extends KvCache {
         return keys + (((long) layer * kvHeads + head) * capacity) * headDim * 2;
     }
 
+    /** Device address of values of (layer, head) slot 0. */
+    public long valuesAddress(int layer, int head) {
+        return values + (((long) layer * kvHeads + head) * capacity) * headDim * 2;
+    }
+
     @Override
     protected void onFree(int layer, int head, int slot) {
         if (pendingCount == pending.length) pending = Arrays.copyOf(pending, pending.length * 2);

@@ -27,6 +27,7 @@ public final class ExpectedAttentionPolicy extends BudgetedPolicy {
     private double[][][] sum;       // [layer][q-head][hd]
     private double[][][] outer;     // [layer][q-head][hd*(hd+1)/2] upper triangle of sum q q^T
     private float[] k, v, row;
+    private float[] keys = new float[0], values = new float[0];  // the head being scored, [slot * hd]
     private float[][] mu, sigma;    // per q-head of the layer being scored: R mu, R Sigma R^T [hd*hd]
     private int rotatedAt = -1;
     private float[] cosAvg, sinAvg;
@@ -105,9 +106,15 @@ public final class ExpectedAttentionPolicy extends BudgetedPolicy {
             float[] sc = score[layer][g];
             float[][] z = new float[group][hw];
             float[] vn = new float[hw];
+            if (keys.length < hw * hd) {
+                keys = new float[capacity * hd];
+                values = new float[capacity * hd];
+            }
+            backend.readKvHead(cache, layer, g, keys, values); // one bulk read of the head's cached keys and values
             for (int slot = 0; slot < hw; slot++) {
                 if (pos[slot] < sink) continue;  // free slots (-1) and sinks stay out of the softmax
-                backend.readKv(cache, layer, g, slot, k, v);
+                System.arraycopy(keys, slot * hd, k, 0, hd);
+                System.arraycopy(values, slot * hd, v, 0, hd);
                 double n2 = 0;
                 for (float x : v) n2 += (double) x * x;
                 vn[slot] = (float) Math.sqrt(n2);

@@ -12,6 +12,7 @@ import dev.tokenpress.kv.KvCache;
  */
 public final class KeyDiffPolicy extends BudgetedPolicy {
     private float[] k, v;
+    private float[] keys = new float[0], values = new float[0];  // the head being scored, [slot * hd]
     private float[][] unit;  // per slot of the head being scored: the normalized key
 
     public KeyDiffPolicy(String spec, Budget budget, Budget recent, int sink) {
@@ -34,9 +35,14 @@ public final class KeyDiffPolicy extends BudgetedPolicy {
             int hw = c.highWater(layer, g);
             double[] anchor = new double[headDim];
             int count = 0;
+            if (keys.length < hw * headDim) {
+                keys = new float[capacity * headDim];
+                values = new float[capacity * headDim];
+            }
+            backend.readKvHead(c, layer, g, keys, values); // one bulk read of the head's cached keys
             for (int slot = 0; slot < hw; slot++) {
                 if (pos[slot] < 0) continue;
-                backend.readKv(c, layer, g, slot, k, v);
+                System.arraycopy(keys, slot * headDim, k, 0, headDim);
                 double n2 = 0;
                 for (float x : k) n2 += (double) x * x;
                 float inv = n2 > 0 ? (float) (1.0 / Math.sqrt(n2)) : 0f;

@@ -174,6 +174,15 @@ class CudaSessionTest {
                 float[] fromB = m.logits();
                 assertArrayEquals(fromA, fromB, "the copy continues as the original");
                 assertEquals(a.occupied(0, 0), b.occupied(0, 0));
+                int hd = a.headDim();
+                float[] keys = new float[64 * hd], values = new float[64 * hd], k1 = new float[hd], v1 = new float[hd];
+                tp.backend().readKvHead(a, 1, 1, keys, values); // two bulk copies, widened on the host
+                for (int s = 0; s < a.highWater(1, 1); s++) {
+                    if (a.position(1, 1, s) < 0) continue;
+                    tp.backend().readKv(a, 1, 1, s, k1, v1);
+                    assertArrayEquals(k1, Arrays.copyOfRange(keys, s * hd, (s + 1) * hd), "key of slot " + s);
+                    assertArrayEquals(v1, Arrays.copyOfRange(values, s * hd, (s + 1) * hd), "value of slot " + s);
+                }
             }
         }
     }
