@@ -997,13 +997,23 @@ public final class OpenAiServer implements AutoCloseable {
                         + "user or assistant");
             list.add(new Message(role, content(m.get("content"))));
         }
-        if (!list.get(list.size() - 1).role().equals("user"))
-            throw ApiException.badRequest("the last message must be a user message");
+        Message last = list.get(list.size() - 1);
+        boolean cont = last.role().equals("assistant"); // continue_final_message (vLLM) / assistant prefill (llama-server)
+        if (!last.role().equals("user") && !cont)
+            throw ApiException.badRequest("the last message must be a user message, or an assistant message to continue");
+        if (b.has("continue_final_message") && b.get("continue_final_message").asBoolean() != cont)
+            throw ApiException.badRequest("'continue_final_message' needs the last message to be the assistant's, and only then");
         String text;
         try {
-            text = t.render(list, true);
+            text = t.render(list, !cont);
         } catch (IllegalArgumentException e) {
             throw ApiException.badRequest(e.getMessage());
+        }
+        if (cont) { // the reply goes on from the last assistant message: cut what the template closes its turn with
+            int at = last.content().isEmpty() ? -1 : text.lastIndexOf(last.content());
+            if (at < 0)
+                throw ApiException.badRequest("the chat template does not show the last assistant message as given: it cannot be continued");
+            text = text.substring(0, at + last.content().length());
         }
         Set<Integer> stops = new HashSet<>();
         for (int id : t.stopTokenIds(tp.tokenizer())) stops.add(id);

@@ -186,7 +186,7 @@ class OpenAiServerTest {
                 {"/v1/completions", "{\"prompt\": [999999]}", 400},
                 {"/v1/chat/completions", "{\"messages\": []}", 400},
                 {"/v1/chat/completions", "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}", 400},
-                {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}", 400},
+                {"/v1/chat/completions", "{\"messages\": [{\"role\": \"system\", \"content\": \"x\"}]}", 400},
                 {"/v1/embeddings", "{}", 400},
                 {"/v1/rerank", "{}", 404}};
         for (Object[] c : cases) {
@@ -670,6 +670,26 @@ class OpenAiServerTest {
             assertEquals(i == blocks.length - 1, e.get("stop").asBoolean(), blocks[i]);
         }
         assertEquals(want, text.toString());
+    }
+
+    /** A conversation ending with an assistant message is continued from it (vLLM's continue_final_message). */
+    @Test
+    void aFinalAssistantMessageIsContinued() throws Exception {
+        String body = "{\"messages\": [{\"role\": \"user\", \"content\": \"Write add.\"}, {\"role\": \"assistant\", "
+                + "\"content\": \"def add(a, b):\"}], \"max_tokens\": 8, \"temperature\": 0}";
+        Reply r = post("/v1/chat/completions", body);
+        assertEquals(200, r.status(), r.body());
+        ChatTemplate t = ChatTemplate.named("chatml");
+        String rendered = t.render(List.of(Message.user("Write add."), Message.assistant("def add(a, b):")), false);
+        String prefix = rendered.substring(0, rendered.lastIndexOf("def add(a, b):") + "def add(a, b):".length());
+        java.util.Set<Integer> stops = new java.util.HashSet<>();
+        for (int id : t.stopTokenIds(tp.tokenizer())) stops.add(id);
+        GenerationResult want = direct(tp.tokenizer().encode(prefix), 8, stops);
+        assertEquals(want.text(), r.json().at("/choices/0/message/content").asText());
+        assertEquals(400, post("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                + "\"continue_final_message\": true}").status());
+        assertEquals(400, post("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, "
+                + "{\"role\": \"assistant\", \"content\": \"\"}]}").status(), "nothing to continue from");
     }
 
     /** A server with a draft (the model's first layers) answers with the same text, sampled with a seed too. */
