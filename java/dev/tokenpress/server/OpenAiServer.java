@@ -320,6 +320,10 @@ public final class OpenAiServer implements AutoCloseable {
                     requireMethod(ex, "GET");
                     metrics(ex);
                 }
+                case "/props" -> {
+                    requireMethod(ex, "GET");
+                    sendJson(ex, 200, props());
+                }
                 case "/completion", "/completions" -> {
                     requireMethod(ex, "POST");
                     processing.incrementAndGet();
@@ -370,7 +374,7 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /completion, /generate, /tokenize, /detokenize, /metrics or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /completion, /generate, /tokenize, /detokenize, /props, /metrics or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -384,7 +388,7 @@ public final class OpenAiServer implements AutoCloseable {
             ex.close();
             String endpoint = switch (path) {
                 case "/health", "/v1/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/tokenize",
-                     "/detokenize", "/metrics", "/v1/embeddings", "/embeddings", "/completion", "/completions" -> path;
+                     "/detokenize", "/metrics", "/props", "/v1/embeddings", "/embeddings", "/completion", "/completions" -> path;
                 default -> "other";
             };
             requestCounts.computeIfAbsent(endpoint + "|" + status, k -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -593,6 +597,44 @@ public final class OpenAiServer implements AutoCloseable {
                 throw ApiException.badRequest("token " + t[i] + " is outside the vocabulary of " + tp.config().vocabSize());
         }
         return t;
+    }
+
+    /**
+     * {@code GET /props}, llama-server's server properties: the default sampling settings, the context size, the number
+     * of sequences decoded together, the model and its chat template, plus this server's KV policy and quantization.
+     */
+    private ObjectNode props() {
+        ObjectNode o = JSON.createObjectNode();
+        ObjectNode d = o.putObject("default_generation_settings");
+        SamplingOptions so = options.sampling();
+        d.put("n_ctx", session.contextSize());
+        d.put("n_predict", options.defaultMaxTokens());
+        d.put("temperature", so.temp());
+        d.put("top_k", so.topK());
+        d.put("top_p", so.topP());
+        d.put("min_p", so.minP());
+        d.put("typical_p", so.typicalP());
+        d.put("repeat_last_n", so.repeatLastN());
+        d.put("repeat_penalty", so.repeatPenalty());
+        d.put("presence_penalty", so.presencePenalty());
+        d.put("frequency_penalty", so.frequencyPenalty());
+        d.put("mirostat", so.mirostat());
+        d.put("mirostat_tau", so.mirostatEnt());
+        d.put("mirostat_eta", so.mirostatLr());
+        d.put("dry_multiplier", so.dryMultiplier());
+        d.put("xtc_probability", so.xtcProbability());
+        d.put("top_n_sigma", so.topNSigma());
+        d.put("dynatemp_range", so.dynatempRange());
+        d.put("seed", so.seed());
+        o.put("total_slots", batcher == null ? 1 : options.parallel());
+        o.put("model_path", tp.directory().toString());
+        o.put("model_alias", options.modelName());
+        o.put("chat_template", options.template() == null ? "" : options.template().toString());
+        o.put("n_ctx", session.contextSize());
+        o.put("kv", defaultPolicy.spec());
+        o.put("kv_quant", options.quant() == null ? "none" : options.quant().spec());
+        o.put("build_info", "tokenpress");
+        return o;
     }
 
     /** Adds a request's figures to the /metrics counters. */

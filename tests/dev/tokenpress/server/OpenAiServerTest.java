@@ -602,6 +602,12 @@ class OpenAiServerTest {
         assertTrue(v.get("tokenpress_kv_cache_bytes") > 0);
         assertFalse(v.containsKey("tokenpress_batch_steps_total"), "no batch without -np");
         assertTrue(m.body().contains("# TYPE tokenpress_generated_tokens_total counter"));
+        Reply props = get("/props");
+        assertEquals(200, props.status());
+        assertEquals(256, props.json().at("/default_generation_settings/n_ctx").asInt());
+        assertEquals(16, props.json().at("/default_generation_settings/n_predict").asInt());
+        assertEquals(1, props.json().get("total_slots").asInt());
+        assertEquals("full", props.json().get("kv").asText());
     }
 
     /** /v1/embeddings: OpenAI's shape, float and base64, one vector per input, as the Java API computes them. */
