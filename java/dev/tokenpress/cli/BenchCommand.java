@@ -61,7 +61,12 @@ public final class BenchCommand implements Callable<Integer> {
     @Option(names = "--bandwidth-mib", defaultValue = "1024", description = "Buffer size for the CPU read-bandwidth measurement (default: ${DEFAULT-VALUE}).")
     int bandwidthMib;
 
-    record Row(String test, String kv, int tokens, int depth, double mean, double stdev, double rooflineTps) {}
+    /** One result; {@code sequences} decoded together (1 but for tgN xS). */
+    record Row(String test, String kv, int tokens, int depth, double mean, double stdev, double rooflineTps, int sequences) {
+        Row(String test, String kv, int tokens, int depth, double mean, double stdev, double rooflineTps) {
+            this(test, kv, tokens, depth, mean, stdev, rooflineTps, 1);
+        }
+    }
 
     @Override
     public Integer call() throws Exception {
@@ -198,7 +203,7 @@ public final class BenchCommand implements Callable<Integer> {
                 double sec = (System.nanoTime() - t0) / 1e9;
                 if (r > 0) tps[r - 1] = (double) steps * np / sec;
             }
-            rows.add(new Row("tg" + g + (d > 0 ? " @ d" + d : "") + " x" + np, kv, g, d, mean(tps), stdev(tps), roofline * np));
+            rows.add(new Row("tg" + g + (d > 0 ? " @ d" + d : "") + " x" + np, kv, g, d, mean(tps), stdev(tps), roofline * np, np));
             return mean(tps);
         } finally {
             for (KvCache kc : caches) if (kc != null) kc.close();
@@ -246,6 +251,7 @@ public final class BenchCommand implements Callable<Integer> {
                     n.put("kv", r.kv());
                     n.put("tokens", r.tokens());
                     n.put("depth", r.depth());
+                    n.put("sequences", r.sequences());
                     n.put("tokens_per_s", r.mean());
                     n.put("stdev", r.stdev());
                     if (!Double.isNaN(r.rooflineTps())) {

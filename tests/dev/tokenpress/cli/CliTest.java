@@ -63,7 +63,9 @@ class CliTest {
         assertEquals(ExitCodes.OK, bench.code(), bench.err());
         JsonNode b = new ObjectMapper().readTree(bench.out());
         assertEquals("tg3 x3", b.at("/results/0/test").asText());
+        assertEquals(3, b.at("/results/0/sequences").asInt());
         assertEquals("tg3", b.at("/results/1/test").asText());
+        assertEquals(1, b.at("/results/1/sequences").asInt());
         assertTrue(b.at("/results/0/tokens_per_s").asDouble() > 0);
     }
 
