@@ -44,12 +44,38 @@ import java.util.Map;
  */
 public final class ChatTemplate {
 
-    /** A message of a conversation: role "system", "user" or "assistant". */
-    public record Message(String role, String content) {
+    /**
+     * A call of a tool (function) an assistant message makes: its id (what the tool's result message refers to), the
+     * function's name and its arguments as JSON text (OpenAI's {@code tool_calls[i]}).
+     */
+    public record ToolCall(String id, String name, String arguments) {
+        public ToolCall {
+            if (name == null || name.isEmpty()) throw new IllegalArgumentException("a tool call needs a function name");
+            if (arguments == null) arguments = "{}";
+            if (id == null) id = "";
+        }
+    }
+
+    /**
+     * A message of a conversation: role "system", "user", "assistant" or "tool". An assistant message may carry the
+     * tool calls it made ({@code toolCalls}, then its content may be empty); a tool message is a tool's result, with the
+     * id of the call it answers ({@code toolCallId}, may be null). The model's own template decides how these look;
+     * the built-in formats have none, so they refuse tool calls and tool messages.
+     */
+    public record Message(String role, String content, List<ToolCall> toolCalls, String toolCallId) {
         public Message {
-            if (!role.equals("system") && !role.equals("user") && !role.equals("assistant"))
-                throw new IllegalArgumentException("chat message role must be system, user or assistant, got " + role);
+            if (!role.equals("system") && !role.equals("user") && !role.equals("assistant") && !role.equals("tool"))
+                throw new IllegalArgumentException("chat message role must be system, user, assistant or tool, got " + role);
             if (content == null) throw new IllegalArgumentException("chat message content is null");
+            toolCalls = toolCalls == null ? List.of() : List.copyOf(toolCalls);
+            if (!toolCalls.isEmpty() && !role.equals("assistant"))
+                throw new IllegalArgumentException("only an assistant message makes tool calls");
+            if (toolCallId != null && !role.equals("tool"))
+                throw new IllegalArgumentException("only a tool message answers a tool call");
+        }
+
+        public Message(String role, String content) {
+            this(role, content, List.of(), null);
         }
 
         public static Message system(String content) { return new Message("system", content); }
@@ -57,6 +83,14 @@ public final class ChatTemplate {
         public static Message user(String content) { return new Message("user", content); }
 
         public static Message assistant(String content) { return new Message("assistant", content); }
+
+        /** An assistant message that calls tools ({@code content} may be empty). */
+        public static Message assistant(String content, List<ToolCall> calls) {
+            return new Message("assistant", content, calls, null);
+        }
+
+        /** A tool's result for the call {@code callId} (may be null). */
+        public static Message tool(String callId, String content) { return new Message("tool", content, List.of(), callId); }
     }
 
     /** The built-in formats. */
@@ -83,13 +117,15 @@ public final class ChatTemplate {
 
     private final Format format;          // the family (null: a model template of no known family)
     private final String source;
+    private final String text;            // the model's template text (null for a built-in format)
     private final Jinja.Template jinja;   // the model's template, or null for a built-in format
     private final String bos, eos;        // special-token strings the model's template may print
     private String endOfReply;            // derived once from the model's template
 
-    private ChatTemplate(Format format, String source, Jinja.Template jinja, String bos, String eos) {
+    private ChatTemplate(Format format, String source, String text, Jinja.Template jinja, String bos, String eos) {
         this.format = format;
         this.source = source;
+        this.text = jinja == null ? null : text;
         this.jinja = jinja;
         this.bos = bos == null ? "" : bos;
         this.eos = eos == null ? "" : eos;
@@ -103,13 +139,13 @@ public final class ChatTemplate {
      * @throws Jinja.TemplateException if the template does not parse
      */
     public static ChatTemplate fromJinja(String source, String bos, String eos, String where) {
-        return new ChatTemplate(detect(source), where, Jinja.parse(source), bos, eos);
+        return new ChatTemplate(detect(source), where, source, Jinja.parse(source), bos, eos);
     }
 
     /** A built-in format by name (llama3, chatml, llama2, mistral; case-insensitive). */
     public static ChatTemplate named(String name) {
         for (Format f : Format.values())
-            if (f.id.equalsIgnoreCase(name.trim())) return new ChatTemplate(f, "built-in", null, null, null);
+            if (f.id.equalsIgnoreCase(name.trim())) return new ChatTemplate(f, "built-in", null, null, null, null);
         throw new IllegalArgumentException("unknown chat template '" + name + "': use one of " + names());
     }
 
@@ -171,7 +207,7 @@ public final class ChatTemplate {
             if (f == null)
                 throw new ModelLoadException(where + ": its chat template does not parse (" + e.getMessage()
                         + ") and is not one of the known families (" + names() + "): pass --chat-template NAME");
-            return new ChatTemplate(f, "built-in, as " + where + " does not parse: " + e.getMessage(), null, null, null);
+            return new ChatTemplate(f, "built-in, as " + where + " does not parse: " + e.getMessage(), null, null, null, null);
         }
     }
 
@@ -280,7 +316,26 @@ public final class ChatTemplate {
      * @throws IllegalArgumentException if the conversation breaks those rules or the model's template refuses it
      */
     public String render(List<Message> messages, boolean addReplyPrompt) {
+        return render(messages, addReplyPrompt, null);
+    }
+
+    /**
+     * As {@link #render(List, boolean)}, offering the model {@code tools}: OpenAI's list of {@code {"type":
+     * "function", "function": {"name", "description", "parameters"}}} (null or empty: none), given to the model's
+     * template as transformers' {@code apply_chat_template(tools=...)} does. Tool calls of assistant messages reach the
+     * template as {@code {"id", "type": "function", "function": {"name", "arguments"}}} with the arguments as a
+     * mapping when they are a JSON object (what transformers' templates expect), and tool messages as {@code {"role":
+     * "tool", "content", "tool_call_id"}}.
+     *
+     * @throws IllegalArgumentException as there, and for tools or tool messages in a built-in format, or tools the
+     *                                  model's template never mentions
+     */
+    public String render(List<Message> messages, boolean addReplyPrompt, JsonNode tools) {
+        boolean hasTools = tools != null && !tools.isNull() && !(tools.isArray() && tools.isEmpty());
+        if (hasTools && !tools.isArray()) throw new IllegalArgumentException("tools must be a list");
         if (jinja != null) {
+            if (hasTools && !acceptsTools())
+                throw new IllegalArgumentException("the chat template (" + source + ") takes no tools");
             for (int i = 0; i < messages.size(); i++)
                 if (i > 0 && messages.get(i).role().equals("system"))
                     throw new IllegalArgumentException("a system message may only be the first message of a conversation");
@@ -288,7 +343,22 @@ public final class ChatTemplate {
             for (Message m : messages) {
                 Map<String, Object> mm = new LinkedHashMap<>();
                 mm.put("role", m.role());
-                mm.put("content", m.content());
+                mm.put("content", m.content().isEmpty() && !m.toolCalls().isEmpty() ? null : m.content());
+                if (!m.toolCalls().isEmpty()) {
+                    List<Object> calls = new ArrayList<>();
+                    for (ToolCall c : m.toolCalls()) {
+                        Map<String, Object> fn = new LinkedHashMap<>();
+                        fn.put("name", c.name());
+                        fn.put("arguments", argumentsValue(c.arguments()));
+                        Map<String, Object> call = new LinkedHashMap<>();
+                        call.put("id", c.id());
+                        call.put("type", "function");
+                        call.put("function", fn);
+                        calls.add(call);
+                    }
+                    mm.put("tool_calls", calls);
+                }
+                if (m.toolCallId() != null) mm.put("tool_call_id", m.toolCallId());
                 list.add(mm);
             }
             Map<String, Object> vars = new HashMap<>();
@@ -296,7 +366,7 @@ public final class ChatTemplate {
             vars.put("add_generation_prompt", addReplyPrompt);
             vars.put("bos_token", bos);
             vars.put("eos_token", eos);
-            vars.put("tools", null);
+            vars.put("tools", hasTools ? jinjaValue(tools) : null);
             vars.put("documents", null);
             try {
                 return jinja.render(vars);
@@ -305,7 +375,52 @@ public final class ChatTemplate {
                         + e.getMessage());
             }
         }
+        if (hasTools)
+            throw new IllegalArgumentException("tools need the model's own chat template; the built-in " + format.id
+                    + " format has none: pass --chat-template-file with the model's template");
+        for (Message m : messages)
+            if (m.role().equals("tool") || !m.toolCalls().isEmpty())
+                throw new IllegalArgumentException("tool calls and tool messages need the model's own chat template; the "
+                        + "built-in " + format.id + " format has none: pass --chat-template-file with the model's template");
         return renderBuiltIn(messages, addReplyPrompt);
+    }
+
+    /** Whether the model's template reads the tools it is given (it mentions {@code tools}); false for a built-in one. */
+    public boolean acceptsTools() {
+        return text != null && text.contains("tools");
+    }
+
+    /** The model's template text, or null for a built-in format. */
+    public String templateText() { return text; }
+
+    /** A tool call's arguments for a template: the mapping when they are a JSON object, else the text as given. */
+    private static Object argumentsValue(String arguments) {
+        try {
+            JsonNode n = JSON.readTree(arguments);
+            if (n != null && n.isObject()) return jinjaValue(n);
+        } catch (IOException e) {
+            // not JSON: the text as it is
+        }
+        return arguments;
+    }
+
+    /** A JSON value as the template engine's values: maps (in order), lists, strings, integers, doubles, booleans, null. */
+    static Object jinjaValue(JsonNode n) {
+        if (n == null || n.isNull() || n.isMissingNode()) return null;
+        if (n.isObject()) {
+            Map<String, Object> m = new LinkedHashMap<>();
+            n.fields().forEachRemaining(e -> m.put(e.getKey(), jinjaValue(e.getValue())));
+            return m;
+        }
+        if (n.isArray()) {
+            List<Object> l = new ArrayList<>();
+            for (JsonNode x : n) l.add(jinjaValue(x));
+            return l;
+        }
+        if (n.isBoolean()) return n.asBoolean();
+        if (n.isIntegralNumber()) return n.canConvertToLong() ? (Object) n.asLong() : n.bigIntegerValue();
+        if (n.isNumber()) return n.asDouble();
+        return n.asText();
     }
 
     private String renderBuiltIn(List<Message> messages, boolean addReplyPrompt) {

@@ -12,6 +12,7 @@ import dev.tokenpress.api.Parallel;
 import dev.tokenpress.api.Session;
 import dev.tokenpress.api.StopText;
 import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.api.ToolCalls;
 import dev.tokenpress.io.ChatTemplate;
 import dev.tokenpress.io.ChatTemplate.Message;
 import dev.tokenpress.kv.KvPolicies;
@@ -43,10 +44,14 @@ import java.util.function.Consumer;
  * other dependency), so that OpenAI clients and tools can use a model with KV-cache compression:
  * <ul>
  *   <li>{@code POST /v1/completions}: {@code prompt} (a string, one string in a list, or a list of token ids);</li>
- *   <li>{@code POST /v1/chat/completions}: {@code messages} (system/developer, user, assistant; content a string
- *       or a list of text parts) in the model's {@link ChatTemplate} format;</li>
+ *   <li>{@code POST /v1/chat/completions}: {@code messages} (system/developer, user, assistant with optional {@code
+ *       tool_calls}, tool with {@code tool_call_id}; content a string or a list of text parts) in the model's {@link
+ *       ChatTemplate} format; function calling with {@code tools}, {@code tool_choice} (auto, none, required or a
+ *       named function: the last two constrain the reply to a call by a grammar) and {@code parallel_tool_calls}:
+ *       calls in the model's notation come back as {@code tool_calls} ({@link ToolCalls});</li>
  *   <li>{@code GET /v1/models}, {@code GET /health}; llama-server's {@code POST /tokenize} ({@code content}, {@code
- *       add_special}, {@code with_pieces}) and {@code POST /detokenize} ({@code tokens}).</li>
+ *       add_special}, {@code with_pieces}), {@code POST /detokenize} ({@code tokens}) and {@code POST /apply-template}
+ *       (a chat request's prompt).</li>
  * </ul>
  * Request fields: {@code max_tokens} (chat also {@code max_completion_tokens}; default the server's), {@code
  * temperature}, {@code top_p}, {@code seed}, {@code stop} (a string or a list), {@code stream} (server-sent events
@@ -343,6 +348,12 @@ public final class OpenAiServer implements AutoCloseable {
                         processing.decrementAndGet();
                     }
                 }
+                case "/apply-template" -> { // llama-server's: the prompt a chat request would feed
+                    requireMethod(ex, "POST");
+                    ObjectNode o = JSON.createObjectNode();
+                    o.put("prompt", chatPrompt(body(ex)).text());
+                    sendJson(ex, 200, o);
+                }
                 case "/tokenize" -> {
                     requireMethod(ex, "POST");
                     JsonNode b = body(ex);
@@ -374,7 +385,7 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /completion, /generate, /tokenize, /detokenize, /props, /metrics or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /completion, /generate, /tokenize, /detokenize, /apply-template, /props, /metrics or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -388,7 +399,8 @@ public final class OpenAiServer implements AutoCloseable {
             ex.close();
             String endpoint = switch (path) {
                 case "/health", "/v1/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/tokenize",
-                     "/detokenize", "/metrics", "/props", "/v1/embeddings", "/embeddings", "/completion", "/completions" -> path;
+                     "/detokenize", "/apply-template", "/metrics", "/props", "/v1/embeddings", "/embeddings", "/completion",
+                     "/completions" -> path;
                 default -> "other";
             };
             requestCounts.computeIfAbsent(endpoint + "|" + status, k -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -442,7 +454,16 @@ public final class OpenAiServer implements AutoCloseable {
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
                            Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup,
                            boolean echo, Session.OutputFormat format, int n, String grammar, String schema,
-                           Map<Integer, Float> logitBias, boolean ignoreEos) {}
+                           Map<Integer, Float> logitBias, boolean ignoreEos, Tools tools) {
+        /** This request reading its replies for tool calls ({@code tools}, null = not), constrained by {@code grammar}. */
+        Request withTools(Tools tools, String grammar) {
+            return new Request(tokens, maxTokens, sampling, stop, stream, stopTokens, cachePrompt, policy, logprobs, lookup,
+                    echo, format, n, grammar, schema, logitBias, ignoreEos, tools);
+        }
+    }
+
+    /** The tools a chat request offers: their names (only their calls count) and the notation of the model's calls. */
+    private record Tools(Set<String> names, ToolCalls.Style style, boolean parallel) {}
 
     /** One generated choice: the result, its text (cut at a stop string), its sampling steps, and how it began. */
     private record Choice(GenerationResult r, StopText text, List<StepTrace> steps, Session.Score[] promptScores,
@@ -452,8 +473,12 @@ public final class OpenAiServer implements AutoCloseable {
     private String complete(HttpExchange ex, JsonNode body, boolean chat) throws IOException {
         String id = (chat ? "chatcmpl-" : "cmpl-") + ids.incrementAndGet();
         long created = System.currentTimeMillis() / 1000;
-        Run run = run(() -> chat ? chatRequest(body) : completionRequest(body),
-                rq -> rq.stream() ? new Stream(ex, id, created, chat) : null);
+        Run run = run(() -> chat ? chatRequest(body) : completionRequest(body), rq -> {
+            if (!rq.stream()) return null;
+            Stream st = new Stream(ex, id, created, chat);
+            st.tools = rq.tools();
+            return st;
+        });
         Request req = run.req();
         Stream stream = run.stream();
         List<Choice> choices = run.choices();
@@ -476,10 +501,12 @@ public final class OpenAiServer implements AutoCloseable {
         timings.put("predicted_n", r.decodeSteps());
         timings.put("predicted_ms", r.decodeMillis());
         timings.put("predicted_per_second", r.decodeTokensPerSecond());
+        int calls = 0;
         if (stream != null) {
             String tail = first.text().hit() ? "" : first.text().rest();
             if (!tail.isEmpty()) stream.text(tail);
-            stream.end(first.finish(), usage, timings);
+            calls = stream.endTools(first.finish());
+            stream.end(calls > 0 ? "tool_calls" : first.finish(), usage, timings);
         } else {
             ObjectNode o = JSON.createObjectNode();
             o.put("id", id);
@@ -493,10 +520,23 @@ public final class OpenAiServer implements AutoCloseable {
                 c.put("index", i);
                 String text = ch.text().text();
                 int n = Math.min(ch.steps().size(), ch.r().tokens().length); // the steps of the tokens in the text
+                String finish = ch.finish();
                 if (chat) {
                     ObjectNode m = c.putObject("message");
                     m.put("role", "assistant");
-                    m.put("content", text);
+                    ToolCalls.Parsed parsed = req.tools() != null && finish.equals("stop")
+                            ? ToolCalls.parse(text, req.tools().names()) : null;
+                    if (parsed != null && parsed.hasCalls()) {
+                        List<ChatTemplate.ToolCall> tcs = ToolCalls.withIds(firstOnly(parsed.calls(), req.tools()), req.tools().style());
+                        if (parsed.content().isEmpty()) m.putNull("content");
+                        else m.put("content", parsed.content());
+                        ArrayNode ta = m.putArray("tool_calls");
+                        for (ChatTemplate.ToolCall tc : tcs) toolCall(ta.addObject(), tc);
+                        calls += tcs.size();
+                        finish = "tool_calls";
+                    } else {
+                        m.put("content", text);
+                    }
                     if (req.logprobs() >= 0) c.set("logprobs", chatLogprobs(ch.steps().subList(0, n), req.logprobs()));
                     else c.putNull("logprobs");
                 } else {
@@ -506,15 +546,30 @@ public final class OpenAiServer implements AutoCloseable {
                                 ch.steps().subList(0, n), req.logprobs()));
                     else c.putNull("logprobs");
                 }
-                c.put("finish_reason", ch.finish());
+                c.put("finish_reason", finish);
             }
             o.set("usage", usage);
             o.set("timings", timings);
             sendJson(ex, 200, o);
         }
-        return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s%s%s",
+        return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %.1f tokens/s, %s%s%s%s",
                 req.tokens().length, first.reused(), completion, r.decodeTokensPerSecond(), first.finish(),
-                choices.size() > 1 ? " (" + choices.size() + " choices)" : "", batched ? " (batched)" : "");
+                choices.size() > 1 ? " (" + choices.size() + " choices)" : "", batched ? " (batched)" : "",
+                calls > 0 ? " (" + calls + " tool call" + (calls > 1 ? "s" : "") + ")" : "");
+    }
+
+    /** The calls a reply keeps: all of them, or the first when the request turned parallel calls off. */
+    private static List<ChatTemplate.ToolCall> firstOnly(List<ChatTemplate.ToolCall> calls, Tools tools) {
+        return tools.parallel() || calls.size() <= 1 ? calls : calls.subList(0, 1);
+    }
+
+    /** OpenAI's {@code {"id", "type": "function", "function": {"name", "arguments"}}}. */
+    private static void toolCall(ObjectNode o, ChatTemplate.ToolCall tc) {
+        o.put("id", tc.id());
+        o.put("type", "function");
+        ObjectNode f = o.putObject("function");
+        f.put("name", tc.name());
+        f.put("arguments", tc.arguments());
     }
 
     /**
@@ -1022,7 +1077,37 @@ public final class OpenAiServer implements AutoCloseable {
         return common(b, tokens, Set.of(), logprobs);
     }
 
+    /** A chat request's prompt text and the tools it offers (null when none, or when tool_choice is "none"). */
+    private record ChatPrompt(String text, Tools tools, String toolGrammar) {}
+
     private Request chatRequest(JsonNode b) {
+        ChatPrompt cp = chatPrompt(b);
+        Set<Integer> stops = new HashSet<>();
+        for (int id : options.template().stopTokenIds(tp.tokenizer())) stops.add(id);
+        int logprobs = -1;
+        if (b.path("logprobs").asBoolean(false)) {
+            JsonNode top = b.get("top_logprobs");
+            logprobs = top == null || top.isNull() ? 0 : top.asInt(-1);
+            if (logprobs < 0 || logprobs > SamplerChain.TRACE_TOP_LOGPROBS)
+                throw ApiException.badRequest("'top_logprobs' must be an integer from 0 to " + SamplerChain.TRACE_TOP_LOGPROBS);
+        } else if (b.hasNonNull("top_logprobs")) {
+            throw ApiException.badRequest("'top_logprobs' needs 'logprobs': true");
+        }
+        Request req = common(b, tp.tokenizer().encode(cp.text()), stops, logprobs);
+        if (cp.toolGrammar() != null && (req.grammar() != null || req.schema() != null || req.format() != Session.OutputFormat.TEXT))
+            throw ApiException.badRequest("a tool_choice that demands a call excludes 'grammar', a schema and a JSON response_format");
+        if (cp.toolGrammar() != null && req.ignoreEos())
+            throw ApiException.badRequest("'ignore_eos' and a tool_choice that demands a call exclude each other");
+        return cp.tools() == null ? req : req.withTools(cp.tools(), cp.toolGrammar() != null ? cp.toolGrammar() : req.grammar());
+    }
+
+    /**
+     * The prompt of a chat request: its messages (system/developer, user, assistant with optional {@code tool_calls},
+     * tool results with {@code tool_call_id}) and {@code tools} rendered by the model's template; with tools, {@code
+     * tool_choice} ("auto" by default, "none", "required" or {@code {"type": "function", "function": {"name"}}}) and
+     * {@code parallel_tool_calls} (default true) say whether replies are read for calls and whether a call is demanded.
+     */
+    private ChatPrompt chatPrompt(JsonNode b) {
         ChatTemplate t = options.template();
         if (t == null)
             throw ApiException.badRequest("this model has no known chat template: restart the server with "
@@ -1034,20 +1119,85 @@ public final class OpenAiServer implements AutoCloseable {
         for (JsonNode m : msgs) {
             String role = m.path("role").asText("");
             if (role.equals("developer")) role = "system";
-            if (!role.equals("system") && !role.equals("user") && !role.equals("assistant"))
+            if (!role.equals("system") && !role.equals("user") && !role.equals("assistant") && !role.equals("tool"))
                 throw ApiException.badRequest("message role '" + role + "' is not supported: use system, developer, "
-                        + "user or assistant");
-            list.add(new Message(role, content(m.get("content"))));
+                        + "user, assistant or tool");
+            List<ChatTemplate.ToolCall> calls = new ArrayList<>();
+            JsonNode tc = m.get("tool_calls");
+            if (tc != null && !tc.isNull()) {
+                if (!role.equals("assistant") || !tc.isArray())
+                    throw ApiException.badRequest("'tool_calls' is a list on an assistant message");
+                for (JsonNode c : tc) {
+                    JsonNode f = c.path("function");
+                    if (!f.path("name").isTextual() || f.path("name").asText().isEmpty())
+                        throw ApiException.badRequest("a tool call needs function.name");
+                    JsonNode args = f.get("arguments");
+                    String a = args == null || args.isNull() ? "{}" : args.isTextual() ? args.asText() : args.toString();
+                    calls.add(new ChatTemplate.ToolCall(c.path("id").asText(""), f.get("name").asText(), a));
+                }
+            }
+            String callId = null;
+            if (role.equals("tool")) {
+                JsonNode id = m.get("tool_call_id");
+                callId = id != null && id.isTextual() ? id.asText() : null;
+            }
+            list.add(new Message(role, content(m.get("content")), calls, callId));
         }
         Message last = list.get(list.size() - 1);
         boolean cont = last.role().equals("assistant"); // continue_final_message (vLLM) / assistant prefill (llama-server)
-        if (!last.role().equals("user") && !cont)
-            throw ApiException.badRequest("the last message must be a user message, or an assistant message to continue");
+        if (cont && !last.toolCalls().isEmpty())
+            throw ApiException.badRequest("the last message makes tool calls: add the tools' results as tool messages");
+        if (!last.role().equals("user") && !last.role().equals("tool") && !cont)
+            throw ApiException.badRequest("the last message must be a user or tool message, or an assistant message to continue");
         if (b.has("continue_final_message") && b.get("continue_final_message").asBoolean() != cont)
             throw ApiException.badRequest("'continue_final_message' needs the last message to be the assistant's, and only then");
+        JsonNode toolsNode = b.get("tools");
+        boolean hasTools = toolsNode != null && !toolsNode.isNull() && !(toolsNode.isArray() && toolsNode.isEmpty());
+        Tools tools = null;
+        String toolGrammar = null;
+        if (hasTools) {
+            Set<String> names;
+            try {
+                names = ToolCalls.names(toolsNode);
+            } catch (IllegalArgumentException e) {
+                throw ApiException.badRequest(e.getMessage());
+            }
+            ToolCalls.Style style = ToolCalls.styleOf(t);
+            boolean parallel = b.path("parallel_tool_calls").asBoolean(true);
+            JsonNode choice = b.get("tool_choice");
+            String only = null;
+            boolean demand = false, read = true;
+            if (choice == null || choice.isNull() || (choice.isTextual() && choice.asText().equals("auto"))) {
+                demand = false;
+            } else if (choice.isTextual() && choice.asText().equals("none")) {
+                read = false;
+            } else if (choice.isTextual() && choice.asText().equals("required")) {
+                demand = true;
+            } else if (choice.isObject() && choice.path("function").path("name").isTextual()) {
+                demand = true;
+                only = choice.get("function").get("name").asText();
+                if (!names.contains(only))
+                    throw ApiException.badRequest("tool_choice names the function '" + only + "', which 'tools' does not offer");
+            } else {
+                throw ApiException.badRequest("'tool_choice' must be \"auto\", \"none\", \"required\" or "
+                        + "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+            }
+            if (read) tools = new Tools(names, style, parallel);
+            if (demand) {
+                if (cont) throw ApiException.badRequest("a tool_choice that demands a call cannot continue an assistant message");
+                try {
+                    toolGrammar = ToolCalls.grammar(toolsNode, only, parallel, style);
+                } catch (IllegalArgumentException e) {
+                    throw ApiException.badRequest(e.getMessage());
+                }
+            }
+        } else if (b.hasNonNull("tool_choice") && !b.get("tool_choice").asText("").equals("none")
+                && !b.get("tool_choice").asText("").equals("auto")) {
+            throw ApiException.badRequest("'tool_choice' needs 'tools'");
+        }
         String text;
         try {
-            text = t.render(list, !cont);
+            text = t.render(list, !cont, hasTools ? toolsNode : null);
         } catch (IllegalArgumentException e) {
             throw ApiException.badRequest(e.getMessage());
         }
@@ -1057,18 +1207,7 @@ public final class OpenAiServer implements AutoCloseable {
                 throw ApiException.badRequest("the chat template does not show the last assistant message as given: it cannot be continued");
             text = text.substring(0, at + last.content().length());
         }
-        Set<Integer> stops = new HashSet<>();
-        for (int id : t.stopTokenIds(tp.tokenizer())) stops.add(id);
-        int logprobs = -1;
-        if (b.path("logprobs").asBoolean(false)) {
-            JsonNode top = b.get("top_logprobs");
-            logprobs = top == null || top.isNull() ? 0 : top.asInt(-1);
-            if (logprobs < 0 || logprobs > SamplerChain.TRACE_TOP_LOGPROBS)
-                throw ApiException.badRequest("'top_logprobs' must be an integer from 0 to " + SamplerChain.TRACE_TOP_LOGPROBS);
-        } else if (b.hasNonNull("top_logprobs")) {
-            throw ApiException.badRequest("'top_logprobs' needs 'logprobs': true");
-        }
-        return common(b, tp.tokenizer().encode(text), stops, logprobs);
+        return new ChatPrompt(text, tools, toolGrammar);
     }
 
     private static String content(JsonNode c) {
@@ -1196,7 +1335,7 @@ public final class OpenAiServer implements AutoCloseable {
         }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
                 b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format, choices, grammar, schema,
-                bias, ignoreEos);
+                bias, ignoreEos, null);
     }
 
     /**
@@ -1354,6 +1493,9 @@ public final class OpenAiServer implements AutoCloseable {
         final long created;
         final boolean chat;
         boolean llama;  // llama-server's /completion events ({"content": ..., "stop": false}) instead of OpenAI chunks
+        Tools tools;    // a chat reply read for tool calls: content that may begin a call is held back (null = none)
+        private final StringBuilder reply = new StringBuilder();
+        private int sent;  // characters of the reply sent as content
         OutputStream os;
         volatile boolean gone;
 
@@ -1393,6 +1535,53 @@ public final class OpenAiServer implements AutoCloseable {
         }
 
         void text(String piece) {
+            if (tools != null) { // send what can no longer turn out to be a call
+                reply.append(piece);
+                int safe = ToolCalls.streamableLength(reply.toString());
+                if (safe > sent) {
+                    String out = reply.substring(sent, safe);
+                    sent = safe;
+                    content(out);
+                }
+                return;
+            }
+            content(piece);
+        }
+
+        /**
+         * The end of a reply read for tool calls: its calls as one {@code tool_calls} delta (after the content before
+         * them), or the content held back; returns the number of calls (0 without tools, or when it ended otherwise).
+         */
+        int endTools(String finish) {
+            if (tools == null) return 0;
+            String all = reply.toString();
+            ToolCalls.Parsed p = finish.equals("stop") ? ToolCalls.parse(all, tools.names()) : null;
+            if (p == null || !p.hasCalls()) {
+                if (all.length() > sent) content(all.substring(sent));
+                return 0;
+            }
+            int contentEnd = all.length();
+            for (String m : new String[] {"<tool_call>", "[TOOL_CALLS]"}) {
+                int i = all.indexOf(m);
+                if (i >= 0) contentEnd = Math.min(contentEnd, i);
+            }
+            if (contentEnd == all.length()) contentEnd = 0; // the whole reply is the calls
+            if (contentEnd > sent) content(all.substring(sent, contentEnd));
+            List<ChatTemplate.ToolCall> calls = ToolCalls.withIds(firstOnly(p.calls(), tools), tools.style());
+            ObjectNode c = chunk();
+            ObjectNode ch = (ObjectNode) c.get("choices").get(0);
+            ArrayNode ta = ch.putObject("delta").putArray("tool_calls");
+            for (int i = 0; i < calls.size(); i++) {
+                ObjectNode o = ta.addObject();
+                o.put("index", i);
+                toolCall(o, calls.get(i));
+            }
+            ch.putNull("finish_reason");
+            event(c.toString());
+            return calls.size();
+        }
+
+        private void content(String piece) {
             if (llama) {
                 ObjectNode o = JSON.createObjectNode();
                 o.put("content", piece);

@@ -133,7 +133,7 @@ class ChatTemplateTest {
         ChatTemplate t = ChatTemplate.named("chatml");
         assertThrows(IllegalArgumentException.class, () -> t.render(List.of(Message.user("a"), Message.system("b")), true));
         assertThrows(IllegalArgumentException.class, () -> t.render(List.of(Message.assistant("a")), true));
-        assertThrows(IllegalArgumentException.class, () -> new Message("tool", "x"));
+        assertThrows(IllegalArgumentException.class, () -> new Message("function", "x"));
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> ChatTemplate.named("vicuna"));
         assertTrue(e.getMessage().contains("llama3, chatml, llama2, mistral"), e.getMessage());
     }
