@@ -74,6 +74,12 @@ public final class ServeCommand implements Callable<Integer> {
     @Option(names = "--alias", paramLabel = "NAME", description = "Model id reported by the API (default: the directory name).")
     String alias;
 
+    @Option(names = "--reasoning-format", paramLabel = "FORMAT", defaultValue = "auto",
+            description = "Thinking of reasoning models in chat replies: deepseek = the <think> block goes to "
+                    + "reasoning_content, none = left in content, auto = deepseek when the chat template writes <think> "
+                    + "blocks (default: ${DEFAULT-VALUE}; a request's reasoning_format overrides it).")
+    String reasoningFormat;
+
     @Override
     public Integer call() throws Exception {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
@@ -84,6 +90,8 @@ public final class ServeCommand implements Callable<Integer> {
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");
         draftOptions.validate(lookup);
         if (parallel < 1) throw new Main.UsageException("-np must be >= 1");
+        if (!OpenAiServer.REASONING_FORMATS.contains(reasoningFormat))
+            throw new Main.UsageException("--reasoning-format must be one of " + String.join(", ", OpenAiServer.REASONING_FORMATS));
         if (parallel > modelOptions.chunk) throw new Main.UsageException("-np " + parallel + " exceeds the batch size -b " + modelOptions.chunk + ": raise -b");
         if (parallel > 1 && draftOptions.enabled())
             throw new Main.UsageException("-np and speculative decoding (-md, --draft-layers) exclude each other");
@@ -105,7 +113,7 @@ public final class ServeCommand implements Callable<Integer> {
                             err.flush();
                         }
                     }, lookup, apiKey != null ? apiKey : System.getenv("TOKENPRESS_API_KEY"),
-                    draftOptions.serverDraft(tp, draft), parallel))) {
+                    draftOptions.serverDraft(tp, draft), parallel, reasoningFormat))) {
                 Runtime.getRuntime().addShutdownHook(new Thread(stopped::countDown));
                 err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms; context %d tokens; kv %s; kv quant %s; chat %s%n",
                         dir, tp.config().architecture(), tp.config().numLayers(), tp.loadMillis(), server.contextSize(),

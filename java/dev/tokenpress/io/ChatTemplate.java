@@ -331,6 +331,15 @@ public final class ChatTemplate {
      *                                  model's template never mentions
      */
     public String render(List<Message> messages, boolean addReplyPrompt, JsonNode tools) {
+        return render(messages, addReplyPrompt, tools, Map.of());
+    }
+
+    /**
+     * As {@link #render(List, boolean, JsonNode)}, with more variables for the model's template ({@code
+     * chat_template_kwargs}, e.g. Qwen3's {@code enable_thinking}: values as {@link Jinja} takes them); they cannot
+     * replace the ones named above, and a built-in format has no use for them.
+     */
+    public String render(List<Message> messages, boolean addReplyPrompt, JsonNode tools, Map<String, Object> extra) {
         boolean hasTools = tools != null && !tools.isNull() && !(tools.isArray() && tools.isEmpty());
         if (hasTools && !tools.isArray()) throw new IllegalArgumentException("tools must be a list");
         if (jinja != null) {
@@ -361,7 +370,7 @@ public final class ChatTemplate {
                 if (m.toolCallId() != null) mm.put("tool_call_id", m.toolCallId());
                 list.add(mm);
             }
-            Map<String, Object> vars = new HashMap<>();
+            Map<String, Object> vars = new HashMap<>(extra);
             vars.put("messages", list);
             vars.put("add_generation_prompt", addReplyPrompt);
             vars.put("bos_token", bos);
@@ -405,7 +414,7 @@ public final class ChatTemplate {
     }
 
     /** A JSON value as the template engine's values: maps (in order), lists, strings, integers, doubles, booleans, null. */
-    static Object jinjaValue(JsonNode n) {
+    public static Object jinjaValue(JsonNode n) {
         if (n == null || n.isNull() || n.isMissingNode()) return null;
         if (n.isObject()) {
             Map<String, Object> m = new LinkedHashMap<>();

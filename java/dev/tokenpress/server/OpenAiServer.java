@@ -9,6 +9,7 @@ import com.sun.net.httpserver.HttpServer;
 import dev.tokenpress.api.Embeddings;
 import dev.tokenpress.api.GenerationResult;
 import dev.tokenpress.api.Parallel;
+import dev.tokenpress.api.Reasoning;
 import dev.tokenpress.api.Session;
 import dev.tokenpress.api.StopText;
 import dev.tokenpress.api.TokenPress;
@@ -99,10 +100,27 @@ public final class OpenAiServer implements AutoCloseable {
      * @param draft            speculative decoding with a draft model for requests without {@code lookup} (null = none)
      * @param parallel         sequences decoded together (continuous batching, {@link Parallel}; each with its own KV
      *                         cache of {@code contextSize}); 1 = one request at a time through one session
+     * @param reasoningFormat  chat replies' thinking ({@link Reasoning}): "deepseek" splits it into {@code
+     *                         reasoning_content}, "none" leaves it in the content, "auto" (or null) splits when the
+     *                         chat template writes thinking blocks; a request's {@code reasoning_format} overrides it
      */
     public record Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
                           String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
-                          int lookup, String apiKey, Draft draft, int parallel) {
+                          int lookup, String apiKey, Draft draft, int parallel, String reasoningFormat) {
+        public Options {
+            if (reasoningFormat == null) reasoningFormat = "auto";
+            if (!REASONING_FORMATS.contains(reasoningFormat))
+                throw new IllegalArgumentException("reasoning format must be one of " + String.join(", ", REASONING_FORMATS)
+                        + ", got " + reasoningFormat);
+        }
+
+        public Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
+                       String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
+                       int lookup, String apiKey, Draft draft, int parallel) {
+            this(host, port, contextSize, quant, template, modelName, sampling, defaultMaxTokens, log, lookup, apiKey, draft,
+                    parallel, "auto");
+        }
+
         public Options(String host, int port, int contextSize, KvQuantSpec quant, ChatTemplate template,
                        String modelName, SamplingOptions sampling, int defaultMaxTokens, Consumer<String> log,
                        int lookup, String apiKey) {
@@ -124,6 +142,8 @@ public final class OpenAiServer implements AutoCloseable {
     public record Draft(TokenPress model, int layers, int max, int min, float pMin) {}
 
     private static final ObjectMapper JSON = new ObjectMapper();
+    /** The values of {@link Options#reasoningFormat} and of a request's {@code reasoning_format}. */
+    public static final List<String> REASONING_FORMATS = List.of("auto", "none", "deepseek");
 
     private final TokenPress tp;
     private final Options options;
@@ -454,13 +474,19 @@ public final class OpenAiServer implements AutoCloseable {
     private record Request(int[] tokens, int maxTokens, SamplingOptions sampling, List<String> stop, boolean stream,
                            Set<Integer> stopTokens, boolean cachePrompt, KvPolicy policy, int logprobs, int lookup,
                            boolean echo, Session.OutputFormat format, int n, String grammar, String schema,
-                           Map<Integer, Float> logitBias, boolean ignoreEos, Tools tools) {
-        /** This request reading its replies for tool calls ({@code tools}, null = not), constrained by {@code grammar}. */
-        Request withTools(Tools tools, String grammar) {
+                           Map<Integer, Float> logitBias, boolean ignoreEos, Tools tools, Thinking thinking) {
+        /**
+         * This chat request reading its replies for tool calls ({@code tools}, null = not) and thinking ({@code
+         * thinking}, null = not), constrained by {@code grammar}.
+         */
+        Request withChat(Tools tools, Thinking thinking, String grammar) {
             return new Request(tokens, maxTokens, sampling, stop, stream, stopTokens, cachePrompt, policy, logprobs, lookup,
-                    echo, format, n, grammar, schema, logitBias, ignoreEos, tools);
+                    echo, format, n, grammar, schema, logitBias, ignoreEos, tools, thinking);
         }
     }
+
+    /** A chat reply split into reasoning and answer ({@link Reasoning}); {@code open}: the prompt opened the block. */
+    private record Thinking(boolean open) {}
 
     /** The tools a chat request offers: their names (only their calls count) and the notation of the model's calls. */
     private record Tools(Set<String> names, ToolCalls.Style style, boolean parallel) {}
@@ -477,6 +503,7 @@ public final class OpenAiServer implements AutoCloseable {
             if (!rq.stream()) return null;
             Stream st = new Stream(ex, id, created, chat);
             st.tools = rq.tools();
+            if (rq.thinking() != null) st.splitter = new Reasoning.Splitter(rq.thinking().open());
             return st;
         });
         Request req = run.req();
@@ -524,6 +551,11 @@ public final class OpenAiServer implements AutoCloseable {
                 if (chat) {
                     ObjectNode m = c.putObject("message");
                     m.put("role", "assistant");
+                    if (req.thinking() != null) {
+                        Reasoning.Split sp = Reasoning.split(text, req.thinking().open());
+                        if (!sp.reasoning().isEmpty()) m.put("reasoning_content", sp.reasoning());
+                        text = sp.content();
+                    }
                     ToolCalls.Parsed parsed = req.tools() != null && finish.equals("stop")
                             ? ToolCalls.parse(text, req.tools().names()) : null;
                     if (parsed != null && parsed.hasCalls()) {
@@ -1077,8 +1109,11 @@ public final class OpenAiServer implements AutoCloseable {
         return common(b, tokens, Set.of(), logprobs);
     }
 
-    /** A chat request's prompt text and the tools it offers (null when none, or when tool_choice is "none"). */
-    private record ChatPrompt(String text, Tools tools, String toolGrammar) {}
+    /**
+     * A chat request's prompt text, the tools it offers (null when none, or when tool_choice is "none"), the grammar of
+     * a demanded call (null = none), and whether it continues the last assistant message.
+     */
+    private record ChatPrompt(String text, Tools tools, String toolGrammar, boolean continued) {}
 
     private Request chatRequest(JsonNode b) {
         ChatPrompt cp = chatPrompt(b);
@@ -1098,7 +1133,20 @@ public final class OpenAiServer implements AutoCloseable {
             throw ApiException.badRequest("a tool_choice that demands a call excludes 'grammar', a schema and a JSON response_format");
         if (cp.toolGrammar() != null && req.ignoreEos())
             throw ApiException.badRequest("'ignore_eos' and a tool_choice that demands a call exclude each other");
-        return cp.tools() == null ? req : req.withTools(cp.tools(), cp.toolGrammar() != null ? cp.toolGrammar() : req.grammar());
+        String rf = options.reasoningFormat();
+        JsonNode rfn = b.get("reasoning_format");
+        if (rfn != null && !rfn.isNull()) {
+            if (!rfn.isTextual() || !REASONING_FORMATS.contains(rfn.asText()))
+                throw ApiException.badRequest("'reasoning_format' must be one of " + String.join(", ", REASONING_FORMATS));
+            rf = rfn.asText();
+        }
+        boolean constrained = cp.toolGrammar() != null || req.grammar() != null || req.schema() != null
+                || req.format() != Session.OutputFormat.TEXT; // a constrained reply has no thinking block
+        boolean think = !constrained && !cp.continued()
+                && (rf.equals("deepseek") || (rf.equals("auto") && Reasoning.templateThinks(options.template())));
+        Thinking thinking = think ? new Thinking(Reasoning.opensThinking(cp.text())) : null;
+        if (cp.tools() == null && thinking == null) return req;
+        return req.withChat(cp.tools(), thinking, cp.toolGrammar() != null ? cp.toolGrammar() : req.grammar());
     }
 
     /**
@@ -1195,9 +1243,15 @@ public final class OpenAiServer implements AutoCloseable {
                 && !b.get("tool_choice").asText("").equals("auto")) {
             throw ApiException.badRequest("'tool_choice' needs 'tools'");
         }
+        Map<String, Object> kwargs = new java.util.HashMap<>();
+        JsonNode kw = b.get("chat_template_kwargs");
+        if (kw != null && !kw.isNull()) {
+            if (!kw.isObject()) throw ApiException.badRequest("'chat_template_kwargs' must be an object");
+            kw.fields().forEachRemaining(e -> kwargs.put(e.getKey(), ChatTemplate.jinjaValue(e.getValue())));
+        }
         String text;
         try {
-            text = t.render(list, !cont, hasTools ? toolsNode : null);
+            text = t.render(list, !cont, hasTools ? toolsNode : null, kwargs);
         } catch (IllegalArgumentException e) {
             throw ApiException.badRequest(e.getMessage());
         }
@@ -1207,7 +1261,7 @@ public final class OpenAiServer implements AutoCloseable {
                 throw ApiException.badRequest("the chat template does not show the last assistant message as given: it cannot be continued");
             text = text.substring(0, at + last.content().length());
         }
-        return new ChatPrompt(text, tools, toolGrammar);
+        return new ChatPrompt(text, tools, toolGrammar, cont);
     }
 
     private static String content(JsonNode c) {
@@ -1335,7 +1389,7 @@ public final class OpenAiServer implements AutoCloseable {
         }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
                 b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format, choices, grammar, schema,
-                bias, ignoreEos, null);
+                bias, ignoreEos, null, null);
     }
 
     /**
@@ -1494,6 +1548,7 @@ public final class OpenAiServer implements AutoCloseable {
         final boolean chat;
         boolean llama;  // llama-server's /completion events ({"content": ..., "stop": false}) instead of OpenAI chunks
         Tools tools;    // a chat reply read for tool calls: content that may begin a call is held back (null = none)
+        Reasoning.Splitter splitter; // a chat reply's thinking sent as reasoning_content (null = none)
         private final StringBuilder reply = new StringBuilder();
         private int sent;  // characters of the reply sent as content
         OutputStream os;
@@ -1535,6 +1590,27 @@ public final class OpenAiServer implements AutoCloseable {
         }
 
         void text(String piece) {
+            if (splitter != null) {
+                route(splitter.add(piece));
+                return;
+            }
+            answer(piece);
+        }
+
+        /** Reasoning and answer text of a split reply. */
+        private void route(Reasoning.Split sp) {
+            if (!sp.reasoning().isEmpty()) {
+                ObjectNode c = chunk();
+                ObjectNode ch = (ObjectNode) c.get("choices").get(0);
+                ch.putObject("delta").put("reasoning_content", sp.reasoning());
+                ch.putNull("finish_reason");
+                event(c.toString());
+            }
+            if (!sp.content().isEmpty()) answer(sp.content());
+        }
+
+        /** Answer text: straight out, or through the hold-back of a reply read for tool calls. */
+        private void answer(String piece) {
             if (tools != null) { // send what can no longer turn out to be a call
                 reply.append(piece);
                 int safe = ToolCalls.streamableLength(reply.toString());
@@ -1553,6 +1629,7 @@ public final class OpenAiServer implements AutoCloseable {
          * them), or the content held back; returns the number of calls (0 without tools, or when it ended otherwise).
          */
         int endTools(String finish) {
+            if (splitter != null) route(splitter.finish());
             if (tools == null) return 0;
             String all = reply.toString();
             ToolCalls.Parsed p = finish.equals("stop") ? ToolCalls.parse(all, tools.names()) : null;

@@ -1,0 +1,128 @@
+package dev.tokenpress.server;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.tokenpress.api.LoadOptions;
+import dev.tokenpress.api.Reasoning;
+import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.io.ChatTemplate;
+import dev.tokenpress.sample.SamplingOptions;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * A reasoning model's template (its reply prompt opens a thinking block unless {@code enable_thinking} is false):
+ * the thinking comes back as reasoning_content, whole and streamed, and chat_template_kwargs reach the template.
+ */
+class ReasoningServerTest {
+    static final Path MODEL = Path.of("models", "tokenpress-tiny");
+    static final ObjectMapper JSON = new ObjectMapper();
+    static final HttpClient http = HttpClient.newHttpClient();
+    static final String TEMPLATE = """
+            {%- for m in messages %}
+                {%- if m.role == 'user' %}{{- '<|User|>' + m.content }}
+                {%- elif m.role == 'assistant' %}{{- '<|Assistant|>' + m.content.split('</think>')[-1] | trim + '<|end|>' }}
+                {%- endif %}
+            {%- endfor %}
+            {%- if add_generation_prompt %}
+                {{- '<|Assistant|>' }}
+                {%- if enable_thinking is defined and not enable_thinking %}{{- '<think>\\n\\n</think>\\n\\n' }}
+                {%- else %}{{- '<think>\\n' }}{%- endif %}
+            {%- endif %}
+            """;
+    static TokenPress tp;
+    static OpenAiServer server;
+
+    @BeforeAll
+    static void start() throws Exception {
+        Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
+        tp = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
+        server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 512, null,
+                ChatTemplate.fromJinja(TEMPLATE, "", "<|end_of_text|>", "test template"), "tiny", SamplingOptions.defaults(),
+                24, null, 0, null, null, 1, "auto"));
+    }
+
+    @AfterAll
+    static void stop() {
+        if (server != null) server.close();
+        if (tp != null) tp.close();
+    }
+
+    static HttpResponse<String> post(String path, JsonNode body) throws Exception {
+        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + path))
+                .header("Content-Type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body.toString())).build(),
+                HttpResponse.BodyHandlers.ofString());
+    }
+
+    static ObjectNode request() {
+        ObjectNode b = JSON.createObjectNode();
+        b.putArray("messages").addObject().put("role", "user").put("content", "What is two plus two?");
+        b.put("temperature", 0);
+        return b;
+    }
+
+    static JsonNode message(ObjectNode b) throws Exception {
+        HttpResponse<String> r = post("/v1/chat/completions", b);
+        assertEquals(200, r.statusCode(), r.body());
+        return JSON.readTree(r.body()).at("/choices/0/message");
+    }
+
+    @Test
+    void thinkingComesBackAsReasoningContent() throws Exception {
+        ObjectNode b = request();
+        String prompt = JSON.readTree(post("/apply-template", b).body()).get("prompt").asText();
+        assertEquals("<|User|>What is two plus two?<|Assistant|><think>\n", prompt);
+        b.put("reasoning_format", "none");
+        String raw = message(b).get("content").asText();
+        assertFalse(raw.isBlank());
+        Reasoning.Split want = Reasoning.split(raw, true);
+
+        b.remove("reasoning_format"); // the server's auto: this template writes thinking blocks
+        JsonNode m = message(b);
+        assertEquals(want.reasoning(), m.path("reasoning_content").asText(""));
+        assertEquals(want.content(), m.get("content").asText());
+        assertFalse(want.reasoning().isEmpty());
+
+        b.put("stream", true);
+        StringBuilder reasoning = new StringBuilder(), content = new StringBuilder();
+        for (JsonNode e : OpenAiServerTest.events(post("/v1/chat/completions", b).body())) {
+            reasoning.append(e.at("/choices/0/delta/reasoning_content").asText(""));
+            content.append(e.at("/choices/0/delta/content").asText(""));
+        }
+        assertEquals(want.reasoning(), reasoning.toString());
+        assertEquals(want.content(), content.toString());
+    }
+
+    @Test
+    void templateKwargsTurnThinkingOff() throws Exception {
+        ObjectNode b = request();
+        b.putObject("chat_template_kwargs").put("enable_thinking", false);
+        String prompt = JSON.readTree(post("/apply-template", b).body()).get("prompt").asText();
+        assertTrue(prompt.endsWith("<think>\n\n</think>\n\n"), prompt);
+        b.put("reasoning_format", "none");
+        String raw = message(b).get("content").asText();
+        b.put("reasoning_format", "deepseek");
+        JsonNode m = message(b);
+        Reasoning.Split want = Reasoning.split(raw, false); // the block is closed: the reply is the answer
+        assertEquals(want.content(), m.get("content").asText());
+        assertEquals(want.reasoning(), m.path("reasoning_content").asText(""));
+
+        b.put("reasoning_format", "sometimes");
+        assertEquals(400, post("/v1/chat/completions", b).statusCode());
+        b.remove("reasoning_format");
+        b.put("chat_template_kwargs", "enable_thinking=false");
+        assertEquals(400, post("/v1/chat/completions", b).statusCode());
+    }
+}
