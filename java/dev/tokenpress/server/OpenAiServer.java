@@ -49,7 +49,9 @@ import java.util.function.Consumer;
  *       tool_calls}, tool with {@code tool_call_id}; content a string or a list of text parts) in the model's {@link
  *       ChatTemplate} format; function calling with {@code tools}, {@code tool_choice} (auto, none, required or a
  *       named function: the last two constrain the reply to a call by a grammar) and {@code parallel_tool_calls}:
- *       calls in the model's notation come back as {@code tool_calls} ({@link ToolCalls});</li>
+ *       calls in the model's notation come back as {@code tool_calls} ({@link ToolCalls}); a reasoning model's
+ *       thinking as {@code reasoning_content} ({@link Reasoning}, {@code reasoning_format}); {@code
+ *       chat_template_kwargs} are more variables for the template;</li>
  *   <li>{@code GET /v1/models}, {@code GET /health}; llama-server's {@code POST /tokenize} ({@code content}, {@code
  *       add_special}, {@code with_pieces}), {@code POST /detokenize} ({@code tokens}) and {@code POST /apply-template}
  *       (a chat request's prompt).</li>
