@@ -38,6 +38,8 @@ from transformers import (  # noqa: E402
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 FORMAT_VERSION = 1
@@ -106,6 +108,36 @@ MODELS = [
             "rope_theta": 1000000.0,
             "rope_scaling": None,
             "tie_word_embeddings": False,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "max_window_layers": 2,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+    },
+    {
+        "name": "qwen3-qknorm",
+        "config_cls": Qwen3Config,
+        "model_cls": Qwen3ForCausalLM,
+        "seed": 4004,
+        "config": {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "vocab_size": 300,
+            "hidden_size": 64,
+            "intermediate_size": 160,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "hidden_act": "silu",
+            "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_scaling": None,
+            "tie_word_embeddings": True,
+            "attention_bias": False,
             "use_sliding_window": False,
             "sliding_window": None,
             "max_window_layers": 2,
@@ -378,7 +410,7 @@ def rope_branches(want, head_dim):
 
 
 def reference_forward(w, want, head_dim, inv_freq, ids, dtype=torch.float64):
-    """Plain re-implementation of the Llama/Qwen2/Mistral decoder. ids: [T] long. Returns (logits [T,V], resid)."""
+    """Plain re-implementation of the Llama/Qwen2/Qwen3/Mistral decoder. ids: [T] long. Returns (logits [T,V], resid)."""
     H = want["num_attention_heads"]
     Hkv = want["num_key_value_heads"]
     L = want["num_hidden_layers"]
@@ -416,6 +448,9 @@ def reference_forward(w, want, head_dim, inv_freq, ids, dtype=torch.float64):
         q = lin(h, p + "self_attn.q_proj").view(T, H, head_dim).transpose(0, 1)
         k = lin(h, p + "self_attn.k_proj").view(T, Hkv, head_dim).transpose(0, 1)
         v = lin(h, p + "self_attn.v_proj").view(T, Hkv, head_dim).transpose(0, 1)
+        if (p + "self_attn.q_norm.weight") in w:  # Qwen3: per-head RMSNorm of q and k before RoPE
+            q = rms(q, W(p + "self_attn.q_norm.weight"))
+            k = rms(k, W(p + "self_attn.k_norm.weight"))
         q = q * cos + rot_half(q) * sin
         k = k * cos + rot_half(k) * sin
         k = k.repeat_interleave(G, dim=0)
@@ -673,6 +708,7 @@ last bits between torch versions.
 | `llama-gqa-{f32,bf16}` | LlamaForCausalLM | D 64, F 160, 3 layers, 8 heads / 2 KV (GQA 4), head_dim 16 (explicit, != D/H), vocab 320 | llama3 rope_scaling (factor 8, low 1, high 4, original 64: kept, smooth and scaled frequencies), rope_theta 5e5, tied embeddings (no `lm_head.weight` in the file) |
 | `qwen2-bias-{f32,bf16}` | Qwen2ForCausalLM | D 64, F 176, 2 layers, 4 heads / 2 KV (GQA 2), head_dim 16, vocab 300 | q/k/v biases, rope_theta 1e6, untied head, eps 1e-6 |
 | `mistral-mha-{f32,bf16}` | MistralForCausalLM | D 64, F 128, 2 layers, 4 heads / 4 KV (MHA), head_dim 32 (explicit, H*hd = 128 != D), vocab 280 | explicit head_dim wider than D/H, no sliding window, untied head |
+| `qwen3-qknorm-{f32,bf16}` | Qwen3ForCausalLM | D 64, F 160, 2 layers, 4 heads / 2 KV (GQA 2), head_dim 32 (explicit, H*hd = 128 != D), vocab 300 | per-head q_norm / k_norm before RoPE, no biases, rope_theta 1e6, tied embeddings, eps 1e-6 |
 
 Initialisation: Linear/Embedding weights N(0, 0.02) except q_proj/k_proj N(0, 0.1) (so attention is not
 uniform and position errors show), RMSNorm weights 1 + N(0, 0.1), biases N(0, 0.1).

@@ -69,6 +69,12 @@ public interface Backend extends AutoCloseable {
     /** out[i] = x[i] / rms(x[i]) * w; out [n, D] may be x; w [D]. */
     void rmsnorm(Tensor out, Tensor x, Tensor w, float eps, int n);
 
+    /**
+     * In place, each of the first {@code n} rows of {@code x} [n, heads * hd] as {@code heads} vectors of hd = {@code
+     * w.cols()}: x_h = x_h * rsqrt(mean(x_h²) + eps) * w (Qwen3's q_norm / k_norm, applied before RoPE).
+     */
+    void rmsnormHeads(Tensor x, Tensor w, float eps, int n, int heads);
+
     /** out[i] = w · x[i] + bias; out [n, O], x [n, I], w [O, I] (HF Linear layout), bias [O] or null. */
     void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n);
 

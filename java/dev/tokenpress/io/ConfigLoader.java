@@ -14,8 +14,8 @@ import java.util.Locale;
 import java.util.Set;
 
 /**
- * Parses a Hugging Face {@code config.json} (plus the optional {@code generation_config.json}) of a Llama, Mistral or
- * Qwen2 checkpoint into a {@link LlamaConfig}. Every problem is reported as a one-line {@link ModelLoadException}
+ * Parses a Hugging Face {@code config.json} (plus the optional {@code generation_config.json}) of a Llama, Mistral,
+ * Qwen2 / Qwen3 checkpoint into a {@link LlamaConfig}. Every problem is reported as a one-line {@link ModelLoadException}
  * naming the file and the field.
  */
 public final class ConfigLoader {
@@ -24,7 +24,7 @@ public final class ConfigLoader {
     public static final String CONFIG_FILE = "config.json";
     public static final String GENERATION_CONFIG_FILE = "generation_config.json";
     public static final List<String> SUPPORTED_ARCHITECTURES =
-            List.of("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM");
+            List.of("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM");
 
     private static final ObjectMapper JSON = new ObjectMapper();
 
@@ -86,6 +86,7 @@ public final class ConfigLoader {
                 case "llama" -> "LlamaForCausalLM";
                 case "mistral" -> "MistralForCausalLM";
                 case "qwen2" -> "Qwen2ForCausalLM";
+                case "qwen3" -> "Qwen3ForCausalLM";
                 default -> throw new ModelLoadException(file + ": model_type " + modelType + " is not supported (supported: "
                         + String.join(", ", SUPPORTED_ARCHITECTURES) + ")");
             };
@@ -95,8 +96,9 @@ public final class ConfigLoader {
                     + String.join(", ", SUPPORTED_ARCHITECTURES) + ")");
         }
         boolean qwen2 = arch.equals("Qwen2ForCausalLM");
+        boolean qwen3 = arch.equals("Qwen3ForCausalLM");
         boolean mistral = arch.equals("MistralForCausalLM");
-        if (modelType == null) modelType = qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
+        if (modelType == null) modelType = qwen2 ? "qwen2" : qwen3 ? "qwen3" : mistral ? "mistral" : "llama";
 
         // ---- sizes
         int hidden = positiveInt(root, "hidden_size", file, null);
@@ -125,7 +127,7 @@ public final class ConfigLoader {
                     + "embeddings; fix config.json");
         }
         float eps = (float) positiveDouble(root, "rms_norm_eps", file, 1e-6);
-        int defaultMaxPos = qwen2 ? 32768 : mistral ? 131072 : 2048;
+        int defaultMaxPos = qwen2 ? 32768 : qwen3 ? 40960 : mistral ? 131072 : 2048;
         int maxPos = positiveInt(root, "max_position_embeddings", file, defaultMaxPos);
 
         // ---- rotary embedding: transformers 5 "rope_parameters" or legacy rope_theta + rope_scaling
@@ -168,7 +170,7 @@ public final class ConfigLoader {
             }
             sliding = sw.asInt();
             JsonNode use = root.get("use_sliding_window");
-            if (use != null && use.isBoolean() && !use.asBoolean()) sliding = null;   // Qwen2: window disabled
+            if (use != null && use.isBoolean() && !use.asBoolean()) sliding = null;   // Qwen2/3: window disabled
             if (sliding != null && sliding == 0) sliding = null;
         }
 

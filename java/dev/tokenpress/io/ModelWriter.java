@@ -126,7 +126,8 @@ public final class ModelWriter {
         }
         if (c.headDim() % 2 != 0) throw new IllegalArgumentException("head_dim must be even");
         boolean qwen2 = c.architecture().equals("Qwen2ForCausalLM");
-        String modelType = qwen2 ? "qwen2" : c.architecture().equals("MistralForCausalLM") ? "mistral" : "llama";
+        String modelType = qwen2 ? "qwen2" : c.architecture().equals("Qwen3ForCausalLM") ? "qwen3"
+                : c.architecture().equals("MistralForCausalLM") ? "mistral" : "llama";
         int v = c.vocabSize();
         if (v < ByteLevelBpe.MIN_VOCAB) {
             throw new IllegalArgumentException("vocab_size must be at least " + ByteLevelBpe.MIN_VOCAB);
@@ -160,6 +161,10 @@ public final class ModelWriter {
                 specs.add(new SafeTensors.Spec(p + "self_attn.q_proj.bias", dtype, new long[] {q}));
                 specs.add(new SafeTensors.Spec(p + "self_attn.k_proj.bias", dtype, new long[] {kv}));
                 specs.add(new SafeTensors.Spec(p + "self_attn.v_proj.bias", dtype, new long[] {kv}));
+            }
+            if (c.qkNorm()) {
+                specs.add(new SafeTensors.Spec(p + "self_attn.q_norm.weight", dtype, new long[] {c.headDim()}));
+                specs.add(new SafeTensors.Spec(p + "self_attn.k_norm.weight", dtype, new long[] {c.headDim()}));
             }
             specs.add(new SafeTensors.Spec(p + "self_attn.o_proj.weight", dtype, new long[] {d, q}));
             specs.add(new SafeTensors.Spec(p + "post_attention_layernorm.weight", dtype, new long[] {d}));
@@ -215,7 +220,7 @@ public final class ModelWriter {
     private static void fill(SafeTensors.Spec spec, long seed, boolean exact, ByteBuffer chunk, WritableByteChannel out)
             throws IOException {
         String n = spec.name();
-        boolean norm = n.endsWith("layernorm.weight") || n.equals("model.norm.weight");
+        boolean norm = n.endsWith("layernorm.weight") || n.endsWith("_norm.weight") || n.equals("model.norm.weight");
         float mean = norm ? 1f : 0f;
         float std = INIT_STD;
         long s = tensorSeed(seed, n);
@@ -258,6 +263,7 @@ public final class ModelWriter {
     /** config.json text for a configuration (keys sorted, as transformers writes them). */
     public static String configJson(LlamaConfig c) {
         boolean qwen2 = c.architecture().equals("Qwen2ForCausalLM");
+        boolean qwen3 = c.architecture().equals("Qwen3ForCausalLM");
         boolean mistral = c.architecture().equals("MistralForCausalLM");
         Map<String, Object> m = new TreeMap<>();
         m.put("architectures", List.of(c.architecture()));
@@ -271,7 +277,7 @@ public final class ModelWriter {
         m.put("initializer_range", 0.02);
         m.put("intermediate_size", c.intermediateSize());
         m.put("max_position_embeddings", c.maxPositionEmbeddings());
-        if (!qwen2 && !mistral) m.put("mlp_bias", false);
+        if (!qwen2 && !qwen3 && !mistral) m.put("mlp_bias", false);
         m.put("model_type", c.modelType());
         m.put("num_attention_heads", c.numHeads());
         m.put("num_hidden_layers", c.numLayers());
@@ -290,8 +296,8 @@ public final class ModelWriter {
             m.put("rope_scaling", rs);
         }
         m.put("rope_theta", exactDecimal(c.ropeTheta()));
-        if (qwen2 || mistral) m.put("sliding_window", c.slidingWindow());
-        if (qwen2) {
+        if (qwen2 || qwen3 || mistral) m.put("sliding_window", c.slidingWindow());
+        if (qwen2 || qwen3) {
             m.put("use_sliding_window", false);
             m.put("max_window_layers", c.numLayers());
         }

@@ -12,7 +12,7 @@ import dev.tokenpress.kv.SlotSelection;
 import java.util.function.IntConsumer;
 
 /**
- * A Llama-family decoder (Llama 2/3, Mistral, Qwen2) over the {@link Backend} op contract. {@link #prefill} and
+ * A Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3) over the {@link Backend} op contract. {@link #prefill} and
  * {@link #decodeStep} both run {@link #forward}, which reads top to bottom like the architecture figure:
  * embed → L × (norm, qkv, rope, cache, attention, o-proj, residual, norm, SwiGLU MLP, residual) → norm → LM head.
  */
@@ -512,6 +512,12 @@ public final class Llama implements AutoCloseable {
 
     /** RoPE + KV store of layer l's q/k/v, the KV policy's hooks and attention into {@code att}. */
     private void attentionBlock(KvCache cache, int[] positions, int n, int[][][] slots, int l) {
+        Weights.Layer lw = w.layers()[l];
+        if (lw.qNorm() != null) { // Qwen3: each head's q and k RMS-normalized before RoPE
+            int rows = batchRows != null ? batchRows.length : n;
+            backend.rmsnormHeads(q, lw.qNorm(), config.rmsNormEps(), rows, config.numHeads());
+            backend.rmsnormHeads(k, lw.kNorm(), config.rmsNormEps(), rows, config.numKvHeads());
+        }
         if (batchRows != null) {
             batchAttention(l);
             return;

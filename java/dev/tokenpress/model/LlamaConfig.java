@@ -5,8 +5,8 @@ import java.util.List;
 /**
  * Model hyper-parameters; field names mirror Hugging Face {@code config.json}.
  *
- * @param architecture          "LlamaForCausalLM", "MistralForCausalLM" or "Qwen2ForCausalLM"
- * @param modelType             config.json {@code model_type} ("llama", "mistral", "qwen2")
+ * @param architecture          "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM" or "Qwen3ForCausalLM"
+ * @param modelType             config.json {@code model_type} ("llama", "mistral", "qwen2", "qwen3")
  * @param hiddenSize            D, {@code hidden_size}
  * @param intermediateSize      F, {@code intermediate_size} (MLP width)
  * @param numLayers             L, {@code num_hidden_layers}
@@ -58,6 +58,14 @@ public record LlamaConfig(
      */
     public record RopeScaling(String type, float factor, float lowFreqFactor, float highFreqFactor,
                               int originalMaxPositionEmbeddings) {}
+
+    /**
+     * Whether each head's query and key are RMS-normalized (learned weights of {@code head_dim}, the model's eps)
+     * before RoPE: Qwen3's {@code q_norm} / {@code k_norm}.
+     */
+    public boolean qkNorm() {
+        return architecture.equals("Qwen3ForCausalLM");
+    }
 
     /** q-heads per KV head (the GQA ratio). */
     public int groupSize() {

@@ -28,9 +28,15 @@ public record Weights(Tensor embed, Layer[] layers, Tensor finalNorm, Tensor lmH
      * @param wo [D, H*hd] o_proj
      * @param mlpNorm [D] post_attention_layernorm
      * @param wGate [F, D] gate_proj  @param wUp [F, D] up_proj  @param wDown [D, F] down_proj
+     * @param qNorm [hd] q_norm (Qwen3) or null  @param kNorm [hd] k_norm (Qwen3) or null
      */
     public record Layer(Tensor attnNorm, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, Tensor wo,
-                        Tensor mlpNorm, Tensor wGate, Tensor wUp, Tensor wDown) {}
+                        Tensor mlpNorm, Tensor wGate, Tensor wUp, Tensor wDown, Tensor qNorm, Tensor kNorm) {
+        public Layer(Tensor attnNorm, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, Tensor wo,
+                     Tensor mlpNorm, Tensor wGate, Tensor wUp, Tensor wDown) {
+            this(attnNorm, wq, bq, wk, bk, wv, bv, wo, mlpNorm, wGate, wUp, wDown, null, null);
+        }
+    }
 
     /** Bytes the backend allocated for the weights (0 for tensors read in place from the memory map). */
     public long allocatedBytes() {
@@ -38,7 +44,7 @@ public record Weights(Tensor embed, Layer[] layers, Tensor finalNorm, Tensor lmH
         java.util.List<Tensor> all = new java.util.ArrayList<>(java.util.List.of(embed, finalNorm, lmHead));
         for (Layer l : layers)
             all.addAll(java.util.Arrays.asList(l.attnNorm(), l.wq(), l.bq(), l.wk(), l.bk(), l.wv(), l.bv(), l.wo(),
-                    l.mlpNorm(), l.wGate(), l.wUp(), l.wDown()));
+                    l.mlpNorm(), l.wGate(), l.wUp(), l.wDown(), l.qNorm(), l.kNorm()));
         long sum = 0;
         for (Tensor t : all) if (t != null && seen.add(t)) sum += t.bytes();
         return sum;
@@ -46,7 +52,7 @@ public record Weights(Tensor embed, Layer[] layers, Tensor finalNorm, Tensor lmH
 
     /** Validates every tensor's presence and shape against the config, then hands each to the backend. */
     public static Weights load(SafeTensors st, LlamaConfig c, Backend backend, IntConsumer layerProgress) {
-        long d = c.hiddenSize(), f = c.intermediateSize(), v = c.vocabSize(), q = c.qDim(), kv = c.kvDim();
+        long d = c.hiddenSize(), f = c.intermediateSize(), v = c.vocabSize(), q = c.qDim(), kv = c.kvDim(), hd = c.headDim();
         Tensor embed = backend.weight(get(st, "model.embed_tokens.weight", v, d));
         Layer[] layers = new Layer[c.numLayers()];
         for (int i = 0; i < layers.length; i++) {
@@ -64,7 +70,9 @@ public record Weights(Tensor embed, Layer[] layers, Tensor finalNorm, Tensor lmH
                     backend.weight(get(st, p + "post_attention_layernorm.weight", d)),
                     backend.weight(get(st, p + "mlp.gate_proj.weight", f, d)),
                     backend.weight(get(st, p + "mlp.up_proj.weight", f, d)),
-                    backend.weight(get(st, p + "mlp.down_proj.weight", d, f)));
+                    backend.weight(get(st, p + "mlp.down_proj.weight", d, f)),
+                    c.qkNorm() ? backend.weight(get(st, p + "self_attn.q_norm.weight", hd)) : null,
+                    c.qkNorm() ? backend.weight(get(st, p + "self_attn.k_norm.weight", hd)) : null);
             if (layerProgress != null) layerProgress.accept(i + 1);
         }
         Tensor norm = backend.weight(get(st, "model.norm.weight", d));

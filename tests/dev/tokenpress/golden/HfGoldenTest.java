@@ -31,7 +31,8 @@ class HfGoldenTest {
     static final Path ROOT = Path.of("tests", "fixtures", "hf");
 
     @ParameterizedTest
-    @ValueSource(strings = {"llama-gqa-f32", "llama-gqa-bf16", "qwen2-bias-f32", "qwen2-bias-bf16", "mistral-mha-f32", "mistral-mha-bf16"})
+    @ValueSource(strings = {"llama-gqa-f32", "llama-gqa-bf16", "qwen2-bias-f32", "qwen2-bias-bf16", "mistral-mha-f32", "mistral-mha-bf16",
+            "qwen3-qknorm-f32", "qwen3-qknorm-bf16"})
     void logitsAndGreedyMatchTransformers(String name) throws IOException {
         assertEquals("1", Files.readString(ROOT.resolve("VERSION")).strip(), "fixture format version");
         Path dir = ROOT.resolve(name);

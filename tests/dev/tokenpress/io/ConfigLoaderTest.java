@@ -213,7 +213,7 @@ class ConfigLoaderTest {
     void unsupportedArchitecture() throws Exception {
         assertFails("{\"architectures\":[\"GPT2LMHeadModel\"],\"hidden_size\":64}",
                 "config.json: architecture GPT2LMHeadModel is not supported (supported: LlamaForCausalLM, "
-                        + "MistralForCausalLM, Qwen2ForCausalLM)");
+                        + "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)");
         assertFails("{\"model_type\":\"gemma\",\"hidden_size\":64}", "model_type gemma is not supported");
     }
 

@@ -26,7 +26,11 @@ class DecodeBatchTest {
     static final int SEQS = 4, STEPS = 12;
 
     private Llama model(int chunk) {
-        LlamaConfig c = LlamaEndToEndTest.config("LlamaForCausalLM", 8, 2, 8, false, false, null);
+        return model(chunk, "LlamaForCausalLM");
+    }
+
+    private Llama model(int chunk, String arch) {
+        LlamaConfig c = LlamaEndToEndTest.config(arch, 8, 2, 8, false, false, null);
         ModelWriter.write(tmp, c, DType.F32, 3, s -> {});
         return LlamaEndToEndTest.load(tmp, c, chunk);
     }
@@ -54,11 +58,13 @@ class DecodeBatchTest {
 
     @ParameterizedTest(name = "{0}")
     @ValueSource(strings = {"full", "h2o:budget=10,recent=3", "window:sink=2,budget=9", "tidal:k=6,full_layers=0,reselect=-1",
-            "knorm:budget=8,recent=2", "full|int4"})
+            "knorm:budget=8,recent=2", "full|int4", "qwen3/full", "qwen3/h2o:budget=10,recent=3"})
     void aBatchGivesEverySequenceItsOwnLogits(String spec) {
+        String arch = spec.startsWith("qwen3/") ? "Qwen3ForCausalLM" : "LlamaForCausalLM"; // Qwen3: q/k norms per row
+        spec = spec.substring(spec.indexOf('/') + 1);
         String policy = spec.split("\\|")[0];
         KvQuantSpec quant = spec.contains("|") ? KvQuantSpec.parse(spec.split("\\|")[1]) : KvQuantSpec.NONE;
-        try (Llama m = model(SEQS)) {
+        try (Llama m = model(SEQS, arch)) {
             int v = m.config.vocabSize();
             float[][][] ref = new float[SEQS][][];
             for (int i = 0; i < SEQS; i++) ref[i] = alone(m, i, policy, quant);

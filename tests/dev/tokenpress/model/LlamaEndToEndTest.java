@@ -23,7 +23,7 @@ class LlamaEndToEndTest {
 
     static LlamaConfig config(String arch, int heads, int kvHeads, int headDim, boolean bias, boolean tied,
                               LlamaConfig.RopeScaling scaling) {
-        String type = arch.startsWith("Qwen2") ? "qwen2" : arch.startsWith("Mistral") ? "mistral" : "llama";
+        String type = arch.startsWith("Qwen2") ? "qwen2" : arch.startsWith("Qwen3") ? "qwen3" : arch.startsWith("Mistral") ? "mistral" : "llama";
         return new LlamaConfig(arch, type, 48, 96, 2, heads, kvHeads, headDim, 300, 1e-5f, 10000f, scaling, 512, tied,
                 bias, null, 298, List.of(299), "float32");
     }

@@ -140,6 +140,22 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void rmsnormHeads(Tensor x, Tensor w, float eps, int n, int heads) {
+        CpuTensor xi = f(x), wt = f(w);
+        int hd = wt.data.length;
+        if ((long) heads * hd != xi.cols)
+            throw new IllegalArgumentException("rmsnormHeads: " + heads + " heads of " + hd + " for " + xi.cols + " columns");
+        par.forRange(n * heads, 32, (from, to) -> {
+            for (int r = from; r < to; r++) {
+                int off = r * hd;
+                float ss = k.sumSquares(xi.data, off, hd) / hd;
+                float inv = (float) (1.0 / Math.sqrt(ss + eps));
+                for (int i = 0; i < hd; i++) xi.data[off + i] = wt.data[i] * (xi.data[off + i] * inv);
+            }
+        });
+    }
+
+    @Override
     public void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n) {
         CpuTensor o = f(out), xi = f(x);
         float[] b = bias == null ? null : f(bias).data;

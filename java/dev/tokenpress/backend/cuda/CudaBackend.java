@@ -784,6 +784,17 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
+    public void rmsnormHeads(Tensor x, Tensor w, float eps, int n, int heads) {
+        CudaTensor xi = act(x), wt = (CudaTensor) w;
+        long hd = (long) wt.rows * wt.cols;
+        if (wt.bf16 || wt.q8 || heads <= 0 || hd * heads != xi.cols)
+            throw new IllegalArgumentException("rmsnormHeads: weight " + wt + " as " + heads + " heads of " + xi);
+        sig(17, xi.ptr, wt.ptr, Float.floatToIntBits(eps), n, heads);
+        if (mode != Mode.DRY) // rows of hd values; in place (rmsnorm_kernel reads a row before writing it, per thread)
+            check(TpNative.tp_rmsnorm(xi.ptr, xi.ptr, wt.ptr, eps, n * heads, (int) hd, stream), "rmsnorm (heads)");
+    }
+
+    @Override
     public void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n) {
         CudaTensor o = act(out), xi = act(x), wt = (CudaTensor) w;
         CudaTensor b = (CudaTensor) bias;

@@ -44,6 +44,15 @@ class CudaModelParityTest {
         run(config(512, 4, 4, 128, 3), "mha-hd128");
     }
 
+    /** Qwen3: q_norm / k_norm per head before RoPE (rmsnormHeads inside the captured decode step). */
+    @Test
+    void qwen3QkNormHeadDim128() {
+        LlamaConfig c = config(512, 8, 2, 128, 3);
+        run(new LlamaConfig("Qwen3ForCausalLM", "qwen3", c.hiddenSize(), c.intermediateSize(), c.numLayers(), c.numHeads(),
+                c.numKvHeads(), c.headDim(), c.vocabSize(), 1e-6f, 1000000f, null, 40960, true, false, null, -1, List.of(),
+                "bfloat16"), "qwen3-hd128");
+    }
+
     void run(LlamaConfig cfg0, String name) {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         Path dir = tmp.resolve(name);

@@ -162,6 +162,15 @@ class CudaParityTest {
         gpu.rmsnorm(xg, xg, wg, 1e-5f, n);
         assertClose("rmsnorm in place", cpu.download(xc, 0, n), gpu.download(xg, 0, n), 1e-11, 1e-5, 1e-5);
 
+        // Qwen3's per-head q/k norm: rows of 8 heads of 128, in place, fewer rows than allocated
+        float[] qh = randn(r, n * 8 * 128, 1), wh = randn(r, 128, 1);
+        Tensor hc = act(cpu, n, 8 * 128, qh), hg = act(gpu, n, 8 * 128, qh);
+        Tensor whc = cpu.weight(f32Vector("q_norm", wh)), whg = gpu.weight(f32Vector("q_norm", wh));
+        cpu.rmsnormHeads(hc, whc, 1e-6f, n - 1, 8);
+        gpu.rmsnormHeads(hg, whg, 1e-6f, n - 1, 8);
+        assertClose("rmsnormHeads", cpu.download(hc, 0, n), gpu.download(hg, 0, n), 1e-11, 1e-5, 1e-5);
+        assertThrows(IllegalArgumentException.class, () -> gpu.rmsnormHeads(hg, whg, 1e-6f, 1, 4));
+
         Tensor yc = act(cpu, n, d, y), yg = act(gpu, n, d, y);
         cpu.swiglu(oc, xc, yc, n);
         gpu.swiglu(og, xg, yg, n);

@@ -278,6 +278,7 @@ class CudaPolicyModelParityTest {
         @Override public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity) { return d.newKvCache(layers, kvHeads, headDim, capacity); }
         @Override public void embedding(Tensor out, Tensor table, int[] tokens, int n) { d.embedding(out, table, tokens, n); }
         @Override public void rmsnorm(Tensor out, Tensor x, Tensor w, float eps, int n) { d.rmsnorm(out, x, w, eps, n); }
+        @Override public void rmsnormHeads(Tensor x, Tensor w, float eps, int n, int heads) { d.rmsnormHeads(x, w, eps, n, heads); }
         @Override public void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n) { d.matmul(out, x, w, bias, n); }
         @Override public void rope(Tensor x, int heads, RopeTable rope, int[] positions, int n) { d.rope(x, heads, rope, positions, n); }
         @Override public void swiglu(Tensor out, Tensor gate, Tensor up, int n) { d.swiglu(out, gate, up, n); }
