@@ -69,7 +69,7 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ out, float* __restrict__ 
 
 // x [n, heads*hd]; thread per (row, head, i < hd/2) pair.
 __global__ void rope_kernel(float* x, int n, int heads, int hd, const int* __restrict__ positions,
-                            const float* __restrict__ inv_freq) {
+                            const float* __restrict__ inv_freq, float scale) {
     pdl_wait();
     pdl_launch_dependents();
     int half = hd >> 1;
@@ -81,6 +81,8 @@ __global__ void rope_kernel(float* x, int n, int heads, int hd, const int* __res
         float angle = (float)positions[row] * inv_freq[i];
         float s, c;
         sincosf(angle, &s, &c);
+        s *= scale;  // YaRN's attention factor (1: unchanged)
+        c *= scale;
         float* base = x + rh * hd;
         float a = base[i], b = base[i + half];
         base[i] = a * c - b * s;
@@ -166,7 +168,7 @@ __global__ void store_kv_kernel(uint16_t* __restrict__ kc, uint16_t* __restrict_
 // slot's position. Same f32 arithmetic as rope_kernel, so the stored bits equal those of the separate ops.
 __global__ void rope_store_kv_kernel(float* __restrict__ q, int heads, float* __restrict__ k,
                                      const float* __restrict__ v, const int* __restrict__ positions,
-                                     const float* __restrict__ inv_freq, uint16_t* __restrict__ kc,
+                                     const float* __restrict__ inv_freq, float scale, uint16_t* __restrict__ kc,
                                      uint16_t* __restrict__ vc, int* __restrict__ pc, const int* __restrict__ slots,
                                      const int* __restrict__ token_pos, int layer, int kv_heads, int hd,
                                      int capacity, int n) {
@@ -180,6 +182,8 @@ __global__ void rope_store_kv_kernel(float* __restrict__ q, int heads, float* __
     float angle = (float)positions[i] * inv_freq[j];
     float s, c;
     sincosf(angle, &s, &c);
+    s *= scale;  // YaRN's attention factor (1: unchanged)
+    c *= scale;
     if (head < heads) {
         float* base = q + ((int64_t)i * heads + head) * hd;
         float a = base[j], b = base[j + half];
@@ -258,7 +262,8 @@ int tp_add_rmsnorm(uint64_t out, uint64_t x, uint64_t y, uint64_t w, float eps, 
     return TP_OK;
 }
 
-int tp_rope(uint64_t x, int n, int heads, int head_dim, uint64_t positions, uint64_t inv_freq, uint64_t stream) {
+int tp_rope(uint64_t x, int n, int heads, int head_dim, uint64_t positions, uint64_t inv_freq, float scale,
+            uint64_t stream) {
     const char* fn = "tp_rope";
     TP_REQUIRE(x != 0, fn, "x");
     TP_REQUIRE(n >= 0, fn, "n");
@@ -266,10 +271,11 @@ int tp_rope(uint64_t x, int n, int heads, int head_dim, uint64_t positions, uint
     TP_REQUIRE(head_dim > 0 && head_dim % 2 == 0, fn, "head_dim");
     TP_REQUIRE(positions != 0, fn, "positions");
     TP_REQUIRE(inv_freq != 0, fn, "inv_freq");
+    TP_REQUIRE(scale > 0.f, fn, "scale");
     if (n == 0) return TP_OK;
     int64_t total = (int64_t)n * heads * (head_dim / 2);
     TP_LAUNCH("rope_kernel", rope_kernel, dim3(grid_for(total, 256)), dim3(256), 0, TP_STREAM(stream), TP_PTR(float, x),
-              n, heads, head_dim, TP_PTR(const int, positions), TP_PTR(const float, inv_freq));
+              n, heads, head_dim, TP_PTR(const int, positions), TP_PTR(const float, inv_freq), scale);
     return TP_OK;
 }
 
@@ -375,7 +381,7 @@ int tp_store_kv(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, ui
 }
 
 int tp_rope_store_kv(uint64_t q, int heads, uint64_t k, uint64_t v, uint64_t positions, uint64_t inv_freq,
-                     uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
+                     float scale, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
                      uint64_t token_pos, int layer, int kv_heads, int head_dim, int capacity, int n,
                      uint64_t stream) {
     const char* fn = "tp_rope_store_kv";
@@ -385,6 +391,7 @@ int tp_rope_store_kv(uint64_t q, int heads, uint64_t k, uint64_t v, uint64_t pos
     TP_REQUIRE(v != 0, fn, "v");
     TP_REQUIRE(positions != 0, fn, "positions");
     TP_REQUIRE(inv_freq != 0, fn, "inv_freq");
+    TP_REQUIRE(scale > 0.f, fn, "scale");
     TP_REQUIRE(key_cache != 0, fn, "key_cache");
     TP_REQUIRE(value_cache != 0, fn, "value_cache");
     TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
@@ -400,7 +407,7 @@ int tp_rope_store_kv(uint64_t q, int heads, uint64_t k, uint64_t v, uint64_t pos
     dim3 grid((unsigned)ceil_div(pairs, 128), n);
     TP_LAUNCH("rope_store_kv_kernel", rope_store_kv_kernel, dim3(grid), dim3(128), 0, TP_STREAM(stream),
               TP_PTR(float, q), heads, TP_PTR(float, k), TP_PTR(const float, v), TP_PTR(const int, positions),
-              TP_PTR(const float, inv_freq), TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache),
+              TP_PTR(const float, inv_freq), scale, TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache),
               TP_PTR(int, pos_cache), TP_PTR(const int, slots), TP_PTR(const int, token_pos), layer, kv_heads, head_dim,
               capacity, n);
     return TP_OK;

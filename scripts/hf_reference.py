@@ -147,6 +147,42 @@ MODELS = [
         },
     },
     {
+        "name": "qwen2-yarn",
+        "config_cls": Qwen2Config,
+        "model_cls": Qwen2ForCausalLM,
+        "seed": 5005,
+        "config": {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "vocab_size": 300,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "hidden_act": "silu",
+            "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10000.0,
+            # Qwen2.5's long-context setting (factor 4 over the original context), scaled down: with head_dim 32
+            # and original 64 positions the ramp keeps the fastest frequencies, interpolates the slowest and
+            # blends four between; cos and sin carry the attention factor 0.1 ln 4 + 1
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+            "tie_word_embeddings": False,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "max_window_layers": 2,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+    },
+    {
         "name": "mistral-mha",
         "config_cls": MistralConfig,
         "model_cls": MistralForCausalLM,
@@ -242,7 +278,9 @@ def check_config(cfg, spec):
     if ws:
         if rd.get("rope_type") != ws["rope_type"]:
             problems.append(f"rope_type={rd.get('rope_type')!r}")
-        for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        keys = ("factor", "original_max_position_embeddings") if ws["rope_type"] == "yarn" else \
+            ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        for k in keys:
             if rd.get(k) is None or abs(float(rd[k]) - float(ws[k])) > 1e-9:
                 problems.append(f"rope {k}={rd.get(k)!r} (wanted {ws[k]!r})")
     elif rd.get("rope_type", "default") != "default":
@@ -392,7 +430,33 @@ def expected_inv_freq(want, head_dim):
                 s = (old / wl - lo) / (hi - lo)
                 out.append((1 - s) * f / factor + s * f)
         inv = out
+    if rs and rs.get("rope_type") == "yarn":  # YaRN: a ramp between extrapolated and interpolated frequencies
+        factor = rs["factor"]
+        old = rs.get("original_max_position_embeddings", want["max_position_embeddings"])
+        fast, slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+
+        def corr(rot):
+            return head_dim * math.log(old / (rot * 2 * math.pi)) / (2 * math.log(theta))
+
+        lo, hi = max(math.floor(corr(fast)), 0), min(math.ceil(corr(slow)), head_dim - 1)
+        if lo == hi:
+            hi += 0.001
+        out = []
+        for i, f in enumerate(inv):
+            keep = 1 - min(1.0, max(0.0, (i - lo) / (hi - lo)))
+            out.append(f / factor * (1 - keep) + f * keep)
+        inv = out
     return torch.tensor(inv, dtype=torch.float64)
+
+
+def expected_attention_scale(want):
+    """YaRN's factor on cos and sin (attention_factor, else 0.1 ln(factor) + 1); 1 without YaRN."""
+    rs = want.get("rope_scaling")
+    if not rs or rs.get("rope_type") != "yarn":
+        return 1.0
+    if rs.get("attention_factor") is not None:
+        return float(rs["attention_factor"])
+    return 0.1 * math.log(rs["factor"]) + 1.0 if rs["factor"] > 1 else 1.0
 
 
 def rope_branches(want, head_dim):
@@ -409,7 +473,7 @@ def rope_branches(want, head_dim):
     return out
 
 
-def reference_forward(w, want, head_dim, inv_freq, ids, dtype=torch.float64):
+def reference_forward(w, want, head_dim, inv_freq, ids, dtype=torch.float64, attn_scale=1.0):
     """Plain re-implementation of the Llama/Qwen2/Qwen3/Mistral decoder. ids: [T] long. Returns (logits [T,V], resid)."""
     H = want["num_attention_heads"]
     Hkv = want["num_key_value_heads"]
@@ -437,7 +501,7 @@ def reference_forward(w, want, head_dim, inv_freq, ids, dtype=torch.float64):
     pos = torch.arange(T, dtype=dtype)
     freqs = pos[:, None] * inv_freq.to(dtype)[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos(), emb.sin()
+    cos, sin = emb.cos() * attn_scale, emb.sin() * attn_scale
     causal = torch.ones(T, T, dtype=torch.bool).tril()
 
     x = W("model.embed_tokens.weight")[ids]
@@ -562,7 +626,7 @@ def run_model(spec, out_root):
     else:
         rel = float(((inv_hf.double() - inv_exp).abs() / inv_exp.abs()).max())
         inv_check = {"ok": rel < 1e-5, "max_rel_diff_vs_independent": rel}
-        log(f"  rope inv_freq vs independent llama3/default formula: max rel diff {rel:.3e}")
+        log(f"  rope inv_freq vs independent llama3/yarn/default formula: max rel diff {rel:.3e}")
         if rel >= 1e-5:
             log("  WARNING: HF inv_freq differs from the independent computation")
 
@@ -594,7 +658,8 @@ def run_model(spec, out_root):
         for s, ids in enumerate(seqs):
             logits = hf_logits(model, ids)
             greedy, margins = hf_greedy(model, ids, GREEDY_NEW_TOKENS)
-            ind_logits, resid = reference_forward(sd, want, head_dim, inv_hf.double(), ids)
+            ind_logits, resid = reference_forward(sd, want, head_dim, inv_hf.double(), ids,
+                                                  attn_scale=expected_attention_scale(want))
             d_ind = float((ind_logits - logits.double()).abs().max())
             max_indep = max(max_indep, d_ind)
             ref[f"tokens_{s}"] = ids.contiguous()
@@ -708,6 +773,7 @@ last bits between torch versions.
 | `llama-gqa-{f32,bf16}` | LlamaForCausalLM | D 64, F 160, 3 layers, 8 heads / 2 KV (GQA 4), head_dim 16 (explicit, != D/H), vocab 320 | llama3 rope_scaling (factor 8, low 1, high 4, original 64: kept, smooth and scaled frequencies), rope_theta 5e5, tied embeddings (no `lm_head.weight` in the file) |
 | `qwen2-bias-{f32,bf16}` | Qwen2ForCausalLM | D 64, F 176, 2 layers, 4 heads / 2 KV (GQA 2), head_dim 16, vocab 300 | q/k/v biases, rope_theta 1e6, untied head, eps 1e-6 |
 | `mistral-mha-{f32,bf16}` | MistralForCausalLM | D 64, F 128, 2 layers, 4 heads / 4 KV (MHA), head_dim 32 (explicit, H*hd = 128 != D), vocab 280 | explicit head_dim wider than D/H, no sliding window, untied head |
+| `qwen2-yarn-{f32,bf16}` | Qwen2ForCausalLM | D 64, F 128, 2 layers, 4 heads / 2 KV (GQA 2), head_dim 32, vocab 300 | YaRN rope_scaling (factor 4 over an original 64 positions: kept, blended and interpolated frequencies; cos/sin times 0.1 ln 4 + 1), biases, untied head |
 | `qwen3-qknorm-{f32,bf16}` | Qwen3ForCausalLM | D 64, F 160, 2 layers, 4 heads / 2 KV (GQA 2), head_dim 32 (explicit, H*hd = 128 != D), vocab 300 | per-head q_norm / k_norm before RoPE, no biases, rope_theta 1e6, tied embeddings, eps 1e-6 |
 
 Initialisation: Linear/Embedding weights N(0, 0.02) except q_proj/k_proj N(0, 0.1) (so attention is not

@@ -106,9 +106,11 @@ int tp_embedding(uint64_t out, uint64_t table, uint64_t tokens, int n, int dim, 
 int tp_rmsnorm(uint64_t out, uint64_t x, uint64_t w, float eps, int n, int dim, uint64_t stream);
 /**
  * Rotary embedding in place, HF rotate_half pairing (i, i + hd/2); x f32 [n, heads*hd]; positions int32 [n]
- * (device); inv_freq f32 [hd/2]; angle = (float) position * inv_freq[i] in f32.
+ * (device); inv_freq f32 [hd/2]; angle = (float) position * inv_freq[i] in f32; cos and sin are multiplied by
+ * scale (> 0; YaRN's attention factor, 1 otherwise).
  */
-int tp_rope(uint64_t x, int n, int heads, int head_dim, uint64_t positions, uint64_t inv_freq, uint64_t stream);
+int tp_rope(uint64_t x, int n, int heads, int head_dim, uint64_t positions, uint64_t inv_freq, float scale,
+            uint64_t stream);
 /** out = silu(gate) * up over count elements (f32); out may be gate. */
 int tp_swiglu(uint64_t out, uint64_t gate, uint64_t up, int64_t count, uint64_t stream);
 /** x += y over count f32 elements. */
@@ -140,12 +142,13 @@ int tp_add_rmsnorm(uint64_t out, uint64_t x, uint64_t y, uint64_t w, float eps, 
 
 /**
  * RoPE of q and k + KV store in one kernel (= tp_rope(q), tp_rope(k), tp_store_kv): q f32 [n, heads*hd] and
- * k f32 [n, Hkv*hd] are rotated in place (angle positions[i] * inv_freq[j] in f32, rotate_half pairing), then
+ * k f32 [n, Hkv*hd] are rotated in place (angle positions[i] * inv_freq[j] in f32, rotate_half pairing, cos and
+ * sin times scale), then
  * the rotated k and v are stored as in tp_store_kv. positions int32 [n]; slots, token_pos int32 [Hkv][n]
  * (device); a slot outside [0, capacity) is skipped (k is still rotated).
  */
 int tp_rope_store_kv(uint64_t q, int heads, uint64_t k, uint64_t v, uint64_t positions, uint64_t inv_freq,
-                     uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
+                     float scale, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
                      uint64_t token_pos, int layer, int kv_heads, int head_dim, int capacity, int n,
                      uint64_t stream);
 

@@ -4,12 +4,18 @@ import dev.tokenpress.model.LlamaConfig;
 
 /**
  * Rotary embedding inverse frequencies, Hugging Face "rotate_half" layout: dimension i pairs with i + hd/2 and
- * uses {@code invFreq[i]}. Llama 3 {@code rope_scaling} is applied here once, so kernels only see invFreq.
+ * uses {@code invFreq[i]}. Llama 3 and YaRN {@code rope_scaling} are applied here once, so kernels only see invFreq
+ * and YaRN's attention scale (cos and sin are multiplied by it, as transformers does; 1 otherwise).
  *
- * @param headDim head dimension hd
- * @param invFreq [hd/2] inverse frequencies
+ * @param headDim        head dimension hd
+ * @param invFreq        [hd/2] inverse frequencies
+ * @param attentionScale what cos and sin are multiplied by
  */
-public record RopeTable(int headDim, float[] invFreq) {
+public record RopeTable(int headDim, float[] invFreq, float attentionScale) {
+
+    public RopeTable(int headDim, float[] invFreq) {
+        this(headDim, invFreq, 1f);
+    }
 
     public static RopeTable of(LlamaConfig c) {
         int half = c.headDim() / 2;
@@ -36,6 +42,35 @@ public record RopeTable(int headDim, float[] invFreq) {
                 inv[i] = (float) out;
             }
         }
+        if (s != null && "yarn".equals(s.type())) {
+            // transformers' _compute_yarn_parameters: interpolated (1 / (factor * theta^(2i/hd))) and extrapolated
+            // (1 / theta^(2i/hd)) frequencies blended by a linear ramp over the dimensions between the correction
+            // bounds of beta_fast and beta_slow rotations at the original context length
+            int dim = c.headDim();
+            double base = c.ropeTheta();
+            double low = correctionDim(s.highFreqFactor(), dim, base, s.originalMaxPositionEmbeddings());
+            double high = correctionDim(s.lowFreqFactor(), dim, base, s.originalMaxPositionEmbeddings());
+            if (s.truncate()) {
+                low = Math.floor(low);
+                high = Math.ceil(high);
+            }
+            low = Math.max(low, 0);
+            high = Math.min(high, dim - 1);
+            if (low == high) high += 0.001;
+            for (int i = 0; i < half; i++) {
+                float pos = (float) Math.pow(base, (float) (2 * i) / dim);     // f32, as torch computes it
+                float extrapolation = 1f / pos, interpolation = 1f / (s.factor() * pos);
+                float ramp = (float) Math.min(1, Math.max(0, (i - low) / (high - low)));
+                float extra = 1f - ramp;                                       // inv_freq_extrapolation_factor
+                inv[i] = interpolation * (1f - extra) + extrapolation * extra;
+            }
+            return new RopeTable(dim, inv, s.attentionFactor());
+        }
         return new RopeTable(c.headDim(), inv);
+    }
+
+    /** The dimension at which a frequency makes {@code rotations} turns over {@code maxPos} positions (YaRN). */
+    private static double correctionDim(double rotations, int dim, double base, int maxPos) {
+        return (dim * Math.log(maxPos / (rotations * 2 * Math.PI))) / (2 * Math.log(base));
     }
 }

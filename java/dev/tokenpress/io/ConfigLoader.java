@@ -141,7 +141,7 @@ public final class ConfigLoader {
             Double t = optDouble(ropeParams, "rope_theta", file, "rope_parameters.");
             if (t == null) t = optDouble(root, "rope_theta", file, "");
             theta = t == null ? 10000.0 : t;
-            scaling = ropeScaling(ropeParams, file, "rope_parameters");
+            scaling = ropeScaling(ropeParams, file, "rope_parameters", root, maxPos);
         } else {
             Double t = optDouble(root, "rope_theta", file, "");
             theta = t == null ? 10000.0 : t;
@@ -151,7 +151,7 @@ public final class ConfigLoader {
             } else if (!rs.isObject()) {
                 throw new ModelLoadException(file + ": field rope_scaling must be an object or null; fix config.json");
             } else {
-                scaling = ropeScaling(rs, file, "rope_scaling");
+                scaling = ropeScaling(rs, file, "rope_scaling", root, maxPos);
             }
         }
         if (!(theta > 0) || Double.isInfinite(theta)) {
@@ -198,15 +198,16 @@ public final class ConfigLoader {
                 (float) theta, scaling, maxPos, tie, bias, sliding, bos, List.copyOf(new ArrayList<>(eos)), dtype);
     }
 
-    private static LlamaConfig.RopeScaling ropeScaling(JsonNode rs, String file, String field) {
+    private static LlamaConfig.RopeScaling ropeScaling(JsonNode rs, String file, String field, JsonNode root, int maxPos) {
         String type = text(rs, "rope_type");
         if (type == null) type = text(rs, "type");
         if (type == null || type.equals("default")) return null;
+        String p = field + ".";
+        if (type.equals("yarn")) return yarn(rs, file, p, root, maxPos);
         if (!type.equals("llama3")) {
             throw new ModelLoadException(file + ": " + field + " type " + type + " is not supported (supported: "
-                    + "llama3, default); use a checkpoint without this RoPE scaling");
+                    + "llama3, yarn, default); use a checkpoint without this RoPE scaling");
         }
-        String p = field + ".";
         double factor = requiredDouble(rs, "factor", file, p);
         double low = requiredDouble(rs, "low_freq_factor", file, p);
         double high = requiredDouble(rs, "high_freq_factor", file, p);
@@ -221,6 +222,49 @@ public final class ConfigLoader {
                     + "low_freq_factor (" + low + "); fix config.json");
         }
         return new LlamaConfig.RopeScaling("llama3", (float) factor, (float) low, (float) high, om.asInt());
+    }
+
+    /**
+     * YaRN as transformers reads it: {@code factor} (null: max_position_embeddings / original), {@code
+     * original_max_position_embeddings} (else the top-level one, else max_position_embeddings), {@code beta_fast} /
+     * {@code beta_slow} (32 / 1), {@code attention_factor} (else from {@code mscale} / {@code mscale_all_dim}, else
+     * 0.1 ln(factor) + 1), {@code truncate} (true).
+     */
+    private static LlamaConfig.RopeScaling yarn(JsonNode rs, String file, String p, JsonNode root, int maxPos) {
+        JsonNode om = rs.get("original_max_position_embeddings");
+        if (isNull(om)) om = root.get("original_max_position_embeddings");
+        int original;
+        if (isNull(om)) {
+            original = maxPos;
+        } else if (!om.isNumber() || om.asDouble() != Math.rint(om.asDouble()) || om.asDouble() <= 0
+                || om.asDouble() > Integer.MAX_VALUE) {
+            throw new ModelLoadException(file + ": field " + p + "original_max_position_embeddings must be a positive "
+                    + "integer for yarn rope scaling; fix config.json");
+        } else {
+            original = om.asInt();
+        }
+        Double f = optDouble(rs, "factor", file, p);
+        double factor = f != null ? f : (double) maxPos / original;
+        if (!(factor > 0) || Double.isInfinite(factor))
+            throw new ModelLoadException(file + ": field " + p + "factor must be a positive number for yarn rope scaling; fix config.json");
+        Double bf = optDouble(rs, "beta_fast", file, p), bs = optDouble(rs, "beta_slow", file, p);
+        double betaFast = bf == null || bf == 0 ? 32 : bf, betaSlow = bs == null || bs == 0 ? 1 : bs;
+        if (!(betaFast > 0) || !(betaSlow > 0))
+            throw new ModelLoadException(file + ": fields " + p + "beta_fast and beta_slow must be positive; fix config.json");
+        Double af = optDouble(rs, "attention_factor", file, p);
+        double attention;
+        if (af != null) {
+            attention = af;
+        } else {
+            Double ms = optDouble(rs, "mscale", file, p), msAll = optDouble(rs, "mscale_all_dim", file, p);
+            attention = ms != null && ms != 0 && msAll != null && msAll != 0
+                    ? LlamaConfig.RopeScaling.yarnMscale(factor, ms) / LlamaConfig.RopeScaling.yarnMscale(factor, msAll)
+                    : LlamaConfig.RopeScaling.yarnMscale(factor, 1);
+        }
+        JsonNode tr = rs.get("truncate");
+        boolean truncate = isNull(tr) || tr.asBoolean(true);
+        return new LlamaConfig.RopeScaling("yarn", (float) factor, (float) betaSlow, (float) betaFast, original,
+                (float) attention, truncate);
     }
 
     private static void addIds(JsonNode n, Set<Integer> out, String file) {

@@ -289,8 +289,15 @@ public final class ModelWriter {
             LlamaConfig.RopeScaling r = c.ropeScaling();
             Map<String, Object> rs = new TreeMap<>();
             rs.put("factor", exactDecimal(r.factor()));
-            rs.put("high_freq_factor", exactDecimal(r.highFreqFactor()));
-            rs.put("low_freq_factor", exactDecimal(r.lowFreqFactor()));
+            if (r.type().equals("yarn")) {
+                rs.put("beta_fast", exactDecimal(r.highFreqFactor()));
+                rs.put("beta_slow", exactDecimal(r.lowFreqFactor()));
+                rs.put("attention_factor", exactDecimal(r.attentionFactor()));
+                if (!r.truncate()) rs.put("truncate", false);
+            } else {
+                rs.put("high_freq_factor", exactDecimal(r.highFreqFactor()));
+                rs.put("low_freq_factor", exactDecimal(r.lowFreqFactor()));
+            }
             rs.put("original_max_position_embeddings", r.originalMaxPositionEmbeddings());
             rs.put("rope_type", r.type());
             m.put("rope_scaling", rs);

@@ -48,16 +48,36 @@ public record LlamaConfig(
         String torchDtype) {
 
     /**
-     * Llama 3.1-style frequency scaling ({@code rope_type: "llama3"}).
+     * RoPE frequency scaling: Llama 3.1's ({@code rope_type: "llama3"}) or YaRN ({@code "yarn"}: Qwen2.5 / Qwen3 past
+     * 32K, as their model cards configure it), as transformers computes them.
      *
-     * @param type                          "llama3" (others are rejected at parse time)
+     * @param type                          "llama3" or "yarn" (others are rejected at parse time)
      * @param factor                        {@code factor}
-     * @param lowFreqFactor                 {@code low_freq_factor}
-     * @param highFreqFactor                {@code high_freq_factor}
+     * @param lowFreqFactor                 llama3: {@code low_freq_factor}; yarn: {@code beta_slow} (default 1)
+     * @param highFreqFactor                llama3: {@code high_freq_factor}; yarn: {@code beta_fast} (default 32)
      * @param originalMaxPositionEmbeddings {@code original_max_position_embeddings}
+     * @param attentionFactor               yarn: what cos and sin are multiplied by ({@code attention_factor}, else
+     *                                      0.1 ln(factor) + 1, or DeepSeek's mscale ratio); llama3: 1
+     * @param truncate                      yarn: the correction range's bounds are rounded outwards ({@code truncate},
+     *                                      default true)
      */
     public record RopeScaling(String type, float factor, float lowFreqFactor, float highFreqFactor,
-                              int originalMaxPositionEmbeddings) {}
+                              int originalMaxPositionEmbeddings, float attentionFactor, boolean truncate) {
+        /** Llama 3.1-style scaling. */
+        public RopeScaling(String type, float factor, float lowFreqFactor, float highFreqFactor, int originalMaxPositionEmbeddings) {
+            this(type, factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings, 1f, true);
+        }
+
+        /** YaRN with the attention factor transformers infers when none is given (0.1 ln(factor) + 1). */
+        public static RopeScaling yarn(float factor, int originalMaxPositionEmbeddings) {
+            return new RopeScaling("yarn", factor, 1f, 32f, originalMaxPositionEmbeddings, (float) yarnMscale(factor, 1), true);
+        }
+
+        /** YaRN's get_mscale: 1 for scale <= 1, else 0.1 * mscale * ln(scale) + 1. */
+        public static double yarnMscale(double scale, double mscale) {
+            return scale <= 1 ? 1.0 : 0.1 * mscale * Math.log(scale) + 1.0;
+        }
+    }
 
     /**
      * Whether each head's query and key are RMS-normalized (learned weights of {@code head_dim}, the model's eps)

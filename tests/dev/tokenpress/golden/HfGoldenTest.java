@@ -32,7 +32,7 @@ class HfGoldenTest {
 
     @ParameterizedTest
     @ValueSource(strings = {"llama-gqa-f32", "llama-gqa-bf16", "qwen2-bias-f32", "qwen2-bias-bf16", "mistral-mha-f32", "mistral-mha-bf16",
-            "qwen3-qknorm-f32", "qwen3-qknorm-bf16"})
+            "qwen3-qknorm-f32", "qwen3-qknorm-bf16", "qwen2-yarn-f32", "qwen2-yarn-bf16"})
     void logitsAndGreedyMatchTransformers(String name) throws IOException {
         assertEquals("1", Files.readString(ROOT.resolve("VERSION")).strip(), "fixture format version");
         Path dir = ROOT.resolve(name);

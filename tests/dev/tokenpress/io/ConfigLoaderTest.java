@@ -185,6 +185,40 @@ class ConfigLoaderTest {
         assertNull(d.ropeScaling());
     }
 
+    /** YaRN as Qwen2.5's and Qwen3's model cards configure it, with transformers' defaults and inferences. */
+    @Test
+    void yarnRopeScaling() throws Exception {
+        LlamaConfig c = ConfigLoader.load(dir(minimal(",\"max_position_embeddings\":131072,\"rope_scaling\":{\"type\":\"yarn\","
+                + "\"factor\":4.0,\"original_max_position_embeddings\":32768}")));
+        LlamaConfig.RopeScaling s = c.ropeScaling();
+        assertEquals(new LlamaConfig.RopeScaling("yarn", 4f, 1f, 32f, 32768, (float) (0.1 * Math.log(4) + 1), true), s);
+        assertEquals(LlamaConfig.RopeScaling.yarn(4f, 32768), s);
+        // factor from the context lengths, the original length from the top level, DeepSeek's mscale ratio, no truncation
+        s = ConfigLoader.load(dir(minimal(",\"max_position_embeddings\":16384,\"original_max_position_embeddings\":4096,"
+                + "\"rope_parameters\":{\"rope_type\":\"yarn\",\"rope_theta\":10000.0,\"beta_fast\":16,\"beta_slow\":2,"
+                + "\"mscale\":1.0,\"mscale_all_dim\":0.5,\"truncate\":false}"))).ropeScaling();
+        assertEquals(4f, s.factor());
+        assertEquals(4096, s.originalMaxPositionEmbeddings());
+        assertEquals(16f, s.highFreqFactor());
+        assertEquals(2f, s.lowFreqFactor());
+        assertEquals((float) ((0.1 * Math.log(4) + 1) / (0.05 * Math.log(4) + 1)), s.attentionFactor());
+        assertFalse(s.truncate());
+        s = ConfigLoader.load(dir(minimal(",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":2.0,\"attention_factor\":1.5}"))).ropeScaling();
+        assertEquals(1.5f, s.attentionFactor());
+        assertEquals(2048, s.originalMaxPositionEmbeddings(), "max_position_embeddings by default");
+        assertFails(minimal(",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":-1.0}"), "factor");
+        assertFails(minimal(",\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":2.0}"),
+                "longrope is not supported (supported: llama3, yarn, default)");
+
+        // the frequencies (head_dim 16, original 32768): the correction range is [floor 4.42, ceil 7.43] = [4, 8], so
+        // dimensions 0-4 keep their frequency and 5-7 blend towards it divided by the factor (transformers' formula)
+        float[] inv = dev.tokenpress.backend.RopeTable.of(c).invFreq();
+        for (int i = 0; i <= 4; i++) assertEquals((float) (1 / Math.pow(10000, i / 8.0)), inv[i], 1e-6f * inv[i], "kept " + i);
+        double f7 = 1 / Math.pow(10000, 7 / 8.0);
+        assertEquals(f7 / 4 * 0.75 + f7 * 0.25, inv[7], 1e-6 * f7, "three quarters interpolated");
+        assertEquals((float) (0.1 * Math.log(4) + 1), dev.tokenpress.backend.RopeTable.of(c).attentionScale());
+    }
+
     @Test
     void legacyTypeKeyAndDefaultRope() throws Exception {
         LlamaConfig c = ConfigLoader.load(dir(minimal(",\"rope_scaling\":{\"type\":\"llama3\",\"factor\":8.0,"
@@ -219,12 +253,12 @@ class ConfigLoaderTest {
 
     @Test
     void unsupportedRopeTypes() throws Exception {
-        for (String t : new String[] {"linear", "dynamic", "yarn", "longrope"}) {
+        for (String t : new String[] {"linear", "dynamic", "longrope"}) {
             assertFails(minimal(",\"rope_scaling\":{\"rope_type\":\"" + t + "\",\"factor\":2.0}"), "rope_scaling",
                     t + " is not supported");
         }
-        assertFails(minimal(",\"rope_parameters\":{\"rope_type\":\"yarn\",\"factor\":4.0}"), "rope_parameters",
-                "yarn is not supported");
+        assertFails(minimal(",\"rope_parameters\":{\"rope_type\":\"dynamic\",\"factor\":4.0}"), "rope_parameters",
+                "dynamic is not supported");
         assertFails(minimal(",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0}"), "low_freq_factor");
     }
 

@@ -253,13 +253,14 @@ public final class CpuBackend implements Backend {
         CpuTensor t = f(x);
         int hd = rope.headDim(), half = hd / 2;
         float[] inv = rope.invFreq();
+        float scale = rope.attentionScale(); // YaRN's attention factor (1 otherwise: the products are unchanged)
         for (int r = 0; r < n; r++) {
             float pos = positions[r];
             float[] cos = new float[half], sin = new float[half];
             for (int j = 0; j < half; j++) {
                 float angle = pos * inv[j];
-                cos[j] = (float) Math.cos(angle);
-                sin[j] = (float) Math.sin(angle);
+                cos[j] = (float) Math.cos(angle) * scale;
+                sin[j] = (float) Math.sin(angle) * scale;
             }
             for (int h = 0; h < heads; h++) {
                 int base = r * t.cols + h * hd;

@@ -1066,8 +1066,8 @@ public final class CudaBackend implements Backend {
         if ((long) heads * hd > t.cols) throw new IllegalArgumentException("rope: " + heads + " heads of " + hd + " do not fit " + t);
         long inv = ropeTable(rope);
         long d = stage(positions, n);
-        sig(5, t.ptr, heads, hd, inv, n);
-        if (mode != Mode.DRY) check(TpNative.tp_rope(t.ptr, n, heads, hd, d, inv, stream), "rope");
+        sig(5, t.ptr, heads, hd, inv, n, Float.floatToIntBits(rope.attentionScale()));
+        if (mode != Mode.DRY) check(TpNative.tp_rope(t.ptr, n, heads, hd, d, inv, rope.attentionScale(), stream), "rope");
     }
 
     /** Device copy of the rope table's inverse frequencies (uploaded once, eagerly). */
@@ -1110,9 +1110,9 @@ public final class CudaBackend implements Backend {
                 a[n + kvHeads * n + g * n + i] = c.position(layer, g, slot);
             }
         long d = stage(a, a.length);
-        sig(13, qt.ptr, heads, kt.ptr, vt.ptr, inv, c.keys, layer, n);
+        sig(13, qt.ptr, heads, kt.ptr, vt.ptr, inv, c.keys, layer, n, Float.floatToIntBits(rope.attentionScale()));
         if (mode != Mode.DRY)
-            check(TpNative.tp_rope_store_kv(qt.ptr, heads, kt.ptr, vt.ptr, d, inv, c.keys, c.values, c.pos,
+            check(TpNative.tp_rope_store_kv(qt.ptr, heads, kt.ptr, vt.ptr, d, inv, rope.attentionScale(), c.keys, c.values, c.pos,
                     d + 4L * n, d + 4L * (n + kvHeads * n), layer, kvHeads, hd, c.capacity(), n, stream), "ropeStoreKv");
     }
 

@@ -128,7 +128,7 @@ public final class TpNative {
                                         float eps, int n, int dim, @Cast("uint64_t") long stream);
 
     public static native int tp_rope(@Cast("uint64_t") long x, int n, int heads, int headDim,
-                                     @Cast("uint64_t") long positions, @Cast("uint64_t") long invFreq,
+                                     @Cast("uint64_t") long positions, @Cast("uint64_t") long invFreq, float scale,
                                      @Cast("uint64_t") long stream);
 
     public static native int tp_swiglu(@Cast("uint64_t") long out, @Cast("uint64_t") long gate,
@@ -161,7 +161,7 @@ public final class TpNative {
 
     public static native int tp_rope_store_kv(@Cast("uint64_t") long q, int heads, @Cast("uint64_t") long k,
                                               @Cast("uint64_t") long v, @Cast("uint64_t") long positions,
-                                              @Cast("uint64_t") long invFreq, @Cast("uint64_t") long keyCache,
+                                              @Cast("uint64_t") long invFreq, float scale, @Cast("uint64_t") long keyCache,
                                               @Cast("uint64_t") long valueCache, @Cast("uint64_t") long posCache,
                                               @Cast("uint64_t") long slots, @Cast("uint64_t") long tokenPos,
                                               int layer, int kvHeads, int headDim, int capacity, int n,

@@ -44,13 +44,16 @@ class CudaModelParityTest {
         run(config(512, 4, 4, 128, 3), "mha-hd128");
     }
 
-    /** Qwen3: q_norm / k_norm per head before RoPE (rmsnormHeads inside the captured decode step). */
+    /**
+     * Qwen3 with YaRN scaling (factor 4 over 32 original positions, so the prompt runs past it): q_norm / k_norm per
+     * head before RoPE (rmsnormHeads inside the captured decode step) and cos/sin times the attention factor.
+     */
     @Test
-    void qwen3QkNormHeadDim128() {
+    void qwen3QkNormYarnHeadDim128() {
         LlamaConfig c = config(512, 8, 2, 128, 3);
         run(new LlamaConfig("Qwen3ForCausalLM", "qwen3", c.hiddenSize(), c.intermediateSize(), c.numLayers(), c.numHeads(),
-                c.numKvHeads(), c.headDim(), c.vocabSize(), 1e-6f, 1000000f, null, 40960, true, false, null, -1, List.of(),
-                "bfloat16"), "qwen3-hd128");
+                c.numKvHeads(), c.headDim(), c.vocabSize(), 1e-6f, 1000000f, LlamaConfig.RopeScaling.yarn(4f, 32), 40960,
+                true, false, null, -1, List.of(), "bfloat16"), "qwen3-yarn-hd128");
     }
 
     void run(LlamaConfig cfg0, String name) {

@@ -197,6 +197,11 @@ class CudaParityTest {
         cpu.rope(xc, heads, rt, pos, n);
         gpu.rope(xg, heads, rt, pos, n);
         assertClose("rope", cpu.download(xc, 0, n), gpu.download(xg, 0, n), 1e-11, 2e-5, 2e-5);
+        // YaRN: cos and sin times the attention factor
+        RopeTable yarn = new RopeTable(hd, inv, 1.1386294f);
+        cpu.rope(xc, heads, yarn, pos, n);
+        gpu.rope(xg, heads, yarn, pos, n);
+        assertClose("rope (yarn scale)", cpu.download(xc, 0, n), gpu.download(xg, 0, n), 1e-11, 3e-5, 3e-5);
     }
 
     @ParameterizedTest(name = "matmul n={0} bias={1}")
