@@ -217,7 +217,8 @@ public final class KvPolicies {
 
     /**
      * The keys every budgeted evicting policy takes besides its own: interval (kvpress's DecodingPress), pyramid
-     * (PyramidKV's layer budgets) and, for scored policies that evict while decoding, ada (AdaKV's head-wise budget).
+     * (PyramidKV's layer budgets) and, for scored policies that evict while decoding, ada (AdaKV's head-wise budget)
+     * and chunk (ChunkKV's whole-run eviction).
      * {@code interval} null: a prompt-only policy, pyramid alone.
      */
     private static List<Param> shaped(boolean ada, String interval, Param... own) {
@@ -226,15 +227,18 @@ public final class KvPolicies {
             out.add(p("interval", interval, "a head grows to budget + interval tokens, then is cut back to the budget in one go (kvpress DecodingPress: every interval steps; 0 = every step)"));
         out.add(p("pyramid", "", "PyramidKV beta >= 1: layer budgets fall linearly from the first layer to the last, same mean (off unless given; paper 20)"));
         if (ada) out.add(p("ada", "", "AdaKV: a layer's KV heads share its budget, lowest scores go first, each keeps >= this fraction (off unless given; kvpress 0.2)"));
+        if (ada) out.add(p("chunk", "", "ChunkKV: evict whole runs of this many consecutive tokens, ranked by mean score over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)"));
         return out;
     }
 
-    /** Applies the interval/pyramid/ada keys to an evicting policy. */
+    /** Applies the interval/pyramid/ada/chunk keys to an evicting policy. */
     private static KvPolicy shape(EvictingPolicy p, PolicyArgs a) {
         int interval = a.declares("interval") && !a.raw("interval").isEmpty() ? a.integer("interval", 0, Integer.MAX_VALUE) : 0;
         double pyramid = a.declares("pyramid") && a.has("pyramid") ? a.real("pyramid", 1, 1e6) : 0;
         double ada = a.declares("ada") && a.has("ada") ? a.real("ada", 0, 1) : -1;
-        return p.shaping(new EvictingPolicy.Shaping(interval, pyramid, ada));
+        int chunk = a.declares("chunk") && a.has("chunk") ? a.integer("chunk", 1, 1 << 20) : 0;
+        if (chunk > 0 && ada >= 0) throw a.error(a.policy() + ": chunk and ada exclude each other (chunk keeps the same tokens in every head)");
+        return p.shaping(new EvictingPolicy.Shaping(interval, pyramid, ada, chunk));
     }
 
     /** SnapKV from its keys (budget, window, kernel, pool), shared by snapkv and pyramidkv. */

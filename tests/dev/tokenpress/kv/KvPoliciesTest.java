@@ -95,6 +95,8 @@ class KvPoliciesTest {
             "keyformer:tau_init=-1; tau_init=-1 must be in; keyformer",
             "h2o+a2sf; at most one evicting policy; tidal",
             "h2o:ada=1.5; ada=1.5 must be in [0, 1]; h2o",
+            "h2o:chunk=4,ada=0.2; chunk and ada exclude each other; h2o",
+            "h2o:chunk=0; chunk=0 must be in [1, ; h2o",
             "h2o:pyramid=0.5; pyramid=0.5 must be in [1, ; h2o",
             "h2o:interval=-1; interval=-1 must be in [0, inf]; h2o",
             "snapkv:ada=0.2; snapkv has no key 'ada'; pyramid",

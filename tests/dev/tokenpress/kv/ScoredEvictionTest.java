@@ -197,6 +197,71 @@ class ScoredEvictionTest {
         assertEquals(STEPS, cuts);
     }
 
+    /**
+     * ChunkKV: every head of a layer keeps the same tokens; a cut frees whole chunks (runs of 3 of the unprotected
+     * tokens in position order) with the lowest mean knorm score summed over the heads, and no more chunks than needed.
+     */
+    @Test
+    void chunkFreesWholeLowScoringRunsFromEveryHead() {
+        Map<Long, Double> norms = new HashMap<>();
+        int budget = 10, recent = 2, sink = 1, size = 3, heads = config.numKvHeads();
+        List<Call> calls = run("knorm:budget=10,recent=2,sink=1,chunk=3", keyNorms(norms), (c, l, q, p, n) -> {});
+        int[] before = null;
+        int cuts = 0, wholeBelow = 0;
+        for (Call c : calls) {
+            for (int g = 1; g < heads; g++)
+                assertArrayEquals(c.positions[0], c.positions[g], "layer " + c.layer + ": head " + g + " keeps head 0's tokens");
+            if (c.layer != 0) continue;
+            if (c.n == 1 && before != null) {
+                TreeSet<Integer> now = new TreeSet<>();
+                for (int p : c.positions[0]) if (p < c.start) now.add(p);
+                List<Integer> cand = new ArrayList<>();
+                for (int p : before) if (p >= sink && p < c.start - recent) cand.add(p);
+                TreeSet<Integer> gone = new TreeSet<>();
+                for (int p : before) if (!now.contains(p)) gone.add(p);
+                if (!gone.isEmpty()) {
+                    cuts++;
+                    int need = before.length - budget;
+                    double[] mean = new double[(cand.size() + size - 1) / size];
+                    boolean[] out = new boolean[mean.length];
+                    for (int k = 0; k < mean.length; k++) {
+                        int from = k * size, to = Math.min(cand.size(), from + size), in = 0;
+                        for (int i = from; i < to; i++) {
+                            double s = 0;
+                            for (int g = 0; g < heads; g++) s += (float) knorm(norms, g, cand.get(i));
+                            mean[k] += s / (to - from);
+                            if (gone.contains(cand.get(i))) in++;
+                        }
+                        assertTrue(in == 0 || in == to - from, "chunk " + k + " goes whole or not at all at position " + c.start);
+                        out[k] = in > 0;
+                    }
+                    int freed = gone.size();
+                    double worstGone = Double.NEGATIVE_INFINITY;
+                    int worstSize = 0;
+                    for (int k = 0; k < mean.length; k++) {
+                        if (!out[k]) continue;
+                        int sz = Math.min(cand.size(), k * size + size) - k * size;
+                        if (mean[k] >= worstGone) {
+                            worstGone = mean[k];
+                            worstSize = sz;
+                        }
+                        for (int j = 0; j < mean.length; j++)
+                            if (!out[j]) assertTrue(mean[k] <= mean[j] + 1e-4 * Math.abs(mean[j]),
+                                    "freed chunk " + k + " (" + mean[k] + ") outscores kept chunk " + j + " (" + mean[j] + ")");
+                    }
+                    assertTrue(freed >= need, "enough freed at " + c.start);
+                    assertTrue(freed - worstSize < need, "no chunk more than needed at " + c.start);
+                    if (freed > need) wholeBelow++;
+                    for (int p = 0; p < sink; p++) assertTrue(now.contains(p), "sink " + p);
+                    for (int p = c.start - recent; p < c.start; p++) assertTrue(now.contains(p), "recent " + p);
+                }
+            }
+            before = c.positions[0];
+        }
+        assertTrue(cuts >= STEPS / size - 1, cuts + " cuts");
+        assertTrue(wholeBelow > 0, "some cut freed a whole chunk for a smaller need");
+    }
+
     /** KeyDiff: at each cut the kept tokens are those least similar to the mean normalized key of the cache before it. */
     @Test
     void keyDiffKeepsTheKeysLeastLikeTheMeanDirection() {

@@ -15,7 +15,9 @@ import java.util.Arrays;
  * {@code interval} (kvpress's DecodingPress: let the cache grow {@code interval} tokens past the budget, then evict
  * down to it in one go, so a costly scorer runs once per interval), {@code pyramid} (PyramidKV: lower layers keep
  * more, upper layers less, the same total) and {@code ada} (AdaKV: the layer's budget is shared by its KV heads,
- * the lowest scores across heads go first, each head keeping at least the fraction {@code ada} of its budget).
+ * the lowest scores across heads go first, each head keeping at least the fraction {@code ada} of its budget) and
+ * {@code chunk} (ChunkKV: tokens go in runs of {@code chunk} consecutive positions, ranked by their mean score summed
+ * over the layer's KV heads, and every head of a layer keeps the same tokens).
  */
 public abstract class EvictingPolicy extends BasePolicy {
 
@@ -33,9 +35,18 @@ public abstract class EvictingPolicy extends BasePolicy {
      * @param ada      AdaKV's safeguard alpha in [0, 1]: the KV heads of a layer share heads * B slots, the lowest
      *                 scores across the heads are evicted first, each head keeps at least ceil(alpha * B) tokens;
      *                 negative = off (every head keeps B)
+     * @param chunk    ChunkKV's chunk length: the unprotected tokens of a layer, in position order, form chunks of
+     *                 this many (the last may be shorter); a chunk's score is the mean over its tokens of the score
+     *                 summed over the layer's KV heads; the lowest-scored chunks go whole (older first on ties) until
+     *                 the layer is within budget, so a cut may free up to chunk - 1 tokens more than needed; every
+     *                 head keeps the same tokens; 0 = off
      */
-    public record Shaping(int interval, double pyramid, double ada) {
-        public static final Shaping NONE = new Shaping(0, 0, -1);
+    public record Shaping(int interval, double pyramid, double ada, int chunk) {
+        public static final Shaping NONE = new Shaping(0, 0, -1, 0);
+
+        public Shaping(int interval, double pyramid, double ada) {
+            this(interval, pyramid, ada, 0);
+        }
     }
 
     private Shaping shaping = Shaping.NONE;
@@ -43,6 +54,8 @@ public abstract class EvictingPolicy extends BasePolicy {
     /** Sets how the budget is applied; returns this. */
     public EvictingPolicy shaping(Shaping s) {
         if (s.ada() >= 0 && !scored()) throw new IllegalArgumentException("ada needs a scored policy");
+        if (s.chunk() > 0 && !scored()) throw new IllegalArgumentException("chunk needs a scored policy");
+        if (s.chunk() > 0 && s.ada() >= 0) throw new IllegalArgumentException("chunk and ada exclude each other (chunk keeps the same tokens in every head)");
         this.shaping = s;
         return this;
     }
@@ -101,6 +114,20 @@ public abstract class EvictingPolicy extends BasePolicy {
         int recentFrom = callStart - protect;
         boolean budgeted = !inPrefill || budgetDuringPrefill();
         for (int l = 0; l < layers; l++) {
+            if (shaping.chunk() > 0) {
+                int keep = keepBefore(l, 0, n);
+                if (keep != Integer.MAX_VALUE) {
+                    int room = capacity - n - reserve(l, 0);
+                    keep = Math.max(0, budgeted ? Math.min(layerBudget(l, keep, protect, callStart), room) : room);
+                    int occ = cache.occupied(l, 0);
+                    if (occ > room || occ > keep && occ + n > keep + (budgeted ? shaping.interval() : 0)) {
+                        beforeEviction(l);
+                        evictChunks(l, occ - keep, recentFrom);
+                    }
+                    for (int g = 0; g < kvHeads; g++) checkFits(l, g, n);
+                }
+                continue;
+            }
             if (budgeted && shaping.ada() >= 0) {
                 int keep = keepBefore(l, 0, n);
                 if (keep != Integer.MAX_VALUE) {
@@ -229,6 +256,64 @@ public abstract class EvictingPolicy extends BasePolicy {
                 evict(layer, g, v);
             }
             checkFits(layer, g, n);
+        }
+    }
+
+    /**
+     * ChunkKV: frees whole chunks of the layer's unprotected tokens (runs of {@code chunk} in position order, as
+     * head 0 holds them; every head holds the same positions) with the lowest mean score summed over the KV heads,
+     * until at least {@code need} tokens are gone, from every head.
+     */
+    private void evictChunks(int layer, int need, int recentFrom) {
+        if (need <= 0) return;
+        int sinks = sinkCount();
+        int[] pos0 = cache.positions(layer, 0);
+        int hw0 = cache.highWater(layer, 0);
+        long[] byPos = new long[hw0];
+        int m = 0;
+        for (int s = 0; s < hw0; s++) {
+            int p = pos0[s];
+            if (p >= sinks && p < recentFrom && s != excluded(layer, 0)) byPos[m++] = ((long) p << 32) | s;
+        }
+        byPos = Arrays.copyOf(byPos, m);
+        Arrays.sort(byPos);
+        int[] positions = new int[m];
+        for (int i = 0; i < m; i++) positions[i] = (int) (byPos[i] >>> 32);
+        // the score of each candidate position summed over the heads (slots looked up by position per head)
+        double[] sum = new double[m];
+        for (int g = 0; g < kvHeads; g++) {
+            int[] pos = cache.positions(layer, g);
+            java.util.Map<Integer, Integer> slotOf = new java.util.HashMap<>();
+            for (int s = 0, hw = cache.highWater(layer, g); s < hw; s++) if (pos[s] >= 0) slotOf.put(pos[s], s);
+            for (int i = 0; i < m; i++) {
+                Integer s = slotOf.get(positions[i]);
+                if (s == null)
+                    throw new IllegalStateException("chunk: layer " + layer + " head " + g + " lacks position " + positions[i]
+                            + " that head 0 holds (the heads of a layer must keep the same tokens)");
+                sum[i] += score[layer][g][s];
+            }
+        }
+        int size = shaping.chunk(), chunks = (m + size - 1) / size;
+        long[] order = new long[chunks];
+        for (int c = 0; c < chunks; c++) {
+            int from = c * size, to = Math.min(m, from + size);
+            double mean = 0;
+            for (int i = from; i < to; i++) mean += sum[i];
+            mean /= to - from;
+            order[c] = ((long) orderKey((float) mean) << 32) | c; // ties: the older chunk first
+        }
+        Arrays.sort(order);
+        java.util.Set<Integer> gone = new java.util.HashSet<>();
+        for (int k = 0; k < chunks && gone.size() < need; k++) {
+            int c = (int) order[k];
+            for (int i = c * size, to = Math.min(m, c * size + size); i < to; i++) gone.add(positions[i]);
+        }
+        for (int g = 0; g < kvHeads; g++) {
+            int[] pos = cache.positions(layer, g);
+            int[] v = new int[gone.size()];
+            int k = 0;
+            for (int s = 0, hw = cache.highWater(layer, g); s < hw; s++) if (pos[s] >= 0 && gone.contains(pos[s])) v[k++] = s;
+            evict(layer, g, Arrays.copyOf(v, k));
         }
     }
 
