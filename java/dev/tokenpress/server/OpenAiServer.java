@@ -360,6 +360,15 @@ public final class OpenAiServer implements AutoCloseable {
                         processing.decrementAndGet();
                     }
                 }
+                case "/infill" -> {
+                    requireMethod(ex, "POST");
+                    processing.incrementAndGet();
+                    try {
+                        note = infill(ex, body(ex));
+                    } finally {
+                        processing.decrementAndGet();
+                    }
+                }
                 case "/generate" -> {
                     if (!method.equals("PUT") && !method.equals("POST"))
                         throw new ApiException(405, "invalid_request_error", null, "/generate takes PUT or POST");
@@ -407,7 +416,7 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /completion, /generate, /tokenize, /detokenize, /apply-template, /props, /metrics or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /completion, /infill, /generate, /tokenize, /detokenize, /apply-template, /props, /metrics or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -422,7 +431,7 @@ public final class OpenAiServer implements AutoCloseable {
             String endpoint = switch (path) {
                 case "/health", "/v1/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/tokenize",
                      "/detokenize", "/apply-template", "/metrics", "/props", "/v1/embeddings", "/embeddings", "/completion",
-                     "/completions" -> path;
+                     "/completions", "/infill" -> path;
                 default -> "other";
             };
             requestCounts.computeIfAbsent(endpoint + "|" + status, k -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -484,6 +493,14 @@ public final class OpenAiServer implements AutoCloseable {
         Request withChat(Tools tools, Thinking thinking, String grammar) {
             return new Request(tokens, maxTokens, sampling, stop, stream, stopTokens, cachePrompt, policy, logprobs, lookup,
                     echo, format, n, grammar, schema, logitBias, ignoreEos, tools, thinking);
+        }
+
+        /** This request also stopping at {@code more} tokens. */
+        Request withStopTokens(Set<Integer> more) {
+            Set<Integer> all = new HashSet<>(stopTokens);
+            all.addAll(more);
+            return new Request(tokens, maxTokens, sampling, stop, stream, Set.copyOf(all), cachePrompt, policy, logprobs,
+                    lookup, echo, format, n, grammar, schema, logitBias, ignoreEos, tools, thinking);
         }
     }
 
@@ -835,6 +852,11 @@ public final class OpenAiServer implements AutoCloseable {
      * "timings", ...}}, or with {@code stream} events {@code {"content": piece, "stop": false}} then that final object.
      */
     private String completeLlama(HttpExchange ex, JsonNode body) throws IOException {
+        return completeLlama(ex, body, Set.of(), false);
+    }
+
+    /** As /completion, with more stop tokens ({@code extraStops}) and the {@code truncated} flag to report. */
+    private String completeLlama(HttpExchange ex, JsonNode body, Set<Integer> extraStops, boolean truncated) throws IOException {
         ObjectNode b = JSON.createObjectNode();
         body.fields().forEachRemaining(e -> b.set(e.getKey(), e.getValue()));
         if (b.path("n_predict").isNumber() && b.get("n_predict").asInt() < 0) b.remove("n_predict"); // -1: the server's default
@@ -843,7 +865,7 @@ public final class OpenAiServer implements AutoCloseable {
         Run run = run(() -> {
             Request rq = completionRequest(b);
             if (rq.n() > 1) throw ApiException.badRequest("/completion makes one completion: use /v1/completions for 'n'");
-            return rq;
+            return extraStops.isEmpty() ? rq : rq.withStopTokens(extraStops);
         }, rq -> {
             if (!rq.stream()) return null;
             Stream st = new Stream(ex, id, System.currentTimeMillis() / 1000, false);
@@ -867,7 +889,7 @@ public final class OpenAiServer implements AutoCloseable {
         String type = c.text().hit() ? "word" : r.stopReason().equals("eos") ? "eos" : r.stopReason().equals("stop") ? "word" : "limit";
         o.put("stop_type", type);
         o.put("stopping_word", c.text().hit() || type.equals("word") ? firstHit(req.stop(), tp.tokenizer().decode(r.tokens()), c.text().text()) : "");
-        o.put("truncated", false);
+        o.put("truncated", truncated);
         ObjectNode timings = o.putObject("timings");
         int promptN = req.tokens().length - c.reused();
         timings.put("cache_n", c.reused());
@@ -886,6 +908,134 @@ public final class OpenAiServer implements AutoCloseable {
         }
         return String.format(Locale.ROOT, "prompt %d tokens (%d cached), %d generated, %s%s", req.tokens().length, c.reused(),
                 r.tokens().length, type, batched ? " (batched)" : "");
+    }
+
+    /**
+     * A code model's fill-in-the-middle tokens (-1 where it has none): prefix, suffix, middle, repository name and file
+     * separator, and the tokens that end an infill besides EOS.
+     */
+    record Fim(int pre, int suf, int mid, int rep, int sep, Set<Integer> stops) {
+        /** The FIM tokens of a vocabulary in the spellings of Qwen2.5-Coder, StarCoder, CodeLlama, DeepSeek-Coder and Codestral; null when it has none. */
+        static Fim of(dev.tokenpress.io.HfTokenizer t) {
+            int pre = first(t, "<|fim_prefix|>", "<fim_prefix>", "<fim-prefix>", "▁<PRE>", "<PRE>", "<｜fim▁begin｜>", "[PREFIX]");
+            int suf = first(t, "<|fim_suffix|>", "<fim_suffix>", "<fim-suffix>", "▁<SUF>", "<SUF>", "<｜fim▁hole｜>", "[SUFFIX]");
+            int mid = first(t, "<|fim_middle|>", "<fim_middle>", "<fim-middle>", "▁<MID>", "<MID>", "<｜fim▁end｜>", "[MIDDLE]");
+            if (pre < 0 || suf < 0) return null;
+            int rep = first(t, "<|repo_name|>", "<repo_name>", "<reponame>");
+            int sep = first(t, "<|file_sep|>", "<file_sep>");
+            Set<Integer> stops = new HashSet<>();
+            for (int id : new int[] {first(t, "<|fim_pad|>", "<fim_pad>"), first(t, "▁<EOT>", "<EOT>"), rep, sep})
+                if (id >= 0) stops.add(id);
+            return new Fim(pre, suf, mid, rep, sep, Set.copyOf(stops));
+        }
+
+        private static int first(dev.tokenpress.io.HfTokenizer t, String... names) {
+            for (String n : names) {
+                int id = t.tokenId(n);
+                if (id >= 0) return id;
+            }
+            return -1;
+        }
+    }
+
+    private volatile Fim fim;
+    private volatile boolean fimKnown;
+
+    /**
+     * {@code POST /infill}, llama-server's fill-in-the-middle for code models (what editor plugins such as
+     * llama.vim and llama.vscode call): {@code input_prefix} (text before the cursor), {@code input_suffix} (after
+     * it), {@code input_extra} (more files, {@code [{"filename", "text"}]}) and {@code prompt} (the start of the middle,
+     * appended to the prefix) become, as llama-server builds them, {@code [BOS] [<repo_name>myproject\n <file_sep>name\n
+     * text ... <file_sep>filename\n] <fim_prefix>prefix+prompt <fim_suffix>suffix <fim_middle>} (prefix and suffix swapped
+     * for a vocabulary without a middle token, Codestral's); to fit the context less the tokens to generate, the
+     * prefix keeps its end (up to 3/4), the suffix its start, the extra files what room is left (their end); the
+     * answer is /completion's ({@code truncated} says whether anything was cut). Generation also stops at the FIM
+     * pad, end-of-infill, repository and file-separator tokens.
+     */
+    private String infill(HttpExchange ex, JsonNode body) throws IOException {
+        if (!fimKnown) {
+            fim = Fim.of(tp.tokenizer());
+            fimKnown = true;
+        }
+        Fim f = fim;
+        if (f == null)
+            throw ApiException.badRequest("this model has no fill-in-the-middle tokens (<|fim_prefix|>, <fim_prefix>, <PRE>, "
+                    + "...): /infill needs a code model trained for it, e.g. Qwen2.5-Coder, CodeLlama or DeepSeek-Coder");
+        String prefix = textField(body, "input_prefix"), suffix = textField(body, "input_suffix");
+        JsonNode pr = body.get("prompt");
+        if (pr != null && !pr.isNull() && !pr.isTextual()) throw ApiException.badRequest("'prompt' of /infill must be a string");
+        String prompt = pr == null || pr.isNull() ? "" : pr.asText();
+        var tok = tp.tokenizer();
+        List<Integer> extra = new ArrayList<>();
+        JsonNode ie = body.get("input_extra");
+        if (ie != null && !ie.isNull()) {
+            if (!ie.isArray()) throw ApiException.badRequest("'input_extra' must be a list of {\"filename\", \"text\"}");
+            if (f.rep() >= 0) {
+                extra.add(f.rep());
+                for (int id : tok.encodeNoSpecial("myproject\n")) extra.add(id);
+            }
+            for (JsonNode chunk : ie) {
+                if (!chunk.isObject() || (chunk.has("text") && !chunk.get("text").isTextual()))
+                    throw ApiException.badRequest("'input_extra' items are {\"filename\": string, \"text\": string}");
+                String name = chunk.path("filename").asText("tmp"), text = chunk.path("text").asText("");
+                if (f.sep() >= 0) {
+                    extra.add(f.sep());
+                    for (int id : tok.encodeNoSpecial(name + "\n")) extra.add(id);
+                } else {
+                    for (int id : tok.encodeNoSpecial("\n\n--- snippet ---\n\n")) extra.add(id);
+                }
+                for (int id : tok.encodeNoSpecial(text)) extra.add(id);
+            }
+        }
+        if (f.sep() >= 0 && !extra.isEmpty()) {
+            extra.add(f.sep());
+            for (int id : tok.encodeNoSpecial("filename\n")) extra.add(id);
+        }
+        int[] pre = tok.encodeNoSpecial(prefix + prompt), suf = tok.encodeNoSpecial(suffix);
+        int[] bos = tok.prefixIds();
+        int max = options.defaultMaxTokens();
+        for (String k : new String[] {"max_tokens", "n_predict"}) {
+            JsonNode v = body.get(k);
+            if (v != null && v.canConvertToInt() && v.asInt() >= 0) max = v.asInt();
+        }
+        int ctx = session.contextSize();
+        int room = ctx - 1 - bos.length - 3 - Math.min(max, ctx / 2); // the markers, and room to generate
+        if (room <= 0) throw ApiException.badRequest("the context of " + ctx + " tokens leaves no room for the infill: lower n_predict");
+        int sufTake = Math.min(suf.length, Math.max(room / 4, room - pre.length));
+        int preTake = Math.min(pre.length, room - sufTake);
+        int extraTake = Math.min(extra.size(), room - sufTake - preTake);
+        boolean truncated = preTake < pre.length || sufTake < suf.length || extraTake < extra.size();
+        List<Integer> ids = new ArrayList<>();
+        for (int id : bos) ids.add(id);
+        ids.addAll(extra.subList(extra.size() - extraTake, extra.size()));
+        List<Integer> p = new ArrayList<>(), s = new ArrayList<>();
+        p.add(f.pre());
+        for (int i = pre.length - preTake; i < pre.length; i++) p.add(pre[i]);
+        s.add(f.suf());
+        for (int i = 0; i < sufTake; i++) s.add(suf[i]);
+        if (f.mid() >= 0) {
+            ids.addAll(p);
+            ids.addAll(s);
+            ids.add(f.mid());
+        } else { // suffix first: Codestral's [SUFFIX] ... [PREFIX] ...
+            ids.addAll(s);
+            ids.addAll(p);
+        }
+        ObjectNode b = JSON.createObjectNode();
+        body.fields().forEachRemaining(e -> {
+            if (!e.getKey().equals("input_prefix") && !e.getKey().equals("input_suffix") && !e.getKey().equals("input_extra"))
+                b.set(e.getKey(), e.getValue());
+        });
+        ArrayNode arr = b.putArray("prompt");
+        for (int id : ids) arr.add(id);
+        return completeLlama(ex, b, f.stops(), truncated) + (truncated ? " (infill truncated)" : "");
+    }
+
+    private static String textField(JsonNode b, String key) {
+        JsonNode v = b.get(key);
+        if (v == null || v.isNull()) return "";
+        if (!v.isTextual()) throw ApiException.badRequest("'" + key + "' must be a string");
+        return v.asText();
     }
 
     /** The stop string that ended a text: the one found earliest from where the kept text ends ("" when none is). */

@@ -1,0 +1,180 @@
+package dev.tokenpress.server;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.tokenpress.api.GenerationResult;
+import dev.tokenpress.api.LoadOptions;
+import dev.tokenpress.api.Session;
+import dev.tokenpress.api.TokenPress;
+import dev.tokenpress.io.ChatTemplate;
+import dev.tokenpress.sample.SamplingOptions;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Set;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * llama-server's /infill on the embedded model with Qwen2.5-Coder's FIM tokens added to its tokenizer (as added
+ * tokens over five rare pieces): the prompt is built as llama-server builds it, extra files go first with the repository
+ * and file-separator tokens, a long prefix is cut to fit, and the answer is /completion's.
+ */
+class InfillServerTest {
+    static final Path MODEL = Path.of("models", "tokenpress-tiny");
+    static final ObjectMapper JSON = new ObjectMapper();
+    static final HttpClient http = HttpClient.newHttpClient();
+    static final int PRE = 4090, SUF = 4091, MID = 4092, SEP = 4093, REP = 4094;
+    @TempDir
+    static Path tmp;
+    static TokenPress tp;
+    static OpenAiServer server;
+
+    @BeforeAll
+    static void start() throws Exception {
+        Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
+        Path dir = tmp.resolve("coder");
+        Files.createDirectories(dir);
+        for (String f : new String[] {"config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"})
+            Files.copy(MODEL.resolve(f), dir.resolve(f));
+        ObjectNode tok = (ObjectNode) JSON.readTree(MODEL.resolve("tokenizer.json").toFile());
+        ArrayNode added = (ArrayNode) tok.get("added_tokens");
+        String[] names = {"<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_sep|>", "<|repo_name|>"};
+        for (int i = 0; i < names.length; i++)
+            added.addObject().put("id", PRE + i).put("content", names[i]).put("single_word", false).put("lstrip", false)
+                    .put("rstrip", false).put("normalized", false).put("special", true);
+        Files.writeString(dir.resolve("tokenizer.json"), tok.toString());
+        tp = TokenPress.load(dir, LoadOptions.defaults().withDevice("cpu").withThreads(2));
+        server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, ChatTemplate.named("chatml"),
+                "coder", SamplingOptions.defaults(), 16, null, 0, null));
+    }
+
+    @AfterAll
+    static void stop() {
+        if (server != null) server.close();
+        if (tp != null) tp.close();
+    }
+
+    static HttpResponse<String> post(JsonNode body) throws Exception {
+        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + "/infill"))
+                .header("Content-Type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body.toString())).build(),
+                HttpResponse.BodyHandlers.ofString());
+    }
+
+    static void add(List<Integer> out, int... ids) {
+        for (int id : ids) out.add(id);
+    }
+
+    static int[] ints(List<Integer> l) {
+        return l.stream().mapToInt(Integer::intValue).toArray();
+    }
+
+    /** Greedy text from these tokens with the infill's stops, through the Java API. */
+    static String direct(int[] tokens, int n) {
+        try (Session s = tp.newSession(256)) {
+            GenerationResult r = s.generate(tokens, n, SamplingOptions.greedy(), null, null, Set.of(SEP, REP));
+            return r.text();
+        }
+    }
+
+    @Test
+    void buildsTheFimPromptAsLlamaServerDoes() throws Exception {
+        String prefix = "def add(a, b):\n    ", suffix = "\n\nprint(add(1, 2))\n";
+        var t = tp.tokenizer();
+        for (String s : new String[] {prefix, suffix})
+            for (int id : t.encodeNoSpecial(s)) assertTrue(id < PRE, "the test text avoids the repurposed pieces");
+        ObjectNode b = JSON.createObjectNode().put("input_prefix", prefix).put("input_suffix", suffix).put("n_predict", 8)
+                .put("temperature", 0);
+        HttpResponse<String> r = post(b);
+        assertEquals(200, r.statusCode(), r.body());
+        JsonNode j = JSON.readTree(r.body());
+        List<Integer> want = new ArrayList<>();
+        add(want, t.prefixIds());
+        want.add(PRE);
+        add(want, t.encodeNoSpecial(prefix));
+        want.add(SUF);
+        add(want, t.encodeNoSpecial(suffix));
+        want.add(MID);
+        assertEquals(want.size(), j.get("tokens_evaluated").asInt());
+        assertEquals(direct(ints(want), 8), j.get("content").asText());
+        assertFalse(j.get("truncated").asBoolean());
+
+        // extra files first, with the repository and file-separator tokens
+        b.putArray("input_extra").addObject().put("filename", "util.py").put("text", "x = 1\n");
+        b.put("prompt", "return");
+        r = post(b);
+        assertEquals(200, r.statusCode(), r.body());
+        j = JSON.readTree(r.body());
+        want.clear();
+        add(want, t.prefixIds());
+        want.add(REP);
+        add(want, t.encodeNoSpecial("myproject\n"));
+        want.add(SEP);
+        add(want, t.encodeNoSpecial("util.py\n"));
+        add(want, t.encodeNoSpecial("x = 1\n"));
+        want.add(SEP);
+        add(want, t.encodeNoSpecial("filename\n"));
+        want.add(PRE);
+        add(want, t.encodeNoSpecial(prefix + "return"));
+        want.add(SUF);
+        add(want, t.encodeNoSpecial(suffix));
+        want.add(MID);
+        assertEquals(want.size(), j.get("tokens_evaluated").asInt());
+        assertEquals(direct(ints(want), 8), j.get("content").asText());
+
+        // streamed: the same text in /completion's events
+        b.put("stream", true);
+        r = post(b);
+        StringBuilder text = new StringBuilder();
+        JsonNode last = null;
+        for (String block : r.body().split("\n\n")) {
+            if (!block.startsWith("data: ")) continue;
+            last = JSON.readTree(block.substring(6));
+            text.append(last.path("content").asText(""));
+        }
+        assertTrue(last != null && last.get("stop").asBoolean(), r.body());
+        assertEquals(j.get("content").asText(), text.toString());
+    }
+
+    @Test
+    void aLongPrefixIsCutToFit() throws Exception {
+        String prefix = "value = compute(value)\n".repeat(120), suffix = "\nreturn value\n".repeat(40);
+        ObjectNode b = JSON.createObjectNode().put("input_prefix", prefix).put("input_suffix", suffix).put("n_predict", 16)
+                .put("temperature", 0);
+        b.putArray("input_extra").addObject().put("filename", "a.py").put("text", "import os\n".repeat(50));
+        HttpResponse<String> r = post(b);
+        assertEquals(200, r.statusCode(), r.body());
+        JsonNode j = JSON.readTree(r.body());
+        assertTrue(j.get("truncated").asBoolean());
+        int evaluated = j.get("tokens_evaluated").asInt();
+        assertTrue(evaluated + 16 <= 256, evaluated + " prompt tokens");
+        assertTrue(evaluated > 256 / 2, "the room is used: " + evaluated);
+        assertEquals(400, post(JSON.createObjectNode().put("input_prefix", 3)).statusCode());
+        assertEquals(400, post(JSON.createObjectNode().put("input_prefix", "x").put("input_extra", "y")).statusCode());
+    }
+
+    @Test
+    void aModelWithoutFimTokensIsRefused() throws Exception {
+        try (TokenPress plain = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
+             OpenAiServer s = OpenAiServer.start(plain, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "tiny",
+                     SamplingOptions.defaults(), 8, null, 0, null))) {
+            HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.port() + "/infill"))
+                    .POST(HttpRequest.BodyPublishers.ofString("{\"input_prefix\": \"a\"}")).build(), HttpResponse.BodyHandlers.ofString());
+            assertEquals(400, r.statusCode());
+            assertTrue(r.body().contains("fill-in-the-middle"), r.body());
+        }
+    }
+}
