@@ -59,10 +59,12 @@ public final class ChatTemplate {
     /**
      * A message of a conversation: role "system", "user", "assistant" or "tool". An assistant message may carry the
      * tool calls it made ({@code toolCalls}, then its content may be empty); a tool message is a tool's result, with the
-     * id of the call it answers ({@code toolCallId}, may be null). The model's own template decides how these look;
-     * the built-in formats have none, so they refuse tool calls and tool messages.
+     * id of the call it answers ({@code toolCallId}, may be null). An assistant message may carry the reasoning that
+     * preceded it ({@code reasoningContent}, may be null; a reasoning model's template, e.g. Qwen3's, shows it again
+     * within the current turn). The model's own template decides how these look; the built-in formats have none, so
+     * they refuse tool calls and tool messages and leave the reasoning out.
      */
-    public record Message(String role, String content, List<ToolCall> toolCalls, String toolCallId) {
+    public record Message(String role, String content, List<ToolCall> toolCalls, String toolCallId, String reasoningContent) {
         public Message {
             if (!role.equals("system") && !role.equals("user") && !role.equals("assistant") && !role.equals("tool"))
                 throw new IllegalArgumentException("chat message role must be system, user, assistant or tool, got " + role);
@@ -72,10 +74,16 @@ public final class ChatTemplate {
                 throw new IllegalArgumentException("only an assistant message makes tool calls");
             if (toolCallId != null && !role.equals("tool"))
                 throw new IllegalArgumentException("only a tool message answers a tool call");
+            if (reasoningContent != null && !role.equals("assistant"))
+                throw new IllegalArgumentException("only an assistant message carries reasoning");
+        }
+
+        public Message(String role, String content, List<ToolCall> toolCalls, String toolCallId) {
+            this(role, content, toolCalls, toolCallId, null);
         }
 
         public Message(String role, String content) {
-            this(role, content, List.of(), null);
+            this(role, content, List.of(), null, null);
         }
 
         public static Message system(String content) { return new Message("system", content); }
@@ -368,6 +376,7 @@ public final class ChatTemplate {
                     mm.put("tool_calls", calls);
                 }
                 if (m.toolCallId() != null) mm.put("tool_call_id", m.toolCallId());
+                if (m.reasoningContent() != null) mm.put("reasoning_content", m.reasoningContent());
                 list.add(mm);
             }
             Map<String, Object> vars = new HashMap<>(extra);

@@ -1341,7 +1341,9 @@ public final class OpenAiServer implements AutoCloseable {
                 JsonNode id = m.get("tool_call_id");
                 callId = id != null && id.isTextual() ? id.asText() : null;
             }
-            list.add(new Message(role, content(m.get("content")), calls, callId));
+            JsonNode rc = m.get("reasoning_content");
+            String reasoning = role.equals("assistant") && rc != null && rc.isTextual() ? rc.asText() : null;
+            list.add(new Message(role, content(m.get("content")), calls, callId, reasoning));
         }
         Message last = list.get(list.size() - 1);
         boolean cont = last.role().equals("assistant"); // continue_final_message (vLLM) / assistant prefill (llama-server)

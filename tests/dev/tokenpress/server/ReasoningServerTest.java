@@ -33,7 +33,9 @@ class ReasoningServerTest {
     static final String TEMPLATE = """
             {%- for m in messages %}
                 {%- if m.role == 'user' %}{{- '<|User|>' + m.content }}
-                {%- elif m.role == 'assistant' %}{{- '<|Assistant|>' + m.content.split('</think>')[-1] | trim + '<|end|>' }}
+                {%- elif m.role == 'assistant' %}{{- '<|Assistant|>' }}
+                    {%- if m.reasoning_content is defined %}{{- '<think>' + m.reasoning_content + '</think>' }}{%- endif %}
+                    {{- m.content.split('</think>')[-1] | trim + '<|end|>' }}
                 {%- endif %}
             {%- endfor %}
             {%- if add_generation_prompt %}
@@ -103,6 +105,21 @@ class ReasoningServerTest {
         }
         assertEquals(want.reasoning(), reasoning.toString());
         assertEquals(want.content(), content.toString());
+    }
+
+    /** An assistant message's reasoning_content reaches the template (Qwen3's shows it again within the turn). */
+    @Test
+    void historyReasoningReachesTheTemplate() throws Exception {
+        ObjectNode b = request();
+        var m = (com.fasterxml.jackson.databind.node.ArrayNode) b.get("messages");
+        m.addObject().put("role", "assistant").put("content", "4").put("reasoning_content", "2 + 2");
+        m.addObject().put("role", "user").put("content", "And 3 + 3?");
+        String prompt = JSON.readTree(post("/apply-template", b).body()).get("prompt").asText();
+        assertEquals("<|User|>What is two plus two?<|Assistant|><think>2 + 2</think>4<|end|><|User|>And 3 + 3?<|Assistant|><think>\n",
+                prompt);
+        ((ObjectNode) m.get(1)).remove("reasoning_content");
+        prompt = JSON.readTree(post("/apply-template", b).body()).get("prompt").asText();
+        assertTrue(prompt.contains("<|Assistant|>4<|end|>"), prompt);
     }
 
     @Test
