@@ -67,6 +67,20 @@ public final class TokenPress implements AutoCloseable {
     private static TokenPress load(Path dir, LoadOptions options, Backend shared) {
         long t0 = System.nanoTime();
         LlamaConfig config = ConfigLoader.load(dir);
+        if (options.rope() != null) {
+            LlamaConfig.RopeScaling r = options.rope() == LoadOptions.NO_ROPE_SCALING ? null : options.rope();
+            LlamaConfig c = config;
+            if (r != null && r.type().equals("yarn") && r.originalMaxPositionEmbeddings() <= 0) // the checkpoint's context
+                r = new LlamaConfig.RopeScaling("yarn", r.factor(), r.lowFreqFactor(), r.highFreqFactor(),
+                        c.maxPositionEmbeddings(), r.attentionFactor(), r.truncate());
+            config = new LlamaConfig(c.architecture(), c.modelType(), c.hiddenSize(), c.intermediateSize(), c.numLayers(),
+                    c.numHeads(), c.numKvHeads(), c.headDim(), c.vocabSize(), c.rmsNormEps(), c.ropeTheta(), r,
+                    c.maxPositionEmbeddings(), c.tieWordEmbeddings(), c.attentionBias(), c.slidingWindow(), c.bosTokenId(),
+                    c.eosTokenIds(), c.torchDtype());
+            options.log().accept("rope: " + (r == null ? "no scaling" : r.type() + " x" + r.factor() + " over "
+                    + r.originalMaxPositionEmbeddings() + " positions") + " (in place of config.json's "
+                    + (c.ropeScaling() == null ? "none" : c.ropeScaling().type()) + ")");
+        }
         HfTokenizer tok = HfTokenizer.load(dir);
         SafeTensors st = SafeTensors.open(dir);
         Backend backend = shared;
@@ -97,6 +111,7 @@ public final class TokenPress implements AutoCloseable {
             long ms = (System.nanoTime() - t0) / 1_000_000;
             TokenPress tp = new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
             tp.weights = options.weights();
+            tp.ropeOverride = options.rope();
             return tp;
         } catch (RuntimeException | Error e) {
             if (backend != null && shared == null) backend.close();
@@ -119,10 +134,12 @@ public final class TokenPress implements AutoCloseable {
     public long loadMillis() { return loadMillis; }
 
     private long fingerprint = -1;
+    private LlamaConfig.RopeScaling ropeOverride;  // a load option's RoPE scaling (null: config.json's)
 
     /**
      * A fingerprint of the checkpoint: CRC-32 of config.json and of the first MiB of every .safetensors file (their
-     * headers and first tensors) and the weight type loaded ({@code --weight-type}), so a saved KV cache
+     * headers and first tensors), the weight type loaded ({@code --weight-type}) and a RoPE scaling given at load
+     * time ({@code --rope-scaling}), so a saved KV cache
      * ({@link Session#saveCache}) is not restored into another model.
      */
     public synchronized long fingerprint() {
@@ -130,6 +147,8 @@ public final class TokenPress implements AutoCloseable {
         java.util.zip.CRC32 crc = new java.util.zip.CRC32();
         try {
             crc.update(weights.name().getBytes(java.nio.charset.StandardCharsets.UTF_8)); // q8_0 / q4_0 change the keys too
+            if (ropeOverride != null) // so does another RoPE scaling
+                crc.update(ropeOverride.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8));
             crc.update(java.nio.file.Files.readAllBytes(dir.resolve("config.json")));
             java.util.List<java.nio.file.Path> files;
             try (var list = java.nio.file.Files.list(dir)) {

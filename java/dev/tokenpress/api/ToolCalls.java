@@ -34,10 +34,13 @@ import java.util.regex.Pattern;
  * </ul>
  * {@link #parse} reads every one of these notations whatever the style (models drift between them), but only a call
  * whose name is one of the offered tools and whose arguments are a JSON object counts, and a reply counts as calls
- * only when all of its call blocks do, so ordinary text and JSON answers stay content.
+ * only when all of its call blocks do, so ordinary text and JSON answers stay content. The content beside calls is the
+ * text before the first call without its trailing blanks (what a stream sends of it too).
  */
 public final class ToolCalls {
     private static final ObjectMapper JSON = new ObjectMapper();
+    private static final com.fasterxml.jackson.databind.ObjectReader STRICT =
+            JSON.reader().with(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS);
     private static final SecureRandom RANDOM = new SecureRandom();
     private static final Pattern NAME = Pattern.compile("[A-Za-z0-9_.-]{1,64}");
     private static final String HERMES_OPEN = "<tool_call>", HERMES_CLOSE = "</tool_call>", PYTHON_TAG = "<|python_tag|>",
@@ -95,6 +98,22 @@ public final class ToolCalls {
      */
     public static Parsed parse(String text, Set<String> names) {
         List<ToolCall> calls = new ArrayList<>();
+        // the whole reply as JSON: one object, a list of them, or objects separated by ';' (Llama 3's notation)
+        String s = text.strip();
+        if (s.startsWith(PYTHON_TAG)) s = s.substring(PYTHON_TAG.length()).strip();
+        if (s.startsWith("{") || s.startsWith("[")) {
+            int at = 0;
+            boolean all = true;
+            while (at < s.length() && all) {
+                int end = jsonEnd(s, at);
+                if (end < 0 || !addAll(s.substring(at, end), names, calls)) all = false;
+                at = end;
+                while (all && at < s.length() && (Character.isWhitespace(s.charAt(at)) || s.charAt(at) == ';')) at++;
+                if (all && at < s.length() && s.charAt(at) != '{' && s.charAt(at) != '[') all = false;
+            }
+            if (all && !calls.isEmpty()) return new Parsed("", calls);
+            calls.clear();
+        }
         // <tool_call>...</tool_call> blocks (the last one may lack its closing tag when the reply ended there)
         int open = text.indexOf(HERMES_OPEN);
         if (open >= 0) {
@@ -111,7 +130,7 @@ public final class ToolCalls {
                 if (next < 0 && !text.substring(close + HERMES_CLOSE.length()).isBlank()) return new Parsed(text, List.of());
                 at = next;
             }
-            return new Parsed(text.substring(0, open).strip(), calls);
+            return new Parsed(text.substring(0, open).stripTrailing(), calls);
         }
         int mark = text.indexOf(MISTRAL_CALLS);
         if (mark >= 0) {
@@ -136,21 +155,9 @@ public final class ToolCalls {
                 }
             }
             if (!rest.isBlank() || calls.isEmpty()) return new Parsed(text, List.of());
-            return new Parsed(text.substring(0, mark).strip(), calls);
+            return new Parsed(text.substring(0, mark).stripTrailing(), calls);
         }
-        // the whole reply as JSON: one object, a list of them, or objects separated by ';' (Llama 3's notation)
-        String s = text.strip();
-        if (s.startsWith(PYTHON_TAG)) s = s.substring(PYTHON_TAG.length()).strip();
-        if (!s.startsWith("{") && !s.startsWith("[")) return new Parsed(text, List.of());
-        int at = 0;
-        while (at < s.length()) {
-            int end = jsonEnd(s, at);
-            if (end < 0 || !addAll(s.substring(at, end), names, calls)) return new Parsed(text, List.of());
-            at = end;
-            while (at < s.length() && (Character.isWhitespace(s.charAt(at)) || s.charAt(at) == ';')) at++;
-            if (at < s.length() && s.charAt(at) != '{' && s.charAt(at) != '[') return new Parsed(text, List.of());
-        }
-        return calls.isEmpty() ? new Parsed(text, List.of()) : new Parsed("", calls);
+        return new Parsed(text, List.of());
     }
 
     /** Adds the call(s) of one JSON object or list; false if it is not all calls. */
@@ -194,9 +201,10 @@ public final class ToolCalls {
         return new ToolCall("", name, args.toString());
     }
 
+    /** One JSON value and nothing after it, or null. */
     private static JsonNode read(String json) {
         try {
-            return JSON.readTree(json);
+            return STRICT.readTree(json);
         } catch (IOException e) {
             return null;
         }
@@ -226,7 +234,7 @@ public final class ToolCalls {
     /**
      * How much of a reply so far can be streamed as content: none while it may be a call written as the whole reply
      * (it starts, after blanks, with {@code {}, {@code [} or a call marker, or a prefix of one), else everything before
-     * the first call marker, less an ending that may begin one.
+     * the first call marker, less an ending that may begin one and less trailing blanks.
      */
     public static int streamableLength(String text) {
         String lead = text.stripLeading();
@@ -238,15 +246,19 @@ public final class ToolCalls {
             int i = text.indexOf(m);
             if (i >= 0) first = Math.min(first, i);
         }
-        if (first < text.length()) return first;
-        int keep = 0; // the longest ending that is a proper prefix of a marker
-        for (String m : MARKERS)
-            for (int k = Math.min(m.length() - 1, text.length()); k > keep; k--)
-                if (text.endsWith(m.substring(0, k))) {
-                    keep = k;
-                    break;
-                }
-        return text.length() - keep;
+        int end = first;
+        if (first == text.length()) {
+            int keep = 0; // the longest ending that is a proper prefix of a marker
+            for (String m : MARKERS)
+                for (int k = Math.min(m.length() - 1, text.length()); k > keep; k--)
+                    if (text.endsWith(m.substring(0, k))) {
+                        keep = k;
+                        break;
+                    }
+            end = text.length() - keep;
+        }
+        while (end > 0 && Character.isWhitespace(text.charAt(end - 1))) end--; // blanks that may precede a call
+        return end;
     }
 
     /**
@@ -271,10 +283,15 @@ public final class ToolCalls {
             JsonNode params = f.get("parameters");
             JsonNode schema = params == null || params.isNull() ? JSON.createObjectNode().put("type", "object")
                     : hoist(params, "t" + i, defs);
-            try { // the tool's schema on its own, with the definitions hoisted so far
-                ObjectNode alone = schema.isObject() ? ((ObjectNode) schema).deepCopy() : JSON.createObjectNode();
-                alone.set("$defs", defs.deepCopy());
-                JsonSchemaGrammar.toGbnf(alone);
+            if (schema.isObject() && !schema.has("type")) ((ObjectNode) schema).put("type", "object"); // {}: no parameters
+            if (!schema.path("type").asText("").equals("object")) schema = JSON.createObjectNode().put("type", "object");
+            try { // the tool's schema where it will sit, with the definitions hoisted so far
+                ObjectNode probe = JSON.createObjectNode();
+                probe.put("type", "object");
+                probe.putObject("properties").set(argsKey, schema);
+                probe.putArray("required").add(argsKey);
+                probe.set("$defs", defs.deepCopy());
+                JsonSchemaGrammar.toGbnf(probe);
             } catch (IllegalArgumentException e) {
                 schema = JSON.createObjectNode().put("type", "object");
             }
@@ -328,7 +345,10 @@ public final class ToolCalls {
         return copy;
     }
 
-    /** Rewrites "#/$defs/X" and "#/definitions/X" to "#/$defs/PREFIX-X" and "#" to "#/$defs/PREFIX-root"; true if "#" occurs. */
+    /**
+     * Rewrites "#/$defs/X" and "#/definitions/X" to "#/$defs/PREFIX-X", and "#" and other "#/..." pointers into the
+     * schema to "#/$defs/PREFIX-root..."; true if the latter occur.
+     */
     private static boolean rewriteRefs(JsonNode n, String prefix) {
         boolean self = false;
         if (n.isObject()) {
@@ -343,6 +363,9 @@ public final class ToolCalls {
                     o.put("$ref", "#/$defs/" + prefix + "-" + r.substring("#/$defs/".length()));
                 } else if (r.startsWith("#/definitions/")) {
                     o.put("$ref", "#/$defs/" + prefix + "-" + r.substring("#/definitions/".length()));
+                } else if (r.startsWith("#/")) { // into the schema itself, e.g. #/properties/a
+                    o.put("$ref", "#/$defs/" + prefix + "-root" + r.substring(1));
+                    self = true;
                 }
             }
             for (Iterator<Map.Entry<String, JsonNode>> it = o.fields(); it.hasNext(); ) {

@@ -32,6 +32,19 @@ public final class ModelOptions {
                     + "streams 1/2 / 1/3 of bf16's bytes; on the CPU in the heap; q4_0 is CPU only) (default: ${DEFAULT-VALUE}).")
     String weightType;
 
+    @Option(names = "--rope-scaling", paramLabel = "yarn|none",
+            description = "RoPE scaling in place of config.json's (as llama.cpp's flag): yarn (with --rope-scale and "
+                    + "--yarn-orig-ctx; what Qwen2.5/Qwen3 model cards ask for past 32K tokens) or none (default: as configured).")
+    String ropeScaling;
+
+    @Option(names = "--rope-scale", paramLabel = "F", defaultValue = "4",
+            description = "YaRN's context extension factor (default: ${DEFAULT-VALUE}).")
+    double ropeScale;
+
+    @Option(names = "--yarn-orig-ctx", paramLabel = "N", defaultValue = "0",
+            description = "YaRN's original context length (default: 0 = the checkpoint's max_position_embeddings).")
+    int yarnOrigCtx;
+
     LoadOptions toLoadOptions(PrintWriter err) {
         if (!device.equals("auto") && !device.equals("cpu") && !device.equals("cuda"))
             throw new Main.UsageException("--device must be auto, cpu or cuda, not '" + device + "'");
@@ -42,10 +55,22 @@ public final class ModelOptions {
         } catch (IllegalArgumentException e) {
             throw new Main.UsageException("--weight-type: " + e.getMessage());
         }
+        dev.tokenpress.model.LlamaConfig.RopeScaling rope = null;
+        if (ropeScaling != null) {
+            switch (ropeScaling) {
+                case "none" -> rope = LoadOptions.NO_ROPE_SCALING;
+                case "yarn" -> {
+                    if (!(ropeScale >= 1) || Double.isInfinite(ropeScale)) throw new Main.UsageException("--rope-scale must be >= 1");
+                    if (yarnOrigCtx < 0) throw new Main.UsageException("--yarn-orig-ctx must be >= 0");
+                    rope = dev.tokenpress.model.LlamaConfig.RopeScaling.yarn((float) ropeScale, yarnOrigCtx);
+                }
+                default -> throw new Main.UsageException("--rope-scaling must be yarn or none, not '" + ropeScaling + "'");
+            }
+        }
         return new LoadOptions(device, threads, chunk, line -> {
             err.println(line);
             err.flush();
-        }, TerminalProgress.forStderr(), wt);
+        }, TerminalProgress.forStderr(), wt, rope);
     }
 
     /**

@@ -226,13 +226,13 @@ public final class ConfigLoader {
 
     /**
      * YaRN as transformers reads it: {@code factor} (null: max_position_embeddings / original), {@code
-     * original_max_position_embeddings} (else the top-level one, else max_position_embeddings), {@code beta_fast} /
+     * original_max_position_embeddings} (a top-level one first, else the scaling's, else max_position_embeddings), {@code beta_fast} /
      * {@code beta_slow} (32 / 1), {@code attention_factor} (else from {@code mscale} / {@code mscale_all_dim}, else
      * 0.1 ln(factor) + 1), {@code truncate} (true).
      */
     private static LlamaConfig.RopeScaling yarn(JsonNode rs, String file, String p, JsonNode root, int maxPos) {
-        JsonNode om = rs.get("original_max_position_embeddings");
-        if (isNull(om)) om = root.get("original_max_position_embeddings");
+        JsonNode om = root.get("original_max_position_embeddings"); // transformers: the top-level value wins (Phi-3)
+        if (isNull(om)) om = rs.get("original_max_position_embeddings");
         int original;
         if (isNull(om)) {
             original = maxPos;
@@ -261,6 +261,8 @@ public final class ConfigLoader {
                     ? LlamaConfig.RopeScaling.yarnMscale(factor, ms) / LlamaConfig.RopeScaling.yarnMscale(factor, msAll)
                     : LlamaConfig.RopeScaling.yarnMscale(factor, 1);
         }
+        if (!(attention > 0) || Double.isInfinite(attention))
+            throw new ModelLoadException(file + ": field " + p + "attention_factor (" + attention + ") must be positive; fix config.json");
         JsonNode tr = rs.get("truncate");
         boolean truncate = isNull(tr) || tr.asBoolean(true);
         return new LlamaConfig.RopeScaling("yarn", (float) factor, (float) betaSlow, (float) betaFast, original,

@@ -1797,6 +1797,7 @@ public final class OpenAiServer implements AutoCloseable {
                 if (i >= 0) contentEnd = Math.min(contentEnd, i);
             }
             if (contentEnd == all.length()) contentEnd = 0; // the whole reply is the calls
+            contentEnd = Math.max(sent, all.substring(0, contentEnd).stripTrailing().length()); // as parse's content
             if (contentEnd > sent) content(all.substring(sent, contentEnd));
             List<ChatTemplate.ToolCall> calls = ToolCalls.withIds(firstOnly(p.calls(), tools), tools.style());
             ObjectNode c = chunk();

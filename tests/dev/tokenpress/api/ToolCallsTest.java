@@ -109,7 +109,7 @@ public class ToolCallsTest {
         ToolCalls.Parsed p = ToolCalls.parse("Let me check both.\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": "
                 + "{\"city\": \"Oslo\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"city\": "
                 + "\"Rome\"}}\n</tool_call>", NAMES);
-        assertEquals("Let me check both.", p.content());
+        assertEquals("Let me check both.", p.content(), "the text before the calls, without trailing blanks");
         assertEquals(2, p.calls().size());
         assertEquals("get_time", p.calls().get(0).name());
         assertEquals("{\"city\":\"Oslo\"}", p.calls().get(0).arguments());
@@ -172,9 +172,10 @@ public class ToolCallsTest {
         assertEquals(0, ToolCalls.streamableLength("[TOOL"));
         assertEquals(2, ToolCalls.streamableLength("<b"));
         assertEquals(5, ToolCalls.streamableLength("Hello"));
-        assertEquals(6, ToolCalls.streamableLength("Hello <tool"));
-        assertEquals(6, ToolCalls.streamableLength("Hello <"));
-        assertEquals(6, ToolCalls.streamableLength("Hello <tool_call>{\"name\""));
+        assertEquals(5, ToolCalls.streamableLength("Hello <tool"), "the blank before a possible call waits too");
+        assertEquals(5, ToolCalls.streamableLength("Hello <"));
+        assertEquals(5, ToolCalls.streamableLength("Hello <tool_call>{\"name\""));
+        assertEquals(6, ToolCalls.streamableLength("Hello,<tool"));
         assertEquals(5, ToolCalls.streamableLength("Sure.[TOOL_CALLS]get_time"));
         assertEquals(11, ToolCalls.streamableLength("Hello <b> x"));
         // monotone: what was streamable stays so as the reply grows
