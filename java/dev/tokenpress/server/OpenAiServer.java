@@ -44,7 +44,8 @@ import java.util.function.Consumer;
  * An HTTP server with the OpenAI API's text endpoints over one loaded model (the JDK's built-in HTTP server, no
  * other dependency), so that OpenAI clients and tools can use a model with KV-cache compression:
  * <ul>
- *   <li>{@code POST /v1/completions}: {@code prompt} (a string, one string in a list, or a list of token ids);</li>
+ *   <li>{@code POST /v1/completions}: {@code prompt} (a string, one string in a list, or a list of token ids; with
+ *       {@code suffix}, the text to insert between them, through the model's fill-in-the-middle tokens);</li>
  *   <li>{@code POST /v1/chat/completions}: {@code messages} (system/developer, user, assistant with optional {@code
  *       tool_calls}, tool with {@code tool_call_id}; content a string or a list of text parts) in the model's {@link
  *       ChatTemplate} format; function calling with {@code tools}, {@code tool_choice} (auto, none, required or a
@@ -953,6 +954,33 @@ public final class OpenAiServer implements AutoCloseable {
      * pad, end-of-infill, repository and file-separator tokens.
      */
     private String infill(HttpExchange ex, JsonNode body) throws IOException {
+        JsonNode pr = body.get("prompt");
+        if (pr != null && !pr.isNull() && !pr.isTextual()) throw ApiException.badRequest("'prompt' of /infill must be a string");
+        int max = options.defaultMaxTokens();
+        for (String k : new String[] {"max_tokens", "n_predict"}) {
+            JsonNode v = body.get(k);
+            if (v != null && v.canConvertToInt() && v.asInt() >= 0) max = v.asInt();
+        }
+        FimPrompt fp = fimPrompt(textField(body, "input_prefix") + (pr == null || pr.isNull() ? "" : pr.asText()),
+                textField(body, "input_suffix"), body.get("input_extra"), max);
+        ObjectNode b = JSON.createObjectNode();
+        body.fields().forEachRemaining(e -> {
+            if (!e.getKey().equals("input_prefix") && !e.getKey().equals("input_suffix") && !e.getKey().equals("input_extra"))
+                b.set(e.getKey(), e.getValue());
+        });
+        ArrayNode arr = b.putArray("prompt");
+        for (int id : fp.tokens()) arr.add(id);
+        return completeLlama(ex, b, fp.stops(), fp.truncated()) + (fp.truncated() ? " (infill truncated)" : "");
+    }
+
+    /** A fill-in-the-middle prompt: its tokens, whether a part was cut to fit, and the tokens that end an infill. */
+    private record FimPrompt(int[] tokens, boolean truncated, Set<Integer> stops) {}
+
+    /**
+     * The FIM prompt of {@code prefix} (the start of the middle included), {@code suffix} and {@code extra} files
+     * (null = none), fitted into the context less {@code maxTokens} (see {@link #infill}).
+     */
+    private FimPrompt fimPrompt(String prefix, String suffix, JsonNode ie, int maxTokens) {
         if (!fimKnown) {
             fim = Fim.of(tp.tokenizer());
             fimKnown = true;
@@ -960,14 +988,9 @@ public final class OpenAiServer implements AutoCloseable {
         Fim f = fim;
         if (f == null)
             throw ApiException.badRequest("this model has no fill-in-the-middle tokens (<|fim_prefix|>, <fim_prefix>, <PRE>, "
-                    + "...): /infill needs a code model trained for it, e.g. Qwen2.5-Coder, CodeLlama or DeepSeek-Coder");
-        String prefix = textField(body, "input_prefix"), suffix = textField(body, "input_suffix");
-        JsonNode pr = body.get("prompt");
-        if (pr != null && !pr.isNull() && !pr.isTextual()) throw ApiException.badRequest("'prompt' of /infill must be a string");
-        String prompt = pr == null || pr.isNull() ? "" : pr.asText();
+                    + "...): infilling needs a code model trained for it, e.g. Qwen2.5-Coder, CodeLlama or DeepSeek-Coder");
         var tok = tp.tokenizer();
         List<Integer> extra = new ArrayList<>();
-        JsonNode ie = body.get("input_extra");
         if (ie != null && !ie.isNull()) {
             if (!ie.isArray()) throw ApiException.badRequest("'input_extra' must be a list of {\"filename\", \"text\"}");
             if (f.rep() >= 0) {
@@ -991,16 +1014,11 @@ public final class OpenAiServer implements AutoCloseable {
             extra.add(f.sep());
             for (int id : tok.encodeNoSpecial("filename\n")) extra.add(id);
         }
-        int[] pre = tok.encodeNoSpecial(prefix + prompt), suf = tok.encodeNoSpecial(suffix);
+        int[] pre = tok.encodeNoSpecial(prefix), suf = tok.encodeNoSpecial(suffix);
         int[] bos = tok.prefixIds();
-        int max = options.defaultMaxTokens();
-        for (String k : new String[] {"max_tokens", "n_predict"}) {
-            JsonNode v = body.get(k);
-            if (v != null && v.canConvertToInt() && v.asInt() >= 0) max = v.asInt();
-        }
         int ctx = session.contextSize();
-        int room = ctx - 1 - bos.length - 3 - Math.min(max, ctx / 2); // the markers, and room to generate
-        if (room <= 0) throw ApiException.badRequest("the context of " + ctx + " tokens leaves no room for the infill: lower n_predict");
+        int room = ctx - 1 - bos.length - 3 - Math.min(maxTokens, ctx / 2); // the markers, and room to generate
+        if (room <= 0) throw ApiException.badRequest("the context of " + ctx + " tokens leaves no room for the infill: lower the tokens to generate");
         int sufTake = Math.min(suf.length, Math.max(room / 4, room - pre.length));
         int preTake = Math.min(pre.length, room - sufTake);
         int extraTake = Math.min(extra.size(), room - sufTake - preTake);
@@ -1021,14 +1039,7 @@ public final class OpenAiServer implements AutoCloseable {
             ids.addAll(s);
             ids.addAll(p);
         }
-        ObjectNode b = JSON.createObjectNode();
-        body.fields().forEachRemaining(e -> {
-            if (!e.getKey().equals("input_prefix") && !e.getKey().equals("input_suffix") && !e.getKey().equals("input_extra"))
-                b.set(e.getKey(), e.getValue());
-        });
-        ArrayNode arr = b.putArray("prompt");
-        for (int id : ids) arr.add(id);
-        return completeLlama(ex, b, f.stops(), truncated) + (truncated ? " (infill truncated)" : "");
+        return new FimPrompt(ids.stream().mapToInt(Integer::intValue).toArray(), truncated, f.stops());
     }
 
     private static String textField(JsonNode b, String key) {
@@ -1234,6 +1245,25 @@ public final class OpenAiServer implements AutoCloseable {
     }
 
     private Request completionRequest(JsonNode b) {
+        JsonNode sx = b.get("suffix");
+        if (sx != null && !sx.isNull() && !(sx.isTextual() && sx.asText().isEmpty())) { // OpenAI's insertion: a FIM prompt
+            if (!sx.isTextual()) throw ApiException.badRequest("'suffix' must be a string");
+            JsonNode p = b.get("prompt");
+            if (p != null && p.isArray() && p.size() == 1 && p.get(0).isTextual()) p = p.get(0);
+            if (p == null || !p.isTextual()) throw ApiException.badRequest("'suffix' needs 'prompt' as a string");
+            if (b.path("echo").asBoolean(false)) throw ApiException.badRequest("'suffix' and 'echo' exclude each other");
+            int max = options.defaultMaxTokens();
+            for (String k : new String[] {"max_tokens", "n_predict"}) {
+                JsonNode v = b.get(k);
+                if (v != null && v.canConvertToInt() && v.asInt() >= 0) max = v.asInt();
+            }
+            FimPrompt fp = fimPrompt(p.asText(), sx.asText(), null, max);
+            ObjectNode nb = JSON.createObjectNode();
+            b.fields().forEachRemaining(e -> { if (!e.getKey().equals("suffix")) nb.set(e.getKey(), e.getValue()); });
+            ArrayNode arr = nb.putArray("prompt");
+            for (int id : fp.tokens()) arr.add(id);
+            return completionRequest(nb).withStopTokens(fp.stops());
+        }
         JsonNode p = b.get("prompt");
         int[] tokens;
         if (p != null && p.isArray() && p.size() == 1 && p.get(0).isTextual()) p = p.get(0);

@@ -69,7 +69,11 @@ class InfillServerTest {
     }
 
     static HttpResponse<String> post(JsonNode body) throws Exception {
-        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + "/infill"))
+        return post("/infill", body);
+    }
+
+    static HttpResponse<String> post(String path, JsonNode body) throws Exception {
+        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + path))
                 .header("Content-Type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body.toString())).build(),
                 HttpResponse.BodyHandlers.ofString());
     }
@@ -111,6 +115,16 @@ class InfillServerTest {
         assertEquals(want.size(), j.get("tokens_evaluated").asInt());
         assertEquals(direct(ints(want), 8), j.get("content").asText());
         assertFalse(j.get("truncated").asBoolean());
+
+        // OpenAI's insertion: /v1/completions with a suffix is the same FIM prompt
+        ObjectNode c = JSON.createObjectNode().put("prompt", prefix).put("suffix", suffix).put("max_tokens", 8).put("temperature", 0);
+        HttpResponse<String> cr = post("/v1/completions", c);
+        assertEquals(200, cr.statusCode(), cr.body());
+        JsonNode cj = JSON.readTree(cr.body());
+        assertEquals(j.get("content").asText(), cj.at("/choices/0/text").asText());
+        assertEquals(want.size(), cj.at("/usage/prompt_tokens").asInt());
+        c.put("echo", true);
+        assertEquals(400, post("/v1/completions", c).statusCode());
 
         // extra files first, with the repository and file-separator tokens
         b.putArray("input_extra").addObject().put("filename", "util.py").put("text", "x = 1\n");
@@ -175,6 +189,14 @@ class InfillServerTest {
                     .POST(HttpRequest.BodyPublishers.ofString("{\"input_prefix\": \"a\"}")).build(), HttpResponse.BodyHandlers.ofString());
             assertEquals(400, r.statusCode());
             assertTrue(r.body().contains("fill-in-the-middle"), r.body());
+            r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.port() + "/v1/completions"))
+                    .POST(HttpRequest.BodyPublishers.ofString("{\"prompt\": \"a\", \"suffix\": \"b\"}")).build(),
+                    HttpResponse.BodyHandlers.ofString());
+            assertEquals(400, r.statusCode());
+            r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.port() + "/v1/completions"))
+                    .POST(HttpRequest.BodyPublishers.ofString("{\"prompt\": \"a\", \"suffix\": \"\", \"max_tokens\": 2}")).build(),
+                    HttpResponse.BodyHandlers.ofString());
+            assertEquals(200, r.statusCode(), "an empty suffix is a plain completion: " + r.body());
         }
     }
 }
