@@ -53,6 +53,7 @@ import java.util.function.Consumer;
  *       calls in the model's notation come back as {@code tool_calls} ({@link ToolCalls}); a reasoning model's
  *       thinking as {@code reasoning_content} ({@link Reasoning}, {@code reasoning_format}); {@code
  *       chat_template_kwargs} are more variables for the template;</li>
+ *   <li>{@code POST /v1/responses}: OpenAI's Responses API over the chat machinery ({@link #responses});</li>
  *   <li>{@code GET /v1/models}, {@code GET /health}; llama-server's {@code POST /tokenize} ({@code content}, {@code
  *       add_special}, {@code with_pieces}), {@code POST /detokenize} ({@code tokens}) and {@code POST /apply-template}
  *       (a chat request's prompt).</li>
@@ -344,6 +345,15 @@ public final class OpenAiServer implements AutoCloseable {
                     requireMethod(ex, "POST");
                     note = embeddings(ex, body(ex));
                 }
+                case "/v1/responses" -> {
+                    requireMethod(ex, "POST");
+                    processing.incrementAndGet();
+                    try {
+                        note = responses(ex, body(ex));
+                    } finally {
+                        processing.decrementAndGet();
+                    }
+                }
                 case "/metrics" -> {
                     requireMethod(ex, "GET");
                     metrics(ex);
@@ -417,7 +427,7 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models, /completion, /infill, /generate, /tokenize, /detokenize, /apply-template, /props, /metrics or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models, /completion, /infill, /generate, /tokenize, /detokenize, /apply-template, /props, /metrics or /health");
             }
         } catch (ApiException e) {
             status = e.status;
@@ -432,7 +442,7 @@ public final class OpenAiServer implements AutoCloseable {
             String endpoint = switch (path) {
                 case "/health", "/v1/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/tokenize",
                      "/detokenize", "/apply-template", "/metrics", "/props", "/v1/embeddings", "/embeddings", "/completion",
-                     "/completions", "/infill" -> path;
+                     "/completions", "/infill", "/v1/responses" -> path;
                 default -> "other";
             };
             requestCounts.computeIfAbsent(endpoint + "|" + status, k -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -622,6 +632,415 @@ public final class OpenAiServer implements AutoCloseable {
         ObjectNode f = o.putObject("function");
         f.put("name", tc.name());
         f.put("arguments", tc.arguments());
+    }
+
+    // ---- OpenAI Responses API ------------------------------------------------------------------------------------
+
+    /**
+     * {@code POST /v1/responses}, OpenAI's Responses API over the chat machinery: {@code input} (a string, or a list
+     * of items: messages with string or {@code input_text}/{@code output_text} parts, {@code function_call} and
+     * {@code function_call_output}), {@code instructions} (a system message), {@code tools} (function tools, flat
+     * {@code {"type": "function", "name", "description", "parameters"}}), {@code tool_choice}, {@code
+     * parallel_tool_calls}, {@code max_output_tokens}, {@code temperature}, {@code top_p}, {@code text.format}
+     * (json_object / json_schema), {@code stream} (named events: response.created ... response.completed) and the
+     * sampling and {@code kv} fields the chat endpoint takes. The answer's {@code output} holds a reasoning item (a
+     * thinking model's reasoning), a message with {@code output_text}, and {@code function_call} items. Nothing is
+     * stored: {@code previous_response_id} is refused (send the whole conversation).
+     */
+    private String responses(HttpExchange ex, JsonNode body) throws IOException {
+        ObjectNode chat = chatBodyOf(body);
+        String id = "resp_" + Long.toHexString(System.nanoTime()) + ids.incrementAndGet();
+        long created = System.currentTimeMillis() / 1000;
+        Run run = run(() -> chatRequest(chat), rq -> {
+            if (!rq.stream()) return null;
+            Stream st = new Stream(ex, id, created, true);
+            st.tools = rq.tools();
+            if (rq.thinking() != null) st.splitter = new Reasoning.Splitter(rq.thinking().open());
+            st.responses = new ResponseEvents(st, id, created, body);
+            return st;
+        });
+        Request req = run.req();
+        Choice first = run.choices().get(0);
+        GenerationResult r = first.r();
+        ObjectNode usage = JSON.createObjectNode();
+        usage.put("input_tokens", req.tokens().length);
+        usage.putObject("input_tokens_details").put("cached_tokens", first.reused());
+        usage.put("output_tokens", r.tokens().length);
+        usage.put("total_tokens", req.tokens().length + r.tokens().length);
+        boolean cut = first.finish().equals("length");
+        int calls;
+        if (run.stream() != null) {
+            Stream stream = run.stream();
+            String tail = first.text().hit() ? "" : first.text().rest();
+            if (!tail.isEmpty()) stream.text(tail);
+            calls = stream.endTools(first.finish());
+            stream.responses.completed(cut, usage);
+        } else {
+            String text = first.text().text(), reasoning = "";
+            if (req.thinking() != null) {
+                Reasoning.Split sp = Reasoning.split(text, req.thinking().open());
+                reasoning = sp.reasoning();
+                text = sp.content();
+            }
+            ToolCalls.Parsed parsed = req.tools() != null && first.finish().equals("stop") ? ToolCalls.parse(text, req.tools().names()) : null;
+            List<ChatTemplate.ToolCall> tcs = parsed != null && parsed.hasCalls()
+                    ? ToolCalls.withIds(firstOnly(parsed.calls(), req.tools()), req.tools().style()) : List.of();
+            if (!tcs.isEmpty()) text = parsed.content();
+            ArrayNode output = JSON.createArrayNode();
+            if (!reasoning.isEmpty()) output.add(reasoningItem("rs_" + id, reasoning));
+            if (!text.isEmpty() || tcs.isEmpty()) output.add(messageItem("msg_" + id, text, "completed"));
+            for (ChatTemplate.ToolCall tc : tcs) output.add(functionCallItem("fc_" + tc.id(), tc, "completed"));
+            calls = tcs.size();
+            reasoningTokens(usage, reasoning);
+            sendJson(ex, 200, responseObject(id, created, body, cut ? "incomplete" : "completed", output, usage, cut));
+        }
+        return String.format(Locale.ROOT, "responses: prompt %d tokens (%d cached), %d generated, %s%s%s", req.tokens().length,
+                first.reused(), r.tokens().length, first.finish(), run.batched() ? " (batched)" : "",
+                calls > 0 ? " (" + calls + " tool call" + (calls > 1 ? "s" : "") + ")" : "");
+    }
+
+    /** Adds output_tokens_details.reasoning_tokens: the tokens of the reasoning text (at most the output's). */
+    private void reasoningTokens(ObjectNode usage, String reasoning) {
+        int n = reasoning.isEmpty() ? 0 : tp.tokenizer().encodeNoSpecial(reasoning).length;
+        usage.putObject("output_tokens_details").put("reasoning_tokens", Math.min(n, usage.path("output_tokens").asInt()));
+    }
+
+    /** A Responses request as a chat completions request (see {@link #responses}). */
+    private ObjectNode chatBodyOf(JsonNode b) {
+        if (b.hasNonNull("previous_response_id"))
+            throw ApiException.badRequest("'previous_response_id': this server stores no responses; send the whole conversation in 'input'");
+        ObjectNode c = JSON.createObjectNode();
+        ArrayNode msgs = c.putArray("messages");
+        JsonNode instr = b.get("instructions");
+        if (instr != null && !instr.isNull()) {
+            if (!instr.isTextual()) throw ApiException.badRequest("'instructions' must be a string");
+            msgs.addObject().put("role", "system").put("content", instr.asText());
+        }
+        JsonNode in = b.get("input");
+        if (in == null || in.isNull()) throw ApiException.badRequest("'input' is required: a string or a list of items");
+        if (in.isTextual()) {
+            msgs.addObject().put("role", "user").put("content", in.asText());
+        } else if (in.isArray()) {
+            ObjectNode callHolder = null; // the assistant message that collects consecutive function calls
+            for (JsonNode item : in) {
+                String type = item.path("type").asText(item.has("role") ? "message" : "");
+                switch (type) {
+                    case "message" -> {
+                        String role = item.path("role").asText("");
+                        if (!Set.of("user", "system", "developer", "assistant").contains(role))
+                            throw ApiException.badRequest("input message role '" + role + "' is not supported: user, system, developer or assistant");
+                        ObjectNode m = msgs.addObject().put("role", role);
+                        m.put("content", itemText(item.get("content")));
+                        callHolder = role.equals("assistant") ? m : null;
+                    }
+                    case "function_call" -> {
+                        if (callHolder == null) {
+                            callHolder = msgs.addObject().put("role", "assistant");
+                            callHolder.putNull("content");
+                        }
+                        ArrayNode tcs = callHolder.has("tool_calls") ? (ArrayNode) callHolder.get("tool_calls") : callHolder.putArray("tool_calls");
+                        ObjectNode tc = tcs.addObject();
+                        tc.put("id", item.path("call_id").asText(""));
+                        tc.put("type", "function");
+                        tc.putObject("function").put("name", item.path("name").asText("")).put("arguments", item.path("arguments").asText("{}"));
+                    }
+                    case "function_call_output" -> {
+                        JsonNode out = item.get("output");
+                        msgs.addObject().put("role", "tool").put("tool_call_id", item.path("call_id").asText(""))
+                                .put("content", out == null || out.isNull() ? "" : out.isTextual() ? out.asText() : itemText(out));
+                        callHolder = null;
+                    }
+                    case "reasoning" -> { } // a previous turn's reasoning: templates drop it from the history
+                    default -> throw ApiException.badRequest("input item type '" + type + "' is not supported: message, function_call, function_call_output or reasoning");
+                }
+            }
+        } else {
+            throw ApiException.badRequest("'input' must be a string or a list of items");
+        }
+        JsonNode tools = b.get("tools");
+        if (tools != null && !tools.isNull()) {
+            if (!tools.isArray()) throw ApiException.badRequest("'tools' must be a list");
+            ArrayNode ct = c.putArray("tools");
+            for (JsonNode t : tools) {
+                if (!t.path("type").asText("").equals("function"))
+                    throw ApiException.badRequest("tool type '" + t.path("type").asText() + "' is not supported: only function tools");
+                ObjectNode f = ct.addObject().put("type", "function").putObject("function");
+                f.set("name", t.get("name"));
+                if (t.has("description")) f.set("description", t.get("description"));
+                if (t.has("parameters")) f.set("parameters", t.get("parameters"));
+            }
+        }
+        JsonNode choice = b.get("tool_choice");
+        if (choice != null && !choice.isNull()) {
+            if (choice.isObject() && choice.path("type").asText("").equals("function"))
+                c.putObject("tool_choice").put("type", "function").putObject("function").put("name", choice.path("name").asText(""));
+            else c.set("tool_choice", choice);
+        }
+        JsonNode fmt = b.path("text").path("format");
+        if (fmt.isObject()) {
+            switch (fmt.path("type").asText("text")) {
+                case "text" -> { }
+                case "json_object" -> c.putObject("response_format").put("type", "json_object");
+                case "json_schema" -> {
+                    ObjectNode rf = c.putObject("response_format").put("type", "json_schema");
+                    rf.putObject("json_schema").set("schema", fmt.get("schema"));
+                }
+                default -> throw ApiException.badRequest("text.format type '" + fmt.path("type").asText() + "' is not supported: text, json_object or json_schema");
+            }
+        }
+        if (b.has("max_output_tokens")) c.set("max_tokens", b.get("max_output_tokens"));
+        for (String k : new String[] {"temperature", "top_p", "top_k", "min_p", "seed", "stream", "parallel_tool_calls", "kv",
+                "presence_penalty", "frequency_penalty", "repeat_penalty", "stop", "reasoning_format", "chat_template_kwargs"})
+            if (b.has(k)) c.set(k, b.get(k));
+        return c;
+    }
+
+    /** The text of a Responses message's content: a string, or parts of type input_text / output_text / text. */
+    private static String itemText(JsonNode c) {
+        if (c == null || c.isNull()) return "";
+        if (c.isTextual()) return c.asText();
+        if (!c.isArray()) throw ApiException.badRequest("message content must be a string or a list of text parts");
+        StringBuilder sb = new StringBuilder();
+        for (JsonNode part : c) {
+            String t = part.path("type").asText("");
+            if (!t.equals("input_text") && !t.equals("output_text") && !t.equals("text"))
+                throw ApiException.badRequest("content part type '" + t + "' is not supported: only text");
+            sb.append(part.path("text").asText(""));
+        }
+        return sb.toString();
+    }
+
+    private static ObjectNode messageItem(String id, String text, String status) {
+        ObjectNode m = JSON.createObjectNode();
+        m.put("id", id);
+        m.put("type", "message");
+        m.put("status", status);
+        m.put("role", "assistant");
+        ArrayNode content = m.putArray("content");
+        if (text != null) content.addObject().put("type", "output_text").put("text", text).putArray("annotations");
+        return m;
+    }
+
+    private static ObjectNode reasoningItem(String id, String text) {
+        ObjectNode m = JSON.createObjectNode();
+        m.put("id", id);
+        m.put("type", "reasoning");
+        m.putArray("summary");
+        m.putArray("content").addObject().put("type", "reasoning_text").put("text", text);
+        return m;
+    }
+
+    private static ObjectNode functionCallItem(String id, ChatTemplate.ToolCall tc, String status) {
+        ObjectNode f = JSON.createObjectNode();
+        f.put("id", id);
+        f.put("type", "function_call");
+        f.put("status", status);
+        f.put("call_id", tc.id());
+        f.put("name", tc.name());
+        f.put("arguments", tc.arguments());
+        return f;
+    }
+
+    private ObjectNode responseObject(String id, long created, JsonNode req, String status, ArrayNode output, ObjectNode usage,
+                                      boolean cut) {
+        ObjectNode o = JSON.createObjectNode();
+        o.put("id", id);
+        o.put("object", "response");
+        o.put("created_at", created);
+        o.put("status", status);
+        o.put("model", options.modelName());
+        o.set("output", output);
+        if (cut) o.putObject("incomplete_details").put("reason", "max_output_tokens");
+        else o.putNull("incomplete_details");
+        o.putNull("error");
+        o.set("instructions", req.has("instructions") ? req.get("instructions") : com.fasterxml.jackson.databind.node.NullNode.getInstance());
+        o.set("max_output_tokens", req.has("max_output_tokens") ? req.get("max_output_tokens") : com.fasterxml.jackson.databind.node.NullNode.getInstance());
+        o.put("parallel_tool_calls", req.path("parallel_tool_calls").asBoolean(true));
+        o.set("tools", req.has("tools") ? req.get("tools") : JSON.createArrayNode());
+        o.set("tool_choice", req.has("tool_choice") ? req.get("tool_choice") : com.fasterxml.jackson.databind.node.TextNode.valueOf("auto"));
+        o.put("store", false);
+        if (usage != null) o.set("usage", usage);
+        else o.putNull("usage");
+        return o;
+    }
+
+    /**
+     * The Responses API's streamed events for one reply: response.created / in_progress; for a thinking model a
+     * reasoning item (reasoning_text deltas); a message item (output_text deltas, opened at the first text); function
+     * call items (their arguments in one delta); response.completed (or incomplete) with the whole response.
+     */
+    private final class ResponseEvents {
+        private final Stream st;
+        private final String id;
+        private final long created;
+        private final JsonNode req;
+        private final ArrayNode output = JSON.createArrayNode();
+        private int seq;
+        private ObjectNode reasoning, message;  // the open items (null = none open)
+        private final StringBuilder reasoningText = new StringBuilder(), text = new StringBuilder();
+
+        ResponseEvents(Stream st, String id, long created, JsonNode req) {
+            this.st = st;
+            this.id = id;
+            this.created = created;
+            this.req = req;
+        }
+
+        private ObjectNode ev(String type) {
+            ObjectNode e = JSON.createObjectNode();
+            e.put("type", type);
+            e.put("sequence_number", seq++);
+            return e;
+        }
+
+        private void send(ObjectNode e) {
+            st.event(e.get("type").asText(), e);
+        }
+
+        void begin() {
+            ObjectNode e = ev("response.created");
+            e.set("response", responseObject(id, created, req, "in_progress", JSON.createArrayNode(), null, false));
+            send(e);
+            e = ev("response.in_progress");
+            e.set("response", responseObject(id, created, req, "in_progress", JSON.createArrayNode(), null, false));
+            send(e);
+        }
+
+        void reasoning(String delta) {
+            if (reasoning == null) {
+                reasoning = reasoningItem("rs_" + id, "");
+                ((ArrayNode) reasoning.get("content")).removeAll();
+                ObjectNode e = ev("response.output_item.added");
+                e.put("output_index", output.size());
+                e.set("item", reasoning.deepCopy());
+                send(e);
+            }
+            reasoningText.append(delta);
+            ObjectNode e = ev("response.reasoning_text.delta");
+            e.put("item_id", reasoning.get("id").asText());
+            e.put("output_index", output.size());
+            e.put("content_index", 0);
+            e.put("delta", delta);
+            send(e);
+        }
+
+        private void closeReasoning() {
+            if (reasoning == null) return;
+            ObjectNode e = ev("response.reasoning_text.done");
+            e.put("item_id", reasoning.get("id").asText());
+            e.put("output_index", output.size());
+            e.put("content_index", 0);
+            e.put("text", reasoningText.toString());
+            send(e);
+            ObjectNode item = reasoningItem(reasoning.get("id").asText(), reasoningText.toString());
+            e = ev("response.output_item.done");
+            e.put("output_index", output.size());
+            e.set("item", item);
+            send(e);
+            output.add(item);
+            reasoning = null;
+        }
+
+        void text(String delta) {
+            closeReasoning();
+            if (message == null) {
+                message = messageItem("msg_" + id, null, "in_progress");
+                ObjectNode e = ev("response.output_item.added");
+                e.put("output_index", output.size());
+                e.set("item", message.deepCopy());
+                send(e);
+                e = ev("response.content_part.added");
+                e.put("item_id", message.get("id").asText());
+                e.put("output_index", output.size());
+                e.put("content_index", 0);
+                e.putObject("part").put("type", "output_text").put("text", "").putArray("annotations");
+                send(e);
+            }
+            text.append(delta);
+            ObjectNode e = ev("response.output_text.delta");
+            e.put("item_id", message.get("id").asText());
+            e.put("output_index", output.size());
+            e.put("content_index", 0);
+            e.put("delta", delta);
+            send(e);
+        }
+
+        private void closeMessage(boolean always) {
+            closeReasoning();
+            if (message == null && !always) return;
+            if (message == null) text("");
+            String itemId = message.get("id").asText();
+            ObjectNode e = ev("response.output_text.done");
+            e.put("item_id", itemId);
+            e.put("output_index", output.size());
+            e.put("content_index", 0);
+            e.put("text", text.toString());
+            send(e);
+            e = ev("response.content_part.done");
+            e.put("item_id", itemId);
+            e.put("output_index", output.size());
+            e.put("content_index", 0);
+            e.putObject("part").put("type", "output_text").put("text", text.toString()).putArray("annotations");
+            send(e);
+            ObjectNode item = messageItem(itemId, text.toString(), "completed");
+            e = ev("response.output_item.done");
+            e.put("output_index", output.size());
+            e.set("item", item);
+            send(e);
+            output.add(item);
+            message = null;
+        }
+
+        void calls(List<ChatTemplate.ToolCall> calls) {
+            closeMessage(false);
+            for (ChatTemplate.ToolCall tc : calls) {
+                String itemId = "fc_" + tc.id();
+                ObjectNode added = functionCallItem(itemId, tc, "in_progress");
+                added.put("arguments", "");
+                ObjectNode e = ev("response.output_item.added");
+                e.put("output_index", output.size());
+                e.set("item", added);
+                send(e);
+                e = ev("response.function_call_arguments.delta");
+                e.put("item_id", itemId);
+                e.put("output_index", output.size());
+                e.put("delta", tc.arguments());
+                send(e);
+                e = ev("response.function_call_arguments.done");
+                e.put("item_id", itemId);
+                e.put("output_index", output.size());
+                e.put("arguments", tc.arguments());
+                send(e);
+                ObjectNode item = functionCallItem(itemId, tc, "completed");
+                e = ev("response.output_item.done");
+                e.put("output_index", output.size());
+                e.set("item", item);
+                send(e);
+                output.add(item);
+            }
+        }
+
+        void completed(boolean cut, ObjectNode usage) {
+            boolean hasCalls = false;
+            for (JsonNode item : output) hasCalls |= item.path("type").asText().equals("function_call");
+            closeMessage(!hasCalls);
+            reasoningTokens(usage, reasoningText.toString());
+            ObjectNode e = ev(cut ? "response.incomplete" : "response.completed");
+            e.set("response", responseObject(id, created, req, cut ? "incomplete" : "completed", output, usage, cut));
+            send(e);
+        }
+
+        void failed(String message) {
+            ObjectNode e = ev("error");
+            e.put("code", "server_error");
+            e.put("message", message);
+            send(e);
+            e = ev("response.failed");
+            ObjectNode r = responseObject(id, created, req, "failed", output, null, false);
+            r.putObject("error").put("code", "server_error").put("message", message);
+            e.set("response", r);
+            send(e);
+        }
     }
 
     /**
@@ -1733,6 +2152,7 @@ public final class OpenAiServer implements AutoCloseable {
         boolean llama;  // llama-server's /completion events ({"content": ..., "stop": false}) instead of OpenAI chunks
         Tools tools;    // a chat reply read for tool calls: content that may begin a call is held back (null = none)
         Reasoning.Splitter splitter; // a chat reply's thinking sent as reasoning_content (null = none)
+        ResponseEvents responses;    // OpenAI Responses API events instead of chat chunks (null = chunks)
         private final StringBuilder reply = new StringBuilder();
         private int sent;  // characters of the reply sent as content
         OutputStream os;
@@ -1753,6 +2173,10 @@ public final class OpenAiServer implements AutoCloseable {
                 os = ex.getResponseBody();
             } catch (IOException e) {
                 gone = true;
+            }
+            if (responses != null) {
+                responses.begin();
+                return;
             }
             if (chat && !llama) {
                 ObjectNode c = chunk();
@@ -1783,7 +2207,8 @@ public final class OpenAiServer implements AutoCloseable {
 
         /** Reasoning and answer text of a split reply. */
         private void route(Reasoning.Split sp) {
-            if (!sp.reasoning().isEmpty()) {
+            if (!sp.reasoning().isEmpty() && responses != null) responses.reasoning(sp.reasoning());
+            else if (!sp.reasoning().isEmpty()) {
                 ObjectNode c = chunk();
                 ObjectNode ch = (ObjectNode) c.get("choices").get(0);
                 ch.putObject("delta").put("reasoning_content", sp.reasoning());
@@ -1830,6 +2255,10 @@ public final class OpenAiServer implements AutoCloseable {
             contentEnd = Math.max(sent, all.substring(0, contentEnd).stripTrailing().length()); // as parse's content
             if (contentEnd > sent) content(all.substring(sent, contentEnd));
             List<ChatTemplate.ToolCall> calls = ToolCalls.withIds(firstOnly(p.calls(), tools), tools.style());
+            if (responses != null) {
+                responses.calls(calls);
+                return calls.size();
+            }
             ObjectNode c = chunk();
             ObjectNode ch = (ObjectNode) c.get("choices").get(0);
             ArrayNode ta = ch.putObject("delta").putArray("tool_calls");
@@ -1844,6 +2273,10 @@ public final class OpenAiServer implements AutoCloseable {
         }
 
         private void content(String piece) {
+            if (responses != null) {
+                responses.text(piece);
+                return;
+            }
             if (llama) {
                 ObjectNode o = JSON.createObjectNode();
                 o.put("content", piece);
@@ -1873,12 +2306,27 @@ public final class OpenAiServer implements AutoCloseable {
 
         /** A failure after the stream began: an error event and the end of the stream (headers are gone). */
         void error(String message) {
+            if (responses != null) {
+                responses.failed(message);
+                return;
+            }
             ObjectNode o = JSON.createObjectNode();
             ObjectNode err = o.putObject("error");
             err.put("message", message);
             err.put("type", "server_error");
             event(o.toString());
             if (!llama) event("[DONE]");
+        }
+
+        /** A named server-sent event (the Responses API's {@code event: NAME}). */
+        void event(String name, ObjectNode data) {
+            if (gone) return;
+            try {
+                os.write(("event: " + name + "\ndata: " + data + "\n\n").getBytes(StandardCharsets.UTF_8));
+                os.flush();
+            } catch (IOException e) {
+                gone = true;
+            }
         }
 
         void event(String data) {

@@ -107,6 +107,28 @@ class ReasoningServerTest {
         assertEquals(want.content(), content.toString());
     }
 
+    /** The Responses API puts the thinking into a reasoning item, streamed as reasoning_text deltas. */
+    @Test
+    void responsesCarryAReasoningItem() throws Exception {
+        JsonNode m = message(request());
+        String reasoning = m.path("reasoning_content").asText("");
+        assertFalse(reasoning.isEmpty());
+        ObjectNode b = JSON.createObjectNode().put("input", "What is two plus two?").put("temperature", 0);
+        JsonNode o = JSON.readTree(post("/v1/responses", b).body());
+        assertEquals("reasoning", o.at("/output/0/type").asText(), o.toString());
+        assertEquals(reasoning, o.at("/output/0/content/0/text").asText());
+        assertEquals(m.get("content").asText(), o.at("/output/1/content/0/text").asText());
+        assertTrue(o.at("/usage/output_tokens_details/reasoning_tokens").asInt() > 0);
+        b.put("stream", true);
+        StringBuilder deltas = new StringBuilder();
+        for (String block : post("/v1/responses", b).body().split("\n\n")) {
+            if (block.isBlank()) continue;
+            JsonNode d = JSON.readTree(block.substring(block.indexOf("data: ") + 6));
+            if (d.get("type").asText().equals("response.reasoning_text.delta")) deltas.append(d.get("delta").asText());
+        }
+        assertEquals(reasoning, deltas.toString());
+    }
+
     /** An assistant message's reasoning_content reaches the template (Qwen3's shows it again within the turn). */
     @Test
     void historyReasoningReachesTheTemplate() throws Exception {
