@@ -247,7 +247,7 @@ run_split() {
   local groups=(
     "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaCceParityTest|90"
     "b|CudaParityTest|90"
-    "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|75"
+    "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|90"
     "d|CudaKvQuantParityTest|90"
     "e|CudaTidalSelectParityTest|60"
     "f|CudaQuantPolicyOpsParityTest|90"
