@@ -54,6 +54,7 @@ import java.util.function.Consumer;
  *       thinking as {@code reasoning_content} ({@link Reasoning}, {@code reasoning_format}); {@code
  *       chat_template_kwargs} are more variables for the template;</li>
  *   <li>{@code POST /v1/responses}: OpenAI's Responses API over the chat machinery ({@link #responses});</li>
+ *   <li>{@code POST /v1/messages}, {@code /v1/messages/count_tokens}: Anthropic's Messages API over it ({@link #messages});</li>
  *   <li>{@code GET /v1/models}, {@code GET /health}; llama-server's {@code POST /tokenize} ({@code content}, {@code
  *       add_special}, {@code with_pieces}), {@code POST /detokenize} ({@code tokens}) and {@code POST /apply-template}
  *       (a chat request's prompt).</li>
@@ -317,9 +318,11 @@ public final class OpenAiServer implements AutoCloseable {
             if (key != null && !path.equals("/health") && !path.equals("/v1/health")) {
                 String auth = ex.getRequestHeaders().getFirst("Authorization");
                 String given = auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7) ? auth.substring(7).trim() : "";
+                String xKey = ex.getRequestHeaders().getFirst("x-api-key"); // Anthropic's clients
+                if (given.isEmpty() && xKey != null) given = xKey.trim();
                 if (!constantTimeEquals(given, key))
                     throw new ApiException(401, "invalid_request_error", "invalid_api_key",
-                            "missing or wrong API key: send the header Authorization: Bearer KEY");
+                            "missing or wrong API key: send the header Authorization: Bearer KEY (or x-api-key: KEY)");
             }
             switch (path) {
                 case "/health", "/v1/health" -> {
@@ -344,6 +347,21 @@ public final class OpenAiServer implements AutoCloseable {
                 case "/v1/embeddings", "/embeddings" -> {
                     requireMethod(ex, "POST");
                     note = embeddings(ex, body(ex));
+                }
+                case "/v1/messages" -> {
+                    requireMethod(ex, "POST");
+                    processing.incrementAndGet();
+                    try {
+                        note = messages(ex, body(ex));
+                    } finally {
+                        processing.decrementAndGet();
+                    }
+                }
+                case "/v1/messages/count_tokens" -> {
+                    requireMethod(ex, "POST");
+                    ObjectNode o = JSON.createObjectNode();
+                    o.put("input_tokens", tp.tokenizer().encode(chatPrompt(anthropicChatBody(body(ex))).text()).length);
+                    sendJson(ex, 200, o);
                 }
                 case "/v1/responses" -> {
                     requireMethod(ex, "POST");
@@ -427,22 +445,25 @@ public final class OpenAiServer implements AutoCloseable {
                     sendJson(ex, 200, o);
                 }
                 default -> throw new ApiException(404, "not_found_error", null, "no endpoint " + path
-                        + ": use /v1/completions, /v1/chat/completions, /v1/responses, /v1/embeddings, /v1/models, /completion, /infill, /generate, /tokenize, /detokenize, /apply-template, /props, /metrics or /health");
+                        + ": use /v1/completions, /v1/chat/completions, /v1/responses, /v1/messages, /v1/embeddings, /v1/models, /completion, /infill, /generate, /tokenize, /detokenize, /apply-template, /props, /metrics or /health");
             }
         } catch (ApiException e) {
             status = e.status;
             note = e.getMessage();
-            sendError(ex, e);
+            if (path.startsWith("/v1/messages")) sendAnthropicError(ex, e);
+            else sendError(ex, e);
         } catch (RuntimeException e) {
             status = 500;
             note = e.toString();
-            sendError(ex, new ApiException(500, "server_error", null, firstLine(e)));
+            ApiException a = new ApiException(500, "server_error", null, firstLine(e));
+            if (path.startsWith("/v1/messages")) sendAnthropicError(ex, a);
+            else sendError(ex, a);
         } finally {
             ex.close();
             String endpoint = switch (path) {
                 case "/health", "/v1/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/generate", "/tokenize",
                      "/detokenize", "/apply-template", "/metrics", "/props", "/v1/embeddings", "/embeddings", "/completion",
-                     "/completions", "/infill", "/v1/responses" -> path;
+                     "/completions", "/infill", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens" -> path;
                 default -> "other";
             };
             requestCounts.computeIfAbsent(endpoint + "|" + status, k -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -634,7 +655,319 @@ public final class OpenAiServer implements AutoCloseable {
         f.put("arguments", tc.arguments());
     }
 
+    // ---- Anthropic Messages API ----------------------------------------------------------------------------------
+
+    /**
+     * {@code POST /v1/messages}, Anthropic's Messages API over the chat machinery (what Claude-style clients and SDKs
+     * call): {@code system} (a string or text blocks), {@code messages} (user / assistant, content a string or blocks:
+     * text, tool_use, tool_result, thinking), {@code tools} ({@code {"name", "description", "input_schema"}}), {@code
+     * tool_choice} (auto, any, tool, none; {@code disable_parallel_tool_use}), {@code max_tokens}, {@code
+     * stop_sequences}, {@code temperature}, {@code top_p}, {@code top_k}, {@code thinking} ({@code {"type": "disabled"}}
+     * passes {@code enable_thinking: false} to the template), {@code stream} (message_start ... message_stop) and
+     * tokenpress's {@code kv}. The answer's content holds thinking, text and tool_use blocks; {@code stop_reason} is
+     * end_turn, max_tokens, stop_sequence or tool_use. Errors come in Anthropic's shape.
+     */
+    private String messages(HttpExchange ex, JsonNode body) throws IOException {
+        ObjectNode chat = anthropicChatBody(body);
+        String id = "msg_" + Long.toHexString(System.nanoTime()) + ids.incrementAndGet();
+        Run run = run(() -> chatRequest(chat), rq -> {
+            if (!rq.stream()) return null;
+            Stream st = new Stream(ex, id, System.currentTimeMillis() / 1000, true);
+            st.tools = rq.tools();
+            if (rq.thinking() != null) st.splitter = new Reasoning.Splitter(rq.thinking().open());
+            st.responses = new AnthropicEvents(st, id, rq.tokens().length);
+            return st;
+        });
+        Request req = run.req();
+        Choice first = run.choices().get(0);
+        GenerationResult r = first.r();
+        String stopSeq = first.text().hit() || r.stopReason().equals("stop")
+                ? firstHit(req.stop(), tp.tokenizer().decode(r.tokens()), first.text().text()) : "";
+        int calls;
+        String stopReason;
+        if (run.stream() != null) {
+            Stream stream = run.stream();
+            String tail = first.text().hit() ? "" : first.text().rest();
+            if (!tail.isEmpty()) stream.text(tail);
+            calls = stream.endTools(first.finish());
+            stopReason = calls > 0 ? "tool_use" : first.finish().equals("length") ? "max_tokens" : !stopSeq.isEmpty() ? "stop_sequence" : "end_turn";
+            ((AnthropicEvents) stream.responses).end(stopReason, stopSeq.isEmpty() ? null : stopSeq, r.tokens().length);
+        } else {
+            String text = first.text().text(), reasoning = "";
+            if (req.thinking() != null) {
+                Reasoning.Split sp = Reasoning.split(text, req.thinking().open());
+                reasoning = sp.reasoning();
+                text = sp.content();
+            }
+            ToolCalls.Parsed parsed = req.tools() != null && first.finish().equals("stop") ? ToolCalls.parse(text, req.tools().names()) : null;
+            List<ChatTemplate.ToolCall> tcs = parsed != null && parsed.hasCalls()
+                    ? ToolCalls.withIds(firstOnly(parsed.calls(), req.tools()), req.tools().style()) : List.of();
+            if (!tcs.isEmpty()) text = parsed.content();
+            calls = tcs.size();
+            stopReason = calls > 0 ? "tool_use" : first.finish().equals("length") ? "max_tokens" : !stopSeq.isEmpty() ? "stop_sequence" : "end_turn";
+            ObjectNode o = JSON.createObjectNode();
+            o.put("id", id);
+            o.put("type", "message");
+            o.put("role", "assistant");
+            o.put("model", options.modelName());
+            ArrayNode content = o.putArray("content");
+            if (!reasoning.isEmpty()) content.addObject().put("type", "thinking").put("thinking", reasoning).put("signature", "");
+            if (!text.isEmpty()) content.addObject().put("type", "text").put("text", text);
+            for (ChatTemplate.ToolCall tc : tcs) toolUse(content.addObject(), tc);
+            o.put("stop_reason", stopReason);
+            if (stopReason.equals("stop_sequence")) o.put("stop_sequence", stopSeq);
+            else o.putNull("stop_sequence");
+            ObjectNode usage = o.putObject("usage");
+            usage.put("input_tokens", req.tokens().length);
+            usage.put("output_tokens", r.tokens().length);
+            usage.put("cache_read_input_tokens", first.reused());
+            sendJson(ex, 200, o);
+        }
+        return String.format(Locale.ROOT, "messages: prompt %d tokens (%d cached), %d generated, %s%s", req.tokens().length,
+                first.reused(), r.tokens().length, stopReason, run.batched() ? " (batched)" : "");
+    }
+
+    private static void toolUse(ObjectNode o, ChatTemplate.ToolCall tc) {
+        o.put("type", "tool_use");
+        o.put("id", tc.id());
+        o.put("name", tc.name());
+        try {
+            o.set("input", JSON.readTree(tc.arguments()));
+        } catch (IOException e) {
+            o.putObject("input");
+        }
+    }
+
+    /** A Messages request as a chat completions request (see {@link #messages}). */
+    private ObjectNode anthropicChatBody(JsonNode b) {
+        ObjectNode c = JSON.createObjectNode();
+        ArrayNode msgs = c.putArray("messages");
+        JsonNode sys = b.get("system");
+        if (sys != null && !sys.isNull()) msgs.addObject().put("role", "system").put("content", anthropicText(sys, "system"));
+        JsonNode in = b.get("messages");
+        if (in == null || !in.isArray() || in.isEmpty()) throw ApiException.badRequest("'messages' must be a non-empty list");
+        for (JsonNode m : in) {
+            String role = m.path("role").asText("");
+            if (!role.equals("user") && !role.equals("assistant"))
+                throw ApiException.badRequest("message role '" + role + "' is not supported: user or assistant");
+            JsonNode content = m.get("content");
+            if (content == null || content.isNull()) throw ApiException.badRequest("a message needs 'content'");
+            if (content.isTextual()) {
+                msgs.addObject().put("role", role).put("content", content.asText());
+                continue;
+            }
+            if (!content.isArray()) throw ApiException.badRequest("message content must be a string or a list of blocks");
+            StringBuilder text = new StringBuilder(), thinking = new StringBuilder();
+            ArrayNode toolCalls = null;
+            for (JsonNode block : content) {
+                String type = block.path("type").asText("");
+                switch (type) {
+                    case "text" -> text.append(block.path("text").asText(""));
+                    case "thinking" -> {
+                        if (!role.equals("assistant")) throw ApiException.badRequest("a thinking block belongs to an assistant message");
+                        thinking.append(block.path("thinking").asText(""));
+                    }
+                    case "redacted_thinking" -> { }
+                    case "tool_use" -> {
+                        if (!role.equals("assistant")) throw ApiException.badRequest("a tool_use block belongs to an assistant message");
+                        if (toolCalls == null) toolCalls = JSON.createArrayNode();
+                        ObjectNode tc = toolCalls.addObject();
+                        tc.put("id", block.path("id").asText(""));
+                        tc.put("type", "function");
+                        JsonNode input = block.get("input");
+                        tc.putObject("function").put("name", block.path("name").asText(""))
+                                .put("arguments", input == null || input.isNull() ? "{}" : input.toString());
+                    }
+                    case "tool_result" -> {
+                        if (!role.equals("user")) throw ApiException.badRequest("a tool_result block belongs to a user message");
+                        JsonNode rc = block.get("content");
+                        String result = rc == null || rc.isNull() ? "" : anthropicText(rc, "tool_result content");
+                        if (block.path("is_error").asBoolean(false)) result = "Error: " + result;
+                        msgs.addObject().put("role", "tool").put("tool_call_id", block.path("tool_use_id").asText("")).put("content", result);
+                    }
+                    default -> throw ApiException.badRequest("content block type '" + type + "' is not supported: text, thinking, tool_use or tool_result");
+                }
+            }
+            if (role.equals("assistant")) {
+                ObjectNode a = msgs.addObject().put("role", "assistant").put("content", text.toString());
+                if (toolCalls != null) a.set("tool_calls", toolCalls);
+                if (!thinking.isEmpty()) a.put("reasoning_content", thinking.toString());
+            } else if (!text.isEmpty()) {
+                msgs.addObject().put("role", "user").put("content", text.toString());
+            }
+        }
+        JsonNode tools = b.get("tools");
+        if (tools != null && !tools.isNull()) {
+            if (!tools.isArray()) throw ApiException.badRequest("'tools' must be a list");
+            ArrayNode ct = c.putArray("tools");
+            for (JsonNode t : tools) {
+                if (t.has("type") && !t.path("type").asText().equals("custom"))
+                    throw ApiException.badRequest("tool type '" + t.path("type").asText() + "' is not supported: only client tools with an input_schema");
+                ObjectNode f = ct.addObject().put("type", "function").putObject("function");
+                f.set("name", t.get("name"));
+                if (t.has("description")) f.set("description", t.get("description"));
+                if (t.has("input_schema")) f.set("parameters", t.get("input_schema"));
+            }
+        }
+        JsonNode choice = b.get("tool_choice");
+        if (choice != null && choice.isObject()) {
+            switch (choice.path("type").asText("auto")) {
+                case "auto" -> c.put("tool_choice", "auto");
+                case "any" -> c.put("tool_choice", "required");
+                case "none" -> c.put("tool_choice", "none");
+                case "tool" -> c.putObject("tool_choice").put("type", "function").putObject("function").put("name", choice.path("name").asText(""));
+                default -> throw ApiException.badRequest("tool_choice type '" + choice.path("type").asText() + "' is not supported: auto, any, tool or none");
+            }
+            if (choice.path("disable_parallel_tool_use").asBoolean(false)) c.put("parallel_tool_calls", false);
+        }
+        if (b.has("max_tokens")) c.set("max_tokens", b.get("max_tokens"));
+        if (b.has("stop_sequences")) c.set("stop", b.get("stop_sequences"));
+        for (String k : new String[] {"temperature", "top_p", "top_k", "stream", "kv", "seed", "reasoning_format"})
+            if (b.has(k)) c.set(k, b.get(k));
+        ObjectNode kwargs = b.path("chat_template_kwargs").isObject() ? ((ObjectNode) b.get("chat_template_kwargs")).deepCopy() : JSON.createObjectNode();
+        String thinkingType = b.path("thinking").path("type").asText("");
+        if (thinkingType.equals("disabled")) kwargs.put("enable_thinking", false);
+        if (thinkingType.equals("enabled")) kwargs.put("enable_thinking", true);
+        if (!kwargs.isEmpty()) c.set("chat_template_kwargs", kwargs);
+        return c;
+    }
+
+    /** Text of a string or a list of text blocks. */
+    private static String anthropicText(JsonNode n, String what) {
+        if (n.isTextual()) return n.asText();
+        if (!n.isArray()) throw ApiException.badRequest("'" + what + "' must be a string or a list of text blocks");
+        StringBuilder sb = new StringBuilder();
+        for (JsonNode block : n) {
+            if (!block.path("type").asText("").equals("text"))
+                throw ApiException.badRequest("'" + what + "' block type '" + block.path("type").asText() + "' is not supported: only text");
+            sb.append(block.path("text").asText(""));
+        }
+        return sb.toString();
+    }
+
+    /** Anthropic's streamed events: message_start, content blocks (thinking, text, tool_use) with deltas, message_delta, message_stop. */
+    private final class AnthropicEvents implements ReplyEvents {
+        private final Stream st;
+        private final String id;
+        private final int inputTokens;
+        private int index = -1;       // the current block's index
+        private String open;          // the open block's type (null = none)
+
+        AnthropicEvents(Stream st, String id, int inputTokens) {
+            this.st = st;
+            this.id = id;
+            this.inputTokens = inputTokens;
+        }
+
+        private ObjectNode ev(String type) {
+            ObjectNode e = JSON.createObjectNode();
+            e.put("type", type);
+            return e;
+        }
+
+        private void send(ObjectNode e) {
+            st.event(e.get("type").asText(), e);
+        }
+
+        public void begin() {
+            ObjectNode e = ev("message_start");
+            ObjectNode m = e.putObject("message");
+            m.put("id", id);
+            m.put("type", "message");
+            m.put("role", "assistant");
+            m.put("model", options.modelName());
+            m.putArray("content");
+            m.putNull("stop_reason");
+            m.putNull("stop_sequence");
+            m.putObject("usage").put("input_tokens", inputTokens).put("output_tokens", 0);
+            send(e);
+        }
+
+        private void openBlock(String type, ObjectNode block) {
+            if (type.equals(open)) return;
+            closeBlock();
+            index++;
+            open = type;
+            ObjectNode e = ev("content_block_start");
+            e.put("index", index);
+            e.set("content_block", block);
+            send(e);
+        }
+
+        private void closeBlock() {
+            if (open == null) return;
+            ObjectNode e = ev("content_block_stop");
+            e.put("index", index);
+            send(e);
+            open = null;
+        }
+
+        public void reasoning(String delta) {
+            openBlock("thinking", JSON.createObjectNode().put("type", "thinking").put("thinking", ""));
+            ObjectNode e = ev("content_block_delta");
+            e.put("index", index);
+            e.putObject("delta").put("type", "thinking_delta").put("thinking", delta);
+            send(e);
+        }
+
+        public void text(String delta) {
+            if (delta.isEmpty()) return;
+            openBlock("text", JSON.createObjectNode().put("type", "text").put("text", ""));
+            ObjectNode e = ev("content_block_delta");
+            e.put("index", index);
+            e.putObject("delta").put("type", "text_delta").put("text", delta);
+            send(e);
+        }
+
+        public void calls(List<ChatTemplate.ToolCall> calls) {
+            for (ChatTemplate.ToolCall tc : calls) {
+                closeBlock();
+                ObjectNode block = JSON.createObjectNode();
+                block.put("type", "tool_use");
+                block.put("id", tc.id());
+                block.put("name", tc.name());
+                block.putObject("input");
+                openBlock("tool_use:" + tc.id(), block);
+                ObjectNode e = ev("content_block_delta");
+                e.put("index", index);
+                e.putObject("delta").put("type", "input_json_delta").put("partial_json", tc.arguments());
+                send(e);
+            }
+        }
+
+        void end(String stopReason, String stopSequence, int outputTokens) {
+            closeBlock();
+            ObjectNode e = ev("message_delta");
+            ObjectNode d = e.putObject("delta");
+            d.put("stop_reason", stopReason);
+            if (stopSequence != null) d.put("stop_sequence", stopSequence);
+            else d.putNull("stop_sequence");
+            e.putObject("usage").put("output_tokens", outputTokens);
+            send(e);
+            send(ev("message_stop"));
+        }
+
+        public void failed(String message) {
+            ObjectNode e = ev("error");
+            e.putObject("error").put("type", "api_error").put("message", message);
+            send(e);
+        }
+    }
+
     // ---- OpenAI Responses API ------------------------------------------------------------------------------------
+
+    /** A streamed chat reply in another API's events: its reasoning, answer text and tool calls as they come. */
+    private interface ReplyEvents {
+        void begin();
+
+        void reasoning(String delta);
+
+        void text(String delta);
+
+        void calls(List<ChatTemplate.ToolCall> calls);
+
+        void failed(String message);
+    }
 
     /**
      * {@code POST /v1/responses}, OpenAI's Responses API over the chat machinery: {@code input} (a string, or a list
@@ -674,7 +1007,7 @@ public final class OpenAiServer implements AutoCloseable {
             String tail = first.text().hit() ? "" : first.text().rest();
             if (!tail.isEmpty()) stream.text(tail);
             calls = stream.endTools(first.finish());
-            stream.responses.completed(cut, usage);
+            ((ResponseEvents) stream.responses).completed(cut, usage);
         } else {
             String text = first.text().text(), reasoning = "";
             if (req.thinking() != null) {
@@ -869,7 +1202,7 @@ public final class OpenAiServer implements AutoCloseable {
      * reasoning item (reasoning_text deltas); a message item (output_text deltas, opened at the first text); function
      * call items (their arguments in one delta); response.completed (or incomplete) with the whole response.
      */
-    private final class ResponseEvents {
+    private final class ResponseEvents implements ReplyEvents {
         private final Stream st;
         private final String id;
         private final long created;
@@ -897,7 +1230,7 @@ public final class OpenAiServer implements AutoCloseable {
             st.event(e.get("type").asText(), e);
         }
 
-        void begin() {
+        public void begin() {
             ObjectNode e = ev("response.created");
             e.set("response", responseObject(id, created, req, "in_progress", JSON.createArrayNode(), null, false));
             send(e);
@@ -906,7 +1239,7 @@ public final class OpenAiServer implements AutoCloseable {
             send(e);
         }
 
-        void reasoning(String delta) {
+        public void reasoning(String delta) {
             if (reasoning == null) {
                 reasoning = reasoningItem("rs_" + id, "");
                 ((ArrayNode) reasoning.get("content")).removeAll();
@@ -941,7 +1274,7 @@ public final class OpenAiServer implements AutoCloseable {
             reasoning = null;
         }
 
-        void text(String delta) {
+        public void text(String delta) {
             closeReasoning();
             if (message == null) {
                 message = messageItem("msg_" + id, null, "in_progress");
@@ -991,7 +1324,7 @@ public final class OpenAiServer implements AutoCloseable {
             message = null;
         }
 
-        void calls(List<ChatTemplate.ToolCall> calls) {
+        public void calls(List<ChatTemplate.ToolCall> calls) {
             closeMessage(false);
             for (ChatTemplate.ToolCall tc : calls) {
                 String itemId = "fc_" + tc.id();
@@ -1030,7 +1363,7 @@ public final class OpenAiServer implements AutoCloseable {
             send(e);
         }
 
-        void failed(String message) {
+        public void failed(String message) {
             ObjectNode e = ev("error");
             e.put("code", "server_error");
             e.put("message", message);
@@ -2152,7 +2485,7 @@ public final class OpenAiServer implements AutoCloseable {
         boolean llama;  // llama-server's /completion events ({"content": ..., "stop": false}) instead of OpenAI chunks
         Tools tools;    // a chat reply read for tool calls: content that may begin a call is held back (null = none)
         Reasoning.Splitter splitter; // a chat reply's thinking sent as reasoning_content (null = none)
-        ResponseEvents responses;    // OpenAI Responses API events instead of chat chunks (null = chunks)
+        ReplyEvents responses;       // another API's events (Responses, Anthropic Messages) instead of chat chunks (null = chunks)
         private final StringBuilder reply = new StringBuilder();
         private int sent;  // characters of the reply sent as content
         OutputStream os;
@@ -2346,6 +2679,26 @@ public final class OpenAiServer implements AutoCloseable {
         ex.sendResponseHeaders(status, bytes.length);
         try (OutputStream os = ex.getResponseBody()) {
             os.write(bytes);
+        }
+    }
+
+    /** An error in Anthropic's shape: {@code {"type": "error", "error": {"type", "message"}}}. */
+    private static void sendAnthropicError(HttpExchange ex, ApiException e) {
+        ObjectNode o = JSON.createObjectNode();
+        o.put("type", "error");
+        ObjectNode err = o.putObject("error");
+        err.put("type", switch (e.status) {
+            case 400 -> "invalid_request_error";
+            case 401 -> "authentication_error";
+            case 404 -> "not_found_error";
+            case 503 -> "overloaded_error";
+            default -> "api_error";
+        });
+        err.put("message", e.getMessage());
+        try {
+            sendJson(ex, e.status, o);
+        } catch (IOException | RuntimeException ignored) {
+            // headers already sent or the client is gone
         }
     }
 
