@@ -283,8 +283,10 @@ public final class ToolCalls {
             JsonNode params = f.get("parameters");
             JsonNode schema = params == null || params.isNull() ? JSON.createObjectNode().put("type", "object")
                     : hoist(params, "t" + i, defs);
-            if (schema.isObject() && !schema.has("type")) ((ObjectNode) schema).put("type", "object"); // {}: no parameters
-            if (!schema.path("type").asText("").equals("object")) schema = JSON.createObjectNode().put("type", "object");
+            boolean delegates = false; // the root refers elsewhere: the schema it names decides
+            for (String k : new String[] {"$ref", "anyOf", "oneOf", "allOf", "enum", "const"}) delegates |= schema.has(k);
+            if (schema.isObject() && !schema.has("type") && !delegates) ((ObjectNode) schema).put("type", "object"); // {}: no parameters
+            if (!delegates && !schema.path("type").asText("").equals("object")) schema = JSON.createObjectNode().put("type", "object");
             try { // the tool's schema where it will sit, with the definitions hoisted so far
                 ObjectNode probe = JSON.createObjectNode();
                 probe.put("type", "object");
@@ -340,14 +342,14 @@ public final class ToolCalls {
                         defs.set(prefix + "-" + e.getKey(), e.getValue());
                     }
             }
-            if (selfRef) defs.set(prefix + "-root", o.deepCopy());
+            if (selfRef) defs.set(prefix, o.deepCopy()); // user definitions are "prefix-NAME", so no clash
         }
         return copy;
     }
 
     /**
      * Rewrites "#/$defs/X" and "#/definitions/X" to "#/$defs/PREFIX-X", and "#" and other "#/..." pointers into the
-     * schema to "#/$defs/PREFIX-root..."; true if the latter occur.
+     * schema to "#/$defs/PREFIX..." (the schema's own copy); true if the latter occur.
      */
     private static boolean rewriteRefs(JsonNode n, String prefix) {
         boolean self = false;
@@ -357,14 +359,14 @@ public final class ToolCalls {
             if (ref != null && ref.isTextual()) {
                 String r = ref.asText();
                 if (r.equals("#")) {
-                    o.put("$ref", "#/$defs/" + prefix + "-root");
+                    o.put("$ref", "#/$defs/" + prefix);
                     self = true;
                 } else if (r.startsWith("#/$defs/")) {
                     o.put("$ref", "#/$defs/" + prefix + "-" + r.substring("#/$defs/".length()));
                 } else if (r.startsWith("#/definitions/")) {
                     o.put("$ref", "#/$defs/" + prefix + "-" + r.substring("#/definitions/".length()));
                 } else if (r.startsWith("#/")) { // into the schema itself, e.g. #/properties/a
-                    o.put("$ref", "#/$defs/" + prefix + "-root" + r.substring(1));
+                    o.put("$ref", "#/$defs/" + prefix + r.substring(1));
                     self = true;
                 }
             }

@@ -37,13 +37,13 @@ public final class ModelOptions {
                     + "--yarn-orig-ctx; what Qwen2.5/Qwen3 model cards ask for past 32K tokens) or none (default: as configured).")
     String ropeScaling;
 
-    @Option(names = "--rope-scale", paramLabel = "F", defaultValue = "4",
-            description = "YaRN's context extension factor (default: ${DEFAULT-VALUE}).")
-    double ropeScale;
+    @Option(names = "--rope-scale", paramLabel = "F",
+            description = "YaRN's context extension factor, with --rope-scaling yarn (default: 4).")
+    Double ropeScale;
 
-    @Option(names = "--yarn-orig-ctx", paramLabel = "N", defaultValue = "0",
-            description = "YaRN's original context length (default: 0 = the checkpoint's max_position_embeddings).")
-    int yarnOrigCtx;
+    @Option(names = "--yarn-orig-ctx", paramLabel = "N",
+            description = "YaRN's original context length, with --rope-scaling yarn (default: the checkpoint's max_position_embeddings).")
+    Integer yarnOrigCtx;
 
     LoadOptions toLoadOptions(PrintWriter err) {
         if (!device.equals("auto") && !device.equals("cpu") && !device.equals("cuda"))
@@ -56,13 +56,17 @@ public final class ModelOptions {
             throw new Main.UsageException("--weight-type: " + e.getMessage());
         }
         dev.tokenpress.model.LlamaConfig.RopeScaling rope = null;
+        if ((ropeScale != null || yarnOrigCtx != null) && !"yarn".equals(ropeScaling))
+            throw new Main.UsageException("--rope-scale and --yarn-orig-ctx go with --rope-scaling yarn");
         if (ropeScaling != null) {
             switch (ropeScaling) {
                 case "none" -> rope = LoadOptions.NO_ROPE_SCALING;
                 case "yarn" -> {
-                    if (!(ropeScale >= 1) || Double.isInfinite(ropeScale)) throw new Main.UsageException("--rope-scale must be >= 1");
-                    if (yarnOrigCtx < 0) throw new Main.UsageException("--yarn-orig-ctx must be >= 0");
-                    rope = dev.tokenpress.model.LlamaConfig.RopeScaling.yarn((float) ropeScale, yarnOrigCtx);
+                    double scale = ropeScale == null ? 4 : ropeScale;
+                    int orig = yarnOrigCtx == null ? 0 : yarnOrigCtx;
+                    if (!(scale >= 1) || Double.isInfinite(scale)) throw new Main.UsageException("--rope-scale must be >= 1");
+                    if (orig < 0) throw new Main.UsageException("--yarn-orig-ctx must be >= 0");
+                    rope = dev.tokenpress.model.LlamaConfig.RopeScaling.yarn((float) scale, orig);
                 }
                 default -> throw new Main.UsageException("--rope-scaling must be yarn or none, not '" + ropeScaling + "'");
             }

@@ -1614,6 +1614,7 @@ public final class OpenAiServer implements AutoCloseable {
         body.fields().forEachRemaining(e -> b.set(e.getKey(), e.getValue()));
         if (b.path("n_predict").isNumber() && b.get("n_predict").asInt() < 0) b.remove("n_predict"); // -1: the server's default
         b.remove("logprobs");
+        b.remove("suffix"); // OpenAI's insertion is /v1/completions' (llama-server's endpoints have no such field)
         String id = "cmpl-" + ids.incrementAndGet();
         Run run = run(() -> {
             Request rq = completionRequest(b);
@@ -1667,9 +1668,10 @@ public final class OpenAiServer implements AutoCloseable {
      * A code model's fill-in-the-middle tokens (-1 where it has none): prefix, suffix, middle, repository name and file
      * separator, and the tokens that end an infill besides EOS.
      */
-    record Fim(int pre, int suf, int mid, int rep, int sep, Set<Integer> stops) {
+    record Fim(int pre, int suf, int mid, int rep, int sep, Set<Integer> stops, boolean suffixFirst) {
         /** The FIM tokens of a vocabulary in the spellings of Qwen2.5-Coder, StarCoder, CodeLlama, DeepSeek-Coder and Codestral; null when it has none. */
         static Fim of(dev.tokenpress.io.HfTokenizer t) {
+            boolean mistral = t.tokenId("[PREFIX]") >= 0 && t.tokenId("[SUFFIX]") >= 0; // Codestral: [SUFFIX] s [PREFIX] p
             int pre = first(t, "<|fim_prefix|>", "<fim_prefix>", "<fim-prefix>", "▁<PRE>", "<PRE>", "<｜fim▁begin｜>", "[PREFIX]");
             int suf = first(t, "<|fim_suffix|>", "<fim_suffix>", "<fim-suffix>", "▁<SUF>", "<SUF>", "<｜fim▁hole｜>", "[SUFFIX]");
             int mid = first(t, "<|fim_middle|>", "<fim_middle>", "<fim-middle>", "▁<MID>", "<MID>", "<｜fim▁end｜>", "[MIDDLE]");
@@ -1679,7 +1681,12 @@ public final class OpenAiServer implements AutoCloseable {
             Set<Integer> stops = new HashSet<>();
             for (int id : new int[] {first(t, "<|fim_pad|>", "<fim_pad>"), first(t, "▁<EOT>", "<EOT>"), rep, sep})
                 if (id >= 0) stops.add(id);
-            return new Fim(pre, suf, mid, rep, sep, Set.copyOf(stops));
+            if (mistral) {
+                pre = t.tokenId("[PREFIX]");
+                suf = t.tokenId("[SUFFIX]");
+                mid = -1;
+            }
+            return new Fim(pre, suf, mid, rep, sep, Set.copyOf(stops), mistral || mid < 0);
         }
 
         private static int first(dev.tokenpress.io.HfTokenizer t, String... names) {
@@ -1698,10 +1705,13 @@ public final class OpenAiServer implements AutoCloseable {
      * {@code POST /infill}, llama-server's fill-in-the-middle for code models (what editor plugins such as
      * llama.vim and llama.vscode call): {@code input_prefix} (text before the cursor), {@code input_suffix} (after
      * it), {@code input_extra} (more files, {@code [{"filename", "text"}]}) and {@code prompt} (the start of the middle,
-     * appended to the prefix) become, as llama-server builds them, {@code [BOS] [<repo_name>myproject\n <file_sep>name\n
-     * text ... <file_sep>filename\n] <fim_prefix>prefix+prompt <fim_suffix>suffix <fim_middle>} (prefix and suffix swapped
-     * for a vocabulary without a middle token, Codestral's); to fit the context less the tokens to generate, the
-     * prefix keeps its end (up to 3/4), the suffix its start, the extra files what room is left (their end); the
+     * appended to the prefix text before it is tokenized) become {@code [BOS] [<repo_name>myproject\\n
+     * <file_sep>name\\n text ... <file_sep>filename\\n] <fim_prefix>prefix+prompt <fim_suffix>suffix <fim_middle>}, the
+     * layout of llama-server's format_infill except that BOS comes first (llama-server puts the extra files before
+     * it); a vocabulary with Mistral's [PREFIX]/[SUFFIX] (Codestral) gets {@code [BOS] [SUFFIX]suffix [PREFIX]prefix},
+     * its FIM format. To fit the context less the tokens to generate (max_tokens, max_completion_tokens or n_predict),
+     * the suffix keeps its start (at least a quarter of the room, or all the prefix leaves), the prefix its end (the
+     * rest), the extra files their end (what is left) — llama-server sizes these from its batch size instead; the
      * answer is /completion's ({@code truncated} says whether anything was cut). Generation also stops at the FIM
      * pad, end-of-infill, repository and file-separator tokens.
      */
@@ -1709,7 +1719,7 @@ public final class OpenAiServer implements AutoCloseable {
         JsonNode pr = body.get("prompt");
         if (pr != null && !pr.isNull() && !pr.isTextual()) throw ApiException.badRequest("'prompt' of /infill must be a string");
         int max = options.defaultMaxTokens();
-        for (String k : new String[] {"max_tokens", "n_predict"}) {
+        for (String k : new String[] {"max_tokens", "max_completion_tokens", "n_predict"}) {
             JsonNode v = body.get(k);
             if (v != null && v.canConvertToInt() && v.asInt() >= 0) max = v.asInt();
         }
@@ -1783,11 +1793,11 @@ public final class OpenAiServer implements AutoCloseable {
         for (int i = pre.length - preTake; i < pre.length; i++) p.add(pre[i]);
         s.add(f.suf());
         for (int i = 0; i < sufTake; i++) s.add(suf[i]);
-        if (f.mid() >= 0) {
+        if (!f.suffixFirst()) {
             ids.addAll(p);
             ids.addAll(s);
             ids.add(f.mid());
-        } else { // suffix first: Codestral's [SUFFIX] ... [PREFIX] ...
+        } else { // suffix first, no middle token: Mistral's (Codestral's) [SUFFIX] ... [PREFIX] ...
             ids.addAll(s);
             ids.addAll(p);
         }
@@ -2005,7 +2015,7 @@ public final class OpenAiServer implements AutoCloseable {
             if (p == null || !p.isTextual()) throw ApiException.badRequest("'suffix' needs 'prompt' as a string");
             if (b.path("echo").asBoolean(false)) throw ApiException.badRequest("'suffix' and 'echo' exclude each other");
             int max = options.defaultMaxTokens();
-            for (String k : new String[] {"max_tokens", "n_predict"}) {
+            for (String k : new String[] {"max_tokens", "max_completion_tokens", "n_predict"}) {
                 JsonNode v = b.get(k);
                 if (v != null && v.canConvertToInt() && v.asInt() >= 0) max = v.asInt();
             }
@@ -2579,13 +2589,9 @@ public final class OpenAiServer implements AutoCloseable {
                 if (all.length() > sent) content(all.substring(sent));
                 return 0;
             }
-            int contentEnd = all.length();
-            for (String m : new String[] {"<tool_call>", "[TOOL_CALLS]"}) {
-                int i = all.indexOf(m);
-                if (i >= 0) contentEnd = Math.min(contentEnd, i);
-            }
-            if (contentEnd == all.length()) contentEnd = 0; // the whole reply is the calls
-            contentEnd = Math.max(sent, all.substring(0, contentEnd).stripTrailing().length()); // as parse's content
+            // parse's content is the reply's beginning up to the first call (without trailing blanks), "" when the whole
+            // reply is the calls: what the stream still owes of it
+            int contentEnd = Math.max(sent, p.content().length());
             if (contentEnd > sent) content(all.substring(sent, contentEnd));
             List<ChatTemplate.ToolCall> calls = ToolCalls.withIds(firstOnly(p.calls(), tools), tools.style());
             if (responses != null) {

@@ -73,5 +73,9 @@ class RopeScalingOptionTest {
                 new PrintWriter(out, true), new PrintWriter(err, true));
         assertEquals(ExitCodes.USAGE, code, err.toString());
         assertTrue(err.toString().contains("--rope-scaling must be yarn or none"), err.toString());
+        err.getBuffer().setLength(0);
+        code = Main.run(new String[] {"generate", "-m", YARN.toString(), "-p", "x", "--rope-scale", "2"},
+                new PrintWriter(out, true), new PrintWriter(err, true));
+        assertEquals(ExitCodes.USAGE, code, "--rope-scale alone does nothing: refused");
     }
 }

@@ -40,6 +40,29 @@ class ToolCallGrammarTest {
                 "b follows a's schema");
     }
 
+    /** A parameters schema whose root is a $ref (zod-to-json-schema with a name) still constrains the arguments. */
+    @Test
+    void aRootRefSchemaStillConstrains() throws Exception {
+        JsonNode tools = JSON.readTree("[{\"type\": \"function\", \"function\": {\"name\": \"get_time\", \"parameters\": "
+                + "{\"$ref\": \"#/definitions/Args\", \"definitions\": {\"Args\": {\"type\": \"object\", \"properties\": "
+                + "{\"city\": {\"type\": \"string\", \"enum\": [\"Oslo\", \"Rome\"]}}, \"required\": [\"city\"]}}}}}]");
+        Grammar g = Grammar.parse(ToolCalls.grammar(tools, null, false, ToolCalls.Style.HERMES));
+        assertTrue(g.matches("<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"));
+        assertFalse(g.matches("<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"x\": 1}}\n</tool_call>"));
+    }
+
+    /** A definition named "root" beside a pointer into the schema: both keep their meaning. */
+    @Test
+    void aDefinitionNamedRootBesideASelfPointer() throws Exception {
+        JsonNode tools = JSON.readTree("[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": "
+                + "{\"type\": \"object\", \"properties\": {\"a\": {\"$ref\": \"#/$defs/root\"}, \"b\": {\"$ref\": \"#/properties/a\"}},"
+                + "\"required\": [\"a\"], \"$defs\": {\"root\": {\"type\": \"integer\"}}}}}]");
+        Grammar g = Grammar.parse(ToolCalls.grammar(tools, null, false, ToolCalls.Style.HERMES));
+        assertTrue(g.matches("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 5}}\n</tool_call>"));
+        assertTrue(g.matches("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 5, \"b\": 6}}\n</tool_call>"));
+        assertFalse(g.matches("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": \"x\"}}\n</tool_call>"));
+    }
+
     /** Llama 3's JSON call whose argument mentions a Hermes tag is still read as a call; junk after JSON is not. */
     @Test
     void theWholeReplyAsJsonIsTriedFirstAndMustEndThere() {

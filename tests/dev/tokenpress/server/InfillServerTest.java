@@ -180,6 +180,69 @@ class InfillServerTest {
         assertEquals(400, post(JSON.createObjectNode().put("input_prefix", "x").put("input_extra", "y")).statusCode());
     }
 
+    /** The room for generation counts max_completion_tokens as max_tokens; a stray suffix field on /infill is ignored. */
+    @Test
+    void theTokensToGenerateAreReservedWhateverTheField() throws Exception {
+        String prefix = "value = compute(value)\n".repeat(60), suffix = "\nreturn value\n";
+        int[] prompt = new int[2], completion = new int[2];
+        String[] keys = {"max_tokens", "max_completion_tokens"};
+        for (int i = 0; i < 2; i++) {
+            ObjectNode c = JSON.createObjectNode().put("prompt", prefix).put("suffix", suffix).put(keys[i], 100)
+                    .put("temperature", 0).put("ignore_eos", true);
+            HttpResponse<String> r = post("/v1/completions", c);
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode j = JSON.readTree(r.body());
+            prompt[i] = j.at("/usage/prompt_tokens").asInt();
+            completion[i] = j.at("/usage/completion_tokens").asInt();
+        }
+        assertEquals(100, completion[0]);
+        assertEquals(100, completion[1]);
+        assertEquals(prompt[0], prompt[1]);
+        HttpResponse<String> r = post(JSON.createObjectNode().put("input_prefix", "def f():\n").put("input_suffix", "\n")
+                .put("suffix", "x").put("n_predict", 2));
+        assertEquals(200, r.statusCode(), r.body());
+    }
+
+    /** Mistral's [PREFIX]/[SUFFIX] (Codestral, whose vocabulary also has [MIDDLE]): suffix first, no middle token. */
+    @Test
+    void mistralsFimPutsTheSuffixFirst() throws Exception {
+        Path dir = tmp.resolve("codestral");
+        Files.createDirectories(dir);
+        for (String f : new String[] {"config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"})
+            Files.copy(MODEL.resolve(f), dir.resolve(f));
+        ObjectNode tok = (ObjectNode) JSON.readTree(MODEL.resolve("tokenizer.json").toFile());
+        ArrayNode added = (ArrayNode) tok.get("added_tokens");
+        String[] names = {"[PREFIX]", "[MIDDLE]", "[SUFFIX]"};
+        for (int i = 0; i < names.length; i++)
+            added.addObject().put("id", PRE + i).put("content", names[i]).put("single_word", false).put("lstrip", false)
+                    .put("rstrip", false).put("normalized", false).put("special", true);
+        Files.writeString(dir.resolve("tokenizer.json"), tok.toString());
+        try (TokenPress c = TokenPress.load(dir, LoadOptions.defaults().withDevice("cpu").withThreads(2));
+             OpenAiServer s = OpenAiServer.start(c, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "codestral",
+                     SamplingOptions.defaults(), 8, null, 0, null))) {
+            OpenAiServer.Fim f = OpenAiServer.Fim.of(c.tokenizer());
+            assertTrue(f.suffixFirst());
+            String prefix = "def add(a, b):\n    ", suffix = "\n\nprint(add(1, 2))\n";
+            HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.port() + "/infill"))
+                    .POST(HttpRequest.BodyPublishers.ofString(JSON.createObjectNode().put("input_prefix", prefix)
+                            .put("input_suffix", suffix).put("n_predict", 6).put("temperature", 0).toString())).build(),
+                    HttpResponse.BodyHandlers.ofString());
+            assertEquals(200, r.statusCode(), r.body());
+            List<Integer> want = new ArrayList<>();
+            add(want, c.tokenizer().prefixIds());
+            want.add(PRE + 2);
+            add(want, c.tokenizer().encodeNoSpecial(suffix));
+            want.add(PRE);
+            add(want, c.tokenizer().encodeNoSpecial(prefix));
+            JsonNode j = JSON.readTree(r.body());
+            assertEquals(want.size(), j.get("tokens_evaluated").asInt());
+            try (Session ses = c.newSession(256)) {
+                assertEquals(ses.generate(ints(want), 6, SamplingOptions.greedy(), null, null, Set.of()).text(),
+                        j.get("content").asText());
+            }
+        }
+    }
+
     @Test
     void aModelWithoutFimTokensIsRefused() throws Exception {
         try (TokenPress plain = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));

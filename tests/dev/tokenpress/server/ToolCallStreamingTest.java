@@ -88,6 +88,12 @@ class ToolCallStreamingTest {
         compare("\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>");
     }
 
+    /** A whole-reply JSON call whose argument mentions a Hermes tag: no content, streamed or not. */
+    @Test
+    void aWholeReplyJsonCallMentioningAHermesTag() throws Exception {
+        compare("{\"name\": \"get_time\", \"arguments\": {\"city\": \"<tool_call>\"}}");
+    }
+
     /** tool_choice "required" with a parameterless tool ("parameters": {}): the grammar lets "arguments" be any JSON
      *  value, the tiny model writes a string, and the reply comes back as content without tool_calls. */
     @Test

@@ -281,6 +281,11 @@ public abstract class EvictingPolicy extends BasePolicy {
         for (int i = 0; i < m; i++) positions[i] = (int) (byPos[i] >>> 32);
         // the score of each candidate position summed over the heads (slots looked up by position per head)
         double[] sum = new double[m];
+        for (int g = 1; g < kvHeads; g++)
+            if (cache.occupied(layer, g) != cache.occupied(layer, 0))
+                throw new IllegalStateException("chunk: layer " + layer + " head " + g + " holds " + cache.occupied(layer, g)
+                        + " tokens, head 0 " + cache.occupied(layer, 0) + " (the heads of a layer must keep the same tokens: "
+                        + "start the sequence under this policy)");
         for (int g = 0; g < kvHeads; g++) {
             int[] pos = cache.positions(layer, g);
             java.util.Map<Integer, Integer> slotOf = new java.util.HashMap<>();
