@@ -779,6 +779,10 @@ last bits between torch versions.
 Initialisation: Linear/Embedding weights N(0, 0.02) except q_proj/k_proj N(0, 0.1) (so attention is not
 uniform and position errors show), RMSNorm weights 1 + N(0, 0.1), biases N(0, 0.1).
 
+`lora-llama-gqa/` (made by `scripts/lora_reference.py` with PEFT): a LoRA adapter for `llama-gqa-f32` (rank 4,
+alpha 8, on q_proj, v_proj and down_proj, random A and B from seed 7007) as PEFT saves it, and `reference.safetensors`
+with `tokens_0` and the logits transformers computes with the adapter active (`logits_0`).
+
 ## Files in each directory
 
 - `config.json`: written by `transformers` (`config.save_pretrained`); transformers 5 folds RoPE settings into

@@ -16,14 +16,24 @@ import java.util.function.Consumer;
  * @param weights  how the matrices are held: as stored, or quantized to Q8_0 or Q4_0 at load time (Q4_0: CPU only)
  * @param rope     RoPE scaling in place of config.json's ({@link #NO_ROPE_SCALING} removes it; null = as configured),
  *                 e.g. YaRN for a Qwen2.5 checkpoint whose card asks for it past 32K tokens
+ * @param loras    PEFT LoRA adapters merged into the weights at load time, in order (empty = none)
  */
 public record LoadOptions(String device, int threads, int maxChunk, Consumer<String> log, ProgressListener progress,
-                          WeightType weights, LlamaConfig.RopeScaling rope) {
+                          WeightType weights, LlamaConfig.RopeScaling rope, java.util.List<Lora> loras) {
+    /** A LoRA adapter directory and the factor its update is merged with (1 = as trained). */
+    public record Lora(java.nio.file.Path dir, float scale) {}
+
     /** A {@link #rope} that removes the checkpoint's RoPE scaling. */
     public static final LlamaConfig.RopeScaling NO_ROPE_SCALING = new LlamaConfig.RopeScaling("none", 1f, 1f, 1f, 1, 1f, true);
 
     public LoadOptions {
         if (weights == null) weights = WeightType.AS_STORED;
+        loras = loras == null ? java.util.List.of() : java.util.List.copyOf(loras);
+    }
+
+    public LoadOptions(String device, int threads, int maxChunk, Consumer<String> log, ProgressListener progress,
+                       WeightType weights, LlamaConfig.RopeScaling rope) {
+        this(device, threads, maxChunk, log, progress, weights, rope, null);
     }
 
     public LoadOptions(String device, int threads, int maxChunk, Consumer<String> log, ProgressListener progress) {
@@ -39,24 +49,29 @@ public record LoadOptions(String device, int threads, int maxChunk, Consumer<Str
         return new LoadOptions("auto", 0, 256, s -> {}, ProgressListener.NONE);
     }
 
-    public LoadOptions withDevice(String d) { return new LoadOptions(d, threads, maxChunk, log, progress, weights, rope); }
+    public LoadOptions withDevice(String d) { return new LoadOptions(d, threads, maxChunk, log, progress, weights, rope, loras); }
 
-    public LoadOptions withThreads(int t) { return new LoadOptions(device, t, maxChunk, log, progress, weights, rope); }
+    public LoadOptions withThreads(int t) { return new LoadOptions(device, t, maxChunk, log, progress, weights, rope, loras); }
 
-    public LoadOptions withMaxChunk(int c) { return new LoadOptions(device, threads, c, log, progress, weights, rope); }
+    public LoadOptions withMaxChunk(int c) { return new LoadOptions(device, threads, c, log, progress, weights, rope, loras); }
 
     public LoadOptions withLog(Consumer<String> l) {
-        return new LoadOptions(device, threads, maxChunk, l == null ? s -> {} : l, progress, weights, rope);
+        return new LoadOptions(device, threads, maxChunk, l == null ? s -> {} : l, progress, weights, rope, loras);
     }
 
     public LoadOptions withProgress(ProgressListener p) {
-        return new LoadOptions(device, threads, maxChunk, log, p == null ? ProgressListener.NONE : p, weights, rope);
+        return new LoadOptions(device, threads, maxChunk, log, p == null ? ProgressListener.NONE : p, weights, rope, loras);
     }
 
-    public LoadOptions withWeights(WeightType w) { return new LoadOptions(device, threads, maxChunk, log, progress, w, rope); }
+    public LoadOptions withWeights(WeightType w) { return new LoadOptions(device, threads, maxChunk, log, progress, w, rope, loras); }
+
+    /** LoRA adapters to merge at load time (in order). */
+    public LoadOptions withLoras(java.util.List<Lora> l) {
+        return new LoadOptions(device, threads, maxChunk, log, progress, weights, rope, l);
+    }
 
     /** RoPE scaling in place of the checkpoint's (null: as configured; {@link #NO_ROPE_SCALING}: none). */
     public LoadOptions withRopeScaling(LlamaConfig.RopeScaling r) {
-        return new LoadOptions(device, threads, maxChunk, log, progress, weights, r);
+        return new LoadOptions(device, threads, maxChunk, log, progress, weights, r, loras);
     }
 }

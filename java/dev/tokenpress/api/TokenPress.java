@@ -11,6 +11,7 @@ import dev.tokenpress.model.LlamaConfig;
 import dev.tokenpress.model.Weights;
 
 import java.nio.file.Path;
+import java.util.List;
 
 /**
  * A loaded model: the entry point for JVM applications.
@@ -103,7 +104,22 @@ public final class TokenPress implements AutoCloseable {
             int layers = config.numLayers();
             ProgressListener pl = options.progress();
             pl.update("load", 0, layers);
-            Weights w = Weights.load(st, config, backend, i -> pl.update("load", i, layers));
+            List<dev.tokenpress.model.LoraAdapter> adapters = new java.util.ArrayList<>();
+            Weights w;
+            try {
+                for (LoadOptions.Lora l : options.loras()) adapters.add(dev.tokenpress.model.LoraAdapter.load(l.dir(), config, l.scale()));
+                java.util.function.UnaryOperator<dev.tokenpress.io.TensorData> merge = t -> {
+                    for (dev.tokenpress.model.LoraAdapter a : adapters) t = a.apply(t);
+                    return t;
+                };
+                w = Weights.load(st, config, backend, i -> pl.update("load", i, layers), merge);
+                for (dev.tokenpress.model.LoraAdapter a : adapters) {
+                    a.checkAllMerged();
+                    options.log().accept("lora: merged " + a.directory() + " (" + a.moduleCount() + " projections)");
+                }
+            } finally {
+                for (dev.tokenpress.model.LoraAdapter a : adapters) a.close();
+            }
             if (options.weights() != dev.tokenpress.backend.WeightType.AS_STORED)
                 options.log().accept(String.format(java.util.Locale.ROOT, "weights: %s, %.1f MiB", options.weights(),
                         w.allocatedBytes() / 1048576.0));
@@ -112,6 +128,7 @@ public final class TokenPress implements AutoCloseable {
             TokenPress tp = new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
             tp.weights = options.weights();
             tp.ropeOverride = options.rope();
+            tp.loras = options.loras();
             return tp;
         } catch (RuntimeException | Error e) {
             if (backend != null && shared == null) backend.close();
@@ -135,11 +152,12 @@ public final class TokenPress implements AutoCloseable {
 
     private long fingerprint = -1;
     private LlamaConfig.RopeScaling ropeOverride;  // a load option's RoPE scaling (null: config.json's)
+    private List<LoadOptions.Lora> loras = List.of();  // adapters merged at load time
 
     /**
      * A fingerprint of the checkpoint: CRC-32 of config.json and of the first MiB of every .safetensors file (their
-     * headers and first tensors), the weight type loaded ({@code --weight-type}) and a RoPE scaling given at load
-     * time ({@code --rope-scaling}), so a saved KV cache
+     * headers and first tensors), the weight type loaded ({@code --weight-type}), a RoPE scaling given at load
+     * time ({@code --rope-scaling}) and merged LoRA adapters ({@code --lora}), so a saved KV cache
      * ({@link Session#saveCache}) is not restored into another model.
      */
     public synchronized long fingerprint() {
@@ -149,6 +167,12 @@ public final class TokenPress implements AutoCloseable {
             crc.update(weights.name().getBytes(java.nio.charset.StandardCharsets.UTF_8)); // q8_0 / q4_0 change the keys too
             if (ropeOverride != null) // so does another RoPE scaling
                 crc.update(ropeOverride.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8));
+            for (LoadOptions.Lora l : loras) { // and merged adapters (their weights' first MiB and scale)
+                crc.update(Float.toString(l.scale()).getBytes(java.nio.charset.StandardCharsets.UTF_8));
+                try (var in = java.nio.file.Files.newInputStream(l.dir().resolve("adapter_model.safetensors"))) {
+                    crc.update(in.readNBytes(1 << 20));
+                }
+            }
             crc.update(java.nio.file.Files.readAllBytes(dir.resolve("config.json")));
             java.util.List<java.nio.file.Path> files;
             try (var list = java.nio.file.Files.list(dir)) {

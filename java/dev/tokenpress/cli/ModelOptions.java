@@ -45,6 +45,14 @@ public final class ModelOptions {
             description = "YaRN's original context length, with --rope-scaling yarn (default: the checkpoint's max_position_embeddings).")
     Integer yarnOrigCtx;
 
+    @Option(names = "--lora", paramLabel = "DIR",
+            description = "Merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) into the weights at load time (repeatable, applied in order).")
+    java.util.List<Path> lora = new java.util.ArrayList<>();
+
+    @Option(names = "--lora-scaled", arity = "2", paramLabel = "DIR SCALE",
+            description = "As --lora with the adapter's update multiplied by SCALE (repeatable).")
+    java.util.List<String> loraScaled = new java.util.ArrayList<>();
+
     LoadOptions toLoadOptions(PrintWriter err) {
         if (!device.equals("auto") && !device.equals("cpu") && !device.equals("cuda"))
             throw new Main.UsageException("--device must be auto, cpu or cuda, not '" + device + "'");
@@ -71,10 +79,22 @@ public final class ModelOptions {
                 default -> throw new Main.UsageException("--rope-scaling must be yarn or none, not '" + ropeScaling + "'");
             }
         }
+        java.util.List<LoadOptions.Lora> loras = new java.util.ArrayList<>();
+        for (Path p : lora) loras.add(new LoadOptions.Lora(p, 1f));
+        for (int i = 0; i + 1 < loraScaled.size(); i += 2) {
+            float s;
+            try {
+                s = Float.parseFloat(loraScaled.get(i + 1));
+            } catch (NumberFormatException e) {
+                throw new Main.UsageException("--lora-scaled " + loraScaled.get(i) + " " + loraScaled.get(i + 1) + ": the scale is not a number");
+            }
+            if (!(s > 0) || Float.isInfinite(s)) throw new Main.UsageException("--lora-scaled: the scale must be positive");
+            loras.add(new LoadOptions.Lora(Path.of(loraScaled.get(i)), s));
+        }
         return new LoadOptions(device, threads, chunk, line -> {
             err.println(line);
             err.flush();
-        }, TerminalProgress.forStderr(), wt, rope);
+        }, TerminalProgress.forStderr(), wt, rope, loras);
     }
 
     /**

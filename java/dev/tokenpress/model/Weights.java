@@ -52,6 +52,15 @@ public record Weights(Tensor embed, Layer[] layers, Tensor finalNorm, Tensor lmH
 
     /** Validates every tensor's presence and shape against the config, then hands each to the backend. */
     public static Weights load(SafeTensors st, LlamaConfig c, Backend backend, IntConsumer layerProgress) {
+        return load(st, c, backend, layerProgress, t -> t);
+    }
+
+    /**
+     * As {@link #load(SafeTensors, LlamaConfig, Backend, IntConsumer)}, each matrix of the decoder layers passed through
+     * {@code transform} after its shape is checked (e.g. merging LoRA adapters, {@link LoraAdapter#apply}).
+     */
+    public static Weights load(SafeTensors st, LlamaConfig c, Backend backend, IntConsumer layerProgress,
+                               java.util.function.UnaryOperator<TensorData> transform) {
         long d = c.hiddenSize(), f = c.intermediateSize(), v = c.vocabSize(), q = c.qDim(), kv = c.kvDim(), hd = c.headDim();
         Tensor embed = backend.weight(get(st, "model.embed_tokens.weight", v, d));
         Layer[] layers = new Layer[c.numLayers()];
@@ -60,17 +69,17 @@ public record Weights(Tensor embed, Layer[] layers, Tensor finalNorm, Tensor lmH
             boolean bias = c.attentionBias();
             layers[i] = new Layer(
                     backend.weight(get(st, p + "input_layernorm.weight", d)),
-                    backend.weight(get(st, p + "self_attn.q_proj.weight", q, d)),
+                    backend.weight(transform.apply(get(st, p + "self_attn.q_proj.weight", q, d))),
                     bias ? backend.weight(get(st, p + "self_attn.q_proj.bias", q)) : null,
-                    backend.weight(get(st, p + "self_attn.k_proj.weight", kv, d)),
+                    backend.weight(transform.apply(get(st, p + "self_attn.k_proj.weight", kv, d))),
                     bias ? backend.weight(get(st, p + "self_attn.k_proj.bias", kv)) : null,
-                    backend.weight(get(st, p + "self_attn.v_proj.weight", kv, d)),
+                    backend.weight(transform.apply(get(st, p + "self_attn.v_proj.weight", kv, d))),
                     bias ? backend.weight(get(st, p + "self_attn.v_proj.bias", kv)) : null,
-                    backend.weight(get(st, p + "self_attn.o_proj.weight", d, q)),
+                    backend.weight(transform.apply(get(st, p + "self_attn.o_proj.weight", d, q))),
                     backend.weight(get(st, p + "post_attention_layernorm.weight", d)),
-                    backend.weight(get(st, p + "mlp.gate_proj.weight", f, d)),
-                    backend.weight(get(st, p + "mlp.up_proj.weight", f, d)),
-                    backend.weight(get(st, p + "mlp.down_proj.weight", d, f)),
+                    backend.weight(transform.apply(get(st, p + "mlp.gate_proj.weight", f, d))),
+                    backend.weight(transform.apply(get(st, p + "mlp.up_proj.weight", f, d))),
+                    backend.weight(transform.apply(get(st, p + "mlp.down_proj.weight", d, f))),
                     c.qkNorm() ? backend.weight(get(st, p + "self_attn.q_norm.weight", hd)) : null,
                     c.qkNorm() ? backend.weight(get(st, p + "self_attn.k_norm.weight", hd)) : null);
             if (layerProgress != null) layerProgress.accept(i + 1);
