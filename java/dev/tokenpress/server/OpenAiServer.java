@@ -309,7 +309,8 @@ public final class OpenAiServer implements AutoCloseable {
             ex.getResponseHeaders().set("Access-Control-Allow-Origin", "*");
             if (method.equals("OPTIONS")) {
                 ex.getResponseHeaders().set("Access-Control-Allow-Methods", "GET, POST, PUT, OPTIONS");
-                ex.getResponseHeaders().set("Access-Control-Allow-Headers", "Content-Type, Authorization");
+                ex.getResponseHeaders().set("Access-Control-Allow-Headers",
+                        "Content-Type, Authorization, x-api-key, anthropic-version, anthropic-beta");
                 ex.sendResponseHeaders(204, -1);
                 status = 204;
                 return;
@@ -691,7 +692,8 @@ public final class OpenAiServer implements AutoCloseable {
             if (!tail.isEmpty()) stream.text(tail);
             calls = stream.endTools(first.finish());
             stopReason = calls > 0 ? "tool_use" : first.finish().equals("length") ? "max_tokens" : !stopSeq.isEmpty() ? "stop_sequence" : "end_turn";
-            ((AnthropicEvents) stream.responses).end(stopReason, stopSeq.isEmpty() ? null : stopSeq, r.tokens().length);
+            ((AnthropicEvents) stream.responses).end(stopReason, stopSeq.isEmpty() ? null : stopSeq,
+                    req.tokens().length - first.reused(), first.reused(), r.tokens().length);
         } else {
             String text = first.text().text(), reasoning = "";
             if (req.thinking() != null) {
@@ -717,10 +719,11 @@ public final class OpenAiServer implements AutoCloseable {
             o.put("stop_reason", stopReason);
             if (stopReason.equals("stop_sequence")) o.put("stop_sequence", stopSeq);
             else o.putNull("stop_sequence");
-            ObjectNode usage = o.putObject("usage");
-            usage.put("input_tokens", req.tokens().length);
-            usage.put("output_tokens", r.tokens().length);
+            ObjectNode usage = o.putObject("usage"); // Anthropic's prompt = input + cache_creation + cache_read tokens
+            usage.put("input_tokens", req.tokens().length - first.reused());
+            usage.put("cache_creation_input_tokens", 0);
             usage.put("cache_read_input_tokens", first.reused());
+            usage.put("output_tokens", r.tokens().length);
             sendJson(ex, 200, o);
         }
         return String.format(Locale.ROOT, "messages: prompt %d tokens (%d cached), %d generated, %s%s", req.tokens().length,
@@ -794,8 +797,15 @@ public final class OpenAiServer implements AutoCloseable {
                 if (!thinking.isEmpty()) a.put("reasoning_content", thinking.toString());
             } else if (!text.isEmpty()) {
                 msgs.addObject().put("role", "user").put("content", text.toString());
+            } else if (!hasToolResult(content)) {
+                throw ApiException.badRequest("a user message needs text or tool_result blocks");
             }
         }
+        // an empty final assistant message prefills nothing: a new turn
+        JsonNode lastMsg = msgs.get(msgs.size() - 1);
+        if (lastMsg.path("role").asText().equals("assistant") && lastMsg.path("content").asText("").isEmpty()
+                && !lastMsg.has("tool_calls") && !lastMsg.has("reasoning_content"))
+            msgs.remove(msgs.size() - 1);
         JsonNode tools = b.get("tools");
         if (tools != null && !tools.isNull()) {
             if (!tools.isArray()) throw ApiException.badRequest("'tools' must be a list");
@@ -830,6 +840,11 @@ public final class OpenAiServer implements AutoCloseable {
         if (thinkingType.equals("enabled")) kwargs.put("enable_thinking", true);
         if (!kwargs.isEmpty()) c.set("chat_template_kwargs", kwargs);
         return c;
+    }
+
+    private static boolean hasToolResult(JsonNode blocks) {
+        for (JsonNode b : blocks) if (b.path("type").asText("").equals("tool_result")) return true;
+        return false;
     }
 
     /** Text of a string or a list of text blocks. */
@@ -879,7 +894,9 @@ public final class OpenAiServer implements AutoCloseable {
             m.putArray("content");
             m.putNull("stop_reason");
             m.putNull("stop_sequence");
-            m.putObject("usage").put("input_tokens", inputTokens).put("output_tokens", 0);
+            // the cache's share is known once generation starts: message_delta carries the final counts
+            m.putObject("usage").put("input_tokens", inputTokens).put("cache_creation_input_tokens", 0)
+                    .put("cache_read_input_tokens", 0).put("output_tokens", 0);
             send(e);
         }
 
@@ -896,6 +913,12 @@ public final class OpenAiServer implements AutoCloseable {
 
         private void closeBlock() {
             if (open == null) return;
+            if (open.equals("thinking")) { // Anthropic's thinking blocks end with a signature (none here: nothing to verify)
+                ObjectNode s = ev("content_block_delta");
+                s.put("index", index);
+                s.putObject("delta").put("type", "signature_delta").put("signature", "");
+                send(s);
+            }
             ObjectNode e = ev("content_block_stop");
             e.put("index", index);
             send(e);
@@ -903,7 +926,7 @@ public final class OpenAiServer implements AutoCloseable {
         }
 
         public void reasoning(String delta) {
-            openBlock("thinking", JSON.createObjectNode().put("type", "thinking").put("thinking", ""));
+            openBlock("thinking", JSON.createObjectNode().put("type", "thinking").put("thinking", "").put("signature", ""));
             ObjectNode e = ev("content_block_delta");
             e.put("index", index);
             e.putObject("delta").put("type", "thinking_delta").put("thinking", delta);
@@ -935,21 +958,22 @@ public final class OpenAiServer implements AutoCloseable {
             }
         }
 
-        void end(String stopReason, String stopSequence, int outputTokens) {
+        void end(String stopReason, String stopSequence, int inputTokens, int cached, int outputTokens) {
             closeBlock();
             ObjectNode e = ev("message_delta");
             ObjectNode d = e.putObject("delta");
             d.put("stop_reason", stopReason);
             if (stopSequence != null) d.put("stop_sequence", stopSequence);
             else d.putNull("stop_sequence");
-            e.putObject("usage").put("output_tokens", outputTokens);
+            e.putObject("usage").put("input_tokens", inputTokens).put("cache_creation_input_tokens", 0)
+                    .put("cache_read_input_tokens", cached).put("output_tokens", outputTokens);
             send(e);
             send(ev("message_stop"));
         }
 
         public void failed(String message) {
             ObjectNode e = ev("error");
-            e.putObject("error").put("type", "api_error").put("message", message);
+            e.putObject("error").put("type", message.contains("shutting down") ? "overloaded_error" : "api_error").put("message", message);
             send(e);
         }
     }
@@ -1055,6 +1079,7 @@ public final class OpenAiServer implements AutoCloseable {
             msgs.addObject().put("role", "user").put("content", in.asText());
         } else if (in.isArray()) {
             ObjectNode callHolder = null; // the assistant message that collects consecutive function calls
+            String reasoning = null;      // a reasoning item's text, for the assistant message that follows it
             for (JsonNode item : in) {
                 String type = item.path("type").asText(item.has("role") ? "message" : "");
                 switch (type) {
@@ -1064,12 +1089,16 @@ public final class OpenAiServer implements AutoCloseable {
                             throw ApiException.badRequest("input message role '" + role + "' is not supported: user, system, developer or assistant");
                         ObjectNode m = msgs.addObject().put("role", role);
                         m.put("content", itemText(item.get("content")));
+                        if (role.equals("assistant") && reasoning != null) m.put("reasoning_content", reasoning);
+                        reasoning = null;
                         callHolder = role.equals("assistant") ? m : null;
                     }
                     case "function_call" -> {
                         if (callHolder == null) {
                             callHolder = msgs.addObject().put("role", "assistant");
                             callHolder.putNull("content");
+                            if (reasoning != null) callHolder.put("reasoning_content", reasoning);
+                            reasoning = null;
                         }
                         ArrayNode tcs = callHolder.has("tool_calls") ? (ArrayNode) callHolder.get("tool_calls") : callHolder.putArray("tool_calls");
                         ObjectNode tc = tcs.addObject();
@@ -1083,7 +1112,13 @@ public final class OpenAiServer implements AutoCloseable {
                                 .put("content", out == null || out.isNull() ? "" : out.isTextual() ? out.asText() : itemText(out));
                         callHolder = null;
                     }
-                    case "reasoning" -> { } // a previous turn's reasoning: templates drop it from the history
+                    case "reasoning" -> { // the reasoning of the assistant message or calls that follow: its text, else its summary
+                        StringBuilder t = new StringBuilder();
+                        for (JsonNode part : item.path("content")) t.append(part.path("text").asText(""));
+                        if (t.isEmpty()) for (JsonNode part : item.path("summary")) t.append(part.path("text").asText(""));
+                        reasoning = t.toString();
+                        callHolder = null;
+                    }
                     default -> throw ApiException.badRequest("input item type '" + type + "' is not supported: message, function_call, function_call_output or reasoning");
                 }
             }
@@ -1121,6 +1156,7 @@ public final class OpenAiServer implements AutoCloseable {
                 default -> throw ApiException.badRequest("text.format type '" + fmt.path("type").asText() + "' is not supported: text, json_object or json_schema");
             }
         }
+        c.put("continue_final_message", false); // the Responses API has no prefill: a final assistant message gets a new one
         if (b.has("max_output_tokens")) c.set("max_tokens", b.get("max_output_tokens"));
         for (String k : new String[] {"temperature", "top_p", "top_k", "min_p", "seed", "stream", "parallel_tool_calls", "kv",
                 "presence_penalty", "frequency_penalty", "repeat_penalty", "stop", "reasoning_format", "chat_template_kwargs"})
@@ -1275,6 +1311,19 @@ public final class OpenAiServer implements AutoCloseable {
         }
 
         public void text(String delta) {
+            openMessage();
+            if (delta.isEmpty()) return;
+            text.append(delta);
+            ObjectNode e = ev("response.output_text.delta");
+            e.put("item_id", message.get("id").asText());
+            e.put("output_index", output.size());
+            e.put("content_index", 0);
+            e.put("delta", delta);
+            e.putArray("logprobs");
+            send(e);
+        }
+
+        private void openMessage() {
             closeReasoning();
             if (message == null) {
                 message = messageItem("msg_" + id, null, "in_progress");
@@ -1289,25 +1338,19 @@ public final class OpenAiServer implements AutoCloseable {
                 e.putObject("part").put("type", "output_text").put("text", "").putArray("annotations");
                 send(e);
             }
-            text.append(delta);
-            ObjectNode e = ev("response.output_text.delta");
-            e.put("item_id", message.get("id").asText());
-            e.put("output_index", output.size());
-            e.put("content_index", 0);
-            e.put("delta", delta);
-            send(e);
         }
 
         private void closeMessage(boolean always) {
             closeReasoning();
             if (message == null && !always) return;
-            if (message == null) text("");
+            openMessage();
             String itemId = message.get("id").asText();
             ObjectNode e = ev("response.output_text.done");
             e.put("item_id", itemId);
             e.put("output_index", output.size());
             e.put("content_index", 0);
             e.put("text", text.toString());
+            e.putArray("logprobs");
             send(e);
             e = ev("response.content_part.done");
             e.put("item_id", itemId);
@@ -2138,13 +2181,16 @@ public final class OpenAiServer implements AutoCloseable {
             list.add(new Message(role, content(m.get("content")), calls, callId, reasoning));
         }
         Message last = list.get(list.size() - 1);
-        boolean cont = last.role().equals("assistant"); // continue_final_message (vLLM) / assistant prefill (llama-server)
+        // continue_final_message (vLLM) / assistant prefill (llama-server): a final assistant message is continued unless
+        // the request says false (then a new assistant turn follows it, as the Responses API wants)
+        boolean lastAssistant = last.role().equals("assistant");
+        if (b.path("continue_final_message").asBoolean(false) && !lastAssistant)
+            throw ApiException.badRequest("'continue_final_message' needs the last message to be the assistant's");
+        boolean cont = lastAssistant && b.path("continue_final_message").asBoolean(true);
         if (cont && !last.toolCalls().isEmpty())
             throw ApiException.badRequest("the last message makes tool calls: add the tools' results as tool messages");
-        if (!last.role().equals("user") && !last.role().equals("tool") && !cont)
+        if (!last.role().equals("user") && !last.role().equals("tool") && !lastAssistant)
             throw ApiException.badRequest("the last message must be a user or tool message, or an assistant message to continue");
-        if (b.has("continue_final_message") && b.get("continue_final_message").asBoolean() != cont)
-            throw ApiException.badRequest("'continue_final_message' needs the last message to be the assistant's, and only then");
         JsonNode toolsNode = b.get("tools");
         boolean hasTools = toolsNode != null && !toolsNode.isNull() && !(toolsNode.isArray() && toolsNode.isEmpty());
         Tools tools = null;

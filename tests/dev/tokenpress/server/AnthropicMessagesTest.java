@@ -90,7 +90,7 @@ class AnthropicMessagesTest {
         JsonNode c = JSON.readTree(post("/v1/chat/completions", chatOf("Be brief.", "Hello there", 12)).body());
         String text = c.at("/choices/0/message/content").asText();
         assertEquals(text, o.at("/content/0/text").asText());
-        assertEquals(c.at("/usage/prompt_tokens").asInt(), o.at("/usage/input_tokens").asInt());
+        assertEquals(c.at("/usage/prompt_tokens").asInt(), o.at("/usage/input_tokens").asInt() + o.at("/usage/cache_read_input_tokens").asInt());
         assertEquals(c.at("/usage/prompt_tokens").asInt(), JSON.readTree(post("/v1/messages/count_tokens", b).body()).get("input_tokens").asInt());
         String reason = c.at("/choices/0/finish_reason").asText().equals("length") ? "max_tokens" : "end_turn";
         assertEquals(reason, o.get("stop_reason").asText());
@@ -162,7 +162,8 @@ class AnthropicMessagesTest {
         cm.addObject().put("role", "tool").put("tool_call_id", "call_1").put("content", "10:00");
         JsonNode c = JSON.readTree(post("/v1/chat/completions", chat).body());
         JsonNode resp = JSON.readTree(post("/v1/messages", next).body());
-        assertEquals(c.at("/usage/prompt_tokens").asInt(), resp.at("/usage/input_tokens").asInt(), resp.toString());
+        assertEquals(c.at("/usage/prompt_tokens").asInt(), resp.at("/usage/input_tokens").asInt()
+                + resp.at("/usage/cache_read_input_tokens").asInt(), resp.toString());
     }
 
     @Test

@@ -587,13 +587,19 @@ class OpenAiServerTest {
     void metricsCountRequestsAndTokens() throws Exception {
         Reply r = post("/v1/completions", "{\"prompt\": \"x = \", \"max_tokens\": 5, \"temperature\": 0, \"cache_prompt\": false}");
         assertEquals(200, r.status(), r.body());
-        Reply m = get("/metrics");
-        assertEquals(200, m.status());
+        Reply m = null;
         java.util.Map<String, Double> v = new java.util.HashMap<>();
-        for (String line : m.body().split("\n")) {
-            if (line.startsWith("#") || line.isBlank()) continue;
-            int sp = line.lastIndexOf(' ');
-            v.put(line.substring(0, sp), Double.parseDouble(line.substring(sp + 1)));
+        // the reply can reach the client before its handler has counted itself out: read until it has (bounded)
+        for (int attempt = 0; attempt < 100 && (m == null || v.getOrDefault("tokenpress_requests_processing", 1.0) != 0.0); attempt++) {
+            if (m != null) Thread.sleep(20);
+            m = get("/metrics");
+            assertEquals(200, m.status());
+            v.clear();
+            for (String line : m.body().split("\n")) {
+                if (line.startsWith("#") || line.isBlank()) continue;
+                int sp = line.lastIndexOf(' ');
+                v.put(line.substring(0, sp), Double.parseDouble(line.substring(sp + 1)));
+            }
         }
         assertTrue(v.getOrDefault("tokenpress_requests_total{endpoint=\"/v1/completions\",status=\"200\"}", 0.0) >= 1, m.body());
         assertTrue(v.get("tokenpress_generated_tokens_total") >= r.json().at("/usage/completion_tokens").asInt(), m.body());
