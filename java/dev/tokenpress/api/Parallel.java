@@ -52,9 +52,12 @@ public final class Parallel implements AutoCloseable {
      * @param stopTokens    token ids that end the text like EOS (e.g. a chat format's end of turn; empty: none)
      * @param stopRequested polled after every token: true ends the text (stop reason "stop"; nullable)
      * @param kvSpec        this request's {@code --kv} policy (null: the one this object was made with)
+     * @param constraint    constrained output (a grammar, a JSON schema, JSON mode): makes the sequence's constraint
+     *                      from the tokens that end it (EOS and the stop tokens); null = free text
      */
     public record Request(int[] prompt, int maxTokens, SamplingOptions options, List<String> stops, TokenListener listener,
-                          Map<Integer, Float> bias, Set<Integer> stopTokens, BooleanSupplier stopRequested, String kvSpec) {
+                          Map<Integer, Float> bias, Set<Integer> stopTokens, BooleanSupplier stopRequested, String kvSpec,
+                          java.util.function.Function<Set<Integer>, dev.tokenpress.sample.TokenConstraint> constraint) {
         public Request {
             if (prompt == null || prompt.length == 0) throw new IllegalArgumentException("the prompt is empty: give at least one token");
             if (maxTokens < 0) throw new IllegalArgumentException("maxTokens must be >= 0");
@@ -64,15 +67,20 @@ public final class Parallel implements AutoCloseable {
             stopTokens = stopTokens == null ? Set.of() : Set.copyOf(stopTokens);
         }
 
+        public Request(int[] prompt, int maxTokens, SamplingOptions options, List<String> stops, TokenListener listener,
+                       Map<Integer, Float> bias, Set<Integer> stopTokens, BooleanSupplier stopRequested, String kvSpec) {
+            this(prompt, maxTokens, options, stops, listener, bias, stopTokens, stopRequested, kvSpec, null);
+        }
+
         /** A request with stop strings and a listener, without bias, stop tokens, stop request or its own policy. */
         public Request(int[] prompt, int maxTokens, SamplingOptions options, List<String> stops, TokenListener listener) {
-            this(prompt, maxTokens, options, stops, listener, null, null, null, null);
+            this(prompt, maxTokens, options, stops, listener, null, null, null, null, null);
         }
 
         /** As the five-argument form, with a logit bias. */
         public Request(int[] prompt, int maxTokens, SamplingOptions options, List<String> stops, TokenListener listener,
                        Map<Integer, Float> bias) {
-            this(prompt, maxTokens, options, stops, listener, bias, null, null, null);
+            this(prompt, maxTokens, options, stops, listener, bias, null, null, null, null);
         }
     }
 
@@ -149,6 +157,7 @@ public final class Parallel implements AutoCloseable {
         final SamplerChain chain;
         final StreamingDecoder text;
         final StopText stopText;
+        final dev.tokenpress.sample.TokenConstraint constraint; // constrained output (null = none)
         final StringBuilder out = new StringBuilder();
         int[] generated = new int[16];
         int count, position, next = -1, decodeSteps;
@@ -163,7 +172,14 @@ public final class Parallel implements AutoCloseable {
             this.pending = pending;
             this.req = pending.req();
             this.lane = lane;
-            this.chain = SamplerChain.create(req.options(), tp.config().vocabSize(), req.bias(), null,
+            if (req.constraint() != null) {
+                Set<Integer> ends = new HashSet<>(eos);
+                ends.addAll(req.stopTokens());
+                this.constraint = req.constraint().apply(ends);
+            } else {
+                this.constraint = null;
+            }
+            this.chain = SamplerChain.create(req.options(), tp.config().vocabSize(), req.bias(), constraint,
                     Session.dryBreakers(tp, req.options()));
             KvPolicy p;
             if (req.kvSpec() == null || req.kvSpec().equals(kvSpec)) {
@@ -328,6 +344,7 @@ public final class Parallel implements AutoCloseable {
                 throw new IllegalArgumentException("a prompt has " + r.prompt().length + " tokens but the context holds "
                         + s.cache.capacity() + ": raise the context size (-c)");
             for (int t : r.prompt()) s.chain.accept(t);
+            if (s.constraint != null) s.constraint.begin(); // what follows is the constrained text
             java.nio.IntBuffer key = java.nio.IntBuffer.wrap(r.prompt());
             Lane twin = s.policy == KvPolicy.FULL ? fresh.get(key) : null;
             boolean copied = false;

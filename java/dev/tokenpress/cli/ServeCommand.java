@@ -63,8 +63,8 @@ public final class ServeCommand implements Callable<Integer> {
 
     @Option(names = {"-np", "--parallel"}, paramLabel = "N", defaultValue = "1",
             description = "Decode up to N requests together (continuous batching: one forward pass per step for all; each "
-                    + "sequence has its own KV cache of -c tokens; at most -b). Requests with logprobs, echo, JSON/grammar "
-                    + "output or lookup run alone between steps (default: ${DEFAULT-VALUE}).")
+                    + "sequence has its own KV cache of -c tokens; at most -b; constrained output too). Requests with logprobs, "
+                    + "echo or lookup run alone between steps (default: ${DEFAULT-VALUE}).")
     int parallel;
 
     @Option(names = "--api-key", paramLabel = "KEY",

@@ -1937,12 +1937,29 @@ public final class OpenAiServer implements AutoCloseable {
     }
 
     /**
-     * What continuous batching decodes: plain sampled text (no log-probabilities or echo, no JSON mode or grammar, no
-     * prompt lookup); other requests go through the session.
+     * What continuous batching decodes: sampled text, free or constrained (JSON mode, a schema, a grammar, demanded
+     * tool calls), without log-probabilities, echo or prompt lookup; other requests go through the session.
      */
     private static boolean batchable(Request req) {
-        return req.logprobs() < 0 && !req.echo() && req.format() == Session.OutputFormat.TEXT && req.grammar() == null
-                && req.schema() == null && req.lookup() == 0;
+        return req.logprobs() < 0 && !req.echo() && req.lookup() == 0;
+    }
+
+    /** The per-sequence constraint of a request's output for the batch (null = free text). */
+    private java.util.function.Function<Set<Integer>, dev.tokenpress.sample.TokenConstraint> constraintOf(Request req) {
+        String[] texts = tp.tokenizer().tokenTexts();
+        if (req.grammar() != null) {
+            dev.tokenpress.sample.Grammar g = dev.tokenpress.sample.Grammar.parse(req.grammar());
+            return ends -> new dev.tokenpress.sample.GrammarConstraint(g, texts, ends, "grammar");
+        }
+        if (req.schema() != null) {
+            dev.tokenpress.sample.Grammar g = dev.tokenpress.sample.JsonSchemaGrammar.compile(req.schema());
+            return ends -> new dev.tokenpress.sample.GrammarConstraint(g, texts, ends, "json-schema");
+        }
+        if (req.format() != Session.OutputFormat.TEXT) {
+            boolean object = req.format() == Session.OutputFormat.JSON_OBJECT;
+            return ends -> new dev.tokenpress.sample.JsonConstraint(texts, ends, object);
+        }
+        return null;
     }
 
     /**
@@ -1956,13 +1973,14 @@ public final class OpenAiServer implements AutoCloseable {
         if (req.ignoreEos()) for (int e : tp.config().eosTokenIds()) bias.put(e, Float.NEGATIVE_INFINITY);
         List<java.util.concurrent.CompletableFuture<GenerationResult>> results = new ArrayList<>();
         java.util.concurrent.LinkedBlockingQueue<String> pieces = new java.util.concurrent.LinkedBlockingQueue<>();
+        var constraint = constraintOf(req);
         try {
             for (int i = 0; i < req.n(); i++) {
                 SamplingOptions so = req.sampling();
                 if (i > 0 && so.seed() != SamplingOptions.RANDOM_SEED) so = so.withSeed(so.seed() + i);
                 results.add(batcher.submit(new Parallel.Request(req.tokens(), req.maxTokens(), so, req.stop(),
                         stream != null ? pieces::add : null, bias, req.stopTokens(),
-                        () -> closed || (stream != null && stream.gone), req.policy().spec())));
+                        () -> closed || (stream != null && stream.gone), req.policy().spec(), constraint)));
             }
             if (stream != null) { // this thread writes the pieces, so a slow client never holds up the batch
                 var f = results.get(0);

@@ -54,6 +54,45 @@ class ToolCallBatchedTest {
         StringBuilder s = new StringBuilder();
         for (JsonNode e : OpenAiServerTest.events(post(b))) s.append(e.at("/choices/0/delta/content").asText(""));
         assertEquals(whole, s.toString());
-        System.out.println("BATCHED content: " + JSON.writeValueAsString(whole));
+    }
+
+    /**
+     * Constrained output in the batch (a demanded tool call, JSON mode): the same reply as through the session (a
+     * request asking for log-probabilities runs there), alone and with two requests decoded together.
+     */
+    @Test
+    void constrainedRepliesAreBatchedWithTheSameResult() throws Exception {
+        ObjectNode call = JSON.createObjectNode();
+        call.putArray("messages").addObject().put("role", "user").put("content", "What time is it in Rome?");
+        call.set("tools", JSON.readTree(ToolCallsTest.TOOLS));
+        call.put("temperature", 0).put("max_tokens", 120).put("tool_choice", "required").put("parallel_tool_calls", false);
+        ObjectNode json = JSON.createObjectNode();
+        json.putArray("messages").addObject().put("role", "user").put("content", "Give me a JSON object");
+        json.put("temperature", 0).put("max_tokens", 60);
+        json.putObject("response_format").put("type", "json_object");
+        JsonNode callBatched = JSON.readTree(post(call)).at("/choices/0/message");
+        JsonNode jsonChoice = JSON.readTree(post(json)).at("/choices/0"), jsonBatched = jsonChoice.get("message");
+        call.put("logprobs", true);
+        json.put("logprobs", true);
+        JsonNode callAlone = JSON.readTree(post(call)).at("/choices/0/message");
+        JsonNode jsonAlone = JSON.readTree(post(json)).at("/choices/0/message");
+        assertEquals(callAlone.at("/tool_calls/0/function"), callBatched.at("/tool_calls/0/function"), callBatched.toString());
+        assertEquals(jsonAlone.get("content"), jsonBatched.get("content"));
+        if (jsonChoice.get("finish_reason").asText().equals("stop")) // a complete value (not cut by max_tokens)
+            assertTrue(JSON.readTree(jsonBatched.get("content").asText()).isObject(), jsonBatched.toString());
+        else
+            assertTrue(jsonBatched.get("content").asText().startsWith("{"), jsonBatched.toString());
+        call.remove("logprobs");
+        json.remove("logprobs");
+        var a = java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+            try {
+                return JSON.readTree(post(call)).at("/choices/0/message");
+            } catch (Exception e) {
+                throw new RuntimeException(e);
+            }
+        });
+        JsonNode b = JSON.readTree(post(json)).at("/choices/0/message");
+        assertEquals(callAlone.at("/tool_calls/0/function"), a.get().at("/tool_calls/0/function"), "together");
+        assertEquals(jsonAlone.get("content"), b.get("content"), "together");
     }
 }
