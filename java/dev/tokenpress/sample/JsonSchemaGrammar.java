@@ -19,11 +19,12 @@ import java.util.Set;
  * boolean, null, or a list of them), {@code properties} / {@code required} (properties come in the schema's order,
  * the required ones first; no other keys unless the object has no {@code properties}, when {@code
  * additionalProperties} gives the values' schema), {@code items}, {@code minItems} / {@code maxItems}, {@code
- * minLength} / {@code maxLength}, {@code enum}, {@code const}, {@code anyOf} / {@code oneOf}, {@code $ref} into
+ * minLength} / {@code maxLength}, {@code pattern} (ECMAScript regular expressions, {@link JsonRegex}), {@code format}
+ * date, time, date-time and uuid (other formats stay annotations), {@code enum}, {@code const}, {@code anyOf} / {@code oneOf}, {@code $ref} into
  * {@code $defs} / {@code definitions} (recursion allowed), and {@code {}} / {@code true} for any value. Keywords that
- * would change what is accepted but are not supported ({@code pattern}, {@code allOf}, {@code not}, {@code
+ * would change what is accepted but are not supported ({@code allOf}, {@code not}, {@code
  * prefixItems}, {@code additionalProperties} beside {@code properties}, ...) are refused with an error, never ignored;
- * annotations ({@code title}, {@code description}, {@code format}, {@code default}, {@code examples}) are ignored.
+ * annotations ({@code title}, {@code description}, other {@code format}s, {@code default}, {@code examples}) are ignored.
  * Whitespace between tokens follows llama.cpp's JSON grammar: one space, or a newline and up to 20 blanks.
  */
 public final class JsonSchemaGrammar {
@@ -111,7 +112,7 @@ public final class JsonSchemaGrammar {
             String k = it.next();
             if (IGNORED.contains(k)) continue;
             if (!Set.of("type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
-                    "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "$ref").contains(k))
+                    "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "$ref", "pattern").contains(k))
                 throw unsupported(path, "the keyword '" + k + "'");
         }
         if (s.has("$ref")) {
@@ -196,7 +197,23 @@ public final class JsonSchemaGrammar {
         };
     }
 
+    /** String formats held to their syntax (RFC 3339 dates and times, RFC 4122 UUIDs); others stay annotations. */
+    private static final Map<String, String> FORMATS = Map.of(
+            "date", "[0-9]{4} \"-\" ( \"0\" [1-9] | \"1\" [0-2] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] )",
+            "time", "( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" [0-5] [0-9] ( \".\" [0-9]{1,9} )? "
+                    + "( \"Z\" | ( \"+\" | \"-\" ) ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )",
+            "uuid", "[0-9a-fA-F]{8} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{12}");
+
     private String string(JsonNode s, String hint, String path) {
+        String fmt = s.path("format").asText("");
+        String fmtRule = fmt.equals("date-time") ? FORMATS.get("date") + " \"T\" " + FORMATS.get("time") : FORMATS.get(fmt);
+        boolean pattern = s.has("pattern");
+        if (pattern && !s.get("pattern").isTextual()) throw unsupported(path, "a pattern that is not a string");
+        if ((pattern || fmtRule != null) && (s.has("minLength") || s.has("maxLength")))
+            throw unsupported(path, "minLength/maxLength beside " + (pattern ? "pattern" : "format " + fmt));
+        if (pattern && fmtRule != null) throw unsupported(path, "pattern beside format " + fmt);
+        if (pattern) return newRule(hint, "\"\\\"\" " + JsonRegex.toGbnf(s.get("pattern").asText(), path) + " \"\\\"\" ws");
+        if (fmtRule != null) return newRule(hint, "\"\\\"\" " + fmtRule + " \"\\\"\" ws");
         int min = nonNegative(s, "minLength", 0, path), max = nonNegative(s, "maxLength", -1, path);
         if (min == 0 && max < 0) return "string";
         if (max >= 0 && max < min) throw unsupported(path, "maxLength below minLength");
