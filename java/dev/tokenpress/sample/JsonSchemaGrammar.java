@@ -20,7 +20,8 @@ import java.util.Set;
  * the required ones first; no other keys unless the object has no {@code properties}, when {@code
  * additionalProperties} gives the values' schema), {@code items}, {@code minItems} / {@code maxItems}, {@code
  * minLength} / {@code maxLength}, {@code pattern} (ECMAScript regular expressions, {@link JsonRegex}), {@code format}
- * date, time, date-time and uuid (other formats stay annotations), {@code enum}, {@code const}, {@code anyOf} / {@code oneOf}, {@code $ref} into
+ * date, time, date-time and uuid (other formats stay annotations), integer {@code minimum} / {@code maximum} /
+ * {@code exclusiveMinimum} / {@code exclusiveMaximum} (on numbers they are refused), {@code enum}, {@code const}, {@code anyOf} / {@code oneOf}, {@code $ref} into
  * {@code $defs} / {@code definitions} (recursion allowed), and {@code {}} / {@code true} for any value. Keywords that
  * would change what is accepted but are not supported ({@code allOf}, {@code not}, {@code
  * prefixItems}, {@code additionalProperties} beside {@code properties}, ...) are refused with an error, never ignored;
@@ -112,7 +113,8 @@ public final class JsonSchemaGrammar {
             String k = it.next();
             if (IGNORED.contains(k)) continue;
             if (!Set.of("type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
-                    "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "$ref", "pattern").contains(k))
+                    "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "$ref", "pattern", "minimum", "maximum",
+                    "exclusiveMinimum", "exclusiveMaximum").contains(k))
                 throw unsupported(path, "the keyword '" + k + "'");
         }
         if (s.has("$ref")) {
@@ -150,6 +152,8 @@ public final class JsonSchemaGrammar {
                 return newRule(hint, String.join(" | ", alts));
             }
         JsonNode type = s.get("type");
+        if (hasBounds(s) && (type == null || type.isArray()))
+            throw unsupported(path, "minimum/maximum without \"type\": \"integer\"");
         if (type == null) {
             if (s.has("properties")) return object(s, hint, path);
             if (s.has("items")) return array(s, hint, path);
@@ -189,8 +193,11 @@ public final class JsonSchemaGrammar {
             case "object" -> object(s, hint, path);
             case "array" -> array(s, hint, path);
             case "string" -> string(s, hint, path);
-            case "number" -> "number";
-            case "integer" -> "integer";
+            case "number" -> {
+                if (hasBounds(s)) throw unsupported(path, "minimum/maximum on a number (integers only)");
+                yield "number";
+            }
+            case "integer" -> integer(s, hint, path);
             case "boolean" -> "boolean";
             case "null" -> "null";
             default -> throw unsupported(path, "the type '" + type + "'");
@@ -289,6 +296,87 @@ public final class JsonSchemaGrammar {
         String body = visit(target, name + "-body", ref);
         rules.put(name, body);
         return name;
+    }
+
+    private static boolean hasBounds(JsonNode s) {
+        return s.has("minimum") || s.has("maximum") || s.has("exclusiveMinimum") || s.has("exclusiveMaximum");
+    }
+
+    /** The largest integer the grammar writes (16 digits, as the integer primitive). */
+    private static final long INT_LIMIT = 9_999_999_999_999_999L;
+
+    /**
+     * An integer within {@code minimum} / {@code maximum} / {@code exclusiveMinimum} / {@code exclusiveMaximum}
+     * (numbers; bounds beyond 16 digits are the primitive's): a grammar of its decimal forms, digit by digit.
+     */
+    private String integer(JsonNode s, String hint, String path) {
+        Long min = bound(s, "minimum", path, false, false), max = bound(s, "maximum", path, true, false);
+        Long xmin = bound(s, "exclusiveMinimum", path, false, true), xmax = bound(s, "exclusiveMaximum", path, true, true);
+        if (xmin != null) min = min == null ? xmin : Math.max(min, xmin);
+        if (xmax != null) max = max == null ? xmax : Math.min(max, xmax);
+        if (min == null && max == null) return "integer";
+        long lo = min == null ? -INT_LIMIT : Math.max(min, -INT_LIMIT), hi = max == null ? INT_LIMIT : Math.min(max, INT_LIMIT);
+        if (lo > hi) throw unsupported(path, "an integer range with no member");
+        List<String> alts = new ArrayList<>();
+        if (lo < 0) alts.add("\"-\" " + group(digitsRange(Math.max(1, -Math.min(hi, -1)), -lo)));
+        if (hi >= 0) alts.add(group(digitsRange(Math.max(0, lo), hi)));
+        return newRule(hint, "( " + String.join(" | ", alts) + " ) ws");
+    }
+
+    /**
+     * The inclusive integer bound a keyword sets (null when absent): an upper bound rounded down, a lower one up; an
+     * exclusive one the next integer inside.
+     */
+    private static Long bound(JsonNode s, String key, String path, boolean upper, boolean exclusive) {
+        JsonNode v = s.get(key);
+        if (v == null || v.isNull()) return null;
+        if (!v.isNumber()) throw unsupported(path, key + " " + v + " (a number is needed)");
+        double d = v.asDouble();
+        if (Math.abs(d) > INT_LIMIT) return d > 0 ? INT_LIMIT : -INT_LIMIT;
+        if (v.isIntegralNumber()) return exclusive ? v.asLong() + (upper ? -1 : 1) : v.asLong();
+        return exclusive ? (long) (upper ? Math.ceil(d) - 1 : Math.floor(d) + 1) : (long) (upper ? Math.floor(d) : Math.ceil(d));
+    }
+
+    private static String group(List<String> alts) {
+        return alts.size() == 1 ? alts.get(0) : "( " + String.join(" | ", alts) + " )";
+    }
+
+    /** Alternatives for the decimal forms (no leading zeros) of [lo, hi], 0 <= lo <= hi. */
+    private static List<String> digitsRange(long lo, long hi) {
+        List<String> out = new ArrayList<>();
+        int from = Long.toString(lo).length(), to = Long.toString(hi).length();
+        for (int len = from; len <= to; len++) {
+            long a = Math.max(lo, len == 1 ? 0 : pow10(len - 1)), b = Math.min(hi, pow10(len) - 1);
+            if (a <= b) out.add(sameLength(Long.toString(a), Long.toString(b)));
+        }
+        return out;
+    }
+
+    private static long pow10(int n) {
+        long p = 1;
+        for (int i = 0; i < n; i++) p *= 10;
+        return p;
+    }
+
+    /** The numbers from a to b, both written with the same number of digits. */
+    private static String sameLength(String a, String b) {
+        int n = a.length();
+        if (n == 1) return a.equals(b) ? "\"" + a + "\"" : "[" + a + "-" + b + "]";
+        char a0 = a.charAt(0), b0 = b.charAt(0);
+        String restA = a.substring(1), restB = b.substring(1);
+        if (a0 == b0) return "\"" + a0 + "\" " + group(List.of(sameLength(restA, restB)));
+        List<String> alts = new ArrayList<>();
+        String nines = "9".repeat(n - 1), zeros = "0".repeat(n - 1);
+        char midFrom = a0, midTo = (char) (b0 - 1);
+        if (!restA.equals(zeros)) { // a0 with a partial tail
+            alts.add("\"" + a0 + "\" " + group(List.of(sameLength(restA, nines))));
+            midFrom = (char) (a0 + 1);
+        }
+        boolean fullB = restB.equals(nines);
+        if (fullB) midTo = b0;
+        if (midFrom <= midTo) alts.add((midFrom == midTo ? "\"" + midFrom + "\"" : "[" + midFrom + "-" + midTo + "]") + " [0-9]{" + (n - 1) + "}");
+        if (!fullB) alts.add("\"" + b0 + "\" " + group(List.of(sameLength(zeros, restB))));
+        return group(alts);
     }
 
     private static int nonNegative(JsonNode s, String key, int dflt, String path) {

@@ -239,14 +239,14 @@ public class ToolCallsTest {
                    "properties": {"x": {"$ref": "#/definitions/item"}}, "required": ["x"],
                    "definitions": {"item": {"type": "boolean"}}}}},
                  {"type": "function", "function": {"name": "c", "parameters": {"type": "object",
-                   "properties": {"code": {"type": "string", "pattern": "^[A-Z]+$"}}}}},
+                   "properties": {"code": {"type": "string", "pattern": "^(a)\\\\1$"}}}}},
                  {"type": "function", "function": {"name": "d"}}]""");
         Grammar g = Grammar.parse(ToolCalls.grammar(tools, null, false, ToolCalls.Style.LLAMA3_JSON));
         assertTrue(g.matches("{\"name\": \"a\", \"parameters\": {\"x\": 5}}"));
         assertFalse(g.matches("{\"name\": \"a\", \"parameters\": {\"x\": true}}"));
         assertTrue(g.matches("{\"name\": \"b\", \"parameters\": {\"x\": true}}"));
         assertFalse(g.matches("{\"name\": \"b\", \"parameters\": {\"x\": 5}}"));
-        // a schema feature the grammar cannot enforce (pattern) leaves any JSON object; no parameters likewise
+        // a schema feature the grammar cannot enforce (a backreference) leaves any JSON object; no parameters likewise
         assertTrue(g.matches("{\"name\": \"c\", \"parameters\": {\"code\": \"lower\", \"other\": [1]}}"));
         assertTrue(g.matches("{\"name\": \"d\", \"parameters\": {}}"));
         assertFalse(g.matches("{\"name\": \"d\", \"parameters\": 1}"));

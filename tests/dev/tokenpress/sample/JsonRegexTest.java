@@ -87,6 +87,30 @@ class JsonRegexTest {
         assertTrue(email.matches("\"not checked\""), "other formats stay annotations");
     }
 
+    /** Integer bounds: exactly the integers in range, for every integer in [-1500, 1500], in their JSON form. */
+    @Test
+    void integerBoundsAcceptExactlyTheRange() {
+        Long[][] ranges = {{0L, 0L}, {5L, 123L}, {-17L, 42L}, {-1000L, -3L}, {7L, null}, {null, 55L}, {null, -5L}, {-5L, null},
+                {99L, 1000L}, {1L, 1L}, {10L, 99L}, {-99L, -10L}, {0L, 1099L}, {101L, 109L}};
+        for (Long[] r : ranges) {
+            var node = JSON.createObjectNode().put("type", "integer");
+            if (r[0] != null) node.put("minimum", r[0]);
+            if (r[1] != null) node.put("maximum", r[1]);
+            Grammar g = JsonSchemaGrammar.compile(node.toString());
+            for (long x = -1500; x <= 1500; x++) {
+                boolean want = (r[0] == null || x >= r[0]) && (r[1] == null || x <= r[1]);
+                assertEquals(want, g.matches(Long.toString(x)), node + " on " + x);
+            }
+            assertFalse(g.matches("007"), "no leading zeros");
+        }
+        Grammar ex = JsonSchemaGrammar.compile("{\"type\": \"integer\", \"exclusiveMinimum\": 0, \"exclusiveMaximum\": 10.5}");
+        for (long x = -5; x <= 15; x++) assertEquals(x >= 1 && x <= 10, ex.matches(Long.toString(x)), "exclusive " + x);
+        assertTrue(JsonSchemaGrammar.compile("{\"type\": \"integer\", \"minimum\": 123456789012}").matches("9999999999999999"));
+        assertThrows(IllegalArgumentException.class, () -> JsonSchemaGrammar.compile("{\"type\": \"number\", \"minimum\": 0}"));
+        assertThrows(IllegalArgumentException.class, () -> JsonSchemaGrammar.compile("{\"minimum\": 0}"));
+        assertThrows(IllegalArgumentException.class, () -> JsonSchemaGrammar.compile("{\"type\": \"integer\", \"minimum\": 5, \"maximum\": 4}"));
+    }
+
     @Test
     void refusesWhatItCannotHold() {
         for (String p : new String[] {"(a)\\1", "a(?=b)", "\\bword", "a^b", "(?i)a", "a**", "[z-a]", "(a", "a)"}) {

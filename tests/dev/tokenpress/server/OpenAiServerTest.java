@@ -447,7 +447,7 @@ class OpenAiServerTest {
         assertEquals(400, bad.status());
         assertTrue(bad.json().at("/error/message").asText().contains("'nope'"), bad.body());
         Reply badSchema = post("/v1/completions", "{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_schema\", "
-                + "\"json_schema\": {\"schema\": {\"type\": \"string\", \"pattern\": \"a\"}}}}");
+                + "\"json_schema\": {\"schema\": {\"type\": \"string\", \"pattern\": \"(a)\\\\1\"}}}}");
         assertEquals(400, badSchema.status(), badSchema.body());
     }
 
