@@ -169,6 +169,7 @@ public final class TokenPress implements AutoCloseable {
                 crc.update(ropeOverride.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8));
             for (LoadOptions.Lora l : loras) { // and merged adapters (their weights' first MiB and scale)
                 crc.update(Float.toString(l.scale()).getBytes(java.nio.charset.StandardCharsets.UTF_8));
+                crc.update(java.nio.file.Files.readAllBytes(l.dir().resolve("adapter_config.json"))); // alpha, rsLoRA, patterns
                 try (var in = java.nio.file.Files.newInputStream(l.dir().resolve("adapter_model.safetensors"))) {
                     crc.update(in.readNBytes(1 << 20));
                 }

@@ -57,7 +57,8 @@ final class DraftOptionsMixin {
      */
     TokenPress loadDraft(ModelOptions modelOptions, TokenPress host, PrintWriter err) {
         if (modelDraft == null) return null;
-        TokenPress d = TokenPress.loadOn(modelDraft, modelOptions.toLoadOptions(err), host);
+        // the adapters are the target's: the draft is another checkpoint
+        TokenPress d = TokenPress.loadOn(modelDraft, modelOptions.toLoadOptions(err).withLoras(java.util.List.of()), host);
         err.printf(Locale.ROOT, "draft model: %s (%d layers) in %d ms%n", modelDraft, d.config().numLayers(), d.loadMillis());
         return d;
     }

@@ -170,7 +170,8 @@ public final class GenerateCommand implements Callable<Integer> {
         }
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              TokenPress draft = draftOptions.loadDraft(modelOptions, tp, err);
-             TokenPress ead = eadModel == null ? null : TokenPress.loadOn(eadModel, modelOptions.toLoadOptions(err), tp);
+             TokenPress ead = eadModel == null ? null
+                     : TokenPress.loadOn(eadModel, modelOptions.toLoadOptions(err).withLoras(java.util.List.of()), tp);
              Session session = tp.newSession(ctx, quant)) {
             if (ead != null) {
                 try {

@@ -46,7 +46,9 @@ public final class ModelOptions {
     Integer yarnOrigCtx;
 
     @Option(names = "--lora", paramLabel = "DIR",
-            description = "Merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) into the weights at load time (repeatable, applied in order).")
+            description = "Merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) into the weights at load "
+                    + "time (repeatable; the --lora adapters are merged first, then the --lora-scaled ones, each in the order given; "
+                    + "not into a draft model).")
     java.util.List<Path> lora = new java.util.ArrayList<>();
 
     @Option(names = "--lora-scaled", arity = "2", paramLabel = "DIR SCALE",

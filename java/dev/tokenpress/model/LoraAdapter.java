@@ -25,15 +25,22 @@ import java.util.stream.IntStream;
  * A PEFT LoRA adapter ({@code adapter_config.json} + {@code adapter_model.safetensors}) merged into the model's
  * weights at load time, as PEFT's {@code merge_and_unload} does: W' = W + s · (α / r) · B·A for every adapted
  * projection (q/k/v/o, gate/up/down), with α / √r under rsLoRA, per-module ranks and alphas from {@code rank_pattern}
- * / {@code alpha_pattern}, and s the adapter's scale ({@code --lora-scale}). The merged matrices are computed in
+ * / {@code alpha_pattern} (PEFT's matching: the first key in the file that ends the module name at a dot boundary,
+ * as a regular expression), and s the adapter's scale ({@code --lora-scaled}); PEFT's {@code .default} adapter name
+ * in tensor keys is accepted. The merged matrices are computed in
  * f32 and stored in the checkpoint's dtype (bf16 rounding as PEFT's merge in bf16), in memory; the other weights stay
  * as they are. Adapters that change anything else are refused with the reason: DoRA, trained biases, {@code
- * modules_to_save}, embedding or LM-head LoRA, {@code layers_to_transform}, Conv1D ({@code fan_in_fan_out}).
+ * modules_to_save}, embedding or LM-head LoRA, {@code layers_to_transform}, Conv1D ({@code fan_in_fan_out}), and
+ * the variants PEFT itself cannot merge or that change the update (activated LoRA, Arrow, BD-LoRA, QA-LoRA, KaSA,
+ * MonteCLoRA). The merged projections live in the Java heap: a large adapter needs -Xmx room for them (or
+ * {@code --weight-type q8_0}, which quantizes each as it is merged).
  */
 public final class LoraAdapter implements AutoCloseable {
     private static final ObjectMapper JSON = new ObjectMapper();
     private static final Set<String> TARGETS = Set.of("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj");
     private static final String PREFIX = "base_model.model.";
+    /** base_model.model.MODULE.lora_(A|B)[.ADAPTER].weight (PEFT writes the adapter name "default" in some versions). */
+    private static final Pattern KEY = Pattern.compile("base_model\\.model\\.(.+)\\.lora_([AB])(?:\\.[A-Za-z0-9_-]+)?\\.weight");
 
     private final Path dir;
     private final SafeTensors st;
@@ -43,6 +50,7 @@ public final class LoraAdapter implements AutoCloseable {
     private final Map<String, Double> alphaPattern = new LinkedHashMap<>();
     private final Set<String> modules = new HashSet<>();   // module names with an A/B pair, e.g. model.layers.0.self_attn.q_proj
     private final Set<String> merged = new HashSet<>();
+    private final Map<String, String> keys = new java.util.HashMap<>();  // "module|A" / "module|B" -> tensor name
 
     private LoraAdapter(Path dir, SafeTensors st, float scale, double alpha, boolean rslora) {
         this.dir = dir;
@@ -78,7 +86,10 @@ public final class LoraAdapter implements AutoCloseable {
         refuse(c, where, "lora_bias", "adapters with LoRA biases are not supported");
         if (!c.path("bias").asText("none").equals("none"))
             throw new ModelLoadException(where + ": bias " + c.path("bias").asText() + " (trained biases) is not supported: only bias \"none\"");
-        for (String k : new String[] {"modules_to_save", "layers_to_transform", "target_parameters", "trainable_token_indices", "layer_replication"}) {
+        refuse(c, where, "use_bdlora", "BD-LoRA adapters are not supported");
+        refuse(c, where, "use_qalora", "QA-LoRA adapters are not supported");
+        for (String k : new String[] {"modules_to_save", "layers_to_transform", "target_parameters", "trainable_token_indices",
+                "layer_replication", "alora_invocation_tokens", "arrow_config", "kasa_config", "monteclora_config"}) {
             JsonNode v = c.get(k);
             if (v != null && !v.isNull() && !(v.isContainerNode() && v.isEmpty()))
                 throw new ModelLoadException(where + ": " + k + " is not supported by the load-time merge");
@@ -98,10 +109,12 @@ public final class LoraAdapter implements AutoCloseable {
                 }
             // every tensor must be an A or B of a supported projection of an existing layer
             for (String name : st.names()) {
-                if (!name.startsWith(PREFIX) || !(name.endsWith(".lora_A.weight") || name.endsWith(".lora_B.weight")))
+                java.util.regex.Matcher km = KEY.matcher(name);
+                if (!km.matches())
                     throw new ModelLoadException(weights + ": tensor " + name + " is not a LoRA A/B matrix of a linear layer "
                             + "(embedding or LM-head adapters, biases and saved modules are not supported)");
-                String module = name.substring(PREFIX.length(), name.length() - ".lora_A.weight".length());
+                String module = km.group(1);
+                a.keys.put(module + "|" + km.group(2), name);
                 String leaf = module.substring(module.lastIndexOf('.') + 1);
                 if (!TARGETS.contains(leaf))
                     throw new ModelLoadException(weights + ": LoRA on " + module + " is not supported (only q/k/v/o and gate/up/down projections)");
@@ -111,7 +124,7 @@ public final class LoraAdapter implements AutoCloseable {
                 a.modules.add(module);
             }
             for (String module : a.modules)
-                if (!st.has(PREFIX + module + ".lora_A.weight") || !st.has(PREFIX + module + ".lora_B.weight"))
+                if (!a.keys.containsKey(module + "|A") || !a.keys.containsKey(module + "|B"))
                     throw new ModelLoadException(weights + ": " + module + " has only one of lora_A and lora_B");
             if (a.modules.isEmpty()) throw new ModelLoadException(weights + ": no LoRA matrices");
         } catch (RuntimeException e) {
@@ -139,20 +152,29 @@ public final class LoraAdapter implements AutoCloseable {
         if (!w.name().endsWith(".weight")) return w;
         String module = w.name().substring(0, w.name().length() - ".weight".length());
         if (!modules.contains(module)) return w;
-        TensorData a = st.get(PREFIX + module + ".lora_A.weight"), b = st.get(PREFIX + module + ".lora_B.weight");
+        TensorData a = st.get(keys.get(module + "|A")), b = st.get(keys.get(module + "|B"));
         long out = w.shape()[0], in = w.shape()[1];
         if (a.shape().length != 2 || b.shape().length != 2 || a.shape()[1] != in || b.shape()[0] != out || a.shape()[0] != b.shape()[1])
             throw new ModelLoadException(dir + ": LoRA of " + module + " has A " + a.shapeString() + " and B " + b.shapeString()
                     + ", which do not fit its weight " + w.shapeString());
         int r = (int) a.shape()[0];
         double al = alpha;
-        for (var e : alphaPattern.entrySet())
-            if (module.equals(e.getKey()) || module.endsWith("." + e.getKey()) || Pattern.matches(e.getKey(), module)) al = e.getValue();
+        for (var e : alphaPattern.entrySet()) // PEFT's get_pattern_key: re.match(rf"(.*\.)?({key})$", name), first wins
+            if (Pattern.matches("(.*\\.)?(" + e.getKey() + ")", module)) {
+                al = e.getValue();
+                break;
+            }
         float s = (float) (scale * (rslora ? al / Math.sqrt(r) : al / r));
         float[] av = a.toFloats(), bv = b.toFloats();
         int rows = Math.toIntExact(out), cols = Math.toIntExact(in);
         DType dt = w.dtype();
-        ByteBuffer dst = ByteBuffer.allocateDirect(Math.toIntExact((long) rows * cols * dt.bytes)).order(ByteOrder.LITTLE_ENDIAN);
+        ByteBuffer dst;
+        try {
+            dst = ByteBuffer.allocate(Math.toIntExact((long) rows * cols * dt.bytes)).order(ByteOrder.LITTLE_ENDIAN);
+        } catch (OutOfMemoryError e) {
+            throw new ModelLoadException(dir + ": no memory for the merged " + module + " (" + ((long) rows * cols * dt.bytes >> 20)
+                    + " MiB): the merged projections live in the Java heap; raise -Xmx (JAVA_OPTS) or load with --weight-type q8_0");
+        }
         ByteBuffer src = w.buffer();
         IntStream.range(0, rows).parallel().forEach(o -> {
             float[] row = new float[cols];

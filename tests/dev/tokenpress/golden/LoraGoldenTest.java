@@ -100,6 +100,71 @@ class LoraGoldenTest {
         }
     }
 
+    /** The adapter directory copied, its config changed by {@code edit}, its tensor keys renamed by {@code rename}. */
+    Path variant(String name, java.util.function.Consumer<ObjectNode> edit, java.util.function.UnaryOperator<String> rename) throws Exception {
+        Path d = tmp.resolve(name);
+        Files.createDirectories(d);
+        ObjectNode cfg = (ObjectNode) JSON.readTree(ADAPTER.resolve("adapter_config.json").toFile());
+        edit.accept(cfg);
+        Files.writeString(d.resolve("adapter_config.json"), cfg.toString());
+        byte[] all = Files.readAllBytes(ADAPTER.resolve("adapter_model.safetensors"));
+        int n = (int) java.nio.ByteBuffer.wrap(all).order(java.nio.ByteOrder.LITTLE_ENDIAN).getLong(0);
+        ObjectNode header = (ObjectNode) JSON.readTree(new String(all, 8, n, java.nio.charset.StandardCharsets.UTF_8));
+        ObjectNode renamed = JSON.createObjectNode();
+        header.fields().forEachRemaining(e -> renamed.set(e.getKey().equals("__metadata__") ? e.getKey() : rename.apply(e.getKey()), e.getValue()));
+        byte[] h = renamed.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8);
+        int pad = (8 - h.length % 8) % 8;
+        java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
+        out.write(java.nio.ByteBuffer.allocate(8).order(java.nio.ByteOrder.LITTLE_ENDIAN).putLong(h.length + pad).array());
+        out.write(h);
+        for (int i = 0; i < pad; i++) out.write(' ');
+        out.write(all, 8 + n, all.length - 8 - n);
+        Files.write(d.resolve("adapter_model.safetensors"), out.toByteArray());
+        return d;
+    }
+
+    /** The merged q_proj of {@code layer} against base + alpha / r * B·A computed here (f32 base). */
+    static void checkMergedQ(LoraAdapter a, int layer, double alpha) {
+        String name = "model.layers." + layer + ".self_attn.q_proj.weight";
+        try (SafeTensors st = SafeTensors.open(BASE); SafeTensors ad = SafeTensors.openFile(ADAPTER.resolve("adapter_model.safetensors"))) {
+            TensorData w = st.get(name), m = a.apply(w);
+            float[] A = ad.get("base_model.model.model.layers." + layer + ".self_attn.q_proj.lora_A.weight").toFloats();
+            float[] B = ad.get("base_model.model.model.layers." + layer + ".self_attn.q_proj.lora_B.weight").toFloats();
+            int in = (int) w.shape()[1];
+            for (int o = 0; o < w.shape()[0]; o += 9)
+                for (int i = 0; i < in; i += 7) {
+                    double delta = 0;
+                    for (int k = 0; k < 4; k++) delta += (double) B[o * 4 + k] * A[k * in + i];
+                    assertEquals(w.getFloat((long) o * in + i) + alpha / 4 * delta, m.getFloat((long) o * in + i), 1e-5,
+                            name + " with alpha " + alpha);
+                }
+        }
+    }
+
+    /** alpha_pattern as PEFT matches it (a regular expression ending the module name, the first key that matches). */
+    @Test
+    void alphaPatternsMatchAsPeftDoes() throws Exception {
+        LlamaConfig c = ConfigLoader.load(BASE);
+        Path regex = variant("regex", cfg -> cfg.putObject("alpha_pattern").put("q_proj|v_proj", 32), k -> k);
+        try (LoraAdapter a = LoraAdapter.load(regex, c, 1f)) {
+            checkMergedQ(a, 0, 32);
+        }
+        Path first = variant("first", cfg -> cfg.putObject("alpha_pattern").put("model.layers.1.self_attn.q_proj", 64).put("q_proj", 16), k -> k);
+        try (LoraAdapter a = LoraAdapter.load(first, c, 1f)) {
+            checkMergedQ(a, 1, 64);
+            checkMergedQ(a, 0, 16);
+        }
+        // PEFT's ".default" adapter name in the keys
+        Path named = variant("named", cfg -> {}, k -> k.replace(".weight", ".default.weight"));
+        try (LoraAdapter a = LoraAdapter.load(named, c, 1f)) {
+            checkMergedQ(a, 2, 8);
+            assertEquals(9, a.moduleCount());
+        }
+        // activated LoRA: PEFT cannot merge it (its update applies after the invocation tokens only)
+        Path alora = variant("alora", cfg -> cfg.putArray("alora_invocation_tokens").add(5).add(6), k -> k);
+        assertThrows(ModelLoadException.class, () -> LoraAdapter.load(alora, c, 1f));
+    }
+
     @Test
     void refusesAdaptersItCannotMerge() throws Exception {
         LlamaConfig c = ConfigLoader.load(BASE);
@@ -141,6 +206,11 @@ class LoraGoldenTest {
             float[] last = java.util.Arrays.copyOfRange(direct, direct.length - api.length, direct.length);
             assertArrayEquals(last, api, 1e-5f);
             assertNotEquals(plain.fingerprint(), merged.fingerprint());
+            // the same weights with another alpha are another model
+            Path alpha16 = variant("alpha16", cfg -> cfg.put("lora_alpha", 16), k -> k);
+            try (TokenPress other = TokenPress.load(dir, o.withLoras(List.of(new LoadOptions.Lora(alpha16, 1f))))) {
+                assertNotEquals(merged.fingerprint(), other.fingerprint());
+            }
         }
         StringWriter out = new StringWriter(), err = new StringWriter();
         int code = Main.run(new String[] {"generate", "-m", dir.toString(), "--device", "cpu", "-p", "x", "-n", "2",
