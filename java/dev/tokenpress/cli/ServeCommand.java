@@ -21,8 +21,10 @@ import java.util.concurrent.Callable;
  * interrupted; the sampling, {@code --kv} and {@code --kv-quant} options set the server's defaults and cache.
  */
 @Command(name = "serve", mixinStandardHelpOptions = true,
-        description = "Serve the model over HTTP with OpenAI-compatible /v1/completions and /v1/chat/completions "
-                + "(one request decodes at a time); runs until interrupted.")
+        description = "Serve the model over HTTP: OpenAI's /v1/completions, /v1/chat/completions (tools, reasoning), "
+                + "/v1/responses and /v1/embeddings, Anthropic's /v1/messages, llama-server's /completion, /infill, "
+                + "/tokenize, /detokenize, /apply-template, /props and /metrics, vLLM/SGLang's /generate (one request "
+                + "decodes at a time unless -np); runs until interrupted.")
 public final class ServeCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
@@ -68,7 +70,7 @@ public final class ServeCommand implements Callable<Integer> {
     int parallel;
 
     @Option(names = "--api-key", paramLabel = "KEY",
-            description = "Require Authorization: Bearer KEY on every endpoint but /health (or set TOKENPRESS_API_KEY).")
+            description = "Require Authorization: Bearer KEY (or x-api-key: KEY) on every endpoint but /health (or set TOKENPRESS_API_KEY).")
     String apiKey;
 
     @Option(names = "--alias", paramLabel = "NAME", description = "Model id reported by the API (default: the directory name).")
