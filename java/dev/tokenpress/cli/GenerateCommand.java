@@ -160,10 +160,9 @@ public final class GenerateCommand implements Callable<Integer> {
         if (promptCache != null && (parallel > 1 || !kvOptions.spec().equals("full") || !quant.isNone()))
             throw new Main.UsageException("--prompt-cache keeps every token: it needs the full --kv policy, no --kv-quant and no -np");
         if (parallel > 1) {
-            if (lookup > 0 || draftOptions.enabled() || eadModel != null || trace || outputFormat != Session.OutputFormat.TEXT
-                    || grammarOptions.enabled())
-                throw new Main.UsageException("-np decodes plain sequences: it does not combine with --lookup, -md, --draft-layers, "
-                        + "--ead-model, --trace, --format or grammars");
+            if (lookup > 0 || draftOptions.enabled() || eadModel != null || trace)
+                throw new Main.UsageException("-np decodes sequences together: it does not combine with --lookup, -md, --draft-layers, "
+                        + "--ead-model or --trace");
             if (parallel > modelOptions.chunk)
                 throw new Main.UsageException("-np " + parallel + " exceeds the batch size -b " + modelOptions.chunk + ": raise -b");
             return runParallel(out, err, dir, prompt, so, quant);
@@ -329,10 +328,12 @@ public final class GenerateCommand implements Callable<Integer> {
                     throw new Main.UsageException("--logit-bias: token " + id + " is outside the vocabulary [0, " + tp.config().vocabSize() + ")");
             if (sampling.ignoreEos) for (int e : tp.config().eosTokenIds()) bias.put(e, Float.NEGATIVE_INFINITY);
             int[] ids = tp.tokenizer().encode(prompt);
+            var constraint = grammarOptions.constraint(tp.tokenizer().tokenTexts(), outputFormat(format));
             java.util.List<Parallel.Request> reqs = new java.util.ArrayList<>();
             for (int i = 0; i < parallel; i++) {
                 SamplingOptions o = so.seed() == SamplingOptions.RANDOM_SEED ? so : so.withSeed(so.seed() + i);
-                reqs.add(new Parallel.Request(ids, nPredict, o, stops == null ? java.util.List.of() : stops, null, bias));
+                reqs.add(new Parallel.Request(ids, nPredict, o, stops == null ? java.util.List.of() : stops, null, bias,
+                        null, null, null, constraint));
             }
             long t0 = System.nanoTime();
             java.util.List<GenerationResult> rs = par.generate(reqs, parallel);

@@ -45,6 +45,32 @@ final class GrammarOptionsMixin {
         }
     }
 
+    /**
+     * The same constraint for sequences of a batch ({@code generate -np}): a factory from the end tokens to a new
+     * constraint per sequence; null for free text.
+     */
+    java.util.function.Function<java.util.Set<Integer>, dev.tokenpress.sample.TokenConstraint> constraint(String[] texts,
+                                                                                                    Session.OutputFormat format) {
+        int given = (grammar != null ? 1 : 0) + (grammarFile != null ? 1 : 0) + (jsonSchema != null ? 1 : 0)
+                + (jsonSchemaFile != null ? 1 : 0);
+        if (given > 1) throw new Main.UsageException("give one of --grammar, --grammar-file, --json-schema, --json-schema-file");
+        if (given == 1 && format != Session.OutputFormat.TEXT)
+            throw new Main.UsageException("--format json and a grammar or schema exclude each other");
+        try {
+            dev.tokenpress.sample.Grammar g = grammar != null ? dev.tokenpress.sample.Grammar.parse(grammar)
+                    : grammarFile != null ? dev.tokenpress.sample.Grammar.parse(read(grammarFile))
+                    : jsonSchema != null ? dev.tokenpress.sample.JsonSchemaGrammar.compile(jsonSchema)
+                    : jsonSchemaFile != null ? dev.tokenpress.sample.JsonSchemaGrammar.compile(read(jsonSchemaFile)) : null;
+            String name = grammar != null || grammarFile != null ? "grammar" : "json-schema";
+            if (g != null) return ends -> new dev.tokenpress.sample.GrammarConstraint(g, texts, ends, name);
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException(e.getMessage());
+        }
+        if (format == Session.OutputFormat.TEXT) return null;
+        boolean object = format == Session.OutputFormat.JSON_OBJECT;
+        return ends -> new dev.tokenpress.sample.JsonConstraint(texts, ends, object);
+    }
+
     private static String read(Path f) {
         if (!Files.isRegularFile(f)) throw new Main.UsageException("file not found: " + f);
         try {

@@ -51,7 +51,7 @@ public final class ModelOptions {
                     + "not into a draft model).")
     java.util.List<Path> lora = new java.util.ArrayList<>();
 
-    @Option(names = "--lora-scaled", arity = "2", paramLabel = "DIR SCALE",
+    @Option(names = "--lora-scaled", arity = "2", paramLabel = "DIR SCALE", hideParamSyntax = true,
             description = "As --lora with the adapter's update multiplied by SCALE (repeatable).")
     java.util.List<String> loraScaled = new java.util.ArrayList<>();
 

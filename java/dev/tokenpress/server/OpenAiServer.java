@@ -79,9 +79,12 @@ import java.util.function.Consumer;
  * tokens' log-probabilities, from one prefill of the prompt before any compression acts (the first token's is null):
  * what loglikelihood evaluations (e.g. lm-evaluation-harness's local-completions) ask for. Responses carry {@code
  * usage} and llama-server's {@code timings}. Errors
- * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/404/405/500).
+ * are OpenAI-shaped ({@code {"error": {"message", "type", "code"}}}, status 400/401/404/405/500/503), Anthropic-shaped
+ * on /v1/messages. Also: {@code POST /v1/embeddings}; llama-server's {@code /completion}, {@code /infill}, {@code
+ * GET /props}; vLLM/SGLang's {@code /generate}; {@code GET /metrics} (Prometheus).
  * <p>
- * One request decodes at a time (others wait), with the model's KV policy and the server's cache storage in a KV
+ * With {@code parallel} 1, one request decodes at a time (others wait); with more, requests without log-probabilities,
+ * echo or prompt lookup are decoded together ({@link Parallel}). Each uses the model's KV policy and the server's cache storage in a KV
  * cache of the server's context size. Prompt caching (llama-server's {@code cache_prompt}, on unless a request says
  * false): where the cache can be cut back ({@link Session#canTruncate}: the {@code full} policy, unquantized), the
  * part of the previous request's tokens that begins this prompt stays and only the rest is prefilled (a chat that
@@ -225,8 +228,8 @@ public final class OpenAiServer implements AutoCloseable {
 
     /**
      * The continuous-batching worker: under the decoding lock, one {@link Parallel#step} at a time (waiting requests
-     * join, every active sequence advances a token), so requests outside the batch (log-probabilities, grammars,
-     * prompt lookup) take the lock between two steps.
+     * join, every active sequence advances a token), so requests outside the batch (log-probabilities, echo, prompt
+     * lookup) take the lock between two steps.
      */
     private void batchLoop() {
         while (!closed) {
@@ -832,8 +835,8 @@ public final class OpenAiServer implements AutoCloseable {
         }
         if (b.has("max_tokens")) c.set("max_tokens", b.get("max_tokens"));
         if (b.has("stop_sequences")) c.set("stop", b.get("stop_sequences"));
-        for (String k : new String[] {"temperature", "top_p", "top_k", "stream", "kv", "seed", "reasoning_format"})
-            if (b.has(k)) c.set(k, b.get(k));
+        if (b.has("stream")) c.set("stream", b.get("stream"));
+        passSampling(b, c);
         ObjectNode kwargs = b.path("chat_template_kwargs").isObject() ? ((ObjectNode) b.get("chat_template_kwargs")).deepCopy() : JSON.createObjectNode();
         String thinkingType = b.path("thinking").path("type").asText("");
         if (thinkingType.equals("disabled")) kwargs.put("enable_thinking", false);
@@ -845,6 +848,17 @@ public final class OpenAiServer implements AutoCloseable {
     private static boolean hasToolResult(JsonNode blocks) {
         for (JsonNode b : blocks) if (b.path("type").asText("").equals("tool_result")) return true;
         return false;
+    }
+
+    /** The sampling fields (OpenAI's and llama.cpp's), kv, lookup, logit_bias, ignore_eos and reasoning_format, as given. */
+    private static final String[] SAMPLING_FIELDS = {"temperature", "top_p", "top_k", "min_p", "typical_p", "seed",
+            "presence_penalty", "frequency_penalty", "repeat_penalty", "repeat_last_n", "mirostat", "mirostat_tau",
+            "mirostat_eta", "dynatemp_range", "dynatemp_exponent", "xtc_probability", "xtc_threshold", "top_n_sigma",
+            "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "kv",
+            "lookup", "logit_bias", "ignore_eos", "reasoning_format", "cache_prompt"};
+
+    private static void passSampling(JsonNode from, ObjectNode to) {
+        for (String k : SAMPLING_FIELDS) if (from.has(k)) to.set(k, from.get(k));
     }
 
     /** Text of a string or a list of text blocks. */
@@ -1158,9 +1172,9 @@ public final class OpenAiServer implements AutoCloseable {
         }
         c.put("continue_final_message", false); // the Responses API has no prefill: a final assistant message gets a new one
         if (b.has("max_output_tokens")) c.set("max_tokens", b.get("max_output_tokens"));
-        for (String k : new String[] {"temperature", "top_p", "top_k", "min_p", "seed", "stream", "parallel_tool_calls", "kv",
-                "presence_penalty", "frequency_penalty", "repeat_penalty", "stop", "reasoning_format", "chat_template_kwargs"})
+        for (String k : new String[] {"stream", "parallel_tool_calls", "stop", "chat_template_kwargs"})
             if (b.has(k)) c.set(k, b.get(k));
+        passSampling(b, c);
         return c;
     }
 
@@ -1752,7 +1766,8 @@ public final class OpenAiServer implements AutoCloseable {
      * <file_sep>name\\n text ... <file_sep>filename\\n] <fim_prefix>prefix+prompt <fim_suffix>suffix <fim_middle>}, the
      * layout of llama-server's format_infill except that BOS comes first (llama-server puts the extra files before
      * it); a vocabulary with Mistral's [PREFIX]/[SUFFIX] (Codestral) gets {@code [BOS] [SUFFIX]suffix [PREFIX]prefix},
-     * its FIM format. To fit the context less the tokens to generate (max_tokens, max_completion_tokens or n_predict),
+     * its FIM format. To fit the context less the tokens to generate (max_tokens, max_completion_tokens or n_predict; at
+     * most half the context),
      * the suffix keeps its start (at least a quarter of the room, or all the prefix leaves), the prefix its end (the
      * rest), the extra files their end (what is left) — llama-server sizes these from its batch size instead; the
      * answer is /completion's ({@code truncated} says whether anything was cut). Generation also stops at the FIM

@@ -58,6 +58,18 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-np", "0").code());
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-np", "9", "-b", "8").code());
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-np", "2", "--lookup", "4").code());
+        // constrained output in the batch: each sequence as generate gives it alone
+        String schema = "{\"type\": \"object\", \"properties\": {\"n\": {\"type\": \"integer\", \"minimum\": 1, \"maximum\": 99}},"
+                + " \"required\": [\"n\"]}";
+        Run js = run("generate", "-m", model.toString(), "-p", "x", "-n", "40", "--temp", "0.9", "--seed", "2", "-np", "2",
+                "-j", schema, "--device", "cpu", "-b", "8");
+        assertEquals(ExitCodes.OK, js.code(), js.err());
+        for (int i = 0; i < 2; i++) {
+            Run one = run("generate", "-m", model.toString(), "-p", "x", "-n", "40", "--temp", "0.9", "--seed", Integer.toString(2 + i),
+                    "-j", schema, "--device", "cpu");
+            String text = one.out().endsWith("\n") ? one.out().substring(0, one.out().length() - 1) : one.out();
+            assertTrue(js.out().contains("sequence " + i + ":\n\n" + text + "\n"), "sequence " + i + ": " + js.out() + " vs " + one.out());
+        }
         Run bench = run("bench", "-m", model.toString(), "-p", "0", "-n", "3", "-r", "1", "-np", "1,3", "--bandwidth-mib", "64",
                 "--device", "cpu", "-o", "json");
         assertEquals(ExitCodes.OK, bench.code(), bench.err());

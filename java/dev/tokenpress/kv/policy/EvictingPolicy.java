@@ -25,7 +25,7 @@ public abstract class EvictingPolicy extends BasePolicy {
     protected float[][][] score;
 
     /**
-     * When and where the budget applies (the keys {@code interval}, {@code pyramid} and {@code ada} of a spec).
+     * When and where the budget applies (the keys {@code interval}, {@code pyramid}, {@code ada} and {@code chunk} of a spec).
      *
      * @param interval a head grows to budget + interval tokens, then is cut back to the budget (kvpress's DecodingPress:
      *                 every interval steps); 0 = every call
