@@ -855,7 +855,7 @@ public final class OpenAiServer implements AutoCloseable {
             "presence_penalty", "frequency_penalty", "repeat_penalty", "repeat_last_n", "mirostat", "mirostat_tau",
             "mirostat_eta", "dynatemp_range", "dynatemp_exponent", "xtc_probability", "xtc_threshold", "top_n_sigma",
             "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "kv",
-            "lookup", "logit_bias", "ignore_eos", "reasoning_format", "cache_prompt"};
+            "lookup", "logit_bias", "ignore_eos", "reasoning_format", "cache_prompt", "stop_token_ids", "repetition_penalty"};
 
     private static void passSampling(JsonNode from, ObjectNode to) {
         for (String k : SAMPLING_FIELDS) if (from.has(k)) to.set(k, from.get(k));
@@ -2329,7 +2329,8 @@ public final class OpenAiServer implements AutoCloseable {
         SamplingOptions so = new SamplingOptions(
                 num(b, "temperature", d.temp()), (int) num(b, "top_k", d.topK()), num(b, "top_p", d.topP()),
                 num(b, "min_p", d.minP()), num(b, "typical_p", d.typicalP()),
-                (int) num(b, "repeat_last_n", d.repeatLastN()), num(b, "repeat_penalty", d.repeatPenalty()),
+                (int) num(b, "repeat_last_n", d.repeatLastN()),
+                num(b, "repeat_penalty", num(b, "repetition_penalty", d.repeatPenalty())), // vLLM's name too
                 num(b, "presence_penalty", d.presencePenalty()), num(b, "frequency_penalty", d.frequencyPenalty()),
                 (int) num(b, "mirostat", d.mirostat()), num(b, "mirostat_eta", d.mirostatLr()),
                 num(b, "mirostat_tau", d.mirostatEnt()), b.path("seed").isIntegralNumber() ? b.get("seed").asLong()
@@ -2411,6 +2412,13 @@ public final class OpenAiServer implements AutoCloseable {
             if (grammar != null) dev.tokenpress.sample.Grammar.parse(grammar);
         } catch (IllegalArgumentException e) {
             throw ApiException.badRequest(e.getMessage());
+        }
+        JsonNode sti = b.get("stop_token_ids"); // vLLM's: token ids that end the text like EOS
+        if (sti != null && !sti.isNull()) {
+            if (!sti.isArray() || !allInts(sti)) throw ApiException.badRequest("'stop_token_ids' must be a list of token ids");
+            Set<Integer> all = new HashSet<>(stopTokens);
+            for (int id : ids(sti)) all.add(id);
+            stopTokens = Set.copyOf(all);
         }
         return new Request(tokens, max, so, stop, b.path("stream").asBoolean(false), stopTokens,
                 b.path("cache_prompt").asBoolean(true), policy, logprobs, lookup, echo, format, choices, grammar, schema,

@@ -582,6 +582,36 @@ class OpenAiServerTest {
         assertEquals(405, get("/generate").status());
     }
 
+    /** vLLM's stop_token_ids end the text at a token id; repetition_penalty is repeat_penalty under vLLM's name. */
+    @Test
+    void vllmFieldNames() throws Exception {
+        Reply plain = post("/v1/completions", "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 6, \"temperature\": 0}");
+        int[] ids = tp.tokenizer().encode("def add(a, b):");
+        int[] greedy;
+        try (Session s = tp.newSession(256)) {
+            greedy = s.generate(ids, 6, SamplingOptions.greedy(), null, null, java.util.Set.of()).tokens();
+        }
+        int k = 1; // the first greedy token that did not come before: the text stops right before it
+        while (k < greedy.length - 1 && seenBefore(greedy, k)) k++;
+        Reply cut = post("/v1/completions", "{\"prompt\": \"def add(a, b):\", \"max_tokens\": 6, \"temperature\": 0, "
+                + "\"stop_token_ids\": [" + greedy[k] + "]}");
+        assertEquals(200, cut.status(), cut.body());
+        assertEquals(k, cut.json().at("/usage/completion_tokens").asInt(), cut.body());
+        assertEquals("stop", cut.json().at("/choices/0/finish_reason").asText());
+        assertTrue(plain.json().at("/choices/0/text").asText().startsWith(cut.json().at("/choices/0/text").asText()));
+        String a = post("/v1/completions", "{\"prompt\": \"x = 1\\ny = \", \"max_tokens\": 12, \"temperature\": 0, \"repeat_penalty\": 1.5}")
+                .json().at("/choices/0/text").asText();
+        String b = post("/v1/completions", "{\"prompt\": \"x = 1\\ny = \", \"max_tokens\": 12, \"temperature\": 0, \"repetition_penalty\": 1.5}")
+                .json().at("/choices/0/text").asText();
+        assertEquals(a, b);
+        assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"stop_token_ids\": \"1\"}").status());
+    }
+
+    static boolean seenBefore(int[] t, int k) {
+        for (int i = 0; i < k; i++) if (t[i] == t[k]) return true;
+        return false;
+    }
+
     /** /metrics answers Prometheus text with the requests and tokens served so far. */
     @Test
     void metricsCountRequestsAndTokens() throws Exception {
