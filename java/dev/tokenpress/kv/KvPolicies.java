@@ -108,7 +108,8 @@ public final class KvPolicies {
                 p("budget", "2048", "prompt tokens kept, window included (tokens or ratio of the prompt)"),
                 p("window", "32", "observation window: the last prompt tokens whose queries vote"),
                 p("kernel", "7", "pooling width (odd)"),
-                p("pool", "max", "pooling: max or avg")), (s, a, c) -> {
+                p("pool", "max", "pooling: max or avg"),
+                p("chunk", "", "ChunkKV: keep whole runs of this many consecutive prompt tokens, ranked by mean pooled vote over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)")), (s, a, c) -> {
             return shape(snapKv(s, a), a);
         });
 

@@ -86,6 +86,7 @@ class PolicyMatchesFullTest {
             "h2o:budget=1.0,recent=4,pyramid=20",
             "tova:budget=1.0,heads=kv,ada=0",
             "h2o:budget=64,recent=8,chunk=5",
+            "snapkv:budget=1.0,window=8,chunk=4",
             "pyramidkv:budget=1.0,window=4,kernel=3",
             "pyramidkv:budget=64,window=4",
             "tidal:k=64,full_layers=2,reselect=4",

@@ -262,6 +262,32 @@ class ScoredEvictionTest {
         assertTrue(wholeBelow > 0, "some cut freed a whole chunk for a smaller need");
     }
 
+    /** ChunkKV over SnapKV: the prompt before the window keeps whole chunks, the same in every head, within budget. */
+    @Test
+    void snapKvChunksKeepWholeRuns() {
+        int budget = 14, window = 4, size = 3, heads = config.numKvHeads();
+        List<Call> calls = run("snapkv:budget=14,window=4,kernel=3,chunk=3", (cache, layer, n, sel) -> {}, (c, l, q, p, n) -> {});
+        boolean checked = false;
+        for (Call c : calls) {
+            if (c.n != 1) continue; // the first decode step sees the compressed prompt
+            for (int g = 1; g < heads; g++) assertArrayEquals(c.positions[0], c.positions[g], "layer " + c.layer + " head " + g);
+            int prompt = PROMPT, oldEnd = prompt - window;
+            java.util.Set<Integer> kept = new java.util.TreeSet<>();
+            for (int p : c.positions[0]) if (p < oldEnd) kept.add(p);
+            for (int p = oldEnd; p < prompt; p++)
+                assertTrue(java.util.Arrays.binarySearch(c.positions[0], p) >= 0, "window token " + p);
+            assertTrue(kept.size() <= budget - window, kept + " within the budget");
+            assertTrue(kept.size() > budget - window - size, "no chunk more than needed: " + kept);
+            for (int from = 0; from < oldEnd; from += size) {
+                int in = 0, to = Math.min(oldEnd, from + size);
+                for (int p = from; p < to; p++) if (kept.contains(p)) in++;
+                assertTrue(in == 0 || in == to - from, "chunk at " + from + " kept whole or not at all: " + kept);
+            }
+            checked = true;
+        }
+        assertTrue(checked);
+    }
+
     /** KeyDiff: at each cut the kept tokens are those least similar to the mean normalized key of the cache before it. */
     @Test
     void keyDiffKeepsTheKeysLeastLikeTheMeanDirection() {

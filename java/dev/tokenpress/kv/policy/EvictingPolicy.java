@@ -54,7 +54,7 @@ public abstract class EvictingPolicy extends BasePolicy {
     /** Sets how the budget is applied; returns this. */
     public EvictingPolicy shaping(Shaping s) {
         if (s.ada() >= 0 && !scored()) throw new IllegalArgumentException("ada needs a scored policy");
-        if (s.chunk() > 0 && !scored()) throw new IllegalArgumentException("chunk needs a scored policy");
+        if (s.chunk() > 0 && !chunks()) throw new IllegalArgumentException("chunk needs a scored policy");
         if (s.chunk() > 0 && s.ada() >= 0) throw new IllegalArgumentException("chunk and ada exclude each other (chunk keeps the same tokens in every head)");
         this.shaping = s;
         return this;
@@ -71,6 +71,9 @@ public abstract class EvictingPolicy extends BasePolicy {
 
     /** Whether the policy ranks tokens by a score (else the oldest unprotected token goes first). */
     protected boolean scored() { return true; }
+
+    /** Whether the policy can evict whole chunks ({@link Shaping#chunk}): scored ones, and SnapKV with its votes. */
+    protected boolean chunks() { return scored(); }
 
     @Override
     protected void reset() {

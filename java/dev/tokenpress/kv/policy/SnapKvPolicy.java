@@ -32,6 +32,9 @@ public final class SnapKvPolicy extends EvictingPolicy {
     protected boolean scored() { return false; }
 
     @Override
+    protected boolean chunks() { return true; }
+
+    @Override
     protected void reset() {
         super.reset();
         prompt = new AttentionStats[layers];
@@ -65,6 +68,11 @@ public final class SnapKvPolicy extends EvictingPolicy {
         for (int l = 0; l < layers; l++) {
             if (prompt[l] == null) continue;
             int keepLayer = Math.max(1, layerBudget(l, keepTotal, window, seqLen));  // PyramidKV: per-layer budgets
+            if (shaping().chunk() > 0) {
+                evictChunksByVotes(l, keepLayer);
+                prompt[l].clear();
+                continue;
+            }
             for (int g = 0; g < kvHeads; g++) {
                 if (cache.occupied(l, g) <= keepLayer) continue;
                 int[] bySlot = slotsByPosition(l, g);
@@ -84,6 +92,57 @@ public final class SnapKvPolicy extends EvictingPolicy {
                 evict(l, g, victims);
             }
             prompt[l].clear();
+        }
+    }
+
+    /**
+     * ChunkKV over SnapKV's votes (kvpress's ChunkKVPress around SnapKVPress): the tokens before the observation window,
+     * in position order, form chunks of {@code chunk}; a chunk's score is the mean of the pooled votes summed over the
+     * layer's KV heads; the lowest chunks go whole (older first on ties) until the layer holds at most its budget, the
+     * same tokens from every head.
+     */
+    private void evictChunksByVotes(int l, int keepLayer) {
+        if (cache.occupied(l, 0) <= keepLayer) return;
+        int[] bySlot = slotsByPosition(l, 0);
+        int[] pos0 = cache.positions(l, 0);
+        int old = 0;
+        while (old < bySlot.length && pos0[bySlot[old]] < windowStart) old++;
+        int need = cache.occupied(l, 0) - keepLayer;
+        if (old == 0 || need <= 0) return;
+        double[] sum = new double[old];
+        int[] positions = new int[old];
+        for (int i = 0; i < old; i++) positions[i] = pos0[bySlot[i]];
+        for (int g = 0; g < kvHeads; g++) {
+            int[] slots = slotsByPosition(l, g), pos = cache.positions(l, g);
+            float[] vote = new float[old];
+            for (int i = 0; i < old; i++) {
+                if (pos[slots[i]] != positions[i])
+                    throw new IllegalStateException("chunk: the heads of layer " + l + " hold different prompt tokens");
+                vote[i] = prompt[l].probSums[g][slots[i]];
+            }
+            float[] pooled = pool(vote);
+            for (int i = 0; i < old; i++) sum[i] += pooled[i];
+        }
+        int size = shaping().chunk(), chunks = (old + size - 1) / size;
+        long[] order = new long[chunks];
+        for (int c = 0; c < chunks; c++) {
+            int from = c * size, to = Math.min(old, from + size);
+            double mean = 0;
+            for (int i = from; i < to; i++) mean += sum[i];
+            order[c] = ((long) orderKey((float) (mean / (to - from))) << 32) | c;
+        }
+        java.util.Arrays.sort(order);
+        java.util.Set<Integer> gone = new java.util.HashSet<>();
+        for (int k = 0; k < chunks && gone.size() < need; k++) {
+            int c = (int) order[k];
+            for (int i = c * size, to = Math.min(old, c * size + size); i < to; i++) gone.add(positions[i]);
+        }
+        for (int g = 0; g < kvHeads; g++) {
+            int[] pos = cache.positions(l, g);
+            int[] v = new int[gone.size()];
+            int k = 0;
+            for (int s = 0, hw = cache.highWater(l, g); s < hw; s++) if (pos[s] >= 0 && gone.contains(pos[s])) v[k++] = s;
+            evict(l, g, java.util.Arrays.copyOf(v, k));
         }
     }
 
