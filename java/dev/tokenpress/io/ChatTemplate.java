@@ -150,6 +150,16 @@ public final class ChatTemplate {
         return new ChatTemplate(detect(source), where, source, Jinja.parse(source), bos, eos);
     }
 
+    /**
+     * Another Jinja template with this one's special-token strings (e.g. a request's own {@code chat_template});
+     * {@code where} names it for messages.
+     *
+     * @throws Jinja.TemplateException if it does not parse
+     */
+    public ChatTemplate withTemplate(String jinjaText, String where) {
+        return new ChatTemplate(detect(jinjaText), where, jinjaText, Jinja.parse(jinjaText), bos, eos);
+    }
+
     /** A built-in format by name (llama3, chatml, llama2, mistral; case-insensitive). */
     public static ChatTemplate named(String name) {
         for (Format f : Format.values())

@@ -2133,12 +2133,12 @@ public final class OpenAiServer implements AutoCloseable {
      * A chat request's prompt text, the tools it offers (null when none, or when tool_choice is "none"), the grammar of
      * a demanded call (null = none), and whether it continues the last assistant message.
      */
-    private record ChatPrompt(String text, Tools tools, String toolGrammar, boolean continued) {}
+    private record ChatPrompt(String text, Tools tools, String toolGrammar, boolean continued, ChatTemplate template) {}
 
     private Request chatRequest(JsonNode b) {
         ChatPrompt cp = chatPrompt(b);
         Set<Integer> stops = new HashSet<>();
-        for (int id : options.template().stopTokenIds(tp.tokenizer())) stops.add(id);
+        for (int id : cp.template().stopTokenIds(tp.tokenizer())) stops.add(id);
         int logprobs = -1;
         if (b.path("logprobs").asBoolean(false)) {
             JsonNode top = b.get("top_logprobs");
@@ -2163,7 +2163,7 @@ public final class OpenAiServer implements AutoCloseable {
         boolean constrained = cp.toolGrammar() != null || req.grammar() != null || req.schema() != null
                 || req.format() != Session.OutputFormat.TEXT; // a constrained reply has no thinking block
         boolean think = !constrained && !cp.continued()
-                && (rf.equals("deepseek") || (rf.equals("auto") && Reasoning.templateThinks(options.template())));
+                && (rf.equals("deepseek") || (rf.equals("auto") && Reasoning.templateThinks(cp.template())));
         Thinking thinking = think ? new Thinking(Reasoning.opensThinking(cp.text())) : null;
         if (cp.tools() == null && thinking == null) return req;
         return req.withChat(cp.tools(), thinking, cp.toolGrammar() != null ? cp.toolGrammar() : req.grammar());
@@ -2177,6 +2177,16 @@ public final class OpenAiServer implements AutoCloseable {
      */
     private ChatPrompt chatPrompt(JsonNode b) {
         ChatTemplate t = options.template();
+        JsonNode own = b.get("chat_template"); // vLLM's: a Jinja template for this request
+        if (own != null && !own.isNull()) {
+            if (!own.isTextual()) throw ApiException.badRequest("'chat_template' must be a Jinja template string");
+            try {
+                t = t == null ? ChatTemplate.fromJinja(own.asText(), null, null, "the request's chat_template")
+                        : t.withTemplate(own.asText(), "the request's chat_template");
+            } catch (dev.tokenpress.io.Jinja.TemplateException e) {
+                throw ApiException.badRequest("'chat_template' does not parse: " + e.getMessage());
+            }
+        }
         if (t == null)
             throw ApiException.badRequest("this model has no known chat template: restart the server with "
                     + "--chat-template " + String.join("|", ChatTemplate.names().split(", ")) + " or use /v1/completions");
@@ -2286,7 +2296,7 @@ public final class OpenAiServer implements AutoCloseable {
                 throw ApiException.badRequest("the chat template does not show the last assistant message as given: it cannot be continued");
             text = text.substring(0, at + last.content().length());
         }
-        return new ChatPrompt(text, tools, toolGrammar, cont);
+        return new ChatPrompt(text, tools, toolGrammar, cont, t);
     }
 
     private static String content(JsonNode c) {

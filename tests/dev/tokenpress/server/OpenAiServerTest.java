@@ -607,6 +607,24 @@ class OpenAiServerTest {
         assertEquals(400, post("/v1/completions", "{\"prompt\": \"x\", \"stop_token_ids\": \"1\"}").status());
     }
 
+    /** vLLM's chat_template: the request's own Jinja template renders its messages. */
+    @Test
+    void aRequestsOwnChatTemplate() throws Exception {
+        String body = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"max_tokens\": 2, \"temperature\": 0, "
+                + "\"chat_template\": \"{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                + "{% if add_generation_prompt %}<assistant>{% endif %}\"}";
+        Reply t = post("/apply-template", body);
+        assertEquals(200, t.status(), t.body());
+        assertEquals("<user>Hi<assistant>", t.json().get("prompt").asText());
+        Reply r = post("/v1/chat/completions", body);
+        assertEquals(200, r.status(), r.body());
+        assertEquals(tp.tokenizer().encode("<user>Hi<assistant>").length, r.json().at("/usage/prompt_tokens").asInt());
+        assertEquals(400, post("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
+                + "\"chat_template\": \"{% if %}\"}").status());
+        assertEquals(400, post("/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], "
+                + "\"chat_template\": 3}").status());
+    }
+
     static boolean seenBefore(int[] t, int k) {
         for (int i = 0; i < k; i++) if (t[i] == t[k]) return true;
         return false;
