@@ -5,8 +5,8 @@
 #   bash scripts/gpu-check.sh --run "$OUT"    # ON THE GPU MACHINE, from the repo root, with bundle/ copied beside it
 #   bash scripts/gpu-check.sh --run-split "$OUT"  # the same in separate JVMs per test group and stage (see run_split)
 #
-# bundle/: the project jar (with libjniTpNative.so), runtime deps (minus the tokenizer jar the checks do not need),
-# the test classes, junit-platform-console-standalone 1.14.1 and a jlinked Temurin 25 runtime as jre.tgz.
+# bundle/: the project jar (with libjniTpNative.so), runtime deps (the tokenizer's native library for linux-x86_64 only),
+# the test classes, junit-platform-console-standalone 1.14.1 and a jlinked Temurin 25 runtime as jre.tar.xz.
 # --run: prints nvidia-smi, puts the pip CUDA 13 libraries on LD_LIBRARY_PATH, runs the CUDA JUnit tests
 # (op parity + whole-model parity), the kernel and end-to-end benchmarks and the PyTorch peer benchmark, each
 # stage under its own timeout; a failing stage does not stop the next. Writes $OUT/gpu-summary.txt (every
@@ -30,7 +30,10 @@ build_bundle() {
   fi
   for j in target/lib/*.jar; do
     case "$(basename "$j")" in
-      tokenizers-*|api-0.*|commons-compress-*|commons-io-*|commons-codec-*|gson-*|jna-*|jline-*) ;; # DJL tokenizer stack: not used by the checks
+      jline-*) ;;
+      tokenizers-*) # the DJL tokenizer (loaded with a model's tokenizer.json): only its linux-x86_64 native library
+        cp "$j" "$BUNDLE/lib/"
+        zip -q -d "$BUNDLE/lib/$(basename "$j")" 'native/lib/win-*' 'native/lib/osx-*' 'native/lib/linux-aarch64/*' ;;
       *) cp "$j" "$BUNDLE/lib/" ;;
     esac
   done
@@ -46,8 +49,9 @@ build_bundle() {
   local tmp
   tmp=$(mktemp -d)
   "$TEMURIN/bin/jlink" --add-modules java.base,jdk.unsupported,jdk.incubator.vector,java.logging,java.xml,jdk.zipfs,jdk.httpserver,java.net.http \
-    --strip-debug --no-header-files --no-man-pages --compress=zip-6 --output "$tmp/jre"
-  tar -C "$tmp" -czf "$BUNDLE/jre.tgz" jre
+    --strip-debug --no-header-files --no-man-pages --compress=zip-0 --output "$tmp/jre"
+  # uncompressed modules + xz: about half the size of zip-6 + gzip, which keeps the bundle and the repo under 64 MiB
+  tar -C "$tmp" -cJf "$BUNDLE/jre.tar.xz" jre
   rm -rf "$tmp"
   cp "$ROOT/scripts/hf_peer_bench.py" "$BUNDLE/"
   local size
@@ -65,12 +69,12 @@ run_checks() {
   local OUT=${1:?output dir}
   mkdir -p "$OUT"
   OUT=$(cd "$OUT" && pwd)
-  local SUMMARY="$OUT/gpu-summary.txt"
+  local SUMMARY=${SUMMARY_FILE:-$OUT/gpu-summary.txt}
   local WORK=${TP_WORK:-/tmp/tokenpress-gpu}
   mkdir -p "$WORK"
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
-  # STAGES (default all but gemv, attnsweep, e2epol and profile): any of junit,attention,policies,gemv,attnsweep,e2epol,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
+  # STAGES (default all but gemv, attnsweep, e2epol and profile): any of genmodel (only generates the model), junit,attention,policies,gemv,attnsweep,e2epol,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
   # stage timeouts; POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model);
   # JUNIT_CLASSES (simple class names) and JUNIT_TAG (suffix of junit<TAG>.log) split the JUnit stage into several
   # JVMs, so one crashing class cannot take the others down; APPEND_SUMMARY=1 appends to gpu-summary.txt
@@ -109,15 +113,16 @@ run_checks() {
   fi
   export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   say "CUDA libs: ${libdirs:-NOT FOUND}"
-  rm -rf "$WORK/jre"
-  tar -C "$WORK" -xzf "$BUNDLE/jre.tgz"
+  [[ -n "${TP_JRE_READY:-}" && -x "$WORK/jre/bin/java" ]] || { rm -rf "$WORK/jre"; tar -C "$WORK" -xJf "$BUNDLE/jre.tar.xz" 2> /dev/null \
+    || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE/jre.tar.xz" "$WORK"; }
   local JAVA="$WORK/jre/bin/java"
   "$JAVA" -version > "$OUT/java-version.txt" 2>&1
   say "java: $(head -1 "$OUT/java-version.txt")"
   local CP
   CP=$(ls "$BUNDLE"/lib/*.jar | tr '\n' ':')
   local JOPTS=(--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -Xmx24g
-               -Dorg.bytedeco.javacpp.cachedir="$WORK/javacpp-cache")
+               -Dorg.bytedeco.javacpp.cachedir="$WORK/javacpp-cache${JUNIT_TAG:-}"
+               -DRUST_FLAVOR=cpu -Dai.djl.offline=true -DDJL_CACHE_DIR="$WORK/djl${JUNIT_TAG:-}")  # the tokenizer's bundled cpu library, never a download
 
   # the 2.5 GB llama-1b-shape model is generated on the CPU cores while the GPU runs the tests
   local MODEL=${TP_MODEL_DIR:-$WORK/llama-1b-shape}
@@ -125,8 +130,8 @@ run_checks() {
   local HAVE_GPU=1
   command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1 || HAVE_GPU=0
   [[ $HAVE_GPU -eq 0 ]] && say "no GPU here: the CUDA tests report skipped; model generation, e2e and peer stages are skipped"
-  if [[ $HAVE_GPU -eq 1 && ! -f "$MODEL/model.safetensors" ]] && { want e2e || want e2epol || want peer || want profile || [[ -n "${POL_E2E:-}" ]]; }; then
-    timeout 200 "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench generate "$MODEL" > "$OUT/make-model.log" 2>&1 &
+  if [[ $HAVE_GPU -eq 1 && ! -f "$MODEL/model.safetensors" ]] && { want genmodel || want e2e || want e2epol || want peer || want profile || [[ -n "${POL_E2E:-}" ]]; }; then
+    timeout "${T_GEN:-200}" "$JAVA" "${JOPTS[@]}" -cp "$CP" dev.tokenpress.eval.KernelBench generate "$MODEL" > "$OUT/make-model.log" 2>&1 &
     GEN_PID=$!
   fi
   # wait_model: waits for the model generation started above (if still running) and reports it once
@@ -188,7 +193,7 @@ run_checks() {
   # -- stage 4: end-to-end decode tokens/s of llama-1b-shape (model generated here once)
   wait_model
   if [[ $HAVE_GPU -eq 1 ]] && want e2e; then
-    kb_stage e2e "${T_E2E:-170}" '^(device|RESULT|e2e)' e2e "$MODEL" 128 64
+    kb_stage e2e "${T_E2E:-170}" '^(device|RESULT|e2e)' e2e "$MODEL" 128 64 "${E2E_PARTS:-short,batch,long,q8}"
   elif want e2e; then
     say "STAGE bench-e2e: SKIPPED (no GPU)"
   fi
@@ -268,9 +273,60 @@ run_split() {
   grep -E "^STAGE|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
 }
 
+# --run-parallel OUT: the seven JUnit groups of --run-split at the same time, each in its own JVM on the one GPU
+# (parity tests, no timings), while the llama-1b-shape model is generated on the CPU cores; then, one after
+# another, the benchmark stages named in PAR_STAGES (default e2e; any of attention,policies,cce,e2e,e2epol,peer).
+# The summaries go to OUT/gpu-summary.txt group by group.
+run_parallel() {
+  local OUT=${1:?output dir}
+  mkdir -p "$OUT"
+  OUT=$(cd "$OUT" && pwd)
+  : > "$OUT/gpu-summary.txt"
+  local WORK=${TP_WORK:-/tmp/tokenpress-gpu}
+  mkdir -p "$WORK"
+  rm -rf "$WORK/jre"
+  tar -C "$WORK" -xJf "$BUNDLE/jre.tar.xz" 2> /dev/null \
+    || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE/jre.tar.xz" "$WORK"
+  export TP_JRE_READY=1 APPEND_SUMMARY=1
+  local groups=(
+    "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaCceParityTest"
+    "b|CudaParityTest"
+    "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest"
+    "d|CudaKvQuantParityTest"
+    "e|CudaTidalSelectParityTest"
+    "f|CudaQuantPolicyOpsParityTest"
+    "g|CudaPolicyModelParityTest")
+  local only=${JUNIT_GROUPS:-abcdefg} g tag classes pids=() t0=$SECONDS
+  if [[ -z "${PAR_NO_MODEL:-}" ]]; then
+    SUMMARY_FILE="$OUT/summary-model.txt" STAGES=genmodel run_checks "$OUT" > "$OUT/run-model.log" 2>&1 &
+    pids+=($!)
+  fi
+  for g in "${groups[@]}"; do
+    IFS='|' read -r tag classes <<< "$g"
+    [[ $only == *$tag* ]] || continue
+    SUMMARY_FILE="$OUT/summary-$tag.txt" JUNIT_TAG=$tag JUNIT_CLASSES="$classes" STAGES=junit T_JUNIT=${T_JUNIT:-240} \
+      run_checks "$OUT" > /dev/null 2>&1 &
+    pids+=($!)
+  done
+  [[ ${#pids[@]} -gt 0 ]] && wait "${pids[@]}"
+  for tag in model a b c d e f g; do
+    [[ -f "$OUT/summary-$tag.txt" ]] || continue
+    echo "== $tag" >> "$OUT/gpu-summary.txt"
+    grep -Ev '^(tokenpress gpu-check|GPU:|CUDA libs:|java:|total)' "$OUT/summary-$tag.txt" >> "$OUT/gpu-summary.txt"
+    rm -f "$OUT/summary-$tag.txt"
+  done
+  echo "parallel part: $((SECONDS - t0)) s" >> "$OUT/gpu-summary.txt"
+  local st
+  for st in $(echo "${PAR_STAGES:-e2e}" | tr ',' ' '); do
+    STAGES=$st run_checks "$OUT" > "$OUT/run-$st.log" 2>&1
+  done
+  grep -E "^(STAGE|==|parallel|total)|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
+}
+
 case "${1:-}" in
   --run) shift; run_checks "$@" ;;
   --run-split) shift; run_split "$@" ;;
+  --run-parallel) shift; run_parallel "$@" ;;
   ""|--build) build_bundle ;;
-  *) echo "usage: $0 [--build] | --run OUT_DIR | --run-split OUT_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 [--build] | --run OUT_DIR | --run-split OUT_DIR | --run-parallel OUT_DIR" >&2; exit 2 ;;
 esac

@@ -29,7 +29,9 @@ import java.util.SplittableRandom;
  *       at short context and at 32K context (the 32K of context is written into the KV cache directly, synthetic
  *       keys/values, so no 32K prefill is timed), with the bandwidth roofline (weight + KV bytes per token ÷
  *       measured copy bandwidth) beside it; the default kernel paths with Programmatic Dependent Launch
- *       on where the device supports it (keys e2e_*) and off (e2e_*_nopdl), and the earlier paths.</li>
+ *       on where the device supports it (keys e2e_*) and off (e2e_*_nopdl), and the earlier paths; continuous
+ *       batching of 4/16/64 sequences and Q8_0 weights at short context. {@code e2e DIR SHORT LONG PARTS} sets the
+ *       decode steps and picks the parts (comma-separated, default {@code short,batch,long,q8}).</li>
  *   <li>{@code gemv}: the decode GEMV at the llama-1b shapes with the automatic and each forced warps per row
  *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
  *   <li>{@code e2epol <model-dir>}: the end-to-end part of {@code policies}, also at 8K, plus every other policy
@@ -91,7 +93,8 @@ public final class KernelBench {
                 Path dir = Path.of(args[1]);
                 int shortSteps = args.length > 2 ? Integer.parseInt(args[2]) : 128;
                 int longSteps = args.length > 3 ? Integer.parseInt(args[3]) : 64;
-                endToEnd(gpu, bw, dir, shortSteps, longSteps, out);
+                java.util.Set<String> parts = java.util.Set.of((args.length > 4 ? args[4] : "short,batch,long,q8").split(","));
+                endToEnd(gpu, bw, dir, shortSteps, longSteps, parts, out);
             }
         }
     }
@@ -559,7 +562,8 @@ public final class KernelBench {
      * attention merge); the paths run back to back on one cache, so the second sees a context longer by one run's
      * steps.
      */
-    public static void endToEnd(CudaBackend gpu, double copyBw, Path dir, int shortSteps, int longSteps, PrintStream out) {
+    public static void endToEnd(CudaBackend gpu, double copyBw, Path dir, int shortSteps, int longSteps,
+                                java.util.Set<String> parts, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE))) {
             long t0 = System.nanoTime();
             ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
@@ -574,9 +578,8 @@ public final class KernelBench {
             long weightBytes = st.totalBytes();
             if (!cfg.tieWordEmbeddings()) weightBytes -= (long) cfg.vocabSize() * cfg.hiddenSize() * 2; // embedding rows are gathered, not streamed
             Llama m = new Llama(cfg, w, gpu, 256);
-            // short context
             int runs = E2E_PATHS.length;
-            try (KvCache cache = m.newCache(64 + runs * decodeSlots(shortSteps, true) + 16)) {
+            if (parts.contains("short")) try (KvCache cache = m.newCache(64 + runs * decodeSlots(shortSteps, true) + 16)) {
                 int[] prompt = new int[32];
                 for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
                 m.prefill(cache, prompt, 0, false, null);
@@ -600,9 +603,9 @@ public final class KernelBench {
                         if (base > 0) result(out, "e2e_short" + p.suffix() + "_speedup", tps / base, "x");
                 }
             }
-            endToEndBatch(gpu, copyBw, m, cfg, weightBytes, shortSteps, out);
+            if (parts.contains("batch")) endToEndBatch(gpu, copyBw, m, cfg, weightBytes, shortSteps, out);
             // 32K context, written directly into the cache
-            try (KvCache cache = m.newCache(longCtx + runs * decodeSlots(longSteps, true) + 16)) {
+            if (parts.contains("long")) try (KvCache cache = m.newCache(longCtx + runs * decodeSlots(longSteps, true) + 16)) {
                 long f0 = System.nanoTime();
                 fillSynthetic(gpu, cfg, cache, longCtx);
                 gpu.synchronize();
@@ -631,7 +634,7 @@ public final class KernelBench {
             }
             usePaths(gpu, E2E_PATHS[0]);
             result(out, "weight_bytes_per_token", weightBytes / 1e9, "GB");
-            endToEndQ8(gpu, copyBw, st, cfg, shortSteps, out);
+            if (parts.contains("q8")) endToEndQ8(gpu, copyBw, st, cfg, shortSteps, out);
         }
     }
 

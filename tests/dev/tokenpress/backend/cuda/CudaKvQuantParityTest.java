@@ -193,6 +193,12 @@ class CudaKvQuantParityTest {
 
     static void attend(String what, KvCache cc, KvCache gc, int layer, float[] qv, int n, int heads, int hd, int[] qpos,
                        SlotSelection sel) {
+        attend(cpu, gpu, what, cc, gc, layer, qv, n, heads, hd, qpos, sel);
+    }
+
+    /** {@link #attend} with the caller's backends (for other test classes, whose JVM may not run this one). */
+    static void attend(Backend cpu, Backend gpu, String what, KvCache cc, KvCache gc, int layer, float[] qv, int n,
+                       int heads, int hd, int[] qpos, SlotSelection sel) {
         Tensor qc = CudaParityTest.act(cpu, n, heads * hd, qv), qg = CudaParityTest.act(gpu, n, heads * hd, qv);
         Tensor oc = cpu.allocate(n, heads * hd), og = gpu.allocate(n, heads * hd);
         cpu.attention(oc, qc, cc, layer, qpos, n, sel, null);

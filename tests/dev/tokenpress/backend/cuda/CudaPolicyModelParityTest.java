@@ -11,6 +11,7 @@ import dev.tokenpress.io.TensorData;
 import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.KvPolicies;
+import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.kv.SlotSelection;
 import dev.tokenpress.kv.policy.RazorPolicy;
 import dev.tokenpress.kv.quant.KvQuantSpec;
@@ -26,8 +27,13 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
+import java.util.HashSet;
+import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.stream.Stream;
 
 import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Exact;
@@ -55,6 +61,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class CudaPolicyModelParityTest {
     static final int PROMPT = 50, STEPS = 48, CHUNK = 16, CAPACITY = 128;
     static final double TIGHT = 5e-3, LOOSE = 0.1, MIN_FRACTION = 0.75;
+    /**
+     * Statistics of one call over the same cached tokens, relative to the largest in the head's row: bf16 vs f32
+     * keys move a probability sum by ~1e-3 and a raw q·k by up to ~2e-2 of the largest; a wrong kernel by ~1.
+     */
+    static final double STATS_TOL = 5e-2;
 
     @TempDir
     static Path tmp;
@@ -94,8 +105,133 @@ class CudaPolicyModelParityTest {
                 "razor:heads=0,sink=2,recent=12,ratio=0");
     }
 
-    /** Logits of every step ([STEPS + 1][V]: after the prompt, after each decode step) and the tokens fed. */
-    record Run(float[][] logits, int[] fed) {}
+    /**
+     * Logits of every step ([STEPS + 1][V]: after the prompt, after each decode step), the tokens fed, the positions
+     * each layer and KV head holds after the prompt and at the end ([layer][head], sorted), and every attention
+     * call that returned statistics, in order.
+     */
+    record Run(float[][] logits, int[] fed, int[][][] keptAfterPrompt, int[][][] keptAtEnd, List<StatsCall> calls) {}
+
+    /**
+     * One attention call's statistics as the policy received them: per KV head the positions of the slots
+     * [0, high water) (-1 = free), the post-softmax sums at those slots and per q-head the raw scores there (each
+     * null when not asked).
+     */
+    record StatsCall(int layer, int n, int fromRow, int[][] positions, float[][] probSums, float[][] rawScores) {}
+
+    /** Forwards every hook to the policy under test and records the statistics each attention call returned. */
+    static final class Recorder implements KvPolicy {
+        final KvPolicy d;
+        final List<StatsCall> calls = new ArrayList<>();
+
+        Recorder(KvPolicy d) { this.d = d; }
+
+        @Override public void attach(Llama model) { d.attach(model); }
+        @Override public void beginPrefill(KvCache cache, int startPos, int total) { d.beginPrefill(cache, startPos, total); }
+        @Override public void endPrefill(KvCache cache) { d.endPrefill(cache); }
+        @Override public void beforeAppend(KvCache cache, int[] positions, int n) { d.beforeAppend(cache, positions, n); }
+        @Override public void beforeAttention(KvCache cache, int layer, Tensor q, int[] positions, int n) {
+            d.beforeAttention(cache, layer, q, positions, n);
+        }
+        @Override public SlotSelection select(KvCache cache, int layer, int n) { return d.select(cache, layer, n); }
+        @Override public AttentionStats stats(KvCache cache, int layer, int n) { return d.stats(cache, layer, n); }
+        @Override public boolean speculationSafe() { return d.speculationSafe(); }
+        @Override public String spec() { return d.spec(); }
+
+        @Override
+        public void afterAttention(KvCache cache, int layer, int n, AttentionStats stats) {
+            if (stats != null && (stats.probSums != null || stats.rawScores != null)) {
+                int h = cache.kvHeads();
+                int[][] pos = new int[h][];
+                float[][] prob = stats.probSums == null ? null : new float[h][];
+                float[][] raw = stats.rawScores == null ? null : new float[stats.rawScores.length][];
+                for (int g = 0; g < h; g++) {
+                    int hw = cache.highWater(layer, g);
+                    pos[g] = Arrays.copyOf(cache.positions(layer, g), hw);
+                    if (prob != null) prob[g] = Arrays.copyOf(stats.probSums[g], hw);
+                    if (raw != null) {
+                        int group = raw.length / h;
+                        for (int j = 0; j < group; j++) raw[g * group + j] = Arrays.copyOf(stats.rawScores[g * group + j], hw);
+                    }
+                }
+                calls.add(new StatsCall(layer, n, stats.fromRow, pos, prob, raw));
+            }
+            d.afterAttention(cache, layer, n, stats);
+        }
+    }
+
+    /** The positions each layer and KV head holds, sorted ([layer][head]). */
+    static int[][][] kept(KvCache c) {
+        int[][][] out = new int[c.layers()][c.kvHeads()][];
+        for (int l = 0; l < c.layers(); l++)
+            for (int g = 0; g < c.kvHeads(); g++)
+                out[l][g] = Arrays.stream(c.positions(l, g), 0, c.highWater(l, g)).filter(p -> p >= 0).sorted().toArray();
+        return out;
+    }
+
+    /** The share of {@code ref}'s kept positions that {@code got} keeps too, over every layer and head. */
+    static double keptOverlap(int[][][] ref, int[][][] got) {
+        long common = 0, total = 0;
+        for (int l = 0; l < ref.length; l++)
+            for (int g = 0; g < ref[l].length; g++) {
+                Set<Integer> b = new HashSet<>();
+                for (int p : got[l][g]) b.add(p);
+                for (int p : ref[l][g]) if (b.contains(p)) common++;
+                total += ref[l][g].length;
+            }
+        return total == 0 ? 1 : (double) common / total;
+    }
+
+    /**
+     * Compares the statistics of the two runs call by call while both caches hold the same positions per KV head (after
+     * that their inputs differ), position by position: returns {calls compared, worst difference relative to the
+     * largest magnitude in the head's row, index of the first call whose caches differ (-1 = none), index of the
+     * worst call}.
+     */
+    static double[] statsAgreement(List<StatsCall> ref, List<StatsCall> got) {
+        int compared = 0, firstDiverged = -1, worstAt = -1;
+        double worst = 0;
+        for (int i = 0; i < Math.min(ref.size(), got.size()); i++) {
+            StatsCall a = ref.get(i), b = got.get(i);
+            int h = a.positions().length;
+            boolean same = a.layer() == b.layer() && a.n() == b.n() && a.fromRow() == b.fromRow()
+                    && (a.probSums() == null) == (b.probSums() == null) && (a.rawScores() == null) == (b.rawScores() == null);
+            List<Map<Integer, Integer>> slotOf = new ArrayList<>();  // per head: position -> slot in b
+            for (int g = 0; same && g < h; g++) {
+                Map<Integer, Integer> m = new HashMap<>();
+                for (int s = 0; s < b.positions()[g].length; s++) if (b.positions()[g][s] >= 0) m.put(b.positions()[g][s], s);
+                long live = Arrays.stream(a.positions()[g]).filter(p -> p >= 0).count();
+                same = live == m.size() && Arrays.stream(a.positions()[g]).filter(p -> p >= 0).allMatch(m::containsKey);
+                slotOf.add(m);
+            }
+            if (!same) {
+                firstDiverged = i;
+                break;
+            }
+            compared++;
+            for (int r = 0; r < 2; r++) {
+                float[][] x = r == 0 ? a.probSums() : a.rawScores(), y = r == 0 ? b.probSums() : b.rawScores();
+                if (x == null) continue;
+                for (int row = 0; row < x.length; row++) {
+                    int g = row * h / x.length;
+                    int[] pa = a.positions()[g];
+                    float max = 0f;
+                    for (int s = 0; s < pa.length; s++) if (pa[s] >= 0 && Float.isFinite(x[row][s])) max = Math.max(max, Math.abs(x[row][s]));
+                    for (int s = 0; s < pa.length; s++) {
+                        if (pa[s] < 0) continue;
+                        float u = x[row][s], v = y[row][slotOf.get(g).get(pa[s])];
+                        double e = Float.isFinite(u) || Float.isFinite(v) ? Math.abs(u - v) / Math.max(max, 1e-30f) : 0;
+                        if (!(e <= worst)) {
+                            worst = e;
+                            worstAt = i;
+                        }
+                    }
+                }
+            }
+        }
+        if (firstDiverged < 0 && ref.size() != got.size()) firstDiverged = Math.min(ref.size(), got.size());
+        return new double[] {compared, worst, firstDiverged, worstAt};
+    }
 
     /** Runs the prompt and STEPS decode steps; feeds {@code feed} or, when null, the greedy token of each step. */
     static Run run(Backend b, String spec, int[] feed) {
@@ -104,21 +240,30 @@ class CudaPolicyModelParityTest {
 
     /** {@link #run(Backend, String, int[])} over a cache stored as {@code quant} says. */
     static Run run(Backend b, String spec, KvQuantSpec quant, int[] feed) {
+        return run(b, dir, cfg, prompt, spec, quant, feed);
+    }
+
+    /** {@link #run(Backend, String, KvQuantSpec, int[])} of the model in {@code dir}. */
+    static Run run(Backend b, Path dir, LlamaConfig cfg, int[] prompt, String spec, KvQuantSpec quant, int[] feed) {
         try (SafeTensors st = SafeTensors.open(dir)) {
             Llama m = new Llama(cfg, Weights.load(st, cfg, b, null), b, CHUNK);
-            m.setPolicy(KvPolicies.parse(spec, cfg));
+            Recorder rec = new Recorder(KvPolicies.parse(spec, cfg));
+            m.setPolicy(rec);
             float[][] logits = new float[STEPS + 1][];
             int[] fed = new int[STEPS];
+            int[][][] afterPrompt, atEnd;
             try (KvCache cache = m.newCache(CAPACITY, quant)) {
                 m.prefill(cache, prompt, 0, false, null);
+                afterPrompt = kept(cache);
                 logits[0] = m.logits();
                 for (int s = 0; s < STEPS; s++) {
                     fed[s] = feed != null ? feed[s] : argmax(logits[s]);
                     m.decodeStep(cache, fed[s], PROMPT + s);
                     logits[s + 1] = m.logits();
                 }
+                atEnd = kept(cache);
             }
-            return new Run(logits, fed);
+            return new Run(logits, fed, afterPrompt, atEnd, rec.calls);
         }
     }
 
@@ -147,9 +292,15 @@ class CudaPolicyModelParityTest {
             if (e <= TIGHT) tight++;
             if (argmax(ref.logits[s]) == argmax(got.logits[s])) agree++;
         }
-        String line = String.format("%s: prompt nmse %.3g, worst step nmse %.3g, %d/%d steps <= %.0e, greedy agrees %d/%d",
-                what, first, worst, tight, n, TIGHT, agree, n);
+        double[] st = statsAgreement(ref.calls(), got.calls());
+        String line = String.format("%s: prompt nmse %.3g, worst step nmse %.3g, %d/%d steps <= %.0e, greedy agrees %d/%d"
+                        + "; kept positions in common %.3f after the prompt, %.3f at the end; statistics: %d of %d/%d calls"
+                        + " compared (same cached tokens), worst relative difference %.3g (call %d), first call not compared %d",
+                what, first, worst, tight, n, TIGHT, agree, n, keptOverlap(ref.keptAfterPrompt(), got.keptAfterPrompt()),
+                keptOverlap(ref.keptAtEnd(), got.keptAtEnd()), (int) st[0], ref.calls().size(), got.calls().size(), st[1], (int) st[3],
+                (int) st[2]);
         System.out.println("[model-parity] " + line);
+        assertTrue(st[1] <= STATS_TOL, line + ": attention statistics differ while both caches hold the same tokens");
         assertTrue(worst <= LOOSE, line + ": a step exceeds nmse " + LOOSE);
         assertTrue(tight >= MIN_FRACTION * n, line + ": too few steps within nmse " + TIGHT);
         assertTrue(agree >= MIN_FRACTION * n, line + ": greedy tokens disagree too often");

@@ -284,7 +284,7 @@ class CudaQuantPolicyOpsParityTest {
                 sameStored("round " + round, cc, gc, layer);
             }
             float[] qd = CudaParityTest.randn(rnd, heads * hd, 1.0);
-            CudaKvQuantParityTest.attend("after writes", cc, gc, layer, qd, 1, heads, hd, new int[] {pos - 1}, null);
+            CudaKvQuantParityTest.attend(cpu, gpu, "after writes", cc, gc, layer, qd, 1, heads, hd, new int[] {pos - 1}, null);
         }
     }
 

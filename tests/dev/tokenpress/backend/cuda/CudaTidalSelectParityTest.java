@@ -8,6 +8,7 @@ import dev.tokenpress.io.Half;
 import dev.tokenpress.io.ModelWriter;
 import dev.tokenpress.io.SafeTensors;
 import dev.tokenpress.kv.KvPolicies;
+import dev.tokenpress.kv.quant.KvQuantSpec;
 import dev.tokenpress.model.Llama;
 import dev.tokenpress.model.LlamaConfig;
 import dev.tokenpress.model.Weights;
@@ -429,25 +430,9 @@ class CudaTidalSelectParityTest {
 
     /** Prompt + STEPS decode steps of CudaPolicyModelParityTest's model (same seed and shape), fed {@code feed} or greedy. */
     static CudaPolicyModelParityTest.Run run(Backend b, Path dir, LlamaConfig cfg, String spec, int[] feed) {
-        int steps = CudaPolicyModelParityTest.STEPS, promptLen = CudaPolicyModelParityTest.PROMPT;
-        int[] prompt = new int[promptLen];
-        for (int i = 0; i < promptLen; i++) prompt[i] = (i * 53 + 11) % cfg.vocabSize();
-        try (SafeTensors st = SafeTensors.open(dir)) {
-            Llama m = new Llama(cfg, Weights.load(st, cfg, b, null), b, CudaPolicyModelParityTest.CHUNK);
-            m.setPolicy(KvPolicies.parse(spec, cfg));
-            float[][] logits = new float[steps + 1][];
-            int[] fed = new int[steps];
-            try (KvCache cache = m.newCache(CudaPolicyModelParityTest.CAPACITY)) {
-                m.prefill(cache, prompt, 0, false, null);
-                logits[0] = m.logits();
-                for (int s = 0; s < steps; s++) {
-                    fed[s] = feed != null ? feed[s] : CudaPolicyModelParityTest.argmax(logits[s]);
-                    m.decodeStep(cache, fed[s], promptLen + s);
-                    logits[s + 1] = m.logits();
-                }
-            }
-            return new CudaPolicyModelParityTest.Run(logits, fed);
-        }
+        int[] prompt = new int[CudaPolicyModelParityTest.PROMPT];
+        for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 53 + 11) % cfg.vocabSize();
+        return CudaPolicyModelParityTest.run(b, dir, cfg, prompt, spec, KvQuantSpec.NONE, feed);
     }
 
     @ParameterizedTest(name = "cuda {0}")
