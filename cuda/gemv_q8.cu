@@ -5,8 +5,13 @@
 // - tp_gemv_q8: decode GEMV for n <= 4 rows of x: out[r, o] = sum_b d[o, b] * (sum_j q[o, 32b + j] * x[r, 32b + j])
 //   (+ bias[o]), or accumulated into out. A block of 256 threads covers 8 / WPR rows, each row owned by WPR warps;
 //   a lane reads 16-byte chunks of codes (half a block) with streaming loads, several issued before any is used,
-//   widens them to floats, and adds scale * (chunk dot x) to its partial sums (the scale read through L1). Warp shuffles, then shared
-//   memory when WPR > 1. Bandwidth: 1.125 bytes per weight instead of bf16's 2.
+//   widens them to floats, and adds scale * (chunk dot x) to its partial sums (the scale read through L1). Warp
+//   shuffles, then shared memory when WPR > 1. Bandwidth: 1.125 bytes per weight instead of bf16's 2.
+//   Variants (tp_set_q8_gemv_variant): 1 reads a chunk's scale only when it uses the chunk (a dependent read from
+//   memory per chunk, since the scales stream like the codes) and widens each byte with I2F (quarter rate): on an H100
+//   a q8_0 decode step of llama-1b-shape (1.39 GB) took as long as a bf16 one (2.47 GB). 2 (default) issues a round's scale loads with its code loads,
+//   flips the sign bits of a word once, moves each byte into the mantissa of 2^23 with one byte permute and subtracts
+//   2^23 + 128 (exact, a full-rate FADD). The same arithmetic in the same order: the variants give the same bits.
 // - tp_dequant_q8_bf16: rows [r0, r0 + rows) as bf16 (round to nearest even), the weight operand of the cuBLAS
 //   GEMM of a prefill chunk (the caller walks the matrix in row slices through a scratch buffer).
 // - tp_embedding_q8: rows of a Q8_0 embedding table as f32 (tokens on the device: staged ids or the feedback
@@ -24,6 +29,9 @@ constexpr int kQ8Warps = kQ8Threads / 32;
 constexpr int kQ8MaxRows = 4;
 constexpr int kQ8Block = 32;
 
+// Widening of the codes (tp_set_q8_gemv_variant): 1 = I2F per byte, 2 = byte permute into a float's mantissa.
+int g_q8_variant = 2;
+
 __device__ __forceinline__ uint4 ld_stream16_q8(const uint8_t* p) {
     uint4 r;
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -40,9 +48,58 @@ __device__ __forceinline__ void s8x4_to_f32(uint32_t w, float* f) {
     f[3] = (float)(int8_t)(w >> 24);
 }
 
+// The 4 signed bytes of a 32-bit word as floats (byte 0 first) without I2F: w ^ 0x80808080 holds each byte + 128
+// (unsigned); a byte permute puts byte j in the low mantissa byte of 2^23 (0x4B0000uu = 2^23 + uu), and subtracting
+// 2^23 + 128 leaves the signed value exactly.
+__device__ __forceinline__ void s8x4_to_f32_magic(uint32_t w, float* f) {
+    const uint32_t u = w ^ 0x80808080u;
+    f[0] = __int_as_float((int)__byte_perm(u, 0x4B000000u, 0x7440)) - 8388736.f;
+    f[1] = __int_as_float((int)__byte_perm(u, 0x4B000000u, 0x7441)) - 8388736.f;
+    f[2] = __int_as_float((int)__byte_perm(u, 0x4B000000u, 0x7442)) - 8388736.f;
+    f[3] = __int_as_float((int)__byte_perm(u, 0x4B000000u, 0x7443)) - 8388736.f;
+}
+
+template <int V>
+__device__ __forceinline__ void widen16(const uint4& q, float* wf) {
+    if constexpr (V == 2) {
+        s8x4_to_f32_magic(q.x, wf);
+        s8x4_to_f32_magic(q.y, wf + 4);
+        s8x4_to_f32_magic(q.z, wf + 8);
+        s8x4_to_f32_magic(q.w, wf + 12);
+    } else {
+        s8x4_to_f32(q.x, wf);
+        s8x4_to_f32(q.y, wf + 4);
+        s8x4_to_f32(q.z, wf + 8);
+        s8x4_to_f32(q.w, wf + 12);
+    }
+}
+
+// x chunk c (16 floats of row r of x) dot the 16 widened codes wf, in order.
+template <int NX>
+__device__ __forceinline__ void q8_chunk_dot(const float* wf, const float* __restrict__ x, int I, int c, float d,
+                                             float (&acc)[NX]) {
+#pragma unroll
+    for (int r = 0; r < NX; r++) {
+        const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 16);
+        float s = 0.f;
+#pragma unroll
+        for (int v = 0; v < 4; v++) {
+            float4 a = __ldg(xp + v);
+            s = fmaf(wf[4 * v], a.x, s);
+            s = fmaf(wf[4 * v + 1], a.y, s);
+            s = fmaf(wf[4 * v + 2], a.z, s);
+            s = fmaf(wf[4 * v + 3], a.w, s);
+        }
+        acc[r] = fmaf(d, s, acc[r]);
+    }
+}
+
 // Adds this warp's share of weight row `wr` (codes) / `sr` (scales) times the NX rows of x to acc (lane-local
 // partial sums): chunks part*32 + lane + k*32*WPR of 16 codes, U chunk loads issued per round before any is used.
-template <int NX, int WPR>
+// Variant 1 reads a chunk's scale when it uses the chunk (a dependent DRAM read per chunk: the scales stream from
+// memory like the codes); variant 2 issues the round's scale loads with its code loads and widens without I2F.
+// Both do the same arithmetic in the same order (the same results).
+template <int NX, int WPR, int V>
 __device__ __forceinline__ void q8_row_partial(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
                                                const float* __restrict__ x, int I, int part, int lane,
                                                float (&acc)[NX]) {
@@ -51,34 +108,41 @@ __device__ __forceinline__ void q8_row_partial(const uint8_t* __restrict__ wr, c
     const int nch = I >> 4;                 // 16-byte chunks (16 codes) per row
     for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
         uint4 q[U];
+        if constexpr (V == 1) {
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int c = c0 + u * S;
-            q[u] = c < nch ? ld_stream16_q8(wr + (int64_t)c * 16) : make_uint4(0, 0, 0, 0);
-        }
+            for (int u = 0; u < U; u++) {
+                const int c = c0 + u * S;
+                q[u] = c < nch ? ld_stream16_q8(wr + (int64_t)c * 16) : make_uint4(0, 0, 0, 0);
+            }
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int c = c0 + u * S;
-            if (c >= nch) break;
-            float wf[16];
-            s8x4_to_f32(q[u].x, wf);
-            s8x4_to_f32(q[u].y, wf + 4);
-            s8x4_to_f32(q[u].z, wf + 8);
-            s8x4_to_f32(q[u].w, wf + 12);
-            const float d = __ldg(sr + (c >> 1));
+            for (int u = 0; u < U; u++) {
+                const int c = c0 + u * S;
+                if (c >= nch) break;
+                float wf[16];
+                widen16<1>(q[u], wf);
+                q8_chunk_dot<NX>(wf, x, I, c, __ldg(sr + (c >> 1)), acc);
+            }
+        } else {
+            float d[U];
 #pragma unroll
-            for (int r = 0; r < NX; r++) {
-                const float4* xp = reinterpret_cast<const float4*>(x + (int64_t)r * I + (int64_t)c * 16);
-                float s = 0.f;
-#pragma unroll
-                for (int v = 0; v < 4; v++) {
-                    float4 a = __ldg(xp + v);
-                    s = fmaf(wf[4 * v], a.x, s);
-                    s = fmaf(wf[4 * v + 1], a.y, s);
-                    s = fmaf(wf[4 * v + 2], a.z, s);
-                    s = fmaf(wf[4 * v + 3], a.w, s);
+            for (int u = 0; u < U; u++) {
+                const int c = c0 + u * S;
+                if (c < nch) {
+                    q[u] = ld_stream16_q8(wr + (int64_t)c * 16);
+                    d[u] = __ldg(sr + (c >> 1));
+                } else {
+                    q[u] = make_uint4(0, 0, 0, 0);
+                    d[u] = 0.f;
                 }
-                acc[r] = fmaf(d, s, acc[r]);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int c = c0 + u * S;
+                if (c < nch) {
+                    float wf[16];
+                    widen16<2>(q[u], wf);
+                    q8_chunk_dot<NX>(wf, x, I, c, d[u], acc);
+                }
             }
         }
     }
@@ -107,7 +171,7 @@ __device__ __forceinline__ void q8_reduce(float (&acc)[K], float (*red)[K], int 
     }
 }
 
-template <int NX, int WPR>
+template <int NX, int WPR, int V>
 __global__ void __launch_bounds__(kQ8Threads)
 gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8_t* __restrict__ w,
                const float* __restrict__ scales, const float* __restrict__ bias, int O, int I, int accumulate) {
@@ -121,7 +185,7 @@ gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
     if (row < O)
-        q8_row_partial<NX, WPR>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), x, I, warp % WPR, lane, acc);
+        q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), x, I, warp % WPR, lane, acc);
     q8_reduce<NX, WPR>(acc, red, warp, lane);
     if (row >= O || warp % WPR != 0 || lane != 0) return;
     const float b = bias ? bias[row] : 0.f;
@@ -143,7 +207,7 @@ struct Q8Segs {
     int end0, end1;
 };
 
-template <int NX, int WPR>
+template <int NX, int WPR, int V>
 __global__ void __launch_bounds__(kQ8Threads)
 gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I) {
     constexpr int RPB = kQ8Warps / WPR;
@@ -164,7 +228,7 @@ gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I) {
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
     if (row < O)
-        q8_row_partial<NX, WPR>(w + (int64_t)row * I, sc + (int64_t)row * (I / kQ8Block), x, I, warp % WPR, lane, acc);
+        q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, sc + (int64_t)row * (I / kQ8Block), x, I, warp % WPR, lane, acc);
     q8_reduce<NX, WPR>(acc, red, warp, lane);
     if (row >= O || warp % WPR != 0 || lane != 0) return;
     const float bb = bias ? bias[row] : 0.f;
@@ -173,7 +237,7 @@ gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I) {
 }
 
 // Gate/up Q8_0 GEMVs + SwiGLU: out[r, o] = silu(x·g_o) * (x·u_o), the formula of swiglu_kernel. No bias.
-template <int NX, int WPR>
+template <int NX, int WPR, int V>
 __global__ void __launch_bounds__(kQ8Threads)
 gemv_q8_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8_t* __restrict__ wg,
                       const float* __restrict__ sg, const uint8_t* __restrict__ wu, const float* __restrict__ su,
@@ -189,8 +253,8 @@ gemv_q8_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, cons
     for (int r = 0; r < NX; r++) ag[r] = au[r] = 0.f;
     if (row < O) {
         const int64_t ro = (int64_t)row * I, so = (int64_t)row * (I / kQ8Block);
-        q8_row_partial<NX, WPR>(wg + ro, sg + so, x, I, warp % WPR, lane, ag);
-        q8_row_partial<NX, WPR>(wu + ro, su + so, x, I, warp % WPR, lane, au);
+        q8_row_partial<NX, WPR, V>(wg + ro, sg + so, x, I, warp % WPR, lane, ag);
+        q8_row_partial<NX, WPR, V>(wu + ro, su + so, x, I, warp % WPR, lane, au);
     }
 #pragma unroll
     for (int r = 0; r < NX; r++) {
@@ -206,43 +270,47 @@ gemv_q8_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, cons
     }
 }
 
-template <int NX>
+template <int NX, int V>
 int launch_q8(int wpr, float* out, const float* x, const uint8_t* w, const float* scales, const float* bias, int O,
               int I, int accumulate, cudaStream_t s) {
     const int rpb = kQ8Warps / wpr;
     dim3 grid((unsigned)ceil_div(O, rpb));
-    auto k = wpr == 1 ? gemv_q8_kernel<NX, 1> : wpr == 2 ? gemv_q8_kernel<NX, 2>
-           : wpr == 4 ? gemv_q8_kernel<NX, 4> : gemv_q8_kernel<NX, 8>;
+    auto k = wpr == 1 ? gemv_q8_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_kernel<NX, 2, V>
+           : wpr == 4 ? gemv_q8_kernel<NX, 4, V> : gemv_q8_kernel<NX, 8, V>;
     TP_LAUNCH("gemv_q8_kernel", k, grid, dim3(kQ8Threads), 0, s, out, x, w, scales, bias, O, I, accumulate);
     return TP_OK;
 }
 
-template <int NX>
+template <int NX, int V>
 int launch_q8_multi(int wpr, dim3 grid, const Q8Segs& sg, const float* x, int I, cudaStream_t s) {
-    auto k = wpr == 1 ? gemv_q8_multi_kernel<NX, 1> : wpr == 2 ? gemv_q8_multi_kernel<NX, 2>
-           : wpr == 4 ? gemv_q8_multi_kernel<NX, 4> : gemv_q8_multi_kernel<NX, 8>;
+    auto k = wpr == 1 ? gemv_q8_multi_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_multi_kernel<NX, 2, V>
+           : wpr == 4 ? gemv_q8_multi_kernel<NX, 4, V> : gemv_q8_multi_kernel<NX, 8, V>;
     TP_LAUNCH("gemv_q8_multi_kernel", k, grid, dim3(kQ8Threads), 0, s, sg, x, I);
     return TP_OK;
 }
 
-template <int NX>
+template <int NX, int V>
 int launch_q8_swiglu(int wpr, float* out, const float* x, const uint8_t* wg, const float* sg, const uint8_t* wu,
                      const float* su, int O, int I, cudaStream_t s) {
     dim3 grid((unsigned)ceil_div(O, kQ8Warps / wpr));
-    auto k = wpr == 1 ? gemv_q8_swiglu_kernel<NX, 1> : wpr == 2 ? gemv_q8_swiglu_kernel<NX, 2>
-           : wpr == 4 ? gemv_q8_swiglu_kernel<NX, 4> : gemv_q8_swiglu_kernel<NX, 8>;
+    auto k = wpr == 1 ? gemv_q8_swiglu_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_swiglu_kernel<NX, 2, V>
+           : wpr == 4 ? gemv_q8_swiglu_kernel<NX, 4, V> : gemv_q8_swiglu_kernel<NX, 8, V>;
     TP_LAUNCH("gemv_q8_swiglu_kernel", k, grid, dim3(kQ8Threads), 0, s, out, x, wg, sg, wu, su, O, I);
     return TP_OK;
 }
 
-// Calls f(std::integral_constant<int, NX>{}) for the row count n in 1..4 (the kernels are templated on it).
+// Calls f(std::integral_constant<int, NX>{}, std::integral_constant<int, V>{}) for the row count n in 1..4 and the
+// widening variant g_q8_variant (the kernels are templated on both).
 template <typename F>
 int by_rows(int n, F f) {
+    auto go = [&](auto nx) {
+        return g_q8_variant == 1 ? f(nx, std::integral_constant<int, 1>{}) : f(nx, std::integral_constant<int, 2>{});
+    };
     switch (n) {
-        case 1: return f(std::integral_constant<int, 1>{});
-        case 2: return f(std::integral_constant<int, 2>{});
-        case 3: return f(std::integral_constant<int, 3>{});
-        default: return f(std::integral_constant<int, 4>{});
+        case 1: return go(std::integral_constant<int, 1>{});
+        case 2: return go(std::integral_constant<int, 2>{});
+        case 3: return go(std::integral_constant<int, 3>{});
+        default: return go(std::integral_constant<int, 4>{});
     }
 }
 
@@ -310,8 +378,8 @@ int tp_gemv_q8(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t b
     const float* si = TP_PTR(const float, scales);
     const float* bi = TP_PTR(const float, bias);
     cudaStream_t s = TP_STREAM(stream);
-    return by_rows(n, [&](auto nx) {
-        return launch_q8<decltype(nx)::value>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
+    return by_rows(n, [&](auto nx, auto v) {
+        return launch_q8<decltype(nx)::value, decltype(v)::value>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
     });
 }
 
@@ -341,7 +409,9 @@ int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, in
     const int blocks = sg.end1 + (rows2 > 0 ? ceil_div(rows2, rpb) : 0);
     const float* xi = TP_PTR(const float, x);
     cudaStream_t s = TP_STREAM(stream);
-    return by_rows(n, [&](auto nx) { return launch_q8_multi<decltype(nx)::value>(wpr, dim3(blocks), sg, xi, in_dim, s); });
+    return by_rows(n, [&](auto nx, auto v) {
+        return launch_q8_multi<decltype(nx)::value, decltype(v)::value>(wpr, dim3(blocks), sg, xi, in_dim, s);
+    });
 }
 
 int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate, uint64_t w_up, uint64_t s_up, int n,
@@ -363,10 +433,19 @@ int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate
     const float* sg = TP_PTR(const float, s_gate);
     const float* su = TP_PTR(const float, s_up);
     cudaStream_t s = TP_STREAM(stream);
-    return by_rows(n, [&](auto nx) {
-        return launch_q8_swiglu<decltype(nx)::value>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
+    return by_rows(n, [&](auto nx, auto v) {
+        return launch_q8_swiglu<decltype(nx)::value, decltype(v)::value>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
     });
 }
+
+int tp_set_q8_gemv_variant(int variant) {
+    if (variant < 1 || variant > 2)
+        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_set_q8_gemv_variant: variant %d (1 or 2)", variant);
+    g_q8_variant = variant;
+    return TP_OK;
+}
+
+int tp_q8_gemv_variant(void) { return g_q8_variant; }
 
 int tp_dequant_q8_bf16(uint64_t dst, uint64_t w, uint64_t scales, int rows, int in_dim, uint64_t stream) {
     const char* fn = "tp_dequant_q8_bf16";

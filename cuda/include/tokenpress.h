@@ -177,6 +177,13 @@ int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, in
 /** tp_gemv_bf16_swiglu for Q8_0 gate/up matrices: out f32 [n, out_dim] = silu(x · gate^T) * (x · up^T). */
 int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate, uint64_t w_up, uint64_t s_up, int n,
                       int out_dim, int in_dim, uint64_t stream);
+/**
+ * Picks how the Q8_0 GEMVs widen their codes, for the whole process: 1 = I2F per byte, 2 (default) = a byte permute
+ * into a float's mantissa and one subtraction (exact: the same values, so the same results).
+ */
+int tp_set_q8_gemv_variant(int variant);
+/** The widening tp_gemv_q8* use now (1 or 2). */
+int tp_q8_gemv_variant(void);
 /** dst bf16 [rows, in_dim] = Q8_0 rows (codes w int8 [rows, in_dim], scales f32 [rows, in_dim / 32]) dequantized. */
 int tp_dequant_q8_bf16(uint64_t dst, uint64_t w, uint64_t scales, int rows, int in_dim, uint64_t stream);
 /** tp_embedding over a Q8_0 table (codes int8 [vocab, dim], scales f32 [vocab, dim / 32]); dim % 32 == 0. */

@@ -685,7 +685,8 @@ public final class KernelBench {
 
     /**
      * The short-context run of {@link #endToEnd} with the weights quantized to Q8_0 (a second copy on the device;
-     * keys e2e_short_q8_*): half the bytes a step streams. A failure is reported, not thrown.
+     * keys e2e_short_q8_*, and e2e_short_q8_*_v1 for the GEMVs' other widening): half the bytes a step streams. A
+     * failure is reported, not thrown.
      */
     private static void endToEndQ8(CudaBackend gpu, double copyBw, SafeTensors st, LlamaConfig cfg, int shortSteps,
                                    PrintStream out) {
@@ -699,19 +700,28 @@ public final class KernelBench {
                 for (dev.tokenpress.backend.Tensor t : new dev.tokenpress.backend.Tensor[] {l.wq(), l.wk(), l.wv(), l.wo(), l.wGate(), l.wUp(), l.wDown()})
                     bytes += t.bytes();
             Llama m = new Llama(cfg, w, gpu, 256);
-            try (KvCache cache = m.newCache(64 + decodeSlots(shortSteps, true) + 16)) {
-                int[] prompt = new int[32];
-                for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
-                m.prefill(cache, prompt, 0, false, null);
-                double tps = decode(gpu, m, cache, m.argmax(), prompt.length, shortSteps, out, "short_q8");
-                double roof = copyBw / (bytes + (double) cfg.kvBytesPerToken(2) * (prompt.length + shortSteps / 2.0));
-                out.printf("e2e short context, q8_0 weights (%d decode steps) [%s]: %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
-                        shortSteps, gpu.kernelPaths(), tps, roof, 100 * tps / roof, gpu.graphStatus());
-                result(out, "e2e_short_q8_tps", tps, "tokens/s");
-                result(out, "e2e_short_q8_roofline_tps", roof, "tokens/s");
-                result(out, "e2e_short_q8_pct_roofline", 100 * tps / roof, "%");
-                result(out, "weight_bytes_per_token_q8", bytes / 1e9, "GB");
+            int variant = gpu.q8GemvVariant();
+            try {
+                for (int v : new int[] {variant, 3 - variant}) { // the default widening first, then the other
+                    gpu.setQ8GemvVariant(v);
+                    String sfx = v == variant ? "" : "_v" + v;
+                    try (KvCache cache = m.newCache(64 + decodeSlots(shortSteps, true) + 16)) {
+                        int[] prompt = new int[32];
+                        for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
+                        m.prefill(cache, prompt, 0, false, null);
+                        double tps = decode(gpu, m, cache, m.argmax(), prompt.length, shortSteps, out, "short_q8" + sfx);
+                        double roof = copyBw / (bytes + (double) cfg.kvBytesPerToken(2) * (prompt.length + shortSteps / 2.0));
+                        out.printf("e2e short context, q8_0 weights, GEMV widening v%d (%d decode steps) [%s]: %.1f tokens/s, roofline %.1f tokens/s (%.1f%%); %s%n",
+                                v, shortSteps, gpu.kernelPaths(), tps, roof, 100 * tps / roof, gpu.graphStatus());
+                        result(out, "e2e_short_q8_tps" + sfx, tps, "tokens/s");
+                        result(out, "e2e_short_q8_roofline_tps" + sfx, roof, "tokens/s");
+                        result(out, "e2e_short_q8_pct_roofline" + sfx, 100 * tps / roof, "%");
+                    }
+                }
+            } finally {
+                gpu.setQ8GemvVariant(variant);
             }
+            result(out, "weight_bytes_per_token_q8", bytes / 1e9, "GB");
         } catch (RuntimeException e) {
             out.println("e2e short context, q8_0 weights: FAILED " + e.getMessage());
         } finally {

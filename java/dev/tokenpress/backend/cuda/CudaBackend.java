@@ -370,6 +370,18 @@ public final class CudaBackend implements Backend {
     public int attentionVariant() { return attentionVariant; }
 
     /**
+     * How the Q8_0 GEMVs widen their codes (tp_set_q8_gemv_variant): 1 = I2F with each scale read when used, 2 (the
+     * default) = a byte permute with the scales loaded alongside the codes; the same results. Drops a captured graph.
+     */
+    public void setQ8GemvVariant(int variant) {
+        if (variant < 1 || variant > 2) throw new IllegalArgumentException("Q8 GEMV variant " + variant + ": 1 or 2");
+        reconfigure("setQ8GemvVariant");
+        check(TpNative.tp_set_q8_gemv_variant(variant), "Q8 GEMV variant");
+    }
+
+    public int q8GemvVariant() { return TpNative.tp_q8_gemv_variant(); }
+
+    /**
      * Rows per block that decode attention v3 prefetches into L2 before waiting for the previous kernel
      * ({@code tp_set_attention_prefetch}, process-wide; 0 = off, the default; {@code -Dtokenpress.cuda.attnPrefetch}).
      * Results are bit-identical with any value. Drops a captured graph.
@@ -498,6 +510,7 @@ public final class CudaBackend implements Backend {
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
                 + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
                 + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
+                + (weightType == dev.tokenpress.backend.WeightType.Q8_0 ? ", q8_0 GEMV widening v" + TpNative.tp_q8_gemv_variant() : "")
                 + ", PDL " + (pdl() ? "on" : pdlSupported ? "off" : "off (unsupported)");
     }
 

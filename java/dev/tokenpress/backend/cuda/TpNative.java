@@ -411,6 +411,10 @@ public final class TpNative {
 
     public static native int tp_kvq_set_attention_variant(int variant);
 
+    public static native int tp_set_q8_gemv_variant(int variant);
+
+    public static native int tp_q8_gemv_variant();
+
     public static native int tp_kvq_attention_variant();
 
     public static native int tp_kvq_encode(@Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,

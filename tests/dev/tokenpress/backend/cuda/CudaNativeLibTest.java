@@ -76,6 +76,16 @@ class CudaNativeLibTest {
         assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, rc);
         assertTrue(TpNative.tp_last_error_message().getString().contains("'k'"));
         assertTrue(TpNative.tp_decode_attention_workspace_bytes(32, 64) > 0);
+
+        int q8 = TpNative.tp_q8_gemv_variant();
+        assertEquals(2, q8, "the byte-permute widening is the default");
+        for (int v : new int[] {0, 3}) {
+            assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_q8_gemv_variant(v));
+            assertTrue(TpNative.tp_last_error_message().getString().contains("variant " + v));
+        }
+        assertEquals(0, TpNative.tp_set_q8_gemv_variant(1));
+        assertEquals(1, TpNative.tp_q8_gemv_variant());
+        assertEquals(0, TpNative.tp_set_q8_gemv_variant(q8));
     }
 
     /** The error message names the bad argument (arguments are checked before any device work). */

@@ -139,6 +139,46 @@ class CudaQ8ParityTest {
         }
     }
 
+    /**
+     * The two widenings of the Q8 GEMVs (tp_set_q8_gemv_variant: I2F with each scale read on use; byte permute with
+     * the scales loaded with the codes) do the same arithmetic in the same order: the same bits, for the plain,
+     * accumulating, fused q/k/v and gate/up + SwiGLU GEMVs, on row counts that leave partial rounds and blocks.
+     */
+    @Test
+    void gemvVariantsGiveTheSameBits() {
+        SplittableRandom r = new SplittableRandom(21);
+        int before = TpNative.tp_q8_gemv_variant();
+        try {
+            for (int[] sh : new int[][] {{7, 64}, {333, 2048}, {2048, 8192}, {4097, 256}}) {
+                int outDim = sh[0], in = sh[1];
+                TensorData wd = bf16Weight("w", outDim, in, CudaGemvParityTest.uniform(r, outDim * in, 0.5));
+                Tensor w = gpu.weight(wd), w2 = gpu.weight(bf16Weight("w2", outDim, in, CudaGemvParityTest.uniform(r, outDim * in, 0.5)));
+                Tensor b = gpu.weight(f32Vector("b", CudaGemvParityTest.uniform(r, outDim, 0.1)));
+                for (int n = 1; n <= 4; n++) {
+                    float[] x = CudaGemvParityTest.uniform(r, n * in, 1.0), base = CudaGemvParityTest.uniform(r, n * outDim, 1.0);
+                    float[][][] got = new float[2][][];
+                    for (int v = 1; v <= 2; v++) {
+                        assertEquals(0, TpNative.tp_set_q8_gemv_variant(v));
+                        Tensor xt = act(gpu, n, in, x), o = act(gpu, n, outDim, null), acc = act(gpu, n, outDim, base);
+                        Tensor y = act(gpu, n, outDim, null), g = act(gpu, n, outDim, null), u = act(gpu, n, outDim, null);
+                        Tensor q = act(gpu, n, outDim, null), k = act(gpu, n, outDim, null), vv = act(gpu, n, outDim, null);
+                        gpu.matmul(o, xt, w, b, n);
+                        gpu.matmulAdd(acc, y, xt, w, n);
+                        gpu.matmulSwiglu(g, u, xt, w, w2, n);
+                        gpu.matmulQkv(q, k, vv, xt, w, b, w2, null, w, null, n);
+                        gpu.synchronize();
+                        got[v - 1] = new float[][] {gpu.download(o, 0, n), gpu.download(acc, 0, n), gpu.download(g, 0, n),
+                                gpu.download(q, 0, n), gpu.download(k, 0, n), gpu.download(vv, 0, n)};
+                    }
+                    for (int i = 0; i < got[0].length; i++)
+                        assertArrayEquals(got[0][i], got[1][i], outDim + "x" + in + " n=" + n + " output " + i);
+                }
+            }
+        } finally {
+            TpNative.tp_set_q8_gemv_variant(before);
+        }
+    }
+
     /** The prefill path in many weight-row slices: offsets into the output, the codes and the scales. */
     @Test
     void slicedGemmMatchesTheCpu() {
