@@ -507,6 +507,13 @@ public final class Parallel implements AutoCloseable {
         }
         boolean[] full = new boolean[batch.length];
         for (int i : left) full[i] = true;
+        float[][] logits;
+        try {
+            logits = model.batchLogitsAll(); // one download for the whole batch
+        } catch (RuntimeException | Error e) {
+            failAll(e);
+            return;
+        }
         steps++;
         rows += batch.length - left.length;
         List<Lane> still = new ArrayList<>();
@@ -520,7 +527,7 @@ public final class Parallel implements AutoCloseable {
             s.position++;
             s.decodeSteps++;
             try {
-                if (s.take(s.chain.sample(model.batchLogits(i)))) still.add(s);
+                if (s.take(s.chain.sample(logits[i]))) still.add(s);
                 else s.finish();
             } catch (RuntimeException | Error e) { // e.g. its listener failed: that sequence alone ends
                 s.fail(e);

@@ -276,6 +276,21 @@ public interface Backend extends AutoCloseable {
     /** Index of the largest element of row {@code row} of an f32 tensor (ties: lowest index). */
     int argmax(Tensor x, int row);
 
+    /** {@link #argmax} of rows [0, rows) of x, read back together. */
+    default int[] argmaxRows(Tensor x, int rows) {
+        int[] out = new int[rows];
+        for (int r = 0; r < rows; r++) out[r] = argmax(x, r);
+        return out;
+    }
+
+    /**
+     * A tensor of one row that aliases row {@code row} of the f32 activation tensor t (writes through), or null when
+     * this backend has no views (callers then copy rows). Valid while t is.
+     */
+    default Tensor rowView(Tensor t, int row) {
+        return null;
+    }
+
     // ---- greedy token feedback (Llama.decodeGreedy): the next step is queued before the host has read the token
 
     /**

@@ -196,8 +196,10 @@ public final class BenchCommand implements Callable<Integer> {
                 long t0 = System.nanoTime();
                 for (int s = 0; s < steps; s++) {
                     m.decodeBatch(batch);
+                    int[] next = m.batchArgmaxAll();
+                    for (int t : next) if (t < 0) throw new IllegalStateException("a sequence's KV cache is full");
                     for (int i = 0; i < np; i++)
-                        batch[i] = new Llama.BatchRow(caches[i], policies[i], m.batchArgmax(i), d + s + 1);
+                        batch[i] = new Llama.BatchRow(caches[i], policies[i], next[i], d + s + 1);
                 }
                 tp.backend().synchronize();
                 double sec = (System.nanoTime() - t0) / 1e9;

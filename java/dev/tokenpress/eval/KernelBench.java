@@ -664,8 +664,10 @@ public final class KernelBench {
                         t0 = System.nanoTime();
                     }
                     m.decodeBatch(batch);
+                    int[] next = m.batchArgmaxAll();
+                    for (int t : next) if (t < 0) throw new IllegalStateException("a sequence's KV cache is full");
                     for (int i = 0; i < seqs; i++)
-                        batch[i] = new Llama.BatchRow(caches[i], null, m.batchArgmax(i), batch[i].position() + 1);
+                        batch[i] = new Llama.BatchRow(caches[i], null, next[i], batch[i].position() + 1);
                 }
                 gpu.synchronize();
                 double tps = (double) steps * seqs / ((System.nanoTime() - t0) / 1e9);

@@ -262,6 +262,38 @@ public final class Llama implements AutoCloseable {
         return backend.argmax(allLogits(), batchRow(row));
     }
 
+    /**
+     * {@link #batchLogits} of every row of the last {@link #decodeBatch} in one download ([row][V]; null for a row
+     * it left out).
+     */
+    public float[][] batchLogitsAll() {
+        int[] rowOf = batchRowOf();
+        int m = 0;
+        for (int j : rowOf) m = Math.max(m, j + 1);
+        float[] all = m == 0 ? new float[0] : backend.download(allLogits(), 0, m);
+        int v = config.vocabSize();
+        float[][] out = new float[rowOf.length][];
+        for (int i = 0; i < rowOf.length; i++)
+            if (rowOf[i] >= 0) out[i] = java.util.Arrays.copyOfRange(all, rowOf[i] * v, (rowOf[i] + 1) * v);
+        return out;
+    }
+
+    /** {@link #batchArgmax} of every row of the last {@link #decodeBatch}, read back together (-1 for a row it left out). */
+    public int[] batchArgmaxAll() {
+        int[] rowOf = batchRowOf();
+        int m = 0;
+        for (int j : rowOf) m = Math.max(m, j + 1);
+        int[] idx = m == 0 ? new int[0] : backend.argmaxRows(allLogits(), m);
+        int[] out = new int[rowOf.length];
+        for (int i = 0; i < rowOf.length; i++) out[i] = rowOf[i] >= 0 ? idx[rowOf[i]] : -1;
+        return out;
+    }
+
+    private int[] batchRowOf() {
+        if (batchRowOf == null) throw new IllegalStateException("no batched step has run");
+        return batchRowOf;
+    }
+
     private int batchRow(int row) {
         if (batchRowOf == null || row < 0 || row >= batchRowOf.length)
             throw new IllegalArgumentException("row " + row + " is not a row of the last batch");
@@ -532,23 +564,35 @@ public final class Llama implements AutoCloseable {
         policy.afterAttention(cache, l, n, stats);
     }
 
-    /** {@link #attentionBlock} of a batched step: row by row, each over its own cache under its own policy. */
+    /**
+     * {@link #attentionBlock} of a batched step: row by row, each over its own cache under its own policy; on row
+     * views of q, k, v and att where the backend has them (no copies), else through one-row scratch tensors.
+     */
     private void batchAttention(int l) {
         LlamaConfig c = config;
         for (int i = 0; i < batchRows.length; i++) {
             BatchRow r = batchRows[i];
             KvPolicy p = r.policy() == null ? KvPolicy.FULL : r.policy();
             int[] pos = {r.position()};
-            backend.copyRows(q1, 0, q, i, 1);
-            backend.copyRows(k1, 0, k, i, 1);
-            backend.copyRows(v1, 0, v, i, 1);
-            backend.ropeStoreKv(q1, c.numHeads(), k1, v1, c.numKvHeads(), rope, pos, r.cache(), l, batchSlots[i][l], 1);
-            p.beforeAttention(r.cache(), l, q1, pos, 1);
+            Tensor qi = backend.rowView(q, i), ki = backend.rowView(k, i), vi = backend.rowView(v, i);
+            Tensor ai = backend.rowView(att, i);
+            boolean views = qi != null && ki != null && vi != null && ai != null;
+            if (!views) {
+                backend.copyRows(q1, 0, q, i, 1);
+                backend.copyRows(k1, 0, k, i, 1);
+                backend.copyRows(v1, 0, v, i, 1);
+                qi = q1;
+                ki = k1;
+                vi = v1;
+                ai = att1;
+            }
+            backend.ropeStoreKv(qi, c.numHeads(), ki, vi, c.numKvHeads(), rope, pos, r.cache(), l, batchSlots[i][l], 1);
+            p.beforeAttention(r.cache(), l, qi, pos, 1);
             SlotSelection sel = p.select(r.cache(), l, 1);
             AttentionStats stats = p.stats(r.cache(), l, 1);
-            backend.attention(att1, q1, r.cache(), l, pos, 1, sel, stats);
+            backend.attention(ai, qi, r.cache(), l, pos, 1, sel, stats);
             p.afterAttention(r.cache(), l, 1, stats);
-            backend.copyRows(att, i, att1, 0, 1);
+            if (!views) backend.copyRows(att, i, att1, 0, 1);
         }
     }
 

@@ -106,10 +106,14 @@ class DecodeBatchTest {
                         rows[r] = new Llama.BatchRow(caches[i], policies[i], (done[i] * 31 + i) % v, prompt(i, v).length + done[i]);
                     }
                     m.decodeBatch(rows);
+                    float[][] all = m.batchLogitsAll();
+                    int[] greedy = m.batchArgmaxAll();
                     for (int r = 0; r < rows.length; r++) {
                         int i = in.get(r);
                         assertArrayEquals(ref[i][done[i]], m.batchLogits(r), 2e-5f, spec + ": sequence " + i + ", step " + done[i]
                                 + " in a batch of " + rows.length);
+                        assertArrayEquals(m.batchLogits(r), all[r], "one download of the batch: row " + r);
+                        assertEquals(m.batchArgmax(r), greedy[r], "argmax of every row at once: row " + r);
                         done[i]++;
                     }
                 }
@@ -172,6 +176,9 @@ class DecodeBatchTest {
             assertArrayEquals(before, small.positions(0, 0), "and its cache is untouched");
             assertThrows(IllegalStateException.class, () -> m.batchLogits(0));
             float[] got = m.batchLogits(1);
+            assertNull(m.batchLogitsAll()[0], "no logits for the row left out");
+            assertArrayEquals(got, m.batchLogitsAll()[1]);
+            assertArrayEquals(new int[]{-1, m.batchArgmax(1)}, m.batchArgmaxAll());
             m.decodeStep(ref, 7, 5);
             m.decodeStep(ref, 8, 6);
             assertArrayEquals(m.logits(), got, 2e-5f, "the other row ran as usual");

@@ -1934,6 +1934,32 @@ public final class CudaBackend implements Backend {
         return idx[0];
     }
 
+    /** One argmax launch per row into consecutive output words, then one download of all of them. */
+    @Override
+    public int[] argmaxRows(Tensor x, int rows) {
+        requireEager("argmaxRows");
+        CudaTensor t = act(x);
+        if (rows < 0 || rows > t.rows) throw new IllegalArgumentException("argmaxRows: " + rows + " rows of " + t);
+        int[] idx = new int[rows];
+        for (int r0 = 0; r0 < rows; r0 += 1024) { // the output buffer holds 1024 indices
+            int m = Math.min(1024, rows - r0);
+            ensureSelWs(t.cols, 1);
+            for (int r = 0; r < m; r++)
+                check(TpNative.tp_argmax(t.row(r0 + r), t.cols, selOut + 4L * r, selOut + 4096 + 4L * r, selWs, selWsBytes, stream), "argmax");
+            int[] part = new int[m];
+            check(TpNative.tp_memcpy_d2h(part, selOut, 4L * m, stream), "argmax download");
+            System.arraycopy(part, 0, idx, r0, m);
+        }
+        return idx;
+    }
+
+    @Override
+    public Tensor rowView(Tensor t, int row) {
+        CudaTensor c = act(t);
+        if (row < 0 || row >= c.rows) throw new IllegalArgumentException("rowView: row " + row + " of " + c);
+        return new CudaTensor(1, c.cols, false, c.row(row), (long) c.cols * 4, c.name + "[" + row + "]");
+    }
+
     @Override
     public boolean tokenFeedback() {
         return true;
