@@ -50,6 +50,7 @@ public final class Llama implements AutoCloseable {
 
     // batched decoding (decodeBatch): the step's rows, their slots [row][layer][kvHead][1], one-row scratch
     private BatchRow[] batchRows;
+    private boolean batchRowViews = true;
     private int[][][][] batchSlots;
     private int[] batchRowOf;   // the last batch: row -> its row of the logits, -1 when left out
     private Tensor q1, k1, v1, att1;
@@ -250,6 +251,14 @@ public final class Llama implements AutoCloseable {
         for (int l = 0; l < c.layers(); l++)
             for (int g = 0; g < c.kvHeads(); g++) if (c.occupied(l, g) >= c.capacity()) return false;
         return true;
+    }
+
+    /**
+     * Whether batched steps run attention on row views of the step's tensors where the backend has them (the
+     * default) or through one-row copies (for comparisons).
+     */
+    public void setBatchRowViews(boolean on) {
+        batchRowViews = on;
     }
 
     /** Logits [V] of row {@code row} of the last {@link #decodeBatch} (a row it left out has none). */
@@ -574,8 +583,13 @@ public final class Llama implements AutoCloseable {
             BatchRow r = batchRows[i];
             KvPolicy p = r.policy() == null ? KvPolicy.FULL : r.policy();
             int[] pos = {r.position()};
-            Tensor qi = backend.rowView(q, i), ki = backend.rowView(k, i), vi = backend.rowView(v, i);
-            Tensor ai = backend.rowView(att, i);
+            Tensor qi = null, ki = null, vi = null, ai = null;
+            if (batchRowViews) {
+                qi = backend.rowView(q, i);
+                ki = backend.rowView(k, i);
+                vi = backend.rowView(v, i);
+                ai = backend.rowView(att, i);
+            }
             boolean views = qi != null && ki != null && vi != null && ai != null;
             if (!views) {
                 backend.copyRows(q1, 0, q, i, 1);

@@ -132,7 +132,10 @@ class CudaSessionTest {
         try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
             dev.tokenpress.model.Llama m = tp.model();
             int v = tp.config().vocabSize();
-            for (int seqs : new int[] {4, 6}) {
+            for (int run = 0; run < 3; run++) {
+                int seqs = new int[] {4, 6, 4}[run];
+                boolean views = run < 2; // row views of the step's tensors, then one-row copies
+                m.setBatchRowViews(views);
                 float[][][] alone = new float[seqs][5][];
                 for (int i = 0; i < seqs; i++)
                     try (dev.tokenpress.kv.KvCache c = m.newCache(64)) {
@@ -154,13 +157,19 @@ class CudaSessionTest {
                         for (int i = 0; i < seqs; i++)
                             rows[i] = new dev.tokenpress.model.Llama.BatchRow(caches[i], null, (t * 7 + i) % v, prompt(i, v).length + t);
                         m.decodeBatch(rows);
+                        float[][] all = m.batchLogitsAll();
+                        int[] greedy = m.batchArgmaxAll();
                         for (int i = 0; i < seqs; i++) {
                             double nmse = CudaParityTest.nmse(alone[i][t], m.batchLogits(i));
-                            assertTrue(nmse < 5e-3, seqs + " sequences, sequence " + i + " step " + t + ": nmse " + nmse);
+                            assertTrue(nmse < 5e-3, seqs + " sequences (views " + views + "), sequence " + i + " step " + t
+                                    + ": nmse " + nmse);
+                            assertArrayEquals(m.batchLogits(i), all[i], "one download of the batch, row " + i);
+                            assertEquals(m.batchArgmax(i), greedy[i], "argmax of every row at once, row " + i);
                         }
                     }
                 } finally {
                     for (dev.tokenpress.kv.KvCache c : caches) if (c != null) c.close();
+                    m.setBatchRowViews(true);
                 }
             }
             try (dev.tokenpress.kv.KvCache a = m.newCache(64); dev.tokenpress.kv.KvCache b = m.newCache(64)) {
