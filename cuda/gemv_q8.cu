@@ -9,7 +9,8 @@
 //   shuffles, then shared memory when WPR > 1. Bandwidth: 1.125 bytes per weight instead of bf16's 2.
 //   Variants (tp_set_q8_gemv_variant): 1 reads a chunk's scale only when it uses the chunk (a dependent read from
 //   memory per chunk, since the scales stream like the codes) and widens each byte with I2F (quarter rate): on an H100
-//   a q8_0 decode step of llama-1b-shape (1.39 GB) took as long as a bf16 one (2.47 GB). 2 (default) issues a round's scale loads with its code loads,
+//   a q8_0 decode step of llama-1b-shape (1.39 GB) took as long as a bf16 one (2.47 GB); the default, since 2 measured
+//   slower still (807 vs 826 tokens/s end to end). 2 issues a round's scale loads with its code loads,
 //   flips the sign bits of a word once, moves each byte into the mantissa of 2^23 with one byte permute and subtracts
 //   2^23 + 128 (exact, a full-rate FADD). The same arithmetic in the same order: the variants give the same bits.
 // - tp_dequant_q8_bf16: rows [r0, r0 + rows) as bf16 (round to nearest even), the weight operand of the cuBLAS
@@ -29,8 +30,8 @@ constexpr int kQ8Warps = kQ8Threads / 32;
 constexpr int kQ8MaxRows = 4;
 constexpr int kQ8Block = 32;
 
-// Widening of the codes (tp_set_q8_gemv_variant): 1 = I2F per byte, 2 = byte permute into a float's mantissa.
-int g_q8_variant = 2;
+// Widening of the codes (tp_set_q8_gemv_variant): 1 = I2F per byte (default), 2 = byte permute into a float's mantissa.
+int g_q8_variant = 1;
 
 __device__ __forceinline__ uint4 ld_stream16_q8(const uint8_t* p) {
     uint4 r;

@@ -178,8 +178,9 @@ int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, in
 int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate, uint64_t w_up, uint64_t s_up, int n,
                       int out_dim, int in_dim, uint64_t stream);
 /**
- * Picks how the Q8_0 GEMVs widen their codes, for the whole process: 1 = I2F per byte, 2 (default) = a byte permute
- * into a float's mantissa and one subtraction (exact: the same values, so the same results).
+ * Picks how the Q8_0 GEMVs widen their codes, for the whole process: 1 (default) = I2F per byte, each scale read when
+ * used, 2 = the scales loaded with the codes and a byte permute into a float's mantissa plus one subtraction (exact:
+ * the same results; it measured slower on an H100).
  */
 int tp_set_q8_gemv_variant(int variant);
 /** The widening tp_gemv_q8* use now (1 or 2). */

@@ -93,7 +93,7 @@ public final class KernelBench {
                 Path dir = Path.of(args[1]);
                 int shortSteps = args.length > 2 ? Integer.parseInt(args[2]) : 128;
                 int longSteps = args.length > 3 ? Integer.parseInt(args[3]) : 64;
-                java.util.Set<String> parts = java.util.Set.of((args.length > 4 ? args[4] : "short,batch,long,q8").split(","));
+                java.util.Set<String> parts = new java.util.HashSet<>(java.util.List.of((args.length > 4 ? args[4] : "short,batch,long,q8").split(",")));
                 endToEnd(gpu, bw, dir, shortSteps, longSteps, parts, out);
             }
         }
@@ -640,18 +640,22 @@ public final class KernelBench {
 
     /**
      * Continuous batching at short context (keys e2e_batch{S}_*, and e2e_batch4_copies_* through one-row copies
-     * instead of row views): S sequences with their own caches after a 32-token
+     * instead of row views; 4 sequences run copies, views, copies, views, the first two reported as *_first): S
+     * sequences with their own caches after a 32-token
      * prompt each, decoded together with {@link Llama#decodeBatch} (greedy on the device) for {@code steps} steps;
      * tokens/s counts every sequence's tokens; the roofline is S tokens per pass over the weights. Eager launches
      * (no CUDA graph). A failure is reported, not thrown.
      */
     private static void endToEndBatch(CudaBackend gpu, double copyBw, Llama m, LlamaConfig cfg, long weightBytes, int steps,
                                       PrintStream out) {
-        for (int run = 0; run < 4; run++) {
-            int seqs = new int[]{4, 16, 64, 4}[run];
-            boolean views = run < 3; // the last run: batch 4 through one-row copies (the path before row views)
+        // 4 sequences through one-row copies (the path before row views) and through views, twice each in turn (the
+        // second of each reported under its key, the first warms the code paths), then 16 and 64 with views
+        int[] seqsOf = {4, 4, 4, 4, 16, 64};
+        for (int run = 0; run < seqsOf.length; run++) {
+            int seqs = seqsOf[run];
+            boolean views = run != 0 && run != 2;
             m.setBatchRowViews(views);
-            String key = "e2e_batch" + seqs + (views ? "" : "_copies");
+            String key = "e2e_batch" + seqs + (views ? "" : "_copies") + (run < 2 ? "_first" : "");
             KvCache[] caches = new KvCache[seqs];
             try {
                 Llama.BatchRow[] batch = new Llama.BatchRow[seqs];

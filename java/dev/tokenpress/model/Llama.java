@@ -224,6 +224,9 @@ public final class Llama implements AutoCloseable {
         batchSlots = slots;
         try {
             forward(null, tokens, positions, m, null, true);
+        } catch (RuntimeException | Error e) {
+            batchRowOf = null; // no logits of this step to read
+            throw e;
         } finally {
             batchRows = null;
             batchSlots = null;

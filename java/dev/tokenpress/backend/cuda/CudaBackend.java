@@ -227,11 +227,12 @@ public final class CudaBackend implements Backend {
         nativeSetting("tokenpress.cuda.gemvPrefetch", "TOKENPRESS_CUDA_GEMV_PREFETCH", TpNative::tp_gemv_set_prefetch);
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
-        String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // v1 | v2 (native default) | v3 | v4 | gemm (CudaCce.GEMM), process-wide
+        String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // gemm (CudaCce.GEMM, default) | v1 | v2 | v3 | v4, process-wide
         if (cce != null) {
             String c = cce.toLowerCase(java.util.Locale.ROOT);
-            if (c.equals("gemm") || c.equals("v5") || c.equals("5")) CudaCce.setVariant(CudaCce.GEMM);
-            else check(TpNative.tp_cce_set_variant(switch (c) { case "v1", "1" -> 1; case "v2", "2" -> 2; case "v3", "3" -> 3; case "v4", "4" -> 4; default -> -1; }), "tokenpress.cuda.cceVariant=" + cce);
+            int v = switch (c) { case "gemm", "v5", "5" -> CudaCce.GEMM; case "v1", "1" -> 1; case "v2", "2" -> 2; case "v3", "3" -> 3; case "v4", "4" -> 4; default -> -1; };
+            if (v < 0) throw new IllegalArgumentException("tokenpress.cuda.cceVariant=" + cce + ": gemm, v1, v2, v3 or v4");
+            CudaCce.setVariant(v);
         }
         String chunk = System.getProperty("tokenpress.cuda.cceGemmChunk", System.getenv("TOKENPRESS_CUDA_CCE_GEMM_CHUNK")); // ROWSxCOLS
         if (chunk != null) {
@@ -370,8 +371,9 @@ public final class CudaBackend implements Backend {
     public int attentionVariant() { return attentionVariant; }
 
     /**
-     * How the Q8_0 GEMVs widen their codes (tp_set_q8_gemv_variant): 1 = I2F with each scale read when used, 2 (the
-     * default) = a byte permute with the scales loaded alongside the codes; the same results. Drops a captured graph.
+     * How the Q8_0 GEMVs widen their codes (tp_set_q8_gemv_variant): 1 (the default) = I2F with each scale read when
+     * used, 2 = a byte permute with the scales loaded alongside the codes (slower on an H100); the same results.
+     * Drops a captured graph.
      */
     public void setQ8GemvVariant(int variant) {
         if (variant < 1 || variant > 2) throw new IllegalArgumentException("Q8 GEMV variant " + variant + ": 1 or 2");
@@ -1414,17 +1416,19 @@ public final class CudaBackend implements Backend {
 
     /**
      * The ops a KV policy needs from a quantized cache (attention statistics, queryKeyScores, questPageScores,
-     * selectTopSlots): their kernels (cuda/kv_quant.cu) are off unless {@code -Dtokenpress.cuda.quantPolicyOps=true}
-     * (or TOKENPRESS_CUDA_QUANT_POLICY_OPS=1), read at each use.
+     * selectTopSlots) and the cache's compaction: their kernels (cuda/kv_quant.cu) are on (they passed their parity
+     * tests on an H100) unless {@code -Dtokenpress.cuda.quantPolicyOps=false} (or TOKENPRESS_CUDA_QUANT_POLICY_OPS=0),
+     * read at each use.
      */
     static boolean quantPolicyOps() {
-        return optIn("tokenpress.cuda.quantPolicyOps", "TOKENPRESS_CUDA_QUANT_POLICY_OPS");
+        String v = System.getProperty("tokenpress.cuda.quantPolicyOps", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_POLICY_OPS", "true"));
+        return !("false".equalsIgnoreCase(v) || "0".equals(v));
     }
 
     private static void requireQuantPolicyOps(String op) {
         if (!quantPolicyOps())
-            throw new UnsupportedOpException(op + " on a quantized CUDA KV cache (needed by this --kv policy) is off until it has run on a GPU: "
-                    + "TOKENPRESS_CUDA_QUANT_POLICY_OPS=1 (or -Dtokenpress.cuda.quantPolicyOps=true) turns it on, or use --device cpu");
+            throw new UnsupportedOpException(op + " on a quantized CUDA KV cache (needed by this --kv policy) is turned off "
+                    + "(TOKENPRESS_CUDA_QUANT_POLICY_OPS=0 or -Dtokenpress.cuda.quantPolicyOps=false): unset it, or use --device cpu");
     }
 
     /** A device buffer that grows (never shrinks) to the largest size asked of it. */

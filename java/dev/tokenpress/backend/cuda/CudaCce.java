@@ -28,16 +28,16 @@ import java.util.SplittableRandom;
  * path (half the tensor-core work). Needs D % 8 == 0 ({@link UnsupportedOpException} otherwise). Eager only (not
  * inside a captured decode step).
  * <p>
- * Implementations, chosen process-wide ({@link #setVariant}, or {@code -Dtokenpress.cuda.cceVariant=v1|v2|v3|v4}
- * read when a {@link CudaBackend} opens): 1, and 2 (the default: cp.async / ldmatrix pipeline with 128 x 256 block
- * tiles, D in chunks of 32 through 4 stages, h rounded to bf16 only: precise mode always runs variant 1); 3 and 4
+ * Implementations, chosen process-wide ({@link #setVariant}, or {@code -Dtokenpress.cuda.cceVariant=v1|v2|v3|v4|gemm}
+ * read when a {@link CudaBackend} opens): {@link #GEMM} (the default, below), 1, and 2 (the native default:
+ * cp.async / ldmatrix pipeline with 128 x 256 block tiles, D in chunks of 32 through 4 stages, h rounded to bf16
+ * only: precise mode always runs variant 1); 3 and 4
  * are variant 2 with D in chunks of 64 through 3 or 4 stages (144.5 / 192.5 KiB of shared memory: on devices with
  * less, the next smaller shape runs). Variants 2 to 4 need a larger workspace (a bf16 copy of h).
  * <p>
- * Variant {@link #GEMM} (5, {@code -Dtokenpress.cuda.cceVariant=gemm}; Java-side, not a native variant): the logits
- * are made chunk by chunk with cuBLAS ({@code cublasGemmEx}, bf16 operands, f32 output) into one buffer of
- * {@link #setGemmChunk rows × vocabulary columns} (2048 × 2048 by default: 16 MiB, small enough to stay in L2 between
- * the GEMM that writes it and the kernel that reads it), and {@code tp_lse_chunk} folds each chunk into a running
+ * Variant {@link #GEMM} (5, the default; Java-side, not a native variant): the logits are made chunk by chunk with
+ * cuBLAS ({@code cublasGemmEx}, bf16 operands, f32 output) into one buffer of {@link #setGemmChunk rows × vocabulary
+ * columns} (4096 × 2048 by default: 32 MiB), and {@code tp_lse_chunk} folds each chunk into a running
  * (max, sum) per row; {@code tp_lse_chunk_finish} ends it. The [n, V] logits never exist at once, the workspace is
  * O(n) plus the fixed chunk, and the tensor-core work is cuBLAS's own. Precise mode runs two GEMMs per chunk (bf16
  * hi and lo parts of h, the second accumulating), as variant 1 does inside its kernel.
@@ -47,10 +47,13 @@ public final class CudaCce {
 
     /** The chunked cuBLAS implementation's variant number (see the class comment). */
     public static final int GEMM = 5;
-    /** Default chunk of the {@link #GEMM} variant: rows of h × vocabulary entries (16 MiB of f32 logits). */
-    public static final int GEMM_ROWS = 2048, GEMM_COLS = 2048;
+    /**
+     * Default chunk of the {@link #GEMM} variant: rows of h × vocabulary entries (32 MiB of f32 logits; the fastest
+     * of the shapes timed on an H100, docs/PERFORMANCE.md).
+     */
+    public static final int GEMM_ROWS = 4096, GEMM_COLS = 2048;
 
-    private static volatile boolean gemm;
+    private static volatile boolean gemm = true; // the default: faster than every native variant on an H100
     private static volatile int gemmRows = GEMM_ROWS, gemmCols = GEMM_COLS;
 
     /** Device workspace bytes {@code tp_cce_lse} needs for n rows of hidden size dim under the variant set now. */
@@ -67,7 +70,7 @@ public final class CudaCce {
         return TpNative.tp_cce_lse_workspace_bytes_for(n, dim, variant);
     }
 
-    /** Selects the implementation for the whole process: 1, 2 (default), 3, 4 (native kernels) or {@link #GEMM}. */
+    /** Selects the implementation for the whole process: 1, 2, 3, 4 (native kernels) or {@link #GEMM} (default). */
     public static void setVariant(int variant) {
         if (variant == GEMM) {
             gemm = true;

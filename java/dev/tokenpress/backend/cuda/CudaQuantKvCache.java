@@ -24,7 +24,7 @@ import java.util.List;
  * add up to two blocks' worth the partially dead blocks are compacted as on the CPU (their live tokens decoded in
  * position order with the CPU's formulas and re-encoded into full blocks, the last one shorter): the plan decodes
  * them into scratch rows before any encode, then encodes the new blocks from there. Not yet run on a GPU, so only
- * with the policy ops over this cache ({@code -Dtokenpress.cuda.quantPolicyOps=true}, read when the cache is made),
+ * with the policy ops over this cache (on unless {@code -Dtokenpress.cuda.quantPolicyOps=false}, read when the cache is made),
  * which the policies that evict scattered tokens need anyway; without it the pool grows instead.
  * Differences from the CPU cache, by design:
  * <ul>
@@ -39,7 +39,7 @@ import java.util.List;
  * Decode steps over this cache are captured into CUDA graphs like those over the bf16 cache: the store plan is
  * made when the slots are allocated, outside the captured body, so a body that runs twice applies the host
  * bookkeeping once. The ops KV policies need beyond attention (statistics, queryKeyScores, questPageScores,
- * selectTopSlots, readKv / writeKv) work over the packed blocks, off unless {@code -Dtokenpress.cuda.quantPolicyOps=true}.
+ * selectTopSlots, readKv / writeKv) work over the packed blocks (off with {@code -Dtokenpress.cuda.quantPolicyOps=false}).
  */
 public final class CudaQuantKvCache extends KvCache {
     /** Appends also move tokens from the full-precision window into packed blocks: not undone by freeing slots. */
