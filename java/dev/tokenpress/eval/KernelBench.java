@@ -603,6 +603,7 @@ public final class KernelBench {
                         if (base > 0) result(out, "e2e_short" + p.suffix() + "_speedup", tps / base, "x");
                 }
             }
+            usePaths(gpu, E2E_PATHS[0]); // the default kernel paths (the short runs end on the last of E2E_PATHS)
             if (parts.contains("batch")) endToEndBatch(gpu, copyBw, m, cfg, weightBytes, shortSteps, out);
             // 32K context, written directly into the cache
             if (parts.contains("long")) try (KvCache cache = m.newCache(longCtx + runs * decodeSlots(longSteps, true) + 16)) {

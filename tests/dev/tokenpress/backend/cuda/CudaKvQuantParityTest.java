@@ -312,8 +312,16 @@ class CudaKvQuantParityTest {
     void unsupportedMethodsAndOpsAreRefused() {
         assertThrows(UnsupportedOpException.class, () -> gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("zipcache")));
         assertThrows(UnsupportedOpException.class, () -> gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("gear")));
+        String before = System.getProperty("tokenpress.cuda.quantPolicyOps");
+        System.setProperty("tokenpress.cuda.quantPolicyOps", "false"); // the policy ops turned off: refused
         try (KvCache c = gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("int4"))) {
             assertThrows(UnsupportedOpException.class, () -> gpu.readKv(c, 0, 0, 0, new float[64], new float[64]));
+        } finally {
+            if (before == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
+            else System.setProperty("tokenpress.cuda.quantPolicyOps", before);
+        }
+        try (KvCache c = gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("int4"))) { // on (the default): a free slot
+            assertThrows(IllegalArgumentException.class, () -> gpu.readKv(c, 0, 0, 0, new float[64], new float[64]));
         }
         KvCache none = gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.NONE);
         assertTrue(none instanceof CudaKvCache);
