@@ -120,7 +120,7 @@ run_checks() {
   say "java: $(head -1 "$OUT/java-version.txt")"
   local CP
   CP=$(ls "$BUNDLE"/lib/*.jar | tr '\n' ':')
-  local JOPTS=(--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -Xmx24g
+  local JOPTS=(--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector "-Xmx${TP_XMX:-24g}"
                -Dorg.bytedeco.javacpp.cachedir="$WORK/javacpp-cache${JUNIT_TAG:-}"
                -DRUST_FLAVOR=cpu -Dai.djl.offline=true -DDJL_CACHE_DIR="$WORK/djl${JUNIT_TAG:-}")  # the tokenizer's bundled cpu library, never a download
 
@@ -282,6 +282,7 @@ run_parallel() {
   mkdir -p "$OUT"
   OUT=$(cd "$OUT" && pwd)
   : > "$OUT/gpu-summary.txt"
+  rm -f "$OUT"/summary-*.txt
   local WORK=${TP_WORK:-/tmp/tokenpress-gpu}
   mkdir -p "$WORK"
   rm -rf "$WORK/jre"
@@ -305,7 +306,7 @@ run_parallel() {
     IFS='|' read -r tag classes <<< "$g"
     [[ $only == *$tag* ]] || continue
     SUMMARY_FILE="$OUT/summary-$tag.txt" JUNIT_TAG=$tag JUNIT_CLASSES="$classes" STAGES=junit T_JUNIT=${T_JUNIT:-240} \
-      run_checks "$OUT" > /dev/null 2>&1 &
+      TP_XMX=${TP_XMX:-10g} run_checks "$OUT" > /dev/null 2>&1 &
     pids+=($!)
   done
   [[ ${#pids[@]} -gt 0 ]] && wait "${pids[@]}"
@@ -321,6 +322,7 @@ run_parallel() {
     STAGES=$st run_checks "$OUT" > "$OUT/run-$st.log" 2>&1
   done
   grep -E "^(STAGE|==|parallel|total)|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
+  ! grep -q "^STAGE .*: FAIL" "$OUT/gpu-summary.txt"  # the exit status: 1 when a stage failed
 }
 
 case "${1:-}" in
