@@ -361,6 +361,44 @@ public abstract class EvictingPolicy extends BasePolicy {
             for (int i = 1; i < c; i++) if (before(cand[i], best, sc, pos)) best = cand[i];
             return new int[]{best};
         }
+        return lowestFirst(cand, c, m, sc, pos);
+    }
+
+    /**
+     * The first m of cand[0, c) in eviction order (lower score first, equal scores older first; {@code sc} null:
+     * older first): (score, position) packed into longs and one primitive sort, a head's positions being distinct
+     * (a head that holds a position twice takes the comparator sort).
+     */
+    static int[] lowestFirst(int[] cand, int c, int m, float[] sc, int[] pos) {
+        long[] keys = new long[c];
+        int maxPos = 0;
+        for (int i = 0; i < c; i++) {
+            int s = cand[i];
+            int order = 0;
+            if (sc != null) {
+                float v = sc[s] == 0f ? 0f : sc[s];          // -0 ties with +0
+                int bits = Float.floatToIntBits(v);
+                order = bits ^ ((bits >> 31) & 0x7fffffff);   // increases with the score, as a signed int
+            }
+            keys[i] = ((long) order << 32) | pos[s];
+            maxPos = Math.max(maxPos, pos[s]);
+        }
+        int[] slotOfPos = new int[maxPos + 1];
+        java.util.BitSet seen = new java.util.BitSet(maxPos + 1);
+        for (int i = 0; i < c; i++) {
+            int p = pos[cand[i]];
+            if (seen.get(p)) return victimsByComparator(cand, c, m, sc, pos);
+            seen.set(p);
+            slotOfPos[p] = cand[i];
+        }
+        Arrays.sort(keys);
+        int[] out = new int[m];
+        for (int i = 0; i < m; i++) out[i] = slotOfPos[(int) keys[i]];
+        return out;
+    }
+
+    /** {@link #victims}' order by a comparator over the slots (for a head that holds a position twice). */
+    static int[] victimsByComparator(int[] cand, int c, int m, float[] sc, int[] pos) {
         Integer[] boxed = new Integer[c];
         for (int i = 0; i < c; i++) boxed[i] = cand[i];
         Arrays.sort(boxed, (a, b) -> before(a, b, sc, pos) ? -1 : before(b, a, sc, pos) ? 1 : 0);

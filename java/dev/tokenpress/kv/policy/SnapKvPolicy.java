@@ -161,13 +161,8 @@ public final class SnapKvPolicy extends EvictingPolicy {
         return out;
     }
 
-    /** Indices of the k largest values (ties: lower index). */
+    /** Indices of the k largest values, largest first (ties: lower index; {@link TopK}). */
     static int[] topIndices(float[] x, int k) {
-        Integer[] idx = new Integer[x.length];
-        for (int i = 0; i < x.length; i++) idx[i] = i;
-        java.util.Arrays.sort(idx, (a, b) -> x[a] != x[b] ? Float.compare(x[b], x[a]) : Integer.compare(a, b));
-        int[] out = new int[Math.min(k, x.length)];
-        for (int i = 0; i < out.length; i++) out[i] = idx[i];
-        return out;
+        return TopK.largest(x, k);
     }
 }

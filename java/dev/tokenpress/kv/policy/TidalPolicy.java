@@ -225,15 +225,7 @@ public final class TidalPolicy extends BasePolicy {
     /** The m slots with the largest finite scores (ties: lower slot). */
     static int[] topSlots(float[] score, int m) {
         if (m <= 0) return new int[0];
-        int c = 0;
-        for (float v : score) if (v != Float.NEGATIVE_INFINITY) c++;
-        Integer[] idx = new Integer[c];
-        c = 0;
-        for (int i = 0; i < score.length; i++) if (score[i] != Float.NEGATIVE_INFINITY) idx[c++] = i;
-        if (m < c) Arrays.sort(idx, (a, b) -> score[a] != score[b] ? Float.compare(score[b], score[a]) : Integer.compare(a, b));
-        int[] out = new int[Math.min(m, c)];
-        for (int i = 0; i < out.length; i++) out[i] = idx[i];
-        return out;
+        return TopK.largest(score, m, true);
     }
 
     /** Positions per KV head of the latest selection (for tests and logs); null before the first decode step. */
