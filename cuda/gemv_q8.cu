@@ -13,6 +13,8 @@
 //   slower still (807 vs 826 tokens/s end to end). 2 issues a round's scale loads with its code loads,
 //   flips the sign bits of a word once, moves each byte into the mantissa of 2^23 with one byte permute and subtracts
 //   2^23 + 128 (exact, a full-rate FADD). The same arithmetic in the same order: the variants give the same bits.
+//   3 (not yet run on a GPU) interleaves the lanes at 4 codes so that every load of x is coalesced (see
+//   q8_row_partial_interleaved: variants 1 and 2 make the L1 handle about 70 cache lines per 512 bytes of codes).
 // - tp_dequant_q8_bf16: rows [r0, r0 + rows) as bf16 (round to nearest even), the weight operand of the cuBLAS
 //   GEMM of a prefill chunk (the caller walks the matrix in row slices through a scratch buffer).
 // - tp_embedding_q8: rows of a Q8_0 embedding table as f32 (tokens on the device: staged ids or the feedback
@@ -30,8 +32,16 @@ constexpr int kQ8Warps = kQ8Threads / 32;
 constexpr int kQ8MaxRows = 4;
 constexpr int kQ8Block = 32;
 
-// Widening of the codes (tp_set_q8_gemv_variant): 1 = I2F per byte (default), 2 = byte permute into a float's mantissa.
+// Q8 GEMV variant (tp_set_q8_gemv_variant): 1 = 16 consecutive codes per lane, I2F per byte (default); 2 = the same
+// with the scales loaded with the codes and a byte permute into a float's mantissa; 3 = lanes interleaved at 4 codes
+// (coalesced x).
 int g_q8_variant = 1;
+
+__device__ __forceinline__ uint32_t ld_stream4_q8(const uint8_t* p) {
+    uint32_t r;
+    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
+    return r;
+}
 
 __device__ __forceinline__ uint4 ld_stream16_q8(const uint8_t* p) {
     uint4 r;
@@ -101,9 +111,9 @@ __device__ __forceinline__ void q8_chunk_dot(const float* wf, const float* __res
 // memory like the codes); variant 2 issues the round's scale loads with its code loads and widens without I2F.
 // Both do the same arithmetic in the same order (the same results).
 template <int NX, int WPR, int V>
-__device__ __forceinline__ void q8_row_partial(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
-                                               const float* __restrict__ x, int I, int part, int lane,
-                                               float (&acc)[NX]) {
+__device__ __forceinline__ void q8_row_partial_chunks(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
+                                                      const float* __restrict__ x, int I, int part, int lane,
+                                                      float (&acc)[NX]) {
     constexpr int S = 32 * WPR;             // chunk stride between a lane's consecutive chunks
     constexpr int U = NX == 1 ? 8 : 4;      // chunks loaded per round (loads in flight), as the bf16 GEMV
     const int nch = I >> 4;                 // 16-byte chunks (16 codes) per row
@@ -147,6 +157,71 @@ __device__ __forceinline__ void q8_row_partial(const uint8_t* __restrict__ wr, c
             }
         }
     }
+}
+
+// Variant 3: the lanes of a warp interleave at 4 codes, so every load of x is coalesced. Variants 1 and 2 give a lane
+// 16 consecutive codes, and its 64 bytes of x sit 64 bytes from the next lane's: a warp's 16-byte x load then touches
+// 16 cache lines instead of 4, and the L1 handles about 70 lines per 512 bytes of codes (bf16: 20) — enough to bound
+// the kernel below the memory's speed. Here a warp takes 512 codes at a time ("super-chunk" t): lane l owns codes
+// t*512 + 128v + 4l .. +3 for v = 0..3 (one 4-byte load each, 128 coalesced bytes per warp), their scale (block
+// (t*512 + 128v)/32 + l/8) and x's float4 at the same offset (512 coalesced bytes per warp): about 24 lines per 512
+// bytes of codes. UQ super-chunks per round are loaded before any is used. Other sums than variants 1 and 2 (4 codes
+// per partial dot instead of 16): results within rounding of them, not bit-identical.
+template <int NX, int WPR>
+__device__ __forceinline__ void q8_row_partial_interleaved(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
+                                                           const float* __restrict__ x, int I, int part, int lane,
+                                                           float (&acc)[NX]) {
+    constexpr int UQ = NX == 1 ? 4 : 2;     // super-chunks in flight per round
+    const int nsc = (I + 511) >> 9;         // super-chunks per row (the last may be partial; I % 32 == 0)
+    for (int t0 = part; t0 < nsc; t0 += WPR * UQ) {
+        uint32_t q[UQ][4];
+        float d[UQ][4];
+#pragma unroll
+        for (int u = 0; u < UQ; u++) {
+            const int t = t0 + u * WPR;
+#pragma unroll
+            for (int v = 0; v < 4; v++) {
+                const int g = t * 512 + v * 128 + lane * 4;  // this lane's first code of the group
+                if (t < nsc && g < I) {
+                    q[u][v] = ld_stream4_q8(wr + g);
+                    d[u][v] = __ldg(sr + (g >> 5));
+                } else {
+                    q[u][v] = 0u;
+                    d[u][v] = 0.f;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UQ; u++) {
+            const int t = t0 + u * WPR;
+#pragma unroll
+            for (int v = 0; v < 4; v++) {
+                const int g = t * 512 + v * 128 + lane * 4;
+                if (t < nsc && g < I) {
+                    float wf[4];
+                    s8x4_to_f32(q[u][v], wf);
+#pragma unroll
+                    for (int r = 0; r < NX; r++) {
+                        const float4 a = __ldg(reinterpret_cast<const float4*>(x + (int64_t)r * I + g));
+                        float s = wf[0] * a.x;
+                        s = fmaf(wf[1], a.y, s);
+                        s = fmaf(wf[2], a.z, s);
+                        s = fmaf(wf[3], a.w, s);
+                        acc[r] = fmaf(d[u][v], s, acc[r]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// This warp's share of a row for widening variant V (1, 2: 16 consecutive codes per lane; 3: interleaved lanes).
+template <int NX, int WPR, int V>
+__device__ __forceinline__ void q8_row_partial(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
+                                               const float* __restrict__ x, int I, int part, int lane,
+                                               float (&acc)[NX]) {
+    if constexpr (V == 3) q8_row_partial_interleaved<NX, WPR>(wr, sr, x, I, part, lane, acc);
+    else q8_row_partial_chunks<NX, WPR, V>(wr, sr, x, I, part, lane, acc);
 }
 
 // Sums the lane partials of the WPR warps of a row; afterwards every lane of the row's first warp (part 0) holds
@@ -305,7 +380,8 @@ int launch_q8_swiglu(int wpr, float* out, const float* x, const uint8_t* wg, con
 template <typename F>
 int by_rows(int n, F f) {
     auto go = [&](auto nx) {
-        return g_q8_variant == 1 ? f(nx, std::integral_constant<int, 1>{}) : f(nx, std::integral_constant<int, 2>{});
+        return g_q8_variant == 1 ? f(nx, std::integral_constant<int, 1>{})
+             : g_q8_variant == 2 ? f(nx, std::integral_constant<int, 2>{}) : f(nx, std::integral_constant<int, 3>{});
     };
     switch (n) {
         case 1: return go(std::integral_constant<int, 1>{});
@@ -440,8 +516,8 @@ int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate
 }
 
 int tp_set_q8_gemv_variant(int variant) {
-    if (variant < 1 || variant > 2)
-        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_set_q8_gemv_variant: variant %d (1 or 2)", variant);
+    if (variant < 1 || variant > 3)
+        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_set_q8_gemv_variant: variant %d (1, 2 or 3)", variant);
     g_q8_variant = variant;
     return TP_OK;
 }

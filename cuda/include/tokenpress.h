@@ -178,12 +178,13 @@ int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, in
 int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate, uint64_t w_up, uint64_t s_up, int n,
                       int out_dim, int in_dim, uint64_t stream);
 /**
- * Picks how the Q8_0 GEMVs widen their codes, for the whole process: 1 (default) = I2F per byte, each scale read when
- * used, 2 = the scales loaded with the codes and a byte permute into a float's mantissa plus one subtraction (exact:
- * the same results; it measured slower on an H100).
+ * Picks the Q8_0 GEMVs' kernel variant, for the whole process: 1 (default) = 16 consecutive codes per lane, I2F per
+ * byte, each scale read when used; 2 = the scales loaded with the codes and a byte permute into a float's mantissa
+ * plus one subtraction (exact: the same results as 1; it measured slower on an H100); 3 = the lanes of a warp
+ * interleaved at 4 codes, so that every load of x is coalesced (results within rounding of 1; not yet run on a GPU).
  */
 int tp_set_q8_gemv_variant(int variant);
-/** The widening tp_gemv_q8* use now (1 or 2). */
+/** The variant tp_gemv_q8* use now (1, 2 or 3). */
 int tp_q8_gemv_variant(void);
 /** dst bf16 [rows, in_dim] = Q8_0 rows (codes w int8 [rows, in_dim], scales f32 [rows, in_dim / 32]) dequantized. */
 int tp_dequant_q8_bf16(uint64_t dst, uint64_t w, uint64_t scales, int rows, int in_dim, uint64_t stream);

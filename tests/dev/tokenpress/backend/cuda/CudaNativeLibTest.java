@@ -79,12 +79,12 @@ class CudaNativeLibTest {
 
         int q8 = TpNative.tp_q8_gemv_variant();
         assertEquals(1, q8, "I2F widening is the default (it measured faster on an H100)");
-        for (int v : new int[] {0, 3}) {
+        for (int v : new int[] {0, 4}) {
             assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_q8_gemv_variant(v));
             assertTrue(TpNative.tp_last_error_message().getString().contains("variant " + v));
         }
-        assertEquals(0, TpNative.tp_set_q8_gemv_variant(1));
-        assertEquals(1, TpNative.tp_q8_gemv_variant());
+        assertEquals(0, TpNative.tp_set_q8_gemv_variant(3));
+        assertEquals(3, TpNative.tp_q8_gemv_variant());
         assertEquals(0, TpNative.tp_set_q8_gemv_variant(q8));
     }
 

@@ -140,24 +140,25 @@ class CudaQ8ParityTest {
     }
 
     /**
-     * The two widenings of the Q8 GEMVs (tp_set_q8_gemv_variant: I2F with each scale read on use; byte permute with
-     * the scales loaded with the codes) do the same arithmetic in the same order: the same bits, for the plain,
-     * accumulating, fused q/k/v and gate/up + SwiGLU GEMVs, on row counts that leave partial rounds and blocks.
+     * The Q8 GEMV variants (tp_set_q8_gemv_variant): 1 and 2 (I2F with each scale read on use; byte permute with the
+     * scales loaded with the codes) do the same arithmetic in the same order: the same bits; 3 (lanes interleaved at 4
+     * codes) sums in another order: within the CPU parity bounds of variant 1. For the plain, accumulating, fused
+     * q/k/v and gate/up + SwiGLU GEMVs, on row and column counts that leave partial rounds, blocks and super-chunks.
      */
     @Test
     void gemvVariantsGiveTheSameBits() {
         SplittableRandom r = new SplittableRandom(21);
         int before = TpNative.tp_q8_gemv_variant();
         try {
-            for (int[] sh : new int[][] {{7, 64}, {333, 2048}, {2048, 8192}, {4097, 256}}) {
+            for (int[] sh : new int[][] {{7, 64}, {333, 2048}, {2048, 8192}, {4097, 256}, {5, 544}}) {
                 int outDim = sh[0], in = sh[1];
                 TensorData wd = bf16Weight("w", outDim, in, CudaGemvParityTest.uniform(r, outDim * in, 0.5));
                 Tensor w = gpu.weight(wd), w2 = gpu.weight(bf16Weight("w2", outDim, in, CudaGemvParityTest.uniform(r, outDim * in, 0.5)));
                 Tensor b = gpu.weight(f32Vector("b", CudaGemvParityTest.uniform(r, outDim, 0.1)));
                 for (int n = 1; n <= 4; n++) {
                     float[] x = CudaGemvParityTest.uniform(r, n * in, 1.0), base = CudaGemvParityTest.uniform(r, n * outDim, 1.0);
-                    float[][][] got = new float[2][][];
-                    for (int v = 1; v <= 2; v++) {
+                    float[][][] got = new float[3][][];
+                    for (int v = 1; v <= 3; v++) {
                         assertEquals(0, TpNative.tp_set_q8_gemv_variant(v));
                         Tensor xt = act(gpu, n, in, x), o = act(gpu, n, outDim, null), acc = act(gpu, n, outDim, base);
                         Tensor y = act(gpu, n, outDim, null), g = act(gpu, n, outDim, null), u = act(gpu, n, outDim, null);
@@ -170,8 +171,10 @@ class CudaQ8ParityTest {
                         got[v - 1] = new float[][] {gpu.download(o, 0, n), gpu.download(acc, 0, n), gpu.download(g, 0, n),
                                 gpu.download(q, 0, n), gpu.download(k, 0, n), gpu.download(vv, 0, n)};
                     }
-                    for (int i = 0; i < got[0].length; i++)
+                    for (int i = 0; i < got[0].length; i++) {
                         assertArrayEquals(got[0][i], got[1][i], outDim + "x" + in + " n=" + n + " output " + i);
+                        assertQ8Close("variant 3, " + outDim + "x" + in + " n=" + n + " output " + i, n, got[0][i], got[2][i]);
+                    }
                 }
             }
         } finally {
