@@ -75,7 +75,8 @@ run_checks() {
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
   # STAGES (default all but gemv, attnsweep, e2epol and profile): any of genmodel (only generates the model), junit,attention,policies,gemv,attnsweep,e2epol,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
-  # stage timeouts; POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model);
+  # stage timeouts; E2E_PARTS picks the e2e stage's parts (short,batch,long,q8) and E2EPOL_CTX the e2epol stage's
+  # contexts (8192,32768,131072); POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model);
   # JUNIT_CLASSES (simple class names) and JUNIT_TAG (suffix of junit<TAG>.log) split the JUnit stage into several
   # JVMs, so one crashing class cannot take the others down; APPEND_SUMMARY=1 appends to gpu-summary.txt
   local STAGES=${STAGES:-junit,attention,policies,cce,e2e,peer}
@@ -178,7 +179,7 @@ run_checks() {
   # -- stage 3e (only when STAGES names it): end-to-end decode per policy (full, tidal, int4) at 32K and 128K alone
   if want e2epol; then
     wait_model
-    kb_stage e2epol "${T_E2EPOL:-300}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL"
+    kb_stage e2epol "${T_E2EPOL:-300}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL" "${E2EPOL_CTX:-8192,32768,131072}"
   fi
 
   # -- stage 3c (only when STAGES names it): decode GEMV at the 1B shapes, automatic vs forced warps per row

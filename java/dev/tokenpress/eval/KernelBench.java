@@ -78,11 +78,15 @@ public final class KernelBench {
             if (what.equals("policies")) {
                 policies(gpu, out);
                 quantPolicies(gpu, out);
-                if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), false, out);
+                if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), null, out);
             }
             if (what.equals("gemv")) gemvSweep(gpu, bw, out);
             if (what.equals("attnsweep")) splitSweep(gpu, bw, out);
-            if (what.equals("e2epol")) policiesEndToEnd(gpu, Path.of(args[1]), true, out);
+            if (what.equals("e2epol")) {
+                int[] contexts = args.length > 2 ? java.util.Arrays.stream(args[2].split(",")).mapToInt(c -> Integer.parseInt(c.trim())).toArray()
+                        : new int[] {8192, 32768, 131072};
+                policiesEndToEnd(gpu, Path.of(args[1]), contexts, out);
+            }
             if (what.equals("cce")) {
                 int n = args.length > 1 ? Integer.parseInt(args[1]) : 8192;
                 int d = args.length > 2 ? Integer.parseInt(args[2]) : 2048;
@@ -343,10 +347,12 @@ public final class KernelBench {
      * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured, each with the
      * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop;
      * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
-     * that run). With {@code everyPolicy} (stage e2epol) also at 8K, each context followed by {@link #policyTable}
-     * for the other policies ({@link #POLICY_TABLE_SPECS}).
+     * that run). With {@code everyPolicyAt} (stage e2epol: {@code e2epol DIR [CONTEXTS]}, default 8192,32768,131072)
+     * at those contexts instead, each followed by {@link #policyTable} for the other policies
+     * ({@link #POLICY_TABLE_SPECS}).
      */
-    public static void policiesEndToEnd(CudaBackend gpu, Path dir, boolean everyPolicy, PrintStream out) {
+    public static void policiesEndToEnd(CudaBackend gpu, Path dir, int[] everyPolicyAt, PrintStream out) {
+        boolean everyPolicy = everyPolicyAt != null;
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
             ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
         LlamaConfig cfg = ConfigLoader.load(dir);
@@ -354,7 +360,7 @@ public final class KernelBench {
         try (SafeTensors st = SafeTensors.open(dir)) {
             Weights w = Weights.load(st, cfg, gpu, null);
             Llama m = new Llama(cfg, w, gpu, 256);
-            for (int ctx : everyPolicy ? new int[] {8192, 32768, 131072} : new int[] {32768, 131072}) {
+            for (int ctx : everyPolicy ? everyPolicyAt : new int[] {32768, 131072}) {
                 double full = 0;
                 // {--kv, --kv-quant, result name}
                 String[][] runs = ctx <= 32768
