@@ -135,6 +135,18 @@ public abstract class BasePolicy implements KvPolicy {
     protected int[] slotsByPosition(int layer, int head) {
         int[] pos = cache.positions(layer, head);
         int hw = cache.highWater(layer, head);
+        int[] inOrder = new int[cache.occupied(layer, head)];
+        int n = 0, last = Integer.MIN_VALUE;
+        boolean sorted = true;
+        for (int s = 0; s < hw && sorted; s++) { // the common case: slots filled in position order, nothing to sort
+            if (pos[s] < 0) continue;
+            if (pos[s] <= last || n == inOrder.length) sorted = false;
+            else {
+                inOrder[n++] = s;
+                last = pos[s];
+            }
+        }
+        if (sorted && n == inOrder.length) return inOrder;
         long[] keys = new long[cache.occupied(layer, head)];
         int m = 0;
         for (int s = 0; s < hw; s++) if (pos[s] >= 0) keys[m++] = ((long) pos[s] << 32) | s;
