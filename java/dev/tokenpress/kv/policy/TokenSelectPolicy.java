@@ -57,6 +57,8 @@ public final class TokenSelectPolicy extends BasePolicy {
         if (!decoding(n)) return;
         // the tokens in order (all heads hold the same positions unless an evicting policy is combined)
         int[] order = slotsByPosition(layer, 0);
+        int[][] ords = new int[kvHeads][]; // each KV head's slots in position order, made once per layer
+        ords[0] = order;
         int[] pos0 = c.positions(layer, 0);
         int t = order.length;
         if (init + k + local >= t) return;
@@ -73,17 +75,19 @@ public final class TokenSelectPolicy extends BasePolicy {
         if (top == null) {
             backend.queryKeyScores(raw, q, 0, positions[0], c, layer);
             float[] vote = new float[candTo - candFrom];
+            double[] e = new double[candTo - candFrom];
             for (int h = 0; h < heads; h++) {
                 int g = h / group;
-                int[] slotOfIndex = g == 0 ? order : slotsByPosition(layer, g);
+                if (ords[g] == null) ords[g] = slotsByPosition(layer, g);
+                int[] slotOfIndex = ords[g];
                 float[] r = raw[h];
                 float max = Float.NEGATIVE_INFINITY;
-                for (int i = candFrom; i < candTo && i < slotOfIndex.length; i++) max = Math.max(max, r[slotOfIndex[i]]);
+                int to = Math.min(candTo, slotOfIndex.length);
+                for (int i = candFrom; i < to; i++) max = Math.max(max, r[slotOfIndex[i]]);
                 if (max == Float.NEGATIVE_INFINITY) continue;
                 double sumExp = 0;
-                for (int i = candFrom; i < candTo && i < slotOfIndex.length; i++) sumExp += Math.exp(r[slotOfIndex[i]] - max);
-                for (int i = candFrom; i < candTo && i < slotOfIndex.length; i++)
-                    vote[i - candFrom] += (float) (Math.exp(r[slotOfIndex[i]] - max) / sumExp);
+                for (int i = candFrom; i < to; i++) sumExp += e[i - candFrom] = Math.exp(r[slotOfIndex[i]] - max);
+                for (int i = candFrom; i < to; i++) vote[i - candFrom] += (float) (e[i - candFrom] / sumExp);
             }
             int[] best = SnapKvPolicy.topIndices(vote, k);
             top = new int[best.length];
@@ -106,7 +110,8 @@ public final class TokenSelectPolicy extends BasePolicy {
         int[][] slots = new int[kvHeads][];
         int[] count = new int[kvHeads];
         for (int g = 0; g < kvHeads; g++) {
-            int[] ord = g == 0 ? order : slotsByPosition(layer, g);
+            if (ords[g] == null) ords[g] = slotsByPosition(layer, g);
+            int[] ord = ords[g];
             int[] pos = c.positions(layer, g);
             int[] out = new int[m];
             int j = 0, cnt = 0;
