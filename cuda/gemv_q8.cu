@@ -12,7 +12,7 @@
 //   a q8_0 decode step of llama-1b-shape (1.39 GB) took as long as a bf16 one (2.47 GB); the default, since 2 measured
 //   slower still (807 vs 826 tokens/s end to end). 2 issues a round's scale loads with its code loads,
 //   flips the sign bits of a word once, moves each byte into the mantissa of 2^23 with one byte permute and subtracts
-//   2^23 + 128 (exact, a full-rate FADD). The same arithmetic in the same order: the variants give the same bits.
+//   2^23 + 128 (exact, a full-rate FADD). The same arithmetic in the same order: variants 1 and 2 give the same bits.
 //   3 (not yet run on a GPU) interleaves the lanes at 4 codes so that every load of x is coalesced (see
 //   q8_row_partial_interleaved: variants 1 and 2 make the L1 handle about 70 cache lines per 512 bytes of codes).
 // - tp_dequant_q8_bf16: rows [r0, r0 + rows) as bf16 (round to nearest even), the weight operand of the cuBLAS
@@ -391,11 +391,17 @@ int by_rows(int n, F f) {
     }
 }
 
-// Warps per row: the fewest that still give about two blocks per SM, with at least two chunks per lane.
+// Warps per row: the fewest that still give about two blocks per SM, with at least two chunks per lane (variants 1
+// and 2) or a full round of super-chunks per warp (variant 3: 4 of 512 codes).
 int pick_wpr_q8(int O, int I) {
-    const int nch = I / 16;
     const int want_blocks = 2 * sm_count();
     int wpr = 1;
+    if (g_q8_variant == 3) {
+        const int nsc = (I + 511) / 512;
+        while (wpr < kQ8Warps && ceil_div(O, kQ8Warps / wpr) < want_blocks && nsc >= 4 * wpr * 2) wpr <<= 1;
+        return wpr;
+    }
+    const int nch = I / 16;
     while (wpr < kQ8Warps && ceil_div(O, kQ8Warps / wpr) < want_blocks && nch >= 32 * wpr * 2) wpr <<= 1;
     return wpr;
 }

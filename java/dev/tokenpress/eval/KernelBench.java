@@ -373,7 +373,7 @@ public final class KernelBench {
                     String spec = run[0], name = run[2];
                     int kvqBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
                     if (name.equals("int4_kvq3")) dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(3);
-                    // tidal over int4: the quantized cache's selection op (off by default until it has run on a GPU)
+                    // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
                     String opsBefore = System.getProperty("tokenpress.cuda.quantPolicyOps");
                     if (name.equals("tidal_int4")) System.setProperty("tokenpress.cuda.quantPolicyOps", "true");
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));

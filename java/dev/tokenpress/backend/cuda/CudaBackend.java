@@ -623,7 +623,7 @@ public final class CudaBackend implements Backend {
     }
 
     /**
-     * Q8_0 weights ({@code --weight-type q8_0}; not yet run on a GPU): matrices whose rows are whole blocks of 32 are
+     * Q8_0 weights ({@code --weight-type q8_0}; passed on an H100): matrices whose rows are whole blocks of 32 are
      * quantized on the host with the CPU's quantizer ({@link dev.tokenpress.backend.Q8Codec}, the same codes) and
      * uploaded as int8 codes and f32 scales; others stay bf16. Decode matmuls of at most 4 rows read them with the
      * Q8 GEMV ({@code tp_gemv_q8}); larger chunks dequantize row slices to bf16 for cuBLAS.
@@ -1423,8 +1423,7 @@ public final class CudaBackend implements Backend {
      * read at each use.
      */
     static boolean quantPolicyOps() {
-        String v = System.getProperty("tokenpress.cuda.quantPolicyOps", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_POLICY_OPS", "true"));
-        return !("false".equalsIgnoreCase(v) || "0".equals(v));
+        return flag("tokenpress.cuda.quantPolicyOps", "TOKENPRESS_CUDA_QUANT_POLICY_OPS");
     }
 
     private static void requireQuantPolicyOps(String op) {

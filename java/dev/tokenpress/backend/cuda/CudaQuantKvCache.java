@@ -23,7 +23,7 @@ import java.util.List;
  * window writes, then scatters the new locations and positions. A freed block lane is marked dead; when dead lanes
  * add up to two blocks' worth the partially dead blocks are compacted as on the CPU (their live tokens decoded in
  * position order with the CPU's formulas and re-encoded into full blocks, the last one shorter): the plan decodes
- * them into scratch rows before any encode, then encodes the new blocks from there. Not yet run on a GPU, so only
+ * them into scratch rows before any encode, then encodes the new blocks from there (passed on an H100). Only
  * with the policy ops over this cache (on unless {@code -Dtokenpress.cuda.quantPolicyOps=false}, read when the cache is made),
  * which the policies that evict scattered tokens need anyway; without it the pool grows instead.
  * Differences from the CPU cache, by design:

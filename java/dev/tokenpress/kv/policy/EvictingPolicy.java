@@ -365,39 +365,31 @@ public abstract class EvictingPolicy extends BasePolicy {
     }
 
     /**
-     * The first m of cand[0, c) in eviction order (lower score first, equal scores older first; {@code sc} null:
-     * older first): (score, position) packed into longs and one primitive sort, a head's positions being distinct
-     * (a head that holds a position twice takes the comparator sort).
+     * The first m of cand[0, c) in eviction order (lower score first, equal scores older first, equal positions lower
+     * slot first; {@code sc} null: older first), by two primitive sorts of packed longs: (position, slot) gives each
+     * candidate its age rank, then (score key, age rank) the order. O(c log c), independent of the positions' size.
      */
     static int[] lowestFirst(int[] cand, int c, int m, float[] sc, int[] pos) {
+        long[] byAge = new long[c];
+        for (int i = 0; i < c; i++) byAge[i] = ((long) pos[cand[i]] << 32) | cand[i]; // positions here are >= 0
+        Arrays.sort(byAge);
         long[] keys = new long[c];
-        int maxPos = 0;
-        for (int i = 0; i < c; i++) {
-            int s = cand[i];
-            int order = 0;
-            if (sc != null) {
-                float v = sc[s] == 0f ? 0f : sc[s];          // -0 ties with +0
-                int bits = Float.floatToIntBits(v);
-                order = bits ^ ((bits >> 31) & 0x7fffffff);   // increases with the score, as a signed int
-            }
-            keys[i] = ((long) order << 32) | pos[s];
-            maxPos = Math.max(maxPos, pos[s]);
-        }
-        int[] slotOfPos = new int[maxPos + 1];
-        java.util.BitSet seen = new java.util.BitSet(maxPos + 1);
-        for (int i = 0; i < c; i++) {
-            int p = pos[cand[i]];
-            if (seen.get(p)) return victimsByComparator(cand, c, m, sc, pos);
-            seen.set(p);
-            slotOfPos[p] = cand[i];
+        for (int r = 0; r < c; r++) {
+            int s = (int) byAge[r];
+            keys[r] = ((long) (sc == null ? 0 : scoreKey(sc[s])) << 32) | r;
         }
         Arrays.sort(keys);
         int[] out = new int[m];
-        for (int i = 0; i < m; i++) out[i] = slotOfPos[(int) keys[i]];
+        for (int i = 0; i < m; i++) out[i] = (int) byAge[(int) keys[i]];
         return out;
     }
 
-    /** {@link #victims}' order by a comparator over the slots (for a head that holds a position twice). */
+    /** Order key of a score: increases with it as a signed int, -0 equal to +0, NaN above everything. */
+    private static int scoreKey(float v) {
+        return orderKey(v == 0f ? 0f : v);
+    }
+
+    /** {@link #victims}' order by a comparator over the slots (the definition {@link #lowestFirst} is tested against). */
     static int[] victimsByComparator(int[] cand, int c, int m, float[] sc, int[] pos) {
         Integer[] boxed = new Integer[c];
         for (int i = 0; i < c; i++) boxed[i] = cand[i];
@@ -407,10 +399,13 @@ public abstract class EvictingPolicy extends BasePolicy {
         return out;
     }
 
-    /** Slot a is evicted before slot b: lower score, or equal score and older. */
+    /** Slot a is evicted before slot b: lower score (NaN last), or equal score and older, or the same age and lower. */
     private static boolean before(int a, int b, float[] sc, int[] pos) {
-        if (sc != null && sc[a] != sc[b]) return sc[a] < sc[b];
-        return pos[a] < pos[b];
+        if (sc != null) {
+            int ka = scoreKey(sc[a]), kb = scoreKey(sc[b]);
+            if (ka != kb) return ka < kb;
+        }
+        return pos[a] != pos[b] ? pos[a] < pos[b] : a < b;
     }
 
     /**

@@ -320,8 +320,12 @@ class CudaKvQuantParityTest {
             if (before == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
             else System.setProperty("tokenpress.cuda.quantPolicyOps", before);
         }
-        try (KvCache c = gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("int4"))) { // on (the default): a free slot
+        System.setProperty("tokenpress.cuda.quantPolicyOps", "true"); // on (the default): a free slot is a bad argument
+        try (KvCache c = gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.parse("int4"))) {
             assertThrows(IllegalArgumentException.class, () -> gpu.readKv(c, 0, 0, 0, new float[64], new float[64]));
+        } finally {
+            if (before == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
+            else System.setProperty("tokenpress.cuda.quantPolicyOps", before);
         }
         KvCache none = gpu.newKvCache(1, 1, 64, 16, KvQuantSpec.NONE);
         assertTrue(none instanceof CudaKvCache);

@@ -78,7 +78,8 @@ class CudaNativeLibTest {
         assertTrue(TpNative.tp_decode_attention_workspace_bytes(32, 64) > 0);
 
         int q8 = TpNative.tp_q8_gemv_variant();
-        assertEquals(1, q8, "I2F widening is the default (it measured faster on an H100)");
+        if (System.getProperty("tokenpress.cuda.q8Gemv") == null && System.getenv("TOKENPRESS_CUDA_Q8_GEMV") == null)
+            assertEquals(1, q8, "variant 1 is the default (2 measured slower on an H100, 3 has not run on one)");
         for (int v : new int[] {0, 4}) {
             assertEquals(TpNative.TP_ERR_BAD_ARGUMENT, TpNative.tp_set_q8_gemv_variant(v));
             assertTrue(TpNative.tp_last_error_message().getString().contains("variant " + v));

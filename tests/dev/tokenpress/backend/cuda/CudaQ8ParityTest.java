@@ -150,7 +150,7 @@ class CudaQ8ParityTest {
         SplittableRandom r = new SplittableRandom(21);
         int before = TpNative.tp_q8_gemv_variant();
         try {
-            for (int[] sh : new int[][] {{7, 64}, {333, 2048}, {2048, 8192}, {4097, 256}, {5, 544}}) {
+            for (int[] sh : new int[][] {{7, 64}, {333, 2048}, {2048, 8192}, {4097, 256}, {5, 544}, {333, 2080}, {64, 8224}}) {
                 int outDim = sh[0], in = sh[1];
                 TensorData wd = bf16Weight("w", outDim, in, CudaGemvParityTest.uniform(r, outDim * in, 0.5));
                 Tensor w = gpu.weight(wd), w2 = gpu.weight(bf16Weight("w2", outDim, in, CudaGemvParityTest.uniform(r, outDim * in, 0.5)));

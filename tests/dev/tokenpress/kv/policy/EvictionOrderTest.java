@@ -32,11 +32,12 @@ class EvictionOrderTest {
             for (int s = 0; s < hw; s++) {
                 pos[s] = r.nextInt(8) == 0 ? -1 : perm[s];               // some free slots
                 int kind = r.nextInt(3);
-                sc[s] = kind == 0 ? r.nextInt(-2, 3) : kind == 1 ? (r.nextBoolean() ? 0f : -0f) : (float) r.nextGaussian();
+                sc[s] = kind == 0 ? r.nextInt(-2, 3) : kind == 1 ? (r.nextBoolean() ? 0f : -0f)
+                        : r.nextInt(50) == 0 ? Float.NaN : (float) r.nextGaussian();
                 if (pos[s] >= 0) cand[c++] = s;
             }
-            if (t % 10 == 0 && c > 1) pos[cand[1]] = pos[cand[0]];       // a position held twice: the comparator path
-            for (int m : new int[] {1, c / 3, c}) {
+            if (t % 10 == 0 && c > 1) pos[cand[1]] = pos[cand[0]];       // a position held twice: lower slot first
+            for (int m : new int[] {1, 2, c / 3, c}) {
                 if (m < 1 || m > c) continue;
                 boolean noScores = t % 7 == 0;
                 assertArrayEquals(EvictingPolicy.victimsByComparator(cand, c, m, noScores ? null : sc, pos),

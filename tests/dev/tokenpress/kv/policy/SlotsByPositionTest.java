@@ -31,7 +31,8 @@ class SlotsByPositionTest {
                 try (KvCache c = b.newKvCache(1, 1, 8, 64)) {
                     Probe p = new Probe(c);
                     int next = 0;
-                    for (int op = 0; op < r.nextInt(1, 150); op++) {
+                    int ops = r.nextInt(1, 150);
+                    for (int op = 0; op < ops; op++) {
                         boolean free = t % 3 != 0 && r.nextInt(4) == 0 && c.occupied(0, 0) > 0;
                         if (free) {
                             int hw = c.highWater(0, 0), s;
