@@ -158,6 +158,7 @@ public final class Parallel implements AutoCloseable {
         final StreamingDecoder text;
         final StopText stopText;
         final dev.tokenpress.sample.TokenConstraint constraint; // constrained output (null = none)
+        final boolean argmaxOnly; // plain greedy, no bias, no constraint: the backend's argmax is its sampler
         final StringBuilder out = new StringBuilder();
         int[] generated = new int[16];
         int count, position, next = -1, decodeSteps;
@@ -181,6 +182,7 @@ public final class Parallel implements AutoCloseable {
             }
             this.chain = SamplerChain.create(req.options(), tp.config().vocabSize(), req.bias(), constraint,
                     Session.dryBreakers(tp, req.options()));
+            this.argmaxOnly = req.options().isPlainGreedy() && req.bias().isEmpty() && constraint == null;
             KvPolicy p;
             if (req.kvSpec() == null || req.kvSpec().equals(kvSpec)) {
                 if (policies[lane] == null) {
@@ -507,9 +509,14 @@ public final class Parallel implements AutoCloseable {
         }
         boolean[] full = new boolean[batch.length];
         for (int i : left) full[i] = true;
-        float[][] logits;
+        float[][] logits = null;
+        int[] greedy = null;
         try {
-            logits = model.batchLogitsAll(); // one download for the whole batch
+            boolean allGreedy = true;
+            for (int i = 0; i < batch.length; i++) allGreedy &= full[i] || active.get(i).argmaxOnly;
+            // plain greedy rows only: their tokens where the logits live, one read; else every row's logits at once
+            if (allGreedy) greedy = model.batchArgmaxAll();
+            else logits = model.batchLogitsAll();
         } catch (RuntimeException | Error e) {
             failAll(e);
             return;
@@ -527,7 +534,7 @@ public final class Parallel implements AutoCloseable {
             s.position++;
             s.decodeSteps++;
             try {
-                if (s.take(s.chain.sample(logits[i]))) still.add(s);
+                if (s.take(greedy != null ? greedy[i] : s.chain.sample(logits[i]))) still.add(s);
                 else s.finish();
             } catch (RuntimeException | Error e) { // e.g. its listener failed: that sequence alone ends
                 s.fail(e);

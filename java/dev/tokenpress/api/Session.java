@@ -544,9 +544,7 @@ public final class Session implements AutoCloseable {
             for (int e : eos) bias.put(e, Float.NEGATIVE_INFINITY);
         }
         SamplerChain chain = SamplerChain.create(options, tp.config().vocabSize(), bias, json, dryBreakers(tp, options));
-        boolean plainGreedy = trace == null && options.temp() <= 0 && options.repeatPenalty() == 1f
-                && options.presencePenalty() == 0f && options.frequencyPenalty() == 0f && bias.isEmpty()
-                && !options.dryEnabled() && options.dynatempRange() == 0 && !(options.xtcProbability() > 0 && options.xtcThreshold() <= 0.5);
+        boolean plainGreedy = trace == null && options.isPlainGreedy() && bias.isEmpty();
         boolean greedy = plainGreedy && json == null;
         if (trace != null) chain.setTrace(true);
         StreamingDecoder text = tp.tokenizer().streaming();

@@ -98,6 +98,16 @@ public record SamplingOptions(
     }
 
     /**
+     * True when these options pick the model's most likely token itself: greedy, and no sampler that changes logits
+     * (penalties, DRY, XTC) — so a backend's argmax can stand for the sampler chain (with no logit bias and no
+     * constraint, which the caller checks).
+     */
+    public boolean isPlainGreedy() {
+        return temp <= 0 && repeatPenalty == 1f && presencePenalty == 0f && frequencyPenalty == 0f && !dryEnabled()
+                && dynatempRange == 0 && !(xtcProbability > 0 && xtcThreshold <= 0.5);
+    }
+
+    /**
      * Checks the ranges and returns a one-line description of the first problem, or null when all values are valid.
      * The same checks back {@link #validate()} and the command-line mixin.
      */
