@@ -167,6 +167,21 @@ public final class OpenAiServer implements AutoCloseable {
             generatedTokens = new java.util.concurrent.atomic.LongAdder(), promptMicros = new java.util.concurrent.atomic.LongAdder(),
             decodeMicros = new java.util.concurrent.atomic.LongAdder(), cachedTokens = new java.util.concurrent.atomic.LongAdder();
     private final java.util.concurrent.atomic.AtomicInteger processing = new java.util.concurrent.atomic.AtomicInteger();
+
+    /** A generating request's handler; returns the log note. */
+    private interface Handler {
+        String run() throws IOException;
+    }
+
+    /** Runs a generating request's handler counted in {@code processing} (what /metrics and /props report). */
+    private String counted(Handler h) throws IOException {
+        processing.incrementAndGet();
+        try {
+            return h.run();
+        } finally {
+            processing.decrementAndGet();
+        }
+    }
     private volatile long kvBytes;
     private final Embeddings embedder;  // its cache is reused across requests (under the decoding lock)
     private final KvPolicy defaultPolicy;
@@ -341,12 +356,7 @@ public final class OpenAiServer implements AutoCloseable {
                 }
                 case "/v1/completions", "/v1/chat/completions" -> {
                     requireMethod(ex, "POST");
-                    processing.incrementAndGet();
-                    try {
-                        note = complete(ex, body(ex), path.equals("/v1/chat/completions"));
-                    } finally {
-                        processing.decrementAndGet();
-                    }
+                    note = counted(() -> complete(ex, body(ex), path.equals("/v1/chat/completions")));
                 }
                 case "/v1/embeddings", "/embeddings" -> {
                     requireMethod(ex, "POST");
@@ -354,12 +364,7 @@ public final class OpenAiServer implements AutoCloseable {
                 }
                 case "/v1/messages" -> {
                     requireMethod(ex, "POST");
-                    processing.incrementAndGet();
-                    try {
-                        note = messages(ex, body(ex));
-                    } finally {
-                        processing.decrementAndGet();
-                    }
+                    note = counted(() -> messages(ex, body(ex)));
                 }
                 case "/v1/messages/count_tokens" -> {
                     requireMethod(ex, "POST");
@@ -369,12 +374,7 @@ public final class OpenAiServer implements AutoCloseable {
                 }
                 case "/v1/responses" -> {
                     requireMethod(ex, "POST");
-                    processing.incrementAndGet();
-                    try {
-                        note = responses(ex, body(ex));
-                    } finally {
-                        processing.decrementAndGet();
-                    }
+                    note = counted(() -> responses(ex, body(ex)));
                 }
                 case "/metrics" -> {
                     requireMethod(ex, "GET");
@@ -386,31 +386,16 @@ public final class OpenAiServer implements AutoCloseable {
                 }
                 case "/completion", "/completions" -> {
                     requireMethod(ex, "POST");
-                    processing.incrementAndGet();
-                    try {
-                        note = completeLlama(ex, body(ex));
-                    } finally {
-                        processing.decrementAndGet();
-                    }
+                    note = counted(() -> completeLlama(ex, body(ex)));
                 }
                 case "/infill" -> {
                     requireMethod(ex, "POST");
-                    processing.incrementAndGet();
-                    try {
-                        note = infill(ex, body(ex));
-                    } finally {
-                        processing.decrementAndGet();
-                    }
+                    note = counted(() -> infill(ex, body(ex)));
                 }
                 case "/generate" -> {
                     if (!method.equals("PUT") && !method.equals("POST"))
                         throw new ApiException(405, "invalid_request_error", null, "/generate takes PUT or POST");
-                    processing.incrementAndGet();
-                    try {
-                        note = generateNative(ex, body(ex));
-                    } finally {
-                        processing.decrementAndGet();
-                    }
+                    note = counted(() -> generateNative(ex, body(ex)));
                 }
                 case "/apply-template" -> { // llama-server's: the prompt a chat request would feed
                     requireMethod(ex, "POST");
