@@ -4,22 +4,14 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
-import dev.tokenpress.api.LoadOptions;
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.api.ToolCallsTest;
-import dev.tokenpress.io.ChatTemplate;
 import dev.tokenpress.sample.SamplingOptions;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
-import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -30,31 +22,26 @@ import static org.junit.jupiter.api.Assertions.*;
  * stream events, tool_use / tool_result blocks, stop sequences, Anthropic-shaped errors and x-api-key.
  */
 class AnthropicMessagesTest {
-    static final Path MODEL = Path.of("models", "tokenpress-tiny");
     static final ObjectMapper JSON = new ObjectMapper();
-    static final HttpClient http = HttpClient.newHttpClient();
+    static TinyServer srv;
     static TokenPress tp;
     static OpenAiServer server;
 
     @BeforeAll
     static void start() throws Exception {
-        Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
-        tp = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
-        ChatTemplate t = ChatTemplate.fromJinja(ToolCallsTest.HERMES_TEMPLATE, "", "<|end_of_text|>", "test template");
-        server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 1024, null, t, "tiny",
+        srv = TinyServer.start(new OpenAiServer.Options("127.0.0.1", 0, 1024, null, TinyServer.hermes(), "tiny",
                 SamplingOptions.defaults(), 64, null, 0, "secret"));
+        tp = srv.tp;
+        server = srv.server;
     }
 
     @AfterAll
     static void stop() {
-        if (server != null) server.close();
-        if (tp != null) tp.close();
+        if (srv != null) srv.close();
     }
 
     static HttpResponse<String> post(String path, JsonNode body) throws Exception {
-        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + path))
-                .header("Content-Type", "application/json").header("x-api-key", "secret")
-                .POST(HttpRequest.BodyPublishers.ofString(body.toString())).build(), HttpResponse.BodyHandlers.ofString());
+        return srv.post(path, body, "x-api-key", "secret");
     }
 
     static List<JsonNode> events(String body) throws Exception {
@@ -178,8 +165,7 @@ class AnthropicMessagesTest {
         b = JSON.createObjectNode().put("max_tokens", 4);
         b.putArray("messages").addObject().put("role", "user").putArray("content").addObject().put("type", "image");
         assertEquals(400, post("/v1/messages", b).statusCode());
-        HttpResponse<String> noKey = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + "/v1/messages"))
-                .POST(HttpRequest.BodyPublishers.ofString("{}")).build(), HttpResponse.BodyHandlers.ofString());
+        HttpResponse<String> noKey = srv.post("/v1/messages", JSON.createObjectNode());
         assertEquals(401, noKey.statusCode());
         assertEquals("authentication_error", JSON.readTree(noKey.body()).at("/error/type").asText());
     }

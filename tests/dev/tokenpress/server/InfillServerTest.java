@@ -5,7 +5,6 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.tokenpress.api.GenerationResult;
-import dev.tokenpress.api.LoadOptions;
 import dev.tokenpress.api.Session;
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.io.ChatTemplate;
@@ -16,9 +15,6 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -34,12 +30,12 @@ import static org.junit.jupiter.api.Assertions.*;
  * and file-separator tokens, a long prefix is cut to fit, and the answer is /completion's.
  */
 class InfillServerTest {
-    static final Path MODEL = Path.of("models", "tokenpress-tiny");
+    static final Path MODEL = TinyServer.MODEL;
     static final ObjectMapper JSON = new ObjectMapper();
-    static final HttpClient http = HttpClient.newHttpClient();
     static final int PRE = 4090, SUF = 4091, MID = 4092, SEP = 4093, REP = 4094;
     @TempDir
     static Path tmp;
+    static TinyServer srv;
     static TokenPress tp;
     static OpenAiServer server;
 
@@ -57,15 +53,15 @@ class InfillServerTest {
             added.addObject().put("id", PRE + i).put("content", names[i]).put("single_word", false).put("lstrip", false)
                     .put("rstrip", false).put("normalized", false).put("special", true);
         Files.writeString(dir.resolve("tokenizer.json"), tok.toString());
-        tp = TokenPress.load(dir, LoadOptions.defaults().withDevice("cpu").withThreads(2));
-        server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, ChatTemplate.named("chatml"),
+        srv = TinyServer.start(dir, new OpenAiServer.Options("127.0.0.1", 0, 256, null, ChatTemplate.named("chatml"),
                 "coder", SamplingOptions.defaults(), 16, null, 0, null));
+        tp = srv.tp;
+        server = srv.server;
     }
 
     @AfterAll
     static void stop() {
-        if (server != null) server.close();
-        if (tp != null) tp.close();
+        if (srv != null) srv.close();
     }
 
     static HttpResponse<String> post(JsonNode body) throws Exception {
@@ -73,9 +69,7 @@ class InfillServerTest {
     }
 
     static HttpResponse<String> post(String path, JsonNode body) throws Exception {
-        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + path))
-                .header("Content-Type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body.toString())).build(),
-                HttpResponse.BodyHandlers.ofString());
+        return srv.post(path, body);
     }
 
     static void add(List<Integer> out, int... ids) {
@@ -217,16 +211,14 @@ class InfillServerTest {
             added.addObject().put("id", PRE + i).put("content", names[i]).put("single_word", false).put("lstrip", false)
                     .put("rstrip", false).put("normalized", false).put("special", true);
         Files.writeString(dir.resolve("tokenizer.json"), tok.toString());
-        try (TokenPress c = TokenPress.load(dir, LoadOptions.defaults().withDevice("cpu").withThreads(2));
-             OpenAiServer s = OpenAiServer.start(c, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "codestral",
-                     SamplingOptions.defaults(), 8, null, 0, null))) {
+        try (TinyServer s = TinyServer.start(dir, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "codestral",
+                SamplingOptions.defaults(), 8, null, 0, null))) {
+            TokenPress c = s.tp;
             OpenAiServer.Fim f = OpenAiServer.Fim.of(c.tokenizer());
             assertTrue(f.suffixFirst());
             String prefix = "def add(a, b):\n    ", suffix = "\n\nprint(add(1, 2))\n";
-            HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.port() + "/infill"))
-                    .POST(HttpRequest.BodyPublishers.ofString(JSON.createObjectNode().put("input_prefix", prefix)
-                            .put("input_suffix", suffix).put("n_predict", 6).put("temperature", 0).toString())).build(),
-                    HttpResponse.BodyHandlers.ofString());
+            HttpResponse<String> r = s.post("/infill", JSON.createObjectNode().put("input_prefix", prefix)
+                    .put("input_suffix", suffix).put("n_predict", 6).put("temperature", 0));
             assertEquals(200, r.statusCode(), r.body());
             List<Integer> want = new ArrayList<>();
             add(want, c.tokenizer().prefixIds());
@@ -245,20 +237,14 @@ class InfillServerTest {
 
     @Test
     void aModelWithoutFimTokensIsRefused() throws Exception {
-        try (TokenPress plain = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
-             OpenAiServer s = OpenAiServer.start(plain, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "tiny",
-                     SamplingOptions.defaults(), 8, null, 0, null))) {
-            HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.port() + "/infill"))
-                    .POST(HttpRequest.BodyPublishers.ofString("{\"input_prefix\": \"a\"}")).build(), HttpResponse.BodyHandlers.ofString());
+        try (TinyServer s = TinyServer.start(MODEL, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "tiny",
+                SamplingOptions.defaults(), 8, null, 0, null))) {
+            HttpResponse<String> r = s.post("/infill", JSON.createObjectNode().put("input_prefix", "a"));
             assertEquals(400, r.statusCode());
             assertTrue(r.body().contains("fill-in-the-middle"), r.body());
-            r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.port() + "/v1/completions"))
-                    .POST(HttpRequest.BodyPublishers.ofString("{\"prompt\": \"a\", \"suffix\": \"b\"}")).build(),
-                    HttpResponse.BodyHandlers.ofString());
+            r = s.post("/v1/completions", JSON.createObjectNode().put("prompt", "a").put("suffix", "b"));
             assertEquals(400, r.statusCode());
-            r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + s.port() + "/v1/completions"))
-                    .POST(HttpRequest.BodyPublishers.ofString("{\"prompt\": \"a\", \"suffix\": \"\", \"max_tokens\": 2}")).build(),
-                    HttpResponse.BodyHandlers.ofString());
+            r = s.post("/v1/completions", JSON.createObjectNode().put("prompt", "a").put("suffix", "").put("max_tokens", 2));
             assertEquals(200, r.statusCode(), "an empty suffix is a plain completion: " + r.body());
         }
     }

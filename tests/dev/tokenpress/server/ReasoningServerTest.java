@@ -3,22 +3,15 @@ package dev.tokenpress.server;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
-import dev.tokenpress.api.LoadOptions;
 import dev.tokenpress.api.Reasoning;
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.io.ChatTemplate;
 import dev.tokenpress.sample.SamplingOptions;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
-import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
-import java.nio.file.Files;
-import java.nio.file.Path;
 
 import static org.junit.jupiter.api.Assertions.*;
 
@@ -27,9 +20,7 @@ import static org.junit.jupiter.api.Assertions.*;
  * the thinking comes back as reasoning_content, whole and streamed, and chat_template_kwargs reach the template.
  */
 class ReasoningServerTest {
-    static final Path MODEL = Path.of("models", "tokenpress-tiny");
     static final ObjectMapper JSON = new ObjectMapper();
-    static final HttpClient http = HttpClient.newHttpClient();
     static final String TEMPLATE = """
             {%- for m in messages %}
                 {%- if m.role == 'user' %}{{- '<|User|>' + m.content }}
@@ -44,28 +35,26 @@ class ReasoningServerTest {
                 {%- else %}{{- '<think>\\n' }}{%- endif %}
             {%- endif %}
             """;
+    static TinyServer srv;
     static TokenPress tp;
     static OpenAiServer server;
 
     @BeforeAll
     static void start() throws Exception {
-        Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
-        tp = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
-        server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 512, null,
+        srv = TinyServer.start(new OpenAiServer.Options("127.0.0.1", 0, 512, null,
                 ChatTemplate.fromJinja(TEMPLATE, "", "<|end_of_text|>", "test template"), "tiny", SamplingOptions.defaults(),
                 24, null, 0, null, null, 1, "auto"));
+        tp = srv.tp;
+        server = srv.server;
     }
 
     @AfterAll
     static void stop() {
-        if (server != null) server.close();
-        if (tp != null) tp.close();
+        if (srv != null) srv.close();
     }
 
     static HttpResponse<String> post(String path, JsonNode body) throws Exception {
-        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + path))
-                .header("Content-Type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body.toString())).build(),
-                HttpResponse.BodyHandlers.ofString());
+        return srv.post(path, body);
     }
 
     static ObjectNode request() {

@@ -4,22 +4,14 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
-import dev.tokenpress.api.LoadOptions;
 import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.api.ToolCallsTest;
-import dev.tokenpress.io.ChatTemplate;
 import dev.tokenpress.sample.SamplingOptions;
 import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
-import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -30,31 +22,26 @@ import static org.junit.jupiter.api.Assertions.*;
  * as the API's named events, function tools in its flat shape, and function_call / function_call_output items.
  */
 class ResponsesApiTest {
-    static final Path MODEL = Path.of("models", "tokenpress-tiny");
     static final ObjectMapper JSON = new ObjectMapper();
-    static final HttpClient http = HttpClient.newHttpClient();
+    static TinyServer srv;
     static TokenPress tp;
     static OpenAiServer server;
 
     @BeforeAll
     static void start() throws Exception {
-        Assumptions.assumeTrue(Files.isRegularFile(MODEL.resolve("model.safetensors")), "no embedded model");
-        tp = TokenPress.load(MODEL, LoadOptions.defaults().withDevice("cpu").withThreads(2));
-        ChatTemplate t = ChatTemplate.fromJinja(ToolCallsTest.HERMES_TEMPLATE, "", "<|end_of_text|>", "test template");
-        server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 1024, null, t, "tiny",
+        srv = TinyServer.start(new OpenAiServer.Options("127.0.0.1", 0, 1024, null, TinyServer.hermes(), "tiny",
                 SamplingOptions.defaults(), 64, null, 0, null));
+        tp = srv.tp;
+        server = srv.server;
     }
 
     @AfterAll
     static void stop() {
-        if (server != null) server.close();
-        if (tp != null) tp.close();
+        if (srv != null) srv.close();
     }
 
     static HttpResponse<String> post(String path, JsonNode body) throws Exception {
-        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + path))
-                .header("Content-Type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body.toString())).build(),
-                HttpResponse.BodyHandlers.ofString());
+        return srv.post(path, body);
     }
 
     record Event(String name, JsonNode data) {}

@@ -2,22 +2,14 @@ package dev.tokenpress.server;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
-import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
-import dev.tokenpress.api.LoadOptions;
-import dev.tokenpress.api.TokenPress;
 import dev.tokenpress.api.ToolCallsTest;
-import dev.tokenpress.io.ChatTemplate;
 import dev.tokenpress.sample.SamplingOptions;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
-import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
-import java.nio.file.Path;
 import java.util.List;
 
 import static org.junit.jupiter.api.Assertions.*;
@@ -25,28 +17,21 @@ import static org.junit.jupiter.api.Assertions.*;
 /** A reply forced by a GBNF grammar (tools "auto") read for calls, streamed and not: the same content and calls. */
 class ToolCallStreamingTest {
     static final ObjectMapper JSON = new ObjectMapper();
-    static final HttpClient http = HttpClient.newHttpClient();
-    static TokenPress tp;
-    static OpenAiServer server;
+    static TinyServer srv;
 
     @BeforeAll
     static void start() throws Exception {
-        tp = TokenPress.load(Path.of("models", "tokenpress-tiny"), LoadOptions.defaults().withDevice("cpu").withThreads(2));
-        ChatTemplate t = ChatTemplate.fromJinja(ToolCallsTest.HERMES_TEMPLATE, "", "<|end_of_text|>", "test template");
-        server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 1024, null, t, "tiny",
+        srv = TinyServer.start(new OpenAiServer.Options("127.0.0.1", 0, 1024, null, TinyServer.hermes(), "tiny",
                 SamplingOptions.defaults(), 300, null, 0, null));
     }
 
     @AfterAll
     static void stop() {
-        if (server != null) server.close();
-        if (tp != null) tp.close();
+        if (srv != null) srv.close();
     }
 
     static HttpResponse<String> post(JsonNode body) throws Exception {
-        return http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port() + "/v1/chat/completions"))
-                .header("Content-Type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body.toString())).build(),
-                HttpResponse.BodyHandlers.ofString());
+        return srv.post("/v1/chat/completions", body);
     }
 
     static ObjectNode forced(String reply) throws Exception {
