@@ -301,14 +301,23 @@ public abstract class EvictingPolicy extends BasePolicy {
                 sum[i] += score[layer][g][s];
             }
         }
-        int size = shaping.chunk(), chunks = (m + size - 1) / size;
+        evictLowestChunks(layer, positions, sum, m, shaping.chunk(), need);
+    }
+
+    /**
+     * Frees from every KV head of {@code layer} whole chunks of {@code positions[0, m)} (runs of {@code size}, in the
+     * given order) with the lowest mean of {@code sum} (ties: the older chunk first) until at least {@code need}
+     * positions are gone.
+     */
+    protected void evictLowestChunks(int layer, int[] positions, double[] sum, int m, int size, int need) {
+        int chunks = (m + size - 1) / size;
         long[] order = new long[chunks];
         for (int c = 0; c < chunks; c++) {
             int from = c * size, to = Math.min(m, from + size);
             double mean = 0;
             for (int i = from; i < to; i++) mean += sum[i];
             mean /= to - from;
-            order[c] = ((long) orderKey((float) mean) << 32) | c; // ties: the older chunk first
+            order[c] = ((long) orderKey((float) mean) << 32) | c;
         }
         Arrays.sort(order);
         java.util.Set<Integer> gone = new java.util.HashSet<>();
@@ -385,7 +394,7 @@ public abstract class EvictingPolicy extends BasePolicy {
     }
 
     /** Order key of a score: increases with it as a signed int, -0 equal to +0, NaN above everything. */
-    private static int scoreKey(float v) {
+    static int scoreKey(float v) {
         return orderKey(v == 0f ? 0f : v);
     }
 

@@ -123,27 +123,7 @@ public final class SnapKvPolicy extends EvictingPolicy {
             float[] pooled = pool(vote);
             for (int i = 0; i < old; i++) sum[i] += pooled[i];
         }
-        int size = shaping().chunk(), chunks = (old + size - 1) / size;
-        long[] order = new long[chunks];
-        for (int c = 0; c < chunks; c++) {
-            int from = c * size, to = Math.min(old, from + size);
-            double mean = 0;
-            for (int i = from; i < to; i++) mean += sum[i];
-            order[c] = ((long) orderKey((float) (mean / (to - from))) << 32) | c;
-        }
-        java.util.Arrays.sort(order);
-        java.util.Set<Integer> gone = new java.util.HashSet<>();
-        for (int k = 0; k < chunks && gone.size() < need; k++) {
-            int c = (int) order[k];
-            for (int i = c * size, to = Math.min(old, c * size + size); i < to; i++) gone.add(positions[i]);
-        }
-        for (int g = 0; g < kvHeads; g++) {
-            int[] pos = cache.positions(l, g);
-            int[] v = new int[gone.size()];
-            int k = 0;
-            for (int s = 0, hw = cache.highWater(l, g); s < hw; s++) if (pos[s] >= 0 && gone.contains(pos[s])) v[k++] = s;
-            evict(l, g, java.util.Arrays.copyOf(v, k));
-        }
+        evictLowestChunks(l, positions, sum, old, shaping().chunk(), need);
     }
 
     /** 1-D pooling with stride 1 and padding kernel/2 (max: padding never wins; avg: padding counts as 0). */

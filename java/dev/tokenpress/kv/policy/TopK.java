@@ -19,10 +19,8 @@ final class TopK {
         long[] keys = new long[x.length];
         for (int i = 0; i < x.length; i++) {
             if (skipNegInf && x[i] == Float.NEGATIVE_INFINITY) continue;
-            float v = x[i] == 0f ? 0f : x[i];                 // -0 ties with +0
-            int bits = Float.floatToIntBits(v);                // one NaN, above +infinity
-            int ordered = bits ^ ((bits >> 31) & 0x7fffffff); // increases with the value, as a signed int
-            keys[n++] = ((long) ~ordered << 32) | i;           // ascending: larger values first, then lower index
+            int ordered = EvictingPolicy.scoreKey(x[i]);    // increases with the value; -0 = +0, NaN above all
+            keys[n++] = ((long) ~ordered << 32) | i;         // ascending: larger values first, then lower index
         }
         java.util.Arrays.sort(keys, 0, n);
         int[] out = new int[Math.max(0, Math.min(k, n))];
