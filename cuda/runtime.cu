@@ -179,6 +179,18 @@ int tp_memcpy_async(uint64_t dst, uint64_t src, uint64_t bytes, uint64_t stream)
     return TP_OK;
 }
 
+int tp_memcpy_2d_async(uint64_t dst, uint64_t dst_pitch, uint64_t src, uint64_t src_pitch, uint64_t width,
+                       uint64_t height, uint64_t stream) {
+    if (!width || !height) return TP_OK;
+    TP_REQUIRE(dst != 0, "tp_memcpy_2d_async", "dst");
+    TP_REQUIRE(src != 0, "tp_memcpy_2d_async", "src");
+    TP_REQUIRE(width <= dst_pitch, "tp_memcpy_2d_async", "dst_pitch");
+    TP_REQUIRE(width <= src_pitch, "tp_memcpy_2d_async", "src_pitch");
+    TP_CUDA(cudaMemcpy2DAsync(TP_PTR(void, dst), dst_pitch, TP_PTR(const void, src), src_pitch, width, height,
+                              cudaMemcpyDefault, TP_STREAM(stream)));
+    return TP_OK;
+}
+
 int tp_memcpy_h2d(uint64_t dst, const void* src, uint64_t bytes, uint64_t stream) {
     TP_REQUIRE(dst != 0 || bytes == 0, "tp_memcpy_h2d", "dst");
     TP_REQUIRE(src != nullptr || bytes == 0, "tp_memcpy_h2d", "src");

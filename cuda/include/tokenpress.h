@@ -78,6 +78,12 @@ int tp_free_host(uint64_t ptr);
 int tp_memset_async(uint64_t dst, int byte_value, uint64_t bytes, uint64_t stream);
 /** Copies between any two addresses (host pageable/pinned or device), cudaMemcpyDefault, on the stream. */
 int tp_memcpy_async(uint64_t dst, uint64_t src, uint64_t bytes, uint64_t stream);
+/**
+ * Copies `height` rows of `width` bytes between any two addresses (cudaMemcpy2DAsync, cudaMemcpyDefault): row r
+ * from src + r * src_pitch to dst + r * dst_pitch, on the stream; width <= both pitches.
+ */
+int tp_memcpy_2d_async(uint64_t dst, uint64_t dst_pitch, uint64_t src, uint64_t src_pitch, uint64_t width,
+                       uint64_t height, uint64_t stream);
 /** Host array (pageable, any type) to device, then waits for the stream. */
 int tp_memcpy_h2d(uint64_t dst, const void* src, uint64_t bytes, uint64_t stream);
 /** Device to host array (pageable, any type); waits for the stream first. */

@@ -416,41 +416,62 @@ public final class KernelBench {
      * into a cache of ctx + a few slots (the plain decode loop; the evicting policies cut the cache down to their
      * budget in the first, untimed steps; SnapKV is left out: it compresses a prompt, and a synthetic context has
      * none), with the KV bytes allocated and the share of them the occupied slots hold after the run (keys
-     * e2e_pol_<ctx>_<policy>_tps, _speedup vs {@code fullTps} when > 0, _kv_bytes, _live_kv_bytes, _occupied_slots).
+     * e2e_pol_<ctx>_<policy>_tps, _speedup vs {@code fullTps} when > 0, _kv_bytes, _live_kv_bytes, _occupied_slots;
+     * on CUDA each line ends with the backend's graph status, and the policies that read attention statistics run a
+     * second time with them through the pinned buffer: keys e2e_pol_<ctx>_<policy>_pinned_*).
      * A policy that fails prints FAILED with its message; the others go on.
      */
     public static void policyTable(Backend b, Llama m, LlamaConfig cfg, int ctx, String[] specs, int steps, double fullTps,
                                    PrintStream out) {
         for (String spec : specs) {
             String name = spec.contains(":") ? spec.substring(0, spec.indexOf(':')) : spec;
-            try {
-                m.setPolicy(dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
-                try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16)) {
-                    fillSynthetic(b, cfg, cache, ctx);
-                    b.synchronize();
-                    m.setPipelinedGreedy(Boolean.FALSE);
-                    double tps = decodeTimed(b, m, cache, 1, ctx, steps, new int[1]);
-                    long occupied = 0;
-                    for (int l = 0; l < cache.layers(); l++)
-                        for (int g = 0; g < cache.kvHeads(); g++) occupied += cache.occupied(l, g);
-                    long slots = (long) cache.layers() * cache.kvHeads() * cache.capacity();
-                    long live = (long) ((double) cache.bytes() * occupied / slots);
-                    out.printf(Locale.ROOT, "e2e %dK context, --kv %s: %.1f tokens/s%s; KV %d bytes allocated, %d in the %d occupied slots%n",
-                            ctx / 1024, m.policy().spec(), tps, fullTps > 0 ? String.format(Locale.ROOT, " (%.2fx full)", tps / fullTps) : "",
-                            cache.bytes(), live, occupied);
-                    String k = "e2e_pol_" + ctx + "_" + name;
-                    result(out, k + "_tps", tps, "tokens/s");
-                    if (fullTps > 0) result(out, k + "_speedup", tps / fullTps, "x");
-                    result(out, k + "_kv_bytes", cache.bytes(), "B");
-                    result(out, k + "_live_kv_bytes", live, "B");
-                    result(out, k + "_occupied_slots", occupied, "");
+            policyRun(b, m, cfg, ctx, spec, name, steps, fullTps, out);
+            // the policies that read attention statistics every layer, again with the statistics through one pinned
+            // buffer per call (CudaBackend.setPinnedStats; keys e2e_pol_<ctx>_<policy>_pinned_*)
+            if (b instanceof CudaBackend gpu && STATS_POLICIES.contains(name) && !gpu.pinnedStats()) {
+                gpu.setPinnedStats(true);
+                try {
+                    policyRun(b, m, cfg, ctx, spec, name + "_pinned", steps, fullTps, out);
+                } finally {
+                    gpu.setPinnedStats(false);
                 }
-            } catch (RuntimeException e) {
-                out.printf("e2e %dK context, --kv %s: FAILED %s%n", ctx / 1024, spec, e.getMessage());
-            } finally {
-                m.setPipelinedGreedy(null);
-                m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
             }
+        }
+    }
+
+    /** The policies of {@link #POLICY_TABLE_SPECS} whose decode steps read attention statistics. */
+    static final java.util.Set<String> STATS_POLICIES = java.util.Set.of("h2o", "a2sf", "keyformer");
+
+    private static void policyRun(Backend b, Llama m, LlamaConfig cfg, int ctx, String spec, String name, int steps,
+                                  double fullTps, PrintStream out) {
+        try {
+            m.setPolicy(dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
+            try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16)) {
+                fillSynthetic(b, cfg, cache, ctx);
+                b.synchronize();
+                m.setPipelinedGreedy(Boolean.FALSE);
+                double tps = decodeTimed(b, m, cache, 1, ctx, steps, new int[1]);
+                long occupied = 0;
+                for (int l = 0; l < cache.layers(); l++)
+                    for (int g = 0; g < cache.kvHeads(); g++) occupied += cache.occupied(l, g);
+                long slots = (long) cache.layers() * cache.kvHeads() * cache.capacity();
+                long live = (long) ((double) cache.bytes() * occupied / slots);
+                out.printf(Locale.ROOT, "e2e %dK context, --kv %s%s: %.1f tokens/s%s; KV %d bytes allocated, %d in the %d occupied slots%s%n",
+                        ctx / 1024, m.policy().spec(), name.endsWith("_pinned") ? " (pinned statistics)" : "", tps,
+                        fullTps > 0 ? String.format(Locale.ROOT, " (%.2fx full)", tps / fullTps) : "",
+                        cache.bytes(), live, occupied, b instanceof CudaBackend gpu ? "; " + gpu.graphStatus() : "");
+                String k = "e2e_pol_" + ctx + "_" + name;
+                result(out, k + "_tps", tps, "tokens/s");
+                if (fullTps > 0) result(out, k + "_speedup", tps / fullTps, "x");
+                result(out, k + "_kv_bytes", cache.bytes(), "B");
+                result(out, k + "_live_kv_bytes", live, "B");
+                result(out, k + "_occupied_slots", occupied, "");
+            }
+        } catch (RuntimeException e) {
+            out.printf("e2e %dK context, --kv %s: FAILED %s%n", ctx / 1024, spec, e.getMessage());
+        } finally {
+            m.setPipelinedGreedy(null);
+            m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
         }
     }
 

@@ -113,6 +113,11 @@ public final class CudaBackend implements Backend {
     private long attnWsBytes;
     private final Scratch statRaw = new Scratch("attention raw-score buffer"),
             statProb = new Scratch("attention probability-sum buffer");
+    // attention statistics through one pinned host buffer per call (pinnedStats): [heads][hw] raw scores, then
+    // [kvHeads][hw] probability sums
+    private boolean pinnedStats;
+    private long statsHost, statsHostBytes;
+    private java.nio.FloatBuffer statsHostFloats;
     private long selWs, selWsBytes;
     private long policyBuf, policyBufBytes;       // scores of queryKeyScores / questPageScores, one slot of readKv
     private float[] policyHostBuf = new float[0];  // their host copy
@@ -147,6 +152,7 @@ public final class CudaBackend implements Backend {
     private final long replayEvent;
     private boolean replayPending;
     private int decodeCalls, captures, replays, captureFailures, eagerSteps;
+    private int failuresThisConfig; // failed captures since the last new KV cache (three turn graphs off)
     /** Graphs were turned off by a decode step that cannot be captured (not by the caller or a failed capture API). */
     private boolean graphsOffByStep;
     private boolean closed;
@@ -212,6 +218,7 @@ public final class CudaBackend implements Backend {
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
         this.quantGraphs = flag("tokenpress.cuda.quantGraphs", "TOKENPRESS_CUDA_QUANT_GRAPHS");
+        this.pinnedStats = optIn("tokenpress.cuda.pinnedStats", "TOKENPRESS_CUDA_PINNED_STATS");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v3"));
         int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; };
         check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
@@ -1226,8 +1233,10 @@ public final class CudaBackend implements Backend {
         long raw = 0, prob = 0;
         boolean wantRaw = stats != null && stats.rawScores != null;
         boolean wantProb = stats != null && stats.probSums != null && stats.fromRow < n;
-        if (wantRaw) raw = statsUpload(statRaw, stats.rawScores, heads, cap);
-        if (wantProb) prob = statsUpload(statProb, stats.probSums, hkv, cap);
+        int statsHw = wantRaw || wantProb ? maxHighWater(c, layer) : 0;
+        if (pinnedStats && statsHw > 0) statsPinned(heads + hkv, statsHw); // before either upload: no growth between them
+        if (wantRaw) raw = statsUpload(statRaw, stats.rawScores, heads, cap, statsHw, 0, Float.NEGATIVE_INFINITY);
+        if (wantProb) prob = statsUpload(statProb, stats.probSums, hkv, cap, statsHw, heads, 0f);
         long selSlots = select == null ? 0 : dsel, selCounts = select == null ? 0 : dcnt;
         int rc;
         if (n == 1) {
@@ -1250,8 +1259,7 @@ public final class CudaBackend implements Backend {
                     raw, prob, attnWs, attnWsBytes, stream);
         }
         check(rc, n == 1 ? "decode attention" : "prefill attention");
-        if (wantRaw) statsDownload(stats.rawScores, raw, heads, cap);
-        if (wantProb) statsDownload(stats.probSums, prob, hkv, cap);
+        statsDownload(wantRaw ? stats.rawScores : null, raw, heads, wantProb ? stats.probSums : null, prob, hkv, cap, statsHw);
     }
 
     // ---- quantized KV cache (kv_quant.cu); reached only for a CudaQuantKvCache; decode steps are captured into
@@ -1373,8 +1381,10 @@ public final class CudaBackend implements Backend {
         float scale = (float) (1.0 / Math.sqrt(hd));
         long lse = 0, raw = 0, prob = 0;
         if (wantProb) lse = policyScratch(4L * n * heads);
-        if (wantRaw) raw = statsUpload(statRaw, stats.rawScores, heads, cap);
-        if (wantProb) prob = statsUpload(statProb, stats.probSums, hkv, cap);
+        int statsHw = wantRaw || wantProb ? maxHighWater(c, layer) : 0;
+        if (pinnedStats && statsHw > 0) statsPinned(heads + hkv, statsHw); // before either upload: no growth between them
+        if (wantRaw) raw = statsUpload(statRaw, stats.rawScores, heads, cap, statsHw, 0, Float.NEGATIVE_INFINITY);
+        if (wantProb) prob = statsUpload(statProb, stats.probSums, hkv, cap, statsHw, heads, 0f);
         check(TpNative.tp_kvq_attention_ex(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
                 c.group, c.bits, c.resCap, c.maxBlocks, n, dq, select == null ? 0 : dsel, Math.max(stride, 1),
                 select == null ? 0 : dcnt, dhw, lenHint, scale, attnWs, attnWsBytes, lse, stream), n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
@@ -1382,8 +1392,7 @@ public final class CudaBackend implements Backend {
         check(TpNative.tp_kvq_attention_stats(qt.ptr, c.pool, c.winK, c.pos, c.loc, layer, heads, hkv, hd, cap, c.group,
                 c.bits, c.resCap, c.maxBlocks, n, dq, stats.fromRow, lse, select == null ? 0 : dsel, Math.max(stride, 1),
                 select == null ? 0 : dcnt, dhw, scale, raw, prob, stream), "attention statistics (quantized KV)");
-        if (wantRaw) statsDownload(stats.rawScores, raw, heads, cap);
-        if (wantProb) statsDownload(stats.probSums, prob, hkv, cap);
+        statsDownload(wantRaw ? stats.rawScores : null, raw, heads, wantProb ? stats.probSums : null, prob, hkv, cap, statsHw);
     }
 
     /**
@@ -1452,16 +1461,112 @@ public final class CudaBackend implements Backend {
     }
 
     /** Device copy of host statistics rows ([rows][>= cap], the first cap entries) in {@code into}. */
-    private long statsUpload(Scratch into, float[][] rows, int count, int cap) {
+    /** The largest high-water mark of the KV heads of {@code layer}: the slots an attention call can touch lie below it. */
+    private static int maxHighWater(KvCache c, int layer) {
+        int hw = 0;
+        for (int g = 0; g < c.kvHeads(); g++) hw = Math.max(hw, c.highWater(layer, g));
+        return hw;
+    }
+
+    /**
+     * Puts an attention statistics output ({@code count} host rows, device rows of {@code cap}) on the device before
+     * the call: the kernels add to it or leave untouched entries as they are. Row by row (the default): every row's
+     * whole capacity, waiting for each copy. With {@link #setPinnedStats pinned statistics} only the first {@code hw}
+     * entries of each row matter (the kernels touch no slot at or above the high-water mark, and only those entries
+     * come back): when they all hold {@code neutral} (bit for bit: what a policy's cleared statistics hold) the device
+     * rows are filled with it, else they go through the pinned buffer at row {@code pinnedRow} in one asynchronous copy.
+     */
+    private long statsUpload(Scratch into, float[][] rows, int count, int cap, int hw, int pinnedRow, float neutral) {
         long buf = ensure(into, 4L * count * cap);
+        if (!pinnedStats) {
+            for (int i = 0; i < count; i++)
+                check(TpNative.tp_memcpy_h2d(buf + 4L * i * cap, rows[i], 4L * cap, stream), "stats upload");
+            return buf;
+        }
+        if (hw == 0) return buf;
         for (int i = 0; i < count; i++)
-            check(TpNative.tp_memcpy_h2d(buf + 4L * i * cap, rows[i], 4L * cap, stream), "stats upload");
+            if (rows[i].length < hw) throw new IllegalArgumentException("attention statistics: a row of " + rows[i].length + " entries for " + hw + " slots");
+        int bits = Float.floatToRawIntBits(neutral);
+        boolean neutralRows = true;
+        for (int i = 0; i < count && neutralRows; i++) {
+            float[] r = rows[i];
+            for (int s = 0; s < hw; s++)
+                if (Float.floatToRawIntBits(r[s]) != bits) {
+                    neutralRows = false;
+                    break;
+                }
+        }
+        if (neutralRows) {
+            check(TpNative.tp_fill_f32(buf, neutral, (long) count * cap, stream), "stats fill");
+            return buf;
+        }
+        java.nio.FloatBuffer host = statsHostFloats;
+        if (host == null || (long) (pinnedRow + count) * hw > host.capacity())
+            throw new IllegalStateException("attention statistics: the pinned buffer was not sized for the call");
+        for (int i = 0; i < count; i++) host.put((pinnedRow + i) * hw, rows[i], 0, hw);
+        check(TpNative.tp_memcpy_2d_async(buf, 4L * cap, statsHost + 4L * pinnedRow * hw, 4L * hw, 4L * hw, count, stream),
+                "stats upload");
         return buf;
     }
 
-    private void statsDownload(float[][] rows, long buf, int count, int cap) {
-        for (int i = 0; i < count; i++)
-            check(TpNative.tp_memcpy_d2h(rows[i], buf + 4L * i * cap, 4L * cap, stream), "stats download");
+    /**
+     * Brings the statistics of an attention call back into the host rows (either may be null): row by row, or with
+     * pinned statistics the first {@code hw} entries of every row in one asynchronous copy per output and one wait.
+     */
+    private void statsDownload(float[][] rawRows, long raw, int heads, float[][] probRows, long prob, int hkv, int cap, int hw) {
+        if (!pinnedStats) {
+            for (int i = 0; rawRows != null && i < heads; i++)
+                check(TpNative.tp_memcpy_d2h(rawRows[i], raw + 4L * i * cap, 4L * cap, stream), "stats download");
+            for (int i = 0; probRows != null && i < hkv; i++)
+                check(TpNative.tp_memcpy_d2h(probRows[i], prob + 4L * i * cap, 4L * cap, stream), "stats download");
+            return;
+        }
+        if (hw == 0 || rawRows == null && probRows == null) return;
+        java.nio.FloatBuffer host = statsPinned(heads + hkv, hw);
+        if (rawRows != null)
+            check(TpNative.tp_memcpy_2d_async(statsHost, 4L * hw, raw, 4L * cap, 4L * hw, heads, stream), "stats download");
+        if (probRows != null)
+            check(TpNative.tp_memcpy_2d_async(statsHost + 4L * heads * hw, 4L * hw, prob, 4L * cap, 4L * hw, hkv, stream),
+                    "stats download");
+        check(TpNative.tp_stream_synchronize(stream), "stats download");
+        for (int i = 0; rawRows != null && i < heads; i++) host.get(i * hw, rawRows[i], 0, hw);
+        for (int i = 0; probRows != null && i < hkv; i++) host.get((heads + i) * hw, probRows[i], 0, hw);
+    }
+
+    /**
+     * The pinned statistics buffer, at least {@code rows * hw} floats; it grows only before a call's uploads (after
+     * waiting for the stream, so no copy still uses the old one).
+     */
+    private java.nio.FloatBuffer statsPinned(int rows, int hw) {
+        long bytes = 4L * rows * hw;
+        if (bytes > Integer.MAX_VALUE) throw new IllegalArgumentException("attention statistics of " + rows + " x " + hw + " entries do not fit one buffer");
+        if (bytes > statsHostBytes) {
+            long size = Math.max(bytes, 1L << 20);
+            if (statsHost != 0) {
+                synchronize();
+                TpNative.tp_free_host(statsHost);
+            }
+            statsHost = 0;
+            statsHostBytes = 0;
+            statsHostFloats = null;
+            statsHost = mallocHost(size);
+            statsHostBytes = size;
+            statsHostFloats = new RawPointer(statsHost, size).asByteBuffer().order(java.nio.ByteOrder.nativeOrder()).asFloatBuffer();
+        }
+        return statsHostFloats;
+    }
+
+    /**
+     * Attention statistics through one pinned buffer per call (first {@code hw} entries of every row, one copy each way
+     * and one wait; cleared rows are filled on the device instead of uploaded) instead of one waiting copy per row of the
+     * whole capacity; the same values either way. Off by default ({@code -Dtokenpress.cuda.pinnedStats=true} turns it on).
+     */
+    public void setPinnedStats(boolean on) {
+        pinnedStats = on;
+    }
+
+    public boolean pinnedStats() {
+        return pinnedStats;
     }
 
     private void flushQuantFrees(CudaQuantKvCache c) {
@@ -2213,17 +2318,20 @@ public final class CudaBackend implements Backend {
 
     private void onAbort(GraphAbort a) {
         captureFailures++;
-        if (a.permanent || captureFailures >= 3) {
+        failuresThisConfig++;
+        if (a.permanent || failuresThisConfig >= 3) {
             disableGraphs("a decode step uses " + a.getMessage() + ", which cannot be captured");
             graphsOffByStep = true;
         }
     }
 
     /**
-     * A new KV cache starts a new configuration (cache type, and usually a new KV policy): when graphs were turned
-     * off only because an earlier configuration's decode step could not be captured, they are tried again.
+     * A new KV cache starts a new configuration (cache type, and usually a new KV policy): the failed captures of
+     * earlier configurations no longer count toward the limit that turns graphs off, and when graphs were turned off
+     * only because an earlier configuration's decode step could not be captured, they are tried again.
      */
     private void retryGraphs() {
+        failuresThisConfig = 0;
         if (!graphsOffByStep) return;
         graphsOffByStep = false;
         graphsEnabled = true;
@@ -2348,6 +2456,7 @@ public final class CudaBackend implements Backend {
             TpNative.tp_event_destroy(feedbackEvents[i]);
         }
         TpNative.tp_free_host(feedbackHost);
+        if (statsHost != 0) TpNative.tp_free_host(statsHost);
         TpNative.tp_event_destroy(replayEvent);
         cublasDestroy_v2(cublas);
         TpNative.tp_stream_destroy(stream);

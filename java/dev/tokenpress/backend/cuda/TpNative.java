@@ -71,6 +71,11 @@ public final class TpNative {
     public static native int tp_memcpy_async(@Cast("uint64_t") long dst, @Cast("uint64_t") long src,
                                              @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
 
+    public static native int tp_memcpy_2d_async(@Cast("uint64_t") long dst, @Cast("uint64_t") long dstPitch,
+                                                @Cast("uint64_t") long src, @Cast("uint64_t") long srcPitch,
+                                                @Cast("uint64_t") long width, @Cast("uint64_t") long height,
+                                                @Cast("uint64_t") long stream);
+
     public static native int tp_memcpy_h2d(@Cast("uint64_t") long dst, @Cast("const void*") float[] src,
                                            @Cast("uint64_t") long bytes, @Cast("uint64_t") long stream);
 
