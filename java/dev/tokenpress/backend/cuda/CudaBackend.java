@@ -2157,6 +2157,16 @@ public final class CudaBackend implements Backend {
         check(TpNative.tp_stream_synchronize(stream), "synchronize");
     }
 
+    /** The host's common fork-join pool (the GPU leaves the host's cores to the policies). */
+    @Override
+    public void hostParallel(int n, java.util.function.IntConsumer body) {
+        if (n <= 1) {
+            if (n == 1) body.accept(0);
+            return;
+        }
+        java.util.stream.IntStream.range(0, n).parallel().forEach(body);
+    }
+
     // ---- decode steps as CUDA graphs ----------------------------------------------------------------------------
 
     @Override

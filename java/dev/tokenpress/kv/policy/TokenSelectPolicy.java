@@ -20,6 +20,8 @@ public final class TokenSelectPolicy extends BasePolicy {
     private final int k, init, local;
     private final double reuse;
     private float[][] raw;
+    private float[][] votes;         // [heads][capacity]: each q-head's softmax over the candidates
+    private double[][] work;         // [heads][capacity]: its exponentials
     private float[][] cachedQuery;   // [layer][H*hd]
     private int[][] cachedTop;       // [layer] positions of the reused top-k
     private SlotSelection pending;
@@ -40,6 +42,8 @@ public final class TokenSelectPolicy extends BasePolicy {
     @Override
     protected void reset() {
         raw = new float[heads][capacity];
+        votes = new float[heads][capacity];
+        work = new double[heads][capacity];
         cachedQuery = new float[layers][];
         cachedTop = new int[layers][];
         pending = null;
@@ -74,20 +78,15 @@ public final class TokenSelectPolicy extends BasePolicy {
         }
         if (top == null) {
             backend.queryKeyScores(raw, q, 0, positions[0], c, layer);
-            float[] vote = new float[candTo - candFrom];
-            double[] e = new double[candTo - candFrom];
+            int cands = candTo - candFrom;
+            for (int g = 1; g < kvHeads; g++) if (ords[g] == null) ords[g] = slotsByPosition(layer, g);
+            // each q-head's softmax over the candidates on the host's threads, then the votes summed in head order
+            int cf = candFrom, ct = candTo;
+            backend.hostParallel(heads, h -> headVote(raw[h], ords[h / group], cf, ct, work[h], votes[h]));
+            float[] vote = new float[cands];
             for (int h = 0; h < heads; h++) {
-                int g = h / group;
-                if (ords[g] == null) ords[g] = slotsByPosition(layer, g);
-                int[] slotOfIndex = ords[g];
-                float[] r = raw[h];
-                float max = Float.NEGATIVE_INFINITY;
-                int to = Math.min(candTo, slotOfIndex.length);
-                for (int i = candFrom; i < to; i++) max = Math.max(max, r[slotOfIndex[i]]);
-                if (max == Float.NEGATIVE_INFINITY) continue;
-                double sumExp = 0;
-                for (int i = candFrom; i < to; i++) sumExp += e[i - candFrom] = Math.exp(r[slotOfIndex[i]] - max);
-                for (int i = candFrom; i < to; i++) vote[i - candFrom] += (float) (e[i - candFrom] / sumExp);
+                float[] v = votes[h];
+                for (int i = 0; i < cands; i++) vote[i] += v[i];
             }
             int[] best = SnapKvPolicy.topIndices(vote, k);
             top = new int[best.length];
@@ -129,6 +128,21 @@ public final class TokenSelectPolicy extends BasePolicy {
     @Override
     public SlotSelection select(KvCache c, int layer, int n) {
         return layer == pendingLayer ? pending : null;
+    }
+
+    /**
+     * One q-head's vote: out[i - from] = softmax over the candidates [from, to) of the raw scores of their slots
+     * (slotOfIndex[i]); 0 for candidates the head's KV head does not hold and for every candidate when it sees none.
+     */
+    private static void headVote(float[] r, int[] slotOfIndex, int from, int to, double[] e, float[] out) {
+        int end = Math.min(to, slotOfIndex.length);
+        Arrays.fill(out, 0, to - from, 0f);
+        float max = Float.NEGATIVE_INFINITY;
+        for (int i = from; i < end; i++) max = Math.max(max, r[slotOfIndex[i]]);
+        if (max == Float.NEGATIVE_INFINITY) return;
+        double sumExp = 0;
+        for (int i = from; i < end; i++) sumExp += e[i - from] = Math.exp(r[slotOfIndex[i]] - max);
+        for (int i = from; i < end; i++) out[i - from] = (float) (e[i - from] / sumExp);
     }
 
     private static double cosine(float[] a, float[] b) {
