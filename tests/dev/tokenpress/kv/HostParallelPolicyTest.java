@@ -25,10 +25,11 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 
 /**
- * Keyformer and TokenSelect score their q-heads through {@code Backend.hostParallel} (Keyformer each head with the
- * Gumbel noise of its own layer, head and query position): a backend that runs the heads in reverse order on three
- * threads decodes the same logits and keeps or selects the same tokens as one that runs them in order; another
- * Keyformer seed gives other decisions.
+ * Work the policies split over {@code Backend.hostParallel} — Keyformer's and TokenSelect's per-q-head scoring
+ * (Keyformer each head with the Gumbel noise of its own layer, head and query position), every evicting policy's
+ * victims per (layer, KV head) — gives the same result in any order: a backend that runs the pieces in reverse order
+ * on three threads decodes the same logits and keeps or selects the same tokens as one that runs them in order;
+ * another Keyformer seed gives other decisions.
  */
 class HostParallelPolicyTest {
     @TempDir
@@ -55,7 +56,8 @@ class HostParallelPolicyTest {
                     });
             Llama inOrder = new Llama(c, Weights.load(st, c, cpu, null), cpu, 16);
             Llama reversed = new Llama(c, Weights.load(st, c, shuffled, null), shuffled, 16);
-            for (String spec : new String[] {"keyformer:budget=24,recent=4,seed=5", "tokenselect:k=8,init=2,local=6"}) {
+            for (String spec : new String[] {"keyformer:budget=24,recent=4,seed=5", "tokenselect:k=8,init=2,local=6",
+                    "h2o:budget=24", "window:sink=2,budget=20", "tova:budget=24,interval=4"}) {
                 Run a = decode(inOrder, c, spec), b = decode(reversed, c, spec);
                 for (int i = 0; i < a.logits.size(); i++) assertArrayEquals(a.logits.get(i), b.logits.get(i), spec + ": step " + i);
                 assertArrayEquals(a.kept, b.kept, spec + ": kept positions");

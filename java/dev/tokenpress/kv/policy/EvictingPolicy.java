@@ -113,6 +113,8 @@ public abstract class EvictingPolicy extends BasePolicy {
 
     @Override
     protected void onBeforeAppend(int[] positions, int n) {
+        if (cut.length != layers * kvHeads) cut = new int[layers * kvHeads];
+        else Arrays.fill(cut, 0);
         int protect = Math.max(0, protectRecent(n));
         int recentFrom = callStart - protect;
         boolean budgeted = !inPrefill || budgetDuringPrefill();
@@ -152,12 +154,32 @@ public abstract class EvictingPolicy extends BasePolicy {
                         beforeEviction(l);
                         scored = true;
                     }
-                    evict(l, g, victims(l, g, occ - keep, recentFrom));
+                    cut[l * kvHeads + g] = occ - keep;
                 }
-                checkFits(l, g, n);
+            }
+        }
+        // the victims of every (layer, head) to cut, found on the host's threads (each reads only its own head's
+        // slots and scores), then freed in layer and head order, each head checked for room after its cut
+        int[][] victims = new int[layers * kvHeads][];
+        int[] pairs = new int[layers * kvHeads];
+        int np = 0;
+        for (int i = 0; i < pairs.length; i++) if (cut[i] > 0) pairs[np++] = i;
+        backend.hostParallel(np, j -> {
+            int i = pairs[j];
+            victims[i] = victims(i / kvHeads, i % kvHeads, cut[i], recentFrom);
+        });
+        for (int l = 0; l < layers; l++) {
+            if (shaping.chunk() > 0 || budgeted && shaping.ada() >= 0 && keepBefore(l, 0, n) != Integer.MAX_VALUE) continue;
+            for (int g = 0; g < kvHeads; g++) {
+                int i = l * kvHeads + g;
+                if (victims[i] != null) evict(l, g, victims[i]);
+                if (keepBefore(l, g, n) != Integer.MAX_VALUE) checkFits(l, g, n);
             }
         }
     }
+
+    /** Per (layer, head): how many tokens the running {@link #onBeforeAppend} cuts (0 = none). */
+    private int[] cut = new int[0];
 
     private void checkFits(int l, int g, int n) {
         if (cache.occupied(l, g) + n + reserve(l, g) > capacity)
@@ -358,6 +380,14 @@ public abstract class EvictingPolicy extends BasePolicy {
         int[] pos = cache.positions(layer, head);
         int hw = cache.highWater(layer, head), sinks = sinkCount(), skip = excluded(layer, head);
         float[] sc = score == null ? null : score[layer][head];
+        if (m == 1) { // the common decode case: one pass, the first of the lowest in slot order
+            int best = -1;
+            for (int s = 0; s < hw; s++) {
+                int p = pos[s];
+                if (p >= sinks && p < recentFrom && s != skip && (best < 0 || before(s, best, sc, pos))) best = s;
+            }
+            return best < 0 ? new int[0] : new int[]{best};
+        }
         int[] cand = new int[hw];
         int c = 0;
         for (int s = 0; s < hw; s++) {
@@ -365,11 +395,6 @@ public abstract class EvictingPolicy extends BasePolicy {
             if (p >= sinks && p < recentFrom && s != skip) cand[c++] = s;
         }
         if (c <= m) return Arrays.copyOf(cand, c);
-        if (m == 1) { // the common decode case: one linear scan
-            int best = cand[0];
-            for (int i = 1; i < c; i++) if (before(cand[i], best, sc, pos)) best = cand[i];
-            return new int[]{best};
-        }
         return lowestFirst(cand, c, m, sc, pos);
     }
 
