@@ -151,7 +151,7 @@ run_checks() {
   # -- stage 2: JUnit (op parity, whole-model parity, native lib)
   if want junit; then
   # JUNIT_CLASSES: simple names of the test classes to run (default: every CUDA class below)
-  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaQ8ParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaQuantPolicyOpsParityTest CudaTidalSelectParityTest CudaDecodeGreedyTest CudaSessionTest"}
+  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaQ8ParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaQuantPolicyOpsParityTest CudaTidalSelectParityTest CudaDecodeGreedyTest CudaSessionTest CudaStatsTransferTest"}
   local sel=() c
   for c in $classes; do sel+=(--select-class "dev.tokenpress.backend.cuda.$c"); done
   timeout "${T_JUNIT:-150}" "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
@@ -251,7 +251,7 @@ run_split() {
   : > "$OUT/gpu-summary.txt"
   export APPEND_SUMMARY=1
   local groups=(
-    "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaCceParityTest|90"
+    "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaCceParityTest CudaStatsTransferTest|90"
     "b|CudaParityTest|90"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|90"
     "d|CudaKvQuantParityTest|90"
@@ -291,7 +291,7 @@ run_parallel() {
     || python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE/jre.tar.xz" "$WORK"
   export TP_JRE_READY=1 APPEND_SUMMARY=1
   local groups=(
-    "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaCceParityTest"
+    "a|CudaNativeLibTest CudaGemvParityTest CudaQ8ParityTest CudaPolicyOpsParityTest CudaCceParityTest CudaStatsTransferTest"
     "b|CudaParityTest"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest"
     "d|CudaKvQuantParityTest"
