@@ -342,6 +342,16 @@ public interface Backend extends AutoCloseable {
         body.run();
     }
 
+    /**
+     * Runs one batched decode step ({@code Llama.decodeBatch}): {@code body} issues the ops of the forward pass over
+     * the batch's rows, the host arrays it passes derived only from the rows' tokens, positions and already-allocated
+     * slots. A backend may replay a captured body instead (CUDA graphs, while the same sequences run); the default
+     * runs the body.
+     */
+    default void runBatchStep(Runnable body) {
+        body.run();
+    }
+
     /** Waits until all queued work has finished (no-op on CPU). */
     default void synchronize() {}
 

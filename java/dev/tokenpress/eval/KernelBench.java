@@ -671,19 +671,22 @@ public final class KernelBench {
      * instead of row views; 4 sequences run copies, views, copies, views, the first two reported as *_first): S
      * sequences with their own caches after a 32-token
      * prompt each, decoded together with {@link Llama#decodeBatch} (greedy on the device) for {@code steps} steps;
-     * tokens/s counts every sequence's tokens; the roofline is S tokens per pass over the weights. Eager launches
-     * (no CUDA graph). A failure is reported, not thrown.
+     * tokens/s counts every sequence's tokens; the roofline is S tokens per pass over the weights. Eager launches,
+     * then 4, 16 and 64 sequences again with the batched steps captured into CUDA graphs ({@code
+     * CudaBackend.setBatchGraphs}; keys e2e_batch{S}_graphs_*, with the graph status). A failure is reported, not thrown.
      */
     private static void endToEndBatch(CudaBackend gpu, double copyBw, Llama m, LlamaConfig cfg, long weightBytes, int steps,
                                       PrintStream out) {
         // 4 sequences through one-row copies (the path before row views) and through views, twice each in turn (the
         // second of each reported under its key, the first warms the code paths), then 16 and 64 with views
-        int[] seqsOf = {4, 4, 4, 4, 16, 64};
+        int[] seqsOf = {4, 4, 4, 4, 16, 64, 4, 16, 64};
+        boolean graphsBefore = gpu.batchGraphs();
         for (int run = 0; run < seqsOf.length; run++) {
             int seqs = seqsOf[run];
-            boolean views = run != 0 && run != 2;
+            boolean views = run != 0 && run != 2, graphs = run >= 6;
             m.setBatchRowViews(views);
-            String key = "e2e_batch" + seqs + (views ? "" : "_copies") + (run < 2 ? "_first" : "");
+            gpu.setBatchGraphs(graphs);
+            String key = "e2e_batch" + seqs + (views ? "" : "_copies") + (graphs ? "_graphs" : "") + (run < 2 ? "_first" : "");
             KvCache[] caches = new KvCache[seqs];
             try {
                 Llama.BatchRow[] batch = new Llama.BatchRow[seqs];
@@ -709,8 +712,8 @@ public final class KernelBench {
                 gpu.synchronize();
                 double tps = (double) steps * seqs / ((System.nanoTime() - t0) / 1e9);
                 double roof = copyBw / weightBytes * seqs;
-                out.printf("e2e continuous batching, %d sequences (%d steps)%s: %.1f tokens/s (%.1f per sequence), weight roofline %.1f tokens/s%n",
-                        seqs, steps, views ? "" : ", one-row copies", tps, tps / seqs, roof);
+                out.printf("e2e continuous batching, %d sequences (%d steps)%s: %.1f tokens/s (%.1f per sequence), weight roofline %.1f tokens/s%s%n",
+                        seqs, steps, views ? "" : ", one-row copies", tps, tps / seqs, roof, graphs ? "; batch graphs, " + gpu.graphStatus() : "");
                 result(out, key + "_tps", tps, "tokens/s");
                 result(out, key + "_per_seq_tps", tps / seqs, "tokens/s");
                 result(out, key + "_pct_roofline", 100 * tps / roof, "%");
@@ -719,6 +722,7 @@ public final class KernelBench {
             } finally {
                 for (KvCache c : caches) if (c != null) c.close();
                 m.setBatchRowViews(true);
+                gpu.setBatchGraphs(graphsBefore);
             }
         }
     }

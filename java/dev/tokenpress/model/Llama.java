@@ -223,7 +223,8 @@ public final class Llama implements AutoCloseable {
         batchRows = run;
         batchSlots = slots;
         try {
-            forward(null, tokens, positions, m, null, true);
+            int count = m;
+            backend.runBatchStep(() -> forward(null, tokens, positions, count, null, true));
         } catch (RuntimeException | Error e) {
             batchRowOf = null; // no logits of this step to read
             throw e;

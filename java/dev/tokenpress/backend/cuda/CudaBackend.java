@@ -148,6 +148,7 @@ public final class CudaBackend implements Backend {
     private record SpareGraph(long[] sig, long exec) {}
     private final java.util.ArrayDeque<SpareGraph> spares = new java.util.ArrayDeque<>();
     private boolean quantGraphs;       // quantized-KV decode steps are captured into graphs too
+    private boolean batchGraphs;       // batched decode steps (Llama.decodeBatch) are captured into graphs too
     private final LongList sig = new LongList();
     private final long replayEvent;
     private boolean replayPending;
@@ -219,6 +220,7 @@ public final class CudaBackend implements Backend {
         this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
         this.quantGraphs = flag("tokenpress.cuda.quantGraphs", "TOKENPRESS_CUDA_QUANT_GRAPHS");
         this.pinnedStats = optIn("tokenpress.cuda.pinnedStats", "TOKENPRESS_CUDA_PINNED_STATS");
+        this.batchGraphs = optIn("tokenpress.cuda.batchGraphs", "TOKENPRESS_CUDA_BATCH_GRAPHS");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v3"));
         int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; };
         check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
@@ -2168,6 +2170,27 @@ public final class CudaBackend implements Backend {
     }
 
     // ---- decode steps as CUDA graphs ----------------------------------------------------------------------------
+
+    /**
+     * A batched decode step: with batch graphs on ({@link #setBatchGraphs}, {@code -Dtokenpress.cuda.batchGraphs=true};
+     * off by default until it has run on a GPU) captured and replayed like a single sequence's step — the signature
+     * holds every row's cache and the row count, so a batch whose sequences change is captured again — else launched
+     * eagerly.
+     */
+    @Override
+    public void runBatchStep(Runnable body) {
+        if (batchGraphs) runDecodeStep(null, body);
+        else body.run();
+    }
+
+    /** Captures batched decode steps into CUDA graphs too ({@link #runBatchStep}). */
+    public void setBatchGraphs(boolean on) {
+        batchGraphs = on;
+    }
+
+    public boolean batchGraphs() {
+        return batchGraphs;
+    }
 
     @Override
     public void runDecodeStep(DecodeStep step, Runnable body) {

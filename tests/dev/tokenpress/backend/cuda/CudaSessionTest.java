@@ -11,6 +11,7 @@ import org.junit.jupiter.api.io.TempDir;
 
 import java.nio.file.Path;
 import java.util.Arrays;
+import java.util.List;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
@@ -192,6 +193,52 @@ class CudaSessionTest {
                     assertArrayEquals(k1, Arrays.copyOfRange(keys, s * hd, (s + 1) * hd), "key of slot " + s);
                     assertArrayEquals(v1, Arrays.copyOfRange(values, s * hd, (s + 1) * hd), "value of slot " + s);
                 }
+            }
+        }
+    }
+
+    /**
+     * Batched steps captured into CUDA graphs ({@code CudaBackend.setBatchGraphs}) give the logits of eager batched
+     * steps bit for bit — 3 and then 6 sequences (the GEMV and the cuBLAS path), 12 steps each — and are replayed.
+     */
+    @Test
+    void batchedStepsFromGraphsMatchEagerSteps() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+            dev.tokenpress.model.Llama m = tp.model();
+            CudaBackend gpu = (CudaBackend) tp.backend();
+            int v = tp.config().vocabSize();
+            for (int seqs : new int[] {3, 6}) {
+                float[][][] logits = new float[2][][];
+                for (int pass = 0; pass < 2; pass++) {
+                    gpu.setBatchGraphs(pass == 1);
+                    int replaysBefore = gpu.graphReplays();
+                    dev.tokenpress.kv.KvCache[] caches = new dev.tokenpress.kv.KvCache[seqs];
+                    List<float[]> got = new java.util.ArrayList<>();
+                    try {
+                        for (int i = 0; i < seqs; i++) {
+                            caches[i] = m.newCache(64);
+                            m.prefill(caches[i], prompt(i, v), 0, false, null);
+                        }
+                        for (int t = 0; t < 12; t++) {
+                            dev.tokenpress.model.Llama.BatchRow[] rows = new dev.tokenpress.model.Llama.BatchRow[seqs];
+                            for (int i = 0; i < seqs; i++)
+                                rows[i] = new dev.tokenpress.model.Llama.BatchRow(caches[i], null, (t * 5 + i) % v, prompt(i, v).length + t);
+                            m.decodeBatch(rows);
+                            got.addAll(Arrays.asList(m.batchLogitsAll()));
+                        }
+                    } finally {
+                        for (dev.tokenpress.kv.KvCache c : caches) if (c != null) c.close();
+                        gpu.setBatchGraphs(false);
+                    }
+                    logits[pass] = got.toArray(new float[0][]);
+                    if (pass == 1)
+                        assertTrue(gpu.graphReplays() > replaysBefore, seqs + " sequences: no batched step was replayed (" + gpu.graphStatus() + ")");
+                }
+                for (int i = 0; i < logits[0].length; i++)
+                    assertArrayEquals(logits[0][i], logits[1][i], seqs + " sequences: step " + i / seqs + " row " + i % seqs
+                            + " (" + gpu.graphStatus() + ")");
             }
         }
     }
