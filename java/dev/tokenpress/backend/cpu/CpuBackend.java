@@ -495,61 +495,92 @@ public final class CpuBackend implements Backend {
     @Override
     public void questPageScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize) {
         if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
-        int hd = cache.headDim();
-        KeySource keys;
-        if (cache instanceof QuantKvCache qc) {
-            // bounds from the reconstructed keys, so selection and attention see the same keys
-            keys = (g, slot, dst, scratch) -> qc.read(layer, g, slot, dst, scratch);
-        } else {
-            CpuKvCache c = (CpuKvCache) cache;
-            keys = (g, slot, dst, scratch) -> System.arraycopy(c.keys[layer][g], slot * hd, dst, 0, hd);
-        }
-        questPageScores(out, f(q), row, queryPosition, cache, layer, pageSize, keys);
-    }
-
-    /** Where Quest's page bounds read a slot's key from: dst[0, hd) = key; scratch may receive the value. */
-    private interface KeySource {
-        void key(int head, int slot, float[] dst, float[] scratch);
-    }
-
-    private void questPageScores(float[][] out, CpuTensor qt, int row, int queryPosition, KvCache c, int layer,
-                                 int pageSize, KeySource keys) {
-        int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
+        CpuTensor qt = f(q);
+        int hd = cache.headDim(), heads = qt.cols / hd, group = heads / cache.kvHeads();
+        // quantized: bounds from the reconstructed keys, so selection and attention see the same keys
+        QuantKvCache qc = cache instanceof QuantKvCache x ? x : null;
+        float[][] direct = qc == null ? ((CpuKvCache) cache).keys[layer] : null;
+        // ScalarKernels without the Vector API module: VectorKernels is only referenced otherwise
+        VectorKernels vk = k instanceof ScalarKernels ? null : (VectorKernels) k;
+        // Vector API: the bounds of `block` pages stored dimension-major, their scores one page per lane
+        int block = vk == null ? 1 : vk.questPages();
         // one task per KV head: the page bounds (elementwise key max/min) are built once and shared by the group
-        par.forRange(c.kvHeads(), 1, (g0, g1) -> {
-            float[] max = new float[hd], min = new float[hd], key = new float[hd], scratch = new float[hd];
+        par.forRange(cache.kvHeads(), 1, (g0, g1) -> {
+            float[] max = new float[hd], min = new float[hd];
+            float[] maxT = new float[block * hd], minT = new float[block * hd], sums = new float[group * block];
+            boolean[] any = new boolean[block];
+            int[] offs = new int[Math.min(pageSize, cache.capacity())], zero = {0};
+            float[] key = qc == null ? null : new float[hd], scratch = qc == null ? null : new float[hd];
             for (int g = g0; g < g1; g++) {
-                int hw = c.highWater(layer, g), pages = (hw + pageSize - 1) / pageSize;
-                int[] pos = c.positions(layer, g);
-                for (int p = 0; p < pages; p++) {
-                    boolean any = false;
-                    Arrays.fill(max, Float.NEGATIVE_INFINITY);
-                    Arrays.fill(min, Float.POSITIVE_INFINITY);
-                    for (int s = p * pageSize, end = Math.min(hw, (p + 1) * pageSize); s < end; s++) {
-                        if (pos[s] < 0 || pos[s] > queryPosition) continue;
-                        any = true;
-                        keys.key(g, s, key, scratch);
-                        for (int i = 0; i < hd; i++) {
-                            if (key[i] > max[i]) max[i] = key[i];
-                            if (key[i] < min[i]) min[i] = key[i];
+                int hw = cache.highWater(layer, g), pages = (hw + pageSize - 1) / pageSize;
+                int[] pos = cache.positions(layer, g);
+                float[] keys = direct == null ? null : direct[g];
+                int qOff = row * qt.cols + g * group * hd;
+                for (int p0 = 0; p0 < pages; p0 += block) {
+                    int nb = Math.min(block, pages - p0);
+                    for (int b = 0; b < nb; b++) {
+                        int p = p0 + b, n = 0;
+                        Arrays.fill(max, Float.NEGATIVE_INFINITY);
+                        Arrays.fill(min, Float.POSITIVE_INFINITY);
+                        for (int s = p * pageSize, end = Math.min(hw, (p + 1) * pageSize); s < end; s++) {
+                            if (pos[s] < 0 || pos[s] > queryPosition) continue;
+                            if (keys != null) {
+                                offs[n++] = s * hd;
+                                continue;
+                            }
+                            qc.read(layer, g, s, key, scratch);
+                            n++;
+                            if (vk != null) vk.keyBounds(key, zero, 1, max, min, 0, hd);
+                            else keyBounds(key, zero, 1, max, min, hd);
                         }
-                    }
-                    for (int h = g * group; h < (g + 1) * group; h++) {
-                        if (!any) {
-                            out[h][p] = Float.NEGATIVE_INFINITY;
+                        if (keys != null && n > 0) {
+                            if (vk != null) vk.keyBounds(keys, offs, n, max, min, 0, hd);
+                            else keyBounds(keys, offs, n, max, min, hd);
+                        }
+                        any[b] = n > 0;
+                        if (vk != null) {
+                            for (int i = 0; i < hd; i++) {
+                                maxT[i * block + b] = max[i];
+                                minT[i * block + b] = min[i];
+                            }
                             continue;
                         }
-                        int qOff = row * qt.cols + h * hd;
-                        float sum = 0f;
-                        for (int i = 0; i < hd; i++) {
-                            float qi = qt.data[qOff + i];
-                            sum += Math.max(qi * max[i], qi * min[i]);
-                        }
-                        out[h][p] = sum;
+                        for (int h = 0; h < group; h++)
+                            out[g * group + h][p] = n == 0 ? Float.NEGATIVE_INFINITY
+                                    : questScore(qt.data, qOff + h * hd, max, min, 0, 1, hd);
                     }
+                    if (vk == null) continue;
+                    vk.questPageSums(qt.data, qOff, group, maxT, minT, hd, sums);
+                    for (int h = 0; h < group; h++)
+                        for (int b = 0; b < nb; b++) {
+                            float v = any[b] ? sums[h * block + b] : Float.NEGATIVE_INFINITY;
+                            // a NaN sum's payload may differ from the scalar loop's: that loop recomputes it
+                            if (Float.isNaN(v)) v = questScore(qt.data, qOff + h * hd, maxT, minT, b, block, hd);
+                            out[g * group + h][p0 + b] = v;
+                        }
                 }
             }
         });
+    }
+
+    /** Page bounds of key rows keys[offs[j], offs[j] + len), j < n: a key replaces a bound only when beyond it. */
+    private static void keyBounds(float[] keys, int[] offs, int n, float[] max, float[] min, int len) {
+        for (int j = 0; j < n; j++)
+            for (int i = 0, o = offs[j]; i < len; i++) {
+                float kv = keys[o + i];
+                if (kv > max[i]) max[i] = kv;
+                if (kv < min[i]) min[i] = kv;
+            }
+    }
+
+    /** Σ_{i<len} max(q[qOff+i]·max[off + i·stride], q[qOff+i]·min[off + i·stride]), added left to right. */
+    private static float questScore(float[] q, int qOff, float[] max, float[] min, int off, int stride, int len) {
+        float sum = 0f;
+        for (int i = 0; i < len; i++) {
+            float qi = q[qOff + i];
+            sum += Math.max(qi * max[off + i * stride], qi * min[off + i * stride]);
+        }
+        return sum;
     }
 
     @Override

@@ -381,6 +381,115 @@ final class VectorKernels implements Kernels {
         return s;
     }
 
+    /**
+     * Quest's species: the preferred width, at most 256 bits. On AVX-512 under Java 17 the compares and blends of
+     * 512-bit lanes go through vector masks and made Quest's scores about 1.25x slower than 256-bit lanes (under
+     * Java 25 512 bits were about 5% faster).
+     */
+    private static final VectorSpecies<Float> Q = F.vectorBitSize() > 256 ? FloatVector.SPECIES_256 : F;
+
+    /** Pages per {@link #questPageSums} call: one per lane. */
+    int questPages() {
+        return Q.length();
+    }
+
+    /**
+     * Quest page bounds over key rows keys[offs[j], offs[j] + len), j < n, in that order: max[bOff+i] takes a key
+     * element only when it is greater, min[bOff+i] only when it is less. Compare masks and blends, not lanewise
+     * MAX/MIN, so a NaN key never replaces a bound and a tie (-0 against +0) keeps the earlier value: the scalar
+     * {@code if (k > max) max = k; if (k < min) min = k;} bit for bit.
+     */
+    void keyBounds(float[] keys, int[] offs, int n, float[] max, float[] min, int bOff, int len) {
+        int l = Q.length();
+        int i = 0;
+        for (; i + 4 * l <= len; i += 4 * l) {
+            int b0 = bOff + i, b1 = b0 + l, b2 = b1 + l, b3 = b2 + l;
+            FloatVector x0 = FloatVector.fromArray(Q, max, b0), x1 = FloatVector.fromArray(Q, max, b1);
+            FloatVector x2 = FloatVector.fromArray(Q, max, b2), x3 = FloatVector.fromArray(Q, max, b3);
+            FloatVector y0 = FloatVector.fromArray(Q, min, b0), y1 = FloatVector.fromArray(Q, min, b1);
+            FloatVector y2 = FloatVector.fromArray(Q, min, b2), y3 = FloatVector.fromArray(Q, min, b3);
+            for (int j = 0; j < n; j++) {
+                int o = offs[j] + i;
+                FloatVector k0 = FloatVector.fromArray(Q, keys, o), k1 = FloatVector.fromArray(Q, keys, o + l);
+                FloatVector k2 = FloatVector.fromArray(Q, keys, o + 2 * l), k3 = FloatVector.fromArray(Q, keys, o + 3 * l);
+                x0 = x0.blend(k0, k0.compare(VectorOperators.GT, x0));
+                y0 = y0.blend(k0, k0.compare(VectorOperators.LT, y0));
+                x1 = x1.blend(k1, k1.compare(VectorOperators.GT, x1));
+                y1 = y1.blend(k1, k1.compare(VectorOperators.LT, y1));
+                x2 = x2.blend(k2, k2.compare(VectorOperators.GT, x2));
+                y2 = y2.blend(k2, k2.compare(VectorOperators.LT, y2));
+                x3 = x3.blend(k3, k3.compare(VectorOperators.GT, x3));
+                y3 = y3.blend(k3, k3.compare(VectorOperators.LT, y3));
+            }
+            x0.intoArray(max, b0);
+            x1.intoArray(max, b1);
+            x2.intoArray(max, b2);
+            x3.intoArray(max, b3);
+            y0.intoArray(min, b0);
+            y1.intoArray(min, b1);
+            y2.intoArray(min, b2);
+            y3.intoArray(min, b3);
+        }
+        for (; i + l <= len; i += l) {
+            FloatVector x = FloatVector.fromArray(Q, max, bOff + i), y = FloatVector.fromArray(Q, min, bOff + i);
+            for (int j = 0; j < n; j++) {
+                FloatVector kv = FloatVector.fromArray(Q, keys, offs[j] + i);
+                x = x.blend(kv, kv.compare(VectorOperators.GT, x));
+                y = y.blend(kv, kv.compare(VectorOperators.LT, y));
+            }
+            x.intoArray(max, bOff + i);
+            y.intoArray(min, bOff + i);
+        }
+        for (; i < len; i++) {
+            float x = max[bOff + i], y = min[bOff + i];
+            for (int j = 0; j < n; j++) {
+                float kv = keys[offs[j] + i];
+                if (kv > x) x = kv;
+                if (kv < y) y = kv;
+            }
+            max[bOff + i] = x;
+            min[bOff + i] = y;
+        }
+    }
+
+    /**
+     * Quest scores of {@link #questPages()} pages at once, one per lane, for {@code heads} query rows
+     * q[qOff + h·len, qOff + (h+1)·len), from bounds stored dimension-major (maxT[i·P + p], minT[i·P + p],
+     * P = questPages()): sums[h·P + p] = Σ_{i<len} max(q_h[i]·maxT[i·P+p], q_h[i]·minT[i·P+p]), each lane adding
+     * its terms left to right from 0 like the scalar loop. Lanewise MAX has Math.max's semantics, so a sum that is
+     * not NaN has the scalar loop's bits (a NaN sum may carry another payload).
+     */
+    void questPageSums(float[] q, int qOff, int heads, float[] maxT, float[] minT, int len, float[] sums) {
+        int l = Q.length();
+        int h = 0;
+        for (; h + 4 <= heads; h += 4) {
+            int q0 = qOff + h * len, q1 = q0 + len, q2 = q1 + len, q3 = q2 + len;
+            FloatVector s0 = FloatVector.zero(Q), s1 = s0, s2 = s0, s3 = s0;
+            for (int i = 0; i < len; i++) {
+                FloatVector x = FloatVector.fromArray(Q, maxT, i * l), y = FloatVector.fromArray(Q, minT, i * l);
+                FloatVector a0 = FloatVector.broadcast(Q, q[q0 + i]), a1 = FloatVector.broadcast(Q, q[q1 + i]);
+                FloatVector a2 = FloatVector.broadcast(Q, q[q2 + i]), a3 = FloatVector.broadcast(Q, q[q3 + i]);
+                s0 = s0.add(a0.mul(x).lanewise(VectorOperators.MAX, a0.mul(y)));
+                s1 = s1.add(a1.mul(x).lanewise(VectorOperators.MAX, a1.mul(y)));
+                s2 = s2.add(a2.mul(x).lanewise(VectorOperators.MAX, a2.mul(y)));
+                s3 = s3.add(a3.mul(x).lanewise(VectorOperators.MAX, a3.mul(y)));
+            }
+            s0.intoArray(sums, h * l);
+            s1.intoArray(sums, (h + 1) * l);
+            s2.intoArray(sums, (h + 2) * l);
+            s3.intoArray(sums, (h + 3) * l);
+        }
+        for (; h < heads; h++) {
+            int q0 = qOff + h * len;
+            FloatVector s0 = FloatVector.zero(Q);
+            for (int i = 0; i < len; i++) {
+                FloatVector a0 = FloatVector.broadcast(Q, q[q0 + i]);
+                s0 = s0.add(a0.mul(FloatVector.fromArray(Q, maxT, i * l)).lanewise(VectorOperators.MAX, a0.mul(FloatVector.fromArray(Q, minT, i * l))));
+            }
+            s0.intoArray(sums, h * l);
+        }
+    }
+
     @Override
     public String describe() {
         return "Vector API " + F.vectorBitSize() + "-bit";
