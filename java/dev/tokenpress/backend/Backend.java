@@ -358,8 +358,8 @@ public interface Backend extends AutoCloseable {
     /**
      * Host work of a KV policy split over the host's threads: runs {@code body.accept(i)} once for every i in [0, n),
      * in any order and possibly at the same time, and returns when all have run (a failure is rethrown). The calls
-     * must be independent (each writes only its own outputs), so the result does not depend on the threads. The
-     * default runs them in order on the calling thread.
+     * must be independent (each writes only its own outputs), so the result does not depend on the threads, and must
+     * not call the backend's ops. The default runs them in order on the calling thread.
      */
     default void hostParallel(int n, java.util.function.IntConsumer body) {
         for (int i = 0; i < n; i++) body.accept(i);

@@ -583,6 +583,14 @@ public final class CpuBackend implements Backend {
         return sum;
     }
 
+    /** The backend's thread team (between ops it is idle). */
+    @Override
+    public void hostParallel(int n, java.util.function.IntConsumer body) {
+        par.forRange(n, 1, (from, to) -> {
+            for (int i = from; i < to; i++) body.accept(i);
+        });
+    }
+
     @Override
     public void copyKvCache(KvCache src, KvCache dst) {
         if (!(src instanceof CpuKvCache s) || !(dst instanceof CpuKvCache d) || !s.sameShape(d))
