@@ -18,8 +18,9 @@ public final class MakeModelCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
 
-    @Option(names = "--preset", required = true, paramLabel = "tiny|small|llama-1b-shape",
-            description = "tiny (~0.1M params), small (~30M), llama-1b-shape (Llama-3.2-1B's dimensions, ~2.5 GB).")
+    @Option(names = "--preset", required = true, paramLabel = "tiny|small|llama-1b-shape|llama-1b-attention",
+            description = "tiny (~0.1M params), small (~30M), llama-1b-shape (Llama-3.2-1B's dimensions, ~2.5 GB), "
+                    + "llama-1b-attention (Llama-3.2-1B's attention around a 256-wide stream and 512 tokens, ~20 MB).")
     String preset;
 
     @Option(names = {"-o", "--output"}, required = true, paramLabel = "DIR", description = "Output directory.")
@@ -35,7 +36,8 @@ public final class MakeModelCommand implements Callable<Integer> {
             case "tiny" -> ModelWriter.Preset.TINY;
             case "small" -> ModelWriter.Preset.SMALL;
             case "llama-1b-shape" -> ModelWriter.Preset.LLAMA_1B_SHAPE;
-            default -> throw new Main.UsageException("unknown preset '" + preset + "': use tiny, small or llama-1b-shape");
+            case "llama-1b-attention" -> ModelWriter.Preset.LLAMA_1B_ATTENTION;
+            default -> throw new Main.UsageException("unknown preset '" + preset + "': use tiny, small, llama-1b-shape or llama-1b-attention");
         };
         long t0 = System.nanoTime();
         ModelWriter.write(output, p, seed, line -> {

@@ -36,6 +36,8 @@ import java.util.SplittableRandom;
  *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
  *   <li>{@code e2epol <model-dir>}: the end-to-end part of {@code policies}, also at 8K, plus every other policy
  *       (window, h2o, a2sf, keyformer, quest, tokenselect, razor) with tokens/s and KV bytes.</li>
+ *   <li>{@code e2epol-cpu <model-dir> [contexts]}: the same policy table on the CPU backend (no GPU needed), for a
+ *       {@code llama-1b-attention} model: what the policies' host-side work costs beside the attention.</li>
  *   <li>{@code attnsweep}: decode attention (full and tidal k=2048) at 8K/32K/128K with each forced split count,
  *       timed in a CUDA graph and eagerly, for tuning.</li>
  *   <li>{@code policies [model-dir]}: TidalDecode on the device for the llama-1b attention shape at 8K/32K/128K:
@@ -57,7 +59,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> | e2epol-cpu <model-dir> [contexts] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -66,6 +68,13 @@ public final class KernelBench {
             long t0 = System.nanoTime();
             ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
             result(out, "model_generate_s", (System.nanoTime() - t0) / 1e9, "s");
+            return;
+        }
+        if (args[0].equals("e2epol-cpu")) { // the policy table on the CPU backend (host-side policy work; no GPU)
+            Path dir = Path.of(args[1]);
+            int[] contexts = args.length > 2 ? java.util.Arrays.stream(args[2].split(",")).mapToInt(c -> Integer.parseInt(c.trim())).toArray()
+                    : new int[] {8192};
+            policyTableCpu(dir, contexts, out);
             return;
         }
         try (CudaBackend gpu = CudaBackend.open()) {
@@ -435,6 +444,34 @@ public final class KernelBench {
                 } finally {
                     gpu.setPinnedStats(false);
                 }
+            }
+        }
+    }
+
+    /**
+     * {@code e2epol-cpu DIR [CONTEXTS]}: {@link #policyTable} on the CPU backend after full at each context (default
+     * 8192), for a model written with {@code make-model --preset llama-1b-attention} (written there when DIR has none):
+     * Llama-3.2-1B's attention shape with a small MLP, so a step's time is the attention plus the policy's host work.
+     */
+    static void policyTableCpu(Path dir, int[] contexts, PrintStream out) {
+        if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
+            ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_ATTENTION, 1, s -> System.err.println("make-model: " + s));
+        LlamaConfig cfg = ConfigLoader.load(dir);
+        try (SafeTensors st = SafeTensors.open(dir); dev.tokenpress.backend.cpu.CpuBackend cpu = new dev.tokenpress.backend.cpu.CpuBackend()) {
+            out.println("device: " + cpu.description() + "; model " + dir + " (" + cfg.numLayers() + " layers, "
+                    + cfg.numHeads() + " q-heads, " + cfg.numKvHeads() + " KV heads of " + cfg.headDim() + ", hidden " + cfg.hiddenSize() + ")");
+            Llama m = new Llama(cfg, Weights.load(st, cfg, cpu, null), cpu, 256);
+            int steps = 8;
+            for (int ctx : contexts) {
+                java.io.ByteArrayOutputStream fullOut = new java.io.ByteArrayOutputStream();
+                PrintStream fp = new PrintStream(fullOut, true, java.nio.charset.StandardCharsets.UTF_8);
+                policyTable(cpu, m, cfg, ctx, new String[] {"full"}, steps, 0, fp);
+                String text = fullOut.toString(java.nio.charset.StandardCharsets.UTF_8);
+                out.print(text);
+                double full = 0;
+                for (String line : text.split("\n"))
+                    if (line.startsWith("RESULT e2e_pol_" + ctx + "_full_tps ")) full = Double.parseDouble(line.split(" ")[2]);
+                policyTable(cpu, m, cfg, ctx, POLICY_TABLE_SPECS, steps, full, out);
             }
         }
     }

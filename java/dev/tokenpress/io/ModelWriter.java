@@ -49,6 +49,13 @@ public final class ModelWriter {
         SMALL("small", "LlamaForCausalLM", 512, 1376, 8, 8, 2, 64, 4096, 1e-5f, 10000f, null, 4096),
         /** Exactly the shapes and hyper-parameters of Llama-3.2-1B (random weights, ~2.5 GB in BF16). */
         LLAMA_1B_SHAPE("llama-1b-shape", "LlamaForCausalLM", 2048, 8192, 16, 32, 8, 64, 128256, 1e-5f, 500000f,
+                new LlamaConfig.RopeScaling("llama3", 32f, 1f, 4f, 8192), 131072),
+        /**
+         * Llama-3.2-1B's attention (16 layers, 32 q-heads / 8 KV heads of 64, its RoPE and context) around a 256-wide
+         * residual stream, a 512-wide MLP and 512 tokens (~20 MB): long-context KV-policy work without 2.5 GB of
+         * weights, e.g. a policy's host-side cost on a CPU.
+         */
+        LLAMA_1B_ATTENTION("llama-1b-attention", "LlamaForCausalLM", 256, 512, 16, 32, 8, 64, 512, 1e-5f, 500000f,
                 new LlamaConfig.RopeScaling("llama3", 32f, 1f, 4f, 8192), 131072);
 
         /** The name used on the command line ({@code --preset}). */
@@ -68,11 +75,11 @@ public final class ModelWriter {
             return config;
         }
 
-        /** Parses "tiny", "small", "llama-1b-shape" (case-insensitive; '_' accepted for '-'). */
+        /** Parses "tiny", "small", "llama-1b-shape", "llama-1b-attention" (case-insensitive; '_' accepted for '-'). */
         public static Preset parse(String s) {
             String k = s.trim().toLowerCase(Locale.ROOT).replace('_', '-');
             for (Preset p : values()) if (p.cliName.equals(k)) return p;
-            throw new IllegalArgumentException("unknown preset " + s + " (choose tiny, small or llama-1b-shape)");
+            throw new IllegalArgumentException("unknown preset " + s + " (choose tiny, small, llama-1b-shape or llama-1b-attention)");
         }
     }
 

@@ -260,6 +260,13 @@ class ModelWriterTest {
         assertEquals(ModelWriter.Preset.SMALL, ModelWriter.Preset.parse("SMALL"));
         assertEquals(ModelWriter.Preset.LLAMA_1B_SHAPE, ModelWriter.Preset.parse("llama-1b-shape"));
         assertEquals(ModelWriter.Preset.LLAMA_1B_SHAPE, ModelWriter.Preset.parse("llama_1b_shape"));
+        assertEquals(ModelWriter.Preset.LLAMA_1B_ATTENTION, ModelWriter.Preset.parse("llama-1b-attention"));
+        LlamaConfig a = ModelWriter.Preset.LLAMA_1B_ATTENTION.config(), b = ModelWriter.Preset.LLAMA_1B_SHAPE.config();
+        assertEquals(b.numLayers(), a.numLayers());
+        assertEquals(b.numHeads(), a.numHeads());
+        assertEquals(b.numKvHeads(), a.numKvHeads());
+        assertEquals(b.headDim(), a.headDim());
+        assertEquals(b.ropeScaling(), a.ropeScaling());
         assertThrows(IllegalArgumentException.class, () -> ModelWriter.Preset.parse("huge"));
     }
 
