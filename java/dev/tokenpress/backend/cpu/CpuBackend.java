@@ -358,6 +358,7 @@ public final class CpuBackend implements Backend {
         boolean lastRow = r == n - 1;
         boolean raws = stats != null && stats.rawScores != null && lastRow;
         int qBase = r * qt.cols, oBase = r * o.cols;
+        float[] four = new float[4];
         for (int j = 0; j < m; j++) {
             int slot = list == null ? j : list[j];
             int p = pos[slot];
@@ -365,7 +366,18 @@ public final class CpuBackend implements Backend {
                 for (int i = 0; i < hc; i++) scores[i][j] = Float.NEGATIVE_INFINITY;
                 continue;
             }
-            for (int i = 0; i < hc; i++) {
+            int i = 0;
+            for (; i + 4 <= hc; i += 4) { // four heads' dots with one pass over the key (the bits of four dot calls)
+                k.dot4(qt.data, qBase + (h0 + i) * hd, hd, keys, slot * hd, hd, four);
+                for (int t = 0; t < 4; t++) {
+                    float raw = four[t];
+                    if (raws) stats.rawScores[h0 + i + t][slot] = raw;
+                    float sc = raw * scale;
+                    scores[i + t][j] = sc;
+                    if (sc > max[i + t]) max[i + t] = sc;
+                }
+            }
+            for (; i < hc; i++) {
                 int h = h0 + i;
                 float raw = k.dot(qt.data, qBase + h * hd, keys, slot * hd, hd);
                 if (raws) stats.rawScores[h][slot] = raw;
@@ -375,26 +387,28 @@ public final class CpuBackend implements Backend {
             }
         }
         float[] inv = new float[hc];
+        boolean[] live = new boolean[hc];
         boolean any = false;
         for (int i = 0; i < hc; i++) {
             int oOff = oBase + (h0 + i) * hd;
             Arrays.fill(o.data, oOff, oOff + hd, 0f);
             if (max[i] == Float.NEGATIVE_INFINITY) continue; // nothing visible to this head
-            any = true;
+            any = live[i] = true;
             double sum = k.expShifted(scores[i], 0, m, max[i]);
             inv[i] = (float) (1.0 / sum);
         }
         if (!any) return;
-        boolean collect = stats != null && stats.probSums != null && r >= stats.fromRow;
-        for (int j = 0; j < m; j++) {
-            int slot = list == null ? j : list[j];
-            for (int i = 0; i < hc; i++) {
-                if (max[i] == Float.NEGATIVE_INFINITY) continue;
-                float e = scores[i][j];
-                if (e == 0f) continue;
-                float p = e * inv[i];
-                k.axpy(p, values, slot * hd, o.data, oBase + (h0 + i) * hd, hd);
-                if (collect) stats.probSums[g][slot] += p;
+        // o_i += (e_ij / sum_i) · v_j over the candidates in order, each head's outputs held in registers
+        k.weightedValues(scores, inv, live, hc, m, list, values, hd, o.data, oBase + h0 * hd);
+        if (stats != null && stats.probSums != null && r >= stats.fromRow) {
+            float[] sums = stats.probSums[g];
+            for (int j = 0; j < m; j++) {
+                int slot = list == null ? j : list[j];
+                for (int i = 0; i < hc; i++) {
+                    if (!live[i]) continue;
+                    float e = scores[i][j];
+                    if (e != 0f) sums[slot] += e * inv[i];
+                }
             }
         }
     }

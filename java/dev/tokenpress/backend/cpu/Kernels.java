@@ -41,8 +41,36 @@ interface Kernels {
         return sum;
     }
 
+    /**
+     * Four dots of one row b[bOff, +len) with a[aOff + i·aStride, +len), i < 4, into out[0, 4): each the bits of
+     * {@link #dot} (an override shares the loads of b among the four).
+     */
+    default void dot4(float[] a, int aOff, int aStride, float[] b, int bOff, int len, float[] out) {
+        for (int i = 0; i < 4; i++) out[i] = dot(a, aOff + i * aStride, b, bOff, len);
+    }
+
     /** y[yOff+i] += a·x[xOff+i], i < len. */
     void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len);
+
+    /**
+     * Attention's weighted value sum for {@code hc} q-heads of one KV head: for each head i with live[i] (output row
+     * o[oOff + i·hd, +hd)) and each of the m candidates j in order (slot = slots == null ? j : slots[j]) whose
+     * numerator e[i][j] is not 0: o += (e[i][j]·inv[i]) · values[slot·hd, +hd), as {@link #axpy} computes it. The
+     * default makes those axpy calls; an override must give the same bits (the same operations per element, in the
+     * same order).
+     */
+    default void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
+                                int hd, float[] o, int oOff) {
+        for (int j = 0; j < m; j++) {
+            int slot = slots == null ? j : slots[j];
+            for (int i = 0; i < hc; i++) {
+                if (!live[i]) continue;
+                float ej = e[i][j];
+                if (ej == 0f) continue;
+                axpy(ej * inv[i], values, slot * hd, o, oOff + i * hd, hd);
+            }
+        }
+    }
 
     /**
      * Σ_b d[dOff + b] · Σ_{j<32} q[qOff + 32b + j] · x[xOff + 32b + j] over {@code blocks} Q8_0 blocks: a row of a

@@ -60,6 +60,36 @@ final class VectorKernels implements Kernels {
         return s;
     }
 
+    @Override
+    public void dot4(float[] a, int aOff, int aStride, float[] b, int bOff, int len, float[] out) {
+        int l = F.length();
+        int upper = len - len % (2 * l);
+        int o1 = aOff + aStride, o2 = o1 + aStride, o3 = o2 + aStride;
+        FloatVector z = FloatVector.zero(F);
+        FloatVector p0 = z, q0 = z, p1 = z, q1 = z, p2 = z, q2 = z, p3 = z, q3 = z;
+        int i = 0;
+        for (; i < upper; i += 2 * l) { // dot's two accumulators per row, the row of b loaded once for the four
+            FloatVector b0 = FloatVector.fromArray(F, b, bOff + i), b1 = FloatVector.fromArray(F, b, bOff + i + l);
+            p0 = FloatVector.fromArray(F, a, aOff + i).fma(b0, p0);
+            q0 = FloatVector.fromArray(F, a, aOff + i + l).fma(b1, q0);
+            p1 = FloatVector.fromArray(F, a, o1 + i).fma(b0, p1);
+            q1 = FloatVector.fromArray(F, a, o1 + i + l).fma(b1, q1);
+            p2 = FloatVector.fromArray(F, a, o2 + i).fma(b0, p2);
+            q2 = FloatVector.fromArray(F, a, o2 + i + l).fma(b1, q2);
+            p3 = FloatVector.fromArray(F, a, o3 + i).fma(b0, p3);
+            q3 = FloatVector.fromArray(F, a, o3 + i + l).fma(b1, q3);
+        }
+        out[0] = dotTail(a, aOff, b, bOff, i, len, p0.add(q0).reduceLanes(VectorOperators.ADD));
+        out[1] = dotTail(a, o1, b, bOff, i, len, p1.add(q1).reduceLanes(VectorOperators.ADD));
+        out[2] = dotTail(a, o2, b, bOff, i, len, p2.add(q2).reduceLanes(VectorOperators.ADD));
+        out[3] = dotTail(a, o3, b, bOff, i, len, p3.add(q3).reduceLanes(VectorOperators.ADD));
+    }
+
+    private static float dotTail(float[] a, int aOff, float[] b, int bOff, int i, int len, float s) {
+        for (; i < len; i++) s += a[aOff + i] * b[bOff + i];
+        return s;
+    }
+
     // Q8_0 rows: every kernel below does, per row and x, the same operations in the same order: per block a sum
     // of lane products started from zero (FMA over the block's F.length()-lane chunks), scaled into one accumulator
     // (FMA), the lanes summed at the end. The codes are exact as floats, so widened-once and in-register codes agree.
@@ -278,6 +308,80 @@ final class VectorKernels implements Kernels {
         out[outOff + 2 * outStride] = tail(w, o2, xe, xo, xOff, j, pairs, a20.add(a21).add(a22.add(a23)).reduceLanes(VectorOperators.ADD));
         out[outOff + 3 * outStride] = tail(w, o3, xe, xo, xOff, j, pairs, a30.add(a31).add(a32.add(a33)).reduceLanes(VectorOperators.ADD));
     }
+
+    /**
+     * {@link Kernels#weightedValues} with each output chunk held in a register across a block of candidates (whose
+     * value rows stay in L1 for all the heads) instead of loaded and stored per candidate: per element the same fused
+     * multiply-adds ({@link #axpy}'s vector part) or multiply-then-adds (its tail), in candidate order.
+     */
+    @Override
+    public void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
+                               int hd, float[] o, int oOff) {
+        int l = F.length(), upper = hd - hd % l;
+        for (int j0 = 0; j0 < m; j0 += VALUE_BLOCK) {
+            int j1 = Math.min(m, j0 + VALUE_BLOCK);
+            int i = 0;
+            // four live heads at a time: each value chunk loaded once for the four
+            for (; i + 4 <= hc && live[i] && live[i + 1] && live[i + 2] && live[i + 3]; i += 4) {
+                float[] e0 = e[i], e1 = e[i + 1], e2 = e[i + 2], e3 = e[i + 3];
+                float v0 = inv[i], v1 = inv[i + 1], v2 = inv[i + 2], v3 = inv[i + 3];
+                int b0 = oOff + i * hd, b1 = b0 + hd, b2 = b1 + hd, b3 = b2 + hd;
+                for (int c = 0; c < upper; c += l) {
+                    FloatVector a0 = FloatVector.fromArray(F, o, b0 + c), a1 = FloatVector.fromArray(F, o, b1 + c);
+                    FloatVector a2 = FloatVector.fromArray(F, o, b2 + c), a3 = FloatVector.fromArray(F, o, b3 + c);
+                    for (int j = j0; j < j1; j++) {
+                        int slot = slots == null ? j : slots[j];
+                        FloatVector v = FloatVector.fromArray(F, values, slot * hd + c);
+                        float x0 = e0[j], x1 = e1[j], x2 = e2[j], x3 = e3[j];
+                        if (x0 != 0f) a0 = v.fma(FloatVector.broadcast(F, x0 * v0), a0);
+                        if (x1 != 0f) a1 = v.fma(FloatVector.broadcast(F, x1 * v1), a1);
+                        if (x2 != 0f) a2 = v.fma(FloatVector.broadcast(F, x2 * v2), a2);
+                        if (x3 != 0f) a3 = v.fma(FloatVector.broadcast(F, x3 * v3), a3);
+                    }
+                    a0.intoArray(o, b0 + c);
+                    a1.intoArray(o, b1 + c);
+                    a2.intoArray(o, b2 + c);
+                    a3.intoArray(o, b3 + c);
+                }
+                for (int h = i; h < i + 4; h++) valueTail(e[h], inv[h], j0, j1, slots, values, hd, upper, o, oOff + h * hd);
+            }
+            for (; i < hc; i++) {
+                if (!live[i]) continue;
+                float[] ei = e[i];
+                float iv = inv[i];
+                int ob = oOff + i * hd;
+                for (int c = 0; c < upper; c += l) {
+                    FloatVector acc = FloatVector.fromArray(F, o, ob + c);
+                    for (int j = j0; j < j1; j++) {
+                        float ej = ei[j];
+                        if (ej == 0f) continue;
+                        int slot = slots == null ? j : slots[j];
+                        acc = FloatVector.fromArray(F, values, slot * hd + c).fma(FloatVector.broadcast(F, ej * iv), acc);
+                    }
+                    acc.intoArray(o, ob + c);
+                }
+                valueTail(ei, iv, j0, j1, slots, values, hd, upper, o, ob);
+            }
+        }
+    }
+
+    /** The elements [upper, hd) of {@link #weightedValues} for one head over candidates [j0, j1): axpy's scalar tail. */
+    private static void valueTail(float[] ei, float iv, int j0, int j1, int[] slots, float[] values, int hd, int upper,
+                                  float[] o, int ob) {
+        for (int d = upper; d < hd; d++) {
+            float acc = o[ob + d];
+            for (int j = j0; j < j1; j++) {
+                float ej = ei[j];
+                if (ej == 0f) continue;
+                int slot = slots == null ? j : slots[j];
+                acc += ej * iv * values[slot * hd + d];
+            }
+            o[ob + d] = acc;
+        }
+    }
+
+    /** Candidates per block of {@link #weightedValues}: their value rows (8 KiB at head dim 64) stay in L1. */
+    private static final int VALUE_BLOCK = 32;
 
     private static float tail(int[] w, int wOff, float[] xe, float[] xo, int xOff, int j, int pairs, float s) {
         for (; j < pairs; j++) {

@@ -1,0 +1,60 @@
+package dev.tokenpress.backend.cpu;
+
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+
+import java.util.SplittableRandom;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+/**
+ * The attention kernels that share loads among a KV head's q-heads give the bits of the per-head operations:
+ * {@link VectorKernels#weightedValues} (outputs in registers over blocks of candidates, four heads per value load)
+ * against one {@link VectorKernels#axpy} per candidate and head, and {@link VectorKernels#dot4} against four
+ * {@link VectorKernels#dot} calls — for head dims with and without a vector tail, any number of heads (dead heads and
+ * zero numerators skipped), all slots or a slot list.
+ */
+class AttentionKernelsTest {
+    static final VectorKernels V = new VectorKernels();
+
+    @ParameterizedTest
+    @CsvSource({"64,4,300,false", "64,8,77,true", "128,4,129,false", "16,3,40,true", "40,5,33,false", "24,9,70,true",
+            "64,1,5,false", "128,7,1,true", "72,4,64,true"})
+    void sharedLoadsGiveThePerHeadBits(int hd, int hc, int m, boolean list) {
+        SplittableRandom r = new SplittableRandom(hd * 131L + hc * 7L + m);
+        int slotsTotal = m + 11;
+        float[] values = new float[slotsTotal * hd];
+        for (int i = 0; i < values.length; i++) values[i] = (float) r.nextGaussian();
+        int[] slots = null;
+        if (list) {
+            slots = new int[m];
+            for (int j = 0; j < m; j++) slots[j] = r.nextInt(slotsTotal);
+        }
+        float[][] e = new float[hc][m];
+        float[] inv = new float[hc];
+        boolean[] live = new boolean[hc];
+        for (int i = 0; i < hc; i++) {
+            live[i] = i % 5 != 2;  // a dead head (nothing visible) now and then
+            inv[i] = (float) (1 / (1 + r.nextDouble() * m));
+            for (int j = 0; j < m; j++) e[i][j] = r.nextInt(6) == 0 ? 0f : (float) r.nextDouble();
+        }
+        float[] ref = new float[(hc + 1) * hd], got = new float[(hc + 1) * hd];
+        for (int i = 0; i < ref.length; i++) ref[i] = got[i] = (float) r.nextGaussian(); // outputs start non-zero
+        int oOff = hd / 2;
+        for (int j = 0; j < m; j++) {  // the definition: one axpy per candidate and live head, in candidate order
+            int slot = slots == null ? j : slots[j];
+            for (int i = 0; i < hc; i++)
+                if (live[i] && e[i][j] != 0f) V.axpy(e[i][j] * inv[i], values, slot * hd, ref, oOff + i * hd, hd);
+        }
+        V.weightedValues(e, inv, live, hc, m, slots, values, hd, got, oOff);
+        for (int i = 0; i < ref.length; i++)
+            assertEquals(Float.floatToRawIntBits(ref[i]), Float.floatToRawIntBits(got[i]), "output " + i + ": " + ref[i] + " vs " + got[i]);
+        // four dots sharing the row of b
+        float[] a = new float[4 * hd + 3], b = new float[hd + 5], four = new float[4];
+        for (int i = 0; i < a.length; i++) a[i] = (float) r.nextGaussian();
+        for (int i = 0; i < b.length; i++) b[i] = (float) r.nextGaussian();
+        V.dot4(a, 3, hd, b, 5, hd, four);
+        for (int i = 0; i < 4; i++)
+            assertEquals(Float.floatToRawIntBits(V.dot(a, 3 + i * hd, b, 5, hd)), Float.floatToRawIntBits(four[i]), "dot " + i);
+    }
+}
