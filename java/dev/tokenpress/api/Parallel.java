@@ -98,6 +98,16 @@ public final class Parallel implements AutoCloseable {
     private volatile List<Lane> active = new ArrayList<>();
     /** Lanes whose prompt is being prefilled a chunk per round while the active ones decode (full policy). */
     private final List<Lane> prefilling = new ArrayList<>();
+    // where the backend lays a batch's caches out together (Backend.batchesKvCaches) and they are not quantized: one
+    // per lane from the first step's width on, kept and cleared between sequences, so a batched step's rows can attend
+    // in one call per run of consecutive lanes
+    private KvCache[] laneCaches;
+    private boolean keepLaneCaches;
+
+    /** Keeps a cache per lane even where the backend does not lay a batch's caches out together (for tests). */
+    void keepLaneCaches(boolean on) {
+        keepLaneCaches = on;
+    }
     private volatile long steps, rows, prefills, shared, prefixTokens;
     private boolean closed;
 
@@ -198,8 +208,18 @@ public final class Parallel implements AutoCloseable {
             this.policy = p;
             this.text = tp.tokenizer().streaming();
             this.stopText = new StopText(req.stops());
-            this.cache = model.newCache(contextSize, quant);
+            if (laneCaches != null && lane < laneCaches.length) {
+                this.cache = laneCaches[lane];
+                this.cache.clear();
+                this.ownCache = false;
+            } else {
+                this.cache = model.newCache(contextSize, quant);
+                this.ownCache = true;
+            }
         }
+
+        /** Whether the cache is this sequence's own (closed when it ends) rather than its lane's (kept). */
+        private final boolean ownCache;
 
         /** Takes a sampled token; returns whether the sequence goes on. */
         boolean take(int token) {
@@ -261,7 +281,7 @@ public final class Parallel implements AutoCloseable {
         private void release() {
             if (released) return;
             released = true;
-            cache.close();
+            if (ownCache) cache.close();
             laneBusy[lane] = false;
         }
     }
@@ -309,6 +329,8 @@ public final class Parallel implements AutoCloseable {
         if (width < 1 || width > maxWidth())
             throw new IllegalArgumentException("parallel width must be 1 to " + maxWidth() + " (the prefill chunk, -b), not " + width);
         Map<java.nio.IntBuffer, Lane> fresh = new java.util.HashMap<>(); // prompts prefilled this round (full policy)
+        if (laneCaches == null && width > 1 && quant.isNone() && (keepLaneCaches || tp.backend().batchesKvCaches()))
+            laneCaches = model.newCaches(contextSize, width);
         while (active.size() + waitingLanes() < width) {
             Pending p;
             synchronized (waiting) {
@@ -495,6 +517,12 @@ public final class Parallel implements AutoCloseable {
     }
 
     private void decodeStep() {
+        // rows in lane order: consecutive lanes' caches are consecutive in their pool (one attention call per run)
+        if (laneCaches != null) {
+            List<Lane> sorted = new ArrayList<>(active);
+            sorted.sort(java.util.Comparator.comparingInt(l -> l.lane));
+            active = sorted;
+        }
         Llama.BatchRow[] batch = new Llama.BatchRow[active.size()];
         for (int i = 0; i < batch.length; i++) {
             Lane s = active.get(i);
@@ -597,5 +625,9 @@ public final class Parallel implements AutoCloseable {
         failAll(e);
         failPrefilling(e);
         Arrays.fill(policies, null);
+        if (laneCaches != null) {
+            for (KvCache c : laneCaches) c.close();
+            laneCaches = null;
+        }
     }
 }

@@ -343,6 +343,43 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * {@code count} KV caches of one shape for the sequences of a batch (continuous batching's lanes). A backend may
+     * lay them out together so that a batched step attends over several in one call ({@link #batchDecodeAttention});
+     * the default makes {@code count} caches of their own.
+     */
+    default KvCache[] newKvCaches(int layers, int kvHeads, int headDim, int capacity, int count) {
+        KvCache[] out = new KvCache[count];
+        try {
+            for (int i = 0; i < count; i++) out[i] = newKvCache(layers, kvHeads, headDim, capacity);
+        } catch (RuntimeException | Error e) {
+            for (KvCache c : out) if (c != null) c.close();
+            throw e;
+        }
+        return out;
+    }
+
+    /**
+     * Whether {@link #newKvCaches} lays caches out for {@link #batchDecodeAttention}, so that a batch's lanes should keep
+     * theirs for the life of the batch (cleared between sequences) rather than take a new one per sequence.
+     */
+    default boolean batchesKvCaches() {
+        return false;
+    }
+
+    /**
+     * RoPE, KV store and decode attention of a batched step in a few calls instead of a few per row: row i of q
+     * [rows, heads·hd] and k, v [rows, kvHeads·hd] is the token at positions[i] of the sequence whose cache is
+     * caches[i], its slots slots[i][g] already allocated; afterwards row i of att holds its attention over everything
+     * its cache holds (the full policy: no slot list, no statistics). Every token a cache holds must be at a position no
+     * later than its row's. Returns false, having done nothing, where the backend has no such path for these caches (the
+     * caller then runs the rows one by one); the default returns false.
+     */
+    default boolean batchDecodeAttention(Tensor att, Tensor q, int heads, Tensor k, Tensor v, int kvHeads, RopeTable rope,
+                                         int[] positions, KvCache[] caches, int layer, int[][] slots, int rows) {
+        return false;
+    }
+
+    /**
      * Runs one batched decode step ({@code Llama.decodeBatch}): {@code body} issues the ops of the forward pass over
      * the batch's rows, the host arrays it passes derived only from the rows' tokens, positions and already-allocated
      * slots. A backend may replay a captured body instead (CUDA graphs, while the same sequences run); the default

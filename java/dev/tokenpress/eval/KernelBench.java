@@ -710,26 +710,34 @@ public final class KernelBench {
      * prompt each, decoded together with {@link Llama#decodeBatch} (greedy on the device) for {@code steps} steps;
      * tokens/s counts every sequence's tokens; the roofline is S tokens per pass over the weights. Eager launches,
      * then 4, 16 and 64 sequences again with the batched steps captured into CUDA graphs ({@code
-     * CudaBackend.setBatchGraphs}; keys e2e_batch{S}_graphs_*, with the graph status). A failure is reported, not thrown.
+     * CudaBackend.setBatchGraphs}; keys e2e_batch{S}_graphs_*, with the graph status), with the caches in one pool and
+     * one store + attention call per step and layer ({@code setBatchAttention}; keys e2e_batch{S}_pooled_*), and with
+     * both (e2e_batch{S}_pooled_graphs_*). A failure is reported, not thrown.
      */
     private static void endToEndBatch(CudaBackend gpu, double copyBw, Llama m, LlamaConfig cfg, long weightBytes, int steps,
                                       PrintStream out) {
         // 4 sequences through one-row copies (the path before row views) and through views, twice each in turn (the
         // second of each reported under its key, the first warms the code paths), then 16 and 64 with views
-        int[] seqsOf = {4, 4, 4, 4, 16, 64, 4, 16, 64};
-        boolean graphsBefore = gpu.batchGraphs();
+        int[] seqsOf = {4, 4, 4, 4, 16, 64, 4, 16, 64, 4, 16, 64, 4, 16, 64};
+        boolean graphsBefore = gpu.batchGraphs(), pooledBefore = gpu.batchAttention();
         for (int run = 0; run < seqsOf.length; run++) {
             int seqs = seqsOf[run];
-            boolean views = run != 0 && run != 2, graphs = run >= 6;
+            // runs 6-8: batch graphs; 9-11: pooled caches with batched attention; 12-14: both
+            boolean views = run != 0 && run != 2, graphs = run >= 6 && run < 9 || run >= 12, pooled = run >= 9;
             m.setBatchRowViews(views);
             gpu.setBatchGraphs(graphs);
-            String key = "e2e_batch" + seqs + (views ? "" : "_copies") + (graphs ? "_graphs" : "") + (run < 2 ? "_first" : "");
+            gpu.setBatchAttention(pooled);
+            String key = "e2e_batch" + seqs + (views ? "" : "_copies") + (pooled ? "_pooled" : "") + (graphs ? "_graphs" : "")
+                    + (run < 2 ? "_first" : "");
             KvCache[] caches = new KvCache[seqs];
             try {
                 Llama.BatchRow[] batch = new Llama.BatchRow[seqs];
                 int[] prompt = new int[32];
+                int capacity = prompt.length + steps + DECODE_WARMUP + 8;
+                KvCache[] pool = pooled ? m.newCaches(capacity, seqs) : null;
+                if (pool != null) System.arraycopy(pool, 0, caches, 0, seqs);
                 for (int i = 0; i < seqs; i++) {
-                    caches[i] = m.newCache(prompt.length + steps + DECODE_WARMUP + 8);
+                    if (pool == null) caches[i] = m.newCache(capacity);
                     for (int j = 0; j < prompt.length; j++) prompt[j] = (j * 97 + 13 * i + 5) % cfg.vocabSize();
                     m.prefill(caches[i], prompt, 0, false, null);
                     batch[i] = new Llama.BatchRow(caches[i], null, m.argmax(), prompt.length);
@@ -749,8 +757,9 @@ public final class KernelBench {
                 gpu.synchronize();
                 double tps = (double) steps * seqs / ((System.nanoTime() - t0) / 1e9);
                 double roof = copyBw / weightBytes * seqs;
-                out.printf("e2e continuous batching, %d sequences (%d steps)%s: %.1f tokens/s (%.1f per sequence), weight roofline %.1f tokens/s%s%n",
-                        seqs, steps, views ? "" : ", one-row copies", tps, tps / seqs, roof, graphs ? "; batch graphs, " + gpu.graphStatus() : "");
+                out.printf("e2e continuous batching, %d sequences (%d steps)%s%s: %.1f tokens/s (%.1f per sequence), weight roofline %.1f tokens/s%s%n",
+                        seqs, steps, views ? "" : ", one-row copies", pooled ? ", pooled caches + batched attention" : "", tps,
+                        tps / seqs, roof, graphs ? "; batch graphs, " + gpu.graphStatus() : "");
                 result(out, key + "_tps", tps, "tokens/s");
                 result(out, key + "_per_seq_tps", tps / seqs, "tokens/s");
                 result(out, key + "_pct_roofline", 100 * tps / roof, "%");
@@ -760,6 +769,7 @@ public final class KernelBench {
                 for (KvCache c : caches) if (c != null) c.close();
                 m.setBatchRowViews(true);
                 gpu.setBatchGraphs(graphsBefore);
+                gpu.setBatchAttention(pooledBefore);
             }
         }
     }

@@ -92,6 +92,14 @@ public final class Llama implements AutoCloseable {
         return backend.newKvCache(config.numLayers(), config.numKvHeads(), config.headDim(), capacity);
     }
 
+    /**
+     * {@code count} caches for the sequences of a batch ({@link #decodeBatch}), which a backend may lay out together
+     * so that a batched step attends over several in one call ({@code Backend.newKvCaches}).
+     */
+    public KvCache[] newCaches(int capacity, int count) {
+        return backend.newKvCaches(config.numLayers(), config.numKvHeads(), config.headDim(), capacity, count);
+    }
+
     /** A KV cache stored as {@code quant} says ({@code --kv-quant}); none = {@link #newCache(int)}. */
     public KvCache newCache(int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {
         return backend.newKvCache(config.numLayers(), config.numKvHeads(), config.headDim(), capacity, quant);
@@ -583,6 +591,21 @@ public final class Llama implements AutoCloseable {
      */
     private void batchAttention(int l) {
         LlamaConfig c = config;
+        int rows = batchRows.length;
+        boolean full = true;
+        for (BatchRow r : batchRows) full &= r.policy() == null || r.policy() == KvPolicy.FULL;
+        if (full) { // no per-row hooks: the backend may store and attend for all rows in a few calls
+            KvCache[] caches = new KvCache[rows];
+            int[] pos = new int[rows];
+            int[][] rowSlots = new int[rows][c.numKvHeads()];
+            for (int i = 0; i < rows; i++) {
+                caches[i] = batchRows[i].cache();
+                pos[i] = batchRows[i].position();
+                for (int g = 0; g < c.numKvHeads(); g++) rowSlots[i][g] = batchSlots[i][l][g][0];
+            }
+            if (backend.batchDecodeAttention(att, q, c.numHeads(), k, v, c.numKvHeads(), rope, pos, caches, l, rowSlots, rows))
+                return;
+        }
         for (int i = 0; i < batchRows.length; i++) {
             BatchRow r = batchRows[i];
             KvPolicy p = r.policy() == null ? KvPolicy.FULL : r.policy();

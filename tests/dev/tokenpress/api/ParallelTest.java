@@ -31,6 +31,32 @@ class ParallelTest {
         return i % 2 == 0 ? SamplingOptions.greedy() : SamplingOptions.defaults().withTemp(0.8).withSeed(100 + i);
     }
 
+    /**
+     * Lanes that keep their caches for the life of the batch (cleared between sequences; rows stepped in lane order),
+     * as on a backend that lays a batch's caches out together, give every request what per-sequence caches give.
+     */
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"full", "h2o:budget=20,recent=4"})
+    void laneCachesKeptAcrossSequencesGiveTheSameResults(String kv) {
+        try (TokenPress tp = load()) {
+            List<Parallel.Request> reqs = new ArrayList<>();
+            for (int i = 0; i < PROMPTS.length; i++)
+                reqs.add(new Parallel.Request(tp.tokenizer().encode(PROMPTS[i]), 12 + 7 * i, options(i), List.of(), null));
+            List<GenerationResult> fresh, kept;
+            try (Parallel p = new Parallel(tp, 128, null, kv)) {
+                fresh = p.generate(reqs, 3);
+            }
+            try (Parallel p = new Parallel(tp, 128, null, kv)) {
+                p.keepLaneCaches(true);
+                kept = p.generate(reqs, 3);
+            }
+            for (int i = 0; i < PROMPTS.length; i++) {
+                assertArrayEquals(fresh.get(i).tokens(), kept.get(i).tokens(), kv + ", request " + i);
+                assertEquals(fresh.get(i).text(), kept.get(i).text(), kv + ", request " + i);
+            }
+        }
+    }
+
     @ParameterizedTest(name = "{0}")
     @ValueSource(strings = {"full", "window:sink=4,budget=24", "h2o:budget=20,recent=4"})
     void everySequenceGetsWhatItGetsAlone(String kv) {

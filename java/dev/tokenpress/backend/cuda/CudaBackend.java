@@ -149,6 +149,7 @@ public final class CudaBackend implements Backend {
     private final java.util.ArrayDeque<SpareGraph> spares = new java.util.ArrayDeque<>();
     private boolean quantGraphs;       // quantized-KV decode steps are captured into graphs too
     private boolean batchGraphs;       // batched decode steps (Llama.decodeBatch) are captured into graphs too
+    private boolean batchAttention;    // pooled lane caches, one attention call per run of a batch's rows
     private final LongList sig = new LongList();
     private final long replayEvent;
     private boolean replayPending;
@@ -221,6 +222,7 @@ public final class CudaBackend implements Backend {
         this.quantGraphs = flag("tokenpress.cuda.quantGraphs", "TOKENPRESS_CUDA_QUANT_GRAPHS");
         this.pinnedStats = optIn("tokenpress.cuda.pinnedStats", "TOKENPRESS_CUDA_PINNED_STATS");
         this.batchGraphs = optIn("tokenpress.cuda.batchGraphs", "TOKENPRESS_CUDA_BATCH_GRAPHS");
+        this.batchAttention = optIn("tokenpress.cuda.batchAttention", "TOKENPRESS_CUDA_BATCH_ATTENTION");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v3"));
         int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; };
         check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
@@ -724,6 +726,32 @@ public final class CudaBackend implements Backend {
     }
 
     /**
+     * {@code count} bf16 caches of one shape: with batched attention on ({@link #setBatchAttention}) one pool whose
+     * members a batched decode step attends over in one call per run of consecutive members
+     * ({@link #batchDecodeAttention}); otherwise caches of their own.
+     */
+    @Override
+    public KvCache[] newKvCaches(int layers, int kvHeads, int headDim, int capacity, int count) {
+        if (!batchAttention || count < 2) return Backend.super.newKvCaches(layers, kvHeads, headDim, capacity, count);
+        requireEager("newKvCaches");
+        checkHeadDim(headDim);
+        retryGraphs();
+        CudaKvCache.Pool pool = CudaKvCache.allocate(this, layers, kvHeads, headDim, capacity, count);
+        KvCache[] out = new KvCache[count];
+        for (int b = 0; b < count; b++) {
+            CudaKvCache c = new CudaKvCache(this, layers, kvHeads, headDim, capacity, pool, count, b);
+            caches.add(c);
+            out[b] = c;
+        }
+        return out;
+    }
+
+    @Override
+    public boolean batchesKvCaches() {
+        return batchAttention;
+    }
+
+    /**
      * A KIVI-quantized KV cache (int8 / int4 / int2) in device memory ({@link CudaQuantKvCache}, kernels in
      * cuda/kv_quant.cu); {@code none} is the bf16 cache. Other methods (ZipCache, MiKV, GEAR) are CPU only.
      */
@@ -768,6 +796,7 @@ public final class CudaBackend implements Backend {
         dropGraph();
         caches.remove(c);
         dropDeviceSelections(c);
+        if (!c.lastOfPool()) return; // other caches of its pool still use the arrays
         free(c.keys);
         free(c.values);
         free(c.pos);
@@ -1136,10 +1165,10 @@ public final class CudaBackend implements Backend {
                 a[n + kvHeads * n + g * n + i] = c.position(layer, g, slot);
             }
         long d = stage(a, a.length);
-        sig(13, qt.ptr, heads, kt.ptr, vt.ptr, inv, c.keys, layer, n, Float.floatToIntBits(rope.attentionScale()));
+        sig(13, qt.ptr, heads, kt.ptr, vt.ptr, inv, c.keys, c.deviceLayer(layer), n, Float.floatToIntBits(rope.attentionScale()));
         if (mode != Mode.DRY)
             check(TpNative.tp_rope_store_kv(qt.ptr, heads, kt.ptr, vt.ptr, d, inv, rope.attentionScale(), c.keys, c.values, c.pos,
-                    d + 4L * n, d + 4L * (n + kvHeads * n), layer, kvHeads, hd, c.capacity(), n, stream), "ropeStoreKv");
+                    d + 4L * n, d + 4L * (n + kvHeads * n), c.deviceLayer(layer), kvHeads, hd, c.capacity(), n, stream), "ropeStoreKv");
     }
 
     @Override
@@ -1175,9 +1204,9 @@ public final class CudaBackend implements Backend {
                 a[hkv * n + g * n + i] = c.position(layer, g, slot);
             }
         long d = stage(a, a.length);
-        sig(8, c.keys, kt.ptr, vt.ptr, layer, n);
+        sig(8, c.keys, kt.ptr, vt.ptr, c.deviceLayer(layer), n);
         if (mode != Mode.DRY)
-            check(TpNative.tp_store_kv(c.keys, c.values, c.pos, kt.ptr, vt.ptr, d, d + 4L * hkv * n, layer, hkv, hd,
+            check(TpNative.tp_store_kv(c.keys, c.values, c.pos, kt.ptr, vt.ptr, d, d + 4L * hkv * n, c.deviceLayer(layer), hkv, hd,
                     c.capacity(), n, stream), "storeKv");
     }
 
@@ -1228,7 +1257,7 @@ public final class CudaBackend implements Backend {
             memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
         }
         if (fused && TpNative.tp_decode_attention_counters(heads, hkv) > ATTN_COUNTERS) fused = false;
-        sig(9, o.ptr, qt.ptr, c.keys, layer, n, heads, stride, lenHint, select == null ? 0 : 1, fused ? 1 : 0,
+        sig(9, o.ptr, qt.ptr, c.keys, c.deviceLayer(layer), n, heads, stride, lenHint, select == null ? 0 : 1, fused ? 1 : 0,
                 shortAttn ? 1 : 0);
         if (mode == Mode.DRY) return;
 
@@ -1247,7 +1276,7 @@ public final class CudaBackend implements Backend {
                 if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
                 growAttnWs(ws);
             }
-            rc = TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap,
+            rc = TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(layer), heads, hkv, hd, cap,
                     dq, selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, raw, prob, attnWs, attnWsBytes,
                     fused ? attnCounters : 0, shortAttn ? -1 : 0, stream);
         } else {
@@ -1256,12 +1285,109 @@ public final class CudaBackend implements Backend {
                 if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
                 growAttnWs(ws);
             }
-            rc = TpNative.tp_prefill_attention(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap, n,
+            rc = TpNative.tp_prefill_attention(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(layer), heads, hkv, hd, cap, n,
                     dq, selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, stats == null ? 0 : stats.fromRow,
                     raw, prob, attnWs, attnWsBytes, stream);
         }
         check(rc, n == 1 ? "decode attention" : "prefill attention");
         statsDownload(wantRaw ? stats.rawScores : null, raw, heads, wantProb ? stats.probSums : null, prob, hkv, cap, statsHw);
+    }
+
+    /**
+     * Batched decode attention over pooled caches ({@link #newKvCaches} with batched attention on): RoPE of every row's
+     * q and k (two launches), then per run of rows whose caches are consecutive members of one pool one KV store and
+     * one decode attention over the run as one cache of (run length × KV heads) heads. Rows whose caches are not
+     * pooled are runs of one. False (nothing done) when batched attention is off or a cache is not a bf16 CUDA cache.
+     */
+    @Override
+    public boolean batchDecodeAttention(Tensor att, Tensor q, int heads, Tensor k, Tensor v, int kvHeads, RopeTable rope,
+                                        int[] positions, KvCache[] caches, int layer, int[][] slots, int rows) {
+        if (!batchAttention || rows < 1) return false;
+        for (int i = 0; i < rows; i++)
+            if (!(caches[i] instanceof CudaKvCache c) || c.kvHeads() != kvHeads || c.headDim() != rope.headDim()) return false;
+        CudaTensor o = act(att), qt = act(q), kt = act(k), vt = act(v);
+        int hd = rope.headDim();
+        checkHeadDim(hd);
+        if (heads % kvHeads != 0) throw new IllegalArgumentException("attention: " + heads + " q-heads for " + kvHeads + " KV heads");
+        // the rows' heads must lie back to back for a run to be one call
+        if (qt.cols != heads * hd || o.cols != heads * hd || kt.cols != kvHeads * hd || vt.cols != kvHeads * hd) return false;
+        if (rows > qt.rows || rows > o.rows || rows > kt.rows || rows > vt.rows)
+            throw new IllegalArgumentException("batchDecodeAttention: " + rows + " rows for " + qt + " / " + kt);
+        for (int i = 0; i < rows; i++) flushFrees((CudaKvCache) caches[i]);
+        rope(q, heads, rope, positions, rows);
+        rope(k, kvHeads, rope, positions, rows);
+        for (int i0 = 0; i0 < rows; ) {
+            CudaKvCache a = (CudaKvCache) caches[i0];
+            int i1 = i0 + 1;
+            while (i1 < rows && caches[i1] instanceof CudaKvCache b && b.keys == a.keys && b.poolSize == a.poolSize
+                    && b.member == a.member + (i1 - i0) && b.capacity() == a.capacity()) i1++;
+            storeAttendRun(o, qt, kt, vt, heads, kvHeads, hd, caches, layer, slots, positions, i0, i1 - i0, a);
+            i0 = i1;
+        }
+        return true;
+    }
+
+    /** The KV store and the attention of rows [r0, r0 + nr), whose caches are members a.member .. of a's pool. */
+    private void storeAttendRun(CudaTensor o, CudaTensor qt, CudaTensor kt, CudaTensor vt, int heads, int kvHeads, int hd,
+                                KvCache[] caches, int layer, int[][] slots, int[] positions, int r0, int nr, CudaKvCache a) {
+        int hkvR = nr * kvHeads, headsR = nr * heads, cap = a.capacity();
+        long base = a.slotBase(layer, 0);  // (layer, first member, head 0); the run's heads follow
+        long kBase = a.keys + base * hd * 2, vBase = a.values + base * hd * 2, pBase = a.pos + base * 4;
+        // store, as one row of the run's heads: staged slots[hkvR] | token positions[hkvR]
+        int[] st = new int[2 * hkvR];
+        int[] at = new int[1 + hkvR]; // attention: qpos | highWater[hkvR]
+        int maxLen = 0, maxPos = Integer.MIN_VALUE;
+        for (int r = 0; r < nr; r++) {
+            KvCache c = caches[r0 + r];
+            maxPos = Math.max(maxPos, positions[r0 + r]);
+            for (int g = 0; g < kvHeads; g++) {
+                int slot = slots[r0 + r][g];
+                if (slot < 0 || slot >= cap) throw new IllegalArgumentException("storeKv: slot " + slot + " outside [0, " + cap + ")");
+                st[r * kvHeads + g] = slot;
+                st[hkvR + r * kvHeads + g] = c.position(layer, g, slot);
+                int hw = c.highWater(layer, g);
+                at[1 + r * kvHeads + g] = hw;
+                maxLen = Math.max(maxLen, hw);
+            }
+        }
+        at[0] = maxPos; // every token a row's cache holds is at or before the row's position: the latest row's bounds all
+        long ds = stage(st, st.length);
+        sig(48, kBase, kt.row(r0), vt.row(r0), hkvR, cap);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_store_kv(kBase, vBase, pBase, kt.row(r0), vt.row(r0), ds, ds + 4L * hkvR, 0, hkvR, hd, cap, 1,
+                    stream), "storeKv (batched)");
+        long da = stage(at, at.length);
+        int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
+        boolean fused = fusedAttnMerge;
+        if (fused && attnCounters == 0) {
+            if (mode != Mode.EAGER) throw abort("attention counter allocation", false);
+            attnCounters = malloc(4L * ATTN_COUNTERS, "attention split counters");
+            memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
+        }
+        if (fused && TpNative.tp_decode_attention_counters(headsR, hkvR) > ATTN_COUNTERS) fused = false;
+        long ws = TpNative.tp_decode_attention_workspace_bytes(headsR, hd);
+        if (ws > attnWsBytes) {
+            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
+            growAttnWs(ws);
+        }
+        sig(49, o.row(r0), qt.row(r0), kBase, hkvR, headsR, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0);
+        if (mode == Mode.DRY) return;
+        check(TpNative.tp_decode_attention_ex2(o.row(r0), qt.row(r0), kBase, vBase, pBase, 0, headsR, hkvR, hd, cap,
+                da, 0, 1, 0, da + 4, lenHint, (float) (1.0 / Math.sqrt(hd)), 0, 0, attnWs, attnWsBytes,
+                fused ? attnCounters : 0, shortAttn ? -1 : 0, stream), "decode attention (batched)");
+    }
+
+    /**
+     * Batch lanes' caches in one pool and batched steps' attention in one call per run of them
+     * ({@link #newKvCaches}, {@link #batchDecodeAttention}); off by default until it has run on a GPU
+     * ({@code -Dtokenpress.cuda.batchAttention=true}).
+     */
+    public void setBatchAttention(boolean on) {
+        batchAttention = on;
+    }
+
+    public boolean batchAttention() {
+        return batchAttention;
     }
 
     // ---- quantized KV cache (kv_quant.cu); reached only for a CudaQuantKvCache; decode steps are captured into
@@ -1675,10 +1801,10 @@ public final class CudaBackend implements Backend {
                         qc.maxBlocks, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots (quantized KV)");
         } else {
             CudaKvCache bc = (CudaKvCache) c;
-            sig(40, qt.ptr, row, bc.keys, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots);
+            sig(40, qt.ptr, row, bc.keys, bc.deviceLayer(layer), heads, k, sumGroup ? 1 : 0, len, ds.slots);
             if (mode != Mode.DRY)
                 check(TpNative.tp_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, len, qt.row(row), bc.keys,
-                        bc.pos, layer, heads, hkv, hd, cap, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots");
+                        bc.pos, bc.deviceLayer(layer), heads, hkv, hd, cap, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots");
         }
         SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
         ds.handle = handle;
@@ -1793,9 +1919,9 @@ public final class CudaBackend implements Backend {
             if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
             growAttnWs(ws);
         }
-        sig(41, o.ptr, qt.ptr, c.keys, layer, heads, ds.slots, ds.stride, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0);
+        sig(41, o.ptr, qt.ptr, c.keys, c.deviceLayer(layer), heads, ds.slots, ds.stride, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0);
         if (mode == Mode.DRY) return true;
-        check(TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, layer, heads, hkv, hd, cap,
+        check(TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(layer), heads, hkv, hd, cap,
                 d, ds.slots, ds.stride, ds.counts, d + 4, lenHint, scale, 0, 0, attnWs, attnWsBytes,
                 fused ? attnCounters : 0, shortAttn ? -1 : 0, stream), "decode attention (device selection)");
         return true;
@@ -1829,7 +1955,7 @@ public final class CudaBackend implements Backend {
                         "queryKeyScores (quantized KV)");
             else
                 check(TpNative.tp_query_key_scores(buf, maxHw, qt.row(row), ((CudaKvCache) c).keys, ((CudaKvCache) c).pos,
-                        layer, heads, hkv, hd, cap, queryPosition, dhw, maxHw, stream), "queryKeyScores");
+                        ((CudaKvCache) c).deviceLayer(layer), heads, hkv, hd, cap, queryPosition, dhw, maxHw, stream), "queryKeyScores");
             float[] host = policyHost(heads * maxHw);
             check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxHw, stream), "queryKeyScores download");
             for (int h = 0; h < heads; h++) System.arraycopy(host, h * maxHw, out[h], 0, Math.min(maxHw, out[h].length));
@@ -1868,7 +1994,7 @@ public final class CudaBackend implements Backend {
                     maxPages, stream), "questPageScores (quantized KV)");
         else
             check(TpNative.tp_quest_page_scores(buf, maxPages, qt.row(row), ((CudaKvCache) c).keys, ((CudaKvCache) c).pos,
-                    layer, heads, hkv, hd, cap, queryPosition, dhw, pageSize, maxPages, stream), "questPageScores");
+                    ((CudaKvCache) c).deviceLayer(layer), heads, hkv, hd, cap, queryPosition, dhw, pageSize, maxPages, stream), "questPageScores");
         float[] host = policyHost(heads * maxPages);
         check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxPages, stream), "questPageScores download");
         // the CPU op writes the pages below ceil(highWater / pageSize) of each head's KV head and nothing else
@@ -1891,7 +2017,7 @@ public final class CudaBackend implements Backend {
         int hd = c.headDim();
         checkSlot("readKv", c, layer, head, slot, key, value);
         long buf = policyScratch(8L * hd);
-        check(TpNative.tp_kv_read_slot(buf, c.keys, c.values, layer, head, c.kvHeads(), hd, c.capacity(), slot, stream), "readKv");
+        check(TpNative.tp_kv_read_slot(buf, c.keys, c.values, c.deviceLayer(layer), head, c.kvHeads(), hd, c.capacity(), slot, stream), "readKv");
         float[] host = policyHost(2 * hd);
         check(TpNative.tp_memcpy_d2h(host, buf, 8L * hd, stream), "readKv download");
         System.arraycopy(host, 0, key, 0, hd);
@@ -1929,9 +2055,20 @@ public final class CudaBackend implements Backend {
             throw new UnsupportedOpException("copyKvCache needs two unquantized CUDA caches of one shape");
         flushFrees(s);
         d.takePending();
-        copyAsync(d.keys, s.keys, s.kvBytes);
-        copyAsync(d.values, s.values, s.kvBytes);
-        copyAsync(d.pos, s.pos, s.posBytes);
+        if (s.poolSize == 1 && d.poolSize == 1) {
+            copyAsync(d.keys, s.keys, s.kvBytes);
+            copyAsync(d.values, s.values, s.kvBytes);
+            copyAsync(d.pos, s.pos, s.posBytes);
+        } else { // a pooled cache's layers lie apart: one copy per layer and array
+            int hd = s.headDim();
+            long layerSlots = (long) s.kvHeads() * s.capacity();
+            for (int l = 0; l < s.layers(); l++) {
+                long so = s.slotBase(l, 0), dof = d.slotBase(l, 0);
+                copyAsync(d.keys + 2L * hd * dof, s.keys + 2L * hd * so, 2L * hd * layerSlots);
+                copyAsync(d.values + 2L * hd * dof, s.values + 2L * hd * so, 2L * hd * layerSlots);
+                copyAsync(d.pos + 4L * dof, s.pos + 4L * so, 4L * layerSlots);
+            }
+        }
         d.copyFrom(s);
     }
 
@@ -1958,7 +2095,7 @@ public final class CudaBackend implements Backend {
             bits[hd + i] = Float.floatToRawIntBits(value[i]);
         }
         long src = stage(bits, bits.length);
-        check(TpNative.tp_kv_write_slot(c.keys, c.values, c.pos, src, layer, head, c.kvHeads(), hd, c.capacity(), slot,
+        check(TpNative.tp_kv_write_slot(c.keys, c.values, c.pos, src, c.deviceLayer(layer), head, c.kvHeads(), hd, c.capacity(), slot,
                 c.position(layer, head, slot), stream), "writeKv");
     }
 

@@ -243,6 +243,90 @@ class CudaSessionTest {
         }
     }
 
+    /**
+     * Pooled caches ({@code CudaBackend.setBatchAttention}: a batch's caches in one allocation, a member's layers at
+     * device layer l·B + b): single-sequence work on a member gives a cache of its own's logits bit for bit (prefill,
+     * decode steps, a copy into and out of the pool, a cleared member reused); a batched step over members in runs
+     * (members 0, 1, 2 and then 4: two runs) stores and attends in one call per run and gives the per-row path's logits
+     * within rounding (RoPE by its own kernel instead of the fused RoPE + store).
+     */
+    @Test
+    void pooledCachesAndBatchedAttention() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+            dev.tokenpress.model.Llama m = tp.model();
+            CudaBackend gpu = (CudaBackend) tp.backend();
+            int v = tp.config().vocabSize();
+            boolean before = gpu.batchAttention();
+            gpu.setBatchAttention(true);
+            dev.tokenpress.kv.KvCache[] pool = m.newCaches(64, 5);
+            try {
+                assertTrue(pool[1] instanceof CudaKvCache c && c.poolSize == 5 && c.member == 1, "a pool of five");
+                // single-sequence work on a member = on a cache of its own
+                for (int i : new int[] {0, 3, 4}) {
+                    try (dev.tokenpress.kv.KvCache own = m.newCache(64)) {
+                        int[] p = prompt(i, v);
+                        m.prefill(own, p, 0, false, null);
+                        float[] a = m.logits();
+                        m.prefill(pool[i], p, 0, false, null);
+                        assertArrayEquals(a, m.logits(), "prefill on member " + i);
+                        for (int t = 0; t < 3; t++) {
+                            m.decodeStep(own, (t + 3) % v, p.length + t);
+                            a = m.logits();
+                            m.decodeStep(pool[i], (t + 3) % v, p.length + t);
+                            assertArrayEquals(a, m.logits(), "decode step " + t + " on member " + i);
+                        }
+                        tp.backend().copyKvCache(pool[i], own); // out of the pool
+                        m.decodeStep(own, 9, p.length + 3);
+                        a = m.logits();
+                        m.decodeStep(pool[i], 9, p.length + 3);
+                        assertArrayEquals(a, m.logits(), "a copy out of member " + i + " continues as the member");
+                    }
+                }
+                pool[4].clear(); // a cleared member starts over; its neighbours keep their tokens
+                assertEquals(0, pool[4].occupied(0, 0));
+                assertTrue(pool[3].occupied(0, 0) > 0);
+                // batched steps: members 0, 1, 2 (one run) and 4 (another), against the per-row path on own caches
+                int[] members = {0, 1, 2, 4};
+                dev.tokenpress.kv.KvCache[] own = new dev.tokenpress.kv.KvCache[members.length];
+                try {
+                    for (int j = 0; j < members.length; j++) {
+                        int i = members[j];
+                        own[j] = m.newCache(64);
+                        pool[i].clear();
+                        m.prefill(own[j], prompt(i, v), 0, false, null);
+                        m.prefill(pool[i], prompt(i, v), 0, false, null);
+                    }
+                    for (int t = 0; t < 6; t++) {
+                        dev.tokenpress.model.Llama.BatchRow[] a = new dev.tokenpress.model.Llama.BatchRow[members.length];
+                        dev.tokenpress.model.Llama.BatchRow[] b = new dev.tokenpress.model.Llama.BatchRow[members.length];
+                        for (int j = 0; j < members.length; j++) {
+                            int pos = prompt(members[j], v).length + t, tok = (t * 11 + j) % v;
+                            a[j] = new dev.tokenpress.model.Llama.BatchRow(own[j], null, tok, pos);
+                            b[j] = new dev.tokenpress.model.Llama.BatchRow(pool[members[j]], null, tok, pos);
+                        }
+                        gpu.setBatchAttention(false);
+                        m.decodeBatch(a);
+                        float[][] ref = m.batchLogitsAll();
+                        gpu.setBatchAttention(true);
+                        m.decodeBatch(b);
+                        float[][] got = m.batchLogitsAll();
+                        for (int j = 0; j < members.length; j++) {
+                            double nmse = CudaParityTest.nmse(ref[j], got[j]);
+                            assertTrue(nmse < 1e-6, "batched attention, step " + t + " row " + j + ": nmse " + nmse);
+                        }
+                    }
+                } finally {
+                    for (dev.tokenpress.kv.KvCache c : own) if (c != null) c.close();
+                }
+            } finally {
+                for (dev.tokenpress.kv.KvCache c : pool) c.close();
+                gpu.setBatchAttention(before);
+            }
+        }
+    }
+
     private static int[] prompt(int i, int vocab) {
         int[] p = new int[6 + 3 * i];
         for (int j = 0; j < p.length; j++) p[j] = (j * 31 + i * 17 + 1) % vocab;
