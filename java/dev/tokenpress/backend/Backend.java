@@ -380,12 +380,12 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
-     * Runs one batched decode step ({@code Llama.decodeBatch}): {@code body} issues the ops of the forward pass over
-     * the batch's rows, the host arrays it passes derived only from the rows' tokens, positions and already-allocated
+     * Runs one batched decode step ({@code Llama.decodeBatch}) of {@code rows} rows: {@code body} issues the ops of the
+     * forward pass over them, the host arrays it passes derived only from the rows' tokens, positions and already-allocated
      * slots. A backend may replay a captured body instead (CUDA graphs, while the same sequences run); the default
      * runs the body.
      */
-    default void runBatchStep(Runnable body) {
+    default void runBatchStep(int rows, Runnable body) {
         body.run();
     }
 

@@ -222,6 +222,7 @@ public final class Llama implements AutoCloseable {
             for (int l = 0; l < config.numLayers(); l++)
                 for (int g = 0; g < config.numKvHeads(); g++) slots[j][l][g] = r.cache().allocate(l, g, pos, 1);
         }
+        allLogits(); // allocated before the step (a captured step cannot allocate)
         if (q1 == null) {
             q1 = backend.allocate(1, config.qDim());
             k1 = backend.allocate(1, config.kvDim());
@@ -232,7 +233,7 @@ public final class Llama implements AutoCloseable {
         batchSlots = slots;
         try {
             int count = m;
-            backend.runBatchStep(() -> forward(null, tokens, positions, count, null, true));
+            backend.runBatchStep(count, () -> forward(null, tokens, positions, count, null, true));
         } catch (RuntimeException | Error e) {
             batchRowOf = null; // no logits of this step to read
             throw e;

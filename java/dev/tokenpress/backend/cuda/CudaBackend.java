@@ -77,6 +77,7 @@ public final class CudaBackend implements Backend {
     private final RawPointer pA = new RawPointer(0, 0), pB = new RawPointer(0, 0), pC = new RawPointer(0, 0);
     private final Set<Long> allocations = new LinkedHashSet<>();
     private final List<CudaKvCache> caches = new ArrayList<>();
+    private final List<CudaQuantKvCache> quantCaches = new ArrayList<>();
     private final Map<float[], Long> invFreqs = new IdentityHashMap<>();
 
     private StageArena eagerArena;
@@ -118,6 +119,7 @@ public final class CudaBackend implements Backend {
     private boolean pinnedStats;
     private long statsHost, statsHostBytes;
     private java.nio.FloatBuffer statsHostFloats;
+    private boolean statsInFlight;      // an upload from the pinned buffer may not have run yet
     private long selWs, selWsBytes;
     private long policyBuf, policyBufBytes;       // scores of queryKeyScores / questPageScores, one slot of readKv
     private float[] policyHostBuf = new float[0];  // their host copy
@@ -765,13 +767,16 @@ public final class CudaBackend implements Backend {
         requireEager("newKvCache");
         checkHeadDim(headDim);
         retryGraphs();
-        return new CudaQuantKvCache(this, layers, kvHeads, headDim, capacity, quant);
+        CudaQuantKvCache c = new CudaQuantKvCache(this, layers, kvHeads, headDim, capacity, quant);
+        quantCaches.add(c);
+        return c;
     }
 
     void releaseQuantCache(CudaQuantKvCache c) {
         if (closed) return;
         synchronize();
         dropGraph();  // a later cache at the same addresses must not replay a step captured for this one
+        quantCaches.remove(c);
         dropDeviceSelections(c);
         free(c.winK);
         free(c.winV);
@@ -924,11 +929,22 @@ public final class CudaBackend implements Backend {
     }
 
     /** Grows the bf16 copy of x (the cuBLAS operand) to n rows of in (eager only; a capture aborts instead). */
+    /**
+     * Frees a scratch buffer that a captured graph may read (matmul input, attention workspace, selection scores, top-k
+     * workspace) before it is allocated again larger: the graphs go first (after the last replay), or a replay would
+     * read freed memory — the captured step's signature holds the ops' arguments, not their scratch.
+     */
+    private void freeScratch(long p) {
+        if (p == 0) return;
+        dropGraph();
+        free(p);
+    }
+
     private void growXBf16(int n, int in) {
         long need = 2L * n * in;
         if (need <= xBf16Bytes) return;
         if (mode != Mode.EAGER) throw abort("matmul scratch growth", false);
-        free(xBf16);
+        freeScratch(xBf16);
         xBf16 = 0;
         xBf16Bytes = 0;
         long sz = Math.max(need, 2L * 8 * in);
@@ -1632,6 +1648,7 @@ public final class CudaBackend implements Backend {
         if (host == null || (long) (pinnedRow + count) * hw > host.capacity())
             throw new IllegalStateException("attention statistics: the pinned buffer was not sized for the call");
         for (int i = 0; i < count; i++) host.put((pinnedRow + i) * hw, rows[i], 0, hw);
+        statsInFlight = true; // until the call's download has waited
         check(TpNative.tp_memcpy_2d_async(buf, 4L * cap, statsHost + 4L * pinnedRow * hw, 4L * hw, 4L * hw, count, stream),
                 "stats upload");
         return buf;
@@ -1650,13 +1667,16 @@ public final class CudaBackend implements Backend {
             return;
         }
         if (hw == 0 || rawRows == null && probRows == null) return;
-        java.nio.FloatBuffer host = statsPinned(heads + hkv, hw);
+        java.nio.FloatBuffer host = statsHostFloats; // sized for the call before its uploads
+        if (host == null || (long) (heads + hkv) * hw > host.capacity())
+            throw new IllegalStateException("attention statistics: the pinned buffer was not sized for the call");
         if (rawRows != null)
             check(TpNative.tp_memcpy_2d_async(statsHost, 4L * hw, raw, 4L * cap, 4L * hw, heads, stream), "stats download");
         if (probRows != null)
             check(TpNative.tp_memcpy_2d_async(statsHost + 4L * heads * hw, 4L * hw, prob, 4L * cap, 4L * hw, hkv, stream),
                     "stats download");
         check(TpNative.tp_stream_synchronize(stream), "stats download");
+        statsInFlight = false;
         for (int i = 0; rawRows != null && i < heads; i++) host.get(i * hw, rawRows[i], 0, hw);
         for (int i = 0; probRows != null && i < hkv; i++) host.get((heads + i) * hw, probRows[i], 0, hw);
     }
@@ -1666,6 +1686,10 @@ public final class CudaBackend implements Backend {
      * waiting for the stream, so no copy still uses the old one).
      */
     private java.nio.FloatBuffer statsPinned(int rows, int hw) {
+        if (statsInFlight) { // a call that failed between its upload and its wait: its copy may still read the buffer
+            synchronize();
+            statsInFlight = false;
+        }
         long bytes = 4L * rows * hw;
         if (bytes > Integer.MAX_VALUE) throw new IllegalArgumentException("attention statistics of " + rows + " x " + hw + " entries do not fit one buffer");
         if (bytes > statsHostBytes) {
@@ -1709,7 +1733,7 @@ public final class CudaBackend implements Backend {
     }
 
     private void growAttnWs(long bytes) {
-        free(attnWs);
+        freeScratch(attnWs);
         attnWs = 0;
         attnWsBytes = 0;
         long sz = Math.max(bytes, 1L << 20);
@@ -1782,7 +1806,7 @@ public final class CudaBackend implements Backend {
         long need = TpNative.tp_tidal_select_workspace_bytes(hkv, len);
         if (need > tidalKeysBytes || hkv != tidalKeysHkv) {
             if (mode != Mode.EAGER) throw abort("selectTopSlots scratch growth", false);
-            free(tidalKeys);
+            freeScratch(tidalKeys);
             tidalKeys = 0;
             tidalKeysBytes = 0;
             // the whole capacity at once: no growth (graph abort) later
@@ -2283,7 +2307,8 @@ public final class CudaBackend implements Backend {
     private void ensureSelWs(int count, int k) {
         long need = TpNative.tp_topk_workspace_bytes(count, k);
         if (need > selWsBytes) {
-            free(selWs);
+            if (mode != Mode.EAGER) throw abort("top-k workspace growth", false);
+            freeScratch(selWs);
             selWs = 0;
             selWsBytes = 0;
             selWs = malloc(need, "top-k workspace");
@@ -2315,8 +2340,9 @@ public final class CudaBackend implements Backend {
      * eagerly.
      */
     @Override
-    public void runBatchStep(Runnable body) {
-        if (batchGraphs) runDecodeStep(null, body);
+    public void runBatchStep(int rows, Runnable body) {
+        // Q8_0 weights: more rows than the GEMV takes go through an eager dequantize + cuBLAS path (not capturable)
+        if (batchGraphs && (rows <= GEMV_MAX_ROWS || weightType != dev.tokenpress.backend.WeightType.Q8_0)) runDecodeStep(null, body);
         else body.run();
     }
 
@@ -2339,7 +2365,7 @@ public final class CudaBackend implements Backend {
             return;
         }
         if (step != null && step.cache() instanceof CudaKvCache c) flushFrees(c);
-        if (step != null && step.cache() instanceof CudaQuantKvCache qc) flushQuantFrees(qc);
+        for (CudaQuantKvCache qc : quantCaches) flushQuantFrees(qc); // every cache: a batched step has several
         for (CudaKvCache c : caches) flushFrees(c);
         if (graph != 0) {
             nextGraphArena(); // no wait for the replay in flight: it reads the other host arena's copy

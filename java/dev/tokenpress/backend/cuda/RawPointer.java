@@ -10,6 +10,12 @@ final class RawPointer extends Pointer {
         this.capacity = bytes;
     }
 
+    /** One byte per element, so {@code asByteBuffer()} spans exactly the bytes given (a plain Pointer counts 8). */
+    @Override
+    public int sizeof() {
+        return 1;
+    }
+
     RawPointer at(long newAddress) {
         this.address = newAddress;
         return this;

@@ -30,6 +30,7 @@ public final class KeyformerPolicy extends EvictingPolicy {
     private float[][] raw, add;
     private float[][] probs;   // [heads][capacity]: one call's Gumbel-softmax per q-head
     private double[][] work;   // [heads][capacity]: its logits, then exponentials
+    private boolean[] scored;  // [heads]: whether the call's Gumbel-softmax of the head was written
     private boolean added;
     private int scheduleSteps;
 
@@ -52,6 +53,7 @@ public final class KeyformerPolicy extends EvictingPolicy {
         add = new float[kvHeads][capacity];
         probs = new float[heads][capacity];
         work = new double[heads][capacity];
+        scored = new boolean[heads];
         scheduleSteps = steps > 0 ? steps : Math.max(1, capacity);
     }
 
@@ -110,9 +112,10 @@ public final class KeyformerPolicy extends EvictingPolicy {
      * q-head h of KV head g, the heads in order; the noise of (layer, h) for the query at {@code position}.
      */
     private void addGumbel(float[][] rawRows, KvCache c, int layer, int position, double tau) {
-        backend.hostParallel(heads, h -> gumbelSoftmax(rawRows[h], c.highWater(layer, h / group), tau,
+        backend.hostParallel(heads, h -> scored[h] = gumbelSoftmax(rawRows[h], c.highWater(layer, h / group), tau,
                 noise(layer, h, position), work[h], probs[h]));
         for (int h = 0; h < heads; h++) {
+            if (!scored[h]) continue; // nothing finite to score (e.g. every visible score NaN)
             float[] rawRow = rawRows[h], p = probs[h], acc = add[h / group];
             for (int s = 0, len = c.highWater(layer, h / group); s < len; s++)
                 if (rawRow[s] != Float.NEGATIVE_INFINITY) acc[s] += p[s];
@@ -137,9 +140,9 @@ public final class KeyformerPolicy extends EvictingPolicy {
 
     /**
      * out[s] = softmax((raw[s]/sqrt(hd) + g_s) / tau) over the finite entries of raw[0, len) (others untouched);
-     * v: scratch of at least len.
+     * v: scratch of at least len. Returns false, writing nothing, when no entry gives a finite logit.
      */
-    private void gumbelSoftmax(float[] rawRow, int len, double tau, SplittableRandom rng, double[] v, float[] out) {
+    private boolean gumbelSoftmax(float[] rawRow, int len, double tau, SplittableRandom rng, double[] v, float[] out) {
         double scale = 1.0 / Math.sqrt(headDim);
         double max = Double.NEGATIVE_INFINITY;
         for (int s = 0; s < len; s++) {
@@ -149,11 +152,12 @@ public final class KeyformerPolicy extends EvictingPolicy {
             v[s] = x;
             if (x > max) max = x;
         }
-        if (max == Double.NEGATIVE_INFINITY) return;
+        if (max == Double.NEGATIVE_INFINITY) return false;
         double sum = 0;
         for (int s = 0; s < len; s++)
             if (rawRow[s] != Float.NEGATIVE_INFINITY) sum += v[s] = Math.exp(v[s] - max);
         for (int s = 0; s < len; s++)
             if (rawRow[s] != Float.NEGATIVE_INFINITY) out[s] = (float) (v[s] / sum);
+        return true;
     }
 }

@@ -199,7 +199,9 @@ class CudaSessionTest {
 
     /**
      * Batched steps captured into CUDA graphs ({@code CudaBackend.setBatchGraphs}) give the logits of eager batched
-     * steps bit for bit — 3 and then 6 sequences (the GEMV and the cuBLAS path), 12 steps each — and are replayed.
+     * steps bit for bit — 3 and then 6 sequences (the GEMV and the cuBLAS path), 12 steps each, the 6 with a long
+     * prefill of another cache between two steps (which grows the matmul scratch: the graphs must be dropped) — and
+     * are replayed.
      */
     @Test
     void batchedStepsFromGraphsMatchEagerSteps() {
@@ -222,6 +224,12 @@ class CudaSessionTest {
                             m.prefill(caches[i], prompt(i, v), 0, false, null);
                         }
                         for (int t = 0; t < 12; t++) {
+                            if (t == 6 && seqs == 6) // a long prefill between steps grows the matmul scratch a captured step reads
+                                try (dev.tokenpress.kv.KvCache other = m.newCache(256)) {
+                                    int[] longPrompt = new int[200 + pass];
+                                    for (int j = 0; j < longPrompt.length; j++) longPrompt[j] = (j * 13 + 1) % v;
+                                    m.prefill(other, longPrompt, 0, false, null);
+                                }
                             dev.tokenpress.model.Llama.BatchRow[] rows = new dev.tokenpress.model.Llama.BatchRow[seqs];
                             for (int i = 0; i < seqs; i++)
                                 rows[i] = new dev.tokenpress.model.Llama.BatchRow(caches[i], null, (t * 5 + i) % v, prompt(i, v).length + t);

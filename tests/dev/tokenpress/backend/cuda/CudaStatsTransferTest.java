@@ -45,14 +45,15 @@ class CudaStatsTransferTest {
         List<Arguments> a = new ArrayList<>();
         for (String quant : new String[] {"none", "int4"})
             for (int n : new int[] {1, 5})
-                for (boolean select : new boolean[] {false, true}) a.add(Arguments.of(quant, n, select));
+                for (boolean select : new boolean[] {false, true}) a.add(Arguments.of(quant, n, select, 300, 420));
+        a.add(Arguments.of("none", 1, false, 36000, 36100)); // (heads + KV heads) x 36000 floats: the pinned buffer grows past 1 MiB
         return a.stream();
     }
 
-    @ParameterizedTest(name = "pinned stats = row copies: kv-quant {0}, {1} rows, selection {2}")
+    @ParameterizedTest(name = "pinned stats = row copies: kv-quant {0}, {1} rows, selection {2}, {3} tokens")
     @MethodSource("cases")
-    void pinnedStatisticsGiveTheSameBits(String quant, int n, boolean select) {
-        int hkv = 2, group = 4, heads = hkv * group, hd = 64, len = 300, cap = 420, layer = 1;
+    void pinnedStatisticsGiveTheSameBits(String quant, int n, boolean select, int len, int cap) {
+        int hkv = 2, group = 4, heads = hkv * group, hd = 64, layer = 1;
         boolean before = gpu.pinnedStats();
         SplittableRandom r = new SplittableRandom(31L * n + (select ? 7 : 0) + quant.length());
         try (KvCache c = gpu.newKvCache(2, hkv, hd, cap, KvQuantSpec.parse(quant))) {
@@ -66,6 +67,14 @@ class CudaStatsTransferTest {
                 for (int g = 0; g < hkv; g++) slots[g] = c.allocate(l, g, pos, len);
                 gpu.storeKv(c, l, k, v, slots, len);
             }
+            // KV head 0 of the layer ends lower: its high-water mark stays, its last 25 slots are freed (the heads' marks
+            // differ once a later token takes a freed slot of one head only)
+            for (int s = len - 25; s < len; s++) c.free(layer, 0, s);
+            int[] more = {len};
+            int slot1 = c.allocate(layer, 1, more, 1)[0], slot0 = c.allocate(layer, 0, more, 1)[0];
+            assertEquals(len, slot1, "head 1 grows its high-water mark");
+            assertEquals(true, slot0 < len, "head 0 reuses a freed slot");
+            gpu.storeKv(c, layer, k, v, new int[][] {{slot0}, {slot1}}, 1);
             for (int g = 0; g < hkv; g++)
                 for (int s = 3 + g; s < len - 40; s += 11) c.free(layer, g, s); // holes below the high-water mark
             SlotSelection sel = null;
@@ -73,7 +82,7 @@ class CudaStatsTransferTest {
                 int[][] lists = new int[hkv][];
                 for (int g = 0; g < hkv; g++) {
                     List<Integer> keep = new ArrayList<>();
-                    for (int s = 0; s < len; s++) if (c.position(layer, g, s) >= 0 && s % 3 != g) keep.add(s);
+                    for (int s = 0; s < c.highWater(layer, g); s++) if (c.position(layer, g, s) >= 0 && s % 3 != g) keep.add(s);
                     lists[g] = keep.stream().mapToInt(Integer::intValue).toArray();
                 }
                 sel = SlotSelection.of(lists);
@@ -82,7 +91,7 @@ class CudaStatsTransferTest {
             Tensor q = gpu.allocate(n, heads * hd), o = gpu.allocate(n, heads * hd);
             gpu.upload(q, qv);
             int[] qpos = new int[n];
-            for (int i = 0; i < n; i++) qpos[i] = len - n + i;
+            for (int i = 0; i < n; i++) qpos[i] = len + 1 - n + i;
             for (int init = 0; init < 3; init++) {
                 AttentionStats rows = AttentionStats.allocate(heads, hkv, cap), pinned = AttentionStats.allocate(heads, hkv, cap);
                 prepare(rows, init, 5L + init);
@@ -93,6 +102,7 @@ class CudaStatsTransferTest {
                     gpu.setPinnedStats(false);
                     gpu.attention(o, q, c, layer, qpos, n, sel, rows);
                     outRows = gpu.download(o, 0, n);
+                    poison(c, q, o, layer, qpos, n, sel, heads, hkv, cap); // the device buffers hold NaN before the pinned call
                     gpu.setPinnedStats(true);
                     gpu.attention(o, q, c, layer, qpos, n, sel, pinned);
                     outPinned = gpu.download(o, 0, n);
@@ -107,7 +117,10 @@ class CudaStatsTransferTest {
         }
     }
 
-    /** 0: cleared; 1: earlier values everywhere (raw scores of an earlier call, sums to add to); 2: cleared but one -0 sum. */
+    /**
+     * 0: cleared; 1: earlier values everywhere (raw scores of an earlier call, sums to add to); 2: cleared but a -0 sum
+     * and a -0 raw score at slot 16 of KV head 1 (outside that head's selection, so they must come back as they were).
+     */
     static void prepare(AttentionStats s, int init, long seed) {
         s.clear();
         if (init == 1) {
@@ -115,8 +128,18 @@ class CudaStatsTransferTest {
             for (float[] row : s.rawScores) for (int i = 0; i < row.length; i++) row[i] = (float) r.nextDouble(-3, 3);
             for (float[] row : s.probSums) for (int i = 0; i < row.length; i++) row[i] = (float) r.nextDouble();
         } else if (init == 2) {
-            s.probSums[1][17] = -0f;
+            s.probSums[1][16] = -0f;
+            s.rawScores[5][16] = -0f;
         }
+    }
+
+    /** An attention call through the row copies with statistics that are NaN everywhere: its results are dropped. */
+    static void poison(KvCache c, Tensor q, Tensor o, int layer, int[] qpos, int n, SlotSelection sel, int heads, int hkv, int cap) {
+        AttentionStats nan = AttentionStats.allocate(heads, hkv, cap);
+        for (float[] row : nan.rawScores) java.util.Arrays.fill(row, Float.NaN);
+        for (float[] row : nan.probSums) java.util.Arrays.fill(row, Float.NaN);
+        gpu.setPinnedStats(false);
+        gpu.attention(o, q, c, layer, qpos, n, sel, nan);
     }
 
     static float[] random(SplittableRandom r, int n) {
