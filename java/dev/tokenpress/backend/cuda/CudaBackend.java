@@ -1709,9 +1709,22 @@ public final class CudaBackend implements Backend {
     }
 
     /**
+     * {@code floats} floats from device address {@code src} into the pinned statistics buffer (one asynchronous copy and
+     * one wait, instead of a pageable copy into a Java array): the policy ops' scores with pinned statistics on.
+     */
+    private java.nio.FloatBuffer pinnedDownload(long src, long floats, String what) {
+        if (floats > Integer.MAX_VALUE / 4) throw new IllegalArgumentException(what + ": " + floats + " floats do not fit one buffer");
+        java.nio.FloatBuffer host = statsPinned(1, (int) floats);
+        check(TpNative.tp_memcpy_async(statsHost, src, 4L * floats, stream), what);
+        check(TpNative.tp_stream_synchronize(stream), what);
+        return host;
+    }
+
+    /**
      * Attention statistics through one pinned buffer per call (first {@code hw} entries of every row, one copy each way
      * and one wait; cleared rows are filled on the device instead of uploaded) instead of one waiting copy per row of the
-     * whole capacity; the same values either way. Off by default ({@code -Dtokenpress.cuda.pinnedStats=true} turns it on).
+     * whole capacity, and the scores of queryKeyScores / questPageScores through the same buffer instead of a Java array;
+     * the same values either way. Off by default ({@code -Dtokenpress.cuda.pinnedStats=true} turns it on).
      */
     public void setPinnedStats(boolean on) {
         pinnedStats = on;
@@ -1980,9 +1993,14 @@ public final class CudaBackend implements Backend {
             else
                 check(TpNative.tp_query_key_scores(buf, maxHw, qt.row(row), ((CudaKvCache) c).keys, ((CudaKvCache) c).pos,
                         ((CudaKvCache) c).deviceLayer(layer), heads, hkv, hd, cap, queryPosition, dhw, maxHw, stream), "queryKeyScores");
-            float[] host = policyHost(heads * maxHw);
-            check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxHw, stream), "queryKeyScores download");
-            for (int h = 0; h < heads; h++) System.arraycopy(host, h * maxHw, out[h], 0, Math.min(maxHw, out[h].length));
+            if (pinnedStats) {
+                java.nio.FloatBuffer host = pinnedDownload(buf, (long) heads * maxHw, "queryKeyScores download");
+                for (int h = 0; h < heads; h++) host.get(h * maxHw, out[h], 0, Math.min(maxHw, out[h].length));
+            } else {
+                float[] host = policyHost(heads * maxHw);
+                check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxHw, stream), "queryKeyScores download");
+                for (int h = 0; h < heads; h++) System.arraycopy(host, h * maxHw, out[h], 0, Math.min(maxHw, out[h].length));
+            }
         }
         // entries in [hw_g, maxHw) are -inf from the kernel; the rest up to the capacity here (as the CPU op)
         for (int h = 0; h < heads; h++)
@@ -2019,10 +2037,15 @@ public final class CudaBackend implements Backend {
         else
             check(TpNative.tp_quest_page_scores(buf, maxPages, qt.row(row), ((CudaKvCache) c).keys, ((CudaKvCache) c).pos,
                     ((CudaKvCache) c).deviceLayer(layer), heads, hkv, hd, cap, queryPosition, dhw, pageSize, maxPages, stream), "questPageScores");
-        float[] host = policyHost(heads * maxPages);
-        check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxPages, stream), "questPageScores download");
         // the CPU op writes the pages below ceil(highWater / pageSize) of each head's KV head and nothing else
-        for (int h = 0; h < heads; h++) System.arraycopy(host, h * maxPages, out[h], 0, pages[h / group]);
+        if (pinnedStats) {
+            java.nio.FloatBuffer host = pinnedDownload(buf, (long) heads * maxPages, "questPageScores download");
+            for (int h = 0; h < heads; h++) host.get(h * maxPages, out[h], 0, pages[h / group]);
+        } else {
+            float[] host = policyHost(heads * maxPages);
+            check(TpNative.tp_memcpy_d2h(host, buf, 4L * heads * maxPages, stream), "questPageScores download");
+            for (int h = 0; h < heads; h++) System.arraycopy(host, h * maxPages, out[h], 0, pages[h / group]);
+        }
     }
 
     /** Copies one slot's key and value to the host (the bf16 contents, exactly). */

@@ -22,7 +22,8 @@ import static org.junit.jupiter.api.Assertions.fail;
 
 /**
  * Attention statistics through the pinned buffer ({@link CudaBackend#setPinnedStats}: the first high-water entries of
- * every row, cleared rows filled on the device) give the same bits as the row-by-row copies of whole rows, for
+ * every row, cleared rows filled on the device) give the same bits as the row-by-row copies of whole rows, and so do
+ * queryKeyScores and questPageScores through it, for
  * cleared rows, rows holding earlier values (accumulation across calls, raw scores left from an earlier call, a -0),
  * decode and prefill rows, with and without a slot list, over bf16 and int4 caches whose capacity exceeds the
  * high-water mark. Skipped where CUDA is unavailable.
@@ -111,6 +112,20 @@ class CudaStatsTransferTest {
                 assertSameBits(tag + " output", outRows, outPinned);
                 for (int h = 0; h < heads; h++) assertSameBits(tag + " rawScores[" + h + "]", rows.rawScores[h], pinned.rawScores[h]);
                 for (int g = 0; g < hkv; g++) assertSameBits(tag + " probSums[" + g + "]", rows.probSums[g], pinned.probSums[g]);
+            }
+            // the policy ops' scores through the pinned buffer: the same bits as through a Java array
+            for (int pages : new int[] {0, 16}) {
+                float[][] a = new float[heads][cap], b = new float[heads][cap];
+                for (float[] r1 : a) java.util.Arrays.fill(r1, 7f);
+                for (float[] r1 : b) java.util.Arrays.fill(r1, 7f);
+                gpu.setPinnedStats(false);
+                if (pages == 0) gpu.queryKeyScores(a, q, n - 1, qpos[n - 1], c, layer);
+                else gpu.questPageScores(a, q, n - 1, qpos[n - 1], c, layer, pages);
+                gpu.setPinnedStats(true);
+                if (pages == 0) gpu.queryKeyScores(b, q, n - 1, qpos[n - 1], c, layer);
+                else gpu.questPageScores(b, q, n - 1, qpos[n - 1], c, layer, pages);
+                for (int h = 0; h < heads; h++)
+                    assertSameBits(quant + (pages == 0 ? " queryKeyScores[" : " questPageScores[") + h + "]", a[h], b[h]);
             }
         } finally {
             gpu.setPinnedStats(before);
