@@ -435,8 +435,8 @@ public final class KernelBench {
         for (String spec : specs) {
             String name = spec.contains(":") ? spec.substring(0, spec.indexOf(':')) : spec;
             policyRun(b, m, cfg, ctx, spec, name, steps, fullTps, out);
-            // the policies that read attention statistics every layer, again with the statistics through one pinned
-            // buffer per call (CudaBackend.setPinnedStats; keys e2e_pol_<ctx>_<policy>_pinned_*)
+            // the policies that bring statistics or scores to the host every layer, again through one pinned buffer per
+            // call (CudaBackend.setPinnedStats; keys e2e_pol_<ctx>_<policy>_pinned_*)
             if (b instanceof CudaBackend gpu && STATS_POLICIES.contains(name) && !gpu.pinnedStats()) {
                 gpu.setPinnedStats(true);
                 try {
@@ -476,8 +476,11 @@ public final class KernelBench {
         }
     }
 
-    /** The policies of {@link #POLICY_TABLE_SPECS} whose decode steps read attention statistics. */
-    static final java.util.Set<String> STATS_POLICIES = java.util.Set.of("h2o", "a2sf", "keyformer");
+    /**
+     * The policies of {@link #POLICY_TABLE_SPECS} whose decode steps bring attention statistics or the policy ops'
+     * scores to the host.
+     */
+    static final java.util.Set<String> STATS_POLICIES = java.util.Set.of("h2o", "a2sf", "keyformer", "quest", "tokenselect");
 
     private static void policyRun(Backend b, Llama m, LlamaConfig cfg, int ctx, String spec, String name, int steps,
                                   double fullTps, PrintStream out) {
