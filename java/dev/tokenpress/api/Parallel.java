@@ -102,7 +102,7 @@ public final class Parallel implements AutoCloseable {
     // per lane from the first step's width on, kept and cleared between sequences, so a batched step's rows can attend
     // in one call per run of consecutive lanes
     private KvCache[] laneCaches;
-    private boolean keepLaneCaches;
+    private boolean keepLaneCaches, laneCachesFailed;
 
     /** Keeps a cache per lane even where the backend does not lay a batch's caches out together (for tests). */
     void keepLaneCaches(boolean on) {
@@ -329,8 +329,16 @@ public final class Parallel implements AutoCloseable {
         if (width < 1 || width > maxWidth())
             throw new IllegalArgumentException("parallel width must be 1 to " + maxWidth() + " (the prefill chunk, -b), not " + width);
         Map<java.nio.IntBuffer, Lane> fresh = new java.util.HashMap<>(); // prompts prefilled this round (full policy)
-        if (laneCaches == null && width > 1 && quant.isNone() && (keepLaneCaches || tp.backend().batchesKvCaches()))
-            laneCaches = model.newCaches(contextSize, width);
+        if (laneCaches == null && !laneCachesFailed && width > 1 && quant.isNone()
+                && (keepLaneCaches || tp.backend().batchesKvCaches())) {
+            try {
+                laneCaches = model.newCaches(contextSize, width);
+            } catch (RuntimeException e) { // e.g. out of device memory for every lane at once: a cache per sequence instead
+                laneCachesFailed = true;
+                System.err.println("tokenpress: no cache pool for " + width + " sequences of " + contextSize + " tokens ("
+                        + e.getMessage() + "): each sequence gets its own cache");
+            }
+        }
         while (active.size() + waitingLanes() < width) {
             Pending p;
             synchronized (waiting) {

@@ -1335,12 +1335,25 @@ public final class CudaBackend implements Backend {
         for (int i0 = 0; i0 < rows; ) {
             CudaKvCache a = (CudaKvCache) caches[i0];
             int i1 = i0 + 1;
-            while (i1 < rows && caches[i1] instanceof CudaKvCache b && b.keys == a.keys && b.poolSize == a.poolSize
-                    && b.member == a.member + (i1 - i0) && b.capacity() == a.capacity()) i1++;
+            while (i1 < rows && i1 - i0 < MAX_RUN && caches[i1] instanceof CudaKvCache b && b.keys == a.keys
+                    && b.poolSize == a.poolSize && b.member == a.member + (i1 - i0) && b.capacity() == a.capacity()) i1++;
             storeAttendRun(o, qt, kt, vt, heads, kvHeads, hd, caches, layer, slots, positions, i0, i1 - i0, a);
             i0 = i1;
         }
+        batchAttentionCalls++;
         return true;
+    }
+
+    /**
+     * Rows one batched attention call takes at most: its workspace holds every q-head's partial states for the most
+     * splits (rows × heads × 256 × hd floats), and its grid one block row per KV head.
+     */
+    static final int MAX_RUN = 32;
+    private long batchAttentionCalls;
+
+    /** Batched steps whose attention went through {@link #batchDecodeAttention} (one call per layer and step). */
+    public long batchAttentionCalls() {
+        return batchAttentionCalls;
     }
 
     /** The KV store and the attention of rows [r0, r0 + nr), whose caches are members a.member .. of a's pool. */
@@ -1384,7 +1397,8 @@ public final class CudaBackend implements Backend {
         long ws = TpNative.tp_decode_attention_workspace_bytes(headsR, hd);
         if (ws > attnWsBytes) {
             if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
-            growAttnWs(ws);
+            // sized once for the longest run the pool can form: a longer run later would abort a captured step again
+            growAttnWs(Math.max(ws, TpNative.tp_decode_attention_workspace_bytes(Math.min(a.poolSize, MAX_RUN) * heads, hd)));
         }
         sig(49, o.row(r0), qt.row(r0), kBase, hkvR, headsR, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0);
         if (mode == Mode.DRY) return;
@@ -2549,6 +2563,11 @@ public final class CudaBackend implements Backend {
      * earlier configurations no longer count toward the limit that turns graphs off, and when graphs were turned off
      * only because an earlier configuration's decode step could not be captured, they are tried again.
      */
+    /** A cache was cleared for a new sequence (a kept batch lane): a new configuration, as for a new cache. */
+    void cacheStartsOver() {
+        if (mode == Mode.EAGER) retryGraphs();
+    }
+
     private void retryGraphs() {
         failuresThisConfig = 0;
         if (!graphsOffByStep) return;

@@ -65,6 +65,9 @@ public final class CudaKvCache extends KvCache {
 
     /** Allocates the arrays of {@code count} caches of one shape (positions all -1). */
     static Pool allocate(CudaBackend backend, int layers, int kvHeads, int headDim, int capacity, int count) {
+        if (capacity <= 0) throw new IllegalArgumentException("KV capacity must be positive, got " + capacity);
+        if (layers <= 0 || kvHeads <= 0 || count <= 0)
+            throw new IllegalArgumentException("a KV cache of " + layers + " layers x " + kvHeads + " KV heads x " + count + " sequences");
         long slots = (long) layers * kvHeads * capacity * count;
         if (slots > Integer.MAX_VALUE)
             throw new IllegalArgumentException("a KV cache of " + slots + " slots (layers x KV heads x capacity" + (count == 1 ? "" : " x sequences")
@@ -118,6 +121,7 @@ public final class CudaKvCache extends KvCache {
 
     @Override
     protected void onClear() {
+        backend.cacheStartsOver(); // a cleared cache starts a new sequence: graph failures of the last one no longer count
         pendingCount = 0;
         if (poolSize == 1) {
             backend.memsetAsync(pos, 0xFF, posBytes);

@@ -218,26 +218,33 @@ class CudaSessionTest {
                     int replaysBefore = gpu.graphReplays();
                     dev.tokenpress.kv.KvCache[] caches = new dev.tokenpress.kv.KvCache[seqs];
                     List<float[]> got = new java.util.ArrayList<>();
+                    // made before the steps and closed after them: closing a cache drops the graphs, which would hide a
+                    // replay of a step whose scratch the prefill below regrew
+                    dev.tokenpress.kv.KvCache other = m.newCache(256);
+                    int replaysBeforeLong = 0;
                     try {
                         for (int i = 0; i < seqs; i++) {
                             caches[i] = m.newCache(64);
                             m.prefill(caches[i], prompt(i, v), 0, false, null);
                         }
                         for (int t = 0; t < 12; t++) {
-                            if (t == 6 && seqs == 6) // a long prefill between steps grows the matmul scratch a captured step reads
-                                try (dev.tokenpress.kv.KvCache other = m.newCache(256)) {
-                                    int[] longPrompt = new int[200 + pass];
-                                    for (int j = 0; j < longPrompt.length; j++) longPrompt[j] = (j * 13 + 1) % v;
-                                    m.prefill(other, longPrompt, 0, false, null);
-                                }
+                            if (t == 6 && seqs == 6) { // a long prefill between steps grows the matmul scratch a captured step reads
+                                int[] longPrompt = new int[200 + pass];
+                                for (int j = 0; j < longPrompt.length; j++) longPrompt[j] = (j * 13 + 1) % v;
+                                m.prefill(other, longPrompt, 0, false, null);
+                                replaysBeforeLong = gpu.graphReplays();
+                            }
                             dev.tokenpress.model.Llama.BatchRow[] rows = new dev.tokenpress.model.Llama.BatchRow[seqs];
                             for (int i = 0; i < seqs; i++)
                                 rows[i] = new dev.tokenpress.model.Llama.BatchRow(caches[i], null, (t * 5 + i) % v, prompt(i, v).length + t);
                             m.decodeBatch(rows);
                             got.addAll(Arrays.asList(m.batchLogitsAll()));
                         }
+                        if (pass == 1 && seqs == 6)
+                            assertTrue(gpu.graphReplays() > replaysBeforeLong, "steps after the long prefill were replayed (" + gpu.graphStatus() + ")");
                     } finally {
                         for (dev.tokenpress.kv.KvCache c : caches) if (c != null) c.close();
+                        other.close();
                         gpu.setBatchGraphs(false);
                     }
                     logits[pass] = got.toArray(new float[0][]);
@@ -292,9 +299,31 @@ class CudaSessionTest {
                         assertArrayEquals(a, m.logits(), "a copy out of member " + i + " continues as the member");
                     }
                 }
-                pool[4].clear(); // a cleared member starts over; its neighbours keep their tokens
-                assertEquals(0, pool[4].occupied(0, 0));
-                assertTrue(pool[3].occupied(0, 0) > 0);
+                // member 3 against a copy of its own, through a clear of member 4, frees, and copies into the pool
+                try (dev.tokenpress.kv.KvCache own3 = m.newCache(64)) {
+                    int p3 = prompt(3, v).length + 4;
+                    tp.backend().copyKvCache(pool[3], own3);
+                    pool[4].clear(); // a cleared member starts over; its neighbours keep their tokens, on the device too
+                    assertEquals(0, pool[4].occupied(0, 0));
+                    m.decodeStep(own3, 5, p3);
+                    float[] a = m.logits();
+                    m.decodeStep(pool[3], 5, p3);
+                    assertArrayEquals(a, m.logits(), "member 3 after member 4 was cleared");
+                    own3.freeFrom(p3 - 2); // frees on a member: flat indices of its own layers
+                    pool[3].freeFrom(p3 - 2);
+                    m.decodeStep(own3, 6, p3 - 2);
+                    a = m.logits();
+                    m.decodeStep(pool[3], 6, p3 - 2);
+                    assertArrayEquals(a, m.logits(), "member 3 after freeing its last tokens");
+                    tp.backend().copyKvCache(own3, pool[2]);   // into the pool
+                    tp.backend().copyKvCache(pool[3], pool[1]); // between members
+                    m.decodeStep(own3, 7, p3 - 1);
+                    a = m.logits();
+                    for (int i : new int[] {1, 2}) {
+                        m.decodeStep(pool[i], 7, p3 - 1);
+                        assertArrayEquals(a, m.logits(), "member " + i + " after a copy into it");
+                    }
+                }
                 // batched steps: members 0, 1, 2 (one run) and 4 (another), against the per-row path on own caches
                 int[] members = {0, 1, 2, 4};
                 dev.tokenpress.kv.KvCache[] own = new dev.tokenpress.kv.KvCache[members.length];
@@ -318,7 +347,9 @@ class CudaSessionTest {
                         m.decodeBatch(a);
                         float[][] ref = m.batchLogitsAll();
                         gpu.setBatchAttention(true);
+                        long calls = gpu.batchAttentionCalls();
                         m.decodeBatch(b);
+                        assertTrue(gpu.batchAttentionCalls() > calls, "the batched attention ran (not the per-row path)");
                         float[][] got = m.batchLogitsAll();
                         for (int j = 0; j < members.length; j++) {
                             double nmse = CudaParityTest.nmse(ref[j], got[j]);
