@@ -178,8 +178,10 @@ public final class BenchCommand implements Callable<Integer> {
         KvCache[] caches = new KvCache[np];
         KvPolicy[] policies = new KvPolicy[np];
         try {
+            // caches the backend may lay out together (one attention call per step and layer where it can)
+            if (quant.isNone()) System.arraycopy(m.newCaches(maxCtx, np), 0, caches, 0, np);
             for (int i = 0; i < np; i++) {
-                caches[i] = quant.isNone() ? m.newCache(maxCtx) : m.newCache(maxCtx, quant);
+                if (caches[i] == null) caches[i] = m.newCache(maxCtx, quant);
                 policies[i] = KvOptionsMixin.policy(kvSpec, c);
                 policies[i].attach(m);
             }
