@@ -304,6 +304,7 @@ public final class CpuBackend implements Backend {
                 int slot = slots[g][i];
                 System.arraycopy(kt.data, i * kt.cols + g * hd, kd, slot * hd, hd);
                 System.arraycopy(vt.data, i * vt.cols + g * hd, vd, slot * hd, hd);
+                c.slotChanged(layer, g, slot);
             }
         }
     }
@@ -513,7 +514,9 @@ public final class CpuBackend implements Backend {
         int hd = cache.headDim(), heads = qt.cols / hd, group = heads / cache.kvHeads();
         // quantized: bounds from the reconstructed keys, so selection and attention see the same keys
         QuantKvCache qc = cache instanceof QuantKvCache x ? x : null;
-        float[][] direct = qc == null ? ((CpuKvCache) cache).keys[layer] : null;
+        CpuKvCache plain = qc == null ? (CpuKvCache) cache : null;
+        float[][] direct = plain == null ? null : plain.keys[layer];
+        if (plain != null) plain.pageMemo(pageSize); // pages whose slots have not changed keep their bounds
         // ScalarKernels without the Vector API module: VectorKernels is only referenced otherwise
         VectorKernels vk = k instanceof ScalarKernels ? null : (VectorKernels) k;
         // Vector API: the bounds of `block` pages stored dimension-major, their scores one page per lane
@@ -534,22 +537,34 @@ public final class CpuBackend implements Backend {
                     int nb = Math.min(block, pages - p0);
                     for (int b = 0; b < nb; b++) {
                         int p = p0 + b, n = 0;
-                        Arrays.fill(max, Float.NEGATIVE_INFINITY);
-                        Arrays.fill(min, Float.POSITIVE_INFINITY);
-                        for (int s = p * pageSize, end = Math.min(hw, (p + 1) * pageSize); s < end; s++) {
-                            if (pos[s] < 0 || pos[s] > queryPosition) continue;
-                            if (keys != null) {
-                                offs[n++] = s * hd;
-                                continue;
+                        if (plain != null && plain.pageBounds(layer, g, p, queryPosition, max, min)) {
+                            n = plain.pageCount(layer, g, p);
+                        } else {
+                            Arrays.fill(max, Float.NEGATIVE_INFINITY);
+                            Arrays.fill(min, Float.POSITIVE_INFINITY);
+                            boolean hidden = false; // an occupied slot after the query: these bounds are the query's only
+                            int last = -1;
+                            for (int s = p * pageSize, end = Math.min(hw, (p + 1) * pageSize); s < end; s++) {
+                                if (pos[s] < 0) continue;
+                                if (pos[s] > queryPosition) {
+                                    hidden = true;
+                                    continue;
+                                }
+                                last = Math.max(last, pos[s]);
+                                if (keys != null) {
+                                    offs[n++] = s * hd;
+                                    continue;
+                                }
+                                qc.read(layer, g, s, key, scratch);
+                                n++;
+                                if (vk != null) vk.keyBounds(key, zero, 1, max, min, 0, hd);
+                                else keyBounds(key, zero, 1, max, min, hd);
                             }
-                            qc.read(layer, g, s, key, scratch);
-                            n++;
-                            if (vk != null) vk.keyBounds(key, zero, 1, max, min, 0, hd);
-                            else keyBounds(key, zero, 1, max, min, hd);
-                        }
-                        if (keys != null && n > 0) {
-                            if (vk != null) vk.keyBounds(keys, offs, n, max, min, 0, hd);
-                            else keyBounds(keys, offs, n, max, min, hd);
+                            if (keys != null && n > 0) {
+                                if (vk != null) vk.keyBounds(keys, offs, n, max, min, 0, hd);
+                                else keyBounds(keys, offs, n, max, min, hd);
+                            }
+                            if (plain != null && !hidden) plain.keepPage(layer, g, p, max, min, n, last);
                         }
                         any[b] = n > 0;
                         if (vk != null) {
@@ -615,7 +630,7 @@ public final class CpuBackend implements Backend {
                 System.arraycopy(s.keys[l][g], 0, d.keys[l][g], 0, n);
                 System.arraycopy(s.values[l][g], 0, d.values[l][g], 0, n);
             }
-        d.copyFrom(s);
+        d.copyFrom(s); // the destination's kept page bounds are dropped with its old contents
     }
 
     @Override
@@ -645,6 +660,7 @@ public final class CpuBackend implements Backend {
         int hd = c.headDim();
         System.arraycopy(key, 0, c.keys[layer][head], slot * hd, hd);
         System.arraycopy(value, 0, c.values[layer][head], slot * hd, hd);
+        c.slotChanged(layer, head, slot);
     }
 
     @Override

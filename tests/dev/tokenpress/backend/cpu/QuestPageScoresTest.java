@@ -175,6 +175,91 @@ class QuestPageScoresTest {
         }
     }
 
+    /**
+     * The f32 cache keeps each page's bounds between calls until a slot of the page changes: through appends in
+     * steps, queries that hide later slots, frees, writeKv, a copy into the cache, a clear and a change of page size,
+     * every call equals the plain loop over the keys as they are then, bit for bit.
+     */
+    @Test
+    void keptPageBoundsFollowEveryChange() {
+        int layers = 1, layer = 0, kvHeads = 2, group = 2, heads = kvHeads * group, hd = 16, cap = 120;
+        for (CpuBackend b : new CpuBackend[]{VECTOR, SCALAR}) {
+            SplittableRandom r = new SplittableRandom(77);
+            try (KvCache cache = b.newKvCache(layers, kvHeads, hd, cap); KvCache other = b.newKvCache(layers, kvHeads, hd, cap)) {
+                CpuKvCache c = (CpuKvCache) cache;
+                Tensor k = b.allocate(8, kvHeads * hd), v = b.allocate(8, kvHeads * hd), q = b.allocate(1, heads * hd);
+                int[] page = {7};
+                int[] next = {0};
+                Runnable append = () -> { // up to 8 tokens at the next positions, through storeKv
+                    int n = 1 + r.nextInt(8);
+                    int[] pos = new int[n];
+                    for (int i = 0; i < n; i++) pos[i] = next[0]++;
+                    int[][] slots = new int[kvHeads][];
+                    for (int g = 0; g < kvHeads; g++) slots[g] = c.allocate(layer, g, pos, n);
+                    float[] kd = new float[8 * kvHeads * hd];
+                    for (int i = 0; i < kd.length; i++) kd[i] = key(r, false);
+                    b.upload(k, kd);
+                    b.upload(v, randn(r, 8 * kvHeads * hd, 1));
+                    b.storeKv(c, layer, k, v, slots, n);
+                };
+                java.util.function.IntConsumer checkAt = qpos -> {
+                    float[] qv = query(r, heads * hd);
+                    b.upload(q, qv);
+                    int pages = (cap + page[0] - 1) / page[0];
+                    float[][] want = sentinel(heads, pages), got = sentinel(heads, pages);
+                    reference(want, qv, heads * hd, 0, qpos, c, layer, page[0],
+                            (g, s, dst) -> System.arraycopy(c.keys[layer][g], s * hd, dst, 0, hd));
+                    b.questPageScores(got, q, 0, qpos, c, layer, page[0]);
+                    check(want, got, b.description() + " page " + page[0] + " query at " + qpos + " after " + next[0] + " tokens");
+                };
+                for (int step = 0; step < 40; step++) {
+                    append.run();
+                    checkAt.accept(next[0] - 1);                 // a decode step: every slot visible
+                    if (step % 5 == 2) checkAt.accept(next[0] - 6); // a prefill row: later slots hidden
+                    if (step % 7 == 3) {                           // frees: single slots and a tail
+                        c.free(layer, 0, r.nextInt(c.highWater(layer, 0)));
+                        checkAt.accept(next[0] - 1);
+                        c.freeFrom(next[0] - 3);
+                        next[0] -= 3;
+                        checkAt.accept(next[0] - 1);
+                    }
+                    if (step % 9 == 4) {                           // a slot overwritten in place
+                        int g = r.nextInt(kvHeads), slot = r.nextInt(c.highWater(layer, g));
+                        if (c.position(layer, g, slot) >= 0) {
+                            float[] kk = new float[hd], vv = new float[hd];
+                            for (int i = 0; i < hd; i++) kk[i] = key(r, false);
+                            b.writeKv(c, layer, g, slot, kk, vv);
+                        }
+                        checkAt.accept(next[0] - 1);
+                    }
+                    if (step == 20) {                              // another cache's contents copied in
+                        other.clear();
+                        int[] pos = new int[30];
+                        for (int i = 0; i < 30; i++) pos[i] = i;
+                        int[][] slots = new int[kvHeads][];
+                        for (int g = 0; g < kvHeads; g++) slots[g] = other.allocate(layer, g, pos, 30);
+                        Tensor k30 = b.allocate(30, kvHeads * hd), v30 = b.allocate(30, kvHeads * hd);
+                        float[] kd = new float[30 * kvHeads * hd];
+                        for (int i = 0; i < kd.length; i++) kd[i] = key(r, false);
+                        b.upload(k30, kd);
+                        b.upload(v30, randn(r, 30 * kvHeads * hd, 1));
+                        b.storeKv(other, layer, k30, v30, slots, 30);
+                        b.copyKvCache(other, c);
+                        next[0] = 30;
+                        checkAt.accept(29);
+                    }
+                    if (step == 30) page[0] = 16;                   // another page size
+                    if (step == 35) {                              // a clear, then the sequence starts again
+                        c.clear();
+                        next[0] = 0;
+                        append.run();
+                        checkAt.accept(next[0] - 1);
+                    }
+                }
+            }
+        }
+    }
+
     @ParameterizedTest
     @ValueSource(strings = {"int4:group=8,residual=8", "int8:group=16,residual=8", "gear:group=8,residual=8"})
     void quantizedCacheUsesTheReconstructedKeys(String spec) {
