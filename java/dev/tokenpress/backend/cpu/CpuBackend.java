@@ -351,7 +351,9 @@ public final class CpuBackend implements Backend {
                              float scale, int qpos, SlotSelection select, AttentionStats stats, int n) {
         int[] pos = c.positions(layer, g);
         int m = select == null ? c.highWater(layer, g) : select.count()[g];
-        int[] list = select == null ? null : select.slots()[g];
+        // every slot below the high-water mark as a list too: one loop shape whether a layer attends to all or to a
+        // selection (a selecting policy's dense layers ran ~2.5x slower through the JIT's code for the rarer shape)
+        int[] list = select == null ? identity(m) : select.slots()[g];
         float[] keys = c.keys[layer][g], values = c.values[layer][g];
         float[][] scores = new float[hc][m];
         float[] max = new float[hc];
@@ -610,6 +612,18 @@ public final class CpuBackend implements Backend {
             sum += Math.max(qi * max[off + i * stride], qi * min[off + i * stride]);
         }
         return sum;
+    }
+
+    private static volatile int[] identity = new int[0];
+
+    /** A shared read-only array whose first n entries are 0 .. n-1. */
+    static int[] identity(int n) {
+        int[] id = identity;
+        if (id.length >= n) return id;
+        id = new int[Math.max(n, 2 * id.length)];
+        for (int i = 0; i < id.length; i++) id[i] = i;
+        identity = id;
+        return id;
     }
 
     /** The backend's thread team (between ops it is idle). */
