@@ -77,7 +77,7 @@ final class QuantOps {
         float[] rk = c.residualKeys(layer, g), rv = c.residualValues(layer, g);
         int bg = c.group, nb = blocks.size(), lanes = nb * bg;
         int m = select == null ? c.highWater(layer, g) : select.count()[g];
-        int[] list = select == null ? null : select.slots()[g];
+        int[] list = select == null ? CpuBackend.identity(m) : select.slots()[g]; // one loop shape (see CpuBackend.attendGroup)
         int h0 = g * group, qOff = r * qt.cols + h0 * hd, oOff = r * o.cols + h0 * hd;
         w.begin(group, m, lanes, nb);
         int epoch = w.epoch;
