@@ -518,7 +518,8 @@ public final class CpuBackend implements Backend {
         QuantKvCache qc = cache instanceof QuantKvCache x ? x : null;
         CpuKvCache plain = qc == null ? (CpuKvCache) cache : null;
         float[][] direct = plain == null ? null : plain.keys[layer];
-        if (plain != null) plain.pageMemo(pageSize); // pages whose slots have not changed keep their bounds
+        int blockWidth = k instanceof ScalarKernels ? 1 : ((VectorKernels) k).questPages();
+        if (plain != null) plain.pageMemo(pageSize, blockWidth); // pages whose slots have not changed keep their bounds
         // ScalarKernels without the Vector API module: VectorKernels is only referenced otherwise
         VectorKernels vk = k instanceof ScalarKernels ? null : (VectorKernels) k;
         // Vector API: the bounds of `block` pages stored dimension-major, their scores one page per lane
@@ -537,9 +538,26 @@ public final class CpuBackend implements Backend {
                 int qOff = row * qt.cols + g * group * hd;
                 for (int p0 = 0; p0 < pages; p0 += block) {
                     int nb = Math.min(block, pages - p0);
+                    if (vk != null && plain != null) { // a block whose pages are all kept: scored from the kept bounds
+                        boolean kept = true;
+                        for (int b = 0; b < nb && kept; b++) kept = plain.pageKept(layer, g, p0 + b, queryPosition);
+                        if (kept) {
+                            float[] kMax = plain.keptMax(layer, g), kMin = plain.keptMin(layer, g);
+                            int off = plain.pageBase(p0);
+                            vk.questPageSums(qt.data, qOff, group, kMax, kMin, off, hd, sums);
+                            for (int h = 0; h < group; h++)
+                                for (int b = 0; b < nb; b++) {
+                                    float v = plain.pageCount(layer, g, p0 + b) > 0 ? sums[h * block + b] : Float.NEGATIVE_INFINITY;
+                                    if (Float.isNaN(v)) v = questScore(qt.data, qOff + h * hd, kMax, kMin, off + b, block, hd);
+                                    out[g * group + h][p0 + b] = v;
+                                }
+                            continue;
+                        }
+                    }
                     for (int b = 0; b < nb; b++) {
                         int p = p0 + b, n = 0;
-                        if (plain != null && plain.pageBounds(layer, g, p, queryPosition, max, min)) {
+                        if (plain != null && plain.pageKept(layer, g, p, queryPosition)) {
+                            plain.pageBounds(layer, g, p, max, min);
                             n = plain.pageCount(layer, g, p);
                         } else {
                             Arrays.fill(max, Float.NEGATIVE_INFINITY);

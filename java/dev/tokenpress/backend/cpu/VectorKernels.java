@@ -564,13 +564,18 @@ final class VectorKernels implements Kernels {
      * not NaN has the scalar loop's bits (a NaN sum may carry another payload).
      */
     void questPageSums(float[] q, int qOff, int heads, float[] maxT, float[] minT, int len, float[] sums) {
+        questPageSums(q, qOff, heads, maxT, minT, 0, len, sums);
+    }
+
+    /** {@link #questPageSums} over bounds stored from maxT/minT[tOff] on. */
+    void questPageSums(float[] q, int qOff, int heads, float[] maxT, float[] minT, int tOff, int len, float[] sums) {
         int l = Q.length();
         int h = 0;
         for (; h + 4 <= heads; h += 4) {
             int q0 = qOff + h * len, q1 = q0 + len, q2 = q1 + len, q3 = q2 + len;
             FloatVector s0 = FloatVector.zero(Q), s1 = s0, s2 = s0, s3 = s0;
             for (int i = 0; i < len; i++) {
-                FloatVector x = FloatVector.fromArray(Q, maxT, i * l), y = FloatVector.fromArray(Q, minT, i * l);
+                FloatVector x = FloatVector.fromArray(Q, maxT, tOff + i * l), y = FloatVector.fromArray(Q, minT, tOff + i * l);
                 FloatVector a0 = FloatVector.broadcast(Q, q[q0 + i]), a1 = FloatVector.broadcast(Q, q[q1 + i]);
                 FloatVector a2 = FloatVector.broadcast(Q, q[q2 + i]), a3 = FloatVector.broadcast(Q, q[q3 + i]);
                 s0 = s0.add(a0.mul(x).lanewise(VectorOperators.MAX, a0.mul(y)));
@@ -588,7 +593,7 @@ final class VectorKernels implements Kernels {
             FloatVector s0 = FloatVector.zero(Q);
             for (int i = 0; i < len; i++) {
                 FloatVector a0 = FloatVector.broadcast(Q, q[q0 + i]);
-                s0 = s0.add(a0.mul(FloatVector.fromArray(Q, maxT, i * l)).lanewise(VectorOperators.MAX, a0.mul(FloatVector.fromArray(Q, minT, i * l))));
+                s0 = s0.add(a0.mul(FloatVector.fromArray(Q, maxT, tOff + i * l)).lanewise(VectorOperators.MAX, a0.mul(FloatVector.fromArray(Q, minT, tOff + i * l))));
             }
             s0.intoArray(sums, h * l);
         }
