@@ -92,9 +92,13 @@ public abstract class KvCache implements AutoCloseable {
             positions[layer][head][slot] = tokenPositions[i];
             occupied[layer][head]++;
             out[i] = slot;
+            onAllocate(layer, head, slot);
         }
         return out;
     }
+
+    /** Called after a slot of (layer, head) got a position (its key and value are stored after). */
+    protected void onAllocate(int layer, int head, int slot) {}
 
     /** Frees a slot of (layer, head) so a later append reuses it. */
     public void free(int layer, int head, int slot) {

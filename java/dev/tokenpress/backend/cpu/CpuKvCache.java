@@ -124,6 +124,11 @@ final class CpuKvCache extends KvCache {
     }
 
     @Override
+    protected void onAllocate(int layer, int head, int slot) {
+        slotChanged(layer, head, slot); // the page covers one more slot (its key follows)
+    }
+
+    @Override
     protected void onFree(int layer, int head, int slot) {
         slotChanged(layer, head, slot);
     }

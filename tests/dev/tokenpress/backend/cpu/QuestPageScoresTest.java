@@ -177,8 +177,8 @@ class QuestPageScoresTest {
 
     /**
      * The f32 cache keeps each page's bounds between calls until a slot of the page changes: through appends in
-     * steps, queries that hide later slots, frees, writeKv, a copy into the cache, a clear and a change of page size,
-     * every call equals the plain loop over the keys as they are then, bit for bit.
+     * steps, a slot allocated but not yet stored, queries that hide later slots, frees, writeKv, a copy into the cache,
+     * a clear and a change of page size, every call equals the plain loop over the keys as they are then, bit for bit.
      */
     @Test
     void keptPageBoundsFollowEveryChange() {
@@ -213,6 +213,14 @@ class QuestPageScoresTest {
                     check(want, got, b.description() + " page " + page[0] + " query at " + qpos + " after " + next[0] + " tokens");
                 };
                 for (int step = 0; step < 40; step++) {
+                    if (step % 6 == 5) { // a slot allocated into a kept page and queried before its key is stored
+                        int[] pos = {next[0]};
+                        for (int g = 0; g < kvHeads; g++) c.allocate(layer, g, pos, 1);
+                        next[0]++;
+                        checkAt.accept(next[0] - 1);
+                        c.freeFrom(next[0] - 1);
+                        next[0]--;
+                    }
                     append.run();
                     checkAt.accept(next[0] - 1);                 // a decode step: every slot visible
                     if (step % 5 == 2) checkAt.accept(next[0] - 6); // a prefill row: later slots hidden
