@@ -456,11 +456,12 @@ public final class CpuBackend implements Backend {
         int[][] slots = new int[hkv][];
         int[] count = new int[hkv];
         par.forRange(hkv, 1, (g0, g1) -> {
+            float[] four = new float[4];
             for (int g = g0; g < g1; g++) {
                 int hw = c.highWater(layer, g);
                 int[] pos = c.positions(layer, g);
                 float[] keys = c.keys[layer][g];
-                float[] score = new float[hw];
+                float[] score = new float[hw], dots = new float[group + 3];
                 int cur = -1, visible = 0;
                 for (int s = 0; s < hw; s++) {
                     int p = pos[s];
@@ -469,10 +470,16 @@ public final class CpuBackend implements Backend {
                         score[s] = Float.NEGATIVE_INFINITY;
                         continue;
                     }
+                    int i = 0; // the group's dots, four heads per pass over the key (each the bits of one dot)
+                    for (; i + 4 <= group; i += 4) {
+                        k.dot4(qt.data, row * qt.cols + (g * group + i) * hd, hd, keys, s * hd, hd, four);
+                        System.arraycopy(four, 0, dots, i, 4);
+                    }
+                    for (; i < group; i++) dots[i] = k.dot(qt.data, row * qt.cols + (g * group + i) * hd, keys, s * hd, hd);
                     float v = sumGroup ? 0f : Float.NEGATIVE_INFINITY;
                     boolean any = false;
-                    for (int h = g * group; h < (g + 1) * group; h++) {
-                        float r = k.dot(qt.data, row * qt.cols + h * hd, keys, s * hd, hd);
+                    for (int h = 0; h < group; h++) {
+                        float r = dots[h];
                         if (r == Float.NEGATIVE_INFINITY) continue;
                         any = true;
                         v = sumGroup ? v + r : Math.max(v, r);
@@ -498,7 +505,7 @@ public final class CpuBackend implements Backend {
                         long key = (bits < 0 ? ~bits : bits | 0x80000000) & 0xFFFFFFFFL;
                         order[c2++] = ((0xFFFFFFFFL - key) << 31) | s;
                     }
-                    if (rest < c2) Arrays.sort(order, 0, c2);
+                    if (rest < c2) dev.tokenpress.kv.LongSelect.smallestFirst(order, 0, c2, rest); // the first rest, in order
                     for (int i = 0; i < rest; i++) chosen[m++] = (int) (order[i] & 0x7FFFFFFFL);
                 }
                 Arrays.sort(chosen, 0, m);

@@ -22,7 +22,7 @@ final class TopK {
             int ordered = EvictingPolicy.scoreKey(x[i]);    // increases with the value; -0 = +0, NaN above all
             keys[n++] = ((long) ~ordered << 32) | i;         // ascending: larger values first, then lower index
         }
-        java.util.Arrays.sort(keys, 0, n);
+        dev.tokenpress.kv.LongSelect.smallestFirst(keys, 0, n, k); // the first k in order, without sorting the rest
         int[] out = new int[Math.max(0, Math.min(k, n))];
         for (int i = 0; i < out.length; i++) out[i] = (int) keys[i];
         return out;

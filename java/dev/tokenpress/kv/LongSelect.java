@@ -1,0 +1,63 @@
+package dev.tokenpress.kv;
+
+import java.util.Arrays;
+
+/**
+ * The k smallest of a range of longs, in ascending order, without sorting the whole range: a partition that puts the
+ * k smallest first (introselect: median-of-three quickselect that falls back to sorting a part whose partitions keep
+ * coming out lopsided), then a sort of those k. Same result as {@code Arrays.sort} and taking the first k; the policies'
+ * top-k over packed (score key, index) longs are O(n + k log k) instead of O(n log n).
+ */
+public final class LongSelect {
+    private LongSelect() {}
+
+    /** Rearranges a[from, to) so that a[from, from + k) holds its k smallest values in ascending order (k clamped). */
+    public static void smallestFirst(long[] a, int from, int to, int k) {
+        if (from < 0 || to > a.length || from > to) throw new IllegalArgumentException("range [" + from + ", " + to + ") of " + a.length);
+        int n = to - from;
+        if (k <= 0) return;
+        if (k >= n || n <= 64 || k > n / 2) {
+            Arrays.sort(a, from, to); // a large share: sorting all is as cheap
+            return;
+        }
+        select(a, from, to - 1, from + k - 1, 2 * (32 - Integer.numberOfLeadingZeros(n)));
+        Arrays.sort(a, from, from + k);
+    }
+
+    /** Puts the element of rank nth (as in a sorted a[lo, hi]) at nth, smaller ones before it, larger ones after. */
+    private static void select(long[] a, int lo, int hi, int nth, int depth) {
+        while (hi - lo > 16) {
+            if (depth-- == 0) { // lopsided partitions: sort what is left
+                Arrays.sort(a, lo, hi + 1);
+                return;
+            }
+            int mid = lo + (hi - lo) / 2;
+            // median of three at mid
+            if (a[mid] < a[lo]) swap(a, mid, lo);
+            if (a[hi] < a[lo]) swap(a, hi, lo);
+            if (a[hi] < a[mid]) swap(a, hi, mid);
+            long pivot = a[mid];
+            int i = lo, j = hi;
+            while (i <= j) { // Hoare partition around the pivot's value
+                while (a[i] < pivot) i++;
+                while (a[j] > pivot) j--;
+                if (i <= j) {
+                    swap(a, i, j);
+                    i++;
+                    j--;
+                }
+            }
+            // a[lo, j] <= pivot <= a[i, hi], and a[j + 1, i - 1] == pivot
+            if (nth <= j) hi = j;
+            else if (nth >= i) lo = i;
+            else return;
+        }
+        Arrays.sort(a, lo, hi + 1);
+    }
+
+    private static void swap(long[] a, int i, int j) {
+        long t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
