@@ -36,7 +36,7 @@ import java.util.SplittableRandom;
  *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
  *   <li>{@code e2epol <model-dir>}: the end-to-end part of {@code policies}, also at 8K, plus every other policy
  *       (window, h2o, a2sf, keyformer, quest, tokenselect, razor) with tokens/s and KV bytes.</li>
- *   <li>{@code e2epol-cpu <model-dir> [contexts]}: the same policy table on the CPU backend (no GPU needed), for a
+ *   <li>{@code e2epol-cpu <model-dir> [contexts [warmup [steps]]]}: the same policy table on the CPU backend (no GPU needed), for a
  *       {@code llama-1b-attention} model: what the policies' host-side work costs beside the attention.</li>
  *   <li>{@code attnsweep}: decode attention (full and tidal k=2048) at 8K/32K/128K with each forced split count,
  *       timed in a CUDA graph and eagerly, for tuning.</li>
@@ -59,7 +59,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> | e2epol-cpu <model-dir> [contexts] | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> | e2epol-cpu <model-dir> [contexts [warmup [steps]]] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -74,7 +74,8 @@ public final class KernelBench {
             Path dir = Path.of(args[1]);
             int[] contexts = args.length > 2 ? java.util.Arrays.stream(args[2].split(",")).mapToInt(c -> Integer.parseInt(c.trim())).toArray()
                     : new int[] {8192};
-            policyTableCpu(dir, contexts, out);
+            int warmup = args.length > 3 ? Integer.parseInt(args[3]) : 40, steps = args.length > 4 ? Integer.parseInt(args[4]) : 16;
+            policyTableCpu(dir, contexts, warmup, steps, out);
             return;
         }
         try (CudaBackend gpu = CudaBackend.open()) {
@@ -432,15 +433,21 @@ public final class KernelBench {
      */
     public static void policyTable(Backend b, Llama m, LlamaConfig cfg, int ctx, String[] specs, int steps, double fullTps,
                                    PrintStream out) {
+        policyTable(b, m, cfg, ctx, specs, DECODE_WARMUP, steps, fullTps, out);
+    }
+
+    /** {@link #policyTable} with {@code warmup} untimed steps before the timed ones (the CPU's JIT needs dozens). */
+    public static void policyTable(Backend b, Llama m, LlamaConfig cfg, int ctx, String[] specs, int warmup, int steps,
+                                   double fullTps, PrintStream out) {
         for (String spec : specs) {
             String name = spec.contains(":") ? spec.substring(0, spec.indexOf(':')) : spec;
-            policyRun(b, m, cfg, ctx, spec, name, steps, fullTps, out);
+            policyRun(b, m, cfg, ctx, spec, name, warmup, steps, fullTps, out);
             // the policies that bring statistics or scores to the host every layer, again through one pinned buffer per
             // call (CudaBackend.setPinnedStats; keys e2e_pol_<ctx>_<policy>_pinned_*)
             if (b instanceof CudaBackend gpu && STATS_POLICIES.contains(name) && !gpu.pinnedStats()) {
                 gpu.setPinnedStats(true);
                 try {
-                    policyRun(b, m, cfg, ctx, spec, name + "_pinned", steps, fullTps, out);
+                    policyRun(b, m, cfg, ctx, spec, name + "_pinned", warmup, steps, fullTps, out);
                 } finally {
                     gpu.setPinnedStats(false);
                 }
@@ -449,11 +456,11 @@ public final class KernelBench {
     }
 
     /**
-     * {@code e2epol-cpu DIR [CONTEXTS]}: {@link #policyTable} on the CPU backend after full at each context (default
-     * 8192), for a model written with {@code make-model --preset llama-1b-attention} (written there when DIR has none):
+     * {@code e2epol-cpu DIR [CONTEXTS [WARMUP [STEPS]]]}: {@link #policyTable} on the CPU backend after full at each
+     * context (default 8192; 40 warm-up and 16 timed steps: the JIT needs dozens of steps to settle), for a model written with {@code make-model --preset llama-1b-attention} (written there when DIR has none):
      * Llama-3.2-1B's attention shape with a small MLP, so a step's time is the attention plus the policy's host work.
      */
-    static void policyTableCpu(Path dir, int[] contexts, PrintStream out) {
+    static void policyTableCpu(Path dir, int[] contexts, int warmup, int steps, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
             ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_ATTENTION, 1, s -> System.err.println("make-model: " + s));
         LlamaConfig cfg = ConfigLoader.load(dir);
@@ -461,17 +468,17 @@ public final class KernelBench {
             out.println("device: " + cpu.description() + "; model " + dir + " (" + cfg.numLayers() + " layers, "
                     + cfg.numHeads() + " q-heads, " + cfg.numKvHeads() + " KV heads of " + cfg.headDim() + ", hidden " + cfg.hiddenSize() + ")");
             Llama m = new Llama(cfg, Weights.load(st, cfg, cpu, null), cpu, 256);
-            int steps = 8;
+            out.println("warm-up steps " + warmup + ", timed steps " + steps);
             for (int ctx : contexts) {
                 java.io.ByteArrayOutputStream fullOut = new java.io.ByteArrayOutputStream();
                 PrintStream fp = new PrintStream(fullOut, true, java.nio.charset.StandardCharsets.UTF_8);
-                policyTable(cpu, m, cfg, ctx, new String[] {"full"}, steps, 0, fp);
+                policyTable(cpu, m, cfg, ctx, new String[] {"full"}, warmup, steps, 0, fp);
                 String text = fullOut.toString(java.nio.charset.StandardCharsets.UTF_8);
                 out.print(text);
                 double full = 0;
                 for (String line : text.split("\n"))
                     if (line.startsWith("RESULT e2e_pol_" + ctx + "_full_tps ")) full = Double.parseDouble(line.split(" ")[2]);
-                policyTable(cpu, m, cfg, ctx, POLICY_TABLE_SPECS, steps, full, out);
+                policyTable(cpu, m, cfg, ctx, POLICY_TABLE_SPECS, warmup, steps, full, out);
             }
         }
     }
@@ -482,15 +489,15 @@ public final class KernelBench {
      */
     static final java.util.Set<String> STATS_POLICIES = java.util.Set.of("h2o", "a2sf", "keyformer", "quest", "tokenselect");
 
-    private static void policyRun(Backend b, Llama m, LlamaConfig cfg, int ctx, String spec, String name, int steps,
+    private static void policyRun(Backend b, Llama m, LlamaConfig cfg, int ctx, String spec, String name, int warmup, int steps,
                                   double fullTps, PrintStream out) {
         try {
             m.setPolicy(dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
-            try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16)) {
+            try (KvCache cache = m.newCache(ctx + warmup + steps + 16)) {
                 fillSynthetic(b, cfg, cache, ctx);
                 b.synchronize();
                 m.setPipelinedGreedy(Boolean.FALSE);
-                double tps = decodeTimed(b, m, cache, 1, ctx, steps, new int[1]);
+                double tps = decodeTimed(b, m, cache, 1, ctx, warmup, steps, new int[1]);
                 long occupied = 0;
                 for (int l = 0; l < cache.layers(); l++)
                     for (int g = 0; g < cache.kvHeads(); g++) occupied += cache.occupied(l, g);
@@ -838,13 +845,18 @@ public final class KernelBench {
      * the last token in {@code last[0]}.
      */
     static double decodeTimed(Backend b, Llama m, KvCache cache, int token, int pos, int steps, int[] last) {
+        return decodeTimed(b, m, cache, token, pos, DECODE_WARMUP, steps, last);
+    }
+
+    /** {@link #decodeTimed} after {@code warmup} untimed steps. */
+    static double decodeTimed(Backend b, Llama m, KvCache cache, int token, int pos, int warmup, int steps, int[] last) {
         last[0] = token;
         java.util.function.IntPredicate keep = t -> {
             last[0] = t;
             return true;
         };
-        m.decodeGreedy(cache, last[0], pos, DECODE_WARMUP, keep);
-        pos += DECODE_WARMUP;
+        m.decodeGreedy(cache, last[0], pos, warmup, keep);
+        pos += warmup;
         b.synchronize();
         long t0 = System.nanoTime();
         m.decodeGreedy(cache, last[0], pos, steps, keep);

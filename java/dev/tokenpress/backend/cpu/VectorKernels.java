@@ -318,6 +318,7 @@ final class VectorKernels implements Kernels {
     public void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
                                int hd, float[] o, int oOff) {
         int l = F.length(), upper = hd - hd % l;
+        int[] nz = new int[VALUE_BLOCK];
         for (int j0 = 0; j0 < m; j0 += VALUE_BLOCK) {
             int j1 = Math.min(m, j0 + VALUE_BLOCK);
             int i = 0;
@@ -326,13 +327,18 @@ final class VectorKernels implements Kernels {
                 float[] e0 = e[i], e1 = e[i + 1], e2 = e[i + 2], e3 = e[i + 3];
                 float v0 = inv[i], v1 = inv[i + 1], v2 = inv[i + 2], v3 = inv[i + 3];
                 int b0 = oOff + i * hd, b1 = b0 + hd, b2 = b1 + hd, b3 = b2 + hd;
+                // the block's candidates some of the four heads weigh (masked and freed slots: no value read at all)
+                int nn = 0;
+                for (int j = j0; j < j1; j++) if (e0[j] != 0f || e1[j] != 0f || e2[j] != 0f || e3[j] != 0f) nz[nn++] = j;
+                if (nn == 0) continue;
                 for (int c = 0; c < upper; c += l) {
                     FloatVector a0 = FloatVector.fromArray(F, o, b0 + c), a1 = FloatVector.fromArray(F, o, b1 + c);
                     FloatVector a2 = FloatVector.fromArray(F, o, b2 + c), a3 = FloatVector.fromArray(F, o, b3 + c);
-                    for (int j = j0; j < j1; j++) {
+                    for (int t = 0; t < nn; t++) {
+                        int j = nz[t];
+                        float x0 = e0[j], x1 = e1[j], x2 = e2[j], x3 = e3[j];
                         int slot = slots == null ? j : slots[j];
                         FloatVector v = FloatVector.fromArray(F, values, slot * hd + c);
-                        float x0 = e0[j], x1 = e1[j], x2 = e2[j], x3 = e3[j];
                         if (x0 != 0f) a0 = v.fma(FloatVector.broadcast(F, x0 * v0), a0);
                         if (x1 != 0f) a1 = v.fma(FloatVector.broadcast(F, x1 * v1), a1);
                         if (x2 != 0f) a2 = v.fma(FloatVector.broadcast(F, x2 * v2), a2);
@@ -343,7 +349,8 @@ final class VectorKernels implements Kernels {
                     a2.intoArray(o, b2 + c);
                     a3.intoArray(o, b3 + c);
                 }
-                for (int h = i; h < i + 4; h++) valueTail(e[h], inv[h], j0, j1, slots, values, hd, upper, o, oOff + h * hd);
+                if (upper < hd)
+                    for (int h = i; h < i + 4; h++) valueTail(e[h], inv[h], j0, j1, slots, values, hd, upper, o, oOff + h * hd);
             }
             for (; i < hc; i++) {
                 if (!live[i]) continue;
