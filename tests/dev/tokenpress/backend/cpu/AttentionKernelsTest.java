@@ -36,7 +36,7 @@ class AttentionKernelsTest {
         for (int i = 0; i < hc; i++) {
             live[i] = i % 5 != 2;  // a dead head (nothing visible) now and then
             inv[i] = (float) (1 / (1 + r.nextDouble() * m));
-            for (int j = 0; j < m; j++) e[i][j] = r.nextInt(6) == 0 ? 0f : (float) r.nextDouble();
+            for (int j = 0; j < m; j++) e[i][j] = r.nextInt(list ? 2 : 6) == 0 || j % 7 == 3 ? 0f : (float) r.nextDouble(); // some candidates weighed by no head
         }
         float[] ref = new float[(hc + 1) * hd], got = new float[(hc + 1) * hd];
         for (int i = 0; i < ref.length; i++) ref[i] = got[i] = (float) r.nextGaussian(); // outputs start non-zero
