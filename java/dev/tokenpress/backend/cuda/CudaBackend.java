@@ -1266,13 +1266,7 @@ public final class CudaBackend implements Backend {
         long dq = d, dhw = d + 4L * n, dcnt = dhw + 4L * hkv, dsel = dcnt + 4L * hkv;
         int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
         float scale = (float) (1.0 / Math.sqrt(hd));
-        boolean fused = n == 1 && fusedAttnMerge;
-        if (fused && attnCounters == 0) {
-            if (mode != Mode.EAGER) throw abort("attention counter allocation", false);
-            attnCounters = malloc(4L * ATTN_COUNTERS, "attention split counters");
-            memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
-        }
-        if (fused && TpNative.tp_decode_attention_counters(heads, hkv) > ATTN_COUNTERS) fused = false;
+        boolean fused = n == 1 && fusedMerge(heads, hkv);
         sig(9, o.ptr, qt.ptr, c.keys, c.deviceLayer(layer), n, heads, stride, lenHint, select == null ? 0 : 1, fused ? 1 : 0,
                 shortAttn ? 1 : 0);
         if (mode == Mode.DRY) return;
@@ -1387,13 +1381,7 @@ public final class CudaBackend implements Backend {
                     stream), "storeKv (batched)");
         long da = stage(at, at.length);
         int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
-        boolean fused = fusedAttnMerge;
-        if (fused && attnCounters == 0) {
-            if (mode != Mode.EAGER) throw abort("attention counter allocation", false);
-            attnCounters = malloc(4L * ATTN_COUNTERS, "attention split counters");
-            memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
-        }
-        if (fused && TpNative.tp_decode_attention_counters(headsR, hkvR) > ATTN_COUNTERS) fused = false;
+        boolean fused = fusedMerge(headsR, hkvR);
         long ws = TpNative.tp_decode_attention_workspace_bytes(headsR, hd);
         if (ws > attnWsBytes) {
             if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
@@ -1759,6 +1747,20 @@ public final class CudaBackend implements Backend {
         check(TpNative.tp_scatter_i32(c.pos, d, d + 4L * idx.length, idx.length, stream), "KV free (quantized cache)");
     }
 
+    /**
+     * Whether a decode attention call over {@code heads} q-heads and {@code hkv} KV heads merges its splits in the
+     * split kernel (fused merge on, and enough split counters); the counters are allocated, zeroed, on first use.
+     */
+    private boolean fusedMerge(int heads, int hkv) {
+        if (!fusedAttnMerge) return false;
+        if (attnCounters == 0) {
+            if (mode != Mode.EAGER) throw abort("attention counter allocation", false);
+            attnCounters = malloc(4L * ATTN_COUNTERS, "attention split counters");
+            memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
+        }
+        return TpNative.tp_decode_attention_counters(heads, hkv) <= ATTN_COUNTERS;
+    }
+
     private void growAttnWs(long bytes) {
         freeScratch(attnWs);
         attnWs = 0;
@@ -1958,13 +1960,7 @@ public final class CudaBackend implements Backend {
         long d = stage(a, a.length);
         int lenHint = ds.k <= 1 ? 1 : Integer.highestOneBit(ds.k - 1) << 1;
         float scale = (float) (1.0 / Math.sqrt(hd));
-        boolean fused = fusedAttnMerge;
-        if (fused && attnCounters == 0) {
-            if (mode != Mode.EAGER) throw abort("attention counter allocation", false);
-            attnCounters = malloc(4L * ATTN_COUNTERS, "attention split counters");
-            memsetNow(attnCounters, 0, 4L * ATTN_COUNTERS);
-        }
-        if (fused && TpNative.tp_decode_attention_counters(heads, hkv) > ATTN_COUNTERS) fused = false;
+        boolean fused = fusedMerge(heads, hkv);
         long ws = TpNative.tp_decode_attention_workspace_bytes(heads, hd);
         if (ws > attnWsBytes) {
             if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
