@@ -424,6 +424,36 @@ public final class CpuBackend implements Backend {
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor qt = f(q);
         int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
+        if (group % 4 == 0 && c.kvHeads() >= par.threads()) {
+            // by KV head: each key row read once for four of its q-heads (each score the bits of one dot)
+            par.forRange(c.kvHeads(), 1, (g0, g1) -> {
+                float[] four = new float[4];
+                for (int g = g0; g < g1; g++) {
+                    int hw = c.highWater(layer, g);
+                    int[] pos = c.positions(layer, g);
+                    float[] keys = c.keys[layer][g];
+                    for (int h0 = g * group; h0 < (g + 1) * group; h0 += 4) {
+                        int qOff = row * qt.cols + h0 * hd;
+                        float[] o0 = out[h0], o1 = out[h0 + 1], o2 = out[h0 + 2], o3 = out[h0 + 3];
+                        for (int s = 0; s < hw; s++) {
+                            int p = pos[s];
+                            if (p < 0 || p > queryPosition) {
+                                o0[s] = o1[s] = o2[s] = o3[s] = Float.NEGATIVE_INFINITY;
+                                continue;
+                            }
+                            k.dot4(qt.data, qOff, hd, keys, s * hd, hd, four);
+                            o0[s] = four[0];
+                            o1[s] = four[1];
+                            o2[s] = four[2];
+                            o3[s] = four[3];
+                        }
+                        for (int h = h0; h < h0 + 4; h++)
+                            Arrays.fill(out[h], hw, Math.min(out[h].length, c.capacity()), Float.NEGATIVE_INFINITY);
+                    }
+                }
+            });
+            return;
+        }
         par.forRange(heads, 1, (h0, h1) -> {
             for (int h = h0; h < h1; h++) {
                 int g = h / group, hw = c.highWater(layer, g), qOff = row * qt.cols + h * hd;

@@ -17,6 +17,41 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 class AttentionKernelsTest {
     static final VectorKernels V = new VectorKernels();
 
+    /** queryKeyScores by KV head (four q-heads per key load) gives every score the bits of one dot, -inf elsewhere. */
+    @ParameterizedTest
+    @CsvSource({"64,4,2", "64,8,4", "128,4,2", "40,4,3", "64,2,2"})
+    void queryKeyScoresGiveTheDotBits(int hd, int group, int kvHeads) {
+        try (CpuBackend b = new CpuBackend(2)) {
+            int heads = group * kvHeads, len = 90, cap = 100, qpos = 70;
+            SplittableRandom r = new SplittableRandom(hd + 31L * group + kvHeads);
+            dev.tokenpress.kv.KvCache cache = b.newKvCache(1, kvHeads, hd, cap);
+            int[] pos = new int[len];
+            for (int i = 0; i < len; i++) pos[i] = i;
+            int[][] slots = new int[kvHeads][];
+            for (int g = 0; g < kvHeads; g++) slots[g] = cache.allocate(0, g, pos, len);
+            dev.tokenpress.backend.Tensor k = b.allocate(len, kvHeads * hd), v = b.allocate(len, kvHeads * hd);
+            float[] kd = new float[len * kvHeads * hd];
+            for (int i = 0; i < kd.length; i++) kd[i] = (float) r.nextGaussian();
+            b.upload(k, kd);
+            b.upload(v, kd);
+            b.storeKv(cache, 0, k, v, slots, len);
+            for (int g = 0; g < kvHeads; g++) cache.free(0, g, 5 + g);
+            float[] qv = new float[heads * hd];
+            for (int i = 0; i < qv.length; i++) qv[i] = (float) r.nextGaussian();
+            dev.tokenpress.backend.Tensor q = b.allocate(1, heads * hd);
+            b.upload(q, qv);
+            float[][] out = new float[heads][cap];
+            b.queryKeyScores(out, q, 0, qpos, cache, 0);
+            float[][] keys = ((CpuKvCache) cache).keys[0];
+            for (int h = 0; h < heads; h++)
+                for (int s = 0; s < cap; s++) {
+                    int p = cache.position(0, h / group, s);
+                    float want = s >= len || p < 0 || p > qpos ? Float.NEGATIVE_INFINITY : V.dot(qv, h * hd, keys[h / group], s * hd, hd);
+                    assertEquals(Float.floatToRawIntBits(want), Float.floatToRawIntBits(out[h][s]), "head " + h + " slot " + s);
+                }
+        }
+    }
+
     @ParameterizedTest
     @CsvSource({"64,4,300,false", "64,8,77,true", "128,4,129,false", "16,3,40,true", "40,5,33,false", "24,9,70,true",
             "64,1,5,false", "128,7,1,true", "72,4,64,true"})
