@@ -570,9 +570,7 @@ public final class OpenAiServer implements AutoCloseable {
         timings.put("predicted_per_second", r.decodeTokensPerSecond());
         int calls = 0;
         if (stream != null) {
-            String tail = first.text().hit() ? "" : first.text().rest();
-            if (!tail.isEmpty()) stream.text(tail);
-            calls = stream.endTools(first.finish());
+            calls = finishStream(stream, first);
             stream.end(calls > 0 ? "tool_calls" : first.finish(), usage, timings);
         } else {
             ObjectNode o = JSON.createObjectNode();
@@ -591,23 +589,17 @@ public final class OpenAiServer implements AutoCloseable {
                 if (chat) {
                     ObjectNode m = c.putObject("message");
                     m.put("role", "assistant");
-                    if (req.thinking() != null) {
-                        Reasoning.Split sp = Reasoning.split(text, req.thinking().open());
-                        if (!sp.reasoning().isEmpty()) m.put("reasoning_content", sp.reasoning());
-                        text = sp.content();
-                    }
-                    ToolCalls.Parsed parsed = req.tools() != null && finish.equals("stop")
-                            ? ToolCalls.parse(text, req.tools().names()) : null;
-                    if (parsed != null && parsed.hasCalls()) {
-                        List<ChatTemplate.ToolCall> tcs = ToolCalls.withIds(firstOnly(parsed.calls(), req.tools()), req.tools().style());
-                        if (parsed.content().isEmpty()) m.putNull("content");
-                        else m.put("content", parsed.content());
+                    Reply reply = reply(req, text, finish);
+                    if (!reply.reasoning().isEmpty()) m.put("reasoning_content", reply.reasoning());
+                    if (!reply.calls().isEmpty()) {
+                        if (reply.content().isEmpty()) m.putNull("content");
+                        else m.put("content", reply.content());
                         ArrayNode ta = m.putArray("tool_calls");
-                        for (ChatTemplate.ToolCall tc : tcs) toolCall(ta.addObject(), tc);
-                        calls += tcs.size();
+                        for (ChatTemplate.ToolCall tc : reply.calls()) toolCall(ta.addObject(), tc);
+                        calls += reply.calls().size();
                         finish = "tool_calls";
                     } else {
-                        m.put("content", text);
+                        m.put("content", reply.content());
                     }
                     if (req.logprobs() >= 0) c.set("logprobs", chatLogprobs(ch.steps().subList(0, n), req.logprobs()));
                     else c.putNull("logprobs");
@@ -628,6 +620,32 @@ public final class OpenAiServer implements AutoCloseable {
                 req.tokens().length, first.reused(), completion, r.decodeTokensPerSecond(), first.finish(),
                 choices.size() > 1 ? " (" + choices.size() + " choices)" : "", batched ? " (batched)" : "",
                 calls > 0 ? " (" + calls + " tool call" + (calls > 1 ? "s" : "") + ")" : "");
+    }
+
+    /** A whole (not streamed) reply: its content, the reasoning split off it, the tool calls parsed out of it. */
+    private record Reply(String content, String reasoning, List<ChatTemplate.ToolCall> calls) {}
+
+    /**
+     * Splits a finished reply's text: the reasoning off the front when the request thinks, then the tool calls when it
+     * has tools and the reply stopped on its own (the content is then what surrounds the calls).
+     */
+    private static Reply reply(Request req, String text, String finish) {
+        String reasoning = "";
+        if (req.thinking() != null) {
+            Reasoning.Split sp = Reasoning.split(text, req.thinking().open());
+            reasoning = sp.reasoning();
+            text = sp.content();
+        }
+        ToolCalls.Parsed parsed = req.tools() != null && finish.equals("stop") ? ToolCalls.parse(text, req.tools().names()) : null;
+        if (parsed == null || !parsed.hasCalls()) return new Reply(text, reasoning, List.of());
+        return new Reply(parsed.content(), reasoning, ToolCalls.withIds(firstOnly(parsed.calls(), req.tools()), req.tools().style()));
+    }
+
+    /** Ends a streamed reply: what its stop-text guard still held back goes out, then its tool calls; returns their count. */
+    private static int finishStream(Stream stream, Choice first) {
+        String tail = first.text().hit() ? "" : first.text().rest();
+        if (!tail.isEmpty()) stream.text(tail);
+        return stream.endTools(first.finish());
     }
 
     /** The calls a reply keeps: all of them, or the first when the request turned parallel calls off. */
@@ -676,23 +694,14 @@ public final class OpenAiServer implements AutoCloseable {
         String stopReason;
         if (run.stream() != null) {
             Stream stream = run.stream();
-            String tail = first.text().hit() ? "" : first.text().rest();
-            if (!tail.isEmpty()) stream.text(tail);
-            calls = stream.endTools(first.finish());
+            calls = finishStream(stream, first);
             stopReason = calls > 0 ? "tool_use" : first.finish().equals("length") ? "max_tokens" : !stopSeq.isEmpty() ? "stop_sequence" : "end_turn";
             ((AnthropicEvents) stream.responses).end(stopReason, stopSeq.isEmpty() ? null : stopSeq,
                     req.tokens().length - first.reused(), first.reused(), r.tokens().length);
         } else {
-            String text = first.text().text(), reasoning = "";
-            if (req.thinking() != null) {
-                Reasoning.Split sp = Reasoning.split(text, req.thinking().open());
-                reasoning = sp.reasoning();
-                text = sp.content();
-            }
-            ToolCalls.Parsed parsed = req.tools() != null && first.finish().equals("stop") ? ToolCalls.parse(text, req.tools().names()) : null;
-            List<ChatTemplate.ToolCall> tcs = parsed != null && parsed.hasCalls()
-                    ? ToolCalls.withIds(firstOnly(parsed.calls(), req.tools()), req.tools().style()) : List.of();
-            if (!tcs.isEmpty()) text = parsed.content();
+            Reply reply = reply(req, first.text().text(), first.finish());
+            String text = reply.content(), reasoning = reply.reasoning();
+            List<ChatTemplate.ToolCall> tcs = reply.calls();
             calls = tcs.size();
             stopReason = calls > 0 ? "tool_use" : first.finish().equals("length") ? "max_tokens" : !stopSeq.isEmpty() ? "stop_sequence" : "end_turn";
             ObjectNode o = JSON.createObjectNode();
@@ -1027,21 +1036,12 @@ public final class OpenAiServer implements AutoCloseable {
         int calls;
         if (run.stream() != null) {
             Stream stream = run.stream();
-            String tail = first.text().hit() ? "" : first.text().rest();
-            if (!tail.isEmpty()) stream.text(tail);
-            calls = stream.endTools(first.finish());
+            calls = finishStream(stream, first);
             ((ResponseEvents) stream.responses).completed(cut, usage);
         } else {
-            String text = first.text().text(), reasoning = "";
-            if (req.thinking() != null) {
-                Reasoning.Split sp = Reasoning.split(text, req.thinking().open());
-                reasoning = sp.reasoning();
-                text = sp.content();
-            }
-            ToolCalls.Parsed parsed = req.tools() != null && first.finish().equals("stop") ? ToolCalls.parse(text, req.tools().names()) : null;
-            List<ChatTemplate.ToolCall> tcs = parsed != null && parsed.hasCalls()
-                    ? ToolCalls.withIds(firstOnly(parsed.calls(), req.tools()), req.tools().style()) : List.of();
-            if (!tcs.isEmpty()) text = parsed.content();
+            Reply reply = reply(req, first.text().text(), first.finish());
+            String text = reply.content(), reasoning = reply.reasoning();
+            List<ChatTemplate.ToolCall> tcs = reply.calls();
             ArrayNode output = JSON.createArrayNode();
             if (!reasoning.isEmpty()) output.add(reasoningItem("rs_" + id, reasoning));
             if (!text.isEmpty() || tcs.isEmpty()) output.add(messageItem("msg_" + id, text, "completed"));
