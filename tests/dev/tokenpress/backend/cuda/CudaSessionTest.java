@@ -29,8 +29,7 @@ class CudaSessionTest {
     @Test
     void truncateThenContinueMatchesAFreshSession() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {}); // head dim 64: the kernels' smallest
-        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+        try (TokenPress tp = loadModel()) {
             int[] prompt = tp.tokenizer().encode("The cat sat on the mat and then it went to sleep for a while");
             int[] more = tp.tokenizer().encodeNoSpecial(" until a dog came by");
             int keep = prompt.length - 3;
@@ -65,8 +64,7 @@ class CudaSessionTest {
     @Test
     void lookupDecodingGivesTheGreedyTokens() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {}); // head dim 64: the kernels' smallest
-        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+        try (TokenPress tp = loadModel()) {
             String prompt = "one two three one two three one two three one two";
             int[][] got = new int[2][];
             // drafts of at most 3 tokens: a check of 1 + 3 rows stays on the decode path's GEMV (f32 activations);
@@ -91,8 +89,7 @@ class CudaSessionTest {
     @Test
     void selfSpeculativeDecodingGivesTheGreedyTokens() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
-        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+        try (TokenPress tp = loadModel()) {
             String prompt = "one two three one two three one two three one two";
             int[] plain;
             try (Session s = tp.newSession(256)) {
@@ -129,8 +126,7 @@ class CudaSessionTest {
     @Test
     void batchedDecodingAndCacheCopiesMatchSingleSequences() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
-        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+        try (TokenPress tp = loadModel()) {
             dev.tokenpress.model.Llama m = tp.model();
             int v = tp.config().vocabSize();
             for (int run = 0; run < 3; run++) {
@@ -206,8 +202,7 @@ class CudaSessionTest {
     @Test
     void batchedStepsFromGraphsMatchEagerSteps() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
-        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+        try (TokenPress tp = loadModel()) {
             dev.tokenpress.model.Llama m = tp.model();
             CudaBackend gpu = (CudaBackend) tp.backend();
             int v = tp.config().vocabSize();
@@ -268,8 +263,7 @@ class CudaSessionTest {
     @Test
     void pooledCachesAndBatchedAttention() {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
-        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"))) {
+        try (TokenPress tp = loadModel()) {
             dev.tokenpress.model.Llama m = tp.model();
             CudaBackend gpu = (CudaBackend) tp.backend();
             int v = tp.config().vocabSize();
@@ -364,6 +358,12 @@ class CudaSessionTest {
                 gpu.setBatchAttention(before);
             }
         }
+    }
+
+    /** The test model (8 q-heads, 2 KV heads of head dim 64: the kernels' smallest), written to tmp and loaded on CUDA. */
+    private TokenPress loadModel() {
+        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
+        return TokenPress.load(tmp, LoadOptions.defaults().withDevice("cuda"));
     }
 
     private static int[] prompt(int i, int vocab) {
