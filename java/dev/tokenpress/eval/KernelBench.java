@@ -470,14 +470,7 @@ public final class KernelBench {
             Llama m = new Llama(cfg, Weights.load(st, cfg, cpu, null), cpu, 256);
             out.println("warm-up steps " + warmup + ", timed steps " + steps);
             for (int ctx : contexts) {
-                java.io.ByteArrayOutputStream fullOut = new java.io.ByteArrayOutputStream();
-                PrintStream fp = new PrintStream(fullOut, true, java.nio.charset.StandardCharsets.UTF_8);
-                policyTable(cpu, m, cfg, ctx, new String[] {"full"}, warmup, steps, 0, fp);
-                String text = fullOut.toString(java.nio.charset.StandardCharsets.UTF_8);
-                out.print(text);
-                double full = 0;
-                for (String line : text.split("\n"))
-                    if (line.startsWith("RESULT e2e_pol_" + ctx + "_full_tps ")) full = Double.parseDouble(line.split(" ")[2]);
+                double full = policyRun(cpu, m, cfg, ctx, "full", "full", warmup, steps, 0, out);
                 policyTable(cpu, m, cfg, ctx, POLICY_TABLE_SPECS, warmup, steps, full, out);
             }
         }
@@ -489,8 +482,9 @@ public final class KernelBench {
      */
     static final java.util.Set<String> STATS_POLICIES = java.util.Set.of("h2o", "a2sf", "keyformer", "quest", "tokenselect");
 
-    private static void policyRun(Backend b, Llama m, LlamaConfig cfg, int ctx, String spec, String name, int warmup, int steps,
-                                  double fullTps, PrintStream out) {
+    /** One row of {@link #policyTable}; returns its tokens/s (0 when it failed). */
+    private static double policyRun(Backend b, Llama m, LlamaConfig cfg, int ctx, String spec, String name, int warmup, int steps,
+                                    double fullTps, PrintStream out) {
         try {
             m.setPolicy(dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
             try (KvCache cache = m.newCache(ctx + warmup + steps + 16)) {
@@ -513,9 +507,11 @@ public final class KernelBench {
                 result(out, k + "_kv_bytes", cache.bytes(), "B");
                 result(out, k + "_live_kv_bytes", live, "B");
                 result(out, k + "_occupied_slots", occupied, "");
+                return tps;
             }
         } catch (RuntimeException e) {
             out.printf("e2e %dK context, --kv %s: FAILED %s%n", ctx / 1024, spec, e.getMessage());
+            return 0;
         } finally {
             m.setPipelinedGreedy(null);
             m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);

@@ -555,12 +555,11 @@ public final class CpuBackend implements Backend {
         QuantKvCache qc = cache instanceof QuantKvCache x ? x : null;
         CpuKvCache plain = qc == null ? (CpuKvCache) cache : null;
         float[][] direct = plain == null ? null : plain.keys[layer];
-        int blockWidth = k instanceof ScalarKernels ? 1 : ((VectorKernels) k).questPages();
-        if (plain != null) plain.pageMemo(pageSize, blockWidth); // pages whose slots have not changed keep their bounds
         // ScalarKernels without the Vector API module: VectorKernels is only referenced otherwise
         VectorKernels vk = k instanceof ScalarKernels ? null : (VectorKernels) k;
         // Vector API: the bounds of `block` pages stored dimension-major, their scores one page per lane
         int block = vk == null ? 1 : vk.questPages();
+        if (plain != null) plain.pageMemo(pageSize, block); // pages whose slots have not changed keep their bounds
         // one task per KV head: the page bounds (elementwise key max/min) are built once and shared by the group
         par.forRange(cache.kvHeads(), 1, (g0, g1) -> {
             float[] max = new float[hd], min = new float[hd];
