@@ -15,6 +15,11 @@
 //   2^23 + 128 (exact, a full-rate FADD). The same arithmetic in the same order: variants 1 and 2 give the same bits.
 //   3 (not yet run on a GPU) interleaves the lanes at 4 codes so that every load of x is coalesced (see
 //   q8_row_partial_interleaved: variants 1 and 2 make the L1 handle about 70 cache lines per 512 bytes of codes).
+//   4 (not yet run on a GPU) is llama.cpp's integer path: every block first quantizes x into shared memory (int8 per
+//   block of 32 with an f32 scale, round to nearest), then a lane multiplies 16 codes by 16 int8 of x with four
+//   DP4A (exact int32 sums) and adds scale_w * scale_x * sum: no conversion per code, and x read as 1 byte per code
+//   from shared memory instead of 4 from L1. Results differ from variants 1-3 by x's 8-bit rounding (see
+//   quantize_x_shared); a call whose x does not fit the 48 KB of shared memory (n * I * 9/8 bytes) runs variant 1.
 // - tp_dequant_q8_bf16: rows [r0, r0 + rows) as bf16 (round to nearest even), the weight operand of the cuBLAS
 //   GEMM of a prefill chunk (the caller walks the matrix in row slices through a scratch buffer).
 // - tp_embedding_q8: rows of a Q8_0 embedding table as f32 (tokens on the device: staged ids or the feedback
@@ -34,7 +39,7 @@ constexpr int kQ8Block = 32;
 
 // Q8 GEMV variant (tp_set_q8_gemv_variant): 1 = 16 consecutive codes per lane, I2F per byte (default); 2 = the same
 // with the scales loaded with the codes and a byte permute into a float's mantissa; 3 = lanes interleaved at 4 codes
-// (coalesced x).
+// (coalesced x); 4 = x quantized to int8 in shared memory, DP4A.
 int g_q8_variant = 1;
 
 __device__ __forceinline__ uint32_t ld_stream4_q8(const uint8_t* p) {
@@ -215,12 +220,140 @@ __device__ __forceinline__ void q8_row_partial_interleaved(const uint8_t* __rest
     }
 }
 
-// This warp's share of a row for widening variant V (1, 2: 16 consecutive codes per lane; 3: interleaved lanes).
+// Variant 4's x in shared memory: int8 codes [NX][I] (16-byte aligned, I % 32 == 0), then f32 scales [NX][I / 32].
+constexpr int kQ8SmemLimit = 48 * 1024 - 1024;  // dynamic shared memory a variant 4 launch may ask for (no opt-in)
+
+__host__ __device__ __forceinline__ int q8_x_smem_bytes(int nx, int I) { return nx * I + nx * (I / kQ8Block) * 4; }
+
+// Quantizes the NX rows of x (contiguous [NX, I]) into shared memory, llama.cpp's Q8 rule per block of 32: scale
+// d = max|x| / 127, code = round-to-nearest-even(x * 127 / max|x|) (0 for an all-zero block). A block holding a NaN
+// gets a NaN scale, so every output it touches is NaN; an infinite element gives an infinite scale and zero codes
+// (NaN outputs as well, where the float variants give an infinity). The whole block calls it (it ends with a barrier).
+// Each thread takes float4s f = tid + 256k of the flattened x; the 8 consecutive lanes holding a block of 32 find its
+// maximum by three shuffles. Eight float4 loads per thread are issued before any is used.
+template <int NX>
+__device__ __forceinline__ void quantize_x_shared(const float* __restrict__ x, int I, int8_t* xq, float* xd) {
+    const int nf4 = NX * I / 4;  // a multiple of 8: every block of 32 lies within one 8-lane group
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    for (int f0 = threadIdx.x; f0 - (int)threadIdx.x < nf4; f0 += kQ8Threads * 8) {
+        float4 v[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int f = f0 + k * kQ8Threads;
+            v[k] = f < nf4 ? __ldg(x4 + f) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int f = f0 + k * kQ8Threads;
+            // whole warps stay in the shuffles (lanes past the end hold zeros and store nothing)
+            float a = fmaxf(fmaxf(fabsf(v[k].x), fabsf(v[k].y)), fmaxf(fabsf(v[k].z), fabsf(v[k].w)));
+            int nan = (v[k].x != v[k].x) | (v[k].y != v[k].y) | (v[k].z != v[k].z) | (v[k].w != v[k].w);
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) {
+                a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+                nan |= __shfl_xor_sync(0xffffffffu, nan, o);
+            }
+            const float d = nan ? __int_as_float(0x7fc00000) : a / 127.f;
+            const float id = a > 0.f ? 127.f / a : 0.f;
+            if (f < nf4) {
+                const int q0 = max(-127, min(127, __float2int_rn(v[k].x * id)));
+                const int q1 = max(-127, min(127, __float2int_rn(v[k].y * id)));
+                const int q2 = max(-127, min(127, __float2int_rn(v[k].z * id)));
+                const int q3 = max(-127, min(127, __float2int_rn(v[k].w * id)));
+                reinterpret_cast<uint32_t*>(xq)[f] = (uint32_t)(q0 & 0xFF) | ((uint32_t)(q1 & 0xFF) << 8)
+                                                   | ((uint32_t)(q2 & 0xFF) << 16) | ((uint32_t)(q3 & 0xFF) << 24);
+                if ((f & 7) == 0) xd[f >> 3] = d;
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Variant 4: variant 2's chunks (16 consecutive codes per lane, a round's scales loaded with its codes) against x's
+// int8 codes in shared memory: four DP4A per chunk and row of x give the exact integer sum of 16 products, then
+// acc += (scale_w * scale_x) * sum.
+template <int NX, int WPR>
+__device__ __forceinline__ void q8_row_partial_dp4a(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
+                                                    const int8_t* xq, const float* xd, int I, int part, int lane,
+                                                    float (&acc)[NX]) {
+    constexpr int S = 32 * WPR;
+    constexpr int U = NX == 1 ? 8 : 4;
+    const int nch = I >> 4;
+    const int nb = I / kQ8Block;
+    for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
+        uint4 q[U];
+        float d[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = c0 + u * S;
+            if (c < nch) {
+                q[u] = ld_stream16_q8(wr + (int64_t)c * 16);
+                d[u] = __ldg(sr + (c >> 1));
+            } else {
+                q[u] = make_uint4(0, 0, 0, 0);
+                d[u] = 0.f;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = c0 + u * S;
+            if (c < nch) {
+#pragma unroll
+                for (int r = 0; r < NX; r++) {
+                    const int4 xv = *reinterpret_cast<const int4*>(xq + (int64_t)r * I + (int64_t)c * 16);
+                    int sum = __dp4a((int)q[u].x, xv.x, 0);
+                    sum = __dp4a((int)q[u].y, xv.y, sum);
+                    sum = __dp4a((int)q[u].z, xv.z, sum);
+                    sum = __dp4a((int)q[u].w, xv.w, sum);
+                    acc[r] = fmaf(d[u] * xd[r * nb + (c >> 1)], (float)sum, acc[r]);
+                }
+            }
+        }
+    }
+}
+
+// Variant 4, before pdl_wait (weights and scales are read-only): an L2 prefetch of this lane's chunks of its first
+// round and of their scales, so that the memory fetch of the weights overlaps the wait and x's quantization.
+template <int NX, int WPR, int V>
+__device__ __forceinline__ void q8_prefetch_first_round(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
+                                                        int I, int part, int lane) {
+    if constexpr (V == 4) {
+        constexpr int S = 32 * WPR;
+        constexpr int U = NX == 1 ? 8 : 4;
+        const int nch = I >> 4;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = part * 32 + lane + u * S;
+            if (c < nch) {
+                prefetch_line_l2(wr + (int64_t)c * 16);
+                if ((c & 1) == 0) prefetch_line_l2(sr + (c >> 1));
+            }
+        }
+    }
+}
+
+// Variant 4's shared x: quantized by the whole block (after pdl_wait); the other variants read x from global memory.
+template <int NX, int V>
+__device__ __forceinline__ void q8_stage_x(const float* __restrict__ x, int I, int8_t*& xq, float*& xd) {
+    if constexpr (V == 4) {
+        extern __shared__ __align__(16) unsigned char q8_dyn_smem[];
+        xq = reinterpret_cast<int8_t*>(q8_dyn_smem);
+        xd = reinterpret_cast<float*>(q8_dyn_smem + NX * I);
+        quantize_x_shared<NX>(x, I, xq, xd);
+    } else {
+        xq = nullptr;
+        xd = nullptr;
+    }
+}
+
+// This warp's share of a row for variant V (1, 2: 16 consecutive codes per lane; 3: interleaved lanes; 4: DP4A
+// against x's int8 codes xq / scales xd in shared memory, unused otherwise).
 template <int NX, int WPR, int V>
 __device__ __forceinline__ void q8_row_partial(const uint8_t* __restrict__ wr, const float* __restrict__ sr,
-                                               const float* __restrict__ x, int I, int part, int lane,
-                                               float (&acc)[NX]) {
-    if constexpr (V == 3) q8_row_partial_interleaved<NX, WPR>(wr, sr, x, I, part, lane, acc);
+                                               const float* __restrict__ x, const int8_t* xq, const float* xd, int I,
+                                               int part, int lane, float (&acc)[NX]) {
+    if constexpr (V == 4) q8_row_partial_dp4a<NX, WPR>(wr, sr, xq, xd, I, part, lane, acc);
+    else if constexpr (V == 3) q8_row_partial_interleaved<NX, WPR>(wr, sr, x, I, part, lane, acc);
     else q8_row_partial_chunks<NX, WPR, V>(wr, sr, x, I, part, lane, acc);
 }
 
@@ -255,13 +388,18 @@ gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8
     __shared__ float red[kQ8Warps][NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row = blockIdx.x * RPB + warp / WPR;
+    if (row < O) q8_prefetch_first_round<NX, WPR, V>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), I, warp % WPR, lane);
     pdl_wait();
     pdl_launch_dependents();
+    int8_t* xq;
+    float* xd;
+    q8_stage_x<NX, V>(x, I, xq, xd);
     float acc[NX];
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
     if (row < O)
-        q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), x, I, warp % WPR, lane, acc);
+        q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), x, xq, xd, I, warp % WPR,
+                                   lane, acc);
     q8_reduce<NX, WPR>(acc, red, warp, lane);
     if (row >= O || warp % WPR != 0 || lane != 0) return;
     const float b = bias ? bias[row] : 0.f;
@@ -298,13 +436,18 @@ gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I) {
     const int O = m == 0 ? sg.rows0 : (m == 1 ? sg.rows1 : sg.rows2);
     const int first = m == 0 ? 0 : (m == 1 ? sg.end0 : sg.end1);
     const int row = (b - first) * RPB + warp / WPR;
+    if (row < O) q8_prefetch_first_round<NX, WPR, V>(w + (int64_t)row * I, sc + (int64_t)row * (I / kQ8Block), I, warp % WPR, lane);
     pdl_wait();
     pdl_launch_dependents();
+    int8_t* xq;
+    float* xd;
+    q8_stage_x<NX, V>(x, I, xq, xd);
     float acc[NX];
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = 0.f;
     if (row < O)
-        q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, sc + (int64_t)row * (I / kQ8Block), x, I, warp % WPR, lane, acc);
+        q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, sc + (int64_t)row * (I / kQ8Block), x, xq, xd, I, warp % WPR,
+                                   lane, acc);
     q8_reduce<NX, WPR>(acc, red, warp, lane);
     if (row >= O || warp % WPR != 0 || lane != 0) return;
     const float bb = bias ? bias[row] : 0.f;
@@ -322,15 +465,23 @@ gemv_q8_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, cons
     __shared__ float red[kQ8Warps][2 * NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row = blockIdx.x * RPB + warp / WPR;
+    if (row < O) {
+        const int64_t ro = (int64_t)row * I, so = (int64_t)row * (I / kQ8Block);
+        q8_prefetch_first_round<NX, WPR, V>(wg + ro, sg + so, I, warp % WPR, lane);
+        q8_prefetch_first_round<NX, WPR, V>(wu + ro, su + so, I, warp % WPR, lane);
+    }
     pdl_wait();
     pdl_launch_dependents();
+    int8_t* xq;
+    float* xd;
+    q8_stage_x<NX, V>(x, I, xq, xd);
     float ag[NX], au[NX], acc[2 * NX];
 #pragma unroll
     for (int r = 0; r < NX; r++) ag[r] = au[r] = 0.f;
     if (row < O) {
         const int64_t ro = (int64_t)row * I, so = (int64_t)row * (I / kQ8Block);
-        q8_row_partial<NX, WPR, V>(wg + ro, sg + so, x, I, warp % WPR, lane, ag);
-        q8_row_partial<NX, WPR, V>(wu + ro, su + so, x, I, warp % WPR, lane, au);
+        q8_row_partial<NX, WPR, V>(wg + ro, sg + so, x, xq, xd, I, warp % WPR, lane, ag);
+        q8_row_partial<NX, WPR, V>(wu + ro, su + so, x, xq, xd, I, warp % WPR, lane, au);
     }
 #pragma unroll
     for (int r = 0; r < NX; r++) {
@@ -353,7 +504,8 @@ int launch_q8(int wpr, float* out, const float* x, const uint8_t* w, const float
     dim3 grid((unsigned)ceil_div(O, rpb));
     auto k = wpr == 1 ? gemv_q8_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_kernel<NX, 2, V>
            : wpr == 4 ? gemv_q8_kernel<NX, 4, V> : gemv_q8_kernel<NX, 8, V>;
-    TP_LAUNCH("gemv_q8_kernel", k, grid, dim3(kQ8Threads), 0, s, out, x, w, scales, bias, O, I, accumulate);
+    const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
+    TP_LAUNCH("gemv_q8_kernel", k, grid, dim3(kQ8Threads), smem, s, out, x, w, scales, bias, O, I, accumulate);
     return TP_OK;
 }
 
@@ -361,7 +513,8 @@ template <int NX, int V>
 int launch_q8_multi(int wpr, dim3 grid, const Q8Segs& sg, const float* x, int I, cudaStream_t s) {
     auto k = wpr == 1 ? gemv_q8_multi_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_multi_kernel<NX, 2, V>
            : wpr == 4 ? gemv_q8_multi_kernel<NX, 4, V> : gemv_q8_multi_kernel<NX, 8, V>;
-    TP_LAUNCH("gemv_q8_multi_kernel", k, grid, dim3(kQ8Threads), 0, s, sg, x, I);
+    const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
+    TP_LAUNCH("gemv_q8_multi_kernel", k, grid, dim3(kQ8Threads), smem, s, sg, x, I);
     return TP_OK;
 }
 
@@ -371,17 +524,27 @@ int launch_q8_swiglu(int wpr, float* out, const float* x, const uint8_t* wg, con
     dim3 grid((unsigned)ceil_div(O, kQ8Warps / wpr));
     auto k = wpr == 1 ? gemv_q8_swiglu_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_swiglu_kernel<NX, 2, V>
            : wpr == 4 ? gemv_q8_swiglu_kernel<NX, 4, V> : gemv_q8_swiglu_kernel<NX, 8, V>;
-    TP_LAUNCH("gemv_q8_swiglu_kernel", k, grid, dim3(kQ8Threads), 0, s, out, x, wg, sg, wu, su, O, I);
+    const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
+    TP_LAUNCH("gemv_q8_swiglu_kernel", k, grid, dim3(kQ8Threads), smem, s, out, x, wg, sg, wu, su, O, I);
     return TP_OK;
 }
 
+// The variant a call with n rows of x over I columns runs: g_q8_variant, except variant 4 when its shared x would not
+// fit (n * I * 9/8 bytes past kQ8SmemLimit): then variant 1.
+int q8_variant_for(int n, int I) {
+    if (g_q8_variant == 4 && q8_x_smem_bytes(n, I) > kQ8SmemLimit) return 1;
+    return g_q8_variant;
+}
+
 // Calls f(std::integral_constant<int, NX>{}, std::integral_constant<int, V>{}) for the row count n in 1..4 and the
-// widening variant g_q8_variant (the kernels are templated on both).
+// variant q8_variant_for(n, I) (the kernels are templated on both).
 template <typename F>
-int by_rows(int n, F f) {
+int by_rows(int n, int I, F f) {
+    const int variant = q8_variant_for(n, I);
     auto go = [&](auto nx) {
-        return g_q8_variant == 1 ? f(nx, std::integral_constant<int, 1>{})
-             : g_q8_variant == 2 ? f(nx, std::integral_constant<int, 2>{}) : f(nx, std::integral_constant<int, 3>{});
+        return variant == 1 ? f(nx, std::integral_constant<int, 1>{})
+             : variant == 2 ? f(nx, std::integral_constant<int, 2>{})
+             : variant == 3 ? f(nx, std::integral_constant<int, 3>{}) : f(nx, std::integral_constant<int, 4>{});
     };
     switch (n) {
         case 1: return go(std::integral_constant<int, 1>{});
@@ -391,8 +554,8 @@ int by_rows(int n, F f) {
     }
 }
 
-// Warps per row: the fewest that still give about two blocks per SM, with at least two chunks per lane (variants 1
-// and 2) or a full round of super-chunks per warp (variant 3: 4 of 512 codes).
+// Warps per row: the fewest that still give about two blocks per SM, with at least two chunks per lane (variants 1,
+// 2 and 4) or a full round of super-chunks per warp (variant 3: 4 of 512 codes).
 int pick_wpr_q8(int O, int I) {
     const int want_blocks = 2 * sm_count();
     int wpr = 1;
@@ -461,7 +624,7 @@ int tp_gemv_q8(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t b
     const float* si = TP_PTR(const float, scales);
     const float* bi = TP_PTR(const float, bias);
     cudaStream_t s = TP_STREAM(stream);
-    return by_rows(n, [&](auto nx, auto v) {
+    return by_rows(n, in_dim, [&](auto nx, auto v) {
         return launch_q8<decltype(nx)::value, decltype(v)::value>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
     });
 }
@@ -492,7 +655,7 @@ int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, in
     const int blocks = sg.end1 + (rows2 > 0 ? ceil_div(rows2, rpb) : 0);
     const float* xi = TP_PTR(const float, x);
     cudaStream_t s = TP_STREAM(stream);
-    return by_rows(n, [&](auto nx, auto v) {
+    return by_rows(n, in_dim, [&](auto nx, auto v) {
         return launch_q8_multi<decltype(nx)::value, decltype(v)::value>(wpr, dim3(blocks), sg, xi, in_dim, s);
     });
 }
@@ -516,14 +679,14 @@ int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate
     const float* sg = TP_PTR(const float, s_gate);
     const float* su = TP_PTR(const float, s_up);
     cudaStream_t s = TP_STREAM(stream);
-    return by_rows(n, [&](auto nx, auto v) {
+    return by_rows(n, in_dim, [&](auto nx, auto v) {
         return launch_q8_swiglu<decltype(nx)::value, decltype(v)::value>(wpr, o, xi, wg, sg, wu, su, out_dim, in_dim, s);
     });
 }
 
 int tp_set_q8_gemv_variant(int variant) {
-    if (variant < 1 || variant > 3)
-        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_set_q8_gemv_variant: variant %d (1, 2 or 3)", variant);
+    if (variant < 1 || variant > 4)
+        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_set_q8_gemv_variant: variant %d (1, 2, 3 or 4)", variant);
     g_q8_variant = variant;
     return TP_OK;
 }

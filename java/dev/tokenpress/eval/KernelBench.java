@@ -800,7 +800,7 @@ public final class KernelBench {
             int variant = gpu.q8GemvVariant();
             try {
                 int[] order = java.util.stream.IntStream.concat(java.util.stream.IntStream.of(variant),
-                        java.util.stream.IntStream.rangeClosed(1, 3).filter(x -> x != variant)).toArray();
+                        java.util.stream.IntStream.rangeClosed(1, 4).filter(x -> x != variant)).toArray();
                 for (int v : order) { // the default variant first, then the others
                     gpu.setQ8GemvVariant(v);
                     String sfx = v == variant ? "" : "_v" + v;

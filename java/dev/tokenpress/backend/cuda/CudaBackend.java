@@ -238,7 +238,7 @@ public final class CudaBackend implements Backend {
         // and the largest GEMV launch (MiB of weights) whose blocks prefetch their rows
         nativeSetting("tokenpress.cuda.attnPrefetch", "TOKENPRESS_CUDA_ATTN_PREFETCH", TpNative::tp_set_attention_prefetch);
         nativeSetting("tokenpress.cuda.gemvPrefetch", "TOKENPRESS_CUDA_GEMV_PREFETCH", TpNative::tp_gemv_set_prefetch);
-        nativeSetting("tokenpress.cuda.q8Gemv", "TOKENPRESS_CUDA_Q8_GEMV", TpNative::tp_set_q8_gemv_variant); // 1 | 2 | 3, process-wide
+        nativeSetting("tokenpress.cuda.q8Gemv", "TOKENPRESS_CUDA_Q8_GEMV", TpNative::tp_set_q8_gemv_variant); // 1 | 2 | 3 | 4, process-wide
         String tidal = System.getProperty("tokenpress.cuda.tidalSelect"); // auto (native default) | v1 | v2 | v3, process-wide
         if (tidal != null) check(TpNative.tp_set_tidal_select_variant(switch (tidal) { case "auto" -> 0; case "v1" -> 1; case "v2" -> 2; case "v3" -> 3; default -> -1; }), "tokenpress.cuda.tidalSelect=" + tidal);
         String cce = System.getProperty("tokenpress.cuda.cceVariant", System.getenv("TOKENPRESS_CUDA_CCE_VARIANT")); // gemm (CudaCce.GEMM, default) | v1 | v2 | v3 | v4, process-wide
@@ -387,11 +387,13 @@ public final class CudaBackend implements Backend {
     /**
      * The Q8_0 GEMVs' kernel variant (tp_set_q8_gemv_variant): 1 (the default) = I2F with each scale read when used,
      * 2 = a byte permute with the scales loaded alongside the codes (the same results; slower on an H100), 3 = lanes
-     * interleaved at 4 codes so that x is read coalesced (results within rounding; not yet run on a GPU). Drops a
+     * interleaved at 4 codes so that x is read coalesced (results within rounding; not yet run on a GPU), 4 = x
+     * quantized to int8 per block of 32 in shared memory and DP4A products, llama.cpp's integer path (results within
+     * x's 8-bit rounding; a call whose x exceeds 47 KB of shared memory runs 1; not yet run on a GPU). Drops a
      * captured graph.
      */
     public void setQ8GemvVariant(int variant) {
-        if (variant < 1 || variant > 3) throw new IllegalArgumentException("Q8 GEMV variant " + variant + ": 1, 2 or 3");
+        if (variant < 1 || variant > 4) throw new IllegalArgumentException("Q8 GEMV variant " + variant + ": 1, 2, 3 or 4");
         reconfigure("setQ8GemvVariant");
         check(TpNative.tp_set_q8_gemv_variant(variant), "Q8 GEMV variant");
     }

@@ -28,8 +28,8 @@ import static org.junit.jupiter.api.Assertions.*;
  * Q8_0 weights on CUDA ({@code --weight-type q8_0}) against the CPU's Q8_0 path (the same codes and scales, from
  * one quantizer): the Q8 GEMV for n = 1..4 rows with and without bias and accumulated into its output, the
  * dequantize + cuBLAS path for prefill chunks (several row slices), the Q8 embedding, and a generated model's
- * logits after a prompt (prefill chunk: cuBLAS over dequantized slices) and after single tokens (the Q8 GEMV).
- * Not yet run on a GPU. Skipped where CUDA is unavailable.
+ * logits after a prompt (prefill chunk: cuBLAS over dequantized slices) and after single tokens (the Q8 GEMV);
+ * the GEMV variants against each other. Skipped where CUDA is unavailable.
  */
 class CudaQ8ParityTest {
     static CpuBackend cpu;
@@ -179,6 +179,114 @@ class CudaQ8ParityTest {
             }
         } finally {
             TpNative.tp_set_q8_gemv_variant(before);
+        }
+    }
+
+    /**
+     * Variant 4 (x quantized to int8 per block of 32 in shared memory, DP4A) against variant 1 (float x, itself
+     * within 1e-4 of the CPU above) on the plain, accumulating, fused q/k/v and gate/up + SwiGLU GEMVs: x's 8-bit
+     * rounding (at most max|x| / 254 per element, about 0.4% of x's RMS on average) bounds the difference: NMSE ≤ 2e-4
+     * (about 2e-5 expected for one product, twice that for SwiGLU's) and every element within 10% of the outputs' RMS. Shapes leave partial rounds and blocks; an all-zero block of x (scale 0) and a NaN (its row all
+     * NaN) are included. A call whose x does not fit the shared memory (4 rows of 12,288) runs variant 1: the same
+     * bits; one row of it fits and runs the integer path (different bits).
+     */
+    @Test
+    void dp4aVariantIsWithinXRoundingOfVariant1() {
+        SplittableRandom r = new SplittableRandom(31);
+        int before = TpNative.tp_q8_gemv_variant();
+        try {
+            for (int[] sh : new int[][] {{7, 64}, {333, 2048}, {2048, 8192}, {4097, 256}, {5, 544}, {333, 2080}, {64, 8224}, {40, 12288}}) {
+                int outDim = sh[0], in = sh[1];
+                Tensor w = gpu.weight(bf16Weight("w", outDim, in, CudaGemvParityTest.uniform(r, outDim * in, 0.5)));
+                Tensor w2 = gpu.weight(bf16Weight("w2", outDim, in, CudaGemvParityTest.uniform(r, outDim * in, 0.5)));
+                Tensor b = gpu.weight(f32Vector("b", CudaGemvParityTest.uniform(r, outDim, 0.1)));
+                for (int n = 1; n <= 4; n++) {
+                    float[] x = CudaGemvParityTest.uniform(r, n * in, 1.0), base = CudaGemvParityTest.uniform(r, n * outDim, 1.0);
+                    java.util.Arrays.fill(x, 0, 32, 0f);                          // an all-zero block: scale 0
+                    if (n == 3) x[2 * in + in / 2] = Float.NaN;                   // row 2 all NaN
+                    float[][][] got = new float[2][][];
+                    for (int vi = 0; vi < 2; vi++) {
+                        assertEquals(0, TpNative.tp_set_q8_gemv_variant(vi == 0 ? 1 : 4));
+                        Tensor xt = act(gpu, n, in, x), o = act(gpu, n, outDim, null), acc = act(gpu, n, outDim, base);
+                        Tensor y = act(gpu, n, outDim, null), g = act(gpu, n, outDim, null), u = act(gpu, n, outDim, null);
+                        Tensor q = act(gpu, n, outDim, null), k = act(gpu, n, outDim, null), vv = act(gpu, n, outDim, null);
+                        gpu.matmul(o, xt, w, b, n);
+                        gpu.matmulAdd(acc, y, xt, w, n);
+                        gpu.matmulSwiglu(g, u, xt, w, w2, n);
+                        gpu.matmulQkv(q, k, vv, xt, w, b, w2, null, w, null, n);
+                        gpu.synchronize();
+                        got[vi] = new float[][] {gpu.download(o, 0, n), gpu.download(acc, 0, n), gpu.download(g, 0, n),
+                                gpu.download(q, 0, n), gpu.download(k, 0, n), gpu.download(vv, 0, n)};
+                    }
+                    boolean fallsBack = (long) n * in * 9 / 8 > 47 * 1024;
+                    for (int i = 0; i < got[0].length; i++) {
+                        String what = "variant 4, " + outDim + "x" + in + " n=" + n + " output " + i;
+                        if (fallsBack) {
+                            assertArrayEquals(got[0][i], got[1][i], what + " (too large for shared memory: variant 1)");
+                            continue;
+                        }
+                        if (in == 12288) assertFalse(java.util.Arrays.equals(got[0][i], got[1][i]), what + ": the integer path ran");
+                        assertWithinXRounding(what, n, outDim, got[0][i], got[1][i], n == 3 ? 2 : -1);
+                    }
+                }
+            }
+        } finally {
+            TpNative.tp_set_q8_gemv_variant(before);
+        }
+    }
+
+    /** got within x's 8-bit rounding of ref (see above); row nanRow (or none when negative) must be all NaN in both. */
+    static void assertWithinXRounding(String what, int n, int cols, float[] ref, float[] got, int nanRow) {
+        double ss = 0, se = 0;
+        int count = 0;
+        for (int row = 0; row < n; row++)
+            for (int c = 0; c < cols; c++) {
+                int e = row * cols + c;
+                if (row == nanRow) {
+                    assertTrue(Float.isNaN(ref[e]) && Float.isNaN(got[e]), what + ": NaN row " + row + " at " + c);
+                    continue;
+                }
+                assertTrue(Float.isFinite(got[e]), what + ": element " + e + " = " + got[e]);
+                ss += (double) ref[e] * ref[e];
+                count++;
+            }
+        double rms = Math.sqrt(ss / Math.max(1, count));
+        for (int row = 0; row < n; row++) {
+            if (row == nanRow) continue;
+            for (int c = 0; c < cols; c++) {
+                int e = row * cols + c;
+                double d = (double) got[e] - ref[e];
+                se += d * d;
+                if (Math.abs(d) > 0.1 * rms)
+                    fail(String.format("%s: element %d: ref %.7g got %.7g (outputs' RMS %.4g)", what, e, ref[e], got[e], rms));
+            }
+        }
+        assertTrue(se <= 2e-4 * ss, what + ": nmse " + se / ss);
+    }
+
+    /** A generated model's logits with variant 4 against the CPU's Q8_0 path (float x): x's rounding in every GEMV. */
+    @Test
+    void dp4aModelLogitsStayCloseToTheCpu() {
+        ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 9, s -> {});
+        LoadOptions q8 = LoadOptions.defaults().withWeights(WeightType.Q8_0);
+        float[][] cpuLogits = new float[3][], gpuLogits = new float[3][];
+        int before = TpNative.tp_q8_gemv_variant();
+        try {
+            assertEquals(0, TpNative.tp_set_q8_gemv_variant(4));
+            for (int side = 0; side < 2; side++) {
+                try (TokenPress tp = TokenPress.load(tmp, q8.withDevice(side == 0 ? "cpu" : "cuda"));
+                     Session s = tp.newSession(256)) {
+                    int[] prompt = tp.tokenizer().encode("the quick brown fox jumps over the lazy dog and then some more words");
+                    GenerationHolder.run(s, prompt, side == 0 ? cpuLogits : gpuLogits, tp);
+                }
+            }
+        } finally {
+            TpNative.tp_set_q8_gemv_variant(before);
+        }
+        for (int i = 0; i < cpuLogits.length; i++) {
+            double nmse = CudaParityTest.nmse(cpuLogits[i], gpuLogits[i]);
+            System.out.printf("[q8_0 model, GEMV variant 4] step %d: nmse %.3g%n", i, nmse);
+            assertTrue(nmse < 5e-3, "q8_0 logits with variant 4 at step " + i + ": nmse " + nmse);
         }
     }
 
