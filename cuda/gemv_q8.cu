@@ -110,6 +110,24 @@ __device__ __forceinline__ void q8_chunk_dot(const float* wf, const float* __res
     }
 }
 
+// One round of a lane's chunks c0 + u*S (u < U) of 16 codes with their scales (chunk c uses scale c / 2), all loads
+// issued before any is used; chunks past the row's nch give zero codes and scale 0.
+template <int U, int S>
+__device__ __forceinline__ void q8_load_round(const uint8_t* __restrict__ wr, const float* __restrict__ sr, int c0,
+                                              int nch, uint4 (&q)[U], float (&d)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int c = c0 + u * S;
+        if (c < nch) {
+            q[u] = ld_stream16_q8(wr + (int64_t)c * 16);
+            d[u] = __ldg(sr + (c >> 1));
+        } else {
+            q[u] = make_uint4(0, 0, 0, 0);
+            d[u] = 0.f;
+        }
+    }
+}
+
 // Adds this warp's share of weight row `wr` (codes) / `sr` (scales) times the NX rows of x to acc (lane-local
 // partial sums): chunks part*32 + lane + k*32*WPR of 16 codes, U chunk loads issued per round before any is used.
 // Variant 1 reads a chunk's scale when it uses the chunk (a dependent DRAM read per chunk: the scales stream from
@@ -140,17 +158,7 @@ __device__ __forceinline__ void q8_row_partial_chunks(const uint8_t* __restrict_
             }
         } else {
             float d[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int c = c0 + u * S;
-                if (c < nch) {
-                    q[u] = ld_stream16_q8(wr + (int64_t)c * 16);
-                    d[u] = __ldg(sr + (c >> 1));
-                } else {
-                    q[u] = make_uint4(0, 0, 0, 0);
-                    d[u] = 0.f;
-                }
-            }
+            q8_load_round<U, S>(wr, sr, c0, nch, q, d);
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int c = c0 + u * S;
@@ -283,17 +291,7 @@ __device__ __forceinline__ void q8_row_partial_dp4a(const uint8_t* __restrict__ 
     for (int c0 = part * 32 + lane; c0 < nch; c0 += S * U) {
         uint4 q[U];
         float d[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int c = c0 + u * S;
-            if (c < nch) {
-                q[u] = ld_stream16_q8(wr + (int64_t)c * 16);
-                d[u] = __ldg(sr + (c >> 1));
-            } else {
-                q[u] = make_uint4(0, 0, 0, 0);
-                d[u] = 0.f;
-            }
-        }
+        q8_load_round<U, S>(wr, sr, c0, nch, q, d);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int c = c0 + u * S;
