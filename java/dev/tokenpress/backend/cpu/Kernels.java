@@ -26,19 +26,66 @@ interface Kernels {
     }
 
     /**
-     * Softmax numerators in place: x[off+i] = exp(x[off+i] - max) for i < len (-inf gives 0), returning their sum
-     * (accumulated in double), each Math.exp rounded to float. Both kernels use this one: the Vector API's exp gave
-     * different bits before and after the JIT compiled it, so decoding was not reproducible within a run.
+     * Softmax numerators in place: x[off+i] = {@link #expf}(x[off+i] - max) for i < len (-inf gives 0), returning
+     * their sum accumulated in double: four running sums over the elements i ≡ 0, 1, 2, 3 (mod 4) in order, then
+     * (s0 + s1) + (s2 + s3). An override must give the same bits (the Vector API's own exp gave different bits before
+     * and after the JIT compiled it, so decoding was not reproducible within a run; expf is made of operations that
+     * are exact in both).
      */
     default double expShifted(float[] x, int off, int len, float max) {
-        double sum = 0;
-        for (int i = 0; i < len; i++) {
-            float v = x[off + i];
-            float e = v == Float.NEGATIVE_INFINITY ? 0f : (float) Math.exp(v - max);
-            x[off + i] = e;
-            sum += e;
+        for (int i = 0; i < len; i++) x[off + i] = expf(x[off + i] - max);
+        return sum4(x, off, len);
+    }
+
+    /** (s0 + s1) + (s2 + s3), s_k the double sum of x[off + i] over i < len, i ≡ k (mod 4), in order. */
+    static double sum4(float[] x, int off, int len) {
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int i = 0;
+        for (; i + 3 < len; i += 4) {
+            s0 += x[off + i];
+            s1 += x[off + i + 1];
+            s2 += x[off + i + 2];
+            s3 += x[off + i + 3];
         }
-        return sum;
+        if (i < len) s0 += x[off + i];
+        if (i + 1 < len) s1 += x[off + i + 1];
+        if (i + 2 < len) s2 += x[off + i + 2];
+        return (s0 + s1) + (s2 + s3);
+    }
+
+    // expf: e^d = 2^n · e^r, n = round(d · log2 e) (by adding 1.5 · 2^23 in one fused multiply-add), r = d - n · ln 2
+    // (ln 2 split in two so that n · LN2_HI is exact), e^r by its Taylor series to degree 7 in Horner form (|r| <=
+    // 0.347: truncation below 1e-8 relative), 2^n built from the bits of the rounded sum. Only fused multiply-adds,
+    // adds, multiplies, compares and integer bit operations: every step exact IEEE, so interpreted, compiled and
+    // vectorised code give the same bits.
+    float EXP_MAGIC = 12582912f;                   // 1.5 · 2^23
+    int EXP_MAGIC_BITS = Float.floatToRawIntBits(EXP_MAGIC);
+    float EXP_LOG2E = 1.44269504f;
+    float EXP_LN2_HI = 0.693145751953125f;         // ln 2 to 16 bits: n · LN2_HI is exact for |n| < 2^8
+    float EXP_LN2_LO = (float) (0.6931471805599453 - 0.693145751953125); // ln 2 - LN2_HI
+    float EXP_FLOOR = -87.5f;                      // below it the result is 0 (e^-87.5 ≈ 1e-38, the smallest normal floats)
+    float EXP_C7 = 1f / 5040, EXP_C6 = 1f / 720, EXP_C5 = 1f / 120, EXP_C4 = 1f / 24, EXP_C3 = 1f / 6, EXP_C2 = 0.5f;
+
+    /**
+     * e^d for d <= 88 within about 1 ulp of {@link Math#exp} (0 below -87.5 instead of subnormal values; NaN stays NaN),
+     * from exact IEEE operations only (see above), so every caller and every compilation of it gives the same bits.
+     */
+    static float expf(float d) {
+        boolean under = d < EXP_FLOOR;
+        float dc = under ? EXP_FLOOR : d;
+        float t = Math.fma(dc, EXP_LOG2E, EXP_MAGIC);
+        float n = t - EXP_MAGIC;
+        float r = Math.fma(n, -EXP_LN2_HI, dc);
+        r = Math.fma(n, -EXP_LN2_LO, r);
+        float p = Math.fma(EXP_C7, r, EXP_C6);
+        p = Math.fma(p, r, EXP_C5);
+        p = Math.fma(p, r, EXP_C4);
+        p = Math.fma(p, r, EXP_C3);
+        p = Math.fma(p, r, EXP_C2);
+        p = Math.fma(p, r, 1f);
+        p = Math.fma(p, r, 1f);
+        float scale = Float.intBitsToFloat((Float.floatToRawIntBits(t) - EXP_MAGIC_BITS + 127) << 23);
+        return under ? 0f : p * scale;
     }
 
     /**

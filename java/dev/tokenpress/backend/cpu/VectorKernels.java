@@ -240,6 +240,38 @@ final class VectorKernels implements Kernels {
         return (FloatVector) ByteVector.fromArray(B, q, off).convertShape(VectorOperators.B2F, F, 0);
     }
 
+    /** {@link Kernels#expShifted}: {@link Kernels#expf}'s operations lane by lane (the same bits), then the same sums. */
+    @Override
+    public double expShifted(float[] x, int off, int len, float max) {
+        int l = F.length(), upper = len - len % l, i = 0;
+        FloatVector c6 = FloatVector.broadcast(F, EXP_C6), c5 = FloatVector.broadcast(F, EXP_C5);
+        FloatVector c4 = FloatVector.broadcast(F, EXP_C4), c3 = FloatVector.broadcast(F, EXP_C3);
+        FloatVector c2 = FloatVector.broadcast(F, EXP_C2), one = FloatVector.broadcast(F, 1f);
+        FloatVector log2e = FloatVector.broadcast(F, EXP_LOG2E), magic = FloatVector.broadcast(F, EXP_MAGIC);
+        FloatVector ln2hi = FloatVector.broadcast(F, -EXP_LN2_HI), ln2lo = FloatVector.broadcast(F, -EXP_LN2_LO);
+        for (; i < upper; i += l) {
+            FloatVector d = FloatVector.fromArray(F, x, off + i).sub(max);
+            VectorMask<Float> under = d.lt(EXP_FLOOR);
+            FloatVector dc = d.blend(EXP_FLOOR, under);
+            FloatVector t = dc.fma(log2e, magic);
+            FloatVector n = t.sub(EXP_MAGIC);
+            FloatVector r = n.fma(ln2hi, dc);
+            r = n.fma(ln2lo, r);
+            FloatVector p = FloatVector.broadcast(F, EXP_C7).fma(r, c6);
+            p = p.fma(r, c5);
+            p = p.fma(r, c4);
+            p = p.fma(r, c3);
+            p = p.fma(r, c2);
+            p = p.fma(r, one);
+            p = p.fma(r, one);
+            FloatVector scale = ((IntVector) t.reinterpretAsInts()).sub(EXP_MAGIC_BITS - 127).lanewise(VectorOperators.LSHL, 23)
+                    .reinterpretAsFloats();
+            p.mul(scale).blend(0f, under).intoArray(x, off + i);
+        }
+        for (; i < len; i++) x[off + i] = Kernels.expf(x[off + i] - max);
+        return Kernels.sum4(x, off, len);
+    }
+
     @Override
     public float dotBf16(int[] w, float[] xe, float[] xo, int xOff, int pairs) {
         int l = I.length();
