@@ -24,6 +24,7 @@
 //   GEMM of a prefill chunk (the caller walks the matrix in row slices through a scratch buffer).
 // - tp_embedding_q8: rows of a Q8_0 embedding table as f32 (tokens on the device: staged ids or the feedback
 //   register of pipelined greedy decoding).
+#include <mutex>
 #include <type_traits>
 
 #include "common.cuh"
@@ -378,6 +379,21 @@ __device__ __forceinline__ void q8_reduce(float (&acc)[K], float (*red)[K], int 
     }
 }
 
+// Runs f(row block) for this block's row blocks: blockIdx.x alone (variants 1-3: one block per row block), or
+// (variant 4, a grid of resident blocks, see q8_grid) blockIdx.x, + gridDim.x, ... below nrb, with a barrier between
+// them (f's reduction reuses its shared memory when WPR > 1). The whole block calls it.
+template <int V, int WPR, typename F>
+__device__ __forceinline__ void q8_row_blocks(int nrb, F& f) {
+    if constexpr (V == 4) {
+        for (int rb = blockIdx.x; rb < nrb; rb += gridDim.x) {
+            f(rb);
+            if constexpr (WPR > 1) __syncthreads();
+        }
+    } else {
+        f(blockIdx.x);
+    }
+}
+
 template <int NX, int WPR, int V>
 __global__ void __launch_bounds__(kQ8Threads)
 gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8_t* __restrict__ w,
@@ -385,27 +401,34 @@ gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8
     constexpr int RPB = kQ8Warps / WPR;
     __shared__ float red[kQ8Warps][NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int row = blockIdx.x * RPB + warp / WPR;
-    if (row < O) q8_prefetch_first_round<NX, WPR, V>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), I, warp % WPR, lane);
+    const int nrb = (int)ceil_div(O, RPB);  // row blocks: one per block, or (variant 4) a grid-stride loop over them
+    {
+        const int row = blockIdx.x * RPB + warp / WPR;
+        if (row < O) q8_prefetch_first_round<NX, WPR, V>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), I, warp % WPR, lane);
+    }
     pdl_wait();
     pdl_launch_dependents();
     int8_t* xq;
     float* xd;
     q8_stage_x<NX, V>(x, I, xq, xd);
-    float acc[NX];
+    auto row_block = [&](int rb) {
+        const int row = rb * RPB + warp / WPR;
+        float acc[NX];
 #pragma unroll
-    for (int r = 0; r < NX; r++) acc[r] = 0.f;
-    if (row < O)
-        q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), x, xq, xd, I, warp % WPR,
-                                   lane, acc);
-    q8_reduce<NX, WPR>(acc, red, warp, lane);
-    if (row >= O || warp % WPR != 0 || lane != 0) return;
-    const float b = bias ? bias[row] : 0.f;
+        for (int r = 0; r < NX; r++) acc[r] = 0.f;
+        if (row < O)
+            q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, scales + (int64_t)row * (I / kQ8Block), x, xq, xd, I,
+                                       warp % WPR, lane, acc);
+        q8_reduce<NX, WPR>(acc, red, warp, lane);
+        if (row >= O || warp % WPR != 0 || lane != 0) return;
+        const float b = bias ? bias[row] : 0.f;
 #pragma unroll
-    for (int r = 0; r < NX; r++) {
-        float* o = out + (int64_t)r * O + row;
-        *o = accumulate ? *o + (acc[r] + b) : acc[r] + b;
-    }
+        for (int r = 0; r < NX; r++) {
+            float* o = out + (int64_t)r * O + row;
+            *o = accumulate ? *o + (acc[r] + b) : acc[r] + b;
+        }
+    };
+    q8_row_blocks<V, WPR>(nrb, row_block);
 }
 
 // Up to three Q8_0 matrices with the same x in one launch (q, k, v): blocks [0, end0) cover matrix 0,
@@ -419,38 +442,67 @@ struct Q8Segs {
     int end0, end1;
 };
 
+// Row block b of a Q8Segs launch: its matrix and the first row of that matrix it covers.
+struct Q8SegBlock {
+    float* out;
+    const uint8_t* w;
+    const float* sc;
+    const float* bias;
+    int O;
+    int row0;
+};
+
+__device__ __forceinline__ Q8SegBlock q8_seg_block(const Q8Segs& sg, int b, int rpb) {
+    const int m = b < sg.end0 ? 0 : (b < sg.end1 ? 1 : 2);  // block-uniform
+    Q8SegBlock r;
+    r.out = m == 0 ? sg.out0 : (m == 1 ? sg.out1 : sg.out2);
+    r.w = m == 0 ? sg.w0 : (m == 1 ? sg.w1 : sg.w2);
+    r.sc = m == 0 ? sg.s0 : (m == 1 ? sg.s1 : sg.s2);
+    r.bias = m == 0 ? sg.b0 : (m == 1 ? sg.b1 : sg.b2);
+    r.O = m == 0 ? sg.rows0 : (m == 1 ? sg.rows1 : sg.rows2);
+    r.row0 = (b - (m == 0 ? 0 : (m == 1 ? sg.end0 : sg.end1))) * rpb;
+    return r;
+}
+
 template <int NX, int WPR, int V>
 __global__ void __launch_bounds__(kQ8Threads)
 gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I) {
     constexpr int RPB = kQ8Warps / WPR;
     __shared__ float red[kQ8Warps][NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int b = blockIdx.x;
-    const int m = b < sg.end0 ? 0 : (b < sg.end1 ? 1 : 2);  // block-uniform
-    float* out = m == 0 ? sg.out0 : (m == 1 ? sg.out1 : sg.out2);
-    const uint8_t* w = m == 0 ? sg.w0 : (m == 1 ? sg.w1 : sg.w2);
-    const float* sc = m == 0 ? sg.s0 : (m == 1 ? sg.s1 : sg.s2);
-    const float* bias = m == 0 ? sg.b0 : (m == 1 ? sg.b1 : sg.b2);
-    const int O = m == 0 ? sg.rows0 : (m == 1 ? sg.rows1 : sg.rows2);
-    const int first = m == 0 ? 0 : (m == 1 ? sg.end0 : sg.end1);
-    const int row = (b - first) * RPB + warp / WPR;
-    if (row < O) q8_prefetch_first_round<NX, WPR, V>(w + (int64_t)row * I, sc + (int64_t)row * (I / kQ8Block), I, warp % WPR, lane);
+    const int nrb = sg.end1 + (sg.rows2 > 0 ? (int)ceil_div(sg.rows2, RPB) : 0);
+    const Q8SegBlock first = q8_seg_block(sg, blockIdx.x, RPB);
+    {
+        const int row = first.row0 + warp / WPR;
+        if (row < first.O) q8_prefetch_first_round<NX, WPR, V>(first.w + (int64_t)row * I, first.sc + (int64_t)row * (I / kQ8Block), I, warp % WPR, lane);
+    }
     pdl_wait();
     pdl_launch_dependents();
     int8_t* xq;
     float* xd;
     q8_stage_x<NX, V>(x, I, xq, xd);
-    float acc[NX];
+    auto row_block = [&](const Q8SegBlock& sb) {
+        const int row = sb.row0 + warp / WPR;
+        float acc[NX];
 #pragma unroll
-    for (int r = 0; r < NX; r++) acc[r] = 0.f;
-    if (row < O)
-        q8_row_partial<NX, WPR, V>(w + (int64_t)row * I, sc + (int64_t)row * (I / kQ8Block), x, xq, xd, I, warp % WPR,
-                                   lane, acc);
-    q8_reduce<NX, WPR>(acc, red, warp, lane);
-    if (row >= O || warp % WPR != 0 || lane != 0) return;
-    const float bb = bias ? bias[row] : 0.f;
+        for (int r = 0; r < NX; r++) acc[r] = 0.f;
+        if (row < sb.O)
+            q8_row_partial<NX, WPR, V>(sb.w + (int64_t)row * I, sb.sc + (int64_t)row * (I / kQ8Block), x, xq, xd, I,
+                                       warp % WPR, lane, acc);
+        q8_reduce<NX, WPR>(acc, red, warp, lane);
+        if (row >= sb.O || warp % WPR != 0 || lane != 0) return;
+        const float bb = sb.bias ? sb.bias[row] : 0.f;
 #pragma unroll
-    for (int r = 0; r < NX; r++) out[(int64_t)r * O + row] = acc[r] + bb;
+        for (int r = 0; r < NX; r++) sb.out[(int64_t)r * sb.O + row] = acc[r] + bb;
+    };
+    if constexpr (V == 4) {  // q8_row_blocks' loop, the first row block's matrix already known
+        for (int b = blockIdx.x; b < nrb; b += gridDim.x) {
+            row_block(b == (int)blockIdx.x ? first : q8_seg_block(sg, b, RPB));
+            if constexpr (WPR > 1) __syncthreads();
+        }
+    } else {
+        row_block(first);
+    }
 }
 
 // Gate/up Q8_0 GEMVs + SwiGLU: out[r, o] = silu(x·g_o) * (x·u_o), the formula of swiglu_kernel. No bias.
@@ -462,37 +514,76 @@ gemv_q8_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, cons
     constexpr int RPB = kQ8Warps / WPR;
     __shared__ float red[kQ8Warps][2 * NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int row = blockIdx.x * RPB + warp / WPR;
-    if (row < O) {
-        const int64_t ro = (int64_t)row * I, so = (int64_t)row * (I / kQ8Block);
-        q8_prefetch_first_round<NX, WPR, V>(wg + ro, sg + so, I, warp % WPR, lane);
-        q8_prefetch_first_round<NX, WPR, V>(wu + ro, su + so, I, warp % WPR, lane);
+    const int nrb = (int)ceil_div(O, RPB);
+    {
+        const int row = blockIdx.x * RPB + warp / WPR;
+        if (row < O) {
+            const int64_t ro = (int64_t)row * I, so = (int64_t)row * (I / kQ8Block);
+            q8_prefetch_first_round<NX, WPR, V>(wg + ro, sg + so, I, warp % WPR, lane);
+            q8_prefetch_first_round<NX, WPR, V>(wu + ro, su + so, I, warp % WPR, lane);
+        }
     }
     pdl_wait();
     pdl_launch_dependents();
     int8_t* xq;
     float* xd;
     q8_stage_x<NX, V>(x, I, xq, xd);
-    float ag[NX], au[NX], acc[2 * NX];
+    auto row_block = [&](int rb) {
+        const int row = rb * RPB + warp / WPR;
+        float ag[NX], au[NX], acc[2 * NX];
 #pragma unroll
-    for (int r = 0; r < NX; r++) ag[r] = au[r] = 0.f;
-    if (row < O) {
-        const int64_t ro = (int64_t)row * I, so = (int64_t)row * (I / kQ8Block);
-        q8_row_partial<NX, WPR, V>(wg + ro, sg + so, x, xq, xd, I, warp % WPR, lane, ag);
-        q8_row_partial<NX, WPR, V>(wu + ro, su + so, x, xq, xd, I, warp % WPR, lane, au);
-    }
+        for (int r = 0; r < NX; r++) ag[r] = au[r] = 0.f;
+        if (row < O) {
+            const int64_t ro = (int64_t)row * I, so = (int64_t)row * (I / kQ8Block);
+            q8_row_partial<NX, WPR, V>(wg + ro, sg + so, x, xq, xd, I, warp % WPR, lane, ag);
+            q8_row_partial<NX, WPR, V>(wu + ro, su + so, x, xq, xd, I, warp % WPR, lane, au);
+        }
 #pragma unroll
-    for (int r = 0; r < NX; r++) {
-        acc[r] = ag[r];
-        acc[NX + r] = au[r];
-    }
-    q8_reduce<2 * NX, WPR>(acc, red, warp, lane);
-    if (row >= O || warp % WPR != 0 || lane != 0) return;
+        for (int r = 0; r < NX; r++) {
+            acc[r] = ag[r];
+            acc[NX + r] = au[r];
+        }
+        q8_reduce<2 * NX, WPR>(acc, red, warp, lane);
+        if (row >= O || warp % WPR != 0 || lane != 0) return;
 #pragma unroll
-    for (int r = 0; r < NX; r++) {
-        const float g = acc[r];
-        out[(int64_t)r * O + row] = g / (1.f + expf(-g)) * acc[NX + r];
+        for (int r = 0; r < NX; r++) {
+            const float g = acc[r];
+            out[(int64_t)r * O + row] = g / (1.f + expf(-g)) * acc[NX + r];
+        }
+    };
+    q8_row_blocks<V, WPR>(nrb, row_block);
+}
+
+// Variant 4's grid: at most as many blocks as are resident on the device at once, each quantizing x once and then
+// looping over row blocks (grid stride), so x's quantization is paid per resident block, not per row block; at most
+// nrb. Other variants: one block per row block. The occupancy is cached per kernel, device and shared memory size
+// (under a lock: host threads may launch at once); a failed query gives nrb.
+template <int V, typename K>
+unsigned q8_grid(K kernel, int nrb, size_t smem) {
+    if (V != 4) return (unsigned)nrb;
+    struct Entry { const void* fn; int dev; size_t smem; int blocks; };
+    static std::mutex lock;
+    static Entry cache[64];
+    static int used = 0;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return (unsigned)nrb;
+    const void* fn = reinterpret_cast<const void*>(kernel);
+    int per_sm = 0;
+    {
+        std::lock_guard<std::mutex> g(lock);
+        for (int i = 0; i < used && per_sm == 0; i++)
+            if (cache[i].fn == fn && cache[i].dev == dev && cache[i].smem == smem) per_sm = cache[i].blocks;
     }
+    if (per_sm == 0) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kQ8Threads, smem) != cudaSuccess || per_sm < 1) {
+            (void)cudaGetLastError();
+            return (unsigned)nrb;
+        }
+        std::lock_guard<std::mutex> g(lock);
+        if (used < 64) cache[used++] = Entry{fn, dev, smem, per_sm};
+    }
+    const long resident = (long)per_sm * sm_count();
+    return (unsigned)(nrb < resident ? nrb : resident);
 }
 
 template <int NX, int V>
@@ -503,6 +594,7 @@ int launch_q8(int wpr, float* out, const float* x, const uint8_t* w, const float
     auto k = wpr == 1 ? gemv_q8_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_kernel<NX, 2, V>
            : wpr == 4 ? gemv_q8_kernel<NX, 4, V> : gemv_q8_kernel<NX, 8, V>;
     const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
+    grid.x = q8_grid<V>(k, (int)grid.x, smem);
     TP_LAUNCH("gemv_q8_kernel", k, grid, dim3(kQ8Threads), smem, s, out, x, w, scales, bias, O, I, accumulate);
     return TP_OK;
 }
@@ -512,6 +604,7 @@ int launch_q8_multi(int wpr, dim3 grid, const Q8Segs& sg, const float* x, int I,
     auto k = wpr == 1 ? gemv_q8_multi_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_multi_kernel<NX, 2, V>
            : wpr == 4 ? gemv_q8_multi_kernel<NX, 4, V> : gemv_q8_multi_kernel<NX, 8, V>;
     const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
+    grid.x = q8_grid<V>(k, (int)grid.x, smem);
     TP_LAUNCH("gemv_q8_multi_kernel", k, grid, dim3(kQ8Threads), smem, s, sg, x, I);
     return TP_OK;
 }
@@ -523,6 +616,7 @@ int launch_q8_swiglu(int wpr, float* out, const float* x, const uint8_t* wg, con
     auto k = wpr == 1 ? gemv_q8_swiglu_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_swiglu_kernel<NX, 2, V>
            : wpr == 4 ? gemv_q8_swiglu_kernel<NX, 4, V> : gemv_q8_swiglu_kernel<NX, 8, V>;
     const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
+    grid.x = q8_grid<V>(k, (int)grid.x, smem);
     TP_LAUNCH("gemv_q8_swiglu_kernel", k, grid, dim3(kQ8Threads), smem, s, out, x, wg, sg, wu, su, O, I);
     return TP_OK;
 }
