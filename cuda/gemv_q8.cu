@@ -9,17 +9,16 @@
 //   shuffles, then shared memory when WPR > 1. Bandwidth: 1.125 bytes per weight instead of bf16's 2.
 //   Variants (tp_set_q8_gemv_variant): 1 reads a chunk's scale only when it uses the chunk (a dependent read from
 //   memory per chunk, since the scales stream like the codes) and widens each byte with I2F (quarter rate): on an H100
-//   a q8_0 decode step of llama-1b-shape (1.39 GB) took as long as a bf16 one (2.47 GB); the default, since 2 measured
-//   slower still (807 vs 826 tokens/s end to end). 2 issues a round's scale loads with its code loads,
-//   flips the sign bits of a word once, moves each byte into the mantissa of 2^23 with one byte permute and subtracts
-//   2^23 + 128 (exact, a full-rate FADD). The same arithmetic in the same order: variants 1 and 2 give the same bits.
-//   3 (not yet run on a GPU) interleaves the lanes at 4 codes so that every load of x is coalesced (see
-//   q8_row_partial_interleaved: variants 1 and 2 make the L1 handle about 70 cache lines per 512 bytes of codes).
-//   4 (not yet run on a GPU) is llama.cpp's integer path: every block first quantizes x into shared memory (int8 per
-//   block of 32 with an f32 scale, round to nearest), then a lane multiplies 16 codes by 16 int8 of x with four
-//   DP4A (exact int32 sums) and adds scale_w * scale_x * sum: no conversion per code, and x read as 1 byte per code
-//   from shared memory instead of 4 from L1. Results differ from variants 1-3 by x's 8-bit rounding (see
-//   quantize_x_shared); a call whose x does not fit the 48 KB of shared memory (n * I * 9/8 bytes) runs variant 1.
+//   a q8_0 decode step of llama-1b-shape (1.39 GB) took as long as a bf16 one (2.47 GB). 2 issues a round's scale loads
+//   with its code loads, flips the sign bits of a word once, moves each byte into the mantissa of 2^23 with one byte
+//   permute and subtracts 2^23 + 128 (exact, a full-rate FADD). The same arithmetic in the same order: variants 1 and 2
+//   give the same bits. 3 interleaves the lanes at 4 codes so that every load of x is coalesced (see
+//   q8_row_partial_interleaved). 4 (the default) is llama.cpp's integer path: every block first quantizes x into
+//   shared memory (int8 per block of 32 with an f32 scale, round to nearest even), then a lane multiplies 16 codes by
+//   16 int8 of x with four DP4A (exact int32 sums) and adds scale_w * scale_x * sum: no conversion per code, and x
+//   read as 1 byte per code from shared memory instead of 4 from L1. Results differ from variants 1-3 by x's 8-bit
+//   rounding (see quantize_x_shared); a call whose x does not fit the 48 KB of shared memory (n * I * 9/8 bytes) runs
+//   variant 1. On an H200, llama-1b-shape end to end: v1 871, v2 869, v3 811, v4 1,127 tokens/s (bf16: 1,062).
 // - tp_dequant_q8_bf16: rows [r0, r0 + rows) as bf16 (round to nearest even), the weight operand of the cuBLAS
 //   GEMM of a prefill chunk (the caller walks the matrix in row slices through a scratch buffer).
 // - tp_embedding_q8: rows of a Q8_0 embedding table as f32 (tokens on the device: staged ids or the feedback
@@ -38,10 +37,10 @@ constexpr int kQ8Warps = kQ8Threads / 32;
 constexpr int kQ8MaxRows = 4;
 constexpr int kQ8Block = 32;
 
-// Q8 GEMV variant (tp_set_q8_gemv_variant): 1 = 16 consecutive codes per lane, I2F per byte (default); 2 = the same
+// Q8 GEMV variant (tp_set_q8_gemv_variant): 1 = 16 consecutive codes per lane, I2F per byte; 2 = the same
 // with the scales loaded with the codes and a byte permute into a float's mantissa; 3 = lanes interleaved at 4 codes
-// (coalesced x); 4 = x quantized to int8 in shared memory, DP4A.
-int g_q8_variant = 1;
+// (coalesced x); 4 = x quantized to int8 in shared memory, DP4A (default: the fastest on an H200).
+int g_q8_variant = 4;
 
 __device__ __forceinline__ uint32_t ld_stream4_q8(const uint8_t* p) {
     uint32_t r;

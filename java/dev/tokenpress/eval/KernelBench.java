@@ -428,7 +428,8 @@ public final class KernelBench {
      * none), with the KV bytes allocated and the share of them the occupied slots hold after the run (keys
      * e2e_pol_<ctx>_<policy>_tps, _speedup vs {@code fullTps} when > 0, _kv_bytes, _live_kv_bytes, _occupied_slots;
      * on CUDA each line ends with the backend's graph status, and the policies that read attention statistics run a
-     * second time with them through the pinned buffer: keys e2e_pol_<ctx>_<policy>_pinned_*).
+     * second time with the other statistics transfer: keys e2e_pol_<ctx>_<policy>_unpinned_* (one synchronizing copy
+     * per row; the pinned buffer is the default) or _pinned_*).
      * A policy that fails prints FAILED with its message; the others go on.
      */
     public static void policyTable(Backend b, Llama m, LlamaConfig cfg, int ctx, String[] specs, int steps, double fullTps,
@@ -442,14 +443,16 @@ public final class KernelBench {
         for (String spec : specs) {
             String name = spec.contains(":") ? spec.substring(0, spec.indexOf(':')) : spec;
             policyRun(b, m, cfg, ctx, spec, name, warmup, steps, fullTps, out);
-            // the policies that bring statistics or scores to the host every layer, again through one pinned buffer per
-            // call (CudaBackend.setPinnedStats; keys e2e_pol_<ctx>_<policy>_pinned_*)
-            if (b instanceof CudaBackend gpu && STATS_POLICIES.contains(name) && !gpu.pinnedStats()) {
-                gpu.setPinnedStats(true);
+            // the policies that bring statistics or scores to the host every layer, again with the other transfer
+            // (CudaBackend.setPinnedStats, on by default: keys e2e_pol_<ctx>_<policy>_unpinned_* for one synchronizing
+            // copy per row, or _pinned_* when the run above had them off)
+            if (b instanceof CudaBackend gpu && STATS_POLICIES.contains(name)) {
+                boolean pinned = gpu.pinnedStats();
+                gpu.setPinnedStats(!pinned);
                 try {
-                    policyRun(b, m, cfg, ctx, spec, name + "_pinned", warmup, steps, fullTps, out);
+                    policyRun(b, m, cfg, ctx, spec, name + (pinned ? "_unpinned" : "_pinned"), warmup, steps, fullTps, out);
                 } finally {
-                    gpu.setPinnedStats(false);
+                    gpu.setPinnedStats(pinned);
                 }
             }
         }
@@ -498,7 +501,7 @@ public final class KernelBench {
                 long slots = (long) cache.layers() * cache.kvHeads() * cache.capacity();
                 long live = (long) ((double) cache.bytes() * occupied / slots);
                 out.printf(Locale.ROOT, "e2e %dK context, --kv %s%s: %.1f tokens/s%s; KV %d bytes allocated, %d in the %d occupied slots%s%n",
-                        ctx / 1024, m.policy().spec(), name.endsWith("_pinned") ? " (pinned statistics)" : "", tps,
+                        ctx / 1024, m.policy().spec(), name.endsWith("_unpinned") ? " (statistics copied per row, unpinned)" : name.endsWith("_pinned") ? " (pinned statistics)" : "", tps,
                         fullTps > 0 ? String.format(Locale.ROOT, " (%.2fx full)", tps / fullTps) : "",
                         cache.bytes(), live, occupied, b instanceof CudaBackend gpu ? "; " + gpu.graphStatus() : "");
                 String k = "e2e_pol_" + ctx + "_" + name;
