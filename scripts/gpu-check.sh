@@ -34,6 +34,14 @@ build_bundle() {
       tokenizers-*) # the DJL tokenizer (loaded with a model's tokenizer.json): only its linux-x86_64 native library
         cp "$j" "$BUNDLE/lib/"
         zip -q -d "$BUNDLE/lib/$(basename "$j")" 'native/lib/win-*' 'native/lib/osx-*' 'native/lib/linux-aarch64/*' ;;
+      cuda-*-linux-x86_64.jar) # JavaCPP's CUDA JNI libraries: only cudart's and cuBLAS's are loaded
+        cp "$j" "$BUNDLE/lib/"
+        zip -q -d "$BUNDLE/lib/$(basename "$j")" $(unzip -Z1 "$j" | grep -E '/libjni[^/]*\.so$' \
+          | grep -vE '/libjni(cudart|cublas)\.so$') > /dev/null || true ;;
+      jna-*) # JNA (the DJL tokenizer's dependency): only its linux-x86-64 dispatch library
+        cp "$j" "$BUNDLE/lib/"
+        zip -q -d "$BUNDLE/lib/$(basename "$j")" $(unzip -Z1 "$j" | grep -E '^com/sun/jna/[^/]+/' \
+          | grep -v '^com/sun/jna/linux-x86-64/' | grep -E '\.(so|a|dll|jnilib)$') > /dev/null || true ;;
       *) cp "$j" "$BUNDLE/lib/" ;;
     esac
   done
