@@ -18,7 +18,8 @@
 //   16 int8 of x with four DP4A (exact int32 sums) and adds scale_w * scale_x * sum: no conversion per code, and x
 //   read as 1 byte per code from shared memory instead of 4 from L1. Results differ from variants 1-3 by x's 8-bit
 //   rounding (see quantize_x_shared); a call whose x does not fit the 48 KB of shared memory (n * I * 9/8 bytes) runs
-//   variant 1. On an H200, llama-1b-shape end to end: v1 871, v2 869, v3 811, v4 1,127 tokens/s (bf16: 1,062).
+//   variant 1. llama-1b-shape end to end, H100: v1 795, v2 831, v3 789, v4 999 tokens/s (bf16: 853); H200: v1 871,
+//   v2 869, v3 811, v4 1,127 (bf16: 1,062).
 // - tp_dequant_q8_bf16: rows [r0, r0 + rows) as bf16 (round to nearest even), the weight operand of the cuBLAS
 //   GEMM of a prefill chunk (the caller walks the matrix in row slices through a scratch buffer).
 // - tp_embedding_q8: rows of a Q8_0 embedding table as f32 (tokens on the device: staged ids or the feedback

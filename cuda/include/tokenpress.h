@@ -189,8 +189,8 @@ int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate
  * subtraction (exact: the same results as 1); 3 = the lanes of a warp interleaved at 4 codes, so that every load of x
  * is coalesced (results within rounding of 1); 4 (default) = llama.cpp's integer path: each block quantizes x to int8
  * per 32 (scale max|x| / 127) in shared memory and multiplies codes by codes with DP4A (results within x's 8-bit
- * rounding of 1; a call whose n * in_dim * 9/8 bytes exceed 47 KB runs variant 1). On an H200 end to end
- * (llama-1b-shape): 871 / 869 / 811 / 1,127 tokens/s for 1 / 2 / 3 / 4.
+ * rounding of 1; a call whose n * in_dim * 9/8 bytes exceed 47 KB runs variant 1). End to end (llama-1b-shape):
+ * 795 / 831 / 789 / 999 tokens/s for 1 / 2 / 3 / 4 on an H100, 871 / 869 / 811 / 1,127 on an H200.
  */
 int tp_set_q8_gemv_variant(int variant);
 /** The variant tp_gemv_q8* use now (1, 2, 3 or 4). */

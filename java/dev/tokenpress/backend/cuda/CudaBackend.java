@@ -389,7 +389,7 @@ public final class CudaBackend implements Backend {
      * permute with the scales loaded alongside the codes (the same results), 3 = lanes interleaved at 4 codes so that
      * x is read coalesced (results within rounding), 4 (the default) = x quantized to int8 per block of 32 in shared
      * memory and DP4A products, llama.cpp's integer path (results within x's 8-bit rounding; a call whose x exceeds
-     * 47 KB of shared memory runs 1; 1,127 tokens/s end to end on an H200 against 871 for variant 1). Drops a captured
+     * 47 KB of shared memory runs 1; 999 tokens/s end to end on an H100 against 795 for variant 1). Drops a captured
      * graph.
      */
     public void setQ8GemvVariant(int variant) {
