@@ -242,6 +242,71 @@ class CudaQ8ParityTest {
         }
     }
 
+    /**
+     * Variant 4 against a host reference of its own arithmetic: x quantized per block of 32 as the kernel does it (the
+     * same float operations: max|x|, scale max / 127, codes rint(x · 127 / max) clamped), the weights' codes and
+     * scales from {@link dev.tokenpress.backend.Q8Codec}, and Σ (scale_w · scale_x as a float) · (integer sum) in
+     * double. Only the kernel's float accumulation differs (a few dozen roundings per output), so each output must lie
+     * within 1e-5 of the sum of its terms' magnitudes: a tight check that holds for any data. Blocks of x get magnitudes
+     * from 0.01 to 10 (a wrong block scale shows at once); rows and columns leave partial rounds and blocks.
+     */
+    @Test
+    void dp4aMatchesAHostReferenceOfItsArithmetic() {
+        SplittableRandom r = new SplittableRandom(41);
+        int before = TpNative.tp_q8_gemv_variant();
+        try {
+            assertEquals(0, TpNative.tp_set_q8_gemv_variant(4));
+            for (int[] sh : new int[][] {{7, 64}, {333, 2048}, {5, 544}, {2048, 8192}, {64, 8224}, {4097, 256}}) {
+                int outDim = sh[0], in = sh[1], nb = in / 32;
+                float[] w = CudaGemvParityTest.uniform(r, outDim * in, 0.5);
+                for (int i = 0; i < w.length; i++) w[i] = Float.intBitsToFloat((dev.tokenpress.io.Half.floatToBf16(w[i]) & 0xFFFF) << 16);
+                byte[] wq = new byte[outDim * in];
+                float[] wd = new float[outDim * nb];
+                for (int o = 0; o < outDim; o++) dev.tokenpress.backend.Q8Codec.quantizeRow(w, o * in, in, wq, o * in, wd, o * nb);
+                Tensor wt = gpu.weight(bf16Weight("w", outDim, in, w));
+                for (int n = 1; n <= 4; n++) {
+                    float[] x = CudaGemvParityTest.uniform(r, n * in, 1.0);
+                    for (int b = 0; b < n * nb; b++) {
+                        float mag = (float) Math.pow(10, r.nextDouble() * 3 - 2);
+                        for (int j = 0; j < 32; j++) x[b * 32 + j] *= mag;
+                    }
+                    // x's codes and scales, as quantize_x_shared computes them
+                    byte[] xq = new byte[n * in];
+                    float[] xd = new float[n * nb];
+                    for (int b = 0; b < n * nb; b++) {
+                        float a = 0f;
+                        for (int j = 0; j < 32; j++) a = Math.max(a, Math.abs(x[b * 32 + j]));
+                        xd[b] = a / 127f;
+                        float id = a > 0f ? 127f / a : 0f;
+                        for (int j = 0; j < 32; j++)
+                            xq[b * 32 + j] = (byte) Math.max(-127, Math.min(127, (int) Math.rint(x[b * 32 + j] * id)));
+                    }
+                    Tensor o = act(gpu, n, outDim, null);
+                    gpu.matmul(o, act(gpu, n, in, x), wt, null, n);
+                    gpu.synchronize();
+                    float[] got = gpu.download(o, 0, n);
+                    for (int row = 0; row < n; row++)
+                        for (int c = 0; c < outDim; c++) {
+                            double ref = 0, mag = 0;
+                            for (int b = 0; b < nb; b++) {
+                                long isum = 0;
+                                for (int j = 0; j < 32; j++) isum += wq[c * in + b * 32 + j] * xq[row * in + b * 32 + j];
+                                double term = (double) (wd[c * nb + b] * xd[row * nb + b]) * isum;
+                                ref += term;
+                                mag += Math.abs(term);
+                            }
+                            double err = Math.abs(got[row * outDim + c] - ref);
+                            if (err > 1e-5 * mag + 1e-30)
+                                fail(String.format("%dx%d n=%d row %d col %d: got %.9g, reference %.9g (terms' magnitude %.4g)",
+                                        outDim, in, n, row, c, got[row * outDim + c], ref, mag));
+                        }
+                }
+            }
+        } finally {
+            TpNative.tp_set_q8_gemv_variant(before);
+        }
+    }
+
     /** got within x's 8-bit rounding of ref (see above); row nanRow (or none when negative) must be all NaN in both. */
     static void assertWithinXRounding(String what, int n, int cols, float[] ref, float[] got, int nanRow) {
         double ss = 0, se = 0;
