@@ -22,11 +22,16 @@ import static org.junit.jupiter.api.Assertions.*;
 /** Every CPU op against a naive double-precision reference. */
 class CpuOpsTest {
     static final CpuBackend CPU = new CpuBackend(2);
-    static final CpuBackend SCALAR;
-    static {
+    static final CpuBackend SCALAR = scalarBackend();
+
+    /** A one-thread CPU backend on the scalar kernels (the fallback when the Vector API is missing). */
+    static CpuBackend scalarBackend() {
         System.setProperty("tokenpress.scalar", "true");
-        SCALAR = new CpuBackend(1);
-        System.clearProperty("tokenpress.scalar");
+        try {
+            return new CpuBackend(1);
+        } finally {
+            System.clearProperty("tokenpress.scalar");
+        }
     }
 
     @AfterAll

@@ -22,12 +22,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  */
 class QuestPageScoresTest {
     static final CpuBackend VECTOR = new CpuBackend(2);
-    static final CpuBackend SCALAR;
-    static {
-        System.setProperty("tokenpress.scalar", "true");
-        SCALAR = new CpuBackend(1);
-        System.clearProperty("tokenpress.scalar");
-    }
+    static final CpuBackend SCALAR = CpuOpsTest.scalarBackend();
 
     @AfterAll
     static void close() {

@@ -165,19 +165,7 @@ class CudaQ8ParityTest {
                 for (int n = 1; n <= 4; n++) {
                     float[] x = CudaGemvParityTest.uniform(r, n * in, 1.0), base = CudaGemvParityTest.uniform(r, n * outDim, 1.0);
                     float[][][] got = new float[3][][];
-                    for (int v = 1; v <= 3; v++) {
-                        assertEquals(0, TpNative.tp_set_q8_gemv_variant(v));
-                        Tensor xt = act(gpu, n, in, x), o = act(gpu, n, outDim, null), acc = act(gpu, n, outDim, base);
-                        Tensor y = act(gpu, n, outDim, null), g = act(gpu, n, outDim, null), u = act(gpu, n, outDim, null);
-                        Tensor q = act(gpu, n, outDim, null), k = act(gpu, n, outDim, null), vv = act(gpu, n, outDim, null);
-                        gpu.matmul(o, xt, w, b, n);
-                        gpu.matmulAdd(acc, y, xt, w, n);
-                        gpu.matmulSwiglu(g, u, xt, w, w2, n);
-                        gpu.matmulQkv(q, k, vv, xt, w, b, w2, null, w, null, n);
-                        gpu.synchronize();
-                        got[v - 1] = new float[][] {gpu.download(o, 0, n), gpu.download(acc, 0, n), gpu.download(g, 0, n),
-                                gpu.download(q, 0, n), gpu.download(k, 0, n), gpu.download(vv, 0, n)};
-                    }
+                    for (int v = 1; v <= 3; v++) got[v - 1] = everyGemv(v, n, in, outDim, x, base, w, w2, b);
                     for (int i = 0; i < got[0].length; i++) {
                         assertArrayEquals(got[0][i], got[1][i], outDim + "x" + in + " n=" + n + " output " + i);
                         assertQ8Close("variant 3, " + outDim + "x" + in + " n=" + n + " output " + i, n, got[0][i], got[2][i]);
@@ -212,19 +200,7 @@ class CudaQ8ParityTest {
                     java.util.Arrays.fill(x, 0, 32, 0f);                          // an all-zero block: scale 0
                     if (n == 3) x[2 * in + in / 2] = Float.NaN;                   // row 2 all NaN
                     float[][][] got = new float[2][][];
-                    for (int vi = 0; vi < 2; vi++) {
-                        assertEquals(0, TpNative.tp_set_q8_gemv_variant(vi == 0 ? 1 : 4));
-                        Tensor xt = act(gpu, n, in, x), o = act(gpu, n, outDim, null), acc = act(gpu, n, outDim, base);
-                        Tensor y = act(gpu, n, outDim, null), g = act(gpu, n, outDim, null), u = act(gpu, n, outDim, null);
-                        Tensor q = act(gpu, n, outDim, null), k = act(gpu, n, outDim, null), vv = act(gpu, n, outDim, null);
-                        gpu.matmul(o, xt, w, b, n);
-                        gpu.matmulAdd(acc, y, xt, w, n);
-                        gpu.matmulSwiglu(g, u, xt, w, w2, n);
-                        gpu.matmulQkv(q, k, vv, xt, w, b, w2, null, w, null, n);
-                        gpu.synchronize();
-                        got[vi] = new float[][] {gpu.download(o, 0, n), gpu.download(acc, 0, n), gpu.download(g, 0, n),
-                                gpu.download(q, 0, n), gpu.download(k, 0, n), gpu.download(vv, 0, n)};
-                    }
+                    for (int vi = 0; vi < 2; vi++) got[vi] = everyGemv(vi == 0 ? 1 : 4, n, in, outDim, x, base, w, w2, b);
                     boolean fallsBack = (long) n * in * 9 / 8 > 47 * 1024;
                     for (int i = 0; i < got[0].length; i++) {
                         String what = "variant 4, " + outDim + "x" + in + " n=" + n + " output " + i;
@@ -305,6 +281,24 @@ class CudaQ8ParityTest {
         } finally {
             TpNative.tp_set_q8_gemv_variant(before);
         }
+    }
+
+    /**
+     * Under Q8 GEMV variant v: the plain GEMV (with bias), the accumulating one (onto base), gate/up + SwiGLU and the
+     * fused q/k/v GEMV of n rows of x, downloaded in that order (q, k and v separately).
+     */
+    static float[][] everyGemv(int v, int n, int in, int outDim, float[] x, float[] base, Tensor w, Tensor w2, Tensor b) {
+        assertEquals(0, TpNative.tp_set_q8_gemv_variant(v));
+        Tensor xt = act(gpu, n, in, x), o = act(gpu, n, outDim, null), acc = act(gpu, n, outDim, base);
+        Tensor y = act(gpu, n, outDim, null), g = act(gpu, n, outDim, null), u = act(gpu, n, outDim, null);
+        Tensor q = act(gpu, n, outDim, null), k = act(gpu, n, outDim, null), vv = act(gpu, n, outDim, null);
+        gpu.matmul(o, xt, w, b, n);
+        gpu.matmulAdd(acc, y, xt, w, n);
+        gpu.matmulSwiglu(g, u, xt, w, w2, n);
+        gpu.matmulQkv(q, k, vv, xt, w, b, w2, null, w, null, n);
+        gpu.synchronize();
+        return new float[][] {gpu.download(o, 0, n), gpu.download(acc, 0, n), gpu.download(g, 0, n),
+                gpu.download(q, 0, n), gpu.download(k, 0, n), gpu.download(vv, 0, n)};
     }
 
     /** got within x's 8-bit rounding of ref (see above); row nanRow (or none when negative) must be all NaN in both. */
