@@ -120,6 +120,17 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * A projection added into the residual stream followed by the next RMSNorm: x += a · wᵀ, then
+     * out = rmsnorm(x) * normW; out, x [n, D], a [n, I], w [D, I], {@code y} [n, D] scratch (contents afterwards
+     * unspecified); out, x, y and a distinct. Same result as {@link #matmul}(y, a, w, null, n) then
+     * {@link #addRmsnorm}(out, x, y, normW, eps, n); a backend may run it as one kernel.
+     */
+    default void matmulAddRmsnorm(Tensor out, Tensor x, Tensor y, Tensor a, Tensor w, Tensor normW, float eps, int n) {
+        matmul(y, a, w, null, n);
+        addRmsnorm(out, x, y, normW, eps, n);
+    }
+
+    /**
      * {@link #matmulQkv} of rmsnorm(x) · normW: {@code xn} [n, D] is scratch (contents afterwards unspecified).
      * Same result as {@link #rmsnorm}(xn, x, normW, eps, n) then matmulQkv(..., xn, ...); a backend may fuse the
      * norm into the projections.
@@ -161,6 +172,17 @@ public interface Backend extends AutoCloseable {
         matmul(out, x, wGate, null, n);
         matmul(up, x, wUp, null, n);
         swiglu(out, out, up, n);
+    }
+
+    /**
+     * {@link #matmulQkv} followed by {@link #ropeStoreKv} of its q, k and v (q [n, heads*hd], k and v
+     * [n, kvHeads*hd]; x distinct from them): same result as the two calls; a backend may run them as one kernel.
+     */
+    default void matmulQkvRopeStoreKv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor wq, Tensor bq, Tensor wk,
+                                      Tensor bk, Tensor wv, Tensor bv, int heads, int kvHeads, RopeTable rope,
+                                      int[] positions, KvCache cache, int layer, int[][] slots, int n) {
+        matmulQkv(q, k, v, x, wq, bq, wk, bk, wv, bv, n);
+        ropeStoreKv(q, heads, k, v, kvHeads, rope, positions, cache, layer, slots, n);
     }
 
     /**

@@ -564,8 +564,11 @@ public final class Llama implements AutoCloseable {
         return slots;
     }
 
-    /** RoPE + KV store of layer l's q/k/v, the KV policy's hooks and attention into {@code att}. */
-    private void attentionBlock(KvCache cache, int[] positions, int n, int[][][] slots, int l) {
+    /**
+     * RoPE + KV store of layer l's q/k/v (unless {@code stored}: done with the projections), the KV policy's hooks and
+     * attention into {@code att}.
+     */
+    private void attentionBlock(KvCache cache, int[] positions, int n, int[][][] slots, int l, boolean stored) {
         Weights.Layer lw = w.layers()[l];
         if (lw.qNorm() != null) { // Qwen3: each head's q and k RMS-normalized before RoPE
             int rows = batchRows != null ? batchRows.length : n;
@@ -577,8 +580,9 @@ public final class Llama implements AutoCloseable {
             return;
         }
         LlamaConfig c = config;
-        backend.ropeStoreKv(q, c.numHeads(), k, v, c.numKvHeads(),   // q [n, H*hd], k [n, Hkv*hd] rotated;
-                rope, positions, cache, l, slots[l], n);             // cache[l] <- k, v
+        if (!stored)
+            backend.ropeStoreKv(q, c.numHeads(), k, v, c.numKvHeads(), // q [n, H*hd], k [n, Hkv*hd] rotated;
+                    rope, positions, cache, l, slots[l], n);          // cache[l] <- k, v
         policy.beforeAttention(cache, l, q, positions, n);
         SlotSelection sel = policy.select(cache, l, n);
         AttentionStats stats = policy.stats(cache, l, n);
@@ -651,7 +655,7 @@ public final class Llama implements AutoCloseable {
                 Weights.Layer lw = w.layers()[l];
                 b.rmsnormMatmulQkv(q, k, v, x, lw.attnNorm(), eps, xn, // q, k, v of norm(x); xn scratch
                         lw.wq(), lw.bq(), lw.wk(), lw.bk(), lw.wv(), lw.bv(), n);
-                attentionBlock(cache, positions, n, slots, l);        // att [n, H*hd]
+                attentionBlock(cache, positions, n, slots, l, false); // att [n, H*hd]
                 b.matmulAdd(x, xb, att, lw.wo(), n);                  // x += att·Wo; xb scratch
                 b.rmsnormMatmulSwiglu(gate, up, x, lw.mlpNorm(), eps, xn, lw.wGate(), lw.wUp(), n);
                 b.matmulAdd(x, xb, gate, lw.wDown(), n);              // x += gate·Wdown
@@ -661,18 +665,23 @@ public final class Llama implements AutoCloseable {
             for (int l = 0; l < c.numLayers(); l++) {
                 Weights.Layer lw = w.layers()[l];
                 // --- attention block (its input norm was fused into the previous residual add) ---
-                b.matmulQkv(q, k, v, xn, lw.wq(), lw.bq(), lw.wk(), lw.bk(), // q [n, H*hd], k [n, Hkv*hd],
-                        lw.wv(), lw.bv(), n);                         // v [n, Hkv*hd]
-                attentionBlock(cache, positions, n, slots, l);        // att [n, H*hd]
-                b.matmul(xb, att, lw.wo(), null, n);                  // xb [n, D]
-                b.addRmsnorm(xn, x, xb, lw.mlpNorm(), eps, n);        // x += attn; xn = norm(x)
+                boolean stored = lw.qNorm() == null && batchRows == null; // no per-head norm between them
+                if (stored)                                           // q, k, v as below, then RoPE + KV store
+                    b.matmulQkvRopeStoreKv(q, k, v, xn, lw.wq(), lw.bq(), lw.wk(), lw.bk(), lw.wv(), lw.bv(),
+                            c.numHeads(), c.numKvHeads(), rope, positions, cache, l, slots[l], n);
+                else
+                    b.matmulQkv(q, k, v, xn, lw.wq(), lw.bq(), lw.wk(), lw.bk(), // q [n, H*hd], k [n, Hkv*hd],
+                            lw.wv(), lw.bv(), n);                     // v [n, Hkv*hd]
+                attentionBlock(cache, positions, n, slots, l, stored); // att [n, H*hd]
+                b.matmulAddRmsnorm(xn, x, xb, att, lw.wo(), lw.mlpNorm(), eps, n); // x += att·Wo; xn = norm(x); xb scratch
                 // --- MLP block ---
                 b.matmulSwiglu(gate, up, xn, lw.wGate(), lw.wUp(), n); // gate [n, F] = silu(xn·Wg) * (xn·Wu); up scratch
-                b.matmul(xb, gate, lw.wDown(), null, n);              // xb [n, D]
-                if (l + 1 < c.numLayers())
-                    b.addRmsnorm(xn, x, xb, w.layers()[l + 1].attnNorm(), eps, n); // x += mlp; xn = next layer's norm(x)
-                else
+                if (l + 1 < c.numLayers()) {                          // x += gate·Wdown; xn = next layer's norm(x)
+                    b.matmulAddRmsnorm(xn, x, xb, gate, lw.wDown(), w.layers()[l + 1].attnNorm(), eps, n);
+                } else {
+                    b.matmul(xb, gate, lw.wDown(), null, n);          // xb [n, D]
                     b.add(x, xb, n);                                  // x += mlp
+                }
             }
         }
         if (hiddenOut != null) {

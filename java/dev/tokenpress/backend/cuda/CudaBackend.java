@@ -135,6 +135,9 @@ public final class CudaBackend implements Backend {
     private boolean fusedSwiglu;       // matmulSwiglu: gate/up GEMV + SwiGLU in one kernel
     private boolean fusedNorm;         // rmsnormMatmul*: RMSNorm inside the GEMV; matmulAdd: residual add in its epilogue
     private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
+    private boolean gemvNormTail;      // matmulAddRmsnorm: the residual add and next RMSNorm in the GEMV's last block
+    private boolean gemvRopeTail;      // matmulQkvRopeStoreKv: RoPE + KV store in the q/k/v GEMV's last block
+    private long gemvTailCounter;      // int32, zeroed once; every GEMV with an epilogue leaves it zeroed
     private boolean shortAttn;         // decode attention: one split that writes out directly for short contexts
     private final boolean pdlSupported; // Programmatic Dependent Launch possible (sm_90+, CUDA >= 12.3)
 
@@ -221,6 +224,8 @@ public final class CudaBackend implements Backend {
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
+        this.gemvNormTail = optIn("tokenpress.cuda.gemvNormTail", "TOKENPRESS_CUDA_GEMV_NORM_TAIL");
+        this.gemvRopeTail = optIn("tokenpress.cuda.gemvRopeTail", "TOKENPRESS_CUDA_GEMV_ROPE_TAIL");
         this.quantGraphs = flag("tokenpress.cuda.quantGraphs", "TOKENPRESS_CUDA_QUANT_GRAPHS");
         this.pinnedStats = flag("tokenpress.cuda.pinnedStats", "TOKENPRESS_CUDA_PINNED_STATS");
         this.batchGraphs = flag("tokenpress.cuda.batchGraphs", "TOKENPRESS_CUDA_BATCH_GRAPHS");
@@ -468,6 +473,34 @@ public final class CudaBackend implements Backend {
     }
 
     /**
+     * {@link #matmulAddRmsnorm} (the o and down projections of a decode step with the residual add and the next
+     * RMSNorm) as one GEMV whose grid's last block computes the norm ({@code tp_gemv_bf16_acc_rmsnorm} /
+     * {@code tp_gemv_q8_acc_rmsnorm}), so a decoder layer runs two kernels fewer. Off unless
+     * {@code -Dtokenpress.cuda.gemvNormTail=true} or this setter (not yet measured on a GPU); without it, a GEMV and
+     * {@code tp_add_rmsnorm}. Drops a captured graph.
+     */
+    public void setGemvNormTail(boolean on) {
+        reconfigure("setGemvNormTail");
+        gemvNormTail = on;
+    }
+
+    public boolean gemvNormTail() { return gemvNormTail; }
+
+    /**
+     * {@link #matmulQkvRopeStoreKv} (a decode step's q/k/v projections, RoPE and KV store) as one GEMV whose grid's
+     * last block rotates q and k and stores k and v ({@code tp_gemv_bf16_multi_rope_store_kv} /
+     * {@code tp_gemv_q8_multi_rope_store_kv}), one kernel fewer per layer. Off unless
+     * {@code -Dtokenpress.cuda.gemvRopeTail=true} or this setter (not yet measured on a GPU); without it, the q/k/v
+     * GEMV and {@code tp_rope_store_kv}. Drops a captured graph.
+     */
+    public void setGemvRopeTail(boolean on) {
+        reconfigure("setGemvRopeTail");
+        gemvRopeTail = on;
+    }
+
+    public boolean gemvRopeTail() { return gemvRopeTail; }
+
+    /**
      * {@link #ropeStoreKv} as one kernel ({@code tp_rope_store_kv}; default on;
      * {@code -Dtokenpress.cuda.fusedRopeStoreKv=false} or this setter: rope, rope, storeKv). Drops a captured graph.
      */
@@ -528,6 +561,7 @@ public final class CudaBackend implements Backend {
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
                 + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
+                + ", norm / rope+kv store in the gemv's last block " + onOff(gemvNormTail) + " / " + onOff(gemvRopeTail)
                 + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
                 + (weightType == dev.tokenpress.backend.WeightType.Q8_0 ? ", q8_0 GEMV v" + TpNative.tp_q8_gemv_variant() : "")
                 + ", PDL " + (pdl() ? "on" : pdlSupported ? "off" : "off (unsupported)");
@@ -1040,6 +1074,89 @@ public final class CudaBackend implements Backend {
             return;
         }
         Backend.super.matmulAdd(x, y, a, w, n);
+    }
+
+    @Override
+    public void matmulAddRmsnorm(Tensor out, Tensor x, Tensor y, Tensor a, Tensor w, Tensor normW, float eps, int n) {
+        CudaTensor o = act(out), xo = act(x), ai = act(a), wt = (CudaTensor) w, nw = (CudaTensor) normW;
+        int in = wt.cols, outDim = wt.rows;
+        boolean fits = gemvNormTail && n > 0 && ai.cols == in && xo.cols == outDim && o.cols == outDim
+                && !nw.bf16 && !nw.q8 && (long) nw.rows * nw.cols == outDim
+                && disjoint(o, xo, n) && disjoint(o, ai, n) && disjoint(xo, ai, n);
+        boolean q8 = fits && q8Gemv(ai, n, in, wt);
+        boolean bf16 = fits && !q8 && gemvEnabled && gemvEligible(xo, ai, wt, n, in, outDim);
+        if (!q8 && !bf16) {
+            Backend.super.matmulAddRmsnorm(out, x, y, a, w, normW, eps, n);
+            return;
+        }
+        ensureGemvTailCounter();
+        sig(18, o.ptr, xo.ptr, ai.ptr, wt.ptr, nw.ptr, Float.floatToIntBits(eps), n, q8 ? 1 : 0);
+        if (mode == Mode.DRY) return;
+        if (q8)
+            check(TpNative.tp_gemv_q8_acc_rmsnorm(xo.ptr, ai.ptr, wt.ptr, wt.scales, n, outDim, in, o.ptr, nw.ptr, eps,
+                    gemvTailCounter, stream), "matmulAddRmsnorm (q8_0 GEMV)");
+        else
+            check(TpNative.tp_gemv_bf16_acc_rmsnorm(xo.ptr, ai.ptr, wt.ptr, n, outDim, in, o.ptr, nw.ptr, eps,
+                    gemvTailCounter, stream), "matmulAddRmsnorm (GEMV)");
+    }
+
+    /** The GEMV epilogues' grid counter, allocated and zeroed on first use (eagerly: a capture aborts instead). */
+    private void ensureGemvTailCounter() {
+        if (gemvTailCounter != 0) return;
+        if (mode != Mode.EAGER) throw abort("GEMV epilogue counter allocation", false);
+        gemvTailCounter = malloc(4, "GEMV epilogue counter");
+        memsetNow(gemvTailCounter, 0, 4);
+    }
+
+    @Override
+    public void matmulQkvRopeStoreKv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor wq, Tensor bq, Tensor wk,
+                                     Tensor bk, Tensor wv, Tensor bv, int heads, int kvHeads, RopeTable rope,
+                                     int[] positions, KvCache cache, int layer, int[][] slots, int n) {
+        CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
+        CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
+        int hd = rope.headDim(), in = xi.cols;
+        boolean fits = gemvRopeTail && n > 0 && cache instanceof CudaKvCache cc && cc.headDim() == hd
+                && cc.kvHeads() == kvHeads && heads > 0 && (long) heads * hd == qo.cols
+                && (long) kvHeads * hd == ko.cols && ko.cols == vo.cols
+                && disjoint(qo, ko, n) && disjoint(qo, vo, n) && disjoint(ko, vo, n);
+        boolean q8 = fits && q8Gemv(xi, n, in, wqt, wkt, wvt) && wqt.rows == qo.cols && wkt.rows == ko.cols
+                && wvt.rows == vo.cols && disjoint(qo, xi, n) && disjoint(ko, xi, n) && disjoint(vo, xi, n);
+        boolean bf16 = fits && !q8 && qkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n);
+        if (!q8 && !bf16) {
+            Backend.super.matmulQkvRopeStoreKv(q, k, v, x, wq, bq, wk, bk, wv, bv, heads, kvHeads, rope, positions,
+                    cache, layer, slots, n);
+            return;
+        }
+        ensureGemvTailCounter();
+        CudaKvCache c = (CudaKvCache) cache;
+        long inv = ropeTable(rope);
+        flushFrees(c);
+        // staged ints, as ropeStoreKv: positions[n] | slots[hkv][n] | token positions[hkv][n]
+        int[] a = new int[n + 2 * kvHeads * n];
+        System.arraycopy(positions, 0, a, 0, n);
+        for (int g = 0; g < kvHeads; g++)
+            for (int i = 0; i < n; i++) {
+                int slot = slots[g][i];
+                if (slot < 0 || slot >= c.capacity()) throw new IllegalArgumentException("storeKv: slot " + slot + " outside [0, " + c.capacity() + ")");
+                a[n + g * n + i] = slot;
+                a[n + kvHeads * n + g * n + i] = c.position(layer, g, slot);
+            }
+        long d = stage(a, a.length);
+        long pbq = ptrOrZero(bq), pbk = ptrOrZero(bk), pbv = ptrOrZero(bv);
+        sig(19, qo.ptr, ko.ptr, vo.ptr, xi.ptr, wqt.ptr, wkt.ptr, wvt.ptr, pbq, pbk, pbv, n, q8 ? 1 : 0, heads, inv,
+                c.keys, c.deviceLayer(layer), Float.floatToIntBits(rope.attentionScale()));
+        if (mode == Mode.DRY) return;
+        float scale = rope.attentionScale();
+        if (q8)
+            check(TpNative.tp_gemv_q8_multi_rope_store_kv(qo.ptr, wqt.ptr, wqt.scales, pbq, ko.ptr, wkt.ptr, wkt.scales, pbk,
+                    vo.ptr, wvt.ptr, wvt.scales, pbv, xi.ptr, n, in, heads, kvHeads, hd, d, inv, scale, c.keys, c.values,
+                    c.pos, d + 4L * n, d + 4L * (n + kvHeads * n), c.deviceLayer(layer), c.capacity(), gemvTailCounter,
+                    stream), "matmulQkvRopeStoreKv (q8_0 GEMV)");
+        else
+            check(TpNative.tp_gemv_bf16_multi_rope_store_kv(qo.ptr, wqt.ptr, pbq, ko.ptr, wkt.ptr, pbk, vo.ptr, wvt.ptr, pbv,
+                    xi.ptr, n, in, heads, kvHeads, hd, d, inv, scale, c.keys, c.values, c.pos, d + 4L * n,
+                    d + 4L * (n + kvHeads * n), c.deviceLayer(layer), c.capacity(), gemvTailCounter, stream),
+                    "matmulQkvRopeStoreKv (GEMV)");
     }
 
     /** Whether the fused Q8_0 GEMVs take these: every matrix Q8_0 with the input width, n <= 4, x 16-byte aligned. */

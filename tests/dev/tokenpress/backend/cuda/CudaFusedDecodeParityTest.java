@@ -35,7 +35,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * The fused decode ops of CudaBackend against the CPU's default (unfused) ops and against the CUDA unfused path
  * (the toggles off): matmulQkv (tp_gemv_bf16_multi: q, k, v rows in one launch, with/without biases, odd row
  * counts), matmulSwiglu (tp_gemv_bf16_swiglu), ropeStoreKv (tp_rope_store_kv: rotated q, k and the stored bf16
- * keys/values/positions bit-identical to rope + rope + storeKv), n = 1..4 (and n > 4: the fallbacks). Every
+ * keys/values/positions bit-identical to rope + rope + storeKv), matmulAddRmsnorm (tp_gemv_*_acc_rmsnorm: the norm in
+ * the GEMV's last block), matmulQkvRopeStoreKv (tp_gemv_*_multi_rope_store_kv: RoPE + KV store in the q/k/v GEMV's
+ * last block), n = 1..4 (and n > 4: the fallbacks). Every
  * case runs with Programmatic Dependent Launch off and on (on: skipped where unsupported). Skipped (not failed) where CUDA is unavailable.
  */
 class CudaFusedDecodeParityTest {
@@ -284,6 +286,190 @@ class CudaFusedDecodeParityTest {
         double tol = 4e-4 * Math.sqrt(Math.max(d, f) / 64.0 + 1);
         assertClose(what + " fused vs unfused", res[0], res[1], 1e-10, tol, 1e-4);
         assertClose(what + " fused vs cpu", ref, res[1], gemv ? 1e-8 : 2e-5, gemv ? 2 * tol : 0.05, gemv ? 2e-3 : 0.02);
+    }
+
+    static Stream<Arguments> normTailCases() {
+        List<Arguments> a = new ArrayList<>();
+        for (boolean q8 : new boolean[] {false, true}) {
+            a.add(Arguments.of(1, 2048, 2048, q8));  // llama-1b o projection
+            a.add(Arguments.of(1, 2048, 8192, q8));  // llama-1b down projection
+            a.add(Arguments.of(1, 333, 544, q8));    // odd rows, a grid that does not fill the device
+            for (int n = 2; n <= CudaBackend.GEMV_MAX_ROWS; n++) a.add(Arguments.of(n, 1000, 512, q8));
+            a.add(Arguments.of(5, 256, 512, q8));    // n > 4: the unfused ops
+        }
+        return withPdl(a.stream());
+    }
+
+    /**
+     * matmulAddRmsnorm with the norm in the GEMV's last block (setGemvNormTail): x += a·wᵀ and xn = rmsnorm(x)·nw
+     * against the same op unfused on the GPU (x bit-identical: the same sum added; xn within the norm's summation
+     * order) and against the CPU; three calls in a row give the same bits (the grid counter is left at zero, so each
+     * call's last block runs the norm again), bf16 and Q8_0 weights (the default Q8 GEMV variant).
+     */
+    @ParameterizedTest(name = "gemv norm tail n={0} D={1} I={2} q8={3} pdl={4}")
+    @MethodSource("normTailCases")
+    void gemvNormTail(int n, int d, int in, boolean q8, boolean pdl) {
+        usePdl(gpu, pdl);
+        SplittableRandom r = new SplittableRandom(11L * d + 3L * in + n + (q8 ? 1000 : 0));
+        float[] x = uniform(r, n * d, 2), a = uniform(r, n * in, 1), nw = uniform(r, d, 1.5);
+        TensorData wd = bf16Weight("w", d, in, bf16Exact(uniform(r, d * in, 0.08)));
+        TensorData nwd = f32Vector("norm", nw);
+        Tensor wc, wg;
+        try {
+            if (q8) {
+                cpu.setWeightType(dev.tokenpress.backend.WeightType.Q8_0);
+                gpu.setWeightType(dev.tokenpress.backend.WeightType.Q8_0);
+            }
+            wc = cpu.weight(wd);
+            wg = gpu.weight(wd);
+        } finally {
+            cpu.setWeightType(null);
+            gpu.setWeightType(null);
+        }
+        Tensor nwc = cpu.weight(nwd), nwg = gpu.weight(nwd);
+        float eps = 1e-5f;
+        String what = "norm tail n=" + n + " D=" + d + " I=" + in + " q8=" + q8 + " pdl=" + pdl;
+
+        Tensor xc = act(cpu, n, d, x), xnc = act(cpu, n, d, null);
+        cpu.matmulAddRmsnorm(xnc, xc, act(cpu, n, d, null), act(cpu, n, in, a), wc, nwc, eps, n);
+        float[][] unfused = normTailRun(n, d, in, x, a, wg, nwg, eps);
+        float[][][] fused = new float[3][][];
+        assertTrue(!gpu.gemvNormTail(), "the norm tail is opt-in");
+        gpu.setGemvNormTail(true);
+        try {
+            for (int i = 0; i < fused.length; i++) fused[i] = normTailRun(n, d, in, x, a, wg, nwg, eps);
+        } finally {
+            gpu.setGemvNormTail(false);
+        }
+        for (int i = 1; i < fused.length; i++) {
+            assertArrayEquals(fused[0][0], fused[i][0], what + ": x of call " + i);
+            assertArrayEquals(fused[0][1], fused[i][1], what + ": xn of call " + i);
+        }
+        assertArrayEquals(unfused[0], fused[0][0], what + ": x vs unfused");
+        assertClose(what + " xn vs unfused", unfused[1], fused[0][1], 1e-12, 1e-5, 1e-5);
+        boolean gemv = n <= CudaBackend.GEMV_MAX_ROWS;
+        // the CPU: f32 x (the Q8 GEMV's default variant rounds x to 8 bits per block of 32)
+        double tol = gemv ? (q8 ? 4e-3 : 2e-3) * Math.sqrt(in / 64.0 + 1) : 0.05;
+        double nmse = gemv ? (q8 ? 1e-4 : 1e-6) : 2e-5;
+        assertClose(what + " x vs cpu", cpu.download(xc, 0, n), fused[0][0], nmse, tol, gemv ? 2e-3 : 0.02);
+        assertClose(what + " xn vs cpu", cpu.download(xnc, 0, n), fused[0][1], nmse, tol, gemv ? 2e-3 : 0.02);
+    }
+
+    static Stream<Arguments> ropeTailCases() {
+        List<Arguments> a = new ArrayList<>();
+        for (boolean q8 : new boolean[] {false, true}) {
+            a.add(Arguments.of(1, 64, 8, 32, 2048, q8));  // llama-1b attention shape
+            a.add(Arguments.of(1, 128, 8, 32, 4096, q8)); // llama-3-8b attention shape
+            a.add(Arguments.of(3, 64, 2, 6, 512, q8));    // several rows
+            a.add(Arguments.of(4, 128, 1, 4, 256, q8));
+            a.add(Arguments.of(5, 64, 2, 4, 256, q8));    // n > 4: the unfused ops
+        }
+        return withPdl(a.stream());
+    }
+
+    /**
+     * matmulQkvRopeStoreKv with RoPE + KV store in the q/k/v GEMV's last block (setGemvRopeTail): rotated q and k,
+     * and the stored keys, values and positions, against the same op unfused on the GPU (q/k/v GEMV, then
+     * tp_rope_store_kv: the same arithmetic) and against the CPU; three calls in a row store the same bits (the grid
+     * counter is left at zero). bf16 and Q8_0 weights, with biases on q and k.
+     */
+    @ParameterizedTest(name = "gemv rope tail n={0} hd={1} Hkv={2} H={3} D={4} q8={5} pdl={6}")
+    @MethodSource("ropeTailCases")
+    void gemvRopeTail(int n, int hd, int hkv, int heads, int d, boolean q8, boolean pdl) {
+        usePdl(gpu, pdl);
+        LlamaConfig cfg = CudaModelParityTest.config(heads * hd, heads, hkv, hd, 2);
+        RopeTable rope = RopeTable.of(cfg);
+        SplittableRandom r = new SplittableRandom(hd * 100L + n * 10L + hkv + (q8 ? 7 : 0));
+        float[] x = uniform(r, n * d, 1);
+        int[] rows = {heads * hd, hkv * hd, hkv * hd};
+        Tensor[] wc = new Tensor[3], wg = new Tensor[3], bc = new Tensor[3], bg = new Tensor[3];
+        try {
+            if (q8) {
+                cpu.setWeightType(dev.tokenpress.backend.WeightType.Q8_0);
+                gpu.setWeightType(dev.tokenpress.backend.WeightType.Q8_0);
+            }
+            for (int m = 0; m < 3; m++) {
+                TensorData wd = bf16Weight("w" + m, rows[m], d, bf16Exact(uniform(r, rows[m] * d, 0.08)));
+                wc[m] = cpu.weight(wd);
+                wg[m] = gpu.weight(wd);
+            }
+        } finally {
+            cpu.setWeightType(null);
+            gpu.setWeightType(null);
+        }
+        for (int m = 0; m < 2; m++) { // biases on q and k (f32), none on v
+            TensorData bd = f32Vector("b" + m, uniform(r, rows[m], 1));
+            bc[m] = cpu.weight(bd);
+            bg[m] = gpu.weight(bd);
+        }
+        int cap = n + 40, layer = 1;
+        int[] pos = new int[n];
+        for (int i = 0; i < n; i++) pos[i] = 70_000 + 311 * i;
+        String what = "rope tail n=" + n + " hd=" + hd + " Hkv=" + hkv + " q8=" + q8 + " pdl=" + pdl;
+        float[][] ref = ropeTailRun(cpu, cfg, rope, x, wc, bc, pos, n, cap, layer);
+        float[][] unfused = ropeTailRun(gpu, cfg, rope, x, wg, bg, pos, n, cap, layer);
+        float[][][] fused = new float[3][][];
+        assertTrue(!gpu.gemvRopeTail(), "the rope tail is opt-in");
+        gpu.setGemvRopeTail(true);
+        try {
+            for (int i = 0; i < fused.length; i++) fused[i] = ropeTailRun(gpu, cfg, rope, x, wg, bg, pos, n, cap, layer);
+        } finally {
+            gpu.setGemvRopeTail(false);
+        }
+        String[] part = {"q", "k", "v", "stored keys", "stored values"};
+        for (int i = 1; i < fused.length; i++)
+            for (int p = 0; p < part.length; p++) assertArrayEquals(fused[0][p], fused[i][p], what + ": " + part[p] + " of call " + i);
+        // the q/k/v GEMV is the same kernel; the rotation the same f32 formula (up to the compiler's contraction)
+        assertClose(what + " q vs unfused", unfused[0], fused[0][0], 1e-12, 1e-5, 1e-5);
+        assertClose(what + " k vs unfused", unfused[1], fused[0][1], 1e-12, 1e-5, 1e-5);
+        assertArrayEquals(unfused[2], fused[0][2], what + ": v vs unfused");
+        assertClose(what + " stored keys vs unfused", unfused[3], fused[0][3], 1e-6, 1e-5, 1.0 / 128);
+        assertArrayEquals(unfused[4], fused[0][4], what + ": stored values vs unfused");
+        boolean gemv = n <= CudaBackend.GEMV_MAX_ROWS;
+        double tol = gemv ? (q8 ? 4e-3 : 2e-3) * Math.sqrt(d / 64.0 + 1) : 0.05;
+        double nmse = gemv ? (q8 ? 1e-4 : 1e-6) : 2e-5;
+        for (int p = 0; p < 3; p++)
+            assertClose(what + " " + part[p] + " vs cpu", ref[p], fused[0][p], nmse, tol, gemv ? 2e-3 : 0.02);
+        for (int p = 3; p < 5; p++) // bf16 cache on the GPU, f32 on the CPU
+            assertClose(what + " " + part[p] + " vs cpu", ref[p], fused[0][p], Math.max(nmse, 1e-4), tol + 1e-2, 1e-2);
+    }
+
+    /**
+     * b.matmulQkvRopeStoreKv into a fresh cache (three slots taken first): {q, k, v, the stored keys and values of
+     * every (KV head, row)}.
+     */
+    private static float[][] ropeTailRun(Backend b, LlamaConfig cfg, RopeTable rope, float[] x, Tensor[] w, Tensor[] bias,
+                                         int[] pos, int n, int cap, int layer) {
+        int heads = cfg.numHeads(), hkv = cfg.numKvHeads(), hd = cfg.headDim(), d = x.length / n;
+        KvCache cache = b.newKvCache(2, hkv, hd, cap);
+        try {
+            int[][] slots = new int[hkv][];
+            for (int g = 0; g < hkv; g++) {
+                cache.allocate(layer, g, new int[] {5, 6, 7}, 3);
+                slots[g] = cache.allocate(layer, g, pos, n);
+            }
+            Tensor xt = act(b, n, d, x), q = act(b, n, heads * hd, null), k = act(b, n, hkv * hd, null), v = act(b, n, hkv * hd, null);
+            b.matmulQkvRopeStoreKv(q, k, v, xt, w[0], bias[0], w[1], bias[1], w[2], bias[2], heads, hkv, rope, pos, cache,
+                    layer, slots, n);
+            float[] keys = new float[hkv * n * hd], values = new float[hkv * n * hd];
+            float[] k1 = new float[hd], v1 = new float[hd];
+            for (int g = 0; g < hkv; g++)
+                for (int i = 0; i < n; i++) {
+                    b.readKv(cache, layer, g, slots[g][i], k1, v1);
+                    System.arraycopy(k1, 0, keys, (g * n + i) * hd, hd);
+                    System.arraycopy(v1, 0, values, (g * n + i) * hd, hd);
+                }
+            return new float[][] {b.download(q, 0, n), b.download(k, 0, n), b.download(v, 0, n), keys, values};
+        } finally {
+            cache.close();
+        }
+    }
+
+    /** gpu.matmulAddRmsnorm on fresh tensors: {x after, xn}. */
+    private static float[][] normTailRun(int n, int d, int in, float[] x, float[] a, Tensor w, Tensor nw, float eps) {
+        Tensor xt = act(gpu, n, d, x), xn = act(gpu, n, d, null), y = act(gpu, n, d, null), at = act(gpu, n, in, a);
+        gpu.matmulAddRmsnorm(xn, xt, y, at, w, nw, eps, n);
+        return new float[][] {gpu.download(xt, 0, n), gpu.download(xn, 0, n)};
     }
 
     private static float[] fusedNormRun(Backend b, int n, int d, int f, int[] rows, float[] x, float[] a, Tensor nw,
