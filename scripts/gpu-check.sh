@@ -132,6 +132,10 @@ run_checks() {
   local JOPTS=(--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector "-Xmx${TP_XMX:-24g}"
                -Dorg.bytedeco.javacpp.cachedir="$WORK/javacpp-cache${JUNIT_TAG:-}"
                -DRUST_FLAVOR=cpu -Dai.djl.offline=true -DDJL_CACHE_DIR="$WORK/djl${JUNIT_TAG:-}")  # the tokenizer's bundled cpu library, never a download
+  # TP_JOPTS: extra JVM options for every Java stage, e.g. opt-in kernel paths:
+  # TP_JOPTS="-Dtokenpress.cuda.gemvNormTail=true -Dtokenpress.cuda.gemvRopeTail=true"
+  # shellcheck disable=SC2206
+  [[ -n "${TP_JOPTS:-}" ]] && JOPTS+=(${TP_JOPTS})
 
   # the 2.5 GB llama-1b-shape model is generated on the CPU cores while the GPU runs the tests
   local MODEL=${TP_MODEL_DIR:-$WORK/llama-1b-shape}
@@ -187,7 +191,9 @@ run_checks() {
   # -- stage 3e (only when STAGES names it): end-to-end decode per policy (full, tidal, int4) at 32K and 128K alone
   if want e2epol; then
     wait_model
-    kb_stage e2epol "${T_E2EPOL:-300}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL" "${E2EPOL_CTX:-8192,32768,131072}"
+    # E2EPOL_WEIGHTS=q8_0: the table with Q8_0 weights (default: as stored, bf16)
+    kb_stage e2epol "${T_E2EPOL:-300}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL" "${E2EPOL_CTX:-8192,32768,131072}" \
+      "${E2EPOL_WEIGHTS:-as-stored}"
   fi
 
   # -- stage 3c (only when STAGES names it): decode GEMV at the 1B shapes, automatic vs forced warps per row

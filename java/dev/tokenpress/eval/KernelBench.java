@@ -34,7 +34,7 @@ import java.util.SplittableRandom;
  *       decode steps and picks the parts (comma-separated, default {@code short,batch,long,q8}).</li>
  *   <li>{@code gemv}: the decode GEMV at the llama-1b shapes with the automatic and each forced warps per row
  *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
- *   <li>{@code e2epol <model-dir>}: the end-to-end part of {@code policies}, also at 8K, plus every other policy
+ *   <li>{@code e2epol <model-dir> [contexts [weights]]}: the end-to-end part of {@code policies}, also at 8K, plus every other policy
  *       (window, h2o, a2sf, keyformer, quest, tokenselect, razor) with tokens/s and KV bytes.</li>
  *   <li>{@code e2epol-cpu <model-dir> [contexts [warmup [steps]]]}: the same policy table on the CPU backend (no GPU needed), for a
  *       {@code llama-1b-attention} model: what the policies' host-side work costs beside the attention.</li>
@@ -59,7 +59,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> | e2epol-cpu <model-dir> [contexts [warmup [steps]]] | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0]] | e2epol-cpu <model-dir> [contexts [warmup [steps]]] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -95,7 +95,16 @@ public final class KernelBench {
             if (what.equals("e2epol")) {
                 int[] contexts = args.length > 2 ? java.util.Arrays.stream(args[2].split(",")).mapToInt(c -> Integer.parseInt(c.trim())).toArray()
                         : new int[] {8192, 32768, 131072};
-                policiesEndToEnd(gpu, Path.of(args[1]), contexts, out);
+                // optional weight type (as-stored | q8_0): the whole table with weights stored that way
+                dev.tokenpress.backend.WeightType wt = args.length > 3 && !args[3].isBlank()
+                        ? dev.tokenpress.backend.WeightType.parse(args[3]) : dev.tokenpress.backend.WeightType.AS_STORED;
+                out.println("e2e policy table: weights " + wt + "; " + gpu.kernelPaths());
+                gpu.setWeightType(wt);
+                try {
+                    policiesEndToEnd(gpu, Path.of(args[1]), contexts, out);
+                } finally {
+                    gpu.setWeightType(dev.tokenpress.backend.WeightType.AS_STORED);
+                }
             }
             if (what.equals("cce")) {
                 int n = args.length > 1 ? Integer.parseInt(args[1]) : 8192;
