@@ -77,6 +77,29 @@ inline cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_
         if (!(cond)) return tp::fail(TP_ERR_BAD_ARGUMENT, "%s: bad argument '%s' (%s)", fn, arg, #cond); \
     } while (0)
 
+namespace tp {
+
+// The checks of tp_rope_store_kv's cache-side arguments, shared with the q/k/v GEMV's RoPE + KV store epilogue.
+inline int check_rope_store_args(const char* fn, uint64_t positions, uint64_t inv_freq, float scale,
+                                 uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
+                                 uint64_t token_pos, int layer, int kv_heads, int head_dim, int capacity) {
+    TP_REQUIRE(positions != 0, fn, "positions");
+    TP_REQUIRE(inv_freq != 0, fn, "inv_freq");
+    TP_REQUIRE(scale > 0.f, fn, "scale");
+    TP_REQUIRE(key_cache != 0, fn, "key_cache");
+    TP_REQUIRE(value_cache != 0, fn, "value_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(slots != 0, fn, "slots");
+    TP_REQUIRE(token_pos != 0, fn, "token_pos");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
+    TP_REQUIRE(head_dim > 0 && head_dim % 2 == 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    return TP_OK;
+}
+
+}  // namespace tp
+
 #define TP_STREAM(s) reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(s))
 #define TP_PTR(T, a) reinterpret_cast<T*>(static_cast<uintptr_t>(a))
 

@@ -7,8 +7,9 @@
 //
 // Ordering (the pattern of decode attention's fused split merge): every thread of a block reaches the barrier after
 // its last write; thread 0 then fences (cumulative: the block's writes become visible device-wide before the count)
-// and counts the block on a device counter; the block that brings it to the grid size fences again, resets the
-// counter to 0 for the next launch in stream order, and reads the other blocks' outputs through L2 (__ldcg).
+// and counts the block on a device counter (atomicInc, which wraps to 0 on the grid's last block, so the counter is
+// 0 again for the next launch in stream order); that last block fences again and reads the other blocks' outputs
+// through L2 (__ldcg).
 #pragma once
 #include "common.cuh"
 
@@ -41,12 +42,11 @@ __device__ __forceinline__ bool gemv_grid_last(int* counter) {
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        const int blocks = (int)(gridDim.x * gridDim.y * gridDim.z);
-        const int last = atomicAdd(counter, 1) == blocks - 1;
-        if (last) {
-            __threadfence();
-            *counter = 0;  // every block has counted: ready for the next launch
-        }
+        const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
+        // counts 0, 1, ..., blocks - 1 and wraps to 0 on the last block: the counter is ready for the next launch
+        // without a separate reset, and a counter left at another value comes back to 0 after one launch
+        const bool last = atomicInc(reinterpret_cast<unsigned*>(counter), blocks - 1) == blocks - 1;
+        if (last) __threadfence();
         s_last = last;
     }
     __syncthreads();
@@ -116,7 +116,8 @@ __device__ __forceinline__ void gemv_norm_tail(const NormTail& t, const float* y
 }
 
 // The epilogue's argument checks for tp_gemv_*_acc_rmsnorm (the GEMV's own are its launcher's): norm_out, norm_w and
-// a 4-byte aligned counter given; norm_out's n rows overlap neither out's nor x's.
+// a 4-byte aligned counter given; norm_out's n rows overlap neither out's nor x's, and out's do not overlap x's (the
+// GEMV reads x while other blocks add into out).
 inline int check_norm_tail(const char* fn, uint64_t out, uint64_t x, int n, int out_dim, int in_dim,
                            uint64_t norm_out, uint64_t norm_w, uint64_t counter) {
     TP_REQUIRE(norm_out != 0, fn, "norm_out");
@@ -126,6 +127,7 @@ inline int check_norm_tail(const char* fn, uint64_t out, uint64_t x, int n, int 
         const uint64_t ob = (uint64_t)n * (uint64_t)out_dim * 4, xb = (uint64_t)n * (uint64_t)in_dim * 4;
         TP_REQUIRE(norm_out + ob <= out || out + ob <= norm_out, fn, "norm_out");
         TP_REQUIRE(norm_out + ob <= x || x + xb <= norm_out, fn, "norm_out");
+        TP_REQUIRE(out + ob <= x || x + xb <= out, fn, "out");
     }
     return TP_OK;
 }
@@ -138,19 +140,10 @@ inline int make_rope_store_tail(const char* fn, uint64_t q, uint64_t k, uint64_t
                                 uint64_t slots, uint64_t token_pos, int layer, int capacity, uint64_t counter,
                                 RopeStoreTail& t) {
     TP_REQUIRE(heads > 0, fn, "heads");
-    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
-    TP_REQUIRE(head_dim > 0 && head_dim % 2 == 0, fn, "head_dim");
     TP_REQUIRE(q != 0 && k != 0 && v != 0, fn, "out0/out1/out2");
-    TP_REQUIRE(positions != 0, fn, "positions");
-    TP_REQUIRE(inv_freq != 0, fn, "inv_freq");
-    TP_REQUIRE(scale > 0.f, fn, "scale");
-    TP_REQUIRE(key_cache != 0, fn, "key_cache");
-    TP_REQUIRE(value_cache != 0, fn, "value_cache");
-    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
-    TP_REQUIRE(slots != 0, fn, "slots");
-    TP_REQUIRE(token_pos != 0, fn, "token_pos");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(capacity > 0, fn, "capacity");
+    int rc = check_rope_store_args(fn, positions, inv_freq, scale, key_cache, value_cache, pos_cache, slots, token_pos,
+                                   layer, kv_heads, head_dim, capacity);
+    if (rc != TP_OK) return rc;
     TP_REQUIRE(counter != 0 && (counter & 3) == 0, fn, "counter");
     TP_REQUIRE(n >= 0 && n <= 4, fn, "n");
     TP_REQUIRE(in_dim > 0, fn, "in_dim");

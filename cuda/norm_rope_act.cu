@@ -389,18 +389,9 @@ int tp_rope_store_kv(uint64_t q, int heads, uint64_t k, uint64_t v, uint64_t pos
     TP_REQUIRE(heads > 0, fn, "heads");
     TP_REQUIRE(k != 0, fn, "k");
     TP_REQUIRE(v != 0, fn, "v");
-    TP_REQUIRE(positions != 0, fn, "positions");
-    TP_REQUIRE(inv_freq != 0, fn, "inv_freq");
-    TP_REQUIRE(scale > 0.f, fn, "scale");
-    TP_REQUIRE(key_cache != 0, fn, "key_cache");
-    TP_REQUIRE(value_cache != 0, fn, "value_cache");
-    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
-    TP_REQUIRE(slots != 0, fn, "slots");
-    TP_REQUIRE(token_pos != 0, fn, "token_pos");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(kv_heads > 0, fn, "kv_heads");
-    TP_REQUIRE(head_dim > 0 && head_dim % 2 == 0, fn, "head_dim");
-    TP_REQUIRE(capacity > 0, fn, "capacity");
+    int rc = check_rope_store_args(fn, positions, inv_freq, scale, key_cache, value_cache, pos_cache, slots, token_pos,
+                                   layer, kv_heads, head_dim, capacity);
+    if (rc != TP_OK) return rc;
     TP_REQUIRE(n >= 0 && n <= 65535, fn, "n");
     if (n == 0) return TP_OK;
     int64_t pairs = (int64_t)(heads + kv_heads) * (head_dim / 2);

@@ -251,6 +251,12 @@ int tp_event_record(uint64_t event, uint64_t stream) {
     return TP_OK;
 }
 
+int tp_stream_wait_event(uint64_t stream, uint64_t event) {
+    TP_REQUIRE(event != 0, "tp_stream_wait_event", "event");
+    TP_CUDA(cudaStreamWaitEvent(TP_STREAM(stream), reinterpret_cast<cudaEvent_t>((uintptr_t)event), 0));
+    return TP_OK;
+}
+
 int tp_event_synchronize(uint64_t event) {
     TP_REQUIRE(event != 0, "tp_event_synchronize", "event");
     TP_CUDA(cudaEventSynchronize(reinterpret_cast<cudaEvent_t>((uintptr_t)event)));

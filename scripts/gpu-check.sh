@@ -217,13 +217,13 @@ run_checks() {
   # CUDA graphs, then Nsight Compute over about one eager decode step (graphs off so each kernel is attributed).
   if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" ]] && want profile; then
     # graphs on, graphs off, graphs on with Programmatic Dependent Launch (the log's "backend:" line says PDL on/off)
-    # PROF_STEPS=0 skips these step timings (Nsight Compute only)
+    # PROF_STEPS=0 skips these step timings (Nsight Compute only); PROF_WEIGHTS=q8_0 profiles the Q8_0 weights' step
     [[ "${PROF_STEPS:-1}" == 0 ]] || for gp in "true false" "false false" "true true"; do
       local g p tag
       read -r g p <<< "$gp"
       tag="graphs-$g"; [[ $p == true ]] && tag="$tag-pdl"
       timeout "${T_DP:-60}" "$JAVA" "${JOPTS[@]}" -Dtokenpress.cuda.graphs=$g -Dtokenpress.cuda.pdl=$p -cp "$CP" \
-        dev.tokenpress.eval.DecodeProfile "$MODEL" 24 > "$OUT/profile-$tag.log" 2>&1
+        dev.tokenpress.eval.DecodeProfile "$MODEL" 24 cuda "${PROF_WEIGHTS:-as-stored}" > "$OUT/profile-$tag.log" 2>&1
       say "  decode step ms with graphs=$g pdl=$p (steps 12..23): $(grep -E '^step (1[2-9]|2[0-3]):' "$OUT/profile-$tag.log" | awk '{s+=$3; n++} END {if (n) printf "%.3f", s/n; else print "n/a"}')"
     done
     local NCU
@@ -232,6 +232,7 @@ run_checks() {
       timeout "${T_PROF:-150}" "$NCU" --target-processes all --launch-skip "${PROF_SKIP:-1500}" --launch-count "${PROF_COUNT:-240}" \
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum --csv --log-file "$OUT/ncu.csv" \
         "$JAVA" "${JOPTS[@]}" -Dtokenpress.cuda.graphs=false -cp "$CP" dev.tokenpress.eval.DecodeProfile "$MODEL" 16 \
+        cuda "${PROF_WEIGHTS:-as-stored}" \
         > "$OUT/ncu-run.log" 2>&1
       rc=$?
       stage_rc profile $rc

@@ -96,6 +96,8 @@ int tp_event_create(uint64_t* event);
 int tp_event_destroy(uint64_t event);
 int tp_event_record(uint64_t event, uint64_t stream);
 int tp_event_synchronize(uint64_t event);
+/** cudaStreamWaitEvent: work queued on stream afterwards waits for the event's last record. */
+int tp_stream_wait_event(uint64_t stream, uint64_t event);
 int tp_event_elapsed_ms(float* ms, uint64_t start, uint64_t end);
 /** Begins capturing the stream (thread-local capture mode). */
 int tp_graph_begin_capture(uint64_t stream);

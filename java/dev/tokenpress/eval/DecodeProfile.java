@@ -19,7 +19,7 @@ import java.util.Locale;
  * Programmatic Dependent Launch (the "backend:" line on stderr says PDL on/off), so running it with and without
  * gives the PDL A/B of the step time ({@code scripts/gpu-check.sh}, stage {@code profile}, does).
  *
- * <pre>java ... dev.tokenpress.eval.DecodeProfile MODEL_DIR [steps] [device]</pre>
+ * <pre>java ... dev.tokenpress.eval.DecodeProfile MODEL_DIR [steps] [device] [weights: as-stored | q8_0]</pre>
  */
 public final class DecodeProfile {
     private DecodeProfile() {}
@@ -27,15 +27,19 @@ public final class DecodeProfile {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length < 1) {
-            System.err.println("usage: DecodeProfile MODEL_DIR [steps=16] [device=cuda]");
+            System.err.println("usage: DecodeProfile MODEL_DIR [steps=16] [device=cuda] [weights=as-stored|q8_0]");
             System.exit(2);
         }
         Path dir = Path.of(args[0]);
         int steps = args.length > 1 ? Integer.parseInt(args[1]) : 16;
         String device = args.length > 2 ? args[2] : "cuda";
+        dev.tokenpress.backend.WeightType weights = args.length > 3
+                ? dev.tokenpress.backend.WeightType.parse(args[3]) : dev.tokenpress.backend.WeightType.AS_STORED;
         LlamaConfig c = ConfigLoader.load(dir);
         try (SafeTensors st = SafeTensors.open(dir)) {
             Backend b = Backends.create(device, 0, System.err::println);
+            b.setWeightType(weights);
+            System.err.println("weights: " + weights);
             try (Llama m = new Llama(c, Weights.load(st, c, b, null), b, 32)) {
                 KvCache cache = m.newCache(64 + steps);
                 int[] prompt = new int[32];

@@ -595,6 +595,9 @@ public final class KernelBench {
             result(out, k + "_bytes", g.bytes(), "B");
             result(out, k + "_vs_naive_max_lse_diff", g.maxLseDiff(), "");
             result(out, k + "_vs_naive_max_target_diff", g.maxTargetDiff(), "");
+            result(out, k + "_overlap_ms", g.overlapMs(), "ms");
+            result(out, k + "_overlap_vs_gemm", g.overlapMs() / r.gemmMs(), "x");
+            result(out, k + "_overlap_vs_plain_max_diff", g.overlapMaxDiff(), "");
             if (!Double.isNaN(g.ms()) && (best == null || g.ms() < best.ms())) best = g;
         }
         if (best != null) {
@@ -827,14 +830,15 @@ public final class KernelBench {
                     bytes += t.bytes();
             Llama m = new Llama(cfg, w, gpu, 256);
             int variant = gpu.q8GemvVariant();
+            boolean normTail = gpu.gemvNormTail(), ropeTail = gpu.gemvRopeTail();
             try {
                 int[] order = java.util.stream.IntStream.concat(java.util.stream.IntStream.of(variant),
                         java.util.stream.IntStream.rangeClosed(1, 4).filter(x -> x != variant)).toArray();
                 for (int run = 0; run <= order.length; run++) { // the default variant first, then the others, then
                     int v = run < order.length ? order[run] : variant; // the default with both GEMV epilogues
                     gpu.setQ8GemvVariant(v);
-                    gpu.setGemvNormTail(run == order.length);
-                    gpu.setGemvRopeTail(run == order.length);
+                    gpu.setGemvNormTail(run == order.length || normTail);
+                    gpu.setGemvRopeTail(run == order.length || ropeTail);
                     String sfx = run == order.length ? "_tails" : v == variant ? "" : "_v" + v;
                     try (KvCache cache = m.newCache(64 + decodeSlots(shortSteps, true) + 16)) {
                         int[] prompt = new int[32];
@@ -851,8 +855,8 @@ public final class KernelBench {
                 }
             } finally {
                 gpu.setQ8GemvVariant(variant);
-                gpu.setGemvNormTail(false);
-                gpu.setGemvRopeTail(false);
+                gpu.setGemvNormTail(normTail);
+                gpu.setGemvRopeTail(ropeTail);
             }
             result(out, "weight_bytes_per_token_q8", bytes / 1e9, "GB");
         } catch (RuntimeException e) {

@@ -253,6 +253,7 @@ public final class CudaBackend implements Backend {
             if (v < 0) throw new IllegalArgumentException("tokenpress.cuda.cceVariant=" + cce + ": gemm, v1, v2, v3 or v4");
             CudaCce.setVariant(v);
         }
+        if (optIn("tokenpress.cuda.cceOverlap", "TOKENPRESS_CUDA_CCE_OVERLAP")) CudaCce.setGemmOverlap(true); // process-wide
         String chunk = System.getProperty("tokenpress.cuda.cceGemmChunk", System.getenv("TOKENPRESS_CUDA_CCE_GEMM_CHUNK")); // ROWSxCOLS
         if (chunk != null) {
             String[] rc = chunk.toLowerCase(java.util.Locale.ROOT).split("x");
@@ -561,7 +562,8 @@ public final class CudaBackend implements Backend {
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
                 + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
-                + ", norm / rope+kv store in the gemv's last block " + onOff(gemvNormTail) + " / " + onOff(gemvRopeTail)
+                + ", norm / rope+kv store in the gemv's last block " + onOff(gemvNormTail && !fusesNormIntoMatmul())
+                + " / " + onOff(gemvRopeTail && !fusesNormIntoMatmul())
                 + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
                 + (weightType == dev.tokenpress.backend.WeightType.Q8_0 ? ", q8_0 GEMV v" + TpNative.tp_q8_gemv_variant() : "")
                 + ", PDL " + (pdl() ? "on" : pdlSupported ? "off" : "off (unsupported)");
@@ -1131,17 +1133,7 @@ public final class CudaBackend implements Backend {
         CudaKvCache c = (CudaKvCache) cache;
         long inv = ropeTable(rope);
         flushFrees(c);
-        // staged ints, as ropeStoreKv: positions[n] | slots[hkv][n] | token positions[hkv][n]
-        int[] a = new int[n + 2 * kvHeads * n];
-        System.arraycopy(positions, 0, a, 0, n);
-        for (int g = 0; g < kvHeads; g++)
-            for (int i = 0; i < n; i++) {
-                int slot = slots[g][i];
-                if (slot < 0 || slot >= c.capacity()) throw new IllegalArgumentException("storeKv: slot " + slot + " outside [0, " + c.capacity() + ")");
-                a[n + g * n + i] = slot;
-                a[n + kvHeads * n + g * n + i] = c.position(layer, g, slot);
-            }
-        long d = stage(a, a.length);
+        long d = stageRopeStore(c, positions, slots, kvHeads, layer, n);
         long pbq = ptrOrZero(bq), pbk = ptrOrZero(bk), pbv = ptrOrZero(bv);
         sig(19, qo.ptr, ko.ptr, vo.ptr, xi.ptr, wqt.ptr, wkt.ptr, wvt.ptr, pbq, pbk, pbv, n, q8 ? 1 : 0, heads, inv,
                 c.keys, c.deviceLayer(layer), Float.floatToIntBits(rope.attentionScale()));
@@ -1289,7 +1281,18 @@ public final class CudaBackend implements Backend {
         CudaKvCache c = (CudaKvCache) cache;
         long inv = ropeTable(rope);
         flushFrees(c);
-        // staged ints: positions[n] | slots[hkv][n] | token positions[hkv][n]
+        long d = stageRopeStore(c, positions, slots, kvHeads, layer, n);
+        sig(13, qt.ptr, heads, kt.ptr, vt.ptr, inv, c.keys, c.deviceLayer(layer), n, Float.floatToIntBits(rope.attentionScale()));
+        if (mode != Mode.DRY)
+            check(TpNative.tp_rope_store_kv(qt.ptr, heads, kt.ptr, vt.ptr, d, inv, rope.attentionScale(), c.keys, c.values, c.pos,
+                    d + 4L * n, d + 4L * (n + kvHeads * n), c.deviceLayer(layer), kvHeads, hd, c.capacity(), n, stream), "ropeStoreKv");
+    }
+
+    /**
+     * Stages what the RoPE + KV store kernels read: positions[n] | slots[hkv][n] | token positions[hkv][n] (each
+     * slot checked against the capacity); returns the device address.
+     */
+    private long stageRopeStore(CudaKvCache c, int[] positions, int[][] slots, int kvHeads, int layer, int n) {
         int[] a = new int[n + 2 * kvHeads * n];
         System.arraycopy(positions, 0, a, 0, n);
         for (int g = 0; g < kvHeads; g++)
@@ -1299,11 +1302,7 @@ public final class CudaBackend implements Backend {
                 a[n + g * n + i] = slot;
                 a[n + kvHeads * n + g * n + i] = c.position(layer, g, slot);
             }
-        long d = stage(a, a.length);
-        sig(13, qt.ptr, heads, kt.ptr, vt.ptr, inv, c.keys, c.deviceLayer(layer), n, Float.floatToIntBits(rope.attentionScale()));
-        if (mode != Mode.DRY)
-            check(TpNative.tp_rope_store_kv(qt.ptr, heads, kt.ptr, vt.ptr, d, inv, rope.attentionScale(), c.keys, c.values, c.pos,
-                    d + 4L * n, d + 4L * (n + kvHeads * n), c.deviceLayer(layer), kvHeads, hd, c.capacity(), n, stream), "ropeStoreKv");
+        return stage(a, a.length);
     }
 
     @Override

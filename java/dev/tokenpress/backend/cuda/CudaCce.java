@@ -40,7 +40,10 @@ import java.util.SplittableRandom;
  * columns} (4096 × 2048 by default: 32 MiB), and {@code tp_lse_chunk} folds each chunk into a running
  * (max, sum) per row; {@code tp_lse_chunk_finish} ends it. The [n, V] logits never exist at once, the workspace is
  * O(n) plus the fixed chunk, and the tensor-core work is cuBLAS's own. Precise mode runs two GEMMs per chunk (bf16
- * hi and lo parts of h, the second accumulating), as variant 1 does inside its kernel.
+ * hi and lo parts of h, the second accumulating), as variant 1 does inside its kernel. With {@link #setGemmOverlap}
+ * (or {@code -Dtokenpress.cuda.cceOverlap=true}; off by default, not yet measured on a GPU) two chunk buffers
+ * alternate and the folds run on a second stream, so the fold of one chunk overlaps the GEMM of the next (the same
+ * kernels on the same data in the same order per row: the same bits); the workspace grows by one chunk.
  */
 public final class CudaCce {
     private CudaCce() {}
@@ -55,6 +58,7 @@ public final class CudaCce {
 
     private static volatile boolean gemm = true; // the default: faster than every native variant on an H100
     private static volatile int gemmRows = GEMM_ROWS, gemmCols = GEMM_COLS;
+    private static volatile boolean gemmOverlap = false;
 
     /** Device workspace bytes {@code tp_cce_lse} needs for n rows of hidden size dim under the variant set now. */
     public static long workspaceBytes(int n, int dim) {
@@ -66,7 +70,8 @@ public final class CudaCce {
      * {@link #GEMM}: precise mode's size at the chunk set now (fast mode needs less, see {@link #gemmWorkspaceBytes}).
      */
     public static long workspaceBytes(int n, int dim, int variant) {
-        if (variant == GEMM || (variant == 0 && gemm)) return gemmWorkspaceBytes(n, dim, true, gemmRows, gemmCols);
+        if (variant == GEMM || (variant == 0 && gemm))
+            return gemmWorkspaceBytes(n, dim, true, gemmRows, gemmCols, gemmOverlap);
         return TpNative.tp_cce_lse_workspace_bytes_for(n, dim, variant);
     }
 
@@ -95,11 +100,29 @@ public final class CudaCce {
         gemmCols = roundUp(cols, 4);
     }
 
+    /**
+     * Whether the {@link #GEMM} variant overlaps each chunk's fold with the next chunk's GEMM (process-wide; see the
+     * class comment). The workspace then holds two chunks: size it after setting this.
+     */
+    public static void setGemmOverlap(boolean on) {
+        gemmOverlap = on;
+    }
+
+    public static boolean gemmOverlap() {
+        return gemmOverlap;
+    }
+
     /** Workspace of the {@link #GEMM} variant: bf16 h (and its lo part if precise), the chunk, and (max, sum) per row. */
     public static long gemmWorkspaceBytes(int n, int dim, boolean precise, int rowChunk, int colChunk) {
+        return gemmWorkspaceBytes(n, dim, precise, rowChunk, colChunk, false);
+    }
+
+    /** {@link #gemmWorkspaceBytes(int, int, boolean, int, int)} with a second chunk buffer when {@code overlap}. */
+    public static long gemmWorkspaceBytes(int n, int dim, boolean precise, int rowChunk, int colChunk, boolean overlap) {
         if (n <= 0) return 0;
         long h = align(2L * n * dim);
-        return h * (precise ? 2 : 1) + align(4L * Math.min(rowChunk, n) * roundUp(colChunk, 4)) + align(8L * n);
+        long chunk = align(4L * Math.min(rowChunk, n) * roundUp(colChunk, 4));
+        return h * (precise ? 2 : 1) + chunk * (overlap ? 2 : 1) + align(8L * n);
     }
 
     /** LSE and target logits (precise mode); {@code targets} may be null (then every target logit is NaN). */
@@ -162,7 +185,7 @@ public final class CudaCce {
                                      int n, int vocab, int dim, boolean precise, long workspace, long workspaceBytes) {
         if (gemm) {
             computeGemm(b, lse, targetLogit, hidden, lmHead, targets, n, vocab, dim, precise, workspace, workspaceBytes,
-                    gemmRows, gemmCols);
+                    gemmRows, gemmCols, gemmOverlap);
             return;
         }
         check(TpNative.tp_cce_lse(lse, targetLogit, hidden, lmHead, targets, n, vocab, dim, precise ? 1 : 0,
@@ -177,34 +200,82 @@ public final class CudaCce {
     public static void computeGemm(CudaBackend b, long lse, long targetLogit, long hidden, long lmHead, long targets,
                                    int n, int vocab, int dim, boolean precise, long workspace, long workspaceBytes,
                                    int rowChunk, int colChunk) {
+        computeGemm(b, lse, targetLogit, hidden, lmHead, targets, n, vocab, dim, precise, workspace, workspaceBytes,
+                rowChunk, colChunk, false);
+    }
+
+    /**
+     * {@link #computeGemm(CudaBackend, long, long, long, long, long, int, int, int, boolean, long, long, int, int)},
+     * with {@code overlap}: two chunk buffers (workspace of {@link #gemmWorkspaceBytes(int, int, boolean, int, int,
+     * boolean)}), the GEMMs on the backend's stream and the folds on a second stream created for the call; chunk k's
+     * GEMM waits for the fold of chunk k - 2 (its buffer), fold k for GEMM k, and the backend's stream for the last
+     * fold before the finish, so the call is ordered on the backend's stream like the plain one.
+     */
+    public static void computeGemm(CudaBackend b, long lse, long targetLogit, long hidden, long lmHead, long targets,
+                                   int n, int vocab, int dim, boolean precise, long workspace, long workspaceBytes,
+                                   int rowChunk, int colChunk, boolean overlap) {
         if (lse == 0 || hidden == 0 || lmHead == 0 || workspace == 0)
             throw new IllegalArgumentException("cce gemm: null device pointer");
         if (n < 0 || vocab <= 0 || dim <= 0 || rowChunk <= 0 || colChunk <= 0)
             throw new IllegalArgumentException("cce gemm: n=" + n + " vocab=" + vocab + " dim=" + dim + " chunk "
                     + rowChunk + " x " + colChunk);
-        long need = gemmWorkspaceBytes(n, dim, precise, rowChunk, colChunk);
+        long need = gemmWorkspaceBytes(n, dim, precise, rowChunk, colChunk, overlap);
         if (workspaceBytes < need)
             throw new IllegalArgumentException("cce gemm: workspace of " + workspaceBytes + " bytes, needs " + need);
         if (n == 0) return;
         int rc = Math.min(rowChunk, n), vc = roundUp(colChunk, 4);
         long hBytes = align(2L * n * dim);
-        long hi = workspace, lo = precise ? hi + hBytes : 0, chunk = hi + hBytes * (precise ? 2 : 1);
-        long state = chunk + align(4L * rc * vc);
+        long chunkBytes = align(4L * rc * vc);
+        long hi = workspace, lo = precise ? hi + hBytes : 0, chunk0 = hi + hBytes * (precise ? 2 : 1);
+        long chunk1 = overlap ? chunk0 + chunkBytes : chunk0;
+        long state = chunk1 + chunkBytes;
         long s = b.stream(), elems = (long) n * dim;
-        if (precise) check(TpNative.tp_f32_split_bf16(hi, lo, hidden, elems, s), "cce gemm: split h");
-        else check(TpNative.tp_f32_to_bf16(hi, hidden, elems, s), "cce gemm: convert h");
-        for (int r0 = 0; r0 < n; r0 += rc) {
-            int rows = Math.min(rc, n - r0);
-            for (int v0 = 0; v0 < vocab; v0 += vc) {
-                int cols = Math.min(vc, vocab - v0);
-                long w = lmHead + 2L * v0 * dim;
-                b.gemmBf16(chunk, vc, hi + 2L * r0 * dim, w, rows, cols, dim, false);
-                if (precise) b.gemmBf16(chunk, vc, lo + 2L * r0 * dim, w, rows, cols, dim, true);
-                check(TpNative.tp_lse_chunk(state + 8L * r0, targetLogit == 0 ? 0 : targetLogit + 4L * r0, chunk,
-                        targets == 0 ? 0 : targets + 4L * r0, rows, cols, vc, v0, v0 == 0 ? 1 : 0, s), "tp_lse_chunk");
+        long s2 = 0;
+        long[] gemmDone = new long[2], foldDone = new long[2];
+        try {
+            if (overlap) {
+                long[] t = {0};
+                check(TpNative.tp_stream_create(t), "cce gemm: fold stream");
+                s2 = t[0];
+                for (int i = 0; i < 2; i++) {
+                    check(TpNative.tp_event_create(t), "cce gemm: event");
+                    gemmDone[i] = t[0];
+                    check(TpNative.tp_event_create(t), "cce gemm: event");
+                    foldDone[i] = t[0];
+                }
             }
+            if (precise) check(TpNative.tp_f32_split_bf16(hi, lo, hidden, elems, s), "cce gemm: split h");
+            else check(TpNative.tp_f32_to_bf16(hi, hidden, elems, s), "cce gemm: convert h");
+            int k = 0;
+            for (int r0 = 0; r0 < n; r0 += rc) {
+                int rows = Math.min(rc, n - r0);
+                for (int v0 = 0; v0 < vocab; v0 += vc, k++) {
+                    int cols = Math.min(vc, vocab - v0), buf = k & 1;
+                    long chunk = buf == 0 ? chunk0 : chunk1, w = lmHead + 2L * v0 * dim;
+                    if (overlap && k >= 2) check(TpNative.tp_stream_wait_event(s, foldDone[buf]), "cce gemm: wait");
+                    b.gemmBf16(chunk, vc, hi + 2L * r0 * dim, w, rows, cols, dim, false);
+                    if (precise) b.gemmBf16(chunk, vc, lo + 2L * r0 * dim, w, rows, cols, dim, true);
+                    long fs = s;
+                    if (overlap) {
+                        check(TpNative.tp_event_record(gemmDone[buf], s), "cce gemm: record");
+                        check(TpNative.tp_stream_wait_event(s2, gemmDone[buf]), "cce gemm: wait");
+                        fs = s2;
+                    }
+                    check(TpNative.tp_lse_chunk(state + 8L * r0, targetLogit == 0 ? 0 : targetLogit + 4L * r0, chunk,
+                            targets == 0 ? 0 : targets + 4L * r0, rows, cols, vc, v0, v0 == 0 ? 1 : 0, fs), "tp_lse_chunk");
+                    if (overlap) check(TpNative.tp_event_record(foldDone[buf], s2), "cce gemm: record");
+                }
+            }
+            if (overlap && k > 0) check(TpNative.tp_stream_wait_event(s, foldDone[(k - 1) & 1]), "cce gemm: wait");
+            check(TpNative.tp_lse_chunk_finish(lse, targetLogit, state, targets, n, vocab, s), "tp_lse_chunk_finish");
+        } finally {
+            // released once their queued work is done (cudaStreamDestroy / cudaEventDestroy do not wait)
+            for (int i = 0; i < 2; i++) {
+                if (gemmDone[i] != 0) TpNative.tp_event_destroy(gemmDone[i]);
+                if (foldDone[i] != 0) TpNative.tp_event_destroy(foldDone[i]);
+            }
+            if (s2 != 0) TpNative.tp_stream_destroy(s2);
         }
-        check(TpNative.tp_lse_chunk_finish(lse, targetLogit, state, targets, n, vocab, s), "tp_lse_chunk_finish");
     }
 
     private static long align(long bytes) {
@@ -259,10 +330,12 @@ public final class CudaCce {
     /**
      * One chunk shape of the {@link #GEMM} variant in {@link #bench}: ms in fast mode (bf16 h, its conversion
      * included) and precise mode (hi + lo, two GEMMs per chunk), workspace bytes of fast mode, and the fast mode's max
-     * differences to the naive path (NaN times if it failed).
+     * differences to the naive path (NaN times if it failed); overlapMs: fast mode with the folds overlapped
+     * ({@link #setGemmOverlap}), overlapMaxDiff: the largest difference of its lse and target logits from the plain
+     * run's (0 expected: the same kernels in the same order per row).
      */
     public record GemmRun(int rows, int cols, double ms, double preciseMs, long bytes, double maxLseDiff,
-                          double maxTargetDiff) {}
+                          double maxTargetDiff, double overlapMs, double overlapMaxDiff) {}
 
     /** The chunk shapes {@link #bench} times for the {@link #GEMM} variant (rows of h × vocabulary entries). */
     public static final int[][] BENCH_GEMM_CHUNKS = {
@@ -370,9 +443,10 @@ public final class CudaCce {
             // -- the chunked cuBLAS variant over several chunk shapes, last as well
             List<GemmRun> gemmRuns = new ArrayList<>();
             for (int[] c : BENCH_GEMM_CHUNKS) {
-                long wsB = gemmWorkspaceBytes(n, d, true, c[0], c[1]), fastB = gemmWorkspaceBytes(n, d, false, c[0], c[1]);
+                // room for the precise runs and the overlapped run's second chunk; fastB: what the plain fast mode needs
+                long wsB = gemmWorkspaceBytes(n, d, true, c[0], c[1], true), fastB = gemmWorkspaceBytes(n, d, false, c[0], c[1]);
                 float[] lseG = new float[n], tgtG = new float[n];
-                double ms = Double.NaN, pms = Double.NaN;
+                double ms = Double.NaN, pms = Double.NaN, oms = Double.NaN, odiff = Double.NaN;
                 try {
                     cceWs = b.malloc(wsB, "bench cce gemm workspace");
                     final long fWs2 = cceWs;
@@ -383,6 +457,14 @@ public final class CudaCce {
                     check(TpNative.tp_memcpy_d2h(tgtG, cceOut + 4L * n, 4L * n, b.stream()), "download");
                     pms = time(b, e0[0], e1[0], reps, () -> computeGemm(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v,
                             d, true, fWs2, wsB, c[0], c[1]));
+                    check(TpNative.tp_memset_async(cceOut, 0xff, 8L * n, b.stream()), "memset");
+                    oms = time(b, e0[0], e1[0], reps, () -> computeGemm(b, fOut, fOut + 4L * n, h.ptr, w.ptr, fT, n, v,
+                            d, false, fWs2, wsB, c[0], c[1], true));
+                    float[] lseO = new float[n], tgtO = new float[n];
+                    check(TpNative.tp_memcpy_d2h(lseO, cceOut, 4L * n, b.stream()), "download");
+                    check(TpNative.tp_memcpy_d2h(tgtO, cceOut + 4L * n, 4L * n, b.stream()), "download");
+                    double[] dO = diffs(lseO, tgtO, lseG, tgtG, targets, n);
+                    odiff = Math.max(dO[0], dO[1]);
                 } catch (RuntimeException e) {
                     System.err.println("cce gemm chunk " + c[0] + "x" + c[1] + " failed: " + e);
                     if (Double.isNaN(ms)) Arrays.fill(lseG, Float.NaN);
@@ -391,7 +473,7 @@ public final class CudaCce {
                     cceWs = 0;
                 }
                 double[] dg = diffs(lseG, tgtG, lseN, tgtN, targets, n);
-                gemmRuns.add(new GemmRun(c[0], c[1], ms, pms, fastB, dg[0], dg[1]));
+                gemmRuns.add(new GemmRun(c[0], c[1], ms, pms, fastB, dg[0], dg[1], oms, odiff));
             }
             double cceV2 = famMs[2];
             float[] lse2 = famLse[2], tgt2 = famTgt[2];

@@ -113,6 +113,8 @@ public final class TpNative {
 
     public static native int tp_event_synchronize(@Cast("uint64_t") long event);
 
+    public static native int tp_stream_wait_event(@Cast("uint64_t") long stream, @Cast("uint64_t") long event);
+
     public static native int tp_event_elapsed_ms(float[] ms, @Cast("uint64_t") long start, @Cast("uint64_t") long end);
 
     public static native int tp_graph_begin_capture(@Cast("uint64_t") long stream);

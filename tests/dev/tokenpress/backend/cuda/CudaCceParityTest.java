@@ -217,7 +217,8 @@ class CudaCceParityTest {
     /**
      * The chunked cuBLAS variant with chunks far smaller than the shapes (several row and vocabulary chunks, a last
      * vocabulary chunk of 1 to 3 columns, one vocabulary entry in all), both modes, against the double reference; a
-     * workspace one byte short is refused before anything runs.
+     * workspace one byte short is refused before anything runs. With the folds overlapped on a second stream
+     * (two chunk buffers) every lse and target logit has the plain run's bits.
      */
     @Test
     void gemmVariantInSmallChunks() {
@@ -257,6 +258,26 @@ class CudaCceParityTest {
                             for (int i = 0; i < n; i++) {
                                 near(want[0][i], lse[i], RTOL, "lse " + at + " row " + i, bad);
                                 near(want[1][i], tg[i], RTOL, "target " + at + " row " + i, bad);
+                            }
+                            // the folds overlapped with the next chunk's GEMM on a second stream: the same bits
+                            long needO = CudaCce.gemmWorkspaceBytes(n, d, precise, c[0], c[1], true);
+                            long wsO = gpu.malloc(needO, "test cce gemm overlap workspace");
+                            try {
+                                assertThrows(IllegalArgumentException.class, () -> CudaCce.computeGemm(gpu, out,
+                                        out + 4L * n, hg.ptr, wg.ptr, tdev, n, v, d, precise, wsO, needO - 1, c[0], c[1], true));
+                                check(TpNative.tp_memset_async(out, 0xff, 8L * n, gpu.stream()));
+                                CudaCce.computeGemm(gpu, out, out + 4L * n, hg.ptr, wg.ptr, tdev, n, v, d, precise, wsO,
+                                        needO, c[0], c[1], true);
+                                float[] lseO = new float[n], tgO = new float[n];
+                                check(TpNative.tp_memcpy_d2h(lseO, out, 4L * n, gpu.stream()));
+                                check(TpNative.tp_memcpy_d2h(tgO, out + 4L * n, 4L * n, gpu.stream()));
+                                for (int i = 0; i < n; i++)
+                                    if (Float.floatToIntBits(lseO[i]) != Float.floatToIntBits(lse[i])
+                                            || Float.floatToIntBits(tgO[i]) != Float.floatToIntBits(tg[i]))
+                                        bad.add("overlap " + at + " row " + i + ": " + lseO[i] + "/" + tgO[i] + " vs "
+                                                + lse[i] + "/" + tg[i]);
+                            } finally {
+                                gpu.free(wsO);
                             }
                         } finally {
                             gpu.free(ws);
