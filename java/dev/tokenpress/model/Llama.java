@@ -676,13 +676,19 @@ public final class Llama implements AutoCloseable {
                 b.matmulAddRmsnorm(xn, x, xb, att, lw.wo(), lw.mlpNorm(), eps, n); // x += att·Wo; xn = norm(x); xb scratch
                 // --- MLP block ---
                 b.matmulSwiglu(gate, up, xn, lw.wGate(), lw.wUp(), n); // gate [n, F] = silu(xn·Wg) * (xn·Wu); up scratch
-                if (l + 1 < c.numLayers()) {                          // x += gate·Wdown; xn = next layer's norm(x)
-                    b.matmulAddRmsnorm(xn, x, xb, gate, lw.wDown(), w.layers()[l + 1].attnNorm(), eps, n);
-                } else {
-                    b.matmul(xb, gate, lw.wDown(), null, n);          // xb [n, D]
-                    b.add(x, xb, n);                                  // x += mlp
-                }
+                // x += gate·Wdown; xn = the next layer's norm(x), after the last layer the final norm(x)
+                b.matmulAddRmsnorm(xn, x, xb, gate, lw.wDown(),
+                        l + 1 < c.numLayers() ? w.layers()[l + 1].attnNorm() : w.finalNorm(), eps, n);
             }
+            // xn [n, D]: the final hidden states
+            if (hiddenOut != null) {
+                hiddenOut.accept(b.download(xn, 0, n));
+                return;                                               // no logits asked for (logits() stays as it was)
+            }
+            b.copyRows(last, 0, xn, n - 1, 1);                        // last [1, D]
+            b.matmul(logits, last, w.lmHead(), null, 1);              // logits [1, V]
+            if (allRows) b.matmul(allLogits(), xn, w.lmHead(), null, n); // allLogits [n, V]
+            return;
         }
         if (hiddenOut != null) {
             b.rmsnorm(xb, x, w.finalNorm(), eps, n);                  // the final hidden states, [n, D]
