@@ -213,15 +213,11 @@ int launch_gemv_nx(int wpr, float* out, const float* x, const uint16_t* w, const
     int rpb = kGemvWarps / wpr;
     dim3 grid((unsigned)ceil_div(O, rpb));
     const int pf = want_prefetch((int64_t)O * I * 2) ? 1 : 0;
-    auto go = [&](auto k) {
+    return by_wpr_tail(wpr, tail.counter != nullptr, [&](auto wc, auto tc) {
+        auto k = gemv_bf16_kernel<NX, decltype(wc)::value, decltype(tc)::value>;
         TP_LAUNCH("gemv_bf16_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, w, bias, O, I, accumulate, pf, tail);
         return TP_OK;
-    };
-    if (tail.counter != nullptr)  // the epilogue's instantiation (the plain one keeps its code and registers)
-        return go(wpr == 1 ? gemv_bf16_kernel<NX, 1, true> : wpr == 2 ? gemv_bf16_kernel<NX, 2, true>
-                : wpr == 4 ? gemv_bf16_kernel<NX, 4, true> : gemv_bf16_kernel<NX, 8, true>);
-    return go(wpr == 1 ? gemv_bf16_kernel<NX, 1, false> : wpr == 2 ? gemv_bf16_kernel<NX, 2, false>
-            : wpr == 4 ? gemv_bf16_kernel<NX, 4, false> : gemv_bf16_kernel<NX, 8, false>);
+    });
 }
 
 // Warps per row: the fewest (longest runs of loads per warp) that still give about two blocks per SM, but never
@@ -442,15 +438,11 @@ template <int NX>
 int launch_gemv_multi_nx(int wpr, dim3 grid, const GemvSegs& sg, const float* x, int I, cudaStream_t s,
                          const float* nw = nullptr, float eps = 0.f, const RopeStoreTail& tail = RopeStoreTail{}) {
     const int pf = want_prefetch(((int64_t)sg.rows0 + sg.rows1 + sg.rows2) * I * 2) ? 1 : 0;
-    auto go = [&](auto k) {
+    return by_wpr_tail(wpr, tail.counter != nullptr, [&](auto wc, auto tc) {
+        auto k = gemv_multi_kernel<NX, decltype(wc)::value, decltype(tc)::value>;
         TP_LAUNCH("gemv_multi_kernel", k, grid, dim3(kGemvThreads), 0, s, sg, x, I, nw, eps, pf, tail);
         return TP_OK;
-    };
-    if (tail.counter != nullptr)  // the epilogue's instantiation (the plain one keeps its code and registers)
-        return go(wpr == 1 ? gemv_multi_kernel<NX, 1, true> : wpr == 2 ? gemv_multi_kernel<NX, 2, true>
-                : wpr == 4 ? gemv_multi_kernel<NX, 4, true> : gemv_multi_kernel<NX, 8, true>);
-    return go(wpr == 1 ? gemv_multi_kernel<NX, 1, false> : wpr == 2 ? gemv_multi_kernel<NX, 2, false>
-            : wpr == 4 ? gemv_multi_kernel<NX, 4, false> : gemv_multi_kernel<NX, 8, false>);
+    });
 }
 
 template <int NX>

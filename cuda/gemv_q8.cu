@@ -596,32 +596,24 @@ int launch_q8(int wpr, float* out, const float* x, const uint8_t* w, const float
     const int rpb = kQ8Warps / wpr;
     dim3 grid((unsigned)ceil_div(O, rpb));
     const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
-    auto go = [&](auto k) {
+    return by_wpr_tail(wpr, tail.counter != nullptr, [&](auto wc, auto tc) {
+        auto k = gemv_q8_kernel<NX, decltype(wc)::value, V, decltype(tc)::value>;
         grid.x = q8_grid<V>(k, (int)grid.x, smem);
         TP_LAUNCH("gemv_q8_kernel", k, grid, dim3(kQ8Threads), smem, s, out, x, w, scales, bias, O, I, accumulate, tail);
         return TP_OK;
-    };
-    if (tail.counter != nullptr)  // the epilogue's instantiation (the plain one keeps its code and registers)
-        return go(wpr == 1 ? gemv_q8_kernel<NX, 1, V, true> : wpr == 2 ? gemv_q8_kernel<NX, 2, V, true>
-                : wpr == 4 ? gemv_q8_kernel<NX, 4, V, true> : gemv_q8_kernel<NX, 8, V, true>);
-    return go(wpr == 1 ? gemv_q8_kernel<NX, 1, V, false> : wpr == 2 ? gemv_q8_kernel<NX, 2, V, false>
-            : wpr == 4 ? gemv_q8_kernel<NX, 4, V, false> : gemv_q8_kernel<NX, 8, V, false>);
+    });
 }
 
 template <int NX, int V>
 int launch_q8_multi(int wpr, dim3 grid, const Q8Segs& sg, const float* x, int I, cudaStream_t s,
                     const RopeStoreTail& tail = RopeStoreTail{}) {
     const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
-    auto go = [&](auto k) {
+    return by_wpr_tail(wpr, tail.counter != nullptr, [&](auto wc, auto tc) {
+        auto k = gemv_q8_multi_kernel<NX, decltype(wc)::value, V, decltype(tc)::value>;
         grid.x = q8_grid<V>(k, (int)grid.x, smem);
         TP_LAUNCH("gemv_q8_multi_kernel", k, grid, dim3(kQ8Threads), smem, s, sg, x, I, tail);
         return TP_OK;
-    };
-    if (tail.counter != nullptr)  // the epilogue's instantiation (the plain one keeps its code and registers)
-        return go(wpr == 1 ? gemv_q8_multi_kernel<NX, 1, V, true> : wpr == 2 ? gemv_q8_multi_kernel<NX, 2, V, true>
-                : wpr == 4 ? gemv_q8_multi_kernel<NX, 4, V, true> : gemv_q8_multi_kernel<NX, 8, V, true>);
-    return go(wpr == 1 ? gemv_q8_multi_kernel<NX, 1, V, false> : wpr == 2 ? gemv_q8_multi_kernel<NX, 2, V, false>
-            : wpr == 4 ? gemv_q8_multi_kernel<NX, 4, V, false> : gemv_q8_multi_kernel<NX, 8, V, false>);
+    });
 }
 
 template <int NX, int V>

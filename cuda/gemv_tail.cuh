@@ -11,9 +11,25 @@
 // 0 again for the next launch in stream order); that last block fences again and reads the other blocks' outputs
 // through L2 (__ldcg).
 #pragma once
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace tp {
+
+// Calls f(std::integral_constant<int, WPR>{}, std::integral_constant<bool, Tail>{}) for the warps per row wpr (1, 2,
+// 4, else 8) and whether the launch has an epilogue: the GEMV kernels are templated on both, and the plain (Tail =
+// false) instantiations keep the code they had without epilogues.
+template <typename F>
+int by_wpr_tail(int wpr, bool tail, F f) {
+    auto go = [&](auto w) { return tail ? f(w, std::true_type{}) : f(w, std::false_type{}); };
+    switch (wpr) {
+        case 1: return go(std::integral_constant<int, 1>{});
+        case 2: return go(std::integral_constant<int, 2>{});
+        case 4: return go(std::integral_constant<int, 4>{});
+        default: return go(std::integral_constant<int, 8>{});
+    }
+}
 
 // RoPE + KV store epilogue of the q/k/v GEMV (tp_gemv_bf16_multi_rope_store_kv, tp_gemv_q8_multi_rope_store_kv):
 // once q [n, heads*hd], k and v [n, kv_heads*hd] are written, the last block rotates q and k in place and stores k

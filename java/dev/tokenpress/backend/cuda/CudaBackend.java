@@ -1021,8 +1021,7 @@ public final class CudaBackend implements Backend {
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int in = xi.cols;
-        if (q8Gemv(xi, n, in, wqt, wkt, wvt) && wqt.rows == qo.cols && wkt.rows == ko.cols && wvt.rows == vo.cols
-                && disjoint(qo, xi, n) && disjoint(ko, xi, n) && disjoint(vo, xi, n)) {
+        if (q8QkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n)) {
             long pbq = ptrOrZero(bq), pbk = ptrOrZero(bk), pbv = ptrOrZero(bv);
             sig(61, qo.ptr, ko.ptr, vo.ptr, xi.ptr, wqt.ptr, wkt.ptr, wvt.ptr, pbq, pbk, pbv, n);
             if (mode != Mode.DRY)
@@ -1117,12 +1116,9 @@ public final class CudaBackend implements Backend {
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int hd = rope.headDim(), in = xi.cols;
-        boolean fits = gemvRopeTail && n > 0 && cache instanceof CudaKvCache cc && cc.headDim() == hd
-                && cc.kvHeads() == kvHeads && heads > 0 && (long) heads * hd == qo.cols
-                && (long) kvHeads * hd == ko.cols && ko.cols == vo.cols
+        boolean fits = gemvRopeTail && ropeStoreFits(qo, heads, ko, vo, kvHeads, hd, cache, n)
                 && disjoint(qo, ko, n) && disjoint(qo, vo, n) && disjoint(ko, vo, n);
-        boolean q8 = fits && q8Gemv(xi, n, in, wqt, wkt, wvt) && wqt.rows == qo.cols && wkt.rows == ko.cols
-                && wvt.rows == vo.cols && disjoint(qo, xi, n) && disjoint(ko, xi, n) && disjoint(vo, xi, n);
+        boolean q8 = fits && q8QkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n);
         boolean bf16 = fits && !q8 && qkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n);
         if (!q8 && !bf16) {
             Backend.super.matmulQkvRopeStoreKv(q, k, v, x, wq, bq, wk, bk, wv, bv, heads, kvHeads, rope, positions,
@@ -1149,6 +1145,20 @@ public final class CudaBackend implements Backend {
                     xi.ptr, n, in, heads, kvHeads, hd, d, inv, scale, c.keys, c.values, c.pos, d + 4L * n,
                     d + 4L * (n + kvHeads * n), c.deviceLayer(layer), c.capacity(), gemvTailCounter, stream),
                     "matmulQkvRopeStoreKv (GEMV)");
+    }
+
+    /** Whether q/k/v of x run as one fused Q8_0 GEMV launch (Q8_0 weights of the outputs' widths, outputs apart from x). */
+    private static boolean q8QkvGemv(CudaTensor qo, CudaTensor ko, CudaTensor vo, CudaTensor xi, CudaTensor wq,
+                                     CudaTensor wk, CudaTensor wv, int n) {
+        return q8Gemv(xi, n, xi.cols, wq, wk, wv) && wq.rows == qo.cols && wk.rows == ko.cols && wv.rows == vo.cols
+                && disjoint(qo, xi, n) && disjoint(ko, xi, n) && disjoint(vo, xi, n);
+    }
+
+    /** Whether the one-kernel RoPE + KV store takes these: a bf16 device cache of the head dim, exact row widths. */
+    private static boolean ropeStoreFits(CudaTensor q, int heads, CudaTensor k, CudaTensor v, int kvHeads, int hd,
+                                         KvCache cache, int n) {
+        return n > 0 && cache instanceof CudaKvCache cc && cc.headDim() == hd && cc.kvHeads() == kvHeads && heads > 0
+                && (long) heads * hd == q.cols && (long) kvHeads * hd == k.cols && k.cols == v.cols;
     }
 
     /** Whether the fused Q8_0 GEMVs take these: every matrix Q8_0 with the input width, n <= 4, x 16-byte aligned. */
@@ -1271,10 +1281,7 @@ public final class CudaBackend implements Backend {
                             KvCache cache, int layer, int[][] slots, int n) {
         CudaTensor qt = act(q), kt = act(k), vt = act(v);
         int hd = rope.headDim();
-        boolean fuse = fusedRopeStoreKv && n > 0 && cache instanceof CudaKvCache cc && cc.headDim() == hd
-                && cc.kvHeads() == kvHeads && heads > 0 && (long) heads * hd == qt.cols
-                && (long) kvHeads * hd == kt.cols && kt.cols == vt.cols;
-        if (!fuse) {
+        if (!fusedRopeStoreKv || !ropeStoreFits(qt, heads, kt, vt, kvHeads, hd, cache, n)) {
             Backend.super.ropeStoreKv(q, heads, k, v, kvHeads, rope, positions, cache, layer, slots, n);
             return;
         }
