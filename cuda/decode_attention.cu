@@ -750,14 +750,25 @@ __device__ __forceinline__ void prefetch_split_rows(const uint16_t* kb, const ui
     }
 }
 
-template <int HD, int STAGES>
+// What a v3 launch with KEYS writes for TidalDecode's selection (tp_decode_attention_select): keys [Hkv][len] of a
+// tp_tidal_select workspace (order_key of the group score of each candidate below len, 0 where it is not visible),
+// cur [Hkv] (atomicMax of the slot holding *keep_pos), the group reduced by max or (sum_group) by sum.
+struct V3SelKeys {
+    uint32_t* keys;
+    int len;
+    int* cur;
+    const int* keep_pos;
+    int sum_group;
+};
+
+template <int HD, int STAGES, bool KEYS>
 __global__ void __launch_bounds__(kThreads, V3Shape<HD, STAGES>::kMinBlocks)
 decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
                        const int* __restrict__ pc, int layer, int H, int Hkv, int C, const int* __restrict__ qpos_ptr,
                        const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
                        const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
                        float2* __restrict__ part_md, int* __restrict__ counters, float* __restrict__ out,
-                       float* __restrict__ lse2, bool direct, int prefetch_rows) {
+                       float* __restrict__ lse2, bool direct, int prefetch_rows, V3SelKeys sk) {
     using Shape = V3Shape<HD, STAGES>;
     constexpr int S = Shape::kStages;
     constexpr int RB = Shape::kRowBytes;
@@ -794,6 +805,14 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     const int end = min(len, begin + per);
     const int first = begin + warp * kV3Rows;
     const int niter = end > first ? (int)ceil_div(end - first, NB) : 0;  // warp-uniform
+    // KEYS (one block per KV head's whole group, no slot list: candidate index = slot): this KV head's key row
+    uint32_t* krow = nullptr;
+    int kend = 0, keep = -1;
+    if (KEYS) {
+        krow = sk.keys + (int64_t)kh * sk.len;
+        kend = min(end, sk.len);
+        keep = sk.keep_pos[0];
+    }
 
     const uint32_t wbuf = (uint32_t)__cvta_generic_to_shared(smem) + (uint32_t)(warp * Shape::kWarpBytes);
     // lane r < 16 holds the slot of row r of a stage (-1: no candidate)
@@ -883,11 +902,10 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
         const uint32_t va = ka + kV3Rows * RB;
         const uint32_t pa = va + kV3Rows * RB;
         // visibility of the stage's 16 rows (bit r = row r is invisible)
-        uint32_t inv;
-        {
-            const int pos = lane < kV3Rows ? lds32(pa + lane * 4) : 0;
-            inv = __ballot_sync(0xffffffffu, lane < kV3Rows && !(pos >= 0 && pos <= qp));
-        }
+        const int pos = lane < kV3Rows ? lds32(pa + lane * 4) : 0;
+        const uint32_t inv = __ballot_sync(0xffffffffu, lane < kV3Rows && !(pos >= 0 && pos <= qp));
+        if (KEYS && lane < kV3Rows && pos >= 0 && pos == keep && first + t * NB + lane < kend)
+            atomicMax(sk.cur + kh, first + t * NB + lane);  // the last slot holding it, as tp_tidal_select
         if (inv != 0) {  // zero the value rows of invisible candidates (free / future slots may hold NaN bits)
 #pragma unroll
             for (int i = 0; i < CPL; i++) {
@@ -922,6 +940,31 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
 #pragma unroll
             for (int e = 0; e < 2; e++)
                 if ((inv >> (j * 8 + 2 * t4 + e)) & 1u) s[j][e] = kNegInf;
+        }
+        if (KEYS) {  // the group score of each key: reduce head gq's scores over the 8 fragment rows (lanes t4 + 4i)
+            float v[2][2];
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) v[j][e] = gq < nh ? s[j][e] : (sk.sum_group ? 0.f : kNegInf);
+#pragma unroll
+            for (int off = 4; off < 32; off <<= 1)
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const float w = __shfl_xor_sync(0xffffffffu, v[j][e], off);
+                        v[j][e] = sk.sum_group ? v[j][e] + w : fmaxf(v[j][e], w);
+                    }
+            if (gq == 0) {
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int row = j * 8 + 2 * t4 + e, idx = first + t * NB + row;
+                        if (idx < kend) krow[idx] = ((inv >> row) & 1u) ? 0u : order_key(v[j][e]);
+                    }
+            }
         }
         float mx = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -1109,7 +1152,7 @@ int launch_split_v2_hd(int gt, int kv_blocks, int max_len, bool direct, dim3 gri
 // Opts decode_split_v3_kernel<HD, STAGES> into its dynamic shared memory on the current device and returns its
 // resident blocks per SM (both cached per device). tp_set_attention_variant(3) runs it already, outside any graph
 // capture.
-template <int HD, int STAGES>
+template <int HD, int STAGES, bool KEYS = false>
 cudaError_t v3_prepare(int* blocks_per_sm_out) {
     static int cache[64] = {0};
     int dev = 0;
@@ -1117,7 +1160,7 @@ cudaError_t v3_prepare(int* blocks_per_sm_out) {
     if (e != cudaSuccess) return e;
     int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
     if (bps == 0) {
-        auto kernel = decode_split_v3_kernel<HD, STAGES>;
+        auto kernel = decode_split_v3_kernel<HD, STAGES, KEYS>;
         constexpr int smem = V3Shape<HD, STAGES>::kSmemBytes;
         e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (e != cudaSuccess) return e;
@@ -1131,12 +1174,14 @@ cudaError_t v3_prepare(int* blocks_per_sm_out) {
     return cudaSuccess;
 }
 
-// Both pipeline depths of the v3 kernel for head dim HD.
+// Both pipeline depths of the v3 kernel for head dim HD, with and without the selection keys.
 template <int HD>
 cudaError_t v3_prepare_all() {
     int bps;
     cudaError_t e = v3_prepare<HD, v3_stages<HD>(false)>(&bps);
-    return e != cudaSuccess ? e : v3_prepare<HD, v3_stages<HD>(true)>(&bps);
+    if (e == cudaSuccess) e = v3_prepare<HD, v3_stages<HD>(true)>(&bps);
+    if (e == cudaSuccess) e = v3_prepare<HD, v3_stages<HD>(false), true>(&bps);
+    return e != cudaSuccess ? e : v3_prepare<HD, v3_stages<HD>(true), true>(&bps);
 }
 
 // The v3 kernel's pipeline depth (tp_set_attention_deep_pipeline): false = default stages, true = twice as many.
@@ -1150,11 +1195,11 @@ int launch_split_v3_s(int kv_blocks, int max_len, bool direct, dim3 grid, const 
                       const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
                       const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
                       float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
-                      cudaStream_t stream) {
-    auto kernel = decode_split_v3_kernel<HD, STAGES>;
+                      const V3SelKeys* sk, cudaStream_t stream) {
+    auto kernel = sk ? decode_split_v3_kernel<HD, STAGES, true> : decode_split_v3_kernel<HD, STAGES, false>;
     constexpr int smem = V3Shape<HD, STAGES>::kSmemBytes;
     int bps = 0;
-    TP_CUDA((v3_prepare<HD, STAGES>(&bps)));
+    TP_CUDA((sk ? v3_prepare<HD, STAGES, true>(&bps) : v3_prepare<HD, STAGES, false>(&bps)));
     int splits = 1;
     if (!direct) {
         constexpr int min_rows = 2 * kWarps * kV3Rows;
@@ -1167,9 +1212,10 @@ int launch_split_v3_s(int kv_blocks, int max_len, bool direct, dim3 grid, const 
     *splits_out = splits;
     grid.x = splits;
     const int prefetch = __atomic_load_n(&g_prefetch_rows, __ATOMIC_RELAXED);
+    const V3SelKeys no_keys = {nullptr, 0, nullptr, nullptr, 0};
     TP_LAUNCH("decode_split_v3_kernel", kernel, grid, dim3(kThreads), smem, stream, q, kc, vc, pc, layer, H, Hkv,
               C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, counters, out, lse2,
-              direct, prefetch);
+              direct, prefetch, sk ? *sk : no_keys);
     return TP_OK;
 }
 
@@ -1178,14 +1224,15 @@ int launch_split_v3(int kv_blocks, int max_len, bool direct, dim3 grid, const fl
                     const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
                     const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
                     float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
-                    cudaStream_t stream) {
+                    const V3SelKeys* sk, cudaStream_t stream) {
     if (__atomic_load_n(&g_v3_deep, __ATOMIC_RELAXED))
         return launch_split_v3_s<HD, v3_stages<HD>(true)>(kv_blocks, max_len, direct, grid, q, kc, vc, pc, layer, H,
                                                            Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2,
-                                                           part_o, part_md, counters, out, lse2, splits_out, stream);
+                                                           part_o, part_md, counters, out, lse2, splits_out, sk,
+                                                           stream);
     return launch_split_v3_s<HD, v3_stages<HD>(false)>(kv_blocks, max_len, direct, grid, q, kc, vc, pc, layer, H,
                                                         Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2,
-                                                        part_o, part_md, counters, out, lse2, splits_out, stream);
+                                                        part_o, part_md, counters, out, lse2, splits_out, sk, stream);
 }
 
 // Decode attention kernel variant (tp_set_attention_variant): 1 = decode_split_kernel, 2 = the cp.async pipeline,
@@ -1314,12 +1361,18 @@ int tp_decode_attention_ex(uint64_t out, uint64_t q, uint64_t key_cache, uint64_
                                    raw_scores, prob_sums, workspace, workspace_bytes, counters, 0, stream);
 }
 
-int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
-                            int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
-                            uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
-                            int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
-                            uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
-                            int single_split_max_len, uint64_t stream) {
+}  // extern "C"
+
+namespace {
+
+// tp_decode_attention_ex2; with sk (only from tp_decode_attention_select: variant 3, no slot list, one head chunk per
+// KV head) the v3 kernel also writes the selection keys.
+int decode_attention_impl(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                          int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
+                          uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
+                          int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
+                          uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
+                          int single_split_max_len, const V3SelKeys* sk, uint64_t stream) {
     const char* fn = "tp_decode_attention";
     if (head_dim != 64 && head_dim != 128)
         return fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not supported (CUDA attention supports 64 and 128)",
@@ -1351,7 +1404,7 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
     const int rows_per_iter = rows_per_step * (gt >= 8 ? 2 : 4);
     const int single_max = single_split_max_len < 0 ? 4 * rows_per_iter : single_split_max_len;
     const bool direct = single_split_max_len != 0 && max_len <= single_max;
-    const int variant = __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED);
+    const int variant = sk ? 3 : __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED);
     int splits = direct ? 1 : forced_splits(pick_splits(kv_heads * chunks, max_len, rows_per_step,
                                                         split_blocks_per_sm(gt)));
     float* part_o = TP_PTR(float, workspace);
@@ -1377,11 +1430,11 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
             ? launch_split_v3<64>(kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
                                   TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity, qpos,
                                   sel, sel_stride, cnt, hw, scale_log2, part_o, part_md, ctr, o,
-                                  stats ? lse2 : nullptr, &splits, s)
+                                  stats ? lse2 : nullptr, &splits, sk, s)
             : launch_split_v3<128>(kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
                                    TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity, qpos,
                                    sel, sel_stride, cnt, hw, scale_log2, part_o, part_md, ctr, o,
-                                   stats ? lse2 : nullptr, &splits, s);
+                                   stats ? lse2 : nullptr, &splits, sk, s);
     else if (variant == 2)
         rc = head_dim == 64
             ? launch_split_v2_hd<64>(gt, kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
@@ -1412,6 +1465,64 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
     return launch_attention_stats(TP_PTR(const float, q), kc, pc, layer, num_heads, kv_heads, head_dim, capacity, 1,
                                   qpos, 0, lse2, sel, sel_stride, cnt, hw, scale_log2, TP_PTR(float, raw_scores),
                                   TP_PTR(float, prob_sums), s);
+}
+
+}  // namespace
+
+extern "C" {
+
+int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                            int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
+                            uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
+                            int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
+                            uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
+                            int single_split_max_len, uint64_t stream) {
+    return decode_attention_impl(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads, head_dim,
+                                 capacity, query_pos, sel_slots, sel_stride, sel_counts, high_water, max_len, scale,
+                                 raw_scores, prob_sums, workspace, workspace_bytes, counters, single_split_max_len,
+                                 nullptr, stream);
+}
+
+int tp_decode_attention_select(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                               int layer, int num_heads, int kv_heads, int head_dim, int capacity, int max_len,
+                               float scale, uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
+                               int single_split_max_len, uint64_t out_slots, uint64_t out_counts, int out_stride,
+                               uint64_t cur_slot, uint64_t keys_ws, int len, uint64_t params, int k, int sum_group,
+                               uint64_t stream) {
+    const char* fn = "tp_decode_attention_select";
+    // the selection's arguments first (the attention's are checked by the attention): nothing runs on a bad one
+    TP_REQUIRE(out_slots != 0, fn, "out_slots");
+    TP_REQUIRE(out_counts != 0, fn, "out_counts");
+    TP_REQUIRE(cur_slot != 0, fn, "cur_slot");
+    TP_REQUIRE(keys_ws != 0 && keys_ws % 16 == 0, fn, "keys_ws");
+    TP_REQUIRE(params != 0, fn, "params");
+    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(len >= 1 && len <= capacity, fn, "len");
+    TP_REQUIRE(k >= 0, fn, "k");
+    TP_REQUIRE(out_stride >= 1 && out_stride >= k, fn, "out_stride");
+    TP_REQUIRE(sum_group == 0 || sum_group == 1, fn, "sum_group");
+    const uint64_t hw = params, qpos = params + 4ull * (uint64_t)kv_heads;
+    const int group = num_heads > 0 && num_heads % kv_heads == 0 ? num_heads / kv_heads : 0;
+    const bool fused = __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED) == 3 && group >= 1 &&
+                       group <= kV3MaxHeads && (head_dim == 64 || head_dim == 128);
+    if (!fused) {
+        int rc = decode_attention_impl(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads,
+                                       head_dim, capacity, qpos, 0, 1, 0, hw, max_len, scale, 0, 0, workspace,
+                                       workspace_bytes, counters, single_split_max_len, nullptr, stream);
+        if (rc != TP_OK) return rc;
+        return tp_tidal_select(out_slots, out_counts, out_stride, cur_slot, keys_ws, len, q, key_cache, pos_cache,
+                               layer, num_heads, kv_heads, head_dim, capacity, params, k, sum_group, stream);
+    }
+    const V3SelKeys sk = {tp::tidal_select_keys(keys_ws, kv_heads, len), len, TP_PTR(int, cur_slot),
+                          TP_PTR(const int, params + 4ull * (uint64_t)kv_heads + 4ull), sum_group};
+    int rc = decode_attention_impl(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads, head_dim,
+                                   capacity, qpos, 0, 1, 0, hw, max_len, scale, 0, 0, workspace, workspace_bytes,
+                                   counters, single_split_max_len, &sk, stream);
+    if (rc != TP_OK) return rc;
+    return tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
+                                             TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads,
+                                             TP_STREAM(stream));
 }
 
 }  // extern "C"

@@ -446,6 +446,23 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
 /** Bytes of keys_ws tp_tidal_select needs for kv_heads KV heads and a grid extent of len slots (both variants). */
 uint64_t tp_tidal_select_workspace_bytes(int kv_heads, int len);
 /**
+ * TidalDecode's selection layer in one call: decode attention over every visible slot (tp_decode_attention_ex2 with
+ * no slot list, high_water = params[0, kv_heads), query_pos = params[kv_heads]) followed by tp_tidal_select of the
+ * same q (same outputs, keys_ws, params, cur_slot, k and sum_group; the selection variant as set). With the
+ * tensor-core attention (tp_set_attention_variant(3)), head dim 64 or 128 and at most 8 q-heads per KV head, the
+ * attention kernel writes the selection's keys from its own q·k as it goes, so the keys are read once instead of
+ * twice; the selection then runs from those keys (v1's kernel, or from len 16384 on v2's passes). Those scores are
+ * the attention's (q · scale · log2 e in three bf16 terms on tensor cores; group sums added in another order), so
+ * slots within rounding of the threshold may be chosen differently from tp_tidal_select; the attention output is the
+ * same as tp_decode_attention_ex2's. Otherwise exactly the two calls.
+ */
+int tp_decode_attention_select(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
+                               int layer, int num_heads, int kv_heads, int head_dim, int capacity, int max_len,
+                               float scale, uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
+                               int single_split_max_len, uint64_t out_slots, uint64_t out_counts, int out_stride,
+                               uint64_t cur_slot, uint64_t keys_ws, int len, uint64_t params, int k, int sum_group,
+                               uint64_t stream);
+/**
  * Which implementation tp_tidal_select launches from now on (process-wide): 0 (default) automatic (from len 16384
  * on 3 where it applies, else 2; below 16384 1), 1 the first version (one select block per KV head), 2 the multi-block selection with the first radix
  * histogram fused into the score kernel, 3 = 2 with a coalesced score kernel (hd/8 lanes per key row, q in

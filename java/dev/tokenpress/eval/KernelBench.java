@@ -212,6 +212,14 @@ public final class KernelBench {
             out.printf("| %d | tidal selection v1 %.2f µs, v2 %.2f µs, v3 %.2f µs | | | | | | |%n", ctx, sel[0], sel[1], sel[2]);
             for (int v = 1; v <= 3; v++) result(out, k + "_tidal_select_us_v" + v, sel[v - 1], "us");
             result(out, k + "_tidal_select_v3_diff_slots", r.selectV3DiffSlots(), "slots");
+            out.printf("| %d | selection layer: full attention + selection %.2f µs, selection from the attention's scores %.2f µs (%.2fx; %d slots differ, output max diff %.3g) | | | | | | |%n",
+                    ctx, r.fullThenSelectUs(), r.attnSelectUs(), r.fullThenSelectUs() / r.attnSelectUs(), r.attnSelectDiffSlots(),
+                    r.attnSelectOutMaxDiff());
+            result(out, k + "_sel_layer_separate_us", r.fullThenSelectUs(), "us");
+            result(out, k + "_sel_layer_fused_us", r.attnSelectUs(), "us");
+            result(out, k + "_sel_layer_fused_speedup", r.fullThenSelectUs() / r.attnSelectUs(), "x");
+            result(out, k + "_sel_layer_fused_diff_slots", r.attnSelectDiffSlots(), "slots");
+            result(out, k + "_sel_layer_fused_out_max_diff", r.attnSelectOutMaxDiff(), "abs");
         }
     }
 
@@ -366,7 +374,8 @@ public final class KernelBench {
      * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured, each with the
      * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop;
      * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
-     * that run). With {@code everyPolicyAt} (stage e2epol: {@code e2epol DIR [CONTEXTS]}, default 8192,32768,131072)
+     * that run); tidal_fused: {@code tidal:k=2048} with its selection made from the selection layers' attention
+     * ({@link CudaBackend#setFusedSelect}, switched on for that run). With {@code everyPolicyAt} (stage e2epol: {@code e2epol DIR [CONTEXTS]}, default 8192,32768,131072)
      * at those contexts instead, each followed by {@link #policyTable} for the other policies
      * ({@link #POLICY_TABLE_SPECS}).
      */
@@ -383,10 +392,12 @@ public final class KernelBench {
                 double full = 0;
                 // {--kv, --kv-quant, result name}
                 String[][] runs = ctx <= 32768
-                        ? new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"},
+                        ? new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"},
+                                {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"full", "int4", "int4"},
                                 {"full", "int4", "int4_kvq3"}, {"full", "none", "full_pipelined"},
                                 {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}}
-                        : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"}, {"full", "int4", "int4"},
+                        : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"},
+                                {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"full", "int4", "int4"},
                                 {"full", "none", "full_pipelined"}, {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}};
                 for (String[] run : runs) {
                     String spec = run[0], name = run[2];
@@ -395,6 +406,9 @@ public final class KernelBench {
                     // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
                     String opsBefore = System.getProperty("tokenpress.cuda.quantPolicyOps");
                     if (name.equals("tidal_int4")) System.setProperty("tokenpress.cuda.quantPolicyOps", "true");
+                    // tidal_fused: the selection made from the selection layers' attention (CudaBackend.setFusedSelect)
+                    boolean fusedBefore = gpu.fusedSelect();
+                    if (name.equals("tidal_fused")) gpu.setFusedSelect(true);
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
                     try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
@@ -414,6 +428,7 @@ public final class KernelBench {
                         out.printf("e2e %dK context, --kv %s --kv-quant %s: FAILED %s%n", ctx / 1024, spec, run[1], e.getMessage());
                     } finally {
                         m.setPipelinedGreedy(null);
+                        gpu.setFusedSelect(fusedBefore);
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
                         if (opsBefore == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
                         else System.setProperty("tokenpress.cuda.quantPolicyOps", opsBefore);

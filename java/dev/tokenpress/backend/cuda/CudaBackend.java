@@ -137,6 +137,7 @@ public final class CudaBackend implements Backend {
     private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
     private boolean gemvNormTail;      // matmulAddRmsnorm: the residual add and next RMSNorm in the GEMV's last block
     private boolean gemvRopeTail;      // matmulQkvRopeStoreKv: RoPE + KV store in the q/k/v GEMV's last block
+    private boolean fusedSelect;       // selectTopSlots queued for its layer's attention (tp_decode_attention_select)
     private long gemvTailCounter;      // int32, zeroed once; every GEMV with an epilogue leaves it zeroed
     private boolean shortAttn;         // decode attention: one split that writes out directly for short contexts
     private final boolean pdlSupported; // Programmatic Dependent Launch possible (sm_90+, CUDA >= 12.3)
@@ -226,6 +227,7 @@ public final class CudaBackend implements Backend {
         this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
         this.gemvNormTail = optIn("tokenpress.cuda.gemvNormTail", "TOKENPRESS_CUDA_GEMV_NORM_TAIL");
         this.gemvRopeTail = optIn("tokenpress.cuda.gemvRopeTail", "TOKENPRESS_CUDA_GEMV_ROPE_TAIL");
+        this.fusedSelect = optIn("tokenpress.cuda.fusedSelect", "TOKENPRESS_CUDA_FUSED_SELECT");
         this.quantGraphs = flag("tokenpress.cuda.quantGraphs", "TOKENPRESS_CUDA_QUANT_GRAPHS");
         this.pinnedStats = flag("tokenpress.cuda.pinnedStats", "TOKENPRESS_CUDA_PINNED_STATS");
         this.batchGraphs = flag("tokenpress.cuda.batchGraphs", "TOKENPRESS_CUDA_BATCH_GRAPHS");
@@ -502,6 +504,30 @@ public final class CudaBackend implements Backend {
     public boolean gemvRopeTail() { return gemvRopeTail; }
 
     /**
+     * TidalDecode's selection made by its layer's own attention: a {@link #selectTopSlots} over a bf16 cache that needs
+     * no host copy is queued, and the attention call of that layer that follows (one decode row over every slot, the
+     * same q, no statistics) runs {@code tp_decode_attention_select}: with the tensor-core attention kernel the
+     * selection's scores come from the attention's own q·k, so the keys are read once instead of twice (scores in the
+     * attention's arithmetic: slots within rounding of the threshold may differ from {@code tp_tidal_select}'s). Any
+     * other op that could need the queued selection first runs it alone. Off unless
+     * {@code -Dtokenpress.cuda.fusedSelect=true} or this setter (not yet measured on a GPU). Drops a captured graph.
+     */
+    public void setFusedSelect(boolean on) {
+        reconfigure("setFusedSelect");
+        flushPendingSelect();
+        fusedSelect = on;
+    }
+
+    public boolean fusedSelect() { return fusedSelect; }
+
+    private long fusedSelectCalls;
+
+    /** Attention calls that made their layer's queued selection ({@link #setFusedSelect}); dry runs of a graph step included. */
+    public long fusedSelectCalls() {
+        return fusedSelectCalls;
+    }
+
+    /**
      * {@link #ropeStoreKv} as one kernel ({@code tp_rope_store_kv}; default on;
      * {@code -Dtokenpress.cuda.fusedRopeStoreKv=false} or this setter: rope, rope, storeKv). Drops a captured graph.
      */
@@ -564,6 +590,7 @@ public final class CudaBackend implements Backend {
                 + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
                 + ", norm / rope+kv store in the gemv's last block " + onOff(gemvNormTail && !fusesNormIntoMatmul())
                 + " / " + onOff(gemvRopeTail && !fusesNormIntoMatmul())
+                + ", selection from the selection layer's attention " + onOff(fusedSelect)
                 + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
                 + (weightType == dev.tokenpress.backend.WeightType.Q8_0 ? ", q8_0 GEMV v" + TpNative.tp_q8_gemv_variant() : "")
                 + ", PDL " + (pdl() ? "on" : pdlSupported ? "off" : "off (unsupported)");
@@ -1354,6 +1381,16 @@ public final class CudaBackend implements Backend {
     @Override
     public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
                           SlotSelection select, AttentionStats stats) {
+        if (pendingSelect != null) {
+            PendingSelect p = pendingSelect;
+            if (select == null && stats == null && n == 1 && cache == p.cache && layer == p.layer
+                    && act(q).ptr == p.q && queryPositions[0] == p.queryPosition) {
+                pendingSelect = null;
+                attentionSelect(act(out), act(q), p);
+                return;
+            }
+            flushPendingSelect();
+        }
         if (select != null && attentionOnDeviceSelection(out, q, cache, layer, queryPositions, n, select, stats)) return;
         if (cache instanceof CudaQuantKvCache qc) {
             attentionQuant(act(out), act(q), qc, layer, queryPositions, n, select, stats);
@@ -1937,6 +1974,7 @@ public final class CudaBackend implements Backend {
         else if (cache == null || cache.getClass() != CudaKvCache.class)
             throw new UnsupportedOpException("selectTopSlots: no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
         if (hostCopy) requireEager("selectTopSlots with a host copy");
+        flushPendingSelect();
         KvCache c = cache;
         CudaQuantKvCache qc = cache instanceof CudaQuantKvCache x ? x : null;
         CudaTensor qt = act(q);
@@ -1971,6 +2009,14 @@ public final class CudaBackend implements Backend {
             tidalKeysBytes = sz;
             tidalKeysHkv = hkv;
         }
+        if (qc == null && fusedSelect && !hostCopy) { // queued: the layer's attention selects (attention below)
+            sig(40, qt.ptr, row, ((CudaKvCache) c).keys, ((CudaKvCache) c).deviceLayer(layer), heads, k, sumGroup ? 1 : 0, len,
+                    ds.slots, 1);
+            pendingSelect = new PendingSelect((CudaKvCache) c, layer, qt.row(row), queryPosition, ds, a, len, k, sumGroup, heads);
+            SlotSelection handle = new SlotSelection(null, null);
+            ds.handle = handle;
+            return handle;
+        }
         long d = stage(a, a.length);
         if (qc != null) {
             sig(46, qt.ptr, row, qc.pool, qc.winK, qc.pos, qc.loc, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots, qc.maxBlocks);
@@ -1993,6 +2039,7 @@ public final class CudaBackend implements Backend {
     @Override
     public SlotSelection hostSelection(SlotSelection selection) {
         if (selection == null || selection.slots() != null) return selection;
+        flushPendingSelect();
         DeviceSelection ds = findDeviceSelection(selection);
         if (ds == null) throw new IllegalArgumentException("hostSelection: a device selection that is no longer current (a later selectTopSlots for the same cache and layer replaced it)");
         requireEager("hostSelection");
@@ -2001,6 +2048,7 @@ public final class CudaBackend implements Backend {
 
     /** For CudaKernelBench: {slots, counts, stride, cur, score scratch, scratch bytes} of a device selection. */
     long[] deviceSelectionBuffers(SlotSelection s) {
+        flushPendingSelect();
         DeviceSelection ds = findDeviceSelection(s);
         if (ds == null) throw new IllegalArgumentException("not a current device selection");
         return new long[] {ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, tidalKeysBytes};
@@ -2037,6 +2085,56 @@ public final class CudaBackend implements Backend {
     private DeviceSelection findDeviceSelection(SlotSelection s) {
         for (DeviceSelection ds : deviceSelections) if (ds.handle == s) return ds;
         return null;
+    }
+
+    /**
+     * A {@link #selectTopSlots} queued for its layer's attention (fused selection): the step values (high-water marks |
+     * query position | keep position) are staged when it runs, as the selection's own launch would.
+     */
+    private record PendingSelect(CudaKvCache cache, int layer, long q, int queryPosition, DeviceSelection ds, int[] params,
+                                 int len, int k, boolean sum, int heads) {}
+
+    private PendingSelect pendingSelect;
+
+    /** Runs a queued selection on its own ({@code tp_tidal_select}), before anything that may read it. */
+    private void flushPendingSelect() {
+        PendingSelect p = pendingSelect;
+        if (p == null) return;
+        pendingSelect = null;
+        CudaKvCache c = p.cache;
+        long d = stage(p.params, p.params.length);
+        sig(41, p.ds.slots);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_tidal_select(p.ds.slots, p.ds.counts, p.ds.stride, p.ds.cur, tidalKeys, p.len, p.q, c.keys,
+                    c.pos, c.deviceLayer(p.layer), p.heads, c.kvHeads(), c.headDim(), c.capacity(), d, p.k, p.sum ? 1 : 0,
+                    stream), "selectTopSlots");
+    }
+
+    /** The attention of a queued selection's layer and the selection in one call ({@code tp_decode_attention_select}). */
+    private void attentionSelect(CudaTensor o, CudaTensor qt, PendingSelect p) {
+        CudaKvCache c = p.cache;
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity(), heads = p.heads;
+        if (qt.cols != heads * hd || o.cols != heads * hd)
+            throw new IllegalArgumentException("attention: " + qt + " / " + o + " do not hold " + heads + " q-heads of " + hd);
+        flushFrees(c);
+        int maxLen = 0;
+        for (int g = 0; g < hkv; g++) maxLen = Math.max(maxLen, p.params[g]);
+        int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
+        boolean fused = fusedMerge(heads, hkv);
+        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, hd);
+        if (ws > attnWsBytes) {
+            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
+            growAttnWs(ws);
+        }
+        long d = stage(p.params, p.params.length);
+        sig(51, o.ptr, qt.ptr, c.keys, c.deviceLayer(p.layer), heads, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0, p.ds.slots,
+                p.len, p.k, p.sum ? 1 : 0);
+        fusedSelectCalls++;
+        if (mode == Mode.DRY) return;
+        check(TpNative.tp_decode_attention_select(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(p.layer), heads, hkv,
+                hd, cap, lenHint, (float) (1.0 / Math.sqrt(hd)), attnWs, attnWsBytes, fused ? attnCounters : 0,
+                shortAttn ? -1 : 0, p.ds.slots, p.ds.counts, p.ds.stride, p.ds.cur, tidalKeys, p.len, d, p.k, p.sum ? 1 : 0,
+                stream), "decode attention + selection");
     }
 
     /** Host arrays of a device selection: counts, then each KV head's first count[g] slots. */
@@ -2477,6 +2575,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void synchronize() {
+        if (mode == Mode.EAGER) flushPendingSelect();
         check(TpNative.tp_stream_synchronize(stream), "synchronize");
     }
 
@@ -2515,8 +2614,17 @@ public final class CudaBackend implements Backend {
     }
 
     @Override
-    public void runDecodeStep(DecodeStep step, Runnable body) {
+    public void runDecodeStep(DecodeStep step, Runnable stepBody) {
         if (mode != Mode.EAGER) throw new IllegalStateException("runDecodeStep inside a decode step");
+        Runnable body = () -> { // a selection still queued at the end of the step runs inside it
+            try {
+                stepBody.run();
+                flushPendingSelect();
+            } catch (RuntimeException e) {
+                pendingSelect = null; // an aborted dry run or capture: the step runs again from its start
+                throw e;
+            }
+        };
         decodeCalls++;
         if (!graphsEnabled || decodeCalls == 1) { // the first step runs eagerly: lazy module loads, scratch sizing
             eagerSteps++;

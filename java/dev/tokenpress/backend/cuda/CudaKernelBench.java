@@ -170,7 +170,8 @@ public final class CudaKernelBench {
                                         double fullReadBytes, double sparseReadBytes, double fullUsV1,
                                         double sparseUsV1, double fullUsV2, double sparseUsV2, double fullUsV3,
                                         double sparseUsV3, double selectUsV1, double selectUsV2, double selectUsV3,
-                                        int selectV3DiffSlots) {}
+                                        int selectV3DiffSlots, double fullThenSelectUs, double attnSelectUs,
+                                        int attnSelectDiffSlots, double attnSelectOutMaxDiff) {}
 
     /**
      * Decode attention of one token over {@code context} tokens (shape heads / kvHeads / headDim, layers rotated
@@ -236,11 +237,40 @@ public final class CudaKernelBench {
                 TpNative.tp_set_tidal_select_variant(tidalDefault);
             }
             double bothUs = time(b, both, layers, iters, e0[0], e1[0]);
+            // a selection layer: full attention then the selection, against tp_decode_attention_select (with attention
+            // v3 the keys come from the attention's own scores); then how many slots (layer 0, all KV heads) and how
+            // much attention output differ between the two
+            IntConsumerEx fullSelect = l -> {
+                full.accept(l);
+                select.accept(l);
+            };
+            IntConsumerEx attnSelect = l -> check(TpNative.tp_decode_attention_select(f.ot.ptr, f.qt.ptr, f.c.keys,
+                    f.c.values, f.c.pos, l, heads, kvHeads, headDim, context, f.fullHint, f.scale, f.wsPtr, f.ws,
+                    f.counters, -1, f.sel[l][0], f.sel[l][1], (int) f.sel[l][2], f.sel[l][3], f.sel[l][4], len,
+                    f.selParams, k, 0, b.stream()), "attention + selection");
+            double fullSelectUs = time(b, fullSelect, layers, iters, e0[0], e1[0]);
+            double attnSelectUs = time(b, attnSelect, layers, iters, e0[0], e1[0]);
+            fullSelect.accept(0);
+            int[][] sepSlots = f.downloadSelection(0);
+            float[] sepOut = b.download(f.out, 0, 1);
+            attnSelect.accept(0);
+            int[][] fusedSlots = f.downloadSelection(0);
+            float[] fusedOut = b.download(f.out, 0, 1);
+            int attnSelectDiff = 0;
+            for (int g = 0; g < kvHeads; g++) {
+                java.util.Set<Integer> in = new java.util.HashSet<>();
+                for (int s : sepSlots[g]) in.add(s);
+                for (int s : fusedSlots[g]) if (!in.contains(s)) attnSelectDiff++;
+                attnSelectDiff += Math.abs(sepSlots[g].length - fusedSlots[g].length);
+            }
+            double outDiff = 0;
+            for (int i = 0; i < sepOut.length; i++) outDiff = Math.max(outDiff, Math.abs(sepOut[i] - fusedOut[i]));
             long kvBytes = f.kv.bytes() / layers;
             double fullRead = (double) context * kvHeads * (headDim * 4.0 + 4);
             double sparseRead = (double) Math.min(k, context) * kvHeads * (headDim * 4.0 + 8);
             return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead,
-                    fullV[1], sparseV[1], fullV[2], sparseV[2], fullV[3], sparseV[3], selectV[1], selectV[2], selectV[3], v3Diff);
+                    fullV[1], sparseV[1], fullV[2], sparseV[2], fullV[3], sparseV[3], selectV[1], selectV[2], selectV[3], v3Diff,
+                    fullSelectUs, attnSelectUs, attnSelectDiff, outDiff);
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
@@ -309,6 +339,18 @@ public final class CudaKernelBench {
             scale = (float) (1.0 / Math.sqrt(headDim));
             fullHint = context <= 1 ? 1 : Integer.highestOneBit(context - 1) << 1;
             kHint = k <= 1 ? 1 : Integer.highestOneBit(k - 1) << 1;
+        }
+
+        /** The slots of layer l's device selection, per KV head (counts first). */
+        int[][] downloadSelection(int l) {
+            int[] count = new int[kvHeads];
+            check(TpNative.tp_memcpy_d2h(count, sel[l][1], 4L * kvHeads, b.stream()), "selection download");
+            int stride = (int) sel[l][2];
+            int[] all = new int[kvHeads * stride];
+            check(TpNative.tp_memcpy_d2h(all, sel[l][0], 4L * all.length, b.stream()), "selection download");
+            int[][] out = new int[kvHeads][];
+            for (int g = 0; g < kvHeads; g++) out[g] = java.util.Arrays.copyOfRange(all, g * stride, g * stride + count[g]);
+            return out;
         }
 
         void full(int l) {

@@ -385,6 +385,20 @@ public final class TpNative {
                                              @Cast("uint64_t") long params, int k, int sumGroup,
                                              @Cast("uint64_t") long stream);
 
+    /** TidalDecode's selection layer: decode attention over every visible slot, then the selection of the same q. */
+    public static native int tp_decode_attention_select(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                                        @Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache,
+                                                        @Cast("uint64_t") long posCache, int layer, int numHeads,
+                                                        int kvHeads, int headDim, int capacity, int maxLen, float scale,
+                                                        @Cast("uint64_t") long workspace,
+                                                        @Cast("uint64_t") long workspaceBytes,
+                                                        @Cast("uint64_t") long counters, int singleSplitMaxLen,
+                                                        @Cast("uint64_t") long outSlots, @Cast("uint64_t") long outCounts,
+                                                        int outStride, @Cast("uint64_t") long curSlot,
+                                                        @Cast("uint64_t") long keysWs, int len,
+                                                        @Cast("uint64_t") long params, int k, int sumGroup,
+                                                        @Cast("uint64_t") long stream);
+
     public static native @Cast("uint64_t") long tp_tidal_select_workspace_bytes(int kvHeads, int len);
 
     public static native int tp_set_tidal_select_variant(int variant);

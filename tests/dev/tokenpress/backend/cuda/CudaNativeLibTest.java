@@ -346,6 +346,44 @@ class CudaNativeLibTest {
         refused(TpNative.tp_stream_wait_event(0, 0), "event");
     }
 
+    /** TidalDecode's fused selection layer: bad arguments are refused by name before any device work. */
+    @Test
+    void abiAttentionSelectWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        int before = TpNative.tp_get_attention_variant();
+        try {
+            for (int variant : new int[] {2, 3}) { // 3: the fused path (keys from the attention kernel), 2: two calls
+                assertEquals(TpNative.TP_OK, TpNative.tp_set_attention_variant(variant));
+                long ws = TpNative.tp_decode_attention_workspace_bytes(8, 64);
+                // out 1024, q 2048, caches 4096 / 8192, positions 12288, workspace 1 << 20, slots 32768, counts 36864,
+                // cur 40960, keys 49152, params 65536; 8 q-heads over 2 KV heads of 64, capacity 64, k 8
+                refused(attentionSelect(2048, 64, 64, 0, 36864, 16, 40960, 49152, 64, 65536, 8, 0, ws), "out_slots");
+                refused(attentionSelect(2048, 64, 64, 32768, 0, 16, 40960, 49152, 64, 65536, 8, 0, ws), "out_counts");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 0, 49152, 64, 65536, 8, 0, ws), "cur_slot");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 40960, 49160, 64, 65536, 8, 0, ws), "keys_ws");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 40960, 49152, 64, 0, 8, 0, ws), "params");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 40960, 49152, 65, 65536, 8, 0, ws), "len");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 40960, 49152, 0, 65536, 8, 0, ws), "len");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 40960, 49152, 64, 65536, -1, 0, ws), "k");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 4, 40960, 49152, 64, 65536, 8, 0, ws), "out_stride");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 40960, 49152, 64, 65536, 8, 2, ws), "sum_group");
+                // the attention's own checks
+                refused(attentionSelect(0, 64, 64, 32768, 36864, 16, 40960, 49152, 64, 65536, 8, 0, ws), "q");
+                refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 40960, 49152, 64, 65536, 8, 0, ws - 1), "workspace");
+                assertEquals(TpNative.TP_ERR_UNSUPPORTED_HEAD_DIM,
+                        attentionSelect(2048, 96, 64, 32768, 36864, 16, 40960, 49152, 64, 65536, 8, 0, ws), "head_dim 96");
+            }
+        } finally {
+            TpNative.tp_set_attention_variant(before);
+        }
+    }
+
+    private static int attentionSelect(long q, int hd, int capacity, long slots, long counts, int stride, long cur, long keys,
+                                       int len, long params, int k, int sum, long wsBytes) {
+        return TpNative.tp_decode_attention_select(1024, q, 4096, 8192, 12288, 0, 8, 2, hd, capacity, 64, 0.125f, 1 << 20,
+                wsBytes, 0, -1, slots, counts, stride, cur, keys, len, params, k, sum, 0);
+    }
+
     @Test
     void abiCceVariantAndWorkspaceWithoutGpu() {
         Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());

@@ -352,6 +352,104 @@ class CudaTidalSelectParityTest {
         }
     }
 
+    static Stream<Arguments> fusedCases() {
+        List<Arguments> a = new ArrayList<>();
+        for (int hd : new int[] {64, 128})
+            for (int group : new int[] {1, 4, 8})
+                for (int len : new int[] {1, 9, 81, 4097, 33001}) a.add(Arguments.of(hd, group, 2, len));
+        a.add(Arguments.of(64, 4, 8, 33001));   // the llama-1b shape
+        a.add(Arguments.of(64, 4, 2, 131075));  // past 128K: the selection's multi-block passes
+        a.add(Arguments.of(64, 12, 2, 4097));   // more than 8 q-heads per KV head: the two calls
+        return a.stream();
+    }
+
+    /**
+     * The selection layer's attention making the selection ({@code tp_decode_attention_select} through
+     * {@link CudaBackend#setFusedSelect}): a queued selectTopSlots, then the layer's attention. With the tensor-core
+     * attention (v3, the default) and at most 8 q-heads per KV head the keys come from the attention's own scores:
+     * the output must equal the plain attention's and the selection must pass {@link #assertValidSelection} against
+     * the CPU (Gaussian q, so the scores are rounded); with attention v2 (the two calls) both must be the separate
+     * calls' exactly. Freed slots (different high-water marks), a causal cut and an absent current token included.
+     */
+    @ParameterizedTest(name = "hd={0} group={1} hkv={2} len={3}")
+    @MethodSource("fusedCases")
+    void selectionFromTheLayersAttention(int hd, int group, int hkv, int len) {
+        int heads = hkv * group, layer = 1;
+        SplittableRandom r = new SplittableRandom(len * 13L + hd * 5L + group);
+        try (Pair p = filled(hkv, hd, len, len + 5, r.nextLong())) {
+            if (len > 9) {
+                for (int g = 0; g < hkv; g++)
+                    for (int s = 4; s < len; s += 5) {
+                        p.c.free(layer, g, s);
+                        p.g.free(layer, g, s);
+                    }
+                p.c.free(layer, 1, len - 1);
+                p.g.free(layer, 1, len - 1);
+            }
+            float[] qd = new float[heads * hd];
+            for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
+            Tensor qc = cpu.allocate(1, heads * hd), qg = gpu.allocate(1, heads * hd);
+            Tensor plain = gpu.allocate(1, heads * hd), fused = gpu.allocate(1, heads * hd);
+            cpu.upload(qc, qd);
+            gpu.upload(qg, qd);
+            int variant = gpu.attentionVariant();
+            try {
+                for (int attn : new int[] {3, 2}) {
+                    gpu.setAttentionVariant(attn);
+                    boolean keysFromAttention = attn == 3 && group <= 8;
+                    for (int[] qcase : new int[][] {{len - 1, len - 1}, {len / 2, len / 2}, {len - 1, len + 7}}) {
+                        int qpos = qcase[0], current = qcase[1];
+                        for (boolean sum : new boolean[] {false, true}) {
+                            float[][] sc = groupScores(qc, 0, qpos, p.c, layer, heads, sum);
+                            for (int k : new int[] {0, 1, 64, 2048, len + 5}) {
+                                String what = "attention v" + attn + " hd=" + hd + " group=" + group + " len=" + len + " qpos=" + qpos
+                                        + " current=" + current + " k=" + k + " sum=" + sum;
+                                SlotSelection want = cpu.selectTopSlots(qc, 0, qpos, p.c, layer, k, sum, current, true);
+                                gpu.setFusedSelect(false);
+                                SlotSelection sep = gpu.selectTopSlots(qg, 0, qpos, p.g, layer, k, sum, current, true);
+                                gpu.attention(plain, qg, p.g, layer, new int[] {qpos}, 1, null, null);
+                                float[] outPlain = gpu.download(plain, 0, 1);
+                                gpu.setFusedSelect(true);
+                                long calls = gpu.fusedSelectCalls();
+                                SlotSelection dev = gpu.selectTopSlots(qg, 0, qpos, p.g, layer, k, sum, current, false);
+                                gpu.attention(fused, qg, p.g, layer, new int[] {qpos}, 1, null, null);
+                                assertEquals(calls + 1, gpu.fusedSelectCalls(), what + ": the attention made the selection");
+                                SlotSelection got = gpu.hostSelection(dev);
+                                float[] outFused = gpu.download(fused, 0, 1);
+                                for (int i = 0; i < outPlain.length; i++)
+                                    assertEquals(outPlain[i], outFused[i], 1e-6f * (1 + Math.abs(outPlain[i])), what + ": attention output " + i);
+                                if (keysFromAttention) {
+                                    assertValidSelection(want, got, sc, p.c, layer, k, current, what);
+                                } else {
+                                    assertArrayEquals(outPlain, outFused, what + ": the two calls' attention output");
+                                    assertSameSelection(sep, got, what + ": the two calls' selection");
+                                }
+                            }
+                        }
+                    }
+                }
+            } finally {
+                gpu.setFusedSelect(false);
+                gpu.setAttentionVariant(variant);
+            }
+            // a queued selection that another op needs first runs on its own: here a sparse attention over it
+            gpu.setFusedSelect(true);
+            try {
+                SlotSelection dev = gpu.selectTopSlots(qg, 0, len - 1, p.g, layer, 16, false, len - 1, false);
+                gpu.attention(fused, qg, p.g, layer, new int[] {len - 1}, 1, dev, null); // not the full attention: flushed
+                SlotSelection want = cpu.selectTopSlots(qc, 0, len - 1, p.c, layer, 16, false, len - 1, true);
+                float[][] sc = groupScores(qc, 0, len - 1, p.c, layer, heads, false);
+                assertValidSelection(want, gpu.hostSelection(dev), sc, p.c, layer, 16, len - 1, "flushed before a sparse attention");
+                Tensor oc = cpu.allocate(1, heads * hd);
+                cpu.attention(oc, qc, p.c, layer, new int[] {len - 1}, 1, gpu.hostSelection(dev), null);
+                double e = nmse(cpu.download(oc, 0, 1), gpu.download(fused, 0, 1));
+                assertTrue(e < 1e-4, "attention over a flushed selection: nmse " + e);
+            } finally {
+                gpu.setFusedSelect(false);
+            }
+        }
+    }
+
     static Stream<Arguments> inexactCases() {
         // head dims the CUDA KV cache holds (64, 128); a group of 3 leaves v3 a register head unused
         return Stream.of(Arguments.of(64, 4, 8, 33001), Arguments.of(128, 8, 2, 33001), Arguments.of(128, 3, 2, 9000),
@@ -439,6 +537,22 @@ class CudaTidalSelectParityTest {
     @ValueSource(strings = {"tidal:k=16,full_layers=1,reselect=2", "tidal:k=16,full_layers=1,reselect=2,group=sum",
             "tidal:k=8,full_layers=1,reselect=-1", "window:sink=4,budget=40+tidal:k=16,full_layers=1,reselect=2"})
     void tidalModelMatchesCpu(String spec) {
+        tidalModel(spec, false);
+    }
+
+    /**
+     * The same runs with the selection made by the selection layers' attention ({@link CudaBackend#setFusedSelect}):
+     * the standalone policy selects through it (in CUDA graphs), the composite (selections translated on the host)
+     * through the plain op.
+     */
+    @ParameterizedTest(name = "cuda fused selection {0}")
+    @ValueSource(strings = {"tidal:k=16,full_layers=1,reselect=2", "tidal:k=16,full_layers=1,reselect=2,group=sum",
+            "window:sink=4,budget=40+tidal:k=16,full_layers=1,reselect=2"})
+    void tidalModelWithTheSelectionFromAttentionMatchesCpu(String spec) {
+        tidalModel(spec, true);
+    }
+
+    private void tidalModel(String spec, boolean fusedSelect) {
         Path dir = tmp.resolve("tidal-model");
         LlamaConfig cfg = Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)) ? ConfigLoader.load(dir)
                 : ModelWriter.write(dir, CudaModelParityTest.config(512, 8, 2, 64, 4), 23, s -> {});
@@ -447,17 +561,22 @@ class CudaTidalSelectParityTest {
             ref = run(c, dir, cfg, spec, null);
         }
         CudaBackend b = CudaBackend.open();
+        b.setFusedSelect(fusedSelect);
         CudaPolicyModelParityTest.Run got;
         String graphs;
         int replays;
+        long fusedCalls;
         try {
             got = run(b, dir, cfg, spec, ref.fed());
             graphs = b.graphStatus();
             replays = b.graphReplays();
+            fusedCalls = b.fusedSelectCalls();
         } finally {
             b.close();
         }
-        CudaPolicyModelParityTest.compare("cuda " + spec + " (" + graphs + ")", ref, got);
+        CudaPolicyModelParityTest.compare("cuda " + spec + (fusedSelect ? " fused selection" : "") + " (" + graphs + ")", ref, got);
         if (!spec.contains("+")) assertTrue(replays > 0, spec + ": a selecting decode step should replay graphs: " + graphs);
+        if (fusedSelect && !spec.contains("+")) assertTrue(fusedCalls > 0, spec + ": no selection was made by an attention call");
+        if (!fusedSelect || spec.contains("+")) assertEquals(0, fusedCalls, spec + ": selections made by attention calls");
     }
 }
