@@ -191,9 +191,10 @@ run_checks() {
   # -- stage 3e (only when STAGES names it): end-to-end decode per policy (full, tidal, int4) at 32K and 128K alone
   if want e2epol; then
     wait_model
-    # E2EPOL_WEIGHTS=q8_0: the table with Q8_0 weights (default: as stored, bf16)
+    # E2EPOL_WEIGHTS=q8_0: the table with Q8_0 weights (default: as stored, bf16); E2EPOL_TABLE=main: only full,
+    # tidal, tidal_fused, int4, the pipelined loop and tidal over int4 (not the other policies' table)
     kb_stage e2epol "${T_E2EPOL:-300}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL" "${E2EPOL_CTX:-8192,32768,131072}" \
-      "${E2EPOL_WEIGHTS:-as-stored}"
+      "${E2EPOL_WEIGHTS:-as-stored}" "${E2EPOL_TABLE:-table}"
   fi
 
   # -- stage 3c (only when STAGES names it): decode GEMV at the 1B shapes, automatic vs forced warps per row
@@ -291,8 +292,9 @@ run_split() {
 
 # --run-parallel OUT: the seven JUnit groups of --run-split at the same time, each in its own JVM on the one GPU
 # (parity tests, no timings), while the llama-1b-shape model is generated on the CPU cores; then, one after
-# another, the benchmark stages named in PAR_STAGES (default e2e; any of attention,policies,cce,e2e,e2epol,peer).
-# The summaries go to OUT/gpu-summary.txt group by group.
+# another, the benchmark stages named in PAR_STAGES (default e2e; any of attention,policies,cce,e2e,e2epol,peer),
+# each with TP_JOPTS plus PAR_JOPTS_<stage> (e.g. PAR_JOPTS_e2epol="-Dtokenpress.cuda.fusedSelect=true": JVM options
+# for that stage alone). The summaries go to OUT/gpu-summary.txt group by group.
 run_parallel() {
   local OUT=${1:?output dir}
   mkdir -p "$OUT"
@@ -335,7 +337,8 @@ run_parallel() {
   echo "parallel part: $((SECONDS - t0)) s" >> "$OUT/gpu-summary.txt"
   local st
   for st in $(echo "${PAR_STAGES:-e2e}" | tr ',' ' '); do
-    STAGES=$st run_checks "$OUT" > "$OUT/run-$st.log" 2>&1
+    local extra="PAR_JOPTS_$st"
+    TP_JOPTS="${TP_JOPTS:-} ${!extra:-}" STAGES=$st run_checks "$OUT" > "$OUT/run-$st.log" 2>&1
   done
   grep -E "^(STAGE|==|parallel|total)|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
   ! grep -q "^STAGE .*: FAIL" "$OUT/gpu-summary.txt"  # the exit status: 1 when a stage failed

@@ -59,7 +59,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0]] | e2epol-cpu <model-dir> [contexts [warmup [steps]]] | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0 [table|main]]] | e2epol-cpu <model-dir> [contexts [warmup [steps]]] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -88,7 +88,7 @@ public final class KernelBench {
             if (what.equals("policies")) {
                 policies(gpu, out);
                 quantPolicies(gpu, out);
-                if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), null, out);
+                if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), null, false, out);
             }
             if (what.equals("gemv")) gemvSweep(gpu, bw, out);
             if (what.equals("attnsweep")) splitSweep(gpu, bw, out);
@@ -98,10 +98,12 @@ public final class KernelBench {
                 // optional weight type (as-stored | q8_0): the whole table with weights stored that way
                 dev.tokenpress.backend.WeightType wt = args.length > 3 && !args[3].isBlank()
                         ? dev.tokenpress.backend.WeightType.parse(args[3]) : dev.tokenpress.backend.WeightType.AS_STORED;
-                out.println("e2e policy table: weights " + wt + "; " + gpu.kernelPaths());
+                // optional: "main" runs only full / tidal / tidal_fused / int4 / pipelined / tidal_int4, not the other policies' table
+                boolean table = args.length <= 4 || !args[4].trim().equals("main");
+                out.println("e2e policy table: weights " + wt + (table ? "" : " (main runs only)") + "; " + gpu.kernelPaths());
                 gpu.setWeightType(wt);
                 try {
-                    policiesEndToEnd(gpu, Path.of(args[1]), contexts, out);
+                    policiesEndToEnd(gpu, Path.of(args[1]), contexts, table, out);
                 } finally {
                     gpu.setWeightType(dev.tokenpress.backend.WeightType.AS_STORED);
                 }
@@ -376,10 +378,10 @@ public final class KernelBench {
      * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
      * that run); tidal_fused: {@code tidal:k=2048} with its selection made from the selection layers' attention
      * ({@link CudaBackend#setFusedSelect}, switched on for that run). With {@code everyPolicyAt} (stage e2epol: {@code e2epol DIR [CONTEXTS]}, default 8192,32768,131072)
-     * at those contexts instead, each followed by {@link #policyTable} for the other policies
+     * at those contexts instead, each followed, when {@code table}, by {@link #policyTable} for the other policies
      * ({@link #POLICY_TABLE_SPECS}).
      */
-    public static void policiesEndToEnd(CudaBackend gpu, Path dir, int[] everyPolicyAt, PrintStream out) {
+    public static void policiesEndToEnd(CudaBackend gpu, Path dir, int[] everyPolicyAt, boolean table, PrintStream out) {
         boolean everyPolicy = everyPolicyAt != null;
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
             ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
@@ -434,7 +436,7 @@ public final class KernelBench {
                         else System.setProperty("tokenpress.cuda.quantPolicyOps", opsBefore);
                     }
                 }
-                if (everyPolicy) policyTable(gpu, m, cfg, ctx, POLICY_TABLE_SPECS, steps, full, out);
+                if (everyPolicy && table) policyTable(gpu, m, cfg, ctx, POLICY_TABLE_SPECS, steps, full, out);
             }
             m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
         }
