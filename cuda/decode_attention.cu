@@ -1393,6 +1393,8 @@ int decode_attention_impl(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t
     TP_REQUIRE(workspace != 0 && workspace_bytes >= tp_decode_attention_workspace_bytes(num_heads, head_dim), fn,
                "workspace");
     TP_REQUIRE(counters == 0 || (counters & 3) == 0, fn, "counters");
+    // the selection keys: one block per KV head's whole group, candidate index = slot
+    TP_REQUIRE(sk == nullptr || (sel_slots == 0 && num_heads / kv_heads <= kV3MaxHeads), fn, "sel_slots");
     cudaStream_t s = TP_STREAM(stream);
     const int G = num_heads / kv_heads;
     const int gt = group_tile(G);

@@ -508,8 +508,9 @@ public final class CudaBackend implements Backend {
      * no host copy is queued, and the attention call of that layer that follows (one decode row over every slot, the
      * same q, no statistics) runs {@code tp_decode_attention_select}: with the tensor-core attention kernel the
      * selection's scores come from the attention's own q·k, so the keys are read once instead of twice (scores in the
-     * attention's arithmetic: slots within rounding of the threshold may differ from {@code tp_tidal_select}'s). Any
-     * other op that could need the queued selection first runs it alone. Off unless
+     * attention's arithmetic: slots within rounding of the threshold may differ from {@code tp_tidal_select}'s). Every
+     * other op (and a decode step's start and end, a synchronize, a cache clear) first runs a queued selection alone,
+     * so it reads q and the cache as they were when it was asked for. Off unless
      * {@code -Dtokenpress.cuda.fusedSelect=true} or this setter (not yet measured on a GPU). Drops a captured graph.
      */
     public void setFusedSelect(boolean on) {
@@ -522,7 +523,7 @@ public final class CudaBackend implements Backend {
 
     private long fusedSelectCalls;
 
-    /** Attention calls that made their layer's queued selection ({@link #setFusedSelect}); dry runs of a graph step included. */
+    /** Attention calls that launched the queued selection of their layer ({@link #setFusedSelect}; graph replays not counted). */
     public long fusedSelectCalls() {
         return fusedSelectCalls;
     }
@@ -652,6 +653,7 @@ public final class CudaBackend implements Backend {
 
     void memsetAsync(long ptr, int value, long bytes) {
         if (mode != Mode.EAGER) throw abort("KV cache clear inside a decode step", true);
+        flushPendingSelect(); // before a cache it may read is cleared
         check(TpNative.tp_memset_async(ptr, value, bytes, stream), "cudaMemset");
     }
 
@@ -757,6 +759,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void upload(Tensor dst, float[] src) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("upload");
         CudaTensor d = act(dst);
         if (src.length > (long) d.rows * d.cols) throw new IllegalArgumentException("upload: " + src.length + " floats do not fit " + d);
@@ -765,6 +768,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public float[] download(Tensor src, int row0, int rows) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("download");
         CudaTensor s = act(src);
         if (row0 < 0 || rows < 0 || row0 + rows > s.rows) throw new IllegalArgumentException("download: rows [" + row0 + ", " + (row0 + rows) + ") outside " + s);
@@ -775,6 +779,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void copyRows(Tensor dst, int dstRow, Tensor src, int srcRow, int rows) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor d = act(dst), s = act(src);
         if (d.cols != s.cols) throw new IllegalArgumentException("copyRows: " + d + " vs " + s);
         sig(1, d.ptr, dstRow, s.ptr, srcRow, rows);
@@ -888,6 +893,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void embedding(Tensor out, Tensor table, int[] tokens, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), t = (CudaTensor) table;
         if (!t.bf16 && !t.q8) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
         for (int i = 0; i < n; i++)
@@ -902,6 +908,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void rmsnorm(Tensor out, Tensor x, Tensor w, float eps, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), wt = (CudaTensor) w;
         if (wt.bf16 || (long) wt.rows * wt.cols != xi.cols) throw new IllegalArgumentException("rmsnorm: weight " + wt + " for " + xi);
         sig(3, o.ptr, xi.ptr, wt.ptr, Float.floatToIntBits(eps), n);
@@ -910,6 +917,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void rmsnormHeads(Tensor x, Tensor w, float eps, int n, int heads) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor xi = act(x), wt = (CudaTensor) w;
         long hd = (long) wt.rows * wt.cols;
         if (wt.bf16 || wt.q8 || heads <= 0 || hd * heads != xi.cols)
@@ -921,6 +929,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), wt = (CudaTensor) w;
         CudaTensor b = (CudaTensor) bias;
         int in = wt.cols, outDim = wt.rows;
@@ -1045,6 +1054,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void matmulQkv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk,
                           Tensor wv, Tensor bv, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int in = xi.cols;
@@ -1069,6 +1079,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void matmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor wGate, Tensor wUp, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
         int in = xi.cols, f = wg.rows;
         if (q8Gemv(xi, n, in, wg, wu) && wu.rows == f && o.cols == f && disjoint(o, xi, n)) {
@@ -1089,6 +1100,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void matmulAdd(Tensor x, Tensor y, Tensor a, Tensor w, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor xo = act(x), ai = act(a), wt = (CudaTensor) w;
         int in = wt.cols, outDim = wt.rows;
         if (wt.q8 && n > 0 && ai.cols == in && xo.cols == outDim) { // x += a · wᵀ in the matmul itself
@@ -1106,6 +1118,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void matmulAddRmsnorm(Tensor out, Tensor x, Tensor y, Tensor a, Tensor w, Tensor normW, float eps, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xo = act(x), ai = act(a), wt = (CudaTensor) w, nw = (CudaTensor) normW;
         int in = wt.cols, outDim = wt.rows;
         boolean fits = gemvNormTail && n > 0 && ai.cols == in && xo.cols == outDim && o.cols == outDim
@@ -1140,6 +1153,7 @@ public final class CudaBackend implements Backend {
     public void matmulQkvRopeStoreKv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor wq, Tensor bq, Tensor wk,
                                      Tensor bk, Tensor wv, Tensor bv, int heads, int kvHeads, RopeTable rope,
                                      int[] positions, KvCache cache, int layer, int[][] slots, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int hd = rope.headDim(), in = xi.cols;
@@ -1226,6 +1240,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void rmsnormMatmulQkv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor normW, float eps, Tensor xn,
                                  Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x), nw = (CudaTensor) normW;
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int in = xi.cols;
@@ -1243,6 +1258,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void rmsnormMatmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor normW, float eps, Tensor xn,
                                     Tensor wGate, Tensor wUp, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), nw = (CudaTensor) normW, wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
         int in = xi.cols, f = wg.rows;
         if (!fusedNorm || !normWeightOk(nw, in) || !swigluGemv(o, xi, wg, wu, n)) {
@@ -1265,6 +1281,7 @@ public final class CudaBackend implements Backend {
      */
     @Override
     public void addRmsnorm(Tensor out, Tensor x, Tensor y, Tensor w, float eps, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), yi = act(y), wt = (CudaTensor) w;
         if (o.ptr == xi.ptr || o.ptr == yi.ptr || xi.ptr == yi.ptr) {
             add(x, y, n);
@@ -1280,6 +1297,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void rope(Tensor x, int heads, RopeTable rope, int[] positions, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor t = act(x);
         int hd = rope.headDim();
         if ((long) heads * hd > t.cols) throw new IllegalArgumentException("rope: " + heads + " heads of " + hd + " do not fit " + t);
@@ -1306,6 +1324,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void ropeStoreKv(Tensor q, int heads, Tensor k, Tensor v, int kvHeads, RopeTable rope, int[] positions,
                             KvCache cache, int layer, int[][] slots, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor qt = act(q), kt = act(k), vt = act(v);
         int hd = rope.headDim();
         if (!fusedRopeStoreKv || !ropeStoreFits(qt, heads, kt, vt, kvHeads, hd, cache, n)) {
@@ -1341,6 +1360,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void swiglu(Tensor out, Tensor gate, Tensor up, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), g = act(gate), u = act(up);
         sig(6, o.ptr, g.ptr, u.ptr, n);
         if (mode != Mode.DRY) check(TpNative.tp_swiglu(o.ptr, g.ptr, u.ptr, (long) n * g.cols, stream), "swiglu");
@@ -1348,6 +1368,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void add(Tensor x, Tensor y, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor a = act(x), b = act(y);
         sig(7, a.ptr, b.ptr, n);
         if (mode != Mode.DRY) check(TpNative.tp_add(a.ptr, b.ptr, (long) n * a.cols, stream), "add");
@@ -1355,6 +1376,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         if (cache instanceof CudaQuantKvCache qc) {
             storeKvQuant(qc, layer, act(k), act(v), slots, n);
             return;
@@ -1474,6 +1496,7 @@ public final class CudaBackend implements Backend {
     @Override
     public boolean batchDecodeAttention(Tensor att, Tensor q, int heads, Tensor k, Tensor v, int kvHeads, RopeTable rope,
                                         int[] positions, KvCache[] caches, int layer, int[][] slots, int rows) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         if (!batchAttention || rows < 1) return false;
         for (int i = 0; i < rows; i++)
             if (!(caches[i] instanceof CudaKvCache c) || c.kvHeads() != kvHeads || c.headDim() != rope.headDim()) return false;
@@ -2129,8 +2152,8 @@ public final class CudaBackend implements Backend {
         long d = stage(p.params, p.params.length);
         sig(51, o.ptr, qt.ptr, c.keys, c.deviceLayer(p.layer), heads, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0, p.ds.slots,
                 p.len, p.k, p.sum ? 1 : 0);
-        fusedSelectCalls++;
         if (mode == Mode.DRY) return;
+        fusedSelectCalls++;
         check(TpNative.tp_decode_attention_select(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(p.layer), heads, hkv,
                 hd, cap, lenHint, (float) (1.0 / Math.sqrt(hd)), attnWs, attnWsBytes, fused ? attnCounters : 0,
                 shortAttn ? -1 : 0, p.ds.slots, p.ds.counts, p.ds.stride, p.ds.cur, tidalKeys, p.len, d, p.k, p.sum ? 1 : 0,
@@ -2205,6 +2228,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void queryKeyScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("queryKeyScores");
         CudaQuantKvCache qc = quantPolicyCache(cache, "queryKeyScores");
         KvCache c = qc != null ? qc : cudaCache(cache, "queryKeyScores");
@@ -2243,6 +2267,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void questPageScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("questPageScores");
         if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
         CudaQuantKvCache qc = quantPolicyCache(cache, "questPageScores");
@@ -2285,6 +2310,7 @@ public final class CudaBackend implements Backend {
     /** Copies one slot's key and value to the host (the bf16 contents, exactly). */
     @Override
     public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("readKv");
         CudaQuantKvCache qc = quantPolicyCache(cache, "readKv");
         if (qc != null) {  // the stored reconstruction (the CPU cache's float formulas, bit for bit)
@@ -2311,6 +2337,7 @@ public final class CudaBackend implements Backend {
      */
     @Override
     public void readKvHead(KvCache cache, int layer, int head, float[] keys, float[] values) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         if (!(cache instanceof CudaKvCache c)) {
             Backend.super.readKvHead(cache, layer, head, keys, values);
             return;
@@ -2331,6 +2358,7 @@ public final class CudaBackend implements Backend {
      */
     @Override
     public void copyKvCache(KvCache src, KvCache dst) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("copyKvCache");
         if (!(src instanceof CudaKvCache s) || !(dst instanceof CudaKvCache d) || !s.sameShape(d))
             throw new UnsupportedOpException("copyKvCache needs two unquantized CUDA caches of one shape");
@@ -2360,6 +2388,7 @@ public final class CudaBackend implements Backend {
      */
     @Override
     public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("writeKv");
         CudaQuantKvCache qc = quantPolicyCache(cache, "writeKv");
         if (qc != null) {
@@ -2455,6 +2484,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public int argmax(Tensor x, int row) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("argmax");
         CudaTensor t = act(x);
         ensureSelWs(t.cols, 1);
@@ -2467,6 +2497,7 @@ public final class CudaBackend implements Backend {
     /** One argmax launch per row into consecutive output words, then one download of all of them. */
     @Override
     public int[] argmaxRows(Tensor x, int rows) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("argmaxRows");
         CudaTensor t = act(x);
         if (rows < 0 || rows > t.rows) throw new IllegalArgumentException("argmaxRows: " + rows + " rows of " + t);
@@ -2497,6 +2528,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void setFeedbackToken(int token) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("setFeedbackToken");
         long d = stage(new int[] {token}, 1);
         check(TpNative.tp_memcpy_async(feedbackDev, d, 4, stream), "feedback token");
@@ -2504,6 +2536,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void argmaxToFeedback(Tensor x, int row, int slot) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("argmaxToFeedback");
         if (slot != 0 && slot != 1) throw new IllegalArgumentException("feedback ticket " + slot + " (0 or 1)");
         CudaTensor t = act(x);
@@ -2515,6 +2548,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public int feedbackToken(int slot) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         if (slot != 0 && slot != 1) throw new IllegalArgumentException("feedback ticket " + slot + " (0 or 1)");
         check(TpNative.tp_event_synchronize(feedbackEvents[slot]), "feedback token");
         return feedbackTickets.get(slot);
@@ -2522,6 +2556,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void embeddingFromFeedback(Tensor out, Tensor table) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), t = (CudaTensor) table;
         if (!t.bf16 && !t.q8) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
         sig(42, o.ptr, t.ptr, 1);
@@ -2532,6 +2567,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public int[] topK(Tensor x, int row, int k, float[] valuesOut) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
         requireEager("topK");
         CudaTensor t = act(x);
         k = Math.min(k, t.cols);
@@ -2616,11 +2652,12 @@ public final class CudaBackend implements Backend {
     @Override
     public void runDecodeStep(DecodeStep step, Runnable stepBody) {
         if (mode != Mode.EAGER) throw new IllegalStateException("runDecodeStep inside a decode step");
+        flushPendingSelect(); // one queued before the step runs now, not inside the step's dry run or capture
         Runnable body = () -> { // a selection still queued at the end of the step runs inside it
             try {
                 stepBody.run();
                 flushPendingSelect();
-            } catch (RuntimeException e) {
+            } catch (RuntimeException | Error e) {
                 pendingSelect = null; // an aborted dry run or capture: the step runs again from its start
                 throw e;
             }
@@ -2911,6 +2948,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void close() {
         if (closed) return;
+        pendingSelect = null;
         TpNative.tp_stream_synchronize(stream);
         dropGraph();
         closed = true;

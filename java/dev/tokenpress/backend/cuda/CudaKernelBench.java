@@ -253,6 +253,14 @@ public final class CudaKernelBench {
             fullSelect.accept(0);
             int[][] sepSlots = f.downloadSelection(0);
             float[] sepOut = b.download(f.out, 0, 1);
+            // the workspace's keys those of -q first: a fused call that left keys unwritten would select from them
+            Tensor qNeg = b.allocate(1, heads * headDim);
+            float[] neg = b.download(f.q, 0, 1);
+            for (int i = 0; i < neg.length; i++) neg[i] = -neg[i];
+            b.upload(qNeg, neg);
+            check(TpNative.tp_tidal_select(f.sel[0][0], f.sel[0][1], (int) f.sel[0][2], f.sel[0][3], f.sel[0][4], len,
+                    ((CudaTensor) qNeg).ptr, f.c.keys, f.c.pos, 0, heads, kvHeads, headDim, context, f.selParams, k, 0,
+                    b.stream()), "tidal select (-q)");
             attnSelect.accept(0);
             int[][] fusedSlots = f.downloadSelection(0);
             float[] fusedOut = b.download(f.out, 0, 1);

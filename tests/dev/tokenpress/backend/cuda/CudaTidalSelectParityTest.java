@@ -388,10 +388,13 @@ class CudaTidalSelectParityTest {
             }
             float[] qd = new float[heads * hd];
             for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
-            Tensor qc = cpu.allocate(1, heads * hd), qg = gpu.allocate(1, heads * hd);
+            Tensor qc = cpu.allocate(1, heads * hd), qg = gpu.allocate(1, heads * hd), qNeg = gpu.allocate(1, heads * hd);
             Tensor plain = gpu.allocate(1, heads * hd), fused = gpu.allocate(1, heads * hd);
             cpu.upload(qc, qd);
             gpu.upload(qg, qd);
+            float[] neg = qd.clone();
+            for (int i = 0; i < neg.length; i++) neg[i] = -neg[i];
+            gpu.upload(qNeg, neg);
             int variant = gpu.attentionVariant();
             try {
                 for (int attn : new int[] {3, 2}) {
@@ -409,6 +412,9 @@ class CudaTidalSelectParityTest {
                                 SlotSelection sep = gpu.selectTopSlots(qg, 0, qpos, p.g, layer, k, sum, current, true);
                                 gpu.attention(plain, qg, p.g, layer, new int[] {qpos}, 1, null, null);
                                 float[] outPlain = gpu.download(plain, 0, 1);
+                                // the workspace's keys now those of -q: a fused call that left any key unwritten
+                                // would select from them
+                                gpu.selectTopSlots(qNeg, 0, qpos, p.g, layer, k, sum, current, true);
                                 gpu.setFusedSelect(true);
                                 long calls = gpu.fusedSelectCalls();
                                 SlotSelection dev = gpu.selectTopSlots(qg, 0, qpos, p.g, layer, k, sum, current, false);
