@@ -26,8 +26,11 @@ using namespace tp;
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGt = 8;          // q-heads per attention block (larger GQA groups use several chunks)
-constexpr int kMaxSplits = 64;
-constexpr int kRowsPerSplit = 128; // candidate slots per split of decode attention (32 per warp)
+// Splits of a decode attention call (n = 1): ceil(max_len / rows per split), at most the cap; both process-wide
+// (tp_kvq_set_splits, for tuning sweeps; defaults 64 and 128 candidate slots, 32 per warp).
+constexpr int kMaxSplitsCap = 1024;
+int g_max_splits = 64;
+int g_rows_per_split = 128;
 
 // Attention kernel variant (tp_kvq_set_attention_variant): 1 = a warp per candidate, 2 = a lane per candidate,
 // 3 = variant 2 with the key loads of a row in flight together and the tile's value rows staged in shared memory
@@ -792,8 +795,10 @@ __global__ void kvq_merge_kernel(float* __restrict__ out, const float* __restric
 
 int kvq_splits(int n, int max_len) {
     if (n != 1) return 1;
-    int s = (max_len + kRowsPerSplit - 1) / kRowsPerSplit;
-    return s < 1 ? 1 : (s > kMaxSplits ? kMaxSplits : s);
+    const int rows = __atomic_load_n(&g_rows_per_split, __ATOMIC_RELAXED);
+    const int cap = __atomic_load_n(&g_max_splits, __ATOMIC_RELAXED);
+    int s = (max_len + rows - 1) / rows;
+    return s < 1 ? 1 : (s > cap ? cap : s);
 }
 
 template <int HD, int BITS>
@@ -1035,6 +1040,23 @@ int tp_kvq_set_attention_variant(int variant) {
 }
 
 int tp_kvq_attention_variant(void) { return g_attention_variant; }
+
+int tp_kvq_set_splits(int max_splits, int rows_per_split) {
+    if (max_splits < 1 || max_splits > kMaxSplitsCap)
+        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_kvq_set_splits: bad argument 'max_splits' (%d: 1 .. %d)", max_splits,
+                        kMaxSplitsCap);
+    if (rows_per_split < 32 || rows_per_split > 65536 || rows_per_split % 32 != 0)
+        return tp::fail(TP_ERR_BAD_ARGUMENT,
+                        "tp_kvq_set_splits: bad argument 'rows_per_split' (%d: a multiple of 32 in 32 .. 65536)",
+                        rows_per_split);
+    __atomic_store_n(&g_max_splits, max_splits, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_rows_per_split, rows_per_split, __ATOMIC_RELAXED);
+    return TP_OK;
+}
+
+int tp_kvq_max_splits(void) { return __atomic_load_n(&g_max_splits, __ATOMIC_RELAXED); }
+
+int tp_kvq_rows_per_split(void) { return __atomic_load_n(&g_rows_per_split, __ATOMIC_RELAXED); }
 
 uint64_t tp_kvq_block_bytes(int head_dim, int group, int bits) {
     if (head_dim <= 0 || group <= 0 || group > 4096 || !valid_bits(bits)) return 0;

@@ -591,6 +591,16 @@ int tp_kvq_window_write(uint64_t window_k, uint64_t window_v, uint64_t k, uint64
 int tp_kvq_set_attention_variant(int variant);
 /** The variant tp_kvq_attention runs now (1, 2 or 3). */
 int tp_kvq_attention_variant(void);
+/**
+ * Split count of tp_kvq_attention's decode calls (n = 1) from now on, process-wide: ceil(max_len / rows_per_split)
+ * splits, at most max_splits (defaults 64 and 128; max_splits 1 .. 1024, rows_per_split a multiple of 32 in
+ * 32 .. 65536, else TP_ERR_BAD_ARGUMENT). Results equal up to summation order; the workspace a call needs
+ * (tp_kvq_attention_workspace_bytes) follows the setting. For tuning sweeps (KernelBench policies).
+ */
+int tp_kvq_set_splits(int max_splits, int rows_per_split);
+/** The settings of tp_kvq_set_splits now. */
+int tp_kvq_max_splits(void);
+int tp_kvq_rows_per_split(void);
 /** Workspace bytes tp_kvq_attention needs (0 when it runs one split: n > 1 or a short max_len). */
 uint64_t tp_kvq_attention_workspace_bytes(int n, int num_heads, int head_dim, int max_len);
 /**

@@ -266,6 +266,20 @@ public final class CudaBackend implements Backend {
                 throw new IllegalArgumentException("tokenpress.cuda.cceGemmChunk=" + chunk + ": expected ROWSxCOLS, e.g. 2048x2048");
             }
         }
+        // quantized-KV decode attention: at most MAX splits of ROWS candidate slots each (tp_kvq_set_splits), process-wide
+        String kvqSplits = System.getProperty("tokenpress.cuda.kvqSplits", System.getenv("TOKENPRESS_CUDA_KVQ_SPLITS")); // MAXxROWS
+        if (kvqSplits != null) {
+            String[] mr = kvqSplits.toLowerCase(java.util.Locale.ROOT).split("x");
+            int rc;
+            try {
+                if (mr.length != 2) throw new NumberFormatException();
+                rc = TpNative.tp_kvq_set_splits(Integer.parseInt(mr[0].trim()), Integer.parseInt(mr[1].trim()));
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException("tokenpress.cuda.kvqSplits=" + kvqSplits + ": expected MAXxROWS, e.g. 256x64");
+            }
+            if (rc != TpNative.TP_OK)
+                throw new IllegalArgumentException("tokenpress.cuda.kvqSplits=" + kvqSplits + ": " + lastError());
+        }
     }
 
     /**

@@ -469,6 +469,12 @@ public final class TpNative {
 
     public static native int tp_kvq_attention_variant();
 
+    public static native int tp_kvq_set_splits(int maxSplits, int rowsPerSplit);
+
+    public static native int tp_kvq_max_splits();
+
+    public static native int tp_kvq_rows_per_split();
+
     public static native int tp_kvq_encode(@Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
                                            @Cast("uint64_t") long windowV, @Cast("uint64_t") long k,
                                            @Cast("uint64_t") long v, int kvStride, @Cast("uint64_t") long plan,

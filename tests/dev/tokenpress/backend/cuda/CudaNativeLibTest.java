@@ -378,6 +378,31 @@ class CudaNativeLibTest {
         }
     }
 
+    /** The quantized attention's split setting: refused out of range, and the workspace a call needs follows it. */
+    @Test
+    void kvqSplitsWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        int max = TpNative.tp_kvq_max_splits(), rows = TpNative.tp_kvq_rows_per_split();
+        assertEquals(64, max, "default max splits");
+        assertEquals(128, rows, "default rows per split");
+        try {
+            // 32 q-heads of 64 at 32K: 64 splits of (64 + 2) floats per head
+            assertEquals(32L * 64 * 66 * 4, TpNative.tp_kvq_attention_workspace_bytes(1, 32, 64, 32768));
+            refused(TpNative.tp_kvq_set_splits(0, 128), "max_splits");
+            refused(TpNative.tp_kvq_set_splits(1025, 128), "max_splits");
+            refused(TpNative.tp_kvq_set_splits(64, 48), "rows_per_split");
+            refused(TpNative.tp_kvq_set_splits(64, 0), "rows_per_split");
+            assertEquals(64, TpNative.tp_kvq_max_splits(), "a refused setting changes nothing");
+            assertEquals(TpNative.TP_OK, TpNative.tp_kvq_set_splits(256, 64));
+            assertEquals(32L * 256 * 66 * 4, TpNative.tp_kvq_attention_workspace_bytes(1, 32, 64, 32768));
+            assertEquals(32L * 128 * 66 * 4, TpNative.tp_kvq_attention_workspace_bytes(1, 32, 64, 8192)); // 8192 / 64
+            assertEquals(0L, TpNative.tp_kvq_attention_workspace_bytes(1, 32, 64, 64), "one split: no workspace");
+            assertEquals(0L, TpNative.tp_kvq_attention_workspace_bytes(4, 32, 64, 32768), "n > 1: one split");
+        } finally {
+            TpNative.tp_kvq_set_splits(max, rows);
+        }
+    }
+
     private static int attentionSelect(long q, int hd, int capacity, long slots, long counts, int stride, long cur, long keys,
                                        int len, long params, int k, int sum, long wsBytes) {
         return TpNative.tp_decode_attention_select(1024, q, 4096, 8192, 12288, 0, 8, 2, hd, capacity, 64, 0.125f, 1 << 20,
