@@ -295,34 +295,8 @@ public final class KernelBench {
      * then TidalDecode (k = POLICY_K) over int4: selection and sparse attention µs, speed-up of the sparse attention
      * vs full bf16 attention (quant_<ctx>_tidal_int4_select_us, _sparse_us, _speedup).
      */
-    /** Split settings of the quantized decode attention swept by {@link #kvqSplitSweep}: {max splits, rows per split}. */
+    /** Split settings of the quantized decode attention swept for int4: {max splits, rows per split}. */
     static final int[][] KVQ_SPLITS = {{128, 128}, {256, 128}, {128, 64}, {256, 64}, {512, 32}, {1024, 32}};
-
-    /**
-     * int4 attention (the default kernel) with other split settings than the default 64 splits of 128 slots
-     * ({@code tp_kvq_set_splits}; keys quant_<ctx>_int4_splits_<max>x<rows>_us and _speedup vs bf16); the default
-     * is restored after. The quantized kernels run a few warps per SM with the default, so more splits may hide
-     * more latency, against a longer merge.
-     */
-    static void kvqSplitSweep(CudaBackend gpu, int ctx, int iters, double bfUs, String key, PrintStream out) {
-        int maxBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_max_splits();
-        int rowsBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_rows_per_split();
-        try {
-            for (int[] mr : KVQ_SPLITS) {
-                if (dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_splits(mr[0], mr[1]) != 0)
-                    throw new IllegalStateException("tp_kvq_set_splits(" + mr[0] + ", " + mr[1] + ") refused");
-                CudaKernelBench.QuantAttentionResult q = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, "int4", iters);
-                int splits = Math.max(1, Math.min(mr[0], (ctx + mr[1] - 1) / mr[1]));
-                out.printf("| %d | int4, %d splits of <= %d slots (max %d) | %.2f | %.2fx | | |%n", ctx, splits,
-                        (ctx + splits - 1) / splits, mr[0], q.microseconds(), bfUs / q.microseconds());
-                String k = key + "_splits_" + mr[0] + "x" + mr[1];
-                result(out, k + "_us", q.microseconds(), "us");
-                result(out, k + "_speedup", bfUs / q.microseconds(), "x");
-            }
-        } finally {
-            dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_splits(maxBefore, rowsBefore);
-        }
-    }
 
     public static void quantPolicies(CudaBackend gpu, PrintStream out) {
         out.println("| context | KV | attention µs | speed-up vs bf16 | KV bytes/layer | memory vs bf16 |");
@@ -363,7 +337,20 @@ public final class KernelBench {
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
                     }
                 }
-                if (spec.equals("int4")) kvqSplitSweep(gpu, ctx, iters, bf.microseconds(), k, out);
+                if (spec.equals("int4")) {
+                    // the same calls with other split counts than the default 64 of 128 slots (tp_kvq_set_splits): the
+                    // kernel runs about 16 warps per SM with the default, so more splits may hide more latency
+                    CudaKernelBench.QuantAttentionResult qs = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, iters, 0, KVQ_SPLITS);
+                    for (int i = 0; i < KVQ_SPLITS.length; i++) {
+                        int[] mr = KVQ_SPLITS[i];
+                        double us = qs.splitMicroseconds()[i];
+                        int splits = Math.max(1, Math.min(mr[0], (ctx + mr[1] - 1) / mr[1]));
+                        out.printf("| %d | int4, %d splits (at most %d of %d slots) | %.2f | %.2fx | | |%n", ctx, splits, mr[0], mr[1],
+                                us, bf.microseconds() / us);
+                        result(out, k + "_splits_" + mr[0] + "x" + mr[1] + "_us", us, "us");
+                        result(out, k + "_splits_" + mr[0] + "x" + mr[1] + "_speedup", bf.microseconds() / us, "x");
+                    }
+                }
             }
         }
         // the Llama-3-8B attention shape (head dim 128) at 32K: metadata is a smaller share of a token there

@@ -438,8 +438,10 @@ public final class CudaKernelBench {
      * TidalDecode k, also µs per selection ({@code tp_kvq_tidal_select}) and per attention over the k selected slots
      * of each KV head (NaN when not measured).
      */
+    /** splitMicroseconds[i]: µs per call with split setting i of the call (tp_kvq_set_splits; empty when none). */
     public record QuantAttentionResult(int context, String spec, int layersRotated, double microseconds,
-                                       long kvBytesPerLayer, double selectMicroseconds, double sparseMicroseconds) {}
+                                       long kvBytesPerLayer, double selectMicroseconds, double sparseMicroseconds,
+                                       double[] splitMicroseconds) {}
 
     public static QuantAttentionResult quantAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
                                                       String spec, int iters) {
@@ -456,6 +458,15 @@ public final class CudaKernelBench {
      */
     public static QuantAttentionResult quantAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
                                                       String spec, int iters, int tidalK) {
+        return quantAttention(b, heads, kvHeads, headDim, context, spec, iters, tidalK, new int[0][]);
+    }
+
+    /**
+     * {@link #quantAttention} that also times the same calls on the same cache with each {max splits, rows per split}
+     * of {@code splitSettings} ({@code tp_kvq_set_splits}; the setting before is restored).
+     */
+    public static QuantAttentionResult quantAttention(CudaBackend b, int heads, int kvHeads, int headDim, int context,
+                                                      String spec, int iters, int tidalK, int[][] splitSettings) {
         dev.tokenpress.kv.quant.KvQuantSpec qs = dev.tokenpress.kv.quant.KvQuantSpec.parse(spec);
         long perLayer = (long) context * kvHeads * (headDim + 16L);
         int layers = (int) Math.max(1, Math.min(64, (256L << 20) / Math.max(1, perLayer) + 1));
@@ -474,7 +485,14 @@ public final class CudaKernelBench {
         host[0] = context - 1;
         for (int g = 0; g < kvHeads; g++) host[1 + g] = c.highWater(0, g);
         TpNative.tp_memcpy_h2d(ints, host, 4L * host.length, b.stream());
-        long wsBytes = Math.max(16, TpNative.tp_kvq_attention_workspace_bytes(1, heads, headDim, context));
+        long need = Math.max(16, TpNative.tp_kvq_attention_workspace_bytes(1, heads, headDim, context));
+        int maxBefore = TpNative.tp_kvq_max_splits(), rowsBefore = TpNative.tp_kvq_rows_per_split();
+        for (int[] mr : splitSettings) { // one workspace for every setting
+            check(TpNative.tp_kvq_set_splits(mr[0], mr[1]), "tp_kvq_set_splits");
+            need = Math.max(need, TpNative.tp_kvq_attention_workspace_bytes(1, heads, headDim, context));
+        }
+        check(TpNative.tp_kvq_set_splits(maxBefore, rowsBefore), "tp_kvq_set_splits");
+        long wsBytes = need;
         long ws = b.malloc(wsBytes, "bench quantized attention workspace");
         float scale = (float) (1.0 / Math.sqrt(headDim));
         long[] e0 = {0}, e1 = {0};
@@ -485,6 +503,15 @@ public final class CudaKernelBench {
                     heads, kvHeads, headDim, context, c.group, c.bits, c.resCap, c.maxBlocks, 1, ints, 0, 1, 0, ints + 4,
                     context, scale, ws, wsBytes, b.stream()), "quantized decode attention");
             double us = time(b, attn, layers, iters, e0[0], e1[0]);
+            double[] splitUs = new double[splitSettings.length];
+            try {
+                for (int i = 0; i < splitSettings.length; i++) {
+                    check(TpNative.tp_kvq_set_splits(splitSettings[i][0], splitSettings[i][1]), "tp_kvq_set_splits");
+                    splitUs[i] = time(b, attn, layers, iters, e0[0], e1[0]);
+                }
+            } finally {
+                TpNative.tp_kvq_set_splits(maxBefore, rowsBefore);
+            }
             double selUs = Double.NaN, sparseUs = Double.NaN;
             if (tidalK > 0) {
                 double[] t = quantTidal(b, c, qt, ot, heads, kvHeads, headDim, context, layers, tidalK, ints, ws, wsBytes,
@@ -492,7 +519,7 @@ public final class CudaKernelBench {
                 selUs = t[0];
                 sparseUs = t[1];
             }
-            return new QuantAttentionResult(context, qs.spec(), layers, us, c.bytes() / layers, selUs, sparseUs);
+            return new QuantAttentionResult(context, qs.spec(), layers, us, c.bytes() / layers, selUs, sparseUs, splitUs);
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
