@@ -4,6 +4,7 @@
 // logic, so they run eagerly (never inside a captured graph); the scalar query position is therefore passed by
 // value, while high-water marks are read from device memory like every other op.
 #include "common.cuh"
+#include "attention_common.cuh"
 
 namespace {
 
@@ -65,9 +66,10 @@ __global__ void __launch_bounds__(kThreads) query_key_scores_kernel(
 // (block reduction). -inf for a page without a visible slot or at/after ceil(hw[g] / page).
 __global__ void __launch_bounds__(kThreads) quest_page_scores_kernel(
         float* __restrict__ out, int out_stride, const float* __restrict__ q, const uint16_t* __restrict__ kc,
-        const int* __restrict__ pc, int layer, int kv_heads, int group, int hd, int capacity, int query_pos,
-        const int* __restrict__ high_water, int page_size) {
+        const int* __restrict__ pc, int layer, int kv_heads, int group, int hd, int capacity, int query_pos_arg,
+        const int* __restrict__ high_water, int page_size, const int* __restrict__ query_pos_ptr) {
     int p = blockIdx.x, g = blockIdx.y;
+    const int query_pos = query_pos_ptr ? query_pos_ptr[0] : query_pos_arg;
     int64_t hw = high_water[g];
     int64_t s0 = (int64_t)p * page_size, s1 = s0 + page_size < hw ? s0 + page_size : hw;
     int64_t base = ((int64_t)layer * kv_heads + g) * capacity;
@@ -135,6 +137,85 @@ __global__ void kv_write_slot_kernel(uint16_t* __restrict__ kc, uint16_t* __rest
     if (threadIdx.x == 0) pc[pos_off] = position;
 }
 
+// Quest's page selection on the device (tp_quest_select). params int32: pages[kv_heads] | query_pos | 0 |
+// high_water[kv_heads] | cur_page[kv_heads] (pages[g] = ceil(high_water[g] / page_size), cur_page[g] < pages[g]).
+// Keys: one thread per page p < min(pages[g], len): the page's bounds (bounds f32 [H][len], tp_quest_page_scores'
+// layout) reduced over the group's q-heads in q-head order, -inf bounds skipped (max, or sum with __fadd_rn),
+// order_key of that, 0 when no q-head has a finite bound; the current page always a candidate (its key at least
+// 0xffffffff when it has none: it is kept and adds no slot) and cur[g] = cur_page[g], so tp_tidal_select's
+// selection from keys keeps it plus the best k - 1 other pages.
+__global__ void __launch_bounds__(256) quest_page_keys_kernel(
+        uint32_t* __restrict__ keys, int len, int* __restrict__ cur, const float* __restrict__ bounds, int group,
+        int kv_heads, const int* __restrict__ params, int sum_group) {
+    const int g = blockIdx.y, p = blockIdx.x * blockDim.x + threadIdx.x;
+    const int pages = min(params[g], len), cur_page = params[2 * kv_heads + 2 + g];
+    if (p >= pages) return;
+    float v = sum_group ? 0.f : kNegInf;
+    bool any = false;
+    for (int j = 0; j < group; j++) {
+        const float b = bounds[((int64_t)g * group + j) * len + p];
+        if (b == kNegInf) continue;
+        any = true;
+        v = sum_group ? __fadd_rn(v, b) : fmaxf(v, b);
+    }
+    uint32_t key = any ? order_key(v) : 0u;
+    if (p == cur_page) {
+        if (key == 0u) key = 0xffffffffu;
+        cur[g] = p;
+    }
+    keys[(int64_t)g * len + p] = key;
+}
+
+// The slots of the selected pages: per KV head (one block), for its count[g] pages in ascending order, the visible
+// slots (0 <= position <= query_pos) of [page * page_size, min(high_water, (page + 1) * page_size)) in slot order,
+// written to out_slots[g * out_stride ..] and their number to out_counts[g]. 256 threads, a page per thread per
+// round, an exclusive scan of the rounds' counts.
+__global__ void __launch_bounds__(256) quest_expand_kernel(
+        int* __restrict__ out_slots, int* __restrict__ out_counts, int out_stride, const int* __restrict__ pages,
+        const int* __restrict__ page_counts, int page_stride, const int* __restrict__ pc, int layer, int kv_heads,
+        int capacity, const int* __restrict__ params, int page_size) {
+    __shared__ int warp_tot[8];
+    __shared__ int base_sh;
+    const int g = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int n = page_counts[g], qp = params[kv_heads], hw = params[kv_heads + 2 + g];
+    const int* pb = pc + ((int64_t)layer * kv_heads + g) * capacity;
+    int* out = out_slots + (int64_t)g * out_stride;
+    if (tid == 0) base_sh = 0;
+    __syncthreads();
+    for (int r0 = 0; r0 < n; r0 += 256) {
+        const int i = r0 + tid;
+        int s0 = 0, s1 = 0, c = 0;
+        if (i < n) {
+            const int p = pages[(int64_t)g * page_stride + i];
+            s0 = p * page_size;
+            s1 = min(hw, s0 + page_size);
+            for (int s = s0; s < s1; s++) {
+                const int ps = pb[s];
+                c += ps >= 0 && ps <= qp;
+            }
+        }
+        int incl = c;  // inclusive scan over the block
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int t = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += t;
+        }
+        if (lane == 31) warp_tot[warp] = incl;
+        __syncthreads();
+        int before = base_sh;
+        for (int w = 0; w < warp; w++) before += warp_tot[w];
+        int at = before + incl - c;
+        for (int s = s0; s < s1 && at < out_stride; s++) {
+            const int ps = pb[s];
+            if (ps >= 0 && ps <= qp) out[at++] = s;
+        }
+        __syncthreads();  // every thread has read base_sh and warp_tot
+        if (tid == 255) base_sh = before + incl;
+        __syncthreads();
+    }
+    if (tid == 0) out_counts[g] = min(base_sh, out_stride);
+}
+
 }  // namespace
 
 extern "C" {
@@ -196,7 +277,7 @@ int tp_quest_page_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_
     quest_page_scores_kernel<<<grid, kThreads, 0, TP_STREAM(stream)>>>(
         TP_PTR(float, out), out_stride, TP_PTR(const float, q), TP_PTR(const uint16_t, key_cache),
         TP_PTR(const int, pos_cache), layer, kv_heads, num_heads / kv_heads, head_dim, capacity, query_pos,
-        TP_PTR(const int, high_water), page_size);
+        TP_PTR(const int, high_water), page_size, nullptr);
     TP_LAUNCHED("quest_page_scores_kernel");
     return TP_OK;
 }
@@ -238,6 +319,70 @@ int tp_kv_write_slot(uint64_t key_cache, uint64_t value_cache, uint64_t pos_cach
         TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache), TP_PTR(int, pos_cache), TP_PTR(const float, src),
         pos_off * head_dim, pos_off, head_dim, position);
     TP_LAUNCHED("kv_write_slot_kernel");
+    return TP_OK;
+}
+
+// Workspace of tp_quest_select after the selection's keys_ws: bounds f32 [H][len] | page lists int32
+// [Hkv][k_pages] | page counts int32 [Hkv], each 16-byte aligned.
+static uint64_t align16(uint64_t b) { return (b + 15) & ~(uint64_t)15; }
+
+uint64_t tp_quest_select_workspace_bytes(int num_heads, int kv_heads, int len, int k_pages) {
+    if (num_heads <= 0 || kv_heads <= 0 || len <= 0 || k_pages < 0) return 0;
+    return align16(4ull * num_heads * len) + align16(4ull * kv_heads * (k_pages > 0 ? k_pages : 1)) +
+           align16(4ull * kv_heads);
+}
+
+int tp_quest_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
+                    uint64_t quest_ws, int len, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer,
+                    int num_heads, int kv_heads, int head_dim, int capacity, uint64_t params, int page_size,
+                    int k_pages, int sum_group, uint64_t stream) {
+    const char* fn = "tp_quest_select";
+    TP_REQUIRE(out_slots != 0, fn, "out_slots");
+    TP_REQUIRE(out_counts != 0, fn, "out_counts");
+    TP_REQUIRE(cur_slot != 0, fn, "cur_slot");
+    TP_REQUIRE(keys_ws != 0 && keys_ws % 16 == 0, fn, "keys_ws");
+    TP_REQUIRE(quest_ws != 0 && quest_ws % 16 == 0, fn, "quest_ws");
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(key_cache != 0, fn, "key_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(params != 0, fn, "params");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
+    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(page_size >= 1, fn, "page_size");
+    TP_REQUIRE(len >= 1 && len <= ceil_div(capacity, page_size), fn, "len");
+    TP_REQUIRE(k_pages >= 1, fn, "k_pages");
+    TP_REQUIRE(out_stride >= 1 && (int64_t)out_stride >= (int64_t)k_pages * page_size, fn, "out_stride");
+    TP_REQUIRE(sum_group == 0 || sum_group == 1, fn, "sum_group");
+    if (head_dim > kThreads * kMaxDimsPerThread)
+        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d > %d", fn, head_dim, kThreads * kMaxDimsPerThread);
+    const int group = num_heads / kv_heads;
+    cudaStream_t st = TP_STREAM(stream);
+    float* bounds = TP_PTR(float, quest_ws);
+    int* page_list = TP_PTR(int, quest_ws + align16(4ull * num_heads * len));
+    int* page_count = TP_PTR(int, quest_ws + align16(4ull * num_heads * len) + align16(4ull * kv_heads * k_pages));
+    const int* prm = TP_PTR(const int, params);
+    // 1. every page's bound per q-head (pages at or after ceil(high_water / page_size): -inf)
+    quest_page_scores_kernel<<<dim3(len, kv_heads), kThreads, 0, st>>>(
+        bounds, len, TP_PTR(const float, q), TP_PTR(const uint16_t, key_cache), TP_PTR(const int, pos_cache), layer,
+        kv_heads, group, head_dim, capacity, 0, prm + kv_heads + 2, page_size, prm + kv_heads);
+    TP_LAUNCHED("quest_page_scores_kernel (selection)");
+    // 2. the group's page keys and the current page
+    quest_page_keys_kernel<<<dim3((unsigned)ceil_div(len, 256), kv_heads), 256, 0, st>>>(
+        tp::tidal_select_keys(keys_ws, kv_heads, len), len, TP_PTR(int, cur_slot), bounds, group, kv_heads, prm,
+        sum_group);
+    TP_LAUNCHED("quest_page_keys_kernel");
+    // 3. the current page plus the best k_pages - 1 others, ascending
+    int rc = tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), prm, k_pages, page_list, k_pages,
+                                               page_count, kv_heads, st);
+    if (rc != TP_OK) return rc;
+    // 4. their visible slots
+    quest_expand_kernel<<<kv_heads, 256, 0, st>>>(TP_PTR(int, out_slots), TP_PTR(int, out_counts), out_stride,
+                                                  page_list, page_count, k_pages, TP_PTR(const int, pos_cache), layer,
+                                                  kv_heads, capacity, prm, page_size);
+    TP_LAUNCHED("quest_expand_kernel");
     return TP_OK;
 }
 

@@ -415,6 +415,26 @@ int tp_quest_page_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_
                          int num_heads, int kv_heads, int head_dim, int capacity, int query_pos, uint64_t high_water,
                          int page_size, int max_pages, uint64_t stream);
 
+/**
+ * Quest's page selection on the device (Backend.selectTopPages), capturable in a CUDA graph: every step value is
+ * read from params int32 (device): pages[kv_heads] | query_pos | 0 | high_water[kv_heads] | cur_page[kv_heads], with
+ * pages[g] = ceil(high_water[g] / page_size) and cur_page[g] < pages[g] the page to keep (the page of the current
+ * token). Per KV head g: the bounds of tp_quest_page_scores for pages [0, len) (len >= every pages[g]); a page's
+ * score is the max (sum_group 0) or the sum (1, in q-head order) of its finite bounds over the group's q-heads
+ * (none finite: not a candidate); kept are cur_page plus the best min(k_pages, candidates) - 1 other pages (ties:
+ * lower page), and out_slots[g * out_stride ..] receives the visible slots (0 <= position <= query_pos) of the kept
+ * pages in slot order, out_counts[g] their number: the sel_slots / sel_counts of tp_decode_attention_ex2.
+ * keys_ws / cur_slot: as tp_tidal_select's (tp_tidal_select_workspace_bytes(kv_heads, len)); quest_ws:
+ * tp_quest_select_workspace_bytes(num_heads, kv_heads, len, k_pages) bytes, 16-byte aligned. out_stride >=
+ * k_pages * page_size; head_dim <= 256.
+ */
+int tp_quest_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
+                    uint64_t quest_ws, int len, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer,
+                    int num_heads, int kv_heads, int head_dim, int capacity, uint64_t params, int page_size,
+                    int k_pages, int sum_group, uint64_t stream);
+/** Bytes of quest_ws tp_quest_select needs (page bounds, page lists and counts). */
+uint64_t tp_quest_select_workspace_bytes(int num_heads, int kv_heads, int len, int k_pages);
+
 /** out f32 [2*hd] (device) = key then value of slot of (layer, head), converted from bf16 (exact). */
 int tp_kv_read_slot(uint64_t out, uint64_t key_cache, uint64_t value_cache, int layer, int head, int kv_heads,
                     int head_dim, int capacity, int slot, uint64_t stream);

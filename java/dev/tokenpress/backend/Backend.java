@@ -290,6 +290,21 @@ public interface Backend extends AutoCloseable {
         throw new UnsupportedOpException("the " + name() + " backend has no selectTopSlots op");
     }
 
+    /**
+     * Quest's page selection for query row {@code row} of q against the cache's {@code layer}, one slot list per KV
+     * head g: pages are runs of {@code pageSize} slots of [0, highWater); a page's score is the max ({@code sumGroup}
+     * false) or the sum (in q-head order) over the group's q-heads of its {@link #questPageScores} bound, finite
+     * bounds only (a page with none is not a candidate); kept are the page of the last slot holding
+     * {@code keepPosition} (the last page when no slot holds it) plus the best {@code pages} − 1 other candidate
+     * pages (ties: lower page), and the list holds the visible slots (position in [0, queryPosition]) of the kept
+     * pages in slot order. {@code hostCopy} as for {@link #selectTopSlots}. Policies fall back to computing it on the
+     * host from {@link #questPageScores} where a backend has no such op (the default: unsupported).
+     */
+    default SlotSelection selectTopPages(Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize,
+                                         int pages, boolean sumGroup, int keepPosition, boolean hostCopy) {
+        throw new UnsupportedOpException("the " + name() + " backend has no selectTopPages op");
+    }
+
     /** The host arrays of a selection {@link #selectTopSlots} returned (a copy when it lives in device memory). */
     default SlotSelection hostSelection(SlotSelection selection) {
         return selection;

@@ -394,7 +394,9 @@ public final class KernelBench {
      * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop;
      * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
      * that run); tidal_fused: {@code tidal:k=2048} with its selection made from the selection layers' attention
-     * ({@link CudaBackend#setFusedSelect}, switched on for that run). With {@code everyPolicyAt} (stage e2epol: {@code e2epol DIR [CONTEXTS]}, default 8192,32768,131072)
+     * ({@link CudaBackend#setFusedSelect}, switched on for that run); quest and quest_device: {@code quest:budget=2048}
+     * with its pages selected on the host from downloaded bounds, and in device memory
+     * ({@code -Dtokenpress.cuda.deviceQuest}, set for each run). With {@code everyPolicyAt} (stage e2epol: {@code e2epol DIR [CONTEXTS]}, default 8192,32768,131072)
      * at those contexts instead, each followed, when {@code table}, by {@link #policyTable} for the other policies
      * ({@link #POLICY_TABLE_SPECS}).
      */
@@ -412,11 +414,13 @@ public final class KernelBench {
                 // {--kv, --kv-quant, result name}
                 String[][] runs = ctx <= 32768
                         ? new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"},
-                                {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"full", "int4", "int4"},
+                                {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"quest:budget=" + POLICY_K, "none", "quest"},
+                                {"quest:budget=" + POLICY_K, "none", "quest_device"}, {"full", "int4", "int4"},
                                 {"full", "int4", "int4_kvq3"}, {"full", "none", "full_pipelined"},
                                 {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}}
                         : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"},
-                                {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"full", "int4", "int4"},
+                                {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"quest:budget=" + POLICY_K, "none", "quest"},
+                                {"quest:budget=" + POLICY_K, "none", "quest_device"}, {"full", "int4", "int4"},
                                 {"full", "none", "full_pipelined"}, {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}};
                 for (String[] run : runs) {
                     String spec = run[0], name = run[2];
@@ -428,6 +432,10 @@ public final class KernelBench {
                     // tidal_fused: the selection made from the selection layers' attention (CudaBackend.setFusedSelect)
                     boolean fusedBefore = gpu.fusedSelect();
                     if (name.equals("tidal_fused")) gpu.setFusedSelect(true);
+                    // quest_device: Quest's page selection in device memory (CudaBackend.selectTopPages, opt-in)
+                    String questBefore = System.getProperty("tokenpress.cuda.deviceQuest");
+                    if (name.equals("quest_device")) System.setProperty("tokenpress.cuda.deviceQuest", "true");
+                    else if (name.equals("quest")) System.setProperty("tokenpress.cuda.deviceQuest", "false");
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
                     try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
@@ -448,6 +456,8 @@ public final class KernelBench {
                     } finally {
                         m.setPipelinedGreedy(null);
                         gpu.setFusedSelect(fusedBefore);
+                        if (questBefore == null) System.clearProperty("tokenpress.cuda.deviceQuest");
+                        else System.setProperty("tokenpress.cuda.deviceQuest", questBefore);
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
                         if (opsBefore == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
                         else System.setProperty("tokenpress.cuda.quantPolicyOps", opsBefore);

@@ -2033,19 +2033,7 @@ public final class CudaBackend implements Backend {
         a[hkv] = queryPosition;
         a[hkv + 1] = keepPosition;
         int len = Math.min(cap, maxHw <= 1 ? 1 : Integer.highestOneBit(maxHw - 1) << 1);
-        long need = TpNative.tp_tidal_select_workspace_bytes(hkv, len);
-        if (need > tidalKeysBytes || hkv != tidalKeysHkv) {
-            if (mode != Mode.EAGER) throw abort("selectTopSlots scratch growth", false);
-            freeScratch(tidalKeys);
-            tidalKeys = 0;
-            tidalKeysBytes = 0;
-            // the whole capacity at once: no growth (graph abort) later
-            long sz = Math.max(need, TpNative.tp_tidal_select_workspace_bytes(hkv, cap));
-            tidalKeys = malloc(sz, "tidal selection scores");
-            memsetNow(tidalKeys, 0, sz); // the per-KV-head state starts (and each call leaves it) zero
-            tidalKeysBytes = sz;
-            tidalKeysHkv = hkv;
-        }
+        ensureTidalKeys(hkv, len, cap);
         if (qc == null && fusedSelect && !hostCopy) { // queued: the layer's attention selects (attention below)
             sig(40, qt.ptr, row, ((CudaKvCache) c).keys, ((CudaKvCache) c).deviceLayer(layer), heads, k, sumGroup ? 1 : 0, len,
                     ds.slots, 1);
@@ -2068,6 +2056,94 @@ public final class CudaBackend implements Backend {
                 check(TpNative.tp_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, len, qt.row(row), bc.keys,
                         bc.pos, bc.deviceLayer(layer), heads, hkv, hd, cap, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots");
         }
+        SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
+        ds.handle = handle;
+        return handle;
+    }
+
+    /** The selection scratch of tp_tidal_select (and of the selections from keys) for hkv KV heads and len candidates. */
+    private void ensureTidalKeys(int hkv, int len, int cap) {
+        long need = TpNative.tp_tidal_select_workspace_bytes(hkv, len);
+        if (need > tidalKeysBytes || hkv != tidalKeysHkv) {
+            if (mode != Mode.EAGER) throw abort("selectTopSlots scratch growth", false);
+            freeScratch(tidalKeys);
+            tidalKeys = 0;
+            tidalKeysBytes = 0;
+            // the whole capacity at once: no growth (graph abort) later
+            long sz = Math.max(need, TpNative.tp_tidal_select_workspace_bytes(hkv, cap));
+            tidalKeys = malloc(sz, "tidal selection scores");
+            memsetNow(tidalKeys, 0, sz); // the per-KV-head state starts (and each call leaves it) zero
+            tidalKeysBytes = sz;
+            tidalKeysHkv = hkv;
+        }
+    }
+
+    private long questWs, questWsBytes;
+
+    /**
+     * Quest's page selection in device memory ({@code tp_quest_select}: page bounds, the group's page keys, the kept
+     * pages as TidalDecode's selection from keys, their visible slots), read by the attention like
+     * {@link #selectTopSlots}' selections; no host round trip, so a step that selects can be captured. Only for a bf16
+     * cache, and opt-in until it has run on a GPU ({@code -Dtokenpress.cuda.deviceQuest=true}); otherwise
+     * unsupported, and QuestPolicy selects on the host from {@link #questPageScores} as before.
+     */
+    @Override
+    public SlotSelection selectTopPages(Tensor q, int row, int queryPosition, KvCache cache, int layer, int pageSize,
+                                        int pages, boolean sumGroup, int keepPosition, boolean hostCopy) {
+        flushPendingSelect();
+        if (!optIn("tokenpress.cuda.deviceQuest", "TOKENPRESS_CUDA_DEVICE_QUEST"))
+            throw new UnsupportedOpException("selectTopPages: the device page selection is opt-in (-Dtokenpress.cuda.deviceQuest=true)");
+        if (cache == null || cache.getClass() != CudaKvCache.class)
+            throw new UnsupportedOpException("selectTopPages: no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
+        if (hostCopy) requireEager("selectTopPages with a host copy");
+        CudaKvCache c = (CudaKvCache) cache;
+        CudaTensor qt = act(q);
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        checkHeadDim(hd);
+        int heads = qt.cols / hd;
+        if (pageSize < 1) throw new IllegalArgumentException("selectTopPages: page size must be >= 1, got " + pageSize);
+        if (pages < 1) throw new IllegalArgumentException("selectTopPages: pages must be >= 1, got " + pages);
+        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException("selectTopPages: layer " + layer + " outside [0, " + c.layers() + ")");
+        if (row < 0 || row >= qt.rows) throw new IllegalArgumentException("selectTopPages: row " + row + " outside " + qt);
+        if (heads <= 0 || heads % hkv != 0 || (long) heads * hd != qt.cols)
+            throw new IllegalArgumentException("selectTopPages: " + qt + " does not hold q-heads of " + hd + " for " + hkv + " KV heads");
+        flushFrees(c);
+        int maxPagesCap = (cap + pageSize - 1) / pageSize;
+        int kSlots = (int) Math.min((long) pages * pageSize, Integer.MAX_VALUE);
+        DeviceSelection ds = deviceSelection(c, layer, kSlots);
+        // staged ints: pages[hkv] | queryPosition | 0 | highWater[hkv] | keptPage[hkv]
+        int[] a = new int[3 * hkv + 2];
+        int maxPages = 0;
+        for (int g = 0; g < hkv; g++) {
+            int hw = c.highWater(layer, g), np = (hw + pageSize - 1) / pageSize;
+            int[] pos = c.positions(layer, g);
+            int cur = -1;
+            for (int s = hw - 1; s >= 0; s--) if (pos[s] == keepPosition) { cur = s; break; }
+            a[g] = np;
+            a[hkv + 2 + g] = hw;
+            a[2 * hkv + 2 + g] = cur < 0 ? np - 1 : cur / pageSize;
+            maxPages = Math.max(maxPages, np);
+        }
+        a[hkv] = queryPosition;
+        // the grid extent in pages: a power of two, so a captured step stays valid until the context doubles
+        int len = Math.min(maxPagesCap, maxPages <= 1 ? 1 : Integer.highestOneBit(maxPages - 1) << 1);
+        ensureTidalKeys(hkv, len, cap);
+        long need = TpNative.tp_quest_select_workspace_bytes(heads, hkv, len, pages);
+        if (need > questWsBytes) {
+            if (mode != Mode.EAGER) throw abort("selectTopPages scratch growth", false);
+            freeScratch(questWs);
+            questWs = 0;
+            questWsBytes = 0;
+            long sz = Math.max(need, TpNative.tp_quest_select_workspace_bytes(heads, hkv, maxPagesCap, pages));
+            questWs = malloc(sz, "quest page bounds");
+            questWsBytes = sz;
+        }
+        long d = stage(a, a.length);
+        sig(52, qt.ptr, row, c.keys, c.deviceLayer(layer), heads, pageSize, pages, sumGroup ? 1 : 0, len, ds.slots);
+        if (mode != Mode.DRY)
+            check(TpNative.tp_quest_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, questWs, len, qt.row(row), c.keys,
+                    c.pos, c.deviceLayer(layer), heads, hkv, hd, cap, d, pageSize, pages, sumGroup ? 1 : 0, stream),
+                    "selectTopPages");
         SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
         ds.handle = handle;
         return handle;

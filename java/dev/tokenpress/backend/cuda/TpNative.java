@@ -385,6 +385,17 @@ public final class TpNative {
                                              @Cast("uint64_t") long params, int k, int sumGroup,
                                              @Cast("uint64_t") long stream);
 
+    public static native int tp_quest_select(@Cast("uint64_t") long outSlots, @Cast("uint64_t") long outCounts,
+                                             int outStride, @Cast("uint64_t") long curSlot,
+                                             @Cast("uint64_t") long keysWs, @Cast("uint64_t") long questWs, int len,
+                                             @Cast("uint64_t") long q, @Cast("uint64_t") long keyCache,
+                                             @Cast("uint64_t") long posCache, int layer, int numHeads, int kvHeads,
+                                             int headDim, int capacity, @Cast("uint64_t") long params, int pageSize,
+                                             int kPages, int sumGroup, @Cast("uint64_t") long stream);
+
+    public static native @Cast("uint64_t") long tp_quest_select_workspace_bytes(int numHeads, int kvHeads, int len,
+                                                                               int kPages);
+
     /** TidalDecode's selection layer: decode attention over every visible slot, then the selection of the same q. */
     public static native int tp_decode_attention_select(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
                                                         @Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache,

@@ -1,6 +1,7 @@
 package dev.tokenpress.kv.policy;
 
 import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
 import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.SlotSelection;
 
@@ -15,6 +16,10 @@ import java.util.Arrays;
  *
  * <p>GQA: one page set per KV head, ranking a page by the max (or sum) of its bounds over the group's q-heads
  * (the reference selects per q-head on MHA).
+ *
+ * <p>Where the backend has {@link dev.tokenpress.backend.Backend#selectTopPages} (CUDA, opt-in) the selection is
+ * made there (in device memory, read by the attention directly); otherwise here from the page bounds. Both select
+ * the same slots from the same bounds.
  */
 public final class QuestPolicy extends BasePolicy {
     private final int budget, page, denseLayers;
@@ -22,6 +27,7 @@ public final class QuestPolicy extends BasePolicy {
     private float[][] bounds;
     private SlotSelection pending;
     private int pendingLayer = -1;
+    private boolean useOp = true; // the backend's selectTopPages (false after it reported unsupported)
 
     public QuestPolicy(String spec, int budget, int page, int denseLayers, boolean sum) {
         super(spec);
@@ -52,6 +58,25 @@ public final class QuestPolicy extends BasePolicy {
         for (int g = 0; g < kvHeads; g++) pagesMax = Math.max(pagesMax, (c.highWater(layer, g) + page - 1) / page);
         int allowed = pageBudget();
         if (pagesMax <= allowed) return;
+        if (useOp) { // on the backend (CUDA: in device memory, no host round trip) where it has the op
+            try {
+                pending = backend.selectTopPages(q, 0, positions[0], c, layer, page, allowed, sum, positions[0], false);
+                return;
+            } catch (UnsupportedOpException e) {
+                useOp = false;
+            }
+        }
+        pending = hostSelection(c, layer, q, positions[0], allowed);
+    }
+
+    /** Whether decode steps use the backend's selectTopPages op when it has one (default on; tests compare both). */
+    public void setBackendSelect(boolean on) {
+        useOp = on;
+    }
+
+    /** The selection of {@link dev.tokenpress.backend.Backend#selectTopPages}, computed here from the page bounds. */
+    private SlotSelection hostSelection(KvCache c, int layer, Tensor q, int queryPosition, int allowed) {
+        int[] positions = {queryPosition};
         backend.questPageScores(bounds, q, 0, positions[0], c, layer, page);
         int[][] slots = new int[kvHeads][];
         int[] count = new int[kvHeads];
@@ -87,7 +112,7 @@ public final class QuestPolicy extends BasePolicy {
             slots[g] = m == list.length ? list : Arrays.copyOf(list, m);
             count[g] = m;
         }
-        pending = new SlotSelection(slots, count);
+        return new SlotSelection(slots, count);
     }
 
     @Override

@@ -223,7 +223,7 @@ public final class TidalPolicy extends BasePolicy {
     }
 
     /** The m slots with the largest finite scores (ties: lower slot). */
-    static int[] topSlots(float[] score, int m) {
+    public static int[] topSlots(float[] score, int m) {
         if (m <= 0) return new int[0];
         return TopK.largest(score, m, true);
     }

@@ -403,6 +403,31 @@ class CudaNativeLibTest {
         }
     }
 
+    /** Quest's device page selection: bad arguments refused by name before any device work; its workspace size. */
+    @Test
+    void abiQuestSelectWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        // bounds 8 heads x 64 pages (2048 B) | page lists 2 x 4 (32 B) | counts 2 (8 -> 16 B)
+        assertEquals(2048L + 32 + 16, TpNative.tp_quest_select_workspace_bytes(8, 2, 64, 4));
+        assertEquals(0L, TpNative.tp_quest_select_workspace_bytes(8, 2, 0, 4));
+        // slots 1024, counts 2048, cur 3072, keys 4096, quest ws 8192, q 12288, caches 16384 / 20480, params 24576;
+        // 8 q-heads over 2 KV heads of 64, capacity 1024, pages of 16 (64 pages), len 64, 4 pages kept (stride 64)
+        refused(quest(0, 4096, 8192, 64, 64, 16, 4, 0), "out_slots");
+        refused(quest(1024, 4100, 8192, 64, 64, 16, 4, 0), "keys_ws");
+        refused(quest(1024, 4096, 0, 64, 64, 16, 4, 0), "quest_ws");
+        refused(quest(1024, 4096, 8192, 64, 65, 16, 4, 0), "len");
+        refused(quest(1024, 4096, 8192, 64, 0, 16, 4, 0), "len");
+        refused(quest(1024, 4096, 8192, 64, 64, 0, 4, 0), "page_size");
+        refused(quest(1024, 4096, 8192, 64, 64, 16, 0, 0), "k_pages");
+        refused(quest(1024, 4096, 8192, 63, 64, 16, 4, 0), "out_stride");
+        refused(quest(1024, 4096, 8192, 64, 64, 16, 4, 2), "sum_group");
+    }
+
+    private static int quest(long slots, long keys, long ws, int stride, int len, int page, int kPages, int sum) {
+        return TpNative.tp_quest_select(slots, 2048, stride, 3072, keys, ws, len, 12288, 16384, 20480, 0, 8, 2, 64, 1024,
+                24576, page, kPages, sum, 0);
+    }
+
     private static int attentionSelect(long q, int hd, int capacity, long slots, long counts, int stride, long cur, long keys,
                                        int len, long params, int k, int sum, long wsBytes) {
         return TpNative.tp_decode_attention_select(1024, q, 4096, 8192, 12288, 0, 8, 2, hd, capacity, 64, 0.125f, 1 << 20,

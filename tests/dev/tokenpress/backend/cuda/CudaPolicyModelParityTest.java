@@ -413,6 +413,38 @@ class CudaPolicyModelParityTest {
         compare("cuda " + spec + " (" + graphs + ")", ref, got);
     }
 
+    /**
+     * Quest with its page selection in device memory ({@code CudaBackend.selectTopPages}, opt-in until it has passed
+     * on a GPU): the same criteria against the CPU, and the run must make its selections on the device.
+     */
+    @ParameterizedTest(name = "cuda device quest {0}")
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"quest:budget=32,page=8,dense_layers=1",
+            "quest:budget=24,page=4,dense_layers=1,group=sum"})
+    void cudaDeviceQuestMatchesCpu(String spec) {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        Run ref = cpuRun(spec);
+        Run got;
+        String graphs;
+        System.setProperty("tokenpress.cuda.deviceQuest", "true");
+        CudaBackend gpu = CudaBackend.open();
+        try {
+            got = run(gpu, spec, ref.fed);
+            graphs = gpu.graphStatus();
+        } finally {
+            gpu.close();
+            System.clearProperty("tokenpress.cuda.deviceQuest");
+        }
+        compare("cuda device quest " + spec + " (" + graphs + ")", ref, got);
+        // where the CPU selected pages, the CUDA run's selection lived in device memory (the recorder sees no host arrays)
+        java.util.Set<Long> cpuSelected = new java.util.HashSet<>();
+        for (Decision d : ref.decisions()) if (d.selected() != null) cpuSelected.add(Recorder.key(d.append(), d.layer()));
+        long onDevice = got.decisions().stream().filter(d -> cpuSelected.contains(Recorder.key(d.append(), d.layer()))
+                && d.selected() == null).count();
+        long onHost = got.decisions().stream().filter(d -> d.selected() != null).count();
+        assertTrue(!cpuSelected.isEmpty() && onDevice > 0, spec + ": no decode step selected in device memory");
+        assertTrue(onHost == 0, spec + ": " + onHost + " selections made on the host");
+    }
+
     static final String QUANT = "int4:group=8,residual=8";
 
     /** Every policy (RazorAttention's compensation token through readKv / writeKv over the quantized cache). */

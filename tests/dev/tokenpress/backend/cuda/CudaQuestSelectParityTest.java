@@ -1,0 +1,168 @@
+package dev.tokenpress.backend.cuda;
+
+import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.kv.KvCache;
+import dev.tokenpress.kv.SlotSelection;
+import dev.tokenpress.kv.policy.TidalPolicy;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+/**
+ * Quest's page selection in device memory ({@code CudaBackend.selectTopPages}, {@code tp_quest_select}) against
+ * QuestPolicy's host selection computed from the same backend's page bounds ({@code questPageScores}): the same
+ * bounds, so the same pages and slots exactly. Freed slots (different high-water marks and pages without a visible
+ * slot), a causal cut, a current token that is absent, budgets from one page to more pages than the cache holds,
+ * max and sum over the group; and decode attention over the device selection against the host selection's.
+ */
+class CudaQuestSelectParityTest {
+    static CudaBackend gpu;
+
+    @BeforeAll
+    static void open() {
+        System.setProperty("tokenpress.cuda.deviceQuest", "true"); // opt-in until it has passed on a GPU
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        gpu = CudaBackend.open();
+    }
+
+    @AfterAll
+    static void close() {
+        System.clearProperty("tokenpress.cuda.deviceQuest");
+        if (gpu != null) gpu.close();
+    }
+
+    static Stream<Arguments> cases() {
+        List<Arguments> a = new ArrayList<>();
+        for (int hd : new int[] {64, 128})
+            for (int group : new int[] {1, 4, 8})
+                for (int len : new int[] {9, 100, 4097}) a.add(Arguments.of(hd, group, 2, len, 16));
+        a.add(Arguments.of(64, 4, 8, 33001, 16));  // the llama-1b shape
+        a.add(Arguments.of(64, 4, 2, 40000, 32));
+        a.add(Arguments.of(64, 4, 2, 1000, 1));    // pages of one slot
+        return a.stream();
+    }
+
+    /** QuestPolicy's host selection from page bounds (the reference the device op must equal). */
+    static SlotSelection reference(float[][] bounds, KvCache c, int layer, int group, int page, int allowed, boolean sum,
+                                   int queryPos, int keep) {
+        int hkv = c.kvHeads();
+        int[][] slots = new int[hkv][];
+        int[] count = new int[hkv];
+        for (int g = 0; g < hkv; g++) {
+            int hw = c.highWater(layer, g), pages = (hw + page - 1) / page;
+            int[] pos = c.positions(layer, g);
+            int curSlot = -1;
+            for (int s = hw - 1; s >= 0; s--) if (pos[s] == keep) { curSlot = s; break; }
+            int curPage = curSlot < 0 ? pages - 1 : curSlot / page;
+            float[] score = new float[pages];
+            for (int p = 0; p < pages; p++) {
+                float v = sum ? 0f : Float.NEGATIVE_INFINITY;
+                boolean any = false;
+                for (int h = g * group; h < (g + 1) * group; h++) {
+                    float b = bounds[h][p];
+                    if (b == Float.NEGATIVE_INFINITY) continue;
+                    any = true;
+                    v = sum ? v + b : Math.max(v, b);
+                }
+                score[p] = any ? v : Float.NEGATIVE_INFINITY;
+            }
+            boolean[] chosen = new boolean[pages];
+            if (curPage >= 0) {
+                score[curPage] = Float.NEGATIVE_INFINITY;
+                chosen[curPage] = true;
+            }
+            for (int p : TidalPolicy.topSlots(score, allowed - 1)) chosen[p] = true;
+            int[] list = new int[hw];
+            int m = 0;
+            for (int p = 0; p < pages; p++) {
+                if (!chosen[p]) continue;
+                for (int s = p * page, end = Math.min(hw, (p + 1) * page); s < end; s++)
+                    if (pos[s] >= 0 && pos[s] <= queryPos) list[m++] = s;
+            }
+            slots[g] = Arrays.copyOf(list, m);
+            count[g] = m;
+        }
+        return new SlotSelection(slots, count);
+    }
+
+    @ParameterizedTest(name = "hd={0} group={1} hkv={2} len={3} page={4}")
+    @MethodSource("cases")
+    void deviceSelectionEqualsTheHostSelection(int hd, int group, int hkv, int len, int page) {
+        int heads = hkv * group, layer = 1;
+        SplittableRandom r = new SplittableRandom(len * 7L + hd * 3L + group + page);
+        try (KvCache c = gpu.newKvCache(2, hkv, hd, len + 4)) {
+            int chunk = 4096;
+            Tensor k = gpu.allocate(chunk, hkv * hd), v = gpu.allocate(chunk, hkv * hd);
+            for (int done = 0; done < len; done += chunk) {
+                int m = Math.min(chunk, len - done);
+                float[] kd = new float[m * hkv * hd], vd = new float[m * hkv * hd];
+                for (int i = 0; i < kd.length; i++) {
+                    kd[i] = (float) r.nextGaussian();
+                    vd[i] = (float) r.nextGaussian();
+                }
+                gpu.upload(k, kd);
+                gpu.upload(v, vd);
+                int[] pos = new int[m];
+                for (int i = 0; i < m; i++) pos[i] = done + i;
+                for (int l = 0; l < 2; l++) {
+                    int[][] slots = new int[hkv][];
+                    for (int g = 0; g < hkv; g++) slots[g] = c.allocate(l, g, pos, m);
+                    gpu.storeKv(c, l, k, v, slots, m);
+                }
+            }
+            if (len > 9) { // every fifth slot freed, a whole page of KV head 0, and the last slot of KV head 1
+                for (int g = 0; g < hkv; g++) for (int s = 3; s < len; s += 5) c.free(layer, g, s);
+                for (int s = page; s < Math.min(len, 2 * page); s++) if (c.position(layer, 0, s) >= 0) c.free(layer, 0, s);
+                if (c.position(layer, 1, len - 1) >= 0) c.free(layer, 1, len - 1);
+            }
+            float[] qd = new float[heads * hd];
+            for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
+            Tensor q = gpu.allocate(1, heads * hd), out = gpu.allocate(1, heads * hd), outRef = gpu.allocate(1, heads * hd);
+            gpu.upload(q, qd);
+            int pagesCap = (len + 4 + page - 1) / page;
+            float[][] bounds = new float[heads][pagesCap];
+            // (query position, current position): last token; a causal cut; a current token no slot holds
+            for (int[] qc : new int[][] {{len - 1, len - 1}, {len / 2, len / 2}, {len - 1, len + 9}}) {
+                int qpos = qc[0], keep = qc[1];
+                gpu.questPageScores(bounds, q, 0, qpos, c, layer, page);
+                for (boolean sum : new boolean[] {false, true})
+                    for (int allowed : new int[] {1, 2, 7, 64, pagesCap + 3}) {
+                        String what = "hd=" + hd + " group=" + group + " len=" + len + " page=" + page + " qpos=" + qpos
+                                + " keep=" + keep + " pages=" + allowed + " sum=" + sum;
+                        SlotSelection want = reference(bounds, c, layer, group, page, allowed, sum, qpos, keep);
+                        SlotSelection host = gpu.selectTopPages(q, 0, qpos, c, layer, page, allowed, sum, keep, true);
+                        assertSame(want, host, what + " (host copy)");
+                        SlotSelection dev = gpu.selectTopPages(q, 0, qpos, c, layer, page, allowed, sum, keep, false);
+                        assertNull(dev.slots(), what);
+                        assertSame(want, gpu.hostSelection(dev), what + " (device, downloaded)");
+                        if (allowed == 2 || allowed == 64) {
+                            gpu.attention(out, q, c, layer, new int[] {qpos}, 1, dev, null);
+                            gpu.attention(outRef, q, c, layer, new int[] {qpos}, 1, want, null);
+                            // the same slots; the split counts may differ (sized by the list's length or its capacity)
+                            double e = CudaParityTest.nmse(gpu.download(outRef, 0, 1), gpu.download(out, 0, 1));
+                            assertTrue(e < 1e-10, what + ": attention over the device selection, nmse " + e);
+                        }
+                    }
+            }
+        }
+    }
+
+    static void assertSame(SlotSelection want, SlotSelection got, String what) {
+        assertNotNull(got.slots(), what);
+        assertArrayEquals(want.count(), got.count(), what + ": counts");
+        for (int g = 0; g < want.count().length; g++)
+            assertArrayEquals(Arrays.copyOf(want.slots()[g], want.count()[g]), Arrays.copyOf(got.slots()[g], got.count()[g]),
+                    what + ": KV head " + g);
+    }
+}
