@@ -610,7 +610,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
     constexpr int CPL = HD / 32;
     constexpr int RBV = HD * BITS / 8;          // value-code bytes per token (16..128, a multiple of 16)
     constexpr uint32_t MASK = (1u << BITS) - 1u;
-    __shared__ float sm_q[GT][HD];
+    __shared__ __align__(16) float sm_q[GT][HD];
     __shared__ __align__(16) uint8_t sm_vc[kWarps][32][RBV];
     __shared__ uint32_t sm_vzs[kWarps][32][kV3MaxNg];  // f16 zero | f16 scale << 16
     __shared__ float sm_m[kWarps][GT], sm_d[kWarps][GT];
@@ -686,15 +686,28 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
             for (int c8 = 0; c8 < HD / 8; c8++) {
                 uint4 zz = __ldg(kz8 + c8), ss = __ldg(ks8 + c8);
                 const uint32_t zw[4] = {zz.x, zz.y, zz.z, zz.w}, sw[4] = {ss.x, ss.y, ss.z, ss.w};
+                float kf[8];
 #pragma unroll
                 for (int e = 0; e < 8; e++) {
                     const int c = c8 * 8 + e;
                     uint32_t code = ((uint32_t)__ldg(kcode + c * L.rbk) >> ksh) & MASK;
                     uint16_t zb = (uint16_t)((e & 1) ? (zw[e >> 1] >> 16) : (zw[e >> 1] & 0xFFFFu));
                     uint16_t sb = (uint16_t)((e & 1) ? (sw[e >> 1] >> 16) : (sw[e >> 1] & 0xFFFFu));
-                    float kf = hw_h2f(sb) * (float)code + hw_h2f(zb);
+                    kf[e] = hw_h2f(sb) * (float)code + hw_h2f(zb);
+                }
+                // q of the 8 channels as two 16-byte shared loads per head (the same products, in channel order)
 #pragma unroll
-                    for (int j = 0; j < GT; j++) sc[j] = fmaf(sm_q[j][c], kf, sc[j]);
+                for (int j = 0; j < GT; j++) {
+                    const float4 qa = *reinterpret_cast<const float4*>(&sm_q[j][c8 * 8]);
+                    const float4 qb = *reinterpret_cast<const float4*>(&sm_q[j][c8 * 8 + 4]);
+                    sc[j] = fmaf(qa.x, kf[0], sc[j]);
+                    sc[j] = fmaf(qa.y, kf[1], sc[j]);
+                    sc[j] = fmaf(qa.z, kf[2], sc[j]);
+                    sc[j] = fmaf(qa.w, kf[3], sc[j]);
+                    sc[j] = fmaf(qb.x, kf[4], sc[j]);
+                    sc[j] = fmaf(qb.y, kf[5], sc[j]);
+                    sc[j] = fmaf(qb.z, kf[6], sc[j]);
+                    sc[j] = fmaf(qb.w, kf[7], sc[j]);
                 }
             }
         } else if (vis) {
@@ -704,11 +717,11 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
                 float4 kv = kr[c4];
 #pragma unroll
                 for (int j = 0; j < GT; j++) {
-                    const float* qq = &sm_q[j][c4 * 4];
-                    sc[j] = fmaf(qq[0], kv.x, sc[j]);
-                    sc[j] = fmaf(qq[1], kv.y, sc[j]);
-                    sc[j] = fmaf(qq[2], kv.z, sc[j]);
-                    sc[j] = fmaf(qq[3], kv.w, sc[j]);
+                    const float4 qq = *reinterpret_cast<const float4*>(&sm_q[j][c4 * 4]);
+                    sc[j] = fmaf(qq.x, kv.x, sc[j]);
+                    sc[j] = fmaf(qq.y, kv.y, sc[j]);
+                    sc[j] = fmaf(qq.z, kv.z, sc[j]);
+                    sc[j] = fmaf(qq.w, kv.w, sc[j]);
                 }
             }
         }
