@@ -2,7 +2,9 @@
 // of A2SF / Keyformer, the RazorAttention head probe), Quest's per-page upper bound of q·k, and reading / writing
 // one slot of one KV head (RazorAttention's compensation token). Their results go back to host-side policy
 // logic, so they run eagerly (never inside a captured graph); the scalar query position is therefore passed by
-// value, while high-water marks are read from device memory like every other op.
+// value, while high-water marks are read from device memory like every other op. The exception is Quest's page
+// selection (tp_quest_select), whose result stays in device memory for the attention: it reads every step value
+// from device memory and can be captured.
 #include "common.cuh"
 #include "attention_common.cuh"
 
@@ -138,7 +140,8 @@ __global__ void kv_write_slot_kernel(uint16_t* __restrict__ kc, uint16_t* __rest
 }
 
 // Quest's page selection on the device (tp_quest_select). params int32: pages[kv_heads] | query_pos | 0 |
-// high_water[kv_heads] | cur_page[kv_heads] (pages[g] = ceil(high_water[g] / page_size), cur_page[g] < pages[g]).
+// high_water[kv_heads] | cur_page[kv_heads] (pages[g] = ceil(high_water[g] / page_size), cur_page[g] < pages[g], or
+// -1 when nothing is forced).
 // Keys: one thread per page p < min(pages[g], len): the page's bounds (bounds f32 [H][len], tp_quest_page_scores'
 // layout) reduced over the group's q-heads in q-head order, -inf bounds skipped (max, or sum with __fadd_rn),
 // order_key of that, 0 when no q-head has a finite bound; the current page always a candidate (its key at least
@@ -158,7 +161,7 @@ __global__ void __launch_bounds__(256) quest_page_keys_kernel(
         any = true;
         v = sum_group ? __fadd_rn(v, b) : fmaxf(v, b);
     }
-    uint32_t key = any ? order_key(v) : 0u;
+    uint32_t key = any && v != kNegInf ? order_key(v) : 0u;  // a sum that overflows to -inf: no candidate, as the host
     if (p == cur_page) {
         if (key == 0u) key = 0xffffffffu;
         cur[g] = p;

@@ -419,7 +419,7 @@ int tp_quest_page_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_
  * Quest's page selection on the device (Backend.selectTopPages), capturable in a CUDA graph: every step value is
  * read from params int32 (device): pages[kv_heads] | query_pos | 0 | high_water[kv_heads] | cur_page[kv_heads], with
  * pages[g] = ceil(high_water[g] / page_size) and cur_page[g] < pages[g] the page to keep (the page of the current
- * token). Per KV head g: the bounds of tp_quest_page_scores for pages [0, len) (len >= every pages[g]); a page's
+ * token; -1: none). Per KV head g: the bounds of tp_quest_page_scores for pages [0, len) (len >= every pages[g]); a page's
  * score is the max (sum_group 0) or the sum (1, in q-head order) of its finite bounds over the group's q-heads
  * (none finite: not a candidate); kept are cur_page plus the best min(k_pages, candidates) - 1 other pages (ties:
  * lower page), and out_slots[g * out_stride ..] receives the visible slots (0 <= position <= query_pos) of the kept

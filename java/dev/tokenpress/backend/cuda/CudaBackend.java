@@ -2065,7 +2065,7 @@ public final class CudaBackend implements Backend {
     private void ensureTidalKeys(int hkv, int len, int cap) {
         long need = TpNative.tp_tidal_select_workspace_bytes(hkv, len);
         if (need > tidalKeysBytes || hkv != tidalKeysHkv) {
-            if (mode != Mode.EAGER) throw abort("selectTopSlots scratch growth", false);
+            if (mode != Mode.EAGER) throw abort("selection scratch growth", false);
             freeScratch(tidalKeys);
             tidalKeys = 0;
             tidalKeysBytes = 0;
@@ -2154,7 +2154,7 @@ public final class CudaBackend implements Backend {
         if (selection == null || selection.slots() != null) return selection;
         flushPendingSelect();
         DeviceSelection ds = findDeviceSelection(selection);
-        if (ds == null) throw new IllegalArgumentException("hostSelection: a device selection that is no longer current (a later selectTopSlots for the same cache and layer replaced it)");
+        if (ds == null) throw new IllegalArgumentException("hostSelection: a device selection that is no longer current (a later selectTopSlots or selectTopPages for the same cache and layer replaced it)");
         requireEager("hostSelection");
         return download(ds);
     }

@@ -76,15 +76,27 @@ public final class QuestPolicy extends BasePolicy {
 
     /** The selection of {@link dev.tokenpress.backend.Backend#selectTopPages}, computed here from the page bounds. */
     private SlotSelection hostSelection(KvCache c, int layer, Tensor q, int queryPosition, int allowed) {
-        int[] positions = {queryPosition};
-        backend.questPageScores(bounds, q, 0, positions[0], c, layer, page);
+        backend.questPageScores(bounds, q, 0, queryPosition, c, layer, page);
+        return selectFromBounds(bounds, c, layer, group, page, allowed, sum, queryPosition, queryPosition);
+    }
+
+    /**
+     * {@link dev.tokenpress.backend.Backend#selectTopPages}' selection from the page bounds {@code bounds[h][page]}
+     * ({@link dev.tokenpress.backend.Backend#questPageScores} of the same query): per KV head the page of the last slot
+     * holding {@code keepPosition} (the last page when none does; nothing when the head holds no page) plus the best
+     * {@code allowed} − 1 other pages whose group score is finite (ties: lower page), then the visible slots of those
+     * pages in slot order.
+     */
+    public static SlotSelection selectFromBounds(float[][] bounds, KvCache c, int layer, int group, int page, int allowed,
+                                                 boolean sum, int queryPosition, int keepPosition) {
+        int kvHeads = c.kvHeads();
         int[][] slots = new int[kvHeads][];
         int[] count = new int[kvHeads];
         for (int g = 0; g < kvHeads; g++) {
             int hw = c.highWater(layer, g), pages = (hw + page - 1) / page;
             int[] pos = c.positions(layer, g);
             int curSlot = -1;
-            for (int s = hw - 1; s >= 0; s--) if (pos[s] == positions[0]) { curSlot = s; break; }
+            for (int s = hw - 1; s >= 0; s--) if (pos[s] == keepPosition) { curSlot = s; break; }
             int curPage = curSlot < 0 ? pages - 1 : curSlot / page;
             float[] score = new float[pages];
             for (int p = 0; p < pages; p++) {
@@ -98,16 +110,18 @@ public final class QuestPolicy extends BasePolicy {
                 }
                 score[p] = any ? v : Float.NEGATIVE_INFINITY;
             }
-            score[curPage] = Float.NEGATIVE_INFINITY;
             boolean[] chosen = new boolean[pages];
-            chosen[curPage] = true;
+            if (curPage >= 0) {
+                score[curPage] = Float.NEGATIVE_INFINITY;
+                chosen[curPage] = true;
+            }
             for (int p : TidalPolicy.topSlots(score, allowed - 1)) chosen[p] = true;
             int[] list = new int[Math.min(hw, allowed * page)];
             int m = 0;
             for (int p = 0; p < pages; p++) {
                 if (!chosen[p]) continue;
                 for (int s = p * page, end = Math.min(hw, (p + 1) * page); s < end; s++)
-                    if (pos[s] >= 0 && pos[s] <= positions[0]) list[m++] = s;
+                    if (pos[s] >= 0 && pos[s] <= queryPosition) list[m++] = s;
             }
             slots[g] = m == list.length ? list : Arrays.copyOf(list, m);
             count[g] = m;

@@ -425,11 +425,13 @@ class CudaPolicyModelParityTest {
         Run ref = cpuRun(spec);
         Run got;
         String graphs;
+        int replays;
         System.setProperty("tokenpress.cuda.deviceQuest", "true");
         CudaBackend gpu = CudaBackend.open();
         try {
             got = run(gpu, spec, ref.fed);
             graphs = gpu.graphStatus();
+            replays = gpu.graphReplays();
         } finally {
             gpu.close();
             System.clearProperty("tokenpress.cuda.deviceQuest");
@@ -443,6 +445,7 @@ class CudaPolicyModelParityTest {
         long onHost = got.decisions().stream().filter(d -> d.selected() != null).count();
         assertTrue(!cpuSelected.isEmpty() && onDevice > 0, spec + ": no decode step selected in device memory");
         assertTrue(onHost == 0, spec + ": " + onHost + " selections made on the host");
+        assertTrue(replays > 0, spec + ": decode steps that select in device memory should replay CUDA graphs: " + graphs);
     }
 
     static final String QUANT = "int4:group=8,residual=8";

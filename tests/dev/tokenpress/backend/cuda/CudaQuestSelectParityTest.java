@@ -3,7 +3,7 @@ package dev.tokenpress.backend.cuda;
 import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.SlotSelection;
-import dev.tokenpress.kv.policy.TidalPolicy;
+import dev.tokenpress.kv.policy.QuestPolicy;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeAll;
@@ -36,74 +36,42 @@ class CudaQuestSelectParityTest {
         gpu = CudaBackend.open();
     }
 
+    @org.junit.jupiter.api.AfterEach
+    void autoSelection() {
+        if (gpu != null) TpNative.tp_set_tidal_select_variant(0);
+    }
+
     @AfterAll
     static void close() {
         System.clearProperty("tokenpress.cuda.deviceQuest");
         if (gpu != null) gpu.close();
     }
 
+    /** hd, group, KV heads, tokens, page size, keys (0 random, 1 every page the same rows: tied bounds, 2 q = 0). */
     static Stream<Arguments> cases() {
         List<Arguments> a = new ArrayList<>();
         for (int hd : new int[] {64, 128})
             for (int group : new int[] {1, 4, 8})
-                for (int len : new int[] {9, 100, 4097}) a.add(Arguments.of(hd, group, 2, len, 16));
-        a.add(Arguments.of(64, 4, 8, 33001, 16));  // the llama-1b shape
-        a.add(Arguments.of(64, 4, 2, 40000, 32));
-        a.add(Arguments.of(64, 4, 2, 1000, 1));    // pages of one slot
+                for (int len : new int[] {9, 100, 4097}) a.add(Arguments.of(hd, group, 2, len, 16, 0));
+        a.add(Arguments.of(64, 4, 8, 33001, 16, 0));  // the llama-1b shape
+        a.add(Arguments.of(64, 4, 2, 40000, 32, 0));
+        a.add(Arguments.of(64, 4, 2, 1000, 1, 0));    // pages of one slot
+        a.add(Arguments.of(64, 4, 2, 20000, 1, 0));   // 20000 pages: the selection from keys takes v2's passes
+        a.add(Arguments.of(64, 4, 2, 3000, 16, 1));   // equal bounds on every full page: ties, lower page first
+        a.add(Arguments.of(128, 8, 2, 3000, 8, 2));   // q = 0: every bound +0 or -0, all tied
         return a.stream();
     }
 
-    /** QuestPolicy's host selection from page bounds (the reference the device op must equal). */
-    static SlotSelection reference(float[][] bounds, KvCache c, int layer, int group, int page, int allowed, boolean sum,
-                                   int queryPos, int keep) {
-        int hkv = c.kvHeads();
-        int[][] slots = new int[hkv][];
-        int[] count = new int[hkv];
-        for (int g = 0; g < hkv; g++) {
-            int hw = c.highWater(layer, g), pages = (hw + page - 1) / page;
-            int[] pos = c.positions(layer, g);
-            int curSlot = -1;
-            for (int s = hw - 1; s >= 0; s--) if (pos[s] == keep) { curSlot = s; break; }
-            int curPage = curSlot < 0 ? pages - 1 : curSlot / page;
-            float[] score = new float[pages];
-            for (int p = 0; p < pages; p++) {
-                float v = sum ? 0f : Float.NEGATIVE_INFINITY;
-                boolean any = false;
-                for (int h = g * group; h < (g + 1) * group; h++) {
-                    float b = bounds[h][p];
-                    if (b == Float.NEGATIVE_INFINITY) continue;
-                    any = true;
-                    v = sum ? v + b : Math.max(v, b);
-                }
-                score[p] = any ? v : Float.NEGATIVE_INFINITY;
-            }
-            boolean[] chosen = new boolean[pages];
-            if (curPage >= 0) {
-                score[curPage] = Float.NEGATIVE_INFINITY;
-                chosen[curPage] = true;
-            }
-            for (int p : TidalPolicy.topSlots(score, allowed - 1)) chosen[p] = true;
-            int[] list = new int[hw];
-            int m = 0;
-            for (int p = 0; p < pages; p++) {
-                if (!chosen[p]) continue;
-                for (int s = p * page, end = Math.min(hw, (p + 1) * page); s < end; s++)
-                    if (pos[s] >= 0 && pos[s] <= queryPos) list[m++] = s;
-            }
-            slots[g] = Arrays.copyOf(list, m);
-            count[g] = m;
-        }
-        return new SlotSelection(slots, count);
-    }
-
-    @ParameterizedTest(name = "hd={0} group={1} hkv={2} len={3} page={4}")
+    @ParameterizedTest(name = "hd={0} group={1} hkv={2} len={3} page={4} keys={5}")
     @MethodSource("cases")
-    void deviceSelectionEqualsTheHostSelection(int hd, int group, int hkv, int len, int page) {
+    void deviceSelectionEqualsTheHostSelection(int hd, int group, int hkv, int len, int page, int keys) {
         int heads = hkv * group, layer = 1;
         SplittableRandom r = new SplittableRandom(len * 7L + hd * 3L + group + page);
         try (KvCache c = gpu.newKvCache(2, hkv, hd, len + 4)) {
             int chunk = 4096;
             Tensor k = gpu.allocate(chunk, hkv * hd), v = gpu.allocate(chunk, hkv * hd);
+            float[][] table = new float[page][hkv * hd];
+            for (float[] row : table) for (int i = 0; i < row.length; i++) row[i] = (float) r.nextGaussian();
             for (int done = 0; done < len; done += chunk) {
                 int m = Math.min(chunk, len - done);
                 float[] kd = new float[m * hkv * hd], vd = new float[m * hkv * hd];
@@ -111,6 +79,8 @@ class CudaQuestSelectParityTest {
                     kd[i] = (float) r.nextGaussian();
                     vd[i] = (float) r.nextGaussian();
                 }
+                if (keys == 1) // the key row of slot s is table row s % page: every full page has the same bounds
+                    for (int i = 0; i < m; i++) System.arraycopy(table[(done + i) % page], 0, kd, i * hkv * hd, hkv * hd);
                 gpu.upload(k, kd);
                 gpu.upload(v, vd);
                 int[] pos = new int[m];
@@ -127,7 +97,7 @@ class CudaQuestSelectParityTest {
                 if (c.position(layer, 1, len - 1) >= 0) c.free(layer, 1, len - 1);
             }
             float[] qd = new float[heads * hd];
-            for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
+            if (keys != 2) for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
             Tensor q = gpu.allocate(1, heads * hd), out = gpu.allocate(1, heads * hd), outRef = gpu.allocate(1, heads * hd);
             gpu.upload(q, qd);
             int pagesCap = (len + 4 + page - 1) / page;
@@ -137,10 +107,12 @@ class CudaQuestSelectParityTest {
                 int qpos = qc[0], keep = qc[1];
                 gpu.questPageScores(bounds, q, 0, qpos, c, layer, page);
                 for (boolean sum : new boolean[] {false, true})
-                    for (int allowed : new int[] {1, 2, 7, 64, pagesCap + 3}) {
-                        String what = "hd=" + hd + " group=" + group + " len=" + len + " page=" + page + " qpos=" + qpos
-                                + " keep=" + keep + " pages=" + allowed + " sum=" + sum;
-                        SlotSelection want = reference(bounds, c, layer, group, page, allowed, sum, qpos, keep);
+                    for (int allowed : new int[] {1, 2, 7, 64, pagesCap + 3})
+                        for (int variant : new int[] {0, 2}) { // the selection's automatic choice, and v2's passes forced
+                        check(TpNative.tp_set_tidal_select_variant(variant));
+                        String what = "hd=" + hd + " group=" + group + " len=" + len + " page=" + page + " keys=" + keys
+                                + " qpos=" + qpos + " keep=" + keep + " pages=" + allowed + " sum=" + sum + " selection v" + variant;
+                        SlotSelection want = QuestPolicy.selectFromBounds(bounds, c, layer, group, page, allowed, sum, qpos, keep);
                         SlotSelection host = gpu.selectTopPages(q, 0, qpos, c, layer, page, allowed, sum, keep, true);
                         assertSame(want, host, what + " (host copy)");
                         SlotSelection dev = gpu.selectTopPages(q, 0, qpos, c, layer, page, allowed, sum, keep, false);
@@ -153,9 +125,13 @@ class CudaQuestSelectParityTest {
                             double e = CudaParityTest.nmse(gpu.download(outRef, 0, 1), gpu.download(out, 0, 1));
                             assertTrue(e < 1e-10, what + ": attention over the device selection, nmse " + e);
                         }
-                    }
+                        }
             }
         }
+    }
+
+    static void check(int rc) {
+        assertEquals(0, rc, "tp_set_tidal_select_variant");
     }
 
     static void assertSame(SlotSelection want, SlotSelection got, String what) {
