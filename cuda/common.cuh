@@ -79,6 +79,18 @@ inline cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_
 
 namespace tp {
 
+// The checks of a device selection's outputs, scratch and step values (tp_tidal_select, tp_kvq_tidal_select,
+// tp_decode_attention_select, tp_quest_select).
+inline int check_selection_outputs(const char* fn, uint64_t out_slots, uint64_t out_counts, uint64_t cur_slot,
+                                   uint64_t keys_ws, uint64_t params) {
+    TP_REQUIRE(out_slots != 0, fn, "out_slots");
+    TP_REQUIRE(out_counts != 0, fn, "out_counts");
+    TP_REQUIRE(cur_slot != 0, fn, "cur_slot");
+    TP_REQUIRE(keys_ws != 0 && keys_ws % 16 == 0, fn, "keys_ws");
+    TP_REQUIRE(params != 0, fn, "params");
+    return TP_OK;
+}
+
 // The checks of tp_rope_store_kv's cache-side arguments, shared with the q/k/v GEMV's RoPE + KV store epilogue.
 inline int check_rope_store_args(const char* fn, uint64_t positions, uint64_t inv_freq, float scale,
                                  uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,

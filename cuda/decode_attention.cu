@@ -1493,11 +1493,8 @@ int tp_decode_attention_select(uint64_t out, uint64_t q, uint64_t key_cache, uin
                                uint64_t stream) {
     const char* fn = "tp_decode_attention_select";
     // the selection's arguments first (the attention's are checked by the attention): nothing runs on a bad one
-    TP_REQUIRE(out_slots != 0, fn, "out_slots");
-    TP_REQUIRE(out_counts != 0, fn, "out_counts");
-    TP_REQUIRE(cur_slot != 0, fn, "cur_slot");
-    TP_REQUIRE(keys_ws != 0 && keys_ws % 16 == 0, fn, "keys_ws");
-    TP_REQUIRE(params != 0, fn, "params");
+    int crc = tp::check_selection_outputs(fn, out_slots, out_counts, cur_slot, keys_ws, params);
+    if (crc != TP_OK) return crc;
     TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
     TP_REQUIRE(capacity > 0, fn, "capacity");
     TP_REQUIRE(len >= 1 && len <= capacity, fn, "len");

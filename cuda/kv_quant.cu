@@ -1281,11 +1281,8 @@ int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride,
     int rc = check_packed_cache(fn, q, pool, window_k, pos_cache, loc_cache, layer, num_heads, kv_heads, head_dim,
                                 capacity, group, bits, res_cap, max_blocks);
     if (rc != TP_OK) return rc;
-    TP_REQUIRE(out_slots != 0, fn, "out_slots");
-    TP_REQUIRE(out_counts != 0, fn, "out_counts");
-    TP_REQUIRE(cur_slot != 0, fn, "cur_slot");
-    TP_REQUIRE(keys_ws != 0 && keys_ws % 16 == 0, fn, "keys_ws");
-    TP_REQUIRE(params != 0, fn, "params");
+    int crc = tp::check_selection_outputs(fn, out_slots, out_counts, cur_slot, keys_ws, params);
+    if (crc != TP_OK) return crc;
     TP_REQUIRE(len >= 1 && len <= capacity, fn, "len");
     TP_REQUIRE(k >= 0, fn, "k");
     TP_REQUIRE(out_stride >= 1 && out_stride >= k, fn, "out_stride");

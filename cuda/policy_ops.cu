@@ -340,15 +340,12 @@ int tp_quest_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
                     int num_heads, int kv_heads, int head_dim, int capacity, uint64_t params, int page_size,
                     int k_pages, int sum_group, uint64_t stream) {
     const char* fn = "tp_quest_select";
-    TP_REQUIRE(out_slots != 0, fn, "out_slots");
-    TP_REQUIRE(out_counts != 0, fn, "out_counts");
-    TP_REQUIRE(cur_slot != 0, fn, "cur_slot");
-    TP_REQUIRE(keys_ws != 0 && keys_ws % 16 == 0, fn, "keys_ws");
+    int crc = tp::check_selection_outputs(fn, out_slots, out_counts, cur_slot, keys_ws, params);
+    if (crc != TP_OK) return crc;
     TP_REQUIRE(quest_ws != 0 && quest_ws % 16 == 0, fn, "quest_ws");
     TP_REQUIRE(q != 0, fn, "q");
     TP_REQUIRE(key_cache != 0, fn, "key_cache");
     TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
-    TP_REQUIRE(params != 0, fn, "params");
     TP_REQUIRE(layer >= 0, fn, "layer");
     TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
     TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
