@@ -761,6 +761,38 @@ struct V3SelKeys {
     int sum_group;
 };
 
+// The selection keys of one v3 stage (KEYS): lane 4·gq + t4 holds head gq's scores of the stage's keys j·8 + 2·t4 + e
+// in s[j][e] (-inf where invisible, bit r of inv set for an invisible key r); each key's scores are reduced over the
+// 8 fragment rows by three xor shuffles over lanes t4 + 4i (max, or sum in that tree order; heads gq >= nh left out),
+// and the lanes of row 0 write order_key of the result (0 for an invisible key) to krow[row0 + key] below kend.
+// Every lane of the warp must call it (the shuffles).
+__device__ __forceinline__ void v3_stage_sel_keys(const float (&s)[2][2], uint32_t inv, int gq, int t4, int nh,
+                                                  int sum_group, int row0, int kend, uint32_t* __restrict__ krow) {
+    float v[2][2];
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) v[j][e] = gq < nh ? s[j][e] : (sum_group ? 0.f : kNegInf);
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float w = __shfl_xor_sync(0xffffffffu, v[j][e], off);
+                v[j][e] = sum_group ? v[j][e] + w : fmaxf(v[j][e], w);
+            }
+    if (gq == 0) {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int row = j * 8 + 2 * t4 + e, idx = row0 + row;
+                if (idx < kend) krow[idx] = ((inv >> row) & 1u) ? 0u : order_key(v[j][e]);
+            }
+    }
+}
+
 template <int HD, int STAGES, bool KEYS>
 __global__ void __launch_bounds__(kThreads, V3Shape<HD, STAGES>::kMinBlocks)
 decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
@@ -941,31 +973,7 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
             for (int e = 0; e < 2; e++)
                 if ((inv >> (j * 8 + 2 * t4 + e)) & 1u) s[j][e] = kNegInf;
         }
-        if (KEYS) {  // the group score of each key: reduce head gq's scores over the 8 fragment rows (lanes t4 + 4i)
-            float v[2][2];
-#pragma unroll
-            for (int j = 0; j < 2; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) v[j][e] = gq < nh ? s[j][e] : (sk.sum_group ? 0.f : kNegInf);
-#pragma unroll
-            for (int off = 4; off < 32; off <<= 1)
-#pragma unroll
-                for (int j = 0; j < 2; j++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const float w = __shfl_xor_sync(0xffffffffu, v[j][e], off);
-                        v[j][e] = sk.sum_group ? v[j][e] + w : fmaxf(v[j][e], w);
-                    }
-            if (gq == 0) {
-#pragma unroll
-                for (int j = 0; j < 2; j++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int row = j * 8 + 2 * t4 + e, idx = first + t * NB + row;
-                        if (idx < kend) krow[idx] = ((inv >> row) & 1u) ? 0u : order_key(v[j][e]);
-                    }
-            }
-        }
+        if (KEYS) v3_stage_sel_keys(s, inv, gq, t4, nh, sk.sum_group, first + t * NB, kend, krow);
         float mx = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));

@@ -4,15 +4,9 @@ import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-import java.io.IOException;
-import java.io.InputStream;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.List;
-import java.util.concurrent.TimeUnit;
 
-import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
@@ -30,18 +24,13 @@ class GemvTailEmulationTest {
 
     @Test
     void epiloguesMatchTheirReferenceOnTheHost() throws Exception {
-        Assumptions.assumeTrue(gppAvailable(), "g++ not found");
-        String header = Files.readString(Path.of("cuda/gemv_tail.cuh"));
+        Assumptions.assumeTrue(HostEmulation.gppAvailable(), "g++ not found");
+        String header = Files.readString(Path.of("cuda/gemv_tail.cuh")), file = "cuda/gemv_tail.cuh";
+        String head = "__device__ __forceinline__ void ";
         String code = block(header, "struct NormTail {", "};") + "\n\n" + block(header, "struct RopeStoreTail {", "};")
-                + "\n\n" + function(header, "gemv_rope_store_tail") + "\n" + function(header, "gemv_norm_tail");
-        String harness = Files.readString(Path.of("tests/resources/cuda/gemv_tail_emulation.cpp"));
-        assertTrue(harness.contains("/*EPILOGUES*/"), "the harness's EPILOGUES marker");
-        Path src = tmp.resolve("emulation.cpp"), bin = tmp.resolve("emulation");
-        Files.writeString(src, harness.replace("/*EPILOGUES*/", code));
-        run(List.of("g++", "-O1", "-std=c++20", "-pthread", "-ffp-contract=off", "-o", bin.toString(), src.toString()), "compile");
-        String out = run(List.of(bin.toString()), "run");
-        System.out.print(out);
-        assertTrue(out.contains("ALL OK"), out);
+                + "\n\n" + HostEmulation.function(header, file, head, "gemv_rope_store_tail", "static void ") + "\n"
+                + HostEmulation.function(header, file, head, "gemv_norm_tail", "static void ");
+        HostEmulation.compileAndRun(tmp, "tests/resources/cuda/gemv_tail_emulation.cpp", "/*EPILOGUES*/", code);
     }
 
     /** The text from {@code start} to the first {@code end} after it (inclusive). */
@@ -50,35 +39,5 @@ class GemvTailEmulationTest {
         assertTrue(i >= 0, "cuda/gemv_tail.cuh has no '" + start + "'");
         int j = s.indexOf(end, i);
         return s.substring(i, j + end.length());
-    }
-
-    /** The device function {@code name} (up to its closing brace at the start of a line), as a static host function. */
-    private static String function(String s, String name) {
-        String head = "__device__ __forceinline__ void " + name + "(";
-        int i = s.indexOf(head);
-        assertTrue(i >= 0, "cuda/gemv_tail.cuh has no " + name);
-        int j = s.indexOf("\n}\n", i);
-        return s.substring(i, j + 3).replace("__device__ __forceinline__ ", "static ");
-    }
-
-    private static boolean gppAvailable() {
-        try {
-            Process p = new ProcessBuilder("g++", "--version").redirectErrorStream(true).start();
-            p.getInputStream().readAllBytes();
-            return p.waitFor(30, TimeUnit.SECONDS) && p.exitValue() == 0;
-        } catch (IOException | InterruptedException e) {
-            return false;
-        }
-    }
-
-    private static String run(List<String> cmd, String what) throws Exception {
-        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
-        String out;
-        try (InputStream in = p.getInputStream()) {
-            out = new String(in.readAllBytes(), StandardCharsets.UTF_8);
-        }
-        assertTrue(p.waitFor(120, TimeUnit.SECONDS), what + " timed out");
-        assertEquals(0, p.exitValue(), what + " failed:\n" + out);
-        return out;
     }
 }
