@@ -21,9 +21,10 @@ constexpr int kMaxDimsPerThread = 2;  // quest: hd <= kThreads * kMaxDimsPerThre
 // in shared memory (every lane reads the same element: broadcast), key rows as 16-byte loads of 8 bf16.
 __global__ void __launch_bounds__(kThreads) query_key_scores_kernel(
         float* __restrict__ out, int out_stride, const float* __restrict__ q, const uint16_t* __restrict__ kc,
-        const int* __restrict__ pc, int layer, int kv_heads, int group, int hd, int capacity, int query_pos,
-        const int* __restrict__ high_water, int max_hw) {
+        const int* __restrict__ pc, int layer, int kv_heads, int group, int hd, int capacity, int query_pos_arg,
+        const int* __restrict__ high_water, int max_hw, const int* __restrict__ query_pos_ptr) {
     extern __shared__ float qs[];  // [group * hd]
+    const int query_pos = query_pos_ptr ? query_pos_ptr[0] : query_pos_arg;
     int g = blockIdx.y;
     const float* qg = q + (int64_t)g * group * hd;
     for (int i = threadIdx.x; i < group * hd; i += blockDim.x) qs[i] = qg[i];
@@ -219,6 +220,76 @@ __global__ void __launch_bounds__(256) quest_expand_kernel(
     if (tid == 0) out_counts[g] = min(base_sh, out_stride);
 }
 
+// TokenSelect's vote on the device (tp_tokenselect_select), for caches whose KV heads hold the same tokens in the same
+// slots in position order (slot i = the i-th token): params int32: t (tokens) | query_pos | 0 | high_water[kv_heads].
+// Per q-head h (one block): over the candidates i in [init, t - local), m = the max of raw[h][i] and
+// sum = sum of exp(raw - m) in double (the host's arithmetic: float difference, double exp and sum); stats[h] =
+// (m, sum), m = -inf when no candidate is visible.
+__global__ void __launch_bounds__(512) tokenselect_softmax_kernel(
+        double2* __restrict__ stats, const float* __restrict__ raw, int len, const int* __restrict__ params, int init,
+        int local) {
+    __shared__ float sm_m[16];
+    __shared__ double sm_s[16];
+    const int h = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int t = params[0], from = init, to = min(t - local, len);
+    const float* r = raw + (int64_t)h * len;
+    float m = kNegInf;
+    for (int i = from + tid; i < to; i += 512) m = fmaxf(m, r[i]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) sm_m[warp] = m;
+    __syncthreads();
+    m = sm_m[0];
+    for (int w = 1; w < 16; w++) m = fmaxf(m, sm_m[w]);
+    double sum = 0.0;
+    if (m != kNegInf)
+        for (int i = from + tid; i < to; i += 512) sum += exp((double)(r[i] - m));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) sm_s[warp] = sum;
+    __syncthreads();
+    if (tid == 0) {
+        double s = 0.0;
+        for (int w = 0; w < 16; w++) s += sm_s[w];
+        stats[h] = make_double2((double)m, s);
+    }
+}
+
+// The vote of each candidate and its order key: vote(i) = sum over the q-heads in order of (float)(exp(raw - m) /
+// sum) (the heads without a visible candidate add nothing), keys[i] = order_key(vote) for i in [init, t - local),
+// 0 elsewhere in [0, len). One thread per slot.
+__global__ void __launch_bounds__(256) tokenselect_vote_kernel(
+        uint32_t* __restrict__ keys, const float* __restrict__ raw, const double2* __restrict__ stats, int heads,
+        int len, const int* __restrict__ params, int init, int local) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    const int t = params[0];
+    if (i < init || i >= t - local) {
+        keys[i] = 0u;
+        return;
+    }
+    float vote = 0.f;
+    for (int h = 0; h < heads; h++) {
+        const double2 st = stats[h];
+        if (st.x == (double)kNegInf) continue;
+        const double e = exp((double)(raw[(int64_t)h * len + i] - (float)st.x));
+        vote = __fadd_rn(vote, (float)(e / st.y));
+    }
+    keys[i] = order_key(vote);
+}
+
+// Per KV head (one block): the slots [0, init), the selected candidates (ascending) and [t - local, t).
+__global__ void __launch_bounds__(256) tokenselect_expand_kernel(
+        int* __restrict__ out_slots, int* __restrict__ out_counts, int out_stride, const int* __restrict__ top,
+        const int* __restrict__ top_count, const int* __restrict__ params, int init, int local) {
+    const int g = blockIdx.x, t = params[0], n = top_count[0];
+    int* out = out_slots + (int64_t)g * out_stride;
+    for (int i = threadIdx.x; i < init; i += blockDim.x) out[i] = i;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[init + i] = top[i];
+    for (int i = threadIdx.x; i < local; i += blockDim.x) out[init + n + i] = t - local + i;
+    if (threadIdx.x == 0) out_counts[g] = init + n + local;
+}
+
 }  // namespace
 
 extern "C" {
@@ -251,7 +322,7 @@ int tp_query_key_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_c
     query_key_scores_kernel<<<grid, kThreads, smem, TP_STREAM(stream)>>>(
         TP_PTR(float, out), out_stride, TP_PTR(const float, q), TP_PTR(const uint16_t, key_cache),
         TP_PTR(const int, pos_cache), layer, kv_heads, group, head_dim, capacity, query_pos,
-        TP_PTR(const int, high_water), max_high_water);
+        TP_PTR(const int, high_water), max_high_water, nullptr);
     TP_LAUNCHED("query_key_scores_kernel");
     return TP_OK;
 }
@@ -383,6 +454,66 @@ int tp_quest_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
                                                   page_list, page_count, k_pages, TP_PTR(const int, pos_cache), layer,
                                                   kv_heads, capacity, prm, page_size);
     TP_LAUNCHED("quest_expand_kernel");
+    return TP_OK;
+}
+
+// Workspace of tp_tokenselect_select: raw scores f32 [H][len] | softmax stats double2 [H] | the selected candidates
+// int32 [k] | their count int32, each 16-byte aligned.
+uint64_t tp_tokenselect_workspace_bytes(int num_heads, int len, int k) {
+    if (num_heads <= 0 || len <= 0 || k < 0) return 0;
+    return align16(4ull * num_heads * len) + align16(16ull * num_heads) + align16(4ull * (k > 0 ? k : 1)) + 16;
+}
+
+int tp_tokenselect_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
+                          uint64_t ts_ws, int len, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer,
+                          int num_heads, int kv_heads, int head_dim, int capacity, uint64_t params, int k, int init,
+                          int local, uint64_t stream) {
+    const char* fn = "tp_tokenselect_select";
+    int crc = tp::check_selection_outputs(fn, out_slots, out_counts, cur_slot, keys_ws, params);
+    if (crc != TP_OK) return crc;
+    TP_REQUIRE(ts_ws != 0 && ts_ws % 16 == 0, fn, "ts_ws");
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(key_cache != 0 && key_cache % 16 == 0, fn, "key_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
+    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    TP_REQUIRE(len >= 1 && len <= capacity, fn, "len");
+    TP_REQUIRE(k >= 1, fn, "k");
+    TP_REQUIRE(init >= 0 && local >= 0, fn, "init/local");
+    TP_REQUIRE((int64_t)out_stride >= (int64_t)init + k + local, fn, "out_stride");
+    const int group = num_heads / kv_heads;
+    if (head_dim % 8 != 0)
+        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not a multiple of 8", fn, head_dim);
+    size_t smem = (size_t)group * head_dim * sizeof(float);
+    if (smem > 48 * 1024)
+        return tp::fail(TP_ERR_UNSUPPORTED, "%s: %d q-heads per KV head x head_dim %d exceed 48 KiB of shared memory",
+                        fn, group, head_dim);
+    cudaStream_t st = TP_STREAM(stream);
+    float* raw = TP_PTR(float, ts_ws);
+    double2* stats = TP_PTR(double2, ts_ws + align16(4ull * num_heads * len));
+    int* top = TP_PTR(int, ts_ws + align16(4ull * num_heads * len) + align16(16ull * num_heads));
+    int* top_count = TP_PTR(int, ts_ws + align16(4ull * num_heads * len) + align16(16ull * num_heads) + align16(4ull * k));
+    const int* prm = TP_PTR(const int, params);
+    // 1. raw q·k of every slot below the high-water marks (-inf where not visible)
+    query_key_scores_kernel<<<dim3((unsigned)ceil_div(len, kThreads), kv_heads), kThreads, smem, st>>>(
+        raw, len, TP_PTR(const float, q), TP_PTR(const uint16_t, key_cache), TP_PTR(const int, pos_cache), layer,
+        kv_heads, group, head_dim, capacity, 0, prm + 3, len, prm + 1);
+    TP_LAUNCHED("query_key_scores_kernel (token selection)");
+    // 2. each q-head's softmax over the candidates, 3. the votes as order keys
+    tokenselect_softmax_kernel<<<num_heads, 512, 0, st>>>(stats, raw, len, prm, init, local);
+    TP_LAUNCHED("tokenselect_softmax_kernel");
+    tokenselect_vote_kernel<<<(unsigned)ceil_div(len, 256), 256, 0, st>>>(
+        tp::tidal_select_keys(keys_ws, 1, len), raw, stats, num_heads, len, prm, init, local);
+    TP_LAUNCHED("tokenselect_vote_kernel");
+    // 4. the best k candidates (ties: lower slot), ascending, 5. with the first init and last local slots
+    int rc = tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), prm, k, top, k, top_count, 1, st);
+    if (rc != TP_OK) return rc;
+    tokenselect_expand_kernel<<<kv_heads, 256, 0, st>>>(TP_PTR(int, out_slots), TP_PTR(int, out_counts), out_stride,
+                                                       top, top_count, prm, init, local);
+    TP_LAUNCHED("tokenselect_expand_kernel");
     return TP_OK;
 }
 

@@ -163,7 +163,7 @@ run_checks() {
   # -- stage 2: JUnit (op parity, whole-model parity, native lib)
   if want junit; then
   # JUNIT_CLASSES: simple names of the test classes to run (default: every CUDA class below)
-  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaQ8ParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaQuantPolicyOpsParityTest CudaTidalSelectParityTest CudaQuestSelectParityTest CudaDecodeGreedyTest CudaSessionTest CudaStatsTransferTest"}
+  local classes=${JUNIT_CLASSES:-"CudaNativeLibTest CudaParityTest CudaModelParityTest CudaGemvParityTest CudaQ8ParityTest CudaFusedDecodeParityTest CudaPolicyOpsParityTest CudaPolicyModelParityTest CudaCceParityTest CudaKvQuantParityTest CudaQuantPolicyOpsParityTest CudaTidalSelectParityTest CudaQuestSelectParityTest CudaTokenSelectParityTest CudaDecodeGreedyTest CudaSessionTest CudaStatsTransferTest"}
   local sel=() c
   for c in $classes; do sel+=(--select-class "dev.tokenpress.backend.cuda.$c"); done
   timeout "${T_JUNIT:-150}" "$JAVA" "${JOPTS[@]}" -jar "$BUNDLE/test/junit-platform-console-standalone-$JUNIT_VERSION.jar" execute \
@@ -271,7 +271,7 @@ run_split() {
     "b|CudaParityTest|90"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest|90"
     "d|CudaKvQuantParityTest|90"
-    "e|CudaTidalSelectParityTest CudaQuestSelectParityTest|90"
+    "e|CudaTidalSelectParityTest CudaQuestSelectParityTest CudaTokenSelectParityTest|120"
     "f|CudaQuantPolicyOpsParityTest|90"
     "g|CudaPolicyModelParityTest|90")
   local parts=",${SPLIT_PARTS:-junit,bench,policies,peer}," only=${JUNIT_GROUPS:-abcdefg}
@@ -312,7 +312,7 @@ run_parallel() {
     "b|CudaParityTest"
     "c|CudaFusedDecodeParityTest CudaModelParityTest CudaDecodeGreedyTest CudaSessionTest"
     "d|CudaKvQuantParityTest"
-    "e|CudaTidalSelectParityTest CudaQuestSelectParityTest"
+    "e|CudaTidalSelectParityTest CudaQuestSelectParityTest CudaTokenSelectParityTest"
     "f|CudaQuantPolicyOpsParityTest"
     "g|CudaPolicyModelParityTest")
   local only=${JUNIT_GROUPS:-abcdefg} g tag classes pids=() t0=$SECONDS

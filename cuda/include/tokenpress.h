@@ -434,6 +434,23 @@ int tp_quest_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
                     int k_pages, int sum_group, uint64_t stream);
 /** Bytes of quest_ws tp_quest_select needs (page bounds, page lists and counts). */
 uint64_t tp_quest_select_workspace_bytes(int num_heads, int kv_heads, int len, int k_pages);
+/**
+ * TokenSelect's vote on the device (Backend.selectTokenVotes), capturable in a CUDA graph, for a cache whose KV
+ * heads hold the same t tokens in slots 0 .. t-1 in position order (the caller checks it): params int32 (device): t | query_pos | 0 |
+ * high_water[kv_heads]. Each q-head's softmax of the raw q·k over the candidate slots [init, t - local) (float
+ * differences, double exp and sum; a head with no visible candidate adds nothing), the probabilities summed over
+ * the q-heads in order into one vote per candidate, the k best-voted candidates (ties: lower slot; k <= t - init -
+ * local), and out_slots[g * out_stride ..] = 0 .. init-1, the k candidates ascending, t-local .. t-1 for every KV
+ * head g, out_counts[g] = init + k + local. keys_ws: tp_tidal_select_workspace_bytes(1, len), zero-filled before the
+ * first call (each call leaves its state zero); cur_slot int32 [1] = -1 (left so); ts_ws:
+ * tp_tokenselect_workspace_bytes(num_heads, len, k) bytes, 16-byte aligned; len >= t (the grid extent).
+ */
+int tp_tokenselect_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,
+                          uint64_t ts_ws, int len, uint64_t q, uint64_t key_cache, uint64_t pos_cache, int layer,
+                          int num_heads, int kv_heads, int head_dim, int capacity, uint64_t params, int k, int init,
+                          int local, uint64_t stream);
+/** Bytes of ts_ws tp_tokenselect_select needs (raw scores, softmax statistics, the selected candidates). */
+uint64_t tp_tokenselect_workspace_bytes(int num_heads, int len, int k);
 
 /** out f32 [2*hd] (device) = key then value of slot of (layer, head), converted from bf16 (exact). */
 int tp_kv_read_slot(uint64_t out, uint64_t key_cache, uint64_t value_cache, int layer, int head, int kv_heads,

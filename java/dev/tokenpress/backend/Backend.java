@@ -305,6 +305,20 @@ public interface Backend extends AutoCloseable {
         throw new UnsupportedOpException("the " + name() + " backend has no selectTopPages op");
     }
 
+    /**
+     * TokenSelect's vote for query row {@code row} of q against the cache's {@code layer}, for a cache whose KV heads
+     * hold the same t tokens in slots 0 .. t−1 in position order: each q-head's softmax of its raw q·k over the
+     * candidate slots [init, t − local) (double exponentials and sums, as the policy's host path), the probabilities
+     * summed over the q-heads in order into one vote, and one slot list for every KV head: the first {@code init}
+     * slots, the {@code k} best-voted candidates (ties: lower slot) and the last {@code local} slots, ascending. Needs
+     * init + k + local < t. Returns null where the cache's layout is not that one (the policy then votes on the host);
+     * {@code hostCopy} as for {@link #selectTopSlots}. Default: unsupported.
+     */
+    default SlotSelection selectTokenVotes(Tensor q, int row, int queryPosition, KvCache cache, int layer, int k, int init,
+                                           int local, boolean hostCopy) {
+        throw new UnsupportedOpException("the " + name() + " backend has no selectTokenVotes op");
+    }
+
     /** The host arrays of a selection {@link #selectTopSlots} returned (a copy when it lives in device memory). */
     default SlotSelection hostSelection(SlotSelection selection) {
         return selection;

@@ -396,7 +396,9 @@ public final class KernelBench {
      * that run); tidal_fused: {@code tidal:k=2048} with its selection made from the selection layers' attention
      * ({@link CudaBackend#setFusedSelect}, switched on for that run); quest and quest_device: {@code quest:budget=2048}
      * with its pages selected on the host from downloaded bounds, and in device memory
-     * ({@code -Dtokenpress.cuda.deviceQuest}, set for each run). With {@code everyPolicyAt} (stage e2epol: {@code e2epol DIR [CONTEXTS]}, default 8192,32768,131072)
+     * ({@code -Dtokenpress.cuda.deviceQuest}, set for each run); tokenselect and tokenselect_device: {@code
+     * tokenselect:k=2048} voting on the host and in device memory ({@code -Dtokenpress.cuda.deviceTokenSelect}). With
+     * {@code everyPolicyAt} (stage e2epol: {@code e2epol DIR [CONTEXTS]}, default 8192,32768,131072)
      * at those contexts instead, each followed, when {@code table}, by {@link #policyTable} for the other policies
      * ({@link #POLICY_TABLE_SPECS}).
      */
@@ -415,12 +417,16 @@ public final class KernelBench {
                 String[][] runs = ctx <= 32768
                         ? new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"},
                                 {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"quest:budget=" + POLICY_K, "none", "quest"},
-                                {"quest:budget=" + POLICY_K, "none", "quest_device"}, {"full", "int4", "int4"},
+                                {"quest:budget=" + POLICY_K, "none", "quest_device"},
+                                {"tokenselect:k=" + POLICY_K, "none", "tokenselect"},
+                                {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device"}, {"full", "int4", "int4"},
                                 {"full", "int4", "int4_kvq3"}, {"full", "none", "full_pipelined"},
                                 {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}}
                         : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"},
                                 {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"quest:budget=" + POLICY_K, "none", "quest"},
-                                {"quest:budget=" + POLICY_K, "none", "quest_device"}, {"full", "int4", "int4"},
+                                {"quest:budget=" + POLICY_K, "none", "quest_device"},
+                                {"tokenselect:k=" + POLICY_K, "none", "tokenselect"},
+                                {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device"}, {"full", "int4", "int4"},
                                 {"full", "none", "full_pipelined"}, {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}};
                 for (String[] run : runs) {
                     String spec = run[0], name = run[2];
@@ -436,6 +442,10 @@ public final class KernelBench {
                     String questBefore = System.getProperty("tokenpress.cuda.deviceQuest");
                     if (name.equals("quest_device")) System.setProperty("tokenpress.cuda.deviceQuest", "true");
                     else if (name.equals("quest")) System.setProperty("tokenpress.cuda.deviceQuest", "false");
+                    // tokenselect_device: TokenSelect's vote in device memory (CudaBackend.selectTokenVotes, opt-in)
+                    String voteBefore = System.getProperty("tokenpress.cuda.deviceTokenSelect");
+                    if (name.equals("tokenselect_device")) System.setProperty("tokenpress.cuda.deviceTokenSelect", "true");
+                    else if (name.equals("tokenselect")) System.setProperty("tokenpress.cuda.deviceTokenSelect", "false");
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
                     try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
@@ -458,6 +468,8 @@ public final class KernelBench {
                         gpu.setFusedSelect(fusedBefore);
                         if (questBefore == null) System.clearProperty("tokenpress.cuda.deviceQuest");
                         else System.setProperty("tokenpress.cuda.deviceQuest", questBefore);
+                        if (voteBefore == null) System.clearProperty("tokenpress.cuda.deviceTokenSelect");
+                        else System.setProperty("tokenpress.cuda.deviceTokenSelect", voteBefore);
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
                         if (opsBefore == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
                         else System.setProperty("tokenpress.cuda.quantPolicyOps", opsBefore);

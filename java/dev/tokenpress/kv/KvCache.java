@@ -27,6 +27,8 @@ public abstract class KvCache implements AutoCloseable {
     private final int[][] freeCount;
     /** [layer][kvHead] number of occupied slots. */
     private final int[][] occupied;
+    /** [layer][kvHead] slots [0, highWater) hold strictly ascending positions, none free (see inPositionOrder). */
+    private final boolean[][] inOrder;
 
     protected KvCache(int layers, int kvHeads, int headDim, int capacity) {
         if (capacity <= 0) throw new IllegalArgumentException("KV capacity must be positive, got " + capacity);
@@ -40,6 +42,8 @@ public abstract class KvCache implements AutoCloseable {
         this.freeStack = new int[layers][kvHeads][];
         this.freeCount = new int[layers][kvHeads];
         this.occupied = new int[layers][kvHeads];
+        this.inOrder = new boolean[layers][kvHeads];
+        for (boolean[] l : inOrder) Arrays.fill(l, true);
     }
 
     public int layers() { return layers; }
@@ -76,6 +80,14 @@ public abstract class KvCache implements AutoCloseable {
     public int[] positions(int layer, int head) { return positions[layer][head]; }
 
     /**
+     * Whether slots [0, highWater) of (layer, head) hold strictly ascending positions with no free slot among them:
+     * true since the last {@link #clear} while every append went to the top with a later position than the slot
+     * below and only the top slot was freed (a truncation); a freed slot below the top, or a refilled one, makes it
+     * false until the next clear. Kept at every change, so asking costs nothing.
+     */
+    public boolean inPositionOrder(int layer, int head) { return inOrder[layer][head]; }
+
+    /**
      * Allocates one slot per token for (layer, head) and records the positions; reuses freed slots first.
      *
      * @return slots[n]
@@ -85,9 +97,13 @@ public abstract class KvCache implements AutoCloseable {
         int[] out = new int[n];
         for (int i = 0; i < n; i++) {
             int slot;
-            if (freeCount[layer][head] > 0) slot = freeStack[layer][head][--freeCount[layer][head]];
-            else if (highWater[layer][head] < capacity) slot = highWater[layer][head]++;
-            else throw new KvCacheFullException("KV cache is full (" + capacity + " slots per head, layer " + layer
+            if (freeCount[layer][head] > 0) {
+                slot = freeStack[layer][head][--freeCount[layer][head]];
+                inOrder[layer][head] = false;  // a refilled hole
+            } else if (highWater[layer][head] < capacity) {
+                slot = highWater[layer][head]++;
+                if (slot > 0 && positions[layer][head][slot - 1] >= tokenPositions[i]) inOrder[layer][head] = false;
+            } else throw new KvCacheFullException("KV cache is full (" + capacity + " slots per head, layer " + layer
                     + "): raise the context size (-c) or use an evicting --kv policy");
             positions[layer][head][slot] = tokenPositions[i];
             occupied[layer][head]++;
@@ -110,6 +126,7 @@ public abstract class KvCache implements AutoCloseable {
             highWater[layer][head]--;
             return;
         }
+        inOrder[layer][head] = false;  // a hole below the top
         int[] st = freeStack[layer][head];
         if (st == null || st.length == freeCount[layer][head]) {
             st = Arrays.copyOf(st == null ? new int[16] : st, Math.max(16, freeCount[layer][head] * 2));
@@ -146,6 +163,7 @@ public abstract class KvCache implements AutoCloseable {
                 highWater[l][h] = 0;
                 freeCount[l][h] = 0;
                 occupied[l][h] = 0;
+                inOrder[l][h] = true;
             }
         onClear();
     }
@@ -170,6 +188,7 @@ public abstract class KvCache implements AutoCloseable {
                 occupied[l][h] = src.occupied[l][h];
                 freeCount[l][h] = src.freeCount[l][h];
                 freeStack[l][h] = src.freeStack[l][h] == null ? null : src.freeStack[l][h].clone();
+                inOrder[l][h] = src.inOrder[l][h];
             }
     }
 

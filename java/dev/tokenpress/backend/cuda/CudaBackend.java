@@ -2149,12 +2149,93 @@ public final class CudaBackend implements Backend {
         return handle;
     }
 
+    private long tsWs, tsWsBytes, tsKeys, tsKeysBytes, tsCur, tokenVoteCalls;
+
+    /** {@link #selectTokenVotes} calls that launched the device vote (graph replays not counted). */
+    public long tokenVoteCalls() {
+        return tokenVoteCalls;
+    }
+
+    /**
+     * TokenSelect's vote in device memory ({@code tp_tokenselect_select}: raw q·k, each q-head's softmax over the
+     * candidates, the summed votes as order keys, the best k as TidalDecode's selection from keys, the slot lists),
+     * read by the attention like {@link #selectTopSlots}' selections: no download of the scores per layer, so a step
+     * can be captured. Only for a bf16 cache whose KV heads hold the same tokens in slots 0 .. t-1 in position order
+     * ({@link KvCache#inPositionOrder}: appended at the top, nothing below freed since the last clear); null otherwise. Opt-in until it has run on a GPU
+     * ({@code -Dtokenpress.cuda.deviceTokenSelect=true}); otherwise unsupported, and the policy votes on the host.
+     */
+    @Override
+    public SlotSelection selectTokenVotes(Tensor q, int row, int queryPosition, KvCache cache, int layer, int k, int init,
+                                          int local, boolean hostCopy) {
+        flushPendingSelect();
+        if (!optIn("tokenpress.cuda.deviceTokenSelect", "TOKENPRESS_CUDA_DEVICE_TOKEN_SELECT"))
+            throw new UnsupportedOpException("selectTokenVotes: the device vote is opt-in (-Dtokenpress.cuda.deviceTokenSelect=true)");
+        if (cache == null || cache.getClass() != CudaKvCache.class)
+            throw new UnsupportedOpException("selectTokenVotes: no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
+        if (hostCopy) requireEager("selectTokenVotes with a host copy");
+        CudaKvCache c = (CudaKvCache) cache;
+        CudaTensor qt = act(q);
+        int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
+        checkHeadDim(hd);
+        int heads = qt.cols / hd;
+        if (k < 1 || init < 0 || local < 0) throw new IllegalArgumentException("selectTokenVotes: k " + k + ", init " + init + ", local " + local);
+        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException("selectTokenVotes: layer " + layer + " outside [0, " + c.layers() + ")");
+        if (row < 0 || row >= qt.rows) throw new IllegalArgumentException("selectTokenVotes: row " + row + " outside " + qt);
+        if (heads <= 0 || heads % hkv != 0 || (long) heads * hd != qt.cols)
+            throw new IllegalArgumentException("selectTokenVotes: " + qt + " does not hold q-heads of " + hd + " for " + hkv + " KV heads");
+        flushFrees(c);
+        // every KV head's slots 0 .. t-1 in position order, the same tokens (appended together); else the host votes
+        int t = c.highWater(layer, 0);
+        if (t == 0) return null;
+        int last = c.position(layer, 0, t - 1);
+        for (int g = 0; g < hkv; g++)
+            if (c.highWater(layer, g) != t || c.occupied(layer, g) != t || !c.inPositionOrder(layer, g)
+                    || c.position(layer, g, t - 1) != last) return null;
+        if ((long) init + k + local >= t) throw new IllegalArgumentException("selectTokenVotes: init + k + local must be below the " + t + " tokens");
+        int total = init + k + local;
+        DeviceSelection ds = deviceSelection(c, layer, total);
+        int len = Math.min(cap, t <= 1 ? 1 : Integer.highestOneBit(t - 1) << 1);
+        long needKeys = TpNative.tp_tidal_select_workspace_bytes(1, len), needWs = TpNative.tp_tokenselect_workspace_bytes(heads, len, k);
+        if (needKeys > tsKeysBytes || needWs > tsWsBytes || tsCur == 0) {
+            if (mode != Mode.EAGER) throw abort("selectTokenVotes scratch growth", false);
+            freeScratch(tsKeys);
+            freeScratch(tsWs);
+            tsKeys = tsWs = 0;
+            tsKeysBytes = tsWsBytes = 0;
+            long kb = Math.max(needKeys, TpNative.tp_tidal_select_workspace_bytes(1, cap)); // the whole capacity at once
+            long wb = Math.max(needWs, TpNative.tp_tokenselect_workspace_bytes(heads, cap, k));
+            tsKeys = malloc(kb, "token selection scores");
+            memsetNow(tsKeys, 0, kb); // the selection state starts (and each call leaves it) zero
+            tsWs = malloc(wb, "token selection votes");
+            tsKeysBytes = kb;
+            tsWsBytes = wb;
+            if (tsCur == 0) {
+                tsCur = malloc(16, "token selection current slot");
+                memsetNow(tsCur, 0xFF, 16); // -1: nothing forced
+            }
+        }
+        // staged ints: t | queryPosition | 0 | highWater[hkv]
+        int[] a = new int[3 + hkv];
+        a[0] = t;
+        a[1] = queryPosition;
+        for (int g = 0; g < hkv; g++) a[3 + g] = c.highWater(layer, g);
+        long d = stage(a, a.length);
+        sig(53, qt.ptr, row, c.keys, c.deviceLayer(layer), heads, k, init, local, len, ds.slots);
+        if (mode != Mode.DRY) tokenVoteCalls++;
+        if (mode != Mode.DRY)
+            check(TpNative.tp_tokenselect_select(ds.slots, ds.counts, ds.stride, tsCur, tsKeys, tsWs, len, qt.row(row), c.keys,
+                    c.pos, c.deviceLayer(layer), heads, hkv, hd, cap, d, k, init, local, stream), "selectTokenVotes");
+        SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
+        ds.handle = handle;
+        return handle;
+    }
+
     @Override
     public SlotSelection hostSelection(SlotSelection selection) {
         if (selection == null || selection.slots() != null) return selection;
         flushPendingSelect();
         DeviceSelection ds = findDeviceSelection(selection);
-        if (ds == null) throw new IllegalArgumentException("hostSelection: a device selection that is no longer current (a later selectTopSlots or selectTopPages for the same cache and layer replaced it)");
+        if (ds == null) throw new IllegalArgumentException("hostSelection: a device selection that is no longer current (a later selection for the same cache and layer replaced it)");
         requireEager("hostSelection");
         return download(ds);
     }

@@ -396,6 +396,16 @@ public final class TpNative {
     public static native @Cast("uint64_t") long tp_quest_select_workspace_bytes(int numHeads, int kvHeads, int len,
                                                                                int kPages);
 
+    public static native int tp_tokenselect_select(@Cast("uint64_t") long outSlots, @Cast("uint64_t") long outCounts,
+                                                   int outStride, @Cast("uint64_t") long curSlot,
+                                                   @Cast("uint64_t") long keysWs, @Cast("uint64_t") long tsWs, int len,
+                                                   @Cast("uint64_t") long q, @Cast("uint64_t") long keyCache,
+                                                   @Cast("uint64_t") long posCache, int layer, int numHeads, int kvHeads,
+                                                   int headDim, int capacity, @Cast("uint64_t") long params, int k,
+                                                   int init, int local, @Cast("uint64_t") long stream);
+
+    public static native @Cast("uint64_t") long tp_tokenselect_workspace_bytes(int numHeads, int len, int k);
+
     /** TidalDecode's selection layer: decode attention over every visible slot, then the selection of the same q. */
     public static native int tp_decode_attention_select(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
                                                         @Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache,

@@ -1,6 +1,7 @@
 package dev.tokenpress.kv.policy;
 
 import dev.tokenpress.backend.Tensor;
+import dev.tokenpress.backend.UnsupportedOpException;
 import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.SlotSelection;
 
@@ -15,6 +16,10 @@ import java.util.Arrays;
  * init + k + local covers the cache the layer attends to everything. The selection cache reuses a layer's
  * previous top-k while the cosine similarity of the query to the one that made it is at least {@code reuse}
  * (0 = off, the authors' released setting; the paper uses 0.9). Prefill stays dense; nothing is evicted.
+ *
+ * <p>Where the backend has {@link dev.tokenpress.backend.Backend#selectTokenVotes} (CUDA, opt-in), the selection
+ * cache is off and the cache holds every KV head's tokens in slot order (nothing below the top freed), the vote is
+ * made there (in device memory, read by the attention directly); otherwise here on the host.
  */
 public final class TokenSelectPolicy extends BasePolicy {
     private final int k, init, local;
@@ -27,6 +32,7 @@ public final class TokenSelectPolicy extends BasePolicy {
     private SlotSelection pending;
     private int pendingLayer = -1;
     private int reuses;
+    private boolean useOp = true; // the backend's selectTokenVotes (false after it reported unsupported)
 
     public TokenSelectPolicy(String spec, int k, int init, int local, double reuse) {
         super(spec);
@@ -54,11 +60,31 @@ public final class TokenSelectPolicy extends BasePolicy {
     /** Decode-step layers that reused a cached top-k so far in this sequence. */
     public int reuses() { return reuses; }
 
+    /** Whether decode steps use the backend's selectTokenVotes op when it has one (default on; tests compare both). */
+    public void setBackendSelect(boolean on) {
+        useOp = on;
+    }
+
     @Override
     public void beforeAttention(KvCache c, int layer, Tensor q, int[] positions, int n) {
         pending = null;
         pendingLayer = layer;
         if (!decoding(n)) return;
+        // on the backend (CUDA: in device memory) without the selection cache; the op returns null unless every KV
+        // head holds the tokens in slots 0 .. t-1 in position order (KvCache.inPositionOrder), and the host votes then
+        if (useOp && reuse <= 0) {
+            int t = c.occupied(layer, 0);
+            if (init + k + local >= t) return;
+            try {
+                SlotSelection s = backend.selectTokenVotes(q, 0, positions[0], c, layer, k, init, local, false);
+                if (s != null) {
+                    pending = s;
+                    return;
+                }
+            } catch (UnsupportedOpException e) {
+                useOp = false;
+            }
+        }
         // the tokens in order (all heads hold the same positions unless an evicting policy is combined)
         int[] order = slotsByPosition(layer, 0);
         int[][] ords = new int[kvHeads][]; // each KV head's slots in position order, made once per layer

@@ -423,6 +423,29 @@ class CudaNativeLibTest {
         refused(quest(1024, 4096, 8192, 64, 64, 16, 4, 2), "sum_group");
     }
 
+    /** TokenSelect's device vote: bad arguments refused by name before any device work; its workspace size. */
+    @Test
+    void abiTokenSelectWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        // raw 8 heads x 64 (2048 B) | stats 8 x 16 (128 B) | top 4 (16 B) | count (16 B)
+        assertEquals(2048L + 128 + 16 + 16, TpNative.tp_tokenselect_workspace_bytes(8, 64, 4));
+        assertEquals(0L, TpNative.tp_tokenselect_workspace_bytes(8, 0, 4));
+        // slots 1024, counts 2048, cur 3072, keys 4096, ws 8192, q 12288, caches 16384 / 20480, params 24576;
+        // 8 q-heads over 2 KV heads of 64, capacity 128, len 64, k 4, init 2, local 3 (stride 9)
+        refused(tokenSelect(0, 4096, 8192, 9, 64, 4, 2, 3), "out_slots");
+        refused(tokenSelect(1024, 4100, 8192, 9, 64, 4, 2, 3), "keys_ws");
+        refused(tokenSelect(1024, 4096, 0, 9, 64, 4, 2, 3), "ts_ws");
+        refused(tokenSelect(1024, 4096, 8192, 9, 129, 4, 2, 3), "len");
+        refused(tokenSelect(1024, 4096, 8192, 9, 64, 0, 2, 3), "k");
+        refused(tokenSelect(1024, 4096, 8192, 9, 64, 4, -1, 3), "init/local");
+        refused(tokenSelect(1024, 4096, 8192, 8, 64, 4, 2, 3), "out_stride");
+    }
+
+    private static int tokenSelect(long slots, long keys, long ws, int stride, int len, int k, int init, int local) {
+        return TpNative.tp_tokenselect_select(slots, 2048, stride, 3072, keys, ws, len, 12288, 16384, 20480, 0, 8, 2, 64, 128,
+                24576, k, init, local, 0);
+    }
+
     private static int quest(long slots, long keys, long ws, int stride, int len, int page, int kPages, int sum) {
         return TpNative.tp_quest_select(slots, 2048, stride, 3072, keys, ws, len, 12288, 16384, 20480, 0, 8, 2, 64, 1024,
                 24576, page, kPages, sum, 0);

@@ -448,6 +448,50 @@ class CudaPolicyModelParityTest {
         assertTrue(replays > 0, spec + ": decode steps that select in device memory should replay CUDA graphs: " + graphs);
     }
 
+    /**
+     * TokenSelect with its vote in device memory ({@code CudaBackend.selectTokenVotes}, opt-in until it has passed on a
+     * GPU): the same criteria against the CPU, every selection made on the device, graphs replayed.
+     */
+    @ParameterizedTest(name = "cuda device tokenselect {0}")
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"tokenselect:k=16,init=4,local=8"})
+    void cudaDeviceTokenSelectMatchesCpu(String spec) {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        Run ref = cpuRun(spec);
+        Run got, hostVote;
+        String graphs;
+        int replays;
+        long votes;
+        System.setProperty("tokenpress.cuda.deviceTokenSelect", "true");
+        CudaBackend gpu = CudaBackend.open();
+        try {
+            got = run(gpu, spec, ref.fed);
+            graphs = gpu.graphStatus();
+            replays = gpu.graphReplays();
+            votes = gpu.tokenVoteCalls();
+        } finally {
+            gpu.close();
+            System.clearProperty("tokenpress.cuda.deviceTokenSelect");
+        }
+        CudaBackend gpu2 = CudaBackend.open(); // the same model on CUDA with the host's vote (the default)
+        try {
+            hostVote = run(gpu2, spec, ref.fed);
+        } finally {
+            gpu2.close();
+        }
+        compare("cuda device tokenselect " + spec + " (" + graphs + ")", ref, got);
+        assertTrue(votes > 0, spec + ": no decode step voted in device memory");
+        assertTrue(replays > 0, spec + ": decode steps that vote in device memory should replay CUDA graphs: " + graphs);
+        java.util.Set<Long> cpuSelected = new java.util.HashSet<>();
+        for (Decision d : ref.decisions()) if (d.selected() != null) cpuSelected.add(Recorder.key(d.append(), d.layer()));
+        assertTrue(got.decisions().stream().noneMatch(d -> cpuSelected.contains(Recorder.key(d.append(), d.layer())) && d.selected() != null),
+                spec + ": a decode step voted on the host");
+        // against the host vote over the same CUDA cache and raw scores: the same selections but for exp's last bit
+        for (int s = 0; s <= STEPS; s++) {
+            double e = nmse(hostVote.logits()[s], got.logits()[s]);
+            assertTrue(e <= TIGHT, spec + ": step " + s + " nmse " + e + " against the CUDA run voting on the host");
+        }
+    }
+
     static final String QUANT = "int4:group=8,residual=8";
 
     /** Every policy (RazorAttention's compensation token through readKv / writeKv over the quantized cache). */
