@@ -91,6 +91,33 @@ inline int check_selection_outputs(const char* fn, uint64_t out_slots, uint64_t 
     return TP_OK;
 }
 
+// The checks of a policy op's query and bf16 cache arguments (tp_query_key_scores, tp_quest_page_scores and the device
+// selections); key_align: the alignment the op's key loads need (1 = none).
+inline int check_query_cache_args(const char* fn, uint64_t q, uint64_t key_cache, uint64_t key_align,
+                                  uint64_t pos_cache, int layer, int num_heads, int kv_heads, int head_dim,
+                                  int capacity) {
+    TP_REQUIRE(q != 0, fn, "q");
+    TP_REQUIRE(key_cache != 0 && key_cache % key_align == 0, fn, "key_cache");
+    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
+    TP_REQUIRE(layer >= 0, fn, "layer");
+    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
+    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
+    TP_REQUIRE(head_dim > 0, fn, "head_dim");
+    TP_REQUIRE(capacity > 0, fn, "capacity");
+    return TP_OK;
+}
+
+// The limits of the kernels that score a key row with 16-byte loads against a KV head's group of q vectors held in
+// shared memory: head_dim a multiple of 8, group * head_dim floats within 48 KiB.
+inline int check_group_q_in_smem(const char* fn, int group, int head_dim) {
+    if (head_dim % 8 != 0)
+        return fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not a multiple of 8", fn, head_dim);
+    if ((size_t)group * head_dim * sizeof(float) > 48 * 1024)
+        return fail(TP_ERR_UNSUPPORTED, "%s: %d q-heads per KV head x head_dim %d exceed 48 KiB of shared memory", fn,
+                    group, head_dim);
+    return TP_OK;
+}
+
 // The checks of tp_rope_store_kv's cache-side arguments, shared with the q/k/v GEMV's RoPE + KV store epilogue.
 inline int check_rope_store_args(const char* fn, uint64_t positions, uint64_t inv_freq, float scale,
                                  uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,

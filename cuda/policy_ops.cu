@@ -299,24 +299,16 @@ int tp_query_key_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_c
                         int max_high_water, uint64_t stream) {
     const char* fn = "tp_query_key_scores";
     TP_REQUIRE(out != 0, fn, "out");
-    TP_REQUIRE(q != 0, fn, "q");
-    TP_REQUIRE(key_cache != 0 && key_cache % 16 == 0, fn, "key_cache");
-    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
-    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
-    TP_REQUIRE(head_dim > 0, fn, "head_dim");
-    TP_REQUIRE(capacity > 0, fn, "capacity");
+    int crc = tp::check_query_cache_args(fn, q, key_cache, 16, pos_cache, layer, num_heads, kv_heads,
+                                        head_dim, capacity);
+    if (crc != TP_OK) return crc;
     TP_REQUIRE(high_water != 0, fn, "high_water");
     TP_REQUIRE(max_high_water >= 0 && max_high_water <= capacity, fn, "max_high_water");
     TP_REQUIRE(out_stride >= max_high_water, fn, "out_stride");
     int group = num_heads / kv_heads;
-    if (head_dim % 8 != 0)
-        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not a multiple of 8", fn, head_dim);
+    crc = tp::check_group_q_in_smem(fn, group, head_dim);
+    if (crc != TP_OK) return crc;
     size_t smem = (size_t)group * head_dim * sizeof(float);
-    if (smem > 48 * 1024)
-        return tp::fail(TP_ERR_UNSUPPORTED, "%s: %d q-heads per KV head x head_dim %d exceed 48 KiB of shared memory",
-                        fn, group, head_dim);
     if (max_high_water == 0) return TP_OK;
     dim3 grid((unsigned)ceil_div(max_high_water, kThreads), kv_heads);
     query_key_scores_kernel<<<grid, kThreads, smem, TP_STREAM(stream)>>>(
@@ -332,14 +324,9 @@ int tp_quest_page_scores(uint64_t out, int out_stride, uint64_t q, uint64_t key_
                          int page_size, int max_pages, uint64_t stream) {
     const char* fn = "tp_quest_page_scores";
     TP_REQUIRE(out != 0, fn, "out");
-    TP_REQUIRE(q != 0, fn, "q");
-    TP_REQUIRE(key_cache != 0, fn, "key_cache");
-    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
-    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
-    TP_REQUIRE(head_dim > 0, fn, "head_dim");
-    TP_REQUIRE(capacity > 0, fn, "capacity");
+    int crc = tp::check_query_cache_args(fn, q, key_cache, 1, pos_cache, layer, num_heads, kv_heads,
+                                        head_dim, capacity);
+    if (crc != TP_OK) return crc;
     TP_REQUIRE(high_water != 0, fn, "high_water");
     TP_REQUIRE(page_size >= 1, fn, "page_size");
     TP_REQUIRE(max_pages >= 0 && max_pages <= ceil_div(capacity, page_size), fn, "max_pages");
@@ -414,14 +401,9 @@ int tp_quest_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
     int crc = tp::check_selection_outputs(fn, out_slots, out_counts, cur_slot, keys_ws, params);
     if (crc != TP_OK) return crc;
     TP_REQUIRE(quest_ws != 0 && quest_ws % 16 == 0, fn, "quest_ws");
-    TP_REQUIRE(q != 0, fn, "q");
-    TP_REQUIRE(key_cache != 0, fn, "key_cache");
-    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
-    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
-    TP_REQUIRE(head_dim > 0, fn, "head_dim");
-    TP_REQUIRE(capacity > 0, fn, "capacity");
+    crc = tp::check_query_cache_args(fn, q, key_cache, 1, pos_cache, layer, num_heads, kv_heads,
+                                    head_dim, capacity);
+    if (crc != TP_OK) return crc;
     TP_REQUIRE(page_size >= 1, fn, "page_size");
     TP_REQUIRE(len >= 1 && len <= ceil_div(capacity, page_size), fn, "len");
     TP_REQUIRE(k_pages >= 1, fn, "k_pages");
@@ -432,8 +414,9 @@ int tp_quest_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
     const int group = num_heads / kv_heads;
     cudaStream_t st = TP_STREAM(stream);
     float* bounds = TP_PTR(float, quest_ws);
-    int* page_list = TP_PTR(int, quest_ws + align16(4ull * num_heads * len));
-    int* page_count = TP_PTR(int, quest_ws + align16(4ull * num_heads * len) + align16(4ull * kv_heads * k_pages));
+    const uint64_t o_list = align16(4ull * num_heads * len);
+    int* page_list = TP_PTR(int, quest_ws + o_list);
+    int* page_count = TP_PTR(int, quest_ws + o_list + align16(4ull * kv_heads * k_pages));
     const int* prm = TP_PTR(const int, params);
     // 1. every page's bound per q-head (pages at or after ceil(high_water / page_size): -inf)
     quest_page_scores_kernel<<<dim3(len, kv_heads), kThreads, 0, st>>>(
@@ -472,30 +455,23 @@ int tp_tokenselect_select(uint64_t out_slots, uint64_t out_counts, int out_strid
     int crc = tp::check_selection_outputs(fn, out_slots, out_counts, cur_slot, keys_ws, params);
     if (crc != TP_OK) return crc;
     TP_REQUIRE(ts_ws != 0 && ts_ws % 16 == 0, fn, "ts_ws");
-    TP_REQUIRE(q != 0, fn, "q");
-    TP_REQUIRE(key_cache != 0 && key_cache % 16 == 0, fn, "key_cache");
-    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
-    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
-    TP_REQUIRE(head_dim > 0, fn, "head_dim");
-    TP_REQUIRE(capacity > 0, fn, "capacity");
+    crc = tp::check_query_cache_args(fn, q, key_cache, 16, pos_cache, layer, num_heads, kv_heads,
+                                    head_dim, capacity);
+    if (crc != TP_OK) return crc;
     TP_REQUIRE(len >= 1 && len <= capacity, fn, "len");
     TP_REQUIRE(k >= 1, fn, "k");
     TP_REQUIRE(init >= 0 && local >= 0, fn, "init/local");
     TP_REQUIRE((int64_t)out_stride >= (int64_t)init + k + local, fn, "out_stride");
     const int group = num_heads / kv_heads;
-    if (head_dim % 8 != 0)
-        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not a multiple of 8", fn, head_dim);
-    size_t smem = (size_t)group * head_dim * sizeof(float);
-    if (smem > 48 * 1024)
-        return tp::fail(TP_ERR_UNSUPPORTED, "%s: %d q-heads per KV head x head_dim %d exceed 48 KiB of shared memory",
-                        fn, group, head_dim);
+    crc = tp::check_group_q_in_smem(fn, group, head_dim);
+    if (crc != TP_OK) return crc;
+    const size_t smem = (size_t)group * head_dim * sizeof(float);
     cudaStream_t st = TP_STREAM(stream);
+    const uint64_t o_stats = align16(4ull * num_heads * len), o_top = o_stats + align16(16ull * num_heads);
     float* raw = TP_PTR(float, ts_ws);
-    double2* stats = TP_PTR(double2, ts_ws + align16(4ull * num_heads * len));
-    int* top = TP_PTR(int, ts_ws + align16(4ull * num_heads * len) + align16(16ull * num_heads));
-    int* top_count = TP_PTR(int, ts_ws + align16(4ull * num_heads * len) + align16(16ull * num_heads) + align16(4ull * k));
+    double2* stats = TP_PTR(double2, ts_ws + o_stats);
+    int* top = TP_PTR(int, ts_ws + o_top);
+    int* top_count = TP_PTR(int, ts_ws + o_top + align16(4ull * k));
     const int* prm = TP_PTR(const int, params);
     // 1. raw q·k of every slot below the high-water marks (-inf where not visible)
     query_key_scores_kernel<<<dim3((unsigned)ceil_div(len, kThreads), kv_heads), kThreads, smem, st>>>(

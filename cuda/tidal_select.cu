@@ -999,24 +999,16 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
     const char* fn = "tp_tidal_select";
     int crc = tp::check_selection_outputs(fn, out_slots, out_counts, cur_slot, keys_ws, params);
     if (crc != TP_OK) return crc;
-    TP_REQUIRE(q != 0, fn, "q");
-    TP_REQUIRE(key_cache != 0 && key_cache % 16 == 0, fn, "key_cache");
-    TP_REQUIRE(pos_cache != 0, fn, "pos_cache");
-    TP_REQUIRE(layer >= 0, fn, "layer");
-    TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
-    TP_REQUIRE(num_heads > 0 && num_heads % kv_heads == 0, fn, "num_heads");
-    TP_REQUIRE(head_dim > 0, fn, "head_dim");
-    TP_REQUIRE(capacity > 0, fn, "capacity");
+    crc = tp::check_query_cache_args(fn, q, key_cache, 16, pos_cache, layer, num_heads, kv_heads,
+                                    head_dim, capacity);
+    if (crc != TP_OK) return crc;
     TP_REQUIRE(len >= 1 && len <= capacity, fn, "len");
     TP_REQUIRE(k >= 0, fn, "k");
     TP_REQUIRE(out_stride >= 1 && out_stride >= k, fn, "out_stride");
     int group = num_heads / kv_heads;
-    if (head_dim % 8 != 0)
-        return tp::fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not a multiple of 8", fn, head_dim);
+    crc = tp::check_group_q_in_smem(fn, group, head_dim);
+    if (crc != TP_OK) return crc;
     size_t qbytes = (size_t)group * head_dim * sizeof(float);
-    if (qbytes > 48 * 1024)
-        return tp::fail(TP_ERR_UNSUPPORTED, "%s: %d q-heads per KV head x head_dim %d exceed 48 KiB of shared memory",
-                        fn, group, head_dim);
     Layout lay = layout(kv_heads, len);
     uint32_t* ws = TP_PTR(uint32_t, keys_ws);
     uint32_t* keys = TP_PTR(uint32_t, keys_ws + lay.keys);

@@ -1,45 +1,19 @@
 // Host emulation of the selection keys decode attention v3 writes for TidalDecode (v3_stage_sel_keys in
 // cuda/decode_attention.cu), compiled with g++ by AttentionKeysEmulationTest: the test pastes the function in place
 // of the KEYS line below and runs it with one host thread per lane of a warp (shuffles emulated over the warp's
-// threads). Each lane gets its scores where the MMA C fragment puts them (lane 4·gq + t4 holds head gq's score of
-// key j·8 + 2·t4 + e in s[j][e]; the same mapping the kernel's softmax reads), with garbage in the rows of heads
-// past the group; the keys written must be order_key of the group's max, or of its sum in the shuffles' tree order
+// threads, emulation.h). Each lane gets its scores where the MMA C fragment puts them (lane 4·gq + t4 holds head
+// gq's score of key j·8 + 2·t4 + e in s[j][e]; the same mapping the kernel's softmax reads), with garbage in the rows
+// of heads past the group; the keys written must be order_key of the group's max, or of its sum in the shuffles' tree order
 // ((h0 + h1) + (h2 + h3)) + ((h4 + h5) + (h6 + h7)), 0 for invisible keys, nothing at or past kend or outside the
 // stage. Checked on random stages: groups 1..8, max and sum, invisible keys, stage offsets and kend cuts.
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <random>
-#include <thread>
-#include <vector>
 
-#define __device__
-#define __forceinline__ static inline
-#define __restrict__
-static const float kNegInf = -INFINITY;
-static uint32_t order_key(float f) {  // as common.cuh
-    uint32_t b;
-    std::memcpy(&b, &f, 4);
-    if ((b & 0x7fffffffu) == 0u) b = 0u;
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-static thread_local int g_lane;
-static std::barrier<>* g_bar;
-static float g_x[32];
-static float __shfl_xor_sync(unsigned, float v, int off) {  // every lane calls it together
-    g_bar->arrive_and_wait();
-    g_x[g_lane] = v;
-    g_bar->arrive_and_wait();
-    float r = g_x[g_lane ^ off];
-    g_bar->arrive_and_wait();
-    return r;
-}
+#include "emulation.h"
 
 /*KEYS*/
 
 int main() {
+    Pool pool(32);
     std::mt19937 rng(777);
     std::uniform_real_distribution<float> U(-4, 4);
     int fails = 0, cases = 0;
@@ -54,19 +28,13 @@ int main() {
             for (int r = 0; r < 16; r++) sc[h][r] = ((inv >> r) & 1u) ? kNegInf : (h < nh ? U(rng) : 1e30f);
         if (it % 7 == 0) for (int h = 0; h < nh; h++) sc[h][3] = h == 0 ? -0.f : 0.f;  // +0 against -0
         std::vector<uint32_t> keys(len, 0xdeadbeefu);
-        std::barrier<> bar(32);
-        g_bar = &bar;
-        std::vector<std::thread> ts;
-        for (int lane = 0; lane < 32; lane++)
-            ts.emplace_back([&, lane] {
-                g_lane = lane;
-                const int gq = lane >> 2, t4 = lane & 3;
-                float s[2][2];
-                for (int j = 0; j < 2; j++)
-                    for (int e = 0; e < 2; e++) s[j][e] = sc[gq][j * 8 + 2 * t4 + e];
-                v3_stage_sel_keys(s, inv, gq, t4, nh, sum, row0, kend, keys.data());
-            });
-        for (auto& th : ts) th.join();
+        pool.run(1, 1, 32, true, [&] {  // one warp
+            const int lane = (int)threadIdx.x, gq = lane >> 2, t4 = lane & 3;
+            float s[2][2];
+            for (int j = 0; j < 2; j++)
+                for (int e = 0; e < 2; e++) s[j][e] = sc[gq][j * 8 + 2 * t4 + e];
+            v3_stage_sel_keys(s, inv, gq, t4, nh, sum, row0, kend, keys.data());
+        });
         for (int idx = 0; idx < len; idx++) {
             const int r = idx - row0;
             uint32_t want = 0xdeadbeefu;

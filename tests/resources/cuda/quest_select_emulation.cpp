@@ -7,89 +7,13 @@
 // selection (QuestPolicy.selectFromBounds, written again here) on random caches: freed slots, pages without a
 // visible slot, a causal cut, an absent current token, ties (+0 against -0 too), group sums that overflow to -inf,
 // max and sum, budgets from 1 page to all of them.
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <functional>
 #include <random>
-#include <thread>
-#include <vector>
 
-struct Dim3 { unsigned x = 0, y = 0, z = 0; };
-static thread_local Dim3 threadIdx;
-static Dim3 blockIdx, blockDim, gridDim;
-#define __restrict__
-#define __shared__ static
-static const float kNegInf = -INFINITY;
-static float __fadd_rn(float a, float b) { return a + b; }
-static uint32_t order_key(float f) {  // as common.cuh
-    uint32_t b;
-    std::memcpy(&b, &f, 4);
-    if ((b & 0x7fffffffu) == 0u) b = 0u;
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-using std::min;
-static std::barrier<>* g_bar;
-static int g_shfl[1024];
-static void __syncthreads() { g_bar->arrive_and_wait(); }
-static int __shfl_up_sync(unsigned, int v, int o) {  // every thread of the block calls it together
-    g_bar->arrive_and_wait();
-    g_shfl[threadIdx.x] = v;
-    g_bar->arrive_and_wait();
-    int lane = threadIdx.x & 31;
-    int r = lane >= o ? g_shfl[threadIdx.x - o] : v;
-    g_bar->arrive_and_wait();
-    return r;
-}
+#include "emulation.h"
 
 /*KERNELS*/
 
-// A kernel over a grid: without barriers one thread after another; with them, kThreads persistent host threads run
-// every block of the grid in turn (one per CUDA thread), the blocks one after another.
-constexpr unsigned kThreads = 256;
-static std::function<void()> g_job;
-static std::barrier<>* g_start;
-static std::barrier<>* g_end;
-static std::barrier<> g_block_bar(kThreads);
-
-static void worker(unsigned t) {
-    threadIdx = {t, 0, 0};
-    for (;;) {
-        g_start->arrive_and_wait();
-        if (!g_job) return;
-        g_job();
-        g_end->arrive_and_wait();
-    }
-}
-
-template <typename F>
-static void run_blocks(unsigned gx, unsigned gy, unsigned threads, bool sync, F body) {
-    gridDim = {gx, gy, 1};
-    blockDim = {threads, 1, 1};
-    if (!sync) {
-        for (unsigned by = 0; by < gy; by++)
-            for (unsigned bx = 0; bx < gx; bx++) {
-                blockIdx = {bx, by, 0};
-                for (unsigned t = 0; t < threads; t++) {
-                    threadIdx = {t, 0, 0};
-                    body();
-                }
-            }
-        return;
-    }
-    if (threads != kThreads) std::abort();
-    g_bar = &g_block_bar;
-    for (unsigned by = 0; by < gy; by++)
-        for (unsigned bx = 0; bx < gx; bx++) {
-            blockIdx = {bx, by, 0};  // written while the workers wait at the start barrier
-            g_job = [&] { body(); };
-            g_start->arrive_and_wait();
-            g_end->arrive_and_wait();
-        }
-}
+static Pool* g_pool;
 
 static int fails = 0;
 
@@ -152,7 +76,7 @@ static int one_case(std::mt19937& rng, int hkv, int group, int page, int hwMax, 
     params[hkv] = qpos;
     std::vector<uint32_t> keys((size_t)hkv * len, 0xdeadbeefu);
     std::vector<int> cur(hkv, -1);
-    run_blocks((unsigned)((len + 255) / 256), (unsigned)hkv, 256, false, [&] {
+    g_pool->run((unsigned)((len + 255) / 256), (unsigned)hkv, 256, false, [&] {
         quest_page_keys_kernel(keys.data(), len, cur.data(), bounds.data(), group, hkv, params.data(), sum ? 1 : 0);
     });
     // the selection from keys (tp_tidal_select's contract), then the expansion
@@ -178,7 +102,7 @@ static int one_case(std::mt19937& rng, int hkv, int group, int page, int hwMax, 
     }
     const int stride = k * page;
     std::vector<int> slots((size_t)hkv * stride, -9), counts(hkv, -9);
-    run_blocks((unsigned)hkv, 1, 256, true, [&] {
+    g_pool->run((unsigned)hkv, 1, 256, true, [&] {
         quest_expand_kernel(slots.data(), counts.data(), stride, plist.data(), pcount.data(), k, pc.data(), layer, hkv,
                             cap, params.data(), page);
     });
@@ -225,11 +149,8 @@ static int one_case(std::mt19937& rng, int hkv, int group, int page, int hwMax, 
 }
 
 int main() {
-    std::barrier<> start(kThreads + 1), end(kThreads + 1);
-    g_start = &start;
-    g_end = &end;
-    std::vector<std::thread> pool;
-    for (unsigned t = 0; t < kThreads; t++) pool.emplace_back(worker, t);
+    Pool pool(256);  // quest_expand_kernel's block
+    g_pool = &pool;
     std::mt19937 rng(12345);
     int cases = 0;
     for (int page : {1, 4, 16})
@@ -241,9 +162,6 @@ int main() {
                             one_case(rng, 2, group, page, hwMax, allowed, sum, mode);
                             cases++;
                         }
-    g_job = nullptr;  // the workers leave
-    start.arrive_and_wait();
-    for (auto& th : pool) th.join();
     std::printf("%d cases, %d mismatches\n", cases, fails);
     if (fails == 0) std::printf("ALL OK\n");
     return fails == 0 ? 0 : 1;

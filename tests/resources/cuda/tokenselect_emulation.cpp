@@ -7,92 +7,22 @@
 // heads' (float) probabilities added in head order): every vote within one float ulp per head of the host's (the
 // kernel's double sum is a tree), the selected candidates the host's top k except such near-ties, and the first init
 // / last local slots.
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <functional>
 #include <random>
-#include <thread>
-#include <vector>
 
-struct Dim3 { unsigned x = 0, y = 0, z = 0; };
-static thread_local Dim3 threadIdx;
-static Dim3 blockIdx, blockDim, gridDim;
-struct double2 { double x, y; };
-static double2 make_double2(double x, double y) { return {x, y}; }
-#define __restrict__
-#define __shared__ static
-static const float kNegInf = -INFINITY;
-static float __fadd_rn(float a, float b) { return a + b; }
-static uint32_t order_key(float f) {  // as common.cuh
-    uint32_t b;
-    std::memcpy(&b, &f, 4);
-    if ((b & 0x7fffffffu) == 0u) b = 0u;
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
+#include "emulation.h"
+
 static float key_value(uint32_t k) {  // the inverse of order_key for a non-zero key
     uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
     float f;
     std::memcpy(&f, &b, 4);
     return f;
 }
-using std::min;
-using std::fmaxf;
-static std::barrier<>* g_bar;
-static double g_x[1024];
-static void __syncthreads() { g_bar->arrive_and_wait(); }
-template <typename T>
-static T __shfl_xor_sync(unsigned, T v, int o) {  // every thread of the block calls it together
-    g_bar->arrive_and_wait();
-    g_x[threadIdx.x] = (double)v;
-    g_bar->arrive_and_wait();
-    T r = (T)g_x[threadIdx.x ^ o];
-    g_bar->arrive_and_wait();
-    return r;
-}
 
 /*KERNELS*/
 
-constexpr unsigned kThreads = 512;
-static std::function<void()> g_job;
-static std::barrier<>* g_start;
-static std::barrier<>* g_end;
-static std::barrier<> g_block_bar(kThreads);
-
-static void worker(unsigned t) {
-    threadIdx = {t, 0, 0};
-    for (;;) {
-        g_start->arrive_and_wait();
-        if (!g_job) return;
-        if (threadIdx.x < blockDim.x) g_job();
-        g_end->arrive_and_wait();
-    }
-}
-
-// a grid of blocks one after another: with barriers all kThreads workers (the kernel's own 512), else one thread each
+static Pool* g_pool;
 template <typename F>
-static void run_blocks(unsigned gx, unsigned threads, bool sync, F body) {
-    gridDim = {gx, 1, 1};
-    blockDim = {threads, 1, 1};
-    for (unsigned bx = 0; bx < gx; bx++) {
-        blockIdx = {bx, 0, 0};
-        if (!sync) {
-            for (unsigned t = 0; t < threads; t++) {
-                threadIdx = {t, 0, 0};
-                body();
-            }
-            continue;
-        }
-        if (threads != kThreads) std::abort();
-        g_bar = &g_block_bar;
-        g_job = [&] { body(); };
-        g_start->arrive_and_wait();
-        g_end->arrive_and_wait();
-    }
-}
+static void run_blocks(unsigned gx, unsigned threads, bool sync, F body) { g_pool->run(gx, 1, threads, sync, body); }
 
 static int fails = 0;
 
@@ -170,11 +100,8 @@ static void one_case(std::mt19937& rng, int heads, int hkv, int t, int len, int 
 }
 
 int main() {
-    std::barrier<> start(kThreads + 1), end(kThreads + 1);
-    g_start = &start;
-    g_end = &end;
-    std::vector<std::thread> pool;
-    for (unsigned t = 0; t < kThreads; t++) pool.emplace_back(worker, t);
+    Pool pool(512);  // tokenselect_softmax_kernel's block
+    g_pool = &pool;
     std::mt19937 rng(99);
     int cases = 0;
     for (int heads : {1, 4, 8})
@@ -188,9 +115,6 @@ int main() {
                     one_case(rng, heads, 2, t, len, k, init, local, invisible);
                     cases++;
                 }
-    g_job = nullptr;
-    start.arrive_and_wait();
-    for (auto& th : pool) th.join();
     std::printf("%d cases, %d mismatches\n", cases, fails);
     if (fails == 0) std::printf("ALL OK\n");
     return fails == 0 ? 0 : 1;

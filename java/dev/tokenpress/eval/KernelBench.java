@@ -413,39 +413,18 @@ public final class KernelBench {
             Llama m = new Llama(cfg, w, gpu, 256);
             for (int ctx : everyPolicy ? everyPolicyAt : new int[] {32768, 131072}) {
                 double full = 0;
-                // {--kv, --kv-quant, result name}
-                String[][] runs = ctx <= 32768
-                        ? new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"},
-                                {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"quest:budget=" + POLICY_K, "none", "quest"},
-                                {"quest:budget=" + POLICY_K, "none", "quest_device"},
-                                {"tokenselect:k=" + POLICY_K, "none", "tokenselect"},
-                                {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device"}, {"full", "int4", "int4"},
-                                {"full", "int4", "int4_kvq3"}, {"full", "none", "full_pipelined"},
-                                {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}}
-                        : new String[][] {{"full", "none", "full"}, {"tidal:k=" + POLICY_K, "none", "tidal"},
-                                {"tidal:k=" + POLICY_K, "none", "tidal_fused"}, {"quest:budget=" + POLICY_K, "none", "quest"},
-                                {"quest:budget=" + POLICY_K, "none", "quest_device"},
-                                {"tokenselect:k=" + POLICY_K, "none", "tokenselect"},
-                                {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device"}, {"full", "int4", "int4"},
-                                {"full", "none", "full_pipelined"}, {"tidal:k=" + POLICY_K, "int4", "tidal_int4"}};
-                for (String[] run : runs) {
+                for (String[] run : E2E_POLICY_RUNS) {
                     String spec = run[0], name = run[2];
+                    if (name.equals("int4_kvq3") && ctx > 32768) continue;
                     int kvqBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
                     if (name.equals("int4_kvq3")) dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(3);
-                    // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
-                    String opsBefore = System.getProperty("tokenpress.cuda.quantPolicyOps");
-                    if (name.equals("tidal_int4")) System.setProperty("tokenpress.cuda.quantPolicyOps", "true");
                     // tidal_fused: the selection made from the selection layers' attention (CudaBackend.setFusedSelect)
                     boolean fusedBefore = gpu.fusedSelect();
                     if (name.equals("tidal_fused")) gpu.setFusedSelect(true);
-                    // quest_device: Quest's page selection in device memory (CudaBackend.selectTopPages, opt-in)
-                    String questBefore = System.getProperty("tokenpress.cuda.deviceQuest");
-                    if (name.equals("quest_device")) System.setProperty("tokenpress.cuda.deviceQuest", "true");
-                    else if (name.equals("quest")) System.setProperty("tokenpress.cuda.deviceQuest", "false");
-                    // tokenselect_device: TokenSelect's vote in device memory (CudaBackend.selectTokenVotes, opt-in)
-                    String voteBefore = System.getProperty("tokenpress.cuda.deviceTokenSelect");
-                    if (name.equals("tokenselect_device")) System.setProperty("tokenpress.cuda.deviceTokenSelect", "true");
-                    else if (name.equals("tokenselect")) System.setProperty("tokenpress.cuda.deviceTokenSelect", "false");
+                    // the run's switch (a system property read at each use), restored after
+                    String[] sw = run[3] == null ? null : run[3].split("=", 2);
+                    String swBefore = sw == null ? null : System.getProperty(sw[0]);
+                    if (sw != null) System.setProperty(sw[0], sw[1]);
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
                     try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
@@ -466,13 +445,9 @@ public final class KernelBench {
                     } finally {
                         m.setPipelinedGreedy(null);
                         gpu.setFusedSelect(fusedBefore);
-                        if (questBefore == null) System.clearProperty("tokenpress.cuda.deviceQuest");
-                        else System.setProperty("tokenpress.cuda.deviceQuest", questBefore);
-                        if (voteBefore == null) System.clearProperty("tokenpress.cuda.deviceTokenSelect");
-                        else System.setProperty("tokenpress.cuda.deviceTokenSelect", voteBefore);
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
-                        if (opsBefore == null) System.clearProperty("tokenpress.cuda.quantPolicyOps");
-                        else System.setProperty("tokenpress.cuda.quantPolicyOps", opsBefore);
+                        if (sw != null && swBefore == null) System.clearProperty(sw[0]);
+                        else if (sw != null) System.setProperty(sw[0], swBefore);
                     }
                 }
                 if (everyPolicy && table) policyTable(gpu, m, cfg, ctx, POLICY_TABLE_SPECS, steps, full, out);
@@ -480,6 +455,20 @@ public final class KernelBench {
             m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
         }
     }
+
+    /**
+     * The runs of {@link #policiesEndToEnd}: {--kv, --kv-quant, result name, system property set for the run (null:
+     * none)}; int4_kvq3 only up to 32K.
+     */
+    static final String[][] E2E_POLICY_RUNS = {{"full", "none", "full", null},
+            {"tidal:k=" + POLICY_K, "none", "tidal", null}, {"tidal:k=" + POLICY_K, "none", "tidal_fused", null},
+            {"quest:budget=" + POLICY_K, "none", "quest", "tokenpress.cuda.deviceQuest=false"},
+            {"quest:budget=" + POLICY_K, "none", "quest_device", "tokenpress.cuda.deviceQuest=true"},
+            {"tokenselect:k=" + POLICY_K, "none", "tokenselect", "tokenpress.cuda.deviceTokenSelect=false"},
+            {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device", "tokenpress.cuda.deviceTokenSelect=true"},
+            {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq3", null}, {"full", "none", "full_pipelined", null},
+            // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
+            {"tidal:k=" + POLICY_K, "int4", "tidal_int4", "tokenpress.cuda.quantPolicyOps=true"}};
 
     /** The other policies of the e2epol table, each with a budget of POLICY_K tokens where it has one. */
     static final String[] POLICY_TABLE_SPECS = {"window:sink=4,budget=" + POLICY_K, "h2o:budget=" + POLICY_K,

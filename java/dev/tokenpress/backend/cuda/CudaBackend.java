@@ -1479,20 +1479,12 @@ public final class CudaBackend implements Backend {
         long selSlots = select == null ? 0 : dsel, selCounts = select == null ? 0 : dcnt;
         int rc;
         if (n == 1) {
-            long ws = TpNative.tp_decode_attention_workspace_bytes(heads, hd);
-            if (ws > attnWsBytes) {
-                if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
-                growAttnWs(ws);
-            }
+            ensureAttnWs(TpNative.tp_decode_attention_workspace_bytes(heads, hd), 0);
             rc = TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(layer), heads, hkv, hd, cap,
                     dq, selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, raw, prob, attnWs, attnWsBytes,
                     fused ? attnCounters : 0, shortAttn ? -1 : 0, stream);
         } else {
-            long ws = TpNative.tp_prefill_attention_workspace_bytes(n, heads);
-            if ((raw != 0 || prob != 0) && ws > attnWsBytes) {
-                if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
-                growAttnWs(ws);
-            }
+            if (raw != 0 || prob != 0) ensureAttnWs(TpNative.tp_prefill_attention_workspace_bytes(n, heads), 0);
             rc = TpNative.tp_prefill_attention(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(layer), heads, hkv, hd, cap, n,
                     dq, selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, stats == null ? 0 : stats.fromRow,
                     raw, prob, attnWs, attnWsBytes, stream);
@@ -1581,12 +1573,9 @@ public final class CudaBackend implements Backend {
         long da = stage(at, at.length);
         int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
         boolean fused = fusedMerge(headsR, hkvR);
-        long ws = TpNative.tp_decode_attention_workspace_bytes(headsR, hd);
-        if (ws > attnWsBytes) {
-            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
-            // sized once for the longest run the pool can form: a longer run later would abort a captured step again
-            growAttnWs(Math.max(ws, TpNative.tp_decode_attention_workspace_bytes(Math.min(a.poolSize, MAX_RUN) * heads, hd)));
-        }
+        // sized once for the longest run the pool can form: a longer run later would abort a captured step again
+        ensureAttnWs(TpNative.tp_decode_attention_workspace_bytes(headsR, hd),
+                TpNative.tp_decode_attention_workspace_bytes(Math.min(a.poolSize, MAX_RUN) * heads, hd));
         sig(49, o.row(r0), qt.row(r0), kBase, hkvR, headsR, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0);
         if (mode == Mode.DRY) return;
         check(TpNative.tp_decode_attention_ex2(o.row(r0), qt.row(r0), kBase, vBase, pBase, 0, headsR, hkvR, hd, cap,
@@ -1715,11 +1704,7 @@ public final class CudaBackend implements Backend {
         // the kernels read every length from device memory; maxLen only sizes the split count: a power of two keeps
         // a captured step valid until the context doubles
         int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
-        long ws = TpNative.tp_kvq_attention_workspace_bytes(n, heads, hd, lenHint);
-        if (ws > attnWsBytes) {
-            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
-            growAttnWs(ws);
-        }
+        ensureAttnWs(TpNative.tp_kvq_attention_workspace_bytes(n, heads, hd, lenHint), 0);
         sig(44, o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hd, n, stride, lenHint,
                 select == null ? 0 : 1, c.maxBlocks);
         if (mode == Mode.DRY) return;
@@ -1757,11 +1742,7 @@ public final class CudaBackend implements Backend {
         for (int g = 0; g < hkv; g++) a[1 + g] = c.highWater(layer, g);
         long d = stage(a, a.length);
         int lenHint = ds.k <= 1 ? 1 : Integer.highestOneBit(ds.k - 1) << 1;
-        long ws = TpNative.tp_kvq_attention_workspace_bytes(1, heads, hd, lenHint);
-        if (ws > attnWsBytes) {
-            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
-            growAttnWs(ws);
-        }
+        ensureAttnWs(TpNative.tp_kvq_attention_workspace_bytes(1, heads, hd, lenHint), 0);
         sig(47, o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hd, ds.slots, ds.stride, lenHint, c.maxBlocks);
         if (mode == Mode.DRY) return;
         float scale = (float) (1.0 / Math.sqrt(hd));
@@ -1786,10 +1767,11 @@ public final class CudaBackend implements Backend {
                     + "(TOKENPRESS_CUDA_QUANT_POLICY_OPS=0 or -Dtokenpress.cuda.quantPolicyOps=false): unset it, or use --device cpu");
     }
 
-    /** A device buffer that grows (never shrinks) to the largest size asked of it. */
+    /** A device buffer that grows (never shrinks) to the largest size asked of it ({@link #ensure}, {@link #grow}). */
     private static final class Scratch {
         final String what;
         long ptr, bytes;
+        int tag;  // grow: the shape it was sized for
 
         Scratch(String what) { this.what = what; }
     }
@@ -1961,11 +1943,17 @@ public final class CudaBackend implements Backend {
         return TpNative.tp_decode_attention_counters(heads, hkv) <= ATTN_COUNTERS;
     }
 
-    private void growAttnWs(long bytes) {
+    /**
+     * The attention workspace holding at least {@code need} bytes; when it grows it is allocated at {@code full} bytes at
+     * least. Eagerly only: a decode step being captured or dry-run aborts to an eager one instead.
+     */
+    private void ensureAttnWs(long need, long full) {
+        if (need <= attnWsBytes) return;
+        if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
         freeScratch(attnWs);
         attnWs = 0;
         attnWsBytes = 0;
-        long sz = Math.max(bytes, 1L << 20);
+        long sz = Math.max(Math.max(need, full), 1L << 20);
         attnWs = malloc(sz, "attention workspace");
         attnWsBytes = sz;
     }
@@ -1999,8 +1987,7 @@ public final class CudaBackend implements Backend {
     }
 
     private final List<DeviceSelection> deviceSelections = new ArrayList<>();
-    private long tidalKeys, tidalKeysBytes;  // tp_tidal_select workspace (zeroed), grown only in eager mode
-    private int tidalKeysHkv;                // the KV head count it serves
+    private final Scratch tidalKeys = new Scratch("tidal selection scores");  // tp_tidal_select's workspace, tag: KV heads
 
     @Override
     public SlotSelection selectTopSlots(Tensor q, int row, int queryPosition, KvCache cache, int layer, int k,
@@ -2016,13 +2003,8 @@ public final class CudaBackend implements Backend {
         CudaQuantKvCache qc = cache instanceof CudaQuantKvCache x ? x : null;
         CudaTensor qt = act(q);
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
-        checkHeadDim(hd);
-        int heads = qt.cols / hd;
         if (k < 0) throw new IllegalArgumentException("selectTopSlots: k must be >= 0, got " + k);
-        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException("selectTopSlots: layer " + layer + " outside [0, " + c.layers() + ")");
-        if (row < 0 || row >= qt.rows) throw new IllegalArgumentException("selectTopSlots: row " + row + " outside " + qt);
-        if (heads <= 0 || heads % hkv != 0 || (long) heads * hd != qt.cols)
-            throw new IllegalArgumentException("selectTopSlots: " + qt + " does not hold q-heads of " + hd + " for " + hkv + " KV heads");
+        int heads = selectionHeads("selectTopSlots", c, layer, qt, row);
         if (qc != null) flushQuantFrees(qc);
         else flushFrees((CudaKvCache) c);
         DeviceSelection ds = deviceSelection(c, layer, k);
@@ -2046,14 +2028,14 @@ public final class CudaBackend implements Backend {
         if (qc != null) {
             sig(46, qt.ptr, row, qc.pool, qc.winK, qc.pos, qc.loc, layer, heads, k, sumGroup ? 1 : 0, len, ds.slots, qc.maxBlocks);
             if (mode != Mode.DRY)
-                check(TpNative.tp_kvq_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, len, qt.row(row),
+                check(TpNative.tp_kvq_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys.ptr, len, qt.row(row),
                         qc.pool, qc.winK, qc.pos, qc.loc, layer, heads, hkv, hd, cap, qc.group, qc.bits, qc.resCap,
                         qc.maxBlocks, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots (quantized KV)");
         } else {
             CudaKvCache bc = (CudaKvCache) c;
             sig(40, qt.ptr, row, bc.keys, bc.deviceLayer(layer), heads, k, sumGroup ? 1 : 0, len, ds.slots);
             if (mode != Mode.DRY)
-                check(TpNative.tp_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, len, qt.row(row), bc.keys,
+                check(TpNative.tp_tidal_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys.ptr, len, qt.row(row), bc.keys,
                         bc.pos, bc.deviceLayer(layer), heads, hkv, hd, cap, d, k, sumGroup ? 1 : 0, stream), "selectTopSlots");
         }
         SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
@@ -2061,24 +2043,32 @@ public final class CudaBackend implements Backend {
         return handle;
     }
 
-    /** The selection scratch of tp_tidal_select (and of the selections from keys) for hkv KV heads and len candidates. */
-    private void ensureTidalKeys(int hkv, int len, int cap) {
-        long need = TpNative.tp_tidal_select_workspace_bytes(hkv, len);
-        if (need > tidalKeysBytes || hkv != tidalKeysHkv) {
-            if (mode != Mode.EAGER) throw abort("selection scratch growth", false);
-            freeScratch(tidalKeys);
-            tidalKeys = 0;
-            tidalKeysBytes = 0;
-            // the whole capacity at once: no growth (graph abort) later
-            long sz = Math.max(need, TpNative.tp_tidal_select_workspace_bytes(hkv, cap));
-            tidalKeys = malloc(sz, "tidal selection scores");
-            memsetNow(tidalKeys, 0, sz); // the per-KV-head state starts (and each call leaves it) zero
-            tidalKeysBytes = sz;
-            tidalKeysHkv = hkv;
-        }
+    /**
+     * A selection's scratch s holding at least {@code need} bytes ({@link #ensure} for buffers a captured decode step
+     * reads): when smaller, or sized for another {@code tag} (a shape it depends on), it is allocated anew at
+     * {@code full} bytes at least (what the cache's whole capacity needs: no growth, and no graph abort, later) and
+     * zero-filled when {@code zero} (a selection state that every call leaves zero). Eagerly only.
+     */
+    private void grow(Scratch s, long need, long full, int tag, boolean zero) {
+        if (need <= s.bytes && tag == s.tag) return;
+        if (mode != Mode.EAGER) throw abort(s.what + " growth", false);
+        freeScratch(s.ptr);
+        s.ptr = 0;
+        s.bytes = 0;
+        long sz = Math.max(need, full);
+        s.ptr = malloc(sz, s.what);
+        if (zero) memsetNow(s.ptr, 0, sz);
+        s.bytes = sz;
+        s.tag = tag;
     }
 
-    private long questWs, questWsBytes;
+    /** The selection scratch of tp_tidal_select (and of the selections from keys) for hkv KV heads and len candidates. */
+    private void ensureTidalKeys(int hkv, int len, int cap) {
+        grow(tidalKeys, TpNative.tp_tidal_select_workspace_bytes(hkv, len), TpNative.tp_tidal_select_workspace_bytes(hkv, cap),
+                hkv, true);
+    }
+
+    private final Scratch questWs = new Scratch("quest page bounds");
 
     /**
      * Quest's page selection in device memory ({@code tp_quest_select}: page bounds, the group's page keys, the kept
@@ -2093,20 +2083,12 @@ public final class CudaBackend implements Backend {
         flushPendingSelect();
         if (!optIn("tokenpress.cuda.deviceQuest", "TOKENPRESS_CUDA_DEVICE_QUEST"))
             throw new UnsupportedOpException("selectTopPages: the device page selection is opt-in (-Dtokenpress.cuda.deviceQuest=true)");
-        if (cache == null || cache.getClass() != CudaKvCache.class)
-            throw new UnsupportedOpException("selectTopPages: no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
-        if (hostCopy) requireEager("selectTopPages with a host copy");
-        CudaKvCache c = (CudaKvCache) cache;
+        CudaKvCache c = bf16Selection("selectTopPages", cache, hostCopy);
         CudaTensor qt = act(q);
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
-        checkHeadDim(hd);
-        int heads = qt.cols / hd;
         if (pageSize < 1) throw new IllegalArgumentException("selectTopPages: page size must be >= 1, got " + pageSize);
         if (pages < 1) throw new IllegalArgumentException("selectTopPages: pages must be >= 1, got " + pages);
-        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException("selectTopPages: layer " + layer + " outside [0, " + c.layers() + ")");
-        if (row < 0 || row >= qt.rows) throw new IllegalArgumentException("selectTopPages: row " + row + " outside " + qt);
-        if (heads <= 0 || heads % hkv != 0 || (long) heads * hd != qt.cols)
-            throw new IllegalArgumentException("selectTopPages: " + qt + " does not hold q-heads of " + hd + " for " + hkv + " KV heads");
+        int heads = selectionHeads("selectTopPages", c, layer, qt, row);
         flushFrees(c);
         int maxPagesCap = (cap + pageSize - 1) / pageSize;
         int kSlots = (int) Math.min((long) pages * pageSize, Integer.MAX_VALUE);
@@ -2128,20 +2110,12 @@ public final class CudaBackend implements Backend {
         // the grid extent in pages: a power of two, so a captured step stays valid until the context doubles
         int len = Math.min(maxPagesCap, maxPages <= 1 ? 1 : Integer.highestOneBit(maxPages - 1) << 1);
         ensureTidalKeys(hkv, len, cap);
-        long need = TpNative.tp_quest_select_workspace_bytes(heads, hkv, len, pages);
-        if (need > questWsBytes) {
-            if (mode != Mode.EAGER) throw abort("selectTopPages scratch growth", false);
-            freeScratch(questWs);
-            questWs = 0;
-            questWsBytes = 0;
-            long sz = Math.max(need, TpNative.tp_quest_select_workspace_bytes(heads, hkv, maxPagesCap, pages));
-            questWs = malloc(sz, "quest page bounds");
-            questWsBytes = sz;
-        }
+        grow(questWs, TpNative.tp_quest_select_workspace_bytes(heads, hkv, len, pages),
+                TpNative.tp_quest_select_workspace_bytes(heads, hkv, maxPagesCap, pages), 0, false);
         long d = stage(a, a.length);
         sig(52, qt.ptr, row, c.keys, c.deviceLayer(layer), heads, pageSize, pages, sumGroup ? 1 : 0, len, ds.slots);
         if (mode != Mode.DRY)
-            check(TpNative.tp_quest_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, questWs, len, qt.row(row), c.keys,
+            check(TpNative.tp_quest_select(ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys.ptr, questWs.ptr, len, qt.row(row), c.keys,
                     c.pos, c.deviceLayer(layer), heads, hkv, hd, cap, d, pageSize, pages, sumGroup ? 1 : 0, stream),
                     "selectTopPages");
         SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
@@ -2149,7 +2123,8 @@ public final class CudaBackend implements Backend {
         return handle;
     }
 
-    private long tsWs, tsWsBytes, tsKeys, tsKeysBytes, tsCur, tokenVoteCalls;
+    private final Scratch tsKeys = new Scratch("token selection scores"), tsWs = new Scratch("token selection votes");
+    private long tokenVoteCalls;
 
     /** {@link #selectTokenVotes} calls that launched the device vote (graph replays not counted). */
     public long tokenVoteCalls() {
@@ -2170,19 +2145,11 @@ public final class CudaBackend implements Backend {
         flushPendingSelect();
         if (!optIn("tokenpress.cuda.deviceTokenSelect", "TOKENPRESS_CUDA_DEVICE_TOKEN_SELECT"))
             throw new UnsupportedOpException("selectTokenVotes: the device vote is opt-in (-Dtokenpress.cuda.deviceTokenSelect=true)");
-        if (cache == null || cache.getClass() != CudaKvCache.class)
-            throw new UnsupportedOpException("selectTokenVotes: no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
-        if (hostCopy) requireEager("selectTokenVotes with a host copy");
-        CudaKvCache c = (CudaKvCache) cache;
+        CudaKvCache c = bf16Selection("selectTokenVotes", cache, hostCopy);
         CudaTensor qt = act(q);
         int hd = c.headDim(), hkv = c.kvHeads(), cap = c.capacity();
-        checkHeadDim(hd);
-        int heads = qt.cols / hd;
         if (k < 1 || init < 0 || local < 0) throw new IllegalArgumentException("selectTokenVotes: k " + k + ", init " + init + ", local " + local);
-        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException("selectTokenVotes: layer " + layer + " outside [0, " + c.layers() + ")");
-        if (row < 0 || row >= qt.rows) throw new IllegalArgumentException("selectTokenVotes: row " + row + " outside " + qt);
-        if (heads <= 0 || heads % hkv != 0 || (long) heads * hd != qt.cols)
-            throw new IllegalArgumentException("selectTokenVotes: " + qt + " does not hold q-heads of " + hd + " for " + hkv + " KV heads");
+        int heads = selectionHeads("selectTokenVotes", c, layer, qt, row);
         flushFrees(c);
         // every KV head's slots 0 .. t-1 in position order, the same tokens (appended together); else the host votes
         int t = c.highWater(layer, 0);
@@ -2195,25 +2162,9 @@ public final class CudaBackend implements Backend {
         int total = init + k + local;
         DeviceSelection ds = deviceSelection(c, layer, total);
         int len = Math.min(cap, t <= 1 ? 1 : Integer.highestOneBit(t - 1) << 1);
-        long needKeys = TpNative.tp_tidal_select_workspace_bytes(1, len), needWs = TpNative.tp_tokenselect_workspace_bytes(heads, len, k);
-        if (needKeys > tsKeysBytes || needWs > tsWsBytes || tsCur == 0) {
-            if (mode != Mode.EAGER) throw abort("selectTokenVotes scratch growth", false);
-            freeScratch(tsKeys);
-            freeScratch(tsWs);
-            tsKeys = tsWs = 0;
-            tsKeysBytes = tsWsBytes = 0;
-            long kb = Math.max(needKeys, TpNative.tp_tidal_select_workspace_bytes(1, cap)); // the whole capacity at once
-            long wb = Math.max(needWs, TpNative.tp_tokenselect_workspace_bytes(heads, cap, k));
-            tsKeys = malloc(kb, "token selection scores");
-            memsetNow(tsKeys, 0, kb); // the selection state starts (and each call leaves it) zero
-            tsWs = malloc(wb, "token selection votes");
-            tsKeysBytes = kb;
-            tsWsBytes = wb;
-            if (tsCur == 0) {
-                tsCur = malloc(16, "token selection current slot");
-                memsetNow(tsCur, 0xFF, 16); // -1: nothing forced
-            }
-        }
+        grow(tsKeys, TpNative.tp_tidal_select_workspace_bytes(1, len), TpNative.tp_tidal_select_workspace_bytes(1, cap), 0, true);
+        grow(tsWs, TpNative.tp_tokenselect_workspace_bytes(heads, len, k), TpNative.tp_tokenselect_workspace_bytes(heads, cap, k),
+                0, false);
         // staged ints: t | queryPosition | 0 | highWater[hkv]
         int[] a = new int[3 + hkv];
         a[0] = t;
@@ -2223,7 +2174,8 @@ public final class CudaBackend implements Backend {
         sig(53, qt.ptr, row, c.keys, c.deviceLayer(layer), heads, k, init, local, len, ds.slots);
         if (mode != Mode.DRY) tokenVoteCalls++;
         if (mode != Mode.DRY)
-            check(TpNative.tp_tokenselect_select(ds.slots, ds.counts, ds.stride, tsCur, tsKeys, tsWs, len, qt.row(row), c.keys,
+            // ds.cur: -1, as every selection leaves it (nothing forced)
+            check(TpNative.tp_tokenselect_select(ds.slots, ds.counts, ds.stride, ds.cur, tsKeys.ptr, tsWs.ptr, len, qt.row(row), c.keys,
                     c.pos, c.deviceLayer(layer), heads, hkv, hd, cap, d, k, init, local, stream), "selectTokenVotes");
         SlotSelection handle = hostCopy ? download(ds) : new SlotSelection(null, null);
         ds.handle = handle;
@@ -2245,7 +2197,7 @@ public final class CudaBackend implements Backend {
         flushPendingSelect();
         DeviceSelection ds = findDeviceSelection(s);
         if (ds == null) throw new IllegalArgumentException("not a current device selection");
-        return new long[] {ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys, tidalKeysBytes};
+        return new long[] {ds.slots, ds.counts, ds.stride, ds.cur, tidalKeys.ptr, tidalKeys.bytes};
     }
 
     /** The selection buffers of (cache, layer), allocated on first use (eagerly) and when k grows. */
@@ -2299,7 +2251,7 @@ public final class CudaBackend implements Backend {
         long d = stage(p.params, p.params.length);
         sig(41, p.ds.slots);
         if (mode != Mode.DRY)
-            check(TpNative.tp_tidal_select(p.ds.slots, p.ds.counts, p.ds.stride, p.ds.cur, tidalKeys, p.len, p.q, c.keys,
+            check(TpNative.tp_tidal_select(p.ds.slots, p.ds.counts, p.ds.stride, p.ds.cur, tidalKeys.ptr, p.len, p.q, c.keys,
                     c.pos, c.deviceLayer(p.layer), p.heads, c.kvHeads(), c.headDim(), c.capacity(), d, p.k, p.sum ? 1 : 0,
                     stream), "selectTopSlots");
     }
@@ -2315,11 +2267,7 @@ public final class CudaBackend implements Backend {
         for (int g = 0; g < hkv; g++) maxLen = Math.max(maxLen, p.params[g]);
         int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
         boolean fused = fusedMerge(heads, hkv);
-        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, hd);
-        if (ws > attnWsBytes) {
-            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
-            growAttnWs(ws);
-        }
+        ensureAttnWs(TpNative.tp_decode_attention_workspace_bytes(heads, hd), 0);
         long d = stage(p.params, p.params.length);
         sig(51, o.ptr, qt.ptr, c.keys, c.deviceLayer(p.layer), heads, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0, p.ds.slots,
                 p.len, p.k, p.sum ? 1 : 0);
@@ -2327,7 +2275,7 @@ public final class CudaBackend implements Backend {
         fusedSelectCalls++;
         check(TpNative.tp_decode_attention_select(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(p.layer), heads, hkv,
                 hd, cap, lenHint, (float) (1.0 / Math.sqrt(hd)), attnWs, attnWsBytes, fused ? attnCounters : 0,
-                shortAttn ? -1 : 0, p.ds.slots, p.ds.counts, p.ds.stride, p.ds.cur, tidalKeys, p.len, d, p.k, p.sum ? 1 : 0,
+                shortAttn ? -1 : 0, p.ds.slots, p.ds.counts, p.ds.stride, p.ds.cur, tidalKeys.ptr, p.len, d, p.k, p.sum ? 1 : 0,
                 stream), "decode attention + selection");
     }
 
@@ -2379,11 +2327,7 @@ public final class CudaBackend implements Backend {
         int lenHint = ds.k <= 1 ? 1 : Integer.highestOneBit(ds.k - 1) << 1;
         float scale = (float) (1.0 / Math.sqrt(hd));
         boolean fused = fusedMerge(heads, hkv);
-        long ws = TpNative.tp_decode_attention_workspace_bytes(heads, hd);
-        if (ws > attnWsBytes) {
-            if (mode != Mode.EAGER) throw abort("attention workspace growth", false);
-            growAttnWs(ws);
-        }
+        ensureAttnWs(TpNative.tp_decode_attention_workspace_bytes(heads, hd), 0);
         sig(41, o.ptr, qt.ptr, c.keys, c.deviceLayer(layer), heads, ds.slots, ds.stride, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0);
         if (mode == Mode.DRY) return true;
         check(TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(layer), heads, hkv, hd, cap,
@@ -2617,6 +2561,26 @@ public final class CudaBackend implements Backend {
         if (cache instanceof CudaQuantKvCache)
             throw new UnsupportedOpException(op + " is not supported by the CUDA backend on a quantized KV cache (needed by this --kv policy): use --device cpu");
         throw new IllegalArgumentException(op + ": expected a CUDA KV cache, got " + (cache == null ? "null" : cache.getClass().getSimpleName()));
+    }
+
+    /** The bf16 CUDA cache of a device selection op that exists only for one ({@code hostCopy}: eager steps only). */
+    private CudaKvCache bf16Selection(String op, KvCache cache, boolean hostCopy) {
+        if (cache == null || cache.getClass() != CudaKvCache.class)
+            throw new UnsupportedOpException(op + ": no CUDA op for a " + (cache == null ? "null" : cache.getClass().getSimpleName()) + " cache");
+        if (hostCopy) requireEager(op + " with a host copy");
+        return (CudaKvCache) cache;
+    }
+
+    /** The q-heads of a selection op's query tensor, after checking it, the layer and the row against the cache. */
+    private static int selectionHeads(String op, KvCache c, int layer, CudaTensor qt, int row) {
+        int hd = c.headDim(), hkv = c.kvHeads();
+        checkHeadDim(hd);
+        int heads = qt.cols / hd;
+        if (layer < 0 || layer >= c.layers()) throw new IllegalArgumentException(op + ": layer " + layer + " outside [0, " + c.layers() + ")");
+        if (row < 0 || row >= qt.rows) throw new IllegalArgumentException(op + ": row " + row + " outside " + qt);
+        if (heads <= 0 || heads % hkv != 0 || (long) heads * hd != qt.cols)
+            throw new IllegalArgumentException(op + ": " + qt + " does not hold q-heads of " + hd + " for " + hkv + " KV heads");
+        return heads;
     }
 
     private static void checkPolicyArgs(String op, KvCache c, int layer, CudaTensor q, int row, int heads, float[][] out) {

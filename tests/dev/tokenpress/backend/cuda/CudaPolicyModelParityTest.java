@@ -415,6 +415,39 @@ class CudaPolicyModelParityTest {
         compare("cuda " + spec + " (" + graphs + ")", ref, got);
     }
 
+    /** A CUDA run of {@link #run} with a system property set for it, and what the backend reported after it. */
+    record DeviceRun(Run run, String graphs, int replays, long tokenVotes) {}
+
+    static DeviceRun runWith(String property, String spec, int[] feed) {
+        System.setProperty(property, "true");
+        CudaBackend gpu = CudaBackend.open();
+        try {
+            Run r = run(gpu, spec, feed);
+            return new DeviceRun(r, gpu.graphStatus(), gpu.graphReplays(), gpu.tokenVoteCalls());
+        } finally {
+            gpu.close();
+            System.clearProperty(property);
+        }
+    }
+
+    /**
+     * Where the recorded runs selected: {calls the CPU selected at, of those the CUDA run selected in device memory (the
+     * recorder sees no host arrays), of those it selected on the host, all its host selections}.
+     */
+    static long[] selectionPlaces(Run ref, Run got) {
+        java.util.Set<Long> cpuSelected = new java.util.HashSet<>();
+        for (Decision d : ref.decisions()) if (d.selected() != null) cpuSelected.add(Recorder.key(d.append(), d.layer()));
+        long onDevice = 0, onHostThere = 0, onHost = 0;
+        for (Decision d : got.decisions()) {
+            boolean there = cpuSelected.contains(Recorder.key(d.append(), d.layer()));
+            if (d.selected() != null) {
+                onHost++;
+                if (there) onHostThere++;
+            } else if (there) onDevice++;
+        }
+        return new long[] {cpuSelected.size(), onDevice, onHostThere, onHost};
+    }
+
     /**
      * Quest with its page selection in device memory ({@code CudaBackend.selectTopPages}, opt-in until it has passed
      * on a GPU): the same criteria against the CPU, and the run must make its selections on the device.
@@ -425,29 +458,12 @@ class CudaPolicyModelParityTest {
     void cudaDeviceQuestMatchesCpu(String spec) {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         Run ref = cpuRun(spec);
-        Run got;
-        String graphs;
-        int replays;
-        System.setProperty("tokenpress.cuda.deviceQuest", "true");
-        CudaBackend gpu = CudaBackend.open();
-        try {
-            got = run(gpu, spec, ref.fed);
-            graphs = gpu.graphStatus();
-            replays = gpu.graphReplays();
-        } finally {
-            gpu.close();
-            System.clearProperty("tokenpress.cuda.deviceQuest");
-        }
-        compare("cuda device quest " + spec + " (" + graphs + ")", ref, got);
-        // where the CPU selected pages, the CUDA run's selection lived in device memory (the recorder sees no host arrays)
-        java.util.Set<Long> cpuSelected = new java.util.HashSet<>();
-        for (Decision d : ref.decisions()) if (d.selected() != null) cpuSelected.add(Recorder.key(d.append(), d.layer()));
-        long onDevice = got.decisions().stream().filter(d -> cpuSelected.contains(Recorder.key(d.append(), d.layer()))
-                && d.selected() == null).count();
-        long onHost = got.decisions().stream().filter(d -> d.selected() != null).count();
-        assertTrue(!cpuSelected.isEmpty() && onDevice > 0, spec + ": no decode step selected in device memory");
-        assertTrue(onHost == 0, spec + ": " + onHost + " selections made on the host");
-        assertTrue(replays > 0, spec + ": decode steps that select in device memory should replay CUDA graphs: " + graphs);
+        DeviceRun d = runWith("tokenpress.cuda.deviceQuest", spec, ref.fed);
+        compare("cuda device quest " + spec + " (" + d.graphs() + ")", ref, d.run());
+        long[] at = selectionPlaces(ref, d.run());
+        assertTrue(at[0] > 0 && at[1] > 0, spec + ": no decode step selected in device memory");
+        assertTrue(at[3] == 0, spec + ": " + at[3] + " selections made on the host");
+        assertTrue(d.replays() > 0, spec + ": decode steps that select in device memory should replay CUDA graphs: " + d.graphs());
     }
 
     /**
@@ -459,34 +475,19 @@ class CudaPolicyModelParityTest {
     void cudaDeviceTokenSelectMatchesCpu(String spec) {
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         Run ref = cpuRun(spec);
-        Run got, hostVote;
-        String graphs;
-        int replays;
-        long votes;
-        System.setProperty("tokenpress.cuda.deviceTokenSelect", "true");
-        CudaBackend gpu = CudaBackend.open();
-        try {
-            got = run(gpu, spec, ref.fed);
-            graphs = gpu.graphStatus();
-            replays = gpu.graphReplays();
-            votes = gpu.tokenVoteCalls();
-        } finally {
-            gpu.close();
-            System.clearProperty("tokenpress.cuda.deviceTokenSelect");
-        }
+        DeviceRun d = runWith("tokenpress.cuda.deviceTokenSelect", spec, ref.fed);
+        Run hostVote;
         CudaBackend gpu2 = CudaBackend.open(); // the same model on CUDA with the host's vote (the default)
         try {
             hostVote = run(gpu2, spec, ref.fed);
         } finally {
             gpu2.close();
         }
-        compare("cuda device tokenselect " + spec + " (" + graphs + ")", ref, got);
-        assertTrue(votes > 0, spec + ": no decode step voted in device memory");
-        assertTrue(replays > 0, spec + ": decode steps that vote in device memory should replay CUDA graphs: " + graphs);
-        java.util.Set<Long> cpuSelected = new java.util.HashSet<>();
-        for (Decision d : ref.decisions()) if (d.selected() != null) cpuSelected.add(Recorder.key(d.append(), d.layer()));
-        assertTrue(got.decisions().stream().noneMatch(d -> cpuSelected.contains(Recorder.key(d.append(), d.layer())) && d.selected() != null),
-                spec + ": a decode step voted on the host");
+        Run got = d.run();
+        compare("cuda device tokenselect " + spec + " (" + d.graphs() + ")", ref, got);
+        assertTrue(d.tokenVotes() > 0, spec + ": no decode step voted in device memory");
+        assertTrue(d.replays() > 0, spec + ": decode steps that vote in device memory should replay CUDA graphs: " + d.graphs());
+        assertTrue(selectionPlaces(ref, got)[2] == 0, spec + ": a decode step voted on the host");
         // against the host vote over the same CUDA cache and raw scores: the same selections but for exp's last bit
         for (int s = 0; s <= STEPS; s++) {
             double e = nmse(hostVote.logits()[s], got.logits()[s]);

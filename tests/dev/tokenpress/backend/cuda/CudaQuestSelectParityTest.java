@@ -68,29 +68,12 @@ class CudaQuestSelectParityTest {
         int heads = hkv * group, layer = 1;
         SplittableRandom r = new SplittableRandom(len * 7L + hd * 3L + group + page);
         try (KvCache c = gpu.newKvCache(2, hkv, hd, len + 4)) {
-            int chunk = 4096;
-            Tensor k = gpu.allocate(chunk, hkv * hd), v = gpu.allocate(chunk, hkv * hd);
-            float[][] table = new float[page][hkv * hd];
-            for (float[] row : table) for (int i = 0; i < row.length; i++) row[i] = (float) r.nextGaussian();
-            for (int done = 0; done < len; done += chunk) {
-                int m = Math.min(chunk, len - done);
-                float[] kd = new float[m * hkv * hd], vd = new float[m * hkv * hd];
-                for (int i = 0; i < kd.length; i++) {
-                    kd[i] = (float) r.nextGaussian();
-                    vd[i] = (float) r.nextGaussian();
-                }
-                if (keys == 1) // the key row of slot s is table row s % page: every full page has the same bounds
-                    for (int i = 0; i < m; i++) System.arraycopy(table[(done + i) % page], 0, kd, i * hkv * hd, hkv * hd);
-                gpu.upload(k, kd);
-                gpu.upload(v, vd);
-                int[] pos = new int[m];
-                for (int i = 0; i < m; i++) pos[i] = done + i;
-                for (int l = 0; l < 2; l++) {
-                    int[][] slots = new int[hkv][];
-                    for (int g = 0; g < hkv; g++) slots[g] = c.allocate(l, g, pos, m);
-                    gpu.storeKv(c, l, k, v, slots, m);
-                }
+            float[][] table = null;
+            if (keys == 1) { // the key row of slot s is table row s % page: every full page has the same bounds
+                table = new float[page][hkv * hd];
+                for (float[] row : table) for (int i = 0; i < row.length; i++) row[i] = (float) r.nextGaussian();
             }
+            storeTokens(gpu, c, len, r, 1.0, table);
             if (len > 9) { // every fifth slot freed, a whole page of KV head 0, and the last slot of KV head 1
                 for (int g = 0; g < hkv; g++) for (int s = 3; s < len; s += 5) c.free(layer, g, s);
                 for (int s = page; s < Math.min(len, 2 * page); s++) if (c.position(layer, 0, s) >= 0) c.free(layer, 0, s);
@@ -132,6 +115,34 @@ class CudaQuestSelectParityTest {
 
     static void check(int rc) {
         assertEquals(0, rc, "tp_set_tidal_select_variant");
+    }
+
+    /**
+     * Tokens at positions 0 .. len-1 into every layer and KV head of a fresh GPU cache (slot i = token i), stored in
+     * chunks: keys N(0, keyScale²) (or, with a table, the row of slot s is table[s % table.length]), values N(0, 1).
+     */
+    static void storeTokens(CudaBackend gpu, KvCache c, int len, SplittableRandom r, double keyScale, float[][] table) {
+        int hkv = c.kvHeads(), hd = c.headDim(), chunk = 4096;
+        Tensor k = gpu.allocate(chunk, hkv * hd), v = gpu.allocate(chunk, hkv * hd);
+        for (int done = 0; done < len; done += chunk) {
+            int m = Math.min(chunk, len - done);
+            float[] kd = new float[m * hkv * hd], vd = new float[m * hkv * hd];
+            for (int i = 0; i < kd.length; i++) {
+                kd[i] = (float) (r.nextGaussian() * keyScale);
+                vd[i] = (float) r.nextGaussian();
+            }
+            if (table != null)
+                for (int i = 0; i < m; i++) System.arraycopy(table[(done + i) % table.length], 0, kd, i * hkv * hd, hkv * hd);
+            gpu.upload(k, kd);
+            gpu.upload(v, vd);
+            int[] pos = new int[m];
+            for (int i = 0; i < m; i++) pos[i] = done + i;
+            for (int l = 0; l < c.layers(); l++) {
+                int[][] slots = new int[hkv][];
+                for (int g = 0; g < hkv; g++) slots[g] = c.allocate(l, g, pos, m);
+                gpu.storeKv(c, l, k, v, slots, m);
+            }
+        }
     }
 
     static void assertSame(SlotSelection want, SlotSelection got, String what) {

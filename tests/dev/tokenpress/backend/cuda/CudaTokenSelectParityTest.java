@@ -58,25 +58,7 @@ class CudaTokenSelectParityTest {
         int heads = hkv * group, layer = 1;
         SplittableRandom r = new SplittableRandom(len * 11L + hd + group);
         try (KvCache c = gpu.newKvCache(2, hkv, hd, len + 4)) {
-            int chunk = 4096;
-            Tensor k = gpu.allocate(chunk, hkv * hd), v = gpu.allocate(chunk, hkv * hd);
-            for (int done = 0; done < len; done += chunk) {
-                int m = Math.min(chunk, len - done);
-                float[] kd = new float[m * hkv * hd], vd = new float[m * hkv * hd];
-                for (int i = 0; i < kd.length; i++) {
-                    kd[i] = (float) (r.nextGaussian() * 0.5);
-                    vd[i] = (float) r.nextGaussian();
-                }
-                gpu.upload(k, kd);
-                gpu.upload(v, vd);
-                int[] pos = new int[m];
-                for (int i = 0; i < m; i++) pos[i] = done + i;
-                for (int l = 0; l < 2; l++) {
-                    int[][] slots = new int[hkv][];
-                    for (int g = 0; g < hkv; g++) slots[g] = c.allocate(l, g, pos, m);
-                    gpu.storeKv(c, l, k, v, slots, m);
-                }
-            }
+            CudaQuestSelectParityTest.storeTokens(gpu, c, len, r, 0.5, null);
             float[] qd = new float[heads * hd];
             for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
             Tensor q = gpu.allocate(1, heads * hd), out = gpu.allocate(1, heads * hd), outRef = gpu.allocate(1, heads * hd);

@@ -13,8 +13,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * What the host emulation tests share: CUDA device code cut out of a source file, pasted into a C++ harness in
- * {@code tests/resources/cuda/} at its marker, compiled with g++ and run; the harness prints ALL OK when every check
- * passed.
+ * {@code tests/resources/cuda/} at its marker, compiled with g++ (that folder on the include path, for
+ * {@code emulation.h}) and run; the harness prints ALL OK when every check passed.
  */
 final class HostEmulation {
     private HostEmulation() {}
@@ -46,7 +46,9 @@ final class HostEmulation {
         assertTrue(harness.contains(marker), harnessFile + " has no " + marker + " marker");
         Path src = tmp.resolve("emulation.cpp"), bin = tmp.resolve("emulation");
         Files.writeString(src, harness.replace(marker, code));
-        run(List.of("g++", "-O1", "-std=c++20", "-pthread", "-ffp-contract=off", "-o", bin.toString(), src.toString()), "compile");
+        String include = Path.of(harnessFile).toAbsolutePath().getParent().toString(); // emulation.h beside the harnesses
+        run(List.of("g++", "-O1", "-std=c++20", "-pthread", "-ffp-contract=off", "-I", include, "-o", bin.toString(),
+                src.toString()), "compile");
         String out = run(List.of(bin.toString()), "run");
         System.out.print(out);
         assertTrue(out.contains("ALL OK"), out);
