@@ -82,7 +82,7 @@ run_checks() {
   mkdir -p "$WORK"
   [[ -n "${APPEND_SUMMARY:-}" ]] || : > "$SUMMARY"
   say() { echo "$*" | tee -a "$SUMMARY"; }
-  # STAGES (default all but gemv, attnsweep, e2epol and profile): any of genmodel (only generates the model), junit,attention,policies,gemv,attnsweep,e2epol,cce,e2e,peer,profile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER override
+  # STAGES (default all but gemv, attnsweep, e2epol, profile and selprofile): any of genmodel (only generates the model), junit,attention,policies,gemv,attnsweep,e2epol,cce,e2e,peer,profile,selprofile; T_JUNIT/T_ATT/T_POL/T_CCE/T_E2E/T_PEER/T_SELPROF override
   # stage timeouts; E2E_PARTS picks the e2e stage's parts (short,batch,long,q8) and E2EPOL_CTX the e2epol stage's
   # contexts (8192,32768,131072); POL_E2E=1 adds the policies stage's end-to-end full vs tidal:k=2048 decode (32K/128K, needs the model);
   # JUNIT_CLASSES (simple class names) and JUNIT_TAG (suffix of junit<TAG>.log) split the JUnit stage into several
@@ -243,6 +243,26 @@ run_checks() {
     fi
   fi
 
+  # -- stage 7 (only when STAGES names it): Nsight Compute over TidalDecode's selection and decode attention at
+  # SELPROF_CTX (default 131072): every tidal_* and decode_split_v3 kernel of `KernelBench selprofile` (SELPROF_ITERS
+  # timed calls per figure), summarised per template instantiation (the attention's KEYS variant apart from the plain)
+  if [[ $HAVE_GPU -eq 1 ]] && want selprofile; then
+    local NCU_SEL
+    NCU_SEL=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [[ -n "$NCU_SEL" ]]; then
+      timeout "${T_SELPROF:-150}" "$NCU_SEL" --clock-control none --target-processes all \
+        --kernel-name "regex:tidal_|decode_split_v3" --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu-sel.csv" \
+        "$JAVA" "${JOPTS[@]}" -Dtokenpress.bench.policyContexts="${SELPROF_CTX:-131072}" \
+        -Dtokenpress.bench.policyIters="${SELPROF_ITERS:-8}" -cp "$CP" dev.tokenpress.eval.KernelBench selprofile \
+        > "$OUT/selprofile.log" 2>&1
+      rc=$?
+      stage_rc selprofile $rc
+      "${VENV}/bin/python" "$ROOT/scripts/ncu_summary.py" "$OUT/ncu-sel.csv" --templates 2>&1 | tee -a "$SUMMARY" | head -40
+    else
+      say "STAGE selprofile: SKIPPED (ncu not found)"
+    fi
+  fi
+
   # -- stage 5: PyTorch/transformers peer on the same model
   local PY="$VENV/bin/python"
   if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" && -x "$PY" ]] && want peer; then
@@ -292,7 +312,7 @@ run_split() {
 
 # --run-parallel OUT: the seven JUnit groups of --run-split at the same time, each in its own JVM on the one GPU
 # (parity tests, no timings), while the llama-1b-shape model is generated on the CPU cores; then, one after
-# another, the benchmark stages named in PAR_STAGES (default e2e; any of attention,policies,cce,e2e,e2epol,peer),
+# another, the benchmark stages named in PAR_STAGES (default e2e; any of attention,policies,cce,e2e,e2epol,peer,selprofile),
 # each with TP_JOPTS plus PAR_JOPTS_<stage> (e.g. PAR_JOPTS_e2epol="-Dtokenpress.cuda.fusedSelect=true": JVM options
 # for that stage alone). The summaries go to OUT/gpu-summary.txt group by group.
 run_parallel() {

@@ -2,7 +2,9 @@
 """Summarise an Nsight Compute CSV (--csv --log-file, metrics gpu__time_duration.sum and dram__bytes_read.sum /
 dram__bytes_write.sum) per kernel name: launches, total and mean time, DRAM bytes, achieved bandwidth.
 
-    python3 scripts/ncu_summary.py ncu.csv
+    python3 scripts/ncu_summary.py ncu.csv [--templates]
+
+--templates keeps the template arguments in the kernel names (one row per instantiation).
 """
 import csv
 import re
@@ -13,11 +15,14 @@ TIME = {"nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecond": 1e-
 BYTES = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9, "B": 1}
 
 
+KEEP_TEMPLATES = False
+
+
 def short(name):
     name = name.replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
     name = re.sub(r"^void ", "", name)
-    name = re.sub(r"\(.*", "", name)          # drop the parameter list
-    return re.sub(r"<.*>", "<>", name)        # collapse template arguments
+    name = re.sub(r"\((?![^<]*>).*", "", name)  # drop the parameter list (not a parenthesis inside template arguments)
+    return name if KEEP_TEMPLATES else re.sub(r"<.*>", "<>", name)  # collapse template arguments
 
 
 def main(path):
@@ -56,4 +61,5 @@ def main(path):
 
 
 if __name__ == "__main__":
+    KEEP_TEMPLATES = "--templates" in sys.argv[2:]
     main(sys.argv[1])

@@ -59,7 +59,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0 [table|main]]] | e2epol-cpu <model-dir> [contexts [warmup [steps]]] | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | selprofile | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0 [table|main]]] | e2epol-cpu <model-dir> [contexts [warmup [steps]]] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -90,6 +90,7 @@ public final class KernelBench {
                 quantPolicies(gpu, out);
                 if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), null, false, out);
             }
+            if (what.equals("selprofile")) policies(gpu, out); // the attention/selection table alone (under a profiler)
             if (what.equals("gemv")) gemvSweep(gpu, bw, out);
             if (what.equals("attnsweep")) splitSweep(gpu, bw, out);
             if (what.equals("e2epol")) {
@@ -176,6 +177,17 @@ public final class KernelBench {
     }
 
 
+    /**
+     * The contexts of the policies mode's attention table: 8192, 32768 and 131072, or those listed in
+     * {@code -Dtokenpress.bench.policyContexts} (comma-separated; e.g. one context under a profiler, with fewer timed
+     * calls per figure from {@code -Dtokenpress.bench.policyIters}).
+     */
+    static int[] policyContexts() {
+        String v = System.getProperty("tokenpress.bench.policyContexts");
+        if (v == null || v.isBlank()) return new int[] {8192, 32768, 131072};
+        return java.util.Arrays.stream(v.split(",")).mapToInt(c -> Integer.parseInt(c.trim())).toArray();
+    }
+
     /** TidalDecode's k for the policies mode (the target: tidal:k=2048). */
     static final int POLICY_K = 2048;
 
@@ -188,8 +200,9 @@ public final class KernelBench {
     public static void policies(CudaBackend gpu, PrintStream out) {
         out.println("| context | full µs | tidal k=" + POLICY_K + " attention µs | selection µs | selection + attention µs | attention speed-up | KV bytes/layer full | KV bytes/layer tidal |");
         out.println("|---|---|---|---|---|---|---|---|");
-        for (int ctx : new int[] {8192, 32768, 131072}) {
-            CudaKernelBench.PolicyAttentionResult r = CudaKernelBench.tidalAttention(gpu, 32, 8, 64, ctx, POLICY_K, ctx >= 65536 ? 50 : 200);
+        for (int ctx : policyContexts()) {
+            int iters = Integer.getInteger("tokenpress.bench.policyIters", ctx >= 65536 ? 50 : 200); // fewer under a profiler
+            CudaKernelBench.PolicyAttentionResult r = CudaKernelBench.tidalAttention(gpu, 32, 8, 64, ctx, POLICY_K, iters);
             out.printf("| %d | %.2f | %.2f | %.2f | %.2f | %.1fx | %d | %d |%n", ctx, r.fullUs(), r.sparseUs(), r.selectUs(),
                     r.selectPlusSparseUs(), r.fullUs() / r.sparseUs(), r.kvBytesPerLayer(), r.kvBytesPerLayer());
             String k = "pol_" + ctx;
@@ -296,7 +309,7 @@ public final class KernelBench {
      * vs full bf16 attention (quant_<ctx>_tidal_int4_select_us, _sparse_us, _speedup).
      */
     /** Split settings of the quantized decode attention swept for int4: {max splits, rows per split}. */
-    static final int[][] KVQ_SPLITS = {{128, 128}, {256, 128}, {128, 64}, {256, 64}, {512, 32}, {1024, 32}};
+    static final int[][] KVQ_SPLITS = {{128, 128}, {32, 128}, {16, 128}, {8, 128}, {32, 64}, {16, 256}};
 
     public static void quantPolicies(CudaBackend gpu, PrintStream out) {
         out.println("| context | KV | attention µs | speed-up vs bf16 | KV bytes/layer | memory vs bf16 |");
@@ -338,8 +351,9 @@ public final class KernelBench {
                     }
                 }
                 if (spec.equals("int4")) {
-                    // the same calls with other split counts than the default 64 of 128 slots (tp_kvq_set_splits): the
-                    // kernel runs about 16 warps per SM with the default, so more splits may hide more latency
+                    // the same calls with other split counts than the default 64 of 128 slots (tp_kvq_set_splits): on
+                    // the H200 more splits were slower at every context (128 of 128: 73.1 against 65.3 µs at 32K), so
+                    // the sweep now tries fewer
                     CudaKernelBench.QuantAttentionResult qs = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, iters, 0, KVQ_SPLITS);
                     for (int i = 0; i < KVQ_SPLITS.length; i++) {
                         int[] mr = KVQ_SPLITS[i];
@@ -407,7 +421,7 @@ public final class KernelBench {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
             ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_SHAPE, 1, s -> System.err.println("make-model: " + s));
         LlamaConfig cfg = ConfigLoader.load(dir);
-        int steps = 32;
+        int steps = 64; // decode steps per run (after the warm-up steps); 32 for the other policies' table
         try (SafeTensors st = SafeTensors.open(dir)) {
             Weights w = Weights.load(st, cfg, gpu, null);
             Llama m = new Llama(cfg, w, gpu, 256);
@@ -421,6 +435,7 @@ public final class KernelBench {
                     // tidal_fused: the selection made from the selection layers' attention (CudaBackend.setFusedSelect)
                     boolean fusedBefore = gpu.fusedSelect();
                     if (name.equals("tidal_fused")) gpu.setFusedSelect(true);
+                    if (name.equals("tidal")) gpu.setFusedSelect(false);
                     // the run's switch (a system property read at each use), restored after
                     String[] sw = run[3] == null ? null : run[3].split("=", 2);
                     String swBefore = sw == null ? null : System.getProperty(sw[0]);
@@ -450,7 +465,7 @@ public final class KernelBench {
                         else if (sw != null) System.setProperty(sw[0], swBefore);
                     }
                 }
-                if (everyPolicy && table) policyTable(gpu, m, cfg, ctx, POLICY_TABLE_SPECS, steps, full, out);
+                if (everyPolicy && table) policyTable(gpu, m, cfg, ctx, POLICY_TABLE_SPECS, 32, full, out);
             }
             m.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
         }

@@ -38,6 +38,7 @@ import java.util.stream.Stream;
 
 import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Exact;
 import static dev.tokenpress.backend.cuda.CudaParityTest.nmse;
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
@@ -449,8 +450,7 @@ class CudaPolicyModelParityTest {
     }
 
     /**
-     * Quest with its page selection in device memory ({@code CudaBackend.selectTopPages}, opt-in until it has passed
-     * on a GPU): the same criteria against the CPU, and the run must make its selections on the device.
+     * Quest with its page selection in device memory ({@code CudaBackend.selectTopPages}, the default): the same criteria against the CPU, and the run must make its selections on the device.
      */
     @ParameterizedTest(name = "cuda device quest {0}")
     @org.junit.jupiter.params.provider.ValueSource(strings = {"quest:budget=32,page=8,dense_layers=1",
@@ -467,8 +467,7 @@ class CudaPolicyModelParityTest {
     }
 
     /**
-     * TokenSelect with its vote in device memory ({@code CudaBackend.selectTokenVotes}, opt-in until it has passed on a
-     * GPU): the same criteria against the CPU, every selection made on the device, graphs replayed.
+     * TokenSelect with its vote in device memory ({@code CudaBackend.selectTokenVotes}, the default): the same criteria against the CPU, every selection made on the device, graphs replayed.
      */
     @ParameterizedTest(name = "cuda device tokenselect {0}")
     @org.junit.jupiter.params.provider.ValueSource(strings = {"tokenselect:k=16,init=4,local=8"})
@@ -477,11 +476,14 @@ class CudaPolicyModelParityTest {
         Run ref = cpuRun(spec);
         DeviceRun d = runWith("tokenpress.cuda.deviceTokenSelect", spec, ref.fed);
         Run hostVote;
-        CudaBackend gpu2 = CudaBackend.open(); // the same model on CUDA with the host's vote (the default)
+        System.setProperty("tokenpress.cuda.deviceTokenSelect", "false"); // the same model on CUDA with the host's vote
+        CudaBackend gpu2 = CudaBackend.open();
         try {
             hostVote = run(gpu2, spec, ref.fed);
+            assertEquals(0, gpu2.tokenVoteCalls(), spec + ": the run meant to vote on the host voted on the device");
         } finally {
             gpu2.close();
+            System.clearProperty("tokenpress.cuda.deviceTokenSelect");
         }
         Run got = d.run();
         compare("cuda device tokenselect " + spec + " (" + d.graphs() + ")", ref, got);

@@ -31,7 +31,7 @@ class CudaQuestSelectParityTest {
 
     @BeforeAll
     static void open() {
-        System.setProperty("tokenpress.cuda.deviceQuest", "true"); // opt-in until it has passed on a GPU
+        System.setProperty("tokenpress.cuda.deviceQuest", "true"); // the default, whatever the environment says
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         gpu = CudaBackend.open();
     }

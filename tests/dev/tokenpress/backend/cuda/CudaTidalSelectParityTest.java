@@ -73,7 +73,7 @@ class CudaTidalSelectParityTest {
 
     @BeforeAll
     static void open() {
-        System.setProperty("tokenpress.cuda.deviceSelect", "true"); // the code under test is opt-in until it has passed on a GPU
+        System.setProperty("tokenpress.cuda.deviceSelect", "true"); // the default, whatever the environment says
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         cpu = new CpuBackend();
         gpu = CudaBackend.open();

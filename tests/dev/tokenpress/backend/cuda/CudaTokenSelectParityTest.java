@@ -32,7 +32,7 @@ class CudaTokenSelectParityTest {
 
     @BeforeAll
     static void open() {
-        System.setProperty("tokenpress.cuda.deviceTokenSelect", "true"); // opt-in until it has passed on a GPU
+        System.setProperty("tokenpress.cuda.deviceTokenSelect", "true"); // the default, whatever the environment says
         Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
         gpu = CudaBackend.open();
     }
