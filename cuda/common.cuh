@@ -118,7 +118,7 @@ inline int check_group_q_in_smem(const char* fn, int group, int head_dim) {
     return TP_OK;
 }
 
-// The checks of tp_rope_store_kv's cache-side arguments, shared with the q/k/v GEMV's RoPE + KV store epilogue.
+// The checks of tp_rope_store_kv's cache-side arguments.
 inline int check_rope_store_args(const char* fn, uint64_t positions, uint64_t inv_freq, float scale,
                                  uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
                                  uint64_t token_pos, int layer, int kv_heads, int head_dim, int capacity) {

@@ -14,7 +14,6 @@
 // read at most a given number of bytes of weights: a block resident while the previous kernel runs then streams
 // its whole share of the matrix during that kernel's latency-bound tail instead of after it.
 #include "common.cuh"
-#include "gemv_tail.cuh"
 
 namespace {
 
@@ -122,10 +121,10 @@ __device__ __forceinline__ void load_x8(const float* __restrict__ x, int I, int 
     }
 }
 
-template <int NX, int WPR, bool Tail>
+template <int NX, int WPR>
 __global__ void __launch_bounds__(kGemvThreads)
 gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uint16_t* __restrict__ w,
-                 const float* __restrict__ bias, int O, int I, int accumulate, int prefetch, NormTail tail) {
+                 const float* __restrict__ bias, int O, int I, int accumulate, int prefetch) {
     constexpr int RPB = kGemvWarps / WPR;   // rows per block
     constexpr int U = NX == 1 ? 8 : 4;      // 16-byte weight loads in flight per lane
     __shared__ float red[kGemvWarps][NX];
@@ -179,7 +178,7 @@ gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uin
 #pragma unroll
     for (int r = 0; r < NX; r++) acc[r] = warp_sum(acc[r]);
 
-    if constexpr (WPR == 1) {
+    if (WPR == 1) {
         if (row < O && lane == 0) {
             float b = bias ? bias[row] : 0.f;
 #pragma unroll
@@ -189,35 +188,34 @@ gemv_bf16_kernel(float* __restrict__ out, const float* __restrict__ x, const uin
                 *o = accumulate ? *o + v : v;  // accumulate: the residual add x += y of the unfused path
             }
         }
-    } else {
-        if (lane == 0) {
-#pragma unroll
-            for (int r = 0; r < NX; r++) red[warp][r] = acc[r];
-        }
-        __syncthreads();
-        if (row < O && part == 0 && lane < NX) {
-            float s = 0.f;
-#pragma unroll
-            for (int p = 0; p < WPR; p++) s += red[warp + p][lane];
-            if (bias) s += bias[row];
-            float* o = out + (int64_t)lane * O + row;
-            *o = accumulate ? *o + s : s;
-        }
+        return;
     }
-    if constexpr (Tail) gemv_norm_tail(tail, out, NX, O);  // the whole block
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < NX; r++) red[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (row < O && part == 0 && lane < NX) {
+        float s = 0.f;
+#pragma unroll
+        for (int p = 0; p < WPR; p++) s += red[warp + p][lane];
+        if (bias) s += bias[row];
+        float* o = out + (int64_t)lane * O + row;
+        *o = accumulate ? *o + s : s;
+    }
 }
 
 template <int NX>
 int launch_gemv_nx(int wpr, float* out, const float* x, const uint16_t* w, const float* bias, int O, int I,
-                   cudaStream_t s, int accumulate = 0, const NormTail& tail = NormTail{}) {
+                   cudaStream_t s, int accumulate = 0) {
     int rpb = kGemvWarps / wpr;
     dim3 grid((unsigned)ceil_div(O, rpb));
+    auto k = wpr == 1 ? gemv_bf16_kernel<NX, 1>
+           : wpr == 2 ? gemv_bf16_kernel<NX, 2>
+           : wpr == 4 ? gemv_bf16_kernel<NX, 4> : gemv_bf16_kernel<NX, 8>;
     const int pf = want_prefetch((int64_t)O * I * 2) ? 1 : 0;
-    return by_wpr_tail(wpr, tail.counter != nullptr, [&](auto wc, auto tc) {
-        auto k = gemv_bf16_kernel<NX, decltype(wc)::value, decltype(tc)::value>;
-        TP_LAUNCH("gemv_bf16_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, w, bias, O, I, accumulate, pf, tail);
-        return TP_OK;
-    });
+    TP_LAUNCH("gemv_bf16_kernel", k, grid, dim3(kGemvThreads), 0, s, out, x, w, bias, O, I, accumulate, pf);
+    return TP_OK;
 }
 
 // Warps per row: the fewest (longest runs of loads per warp) that still give about two blocks per SM, but never
@@ -320,10 +318,10 @@ struct GemvSegs {
     int end0, end1;  // first block of matrix 1 and of matrix 2
 };
 
-template <int NX, int WPR, bool Tail>
+template <int NX, int WPR>
 __global__ void __launch_bounds__(kGemvThreads)
 gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I, const float* __restrict__ nw, float eps,
-                  int prefetch, RopeStoreTail tail) {
+                  int prefetch) {
     constexpr int RPB = kGemvWarps / WPR;
     constexpr int U = NX == 1 ? 8 : 4;
     __shared__ float red[kGemvWarps][NX];
@@ -343,13 +341,11 @@ gemv_multi_kernel(GemvSegs sg, const float* __restrict__ x, int I, const float* 
     gemv_row_partial<NX, WPR, U>(w + (int64_t)min(row, O - 1) * I, x, I, warp % WPR, lane, row < O, acc, nw, eps,
                                  prefetch ? w : nullptr, (b - first) * RPB, RPB, O);
     gemv_reduce<NX, WPR>(acc, red, warp, lane);
-    if (row < O && warp % WPR == 0) {
-        const float bb = bias ? bias[row] : 0.f;
+    if (row >= O || warp % WPR != 0) return;
+    const float bb = bias ? bias[row] : 0.f;
 #pragma unroll
-        for (int r = 0; r < NX; r++)
-            if (lane == r) out[(int64_t)r * O + row] = acc[r] + bb;
-    }
-    if constexpr (Tail) gemv_rope_store_tail(tail, NX);  // the whole block
+    for (int r = 0; r < NX; r++)
+        if (lane == r) out[(int64_t)r * O + row] = acc[r] + bb;
 }
 
 // Gate/up GEMV + SwiGLU: the WPR warps of row o read gate row o and up row o together (one x load serves
@@ -436,13 +432,13 @@ gemv_swiglu_kernel(float* __restrict__ out, const float* __restrict__ x, const u
 
 template <int NX>
 int launch_gemv_multi_nx(int wpr, dim3 grid, const GemvSegs& sg, const float* x, int I, cudaStream_t s,
-                         const float* nw = nullptr, float eps = 0.f, const RopeStoreTail& tail = RopeStoreTail{}) {
+                         const float* nw = nullptr, float eps = 0.f) {
+    auto k = wpr == 1 ? gemv_multi_kernel<NX, 1>
+           : wpr == 2 ? gemv_multi_kernel<NX, 2>
+           : wpr == 4 ? gemv_multi_kernel<NX, 4> : gemv_multi_kernel<NX, 8>;
     const int pf = want_prefetch(((int64_t)sg.rows0 + sg.rows1 + sg.rows2) * I * 2) ? 1 : 0;
-    return by_wpr_tail(wpr, tail.counter != nullptr, [&](auto wc, auto tc) {
-        auto k = gemv_multi_kernel<NX, decltype(wc)::value, decltype(tc)::value>;
-        TP_LAUNCH("gemv_multi_kernel", k, grid, dim3(kGemvThreads), 0, s, sg, x, I, nw, eps, pf, tail);
-        return TP_OK;
-    });
+    TP_LAUNCH("gemv_multi_kernel", k, grid, dim3(kGemvThreads), 0, s, sg, x, I, nw, eps, pf);
+    return TP_OK;
 }
 
 template <int NX>
@@ -462,7 +458,7 @@ int launch_gemv_swiglu_nx(int wpr, float* out, const float* x, const uint16_t* w
 extern "C" {
 
 static int gemv_impl(const char* fn, uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n, int out_dim,
-                     int in_dim, int accumulate, uint64_t stream, const NormTail& tail = NormTail{}) {
+                     int in_dim, int accumulate, uint64_t stream) {
     TP_REQUIRE(out != 0, fn, "out");
     TP_REQUIRE(x != 0, fn, "x");
     TP_REQUIRE(w != 0, fn, "w");
@@ -480,10 +476,10 @@ static int gemv_impl(const char* fn, uint64_t out, uint64_t x, uint64_t w, uint6
     float* op = TP_PTR(float, out);
     int wpr = pick_wpr(out_dim, in_dim);
     switch (n) {
-        case 1: return launch_gemv_nx<1>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate, tail);
-        case 2: return launch_gemv_nx<2>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate, tail);
-        case 3: return launch_gemv_nx<3>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate, tail);
-        default: return launch_gemv_nx<4>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate, tail);
+        case 1: return launch_gemv_nx<1>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
+        case 2: return launch_gemv_nx<2>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
+        case 3: return launch_gemv_nx<3>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
+        default: return launch_gemv_nx<4>(wpr, op, xp, wp, bp, out_dim, in_dim, s, accumulate);
     }
 }
 
@@ -513,19 +509,9 @@ int tp_gemv_bf16_acc(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n,
     return gemv_impl("tp_gemv_bf16_acc", out, x, w, bias, n, out_dim, in_dim, 1, stream);
 }
 
-int tp_gemv_bf16_acc_rmsnorm(uint64_t out, uint64_t x, uint64_t w, int n, int out_dim, int in_dim, uint64_t norm_out,
-                             uint64_t norm_w, float eps, uint64_t counter, uint64_t stream) {
-    const char* fn = "tp_gemv_bf16_acc_rmsnorm";
-    int rc = check_norm_tail(fn, out, x, n, out_dim, in_dim, norm_out, norm_w, counter);
-    if (rc != TP_OK) return rc;
-    NormTail t{TP_PTR(int, counter), TP_PTR(float, norm_out), TP_PTR(const float, norm_w), eps};
-    return gemv_impl(fn, out, x, w, 0, n, out_dim, in_dim, 1, stream, t);
-}
-
 static int gemv_multi_impl(const char* fn, uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1,
                            uint64_t w1, uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t bias2,
-                           int rows2, uint64_t x, uint64_t norm_w, float eps, int n, int in_dim, uint64_t stream,
-                           const RopeStoreTail& tail = RopeStoreTail{}) {
+                           int rows2, uint64_t x, uint64_t norm_w, float eps, int n, int in_dim, uint64_t stream) {
     TP_REQUIRE(out0 != 0, fn, "out0");
     TP_REQUIRE(w0 != 0, fn, "w0");
     TP_REQUIRE(rows0 > 0, fn, "rows0");
@@ -553,10 +539,10 @@ static int gemv_multi_impl(const char* fn, uint64_t out0, uint64_t w0, uint64_t 
     const float* xp = TP_PTR(const float, x);
     const float* nw = TP_PTR(const float, norm_w);
     switch (n) {
-        case 1: return launch_gemv_multi_nx<1>(wpr, grid, sg, xp, in_dim, s, nw, eps, tail);
-        case 2: return launch_gemv_multi_nx<2>(wpr, grid, sg, xp, in_dim, s, nw, eps, tail);
-        case 3: return launch_gemv_multi_nx<3>(wpr, grid, sg, xp, in_dim, s, nw, eps, tail);
-        default: return launch_gemv_multi_nx<4>(wpr, grid, sg, xp, in_dim, s, nw, eps, tail);
+        case 1: return launch_gemv_multi_nx<1>(wpr, grid, sg, xp, in_dim, s, nw, eps);
+        case 2: return launch_gemv_multi_nx<2>(wpr, grid, sg, xp, in_dim, s, nw, eps);
+        case 3: return launch_gemv_multi_nx<3>(wpr, grid, sg, xp, in_dim, s, nw, eps);
+        default: return launch_gemv_multi_nx<4>(wpr, grid, sg, xp, in_dim, s, nw, eps);
     }
 }
 
@@ -565,21 +551,6 @@ int tp_gemv_bf16_multi(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, ui
                        int n, int in_dim, uint64_t stream) {
     return gemv_multi_impl("tp_gemv_bf16_multi", out0, w0, bias0, rows0, out1, w1, bias1, rows1, out2, w2, bias2,
                            rows2, x, 0, 0.f, n, in_dim, stream);
-}
-
-int tp_gemv_bf16_multi_rope_store_kv(uint64_t out0, uint64_t w0, uint64_t bias0, uint64_t out1, uint64_t w1,
-                                     uint64_t bias1, uint64_t out2, uint64_t w2, uint64_t bias2, uint64_t x, int n,
-                                     int in_dim, int heads, int kv_heads, int head_dim, uint64_t positions,
-                                     uint64_t inv_freq, float scale, uint64_t key_cache, uint64_t value_cache,
-                                     uint64_t pos_cache, uint64_t slots, uint64_t token_pos, int layer, int capacity,
-                                     uint64_t counter, uint64_t stream) {
-    const char* fn = "tp_gemv_bf16_multi_rope_store_kv";
-    RopeStoreTail t;
-    int rc = make_rope_store_tail(fn, out0, out1, out2, x, n, in_dim, heads, kv_heads, head_dim, positions, inv_freq,
-                                  scale, key_cache, value_cache, pos_cache, slots, token_pos, layer, capacity, counter, t);
-    if (rc != TP_OK) return rc;
-    return gemv_multi_impl(fn, out0, w0, bias0, heads * head_dim, out1, w1, bias1, kv_heads * head_dim, out2, w2, bias2,
-                           kv_heads * head_dim, x, 0, 0.f, n, in_dim, stream, t);
 }
 
 int tp_gemv_bf16_multi_norm(uint64_t out0, uint64_t w0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,

@@ -28,7 +28,6 @@
 #include <type_traits>
 
 #include "common.cuh"
-#include "gemv_tail.cuh"
 
 namespace {
 
@@ -395,11 +394,10 @@ __device__ __forceinline__ void q8_row_blocks(int nrb, F& f) {
     }
 }
 
-template <int NX, int WPR, int V, bool Tail>
+template <int NX, int WPR, int V>
 __global__ void __launch_bounds__(kQ8Threads)
 gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8_t* __restrict__ w,
-               const float* __restrict__ scales, const float* __restrict__ bias, int O, int I, int accumulate,
-               NormTail tail) {
+               const float* __restrict__ scales, const float* __restrict__ bias, int O, int I, int accumulate) {
     constexpr int RPB = kQ8Warps / WPR;
     __shared__ float red[kQ8Warps][NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -431,7 +429,6 @@ gemv_q8_kernel(float* __restrict__ out, const float* __restrict__ x, const uint8
         }
     };
     q8_row_blocks<V, WPR>(nrb, row_block);
-    if constexpr (Tail) gemv_norm_tail(tail, out, NX, O);  // the whole block
 }
 
 // Up to three Q8_0 matrices with the same x in one launch (q, k, v): blocks [0, end0) cover matrix 0,
@@ -467,9 +464,9 @@ __device__ __forceinline__ Q8SegBlock q8_seg_block(const Q8Segs& sg, int b, int 
     return r;
 }
 
-template <int NX, int WPR, int V, bool Tail>
+template <int NX, int WPR, int V>
 __global__ void __launch_bounds__(kQ8Threads)
-gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I, RopeStoreTail tail) {
+gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I) {
     constexpr int RPB = kQ8Warps / WPR;
     __shared__ float red[kQ8Warps][NX];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -506,7 +503,6 @@ gemv_q8_multi_kernel(Q8Segs sg, const float* __restrict__ x, int I, RopeStoreTai
     } else {
         row_block(first);
     }
-    if constexpr (Tail) gemv_rope_store_tail(tail, NX);  // the whole block
 }
 
 // Gate/up Q8_0 GEMVs + SwiGLU: out[r, o] = silu(x·g_o) * (x·u_o), the formula of swiglu_kernel. No bias.
@@ -592,28 +588,25 @@ unsigned q8_grid(K kernel, int nrb, size_t smem) {
 
 template <int NX, int V>
 int launch_q8(int wpr, float* out, const float* x, const uint8_t* w, const float* scales, const float* bias, int O,
-              int I, int accumulate, cudaStream_t s, const NormTail& tail = NormTail{}) {
+              int I, int accumulate, cudaStream_t s) {
     const int rpb = kQ8Warps / wpr;
     dim3 grid((unsigned)ceil_div(O, rpb));
+    auto k = wpr == 1 ? gemv_q8_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_kernel<NX, 2, V>
+           : wpr == 4 ? gemv_q8_kernel<NX, 4, V> : gemv_q8_kernel<NX, 8, V>;
     const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
-    return by_wpr_tail(wpr, tail.counter != nullptr, [&](auto wc, auto tc) {
-        auto k = gemv_q8_kernel<NX, decltype(wc)::value, V, decltype(tc)::value>;
-        grid.x = q8_grid<V>(k, (int)grid.x, smem);
-        TP_LAUNCH("gemv_q8_kernel", k, grid, dim3(kQ8Threads), smem, s, out, x, w, scales, bias, O, I, accumulate, tail);
-        return TP_OK;
-    });
+    grid.x = q8_grid<V>(k, (int)grid.x, smem);
+    TP_LAUNCH("gemv_q8_kernel", k, grid, dim3(kQ8Threads), smem, s, out, x, w, scales, bias, O, I, accumulate);
+    return TP_OK;
 }
 
 template <int NX, int V>
-int launch_q8_multi(int wpr, dim3 grid, const Q8Segs& sg, const float* x, int I, cudaStream_t s,
-                    const RopeStoreTail& tail = RopeStoreTail{}) {
+int launch_q8_multi(int wpr, dim3 grid, const Q8Segs& sg, const float* x, int I, cudaStream_t s) {
+    auto k = wpr == 1 ? gemv_q8_multi_kernel<NX, 1, V> : wpr == 2 ? gemv_q8_multi_kernel<NX, 2, V>
+           : wpr == 4 ? gemv_q8_multi_kernel<NX, 4, V> : gemv_q8_multi_kernel<NX, 8, V>;
     const size_t smem = V == 4 ? (size_t)q8_x_smem_bytes(NX, I) : 0;
-    return by_wpr_tail(wpr, tail.counter != nullptr, [&](auto wc, auto tc) {
-        auto k = gemv_q8_multi_kernel<NX, decltype(wc)::value, V, decltype(tc)::value>;
-        grid.x = q8_grid<V>(k, (int)grid.x, smem);
-        TP_LAUNCH("gemv_q8_multi_kernel", k, grid, dim3(kQ8Threads), smem, s, sg, x, I, tail);
-        return TP_OK;
-    });
+    grid.x = q8_grid<V>(k, (int)grid.x, smem);
+    TP_LAUNCH("gemv_q8_multi_kernel", k, grid, dim3(kQ8Threads), smem, s, sg, x, I);
+    return TP_OK;
 }
 
 template <int NX, int V>
@@ -702,8 +695,9 @@ __global__ void embedding_q8_kernel(float* __restrict__ out, const uint8_t* __re
 
 extern "C" {
 
-static int gemv_q8_impl(const char* fn, uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t bias, int n,
-                        int out_dim, int in_dim, int accumulate, uint64_t stream, const NormTail& tail) {
+int tp_gemv_q8(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t bias, int n, int out_dim, int in_dim,
+               int accumulate, uint64_t stream) {
+    const char* fn = "tp_gemv_q8";
     TP_REQUIRE(out != 0, fn, "out");
     TP_REQUIRE(x != 0, fn, "x");
     TP_REQUIRE(w != 0, fn, "w");
@@ -723,29 +717,14 @@ static int gemv_q8_impl(const char* fn, uint64_t out, uint64_t x, uint64_t w, ui
     const float* bi = TP_PTR(const float, bias);
     cudaStream_t s = TP_STREAM(stream);
     return by_rows(n, in_dim, [&](auto nx, auto v) {
-        return launch_q8<decltype(nx)::value, decltype(v)::value>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s,
-                                                                   tail);
+        return launch_q8<decltype(nx)::value, decltype(v)::value>(wpr, o, xi, wi, si, bi, out_dim, in_dim, accumulate, s);
     });
 }
 
-int tp_gemv_q8(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, uint64_t bias, int n, int out_dim, int in_dim,
-               int accumulate, uint64_t stream) {
-    return gemv_q8_impl("tp_gemv_q8", out, x, w, scales, bias, n, out_dim, in_dim, accumulate, stream, NormTail{});
-}
-
-int tp_gemv_q8_acc_rmsnorm(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, int n, int out_dim, int in_dim,
-                           uint64_t norm_out, uint64_t norm_w, float eps, uint64_t counter, uint64_t stream) {
-    const char* fn = "tp_gemv_q8_acc_rmsnorm";
-    int rc = check_norm_tail(fn, out, x, n, out_dim, in_dim, norm_out, norm_w, counter);
-    if (rc != TP_OK) return rc;
-    NormTail t{TP_PTR(int, counter), TP_PTR(float, norm_out), TP_PTR(const float, norm_w), eps};
-    return gemv_q8_impl(fn, out, x, w, scales, 0, n, out_dim, in_dim, 1, stream, t);
-}
-
-static int gemv_q8_multi_impl(const char* fn, uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, int rows0,
-                              uint64_t out1, uint64_t w1, uint64_t s1, uint64_t bias1, int rows1, uint64_t out2,
-                              uint64_t w2, uint64_t s2, uint64_t bias2, int rows2, uint64_t x, int n, int in_dim,
-                              uint64_t stream, const RopeStoreTail& tail) {
+int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
+                     uint64_t s1, uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t s2, uint64_t bias2,
+                     int rows2, uint64_t x, int n, int in_dim, uint64_t stream) {
+    const char* fn = "tp_gemv_q8_multi";
     TP_REQUIRE(out0 != 0 && w0 != 0 && s0 != 0, fn, "out0/w0/s0");
     TP_REQUIRE(rows0 > 0, fn, "rows0");
     TP_REQUIRE(rows1 >= 0 && (rows1 == 0 || (out1 != 0 && w1 != 0 && s1 != 0)), fn, "rows1");
@@ -769,30 +748,8 @@ static int gemv_q8_multi_impl(const char* fn, uint64_t out0, uint64_t w0, uint64
     const float* xi = TP_PTR(const float, x);
     cudaStream_t s = TP_STREAM(stream);
     return by_rows(n, in_dim, [&](auto nx, auto v) {
-        return launch_q8_multi<decltype(nx)::value, decltype(v)::value>(wpr, dim3(blocks), sg, xi, in_dim, s, tail);
+        return launch_q8_multi<decltype(nx)::value, decltype(v)::value>(wpr, dim3(blocks), sg, xi, in_dim, s);
     });
-}
-
-int tp_gemv_q8_multi(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, int rows0, uint64_t out1, uint64_t w1,
-                     uint64_t s1, uint64_t bias1, int rows1, uint64_t out2, uint64_t w2, uint64_t s2, uint64_t bias2,
-                     int rows2, uint64_t x, int n, int in_dim, uint64_t stream) {
-    return gemv_q8_multi_impl("tp_gemv_q8_multi", out0, w0, s0, bias0, rows0, out1, w1, s1, bias1, rows1, out2, w2, s2,
-                              bias2, rows2, x, n, in_dim, stream, RopeStoreTail{});
-}
-
-int tp_gemv_q8_multi_rope_store_kv(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, uint64_t out1, uint64_t w1,
-                                   uint64_t s1, uint64_t bias1, uint64_t out2, uint64_t w2, uint64_t s2,
-                                   uint64_t bias2, uint64_t x, int n, int in_dim, int heads, int kv_heads,
-                                   int head_dim, uint64_t positions, uint64_t inv_freq, float scale,
-                                   uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
-                                   uint64_t token_pos, int layer, int capacity, uint64_t counter, uint64_t stream) {
-    const char* fn = "tp_gemv_q8_multi_rope_store_kv";
-    RopeStoreTail t;
-    int rc = make_rope_store_tail(fn, out0, out1, out2, x, n, in_dim, heads, kv_heads, head_dim, positions, inv_freq,
-                                  scale, key_cache, value_cache, pos_cache, slots, token_pos, layer, capacity, counter, t);
-    if (rc != TP_OK) return rc;
-    return gemv_q8_multi_impl(fn, out0, w0, s0, bias0, heads * head_dim, out1, w1, s1, bias1, kv_heads * head_dim, out2,
-                              w2, s2, bias2, kv_heads * head_dim, x, n, in_dim, stream, t);
 }
 
 int tp_gemv_q8_swiglu(uint64_t out, uint64_t x, uint64_t w_gate, uint64_t s_gate, uint64_t w_up, uint64_t s_up, int n,

@@ -133,7 +133,7 @@ run_checks() {
                -Dorg.bytedeco.javacpp.cachedir="$WORK/javacpp-cache${JUNIT_TAG:-}"
                -DRUST_FLAVOR=cpu -Dai.djl.offline=true -DDJL_CACHE_DIR="$WORK/djl${JUNIT_TAG:-}")  # the tokenizer's bundled cpu library, never a download
   # TP_JOPTS: extra JVM options for every Java stage, e.g. opt-in kernel paths:
-  # TP_JOPTS="-Dtokenpress.cuda.gemvNormTail=true -Dtokenpress.cuda.gemvRopeTail=true"
+  # TP_JOPTS="-Dtokenpress.cuda.kvqSplits=128x128"
   # shellcheck disable=SC2206
   [[ -n "${TP_JOPTS:-}" ]] && JOPTS+=(${TP_JOPTS})
 

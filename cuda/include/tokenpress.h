@@ -244,42 +244,6 @@ int tp_gemv_bf16_acc(uint64_t out, uint64_t x, uint64_t w, uint64_t bias, int n,
                      uint64_t stream);
 
 /**
- * tp_gemv_bf16_acc followed, in the same launch, by the RMSNorm of the updated rows: out[r] += x[r] · w^T, then
- * norm_out[r] = out[r] * (1 / sqrt(mean(out[r]^2) + eps)) * norm_w (f32 [out_dim]) — what tp_gemv_bf16 into a
- * scratch y and tp_add_rmsnorm(norm_out, out, y, norm_w) compute (the sum of squares in another order), without the
- * second kernel: the last block of the grid to finish computes the norm. counter: a device int32, 0 before the
- * first call and left 0 by every call (stream order; one counter per stream). norm_out must overlap neither out
- * nor x, out not x. No bias. Same limits as tp_gemv_bf16.
- */
-int tp_gemv_bf16_acc_rmsnorm(uint64_t out, uint64_t x, uint64_t w, int n, int out_dim, int in_dim, uint64_t norm_out,
-                             uint64_t norm_w, float eps, uint64_t counter, uint64_t stream);
-
-/** tp_gemv_bf16_acc_rmsnorm over Q8_0 weights (codes w, scales as tp_gemv_q8). Same limits as tp_gemv_q8. */
-int tp_gemv_q8_acc_rmsnorm(uint64_t out, uint64_t x, uint64_t w, uint64_t scales, int n, int out_dim, int in_dim,
-                           uint64_t norm_out, uint64_t norm_w, float eps, uint64_t counter, uint64_t stream);
-
-/**
- * tp_gemv_bf16_multi of q [n, heads*head_dim] (out0), k and v [n, kv_heads*head_dim] (out1, out2) followed, in the
- * same launch, by tp_rope_store_kv's work on them (the same arguments, the same f32 arithmetic): q and k rotated in
- * place, k and v stored as bf16 into the slots, the slots' positions written. The last block of the grid to finish
- * runs it; counter as in tp_gemv_bf16_acc_rmsnorm. q, k, v overlap neither each other nor x; n <= 4.
- */
-int tp_gemv_bf16_multi_rope_store_kv(uint64_t out0, uint64_t w0, uint64_t bias0, uint64_t out1, uint64_t w1,
-                                     uint64_t bias1, uint64_t out2, uint64_t w2, uint64_t bias2, uint64_t x, int n,
-                                     int in_dim, int heads, int kv_heads, int head_dim, uint64_t positions,
-                                     uint64_t inv_freq, float scale, uint64_t key_cache, uint64_t value_cache,
-                                     uint64_t pos_cache, uint64_t slots, uint64_t token_pos, int layer, int capacity,
-                                     uint64_t counter, uint64_t stream);
-
-/** tp_gemv_bf16_multi_rope_store_kv over Q8_0 matrices (codes w_m, scales s_m as tp_gemv_q8_multi). */
-int tp_gemv_q8_multi_rope_store_kv(uint64_t out0, uint64_t w0, uint64_t s0, uint64_t bias0, uint64_t out1, uint64_t w1,
-                                   uint64_t s1, uint64_t bias1, uint64_t out2, uint64_t w2, uint64_t s2,
-                                   uint64_t bias2, uint64_t x, int n, int in_dim, int heads, int kv_heads,
-                                   int head_dim, uint64_t positions, uint64_t inv_freq, float scale,
-                                   uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache, uint64_t slots,
-                                   uint64_t token_pos, int layer, int capacity, uint64_t counter, uint64_t stream);
-
-/**
  * tp_gemv_bf16_multi of RMSNorm(x): every block computes inv[r] = 1/sqrt(mean(x[r]^2) + eps) of the n rows and
  * uses x[r, i] * inv[r] * norm_w[i] (norm_w f32 [in_dim], 16-byte aligned), so the normalized activations are
  * never written. Same limits as tp_gemv_bf16_multi.

@@ -671,21 +671,13 @@ public final class KernelBench {
      * The kernel paths e2e compares in one run: the default (PDL on where supported); _prefetch: the default plus
      * decode attention v3's L2 prefetch of 256 rows per block before the PDL wait; _gemvpf16 / _gemvpf64: that plus
      * the GEMVs' L2 prefetch of their rows for launches of at most 16 / 64 MiB of weights; _fusednorm: RMSNorm
-     * inside the GEMVs; _normtail: the default plus the next RMSNorm in the o/down GEMVs' last block; _ropetail: the
-     * default plus RoPE + KV store in the q/k/v GEMV's last block; _tails: both; _nopdl: PDL off; _cublas: the first
-     * path (cuBLAS, separate merge, no decode fusions).
+     * inside the GEMVs; _nopdl: PDL off; _cublas: the first path (cuBLAS, separate merge, no decode fusions).
      */
     private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl,
-                         boolean fusedNorm, int attention, int prefetch, int gemvPrefetchMib, boolean normTail,
-                         boolean ropeTail) {
+                         boolean fusedNorm, int attention, int prefetch, int gemvPrefetchMib) {
         Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl, boolean fusedNorm,
               int attention) {
-            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, 0, 0, false, false);
-        }
-
-        Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl, boolean fusedNorm,
-              int attention, int prefetch, int gemvPrefetchMib) {
-            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, prefetch, gemvPrefetchMib, false, false);
+            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, 0, 0);
         }
     }
 
@@ -694,9 +686,6 @@ public final class KernelBench {
             new Paths("_gemvpf16", true, true, true, true, false, 3, 256, 16),
             new Paths("_gemvpf64", true, true, true, true, false, 3, 256, 64),
             new Paths("_fusednorm", true, true, true, true, true, 3),
-            new Paths("_normtail", true, true, true, true, false, 3, 0, 0, true, false),
-            new Paths("_ropetail", true, true, true, true, false, 3, 0, 0, false, true),
-            new Paths("_tails", true, true, true, true, false, 3, 0, 0, true, true),
             new Paths("_nopdl", true, true, true, false, false, 3),
             new Paths("_cublas", false, false, false, false, false, 3)};
 
@@ -709,8 +698,6 @@ public final class KernelBench {
         gpu.setAttentionVariant(p.attention());
         gpu.setAttentionPrefetch(p.prefetch());
         gpu.setGemvPrefetch(p.gemvPrefetchMib());
-        gpu.setGemvNormTail(p.normTail());
-        gpu.setGemvRopeTail(p.ropeTail());
     }
 
     /**
@@ -757,8 +744,6 @@ public final class KernelBench {
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_short_pdl_speedup", base / tps, "x");
                     if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_short_fusednorm_speedup", tps / base, "x");
-                    if (p.suffix().endsWith("tail") || p.suffix().equals("_tails"))
-                        if (base > 0) result(out, "e2e_short" + p.suffix() + "_speedup", tps / base, "x");
                     if (p.suffix().startsWith("_prefetch") || p.suffix().startsWith("_gemvpf"))
                         if (base > 0) result(out, "e2e_short" + p.suffix() + "_speedup", tps / base, "x");
                 }
@@ -789,8 +774,6 @@ public final class KernelBench {
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_32k_pdl_speedup", base / tps, "x");
                     if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_32k_fusednorm_speedup", tps / base, "x");
-                    if (p.suffix().endsWith("tail") || p.suffix().equals("_tails"))
-                        if (base > 0) result(out, "e2e_32k" + p.suffix() + "_speedup", tps / base, "x");
                     if (p.suffix().startsWith("_prefetch") || p.suffix().startsWith("_gemvpf"))
                         if (base > 0) result(out, "e2e_32k" + p.suffix() + "_speedup", tps / base, "x");
                 }
@@ -890,16 +873,12 @@ public final class KernelBench {
                     bytes += t.bytes();
             Llama m = new Llama(cfg, w, gpu, 256);
             int variant = gpu.q8GemvVariant();
-            boolean normTail = gpu.gemvNormTail(), ropeTail = gpu.gemvRopeTail();
             try {
                 int[] order = java.util.stream.IntStream.concat(java.util.stream.IntStream.of(variant),
                         java.util.stream.IntStream.rangeClosed(1, 4).filter(x -> x != variant)).toArray();
-                for (int run = 0; run <= order.length; run++) { // the default variant first, then the others, then
-                    int v = run < order.length ? order[run] : variant; // the default with both GEMV epilogues
+                for (int v : order) { // the default variant first, then the others
                     gpu.setQ8GemvVariant(v);
-                    gpu.setGemvNormTail(run == order.length || normTail);
-                    gpu.setGemvRopeTail(run == order.length || ropeTail);
-                    String sfx = run == order.length ? "_tails" : v == variant ? "" : "_v" + v;
+                    String sfx = v == variant ? "" : "_v" + v;
                     try (KvCache cache = m.newCache(64 + decodeSlots(shortSteps, true) + 16)) {
                         int[] prompt = new int[32];
                         for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
@@ -915,8 +894,6 @@ public final class KernelBench {
                 }
             } finally {
                 gpu.setQ8GemvVariant(variant);
-                gpu.setGemvNormTail(normTail);
-                gpu.setGemvRopeTail(ropeTail);
             }
             result(out, "weight_bytes_per_token_q8", bytes / 1e9, "GB");
         } catch (RuntimeException e) {

@@ -135,10 +135,7 @@ public final class CudaBackend implements Backend {
     private boolean fusedSwiglu;       // matmulSwiglu: gate/up GEMV + SwiGLU in one kernel
     private boolean fusedNorm;         // rmsnormMatmul*: RMSNorm inside the GEMV; matmulAdd: residual add in its epilogue
     private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
-    private boolean gemvNormTail;      // matmulAddRmsnorm: the residual add and next RMSNorm in the GEMV's last block
-    private boolean gemvRopeTail;      // matmulQkvRopeStoreKv: RoPE + KV store in the q/k/v GEMV's last block
     private boolean fusedSelect;       // selectTopSlots queued for its layer's attention (tp_decode_attention_select)
-    private long gemvTailCounter;      // int32, zeroed once; every GEMV with an epilogue leaves it zeroed
     private boolean shortAttn;         // decode attention: one split that writes out directly for short contexts
     private final boolean pdlSupported; // Programmatic Dependent Launch possible (sm_90+, CUDA >= 12.3)
 
@@ -225,8 +222,6 @@ public final class CudaBackend implements Backend {
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
-        this.gemvNormTail = optIn("tokenpress.cuda.gemvNormTail", "TOKENPRESS_CUDA_GEMV_NORM_TAIL");
-        this.gemvRopeTail = optIn("tokenpress.cuda.gemvRopeTail", "TOKENPRESS_CUDA_GEMV_ROPE_TAIL");
         this.fusedSelect = flag("tokenpress.cuda.fusedSelect", "TOKENPRESS_CUDA_FUSED_SELECT");
         this.quantGraphs = flag("tokenpress.cuda.quantGraphs", "TOKENPRESS_CUDA_QUANT_GRAPHS");
         this.pinnedStats = flag("tokenpress.cuda.pinnedStats", "TOKENPRESS_CUDA_PINNED_STATS");
@@ -490,34 +485,6 @@ public final class CudaBackend implements Backend {
     }
 
     /**
-     * {@link #matmulAddRmsnorm} (the o and down projections of a decode step with the residual add and the next
-     * RMSNorm) as one GEMV whose grid's last block computes the norm ({@code tp_gemv_bf16_acc_rmsnorm} /
-     * {@code tp_gemv_q8_acc_rmsnorm}), so a decoder layer runs two kernels fewer. Off unless
-     * {@code -Dtokenpress.cuda.gemvNormTail=true} or this setter (not yet measured on a GPU); without it, a GEMV and
-     * {@code tp_add_rmsnorm}. Drops a captured graph.
-     */
-    public void setGemvNormTail(boolean on) {
-        reconfigure("setGemvNormTail");
-        gemvNormTail = on;
-    }
-
-    public boolean gemvNormTail() { return gemvNormTail; }
-
-    /**
-     * {@link #matmulQkvRopeStoreKv} (a decode step's q/k/v projections, RoPE and KV store) as one GEMV whose grid's
-     * last block rotates q and k and stores k and v ({@code tp_gemv_bf16_multi_rope_store_kv} /
-     * {@code tp_gemv_q8_multi_rope_store_kv}), one kernel fewer per layer. Off unless
-     * {@code -Dtokenpress.cuda.gemvRopeTail=true} or this setter (not yet measured on a GPU); without it, the q/k/v
-     * GEMV and {@code tp_rope_store_kv}. Drops a captured graph.
-     */
-    public void setGemvRopeTail(boolean on) {
-        reconfigure("setGemvRopeTail");
-        gemvRopeTail = on;
-    }
-
-    public boolean gemvRopeTail() { return gemvRopeTail; }
-
-    /**
      * TidalDecode's selection made by its layer's own attention: a {@link #selectTopSlots} over a bf16 cache that needs
      * no host copy is queued, and the attention call of that layer that follows (one decode row over every slot, the
      * same q, no statistics) runs {@code tp_decode_attention_select}: with the tensor-core attention kernel the
@@ -604,8 +571,6 @@ public final class CudaBackend implements Backend {
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
                 + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
-                + ", norm / rope+kv store in the gemv's last block " + onOff(gemvNormTail && !fusesNormIntoMatmul())
-                + " / " + onOff(gemvRopeTail && !fusesNormIntoMatmul())
                 + ", selection from the selection layer's attention " + onOff(fusedSelect)
                 + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
                 + (weightType == dev.tokenpress.backend.WeightType.Q8_0 ? ", q8_0 GEMV v" + TpNative.tp_q8_gemv_variant() : "")
@@ -1131,78 +1096,6 @@ public final class CudaBackend implements Backend {
         Backend.super.matmulAdd(x, y, a, w, n);
     }
 
-    @Override
-    public void matmulAddRmsnorm(Tensor out, Tensor x, Tensor y, Tensor a, Tensor w, Tensor normW, float eps, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
-        CudaTensor o = act(out), xo = act(x), ai = act(a), wt = (CudaTensor) w, nw = (CudaTensor) normW;
-        int in = wt.cols, outDim = wt.rows;
-        boolean fits = gemvNormTail && n > 0 && ai.cols == in && xo.cols == outDim && o.cols == outDim
-                && !nw.bf16 && !nw.q8 && (long) nw.rows * nw.cols == outDim
-                && disjoint(o, xo, n) && disjoint(o, ai, n) && disjoint(xo, ai, n);
-        boolean q8 = fits && q8Gemv(ai, n, in, wt);
-        boolean bf16 = fits && !q8 && gemvEnabled && gemvEligible(xo, ai, wt, n, in, outDim);
-        if (!q8 && !bf16) {
-            Backend.super.matmulAddRmsnorm(out, x, y, a, w, normW, eps, n);
-            return;
-        }
-        ensureGemvTailCounter();
-        sig(18, o.ptr, xo.ptr, ai.ptr, wt.ptr, nw.ptr, Float.floatToIntBits(eps), n, q8 ? 1 : 0);
-        if (mode == Mode.DRY) return;
-        if (q8)
-            check(TpNative.tp_gemv_q8_acc_rmsnorm(xo.ptr, ai.ptr, wt.ptr, wt.scales, n, outDim, in, o.ptr, nw.ptr, eps,
-                    gemvTailCounter, stream), "matmulAddRmsnorm (q8_0 GEMV)");
-        else
-            check(TpNative.tp_gemv_bf16_acc_rmsnorm(xo.ptr, ai.ptr, wt.ptr, n, outDim, in, o.ptr, nw.ptr, eps,
-                    gemvTailCounter, stream), "matmulAddRmsnorm (GEMV)");
-    }
-
-    /** The GEMV epilogues' grid counter, allocated and zeroed on first use (eagerly: a capture aborts instead). */
-    private void ensureGemvTailCounter() {
-        if (gemvTailCounter != 0) return;
-        if (mode != Mode.EAGER) throw abort("GEMV epilogue counter allocation", false);
-        gemvTailCounter = malloc(4, "GEMV epilogue counter");
-        memsetNow(gemvTailCounter, 0, 4);
-    }
-
-    @Override
-    public void matmulQkvRopeStoreKv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor wq, Tensor bq, Tensor wk,
-                                     Tensor bk, Tensor wv, Tensor bv, int heads, int kvHeads, RopeTable rope,
-                                     int[] positions, KvCache cache, int layer, int[][] slots, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
-        CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
-        CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
-        int hd = rope.headDim(), in = xi.cols;
-        boolean fits = gemvRopeTail && ropeStoreFits(qo, heads, ko, vo, kvHeads, hd, cache, n)
-                && disjoint(qo, ko, n) && disjoint(qo, vo, n) && disjoint(ko, vo, n);
-        boolean q8 = fits && q8QkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n);
-        boolean bf16 = fits && !q8 && qkvGemv(qo, ko, vo, xi, wqt, wkt, wvt, n);
-        if (!q8 && !bf16) {
-            Backend.super.matmulQkvRopeStoreKv(q, k, v, x, wq, bq, wk, bk, wv, bv, heads, kvHeads, rope, positions,
-                    cache, layer, slots, n);
-            return;
-        }
-        ensureGemvTailCounter();
-        CudaKvCache c = (CudaKvCache) cache;
-        long inv = ropeTable(rope);
-        flushFrees(c);
-        long d = stageRopeStore(c, positions, slots, kvHeads, layer, n);
-        long pbq = ptrOrZero(bq), pbk = ptrOrZero(bk), pbv = ptrOrZero(bv);
-        sig(19, qo.ptr, ko.ptr, vo.ptr, xi.ptr, wqt.ptr, wkt.ptr, wvt.ptr, pbq, pbk, pbv, n, q8 ? 1 : 0, heads, inv,
-                c.keys, c.deviceLayer(layer), Float.floatToIntBits(rope.attentionScale()));
-        if (mode == Mode.DRY) return;
-        float scale = rope.attentionScale();
-        if (q8)
-            check(TpNative.tp_gemv_q8_multi_rope_store_kv(qo.ptr, wqt.ptr, wqt.scales, pbq, ko.ptr, wkt.ptr, wkt.scales, pbk,
-                    vo.ptr, wvt.ptr, wvt.scales, pbv, xi.ptr, n, in, heads, kvHeads, hd, d, inv, scale, c.keys, c.values,
-                    c.pos, d + 4L * n, d + 4L * (n + kvHeads * n), c.deviceLayer(layer), c.capacity(), gemvTailCounter,
-                    stream), "matmulQkvRopeStoreKv (q8_0 GEMV)");
-        else
-            check(TpNative.tp_gemv_bf16_multi_rope_store_kv(qo.ptr, wqt.ptr, pbq, ko.ptr, wkt.ptr, pbk, vo.ptr, wvt.ptr, pbv,
-                    xi.ptr, n, in, heads, kvHeads, hd, d, inv, scale, c.keys, c.values, c.pos, d + 4L * n,
-                    d + 4L * (n + kvHeads * n), c.deviceLayer(layer), c.capacity(), gemvTailCounter, stream),
-                    "matmulQkvRopeStoreKv (GEMV)");
-    }
-
     /** Whether q/k/v of x run as one fused Q8_0 GEMV launch (Q8_0 weights of the outputs' widths, outputs apart from x). */
     private static boolean q8QkvGemv(CudaTensor qo, CudaTensor ko, CudaTensor vo, CudaTensor xi, CudaTensor wq,
                                      CudaTensor wk, CudaTensor wv, int n) {
@@ -1357,7 +1250,7 @@ public final class CudaBackend implements Backend {
     }
 
     /**
-     * Stages what the RoPE + KV store kernels read: positions[n] | slots[hkv][n] | token positions[hkv][n] (each
+     * Stages what the RoPE + KV store kernel reads: positions[n] | slots[hkv][n] | token positions[hkv][n] (each
      * slot checked against the capacity); returns the device address.
      */
     private long stageRopeStore(CudaKvCache c, int[] positions, int[][] slots, int kvHeads, int layer, int n) {

@@ -231,37 +231,6 @@ public final class TpNative {
                                               @Cast("uint64_t") long w, @Cast("uint64_t") long bias, int n, int outDim,
                                               int inDim, @Cast("uint64_t") long stream);
 
-    public static native int tp_gemv_bf16_acc_rmsnorm(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
-                                                      @Cast("uint64_t") long w, int n, int outDim, int inDim,
-                                                      @Cast("uint64_t") long normOut, @Cast("uint64_t") long normW,
-                                                      float eps, @Cast("uint64_t") long counter,
-                                                      @Cast("uint64_t") long stream);
-
-    public static native int tp_gemv_bf16_multi_rope_store_kv(@Cast("uint64_t") long out0, @Cast("uint64_t") long w0,
-            @Cast("uint64_t") long bias0, @Cast("uint64_t") long out1, @Cast("uint64_t") long w1,
-            @Cast("uint64_t") long bias1, @Cast("uint64_t") long out2, @Cast("uint64_t") long w2,
-            @Cast("uint64_t") long bias2, @Cast("uint64_t") long x, int n, int inDim, int heads, int kvHeads,
-            int headDim, @Cast("uint64_t") long positions, @Cast("uint64_t") long invFreq, float scale,
-            @Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache, @Cast("uint64_t") long posCache,
-            @Cast("uint64_t") long slots, @Cast("uint64_t") long tokenPos, int layer, int capacity,
-            @Cast("uint64_t") long counter, @Cast("uint64_t") long stream);
-
-    public static native int tp_gemv_q8_multi_rope_store_kv(@Cast("uint64_t") long out0, @Cast("uint64_t") long w0,
-            @Cast("uint64_t") long s0, @Cast("uint64_t") long bias0, @Cast("uint64_t") long out1,
-            @Cast("uint64_t") long w1, @Cast("uint64_t") long s1, @Cast("uint64_t") long bias1,
-            @Cast("uint64_t") long out2, @Cast("uint64_t") long w2, @Cast("uint64_t") long s2,
-            @Cast("uint64_t") long bias2, @Cast("uint64_t") long x, int n, int inDim, int heads, int kvHeads,
-            int headDim, @Cast("uint64_t") long positions, @Cast("uint64_t") long invFreq, float scale,
-            @Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache, @Cast("uint64_t") long posCache,
-            @Cast("uint64_t") long slots, @Cast("uint64_t") long tokenPos, int layer, int capacity,
-            @Cast("uint64_t") long counter, @Cast("uint64_t") long stream);
-
-    public static native int tp_gemv_q8_acc_rmsnorm(@Cast("uint64_t") long out, @Cast("uint64_t") long x,
-                                                    @Cast("uint64_t") long w, @Cast("uint64_t") long scales, int n,
-                                                    int outDim, int inDim, @Cast("uint64_t") long normOut,
-                                                    @Cast("uint64_t") long normW, float eps,
-                                                    @Cast("uint64_t") long counter, @Cast("uint64_t") long stream);
-
     public static native int tp_gemv_bf16_multi_norm(@Cast("uint64_t") long out0, @Cast("uint64_t") long w0,
                                                      @Cast("uint64_t") long bias0, int rows0, @Cast("uint64_t") long out1,
                                                      @Cast("uint64_t") long w1, @Cast("uint64_t") long bias1, int rows1,

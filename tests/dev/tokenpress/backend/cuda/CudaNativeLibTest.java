@@ -230,8 +230,9 @@ class CudaNativeLibTest {
     }
 
     /**
-     * The chunked cuBLAS CCE's kernels refuse bad arguments by name before launching anything (which checks the Java
-     * bindings' argument order), and its Java side sizes its workspace and refuses a short one without a device.
+     * The chunked cuBLAS CCE's kernels (and the stream wait of its overlapped folds) refuse bad arguments by name
+     * before launching anything (which checks the Java bindings' argument order), and its Java side sizes its
+     * workspace and refuses a short one without a device.
      */
     @Test
     void abiCceGemmChunksWithoutGpu() {
@@ -262,6 +263,8 @@ class CudaNativeLibTest {
         assertEquals(TpNative.TP_OK, TpNative.tp_lse_chunk(512, 0, 256, 0, 0, 8, 8, 0, 1, 0));
         assertEquals(TpNative.TP_OK, TpNative.tp_lse_chunk_finish(512, 0, 256, 0, 0, 10, 0));
         assertEquals(TpNative.TP_OK, TpNative.tp_f32_split_bf16(256, 512, 768, 0, 0));
+        // the overlapped folds' stream ordering call
+        refused(TpNative.tp_stream_wait_event(0, 0), "event");
 
         // Java side: bf16 h (twice when precise) + the chunk + (max, sum) per row, each padded to 256 bytes
         long fast = CudaCce.gemmWorkspaceBytes(100, 64, false, 32, 1001);
@@ -289,61 +292,6 @@ class CudaNativeLibTest {
             CudaCce.setVariant(v0);
         }
         assertEquals(v0, CudaCce.variant());
-    }
-
-    /**
-     * The decode GEMVs with an epilogue in their last block (tp_gemv_*_acc_rmsnorm, tp_gemv_*_multi_rope_store_kv)
-     * refuse bad arguments by name before any device work (overlapping outputs, a missing or misaligned counter,
-     * a bad head_dim or scale), and return TP_OK without device work for n = 0.
-     */
-    @Test
-    void abiGemvEpiloguesWithoutGpu() {
-        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
-        // out [1, 64] at 1024, x [1, 64] at 2048, w 4096, scales 8192, norm_out 16384, norm_w 32768, counter 65536
-        refused(TpNative.tp_gemv_bf16_acc_rmsnorm(1024, 2048, 4096, 1, 64, 64, 0, 32768, 1e-5f, 65536, 0), "norm_out");
-        refused(TpNative.tp_gemv_bf16_acc_rmsnorm(1024, 2048, 4096, 1, 64, 64, 16384, 0, 1e-5f, 65536, 0), "norm_w");
-        refused(TpNative.tp_gemv_bf16_acc_rmsnorm(1024, 2048, 4096, 1, 64, 64, 16384, 32768, 1e-5f, 0, 0), "counter");
-        refused(TpNative.tp_gemv_bf16_acc_rmsnorm(1024, 2048, 4096, 1, 64, 64, 16384, 32768, 1e-5f, 65538, 0), "counter");
-        refused(TpNative.tp_gemv_bf16_acc_rmsnorm(1024, 2048, 4096, 1, 64, 64, 1024 + 128, 32768, 1e-5f, 65536, 0), "norm_out");
-        refused(TpNative.tp_gemv_bf16_acc_rmsnorm(1024, 2048, 4096, 1, 64, 64, 2048 + 64, 32768, 1e-5f, 65536, 0), "norm_out");
-        refused(TpNative.tp_gemv_bf16_acc_rmsnorm(2048 + 32, 2048, 4096, 1, 64, 64, 16384, 32768, 1e-5f, 65536, 0), "out");
-        assertEquals(TpNative.TP_ERR_UNSUPPORTED, TpNative.tp_gemv_bf16_acc_rmsnorm(1024, 4096, 8192, 5, 64, 64, 16384,
-                32768, 1e-5f, 65536, 0), "n = 5 rows is past the GEMV");
-        assertEquals(TpNative.TP_OK, TpNative.tp_gemv_bf16_acc_rmsnorm(1024, 2048, 4096, 0, 64, 64, 16384, 32768, 1e-5f, 65536, 0));
-        refused(TpNative.tp_gemv_q8_acc_rmsnorm(1024, 2048, 4096, 8192, 1, 64, 64, 16384, 32768, 1e-5f, 0, 0), "counter");
-        refused(TpNative.tp_gemv_q8_acc_rmsnorm(1024, 2048, 4096, 8192, 1, 64, 64, 1024, 32768, 1e-5f, 65536, 0), "norm_out");
-        refused(TpNative.tp_gemv_q8_acc_rmsnorm(1024, 2048, 4096, 0, 1, 64, 64, 16384, 32768, 1e-5f, 65536, 0), "scales");
-        refused(TpNative.tp_gemv_q8_acc_rmsnorm(1024, 4096, 8192, 12288, 5, 64, 64, 16384, 32768, 1e-5f, 65536, 0), "n");
-        assertEquals(TpNative.TP_OK, TpNative.tp_gemv_q8_acc_rmsnorm(1024, 2048, 4096, 8192, 0, 64, 64, 16384, 32768, 1e-5f, 65536, 0));
-
-        // q [1, 2 heads * 64] at 1024, k [1, 64] at 1536, v at 1792, x [1, 64] at 2048; weights 4096; positions 8192,
-        // inv_freq 8448, caches 12288 / 16384 / 20480, slots 24576, token positions 28672, capacity 16, counter 65536
-        refused(TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1536, 4096, 0, 1792, 4096, 0, 2048, 1, 64, 2, 1, 63,
-                8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 16, 65536, 0), "head_dim");
-        refused(TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1536, 4096, 0, 1792, 4096, 0, 2048, 1, 64, 0, 1, 64,
-                8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 16, 65536, 0), "heads");
-        refused(TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1536, 4096, 0, 1792, 4096, 0, 2048, 1, 64, 2, 1, 64,
-                8192, 8448, 0f, 12288, 16384, 20480, 24576, 28672, 0, 16, 65536, 0), "scale");
-        refused(TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1536, 4096, 0, 1792, 4096, 0, 2048, 1, 64, 2, 1, 64,
-                8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 16, 0, 0), "counter");
-        refused(TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1024 + 64, 4096, 0, 1792, 4096, 0, 2048, 1, 64, 2, 1, 64,
-                8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 16, 65536, 0), "out0/out1/out2 (overlap)");
-        refused(TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1536, 4096, 0, 1792, 4096, 0, 1904, 1, 64, 2, 1, 64,
-                8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 16, 65536, 0), "x (overlaps an output)");
-        refused(TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1536, 4096, 0, 1792, 4096, 0, 2048, 1, 64, 2, 1, 64,
-                8192, 8448, 1f, 12288, 16384, 20480, 0, 28672, 0, 16, 65536, 0), "slots");
-        refused(TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1536, 4096, 0, 1792, 4096, 0, 2048, 5, 64, 2, 1, 64,
-                8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 16, 65536, 0), "n");
-        assertEquals(TpNative.TP_OK, TpNative.tp_gemv_bf16_multi_rope_store_kv(1024, 4096, 0, 1536, 4096, 0, 1792, 4096, 0,
-                2048, 0, 64, 2, 1, 64, 8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 16, 65536, 0));
-        refused(TpNative.tp_gemv_q8_multi_rope_store_kv(1024, 4096, 8192, 0, 1536, 4096, 8192, 0, 1792, 4096, 8192, 0, 2048,
-                1, 64, 2, 1, 64, 8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, -1, 16, 65536, 0), "layer");
-        refused(TpNative.tp_gemv_q8_multi_rope_store_kv(1024, 4096, 8192, 0, 1536, 4096, 8192, 0, 1792, 4096, 8192, 0, 2048,
-                1, 64, 2, 1, 64, 8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 0, 65536, 0), "capacity");
-        assertEquals(TpNative.TP_OK, TpNative.tp_gemv_q8_multi_rope_store_kv(1024, 4096, 8192, 0, 1536, 4096, 8192, 0, 1792,
-                4096, 8192, 0, 2048, 0, 64, 2, 1, 64, 8192, 8448, 1f, 12288, 16384, 20480, 24576, 28672, 0, 16, 65536, 0));
-        // the overlapped CCE's stream ordering call
-        refused(TpNative.tp_stream_wait_event(0, 0), "event");
     }
 
     /** TidalDecode's fused selection layer: bad arguments are refused by name before any device work. */
