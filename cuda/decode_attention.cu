@@ -761,35 +761,38 @@ struct V3SelKeys {
     int sum_group;
 };
 
-// The selection keys of one v3 stage (KEYS): lane 4·gq + t4 holds head gq's scores of the stage's keys j·8 + 2·t4 + e
-// in s[j][e] (-inf where invisible, bit r of inv set for an invisible key r); each key's scores are reduced over the
-// 8 fragment rows by three xor shuffles over lanes t4 + 4i (max, or sum in that tree order; heads gq >= nh left out),
-// and the lanes of row 0 write order_key of the result (0 for an invisible key) to krow[row0 + key] below kend.
-// Every lane of the warp must call it (the shuffles).
-__device__ __forceinline__ void v3_stage_sel_keys(const float (&s)[2][2], uint32_t inv, int gq, int t4, int nh,
-                                                  int sum_group, int row0, int kend, uint32_t* __restrict__ krow) {
-    float v[2][2];
+// The selection keys of one v3 stage (KEYS), in two parts so that the kernel can store a stage's keys after its P·V
+// MMAs (the shuffles' latency hidden behind them): lane 4·gq + t4 holds head gq's scores of the stage's keys
+// j·8 + 2·t4 + e in s[j][e] (-inf where invisible); v3_sel_reduce reduces each key's scores over the group's 8
+// fragment rows (lanes t4 + 4i; heads gq >= nh left out) by a reduce-scatter of three xor steps, four shuffles in all:
+// over lanes 16 apart each lane keeps the keys of j = bit 2 of gq and receives its partner's scores of them, over
+// lanes 8 apart it keeps e = bit 1 of gq, and over lanes 4 apart the two lanes of a pair combine their last value. Max,
+// or (sum_group) the sum ((h0 + h4) + (h2 + h6)) + ((h1 + h5) + (h3 + h7)) (each addition has its two terms in either
+// order: the same result). Every lane of the warp must call it (the shuffles).
+__device__ __forceinline__ float v3_sel_reduce(const float (&s)[2][2], int gq, int nh, int sum_group) {
+    const float neutral = sum_group ? 0.f : kNegInf;
+    const bool hv = gq < nh;
+    const int bj = (gq >> 2) & 1, be = (gq >> 1) & 1;
+    float a[2];
 #pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) v[j][e] = gq < nh ? s[j][e] : (sum_group ? 0.f : kNegInf);
-#pragma unroll
-    for (int off = 4; off < 32; off <<= 1)
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const float w = __shfl_xor_sync(0xffffffffu, v[j][e], off);
-                v[j][e] = sum_group ? v[j][e] + w : fmaxf(v[j][e], w);
-            }
-    if (gq == 0) {
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int row = j * 8 + 2 * t4 + e, idx = row0 + row;
-                if (idx < kend) krow[idx] = ((inv >> row) & 1u) ? 0u : order_key(v[j][e]);
-            }
+    for (int e = 0; e < 2; e++) {  // lanes 16 apart: keep j = bj, send the other j
+        const float keep = hv ? s[bj][e] : neutral, give = hv ? s[bj ^ 1][e] : neutral;
+        const float w = __shfl_xor_sync(0xffffffffu, give, 16);
+        a[e] = sum_group ? keep + w : fmaxf(keep, w);
+    }
+    const float w8 = __shfl_xor_sync(0xffffffffu, a[be ^ 1], 8);  // lanes 8 apart: keep e = be
+    float c = sum_group ? a[be] + w8 : fmaxf(a[be], w8);
+    const float w4 = __shfl_xor_sync(0xffffffffu, c, 4);  // lanes 4 apart: the last pair
+    return sum_group ? c + w4 : fmaxf(c, w4);
+}
+
+// The lanes of even gq hold key j·8 + 2·t4 + e of v3_sel_reduce's result c, j = bit 2, e = bit 1 of gq: they write
+// order_key(c) (0 for an invisible key: bit r of inv set for key r) to krow[row0 + key] below kend.
+__device__ __forceinline__ void v3_sel_store(float c, uint32_t inv, int gq, int t4, int row0, int kend,
+                                             uint32_t* __restrict__ krow) {
+    if ((gq & 1) == 0) {
+        const int row = ((gq >> 2) & 1) * 8 + 2 * t4 + ((gq >> 1) & 1), idx = row0 + row;
+        if (idx < kend) krow[idx] = ((inv >> row) & 1u) ? 0u : order_key(c);
     }
 }
 
@@ -973,7 +976,8 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
             for (int e = 0; e < 2; e++)
                 if ((inv >> (j * 8 + 2 * t4 + e)) & 1u) s[j][e] = kNegInf;
         }
-        if (KEYS) v3_stage_sel_keys(s, inv, gq, t4, nh, sk.sum_group, first + t * NB, kend, krow);
+        // KEYS: the group's scores reduced now, stored after the P·V MMAs (the shuffles' latency behind them)
+        const float sel_c = KEYS ? v3_sel_reduce(s, gq, nh, sk.sum_group) : 0.f;
         float mx = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -1008,6 +1012,7 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
             mma_16816(o[nt], pa4, b0, b1);
             mma_16816(o[nt + 1], pa4, b2, b3);
         }
+        if (KEYS) v3_sel_store(sel_c, inv, gq, t4, first + t * NB, kend, krow);
     }
     cp_async_wait<0>();  // only empty groups can be left
 
@@ -1499,10 +1504,28 @@ int tp_decode_attention_select(uint64_t out, uint64_t q, uint64_t key_cache, uin
                                int single_split_max_len, uint64_t out_slots, uint64_t out_counts, int out_stride,
                                uint64_t cur_slot, uint64_t keys_ws, int len, uint64_t params, int k, int sum_group,
                                uint64_t stream) {
-    const char* fn = "tp_decode_attention_select";
+    return tp_decode_attention_select_side(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads,
+                                           head_dim, capacity, max_len, scale, workspace, workspace_bytes, counters,
+                                           single_split_max_len, out_slots, out_counts, out_stride, cur_slot, keys_ws,
+                                           len, params, k, sum_group, stream, 0, 0, 0);
+}
+
+int tp_decode_attention_select_side(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache,
+                                    uint64_t pos_cache, int layer, int num_heads, int kv_heads, int head_dim,
+                                    int capacity, int max_len, float scale, uint64_t workspace,
+                                    uint64_t workspace_bytes, uint64_t counters, int single_split_max_len,
+                                    uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot,
+                                    uint64_t keys_ws, int len, uint64_t params, int k, int sum_group, uint64_t stream,
+                                    uint64_t side_stream, uint64_t fork_event, uint64_t join_event) {
+    const char* fn = side_stream != 0 ? "tp_decode_attention_select_side" : "tp_decode_attention_select";
     // the selection's arguments first (the attention's are checked by the attention): nothing runs on a bad one
     int crc = tp::check_selection_outputs(fn, out_slots, out_counts, cur_slot, keys_ws, params);
     if (crc != TP_OK) return crc;
+    if (side_stream != 0) {
+        TP_REQUIRE(side_stream != stream, fn, "side_stream");
+        TP_REQUIRE(fork_event != 0, fn, "fork_event");
+        TP_REQUIRE(join_event != 0 && join_event != fork_event, fn, "join_event");
+    }
     TP_REQUIRE(kv_heads > 0 && kv_heads <= 65535, fn, "kv_heads");
     TP_REQUIRE(capacity > 0, fn, "capacity");
     TP_REQUIRE(len >= 1 && len <= capacity, fn, "len");
@@ -1513,23 +1536,35 @@ int tp_decode_attention_select(uint64_t out, uint64_t q, uint64_t key_cache, uin
     const int group = num_heads > 0 && num_heads % kv_heads == 0 ? num_heads / kv_heads : 0;
     const bool fused = __atomic_load_n(&g_attention_variant, __ATOMIC_RELAXED) == 3 && group >= 1 &&
                        group <= kV3MaxHeads && (head_dim == 64 || head_dim == 128);
+    // the selection's stream: after the attention, forked onto side_stream (joined by join_event) when given
+    auto fork = [&]() -> int {
+        if (side_stream == 0) return TP_OK;
+        int rc = tp_event_record(fork_event, stream);
+        return rc != TP_OK ? rc : tp_stream_wait_event(side_stream, fork_event);
+    };
+    const uint64_t sel_stream = side_stream != 0 ? side_stream : stream;  // the selection from keys reads no q
     if (!fused) {
         int rc = decode_attention_impl(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads,
                                        head_dim, capacity, qpos, 0, 1, 0, hw, max_len, scale, 0, 0, workspace,
                                        workspace_bytes, counters, single_split_max_len, nullptr, stream);
-        if (rc != TP_OK) return rc;
-        return tp_tidal_select(out_slots, out_counts, out_stride, cur_slot, keys_ws, len, q, key_cache, pos_cache,
-                               layer, num_heads, kv_heads, head_dim, capacity, params, k, sum_group, stream);
+        // this selection reads q, which the caller may overwrite before the join: it stays on stream, and the join
+        // event is recorded there (the caller's wait is then already satisfied)
+        if (rc == TP_OK)
+            rc = tp_tidal_select(out_slots, out_counts, out_stride, cur_slot, keys_ws, len, q, key_cache, pos_cache,
+                                 layer, num_heads, kv_heads, head_dim, capacity, params, k, sum_group, stream);
+        return rc == TP_OK && side_stream != 0 ? tp_event_record(join_event, stream) : rc;
     }
     const V3SelKeys sk = {tp::tidal_select_keys(keys_ws, kv_heads, len), len, TP_PTR(int, cur_slot),
                           TP_PTR(const int, params + 4ull * (uint64_t)kv_heads + 4ull), sum_group};
     int rc = decode_attention_impl(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads, head_dim,
                                    capacity, qpos, 0, 1, 0, hw, max_len, scale, 0, 0, workspace, workspace_bytes,
                                    counters, single_split_max_len, &sk, stream);
-    if (rc != TP_OK) return rc;
-    return tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
-                                             TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads,
-                                             TP_STREAM(stream));
+    if (rc == TP_OK) rc = fork();
+    if (rc == TP_OK)
+        rc = tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
+                                               TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads,
+                                               TP_STREAM(sel_stream));
+    return rc == TP_OK && side_stream != 0 ? tp_event_record(join_event, side_stream) : rc;
 }
 
 }  // extern "C"

@@ -660,8 +660,10 @@ __global__ void __launch_bounds__(kChunkThreads) tidal_collect_kernel(
         const uint32_t* __restrict__ keys, int len, const int* __restrict__ params, uint32_t* __restrict__ state,
         int chunk, uint32_t* __restrict__ cand_key, int* __restrict__ cand_slot, int* __restrict__ blk_gt,
         int* __restrict__ blk_off, int* __restrict__ blk_eqb, int* __restrict__ out_counts) {
-    __shared__ int sh_red[33], sh_res[3], sh_last;
+    __shared__ int sh_red[33], sh_res[3], sh_last, sh_n, sh_base;
     __shared__ int cgt[kMaxChunks], ceq[kMaxChunks], h3[kBins3];
+    __shared__ uint32_t sh_ckey[kChunkBase];  // the block's candidates of the last kChunkBase slots
+    __shared__ int sh_cslot[kChunkBase];
     int g = blockIdx.y, b = blockIdx.x, nb = gridDim.x, tid = threadIdx.x, lane = tid & 31;
     uint32_t* st = state + (int64_t)g * kStateWords;
     uint32_t* hist2 = st + kBins1;
@@ -678,23 +680,45 @@ __global__ void __launch_bounds__(kChunkThreads) tidal_collect_kernel(
     int s0 = b * chunk, s1 = s0 + chunk < n ? s0 + chunk : n;
     int gt = 0;
     unsigned lt = (1u << lane) - 1u;
-    for (int c = s0; c < s1; c += kChunkThreads) {
+    if (tid == 0) sh_n = 0;
+    __syncthreads();
+    // the candidates (keys in the threshold's bin) gather in shared memory and go to the KV head's list every
+    // kChunkBase slots with one global atomicAdd per block (not one per warp: thousands on one word per KV head)
+    constexpr int kFlushSteps = kChunkBase / kChunkThreads;
+    int step = 0;
+    for (int c = s0; c < s1; c += kChunkThreads, step++) {
         int s = c + tid;
         uint32_t e = (s < s1 && s != cur_t) ? key[s] : 0u;
         gt += e > hiT;
-        if (collect) {
+        if (collect) {  // uniform over the block, as the loop
             bool cand = e != 0u && (int)(e >> (32 - kBits1)) == bin1;
             unsigned m = __ballot_sync(0xffffffffu, cand);
             if (m) {
                 int leader = __ffs(m) - 1, at = 0;
-                if (lane == leader) at = (int)atomicAdd(info + kCandCount, (uint32_t)__popc(m));
+                if (lane == leader) at = atomicAdd(&sh_n, __popc(m));
                 at = __shfl_sync(0xffffffffu, at, leader);
                 if (cand) {
                     int i = at + __popc(m & lt);
-                    ckey[i] = e;
-                    cslot[i] = s;
+                    sh_ckey[i] = e;
+                    sh_cslot[i] = s;
                     atomicAdd(hist2 + ((e >> kBits3) & (kBins2 - 1)), 1u);
                 }
+            }
+            if (step % kFlushSteps == kFlushSteps - 1 || c + kChunkThreads >= s1) {
+                __syncthreads();
+                const int nc = sh_n;
+                if (nc > 0) {
+                    if (tid == 0) sh_base = (int)atomicAdd(info + kCandCount, (uint32_t)nc);
+                    __syncthreads();
+                    const int base = sh_base;
+                    for (int i = tid; i < nc; i += kChunkThreads) {
+                        ckey[base + i] = sh_ckey[i];
+                        cslot[base + i] = sh_cslot[i];
+                    }
+                }
+                __syncthreads();
+                if (tid == 0) sh_n = 0;
+                __syncthreads();
             }
         }
     }
@@ -873,6 +897,10 @@ Layout layout(int kv_heads, int len) {
 // 336.2 / 113.3 / 95.0 µs at 128K. 1, 2 or 3 forces one.
 int g_variant = 0;
 constexpr int kAutoV2MinLen = 16384;
+// Keys per block of the histogram pass over keys another kernel wrote (tidal_hist_plan_kernel;
+// tp_tidal_select_set_hist_rows): a multiple of kTileRows.
+constexpr int kHistRowsDefault = 16 * kTileRows;
+int g_hist_rows = kHistRowsDefault;
 
 // Resident score blocks per SM for a dynamic shared memory size (cached per device and size).
 int score_blocks_per_sm(size_t smem) {
@@ -955,7 +983,7 @@ int launch_tidal_select_from_keys(uint64_t keys_ws, int len, int* cur_slot, cons
         return TP_OK;
     }
     uint32_t* ws = TP_PTR(uint32_t, keys_ws);
-    const int rows_per_block = 16 * kTileRows;
+    const int rows_per_block = __atomic_load_n(&g_hist_rows, __ATOMIC_RELAXED);
     dim3 grid1((unsigned)ceil_div(len, rows_per_block), kv_heads);
     tidal_hist_plan_kernel<<<grid1, kTileRows, 0, stream>>>(keys, len, cur_slot, params, rows_per_block, ws, k);
     TP_LAUNCHED("tidal_hist_plan_kernel");
@@ -990,6 +1018,16 @@ int tp_set_tidal_select_variant(int variant) {
 }
 
 int tp_get_tidal_select_variant(void) { return g_variant; }
+
+int tp_tidal_select_set_hist_rows(int rows_per_block) {
+    if (rows_per_block == 0) rows_per_block = kHistRowsDefault;
+    if (rows_per_block < kTileRows || rows_per_block > 65536 || rows_per_block % kTileRows != 0)
+        return tp::fail(TP_ERR_BAD_ARGUMENT,
+                        "tp_tidal_select_set_hist_rows: bad argument 'rows_per_block' (%d: 0 or a multiple of %d in %d .. 65536)",
+                        rows_per_block, kTileRows, kTileRows);
+    __atomic_store_n(&g_hist_rows, rows_per_block, __ATOMIC_RELAXED);
+    return TP_OK;
+}
 
 
 int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot, uint64_t keys_ws,

@@ -464,6 +464,22 @@ int tp_decode_attention_select(uint64_t out, uint64_t q, uint64_t key_cache, uin
                                uint64_t cur_slot, uint64_t keys_ws, int len, uint64_t params, int k, int sum_group,
                                uint64_t stream);
 /**
+ * tp_decode_attention_select with the selection on another stream: the attention on stream, then fork_event recorded
+ * on stream and waited for by side_stream, the selection from the attention's keys launched on side_stream, and
+ * join_event recorded there. The caller makes every later reader of the selection (out_slots, out_counts, cur_slot)
+ * and of keys_ws wait for join_event (tp_stream_wait_event): TidalDecode's selection is read layers later, so it runs
+ * beside the layers in between. Where the tensor-core kernel does not apply, the selection (tp_tidal_select, which
+ * reads q) runs on stream and join_event is recorded on stream. side_stream 0: tp_decode_attention_select.
+ * Capturable (the fork and join become graph edges); the join must precede the end of a capture.
+ */
+int tp_decode_attention_select_side(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache,
+                                    uint64_t pos_cache, int layer, int num_heads, int kv_heads, int head_dim,
+                                    int capacity, int max_len, float scale, uint64_t workspace,
+                                    uint64_t workspace_bytes, uint64_t counters, int single_split_max_len,
+                                    uint64_t out_slots, uint64_t out_counts, int out_stride, uint64_t cur_slot,
+                                    uint64_t keys_ws, int len, uint64_t params, int k, int sum_group, uint64_t stream,
+                                    uint64_t side_stream, uint64_t fork_event, uint64_t join_event);
+/**
  * Which implementation tp_tidal_select launches from now on (process-wide): 0 (default) automatic (from len 16384
  * on 3 where it applies, else 2; below 16384 1), 1 the first version (one select block per KV head), 2 the multi-block selection with the first radix
  * histogram fused into the score kernel, 3 = 2 with a coalesced score kernel (hd/8 lanes per key row, q in
@@ -474,6 +490,12 @@ int tp_decode_attention_select(uint64_t out, uint64_t q, uint64_t key_cache, uin
 int tp_set_tidal_select_variant(int variant);
 /** The setting tp_set_tidal_select_variant made (0, 1, 2 or 3). */
 int tp_get_tidal_select_variant(void);
+/**
+ * Keys per block of the histogram pass of a selection from keys another kernel wrote (the selection layer's attention,
+ * the quantized cache's and Quest's / TokenSelect's selections): 0 = the default 2048, else a multiple of 128 up to
+ * 65536 (process-wide; the same selection for any setting). A captured graph keeps what it was captured with.
+ */
+int tp_tidal_select_set_hist_rows(int rows_per_block);
 
 /* ---- selection over the vocabulary (topk_select.cu) -------------------------------------------------- */
 

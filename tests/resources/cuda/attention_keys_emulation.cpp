@@ -1,16 +1,22 @@
-// Host emulation of the selection keys decode attention v3 writes for TidalDecode (v3_stage_sel_keys in
-// cuda/decode_attention.cu), compiled with g++ by AttentionKeysEmulationTest: the test pastes the function in place
+// Host emulation of the selection keys decode attention v3 writes for TidalDecode (v3_sel_reduce and v3_sel_store in
+// cuda/decode_attention.cu), compiled with g++ by AttentionKeysEmulationTest: the test pastes the functions in place
 // of the KEYS line below and runs it with one host thread per lane of a warp (shuffles emulated over the warp's
 // threads, emulation.h). Each lane gets its scores where the MMA C fragment puts them (lane 4·gq + t4 holds head
 // gq's score of key j·8 + 2·t4 + e in s[j][e]; the same mapping the kernel's softmax reads), with garbage in the rows
-// of heads past the group; the keys written must be order_key of the group's max, or of its sum in the shuffles' tree order
-// ((h0 + h1) + (h2 + h3)) + ((h4 + h5) + (h6 + h7)), 0 for invisible keys, nothing at or past kend or outside the
-// stage. Checked on random stages: groups 1..8, max and sum, invisible keys, stage offsets and kend cuts.
+// of heads past the group; the keys written must be order_key of the group's max, or of its sum in the reduce-scatter's
+// order ((h0 + h4) + (h2 + h6)) + ((h1 + h5) + (h3 + h7)), 0 for invisible keys, nothing at or past kend or outside
+// the stage. Checked on random stages: groups 1..8, max and sum, invisible keys, stage offsets and kend cuts.
 #include <random>
 
 #include "emulation.h"
 
 /*KEYS*/
+
+// a stage's keys as the kernel writes them: reduced, then stored (after the stage's P·V MMAs there)
+static void v3_stage_sel_keys(const float (&s)[2][2], uint32_t inv, int gq, int t4, int nh, int sum_group, int row0,
+                              int kend, uint32_t* krow) {
+    v3_sel_store(v3_sel_reduce(s, gq, nh, sum_group), inv, gq, t4, row0, kend, krow);
+}
 
 int main() {
     Pool pool(32);
@@ -41,7 +47,7 @@ int main() {
             if (r >= 0 && r < 16 && idx < kend) {
                 float v[8];
                 for (int h = 0; h < 8; h++) v[h] = h < nh ? sc[h][r] : (sum ? 0.f : kNegInf);
-                float g = sum ? ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))
+                float g = sum ? ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
                               : std::fmax(std::fmax(std::fmax(v[0], v[1]), std::fmax(v[2], v[3])),
                                           std::fmax(std::fmax(v[4], v[5]), std::fmax(v[6], v[7])));
                 want = ((inv >> r) & 1u) ? 0u : order_key(g);

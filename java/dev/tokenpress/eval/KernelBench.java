@@ -235,6 +235,12 @@ public final class KernelBench {
             result(out, k + "_sel_layer_fused_speedup", r.fullThenSelectUs() / r.attnSelectUs(), "x");
             result(out, k + "_sel_layer_fused_diff_slots", r.attnSelectDiffSlots(), "slots");
             result(out, k + "_sel_layer_fused_out_max_diff", r.attnSelectOutMaxDiff(), "abs");
+            for (int i = 0; i < CudaKernelBench.HIST_ROWS.length; i++) {
+                int rows = CudaKernelBench.HIST_ROWS[i];
+                out.printf("| %d | selection layer, histogram pass %d keys per block: %.2f µs | | | | | | |%n", ctx, rows,
+                        r.attnSelectHistUs()[i]);
+                result(out, k + "_sel_layer_fused_hist" + rows + "_us", r.attnSelectHistUs()[i], "us");
+            }
         }
     }
 
@@ -408,7 +414,8 @@ public final class KernelBench {
      * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop;
      * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
      * that run); tidal_fused: {@code tidal:k=2048} with its selection made from the selection layers' attention
-     * ({@link CudaBackend#setFusedSelect}, switched on for that run); quest and quest_device: {@code quest:budget=2048}
+     * ({@link CudaBackend#setFusedSelect}, switched on for that run); tidal_fused_side: the same with that selection's passes on a second stream ({@link
+     * CudaBackend#setSideSelect}); quest and quest_device: {@code quest:budget=2048}
      * with its pages selected on the host from downloaded bounds, and in device memory
      * ({@code -Dtokenpress.cuda.deviceQuest}, set for each run); tokenselect and tokenselect_device: {@code
      * tokenselect:k=2048} voting on the host and in device memory ({@code -Dtokenpress.cuda.deviceTokenSelect}). With
@@ -434,7 +441,9 @@ public final class KernelBench {
                     if (name.equals("int4_kvq3")) dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(3);
                     // tidal_fused: the selection made from the selection layers' attention (CudaBackend.setFusedSelect)
                     boolean fusedBefore = gpu.fusedSelect();
-                    if (name.equals("tidal_fused")) gpu.setFusedSelect(true);
+                    boolean sideBefore = gpu.sideSelect();
+                    if (name.equals("tidal_fused") || name.equals("tidal_fused_side")) gpu.setFusedSelect(true);
+                    if (name.equals("tidal_fused_side")) gpu.setSideSelect(true);
                     if (name.equals("tidal")) gpu.setFusedSelect(false);
                     // the run's switch (a system property read at each use), restored after
                     String[] sw = run[3] == null ? null : run[3].split("=", 2);
@@ -460,6 +469,7 @@ public final class KernelBench {
                     } finally {
                         m.setPipelinedGreedy(null);
                         gpu.setFusedSelect(fusedBefore);
+                        gpu.setSideSelect(sideBefore);
                         dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
                         if (sw != null && swBefore == null) System.clearProperty(sw[0]);
                         else if (sw != null) System.setProperty(sw[0], swBefore);
@@ -477,6 +487,7 @@ public final class KernelBench {
      */
     static final String[][] E2E_POLICY_RUNS = {{"full", "none", "full", null},
             {"tidal:k=" + POLICY_K, "none", "tidal", null}, {"tidal:k=" + POLICY_K, "none", "tidal_fused", null},
+            {"tidal:k=" + POLICY_K, "none", "tidal_fused_side", null},
             {"quest:budget=" + POLICY_K, "none", "quest", "tokenpress.cuda.deviceQuest=false"},
             {"quest:budget=" + POLICY_K, "none", "quest_device", "tokenpress.cuda.deviceQuest=true"},
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect", "tokenpress.cuda.deviceTokenSelect=false"},

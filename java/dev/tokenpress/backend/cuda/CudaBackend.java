@@ -136,6 +136,9 @@ public final class CudaBackend implements Backend {
     private boolean fusedNorm;         // rmsnormMatmul*: RMSNorm inside the GEMV; matmulAdd: residual add in its epilogue
     private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
     private boolean fusedSelect;       // selectTopSlots queued for its layer's attention (tp_decode_attention_select)
+    private boolean sideSelect;        // ... and that selection forked onto a second stream until its reader
+    private long sideStream, sideFork, sideJoin; // the second stream and its fork / join events (made at first use)
+    private boolean sideJoinPending;   // a selection runs on the second stream: its readers wait for sideJoin
     private boolean shortAttn;         // decode attention: one split that writes out directly for short contexts
     private final boolean pdlSupported; // Programmatic Dependent Launch possible (sm_90+, CUDA >= 12.3)
 
@@ -223,6 +226,8 @@ public final class CudaBackend implements Backend {
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
         this.fusedSelect = flag("tokenpress.cuda.fusedSelect", "TOKENPRESS_CUDA_FUSED_SELECT");
+        this.sideSelect = optIn("tokenpress.cuda.sideSelect", "TOKENPRESS_CUDA_SIDE_SELECT");
+        if (sideSelect) ensureSideStream();
         this.quantGraphs = flag("tokenpress.cuda.quantGraphs", "TOKENPRESS_CUDA_QUANT_GRAPHS");
         this.pinnedStats = flag("tokenpress.cuda.pinnedStats", "TOKENPRESS_CUDA_PINNED_STATS");
         this.batchGraphs = flag("tokenpress.cuda.batchGraphs", "TOKENPRESS_CUDA_BATCH_GRAPHS");
@@ -503,6 +508,45 @@ public final class CudaBackend implements Backend {
 
     public boolean fusedSelect() { return fusedSelect; }
 
+    /**
+     * The selection of {@link #setFusedSelect} on a second stream: after the selection layer's attention (which writes
+     * the selection's keys) the selection's passes over those keys (histogram, collect, compact) are forked onto it,
+     * and only the next op that may read the selection — an attention call, another selection, a download, a cache
+     * clear, the decode step's end — waits for them; the GEMVs, norms and the KV store of the layers in between run
+     * beside them (TidalDecode's selection is read a layer later). The fork and join are graph edges in a captured
+     * step. Off unless {@code -Dtokenpress.cuda.sideSelect=true} or this setter (not yet measured on a GPU). Drops a
+     * captured graph.
+     */
+    public void setSideSelect(boolean on) {
+        reconfigure("setSideSelect");
+        flushPendingSelect();
+        if (on) ensureSideStream();
+        sideSelect = on;
+    }
+
+    public boolean sideSelect() { return sideSelect; }
+
+    private void ensureSideStream() {
+        if (sideStream != 0) return;
+        long[] h = {0};
+        check(TpNative.tp_stream_create(h), "selection stream");
+        sideStream = h[0];
+        h[0] = 0;
+        check(TpNative.tp_event_create(h), "selection fork event");
+        sideFork = h[0];
+        h[0] = 0;
+        check(TpNative.tp_event_create(h), "selection join event");
+        sideJoin = h[0];
+    }
+
+    /** The main stream waits for a selection forked onto the second stream ({@link #setSideSelect}). */
+    private void joinSideSelect() {
+        if (!sideJoinPending) return;
+        sideJoinPending = false;
+        sig(55);
+        if (mode != Mode.DRY) check(TpNative.tp_stream_wait_event(stream, sideJoin), "join the selection stream");
+    }
+
     private long fusedSelectCalls;
 
     /** Attention calls that launched the queued selection of their layer ({@link #setFusedSelect}; graph replays not counted). */
@@ -572,6 +616,7 @@ public final class CudaBackend implements Backend {
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
                 + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
                 + ", selection from the selection layer's attention " + onOff(fusedSelect)
+                + (fusedSelect && sideSelect ? " (on a second stream)" : "")
                 + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
                 + (weightType == dev.tokenpress.backend.WeightType.Q8_0 ? ", q8_0 GEMV v" + TpNative.tp_q8_gemv_variant() : "")
                 + ", PDL " + (pdl() ? "on" : pdlSupported ? "off" : "off (unsupported)");
@@ -873,7 +918,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void embedding(Tensor out, Tensor table, int[] tokens, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), t = (CudaTensor) table;
         if (!t.bf16 && !t.q8) throw new IllegalArgumentException("embedding: table must be a 2-D weight, got " + t);
         for (int i = 0; i < n; i++)
@@ -888,7 +933,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void rmsnorm(Tensor out, Tensor x, Tensor w, float eps, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), wt = (CudaTensor) w;
         if (wt.bf16 || (long) wt.rows * wt.cols != xi.cols) throw new IllegalArgumentException("rmsnorm: weight " + wt + " for " + xi);
         sig(3, o.ptr, xi.ptr, wt.ptr, Float.floatToIntBits(eps), n);
@@ -897,7 +942,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void rmsnormHeads(Tensor x, Tensor w, float eps, int n, int heads) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor xi = act(x), wt = (CudaTensor) w;
         long hd = (long) wt.rows * wt.cols;
         if (wt.bf16 || wt.q8 || heads <= 0 || hd * heads != xi.cols)
@@ -909,7 +954,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void matmul(Tensor out, Tensor x, Tensor w, Tensor bias, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), wt = (CudaTensor) w;
         CudaTensor b = (CudaTensor) bias;
         int in = wt.cols, outDim = wt.rows;
@@ -1034,7 +1079,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void matmulQkv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk,
                           Tensor wv, Tensor bv, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x);
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int in = xi.cols;
@@ -1059,7 +1104,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void matmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor wGate, Tensor wUp, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
         int in = xi.cols, f = wg.rows;
         if (q8Gemv(xi, n, in, wg, wu) && wu.rows == f && o.cols == f && disjoint(o, xi, n)) {
@@ -1080,7 +1125,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void matmulAdd(Tensor x, Tensor y, Tensor a, Tensor w, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor xo = act(x), ai = act(a), wt = (CudaTensor) w;
         int in = wt.cols, outDim = wt.rows;
         if (wt.q8 && n > 0 && ai.cols == in && xo.cols == outDim) { // x += a · wᵀ in the matmul itself
@@ -1148,7 +1193,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void rmsnormMatmulQkv(Tensor q, Tensor k, Tensor v, Tensor x, Tensor normW, float eps, Tensor xn,
                                  Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor qo = act(q), ko = act(k), vo = act(v), xi = act(x), nw = (CudaTensor) normW;
         CudaTensor wqt = (CudaTensor) wq, wkt = (CudaTensor) wk, wvt = (CudaTensor) wv;
         int in = xi.cols;
@@ -1166,7 +1211,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void rmsnormMatmulSwiglu(Tensor out, Tensor up, Tensor x, Tensor normW, float eps, Tensor xn,
                                     Tensor wGate, Tensor wUp, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), nw = (CudaTensor) normW, wg = (CudaTensor) wGate, wu = (CudaTensor) wUp;
         int in = xi.cols, f = wg.rows;
         if (!fusedNorm || !normWeightOk(nw, in) || !swigluGemv(o, xi, wg, wu, n)) {
@@ -1189,7 +1234,7 @@ public final class CudaBackend implements Backend {
      */
     @Override
     public void addRmsnorm(Tensor out, Tensor x, Tensor y, Tensor w, float eps, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), xi = act(x), yi = act(y), wt = (CudaTensor) w;
         if (o.ptr == xi.ptr || o.ptr == yi.ptr || xi.ptr == yi.ptr) {
             add(x, y, n);
@@ -1205,7 +1250,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void rope(Tensor x, int heads, RopeTable rope, int[] positions, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor t = act(x);
         int hd = rope.headDim();
         if ((long) heads * hd > t.cols) throw new IllegalArgumentException("rope: " + heads + " heads of " + hd + " do not fit " + t);
@@ -1232,7 +1277,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void ropeStoreKv(Tensor q, int heads, Tensor k, Tensor v, int kvHeads, RopeTable rope, int[] positions,
                             KvCache cache, int layer, int[][] slots, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor qt = act(q), kt = act(k), vt = act(v);
         int hd = rope.headDim();
         if (!fusedRopeStoreKv || !ropeStoreFits(qt, heads, kt, vt, kvHeads, hd, cache, n)) {
@@ -1268,7 +1313,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void swiglu(Tensor out, Tensor gate, Tensor up, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor o = act(out), g = act(gate), u = act(up);
         sig(6, o.ptr, g.ptr, u.ptr, n);
         if (mode != Mode.DRY) check(TpNative.tp_swiglu(o.ptr, g.ptr, u.ptr, (long) n * g.cols, stream), "swiglu");
@@ -1276,7 +1321,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void add(Tensor x, Tensor y, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         CudaTensor a = act(x), b = act(y);
         sig(7, a.ptr, b.ptr, n);
         if (mode != Mode.DRY) check(TpNative.tp_add(a.ptr, b.ptr, (long) n * a.cols, stream), "add");
@@ -1284,7 +1329,7 @@ public final class CudaBackend implements Backend {
 
     @Override
     public void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n) {
-        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        flushQueuedSelect(); // a queued selection reads q and the cache as they are now
         if (cache instanceof CudaQuantKvCache qc) {
             storeKvQuant(qc, layer, act(k), act(v), slots, n);
             return;
@@ -1311,6 +1356,7 @@ public final class CudaBackend implements Backend {
     @Override
     public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
                           SlotSelection select, AttentionStats stats) {
+        joinSideSelect(); // the selection it may read
         if (pendingSelect != null) {
             PendingSelect p = pendingSelect;
             if (select == null && stats == null && n == 1 && cache == p.cache && layer == p.layer
@@ -2136,8 +2182,21 @@ public final class CudaBackend implements Backend {
 
     private PendingSelect pendingSelect;
 
-    /** Runs a queued selection on its own ({@code tp_tidal_select}), before anything that may read it. */
+    /**
+     * Before an op that may read a selection, the selection's workspace, q or the cache: joins a selection running on
+     * the second stream ({@link #setSideSelect}) and runs a queued one.
+     */
     private void flushPendingSelect() {
+        joinSideSelect();
+        flushQueuedSelect();
+    }
+
+    /**
+     * Runs a queued selection on its own ({@code tp_tidal_select}), before anything that may read it; the ops that
+     * write neither a selection nor its workspace nor the KV cache's layer it read (GEMVs, norms, adds, RoPE, the KV
+     * store of new rows) call only this, so a selection on the second stream runs beside them.
+     */
+    private void flushQueuedSelect() {
         PendingSelect p = pendingSelect;
         if (p == null) return;
         pendingSelect = null;
@@ -2164,13 +2223,15 @@ public final class CudaBackend implements Backend {
         ensureAttnWs(TpNative.tp_decode_attention_workspace_bytes(heads, hd), 0);
         long d = stage(p.params, p.params.length);
         sig(51, o.ptr, qt.ptr, c.keys, c.deviceLayer(p.layer), heads, lenHint, fused ? 1 : 0, shortAttn ? 1 : 0, p.ds.slots,
-                p.len, p.k, p.sum ? 1 : 0);
+                p.len, p.k, p.sum ? 1 : 0, sideSelect ? 1 : 0);
+        sideJoinPending = sideSelect; // the join before the selection's first reader (flushPendingSelect, attention)
         if (mode == Mode.DRY) return;
         fusedSelectCalls++;
-        check(TpNative.tp_decode_attention_select(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(p.layer), heads, hkv,
-                hd, cap, lenHint, (float) (1.0 / Math.sqrt(hd)), attnWs, attnWsBytes, fused ? attnCounters : 0,
+        check(TpNative.tp_decode_attention_select_side(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(p.layer), heads,
+                hkv, hd, cap, lenHint, (float) (1.0 / Math.sqrt(hd)), attnWs, attnWsBytes, fused ? attnCounters : 0,
                 shortAttn ? -1 : 0, p.ds.slots, p.ds.counts, p.ds.stride, p.ds.cur, tidalKeys.ptr, p.len, d, p.k, p.sum ? 1 : 0,
-                stream), "decode attention + selection");
+                stream, sideSelect ? sideStream : 0, sideSelect ? sideFork : 0, sideSelect ? sideJoin : 0),
+                "decode attention + selection");
     }
 
     /** Host arrays of a device selection: counts, then each KV head's first count[g] slots. */
@@ -2688,6 +2749,7 @@ public final class CudaBackend implements Backend {
                 flushPendingSelect();
             } catch (RuntimeException | Error e) {
                 pendingSelect = null; // an aborted dry run or capture: the step runs again from its start
+                if (mode == Mode.DRY) sideJoinPending = false; // a dry run forked nothing (a capture joins at its end)
                 throw e;
             }
         };
@@ -2759,6 +2821,10 @@ public final class CudaBackend implements Backend {
             mode = Mode.EAGER;
         }
         long[] ge = {0};
+        if (sideJoinPending) { // an aborted capture with a selection forked onto the second stream: joined before its end
+            sideJoinPending = false;
+            TpNative.tp_stream_wait_event(stream, sideJoin);
+        }
         rc = TpNative.tp_graph_end_capture(stream, ge);
         if (abort != null || failure != null || rc != TpNative.TP_OK || ge[0] == 0) {
             if (ge[0] != 0) TpNative.tp_graph_destroy(ge[0]);
@@ -2978,6 +3044,7 @@ public final class CudaBackend implements Backend {
     public void close() {
         if (closed) return;
         pendingSelect = null;
+        sideJoinPending = false;
         TpNative.tp_stream_synchronize(stream);
         dropGraph();
         closed = true;
@@ -2993,6 +3060,12 @@ public final class CudaBackend implements Backend {
         TpNative.tp_free_host(feedbackHost);
         if (statsHost != 0) TpNative.tp_free_host(statsHost);
         TpNative.tp_event_destroy(replayEvent);
+        if (sideStream != 0) {
+            TpNative.tp_stream_synchronize(sideStream);
+            TpNative.tp_event_destroy(sideFork);
+            TpNative.tp_event_destroy(sideJoin);
+            TpNative.tp_stream_destroy(sideStream);
+        }
         cublasDestroy_v2(cublas);
         TpNative.tp_stream_destroy(stream);
         one.close();

@@ -171,7 +171,10 @@ public final class CudaKernelBench {
                                         double sparseUsV1, double fullUsV2, double sparseUsV2, double fullUsV3,
                                         double sparseUsV3, double selectUsV1, double selectUsV2, double selectUsV3,
                                         int selectV3DiffSlots, double fullThenSelectUs, double attnSelectUs,
-                                        int attnSelectDiffSlots, double attnSelectOutMaxDiff) {}
+                                        int attnSelectDiffSlots, double attnSelectOutMaxDiff, double[] attnSelectHistUs) {}
+
+    /** Rows per block of the selection's histogram pass timed besides the default ({@code attnSelectHistUs}). */
+    public static final int[] HIST_ROWS = {512, 4096, 8192};
 
     /**
      * Decode attention of one token over {@code context} tokens (shape heads / kvHeads / headDim, layers rotated
@@ -250,6 +253,16 @@ public final class CudaKernelBench {
                     f.selParams, k, 0, b.stream()), "attention + selection");
             double fullSelectUs = time(b, fullSelect, layers, iters, e0[0], e1[0]);
             double attnSelectUs = time(b, attnSelect, layers, iters, e0[0], e1[0]);
+            // the same with other rows per block of the histogram pass over the attention's keys (the same selection)
+            double[] histUs = new double[HIST_ROWS.length];
+            try {
+                for (int i = 0; i < HIST_ROWS.length; i++) {
+                    check(TpNative.tp_tidal_select_set_hist_rows(HIST_ROWS[i]), "histogram rows");
+                    histUs[i] = time(b, attnSelect, layers, iters, e0[0], e1[0]);
+                }
+            } finally {
+                TpNative.tp_tidal_select_set_hist_rows(0);
+            }
             fullSelect.accept(0);
             int[][] sepSlots = f.downloadSelection(0);
             float[] sepOut = b.download(f.out, 0, 1);
@@ -278,7 +291,7 @@ public final class CudaKernelBench {
             double sparseRead = (double) Math.min(k, context) * kvHeads * (headDim * 4.0 + 8);
             return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead,
                     fullV[1], sparseV[1], fullV[2], sparseV[2], fullV[3], sparseV[3], selectV[1], selectV[2], selectV[3], v3Diff,
-                    fullSelectUs, attnSelectUs, attnSelectDiff, outDiff);
+                    fullSelectUs, attnSelectUs, attnSelectDiff, outDiff, histUs);
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);

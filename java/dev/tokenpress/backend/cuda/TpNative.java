@@ -389,9 +389,30 @@ public final class TpNative {
                                                         @Cast("uint64_t") long params, int k, int sumGroup,
                                                         @Cast("uint64_t") long stream);
 
+    /**
+     * {@link #tp_decode_attention_select} with the selection forked onto {@code sideStream} after the attention
+     * ({@code forkEvent}) and {@code joinEvent} recorded there: later readers of the selection wait for it.
+     */
+    public static native int tp_decode_attention_select_side(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                                             @Cast("uint64_t") long keyCache, @Cast("uint64_t") long valueCache,
+                                                             @Cast("uint64_t") long posCache, int layer, int numHeads,
+                                                             int kvHeads, int headDim, int capacity, int maxLen, float scale,
+                                                             @Cast("uint64_t") long workspace,
+                                                             @Cast("uint64_t") long workspaceBytes,
+                                                             @Cast("uint64_t") long counters, int singleSplitMaxLen,
+                                                             @Cast("uint64_t") long outSlots, @Cast("uint64_t") long outCounts,
+                                                             int outStride, @Cast("uint64_t") long curSlot,
+                                                             @Cast("uint64_t") long keysWs, int len,
+                                                             @Cast("uint64_t") long params, int k, int sumGroup,
+                                                             @Cast("uint64_t") long stream, @Cast("uint64_t") long sideStream,
+                                                             @Cast("uint64_t") long forkEvent, @Cast("uint64_t") long joinEvent);
+
     public static native @Cast("uint64_t") long tp_tidal_select_workspace_bytes(int kvHeads, int len);
 
     public static native int tp_set_tidal_select_variant(int variant);
+
+    /** Keys per block of the histogram pass of a selection from keys (0 = the default 2048; a multiple of 128). */
+    public static native int tp_tidal_select_set_hist_rows(int rowsPerBlock);
 
     public static native int tp_get_tidal_select_variant();
 

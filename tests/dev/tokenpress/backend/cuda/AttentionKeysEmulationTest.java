@@ -8,11 +8,11 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 
 /**
- * The selection keys the tensor-core decode attention writes for TidalDecode ({@code v3_stage_sel_keys} in
+ * The selection keys the tensor-core decode attention writes for TidalDecode ({@code v3_sel_reduce} and {@code v3_sel_store} in
  * {@code cuda/decode_attention.cu}, used by {@code tp_decode_attention_select}) emulated on the host: the function is
  * pasted into {@code tests/resources/cuda/attention_keys_emulation.cpp}, compiled with g++ and run with one host thread
  * per lane, each lane given its scores where the MMA C fragment holds them (the mapping the kernel's softmax already
- * reads on a GPU); the keys must be the order keys of the group max or sum (in the shuffles' tree order), 0 for an
+ * reads on a GPU); the keys must be the order keys of the group max or sum (in the reduce-scatter's order), 0 for an
  * invisible key, none at or past the end, on 1,000 random stages. Skipped where g++ is missing. (On a GPU,
  * {@code CudaTidalSelectParityTest.selectionFromTheLayersAttention} runs the kernel itself.)
  */
@@ -24,8 +24,10 @@ class AttentionKeysEmulationTest {
     void stageKeysMatchTheGroupScores() throws Exception {
         Assumptions.assumeTrue(HostEmulation.gppAvailable(), "g++ not found");
         String src = Files.readString(Path.of("cuda/decode_attention.cu"));
-        String fn = HostEmulation.function(src, "cuda/decode_attention.cu", "__device__ __forceinline__ void ",
-                "v3_stage_sel_keys", "static void ");
+        String fn = HostEmulation.function(src, "cuda/decode_attention.cu", "__device__ __forceinline__ float ",
+                "v3_sel_reduce", "static float ")
+                + HostEmulation.function(src, "cuda/decode_attention.cu", "__device__ __forceinline__ void ",
+                "v3_sel_store", "static void ");
         HostEmulation.compileAndRun(tmp, "tests/resources/cuda/attention_keys_emulation.cpp", "/*KEYS*/", fn);
     }
 }

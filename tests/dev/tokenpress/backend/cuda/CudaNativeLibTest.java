@@ -320,6 +320,11 @@ class CudaNativeLibTest {
                 refused(attentionSelect(2048, 64, 64, 32768, 36864, 16, 40960, 49152, 64, 65536, 8, 0, ws - 1), "workspace");
                 assertEquals(TpNative.TP_ERR_UNSUPPORTED_HEAD_DIM,
                         attentionSelect(2048, 96, 64, 32768, 36864, 16, 40960, 49152, 64, 65536, 8, 0, ws), "head_dim 96");
+                // the selection on a second stream: its stream and events checked before anything runs
+                refused(attentionSelectSide(ws, 0x10, 0x10, 0x20, 0x30), "side_stream");
+                refused(attentionSelectSide(ws, 0x10, 0x40, 0, 0x30), "fork_event");
+                refused(attentionSelectSide(ws, 0x10, 0x40, 0x20, 0), "join_event");
+                refused(attentionSelectSide(ws, 0x10, 0x40, 0x20, 0x20), "join_event");
             }
         } finally {
             TpNative.tp_set_attention_variant(before);
@@ -397,6 +402,27 @@ class CudaNativeLibTest {
     private static int quest(long slots, long keys, long ws, int stride, int len, int page, int kPages, int sum) {
         return TpNative.tp_quest_select(slots, 2048, stride, 3072, keys, ws, len, 12288, 16384, 20480, 0, 8, 2, 64, 1024,
                 24576, page, kPages, sum, 0);
+    }
+
+    private static int attentionSelectSide(long wsBytes, long stream, long side, long fork, long join) {
+        return TpNative.tp_decode_attention_select_side(1024, 2048, 4096, 8192, 12288, 0, 8, 2, 64, 64, 64, 0.125f, 1 << 20,
+                wsBytes, 0, -1, 32768, 36864, 16, 40960, 49152, 64, 65536, 8, 0, stream, side, fork, join);
+    }
+
+    /** The selection's histogram pass setting: refused off its grid, 0 restores the default. */
+    @Test
+    void histRowsWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        try {
+            refused(TpNative.tp_tidal_select_set_hist_rows(-128), "rows_per_block");
+            refused(TpNative.tp_tidal_select_set_hist_rows(64), "rows_per_block");
+            refused(TpNative.tp_tidal_select_set_hist_rows(200), "rows_per_block");
+            refused(TpNative.tp_tidal_select_set_hist_rows(65536 + 128), "rows_per_block");
+            assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_hist_rows(128));
+            assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_hist_rows(65536));
+        } finally {
+            assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_hist_rows(0));
+        }
     }
 
     private static int attentionSelect(long q, int hd, int capacity, long slots, long counts, int stride, long cur, long keys,

@@ -438,6 +438,32 @@ class CudaTidalSelectParityTest {
                 gpu.setFusedSelect(false);
                 gpu.setAttentionVariant(variant);
             }
+            // the same fused call with the selection's passes on a second stream: the same selection and output, the
+            // selection joined by the op that reads it (here the host copy, then a sparse attention over it)
+            gpu.setFusedSelect(true);
+            Tensor sparse = gpu.allocate(1, heads * hd), sparseOne = gpu.allocate(1, heads * hd);
+            try {
+                for (int k : new int[] {1, 64, 2048}) {
+                    String what = "second stream hd=" + hd + " group=" + group + " len=" + len + " k=" + k;
+                    gpu.setSideSelect(false);
+                    SlotSelection one = gpu.selectTopSlots(qg, 0, len - 1, p.g, layer, k, false, len - 1, false);
+                    gpu.attention(plain, qg, p.g, layer, new int[] {len - 1}, 1, null, null);
+                    SlotSelection oneHost = gpu.hostSelection(one);
+                    float[] outOne = gpu.download(plain, 0, 1);
+                    gpu.selectTopSlots(qNeg, 0, len - 1, p.g, layer, k, false, len - 1, true); // -q's keys in the workspace
+                    gpu.setSideSelect(true);
+                    SlotSelection two = gpu.selectTopSlots(qg, 0, len - 1, p.g, layer, k, false, len - 1, false);
+                    gpu.attention(fused, qg, p.g, layer, new int[] {len - 1}, 1, null, null);
+                    gpu.attention(sparse, qg, p.g, layer, new int[] {len - 1}, 1, two, null); // joins the second stream
+                    gpu.attention(sparseOne, qg, p.g, layer, new int[] {len - 1}, 1, one, null);
+                    assertSameSelection(oneHost, gpu.hostSelection(two), what + ": selection");
+                    assertArrayEquals(outOne, gpu.download(fused, 0, 1), what + ": attention output");
+                    assertArrayEquals(gpu.download(sparseOne, 0, 1), gpu.download(sparse, 0, 1), what + ": sparse attention");
+                }
+            } finally {
+                gpu.setSideSelect(false);
+                gpu.setFusedSelect(false);
+            }
             // a queued selection that another op needs first runs on its own: here a sparse attention over it
             gpu.setFusedSelect(true);
             try {
@@ -543,7 +569,7 @@ class CudaTidalSelectParityTest {
     @ValueSource(strings = {"tidal:k=16,full_layers=1,reselect=2", "tidal:k=16,full_layers=1,reselect=2,group=sum",
             "tidal:k=8,full_layers=1,reselect=-1", "window:sink=4,budget=40+tidal:k=16,full_layers=1,reselect=2"})
     void tidalModelMatchesCpu(String spec) {
-        tidalModel(spec, false);
+        tidalModel(spec, false, false);
     }
 
     /**
@@ -555,10 +581,20 @@ class CudaTidalSelectParityTest {
     @ValueSource(strings = {"tidal:k=16,full_layers=1,reselect=2", "tidal:k=16,full_layers=1,reselect=2,group=sum",
             "window:sink=4,budget=40+tidal:k=16,full_layers=1,reselect=2"})
     void tidalModelWithTheSelectionFromAttentionMatchesCpu(String spec) {
-        tidalModel(spec, true);
+        tidalModel(spec, true, false);
     }
 
-    private void tidalModel(String spec, boolean fusedSelect) {
+    /**
+     * The same with that selection's passes on a second stream ({@link CudaBackend#setSideSelect}), joined before
+     * the next op that may read it: in CUDA graphs (fork and join as graph edges) and eagerly (the first step).
+     */
+    @ParameterizedTest(name = "cuda fused selection on a second stream {0}")
+    @ValueSource(strings = {"tidal:k=16,full_layers=1,reselect=2", "tidal:k=16,full_layers=1,reselect=2,group=sum"})
+    void tidalModelWithTheSelectionOnASecondStreamMatchesCpu(String spec) {
+        tidalModel(spec, true, true);
+    }
+
+    private void tidalModel(String spec, boolean fusedSelect, boolean side) {
         Path dir = tmp.resolve("tidal-model");
         LlamaConfig cfg = Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)) ? ConfigLoader.load(dir)
                 : ModelWriter.write(dir, CudaModelParityTest.config(512, 8, 2, 64, 4), 23, s -> {});
@@ -568,6 +604,7 @@ class CudaTidalSelectParityTest {
         }
         CudaBackend b = CudaBackend.open();
         b.setFusedSelect(fusedSelect);
+        b.setSideSelect(side);
         CudaPolicyModelParityTest.Run got;
         String graphs;
         int replays;
@@ -580,7 +617,8 @@ class CudaTidalSelectParityTest {
         } finally {
             b.close();
         }
-        CudaPolicyModelParityTest.compare("cuda " + spec + (fusedSelect ? " fused selection" : "") + " (" + graphs + ")", ref, got);
+        CudaPolicyModelParityTest.compare("cuda " + spec + (fusedSelect ? " fused selection" : "") + (side ? " on a second stream" : "")
+                + " (" + graphs + ")", ref, got);
         if (!spec.contains("+")) assertTrue(replays > 0, spec + ": a selecting decode step should replay graphs: " + graphs);
         if (fusedSelect && !spec.contains("+")) assertTrue(fusedCalls > 0, spec + ": no selection was made by an attention call");
         if (!fusedSelect || spec.contains("+")) assertEquals(0, fusedCalls, spec + ": selections made by attention calls");
