@@ -1559,12 +1559,15 @@ int tp_decode_attention_select_side(uint64_t out, uint64_t q, uint64_t key_cache
     int rc = decode_attention_impl(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads, head_dim,
                                    capacity, qpos, 0, 1, 0, hw, max_len, scale, 0, 0, workspace, workspace_bytes,
                                    counters, single_split_max_len, &sk, stream);
-    if (rc == TP_OK) rc = fork();
-    if (rc == TP_OK)
-        rc = tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
-                                               TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads,
-                                               TP_STREAM(sel_stream));
-    return rc == TP_OK && side_stream != 0 ? tp_event_record(join_event, side_stream) : rc;
+    if (rc != TP_OK) return rc;
+    rc = fork();
+    if (rc != TP_OK) return rc;  // nothing forked: the caller's wait for join_event is already satisfied
+    rc = tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
+                                           TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads,
+                                           TP_STREAM(sel_stream));
+    if (side_stream == 0) return rc;
+    const int jrc = tp_event_record(join_event, side_stream);  // also after a failed launch: the fork is joined
+    return rc != TP_OK ? rc : jrc;
 }
 
 }  // extern "C"

@@ -240,6 +240,14 @@ int tp_event_create(uint64_t* event) {
     return TP_OK;
 }
 
+int tp_event_create_sync(uint64_t* event) {
+    TP_REQUIRE(event != nullptr, "tp_event_create_sync", "event");
+    cudaEvent_t e = nullptr;
+    TP_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    *event = (uint64_t)(uintptr_t)e;
+    return TP_OK;
+}
+
 int tp_event_destroy(uint64_t event) {
     if (event) TP_CUDA(cudaEventDestroy(reinterpret_cast<cudaEvent_t>((uintptr_t)event)));
     return TP_OK;

@@ -93,6 +93,8 @@ int tp_stream_destroy(uint64_t stream);
 int tp_stream_synchronize(uint64_t stream);
 int tp_device_synchronize(void);
 int tp_event_create(uint64_t* event);
+/** An event for ordering only (no timing: cheaper to record and wait for), e.g. a fork or join between streams. */
+int tp_event_create_sync(uint64_t* event);
 int tp_event_destroy(uint64_t event);
 int tp_event_record(uint64_t event, uint64_t stream);
 int tp_event_synchronize(uint64_t event);

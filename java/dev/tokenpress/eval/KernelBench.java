@@ -443,7 +443,7 @@ public final class KernelBench {
                     boolean fusedBefore = gpu.fusedSelect();
                     boolean sideBefore = gpu.sideSelect();
                     if (name.equals("tidal_fused") || name.equals("tidal_fused_side")) gpu.setFusedSelect(true);
-                    if (name.equals("tidal_fused_side")) gpu.setSideSelect(true);
+                    if (name.equals("tidal_fused_side") || name.equals("tidal_fused")) gpu.setSideSelect(name.equals("tidal_fused_side"));
                     if (name.equals("tidal")) gpu.setFusedSelect(false);
                     // the run's switch (a system property read at each use), restored after
                     String[] sw = run[3] == null ? null : run[3].split("=", 2);

@@ -527,16 +527,21 @@ public final class CudaBackend implements Backend {
     public boolean sideSelect() { return sideSelect; }
 
     private void ensureSideStream() {
-        if (sideStream != 0) return;
         long[] h = {0};
-        check(TpNative.tp_stream_create(h), "selection stream");
-        sideStream = h[0];
-        h[0] = 0;
-        check(TpNative.tp_event_create(h), "selection fork event");
-        sideFork = h[0];
-        h[0] = 0;
-        check(TpNative.tp_event_create(h), "selection join event");
-        sideJoin = h[0];
+        if (sideStream == 0) {
+            check(TpNative.tp_stream_create(h), "selection stream");
+            sideStream = h[0];
+        }
+        if (sideFork == 0) {
+            h[0] = 0;
+            check(TpNative.tp_event_create_sync(h), "selection fork event");
+            sideFork = h[0];
+        }
+        if (sideJoin == 0) {
+            h[0] = 0;
+            check(TpNative.tp_event_create_sync(h), "selection join event");
+            sideJoin = h[0];
+        }
     }
 
     /** The main stream waits for a selection forked onto the second stream ({@link #setSideSelect}). */
@@ -3045,6 +3050,7 @@ public final class CudaBackend implements Backend {
         if (closed) return;
         pendingSelect = null;
         sideJoinPending = false;
+        if (sideStream != 0) TpNative.tp_stream_synchronize(sideStream); // before anything it may use is freed
         TpNative.tp_stream_synchronize(stream);
         dropGraph();
         closed = true;
@@ -3061,7 +3067,6 @@ public final class CudaBackend implements Backend {
         if (statsHost != 0) TpNative.tp_free_host(statsHost);
         TpNative.tp_event_destroy(replayEvent);
         if (sideStream != 0) {
-            TpNative.tp_stream_synchronize(sideStream);
             TpNative.tp_event_destroy(sideFork);
             TpNative.tp_event_destroy(sideJoin);
             TpNative.tp_stream_destroy(sideStream);

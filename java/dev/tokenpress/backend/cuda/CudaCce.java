@@ -41,7 +41,8 @@ import java.util.SplittableRandom;
  * (max, sum) per row; {@code tp_lse_chunk_finish} ends it. The [n, V] logits never exist at once, the workspace is
  * O(n) plus the fixed chunk, and the tensor-core work is cuBLAS's own. Precise mode runs two GEMMs per chunk (bf16
  * hi and lo parts of h, the second accumulating), as variant 1 does inside its kernel. With {@link #setGemmOverlap}
- * (or {@code -Dtokenpress.cuda.cceOverlap=true}; off by default, not yet measured on a GPU) two chunk buffers
+ * (or {@code -Dtokenpress.cuda.cceOverlap=true}; off by default: on an H200 the same bits but slower, 8.45 against
+ * 7.71 ms at the best chunk shape) two chunk buffers
  * alternate and the folds run on a second stream, so the fold of one chunk overlaps the GEMM of the next (the same
  * kernels on the same data in the same order per row: the same bits); the workspace grows by one chunk.
  */

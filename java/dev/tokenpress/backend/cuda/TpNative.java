@@ -107,6 +107,9 @@ public final class TpNative {
 
     public static native int tp_event_create(@Cast("uint64_t*") long[] event);
 
+    /** An event for ordering only (no timing). */
+    public static native int tp_event_create_sync(@Cast("uint64_t*") long[] event);
+
     public static native int tp_event_destroy(@Cast("uint64_t") long event);
 
     public static native int tp_event_record(@Cast("uint64_t") long event, @Cast("uint64_t") long stream);
