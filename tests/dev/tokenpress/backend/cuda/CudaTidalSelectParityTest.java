@@ -441,6 +441,7 @@ class CudaTidalSelectParityTest {
             // the same fused call with the selection's passes on a second stream: the same selection and output, the
             // selection joined by the op that reads it (here the host copy, then a sparse attention over it)
             gpu.setFusedSelect(true);
+            boolean sideBefore = gpu.sideSelect();
             Tensor sparse = gpu.allocate(1, heads * hd), sparseOne = gpu.allocate(1, heads * hd);
             try {
                 for (int k : new int[] {1, 64, 2048}) {
@@ -450,18 +451,18 @@ class CudaTidalSelectParityTest {
                     gpu.attention(plain, qg, p.g, layer, new int[] {len - 1}, 1, null, null);
                     SlotSelection oneHost = gpu.hostSelection(one);
                     float[] outOne = gpu.download(plain, 0, 1);
+                    gpu.attention(sparseOne, qg, p.g, layer, new int[] {len - 1}, 1, one, null); // while it is current
                     gpu.selectTopSlots(qNeg, 0, len - 1, p.g, layer, k, false, len - 1, true); // -q's keys in the workspace
                     gpu.setSideSelect(true);
                     SlotSelection two = gpu.selectTopSlots(qg, 0, len - 1, p.g, layer, k, false, len - 1, false);
                     gpu.attention(fused, qg, p.g, layer, new int[] {len - 1}, 1, null, null);
                     gpu.attention(sparse, qg, p.g, layer, new int[] {len - 1}, 1, two, null); // joins the second stream
-                    gpu.attention(sparseOne, qg, p.g, layer, new int[] {len - 1}, 1, one, null);
                     assertSameSelection(oneHost, gpu.hostSelection(two), what + ": selection");
                     assertArrayEquals(outOne, gpu.download(fused, 0, 1), what + ": attention output");
                     assertArrayEquals(gpu.download(sparseOne, 0, 1), gpu.download(sparse, 0, 1), what + ": sparse attention");
                 }
             } finally {
-                gpu.setSideSelect(false);
+                gpu.setSideSelect(sideBefore);
                 gpu.setFusedSelect(false);
             }
             // a queued selection that another op needs first runs on its own: here a sparse attention over it
