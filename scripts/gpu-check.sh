@@ -192,7 +192,8 @@ run_checks() {
   if want e2epol; then
     wait_model
     # E2EPOL_WEIGHTS=q8_0: the table with Q8_0 weights (default: as stored, bf16); E2EPOL_TABLE=main: only full,
-    # tidal, tidal_fused, int4, the pipelined loop and tidal over int4 (not the other policies' table)
+    # the tidal variants (tidal, tidal_separate, tidal_fused), quest and tokenselect (host and device), int4, the pipelined
+    # loop and tidal over int4 (not the other policies' table)
     kb_stage e2epol "${T_E2EPOL:-300}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL" "${E2EPOL_CTX:-8192,32768,131072}" \
       "${E2EPOL_WEIGHTS:-as-stored}" "${E2EPOL_TABLE:-table}"
   fi
@@ -275,6 +276,9 @@ run_checks() {
     say "STAGE bench-peer: SKIPPED (model or $PY missing)"
   fi
   say "total $((SECONDS - T0)) s"
+  # a single run: the issues' performance targets read off the summary (Targets; --run-parallel does this at its end)
+  [[ -z "${APPEND_SUMMARY:-}" ]] && "$JAVA" -cp "$CP" dev.tokenpress.eval.Targets "$SUMMARY" 2>&1 | tee -a "$SUMMARY"
+  return 0
 }
 
 # --run-split OUT: the whole check in separate JVMs — seven JUnit groups (a crash or hang in one class cannot take the
@@ -360,7 +364,12 @@ run_parallel() {
     local extra="PAR_JOPTS_$st"
     TP_JOPTS="${TP_JOPTS:-} ${!extra:-}" STAGES=$st run_checks "$OUT" > "$OUT/run-$st.log" 2>&1
   done
+  # the issues' performance targets read off the whole summary (Targets), appended to it
+  "$WORK/jre/bin/java" -cp "$(ls "$BUNDLE"/lib/*.jar | tr '\n' ':')" dev.tokenpress.eval.Targets "$OUT/gpu-summary.txt" \
+    > "$OUT/targets.md" 2>&1
+  { echo "== targets"; cat "$OUT/targets.md"; } >> "$OUT/gpu-summary.txt"
   grep -E "^(STAGE|==|parallel|total)|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
+  cat "$OUT/targets.md"
   ! grep -q "^STAGE .*: FAIL" "$OUT/gpu-summary.txt"  # the exit status: 1 when a stage failed
 }
 

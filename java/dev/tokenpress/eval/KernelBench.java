@@ -99,7 +99,7 @@ public final class KernelBench {
                 // optional weight type (as-stored | q8_0): the whole table with weights stored that way
                 dev.tokenpress.backend.WeightType wt = args.length > 3 && !args[3].isBlank()
                         ? dev.tokenpress.backend.WeightType.parse(args[3]) : dev.tokenpress.backend.WeightType.AS_STORED;
-                // optional: "main" runs only full / tidal / tidal_fused / int4 / pipelined / tidal_int4, not the other policies' table
+                // optional: "main" runs only the E2E_POLICY_RUNS (full, the tidal variants, quest, tokenselect, int4, pipelined, tidal_int4), not the other policies' table
                 boolean table = args.length <= 4 || !args[4].trim().equals("main");
                 out.println("e2e policy table: weights " + wt + (table ? "" : " (main runs only)") + "; " + gpu.kernelPaths());
                 gpu.setWeightType(wt);
@@ -413,9 +413,10 @@ public final class KernelBench {
      * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured, each with the
      * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop;
      * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
-     * that run); tidal_fused: {@code tidal:k=2048} with its selection made from the selection layers' attention
-     * ({@link CudaBackend#setFusedSelect}, switched on for that run); tidal_fused_side: the same with that selection's passes on a second stream ({@link
-     * CudaBackend#setSideSelect}); quest and quest_device: {@code quest:budget=2048}
+     * that run); tidal with the backend's defaults (the selection made from the selection layers' attention, its passes
+     * on a second stream), tidal_separate with the selection op on its own ({@link CudaBackend#setFusedSelect} off for
+     * that run) and tidal_fused with the selection from the attention on one stream ({@link CudaBackend#setSideSelect}
+     * off); quest and quest_device: {@code quest:budget=2048}
      * with its pages selected on the host from downloaded bounds, and in device memory
      * ({@code -Dtokenpress.cuda.deviceQuest}, set for each run); tokenselect and tokenselect_device: {@code
      * tokenselect:k=2048} voting on the host and in device memory ({@code -Dtokenpress.cuda.deviceTokenSelect}). With
@@ -439,12 +440,15 @@ public final class KernelBench {
                     if (name.equals("int4_kvq3") && ctx > 32768) continue;
                     int kvqBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
                     if (name.equals("int4_kvq3")) dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(3);
-                    // tidal_fused: the selection made from the selection layers' attention (CudaBackend.setFusedSelect)
                     boolean fusedBefore = gpu.fusedSelect();
+                    // tidal: the backend's defaults; tidal_separate: the selection op on its own (a second read of
+                    // every key); tidal_fused: the selection from the attention's keys, all on one stream
                     boolean sideBefore = gpu.sideSelect();
-                    if (name.equals("tidal_fused") || name.equals("tidal_fused_side")) gpu.setFusedSelect(true);
-                    if (name.equals("tidal_fused_side") || name.equals("tidal_fused")) gpu.setSideSelect(name.equals("tidal_fused_side"));
-                    if (name.equals("tidal")) gpu.setFusedSelect(false);
+                    if (name.equals("tidal_fused")) {
+                        gpu.setFusedSelect(true);
+                        gpu.setSideSelect(false);
+                    }
+                    if (name.equals("tidal_separate")) gpu.setFusedSelect(false);
                     // the run's switch (a system property read at each use), restored after
                     String[] sw = run[3] == null ? null : run[3].split("=", 2);
                     String swBefore = sw == null ? null : System.getProperty(sw[0]);
@@ -486,8 +490,8 @@ public final class KernelBench {
      * none)}; int4_kvq3 only up to 32K.
      */
     static final String[][] E2E_POLICY_RUNS = {{"full", "none", "full", null},
-            {"tidal:k=" + POLICY_K, "none", "tidal", null}, {"tidal:k=" + POLICY_K, "none", "tidal_fused", null},
-            {"tidal:k=" + POLICY_K, "none", "tidal_fused_side", null},
+            {"tidal:k=" + POLICY_K, "none", "tidal", null}, {"tidal:k=" + POLICY_K, "none", "tidal_separate", null},
+            {"tidal:k=" + POLICY_K, "none", "tidal_fused", null},
             {"quest:budget=" + POLICY_K, "none", "quest", "tokenpress.cuda.deviceQuest=false"},
             {"quest:budget=" + POLICY_K, "none", "quest_device", "tokenpress.cuda.deviceQuest=true"},
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect", "tokenpress.cuda.deviceTokenSelect=false"},
