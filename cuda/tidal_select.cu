@@ -283,6 +283,7 @@ constexpr int kInfoWords = 64;
 constexpr int kStateWords = kBins1 + kBins2 + kInfoWords;  // per KV head: hist1 | hist2 | info
 constexpr int kChunkThreads = 512;
 constexpr int kChunkBase = 2048;   // slots per chunk (x a power of two so that there are at most kMaxChunks)
+constexpr int kInFlight = 8;       // candidate-list entries a thread of the collect pass's last block loads at once
 constexpr int kMaxChunks = 1024;
 constexpr size_t kSmemDefault = 48 * 1024;
 // info words
@@ -656,6 +657,7 @@ __global__ void __launch_bounds__(kTileRows) tidal_hist_plan_kernel(
     finish_score_block(first < last ? hist : nullptr, st, cur + g, key_in, n, k);
 }
 
+template <int IN_FLIGHT>
 __global__ void __launch_bounds__(kChunkThreads) tidal_collect_kernel(
         const uint32_t* __restrict__ keys, int len, const int* __restrict__ params, uint32_t* __restrict__ state,
         int chunk, uint32_t* __restrict__ cand_key, int* __restrict__ cand_slot, int* __restrict__ blk_gt,
@@ -745,20 +747,39 @@ __global__ void __launch_bounds__(kChunkThreads) tidal_collect_kernel(
         int want2 = sh_res[1];
         for (int i = tid; i < kBins3; i += kChunkThreads) h3[i] = 0;
         __syncthreads();
-        for (int i = tid; i < m; i += kChunkThreads) {
-            uint32_t e = __ldcg(ckey + i);
-            if ((e >> kBits3) == prefix) atomicAdd(&h3[e & (kBins3 - 1)], 1);
+        // the candidate list (~18K entries at 128K with the benchmark's keys) is read IN_FLIGHT entries per thread
+        // at a time, every load issued before the shared-memory atomics that use them: with kInFlight one L2 round
+        // trip per batch, not per entry (the atomics keep the next entry's load behind them)
+        for (int i0 = tid; i0 < m; i0 += IN_FLIGHT * kChunkThreads) {
+            uint32_t e[IN_FLIGHT];
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; u++) {
+                const int i = i0 + u * kChunkThreads;
+                e[u] = i < m ? __ldcg(ckey + i) : 0u;
+            }
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; u++)
+                if (i0 + u * kChunkThreads < m && (e[u] >> kBits3) == prefix) atomicAdd(&h3[e[u] & (kBins3 - 1)], 1);
         }
         __syncthreads();
         find_bin([=](int bb) { return h3[bb]; }, kBins3, want2, sh_red, sh_res);
         T = (prefix << kBits3) | (uint32_t)sh_res[0];
         want = sh_res[1];
-        for (int i = tid; i < m; i += kChunkThreads) {
-            uint32_t e = __ldcg(ckey + i);
-            if (e >= T) {
-                int c = __ldcg(cslot + i) / chunk;
-                atomicAdd(e > T ? &cgt[c] : &ceq[c], 1);
+        for (int i0 = tid; i0 < m; i0 += IN_FLIGHT * kChunkThreads) {
+            uint32_t e[IN_FLIGHT];
+            int sl[IN_FLIGHT];
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; u++) {
+                const int i = i0 + u * kChunkThreads;
+                e[u] = i < m ? __ldcg(ckey + i) : 0u;
+                sl[u] = i < m ? __ldcg(cslot + i) : 0;
             }
+#pragma unroll
+            for (int u = 0; u < IN_FLIGHT; u++)
+                if (i0 + u * kChunkThreads < m && e[u] >= T) {
+                    const int c = sl[u] / chunk;
+                    atomicAdd(e[u] > T ? &cgt[c] : &ceq[c], 1);
+                }
         }
         for (int i = tid; i < kBins2; i += kChunkThreads) hist2[i] = 0u;
     }
@@ -901,6 +922,13 @@ constexpr int kAutoV2MinLen = 16384;
 // tp_tidal_select_set_hist_rows): a multiple of kTileRows.
 constexpr int kHistRowsDefault = 16 * kTileRows;
 int g_hist_rows = kHistRowsDefault;
+// The collect pass's last block loads kInFlight candidate-list entries per thread at once, or one
+// (tp_tidal_select_set_collect_batch; the same selection either way). Off until timed on a GPU.
+int g_collect_batch = 0;
+using CollectFn = void (*)(const uint32_t*, int, const int*, uint32_t*, int, uint32_t*, int*, int*, int*, int*, int*);
+CollectFn collect_kernel() {
+    return __atomic_load_n(&g_collect_batch, __ATOMIC_RELAXED) ? tidal_collect_kernel<kInFlight> : tidal_collect_kernel<1>;
+}
 
 // Resident score blocks per SM for a dynamic shared memory size (cached per device and size).
 int score_blocks_per_sm(size_t smem) {
@@ -988,7 +1016,7 @@ int launch_tidal_select_from_keys(uint64_t keys_ws, int len, int* cur_slot, cons
     tidal_hist_plan_kernel<<<grid1, kTileRows, 0, stream>>>(keys, len, cur_slot, params, rows_per_block, ws, k);
     TP_LAUNCHED("tidal_hist_plan_kernel");
     dim3 grid2((unsigned)lay.chunks, kv_heads);
-    tidal_collect_kernel<<<grid2, kChunkThreads, 0, stream>>>(
+    collect_kernel()<<<grid2, kChunkThreads, 0, stream>>>(
         keys, len, params, ws, lay.chunk, TP_PTR(uint32_t, keys_ws + lay.cand_key), TP_PTR(int, keys_ws + lay.cand_slot),
         TP_PTR(int, keys_ws + lay.blk_gt), TP_PTR(int, keys_ws + lay.blk_off), TP_PTR(int, keys_ws + lay.blk_eqb),
         out_counts);
@@ -1018,6 +1046,13 @@ int tp_set_tidal_select_variant(int variant) {
 }
 
 int tp_get_tidal_select_variant(void) { return g_variant; }
+
+int tp_tidal_select_set_collect_batch(int on) {
+    if (on != 0 && on != 1)
+        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_tidal_select_set_collect_batch: bad argument 'on' (%d: 0 or 1)", on);
+    __atomic_store_n(&g_collect_batch, on, __ATOMIC_RELAXED);
+    return TP_OK;
+}
 
 int tp_tidal_select_set_hist_rows(int rows_per_block) {
     if (rows_per_block == 0) rows_per_block = kHistRowsDefault;
@@ -1106,7 +1141,7 @@ int tp_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride, uin
         }
         if (v3 != nullptr || ok) {  // v2's (or v3's) score kernel ran: v2's collect and compact kernels
             dim3 grid2((unsigned)lay.chunks, kv_heads);
-            tidal_collect_kernel<<<grid2, kChunkThreads, 0, TP_STREAM(stream)>>>(
+            collect_kernel()<<<grid2, kChunkThreads, 0, TP_STREAM(stream)>>>(
                 keys, len, TP_PTR(const int, params), ws, lay.chunk, TP_PTR(uint32_t, keys_ws + lay.cand_key),
                 TP_PTR(int, keys_ws + lay.cand_slot), TP_PTR(int, keys_ws + lay.blk_gt),
                 TP_PTR(int, keys_ws + lay.blk_off), TP_PTR(int, keys_ws + lay.blk_eqb), TP_PTR(int, out_counts));

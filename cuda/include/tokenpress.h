@@ -498,6 +498,12 @@ int tp_get_tidal_select_variant(void);
  * 65536 (process-wide; the same selection for any setting). A captured graph keeps what it was captured with.
  */
 int tp_tidal_select_set_hist_rows(int rows_per_block);
+/**
+ * 1: the collect pass of a selection from keys resolves its threshold with 8 candidate-list entries in flight per
+ * thread (every load before the atomics that use them); 0 (the default until it is timed on a GPU): one at a time.
+ * Process-wide; the same selection either way. A captured graph keeps what it was captured with.
+ */
+int tp_tidal_select_set_collect_batch(int on);
 
 /* ---- selection over the vocabulary (topk_select.cu) -------------------------------------------------- */
 

@@ -8,7 +8,8 @@
 // and the current slot, runs the three kernels, and compares with a straightforward selection: the current slot
 // when its key is not 0 and k > 0, then the best min(k, visible) - that others, higher key first, lower slot first on
 // ties, ascending; the count; the histograms, tickets and candidate count zero again and cur reset to -1. Three
-// rows-per-block settings of the histogram pass (tp_tidal_select_set_hist_rows) in turn.
+// rows-per-block settings of the histogram pass (tp_tidal_select_set_hist_rows) in turn, and the collect pass with one
+// and with kInFlight candidate-list entries in flight (tp_tidal_select_set_collect_batch) in turn.
 #include <random>
 
 #include "emulation.h"
@@ -20,7 +21,8 @@ using std::max;
 
 static int fails = 0;
 
-static bool one_case(std::mt19937& rng, Pool& p128, Pool& p512, int hkv, int len, int k, int rows_per_block, int mode) {
+static bool one_case(std::mt19937& rng, Pool& p128, Pool& p512, int hkv, int len, int k, int rows_per_block, int mode,
+                     bool batched) {
     Layout lay = layout(hkv, len);
     std::vector<uint8_t> ws(lay.bytes, 0);
     uint32_t* state = reinterpret_cast<uint32_t*>(ws.data());
@@ -56,8 +58,9 @@ static bool one_case(std::mt19937& rng, Pool& p128, Pool& p512, int hkv, int len
     p128.run((unsigned)ceil_div(len, rows_per_block), (unsigned)hkv, kTileRows, true, [&] {
         tidal_hist_plan_kernel(keys, len, cur.data(), params.data(), rows_per_block, state, k);
     });
+    auto collect = batched ? tidal_collect_kernel<kInFlight> : tidal_collect_kernel<1>;
     p512.run((unsigned)lay.chunks, (unsigned)hkv, kChunkThreads, true, [&] {
-        tidal_collect_kernel(keys, len, params.data(), state, lay.chunk,
+        collect(keys, len, params.data(), state, lay.chunk,
                              reinterpret_cast<uint32_t*>(ws.data() + lay.cand_key),
                              reinterpret_cast<int*>(ws.data() + lay.cand_slot), reinterpret_cast<int*>(ws.data() + lay.blk_gt),
                              reinterpret_cast<int*>(ws.data() + lay.blk_off), reinterpret_cast<int*>(ws.data() + lay.blk_eqb),
@@ -72,8 +75,8 @@ static bool one_case(std::mt19937& rng, Pool& p128, Pool& p512, int hkv, int len
     bool ok = true;
     auto fail = [&](const char* what, int g, long a, long b) {
         if (fails++ < 12)
-            std::printf("MISMATCH hkv=%d len=%d k=%d rows=%d mode=%d head %d: %s %ld vs %ld\n", hkv, len, k,
-                        rows_per_block, mode, g, what, a, b);
+            std::printf("MISMATCH hkv=%d len=%d k=%d rows=%d mode=%d batched=%d head %d: %s %ld vs %ld\n", hkv, len, k,
+                        rows_per_block, mode, (int)batched, g, what, a, b);
         ok = false;
     };
     for (int g = 0; g < hkv; g++) {
@@ -123,7 +126,7 @@ int main() {
         for (int k : ks)
             for (int mode = 0; mode < 3; mode++) {
                 const int hkv = 1 + (int)(rng() % 3);
-                one_case(rng, p128, p512, hkv, len, k, rows[cases % 3], mode);
+                one_case(rng, p128, p512, hkv, len, k, rows[cases % 3], mode, cases % 2 == 1);
                 cases++;
             }
     std::printf("%d cases, %d mismatches\n", cases, fails);

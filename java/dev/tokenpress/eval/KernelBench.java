@@ -241,6 +241,9 @@ public final class KernelBench {
                         r.attnSelectHistUs()[i]);
                 result(out, k + "_sel_layer_fused_hist" + rows + "_us", r.attnSelectHistUs()[i], "us");
             }
+            out.printf("| %d | selection layer, collect pass with batched candidate loads: %.2f µs | | | | | | |%n", ctx,
+                    r.attnSelectBatchedUs());
+            result(out, k + "_sel_layer_fused_collect_batched_us", r.attnSelectBatchedUs(), "us");
         }
     }
 

@@ -171,7 +171,8 @@ public final class CudaKernelBench {
                                         double sparseUsV1, double fullUsV2, double sparseUsV2, double fullUsV3,
                                         double sparseUsV3, double selectUsV1, double selectUsV2, double selectUsV3,
                                         int selectV3DiffSlots, double fullThenSelectUs, double attnSelectUs,
-                                        int attnSelectDiffSlots, double attnSelectOutMaxDiff, double[] attnSelectHistUs) {}
+                                        int attnSelectDiffSlots, double attnSelectOutMaxDiff, double[] attnSelectHistUs,
+                                        double attnSelectBatchedUs) {}
 
     /** Rows per block of the selection's histogram pass timed besides the default ({@code attnSelectHistUs}). */
     public static final int[] HIST_ROWS = {512, 4096, 8192};
@@ -263,6 +264,14 @@ public final class CudaKernelBench {
             } finally {
                 TpNative.tp_tidal_select_set_hist_rows(0);
             }
+            // the same with the collect pass's candidate loads batched (tp_tidal_select_set_collect_batch)
+            double batchedUs;
+            try {
+                check(TpNative.tp_tidal_select_set_collect_batch(1), "collect batch");
+                batchedUs = time(b, attnSelect, layers, iters, e0[0], e1[0]);
+            } finally {
+                TpNative.tp_tidal_select_set_collect_batch(0);
+            }
             fullSelect.accept(0);
             int[][] sepSlots = f.downloadSelection(0);
             float[] sepOut = b.download(f.out, 0, 1);
@@ -291,7 +300,7 @@ public final class CudaKernelBench {
             double sparseRead = (double) Math.min(k, context) * kvHeads * (headDim * 4.0 + 8);
             return new PolicyAttentionResult(context, k, layers, fullUs, sparseUs, selectUs, bothUs, kvBytes, fullRead, sparseRead,
                     fullV[1], sparseV[1], fullV[2], sparseV[2], fullV[3], sparseV[3], selectV[1], selectV[2], selectV[3], v3Diff,
-                    fullSelectUs, attnSelectUs, attnSelectDiff, outDiff, histUs);
+                    fullSelectUs, attnSelectUs, attnSelectDiff, outDiff, histUs, batchedUs);
         } finally {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);

@@ -417,6 +417,9 @@ public final class TpNative {
     /** Keys per block of the histogram pass of a selection from keys (0 = the default 2048; a multiple of 128). */
     public static native int tp_tidal_select_set_hist_rows(int rowsPerBlock);
 
+    /** 1: the collect pass's threshold resolution with 8 candidate-list entries in flight per thread; 0 (default): one. */
+    public static native int tp_tidal_select_set_collect_batch(int on);
+
     public static native int tp_get_tidal_select_variant();
 
     // ---- selection ----------------------------------------------------------------------------------------

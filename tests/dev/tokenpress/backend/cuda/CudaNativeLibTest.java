@@ -420,8 +420,12 @@ class CudaNativeLibTest {
             refused(TpNative.tp_tidal_select_set_hist_rows(65536 + 128), "rows_per_block");
             assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_hist_rows(128));
             assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_hist_rows(65536));
+            refused(TpNative.tp_tidal_select_set_collect_batch(2), "on");
+            refused(TpNative.tp_tidal_select_set_collect_batch(-1), "on");
+            assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_collect_batch(1));
         } finally {
             assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_hist_rows(0));
+            assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_collect_batch(0));
         }
     }
 

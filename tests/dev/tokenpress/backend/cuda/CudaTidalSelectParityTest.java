@@ -483,6 +483,44 @@ class CudaTidalSelectParityTest {
         }
     }
 
+    /**
+     * The collect pass with its candidate loads batched ({@code tp_tidal_select_set_collect_batch(1)}) selects exactly
+     * what the one-at-a-time pass selects: the selection op (v3 from 16K on) and the selection from the layer's
+     * attention, past 16K where the multi-block passes run, group max and sum, k from 1 to more than the context.
+     */
+    @ParameterizedTest(name = "hkv={0} len={1}")
+    @org.junit.jupiter.params.provider.CsvSource({"8,33001", "2,131075", "3,20000"})
+    void batchedCollectSelectsTheSame(int hkv, int len) {
+        int hd = 64, group = 4, heads = hkv * group, layer = 1;
+        SplittableRandom r = new SplittableRandom(len * 7L + hkv);
+        try (Pair p = filled(hkv, hd, len, len + 5, r.nextLong())) {
+            for (int s = 6; s < len; s += 11) p.g.free(layer, hkv - 1, s); // a head with holes
+            float[] qd = new float[heads * hd];
+            for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
+            Tensor qg = gpu.allocate(1, heads * hd), out = gpu.allocate(1, heads * hd);
+            gpu.upload(qg, qd);
+            try {
+                for (boolean fused : new boolean[] {false, true})
+                    for (boolean sum : new boolean[] {false, true})
+                        for (int k : new int[] {1, 2048, len + 5}) {
+                            String what = "hkv=" + hkv + " len=" + len + " fused=" + fused + " sum=" + sum + " k=" + k;
+                            gpu.setFusedSelect(fused);
+                            SlotSelection[] got = new SlotSelection[2];
+                            for (int batch = 0; batch <= 1; batch++) {
+                                assertEquals(TpNative.TP_OK, TpNative.tp_tidal_select_set_collect_batch(batch));
+                                SlotSelection dev = gpu.selectTopSlots(qg, 0, len - 1, p.g, layer, k, sum, len - 1, !fused);
+                                if (fused) gpu.attention(out, qg, p.g, layer, new int[] {len - 1}, 1, null, null);
+                                got[batch] = gpu.hostSelection(dev);
+                            }
+                            assertSameSelection(got[0], got[1], what);
+                        }
+            } finally {
+                TpNative.tp_tidal_select_set_collect_batch(0);
+                gpu.setFusedSelect(false);
+            }
+        }
+    }
+
     static Stream<Arguments> inexactCases() {
         // head dims the CUDA KV cache holds (64, 128); a group of 3 leaves v3 a register head unused
         return Stream.of(Arguments.of(64, 4, 8, 33001), Arguments.of(128, 8, 2, 33001), Arguments.of(128, 3, 2, 9000),

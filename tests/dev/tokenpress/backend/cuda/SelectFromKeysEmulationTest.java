@@ -18,7 +18,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * thread; the slots and counts must equal a straightforward top-k selection, and the histograms, tickets and candidate
  * count must be left zero, on 60 random cases (spread, heavily tied and crowded keys; KV heads of different lengths;
  * absent, invisible and out-of-range current slots; k from 0 to more than the context; the histogram pass's rows per
- * block in turn 2048, 128, 8192). Skipped where g++ is missing. (On a GPU the parity tests of every selection run the
+ * block in turn 2048, 128, 8192; the collect pass with one and with 8 candidate-list entries in flight, in turn). Skipped where g++ is missing. (On a GPU the parity tests of every selection run the
  * kernels themselves.)
  */
 class SelectFromKeysEmulationTest {
@@ -45,8 +45,8 @@ class SelectFromKeysEmulationTest {
                 + HostEmulation.function(src, file, dev + "void ", "finish_score_block", "static void ") + "\n"
                 + HostEmulation.function(src, file, "__global__ void __launch_bounds__(kTileRows) ", "tidal_hist_plan_kernel",
                         "static void ") + "\n"
-                + HostEmulation.function(src, file, "__global__ void __launch_bounds__(kChunkThreads) ", "tidal_collect_kernel",
-                        "static void ") + "\n"
+                + HostEmulation.function(src, file, "template <int IN_FLIGHT>\n__global__ void __launch_bounds__(kChunkThreads) ",
+                        "tidal_collect_kernel", "template <int IN_FLIGHT>\nstatic void ") + "\n"
                 + HostEmulation.function(src, file, "__global__ void __launch_bounds__(kChunkThreads) ", "tidal_compact_kernel",
                         "static void ");
         HostEmulation.compileAndRun(tmp, "tests/resources/cuda/select_from_keys_emulation.cpp", "/*SELECT*/", code);
