@@ -4,6 +4,7 @@
 #   bash scripts/gpu-check.sh                 # HERE (build machine): builds bundle/ (< 64 MiB)
 #   bash scripts/gpu-check.sh --run "$OUT"    # ON THE GPU MACHINE, from the repo root, with bundle/ copied beside it
 #   bash scripts/gpu-check.sh --run-split "$OUT"  # the same in separate JVMs per test group and stage (see run_split)
+#   bash scripts/gpu-check.sh --run-targets "$OUT"  # the tests and every stage the issues' targets need (run_targets)
 #
 # bundle/: the project jar (with libjniTpNative.so), runtime deps (the tokenizer's native library for linux-x86_64 only),
 # the test classes, junit-platform-console-standalone 1.14.1 and a jlinked Temurin 25 runtime as jre.tar.xz.
@@ -364,19 +365,43 @@ run_parallel() {
     local extra="PAR_JOPTS_$st"
     TP_JOPTS="${TP_JOPTS:-} ${!extra:-}" STAGES=$st run_checks "$OUT" > "$OUT/run-$st.log" 2>&1
   done
-  # the issues' performance targets read off the whole summary (Targets), appended to it
+  grep -E "^(STAGE|==|parallel|total)|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
+  [[ -n "${NO_TARGETS:-}" ]] || print_targets "$OUT"
+  ! grep -q "^STAGE .*: FAIL" "$OUT/gpu-summary.txt"  # the exit status: 1 when a stage failed
+}
+
+# print_targets OUT: the issues' performance targets read off OUT/gpu-summary.txt (dev.tokenpress.eval.Targets) into
+# OUT/targets.md, appended to the summary and printed
+print_targets() {
+  local OUT=$1 WORK=${TP_WORK:-/tmp/tokenpress-gpu}
   "$WORK/jre/bin/java" -cp "$(ls "$BUNDLE"/lib/*.jar | tr '\n' ':')" dev.tokenpress.eval.Targets "$OUT/gpu-summary.txt" \
     > "$OUT/targets.md" 2>&1
   { echo "== targets"; cat "$OUT/targets.md"; } >> "$OUT/gpu-summary.txt"
-  grep -E "^(STAGE|==|parallel|total)|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
   cat "$OUT/targets.md"
-  ! grep -q "^STAGE .*: FAIL" "$OUT/gpu-summary.txt"  # the exit status: 1 when a stage failed
+}
+
+# --run-targets OUT: what the issues' targets need, in one call (about 4 minutes on an H200): the seven JUnit groups
+# at once, then the stages attention, policies, e2e (short and Q8_0), cce, e2epol (the main runs at 128K with Q8_0
+# weights), selprofile, then e2epol again with the weights as stored (bf16), and the target table. Every variable of
+# --run-parallel still applies (PAR_STAGES, E2EPOL_CTX, T_*, ...).
+run_targets() {
+  local OUT=${1:?output dir} rc
+  PAR_STAGES=${PAR_STAGES:-attention,policies,e2e,cce,e2epol,selprofile} E2E_PARTS=${E2E_PARTS:-short,q8} \
+    E2EPOL_WEIGHTS=q8_0 E2EPOL_TABLE=${E2EPOL_TABLE:-main} E2EPOL_CTX=${E2EPOL_CTX:-131072} T_E2EPOL=${T_E2EPOL:-150} \
+    NO_TARGETS=1 run_parallel "$OUT"
+  rc=$?
+  APPEND_SUMMARY=1 TP_JRE_READY=1 STAGES=e2epol E2EPOL_WEIGHTS=as-stored E2EPOL_TABLE=${E2EPOL_TABLE:-main} \
+    E2EPOL_CTX=${E2EPOL_CTX:-131072} T_E2EPOL=${T_E2EPOL:-150} run_checks "$OUT" > "$OUT/run-e2epol-bf16.log" 2>&1
+  grep -E "^STAGE bench-e2epol" "$OUT/gpu-summary.txt" | tail -1
+  print_targets "$OUT"
+  return $rc
 }
 
 case "${1:-}" in
   --run) shift; run_checks "$@" ;;
   --run-split) shift; run_split "$@" ;;
   --run-parallel) shift; run_parallel "$@" ;;
+  --run-targets) shift; run_targets "$@" ;;
   ""|--build) build_bundle ;;
-  *) echo "usage: $0 [--build] | --run OUT_DIR | --run-split OUT_DIR | --run-parallel OUT_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 [--build] | --run OUT_DIR | --run-split OUT_DIR | --run-parallel OUT_DIR | --run-targets OUT_DIR" >&2; exit 2 ;;
 esac
