@@ -150,6 +150,18 @@ constexpr float kLog2e = 1.4426950408889634f;
 __device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xFFFF0000u); }
 
+// acc + q[0..7] · k[0..7]: eight fmaf in channel order, q as two float4 (e.g. two 16-byte shared-memory loads).
+__device__ __forceinline__ float fma8(float acc, const float4& qa, const float4& qb, const float* k) {
+    acc = fmaf(qa.x, k[0], acc);
+    acc = fmaf(qa.y, k[1], acc);
+    acc = fmaf(qa.z, k[2], acc);
+    acc = fmaf(qa.w, k[3], acc);
+    acc = fmaf(qb.x, k[4], acc);
+    acc = fmaf(qb.y, k[5], acc);
+    acc = fmaf(qb.z, k[6], acc);
+    return fmaf(qb.w, k[7], acc);
+}
+
 // Eight bf16 packed in a uint4 -> eight floats.
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float* f) {
     f[0] = bf16_lo(u.x); f[1] = bf16_hi(u.x);

@@ -700,14 +700,7 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
                 for (int j = 0; j < GT; j++) {
                     const float4 qa = *reinterpret_cast<const float4*>(&sm_q[j][c8 * 8]);
                     const float4 qb = *reinterpret_cast<const float4*>(&sm_q[j][c8 * 8 + 4]);
-                    sc[j] = fmaf(qa.x, kf[0], sc[j]);
-                    sc[j] = fmaf(qa.y, kf[1], sc[j]);
-                    sc[j] = fmaf(qa.z, kf[2], sc[j]);
-                    sc[j] = fmaf(qa.w, kf[3], sc[j]);
-                    sc[j] = fmaf(qb.x, kf[4], sc[j]);
-                    sc[j] = fmaf(qb.y, kf[5], sc[j]);
-                    sc[j] = fmaf(qb.z, kf[6], sc[j]);
-                    sc[j] = fmaf(qb.w, kf[7], sc[j]);
+                    sc[j] = fma8(sc[j], qa, qb, kf);
                 }
             }
         } else if (vis) {

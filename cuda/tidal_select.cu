@@ -495,15 +495,7 @@ __global__ void __launch_bounds__(kTileRows) tidal_scores_v2_kernel(
                                 if (h0 + j < group) {
                                     // 16-byte shared loads (hd % 8 == 0), the products in v1's order
                                     const float4* qq = reinterpret_cast<const float4*>(qs + (h0 + j) * hd + c * 8);
-                                    float4 qa = qq[0], qb = qq[1];
-                                    acc[j] = fmaf(qa.x, kf[0], acc[j]);
-                                    acc[j] = fmaf(qa.y, kf[1], acc[j]);
-                                    acc[j] = fmaf(qa.z, kf[2], acc[j]);
-                                    acc[j] = fmaf(qa.w, kf[3], acc[j]);
-                                    acc[j] = fmaf(qb.x, kf[4], acc[j]);
-                                    acc[j] = fmaf(qb.y, kf[5], acc[j]);
-                                    acc[j] = fmaf(qb.z, kf[6], acc[j]);
-                                    acc[j] = fmaf(qb.w, kf[7], acc[j]);
+                                    acc[j] = fma8(acc[j], qq[0], qq[1], kf);
                                 }
                             }
                         }

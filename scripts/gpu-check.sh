@@ -216,6 +216,8 @@ run_checks() {
     say "STAGE bench-e2e: SKIPPED (no GPU)"
   fi
 
+  local NCU  # Nsight Compute, for the profile stages
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   # -- stage 6 (only when STAGES names it): where a decode step's time goes. Step wall times with and without
   # CUDA graphs, then Nsight Compute over about one eager decode step (graphs off so each kernel is attributed).
   if [[ $HAVE_GPU -eq 1 && -f "$MODEL/model.safetensors" ]] && want profile; then
@@ -229,8 +231,6 @@ run_checks() {
         dev.tokenpress.eval.DecodeProfile "$MODEL" 24 cuda "${PROF_WEIGHTS:-as-stored}" > "$OUT/profile-$tag.log" 2>&1
       say "  decode step ms with graphs=$g pdl=$p (steps 12..23): $(grep -E '^step (1[2-9]|2[0-3]):' "$OUT/profile-$tag.log" | awk '{s+=$3; n++} END {if (n) printf "%.3f", s/n; else print "n/a"}')"
     done
-    local NCU
-    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     if [[ -n "$NCU" ]]; then
       timeout "${T_PROF:-150}" "$NCU" --target-processes all --launch-skip "${PROF_SKIP:-1500}" --launch-count "${PROF_COUNT:-240}" \
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum --csv --log-file "$OUT/ncu.csv" \
@@ -249,10 +249,8 @@ run_checks() {
   # SELPROF_CTX (default 131072): every tidal_* and decode_split_v3 kernel of `KernelBench selprofile` (SELPROF_ITERS
   # timed calls per figure), summarised per template instantiation (the attention's KEYS variant apart from the plain)
   if [[ $HAVE_GPU -eq 1 ]] && want selprofile; then
-    local NCU_SEL
-    NCU_SEL=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    if [[ -n "$NCU_SEL" ]]; then
-      timeout "${T_SELPROF:-150}" "$NCU_SEL" --clock-control none --target-processes all \
+    if [[ -n "$NCU" ]]; then
+      timeout "${T_SELPROF:-150}" "$NCU" --clock-control none --target-processes all \
         --kernel-name "regex:tidal_|decode_split_v3" --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu-sel.csv" \
         "$JAVA" "${JOPTS[@]}" -Dtokenpress.bench.policyContexts="${SELPROF_CTX:-131072}" \
         -Dtokenpress.bench.policyIters="${SELPROF_ITERS:-8}" -cp "$CP" dev.tokenpress.eval.KernelBench selprofile \

@@ -441,21 +441,7 @@ public final class KernelBench {
                 for (String[] run : E2E_POLICY_RUNS) {
                     String spec = run[0], name = run[2];
                     if (name.equals("int4_kvq3") && ctx > 32768) continue;
-                    int kvqBefore = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
-                    if (name.equals("int4_kvq3")) dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(3);
-                    boolean fusedBefore = gpu.fusedSelect();
-                    // tidal: the backend's defaults; tidal_separate: the selection op on its own (a second read of
-                    // every key); tidal_fused: the selection from the attention's keys, all on one stream
-                    boolean sideBefore = gpu.sideSelect();
-                    if (name.equals("tidal_fused")) {
-                        gpu.setFusedSelect(true);
-                        gpu.setSideSelect(false);
-                    }
-                    if (name.equals("tidal_separate")) gpu.setFusedSelect(false);
-                    // the run's switch (a system property read at each use), restored after
-                    String[] sw = run[3] == null ? null : run[3].split("=", 2);
-                    String swBefore = sw == null ? null : System.getProperty(sw[0]);
-                    if (sw != null) System.setProperty(sw[0], sw[1]);
+                    Runnable restore = applySwitches(gpu, run[3]); // the run's switches, restored after it
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
                     try (KvCache cache = m.newCache(ctx + decodeSlots(steps, false) + 16, quant)) {
@@ -475,11 +461,7 @@ public final class KernelBench {
                         out.printf("e2e %dK context, --kv %s --kv-quant %s: FAILED %s%n", ctx / 1024, spec, run[1], e.getMessage());
                     } finally {
                         m.setPipelinedGreedy(null);
-                        gpu.setFusedSelect(fusedBefore);
-                        gpu.setSideSelect(sideBefore);
-                        dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(kvqBefore);
-                        if (sw != null && swBefore == null) System.clearProperty(sw[0]);
-                        else if (sw != null) System.setProperty(sw[0], swBefore);
+                        restore.run();
                     }
                 }
                 if (everyPolicy && table) policyTable(gpu, m, cfg, ctx, POLICY_TABLE_SPECS, 32, full, out);
@@ -489,17 +471,62 @@ public final class KernelBench {
     }
 
     /**
-     * The runs of {@link #policiesEndToEnd}: {--kv, --kv-quant, result name, system property set for the run (null:
-     * none)}; int4_kvq3 only up to 32K.
+     * Sets a run's switches, comma-separated {@code name=value} (null: none): {@code fusedSelect} and {@code sideSelect}
+     * through the backend's setters, {@code kvqAttention} as the quantized attention's kernel variant, any other name
+     * as a system property (read at each use); returns what restores them.
+     */
+    static Runnable applySwitches(CudaBackend gpu, String switches) {
+        java.util.List<Runnable> undo = new java.util.ArrayList<>();
+        if (switches != null)
+            for (String item : switches.split(",")) {
+                String[] kv = item.split("=", 2);
+                switch (kv[0]) {
+                    case "fusedSelect" -> {
+                        boolean before = gpu.fusedSelect();
+                        gpu.setFusedSelect(Boolean.parseBoolean(kv[1]));
+                        undo.add(() -> gpu.setFusedSelect(before));
+                    }
+                    case "sideSelect" -> {
+                        boolean before = gpu.sideSelect();
+                        gpu.setSideSelect(Boolean.parseBoolean(kv[1]));
+                        undo.add(() -> gpu.setSideSelect(before));
+                    }
+                    case "kvqAttention" -> {
+                        int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
+                        dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(Integer.parseInt(kv[1]));
+                        undo.add(() -> dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before));
+                    }
+                    default -> {
+                        String before = System.getProperty(kv[0]);
+                        System.setProperty(kv[0], kv[1]);
+                        undo.add(() -> {
+                            if (before == null) System.clearProperty(kv[0]);
+                            else System.setProperty(kv[0], before);
+                        });
+                    }
+                }
+            }
+        return () -> {
+            for (int i = undo.size() - 1; i >= 0; i--) undo.get(i).run();
+        };
+    }
+
+    /**
+     * The runs of {@link #policiesEndToEnd}: {--kv, --kv-quant, result name, the run's switches ({@link #applySwitches};
+     * null: none)}; int4_kvq3 only up to 32K. tidal runs with the backend's defaults, tidal_separate with the selection
+     * op on its own (a second read of every key), tidal_fused with the selection from the attention's keys on one
+     * stream.
      */
     static final String[][] E2E_POLICY_RUNS = {{"full", "none", "full", null},
-            {"tidal:k=" + POLICY_K, "none", "tidal", null}, {"tidal:k=" + POLICY_K, "none", "tidal_separate", null},
-            {"tidal:k=" + POLICY_K, "none", "tidal_fused", null},
+            {"tidal:k=" + POLICY_K, "none", "tidal", null},
+            {"tidal:k=" + POLICY_K, "none", "tidal_separate", "fusedSelect=false"},
+            {"tidal:k=" + POLICY_K, "none", "tidal_fused", "fusedSelect=true,sideSelect=false"},
             {"quest:budget=" + POLICY_K, "none", "quest", "tokenpress.cuda.deviceQuest=false"},
             {"quest:budget=" + POLICY_K, "none", "quest_device", "tokenpress.cuda.deviceQuest=true"},
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect", "tokenpress.cuda.deviceTokenSelect=false"},
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device", "tokenpress.cuda.deviceTokenSelect=true"},
-            {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq3", null}, {"full", "none", "full_pipelined", null},
+            {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq3", "kvqAttention=3"},
+            {"full", "none", "full_pipelined", null},
             // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
             {"tidal:k=" + POLICY_K, "int4", "tidal_int4", "tokenpress.cuda.quantPolicyOps=true"}};
 

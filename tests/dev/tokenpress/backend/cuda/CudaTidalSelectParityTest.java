@@ -89,6 +89,12 @@ class CudaTidalSelectParityTest {
     }
 
     record Pair(KvCache c, KvCache g) implements AutoCloseable {
+        /** Frees the slot in both caches. */
+        void free(int layer, int head, int slot) {
+            c.free(layer, head, slot);
+            g.free(layer, head, slot);
+        }
+
         @Override
         public void close() {
             c.close();
@@ -296,11 +302,9 @@ class CudaTidalSelectParityTest {
             if (len > 9) {
                 for (int g = 0; g < hkv; g++)
                     for (int s = 2; s < len; s += 3) {
-                        p.c.free(layer, g, s);
-                        p.g.free(layer, g, s);
+                        p.free(layer, g, s);
                     }
-                p.c.free(layer, 0, len - 1);
-                p.g.free(layer, 0, len - 1);
+                p.free(layer, 0, len - 1);
             }
             float[] qd = queries(r, heads, hkv, hd);
             Tensor qc = cpu.allocate(3, heads * hd), qg = gpu.allocate(3, heads * hd);
@@ -380,11 +384,9 @@ class CudaTidalSelectParityTest {
             if (len > 9) {
                 for (int g = 0; g < hkv; g++)
                     for (int s = 4; s < len; s += 5) {
-                        p.c.free(layer, g, s);
-                        p.g.free(layer, g, s);
+                        p.free(layer, g, s);
                     }
-                p.c.free(layer, 1, len - 1);
-                p.g.free(layer, 1, len - 1);
+                p.free(layer, 1, len - 1);
             }
             float[] qd = new float[heads * hd];
             for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
@@ -540,8 +542,7 @@ class CudaTidalSelectParityTest {
         try (Pair p = filled(hkv, hd, len, len + 5, r.nextLong())) {
             for (int g = 0; g < hkv; g++)
                 for (int s = 5; s < len; s += 7) {
-                    p.c.free(layer, g, s);
-                    p.g.free(layer, g, s);
+                    p.free(layer, g, s);
                 }
             float[] qd = new float[heads * hd];
             for (int i = 0; i < qd.length; i++) qd[i] = (float) r.nextGaussian();
