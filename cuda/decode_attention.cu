@@ -6,6 +6,7 @@
 // Thread layout of the split kernel: LPR = hd/8 lanes own one key row (16-byte loads, 8 bf16 per lane),
 // so a warp covers 32/LPR rows per step and each lane keeps GT online-softmax states of 8 output dims.
 #include "attention_common.cuh"
+#include "mma_ops.cuh"
 
 namespace {
 
@@ -701,21 +702,9 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t a, uint32_t& r0, uint32_t& r1
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(a) : "memory");
 }
-__device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// (x0, x1) -> bf16x2 hi = rn(x), lo = rn(x - hi) (x0 in the low half): |x - hi - lo| <= 2^-16 |x|.
-__device__ __forceinline__ void split_bf16x2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
-    float2 hf = __bfloat1622float2(h);
-    __nv_bfloat162 l = __floats2bfloat162_rn(x0 - hf.x, x1 - hf.y);
-    hi = *reinterpret_cast<uint32_t*>(&h);
-    lo = *reinterpret_cast<uint32_t*>(&l);
-}
+// the MMA and the bf16 hi / lo split: mma_ops.cuh (shared with the quantized tensor-core attention)
+using mma::mma_bf16;
+using mma::split_bf16x2;
 
 // Before pdl_wait (tp_set_attention_prefetch): asks L2 for the first rows (at most rows_max) of this block's
 // candidate range, keys and values, so their loads start while the previous kernel (RoPE + KV store) finishes. Only
@@ -960,13 +949,13 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
             for (int ks = 0; ks < KS; ks += 2) {
                 uint32_t b0, b1, b2, b3;  // (k step ks: dims +0..7, +8..15), (ks + 1: the same)
                 ldsm_x4(rowa + (uint32_t)(((ks * 2 + lm) ^ lr) << 4), b0, b1, b2, b3);
-                mma_16816(acc[0], qa[ks], b0, b1);
-                mma_16816(acc[1], qa[ks + 1], b2, b3);
+                mma_bf16(acc[0], qa[ks], b0, b1);
+                mma_bf16(acc[1], qa[ks + 1], b2, b3);
                 if (kV3QTerms == 3) {
                     const uint32_t a2[4] = {qb[ks][0], 0u, qb[ks][1], 0u};
                     const uint32_t a3[4] = {qb[ks + 1][0], 0u, qb[ks + 1][1], 0u};
-                    mma_16816(acc[2], a2, b0, b1);
-                    mma_16816(acc[2], a3, b2, b3);
+                    mma_bf16(acc[2], a2, b0, b1);
+                    mma_bf16(acc[2], a3, b2, b3);
                 }
             }
             // C fragment: c0/c1 = row gq (hi), keys 2t4, 2t4 + 1; c2/c3 = row gq + 8 (lo), the same keys
@@ -1009,8 +998,8 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
         for (int nt = 0; nt < NT; nt += 2) {
             uint32_t b0, b1, b2, b3;  // (dims nt: keys 0..7, 8..15), (dims nt + 1: the same)
             ldsm_x4_t(rowv + (uint32_t)(((nt + (lm >> 1)) ^ lr) << 4), b0, b1, b2, b3);
-            mma_16816(o[nt], pa4, b0, b1);
-            mma_16816(o[nt + 1], pa4, b2, b3);
+            mma_bf16(o[nt], pa4, b0, b1);
+            mma_bf16(o[nt + 1], pa4, b2, b3);
         }
         if (KEYS) v3_sel_store(sel_c, inv, gq, t4, first + t * NB, kend, krow);
     }

@@ -17,6 +17,8 @@
 // round-to-nearest intrinsic (no FMA contraction), min/max are taken sequentially in lane order (as the CPU).
 #include "common.cuh"
 #include "attention_common.cuh"
+#include "kvq_layout.cuh"
+#include "kvq_mma.cuh"
 #include <cuda_fp16.h>
 
 namespace {
@@ -36,30 +38,6 @@ int g_rows_per_split = 128;
 // 3 = variant 2 with the key loads of a row in flight together and the tile's value rows staged in shared memory
 // (variant 2 where the layout has more than kV3MaxNg value groups).
 int g_attention_variant = 2;
-
-struct Layout {  // byte offsets inside one block record
-    int hd, G, bits, gs, ng, rbk, rbv;
-    int off_kz, off_ks, off_vz, off_vs, off_kc, off_vc, bytes;
-};
-
-__host__ __device__ inline Layout make_layout(int hd, int G, int bits) {
-    Layout L;
-    L.hd = hd;
-    L.G = G;
-    L.bits = bits;
-    L.gs = G < hd ? G : hd;
-    L.ng = hd / L.gs;
-    L.rbk = (G * bits + 7) / 8;
-    L.rbv = (hd * bits + 7) / 8;
-    L.off_kz = 0;
-    L.off_ks = 2 * hd;
-    L.off_vz = 4 * hd;
-    L.off_vs = 4 * hd + 2 * G * L.ng;
-    L.off_kc = 4 * hd + 4 * G * L.ng;
-    L.off_vc = L.off_kc + hd * L.rbk;
-    L.bytes = (L.off_vc + G * L.rbv + 15) & ~15;
-    return L;
-}
 
 // ---- f16 (bit-exact ports of dev.tokenpress.io.Half and dev.tokenpress.kv.quant.Quant) -------------------------
 
@@ -778,6 +756,74 @@ __global__ void __launch_bounds__(kThreads) kvq_attention_v3_kernel(
     write_block_result<HD, GT>(sm_m, sm_d, sm_o, gt, r, H, h0, splits, split, out, ws, lse2);
 }
 
+// Variant 4 (kvq_mma.cuh): tensor cores over the packed cache; same grid, workspace and merge as variant 3.
+template <int HD, int BITS, int NG>
+__global__ void __launch_bounds__(kKvqMmaThreads) kvq_attention_mma_kernel(
+        float* __restrict__ out, float* __restrict__ ws, const float* __restrict__ q, const uint8_t* __restrict__ pool,
+        const float* __restrict__ wk, const float* __restrict__ wv, const int* __restrict__ pc,
+        const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap, int max_blocks, Layout L,
+        const int* __restrict__ qpos, const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
+        const int* __restrict__ hw, int splits, float scale_log2, float* __restrict__ lse2) {
+    extern __shared__ __align__(128) unsigned char kvq_mma_smem[];
+    __shared__ float sm_m[kKvqMmaWarps * kKvqMmaHeads], sm_d[kKvqMmaWarps * kKvqMmaHeads];
+    kvq_mma_block<HD, BITS, NG>(kvq_mma_smem, sm_m, sm_d, out, ws, q, pool, wk, wv, pc, lc, layer, H, kv_heads, C,
+                                res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2,
+                                lse2);
+}
+
+// Opts variant 4's kernel HD/BITS/NG into its dynamic shared memory on the current device (once per device).
+template <int HD, int BITS, int NG>
+cudaError_t mma_prepare() {
+    static int done[64] = {0};
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    if (dev >= 0 && dev < 64 && done[dev]) return cudaSuccess;
+    e = cudaFuncSetAttribute(kvq_attention_mma_kernel<HD, BITS, NG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             KvqMmaShape<HD, BITS, NG>::kSmemBytes);
+    if (e == cudaSuccess && dev >= 0 && dev < 64) done[dev] = 1;
+    return e;
+}
+
+// Every instantiation of variant 4 (tp_kvq_set_attention_variant(4), outside any graph capture).
+template <int HD, int BITS>
+cudaError_t mma_prepare_bits() {
+    cudaError_t e = mma_prepare<HD, BITS, 1>();
+    if (e == cudaSuccess) e = mma_prepare<HD, BITS, 2>();
+    if (e == cudaSuccess) e = mma_prepare<HD, BITS, 4>();
+    if constexpr (HD == 128)
+        if (e == cudaSuccess) e = mma_prepare<HD, BITS, 8>();
+    return e;
+}
+cudaError_t mma_prepare_all() {
+    cudaError_t e = mma_prepare_bits<64, 2>();
+    if (e == cudaSuccess) e = mma_prepare_bits<64, 4>();
+    if (e == cudaSuccess) e = mma_prepare_bits<64, 8>();
+    if (e == cudaSuccess) e = mma_prepare_bits<128, 2>();
+    if (e == cudaSuccess) e = mma_prepare_bits<128, 4>();
+    if (e == cudaSuccess) e = mma_prepare_bits<128, 8>();
+    return e;
+}
+
+template <int HD, int BITS, int NG>
+void launch_attention_mma(dim3 grid, cudaStream_t st, float* out, float* ws, const float* q, const uint8_t* pool,
+                          const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv,
+                          int C, int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel,
+                          int sel_stride, const int* sel_counts, const int* hw, int splits, float scale_log2,
+                          float* lse2) {
+    if (mma_prepare<HD, BITS, NG>() != cudaSuccess) return;  // the error stays for the caller's launch check
+    kvq_attention_mma_kernel<HD, BITS, NG><<<grid, kKvqMmaThreads, KvqMmaShape<HD, BITS, NG>::kSmemBytes, st>>>(
+            out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C, res_cap, max_blocks, L, qpos, sel, sel_stride,
+            sel_counts, hw, splits, scale_log2, lse2);
+}
+
+// Whether variant 4 takes a call: decode (n = 1) over every slot (no selection list: its stages are rarely aligned
+// runs, and variant 3 reads a list's rows lane-parallel), blocks of a multiple of 16 tokens, value groups of >= 16
+// channels.
+bool mma_eligible(const Layout& L, int n, const int* sel) {
+    return n == 1 && sel == nullptr && L.G % kKvqMmaRows == 0 && L.gs >= 16;
+}
+
 // out[r, h] = merge of the splits' partial states. grid n*H, block HD threads.
 __global__ void kvq_merge_kernel(float* __restrict__ out, const float* __restrict__ ws, int rows_heads, int splits,
                                  int hd, float* __restrict__ lse2) {
@@ -812,7 +858,17 @@ void launch_attention(dim3 grid, cudaStream_t st, float* out, float* ws, const f
                       const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv, int C,
                       int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel, int sel_stride,
                       const int* sel_counts, const int* hw, int splits, float scale_log2, float* lse2) {
-    if (g_attention_variant == 3 && L.ng <= kV3MaxNg) {
+    if (g_attention_variant == 4 && mma_eligible(L, (int)grid.z, sel)) {
+#define TP_KVQ_MMA(NG) launch_attention_mma<HD, BITS, NG>(grid, st, out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, \
+            C, res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2, lse2)
+        if (L.ng == 1) TP_KVQ_MMA(1);
+        else if (L.ng == 2) TP_KVQ_MMA(2);
+        else if (L.ng == 4) TP_KVQ_MMA(4);
+        else if constexpr (HD == 128) TP_KVQ_MMA(8);
+#undef TP_KVQ_MMA
+        return;
+    }
+    if (g_attention_variant >= 3 && L.ng <= kV3MaxNg) {
         const int group = H / Hkv;
         const int gt = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
         dim3 g3(grid.x, Hkv * ((group + gt - 1) / gt), grid.z);
@@ -1039,8 +1095,10 @@ int check_packed_cache(const char* fn, uint64_t q, uint64_t pool, uint64_t windo
 extern "C" {
 
 int tp_kvq_set_attention_variant(int variant) {
-    if (variant < 1 || variant > 3)
-        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_kvq_set_attention_variant: variant %d (1, 2 or 3)", variant);
+    if (variant < 1 || variant > 4)
+        return tp::fail(TP_ERR_BAD_ARGUMENT, "tp_kvq_set_attention_variant: bad argument 'variant' (%d: 1, 2, 3 or 4)",
+                        variant);
+    if (variant == 4 && mma_prepare_all() != cudaSuccess) (void)cudaGetLastError();  // no device: at launch instead
     g_attention_variant = variant;
     return TP_OK;
 }

@@ -617,10 +617,13 @@ int tp_kvq_window_write(uint64_t window_k, uint64_t window_v, uint64_t k, uint64
  * default; CudaBackend sets 3) = a lane
  * per candidate slot with the tile's value rows read coalesced, 3 = variant 2 with each key row's loads in flight
  * together and the tile's value rows staged in shared memory (falls back to 2 for layouts with more than 16 value
- * groups per token). Same results up to summation order.
+ * groups per token), 4 = tensor cores over the packed blocks (kvq_mma.cuh: aligned runs of 16 block lanes through
+ * mma.sync with the quantization folded into q and p, every other stage rebuilt in f32 in shared memory; decode
+ * calls (n = 1) over every slot, no selection list, with a group size that is a multiple of 16; anything else runs
+ * variant 3). Same results up to summation order.
  */
 int tp_kvq_set_attention_variant(int variant);
-/** The variant tp_kvq_attention runs now (1, 2 or 3). */
+/** The variant tp_kvq_attention runs now (1, 2, 3 or 4). */
 int tp_kvq_attention_variant(void);
 /**
  * Split count of tp_kvq_attention's decode calls (n = 1) from now on, process-wide: ceil(max_len / rows_per_split)

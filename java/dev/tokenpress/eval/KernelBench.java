@@ -319,6 +319,8 @@ public final class KernelBench {
      */
     /** Split settings of the quantized decode attention swept for int4: {max splits, rows per split}. */
     static final int[][] KVQ_SPLITS = {{128, 128}, {32, 128}, {16, 128}, {8, 128}, {32, 64}, {16, 256}};
+    /** Split settings timed with the tensor-core quantized attention (variant 4), besides the default 64 × 128. */
+    static final int[][] KVQ_SPLITS_V4 = {{32, 128}, {16, 128}, {16, 256}, {8, 256}};
 
     public static void quantPolicies(CudaBackend gpu, PrintStream out) {
         out.println("| context | KV | attention µs | speed-up vs bf16 | KV bytes/layer | memory vs bf16 |");
@@ -346,7 +348,7 @@ public final class KernelBench {
                 if (spec.startsWith("int4")) {  // the other kernels of tp_kvq_attention, for comparison
                     int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
                     try {
-                        for (int v = 1; v <= 3; v++) {
+                        for (int v = 1; v <= 4; v++) {
                             if (v == before || (v == 1 && !spec.equals("int4"))) continue;
                             dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(v);
                             CudaKernelBench.QuantAttentionResult qv = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, v == 1 ? Math.max(10, iters / 4) : iters);
@@ -372,6 +374,23 @@ public final class KernelBench {
                                 us, bf.microseconds() / us);
                         result(out, k + "_splits_" + mr[0] + "x" + mr[1] + "_us", us, "us");
                         result(out, k + "_splits_" + mr[0] + "x" + mr[1] + "_speedup", bf.microseconds() / us, "x");
+                    }
+                    // the tensor-core kernel (variant 4) with fewer, longer splits: its warps pipeline a run of stages
+                    int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
+                    try {
+                        dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(4);
+                        CudaKernelBench.QuantAttentionResult q4 = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, iters, 0, KVQ_SPLITS_V4);
+                        for (int i = 0; i < KVQ_SPLITS_V4.length; i++) {
+                            int[] mr = KVQ_SPLITS_V4[i];
+                            double us = q4.splitMicroseconds()[i];
+                            int splits = Math.max(1, Math.min(mr[0], (ctx + mr[1] - 1) / mr[1]));
+                            out.printf("| %d | int4 (kernel v4), %d splits (at most %d of %d slots) | %.2f | %.2fx | | |%n", ctx, splits,
+                                    mr[0], mr[1], us, bf.microseconds() / us);
+                            result(out, k + "_v4_splits_" + mr[0] + "x" + mr[1] + "_us", us, "us");
+                            result(out, k + "_v4_splits_" + mr[0] + "x" + mr[1] + "_speedup", bf.microseconds() / us, "x");
+                        }
+                    } finally {
+                        dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
                     }
                 }
             }

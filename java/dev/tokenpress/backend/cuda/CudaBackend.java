@@ -233,7 +233,7 @@ public final class CudaBackend implements Backend {
         this.batchGraphs = flag("tokenpress.cuda.batchGraphs", "TOKENPRESS_CUDA_BATCH_GRAPHS");
         this.batchAttention = flag("tokenpress.cuda.batchAttention", "TOKENPRESS_CUDA_BATCH_ATTENTION");
         String qa = System.getProperty("tokenpress.cuda.quantAttention", System.getenv().getOrDefault("TOKENPRESS_CUDA_QUANT_ATTENTION", "v3"));
-        int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; default -> 3; };
+        int qv = switch (qa.toLowerCase(java.util.Locale.ROOT)) { case "v1", "1" -> 1; case "v2", "2" -> 2; case "v4", "4" -> 4; default -> 3; };
         check(TpNative.tp_kvq_set_attention_variant(qv), "quantized attention variant");
         // PDL: on where supported (sm_90+, CUDA >= 12.3) unless switched off; a process-wide switch in the native library
         this.pdlSupported = TpNative.tp_pdl_supported() != 0;

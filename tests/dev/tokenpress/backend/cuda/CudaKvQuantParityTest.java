@@ -205,7 +205,7 @@ class CudaKvQuantParityTest {
         float[] ref = cpu.download(oc, 0, n);
         int variant = TpNative.tp_kvq_attention_variant();
         try {
-            for (int v : new int[] {1, 2, 3}) {  // every kernel of tp_kvq_attention
+            for (int v : new int[] {1, 2, 3, 4}) {  // every kernel of tp_kvq_attention
                 assertEquals(0, TpNative.tp_kvq_set_attention_variant(v));
                 gpu.attention(og, qg, gc, layer, qpos, n, sel, null);
                 CudaParityTest.assertClose(what + " (kernel v" + v + ")", ref, gpu.download(og, 0, n), 1e-8, 2e-5, 1e-4);
@@ -213,12 +213,14 @@ class CudaKvQuantParityTest {
             // other split counts of a decode call (tp_kvq_set_splits): many short splits, a few long ones
             int maxSplits = TpNative.tp_kvq_max_splits(), rows = TpNative.tp_kvq_rows_per_split();
             try {
-                for (int[] mr : new int[][] {{1024, 32}, {3, 64}}) {
-                    assertEquals(0, TpNative.tp_kvq_set_splits(mr[0], mr[1]));
-                    gpu.attention(og, qg, gc, layer, qpos, n, sel, null);
-                    CudaParityTest.assertClose(what + " (kernel v3, at most " + mr[0] + " splits of " + mr[1] + ")", ref,
-                            gpu.download(og, 0, n), 1e-8, 2e-5, 1e-4);
-                }
+                for (int v : new int[] {3, 4})
+                    for (int[] mr : new int[][] {{1024, 32}, {3, 64}}) {
+                        assertEquals(0, TpNative.tp_kvq_set_attention_variant(v));
+                        assertEquals(0, TpNative.tp_kvq_set_splits(mr[0], mr[1]));
+                        gpu.attention(og, qg, gc, layer, qpos, n, sel, null);
+                        CudaParityTest.assertClose(what + " (kernel v" + v + ", at most " + mr[0] + " splits of " + mr[1] + ")",
+                                ref, gpu.download(og, 0, n), 1e-8, 2e-5, 1e-4);
+                    }
             } finally {
                 TpNative.tp_kvq_set_splits(maxSplits, rows);
             }

@@ -429,6 +429,23 @@ class CudaNativeLibTest {
         }
     }
 
+    /** The quantized attention's kernel setting: variants 1 to 4, anything else refused. */
+    @Test
+    void quantAttentionVariantWithoutGpu() {
+        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
+        int before = TpNative.tp_kvq_attention_variant();
+        try {
+            refused(TpNative.tp_kvq_set_attention_variant(0), "variant");
+            refused(TpNative.tp_kvq_set_attention_variant(5), "variant");
+            for (int v = 1; v <= 4; v++) {
+                assertEquals(TpNative.TP_OK, TpNative.tp_kvq_set_attention_variant(v));
+                assertEquals(v, TpNative.tp_kvq_attention_variant());
+            }
+        } finally {
+            assertEquals(TpNative.TP_OK, TpNative.tp_kvq_set_attention_variant(before));
+        }
+    }
+
     private static int attentionSelect(long q, int hd, int capacity, long slots, long counts, int stride, long cur, long keys,
                                        int len, long params, int k, int sum, long wsBytes) {
         return TpNative.tp_decode_attention_select(1024, q, 4096, 8192, 12288, 0, 8, 2, hd, capacity, 64, 0.125f, 1 << 20,

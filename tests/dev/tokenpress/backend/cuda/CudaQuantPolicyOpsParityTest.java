@@ -122,10 +122,10 @@ class CudaQuantPolicyOpsParityTest {
                 }
                 // decode attention with statistics, over everything and over a shuffled slot list
                 stats(at + " decode", cc, gc, layer, qv, 1, heads, hd, new int[] {qpos}, 0, null);
-                // the statistics' log-sum-exp comes from whichever quantized-attention kernel runs: variants 1 and 2 too
+                // the statistics' log-sum-exp comes from whichever quantized-attention kernel runs: variants 1, 2 and 4 too
                 int kvq0 = TpNative.tp_kvq_attention_variant();
                 try {
-                    for (int v : new int[] {1, 2}) {
+                    for (int v : new int[] {1, 2, 4}) {
                         assertEquals(0, TpNative.tp_kvq_set_attention_variant(v));
                         stats(at + " decode kvq v" + v, cc, gc, layer, qv, 1, heads, hd, new int[] {qpos}, 0, null);
                     }
