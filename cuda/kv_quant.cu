@@ -771,18 +771,28 @@ __global__ void __launch_bounds__(kKvqMmaThreads) kvq_attention_mma_kernel(
                                 lse2);
 }
 
-// Opts variant 4's kernel HD/BITS/NG into its dynamic shared memory on the current device (once per device).
+// Opts variant 4's kernel HD/BITS/NG into its dynamic shared memory on the current device and gives its resident
+// blocks per SM there (once per device).
 template <int HD, int BITS, int NG>
-cudaError_t mma_prepare() {
-    static int done[64] = {0};
+cudaError_t mma_prepare(int* blocks_per_sm = nullptr) {
+    static int cache[64] = {0};
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return e;
-    if (dev >= 0 && dev < 64 && done[dev]) return cudaSuccess;
-    e = cudaFuncSetAttribute(kvq_attention_mma_kernel<HD, BITS, NG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             KvqMmaShape<HD, BITS, NG>::kSmemBytes);
-    if (e == cudaSuccess && dev >= 0 && dev < 64) done[dev] = 1;
-    return e;
+    int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
+    if (bps == 0) {
+        auto kernel = kvq_attention_mma_kernel<HD, BITS, NG>;
+        constexpr int smem = KvqMmaShape<HD, BITS, NG>::kSmemBytes;
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (e != cudaSuccess) return e;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kKvqMmaThreads, smem) != cudaSuccess || bps < 1) {
+            (void)cudaGetLastError();
+            bps = 1;
+        }
+        if (dev >= 0 && dev < 64) cache[dev] = bps;
+    }
+    if (blocks_per_sm) *blocks_per_sm = bps;
+    return cudaSuccess;
 }
 
 // Every instantiation of variant 4 (tp_kvq_set_attention_variant(4), outside any graph capture).
@@ -822,6 +832,39 @@ void launch_attention_mma(dim3 grid, cudaStream_t st, float* out, float* ws, con
 // channels.
 bool mma_eligible(const Layout& L, int n, const int* sel) {
     return n == 1 && sel == nullptr && L.G % kKvqMmaRows == 0 && L.gs >= 16;
+}
+
+// Splits of a variant-4 decode call: one full wave of resident blocks (blocks per SM × SMs over the grid's
+// Hkv · chunks rows), at most the setting's count (its workspace), at least one; each warp keeps a run of stages.
+template <int HD, int BITS>
+int mma_splits(const Layout& L, int rows, int max_splits, int max_len) {
+    int bps = 1;
+    cudaError_t e = cudaErrorInvalidValue;
+    if (L.ng == 1) e = mma_prepare<HD, BITS, 1>(&bps);
+    else if (L.ng == 2) e = mma_prepare<HD, BITS, 2>(&bps);
+    else if (L.ng == 4) e = mma_prepare<HD, BITS, 4>(&bps);
+    else if constexpr (HD == 128) {
+        if (L.ng == 8) e = mma_prepare<HD, BITS, 8>(&bps);
+    }
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return max_splits;  // the launch reports the error
+    }
+    static int sms[64] = {0};
+    int dev = 0, n_sm = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64) {
+        if (sms[dev] == 0 && cudaDeviceGetAttribute(&sms[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            sms[dev] = 0;
+        }
+        n_sm = sms[dev];
+    }
+    if (n_sm <= 0) return max_splits;
+    int s = (bps * n_sm) / (rows > 0 ? rows : 1);
+    const int min_rows = 4 * kKvqMmaWarps * kKvqMmaRows;  // four stages per warp
+    s = s < max_len / min_rows ? s : max_len / min_rows;
+    s = s < max_splits ? s : max_splits;
+    return s < 1 ? 1 : s;
 }
 
 // out[r, h] = merge of the splits' partial states. grid n*H, block HD threads.
@@ -1259,6 +1302,15 @@ int tp_kvq_attention_ex(uint64_t out, uint64_t q, uint64_t pool, uint64_t window
     }
     Layout L = make_layout(head_dim, group, bits);
     int group_h = num_heads / kv_heads, chunks = (group_h + kMaxGt - 1) / kMaxGt;
+    if (g_attention_variant == 4 && splits > 1 && mma_eligible(L, n, TP_PTR(const int, sel_slots))) {
+        const int rows = kv_heads * chunks;
+        if (head_dim == 64)
+            splits = bits == 8 ? mma_splits<64, 8>(L, rows, splits, max_len)
+                   : bits == 4 ? mma_splits<64, 4>(L, rows, splits, max_len) : mma_splits<64, 2>(L, rows, splits, max_len);
+        else
+            splits = bits == 8 ? mma_splits<128, 8>(L, rows, splits, max_len)
+                   : bits == 4 ? mma_splits<128, 4>(L, rows, splits, max_len) : mma_splits<128, 2>(L, rows, splits, max_len);
+    }
     dim3 grid(splits, kv_heads * chunks, n);
     cudaStream_t st = TP_STREAM(stream);
     float scale_log2 = scale * kLog2e;

@@ -193,9 +193,9 @@ run_checks() {
   if want e2epol; then
     wait_model
     # E2EPOL_WEIGHTS=q8_0: the table with Q8_0 weights (default: as stored, bf16); E2EPOL_TABLE=main: only full,
-    # the tidal variants (tidal, tidal_separate, tidal_fused), quest and tokenselect (host and device), int4, the pipelined
-    # loop and tidal over int4 (not the other policies' table)
-    kb_stage e2epol "${T_E2EPOL:-300}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL" "${E2EPOL_CTX:-8192,32768,131072}" \
+    # the tidal variants (tidal, tidal_separate, tidal_fused), quest and tokenselect (host and device), int4 (quantized
+    # attention v3 and v4), the pipelined loop and tidal over int4 (not the other policies' table)
+    kb_stage e2epol "${T_E2EPOL:-360}" '^(device|RESULT e2e|e2e)' e2epol "$MODEL" "${E2EPOL_CTX:-8192,32768,131072}" \
       "${E2EPOL_WEIGHTS:-as-stored}" "${E2EPOL_TABLE:-table}"
   fi
 
@@ -385,11 +385,11 @@ print_targets() {
 run_targets() {
   local OUT=${1:?output dir} rc
   PAR_STAGES=${PAR_STAGES:-attention,policies,e2e,cce,e2epol,selprofile} E2E_PARTS=${E2E_PARTS:-short,q8} \
-    E2EPOL_WEIGHTS=q8_0 E2EPOL_TABLE=${E2EPOL_TABLE:-main} E2EPOL_CTX=${E2EPOL_CTX:-131072} T_E2EPOL=${T_E2EPOL:-150} \
+    E2EPOL_WEIGHTS=q8_0 E2EPOL_TABLE=${E2EPOL_TABLE:-main} E2EPOL_CTX=${E2EPOL_CTX:-131072} T_E2EPOL=${T_E2EPOL:-180} \
     NO_TARGETS=1 run_parallel "$OUT"
   rc=$?
   APPEND_SUMMARY=1 TP_JRE_READY=1 STAGES=e2epol E2EPOL_WEIGHTS=as-stored E2EPOL_TABLE=${E2EPOL_TABLE:-main} \
-    E2EPOL_CTX=${E2EPOL_CTX:-131072} T_E2EPOL=${T_E2EPOL:-150} run_checks "$OUT" > "$OUT/run-e2epol-bf16.log" 2>&1
+    E2EPOL_CTX=${E2EPOL_CTX:-131072} T_E2EPOL=${T_E2EPOL:-180} run_checks "$OUT" > "$OUT/run-e2epol-bf16.log" 2>&1
   grep -E "^STAGE bench-e2epol" "$OUT/gpu-summary.txt" | tail -1
   print_targets "$OUT"
   return $rc

@@ -99,7 +99,7 @@ public final class KernelBench {
                 // optional weight type (as-stored | q8_0): the whole table with weights stored that way
                 dev.tokenpress.backend.WeightType wt = args.length > 3 && !args[3].isBlank()
                         ? dev.tokenpress.backend.WeightType.parse(args[3]) : dev.tokenpress.backend.WeightType.AS_STORED;
-                // optional: "main" runs only the E2E_POLICY_RUNS (full, the tidal variants, quest, tokenselect, int4, pipelined, tidal_int4), not the other policies' table
+                // optional: "main" runs only the E2E_POLICY_RUNS (full, the tidal variants, quest, tokenselect, int4 with kernels v3 and v4, pipelined, tidal_int4), not the other policies' table
                 boolean table = args.length <= 4 || !args[4].trim().equals("main");
                 out.println("e2e policy table: weights " + wt + (table ? "" : " (main runs only)") + "; " + gpu.kernelPaths());
                 gpu.setWeightType(wt);
@@ -384,8 +384,8 @@ public final class KernelBench {
                             int[] mr = KVQ_SPLITS_V4[i];
                             double us = q4.splitMicroseconds()[i];
                             int splits = Math.max(1, Math.min(mr[0], (ctx + mr[1] - 1) / mr[1]));
-                            out.printf("| %d | int4 (kernel v4), %d splits (at most %d of %d slots) | %.2f | %.2fx | | |%n", ctx, splits,
-                                    mr[0], mr[1], us, bf.microseconds() / us);
+                            out.printf("| %d | int4 (kernel v4), at most %d splits (%d of %d slots; v4 stops at one wave) | %.2f | %.2fx | | |%n",
+                                    ctx, splits, mr[0], mr[1], us, bf.microseconds() / us);
                             result(out, k + "_v4_splits_" + mr[0] + "x" + mr[1] + "_us", us, "us");
                             result(out, k + "_v4_splits_" + mr[0] + "x" + mr[1] + "_speedup", bf.microseconds() / us, "x");
                         }
@@ -459,7 +459,6 @@ public final class KernelBench {
                 double full = 0;
                 for (String[] run : E2E_POLICY_RUNS) {
                     String spec = run[0], name = run[2];
-                    if (name.equals("int4_kvq3") && ctx > 32768) continue;
                     Runnable restore = applySwitches(gpu, run[3]); // the run's switches, restored after it
                     m.setPolicy(spec.equals("full") ? dev.tokenpress.kv.KvPolicy.FULL : dev.tokenpress.kv.KvPolicies.parse(spec, cfg));
                     dev.tokenpress.kv.quant.KvQuantSpec quant = dev.tokenpress.kv.quant.KvQuantSpec.parse(run[1]);
@@ -532,7 +531,7 @@ public final class KernelBench {
 
     /**
      * The runs of {@link #policiesEndToEnd}: {--kv, --kv-quant, result name, the run's switches ({@link #applySwitches};
-     * null: none)}; int4_kvq3 only up to 32K. tidal runs with the backend's defaults, tidal_separate with the selection
+     * null: none)}; int4_kvq4: the int4 cache with the tensor-core quantized attention (variant 4). tidal runs with the backend's defaults, tidal_separate with the selection
      * op on its own (a second read of every key), tidal_fused with the selection from the attention's keys on one
      * stream.
      */
@@ -544,7 +543,7 @@ public final class KernelBench {
             {"quest:budget=" + POLICY_K, "none", "quest_device", "tokenpress.cuda.deviceQuest=true"},
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect", "tokenpress.cuda.deviceTokenSelect=false"},
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device", "tokenpress.cuda.deviceTokenSelect=true"},
-            {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq3", "kvqAttention=3"},
+            {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq4", "kvqAttention=4"},
             {"full", "none", "full_pipelined", null},
             // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
             {"tidal:k=" + POLICY_K, "int4", "tidal_int4", "tokenpress.cuda.quantPolicyOps=true"}};
