@@ -356,6 +356,25 @@ class CudaKvQuantParityTest {
         model("int4");
     }
 
+    /**
+     * The whole model with the tensor-core quantized attention (variant 4, which a backend opened with
+     * {@code tokenpress.cuda.quantAttention=v4} selects; groups of 32 are aligned runs, the window the f32 stages).
+     */
+    @Test
+    void modelInt4DefaultKernelV4() {
+        String prop = System.getProperty("tokenpress.cuda.quantAttention");
+        int before = TpNative.tp_kvq_attention_variant();
+        System.setProperty("tokenpress.cuda.quantAttention", "v4");
+        try {
+            model("int4");
+            assertEquals(4, TpNative.tp_kvq_attention_variant(), "the backends of the run chose variant 4");
+        } finally {
+            if (prop == null) System.clearProperty("tokenpress.cuda.quantAttention");
+            else System.setProperty("tokenpress.cuda.quantAttention", prop);
+            TpNative.tp_kvq_set_attention_variant(before);
+        }
+    }
+
     void model(String specText) {
         KvQuantSpec spec = KvQuantSpec.parse(specText);
         LlamaConfig cfg = ModelWriter.write(tmp.resolve("m"), CudaModelParityTest.config(512, 8, 2, 64, 4), 11, s -> {});
