@@ -186,7 +186,7 @@ run_checks() {
   local POL_ARGS=()
   [[ -n "${POL_E2E:-}" ]] && wait_model  # the end-to-end part needs the whole model file
   [[ -n "${POL_E2E:-}" && -f "$MODEL/model.safetensors" ]] && POL_ARGS=("$MODEL")
-  kb_stage policies "${T_POL:-120}" '^(device|RESULT|e2e|\|)' policies ${POL_ARGS[@]+"${POL_ARGS[@]}"}
+  kb_stage policies "${T_POL:-150}" '^(device|RESULT|e2e|\|)' policies ${POL_ARGS[@]+"${POL_ARGS[@]}"}
   fi
 
   # -- stage 3e (only when STAGES names it): end-to-end decode per policy (full, tidal, int4) at 32K and 128K alone
@@ -247,11 +247,12 @@ run_checks() {
 
   # -- stage 7 (only when STAGES names it): Nsight Compute over TidalDecode's selection and decode attention at
   # SELPROF_CTX (default 131072): every tidal_* and decode_split_v3 kernel of `KernelBench selprofile` (SELPROF_ITERS
-  # timed calls per figure), summarised per template instantiation (the attention's KEYS variant apart from the plain)
+  # timed calls per figure), summarised per template instantiation (the attention's KEYS variant apart from the plain),
+  # and the int4 quantized attention's kernels (variants 2, 3 and 4: kvq_attention*, kvq_merge)
   if [[ $HAVE_GPU -eq 1 ]] && want selprofile; then
     if [[ -n "$NCU" ]]; then
-      timeout "${T_SELPROF:-150}" "$NCU" --clock-control none --target-processes all \
-        --kernel-name "regex:tidal_|decode_split_v3" --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu-sel.csv" \
+      timeout "${T_SELPROF:-200}" "$NCU" --clock-control none --target-processes all \
+        --kernel-name "regex:tidal_|decode_split_v3|kvq_attention|kvq_merge" --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu-sel.csv" \
         "$JAVA" "${JOPTS[@]}" -Dtokenpress.bench.policyContexts="${SELPROF_CTX:-131072}" \
         -Dtokenpress.bench.policyIters="${SELPROF_ITERS:-8}" -cp "$CP" dev.tokenpress.eval.KernelBench selprofile \
         > "$OUT/selprofile.log" 2>&1
@@ -308,7 +309,7 @@ run_split() {
   fi
   [[ $parts == *,bench,* ]] && STAGES=attention,cce,e2e T_ATT=${T_ATT:-45} T_CCE=${T_CCE:-45} T_E2E=${T_E2E:-150} \
     run_checks "$OUT" > "$OUT/run-bench.log" 2>&1
-  [[ $parts == *,policies,* ]] && POL_E2E=1 STAGES=policies T_POL=${T_POL:-140} run_checks "$OUT" > "$OUT/run-policies.log" 2>&1
+  [[ $parts == *,policies,* ]] && POL_E2E=1 STAGES=policies T_POL=${T_POL:-170} run_checks "$OUT" > "$OUT/run-policies.log" 2>&1
   [[ $parts == *,peer,* ]] && STAGES=peer T_PEER=${T_PEER:-90} run_checks "$OUT" > "$OUT/run-peer.log" 2>&1
   grep -E "^STAGE|tests (successful|failed|aborted)" "$OUT/gpu-summary.txt"
 }

@@ -90,7 +90,10 @@ public final class KernelBench {
                 quantPolicies(gpu, out);
                 if (args.length > 1) policiesEndToEnd(gpu, Path.of(args[1]), null, false, out);
             }
-            if (what.equals("selprofile")) policies(gpu, out); // the attention/selection table alone (under a profiler)
+            if (what.equals("selprofile")) { // the attention/selection table alone (under a profiler)
+                policies(gpu, out);
+                quantKernels(gpu, out);
+            }
             if (what.equals("gemv")) gemvSweep(gpu, bw, out);
             if (what.equals("attnsweep")) splitSweep(gpu, bw, out);
             if (what.equals("e2epol")) {
@@ -186,6 +189,26 @@ public final class KernelBench {
         String v = System.getProperty("tokenpress.bench.policyContexts");
         if (v == null || v.isBlank()) return new int[] {8192, 32768, 131072};
         return java.util.Arrays.stream(v.split(",")).mapToInt(c -> Integer.parseInt(c.trim())).toArray();
+    }
+
+    /**
+     * The int4 quantized attention at the policies mode's contexts with each kernel variant of tp_kvq_attention from
+     * 2 on (keys quant_<ctx>_int4_kernel_v<v>_us; under a profiler: its kernels one by one).
+     */
+    static void quantKernels(CudaBackend gpu, PrintStream out) {
+        int iters = Integer.getInteger("tokenpress.bench.policyIters", 100);
+        int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
+        try {
+            for (int ctx : policyContexts())
+                for (int v = 2; v <= 4; v++) {
+                    dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(v);
+                    CudaKernelBench.QuantAttentionResult q = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, "int4", iters);
+                    out.printf("int4 attention %dK, kernel v%d: %.2f us%n", ctx / 1024, v, q.microseconds());
+                    result(out, "quant_" + ctx + "_int4_kernel_v" + v + "_us", q.microseconds(), "us");
+                }
+        } finally {
+            dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
+        }
     }
 
     /** TidalDecode's k for the policies mode (the target: tidal:k=2048). */
