@@ -20,6 +20,7 @@
 #include "kvq_layout.cuh"
 #include "kvq_mma.cuh"
 #include <cuda_fp16.h>
+#include <type_traits>
 
 namespace {
 
@@ -771,9 +772,22 @@ __global__ void __launch_bounds__(kKvqMmaThreads) kvq_attention_mma_kernel(
                                 lse2);
 }
 
+// Variant 4's scores mode: TidalDecode's selection keys over the packed cache (tp_kvq_tidal_select), grid
+// (splits, Hkv), a group of at most 8 q-heads; params = high-water marks [Hkv] | query position | keep position.
+template <int HD, int BITS, int NG>
+__global__ void __launch_bounds__(kKvqMmaThreads) kvq_scores_mma_kernel(
+        KvqMmaKeys sk, const float* __restrict__ q, const uint8_t* __restrict__ pool, const float* __restrict__ wk,
+        const int* __restrict__ pc, const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap,
+        int max_blocks, Layout L, const int* __restrict__ params, int splits) {
+    extern __shared__ __align__(128) unsigned char kvq_mma_smem[];
+    kvq_mma_block<HD, BITS, NG, true>(kvq_mma_smem, nullptr, nullptr, nullptr, nullptr, q, pool, wk, wk, pc, lc, layer,
+                                      H, kv_heads, C, res_cap, max_blocks, L, params + kv_heads, nullptr, 0, nullptr,
+                                      params, splits, 1.f, nullptr, sk);
+}
+
 // Opts variant 4's kernel HD/BITS/NG into its dynamic shared memory on the current device and gives its resident
 // blocks per SM there (once per device).
-template <int HD, int BITS, int NG>
+template <int HD, int BITS, int NG, bool SCORES = false>
 cudaError_t mma_prepare(int* blocks_per_sm = nullptr) {
     static int cache[64] = {0};
     int dev = 0;
@@ -781,7 +795,8 @@ cudaError_t mma_prepare(int* blocks_per_sm = nullptr) {
     if (e != cudaSuccess) return e;
     int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
     if (bps == 0) {
-        auto kernel = kvq_attention_mma_kernel<HD, BITS, NG>;
+        const void* kernel = SCORES ? reinterpret_cast<const void*>(kvq_scores_mma_kernel<HD, BITS, NG>)
+                                    : reinterpret_cast<const void*>(kvq_attention_mma_kernel<HD, BITS, NG>);
         constexpr int smem = KvqMmaShape<HD, BITS, NG>::kSmemBytes;
         e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (e != cudaSuccess) return e;
@@ -796,14 +811,19 @@ cudaError_t mma_prepare(int* blocks_per_sm = nullptr) {
 }
 
 // Every instantiation of variant 4 (tp_kvq_set_attention_variant(4), outside any graph capture).
+template <int HD, int BITS, bool SCORES>
+cudaError_t mma_prepare_ng() {
+    cudaError_t e = mma_prepare<HD, BITS, 1, SCORES>();
+    if (e == cudaSuccess) e = mma_prepare<HD, BITS, 2, SCORES>();
+    if (e == cudaSuccess) e = mma_prepare<HD, BITS, 4, SCORES>();
+    if constexpr (HD == 128)
+        if (e == cudaSuccess) e = mma_prepare<HD, BITS, 8, SCORES>();
+    return e;
+}
 template <int HD, int BITS>
 cudaError_t mma_prepare_bits() {
-    cudaError_t e = mma_prepare<HD, BITS, 1>();
-    if (e == cudaSuccess) e = mma_prepare<HD, BITS, 2>();
-    if (e == cudaSuccess) e = mma_prepare<HD, BITS, 4>();
-    if constexpr (HD == 128)
-        if (e == cudaSuccess) e = mma_prepare<HD, BITS, 8>();
-    return e;
+    cudaError_t e = mma_prepare_ng<HD, BITS, false>();
+    return e == cudaSuccess ? mma_prepare_ng<HD, BITS, true>() : e;
 }
 cudaError_t mma_prepare_all() {
     cudaError_t e = mma_prepare_bits<64, 2>();
@@ -827,6 +847,26 @@ void launch_attention_mma(dim3 grid, cudaStream_t st, float* out, float* ws, con
             sel_counts, hw, splits, scale_log2, lse2);
 }
 
+// Variant 4's scores mode for tp_kvq_tidal_select: grid (splits, Hkv).
+template <int HD, int BITS>
+void launch_scores_mma(const KvqMmaKeys& sk, int splits, cudaStream_t st, const float* q, const uint8_t* pool,
+                       const float* wk, const int* pc, const int* lc, int layer, int H, int Hkv, int C, int res_cap,
+                       int max_blocks, const Layout& L, const int* params) {
+    auto go = [&](auto ng) {
+        constexpr int NG = decltype(ng)::value;
+        if (mma_prepare<HD, BITS, NG, true>() != cudaSuccess) return;  // the error stays for the launch check
+        kvq_scores_mma_kernel<HD, BITS, NG><<<dim3(splits, Hkv), kKvqMmaThreads, KvqMmaShape<HD, BITS, NG>::kSmemBytes,
+                                              st>>>(sk, q, pool, wk, pc, lc, layer, H, Hkv, C, res_cap, max_blocks, L,
+                                                    params, splits);
+    };
+    if (L.ng == 1) go(std::integral_constant<int, 1>{});
+    else if (L.ng == 2) go(std::integral_constant<int, 2>{});
+    else if (L.ng == 4) go(std::integral_constant<int, 4>{});
+    else if constexpr (HD == 128) {
+        if (L.ng == 8) go(std::integral_constant<int, 8>{});
+    }
+}
+
 // Whether variant 4 takes a call: decode (n = 1) over every slot (no selection list: its stages are rarely aligned
 // runs, and variant 3 reads a list's rows lane-parallel), blocks of a multiple of 16 tokens, value groups of >= 16
 // channels.
@@ -836,15 +876,15 @@ bool mma_eligible(const Layout& L, int n, const int* sel) {
 
 // Splits of a variant-4 decode call: one full wave of resident blocks (blocks per SM × SMs over the grid's
 // Hkv · chunks rows), at most the setting's count (its workspace), at least one; each warp keeps a run of stages.
-template <int HD, int BITS>
+template <int HD, int BITS, bool SCORES = false>
 int mma_splits(const Layout& L, int rows, int max_splits, int max_len) {
     int bps = 1;
     cudaError_t e = cudaErrorInvalidValue;
-    if (L.ng == 1) e = mma_prepare<HD, BITS, 1>(&bps);
-    else if (L.ng == 2) e = mma_prepare<HD, BITS, 2>(&bps);
-    else if (L.ng == 4) e = mma_prepare<HD, BITS, 4>(&bps);
+    if (L.ng == 1) e = mma_prepare<HD, BITS, 1, SCORES>(&bps);
+    else if (L.ng == 2) e = mma_prepare<HD, BITS, 2, SCORES>(&bps);
+    else if (L.ng == 4) e = mma_prepare<HD, BITS, 4, SCORES>(&bps);
     else if constexpr (HD == 128) {
-        if (L.ng == 8) e = mma_prepare<HD, BITS, 8>(&bps);
+        if (L.ng == 8) e = mma_prepare<HD, BITS, 8, SCORES>(&bps);
     }
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
@@ -1391,9 +1431,39 @@ int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride,
     TP_REQUIRE(out_stride >= 1 && out_stride >= k, fn, "out_stride");
     Layout L = make_layout(head_dim, group, bits);
     uint32_t* keys = tp::tidal_select_keys(keys_ws, kv_heads, len);
+    cudaStream_t st = TP_STREAM(stream);
+    if (g_attention_variant == 4 && num_heads / kv_heads <= kKvqMmaHeads && mma_eligible(L, 1, nullptr)) {
+        // variant 4's scores mode: the keys on tensor cores (aligned runs of block lanes), one wave of blocks
+        KvqMmaKeys sk{keys, len, TP_PTR(int, cur_slot), TP_PTR(const int, params) + kv_heads + 1, sum_group};
+        const int splits = head_dim == 64
+            ? (bits == 8 ? mma_splits<64, 8, true>(L, kv_heads, 1024, len) : bits == 4 ? mma_splits<64, 4, true>(L, kv_heads, 1024, len)
+                                                                               : mma_splits<64, 2, true>(L, kv_heads, 1024, len))
+            : (bits == 8 ? mma_splits<128, 8, true>(L, kv_heads, 1024, len) : bits == 4 ? mma_splits<128, 4, true>(L, kv_heads, 1024, len)
+                                                                                : mma_splits<128, 2, true>(L, kv_heads, 1024, len));
+        const int* pr = TP_PTR(const int, params);
+        const float* qq = TP_PTR(const float, q);
+        const uint8_t* pl = TP_PTR(const uint8_t, pool);
+        const float* wk = TP_PTR(const float, window_k);
+        const int* pc = TP_PTR(const int, pos_cache);
+        const int* lc = TP_PTR(const int, loc_cache);
+#define TP_KVQ_SCORES4(HD, B) launch_scores_mma<HD, B>(sk, splits, st, qq, pl, wk, pc, lc, layer, num_heads, kv_heads, \
+                                                      capacity, res_cap, max_blocks, L, pr)
+        if (head_dim == 64) {
+            if (bits == 8) TP_KVQ_SCORES4(64, 8);
+            else if (bits == 4) TP_KVQ_SCORES4(64, 4);
+            else TP_KVQ_SCORES4(64, 2);
+        } else {
+            if (bits == 8) TP_KVQ_SCORES4(128, 8);
+            else if (bits == 4) TP_KVQ_SCORES4(128, 4);
+            else TP_KVQ_SCORES4(128, 2);
+        }
+#undef TP_KVQ_SCORES4
+        TP_LAUNCHED("kvq_scores_mma_kernel (selection)");
+        return tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,
+                                                 TP_PTR(int, out_slots), out_stride, TP_PTR(int, out_counts), kv_heads, st);
+    }
     const int per_block = kWarps * (32 / (head_dim / 8));
     dim3 grid((unsigned)ceil_div(len, per_block), kv_heads);
-    cudaStream_t st = TP_STREAM(stream);
 #define TP_KVQ_TIDAL(HD, B)                                                                                       \
     kvq_scores_kernel<HD, B, true><<<grid, kThreads, 0, st>>>(                                                   \
         nullptr, 0, keys, TP_PTR(int, cur_slot), len, TP_PTR(const float, q), TP_PTR(const uint8_t, pool),        \

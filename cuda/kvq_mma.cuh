@@ -28,6 +28,7 @@
 #include "attention_common.cuh"
 #include "mma_ops.cuh"
 #endif
+#include "sel_keys.cuh"
 #include "kvq_layout.cuh"
 
 namespace tp {
@@ -83,16 +84,29 @@ __device__ __forceinline__ uint32_t kvq_value_pick(const uint32_t* w, int i, int
     return (w[bit >> 5] >> ((bit & 31) + gq * BITS)) & ((1u << BITS) - 1u);
 }
 
+// What the scores mode writes for TidalDecode's selection (tp_kvq_tidal_select's keys): keys [Hkv][len] = order_key
+// of each slot's group score of raw q·k (max, or sum when sum_group) below len, 0 where not visible or at or past the
+// KV head's high-water mark; cur [Hkv] = atomicMax of the slots whose position is *keep_pos.
+struct KvqMmaKeys {
+    uint32_t* keys;
+    int len;
+    int* cur;
+    const int* keep_pos;
+    int sum_group;
+};
+
 // One block of variant 4: grid (splits, Hkv · ceil(group / 8), 1), kKvqMmaThreads threads, KvqMmaShape::kSmemBytes
 // of dynamic shared memory at smem (sm_m, sm_d: [kKvqMmaWarps][kKvqMmaHeads] floats). Writes what
-// kvq_attention_v3_kernel writes: out (and lse2) when splits == 1, else the split's partial state in ws.
-template <int HD, int BITS, int NG>
+// kvq_attention_v3_kernel writes: out (and lse2) when splits == 1, else the split's partial state in ws. SCORES: the
+// selection keys of sk instead (a group of at most 8 q-heads, scale_log2 = 1 for raw q·k; no value is read, nothing
+// else written).
+template <int HD, int BITS, int NG, bool SCORES = false>
 __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, float* sm_d, float* out, float* ws,
                                               const float* q, const uint8_t* pool, const float* wk, const float* wv,
                                               const int* pc, const int* lc, int layer, int H, int kv_heads, int C,
                                               int res_cap, int max_blocks, const Layout& L, const int* qpos,
                                               const int* sel, int sel_stride, const int* sel_counts, const int* hw,
-                                              int splits, float scale_log2, float* lse2) {
+                                              int splits, float scale_log2, float* lse2, KvqMmaKeys sk = {}) {
     using Sh = KvqMmaShape<HD, BITS, NG>;
     constexpr int S = kKvqMmaStages, R = kKvqMmaRows, W = kKvqMmaWarps;
     constexpr int KS = HD / 16;   // k16 steps of q·k
@@ -121,6 +135,13 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
     const int begin = split * per, end = min(len, begin + per);
     const int wbeg = begin + warp * (per / W), wend = min(end, wbeg + per / W);
     const int niter = wend > wbeg ? (wend - wbeg + R - 1) / R : 0;  // warp-uniform
+    uint32_t* krow = nullptr;  // SCORES: this KV head's keys, written below kend
+    int kend = 0, keep = -1;
+    if constexpr (SCORES) {
+        krow = sk.keys + (int64_t)kh * sk.len;
+        kend = min(wend, sk.len);
+        keep = sk.keep_pos[0];
+    }
 
     float* sm_q = reinterpret_cast<float*>(smem);  // [8][HD]: q · scale_log2 of the chunk's heads, zero past them
     for (int e = (int)threadIdx.x; e < kKvqMmaHeads * HD; e += kKvqMmaThreads) {
@@ -163,6 +184,7 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
         for (int c = lane; c < HD; c += 32) mma::cp_async<KRB>(a + (uint32_t)(c * KRB), kc + (int64_t)c * L.rbk);
         for (int i = lane; i < HD / 4; i += 32)  // key zero | key scale: 4·HD bytes at the record's start
             mma::cp_async<16>(a + Sh::kOffKp + 16 * i, rec + 16 * i);
+        if constexpr (SCORES) return;  // keys only
         const uint8_t* vc = rec + L.off_vc + (int64_t)l0 * RBV;
         for (int i = lane; i < RBV; i += 32)  // 16 rows of RBV bytes, RBV / 16 chunks each, rows VRS apart
             mma::cp_async<16>(a + Sh::kOffVc + (uint32_t)((i / (RBV / 16)) * Sh::VRS + (i % (RBV / 16)) * 16),
@@ -240,6 +262,14 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
         const uint32_t a = wbuf + (uint32_t)((t % S) * Sh::kStageBytes), mb = meta_of(t);
         const int pos = lane < R ? (int)mma::smem_ld32(mb + 4 * R + 4 * lane) : -1;
         const uint32_t vis = __ballot_sync(FULL, lane < R && pos >= 0 && pos <= qp);  // bit r: row r visible
+        const int row0 = wbeg + t * R;  // candidate (= slot) of the stage's row 0
+        if constexpr (SCORES) {
+            if (lane < R && pos >= 0 && pos == keep && row0 + lane < kend) atomicMax(sk.cur + kh, row0 + lane);
+            if (vis == 0u) {
+                if (lane < R && row0 + lane < kend) krow[row0 + lane] = 0u;
+                continue;
+            }
+        }
         if (vis == 0u) continue;
         if (mma::smem_ld32(mb + 8 * R) != 0u) {
             // ---- aligned stage: tensor cores ----
@@ -304,6 +334,10 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
                         s[j][e] = ((vis >> (8 * j + 2 * t4 + e)) & 1u) ? x : kNegInf;
                     }
             }
+            if constexpr (SCORES) {
+                v3_sel_store(v3_sel_reduce(s, gq, nh, sk.sum_group), ~vis & 0xFFFFu, gq, t4, row0, kend, krow);
+                continue;
+            }
             float p[2][2];
             softmax_stage(s, p);
             // O += (p ⊙ value scale of group g) · codes, per group; the zero term beside it
@@ -360,15 +394,18 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
                 float* vd = fv + r * Sh::FRS + c0;
                 const int l = (int)mma::smem_ld32(mb + 4 * r);
                 if (!((vis >> r) & 1u)) {  // p = 0: its value row must be finite (its score is masked)
+                    if constexpr (!SCORES) {
 #pragma unroll
-                    for (int c = 0; c < HALF; c += 4) *reinterpret_cast<float4*>(vd + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+                        for (int c = 0; c < HALF; c += 4)
+                            *reinterpret_cast<float4*>(vd + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+                    }
                 } else if (l < 0) {
                     const float* kr = wkg + (int64_t)(-l - 1) * HD + c0;
                     const float* vr = wvg + (int64_t)(-l - 1) * HD + c0;
 #pragma unroll
                     for (int c = 0; c < HALF; c += 4) {
                         *reinterpret_cast<float4*>(kd + c) = *reinterpret_cast<const float4*>(kr + c);
-                        *reinterpret_cast<float4*>(vd + c) = *reinterpret_cast<const float4*>(vr + c);
+                        if constexpr (!SCORES) *reinterpret_cast<float4*>(vd + c) = *reinterpret_cast<const float4*>(vr + c);
                     }
                 } else {
                     const int blk = l / L.G, tl = l - blk * L.G, bit = tl * BITS;
@@ -385,7 +422,7 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
                         const uint32_t kn = ((uint32_t)kcode[(int64_t)ch * L.rbk] >> (bit & 7)) & MASK;
                         const uint32_t vn = ((uint32_t)vrow[(ch * BITS) >> 3] >> ((ch * BITS) & 7)) & MASK;
                         kd[c] = mma::f16_to_float(ksc[ch]) * (float)kn + mma::f16_to_float(kz[ch]);
-                        vd[c] = mma::f16_to_float(vs[g]) * (float)vn + mma::f16_to_float(vz[g]);
+                        if constexpr (!SCORES) vd[c] = mma::f16_to_float(vs[g]) * (float)vn + mma::f16_to_float(vz[g]);
                     }
                 }
             }
@@ -412,6 +449,11 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
 #pragma unroll
                 for (int e = 0; e < 2; e++)
                     if (!((vis >> (8 * j + 2 * t4 + e)) & 1u)) s[j][e] = kNegInf;
+            if constexpr (SCORES) {
+                v3_sel_store(v3_sel_reduce(s, gq, nh, sk.sum_group), ~vis & 0xFFFFu, gq, t4, row0, kend, krow);
+                __syncwarp();  // the rows are rewritten by the next such stage
+                continue;
+            }
             float p[2][2];
             softmax_stage(s, p);
             // O[gq][8nt + 2t4 + {0, 1}] += sum over the 16 rows (the quad's probabilities by shuffles)
@@ -435,6 +477,11 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
         }
     }
     mma::cp_async_wait<0>();  // only empty groups can be left
+    if constexpr (SCORES) {  // keys at and past the high-water mark: 0 (the block's share of them)
+        for (int i = len + split * kKvqMmaThreads + (int)threadIdx.x; i < sk.len; i += splits * kKvqMmaThreads)
+            krow[i] = 0u;
+        return;
+    }
 
     d += __shfl_xor_sync(FULL, d, 1);
     d += __shfl_xor_sync(FULL, d, 2);

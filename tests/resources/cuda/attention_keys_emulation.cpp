@@ -1,5 +1,5 @@
 // Host emulation of the selection keys decode attention v3 writes for TidalDecode (v3_sel_reduce and v3_sel_store in
-// cuda/decode_attention.cu), compiled with g++ by AttentionKeysEmulationTest: the test pastes the functions in place
+// cuda/sel_keys.cuh), compiled with g++ by AttentionKeysEmulationTest: the test pastes the functions in place
 // of the KEYS line below and runs it with one host thread per lane of a warp (shuffles emulated over the warp's
 // threads, emulation.h). Each lane gets its scores where the MMA C fragment puts them (lane 4·gq + t4 holds head
 // gq's score of key j·8 + 2·t4 + e in s[j][e]; the same mapping the kernel's softmax reads), with garbage in the rows

@@ -449,6 +449,19 @@ public final class KernelBench {
             result(out, k + "_select_us", t.selectMicroseconds(), "us");
             result(out, k + "_sparse_us", t.sparseMicroseconds(), "us");
             result(out, k + "_speedup", sp, "x");
+            // the selection's keys from quantized attention v4's tensor-core scores mode
+            int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
+            try {
+                dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(4);
+                CudaKernelBench.QuantAttentionResult t4 = CudaKernelBench.quantAttention(gpu, 32, 8, 64, c2, "int4",
+                        c2 >= 65536 ? 50 : 200, POLICY_K);
+                out.printf("| %d | int4 (kernel v4 scores) | %.2f | %.2f | %.2fx | %.2fx |%n", c2, t4.selectMicroseconds(),
+                        t4.sparseMicroseconds(), bfUs[ci] / t4.sparseMicroseconds(), mem);
+                result(out, k + "_v4_select_us", t4.selectMicroseconds(), "us");
+                result(out, k + "_v4_sparse_us", t4.sparseMicroseconds(), "us");
+            } finally {
+                dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
+            }
         }
     }
 
@@ -554,7 +567,8 @@ public final class KernelBench {
 
     /**
      * The runs of {@link #policiesEndToEnd}: {--kv, --kv-quant, result name, the run's switches ({@link #applySwitches};
-     * null: none)}; int4_kvq4: the int4 cache with the tensor-core quantized attention (variant 4). tidal runs with the backend's defaults, tidal_separate with the selection
+     * null: none)}; int4_kvq4 / tidal_int4_kvq4: the int4 cache with the tensor-core quantized attention (variant 4;
+     * for tidal also its scores mode for the selection's keys). tidal runs with the backend's defaults, tidal_separate with the selection
      * op on its own (a second read of every key), tidal_fused with the selection from the attention's keys on one
      * stream.
      */
@@ -569,7 +583,9 @@ public final class KernelBench {
             {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq4", "kvqAttention=4"},
             {"full", "none", "full_pipelined", null},
             // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
-            {"tidal:k=" + POLICY_K, "int4", "tidal_int4", "tokenpress.cuda.quantPolicyOps=true"}};
+            {"tidal:k=" + POLICY_K, "int4", "tidal_int4", "tokenpress.cuda.quantPolicyOps=true"},
+            // the same with quantized attention v4 (its tensor-core scores mode makes the selection's keys)
+            {"tidal:k=" + POLICY_K, "int4", "tidal_int4_kvq4", "tokenpress.cuda.quantPolicyOps=true,kvqAttention=4"}};
 
     /** The other policies of the e2epol table, each with a budget of POLICY_K tokens where it has one. */
     static final String[] POLICY_TABLE_SPECS = {"window:sink=4,budget=" + POLICY_K, "h2o:budget=" + POLICY_K,

@@ -9,7 +9,8 @@ import java.nio.file.Path;
 
 /**
  * The selection keys the tensor-core decode attention writes for TidalDecode ({@code v3_sel_reduce} and {@code v3_sel_store} in
- * {@code cuda/decode_attention.cu}, used by {@code tp_decode_attention_select}) emulated on the host: the function is
+ * {@code cuda/sel_keys.cuh}, used by {@code tp_decode_attention_select} and the quantized attention's scores mode)
+ * emulated on the host: the function is
  * pasted into {@code tests/resources/cuda/attention_keys_emulation.cpp}, compiled with g++ and run with one host thread
  * per lane, each lane given its scores where the MMA C fragment holds them (the mapping the kernel's softmax already
  * reads on a GPU); the keys must be the order keys of the group max or sum (in the reduce-scatter's order), 0 for an
@@ -23,10 +24,10 @@ class AttentionKeysEmulationTest {
     @Test
     void stageKeysMatchTheGroupScores() throws Exception {
         Assumptions.assumeTrue(HostEmulation.gppAvailable(), "g++ not found");
-        String src = Files.readString(Path.of("cuda/decode_attention.cu"));
-        String fn = HostEmulation.function(src, "cuda/decode_attention.cu", "__device__ __forceinline__ float ",
+        String src = Files.readString(Path.of("cuda/sel_keys.cuh"));
+        String fn = HostEmulation.function(src, "cuda/sel_keys.cuh", "__device__ __forceinline__ float ",
                 "v3_sel_reduce", "static float ")
-                + HostEmulation.function(src, "cuda/decode_attention.cu", "__device__ __forceinline__ void ",
+                + HostEmulation.function(src, "cuda/sel_keys.cuh", "__device__ __forceinline__ void ",
                 "v3_sel_store", "static void ");
         HostEmulation.compileAndRun(tmp, "tests/resources/cuda/attention_keys_emulation.cpp", "/*KEYS*/", fn);
     }

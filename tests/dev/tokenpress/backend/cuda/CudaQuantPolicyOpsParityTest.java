@@ -136,11 +136,16 @@ class CudaQuantPolicyOpsParityTest {
                 // TidalDecode selection (tp_set_tidal_select_variant 1: one-block radix select; 2: v2's histogram,
                 // collect and compact passes over the same keys): host copy checked against the CPU, the
                 // device-resident one attended
+                // (and the keys from the scalar scores kernel, or with quantized attention v4 from its tensor-core
+                // scores mode where the layout allows it)
+                int kvqBefore = TpNative.tp_kvq_attention_variant();
+                for (int kvq : new int[] {3, 4})
                 for (int k : new int[] {1, 7, 64})
                     for (boolean sum : new boolean[] {false, true})
                         for (int variant : new int[] {1, 2}) {
                             assertEquals(0, TpNative.tp_set_tidal_select_variant(variant));
-                            String what = at + " select k=" + k + " sum=" + sum + " v" + variant;
+                            assertEquals(0, TpNative.tp_kvq_set_attention_variant(kvq));
+                            String what = at + " select k=" + k + " sum=" + sum + " v" + variant + " kvq v" + kvq;
                             float[][] sc = CudaTidalSelectParityTest.groupScores(cpu, qc, 0, qpos, cc, layer, heads, sum);
                             SlotSelection want = referenceSelection(sc, cc, layer, k, qpos);
                             SlotSelection got = gpu.selectTopSlots(qg, 0, qpos, gc, layer, k, sum, qpos, true);
@@ -154,6 +159,7 @@ class CudaQuantPolicyOpsParityTest {
                             gpu.attention(og, qg, gc, layer, new int[] {qpos}, 1, dev, null);
                             CudaParityTest.assertClose(what + " attention", cpu.download(oc, 0, 1), gpu.download(og, 0, 1), 1e-8, 2e-5, 1e-4);
                         }
+                assertEquals(0, TpNative.tp_kvq_set_attention_variant(kvqBefore));
                 assertEquals(0, TpNative.tp_set_tidal_select_variant(0));
             }
             // prefill-style rows (n > 1) with probabilities from row 2 on
