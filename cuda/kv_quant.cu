@@ -764,12 +764,14 @@ __global__ void __launch_bounds__(kKvqMmaThreads) kvq_attention_mma_kernel(
         const float* __restrict__ wk, const float* __restrict__ wv, const int* __restrict__ pc,
         const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap, int max_blocks, Layout L,
         const int* __restrict__ qpos, const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
-        const int* __restrict__ hw, int splits, float scale_log2, float* __restrict__ lse2) {
+        const int* __restrict__ hw, int splits, float scale_log2, float* __restrict__ lse2, int* __restrict__ counters) {
     extern __shared__ __align__(128) unsigned char kvq_mma_smem[];
     __shared__ float sm_m[kKvqMmaWarps * kKvqMmaHeads], sm_d[kKvqMmaWarps * kKvqMmaHeads];
+    pdl_wait();  // q, the cache and the step values come from earlier kernels
+    pdl_launch_dependents();
     kvq_mma_block<HD, BITS, NG>(kvq_mma_smem, sm_m, sm_d, out, ws, q, pool, wk, wv, pc, lc, layer, H, kv_heads, C,
                                 res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2,
-                                lse2);
+                                lse2, counters);
 }
 
 // Variant 4's scores mode: TidalDecode's selection keys over the packed cache (tp_kvq_tidal_select), grid
@@ -780,9 +782,11 @@ __global__ void __launch_bounds__(kKvqMmaThreads) kvq_scores_mma_kernel(
         const int* __restrict__ pc, const int* __restrict__ lc, int layer, int H, int kv_heads, int C, int res_cap,
         int max_blocks, Layout L, const int* __restrict__ params, int splits) {
     extern __shared__ __align__(128) unsigned char kvq_mma_smem[];
+    pdl_wait();
+    pdl_launch_dependents();
     kvq_mma_block<HD, BITS, NG, true>(kvq_mma_smem, nullptr, nullptr, nullptr, nullptr, q, pool, wk, wk, pc, lc, layer,
                                       H, kv_heads, C, res_cap, max_blocks, L, params + kv_heads, nullptr, 0, nullptr,
-                                      params, splits, 1.f, nullptr, sk);
+                                      params, splits, 1.f, nullptr, nullptr, sk);
 }
 
 // Opts variant 4's kernel HD/BITS/NG into its dynamic shared memory on the current device and gives its resident
@@ -797,7 +801,7 @@ cudaError_t mma_prepare(int* blocks_per_sm = nullptr) {
     if (bps == 0) {
         const void* kernel = SCORES ? reinterpret_cast<const void*>(kvq_scores_mma_kernel<HD, BITS, NG>)
                                     : reinterpret_cast<const void*>(kvq_attention_mma_kernel<HD, BITS, NG>);
-        constexpr int smem = KvqMmaShape<HD, BITS, NG>::kSmemBytes;
+        constexpr int smem = KvqMmaShape<HD, BITS, NG, SCORES>::kSmemBytes;
         e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (e != cudaSuccess) return e;
         if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kKvqMmaThreads, smem) != cudaSuccess || bps < 1) {
@@ -840,11 +844,12 @@ void launch_attention_mma(dim3 grid, cudaStream_t st, float* out, float* ws, con
                           const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv,
                           int C, int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel,
                           int sel_stride, const int* sel_counts, const int* hw, int splits, float scale_log2,
-                          float* lse2) {
+                          float* lse2, int* counters) {
     if (mma_prepare<HD, BITS, NG>() != cudaSuccess) return;  // the error stays for the caller's launch check
-    kvq_attention_mma_kernel<HD, BITS, NG><<<grid, kKvqMmaThreads, KvqMmaShape<HD, BITS, NG>::kSmemBytes, st>>>(
-            out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C, res_cap, max_blocks, L, qpos, sel, sel_stride,
-            sel_counts, hw, splits, scale_log2, lse2);
+    // with Programmatic Dependent Launch where on (tp_set_pdl): the kernel waits for its predecessor's writes
+    tp::launch(kvq_attention_mma_kernel<HD, BITS, NG>, grid, dim3(kKvqMmaThreads), KvqMmaShape<HD, BITS, NG>::kSmemBytes,
+               st, out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C, res_cap, max_blocks, L, qpos, sel, sel_stride,
+               sel_counts, hw, splits, scale_log2, lse2, counters);
 }
 
 // Variant 4's scores mode for tp_kvq_tidal_select: grid (splits, Hkv).
@@ -855,9 +860,9 @@ void launch_scores_mma(const KvqMmaKeys& sk, int splits, cudaStream_t st, const 
     auto go = [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
         if (mma_prepare<HD, BITS, NG, true>() != cudaSuccess) return;  // the error stays for the launch check
-        kvq_scores_mma_kernel<HD, BITS, NG><<<dim3(splits, Hkv), kKvqMmaThreads, KvqMmaShape<HD, BITS, NG>::kSmemBytes,
-                                              st>>>(sk, q, pool, wk, pc, lc, layer, H, Hkv, C, res_cap, max_blocks, L,
-                                                    params, splits);
+        tp::launch(kvq_scores_mma_kernel<HD, BITS, NG>, dim3(splits, Hkv), dim3(kKvqMmaThreads),
+                   KvqMmaShape<HD, BITS, NG, true>::kSmemBytes, st, sk, q, pool, wk, pc, lc, layer, H, Hkv, C, res_cap,
+                   max_blocks, L, params, splits);
     };
     if (L.ng == 1) go(std::integral_constant<int, 1>{});
     else if (L.ng == 2) go(std::integral_constant<int, 2>{});
@@ -940,10 +945,11 @@ template <int HD, int BITS>
 void launch_attention(dim3 grid, cudaStream_t st, float* out, float* ws, const float* q, const uint8_t* pool,
                       const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv, int C,
                       int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel, int sel_stride,
-                      const int* sel_counts, const int* hw, int splits, float scale_log2, float* lse2) {
+                      const int* sel_counts, const int* hw, int splits, float scale_log2, float* lse2,
+                      int* counters = nullptr) {
     if (g_attention_variant == 4 && mma_eligible(L, (int)grid.z, sel)) {
 #define TP_KVQ_MMA(NG) launch_attention_mma<HD, BITS, NG>(grid, st, out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, \
-            C, res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2, lse2)
+            C, res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2, lse2, counters)
         if (L.ng == 1) TP_KVQ_MMA(1);
         else if (L.ng == 2) TP_KVQ_MMA(2);
         else if (L.ng == 4) TP_KVQ_MMA(4);
@@ -1313,6 +1319,18 @@ int tp_kvq_attention_ex(uint64_t out, uint64_t q, uint64_t pool, uint64_t window
                         int capacity, int group, int bits, int res_cap, int max_blocks, int n, uint64_t query_pos,
                         uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len,
                         float scale, uint64_t workspace, uint64_t workspace_bytes, uint64_t lse2, uint64_t stream) {
+    return tp_kvq_attention_ex2(out, q, pool, window_k, window_v, pos_cache, loc_cache, layer, num_heads, kv_heads,
+                                head_dim, capacity, group, bits, res_cap, max_blocks, n, query_pos, sel_slots,
+                                sel_stride, sel_counts, high_water, max_len, scale, workspace, workspace_bytes, lse2, 0,
+                                stream);
+}
+
+int tp_kvq_attention_ex2(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t window_v,
+                         uint64_t pos_cache, uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim,
+                         int capacity, int group, int bits, int res_cap, int max_blocks, int n, uint64_t query_pos,
+                         uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len,
+                         float scale, uint64_t workspace, uint64_t workspace_bytes, uint64_t lse2, uint64_t counters,
+                         uint64_t stream) {
     const char* fn = "tp_kvq_attention";
     TP_REQUIRE(out != 0, fn, "out");
     TP_REQUIRE(q != 0, fn, "q");
@@ -1367,9 +1385,12 @@ int tp_kvq_attention_ex(uint64_t out, uint64_t q, uint64_t pool, uint64_t window
     const int* sc = TP_PTR(const int, sel_counts);
     const int* hw = TP_PTR(const int, high_water);
     float* ls = TP_PTR(float, lse2);
+    // the merge inside the split kernel (variant 4 with counters: one int per grid row, zero between calls)
+    int* ctr = TP_PTR(int, counters);
+    const bool fused = ctr != nullptr && splits > 1 && g_attention_variant == 4 && mma_eligible(L, n, sl);
 #define TP_KVQ_LAUNCH(HD, B)                                                                                        \
     launch_attention<HD, B>(grid, st, o, ws, qq, pl, wk, wv, pc, lc, layer, num_heads, kv_heads, capacity, res_cap, \
-                            max_blocks, L, qp, sl, sel_stride, sc, hw, splits, scale_log2, ls)
+                            max_blocks, L, qp, sl, sel_stride, sc, hw, splits, scale_log2, ls, fused ? ctr : nullptr)
     if (head_dim == 64) {
         if (bits == 8) TP_KVQ_LAUNCH(64, 8);
         else if (bits == 4) TP_KVQ_LAUNCH(64, 4);
@@ -1381,7 +1402,7 @@ int tp_kvq_attention_ex(uint64_t out, uint64_t q, uint64_t pool, uint64_t window
     }
 #undef TP_KVQ_LAUNCH
     TP_LAUNCHED("kvq_attention_kernel");
-    if (splits > 1) {
+    if (splits > 1 && !fused) {
         kvq_merge_kernel<<<n * num_heads, head_dim, 0, st>>>(o, ws, n * num_heads, splits, head_dim, ls);
         TP_LAUNCHED("kvq_merge_kernel");
     }
@@ -1435,11 +1456,13 @@ int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride,
     if (g_attention_variant == 4 && num_heads / kv_heads <= kKvqMmaHeads && mma_eligible(L, 1, nullptr)) {
         // variant 4's scores mode: the keys on tensor cores (aligned runs of block lanes), one wave of blocks
         KvqMmaKeys sk{keys, len, TP_PTR(int, cur_slot), TP_PTR(const int, params) + kv_heads + 1, sum_group};
+        // one wave of blocks, at most one split per 256 keys (also where the device cannot be asked)
+        const int cap = len / 256 > 1 ? (len / 256 < 1024 ? len / 256 : 1024) : 1;
         const int splits = head_dim == 64
-            ? (bits == 8 ? mma_splits<64, 8, true>(L, kv_heads, 1024, len) : bits == 4 ? mma_splits<64, 4, true>(L, kv_heads, 1024, len)
-                                                                               : mma_splits<64, 2, true>(L, kv_heads, 1024, len))
-            : (bits == 8 ? mma_splits<128, 8, true>(L, kv_heads, 1024, len) : bits == 4 ? mma_splits<128, 4, true>(L, kv_heads, 1024, len)
-                                                                                : mma_splits<128, 2, true>(L, kv_heads, 1024, len));
+            ? (bits == 8 ? mma_splits<64, 8, true>(L, kv_heads, cap, len) : bits == 4 ? mma_splits<64, 4, true>(L, kv_heads, cap, len)
+                                                                              : mma_splits<64, 2, true>(L, kv_heads, cap, len))
+            : (bits == 8 ? mma_splits<128, 8, true>(L, kv_heads, cap, len) : bits == 4 ? mma_splits<128, 4, true>(L, kv_heads, cap, len)
+                                                                               : mma_splits<128, 2, true>(L, kv_heads, cap, len));
         const int* pr = TP_PTR(const int, params);
         const float* qq = TP_PTR(const float, q);
         const uint8_t* pl = TP_PTR(const uint8_t, pool);

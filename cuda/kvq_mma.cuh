@@ -40,7 +40,8 @@ constexpr int kKvqMmaRows = 16;   // candidates per stage
 constexpr int kKvqMmaStages = 4;  // cp.async stages per warp
 constexpr int kKvqNoLoc = (int)0x80000000;  // location of a row without a candidate
 
-template <int HD, int BITS, int NG>
+// Shared-memory layout of a block (SCORES: the scores mode's, without any value storage).
+template <int HD, int BITS, int NG, bool SCORES = false>
 struct KvqMmaShape {
     static constexpr int R = kKvqMmaRows;
     static constexpr int KRB = R * BITS / 8;  // key-code bytes of one channel in a stage (16 tokens)
@@ -49,7 +50,7 @@ struct KvqMmaShape {
     static constexpr int kOffKp = HD * KRB;    // f16 key zero [HD] | f16 key scale [HD]
     static constexpr int kOffVc = kOffKp + 4 * HD;
     static constexpr int kOffVp = kOffVc + R * VRS;     // f16 value zero [16][NG] | f16 value scale [16][NG]
-    static constexpr int kStageBytes = kOffVp + 4 * R * NG;
+    static constexpr int kStageBytes = SCORES ? kOffVc : kOffVp + 4 * R * NG;
     // per-stage metadata, fetched S - 1 stages before the stage's data (whose addresses it gives): int32 location
     // [16] (kKvqNoLoc: no candidate) | int32 position [16] | aligned flag; a ring of 2·S entries
     static constexpr int kMetaBytes = 8 * R + 16;
@@ -57,7 +58,7 @@ struct KvqMmaShape {
     // the f32 rows of a stage that is not aligned: keys [16][FRS] | values [16][FRS] (rows padded by 4 floats)
     static constexpr int FRS = HD + 4;
     static constexpr int kOffRows = kKvqMmaStages * kStageBytes + kMetaRing * kMetaBytes;
-    static constexpr int kWarpBytes = kOffRows + 2 * R * FRS * 4;
+    static constexpr int kWarpBytes = kOffRows + (SCORES ? 1 : 2) * R * FRS * 4;
     // the block's q (scaled, zero past the chunk) [8][HD] f32, then the warps' buffers
     static constexpr int kQBytes = kKvqMmaHeads * HD * 4;
     static constexpr int kSmemBytes = kQBytes + kKvqMmaWarps * kWarpBytes;
@@ -66,7 +67,8 @@ struct KvqMmaShape {
     static_assert(NG >= 1 && HD / NG >= 16, "value groups of at least 16 channels");
     static_assert(kStageBytes % 16 == 0 && kOffKp % 16 == 0 && kOffVc % 16 == 0 && kOffVp % 16 == 0 &&
                   kMetaBytes % 16 == 0 && kOffRows % 16 == 0 && kWarpBytes % 16 == 0, "alignment");
-    static_assert(kWarpBytes >= kKvqMmaHeads * HD * 4, "a warp's stages hold its partial output");
+    static_assert(SCORES || kWarpBytes >= kKvqMmaHeads * HD * 4, "a warp's stages hold its partial output");
+    static_assert(SCORES || kSmemBytes >= 16 + kKvqMmaHeads * 1024 * 4, "the fused merge's factors of up to 1024 splits");
 };
 
 // Code of token 8·j + gq of a staged key row, from the row's KRB / 4 words (all 16 tokens).
@@ -97,7 +99,9 @@ struct KvqMmaKeys {
 
 // One block of variant 4: grid (splits, Hkv · ceil(group / 8), 1), kKvqMmaThreads threads, KvqMmaShape::kSmemBytes
 // of dynamic shared memory at smem (sm_m, sm_d: [kKvqMmaWarps][kKvqMmaHeads] floats). Writes what
-// kvq_attention_v3_kernel writes: out (and lse2) when splits == 1, else the split's partial state in ws. SCORES: the
+// kvq_attention_v3_kernel writes: out (and lse2) when splits == 1, else the split's partial state in ws, merged by
+// kvq_merge_kernel or, with counters (int32 [gridDim.y], zero before the call and left zero), by the split that
+// finishes last (the other splits' states read back from L2; no second kernel). SCORES: the
 // selection keys of sk instead (a group of at most 8 q-heads, scale_log2 = 1 for raw q·k; no value is read, nothing
 // else written).
 template <int HD, int BITS, int NG, bool SCORES = false>
@@ -106,8 +110,9 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
                                               const int* pc, const int* lc, int layer, int H, int kv_heads, int C,
                                               int res_cap, int max_blocks, const Layout& L, const int* qpos,
                                               const int* sel, int sel_stride, const int* sel_counts, const int* hw,
-                                              int splits, float scale_log2, float* lse2, KvqMmaKeys sk = {}) {
-    using Sh = KvqMmaShape<HD, BITS, NG>;
+                                              int splits, float scale_log2, float* lse2, int* counters = nullptr,
+                                              KvqMmaKeys sk = {}) {
+    using Sh = KvqMmaShape<HD, BITS, NG, SCORES>;
     constexpr int S = kKvqMmaStages, R = kKvqMmaRows, W = kKvqMmaWarps;
     constexpr int KS = HD / 16;   // k16 steps of q·k
     constexpr int NT = HD / 8;    // n8 tiles of the output
@@ -129,7 +134,8 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
     const float* wkg = wk + hb * res_cap * HD;
     const float* wvg = wv + hb * res_cap * HD;
     const int qp = qpos[0];
-    const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
+    int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
+    if constexpr (SCORES) len = min(len, sk.len);  // keys only below their length
     int per = (len + splits - 1) / splits;
     per = (per + W * R - 1) / (W * R) * (W * R);
     const int begin = split * per, end = min(len, begin + per);
@@ -531,6 +537,54 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
                 ws[part * 2 + 1] = D;
             }
         }
+    }
+    if (splits == 1 || counters == nullptr) return;
+    // Fused merge: every split arrives through the barrier, then one thread's fence + count (the block's partial
+    // stores ordered before it); the last split merges every split's state of its nh heads.
+    int* sm_flag = reinterpret_cast<int*>(smem);  // sm_q is no longer read
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const int last = atomicAdd(counters + blockIdx.y, 1) == splits - 1;
+        if (last) {
+            __threadfence();
+            counters[blockIdx.y] = 0;  // every split of this call has counted: zero for the next call
+        }
+        sm_flag[0] = last;
+    }
+    __syncthreads();
+    if (sm_flag[0] == 0) return;
+    // per head: the rescale factor of each split (warp per head), then the outputs (thread per channel)
+    float* sm_f = reinterpret_cast<float*>(smem + 16);  // [nh][splits]
+    for (int g = warp; g < nh; g += W) {
+        const int64_t rh = h0 + g;
+        float M = kNegInf;
+        for (int s2 = lane; s2 < splits; s2 += 32) M = fmaxf(M, __ldcg(ws + (rh * splits + s2) * 2));
+#pragma unroll
+        for (int o2 = 16; o2 > 0; o2 >>= 1) M = fmaxf(M, __shfl_xor_sync(FULL, M, o2));
+        float D = 0.f;
+        for (int s2 = lane; s2 < splits; s2 += 32) {
+            const float f = exp2_diff(__ldcg(ws + (rh * splits + s2) * 2), M);
+            sm_f[g * splits + s2] = f;
+            D += __ldcg(ws + (rh * splits + s2) * 2 + 1) * f;
+        }
+#pragma unroll
+        for (int o2 = 16; o2 > 0; o2 >>= 1) D += __shfl_xor_sync(FULL, D, o2);
+        if (lane == 0) {
+            sm_m[g] = M;
+            sm_d[g] = D;
+        }
+    }
+    __syncthreads();
+    for (int e = (int)threadIdx.x; e < nh * HD; e += kKvqMmaThreads) {
+        const int g = e / HD, c = e - g * HD;
+        const int64_t rh = h0 + g;
+        const float* po = ws + (int64_t)H * splits * 2 + rh * splits * HD + c;
+        float O = 0.f;
+        for (int s2 = 0; s2 < splits; s2++) O += __ldcg(po + (int64_t)s2 * HD) * sm_f[g * splits + s2];
+        const float D = sm_d[g];
+        out[rh * HD + c] = D > 0.f ? O / D : 0.f;
+        if (lse2 && c == 0) lse2[rh] = D > 0.f ? sm_m[g] + log2f(D) : kNegInf;
     }
 }
 

@@ -16,16 +16,19 @@ namespace tp {
 __device__ __forceinline__ float v3_sel_reduce(const float (&s)[2][2], int gq, int nh, int sum_group) {
     const float neutral = sum_group ? 0.f : kNegInf;
     const bool hv = gq < nh;
-    const int bj = (gq >> 2) & 1, be = (gq >> 1) & 1;
+    const bool bj = (gq >> 2) & 1, be = (gq >> 1) & 1;
+    // (selects, not indexing by bj / be: the arrays stay in registers)
     float a[2];
 #pragma unroll
     for (int e = 0; e < 2; e++) {  // lanes 16 apart: keep j = bj, send the other j
-        const float keep = hv ? s[bj][e] : neutral, give = hv ? s[bj ^ 1][e] : neutral;
+        const float sj = bj ? s[1][e] : s[0][e], so = bj ? s[0][e] : s[1][e];
+        const float keep = hv ? sj : neutral, give = hv ? so : neutral;
         const float w = __shfl_xor_sync(0xffffffffu, give, 16);
         a[e] = sum_group ? keep + w : fmaxf(keep, w);
     }
-    const float w8 = __shfl_xor_sync(0xffffffffu, a[be ^ 1], 8);  // lanes 8 apart: keep e = be
-    float c = sum_group ? a[be] + w8 : fmaxf(a[be], w8);
+    const float ak = be ? a[1] : a[0], ao = be ? a[0] : a[1];
+    const float w8 = __shfl_xor_sync(0xffffffffu, ao, 8);  // lanes 8 apart: keep e = be
+    float c = sum_group ? ak + w8 : fmaxf(ak, w8);
     const float w4 = __shfl_xor_sync(0xffffffffu, c, 4);  // lanes 4 apart: the last pair
     return sum_group ? c + w4 : fmaxf(c, w4);
 }

@@ -658,6 +658,19 @@ int tp_kvq_attention_ex(uint64_t out, uint64_t q, uint64_t pool, uint64_t window
                         int capacity, int group, int bits, int res_cap, int max_blocks, int n, uint64_t query_pos,
                         uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len,
                         float scale, uint64_t workspace, uint64_t workspace_bytes, uint64_t lse2, uint64_t stream);
+/**
+ * tp_kvq_attention_ex with counters (int32 device array of at least tp_decode_attention_counters(num_heads, kv_heads)
+ * entries, zero before the first call; every call leaves them zero; 0 = none): where variant 4 runs a decode call
+ * with more than one split, its last split to finish merges the partial states (no merge kernel). Calls that share
+ * counters must run one after another (one stream). Without counters, or for any other kernel, exactly
+ * tp_kvq_attention_ex.
+ */
+int tp_kvq_attention_ex2(uint64_t out, uint64_t q, uint64_t pool, uint64_t window_k, uint64_t window_v,
+                         uint64_t pos_cache, uint64_t loc_cache, int layer, int num_heads, int kv_heads, int head_dim,
+                         int capacity, int group, int bits, int res_cap, int max_blocks, int n, uint64_t query_pos,
+                         uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water, int max_len,
+                         float scale, uint64_t workspace, uint64_t workspace_bytes, uint64_t lse2, uint64_t counters,
+                         uint64_t stream);
 
 /* Ops for KV compression policies over the quantized cache: the contracts of their bf16-cache counterparts, the
  * keys dequantized in registers exactly as tp_kvq_attention does (window entries: the f32 rows). The arguments

@@ -84,7 +84,11 @@ static T atomicMax(T* p, T v) {
 }
 static void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 template <typename T>
-static T __ldcg(const T* p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static T __ldcg(const T* p) {
+    T r;
+    __atomic_load(const_cast<T*>(p), &r, __ATOMIC_SEQ_CST);
+    return r;
+}
 
 // Host threads, one per CUDA thread of a block, kept for the whole program.
 class Pool {

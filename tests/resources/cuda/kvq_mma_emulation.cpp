@@ -29,6 +29,7 @@ static uint16_t f16_bits(float v) {  // exact for the values used here (short ma
 }
 
 static tp::KvqMmaKeys g_keys{};  // the scores mode's outputs (keys != nullptr: run the scores mode)
+static int* g_counters = nullptr;  // split counters: the last split merges (else kvq_merge_kernel's merge here)
 
 template <int HD, int BITS, int NG>
 static void launch(Pool& pool, const Case& cs, float* out, float* ws, const float* q, const uint8_t* pl,
@@ -42,19 +43,23 @@ static void launch(Pool& pool, const Case& cs, float* out, float* ws, const floa
     g_smem_bytes = smem.size();
     const int H = cs.kv_heads * cs.group, chunks = (cs.group + 7) / 8;
     if (g_keys.keys) {
+        std::vector<unsigned char> ssm(tp::KvqMmaShape<HD, BITS, NG, true>::kSmemBytes, 0xFF);  // the scores mode's size
+        g_smem_base = ssm.data();
+        g_smem_bytes = ssm.size();
         pool.run(cs.splits, cs.kv_heads, tp::kKvqMmaThreads, true, [&] {
-            tp::kvq_mma_block<HD, BITS, NG, true>(smem.data(), nullptr, nullptr, nullptr, nullptr, q, pl, wk, wv, pc,
+            tp::kvq_mma_block<HD, BITS, NG, true>(ssm.data(), nullptr, nullptr, nullptr, nullptr, q, pl, wk, wv, pc,
                                                   lc, cs.layer, H, cs.kv_heads, cs.C, cs.res_cap, 1 + cs.C / cs.G + 2,
-                                                  L, qp, nullptr, 0, nullptr, hw, cs.splits, 1.f, nullptr, g_keys);
+                                                  L, qp, nullptr, 0, nullptr, hw, cs.splits, 1.f, nullptr, nullptr,
+                                                  g_keys);
         });
         return;
     }
     pool.run(cs.splits, cs.kv_heads * chunks, tp::kKvqMmaThreads, true, [&] {
         tp::kvq_mma_block<HD, BITS, NG>(smem.data(), sm_m.data(), sm_d.data(), out, ws, q, pl, wk, wv, pc, lc,
                                         cs.layer, H, cs.kv_heads, cs.C, cs.res_cap, 1 + cs.C / cs.G + 2, L, qp, sel,
-                                        sel_stride, sel_counts, hw, cs.splits, scale_log2, lse2);
+                                        sel_stride, sel_counts, hw, cs.splits, scale_log2, lse2, g_counters);
     });
-    if (cs.splits > 1) {  // kvq_merge_kernel
+    if (cs.splits > 1 && g_counters == nullptr) {  // kvq_merge_kernel
         for (int rh = 0; rh < H; rh++) {
             const float* ml = ws + (int64_t)rh * cs.splits * 2;
             const float* po = ws + (int64_t)H * cs.splits * 2 + (int64_t)rh * cs.splits * HD;
@@ -244,6 +249,9 @@ static int run_case(Pool& pool, const Case& cs, std::mt19937& rng) {
         g_cp_lazy = lazy == 1;
         std::vector<float> out((size_t)H * HD, 12345.f), lse2(H, 12345.f);
         std::vector<float> ws((size_t)H * cs.splits * (2 + HD), 777.f);
+        // the first pass merges in the kernel (split counters, zero before and after), the second by the merge kernel
+        std::vector<int> counters(cs.kv_heads * ((cs.group + 7) / 8), 0);
+        g_counters = lazy == 0 && cs.splits > 1 ? counters.data() : nullptr;
         const int ng = L.ng;
         const float* wsel = nullptr;
         (void)wsel;
@@ -270,6 +278,9 @@ static int run_case(Pool& pool, const Case& cs, std::mt19937& rng) {
             const double e = none ? (std::isinf(lse2[h]) && lse2[h] < 0 ? 0.0 : INFINITY) : std::fabs(lse2[h] - ref_lse[h]);
             if (!(e <= lerr)) lerr = std::isnan(e) ? INFINITY : std::max(lerr, e);
         }
+        g_counters = nullptr;
+        for (int c : counters)
+            if (c != 0) g_emu_faults++;  // the counters must be left zero for the next call
         const double tol = 2e-5 * std::max(1.0, vmax);
         const bool ok = err <= tol && lerr <= lse_tol && g_emu_faults == 0;
         if (!ok) {
@@ -291,7 +302,7 @@ static int run_case(Pool& pool, const Case& cs, std::mt19937& rng) {
         for (int sum = 0; sum < 2; sum++) {
             const int keep = cs.len / 2;  // a position the cache holds (unless freed)
             std::vector<int> params(cs.kv_heads + 2);
-            for (int g = 0; g < cs.kv_heads; g++) params[g] = cs.len;
+            for (int g = 0; g < cs.kv_heads; g++) params[g] = std::max(0, cs.len - 7 * g);  // per KV head
             params[cs.kv_heads] = qpos;
             params[cs.kv_heads + 1] = keep;
             for (int lazy = 0; lazy < 2; lazy++) {
@@ -317,10 +328,10 @@ static int run_case(Pool& pool, const Case& cs, std::mt19937& rng) {
                     const int hb = cs.layer * cs.kv_heads + kh;
                     int want_cur = -1;
                     for (int sl = 0; sl < klen; sl++) {
-                        const int ps = sl < cs.len ? pc[(size_t)hb * cs.C + sl] : -1;
-                        if (sl < cs.len && ps >= 0 && ps == keep) want_cur = sl;
+                        const int ps = sl < params[kh] ? pc[(size_t)hb * cs.C + sl] : -1;
+                        if (ps >= 0 && ps == keep) want_cur = sl;
                         const uint32_t got = keys[(size_t)kh * klen + sl];
-                        if (!(sl < cs.len && ps >= 0 && ps <= qpos)) {
+                        if (!(ps >= 0 && ps <= qpos)) {
                             if (got != 0u) bad++;
                             continue;
                         }

@@ -1651,8 +1651,9 @@ public final class CudaBackend implements Backend {
         // a captured step valid until the context doubles
         int lenHint = maxLen <= 1 ? 1 : Integer.highestOneBit(maxLen - 1) << 1;
         ensureAttnWs(TpNative.tp_kvq_attention_workspace_bytes(n, heads, hd, lenHint), 0);
+        boolean fused = n == 1 && fusedMerge(heads, hkv); // quantized attention v4 merges its splits with the counters
         sig(44, o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hd, n, stride, lenHint,
-                select == null ? 0 : 1, c.maxBlocks);
+                select == null ? 0 : 1, c.maxBlocks, fused ? 1 : 0);
         if (mode == Mode.DRY) return;
         float scale = (float) (1.0 / Math.sqrt(hd));
         long lse = 0, raw = 0, prob = 0;
@@ -1661,9 +1662,10 @@ public final class CudaBackend implements Backend {
         if (pinnedStats && statsHw > 0) statsPinned(heads + hkv, statsHw); // before either upload: no growth between them
         if (wantRaw) raw = statsUpload(statRaw, stats.rawScores, heads, cap, statsHw, 0, Float.NEGATIVE_INFINITY);
         if (wantProb) prob = statsUpload(statProb, stats.probSums, hkv, cap, statsHw, heads, 0f);
-        check(TpNative.tp_kvq_attention_ex(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
+        check(TpNative.tp_kvq_attention_ex2(o.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, layer, heads, hkv, hd, cap,
                 c.group, c.bits, c.resCap, c.maxBlocks, n, dq, select == null ? 0 : dsel, Math.max(stride, 1),
-                select == null ? 0 : dcnt, dhw, lenHint, scale, attnWs, attnWsBytes, lse, stream), n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
+                select == null ? 0 : dcnt, dhw, lenHint, scale, attnWs, attnWsBytes, lse, fused ? attnCounters : 0, stream),
+                n == 1 ? "decode attention (quantized KV)" : "prefill attention (quantized KV)");
         if (!wantRaw && !wantProb) return;
         check(TpNative.tp_kvq_attention_stats(qt.ptr, c.pool, c.winK, c.pos, c.loc, layer, heads, hkv, hd, cap, c.group,
                 c.bits, c.resCap, c.maxBlocks, n, dq, stats.fromRow, lse, select == null ? 0 : dsel, Math.max(stride, 1),

@@ -516,14 +516,18 @@ public final class CudaKernelBench {
         check(TpNative.tp_kvq_set_splits(maxBefore, rowsBefore), "tp_kvq_set_splits");
         long wsBytes = need;
         long ws = b.malloc(wsBytes, "bench quantized attention workspace");
+        // split counters, as the backend passes them (variant 4 merges its splits with them; the others ignore them)
+        long ctrBytes = 4L * Math.max(1, TpNative.tp_decode_attention_counters(heads, kvHeads));
+        long ctr = b.malloc(ctrBytes, "bench attention split counters");
+        b.memsetNow(ctr, 0, ctrBytes);
         float scale = (float) (1.0 / Math.sqrt(headDim));
         long[] e0 = {0}, e1 = {0};
         TpNative.tp_event_create(e0);
         TpNative.tp_event_create(e1);
         try {
-            IntConsumerEx attn = l -> check(TpNative.tp_kvq_attention(ot.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc, l,
-                    heads, kvHeads, headDim, context, c.group, c.bits, c.resCap, c.maxBlocks, 1, ints, 0, 1, 0, ints + 4,
-                    context, scale, ws, wsBytes, b.stream()), "quantized decode attention");
+            IntConsumerEx attn = l -> check(TpNative.tp_kvq_attention_ex2(ot.ptr, qt.ptr, c.pool, c.winK, c.winV, c.pos, c.loc,
+                    l, heads, kvHeads, headDim, context, c.group, c.bits, c.resCap, c.maxBlocks, 1, ints, 0, 1, 0, ints + 4,
+                    context, scale, ws, wsBytes, 0, ctr, b.stream()), "quantized decode attention");
             double us = time(b, attn, layers, iters, e0[0], e1[0]);
             double[] splitUs = new double[splitSettings.length];
             try {
@@ -546,6 +550,7 @@ public final class CudaKernelBench {
             TpNative.tp_event_destroy(e0[0]);
             TpNative.tp_event_destroy(e1[0]);
             b.free(ws);
+            b.free(ctr);
             b.free(ints);
             c.close();
         }

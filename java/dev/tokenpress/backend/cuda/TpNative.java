@@ -539,6 +539,19 @@ public final class TpNative {
                                                  @Cast("uint64_t") long workspaceBytes, @Cast("uint64_t") long lse2,
                                                  @Cast("uint64_t") long stream);
 
+    /** tp_kvq_attention_ex with split counters (zeroed int32s, left zero): variant 4 merges its splits itself. */
+    public static native int tp_kvq_attention_ex2(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
+                                                  @Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
+                                                  @Cast("uint64_t") long windowV, @Cast("uint64_t") long posCache,
+                                                  @Cast("uint64_t") long locCache, int layer, int numHeads, int kvHeads,
+                                                  int headDim, int capacity, int group, int bits, int resCap,
+                                                  int maxBlocks, int n, @Cast("uint64_t") long queryPos,
+                                                  @Cast("uint64_t") long selSlots, int selStride,
+                                                  @Cast("uint64_t") long selCounts, @Cast("uint64_t") long highWater,
+                                                  int maxLen, float scale, @Cast("uint64_t") long workspace,
+                                                  @Cast("uint64_t") long workspaceBytes, @Cast("uint64_t") long lse2,
+                                                  @Cast("uint64_t") long counters, @Cast("uint64_t") long stream);
+
     public static native int tp_kvq_query_key_scores(@Cast("uint64_t") long out, int outStride, @Cast("uint64_t") long q,
                                                      @Cast("uint64_t") long pool, @Cast("uint64_t") long windowK,
                                                      @Cast("uint64_t") long posCache, @Cast("uint64_t") long locCache,

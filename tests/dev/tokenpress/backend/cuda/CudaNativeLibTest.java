@@ -441,6 +441,13 @@ class CudaNativeLibTest {
                 assertEquals(TpNative.TP_OK, TpNative.tp_kvq_set_attention_variant(v));
                 assertEquals(v, TpNative.tp_kvq_attention_variant());
             }
+            // tp_kvq_attention_ex2 (split counters) checks its arguments as tp_kvq_attention_ex does, and n = 0 is a no-op
+            refused(TpNative.tp_kvq_attention_ex2(0, 32, 48, 64, 80, 96, 112, 0, 8, 2, 64, 40, 32, 4, 16, 7, 1, 208, 0, 1, 0,
+                    224, 40, 0.125f, 240, 1 << 20, 0, 256, 0), "out");
+            refused(TpNative.tp_kvq_attention_ex2(16, 32, 48, 64, 80, 96, 112, 0, 8, 2, 64, 40, 32, 3, 16, 7, 1, 208, 0, 1, 0,
+                    224, 40, 0.125f, 240, 1 << 20, 0, 256, 0), "bits");
+            assertEquals(TpNative.TP_OK, TpNative.tp_kvq_attention_ex2(16, 32, 48, 64, 80, 96, 112, 0, 8, 2, 64, 40, 32, 4, 16,
+                    7, 0, 208, 0, 1, 0, 224, 40, 0.125f, 240, 1 << 20, 0, 256, 0));
         } finally {
             assertEquals(TpNative.TP_OK, TpNative.tp_kvq_set_attention_variant(before));
         }

@@ -139,6 +139,7 @@ class CudaQuantPolicyOpsParityTest {
                 // (and the keys from the scalar scores kernel, or with quantized attention v4 from its tensor-core
                 // scores mode where the layout allows it)
                 int kvqBefore = TpNative.tp_kvq_attention_variant();
+                try {
                 for (int kvq : new int[] {3, 4})
                 for (int k : new int[] {1, 7, 64})
                     for (boolean sum : new boolean[] {false, true})
@@ -159,8 +160,10 @@ class CudaQuantPolicyOpsParityTest {
                             gpu.attention(og, qg, gc, layer, new int[] {qpos}, 1, dev, null);
                             CudaParityTest.assertClose(what + " attention", cpu.download(oc, 0, 1), gpu.download(og, 0, 1), 1e-8, 2e-5, 1e-4);
                         }
-                assertEquals(0, TpNative.tp_kvq_set_attention_variant(kvqBefore));
-                assertEquals(0, TpNative.tp_set_tidal_select_variant(0));
+                } finally {
+                    TpNative.tp_kvq_set_attention_variant(kvqBefore);
+                    TpNative.tp_set_tidal_select_variant(0);
+                }
             }
             // prefill-style rows (n > 1) with probabilities from row 2 on
             int n = Math.min(len, 5);
