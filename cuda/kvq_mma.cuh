@@ -39,6 +39,7 @@ constexpr int kKvqMmaHeads = 8;   // q-heads per block (v3's chunks of a GQA gro
 constexpr int kKvqMmaRows = 16;   // candidates per stage
 constexpr int kKvqMmaStages = 4;  // cp.async stages per warp
 constexpr int kKvqNoLoc = (int)0x80000000;  // location of a row without a candidate
+constexpr int kKvqMmaTail = 64;  // candidates at the end spread one stage per warp (a residual window's rows)
 
 // Shared-memory layout of a block (SCORES: the scores mode's, without any value storage).
 template <int HD, int BITS, int NG, bool SCORES = false>
@@ -136,16 +137,26 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
     const int qp = qpos[0];
     int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
     if constexpr (SCORES) len = min(len, sk.len);  // keys only below their length
-    int per = (len + splits - 1) / splits;
+    // The candidates [0, lmain) go to the splits and their warps in contiguous runs of stages; the last ones
+    // [lmain, len) (at least kKvqMmaTail rows: where a cache filled in order keeps its residual window, whose stages
+    // are not aligned and cost a round trip each) one stage per warp across the grid, before the warp's run.
+    const int lmain = len > kKvqMmaTail ? (len - kKvqMmaTail) / R * R : 0;
+    int per = (lmain + splits - 1) / splits;
     per = (per + W * R - 1) / (W * R) * (W * R);
-    const int begin = split * per, end = min(len, begin + per);
+    const int begin = split * per, end = min(lmain, begin + per);
     const int wbeg = begin + warp * (per / W), wend = min(end, wbeg + per / W);
-    const int niter = wend > wbeg ? (wend - wbeg + R - 1) / R : 0;  // warp-uniform
-    uint32_t* krow = nullptr;  // SCORES: this KV head's keys, written below kend
-    int kend = 0, keep = -1;
+    const int nmain = wend > wbeg ? (wend - wbeg + R - 1) / R : 0;
+    const int nwarps = splits * W, gw = split * W + warp;       // warps of the grid row, this one
+    const int ntail = (len - lmain + R - 1) / R;                 // tail stages (<= kKvqMmaTail / R + 1)
+    const int ntw = ntail > gw ? (ntail - gw + nwarps - 1) / nwarps : 0;  // this warp's: gw, gw + nwarps, ...
+    const int niter = ntw + nmain;                               // warp-uniform
+    // candidate of stage k's row 0, and the end of its candidates
+    auto stage_row0 = [&](int k) { return k < ntw ? lmain + R * (gw + k * nwarps) : wbeg + (k - ntw) * R; };
+    auto stage_end = [&](int k) { return k < ntw ? len : wend; };
+    uint32_t* krow = nullptr;  // SCORES: this KV head's keys
+    int keep = -1;
     if constexpr (SCORES) {
         krow = sk.keys + (int64_t)kh * sk.len;
-        kend = min(wend, sk.len);
         keep = sk.keep_pos[0];
     }
 
@@ -162,9 +173,9 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
     // metadata of stage k: rows r < 16 copy their slot's location and position (a list's slot read first)
     auto fetch_meta = [&](int k) {
         const uint32_t mb = meta_of(k);
-        const int idx = wbeg + k * R + lane;
+        const int idx = stage_row0(k) + lane;
         if (lane < R) {
-            const int slot = idx < wend ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
+            const int slot = idx < stage_end(k) ? candidate_slot(sel, sel_stride, kh, idx, C) : -1;
             if (slot >= 0) {
                 mma::cp_async<4>(mb + 4 * lane, lcg + slot);
                 mma::cp_async<4>(mb + 4 * R + 4 * lane, pcg + slot);
@@ -268,7 +279,8 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
         const uint32_t a = wbuf + (uint32_t)((t % S) * Sh::kStageBytes), mb = meta_of(t);
         const int pos = lane < R ? (int)mma::smem_ld32(mb + 4 * R + 4 * lane) : -1;
         const uint32_t vis = __ballot_sync(FULL, lane < R && pos >= 0 && pos <= qp);  // bit r: row r visible
-        const int row0 = wbeg + t * R;  // candidate (= slot) of the stage's row 0
+        const int row0 = stage_row0(t);  // candidate (= slot) of the stage's row 0
+        const int kend = SCORES ? min(stage_end(t), sk.len) : 0;  // SCORES: keys written below it
         if constexpr (SCORES) {
             if (lane < R && pos >= 0 && pos == keep && row0 + lane < kend) atomicMax(sk.cur + kh, row0 + lane);
             if (vis == 0u) {
