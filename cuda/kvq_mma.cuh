@@ -324,14 +324,23 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
                 for (int j = 0; j < 2; j++)
 #pragma unroll
                     for (int x = 0; x < 3; x++) acc[j][x][0] = acc[j][x][1] = acc[j][x][2] = acc[j][x][3] = 0.f;
-#pragma unroll
-                for (int ks = 0; ks < KS; ks++) {
+                // the rows of k step ks: c, c + 1, c + 8, c + 9 (c = 16·ks + 2·t4); step ks + 1's are loaded before
+                // step ks's MMAs (the loads and the MMAs are volatile asm: the compiler keeps their order)
+                auto load_rows = [&](int ks, uint32_t (&w)[4][KW]) {
                     const int c = 16 * ks + 2 * t4;
-                    uint32_t w[4][KW];  // rows c, c + 1, c + 8, c + 9
                     mma::smem_ldv<KW>(a + (uint32_t)(c * KRB), w[0]);
                     mma::smem_ldv<KW>(a + (uint32_t)((c + 1) * KRB), w[1]);
                     mma::smem_ldv<KW>(a + (uint32_t)((c + 8) * KRB), w[2]);
                     mma::smem_ldv<KW>(a + (uint32_t)((c + 9) * KRB), w[3]);
+                };
+                constexpr bool kAhead = KW <= 2;  // 8-bit codes (4 words a row): no registers to spare
+                uint32_t wb[2][4][KW];
+                load_rows(0, wb[0]);
+#pragma unroll
+                for (int ks = 0; ks < KS; ks++) {
+                    if (kAhead && ks + 1 < KS) load_rows(ks + 1, wb[(ks + 1) & 1]);
+                    if (!kAhead && ks > 0) load_rows(ks, wb[ks & 1]);
+                    const uint32_t(&w)[4][KW] = wb[ks & 1];
                     const uint32_t a2[4] = {qb[ks][0], 0u, qb[ks][1], 0u};
 #pragma unroll
                     for (int j = 0; j < 2; j++) {
