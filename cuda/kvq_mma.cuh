@@ -59,7 +59,9 @@ struct KvqMmaShape {
     // the f32 rows of a stage that is not aligned: keys [16][FRS] | values [16][FRS] (rows padded by 4 floats)
     static constexpr int FRS = HD + 4;
     static constexpr int kOffRows = kKvqMmaStages * kStageBytes + kMetaRing * kMetaBytes;
-    static constexpr int kWarpBytes = kOffRows + (SCORES ? 1 : 2) * R * FRS * 4;
+    // hd 128: one f32 row buffer for the keys and then the values of such a stage (two blocks per SM fit)
+    static constexpr bool kOneRowBuf = HD == 128;
+    static constexpr int kWarpBytes = kOffRows + (SCORES || kOneRowBuf ? 1 : 2) * R * FRS * 4;
     // the block's q (scaled, zero past the chunk) [8][HD] f32, then the warps' buffers
     static constexpr int kQBytes = kKvqMmaHeads * HD * 4;
     static constexpr int kSmemBytes = kQBytes + kKvqMmaWarps * kWarpBytes;
@@ -413,15 +415,17 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
         } else {
             // ---- any other stage: its rows rebuilt in f32 in shared memory, then f32 arithmetic ----
             float* fk = reinterpret_cast<float*>(smem + woff + Sh::kOffRows);  // keys [16][FRS]
-            float* fv = fk + R * Sh::FRS;                                        // values [16][FRS]
-            {
+            // values [16][FRS]: beside the keys, or (Sh::kOneRowBuf: hd 128) in their place after the scores
+            float* fv = Sh::kOneRowBuf ? fk : fk + R * Sh::FRS;
+            // rebuilds this lane's half row (row lane / 2) of the keys (K) and / or the values (V)
+            auto rebuild = [&](bool K, bool V) {
                 constexpr int HALF = HD / 2;
                 const int r = lane >> 1, c0 = (lane & 1) * HALF;  // half a row per lane
                 float* kd = fk + r * Sh::FRS + c0;
                 float* vd = fv + r * Sh::FRS + c0;
                 const int l = (int)mma::smem_ld32(mb + 4 * r);
                 if (!((vis >> r) & 1u)) {  // p = 0: its value row must be finite (its score is masked)
-                    if constexpr (!SCORES) {
+                    if (V) {
 #pragma unroll
                         for (int c = 0; c < HALF; c += 4)
                             *reinterpret_cast<float4*>(vd + c) = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -431,8 +435,8 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
                     const float* vr = wvg + (int64_t)(-l - 1) * HD + c0;
 #pragma unroll
                     for (int c = 0; c < HALF; c += 4) {
-                        *reinterpret_cast<float4*>(kd + c) = *reinterpret_cast<const float4*>(kr + c);
-                        if constexpr (!SCORES) *reinterpret_cast<float4*>(vd + c) = *reinterpret_cast<const float4*>(vr + c);
+                        if (K) *reinterpret_cast<float4*>(kd + c) = *reinterpret_cast<const float4*>(kr + c);
+                        if (V) *reinterpret_cast<float4*>(vd + c) = *reinterpret_cast<const float4*>(vr + c);
                     }
                 } else {
                     const int blk = l / L.G, tl = l - blk * L.G, bit = tl * BITS;
@@ -446,13 +450,18 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
 #pragma unroll 8
                     for (int c = 0; c < HALF; c++) {
                         const int ch = c0 + c, g = ch / (HD / NG);
-                        const uint32_t kn = ((uint32_t)kcode[(int64_t)ch * L.rbk] >> (bit & 7)) & MASK;
-                        const uint32_t vn = ((uint32_t)vrow[(ch * BITS) >> 3] >> ((ch * BITS) & 7)) & MASK;
-                        kd[c] = mma::f16_to_float(ksc[ch]) * (float)kn + mma::f16_to_float(kz[ch]);
-                        if constexpr (!SCORES) vd[c] = mma::f16_to_float(vs[g]) * (float)vn + mma::f16_to_float(vz[g]);
+                        if (K) {
+                            const uint32_t kn = ((uint32_t)kcode[(int64_t)ch * L.rbk] >> (bit & 7)) & MASK;
+                            kd[c] = mma::f16_to_float(ksc[ch]) * (float)kn + mma::f16_to_float(kz[ch]);
+                        }
+                        if (V) {
+                            const uint32_t vn = ((uint32_t)vrow[(ch * BITS) >> 3] >> ((ch * BITS) & 7)) & MASK;
+                            vd[c] = mma::f16_to_float(vs[g]) * (float)vn + mma::f16_to_float(vz[g]);
+                        }
                     }
                 }
-            }
+            };
+            rebuild(true, !SCORES && !Sh::kOneRowBuf);
             __syncwarp();
             // scores of head gq, tokens 8j + 2t4 + e (the C-fragment places), f32 dot products
             const float* qh = sm_q + gq * HD;
@@ -483,6 +492,11 @@ __device__ __forceinline__ void kvq_mma_block(unsigned char* smem, float* sm_m, 
             }
             float p[2][2];
             softmax_stage(s, p);
+            if constexpr (Sh::kOneRowBuf) {  // the values into the keys' place, once every lane has read the keys
+                __syncwarp();
+                rebuild(false, true);
+                __syncwarp();
+            }
             // O[gq][8nt + 2t4 + {0, 1}] += sum over the 16 rows (the quad's probabilities by shuffles)
 #pragma unroll
             for (int u = 0; u < 4; u++) {
