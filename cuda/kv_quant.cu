@@ -879,6 +879,28 @@ bool mma_eligible(const Layout& L, int n, const int* sel) {
     return n == 1 && sel == nullptr && L.G % kKvqMmaRows == 0 && L.gs >= 16;
 }
 
+// Whether variant 4's kernel for this layout has its shared memory on the current device (the opt-in can fail where
+// a device has less per block than a large shape asks, e.g. hd 128 int8 on sm_89): if not, the call runs variant 3.
+template <int HD, int BITS, bool SCORES>
+bool mma_ready(const Layout& L) {
+    cudaError_t e = cudaErrorInvalidValue;
+    if (L.ng == 1) e = mma_prepare<HD, BITS, 1, SCORES>();
+    else if (L.ng == 2) e = mma_prepare<HD, BITS, 2, SCORES>();
+    else if (L.ng == 4) e = mma_prepare<HD, BITS, 4, SCORES>();
+    else if constexpr (HD == 128) {
+        if (L.ng == 8) e = mma_prepare<HD, BITS, 8, SCORES>();
+    }
+    if (e != cudaSuccess) (void)cudaGetLastError();
+    return e == cudaSuccess;
+}
+template <bool SCORES>
+bool mma_ready_any(int head_dim, int bits, const Layout& L) {
+    if (head_dim == 64)
+        return bits == 8 ? mma_ready<64, 8, SCORES>(L) : bits == 4 ? mma_ready<64, 4, SCORES>(L) : mma_ready<64, 2, SCORES>(L);
+    return bits == 8 ? mma_ready<128, 8, SCORES>(L) : bits == 4 ? mma_ready<128, 4, SCORES>(L)
+                                                     : mma_ready<128, 2, SCORES>(L);
+}
+
 // Splits of a variant-4 decode call: one full wave of resident blocks (blocks per SM × SMs over the grid's
 // Hkv · chunks rows), at most the setting's count (its workspace), at least one; each warp keeps a run of stages.
 template <int HD, int BITS, bool SCORES = false>
@@ -946,8 +968,8 @@ void launch_attention(dim3 grid, cudaStream_t st, float* out, float* ws, const f
                       const float* wk, const float* wv, const int* pc, const int* lc, int layer, int H, int Hkv, int C,
                       int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel, int sel_stride,
                       const int* sel_counts, const int* hw, int splits, float scale_log2, float* lse2,
-                      int* counters = nullptr) {
-    if (g_attention_variant == 4 && mma_eligible(L, (int)grid.z, sel)) {
+                      bool v4, int* counters) {
+    if (v4) {  // variant 4, eligible and ready (tp_kvq_attention_ex2)
 #define TP_KVQ_MMA(NG) launch_attention_mma<HD, BITS, NG>(grid, st, out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, \
             C, res_cap, max_blocks, L, qpos, sel, sel_stride, sel_counts, hw, splits, scale_log2, lse2, counters)
         if (L.ng == 1) TP_KVQ_MMA(1);
@@ -1360,7 +1382,10 @@ int tp_kvq_attention_ex2(uint64_t out, uint64_t q, uint64_t pool, uint64_t windo
     }
     Layout L = make_layout(head_dim, group, bits);
     int group_h = num_heads / kv_heads, chunks = (group_h + kMaxGt - 1) / kMaxGt;
-    if (g_attention_variant == 4 && splits > 1 && mma_eligible(L, n, TP_PTR(const int, sel_slots))) {
+    // variant 4 where it takes the call and its kernel is ready on this device, else variant 3
+    const bool v4 = g_attention_variant == 4 && mma_eligible(L, n, TP_PTR(const int, sel_slots)) &&
+                    mma_ready_any<false>(head_dim, bits, L);
+    if (v4 && splits > 1) {
         const int rows = kv_heads * chunks;
         if (head_dim == 64)
             splits = bits == 8 ? mma_splits<64, 8>(L, rows, splits, max_len)
@@ -1387,10 +1412,10 @@ int tp_kvq_attention_ex2(uint64_t out, uint64_t q, uint64_t pool, uint64_t windo
     float* ls = TP_PTR(float, lse2);
     // the merge inside the split kernel (variant 4 with counters: one int per grid row, zero between calls)
     int* ctr = TP_PTR(int, counters);
-    const bool fused = ctr != nullptr && splits > 1 && g_attention_variant == 4 && mma_eligible(L, n, sl);
+    const bool fused = ctr != nullptr && splits > 1 && v4;
 #define TP_KVQ_LAUNCH(HD, B)                                                                                        \
     launch_attention<HD, B>(grid, st, o, ws, qq, pl, wk, wv, pc, lc, layer, num_heads, kv_heads, capacity, res_cap, \
-                            max_blocks, L, qp, sl, sel_stride, sc, hw, splits, scale_log2, ls, fused ? ctr : nullptr)
+                            max_blocks, L, qp, sl, sel_stride, sc, hw, splits, scale_log2, ls, v4, fused ? ctr : nullptr)
     if (head_dim == 64) {
         if (bits == 8) TP_KVQ_LAUNCH(64, 8);
         else if (bits == 4) TP_KVQ_LAUNCH(64, 4);
@@ -1453,7 +1478,8 @@ int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride,
     Layout L = make_layout(head_dim, group, bits);
     uint32_t* keys = tp::tidal_select_keys(keys_ws, kv_heads, len);
     cudaStream_t st = TP_STREAM(stream);
-    if (g_attention_variant == 4 && num_heads / kv_heads <= kKvqMmaHeads && mma_eligible(L, 1, nullptr)) {
+    if (g_attention_variant == 4 && num_heads / kv_heads <= kKvqMmaHeads && mma_eligible(L, 1, nullptr) &&
+        mma_ready_any<true>(head_dim, bits, L)) {
         // variant 4's scores mode: the keys on tensor cores (aligned runs of block lanes), one wave of blocks
         KvqMmaKeys sk{keys, len, TP_PTR(int, cur_slot), TP_PTR(const int, params) + kv_heads + 1, sum_group};
         // one wave of blocks, at most one split per 256 keys (also where the device cannot be asked)
