@@ -17,6 +17,9 @@ int fail(int code, const char* fmt, ...);
 int cuda_fail(cudaError_t e, const char* what);
 // Multiprocessor count of the current device (cached per device).
 int sm_count();
+// Opts `kernel` into `smem` bytes of dynamic shared memory on the current device and gives its resident blocks per
+// SM at `threads` per block (at least 1), once per device: cache[64] belongs to the kernel (0 = not yet done).
+cudaError_t prepare_dynamic_smem(const void* kernel, int threads, int smem, int* cache, int* blocks_per_sm);
 // Whether kernels launched through tp::launch get Programmatic Dependent Launch (process-wide, tp_set_pdl).
 bool pdl_enabled();
 

@@ -1125,23 +1125,8 @@ int launch_split_v2_hd(int gt, int kv_blocks, int max_len, bool direct, dim3 gri
 template <int HD, int STAGES, bool KEYS = false>
 cudaError_t v3_prepare(int* blocks_per_sm_out) {
     static int cache[64] = {0};
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e != cudaSuccess) return e;
-    int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
-    if (bps == 0) {
-        auto kernel = decode_split_v3_kernel<HD, STAGES, KEYS>;
-        constexpr int smem = V3Shape<HD, STAGES>::kSmemBytes;
-        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        if (e != cudaSuccess) return e;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, smem) != cudaSuccess || bps < 1) {
-            (void)cudaGetLastError();
-            bps = 1;
-        }
-        if (dev >= 0 && dev < 64) cache[dev] = bps;
-    }
-    *blocks_per_sm_out = bps;
-    return cudaSuccess;
+    return prepare_dynamic_smem(reinterpret_cast<const void*>(decode_split_v3_kernel<HD, STAGES, KEYS>), kThreads,
+                                V3Shape<HD, STAGES>::kSmemBytes, cache, blocks_per_sm_out);
 }
 
 // Both pipeline depths of the v3 kernel for head dim HD, with and without the selection keys.

@@ -794,24 +794,13 @@ __global__ void __launch_bounds__(kKvqMmaThreads) kvq_scores_mma_kernel(
 template <int HD, int BITS, int NG, bool SCORES = false>
 cudaError_t mma_prepare(int* blocks_per_sm = nullptr) {
     static int cache[64] = {0};
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e != cudaSuccess) return e;
-    int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
-    if (bps == 0) {
-        const void* kernel = SCORES ? reinterpret_cast<const void*>(kvq_scores_mma_kernel<HD, BITS, NG>)
-                                    : reinterpret_cast<const void*>(kvq_attention_mma_kernel<HD, BITS, NG>);
-        constexpr int smem = KvqMmaShape<HD, BITS, NG, SCORES>::kSmemBytes;
-        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        if (e != cudaSuccess) return e;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kKvqMmaThreads, smem) != cudaSuccess || bps < 1) {
-            (void)cudaGetLastError();
-            bps = 1;
-        }
-        if (dev >= 0 && dev < 64) cache[dev] = bps;
-    }
+    int bps = 0;
+    const void* kernel = SCORES ? reinterpret_cast<const void*>(kvq_scores_mma_kernel<HD, BITS, NG>)
+                                : reinterpret_cast<const void*>(kvq_attention_mma_kernel<HD, BITS, NG>);
+    cudaError_t e = prepare_dynamic_smem(kernel, kKvqMmaThreads, KvqMmaShape<HD, BITS, NG, SCORES>::kSmemBytes, cache,
+                                         &bps);
     if (blocks_per_sm) *blocks_per_sm = bps;
-    return cudaSuccess;
+    return e;
 }
 
 // Every instantiation of variant 4 (tp_kvq_set_attention_variant(4), outside any graph capture).
@@ -845,8 +834,7 @@ void launch_attention_mma(dim3 grid, cudaStream_t st, float* out, float* ws, con
                           int C, int res_cap, int max_blocks, const Layout& L, const int* qpos, const int* sel,
                           int sel_stride, const int* sel_counts, const int* hw, int splits, float scale_log2,
                           float* lse2, int* counters) {
-    if (mma_prepare<HD, BITS, NG>() != cudaSuccess) return;  // the error stays for the caller's launch check
-    // with Programmatic Dependent Launch where on (tp_set_pdl): the kernel waits for its predecessor's writes
+    // (its shared memory opted in by the caller's mma_blocks) with Programmatic Dependent Launch where on (tp_set_pdl): the kernel waits for its predecessor's writes
     tp::launch(kvq_attention_mma_kernel<HD, BITS, NG>, grid, dim3(kKvqMmaThreads), KvqMmaShape<HD, BITS, NG>::kSmemBytes,
                st, out, ws, q, pool, wk, wv, pc, lc, layer, H, Hkv, C, res_cap, max_blocks, L, qpos, sel, sel_stride,
                sel_counts, hw, splits, scale_log2, lse2, counters);
@@ -859,7 +847,6 @@ void launch_scores_mma(const KvqMmaKeys& sk, int splits, cudaStream_t st, const 
                        int max_blocks, const Layout& L, const int* params) {
     auto go = [&](auto ng) {
         constexpr int NG = decltype(ng)::value;
-        if (mma_prepare<HD, BITS, NG, true>() != cudaSuccess) return;  // the error stays for the launch check
         tp::launch(kvq_scores_mma_kernel<HD, BITS, NG>, dim3(splits, Hkv), dim3(kKvqMmaThreads),
                    KvqMmaShape<HD, BITS, NG, true>::kSmemBytes, st, sk, q, pool, wk, pc, lc, layer, H, Hkv, C, res_cap,
                    max_blocks, L, params, splits);
@@ -879,33 +866,12 @@ bool mma_eligible(const Layout& L, int n, const int* sel) {
     return n == 1 && sel == nullptr && L.G % kKvqMmaRows == 0 && L.gs >= 16;
 }
 
-// Whether variant 4's kernel for this layout has its shared memory on the current device (the opt-in can fail where
-// a device has less per block than a large shape asks, e.g. hd 128 int8 on sm_89): if not, the call runs variant 3.
+// Resident blocks per SM of variant 4's kernel for this layout on the current device, its shared memory opted in;
+// 0 where the opt-in fails (a device with less per block than a large shape asks, e.g. hd 128 int8 on sm_89): the
+// call then runs variant 3.
 template <int HD, int BITS, bool SCORES>
-bool mma_ready(const Layout& L) {
-    cudaError_t e = cudaErrorInvalidValue;
-    if (L.ng == 1) e = mma_prepare<HD, BITS, 1, SCORES>();
-    else if (L.ng == 2) e = mma_prepare<HD, BITS, 2, SCORES>();
-    else if (L.ng == 4) e = mma_prepare<HD, BITS, 4, SCORES>();
-    else if constexpr (HD == 128) {
-        if (L.ng == 8) e = mma_prepare<HD, BITS, 8, SCORES>();
-    }
-    if (e != cudaSuccess) (void)cudaGetLastError();
-    return e == cudaSuccess;
-}
-template <bool SCORES>
-bool mma_ready_any(int head_dim, int bits, const Layout& L) {
-    if (head_dim == 64)
-        return bits == 8 ? mma_ready<64, 8, SCORES>(L) : bits == 4 ? mma_ready<64, 4, SCORES>(L) : mma_ready<64, 2, SCORES>(L);
-    return bits == 8 ? mma_ready<128, 8, SCORES>(L) : bits == 4 ? mma_ready<128, 4, SCORES>(L)
-                                                     : mma_ready<128, 2, SCORES>(L);
-}
-
-// Splits of a variant-4 decode call: one full wave of resident blocks (blocks per SM × SMs over the grid's
-// Hkv · chunks rows), at most the setting's count (its workspace), at least one; each warp keeps a run of stages.
-template <int HD, int BITS, bool SCORES = false>
-int mma_splits(const Layout& L, int rows, int max_splits, int max_len) {
-    int bps = 1;
+int mma_blocks(const Layout& L) {
+    int bps = 0;
     cudaError_t e = cudaErrorInvalidValue;
     if (L.ng == 1) e = mma_prepare<HD, BITS, 1, SCORES>(&bps);
     else if (L.ng == 2) e = mma_prepare<HD, BITS, 2, SCORES>(&bps);
@@ -915,20 +881,16 @@ int mma_splits(const Layout& L, int rows, int max_splits, int max_len) {
     }
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
-        return max_splits;  // the launch reports the error
+        return 0;
     }
-    static int sms[64] = {0};
-    int dev = 0, n_sm = 0;
-    if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64) {
-        if (sms[dev] == 0 && cudaDeviceGetAttribute(&sms[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-            (void)cudaGetLastError();
-            sms[dev] = 0;
-        }
-        n_sm = sms[dev];
-    }
-    if (n_sm <= 0) return max_splits;
-    int s = (bps * n_sm) / (rows > 0 ? rows : 1);
-    const int min_rows = 4 * kKvqMmaWarps * kKvqMmaRows;  // four stages per warp
+    return bps;
+}
+
+// Splits of a variant-4 call at bps resident blocks per SM: one full wave (blocks per SM × SMs over the grid's rows),
+// at most max_splits (the workspace's count), at least one; each warp keeps four stages.
+int mma_splits(int bps, int rows, int max_splits, int max_len) {
+    int s = bps * sm_count() / (rows > 0 ? rows : 1);
+    const int min_rows = 4 * kKvqMmaWarps * kKvqMmaRows;
     s = s < max_len / min_rows ? s : max_len / min_rows;
     s = s < max_splits ? s : max_splits;
     return s < 1 ? 1 : s;
@@ -1383,17 +1345,14 @@ int tp_kvq_attention_ex2(uint64_t out, uint64_t q, uint64_t pool, uint64_t windo
     Layout L = make_layout(head_dim, group, bits);
     int group_h = num_heads / kv_heads, chunks = (group_h + kMaxGt - 1) / kMaxGt;
     // variant 4 where it takes the call and its kernel is ready on this device, else variant 3
-    const bool v4 = g_attention_variant == 4 && mma_eligible(L, n, TP_PTR(const int, sel_slots)) &&
-                    mma_ready_any<false>(head_dim, bits, L);
-    if (v4 && splits > 1) {
-        const int rows = kv_heads * chunks;
-        if (head_dim == 64)
-            splits = bits == 8 ? mma_splits<64, 8>(L, rows, splits, max_len)
-                   : bits == 4 ? mma_splits<64, 4>(L, rows, splits, max_len) : mma_splits<64, 2>(L, rows, splits, max_len);
-        else
-            splits = bits == 8 ? mma_splits<128, 8>(L, rows, splits, max_len)
-                   : bits == 4 ? mma_splits<128, 4>(L, rows, splits, max_len) : mma_splits<128, 2>(L, rows, splits, max_len);
+    int bps4 = 0;
+    if (g_attention_variant == 4 && mma_eligible(L, n, TP_PTR(const int, sel_slots))) {
+#define TP_KVQ_BPS(HD, B) bps4 = mma_blocks<HD, B, false>(L)
+        TP_KVQ_DISPATCH(head_dim, bits, TP_KVQ_BPS);
+#undef TP_KVQ_BPS
     }
+    const bool v4 = bps4 > 0;
+    if (v4 && splits > 1) splits = mma_splits(bps4, kv_heads * chunks, splits, max_len);
     dim3 grid(splits, kv_heads * chunks, n);
     cudaStream_t st = TP_STREAM(stream);
     float scale_log2 = scale * kLog2e;
@@ -1478,17 +1437,18 @@ int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride,
     Layout L = make_layout(head_dim, group, bits);
     uint32_t* keys = tp::tidal_select_keys(keys_ws, kv_heads, len);
     cudaStream_t st = TP_STREAM(stream);
-    if (g_attention_variant == 4 && num_heads / kv_heads <= kKvqMmaHeads && mma_eligible(L, 1, nullptr) &&
-        mma_ready_any<true>(head_dim, bits, L)) {
+    int bps4 = 0;
+    if (g_attention_variant == 4 && num_heads / kv_heads <= kKvqMmaHeads && mma_eligible(L, 1, nullptr)) {
+#define TP_KVQ_BPS(HD, B) bps4 = mma_blocks<HD, B, true>(L)
+        TP_KVQ_DISPATCH(head_dim, bits, TP_KVQ_BPS);
+#undef TP_KVQ_BPS
+    }
+    if (bps4 > 0) {
         // variant 4's scores mode: the keys on tensor cores (aligned runs of block lanes), one wave of blocks
         KvqMmaKeys sk{keys, len, TP_PTR(int, cur_slot), TP_PTR(const int, params) + kv_heads + 1, sum_group};
-        // one wave of blocks, at most one split per 256 keys (also where the device cannot be asked)
+        // one wave of blocks, at most one split per 256 keys
         const int cap = len / 256 > 1 ? (len / 256 < 1024 ? len / 256 : 1024) : 1;
-        const int splits = head_dim == 64
-            ? (bits == 8 ? mma_splits<64, 8, true>(L, kv_heads, cap, len) : bits == 4 ? mma_splits<64, 4, true>(L, kv_heads, cap, len)
-                                                                              : mma_splits<64, 2, true>(L, kv_heads, cap, len))
-            : (bits == 8 ? mma_splits<128, 8, true>(L, kv_heads, cap, len) : bits == 4 ? mma_splits<128, 4, true>(L, kv_heads, cap, len)
-                                                                               : mma_splits<128, 2, true>(L, kv_heads, cap, len));
+        const int splits = mma_splits(bps4, kv_heads, cap, len);
         const int* pr = TP_PTR(const int, params);
         const float* qq = TP_PTR(const float, q);
         const uint8_t* pl = TP_PTR(const uint8_t, pool);
@@ -1497,15 +1457,7 @@ int tp_kvq_tidal_select(uint64_t out_slots, uint64_t out_counts, int out_stride,
         const int* lc = TP_PTR(const int, loc_cache);
 #define TP_KVQ_SCORES4(HD, B) launch_scores_mma<HD, B>(sk, splits, st, qq, pl, wk, pc, lc, layer, num_heads, kv_heads, \
                                                       capacity, res_cap, max_blocks, L, pr)
-        if (head_dim == 64) {
-            if (bits == 8) TP_KVQ_SCORES4(64, 8);
-            else if (bits == 4) TP_KVQ_SCORES4(64, 4);
-            else TP_KVQ_SCORES4(64, 2);
-        } else {
-            if (bits == 8) TP_KVQ_SCORES4(128, 8);
-            else if (bits == 4) TP_KVQ_SCORES4(128, 4);
-            else TP_KVQ_SCORES4(128, 2);
-        }
+        TP_KVQ_DISPATCH(head_dim, bits, TP_KVQ_SCORES4);
 #undef TP_KVQ_SCORES4
         TP_LAUNCHED("kvq_scores_mma_kernel (selection)");
         return tp::launch_tidal_select_from_keys(keys_ws, len, TP_PTR(int, cur_slot), TP_PTR(const int, params), k,

@@ -41,6 +41,24 @@ int sm_count() {
     return g_sm_count[dev];
 }
 
+cudaError_t prepare_dynamic_smem(const void* kernel, int threads, int smem, int* cache, int* blocks_per_sm) {
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    int bps = dev >= 0 && dev < 64 ? cache[dev] : 0;
+    if (bps == 0) {
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (e != cudaSuccess) return e;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, threads, smem) != cudaSuccess || bps < 1) {
+            (void)cudaGetLastError();
+            bps = 1;
+        }
+        if (dev >= 0 && dev < 64) cache[dev] = bps;
+    }
+    *blocks_per_sm = bps;
+    return cudaSuccess;
+}
+
 bool pdl_enabled() { return g_pdl.load(std::memory_order_relaxed) != 0; }
 
 }  // namespace tp
