@@ -687,7 +687,7 @@ public final class Session implements AutoCloseable {
                         int a = model.argmax();
                         next = json.allows(a) ? a : chain.sample(model.logits());
                     } else {
-                        next = chain.sample(model.logits());
+                        next = model.sample(chain);
                     }
                     if (trace != null) trace.accept(chain.lastTrace());
                     if (!g.take(next)) break;

@@ -826,7 +826,7 @@ public final class KernelBench {
             if (!cfg.tieWordEmbeddings()) weightBytes -= (long) cfg.vocabSize() * cfg.hiddenSize() * 2; // embedding rows are gathered, not streamed
             Llama m = new Llama(cfg, w, gpu, 256);
             int runs = E2E_PATHS.length;
-            if (parts.contains("short")) try (KvCache cache = m.newCache(64 + runs * decodeSlots(shortSteps, true) + 16)) {
+            if (parts.contains("short")) try (KvCache cache = m.newCache(64 + runs * decodeSlots(shortSteps, true) + 2 * (DECODE_WARMUP + shortSteps) + 16)) {
                 int[] prompt = new int[32];
                 for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
                 m.prefill(cache, prompt, 0, false, null);
@@ -851,6 +851,22 @@ public final class KernelBench {
                 }
             }
             usePaths(gpu, E2E_PATHS[0]); // the default kernel paths (the short runs end on the last of E2E_PATHS)
+            if (parts.contains("short")) try (KvCache cache = m.newCache(64 + 2 * (DECODE_WARMUP + shortSteps) + 16)) {
+                int[] prompt = new int[32];
+                for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
+                m.prefill(cache, prompt, 0, false, null);
+                int pos = prompt.length;
+                double[] tps = new double[2];
+                for (int run = 0; run < 2; run++) { // the top candidates from the device, then the whole row read
+                    tps[run] = decodeSampled(gpu, m, cfg.vocabSize(), cache, pos, shortSteps, run == 0);
+                    pos += DECODE_WARMUP + shortSteps;
+                }
+                out.printf("e2e short context, sampled (llama.cpp's default chain: top-k 40, top-p 0.95, min-p 0.05, temp 0.8; plain loop): "
+                        + "%.1f tokens/s from the device's top candidates, %.1f reading the whole row (%.2fx)%n", tps[0], tps[1], tps[0] / tps[1]);
+                result(out, "e2e_short_sampled_tps", tps[0], "tokens/s");
+                result(out, "e2e_short_sampled_wholerow_tps", tps[1], "tokens/s");
+                result(out, "e2e_short_sampled_speedup", tps[0] / tps[1], "x");
+            }
             if (parts.contains("batch")) endToEndBatch(gpu, copyBw, m, cfg, weightBytes, shortSteps, out);
             // 32K context, written directly into the cache
             if (parts.contains("long")) try (KvCache cache = m.newCache(longCtx + runs * decodeSlots(longSteps, true) + 16)) {
@@ -1035,6 +1051,36 @@ public final class KernelBench {
         m.decodeGreedy(cache, last[0], pos, steps, keep);
         b.synchronize();
         return steps / ((System.nanoTime() - t0) / 1e9);
+    }
+
+    /**
+     * Sampled decode (llama.cpp's default chain, seed 1) of {@code steps} tokens after {@link #DECODE_WARMUP} untimed
+     * ones, one step at a time as generate's sampled loop runs: decodeStep, then {@link Llama#sample} — the chain
+     * sampling from the device's top candidates ({@code candidates}) or from the whole row of logits read back
+     * ({@code -Dtokenpress.candidateSampling=false}); returns tokens/s.
+     */
+    private static double decodeSampled(CudaBackend gpu, Llama m, int vocab, KvCache cache, int pos, int steps, boolean candidates) {
+        String was = System.getProperty("tokenpress.candidateSampling");
+        System.setProperty("tokenpress.candidateSampling", Boolean.toString(candidates));
+        try {
+            dev.tokenpress.sample.SamplerChain chain = dev.tokenpress.sample.SamplerChain.create(
+                    dev.tokenpress.sample.SamplingOptions.defaults().withSeed(1), vocab);
+            long t0 = 0;
+            for (int i = 0; i < DECODE_WARMUP + steps; i++) {
+                if (i == DECODE_WARMUP) {
+                    gpu.synchronize();
+                    t0 = System.nanoTime();
+                }
+                int t = m.sample(chain);
+                chain.accept(t);
+                m.decodeStep(cache, t, pos++);
+            }
+            m.sample(chain); // the last step's token: its wait ends the timing
+            return steps / ((System.nanoTime() - t0) / 1e9);
+        } finally {
+            if (was == null) System.clearProperty("tokenpress.candidateSampling");
+            else System.setProperty("tokenpress.candidateSampling", was);
+        }
     }
 
     /** Cache positions {@link #decode} uses for {@code steps} timed steps (with the plain-loop breakdown or not). */

@@ -549,6 +549,35 @@ public final class Llama implements AutoCloseable {
         return logits;
     }
 
+    /**
+     * The sampled token of the last position: where the chain can decide it from the most likely tokens alone
+     * ({@link dev.tokenpress.sample.SamplerChain#candidateCount}: top-k on, only penalties that lower logits before
+     * it, no trace) those come from {@link #topLogits} — on a GPU a device top-k, so k ids and values cross instead of
+     * the whole row — and the chain samples from them: the same token as from the whole row, the same chain state
+     * after. Otherwise, or when the candidates cannot decide it, the whole row is read.
+     * {@code -Dtokenpress.candidateSampling=false} always reads the whole row.
+     */
+    public int sample(dev.tokenpress.sample.SamplerChain chain) {
+        int m = Boolean.parseBoolean(System.getProperty("tokenpress.candidateSampling", "true")) ? chain.candidateCount() : 0;
+        if (m > 0) {
+            float[] values = new float[m];
+            int[] ids = topLogits(m, values);
+            if (ids.length == m) {
+                int t = chain.sampleCandidates(ids, values, m);
+                if (t >= 0) return t;
+            }
+        }
+        return chain.sample(logits());
+    }
+
+    /**
+     * The {@code k} largest logits of the last token processed, best first (ties: lower id first), computed where the
+     * logits live, so only k ids and values cross from a device; values into {@code valuesOut} (k entries) when given.
+     */
+    public int[] topLogits(int k, float[] valuesOut) {
+        return backend.topK(logits, 0, k, valuesOut);
+    }
+
     /** Greedy token of the last position, computed where the logits live. */
     public int argmax() {
         return backend.argmax(logits, 0);

@@ -38,6 +38,33 @@ public final class PenaltiesSampler implements Sampler {
         return lastN != 0 && !(repeat == 1f && frequency == 0f && presence == 0f);
     }
 
+    /**
+     * True when applying the penalties can only lower logits (or does nothing): repeat >= 1, presence >= 0 and
+     * frequency >= 0. Then a token outside the m most likely ones stays outside after the penalties, which lets
+     * {@link SamplerChain#sampleCandidates} work from the top (k + {@link #penalisedTokens()}) logits alone.
+     */
+    public boolean onlyLowers() {
+        return !active() || (repeat >= 1f && presence >= 0f && frequency >= 0f);
+    }
+
+    /** Distinct tokens the next {@link #apply} penalises (0 when the penalties are off). */
+    public int penalisedTokens() {
+        if (!active() || len == 0) return 0;
+        if (++stampNow == 0) {
+            Arrays.fill(stamp, 0);
+            stampNow = 1;
+        }
+        int n = 0;
+        for (int j = 0; j < len; j++) {
+            int t = ring[(first + j) % ring.length];
+            if (stamp[t] != stampNow) {
+                stamp[t] = stampNow;
+                n++;
+            }
+        }
+        return n;
+    }
+
     @Override
     public void accept(int token) {
         if (lastN == 0) return;

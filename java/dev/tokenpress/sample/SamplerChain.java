@@ -152,6 +152,80 @@ public final class SamplerChain {
         return token;
     }
 
+    /** The most candidates {@link #candidateCount} asks for (what a device top-k returns in one call). */
+    public static final int MAX_CANDIDATES = 1024;
+
+    /**
+     * How many of the row's most likely tokens (by logit, ties to the lower id) {@link #sampleCandidates} needs to
+     * choose the token {@link #sample} would choose from the whole row; 0 when only the whole row will do. Non-zero
+     * when the stages before top-k can only lower logits — nothing but the penalties with repeat >= 1, presence >= 0
+     * and frequency >= 0 (no logit bias, DRY, constraint or top-n-sigma, which need every logit) — and tracing is off:
+     * then it is top-k's k plus the distinct tokens the penalties touch this step, at most {@link #MAX_CANDIDATES}
+     * and below the vocabulary. Mirostat chains have no top-k stage and always need the whole row.
+     */
+    public int candidateCount() {
+        if (trace) return 0;
+        int extra = 0;
+        for (Sampler s : stages) {
+            if (s instanceof TopKSampler t) {
+                long m = (long) t.k() + extra;
+                return t.k() > 0 && m <= MAX_CANDIDATES && m < vocabSize ? (int) m : 0;
+            }
+            if (!(s instanceof PenaltiesSampler p) || !p.onlyLowers()) return 0;
+            extra += p.penalisedTokens();
+        }
+        return 0;
+    }
+
+    /**
+     * Samples from the {@code n} most likely tokens of a row instead of the whole row: {@code ids} and {@code logits}
+     * as a backend's top-k returns them (any order), n >= {@link #candidateCount()}. Returns the token {@link #sample}
+     * would return for the whole row, with the same state afterwards, or -1 (nothing drawn, no state changed: sample
+     * the whole row instead) where the candidates cannot decide it: an id outside the vocabulary, a NaN logit, or
+     * a smallest logit of zero (backends rank by IEEE comparison, which puts -0 and +0 level and NaN last; this chain
+     * ranks by bits).
+     * <p>
+     * Why it is the same token. The candidates are put in id order, so a tie between two of them is broken as in the
+     * whole row (by position = id). Let min be the smallest candidate logit. At most P = {@link
+     * PenaltiesSampler#penalisedTokens} tokens are penalised, so at least n - P >= k candidates keep their raw logits,
+     * all >= min, and those equal to min have lower ids than any token left out at min (the backend's order). A token
+     * left out ends at or below min (penalties only lower), so it ranks after k untouched candidates and never
+     * enters the top k. From top-k on, every stage sees the same k entries in the same order.
+     */
+    public int sampleCandidates(int[] ids, float[] logits, int n) {
+        int need = candidateCount();
+        if (need == 0) throw new IllegalStateException("this chain samples from the whole row (candidateCount() is 0)");
+        if (n < need || n > ids.length || n > logits.length || n >= vocabSize)
+            throw new IllegalArgumentException("candidates: n must be at least candidateCount() = " + need
+                    + ", at most the arrays' length and below the vocabulary, got " + n);
+        long[] order = new long[n];
+        float min = Float.POSITIVE_INFINITY;
+        for (int i = 0; i < n; i++) {
+            int id = ids[i];
+            float l = logits[i];
+            if (id < 0 || id >= vocabSize || l != l) return -1;
+            order[i] = ((long) id << 32) | i;
+            min = Math.min(min, l);
+        }
+        if (min == 0f) return -1; // -0 and +0 rank apart here, level in a backend's top-k
+        java.util.Arrays.sort(order);
+        int[] sid = new int[n];
+        float[] sl = new float[n];
+        for (int i = 0; i < n; i++) {
+            int at = (int) order[i];
+            sid[i] = ids[at];
+            sl[i] = logits[at];
+            if (i > 0 && sid[i] == sid[i - 1]) throw new IllegalArgumentException("candidates: token " + sid[i] + " twice");
+        }
+        cur.set(sid, sl, n);
+        for (Sampler stage : stages) stage.apply(cur);
+        if (cur.selected < 0 || cur.selected >= cur.size) {
+            cur.selected = 0;
+            if (cur.size == 0) throw new IllegalStateException("the sampler chain left no candidates");
+        }
+        return cur.ids[cur.selected];
+    }
+
     /** Sample, then accept the token. */
     public int sampleAndAccept(float[] logits) {
         int t = sample(logits);

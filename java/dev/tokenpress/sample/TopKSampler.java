@@ -8,6 +8,11 @@ public final class TopKSampler implements Sampler {
         this.k = k;
     }
 
+    /** The k it keeps (0 or less: off). */
+    public int k() {
+        return k;
+    }
+
     @Override
     public String name() {
         return "top-k";

@@ -2674,11 +2674,17 @@ public final class CudaBackend implements Backend {
         ensureSelWs(t.cols, k);
         check(TpNative.tp_topk(t.row(row), t.cols, k, selOut, selOut + 4096, selWs, selWsBytes, stream), "topK");
         int[] idx = new int[k];
-        check(TpNative.tp_memcpy_d2h(idx, selOut, 4L * k, stream), "topK download");
-        if (valuesOut != null) {
-            float[] v = new float[k];
-            check(TpNative.tp_memcpy_d2h(v, selOut + 4096, 4L * k, stream), "topK download");
-            System.arraycopy(v, 0, valuesOut, 0, k);
+        if (valuesOut == null) {
+            check(TpNative.tp_memcpy_d2h(idx, selOut, 4L * k, stream), "topK download");
+            return idx;
+        }
+        // ids at selOut, values 4096 bytes on: one copy (one wait) for both
+        byte[] raw = new byte[4096 + 4 * k];
+        check(TpNative.tp_memcpy_d2h(raw, selOut, raw.length, stream), "topK download");
+        java.nio.ByteBuffer bb = java.nio.ByteBuffer.wrap(raw).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        for (int i = 0; i < k; i++) {
+            idx[i] = bb.getInt(4 * i);
+            valuesOut[i] = bb.getFloat(4096 + 4 * i);
         }
         return idx;
     }

@@ -360,6 +360,32 @@ class CudaSessionTest {
         }
     }
 
+    /**
+     * Sampled decoding on the GPU from the device's top candidates (the default where the chain allows it: top-k and
+     * penalties here) draws the same tokens as reading the whole row of logits back, with the same seed.
+     */
+    @Test
+    void samplingFromTheDevicesTopCandidatesGivesTheWholeRowsTokens() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        SamplingOptions o = SamplingOptions.defaults().withSeed(9).withTemp(1.2).withPenalties(32, 1.15, 0.2, 0.1);
+        try (TokenPress tp = loadModel()) {
+            int[][] got = new int[2][];
+            for (int run = 0; run < 2; run++) {
+                String was = System.getProperty("tokenpress.candidateSampling");
+                System.setProperty("tokenpress.candidateSampling", Boolean.toString(run == 0));
+                try (Session s = tp.newSession(256)) {
+                    s.setIgnoreEos(true);
+                    got[run] = s.generate(prompt(2, 512), 48, o, null).tokens();
+                } finally {
+                    if (was == null) System.clearProperty("tokenpress.candidateSampling");
+                    else System.setProperty("tokenpress.candidateSampling", was);
+                }
+            }
+            assertEquals(48, got[0].length);
+            assertArrayEquals(got[1], got[0], "sampling from the device's top-k changed the tokens");
+        }
+    }
+
     /** The test model (8 q-heads, 2 KV heads of head dim 64: the kernels' smallest), written to tmp and loaded on CUDA. */
     private TokenPress loadModel() {
         ModelWriter.write(tmp, CudaModelParityTest.config(512, 8, 2, 64, 4), 5, s -> {});
