@@ -545,14 +545,33 @@ public final class Parallel implements AutoCloseable {
         }
         boolean[] full = new boolean[batch.length];
         for (int i : left) full[i] = true;
-        float[][] logits = null;
+        float[][] logits = null, topValues = null;
+        int[][] top = null;
         int[] greedy = null;
         try {
             boolean allGreedy = true;
             for (int i = 0; i < batch.length; i++) allGreedy &= full[i] || active.get(i).argmaxOnly;
-            // plain greedy rows only: their tokens where the logits live, one read; else every row's logits at once
+            // plain greedy rows only: their tokens where the logits live, one read; else the rows' top candidates
+            // where their chains can decide from them (Llama.sample's rule), read together, and every row's logits at
+            // once when some chain needs its whole row
             if (allGreedy) greedy = model.batchArgmaxAll();
-            else logits = model.batchLogitsAll();
+            else {
+                int[] k = new int[batch.length];
+                boolean whole = false, any = false;
+                boolean cand = Llama.candidateSampling();
+                for (int i = 0; i < batch.length; i++) {
+                    if (full[i]) continue;
+                    k[i] = cand ? active.get(i).chain.candidateCount() : 0;
+                    whole |= k[i] == 0;
+                    any |= k[i] > 0;
+                }
+                if (any) {
+                    topValues = new float[batch.length][];
+                    for (int i = 0; i < batch.length; i++) if (k[i] > 0) topValues[i] = new float[k[i]];
+                    top = model.batchTopLogits(k, topValues);
+                }
+                if (whole) logits = model.batchLogitsAll();
+            }
         } catch (RuntimeException | Error e) {
             failAll(e);
             return;
@@ -570,7 +589,12 @@ public final class Parallel implements AutoCloseable {
             s.position++;
             s.decodeSteps++;
             try {
-                if (s.take(greedy != null ? greedy[i] : s.chain.sample(logits[i]))) still.add(s);
+                int t = -1;
+                if (greedy != null) t = greedy[i];
+                else if (top != null && top[i] != null && top[i].length == topValues[i].length)
+                    t = s.chain.sampleCandidates(top[i], topValues[i], top[i].length);
+                if (t < 0) t = s.chain.sample(logits != null && logits[i] != null ? logits[i] : model.batchLogits(i));
+                if (s.take(t)) still.add(s);
                 else s.finish();
             } catch (RuntimeException | Error e) { // e.g. its listener failed: that sequence alone ends
                 s.fail(e);

@@ -385,6 +385,18 @@ public interface Backend extends AutoCloseable {
     int[] topK(Tensor x, int row, int k, float[] valuesOut);
 
     /**
+     * {@link #topK} of several rows, read back together where the tensor lives on a device: row {@code rows[i]}'s
+     * {@code k[i]} largest (none for k[i] <= 0, null then) with their values into {@code valuesOut[i]} (k[i] entries;
+     * valuesOut may be null).
+     */
+    default int[][] topKRows(Tensor x, int[] rows, int[] k, float[][] valuesOut) {
+        int[][] out = new int[rows.length][];
+        for (int i = 0; i < rows.length; i++)
+            if (k[i] > 0) out[i] = topK(x, rows[i], k[i], valuesOut == null ? null : valuesOut[i]);
+        return out;
+    }
+
+    /**
      * Runs one decode step. {@code body} issues the step's ops (the forward pass for {@code step}); a backend
      * may instead replay a previously captured body with the new step values (CUDA graphs). The default runs
      * the body. Host arrays the body passes to ops are derived only from {@code step}.

@@ -971,6 +971,63 @@ public final class KernelBench {
                 gpu.setBatchAttention(pooledBefore);
             }
         }
+        // 16 sequences sampled (llama.cpp's default chain, one chain per sequence): the rows' top candidates read back
+        // together (Parallel's path) against every row's logits read back and sampled whole
+        int seqs = 16;
+        double[] tps = new double[2];
+        for (int run = 0; run < 2; run++) {
+            KvCache[] caches = new KvCache[seqs];
+            try {
+                Llama.BatchRow[] batch = new Llama.BatchRow[seqs];
+                dev.tokenpress.sample.SamplerChain[] chains = new dev.tokenpress.sample.SamplerChain[seqs];
+                int[] prompt = new int[32];
+                for (int i = 0; i < seqs; i++) {
+                    caches[i] = m.newCache(prompt.length + steps + DECODE_WARMUP + 8);
+                    for (int j = 0; j < prompt.length; j++) prompt[j] = (j * 97 + 13 * i + 5) % cfg.vocabSize();
+                    m.prefill(caches[i], prompt, 0, false, null);
+                    chains[i] = dev.tokenpress.sample.SamplerChain.create(dev.tokenpress.sample.SamplingOptions.defaults().withSeed(i), cfg.vocabSize());
+                    batch[i] = new Llama.BatchRow(caches[i], null, m.argmax(), prompt.length);
+                }
+                long t0 = 0;
+                for (int st = 0; st < DECODE_WARMUP + steps; st++) {
+                    if (st == DECODE_WARMUP) {
+                        gpu.synchronize();
+                        t0 = System.nanoTime();
+                    }
+                    m.decodeBatch(batch);
+                    int[] next = new int[seqs];
+                    if (run == 0) {
+                        int[] k = new int[seqs];
+                        float[][] values = new float[seqs][];
+                        for (int i = 0; i < seqs; i++) values[i] = new float[k[i] = chains[i].candidateCount()];
+                        int[][] top = m.batchTopLogits(k, values);
+                        for (int i = 0; i < seqs; i++) {
+                            next[i] = chains[i].sampleCandidates(top[i], values[i], k[i]);
+                            if (next[i] < 0) next[i] = chains[i].sample(m.batchLogits(i));
+                        }
+                    } else {
+                        float[][] rows = m.batchLogitsAll();
+                        for (int i = 0; i < seqs; i++) next[i] = chains[i].sample(rows[i]);
+                    }
+                    for (int i = 0; i < seqs; i++) {
+                        chains[i].accept(next[i]);
+                        batch[i] = new Llama.BatchRow(caches[i], null, next[i], batch[i].position() + 1);
+                    }
+                }
+                gpu.synchronize();
+                tps[run] = (double) steps * seqs / ((System.nanoTime() - t0) / 1e9);
+            } catch (RuntimeException e) {
+                out.println("e2e continuous batching, " + seqs + " sequences sampled: FAILED " + e.getMessage());
+                return;
+            } finally {
+                for (KvCache c : caches) if (c != null) c.close();
+            }
+        }
+        out.printf("e2e continuous batching, %d sequences sampled (llama.cpp's default chain): %.1f tokens/s from the rows' top candidates, "
+                + "%.1f reading every row whole (%.2fx)%n", seqs, tps[0], tps[1], tps[0] / tps[1]);
+        result(out, "e2e_batch16_sampled_tps", tps[0], "tokens/s");
+        result(out, "e2e_batch16_sampled_wholerow_tps", tps[1], "tokens/s");
+        result(out, "e2e_batch16_sampled_speedup", tps[0] / tps[1], "x");
     }
 
     /**

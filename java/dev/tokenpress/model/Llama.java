@@ -300,6 +300,22 @@ public final class Llama implements AutoCloseable {
         return out;
     }
 
+    /**
+     * The {@code k[i]} largest logits of row i of the last {@link #decodeBatch}, best first (ties: lower id first),
+     * computed where the logits live and read back together; values into {@code valuesOut[i]} (k[i] entries). Null
+     * for a row with k[i] <= 0 or one the batch left out.
+     */
+    public int[][] batchTopLogits(int[] k, float[][] valuesOut) {
+        int[] rowOf = batchRowOf();
+        if (k.length != rowOf.length) throw new IllegalArgumentException(k.length + " k for " + rowOf.length + " rows");
+        int[] rows = new int[rowOf.length], kk = new int[rowOf.length];
+        for (int i = 0; i < rowOf.length; i++) {
+            rows[i] = Math.max(rowOf[i], 0);
+            kk[i] = rowOf[i] >= 0 ? k[i] : 0;
+        }
+        return backend.topKRows(allLogits(), rows, kk, valuesOut);
+    }
+
     /** {@link #batchArgmax} of every row of the last {@link #decodeBatch}, read back together (-1 for a row it left out). */
     public int[] batchArgmaxAll() {
         int[] rowOf = batchRowOf();
@@ -558,7 +574,7 @@ public final class Llama implements AutoCloseable {
      * {@code -Dtokenpress.candidateSampling=false} always reads the whole row.
      */
     public int sample(dev.tokenpress.sample.SamplerChain chain) {
-        int m = Boolean.parseBoolean(System.getProperty("tokenpress.candidateSampling", "true")) ? chain.candidateCount() : 0;
+        int m = candidateSampling() ? chain.candidateCount() : 0;
         if (m > 0) {
             float[] values = new float[m];
             int[] ids = topLogits(m, values);
@@ -568,6 +584,11 @@ public final class Llama implements AutoCloseable {
             }
         }
         return chain.sample(logits());
+    }
+
+    /** Whether sampling may use the top candidates ({@code -Dtokenpress.candidateSampling}, default true). */
+    public static boolean candidateSampling() {
+        return Boolean.parseBoolean(System.getProperty("tokenpress.candidateSampling", "true"));
     }
 
     /**

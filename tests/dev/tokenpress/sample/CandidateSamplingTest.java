@@ -161,6 +161,39 @@ class CandidateSamplingTest {
         assertEquals(ref.sample(row), c.sampleCandidates(ids, v, 40));
     }
 
+    /** Batched sampled decoding (Parallel, the server's -np) reads the rows' top candidates together: same tokens. */
+    @Test
+    void batchedGenerationIsTheSameWithAndWithoutCandidates() {
+        Path model = Path.of("models/tokenpress-tiny");
+        Assumptions.assumeTrue(Files.isRegularFile(model.resolve("model.safetensors")), "no embedded model");
+        try (TokenPress tp = TokenPress.load(model, LoadOptions.defaults().withDevice("cpu").withThreads(2))) {
+            java.util.List<dev.tokenpress.api.Parallel.Request> reqs = new java.util.ArrayList<>();
+            String[] prompts = {"def fibonacci(n):\n", "import os\n", "class Stack:\n", "for i in range(10):\n"};
+            for (int i = 0; i < prompts.length; i++) {
+                SamplingOptions o = SamplingOptions.defaults().withSeed(40 + i);
+                if (i == 1) o = o.withPenalties(64, 1.2, 0.3, 0.1);
+                if (i == 2) o = o.withMirostat(2, 0.1, 5.0); // needs its whole row, in the same batch
+                if (i == 3) o = SamplingOptions.greedy();
+                reqs.add(new dev.tokenpress.api.Parallel.Request(tp.tokenizer().encode(prompts[i]), 24, o, null, null));
+            }
+            java.util.List<java.util.List<GenerationResult>> runs = new java.util.ArrayList<>();
+            String was = System.getProperty("tokenpress.candidateSampling");
+            try {
+                for (String on : new String[] {"true", "false"}) {
+                    System.setProperty("tokenpress.candidateSampling", on);
+                    try (dev.tokenpress.api.Parallel p = new dev.tokenpress.api.Parallel(tp, 128, null, "full")) {
+                        runs.add(p.generate(reqs, 4));
+                    }
+                }
+            } finally {
+                if (was == null) System.clearProperty("tokenpress.candidateSampling");
+                else System.setProperty("tokenpress.candidateSampling", was);
+            }
+            for (int i = 0; i < prompts.length; i++)
+                assertArrayEquals(runs.get(1).get(i).tokens(), runs.get(0).get(i).tokens(), "request " + i);
+        }
+    }
+
     @Test
     void generationIsTheSameWithAndWithoutCandidates() {
         Path model = Path.of("models/tokenpress-tiny");

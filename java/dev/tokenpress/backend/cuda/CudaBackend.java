@@ -2689,6 +2689,63 @@ public final class CudaBackend implements Backend {
         return idx;
     }
 
+    /**
+     * One top-k launch per row into consecutive places of the output buffer (1024 ids, then 1024 values) and one
+     * download per group of rows whose k add up to at most 1024 (25 rows of llama.cpp's k = 40 per copy); a row with
+     * k > 1024 goes through {@link #topK}.
+     */
+    @Override
+    public int[][] topKRows(Tensor x, int[] rows, int[] k, float[][] valuesOut) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        requireEager("topKRows");
+        CudaTensor t = act(x);
+        int n = rows.length;
+        if (k.length != n || (valuesOut != null && valuesOut.length != n))
+            throw new IllegalArgumentException("topKRows: " + n + " rows, " + k.length + " k, " + (valuesOut == null ? 0 : valuesOut.length) + " value arrays");
+        int[][] out = new int[n][];
+        int i = 0;
+        while (i < n) {
+            int j = i, total = 0, maxK = 1;
+            for (; j < n; j++) {
+                int kk = Math.min(k[j], t.cols);
+                if (kk > 1024) break;
+                if (total + Math.max(kk, 0) > 1024) break;
+                total += Math.max(kk, 0);
+                maxK = Math.max(maxK, kk);
+            }
+            if (j == i) { // a single row of more than 1024: the host sort
+                out[i] = topK(x, rows[i], k[i], valuesOut == null ? null : valuesOut[i]);
+                i++;
+                continue;
+            }
+            ensureSelWs(t.cols, maxK);
+            for (int r = i, off = 0; r < j; r++) {
+                int kk = Math.min(k[r], t.cols);
+                if (kk <= 0) continue;
+                if (rows[r] < 0 || rows[r] >= t.rows) throw new IllegalArgumentException("topKRows: row " + rows[r] + " of " + t);
+                check(TpNative.tp_topk(t.row(rows[r]), t.cols, kk, selOut + 4L * off, selOut + 4096 + 4L * off, selWs, selWsBytes, stream), "topK");
+                off += kk;
+            }
+            if (total > 0) {
+                byte[] raw = new byte[4096 + 4 * total];
+                check(TpNative.tp_memcpy_d2h(raw, selOut, raw.length, stream), "topK download");
+                java.nio.ByteBuffer bb = java.nio.ByteBuffer.wrap(raw).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+                for (int r = i, off = 0; r < j; r++) {
+                    int kk = Math.min(k[r], t.cols);
+                    if (kk <= 0) continue;
+                    out[r] = new int[kk];
+                    for (int e = 0; e < kk; e++) {
+                        out[r][e] = bb.getInt(4 * (off + e));
+                        if (valuesOut != null) valuesOut[r][e] = bb.getFloat(4096 + 4 * (off + e));
+                    }
+                    off += kk;
+                }
+            }
+            i = j;
+        }
+        return out;
+    }
+
     private static int[] hostTopK(float[] d, int k, float[] valuesOut) {
         Integer[] idx = new Integer[d.length];
         for (int i = 0; i < d.length; i++) idx[i] = i;

@@ -250,6 +250,21 @@ class CudaParityTest {
         }
         Tensor small = act(gpu, 1, 10, new float[] {1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
         assertEquals(10, gpu.topK(small, 0, 50, null).length);
+        // several rows read back together (groups of at most 1024 ids per copy; k = 0 rows skipped, k > 1024 alone)
+        int[] rows = {1, 0, 1, 0, 1, 1, 0};
+        int[] ks = {40, 0, 1000, 43, 1500, 7, 40};
+        float[][] vals = new float[rows.length][];
+        for (int i = 0; i < rows.length; i++) vals[i] = new float[Math.max(ks[i], 0)];
+        int[][] got = gpu.topKRows(xg, rows, ks, vals);
+        for (int i = 0; i < rows.length; i++) {
+            if (ks[i] == 0) {
+                assertEquals(null, got[i], "k = 0");
+                continue;
+            }
+            float[] vc = new float[ks[i]];
+            assertArrayEquals(cpu.topK(xc, rows[i], ks[i], vc), got[i], "topKRows entry " + i);
+            assertArrayEquals(vc, vals[i], "topKRows values " + i);
+        }
     }
 
     @Test
