@@ -24,23 +24,23 @@ public final class KldStats {
     }
 
     /**
-     * Adds a position with both logit rows [V] and the token that follows.
+     * Adds a position with both logit rows [V] and the token that follows. With the rows' maxima m and
+     * S = Σ e^(x − m): log-sum-exps l = m + ln S, and KL(b ‖ q) = Σ p_b·((b − l_b) − (q − l_q)) = T / S_b − l_b + l_q
+     * with T = Σ e^(b − m_b)·(b − q): one pass of two exponentials per entry ({@link LogitRows}), exactly 0 when the
+     * rows are equal.
      *
      * @return the position's KL(baseline ‖ policy) in nats
      */
     public double add(float[] policyLogits, float[] baselineLogits, int target) {
         hasBaseline = true;
         int v = policyLogits.length;
-        double lq = logSumExp(policyLogits), lb = logSumExp(baselineLogits);
-        double k = 0;
-        int aq = 0, ab = 0;
-        for (int i = 0; i < v; i++) {
-            double b = baselineLogits[i] - lb;
-            double q = policyLogits[i] - lq;
-            k += Math.exp(b) * (b - q);
-            if (policyLogits[i] > policyLogits[aq]) aq = i;
-            if (baselineLogits[i] > baselineLogits[ab]) ab = i;
-        }
+        if (baselineLogits.length != v) throw new IllegalArgumentException("rows of " + v + " and " + baselineLogits.length + " logits");
+        float mq = LogitRows.max(policyLogits, v), mb = LogitRows.max(baselineLogits, v);
+        int aq = LogitRows.indexOf(policyLogits, v, mq), ab = LogitRows.indexOf(baselineLogits, v, mb);
+        double[] sums = new double[3];
+        LogitRows.klSums(policyLogits, baselineLogits, v, mq, mb, sums);
+        double lq = mq + Math.log(sums[0]), lb = mb + Math.log(sums[1]);
+        double k = sums[2] / sums[1] - lb + lq;
         double xq = lq - policyLogits[target], xb = lb - baselineLogits[target];
         nll += xq;
         nll2 += xq * xq;
@@ -58,12 +58,10 @@ public final class KldStats {
         return k;
     }
 
+    /** log Σ e^x over the row, in double. */
     static double logSumExp(float[] row) {
-        float max = Float.NEGATIVE_INFINITY;
-        for (float x : row) max = Math.max(max, x);
-        double s = 0;
-        for (float x : row) s += Math.exp(x - max);
-        return max + Math.log(s);
+        float max = LogitRows.max(row, row.length);
+        return max + Math.log(LogitRows.expSum(row, row.length, max));
     }
 
     public int count() { return count; }

@@ -1,0 +1,155 @@
+package dev.tokenpress.eval;
+
+/**
+ * Reductions over rows of logits for the perplexity statistics ({@link KldStats}), in double precision: the row's
+ * maximum and first argmax, Σ exp(x − max), and for two rows Σ exp(b − max_b)·(b − q). A vocabulary of 128K entries
+ * makes these the host's share of every scored position (with {@link Math#exp}: about 2 ms per position on a
+ * 2-core VM, more than a GPU decode step), so they run on the Vector API where it is present (launched with
+ * {@code --add-modules jdk.incubator.vector}; {@code -Dtokenpress.scalar=true} forces the scalar loops).
+ * <p>
+ * The exponential is {@link #exp}: built from exact IEEE operations only (a fused multiply-add that rounds to an
+ * integer, a two-part ln 2 reduction, a degree-13 Taylor polynomial in Horner form, the power of two from integer
+ * bits), within about 1 ulp of {@link Math#exp}, the same bits lane by lane in the vector loops, interpreted or
+ * compiled. Sums run in {@link #LANES} interleaved double accumulators added in a fixed order at the end, so a row
+ * gives the same figures every time on a machine.
+ */
+final class LogitRows {
+    private LogitRows() {}
+
+    /** Interleaved accumulators of the scalar loops (the vector loops use one per lane). */
+    static final int LANES = 8;
+
+    static final double LOG2E = 1.4426950408889634;
+    static final double MAGIC = 0x1.8p52;                 // adding it rounds to an integer (kept in the low bits)
+    static final long MAGIC_BITS = Double.doubleToRawLongBits(MAGIC);
+    static final double LN2_HI = 0x1.62e42feep-1;         // n·LN2_HI is exact for |n| < 2^21
+    static final double LN2_LO = 0x1.a39ef35793c76p-33;   // ln 2 − LN2_HI
+    static final double FLOOR = -708.0;                   // e^x below it counts as 0 (no subnormal results)
+    static final double[] C = new double[14];             // Taylor coefficients 1/k!
+
+    static {
+        double f = 1;
+        for (int k = 0; k < C.length; k++) {
+            if (k > 0) f *= k;
+            C[k] = 1.0 / f;
+        }
+    }
+
+    /** e^x for x <= 0 (0 below {@link #FLOOR}; NaN stays NaN), from exact IEEE operations (see the class comment). */
+    static double exp(double x) {
+        boolean under = x < FLOOR;
+        double xc = under ? FLOOR : x;
+        double t = Math.fma(xc, LOG2E, MAGIC);
+        double n = t - MAGIC;
+        double r = Math.fma(n, -LN2_HI, xc);
+        r = Math.fma(n, -LN2_LO, r);
+        double p = C[13];
+        for (int k = 12; k >= 0; k--) p = Math.fma(p, r, C[k]);
+        double scale = Double.longBitsToDouble((Double.doubleToRawLongBits(t) - MAGIC_BITS + 1023) << 52);
+        return under ? 0.0 : p * scale;
+    }
+
+    /** The largest entry of x[0, n) (rows without NaN). */
+    static float max(float[] x, int n) {
+        return IMPL.max(x, n);
+    }
+
+    /** The first index i < n with x[i] == m. */
+    static int indexOf(float[] x, int n, float m) {
+        return IMPL.indexOf(x, n, m);
+    }
+
+    /** Σ e^(x[i] − m), i < n, in double. */
+    static double expSum(float[] x, int n, float m) {
+        return IMPL.expSum(x, n, m);
+    }
+
+    /**
+     * For two rows of n: out[0] = Σ e^(q − mq), out[1] = Σ e^(b − mb), out[2] = Σ e^(b − mb)·(b − q), in double.
+     */
+    static void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out) {
+        IMPL.klSums(q, b, n, mq, mb, out);
+    }
+
+    /** What runs the loops: the Vector API or plain Java. */
+    interface Impl {
+        float max(float[] x, int n);
+
+        int indexOf(float[] x, int n, float m);
+
+        double expSum(float[] x, int n, float m);
+
+        void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out);
+    }
+
+    static final Impl IMPL = choose();
+
+    private static Impl choose() {
+        if (!Boolean.getBoolean("tokenpress.scalar")) {
+            try {
+                return new LogitRowsVector();
+            } catch (Throwable t) {
+                // jdk.incubator.vector not resolved (launched without --add-modules): the scalar loops
+            }
+        }
+        return new Scalar();
+    }
+
+    /** The loops without the Vector API: {@link #LANES} interleaved accumulators. */
+    static final class Scalar implements Impl {
+        @Override
+        public float max(float[] x, int n) {
+            float m = Float.NEGATIVE_INFINITY;
+            for (int i = 0; i < n; i++) m = Math.max(m, x[i]);
+            return m;
+        }
+
+        @Override
+        public int indexOf(float[] x, int n, float m) {
+            for (int i = 0; i < n; i++) if (x[i] == m) return i;
+            return -1;
+        }
+
+        @Override
+        public double expSum(float[] x, int n, float m) {
+            double[] acc = new double[LANES];
+            int i = 0;
+            for (; i + LANES <= n; i += LANES)
+                for (int l = 0; l < LANES; l++) acc[l] += exp((double) x[i + l] - m);
+            double s = 0;
+            for (double a : acc) s += a;
+            for (; i < n; i++) s += exp((double) x[i] - m);
+            return s;
+        }
+
+        @Override
+        public void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out) {
+            double[] sq = new double[LANES], sb = new double[LANES], t = new double[LANES];
+            int i = 0;
+            for (; i + LANES <= n; i += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    double qi = q[i + l], bi = b[i + l];
+                    double eb = exp(bi - mb);
+                    sq[l] += exp(qi - mq);
+                    sb[l] += eb;
+                    t[l] += eb * (bi - qi);
+                }
+            double a = 0, c = 0, d = 0;
+            for (int l = 0; l < LANES; l++) {
+                a += sq[l];
+                c += sb[l];
+                d += t[l];
+            }
+            for (; i < n; i++) {
+                double qi = q[i], bi = b[i];
+                double eb = exp(bi - mb);
+                a += exp(qi - mq);
+                c += eb;
+                d += eb * (bi - qi);
+            }
+            out[0] = a;
+            out[1] = c;
+            out[2] = d;
+        }
+    }
+}
