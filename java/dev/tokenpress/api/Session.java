@@ -226,17 +226,7 @@ public final class Session implements AutoCloseable {
 
     /** H = -Σ p log2 p of softmax(logits), in bits. */
     static double entropyBits(float[] logits) {
-        double max = Double.NEGATIVE_INFINITY;
-        for (float l : logits) max = Math.max(max, l);
-        double z = 0, s = 0;
-        for (float l : logits) {
-            if (l == Float.NEGATIVE_INFINITY) continue;
-            double e = Math.exp(l - max);
-            z += e;
-            s += e * (l - max);
-        }
-        // H = log z - E[l - max] (nats), in bits
-        return (Math.log(z) - s / z) / Math.log(2);
+        return dev.tokenpress.sample.LogitRows.entropy(logits, 0, logits.length) / Math.log(2);
     }
 
     /** Turns speculative decoding off (a draft model or prompt lookup). */
@@ -299,10 +289,7 @@ public final class Session implements AutoCloseable {
     }
 
     private static Score scoreRow(float[] lg, int off, int v, int target, int top, TokenDataArray cand) {
-        double max = Double.NEGATIVE_INFINITY, z = 0;
-        for (int j = 0; j < v; j++) max = Math.max(max, lg[off + j]);
-        for (int j = 0; j < v; j++) z += Math.exp(lg[off + j] - max);
-        double logZ = max + Math.log(z);
+        double logZ = dev.tokenpress.sample.LogitRows.logSumExp(lg, off, v);
         int k = Math.min(top, v);
         int[] ids = new int[k];
         double[] lps = new double[k];

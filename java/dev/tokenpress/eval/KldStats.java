@@ -1,5 +1,7 @@
 package dev.tokenpress.eval;
 
+import dev.tokenpress.sample.LogitRows;
+
 import java.util.Arrays;
 
 /**
@@ -35,8 +37,8 @@ public final class KldStats {
         hasBaseline = true;
         int v = policyLogits.length;
         if (baselineLogits.length != v) throw new IllegalArgumentException("rows of " + v + " and " + baselineLogits.length + " logits");
-        float mq = LogitRows.max(policyLogits, v), mb = LogitRows.max(baselineLogits, v);
-        int aq = LogitRows.indexOf(policyLogits, v, mq), ab = LogitRows.indexOf(baselineLogits, v, mb);
+        float mq = LogitRows.max(policyLogits, 0, v), mb = LogitRows.max(baselineLogits, 0, v);
+        int aq = LogitRows.indexOf(policyLogits, 0, v, mq), ab = LogitRows.indexOf(baselineLogits, 0, v, mb);
         double[] sums = new double[3];
         LogitRows.klSums(policyLogits, baselineLogits, v, mq, mb, sums);
         double lq = mq + Math.log(sums[0]), lb = mb + Math.log(sums[1]);
@@ -60,8 +62,7 @@ public final class KldStats {
 
     /** log Σ e^x over the row, in double. */
     static double logSumExp(float[] row) {
-        float max = LogitRows.max(row, row.length);
-        return max + Math.log(LogitRows.expSum(row, row.length, max));
+        return LogitRows.logSumExp(row, 0, row.length);
     }
 
     public int count() { return count; }

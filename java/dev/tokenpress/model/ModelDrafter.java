@@ -132,11 +132,8 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
 
     /** softmax(logits)[t]. */
     static double probability(float[] logits, int t) {
-        float max = Float.NEGATIVE_INFINITY;
-        for (float l : logits) max = Math.max(max, l);
-        double z = 0;
-        for (float l : logits) z += Math.exp(l - max);
-        return Math.exp(logits[t] - max) / z;
+        float max = dev.tokenpress.sample.LogitRows.max(logits, 0, logits.length);
+        return Math.exp(logits[t] - max) / dev.tokenpress.sample.LogitRows.expSum(logits, 0, logits.length, max);
     }
 
     @Override

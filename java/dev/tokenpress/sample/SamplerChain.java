@@ -310,15 +310,9 @@ public final class SamplerChain {
         int n = cur.size;
         float[] lg = cur.logits;
         float maxL = lg[cur.argmax()];
-        double z = 0, zl = 0;
-        for (int i = 0; i < n; i++) {
-            double d = lg[i] - maxL;
-            double e = Math.exp(d);
-            if (e > 0) {
-                z += e;
-                zl += e * d;
-            }
-        }
+        double[] sums = new double[2];
+        LogitRows.entropySums(lg, 0, n, maxL, sums);
+        double z = sums[0], zl = sums[1];
         tEntropy = Math.log(z) - zl / z;
         int k = Math.min(traceTopK, n);
         int[] top = cur.topIndices(k);

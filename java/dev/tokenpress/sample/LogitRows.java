@@ -1,11 +1,13 @@
-package dev.tokenpress.eval;
+package dev.tokenpress.sample;
 
 /**
- * Reductions over rows of logits for the perplexity statistics ({@link KldStats}), in double precision: the row's
- * maximum and first argmax, Σ exp(x − max), and for two rows Σ exp(b − max_b)·(b − q). A vocabulary of 128K entries
- * makes these the host's share of every scored position (with {@link Math#exp}: about 2 ms per position on a
- * 2-core VM, more than a GPU decode step), so they run on the Vector API where it is present (launched with
- * {@code --add-modules jdk.incubator.vector}; {@code -Dtokenpress.scalar=true} forces the scalar loops).
+ * Reductions over rows of logits in double precision: the row's maximum and the first index holding it,
+ * Σ e^(x − max), Σ e^(x − max)·(x − max) (entropy), and for two rows Σ e^(b − max_b)·(b − q) (KL divergence). Over a
+ * vocabulary of 128K entries these are the host's share of a scored position, a traced step or a scored prompt row
+ * (with {@link Math#exp}: 1–2 ms each on a 2-core VM, more than a GPU decode step of a 1B model), so they run on the
+ * Vector API where it is present (launched with {@code --add-modules jdk.incubator.vector};
+ * {@code -Dtokenpress.scalar=true} forces the scalar loops). Used by the perplexity statistics, the sampler chain's
+ * trace, prompt scoring ({@code echo} log-probabilities) and entropy-adaptive decoding.
  * <p>
  * The exponential is {@link #exp}: built from exact IEEE operations only (a fused multiply-add that rounds to an
  * integer, a two-part ln 2 reduction, a degree-13 Taylor polynomial in Horner form, the power of two from integer
@@ -13,7 +15,7 @@ package dev.tokenpress.eval;
  * compiled. Sums run in {@link #LANES} interleaved double accumulators added in a fixed order at the end, so a row
  * gives the same figures every time on a machine.
  */
-final class LogitRows {
+public final class LogitRows {
     private LogitRows() {}
 
     /** Interleaved accumulators of the scalar loops (the vector loops use one per lane). */
@@ -36,7 +38,7 @@ final class LogitRows {
     }
 
     /** e^x for x <= 0 (0 below {@link #FLOOR}; NaN stays NaN), from exact IEEE operations (see the class comment). */
-    static double exp(double x) {
+    public static double exp(double x) {
         boolean under = x < FLOOR;
         double xc = under ? FLOOR : x;
         double t = Math.fma(xc, LOG2E, MAGIC);
@@ -49,35 +51,58 @@ final class LogitRows {
         return under ? 0.0 : p * scale;
     }
 
-    /** The largest entry of x[0, n) (rows without NaN). */
-    static float max(float[] x, int n) {
-        return IMPL.max(x, n);
+    /** The largest entry of x[off, off + n) (rows without NaN). */
+    public static float max(float[] x, int off, int n) {
+        return IMPL.max(x, off, n);
     }
 
-    /** The first index i < n with x[i] == m. */
-    static int indexOf(float[] x, int n, float m) {
-        return IMPL.indexOf(x, n, m);
+    /** The first i < n with x[off + i] == m, or -1. */
+    public static int indexOf(float[] x, int off, int n, float m) {
+        return IMPL.indexOf(x, off, n, m);
     }
 
-    /** Σ e^(x[i] − m), i < n, in double. */
-    static double expSum(float[] x, int n, float m) {
-        return IMPL.expSum(x, n, m);
+    /** Σ e^(x[off + i] − m), i < n, in double. */
+    public static double expSum(float[] x, int off, int n, float m) {
+        return IMPL.expSum(x, off, n, m);
+    }
+
+    /** log Σ e^x over x[off, off + n), in double. */
+    public static double logSumExp(float[] x, int off, int n) {
+        float m = max(x, off, n);
+        return m + Math.log(expSum(x, off, n, m));
+    }
+
+    /**
+     * out[0] = Σ e^(x − m) and out[1] = Σ e^(x − m)·(x − m) over x[off, off + n) (entries of −∞ add nothing), in
+     * double: the entropy of the softmax is ln out[0] − out[1] / out[0] nats.
+     */
+    public static void entropySums(float[] x, int off, int n, float m, double[] out) {
+        IMPL.entropySums(x, off, n, m, out);
+    }
+
+    /** Entropy of softmax(x[off, off + n)) in nats. */
+    public static double entropy(float[] x, int off, int n) {
+        double[] s = new double[2];
+        entropySums(x, off, n, max(x, off, n), s);
+        return Math.log(s[0]) - s[1] / s[0];
     }
 
     /**
      * For two rows of n: out[0] = Σ e^(q − mq), out[1] = Σ e^(b − mb), out[2] = Σ e^(b − mb)·(b − q), in double.
      */
-    static void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out) {
+    public static void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out) {
         IMPL.klSums(q, b, n, mq, mb, out);
     }
 
     /** What runs the loops: the Vector API or plain Java. */
     interface Impl {
-        float max(float[] x, int n);
+        float max(float[] x, int off, int n);
 
-        int indexOf(float[] x, int n, float m);
+        int indexOf(float[] x, int off, int n, float m);
 
-        double expSum(float[] x, int n, float m);
+        double expSum(float[] x, int off, int n, float m);
+
+        void entropySums(float[] x, int off, int n, float m, double[] out);
 
         void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out);
     }
@@ -98,28 +123,52 @@ final class LogitRows {
     /** The loops without the Vector API: {@link #LANES} interleaved accumulators. */
     static final class Scalar implements Impl {
         @Override
-        public float max(float[] x, int n) {
+        public float max(float[] x, int off, int n) {
             float m = Float.NEGATIVE_INFINITY;
-            for (int i = 0; i < n; i++) m = Math.max(m, x[i]);
+            for (int i = 0; i < n; i++) m = Math.max(m, x[off + i]);
             return m;
         }
 
         @Override
-        public int indexOf(float[] x, int n, float m) {
-            for (int i = 0; i < n; i++) if (x[i] == m) return i;
+        public int indexOf(float[] x, int off, int n, float m) {
+            for (int i = 0; i < n; i++) if (x[off + i] == m) return i;
             return -1;
         }
 
         @Override
-        public double expSum(float[] x, int n, float m) {
+        public double expSum(float[] x, int off, int n, float m) {
             double[] acc = new double[LANES];
             int i = 0;
             for (; i + LANES <= n; i += LANES)
-                for (int l = 0; l < LANES; l++) acc[l] += exp((double) x[i + l] - m);
+                for (int l = 0; l < LANES; l++) acc[l] += exp((double) x[off + i + l] - m);
             double s = 0;
             for (double a : acc) s += a;
-            for (; i < n; i++) s += exp((double) x[i] - m);
+            for (; i < n; i++) s += exp((double) x[off + i] - m);
             return s;
+        }
+
+        @Override
+        public void entropySums(float[] x, int off, int n, float m, double[] out) {
+            double[] z = new double[LANES], zd = new double[LANES];
+            int i = 0;
+            for (; i + LANES <= n; i += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    double d = (double) x[off + i + l] - m, e = exp(d);
+                    z[l] += e;
+                    zd[l] += e == 0 ? 0 : e * d;
+                }
+            double a = 0, b = 0;
+            for (int l = 0; l < LANES; l++) {
+                a += z[l];
+                b += zd[l];
+            }
+            for (; i < n; i++) {
+                double d = (double) x[off + i] - m, e = exp(d);
+                a += e;
+                b += e == 0 ? 0 : e * d;
+            }
+            out[0] = a;
+            out[1] = b;
         }
 
         @Override

@@ -1,4 +1,4 @@
-package dev.tokenpress.eval;
+package dev.tokenpress.sample;
 
 import jdk.incubator.vector.DoubleVector;
 import jdk.incubator.vector.FloatVector;
@@ -43,34 +43,53 @@ final class LogitRowsVector implements LogitRows.Impl {
     }
 
     @Override
-    public float max(float[] x, int n) {
+    public float max(float[] x, int off, int n) {
         int i = 0, l = FM.length();
         FloatVector m = FloatVector.broadcast(FM, Float.NEGATIVE_INFINITY);
-        for (; i + l <= n; i += l) m = m.max(FloatVector.fromArray(FM, x, i));
+        for (; i + l <= n; i += l) m = m.max(FloatVector.fromArray(FM, x, off + i));
         float r = m.reduceLanes(VectorOperators.MAX);
-        for (; i < n; i++) r = Math.max(r, x[i]);
+        for (; i < n; i++) r = Math.max(r, x[off + i]);
         return r;
     }
 
     @Override
-    public int indexOf(float[] x, int n, float m) {
+    public int indexOf(float[] x, int off, int n, float m) {
         int i = 0, l = FM.length();
         for (; i + l <= n; i += l) {
-            int f = FloatVector.fromArray(FM, x, i).compare(VectorOperators.EQ, m).firstTrue();
+            int f = FloatVector.fromArray(FM, x, off + i).compare(VectorOperators.EQ, m).firstTrue();
             if (f < l) return i + f;
         }
-        for (; i < n; i++) if (x[i] == m) return i;
+        for (; i < n; i++) if (x[off + i] == m) return i;
         return -1;
     }
 
     @Override
-    public double expSum(float[] x, int n, float m) {
+    public double expSum(float[] x, int off, int n, float m) {
         int i = 0, l = D.length();
         DoubleVector acc = DoubleVector.zero(D);
-        for (; i + l <= n; i += l) acc = acc.add(exp(widen(x, i).sub(m)));
+        for (; i + l <= n; i += l) acc = acc.add(exp(widen(x, off + i).sub(m)));
         double s = sumInOrder(acc);
-        for (; i < n; i++) s += LogitRows.exp((double) x[i] - m);
+        for (; i < n; i++) s += LogitRows.exp((double) x[off + i] - m);
         return s;
+    }
+
+    @Override
+    public void entropySums(float[] x, int off, int n, float m, double[] out) {
+        int i = 0, l = D.length();
+        DoubleVector z = DoubleVector.zero(D), zd = z;
+        for (; i + l <= n; i += l) {
+            DoubleVector d = widen(x, off + i).sub(m), e = exp(d);
+            z = z.add(e);
+            zd = zd.add(e.mul(d).blend(0.0, e.compare(VectorOperators.EQ, 0.0)));
+        }
+        double a = sumInOrder(z), b = sumInOrder(zd);
+        for (; i < n; i++) {
+            double d = (double) x[off + i] - m, e = LogitRows.exp(d);
+            a += e;
+            b += e == 0 ? 0 : e * d;
+        }
+        out[0] = a;
+        out[1] = b;
     }
 
     @Override
