@@ -16,7 +16,6 @@ import dev.tokenpress.sample.TokenConstraint;
 import dev.tokenpress.sample.SamplerChain;
 import dev.tokenpress.sample.SamplingOptions;
 import dev.tokenpress.sample.StepTrace;
-import dev.tokenpress.sample.TokenDataArray;
 
 import java.util.Arrays;
 import java.util.HashSet;
@@ -272,13 +271,21 @@ public final class Session implements AutoCloseable {
         if (position + n > cache.capacity() && model.policy() == KvPolicy.FULL)
             throw new IllegalArgumentException("the text has " + n + " tokens but the context holds "
                     + (cache.capacity() - position) + ": raise the context size (-c)");
-        int v = tp.config().vocabSize();
         Score[] out = new Score[Math.min(n, tokens.length - 1)];
-        TokenDataArray cand = top > 0 ? new TokenDataArray(v) : null; // the sampler's top-k selection
-        model.prefill(cache, tokens, n, position, (logits, first) -> {
-            int m = logits.length / v;
-            for (int r = 0; r < m && first + r < out.length; r++)
-                out[first + r] = scoreRow(logits, r * v, v, tokens[first + r + 1], top, cand);
+        int[] targets = new int[out.length];
+        for (int i = 0; i < out.length; i++) targets[i] = tokens[i + 1];
+        // each row reduced where the logits live: its log-sum-exp, its target's logit, its top alternatives
+        model.prefillScored(cache, tokens, n, position, targets, top, (first, m, lse, target, ids, vals) -> {
+            for (int r = 0; r < m && first + r < out.length; r++) {
+                int k = ids == null ? 0 : ids[r].length;
+                int[] topIds = new int[k];
+                double[] lps = new double[k];
+                for (int i = 0; i < k; i++) {
+                    topIds[i] = ids[r][i];
+                    lps[i] = vals[r][i] - lse[r];
+                }
+                out[first + r] = new Score(targets[first + r], target[r] - lse[r], topIds, lps);
+            }
         }, null);
         if (model.policy() != KvPolicy.FULL) allFull = false;
         position += n;
@@ -286,22 +293,6 @@ public final class Session implements AutoCloseable {
         unfed = new int[0];
         stopToken = -1;
         return out;
-    }
-
-    private static Score scoreRow(float[] lg, int off, int v, int target, int top, TokenDataArray cand) {
-        double logZ = dev.tokenpress.sample.LogitRows.logSumExp(lg, off, v);
-        int k = Math.min(top, v);
-        int[] ids = new int[k];
-        double[] lps = new double[k];
-        if (k > 0) {
-            cand.load(lg, off, v);
-            int[] best = cand.topIndices(k);
-            for (int i = 0; i < k; i++) {
-                ids[i] = cand.ids[best[i]];
-                lps[i] = lg[off + ids[i]] - logZ;
-            }
-        }
-        return new Score(target, lg[off + target] - logZ, ids, lps);
     }
 
     /** What generated text must be. */

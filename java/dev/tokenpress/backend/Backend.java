@@ -385,6 +385,21 @@ public interface Backend extends AutoCloseable {
     int[] topK(Tensor x, int row, int k, float[] valuesOut);
 
     /**
+     * Per row r < rows of an f32 tensor of logits: {@code lseOut[r]} = log Σ_v e^x[r][v] and {@code targetOut[r]} =
+     * x[r][targets[r]] (NaN for a target outside [0, cols)), reduced where the logits live, so only 2·rows numbers
+     * cross from a device (prompt scoring). The default downloads the rows and reduces them in double precision.
+     */
+    default void logSumExpRows(Tensor x, int rows, int[] targets, double[] lseOut, double[] targetOut) {
+        int v = x.cols();
+        float[] all = download(x, 0, rows);
+        for (int r = 0; r < rows; r++) {
+            lseOut[r] = dev.tokenpress.sample.LogitRows.logSumExp(all, r * v, v);
+            int t = targets[r];
+            targetOut[r] = t >= 0 && t < v ? all[r * v + t] : Double.NaN;
+        }
+    }
+
+    /**
      * {@link #topK} of several rows, read back together where the tensor lives on a device: row {@code rows[i]}'s
      * {@code k[i]} largest (none for k[i] <= 0, null then) with their values into {@code valuesOut[i]} (k[i] entries;
      * valuesOut may be null).

@@ -126,6 +126,53 @@ public final class Llama implements AutoCloseable {
      */
     public void prefill(KvCache cache, int[] tokens, int n, int startPos, java.util.function.ObjIntConsumer<float[]> rows,
                         IntConsumer progress) {
+        prefillChunks(cache, tokens, n, startPos, rows == null ? null : (first, m) -> rows.accept(backend.download(allLogits(), 0, m), first), progress);
+    }
+
+    /** What a scored prefill hands over per chunk: its rows' reductions (see {@link #prefillScored}). */
+    @FunctionalInterface
+    public interface ScoredRows {
+        /**
+         * Rows {@code first .. first + m − 1} of the prefill: lse[r] = log Σ e^logits, target[r] = the logit of
+         * targets[first + r] (NaN where there is none), and with top > 0 the top ids and logits of each row.
+         */
+        void accept(int first, int m, double[] lse, double[] target, int[][] topIds, float[][] topLogits);
+    }
+
+    /**
+     * {@link #prefill} that scores every row where its logits live ({@link Backend#logSumExpRows}, and
+     * {@link Backend#topKRows} for the {@code top} most likely tokens), so on a GPU a chunk's logits never cross to
+     * the host: only 2 numbers per row, plus 2·top with alternatives. {@code targets[i]} is the token row i is scored
+     * on (-1: none).
+     */
+    public void prefillScored(KvCache cache, int[] tokens, int n, int startPos, int[] targets, int top, ScoredRows rows,
+                              IntConsumer progress) {
+        prefillChunks(cache, tokens, n, startPos, (first, m) -> {
+            int[] t = new int[m];
+            for (int r = 0; r < m; r++) t[r] = first + r < targets.length ? targets[first + r] : -1;
+            double[] lse = new double[m], target = new double[m];
+            backend.logSumExpRows(allLogits(), m, t, lse, target);
+            int[][] ids = null;
+            float[][] vals = null;
+            if (top > 0) {
+                int k = Math.min(top, config.vocabSize());
+                int[] rowsOf = new int[m], ks = new int[m];
+                vals = new float[m][k];
+                for (int r = 0; r < m; r++) {
+                    rowsOf[r] = r;
+                    ks[r] = k;
+                }
+                ids = backend.topKRows(allLogits(), rowsOf, ks, vals);
+            }
+            rows.accept(first, m, lse, target, ids, vals);
+        }, progress);
+    }
+
+    private interface ChunkDone {
+        void accept(int first, int m);
+    }
+
+    private void prefillChunks(KvCache cache, int[] tokens, int n, int startPos, ChunkDone rows, IntConsumer progress) {
         policy.beginPrefill(cache, startPos, n);
         for (int done = 0; done < n; ) {
             int m = Math.min(maxChunk, n - done);
@@ -138,7 +185,7 @@ public final class Llama implements AutoCloseable {
                 positions[i] = startPos + done + i;
             }
             forward(cache, chunk, positions, m, allocateSlots(cache, positions, m), rows != null);
-            if (rows != null) rows.accept(backend.download(allLogits(), 0, m), done);
+            if (rows != null) rows.accept(done, m);
             done += m;
             if (progress != null) progress.accept(done);
         }

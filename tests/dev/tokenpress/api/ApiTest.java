@@ -98,6 +98,15 @@ class ApiTest {
             float[] want;
             try (Session s = tp.newSession(128)) {
                 want = s.logProbs(toks);
+                // against every row's logits reduced here: log-softmax at the next token
+                int v = tp.config().vocabSize();
+                float[] lg = s.logits(toks);
+                for (int i = 0; i + 1 < toks.length; i++) {
+                    double m = Double.NEGATIVE_INFINITY, z = 0;
+                    for (int j = 0; j < v; j++) m = Math.max(m, lg[i * v + j]);
+                    for (int j = 0; j < v; j++) z += Math.exp(lg[i * v + j] - m);
+                    assertEquals(lg[i * v + toks[i + 1]] - m - Math.log(z), want[i], 1e-5, "position " + i);
+                }
             }
             try (Session s = tp.newSession(128)) {
                 Session.Score[] sc = s.score(toks, toks.length, 3);

@@ -124,6 +124,7 @@ public final class CudaBackend implements Backend {
     private long policyBuf, policyBufBytes;       // scores of queryKeyScores / questPageScores, one slot of readKv
     private float[] policyHostBuf = new float[0];  // their host copy
     private long selOut;              // int32[1024] + f32[1024]
+    private long lseRows, lseRowsBytes; // logSumExpRows: targets int32[n], lse f32[n], target logits f32[n]
     private long attnCounters;        // int32[ATTN_COUNTERS], zeroed once; the fused decode-attention merge
                                       // leaves it zeroed after every call
 
@@ -2687,6 +2688,37 @@ public final class CudaBackend implements Backend {
             valuesOut[i] = bb.getFloat(4096 + 4 * i);
         }
         return idx;
+    }
+
+    /**
+     * {@code tp_lse_rows} over the rows (one block per row: max, then the sum of exponentials in f32), then one
+     * download of the log-sum-exps and target logits: 8 bytes per row instead of the row.
+     */
+    @Override
+    public void logSumExpRows(Tensor x, int rows, int[] targets, double[] lseOut, double[] targetOut) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        requireEager("logSumExpRows");
+        CudaTensor t = act(x);
+        if (rows < 0 || rows > t.rows || targets.length < rows)
+            throw new IllegalArgumentException("logSumExpRows: " + rows + " rows of " + t + ", " + targets.length + " targets");
+        if (rows == 0) return;
+        long need = 12L * rows;
+        if (need > lseRowsBytes) {
+            freeScratch(lseRows);
+            lseRows = 0;
+            lseRowsBytes = 0;
+            lseRows = malloc(need, "log-sum-exp rows (" + rows + ")");
+            lseRowsBytes = need;
+        }
+        check(TpNative.tp_memcpy_h2d(lseRows, targets, 4L * rows, stream), "targets upload");
+        long lse = lseRows + 4L * rows, tgt = lseRows + 8L * rows;
+        check(TpNative.tp_lse_rows(lse, tgt, t.ptr, lseRows, rows, t.cols, stream), "tp_lse_rows");
+        float[] back = new float[2 * rows];
+        check(TpNative.tp_memcpy_d2h(back, lse, 8L * rows, stream), "log-sum-exp download");
+        for (int r = 0; r < rows; r++) {
+            lseOut[r] = back[r];
+            targetOut[r] = back[rows + r];
+        }
     }
 
     /**

@@ -361,6 +361,42 @@ class CudaSessionTest {
     }
 
     /**
+     * Prompt scoring on the GPU (echo log-probabilities) reduces each row on the device (tp_lse_rows, top-k rows):
+     * the log-probabilities and alternatives are those of the downloaded logits reduced on the host.
+     */
+    @Test
+    void promptScoresReducedOnTheDeviceMatchTheDownloadedLogits() {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        try (TokenPress tp = loadModel()) {
+            int v = tp.config().vocabSize();
+            int[] toks = prompt(7, v);
+            float[] logits;
+            try (Session s = tp.newSession(256)) {
+                logits = s.logits(toks);
+            }
+            try (Session s = tp.newSession(256)) {
+                Session.Score[] sc = s.score(toks, toks.length, 4);
+                assertEquals(toks.length - 1, sc.length);
+                for (int i = 0; i < sc.length; i++) {
+                    double m = Double.NEGATIVE_INFINITY, z = 0;
+                    for (int j = 0; j < v; j++) m = Math.max(m, logits[i * v + j]);
+                    for (int j = 0; j < v; j++) z += Math.exp(logits[i * v + j] - m);
+                    double lse = m + Math.log(z);
+                    assertEquals(logits[i * v + toks[i + 1]] - lse, sc[i].logprob(), 1e-4, "position " + i);
+                    Integer[] order = new Integer[v];
+                    for (int j = 0; j < v; j++) order[j] = j;
+                    final int row = i;
+                    Arrays.sort(order, (a, b) -> Float.compare(logits[row * v + b], logits[row * v + a]));
+                    for (int k = 0; k < 4; k++) {
+                        assertEquals(order[k].intValue(), sc[i].topTokens()[k], "position " + i + ", alternative " + k);
+                        assertEquals(logits[i * v + order[k]] - lse, sc[i].topLogprobs()[k], 1e-4);
+                    }
+                }
+            }
+        }
+    }
+
+    /**
      * Sampled decoding on the GPU from the device's top candidates (the default where the chain allows it: top-k and
      * penalties here) draws the same tokens as reading the whole row of logits back, with the same seed.
      */
