@@ -718,16 +718,25 @@ public final class Session implements AutoCloseable {
     /** The token choice of sampled (or constrained) decoding from one position's logits, as the one-at-a-time loop makes it. */
     private static Llama.TokenChooser chooser(SamplerChain chain, TokenConstraint json, boolean plainGreedy,
                                               Consumer<StepTrace> trace) {
-        return logits -> {
-            int next;
-            if (json != null && plainGreedy) {
-                int a = argmax(logits); // the constraint's argmax is the plain argmax whenever that one is allowed
-                next = json.allows(a) ? a : chain.sample(logits);
-            } else {
-                next = chain.sample(logits);
+        return new Llama.TokenChooser() {
+            @Override
+            public int choose(float[] logits) {
+                int next;
+                if (json != null && plainGreedy) {
+                    int a = argmax(logits); // the constraint's argmax is the plain argmax whenever that one is allowed
+                    next = json.allows(a) ? a : chain.sample(logits);
+                } else {
+                    next = chain.sample(logits);
+                }
+                if (trace != null) trace.accept(chain.lastTrace());
+                return next;
             }
-            if (trace != null) trace.accept(chain.lastTrace());
-            return next;
+
+            @Override
+            public SamplerChain chain() {
+                // only where choosing is the chain's sample alone (a trace turns candidates off in the chain itself)
+                return json == null && trace == null ? chain : null;
+            }
         };
     }
 

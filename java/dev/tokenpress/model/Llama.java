@@ -489,6 +489,33 @@ public final class Llama implements AutoCloseable {
     @FunctionalInterface
     public interface TokenChooser {
         int choose(float[] logits);
+
+        /**
+         * The sampler chain behind {@link #choose}, when choosing is nothing but that chain's {@code sample}: then a
+         * row's top candidates may stand for the row ({@link #sample}'s rule); null (the default) always passes the row.
+         */
+        default dev.tokenpress.sample.SamplerChain chain() {
+            return null;
+        }
+    }
+
+    /**
+     * The chooser's token for row {@code row} of the last pass's logits (-1: the last token's, {@link #logits()}):
+     * from the row's top candidates where the chooser's chain can decide from them, as {@link #sample} does, else
+     * from the whole row.
+     */
+    private int choose(TokenChooser c, int row) {
+        dev.tokenpress.sample.SamplerChain chain = c.chain();
+        int m = chain != null && candidateSampling() ? chain.candidateCount() : 0;
+        if (m > 0) {
+            float[][] values = {new float[m]};
+            int[] ids = row < 0 ? topLogits(m, values[0]) : backend.topKRows(allLogits(), new int[] {row}, new int[] {m}, values)[0];
+            if (ids != null && ids.length == m) {
+                int t = chain.sampleCandidates(ids, values[0], m);
+                if (t >= 0) return t;
+            }
+        }
+        return c.choose(row < 0 ? logits() : backend.download(allLogits(), row, 1));
     }
 
     /**
@@ -517,7 +544,7 @@ public final class Llama implements AutoCloseable {
             while (fed < maxSteps) {
                 decodeStep(cache, cur, position + fed);
                 fed++;
-                int next = chooser.choose(logits());
+                int next = choose(chooser, -1);
                 if (!onToken.test(next)) return fed;
                 cur = next;
             }
@@ -549,8 +576,7 @@ public final class Llama implements AutoCloseable {
             fed++;                                          // cur is in the cache
             for (int i = 0; ; i++) {
                 // the token after feed[i]: draft[i] stays iff it is the one chosen there
-                int t = chooser == null ? (m > 1 ? backend.argmax(allLogits(), i) : argmax())
-                        : chooser.choose(m > 1 ? backend.download(allLogits(), i, 1) : logits());
+                int t = chooser == null ? (m > 1 ? backend.argmax(allLogits(), i) : argmax()) : choose(chooser, m > 1 ? i : -1);
                 if (i < draft.length && t == draft[i]) {
                     draftAccepted++;
                     if (!onToken.test(t)) {                 // draft[i] is not to be fed after all

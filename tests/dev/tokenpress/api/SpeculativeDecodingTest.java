@@ -104,6 +104,16 @@ class SpeculativeDecodingTest {
                         Run plain = run(tp, s -> {}, PROMPT, max, o, trace);
                         assertSame(plain, run(tp, s -> s.setSelfDraft(4, 6, 0, 0f), PROMPT, max, o, trace), "self draft, " + at);
                         assertSame(plain, run(tp, s -> s.setLookup(5), PROMPT, max, o, trace), "lookup, " + at);
+                        if (max == 30 && !trace) { // the checked rows sampled from their whole rows instead of candidates
+                            String was = System.getProperty("tokenpress.candidateSampling");
+                            System.setProperty("tokenpress.candidateSampling", "false");
+                            try {
+                                assertSame(plain, run(tp, s -> s.setSelfDraft(4, 6, 0, 0f), PROMPT, max, o, trace), "whole rows, " + at);
+                            } finally {
+                                if (was == null) System.clearProperty("tokenpress.candidateSampling");
+                                else System.setProperty("tokenpress.candidateSampling", was);
+                            }
+                        }
                     }
                 }
             }
