@@ -88,6 +88,14 @@ public final class LogitRows {
     }
 
     /**
+     * out[i] = (float) e^(x[i] − m) for i < n, the difference taken in float (as {@code (float) Math.exp(x[i] - m)}
+     * rounds it); returns Σ out[i] in double. A softmax's numerators ({@link TokenDataArray#softmax}).
+     */
+    public static double expInto(float[] x, int n, float m, float[] out) {
+        return IMPL.expInto(x, n, m, out);
+    }
+
+    /**
      * For two rows of n: out[0] = Σ e^(q − mq), out[1] = Σ e^(b − mb), out[2] = Σ e^(b − mb)·(b − q), in double.
      */
     public static void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out) {
@@ -105,6 +113,8 @@ public final class LogitRows {
         void entropySums(float[] x, int off, int n, float m, double[] out);
 
         void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out);
+
+        double expInto(float[] x, int n, float m, float[] out);
     }
 
     static final Impl IMPL = choose();
@@ -169,6 +179,26 @@ public final class LogitRows {
             }
             out[0] = a;
             out[1] = b;
+        }
+
+        @Override
+        public double expInto(float[] x, int n, float m, float[] out) {
+            double[] acc = new double[LANES];
+            int i = 0;
+            for (; i + LANES <= n; i += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    float p = (float) exp(x[i + l] - m);
+                    out[i + l] = p;
+                    acc[l] += p;
+                }
+            double s = 0;
+            for (double a : acc) s += a;
+            for (; i < n; i++) {
+                float p = (float) exp(x[i] - m);
+                out[i] = p;
+                s += p;
+            }
+            return s;
         }
 
         @Override

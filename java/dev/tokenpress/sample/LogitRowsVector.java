@@ -93,6 +93,25 @@ final class LogitRowsVector implements LogitRows.Impl {
     }
 
     @Override
+    public double expInto(float[] x, int n, float m, float[] out) {
+        int i = 0, l = D.length();
+        DoubleVector acc = DoubleVector.zero(D);
+        for (; i + l <= n; i += l) {
+            DoubleVector d = (DoubleVector) FloatVector.fromArray(F, x, i).sub(m).convertShape(VectorOperators.F2D, D, 0);
+            FloatVector p = (FloatVector) exp(d).convertShape(VectorOperators.D2F, F, 0);
+            p.intoArray(out, i);
+            acc = acc.add((DoubleVector) p.convertShape(VectorOperators.F2D, D, 0));
+        }
+        double s = sumInOrder(acc);
+        for (; i < n; i++) {
+            float p = (float) LogitRows.exp(x[i] - m);
+            out[i] = p;
+            s += p;
+        }
+        return s;
+    }
+
+    @Override
     public void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out) {
         int i = 0, l = D.length();
         DoubleVector sq = DoubleVector.zero(D), sb = sq, t = sq;

@@ -101,18 +101,13 @@ public final class TokenDataArray {
 
     /**
      * Softmax of the live logits into {@link #probs} (as llama.cpp's {@code llama_sampler_softmax_impl}), first sorting
-     * when {@code doSort} and not yet sorted. Sums in double precision.
+     * when {@code doSort} and not yet sorted. Sums in double precision; the exponentials are {@link LogitRows#exp}'s.
      */
     public void softmax(boolean doSort) {
         if (size <= 0) throw new IllegalStateException("empty candidate list");
         if (doSort && !sorted) sortDescending();
         float maxL = sorted ? logits[0] : logits[argmax()];
-        double sum = 0;
-        for (int i = 0; i < size; i++) {
-            float p = (float) Math.exp(logits[i] - maxL);
-            probs[i] = p;
-            sum += p;
-        }
+        double sum = LogitRows.expInto(logits, size, maxL, probs); // (float) e^(l − max), on the Vector API
         float inv = (float) (1.0 / sum);
         for (int i = 0; i < size; i++) probs[i] *= inv;
     }

@@ -79,6 +79,33 @@ class LogitRowsTest {
     }
 
     @Test
+    void softmaxNumeratorsAreTheFloatExponentials() {
+        SplittableRandom r = new SplittableRandom(7);
+        LogitRows.Impl v = new LogitRowsVector(), sc = new LogitRows.Scalar();
+        for (int n : new int[] {1, 40, 4097, 128_256}) {
+            float[] x = row(r, n, 5), a = new float[n], b = new float[n];
+            if (n > 1) x[0] = Float.NEGATIVE_INFINITY; // a banned token
+            float m = sc.max(x, 0, n);
+            double sa = v.expInto(x, n, m, a), sb = sc.expInto(x, n, m, b);
+            double ref = 0;
+            for (int i = 0; i < n; i++) {
+                float want = (float) Math.exp(x[i] - m);
+                assertEquals(want, a[i], Math.ulp(want), "vector, entry " + i);
+                assertEquals(Float.floatToRawIntBits(a[i]), Float.floatToRawIntBits(b[i]), "vector and scalar lanes, entry " + i);
+                ref += want;
+            }
+            assertEquals(ref, sa, 1e-12 * ref);
+            assertEquals(sb, sa, 1e-12 * ref);
+        }
+        dev.tokenpress.sample.TokenDataArray t = new dev.tokenpress.sample.TokenDataArray(5);
+        t.load(new float[] {1, 2, 3, Float.NEGATIVE_INFINITY, 0}, 0, 5);
+        t.softmax(false);
+        double z = Math.exp(1) + Math.exp(2) + Math.exp(3) + Math.exp(0);
+        assertEquals(Math.exp(3) / z, t.probs[2], 1e-7);
+        assertEquals(0f, t.probs[3]);
+    }
+
+    @Test
     void entropyAndLogSumExpMatchTheTextbookFormulas() {
         SplittableRandom r = new SplittableRandom(6);
         for (int n : new int[] {1, 9, 5000, 128_256}) {
