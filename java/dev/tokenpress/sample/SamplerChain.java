@@ -314,8 +314,12 @@ public final class SamplerChain {
         LogitRows.entropySums(lg, 0, n, maxL, sums);
         double z = sums[0], zl = sums[1];
         tEntropy = Math.log(z) - zl / z;
-        int k = Math.min(traceTopK, n);
-        int[] top = cur.topIndices(k);
+        int k = Math.min(traceTopK, n), m = Math.min(TRACE_TOP_LOGPROBS, n);
+        int[] top = cur.topIndices(Math.max(k, m));
+        // the most likely ones for the log-probabilities: the first m of the same selection (best first)
+        tTopIds = new int[m];
+        tTopLp = new double[m];
+        for (int j = 0; j < m; j++) tTopIds[j] = top[j]; // positions for now
         double zk = 0, zkl = 0;
         for (int j = 0; j < k; j++) {
             double d = lg[top[j]] - maxL;
@@ -331,14 +335,14 @@ public final class SamplerChain {
         tLogZ = maxL + Math.log(z);
         if (tModel == null) tModel = new float[vocabSize];
         if (n < vocabSize) java.util.Arrays.fill(tModel, Float.NEGATIVE_INFINITY);
-        for (int i = 0; i < n; i++) tModel[cur.ids[i]] = lg[i];
-        int m = Math.min(TRACE_TOP_LOGPROBS, n);
-        int[] best = cur.topIndices(m);
-        tTopIds = new int[m];
-        tTopLp = new double[m];
+        boolean identity = n == vocabSize;
+        for (int i = 0; i < n && identity; i++) identity = cur.ids[i] == i; // as loaded: copy instead of scatter
+        if (identity) System.arraycopy(lg, 0, tModel, 0, n);
+        else for (int i = 0; i < n; i++) tModel[cur.ids[i]] = lg[i];
         for (int j = 0; j < m; j++) {
-            tTopIds[j] = cur.ids[best[j]];
-            tTopLp[j] = lg[best[j]] - tLogZ;
+            int pos = tTopIds[j];
+            tTopIds[j] = cur.ids[pos];
+            tTopLp[j] = lg[pos] - tLogZ;
         }
     }
 }
