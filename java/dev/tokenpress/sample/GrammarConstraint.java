@@ -1,9 +1,7 @@
 package dev.tokenpress.sample;
 
 import java.util.Arrays;
-import java.util.Map;
 import java.util.Set;
-import java.util.WeakHashMap;
 
 /**
  * A sampling stage that keeps generated text a prefix of a sentence of a {@link Grammar} (llama.cpp's
@@ -16,55 +14,10 @@ import java.util.WeakHashMap;
  * one pass over the vocabulary plus one memoized transition per live prefix character.
  */
 public final class GrammarConstraint implements TokenConstraint {
-    /** The vocabulary sorted by text, with each token's code points and common prefix with the previous one. */
-    private static final class Index {
-        final int[] order;   // token ids with a text, sorted by code points
-        final int[][] cps;   // [i] code points of order[i]
-        final int[] lcp;     // [i] common prefix length with order[i - 1]
-        final int maxLen;
-
-        Index(String[] texts) {
-            int n = 0;
-            for (String t : texts) if (t != null && !t.isEmpty()) n++;
-            Integer[] ids = new Integer[n];
-            int[][] byId = new int[texts.length][];
-            for (int i = 0, k = 0; i < texts.length; i++)
-                if (texts[i] != null && !texts[i].isEmpty()) {
-                    ids[k++] = i;
-                    byId[i] = texts[i].codePoints().toArray();
-                }
-            Arrays.sort(ids, (a, b) -> Arrays.compare(byId[a], byId[b]));
-            order = new int[n];
-            cps = new int[n][];
-            lcp = new int[n];
-            int m = 0;
-            for (int i = 0; i < n; i++) {
-                order[i] = ids[i];
-                cps[i] = byId[ids[i]];
-                m = Math.max(m, cps[i].length);
-                if (i > 0) {
-                    int[] a = cps[i - 1], b = cps[i];
-                    int l = 0;
-                    while (l < a.length && l < b.length && a[l] == b[l]) l++;
-                    lcp[i] = l;
-                }
-            }
-            maxLen = m;
-        }
-    }
-
-    private static final Map<String[], Index> INDEXES = new WeakHashMap<>();
-
-    private static Index index(String[] texts) {
-        synchronized (INDEXES) {
-            return INDEXES.computeIfAbsent(texts, Index::new);
-        }
-    }
-
     private final Grammar grammar;
     private final String[] texts;
     private final Set<Integer> ends;
-    private final Index index;
+    private final VocabIndex index;
     private final String name;
     private Grammar.State state;
     private boolean following;
@@ -82,7 +35,7 @@ public final class GrammarConstraint implements TokenConstraint {
         this.texts = texts;
         this.ends = ends;
         this.name = name;
-        this.index = index(texts);
+        this.index = VocabIndex.of(texts);
         this.state = grammar.initial();
     }
 
@@ -120,7 +73,7 @@ public final class GrammarConstraint implements TokenConstraint {
 
     @Override
     public void apply(TokenDataArray cur) {
-        if (topK > 0 && topK < cur.size && applyTopK(cur)) return;
+        if (topK > 0 && topK < cur.size && VocabIndex.bestFirst(cur, topK, this::allows)) return;
         boolean[] ok = mask();
         for (int i = 0; i < cur.size; i++) {
             int id = cur.ids[i];
@@ -132,38 +85,13 @@ public final class GrammarConstraint implements TokenConstraint {
         }
     }
 
-    /** The best candidates checked one by one; false when they do not decide the top k (then mask everything). */
-    private boolean applyTopK(TokenDataArray cur) {
-        int m = Math.min(cur.size, 4 * topK + 64);
-        int[] idx = cur.topIndices(m);
-        boolean[] ok = new boolean[m];
-        int found = 0, i = 0;
-        float kth = Float.NaN;
-        for (; i < m; i++) {
-            if (found == topK && cur.logits[idx[i]] != kth) break; // every tie with the k-th is decided too
-            ok[i] = allows(cur.ids[idx[i]]);
-            if (ok[i] && ++found == topK) kth = cur.logits[idx[i]];
-        }
-        // undecided: few of the best are allowed, so few tokens are allowed at all here, and the sorted walk of
-        // mask() (which skips whole dead prefixes) is the cheaper way
-        if (i == m && m < cur.size) return false;
-        boolean[] keep = new boolean[cur.size]; // decided: the kept ones are allowed and among the checked
-        for (int j = 0; j < i; j++) if (ok[j]) keep[idx[j]] = true;
-        for (int j = 0; j < cur.size; j++)
-            if (!keep[j]) {
-                cur.logits[j] = Float.NEGATIVE_INFINITY;
-                cur.sorted = false;
-            }
-        return true;
-    }
-
     /** Which token ids may come next (end tokens aside), for the current state. */
     boolean[] mask() {
         if (maskFor == state && allowed != null) return allowed;
         boolean[] ok = allowed == null ? new boolean[texts.length] : allowed;
         Arrays.fill(ok, false);
         if (!state.closed()) synchronized (grammar) {
-            Index ix = index;
+            VocabIndex ix = index;
             Grammar.State[] at = new Grammar.State[ix.maxLen + 1]; // at[d]: state after the first d code points
             at[0] = state;
             int valid = 0;   // at[0 .. valid] hold the current token's prefix states

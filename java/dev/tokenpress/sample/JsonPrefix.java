@@ -75,6 +75,19 @@ public final class JsonPrefix {
         return depth == 0 && (state == NUM_ZERO || state == NUM_INT || state == NUM_FRAC || state == NUM_EXP);
     }
 
+    /** Whether a fed character could not continue a JSON value (nothing can follow). */
+    public boolean isDead() {
+        return state == DEAD;
+    }
+
+    /**
+     * Whether a string's characters are being read (not an escape): then any character from U+0020 on except
+     * {@code "} and {@code \} is taken as it is and leaves the state unchanged.
+     */
+    public boolean inString() {
+        return state == STRING;
+    }
+
     /** Whether nothing can follow but whitespace. */
     public boolean done() {
         return state == DONE;

@@ -109,6 +109,69 @@ class JsonConstraintTest {
     }
 
     /**
+     * The walk over the vocabulary in text order (shared prefix states, dead prefixes skipped) allows exactly the
+     * tokens {@link JsonConstraint#allows} allows one by one, in random states of random JSON texts, over a vocabulary
+     * of single characters and many multi-character tokens with common prefixes, surrogate pairs and empty or null
+     * texts; and the stage keeps the same candidates whether it checks them best-first (top-k) or masks them all.
+     */
+    @Test
+    void theVocabularyWalkAllowsWhatEachTokenAllows() {
+        SplittableRandom r = new SplittableRandom(12);
+        String alphabet = "{}[]:,\" 01-.eEtrufalsn\\u9a\n";
+        java.util.List<String> vocab = new java.util.ArrayList<>();
+        for (char c = ' '; c < 127; c++) vocab.add(String.valueOf(c));
+        vocab.add("\n");
+        vocab.add("\uD83D\uDE00");            // an emoji: two chars, one code point
+        vocab.add("\"\uD83D\uDE00\"");
+        vocab.add(null);
+        vocab.add("");
+        for (int i = 0; i < 3000; i++) {
+            StringBuilder sb = new StringBuilder();
+            int n = 1 + r.nextInt(6);
+            for (int j = 0; j < n; j++) sb.append(r.nextInt(40) == 0 ? "\uD83D\uDE00" : String.valueOf(alphabet.charAt(r.nextInt(alphabet.length()))));
+            vocab.add(sb.toString());
+        }
+        String[] texts = vocab.toArray(new String[0]);
+        int end = texts.length;
+        texts = java.util.Arrays.copyOf(texts, end + 1); // the end token has no text
+        int tested = 0, someAllowed = 0;
+        String[] docs = {"{\"a\": [1, 2.5e-3, true, null, \"x\\u00e9y\"], \"b\": {\"c\": -0}}", "[\"\uD83D\uDE00\", {}, []]", "\"s\"", "-12.5"};
+        for (String doc : docs)
+            for (boolean objectOnly : new boolean[] {false, true})
+                for (int cut = 0; cut <= doc.length(); cut++) {
+                    JsonConstraint c = new JsonConstraint(texts, Set.of(end), objectOnly);
+                    c.begin();
+                    boolean fine = true;
+                    for (int i = 0; i < cut && fine; i++) {
+                        int id = vocab.indexOf(String.valueOf(doc.charAt(i)));
+                        if (id < 0 || !c.allows(id)) fine = false; // objectOnly refuses a non-object: stop there
+                        else c.accept(id);
+                    }
+                    boolean[] mask = c.mask();
+                    for (int id = 0; id < end; id++) {
+                        assertEquals(c.allows(id), mask[id], "doc " + doc + " cut " + cut + " token '" + texts[id] + "'");
+                        if (mask[id]) someAllowed++;
+                    }
+                    tested++;
+                    // best-first against the full mask through the stage itself
+                    float[] logits = new float[texts.length];
+                    for (int i = 0; i < logits.length; i++) logits[i] = (float) r.nextGaussian();
+                    TokenDataArray a = new TokenDataArray(texts.length), b = new TokenDataArray(texts.length);
+                    a.load(logits, 0, texts.length);
+                    b.load(logits, 0, texts.length);
+                    c.limitTo(5);
+                    c.apply(a);
+                    a.truncateTopK(5);
+                    c.limitTo(0);
+                    c.apply(b);
+                    b.truncateTopK(5);
+                    assertArrayEquals(java.util.Arrays.copyOf(b.ids, 5), java.util.Arrays.copyOf(a.ids, 5), "top-5 at cut " + cut);
+                    assertArrayEquals(java.util.Arrays.copyOf(b.logits, 5), java.util.Arrays.copyOf(a.logits, 5));
+                }
+        assertTrue(tested > 100 && someAllowed > 1000, tested + " states, " + someAllowed + " allowed");
+    }
+
+    /**
      * A toy vocabulary and random logits: with the constraint first in the chain, every sampled sequence is one JSON
      * object followed by the end token, and the end token comes only then.
      */
