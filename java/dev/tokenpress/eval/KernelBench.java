@@ -975,6 +975,7 @@ public final class KernelBench {
         // together (Parallel's path) against every row's logits read back and sampled whole
         int seqs = 16;
         double[] tps = new double[2];
+        int[][][] drawn = new int[2][seqs][DECODE_WARMUP + steps];
         for (int run = 0; run < 2; run++) {
             KvCache[] caches = new KvCache[seqs];
             try {
@@ -1011,6 +1012,7 @@ public final class KernelBench {
                     }
                     for (int i = 0; i < seqs; i++) {
                         chains[i].accept(next[i]);
+                        drawn[run][i][st] = next[i];
                         batch[i] = new Llama.BatchRow(caches[i], null, next[i], batch[i].position() + 1);
                     }
                 }
@@ -1028,6 +1030,8 @@ public final class KernelBench {
         result(out, "e2e_batch16_sampled_tps", tps[0], "tokens/s");
         result(out, "e2e_batch16_sampled_wholerow_tps", tps[1], "tokens/s");
         result(out, "e2e_batch16_sampled_speedup", tps[0] / tps[1], "x");
+        // the same prompts and seeds: the candidates must draw the tokens the whole rows draw
+        result(out, "e2e_batch16_sampled_same_tokens", java.util.Arrays.deepEquals(drawn[0], drawn[1]) ? 1 : 0, "");
     }
 
     /**

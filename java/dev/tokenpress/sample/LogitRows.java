@@ -12,8 +12,8 @@ package dev.tokenpress.sample;
  * The exponential is {@link #exp}: built from exact IEEE operations only (a fused multiply-add that rounds to an
  * integer, a two-part ln 2 reduction, a degree-13 Taylor polynomial in Horner form, the power of two from integer
  * bits), within about 1 ulp of {@link Math#exp}, the same bits lane by lane in the vector loops, interpreted or
- * compiled. Sums run in {@link #LANES} interleaved double accumulators added in a fixed order at the end, so a row
- * gives the same figures every time on a machine.
+ * compiled. Sums run in {@link #LANES} interleaved double accumulators added in a fixed order at the end, the same in
+ * the vector and the scalar loops, so a row gives the same bits on any machine, with or without the Vector API.
  */
 public final class LogitRows {
     private LogitRows() {}
@@ -211,7 +211,7 @@ public final class LogitRows {
                     double eb = exp(bi - mb);
                     sq[l] += exp(qi - mq);
                     sb[l] += eb;
-                    t[l] += eb * (bi - qi);
+                    t[l] += eb == 0 ? 0 : eb * (bi - qi); // a banned entry (-inf) adds nothing
                 }
             double a = 0, c = 0, d = 0;
             for (int l = 0; l < LANES; l++) {
@@ -224,7 +224,7 @@ public final class LogitRows {
                 double eb = exp(bi - mb);
                 a += exp(qi - mq);
                 c += eb;
-                d += eb * (bi - qi);
+                d += eb == 0 ? 0 : eb * (bi - qi);
             }
             out[0] = a;
             out[1] = c;

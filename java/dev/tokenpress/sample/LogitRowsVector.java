@@ -10,16 +10,23 @@ import jdk.incubator.vector.VectorSpecies;
 
 /**
  * {@link LogitRows}' loops on the Vector API: floats widened to doubles lane by lane (the preferred double shape, a
- * float shape of as many lanes), {@link LogitRows#exp}'s operations in every lane, one accumulator per lane added in
- * lane order at the end, then the tail in order. Loaded only where the module is present.
+ * float shape of as many lanes), {@link LogitRows#exp}'s operations in every lane. Sums keep {@link LogitRows#LANES}
+ * = 8 interleaved accumulators (element i into accumulator i mod 8: one vector of 8 doubles, or two of 4), added in
+ * accumulator order at the end, then the tail in order — the scalar loops' order, so every sum has the same bits on
+ * any machine, with or without the Vector API. Loaded only where the module is present and the double shape has 4 or
+ * 8 lanes.
  */
 final class LogitRowsVector implements LogitRows.Impl {
     private static final VectorSpecies<Double> D = DoubleVector.SPECIES_PREFERRED;
     private static final VectorSpecies<Float> F = VectorSpecies.of(float.class, VectorShape.forBitSize(D.vectorBitSize() / 2));
     private static final VectorSpecies<Float> FM = FloatVector.SPECIES_PREFERRED;
 
+    private static final int L = D.length();
+    private static final boolean TWO = L == 4; // two vectors per 8 accumulators
+
     LogitRowsVector() {
-        if (F.length() != D.length()) throw new IllegalStateException("no float shape of " + D.length() + " lanes");
+        if (F.length() != L) throw new IllegalStateException("no float shape of " + L + " lanes");
+        if (L != 8 && L != 4) throw new IllegalStateException("double vectors of " + L + " lanes: the scalar loops");
         exp(DoubleVector.zero(D)); // resolves the module now (the constructor fails without it)
     }
 
@@ -40,6 +47,14 @@ final class LogitRowsVector implements LogitRows.Impl {
 
     private static DoubleVector widen(float[] x, int i) {
         return (DoubleVector) FloatVector.fromArray(F, x, i).convertShape(VectorOperators.F2D, D, 0);
+    }
+
+    /** The 8 accumulators (lanes of a, then of b when the shape has 4 lanes) added in order. */
+    private static double sum8(DoubleVector a, DoubleVector b) {
+        double s = 0;
+        for (double x : a.toArray()) s += x;
+        if (TWO) for (double x : b.toArray()) s += x;
+        return s;
     }
 
     @Override
@@ -65,24 +80,37 @@ final class LogitRowsVector implements LogitRows.Impl {
 
     @Override
     public double expSum(float[] x, int off, int n, float m) {
-        int i = 0, l = D.length();
-        DoubleVector acc = DoubleVector.zero(D);
-        for (; i + l <= n; i += l) acc = acc.add(exp(widen(x, off + i).sub(m)));
-        double s = sumInOrder(acc);
+        int i = 0;
+        DoubleVector a = DoubleVector.zero(D), b = a;
+        for (; i + LogitRows.LANES <= n; i += LogitRows.LANES) {
+            a = a.add(exp(widen(x, off + i).sub(m)));
+            if (TWO) b = b.add(exp(widen(x, off + i + 4).sub(m)));
+        }
+        double s = sum8(a, b);
         for (; i < n; i++) s += LogitRows.exp((double) x[off + i] - m);
         return s;
     }
 
+    /** e·d, 0 where e is 0 (d may be -inf there). */
+    private static DoubleVector times(DoubleVector e, DoubleVector d) {
+        return e.mul(d).blend(0.0, e.compare(VectorOperators.EQ, 0.0));
+    }
+
     @Override
     public void entropySums(float[] x, int off, int n, float m, double[] out) {
-        int i = 0, l = D.length();
-        DoubleVector z = DoubleVector.zero(D), zd = z;
-        for (; i + l <= n; i += l) {
+        int i = 0;
+        DoubleVector z = DoubleVector.zero(D), z2 = z, zd = z, zd2 = z;
+        for (; i + LogitRows.LANES <= n; i += LogitRows.LANES) {
             DoubleVector d = widen(x, off + i).sub(m), e = exp(d);
             z = z.add(e);
-            zd = zd.add(e.mul(d).blend(0.0, e.compare(VectorOperators.EQ, 0.0)));
+            zd = zd.add(times(e, d));
+            if (TWO) {
+                DoubleVector d2 = widen(x, off + i + 4).sub(m), e2 = exp(d2);
+                z2 = z2.add(e2);
+                zd2 = zd2.add(times(e2, d2));
+            }
         }
-        double a = sumInOrder(z), b = sumInOrder(zd);
+        double a = sum8(z, z2), b = sum8(zd, zd2);
         for (; i < n; i++) {
             double d = (double) x[off + i] - m, e = LogitRows.exp(d);
             a += e;
@@ -94,15 +122,13 @@ final class LogitRowsVector implements LogitRows.Impl {
 
     @Override
     public double expInto(float[] x, int n, float m, float[] out) {
-        int i = 0, l = D.length();
-        DoubleVector acc = DoubleVector.zero(D);
-        for (; i + l <= n; i += l) {
-            DoubleVector d = (DoubleVector) FloatVector.fromArray(F, x, i).sub(m).convertShape(VectorOperators.F2D, D, 0);
-            FloatVector p = (FloatVector) exp(d).convertShape(VectorOperators.D2F, F, 0);
-            p.intoArray(out, i);
-            acc = acc.add((DoubleVector) p.convertShape(VectorOperators.F2D, D, 0));
+        int i = 0;
+        DoubleVector a = DoubleVector.zero(D), b = a;
+        for (; i + LogitRows.LANES <= n; i += LogitRows.LANES) {
+            a = a.add(expLanes(x, i, m, out));
+            if (TWO) b = b.add(expLanes(x, i + 4, m, out));
         }
-        double s = sumInOrder(acc);
+        double s = sum8(a, b);
         for (; i < n; i++) {
             float p = (float) LogitRows.exp(x[i] - m);
             out[i] = p;
@@ -111,34 +137,40 @@ final class LogitRowsVector implements LogitRows.Impl {
         return s;
     }
 
+    /** out[i, i + L) = (float) e^(x − m), the difference in float; returns them widened for the sum. */
+    private static DoubleVector expLanes(float[] x, int i, float m, float[] out) {
+        DoubleVector d = (DoubleVector) FloatVector.fromArray(F, x, i).sub(m).convertShape(VectorOperators.F2D, D, 0);
+        FloatVector p = (FloatVector) exp(d).convertShape(VectorOperators.D2F, F, 0);
+        p.intoArray(out, i);
+        return (DoubleVector) p.convertShape(VectorOperators.F2D, D, 0);
+    }
+
     @Override
     public void klSums(float[] q, float[] b, int n, float mq, float mb, double[] out) {
-        int i = 0, l = D.length();
-        DoubleVector sq = DoubleVector.zero(D), sb = sq, t = sq;
-        for (; i + l <= n; i += l) {
-            DoubleVector qi = widen(q, i), bi = widen(b, i);
-            DoubleVector eb = exp(bi.sub(mb));
+        int i = 0;
+        DoubleVector sq = DoubleVector.zero(D), sb = sq, t = sq, sq2 = sq, sb2 = sq, t2 = sq;
+        for (; i + LogitRows.LANES <= n; i += LogitRows.LANES) {
+            DoubleVector qi = widen(q, i), bi = widen(b, i), eb = exp(bi.sub(mb));
             sq = sq.add(exp(qi.sub(mq)));
             sb = sb.add(eb);
-            t = t.add(eb.mul(bi.sub(qi)));
+            t = t.add(times(eb, bi.sub(qi)));
+            if (TWO) {
+                DoubleVector qj = widen(q, i + 4), bj = widen(b, i + 4), ej = exp(bj.sub(mb));
+                sq2 = sq2.add(exp(qj.sub(mq)));
+                sb2 = sb2.add(ej);
+                t2 = t2.add(times(ej, bj.sub(qj)));
+            }
         }
-        double a = sumInOrder(sq), c = sumInOrder(sb), d = sumInOrder(t);
+        double a = sum8(sq, sq2), c = sum8(sb, sb2), d = sum8(t, t2);
         for (; i < n; i++) {
             double qi = q[i], bi = b[i];
             double eb = LogitRows.exp(bi - mb);
             a += LogitRows.exp(qi - mq);
             c += eb;
-            d += eb * (bi - qi);
+            d += eb == 0 ? 0 : eb * (bi - qi);
         }
         out[0] = a;
         out[1] = c;
         out[2] = d;
-    }
-
-    private static double sumInOrder(DoubleVector v) {
-        double[] lanes = v.toArray();
-        double s = 0;
-        for (double x : lanes) s += x;
-        return s;
     }
 }

@@ -44,7 +44,9 @@ public final class PenaltiesSampler implements Sampler {
      * {@link SamplerChain#sampleCandidates} work from the top (k + {@link #penalisedTokens()}) logits alone.
      */
     public boolean onlyLowers() {
-        return !active() || (repeat >= 1f && presence >= 0f && frequency >= 0f);
+        // finite: a penalty beyond float range makes 0 · ∞ = NaN of a zero logit
+        return !active() || (repeat >= 1f && presence >= 0f && frequency >= 0f
+                && Float.isFinite(repeat) && Float.isFinite(presence) && Float.isFinite(frequency));
     }
 
     /** Distinct tokens the next {@link #apply} penalises (0 when the penalties are off). */

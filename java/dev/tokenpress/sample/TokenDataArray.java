@@ -191,6 +191,7 @@ public final class TokenDataArray {
     private static long key(float logit, int pos) {
         int bits = Float.floatToRawIntBits(logit);
         bits ^= (bits >> 31) & 0x7FFFFFFF; // monotone float -> signed int
+        if (logit != logit) bits = Integer.MIN_VALUE; // NaN ranks last, as in the backends' top-k
         return ((long) bits << 32) | (~pos & 0xFFFFFFFFL);
     }
 

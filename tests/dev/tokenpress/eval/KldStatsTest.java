@@ -41,6 +41,9 @@ class KldStatsTest {
         KldStats same = new KldStats();
         float[] x = row(r, 1000, 2);
         assertEquals(0.0, same.add(x, x.clone(), 3), 0, "equal rows: exactly 0");
+        x[5] = Float.NEGATIVE_INFINITY; // a banned token in both
+        x[999] = Float.NEGATIVE_INFINITY;
+        assertEquals(0.0, same.add(x, x.clone(), 3), 0, "equal rows with banned tokens: exactly 0");
     }
 
     static float[] row(SplittableRandom r, int n, double spread) {

@@ -89,6 +89,18 @@ class CandidateSamplingTest {
         sameTokens(d.withPenalties(16, 1.0, 0.0, 0.5).withTopK(5), 300, true);
     }
 
+    /** NaN logits rank last in the whole row as in a backend's top-k, so the candidates still decide the token. */
+    @Test
+    void nanLogitsRankLastInBothPaths() {
+        SamplingOptions o = SamplingOptions.defaults().withTopK(2).withTemp(0.0);
+        SamplerChain whole = SamplerChain.create(o, 8), cand = SamplerChain.create(o, 8);
+        float[] row = {Float.NaN, 1, 2, 0.5f, -1, -2, -3, -4};
+        float[] v = new float[2];
+        int[] ids = top(row, 2, v, new SplittableRandom(1));
+        assertEquals(whole.sample(row), cand.sampleCandidates(ids, v, 2));
+        assertEquals(2, whole.sample(row));
+    }
+
     @Test
     void chainsThatNeedTheWholeRowSaySo() {
         SamplingOptions d = SamplingOptions.defaults();
@@ -109,6 +121,9 @@ class CandidateSamplingTest {
         assertEquals(40, pen.candidateCount(), "nothing in the window yet");
         for (int t : new int[] {7, 9, 7, 11}) pen.accept(t);
         assertEquals(43, pen.candidateCount(), "k plus the distinct tokens penalised");
+        SamplerChain huge = SamplerChain.create(d.withPenalties(64, 1e39, 0.0, 0.0), V);
+        huge.accept(7);
+        assertEquals(0, huge.candidateCount(), "a penalty beyond float range");
         SamplerChain traced = SamplerChain.create(d, V);
         traced.setTrace(true);
         assertEquals(0, traced.candidateCount(), "a trace reads the whole distribution");

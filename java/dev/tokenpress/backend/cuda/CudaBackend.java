@@ -2704,7 +2704,7 @@ public final class CudaBackend implements Backend {
         if (rows == 0) return;
         long need = 12L * rows;
         if (need > lseRowsBytes) {
-            freeScratch(lseRows);
+            free(lseRows); // no captured graph uses this buffer: they stay
             lseRows = 0;
             lseRowsBytes = 0;
             lseRows = malloc(need, "log-sum-exp rows (" + rows + ")");
