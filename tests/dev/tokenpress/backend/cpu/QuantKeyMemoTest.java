@@ -162,10 +162,11 @@ class QuantKeyMemoTest {
         SplittableRandom r = new SplittableRandom(7);
         for (Kernels kern : new Kernels[]{Kernels.best(), new ScalarKernels()})
             for (int bits : new int[]{1, 2, 4, 8})
-                for (int n : new int[]{1, 7, 8, 16, 31, 32, 33, 64, 100}) {
+                for (int n : new int[]{1, 7, 8, 16, 31, 32, 33, 64, 100, 128}) {
                     int bytes = Quant.rowBytes(n, bits);
-                    for (int base : new int[]{0, 3}) {
-                        byte[] a = new byte[base + bytes]; // the row ends the array: no reads past it
+                    for (int base : new int[]{0, 3, 17})
+                      for (int trail : new int[]{0, 5, 40}) { // 0: the row ends the array (no reads past it)
+                        byte[] a = new byte[base + bytes + trail];
                         for (int i = 0; i < a.length; i++) a[i] = (byte) r.nextInt(256);
                         float[] out = new float[n + 2];
                         kern.unpackCodes(a, base, n, bits, out, 1);
@@ -173,7 +174,7 @@ class QuantKeyMemoTest {
                             assertEquals((float) Quant.get(a, base, e, bits), out[1 + e], kern.describe() + " bits " + bits + " n " + n + " e " + e);
                         assertEquals(0f, out[0]);
                         assertEquals(0f, out[n + 1]);
-                    }
+                      }
                 }
     }
 }
