@@ -39,6 +39,28 @@ final class VectorKernels implements Kernels {
         return s;
     }
 
+    /**
+     * {@link #SPREAD} reading from byte o of the loaded vector on ([bits][o]): a row's last whole chunk of codes at the
+     * end of its array is loaded from the array's last bytes (a whole load) and spread from where it sits in them.
+     */
+    private static final VectorShuffle<Byte>[][] SPREAD_AT = spreadAt();
+
+    @SuppressWarnings("unchecked")
+    private static VectorShuffle<Byte>[][] spreadAt() {
+        VectorShuffle<Byte>[][] s = new VectorShuffle[9][];
+        int l = B.length();
+        for (int bits : new int[]{2, 4, 8}) {
+            int step = F.length() * bits / 8;
+            s[bits] = new VectorShuffle[Math.max(0, l - step) + 1];
+            for (int o = 0; o + step <= l; o++) {
+                int[] idx = new int[l];
+                for (int i = 0; i < l; i++) idx[i] = Math.min(l - 1, o + i * bits / 8);
+                s[bits][o] = VectorShuffle.fromArray(B, idx, 0);
+            }
+        }
+        return s;
+    }
+
     VectorKernels() {
         if (F.length() < 4 || F.length() != I.length()) throw new IllegalStateException("no useful vector width");
         // touch the API once so a missing module fails here, not in the middle of a forward pass
@@ -507,6 +529,16 @@ final class VectorKernels implements Kernels {
             if (bits != 8) bv = bv.rearrange(spread);
             IntVector iv = (IntVector) bv.convertShape(VectorOperators.B2I, I, 0);
             ((FloatVector) iv.lanewise(VectorOperators.LSHR, shift).and(mask).convert(VectorOperators.I2F, 0)).intoArray(out, off + e);
+        }
+        int bl = B.length();
+        if (e + l <= n && bits != 8 && a.length >= bl) { // the next whole chunk, from the array's last bl bytes
+            int k = base + e * bits / 8, q = a.length - bl;
+            if (k + step <= a.length && k > q) {
+                ByteVector bv = ByteVector.fromArray(B, a, q).rearrange(SPREAD_AT[bits][k - q]);
+                IntVector iv = (IntVector) bv.convertShape(VectorOperators.B2I, I, 0);
+                ((FloatVector) iv.lanewise(VectorOperators.LSHR, shift).and(mask).convert(VectorOperators.I2F, 0)).intoArray(out, off + e);
+                e += l;
+            }
         }
         if (e < n) Kernels.super.unpackCodes(a, base + e * bits / 8, n - e, bits, out, off + e);
     }
