@@ -205,6 +205,30 @@ interface Kernels {
     }
 
     /**
+     * The value sum of a run of candidates of a quantized cache for {@code hc} query heads: for candidate t < nt (in
+     * order) and head i < hc whose {@code skip[i·stride + t]} is false, with x_t = rows[t·hd, +hd): kind[t] == 1 (an f32
+     * window row): out_i += p[i·stride + t] · x_t as {@link #axpy}; kind[t] == 2 (a quantized row, its codes unpacked
+     * into x_t): per channel group g < ng of gs channels, out_i[g] += ps[q·ng + g] · x_t[g] + pz[q·ng + g] (q = i·stride +
+     * t) as {@link #scaleShiftAdd} without factors; kind[t] == 0: nothing. out_i = o[oOff + i·hd, +hd). Per element
+     * the same operations in candidate order as those calls, so an override (outputs held in registers across the
+     * run) gives the same bits.
+     */
+    default void quantValueRun(int hc, int nt, int stride, byte[] kind, boolean[] skip, float[] p, float[] ps, float[] pz,
+                               int ng, int gs, float[] rows, int hd, float[] o, int oOff) {
+        for (int t = 0; t < nt; t++) {
+            if (kind[t] == 0) continue;
+            for (int i = 0; i < hc; i++) {
+                int q = i * stride + t;
+                if (skip[q]) continue;
+                if (kind[t] == 1) axpy(p[q], rows, t * hd, o, oOff + i * hd, hd);
+                else
+                    for (int g = 0; g < ng; g++)
+                        scaleShiftAdd(ps[q * ng + g], pz[q * ng + g], rows, t * hd + g * gs, null, 0, o, oOff + i * hd + g * gs, gs);
+            }
+        }
+    }
+
+    /**
      * Unpacks n codes of b bits (element e at bit e·b of a[base..], first element in the low bits) to floats
      * out[off..off+n); exact integers, so every implementation gives the same floats.
      */

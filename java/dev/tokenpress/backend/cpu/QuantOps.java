@@ -1,5 +1,6 @@
 package dev.tokenpress.backend.cpu;
 
+import dev.tokenpress.io.Half;
 import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.SlotSelection;
 
@@ -48,6 +49,27 @@ final class QuantOps {
         int epoch;
         float[] p = new float[0], inv = new float[0];
         boolean[] skip = new boolean[0], dead = new boolean[0];
+
+        // a value run: per (head, candidate) skip flags and weights, per (head, candidate, group) scale and zero
+        // terms, the candidates' rows, their kinds (0 none, 1 f32 window row, 2 unpacked quantized row)
+        boolean[] rskip = new boolean[0];
+        float[] rp = new float[0], rps = new float[0], rpz = new float[0], rows = new float[0];
+        byte[] kind = new byte[0];
+
+        void run(int group, int hd, int runLen, int blockGroup) {
+            int n = group * runLen;
+            if (rskip.length < n) {
+                rskip = new boolean[n];
+                rp = new float[n];
+            }
+            int ngMax = Math.max(1, hd); // at most one group per channel
+            if (rps.length < n * ngMax) {
+                rps = new float[n * ngMax];
+                rpz = new float[n * ngMax];
+            }
+            rows = QuantBlock.Scratch.grow(rows, runLen * hd);
+            if (kind.length < runLen) kind = new byte[runLen];
+        }
 
         /** Makes room and starts a new epoch (every block's key scores stale). */
         void begin(int group, int m, int lanes, int blocks) {
@@ -121,37 +143,95 @@ final class QuantOps {
             double sum = k.expShifted(sc, so, m, max); // the f32 cache's softmax, element for element
             w.inv[i] = (float) (1.0 / sum);
         }
-        boolean collect = stats != null && stats.probSums != null && r >= stats.fromRow;
-        boolean track = c.tracks();
-        float[] pw = w.p;
-        boolean[] skip = w.skip, dead = w.dead;
-        for (int j = 0; j < m; j++) {
-            int slot = list == null ? j : list[j];
-            boolean any = false;
-            for (int i = 0; i < group; i++) {
-                float e = sc[i * m + j];
-                skip[i] = dead[i] || e == 0f;
-                if (!skip[i]) {
-                    pw[i] = e * w.inv[i];
-                    any = true;
+        boolean[] dead = w.dead;
+        // the value sum in runs of candidates: rows gathered (window rows copied, quantized rows unpacked) with their
+        // per-head weights, then added by quantValueRun with the outputs in registers across the run; a row with
+        // channel factors or GEAR corrections ends the run and goes through valueAxpys (the same order throughout)
+        w.run(group, hd, RUN, c.group);
+        int ng = 1, gs = hd; // the value groups of the quantized rows seen (kinds 0 and 1 do not use them)
+        for (int j0 = 0; j0 < m; j0 += RUN) {
+            int j1 = Math.min(m, j0 + RUN), nt = 0, first = j0;
+            for (int j = j0; j < j1; j++) {
+                int slot = list == null ? j : list[j], t = nt++;
+                boolean any = false;
+                for (int i = 0; i < group; i++) {
+                    float e = sc[i * m + j];
+                    int q = i * RUN + t;
+                    w.rskip[q] = dead[i] || e == 0f;
+                    if (!w.rskip[q]) {
+                        w.rp[q] = e * w.inv[i];
+                        any = true;
+                    }
                 }
-            }
-            if (any) {
+                w.kind[t] = 0;
+                if (!any) continue;
                 int l = loc[slot];
                 if (l < 0) {
-                    for (int i = 0; i < group; i++)
-                        if (!skip[i]) k.axpy(pw[i], rv, (-l - 1) * hd, o.data, oOff + i * hd, hd);
-                } else blocks.get(l / bg).valueAxpys(l % bg, pw, skip, 0, group, o.data, oOff, w.blk, k);
+                    System.arraycopy(rv, (-l - 1) * hd, w.rows, t * hd, hd);
+                    w.kind[t] = 1;
+                    continue;
+                }
+                QuantBlock blk = blocks.get(l / bg);
+                QuantBlock.Rows v = blk.vRows;
+                int lane = l % bg;
+                if (v.cf != null || blk.vLr != null) { // this row its own way, after the run before it
+                    k.quantValueRun(group, t, RUN, w.kind, w.rskip, w.rp, w.rps, w.rpz, ng, gs, w.rows, hd, o.data, oOff);
+                    for (int i = 0; i < group; i++) {
+                        w.p[i] = w.rp[i * RUN + t];
+                        w.skip[i] = w.rskip[i * RUN + t];
+                    }
+                    blk.valueAxpys(lane, w.p, w.skip, 0, group, o.data, oOff, w.blk, k);
+                    // the statistics of the run so far and this row, then a new run after it
+                    collectRun(c, stats, layer, g, group, pos, qpos, list, first, t + 1, w, collect(stats, r), dead);
+                    first = j + 1;
+                    nt = 0;
+                    continue;
+                }
+                ng = v.ng;
+                gs = v.gs;
+                k.unpackCodes(v.codes[lane], 0, hd, v.bits[lane], w.rows, t * hd);
+                for (int i = 0; i < group; i++) {
+                    int q = i * RUN + t;
+                    if (w.rskip[q]) continue;
+                    float wt = w.rp[q];
+                    for (int gg = 0; gg < ng; gg++) {
+                        w.rps[q * ng + gg] = wt * Half.toFloat(v.scale[lane * ng + gg]);
+                        w.rpz[q * ng + gg] = wt * Half.toFloat(v.zero[lane * ng + gg]);
+                    }
+                }
+                w.kind[t] = 2;
             }
-            if (!collect && !track) continue;
+            if (nt > 0) k.quantValueRun(group, nt, RUN, w.kind, w.rskip, w.rp, w.rps, w.rpz, ng, gs, w.rows, hd, o.data, oOff);
+            collectRun(c, stats, layer, g, group, pos, qpos, list, first, j1 - first, w, collect(stats, r), dead);
+        }
+    }
+
+    /** Candidates per value run. */
+    private static final int RUN = 32;
+
+    private static boolean collect(AttentionStats stats, int r) {
+        return stats != null && stats.probSums != null && r >= stats.fromRow;
+    }
+
+    /**
+     * The statistics of a run's candidates j0 .. j0 + n − 1 (their weights at run positions 0 .. n − 1): the policy's
+     * probability sums and the cache's own attention tracking, per candidate and head in order.
+     */
+    private static void collectRun(QuantKvCache c, AttentionStats stats, int layer, int g, int group, int[] pos, int qpos,
+                                   int[] list, int j0, int n, Work w, boolean collect, boolean[] dead) {
+        boolean track = c.tracks();
+        if (!collect && !track) return;
+        for (int t = 0; t < n; t++) {
+            int slot = list == null ? j0 + t : list[j0 + t];
             for (int i = 0; i < group; i++) {
                 if (dead[i]) continue;
-                if (skip[i]) {
+                int q = i * RUN + t;
+                if (w.rskip[q]) {
                     if (track && pos[slot] >= 0 && pos[slot] <= qpos) c.observe(layer, g, slot, 0f);
                     continue;
                 }
-                if (collect) stats.probSums[g][slot] += pw[i];
-                if (track) c.observe(layer, g, slot, pw[i]);
+                if (collect) stats.probSums[g][slot] += w.rp[q];
+                if (track) c.observe(layer, g, slot, w.rp[q]);
             }
         }
     }

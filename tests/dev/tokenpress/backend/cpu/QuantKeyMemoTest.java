@@ -51,9 +51,12 @@ class QuantKeyMemoTest {
     @ParameterizedTest
     @ValueSource(strings = {"int8:group=8,residual=8", "int4:group=8,residual=8", "int2:group=16,residual=8",
             "int4:group=32,residual=32", "zipcache:group=8,residual=8", "mikv:group=8,residual=8,budget=8",
-            "gear:group=8,residual=8"})
+            "gear:group=8,residual=8", "int8:group=32,residual=8", "mikv:group=32,residual=8,budget=40",
+            "zipcache:group=32,residual=8"})
     void blockwiseAttentionIsBitIdenticalToPerSlotAttention(String spec) {
-        int hd = 32, kvHeads = 2, group = 3, heads = kvHeads * group, n = 150, rows = 3;
+        // group=32 specs: hd 64 and 5 q-heads per KV head (the value runs' four-head path and its remainder)
+        boolean wide = spec.contains("group=32");
+        int hd = wide ? 64 : 32, kvHeads = 2, group = wide ? 5 : 3, heads = kvHeads * group, n = 150, rows = 3;
         for (boolean selected : new boolean[]{false, true}) {
             try (CpuBackend b = new CpuBackend(2);
                  QuantKvCache fast = (QuantKvCache) b.newKvCache(1, kvHeads, hd, n, KvQuantSpec.parse(spec));
