@@ -55,6 +55,7 @@ final class QuantOps {
         boolean[] rskip = new boolean[0];
         float[] rp = new float[0], rps = new float[0], rpz = new float[0], rows = new float[0];
         byte[] kind = new byte[0];
+        float[] gScale = new float[0], gZero = new float[0]; // one row's value scales and zeros per group
 
         void run(int group, int hd, int runLen, int blockGroup) {
             int n = group * runLen;
@@ -69,6 +70,10 @@ final class QuantOps {
             }
             rows = QuantBlock.Scratch.grow(rows, runLen * hd);
             if (kind.length < runLen) kind = new byte[runLen];
+            if (gScale.length < ngMax) {
+                gScale = new float[ngMax];
+                gZero = new float[ngMax];
+            }
         }
 
         /** Makes room and starts a new epoch (every block's key scores stale). */
@@ -190,13 +195,17 @@ final class QuantOps {
                 ng = v.ng;
                 gs = v.gs;
                 k.unpackCodes(v.codes[lane], 0, hd, v.bits[lane], w.rows, t * hd);
+                for (int gg = 0; gg < ng; gg++) { // the row's f16 parameters, converted once for all heads
+                    w.gScale[gg] = Half.toFloat(v.scale[lane * ng + gg]);
+                    w.gZero[gg] = Half.toFloat(v.zero[lane * ng + gg]);
+                }
                 for (int i = 0; i < group; i++) {
                     int q = i * RUN + t;
                     if (w.rskip[q]) continue;
                     float wt = w.rp[q];
                     for (int gg = 0; gg < ng; gg++) {
-                        w.rps[q * ng + gg] = wt * Half.toFloat(v.scale[lane * ng + gg]);
-                        w.rpz[q * ng + gg] = wt * Half.toFloat(v.zero[lane * ng + gg]);
+                        w.rps[q * ng + gg] = wt * w.gScale[gg];
+                        w.rpz[q * ng + gg] = wt * w.gZero[gg];
                     }
                 }
                 w.kind[t] = 2;
