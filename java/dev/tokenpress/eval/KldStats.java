@@ -18,7 +18,7 @@ public final class KldStats {
 
     /** Adds a position scored by the policy alone (no baseline). */
     public void add(float[] policyLogits, int target) {
-        double lse = logSumExp(policyLogits);
+        double lse = LogitRows.logSumExp(policyLogits, 0, policyLogits.length);
         double x = lse - policyLogits[target];
         nll += x;
         nll2 += x * x;
@@ -58,11 +58,6 @@ public final class KldStats {
         dp2 += d * d;
         count++;
         return k;
-    }
-
-    /** log Σ e^x over the row, in double. */
-    static double logSumExp(float[] row) {
-        return LogitRows.logSumExp(row, 0, row.length);
     }
 
     public int count() { return count; }

@@ -505,17 +505,20 @@ public final class Llama implements AutoCloseable {
      * from the whole row.
      */
     private int choose(TokenChooser c, int row) {
-        dev.tokenpress.sample.SamplerChain chain = c.chain();
-        int m = chain != null && candidateSampling() ? chain.candidateCount() : 0;
-        if (m > 0) {
-            float[][] values = {new float[m]};
-            int[] ids = row < 0 ? topLogits(m, values[0]) : backend.topKRows(allLogits(), new int[] {row}, new int[] {m}, values)[0];
-            if (ids != null && ids.length == m) {
-                int t = chain.sampleCandidates(ids, values[0], m);
-                if (t >= 0) return t;
-            }
-        }
-        return c.choose(row < 0 ? logits() : backend.download(allLogits(), row, 1));
+        int t = c.chain() == null ? -1 : fromCandidates(c.chain(), row);
+        return t >= 0 ? t : c.choose(row < 0 ? logits() : backend.download(allLogits(), row, 1));
+    }
+
+    /**
+     * The chain's token for row {@code row} of the last pass's logits (-1: the last token's) from the row's top
+     * candidates where they decide it, else -1 (nothing drawn): the whole row is the caller's.
+     */
+    private int fromCandidates(dev.tokenpress.sample.SamplerChain chain, int row) {
+        int m = candidateSampling() ? chain.candidateCount() : 0;
+        if (m == 0) return -1;
+        float[] values = new float[m];
+        int[] ids = backend.topK(row < 0 ? logits : allLogits(), Math.max(row, 0), m, values);
+        return ids.length == m ? chain.sampleCandidates(ids, values, m) : -1;
     }
 
     /**
@@ -647,16 +650,8 @@ public final class Llama implements AutoCloseable {
      * {@code -Dtokenpress.candidateSampling=false} always reads the whole row.
      */
     public int sample(dev.tokenpress.sample.SamplerChain chain) {
-        int m = candidateSampling() ? chain.candidateCount() : 0;
-        if (m > 0) {
-            float[] values = new float[m];
-            int[] ids = topLogits(m, values);
-            if (ids.length == m) {
-                int t = chain.sampleCandidates(ids, values, m);
-                if (t >= 0) return t;
-            }
-        }
-        return chain.sample(logits());
+        int t = fromCandidates(chain, -1);
+        return t >= 0 ? t : chain.sample(logits());
     }
 
     /** Whether sampling may use the top candidates ({@code -Dtokenpress.candidateSampling}, default true). */

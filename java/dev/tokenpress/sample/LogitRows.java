@@ -102,6 +102,45 @@ public final class LogitRows {
         IMPL.klSums(q, b, n, mq, mb, out);
     }
 
+    // The in-order tails after the interleaved accumulators (both loops): entries [i, n) added one by one to the sums.
+
+    static double expSumTail(float[] x, int off, int i, int n, float m, double s) {
+        for (; i < n; i++) s += exp((double) x[off + i] - m);
+        return s;
+    }
+
+    static void entropyTail(float[] x, int off, int i, int n, float m, double a, double b, double[] out) {
+        for (; i < n; i++) {
+            double d = (double) x[off + i] - m, e = exp(d);
+            a += e;
+            b += e == 0 ? 0 : e * d;
+        }
+        out[0] = a;
+        out[1] = b;
+    }
+
+    static double expIntoTail(float[] x, int i, int n, float m, float[] out, double s) {
+        for (; i < n; i++) {
+            float p = (float) exp(x[i] - m);
+            out[i] = p;
+            s += p;
+        }
+        return s;
+    }
+
+    static void klTail(float[] q, float[] b, int i, int n, float mq, float mb, double a, double c, double d, double[] out) {
+        for (; i < n; i++) {
+            double qi = q[i], bi = b[i];
+            double eb = exp(bi - mb);
+            a += exp(qi - mq);
+            c += eb;
+            d += eb == 0 ? 0 : eb * (bi - qi); // a banned entry (-inf) adds nothing
+        }
+        out[0] = a;
+        out[1] = c;
+        out[2] = d;
+    }
+
     /** What runs the loops: the Vector API or plain Java. */
     interface Impl {
         float max(float[] x, int off, int n);
@@ -153,8 +192,7 @@ public final class LogitRows {
                 for (int l = 0; l < LANES; l++) acc[l] += exp((double) x[off + i + l] - m);
             double s = 0;
             for (double a : acc) s += a;
-            for (; i < n; i++) s += exp((double) x[off + i] - m);
-            return s;
+            return expSumTail(x, off, i, n, m, s);
         }
 
         @Override
@@ -172,13 +210,7 @@ public final class LogitRows {
                 a += z[l];
                 b += zd[l];
             }
-            for (; i < n; i++) {
-                double d = (double) x[off + i] - m, e = exp(d);
-                a += e;
-                b += e == 0 ? 0 : e * d;
-            }
-            out[0] = a;
-            out[1] = b;
+            entropyTail(x, off, i, n, m, a, b, out);
         }
 
         @Override
@@ -193,12 +225,7 @@ public final class LogitRows {
                 }
             double s = 0;
             for (double a : acc) s += a;
-            for (; i < n; i++) {
-                float p = (float) exp(x[i] - m);
-                out[i] = p;
-                s += p;
-            }
-            return s;
+            return expIntoTail(x, i, n, m, out, s);
         }
 
         @Override
@@ -219,16 +246,7 @@ public final class LogitRows {
                 c += sb[l];
                 d += t[l];
             }
-            for (; i < n; i++) {
-                double qi = q[i], bi = b[i];
-                double eb = exp(bi - mb);
-                a += exp(qi - mq);
-                c += eb;
-                d += eb == 0 ? 0 : eb * (bi - qi);
-            }
-            out[0] = a;
-            out[1] = c;
-            out[2] = d;
+            klTail(q, b, i, n, mq, mb, a, c, d, out);
         }
     }
 }

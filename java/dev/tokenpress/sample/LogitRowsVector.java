@@ -86,9 +86,7 @@ final class LogitRowsVector implements LogitRows.Impl {
             a = a.add(exp(widen(x, off + i).sub(m)));
             if (TWO) b = b.add(exp(widen(x, off + i + 4).sub(m)));
         }
-        double s = sum8(a, b);
-        for (; i < n; i++) s += LogitRows.exp((double) x[off + i] - m);
-        return s;
+        return LogitRows.expSumTail(x, off, i, n, m, sum8(a, b));
     }
 
     /** e·d, 0 where e is 0 (d may be -inf there). */
@@ -110,14 +108,7 @@ final class LogitRowsVector implements LogitRows.Impl {
                 zd2 = zd2.add(times(e2, d2));
             }
         }
-        double a = sum8(z, z2), b = sum8(zd, zd2);
-        for (; i < n; i++) {
-            double d = (double) x[off + i] - m, e = LogitRows.exp(d);
-            a += e;
-            b += e == 0 ? 0 : e * d;
-        }
-        out[0] = a;
-        out[1] = b;
+        LogitRows.entropyTail(x, off, i, n, m, sum8(z, z2), sum8(zd, zd2), out);
     }
 
     @Override
@@ -128,13 +119,7 @@ final class LogitRowsVector implements LogitRows.Impl {
             a = a.add(expLanes(x, i, m, out));
             if (TWO) b = b.add(expLanes(x, i + 4, m, out));
         }
-        double s = sum8(a, b);
-        for (; i < n; i++) {
-            float p = (float) LogitRows.exp(x[i] - m);
-            out[i] = p;
-            s += p;
-        }
-        return s;
+        return LogitRows.expIntoTail(x, i, n, m, out, sum8(a, b));
     }
 
     /** out[i, i + L) = (float) e^(x − m), the difference in float; returns them widened for the sum. */
@@ -161,16 +146,6 @@ final class LogitRowsVector implements LogitRows.Impl {
                 t2 = t2.add(times(ej, bj.sub(qj)));
             }
         }
-        double a = sum8(sq, sq2), c = sum8(sb, sb2), d = sum8(t, t2);
-        for (; i < n; i++) {
-            double qi = q[i], bi = b[i];
-            double eb = LogitRows.exp(bi - mb);
-            a += LogitRows.exp(qi - mq);
-            c += eb;
-            d += eb == 0 ? 0 : eb * (bi - qi);
-        }
-        out[0] = a;
-        out[1] = c;
-        out[2] = d;
+        LogitRows.klTail(q, b, i, n, mq, mb, sum8(sq, sq2), sum8(sb, sb2), sum8(t, t2), out);
     }
 }

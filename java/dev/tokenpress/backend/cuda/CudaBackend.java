@@ -2672,22 +2672,7 @@ public final class CudaBackend implements Backend {
         k = Math.min(k, t.cols);
         if (k <= 0) return new int[0];
         if (k > 1024) return hostTopK(download(t, row, 1), k, valuesOut);
-        ensureSelWs(t.cols, k);
-        check(TpNative.tp_topk(t.row(row), t.cols, k, selOut, selOut + 4096, selWs, selWsBytes, stream), "topK");
-        int[] idx = new int[k];
-        if (valuesOut == null) {
-            check(TpNative.tp_memcpy_d2h(idx, selOut, 4L * k, stream), "topK download");
-            return idx;
-        }
-        // ids at selOut, values 4096 bytes on: one copy (one wait) for both
-        byte[] raw = new byte[4096 + 4 * k];
-        check(TpNative.tp_memcpy_d2h(raw, selOut, raw.length, stream), "topK download");
-        java.nio.ByteBuffer bb = java.nio.ByteBuffer.wrap(raw).order(java.nio.ByteOrder.LITTLE_ENDIAN);
-        for (int i = 0; i < k; i++) {
-            idx[i] = bb.getInt(4 * i);
-            valuesOut[i] = bb.getFloat(4096 + 4 * i);
-        }
-        return idx;
+        return topKRows(x, new int[] {row}, new int[] {k}, valuesOut == null ? null : new float[][] {valuesOut})[0];
     }
 
     /**
