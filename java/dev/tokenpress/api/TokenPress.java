@@ -82,9 +82,19 @@ public final class TokenPress implements AutoCloseable {
                     + r.originalMaxPositionEmbeddings() + " positions") + " (in place of config.json's "
                     + (c.ropeScaling() == null ? "none" : c.ropeScaling().type()) + ")");
         }
-        HfTokenizer tok = HfTokenizer.load(dir);
-        SafeTensors st = SafeTensors.open(dir);
+        // the tokenizer loads on another thread while the weights load (or upload to a GPU) here
+        java.util.concurrent.FutureTask<HfTokenizer> tokenizer = new java.util.concurrent.FutureTask<>(() -> HfTokenizer.load(dir));
+        Thread tokThread = new Thread(tokenizer, "tokenizer-load");
+        tokThread.setDaemon(true);
+        tokThread.start();
+        SafeTensors st;
+        try {
+            st = SafeTensors.open(dir);
+        } catch (RuntimeException | Error e) {
+            throw firstFailure(tokenizer, e);
+        }
         Backend backend = shared;
+        HfTokenizer tok = null;
         try {
             if (shared == null) backend = Backends.create(options.device(), options.threads(), options.log());
             if (shared == null && !backend.name().equals("cpu") && "auto".equalsIgnoreCase(options.device())) {
@@ -124,6 +134,7 @@ public final class TokenPress implements AutoCloseable {
                 options.log().accept(String.format(java.util.Locale.ROOT, "weights: %s, %.1f MiB", options.weights(),
                         w.allocatedBytes() / 1048576.0));
             Llama model = new Llama(config, w, backend, options.maxChunk());
+            tok = tokenizer(tokenizer);
             long ms = (System.nanoTime() - t0) / 1_000_000;
             TokenPress tp = new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
             tp.weights = options.weights();
@@ -133,9 +144,52 @@ public final class TokenPress implements AutoCloseable {
         } catch (RuntimeException | Error e) {
             if (backend != null && shared == null) backend.close();
             st.close();
-            tok.close();
-            throw e;
+            if (tok != null) {
+                tok.close();
+                throw e;
+            }
+            throw firstFailure(tokenizer, e);
         }
+    }
+
+    /** The loaded tokenizer, or the exception its load threw. */
+    private static HfTokenizer tokenizer(java.util.concurrent.FutureTask<HfTokenizer> task) {
+        boolean interrupted = false;
+        try {
+            while (true) {
+                try {
+                    return task.get();
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                } catch (java.util.concurrent.ExecutionException e) {
+                    Throwable c = e.getCause();
+                    if (c instanceof RuntimeException r) throw r;
+                    if (c instanceof Error err) throw err;
+                    throw new dev.tokenpress.io.ModelLoadException(c.toString(), c);
+                }
+            }
+        } finally {
+            if (interrupted) Thread.currentThread().interrupt();
+        }
+    }
+
+    /**
+     * After a failure elsewhere (a RuntimeException or an Error): waits for the tokenizer and closes it, and throws
+     * or returns what to throw: the tokenizer's own exception if its load failed too (it is checked first, as when it
+     * loaded before the weights), else {@code failure}.
+     */
+    private static RuntimeException firstFailure(java.util.concurrent.FutureTask<HfTokenizer> task, Throwable failure) {
+        Throwable t = failure;
+        try {
+            tokenizer(task).close();
+        } catch (RuntimeException | Error e) {
+            if (e != failure) {
+                e.addSuppressed(failure);
+                t = e;
+            }
+        }
+        if (t instanceof Error err) throw err;
+        return (RuntimeException) t;
     }
 
     public Path directory() { return dir; }

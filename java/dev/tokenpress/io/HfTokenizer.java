@@ -12,7 +12,6 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
-import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
 
@@ -88,63 +87,177 @@ public final class HfTokenizer implements AutoCloseable {
                     + "tokenizer.json in the model directory (download it with the weights)");
         }
         byte[] bytes;
-        JsonNode root;
         try {
             bytes = Files.readAllBytes(file);
-            root = JSON.readTree(bytes);
         } catch (IOException e) {
-            throw new ModelLoadException(file + ": invalid JSON (" + ModelLoadException.firstLine(e)
-                    + "); re-download tokenizer.json", e);
+            throw new ModelLoadException(file + ": cannot be read (" + ModelLoadException.firstLine(e) + ")", e);
         }
-        if (root == null || !root.isObject() || !root.path("model").isObject()) {
-            throw new ModelLoadException(file + ": not a Hugging Face tokenizer (no \"model\" object); "
-                    + "re-download tokenizer.json");
+        // the native library parses the file on another thread while the vocabulary is read here: the two take
+        // about as long (a 128K vocabulary: 0.2-0.5 s each), so loading takes the longer of them, not their sum
+        java.util.concurrent.FutureTask<HuggingFaceTokenizer> parse = new java.util.concurrent.FutureTask<>(() -> {
+            Map<String, String> opts = new HashMap<>();
+            opts.put("truncation", "false");
+            opts.put("padding", "false");
+            opts.put("addSpecialTokens", "true");
+            opts.put("withOverflowingTokens", "false");
+            return HuggingFaceTokenizer.newInstance(new ByteArrayInputStream(bytes), opts);
+        });
+        Thread parser = new Thread(parse, "tokenizer-native-parse");
+        parser.setDaemon(true);
+        parser.start();
+        Contents c;
+        try {
+            c = Contents.read(bytes, file);
+        } catch (RuntimeException e) {
+            closeQuietly(parse);
+            throw e;
         }
-        Map<String, Integer> vocab = new HashMap<>();
-        Map<Integer, Boolean> special = new HashMap<>();
-        int maxId = -1;
-        JsonNode v = root.path("model").path("vocab");
-        if (v.isObject()) {
-            for (Iterator<Map.Entry<String, JsonNode>> it = v.fields(); it.hasNext(); ) {
-                Map.Entry<String, JsonNode> e = it.next();
-                int id = e.getValue().asInt();
-                vocab.put(e.getKey(), id);
-                maxId = Math.max(maxId, id);
-            }
-        } else if (v.isArray()) {           // Unigram: [[piece, score], ...]
-            for (int i = 0; i < v.size(); i++) {
-                JsonNode piece = v.get(i);
-                if (piece.isArray() && piece.size() > 0) vocab.put(piece.get(0).asText(), i);
-            }
-            maxId = v.size() - 1;
-        }
-        for (JsonNode a : root.path("added_tokens")) {
-            int id = a.path("id").asInt(-1);
-            if (id < 0) continue;
-            vocab.put(a.path("content").asText(), id);
-            if (a.path("special").asBoolean(false)) special.put(id, Boolean.TRUE);
-            maxId = Math.max(maxId, id);
-        }
-        int[] prefix = postProcessorPrefix(root.path("post_processor"));
-
-        Map<String, String> opts = new HashMap<>();
-        opts.put("truncation", "false");
-        opts.put("padding", "false");
-        opts.put("addSpecialTokens", "true");
-        opts.put("withOverflowingTokens", "false");
         HuggingFaceTokenizer t;
         try {
-            t = HuggingFaceTokenizer.newInstance(new ByteArrayInputStream(bytes), opts);
-        } catch (IOException | RuntimeException | UnsatisfiedLinkError e) {
+            t = getUninterruptibly(parse);
+        } catch (java.util.concurrent.ExecutionException ee) {
+            Throwable e = ee.getCause();
             String msg = ModelLoadException.firstLine(e);
             if (e instanceof UnsatisfiedLinkError || e.getClass().getName().contains("EngineException")) {
                 throw new ModelLoadException(file + ": the Hugging Face tokenizers native library failed to load ("
                         + msg + "); check that ~/.djl.ai (or DJL_CACHE_DIR) is writable", e);
             }
+            if (e instanceof Error err) throw err;
             throw new ModelLoadException(file + ": HF tokenizers cannot parse it (" + msg
                     + "); re-download tokenizer.json", e);
         }
-        return new HfTokenizer(t, file, maxId + 1, prefix, vocab, special);
+        return new HfTokenizer(t, file, c.maxId + 1, c.prefix, c.vocab, c.special);
+    }
+
+    private static <T> T getUninterruptibly(java.util.concurrent.FutureTask<T> task)
+            throws java.util.concurrent.ExecutionException {
+        boolean interrupted = false;
+        try {
+            while (true) {
+                try {
+                    return task.get();
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+        } finally {
+            if (interrupted) Thread.currentThread().interrupt();
+        }
+    }
+
+    /** Waits for the native parse and closes what it made (the load failed on the Java side). */
+    private static void closeQuietly(java.util.concurrent.FutureTask<HuggingFaceTokenizer> parse) {
+        try {
+            getUninterruptibly(parse).close();
+        } catch (java.util.concurrent.ExecutionException | RuntimeException ignored) {
+            // the Java side's error is the one reported
+        }
+    }
+
+    /**
+     * What this class reads from tokenizer.json itself: the vocabulary (model vocabulary, then added tokens over it),
+     * the special ids and the post-processor's prefix. A streaming parse: the merges and the normalizer,
+     * pre-tokenizer and decoder definitions are skipped without building their trees.
+     */
+    /**
+     * Field names are neither interned nor kept in a symbol table: the vocabulary's 100K+ token strings are each
+     * seen once, and interning them took longer than the rest of the parse.
+     */
+    private static final ObjectMapper VOCAB_JSON = new ObjectMapper(com.fasterxml.jackson.core.JsonFactory.builder()
+            .disable(com.fasterxml.jackson.core.JsonFactory.Feature.INTERN_FIELD_NAMES)
+            .disable(com.fasterxml.jackson.core.JsonFactory.Feature.CANONICALIZE_FIELD_NAMES)
+            .build());
+
+    private record Contents(Map<String, Integer> vocab, Map<Integer, Boolean> special, int maxId, int[] prefix) {
+        static Contents read(byte[] bytes, Path file) {
+            Map<String, Integer> vocab = new HashMap<>();
+            Map<Integer, Boolean> special = new HashMap<>();
+            JsonNode added = null, postProcessor = null;
+            boolean model = false;
+            int maxId = -1;
+            try (com.fasterxml.jackson.core.JsonParser p = VOCAB_JSON.createParser(bytes)) {
+                if (p.nextToken() != com.fasterxml.jackson.core.JsonToken.START_OBJECT)
+                    throw notTokenizer(file);
+                while (p.nextToken() == com.fasterxml.jackson.core.JsonToken.FIELD_NAME) {
+                    String field = p.currentName();
+                    com.fasterxml.jackson.core.JsonToken value = p.nextToken();
+                    switch (field) {
+                        case "model" -> {
+                            if (value != com.fasterxml.jackson.core.JsonToken.START_OBJECT) throw notTokenizer(file);
+                            model = true;
+                            maxId = Math.max(maxId, readModel(p, vocab));
+                        }
+                        case "added_tokens" -> added = p.readValueAsTree();
+                        case "post_processor" -> postProcessor = p.readValueAsTree();
+                        default -> p.skipChildren();
+                    }
+                }
+            } catch (IOException e) {
+                throw new ModelLoadException(file + ": invalid JSON (" + ModelLoadException.firstLine(e)
+                        + "); re-download tokenizer.json", e);
+            }
+            if (!model) throw notTokenizer(file);
+            if (added != null)
+                for (JsonNode a : added) {
+                    int id = a.path("id").asInt(-1);
+                    if (id < 0) continue;
+                    vocab.put(a.path("content").asText(), id);
+                    if (a.path("special").asBoolean(false)) special.put(id, Boolean.TRUE);
+                    maxId = Math.max(maxId, id);
+                }
+            return new Contents(vocab, special, maxId, postProcessorPrefix(postProcessor));
+        }
+
+        /** Reads the "model" object's vocabulary (BPE / WordPiece: token to id; Unigram: [[piece, score], ...]). */
+        private static int readModel(com.fasterxml.jackson.core.JsonParser p, Map<String, Integer> vocab)
+                throws IOException {
+            int maxId = -1;
+            while (p.nextToken() == com.fasterxml.jackson.core.JsonToken.FIELD_NAME) {
+                String field = p.currentName();
+                com.fasterxml.jackson.core.JsonToken value = p.nextToken();
+                if (!field.equals("vocab")) {
+                    p.skipChildren();
+                } else if (value == com.fasterxml.jackson.core.JsonToken.START_OBJECT) {
+                    while (p.nextToken() == com.fasterxml.jackson.core.JsonToken.FIELD_NAME) {
+                        String token = p.currentName();
+                        p.nextToken();
+                        int id = p.currentToken().isNumeric() ? p.getValueAsInt() : asIntLikeTree(p);
+                        vocab.put(token, id);
+                        maxId = Math.max(maxId, id);
+                    }
+                } else if (value == com.fasterxml.jackson.core.JsonToken.START_ARRAY) {
+                    int i = 0;
+                    while (p.nextToken() != com.fasterxml.jackson.core.JsonToken.END_ARRAY) {
+                        if (p.currentToken() == com.fasterxml.jackson.core.JsonToken.START_ARRAY) {
+                            com.fasterxml.jackson.core.JsonToken first = p.nextToken();
+                            if (first != com.fasterxml.jackson.core.JsonToken.END_ARRAY) {
+                                vocab.put(first.isScalarValue() ? p.getValueAsString("") : "", i);
+                                if (!first.isScalarValue()) p.skipChildren();
+                                while (p.nextToken() != com.fasterxml.jackson.core.JsonToken.END_ARRAY) p.skipChildren();
+                            }
+                        } else {
+                            p.skipChildren();
+                        }
+                        i++;
+                    }
+                    maxId = Math.max(maxId, i - 1);
+                } else {
+                    p.skipChildren();
+                }
+            }
+            return maxId;
+        }
+
+        /** A vocabulary id that is not a JSON number (as JsonNode.asInt: numeric text parsed, anything else 0). */
+        private static int asIntLikeTree(com.fasterxml.jackson.core.JsonParser p) throws IOException {
+            JsonNode n = p.readValueAsTree();
+            return n == null ? 0 : n.asInt();
+        }
+
+        private static ModelLoadException notTokenizer(Path file) {
+            return new ModelLoadException(file + ": not a Hugging Face tokenizer (no \"model\" object); "
+                    + "re-download tokenizer.json");
+        }
     }
 
     /** Ids that the post-processor inserts in front of a single sequence (BOS for Llama/Mistral, none for Qwen2). */

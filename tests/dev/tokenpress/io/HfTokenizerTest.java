@@ -181,6 +181,79 @@ class HfTokenizerTest {
         }
     }
 
+    /**
+     * The vocabulary, special ids and BOS prefix read by the streaming parse equal what the whole JSON tree gives
+     * (model vocabulary first, added tokens over it), for a byte-level BPE with 128K+ entries, a SentencePiece-style
+     * BPE, a Unigram model, and a file with the model before its added tokens and an added token that replaces a
+     * vocabulary entry's id.
+     */
+    @Test
+    void vocabularyMatchesTheJsonTree() throws Exception {
+        Path big = dir.resolve("big");
+        ModelWriter.write(big, ModelWriter.Preset.TINY, 3, s -> { }); // the tokenizer of the tiny preset
+        Path big128 = Files.createDirectories(dir.resolve("big128"));
+        Files.writeString(big128.resolve("tokenizer.json"), ByteLevelBpe.build(128_256).json());
+        String head = "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,";
+        String nulls = "\"normalizer\":null,\"pre_tokenizer\":null,\"post_processor\":null,\"decoder\":null,";
+        Path uni = Files.createDirectories(dir.resolve("unigram"));
+        Files.writeString(uni.resolve("tokenizer.json"), head
+                + "\"added_tokens\":[{\"id\":0,\"content\":\"<unk>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true}],"
+                + nulls + "\"model\":{\"type\":\"Unigram\",\"unk_id\":0,\"vocab\":[[\"<unk>\",0.0],[\"a\",-1.0],"
+                + "[\"b\",-2.0],[\"ab\",-1.5],[\"c\",-3.0]],\"byte_fallback\":false}}");
+        Path late = Files.createDirectories(dir.resolve("late"));
+        Files.writeString(late.resolve("tokenizer.json"), head + nulls
+                + "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"continuing_subword_prefix\":null,"
+                + "\"end_of_word_suffix\":null,\"fuse_unk\":false,\"byte_fallback\":false,"
+                + "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"<x>\":3},\"merges\":[[\"a\",\"b\"]]},"
+                + "\"added_tokens\":[{\"id\":5,\"content\":\"<x>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},"
+                + "{\"id\":4,\"content\":\"<y>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":false}]}");
+        for (Path d : new Path[] {big, big128, uni, late, dir.resolve("sp")}) {
+            if (!Files.exists(d.resolve("tokenizer.json"))) continue; // "sp" exists once its test has run
+            com.fasterxml.jackson.databind.JsonNode root = new com.fasterxml.jackson.databind.ObjectMapper()
+                    .readTree(Files.readAllBytes(d.resolve("tokenizer.json")));
+            java.util.Map<String, Integer> vocab = new java.util.HashMap<>();
+            java.util.Set<Integer> special = new java.util.HashSet<>();
+            int maxId = -1;
+            com.fasterxml.jackson.databind.JsonNode v = root.path("model").path("vocab");
+            if (v.isObject()) {
+                for (var it = v.fields(); it.hasNext(); ) {
+                    var e = it.next();
+                    vocab.put(e.getKey(), e.getValue().asInt());
+                    maxId = Math.max(maxId, e.getValue().asInt());
+                }
+            } else {
+                for (int i = 0; i < v.size(); i++) vocab.put(v.get(i).get(0).asText(), i);
+                maxId = v.size() - 1;
+            }
+            for (com.fasterxml.jackson.databind.JsonNode a : root.path("added_tokens")) {
+                int id = a.path("id").asInt();
+                vocab.put(a.path("content").asText(), id);
+                if (a.path("special").asBoolean()) special.add(id);
+                maxId = Math.max(maxId, id);
+            }
+            try (HfTokenizer t = HfTokenizer.load(d)) {
+                assertEquals(maxId + 1, t.vocabSize(), d.toString());
+                for (var e : vocab.entrySet()) assertEquals((int) e.getValue(), t.tokenId(e.getKey()), e.getKey());
+                assertEquals(-1, t.tokenId("not a token \u0001"));
+                for (int id = 0; id < t.vocabSize(); id++) assertEquals(special.contains(id), t.isSpecial(id), "special " + id);
+                if (d.equals(big) || d.equals(big128))
+                    assertArrayEquals(new int[] {t.tokenId(ByteLevelBpe.BOS)}, t.prefixIds());
+                else if (!d.endsWith("sp")) assertEquals(0, t.prefixIds().length);
+            }
+        }
+        try (HfTokenizer t = HfTokenizer.load(late)) {
+            assertEquals(5, t.tokenId("<x>"), "the added token's id replaces the vocabulary's");
+            assertEquals(6, t.vocabSize());
+            assertTrue(t.isSpecial(5));
+            assertFalse(t.isSpecial(4));
+        }
+        try (HfTokenizer t = HfTokenizer.load(uni)) {
+            assertEquals(3, t.tokenId("ab"));
+            assertEquals(5, t.vocabSize());
+            assertArrayEquals(new int[] {3, 4}, t.encodeNoSpecial("abc"));
+        }
+    }
+
     @Test
     void errorsAreOneLineAndNameTheFile() throws Exception {
         Path empty = Files.createDirectories(dir.resolve("empty"));
