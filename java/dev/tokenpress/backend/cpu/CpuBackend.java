@@ -50,7 +50,7 @@ public final class CpuBackend implements Backend {
         CpuWeight w = new CpuWeight(data);
         // a matrix whose rows are not whole Q8_0 blocks stays as stored
         if (weightType != WeightType.AS_STORED && CpuBlockWeight.fits(w.rows, w.cols))
-            return weightType == WeightType.Q8_0 ? CpuQ8Weight.quantize(w, par) : CpuQ4Weight.quantize(w, par);
+            return weightType == WeightType.Q8_0 ? CpuQ8Weight.quantize(w, par, k) : CpuQ4Weight.quantize(w, par, k);
         return w;
     }
 

@@ -35,7 +35,7 @@ abstract class CpuBlockWeight implements Tensor {
     abstract float dotRow(Kernels k, int row, float[] x, int xOff);
 
     /** Encodes src[off, off + cols) into row r. */
-    abstract void setRow(int r, float[] src, int off);
+    abstract void setRow(Kernels k, int r, float[] src, int off);
 
     /** Dequantizes row r into dst[off, off + cols). */
     void rowFloats(int r, float[] dst, int off) {
@@ -47,22 +47,34 @@ abstract class CpuBlockWeight implements Tensor {
     }
 
     /** Quantizes a checkpoint matrix into {@code w} row by row (in parallel). */
-    static <W extends CpuBlockWeight> W fill(W w, CpuWeight src, Parallel par) {
+    static <W extends CpuBlockWeight> W fill(W w, CpuWeight src, Parallel par, Kernels k) {
+        // several rows per quantizer call (256 KB of floats: they stay in L2)
+        int batch = Math.max(1, FILL_FLOATS / src.cols);
         par.forRange(src.rows, 64, (from, to) -> {
-            float[] row = new float[src.cols];
+            float[] rows = new float[Math.min(batch, to - from) * src.cols];
             short[] sc = new short[src.cols];
-            for (int r = from; r < to; r++) {
-                src.rowFloats(r, row, 0, sc);
-                w.setRow(r, row, 0);
+            for (int r = from; r < to; r += batch) {
+                int n = Math.min(batch, to - r);
+                for (int i = 0; i < n; i++) src.rowFloats(r + i, rows, i * src.cols, sc);
+                w.setRows(k, r, n, rows);
             }
         });
         return w;
     }
 
+    /** Floats converted from the checkpoint per quantizer call. */
+    private static final int FILL_FLOATS = 1 << 16;
+
+    /** Encodes rows [r, r + n) from src[0, n · cols). */
+    void setRows(Kernels k, int r, int n, float[] src) {
+        for (int i = 0; i < n; i++) setRow(k, r + i, src, i * cols);
+    }
+
     /** Quantizes an f32 matrix [rows, cols] into {@code w} (null: the shape is not whole blocks). */
     static <W extends CpuBlockWeight> W fill(W w, float[] m, int rows, int cols) {
         if (w == null) throw new IllegalArgumentException("block quantization needs cols % " + BLOCK + " == 0, got " + cols);
-        for (int r = 0; r < rows; r++) w.setRow(r, m, r * cols);
+        Kernels k = Kernels.best();
+        for (int r = 0; r < rows; r++) w.setRow(k, r, m, r * cols);
         return w;
     }
 

@@ -15,8 +15,8 @@ final class CpuQ4Weight extends CpuBlockWeight {
         this.q = new byte[Math.toIntExact((long) rows * cols / 2)];
     }
 
-    static CpuQ4Weight quantize(CpuWeight src, Parallel par) {
-        return fill(new CpuQ4Weight(src.rows, src.cols), src, par);
+    static CpuQ4Weight quantize(CpuWeight src, Parallel par, Kernels k) {
+        return fill(new CpuQ4Weight(src.rows, src.cols), src, par, k);
     }
 
     /** Quantizes an f32 matrix [rows, cols] (tests). */
@@ -25,7 +25,7 @@ final class CpuQ4Weight extends CpuBlockWeight {
     }
 
     @Override
-    void setRow(int r, float[] src, int off) {
+    void setRow(Kernels k, int r, float[] src, int off) {
         for (int b = 0; b < blocks; b++) {
             int base = off + b * BLOCK;
             float amax = 0, max = 0;

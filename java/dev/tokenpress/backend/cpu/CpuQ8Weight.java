@@ -13,8 +13,8 @@ final class CpuQ8Weight extends CpuBlockWeight {
     }
 
     /** Quantizes a checkpoint matrix row by row (in parallel). */
-    static CpuQ8Weight quantize(CpuWeight src, Parallel par) {
-        return fill(new CpuQ8Weight(src.rows, src.cols), src, par);
+    static CpuQ8Weight quantize(CpuWeight src, Parallel par, Kernels k) {
+        return fill(new CpuQ8Weight(src.rows, src.cols), src, par, k);
     }
 
     /** Quantizes an f32 matrix [rows, cols] (tests). */
@@ -23,8 +23,14 @@ final class CpuQ8Weight extends CpuBlockWeight {
     }
 
     @Override
-    void setRow(int r, float[] src, int off) {
-        dev.tokenpress.backend.Q8Codec.quantizeRow(src, off, cols, q, r * cols, d, r * blocks);
+    void setRow(Kernels k, int r, float[] src, int off) {
+        k.quantizeQ8Row(src, off, cols, q, r * cols, d, r * blocks);
+    }
+
+    /** The rows' blocks are consecutive, so n rows are quantized as one row of n · cols weights. */
+    @Override
+    void setRows(Kernels k, int r, int n, float[] src) {
+        k.quantizeQ8Row(src, 0, n * cols, q, r * cols, d, r * blocks);
     }
 
     @Override

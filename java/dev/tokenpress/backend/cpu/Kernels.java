@@ -120,6 +120,15 @@ interface Kernels {
     }
 
     /**
+     * Q8_0 codes and scales of one row, exactly as {@link dev.tokenpress.backend.Q8Codec#quantizeRow} (which CUDA
+     * uses too, so both backends hold the same codes): an override must give the same bits for every input, NaN and
+     * infinities included.
+     */
+    default void quantizeQ8Row(float[] src, int off, int cols, byte[] q, int qOff, float[] d, int dOff) {
+        dev.tokenpress.backend.Q8Codec.quantizeRow(src, off, cols, q, qOff, d, dOff);
+    }
+
+    /**
      * Σ_b d[dOff + b] · Σ_{j<32} q[qOff + 32b + j] · x[xOff + 32b + j] over {@code blocks} Q8_0 blocks: a row of a
      * {@link CpuQ8Weight} times an f32 vector (each block's sum taken first, then scaled).
      */

@@ -116,6 +116,43 @@ final class VectorKernels implements Kernels {
     // of lane products started from zero (FMA over the block's F.length()-lane chunks), scaled into one accumulator
     // (FMA), the lanes summed at the end. The codes are exact as floats, so widened-once and in-register codes agree.
 
+    /** 1.5 · 2^23: x + MAGIC - MAGIC rounds |x| < 2^22 to an integer (ties to even), and its bits end in x's. */
+    private static final float MAGIC = 12582912f;
+
+    /**
+     * {@link dev.tokenpress.backend.Q8Codec#quantizeRow} in vectors, the same bits: the block's max |w| by lanewise
+     * MAX (Math.max's semantics: NaN wins, so a block with a NaN gets a NaN scale as in the scalar loop; max is exact
+     * in any order), the same float multiply by 1/d, and Math.round (round half up) rebuilt from exact steps without
+     * a float-to-int conversion (Java 17 does not compile those to vector instructions): y clamped to [-128, 128]
+     * (values beyond round beyond ±127 either way), n = y + 1.5·2^23 - 1.5·2^23 (y rounded to an integer, ties to
+     * even), +1 where y - n (exact) is +0.5 (a tie that went down), clamped to [-127, 127], NaN to 0 (Math.round(NaN));
+     * the byte is the low byte of the bits of n + 1.5·2^23.
+     */
+    @Override
+    public void quantizeQ8Row(float[] src, int off, int cols, byte[] q, int qOff, float[] d, int dOff) {
+        int l = F.length(), bs = CpuBlockWeight.BLOCK;
+        if (bs % l != 0 || B.length() != l) {
+            Kernels.super.quantizeQ8Row(src, off, cols, q, qOff, d, dOff);
+            return;
+        }
+        for (int b = 0; b < cols / bs; b++) {
+            int base = off + b * bs;
+            FloatVector m = FloatVector.zero(F);
+            for (int j = 0; j < bs; j += l) m = m.max(FloatVector.fromArray(F, src, base + j).abs());
+            float amax = m.reduceLanes(VectorOperators.MAX);
+            float scale = amax / 127f, inv = scale != 0 ? 1f / scale : 0f;
+            d[dOff + b] = scale;
+            int qo = qOff + b * bs;
+            for (int j = 0; j < bs; j += l) {
+                FloatVector y = FloatVector.fromArray(F, src, base + j).mul(inv).max(-128f).min(128f);
+                FloatVector n = y.add(MAGIC).sub(MAGIC);
+                FloatVector r = n.add(1f, y.sub(n).compare(VectorOperators.EQ, 0.5f)).max(-127f).min(127f)
+                        .blend(0f, y.compare(VectorOperators.NE, y));
+                r.add(MAGIC).reinterpretAsInts().convertShape(VectorOperators.I2B, B, 0).reinterpretAsBytes().intoArray(q, qo + j);
+            }
+        }
+    }
+
     @Override
     public float dotQ8(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK;

@@ -53,6 +53,48 @@ class BlockWeightTest {
         assertThrows(IllegalArgumentException.class, () -> CpuQ8Weight.quantize(new float[48], 1, 48));
     }
 
+    /**
+     * The vectorised Q8_0 quantizer gives the scalar codec's bits (which CUDA uses too) for every value: Gaussian
+     * weights, exact halves (round half up, -2.5 to -2), NaN (a NaN scale; code 0), ±infinity, ±0, subnormals and
+     * whole blocks so small that 1/d overflows, huge values; on many rows so that the JIT compiles both.
+     */
+    @Test
+    void vectorQ8QuantizerGivesTheCodecsBits() {
+        Kernels k = Kernels.best();
+        Assumptions.assumeTrue(k instanceof VectorKernels, "the Vector API module is not loaded");
+        SplittableRandom r = new SplittableRandom(11);
+        int rows = 600, cols = 256;
+        float[] m = randn(r, rows * cols, 0.05);
+        float[] specials = {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, -0f, 0f, Float.MIN_VALUE,
+                -Float.MIN_VALUE, 1e-40f, -1e-44f, 2.5f, -2.5f, 0.5f, -0.5f, 1.5f, -1.5f, 1e30f, -3e38f, 127f, -127f};
+        for (int i = 0; i < 6000; i++) {
+            int e = r.nextInt(m.length);
+            m[e] = r.nextInt(3) == 0 ? specials[r.nextInt(specials.length)]
+                    : (r.nextInt(255) - 127) / 2f * (float) Math.pow(2, r.nextInt(40) - 20); // halves of the step
+        }
+        for (int bl = 0; bl < 300; bl++) { // tiny blocks: the scale underflows or 1/scale overflows
+            int base = r.nextInt(m.length / 32) * 32;
+            float s = (float) Math.pow(2, -(r.nextInt(30) + 115));
+            for (int j = 0; j < 32; j++) m[base + j] = (float) r.nextGaussian() * s;
+        }
+        for (int bl = 0; bl < 100; bl++) { // codes exactly at .5 after the scaling: max 127·2^e, others (n + 0.5)·2^e
+            int base = r.nextInt(m.length / 32) * 32;
+            float s = (float) Math.pow(2, r.nextInt(20) - 10);
+            m[base] = 127 * s;
+            for (int j = 1; j < 32; j++) m[base + j] = ((r.nextInt(253) - 126) + 0.5f) * s;
+        }
+        byte[] q1 = new byte[m.length], q2 = new byte[m.length];
+        float[] d1 = new float[m.length / 32], d2 = new float[m.length / 32];
+        for (int rep = 0; rep < 20; rep++)
+            for (int i = 0; i < rows; i++) {
+                dev.tokenpress.backend.Q8Codec.quantizeRow(m, i * cols, cols, q1, i * cols, d1, i * cols / 32);
+                k.quantizeQ8Row(m, i * cols, cols, q2, i * cols, d2, i * cols / 32);
+            }
+        for (int i = 0; i < d1.length; i++)
+            assertEquals(Float.floatToRawIntBits(d1[i]), Float.floatToRawIntBits(d2[i]), "scale of block " + i);
+        for (int i = 0; i < q1.length; i++) assertEquals(q1[i], q2[i], "code " + i + " of " + m[i]);
+    }
+
     @Test
     void q4QuantizationFollowsLlamaCpp() {
         SplittableRandom r = new SplittableRandom(4);
