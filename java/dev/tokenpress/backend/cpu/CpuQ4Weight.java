@@ -26,25 +26,13 @@ final class CpuQ4Weight extends CpuBlockWeight {
 
     @Override
     void setRow(Kernels k, int r, float[] src, int off) {
-        for (int b = 0; b < blocks; b++) {
-            int base = off + b * BLOCK;
-            float amax = 0, max = 0;
-            for (int j = 0; j < BLOCK; j++) {
-                float v = src[base + j];
-                if (Math.abs(v) > amax) {
-                    amax = Math.abs(v);
-                    max = v;
-                }
-            }
-            float scale = max / -8f, inv = scale != 0 ? 1f / scale : 0f;
-            d[r * blocks + b] = scale;
-            int qo = (r * cols + b * BLOCK) / 2;
-            for (int j = 0; j < BLOCK / 2; j++) {
-                int lo = Math.min(15, (int) (src[base + j] * inv + 8.5f));
-                int hi = Math.min(15, (int) (src[base + j + BLOCK / 2] * inv + 8.5f));
-                q[qo + j] = (byte) (lo | (hi << 4));
-            }
-        }
+        k.quantizeQ4Row(src, off, cols, q, r * cols / 2, d, r * blocks);
+    }
+
+    /** The rows' blocks are consecutive, so n rows are quantized as one row of n · cols weights. */
+    @Override
+    void setRows(Kernels k, int r, int n, float[] src) {
+        k.quantizeQ4Row(src, 0, n * cols, q, r * cols / 2, d, r * blocks);
     }
 
     @Override

@@ -129,6 +129,35 @@ interface Kernels {
     }
 
     /**
+     * Q4_0 codes and scales of {@code cols} weights (whole blocks of 32), llama.cpp's: per block the weight of largest
+     * magnitude m (the first of equals; NaN never), {@code d = m / -8}, codes {@code min(15, (int) (w / d + 8.5))} (as
+     * w · (1/d) + 8.5 in float), packed two per byte: element j in the low nibble of byte j, element j + 16 in the
+     * high one. An override must give the same bits for every input.
+     */
+    default void quantizeQ4Row(float[] src, int off, int cols, byte[] q, int qOff, float[] d, int dOff) {
+        for (int b = 0; b < cols / 32; b++) quantizeQ4Block(src, off + b * 32, q, qOff + b * 16, d, dOff + b);
+    }
+
+    /** One block of {@link #quantizeQ4Row}: src[base, base + 32) into q[qo, qo + 16) and d[di]. */
+    static void quantizeQ4Block(float[] src, int base, byte[] q, int qo, float[] d, int di) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; j++) {
+            float v = src[base + j];
+            if (Math.abs(v) > amax) {
+                amax = Math.abs(v);
+                max = v;
+            }
+        }
+        float scale = max / -8f, inv = scale != 0 ? 1f / scale : 0f;
+        d[di] = scale;
+        for (int j = 0; j < 16; j++) {
+            int lo = Math.min(15, (int) (src[base + j] * inv + 8.5f));
+            int hi = Math.min(15, (int) (src[base + j + 16] * inv + 8.5f));
+            q[qo + j] = (byte) (lo | (hi << 4));
+        }
+    }
+
+    /**
      * Σ_b d[dOff + b] · Σ_{j<32} q[qOff + 32b + j] · x[xOff + 32b + j] over {@code blocks} Q8_0 blocks: a row of a
      * {@link CpuQ8Weight} times an f32 vector (each block's sum taken first, then scaled).
      */

@@ -153,6 +153,56 @@ final class VectorKernels implements Kernels {
         }
     }
 
+    /**
+     * {@link Kernels#quantizeQ4Row} in vectors, the same bits: per lane the first strictly largest |w| (NaN never
+     * compares greater), their maximum, then the first weight of that magnitude (+0 when it is 0, as the scalar loop
+     * keeps its initial 0); y = w · (1/d) + 8.5 as two roundings, as the scalar expression; (int) y clamped to 15 rebuilt
+     * exactly (y is in [0, 16.5], ±∞ or NaN: y clamped to [0, 15.5], rounded by 1.5·2^23, one less where that went up;
+     * NaN to 0, -∞ to 0 as the scalar packing's low byte ends up); lo + 16 · hi is the byte. y stays in [0, 16.5] up
+     * to rounding even for subnormal d: where 1/d is finite, d >= 2^-128 is rounded by at most 2^-21 of itself (a
+     * smaller d makes 1/d infinite, so y is ±∞ or NaN).
+     */
+    @Override
+    public void quantizeQ4Row(float[] src, int off, int cols, byte[] q, int qOff, float[] d, int dOff) {
+        int l = F.length(), bs = CpuBlockWeight.BLOCK, half = bs / 2;
+        if (half % l != 0 || B.length() != l) {
+            Kernels.super.quantizeQ4Row(src, off, cols, q, qOff, d, dOff);
+            return;
+        }
+        for (int b = 0; b < cols / bs; b++) {
+            int base = off + b * bs;
+            FloatVector m = FloatVector.zero(F);
+            for (int j = 0; j < bs; j += l) {
+                FloatVector a = FloatVector.fromArray(F, src, base + j).abs();
+                m = m.blend(a, a.compare(VectorOperators.GT, m));
+            }
+            float amax = m.reduceLanes(VectorOperators.MAX), max = 0;
+            if (amax != 0)
+                for (int j = 0; j < bs; j++)
+                    if (Math.abs(src[base + j]) == amax) {
+                        max = src[base + j];
+                        break;
+                    }
+            int qo = qOff + b * half;
+            float scale = max / -8f, inv = scale != 0 ? 1f / scale : 0f;
+            d[dOff + b] = scale;
+            for (int j = 0; j < half; j += l) {
+                FloatVector lo = q4Code(FloatVector.fromArray(F, src, base + j), inv);
+                FloatVector hi = q4Code(FloatVector.fromArray(F, src, base + half + j), inv);
+                hi.mul(16f).add(lo).add(MAGIC).reinterpretAsInts().convertShape(VectorOperators.I2B, B, 0).reinterpretAsBytes()
+                        .intoArray(q, qo + j);
+            }
+        }
+    }
+
+    /** min(15, (int) (w · inv + 8.5f)) as an exact float, 0 for NaN and -∞ (see quantizeQ4Row). */
+    private static FloatVector q4Code(FloatVector w, float inv) {
+        FloatVector y = w.mul(inv).add(8.5f);
+        FloatVector c = y.min(15.5f).max(0f);
+        FloatVector n = c.add(MAGIC).sub(MAGIC);
+        return n.sub(1f, n.compare(VectorOperators.GT, c)).blend(0f, y.compare(VectorOperators.NE, y));
+    }
+
     @Override
     public float dotQ8(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK;

@@ -54,35 +54,53 @@ class BlockWeightTest {
     }
 
     /**
-     * The vectorised Q8_0 quantizer gives the scalar codec's bits (which CUDA uses too) for every value: Gaussian
-     * weights, exact halves (round half up, -2.5 to -2), NaN (a NaN scale; code 0), ±infinity, ±0, subnormals and
-     * whole blocks so small that 1/d overflows, huge values; on many rows so that the JIT compiles both.
+     * Weights that stress the quantizers: Gaussian weights, values at exact halves of a step, NaN, ±infinity, ±0,
+     * subnormals, whole blocks so small that the scale rounds or 1/d overflows, blocks whose codes fall exactly on .5,
+     * blocks with +m and -m both present (the first sets the Q4 scale's sign).
      */
-    @Test
-    void vectorQ8QuantizerGivesTheCodecsBits() {
-        Kernels k = Kernels.best();
-        Assumptions.assumeTrue(k instanceof VectorKernels, "the Vector API module is not loaded");
-        SplittableRandom r = new SplittableRandom(11);
-        int rows = 600, cols = 256;
-        float[] m = randn(r, rows * cols, 0.05);
+    private static float[] hardWeights(SplittableRandom r, int n) {
+        float[] m = randn(r, n, 0.05);
         float[] specials = {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, -0f, 0f, Float.MIN_VALUE,
                 -Float.MIN_VALUE, 1e-40f, -1e-44f, 2.5f, -2.5f, 0.5f, -0.5f, 1.5f, -1.5f, 1e30f, -3e38f, 127f, -127f};
-        for (int i = 0; i < 6000; i++) {
-            int e = r.nextInt(m.length);
+        for (int i = 0; i < n / 40; i++) {
+            int e = r.nextInt(n);
             m[e] = r.nextInt(3) == 0 ? specials[r.nextInt(specials.length)]
                     : (r.nextInt(255) - 127) / 2f * (float) Math.pow(2, r.nextInt(40) - 20); // halves of the step
         }
-        for (int bl = 0; bl < 300; bl++) { // tiny blocks: the scale underflows or 1/scale overflows
-            int base = r.nextInt(m.length / 32) * 32;
-            float s = (float) Math.pow(2, -(r.nextInt(30) + 115));
+        for (int bl = 0; bl < n / 500; bl++) { // tiny blocks: the scale underflows, rounds, or 1/scale overflows
+            int base = r.nextInt(n / 32) * 32;
+            float s = (float) Math.pow(2, -(r.nextInt(45) + 100));
             for (int j = 0; j < 32; j++) m[base + j] = (float) r.nextGaussian() * s;
+            if (bl % 3 == 0) for (int j = 0; j < 32; j++) m[base + j] = (r.nextInt(31) - 15) * Float.MIN_VALUE;
         }
-        for (int bl = 0; bl < 100; bl++) { // codes exactly at .5 after the scaling: max 127·2^e, others (n + 0.5)·2^e
-            int base = r.nextInt(m.length / 32) * 32;
+        for (int bl = 0; bl < n / 1500; bl++) { // Q8 codes exactly at .5 after the scaling: max 127·2^e, others (k + 0.5)·2^e
+            int base = r.nextInt(n / 32) * 32;
             float s = (float) Math.pow(2, r.nextInt(20) - 10);
             m[base] = 127 * s;
             for (int j = 1; j < 32; j++) m[base + j] = ((r.nextInt(253) - 126) + 0.5f) * s;
         }
+        for (int bl = 0; bl < n / 1500; bl++) { // Q4: ±m both present, codes at .5 (w = (k - 8.5)·d')
+            int base = r.nextInt(n / 32) * 32;
+            float s = (float) Math.pow(2, r.nextInt(20) - 10);
+            for (int j = 0; j < 32; j++) m[base + j] = (r.nextInt(17) - 8.5f) * s;
+            m[base + r.nextInt(32)] = 8 * s;
+            m[base + r.nextInt(32)] = -8 * s;
+        }
+        return m;
+    }
+
+    /**
+     * The vectorised Q8_0 and Q4_0 quantizers give the scalar loops' bits (the Q8 codec is what CUDA uses too) for
+     * every value; on many rows, so that the JIT compiles them.
+     */
+    @Test
+    void vectorQuantizersGiveTheScalarBits() {
+        Kernels k = Kernels.best();
+        Assumptions.assumeTrue(k instanceof VectorKernels, "the Vector API module is not loaded");
+        Kernels scalar = new ScalarKernels();
+        SplittableRandom r = new SplittableRandom(11);
+        int rows = 600, cols = 256;
+        float[] m = hardWeights(r, rows * cols);
         byte[] q1 = new byte[m.length], q2 = new byte[m.length];
         float[] d1 = new float[m.length / 32], d2 = new float[m.length / 32];
         for (int rep = 0; rep < 20; rep++)
@@ -91,8 +109,19 @@ class BlockWeightTest {
                 k.quantizeQ8Row(m, i * cols, cols, q2, i * cols, d2, i * cols / 32);
             }
         for (int i = 0; i < d1.length; i++)
-            assertEquals(Float.floatToRawIntBits(d1[i]), Float.floatToRawIntBits(d2[i]), "scale of block " + i);
-        for (int i = 0; i < q1.length; i++) assertEquals(q1[i], q2[i], "code " + i + " of " + m[i]);
+            assertEquals(Float.floatToRawIntBits(d1[i]), Float.floatToRawIntBits(d2[i]), "q8 scale of block " + i);
+        for (int i = 0; i < q1.length; i++) assertEquals(q1[i], q2[i], "q8 code " + i + " of " + m[i]);
+
+        java.util.Arrays.fill(q1, (byte) 0);
+        java.util.Arrays.fill(q2, (byte) 0);
+        for (int rep = 0; rep < 20; rep++)
+            for (int i = 0; i < rows; i++) {
+                scalar.quantizeQ4Row(m, i * cols, cols, q1, i * cols / 2, d1, i * cols / 32);
+                k.quantizeQ4Row(m, i * cols, cols, q2, i * cols / 2, d2, i * cols / 32);
+            }
+        for (int i = 0; i < d1.length; i++)
+            assertEquals(Float.floatToRawIntBits(d1[i]), Float.floatToRawIntBits(d2[i]), "q4 scale of block " + i);
+        for (int i = 0; i < q1.length / 2; i++) assertEquals(q1[i], q2[i], "q4 byte " + i);
     }
 
     @Test
