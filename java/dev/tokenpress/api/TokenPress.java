@@ -83,10 +83,7 @@ public final class TokenPress implements AutoCloseable {
                     + (c.ropeScaling() == null ? "none" : c.ropeScaling().type()) + ")");
         }
         // the tokenizer loads on another thread while the weights load (or upload to a GPU) here
-        java.util.concurrent.FutureTask<HfTokenizer> tokenizer = new java.util.concurrent.FutureTask<>(() -> HfTokenizer.load(dir));
-        Thread tokThread = new Thread(tokenizer, "tokenizer-load");
-        tokThread.setDaemon(true);
-        tokThread.start();
+        HfTokenizer.Pending tokenizer = HfTokenizer.loadInBackground(dir);
         SafeTensors st;
         try {
             st = SafeTensors.open(dir);
@@ -134,7 +131,7 @@ public final class TokenPress implements AutoCloseable {
                 options.log().accept(String.format(java.util.Locale.ROOT, "weights: %s, %.1f MiB", options.weights(),
                         w.allocatedBytes() / 1048576.0));
             Llama model = new Llama(config, w, backend, options.maxChunk());
-            tok = tokenizer(tokenizer);
+            tok = tokenizer.get();
             long ms = (System.nanoTime() - t0) / 1_000_000;
             TokenPress tp = new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
             tp.weights = options.weights();
@@ -152,36 +149,15 @@ public final class TokenPress implements AutoCloseable {
         }
     }
 
-    /** The loaded tokenizer, or the exception its load threw. */
-    private static HfTokenizer tokenizer(java.util.concurrent.FutureTask<HfTokenizer> task) {
-        boolean interrupted = false;
-        try {
-            while (true) {
-                try {
-                    return task.get();
-                } catch (InterruptedException e) {
-                    interrupted = true;
-                } catch (java.util.concurrent.ExecutionException e) {
-                    Throwable c = e.getCause();
-                    if (c instanceof RuntimeException r) throw r;
-                    if (c instanceof Error err) throw err;
-                    throw new dev.tokenpress.io.ModelLoadException(c.toString(), c);
-                }
-            }
-        } finally {
-            if (interrupted) Thread.currentThread().interrupt();
-        }
-    }
-
     /**
      * After a failure elsewhere (a RuntimeException or an Error): waits for the tokenizer and closes it, and throws
      * or returns what to throw: the tokenizer's own exception if its load failed too (it is checked first, as when it
      * loaded before the weights), else {@code failure}.
      */
-    private static RuntimeException firstFailure(java.util.concurrent.FutureTask<HfTokenizer> task, Throwable failure) {
+    private static RuntimeException firstFailure(HfTokenizer.Pending tokenizer, Throwable failure) {
         Throwable t = failure;
         try {
-            tokenizer(task).close();
+            tokenizer.get().close();
         } catch (RuntimeException | Error e) {
             if (e != failure) {
                 e.addSuppressed(failure);

@@ -129,6 +129,36 @@ public final class HfTokenizer implements AutoCloseable {
         return new HfTokenizer(t, file, c.maxId + 1, c.prefix, c.vocab, c.special);
     }
 
+    /** Starts {@link #load} on a thread of its own (e.g. beside a model's weights); {@link Pending#get} waits for it. */
+    public static Pending loadInBackground(Path modelDir) {
+        java.util.concurrent.FutureTask<HfTokenizer> task = new java.util.concurrent.FutureTask<>(() -> load(modelDir));
+        Thread t = new Thread(task, "tokenizer-load");
+        t.setDaemon(true);
+        t.start();
+        return new Pending(task);
+    }
+
+    /** A tokenizer loading on its own thread ({@link #loadInBackground}). */
+    public static final class Pending {
+        private final java.util.concurrent.FutureTask<HfTokenizer> task;
+
+        private Pending(java.util.concurrent.FutureTask<HfTokenizer> task) {
+            this.task = task;
+        }
+
+        /** Waits for the load (an interrupt is kept for later) and returns the tokenizer, or throws what the load threw. */
+        public HfTokenizer get() {
+            try {
+                return getUninterruptibly(task);
+            } catch (java.util.concurrent.ExecutionException e) {
+                Throwable c = e.getCause();
+                if (c instanceof RuntimeException r) throw r;
+                if (c instanceof Error err) throw err;
+                throw new ModelLoadException(c.toString(), c);
+            }
+        }
+    }
+
     private static <T> T getUninterruptibly(java.util.concurrent.FutureTask<T> task)
             throws java.util.concurrent.ExecutionException {
         boolean interrupted = false;

@@ -24,13 +24,7 @@ class TypicalSamplerTest {
         if (p >= 1.0f) return;
         cur.softmax(false);
         int n = cur.size;
-        double entropy = 0;
-        for (int i = 0; i < n; i++) {
-            float pi = cur.probs[i];
-            if (pi > 0f) entropy -= pi * Math.log(pi);
-        }
-        float[] score = new float[n];
-        for (int i = 0; i < n; i++) score[i] = (float) Math.abs(-Math.log(cur.probs[i]) - entropy);
+        float[] score = scores(cur);
         // the logit order: descending logit, ties by position (as a full sort by logit gives)
         int[] byLogit = new int[n];
         for (int i = 0; i < n; i++) byLogit[i] = i;
@@ -57,6 +51,19 @@ class TypicalSamplerTest {
         cur.keep(keep, last);
     }
 
+    /** Each candidate's |-ln p - H|, H summed in list order, both with Math.log. */
+    private static float[] scores(TokenDataArray cur) {
+        int n = cur.size;
+        double entropy = 0;
+        for (int i = 0; i < n; i++) {
+            float pi = cur.probs[i];
+            if (pi > 0f) entropy -= pi * Math.log(pi);
+        }
+        float[] score = new float[n];
+        for (int i = 0; i < n; i++) score[i] = (float) Math.abs(-Math.log(cur.probs[i]) - entropy);
+        return score;
+    }
+
     /** The float's order as TokenDataArray.orderByAscending keys it. */
     private static int key(float s) {
         int bits = Float.floatToRawIntBits(s);
@@ -67,13 +74,7 @@ class TypicalSamplerTest {
     static void sortedFirst(TokenDataArray cur, float p, int minKeep) {
         cur.softmax(true);
         int n = cur.size;
-        double entropy = 0;
-        for (int i = 0; i < n; i++) {
-            float pi = cur.probs[i];
-            if (pi > 0f) entropy -= pi * Math.log(pi);
-        }
-        float[] score = new float[n];
-        for (int i = 0; i < n; i++) score[i] = (float) Math.abs(-Math.log(cur.probs[i]) - entropy);
+        float[] score = scores(cur);
         int[] order = cur.orderByAscending(score);
         float cum = 0f;
         int last = n;
