@@ -187,6 +187,14 @@ interface Kernels {
         dotQ8fx4(qf, d, dOff, x, xOff1, blocks, out, 4);
     }
 
+    /** {@link #dotQ8fx4} for three x rows: out[4i .. 4i + 4) for x at xOff_i (each bit-identical). */
+    default void dotQ8fx4x3(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int xOff2, int blocks,
+                            float[] out) {
+        dotQ8fx4(qf, d, dOff, x, xOff0, blocks, out, 0);
+        dotQ8fx4(qf, d, dOff, x, xOff1, blocks, out, 4);
+        dotQ8fx4(qf, d, dOff, x, xOff2, blocks, out, 8);
+    }
+
     /**
      * {@link #dotQ8} for Q4_0 codes ({@link CpuQ4Weight}: 16 bytes per block, code j − 8 of a block in the low nibble
      * of byte j for j < 16, the high nibble of byte j − 16 otherwise): the same operations as {@link #dotQ8f} over

@@ -214,11 +214,12 @@ class BlockWeightTest {
         try (CpuBackend b = new CpuBackend(2)) {
             float[] xs = randn(r, 9 * in, 1.0);
             CpuTensor x9 = new CpuTensor(xs, 9, in), o9 = new CpuTensor(9, out);
-            b.matmul(o9, x9, w, new CpuTensor(bias, 1, out), 9);   // chunk path: pairs of x rows and one left over
-            for (int rows : new int[] {1, 3, 4}) {
+            b.matmul(o9, x9, w, new CpuTensor(bias, 1, out), 9);   // chunk path: triples of x rows
+            // decode path (up to four rows), and chunks whose x rows end in a pair (5, 8) or a single row (7)
+            for (int rows : new int[] {1, 3, 4, 5, 7, 8}) {
                 float[] part = java.util.Arrays.copyOf(xs, rows * in);
                 CpuTensor o = new CpuTensor(rows, out);
-                b.matmul(o, new CpuTensor(part, rows, in), w, new CpuTensor(bias, 1, out), rows); // decode path
+                b.matmul(o, new CpuTensor(part, rows, in), w, new CpuTensor(bias, 1, out), rows);
                 for (int i = 0; i < rows * out; i++) assertEquals(o9.data[i], o.data[i], 0f, rows + " rows, element " + i);
             }
             // embedding rows are the dequantized rows
