@@ -7,7 +7,8 @@ import java.nio.ByteBuffer;
 
 /**
  * The Q8_0 quantizer every backend uses (so CPU and CUDA hold the same codes): per block of 32 weights along a row,
- * {@code d = max|w| / 127}, codes {@code round(w / d)} clamped to [-127, 127] (0 for an all-zero block).
+ * {@code d = max|w| / 127}, codes {@code round(w / d)} clamped to [-127, 127] (0 for an all-zero block; a block with
+ * a NaN gets the canonical NaN as its scale and codes 0).
  */
 public final class Q8Codec {
     public static final int BLOCK = 32;
@@ -20,7 +21,10 @@ public final class Q8Codec {
             int base = off + b * BLOCK;
             float amax = 0;
             for (int j = 0; j < BLOCK; j++) amax = Math.max(amax, Math.abs(src[base + j]));
-            float scale = amax / 127f, inv = scale != 0 ? 1f / scale : 0f;
+            float scale = amax / 127f;
+            // one NaN for a block with any: Math.abs keeps or clears a NaN's sign depending on how the JIT compiled it
+            if (scale != scale) scale = Float.NaN;
+            float inv = scale != 0 ? 1f / scale : 0f;
             d[dOff + b] = scale;
             int qo = qOff + b * BLOCK;
             for (int j = 0; j < BLOCK; j++) q[qo + j] = (byte) Math.max(-127, Math.min(127, Math.round(src[base + j] * inv)));

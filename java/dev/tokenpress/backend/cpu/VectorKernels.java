@@ -121,8 +121,7 @@ final class VectorKernels implements Kernels {
 
     /**
      * {@link dev.tokenpress.backend.Q8Codec#quantizeRow} in vectors, the same bits: the block's max |w| by lanewise
-     * MAX (Math.max's semantics: NaN wins, so a block with a NaN gets a NaN scale as in the scalar loop; max is exact
-     * in any order), the same float multiply by 1/d, and Math.round (round half up) rebuilt from exact steps without
+     * MAX (exact in any order; a block with a NaN gets the canonical NaN, as in the codec), the same float multiply by 1/d, and Math.round (round half up) rebuilt from exact steps without
      * a float-to-int conversion (Java 17 does not compile those to vector instructions): y clamped to [-128, 128]
      * (values beyond round beyond ±127 either way), n = y + 1.5·2^23 - 1.5·2^23 (y rounded to an integer, ties to
      * even), +1 where y - n (exact) is +0.5 (a tie that went down), clamped to [-127, 127], NaN to 0 (Math.round(NaN));
@@ -140,9 +139,11 @@ final class VectorKernels implements Kernels {
             FloatVector m = FloatVector.zero(F);
             for (int j = 0; j < bs; j += l) m = m.max(FloatVector.fromArray(F, src, base + j).abs());
             float amax = m.reduceLanes(VectorOperators.MAX);
-            float scale = amax / 127f, inv = scale != 0 ? 1f / scale : 0f;
-            d[dOff + b] = scale;
             int qo = qOff + b * bs;
+            float scale = amax / 127f;
+            if (scale != scale) scale = Float.NaN; // the codec's canonical NaN
+            float inv = scale != 0 ? 1f / scale : 0f;
+            d[dOff + b] = scale;
             for (int j = 0; j < bs; j += l) {
                 FloatVector y = FloatVector.fromArray(F, src, base + j).mul(inv).max(-128f).min(128f);
                 FloatVector n = y.add(MAGIC).sub(MAGIC);

@@ -60,8 +60,10 @@ class BlockWeightTest {
      */
     private static float[] hardWeights(SplittableRandom r, int n) {
         float[] m = randn(r, n, 0.05);
-        float[] specials = {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, -0f, 0f, Float.MIN_VALUE,
-                -Float.MIN_VALUE, 1e-40f, -1e-44f, 2.5f, -2.5f, 0.5f, -0.5f, 1.5f, -1.5f, 1e30f, -3e38f, 127f, -127f};
+        float[] specials = {Float.NaN, Float.intBitsToFloat(0xFFC00000), Float.intBitsToFloat(0x7FC00123), // NaN payloads
+                Float.intBitsToFloat(0xFF800001), Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, -0f, 0f,
+                Float.MIN_VALUE, -Float.MIN_VALUE, 1e-40f, -1e-44f, 2.5f, -2.5f, 0.5f, -0.5f, 1.5f, -1.5f, 1e30f, -3e38f,
+                127f, -127f};
         for (int i = 0; i < n / 40; i++) {
             int e = r.nextInt(n);
             m[e] = r.nextInt(3) == 0 ? specials[r.nextInt(specials.length)]
@@ -103,25 +105,29 @@ class BlockWeightTest {
         float[] m = hardWeights(r, rows * cols);
         byte[] q1 = new byte[m.length], q2 = new byte[m.length];
         float[] d1 = new float[m.length / 32], d2 = new float[m.length / 32];
-        for (int rep = 0; rep < 20; rep++)
+        // every repetition compared: the interpreter's, C1's and C2's code must all agree
+        for (int rep = 0; rep < 60; rep++) {
             for (int i = 0; i < rows; i++) {
                 dev.tokenpress.backend.Q8Codec.quantizeRow(m, i * cols, cols, q1, i * cols, d1, i * cols / 32);
                 k.quantizeQ8Row(m, i * cols, cols, q2, i * cols, d2, i * cols / 32);
             }
-        for (int i = 0; i < d1.length; i++)
-            assertEquals(Float.floatToRawIntBits(d1[i]), Float.floatToRawIntBits(d2[i]), "q8 scale of block " + i);
-        for (int i = 0; i < q1.length; i++) assertEquals(q1[i], q2[i], "q8 code " + i + " of " + m[i]);
-
-        java.util.Arrays.fill(q1, (byte) 0);
-        java.util.Arrays.fill(q2, (byte) 0);
-        for (int rep = 0; rep < 20; rep++)
+            assertSameBits(q1, d1, q2, d2, m.length, "q8, repetition " + rep);
+        }
+        for (int rep = 0; rep < 60; rep++) {
             for (int i = 0; i < rows; i++) {
                 scalar.quantizeQ4Row(m, i * cols, cols, q1, i * cols / 2, d1, i * cols / 32);
                 k.quantizeQ4Row(m, i * cols, cols, q2, i * cols / 2, d2, i * cols / 32);
             }
+            assertSameBits(q1, d1, q2, d2, m.length / 2, "q4, repetition " + rep);
+        }
+    }
+
+    private static void assertSameBits(byte[] q1, float[] d1, byte[] q2, float[] d2, int codes, String what) {
         for (int i = 0; i < d1.length; i++)
-            assertEquals(Float.floatToRawIntBits(d1[i]), Float.floatToRawIntBits(d2[i]), "q4 scale of block " + i);
-        for (int i = 0; i < q1.length / 2; i++) assertEquals(q1[i], q2[i], "q4 byte " + i);
+            if (Float.floatToRawIntBits(d1[i]) != Float.floatToRawIntBits(d2[i]))
+                fail(what + ": scale of block " + i + ": " + Integer.toHexString(Float.floatToRawIntBits(d1[i])) + " vs "
+                        + Integer.toHexString(Float.floatToRawIntBits(d2[i])));
+        for (int i = 0; i < codes; i++) if (q1[i] != q2[i]) fail(what + ": code byte " + i + ": " + q1[i] + " vs " + q2[i]);
     }
 
     @Test
