@@ -67,21 +67,7 @@ public final class TokenPress implements AutoCloseable {
 
     private static TokenPress load(Path dir, LoadOptions options, Backend shared) {
         long t0 = System.nanoTime();
-        LlamaConfig config = ConfigLoader.load(dir);
-        if (options.rope() != null) {
-            LlamaConfig.RopeScaling r = options.rope() == LoadOptions.NO_ROPE_SCALING ? null : options.rope();
-            LlamaConfig c = config;
-            if (r != null && r.type().equals("yarn") && r.originalMaxPositionEmbeddings() <= 0) // the checkpoint's context
-                r = new LlamaConfig.RopeScaling("yarn", r.factor(), r.lowFreqFactor(), r.highFreqFactor(),
-                        c.maxPositionEmbeddings(), r.attentionFactor(), r.truncate());
-            config = new LlamaConfig(c.architecture(), c.modelType(), c.hiddenSize(), c.intermediateSize(), c.numLayers(),
-                    c.numHeads(), c.numKvHeads(), c.headDim(), c.vocabSize(), c.rmsNormEps(), c.ropeTheta(), r,
-                    c.maxPositionEmbeddings(), c.tieWordEmbeddings(), c.attentionBias(), c.slidingWindow(), c.bosTokenId(),
-                    c.eosTokenIds(), c.torchDtype());
-            options.log().accept("rope: " + (r == null ? "no scaling" : r.type() + " x" + r.factor() + " over "
-                    + r.originalMaxPositionEmbeddings() + " positions") + " (in place of config.json's "
-                    + (c.ropeScaling() == null ? "none" : c.ropeScaling().type()) + ")");
-        }
+        LlamaConfig config = config(dir, options);
         // the tokenizer loads on another thread while the weights load (or upload to a GPU) here
         HfTokenizer.Pending tokenizer = HfTokenizer.loadInBackground(dir);
         SafeTensors st;
@@ -119,7 +105,10 @@ public final class TokenPress implements AutoCloseable {
                     for (dev.tokenpress.model.LoraAdapter a : adapters) t = a.apply(t);
                     return t;
                 };
-                w = Weights.load(st, config, backend, i -> pl.update("load", i, layers), merge);
+                w = Weights.load(st, config, backend, i -> {
+                    pl.update("load", i, layers);
+                    tokenizer.failFast();
+                }, merge);
                 for (dev.tokenpress.model.LoraAdapter a : adapters) {
                     a.checkAllMerged();
                     options.log().accept("lora: merged " + a.directory() + " (" + a.moduleCount() + " projections)");
@@ -147,6 +136,26 @@ public final class TokenPress implements AutoCloseable {
             }
             throw firstFailure(tokenizer, e);
         }
+    }
+
+    /** config.json, with a RoPE scaling given at load time in place of its own. */
+    private static LlamaConfig config(Path dir, LoadOptions options) {
+        LlamaConfig config = ConfigLoader.load(dir);
+        if (options.rope() != null) {
+            LlamaConfig.RopeScaling r = options.rope() == LoadOptions.NO_ROPE_SCALING ? null : options.rope();
+            LlamaConfig c = config;
+            if (r != null && r.type().equals("yarn") && r.originalMaxPositionEmbeddings() <= 0) // the checkpoint's context
+                r = new LlamaConfig.RopeScaling("yarn", r.factor(), r.lowFreqFactor(), r.highFreqFactor(),
+                        c.maxPositionEmbeddings(), r.attentionFactor(), r.truncate());
+            config = new LlamaConfig(c.architecture(), c.modelType(), c.hiddenSize(), c.intermediateSize(), c.numLayers(),
+                    c.numHeads(), c.numKvHeads(), c.headDim(), c.vocabSize(), c.rmsNormEps(), c.ropeTheta(), r,
+                    c.maxPositionEmbeddings(), c.tieWordEmbeddings(), c.attentionBias(), c.slidingWindow(), c.bosTokenId(),
+                    c.eosTokenIds(), c.torchDtype());
+            options.log().accept("rope: " + (r == null ? "no scaling" : r.type() + " x" + r.factor() + " over "
+                    + r.originalMaxPositionEmbeddings() + " positions") + " (in place of config.json's "
+                    + (c.ropeScaling() == null ? "none" : c.ropeScaling().type()) + ")");
+        }
+        return config;
     }
 
     /**

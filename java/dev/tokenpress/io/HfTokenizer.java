@@ -146,6 +146,11 @@ public final class HfTokenizer implements AutoCloseable {
             this.task = task;
         }
 
+        /** Throws what the load threw if it has already failed (so a broken tokenizer.json stops a long weight load). */
+        public void failFast() {
+            if (task.isDone()) get();
+        }
+
         /** Waits for the load (an interrupt is kept for later) and returns the tokenizer, or throws what the load threw. */
         public HfTokenizer get() {
             try {
@@ -212,10 +217,12 @@ public final class HfTokenizer implements AutoCloseable {
                     String field = p.currentName();
                     com.fasterxml.jackson.core.JsonToken value = p.nextToken();
                     switch (field) {
-                        case "model" -> {
-                            if (value != com.fasterxml.jackson.core.JsonToken.START_OBJECT) throw notTokenizer(file);
-                            model = true;
-                            maxId = Math.max(maxId, readModel(p, vocab));
+                        case "model" -> { // a repeated key: the last one counts, as in a JSON tree
+                            vocab.clear();
+                            maxId = -1;
+                            model = value == com.fasterxml.jackson.core.JsonToken.START_OBJECT;
+                            if (model) maxId = readModel(p, vocab);
+                            else p.skipChildren();
                         }
                         case "added_tokens" -> added = p.readValueAsTree();
                         case "post_processor" -> postProcessor = p.readValueAsTree();
@@ -247,14 +254,17 @@ public final class HfTokenizer implements AutoCloseable {
                 com.fasterxml.jackson.core.JsonToken value = p.nextToken();
                 if (!field.equals("vocab")) {
                     p.skipChildren();
-                } else if (value == com.fasterxml.jackson.core.JsonToken.START_OBJECT) {
+                    continue;
+                }
+                vocab.clear(); // a repeated "vocab": the last one counts
+                maxId = -1;
+                if (value == com.fasterxml.jackson.core.JsonToken.START_OBJECT) {
                     while (p.nextToken() == com.fasterxml.jackson.core.JsonToken.FIELD_NAME) {
                         String token = p.currentName();
                         p.nextToken();
-                        int id = p.currentToken().isNumeric() ? p.getValueAsInt() : asIntLikeTree(p);
-                        vocab.put(token, id);
-                        maxId = Math.max(maxId, id);
+                        vocab.put(token, p.currentToken().isNumeric() ? p.getValueAsInt() : asIntLikeTree(p));
                     }
+                    for (int id : vocab.values()) maxId = Math.max(maxId, id); // a repeated token: its last id
                 } else if (value == com.fasterxml.jackson.core.JsonToken.START_ARRAY) {
                     int i = 0;
                     while (p.nextToken() != com.fasterxml.jackson.core.JsonToken.END_ARRAY) {
@@ -270,7 +280,7 @@ public final class HfTokenizer implements AutoCloseable {
                         }
                         i++;
                     }
-                    maxId = Math.max(maxId, i - 1);
+                    maxId = i - 1;
                 } else {
                     p.skipChildren();
                 }

@@ -28,6 +28,14 @@ class LoadErrorsTest {
     }
 
     @Test
+    void aMissingConfigComesFirst() throws Exception {
+        Path d = copy("no-config", "model.safetensors"); // no tokenizer.json either
+        ModelLoadException e = assertThrows(ModelLoadException.class, () -> TokenPress.load(d, LoadOptions.defaults().withDevice("cpu")));
+        assertTrue(e.getMessage().contains("config.json"), e.getMessage());
+        assertEquals(0, e.getSuppressed().length);
+    }
+
+    @Test
     void aMissingTokenizerIsNamed() throws Exception {
         Path d = copy("no-tokenizer", "config.json", "model.safetensors");
         ModelLoadException e = assertThrows(ModelLoadException.class, () -> TokenPress.load(d, LoadOptions.defaults().withDevice("cpu")));

@@ -138,8 +138,8 @@ class HfTokenizerTest {
     }
 
     /** A SentencePiece-style (Llama 2 / TinyLlama / Mistral) tokenizer: Metaspace, byte fallback, Strip decoder. */
-    @Test
-    void sentencePieceStyleTokenizerStreamsCorrectly() throws Exception {
+    /** A SentencePiece-style BPE (Llama 2 / Mistral): ▁ for spaces, byte fallback, a BOS template. */
+    static String sentencePieceJson() {
         StringBuilder vocab = new StringBuilder("\"<unk>\":0,\"<s>\":1,\"</s>\":2");
         int id = 3;
         for (int b = 0; b < 256; b++) vocab.append(String.format(",\"<0x%02X>\":%d", b, id++));
@@ -162,6 +162,12 @@ class HfTokenizerTest {
                 + "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":\"<unk>\",\"continuing_subword_prefix\":null,"
                 + "\"end_of_word_suffix\":null,\"fuse_unk\":true,\"byte_fallback\":true,\"ignore_merges\":false,"
                 + "\"vocab\":{" + vocab + "},\"merges\":[\"▁ H\",\"▁H e\"]}}";
+        return json;
+    }
+
+    @Test
+    void sentencePieceStyleTokenizerStreamsCorrectly() throws Exception {
+        String json = sentencePieceJson();
         Path d = Files.createDirectories(dir.resolve("sp"));
         Files.writeString(d.resolve("tokenizer.json"), json);
         try (HfTokenizer sp = HfTokenizer.load(d)) {
@@ -207,8 +213,17 @@ class HfTokenizerTest {
                 + "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"<x>\":3},\"merges\":[[\"a\",\"b\"]]},"
                 + "\"added_tokens\":[{\"id\":5,\"content\":\"<x>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},"
                 + "{\"id\":4,\"content\":\"<y>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":false}]}");
-        for (Path d : new Path[] {big, big128, uni, late, dir.resolve("sp")}) {
-            if (!Files.exists(d.resolve("tokenizer.json"))) continue; // "sp" exists once its test has run
+        Path sp = Files.createDirectories(dir.resolve("sp-vocab"));
+        Files.writeString(sp.resolve("tokenizer.json"), sentencePieceJson());
+        // repeated keys: the last "model", the last "vocab", a token's last id (as a JSON tree and the native parser)
+        String bpe = "\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"continuing_subword_prefix\":null,"
+                + "\"end_of_word_suffix\":null,\"fuse_unk\":false,\"byte_fallback\":false,";
+        Path dup = Files.createDirectories(dir.resolve("dup"));
+        Files.writeString(dup.resolve("tokenizer.json"), head + nulls + "\"added_tokens\":[],"
+                + "\"model\":{" + bpe + "\"vocab\":{\"x\":0,\"y\":1,\"zz\":9},\"merges\":[]},"
+                + "\"model\":{" + bpe + "\"vocab\":{\"q\":7},\"vocab\":{\"a\":9,\"b\":1,\"ab\":2,\"a\":0},"
+                + "\"merges\":[[\"a\",\"b\"]]}}");
+        for (Path d : new Path[] {big, big128, uni, late, sp, dup}) {
             com.fasterxml.jackson.databind.JsonNode root = new com.fasterxml.jackson.databind.ObjectMapper()
                     .readTree(Files.readAllBytes(d.resolve("tokenizer.json")));
             java.util.Map<String, Integer> vocab = new java.util.HashMap<>();
@@ -238,7 +253,7 @@ class HfTokenizerTest {
                 for (int id = 0; id < t.vocabSize(); id++) assertEquals(special.contains(id), t.isSpecial(id), "special " + id);
                 if (d.equals(big) || d.equals(big128))
                     assertArrayEquals(new int[] {t.tokenId(ByteLevelBpe.BOS)}, t.prefixIds());
-                else if (!d.endsWith("sp")) assertEquals(0, t.prefixIds().length);
+                else if (!d.equals(sp)) assertEquals(0, t.prefixIds().length);
             }
         }
         try (HfTokenizer t = HfTokenizer.load(late)) {
@@ -246,6 +261,13 @@ class HfTokenizerTest {
             assertEquals(6, t.vocabSize());
             assertTrue(t.isSpecial(5));
             assertFalse(t.isSpecial(4));
+        }
+        try (HfTokenizer t = HfTokenizer.load(dup)) {
+            assertEquals(3, t.vocabSize());
+            assertEquals(-1, t.tokenId("x"));
+            assertEquals(-1, t.tokenId("q"));
+            assertEquals(0, t.tokenId("a"));
+            assertArrayEquals(new int[] {2}, t.encodeNoSpecial("ab"), "the native tokenizer reads the same vocabulary");
         }
         try (HfTokenizer t = HfTokenizer.load(uni)) {
             assertEquals(3, t.tokenId("ab"));
