@@ -14,10 +14,22 @@ final class VectorKernels implements Kernels {
     private static final VectorSpecies<Float> F = FloatVector.SPECIES_PREFERRED;
     private static final VectorSpecies<Integer> I = IntVector.SPECIES_PREFERRED;
 
-    /** Bytes with one lane per float lane: a chunk of packed codes, spread by a shuffle before widening. */
-    private static final VectorSpecies<Byte> B = VectorSpecies.of(byte.class, VectorShape.forBitSize(F.length() * 8));
+    /**
+     * Bytes with one lane per float lane: a chunk of packed codes, spread by a shuffle before widening. None with
+     * 128-bit vectors (NEON, SSE: four bytes are no vector shape); the kernels on packed codes (Q8_0 / Q4_0 weights,
+     * quantized KV) then take the scalar loops and everything else stays vectorised.
+     */
+    private static final VectorSpecies<Byte> B = byteSpecies();
     /** Per code width 2, 4, 8: lane i reads byte i·b/8 and shifts right by (i·b) mod 8. */
-    private static final VectorShuffle<Byte>[] SPREAD = spread();
+    private static final VectorShuffle<Byte>[] SPREAD = B == null ? null : spread();
+
+    private static VectorSpecies<Byte> byteSpecies() {
+        try {
+            return VectorSpecies.of(byte.class, VectorShape.forBitSize(F.length() * 8));
+        } catch (IllegalArgumentException e) {
+            return null;
+        }
+    }
     private static final IntVector[] SHIFT = new IntVector[9];
 
     static {
@@ -43,7 +55,7 @@ final class VectorKernels implements Kernels {
      * {@link #SPREAD} reading from byte o of the loaded vector on ([bits][o]): a row's last whole chunk of codes at the
      * end of its array is loaded from the array's last bytes (a whole load) and spread from where it sits in them.
      */
-    private static final VectorShuffle<Byte>[][] SPREAD_AT = spreadAt();
+    private static final VectorShuffle<Byte>[][] SPREAD_AT = B == null ? null : spreadAt();
 
     @SuppressWarnings("unchecked")
     private static VectorShuffle<Byte>[][] spreadAt() {
@@ -130,7 +142,7 @@ final class VectorKernels implements Kernels {
     @Override
     public void quantizeQ8Row(float[] src, int off, int cols, byte[] q, int qOff, float[] d, int dOff) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK;
-        if (bs % l != 0 || B.length() != l) {
+        if (B == null || bs % l != 0 || B.length() != l) {
             Kernels.super.quantizeQ8Row(src, off, cols, q, qOff, d, dOff);
             return;
         }
@@ -166,7 +178,7 @@ final class VectorKernels implements Kernels {
     @Override
     public void quantizeQ4Row(float[] src, int off, int cols, byte[] q, int qOff, float[] d, int dOff) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK, half = bs / 2;
-        if (half % l != 0 || B.length() != l) {
+        if (B == null || half % l != 0 || B.length() != l) {
             Kernels.super.quantizeQ4Row(src, off, cols, q, qOff, d, dOff);
             return;
         }
@@ -207,7 +219,7 @@ final class VectorKernels implements Kernels {
     @Override
     public float dotQ8(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK;
-        if (bs % l != 0) return Kernels.super.dotQ8(q, qOff, d, dOff, x, xOff, blocks);
+        if (B == null || bs % l != 0) return Kernels.super.dotQ8(q, qOff, d, dOff, x, xOff, blocks);
         FloatVector acc = FloatVector.zero(F);
         for (int b = 0; b < blocks; b++) {
             int qo = qOff + b * bs, xo = xOff + b * bs;
@@ -378,7 +390,7 @@ final class VectorKernels implements Kernels {
     @Override
     public float dotQ4(byte[] q, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK, half = bs / 2;
-        if (half % l != 0) return Kernels.super.dotQ4(q, qOff, d, dOff, x, xOff, blocks);
+        if (B == null || half % l != 0) return Kernels.super.dotQ4(q, qOff, d, dOff, x, xOff, blocks);
         // the 16-byte groups widened to int lanes, where the nibbles are split with single-uop shifts and masks
         // (byte-lane shifts are emulated on x86), then converted; low nibbles are elements j, high nibbles
         // elements 16 + j, added in dotQ8f's order (all low chunks, then all high chunks)
@@ -731,7 +743,7 @@ final class VectorKernels implements Kernels {
 
     @Override
     public void unpackCodes(byte[] a, int base, int n, int bits, float[] out, int off) {
-        if (bits != 2 && bits != 4 && bits != 8) {
+        if (B == null || bits != 2 && bits != 4 && bits != 8) {
             Kernels.super.unpackCodes(a, base, n, bits, out, off);
             return;
         }
