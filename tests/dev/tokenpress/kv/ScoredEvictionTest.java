@@ -94,7 +94,8 @@ class ScoredEvictionTest {
     static long key(int g, int p) { return ((long) g << 32) | p; }
 
     /** Knorm's score of a layer-0 token: -||k||. */
-    static double knorm(Map<Long, Double> norms, int g, int p) { return -norms.get(key(g, p)); }
+    /** The policy's score: minus the norm, rounded to a float as the policy stores it (near-ties become ties). */
+    static double knorm(Map<Long, Double> norms, int g, int p) { return (float) -norms.get(key(g, p)); }
 
     @ParameterizedTest(name = "{0}")
     @ValueSource(strings = {"knorm:budget=10", "knorm:budget=10,interval=5"})

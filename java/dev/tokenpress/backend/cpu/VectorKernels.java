@@ -17,7 +17,9 @@ final class VectorKernels implements Kernels {
     /**
      * Bytes with one lane per float lane: a chunk of packed codes, spread by a shuffle before widening. None with
      * 128-bit vectors (NEON, SSE: four bytes are no vector shape); the kernels on packed codes (Q8_0 / Q4_0 weights,
-     * quantized KV) then take the scalar loops and everything else stays vectorised.
+     * quantized KV) then take the scalar loops, and so do the ones over widened weight codes (dotQ8f and its
+     * several-row forms), so that a chunk and a single row still give the same bits; everything else stays
+     * vectorised.
      */
     private static final VectorSpecies<Byte> B = byteSpecies();
     /** Per code width 2, 4, 8: lane i reads byte i·b/8 and shifts right by (i·b) mod 8. */
@@ -233,7 +235,7 @@ final class VectorKernels implements Kernels {
     @Override
     public float dotQ8f(float[] qf, int qOff, float[] d, int dOff, float[] x, int xOff, int blocks) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK;
-        if (bs % l != 0) return Kernels.super.dotQ8f(qf, qOff, d, dOff, x, xOff, blocks);
+        if (B == null || bs % l != 0) return Kernels.super.dotQ8f(qf, qOff, d, dOff, x, xOff, blocks);
         FloatVector acc = FloatVector.zero(F);
         for (int b = 0; b < blocks; b++) {
             int qo = qOff + b * bs, xo = xOff + b * bs;
@@ -247,7 +249,7 @@ final class VectorKernels implements Kernels {
     @Override
     public void dotQ8fx4(float[] qf, float[] d, int dOff, float[] x, int xOff, int blocks, float[] out, int outOff) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK, len = blocks * bs;
-        if (bs % l != 0) {
+        if (B == null || bs % l != 0) {
             Kernels.super.dotQ8fx4(qf, d, dOff, x, xOff, blocks, out, outOff);
             return;
         }
@@ -276,7 +278,7 @@ final class VectorKernels implements Kernels {
     @Override
     public void dotQ8fx4x2(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int blocks, float[] out) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK, len = blocks * bs;
-        if (bs % l != 0) {
+        if (B == null || bs % l != 0) {
             Kernels.super.dotQ8fx4x2(qf, d, dOff, x, xOff0, xOff1, blocks, out);
             return;
         }
@@ -329,7 +331,7 @@ final class VectorKernels implements Kernels {
     public void dotQ8fx4x3(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int xOff2, int blocks,
                            float[] out) {
         int l = F.length(), bs = CpuBlockWeight.BLOCK, len = blocks * bs;
-        if (bs % l != 0) {
+        if (B == null || bs % l != 0) {
             Kernels.super.dotQ8fx4x3(qf, d, dOff, x, xOff0, xOff1, xOff2, blocks, out);
             return;
         }
