@@ -108,7 +108,7 @@ public final class HfTokenizer implements AutoCloseable {
         Contents c;
         try {
             c = Contents.read(bytes, file);
-        } catch (RuntimeException e) {
+        } catch (RuntimeException | Error e) {
             closeQuietly(parse);
             throw e;
         }
