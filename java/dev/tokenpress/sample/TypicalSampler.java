@@ -77,28 +77,24 @@ public final class TypicalSampler implements Sampler {
         }
         if (m == n) for (int i = 0; i < n; i++) pos[i] = i;
         sortByScore(cur, score, pos, m);
-        float cum = 0f;
-        for (int i = 0; i < m; i++) {
-            cum += pr[pos[i]];
-            if (cum > p && i >= minKeep - 1) {
-                cur.keep(pos, i + 1);
-                return;
-            }
-        }
-        if (m < n) { // the prefix's float sum fell short of the histogram's: the whole order decides
+        int cut = cut(pr, pos, m);
+        if (cut < 0 && m < n) { // the prefix's float sum fell short of the histogram's: the whole order decides
             prefixSorts--;
             for (int i = 0; i < n; i++) pos[i] = i;
             sortByScore(cur, score, pos, n);
-            cum = 0f;
-            for (int i = 0; i < n; i++) {
-                cum += pr[pos[i]];
-                if (cum > p && i >= minKeep - 1) {
-                    cur.keep(pos, i + 1);
-                    return;
-                }
-            }
+            cut = cut(pr, pos, n);
         }
-        cur.keep(pos, n);
+        cur.keep(pos, cut < 0 ? n : cut);
+    }
+
+    /** How many of pos[0, m) the float sum of their probabilities needs to exceed p (at least minKeep); -1: all. */
+    private int cut(float[] pr, int[] pos, int m) {
+        float cum = 0f;
+        for (int i = 0; i < m; i++) {
+            cum += pr[pos[i]];
+            if (cum > p && i >= minKeep - 1) return i + 1;
+        }
+        return -1;
     }
 
     private static int bucket(float s) {

@@ -215,28 +215,20 @@ public final class CpuBackend implements Backend {
         par.forRange(w.rows, 64, (from, to) -> {
             int oi = from;
             if (n > 4) { // a chunk: four rows' codes widened once, each x row loaded once for the four (same bits)
-                float[] codes = new float[4 * in], eight = new float[12];
+                float[] codes = new float[4 * in], sums = new float[12];
                 for (; oi + 4 <= to; oi += 4) {
                     w.widenRows(oi, 4, codes, 0);
                     int r = 0;
                     for (; r + 3 <= n; r += 3) { // three x rows per pass over the four code rows
-                        k.dotQ8fx4x3(codes, w.d, oi * w.blocks, xi.data, r * in, (r + 1) * in, (r + 2) * in, w.blocks, eight);
+                        k.dotQ8fx4x3(codes, w.d, oi * w.blocks, xi.data, r * in, (r + 1) * in, (r + 2) * in, w.blocks, sums);
                         for (int i = 0; i < 4; i++) {
                             float bb = b == null ? 0f : b[oi + i];
-                            for (int t = 0; t < 3; t++) o.data[(r + t) * o.cols + oi + i] = eight[4 * t + i] + bb;
+                            for (int t = 0; t < 3; t++) o.data[(r + t) * o.cols + oi + i] = sums[4 * t + i] + bb;
                         }
                     }
-                    for (; r + 2 <= n; r += 2) { // two
-                        k.dotQ8fx4x2(codes, w.d, oi * w.blocks, xi.data, r * in, (r + 1) * in, w.blocks, eight);
-                        for (int i = 0; i < 4; i++) {
-                            float bb = b == null ? 0f : b[oi + i];
-                            o.data[r * o.cols + oi + i] = eight[i] + bb;
-                            o.data[(r + 1) * o.cols + oi + i] = eight[4 + i] + bb;
-                        }
-                    }
-                    for (; r < n; r++) {
-                        k.dotQ8fx4(codes, w.d, oi * w.blocks, xi.data, r * in, w.blocks, eight, 0);
-                        for (int i = 0; i < 4; i++) o.data[r * o.cols + oi + i] = eight[i] + (b == null ? 0f : b[oi + i]);
+                    for (; r < n; r++) { // the one or two left over
+                        k.dotQ8fx4(codes, w.d, oi * w.blocks, xi.data, r * in, w.blocks, sums, 0);
+                        for (int i = 0; i < 4; i++) o.data[r * o.cols + oi + i] = sums[i] + (b == null ? 0f : b[oi + i]);
                     }
                 }
             }

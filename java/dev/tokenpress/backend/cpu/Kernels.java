@@ -181,12 +181,6 @@ interface Kernels {
         for (int i = 0; i < 4; i++) out[outOff + i] = dotQ8f(qf, i * len, d, dOff + i * blocks, x, xOff, blocks);
     }
 
-    /** {@link #dotQ8fx4} for two x rows: out[0..4) for x at xOff0, out[4..8) for x at xOff1 (each bit-identical). */
-    default void dotQ8fx4x2(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int blocks, float[] out) {
-        dotQ8fx4(qf, d, dOff, x, xOff0, blocks, out, 0);
-        dotQ8fx4(qf, d, dOff, x, xOff1, blocks, out, 4);
-    }
-
     /** {@link #dotQ8fx4} for three x rows: out[4i .. 4i + 4) for x at xOff_i (each bit-identical). */
     default void dotQ8fx4x3(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int xOff2, int blocks,
                             float[] out) {

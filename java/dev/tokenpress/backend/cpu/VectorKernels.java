@@ -275,55 +275,8 @@ final class VectorKernels implements Kernels {
         out[outOff + 3] = a3.reduceLanes(VectorOperators.ADD);
     }
 
-    @Override
-    public void dotQ8fx4x2(float[] qf, float[] d, int dOff, float[] x, int xOff0, int xOff1, int blocks, float[] out) {
-        int l = F.length(), bs = CpuBlockWeight.BLOCK, len = blocks * bs;
-        if (B == null || bs % l != 0) {
-            Kernels.super.dotQ8fx4x2(qf, d, dOff, x, xOff0, xOff1, blocks, out);
-            return;
-        }
-        FloatVector a0 = FloatVector.zero(F), a1 = FloatVector.zero(F), a2 = FloatVector.zero(F), a3 = FloatVector.zero(F),
-                c0 = FloatVector.zero(F), c1 = FloatVector.zero(F), c2 = FloatVector.zero(F), c3 = FloatVector.zero(F);
-        for (int b = 0; b < blocks; b++) {
-            int qo = b * bs, xo = xOff0 + b * bs, yo = xOff1 + b * bs;
-            FloatVector s0 = FloatVector.zero(F), s1 = FloatVector.zero(F), s2 = FloatVector.zero(F), s3 = FloatVector.zero(F),
-                    t0 = FloatVector.zero(F), t1 = FloatVector.zero(F), t2 = FloatVector.zero(F), t3 = FloatVector.zero(F);
-            for (int j = 0; j < bs; j += l) {
-                FloatVector xv = FloatVector.fromArray(F, x, xo + j), yv = FloatVector.fromArray(F, x, yo + j);
-                FloatVector w0 = FloatVector.fromArray(F, qf, qo + j), w1 = FloatVector.fromArray(F, qf, len + qo + j);
-                s0 = w0.fma(xv, s0);
-                t0 = w0.fma(yv, t0);
-                s1 = w1.fma(xv, s1);
-                t1 = w1.fma(yv, t1);
-                FloatVector w2 = FloatVector.fromArray(F, qf, 2 * len + qo + j), w3 = FloatVector.fromArray(F, qf, 3 * len + qo + j);
-                s2 = w2.fma(xv, s2);
-                t2 = w2.fma(yv, t2);
-                s3 = w3.fma(xv, s3);
-                t3 = w3.fma(yv, t3);
-            }
-            FloatVector d0 = FloatVector.broadcast(F, d[dOff + b]), d1 = FloatVector.broadcast(F, d[dOff + blocks + b]),
-                    d2 = FloatVector.broadcast(F, d[dOff + 2 * blocks + b]), d3 = FloatVector.broadcast(F, d[dOff + 3 * blocks + b]);
-            a0 = s0.fma(d0, a0);
-            c0 = t0.fma(d0, c0);
-            a1 = s1.fma(d1, a1);
-            c1 = t1.fma(d1, c1);
-            a2 = s2.fma(d2, a2);
-            c2 = t2.fma(d2, c2);
-            a3 = s3.fma(d3, a3);
-            c3 = t3.fma(d3, c3);
-        }
-        out[0] = a0.reduceLanes(VectorOperators.ADD);
-        out[1] = a1.reduceLanes(VectorOperators.ADD);
-        out[2] = a2.reduceLanes(VectorOperators.ADD);
-        out[3] = a3.reduceLanes(VectorOperators.ADD);
-        out[4] = c0.reduceLanes(VectorOperators.ADD);
-        out[5] = c1.reduceLanes(VectorOperators.ADD);
-        out[6] = c2.reduceLanes(VectorOperators.ADD);
-        out[7] = c3.reduceLanes(VectorOperators.ADD);
-    }
-
     /**
-     * {@link #dotQ8fx4x2}'s loop with a third x row: each code vector loaded once for twelve fused multiply-adds
+     * {@link #dotQ8fx4}'s loop over three x rows: each code vector loaded once for twelve fused multiply-adds
      * (24 accumulators, 3 x vectors and a code vector: within AVX-512's 32 registers); the same operations per
      * output, so the same bits.
      */

@@ -191,16 +191,17 @@ class BlockWeightTest {
                 for (int j = 0; j < cols; j++) codes[j] = w.q[i * cols + j];
                 assertEquals(got, k.dotQ8f(codes, 0, w.d, i * blocks, x, cols, blocks), 0f, "widened codes, same bits");
             }
-            float[] codes = new float[4 * cols], four = new float[4], eight = new float[8];
+            float[] codes = new float[4 * cols], four = new float[4], twelve = new float[12];
             for (int j = 0; j < 4 * cols; j++) codes[j] = w.q[2 * cols + j]; // rows 2..5
             k.dotQ8fx4(codes, w.d, 2 * blocks, x, 0, blocks, four, 0);
-            k.dotQ8fx4x2(codes, w.d, 2 * blocks, x, 0, cols, blocks, eight);
+            k.dotQ8fx4x3(codes, w.d, 2 * blocks, x, 0, cols, 0, blocks, twelve);
             for (int i = 0; i < 4; i++) {
                 float one0 = k.dotQ8(w.q, (2 + i) * cols, w.d, (2 + i) * blocks, x, 0, blocks);
                 float one1 = k.dotQ8(w.q, (2 + i) * cols, w.d, (2 + i) * blocks, x, cols, blocks);
                 assertEquals(one0, four[i], 0f, k.describe() + " x4 row " + i);
-                assertEquals(one0, eight[i], 0f, k.describe() + " x4x2 row " + i);
-                assertEquals(one1, eight[4 + i], 0f, k.describe() + " x4x2 second x, row " + i);
+                assertEquals(one0, twelve[i], 0f, k.describe() + " x4x3 row " + i);
+                assertEquals(one1, twelve[4 + i], 0f, k.describe() + " x4x3 second x, row " + i);
+                assertEquals(one0, twelve[8 + i], 0f, k.describe() + " x4x3 third x, row " + i);
             }
         }
     }
@@ -221,7 +222,7 @@ class BlockWeightTest {
             float[] xs = randn(r, 9 * in, 1.0);
             CpuTensor x9 = new CpuTensor(xs, 9, in), o9 = new CpuTensor(9, out);
             b.matmul(o9, x9, w, new CpuTensor(bias, 1, out), 9);   // chunk path: triples of x rows
-            // decode path (up to four rows), and chunks whose x rows end in a pair (5, 8) or a single row (7)
+            // decode path (up to four rows), and chunks whose x rows end in two single rows (5, 8) or one (7)
             for (int rows : new int[] {1, 3, 4, 5, 7, 8}) {
                 float[] part = java.util.Arrays.copyOf(xs, rows * in);
                 CpuTensor o = new CpuTensor(rows, out);
