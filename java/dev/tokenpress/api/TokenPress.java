@@ -86,6 +86,7 @@ public final class TokenPress implements AutoCloseable {
                 try {
                     backend.newKvCache(1, 1, config.headDim(), 1).close();
                     backend.setWeightType(options.weights());
+                    backend.setKvTypes(options.kvKeys(), options.kvValues());
                 } catch (UnsupportedOpException e) {
                     options.log().accept("backend: falling back to CPU: " + e.getMessage());
                     backend.close();
@@ -94,6 +95,7 @@ public final class TokenPress implements AutoCloseable {
                 }
             }
             backend.setWeightType(options.weights());
+            if (shared == null) backend.setKvTypes(options.kvKeys(), options.kvValues());
             int layers = config.numLayers();
             ProgressListener pl = options.progress();
             pl.update("load", 0, layers);
@@ -195,7 +197,8 @@ public final class TokenPress implements AutoCloseable {
 
     /**
      * A fingerprint of the checkpoint: CRC-32 of config.json and of the first MiB of every .safetensors file (their
-     * headers and first tensors), the weight type loaded ({@code --weight-type}), a RoPE scaling given at load
+     * headers and first tensors), the weight type loaded ({@code --weight-type}), the KV cache's storage when not f32
+     * ({@code -ctk} / {@code -ctv} bf16, and every CUDA cache: the keys of later layers depend on it), a RoPE scaling given at load
      * time ({@code --rope-scaling}) and merged LoRA adapters ({@code --lora}), so a saved KV cache
      * ({@link Session#saveCache}) is not restored into another model.
      */
@@ -204,6 +207,9 @@ public final class TokenPress implements AutoCloseable {
         java.util.zip.CRC32 crc = new java.util.zip.CRC32();
         try {
             crc.update(weights.name().getBytes(java.nio.charset.StandardCharsets.UTF_8)); // q8_0 / q4_0 change the keys too
+            dev.tokenpress.backend.KvType[] kv = backend().kvTypes(); // so does a cache rounded to bf16 before the last layer
+            if (kv[0] != dev.tokenpress.backend.KvType.F32 || kv[1] != dev.tokenpress.backend.KvType.F32)
+                crc.update(("kv " + kv[0] + " " + kv[1]).getBytes(java.nio.charset.StandardCharsets.UTF_8));
             if (ropeOverride != null) // so does another RoPE scaling
                 crc.update(ropeOverride.toString().getBytes(java.nio.charset.StandardCharsets.UTF_8));
             for (LoadOptions.Lora l : loras) { // and merged adapters (their weights' first MiB and scale)

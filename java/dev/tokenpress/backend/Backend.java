@@ -37,6 +37,23 @@ public interface Backend extends AutoCloseable {
                     + " backend: use --device cpu or --weight-type as-stored");
     }
 
+    /**
+     * How {@link #newKvCache} stores the keys and the values of an unquantized cache from now on ({@code -ctk} /
+     * {@code -ctv}; null: the backend's own, which {@link #kvTypes} names). A backend that cannot store a type throws
+     * {@link UnsupportedOpException} with what to do.
+     */
+    default void setKvTypes(KvType keys, KvType values) {
+        KvType[] own = kvTypes();
+        if ((keys != null && keys != own[0]) || (values != null && values != own[1]))
+            throw new UnsupportedOpException("the " + name() + " backend stores the KV cache as keys " + own[0] + ", values "
+                    + own[1] + ": drop -ctk / -ctv or use --device cpu");
+    }
+
+    /** How an unquantized cache of {@link #newKvCache} stores {keys, values}. */
+    default KvType[] kvTypes() {
+        return new KvType[] {KvType.F32, KvType.F32};
+    }
+
     /** A zeroed f32 activation tensor [rows, cols]. */
     Tensor allocate(int rows, int cols);
 

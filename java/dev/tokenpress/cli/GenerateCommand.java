@@ -255,6 +255,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("kv_bytes", r.kvBytes());
                 o.put("kv", tp.model().policy().spec());
                 o.put("kv_quant", quant.spec());
+                putCacheTypes(o, tp, quant);
                 o.put("weight_type", modelOptions.weightType);
                 o.put("ctx_size", session.contextSize());
                 if (promptCache != null) o.put("prompt_cache_reused", reused);
@@ -355,6 +356,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 o.put("decode_steps", counts[0]);
                 o.put("kv", kvOptions.policy(tp.config()).spec());
                 o.put("kv_quant", quant.spec());
+                putCacheTypes(o, tp, quant);
                 o.put("sampler", so.toString());
                 com.fasterxml.jackson.databind.node.ArrayNode a = o.putArray("sequences");
                 for (GenerationResult r : rs) {
@@ -384,5 +386,13 @@ public final class GenerateCommand implements Callable<Integer> {
             err.flush();
         }
         return ExitCodes.OK;
+    }
+
+    /** How an unquantized cache stored keys and values ({@code -ctk} / {@code -ctv}; a quantized cache has codes instead). */
+    private static void putCacheTypes(com.fasterxml.jackson.databind.node.ObjectNode o, TokenPress tp, dev.tokenpress.kv.quant.KvQuantSpec quant) {
+        if (!quant.isNone()) return;
+        dev.tokenpress.backend.KvType[] t = tp.backend().kvTypes();
+        o.put("cache_type_k", t[0].spec());
+        o.put("cache_type_v", t[1].spec());
     }
 }

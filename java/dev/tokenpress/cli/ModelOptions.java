@@ -45,6 +45,15 @@ public final class ModelOptions {
             description = "YaRN's original context length, with --rope-scaling yarn (default: the checkpoint's max_position_embeddings).")
     Integer yarnOrigCtx;
 
+    @Option(names = {"-ctk", "--cache-type-k"}, paramLabel = "f32|bf16",
+            description = "How an unquantized KV cache stores keys (llama.cpp's flag): f32 (the CPU's default) or bf16 (half "
+                    + "the bytes; at long context attention reads half as much; what CUDA always stores). Quantized caches: --kv-quant.")
+    String cacheTypeK;
+
+    @Option(names = {"-ctv", "--cache-type-v"}, paramLabel = "f32|bf16",
+            description = "The same for values.")
+    String cacheTypeV;
+
     @Option(names = "--lora", paramLabel = "DIR",
             description = "Merge a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) into the weights at load "
                     + "time (repeatable; the --lora adapters are merged first, then the --lora-scaled ones, each in the order given; "
@@ -96,7 +105,16 @@ public final class ModelOptions {
         return new LoadOptions(device, threads, chunk, line -> {
             err.println(line);
             err.flush();
-        }, TerminalProgress.forStderr(), wt, rope, loras);
+        }, TerminalProgress.forStderr(), wt, rope, loras, kvType("--cache-type-k", cacheTypeK), kvType("--cache-type-v", cacheTypeV));
+    }
+
+    private static dev.tokenpress.backend.KvType kvType(String flag, String value) {
+        if (value == null) return null;
+        try {
+            return dev.tokenpress.backend.KvType.parse(value);
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException(flag + ": " + e.getMessage());
+        }
     }
 
     /**

@@ -36,7 +36,7 @@ import java.util.SplittableRandom;
  *       (µs, GB/s, % of copy bandwidth), for tuning.</li>
  *   <li>{@code e2epol <model-dir> [contexts [weights]]}: the end-to-end part of {@code policies}, also at 8K, plus every other policy
  *       (window, h2o, a2sf, keyformer, quest, tokenselect, razor) with tokens/s and KV bytes.</li>
- *   <li>{@code e2epol-cpu <model-dir> [contexts [warmup [steps]]]}: the same policy table on the CPU backend (no GPU needed), for a
+ *   <li>{@code e2epol-cpu <model-dir> [contexts [warmup [steps [f32|bf16 [spec;spec...]]]]]}: the same policy table on the CPU backend (no GPU needed), for a
  *       {@code llama-1b-attention} model: what the policies' host-side work costs beside the attention.</li>
  *   <li>{@code attnsweep}: decode attention (full and tidal k=2048) at 8K/32K/128K with each forced split count,
  *       timed in a CUDA graph and eagerly, for tuning.</li>
@@ -59,7 +59,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | selprofile | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0 [table|main]]] | e2epol-cpu <model-dir> [contexts [warmup [steps]]] | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | selprofile | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0 [table|main]]] | e2epol-cpu <model-dir> [contexts [warmup [steps [f32|bf16 [spec;spec...]]]]] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -75,7 +75,11 @@ public final class KernelBench {
             int[] contexts = args.length > 2 ? java.util.Arrays.stream(args[2].split(",")).mapToInt(c -> Integer.parseInt(c.trim())).toArray()
                     : new int[] {8192};
             int warmup = args.length > 3 ? Integer.parseInt(args[3]) : 40, steps = args.length > 4 ? Integer.parseInt(args[4]) : 16;
-            policyTableCpu(dir, contexts, warmup, steps, out);
+            // the KV cache's storage: f32 (default) or bf16; one per JVM (after a switch of storage type the JIT's
+            // recompiled kernels ran at a third of their speed: timings of a second type in one JVM are not figures)
+            dev.tokenpress.backend.KvType kv = dev.tokenpress.backend.KvType.parse(args.length > 5 ? args[5] : "f32");
+            String[] specs = args.length > 6 ? args[6].split(";") : POLICY_TABLE_SPECS;
+            policyTableCpu(dir, contexts, warmup, steps, kv, specs, out);
             return;
         }
         try (CudaBackend gpu = CudaBackend.open()) {
@@ -634,7 +638,7 @@ public final class KernelBench {
      * context (default 8192; 40 warm-up and 16 timed steps: the JIT needs dozens of steps to settle), for a model written with {@code make-model --preset llama-1b-attention} (written there when DIR has none):
      * Llama-3.2-1B's attention shape with a small MLP, so a step's time is the attention plus the policy's host work.
      */
-    static void policyTableCpu(Path dir, int[] contexts, int warmup, int steps, PrintStream out) {
+    static void policyTableCpu(Path dir, int[] contexts, int warmup, int steps, dev.tokenpress.backend.KvType kv, String[] specs, PrintStream out) {
         if (!Files.exists(dir.resolve(SafeTensors.SINGLE_FILE)))
             ModelWriter.write(dir, ModelWriter.Preset.LLAMA_1B_ATTENTION, 1, s -> System.err.println("make-model: " + s));
         LlamaConfig cfg = ConfigLoader.load(dir);
@@ -643,9 +647,11 @@ public final class KernelBench {
                     + cfg.numHeads() + " q-heads, " + cfg.numKvHeads() + " KV heads of " + cfg.headDim() + ", hidden " + cfg.hiddenSize() + ")");
             Llama m = new Llama(cfg, Weights.load(st, cfg, cpu, null), cpu, 256);
             out.println("warm-up steps " + warmup + ", timed steps " + steps);
+            cpu.setKvTypes(kv, kv);
+            out.println("KV cache: keys and values " + kv);
             for (int ctx : contexts) {
                 double full = policyRun(cpu, m, cfg, ctx, "full", "full", warmup, steps, 0, out);
-                policyTable(cpu, m, cfg, ctx, POLICY_TABLE_SPECS, warmup, steps, full, out);
+                if (specs.length > 0 && !specs[0].isEmpty()) policyTable(cpu, m, cfg, ctx, specs, warmup, steps, full, out);
             }
         }
     }

@@ -116,6 +116,44 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--prompt-cache-ro").code());
     }
 
+    /**
+     * -ctk / -ctv bf16: the cache holds keys and values in half the bytes and says so in --json; other llama.cpp cache
+     * types are usage errors that name what to use; a prompt cache saved under bf16 is not restored into an f32 cache.
+     */
+    @Test
+    void cacheTypesSetTheKvStorage() throws Exception {
+        String[] base = {"generate", "-m", model.toString(), "-p", "Hello", "-n", "4", "--temp", "0", "--device", "cpu", "--json", "-c", "64"};
+        Run f = run(base);
+        assertEquals(ExitCodes.OK, f.code(), f.err());
+        String[] bf = java.util.Arrays.copyOf(base, base.length + 4);
+        System.arraycopy(new String[] {"-ctk", "bf16", "--cache-type-v", "bf16"}, 0, bf, base.length, 4);
+        Run b = run(bf);
+        assertEquals(ExitCodes.OK, b.code(), b.err());
+        JsonNode jf = new ObjectMapper().readTree(f.out()), jb = new ObjectMapper().readTree(b.out());
+        assertEquals("f32", jf.get("cache_type_k").asText());
+        assertEquals("bf16", jb.get("cache_type_k").asText());
+        assertEquals("bf16", jb.get("cache_type_v").asText());
+        long positions = 64L * 2 * 2 * 4; // tiny: 2 layers, 2 KV heads, an int per slot
+        assertEquals(jf.get("kv_bytes").asLong() - positions, 2 * (jb.get("kv_bytes").asLong() - positions), "bf16 halves the keys' and values' bytes");
+        Run bad = run("generate", "-m", model.toString(), "-n", "1", "--device", "cpu", "-ctk", "f16");
+        assertEquals(ExitCodes.USAGE, bad.code(), bad.err());
+        assertTrue(bad.err().contains("use bf16"), bad.err());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "-n", "1", "--device", "cpu", "-ctv", "q4_0").code());
+        Path file = tmp.resolve("bf16.cache");
+        String[] cached = {"generate", "-m", model.toString(), "-p", "Hello there, a longer prompt", "-n", "3", "--temp", "0",
+                "--device", "cpu", "--prompt-cache", file.toString()};
+        String[] cachedBf = java.util.Arrays.copyOf(cached, cached.length + 4);
+        System.arraycopy(new String[] {"-ctk", "bf16", "-ctv", "bf16"}, 0, cachedBf, cached.length, 4);
+        assertEquals(ExitCodes.OK, run(cachedBf).code());
+        String[] cachedRo = java.util.Arrays.copyOf(cached, cached.length + 1);
+        cachedRo[cached.length] = "--prompt-cache-ro";
+        Run f32 = run(cachedRo);
+        assertEquals(ExitCodes.OK, f32.code(), f32.err());
+        assertTrue(f32.err().contains("saved with another model"), f32.err());
+        Run again = run(cachedBf);
+        assertTrue(again.err().matches("(?s).*prompt cache: [1-9][0-9]* of [0-9]+ prompt tokens reused.*"), again.err());
+    }
+
     @Test
     void generateStreamsTextAndReportsFiguresOnStderr() {
         Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--device", "cpu");

@@ -101,6 +101,11 @@ final class KvTestSupport {
 
     /** Bytes the CPU cache allocates: f32 keys + values and an int position per slot. */
     static long cpuBytes(LlamaConfig c, int capacity) {
-        return 2L * c.numLayers() * c.numKvHeads() * capacity * c.headDim() * 4 + (long) c.numLayers() * c.numKvHeads() * capacity * 4;
+        return cpuBytes(c, capacity, 4);
+    }
+
+    /** The same with keys and values of {@code elementBytes} each (2: bf16). */
+    static long cpuBytes(LlamaConfig c, int capacity, int elementBytes) {
+        return 2L * c.numLayers() * c.numKvHeads() * capacity * c.headDim() * elementBytes + (long) c.numLayers() * c.numKvHeads() * capacity * 4;
     }
 }

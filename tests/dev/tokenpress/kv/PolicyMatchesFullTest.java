@@ -1,5 +1,6 @@
 package dev.tokenpress.kv;
 
+import dev.tokenpress.backend.KvType;
 import dev.tokenpress.model.Llama;
 import dev.tokenpress.model.LlamaConfig;
 import org.junit.jupiter.api.AfterAll;
@@ -16,7 +17,8 @@ import static org.junit.jupiter.api.Assertions.*;
 
 /**
  * With a budget that covers the whole context every policy must reproduce full attention bit for bit: the same
- * prompt (prefilled in chunks) and 24 greedy steps give identical logits, and the cache reports the same bytes.
+ * prompt (prefilled in chunks) and 24 greedy steps give identical logits, and the cache reports the same bytes —
+ * with the cache in f32 and in bf16 ({@code -ctk / -ctv bf16}).
  */
 class PolicyMatchesFullTest {
     static final int PROMPT = 20, STEPS = 24, CAPACITY = 64;
@@ -26,7 +28,7 @@ class PolicyMatchesFullTest {
     static Llama model;
     static LlamaConfig config;
     static int[] prompt;
-    static List<float[]> fullLogits;
+    static final java.util.Map<KvType, List<float[]>> fullLogits = new java.util.EnumMap<>(KvType.class);
     static int[] greedy;
 
     @BeforeAll
@@ -35,7 +37,26 @@ class PolicyMatchesFullTest {
         model = KvTestSupport.model(dir, config, 8);
         prompt = KvTestSupport.tokens(PROMPT, config.vocabSize(), 5);
         greedy = new int[STEPS];
-        fullLogits = run(KvPolicy.FULL, true);
+        fullLogits.put(KvType.F32, run(KvPolicy.FULL, KvType.F32, true));
+        fullLogits.put(KvType.BF16, run(KvPolicy.FULL, KvType.BF16, false));
+    }
+
+    /** The bf16 cache is in use: the logits move from the f32 cache's, but by little. */
+    @org.junit.jupiter.api.Test
+    void bf16StorageRoundsTheCacheOnly() {
+        List<float[]> f = fullLogits.get(KvType.F32), b = fullLogits.get(KvType.BF16);
+        boolean differs = false;
+        for (int i = 0; i < f.size(); i++) {
+            differs |= !java.util.Arrays.equals(f.get(i), b.get(i));
+            double err = 0, ref = 0;
+            for (int j = 0; j < f.get(i).length; j++) {
+                double d = f.get(i)[j] - b.get(i)[j];
+                err += d * d;
+                ref += (double) f.get(i)[j] * f.get(i)[j];
+            }
+            assertTrue(err / ref < 1e-4, "step " + i + ": normalized MSE " + err / ref + " of the bf16 cache's logits");
+        }
+        assertTrue(differs, "a bf16 cache should round its keys and values");
     }
 
     @AfterAll
@@ -44,8 +65,9 @@ class PolicyMatchesFullTest {
     }
 
     /** Prefills the prompt and decodes STEPS tokens (greedy on the first run, the same tokens afterwards). */
-    static List<float[]> run(KvPolicy policy, boolean chooseTokens) {
+    static List<float[]> run(KvPolicy policy, KvType kv, boolean chooseTokens) {
         model.setPolicy(policy);
+        model.backend.setKvTypes(kv, kv);
         List<float[]> out = new ArrayList<>();
         try (KvCache cache = model.newCache(CAPACITY)) {
             long bytes = cache.bytes();
@@ -57,15 +79,20 @@ class PolicyMatchesFullTest {
                 out.add(model.logits());
             }
             assertEquals(bytes, cache.bytes(), "policies never change the allocated bytes");
-            assertEquals(KvTestSupport.cpuBytes(config, CAPACITY), cache.bytes());
+            assertEquals(KvTestSupport.cpuBytes(config, CAPACITY, kv.bytes()), cache.bytes());
         } finally {
             model.setPolicy(KvPolicy.FULL);
+            model.backend.setKvTypes(null, null);
         }
         return out;
     }
 
-    @ParameterizedTest(name = "{0}")
-    @ValueSource(strings = {
+    static java.util.stream.Stream<org.junit.jupiter.params.provider.Arguments> exactSpecs() {
+        return java.util.stream.Stream.of(KvType.values()).flatMap(t -> java.util.Arrays.stream(EXACT)
+                .map(s -> org.junit.jupiter.params.provider.Arguments.of(t, s)));
+    }
+
+    static final String[] EXACT = {
             "full",
             "window:sink=4,recent=64",
             "window:sink=4,budget=1.0",
@@ -97,13 +124,16 @@ class PolicyMatchesFullTest {
             "razor:heads=0.25,echo=0.1,sink=2,recent=64,ratio=0,probe=8,repeats=3",
             "h2o:budget=64,recent=8+tidal:k=64,reselect=4",
             "razor:heads=0.25,sink=2,recent=64,ratio=0,probe=8,repeats=3+tidal:k=64,reselect=4",
-            "window:sink=2,recent=64+quest:budget=64,page=4"})
-    void reproducesFullAttentionExactly(String spec) {
+            "window:sink=2,recent=64+quest:budget=64,page=4"};
+
+    @ParameterizedTest(name = "{0} {1}")
+    @org.junit.jupiter.params.provider.MethodSource("exactSpecs")
+    void reproducesFullAttentionExactly(KvType kv, String spec) {
         KvPolicy policy = KvPolicies.parse(spec, config);
-        List<float[]> got = run(policy, false);
-        assertEquals(fullLogits.size(), got.size());
+        List<float[]> got = run(policy, kv, false), full = fullLogits.get(kv);
+        assertEquals(full.size(), got.size());
         for (int i = 0; i < got.size(); i++)
-            assertArrayEquals(fullLogits.get(i), got.get(i), spec + ": logits differ at step " + i);
+            assertArrayEquals(full.get(i), got.get(i), spec + " (" + kv + " cache): logits differ at step " + i);
     }
 
     @ParameterizedTest(name = "{0}")
@@ -113,9 +143,9 @@ class PolicyMatchesFullTest {
             "pyramidkv:budget=8,window=4,kernel=3", "h2o:budget=8,recent=2,pyramid=4", "quest:budget=8,page=4", "tokenselect:k=4,init=1,local=2", "razor:heads=0,sink=2,recent=4,ratio=0",
             "razor:heads=0.25,sink=2,recent=6,ratio=0,probe=8,repeats=3+tidal:k=4,reselect=4"})
     void aTightBudgetChangesTheLogits(String spec) {
-        List<float[]> got = run(KvPolicies.parse(spec, config), false);
+        List<float[]> got = run(KvPolicies.parse(spec, config), KvType.F32, false), full = fullLogits.get(KvType.F32);
         boolean differs = false;
-        for (int i = 0; i < got.size() && !differs; i++) differs = !java.util.Arrays.equals(fullLogits.get(i), got.get(i));
+        for (int i = 0; i < got.size() && !differs; i++) differs = !java.util.Arrays.equals(full.get(i), got.get(i));
         assertTrue(differs, spec + " should attend to fewer tokens than full attention");
     }
 }

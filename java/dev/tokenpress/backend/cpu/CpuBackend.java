@@ -4,6 +4,7 @@ import dev.tokenpress.backend.Backend;
 import dev.tokenpress.backend.RopeTable;
 import dev.tokenpress.backend.Tensor;
 import dev.tokenpress.backend.UnsupportedOpException;
+import dev.tokenpress.backend.KvType;
 import dev.tokenpress.backend.WeightType;
 import dev.tokenpress.io.TensorData;
 import dev.tokenpress.kv.AttentionStats;
@@ -80,14 +81,29 @@ public final class CpuBackend implements Backend {
         System.arraycopy(s.data, srcRow * s.cols, d.data, dstRow * d.cols, rows * s.cols);
     }
 
+    private volatile KvType keyType = KvType.F32, valueType = KvType.F32;
+
+    /** f32 (the default) or bf16 for each of keys and values; a quantized cache ({@code --kv-quant}) is not affected. */
+    @Override
+    public void setKvTypes(KvType keys, KvType values) {
+        keyType = keys == null ? KvType.F32 : keys;
+        valueType = values == null ? KvType.F32 : values;
+    }
+
+    @Override
+    public KvType[] kvTypes() {
+        return new KvType[] {keyType, valueType};
+    }
+
     @Override
     public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity) {
-        return new CpuKvCache(layers, kvHeads, headDim, capacity);
+        return new CpuKvCache(layers, kvHeads, headDim, capacity, keyType, valueType);
     }
 
     @Override
     public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {
         if (quant == null || quant.isNone()) return newKvCache(layers, kvHeads, headDim, capacity);
+        // codes and an f32 window of recent tokens: the storage types are an unquantized cache's
         return new QuantKvCache(layers, kvHeads, headDim, capacity, quant);
     }
 
@@ -297,15 +313,9 @@ public final class CpuBackend implements Backend {
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor kt = f(k), vt = f(v);
         int hd = c.headDim();
-        for (int g = 0; g < c.kvHeads(); g++) {
-            float[] kd = c.keys[layer][g], vd = c.values[layer][g];
-            for (int i = 0; i < n; i++) {
-                int slot = slots[g][i];
-                System.arraycopy(kt.data, i * kt.cols + g * hd, kd, slot * hd, hd);
-                System.arraycopy(vt.data, i * vt.cols + g * hd, vd, slot * hd, hd);
-                c.slotChanged(layer, g, slot);
-            }
-        }
+        for (int g = 0; g < c.kvHeads(); g++)
+            for (int i = 0; i < n; i++)
+                c.write(layer, g, slots[g][i], kt.data, i * kt.cols + g * hd, vt.data, i * vt.cols + g * hd);
     }
 
     @Override
@@ -353,7 +363,9 @@ public final class CpuBackend implements Backend {
         // every slot below the high-water mark as a list too: one loop shape whether a layer attends to all or to a
         // selection (a selecting policy's dense layers ran ~2.5x slower through the JIT's code for the rarer shape)
         int[] list = select == null ? identity(m) : select.slots()[g];
-        float[] keys = c.keys[layer][g], values = c.values[layer][g];
+        // keys and values in f32 or as bf16 (-ctk / -ctv): the kernels over bf16 rows give the f32 kernels' bits
+        float[] keys = c.keys == null ? null : c.keys[layer][g], values = c.values == null ? null : c.values[layer][g];
+        short[] keys16 = keys == null ? c.keys16[layer][g] : null, values16 = values == null ? c.values16[layer][g] : null;
         float[][] scores = new float[hc][m];
         float[] max = new float[hc];
         Arrays.fill(max, Float.NEGATIVE_INFINITY);
@@ -370,7 +382,8 @@ public final class CpuBackend implements Backend {
             }
             int i = 0;
             for (; i + 4 <= hc; i += 4) { // four heads' dots with one pass over the key (the bits of four dot calls)
-                k.dot4(qt.data, qBase + (h0 + i) * hd, hd, keys, slot * hd, hd, four);
+                if (keys != null) k.dot4(qt.data, qBase + (h0 + i) * hd, hd, keys, slot * hd, hd, four);
+                else k.dot4(qt.data, qBase + (h0 + i) * hd, hd, keys16, slot * hd, hd, four);
                 for (int t = 0; t < 4; t++) {
                     float raw = four[t];
                     if (raws) stats.rawScores[h0 + i + t][slot] = raw;
@@ -381,7 +394,8 @@ public final class CpuBackend implements Backend {
             }
             for (; i < hc; i++) {
                 int h = h0 + i;
-                float raw = k.dot(qt.data, qBase + h * hd, keys, slot * hd, hd);
+                float raw = keys != null ? k.dot(qt.data, qBase + h * hd, keys, slot * hd, hd)
+                        : k.dot(qt.data, qBase + h * hd, keys16, slot * hd, hd);
                 if (raws) stats.rawScores[h][slot] = raw;
                 float sc = raw * scale;
                 scores[i][j] = sc;
@@ -401,7 +415,8 @@ public final class CpuBackend implements Backend {
         }
         if (!any) return;
         // o_i += (e_ij / sum_i) · v_j over the candidates in order, each head's outputs held in registers
-        k.weightedValues(scores, inv, live, hc, m, list, values, hd, o.data, oBase + h0 * hd);
+        if (values != null) k.weightedValues(scores, inv, live, hc, m, list, values, hd, o.data, oBase + h0 * hd);
+        else k.weightedValues(scores, inv, live, hc, m, list, values16, hd, o.data, oBase + h0 * hd);
         if (stats != null && stats.probSums != null && r >= stats.fromRow) {
             float[] sums = stats.probSums[g];
             for (int j = 0; j < m; j++) {
@@ -430,7 +445,8 @@ public final class CpuBackend implements Backend {
                 for (int g = g0; g < g1; g++) {
                     int hw = c.highWater(layer, g);
                     int[] pos = c.positions(layer, g);
-                    float[] keys = c.keys[layer][g];
+                    float[] keys = c.keys == null ? null : c.keys[layer][g];
+                    short[] keys16 = keys == null ? c.keys16[layer][g] : null;
                     for (int h0 = g * group; h0 < (g + 1) * group; h0 += 4) {
                         int qOff = row * qt.cols + h0 * hd;
                         float[] o0 = out[h0], o1 = out[h0 + 1], o2 = out[h0 + 2], o3 = out[h0 + 3];
@@ -440,7 +456,8 @@ public final class CpuBackend implements Backend {
                                 o0[s] = o1[s] = o2[s] = o3[s] = Float.NEGATIVE_INFINITY;
                                 continue;
                             }
-                            k.dot4(qt.data, qOff, hd, keys, s * hd, hd, four);
+                            if (keys != null) k.dot4(qt.data, qOff, hd, keys, s * hd, hd, four);
+                            else k.dot4(qt.data, qOff, hd, keys16, s * hd, hd, four);
                             o0[s] = four[0];
                             o1[s] = four[1];
                             o2[s] = four[2];
@@ -457,10 +474,12 @@ public final class CpuBackend implements Backend {
             for (int h = h0; h < h1; h++) {
                 int g = h / group, hw = c.highWater(layer, g), qOff = row * qt.cols + h * hd;
                 int[] pos = c.positions(layer, g);
-                float[] keys = c.keys[layer][g], o = out[h];
+                float[] keys = c.keys == null ? null : c.keys[layer][g], o = out[h];
+                short[] keys16 = keys == null ? c.keys16[layer][g] : null;
                 for (int s = 0; s < hw; s++) {
                     int p = pos[s];
-                    o[s] = p < 0 || p > queryPosition ? Float.NEGATIVE_INFINITY : k.dot(qt.data, qOff, keys, s * hd, hd);
+                    o[s] = p < 0 || p > queryPosition ? Float.NEGATIVE_INFINITY
+                            : keys != null ? k.dot(qt.data, qOff, keys, s * hd, hd) : k.dot(qt.data, qOff, keys16, s * hd, hd);
                 }
                 Arrays.fill(o, hw, Math.min(o.length, c.capacity()), Float.NEGATIVE_INFINITY);
             }
@@ -489,7 +508,8 @@ public final class CpuBackend implements Backend {
             for (int g = g0; g < g1; g++) {
                 int hw = c.highWater(layer, g);
                 int[] pos = c.positions(layer, g);
-                float[] keys = c.keys[layer][g];
+                float[] keys = c.keys == null ? null : c.keys[layer][g];
+                short[] keys16 = keys == null ? c.keys16[layer][g] : null;
                 float[] score = new float[hw], dots = new float[group + 3];
                 int cur = -1, visible = 0;
                 for (int s = 0; s < hw; s++) {
@@ -501,10 +521,15 @@ public final class CpuBackend implements Backend {
                     }
                     int i = 0; // the group's dots, four heads per pass over the key (each the bits of one dot)
                     for (; i + 4 <= group; i += 4) {
-                        k.dot4(qt.data, row * qt.cols + (g * group + i) * hd, hd, keys, s * hd, hd, four);
+                        int qOff = row * qt.cols + (g * group + i) * hd;
+                        if (keys != null) k.dot4(qt.data, qOff, hd, keys, s * hd, hd, four);
+                        else k.dot4(qt.data, qOff, hd, keys16, s * hd, hd, four);
                         System.arraycopy(four, 0, dots, i, 4);
                     }
-                    for (; i < group; i++) dots[i] = k.dot(qt.data, row * qt.cols + (g * group + i) * hd, keys, s * hd, hd);
+                    for (; i < group; i++) {
+                        int qOff = row * qt.cols + (g * group + i) * hd;
+                        dots[i] = keys != null ? k.dot(qt.data, qOff, keys, s * hd, hd) : k.dot(qt.data, qOff, keys16, s * hd, hd);
+                    }
                     float v = sumGroup ? 0f : Float.NEGATIVE_INFINITY;
                     boolean any = false;
                     for (int h = 0; h < group; h++) {
@@ -553,7 +578,7 @@ public final class CpuBackend implements Backend {
         // quantized: bounds from the reconstructed keys, so selection and attention see the same keys
         QuantKvCache qc = cache instanceof QuantKvCache x ? x : null;
         CpuKvCache plain = qc == null ? (CpuKvCache) cache : null;
-        float[][] direct = plain == null ? null : plain.keys[layer];
+        float[][] direct = plain == null || plain.keys == null ? null : plain.keys[layer]; // null: quantized or bf16 keys
         // ScalarKernels without the Vector API module: VectorKernels is only referenced otherwise
         VectorKernels vk = k instanceof ScalarKernels ? null : (VectorKernels) k;
         // Vector API: the bounds of `block` pages stored dimension-major, their scores one page per lane
@@ -566,10 +591,12 @@ public final class CpuBackend implements Backend {
             boolean[] any = new boolean[block];
             int[] offs = new int[Math.min(pageSize, cache.capacity())], zero = {0};
             float[] key = qc == null ? null : new float[hd], scratch = qc == null ? null : new float[hd];
+            // bf16 keys: a page's visible rows widened here, then bounded as f32 rows are
+            float[] widened = plain != null && direct == null ? new float[Math.min(pageSize, cache.capacity()) * hd] : null;
             for (int g = g0; g < g1; g++) {
                 int hw = cache.highWater(layer, g), pages = (hw + pageSize - 1) / pageSize;
                 int[] pos = cache.positions(layer, g);
-                float[] keys = direct == null ? null : direct[g];
+                float[] keys = direct != null ? direct[g] : widened;
                 int qOff = row * qt.cols + g * group * hd;
                 for (int p0 = 0; p0 < pages; p0 += block) {
                     int nb = Math.min(block, pages - p0);
@@ -606,6 +633,12 @@ public final class CpuBackend implements Backend {
                                     continue;
                                 }
                                 last = Math.max(last, pos[s]);
+                                if (widened != null) {
+                                    plain.readKey(k, layer, g, s, widened, n * hd);
+                                    offs[n] = n * hd;
+                                    n++;
+                                    continue;
+                                }
                                 if (keys != null) {
                                     offs[n++] = s * hd;
                                     continue;
@@ -689,14 +722,11 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void copyKvCache(KvCache src, KvCache dst) {
-        if (!(src instanceof CpuKvCache s) || !(dst instanceof CpuKvCache d) || !s.sameShape(d))
-            throw new UnsupportedOpException("copyKvCache needs two unquantized CPU caches of one shape");
+        if (!(src instanceof CpuKvCache s) || !(dst instanceof CpuKvCache d) || !s.sameShape(d)
+                || s.keyType() != d.keyType() || s.valueType() != d.valueType())
+            throw new UnsupportedOpException("copyKvCache needs two unquantized CPU caches of one shape and storage type");
         for (int l = 0; l < s.layers(); l++)
-            for (int g = 0; g < s.kvHeads(); g++) {
-                int n = s.highWater(l, g) * s.headDim();
-                System.arraycopy(s.keys[l][g], 0, d.keys[l][g], 0, n);
-                System.arraycopy(s.values[l][g], 0, d.values[l][g], 0, n);
-            }
+            for (int g = 0; g < s.kvHeads(); g++) d.copyRows(s, l, g, s.highWater(l, g) * s.headDim());
         d.copyFrom(s); // the destination's kept page bounds are dropped with its old contents
     }
 
@@ -704,9 +734,8 @@ public final class CpuBackend implements Backend {
     public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         if (cache instanceof QuantKvCache qc) { qc.read(layer, head, slot, key, value); return; }
         CpuKvCache c = (CpuKvCache) cache;
-        int hd = c.headDim();
-        System.arraycopy(c.keys[layer][head], slot * hd, key, 0, hd);
-        System.arraycopy(c.values[layer][head], slot * hd, value, 0, hd);
+        c.readKey(k, layer, head, slot, key, 0);
+        c.readValue(k, layer, head, slot, value, 0);
     }
 
     @Override
@@ -716,18 +745,16 @@ public final class CpuBackend implements Backend {
             return;
         }
         int n = c.highWater(layer, head) * c.headDim();
-        System.arraycopy(c.keys[layer][head], 0, keys, 0, n);
-        System.arraycopy(c.values[layer][head], 0, values, 0, n);
+        if (c.keys != null) System.arraycopy(c.keys[layer][head], 0, keys, 0, n);
+        else k.widenBf16(c.keys16[layer][head], 0, keys, 0, n);
+        if (c.values != null) System.arraycopy(c.values[layer][head], 0, values, 0, n);
+        else k.widenBf16(c.values16[layer][head], 0, values, 0, n);
     }
 
     @Override
     public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         if (cache instanceof QuantKvCache qc) { qc.store(layer, head, slot, key, 0, value, 0); return; }
-        CpuKvCache c = (CpuKvCache) cache;
-        int hd = c.headDim();
-        System.arraycopy(key, 0, c.keys[layer][head], slot * hd, hd);
-        System.arraycopy(value, 0, c.values[layer][head], slot * hd, hd);
-        c.slotChanged(layer, head, slot);
+        ((CpuKvCache) cache).write(layer, head, slot, key, 0, value, 0);
     }
 
     @Override

@@ -1,24 +1,81 @@
 package dev.tokenpress.backend.cpu;
 
+import dev.tokenpress.backend.KvType;
 import dev.tokenpress.kv.KvCache;
 
-/** KV storage on the heap in f32: keys/values [layer][kvHead][slot * hd]. */
+/**
+ * KV storage on the heap: keys/values [layer][kvHead][slot * hd], each in f32 ({@link #keys} / {@link #values}) or
+ * as bf16 bits ({@link #keys16} / {@link #values16}; the other array is then null), as {@code -ctk} / {@code -ctv}
+ * chose.
+ */
 final class CpuKvCache extends KvCache {
     final float[][][] keys;
     final float[][][] values;
+    final short[][][] keys16;
+    final short[][][] values16;
+    private final KvType keyType, valueType;
 
     CpuKvCache(int layers, int kvHeads, int headDim, int capacity) {
+        this(layers, kvHeads, headDim, capacity, KvType.F32, KvType.F32);
+    }
+
+    CpuKvCache(int layers, int kvHeads, int headDim, int capacity, KvType keyType, KvType valueType) {
         super(layers, kvHeads, headDim, capacity);
         long perHead = (long) capacity * headDim;
         if (perHead > Integer.MAX_VALUE - 8) throw new IllegalArgumentException("KV capacity too large for the CPU backend: " + capacity);
-        keys = new float[layers][kvHeads][(int) perHead];
-        values = new float[layers][kvHeads][(int) perHead];
+        this.keyType = keyType;
+        this.valueType = valueType;
+        keys = keyType == KvType.F32 ? new float[layers][kvHeads][(int) perHead] : null;
+        keys16 = keyType == KvType.BF16 ? new short[layers][kvHeads][(int) perHead] : null;
+        values = valueType == KvType.F32 ? new float[layers][kvHeads][(int) perHead] : null;
+        values16 = valueType == KvType.BF16 ? new short[layers][kvHeads][(int) perHead] : null;
+    }
+
+    KvType keyType() {
+        return keyType;
+    }
+
+    KvType valueType() {
+        return valueType;
     }
 
     @Override
     public long bytes() {
-        // f32 keys + values, plus the int32 position of every slot
-        return 2L * layers * kvHeads * capacity * headDim * 4 + (long) layers * kvHeads * capacity * 4;
+        // keys + values at their element sizes, plus the int32 position of every slot
+        long elements = (long) layers * kvHeads * capacity * headDim;
+        return elements * (keyType.bytes() + valueType.bytes()) + (long) layers * kvHeads * capacity * 4;
+    }
+
+    /** Key row {@code slot} of (layer, head) as floats into out[off, +hd). */
+    void readKey(Kernels k, int layer, int head, int slot, float[] out, int off) {
+        int hd = headDim;
+        if (keys != null) System.arraycopy(keys[layer][head], slot * hd, out, off, hd);
+        else k.widenBf16(keys16[layer][head], slot * hd, out, off, hd);
+    }
+
+    /** Value row {@code slot} of (layer, head) as floats into out[off, +hd). */
+    void readValue(Kernels k, int layer, int head, int slot, float[] out, int off) {
+        int hd = headDim;
+        if (values != null) System.arraycopy(values[layer][head], slot * hd, out, off, hd);
+        else k.widenBf16(values16[layer][head], slot * hd, out, off, hd);
+    }
+
+    /** Stores key and value rows src[kOff, +hd) / src[vOff, +hd) into {@code slot} of (layer, head), rounded to the storage type. */
+    void write(int layer, int head, int slot, float[] k, int kOff, float[] v, int vOff) {
+        int hd = headDim;
+        if (keys != null) System.arraycopy(k, kOff, keys[layer][head], slot * hd, hd);
+        else Kernels.roundBf16(k, kOff, keys16[layer][head], slot * hd, hd);
+        if (values != null) System.arraycopy(v, vOff, values[layer][head], slot * hd, hd);
+        else Kernels.roundBf16(v, vOff, values16[layer][head], slot * hd, hd);
+        slotChanged(layer, head, slot);
+    }
+
+    /** The first n elements of (layer, head)'s keys and values of {@code src} (a cache of the same storage types) into this one. */
+    void copyRows(CpuKvCache src, int layer, int head, int n) {
+        if (keys != null) System.arraycopy(src.keys[layer][head], 0, keys[layer][head], 0, n);
+        else System.arraycopy(src.keys16[layer][head], 0, keys16[layer][head], 0, n);
+        if (values != null) System.arraycopy(src.values[layer][head], 0, values[layer][head], 0, n);
+        else System.arraycopy(src.values16[layer][head], 0, values16[layer][head], 0, n);
     }
 
     /** The bookkeeping of {@code src} (its keys and values are copied by the backend). */

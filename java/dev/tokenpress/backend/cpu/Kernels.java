@@ -96,6 +96,52 @@ interface Kernels {
         for (int i = 0; i < 4; i++) out[i] = dot(a, aOff + i * aStride, b, bOff, len);
     }
 
+    // ---- rows stored as bf16 (a KV cache with -ctk / -ctv bf16): each kernel gives the bits of its f32 form over
+    // the widened row (a bf16 value widens to a float exactly), so a bf16 cache attends exactly as an f32 cache that
+    // holds the same rounded values
+
+    /** dst[dOff + i] = the float of bf16 bits src[sOff + i], i < len (exact). */
+    default void widenBf16(short[] src, int sOff, float[] dst, int dOff, int len) {
+        for (int i = 0; i < len; i++) dst[dOff + i] = Float.intBitsToFloat(src[sOff + i] << 16);
+    }
+
+    /** dst[dOff + i] = x[xOff + i] rounded to bf16 bits (to nearest even; a NaN stays a NaN), i < len. */
+    static void roundBf16(float[] x, int xOff, short[] dst, int dOff, int len) {
+        for (int i = 0; i < len; i++) dst[dOff + i] = dev.tokenpress.io.Half.floatToBf16(x[xOff + i]);
+    }
+
+    /** {@link #dot} with b a bf16 row: the bits of dot(a, widened b). */
+    default float dot(float[] a, int aOff, short[] b, int bOff, int len) {
+        float[] row = new float[len];
+        widenBf16(b, bOff, row, 0, len);
+        return dot(a, aOff, row, 0, len);
+    }
+
+    /** {@link #dot4} with b a bf16 row: the bits of dot4 over the widened row. */
+    default void dot4(float[] a, int aOff, int aStride, short[] b, int bOff, int len, float[] out) {
+        float[] row = new float[len];
+        widenBf16(b, bOff, row, 0, len);
+        dot4(a, aOff, aStride, row, 0, len, out);
+    }
+
+    /** {@link #weightedValues} over bf16 value rows: the bits of the f32 form over the widened rows. */
+    default void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, short[] values,
+                                int hd, float[] o, int oOff) {
+        float[] row = new float[hd];
+        for (int j = 0; j < m; j++) {
+            int slot = slots == null ? j : slots[j];
+            boolean widened = false;
+            for (int i = 0; i < hc; i++) {
+                if (!live[i]) continue;
+                float ej = e[i][j];
+                if (ej == 0f) continue;
+                if (!widened) widenBf16(values, slot * hd, row, 0, hd);
+                widened = true;
+                axpy(ej * inv[i], row, 0, o, oOff + i * hd, hd);
+            }
+        }
+    }
+
     /** y[yOff+i] += a·x[xOff+i], i < len. */
     void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len);
 

@@ -3,6 +3,7 @@ package dev.tokenpress.backend.cpu;
 import jdk.incubator.vector.ByteVector;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
+import jdk.incubator.vector.ShortVector;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorShape;
@@ -13,6 +14,8 @@ import jdk.incubator.vector.VectorSpecies;
 final class VectorKernels implements Kernels {
     private static final VectorSpecies<Float> F = FloatVector.SPECIES_PREFERRED;
     private static final VectorSpecies<Integer> I = IntVector.SPECIES_PREFERRED;
+    /** Shorts with one lane per float lane (bf16 rows: 64 to 256 bits, a shape at every float width). */
+    private static final VectorSpecies<Short> S = VectorSpecies.of(short.class, VectorShape.forBitSize(F.length() * 16));
 
     /**
      * Bytes with one lane per float lane: a chunk of packed codes, spread by a shuffle before widening. None with
@@ -123,6 +126,64 @@ final class VectorKernels implements Kernels {
 
     private static float dotTail(float[] a, int aOff, float[] b, int bOff, int i, int len, float s) {
         for (; i < len; i++) s += a[aOff + i] * b[bOff + i];
+        return s;
+    }
+
+    /** F.length() bf16 values from b[off] as floats (exact: the bits shifted into a float's upper half). */
+    private static FloatVector bf16(short[] b, int off) {
+        return ((IntVector) ShortVector.fromArray(S, b, off).convertShape(VectorOperators.S2I, I, 0))
+                .lanewise(VectorOperators.LSHL, 16).reinterpretAsFloats();
+    }
+
+    @Override
+    public void widenBf16(short[] src, int sOff, float[] dst, int dOff, int len) {
+        int l = F.length(), upper = len - len % l, i = 0;
+        for (; i < upper; i += l) bf16(src, sOff + i).intoArray(dst, dOff + i);
+        for (; i < len; i++) dst[dOff + i] = Float.intBitsToFloat(src[sOff + i] << 16);
+    }
+
+    /** {@link #dot}'s operations over the widened bf16 row (the same bits). */
+    @Override
+    public float dot(float[] a, int aOff, short[] b, int bOff, int len) {
+        int l = F.length();
+        int upper = len - len % (2 * l);
+        FloatVector acc0 = FloatVector.zero(F), acc1 = FloatVector.zero(F);
+        int i = 0;
+        for (; i < upper; i += 2 * l) {
+            acc0 = FloatVector.fromArray(F, a, aOff + i).fma(bf16(b, bOff + i), acc0);
+            acc1 = FloatVector.fromArray(F, a, aOff + i + l).fma(bf16(b, bOff + i + l), acc1);
+        }
+        return dotTail(a, aOff, b, bOff, i, len, acc0.add(acc1).reduceLanes(VectorOperators.ADD));
+    }
+
+    /** {@link #dot4}'s operations over the widened bf16 row (the same bits). */
+    @Override
+    public void dot4(float[] a, int aOff, int aStride, short[] b, int bOff, int len, float[] out) {
+        int l = F.length();
+        int upper = len - len % (2 * l);
+        int o1 = aOff + aStride, o2 = o1 + aStride, o3 = o2 + aStride;
+        FloatVector z = FloatVector.zero(F);
+        FloatVector p0 = z, q0 = z, p1 = z, q1 = z, p2 = z, q2 = z, p3 = z, q3 = z;
+        int i = 0;
+        for (; i < upper; i += 2 * l) {
+            FloatVector b0 = bf16(b, bOff + i), b1 = bf16(b, bOff + i + l);
+            p0 = FloatVector.fromArray(F, a, aOff + i).fma(b0, p0);
+            q0 = FloatVector.fromArray(F, a, aOff + i + l).fma(b1, q0);
+            p1 = FloatVector.fromArray(F, a, o1 + i).fma(b0, p1);
+            q1 = FloatVector.fromArray(F, a, o1 + i + l).fma(b1, q1);
+            p2 = FloatVector.fromArray(F, a, o2 + i).fma(b0, p2);
+            q2 = FloatVector.fromArray(F, a, o2 + i + l).fma(b1, q2);
+            p3 = FloatVector.fromArray(F, a, o3 + i).fma(b0, p3);
+            q3 = FloatVector.fromArray(F, a, o3 + i + l).fma(b1, q3);
+        }
+        out[0] = dotTail(a, aOff, b, bOff, i, len, p0.add(q0).reduceLanes(VectorOperators.ADD));
+        out[1] = dotTail(a, o1, b, bOff, i, len, p1.add(q1).reduceLanes(VectorOperators.ADD));
+        out[2] = dotTail(a, o2, b, bOff, i, len, p2.add(q2).reduceLanes(VectorOperators.ADD));
+        out[3] = dotTail(a, o3, b, bOff, i, len, p3.add(q3).reduceLanes(VectorOperators.ADD));
+    }
+
+    private static float dotTail(float[] a, int aOff, short[] b, int bOff, int i, int len, float s) {
+        for (; i < len; i++) s += a[aOff + i] * Float.intBitsToFloat(b[bOff + i] << 16);
         return s;
     }
 
@@ -493,10 +554,44 @@ final class VectorKernels implements Kernels {
     @Override
     public void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
                                int hd, float[] o, int oOff) {
+        weightedValues(e, inv, live, hc, m, slots, values, null, hd, o, oOff);
+    }
+
+    /** {@link #weightedValues} over bf16 value rows: the same operations on the widened rows (the same bits). */
+    @Override
+    public void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, short[] values,
+                               int hd, float[] o, int oOff) {
+        weightedValues(e, inv, live, hc, m, slots, null, values, hd, o, oOff);
+    }
+
+    /**
+     * The value sum over rows read from {@code values} (f32) or, when it is null, widened from {@code values16} (bf16)
+     * block by block into a scratch array first: the multiply-adds always load float vectors from one float array
+     * (a vector that could come from either kind of load made C2 fall back to the Vector API's Java code once a JVM
+     * had run both storage types: a third of the speed).
+     */
+    private void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
+                                short[] values16, int hd, float[] o, int oOff) {
         int l = F.length(), upper = hd - hd % l;
-        int[] nz = new int[VALUE_BLOCK];
+        int[] nz = new int[VALUE_BLOCK], at = new int[VALUE_BLOCK];
+        float[] rows = values != null ? values : new float[VALUE_BLOCK * hd];
         for (int j0 = 0; j0 < m; j0 += VALUE_BLOCK) {
             int j1 = Math.min(m, j0 + VALUE_BLOCK);
+            // where candidate j's row starts in rows: its slot's place, or its place in the widened block (widened
+            // only when a live head weighs it: masked and freed slots are never read)
+            for (int j = j0; j < j1; j++) {
+                int slot = slots == null ? j : slots[j];
+                if (values != null) {
+                    at[j - j0] = slot * hd;
+                    continue;
+                }
+                at[j - j0] = (j - j0) * hd;
+                for (int i = 0; i < hc; i++)
+                    if (live[i] && e[i][j] != 0f) {
+                        widenBf16(values16, slot * hd, rows, (j - j0) * hd, hd);
+                        break;
+                    }
+            }
             int i = 0;
             // four live heads at a time: each value chunk loaded once for the four
             for (; i + 4 <= hc && live[i] && live[i + 1] && live[i + 2] && live[i + 3]; i += 4) {
@@ -513,8 +608,7 @@ final class VectorKernels implements Kernels {
                     for (int t = 0; t < nn; t++) {
                         int j = nz[t];
                         float x0 = e0[j], x1 = e1[j], x2 = e2[j], x3 = e3[j];
-                        int slot = slots == null ? j : slots[j];
-                        FloatVector v = FloatVector.fromArray(F, values, slot * hd + c);
+                        FloatVector v = FloatVector.fromArray(F, rows, at[j - j0] + c);
                         if (x0 != 0f) a0 = v.fma(FloatVector.broadcast(F, x0 * v0), a0);
                         if (x1 != 0f) a1 = v.fma(FloatVector.broadcast(F, x1 * v1), a1);
                         if (x2 != 0f) a2 = v.fma(FloatVector.broadcast(F, x2 * v2), a2);
@@ -526,7 +620,7 @@ final class VectorKernels implements Kernels {
                     a3.intoArray(o, b3 + c);
                 }
                 if (upper < hd)
-                    for (int h = i; h < i + 4; h++) valueTail(e[h], inv[h], j0, j1, slots, values, hd, upper, o, oOff + h * hd);
+                    for (int h = i; h < i + 4; h++) valueTail(e[h], inv[h], j0, j1, at, rows, hd, upper, o, oOff + h * hd);
             }
             for (; i < hc; i++) {
                 if (!live[i]) continue;
@@ -538,26 +632,27 @@ final class VectorKernels implements Kernels {
                     for (int j = j0; j < j1; j++) {
                         float ej = ei[j];
                         if (ej == 0f) continue;
-                        int slot = slots == null ? j : slots[j];
-                        acc = FloatVector.fromArray(F, values, slot * hd + c).fma(FloatVector.broadcast(F, ej * iv), acc);
+                        acc = FloatVector.fromArray(F, rows, at[j - j0] + c).fma(FloatVector.broadcast(F, ej * iv), acc);
                     }
                     acc.intoArray(o, ob + c);
                 }
-                valueTail(ei, iv, j0, j1, slots, values, hd, upper, o, ob);
+                valueTail(ei, iv, j0, j1, at, rows, hd, upper, o, ob);
             }
         }
     }
 
-    /** The elements [upper, hd) of {@link #weightedValues} for one head over candidates [j0, j1): axpy's scalar tail. */
-    private static void valueTail(float[] ei, float iv, int j0, int j1, int[] slots, float[] values, int hd, int upper,
+    /**
+     * The elements [upper, hd) of {@link #weightedValues} for one head over candidates [j0, j1) (candidate j's row at
+     * rows[at[j - j0]]): axpy's scalar tail.
+     */
+    private static void valueTail(float[] ei, float iv, int j0, int j1, int[] at, float[] rows, int hd, int upper,
                                   float[] o, int ob) {
         for (int d = upper; d < hd; d++) {
             float acc = o[ob + d];
             for (int j = j0; j < j1; j++) {
                 float ej = ei[j];
                 if (ej == 0f) continue;
-                int slot = slots == null ? j : slots[j];
-                acc += ej * iv * values[slot * hd + d];
+                acc += ej * iv * rows[at[j - j0] + d];
             }
             o[ob + d] = acc;
         }

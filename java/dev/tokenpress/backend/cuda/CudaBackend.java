@@ -819,6 +819,12 @@ public final class CudaBackend implements Backend {
             check(TpNative.tp_memcpy_async(d.row(dstRow), s.row(srcRow), 4L * rows * s.cols, stream), "copyRows");
     }
 
+    /** Keys and values in bf16 (nearest even), the only storage of an unquantized cache here. */
+    @Override
+    public dev.tokenpress.backend.KvType[] kvTypes() {
+        return new dev.tokenpress.backend.KvType[] {dev.tokenpress.backend.KvType.BF16, dev.tokenpress.backend.KvType.BF16};
+    }
+
     @Override
     public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity) {
         requireEager("newKvCache");

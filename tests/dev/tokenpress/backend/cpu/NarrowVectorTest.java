@@ -13,7 +13,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 /**
  * With 128-bit vectors (NEON on Apple silicon and most Arm servers; SSE here, via -XX:MaxVectorSize=16) the CPU
  * kernels stay vectorised — they once fell back to the scalar loops entirely, since four bytes make no vector shape —
- * and the kernels over packed codes give the scalar loops' results, also with AVX2's 256-bit vectors.
+ * and the kernels over packed codes give the scalar loops' results, also with AVX2's 256-bit vectors; the kernels
+ * over bf16 KV rows give the f32 kernels' bits over the widened rows at both widths.
  */
 class NarrowVectorTest {
     @Test
@@ -69,6 +70,29 @@ class NarrowVectorTest {
                 check(java.util.Arrays.equals(u1, u2), bits + "-bit unpack");
             }
             check(close(k.dot(w, 0, x, 0, cols), s.dot(w, 0, x, 0, cols)), "f32 dot");
+            // bf16 rows (a -ctk / -ctv bf16 cache): the f32 kernels' bits over the widened rows
+            int rows = 40, hd = 72; // a vector tail at every width
+            short[] b16 = new short[rows * hd];
+            float[] wide = new float[rows * hd], wide2 = new float[rows * hd], qs = new float[4 * hd];
+            for (int i = 0; i < b16.length; i++) b16[i] = dev.tokenpress.io.Half.floatToBf16((float) r.nextGaussian());
+            for (int i = 0; i < qs.length; i++) qs[i] = (float) r.nextGaussian();
+            k.widenBf16(b16, 0, wide, 0, b16.length);
+            s.widenBf16(b16, 0, wide2, 0, b16.length);
+            check(java.util.Arrays.equals(wide, wide2), "bf16 widening");
+            float[] f1 = new float[4], f2 = new float[4];
+            for (int j = 0; j < rows; j++) {
+                check(Float.floatToRawIntBits(k.dot(qs, 0, b16, j * hd, hd)) == Float.floatToRawIntBits(k.dot(qs, 0, wide, j * hd, hd)), "bf16 dot");
+                k.dot4(qs, 0, hd, b16, j * hd, hd, f1);
+                k.dot4(qs, 0, hd, wide, j * hd, hd, f2);
+                check(java.util.Arrays.equals(f1, f2), "bf16 dot4");
+            }
+            float[][] e = new float[3][rows];
+            for (float[] ei : e) for (int j = 0; j < rows; j++) ei[j] = j % 5 == 1 ? 0f : (float) r.nextDouble();
+            float[] inv = {0.5f, 0.25f, 0.125f}, o1 = new float[3 * hd], o2 = new float[3 * hd];
+            boolean[] live = {true, true, true};
+            k.weightedValues(e, inv, live, 3, rows, null, b16, hd, o1, 0);
+            k.weightedValues(e, inv, live, 3, rows, null, wide, hd, o2, 0);
+            check(java.util.Arrays.equals(o1, o2), "bf16 value sums");
             System.out.println("packed codes agree");
         }
 
