@@ -297,7 +297,10 @@ interface Kernels {
      * into x_t): per channel group g < ng of gs channels, out_i[g] += ps[q·ng + g] · x_t[g] + pz[q·ng + g] (q = i·stride +
      * t) as {@link #scaleShiftAdd} without factors; kind[t] == 0: nothing. out_i = o[oOff + i·hd, +hd). Per element
      * the same operations in candidate order as those calls, so an override (outputs held in registers across the
-     * run) gives the same bits.
+     * run) gives the same bits. A kind-2 entry that is skipped has ps and pz of -0 (the caller's part): its codes are
+     * non-negative, so its term c·(-0) + (-0) is exactly -0 and adding it leaves every output bit as it is, NaN
+     * included; an override may add it instead of branching (whether a head weighs a candidate is data, and a
+     * mispredicted branch per head and candidate made the run three times slower).
      */
     default void quantValueRun(int hc, int nt, int stride, byte[] kind, boolean[] skip, float[] p, float[] ps, float[] pz,
                                int ng, int gs, float[] rows, int hd, float[] o, int oOff) {

@@ -201,7 +201,10 @@ final class QuantOps {
                 }
                 for (int i = 0; i < group; i++) {
                     int q = i * RUN + t;
-                    if (w.rskip[q]) continue;
+                    if (w.rskip[q]) { // a term of exactly -0 (see Kernels.quantValueRun): adding it changes no bit
+                        for (int gg = 0; gg < ng; gg++) w.rps[q * ng + gg] = w.rpz[q * ng + gg] = -0f;
+                        continue;
+                    }
                     float wt = w.rp[q];
                     for (int gg = 0; gg < ng; gg++) {
                         w.rps[q * ng + gg] = wt * w.gScale[gg];

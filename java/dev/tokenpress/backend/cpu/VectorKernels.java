@@ -740,6 +740,12 @@ final class VectorKernels implements Kernels {
             Kernels.super.quantValueRun(hc, nt, stride, kind, skip, p, ps, pz, ng, gs, rows, hd, o, oOff);
             return;
         }
+        // (a window row a head skips: the update is computed and not taken, a blend instead of a branch)
+        // the candidates some head weighs, in order: a branch around the vector updates whose outcome is data made C2
+        // keep the accumulators in memory (a run with a tenth of its candidates unweighed took 6.7x as long)
+        int[] cand = new int[nt];
+        int nc = 0;
+        for (int t = 0; t < nt; t++) if (kind[t] != 0) cand[nc++] = t;
         int i = 0;
         for (; i + 4 <= hc; i += 4) {
             int b0 = oOff + i * hd, b1 = b0 + hd, b2 = b1 + hd, b3 = b2 + hd;
@@ -748,21 +754,20 @@ final class VectorKernels implements Kernels {
                 int g = c / gs;
                 FloatVector y0 = FloatVector.fromArray(F, o, b0 + c), y1 = FloatVector.fromArray(F, o, b1 + c);
                 FloatVector y2 = FloatVector.fromArray(F, o, b2 + c), y3 = FloatVector.fromArray(F, o, b3 + c);
-                for (int t = 0; t < nt; t++) {
-                    byte kd = kind[t];
-                    if (kd == 0) continue;
+                for (int u = 0; u < nc; u++) {
+                    int t = cand[u];
                     FloatVector x = FloatVector.fromArray(F, rows, t * hd + c);
-                    if (kd == 1) {
-                        if (!skip[s0 + t]) y0 = x.fma(FloatVector.broadcast(F, p[s0 + t]), y0);
-                        if (!skip[s1 + t]) y1 = x.fma(FloatVector.broadcast(F, p[s1 + t]), y1);
-                        if (!skip[s2 + t]) y2 = x.fma(FloatVector.broadcast(F, p[s2 + t]), y2);
-                        if (!skip[s3 + t]) y3 = x.fma(FloatVector.broadcast(F, p[s3 + t]), y3);
+                    if (kind[t] == 1) {
+                        y0 = y0.blend(x.fma(FloatVector.broadcast(F, p[s0 + t]), y0), weighs(skip[s0 + t]));
+                        y1 = y1.blend(x.fma(FloatVector.broadcast(F, p[s1 + t]), y1), weighs(skip[s1 + t]));
+                        y2 = y2.blend(x.fma(FloatVector.broadcast(F, p[s2 + t]), y2), weighs(skip[s2 + t]));
+                        y3 = y3.blend(x.fma(FloatVector.broadcast(F, p[s3 + t]), y3), weighs(skip[s3 + t]));
                     } else {
                         int q0 = (s0 + t) * ng + g, q1 = (s1 + t) * ng + g, q2 = (s2 + t) * ng + g, q3 = (s3 + t) * ng + g;
-                        if (!skip[s0 + t]) y0 = y0.add(x.mul(ps[q0]).add(pz[q0]));
-                        if (!skip[s1 + t]) y1 = y1.add(x.mul(ps[q1]).add(pz[q1]));
-                        if (!skip[s2 + t]) y2 = y2.add(x.mul(ps[q2]).add(pz[q2]));
-                        if (!skip[s3 + t]) y3 = y3.add(x.mul(ps[q3]).add(pz[q3]));
+                        y0 = y0.add(x.mul(ps[q0]).add(pz[q0])); // skipped: a term of -0
+                        y1 = y1.add(x.mul(ps[q1]).add(pz[q1])); // skipped: a term of -0
+                        y2 = y2.add(x.mul(ps[q2]).add(pz[q2])); // skipped: a term of -0
+                        y3 = y3.add(x.mul(ps[q3]).add(pz[q3])); // skipped: a term of -0
                     }
                 }
                 y0.intoArray(o, b0 + c);
@@ -776,12 +781,12 @@ final class VectorKernels implements Kernels {
             for (int c = 0; c < hd; c += l) {
                 int g = c / gs;
                 FloatVector y0 = FloatVector.fromArray(F, o, b0 + c);
-                for (int t = 0; t < nt; t++) {
-                    byte kd = kind[t];
-                    if (kd == 0 || skip[s0 + t]) continue;
+                for (int u = 0; u < nc; u++) {
+                    int t = cand[u];
                     FloatVector x = FloatVector.fromArray(F, rows, t * hd + c);
-                    if (kd == 1) y0 = x.fma(FloatVector.broadcast(F, p[s0 + t]), y0);
-                    else {
+                    if (kind[t] == 1) {
+                        y0 = y0.blend(x.fma(FloatVector.broadcast(F, p[s0 + t]), y0), weighs(skip[s0 + t]));
+                    } else { // skipped: a term of -0
                         int q0 = (s0 + t) * ng + g;
                         y0 = y0.add(x.mul(ps[q0]).add(pz[q0]));
                     }
@@ -789,6 +794,11 @@ final class VectorKernels implements Kernels {
                 y0.intoArray(o, b0 + c);
             }
         }
+    }
+
+    /** All lanes when a head weighs the candidate (skip false), none otherwise (from a compare: no branch). */
+    private static VectorMask<Float> weighs(boolean skip) {
+        return FloatVector.broadcast(F, skip ? 1f : 0f).compare(VectorOperators.EQ, 0f);
     }
 
     @Override

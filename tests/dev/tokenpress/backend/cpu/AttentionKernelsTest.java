@@ -92,4 +92,68 @@ class AttentionKernelsTest {
         for (int i = 0; i < 4; i++)
             assertEquals(Float.floatToRawIntBits(V.dot(a, 3 + i * hd, b, 5, hd)), Float.floatToRawIntBits(four[i]), "dot " + i);
     }
+
+    /**
+     * The quantized cache's value run ({@link VectorKernels#quantValueRun}: no branch around its vector updates)
+     * against the plain loop of {@link Kernels#quantValueRun}, bit for bit: candidates no head weighs (kind 0) and
+     * heads that skip a candidate at random (quantized rows: ps and pz of -0, as the caller sets them; window rows:
+     * any weight), window rows with negative, infinite and NaN values, outputs that start at -0, +0 and NaN, one to
+     * six heads (the four-head path and the rest).
+     */
+    /** The interface's plain loops over the vector kernels' axpy and scaleShiftAdd (what the run must equal). */
+    static final Kernels PLAIN = new Kernels() {
+        @Override public float dot(float[] a, int aOff, float[] b, int bOff, int len) { return V.dot(a, aOff, b, bOff, len); }
+        @Override public float dotBf16(int[] w, float[] xe, float[] xo, int xOff, int pairs) { return V.dotBf16(w, xe, xo, xOff, pairs); }
+        @Override public void axpy(float a, float[] x, int xOff, float[] y, int yOff, int len) { V.axpy(a, x, xOff, y, yOff, len); }
+        @Override public void scaleShiftAdd(float a, float b, float[] x, int xOff, float[] f, int fOff, float[] y, int yOff, int len) {
+            V.scaleShiftAdd(a, b, x, xOff, f, fOff, y, yOff, len);
+        }
+        @Override public float sumSquares(float[] x, int off, int len) { return V.sumSquares(x, off, len); }
+        @Override public String describe() { return "plain loops over the vector kernels"; }
+    };
+
+    @ParameterizedTest
+    @CsvSource({"4,32,64,2", "5,32,64,1", "1,17,64,2", "6,32,128,4", "4,9,64,1", "3,32,64,2"})
+    void quantValueRunGivesThePlainLoopsBits(int hc, int nt, int hd, int ng) {
+        SplittableRandom r = new SplittableRandom(hc * 101L + nt * 7L + hd + ng);
+        int stride = 32, gs = hd / ng;
+        for (int rep = 0; rep < 20; rep++) {
+            byte[] kind = new byte[nt];
+            boolean[] skip = new boolean[hc * stride];
+            float[] p = new float[hc * stride], ps = new float[hc * stride * ng], pz = new float[hc * stride * ng];
+            float[] rows = new float[nt * hd];
+            for (int t = 0; t < nt; t++) {
+                kind[t] = (byte) (r.nextInt(10) == 0 ? 0 : r.nextInt(6) == 0 ? 1 : 2);
+                for (int d = 0; d < hd; d++)
+                    rows[t * hd + d] = kind[t] == 2 ? r.nextInt(16)           // codes: non-negative integers
+                            : switch (r.nextInt(30)) {                       // window rows: any float
+                                case 0 -> Float.POSITIVE_INFINITY;
+                                case 1 -> Float.NaN;
+                                case 2 -> -0f;
+                                default -> (float) r.nextGaussian();
+                            };
+                for (int i = 0; i < hc; i++) {
+                    int q = i * stride + t;
+                    skip[q] = kind[t] == 0 || r.nextInt(5) == 0;
+                    p[q] = (float) r.nextDouble();
+                    for (int g = 0; g < ng; g++) {
+                        ps[q * ng + g] = skip[q] && kind[t] == 2 ? -0f : (float) (r.nextDouble() * 0.1);
+                        pz[q * ng + g] = skip[q] && kind[t] == 2 ? -0f : (float) (r.nextGaussian() * 0.1);
+                    }
+                }
+            }
+            float[] want = new float[hc * hd + 5], got = new float[hc * hd + 5];
+            for (int i = 0; i < want.length; i++)
+                want[i] = got[i] = switch (r.nextInt(8)) {
+                    case 0 -> -0f;
+                    case 1 -> 0f;
+                    case 2 -> rep % 2 == 0 ? Float.NaN : -0f;
+                    default -> (float) r.nextGaussian();
+                };
+            PLAIN.quantValueRun(hc, nt, stride, kind, skip, p, ps, pz, ng, gs, rows, hd, want, 3);
+            V.quantValueRun(hc, nt, stride, kind, skip, p, ps, pz, ng, gs, rows, hd, got, 3);
+            for (int i = 0; i < want.length; i++)
+                assertEquals(Float.floatToRawIntBits(want[i]), Float.floatToRawIntBits(got[i]), "element " + i + " of repetition " + rep);
+        }
+    }
 }
