@@ -573,7 +573,8 @@ final class VectorKernels implements Kernels {
     private void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
                                 short[] values16, int hd, float[] o, int oOff) {
         int l = F.length(), upper = hd - hd % l;
-        int[] nz = new int[VALUE_BLOCK], at = new int[VALUE_BLOCK];
+        int[] nz = new int[VALUE_BLOCK], at = new int[VALUE_BLOCK], rowAt = new int[VALUE_BLOCK];
+        float[] weight = new float[VALUE_BLOCK];
         float[] rows = values != null ? values : new float[VALUE_BLOCK * hd];
         for (int j0 = 0; j0 < m; j0 += VALUE_BLOCK) {
             int j1 = Math.min(m, j0 + VALUE_BLOCK);
@@ -600,20 +601,37 @@ final class VectorKernels implements Kernels {
                 int b0 = oOff + i * hd, b1 = b0 + hd, b2 = b1 + hd, b3 = b2 + hd;
                 // the block's candidates some of the four heads weigh (masked and freed slots: no value read at all)
                 int nn = 0;
-                for (int j = j0; j < j1; j++) if (e0[j] != 0f || e1[j] != 0f || e2[j] != 0f || e3[j] != 0f) nz[nn++] = j;
+                boolean partial = false; // a candidate only some of the four weigh
+                for (int j = j0; j < j1; j++) {
+                    boolean w0 = e0[j] != 0f, w1 = e1[j] != 0f, w2 = e2[j] != 0f, w3 = e3[j] != 0f;
+                    if (w0 || w1 || w2 || w3) nz[nn++] = j;
+                    partial |= (w0 || w1 || w2 || w3) && !(w0 && w1 && w2 && w3);
+                }
                 if (nn == 0) continue;
                 for (int c = 0; c < upper; c += l) {
                     FloatVector a0 = FloatVector.fromArray(F, o, b0 + c), a1 = FloatVector.fromArray(F, o, b1 + c);
                     FloatVector a2 = FloatVector.fromArray(F, o, b2 + c), a3 = FloatVector.fromArray(F, o, b3 + c);
-                    for (int t = 0; t < nn; t++) {
-                        int j = nz[t];
-                        float x0 = e0[j], x1 = e1[j], x2 = e2[j], x3 = e3[j];
-                        FloatVector v = FloatVector.fromArray(F, rows, at[j - j0] + c);
-                        if (x0 != 0f) a0 = v.fma(FloatVector.broadcast(F, x0 * v0), a0);
-                        if (x1 != 0f) a1 = v.fma(FloatVector.broadcast(F, x1 * v1), a1);
-                        if (x2 != 0f) a2 = v.fma(FloatVector.broadcast(F, x2 * v2), a2);
-                        if (x3 != 0f) a3 = v.fma(FloatVector.broadcast(F, x3 * v3), a3);
-                    }
+                    if (!partial)
+                        for (int t = 0; t < nn; t++) { // every listed candidate weighed by all four
+                            int j = nz[t];
+                            FloatVector v = FloatVector.fromArray(F, rows, at[j - j0] + c);
+                            a0 = v.fma(FloatVector.broadcast(F, e0[j] * v0), a0);
+                            a1 = v.fma(FloatVector.broadcast(F, e1[j] * v1), a1);
+                            a2 = v.fma(FloatVector.broadcast(F, e2[j] * v2), a2);
+                            a3 = v.fma(FloatVector.broadcast(F, e3[j] * v3), a3);
+                        }
+                    else
+                        // a head's zero weight: the update is computed and blended away, not branched around (a
+                        // branch whose outcome is data made C2 keep the accumulators in memory: 6x slower)
+                        for (int t = 0; t < nn; t++) {
+                            int j = nz[t];
+                            float x0 = e0[j], x1 = e1[j], x2 = e2[j], x3 = e3[j];
+                            FloatVector v = FloatVector.fromArray(F, rows, at[j - j0] + c);
+                            a0 = a0.blend(v.fma(FloatVector.broadcast(F, x0 * v0), a0), weighs(x0 == 0f));
+                            a1 = a1.blend(v.fma(FloatVector.broadcast(F, x1 * v1), a1), weighs(x1 == 0f));
+                            a2 = a2.blend(v.fma(FloatVector.broadcast(F, x2 * v2), a2), weighs(x2 == 0f));
+                            a3 = a3.blend(v.fma(FloatVector.broadcast(F, x3 * v3), a3), weighs(x3 == 0f));
+                        }
                     a0.intoArray(o, b0 + c);
                     a1.intoArray(o, b1 + c);
                     a2.intoArray(o, b2 + c);
@@ -627,13 +645,17 @@ final class VectorKernels implements Kernels {
                 float[] ei = e[i];
                 float iv = inv[i];
                 int ob = oOff + i * hd;
+                int nn = 0; // the candidates this head weighs, their rows and weights: no branch inside the vector loop
+                for (int j = j0; j < j1; j++) {
+                    float ej = ei[j];
+                    if (ej == 0f) continue;
+                    rowAt[nn] = at[j - j0];
+                    weight[nn++] = ej * iv;
+                }
                 for (int c = 0; c < upper; c += l) {
                     FloatVector acc = FloatVector.fromArray(F, o, ob + c);
-                    for (int j = j0; j < j1; j++) {
-                        float ej = ei[j];
-                        if (ej == 0f) continue;
-                        acc = FloatVector.fromArray(F, rows, at[j - j0] + c).fma(FloatVector.broadcast(F, ej * iv), acc);
-                    }
+                    for (int t = 0; t < nn; t++)
+                        acc = FloatVector.fromArray(F, rows, rowAt[t] + c).fma(FloatVector.broadcast(F, weight[t]), acc);
                     acc.intoArray(o, ob + c);
                 }
                 valueTail(ei, iv, j0, j1, at, rows, hd, upper, o, ob);

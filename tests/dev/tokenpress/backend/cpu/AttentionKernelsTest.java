@@ -12,7 +12,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
  * {@link VectorKernels#weightedValues} (outputs in registers over blocks of candidates, four heads per value load)
  * against one {@link VectorKernels#axpy} per candidate and head, and {@link VectorKernels#dot4} against four
  * {@link VectorKernels#dot} calls — for head dims with and without a vector tail, any number of heads (dead heads and
- * zero numerators skipped), all slots or a slot list.
+ * zero numerators skipped, outputs starting at -0 and value rows with infinities, which a skipped numerator must not
+ * touch), all slots or a slot list.
  */
 class AttentionKernelsTest {
     static final VectorKernels V = new VectorKernels();
@@ -53,13 +54,15 @@ class AttentionKernelsTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"64,4,300,false", "64,8,77,true", "128,4,129,false", "16,3,40,true", "40,5,33,false", "24,9,70,true",
-            "64,1,5,false", "128,7,1,true", "72,4,64,true"})
-    void sharedLoadsGiveThePerHeadBits(int hd, int hc, int m, boolean list) {
+    @CsvSource({"64,4,300,false,true", "64,8,77,true,true", "128,4,129,false,true", "16,3,40,true,true", "40,5,33,false,true",
+            "24,9,70,true,true", "64,1,5,false,true", "128,7,1,true,true", "72,4,64,true,true",
+            "64,4,300,false,false", "64,9,100,true,false", "72,1,50,false,false"})
+    void sharedLoadsGiveThePerHeadBits(int hd, int hc, int m, boolean list, boolean zeros) {
         SplittableRandom r = new SplittableRandom(hd * 131L + hc * 7L + m);
         int slotsTotal = m + 11;
         float[] values = new float[slotsTotal * hd];
-        for (int i = 0; i < values.length; i++) values[i] = (float) r.nextGaussian();
+        for (int i = 0; i < values.length; i++) // infinities: a zero weight must not turn them into a NaN output
+            values[i] = r.nextInt(400) == 0 ? Float.POSITIVE_INFINITY : (float) r.nextGaussian();
         int[] slots = null;
         if (list) {
             slots = new int[m];
@@ -69,12 +72,13 @@ class AttentionKernelsTest {
         float[] inv = new float[hc];
         boolean[] live = new boolean[hc];
         for (int i = 0; i < hc; i++) {
-            live[i] = i % 5 != 2;  // a dead head (nothing visible) now and then
+            live[i] = i % 5 != 4;  // a dead head (nothing visible) now and then, after a group of four that takes the four-head path
             inv[i] = (float) (1 / (1 + r.nextDouble() * m));
-            for (int j = 0; j < m; j++) e[i][j] = r.nextInt(list ? 2 : 6) == 0 || j % 7 == 3 ? 0f : (float) r.nextDouble(); // some candidates weighed by no head
+            for (int j = 0; j < m; j++) // some candidates weighed by some heads or by none (zeros), or by every head
+                e[i][j] = zeros && (r.nextInt(list ? 2 : 6) == 0 || j % 7 == 3) ? 0f : (float) (0.01 + r.nextDouble());
         }
         float[] ref = new float[(hc + 1) * hd], got = new float[(hc + 1) * hd];
-        for (int i = 0; i < ref.length; i++) ref[i] = got[i] = (float) r.nextGaussian(); // outputs start non-zero
+        for (int i = 0; i < ref.length; i++) ref[i] = got[i] = r.nextInt(8) == 0 ? -0f : (float) r.nextGaussian(); // -0: a zero weight must leave it
         int oOff = hd / 2;
         for (int j = 0; j < m; j++) {  // the definition: one axpy per candidate and live head, in candidate order
             int slot = slots == null ? j : slots[j];
