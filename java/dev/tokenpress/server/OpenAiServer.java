@@ -496,6 +496,7 @@ public final class OpenAiServer implements AutoCloseable {
         meta.put("n_vocab", tp.config().vocabSize());
         meta.put("kv", defaultPolicy.spec());
         meta.put("kv_quant", options.quant() == null ? "none" : options.quant().spec());
+        putCacheTypes(meta);
         meta.put("chat_template", options.template() == null ? null : options.template().name());
         return o;
     }
@@ -1534,8 +1535,17 @@ public final class OpenAiServer implements AutoCloseable {
         o.put("n_ctx", session.contextSize());
         o.put("kv", defaultPolicy.spec());
         o.put("kv_quant", options.quant() == null ? "none" : options.quant().spec());
+        putCacheTypes(o);
         o.put("build_info", "tokenpress");
         return o;
+    }
+
+    /** How an unquantized cache stores keys and values (-ctk / -ctv); a quantized cache stores codes instead. */
+    private void putCacheTypes(ObjectNode o) {
+        if (options.quant() != null && !options.quant().isNone()) return;
+        dev.tokenpress.backend.KvType[] t = tp.backend().kvTypes();
+        o.put("cache_type_k", t[0].spec());
+        o.put("cache_type_v", t[1].spec());
     }
 
     /** Adds a request's figures to the /metrics counters. */

@@ -662,6 +662,8 @@ class OpenAiServerTest {
         assertEquals(16, props.json().at("/default_generation_settings/n_predict").asInt());
         assertEquals(1, props.json().get("total_slots").asInt());
         assertEquals("full", props.json().get("kv").asText());
+        assertEquals("f32", props.json().get("cache_type_k").asText()); // the CPU cache's default storage
+        assertEquals("f32", props.json().get("cache_type_v").asText());
     }
 
     /** /v1/embeddings: OpenAI's shape, float and base64, one vector per input, as the Java API computes them. */
