@@ -189,6 +189,18 @@ public final class TokenPress implements AutoCloseable {
 
     public Backend backend() { return model.backend; }
 
+    /**
+     * How this model's unquantized KV caches store keys and values ({@code -ctk} / {@code -ctv}), as the fields
+     * {@code cache_type_k} and {@code cache_type_v} of the CLI's and the server's JSON.
+     */
+    public java.util.Map<String, String> cacheTypes() {
+        dev.tokenpress.backend.KvType[] t = backend().kvTypes();
+        java.util.Map<String, String> m = new java.util.LinkedHashMap<>();
+        m.put("cache_type_k", t[0].spec());
+        m.put("cache_type_v", t[1].spec());
+        return m;
+    }
+
     public long loadMillis() { return loadMillis; }
 
     private long fingerprint = -1;

@@ -390,9 +390,6 @@ public final class GenerateCommand implements Callable<Integer> {
 
     /** How an unquantized cache stored keys and values ({@code -ctk} / {@code -ctv}; a quantized cache has codes instead). */
     private static void putCacheTypes(com.fasterxml.jackson.databind.node.ObjectNode o, TokenPress tp, dev.tokenpress.kv.quant.KvQuantSpec quant) {
-        if (!quant.isNone()) return;
-        dev.tokenpress.backend.KvType[] t = tp.backend().kvTypes();
-        o.put("cache_type_k", t[0].spec());
-        o.put("cache_type_v", t[1].spec());
+        if (quant.isNone()) tp.cacheTypes().forEach(o::put);
     }
 }

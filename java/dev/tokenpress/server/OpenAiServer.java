@@ -1542,10 +1542,7 @@ public final class OpenAiServer implements AutoCloseable {
 
     /** How an unquantized cache stores keys and values (-ctk / -ctv); a quantized cache stores codes instead. */
     private void putCacheTypes(ObjectNode o) {
-        if (options.quant() != null && !options.quant().isNone()) return;
-        dev.tokenpress.backend.KvType[] t = tp.backend().kvTypes();
-        o.put("cache_type_k", t[0].spec());
-        o.put("cache_type_v", t[1].spec());
+        if (options.quant() == null || options.quant().isNone()) tp.cacheTypes().forEach(o::put);
     }
 
     /** Adds a request's figures to the /metrics counters. */

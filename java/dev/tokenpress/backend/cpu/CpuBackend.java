@@ -363,7 +363,7 @@ public final class CpuBackend implements Backend {
         // every slot below the high-water mark as a list too: one loop shape whether a layer attends to all or to a
         // selection (a selecting policy's dense layers ran ~2.5x slower through the JIT's code for the rarer shape)
         int[] list = select == null ? identity(m) : select.slots()[g];
-        // keys and values in f32 or as bf16 (-ctk / -ctv): the kernels over bf16 rows give the f32 kernels' bits
+        // keys and values in f32 or as bf16 (-ctk / -ctv), looked up once for the slot loop
         float[] keys = c.keys == null ? null : c.keys[layer][g], values = c.values == null ? null : c.values[layer][g];
         short[] keys16 = keys == null ? c.keys16[layer][g] : null, values16 = values == null ? c.values16[layer][g] : null;
         float[][] scores = new float[hc][m];
@@ -445,8 +445,6 @@ public final class CpuBackend implements Backend {
                 for (int g = g0; g < g1; g++) {
                     int hw = c.highWater(layer, g);
                     int[] pos = c.positions(layer, g);
-                    float[] keys = c.keys == null ? null : c.keys[layer][g];
-                    short[] keys16 = keys == null ? c.keys16[layer][g] : null;
                     for (int h0 = g * group; h0 < (g + 1) * group; h0 += 4) {
                         int qOff = row * qt.cols + h0 * hd;
                         float[] o0 = out[h0], o1 = out[h0 + 1], o2 = out[h0 + 2], o3 = out[h0 + 3];
@@ -456,8 +454,7 @@ public final class CpuBackend implements Backend {
                                 o0[s] = o1[s] = o2[s] = o3[s] = Float.NEGATIVE_INFINITY;
                                 continue;
                             }
-                            if (keys != null) k.dot4(qt.data, qOff, hd, keys, s * hd, hd, four);
-                            else k.dot4(qt.data, qOff, hd, keys16, s * hd, hd, four);
+                            c.keyDot4(k, qt.data, qOff, hd, layer, g, s, four);
                             o0[s] = four[0];
                             o1[s] = four[1];
                             o2[s] = four[2];
@@ -474,12 +471,10 @@ public final class CpuBackend implements Backend {
             for (int h = h0; h < h1; h++) {
                 int g = h / group, hw = c.highWater(layer, g), qOff = row * qt.cols + h * hd;
                 int[] pos = c.positions(layer, g);
-                float[] keys = c.keys == null ? null : c.keys[layer][g], o = out[h];
-                short[] keys16 = keys == null ? c.keys16[layer][g] : null;
+                float[] o = out[h];
                 for (int s = 0; s < hw; s++) {
                     int p = pos[s];
-                    o[s] = p < 0 || p > queryPosition ? Float.NEGATIVE_INFINITY
-                            : keys != null ? k.dot(qt.data, qOff, keys, s * hd, hd) : k.dot(qt.data, qOff, keys16, s * hd, hd);
+                    o[s] = p < 0 || p > queryPosition ? Float.NEGATIVE_INFINITY : c.keyDot(k, qt.data, qOff, layer, g, s);
                 }
                 Arrays.fill(o, hw, Math.min(o.length, c.capacity()), Float.NEGATIVE_INFINITY);
             }
@@ -508,8 +503,6 @@ public final class CpuBackend implements Backend {
             for (int g = g0; g < g1; g++) {
                 int hw = c.highWater(layer, g);
                 int[] pos = c.positions(layer, g);
-                float[] keys = c.keys == null ? null : c.keys[layer][g];
-                short[] keys16 = keys == null ? c.keys16[layer][g] : null;
                 float[] score = new float[hw], dots = new float[group + 3];
                 int cur = -1, visible = 0;
                 for (int s = 0; s < hw; s++) {
@@ -521,15 +514,10 @@ public final class CpuBackend implements Backend {
                     }
                     int i = 0; // the group's dots, four heads per pass over the key (each the bits of one dot)
                     for (; i + 4 <= group; i += 4) {
-                        int qOff = row * qt.cols + (g * group + i) * hd;
-                        if (keys != null) k.dot4(qt.data, qOff, hd, keys, s * hd, hd, four);
-                        else k.dot4(qt.data, qOff, hd, keys16, s * hd, hd, four);
+                        c.keyDot4(k, qt.data, row * qt.cols + (g * group + i) * hd, hd, layer, g, s, four);
                         System.arraycopy(four, 0, dots, i, 4);
                     }
-                    for (; i < group; i++) {
-                        int qOff = row * qt.cols + (g * group + i) * hd;
-                        dots[i] = keys != null ? k.dot(qt.data, qOff, keys, s * hd, hd) : k.dot(qt.data, qOff, keys16, s * hd, hd);
-                    }
+                    for (; i < group; i++) dots[i] = c.keyDot(k, qt.data, row * qt.cols + (g * group + i) * hd, layer, g, s);
                     float v = sumGroup ? 0f : Float.NEGATIVE_INFINITY;
                     boolean any = false;
                     for (int h = 0; h < group; h++) {
@@ -744,11 +732,7 @@ public final class CpuBackend implements Backend {
             Backend.super.readKvHead(cache, layer, head, keys, values);
             return;
         }
-        int n = c.highWater(layer, head) * c.headDim();
-        if (c.keys != null) System.arraycopy(c.keys[layer][head], 0, keys, 0, n);
-        else k.widenBf16(c.keys16[layer][head], 0, keys, 0, n);
-        if (c.values != null) System.arraycopy(c.values[layer][head], 0, values, 0, n);
-        else k.widenBf16(c.values16[layer][head], 0, values, 0, n);
+        c.readHead(k, layer, head, c.highWater(layer, head) * c.headDim(), keys, values);
     }
 
     @Override

@@ -60,6 +60,26 @@ final class CpuKvCache extends KvCache {
         else k.widenBf16(values16[layer][head], slot * hd, out, off, hd);
     }
 
+    /** q[qOff, +hd) · key row {@code slot} of (layer, head): {@link Kernels#dot} over the stored (f32 or bf16) row. */
+    float keyDot(Kernels k, float[] q, int qOff, int layer, int head, int slot) {
+        return keys != null ? k.dot(q, qOff, keys[layer][head], slot * headDim, headDim)
+                : k.dot(q, qOff, keys16[layer][head], slot * headDim, headDim);
+    }
+
+    /** Four q rows (q[qOff + i·qStride, +hd)) · key row {@code slot} of (layer, head) into out[0, 4): {@link Kernels#dot4}. */
+    void keyDot4(Kernels k, float[] q, int qOff, int qStride, int layer, int head, int slot, float[] out) {
+        if (keys != null) k.dot4(q, qOff, qStride, keys[layer][head], slot * headDim, headDim, out);
+        else k.dot4(q, qOff, qStride, keys16[layer][head], slot * headDim, headDim, out);
+    }
+
+    /** The first n elements of (layer, head)'s keys and values as floats. */
+    void readHead(Kernels k, int layer, int head, int n, float[] keyOut, float[] valueOut) {
+        if (keys != null) System.arraycopy(keys[layer][head], 0, keyOut, 0, n);
+        else k.widenBf16(keys16[layer][head], 0, keyOut, 0, n);
+        if (values != null) System.arraycopy(values[layer][head], 0, valueOut, 0, n);
+        else k.widenBf16(values16[layer][head], 0, valueOut, 0, n);
+    }
+
     /** Stores key and value rows src[kOff, +hd) / src[vOff, +hd) into {@code slot} of (layer, head), rounded to the storage type. */
     void write(int layer, int head, int slot, float[] k, int kOff, float[] v, int vOff) {
         int hd = headDim;

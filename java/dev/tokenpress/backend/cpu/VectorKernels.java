@@ -566,9 +566,8 @@ final class VectorKernels implements Kernels {
 
     /**
      * The value sum over rows read from {@code values} (f32) or, when it is null, widened from {@code values16} (bf16)
-     * block by block into a scratch array first: the multiply-adds always load float vectors from one float array
-     * (a vector that could come from either kind of load made C2 fall back to the Vector API's Java code once a JVM
-     * had run both storage types: a third of the speed).
+     * block by block into a scratch array first: each bf16 row is widened once for all heads and chunks, and the
+     * multiply-adds load float vectors from one float array either way.
      */
     private void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
                                 short[] values16, int hd, float[] o, int oOff) {
@@ -762,9 +761,9 @@ final class VectorKernels implements Kernels {
             Kernels.super.quantValueRun(hc, nt, stride, kind, skip, p, ps, pz, ng, gs, rows, hd, o, oOff);
             return;
         }
-        // (a window row a head skips: the update is computed and not taken, a blend instead of a branch)
-        // the candidates some head weighs, in order: a branch around the vector updates whose outcome is data made C2
-        // keep the accumulators in memory (a run with a tenth of its candidates unweighed took 6.7x as long)
+        // no branch whose outcome is data around the vector updates (with both outcomes frequent C2 kept the
+        // accumulators in memory: a run with a tenth of its candidates unweighed took 6.7x as long): the candidates some
+        // head weighs are listed first, a quantized row a head skips adds -0, a skipped window row is blended away
         int[] cand = new int[nt];
         int nc = 0;
         for (int t = 0; t < nt; t++) if (kind[t] != 0) cand[nc++] = t;
