@@ -80,6 +80,19 @@ class CompareCliTest {
         assertTrue(md.out().contains("| window:sink=2,budget=20 |"), md.out());
     }
 
+    /** MiniCache in a --kv-quant list: its row carries the canonical spec, merges layers (fewer bytes) and costs PPL. */
+    @Test
+    void minicacheRowsMergeLayers() throws Exception {
+        Run c = run("compare", "-m", model.toString(), "-f", text.toString(), "-c", "48", "--kv", "full",
+                "--kv-quant", "none,minicache:start=0,group=8,residual=8", "--json", "--device", "cpu");
+        assertEquals(ExitCodes.OK, c.code(), c.err());
+        JsonNode rows = JSON.readTree(c.out()).get("results");
+        assertEquals(2, rows.size(), c.out());
+        assertEquals("full q:minicache:t=0.6,start=0,retain=0.05,group=8,residual=8", rows.get(1).get("kv").asText());
+        assertTrue(rows.get(1).get("kv_bytes").asLong() < rows.get(0).get("kv_bytes").asLong(), c.out());
+        assertTrue(rows.get(1).get("mean_kld").asDouble() > 0, c.out());
+    }
+
     /** A list of --kv-quant specs: every policy for each, in that order, each row as a separate run labels it. */
     @Test
     void quantizationListsGiveEveryCombination() throws Exception {

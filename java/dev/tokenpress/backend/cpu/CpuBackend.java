@@ -103,7 +103,9 @@ public final class CpuBackend implements Backend {
     @Override
     public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {
         if (quant == null || quant.isNone()) return newKvCache(layers, kvHeads, headDim, capacity);
-        // codes and an f32 window of recent tokens: the storage types are an unquantized cache's
+        // f32 rows (MiniCache's shared directions and exact rows; the quantizers' window): not the -ctk / -ctv types
+        if (quant.method() == dev.tokenpress.kv.quant.KvQuantSpec.Method.MINICACHE)
+            return new MiniKvCache(layers, kvHeads, headDim, capacity, quant);
         return new QuantKvCache(layers, kvHeads, headDim, capacity, quant);
     }
 
@@ -310,6 +312,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n) {
         if (cache instanceof QuantKvCache qc) { QuantOps.storeKv(qc, layer, f(k), f(v), slots, n); return; }
+        if (cache instanceof MiniKvCache mc) { MiniOps.storeKv(mc, layer, f(k), f(v), slots, n); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor kt = f(k), vt = f(v);
         int hd = c.headDim();
@@ -322,6 +325,7 @@ public final class CpuBackend implements Backend {
     public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
                           SlotSelection select, AttentionStats stats) {
         if (cache instanceof QuantKvCache qc) { QuantOps.attention(par, k, f(out), f(q), qc, layer, queryPositions, n, select, stats); return; }
+        if (cache instanceof MiniKvCache mc) { MiniOps.attention(par, k, f(out), f(q), mc, layer, queryPositions, n, select, stats); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor o = f(out), qt = f(q);
         int hd = c.headDim(), kvHeads = c.kvHeads();
@@ -404,28 +408,39 @@ public final class CpuBackend implements Backend {
         }
         float[] inv = new float[hc];
         boolean[] live = new boolean[hc];
+        if (!softmaxHeads(k, scores, max, hc, m, o.data, oBase + h0 * hd, hd, inv, live)) return;
+        // o_i += (e_ij / sum_i) · v_j over the candidates in order, each head's outputs held in registers
+        if (values != null) k.weightedValues(scores, inv, live, hc, m, list, values, hd, o.data, oBase + h0 * hd);
+        else k.weightedValues(scores, inv, live, hc, m, list, values16, hd, o.data, oBase + h0 * hd);
+        if (stats != null && stats.probSums != null && r >= stats.fromRow) addProbSums(stats.probSums[g], scores, inv, live, hc, m, list);
+    }
+
+    /**
+     * The softmax of hc heads' scaled scores over m candidates: zeroes each head's output row o[oOff + i·hd, +hd),
+     * exponentiates its scores in place against its max ({@link Kernels#expShifted}), and sets inv[i] = 1/Σ and
+     * live[i] for the heads that see a candidate. False when no head sees any.
+     */
+    static boolean softmaxHeads(Kernels k, float[][] scores, float[] max, int hc, int m, float[] o, int oOff, int hd,
+                                float[] inv, boolean[] live) {
         boolean any = false;
         for (int i = 0; i < hc; i++) {
-            int oOff = oBase + (h0 + i) * hd;
-            Arrays.fill(o.data, oOff, oOff + hd, 0f);
+            Arrays.fill(o, oOff + i * hd, oOff + (i + 1) * hd, 0f);
             if (max[i] == Float.NEGATIVE_INFINITY) continue; // nothing visible to this head
             any = live[i] = true;
             double sum = k.expShifted(scores[i], 0, m, max[i]);
             inv[i] = (float) (1.0 / sum);
         }
-        if (!any) return;
-        // o_i += (e_ij / sum_i) · v_j over the candidates in order, each head's outputs held in registers
-        if (values != null) k.weightedValues(scores, inv, live, hc, m, list, values, hd, o.data, oBase + h0 * hd);
-        else k.weightedValues(scores, inv, live, hc, m, list, values16, hd, o.data, oBase + h0 * hd);
-        if (stats != null && stats.probSums != null && r >= stats.fromRow) {
-            float[] sums = stats.probSums[g];
-            for (int j = 0; j < m; j++) {
-                int slot = list == null ? j : list[j];
-                for (int i = 0; i < hc; i++) {
-                    if (!live[i]) continue;
-                    float e = scores[i][j];
-                    if (e != 0f) sums[slot] += e * inv[i];
-                }
+        return any;
+    }
+
+    /** sums[slot] += e·inv of every live head, candidate by candidate (slot = list == null ? j : list[j]), in head order. */
+    static void addProbSums(float[] sums, float[][] e, float[] inv, boolean[] live, int hc, int m, int[] list) {
+        for (int j = 0; j < m; j++) {
+            int slot = list == null ? j : list[j];
+            for (int i = 0; i < hc; i++) {
+                if (!live[i]) continue;
+                float x = e[i][j];
+                if (x != 0f) sums[slot] += x * inv[i];
             }
         }
     }
@@ -435,6 +450,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void queryKeyScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer) {
         if (cache instanceof QuantKvCache qc) { QuantOps.queryKeyScores(par, k, out, f(q), row, queryPosition, qc, layer); return; }
+        if (cache instanceof MiniKvCache mc) { MiniOps.queryKeyScores(par, k, out, f(q), row, queryPosition, mc, layer); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor qt = f(q);
         int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
@@ -563,8 +579,8 @@ public final class CpuBackend implements Backend {
         if (pageSize < 1) throw new IllegalArgumentException("questPageScores: page size must be >= 1, got " + pageSize);
         CpuTensor qt = f(q);
         int hd = cache.headDim(), heads = qt.cols / hd, group = heads / cache.kvHeads();
-        // quantized: bounds from the reconstructed keys, so selection and attention see the same keys
-        QuantKvCache qc = cache instanceof QuantKvCache x ? x : null;
+        // quantized or merged: bounds from the reconstructed keys, so selection and attention see the same keys
+        KvReader qc = cache instanceof QuantKvCache x ? x::read : cache instanceof MiniKvCache x ? x::read : null;
         CpuKvCache plain = qc == null ? (CpuKvCache) cache : null;
         float[][] direct = plain == null || plain.keys == null ? null : plain.keys[layer]; // null: quantized or bf16 keys
         // ScalarKernels without the Vector API module: VectorKernels is only referenced otherwise
@@ -668,6 +684,11 @@ public final class CpuBackend implements Backend {
         });
     }
 
+    /** Reads the reconstructed key and value of a slot of a quantized or merged cache. */
+    private interface KvReader {
+        void read(int layer, int head, int slot, float[] key, float[] value);
+    }
+
     /** Page bounds of key rows keys[offs[j], offs[j] + len), j < n: a key replaces a bound only when beyond it. */
     private static void keyBounds(float[] keys, int[] offs, int n, float[] max, float[] min, int len) {
         for (int j = 0; j < n; j++)
@@ -721,6 +742,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         if (cache instanceof QuantKvCache qc) { qc.read(layer, head, slot, key, value); return; }
+        if (cache instanceof MiniKvCache mc) { mc.read(layer, head, slot, key, value); return; }
         CpuKvCache c = (CpuKvCache) cache;
         c.readKey(k, layer, head, slot, key, 0);
         c.readValue(k, layer, head, slot, value, 0);
@@ -738,6 +760,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         if (cache instanceof QuantKvCache qc) { qc.store(layer, head, slot, key, 0, value, 0); return; }
+        if (cache instanceof MiniKvCache mc) { mc.store(layer, head, slot, key, 0, value, 0); return; }
         ((CpuKvCache) cache).write(layer, head, slot, key, 0, value, 0);
     }
 

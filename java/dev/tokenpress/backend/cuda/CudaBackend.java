@@ -863,7 +863,7 @@ public final class CudaBackend implements Backend {
 
     /**
      * A KIVI-quantized KV cache (int8 / int4 / int2) in device memory ({@link CudaQuantKvCache}, kernels in
-     * cuda/kv_quant.cu); {@code none} is the bf16 cache. Other methods (ZipCache, MiKV, GEAR) are CPU only.
+     * cuda/kv_quant.cu); {@code none} is the bf16 cache. Other methods (ZipCache, MiKV, GEAR, MiniCache) are CPU only.
      */
     @Override
     public KvCache newKvCache(int layers, int kvHeads, int headDim, int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {

@@ -7,7 +7,7 @@ import java.util.Map;
 
 /**
  * How the KV cache stores keys and values: {@code none} (f32), KIVI ({@code int8}, {@code int4}, {@code int2}),
- * {@code zipcache}, {@code mikv} or {@code gear}. Made from spec strings {@code NAME[:key=value,...]} by
+ * {@code zipcache}, {@code mikv}, {@code gear}, or MiniCache's cross-layer merging ({@code minicache}). Made from spec strings {@code NAME[:key=value,...]} by
  * {@link #parse}; {@link #help()} lists every method with its parameters and defaults.
  *
  * @param method   the quantization scheme
@@ -16,19 +16,31 @@ import java.util.Map;
  * @param group    tokens per key group (keys: per channel over {@code group} tokens); values: channels per group
  *                 (min(group, head dim)); also the flush granularity of the residual window
  * @param residual most recent tokens kept in full precision (KIVI's R)
- * @param ratio    ZipCache: fraction of each group's tokens quantized at loBits (the least salient)
+ * @param ratio    ZipCache: fraction of each group's tokens quantized at loBits (the least salient); MiniCache: fraction
+ *                 of each merged group kept unmerged (the most distinct pairs), keys and values separately
  * @param budget   MiKV: tokens kept at high precision, a count (>= 1) or a ratio of the cached tokens (< 1)
  * @param rank     GEAR: rank r of the low-rank correction per group
  * @param outliers GEAR: fraction s of entries kept as sparse full-precision outliers
  * @param iters    GEAR: power-iteration steps
+ * @param interp   MiniCache: SLERP's interpolation parameter t (0 = the lower layer's direction, 1 = the upper's)
+ * @param start    MiniCache: first merged layer, a layer index (>= 1) or a fraction of the layers (< 1)
  * @param spec     the canonical spec string
  */
 public record KvQuantSpec(Method method, int bits, int loBits, int group, int residual, double ratio, double budget,
-                          int rank, double outliers, int iters, String spec) {
+                          int rank, double outliers, int iters, double interp, double start, String spec) {
 
-    public enum Method { NONE, KIVI, ZIPCACHE, MIKV, GEAR }
+    public enum Method { NONE, KIVI, ZIPCACHE, MIKV, GEAR, MINICACHE }
 
-    public static final KvQuantSpec NONE = new KvQuantSpec(Method.NONE, 32, 32, 1, 0, 0, 0, 0, 0, 0, "none");
+    public static final KvQuantSpec NONE = new KvQuantSpec(Method.NONE, 32, 32, 1, 0, 0, 0, 0, 0, 0, 0, 0, "none");
+
+    /**
+     * MiniCache: the lower layer of the first merged pair for a model of {@code layers} layers (pairs are
+     * (s, s+1), (s+2, s+3), ...; an odd last layer stays unmerged); {@code layers} when nothing is merged.
+     */
+    public int firstMergedLayer(int layers) {
+        int s = start < 1 ? (int) Math.round(start * layers) : (int) start;
+        return Math.min(s, layers);
+    }
 
     public boolean isNone() { return method == Method.NONE; }
 
@@ -69,6 +81,13 @@ public record KvQuantSpec(Method method, int bits, int loBits, int group, int re
                 new Param("bits", "4", "bits of the quantized part"), new Param("rank", "2", "rank r of the low-rank correction per group"),
                 new Param("s", "0.02", "fraction of entries kept as f16 outliers (per channel for keys, per token for values)"),
                 new Param("iters", "3", "power-iteration steps"), GROUP, RESIDUAL);
+        add("minicache", "MiniCache: adjacent layers from the middle of the model down share one direction per token "
+                        + "(SLERP of the two unit vectors) and keep their own norms; the most distinct pairs stay unmerged; f32 storage",
+                new Param("t", "0.6", "SLERP interpolation (0 = lower layer's direction, 1 = upper's)"),
+                new Param("start", "0.5", "first merged layer: a layer index, or a fraction of the layers when < 1"),
+                new Param("retain", "0.05", "fraction of each merged group kept unmerged (the largest angles)"),
+                new Param("group", "32", "tokens merged together once they leave the window (retain counts per group)"),
+                new Param("residual", "32", "most recent tokens kept unmerged"));
     }
 
     /** Every method with its parameters and defaults, one block per method. */
@@ -116,25 +135,32 @@ public record KvQuantSpec(Method method, int bits, int loBits, int group, int re
         return switch (name) {
             case "int8", "int4", "int2" -> {
                 int b = name.charAt(3) - '0';
-                yield new KvQuantSpec(Method.KIVI, b, b, group, residual, 0, 0, 0, 0, 0, canon);
+                yield new KvQuantSpec(Method.KIVI, b, b, group, residual, 0, 0, 0, 0, 0, 0, 0, canon);
             }
             case "zipcache" -> {
                 int hi = bits(name, args, "hi"), lo = bits(name, args, "lo");
                 double ratio = real(name, args, "ratio", 0, 1);
-                yield new KvQuantSpec(Method.ZIPCACHE, hi, lo, group, residual, ratio, 0, 0, 0, 0, canon);
+                yield new KvQuantSpec(Method.ZIPCACHE, hi, lo, group, residual, ratio, 0, 0, 0, 0, 0, 0, canon);
             }
             case "mikv" -> {
                 int hi = bits(name, args, "hi"), lo = bits(name, args, "lo");
                 double budget = real(name, args, "budget", 0, Integer.MAX_VALUE);
                 if (budget >= 1 && budget != Math.rint(budget))
                     throw new IllegalArgumentException("--kv-quant mikv: budget must be a token count or a ratio < 1, got " + args.get("budget"));
-                yield new KvQuantSpec(Method.MIKV, hi, lo, group, residual, 0, budget, 0, 0, 0, canon);
+                yield new KvQuantSpec(Method.MIKV, hi, lo, group, residual, 0, budget, 0, 0, 0, 0, 0, canon);
             }
             case "gear" -> {
                 int b = bits(name, args, "bits");
                 int rank = integer(name, args, "rank", 0, 64), iters = integer(name, args, "iters", 1, 100);
                 double sOut = real(name, args, "s", 0, 0.5);
-                yield new KvQuantSpec(Method.GEAR, b, b, group, residual, 0, 0, rank, sOut, iters, canon);
+                yield new KvQuantSpec(Method.GEAR, b, b, group, residual, 0, 0, rank, sOut, iters, 0, 0, canon);
+            }
+            case "minicache" -> {
+                double t = real(name, args, "t", 0, 1), retain = real(name, args, "retain", 0, 1);
+                double start = real(name, args, "start", 0, 1 << 16);
+                if (start >= 1 && start != Math.rint(start))
+                    throw new IllegalArgumentException("--kv-quant minicache: start must be a layer index or a fraction < 1, got " + args.get("start"));
+                yield new KvQuantSpec(Method.MINICACHE, 32, 32, group, residual, retain, 0, 0, 0, 0, t, start, canon);
             }
             default -> throw new IllegalStateException(name);
         };
@@ -178,7 +204,7 @@ public record KvQuantSpec(Method method, int bits, int loBits, int group, int re
 
     /** Checks the spec against a head dimension; throws IllegalArgumentException naming the problem. */
     public void check(int headDim) {
-        if (isNone()) return;
+        if (isNone() || method == Method.MINICACHE) return; // MiniCache's group only sets when tokens merge
         if (headDim % valueGroup(headDim) != 0)
             throw new IllegalArgumentException("--kv-quant " + spec + ": group=" + group + " must divide the head dim " + headDim
                     + " (or be >= it)");

@@ -20,6 +20,7 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.SplittableRandom;
@@ -461,5 +462,50 @@ class KvQuantTest {
                 }
             }
         }
+    }
+
+    // ---- MiniCache (cross-layer merging; storage and ops: MiniKvCacheTest) --------------------------------
+
+    @Test
+    void minicacheWithAWindowCoveringTheContextReproducesTheF32CacheExactly() {
+        float[][] ref = run(KvQuantSpec.NONE, null, 96, 40, 20);
+        assertEquals(0.0, maxDiff(ref, run(KvQuantSpec.parse("minicache:start=0,residual=96"), null, 96, 40, 20)));
+        // a model whose layers are not paired at all (start past the last pair) is the f32 cache too
+        assertEquals(0.0, maxDiff(ref, run(KvQuantSpec.parse("minicache:start=2,group=4,residual=0"), null, 96, 40, 20)));
+        // with merging the logits move, less when more pairs are retained
+        double all = maxDiff(ref, run(KvQuantSpec.parse("minicache:start=0,group=8,residual=8,retain=0"), null, 96, 40, 20));
+        double half = maxDiff(ref, run(KvQuantSpec.parse("minicache:start=0,group=8,residual=8,retain=0.5"), null, 96, 40, 20));
+        System.out.printf(Locale.ROOT, "minicache logit max |diff| vs f32: retain 0 %.3e, retain 0.5 %.3e%n", all, half);
+        assertTrue(all > 0 && half > 0);
+        assertTrue(half < all, half + " vs " + all);
+    }
+
+    @Test
+    void minicacheComposesWithEvictionAndSelectionWithoutGrowth() {
+        int cap = 48 + 16;
+        model.setPolicy(KvPolicies.parse("window:sink=4,budget=48", config));
+        try (KvCache cache = model.newCache(cap, KvQuantSpec.parse("minicache:start=0,group=8,residual=8"))) {
+            model.prefill(cache, new int[]{5, 9, 13, 200, 17, 3, 8, 9, 10, 11, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49}, 0, false, null);
+            long peak = 0;
+            int pos = 20;
+            for (int s = 0; s < 300; s++) {
+                model.decodeStep(cache, model.argmax(), pos++);
+                for (float v : model.logits()) assertTrue(Float.isFinite(v));
+                if (s == 100) peak = cache.bytes();
+                if (s > 100) assertEquals(peak, cache.bytes(), "freed pool rows are reused");
+                for (int l = 0; l < 2; l++)
+                    for (int g = 0; g < config.numKvHeads(); g++) assertTrue(cache.occupied(l, g) <= 48 + 1);
+            }
+            assertTrue(((dev.tokenpress.backend.cpu.MiniKvCache) cache).mergedRows() > 0);
+        } finally {
+            model.setPolicy(null);
+        }
+        List<String> bad = new ArrayList<>();
+        for (String p : new String[]{"h2o:budget=32,recent=8", "tidal:k=16", "quest:budget=16", "snapkv:budget=24,window=8", "razor",
+                "window:sink=4,budget=32+tidal:k=8"}) {
+            float[][] out = run(KvQuantSpec.parse("minicache:start=0,group=8,residual=8"), p, 32 + 16 + 80, 40, 60);
+            for (float[] row : out) for (float v : row) if (!Float.isFinite(v)) bad.add(p);
+        }
+        assertEquals(List.of(), bad);
     }
 }
