@@ -9,6 +9,8 @@ import dev.tokenpress.kv.policy.EvictingPolicy;
 import dev.tokenpress.kv.policy.ExpectedAttentionPolicy;
 import dev.tokenpress.kv.policy.KeyDiffPolicy;
 import dev.tokenpress.kv.policy.KnormPolicy;
+import dev.tokenpress.kv.policy.LagKvPolicy;
+import dev.tokenpress.kv.policy.RandomPolicy;
 import dev.tokenpress.kv.policy.H2OPolicy;
 import dev.tokenpress.kv.policy.KeyformerPolicy;
 import dev.tokenpress.kv.policy.PolicyArgs;
@@ -153,6 +155,26 @@ public final class KvPolicies {
             return shape(new KeyDiffPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE)), a);
         });
 
+        add("lagkv", "LagKV: drops the tokens whose keys and values vary least relative to the next lag partition's range (kvpress LagKVPress)", shaped(true, "128",
+                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", "4", "first tokens always kept"),
+                p("lag", "128", "partition length: each partition is scored against the next; the last one and the rest are kept")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            return shape(new LagKvPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("lag", 1, 1 << 20)), a);
+        });
+
+        add("random", "Random: drops uniformly random tokens, a reproducible baseline (kvpress RandomPress)", shaped(true, "",
+                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", "0", "first tokens always kept"),
+                p("seed", "0", "seed of the scores")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            return shape(new RandomPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.longValue("seed")), a);
+        });
+
         add("expected", "Expected Attention: keeps the tokens future queries are expected to attend to (query mean/covariance, averaged RoPE) x value norm", shaped(true, "64",
                 p("budget", "0.25", "tokens kept (tokens or ratio of the sequence)"),
                 p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
@@ -279,7 +301,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, keydiff, expected, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, keydiff, lagkv, random, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

@@ -493,4 +493,119 @@ class ScoredEvictionTest {
         }
         return out;
     }
+
+    /** LagKV's lag-relative spread of the tokens of one partition against the next (softmax over the partition). */
+    static double[] lagSpread(List<float[]> part, List<float[]> ref) {
+        int hd = part.get(0).length, lag = part.size();
+        double[] min = new double[hd], max = new double[hd], out = new double[lag];
+        java.util.Arrays.fill(min, Double.POSITIVE_INFINITY);
+        java.util.Arrays.fill(max, Double.NEGATIVE_INFINITY);
+        for (float[] r : ref)
+            for (int c = 0; c < hd; c++) {
+                min[c] = Math.min(min[c], r[c]);
+                max[c] = Math.max(max[c], r[c]);
+            }
+        double sum = 0;
+        for (int t = 0; t < lag; t++) {
+            double[] x = new double[hd];
+            double mean = 0, ss = 0;
+            for (int c = 0; c < hd; c++) mean += x[c] = (part.get(t)[c] - min[c]) / (max[c] - min[c]);
+            mean /= hd;
+            for (int c = 0; c < hd; c++) ss += (x[c] - mean) * (x[c] - mean);
+            sum += out[t] = Math.exp(Math.sqrt(ss / (hd - 1)));
+        }
+        for (int t = 0; t < lag; t++) out[t] /= sum;
+        return out;
+    }
+
+    /**
+     * LagKV at every decode-step cut of layer 0: the sink stays, exactly the budget stays, and each evicted token ranks
+     * (by its place within its partition, scored against the next partition; the last partition and the rest score 1)
+     * below every kept one, or equal and older.
+     */
+    @Test
+    void lagKvEvictsTheLowestRankedOfEachPartition() {
+        int kvHeads = config.numKvHeads(), lag = 3, budget = 12;
+        Map<Long, float[][]> rows = new HashMap<>();
+        float[] k = new float[config.headDim()], v = new float[config.headDim()];
+        int[][][] before = {null};
+        int[] checked = {0};
+        run("lagkv:budget=" + budget + ",lag=" + lag + ",sink=1,interval=0", (cache, layer, n, sel) -> {
+            if (layer != 0) return;
+            int[][] now = new int[kvHeads][];
+            int start = Integer.MAX_VALUE;
+            for (int g = 0; g < kvHeads; g++) {
+                now[g] = KvTestSupport.positions(cache, 0, g);
+                start = Math.min(start, now[g][now[g].length - 1] - n + 1);
+            }
+            if (n == 1 && before[0] != null)
+                for (int g = 0; g < kvHeads; g++) {
+                    int[] old = before[0][g]; // ascending positions
+                    TreeSet<Integer> kept = new TreeSet<>();
+                    for (int p : now[g]) if (p < start) kept.add(p);
+                    if (kept.size() == old.length) continue;
+                    assertEquals(budget, kept.size());
+                    assertTrue(kept.contains(0), "the sink stays");
+                    int len = old.length, end = 1 + (len - 1) / lag * lag, parts = (end - 1) / lag;
+                    double[] score = new double[len];
+                    java.util.Arrays.fill(score, 1);
+                    for (int part = 0; part + 1 < parts; part++) {
+                        int from = 1 + part * lag;
+                        double[] both = new double[lag];
+                        for (int w = 0; w < 2; w++) {
+                            List<float[]> cur = new ArrayList<>(), ref = new ArrayList<>();
+                            for (int t = 0; t < lag; t++) {
+                                cur.add(rows.get(key(g, old[from + t]))[w]);
+                                ref.add(rows.get(key(g, old[from + lag + t]))[w]);
+                            }
+                            double[] sp = lagSpread(cur, ref);
+                            for (int t = 0; t < lag; t++) both[t] += sp[t] / 2;
+                        }
+                        for (int t = 0; t < lag; t++) {
+                            int below = 0;
+                            for (int u = 0; u < lag; u++) if (both[u] < both[t]) below++;
+                            score[from + t] = (float) below / lag;
+                        }
+                    }
+                    for (int i = 1; i < len; i++) {
+                        if (kept.contains(old[i])) continue;
+                        for (int j = 1; j < len; j++)
+                            if (kept.contains(old[j]))
+                                assertTrue(score[i] < score[j] || score[i] == score[j] && old[i] < old[j],
+                                        "head " + g + " at " + start + ": evicted " + old[i] + " (" + score[i] + ") over kept " + old[j] + " (" + score[j] + ")");
+                    }
+                    checked[0]++;
+                }
+            for (int g = 0; g < kvHeads; g++) {
+                int[] pos = cache.positions(0, g);
+                for (int s = 0; s < cache.highWater(0, g); s++) {
+                    if (pos[s] < 0 || rows.containsKey(key(g, pos[s]))) continue;
+                    model.backend.readKv(cache, 0, g, s, k, v);
+                    rows.put(key(g, pos[s]), new float[][]{k.clone(), v.clone()});
+                }
+            }
+            before[0] = now;
+        }, (c, l, q, p, n) -> {});
+        assertTrue(checked[0] >= STEPS, checked[0] + " cuts checked");
+    }
+
+    /** Random: exactly the budget at every cut, the same tokens for the same seed, other tokens for another seed. */
+    @Test
+    void randomEvictionIsReproducibleAndSeeded() {
+        List<Call> a = run("random:budget=10,sink=1"), b = run("random:budget=10,sink=1"), c = run("random:budget=10,sink=1,seed=7");
+        assertEquals(a.size(), b.size());
+        boolean differs = false;
+        for (int i = 0; i < a.size(); i++) {
+            Call x = a.get(i), y = b.get(i), z = c.get(i);
+            for (int g = 0; g < x.positions().length; g++) {
+                assertArrayEquals(x.positions()[g], y.positions()[g], "call " + i);
+                int old = 0;
+                for (int p : x.positions()[g]) if (p < x.start()) old++;
+                if (x.n() == 1) assertEquals(10, old, "call " + i);
+                assertEquals(0, x.positions()[g][0], "the sink stays");
+                differs |= !java.util.Arrays.equals(x.positions()[g], z.positions()[g]);
+            }
+        }
+        assertTrue(differs, "another seed keeps other tokens");
+    }
 }
