@@ -11,6 +11,7 @@ import dev.tokenpress.kv.policy.KeyDiffPolicy;
 import dev.tokenpress.kv.policy.KnormPolicy;
 import dev.tokenpress.kv.policy.LagKvPolicy;
 import dev.tokenpress.kv.policy.RandomPolicy;
+import dev.tokenpress.kv.policy.SimLayerKvPolicy;
 import dev.tokenpress.kv.policy.H2OPolicy;
 import dev.tokenpress.kv.policy.KeyformerPolicy;
 import dev.tokenpress.kv.policy.PolicyArgs;
@@ -165,6 +166,14 @@ public final class KvPolicies {
             return shape(new LagKvPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("lag", 1, 1 << 20)), a);
         });
 
+        add("simlayerkv", "SimLayerKV: layers whose last prompt token attends almost only to the sinks and the recent tokens keep just that window (kvpress SimLayerKVPress)", List.of(
+                p("threshold", "0.9", "a layer is lazy when its mass on sinks + recent exceeds this (paper: Llama 3 0.9, Llama 2 0.65, Mistral 0.8, Qwen 0.85; 1 = never)"),
+                p("recent", "1024", "recent tokens a lazy layer keeps"),
+                p("sink", "4", "first tokens a lazy layer keeps"),
+                p("last", "1", "last prompt tokens whose attention decides")), (s, a, c) ->
+                new SimLayerKvPolicy(s, a.real("threshold", 0, 1), a.integer("recent", 1, Integer.MAX_VALUE),
+                        a.integer("sink", 0, Integer.MAX_VALUE), a.integer("last", 1, Integer.MAX_VALUE)));
+
         add("random", "Random: drops uniformly random tokens, a reproducible baseline (kvpress RandomPress)", shaped(true, "",
                 p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
                 p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
@@ -301,7 +310,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, keydiff, lagkv, random, expected, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, keydiff, lagkv, simlayerkv, random, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

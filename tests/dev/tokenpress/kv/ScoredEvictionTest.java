@@ -608,4 +608,105 @@ class ScoredEvictionTest {
         }
         assertTrue(differs, "another seed keeps other tokens");
     }
+
+    /** Runs the prompt and the decode steps with SimLayerKV; records each layer's mass of the last prompt row's attention. */
+    static dev.tokenpress.kv.policy.SimLayerKvPolicy simLayer(String spec, double[] refMass, List<int[][]> afterPrefill, List<Call> decode) {
+        int hd = config.headDim(), heads = config.numHeads(), kvHeads = config.numKvHeads(), group = heads / kvHeads;
+        int sink = Integer.parseInt(spec.replaceAll(".*sink=(\\d+).*", "$1")), recent = Integer.parseInt(spec.replaceAll(".*recent=(\\d+).*", "$1"));
+        var inner = (dev.tokenpress.kv.policy.SimLayerKvPolicy) KvPolicies.parse(spec, config);
+        float[] k = new float[hd], v = new float[hd];
+        KvPolicy policy = KvTestSupport.recording(inner, (cache, layer, n, sel) -> {
+            if (n != 1) return;
+            int[][] pos = new int[kvHeads][];
+            for (int g = 0; g < kvHeads; g++) pos[g] = KvTestSupport.positions(cache, layer, g);
+            decode.add(new Call(layer, n, pos[0][pos[0].length - 1], pos));
+        }, (cache, layer, q, positions, n) -> {
+            if (positions[n - 1] != PROMPT - 1) return; // the last prompt row, in the prefill's last chunk
+            float[] rows = model.backend.download(q, 0, n);
+            double m = 0;
+            for (int h = 0; h < heads; h++) {
+                int g = h / group;
+                int[] pos = cache.positions(layer, g);
+                double[] sc = new double[cache.highWater(layer, g)];
+                double max = Double.NEGATIVE_INFINITY, sum = 0;
+                for (int s2 = 0; s2 < sc.length; s2++) {
+                    sc[s2] = Double.NEGATIVE_INFINITY;
+                    if (pos[s2] < 0 || pos[s2] > PROMPT - 1) continue;
+                    model.backend.readKv(cache, layer, g, s2, k, v);
+                    double d = 0;
+                    for (int a = 0; a < hd; a++) d += (double) rows[(n - 1) * heads * hd + h * hd + a] * k[a];
+                    sc[s2] = d / Math.sqrt(hd);
+                    max = Math.max(max, sc[s2]);
+                }
+                for (double x : sc) if (x != Double.NEGATIVE_INFINITY) sum += Math.exp(x - max);
+                for (int s2 = 0; s2 < sc.length; s2++)
+                    if (sc[s2] != Double.NEGATIVE_INFINITY && (pos[s2] < sink || pos[s2] >= PROMPT - recent)) m += Math.exp(sc[s2] - max) / sum;
+            }
+            refMass[layer] = m / heads;
+        });
+        model.setPolicy(policy);
+        try (KvCache cache = model.newCache(CAPACITY)) {
+            model.prefill(cache, java.util.Arrays.copyOf(tokens, PROMPT), 0, false, null);
+            for (int l = 0; l < config.numLayers(); l++) {
+                int[][] pos = new int[kvHeads][];
+                for (int g = 0; g < kvHeads; g++) pos[g] = KvTestSupport.positions(cache, l, g);
+                afterPrefill.add(pos);
+            }
+            for (int i = 0; i < STEPS; i++) model.decodeStep(cache, tokens[PROMPT + i], PROMPT + i);
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+        return inner;
+    }
+
+    /**
+     * SimLayerKV: each layer's mass is the last prompt row's attention on the sinks and the recent window (checked
+     * against a double-precision softmax over the cached keys); the layers above the threshold keep exactly the window
+     * from the end of the prefill on, while decoding too; the others keep every token.
+     */
+    @Test
+    void simLayerKvCutsTheLayersWhoseLastRowLooksAtTheWindow() {
+        int layers = config.numLayers(), kvHeads = config.numKvHeads(), sink = 2, recent = 8;
+        double[] ref = new double[layers];
+        var probe = simLayer("simlayerkv:threshold=0,sink=2,recent=8", ref, new ArrayList<>(), new ArrayList<>());
+        double lo = 1, hi = 0;
+        for (int l = 0; l < layers; l++) {
+            assertEquals(ref[l], probe.mass(l), 1e-5, "layer " + l);
+            assertTrue(probe.lazy(l) == ref[l] > 0, "layer " + l);
+            lo = Math.min(lo, ref[l]);
+            hi = Math.max(hi, ref[l]);
+        }
+        assertTrue(hi > lo, "the layers' masses differ: " + java.util.Arrays.toString(ref));
+        double threshold = (lo + hi) / 2;
+        List<int[][]> after = new ArrayList<>();
+        List<Call> decode = new ArrayList<>();
+        var p = simLayer("simlayerkv:threshold=" + threshold + ",sink=2,recent=8", ref, after, decode);
+        boolean anyLazy = false, anyFull = false;
+        for (int l = 0; l < layers; l++) {
+            assertEquals(ref[l] > threshold, p.lazy(l), "layer " + l + " mass " + ref[l]);
+            anyLazy |= p.lazy(l);
+            anyFull |= !p.lazy(l);
+            for (int g = 0; g < kvHeads; g++) {
+                int[] pos = after.get(l)[g];
+                if (!p.lazy(l)) {
+                    assertEquals(PROMPT, pos.length);
+                    continue;
+                }
+                assertEquals(sink + recent, pos.length, "layer " + l);
+                for (int i = 0; i < sink; i++) assertEquals(i, pos[i]);
+                for (int i = 0; i < recent; i++) assertEquals(PROMPT - recent + i, pos[sink + i]);
+            }
+        }
+        assertTrue(anyLazy && anyFull);
+        for (Call c : decode)
+            for (int[] pos : c.positions())
+                if (p.lazy(c.layer())) {
+                    assertEquals(sink + recent, pos.length, "a lazy layer attends to its window");
+                    assertEquals(c.start() - recent + 1, pos[sink]);
+                } else assertEquals(c.start() + 1, pos.length, "a full layer keeps every token");
+        // a threshold of 1 (kvpress's default) or a prompt within sink + recent + last: nothing is lazy
+        var none = simLayer("simlayerkv:threshold=1,sink=2,recent=8", ref, new ArrayList<>(), new ArrayList<>());
+        var short_ = simLayer("simlayerkv:threshold=0,sink=2,recent=28", ref, new ArrayList<>(), new ArrayList<>());
+        for (int l = 0; l < layers; l++) assertFalse(none.lazy(l) || short_.lazy(l));
+    }
 }
