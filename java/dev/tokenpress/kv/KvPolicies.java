@@ -67,15 +67,17 @@ public final class KvPolicies {
         add("window", "StreamingLLM: attention sinks + a window of recent tokens; older tokens are evicted", List.of(
                 p("sink", "4", "first tokens always kept (attention sinks)"),
                 p("recent", "2000", "recent window (tokens or ratio); ignored when budget is given"),
-                p("budget", "", "sink + recent window in all (tokens or ratio); replaces recent")), (s, a, c) -> {
+                p("budget", "", "sink + recent window in all (tokens or ratio); replaces recent"),
+                p("pos_shift", "", "true: the sinks sit right before the window, as StreamingLLM's positions inside the cache place them (off unless given)")), (s, a, c) -> {
             int sink = a.integer("sink", 0, Integer.MAX_VALUE);
             if (a.has("budget") && a.has("recent")) throw a.error("window: give budget or recent, not both");
+            boolean shift = a.has("pos_shift") && a.choice("pos_shift", "true", "false").equals("true");
             if (a.has("budget")) {
                 Budget b = a.positiveBudget("budget");
                 if (!b.ratio() && b.value() <= sink) throw a.bad("budget", "must exceed sink=" + sink);
-                return new WindowPolicy(s, sink, null, b);
+                return new WindowPolicy(s, sink, null, b).posShift(shift);
             }
-            return new WindowPolicy(s, sink, a.positiveBudget("recent"), null);
+            return new WindowPolicy(s, sink, a.positiveBudget("recent"), null).posShift(shift);
         });
 
         add("h2o", "H2O: heavy hitters by accumulated attention probability + a recent window; evicts every step", shaped(true, "", 

@@ -100,6 +100,9 @@ public final class Llama implements AutoCloseable {
         return backend.newKvCaches(config.numLayers(), config.numKvHeads(), config.headDim(), capacity, count);
     }
 
+    /** The rotary embedding's inverse frequencies and attention scale (RoPE scaling applied). */
+    public RopeTable rope() { return rope; }
+
     /** A KV cache stored as {@code quant} says ({@code --kv-quant}); none = {@link #newCache(int)}. */
     public KvCache newCache(int capacity, dev.tokenpress.kv.quant.KvQuantSpec quant) {
         return backend.newKvCache(config.numLayers(), config.numKvHeads(), config.headDim(), capacity, quant);

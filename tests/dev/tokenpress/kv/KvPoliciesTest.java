@@ -29,6 +29,7 @@ class KvPoliciesTest {
     @CsvSource(delimiter = ';', value = {
             "window; window:sink=4,recent=2000",
             "window:budget=256; window:sink=4,budget=256",
+            "window:budget=256,pos_shift=true; window:sink=4,budget=256,pos_shift=true",
             "streamingllm:sink=2,recent=0.5; window:sink=2,recent=0.5",
             "h2o; h2o:budget=0.2,recent=0.5",
             "h2o:budget=25%; h2o:budget=0.25,recent=0.5",

@@ -96,6 +96,7 @@ class PolicyMatchesFullTest {
             "full",
             "window:sink=4,recent=64",
             "window:sink=4,budget=1.0",
+            "window:sink=4,recent=64,pos_shift=true",
             "h2o:budget=64,recent=8",
             "h2o:budget=1.0,recent=0.5",
             "a2sf:budget=64,recent=4,sink=2,alpha=0.9",
