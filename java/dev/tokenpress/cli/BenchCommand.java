@@ -74,6 +74,7 @@ public final class BenchCommand implements Callable<Integer> {
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(true);
         var quants = kvOptions.quants();
+        modelOptions.noteCacheTypes(quants, err);
         if (!List.of("md", "csv", "json").contains(format)) throw new Main.UsageException("-o must be md, csv or json");
         if (reps < 1) throw new Main.UsageException("-r must be >= 1");
         for (int np : parallel) {

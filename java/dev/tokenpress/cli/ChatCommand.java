@@ -85,6 +85,7 @@ public final class ChatCommand implements Callable<Integer> {
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(false);
         var quant = kvOptions.quant();
+        modelOptions.noteCacheTypes(java.util.List.of(quant), err);
         if (nPredict <= 0) throw new Main.UsageException("-n must be > 0");
         if (prompts != null && file != null) throw new Main.UsageException("give user messages with -p or with -f, not both");
         if (file != null && !Files.isRegularFile(file)) throw new Main.UsageException("message file not found: " + file);

@@ -65,6 +65,7 @@ public final class CompareCommand implements Callable<Integer> {
         kvOptions.validate(true);
         List<String> specs = kvOptions.specs();
         var quants = kvOptions.quants();
+        modelOptions.noteCacheTypes(quants, err);
         String text = eval.validateAndRead();
         Path dir = modelOptions.resolveModel(err);
         List<Perplexity.Result> rows = new ArrayList<>();

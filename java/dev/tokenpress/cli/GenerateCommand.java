@@ -129,6 +129,7 @@ public final class GenerateCommand implements Callable<Integer> {
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(false);
         var quant = kvOptions.quant();
+        modelOptions.noteCacheTypes(java.util.List.of(quant), err);
         if (nPredict < 0) throw new Main.UsageException("-n must be >= 0");
         if (trace && !json) throw new Main.UsageException("--trace needs --json (the trace is part of the JSON object)");
         if (lookup < 0) throw new Main.UsageException("--lookup must be >= 0");

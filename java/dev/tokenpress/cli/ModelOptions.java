@@ -139,4 +139,16 @@ public final class ModelOptions {
         }
         return gen;
     }
+
+    /**
+     * One stderr line when -ctk / -ctv were given but every cache the command makes is a --kv-quant one, which stores
+     * its own format: the flags would otherwise be ignored without a word.
+     */
+    void noteCacheTypes(java.util.List<dev.tokenpress.kv.quant.KvQuantSpec> quants, java.io.PrintWriter err) {
+        if (cacheTypeK == null && cacheTypeV == null) return;
+        for (var q : quants) if (q == null || q.isNone()) return;
+        err.println("note: -ctk / -ctv apply to an unquantized cache; --kv-quant " + quants.get(0).spec().replaceAll(":.*", "")
+                + (quants.size() > 1 ? " (and the other --kv-quant rows)" : "") + " stores its own format");
+        err.flush();
+    }
 }

@@ -66,6 +66,7 @@ public final class NeedleCommand implements Callable<Integer> {
         KvOptionsMixin kvOptions = KvOptionsMixin.of(kv, kvQuant);
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(true);
+        modelOptions.noteCacheTypes(java.util.List.of(kvOptions.quant()), err);
         if (!Files.isRegularFile(file)) throw new Main.UsageException("filler text not found: " + file);
         if (trials < 1) throw new Main.UsageException("--trials must be >= 1");
         if (ctx < 64) throw new Main.UsageException("-c must be >= 64");

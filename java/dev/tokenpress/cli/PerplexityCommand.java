@@ -106,6 +106,7 @@ public final class PerplexityCommand implements Callable<Integer> {
         PrintWriter out = spec.commandLine().getOut(), err = spec.commandLine().getErr();
         if (kvOptions.printHelpIfAsked(out)) return ExitCodes.OK;
         kvOptions.validate(false);
+        modelOptions.noteCacheTypes(java.util.List.of(kvOptions.quant()), err);
         String text = eval.validateAndRead();
         Path dir = modelOptions.resolveModel(err);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {

@@ -107,6 +107,7 @@ public final class ServeCommand implements Callable<Integer> {
              TokenPress draft = draftOptions.loadDraft(modelOptions, tp, err)) {
             tp.model().setPolicy(kvOptions.policy(tp.config()));
             var quant = kvOptions.quant();
+            modelOptions.noteCacheTypes(java.util.List.of(quant), err);
             CountDownLatch stopped = new CountDownLatch(1);
             try (OpenAiServer server = OpenAiServer.start(tp, new OpenAiServer.Options(host, port, ctx, quant, template,
                     name, so, nPredict, line -> {

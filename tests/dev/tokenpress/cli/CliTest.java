@@ -135,6 +135,11 @@ class CliTest {
         assertEquals("bf16", jb.get("cache_type_v").asText());
         long positions = 64L * 2 * 2 * 4; // tiny: 2 layers, 2 KV heads, an int per slot
         assertEquals(jf.get("kv_bytes").asLong() - positions, 2 * (jb.get("kv_bytes").asLong() - positions), "bf16 halves the keys' and values' bytes");
+        assertFalse(b.err().contains("note: -ctk"), b.err());
+        // with a --kv-quant cache the flags do not apply, and the command says so
+        Run q = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "2", "--device", "cpu", "-ctk", "bf16", "--kv-quant", "int8");
+        assertEquals(ExitCodes.OK, q.code(), q.err());
+        assertTrue(q.err().contains("note: -ctk / -ctv apply to an unquantized cache; --kv-quant int8 stores its own format"), q.err());
         Run bad = run("generate", "-m", model.toString(), "-n", "1", "--device", "cpu", "-ctk", "f16");
         assertEquals(ExitCodes.USAGE, bad.code(), bad.err());
         assertTrue(bad.err().contains("use bf16"), bad.err());
