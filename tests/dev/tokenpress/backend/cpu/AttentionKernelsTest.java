@@ -127,7 +127,9 @@ class AttentionKernelsTest {
             float[] p = new float[hc * stride], ps = new float[hc * stride * ng], pz = new float[hc * stride * ng];
             float[] rows = new float[nt * hd];
             for (int t = 0; t < nt; t++) {
-                kind[t] = (byte) (r.nextInt(10) == 0 ? 0 : r.nextInt(6) == 0 ? 1 : 2);
+                // runs of quantized rows only, of window rows only (each kind has its own loop), and mixed runs
+                int mix = rep % 3;
+                kind[t] = (byte) (r.nextInt(10) == 0 ? 0 : mix == 0 ? 2 : mix == 1 ? 1 : r.nextInt(6) == 0 ? 1 : 2);
                 for (int d = 0; d < hd; d++)
                     rows[t * hd + d] = kind[t] == 2 ? r.nextInt(16)           // codes: non-negative integers
                             : switch (r.nextInt(30)) {                       // window rows: any float
