@@ -22,7 +22,8 @@ public class KvOptionsMixin {
     String kv;
 
     @Option(names = "--kv-quant", paramLabel = "SPEC", defaultValue = "none",
-            description = "KV cache quantization NAME[:key=value,...]: none, int8, int4, int2 (KIVI), zipcache, mikv, gear; "
+            description = "KV cache storage NAME[:key=value,...]: none, int8, int4, int2 (KIVI), zipcache, mikv, gear (quantized), "
+                    + "minicache (cross-layer merging); "
                     + "composes with --kv (bench: a comma-separated list, every --kv spec for each). '--kv-quant help' lists all "
                     + "with their parameters (default: ${DEFAULT-VALUE}).")
     String kvQuant;

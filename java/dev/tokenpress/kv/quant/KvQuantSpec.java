@@ -92,7 +92,7 @@ public record KvQuantSpec(Method method, int bits, int loBits, int group, int re
 
     /** Every method with its parameters and defaults, one block per method. */
     public static String help() {
-        StringBuilder sb = new StringBuilder("KV quantization methods (--kv-quant NAME[:key=value,...]):\n");
+        StringBuilder sb = new StringBuilder("KV cache storage methods (--kv-quant NAME[:key=value,...]): quantization, and MiniCache's cross-layer merging:\n");
         for (Info i : METHODS.values()) {
             sb.append(String.format(Locale.ROOT, "  %-9s %s%n", i.name, i.description));
             for (Param p : i.params)
