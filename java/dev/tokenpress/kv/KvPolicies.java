@@ -10,6 +10,7 @@ import dev.tokenpress.kv.policy.ExpectedAttentionPolicy;
 import dev.tokenpress.kv.policy.KeyDiffPolicy;
 import dev.tokenpress.kv.policy.KnormPolicy;
 import dev.tokenpress.kv.policy.LagKvPolicy;
+import dev.tokenpress.kv.policy.LeveragePolicy;
 import dev.tokenpress.kv.policy.RandomPolicy;
 import dev.tokenpress.kv.policy.SimLayerKvPolicy;
 import dev.tokenpress.kv.policy.H2OPolicy;
@@ -168,6 +169,17 @@ public final class KvPolicies {
             return shape(new LagKvPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("lag", 1, 1 << 20)), a);
         });
 
+        add("leverage", "Leverage scores (Compactor, kvpress LeverageScorePress): keeps the keys farthest outside the subspace the head's keys span (sketched pre-RoPE keys)", shaped(true, "",
+                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", "0", "first tokens always kept"),
+                p("sketch", "48", "columns of the Gaussian sketch (>= head dim: exact leverage)"),
+                p("seed", "0", "seed of the sketch")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            return shape(new LeveragePolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("sketch", 1, 4096), a.longValue("seed")), a);
+        });
+
         add("simlayerkv", "SimLayerKV: layers whose last prompt token attends almost only to the sinks and the recent tokens keep just that window (kvpress SimLayerKVPress)", List.of(
                 p("threshold", "0.9", "a layer is lazy when its mass on sinks + recent exceeds this (paper: Llama 3 0.9, Llama 2 0.65, Mistral 0.8, Qwen 0.85; 1 = never)"),
                 p("recent", "1024", "recent tokens a lazy layer keeps"),
@@ -312,7 +324,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, keydiff, lagkv, simlayerkv, random, expected, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, keydiff, lagkv, leverage, simlayerkv, random, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

@@ -57,6 +57,7 @@ class EvictionTest {
             "lagkv:budget=16,lag=4,sink=2,interval=0; 16; 17; 2; 1",
             "lagkv:budget=16,lag=3,sink=1,recent=2,interval=3; 16; 19; 1; 3",
             "random:budget=16,recent=4,sink=1,seed=3; 16; 17; 1; 5",
+            "leverage:budget=16,recent=2,sink=1; 16; 17; 1; 3",
             "knorm:budget=16,recent=4,sink=2; 16; 17; 2; 5",
             "expected:budget=16,interval=0; 16; 17; 4; 1",
             "expected:budget=16,recent=3,sink=1,cov=false,interval=2; 16; 18; 1; 4",

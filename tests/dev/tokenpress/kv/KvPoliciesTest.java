@@ -42,6 +42,7 @@ class KvPoliciesTest {
             "knorm; knorm:budget=0.5,recent=0,sink=0",
             "lagkv; lagkv:budget=0.5,recent=0,sink=4,lag=128,interval=128",
             "random:seed=9; random:budget=0.5,recent=0,sink=0,seed=9",
+            "leverage; leverage:budget=0.5,recent=0,sink=0,sketch=48,seed=0",
             "simlayerkv; simlayerkv:threshold=0.9,recent=1024,sink=4,last=1",
             "expected:budget=128,cov=false; expected:budget=128,recent=0,sink=4,future=512,cov=false,vnorm=true,eps=0,interval=64",
             "expected_attention:interval=0; expected:budget=0.25,recent=0,sink=4,future=512,cov=true,vnorm=true,eps=0,interval=0",
@@ -148,7 +149,7 @@ class KvPoliciesTest {
     @Test
     void helpListsEveryPolicyWithItsParametersAndDefaults() {
         String help = KvPolicies.help();
-        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "keyformer", "knorm", "keydiff", "lagkv", "simlayerkv", "random", "expected", "tidal", "quest",
+        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "keyformer", "knorm", "keydiff", "lagkv", "leverage", "simlayerkv", "random", "expected", "tidal", "quest",
                         "tokenselect", "razor"),
                 KvPolicies.names());
         for (String name : KvPolicies.names()) assertTrue(help.contains("\n" + name + " "), name);

@@ -709,4 +709,88 @@ class ScoredEvictionTest {
         var short_ = simLayer("simlayerkv:threshold=0,sink=2,recent=28", ref, new ArrayList<>(), new ArrayList<>());
         for (int l = 0; l < layers; l++) assertFalse(none.lazy(l) || short_.lazy(l));
     }
+
+    /** Exact leverage of each row of the centred x (n × d, n > d): diag(X (XᵀX)⁻¹ Xᵀ), by Gauss-Jordan on XᵀX. */
+    static double[] leverage(double[][] x) {
+        int n = x.length, d = x[0].length;
+        double[] mean = new double[d];
+        for (double[] r : x) for (int j = 0; j < d; j++) mean[j] += r[j] / n;
+        double[][] c = new double[n][d];
+        for (int t = 0; t < n; t++) for (int j = 0; j < d; j++) c[t][j] = x[t][j] - mean[j];
+        double[][] a = new double[d][2 * d];
+        for (double[] r : c) for (int i = 0; i < d; i++) for (int j = 0; j < d; j++) a[i][j] += r[i] * r[j];
+        for (int i = 0; i < d; i++) a[i][d + i] = 1;
+        for (int col = 0; col < d; col++) {
+            int piv = col;
+            for (int r = col + 1; r < d; r++) if (Math.abs(a[r][col]) > Math.abs(a[piv][col])) piv = r;
+            double[] tmp = a[col]; a[col] = a[piv]; a[piv] = tmp;
+            double v = a[col][col];
+            for (int j = 0; j < 2 * d; j++) a[col][j] /= v;
+            for (int r = 0; r < d; r++) {
+                if (r == col) continue;
+                double f = a[r][col];
+                for (int j = 0; j < 2 * d; j++) a[r][j] -= f * a[col][j];
+            }
+        }
+        double[] h = new double[n];
+        for (int t = 0; t < n; t++)
+            for (int i = 0; i < d; i++) for (int j = 0; j < d; j++) h[t] += c[t][i] * a[i][d + j] * c[t][j];
+        return h;
+    }
+
+    /**
+     * Leverage at every decode-step cut of layer 0, with a full-rank sketch (exact leverage up to the jitter): the
+     * evicted token has the least leverage of the centred pre-RoPE keys (the cached keys rotated back), within 0.02.
+     */
+    @Test
+    void leverageEvictsTheKeyMostInsideTheOthersSpan() {
+        int kvHeads = config.numKvHeads(), hd = config.headDim(), half = hd / 2, budget = 24;
+        float[] inv = model.rope().invFreq();
+        Map<Long, double[]> pre = new HashMap<>();
+        float[] k = new float[hd], v = new float[hd];
+        int[][][] before = {null};
+        int[] checked = {0};
+        run("leverage:budget=" + budget + ",sketch=" + hd, (cache, layer, n, sel) -> {
+            if (layer != 0) return;
+            int[][] now = new int[kvHeads][];
+            int start = Integer.MAX_VALUE;
+            for (int g = 0; g < kvHeads; g++) {
+                now[g] = KvTestSupport.positions(cache, 0, g);
+                start = Math.min(start, now[g][now[g].length - 1] - n + 1);
+            }
+            if (n == 1 && before[0] != null)
+                for (int g = 0; g < kvHeads; g++) {
+                    int[] old = before[0][g];
+                    TreeSet<Integer> kept = new TreeSet<>();
+                    for (int p : now[g]) if (p < start) kept.add(p);
+                    if (kept.size() == old.length) continue;
+                    assertEquals(budget, kept.size());
+                    double[][] x = new double[old.length][];
+                    for (int t = 0; t < old.length; t++) x[t] = pre.get(key(g, old[t]));
+                    double[] h = leverage(x);
+                    double keptMin = Double.POSITIVE_INFINITY, evictedMax = Double.NEGATIVE_INFINITY;
+                    for (int t = 0; t < old.length; t++)
+                        if (kept.contains(old[t])) keptMin = Math.min(keptMin, h[t]);
+                        else evictedMax = Math.max(evictedMax, h[t]);
+                    assertTrue(evictedMax <= keptMin + 0.02, "head " + g + " at " + start + ": evicted leverage " + evictedMax + " > kept " + keptMin);
+                    checked[0]++;
+                }
+            for (int g = 0; g < kvHeads; g++) {
+                int[] pos = cache.positions(0, g);
+                for (int s2 = 0; s2 < cache.highWater(0, g); s2++) {
+                    if (pos[s2] < 0 || pre.containsKey(key(g, pos[s2]))) continue;
+                    model.backend.readKv(cache, 0, g, s2, k, v);
+                    double[] x = new double[hd];
+                    for (int j = 0; j < half; j++) { // undo RoPE at the token's position
+                        double angle = (double) pos[s2] * inv[j], c = Math.cos(angle), s = Math.sin(angle);
+                        x[j] = k[j] * c + k[j + half] * s;
+                        x[j + half] = k[j + half] * c - k[j] * s;
+                    }
+                    pre.put(key(g, pos[s2]), x);
+                }
+            }
+            before[0] = now;
+        }, (c, l, q, p, n) -> {});
+        assertTrue(checked[0] >= STEPS, checked[0] + " cuts checked");
+    }
 }

@@ -105,6 +105,7 @@ class CudaPolicyModelParityTest {
                 "keydiff:budget=24,sink=2",
                 "lagkv:budget=24,lag=4,sink=2,interval=2",
                 "random:budget=24,sink=2,seed=3",
+                "leverage:budget=24,sink=2,interval=2",
                 "simlayerkv:threshold=0,sink=2,recent=12",
                 "window:sink=4,budget=24,pos_shift=true",
                 "expected:budget=24,interval=4",
@@ -503,9 +504,14 @@ class CudaPolicyModelParityTest {
 
     static final String QUANT = "int4:group=8,residual=8";
 
-    /** Every policy (RazorAttention's compensation token through readKv / writeKv over the quantized cache). */
+    /**
+     * Every policy (RazorAttention's compensation token through readKv / writeKv over the quantized cache) but
+     * leverage: its scores invert the Gram matrix of the keys, and a code that moves across a rounding boundary picks
+     * other tokens from the first cut on, so the run-level criteria do not apply (the CPU against itself with bf16
+     * rows already misses them: worst step NMSE 0.145); the unquantized runs cover it.
+     */
     static Stream<String> quantSpecs() {
-        return specs();
+        return specs().filter(s -> !s.startsWith("leverage"));
     }
 
     /**

@@ -1,0 +1,138 @@
+package dev.tokenpress.kv.policy;
+
+import java.util.SplittableRandom;
+
+/**
+ * Approximate leverage scores (Chari and Van Durme, "Compactor", arXiv 2507.08143; kvpress's LeverageScorePress):
+ * keys that lie off the subspace most keys span are the ones attention cannot reconstruct from the others, so they
+ * stay. Per KV head, over the cached tokens: the pre-RoPE keys (the cached keys rotated back by their positions),
+ * centred over the tokens, multiplied by a Gaussian sketch Φ [hd × {@code sketch}] / √sketch; with Y that product and
+ * G = YᵀY + jitter·I, a token's score is y·G⁻¹·y (through the Cholesky factor, clamped at 0), z-scored over the head
+ * (unbiased std, at least 1e-6). Deviation: the jitter is 1e-6 of G's mean diagonal (×10 while the factorization
+ * fails, up to 5 tries) where kvpress adds 1e-2 outright, so the scores do not depend on the keys' scale. Scores are
+ * recomputed from the cached keys at each cut (one bulk read of the head). The sketch is drawn once per (layer, head)
+ * from {@code seed} (kvpress draws a new one per call). With sketch ≥ hd the scores are the exact leverage of the
+ * centred keys up to the jitter (leverage does not change under an invertible right factor). Optional sinks and a
+ * recent window are protected (kvpress has neither: the defaults are 0).
+ */
+public final class LeveragePolicy extends BudgetedPolicy {
+    private final int sketch;
+    private final long seed;
+    private double[][][] phi; // [layer][head] -> [hd * sketch], drawn on first use
+    private float[] keys = new float[0], values = new float[0];
+
+    public LeveragePolicy(String spec, Budget budget, Budget recent, int sink, int sketch, long seed) {
+        super(spec, budget, recent, sink);
+        if (sketch < 1) throw new IllegalArgumentException("leverage: sketch must be >= 1, got " + sketch);
+        this.sketch = sketch;
+        this.seed = seed;
+    }
+
+    @Override
+    protected void reset() {
+        super.reset();
+        phi = new double[layers][kvHeads][];
+    }
+
+    @Override
+    protected void beforeEviction(int layer) {
+        int hd = headDim, half = hd / 2, k = sketch;
+        float[] inv = model.rope().invFreq();
+        for (int g = 0; g < kvHeads; g++) {
+            int[] order = slotsByPosition(layer, g);
+            int n = order.length, hw = cache.highWater(layer, g);
+            if (n == 0) continue;
+            if (keys.length < hw * hd) {
+                keys = new float[capacity * hd];
+                values = new float[capacity * hd];
+            }
+            backend.readKvHead(cache, layer, g, keys, values);
+            int[] pos = cache.positions(layer, g);
+            // pre-RoPE keys, centred over the tokens
+            double[][] x = new double[n][hd];
+            double[] mean = new double[hd];
+            for (int t = 0; t < n; t++) {
+                int s = order[t], o = s * hd;
+                for (int j = 0; j < half; j++) {
+                    double angle = (double) pos[s] * inv[j], c = Math.cos(angle), sn = Math.sin(angle);
+                    double a = keys[o + j], b = keys[o + j + half];
+                    x[t][j] = a * c + b * sn;           // R(−p): the inverse rotation
+                    x[t][j + half] = b * c - a * sn;
+                }
+                for (int d = 0; d < hd; d++) mean[d] += x[t][d];
+            }
+            for (int d = 0; d < hd; d++) mean[d] /= n;
+            double[] p = sketch(layer, g);
+            double[][] y = new double[n][k];
+            for (int t = 0; t < n; t++)
+                for (int d = 0; d < hd; d++) {
+                    double v = x[t][d] - mean[d];
+                    if (v == 0) continue;
+                    for (int c = 0; c < k; c++) y[t][c] += v * p[d * k + c];
+                }
+            double[][] gram = new double[k][k];
+            for (double[] row : y)
+                for (int a = 0; a < k; a++)
+                    for (int b = 0; b <= a; b++) gram[a][b] += row[a] * row[b];
+            double[][] l = cholesky(gram, k);
+            double[] score = new double[n];
+            double sum = 0;
+            double[] z = new double[k];
+            for (int t = 0; t < n; t++) {
+                double q = 0;
+                for (int a = 0; a < k; a++) { // forward substitution: L z = y_t, score = |z|²
+                    double v = y[t][a];
+                    for (int b = 0; b < a; b++) v -= l[a][b] * z[b];
+                    z[a] = v / l[a][a];
+                    q += z[a] * z[a];
+                }
+                score[t] = Math.max(0, q);
+                sum += score[t];
+            }
+            double m = sum / n, ss = 0;
+            for (double v : score) ss += (v - m) * (v - m);
+            double std = Math.max(1e-6, n > 1 ? Math.sqrt(ss / (n - 1)) : 0);
+            float[] sc = this.score[layer][g];
+            for (int t = 0; t < n; t++) sc[order[t]] = (float) ((score[t] - m) / std);
+        }
+    }
+
+    /** Φ of (layer, head): standard Gaussians / √sketch, [hd][sketch], from the seed, drawn once. */
+    private double[] sketch(int layer, int head) {
+        double[] p = phi[layer][head];
+        if (p != null) return p;
+        SplittableRandom r = new SplittableRandom(seed ^ (0x9E3779B97F4A7C15L * (1 + (long) layer * 65537 + head)));
+        p = new double[headDim * sketch];
+        double s = 1 / Math.sqrt(sketch);
+        for (int i = 0; i < p.length; i++) p[i] = r.nextGaussian() * s;
+        return phi[layer][head] = p;
+    }
+
+    /**
+     * The lower Cholesky factor of the symmetric g (its lower triangle) + jitter·I: the jitter is 1e-6 of g's mean
+     * diagonal (so the scores do not depend on the keys' scale), ×10 while the factorization fails, up to 5 tries.
+     */
+    static double[][] cholesky(double[][] g, int k) {
+        double trace = 0;
+        for (int a = 0; a < k; a++) trace += g[a][a];
+        double jitter = Math.max(1e-30, 1e-6 * trace / k);
+        for (int tries = 0; tries < 5; tries++, jitter *= 10) {
+            double[][] l = new double[k][k];
+            boolean ok = true;
+            for (int a = 0; a < k && ok; a++)
+                for (int b = 0; b <= a; b++) {
+                    double v = g[a][b] + (a == b ? jitter : 0);
+                    for (int c = 0; c < b; c++) v -= l[a][c] * l[b][c];
+                    if (a == b) {
+                        if (!(v > 0)) {
+                            ok = false;
+                            break;
+                        }
+                        l[a][a] = Math.sqrt(v);
+                    } else l[a][b] = v / l[b][b];
+                }
+            if (ok) return l;
+        }
+        throw new IllegalStateException("leverage: the Cholesky factorization failed after 5 tries (non-finite keys?)");
+    }
+}
