@@ -289,15 +289,23 @@ class ScoredEvictionTest {
         assertTrue(checked);
     }
 
-    /** KeyDiff: at each cut the kept tokens are those least similar to the mean normalized key of the cache before it. */
-    @Test
-    void keyDiffKeepsTheKeysLeastLikeTheMeanDirection() {
+    /** One KV head's decode-step cut of layer 0: the positions it held before (ascending), those kept, the step's position. */
+    interface Cut {
+        void check(int g, int[] old, TreeSet<Integer> kept, int start);
+    }
+
+    /**
+     * Runs {@code spec} and calls {@code cut} for every KV head that dropped tokens at a decode step of layer 0, after
+     * {@code rows} got the layer-0 key and value of every token when it first appeared (keyed by {@link #key}).
+     *
+     * @return the number of cuts checked
+     */
+    static int replayCuts(String spec, Map<Long, float[][]> rows, Cut cut) {
         int hd = config.headDim(), kvHeads = config.numKvHeads();
-        Map<Long, float[]> keys = new HashMap<>();
         float[] k = new float[hd], v = new float[hd];
         int[][][] before = {null};
         int[] checked = {0};
-        run("keydiff:budget=10,sink=1", (cache, layer, n, sel) -> {
+        run(spec, (cache, layer, n, sel) -> {
             if (layer != 0) return;
             int[][] now = new int[kvHeads][];
             int start = Integer.MAX_VALUE;
@@ -307,49 +315,59 @@ class ScoredEvictionTest {
             }
             if (n == 1 && before[0] != null)
                 for (int g = 0; g < kvHeads; g++) {
-                    int[] old = before[0][g];
                     TreeSet<Integer> kept = new TreeSet<>();
                     for (int p : now[g]) if (p < start) kept.add(p);
-                    if (kept.size() == old.length) continue;
-                    double[] anchor = new double[hd];
-                    for (int p : old) {
-                        float[] kk = keys.get(key(g, p));
-                        double norm = 0;
-                        for (float x : kk) norm += x * x;
-                        for (int d = 0; d < hd; d++) anchor[d] += kk[d] / Math.sqrt(norm) / old.length;
-                    }
-                    double keptMin = Double.POSITIVE_INFINITY, evictedMax = Double.NEGATIVE_INFINITY;
-                    for (int p : old) {
-                        if (p < 1) {
-                            assertTrue(kept.contains(p), "the sink stays");
-                            continue;
-                        }
-                        float[] kk = keys.get(key(g, p));
-                        double dot = 0, kn = 0, an = 0;
-                        for (int d = 0; d < hd; d++) {
-                            dot += kk[d] * anchor[d];
-                            kn += kk[d] * kk[d];
-                            an += anchor[d] * anchor[d];
-                        }
-                        double score = -dot / Math.sqrt(kn * an);
-                        if (kept.contains(p)) keptMin = Math.min(keptMin, score);
-                        else evictedMax = Math.max(evictedMax, score);
-                    }
-                    assertEquals(10, kept.size());
-                    assertTrue(keptMin >= evictedMax - 1e-5, "head " + g + " at " + start + ": kept " + keptMin + " < evicted " + evictedMax);
+                    if (kept.size() == before[0][g].length) continue;
+                    cut.check(g, before[0][g], kept, start);
                     checked[0]++;
                 }
             for (int g = 0; g < kvHeads; g++) {
                 int[] pos = cache.positions(0, g);
                 for (int s = 0; s < cache.highWater(0, g); s++) {
-                    if (pos[s] < 0 || keys.containsKey(key(g, pos[s]))) continue;
+                    if (pos[s] < 0 || rows.containsKey(key(g, pos[s]))) continue;
                     model.backend.readKv(cache, 0, g, s, k, v);
-                    keys.put(key(g, pos[s]), k.clone());
+                    rows.put(key(g, pos[s]), new float[][]{k.clone(), v.clone()});
                 }
             }
             before[0] = now;
         }, (c, l, q, p, n) -> {});
-        assertTrue(checked[0] >= STEPS, checked[0] + " cuts checked");
+        return checked[0];
+    }
+
+    /** KeyDiff: at each cut the kept tokens are those least similar to the mean normalized key of the cache before it. */
+    @Test
+    void keyDiffKeepsTheKeysLeastLikeTheMeanDirection() {
+        int hd = config.headDim();
+        Map<Long, float[][]> rows = new HashMap<>();
+        int checked = replayCuts("keydiff:budget=10,sink=1", rows, (g, old, kept, start) -> {
+            double[] anchor = new double[hd];
+            for (int p : old) {
+                float[] kk = rows.get(key(g, p))[0];
+                double norm = 0;
+                for (float x : kk) norm += x * x;
+                for (int d = 0; d < hd; d++) anchor[d] += kk[d] / Math.sqrt(norm) / old.length;
+            }
+            double keptMin = Double.POSITIVE_INFINITY, evictedMax = Double.NEGATIVE_INFINITY;
+            for (int p : old) {
+                if (p < 1) {
+                    assertTrue(kept.contains(p), "the sink stays");
+                    continue;
+                }
+                float[] kk = rows.get(key(g, p))[0];
+                double dot = 0, kn = 0, an = 0;
+                for (int d = 0; d < hd; d++) {
+                    dot += kk[d] * anchor[d];
+                    kn += kk[d] * kk[d];
+                    an += anchor[d] * anchor[d];
+                }
+                double score = -dot / Math.sqrt(kn * an);
+                if (kept.contains(p)) keptMin = Math.min(keptMin, score);
+                else evictedMax = Math.max(evictedMax, score);
+            }
+            assertEquals(10, kept.size());
+            assertTrue(keptMin >= evictedMax - 1e-5, "head " + g + " at " + start + ": kept " + keptMin + " < evicted " + evictedMax);
+        });
+        assertTrue(checked >= STEPS, checked + " cuts checked");
     }
 
     @ParameterizedTest(name = "{0}")
@@ -525,68 +543,41 @@ class ScoredEvictionTest {
      */
     @Test
     void lagKvEvictsTheLowestRankedOfEachPartition() {
-        int kvHeads = config.numKvHeads(), lag = 3, budget = 12;
+        int lag = 3, budget = 12;
         Map<Long, float[][]> rows = new HashMap<>();
-        float[] k = new float[config.headDim()], v = new float[config.headDim()];
-        int[][][] before = {null};
-        int[] checked = {0};
-        run("lagkv:budget=" + budget + ",lag=" + lag + ",sink=1,interval=0", (cache, layer, n, sel) -> {
-            if (layer != 0) return;
-            int[][] now = new int[kvHeads][];
-            int start = Integer.MAX_VALUE;
-            for (int g = 0; g < kvHeads; g++) {
-                now[g] = KvTestSupport.positions(cache, 0, g);
-                start = Math.min(start, now[g][now[g].length - 1] - n + 1);
-            }
-            if (n == 1 && before[0] != null)
-                for (int g = 0; g < kvHeads; g++) {
-                    int[] old = before[0][g]; // ascending positions
-                    TreeSet<Integer> kept = new TreeSet<>();
-                    for (int p : now[g]) if (p < start) kept.add(p);
-                    if (kept.size() == old.length) continue;
-                    assertEquals(budget, kept.size());
-                    assertTrue(kept.contains(0), "the sink stays");
-                    int len = old.length, end = 1 + (len - 1) / lag * lag, parts = (end - 1) / lag;
-                    double[] score = new double[len];
-                    java.util.Arrays.fill(score, 1);
-                    for (int part = 0; part + 1 < parts; part++) {
-                        int from = 1 + part * lag;
-                        double[] both = new double[lag];
-                        for (int w = 0; w < 2; w++) {
-                            List<float[]> cur = new ArrayList<>(), ref = new ArrayList<>();
-                            for (int t = 0; t < lag; t++) {
-                                cur.add(rows.get(key(g, old[from + t]))[w]);
-                                ref.add(rows.get(key(g, old[from + lag + t]))[w]);
-                            }
-                            double[] sp = lagSpread(cur, ref);
-                            for (int t = 0; t < lag; t++) both[t] += sp[t] / 2;
-                        }
-                        for (int t = 0; t < lag; t++) {
-                            int below = 0;
-                            for (int u = 0; u < lag; u++) if (both[u] < both[t]) below++;
-                            score[from + t] = (float) below / lag;
-                        }
+        int checked = replayCuts("lagkv:budget=" + budget + ",lag=" + lag + ",sink=1,interval=0", rows, (g, old, kept, start) -> {
+            assertEquals(budget, kept.size());
+            assertTrue(kept.contains(0), "the sink stays");
+            int len = old.length, end = 1 + (len - 1) / lag * lag, parts = (end - 1) / lag;
+            double[] score = new double[len];
+            java.util.Arrays.fill(score, 1);
+            for (int part = 0; part + 1 < parts; part++) {
+                int from = 1 + part * lag;
+                double[] both = new double[lag];
+                for (int w = 0; w < 2; w++) {
+                    List<float[]> cur = new ArrayList<>(), ref = new ArrayList<>();
+                    for (int t = 0; t < lag; t++) {
+                        cur.add(rows.get(key(g, old[from + t]))[w]);
+                        ref.add(rows.get(key(g, old[from + lag + t]))[w]);
                     }
-                    for (int i = 1; i < len; i++) {
-                        if (kept.contains(old[i])) continue;
-                        for (int j = 1; j < len; j++)
-                            if (kept.contains(old[j]))
-                                assertTrue(score[i] < score[j] || score[i] == score[j] && old[i] < old[j],
-                                        "head " + g + " at " + start + ": evicted " + old[i] + " (" + score[i] + ") over kept " + old[j] + " (" + score[j] + ")");
-                    }
-                    checked[0]++;
+                    double[] sp = lagSpread(cur, ref);
+                    for (int t = 0; t < lag; t++) both[t] += sp[t] / 2;
                 }
-            for (int g = 0; g < kvHeads; g++) {
-                int[] pos = cache.positions(0, g);
-                for (int s = 0; s < cache.highWater(0, g); s++) {
-                    if (pos[s] < 0 || rows.containsKey(key(g, pos[s]))) continue;
-                    model.backend.readKv(cache, 0, g, s, k, v);
-                    rows.put(key(g, pos[s]), new float[][]{k.clone(), v.clone()});
+                for (int t = 0; t < lag; t++) {
+                    int below = 0;
+                    for (int u = 0; u < lag; u++) if (both[u] < both[t]) below++;
+                    score[from + t] = (float) below / lag;
                 }
             }
-            before[0] = now;
-        }, (c, l, q, p, n) -> {});
-        assertTrue(checked[0] >= STEPS, checked[0] + " cuts checked");
+            for (int i = 1; i < len; i++) {
+                if (kept.contains(old[i])) continue;
+                for (int j = 1; j < len; j++)
+                    if (kept.contains(old[j]))
+                        assertTrue(score[i] < score[j] || score[i] == score[j] && old[i] < old[j],
+                                "head " + g + " at " + start + ": evicted " + old[i] + " (" + score[i] + ") over kept " + old[j] + " (" + score[j] + ")");
+            }
+        });
+        assertTrue(checked >= STEPS, checked + " cuts checked");
     }
 
     /** Random: exactly the budget at every cut, the same tokens for the same seed, other tokens for another seed. */
@@ -744,53 +735,27 @@ class ScoredEvictionTest {
      */
     @Test
     void leverageEvictsTheKeyMostInsideTheOthersSpan() {
-        int kvHeads = config.numKvHeads(), hd = config.headDim(), half = hd / 2, budget = 24;
+        int hd = config.headDim(), half = hd / 2, budget = 24;
         float[] inv = model.rope().invFreq();
-        Map<Long, double[]> pre = new HashMap<>();
-        float[] k = new float[hd], v = new float[hd];
-        int[][][] before = {null};
-        int[] checked = {0};
-        run("leverage:budget=" + budget + ",sketch=" + hd, (cache, layer, n, sel) -> {
-            if (layer != 0) return;
-            int[][] now = new int[kvHeads][];
-            int start = Integer.MAX_VALUE;
-            for (int g = 0; g < kvHeads; g++) {
-                now[g] = KvTestSupport.positions(cache, 0, g);
-                start = Math.min(start, now[g][now[g].length - 1] - n + 1);
-            }
-            if (n == 1 && before[0] != null)
-                for (int g = 0; g < kvHeads; g++) {
-                    int[] old = before[0][g];
-                    TreeSet<Integer> kept = new TreeSet<>();
-                    for (int p : now[g]) if (p < start) kept.add(p);
-                    if (kept.size() == old.length) continue;
-                    assertEquals(budget, kept.size());
-                    double[][] x = new double[old.length][];
-                    for (int t = 0; t < old.length; t++) x[t] = pre.get(key(g, old[t]));
-                    double[] h = leverage(x);
-                    double keptMin = Double.POSITIVE_INFINITY, evictedMax = Double.NEGATIVE_INFINITY;
-                    for (int t = 0; t < old.length; t++)
-                        if (kept.contains(old[t])) keptMin = Math.min(keptMin, h[t]);
-                        else evictedMax = Math.max(evictedMax, h[t]);
-                    assertTrue(evictedMax <= keptMin + 0.02, "head " + g + " at " + start + ": evicted leverage " + evictedMax + " > kept " + keptMin);
-                    checked[0]++;
-                }
-            for (int g = 0; g < kvHeads; g++) {
-                int[] pos = cache.positions(0, g);
-                for (int s2 = 0; s2 < cache.highWater(0, g); s2++) {
-                    if (pos[s2] < 0 || pre.containsKey(key(g, pos[s2]))) continue;
-                    model.backend.readKv(cache, 0, g, s2, k, v);
-                    double[] x = new double[hd];
-                    for (int j = 0; j < half; j++) { // undo RoPE at the token's position
-                        double angle = (double) pos[s2] * inv[j], c = Math.cos(angle), s = Math.sin(angle);
-                        x[j] = k[j] * c + k[j + half] * s;
-                        x[j + half] = k[j + half] * c - k[j] * s;
-                    }
-                    pre.put(key(g, pos[s2]), x);
+        Map<Long, float[][]> rows = new HashMap<>();
+        int checked = replayCuts("leverage:budget=" + budget + ",sketch=" + hd, rows, (g, old, kept, start) -> {
+            assertEquals(budget, kept.size());
+            double[][] x = new double[old.length][hd];
+            for (int t = 0; t < old.length; t++) { // undo RoPE at the token's position
+                float[] k = rows.get(key(g, old[t]))[0];
+                for (int j = 0; j < half; j++) {
+                    double angle = (double) old[t] * inv[j], c = Math.cos(angle), s = Math.sin(angle);
+                    x[t][j] = k[j] * c + k[j + half] * s;
+                    x[t][j + half] = k[j + half] * c - k[j] * s;
                 }
             }
-            before[0] = now;
-        }, (c, l, q, p, n) -> {});
-        assertTrue(checked[0] >= STEPS, checked[0] + " cuts checked");
+            double[] h = leverage(x);
+            double keptMin = Double.POSITIVE_INFINITY, evictedMax = Double.NEGATIVE_INFINITY;
+            for (int t = 0; t < old.length; t++)
+                if (kept.contains(old[t])) keptMin = Math.min(keptMin, h[t]);
+                else evictedMax = Math.max(evictedMax, h[t]);
+            assertTrue(evictedMax <= keptMin + 0.02, "head " + g + " at " + start + ": evicted leverage " + evictedMax + " > kept " + keptMin);
+        });
+        assertTrue(checked >= STEPS, checked + " cuts checked");
     }
 }
