@@ -69,6 +69,21 @@ public record RopeTable(int headDim, float[] invFreq, float attentionScale) {
         return new RopeTable(c.headDim(), inv);
     }
 
+    /**
+     * out[0, hd) = the key or query x[xOff, +hd) rotated by {@code by} positions (negative: back), with angles and
+     * products in double and no attention scale (x carries it already): what a policy that moves a cached key to
+     * another position, or back to its pre-RoPE form, needs.
+     */
+    public void rotate(float[] x, int xOff, long by, double[] out) {
+        int half = headDim / 2;
+        for (int j = 0; j < half; j++) {
+            double angle = (double) by * invFreq[j], c = Math.cos(angle), s = Math.sin(angle);
+            double a = x[xOff + j], b = x[xOff + j + half];
+            out[j] = a * c - b * s;
+            out[j + half] = b * c + a * s;
+        }
+    }
+
     /** The dimension at which a frequency makes {@code rotations} turns over {@code maxPos} positions (YaRN). */
     private static double correctionDim(double rotations, int dim, double base, int maxPos) {
         return (dim * Math.log(maxPos / (rotations * 2 * Math.PI))) / (2 * Math.log(base));

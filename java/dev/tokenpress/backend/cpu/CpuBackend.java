@@ -311,8 +311,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void storeKv(KvCache cache, int layer, Tensor k, Tensor v, int[][] slots, int n) {
-        if (cache instanceof QuantKvCache qc) { QuantOps.storeKv(qc, layer, f(k), f(v), slots, n); return; }
-        if (cache instanceof MiniKvCache mc) { MiniOps.storeKv(mc, layer, f(k), f(v), slots, n); return; }
+        if (cache instanceof PackedKvCache pc) { pc.storeKv(layer, f(k), f(v), slots, n); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor kt = f(k), vt = f(v);
         int hd = c.headDim();
@@ -324,8 +323,7 @@ public final class CpuBackend implements Backend {
     @Override
     public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
                           SlotSelection select, AttentionStats stats) {
-        if (cache instanceof QuantKvCache qc) { QuantOps.attention(par, k, f(out), f(q), qc, layer, queryPositions, n, select, stats); return; }
-        if (cache instanceof MiniKvCache mc) { MiniOps.attention(par, k, f(out), f(q), mc, layer, queryPositions, n, select, stats); return; }
+        if (cache instanceof PackedKvCache pc) { pc.attention(par, k, f(out), f(q), layer, queryPositions, n, select, stats); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor o = f(out), qt = f(q);
         int hd = c.headDim(), kvHeads = c.kvHeads();
@@ -449,8 +447,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void queryKeyScores(float[][] out, Tensor q, int row, int queryPosition, KvCache cache, int layer) {
-        if (cache instanceof QuantKvCache qc) { QuantOps.queryKeyScores(par, k, out, f(q), row, queryPosition, qc, layer); return; }
-        if (cache instanceof MiniKvCache mc) { MiniOps.queryKeyScores(par, k, out, f(q), row, queryPosition, mc, layer); return; }
+        if (cache instanceof PackedKvCache pc) { pc.queryKeyScores(par, k, out, f(q), row, queryPosition, layer); return; }
         CpuKvCache c = (CpuKvCache) cache;
         CpuTensor qt = f(q);
         int hd = c.headDim(), heads = qt.cols / hd, group = heads / c.kvHeads();
@@ -580,7 +577,7 @@ public final class CpuBackend implements Backend {
         CpuTensor qt = f(q);
         int hd = cache.headDim(), heads = qt.cols / hd, group = heads / cache.kvHeads();
         // quantized or merged: bounds from the reconstructed keys, so selection and attention see the same keys
-        KvReader qc = cache instanceof QuantKvCache x ? x::read : cache instanceof MiniKvCache x ? x::read : null;
+        PackedKvCache qc = cache instanceof PackedKvCache x ? x : null;
         CpuKvCache plain = qc == null ? (CpuKvCache) cache : null;
         float[][] direct = plain == null || plain.keys == null ? null : plain.keys[layer]; // null: quantized or bf16 keys
         // ScalarKernels without the Vector API module: VectorKernels is only referenced otherwise
@@ -684,11 +681,6 @@ public final class CpuBackend implements Backend {
         });
     }
 
-    /** Reads the reconstructed key and value of a slot of a quantized or merged cache. */
-    private interface KvReader {
-        void read(int layer, int head, int slot, float[] key, float[] value);
-    }
-
     /** Page bounds of key rows keys[offs[j], offs[j] + len), j < n: a key replaces a bound only when beyond it. */
     private static void keyBounds(float[] keys, int[] offs, int n, float[] max, float[] min, int len) {
         for (int j = 0; j < n; j++)
@@ -741,8 +733,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
-        if (cache instanceof QuantKvCache qc) { qc.read(layer, head, slot, key, value); return; }
-        if (cache instanceof MiniKvCache mc) { mc.read(layer, head, slot, key, value); return; }
+        if (cache instanceof PackedKvCache pc) { pc.read(layer, head, slot, key, value); return; }
         CpuKvCache c = (CpuKvCache) cache;
         c.readKey(k, layer, head, slot, key, 0);
         c.readValue(k, layer, head, slot, value, 0);
@@ -759,8 +750,7 @@ public final class CpuBackend implements Backend {
 
     @Override
     public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
-        if (cache instanceof QuantKvCache qc) { qc.store(layer, head, slot, key, 0, value, 0); return; }
-        if (cache instanceof MiniKvCache mc) { mc.store(layer, head, slot, key, 0, value, 0); return; }
+        if (cache instanceof PackedKvCache pc) { pc.store(layer, head, slot, key, 0, value, 0); return; }
         ((CpuKvCache) cache).write(layer, head, slot, key, 0, value, 0);
     }
 

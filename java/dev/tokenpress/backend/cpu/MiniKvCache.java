@@ -23,7 +23,7 @@ import java.util.Arrays;
  * slot in one layer first gives the other layer its reconstruction (lower: scaled in place; upper: a pool row), so
  * an evicted token never leaves its partner without a row.
  */
-public final class MiniKvCache extends KvCache {
+public final class MiniKvCache extends PackedKvCache {
     static final int FREE = -2, MERGED = -1;
 
     final KvQuantSpec spec;
@@ -200,6 +200,7 @@ public final class MiniKvCache extends KvCache {
     // ---- writing ---------------------------------------------------------------------------------------------
 
     /** Stores a token's key and value (already rotated) into an allocated slot; exact until it leaves the window. */
+    @Override
     void store(int layer, int head, int slot, float[] k, int kOff, float[] v, int vOff) {
         int hd = headDim, r = role[layer];
         if (r != 1) {
@@ -506,6 +507,7 @@ public final class MiniKvCache extends KvCache {
     }
 
     /** The reconstructed key and value of an occupied slot (scale · row). */
+    @Override
     void read(int layer, int head, int slot, float[] key, float[] value) {
         if (positions[layer][head][slot] < 0)
             throw new IllegalArgumentException("slot " + slot + " of layer " + layer + " head " + head + " is free");
@@ -514,5 +516,16 @@ public final class MiniKvCache extends KvCache {
         scaleRow(v.rows, v.off, v.scale, key, 0, headDim);
         row(layer, head, slot, false, v);
         scaleRow(v.rows, v.off, v.scale, value, 0, headDim);
+    }
+
+    @Override
+    void attention(Parallel par, Kernels k, CpuTensor o, CpuTensor q, int layer, int[] queryPositions, int n,
+                   dev.tokenpress.kv.SlotSelection select, dev.tokenpress.kv.AttentionStats stats) {
+        MiniOps.attention(par, k, o, q, this, layer, queryPositions, n, select, stats);
+    }
+
+    @Override
+    void queryKeyScores(Parallel par, Kernels k, float[][] out, CpuTensor q, int row, int queryPosition, int layer) {
+        MiniOps.queryKeyScores(par, k, out, q, row, queryPosition, this, layer);
     }
 }

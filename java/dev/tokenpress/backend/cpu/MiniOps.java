@@ -15,12 +15,6 @@ import java.util.Arrays;
 final class MiniOps {
     private MiniOps() {}
 
-    static void storeKv(MiniKvCache c, int layer, CpuTensor kt, CpuTensor vt, int[][] slots, int n) {
-        int hd = c.headDim();
-        for (int g = 0; g < c.kvHeads(); g++)
-            for (int i = 0; i < n; i++) c.store(layer, g, slots[g][i], kt.data, i * kt.cols + g * hd, vt.data, i * vt.cols + g * hd);
-    }
-
     /** Attention; one task per KV head (its statistics race-free), the q-heads of the group together. */
     static void attention(Parallel par, Kernels k, CpuTensor o, CpuTensor qt, MiniKvCache c, int layer, int[] queryPositions,
                           int n, SlotSelection select, AttentionStats stats) {

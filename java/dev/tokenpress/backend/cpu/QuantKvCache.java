@@ -22,7 +22,7 @@ import java.util.List;
  * live tokens are decoded and re-encoded, in position order, into full blocks (one extra rounding for those
  * tokens; the error bound then holds against the first reconstruction). A reused slot always starts in the window.
  */
-public final class QuantKvCache extends KvCache {
+public final class QuantKvCache extends PackedKvCache {
     /** Appends also move tokens from the full-precision window into packed blocks: not undone by freeing slots. */
     @Override
     public boolean appendsReversible() {
@@ -120,6 +120,7 @@ public final class QuantKvCache extends KvCache {
     // ---- writing ---------------------------------------------------------------------------------------------
 
     /** Stores a token's key and value (already rotated) into a slot: it enters the residual window. */
+    @Override
     void store(int layer, int head, int slot, float[] k, int kOff, float[] v, int vOff) {
         release(layer, head, slot);
         int i = rCount[layer][head]++;
@@ -357,6 +358,7 @@ public final class QuantKvCache extends KvCache {
     boolean tracks() { return attnSum != null; }
 
     /** The reconstructed key and value of a slot (for policies that read the cache, and tests). */
+    @Override
     void read(int layer, int head, int slot, float[] key, float[] value) {
         int l = loc[layer][head][slot];
         if (l == NONE) throw new IllegalArgumentException("slot " + slot + " of layer " + layer + " head " + head + " is free");
@@ -368,5 +370,16 @@ public final class QuantKvCache extends KvCache {
             b.key(l % group, key, 0);
             b.value(l % group, value, 0);
         }
+    }
+
+    @Override
+    void attention(Parallel par, Kernels k, CpuTensor o, CpuTensor q, int layer, int[] queryPositions, int n,
+                   dev.tokenpress.kv.SlotSelection select, dev.tokenpress.kv.AttentionStats stats) {
+        QuantOps.attention(par, k, o, q, this, layer, queryPositions, n, select, stats);
+    }
+
+    @Override
+    void queryKeyScores(Parallel par, Kernels k, float[][] out, CpuTensor q, int row, int queryPosition, int layer) {
+        QuantOps.queryKeyScores(par, k, out, q, row, queryPosition, this, layer);
     }
 }

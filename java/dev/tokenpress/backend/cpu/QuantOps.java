@@ -14,12 +14,6 @@ import java.util.List;
 final class QuantOps {
     private QuantOps() {}
 
-    static void storeKv(QuantKvCache c, int layer, CpuTensor kt, CpuTensor vt, int[][] slots, int n) {
-        int hd = c.headDim();
-        for (int g = 0; g < c.kvHeads(); g++)
-            for (int i = 0; i < n; i++) c.store(layer, g, slots[g][i], kt.data, i * kt.cols + g * hd, vt.data, i * vt.cols + g * hd);
-    }
-
     /**
      * Attention; one task per KV head, so statistics (the policy's and the cache's own) are race-free. The query
      * heads sharing a KV head are handled together: each block's key codes are unpacked once for all of them and

@@ -76,10 +76,10 @@ public final class LagKvPolicy extends BudgetedPolicy {
                 max[c] = Math.max(max[c], rows[o + c]);
             }
         double top = Double.NEGATIVE_INFINITY;
+        double[] x = new double[hd];
         for (int t = 0; t < lag; t++) {
             int o = order[from + t] * hd;
             double mean = 0;
-            double[] x = new double[hd];
             for (int c = 0; c < hd; c++) {
                 double range = max[c] - min[c];
                 x[c] = range > 0 ? (rows[o + c] - min[c]) / range : 0;

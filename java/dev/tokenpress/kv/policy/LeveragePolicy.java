@@ -36,8 +36,7 @@ public final class LeveragePolicy extends BudgetedPolicy {
 
     @Override
     protected void beforeEviction(int layer) {
-        int hd = headDim, half = hd / 2, k = sketch;
-        float[] inv = model.rope().invFreq();
+        int hd = headDim, k = sketch;
         for (int g = 0; g < kvHeads; g++) {
             int[] order = slotsByPosition(layer, g);
             int n = order.length, hw = cache.highWater(layer, g);
@@ -52,13 +51,8 @@ public final class LeveragePolicy extends BudgetedPolicy {
             double[][] x = new double[n][hd];
             double[] mean = new double[hd];
             for (int t = 0; t < n; t++) {
-                int s = order[t], o = s * hd;
-                for (int j = 0; j < half; j++) {
-                    double angle = (double) pos[s] * inv[j], c = Math.cos(angle), sn = Math.sin(angle);
-                    double a = keys[o + j], b = keys[o + j + half];
-                    x[t][j] = a * c + b * sn;           // R(−p): the inverse rotation
-                    x[t][j + half] = b * c - a * sn;
-                }
+                int s = order[t];
+                model.rope().rotate(keys, s * hd, -pos[s], x[t]); // back to the key's pre-RoPE form
                 for (int d = 0; d < hd; d++) mean[d] += x[t][d];
             }
             for (int d = 0; d < hd; d++) mean[d] /= n;

@@ -55,8 +55,8 @@ public final class WindowPolicy extends EvictingPolicy {
     protected void onBeforeAppend(int[] positions, int n) {
         super.onBeforeAppend(positions, n);
         if (!posShift || sink == 0) return;
-        float[] inv = model.rope().invFreq();
         float[] k = new float[headDim], v = new float[headDim];
+        double[] rotated = new double[headDim];
         for (int l = 0; l < layers; l++)
             for (int g = 0; g < kvHeads; g++) {
                 int[] pos = cache.positions(l, g);
@@ -74,22 +74,12 @@ public final class WindowPolicy extends EvictingPolicy {
                     if (p < 0 || p >= sink) continue;
                     backend.readKv(cache, l, g, s, k, v);
                     if (orig[p] == null) orig[p] = k.clone(); // still at its original rotation (shift 0)
-                    rotate(orig[p], shift, inv, k);
+                    model.rope().rotate(orig[p], 0, shift, rotated);
+                    for (int d = 0; d < headDim; d++) k[d] = (float) rotated[d];
                     backend.writeKv(cache, l, g, s, k, v);
                 }
                 applied[l][g] = shift;
             }
-    }
-
-    /** out = x rotated by {@code by} positions (rotate_half layout, angles in double; no attention scale: x has it). */
-    static void rotate(float[] x, int by, float[] invFreq, float[] out) {
-        int half = x.length / 2;
-        for (int j = 0; j < half; j++) {
-            double angle = (double) by * invFreq[j], c = Math.cos(angle), s = Math.sin(angle);
-            double a = x[j], b = x[j + half];
-            out[j] = (float) (a * c - b * s);
-            out[j + half] = (float) (b * c + a * s);
-        }
     }
 
     /** The recent window for the sequence seen so far. */
