@@ -123,6 +123,8 @@ public final class TokenPress implements AutoCloseable {
                         w.allocatedBytes() / 1048576.0));
             Llama model = new Llama(config, w, backend, options.maxChunk());
             tok = tokenizer.get();
+            HfTokenizer t = tok;
+            model.setTextEncoder(t::encodeNoSpecial);
             long ms = (System.nanoTime() - t0) / 1_000_000;
             TokenPress tp = new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
             tp.weights = options.weights();

@@ -174,8 +174,9 @@ public final class Needle {
         KvPolicy own = model.policy();
         try {
             model.setPolicy(policy);
-            try (dev.tokenpress.kv.KvCache cache = quant == null || quant.isNone() ? model.newCache(start + steps + 1)
-                    : model.newCache(start + steps + 1, quant)) {
+            int slots = start + steps + 1 + policy.scratchSlots(start); // + KVzip's reconstruction pass
+            try (dev.tokenpress.kv.KvCache cache = quant == null || quant.isNone() ? model.newCache(slots)
+                    : model.newCache(slots, quant)) {
                 model.prefill(cache, Arrays.copyOf(t.tokens(), start), 0, false, null);
                 int[] out = new int[steps];
                 for (int i = 0; i < steps; i++) {

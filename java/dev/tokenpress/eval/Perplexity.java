@@ -128,7 +128,7 @@ public final class Perplexity {
         int scored = n - prefill;
         KvCache pc = null, bc = null;
         try {
-            pc = newCache(model, cacheSlots > 0 ? cacheSlots : n, quant);
+            pc = newCache(model, (cacheSlots > 0 ? cacheSlots : n) + policy.scratchSlots(prefill), quant); // + KVzip's pass
             Rows pol = new DecodeRows(model, once(policy), pc, tokens, prefill);
             Rows base = null;
             if (baseline != null) {
@@ -313,6 +313,12 @@ public final class Perplexity {
                 if (!attached) p.attach(model);
                 attached = true;
             }
+
+            @Override
+            public void prefillTokens(int[] tokens, int n) { p.prefillTokens(tokens, n); }
+
+            @Override
+            public int scratchSlots(int promptTokens) { return p.scratchSlots(promptTokens); }
 
             @Override
             public void beginPrefill(KvCache cache, int startPos, int total) { p.beginPrefill(cache, startPos, total); }

@@ -12,6 +12,7 @@ import dev.tokenpress.kv.policy.KnormPolicy;
 import dev.tokenpress.kv.policy.LagKvPolicy;
 import dev.tokenpress.kv.policy.LeveragePolicy;
 import dev.tokenpress.kv.policy.RandomPolicy;
+import dev.tokenpress.kv.policy.KvzipPolicy;
 import dev.tokenpress.kv.policy.SimLayerKvPolicy;
 import dev.tokenpress.kv.policy.H2OPolicy;
 import dev.tokenpress.kv.policy.KeyformerPolicy;
@@ -127,6 +128,14 @@ public final class KvPolicies {
                 p("beta", "20", "pyramid steepness >= 1: the top layer keeps (budget - window) / beta + window")), (s, a, c) -> {
             return snapKv(s, a).shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), -1));
         });
+
+        add("kvzip", "KVzip: compresses the prompt once by how the model attends to it while repeating it (context reconstruction, kvpress KVzipPress); decoding appends", List.of(
+                p("budget", "0.3", "prompt tokens kept per KV head on average (tokens or ratio of the prompt); layers and heads keep different counts"),
+                p("sink", "4", "first tokens always kept"),
+                p("chunk", "2048", "prompt tokens repeated per reconstruction pass (shrinks to the cache's free slots)"),
+                p("layerwise", "false", "true: every layer keeps the same count (its heads still differ)")), (s, a, c) ->
+                new KvzipPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 20),
+                        a.choice("layerwise", "true", "false").equals("true")));
 
         add("keyformer", "Keyformer: key tokens by accumulated Gumbel-softmax scores + a recent window; evicts every step", shaped(true, "", 
                 p("budget", "0.6", "tokens attention sees (tokens or ratio of the sequence)"),
@@ -324,7 +333,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, keyformer, knorm, keydiff, lagkv, leverage, simlayerkv, random, expected, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, kvzip, keyformer, knorm, keydiff, lagkv, leverage, simlayerkv, random, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

@@ -8,7 +8,7 @@ import dev.tokenpress.model.Llama;
  * (selection). The forward pass calls these hooks; {@link #FULL} keeps everything and attends to everything.
  *
  * <p>Order of the calls ({@code Llama}): {@link #attach} once when the policy is installed; per
- * {@code prefill}: {@link #beginPrefill}, then per chunk {@link #beforeAppend} and the forward pass, then
+ * {@code prefill}: {@link #prefillTokens}, {@link #beginPrefill}, then per chunk {@link #beforeAppend} and the forward pass, then
  * {@link #endPrefill}; per decode step: {@link #beforeAppend} and the forward pass. In the forward pass, per
  * layer after the new keys/values are stored: {@link #beforeAttention}, {@link #select}, {@link #stats}, the
  * attention, {@link #afterAttention}.
@@ -24,6 +24,12 @@ public interface KvPolicy {
      * backend (query-aware selection) or a calibration run on the model (RazorAttention's head probe) does it here.
      */
     default void attach(Llama model) {}
+
+    /**
+     * Called right before {@link #beginPrefill} with the ids of the prefill's tokens, {@code tokens[0..n)} (the array
+     * is the caller's: copy what is kept). A policy that feeds the prompt to the model again (KVzip) keeps them.
+     */
+    default void prefillTokens(int[] tokens, int n) {}
 
     /** Called at the start of {@code Llama.prefill} for {@code total} tokens at positions [startPos, startPos + total). */
     default void beginPrefill(KvCache cache, int startPos, int total) {}
@@ -58,6 +64,13 @@ public interface KvPolicy {
     default boolean speculationSafe() {
         return false;
     }
+
+    /**
+     * Free slots per KV head the policy needs beyond the sequence while a prefill of {@code promptTokens} tokens ends
+     * (KVzip's reconstruction pass appends and frees them again); a caller that sizes a cache to the sequence adds
+     * this. Default 0.
+     */
+    default int scratchSlots(int promptTokens) { return 0; }
 
     /** The spec string that recreates this policy, e.g. "full" or "window:sink=4,recent=252". */
     String spec();

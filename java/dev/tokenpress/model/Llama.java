@@ -176,12 +176,13 @@ public final class Llama implements AutoCloseable {
     }
 
     private void prefillChunks(KvCache cache, int[] tokens, int n, int startPos, ChunkDone rows, IntConsumer progress) {
+        policy.prefillTokens(tokens, n);
         policy.beginPrefill(cache, startPos, n);
         for (int done = 0; done < n; ) {
             int m = Math.min(maxChunk, n - done);
             // sliding window: the tokens of a chunk share its keys, so past the window each token runs alone
             // (row r of a chunk from p0 may only see positions > p0 + r - W; the cache drops those <= p0 - W)
-            if (window > 0) m = Math.max(1, Math.min(m, window - (startPos + done)));
+            if (window > 0 && !observing) m = Math.max(1, Math.min(m, window - (startPos + done)));
             int[] chunk = new int[m], positions = new int[m];
             for (int i = 0; i < m; i++) {
                 chunk[i] = tokens[done + i];
@@ -677,7 +678,7 @@ public final class Llama implements AutoCloseable {
 
     /** Lets the policy evict, then allocates one slot per (layer, KV head, token): [L][Hkv][n]. */
     private int[][][] allocateSlots(KvCache cache, int[] positions, int n) {
-        dropOutsideWindow(cache, positions[0]); // first: the policy then sees (and budgets) only what stays visible
+        if (!observing) dropOutsideWindow(cache, positions[0]); // first: the policy then sees (and budgets) only what stays visible
         policy.beforeAppend(cache, positions, n);
         int[][][] slots = new int[config.numLayers()][config.numKvHeads()][];
         for (int l = 0; l < slots.length; l++)
@@ -802,6 +803,7 @@ public final class Llama implements AutoCloseable {
                         l + 1 < c.numLayers() ? w.layers()[l + 1].attnNorm() : w.finalNorm(), eps, n);
             }
             // xn [n, D]: the final hidden states
+            if (observing) return;                                    // observe(): no logits
             if (hiddenOut != null) {
                 hiddenOut.accept(b.download(xn, 0, n));
                 return;                                               // no logits asked for (logits() stays as it was)
@@ -811,6 +813,7 @@ public final class Llama implements AutoCloseable {
             if (allRows) b.matmul(allLogits(), xn, w.lmHead(), null, n); // allLogits [n, V]
             return;
         }
+        if (observing) return;                                        // observe(): no logits
         if (hiddenOut != null) {
             b.rmsnorm(xb, x, w.finalNorm(), eps, n);                  // the final hidden states, [n, D]
             hiddenOut.accept(b.download(xb, 0, n));
@@ -826,6 +829,40 @@ public final class Llama implements AutoCloseable {
     }
 
     private java.util.function.Consumer<float[]> hiddenOut;  // hiddenStates: receives each chunk's final hidden states
+    private boolean observing;                               // observe(): no LM head, no sliding-window drop
+    private java.util.function.Function<String, int[]> textEncoder;
+
+    /**
+     * Runs {@code tokens} at positions {@code startPos..} through the model under {@code hooks} in place of the
+     * model's policy, then frees their slots again: a pass that only watches the attention (KVzip's context
+     * reconstruction scores the cached context by how the model attends to it while repeating it). Every position
+     * at or above {@code startPos} is freed afterwards, so the cache must hold nothing there. No logits are computed
+     * ({@link #logits()} keeps what the last prefill or step left), and a sliding-window model keeps its older tokens
+     * during the pass (the window is not applied). The cache needs a free slot per token in every layer and KV head;
+     * afterwards it holds the tokens it held before (a quantizing cache may have encoded its residual window sooner).
+     */
+    public void observe(KvPolicy hooks, KvCache cache, int[] tokens, int startPos) {
+        if (observing) throw new IllegalStateException("observe() does not nest");
+        if (batchRows != null) throw new IllegalStateException("observe() inside a batched step");
+        KvPolicy own = policy;
+        policy = hooks == null ? KvPolicy.FULL : hooks;
+        observing = true;
+        try {
+            prefillChunks(cache, tokens, tokens.length, startPos, null, null);
+        } finally {
+            observing = false;
+            policy = own;
+            cache.freeFrom(startPos);
+        }
+    }
+
+    /** Sets how text becomes token ids without special tokens (the loader sets the model's tokenizer); null = none. */
+    public void setTextEncoder(java.util.function.Function<String, int[]> encoder) {
+        this.textEncoder = encoder;
+    }
+
+    /** The tokenizer's text to ids (no special tokens), for policies that feed the model text (KVzip); null when none was set. */
+    public java.util.function.Function<String, int[]> textEncoder() { return textEncoder; }
 
     /**
      * The final hidden states (after the last RMSNorm, before the LM head) of {@code tokens} at positions 0.., [n * D]

@@ -1,5 +1,6 @@
 package dev.tokenpress.cli;
 
+import dev.tokenpress.model.LlamaConfig;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import org.junit.jupiter.api.BeforeAll;
@@ -90,6 +91,23 @@ class CompareCliTest {
         assertEquals(2, rows.size(), c.out());
         assertEquals("full q:minicache:t=0.6,start=0,retain=0.05,group=8,residual=8", rows.get(1).get("kv").asText());
         assertTrue(rows.get(1).get("kv_bytes").asLong() < rows.get(0).get("kv_bytes").asLong(), c.out());
+        assertTrue(rows.get(1).get("mean_kld").asDouble() > 0, c.out());
+    }
+
+    /**
+     * KVzip through the loader: its reconstruction prompts come from the model's tokenizer, the cache gets room for the
+     * pass (the prompt fills most of -c), and the prompt is cut to the budget on average.
+     */
+    @Test
+    void kvzipRepeatsThePromptWithTheModelsTokenizer() throws Exception {
+        Run c = run("compare", "-m", model.toString(), "-f", text.toString(), "-c", "72", "--prefill", "60",
+                "--kv", "full,kvzip:budget=15", "--json", "--device", "cpu");
+        assertEquals(ExitCodes.OK, c.code(), c.err());
+        JsonNode rows = JSON.readTree(c.out()).get("results");
+        assertEquals("kvzip:budget=15,sink=4,chunk=2048,layerwise=false", rows.get(1).get("kv").asText());
+        LlamaConfig cfg = dev.tokenpress.io.ConfigLoader.load(model);
+        long heads = (long) cfg.numLayers() * cfg.numKvHeads();
+        assertEquals(heads * (15 + 11), rows.get(1).get("peak_slots").asLong(), "15 prompt tokens per head on average + 11 decoded");
         assertTrue(rows.get(1).get("mean_kld").asDouble() > 0, c.out());
     }
 

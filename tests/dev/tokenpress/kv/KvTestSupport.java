@@ -27,7 +27,19 @@ final class KvTestSupport {
         ModelWriter.write(dir, c, DType.F32, 17, s -> {});
         SafeTensors st = SafeTensors.open(dir);
         CpuBackend b = new CpuBackend(2);
-        return new Llama(c, Weights.load(st, c, b, null), b, chunk);
+        Llama m = new Llama(c, Weights.load(st, c, b, null), b, chunk);
+        m.setTextEncoder(text -> words(text, c.vocabSize()));
+        return m;
+    }
+
+    /** A stand-in tokenizer for the generated models: one id per word or line break (a hash of it). */
+    static int[] words(String text, int vocab) {
+        java.util.List<String> parts = new java.util.ArrayList<>();
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("\\n|[^\\s]+").matcher(text);
+        while (m.find()) parts.add(m.group());
+        int[] ids = new int[parts.size()];
+        for (int i = 0; i < ids.length; i++) ids[i] = Math.floorMod(parts.get(i).hashCode(), vocab - 2);
+        return ids;
     }
 
     static int[] tokens(int n, int vocab, long seed) {
@@ -57,6 +69,12 @@ final class KvTestSupport {
         return new KvPolicy() {
             @Override
             public void attach(Llama model) { inner.attach(model); }
+
+            @Override
+            public void prefillTokens(int[] tokens, int n) { inner.prefillTokens(tokens, n); }
+
+            @Override
+            public int scratchSlots(int promptTokens) { return inner.scratchSlots(promptTokens); }
 
             @Override
             public void beginPrefill(KvCache cache, int startPos, int total) { inner.beginPrefill(cache, startPos, total); }

@@ -48,6 +48,18 @@ public final class CompositePolicy implements KvPolicy {
     }
 
     @Override
+    public int scratchSlots(int promptTokens) {
+        int most = 0;
+        for (KvPolicy p : parts) most = Math.max(most, p.scratchSlots(promptTokens));
+        return most;
+    }
+
+    @Override
+    public void prefillTokens(int[] tokens, int n) {
+        for (KvPolicy p : parts) p.prefillTokens(tokens, n);
+    }
+
+    @Override
     public void beginPrefill(KvCache cache, int startPos, int total) {
         for (KvPolicy p : parts) p.beginPrefill(cache, startPos, total);
     }

@@ -107,6 +107,7 @@ class CudaPolicyModelParityTest {
                 "random:budget=24,sink=2,seed=3",
                 "leverage:budget=24,sink=2,interval=2",
                 "simlayerkv:threshold=0,sink=2,recent=12",
+                "kvzip:budget=24,sink=2,chunk=24",
                 "window:sink=4,budget=24,pos_shift=true",
                 "expected:budget=24,interval=4",
                 "h2o:budget=24,recent=8,pyramid=4,interval=2",
@@ -159,6 +160,8 @@ class CudaPolicyModelParityTest {
         static long key(int append, int layer) { return (long) append << 16 | layer; }
 
         @Override public void attach(Llama model) { d.attach(model); }
+        @Override public void prefillTokens(int[] tokens, int n) { d.prefillTokens(tokens, n); }
+        @Override public int scratchSlots(int promptTokens) { return d.scratchSlots(promptTokens); }
         @Override public void beginPrefill(KvCache cache, int startPos, int total) { d.beginPrefill(cache, startPos, total); }
         @Override public void endPrefill(KvCache cache) { d.endPrefill(cache); }
         @Override public void beforeAppend(KvCache cache, int[] positions, int n) {
@@ -299,6 +302,7 @@ class CudaPolicyModelParityTest {
     static Run run(Backend b, Path dir, LlamaConfig cfg, int[] prompt, String spec, KvQuantSpec quant, int[] feed) {
         try (SafeTensors st = SafeTensors.open(dir)) {
             Llama m = new Llama(cfg, Weights.load(st, cfg, b, null), b, CHUNK);
+            m.setTextEncoder(text -> text.chars().map(ch -> (ch * 31 + 7) % (cfg.vocabSize() - 2)).toArray()); // KVzip's prompts
             KvPolicy policy = KvPolicies.parse(spec, cfg);
             // TidalDecode keeps its device-side selection only while it is the model's policy itself (a wrapper would
             // turn that off), so it runs unrecorded and its runs are held to the 3/4-of-steps rule
