@@ -4,6 +4,7 @@ import dev.tokenpress.kv.policy.A2sfPolicy;
 import dev.tokenpress.kv.policy.TovaPolicy;
 import dev.tokenpress.kv.policy.BasePolicy;
 import dev.tokenpress.kv.policy.Budget;
+import dev.tokenpress.kv.policy.CompactorPolicy;
 import dev.tokenpress.kv.policy.CompositePolicy;
 import dev.tokenpress.kv.policy.EvictingPolicy;
 import dev.tokenpress.kv.policy.ExpectedAttentionPolicy;
@@ -136,6 +137,18 @@ public final class KvPolicies {
                 p("layerwise", "false", "true: every layer keeps the same count (its heads still differ)")), (s, a, c) ->
                 new KvzipPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 20),
                         a.choice("layerwise", "true", "false").equals("true")));
+
+        add("compactor", "Compactor: compresses the prompt once by non-causal chunked attention blended with key leverage (kvpress CompactorPress); decoding appends", List.of(
+                p("budget", "0.5", "prompt tokens kept per KV head, sinks included (tokens or ratio of the prompt)"),
+                p("sink", "8", "first prompt tokens always kept"),
+                p("sink_end", "4", "last prompt tokens always kept"),
+                p("chunk", "256", "tokens per chunk of the non-causal attention"),
+                p("sketch", "48", "columns of the leverage's Gaussian sketch"),
+                p("blend", "", "weight of the leverage scores (default: the share of the prompt that goes; 0 = attention only)"),
+                p("seed", "0", "seed of the sketch")), (s, a, c) ->
+                new CompactorPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE),
+                        a.integer("sink_end", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 16), a.integer("sketch", 1, 4096),
+                        a.has("blend") ? a.real("blend", 0, 1e6) : Double.NaN, a.longValue("seed")));
 
         add("keyformer", "Keyformer: key tokens by accumulated Gumbel-softmax scores + a recent window; evicts every step", shaped(true, "", 
                 p("budget", "0.6", "tokens attention sees (tokens or ratio of the sequence)"),
@@ -333,7 +346,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, kvzip, keyformer, knorm, keydiff, lagkv, leverage, simlayerkv, random, expected, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, kvzip, compactor, keyformer, knorm, keydiff, lagkv, leverage, simlayerkv, random, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

@@ -45,6 +45,8 @@ class KvPoliciesTest {
             "leverage; leverage:budget=0.5,recent=0,sink=0,sketch=48,seed=0",
             "simlayerkv; simlayerkv:threshold=0.9,recent=1024,sink=4,last=1",
             "kvzip:layerwise=true; kvzip:budget=0.3,sink=4,chunk=2048,layerwise=true",
+            "compactor; compactor:budget=0.5,sink=8,sink_end=4,chunk=256,sketch=48,seed=0",
+            "compactor:blend=0,budget=64; compactor:budget=64,sink=8,sink_end=4,chunk=256,sketch=48,blend=0,seed=0",
             "expected:budget=128,cov=false; expected:budget=128,recent=0,sink=4,future=512,cov=false,vnorm=true,eps=0,interval=64",
             "expected_attention:interval=0; expected:budget=0.25,recent=0,sink=4,future=512,cov=true,vnorm=true,eps=0,interval=0",
             "h2o:ada=0.2,budget=64,interval=8; h2o:budget=64,recent=0.5,interval=8,ada=0.2",
@@ -112,6 +114,7 @@ class KvPoliciesTest {
             "kvzip:layerwise=yes; layerwise=yes is not one of true, false; kvzip",
             "kvzip:chunk=0; chunk=0 must be in [1, ; kvzip",
             "kvzip+snapkv; at most one evicting policy; kvzip",
+            "compactor:blend=-1; blend=-1 must be in [0, ; compactor",
             "tidal+quest; at most one evicting policy; selecting",
             "h2o+; empty policy; h2o",
             "full:x=1; full has no key 'x' (valid: none); full"})
@@ -153,7 +156,7 @@ class KvPoliciesTest {
     @Test
     void helpListsEveryPolicyWithItsParametersAndDefaults() {
         String help = KvPolicies.help();
-        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "kvzip", "keyformer", "knorm", "keydiff", "lagkv", "leverage", "simlayerkv", "random", "expected", "tidal", "quest",
+        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "kvzip", "compactor", "keyformer", "knorm", "keydiff", "lagkv", "leverage", "simlayerkv", "random", "expected", "tidal", "quest",
                         "tokenselect", "razor"),
                 KvPolicies.names());
         for (String name : KvPolicies.names()) assertTrue(help.contains("\n" + name + " "), name);

@@ -27,7 +27,7 @@ import java.util.function.Function;
  * has room for. The prompts come from the model's tokenizer ({@code Llama.textEncoder}, set by the loader) or
  * {@link #setPrompts}. The scores are computed on the host from the pass's queries and a bulk read of the keys.
  */
-public final class KvzipPolicy extends EvictingPolicy {
+public final class KvzipPolicy extends PromptPolicy {
     public static final String FIRST = "\n\nRepeat the previous context exactly.";
     public static final String LATER = "\n\nRepeat the part of the previous context exactly, starting with";
     public static final String SUFFIX = "\n";
@@ -83,18 +83,6 @@ public final class KvzipPolicy extends EvictingPolicy {
         int lead = first == null ? 96 : Math.max(first.length, later.length + TAIL) + suffix.length;
         return lead + Math.min(chunk, promptTokens);
     }
-
-    @Override
-    protected boolean scored() { return false; }
-
-    @Override
-    protected boolean chunks() { return false; }
-
-    @Override
-    protected int keepBefore(int layer, int head, int n) { return Integer.MAX_VALUE; }
-
-    @Override
-    protected int protectRecent(int n) { return 0; }
 
     @Override
     protected int sinkCount() { return sink; }

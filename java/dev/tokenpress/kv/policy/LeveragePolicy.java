@@ -47,42 +47,11 @@ public final class LeveragePolicy extends BudgetedPolicy {
             }
             backend.readKvHead(cache, layer, g, keys, values);
             int[] pos = cache.positions(layer, g);
-            // pre-RoPE keys, centred over the tokens
             double[][] x = new double[n][hd];
-            double[] mean = new double[hd];
-            for (int t = 0; t < n; t++) {
-                int s = order[t];
-                model.rope().rotate(keys, s * hd, -pos[s], x[t]); // back to the key's pre-RoPE form
-                for (int d = 0; d < hd; d++) mean[d] += x[t][d];
-            }
-            for (int d = 0; d < hd; d++) mean[d] /= n;
-            double[] p = sketch(layer, g);
-            double[][] y = new double[n][k];
-            for (int t = 0; t < n; t++)
-                for (int d = 0; d < hd; d++) {
-                    double v = x[t][d] - mean[d];
-                    if (v == 0) continue;
-                    for (int c = 0; c < k; c++) y[t][c] += v * p[d * k + c];
-                }
-            double[][] gram = new double[k][k];
-            for (double[] row : y)
-                for (int a = 0; a < k; a++)
-                    for (int b = 0; b <= a; b++) gram[a][b] += row[a] * row[b];
-            double[][] l = cholesky(gram, k);
-            double[] score = new double[n];
+            for (int t = 0; t < n; t++) model.rope().rotate(keys, order[t] * hd, -pos[order[t]], x[t]); // pre-RoPE keys
+            double[] score = leverage(x, sketch(layer, g), k);
             double sum = 0;
-            double[] z = new double[k];
-            for (int t = 0; t < n; t++) {
-                double q = 0;
-                for (int a = 0; a < k; a++) { // forward substitution: L z = y_t, score = |z|²
-                    double v = y[t][a];
-                    for (int b = 0; b < a; b++) v -= l[a][b] * z[b];
-                    z[a] = v / l[a][a];
-                    q += z[a] * z[a];
-                }
-                score[t] = Math.max(0, q);
-                sum += score[t];
-            }
+            for (double v : score) sum += v;
             double m = sum / n, ss = 0;
             for (double v : score) ss += (v - m) * (v - m);
             double std = Math.max(1e-6, n > 1 ? Math.sqrt(ss / (n - 1)) : 0);
@@ -95,11 +64,53 @@ public final class LeveragePolicy extends BudgetedPolicy {
     private double[] sketch(int layer, int head) {
         double[] p = phi[layer][head];
         if (p != null) return p;
+        return phi[layer][head] = sketch(seed, layer, head, headDim, sketch);
+    }
+
+    /** The sketch Φ of (layer, head) for {@code seed}: standard Gaussians / √k, [hd][k] row-major. */
+    public static double[] sketch(long seed, int layer, int head, int hd, int k) {
         SplittableRandom r = new SplittableRandom(seed ^ (0x9E3779B97F4A7C15L * (1 + (long) layer * 65537 + head)));
-        p = new double[headDim * sketch];
-        double s = 1 / Math.sqrt(sketch);
+        double[] p = new double[hd * k];
+        double s = 1 / Math.sqrt(k);
         for (int i = 0; i < p.length; i++) p[i] = r.nextGaussian() * s;
-        return phi[layer][head] = p;
+        return p;
+    }
+
+    /**
+     * Approximate leverage of each row of x [n][hd] (pre-RoPE keys): the rows centred over the n tokens, times the
+     * sketch p [hd][k]; with Y that product and G = YᵀY + jitter·I ({@link #cholesky}), row t scores y_t·G⁻¹·y_t
+     * (clamped at 0). Not normalized.
+     */
+    public static double[] leverage(double[][] x, double[] p, int k) {
+        int n = x.length, hd = n == 0 ? 0 : x[0].length;
+        double[] mean = new double[hd];
+        for (double[] row : x) for (int d = 0; d < hd; d++) mean[d] += row[d];
+        for (int d = 0; d < hd; d++) mean[d] /= n;
+        double[][] y = new double[n][k];
+        for (int t = 0; t < n; t++)
+            for (int d = 0; d < hd; d++) {
+                double v = x[t][d] - mean[d];
+                if (v == 0) continue;
+                for (int c = 0; c < k; c++) y[t][c] += v * p[d * k + c];
+            }
+        double[][] gram = new double[k][k];
+        for (double[] row : y)
+            for (int a = 0; a < k; a++)
+                for (int b = 0; b <= a; b++) gram[a][b] += row[a] * row[b];
+        double[][] l = cholesky(gram, k);
+        double[] score = new double[n];
+        double[] z = new double[k];
+        for (int t = 0; t < n; t++) {
+            double q = 0;
+            for (int a = 0; a < k; a++) { // forward substitution: L z = y_t, score = |z|²
+                double v = y[t][a];
+                for (int b = 0; b < a; b++) v -= l[a][b] * z[b];
+                z[a] = v / l[a][a];
+                q += z[a] * z[a];
+            }
+            score[t] = Math.max(0, q);
+        }
+        return score;
     }
 
     /**
