@@ -85,24 +85,26 @@ public final class KvPolicies {
 
         add("h2o", "H2O: heavy hitters by accumulated attention probability + a recent window; evicts every step", shaped(true, "", 
                 p("budget", "0.2", "tokens kept (tokens or ratio of the sequence)"),
-                p("recent", "0.5", "recent window within the budget (tokens, or ratio of the budget)")), (s, a, c) -> {
+                p("recent", "0.5", "recent window within the budget (tokens, or ratio of the budget)"),
+                mergeParam()), (s, a, c) -> {
             Budget b = a.positiveBudget("budget"), r = a.budget("recent");
             checkRecent(a, b, r);
-            return shape(new H2OPolicy(s, b, r), a);
+            return merge(shape(new H2OPolicy(s, b, r), a), a);
         });
 
         add("a2sf", "A2SF: accumulated attention with a forgetting factor + sinks + recent window; evicts every step", shaped(true, "", 
                 p("budget", "256", "tokens kept (tokens or ratio of the sequence)"),
                 p("recent", "16", "recent window within the budget (tokens, or ratio of the budget)"),
                 p("sink", "0", "first tokens always kept"),
-                p("alpha", "0.95", "forgetting factor in (0, 1] (alias: forget)")), (s, a, c) -> {
+                p("alpha", "0.95", "forgetting factor in (0, 1] (alias: forget)"),
+                mergeParam()), (s, a, c) -> {
             Budget b = a.positiveBudget("budget"), r = a.budget("recent");
             checkRecent(a, b, r);
             int sink = a.integer("sink", 0, Integer.MAX_VALUE);
             double alpha = a.real("alpha", 0, 1);
             if (alpha <= 0) throw a.bad("alpha", "must be above 0");
             if (!b.ratio() && !r.ratio() && sink + r.value() > b.value()) throw a.error("a2sf: sink + recent must not exceed budget");
-            return shape(new A2sfPolicy(s, b, r, sink, (float) alpha), a);
+            return merge(shape(new A2sfPolicy(s, b, r, sink, (float) alpha), a), a);
         });
 
         add("tova", "TOVA: drops the tokens the current query attends to least (averaged over the layer's heads); evicts every step", shaped(true, "", 
@@ -297,6 +299,17 @@ public final class KvPolicies {
         if (ada) out.add(p("ada", "", "AdaKV: a layer's KV heads share its budget, lowest scores go first, each keeps >= this fraction (off unless given; kvpress 0.2)"));
         if (ada) out.add(p("chunk", "", "ChunkKV: evict whole runs of this many consecutive tokens, ranked by mean score over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)"));
         return out;
+    }
+
+    /** CaM's key on the policies whose scores are accumulated attention. */
+    private static Param mergeParam() {
+        return p("merge", "", "CaM: an evicted token's value is merged, with probability min(1, its score / the mean score of those), into the next this-many kept tokens (off unless given; kvpress 32)");
+    }
+
+    /** Applies the merge key (CaM) to an evicting policy shaped by {@link #shape}. */
+    private static KvPolicy merge(KvPolicy shaped, PolicyArgs a) {
+        if (!a.has("merge")) return shaped;
+        return ((EvictingPolicy) shaped).merge(a.integer("merge", 1, 1 << 16));
     }
 
     /** Applies the interval/pyramid/ada/chunk keys to an evicting policy. */

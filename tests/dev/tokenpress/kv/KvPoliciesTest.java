@@ -45,6 +45,8 @@ class KvPoliciesTest {
             "leverage; leverage:budget=0.5,recent=0,sink=0,sketch=48,seed=0",
             "simlayerkv; simlayerkv:threshold=0.9,recent=1024,sink=4,last=1",
             "kvzip:layerwise=true; kvzip:budget=0.3,sink=4,chunk=2048,layerwise=true",
+            "h2o:merge=32,budget=64; h2o:budget=64,recent=0.5,merge=32",
+            "a2sf:merge=8; a2sf:budget=256,recent=16,sink=0,alpha=0.95,merge=8",
             "compactor; compactor:budget=0.5,sink=8,sink_end=4,chunk=256,sketch=48,seed=0",
             "compactor:blend=0,budget=64; compactor:budget=64,sink=8,sink_end=4,chunk=256,sketch=48,blend=0,seed=0",
             "expected:budget=128,cov=false; expected:budget=128,recent=0,sink=4,future=512,cov=false,vnorm=true,eps=0,interval=64",
@@ -115,6 +117,8 @@ class KvPoliciesTest {
             "kvzip:chunk=0; chunk=0 must be in [1, ; kvzip",
             "kvzip+snapkv; at most one evicting policy; kvzip",
             "compactor:blend=-1; blend=-1 must be in [0, ; compactor",
+            "knorm:merge=4; knorm has no key 'merge'; knorm",
+            "h2o:merge=0; merge=0 must be in [1, ; h2o",
             "tidal+quest; at most one evicting policy; selecting",
             "h2o+; empty policy; h2o",
             "full:x=1; full has no key 'x' (valid: none); full"})

@@ -26,6 +26,9 @@ public final class A2sfPolicy extends BudgetedPolicy {
     }
 
     @Override
+    protected boolean attentionScores() { return true; }
+
+    @Override
     protected void reset() {
         super.reset();
         stats = new AttentionStats(null, new float[kvHeads][capacity], 0);

@@ -362,10 +362,85 @@ public abstract class EvictingPolicy extends BasePolicy {
         return b ^ ((b >> 31) & 0x7fffffff);
     }
 
-    /** Frees the given slots of (layer, head) and clears their scores. */
+    private int merge; // CaM's merge budget, 0 = off
+
+    /**
+     * CaM (Zhang et al., ICML 2024; kvpress's CAMPress): before a token is evicted its value may be merged into the
+     * {@code budget} kept tokens that follow it in the head (by position; fewer near the end), each getting value/count
+     * added; the merge happens with probability min(1, A_evicted / mean A of those tokens), A the policy's accumulated
+     * attention, drawn by {@link #mergeDraw}. Keys stay. Only for policies whose scores are attention masses
+     * ({@link #attentionScores}); 0 turns it off. Returns this.
+     */
+    public EvictingPolicy merge(int budget) {
+        if (budget < 0) throw new IllegalArgumentException("merge must be >= 0");
+        if (budget > 0 && !attentionScores()) throw new IllegalArgumentException(spec() + ": merge needs a policy whose scores are accumulated attention");
+        this.merge = budget;
+        return this;
+    }
+
+    /** CaM's merge budget (0: off). */
+    public int mergeBudget() { return merge; }
+
+    /** Whether {@link #score} holds accumulated attention probabilities (what CaM's merge probability compares). */
+    protected boolean attentionScores() { return false; }
+
+    /** The eviction score of (layer, KV head, slot); 0 for a policy without scores. */
+    public float scoreOf(int layer, int head, int slot) {
+        return score == null ? 0f : score[layer][head][slot];
+    }
+
+    /**
+     * The uniform draw in [0, 1) that decides whether the token at {@code position} of (layer, KV head) is merged when
+     * evicted: a hash of the three, so a run is reproducible whatever the order of the evictions.
+     */
+    public static double mergeDraw(int layer, int head, int position) {
+        long z = 0x9E3779B97F4A7C15L * (1 + ((long) layer << 40 ^ (long) head << 24 ^ position));
+        z = (z ^ (z >>> 30)) * 0xBF58476D1CE4E5B9L;
+        z = (z ^ (z >>> 27)) * 0x94D049BB133111EBL;
+        z ^= z >>> 31;
+        return (z >>> 11) * 0x1.0p-53;
+    }
+
+    /** CaM: merges the victims' values into the kept tokens after them (see {@link #merge(int)}), before they are freed. */
+    private void mergeValues(int layer, int head, int[] victims) {
+        int[] order = slotsByPosition(layer, head), pos = cache.positions(layer, head);
+        int[] sortedVictims = victims.clone();
+        Arrays.sort(sortedVictims);
+        int[] kept = new int[order.length];
+        int nk = 0;
+        for (int s : order) if (Arrays.binarySearch(sortedVictims, s) < 0) kept[nk++] = s;
+        if (nk == 0) return;
+        float[] sc = score[layer][head];
+        float[] key = new float[headDim], value = new float[headDim], merged = new float[headDim];
+        for (int s : order) { // the victims in position order
+            if (Arrays.binarySearch(sortedVictims, s) < 0) continue;
+            int lo = 0, hi = nk; // first kept token after the victim
+            while (lo < hi) {
+                int mid = (lo + hi) >>> 1;
+                if (pos[kept[mid]] > pos[s]) hi = mid;
+                else lo = mid + 1;
+            }
+            int count = Math.min(merge, nk - lo);
+            if (count == 0) continue;
+            double mean = 0;
+            for (int i = lo; i < lo + count; i++) mean += sc[kept[i]];
+            mean /= count;
+            double p = mean > 0 ? Math.min(1, sc[s] / mean) : (sc[s] > 0 ? 1 : 0);
+            if (!(mergeDraw(layer, head, pos[s]) < p)) continue;
+            backend.readKv(cache, layer, head, s, key, merged);
+            for (int i = lo; i < lo + count; i++) {
+                backend.readKv(cache, layer, head, kept[i], key, value);
+                for (int d = 0; d < headDim; d++) value[d] += merged[d] / count;
+                backend.writeKv(cache, layer, head, kept[i], key, value);
+            }
+        }
+    }
+
+    /** Frees the given slots of (layer, head) and clears their scores (CaM merges their values first when on). */
     protected void evict(int layer, int head, int[] victims) {
         if (victims.length == 0) return;
         onEvict(layer, head, victims);
+        if (merge > 0) mergeValues(layer, head, victims);
         for (int s : victims) {
             cache.free(layer, head, s);
             if (score != null) score[layer][head][s] = 0f;

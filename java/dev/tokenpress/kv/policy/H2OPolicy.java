@@ -18,6 +18,9 @@ public final class H2OPolicy extends BudgetedPolicy {
     }
 
     @Override
+    protected boolean attentionScores() { return true; }
+
+    @Override
     protected void reset() {
         super.reset();
         stats = new AttentionStats(null, new float[kvHeads][capacity], 0);
