@@ -6,6 +6,7 @@ import dev.tokenpress.kv.policy.BasePolicy;
 import dev.tokenpress.kv.policy.Budget;
 import dev.tokenpress.kv.policy.CompactorPolicy;
 import dev.tokenpress.kv.policy.CompositePolicy;
+import dev.tokenpress.kv.policy.CurPolicy;
 import dev.tokenpress.kv.policy.EvictingPolicy;
 import dev.tokenpress.kv.policy.ExpectedAttentionPolicy;
 import dev.tokenpress.kv.policy.KeyDiffPolicy;
@@ -204,6 +205,21 @@ public final class KvPolicies {
             return shape(new LeveragePolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("sketch", 1, 4096), a.longValue("seed")), a);
         });
 
+        add("cur", "CurDKV: keeps the tokens whose keys and values have the largest squared norms, each normalized over local windows (kvpress CURPress)", shaped(true, "",
+                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", "4", "first tokens always kept"),
+                p("type", "kv_product", "score: kv_product, key, value or kv_avg"),
+                p("window", "16", "tokens per local normalization window (0 = off)"),
+                p("project", "0", "dimensions of a random projection of keys and values first (0 = off; kvpress 20)"),
+                p("seed", "0", "seed of the projection")), (s, a, c) -> {
+            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+            checkRecent(a, b, r);
+            CurPolicy.Type type = CurPolicy.Type.valueOf(a.choice("type", "kv_product", "key", "value", "kv_avg").toUpperCase(Locale.ROOT));
+            return shape(new CurPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), type, a.integer("window", 0, 1 << 20),
+                    a.integer("project", 0, 4096), a.longValue("seed")), a);
+        });
+
         add("simlayerkv", "SimLayerKV: layers whose last prompt token attends almost only to the sinks and the recent tokens keep just that window (kvpress SimLayerKVPress)", List.of(
                 p("threshold", "0.9", "a layer is lazy when its mass on sinks + recent exceeds this (paper: Llama 3 0.9, Llama 2 0.65, Mistral 0.8, Qwen 0.85; 1 = never)"),
                 p("recent", "1024", "recent tokens a lazy layer keeps"),
@@ -359,7 +375,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, kvzip, compactor, keyformer, knorm, keydiff, lagkv, leverage, simlayerkv, random, expected, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, kvzip, compactor, keyformer, knorm, keydiff, lagkv, leverage, cur, simlayerkv, random, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

@@ -47,6 +47,8 @@ class KvPoliciesTest {
             "kvzip:layerwise=true; kvzip:budget=0.3,sink=4,chunk=2048,layerwise=true",
             "h2o:merge=32,budget=64; h2o:budget=64,recent=0.5,merge=32",
             "a2sf:merge=8; a2sf:budget=256,recent=16,sink=0,alpha=0.95,merge=8",
+            "cur; cur:budget=0.5,recent=0,sink=4,type=kv_product,window=16,project=0,seed=0",
+            "cur:type=key,project=20; cur:budget=0.5,recent=0,sink=4,type=key,window=16,project=20,seed=0",
             "compactor; compactor:budget=0.5,sink=8,sink_end=4,chunk=256,sketch=48,seed=0",
             "compactor:blend=0,budget=64; compactor:budget=64,sink=8,sink_end=4,chunk=256,sketch=48,blend=0,seed=0",
             "expected:budget=128,cov=false; expected:budget=128,recent=0,sink=4,future=512,cov=false,vnorm=true,eps=0,interval=64",
@@ -118,6 +120,7 @@ class KvPoliciesTest {
             "kvzip+snapkv; at most one evicting policy; kvzip",
             "compactor:blend=-1; blend=-1 must be in [0, ; compactor",
             "knorm:merge=4; knorm has no key 'merge'; knorm",
+            "cur:type=both; type=both is not one of kv_product, key, value, kv_avg; cur",
             "h2o:merge=0; merge=0 must be in [1, ; h2o",
             "tidal+quest; at most one evicting policy; selecting",
             "h2o+; empty policy; h2o",
@@ -160,7 +163,7 @@ class KvPoliciesTest {
     @Test
     void helpListsEveryPolicyWithItsParametersAndDefaults() {
         String help = KvPolicies.help();
-        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "kvzip", "compactor", "keyformer", "knorm", "keydiff", "lagkv", "leverage", "simlayerkv", "random", "expected", "tidal", "quest",
+        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "kvzip", "compactor", "keyformer", "knorm", "keydiff", "lagkv", "leverage", "cur", "simlayerkv", "random", "expected", "tidal", "quest",
                         "tokenselect", "razor"),
                 KvPolicies.names());
         for (String name : KvPolicies.names()) assertTrue(help.contains("\n" + name + " "), name);

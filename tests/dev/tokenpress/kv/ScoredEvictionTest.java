@@ -370,6 +370,49 @@ class ScoredEvictionTest {
         assertTrue(checked >= STEPS, checked + " cuts checked");
     }
 
+    /**
+     * CurDKV: at each cut the kept tokens have the largest product of their key's and value's squared norms, each
+     * divided by its sum over windows of 4 consecutive cached tokens (kv_product), or the window-normalized key norm.
+     */
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"cur:budget=10,sink=2,window=4", "cur:budget=10,sink=1,window=4,type=key", "cur:budget=9,window=0,type=kv_avg"})
+    void curKeepsTheLargestWindowNormalizedKeyValueNorms(String spec) {
+        int hd = config.headDim(), window = spec.contains("window=0") ? 0 : 4;
+        int sink = spec.contains("sink=2") ? 2 : spec.contains("sink=1") ? 1 : 4, budget = spec.contains("budget=9") ? 9 : 10;
+        Map<Long, float[][]> rows = new HashMap<>();
+        int checked = replayCuts(spec, rows, (g, old, kept, start) -> {
+            int n = old.length;
+            double[] k2 = new double[n], v2 = new double[n];
+            for (int t = 0; t < n; t++) {
+                float[][] kv = rows.get(key(g, old[t]));
+                for (int d = 0; d < hd; d++) {
+                    k2[t] += (double) kv[0][d] * kv[0][d];
+                    v2[t] += (double) kv[1][d] * kv[1][d];
+                }
+            }
+            if (window > 0)
+                for (double[] x : new double[][]{k2, v2})
+                    for (int from = 0; from < n; from += window) {
+                        double sum = 0;
+                        for (int i = from; i < Math.min(n, from + window); i++) sum += x[i];
+                        for (int i = from; i < Math.min(n, from + window); i++) x[i] /= sum;
+                    }
+            double keptMin = Double.POSITIVE_INFINITY, evictedMax = Double.NEGATIVE_INFINITY;
+            for (int t = 0; t < n; t++) {
+                if (old[t] < sink) {
+                    assertTrue(kept.contains(old[t]), "sink " + old[t] + " stays");
+                    continue;
+                }
+                double score = spec.contains("type=key") ? k2[t] : spec.contains("kv_avg") ? (k2[t] + v2[t]) / 2 : k2[t] * v2[t];
+                if (kept.contains(old[t])) keptMin = Math.min(keptMin, score);
+                else evictedMax = Math.max(evictedMax, score);
+            }
+            assertEquals(budget, kept.size());
+            assertTrue(keptMin >= evictedMax * (1 - 1e-5), spec + " head " + g + " at " + start + ": kept " + keptMin + " < evicted " + evictedMax);
+        });
+        assertTrue(checked >= STEPS, checked + " cuts checked");
+    }
+
     @ParameterizedTest(name = "{0}")
     @ValueSource(strings = {"expected:budget=12,sink=2,future=8,interval=0", "expected:budget=12,sink=2,future=3,cov=false,vnorm=false,interval=0",
             "expected:budget=12,sink=0,recent=2,future=64,interval=2"})

@@ -109,6 +109,7 @@ class CudaPolicyModelParityTest {
                 "simlayerkv:threshold=0,sink=2,recent=12",
                 "kvzip:budget=24,sink=2,chunk=24",
                 "compactor:budget=24,chunk=16",
+                "cur:budget=24,sink=2,window=8",
                 "a2sf:budget=24,recent=8,sink=2,alpha=0.5,merge=8",
                 "window:sink=4,budget=24,pos_shift=true",
                 "expected:budget=24,interval=4",
