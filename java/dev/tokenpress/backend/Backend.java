@@ -261,6 +261,14 @@ public interface Backend extends AutoCloseable {
         throw new UnsupportedOpException("the " + name() + " backend cannot copy a KV cache");
     }
 
+    /**
+     * Rows [row0, row0 + rows) of a weight matrix [out, in] as loaded by this backend, dequantized to f32 on the host:
+     * dst[i * in + j] = w[row0 + i][j]. For policies that weigh tokens by a projection (CriticalKV's |W_o v|).
+     */
+    default void weightRows(Tensor w, int row0, int rows, float[] dst) {
+        throw new UnsupportedOpException("the " + name() + " backend cannot read weight rows (needed by this --kv policy): use --device cpu");
+    }
+
     /** Copies the key and value stored in {@code slot} of (layer, KV head) to the host: key[hd], value[hd]. */
     default void readKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         throw new UnsupportedOpException("the " + name() + " backend has no readKv op (needed by this --kv policy): use --device cpu");

@@ -120,7 +120,9 @@ public final class KvPolicies {
                 p("window", "32", "observation window: the last prompt tokens whose queries vote"),
                 p("kernel", "7", "pooling width (odd)"),
                 p("pool", "max", "pooling: max or avg"),
-                p("chunk", "", "ChunkKV: keep whole runs of this many consecutive prompt tokens, ranked by mean pooled vote over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)")), (s, a, c) -> {
+                p("chunk", "", "ChunkKV: keep whole runs of this many consecutive prompt tokens, ranked by mean pooled vote over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)"),
+                criticalParam()), (s, a, c) -> {
+            if (a.has("critical") && a.has("chunk")) throw a.error("snapkv: critical and chunk exclude each other");
             return shape(snapKv(s, a), a);
         });
 
@@ -129,7 +131,8 @@ public final class KvPolicies {
                 p("window", "64", "observation window: the last prompt tokens whose queries vote"),
                 p("kernel", "5", "pooling width (odd)"),
                 p("pool", "avg", "pooling: max or avg"),
-                p("beta", "20", "pyramid steepness >= 1: the top layer keeps (budget - window) / beta + window")), (s, a, c) -> {
+                p("beta", "20", "pyramid steepness >= 1: the top layer keeps (budget - window) / beta + window"),
+                criticalParam()), (s, a, c) -> {
             return snapKv(s, a).shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), -1));
         });
 
@@ -317,6 +320,11 @@ public final class KvPolicies {
         return out;
     }
 
+    /** CriticalKV's key on SnapKV and PyramidKV. */
+    private static Param criticalParam() {
+        return p("critical", "", "CriticalKV: this share of the kept tokens goes by vote, the rest by vote x |W_o v|_1 (off unless given; kvpress 0.5)");
+    }
+
     /** CaM's key on the policies whose scores are accumulated attention. */
     private static Param mergeParam() {
         return p("merge", "", "CaM: an evicted token's value is merged, with probability min(1, its score / the mean score of those), into the next this-many kept tokens (off unless given; kvpress 32)");
@@ -346,7 +354,8 @@ public final class KvPolicies {
         if (k % 2 == 0) throw a.bad("kernel", "must be odd");
         String pool = a.choice("pool", "max", "avg");
         if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
-        return new SnapKvPolicy(s, b, w, k, pool.equals("max"));
+        SnapKvPolicy p = new SnapKvPolicy(s, b, w, k, pool.equals("max"));
+        return a.has("critical") ? p.critical(a.real("critical", 0, 1)) : p;
     }
 
     private static void checkRecent(PolicyArgs a, Budget budget, Budget recent) {

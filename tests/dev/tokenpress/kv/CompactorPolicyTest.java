@@ -35,21 +35,10 @@ class CompactorPolicyTest {
         config = KvTestSupport.config(3);
         model = KvTestSupport.model(dir, config, 8);
         prompt = KvTestSupport.tokens(PROMPT, config.vocabSize(), 21);
-        int width = config.numHeads() * config.headDim(), hd = config.headDim();
-        queries = new float[config.numLayers()][PROMPT][];
-        keys = new float[config.numLayers()][config.numKvHeads()][CAPACITY * hd];
-        values = new float[config.numLayers()][config.numKvHeads()][CAPACITY * hd];
-        model.setPolicy(KvTestSupport.recording(KvPolicy.FULL, (c, l, n, s) -> {}, (c, layer, q, positions, n) -> {
-            float[] rows = model.backend.download(q, 0, n);
-            for (int r = 0; r < n; r++) queries[layer][positions[r]] = Arrays.copyOfRange(rows, r * width, (r + 1) * width);
-        }));
-        try (KvCache c = model.newCache(CAPACITY)) {
-            model.prefill(c, prompt, 0, false, null);
-            for (int l = 0; l < config.numLayers(); l++)
-                for (int g = 0; g < config.numKvHeads(); g++) model.backend.readKvHead(c, l, g, keys[l][g], values[l][g]);
-        } finally {
-            model.setPolicy(KvPolicy.FULL);
-        }
+        KvTestSupport.Prefilled seen = KvTestSupport.prefilled(model, config, prompt, CAPACITY);
+        queries = seen.queries();
+        keys = seen.keys();
+        values = seen.values();
     }
 
     @AfterAll

@@ -111,6 +111,32 @@ final class KvTestSupport {
         };
     }
 
+    /**
+     * A full-cache prefill of a prompt, as attention saw it: queries [layer][position][H*hd] (rotated), keys and values
+     * [layer][KV head][position*hd] (a fresh cache: slot = position).
+     */
+    record Prefilled(float[][][] queries, float[][][] keys, float[][][] values) {}
+
+    /** Prefills {@code prompt} under the full policy into a cache of {@code capacity} slots and keeps what attention saw. */
+    static Prefilled prefilled(Llama model, LlamaConfig config, int[] prompt, int capacity) {
+        int width = config.numHeads() * config.headDim(), hd = config.headDim();
+        float[][][] queries = new float[config.numLayers()][prompt.length][];
+        float[][][] keys = new float[config.numLayers()][config.numKvHeads()][capacity * hd];
+        float[][][] values = new float[config.numLayers()][config.numKvHeads()][capacity * hd];
+        model.setPolicy(recording(KvPolicy.FULL, (c, l, n, s) -> {}, (c, layer, q, positions, n) -> {
+            float[] rows = model.backend.download(q, 0, n);
+            for (int r = 0; r < n; r++) queries[layer][positions[r]] = java.util.Arrays.copyOfRange(rows, r * width, (r + 1) * width);
+        }));
+        try (KvCache c = model.newCache(capacity)) {
+            model.prefill(c, prompt, 0, false, null);
+            for (int l = 0; l < config.numLayers(); l++)
+                for (int g = 0; g < config.numKvHeads(); g++) model.backend.readKvHead(c, l, g, keys[l][g], values[l][g]);
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+        return new Prefilled(queries, keys, values);
+    }
+
     /** The positions held by (layer, head), sorted. */
     static int[] positions(KvCache c, int layer, int head) {
         int[] pos = c.positions(layer, head);

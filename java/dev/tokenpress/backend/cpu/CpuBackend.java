@@ -76,6 +76,18 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void weightRows(Tensor w, int row0, int rows, float[] dst) {
+        if (row0 < 0 || rows < 0 || row0 + rows > w.rows()) throw new IllegalArgumentException("weightRows: rows [" + row0 + ", " + (row0 + rows) + ") outside " + w.rows());
+        int cols = w.cols();
+        if (w instanceof CpuWeight cw) {
+            short[] scratch = new short[cols];
+            for (int r = 0; r < rows; r++) cw.rowFloats(row0 + r, dst, r * cols, scratch);
+        } else if (w instanceof CpuBlockWeight bw) {
+            for (int r = 0; r < rows; r++) bw.rowFloats(row0 + r, dst, r * cols);
+        } else System.arraycopy(f(w).data, row0 * cols, dst, 0, rows * cols);
+    }
+
+    @Override
     public void copyRows(Tensor dst, int dstRow, Tensor src, int srcRow, int rows) {
         CpuTensor d = f(dst), s = f(src);
         System.arraycopy(s.data, srcRow * s.cols, d.data, dstRow * d.cols, rows * s.cols);

@@ -809,6 +809,28 @@ public final class CudaBackend implements Backend {
         return out;
     }
 
+    /** bf16 weights widen exactly; Q8_0 weights are codes times their block's scale, as the GEMV computes them. */
+    @Override
+    public void weightRows(Tensor w, int row0, int rows, float[] dst) {
+        flushPendingSelect();
+        requireEager("weightRows");
+        if (!(w instanceof CudaTensor t)) throw new IllegalArgumentException("weightRows: not a CUDA tensor: " + w);
+        if (row0 < 0 || rows < 0 || row0 + rows > t.rows) throw new IllegalArgumentException("weightRows: rows [" + row0 + ", " + (row0 + rows) + ") outside " + t);
+        int cols = t.cols, n = rows * cols;
+        if (n == 0) return;
+        if (t.q8) {
+            byte[] codes = new byte[n];
+            float[] scales = new float[rows * (cols / 32)];
+            check(TpNative.tp_memcpy_d2h(codes, t.ptr + (long) row0 * cols, n, stream), "weightRows codes");
+            check(TpNative.tp_memcpy_d2h(scales, t.scales + 4L * row0 * (cols / 32), 4L * scales.length, stream), "weightRows scales");
+            for (int i = 0; i < n; i++) dst[i] = codes[i] * scales[(i / cols) * (cols / 32) + (i % cols) / 32];
+        } else if (t.bf16) {
+            short[] buf = new short[n];
+            check(TpNative.tp_memcpy_d2h(buf, t.ptr + 2L * row0 * cols, 2L * n, stream), "weightRows");
+            for (int i = 0; i < n; i++) dst[i] = Float.intBitsToFloat((buf[i] & 0xFFFF) << 16);
+        } else check(TpNative.tp_memcpy_d2h(dst, t.ptr + 4L * row0 * cols, 4L * n, stream), "weightRows");
+    }
+
     @Override
     public void copyRows(Tensor dst, int dstRow, Tensor src, int srcRow, int rows) {
         flushPendingSelect(); // a queued selection reads q and the cache as they are now

@@ -1,5 +1,6 @@
 package dev.tokenpress.kv.policy;
 
+import dev.tokenpress.backend.cpu.HostMath;
 import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.KvCache;
 
@@ -19,6 +20,9 @@ public final class SnapKvPolicy extends EvictingPolicy {
     private final boolean maxPool;
     private AttentionStats[] prompt; // per layer: probabilities of the observation-window rows, accumulated over chunks
     private int windowStart;
+    private double critical = -1;    // CriticalKV's first-stage share; negative = off
+    /** CriticalKV's epsilon, added to the mean vote before it is weighted by the projected value norm (kvpress's). */
+    static final double CRITICAL_EPS = 1e-4;
 
     public SnapKvPolicy(String spec, Budget budget, int window, int kernel, boolean maxPool) {
         super(spec);
@@ -26,6 +30,18 @@ public final class SnapKvPolicy extends EvictingPolicy {
         this.window = window;
         this.kernel = kernel;
         this.maxPool = maxPool;
+    }
+
+    /**
+     * CriticalKV (Feng et al., arXiv 2502.03805; kvpress's CriticalKVPress around SnapKVPress): of the older tokens a head
+     * keeps, the share {@code firstStage} (rounded down) goes by the pooled vote alone; the rest by the vote (as a mean
+     * over the window's rows and the group's q-heads, plus {@link #CRITICAL_EPS}) times the token's projected value norm,
+     * the mean over the group's q-heads h of |v·W_o[h]|₁ (W_o's columns of head h). Returns this.
+     */
+    public SnapKvPolicy critical(double firstStage) {
+        if (!(firstStage >= 0 && firstStage <= 1)) throw new IllegalArgumentException("critical must lie in [0, 1], got " + firstStage);
+        this.critical = firstStage;
+        return this;
     }
 
     @Override
@@ -73,6 +89,7 @@ public final class SnapKvPolicy extends EvictingPolicy {
                 prompt[l].clear();
                 continue;
             }
+            float[] wo = critical >= 0 ? outputProjection(l) : null;
             for (int g = 0; g < kvHeads; g++) {
                 if (cache.occupied(l, g) <= keepLayer) continue;
                 int[] bySlot = slotsByPosition(l, g);
@@ -86,7 +103,8 @@ public final class SnapKvPolicy extends EvictingPolicy {
                 float[] pooled = pool(vote);
                 int[] victims = new int[old - keepOld];
                 boolean[] keep = new boolean[old];
-                for (int i : topIndices(pooled, keepOld)) keep[i] = true;
+                if (wo != null) criticalKeep(l, g, wo, bySlot, pooled, keepOld, keep);
+                else for (int i : topIndices(pooled, keepOld)) keep[i] = true;
                 int v = 0;
                 for (int i = 0; i < old; i++) if (!keep[i]) victims[v++] = bySlot[i];
                 evict(l, g, victims);
@@ -124,6 +142,48 @@ public final class SnapKvPolicy extends EvictingPolicy {
             for (int i = 0; i < old; i++) sum[i] += pooled[i];
         }
         evictLowestChunks(l, positions, sum, old, shaping().chunk(), need);
+    }
+
+    /** W_o [D, H*hd] of layer l on the host (CriticalKV). */
+    private float[] outputProjection(int l) {
+        dev.tokenpress.backend.Tensor w = model.weights().layers()[l].wo();
+        float[] out = new float[Math.multiplyExact(w.rows(), w.cols())];
+        backend.weightRows(w, 0, w.rows(), out);
+        return out;
+    }
+
+    /**
+     * CriticalKV's two stages over the older tokens i of (l, g) (slots bySlot[i], pooled votes): the first
+     * floor(keepOld · critical) by vote, then the best by (vote / (rows · group) + eps) · projected value norm.
+     */
+    private void criticalKeep(int l, int g, float[] wo, int[] bySlot, float[] pooled, int keepOld, boolean[] keep) {
+        int old = pooled.length, first = (int) Math.floor(keepOld * critical + 1e-9);
+        for (int i : topIndices(pooled, first)) keep[i] = true;
+        int rest = keepOld - first;
+        if (rest <= 0) return;
+        float[] norms = projectedNorms(l, g, wo, bySlot, old);
+        double rows = (double) Math.min(window, prefillTotal) * group;
+        float[] second = new float[old];
+        for (int i = 0; i < old; i++)
+            second[i] = keep[i] ? Float.NEGATIVE_INFINITY : (float) ((pooled[i] / rows + CRITICAL_EPS) * norms[i]);
+        for (int i : topIndices(second, rest)) keep[i] = true;
+    }
+
+    /** Mean over the group's q-heads h of |v·W_o[h]|₁ for the values in slots bySlot[0, n) of (l, g). */
+    float[] projectedNorms(int l, int g, float[] wo, int[] bySlot, int n) {
+        int hd = headDim, width = heads * hd, d = wo.length / width;
+        float[] keys = new float[cache.highWater(l, g) * hd], values = new float[keys.length];
+        backend.readKvHead(cache, l, g, keys, values);
+        float[] out = new float[n];
+        backend.hostParallel((n + 63) / 64, b -> {
+            for (int i = b * 64; i < Math.min(n, b * 64 + 64); i++) {
+                double sum = 0;
+                for (int h = g * group; h < (g + 1) * group; h++)
+                    for (int r = 0; r < d; r++) sum += Math.abs(HostMath.dot(values, bySlot[i] * hd, wo, r * width + h * hd, hd));
+                out[i] = (float) (sum / group);
+            }
+        });
+        return out;
     }
 
     /** 1-D pooling with stride 1 and padding kernel/2 (max: padding never wins; avg: padding counts as 0). */

@@ -110,6 +110,7 @@ class CudaPolicyModelParityTest {
                 "kvzip:budget=24,sink=2,chunk=24",
                 "compactor:budget=24,chunk=16",
                 "cur:budget=24,sink=2,window=8",
+                "snapkv:budget=24,window=8,kernel=3,critical=0.5",
                 "a2sf:budget=24,recent=8,sink=2,alpha=0.5,merge=8",
                 "window:sink=4,budget=24,pos_shift=true",
                 "expected:budget=24,interval=4",
@@ -682,6 +683,9 @@ class CudaPolicyModelParityTest {
         public void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
             d.writeKv(cache, layer, head, slot, bf16Exact(key), bf16Exact(value));
         }
+
+        @Override
+        public void weightRows(Tensor w, int row0, int rows, float[] dst) { d.weightRows(w, row0, rows, dst); }
 
         @Override public int argmax(Tensor x, int row) { return d.argmax(x, row); }
         @Override public int[] topK(Tensor x, int row, int k, float[] valuesOut) { return d.topK(x, row, k, valuesOut); }
