@@ -312,8 +312,10 @@ public final class KvPolicies {
      */
     private static List<Param> shaped(boolean ada, String interval, Param... own) {
         List<Param> out = new ArrayList<>(List.of(own));
-        if (interval != null)
+        if (interval != null) {
             out.add(p("interval", interval, "a head grows to budget + interval tokens, then is cut back to the budget in one go (kvpress DecodingPress: every interval steps; 0 = every step)"));
+            out.add(p("once", "", "true: cut the prompt to the budget once, at the first decode step, then append without eviction; interval does not apply (kvpress's presses; off unless given)"));
+        }
         out.add(p("pyramid", "", "PyramidKV beta >= 1: layer budgets fall linearly from the first layer to the last, same mean (off unless given; paper 20)"));
         if (ada) out.add(p("ada", "", "AdaKV: a layer's KV heads share its budget, lowest scores go first, each keeps >= this fraction (off unless given; kvpress 0.2)"));
         if (ada) out.add(p("chunk", "", "ChunkKV: evict whole runs of this many consecutive tokens, ranked by mean score over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)"));
@@ -343,7 +345,8 @@ public final class KvPolicies {
         double ada = a.declares("ada") && a.has("ada") ? a.real("ada", 0, 1) : -1;
         int chunk = a.declares("chunk") && a.has("chunk") ? a.integer("chunk", 1, 1 << 20) : 0;
         if (chunk > 0 && ada >= 0) throw a.error(a.policy() + ": chunk and ada exclude each other (chunk keeps the same tokens in every head)");
-        return p.shaping(new EvictingPolicy.Shaping(interval, pyramid, ada, chunk));
+        boolean once = a.declares("once") && a.has("once") && a.choice("once", "true", "false").equals("true");
+        return p.shaping(new EvictingPolicy.Shaping(interval, pyramid, ada, chunk, once));
     }
 
     /** SnapKV from its keys (budget, window, kernel, pool), shared by snapkv and pyramidkv. */

@@ -281,6 +281,56 @@ class EvictionTest {
         }
     }
 
+    /**
+     * once=true (kvpress's prompt-only presses): the first decode step cuts each head to the same tokens the every-step
+     * policy keeps at that step; later steps append without eviction until the cache is full, then only what it
+     * cannot hold goes. lagkv's default interval does not delay the one cut.
+     */
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"knorm:budget=10,sink=1", "h2o:budget=10,recent=2", "lagkv:budget=10,lag=4,sink=1"})
+    void onceCutsThePromptAtTheFirstDecodeStepOnly(String spec) {
+        int[] prompt = KvTestSupport.tokens(30, config.vocabSize(), 12);
+        int capacity = 24, steps = 18;
+        int[][][] everyStep = new int[config.numLayers()][][];
+        model.setPolicy(KvPolicies.parse(spec + (spec.startsWith("lagkv") ? ",interval=0" : ""), config));
+        try (KvCache cache = model.newCache(capacity)) { // 30 tokens into 24 slots: the prefill keeps what fits
+            model.prefill(cache, prompt, 0, false, null);
+            model.decodeStep(cache, 7, 30);
+            for (int l = 0; l < config.numLayers(); l++) {
+                everyStep[l] = new int[config.numKvHeads()][];
+                for (int g = 0; g < config.numKvHeads(); g++) everyStep[l][g] = KvTestSupport.positions(cache, l, g);
+            }
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+        model.setPolicy(KvPolicies.parse(spec + ",once=true", config));
+        try (KvCache cache = model.newCache(capacity)) {
+            model.prefill(cache, prompt, 0, false, null);
+            model.decodeStep(cache, 7, 30);
+            for (int l = 0; l < config.numLayers(); l++)
+                for (int g = 0; g < config.numKvHeads(); g++) {
+                    int[] held = KvTestSupport.positions(cache, l, g);
+                    assertEquals(11, held.length, spec + ": the budget and the new token");
+                    assertArrayEquals(everyStep[l][g], held, spec + " layer " + l + " head " + g);
+                }
+            for (int i = 1; i < steps; i++) {
+                model.decodeStep(cache, 7 + i, 30 + i);
+                assertEquals(Math.min(11 + i, capacity), cache.occupied(0, 0), spec + " step " + i + ": appends, then only room is made");
+            }
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+        model.setPolicy(KvPolicies.parse(spec + ",once=true", config));
+        try (KvCache roomy = model.newCache(64)) { // room for everything: only the budget cuts (no interval's delay)
+            model.prefill(roomy, prompt, 0, false, null);
+            assertEquals(30, roomy.occupied(0, 0));
+            model.decodeStep(roomy, 7, 30);
+            assertEquals(11, roomy.occupied(0, 0), spec);
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+    }
+
     @Test
     void snapKvCompressesThePromptOnceAndKeepsTheWindow() {
         model.setPolicy(KvPolicies.parse("snapkv:budget=16,window=4,kernel=3,pool=max", config));

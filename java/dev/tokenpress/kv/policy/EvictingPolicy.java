@@ -40,12 +40,19 @@ public abstract class EvictingPolicy extends BasePolicy {
      *                 summed over the layer's KV heads; the lowest-scored chunks go whole (older first on ties) until
      *                 the layer is within budget, so a cut may free up to chunk - 1 tokens more than needed; every
      *                 head keeps the same tokens; 0 = off
+     * @param once     compress once per prompt, as kvpress's presses do: the first decode step after a prefill cuts to the
+     *                 budget (the interval does not apply), later steps append without eviction (only what the cache
+     *                 cannot hold goes); false = at every step as above
      */
-    public record Shaping(int interval, double pyramid, double ada, int chunk) {
-        public static final Shaping NONE = new Shaping(0, 0, -1, 0);
+    public record Shaping(int interval, double pyramid, double ada, int chunk, boolean once) {
+        public static final Shaping NONE = new Shaping(0, 0, -1, 0, false);
 
         public Shaping(int interval, double pyramid, double ada) {
-            this(interval, pyramid, ada, 0);
+            this(interval, pyramid, ada, 0, false);
+        }
+
+        public Shaping(int interval, double pyramid, double ada, int chunk) {
+            this(interval, pyramid, ada, chunk, false);
         }
     }
 
@@ -61,6 +68,9 @@ public abstract class EvictingPolicy extends BasePolicy {
     }
 
     public Shaping shaping() { return shaping; }
+
+    /** The interval the cuts use: none when the prompt is cut once (its one cut goes straight to the budget). */
+    private int interval() { return shaping.once() ? 0 : shaping.interval(); }
 
     protected EvictingPolicy(String spec) {
         super(spec);
@@ -117,7 +127,7 @@ public abstract class EvictingPolicy extends BasePolicy {
         else Arrays.fill(cut, 0);
         int protect = Math.max(0, protectRecent(n));
         int recentFrom = callStart - protect;
-        boolean budgeted = !inPrefill || budgetDuringPrefill();
+        boolean budgeted = !inPrefill && (!shaping.once() || decodeSteps == 1) || budgetDuringPrefill();
         for (int l = 0; l < layers; l++) {
             if (shaping.chunk() > 0) {
                 int keep = keepBefore(l, 0, n);
@@ -125,7 +135,7 @@ public abstract class EvictingPolicy extends BasePolicy {
                     int room = capacity - n - reserve(l, 0);
                     keep = Math.max(0, budgeted ? Math.min(layerBudget(l, keep, protect, callStart), room) : room);
                     int occ = cache.occupied(l, 0);
-                    if (occ > room || occ > keep && occ + n > keep + (budgeted ? shaping.interval() : 0)) {
+                    if (occ > room || occ > keep && occ + n > keep + (budgeted ? interval() : 0)) {
                         beforeEviction(l);
                         evictChunks(l, occ - keep, recentFrom);
                     }
@@ -149,7 +159,7 @@ public abstract class EvictingPolicy extends BasePolicy {
                 int occ = cache.occupied(l, g);
                 // with an interval, the cut comes when the append would take the head past budget + interval (kvpress's
                 // DecodingPress: every interval steps); without one, whenever the head holds more than its budget
-                if (occ > room || occ > keep && occ + n > keep + (budgeted ? shaping.interval() : 0)) {
+                if (occ > room || occ > keep && occ + n > keep + (budgeted ? interval() : 0)) {
                     if (!scored) {
                         beforeEviction(l);
                         scored = true;
@@ -221,7 +231,7 @@ public abstract class EvictingPolicy extends BasePolicy {
             if (occ + n + reserve(layer, g) > capacity) overRoom = true;
         }
         long target = (long) kvHeads * keep;
-        if (!overRoom && (total <= target || total + (long) kvHeads * n <= target + (long) kvHeads * shaping.interval())) {
+        if (!overRoom && (total <= target || total + (long) kvHeads * n <= target + (long) kvHeads * interval())) {
             for (int g = 0; g < kvHeads; g++) checkFits(layer, g, n);
             return;
         }
