@@ -111,7 +111,8 @@ public final class BenchCommand implements Callable<Integer> {
                 String kv = quant.isNone() ? m.policy().spec() : m.policy().spec() + " q:" + quant.spec();
                 String tag = kvSpecs.size() * quants.size() > 1 ? " [" + kv + "]" : "";
                 SplittableRandom rnd = new SplittableRandom(1234); // the same tokens for every policy
-                try (var cacheHolder = new CacheHolder(quant.isNone() ? m.newCache(maxCtx) : m.newCache(maxCtx, quant))) {
+                int slots = maxCtx + m.policy().scratchSlots(maxCtx); // + KVzip's reconstruction pass
+                try (var cacheHolder = new CacheHolder(quant.isNone() ? m.newCache(slots) : m.newCache(slots, quant))) {
                     KvCache cache = cacheHolder.cache;
                     for (int p : nPrompt) {
                         if (p <= 0) continue;
@@ -179,10 +180,11 @@ public final class BenchCommand implements Callable<Integer> {
         KvCache[] caches = new KvCache[np];
         KvPolicy[] policies = new KvPolicy[np];
         try {
+            int slots = maxCtx + KvOptionsMixin.policy(kvSpec, c).scratchSlots(maxCtx); // + KVzip's reconstruction pass
             // caches the backend may lay out together (one attention call per step and layer where it can)
-            if (quant.isNone()) System.arraycopy(m.newCaches(maxCtx, np), 0, caches, 0, np);
+            if (quant.isNone()) System.arraycopy(m.newCaches(slots, np), 0, caches, 0, np);
             for (int i = 0; i < np; i++) {
-                if (caches[i] == null) caches[i] = m.newCache(maxCtx, quant);
+                if (caches[i] == null) caches[i] = m.newCache(slots, quant);
                 policies[i] = KvOptionsMixin.policy(kvSpec, c);
                 policies[i].attach(m);
             }
