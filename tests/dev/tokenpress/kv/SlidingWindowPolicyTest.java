@@ -46,6 +46,31 @@ class SlidingWindowPolicyTest {
         }
     }
 
+    /**
+     * KVzip under a window of 8: its reconstruction pass keeps the window's tokens (the pass attends past the window,
+     * nothing is dropped for it), and the cut brings what the window left of the prompt to the budget, not below it.
+     */
+    @Test
+    void kvzipCutsWhatTheWindowLeftToTheBudget() {
+        LlamaConfig c = windowed();
+        try (Llama m = KvTestSupport.model(dir.resolve("kvzip"), c, 4)) {
+            dev.tokenpress.kv.policy.KvzipPolicy p = (dev.tokenpress.kv.policy.KvzipPolicy) KvPolicies.parse("kvzip:budget=6,sink=0", c);
+            m.setPolicy(p);
+            try (KvCache cache = m.newCache(64)) {
+                m.prefill(cache, KvTestSupport.tokens(20, c.vocabSize(), 4), 0, false, null);
+                assertEquals(1, p.passes());
+                int kept = 0;
+                for (int l = 0; l < c.numLayers(); l++)
+                    for (int g = 0; g < c.numKvHeads(); g++) {
+                        for (int pos : KvTestSupport.positions(cache, l, g)) assertTrue(pos > 20 - 8 - 1 && pos < 20, "window and prompt: " + pos);
+                        kept += cache.occupied(l, g);
+                    }
+                assertEquals(c.numLayers() * c.numKvHeads() * 6, kept, "the budget, on average, of the 8 prompt tokens the window left");
+                for (int i = 0; i < 4; i++) m.decodeStep(cache, 5 + i, 20 + i);
+            }
+        }
+    }
+
     /** RazorAttention's compensation token is dropped by the window in time: a new one starts, never a live token. */
     @Test
     void razorsCompensationTokenNeverTakesALiveSlot() {

@@ -151,11 +151,11 @@ public final class KvzipPolicy extends PromptPolicy {
     }
 
     /**
-     * Evicts the lowest-scored candidates: pairs of this prompt past the sinks. Over all (layer, head) pairs at once,
-     * L·G·(n − keep) of them, or per layer G·(n − keep); ties go in (layer, head, slot) order.
+     * Evicts the lowest-scored candidates (pairs of this prompt past the sinks) until the prompt's pairs still cached
+     * number at most L·G·keep over all (layer, head) pairs at once, or G·keep per layer; ties go in (layer, head,
+     * slot) order. Normally L·G·(n − keep) go; fewer when some of the prompt is gone already (a sliding window).
      */
     private void cut(int n, int keep) {
-        long perHead = (long) n - keep;
         if ((long) layers * kvHeads * capacity > 0xFFFFFFFFL)
             throw new IllegalStateException("kvzip: layers x KV heads x capacity exceeds 2^32");
         int groups = layerwise ? layers : 1, layersPer = layerwise ? 1 : layers;
@@ -163,17 +163,20 @@ public final class KvzipPolicy extends PromptPolicy {
             int l0 = part * layersPer, l1 = l0 + layersPer;
             long[] keysOf = new long[(int) Math.min(Integer.MAX_VALUE - 8, (long) layersPer * kvHeads * n)];
             int m = 0;
+            long present = 0;
             for (int l = l0; l < l1; l++)
                 for (int g = 0; g < kvHeads; g++) {
                     int[] pos = cache.positions(l, g);
                     for (int s = 0, hw = cache.highWater(l, g); s < hw; s++) {
                         int p = pos[s];
-                        if (p < prefillStart || p >= contextEnd || p < sink) continue;
+                        if (p < prefillStart || p >= contextEnd) continue;
+                        present++;
+                        if (p < sink) continue;
                         long flat = ((long) l * kvHeads + g) * capacity + s;
                         keysOf[m++] = ((long) Float.floatToIntBits(kvz[l][g][s]) << 32) | flat; // scores >= 0: bits order as values
                     }
                 }
-            int prune = (int) Math.min(m, perHead * layersPer * kvHeads);
+            int prune = (int) Math.min(m, Math.max(0, present - (long) keep * layersPer * kvHeads));
             LongSelect.smallestFirst(keysOf, 0, m, prune);
             int[][][] victims = new int[layersPer][kvHeads][];
             int[][] count = new int[layersPer][kvHeads];
