@@ -71,6 +71,27 @@ class SlidingWindowPolicyTest {
         }
     }
 
+    /** Compactor under a window of 8: it scores what the window left of the prompt and keeps the budget of it, sinks included. */
+    @Test
+    void compactorScoresWhatTheWindowLeft() {
+        LlamaConfig c = windowed();
+        try (Llama m = KvTestSupport.model(dir.resolve("compactor"), c, 4)) {
+            m.setPolicy(KvPolicies.parse("compactor:budget=5,sink=2,sink_end=2,chunk=4", c));
+            try (KvCache cache = m.newCache(64)) {
+                m.prefill(cache, KvTestSupport.tokens(20, c.vocabSize(), 5), 0, false, null);
+                for (int l = 0; l < c.numLayers(); l++)
+                    for (int g = 0; g < c.numKvHeads(); g++) {
+                        int[] held = KvTestSupport.positions(cache, l, g);
+                        assertEquals(5, held.length, "layer " + l + " head " + g);
+                        assertTrue(held[0] >= 12, "the window's tokens: " + java.util.Arrays.toString(held));
+                        assertEquals(18, held[3]);
+                        assertEquals(19, held[4], "the end sinks stay");
+                    }
+                for (int i = 0; i < 4; i++) m.decodeStep(cache, 5 + i, 20 + i);
+            }
+        }
+    }
+
     /** RazorAttention's compensation token is dropped by the window in time: a new one starts, never a live token. */
     @Test
     void razorsCompensationTokenNeverTakesALiveSlot() {

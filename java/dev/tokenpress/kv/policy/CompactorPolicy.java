@@ -123,35 +123,34 @@ public final class CompactorPolicy extends PromptPolicy {
         for (int g = 0; g < kvHeads; g++) {
             backend.readKvHead(cache, layer, g, keys, values);
             slots[g] = slotsOf(layer, g, start, end);
-            for (int j = 0; j < m; j++) System.arraycopy(keys, slots[g][j] * hd, chunkKeys[g], j * hd, hd);
+            for (int j = 0; j < m; j++) if (slots[g][j] >= 0) System.arraycopy(keys, slots[g][j] * hd, chunkKeys[g], j * hd, hd);
         }
         backend.hostParallel(kvHeads, g -> {
             float[] kc = chunkKeys[g], row = new float[m];
             double[] col = new double[m];
+            int[] slot = slots[g];
             for (int h = g * group; h < (g + 1) * group; h++)
                 for (int i = 0; i < m; i++) {
                     float max = Float.NEGATIVE_INFINITY;
                     for (int j = 0; j < m; j++) {
-                        row[j] = HostMath.dot(q, i * width + h * hd, kc, j * hd, hd);
+                        row[j] = slot[j] < 0 ? Float.NEGATIVE_INFINITY : HostMath.dot(q, i * width + h * hd, kc, j * hd, hd);
                         if (row[j] > max) max = row[j];
                     }
-                    double inv = 1.0 / HostMath.expShifted(row, 0, m, max);
+                    double inv = 1.0 / HostMath.expShifted(row, 0, m, max); // a key a sliding window dropped weighs 0
                     for (int j = 0; j < m; j++) col[j] += row[j] * inv;
                 }
             float[] a = attn[layer][g];
-            for (int j = 0; j < m; j++) a[slots[g][j]] = (float) (col[j] / group);
+            for (int j = 0; j < m; j++) if (slot[j] >= 0) a[slot[j]] = (float) (col[j] / group);
         });
     }
 
-    /** The slot of every position in [start, end) of (layer, head), in position order. */
+    /** The slot of every position in [start, end) of (layer, head), in position order; -1 where a sliding window dropped it. */
     private int[] slotsOf(int layer, int head, int start, int end) {
         int[] out = new int[end - start];
         Arrays.fill(out, -1);
         int[] pos = cache.positions(layer, head);
         for (int s = 0, hw = cache.highWater(layer, head); s < hw; s++)
             if (pos[s] >= start && pos[s] < end) out[pos[s] - start] = s;
-        for (int i = 0; i < out.length; i++)
-            if (out[i] < 0) throw new IllegalStateException("compactor: position " + (start + i) + " is not in the cache (layer " + layer + ")");
         return out;
     }
 
@@ -166,36 +165,46 @@ public final class CompactorPolicy extends PromptPolicy {
     protected void onEndPrefill() {
         if (!active) return;
         active = false;
-        int n = prefillTotal, m = sliceEnd - sliceStart, keep = Math.max(1, budget.tokens(n));
-        int sinks = n - m, others = Math.max(0, keep - sinks);
+        int n = prefillTotal, keep = Math.max(1, budget.tokens(n));
         double b = Double.isNaN(blend) ? 1.0 - (double) keep / n : blend;
         if (finalScore == null) finalScore = new float[layers][kvHeads][capacity];
         ensureScratch();
         for (int l = 0; l < layers; l++) {
             double[][] att = new double[kvHeads][], lev = new double[kvHeads][];
-            int[][] slots = new int[kvHeads][];
+            int[][] slots = new int[kvHeads][], positions = new int[kvHeads][];
             for (int g = 0; g < kvHeads; g++) {
                 backend.readKvHead(cache, l, g, keys, values);
-                int[] slot = slotsOf(l, g, sliceStart, sliceEnd);
+                int[] all = slotsOf(l, g, sliceStart, sliceEnd); // the slice's tokens a sliding window left
+                int m = 0;
+                for (int x : all) if (x >= 0) m++;
+                int[] slot = new int[m], pos = new int[m];
+                for (int t = 0, i = 0; t < all.length; t++)
+                    if (all[t] >= 0) {
+                        slot[i] = all[t];
+                        pos[i++] = sliceStart + t;
+                    }
                 slots[g] = slot;
+                positions[g] = pos;
                 double[] s = new double[m];
                 double[][] x = new double[m][headDim];
                 for (int t = 0; t < m; t++) {
                     double norm = 0;
                     for (int e = 0, o = slot[t] * headDim; e < headDim; e++) norm += (double) values[o + e] * values[o + e];
                     s[t] = attn[l][g][slot[t]] * Math.sqrt(norm);
-                    model.rope().rotate(keys, slot[t] * headDim, -(sliceStart + t), x[t]); // pre-RoPE key
+                    model.rope().rotate(keys, slot[t] * headDim, -pos[t], x[t]); // pre-RoPE key
                 }
                 att[g] = pool3(s);
-                lev[g] = LeveragePolicy.leverage(x, LeveragePolicy.sketch(seed, l, g, headDim, sketch), sketch);
+                lev[g] = m == 0 ? new double[0] : LeveragePolicy.leverage(x, LeveragePolicy.sketch(seed, l, g, headDim, sketch), sketch);
             }
             zscore(att);
             zscore(lev);
             for (int g = 0; g < kvHeads; g++) {
                 float[] fs = finalScore[l][g];
                 Arrays.fill(fs, Float.NaN);
+                int m = slots[g].length;
                 float[] sc = new float[m];
                 for (int t = 0; t < m; t++) fs[slots[g][t]] = sc[t] = (float) (b * lev[g][t] + att[g][t]);
+                int others = Math.max(0, keep - (promptTokensCached(l, g) - m)); // the sinks that are cached stay
                 if (others >= m) continue;
                 boolean[] kept = new boolean[m];
                 for (int t : TopK.largest(sc, others)) kept[t] = true;
@@ -205,6 +214,15 @@ public final class CompactorPolicy extends PromptPolicy {
                 evict(l, g, victims);
             }
         }
+    }
+
+    /** Tokens of the prompt that ends still cached in (layer, head). */
+    private int promptTokensCached(int layer, int head) {
+        int[] pos = cache.positions(layer, head);
+        int count = 0;
+        for (int s = 0, hw = cache.highWater(layer, head); s < hw; s++)
+            if (pos[s] >= prefillStart && pos[s] < prefillStart + prefillTotal) count++;
+        return count;
     }
 
     /** Average pooling of width 3, stride 1, padding 1 that counts the padding (F.avg_pool1d's default). */
