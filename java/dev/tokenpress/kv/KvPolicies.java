@@ -88,9 +88,8 @@ public final class KvPolicies {
                 p("budget", "0.2", "tokens kept (tokens or ratio of the sequence)"),
                 p("recent", "0.5", "recent window within the budget (tokens, or ratio of the budget)"),
                 mergeParam()), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
-            return merge(shape(new H2OPolicy(s, b, r), a), a);
+            Kept k = kept(a);
+            return merge(shape(new H2OPolicy(s, k.budget(), k.recent()), a), a);
         });
 
         add("a2sf", "A2SF: accumulated attention with a forgetting factor + sinks + recent window; evicts every step", shaped(true, "", 
@@ -99,13 +98,12 @@ public final class KvPolicies {
                 p("sink", "0", "first tokens always kept"),
                 p("alpha", "0.95", "forgetting factor in (0, 1] (alias: forget)"),
                 mergeParam()), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
-            int sink = a.integer("sink", 0, Integer.MAX_VALUE);
+            Kept k = kept(a);
             double alpha = a.real("alpha", 0, 1);
             if (alpha <= 0) throw a.bad("alpha", "must be above 0");
-            if (!b.ratio() && !r.ratio() && sink + r.value() > b.value()) throw a.error("a2sf: sink + recent must not exceed budget");
-            return merge(shape(new A2sfPolicy(s, b, r, sink, (float) alpha), a), a);
+            if (!k.budget().ratio() && !k.recent().ratio() && k.sink() + k.recent().value() > k.budget().value())
+                throw a.error("a2sf: sink + recent must not exceed budget");
+            return merge(shape(new A2sfPolicy(s, k.budget(), k.recent(), k.sink(), (float) alpha), a), a);
         });
 
         add("tova", "TOVA: drops the tokens the current query attends to least (averaged over the layer's heads); evicts every step", shaped(true, "", 
@@ -163,63 +161,47 @@ public final class KvPolicies {
                 p("tau_end", "2.0", "temperature after `steps` decode steps"),
                 p("steps", "0", "decode steps of the linear temperature ramp (0 = the context left after the prompt)"),
                 p("seed", "0", "seed of the Gumbel noise")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
+            Kept k = kept(a);
             double ti = a.real("tau_init", 1e-6, 1e6), te = a.real("tau_end", 1e-6, 1e6);
-            return shape(new KeyformerPolicy(s, b, r, ti, te, a.integer("steps", 0, Integer.MAX_VALUE), a.longValue("seed")), a);
+            return shape(new KeyformerPolicy(s, k.budget(), k.recent(), ti, te, a.integer("steps", 0, Integer.MAX_VALUE), a.longValue("seed")), a);
         });
 
         add("knorm", "Knorm: drops the tokens whose keys have the largest L2 norm (kvpress KnormPress); evicts every step", shaped(true, "",
-                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
-                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
-                p("sink", "0", "first tokens always kept")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
-            return shape(new KnormPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE)), a);
+                budgeted("0.5", "0")), (s, a, c) -> {
+            Kept k = kept(a);
+            return shape(new KnormPolicy(s, k.budget(), k.recent(), k.sink()), a);
         });
 
         add("keydiff", "KeyDiff: drops the tokens whose keys are most similar to the mean key direction (kvpress KeyDiffPress); evicts every step", shaped(true, "",
-                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
-                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
-                p("sink", "0", "first tokens always kept")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
-            return shape(new KeyDiffPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE)), a);
+                budgeted("0.5", "0")), (s, a, c) -> {
+            Kept k = kept(a);
+            return shape(new KeyDiffPolicy(s, k.budget(), k.recent(), k.sink()), a);
         });
 
         add("lagkv", "LagKV: drops the tokens whose keys and values vary least relative to the next lag partition's range (kvpress LagKVPress)", shaped(true, "128",
-                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
-                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
-                p("sink", "4", "first tokens always kept"),
-                p("lag", "128", "partition length: each partition is scored against the next; the last one and the rest are kept")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
-            return shape(new LagKvPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("lag", 1, 1 << 20)), a);
+                budgeted("0.5", "4",
+                p("lag", "128", "partition length: each partition is scored against the next; the last one and the rest are kept"))), (s, a, c) -> {
+            Kept k = kept(a);
+            return shape(new LagKvPolicy(s, k.budget(), k.recent(), k.sink(), a.integer("lag", 1, 1 << 20)), a);
         });
 
         add("leverage", "Leverage scores (Compactor, kvpress LeverageScorePress): keeps the keys farthest outside the subspace the head's keys span (sketched pre-RoPE keys)", shaped(true, "",
-                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
-                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
-                p("sink", "0", "first tokens always kept"),
+                budgeted("0.5", "0",
                 p("sketch", "48", "columns of the Gaussian sketch (>= head dim: exact leverage)"),
-                p("seed", "0", "seed of the sketch")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
-            return shape(new LeveragePolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("sketch", 1, 4096), a.longValue("seed")), a);
+                p("seed", "0", "seed of the sketch"))), (s, a, c) -> {
+            Kept k = kept(a);
+            return shape(new LeveragePolicy(s, k.budget(), k.recent(), k.sink(), a.integer("sketch", 1, 4096), a.longValue("seed")), a);
         });
 
         add("cur", "CurDKV: keeps the tokens whose keys and values have the largest squared norms, each normalized over local windows (kvpress CURPress)", shaped(true, "",
-                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
-                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
-                p("sink", "4", "first tokens always kept"),
+                budgeted("0.5", "4",
                 p("type", "kv_product", "score: kv_product, key, value or kv_avg"),
                 p("window", "16", "tokens per local normalization window (0 = off)"),
                 p("project", "0", "dimensions of a random projection of keys and values first (0 = off; kvpress 20)"),
-                p("seed", "0", "seed of the projection")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
+                p("seed", "0", "seed of the projection"))), (s, a, c) -> {
+            Kept k = kept(a);
             CurPolicy.Type type = CurPolicy.Type.valueOf(a.choice("type", "kv_product", "key", "value", "kv_avg").toUpperCase(Locale.ROOT));
-            return shape(new CurPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), type, a.integer("window", 0, 1 << 20),
+            return shape(new CurPolicy(s, k.budget(), k.recent(), k.sink(), type, a.integer("window", 0, 1 << 20),
                     a.integer("project", 0, 4096), a.longValue("seed")), a);
         });
 
@@ -232,13 +214,10 @@ public final class KvPolicies {
                         a.integer("sink", 0, Integer.MAX_VALUE), a.integer("last", 1, Integer.MAX_VALUE)));
 
         add("random", "Random: drops uniformly random tokens, a reproducible baseline (kvpress RandomPress)", shaped(true, "",
-                p("budget", "0.5", "tokens kept (tokens or ratio of the sequence)"),
-                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
-                p("sink", "0", "first tokens always kept"),
-                p("seed", "0", "seed of the scores")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
-            return shape(new RandomPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.longValue("seed")), a);
+                budgeted("0.5", "0",
+                p("seed", "0", "seed of the scores"))), (s, a, c) -> {
+            Kept k = kept(a);
+            return shape(new RandomPolicy(s, k.budget(), k.recent(), k.sink(), a.longValue("seed")), a);
         });
 
         add("expected", "Expected Attention: keeps the tokens future queries are expected to attend to (query mean/covariance, averaged RoPE) x value norm", shaped(true, "64",
@@ -249,9 +228,8 @@ public final class KvPolicies {
                 p("cov", "true", "use the queries' covariance (false: the mean only)"),
                 p("vnorm", "true", "scale the expected attention by the value norm"),
                 p("eps", "0", "added to the expected attention before the value-norm scaling")), (s, a, c) -> {
-            Budget b = a.positiveBudget("budget"), r = a.budget("recent");
-            checkRecent(a, b, r);
-            return shape(new ExpectedAttentionPolicy(s, b, r, a.integer("sink", 0, Integer.MAX_VALUE), a.integer("future", 1, 1 << 20),
+            Kept k = kept(a);
+            return shape(new ExpectedAttentionPolicy(s, k.budget(), k.recent(), k.sink(), a.integer("future", 1, 1 << 20),
                     a.choice("cov", "true", "false").equals("true"), a.choice("vnorm", "true", "false").equals("true"),
                     a.real("eps", 0, 1e6)), a);
         });
@@ -359,6 +337,24 @@ public final class KvPolicies {
         if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
         SnapKvPolicy p = new SnapKvPolicy(s, b, w, k, pool.equals("max"));
         return a.has("critical") ? p.critical(a.real("critical", 0, 1)) : p;
+    }
+
+    /** The keys of a budgeted policy: budget (tokens or ratio), recent window within it, sinks; then its own. */
+    private static Param[] budgeted(String budget, String sink, Param... own) {
+        List<Param> out = new ArrayList<>(List.of(p("budget", budget, "tokens kept (tokens or ratio of the sequence)"),
+                p("recent", "0", "recent window within the budget (tokens, or ratio of the budget)"),
+                p("sink", sink, "first tokens always kept")));
+        out.addAll(List.of(own));
+        return out.toArray(new Param[0]);
+    }
+
+    /** A budgeted policy's budget, recent window (checked against the budget) and sinks (0 where it has no sink key). */
+    private record Kept(Budget budget, Budget recent, int sink) {}
+
+    private static Kept kept(PolicyArgs a) {
+        Budget b = a.positiveBudget("budget"), r = a.budget("recent");
+        checkRecent(a, b, r);
+        return new Kept(b, r, a.declares("sink") ? a.integer("sink", 0, Integer.MAX_VALUE) : 0);
     }
 
     private static void checkRecent(PolicyArgs a, Budget budget, Budget recent) {
