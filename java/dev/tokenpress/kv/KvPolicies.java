@@ -467,7 +467,7 @@ public final class KvPolicies {
         for (Info i : POLICIES.values()) {
             sb.append(String.format(Locale.ROOT, "%-12s %s%n", i.name(), i.description()));
             for (Param p : i.params())
-                sb.append(String.format(Locale.ROOT, "    %-13s %-8s %s%n", p.name(), p.defaultValue().isEmpty() ? "-" : p.defaultValue(), p.help()));
+                sb.append(String.format(Locale.ROOT, "    %-13s %-10s %s%n", p.name(), p.defaultValue().isEmpty() ? "-" : p.defaultValue(), p.help()));
         }
         sb.append("\nExamples: --kv window:sink=4,budget=512   --kv h2o:budget=0.2   --kv tidal:k=128\n");
         sb.append("          --kv snapkv:budget=1024,window=32,kernel=7,pool=max   --kv h2o:budget=1024+tidal:k=128\n");
