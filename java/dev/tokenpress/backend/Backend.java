@@ -291,6 +291,22 @@ public interface Backend extends AutoCloseable {
         }
     }
 
+    /**
+     * The keys of slots [from, to) of (layer, KV head): keys[(slot - from) * hd ..] (a free slot's entries are
+     * unspecified). For policies that score part of a long cache on the host (KVzip's chunk, Compactor's chunk) without
+     * reading the whole head. Default: {@link #readKv} per occupied slot.
+     */
+    default void readKeysRange(KvCache cache, int layer, int head, int from, int to, float[] keys) {
+        int hd = cache.headDim();
+        float[] k = new float[hd], v = new float[hd];
+        int[] pos = cache.positions(layer, head);
+        for (int s = from; s < to; s++) {
+            if (pos[s] < 0) continue;
+            readKv(cache, layer, head, s, k, v);
+            System.arraycopy(k, 0, keys, (s - from) * hd, hd);
+        }
+    }
+
     /** Writes a key and value (key[hd], value[hd], already rotated) into {@code slot} of (layer, KV head). */
     default void writeKv(KvCache cache, int layer, int head, int slot, float[] key, float[] value) {
         throw new UnsupportedOpException("the " + name() + " backend has no writeKv op (needed by this --kv policy): use --device cpu");

@@ -752,6 +752,15 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
+    public void readKeysRange(KvCache cache, int layer, int head, int from, int to, float[] keys) {
+        if (!(cache instanceof CpuKvCache c) || from >= to) {
+            Backend.super.readKeysRange(cache, layer, head, from, to, keys);
+            return;
+        }
+        c.readKeys(k, layer, head, from, to, keys);
+    }
+
+    @Override
     public void readKvHead(KvCache cache, int layer, int head, float[] keys, float[] values) {
         if (!(cache instanceof CpuKvCache c)) {
             Backend.super.readKvHead(cache, layer, head, keys, values);

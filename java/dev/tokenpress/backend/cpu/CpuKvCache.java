@@ -72,6 +72,13 @@ final class CpuKvCache extends KvCache {
         else k.dot4(q, qOff, qStride, keys16[layer][head], slot * headDim, headDim, out);
     }
 
+    /** The keys of slots [from, to) of (layer, head) as floats into out[0, (to - from) * hd). */
+    void readKeys(Kernels k, int layer, int head, int from, int to, float[] out) {
+        int hd = headDim, n = (to - from) * hd;
+        if (keys != null) System.arraycopy(keys[layer][head], from * hd, out, 0, n);
+        else k.widenBf16(keys16[layer][head], from * hd, out, 0, n);
+    }
+
     /** The first n elements of (layer, head)'s keys and values as floats. */
     void readHead(Kernels k, int layer, int head, int n, float[] keyOut, float[] valueOut) {
         if (keys != null) System.arraycopy(keys[layer][head], 0, keyOut, 0, n);

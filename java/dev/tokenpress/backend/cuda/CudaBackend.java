@@ -2443,6 +2443,20 @@ public final class CudaBackend implements Backend {
      * rows, widened on the host (no kernel); other caches slot by slot ({@link #readKv}).
      */
     @Override
+    public void readKeysRange(KvCache cache, int layer, int head, int from, int to, float[] keys) {
+        flushPendingSelect(); // a queued selection reads q and the cache as they are now
+        if (!(cache instanceof CudaKvCache c) || from >= to) {
+            Backend.super.readKeysRange(cache, layer, head, from, to, keys);
+            return;
+        }
+        requireEager("readKeysRange");
+        int hd = c.headDim(), n = (to - from) * hd;
+        short[] buf = new short[n];
+        check(TpNative.tp_memcpy_d2h(buf, c.keysAddress(layer, head) + 2L * from * hd, 2L * n, stream), "readKeysRange");
+        for (int i = 0; i < n; i++) keys[i] = Float.intBitsToFloat((buf[i] & 0xFFFF) << 16);
+    }
+
+    @Override
     public void readKvHead(KvCache cache, int layer, int head, float[] keys, float[] values) {
         flushPendingSelect(); // a queued selection reads q and the cache as they are now
         if (!(cache instanceof CudaKvCache c)) {

@@ -121,9 +121,15 @@ public final class CompactorPolicy extends PromptPolicy {
         float[][] chunkKeys = new float[kvHeads][m * hd];
         int[][] slots = new int[kvHeads][];
         for (int g = 0; g < kvHeads; g++) {
-            backend.readKvHead(cache, layer, g, keys, values);
             slots[g] = slotsOf(layer, g, start, end);
-            for (int j = 0; j < m; j++) if (slots[g][j] >= 0) System.arraycopy(keys, slots[g][j] * hd, chunkKeys[g], j * hd, hd);
+            int lo = Integer.MAX_VALUE, hi = -1;
+            for (int x : slots[g]) if (x >= 0) {
+                lo = Math.min(lo, x);
+                hi = Math.max(hi, x);
+            }
+            if (hi < 0) continue;
+            backend.readKeysRange(cache, layer, g, lo, hi + 1, keys); // the slots the chunk spans
+            for (int j = 0; j < m; j++) if (slots[g][j] >= 0) System.arraycopy(keys, (slots[g][j] - lo) * hd, chunkKeys[g], j * hd, hd);
         }
         backend.hostParallel(kvHeads, g -> {
             float[] kc = chunkKeys[g], row = new float[m];

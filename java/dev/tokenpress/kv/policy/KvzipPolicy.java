@@ -25,7 +25,7 @@ import java.util.function.Function;
  * <p>Only the prompt of the prefill that ends is scored and cut (tokens cached by earlier prefills stay as they are);
  * decoding appends without eviction. The pass needs free slots for its tokens: the chunk shrinks to what the cache
  * has room for. The prompts come from the model's tokenizer ({@code Llama.textEncoder}, set by the loader) or
- * {@link #setPrompts}. The scores are computed on the host from the pass's queries and a bulk read of the keys.
+ * {@link #setPrompts}. The scores are computed on the host from the pass's queries and one read of the keys each head's scoring subset spans.
  */
 public final class KvzipPolicy extends PromptPolicy {
     public static final String FIRST = "\n\nRepeat the previous context exactly.";
@@ -44,7 +44,7 @@ public final class KvzipPolicy extends PromptPolicy {
     private float[][][] kvz;            // [layer][kvHead][slot] max attention during the reconstruction
     private int chunkStart, chunkEnd, contextEnd; // positions of the chunk being repeated, and of the pass's first token
     private int passes;                 // reconstruction passes run by the last prefill
-    private float[] keys, values;
+    private float[] keys;
     private int[] subset, subsetPos;
 
     public KvzipPolicy(String spec, Budget budget, int sink, int chunk, boolean layerwise) {
@@ -210,14 +210,12 @@ public final class KvzipPolicy extends PromptPolicy {
         float[] qh = backend.download(q, 0, n);
         if (keys == null || keys.length < capacity * hd) {
             keys = new float[capacity * hd];
-            values = new float[capacity * hd];
             subset = new int[capacity];
             subsetPos = new int[capacity];
         }
         float scale = (float) (1.0 / Math.sqrt(hd));
         int sinkEnd = Math.min(sink, chunkStart), tasks = (n + ROWS - 1) / ROWS;
         for (int g = 0; g < kvHeads; g++) {
-            backend.readKvHead(cache, layer, g, keys, values);
             int[] pos = cache.positions(layer, g);
             int m = 0;
             for (int s = 0, hw = cache.highWater(layer, g); s < hw; s++) {
@@ -227,7 +225,9 @@ public final class KvzipPolicy extends PromptPolicy {
                     subset[m++] = s;
                 }
             }
-            int count = m, head0 = g * group;
+            if (m == 0) continue;
+            int lo = subset[0], count = m, head0 = g * group;
+            backend.readKeysRange(cache, layer, g, lo, subset[m - 1] + 1, keys); // the slots the subset spans, not the whole head
             float[][] part = new float[tasks][];
             backend.hostParallel(tasks, t -> {
                 int r0 = t * ROWS, r1 = Math.min(n, r0 + ROWS);
@@ -236,7 +236,7 @@ public final class KvzipPolicy extends PromptPolicy {
                 for (int r = r0; r < r1; r++) {
                     int qp = positions[r], qOff = r * width + head0 * hd;
                     for (int i = 0; i < count; i++) { // the group's q-heads against key i: its loads shared by four
-                        int kOff = subset[i] * hd, j = 0;
+                        int kOff = (subset[i] - lo) * hd, j = 0;
                         for (; j + 3 < group; j += 4) {
                             HostMath.dot4(qh, qOff + j * hd, hd, keys, kOff, hd, four);
                             for (int u = 0; u < 4; u++) d[j + u][i] = four[u] * scale;
