@@ -45,6 +45,36 @@ class ApiTest {
     }
 
     /**
+     * Compress a context once, then ask about it: the context's prefill under kvzip is cut to the budget (its
+     * reconstruction uses the loader's tokenizer), and with the full policy set afterwards the questions are appended
+     * whole, the compressed context staying as it is.
+     */
+    @Test
+    void aContextCompressedOnceServesLaterQuestions() {
+        ModelWriter.write(tmp, ModelWriter.Preset.TINY, 6, s -> {});
+        try (TokenPress tp = TokenPress.load(tmp, LoadOptions.defaults().withDevice("cpu"));
+             Session s = tp.newSession(512)) {
+            StringBuilder context = new StringBuilder();
+            for (int i = 0; i < 12; i++) context.append("def f").append(i).append("(x): return x * ").append(i).append("\n");
+            int[] ctx = tp.tokenizer().encode(context.toString());
+            s.setPolicy(dev.tokenpress.kv.KvPolicies.parse("kvzip:budget=0.25", tp.config()));
+            s.generate(ctx, 0, SamplingOptions.greedy(), null);
+            dev.tokenpress.kv.KvCache c = s.cache();
+            int heads = tp.config().numLayers() * tp.config().numKvHeads();
+            long kept = 0;
+            for (int l = 0; l < tp.config().numLayers(); l++) for (int g = 0; g < tp.config().numKvHeads(); g++) kept += c.occupied(l, g);
+            assertEquals((long) heads * (int) Math.ceil(0.25 * ctx.length), kept, "the context at its budget");
+            s.setPolicy(dev.tokenpress.kv.KvPolicy.FULL);
+            int[] question = tp.tokenizer().encodeNoSpecial("assert f3(2) ==");
+            GenerationResult r = s.generate(question, 4, SamplingOptions.greedy(), null);
+            long after = 0;
+            for (int l = 0; l < tp.config().numLayers(); l++) for (int g = 0; g < tp.config().numKvHeads(); g++) after += c.occupied(l, g);
+            assertEquals(kept + (long) heads * (question.length + r.tokens().length - (r.stopReason().equals("length") ? 1 : 0)), after,
+                    "the question and the answer appended whole");
+        }
+    }
+
+    /**
      * Several generations on one session under an evicting policy go on past the cache's capacity (the policy frees
      * room); logits() leaves the token history it prefilled; a listener that throws leaves the session holding the
      * prompt, ready for more.
