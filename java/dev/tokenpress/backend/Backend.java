@@ -292,11 +292,12 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
-     * The keys of slots [from, to) of (layer, KV head): keys[(slot - from) * hd ..] (a free slot's entries are
-     * unspecified). For policies that score part of a long cache on the host (KVzip's chunk, Compactor's chunk) without
-     * reading the whole head. Default: {@link #readKv} per occupied slot.
+     * The keys (and values, unless {@code values} is null) of slots [from, to) of (layer, KV head):
+     * keys[(slot - from) * hd ..] (a free slot's entries are unspecified). For policies that score part of a long cache
+     * on the host (KVzip's chunk, Compactor's chunk) without reading the whole head. Default: {@link #readKv} per
+     * occupied slot.
      */
-    default void readKeysRange(KvCache cache, int layer, int head, int from, int to, float[] keys) {
+    default void readKvRange(KvCache cache, int layer, int head, int from, int to, float[] keys, float[] values) {
         int hd = cache.headDim();
         float[] k = new float[hd], v = new float[hd];
         int[] pos = cache.positions(layer, head);
@@ -304,6 +305,7 @@ public interface Backend extends AutoCloseable {
             if (pos[s] < 0) continue;
             readKv(cache, layer, head, s, k, v);
             System.arraycopy(k, 0, keys, (s - from) * hd, hd);
+            if (values != null) System.arraycopy(v, 0, values, (s - from) * hd, hd);
         }
     }
 

@@ -138,9 +138,10 @@ public final class KvPolicies {
                 p("budget", "0.3", "prompt tokens kept per KV head on average (tokens or ratio of the prompt); layers and heads keep different counts"),
                 p("sink", "4", "first tokens always kept"),
                 p("chunk", "2048", "prompt tokens repeated per reconstruction pass (shrinks to the cache's free slots)"),
-                p("layerwise", "false", "true: every layer keeps the same count (its heads still differ)")), (s, a, c) ->
+                p("layerwise", "false", "true: every layer keeps the same count (its heads still differ)"),
+                p("plus", "false", "KVzip+: probabilities divided by the query's hidden-state norm, times the key's |v W_o| (kvpress kvzip_plus_normalization)")), (s, a, c) ->
                 new KvzipPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 20),
-                        a.choice("layerwise", "true", "false").equals("true")));
+                        a.choice("layerwise", "true", "false").equals("true"), a.choice("plus", "true", "false").equals("true")));
 
         add("compactor", "Compactor: compresses the prompt once by non-causal chunked attention blended with key leverage (kvpress CompactorPress); decoding appends", List.of(
                 p("budget", "0.5", "prompt tokens kept per KV head, sinks included (tokens or ratio of the prompt)"),

@@ -856,6 +856,36 @@ public final class Llama implements AutoCloseable {
         }
     }
 
+    private float[][] attnNormHost; // [layer] the input norm weights on the host, read on first use
+
+    /**
+     * The L2 norms of the attention inputs of the n rows of the call in progress (rmsnorm(x) times the layer's input
+     * norm weight: the hidden states the attention projects), valid inside the policy hooks of {@code layer}; computed on
+     * the host from the residual stream (one download of the rows). KVzip+ divides by them.
+     */
+    public float[] attentionInputNorms(int layer, int n) {
+        if (attnNormHost == null) attnNormHost = new float[config.numLayers()][];
+        if (attnNormHost[layer] == null) {
+            Tensor w = this.w.layers()[layer].attnNorm();
+            float[] h = new float[w.rows() * w.cols()];
+            backend.weightRows(w, 0, w.rows(), h);
+            attnNormHost[layer] = h;
+        }
+        float[] wn = attnNormHost[layer], rows = backend.download(x, 0, n), out = new float[n];
+        int d = config.hiddenSize();
+        for (int r = 0; r < n; r++) {
+            double ss = 0;
+            for (int i = 0; i < d; i++) ss += (double) rows[r * d + i] * rows[r * d + i];
+            double inv = 1.0 / Math.sqrt(ss / d + config.rmsNormEps()), norm = 0;
+            for (int i = 0; i < d; i++) {
+                double h = rows[r * d + i] * inv * wn[i];
+                norm += h * h;
+            }
+            out[r] = (float) Math.sqrt(norm);
+        }
+        return out;
+    }
+
     /** Sets how text becomes token ids without special tokens (the loader sets the model's tokenizer); null = none. */
     public void setTextEncoder(java.util.function.Function<String, int[]> encoder) {
         this.textEncoder = encoder;

@@ -104,7 +104,7 @@ class CompareCliTest {
                 "--kv", "full,kvzip:budget=15", "--json", "--device", "cpu");
         assertEquals(ExitCodes.OK, c.code(), c.err());
         JsonNode rows = JSON.readTree(c.out()).get("results");
-        assertEquals("kvzip:budget=15,sink=4,chunk=2048,layerwise=false", rows.get(1).get("kv").asText());
+        assertEquals("kvzip:budget=15,sink=4,chunk=2048,layerwise=false,plus=false", rows.get(1).get("kv").asText());
         LlamaConfig cfg = dev.tokenpress.io.ConfigLoader.load(model);
         long heads = (long) cfg.numLayers() * cfg.numKvHeads();
         assertEquals(heads * (15 + 11), rows.get(1).get("peak_slots").asLong(), "15 prompt tokens per head on average + 11 decoded");

@@ -44,7 +44,7 @@ class KvPoliciesTest {
             "random:seed=9; random:budget=0.5,recent=0,sink=0,seed=9",
             "leverage; leverage:budget=0.5,recent=0,sink=0,sketch=48,seed=0",
             "simlayerkv; simlayerkv:threshold=0.9,recent=1024,sink=4,last=1",
-            "kvzip:layerwise=true; kvzip:budget=0.3,sink=4,chunk=2048,layerwise=true",
+            "kvzip:layerwise=true; kvzip:budget=0.3,sink=4,chunk=2048,layerwise=true,plus=false",
             "h2o:merge=32,budget=64; h2o:budget=64,recent=0.5,merge=32",
             "a2sf:merge=8; a2sf:budget=256,recent=16,sink=0,alpha=0.95,merge=8",
             "snapkv:critical=0.5; snapkv:budget=2048,window=32,kernel=7,pool=max,critical=0.5",

@@ -54,10 +54,11 @@ class KvzipPolicyTest {
         return c;
     }
 
-    @Test
-    void scoresEqualTheMaxAttentionOfTheRepeatPassOverSinksChunkAndPass() {
+    @org.junit.jupiter.params.ParameterizedTest(name = "plus={0}")
+    @org.junit.jupiter.params.provider.ValueSource(booleans = {false, true})
+    void scoresEqualTheMaxAttentionOfTheRepeatPassOverSinksChunkAndPass(boolean plus) {
         int chunk = 16, sink = 2;
-        KvzipPolicy p = kvzip("kvzip:budget=0.5,sink=" + sink + ",chunk=" + chunk);
+        KvzipPolicy p = kvzip("kvzip:budget=0.5,sink=" + sink + ",chunk=" + chunk + ",plus=" + plus);
         try (KvCache c = prefill(p, CAPACITY)) {
             assertEquals(3, p.passes(), "40 prompt tokens in chunks of 16");
             double[][][] ref = new double[config.numLayers()][config.numKvHeads()][PROMPT];
@@ -68,7 +69,7 @@ class KvzipPolicyTest {
                 int end = Math.min(PROMPT, start + chunk);
                 int[] lead = i == 0 ? first : concat(later, Arrays.copyOfRange(prompt, Math.max(0, start - 8), start));
                 int[] pass = concat(concat(lead, suffix), Arrays.copyOfRange(prompt, start, end));
-                reference(concat(prompt, pass), start, end, Math.min(sink, start), ref);
+                reference(concat(prompt, pass), start, end, Math.min(sink, start), ref, plus ? outputProjections() : null);
             }
             int compared = 0;
             for (int l = 0; l < config.numLayers(); l++)
@@ -83,16 +84,41 @@ class KvzipPolicyTest {
         }
     }
 
+    /** W_o of every layer from the checkpoint, [layer][D * H*hd]. */
+    private static float[][] outputProjections() {
+        float[][] wo = new float[config.numLayers()][];
+        try (dev.tokenpress.io.SafeTensors st = dev.tokenpress.io.SafeTensors.open(dir)) {
+            for (int l = 0; l < wo.length; l++) wo[l] = st.get("model.layers." + l + ".self_attn.o_proj.weight").toFloats();
+        }
+        return wo;
+    }
+
     /**
      * The reference: the whole sequence (prompt + pass) prefilled densely in a fresh cache (slot = position); for each
      * pass query and q-head, the softmax of its scaled raw q·k over the sinks, the chunk [start, end) and the pass up
-     * to the query, maximised into ref per KV head.
+     * to the query, maximised into ref per KV head. With wo (KVzip+), each probability is first divided by the row's
+     * attention-input norm and multiplied by |v·W_o[h]|₂ of the key's value, computed directly.
      */
-    private static void reference(int[] seq, int start, int end, int sinks, double[][][] ref) {
-        int heads = config.numHeads(), group = config.groupSize();
+    private static void reference(int[] seq, int start, int end, int sinks, double[][][] ref, float[][] wo) {
+        int heads = config.numHeads(), group = config.groupSize(), hd = config.headDim(), width = heads * hd, d = config.hiddenSize();
         double scale = 1.0 / Math.sqrt(config.headDim());
         KvPolicy watch = KvTestSupport.recording(KvPolicy.FULL, (c, l, n, s) -> {}, (c, layer, q, positions, n) -> {
             float[][] raw = new float[heads][c.capacity()];
+            float[] hn = wo == null ? null : model.attentionInputNorms(layer, n);
+            double[][] vn = new double[heads][end];
+            if (wo != null)
+                for (int h = 0; h < heads; h++)
+                    for (int s = start; s < end; s++) {
+                        float[] k = new float[hd], v = new float[hd];
+                        model.backend.readKv(c, layer, h / group, s, k, v);
+                        double sum = 0;
+                        for (int r = 0; r < d; r++) {
+                            double y = 0;
+                            for (int e = 0; e < hd; e++) y += (double) v[e] * wo[layer][r * width + h * hd + e];
+                            sum += y * y;
+                        }
+                        vn[h][s] = Math.sqrt(sum);
+                    }
             for (int r = 0; r < n; r++) {
                 int qp = positions[r];
                 if (qp < PROMPT) continue;
@@ -103,6 +129,7 @@ class KvzipPolicyTest {
                     for (int s = 0; s <= qp; s++) if (in(s, sinks, start, end)) sum += Math.exp(raw[h][s] * scale - max);
                     for (int s = start; s < end; s++) {
                         double pr = Math.exp(raw[h][s] * scale - max) / sum;
+                        if (wo != null) pr = pr * vn[h][s] / hn[r];
                         ref[layer][h / group][s] = Math.max(ref[layer][h / group][s], pr);
                     }
                 }
@@ -118,6 +145,40 @@ class KvzipPolicyTest {
 
     private static boolean in(int pos, int sinks, int start, int end) {
         return pos < sinks || pos >= start && pos < end || pos >= PROMPT;
+    }
+
+    /** Layer 0's attention input is rmsnorm(embedding) times the input norm weight: its norms, from the checkpoint. */
+    @Test
+    void attentionInputNormsAreThoseOfTheNormedHiddenStates() {
+        int d = config.hiddenSize();
+        float[] embed, norm;
+        try (dev.tokenpress.io.SafeTensors st = dev.tokenpress.io.SafeTensors.open(dir)) {
+            embed = st.get("model.embed_tokens.weight").toFloats();
+            norm = st.get("model.layers.0.input_layernorm.weight").toFloats();
+        }
+        int[] checked = {0};
+        model.setPolicy(KvTestSupport.recording(KvPolicy.FULL, (c, l, n, sel) -> {}, (c, layer, q, positions, n) -> {
+            if (layer != 0) return;
+            float[] got = model.attentionInputNorms(0, n);
+            for (int r = 0; r < n; r++) {
+                int t = prompt[positions[r]];
+                double ss = 0, h2 = 0;
+                for (int i = 0; i < d; i++) ss += (double) embed[t * d + i] * embed[t * d + i];
+                double inv = 1 / Math.sqrt(ss / d + config.rmsNormEps());
+                for (int i = 0; i < d; i++) {
+                    double h = embed[t * d + i] * inv * norm[i];
+                    h2 += h * h;
+                }
+                assertEquals(Math.sqrt(h2), got[r], 1e-4 * Math.sqrt(h2), "row " + r);
+                checked[0]++;
+            }
+        }));
+        try (KvCache c = model.newCache(CAPACITY)) {
+            model.prefill(c, prompt, 0, false, null);
+        } finally {
+            model.setPolicy(KvPolicy.FULL);
+        }
+        assertEquals(PROMPT, checked[0]);
     }
 
     @Test

@@ -752,12 +752,12 @@ public final class CpuBackend implements Backend {
     }
 
     @Override
-    public void readKeysRange(KvCache cache, int layer, int head, int from, int to, float[] keys) {
+    public void readKvRange(KvCache cache, int layer, int head, int from, int to, float[] keys, float[] values) {
         if (!(cache instanceof CpuKvCache c) || from >= to) {
-            Backend.super.readKeysRange(cache, layer, head, from, to, keys);
+            Backend.super.readKvRange(cache, layer, head, from, to, keys, values);
             return;
         }
-        c.readKeys(k, layer, head, from, to, keys);
+        c.readRange(k, layer, head, from, to, keys, values);
     }
 
     @Override

@@ -72,11 +72,14 @@ final class CpuKvCache extends KvCache {
         else k.dot4(q, qOff, qStride, keys16[layer][head], slot * headDim, headDim, out);
     }
 
-    /** The keys of slots [from, to) of (layer, head) as floats into out[0, (to - from) * hd). */
-    void readKeys(Kernels k, int layer, int head, int from, int to, float[] out) {
+    /** The keys (and values, unless valueOut is null) of slots [from, to) of (layer, head) as floats from index 0. */
+    void readRange(Kernels k, int layer, int head, int from, int to, float[] keyOut, float[] valueOut) {
         int hd = headDim, n = (to - from) * hd;
-        if (keys != null) System.arraycopy(keys[layer][head], from * hd, out, 0, n);
-        else k.widenBf16(keys16[layer][head], from * hd, out, 0, n);
+        if (keys != null) System.arraycopy(keys[layer][head], from * hd, keyOut, 0, n);
+        else k.widenBf16(keys16[layer][head], from * hd, keyOut, 0, n);
+        if (valueOut == null) return;
+        if (values != null) System.arraycopy(values[layer][head], from * hd, valueOut, 0, n);
+        else k.widenBf16(values16[layer][head], from * hd, valueOut, 0, n);
     }
 
     /** The first n elements of (layer, head)'s keys and values as floats. */

@@ -2443,17 +2443,20 @@ public final class CudaBackend implements Backend {
      * rows, widened on the host (no kernel); other caches slot by slot ({@link #readKv}).
      */
     @Override
-    public void readKeysRange(KvCache cache, int layer, int head, int from, int to, float[] keys) {
+    public void readKvRange(KvCache cache, int layer, int head, int from, int to, float[] keys, float[] values) {
         flushPendingSelect(); // a queued selection reads q and the cache as they are now
         if (!(cache instanceof CudaKvCache c) || from >= to) {
-            Backend.super.readKeysRange(cache, layer, head, from, to, keys);
+            Backend.super.readKvRange(cache, layer, head, from, to, keys, values);
             return;
         }
-        requireEager("readKeysRange");
+        requireEager("readKvRange");
         int hd = c.headDim(), n = (to - from) * hd;
         short[] buf = new short[n];
-        check(TpNative.tp_memcpy_d2h(buf, c.keysAddress(layer, head) + 2L * from * hd, 2L * n, stream), "readKeysRange");
+        check(TpNative.tp_memcpy_d2h(buf, c.keysAddress(layer, head) + 2L * from * hd, 2L * n, stream), "readKvRange keys");
         for (int i = 0; i < n; i++) keys[i] = Float.intBitsToFloat((buf[i] & 0xFFFF) << 16);
+        if (values == null) return;
+        check(TpNative.tp_memcpy_d2h(buf, c.valuesAddress(layer, head) + 2L * from * hd, 2L * n, stream), "readKvRange values");
+        for (int i = 0; i < n; i++) values[i] = Float.intBitsToFloat((buf[i] & 0xFFFF) << 16);
     }
 
     @Override

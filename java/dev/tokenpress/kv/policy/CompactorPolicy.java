@@ -128,7 +128,7 @@ public final class CompactorPolicy extends PromptPolicy {
                 hi = Math.max(hi, x);
             }
             if (hi < 0) continue;
-            backend.readKeysRange(cache, layer, g, lo, hi + 1, keys); // the slots the chunk spans
+            backend.readKvRange(cache, layer, g, lo, hi + 1, keys, null); // the slots the chunk spans
             for (int j = 0; j < m; j++) if (slots[g][j] >= 0) System.arraycopy(keys, (slots[g][j] - lo) * hd, chunkKeys[g], j * hd, hd);
         }
         backend.hostParallel(kvHeads, g -> {

@@ -36,7 +36,7 @@ public final class KvzipPolicy extends PromptPolicy {
 
     private final Budget budget;
     private final int sink, chunk;
-    private final boolean layerwise;
+    private final boolean layerwise, plus;
 
     private int[] first, later, suffix; // prompt ids; null until set or taken from the model's tokenizer
     private int[] prompt;               // ids of the prefill that runs (prefillTokens)
@@ -44,10 +44,21 @@ public final class KvzipPolicy extends PromptPolicy {
     private float[][][] kvz;            // [layer][kvHead][slot] max attention during the reconstruction
     private int chunkStart, chunkEnd, contextEnd; // positions of the chunk being repeated, and of the pass's first token
     private int passes;                 // reconstruction passes run by the last prefill
-    private float[] keys;
+    private float[] keys, values;
     private int[] subset, subsetPos;
+    private float[][][] gram;           // KVzip+: [layer][q-head][hd * hd] W_o[h]ᵀ·W_o[h], read on first use
+    private float[][][] valueNorms;     // KVzip+: [layer][kvHead][group * passSpan] |v·W_o[h]| of the pass's subset (NaN: not yet)
+    private int passSpan;               // entries per q-head in valueNorms: sinks + chunk + pass
 
     public KvzipPolicy(String spec, Budget budget, int sink, int chunk, boolean layerwise) {
+        this(spec, budget, sink, chunk, layerwise, false);
+    }
+
+    /**
+     * @param plus KVzip+'s normalization (kvpress's {@code kvzip_plus_normalization}): a query row's probabilities are
+     *             divided by the L2 norm of its attention input and multiplied by each key's |v·W_o[h]|₂ before the max
+     */
+    public KvzipPolicy(String spec, Budget budget, int sink, int chunk, boolean layerwise, boolean plus) {
         super(spec);
         if (sink < 0) throw new IllegalArgumentException("kvzip: sink must be >= 0");
         if (chunk < 1) throw new IllegalArgumentException("kvzip: chunk must be >= 1");
@@ -55,6 +66,7 @@ public final class KvzipPolicy extends PromptPolicy {
         this.sink = sink;
         this.chunk = chunk;
         this.layerwise = layerwise;
+        this.plus = plus;
     }
 
     /** The reconstruction prompts as token ids (in place of the model's tokenizer): the first chunk's, the later chunks', the suffix. */
@@ -126,6 +138,7 @@ public final class KvzipPolicy extends PromptPolicy {
             int len = Math.min(Math.min(chunk, fits), n - start);
             chunkStart = prefillStart + start;
             chunkEnd = chunkStart + len;
+            if (plus) startPassNorms(lead.length + suffix.length + len);
             model.observe(hooks, cache, concat(concat(lead, suffix), Arrays.copyOfRange(ctx, start, start + len)), contextEnd);
             passes++;
             start += len;
@@ -210,11 +223,14 @@ public final class KvzipPolicy extends PromptPolicy {
         float[] qh = backend.download(q, 0, n);
         if (keys == null || keys.length < capacity * hd) {
             keys = new float[capacity * hd];
+            values = plus ? new float[capacity * hd] : null;
             subset = new int[capacity];
             subsetPos = new int[capacity];
         }
         float scale = (float) (1.0 / Math.sqrt(hd));
         int sinkEnd = Math.min(sink, chunkStart), tasks = (n + ROWS - 1) / ROWS;
+        float[] hn = plus ? model.attentionInputNorms(layer, n) : null;
+        if (plus) gram(layer);
         for (int g = 0; g < kvHeads; g++) {
             int[] pos = cache.positions(layer, g);
             int m = 0;
@@ -227,7 +243,8 @@ public final class KvzipPolicy extends PromptPolicy {
             }
             if (m == 0) continue;
             int lo = subset[0], count = m, head0 = g * group;
-            backend.readKeysRange(cache, layer, g, lo, subset[m - 1] + 1, keys); // the slots the subset spans, not the whole head
+            backend.readKvRange(cache, layer, g, lo, subset[m - 1] + 1, keys, plus ? values : null); // the slots the subset spans, not the whole head
+            float[][] vn = plus ? valueNorms(layer, g, lo, count, sinkEnd) : null;
             float[][] part = new float[tasks][];
             backend.hostParallel(tasks, t -> {
                 int r0 = t * ROWS, r1 = Math.min(n, r0 + ROWS);
@@ -243,7 +260,8 @@ public final class KvzipPolicy extends PromptPolicy {
                         }
                         for (; j < group; j++) d[j][i] = HostMath.dot(qh, qOff + j * hd, keys, kOff, hd) * scale;
                     }
-                    for (float[] dh : d) {
+                    for (int j = 0; j < group; j++) {
+                        float[] dh = d[j];
                         float max = Float.NEGATIVE_INFINITY;
                         for (int i = 0; i < count; i++) {
                             if (subsetPos[i] > qp) dh[i] = Float.NEGATIVE_INFINITY; // causal: the pass's later tokens
@@ -255,6 +273,7 @@ public final class KvzipPolicy extends PromptPolicy {
                             int p = subsetPos[i];
                             if (p < chunkStart || p >= chunkEnd) continue;
                             float pr = dh[i] * inv;
+                            if (vn != null) pr = pr * vn[j][i] / hn[r]; // KVzip+
                             if (pr > most[i]) most[i] = pr;
                         }
                     }
@@ -265,6 +284,72 @@ public final class KvzipPolicy extends PromptPolicy {
             for (float[] most : part)
                 for (int i = 0; i < count; i++) if (most[i] > best[subset[i]]) best[subset[i]] = most[i];
         }
+    }
+
+    /** KVzip+: a new pass (sinks + chunk + {@code passLength} tokens) starts; its value norms are computed as needed. */
+    private void startPassNorms(int passLength) {
+        passSpan = Math.min(sink, chunkStart) + (chunkEnd - chunkStart) + passLength;
+        if (valueNorms == null) valueNorms = new float[layers][kvHeads][];
+        for (float[][] l : valueNorms)
+            for (int g = 0; g < kvHeads; g++) {
+                if (l[g] == null || l[g].length < group * passSpan) l[g] = new float[group * passSpan];
+                Arrays.fill(l[g], Float.NaN);
+            }
+    }
+
+    /** W_o[h]ᵀ·W_o[h] of layer's q-heads (hd × hd), from W_o [D, H*hd] read once. */
+    private void gram(int layer) {
+        if (gram == null) gram = new float[layers][][];
+        if (gram[layer] != null) return;
+        dev.tokenpress.backend.Tensor w = model.weights().layers()[layer].wo();
+        int d = w.rows(), width = w.cols(), hd = headDim;
+        float[] wo = new float[Math.multiplyExact(d, width)];
+        backend.weightRows(w, 0, d, wo);
+        float[][] out = new float[heads][hd * hd];
+        backend.hostParallel(heads, h -> {
+            double[] acc = new double[hd * hd];
+            for (int r = 0; r < d; r++)
+                for (int a = 0, o = r * width + h * hd; a < hd; a++) {
+                    double x = wo[o + a];
+                    if (x == 0) continue;
+                    for (int b = 0; b < hd; b++) acc[a * hd + b] += x * wo[o + b];
+                }
+            for (int i = 0; i < acc.length; i++) out[h][i] = (float) acc[i];
+        });
+        gram[layer] = out;
+    }
+
+    /**
+     * KVzip+: |v·W_o[h]|₂ = sqrt(v·G_h·vᵀ) of the subset's values (read into {@link #values} from slot {@code lo}) for
+     * the group's q-heads, [j][i]; each computed once per pass and kept by its place in the pass (sinks, chunk, pass).
+     */
+    private float[][] valueNorms(int layer, int g, int lo, int count, int sinkEnd) {
+        int hd = headDim, head0 = g * group, chunkLen = chunkEnd - chunkStart;
+        float[] cached = valueNorms[layer][g];
+        float[][] out = new float[group][count];
+        float[][] gl = gram[layer];
+        backend.hostParallel((count + 63) / 64, b -> {
+            for (int i = b * 64; i < Math.min(count, b * 64 + 64); i++) {
+                int p = subsetPos[i];
+                int at = p < sinkEnd ? p : p < chunkEnd ? sinkEnd + (p - chunkStart) : sinkEnd + chunkLen + (p - contextEnd);
+                for (int j = 0; j < group; j++) {
+                    float v = cached[j * passSpan + at];
+                    if (Float.isNaN(v)) {
+                        float[] gh = gl[head0 + j];
+                        double q = 0;
+                        for (int a = 0, vo = (subset[i] - lo) * hd; a < hd; a++) {
+                            double row = 0;
+                            for (int c = 0; c < hd; c++) row += gh[a * hd + c] * values[vo + c];
+                            q += values[vo + a] * row;
+                        }
+                        v = (float) Math.sqrt(Math.max(0, q));
+                        cached[j * passSpan + at] = v;
+                    }
+                    out[j][i] = v;
+                }
+            }
+        });
+        return out;
     }
 
     /** The hooks of the reconstruction pass: score every layer's queries; nothing else. */

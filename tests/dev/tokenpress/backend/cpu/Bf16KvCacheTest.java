@@ -162,15 +162,18 @@ class Bf16KvCacheTest {
                     assertBits(ka, kb, "keys of head " + g + at);
                     assertBits(va, vb, "values of head " + g + at);
                     // a range of slots reads what the whole head read there (occupied slots; freed ones are unspecified)
-                    float[] ra = new float[35 * hd], rb = new float[35 * hd];
-                    a.readKeysRange(ca, layer, g, 5, 40, ra);
-                    b.readKeysRange(cb, layer, g, 5, 40, rb);
+                    float[] ra = new float[35 * hd], rb = new float[35 * hd], rva = new float[35 * hd], rvb = new float[35 * hd];
+                    a.readKvRange(ca, layer, g, 5, 40, ra, rva);
+                    b.readKvRange(cb, layer, g, 5, 40, rb, rvb);
                     int[] occ = cb.positions(layer, g);
                     for (int sl = 5; sl < 40; sl++) {
                         if (occ[sl] < 0) continue;
                         float[] want = java.util.Arrays.copyOfRange(kb, sl * hd, (sl + 1) * hd);
+                        float[] wantV = java.util.Arrays.copyOfRange(vb, sl * hd, (sl + 1) * hd);
                         assertBits(want, java.util.Arrays.copyOfRange(ra, (sl - 5) * hd, (sl - 4) * hd), "key range, slot " + sl + at);
                         assertBits(want, java.util.Arrays.copyOfRange(rb, (sl - 5) * hd, (sl - 4) * hd), "key range (stored type), slot " + sl + at);
+                        assertBits(wantV, java.util.Arrays.copyOfRange(rva, (sl - 5) * hd, (sl - 4) * hd), "value range, slot " + sl + at);
+                        assertBits(wantV, java.util.Arrays.copyOfRange(rvb, (sl - 5) * hd, (sl - 4) * hd), "value range (stored type), slot " + sl + at);
                     }
                 }
             }
