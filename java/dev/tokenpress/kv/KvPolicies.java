@@ -7,6 +7,7 @@ import dev.tokenpress.kv.policy.Budget;
 import dev.tokenpress.kv.policy.CompactorPolicy;
 import dev.tokenpress.kv.policy.CompositePolicy;
 import dev.tokenpress.kv.policy.CurPolicy;
+import dev.tokenpress.kv.policy.DuoAttentionPolicy;
 import dev.tokenpress.kv.policy.EvictingPolicy;
 import dev.tokenpress.kv.policy.ExpectedAttentionPolicy;
 import dev.tokenpress.kv.policy.KeyDiffPolicy;
@@ -55,7 +56,7 @@ public final class KvPolicies {
     private static final Map<String, Info> POLICIES = new LinkedHashMap<>();
     private static final Map<String, String> ALIASES = Map.of("streamingllm", "window", "streaming", "window",
             "tidaldecode", "tidal", "razorattention", "razor", "heavy-hitter", "h2o", "expected_attention", "expected",
-            "expectedattention", "expected");
+            "expectedattention", "expected", "duoattention", "duo", "duo_attention", "duo");
 
     private static void add(String name, String description, List<Param> params, Factory f) {
         POLICIES.put(name, new Info(name, description, params, f));
@@ -213,6 +214,12 @@ public final class KvPolicies {
                 p("last", "1", "last prompt tokens whose attention decides")), (s, a, c) ->
                 new SimLayerKvPolicy(s, a.real("threshold", 0, 1), a.integer("recent", 1, Integer.MAX_VALUE),
                         a.integer("sink", 0, Integer.MAX_VALUE), a.integer("last", 1, Integer.MAX_VALUE)));
+
+        add("duo", "DuoAttention: retrieval heads keep everything, streaming heads sinks + a recent window; heads scored from the first prompt (kvpress DuoAttentionPress, on the fly)", List.of(
+                p("heads", "0.5", "share of all KV heads that stream (the lowest-scored)"),
+                p("sink", "128", "first tokens a streaming head keeps"),
+                p("recent", "256", "recent tokens a streaming head keeps")), (s, a, c) ->
+                new DuoAttentionPolicy(s, a.real("heads", 0, 1), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("recent", 1, Integer.MAX_VALUE)));
 
         add("random", "Random: drops uniformly random tokens, a reproducible baseline (kvpress RandomPress)", shaped(true, "",
                 budgeted("0.5", "0",
@@ -384,7 +391,7 @@ public final class KvPolicies {
             KvPolicy p = parseOne(part.trim(), whole, config);
             if (p == KvPolicy.FULL && parts.length > 1) continue;
             if (p instanceof BasePolicy b && !kinds.add(b.kind()))
-                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, kvzip, compactor, keyformer, knorm, keydiff, lagkv, leverage, cur, simlayerkv, random, expected, razor) "
+                throw new IllegalArgumentException("bad --kv spec '" + whole + "': combine at most one evicting policy (window, h2o, a2sf, tova, snapkv, pyramidkv, kvzip, compactor, keyformer, knorm, keydiff, lagkv, leverage, cur, simlayerkv, duo, random, expected, razor) "
                         + "and one selecting policy (tidal, quest, tokenselect)");
             policies.add(p);
         }

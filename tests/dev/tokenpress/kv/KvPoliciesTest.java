@@ -49,6 +49,8 @@ class KvPoliciesTest {
             "a2sf:merge=8; a2sf:budget=256,recent=16,sink=0,alpha=0.95,merge=8",
             "snapkv:critical=0.5; snapkv:budget=2048,window=32,kernel=7,pool=max,critical=0.5",
             "pyramidkv:critical=0.25; pyramidkv:budget=2048,window=64,kernel=5,pool=avg,beta=20,critical=0.25",
+            "duo; duo:heads=0.5,sink=128,recent=256",
+            "duo_attention:heads=0.25,recent=64; duo:heads=0.25,sink=128,recent=64",
             "knorm:once=true; knorm:budget=0.5,recent=0,sink=0,once=true",
             "lagkv:once=true; lagkv:budget=0.5,recent=0,sink=4,lag=128,interval=128,once=true",
             "cur; cur:budget=0.5,recent=0,sink=4,type=kv_product,window=16,project=0,seed=0",
@@ -127,6 +129,7 @@ class KvPoliciesTest {
             "snapkv:critical=0.5,chunk=4; critical and chunk exclude each other; snapkv",
             "snapkv:critical=2; critical=2 must be in [0, 1]; snapkv",
             "h2o:once=yes; once=yes is not one of true, false; h2o",
+            "duo:heads=2; heads=2 must be in [0, 1]; duo",
             "snapkv:once=true; snapkv has no key 'once'; snapkv",
             "cur:type=both; type=both is not one of kv_product, key, value, kv_avg; cur",
             "h2o:merge=0; merge=0 must be in [1, ; h2o",
@@ -171,7 +174,7 @@ class KvPoliciesTest {
     @Test
     void helpListsEveryPolicyWithItsParametersAndDefaults() {
         String help = KvPolicies.help();
-        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "kvzip", "compactor", "keyformer", "knorm", "keydiff", "lagkv", "leverage", "cur", "simlayerkv", "random", "expected", "tidal", "quest",
+        assertEquals(List.of("full", "window", "h2o", "a2sf", "tova", "snapkv", "pyramidkv", "kvzip", "compactor", "keyformer", "knorm", "keydiff", "lagkv", "leverage", "cur", "simlayerkv", "duo", "random", "expected", "tidal", "quest",
                         "tokenselect", "razor"),
                 KvPolicies.names());
         for (String name : KvPolicies.names()) assertTrue(help.contains("\n" + name + " "), name);

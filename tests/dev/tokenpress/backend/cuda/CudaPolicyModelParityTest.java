@@ -110,6 +110,7 @@ class CudaPolicyModelParityTest {
                 "kvzip:budget=24,sink=2,chunk=24",
                 "compactor:budget=24,chunk=16",
                 "cur:budget=24,sink=2,window=8",
+                "duo:heads=0.5,sink=2,recent=12",
                 "snapkv:budget=24,window=8,kernel=3,critical=0.5",
                 "a2sf:budget=24,recent=8,sink=2,alpha=0.5,merge=8",
                 "window:sink=4,budget=24,pos_shift=true",
