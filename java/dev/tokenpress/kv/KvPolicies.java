@@ -120,7 +120,7 @@ public final class KvPolicies {
                 p("kernel", "7", "pooling width (odd)"),
                 p("pool", "max", "pooling: max or avg"),
                 p("chunk", "", "ChunkKV: keep whole runs of this many consecutive prompt tokens, ranked by mean pooled vote over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)"),
-                criticalParam()), (s, a, c) -> {
+                adaParam(), criticalParam()), (s, a, c) -> {
             if (a.has("critical") && a.has("chunk")) throw a.error("snapkv: critical and chunk exclude each other");
             return shape(snapKv(s, a), a);
         });
@@ -131,8 +131,8 @@ public final class KvPolicies {
                 p("kernel", "5", "pooling width (odd)"),
                 p("pool", "avg", "pooling: max or avg"),
                 p("beta", "20", "pyramid steepness >= 1: the top layer keeps (budget - window) / beta + window"),
-                criticalParam()), (s, a, c) -> {
-            return snapKv(s, a).shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), -1));
+                adaParam(), criticalParam()), (s, a, c) -> {
+            return snapKv(s, a).shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), a.has("ada") ? a.real("ada", 0, 1) : -1));
         });
 
         add("kvzip", "KVzip: compresses the prompt once by how the model attends to it while repeating it (context reconstruction, kvpress KVzipPress); decoding appends", List.of(
@@ -306,6 +306,11 @@ public final class KvPolicies {
         if (ada) out.add(p("ada", "", "AdaKV: a layer's KV heads share its budget, lowest scores go first, each keeps >= this fraction (off unless given; kvpress 0.2)"));
         if (ada) out.add(p("chunk", "", "ChunkKV: evict whole runs of this many consecutive tokens, ranked by mean score over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)"));
         return out;
+    }
+
+    /** AdaKV's key on SnapKV and PyramidKV (the per-step policies get it from {@link #shaped}). */
+    private static Param adaParam() {
+        return p("ada", "", "AdaKV: the layer's KV heads share its prompt budget by vote, each keeps >= this fraction (off unless given; kvpress 0.2)");
     }
 
     /** CriticalKV's key on SnapKV and PyramidKV. */

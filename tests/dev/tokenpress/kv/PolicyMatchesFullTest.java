@@ -119,6 +119,7 @@ class PolicyMatchesFullTest {
             "snapkv:budget=1.0,window=8,critical=0.5",
             "knorm:budget=64,once=true",
             "duo:heads=1.0,sink=4,recent=64",
+            "snapkv:budget=1.0,window=8,ada=0.2,critical=0.5",
             "knorm:budget=1.0,recent=2,sink=1,ada=0.2",
             "expected:budget=64,interval=0",
             "expected:budget=1.0,cov=false,vnorm=false,interval=3",
@@ -152,7 +153,7 @@ class PolicyMatchesFullTest {
     @ParameterizedTest(name = "{0}")
     @ValueSource(strings = {"window:sink=2,recent=6", "h2o:budget=8,recent=2", "a2sf:budget=8,recent=2",
             "tova:budget=8", "tova:budget=8,heads=kv", "snapkv:budget=8,window=4,kernel=3", "keyformer:budget=8,recent=2", "tidal:k=4,reselect=4",
-            "knorm:budget=8", "keydiff:budget=8", "lagkv:budget=8,lag=4,interval=0", "random:budget=8", "leverage:budget=8", "simlayerkv:threshold=0,sink=2,recent=4", "kvzip:budget=8,chunk=8", "compactor:budget=10,chunk=4", "h2o:budget=8,recent=2,merge=4", "cur:budget=8", "snapkv:budget=8,window=4,kernel=3,critical=0.5", "knorm:budget=8,once=true", "duo:heads=0.5,sink=2,recent=4", "expected:budget=8,interval=0", "expected:budget=8,cov=false,interval=4", "h2o:budget=8,recent=2,ada=0.2",
+            "knorm:budget=8", "keydiff:budget=8", "lagkv:budget=8,lag=4,interval=0", "random:budget=8", "leverage:budget=8", "simlayerkv:threshold=0,sink=2,recent=4", "kvzip:budget=8,chunk=8", "compactor:budget=10,chunk=4", "h2o:budget=8,recent=2,merge=4", "cur:budget=8", "snapkv:budget=8,window=4,kernel=3,critical=0.5", "knorm:budget=8,once=true", "duo:heads=0.5,sink=2,recent=4", "snapkv:budget=8,window=4,kernel=3,ada=0.2", "expected:budget=8,interval=0", "expected:budget=8,cov=false,interval=4", "h2o:budget=8,recent=2,ada=0.2",
             "pyramidkv:budget=8,window=4,kernel=3", "h2o:budget=8,recent=2,pyramid=4", "quest:budget=8,page=4", "tokenselect:k=4,init=1,local=2", "razor:heads=0,sink=2,recent=4,ratio=0",
             "razor:heads=0.25,sink=2,recent=6,ratio=0,probe=8,repeats=3+tidal:k=4,reselect=4"})
     void aTightBudgetChangesTheLogits(String spec) {

@@ -60,7 +60,7 @@ public abstract class EvictingPolicy extends BasePolicy {
 
     /** Sets how the budget is applied; returns this. */
     public EvictingPolicy shaping(Shaping s) {
-        if (s.ada() >= 0 && !scored()) throw new IllegalArgumentException("ada needs a scored policy");
+        if (s.ada() >= 0 && !adaptive()) throw new IllegalArgumentException("ada needs a scored policy");
         if (s.chunk() > 0 && !chunks()) throw new IllegalArgumentException("chunk needs a scored policy");
         if (s.chunk() > 0 && s.ada() >= 0) throw new IllegalArgumentException("chunk and ada exclude each other (chunk keeps the same tokens in every head)");
         this.shaping = s;
@@ -81,6 +81,9 @@ public abstract class EvictingPolicy extends BasePolicy {
 
     /** Whether the policy ranks tokens by a score (else the oldest unprotected token goes first). */
     protected boolean scored() { return true; }
+
+    /** Whether the policy can share a layer's budget among its heads ({@link Shaping#ada}): scored ones, and SnapKV with its votes. */
+    protected boolean adaptive() { return scored(); }
 
     /** Whether the policy can evict whole chunks ({@link Shaping#chunk}): scored ones, and SnapKV with its votes. */
     protected boolean chunks() { return scored(); }

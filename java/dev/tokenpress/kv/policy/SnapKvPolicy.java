@@ -51,6 +51,9 @@ public final class SnapKvPolicy extends EvictingPolicy {
     protected boolean chunks() { return true; }
 
     @Override
+    protected boolean adaptive() { return true; }
+
+    @Override
     protected void reset() {
         super.reset();
         prompt = new AttentionStats[layers];
@@ -90,6 +93,9 @@ public final class SnapKvPolicy extends EvictingPolicy {
                 continue;
             }
             float[] wo = critical >= 0 ? outputProjection(l) : null;
+            int[][] bySlots = new int[kvHeads][];
+            float[][] pooledOf = new float[kvHeads][];
+            int[] keepOf = new int[kvHeads];
             for (int g = 0; g < kvHeads; g++) {
                 if (cache.occupied(l, g) <= keepLayer) continue;
                 int[] bySlot = slotsByPosition(l, g);
@@ -100,7 +106,17 @@ public final class SnapKvPolicy extends EvictingPolicy {
                 if (old <= keepOld) continue;
                 float[] vote = new float[old];
                 for (int i = 0; i < old; i++) vote[i] = prompt[l].probSums[g][bySlot[i]];
-                float[] pooled = pool(vote);
+                bySlots[g] = bySlot;
+                pooledOf[g] = pool(vote);
+                keepOf[g] = keepOld;
+            }
+            if (shaping().ada() >= 0) adaBudgets(pooledOf, keepOf, shaping().ada());
+            for (int g = 0; g < kvHeads; g++) {
+                if (bySlots[g] == null) continue;
+                int[] bySlot = bySlots[g];
+                float[] pooled = pooledOf[g];
+                int old = pooled.length, keepOld = keepOf[g];
+                if (old <= keepOld) continue;
                 int[] victims = new int[old - keepOld];
                 boolean[] keep = new boolean[old];
                 if (wo != null) criticalKeep(l, g, wo, bySlot, pooled, keepOld, keep);
@@ -142,6 +158,39 @@ public final class SnapKvPolicy extends EvictingPolicy {
             for (int i = 0; i < old; i++) sum[i] += pooled[i];
         }
         evictLowestChunks(l, positions, sum, old, shaping().chunk(), need);
+    }
+
+    /**
+     * AdaKV over SnapKV's votes (kvpress's AdaKVPress around SnapKVPress; with {@code critical}, its CriticalAdaKVPress):
+     * the heads being cut share the sum of their budgets; each keeps its ceil(alpha · budget) best-voted older tokens,
+     * the rest of the shared budget goes to the best votes across the heads (ties: lower head, then older token); keep[g]
+     * becomes each head's share, which the head then fills by vote (or by CriticalKV's two stages).
+     */
+    static void adaBudgets(float[][] votes, int[] keep, double alpha) {
+        int heads = votes.length, total = 0, n = 0;
+        if (heads > 255) throw new IllegalArgumentException("ada: more than 255 KV heads per layer");
+        for (int g = 0; g < heads; g++)
+            if (votes[g] != null) {
+                total += keep[g];
+                n += votes[g].length;
+            }
+        long[] order = new long[n];
+        int m = 0;
+        int[] share = new int[heads];
+        for (int g = 0; g < heads; g++) {
+            if (votes[g] == null) continue;
+            int safe = (int) Math.min(votes[g].length, Math.ceil(alpha * keep[g] - 1e-9));
+            boolean[] sure = new boolean[votes[g].length];
+            for (int i : topIndices(votes[g], safe)) sure[i] = true;
+            share[g] = safe;
+            total -= safe;
+            if (votes[g].length >= 1 << 24) throw new IllegalArgumentException("ada: more than 2^24 prompt tokens");
+            for (int i = 0; i < votes[g].length; i++) // the rest compete: the highest vote first, ties in (head, token) order
+                if (!sure[i]) order[m++] = ((long) ~EvictingPolicy.orderKey(votes[g][i]) << 32) | ((long) g << 24) | i;
+        }
+        java.util.Arrays.sort(order, 0, m);
+        for (int j = 0; j < Math.min(total, m); j++) share[(int) (order[j] >>> 24 & 0xFF)]++;
+        for (int g = 0; g < heads; g++) if (votes[g] != null) keep[g] = share[g];
     }
 
     /** W_o [D, H*hd] of layer l on the host (CriticalKV). */

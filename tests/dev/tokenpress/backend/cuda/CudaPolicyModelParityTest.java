@@ -112,6 +112,7 @@ class CudaPolicyModelParityTest {
                 "cur:budget=24,sink=2,window=8",
                 "duo:heads=0.5,sink=2,recent=12",
                 "snapkv:budget=24,window=8,kernel=3,critical=0.5",
+                "snapkv:budget=24,window=8,kernel=3,ada=0.2",
                 "a2sf:budget=24,recent=8,sink=2,alpha=0.5,merge=8",
                 "window:sink=4,budget=24,pos_shift=true",
                 "expected:budget=24,interval=4",
