@@ -120,7 +120,7 @@ public final class KvPolicies {
                 p("kernel", "7", "pooling width (odd)"),
                 p("pool", "max", "pooling: max or avg"),
                 p("chunk", "", "ChunkKV: keep whole runs of this many consecutive prompt tokens, ranked by mean pooled vote over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)"),
-                adaParam(), criticalParam()), (s, a, c) -> {
+                adaParam(), criticalParam(), rerotateParam()), (s, a, c) -> {
             if (a.has("critical") && a.has("chunk")) throw a.error("snapkv: critical and chunk exclude each other");
             return shape(snapKv(s, a), a);
         });
@@ -131,7 +131,7 @@ public final class KvPolicies {
                 p("kernel", "5", "pooling width (odd)"),
                 p("pool", "avg", "pooling: max or avg"),
                 p("beta", "20", "pyramid steepness >= 1: the top layer keeps (budget - window) / beta + window"),
-                adaParam(), criticalParam()), (s, a, c) -> {
+                adaParam(), criticalParam(), rerotateParam()), (s, a, c) -> {
             return snapKv(s, a).shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), a.has("ada") ? a.real("ada", 0, 1) : -1));
         });
 
@@ -140,9 +140,10 @@ public final class KvPolicies {
                 p("sink", "4", "first tokens always kept"),
                 p("chunk", "2048", "prompt tokens repeated per reconstruction pass (shrinks to the cache's free slots)"),
                 p("layerwise", "false", "true: every layer keeps the same count (its heads still differ)"),
-                p("plus", "false", "KVzip+: probabilities divided by the query's hidden-state norm, times the key's |v W_o| (kvpress kvzip_plus_normalization)")), (s, a, c) ->
-                new KvzipPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 20),
-                        a.choice("layerwise", "true", "false").equals("true"), a.choice("plus", "true", "false").equals("true")));
+                p("plus", "false", "KVzip+: probabilities divided by the query's hidden-state norm, times the key's |v W_o| (kvpress kvzip_plus_normalization)"),
+                rerotateParam()), (s, a, c) ->
+                rerotate(new KvzipPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 20),
+                        a.choice("layerwise", "true", "false").equals("true"), a.choice("plus", "true", "false").equals("true")), a));
 
         add("compactor", "Compactor: compresses the prompt once by non-causal chunked attention blended with key leverage (kvpress CompactorPress); decoding appends", List.of(
                 p("budget", "0.5", "prompt tokens kept per KV head, sinks included (tokens or ratio of the prompt)"),
@@ -151,10 +152,11 @@ public final class KvPolicies {
                 p("chunk", "256", "tokens per chunk of the non-causal attention"),
                 p("sketch", "48", "columns of the leverage's Gaussian sketch"),
                 p("blend", "", "weight of the leverage scores (default: the share of the prompt that goes; 0 = attention only)"),
-                p("seed", "0", "seed of the sketch")), (s, a, c) ->
-                new CompactorPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE),
+                p("seed", "0", "seed of the sketch"),
+                rerotateParam()), (s, a, c) ->
+                rerotate(new CompactorPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE),
                         a.integer("sink_end", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 16), a.integer("sketch", 1, 4096),
-                        a.has("blend") ? a.real("blend", 0, 1e6) : Double.NaN, a.longValue("seed")));
+                        a.has("blend") ? a.real("blend", 0, 1e6) : Double.NaN, a.longValue("seed")), a));
 
         add("keyformer", "Keyformer: key tokens by accumulated Gumbel-softmax scores + a recent window; evicts every step", shaped(true, "", 
                 p("budget", "0.6", "tokens attention sees (tokens or ratio of the sequence)"),
@@ -308,6 +310,16 @@ public final class KvPolicies {
         return out;
     }
 
+    /** Key rerotation on the prompt policies. */
+    private static Param rerotateParam() {
+        return p("rerotate", "", "true: the kept prompt keys are moved to contiguous positions after the cut (kvpress KeyRerotationPress; off unless given)");
+    }
+
+    private static <P extends EvictingPolicy> P rerotate(P p, PolicyArgs a) {
+        p.rerotate(a.has("rerotate") && a.choice("rerotate", "true", "false").equals("true"));
+        return p;
+    }
+
     /** AdaKV's key on SnapKV and PyramidKV (the per-step policies get it from {@link #shaped}). */
     private static Param adaParam() {
         return p("ada", "", "AdaKV: the layer's KV heads share its prompt budget by vote, each keeps >= this fraction (off unless given; kvpress 0.2)");
@@ -349,6 +361,7 @@ public final class KvPolicies {
         String pool = a.choice("pool", "max", "avg");
         if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
         SnapKvPolicy p = new SnapKvPolicy(s, b, w, k, pool.equals("max"));
+        rerotate(p, a);
         return a.has("critical") ? p.critical(a.real("critical", 0, 1)) : p;
     }
 

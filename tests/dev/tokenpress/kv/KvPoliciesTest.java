@@ -49,6 +49,7 @@ class KvPoliciesTest {
             "a2sf:merge=8; a2sf:budget=256,recent=16,sink=0,alpha=0.95,merge=8",
             "snapkv:critical=0.5; snapkv:budget=2048,window=32,kernel=7,pool=max,critical=0.5",
             "snapkv:critical=0.5,ada=0.2; snapkv:budget=2048,window=32,kernel=7,pool=max,ada=0.2,critical=0.5",
+            "kvzip:rerotate=true; kvzip:budget=0.3,sink=4,chunk=2048,layerwise=false,plus=false,rerotate=true",
             "pyramidkv:critical=0.25; pyramidkv:budget=2048,window=64,kernel=5,pool=avg,beta=20,critical=0.25",
             "duo; duo:heads=0.5,sink=128,recent=256",
             "duo_attention:heads=0.25,recent=64; duo:heads=0.25,sink=128,recent=64",

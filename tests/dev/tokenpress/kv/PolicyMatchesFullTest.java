@@ -120,6 +120,7 @@ class PolicyMatchesFullTest {
             "knorm:budget=64,once=true",
             "duo:heads=1.0,sink=4,recent=64",
             "snapkv:budget=1.0,window=8,ada=0.2,critical=0.5",
+            "snapkv:budget=1.0,window=8,rerotate=true",
             "knorm:budget=1.0,recent=2,sink=1,ada=0.2",
             "expected:budget=64,interval=0",
             "expected:budget=1.0,cov=false,vnorm=false,interval=3",

@@ -220,6 +220,7 @@ public final class CompactorPolicy extends PromptPolicy {
                 evict(l, g, victims);
             }
         }
+        rerotatePrompt();
     }
 
     /** Tokens of the prompt that ends still cached in (layer, head). */

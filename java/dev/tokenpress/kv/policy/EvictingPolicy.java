@@ -376,6 +376,47 @@ public abstract class EvictingPolicy extends BasePolicy {
     }
 
     private int merge; // CaM's merge budget, 0 = off
+    private boolean rerotate; // prompt policies: keys of the kept prompt moved to contiguous positions after the cut
+
+    /**
+     * Key rerotation (kvpress's KeyRerotationPress; FINCH): after a prompt policy cuts the first prompt of a sequence,
+     * each head's kept prompt keys are rotated to contiguous positions ending at the prompt's last one, as if the dropped
+     * tokens had never been there (new tokens then see the kept ones at the distances a cache of that length gives).
+     * Slot positions stay (causality and the policies' bookkeeping use them); only the rotation of the stored keys moves,
+     * from their original one in one step. Returns this.
+     */
+    public EvictingPolicy rerotate(boolean on) {
+        this.rerotate = on;
+        return this;
+    }
+
+    /** Whether kept prompt keys are rerotated after the cut. */
+    public boolean rerotates() { return rerotate; }
+
+    /**
+     * Rotates the kept keys of the prompt that just ended (the first of the sequence) of every (layer, head) to the
+     * contiguous positions end − k … end − 1 (k kept), values unchanged; a no-op unless {@link #rerotate(boolean)}.
+     */
+    protected void rerotatePrompt() {
+        if (!rerotate || prefillStart != 0) return;
+        int end = prefillStart + prefillTotal, hd = headDim;
+        float[] key = new float[hd], value = new float[hd];
+        double[] moved = new double[hd];
+        for (int l = 0; l < layers; l++)
+            for (int g = 0; g < kvHeads; g++) {
+                int[] order = slotsByPosition(l, g), pos = cache.positions(l, g);
+                int k = 0;
+                while (k < order.length && pos[order[k]] < end) k++;
+                for (int j = 0; j < k; j++) {
+                    int s = order[j], by = end - k + j - pos[s];
+                    if (by == 0) continue;
+                    backend.readKv(cache, l, g, s, key, value);
+                    model.rope().rotate(key, 0, by, moved);
+                    for (int e = 0; e < hd; e++) key[e] = (float) moved[e];
+                    backend.writeKv(cache, l, g, s, key, value);
+                }
+            }
+    }
 
     /**
      * CaM (Zhang et al., ICML 2024; kvpress's CAMPress): before a token is evicted its value may be merged into the

@@ -144,6 +144,7 @@ public final class KvzipPolicy extends PromptPolicy {
             start += len;
         }
         cut(n, keep);
+        rerotatePrompt();
     }
 
     /** The prompt ids: set by {@link #setPrompts}, else encoded once with the model's tokenizer. */

@@ -127,6 +127,7 @@ public final class SnapKvPolicy extends EvictingPolicy {
             }
             prompt[l].clear();
         }
+        rerotatePrompt();
     }
 
     /**
