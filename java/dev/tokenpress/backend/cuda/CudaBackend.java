@@ -809,6 +809,13 @@ public final class CudaBackend implements Backend {
         return out;
     }
 
+    /** Q8_0 rows on the host: code · the scale of its block of 32 along the row (codes [rows, cols], scales [rows, cols / 32]). */
+    static void q8Rows(byte[] codes, float[] scales, int rows, int cols, float[] dst) {
+        int nb = cols / dev.tokenpress.backend.Q8Codec.BLOCK;
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) dst[r * cols + c] = codes[r * cols + c] * scales[r * nb + c / dev.tokenpress.backend.Q8Codec.BLOCK];
+    }
+
     /** bf16 weights widen exactly; Q8_0 weights are codes times their block's scale, as the GEMV computes them. */
     @Override
     public void weightRows(Tensor w, int row0, int rows, float[] dst) {
@@ -823,7 +830,7 @@ public final class CudaBackend implements Backend {
             float[] scales = new float[rows * (cols / 32)];
             check(TpNative.tp_memcpy_d2h(codes, t.ptr + (long) row0 * cols, n, stream), "weightRows codes");
             check(TpNative.tp_memcpy_d2h(scales, t.scales + 4L * row0 * (cols / 32), 4L * scales.length, stream), "weightRows scales");
-            for (int i = 0; i < n; i++) dst[i] = codes[i] * scales[(i / cols) * (cols / 32) + (i % cols) / 32];
+            q8Rows(codes, scales, rows, cols, dst);
         } else if (t.bf16) {
             short[] buf = new short[n];
             check(TpNative.tp_memcpy_d2h(buf, t.ptr + 2L * row0 * cols, 2L * n, stream), "weightRows");
