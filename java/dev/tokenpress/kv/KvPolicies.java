@@ -120,7 +120,7 @@ public final class KvPolicies {
                 p("kernel", "7", "pooling width (odd)"),
                 p("pool", "max", "pooling: max or avg"),
                 p("chunk", "", "ChunkKV: keep whole runs of this many consecutive prompt tokens, ranked by mean pooled vote over the layer's heads; all heads keep the same tokens (off unless given; kvpress 20)"),
-                adaParam(), criticalParam(), rerotateParam()), (s, a, c) -> {
+                adaParam(), criticalParam(), rerotateParam(), firstParam()), (s, a, c) -> {
             if (a.has("critical") && a.has("chunk")) throw a.error("snapkv: critical and chunk exclude each other");
             return shape(snapKv(s, a), a);
         });
@@ -131,7 +131,7 @@ public final class KvPolicies {
                 p("kernel", "5", "pooling width (odd)"),
                 p("pool", "avg", "pooling: max or avg"),
                 p("beta", "20", "pyramid steepness >= 1: the top layer keeps (budget - window) / beta + window"),
-                adaParam(), criticalParam(), rerotateParam()), (s, a, c) -> {
+                adaParam(), criticalParam(), rerotateParam(), firstParam()), (s, a, c) -> {
             return snapKv(s, a).shaping(new EvictingPolicy.Shaping(0, a.real("beta", 1, 1e6), a.has("ada") ? a.real("ada", 0, 1) : -1));
         });
 
@@ -141,7 +141,7 @@ public final class KvPolicies {
                 p("chunk", "2048", "prompt tokens repeated per reconstruction pass (shrinks to the cache's free slots)"),
                 p("layerwise", "false", "true: every layer keeps the same count (its heads still differ)"),
                 p("plus", "false", "KVzip+: probabilities divided by the query's hidden-state norm, times the key's |v W_o| (kvpress kvzip_plus_normalization)"),
-                rerotateParam()), (s, a, c) ->
+                rerotateParam(), firstParam()), (s, a, c) ->
                 rerotate(new KvzipPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 20),
                         a.choice("layerwise", "true", "false").equals("true"), a.choice("plus", "true", "false").equals("true")), a));
 
@@ -153,7 +153,7 @@ public final class KvPolicies {
                 p("sketch", "48", "columns of the leverage's Gaussian sketch"),
                 p("blend", "", "weight of the leverage scores (default: the share of the prompt that goes; 0 = attention only)"),
                 p("seed", "0", "seed of the sketch"),
-                rerotateParam()), (s, a, c) ->
+                rerotateParam(), firstParam()), (s, a, c) ->
                 rerotate(new CompactorPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE),
                         a.integer("sink_end", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 16), a.integer("sketch", 1, 4096),
                         a.has("blend") ? a.real("blend", 0, 1e6) : Double.NaN, a.longValue("seed")), a));
@@ -317,7 +317,13 @@ public final class KvPolicies {
 
     private static <P extends EvictingPolicy> P rerotate(P p, PolicyArgs a) {
         p.rerotate(a.has("rerotate") && a.choice("rerotate", "true", "false").equals("true"));
+        p.firstPromptOnly(a.has("first") && a.choice("first", "true", "false").equals("true"));
         return p;
+    }
+
+    /** The first-prompt-only key on the prompt policies. */
+    private static Param firstParam() {
+        return p("first", "", "true: compress only a sequence's first prompt; later prompts (questions, chat turns) are appended whole (off unless given)");
     }
 
     /** AdaKV's key on SnapKV and PyramidKV (the per-step policies get it from {@link #shaped}). */

@@ -181,6 +181,39 @@ class KvzipPolicyTest {
         assertEquals(PROMPT, checked[0]);
     }
 
+    /**
+     * first=true (kvzip, compactor, snapkv): the sequence's first prompt is cut, a later prompt is appended whole;
+     * without it the later prompt is cut too.
+     */
+    @org.junit.jupiter.params.ParameterizedTest(name = "{0}")
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"kvzip:budget=0.5,sink=2", "compactor:budget=0.5,sink=2,sink_end=2,chunk=8",
+            "snapkv:budget=0.5,window=4,kernel=3"})
+    void firstCompressesOnlyTheFirstPrompt(String spec) {
+        int[] question = KvTestSupport.tokens(12, config.vocabSize(), 77);
+        long[] growth = new long[2];
+        for (int run = 0; run < 2; run++) {
+            model.setPolicy(KvPolicies.parse(spec + (run == 1 ? ",first=true" : ""), config));
+            try (KvCache c = model.newCache(CAPACITY)) {
+                model.prefill(c, prompt, 0, false, null);
+                long before = occupied(c);
+                assertTrue(before < (long) config.numLayers() * config.numKvHeads() * PROMPT, spec + ": the first prompt is cut");
+                model.prefill(c, question, PROMPT, false, null);
+                growth[run] = occupied(c) - before;
+            } finally {
+                model.setPolicy(KvPolicy.FULL);
+            }
+        }
+        long whole = (long) config.numLayers() * config.numKvHeads() * question.length;
+        assertEquals(whole, growth[1], spec + ",first=true appends the second prompt whole");
+        assertTrue(growth[0] < whole, spec + " alone cuts the second prompt too");
+    }
+
+    private static long occupied(KvCache c) {
+        long n = 0;
+        for (int l = 0; l < config.numLayers(); l++) for (int g = 0; g < config.numKvHeads(); g++) n += c.occupied(l, g);
+        return n;
+    }
+
     @Test
     void theCutKeepsTheBestScoredPairsOverAllLayersAndHeads() {
         KvzipPolicy p = kvzip("kvzip:budget=0.25,sink=3");

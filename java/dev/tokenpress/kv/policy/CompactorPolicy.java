@@ -77,7 +77,7 @@ public final class CompactorPolicy extends PromptPolicy {
         int left = Math.min(sinkStart, n), right = Math.min(sinkEnd, Math.max(0, n - left));
         sliceStart = prefillStart + left;
         sliceEnd = prefillStart + n - right;
-        active = budget.tokens(n) < n && sliceEnd > sliceStart;
+        active = budget.tokens(n) < n && sliceEnd > sliceStart && !leavesThisPrompt();
         if (!active) return;
         if (attn == null) attn = new float[layers][kvHeads][capacity];
         else for (float[][] l : attn) for (float[] h : l) Arrays.fill(h, 0f);

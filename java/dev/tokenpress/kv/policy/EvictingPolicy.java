@@ -393,6 +393,20 @@ public abstract class EvictingPolicy extends BasePolicy {
     /** Whether kept prompt keys are rerotated after the cut. */
     public boolean rerotates() { return rerotate; }
 
+    private boolean firstOnly; // prompt policies: only a sequence's first prompt is compressed
+
+    /**
+     * Prompt policies: compress only the first prompt of a sequence; later prompts (questions about a context, chat
+     * turns) are appended whole, as kvpress compresses the context and not the question. Returns this.
+     */
+    public EvictingPolicy firstPromptOnly(boolean on) {
+        this.firstOnly = on;
+        return this;
+    }
+
+    /** Whether the prompt that is being prefilled is one the policy leaves whole ({@link #firstPromptOnly}). */
+    protected boolean leavesThisPrompt() { return firstOnly && prefillStart > 0; }
+
     /**
      * Rotates the kept keys of the prompt that just ended (the first of the sequence) of every (layer, head) to the
      * contiguous positions end − k … end − 1 (k kept), values unchanged; a no-op unless {@link #rerotate(boolean)}.

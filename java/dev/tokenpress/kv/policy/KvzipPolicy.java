@@ -115,6 +115,7 @@ public final class KvzipPolicy extends PromptPolicy {
     @Override
     protected void onEndPrefill() {
         passes = 0;
+        if (leavesThisPrompt()) return;
         int n = prefillTotal, keep = Math.max(0, budget.tokens(n));
         int sinks = Math.max(0, Math.min(sink, prefillStart + n) - prefillStart); // sink positions inside this prefill
         if (keep >= n || sinks >= n) return;  // nothing to cut: no reconstruction pass either

@@ -83,6 +83,10 @@ public final class SnapKvPolicy extends EvictingPolicy {
 
     @Override
     protected void onEndPrefill() {
+        if (leavesThisPrompt()) {
+            for (AttentionStats st : prompt) if (st != null) st.clear();
+            return;
+        }
         int keepTotal = Math.max(1, budget.tokens(seqLen));
         for (int l = 0; l < layers; l++) {
             if (prompt[l] == null) continue;
