@@ -277,18 +277,10 @@ public interface Backend extends AutoCloseable {
     /**
      * The keys and values of every slot below the high-water mark of (layer, KV head), in slot order:
      * keys[slot * hd ..], values[slot * hd ..] (at least highWater * hd each; a free slot's entries are unspecified).
-     * For the policies that score the whole cache and for saving it. Default: {@link #readKv} per occupied slot.
+     * For the policies that score the whole cache and for saving it. Default: {@link #readKvRange} of [0, highWater).
      */
     default void readKvHead(KvCache cache, int layer, int head, float[] keys, float[] values) {
-        int hd = cache.headDim();
-        float[] k = new float[hd], v = new float[hd];
-        int[] pos = cache.positions(layer, head);
-        for (int s = 0, hw = cache.highWater(layer, head); s < hw; s++) {
-            if (pos[s] < 0) continue;
-            readKv(cache, layer, head, s, k, v);
-            System.arraycopy(k, 0, keys, s * hd, hd);
-            System.arraycopy(v, 0, values, s * hd, hd);
-        }
+        readKvRange(cache, layer, head, 0, cache.highWater(layer, head), keys, values);
     }
 
     /**

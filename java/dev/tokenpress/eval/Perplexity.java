@@ -1,11 +1,8 @@
 package dev.tokenpress.eval;
 
-import dev.tokenpress.backend.Tensor;
-import dev.tokenpress.kv.AttentionStats;
 import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.quant.KvQuantSpec;
 import dev.tokenpress.kv.KvPolicy;
-import dev.tokenpress.kv.SlotSelection;
 import dev.tokenpress.model.Llama;
 
 import java.util.Arrays;
@@ -305,7 +302,7 @@ public final class Perplexity {
     /** Wraps a policy so that installing it again on the model does not reset its state. */
     static KvPolicy once(KvPolicy p) {
         if (p == KvPolicy.FULL) return p;
-        return new KvPolicy() {
+        return new dev.tokenpress.kv.ForwardingPolicy(p) {
             boolean attached;
 
             @Override
@@ -313,40 +310,6 @@ public final class Perplexity {
                 if (!attached) p.attach(model);
                 attached = true;
             }
-
-            @Override
-            public void prefillTokens(int[] tokens, int n) { p.prefillTokens(tokens, n); }
-
-            @Override
-            public int scratchSlots(int promptTokens) { return p.scratchSlots(promptTokens); }
-
-            @Override
-            public void beginPrefill(KvCache cache, int startPos, int total) { p.beginPrefill(cache, startPos, total); }
-
-            @Override
-            public void endPrefill(KvCache cache) { p.endPrefill(cache); }
-
-            @Override
-            public void beforeAppend(KvCache cache, int[] positions, int n) { p.beforeAppend(cache, positions, n); }
-
-            @Override
-            public void beforeAttention(KvCache cache, int layer, Tensor q, int[] positions, int n) {
-                p.beforeAttention(cache, layer, q, positions, n);
-            }
-
-            @Override
-            public SlotSelection select(KvCache cache, int layer, int n) { return p.select(cache, layer, n); }
-
-            @Override
-            public AttentionStats stats(KvCache cache, int layer, int n) { return p.stats(cache, layer, n); }
-
-            @Override
-            public void afterAttention(KvCache cache, int layer, int n, AttentionStats stats) {
-                p.afterAttention(cache, layer, n, stats);
-            }
-
-            @Override
-            public String spec() { return p.spec(); }
         };
     }
 }

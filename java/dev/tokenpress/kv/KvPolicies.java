@@ -142,7 +142,7 @@ public final class KvPolicies {
                 p("layerwise", "false", "true: every layer keeps the same count (its heads still differ)"),
                 p("plus", "false", "KVzip+: probabilities divided by the query's hidden-state norm, times the key's |v W_o| (kvpress kvzip_plus_normalization)"),
                 rerotateParam(), firstParam()), (s, a, c) ->
-                rerotate(new KvzipPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 20),
+                promptKeys(new KvzipPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 20),
                         a.choice("layerwise", "true", "false").equals("true"), a.choice("plus", "true", "false").equals("true")), a));
 
         add("compactor", "Compactor: compresses the prompt once by non-causal chunked attention blended with key leverage (kvpress CompactorPress); decoding appends", List.of(
@@ -154,7 +154,7 @@ public final class KvPolicies {
                 p("blend", "", "weight of the leverage scores (default: the share of the prompt that goes; 0 = attention only)"),
                 p("seed", "0", "seed of the sketch"),
                 rerotateParam(), firstParam()), (s, a, c) ->
-                rerotate(new CompactorPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE),
+                promptKeys(new CompactorPolicy(s, a.positiveBudget("budget"), a.integer("sink", 0, Integer.MAX_VALUE),
                         a.integer("sink_end", 0, Integer.MAX_VALUE), a.integer("chunk", 1, 1 << 16), a.integer("sketch", 1, 4096),
                         a.has("blend") ? a.real("blend", 0, 1e6) : Double.NaN, a.longValue("seed")), a));
 
@@ -315,7 +315,8 @@ public final class KvPolicies {
         return p("rerotate", "", "true: the kept prompt keys are moved to contiguous positions after the cut (kvpress KeyRerotationPress; off unless given)");
     }
 
-    private static <P extends EvictingPolicy> P rerotate(P p, PolicyArgs a) {
+    /** Applies the prompt policies' rerotate and first keys. */
+    private static <P extends EvictingPolicy> P promptKeys(P p, PolicyArgs a) {
         p.rerotate(a.has("rerotate") && a.choice("rerotate", "true", "false").equals("true"));
         p.firstPromptOnly(a.has("first") && a.choice("first", "true", "false").equals("true"));
         return p;
@@ -367,7 +368,7 @@ public final class KvPolicies {
         String pool = a.choice("pool", "max", "avg");
         if (!b.ratio() && b.value() <= w) throw a.bad("budget", "must exceed window=" + w);
         SnapKvPolicy p = new SnapKvPolicy(s, b, w, k, pool.equals("max"));
-        rerotate(p, a);
+        promptKeys(p, a);
         return a.has("critical") ? p.critical(a.real("critical", 0, 1)) : p;
     }
 

@@ -46,30 +46,7 @@ class CamMergeTest {
         EvictingPolicy p = (EvictingPolicy) KvPolicies.parse(spec, config);
         int m = p.mergeBudget(), hd = config.headDim();
         int[] counts = new int[2]; // merged, not merged
-        KvPolicy check = new KvPolicy() {
-            @Override
-            public void attach(Llama model) { p.attach(model); }
-
-            @Override
-            public void beginPrefill(KvCache c, int startPos, int total) { p.beginPrefill(c, startPos, total); }
-
-            @Override
-            public void endPrefill(KvCache c) { p.endPrefill(c); }
-
-            @Override
-            public AttentionStats stats(KvCache c, int layer, int n) { return p.stats(c, layer, n); }
-
-            @Override
-            public void beforeAttention(KvCache c, int layer, dev.tokenpress.backend.Tensor q, int[] positions, int n) {
-                p.beforeAttention(c, layer, q, positions, n);
-            }
-
-            @Override
-            public void afterAttention(KvCache c, int layer, int n, AttentionStats s) { p.afterAttention(c, layer, n, s); }
-
-            @Override
-            public String spec() { return p.spec(); }
-
+        KvPolicy check = new ForwardingPolicy(p) {
             @Override
             public void beforeAppend(KvCache c, int[] positions, int n) {
                 int layers = config.numLayers(), heads = config.numKvHeads();

@@ -66,48 +66,19 @@ final class KvTestSupport {
 
     /** As {@link #recording(KvPolicy, Observer)}, also reporting each layer's queries. */
     static KvPolicy recording(KvPolicy inner, Observer observer, QueryObserver queries) {
-        return new KvPolicy() {
-            @Override
-            public void attach(Llama model) { inner.attach(model); }
-
-            @Override
-            public void prefillTokens(int[] tokens, int n) { inner.prefillTokens(tokens, n); }
-
-            @Override
-            public int scratchSlots(int promptTokens) { return inner.scratchSlots(promptTokens); }
-
-            @Override
-            public void beginPrefill(KvCache cache, int startPos, int total) { inner.beginPrefill(cache, startPos, total); }
-
-            @Override
-            public void endPrefill(KvCache cache) { inner.endPrefill(cache); }
-
-            @Override
-            public void beforeAppend(KvCache cache, int[] positions, int n) { inner.beforeAppend(cache, positions, n); }
-
+        return new ForwardingPolicy(inner) {
             @Override
             public void beforeAttention(KvCache cache, int layer, Tensor q, int[] positions, int n) {
                 queries.onQuery(cache, layer, q, positions, n);
-                inner.beforeAttention(cache, layer, q, positions, n);
+                super.beforeAttention(cache, layer, q, positions, n);
             }
 
             @Override
             public SlotSelection select(KvCache cache, int layer, int n) {
-                SlotSelection s = inner.select(cache, layer, n);
+                SlotSelection s = super.select(cache, layer, n);
                 observer.onSelect(cache, layer, n, s);
                 return s;
             }
-
-            @Override
-            public AttentionStats stats(KvCache cache, int layer, int n) { return inner.stats(cache, layer, n); }
-
-            @Override
-            public void afterAttention(KvCache cache, int layer, int n, AttentionStats stats) {
-                inner.afterAttention(cache, layer, n, stats);
-            }
-
-            @Override
-            public String spec() { return inner.spec(); }
         };
     }
 

@@ -394,27 +394,8 @@ public final class CpuBackend implements Backend {
                 for (int i = 0; i < hc; i++) scores[i][j] = Float.NEGATIVE_INFINITY;
                 continue;
             }
-            int i = 0;
-            for (; i + 4 <= hc; i += 4) { // four heads' dots with one pass over the key (the bits of four dot calls)
-                if (keys != null) k.dot4(qt.data, qBase + (h0 + i) * hd, hd, keys, slot * hd, hd, four);
-                else k.dot4(qt.data, qBase + (h0 + i) * hd, hd, keys16, slot * hd, hd, four);
-                for (int t = 0; t < 4; t++) {
-                    float raw = four[t];
-                    if (raws) stats.rawScores[h0 + i + t][slot] = raw;
-                    float sc = raw * scale;
-                    scores[i + t][j] = sc;
-                    if (sc > max[i + t]) max[i + t] = sc;
-                }
-            }
-            for (; i < hc; i++) {
-                int h = h0 + i;
-                float raw = keys != null ? k.dot(qt.data, qBase + h * hd, keys, slot * hd, hd)
-                        : k.dot(qt.data, qBase + h * hd, keys16, slot * hd, hd);
-                if (raws) stats.rawScores[h][slot] = raw;
-                float sc = raw * scale;
-                scores[i][j] = sc;
-                if (sc > max[i]) max[i] = sc;
-            }
+            scoreKey(k, qt.data, qBase, h0, hc, hd, keys, keys16, slot * hd, 1f, scale, slot, j, scores, max,
+                    raws ? stats.rawScores : null, four);
         }
         float[] inv = new float[hc];
         boolean[] live = new boolean[hc];
@@ -423,6 +404,36 @@ public final class CpuBackend implements Backend {
         if (values != null) k.weightedValues(scores, inv, live, hc, m, list, values, hd, o.data, oBase + h0 * hd);
         else k.weightedValues(scores, inv, live, hc, m, list, values16, hd, o.data, oBase + h0 * hd);
         if (stats != null && stats.probSums != null && r >= stats.fromRow) addProbSums(stats.probSums[g], scores, inv, live, hc, m, list);
+    }
+
+    /**
+     * One key row against q-heads h0 .. h0+hc-1 of a query row (at q[qBase]): raw = ks · q·k over the f32 row
+     * ({@code rows}) or the bf16 one ({@code rows16}) at {@code off}, four heads per pass over the row (the bits of four
+     * dot calls); scores[i][j] = raw · scale, the running max[i], and raw[h][slot] = raw when {@code raw} is given.
+     * ks is 1 for a row stored as is (multiplying by 1 changes no bit) and a row's norm for MiniCache's merged rows.
+     */
+    static void scoreKey(Kernels k, float[] q, int qBase, int h0, int hc, int hd, float[] rows, short[] rows16, int off,
+                         float ks, float scale, int slot, int j, float[][] scores, float[] max, float[][] raw, float[] four) {
+        int i = 0;
+        for (; i + 4 <= hc; i += 4) {
+            if (rows != null) k.dot4(q, qBase + (h0 + i) * hd, hd, rows, off, hd, four);
+            else k.dot4(q, qBase + (h0 + i) * hd, hd, rows16, off, hd, four);
+            for (int t = 0; t < 4; t++) {
+                float d = ks * four[t];
+                if (raw != null) raw[h0 + i + t][slot] = d;
+                float sc = d * scale;
+                scores[i + t][j] = sc;
+                if (sc > max[i + t]) max[i + t] = sc;
+            }
+        }
+        for (; i < hc; i++) {
+            int h = h0 + i;
+            float d = ks * (rows != null ? k.dot(q, qBase + h * hd, rows, off, hd) : k.dot(q, qBase + h * hd, rows16, off, hd));
+            if (raw != null) raw[h][slot] = d;
+            float sc = d * scale;
+            scores[i][j] = sc;
+            if (sc > max[i]) max[i] = sc;
+        }
     }
 
     /**

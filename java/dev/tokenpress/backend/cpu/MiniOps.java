@@ -64,25 +64,8 @@ final class MiniOps {
                     ks = 1f;
                 }
             }
-            int i = 0;
-            for (; i + 4 <= hc; i += 4) { // four heads' dots with one pass over the row (the bits of four dot calls)
-                k.dot4(qt.data, qBase + (h0 + i) * hd, hd, rows, off, hd, four);
-                for (int t = 0; t < 4; t++) {
-                    float raw = ks * four[t];
-                    if (raws) stats.rawScores[h0 + i + t][slot] = raw;
-                    float sc = raw * scale;
-                    scores[i + t][j] = sc;
-                    if (sc > max[i + t]) max[i + t] = sc;
-                }
-            }
-            for (; i < hc; i++) {
-                int h = h0 + i;
-                float raw = ks * k.dot(qt.data, qBase + h * hd, rows, off, hd);
-                if (raws) stats.rawScores[h][slot] = raw;
-                float sc = raw * scale;
-                scores[i][j] = sc;
-                if (sc > max[i]) max[i] = sc;
-            }
+            CpuBackend.scoreKey(k, qt.data, qBase, h0, hc, hd, rows, null, off, ks, scale, slot, j, scores, max,
+                    raws ? stats.rawScores : null, four);
         }
         float[] inv = new float[hc];
         boolean[] live = new boolean[hc];

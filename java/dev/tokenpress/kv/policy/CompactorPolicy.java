@@ -202,8 +202,8 @@ public final class CompactorPolicy extends PromptPolicy {
                 att[g] = pool3(s);
                 lev[g] = m == 0 ? new double[0] : LeveragePolicy.leverage(x, LeveragePolicy.sketch(seed, l, g, headDim, sketch), sketch);
             }
-            zscore(att);
-            zscore(lev);
+            LeveragePolicy.zscore(att); // over the layer
+            LeveragePolicy.zscore(lev);
             for (int g = 0; g < kvHeads; g++) {
                 float[] fs = finalScore[l][g];
                 Arrays.fill(fs, Float.NaN);
@@ -238,20 +238,5 @@ public final class CompactorPolicy extends PromptPolicy {
         double[] out = new double[n];
         for (int i = 0; i < n; i++) out[i] = ((i > 0 ? x[i - 1] : 0) + x[i] + (i + 1 < n ? x[i + 1] : 0)) / 3;
         return out;
-    }
-
-    /** z-scores in place over every entry of the layer (all heads): (x − mean) / max(1e-6, unbiased std). */
-    static void zscore(double[][] x) {
-        double sum = 0;
-        long count = 0;
-        for (double[] r : x) {
-            for (double v : r) sum += v;
-            count += r.length;
-        }
-        if (count == 0) return;
-        double mean = sum / count, ss = 0;
-        for (double[] r : x) for (double v : r) ss += (v - mean) * (v - mean);
-        double std = Math.max(1e-6, count > 1 ? Math.sqrt(ss / (count - 1)) : 0);
-        for (double[] r : x) for (int i = 0; i < r.length; i++) r[i] = (r[i] - mean) / std;
     }
 }

@@ -16,25 +16,21 @@ import java.util.Arrays;
  * (over every layer) stream. Decided once per sequence, when its first prefill ends (the streaming heads are cut
  * then and keep their window while decoding); kvpress decides once per model.
  */
-public final class DuoAttentionPolicy extends EvictingPolicy {
+public final class DuoAttentionPolicy extends StreamingHeadsPolicy {
     /** Positions the mean query and key are repeated over (kvpress's q_len). */
     public static final int PROBE = 500;
 
     private final double headsFraction;
-    private final int sink, recent;
     private double[][] querySums;  // [layer][H*hd] pre-RoPE query sums over the first prompt
     private int[] queryRows;       // [layer]
-    private boolean[][] streaming; // [layer][kvHead]
     private double[][] scores;     // [layer][kvHead], NaN before the decision
     private boolean decided;
 
     public DuoAttentionPolicy(String spec, double headsFraction, int sink, int recent) {
-        super(spec);
+        super(spec, sink, recent);
         if (!(headsFraction >= 0 && headsFraction <= 1)) throw new IllegalArgumentException("duo: heads must lie in [0, 1], got " + headsFraction);
         if (sink < 0 || recent < 1) throw new IllegalArgumentException("duo: sink must be >= 0 and recent >= 1");
         this.headsFraction = headsFraction;
-        this.sink = sink;
-        this.recent = recent;
     }
 
     /** Whether (layer, KV head) streams (sinks + recent window); false before the first prompt ends. */
@@ -44,32 +40,14 @@ public final class DuoAttentionPolicy extends EvictingPolicy {
     public double score(int layer, int head) { return scores == null ? Double.NaN : scores[layer][head]; }
 
     @Override
-    protected boolean scored() { return false; }
-
-    @Override
-    protected boolean chunks() { return false; }
-
-    @Override
     protected void reset() {
         super.reset();
         querySums = new double[layers][heads * headDim];
         queryRows = new int[layers];
-        streaming = new boolean[layers][kvHeads];
         scores = new double[layers][kvHeads];
         for (double[] s : scores) Arrays.fill(s, Double.NaN);
         decided = false;
     }
-
-    @Override
-    protected int keepBefore(int layer, int head, int n) {
-        return streaming[layer][head] ? sink + Math.max(0, recent - n) : Integer.MAX_VALUE;
-    }
-
-    @Override
-    protected int sinkCount() { return sink; }
-
-    @Override
-    protected int protectRecent(int n) { return Math.max(0, recent - n); }
 
     @Override
     public void beforeAttention(KvCache c, int layer, Tensor q, int[] positions, int n) {
@@ -125,14 +103,7 @@ public final class DuoAttentionPolicy extends EvictingPolicy {
         });
         for (int i = 0; i < pruned; i++) streaming[order[i] / kvHeads][order[i] % kvHeads] = true;
         for (int l = 0; l < layers; l++)
-            for (int g = 0; g < kvHeads; g++) {
-                if (!streaming[l][g]) continue;
-                int[] pos = cache.positions(l, g);
-                int hw = cache.highWater(l, g), v = 0;
-                int[] victims = new int[cache.occupied(l, g)];
-                for (int s = 0; s < hw; s++) if (pos[s] >= sink && pos[s] < end - recent) victims[v++] = s;
-                evict(l, g, Arrays.copyOf(victims, v));
-            }
+            for (int g = 0; g < kvHeads; g++) if (streaming[l][g]) cutToWindow(l, g, end);
     }
 
     /**

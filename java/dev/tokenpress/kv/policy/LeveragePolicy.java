@@ -50,13 +50,9 @@ public final class LeveragePolicy extends BudgetedPolicy {
             double[][] x = new double[n][hd];
             for (int t = 0; t < n; t++) model.rope().rotate(keys, order[t] * hd, -pos[order[t]], x[t]); // pre-RoPE keys
             double[] score = leverage(x, sketch(layer, g), k);
-            double sum = 0;
-            for (double v : score) sum += v;
-            double m = sum / n, ss = 0;
-            for (double v : score) ss += (v - m) * (v - m);
-            double std = Math.max(1e-6, n > 1 ? Math.sqrt(ss / (n - 1)) : 0);
+            zscore(new double[][]{score}); // over the head
             float[] sc = this.score[layer][g];
-            for (int t = 0; t < n; t++) sc[order[t]] = (float) ((score[t] - m) / std);
+            for (int t = 0; t < n; t++) sc[order[t]] = (float) score[t];
         }
     }
 
@@ -111,6 +107,21 @@ public final class LeveragePolicy extends BudgetedPolicy {
             score[t] = Math.max(0, q);
         }
         return score;
+    }
+
+    /** z-scores in place over every entry of x (all rows together): (x − mean) / max(1e-6, unbiased std). */
+    static void zscore(double[][] x) {
+        double sum = 0;
+        long count = 0;
+        for (double[] r : x) {
+            for (double v : r) sum += v;
+            count += r.length;
+        }
+        if (count == 0) return;
+        double mean = sum / count, ss = 0;
+        for (double[] r : x) for (double v : r) ss += (v - mean) * (v - mean);
+        double std = Math.max(1e-6, count > 1 ? Math.sqrt(ss / (count - 1)) : 0);
+        for (double[] r : x) for (int i = 0; i < r.length; i++) r[i] = (r[i] - mean) / std;
     }
 
     /**

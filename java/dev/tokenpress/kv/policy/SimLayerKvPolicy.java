@@ -15,52 +15,34 @@ import java.util.Arrays;
  * the prompt holds at most sink + recent + last tokens or the threshold is 1 (kvpress's default, which compresses
  * nothing). The decision is made again at the end of every prefill (a lazy layer's dropped tokens stay dropped).
  */
-public final class SimLayerKvPolicy extends EvictingPolicy {
+public final class SimLayerKvPolicy extends StreamingHeadsPolicy {
     private final double threshold;
-    private final int recent, sink, last;
+    private final int last;
     private AttentionStats[] prompt; // per layer: probabilities of the last prompt rows
-    private boolean[] lazy;
     private double[] mass;
     private int lastStart;
 
     public SimLayerKvPolicy(String spec, double threshold, int recent, int sink, int last) {
-        super(spec);
+        super(spec, sink, recent);
         if (!(threshold >= 0 && threshold <= 1)) throw new IllegalArgumentException("simlayerkv: threshold must lie in [0, 1], got " + threshold);
         if (recent < 1 || sink < 0 || last < 1) throw new IllegalArgumentException("simlayerkv: recent and last must be >= 1, sink >= 0");
         this.threshold = threshold;
-        this.recent = recent;
-        this.sink = sink;
         this.last = last;
     }
 
     /** Whether layer l was found lazy at the end of the last prefill. */
-    public boolean lazy(int layer) { return lazy != null && lazy[layer]; }
+    public boolean lazy(int layer) { return streaming != null && streaming[layer][0]; }
 
     /** Layer l's attention mass on the sinks and the recent window at the end of the last prefill (NaN: not measured). */
     public double mass(int layer) { return mass == null ? Double.NaN : mass[layer]; }
 
     @Override
-    protected boolean scored() { return false; }
-
-    @Override
     protected void reset() {
         super.reset();
         prompt = new AttentionStats[layers];
-        lazy = new boolean[layers];
         mass = new double[layers];
         Arrays.fill(mass, Double.NaN);
     }
-
-    @Override
-    protected int keepBefore(int layer, int head, int n) {
-        return lazy[layer] ? sink + Math.max(0, recent - n) : Integer.MAX_VALUE;
-    }
-
-    @Override
-    protected int sinkCount() { return sink; }
-
-    @Override
-    protected int protectRecent(int n) { return Math.max(0, recent - n); }
 
     @Override
     protected void onBeginPrefill() {
@@ -90,16 +72,10 @@ public final class SimLayerKvPolicy extends EvictingPolicy {
                     if (pos[s] >= 0 && (pos[s] < sink || pos[s] >= end - recent)) m += p[s];
             }
             mass[l] = m / ((double) heads * rows);
-            lazy[l] = measurable && mass[l] > threshold;
+            Arrays.fill(streaming[l], measurable && mass[l] > threshold);
             prompt[l].clear();
-            if (!lazy[l]) continue;
-            for (int g = 0; g < kvHeads; g++) { // the window now, as kvpress cuts the prompt
-                int[] pos = cache.positions(l, g);
-                int hw = cache.highWater(l, g), n = 0;
-                int[] victims = new int[cache.occupied(l, g)];
-                for (int s = 0; s < hw; s++) if (pos[s] >= sink && pos[s] < end - recent) victims[n++] = s;
-                evict(l, g, Arrays.copyOf(victims, n));
-            }
+            if (!streaming[l][0]) continue;
+            for (int g = 0; g < kvHeads; g++) cutToWindow(l, g, end); // the window now, as kvpress cuts the prompt
         }
     }
 }

@@ -152,8 +152,7 @@ class CudaPolicyModelParityTest {
     record StatsCall(int append, int layer, int n, int fromRow, int[][] positions, float[][] probSums, float[][] rawScores) {}
 
     /** Forwards every hook to the policy under test and records the statistics each attention call returned. */
-    static final class Recorder implements KvPolicy {
-        final KvPolicy d;
+    static final class Recorder extends dev.tokenpress.kv.ForwardingPolicy {
         // keyed by (append, layer), the last write kept: a decode step's body can run more than once (a dry pass and a
         // CUDA graph capture, or a pass abandoned for an eager rerun)
         final Map<Long, StatsCall> calls = new java.util.LinkedHashMap<>();
@@ -161,24 +160,16 @@ class CudaPolicyModelParityTest {
         int appends;
         private int[][] pendingSelection;
 
-        Recorder(KvPolicy d) { this.d = d; }
+        Recorder(KvPolicy d) { super(d); }
 
         static long key(int append, int layer) { return (long) append << 16 | layer; }
 
-        @Override public void attach(Llama model) { d.attach(model); }
-        @Override public void prefillTokens(int[] tokens, int n) { d.prefillTokens(tokens, n); }
-        @Override public int scratchSlots(int promptTokens) { return d.scratchSlots(promptTokens); }
-        @Override public void beginPrefill(KvCache cache, int startPos, int total) { d.beginPrefill(cache, startPos, total); }
-        @Override public void endPrefill(KvCache cache) { d.endPrefill(cache); }
         @Override public void beforeAppend(KvCache cache, int[] positions, int n) {
             appends++;
-            d.beforeAppend(cache, positions, n);
-        }
-        @Override public void beforeAttention(KvCache cache, int layer, Tensor q, int[] positions, int n) {
-            d.beforeAttention(cache, layer, q, positions, n);
+            super.beforeAppend(cache, positions, n);
         }
         @Override public SlotSelection select(KvCache cache, int layer, int n) {
-            SlotSelection sel = d.select(cache, layer, n);
+            SlotSelection sel = super.select(cache, layer, n);
             pendingSelection = null;
             if (sel != null && sel.slots() != null) {
                 pendingSelection = new int[sel.slots().length][];
@@ -189,9 +180,6 @@ class CudaPolicyModelParityTest {
             }
             return sel;
         }
-        @Override public AttentionStats stats(KvCache cache, int layer, int n) { return d.stats(cache, layer, n); }
-        @Override public boolean speculationSafe() { return d.speculationSafe(); }
-        @Override public String spec() { return d.spec(); }
 
         @Override
         public void afterAttention(KvCache cache, int layer, int n, AttentionStats stats) {
@@ -216,7 +204,7 @@ class CudaPolicyModelParityTest {
                 }
                 calls.put(key(appends, layer), new StatsCall(appends, layer, n, stats.fromRow, pos, prob, raw));
             }
-            d.afterAttention(cache, layer, n, stats);
+            super.afterAttention(cache, layer, n, stats);
         }
     }
 
