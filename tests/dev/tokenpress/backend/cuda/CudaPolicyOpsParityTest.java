@@ -203,6 +203,78 @@ class CudaPolicyOpsParityTest {
         }
     }
 
+    /** readKvRange of a range with freed slots and readKvHead against the CPU cache's (bf16-exact contents). */
+    @Test
+    void readKvRangeAndHead() {
+        int hkv = 2, hd = 64, len = 81;
+        try (Pair p = filled(hkv, hd, len, 96, 13)) {
+            for (int s = 3; s < len; s += 7) {
+                p.c.free(1, 1, s);
+                p.g.free(1, 1, s);
+            }
+            for (int layer = 0; layer < 2; layer++)
+                for (int g = 0; g < hkv; g++) {
+                    int from = 5, to = 70;
+                    float[] kc = new float[(to - from) * hd], vc = new float[(to - from) * hd];
+                    float[] kg = new float[(to - from) * hd], vg = new float[(to - from) * hd];
+                    cpu.readKvRange(p.c, layer, g, from, to, kc, vc);
+                    gpu.readKvRange(p.g, layer, g, from, to, kg, vg);
+                    int[] pos = p.c.positions(layer, g);
+                    for (int s = from; s < to; s++) {
+                        if (pos[s] < 0) continue;  // a free slot's entries are unspecified
+                        String at = "layer " + layer + " head " + g + " slot " + s;
+                        int o = (s - from) * hd;
+                        assertArrayEquals(Arrays.copyOfRange(kc, o, o + hd), Arrays.copyOfRange(kg, o, o + hd), "readKvRange key " + at);
+                        assertArrayEquals(Arrays.copyOfRange(vc, o, o + hd), Arrays.copyOfRange(vg, o, o + hd), "readKvRange value " + at);
+                    }
+                    float[] keysOnly = new float[(to - from) * hd];
+                    gpu.readKvRange(p.g, layer, g, from, to, keysOnly, null);
+                    assertArrayEquals(kg, keysOnly, "keys without values");
+                    int hw = p.c.highWater(layer, g);
+                    assertEquals(hw, p.g.highWater(layer, g));
+                    float[] hc = new float[hw * hd], hg = new float[hw * hd], hvc = new float[hw * hd], hvg = new float[hw * hd];
+                    cpu.readKvHead(p.c, layer, g, hc, hvc);
+                    gpu.readKvHead(p.g, layer, g, hg, hvg);
+                    for (int s = 0; s < hw; s++) {
+                        if (pos[s] < 0) continue;
+                        int o = s * hd;
+                        assertArrayEquals(Arrays.copyOfRange(hc, o, o + hd), Arrays.copyOfRange(hg, o, o + hd), "readKvHead key slot " + s);
+                        assertArrayEquals(Arrays.copyOfRange(hvc, o, o + hd), Arrays.copyOfRange(hvg, o, o + hd), "readKvHead value slot " + s);
+                    }
+                }
+        }
+    }
+
+    /**
+     * weightRows of a bf16 weight (uploaded as bf16) and of the same weight as Q8_0 (quantized at upload on both
+     * backends the same way): the rows the CPU backend reads back, bit for bit, for a middle range and the last row.
+     */
+    @Test
+    void weightRowsMatchTheCpuBackend() {
+        int rows = 37, cols = 96;
+        float[] w = bf16Exact(randn(new SplittableRandom(17), rows * cols, 0.5));
+        for (var type : new dev.tokenpress.backend.WeightType[] {null, dev.tokenpress.backend.WeightType.Q8_0}) {
+            try (CpuBackend c = new CpuBackend(); Backend g = CudaBackend.open()) {
+                if (type != null) {
+                    c.setWeightType(type);
+                    g.setWeightType(type);
+                }
+                Tensor wc = c.weight(CudaParityTest.bf16Weight("o_proj", rows, cols, w));
+                Tensor wg = g.weight(CudaParityTest.bf16Weight("o_proj", rows, cols, w));
+                for (int[] range : new int[][] {{0, rows}, {5, 11}, {rows - 1, 1}}) {
+                    float[] dc = new float[range[1] * cols], dg = new float[range[1] * cols];
+                    c.weightRows(wc, range[0], range[1], dc);
+                    g.weightRows(wg, range[0], range[1], dg);
+                    String tag = (type == null ? "bf16" : type) + " rows [" + range[0] + ", " + (range[0] + range[1]) + ")";
+                    for (int i = 0; i < dc.length; i++)
+                        assertEquals(Float.floatToRawIntBits(dc[i]), Float.floatToRawIntBits(dg[i]), tag + " element " + i);
+                    if (type == null) assertArrayEquals(Arrays.copyOfRange(w, range[0] * cols, (range[0] + range[1]) * cols), dg, tag + " = the checkpoint");
+                }
+                assertThrows(IllegalArgumentException.class, () -> g.weightRows(wg, rows - 1, 2, new float[2 * cols]));
+            }
+        }
+    }
+
     @Test
     void rejectsBadArguments() {
         try (Pair p = filled(2, 64, 9, 16, 3)) {
