@@ -349,6 +349,30 @@ public final class KernelBench {
     /** Split settings timed with the tensor-core quantized attention (variant 4), besides the default 64 × 128. */
     static final int[][] KVQ_SPLITS_V4 = {{32, 128}, {16, 128}, {16, 256}, {8, 256}};
 
+    /**
+     * int4 attention at {@code ctx} with quantized-attention kernel {@code variant} under each split setting of
+     * {@code settings} ({max splits, rows per split}); keys {@code <k>_v<variant>_splits_<max>x<rows>_us / _speedup}.
+     */
+    static void splitSweep(CudaBackend gpu, PrintStream out, int ctx, int iters, String k, double bfUs, int variant,
+                           int[][] settings, String label) {
+        int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
+        try {
+            dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(variant);
+            CudaKernelBench.QuantAttentionResult q = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, "int4", iters, 0, settings);
+            for (int i = 0; i < settings.length; i++) {
+                int[] mr = settings[i];
+                double us = q.splitMicroseconds()[i];
+                int splits = Math.max(1, Math.min(mr[0], (ctx + mr[1] - 1) / mr[1]));
+                out.printf("| %d | int4 (kernel v%d), " + label + " | %.2f | %.2fx | | |%n", ctx, variant, splits, mr[0], mr[1], us, bfUs / us);
+                String key = k + "_v" + variant + "_splits_" + mr[0] + "x" + mr[1];
+                result(out, key + "_us", us, "us");
+                result(out, key + "_speedup", bfUs / us, "x");
+            }
+        } finally {
+            dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
+        }
+    }
+
     public static void quantPolicies(CudaBackend gpu, PrintStream out) {
         out.println("| context | KV | attention µs | speed-up vs bf16 | KV bytes/layer | memory vs bf16 |");
         out.println("|---|---|---|---|---|---|");
@@ -389,36 +413,13 @@ public final class KernelBench {
                     }
                 }
                 if (spec.equals("int4")) {
-                    // the same calls with other split counts than the default 64 of 128 slots (tp_kvq_set_splits): on
-                    // the H200 more splits were slower at every context (128 of 128: 73.1 against 65.3 µs at 32K), so
-                    // the sweep now tries fewer
-                    CudaKernelBench.QuantAttentionResult qs = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, iters, 0, KVQ_SPLITS);
-                    for (int i = 0; i < KVQ_SPLITS.length; i++) {
-                        int[] mr = KVQ_SPLITS[i];
-                        double us = qs.splitMicroseconds()[i];
-                        int splits = Math.max(1, Math.min(mr[0], (ctx + mr[1] - 1) / mr[1]));
-                        out.printf("| %d | int4, %d splits (at most %d of %d slots) | %.2f | %.2fx | | |%n", ctx, splits, mr[0], mr[1],
-                                us, bf.microseconds() / us);
-                        result(out, k + "_splits_" + mr[0] + "x" + mr[1] + "_us", us, "us");
-                        result(out, k + "_splits_" + mr[0] + "x" + mr[1] + "_speedup", bf.microseconds() / us, "x");
-                    }
-                    // the tensor-core kernel (variant 4) with fewer, longer splits: its warps pipeline a run of stages
-                    int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
-                    try {
-                        dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(4);
-                        CudaKernelBench.QuantAttentionResult q4 = CudaKernelBench.quantAttention(gpu, 32, 8, 64, ctx, spec, iters, 0, KVQ_SPLITS_V4);
-                        for (int i = 0; i < KVQ_SPLITS_V4.length; i++) {
-                            int[] mr = KVQ_SPLITS_V4[i];
-                            double us = q4.splitMicroseconds()[i];
-                            int splits = Math.max(1, Math.min(mr[0], (ctx + mr[1] - 1) / mr[1]));
-                            out.printf("| %d | int4 (kernel v4), at most %d splits (%d of %d slots; v4 stops at one wave) | %.2f | %.2fx | | |%n",
-                                    ctx, splits, mr[0], mr[1], us, bf.microseconds() / us);
-                            result(out, k + "_v4_splits_" + mr[0] + "x" + mr[1] + "_us", us, "us");
-                            result(out, k + "_v4_splits_" + mr[0] + "x" + mr[1] + "_speedup", bf.microseconds() / us, "x");
-                        }
-                    } finally {
-                        dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
-                    }
+                    // the same calls with other split counts than the default (tp_kvq_set_splits): kernel v3's count is
+                    // the setting (on the H200 more splits than 64 of 128 slots were slower at every context, so the
+                    // sweep tries fewer); the tensor-core kernel v4 stops at one wave and is tried with fewer, longer
+                    // splits (its warps pipeline a run of stages)
+                    splitSweep(gpu, out, ctx, iters, k, bf.microseconds(), 3, KVQ_SPLITS, "%d splits (at most %d of %d slots)");
+                    splitSweep(gpu, out, ctx, iters, k, bf.microseconds(), 4, KVQ_SPLITS_V4,
+                            "at most %d splits (%d of %d slots; v4 stops at one wave)");
                 }
             }
         }
@@ -453,16 +454,17 @@ public final class KernelBench {
             result(out, k + "_select_us", t.selectMicroseconds(), "us");
             result(out, k + "_sparse_us", t.sparseMicroseconds(), "us");
             result(out, k + "_speedup", sp, "x");
-            // the selection's keys from quantized attention v4's tensor-core scores mode
+            // the other kernel for the selection's keys: v4's tensor-core scores mode (the default) or v3's scalar scores
             int before = dev.tokenpress.backend.cuda.TpNative.tp_kvq_attention_variant();
+            int other = before == 4 ? 3 : 4;
             try {
-                dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(4);
+                dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(other);
                 CudaKernelBench.QuantAttentionResult t4 = CudaKernelBench.quantAttention(gpu, 32, 8, 64, c2, "int4",
                         c2 >= 65536 ? 50 : 200, POLICY_K);
-                out.printf("| %d | int4 (kernel v4 scores) | %.2f | %.2f | %.2fx | %.2fx |%n", c2, t4.selectMicroseconds(),
+                out.printf("| %d | int4 (kernel v%d keys) | %.2f | %.2f | %.2fx | %.2fx |%n", c2, other, t4.selectMicroseconds(),
                         t4.sparseMicroseconds(), bfUs[ci] / t4.sparseMicroseconds(), mem);
-                result(out, k + "_v4_select_us", t4.selectMicroseconds(), "us");
-                result(out, k + "_v4_sparse_us", t4.sparseMicroseconds(), "us");
+                result(out, k + "_v" + other + "_select_us", t4.selectMicroseconds(), "us");
+                result(out, k + "_v" + other + "_sparse_us", t4.sparseMicroseconds(), "us");
             } finally {
                 dev.tokenpress.backend.cuda.TpNative.tp_kvq_set_attention_variant(before);
             }
@@ -571,8 +573,8 @@ public final class KernelBench {
 
     /**
      * The runs of {@link #policiesEndToEnd}: {--kv, --kv-quant, result name, the run's switches ({@link #applySwitches};
-     * null: none)}; int4_kvq4 / tidal_int4_kvq4: the int4 cache with the tensor-core quantized attention (variant 4;
-     * for tidal also its scores mode for the selection's keys). tidal runs with the backend's defaults, tidal_separate with the selection
+     * null: none)}; int4_kvq3 / tidal_int4_kvq3: the int4 cache with quantized attention variant 3 (the default before
+     * variant 4, the tensor-core kernel, and for tidal the scalar scores kernel for the selection's keys). tidal runs with the backend's defaults, tidal_separate with the selection
      * op on its own (a second read of every key), tidal_fused with the selection from the attention's keys on one
      * stream.
      */
@@ -584,12 +586,12 @@ public final class KernelBench {
             {"quest:budget=" + POLICY_K, "none", "quest_device", "tokenpress.cuda.deviceQuest=true"},
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect", "tokenpress.cuda.deviceTokenSelect=false"},
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device", "tokenpress.cuda.deviceTokenSelect=true"},
-            {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq4", "kvqAttention=4"},
+            {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq3", "kvqAttention=3"},
             {"full", "none", "full_pipelined", null},
             // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
             {"tidal:k=" + POLICY_K, "int4", "tidal_int4", "tokenpress.cuda.quantPolicyOps=true"},
-            // the same with quantized attention v4 (its tensor-core scores mode makes the selection's keys)
-            {"tidal:k=" + POLICY_K, "int4", "tidal_int4_kvq4", "tokenpress.cuda.quantPolicyOps=true,kvqAttention=4"}};
+            // the same with quantized attention v3 (the default v4's tensor-core scores mode makes the selection's keys)
+            {"tidal:k=" + POLICY_K, "int4", "tidal_int4_kvq3", "tokenpress.cuda.quantPolicyOps=true,kvqAttention=3"}};
 
     /** The other policies of the e2epol table, each with a budget of POLICY_K tokens where it has one. */
     static final String[] POLICY_TABLE_SPECS = {"window:sink=4,budget=" + POLICY_K, "h2o:budget=" + POLICY_K,

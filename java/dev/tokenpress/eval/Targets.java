@@ -32,8 +32,6 @@ public final class Targets {
             new Target("4", "int4 KV memory at 32K, × less than bf16", "quant_32768_bf16_kv_bytes", "quant_32768_int4_kv_bytes", 3.5,
                     false, "×"),
             new Target("4", "int4 attention at 32K, × faster than bf16", "quant_32768_int4_speedup", null, 3, false, "×"),
-            new Target("4", "int4 attention at 32K, × faster than bf16 (tensor-core kernel v4)", "quant_32768_int4_v4_speedup", null, 3,
-                    false, "×"),
             new Target("4", "tidal at 128K end to end, × full (bf16 weights)", "e2e_pol_131072_tidal_speedup@as-stored", null, 1.8,
                     false, "×"),
             new Target("4", "tidal at 128K end to end, × full (Q8_0 weights)", "e2e_pol_131072_tidal_speedup@q8_0", null, 1.8, false,
