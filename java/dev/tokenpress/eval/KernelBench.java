@@ -475,7 +475,8 @@ public final class KernelBench {
      * Decode tokens/s of the llama-1b-shape model in {@code dir} (generated when absent) with {@code full} and
      * {@code tidal:k=2048}, and {@code full} over an int4 cache, at 32K and 128K of synthetic context (keys
      * e2e_pol_<ctx>_<full|tidal|int4>_tps, _kv_bytes, and _speedup vs full), graphs as configured, each with the
-     * plain decode loop (like for like); full_pipelined: the full policy with Llama.decodeGreedy's pipelined loop;
+     * plain decode loop (like for like); full_pipelined and tidal_pipelined: full and tidal with Llama.decodeGreedy's
+     * pipelined loop (the default greedy loop; key e2e_pol_<ctx>_tidal_pipelined_vs_full_pipelined compares the two);
      * tidal_int4: {@code tidal:k=2048} over the int4 cache (its selection over the packed blocks, switched on for
      * that run); tidal with the backend's defaults (the selection made from the selection layers' attention, its passes
      * on a second stream), tidal_separate with the selection op on its own ({@link CudaBackend#setFusedSelect} off for
@@ -498,7 +499,7 @@ public final class KernelBench {
             Weights w = Weights.load(st, cfg, gpu, null);
             Llama m = new Llama(cfg, w, gpu, 256);
             for (int ctx : everyPolicy ? everyPolicyAt : new int[] {32768, 131072}) {
-                double full = 0;
+                double full = 0, fullPipelined = 0;
                 for (String[] run : E2E_POLICY_RUNS) {
                     String spec = run[0], name = run[2];
                     Runnable restore = applySwitches(gpu, run[3]); // the run's switches, restored after it
@@ -508,15 +509,19 @@ public final class KernelBench {
                         fillSynthetic(gpu, cfg, cache, ctx);
                         gpu.synchronize();
                         // the plain loop for every policy (like for like: pipelined greedy decoding needs a plain
-                        // cache, so int4 cannot use it); full_pipelined: Llama.decodeGreedy's pipelined loop
-                        m.setPipelinedGreedy(name.equals("full_pipelined") ? null : Boolean.FALSE);
+                        // cache, so int4 cannot use it); *_pipelined: Llama.decodeGreedy's pipelined loop
+                        boolean pipelined = name.endsWith("_pipelined");
+                        m.setPipelinedGreedy(pipelined ? null : Boolean.FALSE);
                         double tps = decode(gpu, m, cache, 1, ctx, steps);
                         if (name.equals("full")) full = tps;
+                        if (name.equals("full_pipelined")) fullPipelined = tps;
                         out.printf("e2e %dK context, --kv %s --kv-quant %s [%s]: %.1f tokens/s; KV %d bytes; %s%n", ctx / 1024, spec,
                                 run[1], name, tps, cache.bytes(), gpu.graphStatus());
                         result(out, "e2e_pol_" + ctx + "_" + name + "_tps", tps, "tokens/s");
                         result(out, "e2e_pol_" + ctx + "_" + name + "_kv_bytes", cache.bytes(), "B");
                         if (!name.equals("full")) result(out, "e2e_pol_" + ctx + "_" + name + "_speedup", tps / full, "x");
+                        if (pipelined && !name.equals("full_pipelined") && fullPipelined > 0) // pipelined against pipelined
+                            result(out, "e2e_pol_" + ctx + "_" + name + "_vs_full_pipelined", tps / fullPipelined, "x");
                     } catch (RuntimeException e) {
                         out.printf("e2e %dK context, --kv %s --kv-quant %s: FAILED %s%n", ctx / 1024, spec, run[1], e.getMessage());
                     } finally {
@@ -588,6 +593,8 @@ public final class KernelBench {
             {"tokenselect:k=" + POLICY_K, "none", "tokenselect_device", "tokenpress.cuda.deviceTokenSelect=true"},
             {"full", "int4", "int4", null}, {"full", "int4", "int4_kvq3", "kvqAttention=3"},
             {"full", "none", "full_pipelined", null},
+            // tidal with the pipelined loop too (TidalDecode is speculation-safe: the loop greedy decoding uses by default)
+            {"tidal:k=" + POLICY_K, "none", "tidal_pipelined", null},
             // tidal over int4: the quantized cache's selection op (on by default; forced on here for the run)
             {"tidal:k=" + POLICY_K, "int4", "tidal_int4", "tokenpress.cuda.quantPolicyOps=true"},
             // the same with quantized attention v3 (the default v4's tensor-core scores mode makes the selection's keys)

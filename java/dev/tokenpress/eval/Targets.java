@@ -36,6 +36,10 @@ public final class Targets {
                     false, "×"),
             new Target("4", "tidal at 128K end to end, × full (Q8_0 weights)", "e2e_pol_131072_tidal_speedup@q8_0", null, 1.8, false,
                     "×"),
+            new Target("4", "tidal at 128K end to end, pipelined greedy loop, × full pipelined (bf16 weights)",
+                    "e2e_pol_131072_tidal_pipelined_vs_full_pipelined@as-stored", null, 1.8, false, "×"),
+            new Target("4", "tidal at 128K end to end, pipelined greedy loop, × full pipelined (Q8_0 weights)",
+                    "e2e_pol_131072_tidal_pipelined_vs_full_pipelined@q8_0", null, 1.8, false, "×"),
             new Target("5", "CCE (default chunks) time, × the bare GEMM", "cce_gemm_4096x2048_vs_gemm", null, 1.2, true, "×"));
 
     /** A row of the table: the target, the figure (NaN when not measured), the device and the verdict. */
