@@ -3,6 +3,7 @@
 // PDL (tp_set_pdl): every kernel starts with pdl_wait() (add_rmsnorm first loads its first norm weights, which
 // are read-only) and then releases its successor with pdl_launch_dependents().
 #include "common.cuh"
+#include "rope_store.cuh"
 
 namespace {
 
@@ -78,15 +79,10 @@ __global__ void rope_kernel(float* x, int n, int heads, int hd, const int* __res
         int i = (int)(t % half);
         int64_t rh = t / half;  // row * heads + head
         int row = (int)(rh / heads);
-        float angle = (float)positions[row] * inv_freq[i];
-        float s, c;
-        sincosf(angle, &s, &c);
-        s *= scale;  // YaRN's attention factor (1: unchanged)
-        c *= scale;
+        float c, s;
+        rope_cos_sin(positions[row], inv_freq[i], scale, c, s);
         float* base = x + rh * hd;
-        float a = base[i], b = base[i + half];
-        base[i] = a * c - b * s;
-        base[i + half] = b * c + a * s;
+        rope_rotate(base[i], base[i + half], c, s, base[i], base[i + half]);
     }
 }
 
@@ -165,7 +161,8 @@ __global__ void store_kv_kernel(uint16_t* __restrict__ kc, uint16_t* __restrict_
 // (ceil((heads + kv_heads) * hd/2 / blockDim), n); thread t of row i owns the pair (j, j + hd/2) of head t / (hd/2):
 // q-heads are rotated in place; for KV head g the rotated key pair is written back to k and, with the value
 // pair, stored as bf16 into slot slots[g][i] (skipped when outside [0, capacity)); thread j == 0 writes the
-// slot's position. Same f32 arithmetic as rope_kernel, so the stored bits equal those of the separate ops.
+// slot's position. Same f32 arithmetic as rope_kernel (rope_store.cuh), so the stored bits equal those of the
+// separate ops.
 __global__ void rope_store_kv_kernel(float* __restrict__ q, int heads, float* __restrict__ k,
                                      const float* __restrict__ v, const int* __restrict__ positions,
                                      const float* __restrict__ inv_freq, float scale, uint16_t* __restrict__ kc,
@@ -179,23 +176,18 @@ __global__ void rope_store_kv_kernel(float* __restrict__ q, int heads, float* __
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     const int head = t / half, j = t % half;
     if (head >= heads + kv_heads) return;
-    float angle = (float)positions[i] * inv_freq[j];
-    float s, c;
-    sincosf(angle, &s, &c);
-    s *= scale;  // YaRN's attention factor (1: unchanged)
-    c *= scale;
+    float c, s;
+    rope_cos_sin(positions[i], inv_freq[j], scale, c, s);
     if (head < heads) {
         float* base = q + ((int64_t)i * heads + head) * hd;
-        float a = base[j], b = base[j + half];
-        base[j] = a * c - b * s;
-        base[j + half] = b * c + a * s;
+        rope_rotate(base[j], base[j + half], c, s, base[j], base[j + half]);
         return;
     }
     const int g = head - heads;
     float* kb = k + ((int64_t)i * kv_heads + g) * hd;
     const float* vb = v + ((int64_t)i * kv_heads + g) * hd;
-    float a = kb[j], b = kb[j + half];
-    float k0 = a * c - b * s, k1 = b * c + a * s;
+    float k0, k1;
+    rope_rotate(kb[j], kb[j + half], c, s, k0, k1);
     kb[j] = k0;
     kb[j + half] = k1;
     int slot = slots[g * n + i];
