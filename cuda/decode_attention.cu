@@ -8,7 +8,6 @@
 #include "attention_common.cuh"
 #include "mma_ops.cuh"
 #include "sel_keys.cuh"
-#include "rope_store.cuh"
 
 namespace {
 
@@ -754,32 +753,14 @@ struct V3SelKeys {
 
 // v3_sel_reduce, v3_sel_store: sel_keys.cuh (shared with the quantized tensor-core attention's scores)
 
-// What a v3 launch with ROPE does first (tp_decode_attention_rope: one token, one split, one block per KV head's
-// whole group): RoPE of the step's q and k in place and the KV store of k and v (v3_rope_store, rope_store.cuh), which
-// rope_store_kv_kernel does otherwise in a launch of its own. q, k: [H][hd], [Hkv][hd] f32; positions[0]: the
-// token's position; slots / token_pos [Hkv]: its slot and position per KV head; kc / vc / pc: the caches (writable).
-struct V3Rope {
-    float* q;
-    float* k;
-    const float* v;
-    const int* positions;
-    const float* inv_freq;
-    float scale;
-    const int* slots;
-    const int* token_pos;
-    uint16_t* kc;
-    uint16_t* vc;
-    int* pc;
-};
-
-template <int HD, int STAGES, bool KEYS, bool ROPE = false>
+template <int HD, int STAGES, bool KEYS>
 __global__ void __launch_bounds__(kThreads, V3Shape<HD, STAGES>::kMinBlocks)
 decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__ kc, const uint16_t* __restrict__ vc,
                        const int* __restrict__ pc, int layer, int H, int Hkv, int C, const int* __restrict__ qpos_ptr,
                        const int* __restrict__ sel, int sel_stride, const int* __restrict__ sel_counts,
                        const int* __restrict__ hw, float scale_log2, int splits, float* __restrict__ part_o,
                        float2* __restrict__ part_md, int* __restrict__ counters, float* __restrict__ out,
-                       float* __restrict__ lse2, bool direct, int prefetch_rows, V3SelKeys sk, V3Rope rp) {
+                       float* __restrict__ lse2, bool direct, int prefetch_rows, V3SelKeys sk) {
     using Shape = V3Shape<HD, STAGES>;
     constexpr int S = Shape::kStages;
     constexpr int RB = Shape::kRowBytes;
@@ -808,15 +789,6 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
 
     pdl_wait();  // q, the cache, the slot lists and the step values come from earlier kernels
     pdl_launch_dependents();
-    if constexpr (ROPE) {
-        // this block's q-heads and KV head kh's new key rotated, the key and value stored; then read like any row
-        // (the rows and q below are loaded after the barrier: the block's own global writes are visible to it)
-        v3_rope_store<HD>(rp.q, rp.k, rp.v, rp.positions[0], rp.inv_freq, rp.scale, h0, nh, kh, rp.slots,
-                          rp.token_pos, C, rp.kc + base * HD, rp.vc + base * HD, rp.pc + base);
-        __threadfence_block();
-        __syncthreads();
-    }
-    const float* qsrc = ROPE ? rp.q : q;  // (the rotated q through the pointer that wrote it)
     const int qp = qpos_ptr[0];
     const int len = candidate_count(sel, sel_stride, sel_counts, hw, kh, C);
     int per = (int)ceil_div(len, splits);
@@ -878,7 +850,7 @@ decode_split_v3_kernel(const float* __restrict__ q, const uint16_t* __restrict__
     uint32_t qb[kV3QTerms == 3 ? KS : 1][2];
     {
         const bool hv = gq < nh;
-        const float* qh = qsrc + (int64_t)(h0 + (hv ? gq : 0)) * HD;
+        const float* qh = q + (int64_t)(h0 + (hv ? gq : 0)) * HD;
 #pragma unroll
         for (int ks = 0; ks < KS; ks++) {
             float2 x0 = make_float2(0.f, 0.f), x1 = make_float2(0.f, 0.f);
@@ -1150,23 +1122,21 @@ int launch_split_v2_hd(int gt, int kv_blocks, int max_len, bool direct, dim3 gri
 // Opts decode_split_v3_kernel<HD, STAGES> into its dynamic shared memory on the current device and returns its
 // resident blocks per SM (both cached per device). tp_set_attention_variant(3) runs it already, outside any graph
 // capture.
-template <int HD, int STAGES, bool KEYS = false, bool ROPE = false>
+template <int HD, int STAGES, bool KEYS = false>
 cudaError_t v3_prepare(int* blocks_per_sm_out) {
     static int cache[64] = {0};
-    return prepare_dynamic_smem(reinterpret_cast<const void*>(decode_split_v3_kernel<HD, STAGES, KEYS, ROPE>),
-                                kThreads, V3Shape<HD, STAGES>::kSmemBytes, cache, blocks_per_sm_out);
+    return prepare_dynamic_smem(reinterpret_cast<const void*>(decode_split_v3_kernel<HD, STAGES, KEYS>), kThreads,
+                                V3Shape<HD, STAGES>::kSmemBytes, cache, blocks_per_sm_out);
 }
 
-// Both pipeline depths of the v3 kernel for head dim HD: plain, with the selection keys, with the RoPE prologue.
+// Both pipeline depths of the v3 kernel for head dim HD, with and without the selection keys.
 template <int HD>
 cudaError_t v3_prepare_all() {
     int bps;
     cudaError_t e = v3_prepare<HD, v3_stages<HD>(false)>(&bps);
     if (e == cudaSuccess) e = v3_prepare<HD, v3_stages<HD>(true)>(&bps);
     if (e == cudaSuccess) e = v3_prepare<HD, v3_stages<HD>(false), true>(&bps);
-    if (e == cudaSuccess) e = v3_prepare<HD, v3_stages<HD>(true), true>(&bps);
-    if (e == cudaSuccess) e = v3_prepare<HD, v3_stages<HD>(false), false, true>(&bps);
-    return e != cudaSuccess ? e : v3_prepare<HD, v3_stages<HD>(true), false, true>(&bps);
+    return e != cudaSuccess ? e : v3_prepare<HD, v3_stages<HD>(true), true>(&bps);
 }
 
 // The v3 kernel's pipeline depth (tp_set_attention_deep_pipeline): false = default stages, true = twice as many.
@@ -1180,13 +1150,11 @@ int launch_split_v3_s(int kv_blocks, int max_len, bool direct, dim3 grid, const 
                       const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
                       const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
                       float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
-                      const V3SelKeys* sk, const V3Rope* rp, cudaStream_t stream) {
-    auto kernel = sk ? decode_split_v3_kernel<HD, STAGES, true>
-                     : rp ? decode_split_v3_kernel<HD, STAGES, false, true> : decode_split_v3_kernel<HD, STAGES, false>;
+                      const V3SelKeys* sk, cudaStream_t stream) {
+    auto kernel = sk ? decode_split_v3_kernel<HD, STAGES, true> : decode_split_v3_kernel<HD, STAGES, false>;
     constexpr int smem = V3Shape<HD, STAGES>::kSmemBytes;
     int bps = 0;
-    TP_CUDA((sk ? v3_prepare<HD, STAGES, true>(&bps)
-                : rp ? v3_prepare<HD, STAGES, false, true>(&bps) : v3_prepare<HD, STAGES, false>(&bps)));
+    TP_CUDA((sk ? v3_prepare<HD, STAGES, true>(&bps) : v3_prepare<HD, STAGES, false>(&bps)));
     int splits = 1;
     if (!direct) {
         constexpr int min_rows = 2 * kWarps * kV3Rows;
@@ -1200,10 +1168,9 @@ int launch_split_v3_s(int kv_blocks, int max_len, bool direct, dim3 grid, const 
     grid.x = splits;
     const int prefetch = __atomic_load_n(&g_prefetch_rows, __ATOMIC_RELAXED);
     const V3SelKeys no_keys = {nullptr, 0, nullptr, nullptr, 0};
-    const V3Rope no_rope = {};
     TP_LAUNCH("decode_split_v3_kernel", kernel, grid, dim3(kThreads), smem, stream, q, kc, vc, pc, layer, H, Hkv,
               C, qpos, sel, sel_stride, sel_counts, hw, scale_log2, splits, part_o, part_md, counters, out, lse2,
-              direct, prefetch, sk ? *sk : no_keys, rp ? *rp : no_rope);
+              direct, prefetch, sk ? *sk : no_keys);
     return TP_OK;
 }
 
@@ -1212,16 +1179,15 @@ int launch_split_v3(int kv_blocks, int max_len, bool direct, dim3 grid, const fl
                     const uint16_t* vc, const int* pc, int layer, int H, int Hkv, int C, const int* qpos,
                     const int* sel, int sel_stride, const int* sel_counts, const int* hw, float scale_log2,
                     float* part_o, float2* part_md, int* counters, float* out, float* lse2, int* splits_out,
-                    const V3SelKeys* sk, cudaStream_t stream, const V3Rope* rp = nullptr) {
+                    const V3SelKeys* sk, cudaStream_t stream) {
     if (__atomic_load_n(&g_v3_deep, __ATOMIC_RELAXED))
         return launch_split_v3_s<HD, v3_stages<HD>(true)>(kv_blocks, max_len, direct, grid, q, kc, vc, pc, layer, H,
                                                            Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2,
-                                                           part_o, part_md, counters, out, lse2, splits_out, sk, rp,
+                                                           part_o, part_md, counters, out, lse2, splits_out, sk,
                                                            stream);
     return launch_split_v3_s<HD, v3_stages<HD>(false)>(kv_blocks, max_len, direct, grid, q, kc, vc, pc, layer, H,
                                                         Hkv, C, qpos, sel, sel_stride, sel_counts, hw, scale_log2,
-                                                        part_o, part_md, counters, out, lse2, splits_out, sk, rp,
-                                                        stream);
+                                                        part_o, part_md, counters, out, lse2, splits_out, sk, stream);
 }
 
 // Decode attention kernel variant (tp_set_attention_variant): 1 = decode_split_kernel, 2 = the cp.async pipeline,
@@ -1354,27 +1320,14 @@ int tp_decode_attention_ex(uint64_t out, uint64_t q, uint64_t key_cache, uint64_
 
 namespace {
 
-// tp_decode_attention_rope calls that ran the RoPE + KV store in the v3 kernel's prologue (tp_decode_attention_rope_fused).
-int g_rope_fused_launches = 0;
-
-// The RoPE + KV store of tp_decode_attention_rope (the arguments of tp_rope_store_kv with n = 1; q is the attention's).
-struct RopeArgs {
-    uint64_t k, v, positions, inv_freq;
-    float scale;
-    uint64_t slots, token_pos;
-};
-
 // tp_decode_attention_ex2; with sk (only from tp_decode_attention_select: variant 3, no slot list, one head chunk per
-// KV head) the v3 kernel also writes the selection keys; with ra (tp_decode_attention_rope) the step's RoPE + KV store
-// first: in the v3 kernel's prologue where one block takes each KV head's whole group in one split, else
-// tp_rope_store_kv before the attention.
+// KV head) the v3 kernel also writes the selection keys.
 int decode_attention_impl(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
                           int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
                           uint64_t sel_slots, int sel_stride, uint64_t sel_counts, uint64_t high_water,
                           int max_len, float scale, uint64_t raw_scores, uint64_t prob_sums,
                           uint64_t workspace, uint64_t workspace_bytes, uint64_t counters,
-                          int single_split_max_len, const V3SelKeys* sk, uint64_t stream,
-                          const RopeArgs* ra = nullptr) {
+                          int single_split_max_len, const V3SelKeys* sk, uint64_t stream) {
     const char* fn = "tp_decode_attention";
     if (head_dim != 64 && head_dim != 128)
         return fail(TP_ERR_UNSUPPORTED_HEAD_DIM, "%s: head_dim %d is not supported (CUDA attention supports 64 and 128)",
@@ -1429,33 +1382,16 @@ int decode_attention_impl(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t
     float* o = TP_PTR(float, out);
     dim3 grid(splits, kv_heads * chunks);
     int rc;
-    V3Rope rope = {};
-    const V3Rope* rp = nullptr;
-    if (ra) {
-        if (variant == 3 && direct && chunks == 1 && sel_slots == 0 && !stats && sk == nullptr) {
-            rope = {TP_PTR(float, q), TP_PTR(float, ra->k), TP_PTR(const float, ra->v), TP_PTR(const int, ra->positions),
-                    TP_PTR(const float, ra->inv_freq), ra->scale, TP_PTR(const int, ra->slots),
-                    TP_PTR(const int, ra->token_pos), TP_PTR(uint16_t, key_cache), TP_PTR(uint16_t, value_cache),
-                    TP_PTR(int, pos_cache)};
-            rp = &rope;
-            __atomic_fetch_add(&g_rope_fused_launches, 1, __ATOMIC_RELAXED);
-        } else {
-            rc = tp_rope_store_kv(q, num_heads, ra->k, ra->v, ra->positions, ra->inv_freq, ra->scale, key_cache,
-                                  value_cache, pos_cache, ra->slots, ra->token_pos, layer, kv_heads, head_dim, capacity,
-                                  1, stream);
-            if (rc != TP_OK) return rc;
-        }
-    }
     if (variant == 3)
         rc = head_dim == 64
             ? launch_split_v3<64>(kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
                                   TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity, qpos,
                                   sel, sel_stride, cnt, hw, scale_log2, part_o, part_md, ctr, o,
-                                  stats ? lse2 : nullptr, &splits, sk, s, rp)
+                                  stats ? lse2 : nullptr, &splits, sk, s)
             : launch_split_v3<128>(kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
                                    TP_PTR(const uint16_t, value_cache), pc, layer, num_heads, kv_heads, capacity, qpos,
                                    sel, sel_stride, cnt, hw, scale_log2, part_o, part_md, ctr, o,
-                                   stats ? lse2 : nullptr, &splits, sk, s, rp);
+                                   stats ? lse2 : nullptr, &splits, sk, s);
     else if (variant == 2)
         rc = head_dim == 64
             ? launch_split_v2_hd<64>(gt, kv_heads * chunks, max_len, direct, grid, TP_PTR(const float, q), kc,
@@ -1503,28 +1439,6 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
                                  raw_scores, prob_sums, workspace, workspace_bytes, counters, single_split_max_len,
                                  nullptr, stream);
 }
-
-int tp_decode_attention_rope(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
-                             int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
-                             uint64_t high_water, int max_len, float scale, uint64_t workspace,
-                             uint64_t workspace_bytes, uint64_t counters, int single_split_max_len, uint64_t k,
-                             uint64_t v, uint64_t positions, uint64_t inv_freq, float rope_scale, uint64_t slots,
-                             uint64_t token_pos, uint64_t stream) {
-    const char* fn = "tp_decode_attention_rope";
-    // the RoPE + store arguments first (the attention's are checked by the attention): nothing runs on a bad one
-    TP_REQUIRE(q != 0, fn, "q");
-    TP_REQUIRE(k != 0, fn, "k");
-    TP_REQUIRE(v != 0, fn, "v");
-    int rc = check_rope_store_args(fn, positions, inv_freq, rope_scale, key_cache, value_cache, pos_cache, slots,
-                                   token_pos, layer, kv_heads, head_dim, capacity);
-    if (rc != TP_OK) return rc;
-    const RopeArgs ra = {k, v, positions, inv_freq, rope_scale, slots, token_pos};
-    return decode_attention_impl(out, q, key_cache, value_cache, pos_cache, layer, num_heads, kv_heads, head_dim,
-                                 capacity, query_pos, 0, 1, 0, high_water, max_len, scale, 0, 0, workspace,
-                                 workspace_bytes, counters, single_split_max_len, nullptr, stream, &ra);
-}
-
-int tp_decode_attention_rope_fused(void) { return __atomic_load_n(&g_rope_fused_launches, __ATOMIC_RELAXED); }
 
 int tp_decode_attention_select(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
                                int layer, int num_heads, int kv_heads, int head_dim, int capacity, int max_len,

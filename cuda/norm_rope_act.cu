@@ -3,7 +3,7 @@
 // PDL (tp_set_pdl): every kernel starts with pdl_wait() (add_rmsnorm first loads its first norm weights, which
 // are read-only) and then releases its successor with pdl_launch_dependents().
 #include "common.cuh"
-#include "rope_store.cuh"
+#include "rope.cuh"
 
 namespace {
 
@@ -161,7 +161,7 @@ __global__ void store_kv_kernel(uint16_t* __restrict__ kc, uint16_t* __restrict_
 // (ceil((heads + kv_heads) * hd/2 / blockDim), n); thread t of row i owns the pair (j, j + hd/2) of head t / (hd/2):
 // q-heads are rotated in place; for KV head g the rotated key pair is written back to k and, with the value
 // pair, stored as bf16 into slot slots[g][i] (skipped when outside [0, capacity)); thread j == 0 writes the
-// slot's position. Same f32 arithmetic as rope_kernel (rope_store.cuh), so the stored bits equal those of the
+// slot's position. Same f32 arithmetic as rope_kernel (rope.cuh), so the stored bits equal those of the
 // separate ops.
 __global__ void rope_store_kv_kernel(float* __restrict__ q, int heads, float* __restrict__ k,
                                      const float* __restrict__ v, const int* __restrict__ positions,

@@ -310,25 +310,6 @@ int tp_decode_attention_ex2(uint64_t out, uint64_t q, uint64_t key_cache, uint64
                             int single_split_max_len, uint64_t stream);
 
 /**
- * RoPE + KV store of one decode token (= tp_rope_store_kv with n = 1, on this q) followed by tp_decode_attention_ex2
- * without a slot list or statistics: one launch where the attention runs as the v3 kernel in one split with one block
- * per KV head's whole group (attention variant 3, a context up to the single-split threshold, group <= 8), whose
- * prologue rotates the block's q-heads and KV head's key and stores key and value; otherwise the two launches. Same
- * results either way (the same RoPE arithmetic, rope_store.cuh). k, v f32 [Hkv*hd]; positions int32 [1]; slots,
- * token_pos int32 [Hkv] (device); inv_freq, rope_scale as tp_rope_store_kv; the other arguments as
- * tp_decode_attention_ex2.
- */
-int tp_decode_attention_rope(uint64_t out, uint64_t q, uint64_t key_cache, uint64_t value_cache, uint64_t pos_cache,
-                             int layer, int num_heads, int kv_heads, int head_dim, int capacity, uint64_t query_pos,
-                             uint64_t high_water, int max_len, float scale, uint64_t workspace,
-                             uint64_t workspace_bytes, uint64_t counters, int single_split_max_len, uint64_t k,
-                             uint64_t v, uint64_t positions, uint64_t inv_freq, float rope_scale, uint64_t slots,
-                             uint64_t token_pos, uint64_t stream);
-
-/** How many tp_decode_attention_rope calls so far ran the RoPE + KV store in the attention kernel (not two launches). */
-int tp_decode_attention_rope_fused(void);
-
-/**
  * Selects the decode attention kernel of tp_decode_attention*: 1 = decode_split_kernel (the register-loaded
  * flash-decoding kernel), 2 = the cp.async-pipelined kernel (default), 3 = the tensor-core kernel (mma.sync bf16,
  * sm_80+). Process-wide; launches already captured in a graph keep the kernel they were captured with.

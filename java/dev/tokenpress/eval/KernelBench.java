@@ -788,23 +788,17 @@ public final class KernelBench {
      * The kernel paths e2e compares in one run: the default (PDL on where supported); _prefetch: the default plus
      * decode attention v3's L2 prefetch of 256 rows per block before the PDL wait; _gemvpf16 / _gemvpf64: that plus
      * the GEMVs' L2 prefetch of their rows for launches of at most 16 / 64 MiB of weights; _fusednorm: RMSNorm
-     * inside the GEMVs; _nopdl: PDL off; _cublas: the first path (cuBLAS, separate merge, no decode fusions);
-     * _ropeattn: the default with each layer's RoPE + KV store in its attention's launch ({@link CudaBackend#setRopeAttention}).
+     * inside the GEMVs; _nopdl: PDL off; _cublas: the first path (cuBLAS, separate merge, no decode fusions).
      */
     private record Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl,
-                         boolean fusedNorm, int attention, int prefetch, int gemvPrefetchMib, boolean ropeAttention) {
+                         boolean fusedNorm, int attention, int prefetch, int gemvPrefetchMib) {
         Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl, boolean fusedNorm,
               int attention) {
-            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, 0, 0, false);
-        }
-        Paths(String suffix, boolean gemv, boolean fusedMerge, boolean decodeFusions, boolean pdl, boolean fusedNorm,
-              int attention, int prefetch, int gemvPrefetchMib) {
-            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, prefetch, gemvPrefetchMib, false);
+            this(suffix, gemv, fusedMerge, decodeFusions, pdl, fusedNorm, attention, 0, 0);
         }
     }
 
     private static final Paths[] E2E_PATHS = {new Paths("", true, true, true, true, false, 3),
-            new Paths("_ropeattn", true, true, true, true, false, 3, 0, 0, true),
             new Paths("_prefetch", true, true, true, true, false, 3, 256, 0),
             new Paths("_gemvpf16", true, true, true, true, false, 3, 256, 16),
             new Paths("_gemvpf64", true, true, true, true, false, 3, 256, 64),
@@ -821,7 +815,6 @@ public final class KernelBench {
         gpu.setAttentionVariant(p.attention());
         gpu.setAttentionPrefetch(p.prefetch());
         gpu.setGemvPrefetch(p.gemvPrefetchMib());
-        gpu.setRopeAttention(p.ropeAttention());
     }
 
     /**
@@ -868,7 +861,6 @@ public final class KernelBench {
                     if (p.suffix().isEmpty()) base = tps;
                     if (p.suffix().equals("_nopdl") && base > 0) result(out, "e2e_short_pdl_speedup", base / tps, "x");
                     if (p.suffix().equals("_fusednorm") && base > 0) result(out, "e2e_short_fusednorm_speedup", tps / base, "x");
-                    if (p.suffix().equals("_ropeattn") && base > 0) result(out, "e2e_short_ropeattn_speedup", tps / base, "x");
                     if (p.suffix().startsWith("_prefetch") || p.suffix().startsWith("_gemvpf"))
                         if (base > 0) result(out, "e2e_short" + p.suffix() + "_speedup", tps / base, "x");
                 }
@@ -1078,12 +1070,9 @@ public final class KernelBench {
             try {
                 int[] order = java.util.stream.IntStream.concat(java.util.stream.IntStream.of(variant),
                         java.util.stream.IntStream.rangeClosed(1, 4).filter(x -> x != variant)).toArray();
-                int[] runs = java.util.stream.IntStream.concat(java.util.stream.IntStream.of(order), java.util.stream.IntStream.of(-variant)).toArray();
-                for (int run : runs) { // the default variant first, then the others, then the default with the RoPE in the attention
-                    int v = Math.abs(run);
+                for (int v : order) { // the default variant first, then the others
                     gpu.setQ8GemvVariant(v);
-                    gpu.setRopeAttention(run < 0);
-                    String sfx = run < 0 ? "_ropeattn" : v == variant ? "" : "_v" + v;
+                    String sfx = v == variant ? "" : "_v" + v;
                     try (KvCache cache = m.newCache(64 + decodeSlots(shortSteps, true) + 16)) {
                         int[] prompt = new int[32];
                         for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 97 + 13) % cfg.vocabSize();
@@ -1099,7 +1088,6 @@ public final class KernelBench {
                 }
             } finally {
                 gpu.setQ8GemvVariant(variant);
-                gpu.setRopeAttention(false);
             }
             result(out, "weight_bytes_per_token_q8", bytes / 1e9, "GB");
         } catch (RuntimeException e) {

@@ -136,8 +136,6 @@ public final class CudaBackend implements Backend {
     private boolean fusedSwiglu;       // matmulSwiglu: gate/up GEMV + SwiGLU in one kernel
     private boolean fusedNorm;         // rmsnormMatmul*: RMSNorm inside the GEMV; matmulAdd: residual add in its epilogue
     private boolean fusedRopeStoreKv;  // ropeStoreKv: rope q, rope k, store k/v in one kernel
-    private boolean ropeAttention;     // a decode token's RoPE + KV store in the attention kernel's prologue (opt-in)
-    private PendingRope pendingRope;   // the RoPE + KV store that waits for its attention call (ropeAttention)
     private boolean fusedSelect;       // selectTopSlots queued for its layer's attention (tp_decode_attention_select)
     private boolean sideSelect;        // ... and that selection forked onto a second stream until its reader
     private long sideStream, sideFork, sideJoin; // the second stream and its fork / join events (made at first use)
@@ -226,7 +224,6 @@ public final class CudaBackend implements Backend {
         this.fusedQkv = flag("tokenpress.cuda.fusedQkv", "TOKENPRESS_CUDA_FUSED_QKV");
         this.fusedSwiglu = flag("tokenpress.cuda.fusedSwiglu", "TOKENPRESS_CUDA_FUSED_SWIGLU");
         this.fusedRopeStoreKv = flag("tokenpress.cuda.fusedRopeStoreKv", "TOKENPRESS_CUDA_FUSED_ROPE_STORE_KV");
-        this.ropeAttention = optIn("tokenpress.cuda.ropeAttention", "TOKENPRESS_CUDA_ROPE_ATTENTION");
         this.shortAttn = flag("tokenpress.cuda.shortAttn", "TOKENPRESS_CUDA_SHORT_ATTN");
         this.fusedNorm = optIn("tokenpress.cuda.fusedNorm", "TOKENPRESS_CUDA_FUSED_NORM");
         this.fusedSelect = flag("tokenpress.cuda.fusedSelect", "TOKENPRESS_CUDA_FUSED_SELECT");
@@ -578,21 +575,6 @@ public final class CudaBackend implements Backend {
     public boolean fusedRopeStoreKv() { return fusedRopeStoreKv; }
 
     /**
-     * A decode token's RoPE + KV store ({@link #ropeStoreKv} with one row, the one-kernel path) waits for the attention
-     * call of its layer and runs in that kernel's prologue ({@code tp_decode_attention_rope}): one launch fewer per
-     * layer where the attention runs as the v3 kernel in one split (short contexts, GQA groups up to 8); anything else
-     * in between, or any other attention, runs it on its own first. Off by default ({@code
-     * -Dtokenpress.cuda.ropeAttention=true} or this setter). Drops a captured graph.
-     */
-    public void setRopeAttention(boolean on) {
-        reconfigure("setRopeAttention");
-        flushRope();
-        ropeAttention = on;
-    }
-
-    public boolean ropeAttention() { return ropeAttention; }
-
-    /**
      * Decode attention over short contexts (length hint up to 4 block iterations of rows: 256 for hd 64 with
      * GQA groups up to 4) runs one block per KV head that writes the output directly, with no split merge
      * (default on; {@code -Dtokenpress.cuda.shortAttn=false} or this setter: the split count as before). Drops a
@@ -641,8 +623,7 @@ public final class CudaBackend implements Backend {
                 + ", decode-attention merge " + (fusedAttnMerge ? "fused" : "separate kernel")
                 + (shortAttn ? " (single split for short contexts)" : "")
                 + ", fused qkv " + onOff(fusedQkv && gemvEnabled) + ", fused gate/up+swiglu " + onOff(fusedSwiglu && gemvEnabled)
-                + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + (fusedRopeStoreKv && ropeAttention ? " (in the attention)" : "")
-                + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
+                + ", fused rope+kv store " + onOff(fusedRopeStoreKv) + ", fused norm+gemv " + onOff(fusedNorm && gemvEnabled)
                 + ", selection from the selection layer's attention " + onOff(fusedSelect)
                 + (fusedSelect && sideSelect ? " (on a second stream)" : "")
                 + ", quantized-KV attention v" + TpNative.tp_kvq_attention_variant()
@@ -1351,34 +1332,10 @@ public final class CudaBackend implements Backend {
         long inv = ropeTable(rope);
         flushFrees(c);
         long d = stageRopeStore(c, positions, slots, kvHeads, layer, n);
-        PendingRope p = new PendingRope(qt, heads, kt, vt, inv, rope.attentionScale(), c, layer, positions[0], d, n);
-        if (ropeAttention && n == 1 && attentionVariant == 3) {
-            pendingRope = p; // runs with the attention of this layer, or on its own before anything else
-            return;
-        }
-        launchRopeStore(p);
-    }
-
-    /** A RoPE + KV store staged at {@code staged} (positions[n] | slots[hkv][n] | token positions[hkv][n]). */
-    private record PendingRope(CudaTensor q, int heads, CudaTensor k, CudaTensor v, long invFreq, float scale, CudaKvCache cache,
-                               int layer, int position, long staged, int n) {}
-
-    private void launchRopeStore(PendingRope p) {
-        CudaKvCache c = p.cache;
-        int hkv = c.kvHeads(), n = p.n;
-        sig(13, p.q.ptr, p.heads, p.k.ptr, p.v.ptr, p.invFreq, c.keys, c.deviceLayer(p.layer), n, Float.floatToIntBits(p.scale));
+        sig(13, qt.ptr, heads, kt.ptr, vt.ptr, inv, c.keys, c.deviceLayer(layer), n, Float.floatToIntBits(rope.attentionScale()));
         if (mode != Mode.DRY)
-            check(TpNative.tp_rope_store_kv(p.q.ptr, p.heads, p.k.ptr, p.v.ptr, p.staged, p.invFreq, p.scale, c.keys, c.values,
-                    c.pos, p.staged + 4L * n, p.staged + 4L * (n + hkv * n), c.deviceLayer(p.layer), hkv, c.headDim(),
-                    c.capacity(), n, stream), "ropeStoreKv");
-    }
-
-    /** Runs a RoPE + KV store that waits for its attention ({@link #setRopeAttention}) now, on its own. */
-    private void flushRope() {
-        PendingRope p = pendingRope;
-        if (p == null) return;
-        pendingRope = null;
-        launchRopeStore(p);
+            check(TpNative.tp_rope_store_kv(qt.ptr, heads, kt.ptr, vt.ptr, d, inv, rope.attentionScale(), c.keys, c.values, c.pos,
+                    d + 4L * n, d + 4L * (n + kvHeads * n), c.deviceLayer(layer), kvHeads, hd, c.capacity(), n, stream), "ropeStoreKv");
     }
 
     /**
@@ -1443,15 +1400,6 @@ public final class CudaBackend implements Backend {
     @Override
     public void attention(Tensor out, Tensor q, KvCache cache, int layer, int[] queryPositions, int n,
                           SlotSelection select, AttentionStats stats) {
-        PendingRope rope = pendingRope;
-        if (rope != null) { // its own layer's single-token attention over the same cache takes it; else it runs first
-            pendingRope = null;
-            if (!(select == null && stats == null && n == 1 && cache == rope.cache && layer == rope.layer && pendingSelect == null
-                    && act(q).ptr == rope.q.ptr && queryPositions[0] == rope.position && rope.cache.pendingCount() == 0)) {
-                launchRopeStore(rope);
-                rope = null;
-            }
-        }
         joinSideSelect(); // the selection it may read
         if (pendingSelect != null) {
             PendingSelect p = pendingSelect;
@@ -1503,7 +1451,6 @@ public final class CudaBackend implements Backend {
         boolean fused = n == 1 && fusedMerge(heads, hkv);
         sig(9, o.ptr, qt.ptr, c.keys, c.deviceLayer(layer), n, heads, stride, lenHint, select == null ? 0 : 1, fused ? 1 : 0,
                 shortAttn ? 1 : 0);
-        if (rope != null) sig(15, rope.k.ptr, rope.v.ptr, rope.invFreq, Float.floatToIntBits(rope.scale));
         if (mode == Mode.DRY) return;
 
         long raw = 0, prob = 0;
@@ -1515,13 +1462,7 @@ public final class CudaBackend implements Backend {
         if (wantProb) prob = statsUpload(statProb, stats.probSums, hkv, cap, statsHw, heads, 0f);
         long selSlots = select == null ? 0 : dsel, selCounts = select == null ? 0 : dcnt;
         int rc;
-        if (rope != null) { // n == 1, no selection, no statistics: the RoPE + KV store in the attention's launch
-            ensureAttnWs(TpNative.tp_decode_attention_workspace_bytes(heads, hd), 0);
-            rc = TpNative.tp_decode_attention_rope(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(layer), heads, hkv, hd,
-                    cap, dq, dhw, lenHint, scale, attnWs, attnWsBytes, fused ? attnCounters : 0, shortAttn ? -1 : 0,
-                    rope.k.ptr, rope.v.ptr, rope.staged, rope.invFreq, rope.scale, rope.staged + 4L,
-                    rope.staged + 4L * (1 + hkv), stream);
-        } else if (n == 1) {
+        if (n == 1) {
             ensureAttnWs(TpNative.tp_decode_attention_workspace_bytes(heads, hd), 0);
             rc = TpNative.tp_decode_attention_ex2(o.ptr, qt.ptr, c.keys, c.values, c.pos, c.deviceLayer(layer), heads, hkv, hd, cap,
                     dq, selSlots, Math.max(stride, 1), selCounts, dhw, lenHint, scale, raw, prob, attnWs, attnWsBytes,
@@ -2302,7 +2243,6 @@ public final class CudaBackend implements Backend {
      * store of new rows) call only this, so a selection on the second stream runs beside them.
      */
     private void flushQueuedSelect() {
-        flushRope(); // every op but the attention of its layer runs a waiting RoPE + KV store first
         PendingSelect p = pendingSelect;
         if (p == null) return;
         pendingSelect = null;
@@ -2951,7 +2891,6 @@ public final class CudaBackend implements Backend {
                 flushPendingSelect();
             } catch (RuntimeException | Error e) {
                 pendingSelect = null; // an aborted dry run or capture: the step runs again from its start
-                pendingRope = null;
                 if (mode == Mode.DRY) sideJoinPending = false; // a dry run forked nothing (a capture joins at its end)
                 throw e;
             }

@@ -295,23 +295,6 @@ public final class TpNative {
                                                     @Cast("uint64_t") long counters,
                                                     @Cast("uint64_t") long stream);
 
-    /** RoPE + KV store of one token and decode attention, fused into the v3 kernel where it applies (tokenpress.h). */
-    public static native int tp_decode_attention_rope(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
-                                                      @Cast("uint64_t") long keyCache,
-                                                      @Cast("uint64_t") long valueCache,
-                                                      @Cast("uint64_t") long posCache, int layer, int numHeads,
-                                                      int kvHeads, int headDim, int capacity,
-                                                      @Cast("uint64_t") long queryPos, @Cast("uint64_t") long highWater,
-                                                      int maxLen, float scale, @Cast("uint64_t") long workspace,
-                                                      @Cast("uint64_t") long workspaceBytes,
-                                                      @Cast("uint64_t") long counters, int singleSplitMaxLen,
-                                                      @Cast("uint64_t") long k, @Cast("uint64_t") long v,
-                                                      @Cast("uint64_t") long positions, @Cast("uint64_t") long invFreq,
-                                                      float ropeScale, @Cast("uint64_t") long slots,
-                                                      @Cast("uint64_t") long tokenPos, @Cast("uint64_t") long stream);
-
-    public static native int tp_decode_attention_rope_fused();
-
     public static native int tp_decode_attention_ex2(@Cast("uint64_t") long out, @Cast("uint64_t") long q,
                                                      @Cast("uint64_t") long keyCache,
                                                      @Cast("uint64_t") long valueCache,

@@ -70,42 +70,6 @@ class CudaDecodeGreedyTest {
         return new Run(steps, seen, state, next, graphs);
     }
 
-    /**
-     * {@link CudaBackend#setRopeAttention} end to end: the pipelined greedy loop with each layer's RoPE + KV store in its
-     * attention's launch gives the tokens, cache state and next-step logits of the separate launches, with CUDA graphs
-     * and eagerly; a 30-token prompt keeps the attention in one split (the fused launch runs, counted), a 300-token one
-     * does not (two launches inside tp_decode_attention_rope).
-     */
-    @ParameterizedTest(name = "rope in attention graphs={0} prompt={1} heads={2}/{3} hd={4}")
-    @CsvSource({"true,30,8,2,64", "false,30,8,2,64", "true,300,8,2,64", "true,30,8,8,128"})
-    void ropeInAttentionMatchesSeparateLaunches(boolean graphs, int prompt, int heads, int kvHeads, int hd) {
-        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
-        LlamaConfig cfg = ModelWriter.write(tmp.resolve("m"), CudaModelParityTest.config(heads * hd, heads, kvHeads, hd, 4), 13, s -> {});
-        try (SafeTensors st = SafeTensors.open(tmp.resolve("m"))) {
-            CudaBackend gpu = CudaBackend.open();
-            try {
-                gpu.setGraphsEnabled(graphs);
-                Llama m = new Llama(cfg, Weights.load(st, cfg, gpu, null), gpu, 64);
-                Run separate = run(gpu, m, true, prompt, 40, 0, prompt + 64);
-                int before = TpNative.tp_decode_attention_rope_fused();
-                gpu.setRopeAttention(true);
-                Run inAttention = run(gpu, m, true, prompt, 40, 0, prompt + 64);
-                int fused = TpNative.tp_decode_attention_rope_fused() - before;
-                gpu.setRopeAttention(false);
-                System.out.println("[decode-greedy] rope in attention graphs=" + graphs + " prompt=" + prompt + ": " + fused
-                        + " fused launches, tokens agree " + separate.tokens().equals(inAttention.tokens()) + "; " + inAttention.graphs());
-                if (prompt < 64) assertTrue(fused > 0, "the fused launch ran");
-                else assertEquals(0, fused, "a long context runs the two launches");
-                assertEquals(separate.tokens(), inAttention.tokens(), "tokens");
-                assertArrayEquals(separate.state(), inAttention.state(), "cache slots and positions");
-                CudaParityTest.assertClose("logits of the following step", separate.nextLogits(), inAttention.nextLogits(),
-                        1e-12, 1e-5, 1e-5);
-            } finally {
-                gpu.close();
-            }
-        }
-    }
-
     @ParameterizedTest(name = "graphs={0} maxSteps={1} stopAt={2} kv={3}")
     @CsvSource({"true,40,0,full", "true,40,17,full", "false,24,9,full", "true,1,0,full",
             "true,40,17,'tidal:k=16,full_layers=1,reselect=2'", "false,24,9,'tidal:k=16,full_layers=1,reselect=2'"})

@@ -29,7 +29,6 @@ import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Exact;
 import static dev.tokenpress.backend.cuda.CudaParityTest.bf16Weight;
 import static dev.tokenpress.backend.cuda.CudaParityTest.f32Vector;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
-import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
@@ -232,108 +231,6 @@ class CudaFusedDecodeParityTest {
             cc.close();
             cf.close();
             cu.close();
-        }
-    }
-
-    static Stream<Arguments> ropeAttentionCases() {
-        List<Arguments> a = new ArrayList<>();
-        // (hd, Hkv, H): groups 4, 1, 8 and 16 (two head chunks: the two launches); history 0, 40 (one split, the
-        // fused launch) and 700 (several splits: the two launches); the new token in a fresh slot or a refilled hole
-        for (int[] shape : new int[][] {{64, 2, 8}, {128, 4, 4}, {64, 1, 8}, {64, 2, 32}})
-            for (int history : new int[] {0, 40, 700})
-                for (boolean hole : new boolean[] {false, true})
-                    if (!(hole && history == 0)) a.add(Arguments.of(shape[0], shape[1], shape[2], history, hole));
-        return a.stream();
-    }
-
-    /**
-     * {@link CudaBackend#setRopeAttention}: a decode token's ropeStoreKv then attention, with the RoPE + KV store
-     * waiting for the attention ({@code tp_decode_attention_rope}) against the separate launches on a second cache
-     * with the same contents: q, k, the stored key, value and position bit for bit, the output within 1e-6, and against
-     * the CPU; the fused launch must have run where the attention is one split with one block per group (group <= 8,
-     * short history), and an op in between (a download of q) runs the store first with the same results.
-     */
-    @ParameterizedTest(name = "rope in attention hd={0} Hkv={1} H={2} history={3} hole={4}")
-    @MethodSource("ropeAttentionCases")
-    void ropeInAttention(int hd, int hkv, int heads, int history, boolean hole) {
-        LlamaConfig cfg = CudaModelParityTest.config(heads * hd, heads, hkv, hd, 2);
-        RopeTable rope = RopeTable.of(cfg);
-        SplittableRandom r = new SplittableRandom(hd * 7919L + hkv * 31L + heads + history * 3L + (hole ? 1 : 0));
-        int cap = history + 8, layer = 1, pos = history + 3;
-        float[] q = uniform(r, heads * hd, 2), k = uniform(r, hkv * hd, 2), v = uniform(r, hkv * hd, 2);
-        float[] hk = bf16Exact(uniform(r, Math.max(1, history) * hkv * hd, 2)), hv = bf16Exact(uniform(r, Math.max(1, history) * hkv * hd, 2));
-        KvCache cc = cpu.newKvCache(2, hkv, hd, cap), cs = gpu.newKvCache(2, hkv, hd, cap), cf = gpu.newKvCache(2, hkv, hd, cap);
-        try {
-            int[] hpos = new int[history];
-            for (int i = 0; i < history; i++) hpos[i] = i;
-            int[][] slots = new int[hkv][];
-            for (KvCache c : new KvCache[] {cc, cs, cf}) {
-                Backend b = c == cc ? cpu : gpu;
-                if (history > 0) {
-                    Tensor kt = act(b, history, hkv * hd, hk), vt = act(b, history, hkv * hd, hv);
-                    int[][] hs = new int[hkv][];
-                    for (int g = 0; g < hkv; g++) hs[g] = c.allocate(layer, g, hpos, history);
-                    b.storeKv(c, layer, kt, vt, hs, history);
-                    if (hole) for (int g = 0; g < hkv; g++) c.free(layer, g, 17); // the new token refills slot 17
-                }
-                for (int g = 0; g < hkv; g++) slots[g] = c.allocate(layer, g, new int[] {pos}, 1);
-            }
-            if (hole) assertEquals(17, slots[0][0], "the new token refills the freed slot");
-            int[] qpos = {pos};
-            Tensor qc = act(cpu, 1, heads * hd, q), kc = act(cpu, 1, hkv * hd, k), vc = act(cpu, 1, hkv * hd, v), oc = cpu.allocate(1, heads * hd);
-            cpu.ropeStoreKv(qc, heads, kc, vc, hkv, rope, qpos, cc, layer, slots, 1);
-            cpu.attention(oc, qc, cc, layer, qpos, 1, null, null);
-            Tensor qs = act(gpu, 1, heads * hd, q), ks = act(gpu, 1, hkv * hd, k), vs = act(gpu, 1, hkv * hd, v), os = gpu.allocate(1, heads * hd);
-            Tensor qf = act(gpu, 1, heads * hd, q), kf = act(gpu, 1, hkv * hd, k), vf = act(gpu, 1, hkv * hd, v), of = gpu.allocate(1, heads * hd);
-            assertTrue(!gpu.ropeAttention(), "off by default");
-            gpu.ropeStoreKv(qs, heads, ks, vs, hkv, rope, qpos, cs, layer, slots, 1);
-            gpu.attention(os, qs, cs, layer, qpos, 1, null, null);
-            int fusedBefore = TpNative.tp_decode_attention_rope_fused();
-            try {
-                gpu.setRopeAttention(true);
-                gpu.ropeStoreKv(qf, heads, kf, vf, hkv, rope, qpos, cf, layer, slots, 1);
-                gpu.attention(of, qf, cf, layer, qpos, 1, null, null);
-            } finally {
-                gpu.setRopeAttention(false);
-            }
-            String what = "rope in attention hd=" + hd + " Hkv=" + hkv + " H=" + heads + " history=" + history + " hole=" + hole;
-            boolean oneBlockPerGroup = heads / hkv <= 8 && history <= 200;
-            assertEquals(oneBlockPerGroup ? 1 : 0, TpNative.tp_decode_attention_rope_fused() - fusedBefore, what + ": fused launches");
-            // the same kernel's arithmetic over the same q and rows (a separate instantiation: within rounding)
-            assertClose(what + ": output", gpu.download(os, 0, 1), gpu.download(of, 0, 1), 1e-12, 1e-6, 1e-6);
-            assertArrayEquals(gpu.download(qs, 0, 1), gpu.download(qf, 0, 1), what + ": rotated q");
-            assertArrayEquals(gpu.download(ks, 0, 1), gpu.download(kf, 0, 1), what + ": rotated k");
-            float[] k1 = new float[hd], v1 = new float[hd], k2 = new float[hd], v2 = new float[hd];
-            for (int g = 0; g < hkv; g++) {
-                gpu.readKv(cs, layer, g, slots[g][0], k1, v1);
-                gpu.readKv(cf, layer, g, slots[g][0], k2, v2);
-                assertArrayEquals(k1, k2, what + ": stored key g=" + g);
-                assertArrayEquals(v1, v2, what + ": stored value g=" + g);
-                assertEquals(cs.position(layer, g, slots[g][0]), cf.position(layer, g, slots[g][0]));
-            }
-            assertClose(what + " vs cpu", cpu.download(oc, 0, 1), gpu.download(of, 0, 1), 1e-4, 2e-2, 2e-2); // bf16 cache
-            // an op between the store and the attention (a download of q) runs the store on its own first
-            Tensor q2 = act(gpu, 1, heads * hd, q), k2t = act(gpu, 1, hkv * hd, k), o2 = gpu.allocate(1, heads * hd);
-            int[][] again = new int[hkv][];
-            for (int g = 0; g < hkv; g++) {
-                cf.free(layer, g, slots[g][0]);
-                again[g] = cf.allocate(layer, g, qpos, 1);
-            }
-            int fusedMid = TpNative.tp_decode_attention_rope_fused();
-            try {
-                gpu.setRopeAttention(true);
-                gpu.ropeStoreKv(q2, heads, k2t, vf, hkv, rope, qpos, cf, layer, again, 1);
-                assertArrayEquals(gpu.download(qs, 0, 1), gpu.download(q2, 0, 1), what + ": q rotated before a download");
-                gpu.attention(o2, q2, cf, layer, qpos, 1, null, null);
-            } finally {
-                gpu.setRopeAttention(false);
-            }
-            assertEquals(0, TpNative.tp_decode_attention_rope_fused() - fusedMid, what + ": no fused launch after an op in between");
-            assertClose(what + ": output after an op in between", gpu.download(os, 0, 1), gpu.download(o2, 0, 1), 1e-12, 1e-6, 1e-6);
-        } finally {
-            cc.close();
-            cs.close();
-            cf.close();
         }
     }
 

@@ -331,32 +331,6 @@ class CudaNativeLibTest {
         }
     }
 
-    /** Decode attention with the token's RoPE + KV store: bad arguments are refused by name before any device work. */
-    @Test
-    void abiAttentionRopeWithoutGpu() {
-        Assumptions.assumeTrue(Cuda.nativeLibraryLoaded(), "native library not loaded: " + Cuda.unavailableReason());
-        long ws = TpNative.tp_decode_attention_workspace_bytes(8, 64);
-        // out 1024, q 2048, caches 4096 / 8192 / 12288, query position 16384, high water 20480, workspace 1 << 20,
-        // k 24576, v 28672, positions 32768, inv_freq 36864, slots 40960, token positions 45056
-        long[] a = {1024, 2048, 4096, 8192, 12288, 16384, 20480, 1 << 20, ws, 24576, 28672, 32768, 36864, 40960, 45056};
-        java.util.function.ToIntFunction<long[]> call = v -> TpNative.tp_decode_attention_rope(v[0], v[1], v[2], v[3], v[4], 0,
-                8, 2, (int) (v.length > 15 ? v[15] : 64), 64, v[5], v[6], 64, 0.125f, v[7], v[8], 0, -1, v[9], v[10], v[11],
-                v[12], v.length > 16 ? 0f : 1f, v[13], v[14], 0);
-        String[] names = {null, "q", "key_cache", "value_cache", "pos_cache", "query_pos", "high_water", "workspace", "workspace",
-                "k", "v", "positions", "inv_freq", "slots", "token_pos"};
-        for (int i = 1; i < a.length; i++) {
-            long[] b = a.clone();
-            b[i] = i == 8 ? ws - 1 : 0;
-            refused(call.applyAsInt(b), names[i]);
-        }
-        long[] zeroScale = java.util.Arrays.copyOf(a, 17);
-        zeroScale[15] = 64;
-        refused(call.applyAsInt(zeroScale), "scale");
-        long[] hd96 = java.util.Arrays.copyOf(a, 16);
-        hd96[15] = 96;
-        assertEquals(TpNative.TP_ERR_UNSUPPORTED_HEAD_DIM, call.applyAsInt(hd96), "head_dim 96");
-    }
-
     /** The quantized attention's split setting: refused out of range, and the workspace a call needs follows it. */
     @Test
     void kvqSplitsWithoutGpu() {
