@@ -125,6 +125,7 @@ public final class TokenPress implements AutoCloseable {
             tok = tokenizer.get();
             HfTokenizer t = tok;
             model.setTextEncoder(t::encodeNoSpecial);
+            model.setTaskProgress(pl::update); // a policy's long work (KVzip's reconstruction pass) beside load and prefill
             long ms = (System.nanoTime() - t0) / 1_000_000;
             TokenPress tp = new TokenPress(dir, config, st, tok, model, ms, pl, shared == null);
             tp.weights = options.weights();

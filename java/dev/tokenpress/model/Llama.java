@@ -842,18 +842,41 @@ public final class Llama implements AutoCloseable {
      * afterwards it holds the tokens it held before (a quantizing cache may have encoded its residual window sooner).
      */
     public void observe(KvPolicy hooks, KvCache cache, int[] tokens, int startPos) {
+        observe(hooks, cache, tokens, startPos, null);
+    }
+
+    /** {@link #observe(KvPolicy, KvCache, int[], int)}, with {@code progress} given the tokens run so far after each chunk. */
+    public void observe(KvPolicy hooks, KvCache cache, int[] tokens, int startPos, IntConsumer progress) {
         if (observing) throw new IllegalStateException("observe() does not nest");
         if (batchRows != null) throw new IllegalStateException("observe() inside a batched step");
         KvPolicy own = policy;
         policy = hooks == null ? KvPolicy.FULL : hooks;
         observing = true;
         try {
-            prefillChunks(cache, tokens, tokens.length, startPos, null, null);
+            prefillChunks(cache, tokens, tokens.length, startPos, null, progress);
         } finally {
             observing = false;
             policy = own;
             cache.freeFrom(startPos);
         }
+    }
+
+    /** Receives the progress of long work a policy does for this model (KVzip's reconstruction pass). */
+    @FunctionalInterface
+    public interface TaskProgress {
+        /** {@code done} of {@code total} units of {@code task} finished (done == total: the task ended). */
+        void update(String task, long done, long total);
+    }
+
+    private TaskProgress taskProgress = (task, done, total) -> {};
+
+    /** Where policies report long work (TokenPress passes its load options' progress listener); null: nowhere. */
+    public void setTaskProgress(TaskProgress p) {
+        taskProgress = p == null ? (task, done, total) -> {} : p;
+    }
+
+    public TaskProgress taskProgress() {
+        return taskProgress;
     }
 
     private float[][] attnNormHost; // [layer] the input norm weights on the host, read on first use

@@ -301,6 +301,34 @@ class KvzipPolicyTest {
         return out;
     }
 
+    /**
+     * The pass reports its progress to the model's task progress: task "kvzip", the prompt tokens repeated so far of
+     * the prompt's, from 0 to the whole prompt without going back, inside each pass too (the model runs 8-token chunks).
+     */
+    @Test
+    void theReconstructionPassReportsItsProgress() {
+        KvzipPolicy p = kvzip("kvzip:budget=0.5,sink=2");
+        int lead = KvTestSupport.words(KvzipPolicy.FIRST, config.vocabSize()).length + 1;
+        java.util.List<long[]> seen = new java.util.ArrayList<>();
+        model.setTaskProgress((task, done, total) -> {
+            assertEquals(KvzipPolicy.PROGRESS_TASK, task);
+            seen.add(new long[] {done, total});
+        });
+        try (KvCache c = prefill(p, PROMPT + lead + 20)) { // several passes of at most 20 prompt tokens
+            assertTrue(p.passes() >= 2, "passes " + p.passes());
+            assertEquals(0, seen.get(0)[0]);
+            assertEquals(PROMPT, seen.get(seen.size() - 1)[0], "ends with the whole prompt");
+            for (int i = 0; i < seen.size(); i++) {
+                assertEquals(PROMPT, seen.get(i)[1], "total");
+                if (i > 0) assertTrue(seen.get(i)[0] >= seen.get(i - 1)[0], "done goes back at update " + i);
+            }
+            assertTrue(seen.size() > p.passes() + 1, "updates inside the passes: " + seen.size());
+        } finally {
+            model.setTaskProgress(null);
+            model.setPolicy(KvPolicy.FULL);
+        }
+    }
+
     @Test
     void aChunkShrinksToTheFreeSlotsAndTooLittleRoomIsAClearError() {
         KvzipPolicy p = kvzip("kvzip:budget=0.5,sink=2");

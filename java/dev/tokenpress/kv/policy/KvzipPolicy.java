@@ -6,6 +6,7 @@ import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.kv.KvCacheFullException;
 import dev.tokenpress.kv.KvPolicy;
 import dev.tokenpress.kv.LongSelect;
+import dev.tokenpress.model.Llama;
 
 import java.util.Arrays;
 import java.util.function.Function;
@@ -31,6 +32,9 @@ public final class KvzipPolicy extends PromptPolicy {
     public static final String FIRST = "\n\nRepeat the previous context exactly.";
     public static final String LATER = "\n\nRepeat the part of the previous context exactly, starting with";
     public static final String SUFFIX = "\n";
+    /** The task name of the reconstruction pass's progress ({@link Llama#setTaskProgress}). */
+    public static final String PROGRESS_TASK = "kvzip";
+
     /** Tokens of the previous chunk that a later chunk's instruction ends with. */
     public static final int TAIL = 8;
 
@@ -130,6 +134,8 @@ public final class KvzipPolicy extends PromptPolicy {
             for (int g = 0; g < kvHeads; g++) room = Math.min(room, capacity - cache.occupied(l, g));
         Hooks hooks = new Hooks();
         int[] ctx = Arrays.copyOf(prompt, n);
+        Llama.TaskProgress progress = model.taskProgress(); // prompt tokens repeated so far, of n
+        progress.update(PROGRESS_TASK, 0, n);
         for (int start = 0, i = 0; start < n; i++) {
             int[] lead = i == 0 ? first : concat(later, Arrays.copyOfRange(ctx, Math.max(0, start - TAIL), start));
             int fits = room - lead.length - suffix.length;
@@ -140,9 +146,12 @@ public final class KvzipPolicy extends PromptPolicy {
             chunkStart = prefillStart + start;
             chunkEnd = chunkStart + len;
             if (plus) startPassNorms(lead.length + suffix.length + len);
-            model.observe(hooks, cache, concat(concat(lead, suffix), Arrays.copyOfRange(ctx, start, start + len)), contextEnd);
+            int done = start, head = lead.length + suffix.length, last = len;
+            model.observe(hooks, cache, concat(concat(lead, suffix), Arrays.copyOfRange(ctx, start, start + len)), contextEnd,
+                    ran -> { if (ran > head && ran < head + last) progress.update(PROGRESS_TASK, done + ran - head, n); });
             passes++;
             start += len;
+            progress.update(PROGRESS_TASK, start, n);
         }
         cut(n, keep);
         rerotatePrompt();
