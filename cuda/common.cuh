@@ -17,6 +17,8 @@ int fail(int code, const char* fmt, ...);
 int cuda_fail(cudaError_t e, const char* what);
 // Multiprocessor count of the current device (cached per device).
 int sm_count();
+// The current device's peak memory bandwidth in GB/s from its memory clock and bus width (0 when unknown).
+double peak_memory_gbps();
 // Opts `kernel` into `smem` bytes of dynamic shared memory on the current device and gives its resident blocks per
 // SM at `threads` per block (at least 1), once per device: cache[64] belongs to the kernel (0 = not yet done).
 cudaError_t prepare_dynamic_smem(const void* kernel, int threads, int smem, int* cache, int* blocks_per_sm);

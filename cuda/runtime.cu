@@ -41,6 +41,23 @@ int sm_count() {
     return g_sm_count[dev];
 }
 
+double peak_memory_gbps() {
+    static double cache[64] = {0};
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+    if (cache[dev] == 0) {
+        int khz = 0, bits = 0;
+        if (cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, dev) != cudaSuccess || khz <= 0 || bits <= 0) {
+            (void)cudaGetLastError();
+            cache[dev] = -1;  // unknown
+        } else {
+            cache[dev] = 2.0 * khz * 1e3 * (bits / 8) / 1e9;  // double data rate
+        }
+    }
+    return cache[dev] > 0 ? cache[dev] : 0;
+}
+
 cudaError_t prepare_dynamic_smem(const void* kernel, int threads, int smem, int* cache, int* blocks_per_sm) {
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);

@@ -289,7 +289,7 @@ public final class KernelBench {
         int[][] cases = {{32, 8, 64, 8192}, {32, 8, 64, 32768}, {32, 8, 64, 131072}, {32, 8, 128, 32768}, {32, 32, 128, 32768}};
         for (int[] cs : cases) {
             int heads = cs[0], kvHeads = cs[1], hd = cs[2], ctx = cs[3];
-            int[] splits = kvHeads == 32 ? new int[] {0, 2, 3, 4, 6, 8, 12} : new int[] {0, 8, 12, 16, 20, 24, 33, 49};
+            int[] splits = kvHeads == 32 ? new int[] {0, 2, 3, 4, 6, 8, 12} : new int[] {0, 1, 2, 4, 8, 12, 16, 24, 33};
             String shape = heads + "x" + kvHeads + "x" + hd;
             for (int prefetch : new int[] {0, 64, 256, 1024, 4096}) {
                 int[] sp = prefetch == 0 ? splits : new int[] {0};
