@@ -111,6 +111,28 @@ public final class GenerateCommand implements Callable<Integer> {
             description = "Steps of the entropy's rolling mean (default: ${DEFAULT-VALUE}).")
     int eadWindow;
 
+    @Option(names = "--superposed", paramLabel = "K", defaultValue = "0",
+            description = "Superposed Decoding (arXiv 2405.18400): K drafts from one pass per step, each step fed the drafts' "
+                    + "last tokens' embeddings weighted by the drafts' probabilities; prints every draft (0 = off).")
+    int superposed;
+
+    @Option(names = "--superposed-corpus", paramLabel = "FILE",
+            description = "Text whose token n-grams (contexts of 1 to 5 tokens) the drafts' scores interpolate with the "
+                    + "model's (repeatable; without one the drafts share the model's distribution).")
+    java.util.List<Path> superposedCorpus;
+
+    @Option(names = "--superposed-alpha", paramLabel = "A", defaultValue = "0.54",
+            description = "Weight of the n-gram log-probability in a draft's score (default: ${DEFAULT-VALUE}).")
+    double superposedAlpha;
+
+    @Option(names = "--superposed-temp", paramLabel = "T", defaultValue = "0.06",
+            description = "Temperature of the step distribution the drafts extend from (default: ${DEFAULT-VALUE}).")
+    double superposedTemp;
+
+    @Option(names = "--superposed-top", paramLabel = "N", defaultValue = "0",
+            description = "Top tokens of each step the drafts may extend with (default: max(9, 2K)).")
+    int superposedTop;
+
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
 
     /** The --format value as an output format (usage error otherwise). */
@@ -160,6 +182,14 @@ public final class GenerateCommand implements Callable<Integer> {
         if (promptCacheReadOnly && promptCache == null) throw new Main.UsageException("--prompt-cache-ro needs --prompt-cache FILE");
         if (promptCache != null && (parallel > 1 || !kvOptions.spec().equals("full") || !quant.isNone()))
             throw new Main.UsageException("--prompt-cache keeps every token: it needs the full --kv policy, no --kv-quant and no -np");
+        if (superposed < 0) throw new Main.UsageException("--superposed must be >= 0");
+        if (superposed > 0) {
+            if (parallel > 1 || lookup > 0 || draftOptions.enabled() || eadModel != null || trace || grammarOptions.enabled()
+                    || outputFormat != Session.OutputFormat.TEXT || promptCache != null)
+                throw new Main.UsageException("--superposed runs its own decoding loop: it does not combine with -np, --lookup, -md, "
+                        + "--draft-layers, --ead-model, --trace, grammars, --format or --prompt-cache");
+            return runSuperposed(out, err, dir, prompt, quant);
+        }
         if (parallel > 1) {
             if (lookup > 0 || draftOptions.enabled() || eadModel != null || trace)
                 throw new Main.UsageException("-np decodes sequences together: it does not combine with --lookup, -md, --draft-layers, "
@@ -308,6 +338,81 @@ public final class GenerateCommand implements Callable<Integer> {
                 err.printf(Locale.ROOT, "load %d ms | prompt %d tokens, %.1f tokens/s | ttft %.1f ms | decode %d tokens, %.2f tokens/s | KV %s (%d tokens) | stop: %s | seed %d%n",
                         tp.loadMillis(), ids.length, r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),
                         r.decodeTokensPerSecond(), Bytes.human(r.kvBytes()), session.contextSize(), r.stopReason(), r.seed());
+            }
+            out.flush();
+            err.flush();
+        }
+        return ExitCodes.OK;
+    }
+
+    /** --superposed K: K drafts through {@link dev.tokenpress.model.SuperposedDecoding}, printed best first. */
+    private int runSuperposed(PrintWriter out, PrintWriter err, Path dir, String prompt,
+                              dev.tokenpress.kv.quant.KvQuantSpec quant) throws Exception {
+        dev.tokenpress.model.SuperposedDecoding.Options o;
+        try {
+            o = new dev.tokenpress.model.SuperposedDecoding.Options(superposed,
+                    superposedTop > 0 ? superposedTop : Math.max(9, 2 * superposed), superposedAlpha, superposedTemp,
+                    dev.tokenpress.model.SuperposedDecoding.DEFAULT_NGRAM_WEIGHTS, 200);
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException("--superposed: " + e.getMessage());
+        }
+        if (superposedCorpus != null)
+            for (Path f : superposedCorpus)
+                if (!Files.isRegularFile(f)) throw new Main.UsageException("--superposed-corpus file not found: " + f);
+        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {
+            err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
+                    tp.config().numLayers(), tp.loadMillis());
+            dev.tokenpress.sample.NGramModel ngrams = null;
+            if (superposedCorpus != null && !superposedCorpus.isEmpty()) {
+                ngrams = new dev.tokenpress.sample.NGramModel(dev.tokenpress.model.SuperposedDecoding.DEFAULT_NGRAM_WEIGHTS.length);
+                for (Path f : superposedCorpus) ngrams.add(tp.tokenizer().encode(Files.readString(f, StandardCharsets.UTF_8)));
+                err.printf(Locale.ROOT, "superposed: n-grams of %d corpus tokens%n", ngrams.tokens());
+            }
+            int[] ids = tp.tokenizer().encode(prompt);
+            dev.tokenpress.model.Llama m = tp.model();
+            m.setPolicy(kvOptions.policy(tp.config()));
+            int capacity = ctx > 0 ? ctx : ids.length + nPredict;
+            long t0 = System.nanoTime();
+            dev.tokenpress.model.SuperposedDecoding.Result r;
+            try (dev.tokenpress.kv.KvCache cache = quant.isNone() ? m.newCache(capacity) : m.newCache(capacity, quant)) {
+                r = new dev.tokenpress.model.SuperposedDecoding(o, ngrams).generate(m, cache, ids, 0, nPredict,
+                        new java.util.HashSet<>(tp.config().eosTokenIds()));
+            } finally {
+                m.setPolicy(KvPolicy.FULL);
+            }
+            double sec = (System.nanoTime() - t0) / 1e9;
+            java.util.List<dev.tokenpress.model.SuperposedDecoding.Draft> drafts = new java.util.ArrayList<>(r.finished());
+            drafts.addAll(r.alive());
+            drafts.sort((a, b) -> Double.compare(b.meanLogProb(), a.meanLogProb()));
+            if (json) {
+                ObjectMapper om = new ObjectMapper();
+                ObjectNode n = om.createObjectNode();
+                n.put("model", dir.toString());
+                n.put("backend", tp.backend().description());
+                n.put("prompt", prompt);
+                n.put("prompt_tokens", ids.length);
+                n.put("drafts_requested", superposed);
+                n.put("steps", r.steps());
+                n.put("seconds", sec);
+                n.put("steps_per_s", r.steps() / sec);
+                com.fasterxml.jackson.databind.node.ArrayNode a = n.putArray("drafts");
+                for (var d : drafts) {
+                    ObjectNode x = a.addObject();
+                    x.put("text", tp.tokenizer().decode(d.tokens()));
+                    x.put("tokens", d.tokens().length);
+                    x.put("score", d.logProb());
+                    x.put("score_per_token", d.meanLogProb());
+                    x.put("finished", d.finished());
+                }
+                out.println(om.writeValueAsString(n));
+            } else {
+                for (int i = 0; i < drafts.size(); i++) {
+                    var d = drafts.get(i);
+                    out.printf(Locale.ROOT, "draft %d (score %.3f per token%s):%n%n%s%s%n%n", i, d.meanLogProb(), d.finished() ? ", ended" : "",
+                            prompt, tp.tokenizer().decode(d.tokens()));
+                }
+                err.printf(Locale.ROOT, "superposed: %d drafts, %d steps in %.2f s (%.2f steps/s, one pass each)%n", superposed,
+                        r.steps(), sec, r.steps() / sec);
             }
             out.flush();
             err.flush();

@@ -44,6 +44,7 @@ public final class Llama implements AutoCloseable {
     // greedy token feedback (decodeGreedy)
     private Boolean pipelinedGreedy = pipelinedDefault(); // null: where the backend has token feedback; true: always; false: never
     private boolean feedbackEmbedding;      // forward embeds the backend's feedback token instead of tokens[0]
+    private boolean embeddedInput;          // forward starts from x as uploaded (decodeStepEmbedded), no embedding
     private int emulatedRegister;           // host emulation of the feedback register (backends without one)
     private final int[] emulatedTickets = new int[2];
     private int[][] lastStepSlots;          // [layer][kvHead] slots of the last decode step
@@ -200,13 +201,46 @@ public final class Llama implements AutoCloseable {
     public void decodeStep(KvCache cache, int token, int position) {
         int[] positions = {position};
         int[] tokens = {token};
+        int[][][] slots = allocateStepSlots(cache, positions);
+        DecodeStep step = new DecodeStep(token, position, lastStepSlots, cache);
+        backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
+    }
+
+    /** The slots of a one-token step, allocated; {@link #lastStepSlots} becomes them as [layer][kvHead]. */
+    private int[][][] allocateStepSlots(KvCache cache, int[] positions) {
         int[][][] slots = allocateSlots(cache, positions, 1);
         int[][] stepSlots = new int[config.numLayers()][config.numKvHeads()];
         for (int l = 0; l < stepSlots.length; l++)
             for (int g = 0; g < stepSlots[l].length; g++) stepSlots[l][g] = slots[l][g][0];
         lastStepSlots = stepSlots;
-        DecodeStep step = new DecodeStep(token, position, stepSlots, cache);
-        backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
+        return slots;
+    }
+
+    /**
+     * Runs one step whose input is the hidden vector {@code embedding} [D] instead of a token's embedding row (Superposed
+     * Decoding feeds a weighted sum of several tokens' rows); afterwards {@link #logits()} reads its logits. The vector
+     * is written into the step's input before the step runs, so a backend that replays captured steps replays this
+     * one too.
+     */
+    public void decodeStepEmbedded(KvCache cache, float[] embedding, int position) {
+        if (embedding.length != config.hiddenSize())
+            throw new IllegalArgumentException("an input vector has " + config.hiddenSize() + " entries, not " + embedding.length);
+        int[] positions = {position};
+        int[][][] slots = allocateStepSlots(cache, positions);
+        backend.upload(x, embedding);
+        DecodeStep step = new DecodeStep(-1, position, lastStepSlots, cache);
+        embeddedInput = true;
+        try {
+            backend.runDecodeStep(step, () -> forward(cache, null, positions, 1, slots, false));
+        } finally {
+            embeddedInput = false;
+        }
+    }
+
+    /** Row {@code token} of the embedding table as floats (dst [D]): the input vector {@link #decodeStep} feeds. */
+    public void embeddingRow(int token, float[] dst) {
+        if (token < 0 || token >= config.vocabSize()) throw new IllegalArgumentException("token " + token + " outside the vocabulary");
+        backend.weightRows(w.embed(), token, 1, dst);
     }
 
     /**
@@ -769,7 +803,8 @@ public final class Llama implements AutoCloseable {
         Backend b = backend;
         LlamaConfig c = config;
         float eps = c.rmsNormEps();
-        if (feedbackEmbedding && n == 1) b.embeddingFromFeedback(x, w.embed()); // x [1, D] of the register's token
+        if (embeddedInput && n == 1) { /* x [1, D] uploaded by decodeStepEmbedded */ }
+        else if (feedbackEmbedding && n == 1) b.embeddingFromFeedback(x, w.embed()); // x [1, D] of the register's token
         else b.embedding(x, w.embed(), tokens, n);                   // x [n, D]
         if (b.fusesNormIntoMatmul()) {
             // each RMSNorm inside the projections that read it, each residual add inside the projection that feeds it

@@ -378,6 +378,36 @@ class CliTest {
         assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--ead-model", tmp.resolve("none").toString()).code());
     }
 
+    /**
+     * --superposed K prints K drafts, best first; one draft without a corpus is greedy decoding (the same text as
+     * --temp 0); conflicting options are usage errors.
+     */
+    @Test
+    void superposedDecodingPrintsItsDrafts() throws Exception {
+        Path corpus = tmp.resolve("corpus.txt");
+        Files.writeString(corpus, "Hello there. Hello world. Hello again, world.\n");
+        Run r = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--superposed", "3", "--superposed-corpus",
+                corpus.toString(), "--device", "cpu", "--json");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        JsonNode o = new ObjectMapper().readTree(r.out());
+        assertEquals(3, o.get("drafts").size());
+        for (int i = 1; i < 3; i++)
+            assertTrue(o.get("drafts").get(i).get("score_per_token").asDouble() <= o.get("drafts").get(i - 1).get("score_per_token").asDouble(),
+                    "best first");
+        Run one = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--superposed", "1", "--device", "cpu", "--json");
+        assertEquals(ExitCodes.OK, one.code(), one.err());
+        assertEquals(new ObjectMapper().readTree(run("generate", "-m", model.toString(), "-p", "Hello", "-n", "6", "--temp", "0",
+                "--ignore-eos", "--device", "cpu", "--json").out()).get("text").asText(),
+                new ObjectMapper().readTree(one.out()).get("drafts").get(0).get("text").asText(), "one draft is greedy");
+        Run text = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "4", "--superposed", "2", "--device", "cpu");
+        assertEquals(ExitCodes.OK, text.code(), text.err());
+        assertTrue(text.out().contains("draft 0 (") && text.out().contains("draft 1 ("), text.out());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--superposed", "2", "--lookup", "2").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--superposed", "3", "--superposed-top", "4").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--superposed", "2", "--superposed-corpus",
+                tmp.resolve("none.txt").toString()).code());
+    }
+
     private static String[] concat(String[] a, String... b) {
         String[] c = java.util.Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, c, a.length, b.length);
