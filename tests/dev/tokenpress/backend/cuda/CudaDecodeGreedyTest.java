@@ -70,6 +70,42 @@ class CudaDecodeGreedyTest {
         return new Run(steps, seen, state, next, graphs);
     }
 
+    /**
+     * A step fed a token's embedding row ({@link Llama#decodeStepEmbedded}, Superposed Decoding's input: written into
+     * the step's input before a captured step replays) gives the token's own step's logits bit for bit, with CUDA
+     * graphs and eagerly, over several steps (so replays happen).
+     */
+    @ParameterizedTest(name = "embedded step graphs={0}")
+    @org.junit.jupiter.params.provider.ValueSource(booleans = {true, false})
+    void aStepFedAnEmbeddingRowIsTheTokensStep(boolean graphs) {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        LlamaConfig cfg = ModelWriter.write(tmp.resolve("e"), CudaModelParityTest.config(512, 8, 2, 64, 4), 17, s -> {});
+        try (SafeTensors st = SafeTensors.open(tmp.resolve("e"))) {
+            CudaBackend gpu = CudaBackend.open();
+            try {
+                gpu.setGraphsEnabled(graphs);
+                Llama m = new Llama(cfg, Weights.load(st, cfg, gpu, null), gpu, 64);
+                int[] prompt = new int[20];
+                for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 41 + 3) % cfg.vocabSize();
+                float[] row = new float[cfg.hiddenSize()];
+                try (KvCache a = m.newCache(64); KvCache b = m.newCache(64)) {
+                    m.prefill(a, prompt, 0, false, null);
+                    m.prefill(b, prompt, 0, false, null);
+                    for (int s = 0; s < 8; s++) {
+                        int t = (s * 97 + 5) % cfg.vocabSize();
+                        m.decodeStep(a, t, prompt.length + s);
+                        float[] want = m.logits().clone();
+                        m.embeddingRow(t, row);
+                        m.decodeStepEmbedded(b, row, prompt.length + s);
+                        assertArrayEquals(want, m.logits(), "step " + s + " (" + gpu.graphStatus() + ")");
+                    }
+                }
+            } finally {
+                gpu.close();
+            }
+        }
+    }
+
     @ParameterizedTest(name = "graphs={0} maxSteps={1} stopAt={2} kv={3}")
     @CsvSource({"true,40,0,full", "true,40,17,full", "false,24,9,full", "true,1,0,full",
             "true,40,17,'tidal:k=16,full_layers=1,reselect=2'", "false,24,9,'tidal:k=16,full_layers=1,reselect=2'"})
