@@ -144,8 +144,9 @@ public final class SuperposedDecoding {
 
     /** One step of the drafts from the logits of the step's input (package-private for the tests). */
     void step(State st, float[] logits, Set<Integer> endTokens, boolean first) {
-        int k = o.drafts(), t = o.topTokens();
-        int[] top = topTokens(logits, t);
+        int k = o.drafts();
+        int[] top = topTokens(logits, o.topTokens());
+        int t = top.length; // fewer where the vocabulary is smaller
         // softmax(logits / T) over the vocabulary, then its top tokens renormalized
         double max = Double.NEGATIVE_INFINITY;
         for (float l : logits) max = Math.max(max, l / o.temperature());
