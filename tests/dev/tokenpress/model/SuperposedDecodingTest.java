@@ -240,6 +240,18 @@ class SuperposedDecodingTest {
     }
 
     @Test
+    void aVocabularySmallerThanTheTopTokensIsTakenWhole() {
+        SuperposedDecoding sd = new SuperposedDecoding(SuperposedDecoding.Options.defaults(3), null);
+        SuperposedDecoding.State st = new SuperposedDecoding.State(new int[] {1}, 3);
+        sd.step(st, new float[] {0.5f, 2f, -1f, 1f, 0f}, Set.of(), true); // 5 tokens, 9 asked for: 5 candidates
+        assertArrayEquals(new int[] {1}, st.alive[0]);
+        assertArrayEquals(new int[] {3}, st.alive[1]);
+        assertArrayEquals(new int[] {0}, st.alive[2]);
+        sd.step(st, new float[] {0.5f, 2f, -1f, 1f, 0f}, Set.of(), false);
+        for (int d = 0; d < 3; d++) assertEquals(2, st.alive[d].length);
+    }
+
+    @Test
     void threeDraftsOfAWholeRunAreDistinctAndRanked() {
         int[] p = prompt(11);
         NGramModel ng = new NGramModel(5).add(prompt(60));
