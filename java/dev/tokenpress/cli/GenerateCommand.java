@@ -394,7 +394,8 @@ public final class GenerateCommand implements Callable<Integer> {
                 n.put("drafts_requested", superposed);
                 n.put("steps", r.steps());
                 n.put("seconds", sec);
-                n.put("steps_per_s", r.steps() / sec);
+                n.put("prefill_s", r.prefillSeconds());
+                n.put("steps_per_s", r.steps() / r.stepSeconds());
                 com.fasterxml.jackson.databind.node.ArrayNode a = n.putArray("drafts");
                 for (var d : drafts) {
                     ObjectNode x = a.addObject();
@@ -411,8 +412,8 @@ public final class GenerateCommand implements Callable<Integer> {
                     out.printf(Locale.ROOT, "draft %d (score %.3f per token%s):%n%n%s%s%n%n", i, d.meanLogProb(), d.finished() ? ", ended" : "",
                             prompt, tp.tokenizer().decode(d.tokens()));
                 }
-                err.printf(Locale.ROOT, "superposed: %d drafts, %d steps in %.2f s (%.2f steps/s, one pass each)%n", superposed,
-                        r.steps(), sec, r.steps() / sec);
+                err.printf(Locale.ROOT, "superposed: %d drafts | prompt %d tokens in %.2f s | %d steps in %.2f s, %.2f steps/s (one pass each)%n",
+                        superposed, ids.length, r.prefillSeconds(), r.steps(), r.stepSeconds(), r.steps() / r.stepSeconds());
             }
             out.flush();
             err.flush();

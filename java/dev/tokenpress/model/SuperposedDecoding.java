@@ -58,8 +58,11 @@ public final class SuperposedDecoding {
         public double meanLogProb() { return tokens.length == 0 ? 0 : logProb / tokens.length; }
     }
 
-    /** The drafts still running (best first) and the finished ones (best first) when generation stopped. */
-    public record Result(List<Draft> alive, List<Draft> finished, int steps) {}
+    /**
+     * The drafts still running (best first) and the finished ones (best first) when generation stopped, the steps run,
+     * and the seconds of the prompt's prefill and of the steps after it.
+     */
+    public record Result(List<Draft> alive, List<Draft> finished, int steps, double prefillSeconds, double stepSeconds) {}
 
     /** −∞ of the authors' code for excluded candidates: large, finite, so a draft can still rank below another. */
     static final double EXCLUDED = 1e7;
@@ -83,7 +86,10 @@ public final class SuperposedDecoding {
     public Result generate(Llama model, KvCache cache, int[] prompt, int position, int maxTokens, Set<Integer> endTokens) {
         if (prompt.length == 0) throw new IllegalArgumentException("superposed decoding needs a prompt of at least one token");
         int k = o.drafts();
+        long t0 = System.nanoTime();
         model.prefill(cache, prompt, position, false, null);
+        model.logits(); // the prefill's last row, so the prefill's time is its own
+        long t1 = System.nanoTime();
         State st = new State(prompt, k);
         float[] emb = new float[model.config.hiddenSize()], row = new float[emb.length];
         int steps = 0;
@@ -102,7 +108,7 @@ public final class SuperposedDecoding {
             }
             model.decodeStepEmbedded(cache, emb, position + prompt.length + s);
         }
-        return st.result(steps);
+        return st.result(steps, (t1 - t0) / 1e9, (System.nanoTime() - t1) / 1e9);
     }
 
     /** The drafts: their generated tokens and cumulative log-probabilities, and the finished drafts. */
@@ -135,10 +141,10 @@ public final class SuperposedDecoding {
             return w;
         }
 
-        Result result(int steps) {
+        Result result(int steps, double prefillSeconds, double stepSeconds) {
             List<Draft> a = new ArrayList<>();
             for (int d = 0; d < alive.length; d++) a.add(new Draft(alive[d], aliveLp[d], false));
-            return new Result(a, List.copyOf(fin), steps);
+            return new Result(a, List.copyOf(fin), steps, prefillSeconds, stepSeconds);
         }
     }
 
