@@ -181,6 +181,18 @@ public final class Session implements AutoCloseable {
         useDrafter(ModelDrafter.selfDraft(model, layers), maxDraft, minDraft, pMin);
     }
 
+    /**
+     * SpecDec++'s stopping rule for the draft model set by {@link #setDraftModel} or {@link #setSelfDraft}: drafting
+     * stops once 1 − Π p_acc exceeds {@code threshold}, p_acc of a token being the draft model's probability of it
+     * ({@link ModelDrafter#setStopRejection}); 0 = off.
+     *
+     * @throws IllegalStateException without a draft model
+     */
+    public void setDraftStop(double threshold) {
+        if (drafter == null) throw new IllegalStateException("no draft model: set one with setDraftModel or setSelfDraft first");
+        drafter.setStopRejection(threshold);
+    }
+
     private void useDrafter(Llama draftModel, int maxDraft, int minDraft, float pMin) {
         if (maxDraft < 1) throw new IllegalArgumentException("draft-max must be >= 1, got " + maxDraft);
         ModelDrafter d = new ModelDrafter(draftModel, cache.capacity(), minDraft, pMin);

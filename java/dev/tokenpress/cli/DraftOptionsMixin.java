@@ -33,6 +33,11 @@ final class DraftOptionsMixin {
             description = "Stop drafting when the draft's most likely token has a lower probability (default: ${DEFAULT-VALUE}).")
     float draftPMin;
 
+    @Option(names = "--draft-stop", paramLabel = "P", defaultValue = "0",
+            description = "SpecDec++'s rule: stop drafting once the estimated chance that some drafted token is rejected "
+                    + "(1 - the product of the draft's probabilities) exceeds P; 0 = off (default: ${DEFAULT-VALUE}).")
+    double draftStop;
+
     boolean enabled() {
         return modelDraft != null || draftLayers != null;
     }
@@ -46,6 +51,7 @@ final class DraftOptionsMixin {
         if (draftMax < 1) throw new Main.UsageException("--draft-max must be >= 1");
         if (draftMin < 0) throw new Main.UsageException("--draft-min must be >= 0");
         if (!(draftPMin >= 0 && draftPMin <= 1)) throw new Main.UsageException("--draft-p-min must be in [0, 1]");
+        if (!(draftStop >= 0 && draftStop < 1)) throw new Main.UsageException("--draft-stop must be in [0, 1)");
         if (draftLayers != null && draftLayers < 1) throw new Main.UsageException("--draft-layers must be >= 1");
         if (modelDraft != null && !Files.isDirectory(modelDraft))
             throw new Main.UsageException("draft model directory not found: " + modelDraft);
@@ -98,6 +104,7 @@ final class DraftOptionsMixin {
                 session.setSelfDraft(draftLayers, draftMax, draftMin, draftPMin);
                 err.printf(Locale.ROOT, "draft: the model's first %d of %d layers%n", draftLayers, tp.config().numLayers());
             }
+            if (enabled() && draftStop > 0) session.setDraftStop(draftStop);
         } catch (IllegalArgumentException e) {
             throw new Main.UsageException(e.getMessage());
         }

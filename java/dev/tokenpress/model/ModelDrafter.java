@@ -20,6 +20,7 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
     private final KvCache cache;
     private final int minDraft;
     private final float pMin;
+    private double stopRejection;     // SpecDec++'s stop threshold on P(some drafted token is rejected); 0 = off
     private int[] held = new int[64]; // the tokens in the cache, token i at position i
     private int heldLen;
 
@@ -64,6 +65,21 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
 
     public Llama model() { return model; }
 
+    /**
+     * SpecDec++'s stopping rule (arXiv 2405.19715; Kaffaljidhmah2/SpecDec_pp): drafting stops once the estimated
+     * probability that at least one drafted token is rejected, 1 − Π p_acc, exceeds {@code threshold} (the authors'
+     * example: 0.7), the token drafted at that point included; {@code minDraft} tokens always go. The authors train
+     * a head on the draft model's hidden states for p_acc; here p_acc of a token is the draft model's own probability
+     * of it (no trained head), and, in their order, the product at the n-th token covers the tokens before it. 0 turns
+     * the rule off. Applies on top of {@code pMin}.
+     */
+    public void setStopRejection(double threshold) {
+        if (!(threshold >= 0 && threshold < 1)) throw new IllegalArgumentException("the stop threshold must be in [0, 1), got " + threshold);
+        stopRejection = threshold;
+    }
+
+    public double stopRejection() { return stopRejection; }
+
     /** Bytes of the draft model's KV cache. */
     public long cacheBytes() { return cache.bytes(); }
 
@@ -75,10 +91,17 @@ public final class ModelDrafter implements Drafter, AutoCloseable {
         sync(seq, len);
         int[] out = new int[max];
         int n = 0;
+        double accepted = 1, previous = 1; // SpecDec++: Π p_acc of the tokens before the latest, and the latest's p
         while (n < max) {
             int t = model.argmax();
-            if (pMin > 0 && n >= minDraft && probability(model.logits(), t) < pMin) break;
+            double p = pMin > 0 || stopRejection > 0 ? probability(model.logits(), t) : 1;
+            if (pMin > 0 && n >= minDraft && p < pMin) break;
             out[n++] = t;
+            if (stopRejection > 0) {
+                if (n >= 2) accepted *= previous;
+                previous = p;
+                if (n >= minDraft && 1 - accepted > stopRejection) break;
+            }
             if (n == max) break;
             try {
                 model.decodeStep(cache, t, len - 1 + n); // d_(n-1) at position len + n - 1

@@ -67,10 +67,15 @@ class SpeculativeDecodingTest {
     void greedyTokensUnchangedWithEveryDrafter() {
         try (TokenPress tp = load()) {
             Setup none = s -> {}, half = s -> s.setSelfDraft(3, 6, 0, 0f), one = s -> s.setSelfDraft(1, 4, 2, 0.5f);
+            Setup stop = s -> { // SpecDec++'s stopping rule: shorter drafts, the same tokens
+                s.setSelfDraft(3, 8, 1, 0f);
+                s.setDraftStop(0.5);
+            };
             for (int max : new int[] {1, 2, 3, 5, 8, 13, 40}) {
                 Run plain = run(tp, none, PROMPT, max, SamplingOptions.greedy(), false);
                 assertSame(plain, run(tp, half, PROMPT, max, SamplingOptions.greedy(), false), "3 layers, max " + max);
                 assertSame(plain, run(tp, one, PROMPT, max, SamplingOptions.greedy(), false), "1 layer, max " + max);
+                assertSame(plain, run(tp, stop, PROMPT, max, SamplingOptions.greedy(), false), "3 layers, draft stop, max " + max);
             }
         }
     }
