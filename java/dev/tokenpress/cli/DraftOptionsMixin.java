@@ -78,10 +78,10 @@ final class DraftOptionsMixin {
             } catch (IllegalArgumentException e) {
                 throw new dev.tokenpress.io.ModelLoadException(modelDraft + ": " + e.getMessage());
             }
-            return new dev.tokenpress.server.OpenAiServer.Draft(draft, 0, draftMax, draftMin, draftPMin);
+            return new dev.tokenpress.server.OpenAiServer.Draft(draft, 0, draftMax, draftMin, draftPMin, draftStop);
         }
         checkLayers(tp);
-        return new dev.tokenpress.server.OpenAiServer.Draft(null, draftLayers, draftMax, draftMin, draftPMin);
+        return new dev.tokenpress.server.OpenAiServer.Draft(null, draftLayers, draftMax, draftMin, draftPMin, draftStop);
     }
 
     private void checkLayers(TokenPress tp) {

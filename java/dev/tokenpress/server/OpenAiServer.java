@@ -145,9 +145,14 @@ public final class OpenAiServer implements AutoCloseable {
     /**
      * The draft of speculative decoding ({@link Session#setDraftModel}, {@link Session#setSelfDraft}): {@code model}
      * (same tokenizer; the caller keeps it open while the server runs), or when null the served model's first
-     * {@code layers} layers; {@code max}, {@code min} and {@code pMin} as there.
+     * {@code layers} layers; {@code max}, {@code min} and {@code pMin} as there; {@code stop} SpecDec++'s threshold
+     * ({@link Session#setDraftStop}; 0 = off).
      */
-    public record Draft(TokenPress model, int layers, int max, int min, float pMin) {}
+    public record Draft(TokenPress model, int layers, int max, int min, float pMin, double stop) {
+        public Draft(TokenPress model, int layers, int max, int min, float pMin) {
+            this(model, layers, max, min, pMin, 0);
+        }
+    }
 
     private static final ObjectMapper JSON = new ObjectMapper();
     /** The values of {@link Options#reasoningFormat} and of a request's {@code reasoning_format}. */
@@ -199,6 +204,7 @@ public final class OpenAiServer implements AutoCloseable {
         try {
             if (d != null && d.model() != null) session.setDraftModel(d.model(), d.max(), d.min(), d.pMin());
             else if (d != null) session.setSelfDraft(d.layers(), d.max(), d.min(), d.pMin());
+            if (d != null && d.stop() > 0) session.setDraftStop(d.stop());
             if (options.parallel() < 1 || options.parallel() > tp.model().maxChunk())
                 throw new IllegalArgumentException("parallel sequences must be 1 to " + tp.model().maxChunk()
                         + " (the prefill chunk, -b), not " + options.parallel());

@@ -760,17 +760,22 @@ class OpenAiServerTest {
         String body = "{\"prompt\": \"def add(a, b):\\n    return a + b\\n\\ndef sub(a, b):\", \"max_tokens\": 20, "
                 + "\"temperature\": 0.8, \"seed\": 9}";
         String want = post("/v1/completions", body).json().at("/choices/0/text").asText();
-        long[] c0 = tp.model().draftCounts();
-        try (OpenAiServer drafted = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "tiny",
-                SamplingOptions.defaults(), 16, null, 0, null, new OpenAiServer.Draft(null, 3, 6, 0, 0f)))) {
-            HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + drafted.port()
-                    + "/v1/completions")).header("Content-Type", "application/json")
-                    .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
-            assertEquals(200, r.statusCode(), r.body());
-            assertEquals(want, JSON.readTree(r.body()).at("/choices/0/text").asText());
+        long[] drafted = new long[2];
+        double[] stops = {0, 0.5}; // without and with SpecDec++'s stopping rule (--draft-stop)
+        for (int i = 0; i < 2; i++) {
+            long[] c0 = tp.model().draftCounts();
+            try (OpenAiServer server = OpenAiServer.start(tp, new OpenAiServer.Options("127.0.0.1", 0, 256, null, null, "tiny",
+                    SamplingOptions.defaults(), 16, null, 0, null, new OpenAiServer.Draft(null, 3, 6, 0, 0f, stops[i])))) {
+                HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + server.port()
+                        + "/v1/completions")).header("Content-Type", "application/json")
+                        .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
+                assertEquals(200, r.statusCode(), r.body());
+                assertEquals(want, JSON.readTree(r.body()).at("/choices/0/text").asText(), "stop " + stops[i]);
+            }
+            drafted[i] = tp.model().draftCounts()[0] - c0[0];
+            assertTrue(drafted[i] > 0, "the draft drafted");
         }
-        long[] c = tp.model().draftCounts();
-        assertTrue(c[0] > c0[0], "the draft drafted");
+        assertTrue(drafted[1] < drafted[0], "the stopping rule cut the drafts: " + java.util.Arrays.toString(drafted));
     }
 
     /** With an API key, every endpoint but /health wants it as a bearer token. */
