@@ -395,6 +395,7 @@ public final class GenerateCommand implements Callable<Integer> {
                 n.put("steps", r.steps());
                 n.put("seconds", sec);
                 n.put("prefill_s", r.prefillSeconds());
+                n.put("stop", r.cacheFull() ? "context" : "length");
                 n.put("steps_per_s", r.steps() / r.stepSeconds());
                 com.fasterxml.jackson.databind.node.ArrayNode a = n.putArray("drafts");
                 for (var d : drafts) {
@@ -412,8 +413,9 @@ public final class GenerateCommand implements Callable<Integer> {
                     out.printf(Locale.ROOT, "draft %d (score %.3f per token%s):%n%n%s%s%n%n", i, d.meanLogProb(), d.finished() ? ", ended" : "",
                             prompt, tp.tokenizer().decode(d.tokens()));
                 }
-                err.printf(Locale.ROOT, "superposed: %d drafts | prompt %d tokens in %.2f s | %d steps in %.2f s, %.2f steps/s (one pass each)%n",
-                        superposed, ids.length, r.prefillSeconds(), r.steps(), r.stepSeconds(), r.steps() / r.stepSeconds());
+                err.printf(Locale.ROOT, "superposed: %d drafts | prompt %d tokens in %.2f s | %d steps in %.2f s, %.2f steps/s (one pass each)%s%n",
+                        superposed, ids.length, r.prefillSeconds(), r.steps(), r.stepSeconds(), r.steps() / r.stepSeconds(),
+                        r.cacheFull() ? " | stop: the KV cache is full (-c)" : "");
             }
             out.flush();
             err.flush();

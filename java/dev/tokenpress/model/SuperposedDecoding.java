@@ -62,7 +62,8 @@ public final class SuperposedDecoding {
      * The drafts still running (best first) and the finished ones (best first) when generation stopped, the steps run,
      * and the seconds of the prompt's prefill and of the steps after it.
      */
-    public record Result(List<Draft> alive, List<Draft> finished, int steps, double prefillSeconds, double stepSeconds) {}
+    public record Result(List<Draft> alive, List<Draft> finished, int steps, double prefillSeconds, double stepSeconds,
+                         boolean cacheFull) {}
 
     /** −∞ of the authors' code for excluded candidates: large, finite, so a draft can still rank below another. */
     static final double EXCLUDED = 1e7;
@@ -81,7 +82,8 @@ public final class SuperposedDecoding {
 
     /**
      * Prefills {@code prompt} at {@code position} into {@code cache} and generates {@code maxTokens} steps of k drafts
-     * (fewer when every draft has finished). Each generated step after the first is one {@link Llama#decodeStepEmbedded}.
+     * (fewer when every draft has finished or the cache is full). Each generated step after the first is one
+     * {@link Llama#decodeStepEmbedded}.
      */
     public Result generate(Llama model, KvCache cache, int[] prompt, int position, int maxTokens, Set<Integer> endTokens) {
         if (prompt.length == 0) throw new IllegalArgumentException("superposed decoding needs a prompt of at least one token");
@@ -106,7 +108,12 @@ public final class SuperposedDecoding {
                 model.embeddingRow(st.last(d), row);
                 for (int i = 0; i < emb.length; i++) emb[i] += (float) (w[d] * row[i]);
             }
-            model.decodeStepEmbedded(cache, emb, position + prompt.length + s);
+            try {
+                model.decodeStepEmbedded(cache, emb, position + prompt.length + s);
+            } catch (dev.tokenpress.kv.KvCacheFullException e) { // a full cache ends the drafts as plain decoding ends
+                st.cacheFull = true;
+                break;
+            }
         }
         return st.result(steps, (t1 - t0) / 1e9, (System.nanoTime() - t1) / 1e9);
     }
@@ -117,6 +124,7 @@ public final class SuperposedDecoding {
         int[][] alive;
         double[] aliveLp;
         final List<Draft> fin = new ArrayList<>();
+        boolean cacheFull;
 
         State(int[] prompt, int k) {
             this.prompt = prompt;
@@ -144,7 +152,7 @@ public final class SuperposedDecoding {
         Result result(int steps, double prefillSeconds, double stepSeconds) {
             List<Draft> a = new ArrayList<>();
             for (int d = 0; d < alive.length; d++) a.add(new Draft(alive[d], aliveLp[d], false));
-            return new Result(a, List.copyOf(fin), steps, prefillSeconds, stepSeconds);
+            return new Result(a, List.copyOf(fin), steps, prefillSeconds, stepSeconds, cacheFull);
         }
     }
 

@@ -240,6 +240,19 @@ class SuperposedDecodingTest {
     }
 
     @Test
+    void aFullCacheEndsTheDrafts() {
+        int[] p = prompt(6);
+        try (KvCache c = model.newCache(p.length + 3)) {
+            SuperposedDecoding.Result r = new SuperposedDecoding(SuperposedDecoding.Options.defaults(2), null)
+                    .generate(model, c, p, 0, 20, Set.of());
+            assertTrue(r.cacheFull());
+            assertEquals(4, r.steps(), "three steps fed, the fourth's tokens drawn");
+            for (SuperposedDecoding.Draft d : r.alive()) assertEquals(4, d.tokens().length);
+            assertEquals(p.length + 3, c.occupied(0, 0));
+        }
+    }
+
+    @Test
     void aVocabularySmallerThanTheTopTokensIsTakenWhole() {
         SuperposedDecoding sd = new SuperposedDecoding(SuperposedDecoding.Options.defaults(3), null);
         SuperposedDecoding.State st = new SuperposedDecoding.State(new int[] {1}, 3);
