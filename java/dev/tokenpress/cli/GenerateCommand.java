@@ -133,6 +133,12 @@ public final class GenerateCommand implements Callable<Integer> {
             description = "Top tokens of each step the drafts may extend with (default: max(9, 2K)).")
     int superposedTop;
 
+    @Option(names = "--skip-decode", paramLabel = "MAX:MIN",
+            description = "SkipDecode (arXiv 2307.02628): generated token t runs only the top layers, from MAX at the first "
+                    + "down to MIN at the last, linearly; the layers skipped store nothing. For models trained with it; "
+                    + "an ordinary model loses accuracy.")
+    String skipDecode;
+
     static final String DEFAULT_PROMPT = "def fibonacci(n):";
 
     /** The --format value as an output format (usage error otherwise). */
@@ -182,6 +188,15 @@ public final class GenerateCommand implements Callable<Integer> {
         if (promptCacheReadOnly && promptCache == null) throw new Main.UsageException("--prompt-cache-ro needs --prompt-cache FILE");
         if (promptCache != null && (parallel > 1 || !kvOptions.spec().equals("full") || !quant.isNone()))
             throw new Main.UsageException("--prompt-cache keeps every token: it needs the full --kv policy, no --kv-quant and no -np");
+        if (skipDecode != null) {
+            if (superposed > 0 || parallel > 1 || lookup > 0 || draftOptions.enabled() || eadModel != null || trace
+                    || grammarOptions.enabled() || outputFormat != Session.OutputFormat.TEXT || promptCache != null
+                    || !kvOptions.spec().equals("full"))
+                throw new Main.UsageException("--skip-decode runs its own decoding loop under the full --kv policy: it does not "
+                        + "combine with --superposed, -np, --lookup, -md, --draft-layers, --ead-model, --trace, grammars, --format "
+                        + "or --prompt-cache");
+            return runSkipDecode(out, err, dir, prompt, so, quant);
+        }
         if (superposed < 0) throw new Main.UsageException("--superposed must be >= 0");
         if (superposed > 0) {
             if (parallel > 1 || lookup > 0 || draftOptions.enabled() || eadModel != null || trace || grammarOptions.enabled()
@@ -338,6 +353,58 @@ public final class GenerateCommand implements Callable<Integer> {
                 err.printf(Locale.ROOT, "load %d ms | prompt %d tokens, %.1f tokens/s | ttft %.1f ms | decode %d tokens, %.2f tokens/s | KV %s (%d tokens) | stop: %s | seed %d%n",
                         tp.loadMillis(), ids.length, r.prefillTokensPerSecond(), r.ttftMillis(), r.decodeSteps(),
                         r.decodeTokensPerSecond(), Bytes.human(r.kvBytes()), session.contextSize(), r.stopReason(), r.seed());
+            }
+            out.flush();
+            err.flush();
+        }
+        return ExitCodes.OK;
+    }
+
+    /** --skip-decode MAX:MIN: {@link dev.tokenpress.model.SkipDecode} with the sampler chain of the options. */
+    private int runSkipDecode(PrintWriter out, PrintWriter err, Path dir, String prompt, SamplingOptions so,
+                              dev.tokenpress.kv.quant.KvQuantSpec quant) throws Exception {
+        String[] mm = skipDecode.split(":");
+        int max, min;
+        try {
+            if (mm.length != 2) throw new NumberFormatException();
+            max = Integer.parseInt(mm[0].trim());
+            min = Integer.parseInt(mm[1].trim());
+        } catch (NumberFormatException e) {
+            throw new Main.UsageException("--skip-decode takes MAX:MIN layers, e.g. 24:16, got " + skipDecode);
+        }
+        try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {
+            int layers = tp.config().numLayers();
+            if (min < 1 || min > max || max > layers)
+                throw new Main.UsageException("--skip-decode needs 1 <= MIN <= MAX <= " + layers + " (the model's layers), got " + skipDecode);
+            err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(), layers, tp.loadMillis());
+            int[] ids = tp.tokenizer().encode(prompt);
+            dev.tokenpress.model.Llama m = tp.model();
+            dev.tokenpress.sample.SamplerChain chain = dev.tokenpress.sample.SamplerChain.create(so, tp.config().vocabSize());
+            int capacity = ctx > 0 ? ctx : ids.length + nPredict;
+            long t0 = System.nanoTime();
+            dev.tokenpress.model.SkipDecode.Result r;
+            try (dev.tokenpress.kv.KvCache cache = quant.isNone() ? m.newCache(capacity) : m.newCache(capacity, quant)) {
+                r = dev.tokenpress.model.SkipDecode.generate(m, cache, ids, 0, nPredict,
+                        new dev.tokenpress.model.SkipDecode.Schedule(max, min, Math.max(1, nPredict)), chain,
+                        sampling.ignoreEos ? java.util.Set.of() : new java.util.HashSet<>(tp.config().eosTokenIds()), t -> true);
+            }
+            double sec = (System.nanoTime() - t0) / 1e9;
+            String text = tp.tokenizer().decode(r.tokens());
+            if (json) {
+                ObjectMapper om = new ObjectMapper();
+                ObjectNode n = om.createObjectNode();
+                n.put("model", dir.toString());
+                n.put("prompt", prompt);
+                n.put("text", text);
+                n.put("generated_tokens", r.tokens().length);
+                n.put("seconds", sec);
+                n.put("mean_layers", r.meanLayers());
+                n.put("layers", layers);
+                out.println(om.writeValueAsString(n));
+            } else {
+                out.println(prompt + text);
+                err.printf(Locale.ROOT, "skip-decode: layers %d down to %d of %d, %.2f per token on average | %d tokens in %.2f s%n",
+                        max, min, layers, r.meanLayers(), r.tokens().length, sec);
             }
             out.flush();
             err.flush();

@@ -45,6 +45,7 @@ public final class Llama implements AutoCloseable {
     private Boolean pipelinedGreedy = pipelinedDefault(); // null: where the backend has token feedback; true: always; false: never
     private boolean feedbackEmbedding;      // forward embeds the backend's feedback token instead of tokens[0]
     private boolean embeddedInput;          // forward starts from x as uploaded (decodeStepEmbedded), no embedding
+    private int firstLayer;                 // forward runs layers [firstLayer, L) (decodeStepFrom; 0 otherwise)
     private int emulatedRegister;           // host emulation of the feedback register (backends without one)
     private final int[] emulatedTickets = new int[2];
     private int[][] lastStepSlots;          // [layer][kvHead] slots of the last decode step
@@ -234,6 +235,44 @@ public final class Llama implements AutoCloseable {
             backend.runDecodeStep(step, () -> forward(cache, null, positions, 1, slots, false));
         } finally {
             embeddedInput = false;
+        }
+    }
+
+    /**
+     * One step that runs only layers [{@code firstLayer}, L) (SkipDecode, arXiv 2307.02628): the token's embedding goes
+     * into layer {@code firstLayer}, and the layers below get no key or value for it (no slot is allocated there).
+     * Attention in a layer sees the tokens that ran it; SkipDecode's schedule never lowers the first layer along a
+     * sequence, so no later token queries a layer that a skipped token is missing from. Full policy only.
+     */
+    public void decodeStepFrom(KvCache cache, int token, int position, int firstLayer) {
+        if (firstLayer < 0 || firstLayer >= config.numLayers())
+            throw new IllegalArgumentException("first layer " + firstLayer + " outside [0, " + config.numLayers() + ")");
+        if (firstLayer == 0) {
+            decodeStep(cache, token, position);
+            return;
+        }
+        if (policy != KvPolicy.FULL) throw new UnsupportedOperationException("skipping layers needs the full --kv policy");
+        int[] positions = {position};
+        int[] tokens = {token};
+        if (!observing) dropOutsideWindow(cache, position);
+        int[][][] slots = new int[config.numLayers()][config.numKvHeads()][];
+        int[][] stepSlots = new int[config.numLayers()][config.numKvHeads()];
+        for (int l = 0; l < slots.length; l++)
+            for (int g = 0; g < slots[l].length; g++) {
+                if (l < firstLayer) {
+                    stepSlots[l][g] = -1; // skipped: nothing stored
+                    continue;
+                }
+                slots[l][g] = cache.allocate(l, g, positions, 1);
+                stepSlots[l][g] = slots[l][g][0];
+            }
+        lastStepSlots = stepSlots;
+        DecodeStep step = new DecodeStep(token, position, stepSlots, cache);
+        this.firstLayer = firstLayer;
+        try {
+            backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
+        } finally {
+            this.firstLayer = 0;
         }
     }
 
@@ -808,7 +847,7 @@ public final class Llama implements AutoCloseable {
         else b.embedding(x, w.embed(), tokens, n);                   // x [n, D]
         if (b.fusesNormIntoMatmul()) {
             // each RMSNorm inside the projections that read it, each residual add inside the projection that feeds it
-            for (int l = 0; l < c.numLayers(); l++) {
+            for (int l = firstLayer; l < c.numLayers(); l++) {
                 Weights.Layer lw = w.layers()[l];
                 b.rmsnormMatmulQkv(q, k, v, x, lw.attnNorm(), eps, xn, // q, k, v of norm(x); xn scratch
                         lw.wq(), lw.bq(), lw.wk(), lw.bk(), lw.wv(), lw.bv(), n);
@@ -818,8 +857,8 @@ public final class Llama implements AutoCloseable {
                 b.matmulAdd(x, xb, gate, lw.wDown(), n);              // x += gate·Wdown
             }
         } else {
-            b.rmsnorm(xn, x, w.layers()[0].attnNorm(), eps, n);      // xn [n, D] = norm(x)
-            for (int l = 0; l < c.numLayers(); l++) {
+            b.rmsnorm(xn, x, w.layers()[firstLayer].attnNorm(), eps, n); // xn [n, D] = norm(x)
+            for (int l = firstLayer; l < c.numLayers(); l++) {
                 Weights.Layer lw = w.layers()[l];
                 // --- attention block (its input norm was fused into the previous residual add) ---
                 boolean stored = lw.qNorm() == null && batchRows == null; // no per-head norm between them

@@ -408,6 +408,27 @@ class CliTest {
                 tmp.resolve("none.txt").toString()).code());
     }
 
+    /** --skip-decode MAX:MIN: every layer is plain greedy decoding; fewer layers run; bad values are usage errors. */
+    @Test
+    void skipDecodeRunsTheTopLayers() throws Exception {
+        String greedy = new ObjectMapper().readTree(run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0",
+                "--device", "cpu", "--json").out()).get("text").asText();
+        Run all = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--skip-decode", "2:2",
+                "--device", "cpu", "--json");
+        assertEquals(ExitCodes.OK, all.code(), all.err());
+        JsonNode o = new ObjectMapper().readTree(all.out());
+        assertEquals(greedy, o.get("text").asText(), "every layer: greedy decoding");
+        assertEquals(2.0, o.get("mean_layers").asDouble());
+        Run fewer = run("generate", "-m", model.toString(), "-p", "Hello", "-n", "8", "--temp", "0", "--skip-decode", "2:1",
+                "--device", "cpu", "--json");
+        assertEquals(ExitCodes.OK, fewer.code(), fewer.err());
+        assertTrue(new ObjectMapper().readTree(fewer.out()).get("mean_layers").asDouble() < 2);
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--skip-decode", "3:1").code(), "more layers than the model's");
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--skip-decode", "1:2").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--skip-decode", "x").code());
+        assertEquals(ExitCodes.USAGE, run("generate", "-m", model.toString(), "--skip-decode", "2:1", "--kv", "window:sink=2,budget=8").code());
+    }
+
     private static String[] concat(String[] a, String... b) {
         String[] c = java.util.Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, c, a.length, b.length);

@@ -16,6 +16,20 @@ final class NaiveLlama {
 
     /** The final hidden states [n][D] (after the last RMSNorm) of a full causal forward pass over tokens. */
     static double[][] hidden(LlamaConfig c, SafeTensors st, int[] tokens) {
+        return hidden(c, st, tokens, new int[tokens.length]);
+    }
+
+    /**
+     * Logits [n][V] when token i runs only layers [first[i], L) (SkipDecode): its embedding enters layer first[i], and
+     * in layer l only the tokens with first ≤ l are keys.
+     */
+    static double[][] logitsSkipping(LlamaConfig c, SafeTensors st, int[] tokens, int[] first) {
+        TensorData emb = st.get("model.embed_tokens.weight");
+        TensorData head = st.has("lm_head.weight") ? st.get("lm_head.weight") : emb;
+        return linear(hidden(c, st, tokens, first), head, null);
+    }
+
+    private static double[][] hidden(LlamaConfig c, SafeTensors st, int[] tokens, int[] first) {
         int n = tokens.length, d = c.hiddenSize(), hd = c.headDim(), H = c.numHeads(), Hkv = c.numKvHeads();
         double[][] x = new double[n][d];
         TensorData emb = st.get("model.embed_tokens.weight");
@@ -23,6 +37,8 @@ final class NaiveLlama {
         float[] inv = dev.tokenpress.backend.RopeTable.of(c).invFreq();
         for (int l = 0; l < c.numLayers(); l++) {
             String p = "model.layers." + l + ".";
+            double[][] before = new double[n][];
+            for (int i = 0; i < n; i++) if (first[i] > l) before[i] = x[i].clone();
             double[][] h = norm(x, st.get(p + "input_layernorm.weight"), c.rmsNormEps());
             double[][] q = linear(h, st.get(p + "self_attn.q_proj.weight"), c.attentionBias() ? st.get(p + "self_attn.q_proj.bias") : null);
             double[][] k = linear(h, st.get(p + "self_attn.k_proj.weight"), c.attentionBias() ? st.get(p + "self_attn.k_proj.bias") : null);
@@ -38,13 +54,14 @@ final class NaiveLlama {
                     int from = c.slidingWindow() == null ? 0 : Math.max(0, i - c.slidingWindow() + 1); // HF: key j > i - W
                     for (int j = 0; j < from; j++) s[j] = Double.NEGATIVE_INFINITY;
                     for (int j = from; j <= i; j++) {
+                        if (first[j] > l) { s[j] = Double.NEGATIVE_INFINITY; continue; } // not in this layer
                         double dot = 0;
                         for (int e = 0; e < hd; e++) dot += q[i][hh * hd + e] * k[j][g * hd + e];
                         s[j] = dot / Math.sqrt(hd);
                         max = Math.max(max, s[j]);
                     }
                     double sum = 0;
-                    for (int j = 0; j <= i; j++) { s[j] = j < from ? 0 : Math.exp(s[j] - max); sum += s[j]; }
+                    for (int j = 0; j <= i; j++) { s[j] = j < from || first[j] > l ? 0 : Math.exp(s[j] - max); sum += s[j]; }
                     for (int j = 0; j <= i; j++) for (int e = 0; e < hd; e++) att[i][hh * hd + e] += s[j] / sum * v[j][g * hd + e];
                 }
             add(x, linear(att, st.get(p + "self_attn.o_proj.weight"), null));
@@ -53,6 +70,7 @@ final class NaiveLlama {
             double[][] up = linear(h2, st.get(p + "mlp.up_proj.weight"), null);
             for (int i = 0; i < n; i++) for (int j = 0; j < gate[i].length; j++) gate[i][j] = gate[i][j] / (1 + Math.exp(-gate[i][j])) * up[i][j];
             add(x, linear(gate, st.get(p + "mlp.down_proj.weight"), null));
+            for (int i = 0; i < n; i++) if (before[i] != null) x[i] = before[i]; // skipped: still the embedding
         }
         return norm(x, st.get("model.norm.weight"), c.rmsNormEps());
     }

@@ -1,8 +1,5 @@
 package dev.tokenpress.model;
 
-import dev.tokenpress.backend.cpu.CpuBackend;
-import dev.tokenpress.io.DType;
-import dev.tokenpress.io.ModelWriter;
 import dev.tokenpress.io.SafeTensors;
 import dev.tokenpress.kv.KvCache;
 import dev.tokenpress.sample.NGramModel;
@@ -29,24 +26,22 @@ import static org.junit.jupiter.api.Assertions.*;
 class SuperposedDecodingTest {
     @TempDir
     static Path dir;
+    static GeneratedModel gen;
     static LlamaConfig config;
     static Llama model;
     static SafeTensors st;
 
     @BeforeAll
     static void setUp() {
-        config = new LlamaConfig("LlamaForCausalLM", "llama", 64, 96, 2, 4, 2, 16, 300, 1e-5f, 10000f, null, 4096,
-                true, false, null, 298, List.of(299), "float32");
-        ModelWriter.write(dir, config, DType.F32, 23, s -> {});
-        st = SafeTensors.open(dir);
-        CpuBackend b = new CpuBackend(2);
-        model = new Llama(config, Weights.load(st, config, b, null), b, 8);
+        gen = GeneratedModel.write(dir, 2, true, 23);
+        config = gen.config();
+        model = gen.model();
+        st = gen.st();
     }
 
     @AfterAll
     static void close() {
-        model.close();
-        st.close();
+        gen.close();
     }
 
     static int[] prompt(int n) {

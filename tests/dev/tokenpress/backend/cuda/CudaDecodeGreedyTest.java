@@ -106,6 +106,49 @@ class CudaDecodeGreedyTest {
         }
     }
 
+    /**
+     * SkipDecode's steps ({@link Llama#decodeStepFrom}: the layers below the first skipped, no slot there) on CUDA, with
+     * CUDA graphs and eagerly, against the same steps on the CPU backend (model-parity tolerance).
+     */
+    @ParameterizedTest(name = "skip-decode steps graphs={0}")
+    @org.junit.jupiter.params.provider.ValueSource(booleans = {true, false})
+    void skipDecodeStepsMatchTheCpu(boolean graphs) {
+        Assumptions.assumeTrue(Cuda.available(), "CUDA unavailable: " + Cuda.unavailableReason());
+        LlamaConfig cfg = ModelWriter.write(tmp.resolve("s"), CudaModelParityTest.config(512, 8, 2, 64, 4), 19, s -> {});
+        int[] prompt = new int[16];
+        for (int i = 0; i < prompt.length; i++) prompt[i] = (i * 29 + 7) % cfg.vocabSize();
+        int[] fed = {3, 91, 250, 17, 66, 400}, first = {1, 1, 1, 2, 2, 3};
+        float[][] want = new float[fed.length][];
+        try (SafeTensors st = SafeTensors.open(tmp.resolve("s")); dev.tokenpress.backend.cpu.CpuBackend cpu = new dev.tokenpress.backend.cpu.CpuBackend(2)) {
+            Llama m = new Llama(cfg, Weights.load(st, cfg, cpu, null), cpu, 64);
+            try (KvCache c = m.newCache(64)) {
+                m.prefill(c, prompt, 0, false, null);
+                for (int s = 0; s < fed.length; s++) {
+                    m.decodeStepFrom(c, fed[s], prompt.length + s, first[s]);
+                    want[s] = m.logits().clone();
+                }
+            }
+            CudaBackend gpu = CudaBackend.open();
+            try {
+                gpu.setGraphsEnabled(graphs);
+                Llama g = new Llama(cfg, Weights.load(st, cfg, gpu, null), gpu, 64);
+                try (KvCache c = g.newCache(64)) {
+                    g.prefill(c, prompt, 0, false, null);
+                    for (int s = 0; s < fed.length; s++) {
+                        g.decodeStepFrom(c, fed[s], prompt.length + s, first[s]);
+                        double e = CudaParityTest.nmse(want[s], g.logits());
+                        assertTrue(e < 5e-3, "step " + s + ": nmse " + e + " (" + gpu.graphStatus() + ")");
+                    }
+                    assertEquals(prompt.length, c.occupied(0, 0), "layer 0 misses the skipped tokens");
+                    assertEquals(prompt.length + 3, c.occupied(1, 0));
+                    assertEquals(prompt.length + fed.length, c.occupied(3, 0));
+                }
+            } finally {
+                gpu.close();
+            }
+        }
+    }
+
     @ParameterizedTest(name = "graphs={0} maxSteps={1} stopAt={2} kv={3}")
     @CsvSource({"true,40,0,full", "true,40,17,full", "false,24,9,full", "true,1,0,full",
             "true,40,17,'tidal:k=16,full_layers=1,reselect=2'", "false,24,9,'tidal:k=16,full_layers=1,reselect=2'"})
