@@ -704,7 +704,7 @@ public final class Llama implements AutoCloseable {
         for (int l = 0; l < lastStepSlots.length; l++)
             for (int g = 0; g < lastStepSlots[l].length; g++) {
                 int slot = lastStepSlots[l][g];
-                if (cache.position(l, g, slot) == position) cache.free(l, g, slot);
+                if (slot >= 0 && cache.position(l, g, slot) == position) cache.free(l, g, slot); // -1: a skipped layer
             }
     }
 
