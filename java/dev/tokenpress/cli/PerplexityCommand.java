@@ -47,6 +47,11 @@ public final class PerplexityCommand implements Callable<Integer> {
     @Option(names = "--json", description = "Print one JSON object instead of the table.")
     boolean json;
 
+    @Option(names = "--skip-decode", paramLabel = "MAX:MIN",
+            description = "Decode each scored token through SkipDecode's top layers only (MAX at the first down to MIN at the "
+                    + "last, linearly; full --kv policy): the cost of skipping layers, against the baseline.")
+    String skipDecode;
+
     /** Decode steps run before timing anything (JIT warm-up). */
     static final int WARM_UP_STEPS = 64;
 
@@ -114,7 +119,8 @@ public final class PerplexityCommand implements Callable<Integer> {
             int[] tokens = eval.limit(all, tp.config(), err);
             KvPolicy policy = kvOptions.policy(tp.config());
             Perplexity.warmUp(tp.model(), tokens, WARM_UP_STEPS);
-            Perplexity.Result r = evaluate(tp, tokens, policy, kvOptions.quant(), eval, err);
+            dev.tokenpress.model.SkipDecode.Schedule skip = skipSchedule(tp, tokens.length - Math.min(eval.prefill, tokens.length - 1));
+            Perplexity.Result r = evaluate(tp, tokens, policy, kvOptions.quant(), eval, skip, err);
             CompareReport.Meta meta = new CompareReport.Meta(dir.toString(), tp.backend().description(), CompareReport.machine(),
                     eval.file.toString(), all.length);
             if (json) CompareReport.json(out, meta, List.of(r));
@@ -123,9 +129,32 @@ public final class PerplexityCommand implements Callable<Integer> {
         return ExitCodes.OK;
     }
 
+    /** --skip-decode's schedule over {@code scored} tokens (null without the option); usage errors for bad values. */
+    private dev.tokenpress.model.SkipDecode.Schedule skipSchedule(TokenPress tp, int scored) {
+        if (skipDecode == null) return null;
+        if (!kvOptions.spec().equals("full")) throw new Main.UsageException("--skip-decode needs the full --kv policy");
+        String[] mm = skipDecode.split(":");
+        try {
+            if (mm.length != 2) throw new NumberFormatException();
+            int max = Integer.parseInt(mm[0].trim()), min = Integer.parseInt(mm[1].trim());
+            if (max > tp.config().numLayers()) throw new IllegalArgumentException("more layers than the model's " + tp.config().numLayers());
+            return new dev.tokenpress.model.SkipDecode.Schedule(max, min, Math.max(1, scored));
+        } catch (NumberFormatException e) {
+            throw new Main.UsageException("--skip-decode takes MAX:MIN layers, e.g. 24:16, got " + skipDecode);
+        } catch (IllegalArgumentException e) {
+            throw new Main.UsageException("--skip-decode " + skipDecode + ": " + e.getMessage());
+        }
+    }
+
     /** Runs one policy against a fresh baseline, with progress and timings on stderr. */
     static Perplexity.Result evaluate(TokenPress tp, int[] tokens, KvPolicy policy, KvQuantSpec quant, EvalOptions eval,
                                       PrintWriter err) {
+        return evaluate(tp, tokens, policy, quant, eval, null, err);
+    }
+
+    /** {@link #evaluate(TokenPress, int[], KvPolicy, KvQuantSpec, EvalOptions, PrintWriter)} with SkipDecode's layers (null: all). */
+    static Perplexity.Result evaluate(TokenPress tp, int[] tokens, KvPolicy policy, KvQuantSpec quant, EvalOptions eval,
+                                      dev.tokenpress.model.SkipDecode.Schedule skip, PrintWriter err) {
         KvPolicy baseline = eval.baselinePolicy(tp.config());
         String name = policy.spec();
         ProgressListener bar = TerminalProgress.forStderr();
@@ -133,7 +162,7 @@ public final class PerplexityCommand implements Callable<Integer> {
         long t0 = System.nanoTime();
         int[] lastDecile = {0};
         Perplexity.Result r = Perplexity.run(tp.model(), tokens, policy, baseline, Math.min(eval.prefill, tokens.length - 1),
-                0, quant, (done, total, ppl) -> {
+                0, quant, skip, (done, total, ppl) -> {
                     if (terminal) {
                         bar.update("ppl " + name, done, total);
                         return;

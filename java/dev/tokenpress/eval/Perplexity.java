@@ -114,6 +114,16 @@ public final class Perplexity {
      */
     public static Result run(Llama model, int[] tokens, KvPolicy policy, KvPolicy baseline, int prefill, int cacheSlots,
                              KvQuantSpec quant, Progress progress) {
+        return run(model, tokens, policy, baseline, prefill, cacheSlots, quant, null, progress);
+    }
+
+    /**
+     * As {@link #run(Llama, int[], KvPolicy, KvPolicy, int, int, KvQuantSpec, Progress)} with each decoded token run
+     * through the top layers SkipDecode's {@code skip} gives it (its schedule over the scored tokens; null = every
+     * layer; the full policy only), labelled {@code "<spec> skip:<max>:<min>"}: what skipping layers costs.
+     */
+    public static Result run(Llama model, int[] tokens, KvPolicy policy, KvPolicy baseline, int prefill, int cacheSlots,
+                             KvQuantSpec quant, dev.tokenpress.model.SkipDecode.Schedule skip, Progress progress) {
         int n = tokens.length;
         if (n < 2) throw new IllegalArgumentException("perplexity needs at least 2 tokens, got " + n);
         if (prefill < 1 || prefill >= n)
@@ -126,7 +136,8 @@ public final class Perplexity {
         KvCache pc = null, bc = null;
         try {
             pc = newCache(model, (cacheSlots > 0 ? cacheSlots : n) + policy.scratchSlots(prefill), quant); // + KVzip's pass
-            Rows pol = new DecodeRows(model, once(policy), pc, tokens, prefill);
+            DecodeRows pol = new DecodeRows(model, once(policy), pc, tokens, prefill);
+            pol.skip = skip;
             Rows base = null;
             if (baseline != null) {
                 bc = model.newCache(n);
@@ -150,6 +161,7 @@ public final class Perplexity {
             long fullBytes = bytesOf(model, n - 1, null);
             DecodeRows dp = (DecodeRows) pol;
             String label = quant == null || quant.isNone() ? policy.spec() : policy.spec() + " q:" + quant.spec();
+            if (skip != null) label += " skip:" + skip.maxLayers() + ":" + skip.minLayers();
             return new Result(label, baseline == null ? null : baseline.spec(), n, prefill, scored,
                     st.meanNll(), st.nllStderr(), st.meanBaselineNll(), st.baselineNllStderr(),
                     st.meanKld(), st.kldQuantile(0.99), st.maxKld(), st.top1Agreement(), st.meanDeltaP(), st.rmsDeltaP(),
@@ -219,6 +231,7 @@ public final class Perplexity {
         int next = -1; // the token index whose prediction comes next
         int steps;
         long nanos;
+        dev.tokenpress.model.SkipDecode.Schedule skip; // SkipDecode's layers per decoded token (null: every layer)
 
         DecodeRows(Llama model, KvPolicy policy, KvCache cache, int[] tokens, int prefill) {
             this.model = model;
@@ -237,7 +250,8 @@ public final class Perplexity {
                 return model.logits();
             }
             long t0 = System.nanoTime();
-            model.decodeStep(cache, tokens[next - 1], next - 1);
+            if (skip == null) model.decodeStep(cache, tokens[next - 1], next - 1);
+            else model.decodeStepFrom(cache, tokens[next - 1], next - 1, skip.firstLayer(steps, model.config.numLayers()));
             float[] row = model.logits(); // downloads (and so waits for) the step's logits
             nanos += System.nanoTime() - t0;
             steps++;

@@ -38,6 +38,20 @@ class PerplexityCliTest {
         Files.writeString(text, sb.toString());
     }
 
+    /** --skip-decode MAX:MIN: the run is labelled, costs predictions; bad values and other policies are usage errors. */
+    @Test
+    void skipDecodeReportsItsCost() throws Exception {
+        Run r = run("perplexity", "-m", model.toString(), "-f", text.toString(), "-c", "64", "--prefill", "16",
+                "--skip-decode", "2:1", "--json", "--device", "cpu");
+        assertEquals(ExitCodes.OK, r.code(), r.err());
+        JsonNode j = new ObjectMapper().readTree(r.out()).get("results").get(0);
+        assertEquals("full skip:2:1", j.get("kv").asText());
+        assertTrue(j.get("mean_kld").asDouble() > 0);
+        assertEquals(ExitCodes.USAGE, run("perplexity", "-m", model.toString(), "-f", text.toString(), "--skip-decode", "3:1").code());
+        assertEquals(ExitCodes.USAGE, run("perplexity", "-m", model.toString(), "-f", text.toString(), "--skip-decode", "2:1",
+                "--kv", "window:budget=24").code());
+    }
+
     @Test
     void reportsPerplexityAgainstTheBaseline() throws Exception {
         Run r = run("perplexity", "-m", model.toString(), "-f", text.toString(), "-c", "80", "--prefill", "16",

@@ -85,6 +85,25 @@ class PerplexityTest {
         assertTrue(Double.isNaN(one.meanKld()));
     }
 
+    /**
+     * SkipDecode's cost: every layer equals the plain run bit for bit; fewer layers change the predictions, free the
+     * skipped layers' slots (slot ratio above 1) and are labelled; the schedule's first scored token runs every layer.
+     */
+    @Test
+    void skipDecodeAtFullDepthIsThePlainRunAndFewerLayersCost() {
+        int layers = tp.config().numLayers(), prefill = 10, scored = tokens.length - prefill;
+        Perplexity.Result plain = Perplexity.run(tp.model(), tokens, KvPolicy.FULL, KvPolicy.FULL, prefill, 0, null, null);
+        Perplexity.Result all = Perplexity.run(tp.model(), tokens, KvPolicy.FULL, KvPolicy.FULL, prefill, 0, null,
+                new dev.tokenpress.model.SkipDecode.Schedule(layers, layers, scored), null);
+        assertEquals(plain.meanNll(), all.meanNll(), 0);
+        assertEquals(plain.meanKld(), all.meanKld(), 0);
+        Perplexity.Result fewer = Perplexity.run(tp.model(), tokens, KvPolicy.FULL, KvPolicy.FULL, prefill, 0, null,
+                new dev.tokenpress.model.SkipDecode.Schedule(layers, 1, scored), null);
+        assertTrue(fewer.meanKld() > 1e-4, "skipping layers changes the predictions: " + fewer.meanKld());
+        assertTrue(fewer.slotRatio() > 1, "the skipped layers hold fewer tokens: " + fewer.slotRatio());
+        assertTrue(fewer.kv().endsWith("skip:" + layers + ":1"), fewer.kv());
+    }
+
     @Test
     void aPolicyAgainstItselfHasZeroKlAndFullAgreement() {
         for (String spec : new String[]{"window:sink=4,budget=24", "h2o:budget=24", "tidal:k=16,full_layers=1"}) {
