@@ -363,19 +363,14 @@ public final class GenerateCommand implements Callable<Integer> {
     /** --skip-decode MAX:MIN: {@link dev.tokenpress.model.SkipDecode} with the sampler chain of the options. */
     private int runSkipDecode(PrintWriter out, PrintWriter err, Path dir, String prompt, SamplingOptions so,
                               dev.tokenpress.kv.quant.KvQuantSpec quant) throws Exception {
-        String[] mm = skipDecode.split(":");
-        int max, min;
-        try {
-            if (mm.length != 2) throw new NumberFormatException();
-            max = Integer.parseInt(mm[0].trim());
-            min = Integer.parseInt(mm[1].trim());
-        } catch (NumberFormatException e) {
-            throw new Main.UsageException("--skip-decode takes MAX:MIN layers, e.g. 24:16, got " + skipDecode);
-        }
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {
             int layers = tp.config().numLayers();
-            if (min < 1 || min > max || max > layers)
-                throw new Main.UsageException("--skip-decode needs 1 <= MIN <= MAX <= " + layers + " (the model's layers), got " + skipDecode);
+            dev.tokenpress.model.SkipDecode.Schedule schedule;
+            try {
+                schedule = dev.tokenpress.model.SkipDecode.Schedule.parse(skipDecode, layers, nPredict);
+            } catch (IllegalArgumentException e) {
+                throw new Main.UsageException("--" + e.getMessage());
+            }
             err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(), layers, tp.loadMillis());
             int[] ids = tp.tokenizer().encode(prompt);
             dev.tokenpress.model.Llama m = tp.model();
@@ -385,7 +380,7 @@ public final class GenerateCommand implements Callable<Integer> {
             dev.tokenpress.model.SkipDecode.Result r;
             try (dev.tokenpress.kv.KvCache cache = quant.isNone() ? m.newCache(capacity) : m.newCache(capacity, quant)) {
                 r = dev.tokenpress.model.SkipDecode.generate(m, cache, ids, 0, nPredict,
-                        new dev.tokenpress.model.SkipDecode.Schedule(max, min, Math.max(1, nPredict)), chain,
+                        schedule, chain,
                         sampling.ignoreEos ? java.util.Set.of() : new java.util.HashSet<>(tp.config().eosTokenIds()), t -> true);
             }
             double sec = (System.nanoTime() - t0) / 1e9;
@@ -404,7 +399,7 @@ public final class GenerateCommand implements Callable<Integer> {
             } else {
                 out.println(prompt + text);
                 err.printf(Locale.ROOT, "skip-decode: layers %d down to %d of %d, %.2f per token on average | %d tokens in %.2f s%n",
-                        max, min, layers, r.meanLayers(), r.tokens().length, sec);
+                        schedule.maxLayers(), schedule.minLayers(), layers, r.meanLayers(), r.tokens().length, sec);
             }
             out.flush();
             err.flush();

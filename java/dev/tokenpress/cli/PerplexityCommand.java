@@ -133,16 +133,10 @@ public final class PerplexityCommand implements Callable<Integer> {
     private dev.tokenpress.model.SkipDecode.Schedule skipSchedule(TokenPress tp, int scored) {
         if (skipDecode == null) return null;
         if (!kvOptions.spec().equals("full")) throw new Main.UsageException("--skip-decode needs the full --kv policy");
-        String[] mm = skipDecode.split(":");
         try {
-            if (mm.length != 2) throw new NumberFormatException();
-            int max = Integer.parseInt(mm[0].trim()), min = Integer.parseInt(mm[1].trim());
-            if (max > tp.config().numLayers()) throw new IllegalArgumentException("more layers than the model's " + tp.config().numLayers());
-            return new dev.tokenpress.model.SkipDecode.Schedule(max, min, Math.max(1, scored));
-        } catch (NumberFormatException e) {
-            throw new Main.UsageException("--skip-decode takes MAX:MIN layers, e.g. 24:16, got " + skipDecode);
+            return dev.tokenpress.model.SkipDecode.Schedule.parse(skipDecode, tp.config().numLayers(), scored);
         } catch (IllegalArgumentException e) {
-            throw new Main.UsageException("--skip-decode " + skipDecode + ": " + e.getMessage());
+            throw new Main.UsageException("--" + e.getMessage());
         }
     }
 

@@ -29,6 +29,24 @@ public final class SkipDecode {
             if (steps < 1) throw new IllegalArgumentException("skip-decode needs at least one step");
         }
 
+        /**
+         * "MAX:MIN" for a model of {@code layers} layers over {@code steps} tokens; IllegalArgumentException with the
+         * reason for anything else.
+         */
+        public static Schedule parse(String spec, int layers, int steps) {
+            String[] mm = spec.split(":");
+            int max, min;
+            try {
+                if (mm.length != 2) throw new NumberFormatException();
+                max = Integer.parseInt(mm[0].trim());
+                min = Integer.parseInt(mm[1].trim());
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException("skip-decode takes MAX:MIN layers, e.g. 24:16, got " + spec);
+            }
+            if (max > layers) throw new IllegalArgumentException("skip-decode " + spec + ": more layers than the model's " + layers);
+            return new Schedule(max, min, Math.max(1, steps));
+        }
+
         public int activeLayers(int t) {
             if (steps == 1) return maxLayers;
             int c = Math.min(Math.max(t, 0), steps - 1);
