@@ -1,37 +1,29 @@
 package dev.tokenpress.sample;
 
-import java.util.Arrays;
-import java.util.HashMap;
-import java.util.Map;
-
 /**
  * Token n-gram counts for contexts of 1 to {@link #maxContext()} tokens (bigrams to (maxContext + 1)-grams), built from
  * token sequences: the side table Superposed Decoding interpolates with the model's distribution. {@link #prob} is the
  * maximum-likelihood estimate count(context, next) / count(context), and -1 for a context never seen (the authors'
  * convention: such an order is left out of the interpolation).
+ *
+ * <p>Contexts and (context, next) pairs are counted under 64-bit hashes in open-addressing tables of primitive longs and
+ * ints (about 200 bytes per corpus token for five orders, against kilobytes for maps of boxed tuples); two different
+ * n-grams sharing a hash (chance about n² / 2^65 for n of them) would add their counts.
  */
 public final class NGramModel {
     private final int maxContext;
-    /** [context length - 1]: context -> (next token -> count), and context -> total. */
-    private final Map<Key, Map<Integer, Integer>>[] next;
-    private final Map<Key, Integer>[] totals;
+    private final LongIntTable[] next;   // [context length - 1]: hash(context, next) -> count
+    private final LongIntTable[] totals; // [context length - 1]: hash(context) -> count of its continuations
     private long tokens;
 
-    /** A context of tokens, compared by value. */
-    private record Key(int[] t) {
-        @Override public boolean equals(Object o) { return o instanceof Key k && Arrays.equals(t, k.t); }
-        @Override public int hashCode() { return Arrays.hashCode(t); }
-    }
-
-    @SuppressWarnings("unchecked")
     public NGramModel(int maxContext) {
         if (maxContext < 1) throw new IllegalArgumentException("an n-gram model needs contexts of at least one token");
         this.maxContext = maxContext;
-        next = new Map[maxContext];
-        totals = new Map[maxContext];
+        next = new LongIntTable[maxContext];
+        totals = new LongIntTable[maxContext];
         for (int i = 0; i < maxContext; i++) {
-            next[i] = new HashMap<>();
-            totals[i] = new HashMap<>();
+            next[i] = new LongIntTable();
+            totals[i] = new LongIntTable();
         }
     }
 
@@ -43,11 +35,11 @@ public final class NGramModel {
     /** Counts every n-gram of {@code seq} (each context length, each position). */
     public NGramModel add(int[] seq) {
         for (int end = 1; end < seq.length; end++) {
-            int v = seq[end];
+            long h = SEED;
             for (int len = 1; len <= maxContext && len <= end; len++) {
-                Key k = new Key(Arrays.copyOfRange(seq, end - len, end));
-                next[len - 1].computeIfAbsent(k, x -> new HashMap<>()).merge(v, 1, Integer::sum);
-                totals[len - 1].merge(k, 1, Integer::sum);
+                h = mix(h, seq[end - len]); // the context grows backwards: (seq[end-len], ..., seq[end-1]) hashed newest first
+                totals[len - 1].add(h, 1);
+                next[len - 1].add(mix(h ^ NEXT, seq[end]), 1);
             }
         }
         tokens += seq.length;
@@ -60,9 +52,71 @@ public final class NGramModel {
      */
     public double prob(int[] seq, int end, int len, int nextToken) {
         if (len < 1 || len > maxContext || len > end) return -1;
-        Key k = new Key(Arrays.copyOfRange(seq, end - len, end));
-        Integer total = totals[len - 1].get(k);
-        if (total == null) return -1;
-        return next[len - 1].get(k).getOrDefault(nextToken, 0) / (double) total;
+        long h = SEED;
+        for (int i = 1; i <= len; i++) h = mix(h, seq[end - i]);
+        int total = totals[len - 1].get(h);
+        if (total == 0) return -1;
+        return next[len - 1].get(mix(h ^ NEXT, nextToken)) / (double) total;
+    }
+
+    private static final long SEED = 0x9E3779B97F4A7C15L, NEXT = 0xD1B54A32D192ED03L;
+
+    /** One token into a running hash (splitmix64's finalizer over the combination). */
+    private static long mix(long h, int token) {
+        long z = h * 0xBF58476D1CE4E5B9L + token + 0x94D049BB133111EBL;
+        z = (z ^ (z >>> 30)) * 0xBF58476D1CE4E5B9L;
+        z = (z ^ (z >>> 27)) * 0x94D049BB133111EBL;
+        return z ^ (z >>> 31);
+    }
+
+    /** long -> int counts, open addressing with linear probing; key 0 is stored beside the table. */
+    static final class LongIntTable {
+        private long[] keys = new long[16];
+        private int[] values = new int[16];
+        private int size;
+        private int zeroValue;
+
+        void add(long key, int delta) {
+            if (key == 0) {
+                zeroValue += delta;
+                return;
+            }
+            if (2 * (size + 1) > keys.length) grow();
+            int i = slot(key, keys.length);
+            while (keys[i] != 0 && keys[i] != key) i = (i + 1) & (keys.length - 1);
+            if (keys[i] == 0) {
+                keys[i] = key;
+                size++;
+            }
+            values[i] += delta;
+        }
+
+        int get(long key) {
+            if (key == 0) return zeroValue;
+            int i = slot(key, keys.length);
+            while (keys[i] != 0) {
+                if (keys[i] == key) return values[i];
+                i = (i + 1) & (keys.length - 1);
+            }
+            return 0;
+        }
+
+        private static int slot(long key, int capacity) {
+            return (int) (key ^ (key >>> 32)) & (capacity - 1);
+        }
+
+        private void grow() {
+            long[] k = keys;
+            int[] v = values;
+            keys = new long[k.length * 2];
+            values = new int[k.length * 2];
+            for (int j = 0; j < k.length; j++) {
+                if (k[j] == 0) continue;
+                int i = slot(k[j], keys.length);
+                while (keys[i] != 0) i = (i + 1) & (keys.length - 1);
+                keys[i] = k[j];
+                values[i] = v[j];
+            }
+        }
     }
 }
