@@ -378,7 +378,7 @@ public final class GenerateCommand implements Callable<Integer> {
             int capacity = ctx > 0 ? ctx : ids.length + nPredict;
             long t0 = System.nanoTime();
             dev.tokenpress.model.SkipDecode.Result r;
-            try (dev.tokenpress.kv.KvCache cache = quant.isNone() ? m.newCache(capacity) : m.newCache(capacity, quant)) {
+            try (dev.tokenpress.kv.KvCache cache = m.newCache(capacity, quant)) {
                 r = dev.tokenpress.model.SkipDecode.generate(m, cache, ids, 0, nPredict,
                         schedule, chain,
                         sampling.ignoreEos ? java.util.Set.of() : new java.util.HashSet<>(tp.config().eosTokenIds()), t -> true);
@@ -436,7 +436,7 @@ public final class GenerateCommand implements Callable<Integer> {
             int capacity = ctx > 0 ? ctx : ids.length + nPredict;
             long t0 = System.nanoTime();
             dev.tokenpress.model.SuperposedDecoding.Result r;
-            try (dev.tokenpress.kv.KvCache cache = quant.isNone() ? m.newCache(capacity) : m.newCache(capacity, quant)) {
+            try (dev.tokenpress.kv.KvCache cache = m.newCache(capacity, quant)) {
                 r = new dev.tokenpress.model.SuperposedDecoding(o, ngrams).generate(m, cache, ids, 0, nPredict,
                         new java.util.HashSet<>(tp.config().eosTokenIds()));
             } finally {

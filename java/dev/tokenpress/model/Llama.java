@@ -200,19 +200,18 @@ public final class Llama implements AutoCloseable {
 
     /** Runs one token at {@code position}; afterwards {@link #logits()} / {@link #argmax()} read its logits. */
     public void decodeStep(KvCache cache, int token, int position) {
-        int[] positions = {position};
-        int[] tokens = {token};
-        int[][][] slots = allocateStepSlots(cache, positions);
-        DecodeStep step = new DecodeStep(token, position, lastStepSlots, cache);
-        backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
+        decodeStepFrom(cache, token, position, 0);
     }
 
-    /** The slots of a one-token step, allocated; {@link #lastStepSlots} becomes them as [layer][kvHead]. */
-    private int[][][] allocateStepSlots(KvCache cache, int[] positions) {
-        int[][][] slots = allocateSlots(cache, positions, 1);
+    /**
+     * The slots of a one-token step in layers [{@code firstLayer}, L), allocated; {@link #lastStepSlots} becomes them as
+     * [layer][kvHead] (−1 in the layers below).
+     */
+    private int[][][] allocateStepSlots(KvCache cache, int[] positions, int firstLayer) {
+        int[][][] slots = allocateSlots(cache, positions, 1, firstLayer);
         int[][] stepSlots = new int[config.numLayers()][config.numKvHeads()];
         for (int l = 0; l < stepSlots.length; l++)
-            for (int g = 0; g < stepSlots[l].length; g++) stepSlots[l][g] = slots[l][g][0];
+            for (int g = 0; g < stepSlots[l].length; g++) stepSlots[l][g] = l < firstLayer ? -1 : slots[l][g][0];
         lastStepSlots = stepSlots;
         return slots;
     }
@@ -227,7 +226,7 @@ public final class Llama implements AutoCloseable {
         if (embedding.length != config.hiddenSize())
             throw new IllegalArgumentException("an input vector has " + config.hiddenSize() + " entries, not " + embedding.length);
         int[] positions = {position};
-        int[][][] slots = allocateStepSlots(cache, positions);
+        int[][][] slots = allocateStepSlots(cache, positions, 0);
         backend.upload(x, embedding);
         DecodeStep step = new DecodeStep(-1, position, lastStepSlots, cache);
         embeddedInput = true;
@@ -247,27 +246,11 @@ public final class Llama implements AutoCloseable {
     public void decodeStepFrom(KvCache cache, int token, int position, int firstLayer) {
         if (firstLayer < 0 || firstLayer >= config.numLayers())
             throw new IllegalArgumentException("first layer " + firstLayer + " outside [0, " + config.numLayers() + ")");
-        if (firstLayer == 0) {
-            decodeStep(cache, token, position);
-            return;
-        }
-        if (policy != KvPolicy.FULL) throw new UnsupportedOperationException("skipping layers needs the full --kv policy");
+        if (firstLayer > 0 && policy != KvPolicy.FULL) throw new UnsupportedOperationException("skipping layers needs the full --kv policy");
         int[] positions = {position};
         int[] tokens = {token};
-        if (!observing) dropOutsideWindow(cache, position);
-        int[][][] slots = new int[config.numLayers()][config.numKvHeads()][];
-        int[][] stepSlots = new int[config.numLayers()][config.numKvHeads()];
-        for (int l = 0; l < slots.length; l++)
-            for (int g = 0; g < slots[l].length; g++) {
-                if (l < firstLayer) {
-                    stepSlots[l][g] = -1; // skipped: nothing stored
-                    continue;
-                }
-                slots[l][g] = cache.allocate(l, g, positions, 1);
-                stepSlots[l][g] = slots[l][g][0];
-            }
-        lastStepSlots = stepSlots;
-        DecodeStep step = new DecodeStep(token, position, stepSlots, cache);
+        int[][][] slots = allocateStepSlots(cache, positions, firstLayer);
+        DecodeStep step = new DecodeStep(token, position, lastStepSlots, cache);
         this.firstLayer = firstLayer;
         try {
             backend.runDecodeStep(step, () -> forward(cache, tokens, positions, 1, slots, false));
@@ -751,10 +734,15 @@ public final class Llama implements AutoCloseable {
 
     /** Lets the policy evict, then allocates one slot per (layer, KV head, token): [L][Hkv][n]. */
     private int[][][] allocateSlots(KvCache cache, int[] positions, int n) {
+        return allocateSlots(cache, positions, n, 0);
+    }
+
+    /** Slots for n tokens in layers [firstLayer, L) (null below: a skipped layer stores nothing). */
+    private int[][][] allocateSlots(KvCache cache, int[] positions, int n, int firstLayer) {
         if (!observing) dropOutsideWindow(cache, positions[0]); // first: the policy then sees (and budgets) only what stays visible
         policy.beforeAppend(cache, positions, n);
         int[][][] slots = new int[config.numLayers()][config.numKvHeads()][];
-        for (int l = 0; l < slots.length; l++)
+        for (int l = firstLayer; l < slots.length; l++)
             for (int g = 0; g < slots[l].length; g++) slots[l][g] = cache.allocate(l, g, positions, n);
         return slots;
     }

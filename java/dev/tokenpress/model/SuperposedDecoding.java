@@ -161,14 +161,10 @@ public final class SuperposedDecoding {
         int k = o.drafts();
         int[] top = topTokens(logits, o.topTokens());
         int t = top.length; // fewer where the vocabulary is smaller
-        // softmax(logits / T) over the vocabulary, then its top tokens renormalized
-        double max = Double.NEGATIVE_INFINITY;
-        for (float l : logits) max = Math.max(max, l / o.temperature());
-        double z = 0;
-        for (float l : logits) z += Math.exp(l / o.temperature() - max);
+        // softmax(logits / T) renormalized over its top tokens: the vocabulary's sum cancels, so only they are needed
         double[] p = new double[t];
-        double zt = 0;
-        for (int j = 0; j < t; j++) zt += p[j] = Math.exp(logits[top[j]] / o.temperature() - max) / z;
+        double zt = 0, max = logits[top[0]] / o.temperature();
+        for (int j = 0; j < t; j++) zt += p[j] = Math.exp(logits[top[j]] / o.temperature() - max);
         for (int j = 0; j < t; j++) p[j] /= zt;
         int drafts = first ? 1 : k;
         double[][] lp = new double[drafts][t];
