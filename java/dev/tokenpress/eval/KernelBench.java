@@ -16,6 +16,7 @@ import dev.tokenpress.model.Weights;
 import java.io.PrintStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Arrays;
 import java.util.Locale;
 import java.util.SplittableRandom;
 
@@ -38,6 +39,10 @@ import java.util.SplittableRandom;
  *       (window, h2o, a2sf, keyformer, quest, tokenselect, razor) with tokens/s and KV bytes.</li>
  *   <li>{@code e2epol-cpu <model-dir> [contexts [warmup [steps [f32|bf16 [spec;spec...]]]]]}: the same policy table on the CPU backend (no GPU needed), for a
  *       {@code llama-1b-attention} model: what the policies' host-side work costs beside the attention.</li>
+ *   <li>{@code attn-cpu [head-dim [f32|bf16 [context [k]]]]}: decode attention on the CPU backend (Llama-3.2-1B's
+ *       attention shape: 32 q-heads, 8 KV heads; default head dim 64, f32, 8,192 tokens, k = 2,048) over every slot,
+ *       over k scattered slots (TidalDecode's pattern) and over k slots in pages of 16 (Quest's), 16 layers' caches
+ *       visited in turn so that none stays in the last-level cache: µs per layer, best of 5 passes.</li>
  *   <li>{@code attnsweep}: decode attention (full and tidal k=2048) at 8K/32K/128K with each forced split count,
  *       timed in a CUDA graph and eagerly, for tuning.</li>
  *   <li>{@code policies [model-dir]}: TidalDecode on the device for the llama-1b attention shape at 8K/32K/128K:
@@ -59,7 +64,7 @@ public final class KernelBench {
     public static void main(String[] args) throws Exception {
         Locale.setDefault(Locale.ROOT);
         if (args.length == 0) {
-            System.err.println("usage: KernelBench generate <model-dir> | attention | policies [model-dir] | selprofile | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0 [table|main]]] | e2epol-cpu <model-dir> [contexts [warmup [steps [f32|bf16 [spec;spec...]]]]] | cce [N D V] | all <model-dir>");
+            System.err.println("usage: KernelBench generate <model-dir> | attn-cpu [head-dim [f32|bf16 [context [k]]]] | attention | policies [model-dir] | selprofile | e2e <model-dir> [short-steps] [long-steps] | gemv | attnsweep | e2epol <model-dir> [contexts [as-stored|q8_0 [table|main]]] | e2epol-cpu <model-dir> [contexts [warmup [steps [f32|bf16 [spec;spec...]]]]] | cce [N D V] | all <model-dir>");
             System.exit(2);
         }
         PrintStream out = System.out;
@@ -80,6 +85,13 @@ public final class KernelBench {
             dev.tokenpress.backend.KvType kv = dev.tokenpress.backend.KvType.parse(args.length > 5 ? args[5] : "f32");
             String[] specs = args.length > 6 ? args[6].split(";") : POLICY_TABLE_SPECS;
             policyTableCpu(dir, contexts, warmup, steps, kv, specs, out);
+            return;
+        }
+        if (args[0].equals("attn-cpu")) { // decode attention over slot lists on the CPU backend (no GPU)
+            int hd = args.length > 1 ? Integer.parseInt(args[1]) : 64;
+            dev.tokenpress.backend.KvType kv = dev.tokenpress.backend.KvType.parse(args.length > 2 ? args[2] : "f32");
+            int ctx = args.length > 3 ? Integer.parseInt(args[3]) : 8192, k = args.length > 4 ? Integer.parseInt(args[4]) : POLICY_K;
+            attentionCpu(hd, kv, ctx, Math.min(k, ctx), out);
             return;
         }
         try (CudaBackend gpu = CudaBackend.open()) {
@@ -183,6 +195,77 @@ public final class KernelBench {
         }
     }
 
+
+    /**
+     * Decode attention on the CPU backend for Llama-3.2-1B's attention shape with head dim {@code hd}: one query row
+     * over all {@code ctx} slots, over {@code k} scattered slots (a sorted random sample per KV head: TidalDecode's
+     * pattern) and over {@code k} slots in pages of 16 (Quest's), each layer of 16 in turn (keys
+     * attn_cpu_{full,scattered,paged}_us, µs per layer, best of 5 passes after 3 rounds of warm-up).
+     */
+    static void attentionCpu(int hd, dev.tokenpress.backend.KvType kv, int ctx, int k, PrintStream out) {
+        int layers = 16, kvHeads = 8, heads = 32, chunk = 256;
+        try (dev.tokenpress.backend.cpu.CpuBackend b = new dev.tokenpress.backend.cpu.CpuBackend()) {
+            b.setKvTypes(kv, kv);
+            out.printf("CPU decode attention: %s; %d q-heads, %d KV heads, head dim %d, %s cache, %d tokens, k = %d, %d layers visited in turn%n",
+                    b.description(), heads, kvHeads, hd, kv.name().toLowerCase(Locale.ROOT), ctx, k, layers);
+            dev.tokenpress.kv.KvCache cache = b.newKvCache(layers, kvHeads, hd, ctx);
+            SplittableRandom r = new SplittableRandom(1);
+            dev.tokenpress.backend.Tensor kt = b.allocate(chunk, kvHeads * hd), vt = b.allocate(chunk, kvHeads * hd);
+            float[] buf = new float[chunk * kvHeads * hd];
+            for (int l = 0; l < layers; l++)
+                for (int p0 = 0; p0 < ctx; p0 += chunk) {
+                    int n = Math.min(chunk, ctx - p0);
+                    int[] pos = new int[n];
+                    for (int i = 0; i < n; i++) pos[i] = p0 + i;
+                    int[][] slots = new int[kvHeads][];
+                    for (int g = 0; g < kvHeads; g++) slots[g] = cache.allocate(l, g, pos, n);
+                    for (int i = 0; i < buf.length; i++) buf[i] = (float) (r.nextDouble() * 2 - 1);
+                    b.upload(kt, buf);
+                    for (int i = 0; i < buf.length; i++) buf[i] = (float) (r.nextDouble() * 2 - 1);
+                    b.upload(vt, buf);
+                    b.storeKv(cache, l, kt, vt, slots, n);
+                }
+            dev.tokenpress.backend.Tensor q = b.allocate(1, heads * hd), o = b.allocate(1, heads * hd);
+            float[] qd = new float[heads * hd];
+            for (int i = 0; i < qd.length; i++) qd[i] = (float) (r.nextDouble() * 2 - 1);
+            b.upload(q, qd);
+            int[][] scattered = new int[kvHeads][], paged = new int[kvHeads][k];
+            for (int g = 0; g < kvHeads; g++) {
+                int[] all = new int[ctx];
+                for (int i = 0; i < ctx; i++) all[i] = i;
+                for (int i = ctx - 1; i > 0; i--) {
+                    int j = r.nextInt(i + 1), t = all[i];
+                    all[i] = all[j];
+                    all[j] = t;
+                }
+                scattered[g] = Arrays.copyOf(all, k);
+                Arrays.sort(scattered[g]);
+                // pages of 16 spread evenly over the context
+                int pages = (k + 15) / 16, stride = Math.max(1, (ctx / 16) / pages), n = 0;
+                for (int pg = 0; n < k; pg += stride)
+                    for (int i = 0; i < 16 && n < k; i++) paged[g][n++] = (pg * 16 + i) % ctx;
+                Arrays.sort(paged[g]);
+            }
+            String[] names = {"full", "scattered", "paged"};
+            dev.tokenpress.kv.SlotSelection[] sels = {null, dev.tokenpress.kv.SlotSelection.of(scattered), dev.tokenpress.kv.SlotSelection.of(paged)};
+            int[] qp = {ctx};
+            double[] best = new double[3];
+            Arrays.fill(best, Double.MAX_VALUE);
+            for (int round = 0; round < 6; round++)
+                for (int v = 0; v < 3; v++)
+                    for (int rep = 0; rep < 5; rep++) {
+                        long t0 = System.nanoTime();
+                        for (int l = 0; l < layers; l++) b.attention(o, q, cache, l, qp, 1, sels[v], null);
+                        double us = (System.nanoTime() - t0) / 1e3 / layers;
+                        if (round >= 3) best[v] = Math.min(best[v], us);
+                    }
+            for (int v = 0; v < 3; v++) {
+                out.printf("%-9s %d slots: %.0f µs per layer%n", names[v], v == 0 ? ctx : k, best[v]);
+                result(out, "attn_cpu_" + names[v] + "_us", best[v], "us");
+            }
+            cache.close();
+        }
+    }
 
     /**
      * The contexts of the policies mode's attention table: 8192, 32768 and 131072, or those listed in

@@ -387,21 +387,50 @@ public final class CpuBackend implements Backend {
         boolean raws = stats != null && stats.rawScores != null && lastRow;
         int qBase = r * qt.cols, oBase = r * o.cols;
         float[] four = new float[4];
-        for (int j = 0; j < m; j++) {
-            int slot = list == null ? j : list[j];
-            int p = pos[slot];
-            if (p < 0 || p > qpos) {
-                for (int i = 0; i < hc; i++) scores[i][j] = Float.NEGATIVE_INFINITY;
-                continue;
+        // A selection's rows lie scattered over the cache. Reading them where they are, the scoring loop's work per
+        // row leaves room for only a few rows' cache misses at a time; so they are first copied block by block into
+        // a contiguous scratch (a tight copy loop keeps many misses in flight) and used from there: the same numbers
+        // in the same order, so the same bits.
+        Gather gathered = select != null && !contiguous(list, m) ? GATHER.get().sized(hd) : null;
+        int block = gathered == null ? Math.max(m, 1) : gathered.rows;
+        for (int b0 = 0; b0 < m; b0 += block) {
+            int b1 = Math.min(m, b0 + block);
+            if (gathered != null) {
+                if (keys != null) k.gatherRows(keys, list, b0, b1, hd, gathered.f32);
+                else k.gatherRows(keys16, list, b0, b1, hd, gathered.bf16);
             }
-            scoreKey(k, qt.data, qBase, h0, hc, hd, keys, keys16, slot * hd, 1f, scale, slot, j, scores, max,
-                    raws ? stats.rawScores : null, four);
+            for (int j = b0; j < b1; j++) {
+                int slot = list[j];
+                int p = pos[slot];
+                if (p < 0 || p > qpos) {
+                    for (int i = 0; i < hc; i++) scores[i][j] = Float.NEGATIVE_INFINITY;
+                    continue;
+                }
+                if (gathered != null)
+                    scoreKey(k, qt.data, qBase, h0, hc, hd, keys != null ? gathered.f32 : null,
+                            keys != null ? null : gathered.bf16, (j - b0) * hd, 1f, scale, slot, j, scores, max,
+                            raws ? stats.rawScores : null, four);
+                else
+                    scoreKey(k, qt.data, qBase, h0, hc, hd, keys, keys16, slot * hd, 1f, scale, slot, j, scores, max,
+                            raws ? stats.rawScores : null, four);
+            }
         }
         float[] inv = new float[hc];
         boolean[] live = new boolean[hc];
         if (!softmaxHeads(k, scores, max, hc, m, o.data, oBase + h0 * hd, hd, inv, live)) return;
         // o_i += (e_ij / sum_i) · v_j over the candidates in order, each head's outputs held in registers
-        if (values != null) k.weightedValues(scores, inv, live, hc, m, list, values, hd, o.data, oBase + h0 * hd);
+        if (gathered != null)
+            for (int b0 = 0; b0 < m; b0 += block) {
+                int b1 = Math.min(m, b0 + block);
+                if (values != null) {
+                    k.gatherRows(values, list, b0, b1, hd, gathered.f32);
+                    k.weightedValuesBlock(scores, inv, live, hc, b0, b1, gathered.f32, hd, o.data, oBase + h0 * hd);
+                } else {
+                    k.gatherRows(values16, list, b0, b1, hd, gathered.bf16);
+                    k.weightedValuesBlock(scores, inv, live, hc, b0, b1, gathered.bf16, hd, o.data, oBase + h0 * hd);
+                }
+            }
+        else if (values != null) k.weightedValues(scores, inv, live, hc, m, list, values, hd, o.data, oBase + h0 * hd);
         else k.weightedValues(scores, inv, live, hc, m, list, values16, hd, o.data, oBase + h0 * hd);
         if (stats != null && stats.probSums != null && r >= stats.fromRow) addProbSums(stats.probSums[g], scores, inv, live, hc, m, list);
     }
@@ -722,6 +751,33 @@ public final class CpuBackend implements Backend {
             sum += Math.max(qi * max[off + i * stride], qi * min[off + i * stride]);
         }
         return sum;
+    }
+
+    /** Bytes of f32 rows in a thread's gather scratch (rows of a slot list copied together): a block that stays in L2. */
+    static final int GATHER_BYTES = 64 << 10;
+
+    /** A thread's gather scratch: {@link #rows} rows of hd floats or of hd bf16 values. */
+    static final class Gather {
+        int hd, rows;
+        float[] f32 = new float[0];
+        short[] bf16 = new short[0];
+
+        Gather sized(int headDim) {
+            if (headDim != hd) {
+                hd = headDim;
+                rows = Math.max(16, GATHER_BYTES / 4 / hd);
+                f32 = new float[rows * hd];
+                bf16 = new short[rows * hd];
+            }
+            return this;
+        }
+    }
+
+    private static final ThreadLocal<Gather> GATHER = ThreadLocal.withInitial(Gather::new);
+
+    /** Whether list[0, m) is one run of consecutive slots (read in place: nothing to gather). */
+    static boolean contiguous(int[] list, int m) {
+        return m == 0 || list[m - 1] - list[0] == m - 1;
     }
 
     private static volatile int[] identity = new int[0];

@@ -166,6 +166,52 @@ interface Kernels {
     }
 
     /**
+     * The value sum of {@link #weightedValues} over the candidates [j0, j1) only, whose rows lie one after another in
+     * {@code rows} (candidate j's at rows[(j - j0)·hd, +hd): a block gathered by {@link #gatherRows}). Calls over
+     * consecutive blocks give the bits of one {@link #weightedValues} call over the candidates' own rows.
+     */
+    default void weightedValuesBlock(float[][] e, float[] inv, boolean[] live, int hc, int j0, int j1, float[] rows,
+                                     int hd, float[] o, int oOff) {
+        for (int j = j0; j < j1; j++)
+            for (int i = 0; i < hc; i++) {
+                if (!live[i]) continue;
+                float ej = e[i][j];
+                if (ej == 0f) continue;
+                axpy(ej * inv[i], rows, (j - j0) * hd, o, oOff + i * hd, hd);
+            }
+    }
+
+    /** dst[(j - j0)·hd, +hd) = src[slots[j]·hd, +hd) for j in [j0, j1): rows of a slot list packed together. */
+    default void gatherRows(float[] src, int[] slots, int j0, int j1, int hd, float[] dst) {
+        for (int j = j0; j < j1; j++) System.arraycopy(src, slots[j] * hd, dst, (j - j0) * hd, hd);
+    }
+
+    /**
+     * {@link #gatherRows} of bf16 rows (a copy call per row: as fast here as vector copies of 128-byte rows, which the
+     * Java 17 JIT compiled to slow code for shorts).
+     */
+    default void gatherRows(short[] src, int[] slots, int j0, int j1, int hd, short[] dst) {
+        for (int j = j0; j < j1; j++) System.arraycopy(src, slots[j] * hd, dst, (j - j0) * hd, hd);
+    }
+
+    /** {@link #weightedValuesBlock} over gathered bf16 rows: the bits of the f32 form over the widened rows. */
+    default void weightedValuesBlock(float[][] e, float[] inv, boolean[] live, int hc, int j0, int j1, short[] rows,
+                                     int hd, float[] o, int oOff) {
+        float[] row = new float[hd];
+        for (int j = j0; j < j1; j++) {
+            boolean widened = false;
+            for (int i = 0; i < hc; i++) {
+                if (!live[i]) continue;
+                float ej = e[i][j];
+                if (ej == 0f) continue;
+                if (!widened) widenBf16(rows, (j - j0) * hd, row, 0, hd);
+                widened = true;
+                axpy(ej * inv[i], row, 0, o, oOff + i * hd, hd);
+            }
+        }
+    }
+
+    /**
      * Q8_0 codes and scales of one row, exactly as {@link dev.tokenpress.backend.Q8Codec#quantizeRow} (which CUDA
      * uses too, so both backends hold the same codes): an override must give the same bits for every input, NaN and
      * infinities included.

@@ -554,33 +554,79 @@ final class VectorKernels implements Kernels {
     @Override
     public void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
                                int hd, float[] o, int oOff) {
-        weightedValues(e, inv, live, hc, m, slots, values, null, hd, o, oOff);
+        weightedValues(e, inv, live, hc, 0, m, slots, values, null, hd, o, oOff);
     }
 
     /** {@link #weightedValues} over bf16 value rows: the same operations on the widened rows (the same bits). */
     @Override
     public void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, short[] values,
                                int hd, float[] o, int oOff) {
-        weightedValues(e, inv, live, hc, m, slots, null, values, hd, o, oOff);
+        weightedValues(e, inv, live, hc, 0, m, slots, null, values, hd, o, oOff);
+    }
+
+    /** {@link Kernels#weightedValuesBlock}: the same operations as {@link #weightedValues}, from a gathered block. */
+    @Override
+    public void weightedValuesBlock(float[][] e, float[] inv, boolean[] live, int hc, int j0, int j1, float[] rows,
+                                    int hd, float[] o, int oOff) {
+        weightedValues(e, inv, live, hc, j0, j1, null, rows, null, hd, o, oOff);
+    }
+
+    @Override
+    public void gatherRows(float[] src, int[] slots, int j0, int j1, int hd, float[] dst) {
+        int l = F.length(), w = 4 * l;
+        // four vector loads, then four stores: a copy loop of few instructions per row keeps many rows' cache misses
+        // in flight (a loop of single-vector copies compiled to code with half the rows in flight)
+        if (hd == w)
+            for (int j = j0; j < j1; j++) {
+                int s = slots[j] * hd, d = (j - j0) * hd;
+                FloatVector a0 = FloatVector.fromArray(F, src, s), a1 = FloatVector.fromArray(F, src, s + l);
+                FloatVector a2 = FloatVector.fromArray(F, src, s + 2 * l), a3 = FloatVector.fromArray(F, src, s + 3 * l);
+                a0.intoArray(dst, d);
+                a1.intoArray(dst, d + l);
+                a2.intoArray(dst, d + 2 * l);
+                a3.intoArray(dst, d + 3 * l);
+            }
+        else
+            for (int j = j0; j < j1; j++) {
+                int s = slots[j] * hd, d = (j - j0) * hd, c = 0;
+                for (; c + w <= hd; c += w) {
+                    FloatVector a0 = FloatVector.fromArray(F, src, s + c), a1 = FloatVector.fromArray(F, src, s + c + l);
+                    FloatVector a2 = FloatVector.fromArray(F, src, s + c + 2 * l), a3 = FloatVector.fromArray(F, src, s + c + 3 * l);
+                    a0.intoArray(dst, d + c);
+                    a1.intoArray(dst, d + c + l);
+                    a2.intoArray(dst, d + c + 2 * l);
+                    a3.intoArray(dst, d + c + 3 * l);
+                }
+                for (; c + l <= hd; c += l) FloatVector.fromArray(F, src, s + c).intoArray(dst, d + c);
+                for (; c < hd; c++) dst[d + c] = src[s + c];
+            }
+    }
+
+    /** {@link Kernels#weightedValuesBlock} over gathered bf16 rows (widened block by block; the same bits). */
+    @Override
+    public void weightedValuesBlock(float[][] e, float[] inv, boolean[] live, int hc, int j0, int j1, short[] rows,
+                                    int hd, float[] o, int oOff) {
+        weightedValues(e, inv, live, hc, j0, j1, null, null, rows, hd, o, oOff);
     }
 
     /**
-     * The value sum over rows read from {@code values} (f32) or, when it is null, widened from {@code values16} (bf16)
-     * block by block into a scratch array first: each bf16 row is widened once for all heads and chunks, and the
-     * multiply-adds load float vectors from one float array either way.
+     * The value sum over candidates [m0, m) with rows read from {@code values} (f32) or, when it is null, widened from
+     * {@code values16} (bf16) block by block into a scratch array first: each bf16 row is widened once for all heads
+     * and chunks, and the multiply-adds load float vectors from one float array either way. Candidate j's row is
+     * slot slots[j], or j - m0 when slots is null.
      */
-    private void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m, int[] slots, float[] values,
+    private void weightedValues(float[][] e, float[] inv, boolean[] live, int hc, int m0, int m, int[] slots, float[] values,
                                 short[] values16, int hd, float[] o, int oOff) {
         int l = F.length(), upper = hd - hd % l;
         int[] nz = new int[VALUE_BLOCK], at = new int[VALUE_BLOCK], rowAt = new int[VALUE_BLOCK];
         float[] weight = new float[VALUE_BLOCK];
         float[] rows = values != null ? values : new float[VALUE_BLOCK * hd];
-        for (int j0 = 0; j0 < m; j0 += VALUE_BLOCK) {
+        for (int j0 = m0; j0 < m; j0 += VALUE_BLOCK) {
             int j1 = Math.min(m, j0 + VALUE_BLOCK);
             // where candidate j's row starts in rows: its slot's place, or its place in the widened block (widened
             // only when a live head weighs it: masked and freed slots are never read)
             for (int j = j0; j < j1; j++) {
-                int slot = slots == null ? j : slots[j];
+                int slot = slots == null ? j - m0 : slots[j];
                 if (values != null) {
                     at[j - j0] = slot * hd;
                     continue;
