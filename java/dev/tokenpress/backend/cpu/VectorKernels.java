@@ -916,11 +916,13 @@ final class VectorKernels implements Kernels {
     }
 
     /**
-     * Quest's species: the preferred width, at most 256 bits. On AVX-512 under Java 17 the compares and blends of
-     * 512-bit lanes go through vector masks and made Quest's scores about 1.25x slower than 256-bit lanes (under
-     * Java 25 512 bits were about 5% faster).
+     * Quest's species: the preferred width, as every other float kernel. (A 256-bit species here on AVX-512 made
+     * Quest's compares and blends about 1.25x faster under Java 17, but two float species in one process make the
+     * type profiles inside the Vector API's shared methods, such as FloatVector.intoArray, see two vector classes;
+     * kernels compiled after that ran the API's Java fallback instead of vector instructions: Quest's decode steps 2.6x
+     * slower, 16.5 against 44-55 tokens/s at 8K on llama-1b-attention.)
      */
-    private static final VectorSpecies<Float> Q = F.vectorBitSize() > 256 ? FloatVector.SPECIES_256 : F;
+    private static final VectorSpecies<Float> Q = F;
 
     /** Pages per {@link #questPageSums} call: one per lane. */
     int questPages() {
