@@ -5,12 +5,11 @@ import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.LongVector;
 import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
-import jdk.incubator.vector.VectorShape;
 import jdk.incubator.vector.VectorSpecies;
 
 /**
- * {@link LogitRows}' loops on the Vector API: floats widened to doubles lane by lane (the preferred double shape, a
- * float shape of as many lanes), {@link LogitRows#exp}'s operations in every lane. Sums keep {@link LogitRows#LANES}
+ * {@link LogitRows}' loops on the Vector API: floats widened to doubles lane by lane (the preferred double shape, the
+ * halves of a vector of the preferred float shape), {@link LogitRows#exp}'s operations in every lane. Sums keep {@link LogitRows#LANES}
  * = 8 interleaved accumulators (element i into accumulator i mod 8: one vector of 8 doubles, or two of 4), added in
  * accumulator order at the end, then the tail in order — the scalar loops' order, so every sum has the same bits on
  * any machine, with or without the Vector API. Loaded only where the module is present and the double shape has 4 or
@@ -18,14 +17,21 @@ import jdk.incubator.vector.VectorSpecies;
  */
 final class LogitRowsVector implements LogitRows.Impl {
     private static final VectorSpecies<Double> D = DoubleVector.SPECIES_PREFERRED;
-    private static final VectorSpecies<Float> F = VectorSpecies.of(float.class, VectorShape.forBitSize(D.vectorBitSize() / 2));
+    /**
+     * The only float shape: the preferred one, as the CPU backend's kernels use. (A second float shape in one process
+     * makes the type profiles inside the Vector API's shared methods see two vector classes, and kernels compiled
+     * after that ran the API's Java fallback: the attention of a `perplexity` run at half speed.) Its halves widen to
+     * the preferred doubles.
+     */
     private static final VectorSpecies<Float> FM = FloatVector.SPECIES_PREFERRED;
 
-    private static final int L = D.length();
+    private static final int L = D.length(), W = FM.length();
     private static final boolean TWO = L == 4; // two vectors per 8 accumulators
+    /** The low half of a float vector: the lanes of one double vector. */
+    private static final VectorMask<Float> LOW = FM.indexInRange(0, L);
 
     LogitRowsVector() {
-        if (F.length() != L) throw new IllegalStateException("no float shape of " + L + " lanes");
+        if (W != 2 * L) throw new IllegalStateException("float vectors of " + W + " lanes beside doubles of " + L);
         if (L != 8 && L != 4) throw new IllegalStateException("double vectors of " + L + " lanes: the scalar loops");
         exp(DoubleVector.zero(D)); // resolves the module now (the constructor fails without it)
     }
@@ -45,8 +51,14 @@ final class LogitRowsVector implements LogitRows.Impl {
         return p.mul(scale).blend(0.0, under);
     }
 
-    private static DoubleVector widen(float[] x, int i) {
-        return (DoubleVector) FloatVector.fromArray(F, x, i).convertShape(VectorOperators.F2D, D, 0);
+    /** x[i, i + W) as floats; near the array's end only its low half, x[i, i + L), is read (the rest is 0). */
+    private static FloatVector load(float[] x, int i) {
+        return i + W <= x.length ? FloatVector.fromArray(FM, x, i) : FloatVector.fromArray(FM, x, i, LOW);
+    }
+
+    /** Lanes [p·L, (p + 1)·L) of v as doubles. */
+    private static DoubleVector half(FloatVector v, int p) {
+        return (DoubleVector) v.convertShape(VectorOperators.F2D, D, p);
     }
 
     /** The 8 accumulators (lanes of a, then of b when the shape has 4 lanes) added in order. */
@@ -83,8 +95,9 @@ final class LogitRowsVector implements LogitRows.Impl {
         int i = 0;
         DoubleVector a = DoubleVector.zero(D), b = a;
         for (; i + LogitRows.LANES <= n; i += LogitRows.LANES) {
-            a = a.add(exp(widen(x, off + i).sub(m)));
-            if (TWO) b = b.add(exp(widen(x, off + i + 4).sub(m)));
+            FloatVector v = load(x, off + i);
+            a = a.add(exp(half(v, 0).sub(m)));
+            if (TWO) b = b.add(exp(half(v, 1).sub(m)));
         }
         return LogitRows.expSumTail(x, off, i, n, m, sum8(a, b));
     }
@@ -99,11 +112,12 @@ final class LogitRowsVector implements LogitRows.Impl {
         int i = 0;
         DoubleVector z = DoubleVector.zero(D), z2 = z, zd = z, zd2 = z;
         for (; i + LogitRows.LANES <= n; i += LogitRows.LANES) {
-            DoubleVector d = widen(x, off + i).sub(m), e = exp(d);
+            FloatVector v = load(x, off + i);
+            DoubleVector d = half(v, 0).sub(m), e = exp(d);
             z = z.add(e);
             zd = zd.add(times(e, d));
             if (TWO) {
-                DoubleVector d2 = widen(x, off + i + 4).sub(m), e2 = exp(d2);
+                DoubleVector d2 = half(v, 1).sub(m), e2 = exp(d2);
                 z2 = z2.add(e2);
                 zd2 = zd2.add(times(e2, d2));
             }
@@ -115,19 +129,26 @@ final class LogitRowsVector implements LogitRows.Impl {
     public double expInto(float[] x, int n, float m, float[] out) {
         int i = 0;
         DoubleVector a = DoubleVector.zero(D), b = a;
-        for (; i + LogitRows.LANES <= n; i += LogitRows.LANES) {
-            a = a.add(expLanes(x, i, m, out));
-            if (TWO) b = b.add(expLanes(x, i + 4, m, out));
+        // W elements at a time: out[i, i + W) = (float) e^(x − m), the difference in float, stored as one vector;
+        // their widened values go to the accumulators in element order (8 doubles: a, a; 4 doubles: a, b)
+        for (; i + W <= n; i += W) {
+            FloatVector d = FloatVector.fromArray(FM, x, i).sub(m);
+            FloatVector p0 = (FloatVector) exp(half(d, 0)).convertShape(VectorOperators.D2F, FM, 0);
+            FloatVector p1 = (FloatVector) exp(half(d, 1)).convertShape(VectorOperators.D2F, FM, -1);
+            FloatVector p = p0.blend(p1, LOW.not());
+            p.intoArray(out, i);
+            a = a.add(half(p, 0));
+            if (TWO) b = b.add(half(p, 1));
+            else a = a.add(half(p, 1));
+        }
+        if (!TWO && i + LogitRows.LANES <= n) { // one more group of 8 (8-lane doubles): stored element by element
+            FloatVector p = (FloatVector) exp(half(load(x, i).sub(m), 0)).convertShape(VectorOperators.D2F, FM, 0);
+            float[] e = p.toArray();
+            System.arraycopy(e, 0, out, i, L);
+            a = a.add(half(p, 0));
+            i += L;
         }
         return LogitRows.expIntoTail(x, i, n, m, out, sum8(a, b));
-    }
-
-    /** out[i, i + L) = (float) e^(x − m), the difference in float; returns them widened for the sum. */
-    private static DoubleVector expLanes(float[] x, int i, float m, float[] out) {
-        DoubleVector d = (DoubleVector) FloatVector.fromArray(F, x, i).sub(m).convertShape(VectorOperators.F2D, D, 0);
-        FloatVector p = (FloatVector) exp(d).convertShape(VectorOperators.D2F, F, 0);
-        p.intoArray(out, i);
-        return (DoubleVector) p.convertShape(VectorOperators.F2D, D, 0);
     }
 
     @Override
@@ -135,12 +156,13 @@ final class LogitRowsVector implements LogitRows.Impl {
         int i = 0;
         DoubleVector sq = DoubleVector.zero(D), sb = sq, t = sq, sq2 = sq, sb2 = sq, t2 = sq;
         for (; i + LogitRows.LANES <= n; i += LogitRows.LANES) {
-            DoubleVector qi = widen(q, i), bi = widen(b, i), eb = exp(bi.sub(mb));
+            FloatVector qv = load(q, i), bv = load(b, i);
+            DoubleVector qi = half(qv, 0), bi = half(bv, 0), eb = exp(bi.sub(mb));
             sq = sq.add(exp(qi.sub(mq)));
             sb = sb.add(eb);
             t = t.add(times(eb, bi.sub(qi)));
             if (TWO) {
-                DoubleVector qj = widen(q, i + 4), bj = widen(b, i + 4), ej = exp(bj.sub(mb));
+                DoubleVector qj = half(qv, 1), bj = half(bv, 1), ej = exp(bj.sub(mb));
                 sq2 = sq2.add(exp(qj.sub(mq)));
                 sb2 = sb2.add(ej);
                 t2 = t2.add(times(ej, bj.sub(qj)));

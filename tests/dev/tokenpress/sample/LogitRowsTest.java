@@ -52,7 +52,7 @@ class LogitRowsTest {
     void vectorAndScalarLoopsAgree() {
         SplittableRandom r = new SplittableRandom(3);
         LogitRows.Impl v = vectorLoops(), s = new LogitRows.Scalar();
-        for (int n : new int[] {1, 7, 8, 9, 100, 4097, 128_256}) {
+        for (int n : new int[] {1, 7, 8, 9, 24, 31, 100, 4097, 4103, 128_256}) { // groups of 8 after whole vectors too
             float[] q = row(r, n, 3), b = row(r, n, 3);
             b[n / 2] = 30f;
             q[n - 1] = 31f;
@@ -84,7 +84,7 @@ class LogitRowsTest {
     void softmaxNumeratorsAreTheFloatExponentials() {
         SplittableRandom r = new SplittableRandom(7);
         LogitRows.Impl v = vectorLoops(), sc = new LogitRows.Scalar();
-        for (int n : new int[] {1, 40, 4097, 128_256}) {
+        for (int n : new int[] {1, 8, 9, 24, 31, 40, 4097, 4103, 128_256}) {
             float[] x = row(r, n, 5), a = new float[n], b = new float[n];
             if (n > 1) x[0] = Float.NEGATIVE_INFINITY; // a banned token
             float m = sc.max(x, 0, n);
