@@ -130,7 +130,7 @@ run_checks() {
   say "java: $(head -1 "$OUT/java-version.txt")"
   local CP
   CP=$(ls "$BUNDLE"/lib/*.jar | tr '\n' ':')
-  local JOPTS=(--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector "-Xmx${TP_XMX:-24g}"
+  local JOPTS=(--enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -XX:PerMethodTrapLimit=1000 "-Xmx${TP_XMX:-24g}"
                -Dorg.bytedeco.javacpp.cachedir="$WORK/javacpp-cache${JUNIT_TAG:-}"
                -DRUST_FLAVOR=cpu -Dai.djl.offline=true -DDJL_CACHE_DIR="$WORK/djl${JUNIT_TAG:-}")  # the tokenizer's bundled cpu library, never a download
   # TP_JOPTS: extra JVM options for every Java stage, e.g. opt-in kernel paths:
