@@ -79,7 +79,7 @@ public final class KernelBench {
             Path dir = Path.of(args[1]);
             int[] contexts = args.length > 2 ? java.util.Arrays.stream(args[2].split(",")).mapToInt(c -> Integer.parseInt(c.trim())).toArray()
                     : new int[] {8192};
-            int warmup = args.length > 3 ? Integer.parseInt(args[3]) : 40, steps = args.length > 4 ? Integer.parseInt(args[4]) : 16;
+            int warmup = args.length > 3 ? Integer.parseInt(args[3]) : 80, steps = args.length > 4 ? Integer.parseInt(args[4]) : 30;
             // the KV cache's storage: f32 (default) or bf16; one per JVM (after a switch of storage type the JIT's
             // recompiled kernels ran at a third of their speed: timings of a second type in one JVM are not figures)
             dev.tokenpress.backend.KvType kv = dev.tokenpress.backend.KvType.parse(args.length > 5 ? args[5] : "f32");
@@ -727,7 +727,7 @@ public final class KernelBench {
 
     /**
      * {@code e2epol-cpu DIR [CONTEXTS [WARMUP [STEPS]]]}: {@link #policyTable} on the CPU backend after full at each
-     * context (default 8192; 40 warm-up and 16 timed steps: the JIT needs dozens of steps to settle), for a model written with {@code make-model --preset llama-1b-attention} (written there when DIR has none):
+     * context (default 8192; 80 warm-up and 30 timed steps: the JIT needs dozens of steps to settle, and 40 were not always enough for TidalDecode), for a model written with {@code make-model --preset llama-1b-attention} (written there when DIR has none):
      * Llama-3.2-1B's attention shape with a small MLP, so a step's time is the attention plus the policy's host work.
      */
     static void policyTableCpu(Path dir, int[] contexts, int warmup, int steps, dev.tokenpress.backend.KvType kv, String[] specs, PrintStream out) {
