@@ -236,8 +236,7 @@ public final class GenerateCommand implements Callable<Integer> {
             boolean drafting = lookup > 0 || draftOptions.enabled();
             String drafter = lookup > 0 ? "lookup" : "draft";
             long[] lookup0 = tp.model().draftCounts();
-            err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
-                    tp.config().numLayers(), tp.loadMillis());
+            logLoaded(err, dir, tp);
             if (tp.model().policy() != KvPolicy.FULL) err.println("kv policy: " + tp.model().policy().spec());
             if (!quant.isNone()) err.println("kv quant: " + quant.spec());
             err.flush();
@@ -360,6 +359,12 @@ public final class GenerateCommand implements Callable<Integer> {
         return ExitCodes.OK;
     }
 
+    /** The stderr line after a model has loaded: directory, architecture, layers, load time. */
+    private static void logLoaded(PrintWriter err, Path dir, TokenPress tp) {
+        err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
+                tp.config().numLayers(), tp.loadMillis());
+    }
+
     /** --skip-decode MAX:MIN: {@link dev.tokenpress.model.SkipDecode} with the sampler chain of the options. */
     private int runSkipDecode(PrintWriter out, PrintWriter err, Path dir, String prompt, SamplingOptions so,
                               dev.tokenpress.kv.quant.KvQuantSpec quant) throws Exception {
@@ -371,7 +376,7 @@ public final class GenerateCommand implements Callable<Integer> {
             } catch (IllegalArgumentException e) {
                 throw new Main.UsageException("--" + e.getMessage());
             }
-            err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(), layers, tp.loadMillis());
+            logLoaded(err, dir, tp);
             int[] ids = tp.tokenizer().encode(prompt);
             dev.tokenpress.model.Llama m = tp.model();
             dev.tokenpress.sample.SamplerChain chain = dev.tokenpress.sample.SamplerChain.create(so, tp.config().vocabSize());
@@ -422,8 +427,7 @@ public final class GenerateCommand implements Callable<Integer> {
             for (Path f : superposedCorpus)
                 if (!Files.isRegularFile(f)) throw new Main.UsageException("--superposed-corpus file not found: " + f);
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err))) {
-            err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
-                    tp.config().numLayers(), tp.loadMillis());
+            logLoaded(err, dir, tp);
             dev.tokenpress.sample.NGramModel ngrams = null;
             if (superposedCorpus != null && !superposedCorpus.isEmpty()) {
                 ngrams = new dev.tokenpress.sample.NGramModel(dev.tokenpress.model.SuperposedDecoding.DEFAULT_NGRAM_WEIGHTS.length);
@@ -490,8 +494,7 @@ public final class GenerateCommand implements Callable<Integer> {
                             dev.tokenpress.kv.quant.KvQuantSpec quant) throws Exception {
         try (TokenPress tp = TokenPress.load(dir, modelOptions.toLoadOptions(err));
              Parallel par = new Parallel(tp, ctx, quant, kvOptions.spec())) {
-            err.printf(Locale.ROOT, "loaded %s (%s, %d layers) in %d ms%n", dir, tp.config().architecture(),
-                    tp.config().numLayers(), tp.loadMillis());
+            logLoaded(err, dir, tp);
             if (!kvOptions.spec().equals("full")) err.println("kv policy: " + kvOptions.policy(tp.config()).spec());
             if (!quant.isNone()) err.println("kv quant: " + quant.spec());
             java.util.Map<Integer, Float> bias = new java.util.HashMap<>(sampling.logitBias());

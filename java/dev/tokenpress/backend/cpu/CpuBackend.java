@@ -393,6 +393,9 @@ public final class CpuBackend implements Backend {
         // in the same order, so the same bits.
         Gather gathered = select != null && !contiguous(list, m) ? GATHER.get().sized(hd) : null;
         int block = gathered == null ? Math.max(m, 1) : gathered.rows;
+        // where the scoring loop reads key rows: the cache, or the scratch (f32 or bf16 as the cache stores them)
+        float[] keyRows = gathered == null || keys == null ? keys : gathered.f32;
+        short[] keyRows16 = gathered == null || keys16 == null ? keys16 : gathered.bf16;
         for (int b0 = 0; b0 < m; b0 += block) {
             int b1 = Math.min(m, b0 + block);
             if (gathered != null) {
@@ -406,13 +409,8 @@ public final class CpuBackend implements Backend {
                     for (int i = 0; i < hc; i++) scores[i][j] = Float.NEGATIVE_INFINITY;
                     continue;
                 }
-                if (gathered != null)
-                    scoreKey(k, qt.data, qBase, h0, hc, hd, keys != null ? gathered.f32 : null,
-                            keys != null ? null : gathered.bf16, (j - b0) * hd, 1f, scale, slot, j, scores, max,
-                            raws ? stats.rawScores : null, four);
-                else
-                    scoreKey(k, qt.data, qBase, h0, hc, hd, keys, keys16, slot * hd, 1f, scale, slot, j, scores, max,
-                            raws ? stats.rawScores : null, four);
+                scoreKey(k, qt.data, qBase, h0, hc, hd, keyRows, keyRows16, (gathered == null ? slot : j - b0) * hd, 1f,
+                        scale, slot, j, scores, max, raws ? stats.rawScores : null, four);
             }
         }
         float[] inv = new float[hc];

@@ -916,17 +916,15 @@ final class VectorKernels implements Kernels {
     }
 
     /**
-     * Quest's species: the preferred width, as every other float kernel. (A 256-bit species here on AVX-512 made
-     * Quest's compares and blends about 1.25x faster under Java 17, but two float species in one process make the
-     * type profiles inside the Vector API's shared methods, such as FloatVector.intoArray, see two vector classes;
-     * kernels compiled after that ran the API's Java fallback instead of vector instructions: Quest's decode steps 2.6x
-     * slower, 16.5 against 44-55 tokens/s at 8K on llama-1b-attention.)
+     * Pages per {@link #questPageSums} call: one per lane of the preferred width, as every other float kernel. (A
+     * 256-bit species for Quest on AVX-512 made its compares and blends about 1.25x faster under Java 17, but two float
+     * species in one process make the type profiles inside the Vector API's shared methods, such as
+     * FloatVector.intoArray, see two vector classes; kernels compiled after that ran the API's Java fallback instead
+     * of vector instructions: Quest's decode steps 2.6x slower, 16.5 against 44-55 tokens/s at 8K on
+     * llama-1b-attention.)
      */
-    private static final VectorSpecies<Float> Q = F;
-
-    /** Pages per {@link #questPageSums} call: one per lane. */
     int questPages() {
-        return Q.length();
+        return F.length();
     }
 
     /**
@@ -936,18 +934,18 @@ final class VectorKernels implements Kernels {
      * {@code if (k > max) max = k; if (k < min) min = k;} bit for bit.
      */
     void keyBounds(float[] keys, int[] offs, int n, float[] max, float[] min, int bOff, int len) {
-        int l = Q.length();
+        int l = F.length();
         int i = 0;
         for (; i + 4 * l <= len; i += 4 * l) {
             int b0 = bOff + i, b1 = b0 + l, b2 = b1 + l, b3 = b2 + l;
-            FloatVector x0 = FloatVector.fromArray(Q, max, b0), x1 = FloatVector.fromArray(Q, max, b1);
-            FloatVector x2 = FloatVector.fromArray(Q, max, b2), x3 = FloatVector.fromArray(Q, max, b3);
-            FloatVector y0 = FloatVector.fromArray(Q, min, b0), y1 = FloatVector.fromArray(Q, min, b1);
-            FloatVector y2 = FloatVector.fromArray(Q, min, b2), y3 = FloatVector.fromArray(Q, min, b3);
+            FloatVector x0 = FloatVector.fromArray(F, max, b0), x1 = FloatVector.fromArray(F, max, b1);
+            FloatVector x2 = FloatVector.fromArray(F, max, b2), x3 = FloatVector.fromArray(F, max, b3);
+            FloatVector y0 = FloatVector.fromArray(F, min, b0), y1 = FloatVector.fromArray(F, min, b1);
+            FloatVector y2 = FloatVector.fromArray(F, min, b2), y3 = FloatVector.fromArray(F, min, b3);
             for (int j = 0; j < n; j++) {
                 int o = offs[j] + i;
-                FloatVector k0 = FloatVector.fromArray(Q, keys, o), k1 = FloatVector.fromArray(Q, keys, o + l);
-                FloatVector k2 = FloatVector.fromArray(Q, keys, o + 2 * l), k3 = FloatVector.fromArray(Q, keys, o + 3 * l);
+                FloatVector k0 = FloatVector.fromArray(F, keys, o), k1 = FloatVector.fromArray(F, keys, o + l);
+                FloatVector k2 = FloatVector.fromArray(F, keys, o + 2 * l), k3 = FloatVector.fromArray(F, keys, o + 3 * l);
                 x0 = x0.blend(k0, k0.compare(VectorOperators.GT, x0));
                 y0 = y0.blend(k0, k0.compare(VectorOperators.LT, y0));
                 x1 = x1.blend(k1, k1.compare(VectorOperators.GT, x1));
@@ -967,9 +965,9 @@ final class VectorKernels implements Kernels {
             y3.intoArray(min, b3);
         }
         for (; i + l <= len; i += l) {
-            FloatVector x = FloatVector.fromArray(Q, max, bOff + i), y = FloatVector.fromArray(Q, min, bOff + i);
+            FloatVector x = FloatVector.fromArray(F, max, bOff + i), y = FloatVector.fromArray(F, min, bOff + i);
             for (int j = 0; j < n; j++) {
-                FloatVector kv = FloatVector.fromArray(Q, keys, offs[j] + i);
+                FloatVector kv = FloatVector.fromArray(F, keys, offs[j] + i);
                 x = x.blend(kv, kv.compare(VectorOperators.GT, x));
                 y = y.blend(kv, kv.compare(VectorOperators.LT, y));
             }
@@ -1001,15 +999,15 @@ final class VectorKernels implements Kernels {
 
     /** {@link #questPageSums} over bounds stored from maxT/minT[tOff] on. */
     void questPageSums(float[] q, int qOff, int heads, float[] maxT, float[] minT, int tOff, int len, float[] sums) {
-        int l = Q.length();
+        int l = F.length();
         int h = 0;
         for (; h + 4 <= heads; h += 4) {
             int q0 = qOff + h * len, q1 = q0 + len, q2 = q1 + len, q3 = q2 + len;
-            FloatVector s0 = FloatVector.zero(Q), s1 = s0, s2 = s0, s3 = s0;
+            FloatVector s0 = FloatVector.zero(F), s1 = s0, s2 = s0, s3 = s0;
             for (int i = 0; i < len; i++) {
-                FloatVector x = FloatVector.fromArray(Q, maxT, tOff + i * l), y = FloatVector.fromArray(Q, minT, tOff + i * l);
-                FloatVector a0 = FloatVector.broadcast(Q, q[q0 + i]), a1 = FloatVector.broadcast(Q, q[q1 + i]);
-                FloatVector a2 = FloatVector.broadcast(Q, q[q2 + i]), a3 = FloatVector.broadcast(Q, q[q3 + i]);
+                FloatVector x = FloatVector.fromArray(F, maxT, tOff + i * l), y = FloatVector.fromArray(F, minT, tOff + i * l);
+                FloatVector a0 = FloatVector.broadcast(F, q[q0 + i]), a1 = FloatVector.broadcast(F, q[q1 + i]);
+                FloatVector a2 = FloatVector.broadcast(F, q[q2 + i]), a3 = FloatVector.broadcast(F, q[q3 + i]);
                 s0 = s0.add(a0.mul(x).lanewise(VectorOperators.MAX, a0.mul(y)));
                 s1 = s1.add(a1.mul(x).lanewise(VectorOperators.MAX, a1.mul(y)));
                 s2 = s2.add(a2.mul(x).lanewise(VectorOperators.MAX, a2.mul(y)));
@@ -1022,10 +1020,10 @@ final class VectorKernels implements Kernels {
         }
         for (; h < heads; h++) {
             int q0 = qOff + h * len;
-            FloatVector s0 = FloatVector.zero(Q);
+            FloatVector s0 = FloatVector.zero(F);
             for (int i = 0; i < len; i++) {
-                FloatVector a0 = FloatVector.broadcast(Q, q[q0 + i]);
-                s0 = s0.add(a0.mul(FloatVector.fromArray(Q, maxT, tOff + i * l)).lanewise(VectorOperators.MAX, a0.mul(FloatVector.fromArray(Q, minT, tOff + i * l))));
+                FloatVector a0 = FloatVector.broadcast(F, q[q0 + i]);
+                s0 = s0.add(a0.mul(FloatVector.fromArray(F, maxT, tOff + i * l)).lanewise(VectorOperators.MAX, a0.mul(FloatVector.fromArray(F, minT, tOff + i * l))));
             }
             s0.intoArray(sums, h * l);
         }
