@@ -326,6 +326,16 @@ public interface Backend extends AutoCloseable {
     }
 
     /**
+     * Whether a selection policy (TidalDecode) should select through {@link #selectTopSlots} before a selection layer's
+     * attention (true, the default: where the attention's raw scores would have to be copied out of device memory) or
+     * from the raw-score statistics of that attention (false: where they come with it for nothing and the op would
+     * read the layer's keys a second time). Both give the same slots.
+     */
+    default boolean selectsBeforeAttention() {
+        return true;
+    }
+
+    /**
      * Quest's page selection for query row {@code row} of q against the cache's {@code layer}, one slot list per KV
      * head g: pages are runs of {@code pageSize} slots of [0, highWater); a page's score is the max ({@code sumGroup}
      * false) or the sum (in q-head order) over the group's q-heads of its {@link #questPageScores} bound, finite

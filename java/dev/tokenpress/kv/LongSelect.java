@@ -24,6 +24,21 @@ public final class LongSelect {
         Arrays.sort(a, from, from + k);
     }
 
+    /**
+     * Rearranges a[from, to) so that a[from, from + k) holds its k smallest values in no particular order (k clamped):
+     * the same set as {@link #smallestFirst} without sorting it, for callers that only need which values they are.
+     */
+    public static void smallest(long[] a, int from, int to, int k) {
+        if (from < 0 || to > a.length || from > to) throw new IllegalArgumentException("range [" + from + ", " + to + ") of " + a.length);
+        int n = to - from;
+        if (k <= 0 || k >= n) return;
+        if (n <= 64) {
+            Arrays.sort(a, from, to);
+            return;
+        }
+        select(a, from, to - 1, from + k - 1, 2 * (32 - Integer.numberOfLeadingZeros(n)));
+    }
+
     /** Puts the element of rank nth (as in a sorted a[lo, hi]) at nth, smaller ones before it, larger ones after. */
     private static void select(long[] a, int lo, int hi, int nth, int depth) {
         while (hi - lo > 16) {

@@ -14,4 +14,12 @@ public record SlotSelection(int[][] slots, int[] count) {
         for (int i = 0; i < slots.length; i++) count[i] = slots[i].length;
         return new SlotSelection(slots, count);
     }
+
+    /** Moves a[0] to its place among a[1, m), which ascend, so that a[0, m) ascends (O(m), for one extra slot). */
+    public static void placeFirst(int[] a, int m) {
+        if (m < 2) return;
+        int v = a[0], i = 0;
+        for (; i + 1 < m && a[i + 1] < v; i++) a[i] = a[i + 1];
+        a[i] = v;
+    }
 }

@@ -9,7 +9,10 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
-/** The k smallest first, in order: the same as sorting the whole range, for every k, with duplicates and adversarial orders. */
+/**
+ * The k smallest first, in order (smallestFirst) or as a set (smallest): the same as sorting the whole range, for every k,
+ * with duplicates and adversarial orders.
+ */
 class LongSelectTest {
     @Test
     void firstKEqualTheSortedRange() {
@@ -35,6 +38,17 @@ class LongSelectTest {
                 int kk = Math.max(0, Math.min(k, n));
                 assertArrayEquals(Arrays.copyOfRange(sorted, from, from + kk), Arrays.copyOfRange(b, from, from + kk),
                         "n " + n + " k " + k + " kind " + kind);
+                // the unordered variant: the same values in the first k, the rest a permutation of the others
+                long[] u = a.clone();
+                LongSelect.smallest(u, from, to, k);
+                long[] head = Arrays.copyOfRange(u, from, from + kk);
+                Arrays.sort(head);
+                assertArrayEquals(Arrays.copyOfRange(sorted, from, from + kk), head, "smallest: n " + n + " k " + k + " kind " + kind);
+                long[] tail = Arrays.copyOfRange(u, from + kk, to);
+                Arrays.sort(tail);
+                assertArrayEquals(Arrays.copyOfRange(sorted, from + kk, to), tail, "smallest: the others after them");
+                assertEquals(a[0], u[0], "smallest: outside the range untouched");
+                assertEquals(a[a.length - 1], u[u.length - 1], "smallest: outside the range untouched");
                 long[] rest = Arrays.copyOfRange(b, from, to), all = Arrays.copyOfRange(a, from, to);
                 Arrays.sort(rest);
                 Arrays.sort(all);
@@ -44,5 +58,6 @@ class LongSelectTest {
             }
         }
         assertThrows(IllegalArgumentException.class, () -> LongSelect.smallestFirst(new long[3], 2, 1, 1));
+        assertThrows(IllegalArgumentException.class, () -> LongSelect.smallest(new long[3], 0, 4, 1));
     }
 }

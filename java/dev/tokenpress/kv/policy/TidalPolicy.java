@@ -19,8 +19,9 @@ import java.util.Arrays;
  * <p>GQA: one selection per KV head, ranking a slot by the max (or sum) of its raw scores over the group's
  * q-heads, so the attention reads each selected slot once per group (the reference selects per q-head on MHA).
  *
- * <p>Where the backend has {@link dev.tokenpress.backend.Backend#selectTopSlots} (CPU, CUDA) a selection layer
- * selects through it before its attention and asks for no statistics; on CUDA the selection then stays in device
+ * <p>Where the backend has {@link dev.tokenpress.backend.Backend#selectTopSlots} and prefers it
+ * ({@link dev.tokenpress.backend.Backend#selectsBeforeAttention}: CUDA) a selection layer selects through it before
+ * its attention and asks for no statistics; on CUDA the selection then stays in device
  * memory when every layer holds the same positions in the same slots (this policy alone: nothing is ever freed),
  * otherwise it is downloaded to be translated per layer. Other backends use the raw-score statistics of the
  * selection layer's attention. Both paths select the same slots.
@@ -38,6 +39,7 @@ public final class TidalPolicy extends BasePolicy {
     private int selLayer = -1;
     private SlotSelection selection;
     private boolean useOp = true;      // the backend's selectTopSlots (false after it reported unsupported)
+    private boolean opChosen;          // useOp set by setBackendSelect (otherwise the backend's preference decides)
     private boolean opSelected;        // the current layer's selection was made by the op (no statistics)
     private boolean deviceOnly;        // selection has no host arrays (selSlots/selPositions not filled)
 
@@ -81,9 +83,13 @@ public final class TidalPolicy extends BasePolicy {
         opSelected = false;
     }
 
-    /** Whether selection layers use the backend's selectTopSlots op when it has one (default on; tests compare both). */
+    /**
+     * Whether selection layers use the backend's selectTopSlots op when it has one, or the raw-score statistics of
+     * their attention (default: as {@link dev.tokenpress.backend.Backend#selectsBeforeAttention} says; tests compare both).
+     */
     public void setBackendSelect(boolean on) {
         useOp = on;
+        opChosen = true;
     }
 
     /** Evicts nothing, and each step selects anew at its selection layers before any sparse layer reads it. */
@@ -95,7 +101,7 @@ public final class TidalPolicy extends BasePolicy {
     @Override
     public void beforeAttention(KvCache c, int layer, Tensor q, int[] positions, int n) {
         opSelected = false;
-        if (!useOp || !decoding(n) || !selecting(layer)) return;
+        if (!useOp || !decoding(n) || !selecting(layer) || !opChosen && !backend.selectsBeforeAttention()) return;
         boolean aligned = alignedLayout(c);
         SlotSelection s;
         try {
@@ -154,7 +160,7 @@ public final class TidalPolicy extends BasePolicy {
         if (s == null || !decoding(n) || !selecting(layer) || opSelected) return;
         deviceOnly = false;
         int current = callStart;
-        for (int g = 0; g < kvHeads; g++) {
+        backend.hostParallel(kvHeads, g -> {
             int hw = c.highWater(layer, g);
             int[] pos = c.positions(layer, g);
             float[] score = new float[hw];
@@ -178,13 +184,14 @@ public final class TidalPolicy extends BasePolicy {
                 chosen[m++] = cur;
                 score[cur] = Float.NEGATIVE_INFINITY;
             }
-            for (int slot : topSlots(score, chosen.length - m)) chosen[m++] = slot;
-            Arrays.sort(chosen, 0, m);
+            boolean withCur = m == 1;
+            for (int slot : topSlotsAscending(score, chosen.length - m)) chosen[m++] = slot;
+            if (withCur) SlotSelection.placeFirst(chosen, m); // the current slot among the ascending rest
             selSlots[g] = Arrays.copyOf(chosen, m);
             selCount[g] = m;
             selPositions[g] = new int[m];
             for (int i = 0; i < m; i++) selPositions[g][i] = pos[chosen[i]];
-        }
+        });
         selLayer = layer;
         selection = new SlotSelection(selSlots.clone(), selCount.clone());
     }
@@ -226,6 +233,12 @@ public final class TidalPolicy extends BasePolicy {
     public static int[] topSlots(float[] score, int m) {
         if (m <= 0) return new int[0];
         return TopK.largest(score, m, true);
+    }
+
+    /** {@link #topSlots}'s slots in ascending order (one pass over a mark per slot instead of sorting twice). */
+    public static int[] topSlotsAscending(float[] score, int m) {
+        if (m <= 0) return new int[0];
+        return TopK.largestAscending(score, m, true);
     }
 
     /** Positions per KV head of the latest selection (for tests and logs); null before the first decode step. */

@@ -27,4 +27,35 @@ final class TopK {
         for (int i = 0; i < out.length; i++) out[i] = (int) keys[i];
         return out;
     }
+
+    /**
+     * The same indices as {@link #largest(float[], int, boolean)}, in ascending index order: a partition of the packed
+     * keys and a pass over a mark per entry instead of two sorts (the selections that only need the set).
+     */
+    static int[] largestAscending(float[] x, int k, boolean skipNegInf) {
+        int n = 0;
+        long[] keys = new long[x.length];
+        for (int i = 0; i < x.length; i++) {
+            if (skipNegInf && x[i] == Float.NEGATIVE_INFINITY) continue;
+            keys[n++] = ((long) ~EvictingPolicy.scoreKey(x[i]) << 32) | i;
+        }
+        int m = Math.max(0, Math.min(k, n));
+        dev.tokenpress.kv.LongSelect.smallest(keys, 0, n, m);
+        return ascending(keys, m, x.length);
+    }
+
+    /** The low 31 bits of keys[0, m) (distinct indices below {@code bound}), ascending. */
+    static int[] ascending(long[] keys, int m, int bound) {
+        int[] out = new int[m];
+        if (m == 0) return out;
+        if ((long) m * 8 < bound) { // few: sorting them is cheaper than a pass over every mark
+            for (int i = 0; i < m; i++) out[i] = (int) (keys[i] & 0x7FFFFFFFL);
+            java.util.Arrays.sort(out);
+            return out;
+        }
+        boolean[] mark = new boolean[bound];
+        for (int i = 0; i < m; i++) mark[(int) (keys[i] & 0x7FFFFFFFL)] = true;
+        for (int i = 0, j = 0; j < m; i++) if (mark[i]) out[j++] = i;
+        return out;
+    }
 }

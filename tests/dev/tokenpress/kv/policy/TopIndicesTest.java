@@ -9,7 +9,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 
 /**
  * The policies' host-side top-k ({@link TopK}: SnapKV's and TokenSelect's topIndices, TidalDecode's and Quest's
- * topSlots) against a comparator sort of boxed indices by the same order.
+ * topSlots, topSlotsAscending) against a comparator sort of boxed indices by the same order.
  */
 class TopIndicesTest {
     static int[] reference(float[] x, int k) {
@@ -27,7 +27,7 @@ class TopIndicesTest {
         float[] special = {0f, -0f, Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, Float.MIN_VALUE,
                 -Float.MIN_VALUE, Float.MAX_VALUE, -Float.MAX_VALUE, 1f, -1f};
         for (int t = 0; t < 500; t++) {
-            int n = r.nextInt(0, 300);
+            int n = t < 450 ? r.nextInt(0, 300) : r.nextInt(300, 5000); // the long ones mark slots instead of sorting
             float[] x = new float[n];
             for (int i = 0; i < n; i++) {
                 int kind = r.nextInt(4);
@@ -40,6 +40,9 @@ class TopIndicesTest {
                 // TidalDecode's and Quest's host selection: the same order over the entries that are not -infinity
                 int[] finite = Arrays.stream(reference(x, n)).filter(i -> x[i] != Float.NEGATIVE_INFINITY).limit(k).toArray();
                 assertArrayEquals(finite, TidalPolicy.topSlots(x, k), "topSlots n " + n + " k " + k);
+                int[] asc = finite.clone();
+                Arrays.sort(asc);
+                assertArrayEquals(asc, TidalPolicy.topSlotsAscending(x, k), "topSlotsAscending n " + n + " k " + k);
             }
         }
     }
