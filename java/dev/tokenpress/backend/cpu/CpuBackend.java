@@ -209,7 +209,7 @@ public final class CpuBackend implements Backend {
                     xo[r * pairs + j] = xi.data[r * in + 2 * j + 1];
                 }
             par.forRange(outDim, 64, (from, to) -> {
-                int[] rows = new int[4 * pairs];
+                int[] rows = weightRows(4 * pairs);
                 float[] four = new float[4];
                 int oi = from;
                 // four weight rows at a time: each x row is loaded once for four outputs (same per-row sums)
@@ -380,7 +380,7 @@ public final class CpuBackend implements Backend {
         // keys and values in f32 or as bf16 (-ctk / -ctv), looked up once for the slot loop
         float[] keys = c.keys == null ? null : c.keys[layer][g], values = c.values == null ? null : c.values[layer][g];
         short[] keys16 = keys == null ? c.keys16[layer][g] : null, values16 = values == null ? c.values16[layer][g] : null;
-        float[][] scores = new float[hc][m];
+        float[][] scores = scoreRows(hc, m);
         float[] max = new float[hc];
         Arrays.fill(max, Float.NEGATIVE_INFINITY);
         boolean lastRow = r == n - 1;
@@ -786,6 +786,33 @@ public final class CpuBackend implements Backend {
     }
 
     private static final ThreadLocal<Gather> GATHER = ThreadLocal.withInitial(Gather::new);
+
+    private static final ThreadLocal<int[][]> WEIGHT_ROWS = ThreadLocal.withInitial(() -> new int[1][0]);
+
+    /** This thread's buffer of at least n ints for packed bf16 weight rows (a matmul's tasks reuse it). */
+    static int[] weightRows(int n) {
+        int[][] holder = WEIGHT_ROWS.get();
+        if (holder[0].length < n) holder[0] = new int[n];
+        return holder[0];
+    }
+
+    private static final ThreadLocal<float[][]> SCORES = ThreadLocal.withInitial(() -> new float[0][0]);
+
+    /**
+     * This thread's score rows for one attention call: at least hc rows of at least m floats each, reused from call to
+     * call (only [0, m) of a row is read after it is written). Allocated per call they were most of what a decode step
+     * allocated (128 KB per KV head and layer at 8K tokens, about 16 MB per step of a 1B attention shape), and the
+     * garbage brought collections into the steps: a 180 ms full collection of the heap that holds the KV cache.
+     */
+    static float[][] scoreRows(int hc, int m) {
+        float[][] s = SCORES.get();
+        int cols = s.length == 0 ? 0 : s[0].length;
+        if (s.length < hc || cols < m) {
+            s = new float[Math.max(hc, s.length)][Math.max(m, cols)];
+            SCORES.set(s);
+        }
+        return s;
+    }
 
     /** Whether list[0, m) is one run of consecutive slots (read in place: nothing to gather). */
     static boolean contiguous(int[] list, int m) {

@@ -34,7 +34,7 @@ final class MiniOps {
         int m = select == null ? c.highWater(layer, g) : select.count()[g];
         int[] list = select == null ? CpuBackend.identity(m) : select.slots()[g];
         int h0 = g * hc;
-        float[][] scores = new float[hc][m];
+        float[][] scores = CpuBackend.scoreRows(hc, m);
         float[] max = new float[hc];
         Arrays.fill(max, Float.NEGATIVE_INFINITY);
         boolean raws = stats != null && stats.rawScores != null && r == n - 1;
