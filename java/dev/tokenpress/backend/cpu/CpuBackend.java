@@ -377,6 +377,17 @@ public final class CpuBackend implements Backend {
         // every slot below the high-water mark as a list too: one loop shape whether a layer attends to all or to a
         // selection (a selecting policy's dense layers ran ~2.5x slower through the JIT's code for the rarer shape)
         int[] list = select == null ? identity(m) : select.slots()[g];
+        // an evicted cache (most slots below the high-water mark free): its occupied slots as the list, so the loops
+        // skip the free ones; the softmax sums each term in the class of its slot, as over the whole range, and every
+        // left-out term is a zero there, so the results are the same bits
+        int[] bySlot = null;
+        if (select == null && 2 * c.occupied(layer, g) <= m) {
+            int[] occ = liveSlots(m);
+            int n2 = 0;
+            for (int s = 0; s < m; s++) if (pos[s] >= 0) occ[n2++] = s;
+            list = bySlot = occ;
+            m = n2;
+        }
         // keys and values in f32 or as bf16 (-ctk / -ctv), looked up once for the slot loop
         float[] keys = c.keys == null ? null : c.keys[layer][g], values = c.values == null ? null : c.values[layer][g];
         short[] keys16 = keys == null ? c.keys16[layer][g] : null, values16 = values == null ? c.values16[layer][g] : null;
@@ -391,7 +402,7 @@ public final class CpuBackend implements Backend {
         // row leaves room for only a few rows' cache misses at a time; so they are first copied block by block into
         // a contiguous scratch (a tight copy loop keeps many misses in flight) and used from there: the same numbers
         // in the same order, so the same bits.
-        Gather gathered = select != null && !contiguous(list, m) ? GATHER.get().sized(hd) : null;
+        Gather gathered = (select != null || bySlot != null) && !contiguous(list, m) ? GATHER.get().sized(hd) : null;
         int block = gathered == null ? Math.max(m, 1) : gathered.rows;
         // where the scoring loop reads key rows: the cache, or the scratch (f32 or bf16 as the cache stores them)
         float[] keyRows = gathered == null || keys == null ? keys : gathered.f32;
@@ -415,7 +426,7 @@ public final class CpuBackend implements Backend {
         }
         float[] inv = new float[hc];
         boolean[] live = new boolean[hc];
-        if (!softmaxHeads(k, scores, max, hc, m, o.data, oBase + h0 * hd, hd, inv, live)) return;
+        if (!softmaxHeads(k, scores, max, hc, m, o.data, oBase + h0 * hd, hd, inv, live, bySlot)) return;
         // o_i += (e_ij / sum_i) · v_j over the candidates in order, each head's outputs held in registers
         if (gathered != null)
             for (int b0 = 0; b0 < m; b0 += block) {
@@ -470,12 +481,18 @@ public final class CpuBackend implements Backend {
      */
     static boolean softmaxHeads(Kernels k, float[][] scores, float[] max, int hc, int m, float[] o, int oOff, int hd,
                                 float[] inv, boolean[] live) {
+        return softmaxHeads(k, scores, max, hc, m, o, oOff, hd, inv, live, null);
+    }
+
+    /** {@link #softmaxHeads}; with {@code bySlot} the candidates are those slots and the sums as over all slots. */
+    static boolean softmaxHeads(Kernels k, float[][] scores, float[] max, int hc, int m, float[] o, int oOff, int hd,
+                                float[] inv, boolean[] live, int[] bySlot) {
         boolean any = false;
         for (int i = 0; i < hc; i++) {
             Arrays.fill(o, oOff + i * hd, oOff + (i + 1) * hd, 0f);
             if (max[i] == Float.NEGATIVE_INFINITY) continue; // nothing visible to this head
             any = live[i] = true;
-            double sum = k.expShifted(scores[i], 0, m, max[i]);
+            double sum = bySlot == null ? k.expShifted(scores[i], 0, m, max[i]) : k.expShiftedBySlot(scores[i], m, max[i], bySlot);
             inv[i] = (float) (1.0 / sum);
         }
         return any;
@@ -792,6 +809,15 @@ public final class CpuBackend implements Backend {
     /** This thread's buffer of at least n ints for packed bf16 weight rows (a matmul's tasks reuse it). */
     static int[] weightRows(int n) {
         int[][] holder = WEIGHT_ROWS.get();
+        if (holder[0].length < n) holder[0] = new int[n];
+        return holder[0];
+    }
+
+    private static final ThreadLocal<int[][]> LIVE = ThreadLocal.withInitial(() -> new int[1][0]);
+
+    /** This thread's buffer of at least n ints for the occupied slots of an evicted cache (attendGroup). */
+    static int[] liveSlots(int n) {
+        int[][] holder = LIVE.get();
         if (holder[0].length < n) holder[0] = new int[n];
         return holder[0];
     }

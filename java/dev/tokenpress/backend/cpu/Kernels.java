@@ -37,6 +37,31 @@ interface Kernels {
         return sum4(x, off, len);
     }
 
+    /**
+     * {@link #expShifted} over a candidate list that stands for a longer identity list with zeros left out: x[j] =
+     * expf(x[j] - max) for j < len, and the sum {@link #sum4} would give over the identity list, each x[j] in the class
+     * slots[j] mod 4 (slots ascending; the left-out entries are exponentials of -inf, zeros that add nothing).
+     */
+    default double expShiftedBySlot(float[] x, int len, float max, int[] slots) {
+        for (int i = 0; i < len; i++) x[i] = expf(x[i] - max);
+        return sum4BySlot(x, len, slots);
+    }
+
+    /** {@link #sum4} of an identity list's entries given as x[j] at index slots[j] (ascending), the others zero. */
+    static double sum4BySlot(float[] x, int len, int[] slots) {
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int j = 0; j < len; j++) {
+            double v = x[j];
+            switch (slots[j] & 3) {
+                case 0 -> s0 += v;
+                case 1 -> s1 += v;
+                case 2 -> s2 += v;
+                default -> s3 += v;
+            }
+        }
+        return (s0 + s1) + (s2 + s3);
+    }
+
     /** (s0 + s1) + (s2 + s3), s_k the double sum of x[off + i] over i < len, i ≡ k (mod 4), in order. */
     static double sum4(float[] x, int off, int len) {
         double s0 = 0, s1 = 0, s2 = 0, s3 = 0;

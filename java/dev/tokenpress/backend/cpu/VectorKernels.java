@@ -448,6 +448,19 @@ final class VectorKernels implements Kernels {
     /** {@link Kernels#expShifted}: {@link Kernels#expf}'s operations lane by lane (the same bits), then the same sums. */
     @Override
     public double expShifted(float[] x, int off, int len, float max) {
+        expInPlace(x, off, len, max);
+        return Kernels.sum4(x, off, len);
+    }
+
+    /** {@link Kernels#expShiftedBySlot}: the vector exponentials, then the same sums. */
+    @Override
+    public double expShiftedBySlot(float[] x, int len, float max, int[] slots) {
+        expInPlace(x, 0, len, max);
+        return Kernels.sum4BySlot(x, len, slots);
+    }
+
+    /** x[off + i] = {@link Kernels#expf}(x[off + i] - max) for i < len, lane by lane (the same bits). */
+    private static void expInPlace(float[] x, int off, int len, float max) {
         int l = F.length(), upper = len - len % l, i = 0;
         FloatVector c6 = FloatVector.broadcast(F, EXP_C6), c5 = FloatVector.broadcast(F, EXP_C5);
         FloatVector c4 = FloatVector.broadcast(F, EXP_C4), c3 = FloatVector.broadcast(F, EXP_C3);
@@ -474,7 +487,6 @@ final class VectorKernels implements Kernels {
             p.mul(scale).blend(0f, under).intoArray(x, off + i);
         }
         for (; i < len; i++) x[off + i] = Kernels.expf(x[off + i] - max);
-        return Kernels.sum4(x, off, len);
     }
 
     @Override
