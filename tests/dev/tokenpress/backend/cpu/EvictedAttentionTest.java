@@ -30,19 +30,7 @@ class EvictedAttentionTest {
         try (CpuBackend b = new CpuBackend(2)) {
             b.setKvTypes(type, type);
             KvCache c = b.newKvCache(1, kvHeads, hd, len);
-            float[] kd = new float[len * kvHeads * hd], vd = new float[len * kvHeads * hd];
-            for (int i = 0; i < kd.length; i++) {
-                kd[i] = (float) r.nextGaussian();
-                vd[i] = (float) r.nextGaussian();
-            }
-            int[] pos = new int[len];
-            for (int i = 0; i < len; i++) pos[i] = i;
-            int[][] slots = new int[kvHeads][];
-            for (int g = 0; g < kvHeads; g++) slots[g] = c.allocate(0, g, pos, len);
-            Tensor k = b.allocate(len, kvHeads * hd), v = b.allocate(len, kvHeads * hd);
-            b.upload(k, kd);
-            b.upload(v, vd);
-            b.storeKv(c, 0, k, v, slots, len);
+            CpuCacheFixture.fill(b, c, kvHeads, hd, len, r);
             // KV head 0: about a third kept, in runs or scattered; head 1: a tenth; head 2: every slot free but the last
             for (int g = 0; g < kvHeads; g++)
                 for (int s = 0; s < len - 1; s++) {

@@ -102,19 +102,8 @@ class GatheredAttentionTest {
         try (CpuBackend b = new CpuBackend(2)) {
             b.setKvTypes(keyType, valueType);
             KvCache full = b.newKvCache(1, kvHeads, hd, cap), packed = b.newKvCache(1, kvHeads, hd, m);
-            float[] kd = new float[len * kvHeads * hd], vd = new float[len * kvHeads * hd];
-            for (int i = 0; i < kd.length; i++) {
-                kd[i] = (float) r.nextGaussian();
-                vd[i] = (float) r.nextGaussian();
-            }
-            int[] pos = new int[len];
-            for (int i = 0; i < len; i++) pos[i] = i;
-            int[][] slots = new int[kvHeads][];
-            for (int g = 0; g < kvHeads; g++) slots[g] = full.allocate(0, g, pos, len);
-            Tensor kt = b.allocate(len, kvHeads * hd), vt = b.allocate(len, kvHeads * hd);
-            b.upload(kt, kd);
-            b.upload(vt, vd);
-            b.storeKv(full, 0, kt, vt, slots, len);
+            float[][] kv = CpuCacheFixture.fill(b, full, kvHeads, hd, len, r);
+            float[] kd = kv[0], vd = kv[1];
             int queryPos = len - 40; // the query rows sit at queryPos .. queryPos + n - 1: later slots are masked
             // each KV head's list: m slots at random (some repeated), then sorted or not
             int[][] list = new int[kvHeads][m];

@@ -64,14 +64,7 @@ class ScoreScratchTest {
 
     static float[] attendOver(CpuBackend b, float[] kd, float[] vd, Tensor q, Tensor out, int hd, int kvHeads, int len) {
         try (KvCache c = b.newKvCache(1, kvHeads, hd, len)) {
-            Tensor k = b.allocate(len, kvHeads * hd), v = b.allocate(len, kvHeads * hd);
-            b.upload(k, java.util.Arrays.copyOf(kd, len * kvHeads * hd));
-            b.upload(v, java.util.Arrays.copyOf(vd, len * kvHeads * hd));
-            int[] pos = new int[len];
-            for (int i = 0; i < len; i++) pos[i] = i;
-            int[][] slots = new int[kvHeads][];
-            for (int g = 0; g < kvHeads; g++) slots[g] = c.allocate(0, g, pos, len);
-            b.storeKv(c, 0, k, v, slots, len);
+            CpuCacheFixture.store(b, c, kvHeads, hd, len, kd, vd);
             b.attention(out, q, c, 0, new int[] {len - 1}, 1, null, null);
             return b.download(out, 0, 1);
         }
