@@ -39,6 +39,22 @@ public final class LongSelect {
         select(a, from, to - 1, from + k - 1, 2 * (32 - Integer.numberOfLeadingZeros(n)));
     }
 
+    /**
+     * Writes the low 31 bits of keys[0, m) — distinct indices below {@code bound}, as the packed (order key, index) longs
+     * of the top-k selections carry them — into out[off, off + m) in ascending order: a pass over a mark per index, or
+     * a sort when m is small against the bound.
+     */
+    public static void lowBitsAscending(long[] keys, int m, int bound, int[] out, int off) {
+        if ((long) m * 8 < bound) { // few: sorting them is cheaper than a pass over every mark
+            for (int i = 0; i < m; i++) out[off + i] = (int) (keys[i] & 0x7FFFFFFFL);
+            Arrays.sort(out, off, off + m);
+            return;
+        }
+        boolean[] mark = new boolean[bound];
+        for (int i = 0; i < m; i++) mark[(int) (keys[i] & 0x7FFFFFFFL)] = true;
+        for (int i = 0, j = 0; j < m; i++) if (mark[i]) out[off + j++] = i;
+    }
+
     /** Puts the element of rank nth (as in a sorted a[lo, hi]) at nth, smaller ones before it, larger ones after. */
     private static void select(long[] a, int lo, int hi, int nth, int depth) {
         while (hi - lo > 16) {

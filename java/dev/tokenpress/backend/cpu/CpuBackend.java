@@ -477,14 +477,10 @@ public final class CpuBackend implements Backend {
     /**
      * The softmax of hc heads' scaled scores over m candidates: zeroes each head's output row o[oOff + i·hd, +hd),
      * exponentiates its scores in place against its max ({@link Kernels#expShifted}), and sets inv[i] = 1/Σ and
-     * live[i] for the heads that see a candidate. False when no head sees any.
+     * live[i] for the heads that see a candidate. False when no head sees any. With {@code bySlot} (an evicted cache's
+     * occupied slots, the candidates) each sum is the one over all slots below the high-water mark
+     * ({@link Kernels#expShiftedBySlot}).
      */
-    static boolean softmaxHeads(Kernels k, float[][] scores, float[] max, int hc, int m, float[] o, int oOff, int hd,
-                                float[] inv, boolean[] live) {
-        return softmaxHeads(k, scores, max, hc, m, o, oOff, hd, inv, live, null);
-    }
-
-    /** {@link #softmaxHeads}; with {@code bySlot} the candidates are those slots and the sums as over all slots. */
     static boolean softmaxHeads(Kernels k, float[][] scores, float[] max, int hc, int m, float[] o, int oOff, int hd,
                                 float[] inv, boolean[] live, int[] bySlot) {
         boolean any = false;
@@ -637,11 +633,9 @@ public final class CpuBackend implements Backend {
                         long key = (bits < 0 ? ~bits : bits | 0x80000000) & 0xFFFFFFFFL;
                         order[c2++] = ((0xFFFFFFFFL - key) << 31) | s;
                     }
-                    // the first rest (which ones, not their order), then in slot order from a mark per slot
+                    // the first rest (which ones, not their order), then in slot order
                     if (rest < c2) dev.tokenpress.kv.LongSelect.smallest(order, 0, c2, rest);
-                    boolean[] mark = new boolean[hw];
-                    for (int i = 0; i < rest; i++) mark[(int) (order[i] & 0x7FFFFFFFL)] = true;
-                    for (int s = 0, j = 0; j < rest; s++) if (mark[s]) chosen[m + j++] = s;
+                    dev.tokenpress.kv.LongSelect.lowBitsAscending(order, rest, hw, chosen, m);
                     m += rest;
                 }
                 if (m > 0 && chosen[0] == cur) SlotSelection.placeFirst(chosen, m); // the current slot among the rest
@@ -808,16 +802,19 @@ public final class CpuBackend implements Backend {
 
     /** This thread's buffer of at least n ints for packed bf16 weight rows (a matmul's tasks reuse it). */
     static int[] weightRows(int n) {
-        int[][] holder = WEIGHT_ROWS.get();
-        if (holder[0].length < n) holder[0] = new int[n];
-        return holder[0];
+        return atLeast(WEIGHT_ROWS, n);
     }
 
     private static final ThreadLocal<int[][]> LIVE = ThreadLocal.withInitial(() -> new int[1][0]);
 
     /** This thread's buffer of at least n ints for the occupied slots of an evicted cache (attendGroup). */
     static int[] liveSlots(int n) {
-        int[][] holder = LIVE.get();
+        return atLeast(LIVE, n);
+    }
+
+    /** The int array this thread's holder keeps, grown to at least n first. */
+    private static int[] atLeast(ThreadLocal<int[][]> buffer, int n) {
+        int[][] holder = buffer.get();
         if (holder[0].length < n) holder[0] = new int[n];
         return holder[0];
     }

@@ -70,7 +70,7 @@ final class MiniOps {
         float[] inv = new float[hc];
         boolean[] live = new boolean[hc];
         int oOff = oBase + h0 * hd;
-        if (!CpuBackend.softmaxHeads(k, scores, max, hc, m, o.data, oOff, hd, inv, live)) return;
+        if (!CpuBackend.softmaxHeads(k, scores, max, hc, m, o.data, oOff, hd, inv, live, null)) return;
         // before the value norms are folded into the weights below
         if (stats != null && stats.probSums != null && r >= stats.fromRow) CpuBackend.addProbSums(stats.probSums[g], scores, inv, live, hc, m, list);
         // the value sum with the f32 cache's kernel, the value norms folded into the weights (e·‖v‖, then ·1/Σ):

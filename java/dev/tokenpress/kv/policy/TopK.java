@@ -15,13 +15,8 @@ final class TopK {
 
     /** Indices of the k largest values of x, entries equal to -infinity left out when {@code skipNegInf}. */
     static int[] largest(float[] x, int k, boolean skipNegInf) {
-        int n = 0;
         long[] keys = new long[x.length];
-        for (int i = 0; i < x.length; i++) {
-            if (skipNegInf && x[i] == Float.NEGATIVE_INFINITY) continue;
-            int ordered = EvictingPolicy.scoreKey(x[i]);    // increases with the value; -0 = +0, NaN above all
-            keys[n++] = ((long) ~ordered << 32) | i;         // ascending: larger values first, then lower index
-        }
+        int n = pack(x, skipNegInf, keys);
         dev.tokenpress.kv.LongSelect.smallestFirst(keys, 0, n, k); // the first k in order, without sorting the rest
         int[] out = new int[Math.max(0, Math.min(k, n))];
         for (int i = 0; i < out.length; i++) out[i] = (int) keys[i];
@@ -33,29 +28,23 @@ final class TopK {
      * keys and a pass over a mark per entry instead of two sorts (the selections that only need the set).
      */
     static int[] largestAscending(float[] x, int k, boolean skipNegInf) {
-        int n = 0;
         long[] keys = new long[x.length];
-        for (int i = 0; i < x.length; i++) {
-            if (skipNegInf && x[i] == Float.NEGATIVE_INFINITY) continue;
-            keys[n++] = ((long) ~EvictingPolicy.scoreKey(x[i]) << 32) | i;
-        }
+        int n = pack(x, skipNegInf, keys);
         int m = Math.max(0, Math.min(k, n));
         dev.tokenpress.kv.LongSelect.smallest(keys, 0, n, m);
-        return ascending(keys, m, x.length);
+        int[] out = new int[m];
+        dev.tokenpress.kv.LongSelect.lowBitsAscending(keys, m, x.length, out, 0);
+        return out;
     }
 
-    /** The low 31 bits of keys[0, m) (distinct indices below {@code bound}), ascending. */
-    static int[] ascending(long[] keys, int m, int bound) {
-        int[] out = new int[m];
-        if (m == 0) return out;
-        if ((long) m * 8 < bound) { // few: sorting them is cheaper than a pass over every mark
-            for (int i = 0; i < m; i++) out[i] = (int) (keys[i] & 0x7FFFFFFFL);
-            java.util.Arrays.sort(out);
-            return out;
+    /** keys[0, n) = (order key, index) of x's entries (-infinity left out when asked), ascending = best first; returns n. */
+    private static int pack(float[] x, boolean skipNegInf, long[] keys) {
+        int n = 0;
+        for (int i = 0; i < x.length; i++) {
+            if (skipNegInf && x[i] == Float.NEGATIVE_INFINITY) continue;
+            int ordered = EvictingPolicy.scoreKey(x[i]);    // increases with the value; -0 = +0, NaN above all
+            keys[n++] = ((long) ~ordered << 32) | i;         // ascending: larger values first, then lower index
         }
-        boolean[] mark = new boolean[bound];
-        for (int i = 0; i < m; i++) mark[(int) (keys[i] & 0x7FFFFFFFL)] = true;
-        for (int i = 0, j = 0; j < m; i++) if (mark[i]) out[j++] = i;
-        return out;
+        return n;
     }
 }
